@@ -1,0 +1,965 @@
+"""Certificates as a sidecar holds them: Envoy secret dumps, SPIFFE IDs, chains, rotation math.
+
+Both backends fetch the same raw material from a proxy (Envoy's ``/config_dump``, Envoy's
+``/certs``, or ``istioctl proxy-config secret -o json``) and hand it here, so the suites can
+say which identity a workload holds, whether its chain leads to the mesh root, and when Istio's
+agent will rotate it.
+
+Choices where the sources leave room:
+
+- Secret dumps come in Envoy's snake_case (``dynamic_active_secrets[].secret.tls_certificate
+  .certificate_chain.inline_bytes``) or istioctl's protojson camelCase (``dynamicActiveSecrets
+  ...inlineBytes``); a key may be spelt either way, not both. A full ``/config_dump`` must hold
+  exactly one ``SecretsConfigDump``. ``inline_bytes`` is base64 as protobuf's JSON mapping
+  defines it (standard or URL-safe alphabet, padding optional).
+- Istio's names: the workload certificate is the active secret ``default``, the mesh roots the
+  active secret ``ROOTCA`` (``validation_context.trusted_ca``, plus the per-trust-domain
+  bundles of Envoy's SPIFFE validator that SPIRE federation uses).
+- Serial numbers are lowercase hex of the serial's big-endian bytes, as istioctl prints them
+  and as Envoy 1.40's ``/certs`` shows them (BoringSSL ``BN_bn2hex``): ``0193a5...``, with
+  the leading zero digit of the first byte kept. Older istioctl printed ``%x`` of the integer
+  (``193a5...``); serials from ``/certs`` are normalised to the same form so the two compare.
+- SPIFFE IDs follow github.com/spiffe/spiffe standards/SPIFFE-ID.md strictly, as go-spiffe
+  does: lowercase ``spiffe`` scheme and trust domain, no userinfo/port/query/fragment, no
+  percent-encoding, no empty/``.``/``..`` segments, no trailing ``/``, at most 2048 bytes and a
+  trust domain of at most 255. An X.509-SVID carries exactly one URI SAN (X509-SVID.md).
+- Times are aware UTC datetimes. Protobuf timestamps carry up to nanoseconds; digits past the
+  microsecond are dropped.
+
+Errors are :class:`CertError`, whose message names the field or certificate at fault.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+__all__ = [
+    "ISTIO_ROOT_SECRET",
+    "ISTIO_WORKLOAD_SECRET",
+    "SECRETS_CONFIG_DUMP_TYPE",
+    "CertError",
+    "EnvoyCert",
+    "EnvoySecret",
+    "EnvoySecrets",
+    "SpiffeId",
+    "TrustBundle",
+    "WorkloadCert",
+    "lifetime_elapsed",
+    "load_pem_chain",
+    "parse_envoy_certs",
+    "parse_envoy_secrets",
+    "parse_spiffe_id",
+    "rotation_delay",
+    "rotation_time",
+    "rotation_window",
+    "serial_hex",
+]
+
+# Istio's SDS resource names (security.WorkloadKeyCertResourceName / RootCertReqResourceName).
+ISTIO_WORKLOAD_SECRET = "default"
+ISTIO_ROOT_SECRET = "ROOTCA"
+SECRETS_CONFIG_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+_SPIFFE_VALIDATOR_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+)
+
+_SPIFFE_SCHEME = "spiffe://"
+_MAX_SPIFFE_ID_BYTES = 2048
+_MAX_TRUST_DOMAIN_BYTES = 255
+_TRUST_DOMAIN_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_")
+_PATH_SEGMENT_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
+_FRAGMENT_LIMIT = 80
+
+_TIMESTAMP = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+_PEM_BLOCK = re.compile(r"-----BEGIN ([^\r\n-]*)-----(.*?)-----END ([^\r\n-]*)-----", re.S)
+_PEM_BEGIN = re.compile(r"-----BEGIN ")
+
+_DEFAULT_RANDOM = random.Random()
+
+SecretState = Literal["static", "active", "warming"]
+SecretKind = Literal[
+    "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret"
+]
+_SECRET_KINDS: tuple[SecretKind, ...] = (
+    "tls_certificate",
+    "validation_context",
+    "session_ticket_keys",
+    "generic_secret",
+)
+
+
+class CertError(ValueError):
+    """Input that is not what it claims to be: a bad dump, PEM, SPIFFE ID or chain."""
+
+
+def _fragment(value: object) -> str:
+    """The offending input, quoted and cut short enough for an error message."""
+    text = repr(value)
+    return text if len(text) <= _FRAGMENT_LIMIT else text[: _FRAGMENT_LIMIT - 3] + "..."
+
+
+def _rfc3339(moment: datetime) -> str:
+    """A UTC instant as istioctl prints it (``2023-05-16T01:32:52Z``), microseconds if any."""
+    moment = moment.astimezone(UTC)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware_utc(moment: object, name: str) -> datetime:
+    """``moment`` in UTC; a naive datetime is refused because its zone would be a guess."""
+    if not isinstance(moment, datetime):
+        raise CertError(f"{name} must be a datetime, got {type(moment).__name__}")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise CertError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(UTC)
+
+
+# --- SPIFFE IDs -----------------------------------------------------------------------------
+
+
+def _trust_domain_problem(trust_domain: str) -> str | None:
+    if not trust_domain:
+        return "trust domain is empty"
+    if "@" in trust_domain:
+        return "userinfo is not allowed in the trust domain"
+    if ":" in trust_domain:
+        return "a port (or ':') is not allowed in the trust domain"
+    if "%" in trust_domain:
+        return "percent-encoded characters are not allowed in the trust domain"
+    if any(char in string.ascii_uppercase for char in trust_domain):
+        return "trust domain must be lowercase"
+    bad = sorted(set(trust_domain) - _TRUST_DOMAIN_CHARS)
+    if bad:
+        return f"trust domain has characters outside [a-z0-9.-_]: {_fragment(''.join(bad))}"
+    if len(trust_domain) > _MAX_TRUST_DOMAIN_BYTES:
+        return f"trust domain is {len(trust_domain)} bytes, more than {_MAX_TRUST_DOMAIN_BYTES}"
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    if path == "":
+        return None
+    if not path.startswith("/"):
+        return "path must be empty or start with '/'"
+    if path.endswith("/"):
+        return "path must not end with '/'"
+    for segment in path[1:].split("/"):
+        if segment == "":
+            return "path has an empty segment ('//')"
+        if segment in (".", ".."):
+            return f"path segment {segment!r} is a relative path modifier"
+        if "%" in segment:
+            return f"percent-encoded characters are not allowed in the path: {_fragment(segment)}"
+        bad = sorted(set(segment) - _PATH_SEGMENT_CHARS)
+        if bad:
+            return (
+                f"path segment {_fragment(segment)} has characters outside [A-Za-z0-9.-_]: "
+                f"{_fragment(''.join(bad))}"
+            )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SpiffeId:
+    """A SPIFFE ID; ``str()`` gives the URI back. Construction validates like parsing does."""
+
+    trust_domain: str
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        problem = _trust_domain_problem(self.trust_domain) or _path_problem(self.path)
+        if problem is None and len(str(self)) > _MAX_SPIFFE_ID_BYTES:
+            problem = f"SPIFFE ID is longer than {_MAX_SPIFFE_ID_BYTES} bytes"
+        if problem is not None:
+            raise CertError(f"invalid SPIFFE ID {_fragment(str(self))}: {problem}")
+
+    def __str__(self) -> str:
+        return f"{_SPIFFE_SCHEME}{self.trust_domain}{self.path}"
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path[1:].split("/")) if self.path else ()
+
+    @property
+    def namespace(self) -> str | None:
+        """The Kubernetes namespace when the path is Istio's ``/ns/<ns>/sa/<sa>``."""
+        return self.segments[1] if self._is_istio_identity() else None
+
+    @property
+    def service_account(self) -> str | None:
+        """The service account when the path is Istio's ``/ns/<ns>/sa/<sa>``."""
+        return self.segments[3] if self._is_istio_identity() else None
+
+    def _is_istio_identity(self) -> bool:
+        segments = self.segments
+        return len(segments) == 4 and segments[0] == "ns" and segments[2] == "sa"
+
+
+def parse_spiffe_id(uri: str) -> SpiffeId:
+    """Parse ``spiffe://<trust domain><path>``, refusing anything SPIFFE-ID.md forbids."""
+    if not isinstance(uri, str):
+        raise CertError(f"a SPIFFE ID must be a str, got {type(uri).__name__}")
+    if not uri.isascii():
+        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: not ASCII")
+    if len(uri) > _MAX_SPIFFE_ID_BYTES:
+        raise CertError(
+            f"invalid SPIFFE ID {_fragment(uri)}: {len(uri)} bytes, "
+            f"more than {_MAX_SPIFFE_ID_BYTES}"
+        )
+    if not uri.startswith(_SPIFFE_SCHEME):
+        if uri[: len(_SPIFFE_SCHEME)].lower() == _SPIFFE_SCHEME:
+            problem = "scheme must be lowercase 'spiffe'"
+        else:
+            problem = "scheme must be 'spiffe://'"
+        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: {problem}")
+    rest = uri[len(_SPIFFE_SCHEME) :]
+    if "?" in rest or "#" in rest:
+        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: query and fragment are not allowed")
+    slash = rest.find("/")
+    trust_domain, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    return SpiffeId(trust_domain, path)
+
+
+# --- PEM and certificates -------------------------------------------------------------------
+
+
+def _serial_from_int(serial: int) -> str:
+    """Lowercase hex of the serial's big-endian bytes (Go ``SerialNumber.Bytes()``)."""
+    magnitude = abs(serial)
+    if magnitude == 0:
+        return "00"  # RFC 5280 forbids it; Go would print nothing, BoringSSL "0"
+    return magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "big").hex()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial as istioctl and Envoy's ``/certs`` print it: ``0193a543fe...``."""
+    return _serial_from_int(cert.serial_number)
+
+
+def _subject_text(cert: x509.Certificate) -> str:
+    try:
+        text = cert.subject.rfc4514_string()
+    except ValueError:
+        return "unreadable subject"
+    return repr(text) if text else "empty subject"
+
+
+def _describe(cert: x509.Certificate, role: str) -> str:
+    return f"{role} serial {serial_hex(cert)} ({_subject_text(cert)})"
+
+
+def load_pem_chain(pem: bytes | str) -> tuple[x509.Certificate, ...]:
+    """Every ``CERTIFICATE`` block of ``pem``, in order (leaf first for a chain).
+
+    Text between blocks is ignored (RFC 7468 explanatory text); any other block type, a block
+    without its END line, bad base64 or DER that is not a certificate is an error.
+    """
+    if isinstance(pem, bytes | bytearray):
+        try:
+            text = bytes(pem).decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise CertError(f"PEM is not ASCII (byte {exc.start})") from exc
+    elif isinstance(pem, str):
+        if not pem.isascii():
+            raise CertError("PEM is not ASCII")
+        text = pem
+    else:
+        raise CertError(f"PEM must be bytes or str, got {type(pem).__name__}")
+    blocks = list(_PEM_BLOCK.finditer(text))
+    if len(blocks) != len(_PEM_BEGIN.findall(text)):
+        raise CertError("PEM has a BEGIN line without its matching END line")
+    if not blocks:
+        raise CertError(f"no PEM CERTIFICATE block in {_fragment(text)}")
+    chain: list[x509.Certificate] = []
+    for index, block in enumerate(blocks):
+        label, body, end_label = block.group(1), block.group(2), block.group(3)
+        if label != end_label:
+            raise CertError(f"PEM block {index}: BEGIN {label!r} ends with END {end_label!r}")
+        if label != "CERTIFICATE":
+            raise CertError(f"PEM block {index} is {label!r}, not 'CERTIFICATE'")
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CertError(f"PEM block {index}: bad base64 ({exc})") from exc
+        try:
+            chain.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise CertError(f"PEM block {index}: not an X.509 certificate ({exc})") from exc
+    return tuple(chain)
+
+
+def _leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+    """The one URI SAN of an X.509-SVID, parsed."""
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise CertError(
+            f"{_describe(leaf, 'leaf')} has no subjectAltName: an X.509-SVID carries its "
+            "SPIFFE ID there"
+        ) from exc
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertError(f"{_describe(leaf, 'leaf')} has unreadable extensions: {exc}") from exc
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        raise CertError(
+            f"{_describe(leaf, 'leaf')} has {len(uris)} URI SANs {_fragment(uris)}; "
+            "an X.509-SVID has exactly one"
+        )
+    try:
+        return parse_spiffe_id(uris[0])
+    except CertError as exc:
+        raise CertError(f"{_describe(leaf, 'leaf')}: {exc}") from exc
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if at < not_before:
+        raise CertError(
+            f"not yet valid: {_describe(cert, role)} is valid from {_rfc3339(not_before)}, "
+            f"checked at {_rfc3339(at)}"
+        )
+    if at > not_after:
+        raise CertError(
+            f"expired: {_describe(cert, role)} expired at {_rfc3339(not_after)}, "
+            f"checked at {_rfc3339(at)}"
+        )
+
+
+def _path_to_roots(
+    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> list[tuple[str, x509.Certificate]]:
+    """Leaf, chain certificates and the trusted root that signed them; the reason if none.
+
+    Trusted roots are tried before the chain's own certificates at every step, so a copy of
+    the root at the end of the chain (Istio sends one) is never mistaken for the anchor.
+    """
+    current, role = chain[0], "leaf"
+    pool = [(f"chain[{index}]", cert) for index, cert in enumerate(chain) if index > 0]
+    path = [(role, current)]
+    for _ in range(len(chain)):
+        for root in roots:
+            if root.subject == current.issuer and _signed_by(current, root):
+                path.append(("root", root))
+                return path
+        if current.issuer == current.subject and _signed_by(current, current):
+            raise CertError(
+                f"no path to roots: the chain ends in the self-signed {_describe(current, role)}, "
+                f"which is not among the {len(roots)} given root(s)"
+            )
+        issuer_name = current.issuer.rfc4514_string()
+        named = [c for c in roots if c.subject == current.issuer]
+        named += [c for _, c in pool if c.subject == current.issuer]
+        if not named:
+            raise CertError(
+                f"no path to roots: {_describe(current, role)} was issued by {issuer_name!r}, "
+                f"and neither the chain nor the {len(roots)} given root(s) hold a certificate "
+                "of that name"
+            )
+        step = next(
+            (entry for entry in pool if entry[1] in named and _signed_by(current, entry[1])),
+            None,
+        )
+        if step is None:
+            raise CertError(
+                f"wrong signature: {_describe(current, role)} names {issuer_name!r} as its "
+                f"issuer, but its signature does not verify with the key of any of the "
+                f"{len(named)} certificate(s) of that name"
+            )
+        pool.remove(step)
+        role, current = step
+        path.append(step)
+    raise CertError("no path to roots: the chain never reaches a trusted root")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCert:
+    """A workload's X.509-SVID: who it is, which certificate, and how long it lives."""
+
+    spiffe_id: SpiffeId
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    chain: tuple[x509.Certificate, ...]
+
+    @classmethod
+    def from_chain(cls, chain: Sequence[x509.Certificate]) -> WorkloadCert:
+        """Build from certificates, leaf first; the leaf must be a valid X.509-SVID."""
+        if not chain:
+            raise CertError("empty certificate chain: no leaf")
+        leaf = chain[0]
+        return cls(
+            spiffe_id=_leaf_spiffe_id(leaf),
+            serial=serial_hex(leaf),
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            chain=tuple(chain),
+        )
+
+    @classmethod
+    def from_pem(cls, pem: bytes | str) -> WorkloadCert:
+        """Build from a PEM chain, leaf first (a cert-chain.pem, an SDS ``inline_string``)."""
+        return cls.from_chain(load_pem_chain(pem))
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def lifetime(self) -> timedelta:
+        """``not_after - not_before``; istiod backdates not_before by 2 minutes for clock skew."""
+        return self.not_after - self.not_before
+
+    def lifetime_elapsed(self, at: datetime) -> float:
+        """Fraction of ``not_before..not_after`` elapsed at ``at`` (not clamped to 0..1)."""
+        return lifetime_elapsed(self.not_before, self.not_after, at)
+
+    def verify(self, roots: Iterable[x509.Certificate], at: datetime) -> None:
+        """Raise :class:`CertError` unless the chain leads to one of ``roots``, valid at ``at``.
+
+        The reason comes first from our own checks (expired, not yet valid, no path to roots,
+        wrong signature), then the whole chain goes through cryptography's RFC 5280 path
+        validation with its *client* verifier: Istio's leaves have an empty subject and only a
+        URI SAN, which the server verifier rejects for want of a DNS name to match (checked
+        with cryptography 50.0.2), while a client certificate needs no name.
+        """
+        moment = _aware_utc(at, "at")
+        anchors = tuple(roots)
+        if not anchors:
+            raise CertError(f"no roots given to verify {self.spiffe_id} against")
+        _check_validity(self.leaf, "leaf", moment)
+        for role, cert in _path_to_roots(self.chain, anchors)[1:]:
+            _check_validity(cert, role, moment)
+        verifier = PolicyBuilder().store(Store(list(anchors))).time(moment).build_client_verifier()
+        try:
+            verifier.verify(self.leaf, list(self.chain[1:]))
+        except VerificationError as exc:
+            raise CertError(
+                f"chain of {self.spiffe_id} (leaf serial {self.serial}) fails RFC 5280 path "
+                f"validation: {exc}"
+            ) from exc
+
+
+# --- JSON plumbing --------------------------------------------------------------------------
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _field(obj: Mapping[str, Any], snake: str, where: str) -> Any:
+    """``obj[snake]`` or its protojson camelCase twin; both at once is refused."""
+    camel = _camel(snake)
+    if camel != snake and snake in obj and camel in obj:
+        raise CertError(f"{where}: both {snake!r} and {camel!r} are present")
+    return obj.get(snake, obj.get(camel))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise CertError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise CertError(f"{where}: expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _optional_str(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise CertError(f"{where}: expected a string, got {type(value).__name__}")
+
+
+def _load_json_object(data: Any, what: str) -> Mapping[str, Any]:
+    if isinstance(data, Mapping):
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = bytes(data)
+    elif not isinstance(data, str):
+        raise CertError(f"{what} must be bytes, str or a dict, got {type(data).__name__}")
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise CertError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise CertError(f"{what} must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _parse_timestamp(value: Any, where: str) -> datetime:
+    """A protobuf JSON Timestamp (RFC 3339), as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise CertError(f"{where}: expected an RFC 3339 timestamp, got {type(value).__name__}")
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None:
+        raise CertError(f"{where}: not an RFC 3339 timestamp: {_fragment(value)}")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, UTC
+        )
+    except ValueError as exc:
+        raise CertError(f"{where}: impossible date {_fragment(value)} ({exc})") from exc
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise CertError(f"{where}: bad UTC offset in {_fragment(value)}")
+        moment -= sign * timedelta(hours=hours, minutes=minutes)
+    return moment
+
+
+def _decode_base64(value: Any, where: str) -> bytes:
+    """Protobuf JSON ``bytes``: standard or URL-safe base64, padded or not."""
+    if not isinstance(value, str):
+        raise CertError(f"{where}: expected a base64 string, got {type(value).__name__}")
+    text = value.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CertError(f"{where}: not valid base64 ({exc})") from exc
+
+
+# --- Envoy secrets --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    """The roots Envoy's SPIFFE validator trusts for one trust domain (SPIRE federation)."""
+
+    trust_domain: str
+    certificates: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySecret:
+    """One secret of the dump, as istioctl lists it, with the certificates it holds.
+
+    ``kind`` is None for a secret without payload (a warming secret still waiting for SDS).
+    ``file`` is set when the PEM lives in a file on the proxy, which the dump only names.
+    """
+
+    name: str
+    state: SecretState
+    version_info: str | None
+    last_updated: datetime | None
+    kind: SecretKind | None
+    certificates: tuple[x509.Certificate, ...]
+    trust_bundles: tuple[TrustBundle, ...] = ()
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySecrets:
+    """A proxy's secrets: Istio's workload certificate and roots, and the full list."""
+
+    secrets: tuple[EnvoySecret, ...]
+    workload: WorkloadCert | None
+    roots: tuple[x509.Certificate, ...]
+    trust_bundles: tuple[TrustBundle, ...] = ()
+
+    def secret(self, name: str, state: SecretState = "active") -> EnvoySecret | None:
+        return next((s for s in self.secrets if s.name == name and s.state == state), None)
+
+    def roots_for(self, trust_domain: str) -> tuple[x509.Certificate, ...]:
+        """The roots Envoy would check a peer of ``trust_domain`` against.
+
+        With SPIFFE validator bundles that is the bundle of that trust domain (none if it has
+        no bundle, as Envoy then rejects the peer); otherwise every ``ROOTCA`` certificate.
+        """
+        if not self.trust_bundles:
+            return self.roots
+        for bundle in self.trust_bundles:
+            if bundle.trust_domain == trust_domain:
+                return bundle.certificates
+        return ()
+
+
+def _data_source(value: Any, where: str) -> tuple[tuple[x509.Certificate, ...], str | None]:
+    """Certificates of an Envoy DataSource, or the proxy-side file it names."""
+    source = _mapping(value, where)
+    present = [
+        key
+        for key in ("inline_bytes", "inline_string", "filename", "environment_variable")
+        if _field(source, key, where) is not None
+    ]
+    if len(present) > 1:
+        raise CertError(f"{where}: more than one data source: {', '.join(present)}")
+    if not present:
+        return (), None
+    key = present[0]
+    at = _join(where, key)
+    raw = _field(source, key, where)
+    if key == "filename":
+        return (), _optional_str(raw, at)
+    if key == "environment_variable":
+        raise CertError(f"{at}: PEM in environment variable {_fragment(raw)} is not in the dump")
+    if key == "inline_bytes":
+        pem: bytes | str = _decode_base64(raw, at)
+    else:
+        if not isinstance(raw, str):
+            raise CertError(f"{at}: expected a string, got {type(raw).__name__}")
+        pem = raw
+    try:
+        return load_pem_chain(pem), None
+    except CertError as exc:
+        raise CertError(f"{at}: {exc}") from exc
+
+
+def _spiffe_bundles(validation: Mapping[str, Any], where: str) -> tuple[TrustBundle, ...]:
+    custom = _field(validation, "custom_validator_config", where)
+    if custom is None:
+        return ()
+    at = _join(where, "custom_validator_config")
+    typed = _field(_mapping(custom, at), "typed_config", at)
+    if typed is None:
+        return ()
+    at = _join(at, "typed_config")
+    typed = _mapping(typed, at)
+    if typed.get("@type") != _SPIFFE_VALIDATOR_TYPE:
+        return ()  # another validator: it holds no SPIFFE bundles
+    domains = _field(typed, "trust_domains", at)
+    if domains is None:
+        return ()
+    bundles: list[TrustBundle] = []
+    for index, entry in enumerate(_list(domains, _join(at, "trust_domains"))):
+        entry_at = f"{at}.trust_domains[{index}]"
+        entry = _mapping(entry, entry_at)
+        name = _field(entry, "name", entry_at)
+        if not isinstance(name, str) or _trust_domain_problem(name) is not None:
+            raise CertError(f"{entry_at}.name: not a SPIFFE trust domain: {_fragment(name)}")
+        bundle = _field(entry, "trust_bundle", entry_at)
+        certs = () if bundle is None else _data_source(bundle, f"{entry_at}.trust_bundle")[0]
+        bundles.append(TrustBundle(name, certs))
+    return tuple(bundles)
+
+
+def _parse_secret(item: Any, state: SecretState, where: str) -> EnvoySecret:
+    entry = _mapping(item, where)
+    name = _field(entry, "name", where)
+    if not isinstance(name, str):
+        raise CertError(f"{where}.name: expected a string, got {type(name).__name__}")
+    version_info = _optional_str(_field(entry, "version_info", where), f"{where}.version_info")
+    updated = _field(entry, "last_updated", where)
+    last_updated = None if updated is None else _parse_timestamp(updated, f"{where}.last_updated")
+    secret = _field(entry, "secret", where)
+    if secret is None:
+        return EnvoySecret(name, state, version_info, last_updated, None, ())
+    at = f"{where}.secret"
+    secret = _mapping(secret, at)
+    type_url = secret.get("@type")
+    if type_url is not None and type_url != _SECRET_TYPE:
+        raise CertError(f"{at}.@type: {_fragment(type_url)} is not {_SECRET_TYPE}")
+    kinds = [kind for kind in _SECRET_KINDS if _field(secret, kind, at) is not None]
+    if len(kinds) > 1:
+        raise CertError(f"{at}: a secret is one of its kinds, got {', '.join(kinds)}")
+    if not kinds:
+        return EnvoySecret(name, state, version_info, last_updated, None, ())
+    kind = kinds[0]
+    body = _mapping(_field(secret, kind, at), f"{at}.{kind}")
+    certs: tuple[x509.Certificate, ...] = ()
+    file = None
+    bundles: tuple[TrustBundle, ...] = ()
+    if kind == "tls_certificate":
+        chain = _field(body, "certificate_chain", f"{at}.{kind}")
+        if chain is not None:
+            certs, file = _data_source(chain, f"{at}.{kind}.certificate_chain")
+    elif kind == "validation_context":
+        trusted = _field(body, "trusted_ca", f"{at}.{kind}")
+        if trusted is not None:
+            certs, file = _data_source(trusted, f"{at}.{kind}.trusted_ca")
+        bundles = _spiffe_bundles(body, f"{at}.{kind}")
+    return EnvoySecret(name, state, version_info, last_updated, kind, certs, bundles, file)
+
+
+def _secrets_config_dump(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The SecretsConfigDump inside a full ``/config_dump``, or the document itself."""
+    configs = document.get("configs")
+    if configs is not None:
+        found = []
+        for index, config in enumerate(_list(configs, "configs")):
+            config = _mapping(config, f"configs[{index}]")
+            if config.get("@type") == SECRETS_CONFIG_DUMP_TYPE:
+                found.append(config)
+        if len(found) != 1:
+            types = [c.get("@type") for c in configs if isinstance(c, Mapping)]
+            raise CertError(
+                f"configs: expected one {SECRETS_CONFIG_DUMP_TYPE}, found {len(found)} among "
+                f"{_fragment(types)}"
+            )
+        return found[0]
+    type_url = document.get("@type")
+    if type_url is not None and type_url != SECRETS_CONFIG_DUMP_TYPE:
+        raise CertError(f"@type: {_fragment(type_url)} is not {SECRETS_CONFIG_DUMP_TYPE}")
+    known = ("static_secrets", "dynamic_active_secrets", "dynamic_warming_secrets")
+    if type_url is None and document and all(_field(document, k, "") is None for k in known):
+        raise CertError(
+            f"not an Envoy secrets dump: no 'configs', '@type' or secret lists among keys "
+            f"{_fragment(sorted(map(str, document)))}"
+        )
+    return document
+
+
+def _single_secret(
+    secrets: Sequence[EnvoySecret], name: str, allowed_kind: SecretKind
+) -> EnvoySecret | None:
+    matches = [s for s in secrets if s.state == "active" and s.name == name]
+    if len(matches) > 1:
+        raise CertError(f"{len(matches)} active secrets are named {name!r}")
+    if not matches:
+        return None
+    secret = matches[0]
+    if secret.kind not in (None, allowed_kind):
+        raise CertError(f"secret {name!r} is a {secret.kind}, expected a {allowed_kind}")
+    return secret
+
+
+def parse_envoy_secrets(data: bytes | str | Mapping[str, Any]) -> EnvoySecrets:
+    """Parse Envoy's secrets ``/config_dump`` (full or secrets only) or istioctl's JSON.
+
+    ``workload`` is None when the proxy has no active ``default`` certificate yet.
+    """
+    document = _load_json_object(data, "secrets dump")
+    dump = _secrets_config_dump(document)
+    secrets: list[EnvoySecret] = []
+    lists: tuple[tuple[SecretState, str], ...] = (
+        ("static", "static_secrets"),
+        ("active", "dynamic_active_secrets"),
+        ("warming", "dynamic_warming_secrets"),
+    )
+    for state, key in lists:
+        items = _field(dump, key, "")
+        if items is None:
+            continue
+        for index, item in enumerate(_list(items, key)):
+            secrets.append(_parse_secret(item, state, f"{key}[{index}]"))
+
+    workload = None
+    default = _single_secret(secrets, ISTIO_WORKLOAD_SECRET, "tls_certificate")
+    if default is not None and default.certificates:
+        try:
+            workload = WorkloadCert.from_chain(default.certificates)
+        except CertError as exc:
+            raise CertError(f"secret {ISTIO_WORKLOAD_SECRET!r}: {exc}") from exc
+    elif default is not None and default.file is not None:
+        raise CertError(
+            f"secret {ISTIO_WORKLOAD_SECRET!r} names file {default.file!r} on the proxy "
+            "instead of holding the PEM"
+        )
+
+    roots: tuple[x509.Certificate, ...] = ()
+    bundles: tuple[TrustBundle, ...] = ()
+    root_secret = _single_secret(secrets, ISTIO_ROOT_SECRET, "validation_context")
+    if root_secret is not None:
+        bundles = root_secret.trust_bundles
+        roots = root_secret.certificates + tuple(c for b in bundles for c in b.certificates)
+    return EnvoySecrets(tuple(secrets), workload, roots, bundles)
+
+
+# --- Envoy /certs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyCert:
+    """One certificate as Envoy's ``/certs`` admin endpoint describes it.
+
+    ``context_index`` is the position in ``certificates[]`` (one per TLS context), ``kind``
+    the list it came from. ``days_until_expiration`` is left out: whole days say nothing about
+    a certificate that lives for an hour.
+    """
+
+    context_index: int
+    kind: Literal["ca_cert", "cert_chain"]
+    path: str | None
+    serial: str
+    uris: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    valid_from: datetime
+    expiration_time: datetime
+
+
+def _parse_cert_details(
+    item: Any, context_index: int, kind: Literal["ca_cert", "cert_chain"], where: str
+) -> EnvoyCert:
+    details = _mapping(item, where)
+    path = _optional_str(_field(details, "path", where), f"{where}.path")
+    serial = _field(details, "serial_number", where)
+    if not isinstance(serial, str) or _HEX.fullmatch(serial) is None:
+        raise CertError(f"{where}.serial_number: not a hex serial: {_fragment(serial)}")
+    names: dict[str, list[str]] = {"uri": [], "dns": [], "ip_address": []}
+    sans = _field(details, "subject_alt_names", where)
+    for index, san in enumerate(_list([] if sans is None else sans, f"{where}.subject_alt_names")):
+        san_at = f"{where}.subject_alt_names[{index}]"
+        san = _mapping(san, san_at)
+        present = [key for key in names if _field(san, key, san_at) is not None]
+        if len(present) != 1:
+            raise CertError(f"{san_at}: expected one of uri, dns, ip_address, got {_fragment(san)}")
+        value = _field(san, present[0], san_at)
+        if not isinstance(value, str):
+            raise CertError(f"{san_at}.{present[0]}: expected a string, got {_fragment(value)}")
+        names[present[0]].append(value)
+    valid_from = _field(details, "valid_from", where)
+    expiration = _field(details, "expiration_time", where)
+    if valid_from is None or expiration is None:
+        raise CertError(f"{where}: valid_from and expiration_time are required")
+    return EnvoyCert(
+        context_index=context_index,
+        kind=kind,
+        path=path,
+        serial=_serial_from_int(int(serial, 16)),
+        uris=tuple(names["uri"]),
+        dns_names=tuple(names["dns"]),
+        ip_addresses=tuple(names["ip_address"]),
+        valid_from=_parse_timestamp(valid_from, f"{where}.valid_from"),
+        expiration_time=_parse_timestamp(expiration, f"{where}.expiration_time"),
+    )
+
+
+def parse_envoy_certs(data: bytes | str | Mapping[str, Any]) -> tuple[EnvoyCert, ...]:
+    """Parse Envoy's ``/certs``: every ``ca_cert`` and ``cert_chain`` entry, in order."""
+    document = _load_json_object(data, "/certs output")
+    contexts = document.get("certificates")
+    if contexts is None:
+        if document:
+            raise CertError(
+                "/certs output has no 'certificates' list; keys "
+                f"{_fragment(sorted(map(str, document)))}"
+            )
+        return ()
+    certs: list[EnvoyCert] = []
+    for context_index, context in enumerate(_list(contexts, "certificates")):
+        where = f"certificates[{context_index}]"
+        context = _mapping(context, where)
+        kinds: tuple[Literal["ca_cert", "cert_chain"], ...] = ("ca_cert", "cert_chain")
+        for kind in kinds:
+            entries = _field(context, kind, where)
+            if entries is None:
+                continue
+            for index, entry in enumerate(_list(entries, f"{where}.{kind}")):
+                certs.append(
+                    _parse_cert_details(entry, context_index, kind, f"{where}.{kind}[{index}]")
+                )
+    return tuple(certs)
+
+
+# --- Rotation -------------------------------------------------------------------------------
+
+
+def _lifetime(
+    start: datetime, end: datetime, names: tuple[str, str] = ("created", "expires")
+) -> tuple[datetime, datetime, timedelta]:
+    start, end = _aware_utc(start, names[0]), _aware_utc(end, names[1])
+    if end <= start:
+        raise CertError(f"{names[1]} {_rfc3339(end)} is not after {names[0]} {_rfc3339(start)}")
+    return start, end, end - start
+
+
+def _check_ratios(grace_ratio: float, jitter: float) -> None:
+    if not 0.0 <= grace_ratio <= 1.0:
+        raise CertError(f"grace_ratio must be within 0..1, got {grace_ratio!r}")
+    if not 0.0 <= jitter <= 1.0:
+        raise CertError(f"jitter must be within 0..1, got {jitter!r}")
+
+
+def rotation_time(
+    created: datetime,
+    expires: datetime,
+    grace_ratio: float = 0.5,
+    jitter: float = 0.01,
+    rand: random.Random | None = None,
+) -> datetime:
+    """When Istio's agent rotates a certificate it obtained at ``created``.
+
+    Mirrors ``rotateTime`` in istio/istio security/pkg/nodeagent/cache/secretcache.go (read at
+    commit 30bb74c779f98f67e74d0798c434228d36ce496e): it draws ``rand.Float64()`` (uniform in
+    [0, 1)) and then ``rand.IntN(2)*2-1`` (a fair sign, -1 or +1), sets
+    ``ratio = grace_ratio + float * jitter * sign`` clamped to [0, 1], and rotates at
+    ``expires - ratio * (expires - created)``. Here the same two draws are
+    ``rand.random()`` then ``rand.randrange(2) * 2 - 1``, in that order (``rand`` defaults to
+    a module-level ``random.Random``). Defaults are the agent's ``SECRET_GRACE_PERIOD_RATIO``
+    (0.5) and ``SECRET_GRACE_PERIOD_RATIO_JITTER`` (0.01, Istio's release notes for
+    istio/istio#52102: about +-15 minutes around the 12-hour mark of a 24-hour certificate).
+
+    ``created`` is the agent's clock when the CA answered, which Istio does not publish; the
+    secret's ``last_updated`` in Envoy's dump is a little later, and the certificate's
+    not_before a little earlier (istiod backdates it by its 2-minute ClockSkewGracePeriod).
+    Resolution is the microsecond (Go's is the nanosecond).
+    """
+    _, end, lifetime = _lifetime(created, expires)
+    _check_ratios(grace_ratio, jitter)
+    draw = _DEFAULT_RANDOM if rand is None else rand
+    magnitude = draw.random()
+    sign = draw.randrange(2) * 2 - 1
+    ratio = min(1.0, max(0.0, grace_ratio + magnitude * jitter * sign))
+    return end - lifetime * ratio
+
+
+def rotation_delay(
+    created: datetime,
+    expires: datetime,
+    now: datetime,
+    grace_ratio: float = 0.5,
+    jitter: float = 0.01,
+    rand: random.Random | None = None,
+) -> timedelta:
+    """How long after ``now`` the agent rotates: :func:`rotation_time` minus now, at least 0.
+
+    This is the value ``rotateTime`` itself returns (it floors a negative delay at zero).
+    """
+    moment = _aware_utc(now, "now")
+    delay = rotation_time(created, expires, grace_ratio, jitter, rand) - moment
+    return max(delay, timedelta(0))
+
+
+def rotation_window(
+    created: datetime, expires: datetime, grace_ratio: float = 0.5, jitter: float = 0.01
+) -> tuple[datetime, datetime]:
+    """Earliest and latest instant :func:`rotation_time` can return, whatever the draws."""
+    _, end, lifetime = _lifetime(created, expires)
+    _check_ratios(grace_ratio, jitter)
+    largest = min(1.0, grace_ratio + jitter)
+    smallest = max(0.0, grace_ratio - jitter)
+    return end - lifetime * largest, end - lifetime * smallest
+
+
+def lifetime_elapsed(not_before: datetime, not_after: datetime, at: datetime) -> float:
+    """Fraction of ``not_before..not_after`` gone at ``at``: 0.5 is half-life, >1 expired."""
+    start, _, lifetime = _lifetime(not_before, not_after, ("not_before", "not_after"))
+    return (_aware_utc(at, "at") - start) / lifetime

@@ -1,0 +1,142 @@
+"""The local mesh's certificate authority: one self-signed root per mesh, Istio-shaped leaves.
+
+Mirrors what istiod's self-signed CA issues (security/pkg/pki/util/generate_cert.go): an ECDSA
+P-256 root with `O=<trust domain>`, and workload certificates with an empty subject, the SPIFFE
+ID as the only (critical) URI SAN, key usages digitalSignature + keyEncipherment, extended key
+usages serverAuth + clientAuth, a random 128-bit serial and NotBefore = now.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT_LIFETIME = dt.timedelta(days=3650)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    cert_pem: str
+    key_pem: str
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+class MeshCA:
+    """A root CA for one mesh run; never written anywhere but the run's own directory."""
+
+    def __init__(self, trust_domain: str = "cluster.local") -> None:
+        self.trust_domain = trust_domain
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)])
+        ski = x509.SubjectKeyIdentifier.from_public_key(self._key.public_key())
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(secrets.randbits(127) | 1)
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + ROOT_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.root_pem = self._cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    @property
+    def root_cert(self) -> x509.Certificate:
+        return self._cert
+
+    def issue_workload(
+        self,
+        namespace: str,
+        service_account: str,
+        ttl: dt.timedelta,
+        now: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """Issue a workload certificate for spiffe://<td>/ns/<namespace>/sa/<service_account>."""
+        if ttl <= dt.timedelta(0):
+            raise ValueError(f"certificate TTL must be positive, got {ttl}")
+        key = ec.generate_private_key(ec.SECP256R1())
+        not_before = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        not_after = not_before + ttl
+        serial = secrets.randbits(128) or 1
+        spiffe = f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{service_account}"
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+            # An empty subject makes the SAN extension critical (RFC 5280 4.2.1.6), as in Istio.
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return IssuedCert(
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key_pem=_private_key_pem(key),
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
+        )

@@ -1,0 +1,120 @@
+"""The conformance topology of Istio's authn-policy and mtls-migration tasks, as pure data.
+
+Namespaces `foo` and `bar` are sidecar-injected, `legacy` is not; each holds a `sleep` pod (a
+curl client) and an `httpbin` pod (container port 8080 behind Service `httpbin` port 8000).
+Addresses live only inside the mesh's network namespaces (pods 10.244.0.0/24, Services
+10.96.0.0/16, as in kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..mesh import Service, Workload
+
+TRUST_DOMAIN = "cluster.local"
+ROOT_NAMESPACE = "istio-system"
+INJECTED_NAMESPACES = ("foo", "bar")
+PLAIN_NAMESPACES = ("legacy",)
+POD_CIDR_PREFIX = "10.244.0."
+POD_PREFIX_LEN = 24
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_PREFIX = "10.96.0."
+HTTPBIN_PORT = 8000
+HTTPBIN_TARGET_PORT = 8080
+
+# Envoy and interception ports, as istio-iptables uses them.
+PROXY_UID = 1337
+PROXY_GID = 1337
+OUTBOUND_CAPTURE_PORT = 15001
+INBOUND_CAPTURE_PORT = 15006
+INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
+EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    workload: Workload
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    service: Service
+    vip: str
+    endpoints: tuple[Pod, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    pods: tuple[Pod, ...]
+    services: tuple[ServiceEntry, ...]
+
+    def pod(self, name: str, namespace: str) -> Pod:
+        for pod in self.pods:
+            if pod.workload.name == name and pod.workload.namespace == namespace:
+                return pod
+        known = ", ".join(p.workload.key for p in self.pods)
+        raise KeyError(f"no workload {name}.{namespace} in the local mesh (have: {known})")
+
+    def pod_of(self, workload: Workload) -> Pod:
+        return self.pod(workload.name, workload.namespace)
+
+    def hosts_file(self, pod: Pod) -> str:
+        """/etc/hosts for a pod: names resolve as cluster DNS with the pod's search path would."""
+        lines = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            f"{pod.ip}\t{pod.workload.name}",
+        ]
+        for entry in self.services:
+            svc = entry.service
+            names = [svc.fqdn, f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
+            if svc.namespace == pod.workload.namespace:
+                names.append(svc.name)
+            lines.append(f"{entry.vip}\t{' '.join(names)}")
+        return "\n".join(lines) + "\n"
+
+    def resolv_conf(self, pod: Pod) -> str:
+        # No resolver is reachable from a pod: a name missing from /etc/hosts fails locally.
+        ns = pod.workload.namespace
+        return (
+            f"nameserver 127.0.0.1\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+        )
+
+
+def default_topology() -> Topology:
+    pods: list[Pod] = []
+    services: list[ServiceEntry] = []
+    next_ip = 10
+    for index, namespace in enumerate((*INJECTED_NAMESPACES, *PLAIN_NAMESPACES)):
+        injected = namespace in INJECTED_NAMESPACES
+        by_app: dict[str, Pod] = {}
+        for app, ports in (("sleep", ()), ("httpbin", (HTTPBIN_TARGET_PORT,))):
+            workload = Workload(
+                name=app,
+                namespace=namespace,
+                app=app,
+                service_account=app,
+                has_sidecar=injected,
+                labels={"app": app},
+                container_ports=ports,
+            )
+            pod = Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{next_ip}")
+            next_ip += 1
+            pods.append(pod)
+            by_app[app] = pod
+        services.append(
+            ServiceEntry(
+                service=Service(
+                    name="httpbin",
+                    namespace=namespace,
+                    port=HTTPBIN_PORT,
+                    target_port=HTTPBIN_TARGET_PORT,
+                    selector_app="httpbin",
+                ),
+                vip=f"{SERVICE_PREFIX}{10 + index}",
+                endpoints=(by_app["httpbin"],),
+            )
+        )
+    return Topology(pods=tuple(pods), services=tuple(services))

@@ -1,0 +1,426 @@
+"""Render each sidecar's Envoy configuration the way istiod would, as plain dicts (pure).
+
+The shapes follow what istiod generates (pilot/pkg/networking/core): a `virtualOutbound`
+listener on 15001 that hands connections to per-Service listeners (`<vip>_<port>`, not bound),
+a `virtualInbound` listener on 15006 with one filter chain per (port, transport) chosen by the
+effective PeerAuthentication mode, `outbound|<port>||<fqdn>` clusters whose transport socket is
+chosen by auto mTLS or a DestinationRule, and `inbound|<port>||` clusters to the app, bound to
+127.0.0.6 so the interception rules let them through. Secrets (`default`, `ROOTCA`) come from SDS
+files, so a rotation reaches Envoy without touching listeners or clusters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..policy import MtlsMode, TlsMode
+from .topology import (
+    INBOUND_CAPTURE_PORT,
+    INBOUND_PASSTHROUGH_BIND,
+    OUTBOUND_CAPTURE_PORT,
+    Pod,
+    ServiceEntry,
+)
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DOWNSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+UPSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
+
+# ALPN values Istio's sidecars use (pilot/pkg/util/protoconv, istio.alpn filter; see DESIGN.md).
+ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
+ISTIO_INBOUND_MTLS_ALPN = (
+    "istio-peer-exchange",
+    "istio",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+)
+INBOUND_SERVER_ALPN = ("h2", "http/1.1")
+TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
+
+WORKLOAD_SECRET = "default"
+ROOT_SECRET = "ROOTCA"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How a client sidecar talks to one Service: plaintext (mode None/DISABLE) or TLS."""
+
+    mode: TlsMode | None  # None: plaintext (auto mTLS chose it)
+    sni: str | None = None
+    subject_alt_names: tuple[str, ...] = ()
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPlan:
+    """Everything that decides one sidecar's config; equal plans render equal config."""
+
+    pod: Pod
+    inbound_modes: Mapping[int, MtlsMode]  # container port -> effective mode
+    default_inbound_mode: MtlsMode  # for ports the pod has no explicit chain for
+    outbound: Mapping[tuple[str, int], UpstreamTls]  # (fqdn, service port) -> upstream TLS
+    services: tuple[ServiceEntry, ...] = field(default=())
+    set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPaths:
+    root: Path
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.root / "admin.sock"
+
+    @property
+    def lds(self) -> Path:
+        return self.root / "lds" / "lds.json"
+
+    @property
+    def cds(self) -> Path:
+        return self.root / "cds" / "cds.json"
+
+    @property
+    def sds_dir(self) -> Path:
+        return self.root / "sds"
+
+    def sds(self, name: str) -> Path:
+        return self.sds_dir / f"{name}.json"
+
+    @property
+    def bootstrap(self) -> Path:
+        return self.root / "bootstrap.json"
+
+
+def _file_source(path: Path) -> dict[str, Any]:
+    return {
+        "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
+        "resource_api_version": "V3",
+    }
+
+
+def _sds(paths: SidecarPaths, name: str) -> dict[str, Any]:
+    return {"name": name, "sds_config": _file_source(paths.sds(name))}
+
+
+def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
+    w = pod.workload
+    return {
+        "node": {
+            "id": f"sidecar~{pod.ip}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local",
+            "cluster": f"{w.app}.{w.namespace}",
+            "metadata": {"NAMESPACE": w.namespace, "SERVICE_ACCOUNT": w.service_account},
+        },
+        "admin": {"address": {"pipe": {"path": str(paths.admin_socket), "mode": 0o600}}},
+        "dynamic_resources": {
+            "lds_config": _file_source(paths.lds),
+            "cds_config": _file_source(paths.cds),
+        },
+    }
+
+
+def _hcm(stat_prefix: str, route_cluster: str, *, set_xfcc: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": stat_prefix,
+            "virtual_hosts": [
+                {
+                    "name": route_cluster,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": route_cluster, "timeout": "0s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+        ],
+    }
+    if set_xfcc:
+        # What Istio's sidecar inbound sets (pilot/pkg/networking/core/listener_builder.go).
+        config["forward_client_cert_details"] = "APPEND_FORWARD"
+        config["set_current_client_cert_details"] = {"subject": True, "dns": True, "uri": True}
+    return config
+
+
+def _downstream_mtls(paths: SidecarPaths) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS_TYPE,
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_params": dict(TLS_PARAMS),
+                "alpn_protocols": list(INBOUND_SERVER_ALPN),
+                "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
+                "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+            },
+        },
+    }
+
+
+def _inbound_chains(
+    name: str, port: int | None, mode: MtlsMode, paths: SidecarPaths, filters: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {} if port is None else {"destination_port": port}
+    tls_match: dict[str, Any] = {**base, "transport_protocol": "tls"}
+    tls_chain = {
+        "name": f"{name}-mtls",
+        "filter_chain_match": tls_match,
+        "filters": filters,
+        "transport_socket": _downstream_mtls(paths),
+    }
+    if mode is MtlsMode.STRICT:
+        return [tls_chain]
+    if mode is MtlsMode.DISABLE:
+        return [{"name": f"{name}-plaintext", "filter_chain_match": dict(base), "filters": filters}]
+    # PERMISSIVE: mTLS for Istio ALPNs, plaintext for raw bytes (Istio's inbound chain matcher).
+    tls_match["application_protocols"] = list(ISTIO_INBOUND_MTLS_ALPN)
+    plaintext = {
+        "name": f"{name}-plaintext",
+        "filter_chain_match": {**base, "transport_protocol": "raw_buffer"},
+        "filters": filters,
+    }
+    return [tls_chain, plaintext]
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster},
+    }
+
+
+def inbound_cluster_name(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+def outbound_cluster_name(fqdn: str, port: int) -> str:
+    return f"outbound|{port}||{fqdn}"
+
+
+def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
+    chains: list[dict[str, Any]] = []
+    for port in sorted(plan.inbound_modes):
+        hcm = {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": _hcm(
+                f"inbound_0.0.0.0_{port}", inbound_cluster_name(port), set_xfcc=plan.set_xfcc
+            ),
+        }
+        chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [hcm])
+    passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
+    chains += _inbound_chains("virtualInbound", None, plan.default_inbound_mode, paths, passthrough)
+    result: list[dict[str, Any]] = [
+        {
+            "@type": LISTENER_TYPE,
+            "name": "virtualInbound",
+            "address": {
+                "socket_address": {"address": "0.0.0.0", "port_value": INBOUND_CAPTURE_PORT}
+            },
+            "use_original_dst": True,
+            "listener_filters": [
+                {
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                        ".original_dst.v3.OriginalDst"
+                    },
+                },
+                {
+                    "name": "envoy.filters.listener.tls_inspector",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                        ".tls_inspector.v3.TlsInspector"
+                    },
+                },
+            ],
+            "listener_filters_timeout": "1s",
+            "continue_on_listener_filters_timeout": True,
+            "filter_chains": chains,
+        },
+        {
+            "@type": LISTENER_TYPE,
+            "name": "virtualOutbound",
+            "address": {
+                "socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_CAPTURE_PORT}
+            },
+            "use_original_dst": True,
+            "filter_chains": [
+                {
+                    "name": "PassthroughFilterChain",
+                    "filters": [_tcp_proxy("PassthroughCluster", "PassthroughCluster")],
+                }
+            ],
+        },
+    ]
+    for entry in plan.services:
+        svc = entry.service
+        name = f"{entry.vip}_{svc.port}"
+        cluster = outbound_cluster_name(svc.fqdn, svc.port)
+        result.append(
+            {
+                "@type": LISTENER_TYPE,
+                "name": name,
+                "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
+                "bind_to_port": False,
+                "filter_chains": [
+                    {
+                        "name": name,
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "typed_config": _hcm(f"outbound_{name}", cluster, set_xfcc=False),
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    return result
+
+
+def _upstream_tls(tls: UpstreamTls, paths: SidecarPaths) -> dict[str, Any] | None:
+    if tls.mode is None or tls.mode is TlsMode.DISABLE:
+        return None
+    common: dict[str, Any] = {"tls_params": dict(TLS_PARAMS)}
+    if tls.mode is TlsMode.ISTIO_MUTUAL:
+        common["alpn_protocols"] = list(ISTIO_HTTP11_ALPN)
+        common["tls_certificate_sds_secret_configs"] = [_sds(paths, WORKLOAD_SECRET)]
+        matchers = [{"san_type": "URI", "matcher": {"exact": san}} for san in tls.subject_alt_names]
+        common["combined_validation_context"] = {
+            "default_validation_context": {"match_typed_subject_alt_names": matchers},
+            "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+        }
+    else:  # SIMPLE / MUTUAL with user-provided files, as a DestinationRule names them
+        if tls.mode is TlsMode.MUTUAL and tls.client_certificate and tls.private_key:
+            common["tls_certificates"] = [
+                {
+                    "certificate_chain": {"filename": tls.client_certificate},
+                    "private_key": {"filename": tls.private_key},
+                }
+            ]
+        validation: dict[str, Any] = {}
+        if tls.ca_certificates:
+            validation["trusted_ca"] = {"filename": tls.ca_certificates}
+        if tls.subject_alt_names:
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": "URI" if "://" in san else "DNS", "matcher": {"exact": san}}
+                for san in tls.subject_alt_names
+            ]
+        if validation:
+            common["validation_context"] = validation
+    context: dict[str, Any] = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": common}
+    if tls.sni:
+        context["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "@type": CLUSTER_TYPE,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": ip, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        **extra,
+    }
+
+
+_BIND_127_0_0_6 = {"source_address": {"address": INBOUND_PASSTHROUGH_BIND, "port_value": 0}}
+
+
+def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = [
+        {
+            "@type": CLUSTER_TYPE,
+            "name": "PassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "1s",
+        },
+        {
+            "@type": CLUSTER_TYPE,
+            "name": "InboundPassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "1s",
+            "upstream_bind_config": _BIND_127_0_0_6,
+        },
+    ]
+    for port in sorted(plan.inbound_modes):
+        result.append(
+            _static_cluster(
+                inbound_cluster_name(port), plan.pod.ip, port, upstream_bind_config=_BIND_127_0_0_6
+            )
+        )
+    for entry in plan.services:
+        svc = entry.service
+        endpoint = entry.endpoints[0]
+        cluster = _static_cluster(
+            outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
+        )
+        socket = _upstream_tls(plan.outbound[(svc.fqdn, svc.port)], paths)
+        if socket is not None:
+            cluster["transport_socket"] = socket
+        result.append(cluster)
+    return result
+
+
+def secret_resources(
+    name: str,
+    *,
+    cert_pem: str | None = None,
+    key_pem: str | None = None,
+    root_pem: str | None = None,
+) -> dict[str, Any]:
+    secret: dict[str, Any] = {"@type": SECRET_TYPE, "name": name}
+    if root_pem is not None:
+        secret["validation_context"] = {"trusted_ca": {"inline_string": root_pem}}
+    else:
+        secret["tls_certificate"] = {
+            "certificate_chain": {"inline_string": cert_pem},
+            "private_key": {"inline_string": key_pem},
+        }
+    return {"resources": [secret]}
+
+
+def discovery_file(version: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version_info": version, "resources": resources}

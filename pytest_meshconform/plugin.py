@@ -1,0 +1,116 @@
+"""pytest plugin entry point (``pytest11`` entry point ``meshconform``): thin glue only.
+
+Hook layout, in the order pytest calls them:
+
+- ``pytest_addoption``: one option group, "meshconform"; every flag is ``--mesh-*`` and has a
+  ``mesh_*`` ini fallback (other kube plugins already own ``--kubeconfig``, ``--keep-cluster``).
+- ``pytest_configure``: declares the ``mesh_*`` markers, then resolves the options once
+  (CLI, then ini, then default; see ``settings.MeshSettings``) and stores the result on
+  ``config.stash[mesh_settings_key]``, so a bad value is a UsageError before collection.
+- ``pytest_report_header``: the effective settings, so a CI log says what was tested.
+- Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...): the section at the end.
+
+Auto-loading this module must cost nothing for runs that never ask for a mesh: it imports only
+pytest and ``settings``. Backends, the kubernetes client, cryptography and dpkt are imported
+inside the fixtures that need them, never at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pytest
+
+from .settings import CLUSTER_KINDS, MeshSettings, cluster_argument
+
+__all__ = ["mesh_settings_key"]
+
+mesh_settings_key: Final = pytest.StashKey[MeshSettings]()
+"""Where ``pytest_configure`` leaves the run's MeshSettings: ``config.stash[mesh_settings_key]``."""
+
+_MARKERS: Final = (
+    "mesh_wide: the test applies mesh-wide policy in the root namespace (istio-system); on a"
+    " shared cluster deselect it with -m 'not mesh_wide'.",
+    "mesh_features(*names): mesh features the test needs; the test is skipped, naming the"
+    " missing ones, when the mesh lacks them.",
+    "mesh_min_version(version): the minimum mesh version the test applies to; skipped on older"
+    " meshes.",
+    "mesh_fault(name): test-only fault switch for the local mesh, used by meshconform's own tests"
+    " to prove that a suite can fail.",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("meshconform", "service mesh mTLS conformance")
+    clusters = "|".join(CLUSTER_KINDS)
+    group.addoption(
+        "--mesh-cluster",
+        nargs="?",
+        const="kind",
+        default=None,
+        type=cluster_argument,
+        metavar=clusters,
+        help="Mesh to test: local (embedded, the default), kind, or existing. A bare"
+        " --mesh-cluster means kind; before a test path write --mesh-cluster=kind."
+        " ini: mesh_cluster.",
+    )
+    group.addoption(
+        "--mesh-kube-context",
+        default=None,
+        metavar="NAME",
+        help="Kube context to use with --mesh-cluster=existing (required there); 'current'"
+        " means the kubeconfig's current context. ini: mesh_kube_context.",
+    )
+    group.addoption(
+        "--mesh-keep",
+        action="store_true",
+        default=None,
+        help="Keep the mesh (cluster, workloads, local processes) after the run, for"
+        " debugging. ini: mesh_keep.",
+    )
+    group.addoption(
+        "--mesh-cert-ttl",
+        default=None,
+        metavar="DURATION",
+        help="Workload certificate TTL, like Istio's SECRET_TTL: 30s, 90m, 24h, 1h30m, 7d or"
+        " plain seconds; > 0 and <= 90d (MAX_WORKLOAD_CERT_TTL). Default 24h."
+        " ini: mesh_cert_ttl.",
+    )
+    group.addoption(
+        "--mesh-report",
+        default=None,
+        metavar="PATH",
+        help="Write a conformance report to PATH (.yaml, .yml or .json). ini: mesh_report.",
+    )
+    group.addoption(
+        "--mesh-artifacts",
+        default=None,
+        metavar="DIR",
+        help="Keep evidence (pcaps, Envoy config, certs) of failed tests under DIR."
+        " ini: mesh_artifacts.",
+    )
+    parser.addini("mesh_cluster", f"mesh to test: {', '.join(CLUSTER_KINDS)} (default local)")
+    parser.addini("mesh_kube_context", "kube context for mesh_cluster = existing, or 'current'")
+    parser.addini("mesh_keep", "keep the mesh after the run (default false)", type="bool")
+    parser.addini("mesh_cert_ttl", "workload certificate TTL, e.g. 24h (the default), 1h30m")
+    parser.addini("mesh_report", "conformance report path (.yaml/.yml/.json), ini-relative")
+    parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in _MARKERS:
+        config.addinivalue_line("markers", marker)
+    if getattr(config.option, "help", False):
+        return  # --help must work even while the mesh settings are wrong
+    config.stash[mesh_settings_key] = MeshSettings.from_config(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(mesh_settings_key, None)
+    return [] if settings is None else settings.header_lines()
+
+
+# --- Fixtures -------------------------------------------------------------------------------
+# The user-facing fixtures (mesh, sleep, httpbin, naked_sleep, apply_policy, xfcc, cert_of,
+# capture) go here. Read the run's settings with `request.config.stash[mesh_settings_key]`
+# and import backends and heavy libraries inside the fixture body, not at module level.

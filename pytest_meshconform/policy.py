@@ -1,0 +1,1574 @@
+"""Istio PeerAuthentication and DestinationRule: parse, validate, build, and resolve like istiod.
+
+The suites state what a mesh must do in terms of Istio policy objects; this module turns those
+objects into frozen dataclasses, rejects what Istio would reject, and answers the two questions
+the evidence is checked against: which mTLS mode does a server sidecar enforce on a port
+(:func:`effective_mtls_mode`), and which TLS mode does a client sidecar originate towards a
+service port (:func:`destination_rule_for` then :func:`client_tls_mode`).
+
+Accepted objects (anything else is rejected with the accepted list):
+
+- ``PeerAuthentication`` in ``security.istio.io/v1`` and ``security.istio.io/v1beta1``;
+- ``DestinationRule`` in ``networking.istio.io/v1``, ``v1beta1`` and ``v1alpha3``;
+- in :func:`parse_policies` also ``v1/List`` (what ``kubectl get -o yaml`` prints), flattened.
+
+Sources are YAML or JSON text (``str`` or UTF-8 ``bytes``, possibly several ``---`` documents;
+empty documents are skipped) or already-loaded mappings. Duplicate keys in a YAML mapping are
+an error, as they are for ``kubectl``. ``null`` in an object field means absent (Kubernetes
+prunes nulls of non-nullable CRD fields); ``null`` as a list item or map value is an error.
+Unknown fields in the modelled parts are errors, like ``kubectl``'s strict field validation;
+the parts that do not affect TLS (``loadBalancer``, ``connectionPool``, ``outlierDetection``,
+``tunnel``, ``proxyProtocol``) must be objects and are carried through untouched. In
+``metadata`` only ``name``, ``namespace``, ``creationTimestamp``, ``labels`` and ``annotations``
+are kept; server-populated fields (``uid``, ``resourceVersion``, ...) and ``status`` are
+ignored so that ``kubectl get -o yaml`` output parses.
+
+Validation, transcribed from istio/istio ``pkg/config/validation/validation.go`` and
+``pkg/config/validation/agent/validation.go``, and from the CRD rules generated from istio/api
+(the function or rule is named in brackets; Kubernetes rules come from apimachinery):
+
+- ``metadata.name`` is required and a DNS-1123 subdomain; ``metadata.namespace`` is optional
+  (``None`` is "the namespace the caller applies it to", like ``kubectl apply -n``) and a
+  DNS-1123 label [apimachinery ``IsDNS1123Subdomain`` / ``ValidateNamespaceName``].
+- PeerAuthentication modes are ``UNSET``, ``DISABLE``, ``PERMISSIVE``, ``STRICT`` [CRD enum].
+  ``selector.matchLabels`` keys are non-empty and neither keys nor values contain ``*``
+  [``validateWorkloadSelector``]. ``portLevelMtls`` needs a selector with at least one label
+  ["portLevelMtls requires selector", CRD CEL; "mesh/namespace peer authentication cannot have
+  port level mTLS", ``ValidatePeerAuthentication``], has at least one entry ["port level mTLS,
+  if defined, must have at least one element"], and its keys are ports 1..65535 ["port must be
+  in range 1..65535"].
+- DestinationRule ``host`` is a DNS name whose first label may be a wildcard
+  [``agent.ValidateWildcardDomain``]; a ``trafficPolicy`` (also a subset's) has at least one
+  field and not both ``tunnel`` and ``proxyProtocol`` [``validateTrafficPolicy``]; each
+  ``portLevelSettings`` entry has a ``port`` and at least one other field
+  [``validatePortTrafficPolicies``], port numbers are 1..65535 [``agent.ValidatePort``]; TLS
+  modes are ``DISABLE``, ``SIMPLE``, ``MUTUAL``, ``ISTIO_MUTUAL`` [CRD enum]; ``MUTUAL`` needs
+  ``clientCertificate`` and ``privateKey`` unless ``credentialName`` is set, and with
+  ``credentialName`` no certificate, key, CA or CRL may be set; ``insecureSkipVerify`` excludes
+  CA, credential (SIMPLE) and SAN settings [``agent.ValidateTLS``]; subset names are unique
+  DNS-1123 labels with valid label maps [``ValidateDestinationRule``, ``validateSubset``];
+  ``exportTo`` holds ``.``, ``*`` or namespace labels, without duplicates, ``*`` alone, and
+  only the own namespace for a rule with a ``workloadSelector`` [``validateExportTo``].
+- Stricter than istiod: ``ISTIO_MUTUAL`` with ``clientCertificate``, ``privateKey``,
+  ``caCertificates``, ``credentialName`` or ``caCrl`` is rejected. The API says these "should be
+  empty if mode is ISTIO_MUTUAL" (istio/api ``ClientTLSSettings``) and istiod ignores them, so
+  a suite that sets them would be testing something Istio does not do. ``sni`` and
+  ``subjectAltNames`` stay allowed: istiod does use them for ``ISTIO_MUTUAL``.
+- Not modelled: the content of the carried-through parts, ``configmap://`` credential names.
+
+Precedence follows istiod; the docstrings of :func:`effective_mtls_mode` and
+:func:`destination_rule_for` name the functions transcribed. Errors are :class:`PolicyError`,
+whose message names the document, the field path (``spec.portLevelMtls[8080].mode``) and the
+offending value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, TypeAlias
+
+import yaml
+
+__all__ = [
+    "ClientTls",
+    "DestinationRule",
+    "MtlsMode",
+    "PeerAuthentication",
+    "PolicyError",
+    "PortTrafficPolicy",
+    "Subset",
+    "TlsMode",
+    "TrafficPolicy",
+    "client_tls_mode",
+    "client_tls_settings",
+    "destination_rule",
+    "destination_rule_for",
+    "effective_mtls_mode",
+    "parse_policies",
+    "parse_policy",
+    "peer_authentication",
+]
+
+PEER_AUTHENTICATION_API_VERSIONS: Final = ("security.istio.io/v1", "security.istio.io/v1beta1")
+DESTINATION_RULE_API_VERSIONS: Final = (
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+)
+_ACCEPTED_KINDS: Final = {
+    "PeerAuthentication": PEER_AUTHENTICATION_API_VERSIONS,
+    "DestinationRule": DESTINATION_RULE_API_VERSIONS,
+}
+
+# Kubernetes object names and namespaces (apimachinery, lower case only).
+_K8S_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+_K8S_SUBDOMAIN = re.compile(
+    r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"  # first label
+    r"(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+)
+# Istio's own DNS label (pkg/config/labels: dns1123LabelFmt, wildcardPrefix); allows upper case.
+_ISTIO_LABEL = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_ISTIO_WILDCARD_LABEL = re.compile(r"\*|(?:\*|\*-)?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?")
+# Kubernetes label keys and values (Istio labels.Instance.Validate applies the same rules).
+_QUALIFIED_NAME = re.compile(r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(?:(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+_PORT_KEY = re.compile(r"[0-9]+")
+_ALL_DIGITS = re.compile(r"[+-]?[0-9]+")
+# A config without creationTimestamp has Go's zero time in istiod: older than all others.
+_GO_ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
+# Limits for the carried-through parts, so that YAML aliases cannot blow up a copy.
+_MAX_OPAQUE_NODES: Final = 100_000
+_MAX_OPAQUE_DEPTH: Final = 64
+_VALUE_LIMIT: Final = 60
+
+
+class PolicyError(ValueError):
+    """A policy Istio would reject (or that this module cannot read without guessing)."""
+
+    def __init__(self, problem: str, *, path: str = "", document: str = "") -> None:
+        where = ": ".join(part for part in (document, path) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.problem = problem
+        self.path = path
+        self.document = document
+
+
+class MtlsMode(StrEnum):
+    """PeerAuthentication ``mtls.mode``: what a server sidecar accepts."""
+
+    UNSET = "UNSET"
+    DISABLE = "DISABLE"
+    PERMISSIVE = "PERMISSIVE"
+    STRICT = "STRICT"
+
+
+class TlsMode(StrEnum):
+    """DestinationRule ``tls.mode``: what a client sidecar originates."""
+
+    DISABLE = "DISABLE"
+    SIMPLE = "SIMPLE"
+    MUTUAL = "MUTUAL"
+    ISTIO_MUTUAL = "ISTIO_MUTUAL"
+
+
+def _frozen_map(value: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
+    return None if value is None else MappingProxyType(dict(value))
+
+
+def _empty_map() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    """A PeerAuthentication: the mTLS mode server sidecars enforce.
+
+    ``mode`` is ``None`` when the object has no ``mtls`` block (both that and ``UNSET`` inherit).
+    ``selector`` is the ``selector.matchLabels`` map, ``None`` without a selector; an empty map
+    is, like no selector, namespace-wide. ``port_level`` maps container ports to modes.
+    Build one with :func:`peer_authentication` or :func:`parse_policy`: the constructor
+    copies the maps but validates nothing.
+    """
+
+    kind: ClassVar[str] = "PeerAuthentication"
+
+    name: str
+    namespace: str | None
+    mode: MtlsMode | None = None
+    selector: Mapping[str, str] | None = field(default=None, hash=False)
+    port_level: Mapping[int, MtlsMode] = field(default_factory=_empty_map, hash=False)
+    api_version: str = PEER_AUTHENTICATION_API_VERSIONS[0]
+    creation_timestamp: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+    annotations: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selector", _frozen_map(self.selector))
+        object.__setattr__(self, "port_level", MappingProxyType(dict(self.port_level)))
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        object.__setattr__(self, "annotations", MappingProxyType(dict(self.annotations)))
+
+    @property
+    def is_workload_policy(self) -> bool:
+        """True when a non-empty selector limits it to some workloads (istiod's test)."""
+        return bool(self.selector)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as a plain dict, ready for ``yaml.safe_dump`` or ``kubectl apply``."""
+        spec: dict[str, Any] = {}
+        if self.selector is not None:
+            spec["selector"] = {"matchLabels": dict(self.selector)}
+        if self.mode is not None:
+            spec["mtls"] = {"mode": self.mode.value}
+        if self.port_level:
+            spec["portLevelMtls"] = {
+                str(port): {"mode": mode.value} for port, mode in sorted(self.port_level.items())
+            }
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": _metadata_manifest(
+                self.name, self.namespace, self.creation_timestamp, self.labels, self.annotations
+            ),
+            "spec": spec,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """DestinationRule ``ClientTLSSettings``; empty strings and lists read as absent."""
+
+    mode: TlsMode = TlsMode.DISABLE
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    credential_name: str | None = None
+    subject_alt_names: tuple[str, ...] = ()
+    sni: str | None = None
+    insecure_skip_verify: bool | None = None
+    ca_crl: str | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``tls`` block as a plain dict."""
+        out: dict[str, Any] = {"mode": self.mode.value}
+        for key, value in (
+            ("clientCertificate", self.client_certificate),
+            ("privateKey", self.private_key),
+            ("caCertificates", self.ca_certificates),
+            ("credentialName", self.credential_name),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.subject_alt_names:
+            out["subjectAltNames"] = list(self.subject_alt_names)
+        if self.sni is not None:
+            out["sni"] = self.sni
+        if self.insecure_skip_verify is not None:
+            out["insecureSkipVerify"] = self.insecure_skip_verify
+        if self.ca_crl is not None:
+            out["caCrl"] = self.ca_crl
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PortTrafficPolicy:
+    """One ``portLevelSettings`` entry; ``other`` holds the non-TLS fields, untouched."""
+
+    port: int
+    tls: ClientTls | None = None
+    other: Mapping[str, Any] = field(default_factory=_empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "other", MappingProxyType(dict(self.other)))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The entry as a plain dict."""
+        out: dict[str, Any] = {"port": {"number": self.port}}
+        out.update({key: _thaw(value) for key, value in self.other.items()})
+        if self.tls is not None:
+            out["tls"] = self.tls.to_manifest()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """A ``trafficPolicy``; ``other`` holds the non-TLS fields, untouched."""
+
+    tls: ClientTls | None = None
+    port_level_settings: tuple[PortTrafficPolicy, ...] = ()
+    other: Mapping[str, Any] = field(default_factory=_empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "other", MappingProxyType(dict(self.other)))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The traffic policy as a plain dict."""
+        out: dict[str, Any] = {key: _thaw(value) for key, value in self.other.items()}
+        if self.tls is not None:
+            out["tls"] = self.tls.to_manifest()
+        if self.port_level_settings:
+            out["portLevelSettings"] = [entry.to_manifest() for entry in self.port_level_settings]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A named subset of a DestinationRule's host."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+    traffic_policy: TrafficPolicy | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The subset as a plain dict."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.traffic_policy is not None:
+            out["trafficPolicy"] = self.traffic_policy.to_manifest()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule:
+    """A DestinationRule: what client sidecars do towards ``host``.
+
+    ``workload_selector`` is ``workloadSelector.matchLabels`` (``None`` without one). Build one
+    with :func:`destination_rule` or :func:`parse_policy`: the constructor validates nothing.
+    """
+
+    kind: ClassVar[str] = "DestinationRule"
+
+    name: str
+    namespace: str | None
+    host: str
+    traffic_policy: TrafficPolicy | None = None
+    subsets: tuple[Subset, ...] = ()
+    export_to: tuple[str, ...] = ()
+    workload_selector: Mapping[str, str] | None = field(default=None, hash=False)
+    api_version: str = DESTINATION_RULE_API_VERSIONS[0]
+    creation_timestamp: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+    annotations: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workload_selector", _frozen_map(self.workload_selector))
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        object.__setattr__(self, "annotations", MappingProxyType(dict(self.annotations)))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as a plain dict, ready for ``yaml.safe_dump`` or ``kubectl apply``."""
+        spec: dict[str, Any] = {"host": self.host}
+        if self.traffic_policy is not None:
+            spec["trafficPolicy"] = self.traffic_policy.to_manifest()
+        if self.subsets:
+            spec["subsets"] = [subset.to_manifest() for subset in self.subsets]
+        if self.export_to:
+            spec["exportTo"] = list(self.export_to)
+        if self.workload_selector is not None:
+            spec["workloadSelector"] = {"matchLabels": dict(self.workload_selector)}
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": _metadata_manifest(
+                self.name, self.namespace, self.creation_timestamp, self.labels, self.annotations
+            ),
+            "spec": spec,
+        }
+
+
+Policy: TypeAlias = PeerAuthentication | DestinationRule
+PolicySource: TypeAlias = str | bytes | Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _FieldError(Exception):
+    """Raised inside one document; turned into a PolicyError with the document's label."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(problem)
+        self.path = path
+        self.problem = problem
+
+
+def parse_policy(source: PolicySource, *, namespace: str | None = None) -> Policy:
+    """Parse exactly one policy from YAML/JSON text or a mapping.
+
+    ``namespace`` works like ``kubectl apply -n``: it fills in a missing
+    ``metadata.namespace`` and must agree with one that is present.
+    """
+    policies = parse_policies(source, namespace=namespace)
+    if len(policies) != 1:
+        raise PolicyError(f"expected exactly one policy, found {len(policies)}")
+    return policies[0]
+
+
+def parse_policies(
+    source: PolicySource | Iterable[Mapping[str, Any]], *, namespace: str | None = None
+) -> tuple[Policy, ...]:
+    """Parse every policy in YAML/JSON text (``---`` separated), a mapping, or mappings."""
+    if namespace is not None:
+        _check_argument_namespace(namespace, "namespace argument")
+    policies: list[Policy] = []
+    for label, document in _documents(source):
+        try:
+            policies.append(_parse_document(document, namespace))
+        except _FieldError as error:
+            raise PolicyError(
+                error.problem, path=error.path, document=_describe(label, document)
+            ) from None
+    return tuple(policies)
+
+
+def _documents(source: object) -> Iterator[tuple[str, object]]:
+    """Yield (label, loaded document) pairs, flattening ``kind: List``."""
+    if isinstance(source, bytes | bytearray):
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PolicyError(f"input is not UTF-8: {error}") from None
+    if isinstance(source, str):
+        loaded = _load_yaml(source)
+    elif isinstance(source, Mapping):
+        loaded = [source]
+    elif isinstance(source, Iterable):
+        loaded = list(source)
+    else:
+        raise PolicyError(
+            f"expected YAML/JSON text, bytes or mappings, got {type(source).__name__}"
+        )
+    count = 0
+    for document in loaded:
+        if document is None:  # an empty document between separators
+            continue
+        count += 1
+        label = f"document {count}"
+        if isinstance(document, Mapping) and document.get("kind") == "List":
+            items = document.get("items")
+            if not isinstance(items, list):
+                raise PolicyError("a List needs an items list", path="items", document=label)
+            for index, item in enumerate(items):
+                yield f"{label} items[{index}]", item
+        else:
+            yield label, document
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> list[object]:
+    try:
+        return list(yaml.load_all(text, Loader=_StrictLoader))
+    except yaml.YAMLError as error:
+        raise PolicyError(
+            f"not valid YAML: {_shorten(' '.join(str(error).split()), 300)}"
+        ) from None
+    except RecursionError:
+        raise PolicyError("not valid YAML: nested too deeply") from None
+
+
+def _describe(label: str, document: object) -> str:
+    if isinstance(document, Mapping):
+        kind = document.get("kind")
+        metadata = document.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        if isinstance(kind, str) and isinstance(name, str):
+            return f"{label} ({_shorten(kind, 40)} {_shorten(name, 80)!r})"
+        if isinstance(kind, str):
+            return f"{label} ({_shorten(kind, 40)})"
+    return label
+
+
+def _parse_document(document: object, namespace: str | None) -> Policy:
+    if not isinstance(document, Mapping):
+        raise _FieldError("", f"expected a mapping (an object), got {_type_name(document)}")
+    kind = document.get("kind")
+    api_version = document.get("apiVersion")
+    if not isinstance(kind, str) or kind not in _ACCEPTED_KINDS:
+        accepted = ", ".join(
+            f"{version} {name}"
+            for name, versions in _ACCEPTED_KINDS.items()
+            for version in versions
+        )
+        problem = "is required" if kind is None else f"{_show(kind)} is not an accepted kind"
+        raise _FieldError("kind", f"{problem}; accepted: {accepted}")
+    versions = _ACCEPTED_KINDS[kind]
+    if api_version not in versions:
+        problem = (
+            "is required"
+            if api_version is None
+            else f"{_show(api_version)} is not an accepted apiVersion"
+        )
+        raise _FieldError("apiVersion", f"{problem} for {kind}; accepted: {', '.join(versions)}")
+    assert isinstance(api_version, str)
+    _check_keys(document, {"apiVersion", "kind", "metadata", "spec", "status"}, "")
+    meta = _parse_metadata(document.get("metadata"), namespace)
+    spec = _optional_object(document, "spec", "")
+    if kind == "PeerAuthentication":
+        return _parse_peer_authentication(spec or {}, api_version, meta)
+    if spec is None:
+        raise _FieldError("spec", "is required (spec.host is required)")
+    return _parse_destination_rule(spec, api_version, meta)
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    name: str
+    namespace: str | None
+    creation_timestamp: datetime | None
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+def _parse_metadata(value: object, namespace_argument: str | None) -> _Meta:
+    if value is None:
+        raise _FieldError("metadata", "is required (metadata.name is required)")
+    metadata = _object(value, "metadata")
+    name = metadata.get("name")
+    if name is None:
+        raise _FieldError("metadata.name", "is required")
+    name = _string(name, "metadata.name")
+    if len(name) > 253 or not _K8S_SUBDOMAIN.fullmatch(name):
+        raise _FieldError(
+            "metadata.name",
+            f"{_show(name)} is not a DNS-1123 subdomain (lower case letters, digits, '-' and "
+            "'.', starting and ending with a letter or digit, at most 253 characters)",
+        )
+    namespace = metadata.get("namespace")
+    if namespace is not None:
+        namespace = _string(namespace, "metadata.namespace")
+        problem = _k8s_label_problem(namespace)
+        if problem is not None:
+            raise _FieldError("metadata.namespace", problem)
+        if namespace_argument is not None and namespace != namespace_argument:
+            raise _FieldError(
+                "metadata.namespace",
+                f"{_show(namespace)} does not match the namespace it is applied to "
+                f"({namespace_argument!r})",
+            )
+    else:
+        namespace = namespace_argument
+    stamp = metadata.get("creationTimestamp")
+    creation = None if stamp is None else _timestamp(stamp, "metadata.creationTimestamp")
+    labels = _string_map(metadata.get("labels"), "metadata.labels")
+    annotations = _string_map(metadata.get("annotations"), "metadata.annotations")
+    return _Meta(name, namespace, creation, labels or {}, annotations or {})
+
+
+def _k8s_label_problem(value: str) -> str | None:
+    """Why ``value`` is no Kubernetes namespace name (a DNS-1123 label), or None."""
+    if len(value) <= 63 and _K8S_LABEL.fullmatch(value):
+        return None
+    return (
+        f"{_show(value)} is not a DNS-1123 label (lower case letters, digits and '-', "
+        "starting and ending with a letter or digit, at most 63 characters)"
+    )
+
+
+def _timestamp(value: object, path: str) -> datetime:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and _RFC3339.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError as error:
+            raise _FieldError(path, f"{_show(value)} is not a valid time: {error}") from None
+    else:
+        raise _FieldError(path, f"{_show(value)} is not an RFC 3339 time with a time zone")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise _FieldError(path, f"{_show(value)} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _parse_peer_authentication(
+    spec: Mapping[str, Any], api_version: str, meta: _Meta
+) -> PeerAuthentication:
+    """ValidatePeerAuthentication plus the PeerAuthentication CRD rules."""
+    _check_keys(spec, {"selector", "mtls", "portLevelMtls"}, "spec")
+    selector = _parse_selector(spec, "selector", "spec")
+    mode: MtlsMode | None = None
+    mtls = _optional_object(spec, "mtls", "spec")
+    if mtls is not None:
+        mode = _parse_mtls(mtls, "spec.mtls")
+    port_level: dict[int, MtlsMode] = {}
+    raw_ports = spec.get("portLevelMtls")
+    if raw_ports is not None and not isinstance(raw_ports, Mapping):
+        raise _FieldError("spec.portLevelMtls", f"expected an object, got {_type_name(raw_ports)}")
+    if raw_ports is not None:
+        if not selector:
+            raise _FieldError("spec.portLevelMtls", "portLevelMtls requires selector")
+        if not raw_ports:
+            raise _FieldError(
+                "spec.portLevelMtls", "port level mTLS, if defined, must have at least one element"
+            )
+        for key, value in raw_ports.items():
+            port = _port_key(key, "spec.portLevelMtls")
+            path = f"spec.portLevelMtls[{port}]"
+            if port in port_level:
+                raise _FieldError(path, f"port {port} is given twice")
+            if value is None:
+                raise _FieldError(path, "must not be null")
+            port_level[port] = _parse_mtls(_object(value, path), path)
+    return PeerAuthentication(
+        name=meta.name,
+        namespace=meta.namespace,
+        mode=mode,
+        selector=selector,
+        port_level=port_level,
+        api_version=api_version,
+        creation_timestamp=meta.creation_timestamp,
+        labels=meta.labels,
+        annotations=meta.annotations,
+    )
+
+
+def _parse_mtls(mtls: Mapping[str, Any], path: str) -> MtlsMode:
+    _check_keys(mtls, {"mode"}, path)
+    raw = mtls.get("mode")
+    return MtlsMode.UNSET if raw is None else _enum(MtlsMode, raw, f"{path}.mode")
+
+
+def _port_key(key: object, path: str) -> int:
+    """A portLevelMtls key: an int (YAML) or its decimal string (JSON), 1..65535."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        port = key
+    elif isinstance(key, str) and _PORT_KEY.fullmatch(key) and len(key) <= 10:
+        port = int(key)
+    else:
+        raise _FieldError(f"{path}[{_show(key)}]", "key is not a port number")
+    if not 1 <= port <= 65535:
+        raise _FieldError(f"{path}[{port}]", "port must be in range 1..65535")
+    return port
+
+
+def _parse_selector(spec: Mapping[str, Any], key: str, parent: str) -> Mapping[str, str] | None:
+    """A WorkloadSelector: ``{matchLabels: {...}}``; validateWorkloadSelector's rules."""
+    path = f"{parent}.{key}"
+    selector = _optional_object(spec, key, parent)
+    if selector is None:
+        return None
+    _check_keys(selector, {"matchLabels"}, path)
+    labels = _string_map(selector.get("matchLabels"), f"{path}.matchLabels") or {}
+    for label_key, label_value in labels.items():
+        where = f"{path}.matchLabels[{_show(label_key)}]"
+        if not label_key:
+            raise _FieldError(where, "empty key is not supported in selector")
+        if "*" in label_key or "*" in label_value:
+            raise _FieldError(
+                where, f"wildcard is not supported in selector: {label_key}={label_value}"
+            )
+    return labels
+
+
+def _parse_destination_rule(
+    spec: Mapping[str, Any], api_version: str, meta: _Meta
+) -> DestinationRule:
+    """ValidateDestinationRule."""
+    _check_keys(spec, {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"}, "spec")
+    raw_host = spec.get("host")
+    if raw_host is None:
+        raise _FieldError("spec.host", "is required")
+    host = _string(raw_host, "spec.host")
+    _validate_wildcard_domain(host, "spec.host")
+    traffic_policy = _parse_traffic_policy(spec, "spec")
+    subsets: list[Subset] = []
+    seen_subsets: set[str] = set()
+    for index, item in enumerate(_optional_list(spec, "subsets", "spec")):
+        path = f"spec.subsets[{index}]"
+        if item is None:
+            raise _FieldError(path, "subset may not be null")
+        subset = _parse_subset(_object(item, path), path)
+        if subset.name in seen_subsets:
+            raise _FieldError(f"{path}.name", f"duplicate subset names: {subset.name}")
+        seen_subsets.add(subset.name)
+        subsets.append(subset)
+    selector = _parse_selector(spec, "workloadSelector", "spec")
+    export_to = tuple(_string_list(spec.get("exportTo"), "spec.exportTo"))
+    _validate_export_to(export_to, meta.namespace, selector is not None)
+    return DestinationRule(
+        name=meta.name,
+        namespace=meta.namespace,
+        host=host,
+        traffic_policy=traffic_policy,
+        subsets=tuple(subsets),
+        export_to=export_to,
+        workload_selector=selector,
+        api_version=api_version,
+        creation_timestamp=meta.creation_timestamp,
+        labels=meta.labels,
+        annotations=meta.annotations,
+    )
+
+
+def _validate_wildcard_domain(host: str, path: str) -> None:
+    """agent.ValidateWildcardDomain: a wildcard only in the first label."""
+    if len(host) > 255:
+        raise _FieldError(path, f"domain name {_show(host)} too long (max 255)")
+    if not host:
+        raise _FieldError(path, "empty domain name not allowed")
+    first, dot, rest = host.partition(".")
+    if len(first) > 63 or not _ISTIO_WILDCARD_LABEL.fullmatch(first):
+        raise _FieldError(path, f"domain name {_show(host)} invalid (label {_show(first)} invalid)")
+    if dot:
+        _validate_dns1123_labels(rest, path, host)
+
+
+def _validate_dns1123_labels(domain: str, path: str, shown: str) -> None:
+    """agent.ValidateDNS1123Labels: no all-numeric top-level domain; a trailing dot is fine."""
+    parts = domain.split(".")
+    if _ALL_DIGITS.fullmatch(parts[-1]):
+        raise _FieldError(
+            path,
+            f"domain name {_show(shown)} invalid (top level domain {_show(parts[-1])} "
+            "cannot be all-numeric)",
+        )
+    for index, label in enumerate(parts):
+        if index == len(parts) - 1 and label == "":
+            return
+        if len(label) > 63 or not _ISTIO_LABEL.fullmatch(label):
+            raise _FieldError(
+                path, f"domain name {_show(shown)} invalid (label {_show(label)} invalid)"
+            )
+
+
+_TOP_LEVEL_OPAQUE: Final = ("loadBalancer", "connectionPool", "outlierDetection", "tunnel")
+_TOP_LEVEL_OPAQUE_ALL: Final = (*_TOP_LEVEL_OPAQUE, "proxyProtocol")
+_PORT_LEVEL_OPAQUE: Final = ("loadBalancer", "connectionPool", "outlierDetection")
+
+
+def _parse_traffic_policy(parent: Mapping[str, Any], parent_path: str) -> TrafficPolicy | None:
+    """validateTrafficPolicy, for the rule or a subset (validateSubset applies the same)."""
+    path = f"{parent_path}.trafficPolicy"
+    policy = _optional_object(parent, "trafficPolicy", parent_path)
+    if policy is None:
+        return None
+    _check_keys(policy, {*_TOP_LEVEL_OPAQUE_ALL, "tls", "portLevelSettings"}, path)
+    other = _opaque_fields(policy, _TOP_LEVEL_OPAQUE_ALL, path)
+    tls = _parse_tls(policy, path)
+    entries: list[PortTrafficPolicy] = []
+    for index, item in enumerate(_optional_list(policy, "portLevelSettings", path)):
+        entry_path = f"{path}.portLevelSettings[{index}]"
+        if item is None:
+            raise _FieldError(entry_path, "traffic policy may not be null")
+        entries.append(_parse_port_traffic_policy(_object(item, entry_path), entry_path))
+    if tls is None and not entries and not other:
+        raise _FieldError(path, "traffic policy must have at least one field")
+    if "tunnel" in other and "proxyProtocol" in other:
+        raise _FieldError(path, "tunnel and proxyProtocol must not be set together")
+    return TrafficPolicy(tls=tls, port_level_settings=tuple(entries), other=other)
+
+
+def _parse_port_traffic_policy(entry: Mapping[str, Any], path: str) -> PortTrafficPolicy:
+    """validatePortTrafficPolicies, for one entry."""
+    _check_keys(entry, {"port", *_PORT_LEVEL_OPAQUE, "tls"}, path)
+    port_selector = _optional_object(entry, "port", path)
+    if port_selector is None:
+        raise _FieldError(f"{path}.port", "portTrafficPolicy must have valid port")
+    _check_keys(port_selector, {"number"}, f"{path}.port")
+    raw_number = port_selector.get("number")
+    if raw_number is None:
+        raise _FieldError(f"{path}.port.number", "is required")
+    if not isinstance(raw_number, int) or isinstance(raw_number, bool):
+        raise _FieldError(f"{path}.port.number", f"{_show(raw_number)} is not an integer")
+    if not 1 <= raw_number <= 65535:
+        raise _FieldError(
+            f"{path}.port.number", f"port number {raw_number} must be in range 1..65535"
+        )
+    other = _opaque_fields(entry, _PORT_LEVEL_OPAQUE, path)
+    tls = _parse_tls(entry, path)
+    if tls is None and not other:
+        raise _FieldError(path, "port traffic policy must have at least one field")
+    return PortTrafficPolicy(port=raw_number, tls=tls, other=other)
+
+
+_TLS_KEYS: Final = {
+    "mode": "mode",
+    "clientCertificate": "client_certificate",
+    "privateKey": "private_key",
+    "caCertificates": "ca_certificates",
+    "credentialName": "credential_name",
+    "subjectAltNames": "subject_alt_names",
+    "sni": "sni",
+    "insecureSkipVerify": "insecure_skip_verify",
+    "caCrl": "ca_crl",
+}
+_ISTIO_MUTUAL_FORBIDDEN: Final = (
+    "clientCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "caCrl",
+)
+
+
+def _parse_tls(parent: Mapping[str, Any], parent_path: str) -> ClientTls | None:
+    """agent.ValidateTLS, plus the ISTIO_MUTUAL rule from the API documentation."""
+    path = f"{parent_path}.tls"
+    tls = _optional_object(parent, "tls", parent_path)
+    if tls is None:
+        return None
+    _check_keys(tls, set(_TLS_KEYS), path)
+    raw_mode = tls.get("mode")
+    mode = TlsMode.DISABLE if raw_mode is None else _enum(TlsMode, raw_mode, f"{path}.mode")
+
+    def text(key: str) -> str | None:
+        value = tls.get(key)
+        return None if value is None else (_string(value, f"{path}.{key}") or None)
+
+    skip = tls.get("insecureSkipVerify")
+    if skip is not None and not isinstance(skip, bool):
+        raise _FieldError(f"{path}.insecureSkipVerify", f"{_show(skip)} is not a boolean")
+    settings = ClientTls(
+        mode=mode,
+        client_certificate=text("clientCertificate"),
+        private_key=text("privateKey"),
+        ca_certificates=text("caCertificates"),
+        credential_name=text("credentialName"),
+        subject_alt_names=tuple(
+            _string_list(tls.get("subjectAltNames"), f"{path}.subjectAltNames")
+        ),
+        sni=text("sni"),
+        insecure_skip_verify=skip,
+        ca_crl=text("caCrl"),
+    )
+    if mode is TlsMode.ISTIO_MUTUAL:
+        for key in _ISTIO_MUTUAL_FORBIDDEN:
+            if getattr(settings, _TLS_KEYS[key]) is not None:
+                raise _FieldError(
+                    f"{path}.{key}",
+                    "must not be set with mode ISTIO_MUTUAL, which uses Istio's own "
+                    "certificates (ClientTLSSettings: should be empty if mode is ISTIO_MUTUAL)",
+                )
+    if settings.insecure_skip_verify:
+        if mode is TlsMode.SIMPLE and (
+            settings.ca_certificates or settings.credential_name or settings.subject_alt_names
+        ):
+            raise _FieldError(
+                path,
+                "cannot specify CaCertificates or CredentialName or SubjectAltNames when "
+                "InsecureSkipVerify is set true",
+            )
+        if mode is TlsMode.MUTUAL and (settings.ca_certificates or settings.subject_alt_names):
+            raise _FieldError(
+                path,
+                "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify "
+                "is set true",
+            )
+    if mode in (TlsMode.SIMPLE, TlsMode.MUTUAL) and settings.credential_name:
+        if (
+            settings.client_certificate
+            or settings.ca_certificates
+            or settings.private_key
+            or settings.ca_crl
+        ):
+            raise _FieldError(
+                path,
+                "cannot specify client certificates or CA certificate or CA CRL If "
+                "credentialName is set",
+            )
+        return settings
+    if mode is TlsMode.MUTUAL:
+        if not settings.client_certificate:
+            raise _FieldError(
+                f"{path}.clientCertificate", "client certificate required for mutual tls"
+            )
+        if not settings.private_key:
+            raise _FieldError(f"{path}.privateKey", "private key required for mutual tls")
+    return settings
+
+
+def _parse_subset(subset: Mapping[str, Any], path: str) -> Subset:
+    """validateSubset: a DNS-1123 label name, valid labels, a valid traffic policy."""
+    _check_keys(subset, {"name", "labels", "trafficPolicy"}, path)
+    raw_name = subset.get("name")
+    if raw_name is None:
+        raise _FieldError(f"{path}.name", "subset name cannot be empty")
+    name = _string(raw_name, f"{path}.name")
+    if not name:
+        raise _FieldError(f"{path}.name", "subset name cannot be empty")
+    if len(name) > 63 or not _ISTIO_LABEL.fullmatch(name):
+        raise _FieldError(f"{path}.name", f"subset name is invalid: {_shorten(name, 80)}")
+    labels = _string_map(subset.get("labels"), f"{path}.labels") or {}
+    for key, value in labels.items():
+        _validate_label(key, value, f"{path}.labels[{_show(key)}]")
+    return Subset(
+        name=name,
+        labels=labels,
+        traffic_policy=_parse_traffic_policy(subset, path),
+    )
+
+
+def _validate_label(key: str, value: str, path: str) -> None:
+    """Kubernetes label syntax, as Istio's labels.Instance.Validate applies it."""
+    prefix, slash, name = key.rpartition("/")
+    valid_prefix = not slash or (
+        0 < len(prefix) <= 253 and _K8S_SUBDOMAIN.fullmatch(prefix.lower()) is not None
+    )
+    if not valid_prefix or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+        raise _FieldError(path, f"invalid tag key: {_show(key)}")
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        raise _FieldError(path, f"invalid tag value: {_show(value)}")
+
+
+def _validate_export_to(export_to: tuple[str, ...], namespace: str | None, selector: bool) -> None:
+    """validateExportTo (isServiceEntry false); ``.`` counts as the rule's own namespace."""
+    seen: set[str] = set()
+    own = namespace if namespace is not None else "."
+    for index, entry in enumerate(export_to):
+        path = f"spec.exportTo[{index}]"
+        key = own if entry == "." else entry
+        if key in seen:
+            if key != entry:
+                raise _FieldError(
+                    path, f"duplicate entries in exportTo: . and current namespace {own}"
+                )
+            raise _FieldError(path, f"duplicate entries in exportTo for entry {_show(entry)}")
+        if entry == "~":
+            raise _FieldError(path, "exportTo ~ (none) is not allowed for Istio configuration")
+        if entry not in (".", "*") and (len(entry) > 63 or not _ISTIO_LABEL.fullmatch(entry)):
+            raise _FieldError(
+                path, "only .,*, or a valid DNS 1123 label is allowed as exportTo entry"
+            )
+        seen.add(key)
+    if selector and seen:
+        if own not in seen:
+            raise _FieldError(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have exportTo beyond current "
+                "namespace",
+            )
+        if len(seen) > 1:
+            raise _FieldError(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have multiple entries in exportTo",
+            )
+    if "*" in seen and len(export_to) > 1:
+        raise _FieldError(
+            "spec.exportTo",
+            "cannot have both public (*) and non-public exportTo values for a resource",
+        )
+
+
+# ----------------------------------------------------------------- small type checks
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """A value for a message: quoted, cut short."""
+    if isinstance(value, str):
+        return repr(_shorten(value, _VALUE_LIMIT))
+    return _shorten(repr(value), _VALUE_LIMIT)
+
+
+def _object(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _FieldError(path, f"expected an object, got {_type_name(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise _FieldError(f"{path}[{_show(key)}]", "keys must be strings")
+    return value
+
+
+def _optional_object(
+    parent: Mapping[str, Any], key: str, parent_path: str
+) -> Mapping[str, Any] | None:
+    value = parent.get(key)
+    return None if value is None else _object(value, _join(parent_path, key))
+
+
+def _optional_list(parent: Mapping[str, Any], key: str, parent_path: str) -> list[Any]:
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise _FieldError(_join(parent_path, key), f"expected a list, got {_type_name(value)}")
+    return list(value)
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise _FieldError(path, f"expected a string, got {_type_name(value)} ({_show(value)})")
+    return value
+
+
+def _string_list(value: object, path: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise _FieldError(path, f"expected a list of strings, got {_type_name(value)}")
+    return [_string(item, f"{path}[{index}]") for index, item in enumerate(value)]
+
+
+def _string_map(value: object, path: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    mapping = _object(value, path)
+    return {key: _string(item, f"{path}[{_show(key)}]") for key, item in mapping.items()}
+
+
+def _enum(enum: type[MtlsMode] | type[TlsMode], value: object, path: str) -> Any:
+    if isinstance(value, str) and value in enum.__members__:
+        return enum[value]
+    accepted = ", ".join(enum.__members__)
+    hint = (
+        " (YAML reads yes/no/on/off as booleans: quote the value)"
+        if isinstance(value, bool)
+        else ""
+    )
+    raise _FieldError(path, f"{_show(value)} is not one of {accepted}{hint}")
+
+
+def _check_keys(obj: Mapping[Any, Any], allowed: set[str], path: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            where = _join(path, key) if isinstance(key, str) else f"{path}[{_show(key)}]"
+            raise _FieldError(where, f"unknown field; accepted here: {', '.join(sorted(allowed))}")
+
+
+def _opaque_fields(obj: Mapping[str, Any], keys: tuple[str, ...], path: str) -> dict[str, Any]:
+    """Copy the carried-through fields (objects, content unchecked) into frozen values."""
+    out: dict[str, Any] = {}
+    budget = [_MAX_OPAQUE_NODES]
+    for key in keys:
+        value = obj.get(key)
+        if value is None:
+            continue
+        where = f"{path}.{key}"
+        _object(value, where)
+        out[key] = _freeze(value, where, budget, 0)
+    return out
+
+
+def _freeze(value: object, path: str, budget: list[int], depth: int) -> object:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _MAX_OPAQUE_DEPTH:
+        raise _FieldError(path, "is too large or nested too deeply to carry through")
+    if value is None or isinstance(value, str | bool | int | float | datetime | date):
+        return value
+    if isinstance(value, Mapping):
+        frozen: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _FieldError(f"{path}[{_show(key)}]", "keys must be strings")
+            frozen[key] = _freeze(item, f"{path}.{key}", budget, depth + 1)
+        return MappingProxyType(frozen)
+    if isinstance(value, list | tuple):
+        return tuple(
+            _freeze(item, f"{path}[{index}]", budget, depth + 1) for index, item in enumerate(value)
+        )
+    raise _FieldError(path, f"{_type_name(value)} is not a JSON value")
+
+
+def _thaw(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+def _metadata_manifest(
+    name: str,
+    namespace: str | None,
+    creation: datetime | None,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    if creation is not None:
+        utc = creation.astimezone(UTC)
+        pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if utc.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+        metadata["creationTimestamp"] = utc.strftime(pattern)
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return metadata
+
+
+# ------------------------------------------------------------------------- builders
+
+
+def peer_authentication(
+    name: str,
+    namespace: str | None,
+    mode: MtlsMode | str | None = None,
+    selector: Mapping[str, str] | None = None,
+    port_level: Mapping[int, MtlsMode | str] | None = None,
+    api_version: str = PEER_AUTHENTICATION_API_VERSIONS[0],
+) -> dict[str, Any]:
+    """A PeerAuthentication manifest (plain dict); raises PolicyError if Istio would reject it.
+
+    ``mode=None`` writes no ``mtls`` block (inherit); ``selector`` becomes
+    ``selector.matchLabels``; ``port_level`` maps container ports to modes and needs a selector.
+    ``portLevelMtls`` keys are written as strings, as JSON (and the API server) has them.
+    """
+    spec: dict[str, Any] = {}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": dict(selector)}
+    if mode is not None:
+        spec["mtls"] = {"mode": _mode_text(mode)}
+    if port_level is not None:
+        spec["portLevelMtls"] = {
+            _port_text(port): {"mode": _mode_text(port_mode)}
+            for port, port_mode in port_level.items()
+        }
+    manifest = {
+        "apiVersion": api_version,
+        "kind": "PeerAuthentication",
+        "metadata": _metadata_manifest(name, namespace, None, {}, {}),
+        "spec": spec,
+    }
+    return parse_policy(manifest).to_manifest()
+
+
+def destination_rule(
+    name: str,
+    namespace: str | None,
+    host: str,
+    mode: TlsMode | str | None = None,
+    port_level: Mapping[int, TlsMode | str] | None = None,
+    sni: str | None = None,
+    subject_alt_names: Iterable[str] | None = None,
+    *,
+    credential_name: str | None = None,
+    client_certificate: str | None = None,
+    private_key: str | None = None,
+    ca_certificates: str | None = None,
+    workload_selector: Mapping[str, str] | None = None,
+    export_to: Iterable[str] | None = None,
+    api_version: str = DESTINATION_RULE_API_VERSIONS[0],
+) -> dict[str, Any]:
+    """A DestinationRule manifest (plain dict); raises PolicyError if Istio would reject it.
+
+    ``mode`` and the TLS details go to ``trafficPolicy.tls``; ``port_level`` maps service
+    ports to modes in ``portLevelSettings`` (sorted by port). TLS details without ``mode``
+    are refused rather than silently meaning ``DISABLE``.
+    """
+    details = {
+        "sni": sni,
+        "subjectAltNames": None if subject_alt_names is None else list(subject_alt_names),
+        "credentialName": credential_name,
+        "clientCertificate": client_certificate,
+        "privateKey": private_key,
+        "caCertificates": ca_certificates,
+    }
+    given = {key: value for key, value in details.items() if value is not None}
+    traffic_policy: dict[str, Any] = {}
+    if mode is not None:
+        traffic_policy["tls"] = {"mode": _mode_text(mode), **given}
+    elif given:
+        raise PolicyError(f"destination_rule: {', '.join(given)} given without a TLS mode")
+    if port_level:
+        traffic_policy["portLevelSettings"] = [
+            {"port": {"number": _port_number(port)}, "tls": {"mode": _mode_text(port_mode)}}
+            for port, port_mode in sorted(
+                port_level.items(), key=lambda item: _port_number(item[0])
+            )
+        ]
+    spec: dict[str, Any] = {"host": host}
+    if traffic_policy:
+        spec["trafficPolicy"] = traffic_policy
+    if export_to is not None:
+        spec["exportTo"] = list(export_to)
+    if workload_selector is not None:
+        spec["workloadSelector"] = {"matchLabels": dict(workload_selector)}
+    manifest = {
+        "apiVersion": api_version,
+        "kind": "DestinationRule",
+        "metadata": _metadata_manifest(name, namespace, None, {}, {}),
+        "spec": spec,
+    }
+    return parse_policy(manifest).to_manifest()
+
+
+def _mode_text(mode: object) -> object:
+    """An enum member as its plain string; anything else as given, for the parser to judge."""
+    return mode.value if isinstance(mode, MtlsMode | TlsMode) else mode
+
+
+def _port_text(port: object) -> object:
+    return str(port) if isinstance(port, int) and not isinstance(port, bool) else port
+
+
+def _port_number(port: object) -> int:
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise PolicyError(f"port {_show(port)} is not an integer")
+    return port
+
+
+# ---------------------------------------------------------------- server side (mTLS)
+
+
+def effective_mtls_mode(
+    policies: Iterable[Policy],
+    namespace: str,
+    labels: Mapping[str, str],
+    port: int | None,
+    root_namespace: str = "istio-system",
+    *,
+    default_namespace: str = "default",
+) -> MtlsMode:
+    """The mTLS mode the sidecar of a workload enforces on a container port, as istiod decides.
+
+    Transcribed from istio/istio: ``getConfigsForWorkload`` (pilot/pkg/model/authentication.go)
+    picks the PeerAuthentications of the workload's namespace and of the root namespace whose
+    selector is empty or a subset of ``labels``; ``ComposePeerAuthentication``
+    (pilot/pkg/security/authn/policy_applier.go) then takes, at each level, the OLDEST policy
+    (istiod sorts by ``creationTimestamp``, then name, then namespace; a policy without a
+    timestamp counts as Go's zero time, so it is older than any with one, and policies without
+    timestamps fall back to name order):
+
+    - mesh level: no selector (or empty ``matchLabels``), in ``root_namespace``;
+    - namespace level: no selector, in the workload's namespace;
+    - workload level: a non-empty selector, NOT in the root namespace. A selector policy in the
+      root namespace is ignored, even for workloads in the root namespace.
+
+    Starting from PERMISSIVE, each level's mode replaces the result unless it is UNSET (or the
+    policy has no ``mtls``): mesh, then namespace, then workload. If the chosen workload policy
+    has ``portLevelMtls`` for ``port``, that mode wins, and an UNSET port mode takes the
+    workload-level result (``GetMutualTLSModeForPort``); ``port=None`` asks for the mode of
+    the ports that ``portLevelMtls`` does not name. The result is never UNSET.
+    ``DestinationRule`` objects in ``policies`` are ignored (they are client-side), and a policy
+    whose namespace is ``None`` is taken to live in ``default_namespace``.
+    """
+    _check_argument_namespace(namespace, "namespace")
+    _check_argument_namespace(root_namespace, "root_namespace")
+    _check_argument_namespace(default_namespace, "default_namespace")
+    _check_labels_argument(labels, "labels")
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
+    ):
+        raise PolicyError(f"port must be in range 1..65535 or None, got {_show(port)}")
+    applicable: list[tuple[str, PeerAuthentication]] = []
+    seen: set[tuple[str, str]] = set()
+    for policy in policies:
+        if isinstance(policy, DestinationRule):
+            continue
+        if not isinstance(policy, PeerAuthentication):
+            raise PolicyError(f"not a policy: {_show(policy)}")
+        policy_namespace = policy.namespace if policy.namespace is not None else default_namespace
+        key = (policy_namespace, policy.name)
+        if key in seen:
+            raise PolicyError(f"PeerAuthentication {policy_namespace}/{policy.name} given twice")
+        seen.add(key)
+        if policy_namespace not in (namespace, root_namespace):
+            continue
+        if policy.selector and not _is_subset(policy.selector, labels):
+            continue
+        applicable.append((policy_namespace, policy))
+
+    def oldest(candidates: list[tuple[str, PeerAuthentication]]) -> PeerAuthentication | None:
+        if not candidates:
+            return None
+        return min(candidates, key=lambda item: _age_key(item[1], item[0]))[1]
+
+    mesh = oldest([c for c in applicable if not c[1].selector and c[0] == root_namespace])
+    namespace_wide = oldest([c for c in applicable if not c[1].selector and c[0] != root_namespace])
+    workload = oldest([c for c in applicable if c[1].selector and c[0] != root_namespace])
+    mode = MtlsMode.PERMISSIVE
+    for level in (mesh, namespace_wide, workload):
+        if level is not None and level.mode not in (None, MtlsMode.UNSET):
+            assert level.mode is not None
+            mode = level.mode
+    if workload is not None and port is not None and port in workload.port_level:
+        port_mode = workload.port_level[port]
+        if port_mode is not MtlsMode.UNSET:
+            mode = port_mode
+    return mode
+
+
+def _age_key(policy: Policy, namespace: str) -> tuple[datetime, str, str]:
+    """istiod's sortConfigByCreationTime order: creation time, then name, then namespace."""
+    stamp = policy.creation_timestamp or _GO_ZERO_TIME
+    return (stamp, policy.name, namespace)
+
+
+def _is_subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """labels.Instance.SubsetOf: every selector label is present with the same value."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _check_argument_namespace(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise PolicyError(f"{what} must be a string, got {_type_name(value)}")
+    problem = _k8s_label_problem(value)
+    if problem is not None:
+        raise PolicyError(f"{what}: {problem}")
+
+
+def _check_labels_argument(labels: object, what: str) -> None:
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in labels.items()
+    ):
+        raise PolicyError(f"{what} must map strings to strings, got {_show(labels)}")
+
+
+# ---------------------------------------------------------------- client side (TLS)
+
+
+@dataclass
+class _Consolidated:
+    """istiod's ConsolidatedDestRule: a (possibly merged) rule and its exportTo set."""
+
+    rule: DestinationRule
+    export_to: frozenset[str]
+
+
+@dataclass
+class _RuleIndex:
+    """istiod's consolidatedDestRules: rules per resolved host, specific and wildcard."""
+
+    specific: dict[str, list[_Consolidated]] = field(default_factory=dict)
+    wildcard: dict[str, list[_Consolidated]] = field(default_factory=dict)
+
+    def merge(self, rule: DestinationRule, export_to: frozenset[str]) -> None:
+        """mergeDestinationRule (pilot/pkg/model/destination_rule.go), enhanced merge on."""
+        table = self.wildcard if rule.host.startswith("*") else self.specific
+        existing = table.get(rule.host)
+        if existing is None:
+            table[rule.host] = [_Consolidated(rule, export_to)]
+            return
+        append_separately = True
+        for consolidated in existing:
+            current = consolidated.rule
+            both_without = rule.workload_selector is None and current.workload_selector is None
+            both_with = rule.workload_selector is not None and current.workload_selector is not None
+            selectors_match = dict(current.workload_selector or {}) == dict(
+                rule.workload_selector or {}
+            )
+            # ENABLE_ENHANCED_DESTINATIONRULE_MERGE, on by default since Istio 1.24.
+            if export_to == consolidated.export_to:
+                append_separately = not (both_without or (both_with and selectors_match))
+            elif consolidated.export_to and export_to >= consolidated.export_to:
+                append_separately = True
+            else:
+                append_separately = True
+                continue
+            if both_with and not selectors_match:
+                append_separately = True
+                continue
+            if both_without or (both_with and selectors_match):
+                append_separately = False
+            names = {subset.name for subset in current.subsets}
+            added = tuple(subset for subset in rule.subsets if subset.name not in names)
+            traffic_policy = current.traffic_policy
+            if traffic_policy is None and rule.traffic_policy is not None:
+                traffic_policy = rule.traffic_policy
+            consolidated.rule = replace(
+                current, subsets=current.subsets + added, traffic_policy=traffic_policy
+            )
+        if append_separately:
+            existing.append(_Consolidated(rule, export_to))
+
+    def most_specific(self, host: str) -> list[_Consolidated] | None:
+        """MostSpecificHostMatch: the exact host, else the longest matching wildcard."""
+        if host in self.specific:
+            return self.specific[host]
+        best: str | None = None
+        for wildcard in self.wildcard:
+            if host.endswith(wildcard[1:]) and (best is None or len(wildcard) > len(best)):
+                best = wildcard
+        return None if best is None else self.wildcard[best]
+
+
+def destination_rule_for(
+    rules: Iterable[Policy],
+    client_namespace: str,
+    host_fqdn: str,
+    root_namespace: str = "istio-system",
+    *,
+    service_namespace: str | None = None,
+    client_labels: Mapping[str, str] | None = None,
+    default_namespace: str = "default",
+    domain_suffix: str = "cluster.local",
+) -> DestinationRule | None:
+    """The DestinationRule a client sidecar in ``client_namespace`` applies to ``host_fqdn``.
+
+    Transcribed from istio/istio pilot/pkg/model: ``setDestinationRules`` and
+    ``mergeDestinationRule`` index the rules (short hosts resolved against the rule's namespace
+    and ``domain_suffix``; rules for the same host in one namespace merged, oldest first: the
+    oldest rule's metadata, the first ``trafficPolicy`` found, subsets added by name; a
+    ``workloadSelector`` rule is private to its namespace); ``PushContext.destinationRule``
+    then looks, taking the most specific host (exact beats the longest wildcard) at each step:
+
+    1. in the client's namespace (its private and public rules), or, for a client in the root
+       namespace, in the root namespace's private rules;
+    2. in the service's namespace, among rules exported to the client (no ``exportTo``, ``*``,
+       or the client's namespace);
+    3. in the root namespace, among rules exported to the client.
+
+    A step whose most specific host matches but whose rules are not exported to the client
+    yields nothing and the next step is tried. Finally ``SidecarScope.DestinationRule``
+    (sidecar.go) prefers a rule of the client's namespace whose ``workloadSelector`` matches
+    ``client_labels`` and otherwise takes the rule without a selector; a step that found only
+    non-matching selector rules therefore means no rule at all. ``exportTo`` is honoured, with
+    the mesh default export of ``*``. ``service_namespace`` defaults to the namespace in a
+    Kubernetes service name ``<name>.<namespace>.svc.<domain_suffix>``; otherwise step 2 is
+    skipped. A rule whose namespace is ``None`` is taken to live in ``default_namespace``.
+    Destination rule inheritance (``PILOT_ENABLE_DESTINATION_RULE_INHERITANCE``, off by
+    default) and ``Sidecar`` egress scoping are not modelled. The returned rule carries the
+    resolved host.
+    """
+    _check_argument_namespace(client_namespace, "client_namespace")
+    _check_argument_namespace(root_namespace, "root_namespace")
+    _check_argument_namespace(default_namespace, "default_namespace")
+    if client_labels is not None:
+        _check_labels_argument(client_labels, "client_labels")
+    if not isinstance(host_fqdn, str) or "*" in host_fqdn:
+        raise PolicyError(
+            f"host_fqdn must be a host name without wildcards, got {_show(host_fqdn)}"
+        )
+    try:
+        _validate_wildcard_domain(host_fqdn, "host_fqdn")
+    except _FieldError as error:
+        raise PolicyError(error.problem, path=error.path) from None
+    if service_namespace is None:
+        service_namespace = _kubernetes_service_namespace(host_fqdn, domain_suffix)
+    else:
+        _check_argument_namespace(service_namespace, "service_namespace")
+
+    placed: list[tuple[str, DestinationRule]] = []
+    seen: set[tuple[str, str]] = set()
+    for rule in rules:
+        if isinstance(rule, PeerAuthentication):
+            continue
+        if not isinstance(rule, DestinationRule):
+            raise PolicyError(f"not a policy: {_show(rule)}")
+        rule_namespace = rule.namespace if rule.namespace is not None else default_namespace
+        if (rule_namespace, rule.name) in seen:
+            raise PolicyError(f"DestinationRule {rule_namespace}/{rule.name} given twice")
+        seen.add((rule_namespace, rule.name))
+        resolved = _resolve_short_name(rule.host, rule_namespace, domain_suffix)
+        placed.append((rule_namespace, replace(rule, host=resolved, namespace=rule_namespace)))
+    # sortConfigBySelectorAndCreationTime: selector rules first, then the oldest.
+    placed.sort(key=lambda item: (item[1].workload_selector is None, _age_key(item[1], item[0])))
+
+    namespace_local: dict[str, _RuleIndex] = {}
+    exported: dict[str, _RuleIndex] = {}
+    root_local = _RuleIndex()
+    for rule_namespace, rule in placed:
+        export_to = frozenset({"."} if rule.workload_selector is not None else rule.export_to)
+        if not export_to or {"*", ".", rule_namespace} & export_to:
+            namespace_local.setdefault(rule_namespace, _RuleIndex()).merge(rule, export_to)
+        private_only = len(export_to) == 1 and bool({".", rule_namespace} & export_to)
+        if not private_only:
+            exported.setdefault(rule_namespace, _RuleIndex()).merge(rule, export_to)
+        elif rule_namespace == root_namespace:
+            root_local.merge(rule, export_to)
+
+    def exported_from(owner: str) -> list[_Consolidated]:
+        """getExportedDestinationRuleFromNamespace."""
+        index = exported.get(owner)
+        found = index.most_specific(host_fqdn) if index is not None else None
+        return [
+            c
+            for c in found or []
+            if not c.export_to or "*" in c.export_to or client_namespace in c.export_to
+        ]
+
+    found: list[_Consolidated] | None
+    if client_namespace != root_namespace:
+        index = namespace_local.get(client_namespace)
+        found = index.most_specific(host_fqdn) if index is not None else None
+    else:
+        found = root_local.most_specific(host_fqdn)
+    if not found and service_namespace is not None:
+        found = exported_from(service_namespace)
+    if not found:
+        found = exported_from(root_namespace)
+    if not found:
+        return None
+    catch_all: DestinationRule | None = None
+    for consolidated in found:
+        candidate = consolidated.rule
+        if candidate.workload_selector is None:
+            catch_all = candidate
+        elif candidate.namespace == client_namespace and _is_subset(
+            candidate.workload_selector, client_labels or {}
+        ):
+            return candidate
+    return catch_all
+
+
+def _resolve_short_name(host: str, namespace: str, domain_suffix: str) -> str:
+    """ResolveShortnameToFQDN: a host without a dot is a service in the rule's namespace."""
+    if host == "*" or "." in host:
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}.{namespace}.svc.{domain_suffix}"
+    return host
+
+
+def _kubernetes_service_namespace(host: str, domain_suffix: str) -> str | None:
+    suffix = f".svc.{domain_suffix}"
+    if not host.endswith(suffix):
+        return None
+    parts = host[: -len(suffix)].split(".")
+    if len(parts) == 2 and len(parts[1]) <= 63 and _K8S_LABEL.fullmatch(parts[1]):
+        return parts[1]
+    return None
+
+
+def client_tls_settings(rule: DestinationRule | None, port: int) -> ClientTls | None:
+    """The TLS settings a client sidecar uses towards a service port under ``rule``.
+
+    ``MergeTrafficPolicy`` (pilot/pkg/networking/core/cluster_builder.go): the first
+    ``portLevelSettings`` entry for ``port`` replaces the rule-level settings entirely, so an
+    entry without ``tls`` means no explicit TLS on that port. ``None`` means the rule sets no
+    TLS, and Istio's auto mTLS decides. The port is the service port, not the container port.
+    """
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise PolicyError(f"port must be in range 1..65535, got {_show(port)}")
+    if rule is None or rule.traffic_policy is None:
+        return None
+    for entry in rule.traffic_policy.port_level_settings:
+        if entry.port == port:
+            return entry.tls
+    return rule.traffic_policy.tls
+
+
+def client_tls_mode(rule: DestinationRule | None, port: int) -> TlsMode | None:
+    """The mode of :func:`client_tls_settings`; ``None`` when the rule leaves TLS to auto mTLS."""
+    settings = client_tls_settings(rule, port)
+    return None if settings is None else settings.mode

@@ -1,0 +1,319 @@
+"""The plugin's effective configuration: --mesh-* options over mesh_* ini values over defaults.
+
+Everything here is pure (no I/O, nothing started) so that it can be resolved and validated once,
+in ``pytest_configure``, and a mistake surfaces as a ``pytest.UsageError`` before collection
+instead of as a failed fixture halfway through a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "CLUSTER_KINDS",
+    "DEFAULT_CERT_TTL",
+    "MAX_CERT_TTL",
+    "REPORT_SUFFIXES",
+    "ClusterKind",
+    "MeshSettings",
+    "OptionLayer",
+    "ReportFormat",
+    "SettingsError",
+    "cluster_argument",
+    "format_duration",
+    "parse_cert_ttl",
+]
+
+_T = TypeVar("_T")
+
+ClusterKind = Literal["local", "kind", "existing"]
+CLUSTER_KINDS: Final[tuple[ClusterKind, ...]] = ("local", "kind", "existing")
+_CLUSTER_BY_NAME: Final[dict[str, ClusterKind]] = {name: name for name in CLUSTER_KINDS}
+
+# Istio's agent SECRET_TTL default and istiod's MAX_WORKLOAD_CERT_TTL.
+DEFAULT_CERT_TTL: Final = timedelta(hours=24)
+MAX_CERT_TTL: Final = timedelta(days=90)
+
+ReportFormat = Literal["yaml", "json"]
+_REPORT_FORMAT_BY_SUFFIX: Final[dict[str, ReportFormat]] = {
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "json",
+}
+REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
+
+# Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.
+_DURATION_UNIT_SECONDS: Final[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION_RE: Final = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+_PLAIN_SECONDS_RE: Final = re.compile(r"[0-9]+")
+_CERT_TTL_ACCEPTED: Final = (
+    "a duration like 30s, 90m, 24h, 1h30m, 7d (units d, h, m, s in that order) or plain "
+    f"seconds, greater than 0 and at most {MAX_CERT_TTL.days}d"
+)
+
+_CLI_FLAGS: Final[dict[str, str]] = {
+    "cluster": "--mesh-cluster",
+    "kube_context": "--mesh-kube-context",
+    "keep": "--mesh-keep",
+    "cert_ttl": "--mesh-cert-ttl",
+    "report": "--mesh-report",
+    "artifacts": "--mesh-artifacts",
+}
+
+
+class SettingsError(ValueError):
+    """A --mesh-* option or mesh_* ini value is invalid; the message names it as the user wrote it.
+
+    ``MeshSettings.from_config`` turns it into ``pytest.UsageError`` (exit code 4).
+    """
+
+
+def parse_cert_ttl(text: str) -> timedelta:
+    """Parse a certificate TTL as Istio spells it (``24h``, ``1h30m``) or as plain seconds.
+
+    Raises SettingsError (naming the offending text) unless 0 < TTL <= 90 days.
+    """
+    candidate = text.strip()
+    seconds: int | None = None
+    try:
+        if _PLAIN_SECONDS_RE.fullmatch(candidate):
+            seconds = int(candidate)
+        elif candidate and (match := _DURATION_RE.fullmatch(candidate)):
+            seconds = sum(
+                int(amount) * unit_seconds
+                for amount, unit_seconds in zip(
+                    match.groups(), _DURATION_UNIT_SECONDS.values(), strict=True
+                )
+                if amount is not None
+            )
+    except ValueError:  # more digits than int() accepts: far beyond the cap anyway
+        seconds = MAX_CERT_TTL.days * 86_400 + 1
+    if seconds is None:
+        raise SettingsError(f"invalid duration {text!r}: expected {_CERT_TTL_ACCEPTED}")
+    if not 0 < seconds <= MAX_CERT_TTL.total_seconds():
+        raise SettingsError(f"duration {text!r} out of range: expected {_CERT_TTL_ACCEPTED}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(duration: timedelta) -> str:
+    """Spell a whole-second duration the way Go (and Istio) does: ``24h``, ``1h30m``, ``30s``."""
+    hours, rest = divmod(int(duration.total_seconds()), 3_600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return "".join(parts) or "0s"
+
+
+def _looks_like_test_path(value: str) -> bool:
+    return any(mark in value for mark in ("/", os.sep, "::")) or value.endswith(".py")
+
+
+def cluster_argument(value: str) -> str:
+    """argparse ``type=`` for ``--mesh-cluster``, whose value is optional (bare means kind).
+
+    With ``nargs="?"`` argparse hands the next word to the option, so ``--mesh-cluster tests/``
+    would silently eat the test path; reject it and say how to write it instead.
+    """
+    if value in _CLUSTER_BY_NAME:
+        return value
+    accepted = ", ".join(CLUSTER_KINDS)
+    message = f"invalid value {value!r}; accepted values: {accepted}"
+    if _looks_like_test_path(value) or os.path.exists(value):
+        message += (
+            f". {value!r} looks like a test path: a bare --mesh-cluster takes the next argument"
+            f" as its value; write --mesh-cluster=kind {value} or put --mesh-cluster last"
+        )
+    raise argparse.ArgumentTypeError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionLayer:
+    """One source of raw option values (the command line or the ini file); None = not given."""
+
+    origin: Literal["cli", "ini"]
+    base_dir: Path  # relative paths resolve here: invocation dir (cli) or ini file's dir (ini)
+    cluster: str | None = None
+    kube_context: str | None = None
+    keep: bool | None = None
+    cert_ttl: str | None = None
+    report: str | None = None
+    artifacts: str | None = None
+
+    def describe(self, field: str) -> str:
+        """How the user spelled this field in this layer, for error messages."""
+        if self.origin == "cli":
+            return _CLI_FLAGS[field]
+        return f"mesh_{field} (ini option)"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """The effective mesh configuration for a test run, resolved CLI-first, then ini, default."""
+
+    cluster: ClusterKind = "local"
+    kube_context: str | None = None  # "current" = the kubeconfig's current context
+    keep: bool = False
+    cert_ttl: timedelta = DEFAULT_CERT_TTL
+    report: Path | None = None
+    artifacts: Path | None = None
+
+    @property
+    def report_format(self) -> ReportFormat | None:
+        """``yaml`` or ``json``, from the report path's suffix; None without a report."""
+        if self.report is None:
+            return None
+        return _REPORT_FORMAT_BY_SUFFIX[self.report.suffix.lower()]
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> MeshSettings:
+        """Resolve the --mesh-* options and mesh_* ini values of a pytest config.
+
+        Raises pytest.UsageError naming the offending option and the accepted values.
+        """
+        try:
+            ini_keep = config.getini("mesh_keep")
+        except (ValueError, pytest.UsageError) as error:  # pytest < 9 raises ValueError
+            raise pytest.UsageError(
+                f"mesh_keep (ini option): {error}; accepted values: true, false"
+            ) from error
+
+        def ini_text(name: str) -> str | None:
+            value = config.getini(name)
+            return str(value) if value else None  # an empty ini value counts as not given
+
+        inipath = config.inipath
+        cli = OptionLayer(
+            origin="cli",
+            base_dir=config.invocation_params.dir,
+            cluster=config.getoption("mesh_cluster"),
+            kube_context=config.getoption("mesh_kube_context"),
+            keep=config.getoption("mesh_keep"),
+            cert_ttl=config.getoption("mesh_cert_ttl"),
+            report=config.getoption("mesh_report"),
+            artifacts=config.getoption("mesh_artifacts"),
+        )
+        ini = OptionLayer(
+            origin="ini",
+            base_dir=inipath.parent if inipath is not None else config.invocation_params.dir,
+            cluster=ini_text("mesh_cluster"),
+            kube_context=ini_text("mesh_kube_context"),
+            keep=bool(ini_keep),
+            cert_ttl=ini_text("mesh_cert_ttl"),
+            report=ini_text("mesh_report"),
+            artifacts=ini_text("mesh_artifacts"),
+        )
+        try:
+            return cls.resolve(cli, ini)
+        except SettingsError as error:
+            raise pytest.UsageError(str(error)) from error
+
+    @classmethod
+    def resolve(cls, cli: OptionLayer, ini: OptionLayer) -> MeshSettings:
+        """Take each value from the first layer that gives it, validate it, fill in defaults.
+
+        Raises SettingsError naming the offending option as the user spelled it.
+        """
+        cluster_pick = _pick(cli, ini, "cluster", _parse_cluster)
+        kube_context = _value(_pick(cli, ini, "kube_context", _parse_kube_context))
+        if cluster_pick is not None and cluster_pick[1] == "existing" and kube_context is None:
+            spelled = (
+                "--mesh-cluster=existing"
+                if cluster_pick[0].origin == "cli"
+                else "mesh_cluster = existing (ini option)"
+            )
+            raise SettingsError(
+                f"{spelled} needs the kube context to run against: pass"
+                " --mesh-kube-context=NAME (or set mesh_kube_context in the ini file); use"
+                " 'current' for the kubeconfig's current context"
+            )
+        cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
+        keep = cli.keep if cli.keep is not None else ini.keep
+        return cls(
+            cluster=cluster_pick[1] if cluster_pick is not None else "local",
+            kube_context=kube_context,
+            keep=bool(keep),
+            cert_ttl=cert_ttl if cert_ttl is not None else DEFAULT_CERT_TTL,
+            report=_value(_pick(cli, ini, "report", _parse_report)),
+            artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
+        )
+
+    def header_lines(self) -> list[str]:
+        """The effective settings for ``pytest_report_header``, so a CI log says what ran."""
+        first = [f"meshconform: cluster={self.cluster}"]
+        if self.kube_context is not None:
+            unused = "" if self.cluster == "existing" else f" (unused with cluster={self.cluster})"
+            first.append(f"kube-context={self.kube_context}{unused}")
+        first.append(f"cert-ttl={format_duration(self.cert_ttl)}")
+        first.append(f"keep={'yes' if self.keep else 'no'}")
+        lines = [" ".join(first)]
+        outputs = [
+            f"{name}={path}"
+            for name, path in (("report", self.report), ("artifacts", self.artifacts))
+            if path is not None
+        ]
+        if outputs:
+            lines.append("meshconform: " + " ".join(outputs))
+        return lines
+
+
+def _pick(
+    cli: OptionLayer,
+    ini: OptionLayer,
+    field: str,
+    parse: Callable[[str, OptionLayer], _T],
+) -> tuple[OptionLayer, _T] | None:
+    """Parse ``field`` from the first layer that gives it; errors name the option as spelled."""
+    for layer in (cli, ini):
+        raw = getattr(layer, field)
+        if raw is not None:
+            try:
+                return layer, parse(raw, layer)
+            except ValueError as error:
+                raise SettingsError(f"{layer.describe(field)}: {error}") from error
+    return None
+
+
+def _value(picked: tuple[OptionLayer, _T] | None) -> _T | None:
+    return None if picked is None else picked[1]
+
+
+def _parse_cluster(value: str, layer: OptionLayer) -> ClusterKind:
+    cluster = _CLUSTER_BY_NAME.get(value)
+    if cluster is None:
+        raise ValueError(f"invalid value {value!r}; accepted values: {', '.join(CLUSTER_KINDS)}")
+    return cluster
+
+
+def _parse_kube_context(value: str, layer: OptionLayer) -> str:
+    if not value.strip():
+        raise ValueError("expected a kube context name (or 'current'), got an empty value")
+    return value
+
+
+def _parse_cert_ttl_in_layer(value: str, layer: OptionLayer) -> timedelta:
+    return parse_cert_ttl(value)
+
+
+def _parse_path(value: str, layer: OptionLayer) -> Path:
+    if not value.strip():
+        raise ValueError("expected a path, got an empty value")
+    return layer.base_dir / value
+
+
+def _parse_report(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if path.suffix.lower() not in _REPORT_FORMAT_BY_SUFFIX:
+        raise ValueError(
+            f"invalid report path {value!r}; accepted suffixes: {', '.join(REPORT_SUFFIXES)}"
+        )
+    return path
