@@ -129,8 +129,31 @@ class Mesh(Protocol):
         """GET an Envoy admin path on the workload's sidecar."""
         ...
 
+    def logs(self, workload: Workload) -> Mapping[str, str]:
+        """The workload's logs so far (sidecar, app), by name, for failure reports."""
+        ...
+
     def close(self) -> None: ...
 
 
 def iter_sidecar_workloads(mesh: Mesh) -> Iterator[Workload]:
     return (w for w in mesh.workloads() if w.has_sidecar)
+
+
+class MeshUnavailable(MeshError):
+    """The chosen backend cannot run here (no Docker, no kind, no root...); names the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshInfo:
+    """What a report says about the mesh under test."""
+
+    backend: str
+    name: str
+    version: str
+    trust_domain: str
+    revision: str | None = None
+
+    @classmethod
+    def of(cls, mesh: Mesh, name: str, revision: str | None = None) -> MeshInfo:
+        return cls(mesh.backend, name, mesh.version, mesh.trust_domain, revision)

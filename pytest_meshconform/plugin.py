@@ -17,10 +17,13 @@ inside the fixtures that need them, never at module level.
 
 from __future__ import annotations
 
+import argparse
 from typing import Final
 
 import pytest
 
+from . import report
+from .kube import options as kube_options
 from .settings import CLUSTER_KINDS, MeshSettings, cluster_argument
 
 __all__ = ["mesh_settings_key"]
@@ -89,12 +92,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Keep evidence (pcaps, Envoy config, certs) of failed tests under DIR."
         " ini: mesh_artifacts.",
     )
+    group.addoption(
+        "--mesh-baseline",
+        default=None,
+        metavar="PATH",
+        help="A previous conformance report to compare this run against: regressions are"
+        " listed at the end and fail the run. ini: mesh_baseline.",
+    )
+    group.addoption(
+        "--mesh-fault",
+        action="append",
+        default=None,
+        help=argparse.SUPPRESS,  # test-only: break the local mesh to prove suites can fail
+    )
+    kube_options.add_options(group, parser)
     parser.addini("mesh_cluster", f"mesh to test: {', '.join(CLUSTER_KINDS)} (default local)")
     parser.addini("mesh_kube_context", "kube context for mesh_cluster = existing, or 'current'")
     parser.addini("mesh_keep", "keep the mesh after the run (default false)", type="bool")
     parser.addini("mesh_cert_ttl", "workload certificate TTL, e.g. 24h (the default), 1h30m")
     parser.addini("mesh_report", "conformance report path (.yaml/.yml/.json), ini-relative")
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
+    parser.addini("mesh_baseline", "previous conformance report to compare against")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,6 +121,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "help", False):
         return  # --help must work even while the mesh settings are wrong
     config.stash[mesh_settings_key] = MeshSettings.from_config(config)
+    from . import fixtures  # cheap: fixture bodies import the backends they need
+
+    config.pluginmanager.register(fixtures, "meshconform-fixtures")
+    report.configure(config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

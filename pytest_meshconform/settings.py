@@ -69,6 +69,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "cert_ttl": "--mesh-cert-ttl",
     "report": "--mesh-report",
     "artifacts": "--mesh-artifacts",
+    "baseline": "--mesh-baseline",
 }
 
 
@@ -148,6 +149,8 @@ class OptionLayer:
     cert_ttl: str | None = None
     report: str | None = None
     artifacts: str | None = None
+    baseline: str | None = None
+    faults: tuple[str, ...] = ()
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -166,6 +169,8 @@ class MeshSettings:
     cert_ttl: timedelta = DEFAULT_CERT_TTL
     report: Path | None = None
     artifacts: Path | None = None
+    baseline: Path | None = None  # a previous report to compare this run against
+    faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -201,6 +206,8 @@ class MeshSettings:
             cert_ttl=config.getoption("mesh_cert_ttl"),
             report=config.getoption("mesh_report"),
             artifacts=config.getoption("mesh_artifacts"),
+            baseline=config.getoption("mesh_baseline"),
+            faults=tuple(config.getoption("mesh_fault") or ()),
         )
         ini = OptionLayer(
             origin="ini",
@@ -211,6 +218,7 @@ class MeshSettings:
             cert_ttl=ini_text("mesh_cert_ttl"),
             report=ini_text("mesh_report"),
             artifacts=ini_text("mesh_artifacts"),
+            baseline=ini_text("mesh_baseline"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -245,6 +253,8 @@ class MeshSettings:
             cert_ttl=cert_ttl if cert_ttl is not None else DEFAULT_CERT_TTL,
             report=_value(_pick(cli, ini, "report", _parse_report)),
             artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
+            baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
+            faults=_parse_faults(cli.faults),
         )
 
     def header_lines(self) -> list[str]:
@@ -258,7 +268,11 @@ class MeshSettings:
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
-            for name, path in (("report", self.report), ("artifacts", self.artifacts))
+            for name, path in (
+                ("report", self.report),
+                ("artifacts", self.artifacts),
+                ("baseline", self.baseline),
+            )
             if path is not None
         ]
         if outputs:
@@ -317,3 +331,23 @@ def _parse_report(value: str, layer: OptionLayer) -> Path:
             f"invalid report path {value!r}; accepted suffixes: {', '.join(REPORT_SUFFIXES)}"
         )
     return path
+
+
+def _parse_baseline(value: str, layer: OptionLayer) -> Path:
+    path = _parse_report(value, layer)
+    if not path.is_file():
+        raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
+    return path
+
+
+FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+"""Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
+
+
+def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name not in FAULT_NAMES:
+            raise SettingsError(
+                f"--mesh-fault: invalid value {name!r}; accepted values: {', '.join(FAULT_NAMES)}"
+            )
+    return tuple(dict.fromkeys(names))

@@ -408,11 +408,12 @@ class _Side:
         "connection",
         "fin",
         "packets",
+        "payloads",
         "port",
         "rst",
-        "segments",
         "sent_syn",
         "sent_synack",
+        "seqs",
         "syn_seq",
         "wire_bytes",
     )
@@ -422,7 +423,10 @@ class _Side:
         self.port = port
         self.packets = 0
         self.wire_bytes = 0
-        self.segments: list[tuple[int, bytes]] = []
+        # Segments as two parallel lists of untracked objects (ints, bytes): one tuple per
+        # segment would give the cyclic GC hundreds of thousands of objects to scan.
+        self.seqs: list[int] = []
+        self.payloads: list[bytes] = []
         self.syn_seq: int | None = None
         self.sent_syn = False
         self.sent_synack = False
@@ -571,7 +575,8 @@ def analyze_pcap(source: bytes | str | os.PathLike[str]) -> Capture:
             if flags & 0x04:
                 side.rst = True
         if wire_length and payload_start < len(frame):
-            side.segments.append((seq, frame[payload_start:ip_end]))
+            side.seqs.append(seq)
+            side.payloads.append(frame[payload_start:ip_end])
 
     return Capture(
         link_type=state.link_type,
@@ -633,13 +638,13 @@ def _reassemble(side: _Side) -> tuple[bytes, bool]:
     Sequence numbers are taken relative to the SYN when it was captured, else to the earliest
     segment in serial-number order (RFC 1982), so a stream that crosses 2**32 stays in order.
     """
-    segments = side.segments
-    if not segments:
+    seqs, payloads = side.seqs, side.payloads
+    if not seqs:
         return b"", False
-    reference = segments[0][0] if side.syn_seq is None else (side.syn_seq + 1) & _SEQ_MASK
+    reference = seqs[0] if side.syn_seq is None else (side.syn_seq + 1) & _SEQ_MASK
     placed = [
         (((seq - reference + 0x80000000) & _SEQ_MASK) - 0x80000000, -len(payload), index)
-        for index, (seq, payload) in enumerate(segments)
+        for index, (seq, payload) in enumerate(zip(seqs, payloads, strict=True))
     ]
     placed.sort()
     position = 0 if side.syn_seq is not None else placed[0][0]
@@ -650,7 +655,7 @@ def _reassemble(side: _Side) -> tuple[bytes, bool]:
             continue  # retransmitted, or before the SYN
         if start > position:
             return b"".join(pieces), True
-        payload = segments[index][1]
+        payload = payloads[index]
         pieces.append(payload if start == position else payload[position - start :])
         position = end
     return b"".join(pieces), False

@@ -24,6 +24,7 @@ from ..policy import (
     destination_rule_for,
     effective_mtls_mode,
 )
+from ..settings import FAULT_NAMES
 from .topology import TRUST_DOMAIN, Pod, ServiceEntry, Topology
 from .xds import SidecarPlan, UpstreamTls
 
@@ -39,7 +40,7 @@ class Faults:
     no_rotation: bool = False  # the agent never rotates certificates
     wrong_spiffe_id: bool = False  # workload certs name another service account
 
-    NAMES = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+    NAMES = FAULT_NAMES
 
     @classmethod
     def parse(cls, names: Iterable[str]) -> Faults:

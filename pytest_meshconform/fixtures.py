@@ -1,0 +1,1 @@
+"""meshconform's fixtures (registered by the plugin in pytest_configure)."""

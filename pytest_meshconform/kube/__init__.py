@@ -1,0 +1,1 @@
+"""Kubernetes backend: kind with Istio, or an existing cluster (in progress)."""
