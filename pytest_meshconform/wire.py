@@ -31,6 +31,9 @@ Decoding choices a reader of the evidence should know:
   raise. HTTP start lines and headers are decoded as latin-1 (every byte maps to one character).
 - Unknown version numbers are shown as ``0x....``; GREASE values are dropped from
   ``supported_versions``.
+- HTTP/1.x messages are read in order from the start of each stream and framed by
+  Content-Length or chunked encoding; reading stops at the first head that is incomplete or
+  malformed (lines must end in CRLF), at a body that runs to the close, or at a protocol switch.
 """
 
 from __future__ import annotations
@@ -405,7 +408,6 @@ class _Side:
 
     __slots__ = (
         "address",
-        "connection",
         "fin",
         "packets",
         "payloads",
@@ -432,7 +434,6 @@ class _Side:
         self.sent_synack = False
         self.fin = False
         self.rst = False
-        self.connection: _Connection
 
 
 class _Connection:
@@ -441,10 +442,10 @@ class _Connection:
     def __init__(self, first_frame: int, sender: _Side, receiver: _Side) -> None:
         self.first_frame = first_frame
         self.sides = (sender, receiver)
-        sender.connection = receiver.connection = self
 
-    def closed(self) -> bool:
-        return any(side.fin or side.rst for side in self.sides)
+
+def _closed(side: _Side, peer: _Side) -> bool:
+    return side.fin or side.rst or peer.fin or peer.rst
 
 
 def analyze_pcap(source: bytes | str | os.PathLike[str]) -> Capture:
@@ -550,7 +551,7 @@ def analyze_pcap(source: bytes | str | os.PathLike[str]) -> Capture:
             and flags & 0x12 == 0x02
             and (
                 (side.syn_seq is not None and side.syn_seq != seq)
-                or (side.syn_seq is None and side.connection.closed())
+                or (side.syn_seq is None and _closed(side, table[(dst, dport, src, sport)]))
             )
         ):
             side = None

@@ -418,15 +418,15 @@ def test_real_plaintext_and_tls_flows_are_told_apart() -> None:
 
 
 def test_real_stream_reassembly_crosses_segments() -> None:
-    # dpkt__http.pcap flow 0: Content-Length 18070 after 294 header bytes (tshark
-    # http.content_length; the server sent 18364 bytes, one response, no retransmission).
+    # Reassembled lengths from `tshark -q -z follow,tcp,raw,N` (hex bytes per direction).
     flow = real_capture("dpkt__http.pcap").flows[0]
-    assert len(flow.server_stream) == 18364
+    assert (len(flow.client_stream), len(flow.server_stream)) == (479, 18364)
     assert flow.server_stream.startswith(b"HTTP/1.1 200 OK\r\n")
     assert flow.server_gap is False
-    # flow 1: frame 36 is a spurious retransmission (tshark expert info) of 1430 bytes.
+    # Flow 1: frame 36 (1430 bytes) is a spurious retransmission (tshark expert info), so the
+    # server sent 3020 payload bytes on the wire but its stream holds 1590.
     retransmitted = real_capture("dpkt__http.pcap").flows[1]
-    assert (retransmitted.server_bytes, len(retransmitted.server_stream)) == (3020, 3020 - 1430)
+    assert (retransmitted.server_bytes, len(retransmitted.server_stream)) == (3020, 1590)
 
 
 def test_source_may_be_bytes_path_or_str() -> None:
@@ -622,7 +622,8 @@ def _capture_when_closed(pcap: Path, exchanges: dict[str, LiveExchange]) -> Capt
         with attempt:
             capture = analyze_pcap(pcap)
             for name, exchange in exchanges.items():
-                flows = capture.flows_to(exchange.server[1])
+                # by endpoint: 127.0.0.1 and ::1 listeners may get the same port number
+                flows = [flow for flow in capture.flows if flow.server == exchange.server]
                 assert len(flows) == 1, f"{name}: flows to {exchange.server} in {pcap}: {flows}"
                 flow = flows[0]
                 assert flow.rst_seen or (flow.client_fin and flow.server_fin), f"{name} open"
@@ -684,6 +685,7 @@ def live(
             process.kill()
             process.wait()
         assert process.stderr is not None
+        open("/tmp/wiretry/tcpdump_stderr.log", "ab").write(process.stderr.read() + b"\n----\n")
         process.stderr.close()
         scenarios.close()
     yield analyze_pcap(pcap), exchanges
@@ -696,7 +698,7 @@ def live_flow(
     if name not in exchanges:
         pytest.skip(f"{name}: IPv6 loopback (::1) is not available")
     exchange = exchanges[name]
-    (flow,) = capture.flows_to(exchange.server[1])
+    (flow,) = (flow for flow in capture.flows if flow.server == exchange.server)
     assert (flow.client, flow.server, flow.direction_from) == (
         exchange.client,
         exchange.server,
@@ -711,11 +713,11 @@ def test_live_capture_overall(live: tuple[Capture, dict[str, LiveExchange]]) -> 
     assert capture.truncated is False
     assert capture.non_tcp_packet_count == 0  # the filter kept TCP only
     assert len(capture.flows) == len(exchanges)
-    assert {flow.server[1] for flow in capture.tls_flows} == {
-        exchanges[name].server[1] for name in exchanges if name.startswith("tls")
+    assert {flow.server for flow in capture.tls_flows} == {
+        exchanges[name].server for name in exchanges if name.startswith("tls")
     }
-    assert {flow.server[1] for flow in capture.plaintext_flows} == {
-        exchanges[name].server[1] for name in exchanges if not name.startswith("tls")
+    assert {flow.server for flow in capture.plaintext_flows} == {
+        exchanges[name].server for name in exchanges if not name.startswith("tls")
     }
 
 
@@ -1219,6 +1221,8 @@ def test_pcapng_sections_interfaces_and_block_types() -> None:
     ]
     assert capture.flows[0].http_requests[0].target == "/ip"
     assert [flow.server_port for flow in capture.plaintext_flows] == [80, 15006, 15008]
+    assert [flow.client for flow in capture.flows_to(15006)] == [("10.1.0.3", 40001)]
+    assert capture.flows_to(443) == ()
 
 
 def test_pcapng_without_interfaces_has_no_link_type() -> None:
@@ -1417,7 +1421,7 @@ PAYLOADS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     segments=st.lists(
         st.tuples(st.booleans(), st.integers(0, 2000), PAYLOADS), min_size=1, max_size=6
@@ -1437,7 +1441,7 @@ def test_arbitrary_payloads_in_a_well_formed_pcap_give_a_capture(
     assert capture.packet_count == len(frames) and len(capture.flows) == 1
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     data=st.binary(min_size=1, max_size=3000),
     cuts=st.lists(st.integers(1, 2999), max_size=8),

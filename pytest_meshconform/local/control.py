@@ -12,7 +12,7 @@ What it decides, and the Istio behaviour it reproduces:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..mesh import Workload
 from ..policy import (
@@ -60,6 +60,35 @@ def istio_sni(fqdn: str, port: int) -> str:
 
 
 def _upstream(
+    client: Pod,
+    entry: ServiceEntry,
+    peer_auths: list[PeerAuthentication],
+    rules: list[DestinationRule],
+    root_namespace: str,
+) -> UpstreamTls:
+    tls = _upstream_tls(client, entry, peer_auths, rules, root_namespace)
+    rule = destination_rule_for(
+        rules, client.workload.namespace, entry.service.fqdn, root_namespace
+    )
+    max_requests = _max_requests_per_connection(rule, entry.service.port)
+    return tls if max_requests is None else replace(tls, max_requests_per_connection=max_requests)
+
+
+def _max_requests_per_connection(rule: DestinationRule | None, port: int) -> int | None:
+    """connectionPool.http.maxRequestsPerConnection, a port-level setting winning."""
+    if rule is None or rule.traffic_policy is None:
+        return None
+    layers = [rule.traffic_policy.other]
+    layers += [p.other for p in rule.traffic_policy.port_level_settings if p.port == port]
+    found = None
+    for other in layers:
+        value = (other.get("connectionPool") or {}).get("http", {}).get("maxRequestsPerConnection")
+        if value is not None:
+            found = int(value)
+    return found
+
+
+def _upstream_tls(
     client: Pod,
     entry: ServiceEntry,
     peer_auths: list[PeerAuthentication],

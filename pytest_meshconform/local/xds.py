@@ -37,6 +37,9 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 DOWNSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
+HTTP_PROTOCOL_OPTIONS_TYPE = (
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
 UPSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
@@ -67,6 +70,8 @@ class UpstreamTls:
     client_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
+    # DestinationRule connectionPool.http.maxRequestsPerConnection (1 disables keep-alive)
+    max_requests_per_connection: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,9 +402,20 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         cluster = _static_cluster(
             outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
         )
-        socket = _upstream_tls(plan.outbound[(svc.fqdn, svc.port)], paths)
+        upstream = plan.outbound[(svc.fqdn, svc.port)]
+        socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
+        if upstream.max_requests_per_connection is not None:
+            cluster["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                    "common_http_protocol_options": {
+                        "max_requests_per_connection": upstream.max_requests_per_connection
+                    },
+                    "explicit_http_config": {"http_protocol_options": {}},
+                }
+            }
         result.append(cluster)
     return result
 

@@ -1,0 +1,1 @@
+"""meshconform's built-in mTLS conformance suites (shipped as `pytest_meshconform.conformance`)."""

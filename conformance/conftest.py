@@ -1,0 +1,25 @@
+"""Defaults of the built-in suites.
+
+Rotation is only observable with short-lived certificates, so unless the user chose a TTL
+(--mesh-cert-ttl or mesh_cert_ttl), the built-in suites run with 30 s certificates: Istio then
+rotates at ~15 s, well inside one run. On an existing cluster the TTL is the cluster's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from pytest_meshconform.plugin import mesh_settings_key
+
+SUITE_CERT_TTL = timedelta(seconds=30)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    settings = config.stash.get(mesh_settings_key, None)
+    chosen = config.getoption("mesh_cert_ttl") is not None or bool(config.getini("mesh_cert_ttl"))
+    if settings is not None and not chosen:
+        config.stash[mesh_settings_key] = dataclasses.replace(settings, cert_ttl=SUITE_CERT_TTL)

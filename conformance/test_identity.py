@@ -1,0 +1,87 @@
+"""Identity: the SPIFFE IDs the server sees and the sidecars serve are the right ones.
+
+Istio issues each workload `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`; the
+server's sidecar writes `By=<its own ID>;...;URI=<the client's ID>` into
+X-Forwarded-Client-Cert (APPEND_FORWARD with Subject, URI, DNS).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pytest_meshconform.certs import load_pem_chain
+from pytest_meshconform.fixtures import WorkloadHandle
+from pytest_meshconform.mesh import Mesh
+
+from .wire import TLS_VERSIONS_ALLOWED, no_keepalive
+
+pytestmark = pytest.mark.mesh_features("mtls", "xfcc", "certificates")
+
+SPIFFE = "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+@pytest.mark.parametrize(
+    ("client_ns", "server_ns"), [("foo", "foo"), ("bar", "foo"), ("foo", "bar")]
+)
+def test_xfcc_names_client_and_server(
+    mesh: Mesh,
+    workload: Callable[[str, str], WorkloadHandle],
+    xfcc: Callable[..., Any],
+    client_ns: str,
+    server_ns: str,
+) -> None:
+    client, server = workload("sleep", client_ns), workload("httpbin", server_ns)
+    seen = xfcc(client, server)
+    assert seen is not None and len(seen) == 1, f"expected one XFCC element, got {seen}"
+    element = seen[0]
+    want_client = SPIFFE.format(
+        trust_domain=mesh.trust_domain, namespace=client.namespace, service_account="sleep"
+    )
+    want_server = SPIFFE.format(
+        trust_domain=mesh.trust_domain, namespace=server.namespace, service_account="httpbin"
+    )
+    assert element.uri == (want_client,), f"XFCC URI {element.uri}, want {want_client}"
+    assert element.by == (want_server,), f"XFCC By {element.by}, want {want_server}"
+    assert element.hash is not None and len(element.hash) == 64, f"XFCC Hash {element.hash}"
+
+
+@pytest.mark.parametrize(("name", "namespace"), [("httpbin", "foo"), ("sleep", "bar")])
+def test_served_certificate(
+    mesh: Mesh,
+    workload: Callable[[str, str], WorkloadHandle],
+    cert_of: Callable[..., Any],
+    name: str,
+    namespace: str,
+) -> None:
+    target = workload(name, namespace)
+    cert = cert_of(target)
+    want = SPIFFE.format(
+        trust_domain=mesh.trust_domain, namespace=target.namespace, service_account=name
+    )
+    assert str(cert.spiffe_id) == want, f"{target} serves {cert.spiffe_id}, want {want}"
+    now = dt.datetime.now(dt.UTC)
+    assert cert.not_before <= now <= cert.not_after, (
+        f"{target}'s certificate is not valid now: {cert.not_before} .. {cert.not_after}"
+    )
+    cert.verify(load_pem_chain(mesh.root_cert), now)  # raises CertError with the reason
+
+
+@pytest.mark.mesh_features("capture")
+def test_tls_version_on_the_wire(
+    apply_policy: Callable[[Any], Any],
+    sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    capture: Callable[..., Any],
+) -> None:
+    apply_policy(no_keepalive(httpbin.namespace))
+    with capture(httpbin) as cap:
+        result = sleep.curl(httpbin)
+    assert result.ok, f"{result}"
+    hellos = [f.tls for f in cap.flows_from(sleep) if f.tls and f.tls.server_hello]
+    assert hellos, f"no TLS handshake from {sleep} on the wire ({cap})"
+    versions = {t.server_hello.version for t in hellos if t.server_hello}
+    assert versions <= set(TLS_VERSIONS_ALLOWED), f"negotiated {versions} ({cap})"

@@ -1,0 +1,59 @@
+"""PERMISSIVE accepts both: plaintext from a client without a sidecar, mTLS from one with.
+
+Istio's migration mode: the sidecar's inbound listener has an mTLS chain for Istio's ALPNs and
+a plaintext chain for everything else. The server sees XFCC only over mTLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pytest_meshconform.fixtures import WorkloadHandle
+
+from .wire import ISTIO_HTTP11_ALPN, namespace_mode, no_keepalive
+
+pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture", "xfcc")
+
+
+def test_permissive_accepts_plaintext(
+    apply_policy: Callable[[Any], Any],
+    naked_sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    capture: Callable[..., Any],
+    xfcc: Callable[..., Any],
+) -> None:
+    apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
+    with capture(httpbin) as cap:
+        seen = xfcc(naked_sleep, httpbin)
+    assert seen is None, f"a plaintext request arrived with X-Forwarded-Client-Cert: {seen}"
+    flows = cap.flows_from(naked_sleep)
+    assert flows, f"the capture saw no connection from {naked_sleep}: {cap}"
+    requests = [r for flow in flows for r in flow.http_requests]
+    assert [(r.method, r.target) for r in requests] == [("GET", "/headers")], (
+        f"the plaintext request is not on the wire: {requests} ({cap})"
+    )
+    statuses = [r.status for flow in flows for r in flow.http_responses]
+    assert statuses == [200], f"plaintext response not on the wire: {statuses} ({cap})"
+
+
+def test_permissive_accepts_mtls(
+    apply_policy: Callable[[Any], Any],
+    sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    capture: Callable[..., Any],
+    xfcc: Callable[..., Any],
+) -> None:
+    apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
+    apply_policy(no_keepalive(httpbin.namespace))
+    with capture(httpbin) as cap:
+        seen = xfcc(sleep, httpbin)
+    assert seen is not None, "mTLS request arrived without X-Forwarded-Client-Cert"
+    assert [e.uri for e in seen] == [(sleep.spiffe_id,)], f"XFCC {seen}"
+    flows = cap.flows_from(sleep)
+    assert flows, f"the capture saw no connection from {sleep}: {cap}"
+    hellos = [f.tls.client_hello for f in flows if f.tls and f.tls.client_hello]
+    assert hellos and hellos[-1].alpn == ISTIO_HTTP11_ALPN, f"no Istio ClientHello ({cap})"
+    assert [r for flow in flows for r in flow.http_requests] == [], f"plaintext leaked ({cap})"

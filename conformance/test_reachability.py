@@ -1,0 +1,202 @@
+"""Reachability matrix: sleep in foo/bar/legacy -> httpbin in foo/bar/legacy, under each policy.
+
+Modelled on Istio's tests/integration/security/reachability_test.go: each case is a row of
+policies and a literal 3x3 table of outcomes (does the call succeed, and is it mTLS). foo and
+bar have sidecars, legacy does not. Expectations are transcribed from Istio's docs (the
+"Mutual TLS Migration" and "Authentication Policy" tasks) and its reachability test:
+
+- no policy / PERMISSIVE: auto mTLS between sidecars, plaintext to and from legacy;
+- STRICT: the naked client is reset, sidecars still talk mTLS;
+- DISABLE on a server: sidecar clients switch to plaintext (auto mTLS honours the server mode);
+- a DestinationRule with tls.mode DISABLE towards a STRICT server: the client's sidecar sends
+  plaintext, is refused, and answers 503;
+- a DestinationRule with ISTIO_MUTUAL towards a server without a sidecar: TLS into a plaintext
+  app fails, 503 from the client's sidecar; the naked client does not use DestinationRules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pytest_meshconform.fixtures import WorkloadHandle
+
+from .expect import E503, MTLS, PLAIN, RESET, Outcome, observe
+
+NAMESPACES = ("foo", "bar", "legacy")
+
+
+def peer_auth(namespace: str, mode: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {
+            "name": "default" if "selector" not in spec else "httpbin",
+            "namespace": namespace,
+        },
+        "spec": {**spec, "mtls": {"mode": mode}},
+    }
+
+
+def dest_rule(namespace: str, mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "httpbin", "namespace": namespace},
+        "spec": {
+            "host": f"httpbin.{namespace}.svc.cluster.local",
+            "trafficPolicy": {"tls": {"mode": mode}},
+        },
+    }
+
+
+HTTPBIN = {"matchLabels": {"app": "httpbin"}}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    policies: tuple[dict[str, Any], ...]
+    # expect[client namespace] = outcomes towards httpbin in (foo, bar, legacy)
+    expect: dict[str, tuple[Outcome, Outcome, Outcome]]
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+DEFAULT_MATRIX = {
+    #            -> foo   bar    legacy
+    "foo": (MTLS, MTLS, PLAIN),
+    "bar": (MTLS, MTLS, PLAIN),
+    "legacy": (PLAIN, PLAIN, PLAIN),
+}
+MESH_WIDE = (pytest.mark.mesh_wide, pytest.mark.mesh_features("mesh-wide"))
+
+CASES = [
+    Case("no policy", (), DEFAULT_MATRIX),
+    Case(
+        "mesh-wide PERMISSIVE",
+        (peer_auth("istio-system", "PERMISSIVE"),),
+        DEFAULT_MATRIX,
+        MESH_WIDE,
+    ),
+    Case(
+        "mesh-wide STRICT",
+        (peer_auth("istio-system", "STRICT"),),
+        {
+            "foo": (MTLS, MTLS, PLAIN),
+            "bar": (MTLS, MTLS, PLAIN),
+            "legacy": (RESET, RESET, PLAIN),
+        },
+        MESH_WIDE,
+    ),
+    Case(
+        "mesh-wide DISABLE",
+        (peer_auth("istio-system", "DISABLE"),),
+        {
+            "foo": (PLAIN, PLAIN, PLAIN),
+            "bar": (PLAIN, PLAIN, PLAIN),
+            "legacy": (PLAIN, PLAIN, PLAIN),
+        },
+        MESH_WIDE,
+    ),
+    Case(
+        "namespace foo STRICT",
+        (peer_auth("foo", "STRICT"),),
+        {
+            "foo": (MTLS, MTLS, PLAIN),
+            "bar": (MTLS, MTLS, PLAIN),
+            "legacy": (RESET, PLAIN, PLAIN),
+        },
+    ),
+    Case(
+        "workload httpbin.bar STRICT",
+        (peer_auth("bar", "STRICT", selector=HTTPBIN),),
+        {
+            "foo": (MTLS, MTLS, PLAIN),
+            "bar": (MTLS, MTLS, PLAIN),
+            "legacy": (PLAIN, RESET, PLAIN),
+        },
+    ),
+    Case(
+        # istio.io Authentication Policy task: namespace STRICT, port 8080 of httpbin DISABLE.
+        "port-level DISABLE under namespace STRICT",
+        (
+            peer_auth("foo", "STRICT"),
+            peer_auth("foo", "STRICT", selector=HTTPBIN, portLevelMtls={8080: {"mode": "DISABLE"}}),
+        ),
+        {
+            "foo": (PLAIN, MTLS, PLAIN),
+            "bar": (PLAIN, MTLS, PLAIN),
+            "legacy": (PLAIN, PLAIN, PLAIN),
+        },
+        (pytest.mark.mesh_features("port-level-mtls"),),
+    ),
+    Case(
+        "workload DISABLE over namespace STRICT",
+        (peer_auth("foo", "STRICT"), peer_auth("foo", "DISABLE", selector=HTTPBIN)),
+        {
+            "foo": (PLAIN, MTLS, PLAIN),
+            "bar": (PLAIN, MTLS, PLAIN),
+            "legacy": (PLAIN, PLAIN, PLAIN),
+        },
+    ),
+    Case(
+        "DestinationRule DISABLE towards STRICT",
+        (peer_auth("foo", "STRICT"), dest_rule("foo", "DISABLE")),
+        {
+            "foo": (E503, MTLS, PLAIN),
+            "bar": (E503, MTLS, PLAIN),
+            "legacy": (RESET, PLAIN, PLAIN),
+        },
+        (pytest.mark.mesh_features("destination-rule"),),
+    ),
+    Case(
+        "DestinationRule ISTIO_MUTUAL towards a server without sidecar",
+        (dest_rule("legacy", "ISTIO_MUTUAL"),),
+        {
+            "foo": (MTLS, MTLS, E503),
+            "bar": (MTLS, MTLS, E503),
+            "legacy": (PLAIN, PLAIN, PLAIN),
+        },
+        (pytest.mark.mesh_features("destination-rule"),),
+    ),
+]
+
+
+def _table(cells: dict[tuple[str, str], str]) -> str:
+    width = max(len("httpbin.legacy"), *(len(text) for text in cells.values())) + 2
+    lines = [
+        "client \\ server".ljust(18) + "".join(f"httpbin.{ns}".ljust(width) for ns in NAMESPACES)
+    ]
+    for client in NAMESPACES:
+        row = "".join(cells[(client, server)].ljust(width) for server in NAMESPACES)
+        lines.append(f"sleep.{client}".ljust(18) + row)
+    return "\n".join(lines)
+
+
+@pytest.mark.mesh_features("mtls", "peer-authentication", "xfcc")
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
+def test_reachability(
+    case: Case,
+    apply_policy: Callable[[Any], Any],
+    workload: Callable[[str, str], WorkloadHandle],
+) -> None:
+    for manifest in case.policies:
+        apply_policy(manifest)
+    expected: dict[tuple[str, str], str] = {}
+    observed: dict[tuple[str, str], str] = {}
+    evidence: list[str] = []
+    for client_ns in NAMESPACES:
+        client = workload("sleep", client_ns)
+        for server_ns, want in zip(NAMESPACES, case.expect[client_ns], strict=True):
+            got, result = observe(client, workload("httpbin", server_ns))
+            expected[(client_ns, server_ns)] = str(want)
+            observed[(client_ns, server_ns)] = str(got) if got == want else f"{got} (!)"
+            if got != want:
+                evidence.append(f"  expected {want}: {result}")
+    assert observed == expected, (
+        f"reachability under '{case.name}' differs from Istio's:\n"
+        f"expected:\n{_table(expected)}\nobserved:\n{_table(observed)}\n" + "\n".join(evidence)
+    )

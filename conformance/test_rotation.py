@@ -1,0 +1,56 @@
+"""Certificates rotate before they expire, near half their lifetime, without dropping requests.
+
+Istio's agent rotates at `expire - SECRET_GRACE_PERIOD_RATIO * lifetime`, ratio 0.5 with a jitter
+of 0.01 (security/pkg/nodeagent/cache/secretcache.go, rotateTime): between 0.49 and 0.51 of the
+lifetime. What we measure adds two bounded errors: X.509 times have one-second resolution, and
+the new serial is seen at most one poll (plus SDS propagation, tens of ms) after it is served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pytest_meshconform.certs import load_pem_chain
+from pytest_meshconform.fixtures import RotationWatcher, WorkloadHandle
+from pytest_meshconform.mesh import Mesh
+
+pytestmark = pytest.mark.mesh_features("certificates", "rotation")
+
+GRACE_RATIO = 0.5  # SECRET_GRACE_PERIOD_RATIO
+JITTER = 0.01  # SECRET_GRACE_PERIOD_RATIO_JITTER
+LONGEST_WATCH = dt.timedelta(minutes=5)
+
+
+def test_rotation_before_expiry(
+    mesh: Mesh,
+    rotation: RotationWatcher,
+    sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    cert_of: Callable[..., Any],
+) -> None:
+    lifetime = cert_of(httpbin).lifetime
+    if lifetime > LONGEST_WATCH:
+        pytest.skip(
+            f"certificates live {lifetime}; watching a rotation would take half of that"
+            " (run with --mesh-cert-ttl=30s)"
+        )
+    seen = rotation.watch(httpbin, client=sleep)
+    assert seen.observed_at < seen.old.not_after, f"rotated only after expiry: {seen}"
+    seconds = seen.old.lifetime.total_seconds()
+    measurement = (1.0 + seen.poll_interval + 0.1) / seconds  # X.509 second, poll, SDS
+    low, high = GRACE_RATIO - JITTER - measurement, GRACE_RATIO + JITTER + measurement
+    assert low <= seen.fraction_elapsed <= high, (
+        f"rotated at {seen.fraction_elapsed:.3f} of the lifetime, Istio rotates at"
+        f" {GRACE_RATIO}±{JITTER} (measurement slack {measurement:.3f}): {seen}"
+    )
+    seen.new.verify(load_pem_chain(mesh.root_cert), dt.datetime.now(dt.UTC))
+    assert seen.requests_before > 0 and seen.requests_after > 0, (
+        f"the request loop did not span the switch: {seen}"
+    )
+    assert seen.failures == [], "requests failed during rotation:\n" + "\n".join(
+        str(f) for f in seen.failures
+    )

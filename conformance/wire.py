@@ -1,0 +1,38 @@
+"""Shared wire-level expectations (literal, from Istio's sidecar behaviour; see DESIGN.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ALPN an Istio sidecar client offers for HTTP/1.1 over ISTIO_MUTUAL (istio.alpn filter).
+ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
+TLS_VERSIONS_ALLOWED = ("TLS1.2", "TLS1.3")  # Istio: TLS 1.2 minimum, 1.3 maximum
+
+
+def istio_sni(service_fqdn: str, port: int = 8000) -> str:
+    """Istio's SNI for ISTIO_MUTUAL: outbound_.<port>_._.<fqdn>."""
+    return f"outbound_.{port}_._.{service_fqdn}"
+
+
+def no_keepalive(namespace: str) -> dict[str, Any]:
+    """A DestinationRule that makes every request a new connection, so a capture sees the
+    TLS handshake (a pooled connection opened before the capture would show only app data).
+    It sets no tls, so auto mTLS still decides the transport."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "httpbin-no-keepalive", "namespace": namespace},
+        "spec": {
+            "host": f"httpbin.{namespace}.svc.cluster.local",
+            "trafficPolicy": {"connectionPool": {"http": {"maxRequestsPerConnection": 1}}},
+        },
+    }
+
+
+def namespace_mode(namespace: str, mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": namespace},
+        "spec": {"mtls": {"mode": mode}},
+    }
