@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -306,7 +307,10 @@ def _summary_of(statistics: Statistics, collection_errors: int) -> str:
             (statistics.xfailed, "xfailed"),
             (statistics.xpassed, "xpassed"),
             (statistics.not_run, "not run"),
-            (collection_errors, "collection errors" if collection_errors != 1 else "collection error"),
+            (
+                collection_errors,
+                "collection errors" if collection_errors != 1 else "collection error",
+            ),
         )
         if count
     ]
@@ -395,8 +399,7 @@ def report_to_dict(report: ConformanceReport) -> dict[str, Any]:
         "failedTests": list(report.failed_tests),
         "skippedTests": list(report.skipped_tests),
         "collectionErrors": [
-            {"nodeid": error.nodeid, "message": error.message}
-            for error in report.collection_errors
+            {"nodeid": error.nodeid, "message": error.message} for error in report.collection_errors
         ],
         "suites": [
             {
@@ -421,11 +424,8 @@ def dump_report(report: ConformanceReport, report_format: ReportFormat) -> str:
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     import yaml
 
-    return cast(
-        str,
-        yaml.safe_dump(
-            data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
-        ),
+    return yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
     )
 
 
@@ -580,22 +580,23 @@ class _Fields:
             raise ReportError(f"{self.at(str(unknown[0]))}: unknown field")
 
 
+_KIND_NAMES: Final[dict[type, str]] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        type(value), {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-    )
+    """How a value found in a document is named in an error message."""
+    return "null" if value is None else _kind_name(type(value))
 
 
 def _kind_name(kind: type) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a mapping",
-    }.get(kind, kind.__name__)
+    return _KIND_NAMES.get(kind, kind.__name__)
 
 
 def _parse_test(data: object, where: str) -> TestResult:
@@ -616,6 +617,10 @@ def _parse_test(data: object, where: str) -> TestResult:
         raise ReportError(f"{fields.at('meshWide')}: omit the field instead of false")
     evidence = None
     if "evidence" in fields.data:
+        if outcome not in FAILING:
+            raise ReportError(
+                f"{fields.at('evidence')}: only a failed or errored test has evidence"
+            )
         evidence = _parse_evidence(fields.data["evidence"], fields.at("evidence"))
     fields.used.add("evidence")
     test = TestResult(
@@ -625,7 +630,7 @@ def _parse_test(data: object, where: str) -> TestResult:
         outcome=outcome,
         duration=fields.number("duration"),
         phase=phase,
-        message=fields.get("message", str, required=False),
+        message=fields.text("message", required=False),
         features=features,
         min_mesh_version=fields.text("minMeshVersion", required=False),
         mesh_wide=bool(mesh_wide),
@@ -662,9 +667,9 @@ def _parse_mesh(data: object) -> MeshRecord:
         revision=fields.text("revision", required=False),
     )
     if not used:
-        present = [key for key in ("name", "version", "trustDomain", "revision") if key in data]  # type: ignore[operator]
-        if present:
-            raise ReportError(f"mesh.{present[0]}: a mesh that was not used has no {present[0]}")
+        for key in ("name", "version", "trustDomain", "revision"):
+            if key in fields.data:
+                raise ReportError(f"mesh.{key}: a mesh that was not used has no {key}")
     fields.done()
     return mesh
 
@@ -690,8 +695,7 @@ def parse_report(data: object) -> ConformanceReport:
     except ValueError:
         raise ReportError(f"date: not a real date: {date!r}") from None
 
-    fields.used.add("mesh")
-    mesh = _parse_mesh(fields.data.get("mesh"))
+    mesh = _parse_mesh(fields.need("mesh", dict))
     plugin = _Fields(fields.need("meshconform", dict), "meshconform")
     plugin_version = plugin.need_text("version")
     pytest_version = plugin.need_text("pytest")
@@ -708,7 +712,9 @@ def parse_report(data: object) -> ConformanceReport:
     collection_errors = []
     for index, item in enumerate(fields.need("collectionErrors", list)):
         error = _Fields(item, f"collectionErrors[{index}]")
-        collection_errors.append(CollectionError(error.need_text("nodeid"), error.need("message", str)))
+        collection_errors.append(
+            CollectionError(error.need_text("nodeid"), error.need("message", str))
+        )
         error.done()
 
     suites: list[SuiteResult] = []
@@ -719,7 +725,9 @@ def parse_report(data: object) -> ConformanceReport:
         for test_index, test_data in enumerate(suite_fields.need("tests", list)):
             test = _parse_test(test_data, f"{suite_fields.at('tests')}[{test_index}]")
             if test.id in seen_ids:
-                raise ReportError(f"{suite_fields.at('tests')}[{test_index}].id: duplicate {test.id!r}")
+                raise ReportError(
+                    f"{suite_fields.at('tests')}[{test_index}].id: duplicate {test.id!r}"
+                )
             seen_ids.add(test.id)
             tests.append(test)
         suite = SuiteResult(
@@ -862,9 +870,7 @@ def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
         removed_tests=tuple(
             TestChange(i, t, None) for i, t in old_tests.items() if i not in new_tests
         ),
-        new_collection_errors=tuple(
-            e for e in new.collection_errors if e.nodeid not in old_errors
-        ),
+        new_collection_errors=tuple(e for e in new.collection_errors if e.nodeid not in old_errors),
         fixed_collection_errors=tuple(
             e for e in old.collection_errors if e.nodeid not in new_errors
         ),
@@ -885,19 +891,16 @@ def _outcome_text(test: TestResult) -> str:
 def _change_line(change: TestChange) -> str:
     before, now = change.old, change.new
     if before is not None and now is not None:
-        text = f"  {change.id}: {_outcome_text(before)} -> {_outcome_text(now)}"
-        shown = now
+        text = f"{change.id}: {_outcome_text(before)} -> {_outcome_text(now)}"
+    elif now is not None:
+        text = f"{change.id}: {_outcome_text(now)}"
     else:
-        shown = cast(TestResult, now or before)
-        text = f"  {change.id}: {_outcome_text(shown)}"
-        if now is None:
-            text = f"  {change.id}: was {_outcome_text(shown)}"
-    reason = _first_line(shown.message)
-    if reason and (now is not None and now.outcome != "passed"):
+        text = f"{change.id}: was {_outcome_text(cast(TestResult, before))}"
+    if now is not None and now.outcome != "passed" and (reason := _first_line(now.message)):
         text += f": {reason}"
     if now is not None and now.evidence is not None and now.evidence.directory is not None:
-        text += f" [evidence: {now.evidence.directory}]"
-    return text
+        text += f" (evidence: {now.evidence.directory})"
+    return f"  {text}"
 
 
 def _plural(count: int, word: str, plural: str | None = None) -> str:
@@ -1014,16 +1017,14 @@ def safe_name(text: str, max_length: int = 120) -> str:
 
 
 def _file_name_for(label: str, source: Path | None, taken: set[str]) -> str:
-    name = safe_name(label, max_length=100)
-    suffix = ".txt" if source is None else "".join(source.suffixes[-2:])
-    if suffix and not name.endswith(suffix):
-        name += suffix
-    unique, n = name, 2
-    while unique in taken or unique == _EVIDENCE_MARKER:
-        stem, dot, ext = name.partition(".")
-        unique, n = f"{stem}-{n}{dot}{ext}", n + 1
-    taken.add(unique)
-    return unique
+    """A file name for one piece of evidence: the label, with the source's suffix (.pcap)."""
+    suffix = ".txt" if source is None else source.suffix
+    base = safe_name(label, max_length=100).removesuffix(suffix)
+    name, n = f"{base}{suffix}", 2
+    while name in taken or name == _EVIDENCE_MARKER:
+        name, n = f"{base}-{n}{suffix}", n + 1
+    taken.add(name)
+    return name
 
 
 @dataclass
@@ -1033,7 +1034,7 @@ class _Archive:
     directory: Path | None
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
     texts: set[str] = dataclasses.field(default_factory=set)
-    missing: dict[str, Path] = dataclasses.field(default_factory=dict)
+    unavailable: set[str] = dataclasses.field(default_factory=set)
     names: set[str] = dataclasses.field(default_factory=set)
 
 
@@ -1041,24 +1042,31 @@ _archive_key: Final = pytest.StashKey[_Archive]()
 
 
 def _archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
-    """``<artifacts>/<safe nodeid>/``, cleared if a previous run left it, never shared."""
+    """``<artifacts>/<safe nodeid>/``: fresh, never shared with another test of the run.
+
+    A directory left by an earlier run (it holds our marker file) is cleared, since stale
+    evidence misleads; one that is not ours is never touched: a hashed name is used instead.
+    """
     base = safe_name(nodeid)
-    candidate, n = root / base, 2
-    while True:
+    digest = hashlib.sha256(nodeid.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    names = itertools.chain(
+        (base, f"{base}-{digest}"), (f"{base}-{digest}-{n}" for n in itertools.count(2))
+    )
+    for name in names:
+        candidate = root / name
         owner = used.get(candidate)
         if owner == nodeid:
             return candidate
-        if owner is None:
-            marker = candidate / _EVIDENCE_MARKER
-            if not candidate.exists() or marker.is_file():
-                if candidate.exists():  # ours, from an earlier run: stale evidence misleads
-                    shutil.rmtree(candidate)
-                candidate.mkdir(parents=True)
-                marker.write_text(nodeid + "\n", encoding="utf-8")
-                used[candidate] = nodeid
-                return candidate
-        digest = hashlib.sha256(nodeid.encode()).hexdigest()[:8]
-        candidate, n = root / f"{base}-{digest}" if n == 2 else root / f"{base}-{digest}-{n}", n + 1
+        marker = candidate / _EVIDENCE_MARKER
+        if owner is not None or (candidate.exists() and not marker.is_file()):
+            continue
+        if candidate.exists():
+            shutil.rmtree(candidate)
+        candidate.mkdir(parents=True)
+        marker.write_text(nodeid + "\n", encoding="utf-8")
+        used[candidate] = nodeid
+        return candidate
+    raise AssertionError("unreachable: itertools.count never ends")  # pragma: no cover
 
 
 def _tail(text: str, where: Path | None) -> str:
@@ -1069,6 +1077,48 @@ def _tail(text: str, where: Path | None) -> str:
     note = f"[{omitted} earlier lines omitted"
     note += f"; full text in {where}]" if where is not None else "]"
     return "\n".join([note, *lines[-_MAX_SECTION_LINES:]])
+
+
+def _archive_new_evidence(
+    evidence: Evidence, archive: _Archive
+) -> tuple[list[str], dict[str, str]]:
+    """Copy the files and write the texts not yet archived for this test.
+
+    Returns a "label: path" line per new piece of evidence (or why it could not be kept) and the
+    new texts, to be shown with the failure.
+    """
+    listing: list[str] = []
+    for label, source in evidence.files.items():
+        if label in archive.files or label in archive.unavailable:
+            continue
+        target = source
+        try:
+            if archive.directory is not None:
+                target = archive.directory / _file_name_for(label, source, archive.names)
+                if source.is_dir():
+                    shutil.copytree(source, target)
+                else:
+                    shutil.copy2(source, target)
+            elif not source.exists():
+                raise FileNotFoundError(f"no such file: {source}")
+        except OSError as error:
+            archive.unavailable.add(label)
+            listing.append(f"{label}: {source} (not kept: {error})")
+            continue
+        archive.files[label] = target
+        listing.append(f"{label}: {target}")
+    new_texts: dict[str, str] = {}
+    for label, text in evidence.texts.items():
+        if label in archive.texts:
+            continue
+        archive.texts.add(label)
+        new_texts[label] = text
+        if archive.directory is not None:
+            target = archive.directory / _file_name_for(label, None, archive.names)
+            target.write_text(text, encoding="utf-8")
+            archive.files[label] = target
+            listing.append(f"{label}: {target}")
+    return listing, new_texts
 
 
 # --- The pytest plugin ----------------------------------------------------------------------
@@ -1126,9 +1176,9 @@ def _message_of(report: pytest.TestReport) -> str | None:
     else:
         crash = getattr(report.longrepr, "reprcrash", None)
         text = str(getattr(crash, "message", "")) or str(report.longrepr)
-    if text is not None and len(text) > _MAX_MESSAGE_CHARS:
+    if text and len(text) > _MAX_MESSAGE_CHARS:
         text = text[: _MAX_MESSAGE_CHARS - 15] + " ...[truncated]"
-    return text
+    return text or None
 
 
 def _attach(report: pytest.TestReport, title: str, content: str) -> None:
@@ -1226,52 +1276,25 @@ class MeshReportPlugin:
         if evidence is None or not (evidence.files or evidence.texts):
             return
         archive = item.stash.get(_archive_key, None)
-        if archive is None:
-            directory = None
-            if self.settings.artifacts is not None:
-                directory = _archive_directory(
-                    self.settings.artifacts, item.nodeid, self._directories
-                )
-            archive = item.stash[_archive_key] = _Archive(directory)
-            self._record(item.nodeid).archive = archive
-        new_files, new_texts = self._archive(evidence, archive)
-        listing = [f"{label}: {path}" for label, path in new_files.items()]
-        listing += [f"{label}: {path} (MISSING)" for label, path in archive.missing.items()]
-        if archive.directory is None and evidence.files:
+        try:
+            if archive is None:
+                directory = None
+                if self.settings.artifacts is not None:
+                    directory = _archive_directory(
+                        self.settings.artifacts, item.nodeid, self._directories
+                    )
+                archive = item.stash[_archive_key] = _Archive(directory)
+                self._record(item.nodeid).archive = archive
+            listing, new_texts = _archive_new_evidence(evidence, archive)
+        except OSError as error:  # a full disk must not turn a test failure into INTERNALERROR
+            _attach(report, "meshconform evidence", f"could not archive the evidence: {error}")
+            return
+        if listing and archive.directory is None and evidence.files:
             listing.append("(files may be temporary: keep them with --mesh-artifacts=DIR)")
         if listing:
             _attach(report, "meshconform evidence", "\n".join(listing))
         for label, text in new_texts.items():
             _attach(report, f"meshconform evidence: {label}", _tail(text, archive.files.get(label)))
-
-    def _archive(self, evidence: Evidence, archive: _Archive) -> tuple[dict[str, Path], dict[str, str]]:
-        """Copy files and write texts not yet archived for this test; return the new ones."""
-        new_files: dict[str, Path] = {}
-        for label, source in evidence.files.items():
-            if label in archive.files or label in archive.missing:
-                continue
-            if not source.exists():
-                archive.missing[label] = source
-                continue
-            target = source
-            if archive.directory is not None:
-                target = archive.directory / _file_name_for(label, source, archive.names)
-                if source.is_dir():
-                    shutil.copytree(source, target)
-                else:
-                    shutil.copy2(source, target)
-            archive.files[label] = new_files[label] = target
-        new_texts: dict[str, str] = {}
-        for label, text in evidence.texts.items():
-            if label in archive.texts:
-                continue
-            archive.texts.add(label)
-            new_texts[label] = text
-            if archive.directory is not None:
-                target = archive.directory / _file_name_for(label, None, archive.names)
-                target.write_text(text, encoding="utf-8")
-                archive.files[label] = new_files[label] = target
-        return new_files, new_texts
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -1294,7 +1317,9 @@ class MeshReportPlugin:
             if record.archive is not None and record.outcome in FAILING:
                 evidence = EvidenceRecord(
                     directory=(
-                        None if record.archive.directory is None else shown(record.archive.directory)
+                        None
+                        if record.archive.directory is None
+                        else shown(record.archive.directory)
                     ),
                     files=tuple((label, shown(p)) for label, p in record.archive.files.items()),
                 )
@@ -1322,7 +1347,9 @@ class MeshReportPlugin:
             mesh=MeshRecord.of(self.config.stash.get(mesh_info_key, None), self.settings.cluster),
             duration=round(time.monotonic() - self.started, 3),
             exit_status=exit_status,
-            suites=tuple(SuiteResult(name, file, tuple(tests)) for name, (file, tests) in suites.items()),
+            suites=tuple(
+                SuiteResult(name, file, tuple(tests)) for name, (file, tests) in suites.items()
+            ),
             collection_errors=tuple(self.collection_errors),
             faults=self.settings.faults,
         )
@@ -1365,7 +1392,7 @@ class MeshReportPlugin:
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.diff is not None and self.settings.baseline is not None:
             terminalreporter.write_sep(
                 "=", "meshconform: comparison with baseline", red=self.diff.failed

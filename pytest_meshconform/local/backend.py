@@ -1,11 +1,18 @@
 """The local mesh: pods as network namespaces, real Envoy sidecars, iptables interception, our CA.
 
-Lifecycle: `LocalMesh(...).start()` sweeps what dead runs left, builds the topology (a node
-namespace holding a bridge, one namespace per pod wired to it by a veth pair), writes each
-sidecar's bootstrap, xDS and SDS files, starts every Envoy (uid 1337) and app, and waits until
-all are ready. `close()` ends every process by the PID it started and deletes every namespace,
+Lifecycle: `LocalMesh(...).start()` sweeps what dead runs left, records the run, creates one
+network namespace per pod plus a "node" namespace holding a bridge, writes each sidecar's
+bootstrap, xDS and SDS files, starts every Envoy (uid 1337) and app while it wires the pods to
+the bridge (veth pairs, addresses, istio-iptables-style rules), and waits until every process
+is ready. `close()` ends every process by the PID it started and deletes every namespace,
 /etc/netns entry and file. Every request starts inside a pod namespace: nothing is ever sent to
 a pod address from the root namespace.
+
+Processes and uids: Envoy runs as 1337 (`setpriv`), `exec` in a `sleep` pod runs as APP_UID,
+the httpbin apps run as root (forked by `apps.py` from one Python, which may live where other
+uids cannot read). Every process gets PR_SET_PDEATHSIG=SIGKILL, so a test process killed with
+SIGKILL takes its mesh's processes with it; the next start sweeps the namespaces and files.
+A kept mesh (`keep=True`) is started without it, so it outlives its owner until that sweep.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,8 @@ from . import host, xds
 from .ca import IssuedCert, MeshCA
 from .control import Faults, Policy, plan_sidecars
 from .topology import (
+    APP_GID,
+    APP_UID,
     EXCLUDED_INBOUND_PORTS,
     INBOUND_CAPTURE_PORT,
     INBOUND_PASSTHROUGH_BIND,
@@ -53,8 +63,29 @@ from .topology import (
 
 Progress = Callable[[str], None]
 ENVOY_DRAIN_TIME_S = 1  # a mode switch reaches kept-alive connections within a second
+ENVOY_CONCURRENCY = 1  # one worker: each listener (re)build is acknowledged once
+ENVOY_FILE_FLUSH_MS = 200  # access logs reach the disk (and failure reports) quickly
 READY_DEADLINE_S = 20.0
 PROPAGATION_DEADLINE_S = 10.0
+PROGRESS_EVERY_S = 2.0
+SLOW_PROPAGATION_S = 1.0
+
+# The Envoy stats that tell whether a config version is in force, in one admin request.
+_VERSION_STATS = (
+    "listener_manager.lds.version_text",
+    "listener_manager.lds.update_rejected",
+    "listener_manager.listener_added",
+    "listener_manager.listener_modified",
+    "listener_manager.listener_create_success",
+    "listener_manager.listener_create_failure",
+    "listener_manager.total_listeners_warming",
+    "cluster_manager.cds.version_text",
+    "cluster_manager.cds.update_rejected",
+    "cluster_manager.warming_clusters",
+)
+_VERSION_STATS_PATH = "/stats?filter=" + urllib.parse.quote(
+    "^(" + "|".join(name.replace(".", r"\.") for name in _VERSION_STATS) + ")$", safe=""
+)
 
 
 def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
@@ -114,7 +145,10 @@ def _admin_get(sock_path: Path, path: str, timeout: float = 5.0) -> tuple[int, b
     raw = b"".join(chunks)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.split(b"\r\n")
-    status = int(status_line.split()[1])
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP response from {sock_path}: {raw[:80]!r}") from None
     headers = {
         k.strip().lower(): v.strip() for k, _, v in (h.partition(b":") for h in header_lines)
     }
@@ -135,6 +169,16 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
+def _parse_stats(body: bytes) -> dict[str, str]:
+    """`name: value` lines of /stats; text readouts keep their quotes stripped."""
+    found = {}
+    for line in body.decode(errors="replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            found[name.strip()] = value.strip().strip('"')
+    return found
+
+
 @dataclass
 class _PodRuntime:
     pod: Pod
@@ -142,20 +186,41 @@ class _PodRuntime:
     directory: Path
     paths: xds.SidecarPaths
     envoy: subprocess.Popen[bytes] | None = None
-    app: subprocess.Popen[bytes] | None = None
+    app_pid: int | None = None
+    app_start: int | None = None
     lds_version: int = 0
     cds_version: int = 0
     lds_doc: str = ""
     cds_doc: str = ""
+    rejected_seen: int = 0  # LDS+CDS rejections and listener create failures already reported
     cert: IssuedCert | None = None
     cert_version: int = 0
     next_rotation: dt.datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return self.pod.workload.key
+
+    @property
+    def serves_app(self) -> bool:
+        return bool(self.pod.workload.container_ports)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """One certificate the agent replaced: which pod, old and new serials, when."""
+
+    workload: str
+    old_serial: int
+    new_serial: int
+    at: dt.datetime
 
 
 class LocalMesh:
     """The `local` backend of the Mesh protocol."""
 
     backend = "local"
+    name = "local"
     trust_domain = TRUST_DOMAIN
     root_namespace = ROOT_NAMESPACE
 
@@ -168,6 +233,8 @@ class LocalMesh:
         progress: Progress | None = None,
         topology: Topology | None = None,
     ) -> None:
+        if cert_ttl <= dt.timedelta(0):
+            raise ValueError(f"cert_ttl must be positive, got {cert_ttl}")
         self.cert_ttl = cert_ttl
         self.faults = faults or Faults()
         self.keep = keep
@@ -182,7 +249,10 @@ class LocalMesh:
         self._stop = threading.Event()
         self._agent: threading.Thread | None = None
         self._envoy_path: Path | None = None
-        self.rotations: list[tuple[str, int, int, dt.datetime]] = []  # (pod, old, new, when)
+        self._launcher: subprocess.Popen[bytes] | None = None
+        self._launcher_output = b""
+        self._env = host.pod_environment()
+        self.rotations: list[Rotation] = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
 
@@ -202,37 +272,78 @@ class LocalMesh:
     def run_dir(self) -> Path:
         return self._require_state().directory
 
+    @property
+    def running(self) -> bool:
+        return self._state is not None
+
     def workloads(self) -> Sequence[Workload]:
         return tuple(p.workload for p in self.topology.pods)
 
     def workload(self, name: str, namespace: str) -> Workload:
-        return self.topology.pod(name, namespace).workload
+        try:
+            return self.topology.pod(name, namespace).workload
+        except KeyError as exc:
+            raise MeshError(exc.args[0]) from None
 
     def services(self) -> Sequence[Service]:
         return tuple(e.service for e in self.topology.services)
 
     def pod_ip(self, workload: Workload) -> str:
-        return self.topology.pod_of(workload).ip
+        return self._pod(workload).ip
+
+    def netns(self, workload: Workload) -> str:
+        """The network namespace of the workload's pod (`ip netns exec <it> ...`)."""
+        return self._runtime(workload).netns
+
+    def app_uid(self, workload: Workload) -> int:
+        """The uid `exec` (and the app) runs as in this workload's pod."""
+        return 0 if self._pod(workload).workload.container_ports else APP_UID
+
+    def exec_argv(self, workload: Workload, argv: Sequence[str]) -> list[str]:
+        """The full command line `exec` runs, for callers that need a long-lived process."""
+        runtime = self._runtime(workload)
+        if not argv:
+            raise MeshError(f"exec in {workload.key}: empty command")
+        uid = self.app_uid(workload)
+        drop = [] if uid == 0 else [f"--reuid={uid}", f"--regid={APP_GID}", "--clear-groups"]
+        return host.in_netns(runtime.netns, ["setpriv", *drop, "--pdeathsig=KILL", *argv])
+
+    def pids(self) -> list[int]:
+        """PIDs of the mesh's long-running processes (Envoys, app launcher, apps)."""
+        state = self._require_state()
+        return [pid for pid, start in state.pids if host.proc_start_ticks(pid) == start]
+
+    def _pod(self, workload: Workload) -> Pod:
+        try:
+            return self.topology.pod_of(workload)
+        except KeyError as exc:
+            raise MeshError(exc.args[0]) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> LocalMesh:
+        if self._state is not None:
+            raise MeshError(f"local mesh {self._state.run_id} is already running")
         started = time.monotonic()
         host.preflight()
         swept = host.sweep_stale_runs()
         if swept:
-            self._progress(f"swept leftovers of dead runs: {', '.join(swept)}")
-        self._state = host.RunState.create(secrets.token_hex(3))
+            self._progress(f"swept leftovers of dead runs: {'; '.join(swept)}")
+        self._stop.clear()
+        self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
         try:
             self._ca = MeshCA(TRUST_DOMAIN)
             self._prepare_envoy_binary()
+            self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
-            self._build_network()
+            self._create_namespaces()
             self._write_initial_config()
-            self._start_processes()
+            self._start_envoys()
+            self._start_apps()
+            self._wire_network()
             self._wait_ready()
             self._agent = threading.Thread(
-                target=self._rotation_agent, name="mc-agent", daemon=True
+                target=self._rotation_agent, name="meshconform-agent", daemon=True
             )
             self._agent.start()
         except BaseException:
@@ -248,6 +359,7 @@ class LocalMesh:
         self.close()
 
     def close(self, *, force: bool = False) -> None:
+        """Stop everything and remove every trace; with `keep`, leave it running and say what."""
         self._stop.set()
         if self._agent is not None:
             self._agent.join(timeout=5)
@@ -256,14 +368,43 @@ class LocalMesh:
         if state is None:
             return
         if self.keep and not force:
-            self._progress(
-                f"--mesh-keep: left local mesh {state.run_id} running: namespaces"
-                f" {', '.join(state.netns)}; state in {state.directory}; the next run sweeps it"
-                " once this process has exited"
-            )
+            self._progress(self._kept_message(state))
+            self._state = None
             return
-        host.teardown_state(state)
-        self._state = None
+        with host.sigint_deferred():  # a second Ctrl-C must not leave half a mesh behind
+            if self._launcher is not None and self._launcher.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self._launcher.stdin.close()
+            host.teardown_state(state)
+            for runtime in self._pods.values():
+                if runtime.envoy is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        runtime.envoy.wait(timeout=1)
+            if self._launcher is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._launcher.wait(timeout=1)
+                if self._launcher.stdout is not None:
+                    self._launcher.stdout.close()
+            self._state = None
+            left = host.leftovers(state)
+            if left:
+                self._progress(
+                    f"local mesh {state.run_id}: could not remove {', '.join(left)};"
+                    " the next run retries"
+                )
+
+    def _kept_message(self, state: host.RunState) -> str:
+        sleeper = next(
+            (r for r in self._pods.values() if not r.pod.workload.has_sidecar), None
+        ) or next(iter(self._pods.values()))
+        return (
+            f"keep: left local mesh {state.run_id} running: {len(self.pids())} processes"
+            f" (PIDs {', '.join(map(str, self.pids()))}), namespaces {', '.join(state.netns)},"
+            f" /etc/netns entries of those, state and logs in {state.directory}. Try"
+            f" `ip netns exec {sleeper.netns} curl -sS http://httpbin.foo:8000/headers`."
+            " The next run sweeps it once this process has exited"
+            " (or now, from another shell: `python -m pytest_meshconform.local sweep`)."
+        )
 
     # -- building ------------------------------------------------------------------------------
 
@@ -292,48 +433,82 @@ class LocalMesh:
     def _netns_name(self, pod: Pod) -> str:
         return f"{host.NETNS_PREFIX}{self.run_id}-{pod.workload.namespace}-{pod.workload.name}"
 
-    def _build_network(self) -> None:
+    @property
+    def _node_netns(self) -> str:
+        return f"{host.NETNS_PREFIX}{self.run_id}-node"
+
+    def _pdeathsig(self) -> list[str]:
+        """A kept mesh must outlive this process; otherwise its processes die with it."""
+        return [] if self.keep else ["--pdeathsig=KILL"]
+
+    def _start_app_launcher(self) -> None:
         state = self._require_state()
-        node = f"{host.NETNS_PREFIX}{self.run_id}-node"
-        state.add_netns(node)
-        host.run(["ip", "netns", "add", node])
-        host.run(
-            ["ip", "-n", node, "-batch", "-"],
-            input=b"link add br0 type bridge\nlink set br0 up\nlink set lo up\n",
-        )
-        for index, pod in enumerate(self.topology.pods):
+        log = open(state.directory / "apps.log", "wb")  # noqa: SIM115 - owned by the child
+        try:
+            self._launcher = subprocess.Popen(
+                [
+                    "setpriv",
+                    *self._pdeathsig(),
+                    sys.executable,
+                    "-m",
+                    "pytest_meshconform.local.apps",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not theirs
+                env=self._env,
+            )
+        finally:
+            log.close()
+        state.add_pid(self._launcher.pid)
+
+    def _create_namespaces(self) -> None:
+        state = self._require_state()
+        names = [self._node_netns, *(self._netns_name(p) for p in self.topology.pods)]
+        state.add_netns(*names)  # recorded before they exist: a crash now still gets swept
+        host.create_netns(names)
+        for pod in self.topology.pods:
             netns = self._netns_name(pod)
-            state.add_netns(netns)
-            host.run(["ip", "netns", "add", netns])
             etc = host.NETNS_ETC / netns
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "hosts").write_text(self.topology.hosts_file(pod))
             (etc / "resolv.conf").write_text(self.topology.resolv_conf(pod))
-            veth = f"veth{index}"
-            host.run(
-                ["ip", "-n", node, "-batch", "-"],
-                input=(
-                    f"link add {veth} type veth peer name eth0 netns {netns}\n"
-                    f"link set {veth} master br0\nlink set {veth} up\n"
-                ).encode(),
-            )
-            host.run(
-                ["ip", "-n", netns, "-batch", "-"],
-                input=(
-                    "link set lo up\n"
-                    f"addr add {pod.ip}/{POD_PREFIX_LEN} dev eth0\n"
-                    "link set eth0 up\n"
-                    f"route add {SERVICE_CIDR} dev eth0\n"
-                ).encode(),
-            )
-            host.run(
-                host.in_netns(netns, ["iptables-restore"]),
-                input=istio_iptables_rules(pod, self.topology).encode(),
-            )
             directory = self.run_dir / "pods" / pod.workload.key
             directory.mkdir(parents=True)
             runtime = _PodRuntime(pod, netns, directory, xds.SidecarPaths(directory / "envoy"))
             self._pods[pod.workload.key] = runtime
+
+    def _wire_network(self) -> None:
+        """Bridge, veth pairs, addresses, routes and nat rules: one command per namespace."""
+        node_batch = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
+        for index, pod in enumerate(self.topology.pods):
+            veth = f"veth{index}"
+            node_batch += [
+                f"link add {veth} type veth peer name eth0 netns {self._netns_name(pod)}",
+                f"link set {veth} master br0",
+                f"link set {veth} up",
+            ]
+        host.run(
+            ["ip", "-n", self._node_netns, "-batch", "-"], input="\n".join(node_batch).encode()
+        )
+        commands: list[tuple[Sequence[str], bytes | None]] = []
+        for pod in self.topology.pods:
+            netns = self._netns_name(pod)
+            pod_batch = (
+                "link set lo up\n"
+                f"addr add {pod.ip}/{POD_PREFIX_LEN} dev eth0\n"
+                "link set eth0 up\n"
+                f"route add {SERVICE_CIDR} dev eth0\n"
+            )
+            commands.append((["ip", "-n", netns, "-batch", "-"], pod_batch.encode()))
+            commands.append(
+                (
+                    host.in_netns(netns, ["iptables-restore"]),
+                    istio_iptables_rules(pod, self.topology).encode(),
+                )
+            )
+        host.run_all(commands)
 
     def _write_initial_config(self) -> None:
         plans = plan_sidecars(self.topology, [], self.root_namespace, self.faults)
@@ -410,100 +585,174 @@ class LocalMesh:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not theirs
+                env=self._env,
             )
         finally:
             log.close()
         self._require_state().add_pid(proc.pid)
         return proc
 
-    def _start_processes(self) -> None:
+    def _start_envoys(self) -> None:
         envoy = str(self._envoy_path)
         for runtime in self._pods.values():
-            w = runtime.pod.workload
-            if w.has_sidecar:
-                runtime.envoy = self._spawn(
-                    runtime,
-                    [
-                        "setpriv",
-                        f"--reuid={PROXY_UID}",
-                        f"--regid={PROXY_GID}",
-                        "--clear-groups",
-                        "--pdeathsig=KILL",
-                        envoy,
-                        "-c",
-                        str(runtime.paths.bootstrap),
-                        "--disable-hot-restart",
-                        "--concurrency",
-                        "1",
-                        "--drain-time-s",
-                        str(ENVOY_DRAIN_TIME_S),
-                        "--drain-strategy",
-                        "immediate",
-                        "--log-level",
-                        "warning",
-                    ],
-                    "envoy.log",
+            if not runtime.pod.workload.has_sidecar:
+                continue
+            runtime.envoy = self._spawn(
+                runtime,
+                [
+                    "setpriv",
+                    f"--reuid={PROXY_UID}",
+                    f"--regid={PROXY_GID}",
+                    "--clear-groups",
+                    *self._pdeathsig(),
+                    envoy,
+                    "-c",
+                    str(runtime.paths.bootstrap),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    str(ENVOY_CONCURRENCY),
+                    "--drain-time-s",
+                    str(ENVOY_DRAIN_TIME_S),
+                    "--drain-strategy",
+                    "immediate",
+                    "--file-flush-interval-msec",
+                    str(ENVOY_FILE_FLUSH_MS),
+                    "--log-level",
+                    "warning",
+                ],
+                "envoy.log",
+            )
+
+    def _start_apps(self) -> None:
+        """Hand every httpbin pod to the launcher; it forks one app per pod once imported."""
+        launcher = self._launcher
+        assert launcher is not None and launcher.stdin is not None
+        specs = []
+        for runtime in self._pods.values():
+            if runtime.serves_app:
+                port = runtime.pod.workload.container_ports[0]
+                specs.append(
+                    {
+                        "key": runtime.key,
+                        "netns": runtime.netns,
+                        "listen": f"0.0.0.0:{port}",
+                        "log": str(runtime.directory / "app.log"),
+                        "pdeathsig": not self.keep,
+                    }
                 )
-            if w.app == "httpbin":
-                runtime.app = self._spawn(
-                    runtime,
-                    [
-                        "setpriv",
-                        "--pdeathsig=KILL",
-                        sys.executable,
-                        "-m",
-                        "waitress",
-                        f"--listen=0.0.0.0:{w.container_ports[0]}",
-                        "--threads=8",
-                        "httpbin:app",
-                    ],
-                    "app.log",
-                )
+        try:
+            launcher.stdin.write("".join(json.dumps(s) + "\n" for s in specs).encode())
+            launcher.stdin.close()
+        except OSError as exc:
+            raise MeshError(f"the app launcher died: {self._launcher_log_tail()}") from exc
+
+    def _collect_app_pids(self) -> None:
+        """Read the PIDs the launcher printed so far (never blocks)."""
+        launcher = self._launcher
+        if launcher is None or launcher.stdout is None or launcher.stdout.closed:
+            return
+        fd = launcher.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                launcher.stdout.close()
+                break
+            self._launcher_output += chunk
+        *lines, self._launcher_output = self._launcher_output.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            message = json.loads(line)
+            runtime = self._pods[message["key"]]
+            runtime.app_pid = int(message["pid"])
+            runtime.app_start = host.proc_start_ticks(runtime.app_pid)
+            self._require_state().add_pid(runtime.app_pid)
+
+    def _launcher_log_tail(self) -> str:
+        try:
+            text = (self.run_dir / "apps.log").read_text(errors="replace")
+        except (OSError, MeshError):
+            return "no log"
+        return " | ".join(text.strip().splitlines()[-5:]) or "empty log"
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_DEADLINE_S
-        pending = {k: r for k, r in self._pods.items() if r.envoy or r.app}
+        started = time.monotonic()
+        deadline = started + READY_DEADLINE_S
+        next_note = started + PROGRESS_EVERY_S
+        pending = {k: r for k, r in self._pods.items() if r.envoy or r.serves_app}
         self._progress(
-            f"waiting for {sum(bool(r.envoy) + bool(r.app) for r in pending.values())} processes"
+            f"waiting for {sum(bool(r.envoy) + r.serves_app for r in pending.values())} processes"
         )
         while pending:
+            self._collect_app_pids()
             for key, runtime in list(pending.items()):
                 self._check_alive(runtime)
                 if self._envoy_ready(runtime) and self._app_ready(runtime):
                     del pending[key]
             if not pending:
                 break
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise MeshError(
                     f"local mesh not ready after {READY_DEADLINE_S:.0f}s: waiting for "
-                    + ", ".join(f"{k} ({self._log_tail(r)})" for k, r in pending.items())
+                    + ", ".join(self._describe_pending(r) for r in pending.values())
                 )
-            time.sleep(0.01)
+            if now > next_note:
+                self._progress(
+                    f"still waiting ({now - started:.0f}s) for "
+                    + ", ".join(self._describe_pending(r) for r in pending.values())
+                )
+                next_note = now + PROGRESS_EVERY_S
+            time.sleep(0.005)
+
+    def _describe_pending(self, runtime: _PodRuntime) -> str:
+        parts = []
+        if runtime.envoy is not None and not self._envoy_ready(runtime):
+            parts.append(f"Envoy of {runtime.key} ({self._log_tail(runtime, 'envoy.log')})")
+        if runtime.serves_app and not self._app_ready(runtime):
+            parts.append(f"app of {runtime.key} ({self._log_tail(runtime, 'app.log')})")
+        return ", ".join(parts) or runtime.key
 
     def _envoy_ready(self, runtime: _PodRuntime) -> bool:
         if runtime.envoy is None:
             return True
         try:
             status, body = _admin_get(runtime.paths.admin_socket, "/ready", timeout=1)
+            if status != 200 or body.strip() != b"LIVE":
+                return False
+            return not self._version_problems(runtime)
         except OSError:
             return False
-        return status == 200 and body.strip() == b"LIVE"
 
     @staticmethod
     def _app_ready(runtime: _PodRuntime) -> bool:
-        if runtime.app is None:
+        if not runtime.serves_app:
             return True
+        if runtime.app_pid is None:
+            return False
         try:
             return b"Serving on" in (runtime.directory / "app.log").read_bytes()
         except OSError:
             return False
 
     def _check_alive(self, runtime: _PodRuntime) -> None:
-        for name, proc in (("envoy", runtime.envoy), ("app", runtime.app)):
-            if proc is not None and proc.poll() is not None:
+        envoy = runtime.envoy
+        if envoy is not None and envoy.poll() is not None:
+            raise MeshError(
+                f"Envoy of {runtime.key} exited with {envoy.returncode}:"
+                f" {self._log_tail(runtime, 'envoy.log')}"
+            )
+        if runtime.serves_app:
+            if runtime.app_pid is not None:
+                if host.proc_start_ticks(runtime.app_pid) != runtime.app_start:
+                    raise MeshError(
+                        f"the app of {runtime.key} (pid {runtime.app_pid}) exited:"
+                        f" {self._log_tail(runtime, 'app.log')}"
+                    )
+            elif self._launcher is not None and self._launcher.poll() is not None:
                 raise MeshError(
-                    f"{name} of {runtime.pod.workload.key} exited with {proc.returncode}:"
-                    f" {self._log_tail(runtime, 'envoy.log' if name == 'envoy' else 'app.log')}"
+                    f"the app launcher exited with {self._launcher.returncode} before starting"
+                    f" the app of {runtime.key}: {self._launcher_log_tail()}"
                 )
 
     @staticmethod
@@ -515,63 +764,98 @@ class LocalMesh:
         return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
 
     def logs(self, workload: Workload) -> dict[str, str]:
-        """The sidecar's and the app's logs so far, for failure reports."""
+        """The sidecar's log and access log and the app's log so far, for failure reports."""
         runtime = self._runtime(workload)
         found = {}
-        for name in ("envoy.log", "app.log"):
-            path = runtime.directory / name
-            if path.exists():
-                found[name] = path.read_text(errors="replace")
+        for label, path in (
+            ("envoy.log", runtime.directory / "envoy.log"),
+            ("envoy-access.log", runtime.paths.access_log),
+            ("app.log", runtime.directory / "app.log"),
+        ):
+            with contextlib.suppress(OSError):
+                found[label] = path.read_text(errors="replace")
         return found
 
     def _runtime(self, workload: Workload) -> _PodRuntime:
+        self._require_state()
         try:
             return self._pods[workload.key]
         except KeyError:
-            raise MeshError(f"no workload {workload.key} in the local mesh") from None
+            known = ", ".join(self._pods)
+            raise MeshError(
+                f"no workload {workload.key} in the local mesh (have: {known})"
+            ) from None
 
     # -- Mesh protocol: actions ------------------------------------------------------------------
 
     def exec(self, workload: Workload, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
-        runtime = self._runtime(workload)
+        """Run argv in the workload's pod as the app's uid (APP_UID; root in httpbin pods)."""
+        command = self.exec_argv(workload, list(argv))
         try:
             proc = subprocess.run(
-                host.in_netns(runtime.netns, list(argv)),
+                command,
                 capture_output=True,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                env=self._env,
             )
         except subprocess.TimeoutExpired as exc:
             raise MeshError(
-                f"`{' '.join(argv)}` in {workload.key} did not finish within {timeout}s"
+                f"`{' '.join(argv)}` in {workload.key} did not finish within {timeout}s;"
+                f" stdout so far: {(exc.stdout or b'')[:200]!r},"
+                f" stderr: {(exc.stderr or b'')[:200]!r}"
             ) from exc
+        except OSError as exc:
+            raise MeshError(f"cannot run `{' '.join(argv)}` in {workload.key}: {exc}") from exc
         return ExecResult(proc.returncode, proc.stdout, proc.stderr)
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
         with self._lock:
             return [json.loads(json.dumps(m)) for m in self._manifests.values()]
 
-    def apply(self, manifest: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _parse(manifest: Mapping[str, Any], verb: str) -> tuple[tuple[str, str, str], Policy]:
         try:
             policy = parse_policy(dict(manifest))
         except PolicyError as exc:
-            raise MeshError(f"invalid policy: {exc}") from exc
-        key = (type(policy).__name__, policy.namespace or "default", policy.name)
+            raise MeshError(f"cannot {verb} an invalid policy: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise MeshError(f"cannot {verb} {manifest!r:.200}: {exc}") from exc
+        return (type(policy).__name__, policy.namespace or "default", policy.name), policy
+
+    def apply(self, manifest: Mapping[str, Any]) -> None:
+        """Create or replace a policy; returns once every affected Envoy has it in force."""
+        key, policy = self._parse(manifest, "apply")
         with self._lock:
-            self._policies[key] = policy
-            self._manifests[key] = policy.to_manifest()
-            self._push()
+            self._require_state()
+            self._change(lambda: self._store(key, policy))
 
     def delete(self, manifest: Mapping[str, Any]) -> None:
-        try:
-            policy = parse_policy(dict(manifest))
-        except PolicyError as exc:
-            raise MeshError(f"invalid policy: {exc}") from exc
-        key = (type(policy).__name__, policy.namespace or "default", policy.name)
+        """Delete a policy (a missing one is not an error); returns once no Envoy uses it."""
+        key, _ = self._parse(manifest, "delete")
         with self._lock:
-            self._policies.pop(key, None)
-            self._manifests.pop(key, None)
+            self._require_state()
+            self._change(lambda: self._drop(key))
+
+    def _store(self, key: tuple[str, str, str], policy: Policy) -> None:
+        self._policies[key] = policy
+        self._manifests[key] = policy.to_manifest()
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        self._policies.pop(key, None)
+        self._manifests.pop(key, None)
+
+    def _change(self, edit: Callable[[], None]) -> None:
+        """Edit the policy set and push it; if the proxies refuse it, put the old set back."""
+        before = (dict(self._policies), dict(self._manifests))
+        edit()
+        try:
             self._push()
+        except MeshError:
+            self._policies, self._manifests = before
+            with contextlib.suppress(MeshError):
+                self._push()
+            raise
 
     def _push(self) -> None:
         plans = plan_sidecars(
@@ -582,59 +866,91 @@ class LocalMesh:
         ]
         self._wait_versions(changed)
 
-    def _stat_text(self, runtime: _PodRuntime, name: str) -> str | None:
-        _, body = _admin_get(
-            runtime.paths.admin_socket, f"/stats?filter=^{name}$&type=TextReadouts"
-        )
-        for line in body.decode(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == name:
-                return value.strip().strip('"')
-        return None
+    def _version_problems(self, runtime: _PodRuntime) -> list[str]:
+        """Why this Envoy does not run its latest config yet (empty: it does, on its worker).
 
-    def _stat_counter(self, runtime: _PodRuntime, name: str) -> int:
-        _, body = _admin_get(runtime.paths.admin_socket, f"/stats?filter=^{name}$")
-        for line in body.decode(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == name:
-                return int(value.strip())
-        return 0
+        Raises MeshError when Envoy rejected a config or failed to build a listener.
+        """
+        _, body = _admin_get(runtime.paths.admin_socket, _VERSION_STATS_PATH)
+        stats = _parse_stats(body)
+
+        def number(name: str) -> int:
+            try:
+                return int(stats.get(name, "0"))
+            except ValueError:
+                return 0
+
+        refused = (
+            number("listener_manager.lds.update_rejected")
+            + number("cluster_manager.cds.update_rejected")
+            + number("listener_manager.listener_create_failure")
+        )
+        if refused > runtime.rejected_seen:
+            runtime.rejected_seen = refused
+            raise MeshError(
+                f"Envoy of {runtime.key} rejected its new config:"
+                f" {self._log_tail(runtime, 'envoy.log')}"
+            )
+        problems = []
+        lds = stats.get("listener_manager.lds.version_text")
+        cds = stats.get("cluster_manager.cds.version_text")
+        if lds != str(runtime.lds_version):
+            problems.append(f"LDS version {lds}, wants {runtime.lds_version}")
+        if cds != str(runtime.cds_version):
+            problems.append(f"CDS version {cds}, wants {runtime.cds_version}")
+        warming = number("listener_manager.total_listeners_warming")
+        warming += number("cluster_manager.warming_clusters")
+        if warming:
+            problems.append(f"{warming} listeners/clusters warming")
+        # Each added or modified listener is handed to every worker, which acknowledges it.
+        wanted = ENVOY_CONCURRENCY * (
+            number("listener_manager.listener_added") + number("listener_manager.listener_modified")
+        )
+        acked = number("listener_manager.listener_create_success") + number(
+            "listener_manager.listener_create_failure"
+        )
+        if acked < wanted:
+            problems.append(f"workers took {acked} of {wanted} listener builds")
+        return problems
 
     def _wait_versions(self, runtimes: list[_PodRuntime]) -> None:
-        """Wait until every changed Envoy reports the versions just written (LDS and CDS)."""
-        deadline = time.monotonic() + PROPAGATION_DEADLINE_S
+        """Wait until every changed Envoy runs the config just written (LDS, CDS, workers)."""
+        started = time.monotonic()
+        deadline = started + PROPAGATION_DEADLINE_S
+        noted = False
         pending = list(runtimes)
         while pending:
-            still = []
+            waiting: list[tuple[_PodRuntime, list[str]]] = []
             for runtime in pending:
-                lds = self._stat_text(runtime, "listener_manager.lds.version_text")
-                cds = self._stat_text(runtime, "cluster_manager.cds.version_text")
-                if lds == str(runtime.lds_version) and cds == str(runtime.cds_version):
-                    continue
-                for kind in ("listener_manager.lds", "cluster_manager.cds"):
-                    if self._stat_counter(runtime, f"{kind}.update_rejected"):
-                        raise MeshError(
-                            f"Envoy of {runtime.pod.workload.key} rejected the new config:"
-                            f" {self._log_tail(runtime)}"
-                        )
-                still.append((runtime, lds, cds))
-            if not still:
+                try:
+                    problems = self._version_problems(runtime)
+                except OSError as exc:
+                    self._check_alive(runtime)
+                    problems = [f"admin socket: {exc}"]
+                if problems:
+                    waiting.append((runtime, problems))
+            if not waiting:
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise PropagationTimeout(
-                    f"policy change not applied within {PROPAGATION_DEADLINE_S:.0f}s by: "
-                    + ", ".join(
-                        f"{r.pod.workload.key} (wants lds {r.lds_version}/cds {r.cds_version},"
-                        f" has {lds}/{cds})"
-                        for r, lds, cds in still
-                    )
+                    f"policy change not in force within {PROPAGATION_DEADLINE_S:.0f}s at: "
+                    + "; ".join(f"{r.key} ({', '.join(p)})" for r, p in waiting)
                 )
-            pending = [r for r, _, _ in still]
-            time.sleep(0.002)
+            if not noted and now - started > SLOW_PROPAGATION_S:
+                self._progress(
+                    "waiting for Envoy of " + ", ".join(r.key for r, _ in waiting) + " to apply"
+                )
+                noted = True
+            pending = [r for r, _ in waiting]
+            time.sleep(0.001)
 
     @contextlib.contextmanager
     def capture(self, workload: Workload, port: int | None = None) -> Iterator[PcapRecording]:
+        """tcpdump on the pod's eth0 (never loopback) for the duration of the block."""
         runtime = self._runtime(workload)
+        if port is not None and (isinstance(port, bool) or not 1 <= int(port) <= 65535):
+            raise MeshError(f"capture port must be in 1..65535, got {port!r}")
         recording = PcapRecording(workload=workload, port=port)
         pcap_dir = self.run_dir / "captures"
         pcap_dir.mkdir(exist_ok=True)
@@ -644,29 +960,15 @@ class LocalMesh:
         marker_filter = f"(udp and dst host {peer} and dst port 9)"
         tcp_filter = "tcp" if port is None else f"(tcp port {port})"
         flt = f"{tcp_filter} or {marker_filter}"
+        argv = ["setpriv", "--pdeathsig=KILL", "tcpdump", "-i", "eth0", "-U", "--immediate-mode"]
+        argv += ["-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
         proc = subprocess.Popen(
-            host.in_netns(
-                runtime.netns,
-                [
-                    "tcpdump",
-                    "-i",
-                    "eth0",
-                    "-U",
-                    "--immediate-mode",
-                    "-n",
-                    "-Z",
-                    "root",
-                    "-s",
-                    "0",
-                    "-w",
-                    str(path),
-                    flt,
-                ],
-            ),
+            host.in_netns(runtime.netns, argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            env=self._env,
         )
         self._require_state().add_pid(proc.pid)
         try:
@@ -692,10 +994,17 @@ class LocalMesh:
         recording.path = path
 
     def envoy_admin(self, workload: Workload, path: str) -> bytes:
+        """GET an admin path (e.g. `/certs`, `/config_dump`) on the workload's sidecar."""
         runtime = self._runtime(workload)
         if runtime.envoy is None:
             raise MeshError(f"{workload.key} has no sidecar")
-        status, body = _admin_get(runtime.paths.admin_socket, path)
+        if not path.startswith("/"):
+            raise MeshError(f"Envoy admin path must start with '/', got {path!r}")
+        try:
+            status, body = _admin_get(runtime.paths.admin_socket, path)
+        except OSError as exc:
+            self._check_alive(runtime)
+            raise MeshError(f"Envoy admin {path} on {workload.key}: {exc}") from exc
         if status != 200:
             raise MeshError(
                 f"Envoy admin {path} on {workload.key} answered {status}: {body[:200]!r}"
@@ -705,16 +1014,20 @@ class LocalMesh:
     # -- agent: certificate rotation ---------------------------------------------------------------
 
     def _rotation_agent(self) -> None:
+        """Istio's agent in miniature: re-issue each cert at its rotation time, through SDS."""
         while not self._stop.is_set():
             now = dt.datetime.now(dt.UTC)
-            due = [r for r in self._pods.values() if r.next_rotation is not None]
-            for runtime in due:
-                assert runtime.next_rotation is not None and runtime.cert is not None
-                if runtime.next_rotation <= now:
-                    old = runtime.cert.serial
-                    with self._lock:
-                        self._issue_cert(runtime)
-                    self.rotations.append((runtime.pod.workload.key, old, runtime.cert.serial, now))
+            for runtime in list(self._pods.values()):
+                if runtime.next_rotation is None or runtime.next_rotation > now:
+                    continue
+                assert runtime.cert is not None
+                old = runtime.cert.serial
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    self._issue_cert(runtime)
+                assert runtime.cert is not None
+                self.rotations.append(Rotation(runtime.key, old, runtime.cert.serial, now))
             upcoming = [r.next_rotation for r in self._pods.values() if r.next_rotation is not None]
             wait = min(
                 ((t - dt.datetime.now(dt.UTC)).total_seconds() for t in upcoming), default=60.0

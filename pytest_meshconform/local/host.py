@@ -363,7 +363,12 @@ def sweep_stale_runs() -> list[str]:
         with contextlib.suppress(OSError):
             for entry in root.iterdir():
                 match = OUR_NETNS_PATTERN.fullmatch(entry.name)
-                if match and match["run_id"] not in live_ids:
+                # Checked after listing: a run makes its directory before its namespaces.
+                if (
+                    match
+                    and match["run_id"] not in live_ids
+                    and not (STATE_ROOT / match["run_id"]).exists()
+                ):
                     orphans.add(entry.name)
     if orphans:
         delete_netns(sorted(orphans))

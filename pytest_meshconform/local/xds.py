@@ -43,6 +43,7 @@ HTTP_PROTOCOL_OPTIONS_TYPE = (
 UPSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
+FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 # ALPN values Istio's sidecars use (pilot/pkg/util/protoconv, istio.alpn filter; see DESIGN.md).
 ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
@@ -113,6 +114,10 @@ class SidecarPaths:
     def bootstrap(self) -> Path:
         return self.root / "bootstrap.json"
 
+    @property
+    def access_log(self) -> Path:
+        return self.root / "access.log"
+
 
 def _file_source(path: Path) -> dict[str, Any]:
     return {
@@ -141,11 +146,24 @@ def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
     }
 
 
-def _hcm(stat_prefix: str, route_cluster: str, *, set_xfcc: bool) -> dict[str, Any]:
+def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
+    """Envoy's default-format access log, kept for failure reports (response flags say why)."""
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": FILE_ACCESS_LOG_TYPE, "path": str(paths.access_log)},
+        }
+    ]
+
+
+def _hcm(
+    stat_prefix: str, route_cluster: str, paths: SidecarPaths, *, set_xfcc: bool
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
+        "access_log": _access_log(paths),
         "route_config": {
             "name": stat_prefix,
             "virtual_hosts": [
@@ -234,7 +252,10 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         hcm = {
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": _hcm(
-                f"inbound_0.0.0.0_{port}", inbound_cluster_name(port), set_xfcc=plan.set_xfcc
+                f"inbound_0.0.0.0_{port}",
+                inbound_cluster_name(port),
+                paths,
+                set_xfcc=plan.set_xfcc,
             ),
         }
         chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [hcm])
@@ -266,6 +287,8 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             ],
             "listener_filters_timeout": "1s",
             "continue_on_listener_filters_timeout": True,
+            # Connections no chain accepts (plaintext to STRICT) are logged here, flag NR.
+            "access_log": _access_log(paths),
             "filter_chains": chains,
         },
         {
@@ -299,7 +322,9 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                         "filters": [
                             {
                                 "name": "envoy.filters.network.http_connection_manager",
-                                "typed_config": _hcm(f"outbound_{name}", cluster, set_xfcc=False),
+                                "typed_config": _hcm(
+                                    f"outbound_{name}", cluster, paths, set_xfcc=False
+                                ),
                             }
                         ],
                     }

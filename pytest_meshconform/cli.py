@@ -1,0 +1,63 @@
+"""The ``meshconform`` console script: compare two conformance reports.
+
+``meshconform diff OLD NEW`` prints what changed between two runs (regressions, fixes, newly
+skipped, new and removed tests) and exits 1 on any regression, so that an upgrade check is one
+command in CI. Exit status: 0 no regression, 1 regression, 2 bad input (usage, unreadable or
+malformed report: the message names the file and the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from . import __version__
+from .report import ReportError, diff_reports, format_diff, load_report
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_REGRESSION", "main"]
+
+EXIT_OK: Final = 0
+EXIT_REGRESSION: Final = 1
+EXIT_BAD_INPUT: Final = 2  # argparse uses 2 for usage errors too
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshconform",
+        description="Work with meshconform conformance reports (pytest --mesh-report=PATH).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    diff = commands.add_parser(
+        "diff",
+        help="compare two reports; exit 1 on any regression",
+        description="Compare two conformance reports test by test. Prints regressions (passed"
+        " before, failing now), fixes, newly skipped, other changes, new and removed tests."
+        " Exit status: 0 no regression, 1 regression (or a test file that no longer collects),"
+        " 2 bad input.",
+    )
+    diff.add_argument("old", metavar="OLD", type=Path, help="the earlier report (.yaml/.yml/.json)")
+    diff.add_argument("new", metavar="NEW", type=Path, help="the later report (.yaml/.yml/.json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console script; returns the exit status (argparse exits 2 on a usage error)."""
+    args = _parser().parse_args(argv)
+    try:
+        old = load_report(args.old)
+        new = load_report(args.new)
+    except ReportError as error:
+        print(f"meshconform {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    diff = diff_reports(old, new)
+    for line in format_diff(diff, str(args.old), str(args.new)):
+        print(line)
+    return EXIT_REGRESSION if diff.failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

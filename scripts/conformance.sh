@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: set-up, then the built-in conformance suites on the embedded local mesh.
+# Extra arguments go to pytest (e.g. --mesh-report=report.yaml, -k reachability).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$repo/scripts/setup.sh"
+cd "$repo"
+start=$(date +%s%N)
+status=0
+.venv/bin/pytest -p no:cacheprovider conformance/ "$@" || status=$?
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+printf 'meshconform: conformance run took %d.%03d s (exit %d)\n' $((ms / 1000)) $((ms % 1000)) "$status"
+exit "$status"

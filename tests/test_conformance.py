@@ -1,0 +1,93 @@
+"""The built-in suites pass on the local mesh, and fail, pointing at the broken promise, when
+the mesh breaks one (the test-only --mesh-fault switch)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from mesh_helpers import CONFORMANCE, needs_local_mesh
+
+pytest_plugins = ["pytester"]
+pytestmark = needs_local_mesh
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rfs", *args)
+    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "mc-" not in leftover, f"network namespaces left behind: {leftover}"
+    return result
+
+
+def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "-v", str(CONFORMANCE))
+    result.assert_outcomes(passed=21)
+    # The full 3x3 reachability matrix ran under every policy the local-mesh issue names.
+    ran = result.stdout.str()
+    for case in (
+        "no policy",
+        "mesh-wide STRICT",
+        "namespace foo STRICT",
+        "workload httpbin.bar STRICT",
+        "port-level DISABLE under namespace STRICT",
+        "workload DISABLE over namespace STRICT",
+        "DestinationRule DISABLE towards STRICT",
+    ):
+        assert f"test_reachability[{case}] PASSED" in ran
+
+
+FAULTS = [
+    pytest.param(
+        "strict-as-permissive",
+        ["test_strict.py", "test_reachability.py"],
+        {
+            "test_strict.py::test_strict_resets_plaintext": "plaintext was not refused by STRICT",
+            "test_reachability[namespace foo STRICT]": (
+                "expected reset: sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_reachability[mesh-wide STRICT]": "differs from Istio's",
+        },
+        id="strict-as-permissive",
+    ),
+    pytest.param(
+        "no-xfcc",
+        ["test_identity.py", "test_permissive.py"],
+        {
+            "test_xfcc_names_client_and_server[foo-foo]": "expected one XFCC element, got None",
+            "test_permissive_accepts_mtls": "mTLS request arrived without X-Forwarded-Client-Cert",
+        },
+        id="no-xfcc",
+    ),
+    pytest.param(
+        "wrong-spiffe-id",
+        ["test_identity.py"],
+        {
+            "test_served_certificate[httpbin-foo]": (
+                "serves spiffe://cluster.local/ns/foo/sa/httpbin-impostor,"
+                " want spiffe://cluster.local/ns/foo/sa/httpbin"
+            ),
+        },
+        id="wrong-spiffe-id",
+    ),
+    pytest.param(
+        "no-rotation",
+        ["test_rotation.py", "--mesh-cert-ttl=6s"],
+        {"test_rotation_before_expiry": "was not rotated before it expired"},
+        id="no-rotation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "targets", "failures"), FAULTS)
+def test_suites_fail_against_a_broken_mesh(
+    pytester: pytest.Pytester, fault: str, targets: list[str], failures: dict[str, str]
+) -> None:
+    args = [str(CONFORMANCE / t) if t.endswith(".py") else t for t in targets]
+    result = _run(pytester, f"--mesh-fault={fault}", *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = result.stdout.str()
+    failed = re.findall(r"^FAILED (\S+(?: [^-\n]+?)?)(?: - |$)", text, re.M)
+    for test, message in failures.items():
+        assert any(test in f for f in failed), f"{test} did not fail under {fault}: {failed}"
+        assert message in text, f"failure of {test} does not say {message!r}"

@@ -1,0 +1,141 @@
+"""The user-facing fixtures, exercised the way users write suites (pytester, real local mesh)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mesh_helpers import needs_local_mesh
+
+pytest_plugins = ["pytester"]
+
+SUITE = r'''
+import pytest
+
+STRICT_FOO = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "foo"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+def test_policy_applied_then_failing(apply_policy, naked_sleep, httpbin, mesh):
+    apply_policy(STRICT_FOO)
+    assert [m["metadata"]["name"] for m in mesh.policies()] == ["default"]
+    assert naked_sleep.curl(httpbin).exit_code == 56
+    raise AssertionError("deliberate failure after applying STRICT")
+
+def test_policy_was_removed_even_after_failure(naked_sleep, httpbin, mesh):
+    assert mesh.policies() == []
+    assert naked_sleep.curl(httpbin).ok
+
+def test_yaml_text_and_restore(apply_policy, mesh):
+    apply_policy("""
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bar}
+spec: {mtls: {mode: STRICT}}
+""")
+    assert sorted(m["metadata"]["namespace"] for m in mesh.policies()) == ["bar", "foo"]
+
+def test_mesh_wide_needs_marker(apply_policy):
+    apply_policy({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "istio-system"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    })
+
+def test_invalid_policy_names_the_field(apply_policy):
+    with pytest.raises(Exception, match="spec.mtls.mode"):
+        apply_policy({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "bad", "namespace": "foo"},
+            "spec": {"mtls": {"mode": "SOMETIMES"}},
+        })
+
+def test_xfcc_absent_for_plaintext_present_for_mtls(xfcc, sleep, naked_sleep, httpbin):
+    assert xfcc(naked_sleep, httpbin) is None
+    seen = xfcc(sleep, httpbin)
+    assert seen[0].uri == ("spiffe://cluster.local/ns/foo/sa/sleep",)
+
+def test_cert_of(cert_of, httpbin, naked_sleep):
+    cert = cert_of(httpbin)
+    assert str(cert.spiffe_id) == "spiffe://cluster.local/ns/foo/sa/httpbin"
+    with pytest.raises(Exception, match="has no sidecar"):
+        cert_of(naked_sleep)
+
+def test_empty_capture_is_an_error(capture, httpbin):
+    from pytest_meshconform.fixtures import EmptyCaptureError
+    with pytest.raises(EmptyCaptureError, match="saw no TCP flow to port 8080"):
+        with capture(httpbin):
+            pass
+
+def test_capture_sees_plaintext(capture, naked_sleep, httpbin):
+    with capture(httpbin) as cap:
+        assert naked_sleep.curl(httpbin).ok
+    assert cap.pcap_path.exists()
+    [flow] = cap.flows_from(naked_sleep)
+    assert flow.http_requests[0].target == "/headers"
+
+@pytest.mark.mesh_features("teleportation")
+def test_missing_feature_skips():
+    raise AssertionError("must not run")
+
+@pytest.mark.mesh_min_version("99.0")
+def test_too_new_skips():
+    raise AssertionError("must not run")
+
+@pytest.mark.mesh_min_version("1.20")
+def test_old_enough_runs():
+    pass
+'''
+
+
+@needs_local_mesh
+def test_fixtures_on_the_local_mesh(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-rs")
+    result.assert_outcomes(passed=8, failed=2, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*deliberate failure after applying STRICT*",
+            "*applies a mesh-wide PeerAuthentication in istio-system but is not marked*",
+            "*the mesh lacks feature(s): teleportation*",
+            "*needs mesh version >= 99.0*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*local mesh * up in *s*"])  # progress is shown
+    assert (
+        "mc-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    )
+
+
+def test_unavailable_local_mesh_is_one_usage_error(pytester: pytest.Pytester) -> None:
+    """Missing tools stop the run before any test, with the fix named, not a traceback."""
+    pytester.makepyfile(test_one="def test_x(mesh):\n    pass\n")
+    env_path = os.path.dirname(sys.executable)  # python and pytest only: no ip, tcpdump...
+    pytester._monkeypatch.setenv("PATH", env_path)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*the local mesh cannot start on this machine*", "*apt-get install -y*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_no_mesh_no_cost(pytester: pytest.Pytester) -> None:
+    """A run that never asks for a mesh never checks for one (and never imports a backend)."""
+    pytester.makepyfile(
+        test_plain="import sys\n"
+        "def test_x():\n"
+        "    assert 'pytest_meshconform.local.backend' not in sys.modules\n"
+    )
+    pytester._monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
