@@ -546,9 +546,12 @@ class RotationResult:
 
 
 class RotationWatcher:
-    def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
+    def __init__(
+        self, mesh: Mesh, evidence: Evidence, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.mesh = mesh
         self.evidence = evidence
+        self.progress = progress or (lambda message: None)
 
     def watch(
         self,
@@ -567,6 +570,14 @@ class RotationWatcher:
         """
         old = _current_cert(self.mesh, target, self.evidence)
         deadline_at = old.not_after + dt.timedelta(seconds=slack)
+        from .certs import rotation_window
+
+        _, latest = rotation_window(old.not_before, old.not_after)
+        wait = (latest - dt.datetime.now(dt.UTC)).total_seconds()
+        self.progress(
+            f"watching {target.key}'s certificate {old.serial[:12]}: Istio would rotate it within"
+            f" {max(wait, 0.0):.0f}s (expires {old.not_after:%H:%M:%S} UTC)"
+        )
         stop = threading.Event()
         calls: list[tuple[dt.datetime, HttpResult]] = []
 
@@ -616,7 +627,7 @@ class RotationWatcher:
 @pytest.fixture
 def rotation(mesh: Mesh, request: pytest.FixtureRequest) -> RotationWatcher:
     """`rotation.watch(httpbin, client=sleep)`: see a certificate rotate under load."""
-    return RotationWatcher(mesh, evidence_of(request.node))
+    return RotationWatcher(mesh, evidence_of(request.node), _progress(request.config))
 
 
 # -- evidence on failure -----------------------------------------------------------------------
