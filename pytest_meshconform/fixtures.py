@@ -479,6 +479,12 @@ def _pod_ip(handle: WorkloadHandle) -> str:
     return str(pod_ip(handle.workload))
 
 
+def _dropped_packets(tcpdump_stderr: str) -> int:
+    """tcpdump's closing count of packets the kernel dropped (0 when it printed none)."""
+    found = re.search(r"(\d+) packets? dropped by kernel", tcpdump_stderr)
+    return int(found.group(1)) if found else 0
+
+
 @pytest.fixture
 def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Callable[..., Any]:
     """`with capture(workload, port=None) as cap:` records the pod's wire traffic (not loopback).
@@ -502,6 +508,12 @@ def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Callable[..., Any]:
         with mesh.capture(w, port) as recording:
             yield result
         result.pcap_path = recording.path
+        dropped = _dropped_packets(recording.tool_stderr)
+        if dropped:
+            raise MeshError(
+                f"the capture at {w.key} is incomplete: tcpdump reports {dropped} packets dropped"
+                f" by the kernel ({recording.path}); evidence with holes proves nothing"
+            )
         result.capture = analyze_pcap(recording.pcap)
         if recording.path is not None:
             evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)

@@ -27,8 +27,7 @@ from types import ModuleType
 import dpkt
 import pytest
 import tenacity
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from wire_helpers import (
     ISTIO_ALPN,
     ISTIO_SNI,

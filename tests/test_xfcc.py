@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
 from pytest_meshconform.xfcc import XfccElement, XfccError, parse_xfcc
