@@ -92,9 +92,12 @@ Phase = Literal["setup", "call", "teardown"]
 PHASES: Final[tuple[Phase, ...]] = ("setup", "call", "teardown")
 Result = Literal["success", "partial", "failure"]
 
-# "passing" and "failing" in pytest's own sense: failing outcomes make the exit status 1.
-PASSING: Final = frozenset({"passed", "xpassed"})
+# "Failing" in pytest's own sense: these outcomes make the exit status 1.
 FAILING: Final = frozenset({"failed", "error"})
+# For comparing runs: did the behaviour a test checks hold? An expected failure (xfailed) is
+# still a failure of that behaviour: a test that passed before and xfails now is a regression.
+PASSING: Final = frozenset({"passed", "xpassed"})
+BROKEN: Final = FAILING | {"xfailed"}
 
 _MAX_MESSAGE_CHARS: Final = 4000
 _MAX_SECTION_LINES: Final = 80
@@ -158,7 +161,15 @@ class Statistics:
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, name) for name in self.__slots__)
+        return (
+            self.passed
+            + self.failed
+            + self.errors
+            + self.skipped
+            + self.xfailed
+            + self.xpassed
+            + self.not_run
+        )
 
     @classmethod
     def of(cls, tests: Iterable[TestResult]) -> Statistics:
@@ -821,8 +832,8 @@ class ReportDiff:
 
     old: ConformanceReport
     new: ConformanceReport
-    regressions: tuple[TestChange, ...]  # passed (or xpassed) before, failed or error now
-    fixes: tuple[TestChange, ...]  # failed or error before, passed (or xpassed) now
+    regressions: tuple[TestChange, ...]  # passed (or xpassed) before; failed, error, xfailed now
+    fixes: tuple[TestChange, ...]  # failed, error or xfailed before; passed (or xpassed) now
     newly_skipped: tuple[TestChange, ...]  # anything but skipped before, skipped now
     other_changes: tuple[TestChange, ...]  # any other change of outcome
     new_tests: tuple[TestChange, ...]
@@ -837,7 +848,12 @@ class ReportDiff:
 
 
 def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
-    """Compare two reports test by test (by id); new collection errors count as regressions."""
+    """Compare two reports test by test (by id).
+
+    A regression is a test that passed (or xpassed) before and now fails, errors or xfails (an
+    expected failure still means the behaviour it checks no longer holds). A file that no longer
+    collects also fails the comparison: its tests vanished.
+    """
     old_tests = {test.id: test for test in old.tests}
     new_tests = {test.id: test for test in new.tests}
     regressions: list[TestChange] = []
@@ -849,9 +865,9 @@ def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
         if before is None or before.outcome == now.outcome:
             continue
         change = TestChange(test_id, before, now)
-        if before.outcome in PASSING and now.outcome in FAILING:
+        if before.outcome in PASSING and now.outcome in BROKEN:
             regressions.append(change)
-        elif before.outcome in FAILING and now.outcome in PASSING:
+        elif before.outcome in BROKEN and now.outcome in PASSING:
             fixes.append(change)
         elif now.outcome == "skipped":
             newly_skipped.append(change)
@@ -990,7 +1006,7 @@ def assign_test_ids(nodeids: Sequence[str]) -> dict[str, tuple[str, str, str, st
         file, classes, name = _split_nodeid(nodeid)
         module = _module_suite_name(file)
         if len(files_by_name[module]) > 1:
-            module = str(PurePosixPath(file).with_suffix(""))
+            module = file.removesuffix(PurePosixPath(file).suffix) or file
         suite = "::".join((module, *classes))
         test_id = f"{suite}::{name}"
         unique, n = test_id, 2
@@ -1074,8 +1090,8 @@ def _tail(text: str, where: Path | None) -> str:
     if len(lines) <= _MAX_SECTION_LINES:
         return text.rstrip("\n")
     omitted = len(lines) - _MAX_SECTION_LINES
-    note = f"[{omitted} earlier lines omitted"
-    note += f"; full text in {where}]" if where is not None else "]"
+    note = f"[{omitted} earlier lines omitted; "
+    note += f"full text in {where}]" if where is not None else "keep it with --mesh-artifacts=DIR]"
     return "\n".join([note, *lines[-_MAX_SECTION_LINES:]])
 
 
@@ -1108,10 +1124,12 @@ def _archive_new_evidence(
         archive.files[label] = target
         listing.append(f"{label}: {target}")
     new_texts: dict[str, str] = {}
-    for label, text in evidence.texts.items():
-        if label in archive.texts:
+    for text_label, text in evidence.texts.items():
+        if text_label in archive.texts:
             continue
-        archive.texts.add(label)
+        archive.texts.add(text_label)
+        # Files and texts are labelled independently: keep a text apart from a file's label.
+        label = text_label if text_label not in evidence.files else f"{text_label} (text)"
         new_texts[label] = text
         if archive.directory is not None:
             target = archive.directory / _file_name_for(label, None, archive.names)
@@ -1232,7 +1250,7 @@ class MeshReportPlugin:
         ids = assign_test_ids([item.nodeid for item in session.items])
         for item in session.items:
             suite, test_id, name, file = ids[item.nodeid]
-            features = {str(f) for m in item.iter_markers("mesh_features") for f in m.args}
+            features = {str(f) for m in item.iter_markers("mesh_features") for f in m.args} - {""}
             min_version = item.get_closest_marker("mesh_min_version")
             self.records[item.nodeid] = _Record(
                 nodeid=item.nodeid,
@@ -1242,7 +1260,7 @@ class MeshReportPlugin:
                 file=file,
                 features=tuple(sorted(features)),
                 min_mesh_version=(
-                    str(min_version.args[0]) if min_version and min_version.args else None
+                    str(min_version.args[0]) or None if min_version and min_version.args else None
                 ),
                 mesh_wide=item.get_closest_marker("mesh_wide") is not None,
             )
