@@ -2,7 +2,7 @@
 
 Rotation is only observable with short-lived certificates, so unless the user chose a TTL
 (--mesh-cert-ttl or mesh_cert_ttl), the built-in suites run with 30 s certificates: Istio then
-rotates at ~15 s, well inside one run. On an existing cluster the TTL is the cluster's own.
+rotates at ~15 s, well inside one run. The kube backend applies it to the run's own pods.
 """
 
 from __future__ import annotations

@@ -140,6 +140,13 @@ def iter_sidecar_workloads(mesh: Mesh) -> Iterator[Workload]:
     return (w for w in mesh.workloads() if w.has_sidecar)
 
 
+class MeshWideNotAllowed(MeshError):
+    """A policy targets Istio's root namespace while mesh-wide changes are not allowed.
+
+    Fixtures turn it into a skip: the message is the reason (it names the flag to pass).
+    """
+
+
 class MeshUnavailable(MeshError):
     """The chosen backend cannot run here (no Docker, no kind, no root...); names the fix."""
 

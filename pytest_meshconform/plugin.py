@@ -129,7 +129,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(mesh_settings_key, None)
-    return [] if settings is None else settings.header_lines()
+    if settings is None:
+        return []
+    lines = settings.header_lines()
+    if settings.cluster != "local":
+        lines.append(f"meshconform: {kube_options.resolve_options(config).header_line()}")
+    return lines
 
 
 # --- Fixtures -------------------------------------------------------------------------------

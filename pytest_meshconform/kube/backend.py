@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 from ..mesh import ExecResult, MeshError, PcapRecording, PropagationTimeout, Service, Workload
+from ..settings import format_duration
+from . import MeshWideNotAllowed
 from .client import ExecSession, KubeApiError
 from .execproto import capture_argv, capture_filter, is_pcap, strip_request_newline
 from .istio import (
@@ -60,7 +62,7 @@ from .topology import (
     workload_manifests,
 )
 
-__all__ = ["ClusterApi", "KubeMesh", "MeshWideNotAllowed"]
+__all__ = ["KUBE_FEATURES", "ClusterApi", "KubeMesh", "MeshWideNotAllowed"]
 
 Progress = Callable[[str], None]
 PROXY_CONTAINER: Final = "istio-proxy"
@@ -82,15 +84,22 @@ _BAD_WAITING_REASONS: Final = frozenset(
         "RunContainerError",
     }
 )
+# What the fixtures' mesh_features marker may ask of this backend; "mesh-wide" only when
+# root-namespace policies are allowed (kind, or --mesh-allow-mesh-wide).
+KUBE_FEATURES: Final = frozenset(
+    {
+        "mtls",
+        "peer-authentication",
+        "port-level-mtls",
+        "destination-rule",
+        "xfcc",
+        "capture",
+        "certificates",
+        "rotation",
+    }
+)
 _LOG_LIMIT_BYTES: Final = 1 << 20
 _POLL_S: Final = 0.25
-
-
-class MeshWideNotAllowed(MeshError):
-    """A policy targets Istio's root namespace while mesh-wide changes are not allowed.
-
-    Fixtures turn it into a skip: the message is the reason (it names the flag to pass).
-    """
 
 
 class ClusterApi(Protocol):
@@ -106,7 +115,7 @@ class ClusterApi(Protocol):
     def get(
         self, api_version: str, kind: str, namespace: str, name: str
     ) -> dict[str, Any] | None: ...
-    def list(
+    def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
@@ -121,7 +130,7 @@ class ClusterApi(Protocol):
     def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str: ...
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_deployments(
-        self, namespace: str, label_selector: str | None = None
+        self, namespace: str, label_selector: str | None = None, timeout: float | None = None
     ) -> list[dict[str, Any]]: ...
     def list_events(self, namespace: str) -> list[dict[str, Any]]: ...
     def open_exec(
@@ -233,8 +242,10 @@ class KubeMesh:
         owner: str = "meshconform",
         run_dir: Path | None = None,
         on_close: Callable[[bool], list[str]] | None = None,
+        cluster_name: str | None = None,
     ) -> None:
         self.api = api
+        self.name = cluster_name or api.context  # for reports: kind cluster or kube context
         self._backend = backend
         self.options = options
         self.cert_ttl = cert_ttl
@@ -298,8 +309,20 @@ class KubeMesh:
         return f"istio {istiod.version}{revision}"
 
     @property
+    def istio_version(self) -> str:
+        """The bare Istio version (``1.25.1``), for ``mesh_min_version``."""
+        return self.istiod.version
+
+    @property
     def revision(self) -> str | None:
-        return None if self._istiod is None else self._istiod.revision
+        """The Istio revision under test; None for the default one."""
+        if self._istiod is None or self._istiod.revision == "default":
+            return None
+        return self._istiod.revision
+
+    @property
+    def features(self) -> frozenset[str]:
+        return KUBE_FEATURES | ({"mesh-wide"} if self.allow_mesh_wide else set())
 
     @property
     def run_id(self) -> str:
@@ -323,8 +346,11 @@ class KubeMesh:
     def services(self) -> Sequence[Service]:
         return self._services
 
-    def logical_namespace(self, workload: Workload) -> str | None:
-        return self.names.logical_of(workload.namespace)
+    def logical_namespace(self, target: Workload | str) -> str:
+        """foo/bar/legacy for this run's namespaces (given a workload or a namespace name);
+        any other namespace (the root namespace) as it is. For comparing policy keys."""
+        namespace = target.namespace if isinstance(target, Workload) else target
+        return self.names.logical_of(namespace) or namespace
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -338,8 +364,10 @@ class KubeMesh:
             self._root_pem = self._read_root_cert()
             self._wait_reachable()
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.close(force=True)
+            try:
+                self.close()  # with --mesh-keep, what failed stays there to be looked at
+            except Exception as cleanup:
+                self._progress(f"cleanup after the failed start: {cleanup}")
             raise
         self._progress(
             f"kube mesh {self.run_id} ready in {time.monotonic() - started:.0f}s:"
@@ -361,7 +389,9 @@ class KubeMesh:
         try:
             istiod = select_istiod(deployments, self.options.revision)
         except IstioDataError as error:
-            raise MeshError(f"no usable Istio in {namespace} ({self.api.context}): {error}") from None
+            raise MeshError(
+                f"no usable Istio in {namespace} ({self.api.context}): {error}"
+            ) from None
         if not istiod.distribution_tracking:
             raise MeshError(tracking_disabled_message(istiod))
         config_map = self.api.read_config_map(namespace, istiod.mesh_config_map)
@@ -373,20 +403,27 @@ class KubeMesh:
         self._istiod = istiod
         if self.cert_ttl > istiod.max_workload_cert_ttl:
             self._progress(
-                f"istiod caps workload certificates at MAX_WORKLOAD_CERT_TTL="
-                f"{istiod.max_workload_cert_ttl}; --mesh-cert-ttl {self.cert_ttl} will be cut"
-                " to that"
+                "istiod caps workload certificates at MAX_WORKLOAD_CERT_TTL="
+                f"{format_duration(istiod.max_workload_cert_ttl)}; --mesh-cert-ttl"
+                f" {format_duration(self.cert_ttl)} will be cut to that"
             )
         return istiod
 
     def _sweep_leftovers(self) -> None:
-        """kind (our cluster): delete what earlier runs left. existing: only report it."""
-        others = [
-            ns
-            for ns in self.api.list_namespaces(f"{MANAGED_BY_LABEL}={MANAGED_BY}")
-            if run_id_of(ns) != self.run_id
-        ]
-        wide = self._mesh_wide_leftovers()
+        """kind (our cluster): delete what earlier runs left. existing: only report it (and
+        skip the look when the user may not list namespaces: it is a courtesy, not a need)."""
+        try:
+            others = [
+                ns
+                for ns in self.api.list_namespaces(f"{MANAGED_BY_LABEL}={MANAGED_BY}")
+                if run_id_of(ns) != self.run_id
+            ]
+            wide = self._mesh_wide_leftovers()
+        except KubeApiError as error:
+            if self._backend == "kind":
+                raise
+            self._progress(f"could not look for leftovers of earlier runs: {error}")
+            return
         if not others and not wide:
             return
         ns_names = [str(_meta(ns).get("name")) for ns in others]
@@ -422,7 +459,7 @@ class KubeMesh:
             versions = self._served(group, kind)
             if not versions:
                 continue
-            found += self.api.list(
+            found += self.api.list_objects(
                 f"{group}/{versions[0]}",
                 kind,
                 self.root_namespace,
@@ -467,11 +504,13 @@ class KubeMesh:
                     continue
                 pod = ready[0]
                 if workload.has_sidecar and not pod_has_sidecar(pod):
+                    revision = (
+                        f" of revision {self.options.revision}" if self.options.revision else ""
+                    )
                     raise MeshError(
-                        f"pod {_meta(pod).get('name')} in {workload.namespace} has no istio-proxy:"
-                        " the injection webhook did not inject it (is istiod"
-                        f"{' of revision ' + self.options.revision if self.options.revision else ''}"
-                        " running and its webhook configured?)"
+                        f"pod {_meta(pod).get('name')} in {workload.namespace} has no"
+                        f" istio-proxy: the injection webhook did not inject it (is istiod"
+                        f"{revision} running and its webhook configured?)"
                     )
                 self._pods[(workload.namespace, workload.app)] = pod
             if not pending:
@@ -598,7 +637,9 @@ class KubeMesh:
         if cached is not None and not refresh:
             return cached
         pods = [
-            p for p in self.api.list_pods(workload.namespace, f"app={workload.app}") if pod_is_ready(p)
+            p
+            for p in self.api.list_pods(workload.namespace, f"app={workload.app}")
+            if pod_is_ready(p)
         ]
         if not pods:
             raise MeshError(f"no ready pod for {workload.key}")
@@ -608,6 +649,13 @@ class KubeMesh:
 
     def pod_name(self, workload: Workload) -> str:
         return str(_meta(self._pod(workload)).get("name"))
+
+    def pod_ip(self, workload: Workload) -> str:
+        """The pod's IP (``status.podIP``): the client address a server's capture shows."""
+        ip = (self._pod(workload).get("status") or {}).get("podIP")
+        if not ip:
+            raise MeshError(f"pod of {workload.key} has no status.podIP")
+        return str(ip)
 
     def _run(
         self, workload: Workload, container: str, argv: Sequence[str], timeout: float
@@ -715,20 +763,24 @@ class KubeMesh:
         if current is None:
             return
         tracked = self._tracked_version(localized, current)
-        if self.api.delete(api_version, localized.kind, localized.namespace, localized.name):
-            if tracked is not None:
-                self._wait_distributed(localized, {""}, "deleted", versions=[tracked])
+        deleted = self.api.delete(api_version, localized.kind, localized.namespace, localized.name)
+        if deleted and tracked is not None:
+            self._wait_distributed(localized, {""}, "deleted", versions=[tracked])
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
-        """Istio policies in force for this run: its namespaces' and the root namespace's,
-        written with logical namespaces (apply() takes them back as they are)."""
+        """Istio policies in force for this run: its namespaces' (and the root namespace's when
+        mesh-wide changes are allowed), written with logical namespaces; apply() takes them
+        back as they are."""
         found: list[dict[str, Any]] = []
+        # The root namespace only when this run may change it: otherwise there is nothing
+        # there to restore, and a user on a shared cluster may not even read it.
+        wide = (self.root_namespace,) if self.allow_mesh_wide else ()
         for group, kind in POLICY_KINDS:
             versions = self._served(group, kind)
             if not versions:
                 continue
-            for namespace in (*self.names.all_real, self.root_namespace):
-                for obj in self.api.list(f"{group}/{versions[0]}", kind, namespace):
+            for namespace in (*self.names.all_real, *wide):
+                for obj in self.api.list_objects(f"{group}/{versions[0]}", kind, namespace):
                     found.append(delocalize_manifest(obj, self.names, self.root_namespace))
         return found
 
@@ -742,9 +794,7 @@ class KubeMesh:
 
     def _expected_proxies(self) -> set[str]:
         """``<pod>.<namespace>`` of every sidecar in this run (istiod's proxy IDs)."""
-        return {
-            f"{self.pod_name(w)}.{w.namespace}" for w in self._workloads if w.has_sidecar
-        }
+        return {f"{self.pod_name(w)}.{w.namespace}" for w in self._workloads if w.has_sidecar}
 
     def _istiod_pods(self) -> list[str]:
         istiod = self.istiod
@@ -775,6 +825,8 @@ class KubeMesh:
                     output = bytes(session.stdout) + bytes(session.stderr)
                 finally:
                     session.close()
+                if status.returncode is None:
+                    raise MeshError(f"istiod {pod}: {session.description}: {status.message}")
                 if status.returncode != 0:
                     try:
                         parse_config_distribution(output)
@@ -796,7 +848,9 @@ class KubeMesh:
         known = self._distribution.setdefault((localized.group, localized.kind), _Distribution())
         if known.version is not None:
             return [known.version]
-        return list(dict.fromkeys([localized.version, *self._served(localized.group, localized.kind)]))
+        return list(
+            dict.fromkeys([localized.version, *self._served(localized.group, localized.kind)])
+        )
 
     def _tracked_version(
         self, localized: LocalizedManifest, current: Mapping[str, Any]
@@ -981,7 +1035,5 @@ def tracking_disabled_message(istiod: IstiodInfo) -> str:
 
 def image_hint(problem: str) -> str:
     if "Image" in problem:
-        return (
-            "; set --mesh-sleep-image / --mesh-httpbin-image to images your nodes can pull"
-        )
+        return "; set --mesh-sleep-image / --mesh-httpbin-image to images your nodes can pull"
     return ""

@@ -8,13 +8,13 @@ become ``KubeApiError`` (a ``MeshError``) carrying the HTTP status.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kubernetes import client as k8s, config as _k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
@@ -22,10 +22,18 @@ from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CH
 from ..mesh import MeshError
 from .execproto import ExecStatus, describe_argv, parse_exec_status
 
-__all__ = ["FIELD_MANAGER", "ExecSession", "KubeApi", "KubeApiError"]
+__all__ = ["FIELD_MANAGER", "ExecSession", "KubeApi", "KubeApiError", "kubeconfig_location"]
+
+k8s_config: Any = _k8s_config  # kubernetes.config and the dynamic client are not annotated
 
 FIELD_MANAGER: Final = "meshconform"
 _READ_SLICE_S: Final = 0.2  # how long the reader thread blocks per poll; bounds close() latency
+
+
+def kubeconfig_location() -> str:
+    """$KUBECONFIG (a ``:``-separated list) or ~/.kube/config, read now: the client reads it
+    once at import time, which would ignore a KUBECONFIG set later in the process."""
+    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
 class KubeApiError(MeshError):
@@ -137,33 +145,57 @@ class ExecSession:
 class KubeApi:
     """The cluster operations the kube backend needs, in API JSON shapes."""
 
-    def __init__(self, api_client: k8s.ApiClient, context: str, kubeconfig: Path | None) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        context: str,
+        kubeconfig: Path | None,
+        *,
+        discovery_cache: Path | None = None,
+    ) -> None:
         self.api_client = api_client
         self.context = context
         self.kubeconfig = kubeconfig
+        self.discovery_cache = discovery_cache  # None: the dynamic client's default file
         self.core = k8s.CoreV1Api(api_client)
         self.apps = k8s.AppsV1Api(api_client)
         self._dynamic: Any = None
 
     @classmethod
-    def connect(cls, kubeconfig: Path | None, context: str | None) -> KubeApi:
+    def connect(
+        cls,
+        kubeconfig: Path | None,
+        context: str | None,
+        *,
+        retries: int | None = None,
+        discovery_cache: Path | None = None,
+    ) -> KubeApi:
         """A client for ``context`` of ``kubeconfig`` (None: $KUBECONFIG or ~/.kube/config;
-        context None: the kubeconfig's current context)."""
+        context None: the kubeconfig's current context). ``retries=0`` makes an unreachable
+        server fail at once (preflight)."""
         configuration = k8s.Configuration()
-        config_file = str(kubeconfig) if kubeconfig is not None else None
+        config_file = str(kubeconfig) if kubeconfig is not None else kubeconfig_location()
         try:
-            contexts, active = k8s_config.list_kube_config_contexts(config_file=config_file)
+            _, active = k8s_config.list_kube_config_contexts(config_file=config_file)
             k8s_config.load_kube_config(
                 config_file=config_file, context=context, client_configuration=configuration
             )
         except (k8s_config.ConfigException, OSError, ValueError) as error:
             raise KubeApiError(f"cannot load kubeconfig: {error}") from error
+        if retries is not None:
+            configuration.retries = retries
         chosen = context or (active or {}).get("name", "")
-        return cls(k8s.ApiClient(configuration), str(chosen), kubeconfig)
+        return cls(
+            k8s.ApiClient(configuration),
+            str(chosen),
+            kubeconfig,
+            discovery_cache=discovery_cache,
+        )
 
     def to_json(self, model: Any) -> Any:
         """A client model (or list of them) as the API's JSON shape."""
-        return self.api_client.sanitize_for_serialization(model)
+        serializer: Any = self.api_client.sanitize_for_serialization
+        return serializer(model)
 
     @property
     def server(self) -> str:
@@ -212,13 +244,21 @@ class KubeApi:
 
     # -- generic objects (dynamic client, server-side apply) ----------------------------------
 
-    def _resource(self, api_version: str, kind: str) -> Any:
+    def _dynamic_client(self) -> Any:
         if self._dynamic is None:
-            from kubernetes.dynamic import DynamicClient
+            from kubernetes import dynamic
 
-            self._dynamic = DynamicClient(self.api_client)
+            dynamic_module: Any = dynamic
+            cache = str(self.discovery_cache) if self.discovery_cache is not None else None
+            try:
+                self._dynamic = dynamic_module.DynamicClient(self.api_client, cache_file=cache)
+            except Exception as error:
+                raise _api_error(f"API discovery on {self.server}", error) from error
+        return self._dynamic
+
+    def _resource(self, api_version: str, kind: str) -> Any:
         try:
-            return self._dynamic.resources.get(api_version=api_version, kind=kind)
+            return self._dynamic_client().resources.get(api_version=api_version, kind=kind)
         except Exception as error:
             raise KubeApiError(
                 f"the cluster does not serve {kind} in {api_version} (is Istio installed?):"
@@ -228,9 +268,10 @@ class KubeApi:
 
     def served_versions(self, group: str, kind: str) -> list[str]:
         """The versions the cluster serves ``kind`` of ``group`` in, preferred first."""
-        if self._dynamic is None:
-            self._resource("v1", "Namespace")
-        found = self._dynamic.resources.search(group=group, kind=kind)
+        try:
+            found = self._dynamic_client().resources.search(group=group, kind=kind)
+        except Exception as error:
+            raise _api_error(f"discover {kind} in {group}", error) from error
         ordered = sorted(found, key=lambda r: (not getattr(r, "preferred", False), r.api_version))
         return list(dict.fromkeys(str(r.api_version) for r in ordered))
 
@@ -261,7 +302,7 @@ class KubeApi:
                 return None
             raise _api_error(f"get {kind} {namespace}/{name}", error) from error
 
-    def list(
+    def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         resource = self._resource(api_version, kind)
@@ -340,10 +381,12 @@ class KubeApi:
             raise _api_error(f"read configmap {namespace}/{name}", error) from error
 
     def list_deployments(
-        self, namespace: str, label_selector: str | None = None
+        self, namespace: str, label_selector: str | None = None, timeout: float | None = None
     ) -> list[dict[str, Any]]:
         try:
-            found = self.apps.list_namespaced_deployment(namespace, label_selector=label_selector)
+            found = self.apps.list_namespaced_deployment(
+                namespace, label_selector=label_selector, _request_timeout=timeout
+            )
         except Exception as error:
             raise _api_error(f"list deployments in {namespace}", error) from error
         return list(self.to_json(found.items))

@@ -168,11 +168,12 @@ def _istiod_info(deployment: Mapping[str, Any]) -> IstiodInfo:
             f" image {image!r} has no tag)"
         )
     max_ttl = DEFAULT_MAX_WORKLOAD_CERT_TTL
-    if isinstance(env.get("MAX_WORKLOAD_CERT_TTL"), str):
-        max_ttl = parse_go_duration(env["MAX_WORKLOAD_CERT_TTL"])
-    selector = (
-        _mapping(deployment.get("spec"), f"{where}: spec").get("selector") or {}
-    ).get("matchLabels") or {"app": "istiod"}
+    max_ttl_text = env.get("MAX_WORKLOAD_CERT_TTL")
+    if isinstance(max_ttl_text, str):
+        max_ttl = parse_go_duration(max_ttl_text)
+    selector = (_mapping(deployment.get("spec"), f"{where}: spec").get("selector") or {}).get(
+        "matchLabels"
+    ) or {"app": "istiod"}
     return IstiodInfo(
         name=name,
         namespace=str(metadata.get("namespace", "")),
@@ -283,9 +284,7 @@ def parse_config_distribution(data: bytes | str) -> tuple[ProxyVersions, ...]:
     if document is None:
         return ()
     if not isinstance(document, list):
-        raise IstioDataError(
-            f"config_distribution: expected a list, got {type(document).__name__}"
-        )
+        raise IstioDataError(f"config_distribution: expected a list, got {type(document).__name__}")
     result = []
     for index, item in enumerate(document):
         entry = _mapping(item, f"config_distribution[{index}]")

@@ -377,8 +377,7 @@ def _map_spec(kind: str, spec: dict[str, Any], mapping: Mapping[str, str]) -> No
             for key in ("principals", "notPrincipals"):
                 if isinstance(source.get(key), list):
                     source[key] = [
-                        _map_principal(v, mapping) if isinstance(v, str) else v
-                        for v in source[key]
+                        _map_principal(v, mapping) if isinstance(v, str) else v for v in source[key]
                     ]
 
 
@@ -486,4 +485,3 @@ def run_id_of(obj: Mapping[str, Any]) -> str | None:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     value = labels.get(RUN_LABEL) if isinstance(labels, Mapping) else None
     return value if isinstance(value, str) else None
-

@@ -1,0 +1,617 @@
+"""KubeMesh against an in-memory cluster with Istio (REST side) and a loopback API server
+(exec side, through the real kubernetes client): bring-up, namespaces, policies and their
+propagation, mesh-wide safety, Envoy admin, captures and cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_kube_fakes import (
+    DATA_DIR,
+    HOST_IP,
+    PROXY_IMAGE,
+    SHARED_SECRETS,
+    FakeApiServer,
+    FakeCluster,
+    FakeIstio,
+    config_map_json,
+    istiod_deployment,
+    kubeconfig_text,
+    root_pem_from_istio_dump,
+)
+
+from pytest_meshconform.certs import parse_envoy_secrets
+from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed
+from pytest_meshconform.kube.client import KubeApi
+from pytest_meshconform.kube.options import KubeOptions
+from pytest_meshconform.kube.topology import RunNamespaces
+from pytest_meshconform.mesh import Mesh, MeshError, PropagationTimeout
+from pytest_meshconform.wire import analyze_pcap
+
+RUN = "1a2b3c"
+FOO, BAR, LEGACY = (f"mc-{RUN}-{ns}" for ns in ("foo", "bar", "legacy"))
+
+
+@dataclass
+class World:
+    cluster: FakeCluster
+    istio: FakeIstio
+    server: FakeApiServer
+    tmp_path: Path
+    messages: list[str] = field(default_factory=list)
+
+    def mesh(
+        self,
+        *,
+        backend: str = "existing",
+        allow_mesh_wide: bool = False,
+        keep: bool = False,
+        cert_ttl: timedelta = timedelta(seconds=40),
+        **options: Any,
+    ) -> KubeMesh:
+        return KubeMesh(
+            self.cluster,
+            backend=backend,  # type: ignore[arg-type]
+            options=KubeOptions(
+                allow_mesh_wide=allow_mesh_wide,
+                ready_timeout=timedelta(seconds=5),
+                propagation_timeout=timedelta(seconds=1),
+                **options,
+            ),
+            cert_ttl=cert_ttl,
+            keep=keep,
+            names=RunNamespaces(RUN),
+            progress=self.messages.append,
+            run_dir=self.tmp_path / "run",
+        )
+
+    def exec_commands(self, container: str) -> list[list[str]]:
+        return [c.command for c in self.server.exec_calls if c.container == container]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    cluster = FakeCluster()
+    istio = FakeIstio(cluster)
+    with FakeApiServer(exec_handler=istio) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
+        yield World(cluster, istio, server, tmp_path)
+
+
+@pytest.fixture
+def started(world: World) -> Iterator[KubeMesh]:
+    mesh = world.mesh()
+    mesh.start()
+    yield mesh
+    mesh.close()
+
+
+def peer_auth(namespace: str, mode: str, name: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"mtls": {"mode": mode}},
+    }
+
+
+def dest_rule(namespace: str, mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "httpbin", "namespace": namespace},
+        "spec": {
+            "host": f"httpbin.{namespace}.svc.cluster.local",
+            "trafficPolicy": {"tls": {"mode": mode}},
+        },
+    }
+
+
+# --- bring-up ---------------------------------------------------------------------------------
+
+
+def test_start_creates_the_run_topology(world: World, started: KubeMesh) -> None:
+    assert isinstance(started, Mesh)
+    assert sorted(world.cluster.namespaces) == sorted([FOO, BAR, LEGACY])
+    labels = {name: ns["metadata"]["labels"] for name, ns in world.cluster.namespaces.items()}
+    assert labels[FOO]["istio-injection"] == "enabled"
+    assert labels[BAR]["istio-injection"] == "enabled"
+    assert labels[LEGACY]["istio-injection"] == "disabled"
+    for value in labels.values():
+        assert value["meshconform.dev/run"] == RUN
+        assert value["app.kubernetes.io/managed-by"] == "meshconform"
+        assert value["pod-security.kubernetes.io/enforce"] == "privileged"
+    deployment = world.cluster.objects[("apps", "Deployment", FOO, "sleep")]
+    template = deployment["spec"]["template"]
+    assert json.loads(template["metadata"]["annotations"]["proxy.istio.io/config"]) == {
+        "holdApplicationUntilProxyStarts": True,
+        "proxyMetadata": {"SECRET_TTL": "40s"},
+    }
+    assert template["spec"]["containers"][0]["command"] == ["/bin/sleep", "infinity"]
+    assert template["spec"]["containers"][0]["image"] == "docker.io/curlimages/curl:8.11.1"
+    legacy = world.cluster.objects[("apps", "Deployment", LEGACY, "httpbin")]
+    assert "annotations" not in legacy["spec"]["template"]["metadata"]
+    service = world.cluster.objects[("", "Service", BAR, "httpbin")]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": 8080}]
+    # every sleep reached its own httpbin before start() returned
+    curls = world.exec_commands("sleep")
+    assert [c[-1] for c in curls] == [
+        f"http://httpbin.{ns}.svc.cluster.local:8000/status/200" for ns in (FOO, BAR, LEGACY)
+    ]
+    assert world.messages[-1].startswith(f"kube mesh {RUN} ready in ")
+
+
+def test_identity_facts_come_from_istiod_and_its_mesh_config(started: KubeMesh) -> None:
+    assert started.version == "istio 1.25.1"
+    assert started.istio_version == "1.25.1"
+    assert started.revision is None
+    assert started.trust_domain == "cluster.local"
+    assert started.root_namespace == "istio-system"
+    assert started.backend == "existing"
+    assert started.name == "fake"
+    assert "mesh-wide" not in started.features
+
+
+def test_root_cert_is_the_istio_ca_root_cert_configmap(world: World) -> None:
+    if not SHARED_SECRETS.is_dir():
+        pytest.skip("shared test data not available")
+    world.cluster.root_pem = root_pem_from_istio_dump()
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        assert mesh.root_cert == world.cluster.root_pem
+        assert mesh.root_cert.startswith("-----BEGIN CERTIFICATE-----")
+    finally:
+        mesh.close()
+
+
+def test_workloads_carry_real_namespaces(started: KubeMesh) -> None:
+    sleep = started.workload("sleep", "foo")
+    assert sleep.namespace == FOO
+    assert started.workload("sleep", FOO) == sleep
+    assert sleep.spiffe_id(started.trust_domain) == f"spiffe://cluster.local/ns/{FOO}/sa/sleep"
+    assert started.workload("httpbin", "legacy").has_sidecar is False
+    assert started.workload("httpbin", "bar").container_ports == (8080,)
+    assert [s.fqdn for s in started.services()] == [
+        f"httpbin.{ns}.svc.cluster.local" for ns in (FOO, BAR, LEGACY)
+    ]
+    assert started.logical_namespace(sleep) == "foo"
+    assert started.logical_namespace(BAR) == "bar"
+    assert started.logical_namespace("istio-system") == "istio-system"
+    with pytest.raises(MeshError, match="'default' is not part of this run"):
+        started.workload("sleep", "default")
+    with pytest.raises(MeshError, match="no workload 'curl'"):
+        started.workload("curl", "foo")
+
+
+def test_pod_ip_and_logs(world: World, started: KubeMesh) -> None:
+    httpbin = started.workload("httpbin", "foo")
+    assert started.pod_ip(httpbin) == "10.244.0.17"
+    logs = started.logs(httpbin)
+    assert sorted(logs) == ["httpbin", "istio-proxy"]
+    assert logs["istio-proxy"].startswith(f"log of {FOO}/httpbin-")
+    assert sorted(started.logs(started.workload("sleep", "legacy"))) == ["sleep"]
+
+
+def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
+    world.cluster.deployments["istio-system"] = [
+        istiod_deployment(),
+        istiod_deployment(revision="canary", image="docker.io/istio/pilot:1.26.0-distroless"),
+    ]
+    world.cluster.config_maps[("istio-system", "istio-canary")] = config_map_json(
+        "istio-system", "istio-canary", {"mesh": "trustDomain: canary.example\n"}
+    )
+    world.cluster.pods["istio-system"][0]["metadata"]["labels"]["istio.io/rev"] = "canary"
+    mesh = world.mesh(revision="canary")
+    mesh.start()
+    try:
+        assert world.cluster.namespaces[FOO]["metadata"]["labels"]["istio.io/rev"] == "canary"
+        assert "istio-injection" not in world.cluster.namespaces[FOO]["metadata"]["labels"]
+        assert mesh.version == "istio 1.26.0 (revision canary)"
+        assert mesh.revision == "canary"
+        assert mesh.trust_domain == "canary.example"
+    finally:
+        mesh.close()
+
+
+def test_istiod_without_distribution_tracking_is_refused_before_anything_is_created(
+    world: World,
+) -> None:
+    world.cluster.deployments["istio-system"] = [istiod_deployment(tracking=None)]
+    mesh = world.mesh()
+    with pytest.raises(MeshError, match="PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true"):
+        mesh.start()
+    assert world.cluster.namespaces == {}
+
+
+def test_cert_ttl_above_istiods_cap_is_reported(world: World) -> None:
+    world.cluster.deployments["istio-system"] = [istiod_deployment(max_cert_ttl="1h0m0s")]
+    mesh = world.mesh(cert_ttl=timedelta(hours=2))
+    mesh.start()
+    mesh.close()
+    assert (
+        "istiod caps workload certificates at MAX_WORKLOAD_CERT_TTL=1h; --mesh-cert-ttl 2h will"
+        " be cut to that" in world.messages
+    )
+
+
+def test_image_pull_failure_fails_fast_and_cleans_up(world: World) -> None:
+    world.cluster.pod_waiting["httpbin"] = "ImagePullBackOff"
+    mesh = world.mesh()
+    with pytest.raises(MeshError, match="ImagePullBackOff") as failure:
+        mesh.start()
+    assert "--mesh-httpbin-image" in str(failure.value)
+    assert world.cluster.namespaces == {}
+    assert [c for c in world.cluster.calls if c.startswith("delete namespace")] == [
+        f"delete namespace {ns}" for ns in (FOO, BAR, LEGACY)
+    ]
+
+
+def test_pods_without_sidecar_in_an_injected_namespace(world: World) -> None:
+    world.cluster.inject = False
+    with pytest.raises(MeshError, match=f"in {FOO} has no istio-proxy"):
+        world.mesh().start()
+
+
+# --- policies ---------------------------------------------------------------------------------
+
+
+def discovery_resources(world: World) -> list[str]:
+    from urllib.parse import parse_qs, urlsplit
+
+    return [
+        parse_qs(urlsplit(command[3]).query)["resource"][0]
+        for command in world.exec_commands("discovery")
+    ]
+
+
+def test_apply_rewrites_the_namespace_and_waits_for_every_sidecar(
+    world: World, started: KubeMesh
+) -> None:
+    started.apply(peer_auth("foo", "STRICT"))
+    stored = world.cluster.objects[("security.istio.io", "PeerAuthentication", FOO, "default")]
+    assert stored["spec"] == {"mtls": {"mode": "STRICT"}}
+    assert stored["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "meshconform",
+        "meshconform.dev/run": RUN,
+    }
+    # applied as v1beta1; istiod keys it as v1: the first query misses, the second finds it
+    resources = discovery_resources(world)
+    assert resources[0] == f"security.istio.io/v1beta1/PeerAuthentication/{FOO}/default"
+    assert resources[-1] == f"security.istio.io/v1/PeerAuthentication/{FOO}/default"
+    world.server.exec_calls.clear()
+    started.apply(peer_auth("bar", "PERMISSIVE"))
+    assert set(discovery_resources(world)) == {
+        f"security.istio.io/v1/PeerAuthentication/{BAR}/default"
+    }
+
+
+def test_destination_rule_host_follows_the_namespace(world: World, started: KubeMesh) -> None:
+    started.apply(dest_rule("bar", "DISABLE"))
+    stored = world.cluster.objects[("networking.istio.io", "DestinationRule", BAR, "httpbin")]
+    assert stored["spec"]["host"] == f"httpbin.{BAR}.svc.cluster.local"
+
+
+def test_a_lagging_sidecar_is_a_propagation_timeout_naming_it(
+    world: World, started: KubeMesh
+) -> None:
+    sleep_pod = started.pod_name(started.workload("sleep", "foo"))
+    world.istio.stuck = {f"{sleep_pod}.{FOO}"}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(peer_auth("foo", "STRICT"))
+    message = str(timeout.value)
+    assert message.startswith(f"PeerAuthentication {FOO}/default applied (version 1/")
+    assert f"{sleep_pod}.{FOO}: listeners at '', clusters at ''" in message
+    assert "--mesh-propagation-timeout 0:00:01" in message
+    assert "httpbin" not in message.split(": ", 1)[1]  # the others had it
+
+
+def test_tracking_switched_off_after_start_is_named(world: World, started: KubeMesh) -> None:
+    world.istio.distribution_disabled = True  # istiod answers 409
+    with pytest.raises(MeshError, match="runs without config distribution tracking"):
+        started.apply(peer_auth("foo", "STRICT"))
+
+
+def test_delete_waits_until_the_sidecars_dropped_it(world: World, started: KubeMesh) -> None:
+    started.apply(peer_auth("foo", "STRICT"))
+    world.server.exec_calls.clear()
+    started.delete(peer_auth("foo", "STRICT"))
+    assert ("security.istio.io", "PeerAuthentication", FOO, "default") not in world.cluster.objects
+    assert set(discovery_resources(world)) == {
+        f"security.istio.io/v1/PeerAuthentication/{FOO}/default"
+    }
+    world.server.exec_calls.clear()
+    started.delete(peer_auth("foo", "STRICT"))  # already gone: nothing to wait for
+    assert discovery_resources(world) == []
+
+
+def test_policies_come_back_as_the_suite_wrote_them(started: KubeMesh) -> None:
+    started.apply(peer_auth("foo", "STRICT"))
+    started.apply(dest_rule("bar", "ISTIO_MUTUAL"))
+    policies = sorted(started.policies(), key=lambda p: str(p["kind"]))
+    assert policies == [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "httpbin", "namespace": "bar"},
+            "spec": {
+                "host": "httpbin.bar.svc.cluster.local",
+                "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+            },
+        },
+        {
+            "apiVersion": "security.istio.io/v1beta1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "default", "namespace": "foo"},
+            "spec": {"mtls": {"mode": "STRICT"}},
+        },
+    ]
+
+
+def test_foreign_namespaces_are_never_written(world: World, started: KubeMesh) -> None:
+    before = list(world.cluster.calls)
+    with pytest.raises(MeshError, match="meshconform never writes elsewhere"):
+        started.apply(peer_auth("default", "STRICT"))
+    with pytest.raises(MeshError, match=r"metadata\.namespace is missing"):
+        started.apply({**peer_auth("foo", "STRICT"), "metadata": {"name": "x"}})
+    with pytest.raises(MeshError, match="only Istio policy APIs"):
+        started.apply({**peer_auth("foo", "STRICT"), "apiVersion": "apps/v1", "kind": "Deployment"})
+    assert world.cluster.calls == before
+
+
+def test_mesh_wide_is_refused_on_an_existing_cluster_without_the_flag(
+    world: World, started: KubeMesh
+) -> None:
+    before = list(world.cluster.calls)
+    with pytest.raises(MeshWideNotAllowed) as refused:
+        started.apply(peer_auth("istio-system", "STRICT"))
+    assert str(refused.value) == (
+        "PeerAuthentication istio-system/default is mesh-wide (Istio root namespace"
+        " istio-system): it would change mTLS for every workload of context fake; pass"
+        " --mesh-allow-mesh-wide to allow it (or deselect with -m 'not mesh_wide')"
+    )
+    with pytest.raises(MeshWideNotAllowed):
+        started.delete(peer_auth("istio-system", "STRICT"))
+    assert world.cluster.calls == before
+
+
+def test_mesh_wide_changes_are_put_back_at_close(world: World) -> None:
+    platform_policy = world.cluster.apply(peer_auth("istio-system", "STRICT"))
+    mesh = world.mesh(allow_mesh_wide=True)
+    mesh.start()
+    assert "mesh-wide" in mesh.features
+    mesh.apply(peer_auth("istio-system", "PERMISSIVE"))
+    mesh.apply(dest_rule("istio-system", "DISABLE"))
+    key = ("security.istio.io", "PeerAuthentication", "istio-system", "default")
+    assert world.cluster.objects[key]["spec"] == {"mtls": {"mode": "PERMISSIVE"}}
+    mesh.close()
+    restored = world.cluster.objects[key]
+    assert restored["spec"] == platform_policy["spec"] == {"mtls": {"mode": "STRICT"}}
+    assert "labels" not in restored["metadata"]
+    assert ("networking.istio.io", "DestinationRule", "istio-system", "httpbin") not in (
+        world.cluster.objects
+    )
+    assert "restored mesh-wide PeerAuthentication istio-system/default" in world.messages
+    assert "removed mesh-wide DestinationRule istio-system/httpbin (restored)" in world.messages
+
+
+def test_kind_owns_its_cluster_so_mesh_wide_is_allowed(world: World) -> None:
+    mesh = world.mesh(backend="kind")
+    mesh.start()
+    try:
+        assert "mesh-wide" in mesh.features
+        mesh.apply(peer_auth("istio-system", "STRICT"))
+    finally:
+        mesh.close()
+
+
+# --- Envoy admin ----------------------------------------------------------------------------
+
+
+def test_envoy_admin_is_pilot_agent_request_and_feeds_the_cert_parser(
+    world: World, started: KubeMesh
+) -> None:
+    if not SHARED_SECRETS.is_dir():
+        pytest.skip("shared test data not available")
+    dump = (SHARED_SECRETS / "istio_config_dump.json").read_bytes()
+    world.istio.envoy_admin["config_dump"] = dump
+    body = started.envoy_admin(started.workload("httpbin", "foo"), "/config_dump")
+    assert body == dump
+    assert world.exec_commands("istio-proxy") == [["pilot-agent", "request", "GET", "config_dump"]]
+    cert = parse_envoy_secrets(body).workload
+    assert cert is not None
+    # from `openssl x509 -noout -serial -ext subjectAltName` on the dump's chain
+    assert str(cert.spiffe_id) == "spiffe://cluster.local/ns/ambient/sa/namespace-istio-waypoint"
+    assert cert.serial.lower() == "6fbee254c22900615cb1f74e3d2f1713"
+
+
+def test_envoy_admin_failures_say_what_pilot_agent_said(started: KubeMesh) -> None:
+    with pytest.raises(MeshError) as failure:
+        started.envoy_admin(started.workload("sleep", "bar"), "/nope")
+    assert "pilot-agent exited 1: Error: received unsuccessful status code 404" in str(
+        failure.value
+    )
+    with pytest.raises(MeshError, match="has no sidecar"):
+        started.envoy_admin(started.workload("sleep", "legacy"), "/certs")
+
+
+# --- exec -----------------------------------------------------------------------------------
+
+
+def test_exec_runs_in_the_app_container(world: World, started: KubeMesh) -> None:
+    world.istio.curl_stdout = b"418"
+    result = started.exec(started.workload("sleep", "bar"), ["curl", "-sS", "http://x"])
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"418", b"")
+    call = world.server.exec_calls[-1]
+    assert (call.namespace, call.container, call.command) == (
+        BAR,
+        "sleep",
+        ["curl", "-sS", "http://x"],
+    )
+
+
+def test_exec_deadline(world: World, started: KubeMesh) -> None:
+    world.istio.curl_hang = True
+    with pytest.raises(MeshError, match=r"did not finish within 0.3s"):
+        started.exec(started.workload("sleep", "foo"), ["curl", "http://slow"], timeout=0.3)
+
+
+# --- capture ----------------------------------------------------------------------------------
+
+
+def test_capture_streams_tcpdump_until_its_end_marker(world: World, started: KubeMesh) -> None:
+    recorded = (DATA_DIR / "httpbin-eth0.pcap").read_bytes()
+    world.istio.capture_pcap = recorded
+    world.istio.capture_stderr = (DATA_DIR / "httpbin-eth0.tcpdump-stderr.txt").read_bytes()
+    httpbin = started.workload("httpbin", "foo")
+    with started.capture(httpbin, 8080) as recording:
+        assert recording.pcap == b""
+    assert recording.pcap.startswith(recorded)
+    assert recording.path is not None and recording.path.read_bytes() == recording.pcap
+    assert "0 packets dropped by kernel" in recording.tool_stderr
+    # the recorded request (tshark: frame 4, 10.244.0.5:47098 -> 10.244.0.6:8080) and the
+    # marker datagram (one non-TCP packet) are both in the capture
+    capture = analyze_pcap(recording.pcap)
+    assert capture.packet_count == 13
+    assert capture.non_tcp_packet_count == 1
+    [flow] = capture.flows
+    assert (flow.client, flow.server) == (("10.244.0.5", 47098), ("10.244.0.6", 8080))
+    assert [(r.method, r.target) for r in flow.http_requests] == [("GET", "/headers")]
+    [command] = world.exec_commands("mc-capture")
+    assert command[4] == f"(tcp port 8080) or (udp and dst host {HOST_IP} and dst port 9)"
+    assert command[5] == HOST_IP
+    [added] = [c for c in world.cluster.calls if c.startswith("ephemeral ")]
+    spec = json.loads(added.split(" ", 2)[2])
+    assert spec == {
+        "name": "mc-capture",
+        "image": PROXY_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sleep", "2147483647"],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"add": ["NET_RAW", "NET_ADMIN"]},
+        },
+    }
+    with started.capture(httpbin, 8080):
+        pass
+    assert len([c for c in world.cluster.calls if c.startswith("ephemeral ")]) == 1
+
+
+def test_capture_of_a_pod_without_sidecar_borrows_the_mesh_proxy_image(
+    world: World, started: KubeMesh
+) -> None:
+    world.istio.capture_pcap = (DATA_DIR / "httpbin-eth0.pcap").read_bytes()
+    world.istio.capture_stderr = (DATA_DIR / "httpbin-eth0.tcpdump-stderr.txt").read_bytes()
+    with started.capture(started.workload("httpbin", "legacy")):
+        pass
+    [added] = [c for c in world.cluster.calls if c.startswith("ephemeral ")]
+    assert added.startswith(f"ephemeral {LEGACY}/httpbin-")
+    assert json.loads(added.split(" ", 2)[2])["image"] == PROXY_IMAGE
+    [command] = world.exec_commands("mc-capture")
+    assert command[4].startswith("(tcp and not (port 15010 or port 15012")
+
+
+def test_capture_image_can_be_overridden(world: World) -> None:
+    world.istio.capture_pcap = (DATA_DIR / "httpbin-eth0.pcap").read_bytes()
+    world.istio.capture_stderr = (DATA_DIR / "httpbin-eth0.tcpdump-stderr.txt").read_bytes()
+    mesh = world.mesh(capture_image="registry.example/netshoot:v0.13")
+    mesh.start()
+    try:
+        with mesh.capture(mesh.workload("sleep", "foo"), 8000):
+            pass
+    finally:
+        mesh.close()
+    [added] = [c for c in world.cluster.calls if c.startswith("ephemeral ")]
+    assert json.loads(added.split(" ", 2)[2])["image"] == "registry.example/netshoot:v0.13"
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+def test_close_deletes_the_run_namespaces_and_run_dir(world: World) -> None:
+    mesh = world.mesh()
+    mesh.start()
+    (world.tmp_path / "run").mkdir(exist_ok=True)
+    mesh.close()
+    mesh.close()  # idempotent
+    assert world.cluster.namespaces == {}
+    assert not (world.tmp_path / "run").exists()
+    assert world.messages[-1] == f"deleting namespaces {FOO}, {BAR}, {LEGACY} (in the background)"
+
+
+def test_keep_leaves_namespaces_and_says_how_to_remove_them(world: World) -> None:
+    mesh = world.mesh(keep=True)
+    mesh.start()
+    mesh.close()
+    assert sorted(world.cluster.namespaces) == sorted([FOO, BAR, LEGACY])
+    assert world.messages[-1] == (
+        f"--mesh-keep: left namespaces {FOO}, {BAR}, {LEGACY} in context fake; delete them"
+        f" with: kubectl delete ns -l meshconform.dev/run={RUN}"
+    )
+
+
+def leftover_namespace(world: World, run: str) -> None:
+    world.cluster.namespaces[f"mc-{run}-foo"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": f"mc-{run}-foo",
+            "labels": {"app.kubernetes.io/managed-by": "meshconform", "meshconform.dev/run": run},
+        },
+    }
+
+
+def test_existing_cluster_users_may_lack_the_right_to_list_namespaces(world: World) -> None:
+    world.cluster.forbidden = {"list namespaces", "list istio-system"}
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        assert world.messages[0] == (
+            "could not look for leftovers of earlier runs: list namespaces: HTTP 403 Forbidden"
+        )
+        mesh.apply(peer_auth("foo", "STRICT"))
+        assert [p["metadata"]["namespace"] for p in mesh.policies()] == ["foo"]
+    finally:
+        mesh.close()
+
+
+def test_policies_include_the_root_namespace_only_when_it_may_change(world: World) -> None:
+    world.cluster.apply(peer_auth("istio-system", "STRICT"))
+    for allow, namespaces in ((False, []), (True, ["istio-system"])):
+        mesh = world.mesh(allow_mesh_wide=allow)
+        mesh.start()
+        try:
+            assert [p["metadata"]["namespace"] for p in mesh.policies()] == namespaces
+        finally:
+            mesh.close()
+
+
+def test_kind_sweeps_what_earlier_runs_left(world: World) -> None:
+    leftover_namespace(world, "0ld0ld")
+    mesh = world.mesh(backend="kind")
+    mesh.start()
+    mesh.close()
+    assert "delete namespace mc-0ld0ld-foo" in world.cluster.calls
+    assert "swept leftovers of earlier runs: mc-0ld0ld-foo" in world.messages
+
+
+def test_existing_clusters_only_report_other_runs(world: World) -> None:
+    leftover_namespace(world, "0ther0")
+    mesh = world.mesh()
+    mesh.start()
+    mesh.close()
+    assert "mc-0ther0-foo" in world.cluster.namespaces
+    assert any(
+        m.startswith("namespaces of other meshconform runs exist (mc-0ther0-foo)")
+        for m in world.messages
+    )

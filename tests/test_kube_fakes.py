@@ -1,0 +1,868 @@
+"""A loopback fake of the Kubernetes API for the kube backend's tests, and tests of the fake.
+
+``FakeApiServer`` answers JSON GETs from a route table and runs exec requests over a real
+WebSocket (RFC 6455, the ``v4.channel.k8s.io``/``v5.channel.k8s.io`` subprotocols: a channel
+byte, then the payload) with a scripted handler, so the official kubernetes client runs its own
+code path (URL building, handshake, framing, channel demux) against it. The framing code is
+checked here against the literal examples of RFC 6455 itself. Listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+DATA_DIR = Path(__file__).resolve().parent / "data" / "kube"
+
+
+def websocket_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def encode_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final frame; masked (client to server) when ``mask`` is given."""
+    head = bytes([0x80 | opcode])
+    length = len(payload)
+    mask_bit = 0x80 if mask is not None else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes] | None:
+    """(opcode, unmasked payload) of the next frame, None at EOF."""
+
+    def exactly(n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    head = exactly(2)
+    if head is None:
+        return None
+    opcode, length = head[0] & 0x0F, head[1] & 0x7F
+    if length == 126:
+        raw = exactly(2)
+        if raw is None:
+            return None
+        length = struct.unpack("!H", raw)[0]
+    elif length == 127:
+        raw = exactly(8)
+        if raw is None:
+            return None
+        length = struct.unpack("!Q", raw)[0]
+    mask = exactly(4) if head[1] & 0x80 else None
+    payload = exactly(length) if length else b""
+    if payload is None or (head[1] & 0x80 and mask is None):
+        return None
+    if mask is not None:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return opcode, payload
+
+
+@dataclass
+class ExecCall:
+    """An exec request as the API server saw it."""
+
+    namespace: str
+    pod: str
+    container: str
+    command: list[str]
+    stdin: bool
+    protocol: str
+
+
+class ExecChannel:
+    """The server side of one exec stream."""
+
+    def __init__(self, sock: socket.socket, protocol: str) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.stdin = bytearray()
+        self.stdin_closed = threading.Event()
+        self._changed = threading.Condition()
+
+    def send(self, channel: int, data: bytes) -> None:
+        self.sock.sendall(encode_frame(0x2, bytes([channel]) + data))
+
+    def send_status(self, status: Mapping[str, Any] | bytes) -> None:
+        payload = status if isinstance(status, bytes) else json.dumps(status).encode()
+        self.send(3, payload)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(encode_frame(0x8, struct.pack("!H", 1000)))
+
+    def read_stdin(self) -> None:
+        """Collect stdin frames until the client closes (runs on its own thread)."""
+        try:
+            while (frame := read_frame(self.sock)) is not None:
+                opcode, payload = frame
+                if opcode == 0x8:
+                    break
+                if payload[:1] == b"\x00":
+                    with self._changed:
+                        self.stdin += payload[1:]
+                        self._changed.notify_all()
+                elif payload[:2] == b"\xff\x00":  # v5: the client closed stdin
+                    break
+        except OSError:
+            pass
+        with self._changed:
+            self.stdin_closed.set()
+            self._changed.notify_all()
+
+    def wait_stdin(self, predicate: Callable[[bytes], bool], timeout: float = 10.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: predicate(bytes(self.stdin)) or self.stdin_closed.is_set(), timeout
+            ) and predicate(bytes(self.stdin))
+
+
+ExecHandler = Callable[[ExecCall, ExecChannel], None]
+
+
+@dataclass
+class FakeApiServer:
+    """JSON routes by exact path (query ignored unless the route includes it) and exec."""
+
+    routes: dict[str, Any] = field(default_factory=dict)
+    exec_handler: ExecHandler | None = None
+    protocol: str = "v4.channel.k8s.io"
+    requests: list[str] = field(default_factory=list)
+    bodies: list[tuple[str, str, bytes]] = field(default_factory=list)  # request, type, body
+    exec_calls: list[ExecCall] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                server.requests.append(f"GET {self.path}")
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    server._upgrade(self)
+                    return
+                server._answer(self, "GET")
+
+            def _with_body(self, method: str) -> None:
+                server.requests.append(f"{method} {self.path}")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                server.bodies.append(
+                    (f"{method} {self.path}", self.headers.get("Content-Type", ""), body)
+                )
+                server._answer(self, method)
+
+            def do_POST(self) -> None:
+                self._with_body("POST")
+
+            def do_PATCH(self) -> None:
+                self._with_body("PATCH")
+
+            def do_DELETE(self) -> None:
+                self._with_body("DELETE")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeApiServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _answer(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        path = handler.path
+        bare = urlsplit(path).path.rstrip("/") or "/"
+        route = self.routes.get(f"{method} {path}", self.routes.get(f"{method} {bare}"))
+        if route is None:
+            status, body = (
+                404,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"the server could not find the requested resource ({path})",
+                    "reason": "NotFound",
+                    "code": 404,
+                },
+            )
+        else:
+            status, body = route if isinstance(route, tuple) else (200, route)
+        payload = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def _upgrade(self, handler: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(handler.path)
+        query = parse_qs(split.query)
+        parts = split.path.strip("/").split("/")  # api v1 namespaces NS pods POD exec
+        call = ExecCall(
+            namespace=parts[3],
+            pod=parts[5],
+            container=query.get("container", [""])[0],
+            command=query.get("command", []),
+            stdin=query.get("stdin", ["False"])[0].lower() == "true",
+            protocol=self.protocol,
+        )
+        self.exec_calls.append(call)
+        offered = handler.headers.get("Sec-WebSocket-Protocol", "")
+        handler.send_response(101, "Switching Protocols")
+        handler.send_header("Upgrade", "websocket")
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header(
+            "Sec-WebSocket-Accept", websocket_accept(handler.headers["Sec-WebSocket-Key"])
+        )
+        if self.protocol in offered:
+            handler.send_header("Sec-WebSocket-Protocol", self.protocol)
+        handler.end_headers()
+        handler.wfile.flush()
+        channel = ExecChannel(handler.connection, self.protocol)
+        reader = threading.Thread(target=channel.read_stdin, daemon=True)
+        reader.start()
+        try:
+            if self.exec_handler is not None:
+                self.exec_handler(call, channel)
+        finally:
+            channel.close()
+            reader.join(timeout=5)
+        handler.close_connection = True
+
+
+def kubeconfig_text(server: str, context: str = "fake") -> str:
+    return (
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: {context}-cluster\n  cluster:\n    server: {server}\n"
+        f"contexts:\n- name: {context}\n  context:\n    cluster: {context}-cluster\n"
+        f"    user: {context}-user\n"
+        f"current-context: {context}\n"
+        f"users:\n- name: {context}-user\n  user:\n    token: not-a-secret\n"
+    )
+
+
+def load_exec_recording(name: str) -> dict[str, Any]:
+    """A recorded exec session from tests/data/kube/exec-sessions.json, frames decoded."""
+    sessions = json.loads((DATA_DIR / "exec-sessions.json").read_text())["sessions"]
+    session = dict(sessions[name])
+    session["frames"] = [
+        (frame["channel"], base64.b64decode(frame["data_base64"])) for frame in session["frames"]
+    ]
+    return session
+
+
+def replay(recording: Mapping[str, Any]) -> ExecHandler:
+    """An exec handler that sends a recording's frames in order."""
+
+    def handler(call: ExecCall, channel: ExecChannel) -> None:
+        for number, data in recording["frames"]:
+            channel.send(number, data)
+
+    return handler
+
+
+# --- tests of the fake itself (literal vectors from RFC 6455) ---------------------------------
+
+
+def test_accept_key_is_rfc6455_example() -> None:
+    # RFC 6455 section 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" -> "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_frames_are_rfc6455_examples() -> None:
+    # RFC 6455 section 5.7: "Hello", unmasked and masked with 37 fa 21 3d.
+    assert encode_frame(0x1, b"Hello") == bytes.fromhex("810548656c6c6f")
+    masked = encode_frame(0x1, b"Hello", mask=bytes.fromhex("37fa213d"))
+    assert masked == bytes.fromhex("818537fa213d7f9f4d5158")
+    # 256 bytes binary message, unmasked: 0x82 0x7E 0x0100 [256 bytes]
+    assert encode_frame(0x2, bytes(256))[:4] == bytes.fromhex("827e0100")
+
+
+def test_read_frame_unmasks() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(bytes.fromhex("818537fa213d7f9f4d5158"))
+        assert read_frame(right) == (0x1, b"Hello")
+        left.close()
+        assert read_frame(right) is None
+
+
+# --- an in-memory cluster with Istio, for KubeMesh ------------------------------------------
+#
+# REST-side state is held as API JSON built from the kubernetes client's own model classes
+# (``sanitize_for_serialization``, exactly what ``KubeApi`` hands the backend); exec goes over
+# the real client to a FakeApiServer whose handler plays istiod, the sidecars, curl and tcpdump.
+
+SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
+HOST_IP = "172.18.0.2"  # the kind node's address in docker's kind network
+ISTIO_IMAGE_TAG = "1.25.1"
+PROXY_IMAGE = f"docker.io/istio/proxyv2:{ISTIO_IMAGE_TAG}"
+
+
+def model_json(model: Any) -> Any:
+    from kubernetes import client as k8s
+
+    return k8s.ApiClient().sanitize_for_serialization(model)
+
+
+def istiod_deployment(
+    *,
+    revision: str | None = None,
+    tracking: str | None = "true",
+    max_cert_ttl: str | None = None,
+    image: str = f"docker.io/istio/pilot:{ISTIO_IMAGE_TAG}",
+    namespace: str = "istio-system",
+) -> dict[str, Any]:
+    """istiod's Deployment as istioctl/Helm render it (labels, selector, discovery env)."""
+    from kubernetes import client as k8s
+
+    rev = revision or "default"
+    labels = {"app": "istiod", "istio.io/rev": rev, "istio": "pilot"}
+    env = [k8s.V1EnvVar(name="REVISION", value=rev)]
+    if tracking is not None:
+        env.append(k8s.V1EnvVar(name="PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING", value=tracking))
+    if max_cert_ttl is not None:
+        env.append(k8s.V1EnvVar(name="MAX_WORKLOAD_CERT_TTL", value=max_cert_ttl))
+    deployment = k8s.V1Deployment(
+        api_version="apps/v1",
+        kind="Deployment",
+        metadata=k8s.V1ObjectMeta(
+            name="istiod" if revision is None else f"istiod-{revision}",
+            namespace=namespace,
+            labels=labels,
+        ),
+        spec=k8s.V1DeploymentSpec(
+            selector=k8s.V1LabelSelector(match_labels={"app": "istiod", "istio.io/rev": rev}),
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels),
+                spec=k8s.V1PodSpec(
+                    containers=[
+                        k8s.V1Container(
+                            name="discovery",
+                            image=image,
+                            args=["discovery", "--monitoringAddr=:15014"],
+                            env=env,
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+    return dict(model_json(deployment))
+
+
+def pod_json(
+    name: str,
+    namespace: str,
+    app: str,
+    *,
+    sidecar: bool,
+    ready: bool = True,
+    waiting_reason: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    ephemeral: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """A pod as the API returns it once scheduled: the app container, istio-proxy when
+    injected, status Running/Ready (or waiting with ``waiting_reason``)."""
+    from kubernetes import client as k8s
+
+    containers = [k8s.V1Container(name=app, image=f"example/{app}:1")]
+    if sidecar:
+        containers.append(k8s.V1Container(name="istio-proxy", image=PROXY_IMAGE))
+    statuses = []
+    for container in containers:
+        state = (
+            k8s.V1ContainerState(
+                waiting=k8s.V1ContainerStateWaiting(
+                    reason=waiting_reason, message=f'Back-off pulling image "{container.image}"'
+                )
+            )
+            if waiting_reason and container.name == app
+            else k8s.V1ContainerState(running=k8s.V1ContainerStateRunning())
+        )
+        statuses.append(
+            k8s.V1ContainerStatus(
+                name=container.name,
+                image=container.image or "",
+                image_id="",
+                ready=ready and not waiting_reason,
+                restart_count=0,
+                state=state,
+            )
+        )
+    ephemeral_statuses = [
+        k8s.V1ContainerStatus(
+            name=e_name,
+            image="",
+            image_id="",
+            ready=False,
+            restart_count=0,
+            state=k8s.V1ContainerState(running=k8s.V1ContainerStateRunning())
+            if e_state == "running"
+            else k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=e_state)),
+        )
+        for e_name, e_state in ephemeral or []
+    ]
+    is_ready = ready and not waiting_reason
+    pod = k8s.V1Pod(
+        api_version="v1",
+        kind="Pod",
+        metadata=k8s.V1ObjectMeta(
+            name=name, namespace=namespace, labels={"app": app, **(labels or {})}
+        ),
+        spec=k8s.V1PodSpec(containers=containers),
+        status=k8s.V1PodStatus(
+            phase="Running" if not waiting_reason else "Pending",
+            host_ip=HOST_IP,
+            pod_ip="10.244.0.17",
+            conditions=[k8s.V1PodCondition(type="Ready", status="True" if is_ready else "False")],
+            container_statuses=statuses,
+            ephemeral_container_statuses=ephemeral_statuses or None,
+        ),
+    )
+    return dict(model_json(pod))
+
+
+def config_map_json(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, Any]:
+    from kubernetes import client as k8s
+
+    return dict(
+        model_json(
+            k8s.V1ConfigMap(
+                api_version="v1",
+                kind="ConfigMap",
+                metadata=k8s.V1ObjectMeta(name=name, namespace=namespace),
+                data=dict(data),
+            )
+        )
+    )
+
+
+# Istio's default mesh config as istioctl writes it into ConfigMap istio-system/istio (key
+# "mesh"), trimmed to the fields meshconform reads plus neighbours.
+DEFAULT_MESH_CONFIG = """\
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+  proxyMetadata:
+    SECRET_TTL: 24h0m0s
+defaultProviders:
+  metrics:
+  - prometheus
+enablePrometheusMerge: true
+rootNamespace: istio-system
+trustDomain: cluster.local
+"""
+
+
+def root_pem_from_istio_dump() -> str:
+    """The ROOTCA certificate of Istio's own config_dump test data (real istiod root)."""
+    dump = json.loads((SHARED_SECRETS / "istio_config_dump.json").read_text())
+    for secret in dump["configs"][0]["dynamic_active_secrets"]:
+        if secret["name"] == "ROOTCA":
+            trusted = secret["secret"]["validation_context"]["trusted_ca"]["inline_bytes"]
+            return base64.b64decode(trusted).decode()
+    raise AssertionError("no ROOTCA in istio_config_dump.json")
+
+
+@dataclass
+class FakeCluster:
+    """An in-memory ClusterApi with Istio installed; exec delegates to a real ``KubeApi``."""
+
+    exec_api: Any = None
+    context: str = "fake"
+    istio_namespace: str = "istio-system"
+    deployments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    served: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    root_pem: str = "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"
+    pod_waiting: dict[str, str] = field(default_factory=dict)  # app -> waiting reason
+    inject: bool = True
+    calls: list[str] = field(default_factory=list)
+    forbidden: set[str] = field(default_factory=set)  # operations answering 403 (RBAC)
+    _version: int = 100
+
+    def _check(self, operation: str) -> None:
+        if operation in self.forbidden:
+            from pytest_meshconform.kube.client import KubeApiError
+
+            raise KubeApiError(f"{operation}: HTTP 403 Forbidden", 403)
+
+    def __post_init__(self) -> None:
+        self.deployments.setdefault(self.istio_namespace, [istiod_deployment()])
+        self.config_maps.setdefault(
+            (self.istio_namespace, "istio"),
+            config_map_json(self.istio_namespace, "istio", {"mesh": DEFAULT_MESH_CONFIG}),
+        )
+        self.pods.setdefault(
+            self.istio_namespace,
+            [
+                pod_json(
+                    "istiod-7d4b9c8f6d-x2x9q",
+                    self.istio_namespace,
+                    "istiod",
+                    sidecar=False,
+                    labels={"istio.io/rev": "default"},
+                )
+            ],
+        )
+        if not self.served:
+            self.served = {
+                ("security.istio.io", "PeerAuthentication"): ["v1", "v1beta1"],
+                ("security.istio.io", "AuthorizationPolicy"): ["v1", "v1beta1"],
+                ("networking.istio.io", "DestinationRule"): ["v1", "v1beta1", "v1alpha3"],
+            }
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    # namespaces
+    def create_namespace(self, manifest: Mapping[str, Any]) -> None:
+        name = manifest["metadata"]["name"]
+        self.calls.append(f"create namespace {name}")
+        self.namespaces[name] = json.loads(json.dumps(manifest))
+        # istiod publishes the mesh root into every namespace
+        self.config_maps[(name, "istio-ca-root-cert")] = config_map_json(
+            name, "istio-ca-root-cert", {"root-cert.pem": self.root_pem}
+        )
+
+    def delete_namespace(self, name: str) -> bool:
+        self.calls.append(f"delete namespace {name}")
+        return self.namespaces.pop(name, None) is not None
+
+    def list_namespaces(self, label_selector: str) -> list[dict[str, Any]]:
+        self._check("list namespaces")
+        key, _, value = label_selector.partition("=")
+        return [
+            ns
+            for ns in self.namespaces.values()
+            if (ns["metadata"].get("labels") or {}).get(key) == value
+        ]
+
+    # generic objects
+    def served_versions(self, group: str, kind: str) -> list[str]:
+        return list(self.served.get((group, kind), []))
+
+    @staticmethod
+    def _key(api_version: str, kind: str, namespace: str, name: str) -> tuple[str, str, str, str]:
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        return (group, kind, namespace, name)
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        key = self._key(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        self.calls.append(f"apply {manifest['kind']} {meta['namespace']}/{meta['name']}")
+        if key[0].endswith("istio.io") and (key[0], key[1]) not in self.served:
+            raise AssertionError(f"unserved kind {key}")
+        current = self.objects.get(key)
+        stored = json.loads(json.dumps(manifest))
+        generation = 1
+        if current is not None:
+            generation = current["metadata"]["generation"]
+            if current.get("spec") != stored.get("spec"):
+                generation += 1
+        stored["metadata"]["generation"] = generation
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        stored["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+        self.objects[key] = stored
+        if manifest["kind"] == "Deployment":
+            self._schedule(stored)
+        return json.loads(json.dumps(stored))
+
+    def _schedule(self, deployment: Mapping[str, Any]) -> None:
+        namespace = deployment["metadata"]["namespace"]
+        app = deployment["metadata"]["name"]
+        labels = (self.namespaces.get(namespace) or {}).get("metadata", {}).get("labels", {})
+        injected = self.inject and (
+            labels.get("istio-injection") == "enabled" or "istio.io/rev" in labels
+        )
+        pods = [p for p in self.pods.get(namespace, []) if p["metadata"]["labels"]["app"] != app]
+        pods.append(
+            pod_json(
+                f"{app}-6c8f9d7b5-{len(pods)}q2w",
+                namespace,
+                app,
+                sidecar=injected,
+                waiting_reason=self.pod_waiting.get(app),
+            )
+        )
+        self.pods[namespace] = pods
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get(self._key(api_version, kind, namespace, name))
+        return None if found is None else json.loads(json.dumps(found))
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        self._check(f"list {namespace}")
+        group = api_version.rsplit("/", 1)[0]
+        found = []
+        for (g, k, ns, _), obj in self.objects.items():
+            if (g, k, ns) != (group, kind, namespace):
+                continue
+            if label_selector:
+                key, _, value = label_selector.partition("=")
+                if (obj["metadata"].get("labels") or {}).get(key) != value:
+                    continue
+            found.append(json.loads(json.dumps(obj)))
+        return found
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.calls.append(f"delete {kind} {namespace}/{name}")
+        return self.objects.pop(self._key(api_version, kind, namespace, name), None) is not None
+
+    def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        self.calls.append(f"replace {manifest['kind']} {meta['namespace']}/{meta['name']}")
+        key = self._key(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        current = self.objects[key]
+        assert meta.get("resourceVersion") == current["metadata"]["resourceVersion"]
+        stored = json.loads(json.dumps(manifest))
+        stored["metadata"]["generation"] = current["metadata"]["generation"] + 1
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        self.objects[key] = stored
+        return stored
+
+    # pods and friends
+    def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        pods = self.pods.get(namespace, [])
+        if not label_selector:
+            return json.loads(json.dumps(pods))
+        wanted = dict(part.split("=", 1) for part in label_selector.split(","))
+        return [
+            json.loads(json.dumps(p))
+            for p in pods
+            if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+        ]
+
+    def _find_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        for pod in self.pods.get(namespace, []):
+            if pod["metadata"]["name"] == name:
+                return pod
+        raise AssertionError(f"no pod {namespace}/{name}")
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        return json.loads(json.dumps(self._find_pod(namespace, name)))
+
+    def add_ephemeral_container(
+        self, namespace: str, pod: str, container: Mapping[str, Any]
+    ) -> None:
+        self.calls.append(f"ephemeral {namespace}/{pod} {json.dumps(container, sort_keys=True)}")
+        found = self._find_pod(namespace, pod)
+        found["spec"].setdefault("ephemeralContainers", []).append(dict(container))
+        found["status"].setdefault("ephemeralContainerStatuses", []).append(
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+            }
+        )
+
+    def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str:
+        return f"log of {namespace}/{pod} [{container}]\n"
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.config_maps.get((namespace, name))
+
+    def list_deployments(
+        self, namespace: str, label_selector: str | None = None, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        return json.loads(json.dumps(self.deployments.get(namespace, [])))
+
+    def list_events(self, namespace: str) -> list[dict[str, Any]]:
+        return []
+
+    def open_exec(
+        self, namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
+    ) -> Any:
+        return self.exec_api.open_exec(namespace, pod, container, argv, stdin=stdin)
+
+
+@dataclass
+class FakeIstio:
+    """Plays istiod, the sidecars, curl and the capture container behind a FakeApiServer.
+
+    ``tracked_version`` is the API version istiod keys configs by (``v1`` since Istio 1.22);
+    ``stuck`` proxies never ack anything new.
+    """
+
+    cluster: FakeCluster
+    tracked_version: str = "v1"
+    stuck: set[str] = field(default_factory=set)
+    envoy_admin: dict[str, bytes] = field(default_factory=dict)
+    curl_stdout: bytes = b"200"
+    capture_pcap: bytes = b""
+    capture_stderr: bytes = b""
+    distribution_disabled: bool = False
+    curl_hang: bool = False
+
+    def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
+        if self.curl_hang and call.command[:1] == ["curl"]:
+            channel.stdin_closed.wait(10)  # a request that never ends, until the client hangs up
+        elif call.container == "discovery":
+            self._istiod(call, channel)
+        elif call.container == "istio-proxy":
+            self._pilot_agent(call, channel)
+        elif call.container == "mc-capture":
+            self._tcpdump(call, channel)
+        elif call.command[:1] == ["curl"]:
+            channel.send(1, self.curl_stdout)
+            channel.send_status({"metadata": {}, "status": "Success"})
+        else:
+            channel.send_status(
+                {
+                    "metadata": {},
+                    "status": "Failure",
+                    "reason": "InternalError",
+                    "message": f"unexpected exec {call}",
+                }
+            )
+
+    def _istiod(self, call: ExecCall, channel: ExecChannel) -> None:
+        assert call.command[:3] == ["pilot-discovery", "request", "GET"], call.command
+        query = parse_qs(urlsplit(call.command[3]).query)
+        if self.distribution_disabled:
+            channel.send(
+                2,
+                b"Error: received unsuccessful status code 409: Pilot Version tracking"
+                b" is disabled. It may be enabled by setting the PILOT_ENABLE_CONFIG"
+                b"_DISTRIBUTION_TRACKING environment variable to true.\n",
+            )
+            channel.send_status(status_exit(1))
+            return
+        group, version, kind, namespace, name = query["resource"][0].split("/")
+        proxy_namespace = query["proxy_namespace"][0]
+        obj = self.cluster.objects.get((group, kind, namespace, name))
+        value = ""
+        if obj is not None and version == self.tracked_version:
+            value = str(obj["metadata"]["generation"])
+        entries = []
+        for pod in self.cluster.pods.get(proxy_namespace, []):
+            names = [c["name"] for c in pod["spec"]["containers"]]
+            if "istio-proxy" not in names:
+                continue
+            proxy = f"{pod['metadata']['name']}.{proxy_namespace}"
+            acked = "" if proxy in self.stuck else value
+            entries.append(
+                {
+                    "proxy": proxy,
+                    "cluster_acked": acked,
+                    "listener_acked": acked,
+                    "route_acked": acked,
+                    "endpoint_acked": acked,
+                }
+            )
+        channel.send(1, (json.dumps(entries or None) + "\n").encode())
+        channel.send_status({"metadata": {}, "status": "Success"})
+
+    def _pilot_agent(self, call: ExecCall, channel: ExecChannel) -> None:
+        assert call.command[:3] == ["pilot-agent", "request", "GET"], call.command
+        body = self.envoy_admin.get(call.command[3])
+        if body is None:
+            channel.send(2, b"Error: received unsuccessful status code 404: \n")
+            channel.send_status(status_exit(1))
+            return
+        channel.send(1, body + b"\n")  # fmt.Println
+        channel.send_status({"metadata": {}, "status": "Success"})
+
+    def _tcpdump(self, call: ExecCall, channel: ExecChannel) -> None:
+        """The capture script's protocol: listening line, pcap stream, marker, stop."""
+        assert call.command[:2] == ["bash", "-c"] and call.stdin
+        marker_host = call.command[5]
+        lines = self.capture_stderr.splitlines(keepends=True)
+        channel.send(2, lines[0])
+        pcap = self.capture_pcap
+        channel.send(1, pcap[:24])  # the global header first, as tcpdump -U writes it
+        for start in range(24, len(pcap), 500):
+            channel.send(1, pcap[start : start + 500])
+        assert channel.wait_stdin(lambda data: data.endswith(b"\n")), "no marker line"
+        token = bytes(channel.stdin).strip()
+        channel.send(1, marker_record(token, marker_host))
+        assert channel.wait_stdin(lambda data: data.count(b"\n") >= 2), "no stop line"
+        for line in lines[1:]:
+            channel.send(2, line)
+        channel.send_status({"metadata": {}, "status": "Success"})
+
+
+def status_exit(code: int) -> dict[str, Any]:
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": "command terminated with non-zero exit code: command terminated with"
+        f" exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def marker_record(token: bytes, marker_host: str) -> bytes:
+    """A pcap record of the marker datagram (pod 10.244.0.6 -> node:9), built with dpkt."""
+    import dpkt
+
+    udp = dpkt.udp.UDP(sport=40000, dport=9, data=token)
+    udp.ulen = len(udp)
+    ip = dpkt.ip.IP(
+        src=socket.inet_aton("10.244.0.6"),
+        dst=socket.inet_aton(marker_host),
+        p=dpkt.ip.IP_PROTO_UDP,
+        data=udp,
+        ttl=64,
+    )
+    ip.len = len(ip)
+    frame = bytes(
+        dpkt.ethernet.Ethernet(
+            src=bytes.fromhex("0a580af40006"),
+            dst=bytes.fromhex("0a580af40001"),
+            type=dpkt.ethernet.ETH_TYPE_IP,
+            data=ip,
+        )
+    )
+    return struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
