@@ -11,8 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform.plugin
 from pytest_meshconform.plugin import mesh_settings_key
