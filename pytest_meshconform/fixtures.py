@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -147,10 +148,33 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     )
     request.config.stash[_mesh_key] = opened
     _progress(request.config)(f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s")
+    restore = _teardown_on_sigterm()
     try:
         yield opened
     finally:
-        opened.close()
+        try:
+            opened.close()
+        finally:
+            restore()
+
+
+def _teardown_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM (a CI job's timeout, `kill`) end the run like Ctrl-C does, so the mesh is
+    torn down instead of left for the next run to sweep. Only when nobody else handles it."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM: tearing the mesh down")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
 
 
 _mesh_key: Final = pytest.StashKey[Mesh]()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pytest_meshconform.local import host
 from pytest_meshconform.mesh import MeshUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
+CONFORMANCE = REPO / "conformance"
 
 
 def local_mesh_unavailable() -> str | None:
@@ -82,3 +84,19 @@ def subprocess_env() -> dict[str, str]:
 
 def have_command(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+def run_ids_in(output: str) -> list[str]:
+    """The local mesh run ids a pytest run announced ("local mesh <id> up in ...")."""
+    return re.findall(r"local mesh (\w+) up in", output)
+
+
+def assert_runs_left_nothing(output: str) -> None:
+    """Every mesh a (sub)run brought up is gone: namespaces, /etc/netns entries, state dir.
+
+    Checks only the runs that output announces, so another mesh on the machine (a parallel
+    test run, a benchmark) does not make this fail."""
+    runs = run_ids_in(output)
+    assert runs, f"the run announced no local mesh:\n{output[-2000:]}"
+    left = {run: traces_of(run) for run in runs}
+    assert not any(left.values()), f"left behind: {left}"

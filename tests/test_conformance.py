@@ -4,10 +4,9 @@ the mesh breaks one (the test-only --mesh-fault switch)."""
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
-from mesh_helpers import CONFORMANCE, needs_local_mesh
+from local_helpers import CONFORMANCE, assert_runs_left_nothing, needs_local_mesh
 
 pytest_plugins = ["pytester"]
 pytestmark = needs_local_mesh
@@ -15,8 +14,7 @@ pytestmark = needs_local_mesh
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rfs", *args)
-    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "mc-" not in leftover, f"network namespaces left behind: {leftover}"
+    assert_runs_left_nothing(result.stdout.str())
     return result
 
 

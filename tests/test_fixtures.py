@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from mesh_helpers import needs_local_mesh
+from local_helpers import (
+    alive,
+    assert_runs_left_nothing,
+    needs_local_mesh,
+    subprocess_env,
+    traces_of,
+    wait_for,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -112,9 +121,7 @@ def test_fixtures_on_the_local_mesh(pytester: pytest.Pytester) -> None:
         ]
     )
     result.stdout.fnmatch_lines(["*local mesh * up in *s*"])  # progress is shown
-    assert (
-        "mc-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    )
+    assert_runs_left_nothing(result.stdout.str())
 
 
 def test_unavailable_local_mesh_is_one_usage_error(pytester: pytest.Pytester) -> None:
@@ -139,3 +146,44 @@ def test_no_mesh_no_cost(pytester: pytest.Pytester) -> None:
     )
     pytester._monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+WAITING_SUITE = """
+import json, os, threading
+
+def test_waits_for_sigterm(mesh):
+    with open(os.environ["MC_READY"], "w") as ready:
+        json.dump({"run_id": mesh.run_id, "pids": mesh.pids()}, ready)
+    threading.Event().wait(120)
+"""
+
+
+@needs_local_mesh
+def test_sigterm_tears_the_mesh_down(tmp_path: Path) -> None:
+    """A CI timeout's SIGTERM must not leave namespaces behind for the next run to sweep."""
+    (tmp_path / "test_waiting.py").write_text(WAITING_SUITE)
+    ready = tmp_path / "ready.json"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path,
+        env=subprocess_env() | {"MC_READY": str(ready)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(
+            lambda: (ready.exists() and ready.stat().st_size > 0) or run.poll() is not None,
+            30,
+            "the suite's mesh to come up",
+        )
+        assert run.poll() is None, run.communicate()[0].decode()
+        info = json.loads(ready.read_text())
+        run.terminate()  # SIGTERM, by the PID we started
+        output, _ = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, output.decode()
+    assert traces_of(info["run_id"]) == []
+    assert not any(alive(pid) for pid in info["pids"])

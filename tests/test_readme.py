@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from mesh_helpers import REPO, needs_local_mesh
+from local_helpers import REPO, needs_local_mesh
 
 pytest_plugins = ["pytester"]
 
