@@ -273,6 +273,10 @@ class WorkloadHandle:
     def __str__(self) -> str:
         return self.key
 
+    def __repr__(self) -> str:  # pytest prints fixtures' reprs with a failure: keep it short
+        sidecar = "sidecar" if self.has_sidecar else "no sidecar"
+        return f"<WorkloadHandle {self.key} ({sidecar}) on the {self.mesh.backend} mesh>"
+
 
 def _describe_http(http: HttpResult) -> str:
     lines = [http.describe()]
