@@ -66,10 +66,10 @@ def _upstream(
     rules: list[DestinationRule],
     root_namespace: str,
 ) -> UpstreamTls:
-    tls = _upstream_tls(client, entry, peer_auths, rules, root_namespace)
     rule = destination_rule_for(
         rules, client.workload.namespace, entry.service.fqdn, root_namespace
     )
+    tls = _upstream_tls(entry, rule, peer_auths, root_namespace)
     max_requests = _max_requests_per_connection(rule, entry.service.port)
     return tls if max_requests is None else replace(tls, max_requests_per_connection=max_requests)
 
@@ -89,16 +89,14 @@ def _max_requests_per_connection(rule: DestinationRule | None, port: int) -> int
 
 
 def _upstream_tls(
-    client: Pod,
     entry: ServiceEntry,
+    rule: DestinationRule | None,
     peer_auths: list[PeerAuthentication],
-    rules: list[DestinationRule],
     root_namespace: str,
 ) -> UpstreamTls:
     svc = entry.service
     endpoint = entry.endpoints[0].workload
     sans = tuple(sorted({e.workload.spiffe_id(TRUST_DOMAIN) for e in entry.endpoints}))
-    rule = destination_rule_for(rules, client.workload.namespace, svc.fqdn, root_namespace)
     settings = client_tls_settings(rule, svc.port) if rule is not None else None
     if settings is None:  # auto mTLS
         server_mode = effective_mtls_mode(
