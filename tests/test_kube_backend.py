@@ -6,6 +6,9 @@ propagation, mesh-wide safety, Envoy admin, captures and cleanup.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,6 +28,7 @@ from test_kube_fakes import (
     istiod_deployment,
     kubeconfig_text,
     root_pem_from_istio_dump,
+    status_not_found,
 )
 
 from pytest_meshconform.certs import parse_envoy_secrets
@@ -32,7 +36,7 @@ from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed
 from pytest_meshconform.kube.client import KubeApi
 from pytest_meshconform.kube.options import KubeOptions
 from pytest_meshconform.kube.topology import RunNamespaces
-from pytest_meshconform.mesh import Mesh, MeshError, PropagationTimeout
+from pytest_meshconform.mesh import Mesh, MeshError, MeshUnavailable, PropagationTimeout
 from pytest_meshconform.wire import analyze_pcap
 
 RUN = "1a2b3c"
@@ -151,8 +155,8 @@ def test_start_creates_the_run_topology(world: World, started: KubeMesh) -> None
 
 
 def test_identity_facts_come_from_istiod_and_its_mesh_config(started: KubeMesh) -> None:
-    assert started.version == "istio 1.25.1"
-    assert started.istio_version == "1.25.1"
+    assert started.version == "istio 1.22.8"
+    assert started.istio_version == "1.22.8"
     assert started.revision is None
     assert started.trust_domain == "cluster.local"
     assert started.root_namespace == "istio-system"
@@ -204,8 +208,8 @@ def test_pod_ip_and_logs(world: World, started: KubeMesh) -> None:
 
 def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
     world.cluster.deployments["istio-system"] = [
-        istiod_deployment(),
-        istiod_deployment(revision="canary", image="docker.io/istio/pilot:1.26.0-distroless"),
+        istiod_deployment(image="docker.io/istio/pilot:1.21.2"),
+        istiod_deployment(revision="canary", image="docker.io/istio/pilot:1.22.8-distroless"),
     ]
     world.cluster.config_maps[("istio-system", "istio-canary")] = config_map_json(
         "istio-system", "istio-canary", {"mesh": "trustDomain: canary.example\n"}
@@ -216,7 +220,7 @@ def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
     try:
         assert world.cluster.namespaces[FOO]["metadata"]["labels"]["istio.io/rev"] == "canary"
         assert "istio-injection" not in world.cluster.namespaces[FOO]["metadata"]["labels"]
-        assert mesh.version == "istio 1.26.0 (revision canary)"
+        assert mesh.version == "istio 1.22.8 (revision canary)"
         assert mesh.revision == "canary"
         assert mesh.trust_domain == "canary.example"
     finally:
@@ -231,6 +235,44 @@ def test_istiod_without_distribution_tracking_is_refused_before_anything_is_crea
     with pytest.raises(MeshError, match="PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true"):
         mesh.start()
     assert world.cluster.namespaces == {}
+
+
+def test_istio_without_distribution_tracking_code_is_refused_before_anything_is_created(
+    world: World,
+) -> None:
+    # Istio 1.23 removed the feature (istio/istio#51866): the env var is set but does nothing
+    world.cluster.deployments["istio-system"] = [
+        istiod_deployment(image="docker.io/istio/pilot:1.25.1")
+    ]
+    mesh = world.mesh()
+    with pytest.raises(MeshUnavailable) as refused:
+        mesh.start()
+    assert str(refused.value).startswith(
+        "istiod istio-system/istiod (fake) runs Istio 1.25.1, which has no config distribution"
+        " tracking (Istio 1.23 removed PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING,"
+        " /debug/config_distribution and `istioctl x wait`, istio/istio#51866)"
+    )
+    assert world.cluster.namespaces == {}
+
+
+def test_an_istiod_without_the_distribution_handler_is_named_at_apply(world: World) -> None:
+    # a custom build tag says nothing about the version; istiod's 404 then does
+    world.cluster.deployments["istio-system"] = [
+        istiod_deployment(image="registry.example/istio/pilot:main-0c3a3b8")
+    ]
+    world.istio.distribution_missing = True
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        with pytest.raises(MeshError) as failure:
+            mesh.apply(peer_auth("foo", "STRICT"))
+        assert str(failure.value).startswith(
+            "istiod istio-system/istiod-7d4b9c8f6d-x2x9q runs Istio main-0c3a3b8, which has no"
+            " config distribution tracking"
+        )
+        assert not isinstance(failure.value, PropagationTimeout)
+    finally:
+        mesh.close()
 
 
 def test_cert_ttl_above_istiods_cap_is_reported(world: World) -> None:
@@ -404,6 +446,26 @@ def test_mesh_wide_changes_are_put_back_at_close(world: World) -> None:
     assert "removed mesh-wide DestinationRule istio-system/httpbin (restored)" in world.messages
 
 
+def test_restoring_a_helm_managed_mesh_wide_policy_keeps_its_labels(world: World) -> None:
+    helm_labels = {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/instance": "mesh"}
+    platform = peer_auth("istio-system", "STRICT")
+    platform["metadata"]["labels"] = dict(helm_labels)
+    platform["metadata"]["annotations"] = {"meta.helm.sh/release-name": "mesh"}
+    world.cluster.apply(platform)
+    mesh = world.mesh(allow_mesh_wide=True)
+    mesh.start()
+    mesh.apply(peer_auth("istio-system", "PERMISSIVE"))
+    key = ("security.istio.io", "PeerAuthentication", "istio-system", "default")
+    assert world.cluster.objects[key]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == (
+        "meshconform"
+    )
+    mesh.close()
+    restored = world.cluster.objects[key]["metadata"]
+    # Helm refuses to upgrade a release whose objects lost managed-by=Helm
+    assert restored["labels"] == helm_labels
+    assert restored["annotations"] == {"meta.helm.sh/release-name": "mesh"}
+
+
 def test_kind_owns_its_cluster_so_mesh_wide_is_allowed(world: World) -> None:
     mesh = world.mesh(backend="kind")
     mesh.start()
@@ -434,14 +496,27 @@ def test_envoy_admin_is_pilot_agent_request_and_feeds_the_cert_parser(
     assert cert.serial.lower() == "6fbee254c22900615cb1f74e3d2f1713"
 
 
-def test_envoy_admin_failures_say_what_pilot_agent_said(started: KubeMesh) -> None:
+def test_envoy_admin_failures_say_what_pilot_agent_said(world: World, started: KubeMesh) -> None:
+    world.istio.envoy_admin_errors["certs"] = (503, b"no healthy upstream")
     with pytest.raises(MeshError) as failure:
-        started.envoy_admin(started.workload("sleep", "bar"), "/nope")
-    assert "pilot-agent exited 1: Error: received unsuccessful status code 404" in str(
-        failure.value
+        started.envoy_admin(started.workload("sleep", "bar"), "/certs")
+    assert str(failure.value) == (
+        f"Envoy admin /certs on sleep.{BAR}: pilot-agent exited 1: Error: received unsuccessful"
+        " status code 503: no healthy upstream"
     )
     with pytest.raises(MeshError, match="has no sidecar"):
         started.envoy_admin(started.workload("sleep", "legacy"), "/certs")
+
+
+def test_envoy_admin_404_is_an_error_though_pilot_agent_exits_0(started: KubeMesh) -> None:
+    # pilot-agent request prints a 404 body and exits 0; the body must not pass for the
+    # admin output (a cert parser would then report garbage instead of the wrong path)
+    with pytest.raises(MeshError) as failure:
+        started.envoy_admin(started.workload("sleep", "bar"), "/nope")
+    assert str(failure.value) == (
+        f"Envoy admin /nope on sleep.{BAR}: Envoy answered 404 (invalid path. admin commands"
+        " are: ...): no such admin path"
+    )
 
 
 # --- exec -----------------------------------------------------------------------------------
@@ -457,6 +532,19 @@ def test_exec_runs_in_the_app_container(world: World, started: KubeMesh) -> None
         "sleep",
         ["curl", "-sS", "http://x"],
     )
+
+
+def test_exec_follows_a_replaced_pod(world: World, started: KubeMesh) -> None:
+    sleep = started.workload("sleep", "bar")
+    old_name = started.pod_name(sleep)
+    # the pod was evicted and its Deployment made another one
+    world.server.refused_pods[old_name] = (404, status_not_found("pods", old_name))
+    [pod] = [p for p in world.cluster.pods[BAR] if p["metadata"]["labels"]["app"] == "sleep"]
+    pod["metadata"]["name"] = "sleep-6c8f9d7b5-9z9z"
+    result = started.exec(sleep, ["curl", "-sS", "http://x"])
+    assert result.returncode == 0
+    assert [c.pod for c in world.server.exec_calls[-2:]] == [old_name, "sleep-6c8f9d7b5-9z9z"]
+    assert started.pod_name(sleep) == "sleep-6c8f9d7b5-9z9z"
 
 
 def test_exec_deadline(world: World, started: KubeMesh) -> None:
@@ -552,23 +640,36 @@ def test_close_deletes_the_run_namespaces_and_run_dir(world: World) -> None:
 def test_keep_leaves_namespaces_and_says_how_to_remove_them(world: World) -> None:
     mesh = world.mesh(keep=True)
     mesh.start()
+    (world.tmp_path / "run").mkdir(exist_ok=True)
     mesh.close()
     assert sorted(world.cluster.namespaces) == sorted([FOO, BAR, LEGACY])
-    assert world.messages[-1] == (
+    assert world.messages[-2:] == [
         f"--mesh-keep: left namespaces {FOO}, {BAR}, {LEGACY} in context fake; delete them"
-        f" with: kubectl delete ns -l meshconform.dev/run={RUN}"
-    )
+        f" with: kubectl delete ns -l meshconform.dev/run={RUN}",
+        f"--mesh-keep: left this run's captures in {world.tmp_path / 'run'}",
+    ]
+    assert (world.tmp_path / "run").is_dir()
 
 
-def leftover_namespace(world: World, run: str) -> None:
+def leftover_namespace(world: World, run: str, owner: str | None = None) -> None:
+    metadata: dict[str, Any] = {
+        "name": f"mc-{run}-foo",
+        "labels": {"app.kubernetes.io/managed-by": "meshconform", "meshconform.dev/run": run},
+    }
+    if owner is not None:
+        metadata["annotations"] = {"meshconform.dev/owner": owner}
     world.cluster.namespaces[f"mc-{run}-foo"] = {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {
-            "name": f"mc-{run}-foo",
-            "labels": {"app.kubernetes.io/managed-by": "meshconform", "meshconform.dev/run": run},
-        },
+        "metadata": metadata,
     }
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_existing_cluster_users_may_lack_the_right_to_list_namespaces(world: World) -> None:
@@ -597,12 +698,54 @@ def test_policies_include_the_root_namespace_only_when_it_may_change(world: Worl
 
 
 def test_kind_sweeps_what_earlier_runs_left(world: World) -> None:
-    leftover_namespace(world, "0ld0ld")
+    host = socket.gethostname()
+    leftover_namespace(world, "0ld0ld", owner=f"ci@{host} pid {dead_pid()}")
+    leftover_namespace(world, "n0wner")  # every run writes an owner: none means long dead
     mesh = world.mesh(backend="kind")
     mesh.start()
     mesh.close()
     assert "delete namespace mc-0ld0ld-foo" in world.cluster.calls
-    assert "swept leftovers of earlier runs: mc-0ld0ld-foo" in world.messages
+    assert "delete namespace mc-n0wner-foo" in world.cluster.calls
+    assert "swept leftovers of earlier runs: mc-0ld0ld-foo, mc-n0wner-foo" in world.messages
+
+
+def test_namespaces_still_terminating_are_not_swept_again(world: World) -> None:
+    # the previous run deleted its namespaces in the background a moment ago
+    leftover_namespace(world, "g0ing0", owner=f"ci@{socket.gethostname()} pid {dead_pid()}")
+    world.cluster.namespaces["mc-g0ing0-foo"]["metadata"]["deletionTimestamp"] = (
+        "2025-03-01T10:00:00Z"
+    )
+    mesh = world.mesh(backend="kind")
+    mesh.start()
+    mesh.close()
+    assert "delete namespace mc-g0ing0-foo" not in world.cluster.calls
+    assert not any("mc-g0ing0-foo" in m for m in world.messages)
+
+
+def test_kind_never_sweeps_a_run_in_progress(world: World) -> None:
+    # two sessions of one project share its kind cluster: the other one is alive
+    host = socket.gethostname()
+    live = f"dev@{host} pid {os.getpid()}"
+    leftover_namespace(world, "a11ve0", owner=live)
+    leftover_namespace(world, "rem0te", owner="dev@other-machine pid 4242")
+    wide = peer_auth("istio-system", "STRICT", name="live-wide")
+    wide["metadata"]["labels"] = {
+        "app.kubernetes.io/managed-by": "meshconform",
+        "meshconform.dev/run": "a11ve0",
+    }
+    world.cluster.apply(wide)
+    mesh = world.mesh(backend="kind")
+    mesh.start()
+    mesh.close()
+    assert "mc-a11ve0-foo" in world.cluster.namespaces
+    assert "mc-rem0te-foo" in world.cluster.namespaces
+    assert ("security.istio.io", "PeerAuthentication", "istio-system", "live-wide") in (
+        world.cluster.objects
+    )
+    assert (
+        "left alone namespaces of meshconform runs in progress: mc-a11ve0-foo"
+        f" ({live}), mc-rem0te-foo (dev@other-machine pid 4242)"
+    ) in world.messages
 
 
 def test_existing_clusters_only_report_other_runs(world: World) -> None:

@@ -215,3 +215,30 @@ def test_api_errors_carry_the_status(server: FakeApiServer, api: KubeApi) -> Non
     assert failure.value.status == 403
     assert str(failure.value).startswith("create namespace mc-1a2b3c-foo: HTTP 403 Forbidden")
     assert 'User \\"dev\\" cannot create resource' in str(failure.value)
+
+
+def test_deleting_a_terminating_namespace_is_not_an_error(
+    server: FakeApiServer, api: KubeApi
+) -> None:
+    # what the namespace registry answers while the namespace is Terminating
+    server.routes["DELETE /api/v1/namespaces/mc-0ld0ld-foo"] = (
+        409,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": 'Operation cannot be fulfilled on namespaces "mc-0ld0ld-foo": The system is'
+            " ensuring all content is removed from this namespace.  Upon completion, this"
+            " namespace will automatically be purged by the system.",
+            "reason": "Conflict",
+            "details": {"name": "mc-0ld0ld-foo", "kind": "namespaces"},
+            "code": 409,
+        },
+    )
+    assert api.delete_namespace("mc-0ld0ld-foo") is False
+    assert api.delete_namespace("mc-never-was") is False  # 404
+    assert [r for r in server.requests if r.startswith("DELETE")] == [
+        "DELETE /api/v1/namespaces/mc-0ld0ld-foo?propagationPolicy=Background",
+        "DELETE /api/v1/namespaces/mc-never-was?propagationPolicy=Background",
+    ]

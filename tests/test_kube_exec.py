@@ -8,12 +8,14 @@ against a loopback API server replaying recorded exec sessions (tests/data/kube/
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from kubernetes.client.exceptions import ApiException
 from test_kube_fakes import (
     ExecCall,
     ExecChannel,
@@ -21,9 +23,10 @@ from test_kube_fakes import (
     kubeconfig_text,
     load_exec_recording,
     replay,
+    status_not_found,
 )
 
-from pytest_meshconform.kube.client import KubeApi, KubeApiError
+from pytest_meshconform.kube.client import ExecSession, KubeApi, KubeApiError
 from pytest_meshconform.kube.execproto import (
     CAPTURE_SCRIPT,
     ExecStatus,
@@ -83,6 +86,17 @@ def test_a_command_that_never_ran_has_no_returncode() -> None:
             b'"details":{"causes":[{"reason":"ExitCode","message":"-1"}]}}',
             "invalid exit code value '-1'",
         ),
+        # str.isdigit() accepts these; Go's strconv.ParseUint(s, 10, 8) does not
+        (
+            b'{"status":"Failure","reason":"NonZeroExitCode",'
+            b'"details":{"causes":[{"reason":"ExitCode","message":"\\u00b2"}]}}',
+            "invalid exit code value '\u00b2'",
+        ),
+        (
+            b'{"status":"Failure","reason":"NonZeroExitCode",'
+            b'"details":{"causes":[{"reason":"ExitCode","message":"\\u0661"}]}}',
+            "invalid exit code value '\u0661'",
+        ),
     ],
 )
 def test_malformed_statuses_are_rejected_naming_the_fragment(payload: bytes, fragment: str) -> None:
@@ -98,6 +112,23 @@ def test_arbitrary_status_bytes_give_a_status_or_the_typed_error(payload: bytes 
     except ExecStatusError:
         return
     assert result.returncode is None or 0 <= result.returncode <= 255
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=6))
+def test_any_exit_code_text_gives_a_code_or_the_typed_error(code: str) -> None:
+    payload = json.dumps(
+        {
+            "status": "Failure",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code}]},
+        }
+    )
+    try:
+        result = parse_exec_status(payload)
+    except ExecStatusError:
+        return
+    assert result.returncode == int(code) and code.isascii()
 
 
 @settings(max_examples=200, deadline=None)
@@ -302,3 +333,74 @@ def test_rest_calls_deserialize_real_models(fake_server: FakeApiServer, api: Kub
     config_map = api.read_config_map("istio-system", "istio")
     assert config_map is not None and config_map["data"] == {"mesh": "trustDomain: example.org\n"}
     assert api.read_config_map("istio-system", "absent") is None
+
+
+def test_exec_refused_in_the_handshake_keeps_the_http_status(
+    fake_server: FakeApiServer, api: KubeApi
+) -> None:
+    # The API server answers an exec for a pod that is gone with 404 and a metav1.Status
+    # instead of switching protocols; the client wraps it in ApiException(status=0)
+    # (ws_client.websocket_call), and the backend's "pod was replaced" retry needs the 404.
+    fake_server.refused_pods["sleep-gone"] = (404, status_not_found("pods", "sleep-gone"))
+    with pytest.raises(KubeApiError) as refused:
+        api.open_exec("mc-1a2b3c-foo", "sleep-gone", "sleep", ["true"])
+    assert refused.value.status == 404
+    assert str(refused.value) == (
+        'exec `true` in mc-1a2b3c-foo/sleep-gone [sleep]: HTTP 404 pods "sleep-gone" not found'
+    )
+
+
+def test_rest_calls_during_an_exec_handshake_stay_rest(
+    fake_server: FakeApiServer, api: KubeApi
+) -> None:
+    # kubernetes.stream.stream() swaps api_client.call_api for a WebSocket transport while it
+    # connects; a REST call from another thread (the rotation watcher's request loop) must not
+    # be sent through that swap.
+    fake_server.upgrade_gate = gate = threading.Event()
+    fake_server.exec_handler = lambda call, channel: channel.send_status(
+        {"metadata": {}, "status": "Success"}
+    )
+    fake_server.routes["GET /api/v1/namespaces/mc-1a2b3c-foo/pods"] = {
+        "apiVersion": "v1",
+        "kind": "PodList",
+        "metadata": {"resourceVersion": "12"},
+        "items": [],
+    }
+    sessions: list[ExecSession] = []
+    opener = threading.Thread(
+        target=lambda: sessions.append(api.open_exec("mc-1a2b3c-foo", "sleep-0", "sleep", ["true"]))
+    )
+    opener.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not fake_server.exec_calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_server.exec_calls, "the exec handshake never reached the server"
+        assert api.list_pods("mc-1a2b3c-foo") == []
+    finally:
+        gate.set()
+        opener.join(10)
+    [session] = sessions
+    try:
+        assert session.wait_finished(10)
+        assert session.status().returncode == 0
+    finally:
+        session.close()
+    assert fake_server.requests.count("GET /api/v1/namespaces/mc-1a2b3c-foo/pods") == 1
+    assert "call_api" not in vars(api.api_client)  # the REST client was never swapped
+
+
+def test_ctrl_c_during_an_exec_handshake_stays_an_interrupt(
+    api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ws_client.websocket_call: `except (Exception, KeyboardInterrupt, SystemExit) as e: raise
+    # ApiException(status=0, reason=str(e))`; this stands in for that transport.
+    def interrupted_handshake(*args: object, **kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as error:
+            raise ApiException(status=0, reason=str(error)) from None
+
+    monkeypatch.setattr("pytest_meshconform.kube.client.stream", interrupted_handshake)
+    with pytest.raises(KeyboardInterrupt):
+        api.open_exec("ns", "pod", "c", ["true"])

@@ -154,6 +154,10 @@ class FakeApiServer:
     requests: list[str] = field(default_factory=list)
     bodies: list[tuple[str, str, bytes]] = field(default_factory=list)  # request, type, body
     exec_calls: list[ExecCall] = field(default_factory=list)
+    # pod name -> (HTTP status, metav1.Status): the API server refuses the exec in the handshake
+    refused_pods: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # when set, an exec handshake is held until the event is set (a slow API server)
+    upgrade_gate: threading.Event | None = None
 
     def __post_init__(self) -> None:
         server = self
@@ -248,6 +252,17 @@ class FakeApiServer:
             protocol=self.protocol,
         )
         self.exec_calls.append(call)
+        if call.pod in self.refused_pods:
+            status, body = self.refused_pods[call.pod]
+            payload = json.dumps(body).encode()
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        if self.upgrade_gate is not None:
+            self.upgrade_gate.wait(10)
         offered = handler.headers.get("Sec-WebSocket-Protocol", "")
         handler.send_response(101, "Switching Protocols")
         handler.send_header("Upgrade", "websocket")
@@ -336,7 +351,7 @@ def test_read_frame_unmasks() -> None:
 
 SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
 HOST_IP = "172.18.0.2"  # the kind node's address in docker's kind network
-ISTIO_IMAGE_TAG = "1.25.1"
+ISTIO_IMAGE_TAG = "1.22.8"  # the last minor with config distribution tracking
 PROXY_IMAGE = f"docker.io/istio/proxyv2:{ISTIO_IMAGE_TAG}"
 
 
@@ -572,6 +587,8 @@ class FakeCluster:
 
     def delete_namespace(self, name: str) -> bool:
         self.calls.append(f"delete namespace {name}")
+        if (self.namespaces.get(name) or {}).get("metadata", {}).get("deletionTimestamp"):
+            return False  # KubeApi.delete_namespace: 409, already terminating
         return self.namespaces.pop(name, None) is not None
 
     def list_namespaces(self, label_selector: str) -> list[dict[str, Any]]:
@@ -738,10 +755,12 @@ class FakeIstio:
     tracked_version: str = "v1"
     stuck: set[str] = field(default_factory=set)
     envoy_admin: dict[str, bytes] = field(default_factory=dict)
+    envoy_admin_errors: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     curl_stdout: bytes = b"200"
     capture_pcap: bytes = b""
     capture_stderr: bytes = b""
     distribution_disabled: bool = False
+    distribution_missing: bool = False  # an istiod without the handler (Istio >= 1.23)
     curl_hang: bool = False
 
     def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
@@ -778,6 +797,10 @@ class FakeIstio:
             )
             channel.send_status(status_exit(1))
             return
+        if self.distribution_missing:  # Go's NotFound body, printed with Println, exit 0
+            channel.send(1, b"404 page not found\n\n")
+            channel.send_status({"metadata": {}, "status": "Success"})
+            return
         group, version, kind, namespace, name = query["resource"][0].split("/")
         proxy_namespace = query["proxy_namespace"][0]
         obj = self.cluster.objects.get((group, kind, namespace, name))
@@ -804,12 +827,18 @@ class FakeIstio:
         channel.send_status({"metadata": {}, "status": "Success"})
 
     def _pilot_agent(self, call: ExecCall, channel: ExecChannel) -> None:
+        """``pilot-agent request`` (pilot/pkg/request/command.go): the body with fmt.Println,
+        exit 0 for 2xx and for 404 (which it lets pass), ``Error: received unsuccessful status
+        code N: <body>`` on stderr and exit 1 for any other status above 399."""
         assert call.command[:3] == ["pilot-agent", "request", "GET"], call.command
-        body = self.envoy_admin.get(call.command[3])
-        if body is None:
-            channel.send(2, b"Error: received unsuccessful status code 404: \n")
+        path = call.command[3]
+        if path in self.envoy_admin_errors:
+            status, body = self.envoy_admin_errors[path]
+            channel.send(2, f"Error: received unsuccessful status code {status}: ".encode())
+            channel.send(2, body + b"\n")
             channel.send_status(status_exit(1))
             return
+        body = self.envoy_admin.get(path, ENVOY_ADMIN_404_BODY)
         channel.send(1, body + b"\n")  # fmt.Println
         channel.send_status({"metadata": {}, "status": "Success"})
 
@@ -830,6 +859,29 @@ class FakeIstio:
         for line in lines[1:]:
             channel.send(2, line)
         channel.send_status({"metadata": {}, "status": "Success"})
+
+
+# The first lines of Envoy's admin answer to an unknown path (HTTP 404), as Envoy 1.40's admin
+# printed them for GET /nosuchpath (curl against `envoy -c` with only an admin listener).
+ENVOY_ADMIN_404_BODY = (
+    b"invalid path. admin commands are:\n"
+    b"  /: Admin home page\n"
+    b"  /allocprofiler (POST): enable/disable the allocation profiler (if supported)\n"
+)
+
+
+def status_not_found(kind: str, name: str) -> dict[str, Any]:
+    """The metav1.Status an API server answers for a missing object (HTTP 404)."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'{kind} "{name}" not found',
+        "reason": "NotFound",
+        "details": {"name": name, "kind": kind},
+        "code": 404,
+    }
 
 
 def status_exit(code: int) -> dict[str, Any]:

@@ -12,11 +12,15 @@ from hypothesis import given, settings, strategies as st
 from test_kube_fakes import DEFAULT_MESH_CONFIG, istiod_deployment
 
 from pytest_meshconform.kube.istio import (
+    DistributionEndpointMissing,
     DistributionTrackingDisabled,
     IstioDataError,
     ProxyVersions,
     config_distribution_path,
     distribution_key,
+    distribution_tracking_removed,
+    istio_minor_version,
+    istioctl_client_version,
     istioctl_download_url,
     istioctl_install_argv,
     lagging_proxies,
@@ -34,8 +38,8 @@ def test_default_istiod() -> None:
     assert info.name == "istiod"
     assert info.namespace == "istio-system"
     assert info.revision == "default"
-    assert info.version == "1.25.1"
-    assert info.image == "docker.io/istio/pilot:1.25.1"
+    assert info.version == "1.22.8"
+    assert info.image == "docker.io/istio/pilot:1.22.8"
     assert info.distribution_tracking is True
     assert info.max_workload_cert_ttl == timedelta(days=90)
     assert info.mesh_config_map == "istio"
@@ -226,6 +230,58 @@ def test_disabled_tracking_is_recognised() -> None:
     )
     with pytest.raises(DistributionTrackingDisabled):
         parse_config_distribution(message)
+
+
+def test_an_istiod_without_the_handler_is_recognised() -> None:
+    # Istio >= 1.23 registers no /debug/config_distribution: Go's ServeMux answers 404 with
+    # "404 page not found\n" (net/http NotFound), which `pilot-discovery request` does not treat
+    # as an error (pilot/pkg/request/command.go: StatusCode > 399 && != 404) and prints with
+    # fmt.Println, exit code 0
+    with pytest.raises(DistributionEndpointMissing, match=r"Istio 1\.23 and later removed"):
+        parse_config_distribution(b"404 page not found\n\n")
+
+
+# Istio 1.23.0 change notes: "Removed the experimental PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING
+# feature flag and corresponding istioctl experimental wait command" (istio/istio#51866).
+@pytest.mark.parametrize(
+    ("version", "minor", "removed"),
+    [
+        ("1.22.8", (1, 22), False),
+        ("1.22.0-beta.1", (1, 22), False),
+        ("1.21.2", (1, 21), False),
+        ("1.23.0", (1, 23), True),
+        ("1.25.1", (1, 25), True),
+        ("1.24-dev", (1, 24), True),
+        ("v1.26.0", (1, 26), True),
+        ("2.0.0", (2, 0), True),
+        ("latest", None, False),  # a custom tag says nothing: istiod's own answer decides
+        ("1.2x", None, False),
+    ],
+)
+def test_which_istio_still_tracks_distribution(
+    version: str, minor: tuple[int, int] | None, removed: bool
+) -> None:
+    assert istio_minor_version(version) == minor
+    assert distribution_tracking_removed(version) is removed
+
+
+def test_istioctl_client_version() -> None:
+    # `istioctl version --remote=false -o json`: Version{ClientVersion *BuildInfo
+    # `json:"clientVersion"`}, BuildInfo{version, revision, golang_version, status, tag}
+    # (pkg/version/version.go, pkg/version/cobra.go)
+    output = (
+        b'{\n  "clientVersion": {\n    "version": "1.22.8",\n    "revision":'
+        b' "0c3a3b8a8c51a1e1d06e4e8a2bd0e2b1fb83d3a0",\n    "golang_version": "go1.22.10",\n'
+        b'    "status": "Clean",\n    "tag": "1.22.8"\n  }\n}\n'
+    )
+    assert istioctl_client_version(output) == "1.22.8"
+    for bad, fragment in (
+        (b"client version: 1.22.8\n", "not JSON"),
+        (b"[]", "expected an object"),
+        (b'{"clientVersion": {}}', "clientVersion.version None"),
+    ):
+        with pytest.raises(IstioDataError, match=fragment):
+            istioctl_client_version(bad)
 
 
 @pytest.mark.parametrize(

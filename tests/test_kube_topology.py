@@ -11,11 +11,14 @@ from hypothesis import given, settings, strategies as st
 from pytest_meshconform.kube.topology import (
     LocalizedManifest,
     RunNamespaces,
+    RunOwner,
     TopologyError,
     WorkloadImages,
     delocalize_manifest,
     localize_manifest,
     namespace_manifest,
+    owner_text,
+    parse_owner,
     topology_services,
     topology_workloads,
     workload_manifests,
@@ -257,6 +260,47 @@ def test_delocalize_gives_back_what_the_suite_wrote() -> None:
     }
     on_cluster["status"] = {"conditions": []}
     assert delocalize_manifest(on_cluster, NAMES, ROOT) == written
+
+
+def test_delocalize_keeps_someone_elses_managed_by_label() -> None:
+    # a pre-existing mesh-wide policy installed by Helm; only meshconform's own marks go
+    on_cluster = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {
+            "name": "default",
+            "namespace": ROOT,
+            "labels": {
+                "app.kubernetes.io/managed-by": "Helm",
+                "meshconform.dev/run": "1a2b3c",
+            },
+        },
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    assert delocalize_manifest(on_cluster, NAMES, ROOT)["metadata"] == {
+        "name": "default",
+        "namespace": ROOT,
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "owner"),
+    [
+        ("dev@build-7 pid 4242", RunOwner("dev", "build-7", 4242)),
+        ("1001@runner-abc.internal pid 1", RunOwner("1001", "runner-abc.internal", 1)),
+        ("@host pid 7", RunOwner("", "host", 7)),
+        ("dev@build-7 pid", None),
+        ("dev@build 7 pid 1", None),
+        ("somebody", None),
+        (None, None),
+        (42, None),
+    ],
+)
+def test_owner_annotation(text: object, owner: RunOwner | None) -> None:
+    assert parse_owner(text) == owner
+    if owner is not None:
+        assert owner_text(owner) == text
 
 
 manifests = st.fixed_dictionaries(

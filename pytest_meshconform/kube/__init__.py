@@ -51,7 +51,9 @@ def preflight(config: pytest.Config, settings: MeshSettings) -> None:
 
     kind: the kind binary, a container engine that answers and istioctl. existing: the named
     kube context, a reachable API server, istiod (of ``--mesh-revision``) with config
-    distribution tracking. Invalid kube options raise ``pytest.UsageError``.
+    distribution tracking. Both refuse an Istio that no longer has that tracking (1.23 and
+    later), which is how meshconform waits for policies. Invalid kube options raise
+    ``pytest.UsageError``.
     """
     options = resolve_options(config)
     if settings.cluster == "kind":
@@ -68,7 +70,12 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
     from .backend import tracking_disabled_message
     from .client import KubeApi, KubeApiError
     from .cluster import resolve_context
-    from .istio import IstioDataError, select_istiod
+    from .istio import (
+        IstioDataError,
+        distribution_tracking_removed,
+        select_istiod,
+        tracking_removed_message,
+    )
 
     context = resolve_context(kube_context)
     try:
@@ -92,16 +99,24 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
             " (istioctl install), pass --mesh-istio-namespace if istiod lives elsewhere, or"
             " use --mesh-cluster=kind"
         ) from None
+    if distribution_tracking_removed(istiod.version):
+        raise MeshUnavailable(
+            tracking_removed_message(istiod.version, f"istiod {namespace}/{istiod.name} in {where}")
+        )
     if not istiod.distribution_tracking:
         raise MeshUnavailable(tracking_disabled_message(istiod))
 
 
 def _owner() -> str:
+    """The run namespaces' owner annotation: a later run on this host sweeps them only once
+    this process is gone (``KubeMesh._run_is_dead``)."""
+    from .topology import RunOwner, owner_text
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+    return owner_text(RunOwner(user, socket.gethostname(), os.getpid()))
 
 
 def open_mesh(

@@ -13,8 +13,10 @@ module is plain logic over dicts.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,12 +25,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
-from ..mesh import ExecResult, MeshError, PcapRecording, PropagationTimeout, Service, Workload
+from ..mesh import (
+    ExecResult,
+    MeshError,
+    MeshUnavailable,
+    PcapRecording,
+    PropagationTimeout,
+    Service,
+    Workload,
+)
 from ..settings import format_duration
 from . import MeshWideNotAllowed
 from .client import ExecSession, KubeApiError
 from .execproto import capture_argv, capture_filter, is_pcap, strip_request_newline
 from .istio import (
+    DistributionEndpointMissing,
     DistributionTrackingDisabled,
     IstioDataError,
     IstiodInfo,
@@ -36,10 +47,12 @@ from .istio import (
     ProxyVersions,
     config_distribution_path,
     distribution_key,
+    distribution_tracking_removed,
     lagging_proxies,
     parse_config_distribution,
     parse_mesh_config,
     select_istiod,
+    tracking_removed_message,
 )
 from .options import KubeOptions
 from .topology import (
@@ -49,6 +62,7 @@ from .topology import (
     LOGICAL_NAMESPACES,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    OWNER_ANNOTATION,
     LocalizedManifest,
     RunNamespaces,
     TopologyError,
@@ -56,6 +70,7 @@ from .topology import (
     delocalize_manifest,
     localize_manifest,
     namespace_manifest,
+    parse_owner,
     run_id_of,
     topology_services,
     topology_workloads,
@@ -68,6 +83,8 @@ Progress = Callable[[str], None]
 PROXY_CONTAINER: Final = "istio-proxy"
 ISTIOD_CONTAINER: Final = "discovery"
 ROOT_CERT_CONFIG_MAP: Final = "istio-ca-root-cert"
+# The start of Envoy's admin 404 body (checked against Envoy 1.40's admin on an unknown path).
+ENVOY_ADMIN_NOT_FOUND: Final = b"invalid path. admin commands are:"
 POLICY_KINDS: Final = (
     ("security.istio.io", "PeerAuthentication"),
     ("networking.istio.io", "DestinationRule"),
@@ -392,6 +409,9 @@ class KubeMesh:
             raise MeshError(
                 f"no usable Istio in {namespace} ({self.api.context}): {error}"
             ) from None
+        if distribution_tracking_removed(istiod.version):
+            where = f"istiod {istiod.namespace}/{istiod.name} ({self.api.context})"
+            raise MeshUnavailable(tracking_removed_message(istiod.version, where))
         if not istiod.distribution_tracking:
             raise MeshError(tracking_disabled_message(istiod))
         config_map = self.api.read_config_map(namespace, istiod.mesh_config_map)
@@ -410,13 +430,18 @@ class KubeMesh:
         return istiod
 
     def _sweep_leftovers(self) -> None:
-        """kind (our cluster): delete what earlier runs left. existing: only report it (and
-        skip the look when the user may not list namespaces: it is a courtesy, not a need)."""
+        """kind (our cluster): delete what crashed runs left. existing: only report it (and
+        skip the look when the user may not list namespaces: it is a courtesy, not a need).
+
+        A run in progress is never swept, even on kind: two sessions of one project share its
+        cluster. A namespace is stale when its owner annotation names this host and a process
+        that is gone (or names nobody); a mesh-wide leftover when no live run carries its id.
+        """
         try:
-            others = [
+            others = [  # terminating ones are already going: nothing to sweep or report
                 ns
                 for ns in self.api.list_namespaces(f"{MANAGED_BY_LABEL}={MANAGED_BY}")
-                if run_id_of(ns) != self.run_id
+                if run_id_of(ns) != self.run_id and not _meta(ns).get("deletionTimestamp")
             ]
             wide = self._mesh_wide_leftovers()
         except KubeApiError as error:
@@ -426,19 +451,30 @@ class KubeMesh:
             return
         if not others and not wide:
             return
+        stale = [ns for ns in others if self._run_is_dead(ns)]
+        live = [ns for ns in others if not self._run_is_dead(ns)]
+        live_runs = {run_id_of(ns) for ns in live}
         ns_names = [str(_meta(ns).get("name")) for ns in others]
         if self._backend == "kind":
-            for name in ns_names:
-                self.api.delete_namespace(name)
-            for obj in wide:
+            stale_wide = [obj for obj in wide if run_id_of(obj) not in live_runs]
+            for ns in stale:
+                self.api.delete_namespace(str(_meta(ns).get("name")))
+            for obj in stale_wide:
                 self.api.delete(
                     str(obj.get("apiVersion")),
                     str(obj.get("kind")),
                     self.root_namespace,
                     str(_meta(obj).get("name")),
                 )
-            swept = ns_names + [f"{o.get('kind')} {_meta(o).get('name')}" for o in wide]
-            self._progress(f"swept leftovers of earlier runs: {', '.join(swept)}")
+            swept = [str(_meta(ns).get("name")) for ns in stale]
+            swept += [f"{o.get('kind')} {_meta(o).get('name')}" for o in stale_wide]
+            if swept:
+                self._progress(f"swept leftovers of earlier runs: {', '.join(swept)}")
+            if live:
+                running = ", ".join(
+                    f"{_meta(ns).get('name')} ({self._owner_of(ns)})" for ns in live
+                )
+                self._progress(f"left alone namespaces of meshconform runs in progress: {running}")
             return
         if ns_names:
             self._progress(
@@ -452,6 +488,26 @@ class KubeMesh:
                 f"WARNING: mesh-wide policies left by a meshconform run in {self.root_namespace}:"
                 f" {listed}; they change mTLS for the whole mesh"
             )
+
+    @staticmethod
+    def _owner_of(namespace: Mapping[str, Any]) -> str:
+        annotations = _meta(namespace).get("annotations") or {}
+        return str(annotations.get(OWNER_ANNOTATION) or "no owner")
+
+    def _run_is_dead(self, namespace: Mapping[str, Any]) -> bool:
+        """The run that made ``namespace`` has ended: its owner process on this host is gone.
+
+        Namespaces of other hosts count as alive (their process cannot be checked from here),
+        namespaces without an owner annotation as dead (every run writes one).
+        """
+        annotations = _meta(namespace).get("annotations") or {}
+        raw = annotations.get(OWNER_ANNOTATION)
+        if raw is None:
+            return True
+        owner = parse_owner(raw)
+        if owner is None or owner.host != socket.gethostname():
+            return False
+        return not process_alive(owner.pid)
 
     def _mesh_wide_leftovers(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -585,6 +641,8 @@ class KubeMesh:
                 f" in context {self.api.context}; delete them with: kubectl delete ns -l"
                 f" {self.names.selector}"
             )
+            if self.run_dir is not None and self.run_dir.exists():
+                self._progress(f"--mesh-keep: left this run's captures in {self.run_dir}")
         else:
             for namespace in self._created_namespaces:
                 try:
@@ -700,6 +758,12 @@ class KubeMesh:
             raise MeshError(
                 f"Envoy admin {path} on {workload.key}: pilot-agent exited {result.returncode}:"
                 f" {result.stderr.decode(errors='replace').strip()[:500]}"
+            )
+        if result.stdout.startswith(ENVOY_ADMIN_NOT_FOUND):
+            # pilot-agent request lets a 404 pass with exit 0 (pilot/pkg/request/command.go)
+            raise MeshError(
+                f"Envoy admin {path} on {workload.key}: Envoy answered 404"
+                f" ({ENVOY_ADMIN_NOT_FOUND.decode()} ...): no such admin path"
             )
         return strip_request_newline(result.stdout)
 
@@ -840,6 +904,9 @@ class KubeMesh:
                     )
                 try:
                     collected += parse_config_distribution(bytes(session.stdout))
+                except DistributionEndpointMissing:
+                    where = f"istiod {namespace}/{pod}"
+                    raise MeshError(tracking_removed_message(self.istiod.version, where)) from None
                 except IstioDataError as error:
                     raise MeshError(f"istiod {pod}: {error}") from None
         return collected
@@ -1021,6 +1088,19 @@ def capture_container_spec(image: str) -> dict[str, Any]:
             "capabilities": {"add": ["NET_RAW", "NET_ADMIN"]},
         },
     }
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def tracking_disabled_message(istiod: IstiodInfo) -> str:

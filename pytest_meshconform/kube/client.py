@@ -8,6 +8,7 @@ become ``KubeApiError`` (a ``MeshError``) carrying the HTTP status.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,40 @@ class KubeApiError(MeshError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _chained_interrupt(error: BaseException) -> BaseException | None:
+    """A KeyboardInterrupt or SystemExit that ``error`` was raised while handling."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt | SystemExit):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _exec_error(what: str, error: Exception) -> KubeApiError:
+    """An exec that never started. The API server refuses it in the WebSocket handshake (404
+    for a pod that is gone, 400 for a container that is not running); the client wraps that in
+    ``ApiException(status=0)`` (ws_client.websocket_call), so the handshake's own status and
+    ``metav1.Status`` body are taken from the exception it chained."""
+    cause: BaseException | None = error
+    while cause is not None:
+        code = getattr(cause, "status_code", None)
+        if isinstance(code, int) and code:
+            body = getattr(cause, "resp_body", None)
+            detail = ""
+            if isinstance(body, bytes | str) and body:
+                text = body.decode(errors="replace") if isinstance(body, bytes) else body
+                try:
+                    status = json.loads(text)
+                except json.JSONDecodeError:
+                    status = None
+                message = status.get("message") if isinstance(status, dict) else None
+                detail = str(message) if message else text.strip()[:300]
+            return KubeApiError(f"{what}: HTTP {code} {detail}".rstrip(), code)
+        cause = cause.__cause__ or cause.__context__
+    return _api_error(what, error)
 
 
 def _api_error(what: str, error: Exception) -> KubeApiError:
@@ -226,11 +261,15 @@ class KubeApi:
             raise _api_error(f"create namespace {manifest['metadata']['name']}", error) from error
 
     def delete_namespace(self, name: str) -> bool:
-        """Delete in the background; False when it was already gone."""
+        """Delete in the background; False when it was already gone or going.
+
+        A namespace already terminating answers 409 Conflict ("The system is ensuring all
+        content is removed from this namespace", the namespace registry's Delete).
+        """
         try:
             self.core.delete_namespace(name, propagation_policy="Background")
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (404, 409):
                 return False
             raise _api_error(f"delete namespace {name}", error) from error
         return True
@@ -411,9 +450,15 @@ class KubeApi:
     ) -> ExecSession:
         """Start ``argv`` in a container; bytes in and out, untouched (``binary=True``)."""
         description = f"`{describe_argv(argv)}` in {namespace}/{pod} [{container}]"
+        # kubernetes.stream.stream() swaps the ApiClient's ``call_api`` for a WebSocket
+        # transport while it connects and puts back what it found afterwards (stream/stream.py):
+        # on a shared client, REST and dynamic calls of other threads (the rotation watcher's
+        # request loop) would go out as WebSockets, and two handshakes could leave the swap in
+        # place for good. Each exec gets a client of its own (cheap: no connection until used).
+        exec_core = k8s.CoreV1Api(k8s.ApiClient(self.api_client.configuration))
         try:
             ws = stream(
-                self.core.connect_get_namespaced_pod_exec,
+                exec_core.connect_get_namespaced_pod_exec,
                 pod,
                 namespace,
                 container=container,
@@ -426,5 +471,10 @@ class KubeApi:
                 _preload_content=False,
             )
         except Exception as error:
-            raise _api_error(f"exec {description}", error) from error
+            # websocket_call turns even Ctrl-C into ApiException(status=0): give it back, or
+            # an interrupted handshake would read as a failed exec and the run go on.
+            interrupt = _chained_interrupt(error)
+            if interrupt is not None:
+                raise interrupt from None
+            raise _exec_error(f"exec {description}", error) from error
         return ExecSession(ws, description)

@@ -10,6 +10,7 @@ type ``ExitCode`` (JSON ``reason``); any other failure means the command did not
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ __all__ = [
     "parse_exec_status",
     "strip_request_newline",
 ]
+
+
+_EXIT_CODE_RE: Final = re.compile(r"[0-9]+")
 
 
 class ExecStatusError(ValueError):
@@ -70,7 +74,8 @@ def parse_exec_status(payload: bytes | str) -> ExecStatus:
     for cause in causes:
         if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
             code = cause.get("message")
-            if not isinstance(code, str) or not code.isdigit() or int(code) > 255:
+            # strconv.ParseUint(code, 10, 8): ASCII digits only, at most 255
+            if not isinstance(code, str) or not _EXIT_CODE_RE.fullmatch(code) or int(code) > 255:
                 raise ExecStatusError(f"invalid exit code value {code!r}")
             return ExecStatus(int(code), reason, message)
     raise ExecStatusError(f"NonZeroExitCode status without an ExitCode cause: {text[:200]!r}")

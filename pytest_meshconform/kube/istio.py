@@ -7,6 +7,11 @@ facts used here come from Istio's source: istiod's environment variables
 (``PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING``, ``MAX_WORKLOAD_CERT_TTL``), the
 ``/debug/config_distribution`` handler (``pilot/pkg/xds/debug.go``, ``SyncedVersions``) and the
 config key format ``group/version/Kind/namespace/name`` (``pkg/config/model.go`` ``Key``).
+
+That tracking exists only up to Istio 1.22: 1.23 removed the
+``PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING`` flag, the ``/debug/config_distribution`` handler
+and ``istioctl experimental wait`` (istio/istio#51866; Istio 1.23.0 change notes);
+``distribution_tracking_removed`` tells which istiods are affected.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ..settings import format_duration
 __all__ = [
     "DEFAULT_MAX_WORKLOAD_CERT_TTL",
     "DISTRIBUTION_DISABLED_MESSAGE",
+    "DISTRIBUTION_TRACKING_LAST_MINOR",
+    "DistributionEndpointMissing",
     "DistributionTrackingDisabled",
     "IstioDataError",
     "IstiodInfo",
@@ -34,6 +41,9 @@ __all__ = [
     "ProxyVersions",
     "config_distribution_path",
     "distribution_key",
+    "distribution_tracking_removed",
+    "istio_minor_version",
+    "istioctl_client_version",
     "istioctl_download_url",
     "istioctl_install_argv",
     "lagging_proxies",
@@ -41,10 +51,17 @@ __all__ = [
     "parse_go_duration",
     "parse_mesh_config",
     "select_istiod",
+    "tracking_removed_message",
 ]
 
 DEFAULT_MAX_WORKLOAD_CERT_TTL: Final = timedelta(days=90)
 DISTRIBUTION_DISABLED_MESSAGE: Final = "Pilot Version tracking is disabled"
+# The last Istio minor release with config distribution tracking (removed in 1.23.0).
+DISTRIBUTION_TRACKING_LAST_MINOR: Final = (1, 22)
+# What a Go http.ServeMux answers for an unregistered path (net/http NotFound), which
+# ``pilot-discovery request`` prints with exit code 0 (pilot/pkg/request/command.go lets 404 pass).
+_GO_NOT_FOUND_BODY: Final = "404 page not found"
+_MINOR_VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)(?:[.-]|$)")
 ISTIOD_CONTAINER: Final = "discovery"
 _GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # strconv.ParseBool
 _GO_DURATION_UNITS: Final = {
@@ -67,6 +84,39 @@ class IstioDataError(ValueError):
 
 class DistributionTrackingDisabled(IstioDataError):
     """istiod runs without PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING."""
+
+
+class DistributionEndpointMissing(IstioDataError):
+    """istiod does not serve ``/debug/config_distribution`` at all (Istio 1.23 and later)."""
+
+
+def istio_minor_version(version: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of an Istio version (``1.22.8``, ``1.24-dev``, ``1.25.0-beta.1``);
+    None when the text does not start with one (a custom build tag): no guessing."""
+    match = _MINOR_VERSION_RE.match(version.strip().removeprefix("v"))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def distribution_tracking_removed(version: str) -> bool:
+    """True for an Istio without config distribution tracking (1.23 and later).
+
+    An unrecognisable version is not judged here (False): the tracking check itself then
+    answers with what istiod said.
+    """
+    minor = istio_minor_version(version)
+    return minor is not None and minor > DISTRIBUTION_TRACKING_LAST_MINOR
+
+
+def tracking_removed_message(version: str, where: str) -> str:
+    """Why meshconform's kube backend cannot work with this Istio, and what works instead."""
+    last = ".".join(str(n) for n in DISTRIBUTION_TRACKING_LAST_MINOR)
+    return (
+        f"{where} runs Istio {version}, which has no config distribution tracking (Istio 1.23"
+        " removed PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING, /debug/config_distribution and"
+        " `istioctl x wait`, istio/istio#51866): meshconform could not tell when a policy has"
+        f" reached the sidecars, and does not guess with sleeps. Use Istio {last}.x (kind:"
+        f" --mesh-istio-version={last}.8 or an istioctl {last}.x) or --mesh-cluster=local"
+    )
 
 
 def parse_go_duration(text: str) -> timedelta:
@@ -270,6 +320,11 @@ class ProxyVersions:
 def parse_config_distribution(data: bytes | str) -> tuple[ProxyVersions, ...]:
     """Parse istiod's ``/debug/config_distribution`` answer (a JSON list, or null)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if text.strip() == _GO_NOT_FOUND_BODY:
+        raise DistributionEndpointMissing(
+            "istiod does not serve /debug/config_distribution (404 page not found): Istio 1.23"
+            " and later removed config distribution tracking"
+        )
     if DISTRIBUTION_DISABLED_MESSAGE in text:
         raise DistributionTrackingDisabled(
             "istiod runs without config distribution tracking"
@@ -332,6 +387,23 @@ def lagging_proxies(
 
 
 # --- istioctl --------------------------------------------------------------------------------
+
+
+def istioctl_client_version(output: bytes | str) -> str:
+    """The client version from ``istioctl version --remote=false -o json``
+    (``{"clientVersion": {"version": "1.22.8", ...}}``, pkg/version/cobra.go)."""
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise IstioDataError(
+            f"istioctl version: not JSON ({error.msg}) in {text[:120]!r}"
+        ) from None
+    client = _mapping(document, "istioctl version").get("clientVersion")
+    version = _mapping(client, "istioctl version: clientVersion").get("version")
+    if not isinstance(version, str) or not version:
+        raise IstioDataError(f"istioctl version: clientVersion.version {version!r}")
+    return version
 
 
 def istioctl_download_url(version: str, system: str, machine: str) -> str:

@@ -29,17 +29,21 @@ __all__ = [
     "LOGICAL_NAMESPACES",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
+    "OWNER_ANNOTATION",
     "PLAIN_NAMESPACES",
     "POLICY_GROUPS",
     "RUN_LABEL",
     "LocalizedManifest",
     "RunNamespaces",
+    "RunOwner",
     "TopologyError",
     "WorkloadImages",
     "delocalize_manifest",
     "is_ours",
     "localize_manifest",
     "namespace_manifest",
+    "owner_text",
+    "parse_owner",
     "run_id_of",
     "topology_services",
     "topology_workloads",
@@ -59,7 +63,7 @@ MANAGED_BY: Final = "meshconform"
 RUN_LABEL: Final = "meshconform.dev/run"
 LOGICAL_LABEL: Final = "meshconform.dev/logical-namespace"
 OWNER_ANNOTATION: Final = "meshconform.dev/owner"
-_OUR_LABELS: Final = (MANAGED_BY_LABEL, RUN_LABEL)
+_OWNER_RE: Final = re.compile(r"(?P<user>[^@]*)@(?P<host>[^ @]+) pid (?P<pid>[0-9]{1,10})")
 
 POLICY_GROUPS: Final = ("security.istio.io", "networking.istio.io")
 _RUN_ID_RE: Final = re.compile(r"[a-z0-9]{1,12}")
@@ -81,6 +85,30 @@ _LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
 
 class TopologyError(ValueError):
     """A manifest cannot be placed in this run's namespaces; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOwner:
+    """Who made a run's namespaces (their ``meshconform.dev/owner`` annotation): so a later
+    run can tell a crashed run's leftovers (dead process on this host) from a run in progress."""
+
+    user: str
+    host: str
+    pid: int
+
+
+def owner_text(owner: RunOwner) -> str:
+    return f"{owner.user}@{owner.host} pid {owner.pid}"
+
+
+def parse_owner(text: object) -> RunOwner | None:
+    """The owner annotation's value (``user@host pid N``); None when absent or not ours."""
+    if not isinstance(text, str):
+        return None
+    match = _OWNER_RE.fullmatch(text)
+    if match is None:
+        return None
+    return RunOwner(match.group("user"), match.group("host"), int(match.group("pid")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +485,13 @@ def delocalize_manifest(
     namespace = meta.get("namespace")
     if isinstance(namespace, str):
         meta["namespace"] = reverse.get(namespace, namespace)
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in _OUR_LABELS}
+    # Only meshconform's own marks go: a managed-by label naming someone else (Helm, Argo CD)
+    # is part of the object being restored, and Helm refuses to upgrade objects without it.
+    labels = {
+        k: v
+        for k, v in (meta.get("labels") or {}).items()
+        if k != RUN_LABEL and not (k == MANAGED_BY_LABEL and v == MANAGED_BY)
+    }
     if labels:
         meta["labels"] = labels
     else:
