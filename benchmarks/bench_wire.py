@@ -12,77 +12,51 @@ conversation table on the same file.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import random
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dpkt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pytest_meshconform.wire import Capture, analyze_pcap
 
-ISTIO_ALPN = ["istio-http/1.1", "istio", "http/1.1"]
+# Real hellos are made the way the tests make them (tests/wire_helpers.py), not a second way.
+_TESTS = str(Path(__file__).resolve().parents[1] / "tests")
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+from wire_helpers import (  # noqa: E402
+    ACK,
+    FIN,
+    ISTIO_ALPN,
+    PSH,
+    RST,
+    SYN,
+    client_context,
+    make_certificate,
+    server_context,
+    tls_first_flights,
+)
+
 MSS = 1448
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MAC_A, MAC_B = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
 
 
 def _tls_flights(directory: Path, services: int) -> list[tuple[bytes, bytes]]:
     """Real first flights (ClientHello; ServerHello...) from OpenSSL over memory BIOs, for a
     few services, alternating TLS 1.3 and TLS 1.2."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "bench.pem", directory / "bench.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_path, key_path)
-    server.set_alpn_protocols(["istio-http/1.1", "http/1.1"])
+    cert, key = make_certificate(directory)
+    server = server_context(cert, key, ["istio-http/1.1", "http/1.1"])
     flights = []
     for index in range(services):
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.verify_mode = ssl.CERT_NONE
-        client.set_alpn_protocols(ISTIO_ALPN)
-        client.maximum_version = ssl.TLSVersion.TLSv1_3 if index % 2 else ssl.TLSVersion.TLSv1_2
+        maximum = ssl.TLSVersion.TLSv1_3 if index % 2 else ssl.TLSVersion.TLSv1_2
         sni = f"outbound_.8000_._.svc{index}.foo.svc.cluster.local"
-        client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
-        client_side = client.wrap_bio(client_in, client_out, server_hostname=sni)
-        server_side = server.wrap_bio(server_in, server_out, server_side=True)
-        with contextlib.suppress(ssl.SSLWantReadError):
-            client_side.do_handshake()
-        hello = client_out.read()
-        server_in.write(hello)
-        with contextlib.suppress(ssl.SSLWantReadError):
-            server_side.do_handshake()
-        flights.append((hello, server_out.read()))
+        flights.append(tls_first_flights(client_context(ISTIO_ALPN, maximum), server, sni))
     return flights
 
 

@@ -587,15 +587,32 @@ class EnvoySecret:
 
 @dataclass(frozen=True, slots=True)
 class EnvoySecrets:
-    """A proxy's secrets: Istio's workload certificate and roots, and the full list."""
+    """A proxy's secrets: the full list, and Istio's workload certificate and roots in it.
+
+    ``workload`` is kept, not derived, because building it validates the ``default`` chain;
+    the roots are read off the active ``ROOTCA`` secret.
+    """
 
     secrets: tuple[EnvoySecret, ...]
     workload: WorkloadCert | None
-    roots: tuple[x509.Certificate, ...]
-    trust_bundles: tuple[TrustBundle, ...] = ()
 
     def secret(self, name: str, state: SecretState = "active") -> EnvoySecret | None:
         return next((s for s in self.secrets if s.name == name and s.state == state), None)
+
+    @property
+    def trust_bundles(self) -> tuple[TrustBundle, ...]:
+        """The per-trust-domain bundles of ``ROOTCA``'s SPIFFE validator (SPIRE federation)."""
+        root_secret = self.secret(ISTIO_ROOT_SECRET)
+        return () if root_secret is None else root_secret.trust_bundles
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """Every root ``ROOTCA`` holds: its ``trusted_ca``, then each trust bundle's."""
+        root_secret = self.secret(ISTIO_ROOT_SECRET)
+        if root_secret is None:
+            return ()
+        bundled = tuple(c for bundle in root_secret.trust_bundles for c in bundle.certificates)
+        return root_secret.certificates + bundled
 
     def roots_for(self, trust_domain: str) -> tuple[x509.Certificate, ...]:
         """The roots Envoy would check a peer of ``trust_domain`` against.
@@ -783,13 +800,8 @@ def parse_envoy_secrets(data: bytes | str | Mapping[str, Any]) -> EnvoySecrets:
             "instead of holding the PEM"
         )
 
-    roots: tuple[x509.Certificate, ...] = ()
-    bundles: tuple[TrustBundle, ...] = ()
-    root_secret = _single_secret(secrets, ISTIO_ROOT_SECRET, "validation_context")
-    if root_secret is not None:
-        bundles = root_secret.trust_bundles
-        roots = root_secret.certificates + tuple(c for b in bundles for c in b.certificates)
-    return EnvoySecrets(tuple(secrets), workload, roots, bundles)
+    _single_secret(secrets, ISTIO_ROOT_SECRET, "validation_context")  # one, of the right kind
+    return EnvoySecrets(tuple(secrets), workload)
 
 
 # --- Envoy /certs ---------------------------------------------------------------------------
@@ -891,11 +903,15 @@ def _lifetime(
     return start, end, end - start
 
 
-def _check_ratios(grace_ratio: float, jitter: float) -> None:
-    if not 0.0 <= grace_ratio <= 1.0:
-        raise CertError(f"grace_ratio must be within 0..1, got {grace_ratio!r}")
-    if not 0.0 <= jitter <= 1.0:
-        raise CertError(f"jitter must be within 0..1, got {jitter!r}")
+def _rotation_lifetime(
+    created: datetime, expires: datetime, grace_ratio: float, jitter: float
+) -> tuple[datetime, timedelta]:
+    """``expires`` in UTC and the lifetime, once the rotation inputs are checked."""
+    _, end, lifetime = _lifetime(created, expires)
+    for name, ratio in (("grace_ratio", grace_ratio), ("jitter", jitter)):
+        if not 0.0 <= ratio <= 1.0:
+            raise CertError(f"{name} must be within 0..1, got {ratio!r}")
+    return end, lifetime
 
 
 def rotation_time(
@@ -922,8 +938,7 @@ def rotation_time(
     not_before a little earlier (istiod backdates it by its 2-minute ClockSkewGracePeriod).
     Resolution is the microsecond (Go's is the nanosecond).
     """
-    _, end, lifetime = _lifetime(created, expires)
-    _check_ratios(grace_ratio, jitter)
+    end, lifetime = _rotation_lifetime(created, expires, grace_ratio, jitter)
     draw = _DEFAULT_RANDOM if rand is None else rand
     magnitude = draw.random()
     sign = draw.randrange(2) * 2 - 1
@@ -952,8 +967,7 @@ def rotation_window(
     created: datetime, expires: datetime, grace_ratio: float = 0.5, jitter: float = 0.01
 ) -> tuple[datetime, datetime]:
     """Earliest and latest instant :func:`rotation_time` can return, whatever the draws."""
-    _, end, lifetime = _lifetime(created, expires)
-    _check_ratios(grace_ratio, jitter)
+    end, lifetime = _rotation_lifetime(created, expires, grace_ratio, jitter)
     largest = min(1.0, grace_ratio + jitter)
     smallest = max(0.0, grace_ratio - jitter)
     return end - lifetime * largest, end - lifetime * smallest

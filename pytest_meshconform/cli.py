@@ -2,8 +2,9 @@
 
 ``meshconform diff OLD NEW`` prints what changed between two runs (regressions, fixes, newly
 skipped, new and removed tests) and exits 1 on any regression, so that an upgrade check is one
-command in CI. Exit status: 0 no regression, 1 regression, 2 bad input (usage, unreadable or
-malformed report: the message names the file and the field).
+command in CI. Exit status: 0 no regression, 1 regression (or a test file that no longer
+collects), 2 bad input (usage, unreadable or malformed report: the message names the file and
+the field).
 """
 
 from __future__ import annotations

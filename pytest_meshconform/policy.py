@@ -158,8 +158,12 @@ class TlsMode(StrEnum):
     ISTIO_MUTUAL = "ISTIO_MUTUAL"
 
 
-def _frozen_map(value: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
-    return None if value is None else MappingProxyType(dict(value))
+def _freeze_maps(obj: object, *names: str) -> None:
+    """Replace a frozen dataclass's mapping fields by read-only copies (None stays None)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            object.__setattr__(obj, name, MappingProxyType(dict(value)))
 
 
 def _empty_map() -> Mapping[Any, Any]:
@@ -190,10 +194,7 @@ class PeerAuthentication:
     annotations: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "selector", _frozen_map(self.selector))
-        object.__setattr__(self, "port_level", MappingProxyType(dict(self.port_level)))
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
-        object.__setattr__(self, "annotations", MappingProxyType(dict(self.annotations)))
+        _freeze_maps(self, "selector", "port_level", "labels", "annotations")
 
     @property
     def is_workload_policy(self) -> bool:
@@ -211,14 +212,7 @@ class PeerAuthentication:
             spec["portLevelMtls"] = {
                 str(port): {"mode": mode.value} for port, mode in sorted(self.port_level.items())
             }
-        return {
-            "apiVersion": self.api_version,
-            "kind": self.kind,
-            "metadata": _metadata_manifest(
-                self.name, self.namespace, self.creation_timestamp, self.labels, self.annotations
-            ),
-            "spec": spec,
-        }
+        return _object_manifest(self, spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,23 +231,16 @@ class ClientTls:
 
     def to_manifest(self) -> dict[str, Any]:
         """The ``tls`` block as a plain dict."""
-        out: dict[str, Any] = {"mode": self.mode.value}
-        for key, value in (
-            ("clientCertificate", self.client_certificate),
-            ("privateKey", self.private_key),
-            ("caCertificates", self.ca_certificates),
-            ("credentialName", self.credential_name),
-        ):
-            if value is not None:
+        out: dict[str, Any] = {}
+        for key, attribute in _TLS_KEYS.items():
+            value = getattr(self, attribute)
+            if isinstance(value, TlsMode):
+                out[key] = value.value
+            elif isinstance(value, tuple):
+                if value:
+                    out[key] = list(value)
+            elif value is not None:
                 out[key] = value
-        if self.subject_alt_names:
-            out["subjectAltNames"] = list(self.subject_alt_names)
-        if self.sni is not None:
-            out["sni"] = self.sni
-        if self.insecure_skip_verify is not None:
-            out["insecureSkipVerify"] = self.insecure_skip_verify
-        if self.ca_crl is not None:
-            out["caCrl"] = self.ca_crl
         return out
 
 
@@ -266,7 +253,7 @@ class PortTrafficPolicy:
     other: Mapping[str, Any] = field(default_factory=_empty_map, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "other", MappingProxyType(dict(self.other)))
+        _freeze_maps(self, "other")
 
     def to_manifest(self) -> dict[str, Any]:
         """The entry as a plain dict."""
@@ -286,7 +273,7 @@ class TrafficPolicy:
     other: Mapping[str, Any] = field(default_factory=_empty_map, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "other", MappingProxyType(dict(self.other)))
+        _freeze_maps(self, "other")
 
     def to_manifest(self) -> dict[str, Any]:
         """The traffic policy as a plain dict."""
@@ -307,7 +294,7 @@ class Subset:
     traffic_policy: TrafficPolicy | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        _freeze_maps(self, "labels")
 
     def to_manifest(self) -> dict[str, Any]:
         """The subset as a plain dict."""
@@ -342,9 +329,7 @@ class DestinationRule:
     annotations: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workload_selector", _frozen_map(self.workload_selector))
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
-        object.__setattr__(self, "annotations", MappingProxyType(dict(self.annotations)))
+        _freeze_maps(self, "workload_selector", "labels", "annotations")
 
     def to_manifest(self) -> dict[str, Any]:
         """The object as a plain dict, ready for ``yaml.safe_dump`` or ``kubectl apply``."""
@@ -357,14 +342,7 @@ class DestinationRule:
             spec["exportTo"] = list(self.export_to)
         if self.workload_selector is not None:
             spec["workloadSelector"] = {"matchLabels": dict(self.workload_selector)}
-        return {
-            "apiVersion": self.api_version,
-            "kind": self.kind,
-            "metadata": _metadata_manifest(
-                self.name, self.namespace, self.creation_timestamp, self.labels, self.annotations
-            ),
-            "spec": spec,
-        }
+        return _object_manifest(self, spec)
 
 
 Policy: TypeAlias = PeerAuthentication | DestinationRule
@@ -1103,25 +1081,34 @@ def _thaw(value: object) -> object:
     return value
 
 
-def _metadata_manifest(
-    name: str,
-    namespace: str | None,
-    creation: datetime | None,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str],
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name}
-    if namespace is not None:
-        metadata["namespace"] = namespace
-    if creation is not None:
-        utc = creation.astimezone(UTC)
+def _object_manifest(policy: Policy, spec: dict[str, Any]) -> dict[str, Any]:
+    """A policy's ``apiVersion``, ``kind`` and ``metadata`` around ``spec``, as plain data."""
+    metadata: dict[str, Any] = {"name": policy.name}
+    if policy.namespace is not None:
+        metadata["namespace"] = policy.namespace
+    if policy.creation_timestamp is not None:
+        utc = policy.creation_timestamp.astimezone(UTC)
         pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if utc.microsecond else "%Y-%m-%dT%H:%M:%SZ"
         metadata["creationTimestamp"] = utc.strftime(pattern)
-    if labels:
-        metadata["labels"] = dict(labels)
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    return metadata
+    if policy.labels:
+        metadata["labels"] = dict(policy.labels)
+    if policy.annotations:
+        metadata["annotations"] = dict(policy.annotations)
+    return {
+        "apiVersion": policy.api_version,
+        "kind": policy.kind,
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def _checked_manifest(
+    kind: str, api_version: str, name: str, namespace: str | None, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A built manifest, put through the parser (Istio's rules) and written back out."""
+    metadata = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+    manifest = {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}
+    return parse_policy(manifest).to_manifest()
 
 
 # ------------------------------------------------------------------------- builders
@@ -1151,13 +1138,7 @@ def peer_authentication(
             _port_text(port): {"mode": _mode_text(port_mode)}
             for port, port_mode in port_level.items()
         }
-    manifest = {
-        "apiVersion": api_version,
-        "kind": "PeerAuthentication",
-        "metadata": _metadata_manifest(name, namespace, None, {}, {}),
-        "spec": spec,
-    }
-    return parse_policy(manifest).to_manifest()
+    return _checked_manifest("PeerAuthentication", api_version, name, namespace, spec)
 
 
 def destination_rule(
@@ -1211,13 +1192,7 @@ def destination_rule(
         spec["exportTo"] = list(export_to)
     if workload_selector is not None:
         spec["workloadSelector"] = {"matchLabels": dict(workload_selector)}
-    manifest = {
-        "apiVersion": api_version,
-        "kind": "DestinationRule",
-        "metadata": _metadata_manifest(name, namespace, None, {}, {}),
-        "spec": spec,
-    }
-    return parse_policy(manifest).to_manifest()
+    return _checked_manifest("DestinationRule", api_version, name, namespace, spec)
 
 
 def _mode_text(mode: object) -> object:
@@ -1296,19 +1271,25 @@ def effective_mtls_mode(
             continue
         applicable.append((policy_namespace, policy))
 
-    def oldest(candidates: list[tuple[str, PeerAuthentication]]) -> PeerAuthentication | None:
-        if not candidates:
+    def oldest(workload_level: bool, in_root: bool) -> PeerAuthentication | None:
+        """The policy ComposePeerAuthentication takes at one level: the oldest applicable."""
+        level = [
+            (policy_namespace, policy)
+            for policy_namespace, policy in applicable
+            if policy.is_workload_policy == workload_level
+            and (policy_namespace == root_namespace) == in_root
+        ]
+        if not level:
             return None
-        return min(candidates, key=lambda item: _age_key(item[1], item[0]))[1]
+        return min(level, key=lambda item: _age_key(item[1], item[0]))[1]
 
-    mesh = oldest([c for c in applicable if not c[1].selector and c[0] == root_namespace])
-    namespace_wide = oldest([c for c in applicable if not c[1].selector and c[0] != root_namespace])
-    workload = oldest([c for c in applicable if c[1].selector and c[0] != root_namespace])
+    mesh = oldest(workload_level=False, in_root=True)
+    namespace_wide = oldest(workload_level=False, in_root=False)
+    workload = oldest(workload_level=True, in_root=False)
     mode = MtlsMode.PERMISSIVE
-    for level in (mesh, namespace_wide, workload):
-        if level is not None and level.mode not in (None, MtlsMode.UNSET):
-            assert level.mode is not None
-            mode = level.mode
+    for chosen in (mesh, namespace_wide, workload):
+        if chosen is not None and chosen.mode is not None and chosen.mode is not MtlsMode.UNSET:
+            mode = chosen.mode
     if workload is not None and port is not None and port in workload.port_level:
         port_mode = workload.port_level[port]
         if port_mode is not MtlsMode.UNSET:

@@ -16,8 +16,9 @@ The module has three layers:
   results, archives and attaches evidence of failed tests, writes the report, adds JUnit
   testsuite properties, and compares with a baseline.
 
-It is imported when the plugin loads, so it imports only the standard library and pytest;
-YAML and JSON are imported when a report is written or read.
+It is imported when the plugin loads, so it imports only the standard library, pytest and the
+(standard-library-only) ``mesh`` protocol; YAML and JSON are imported when a report is written
+or read.
 """
 
 from __future__ import annotations
@@ -161,15 +162,7 @@ class Statistics:
 
     @property
     def total(self) -> int:
-        return (
-            self.passed
-            + self.failed
-            + self.errors
-            + self.skipped
-            + self.xfailed
-            + self.xpassed
-            + self.not_run
-        )
+        return sum(getattr(self, field.name) for field in dataclasses.fields(self))
 
     @classmethod
     def of(cls, tests: Iterable[TestResult]) -> Statistics:
@@ -441,17 +434,15 @@ def dump_report(report: ConformanceReport, report_format: ReportFormat) -> str:
 
 
 def _format_of(path: Path) -> ReportFormat:
-    from .settings import REPORT_SUFFIXES
+    from .settings import REPORT_SUFFIXES, report_format_of
 
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        return "json"
-    if suffix in (".yaml", ".yml"):
-        return "yaml"
-    raise ReportError(
-        f"{path}: unknown report format {path.suffix!r}; accepted suffixes:"
-        f" {', '.join(REPORT_SUFFIXES)}"
-    )
+    report_format = report_format_of(path)
+    if report_format is None:
+        raise ReportError(
+            f"{path}: unknown report format {path.suffix!r}; accepted suffixes:"
+            f" {', '.join(REPORT_SUFFIXES)}"
+        )
+    return report_format
 
 
 def write_report(report: ConformanceReport, path: Path) -> None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTER_KINDS",
     "DEFAULT_CERT_TTL",
+    "FAULT_NAMES",
     "MAX_CERT_TTL",
     "REPORT_SUFFIXES",
     "ClusterKind",
@@ -33,6 +34,7 @@ __all__ = [
     "cluster_argument",
     "format_duration",
     "parse_cert_ttl",
+    "report_format_of",
 ]
 
 _T = TypeVar("_T")
@@ -52,6 +54,9 @@ _REPORT_FORMAT_BY_SUFFIX: Final[dict[str, ReportFormat]] = {
     ".json": "json",
 }
 REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
+
+FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+"""Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 
 # Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.
 _DURATION_UNIT_SECONDS: Final[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
@@ -105,6 +110,11 @@ def parse_cert_ttl(text: str) -> timedelta:
     if not 0 < seconds <= MAX_CERT_TTL.total_seconds():
         raise SettingsError(f"duration {text!r} out of range: expected {_CERT_TTL_ACCEPTED}")
     return timedelta(seconds=seconds)
+
+
+def report_format_of(path: Path) -> ReportFormat | None:
+    """``yaml`` or ``json`` by the path's suffix (any case); None for any other suffix."""
+    return _REPORT_FORMAT_BY_SUFFIX.get(path.suffix.lower())
 
 
 def format_duration(duration: timedelta) -> str:
@@ -175,9 +185,7 @@ class MeshSettings:
     @property
     def report_format(self) -> ReportFormat | None:
         """``yaml`` or ``json``, from the report path's suffix; None without a report."""
-        if self.report is None:
-            return None
-        return _REPORT_FORMAT_BY_SUFFIX[self.report.suffix.lower()]
+        return None if self.report is None else report_format_of(self.report)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> MeshSettings:
@@ -326,7 +334,7 @@ def _parse_path(value: str, layer: OptionLayer) -> Path:
 
 def _parse_report(value: str, layer: OptionLayer) -> Path:
     path = _parse_path(value, layer)
-    if path.suffix.lower() not in _REPORT_FORMAT_BY_SUFFIX:
+    if report_format_of(path) is None:
         raise ValueError(
             f"invalid report path {value!r}; accepted suffixes: {', '.join(REPORT_SUFFIXES)}"
         )
@@ -338,10 +346,6 @@ def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     if not path.is_file():
         raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
     return path
-
-
-FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
-"""Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 
 
 def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:

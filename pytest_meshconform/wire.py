@@ -153,10 +153,6 @@ class Flow:
         return self.client_rst or self.server_rst
 
     @property
-    def fin_seen(self) -> bool:
-        return self.client_fin or self.server_fin
-
-    @property
     def server_port(self) -> int:
         return self.server[1]
 
@@ -187,23 +183,10 @@ class Capture:
 
     def flows_to(self, port: int) -> tuple[Flow, ...]:
         """Flows whose server listens on ``port``."""
-        return tuple(f for f in self.flows if f.server[1] == port)
+        return tuple(f for f in self.flows if f.server_port == port)
 
 
 # --------------------------------------------------------------------------- reading files
-
-_LINK_TYPE_NAMES = {
-    0: "NULL",
-    1: "EN10MB",
-    12: "RAW",
-    14: "RAW",
-    101: "RAW",
-    108: "LOOP",
-    113: "LINUX_SLL",
-    228: "IPV4",
-    229: "IPV6",
-    276: "LINUX_SLL2",
-}
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": "<",
@@ -226,10 +209,11 @@ class _ReadState:
 
 
 def _link_type_name(link_type: int) -> str:
-    name = _LINK_TYPE_NAMES.get(link_type)
-    if name is None:
-        raise CaptureError(f"unsupported link type {link_type}")
-    return name
+    known = _LINK_TYPES.get(link_type)
+    if known is None:
+        supported = ", ".join(f"{number} ({name})" for number, (name, _) in _LINK_TYPES.items())
+        raise CaptureError(f"unsupported link type {link_type}; supported: {supported}")
+    return known[0]
 
 
 def _pcap_records(data: bytes, state: _ReadState) -> Iterator[tuple[int, bytes, bool]]:
@@ -291,7 +275,8 @@ def _pcapng_records(data: bytes, state: _ReadState) -> Iterator[tuple[int, bytes
             link_type, _, snaplen = struct.unpack_from(endian + "HHI", data, body)
             interfaces.append((link_type, snaplen))
             if state.link_type is None:
-                state.link_type = _LINK_TYPE_NAMES.get(link_type, f"LINKTYPE_{link_type}")
+                known = _LINK_TYPES.get(link_type)
+                state.link_type = known[0] if known else f"LINKTYPE_{link_type}"
         elif block_type in (6, 2) and end - body >= 20:  # Enhanced / obsolete Packet Block
             if block_type == 6:
                 interface_id, _, _, caplen, origlen = struct.unpack_from(
@@ -363,35 +348,41 @@ def _ip_after_sll2(frame: bytes) -> int:
     return 20 if _U16.unpack_from(frame, 0)[0] in _ETHERTYPE_IP else -1
 
 
+# AF_INET, and AF_INET6 as BSD variants number it (NetBSD/OpenBSD 24, FreeBSD 28, macOS 30).
+_BSD_IP_FAMILIES = (2, 24, 28, 30)
+
+
 def _ip_after_null(frame: bytes) -> int:
     """BSD loopback: a 4-byte address family in the capturing host's byte order."""
     family = struct.unpack_from("<I", frame, 0)[0]
     if family > 0xFFFF:
         family = struct.unpack_from(">I", frame, 0)[0]
-    return 4 if family in (2, 24, 28, 30) else -1
+    return 4 if family in _BSD_IP_FAMILIES else -1
 
 
 def _ip_after_loop(frame: bytes) -> int:
     """OpenBSD loopback: like NULL, always big-endian."""
-    return 4 if struct.unpack_from(">I", frame, 0)[0] in (2, 24, 28, 30) else -1
+    return 4 if struct.unpack_from(">I", frame, 0)[0] in _BSD_IP_FAMILIES else -1
 
 
 def _ip_at_start(frame: bytes) -> int:
     return 0
 
 
-_IP_OFFSET: dict[int, Callable[[bytes], int]] = {
-    0: _ip_after_null,
-    1: _ip_after_ethernet,
-    12: _ip_at_start,
-    14: _ip_at_start,
-    101: _ip_at_start,
-    108: _ip_after_loop,
-    113: _ip_after_sll,
-    228: _ip_at_start,
-    229: _ip_at_start,
-    276: _ip_after_sll2,
+# Link-layer header type (tcpdump.org linktypes) -> libpcap's name, and where IP starts.
+_LINK_TYPES: dict[int, tuple[str, Callable[[bytes], int]]] = {
+    0: ("NULL", _ip_after_null),
+    1: ("EN10MB", _ip_after_ethernet),
+    12: ("RAW", _ip_at_start),
+    14: ("RAW", _ip_at_start),
+    101: ("RAW", _ip_at_start),
+    108: ("LOOP", _ip_after_loop),
+    113: ("LINUX_SLL", _ip_after_sll),
+    228: ("IPV4", _ip_at_start),
+    229: ("IPV6", _ip_at_start),
+    276: ("LINUX_SLL2", _ip_after_sll2),
 }
+_IP_OFFSET = {number: ip_offset for number, (_, ip_offset) in _LINK_TYPES.items()}
 
 
 # --------------------------------------------------------------------------- TCP flows
@@ -701,7 +692,6 @@ _HELLO_RETRY_RANDOM = bytes.fromhex(
 )
 _MAX_RECORD_LENGTH = 2**14 + 2048
 _EXT_SERVER_NAME, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS = 0, 16, 43
-_EXTENSION_HEADER = struct.Struct("!HH")
 
 
 def _version_name(version: int) -> str:
@@ -740,33 +730,22 @@ class _Fields:
         self.message = message
         self.position = 0
 
-    def _short(self, count: int, what: str) -> _Malformed:
-        return _Malformed(
-            f"{self.message} {what} needs {count} bytes at offset {self.position}, "
-            f"only {len(self.data) - self.position} left"
-        )
-
     def take(self, count: int, what: str) -> bytes:
         start = self.position
         end = start + count
         if end > len(self.data):
-            raise self._short(count, what)
+            raise _Malformed(
+                f"{self.message} {what} needs {count} bytes at offset {start}, "
+                f"only {len(self.data) - start} left"
+            )
         self.position = end
         return self.data[start:end]
 
     def u8(self, what: str) -> int:
-        position = self.position
-        if position >= len(self.data):
-            raise self._short(1, what)
-        self.position = position + 1
-        return self.data[position]
+        return self.take(1, what)[0]
 
     def u16(self, what: str) -> int:
-        position = self.position
-        if position + 2 > len(self.data):
-            raise self._short(2, what)
-        self.position = position + 2
-        return (self.data[position] << 8) | self.data[position + 1]
+        return int.from_bytes(self.take(2, what), "big")
 
     def vector8(self, what: str) -> bytes:
         return self.take(self.u8(what + " length"), what)
@@ -782,23 +761,10 @@ class _Fields:
         found: dict[int, bytes] = {}
         if self.remaining() == 0:
             return found
-        block = self.vector16("extensions")
-        position, size = 0, len(block)
-        while position < size:
-            if size - position < 4:
-                raise _Malformed(
-                    f"{self.message} extension header needs 4 bytes at offset {position} of the "
-                    f"extensions, only {size - position} left"
-                )
-            extension_type, length = _EXTENSION_HEADER.unpack_from(block, position)
-            position += 4
-            if position + length > size:
-                raise _Malformed(
-                    f"{self.message} extension {extension_type} needs {length} bytes at offset "
-                    f"{position} of the extensions, only {size - position} left"
-                )
-            found.setdefault(extension_type, block[position : position + length])
-            position += length
+        block = _Fields(self.vector16("extensions"), f"{self.message} extensions:")
+        while block.remaining():
+            extension_type = block.u16("extension type")
+            found.setdefault(extension_type, block.vector16(f"extension {extension_type}"))
         return found
 
 

@@ -51,6 +51,7 @@ _WHITESPACE = " \t\r\n"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SINGLE_VALUED = ("hash", "cert", "chain", "subject")
+_PERCENT_ENCODED = {"cert": "Cert", "chain": "Chain"}  # lower-case key -> name in messages
 _MESSAGE_FRAGMENT_LIMIT = 80
 
 
@@ -98,10 +99,7 @@ def parse_xfcc(header: str) -> tuple[XfccElement, ...]:
     """
     if not header.strip(_WHITESPACE):
         return ()
-    return tuple(
-        _build_element(pairs, number)
-        for number, pairs in enumerate(_split_elements(header), start=1)
-    )
+    return tuple(_build_element(pairs) for pairs in _split_elements(header))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,26 +136,18 @@ def _split_elements(header: str) -> list[list[_Fragment]]:
             start = index + 1
         index += 1
     if quote_start >= 0:
-        raise XfccError(
-            "unterminated quote",
-            fragment=header[quote_start:],
-            position=quote_start,
-            element=len(elements) + 1,
-        )
+        unterminated = _Fragment(header[quote_start:], quote_start, len(elements) + 1)
+        raise _error("unterminated quote", unterminated)
     pairs.append(_Fragment(header[start:], start, len(elements) + 1))
     elements.append(pairs)
     return elements
 
 
-def _build_element(pairs: list[_Fragment], number: int) -> XfccElement:
+def _build_element(pairs: list[_Fragment]) -> XfccElement:
+    """One element from its ``key=value`` fragments (each knows its element number)."""
     if len(pairs) == 1 and not pairs[0].text.strip(_WHITESPACE):
-        raise XfccError(
-            "empty element",
-            fragment=pairs[0].text,
-            position=pairs[0].position,
-            element=number,
-        )
-    single: dict[str, tuple[str, _Fragment]] = {}
+        raise _error("empty element", pairs[0])
+    single: dict[str, str | None] = {}
     multi: dict[str, list[str]] = {"by": [], "uri": [], "dns": []}
     for raw_pair in pairs:
         pair = _stripped(raw_pair)
@@ -168,28 +158,16 @@ def _build_element(pairs: list[_Fragment], number: int) -> XfccElement:
                 multi[name].append(value)
         elif name in _SINGLE_VALUED:
             if name in single:
-                raise XfccError(
-                    f"repeated key {key!r}",
-                    fragment=pair.text,
-                    position=pair.position,
-                    element=number,
-                )
-            single[name] = (value, pair)
-
-    def value_of(name: str) -> str | None:
-        value, _ = single.get(name, ("", pairs[0]))
-        return value or None
-
-    def pem_of(name: str, key: str) -> str | None:
-        value, pair = single.get(name, ("", pairs[0]))
-        return _percent_decode(value, key, pair) if value else None
-
+                raise _error(f"repeated key {key!r}", pair)
+            if value and name in _PERCENT_ENCODED:
+                value = _percent_decode(value, _PERCENT_ENCODED[name], pair)
+            single[name] = value or None
     return XfccElement(
         by=tuple(multi["by"]),
-        hash=value_of("hash"),
-        cert=pem_of("cert", "Cert"),
-        chain=pem_of("chain", "Chain"),
-        subject=value_of("subject"),
+        hash=single.get("hash"),
+        cert=single.get("cert"),
+        chain=single.get("chain"),
+        subject=single.get("subject"),
         uri=tuple(multi["uri"]),
         dns=tuple(multi["dns"]),
     )
@@ -205,29 +183,24 @@ def _stripped(fragment: _Fragment) -> _Fragment:
 
 def _parse_pair(pair: _Fragment) -> tuple[str, str]:
     """Return ``(key, unquoted value)`` for one stripped ``key=value`` fragment."""
-    text = pair.text
-
-    def error(problem: str) -> XfccError:
-        return XfccError(problem, fragment=text, position=pair.position, element=pair.element)
-
-    if not text:
-        raise error("empty pair")
-    key, equals, raw_value = text.partition("=")
+    if not pair.text:
+        raise _error("empty pair", pair)
+    key, equals, raw_value = pair.text.partition("=")
     if not equals:
-        raise error("pair without '='")
+        raise _error("pair without '='", pair)
     if not key:
-        raise error("empty key")
+        raise _error("empty key", pair)
     if not _TOKEN.fullmatch(key):
-        raise error(f"invalid key {key!r}")
+        raise _error(f"invalid key {key!r}", pair)
     if raw_value and raw_value[0] in _WHITESPACE:
-        raise error("whitespace after '='")
+        raise _error("whitespace after '='", pair)
     if raw_value.startswith('"'):
         value, end = _unquote(raw_value)
         if end != len(raw_value):
-            raise error("value quoted only in part")
+            raise _error("value quoted only in part", pair)
         return key, value
     if '"' in raw_value:
-        raise error("value quoted only in part")
+        raise _error("value quoted only in part", pair)
     return key, raw_value
 
 
@@ -253,21 +226,18 @@ def _percent_decode(value: str, key: str, pair: _Fragment) -> str:
     bad = _BAD_PERCENT_ESCAPE.search(value)
     if bad is not None:
         escape = value[bad.start() : bad.start() + 3]
-        raise XfccError(
-            f"{key}: {escape!r} is not a percent-escape",
-            fragment=pair.text,
-            position=pair.position,
-            element=pair.element,
-        )
+        raise _error(f"{key}: {escape!r} is not a percent-escape", pair)
     try:
         return unquote_to_bytes(value).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise XfccError(
-            f"{key}: percent-decoded bytes are not UTF-8 ({exc.reason} at byte {exc.start})",
-            fragment=pair.text,
-            position=pair.position,
-            element=pair.element,
-        ) from exc
+        problem = f"{key}: percent-decoded bytes are not UTF-8 ({exc.reason} at byte {exc.start})"
+        raise _error(problem, pair) from exc
+
+
+def _error(problem: str, fragment: _Fragment) -> XfccError:
+    return XfccError(
+        problem, fragment=fragment.text, position=fragment.position, element=fragment.element
+    )
 
 
 def _first_spiffe(uris: tuple[str, ...]) -> str | None:

@@ -532,7 +532,7 @@ def test_inline_string_static_and_unpadded_urlsafe_base64(pki: Pki) -> None:
 
 
 def test_no_default_secret_means_no_workload(pki: Pki) -> None:
-    assert parse_envoy_secrets({}) == certs.EnvoySecrets((), None, ())
+    assert parse_envoy_secrets({}) == certs.EnvoySecrets((), None)
     assert parse_envoy_secrets({"@type": SECRETS_DUMP_TYPE}).workload is None
     warming_only = {"dynamic_warming_secrets": [{"name": "default", "secret": {"name": "default"}}]}
     parsed = parse_envoy_secrets(warming_only)

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from mesh_helpers import CONFORMANCE, needs_local_mesh
+from local_helpers import CONFORMANCE, assert_runs_left_nothing, needs_local_mesh
 from test_report import REFERENCE_YAML
 
 from pytest_meshconform.cli import main
@@ -190,32 +190,19 @@ def _console_script() -> str:
     return script
 
 
-def test_console_script(old_report: Path, upgraded_report: Path) -> None:
-    script = _console_script()
-    regression = subprocess.run(
-        [script, "diff", str(old_report), str(upgraded_report)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def _run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_console_script(), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def test_console_script(old_report: Path, upgraded_report: Path) -> None:
+    # The exit statuses and messages are main()'s, tested above; this proves the entry point
+    # hands them through (exit 0 is what any script exits with, so it is not run again here).
+    regression = _run_script("diff", str(old_report), str(upgraded_report))
     assert regression.returncode == 1, regression.stderr
     assert "  strict::test_c: failed -> passed\n" in regression.stdout
-    same = subprocess.run(
-        [script, "diff", str(old_report), str(old_report)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert same.returncode == 0, same.stderr
-    missing = subprocess.run(
-        [script, "diff", str(old_report), str(old_report.with_name("nope.yaml"))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    missing = _run_script("diff", str(old_report), str(old_report.with_name("nope.yaml")))
     assert missing.returncode == 2
     assert missing.stderr == (
         f"meshconform diff: error: {old_report.with_name('nope.yaml')}: no such file\n"
@@ -228,11 +215,6 @@ STRICT_SUITE = str(CONFORMANCE / "test_strict.py")
 REGRESSED = "strict::test_strict_resets_plaintext"
 
 
-def _no_namespaces_left() -> None:
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    assert "mc-" not in left.stdout, f"network namespaces left behind: {left.stdout}"
-
-
 @needs_local_mesh
 def test_diff_of_two_real_runs_shows_the_regression_of_a_broken_mesh(
     pytester: pytest.Pytester,
@@ -240,7 +222,7 @@ def test_diff_of_two_real_runs_shows_the_regression_of_a_broken_mesh(
     good = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", STRICT_SUITE, "--mesh-report=good.yaml"
     )
-    _no_namespaces_left()
+    assert_runs_left_nothing(good.stdout.str())
     assert good.ret == pytest.ExitCode.OK, good.stdout.str()
     broken = pytester.runpytest_subprocess(
         "-p",
@@ -251,7 +233,7 @@ def test_diff_of_two_real_runs_shows_the_regression_of_a_broken_mesh(
         "--mesh-artifacts=artifacts",
         "--mesh-baseline=good.yaml",
     )
-    _no_namespaces_left()
+    assert_runs_left_nothing(broken.stdout.str())
     assert broken.ret == pytest.ExitCode.TESTS_FAILED
     # The run itself compared with the baseline and named the regression.
     broken.stdout.fnmatch_lines(
@@ -295,14 +277,7 @@ def test_diff_of_two_real_runs_shows_the_regression_of_a_broken_mesh(
         assert read.returncode == 0, read.stderr
 
     # And the console script, on the two files.
-    diff = subprocess.run(
-        [_console_script(), "diff", "good.yaml", "broken.json"],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    diff = _run_script("diff", "good.yaml", "broken.json", cwd=pytester.path)
     assert diff.returncode == 1, diff.stderr
     lines = diff.stdout.splitlines()
     assert lines[2] == "warning: the new run used test-only faults (strict-as-permissive)"

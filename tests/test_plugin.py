@@ -36,7 +36,12 @@ def _plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings_of(pytester: pytest.Pytester, *args: str) -> MeshSettings:
-    return pytester.parseconfigure(*args).stash[mesh_settings_key]
+    """What the plugin resolves from these arguments and the ini file pytester wrote.
+
+    Read from a parsed config, as ``pytest_configure`` does: a configured one would cost a
+    garbage collection at teardown (test_defaults covers the configured path and the stash).
+    """
+    return MeshSettings.from_config(pytester.parseconfig(*args))
 
 
 def ini(pytester: pytest.Pytester, *lines: str) -> None:
@@ -186,7 +191,7 @@ def test_cluster_argument_explains_a_swallowed_test_path() -> None:
 
 
 def test_defaults(pytester: pytest.Pytester) -> None:
-    assert settings_of(pytester) == MeshSettings(
+    assert pytester.parseconfigure().stash[mesh_settings_key] == MeshSettings(
         cluster="local",
         kube_context=None,
         keep=False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1125,8 +1126,6 @@ def test_peer_authentication_builder_writes_the_documented_manifest() -> None:
 
 
 def replace_api(policy: Any, api_version: str) -> Any:
-    from dataclasses import replace
-
     return replace(policy, api_version=api_version)
 
 
@@ -1310,8 +1309,6 @@ def test_istio_destination_rule_with_export_to_cases(
 
 
 def replace_export(rule: DestinationRule, namespace: str) -> DestinationRule:
-    from dataclasses import replace
-
     return replace(rule, export_to=tuple(namespace if e == "newNS" else e for e in rule.export_to))
 
 

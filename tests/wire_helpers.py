@@ -98,9 +98,6 @@ class Conversation:
     def server_fin(self) -> bytes:
         return self.server_sends(b"", flags=FIN | ACK)
 
-    def server_rst(self) -> bytes:
-        return self.server_sends(b"", flags=RST | ACK)
-
 
 # --------------------------------------------------------------------------- link layers
 
