@@ -36,7 +36,7 @@ from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed
 from pytest_meshconform.kube.client import KubeApi
 from pytest_meshconform.kube.options import KubeOptions
 from pytest_meshconform.kube.topology import RunNamespaces
-from pytest_meshconform.mesh import Mesh, MeshError, MeshUnavailable, PropagationTimeout
+from pytest_meshconform.mesh import Mesh, MeshError, PropagationTimeout
 from pytest_meshconform.wire import analyze_pcap
 
 RUN = "1a2b3c"
@@ -155,8 +155,8 @@ def test_start_creates_the_run_topology(world: World, started: KubeMesh) -> None
 
 
 def test_identity_facts_come_from_istiod_and_its_mesh_config(started: KubeMesh) -> None:
-    assert started.version == "istio 1.22.8"
-    assert started.istio_version == "1.22.8"
+    assert started.version == "istio 1.25.1"
+    assert started.istio_version == "1.25.1"
     assert started.revision is None
     assert started.trust_domain == "cluster.local"
     assert started.root_namespace == "istio-system"
@@ -227,50 +227,20 @@ def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
         mesh.close()
 
 
-def test_istiod_without_distribution_tracking_is_refused_before_anything_is_created(
-    world: World,
-) -> None:
-    world.cluster.deployments["istio-system"] = [istiod_deployment(tracking=None)]
-    mesh = world.mesh()
-    with pytest.raises(MeshError, match="PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true"):
-        mesh.start()
-    assert world.cluster.namespaces == {}
-
-
-def test_istio_without_distribution_tracking_code_is_refused_before_anything_is_created(
-    world: World,
-) -> None:
-    # Istio 1.23 removed the feature (istio/istio#51866): the env var is set but does nothing
-    world.cluster.deployments["istio-system"] = [
-        istiod_deployment(image="docker.io/istio/pilot:1.25.1")
-    ]
-    mesh = world.mesh()
-    with pytest.raises(MeshUnavailable) as refused:
-        mesh.start()
-    assert str(refused.value).startswith(
-        "istiod istio-system/istiod (fake) runs Istio 1.25.1, which has no config distribution"
-        " tracking (Istio 1.23 removed PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING,"
-        " /debug/config_distribution and `istioctl x wait`, istio/istio#51866)"
-    )
-    assert world.cluster.namespaces == {}
-
-
-def test_an_istiod_without_the_distribution_handler_is_named_at_apply(world: World) -> None:
-    # a custom build tag says nothing about the version; istiod's 404 then does
-    world.cluster.deployments["istio-system"] = [
-        istiod_deployment(image="registry.example/istio/pilot:main-0c3a3b8")
-    ]
-    world.istio.distribution_missing = True
+@pytest.mark.parametrize(
+    "image",
+    [
+        "docker.io/istio/pilot:1.22.8",
+        "docker.io/istio/pilot:1.25.1",  # no config distribution tracking since 1.23
+        "registry.example/istio/pilot:main-0c3a3b8",  # a custom build: version unknown
+    ],
+)
+def test_any_istio_version_can_be_driven(world: World, image: str) -> None:
+    world.cluster.deployments["istio-system"] = [istiod_deployment(image=image)]
     mesh = world.mesh()
     mesh.start()
     try:
-        with pytest.raises(MeshError) as failure:
-            mesh.apply(peer_auth("foo", "STRICT"))
-        assert str(failure.value).startswith(
-            "istiod istio-system/istiod-7d4b9c8f6d-x2x9q runs Istio main-0c3a3b8, which has no"
-            " config distribution tracking"
-        )
-        assert not isinstance(failure.value, PropagationTimeout)
+        mesh.apply(peer_auth("foo", "STRICT"))
     finally:
         mesh.close()
 
@@ -307,13 +277,17 @@ def test_pods_without_sidecar_in_an_injected_namespace(world: World) -> None:
 # --- policies ---------------------------------------------------------------------------------
 
 
-def discovery_resources(world: World) -> list[str]:
-    from urllib.parse import parse_qs, urlsplit
+def proxy_id(started: KubeMesh, name: str, namespace: str) -> str:
+    """``<pod>.<namespace>``, how the fake Envoys are named."""
+    workload = started.workload(name, namespace)
+    return f"{started.pod_name(workload)}.{workload.namespace}"
 
-    return [
-        parse_qs(urlsplit(command[3]).query)["resource"][0]
-        for command in world.exec_commands("discovery")
-    ]
+
+def sidecar_pods(started: KubeMesh) -> dict[str, str]:
+    """workload key -> proxy id, for the four sidecars of the run."""
+    return {
+        w.key: f"{started.pod_name(w)}.{w.namespace}" for w in started.workloads() if w.has_sidecar
+    }
 
 
 def test_apply_rewrites_the_namespace_and_waits_for_every_sidecar(
@@ -326,15 +300,26 @@ def test_apply_rewrites_the_namespace_and_waits_for_every_sidecar(
         "app.kubernetes.io/managed-by": "meshconform",
         "meshconform.dev/run": RUN,
     }
-    # applied as v1beta1; istiod keys it as v1: the first query misses, the second finds it
-    resources = discovery_resources(world)
-    assert resources[0] == f"security.istio.io/v1beta1/PeerAuthentication/{FOO}/default"
-    assert resources[-1] == f"security.istio.io/v1/PeerAuthentication/{FOO}/default"
-    world.server.exec_calls.clear()
-    started.apply(peer_auth("bar", "PERMISSIVE"))
-    assert set(discovery_resources(world)) == {
-        f"security.istio.io/v1/PeerAuthentication/{BAR}/default"
+    # every sidecar's own Envoy was read once, through pilot-agent in istio-proxy
+    assert sorted(world.istio.config_dump_reads) == sorted(sidecar_pods(started).values())
+    assert {tuple(c) for c in world.exec_commands("istio-proxy")} == {
+        ("pilot-agent", "request", "GET", "config_dump")
     }
+    assert world.exec_commands("discovery") == []  # istiod is not asked anything
+
+
+def test_apply_polls_each_envoy_until_it_implements_the_change(
+    world: World, started: KubeMesh
+) -> None:
+    world.istio.lag_reads = 2  # a changed Envoy shows its old config twice more
+    started.apply(peer_auth("foo", "STRICT"))
+    reads = world.istio.config_dump_reads
+    pods = sidecar_pods(started)
+    # only httpbin in foo changes (its port 8080 turns STRICT): read until it has it;
+    # the others already implement the policies in force and are read once
+    assert reads.count(pods[f"httpbin.{FOO}"]) == 3
+    for key in (f"sleep.{FOO}", f"sleep.{BAR}", f"httpbin.{BAR}"):
+        assert reads.count(pods[key]) == 1
 
 
 def test_destination_rule_host_follows_the_namespace(world: World, started: KubeMesh) -> None:
@@ -346,34 +331,130 @@ def test_destination_rule_host_follows_the_namespace(world: World, started: Kube
 def test_a_lagging_sidecar_is_a_propagation_timeout_naming_it(
     world: World, started: KubeMesh
 ) -> None:
-    sleep_pod = started.pod_name(started.workload("sleep", "foo"))
-    world.istio.stuck = {f"{sleep_pod}.{FOO}"}
+    pod = proxy_id(started, "httpbin", "foo")
+    world.istio.stuck = {pod}
     with pytest.raises(PropagationTimeout) as timeout:
         started.apply(peer_auth("foo", "STRICT"))
     message = str(timeout.value)
-    assert message.startswith(f"PeerAuthentication {FOO}/default applied (version 1/")
-    assert f"{sleep_pod}.{FOO}: listeners at '', clusters at ''" in message
-    assert "--mesh-propagation-timeout 0:00:01" in message
-    assert "httpbin" not in message.split(": ", 1)[1]  # the others had it
+    assert message.startswith(
+        f"PeerAuthentication {FOO}/default applied but not every sidecar implements it after"
+    )
+    assert "(--mesh-propagation-timeout 0:00:01): " in message
+    lagging = message.split("): ", 1)[1]
+    assert lagging == (
+        f"httpbin.{FOO}: inbound port 8080: PERMISSIVE (chains: tls/mTLS"
+        " alpn=istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2,"
+        " raw_buffer/plain), expected STRICT"
+        " [listeners 2025-03-14T09:26:41Z/12, clusters 2025-03-14T09:26:41Z/12]"
+    )
 
 
-def test_tracking_switched_off_after_start_is_named(world: World, started: KubeMesh) -> None:
-    world.istio.distribution_disabled = True  # istiod answers 409
-    with pytest.raises(MeshError, match="runs without config distribution tracking"):
+def test_a_client_without_the_destination_rule_is_named_with_its_cluster(
+    world: World, started: KubeMesh
+) -> None:
+    world.istio.stuck = {proxy_id(started, "sleep", "foo")}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(dest_rule("bar", "DISABLE"))
+    lagging = str(timeout.value).split("): ", 1)[1]
+    assert lagging.startswith(
+        f"sleep.{FOO}: cluster outbound|8000||httpbin.{BAR}.svc.cluster.local: auto mTLS,"
+        " expected plaintext (DestinationRule DISABLE) [listeners"
+    )
+    assert f"sleep.{BAR}" not in lagging and "httpbin." not in lagging.split(": ", 1)[0]
+
+
+def test_connection_pool_settings_are_waited_for(world: World, started: KubeMesh) -> None:
+    no_keepalive = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "httpbin-no-keepalive", "namespace": "foo"},
+        "spec": {
+            "host": "httpbin.foo.svc.cluster.local",
+            "trafficPolicy": {"connectionPool": {"http": {"maxRequestsPerConnection": 1}}},
+        },
+    }
+    world.istio.stuck = {proxy_id(started, "sleep", "bar")}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(no_keepalive)
+    assert (
+        f"sleep.{BAR}: cluster outbound|8000||httpbin.{FOO}.svc.cluster.local:"
+        " max_requests_per_connection unset, expected 1"
+    ) in str(timeout.value)
+
+
+def test_an_unreadable_config_dump_is_named(world: World, started: KubeMesh) -> None:
+    world.istio.envoy_admin_errors["config_dump"] = (503, b"no healthy upstream")
+    with pytest.raises(PropagationTimeout) as timeout:
         started.apply(peer_auth("foo", "STRICT"))
+    assert (
+        f"httpbin.{FOO}: config_dump not readable: Envoy admin /config_dump on httpbin.{FOO}:"
+        " pilot-agent exited 1: Error: received unsuccessful status code 503: no healthy"
+        " upstream"
+    ) in str(timeout.value)
 
 
 def test_delete_waits_until_the_sidecars_dropped_it(world: World, started: KubeMesh) -> None:
     started.apply(peer_auth("foo", "STRICT"))
-    world.server.exec_calls.clear()
+    world.istio.config_dump_reads.clear()
+    world.istio.lag_reads = 1
     started.delete(peer_auth("foo", "STRICT"))
     assert ("security.istio.io", "PeerAuthentication", FOO, "default") not in world.cluster.objects
-    assert set(discovery_resources(world)) == {
-        f"security.istio.io/v1/PeerAuthentication/{FOO}/default"
-    }
-    world.server.exec_calls.clear()
+    httpbin = proxy_id(started, "httpbin", "foo")
+    assert world.istio.config_dump_reads.count(httpbin) == 2  # back to PERMISSIVE on read 2
+    world.istio.config_dump_reads.clear()
     started.delete(peer_auth("foo", "STRICT"))  # already gone: nothing to wait for
-    assert discovery_resources(world) == []
+    assert world.istio.config_dump_reads == []
+
+
+def test_root_namespace_policies_are_part_of_the_prediction(world: World) -> None:
+    world.cluster.apply(peer_auth("istio-system", "STRICT"))  # mesh-wide, left alone
+    mesh = world.mesh()  # existing cluster, mesh-wide changes not allowed
+    mesh.start()
+    try:
+        # httpbin in foo stays STRICT (from the root namespace): predicted, so no timeout
+        mesh.apply(peer_auth("bar", "PERMISSIVE"))
+        mesh.delete(peer_auth("bar", "PERMISSIVE"))
+    finally:
+        mesh.close()
+
+
+def test_an_unreadable_root_namespace_leaves_mesh_decided_modes_unchecked(
+    world: World,
+) -> None:
+    world.cluster.apply(peer_auth("istio-system", "STRICT"))
+    world.cluster.forbidden = {"list istio-system"}
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        mesh.apply(peer_auth("bar", "PERMISSIVE"))  # foo's mode depends on the unreadable root
+        world.istio.stuck = {proxy_id(mesh, "httpbin", "bar")}
+        mesh.delete(peer_auth("bar", "PERMISSIVE"))  # bar's too, now: nothing to check
+        world.istio.stuck = set()
+        mesh.apply(peer_auth("bar", "DISABLE"))
+        world.istio.stuck = {proxy_id(mesh, "httpbin", "bar")}
+        with pytest.raises(PropagationTimeout, match=f"httpbin.{BAR}: inbound port 8080"):
+            mesh.apply(peer_auth("bar", "STRICT"))  # decided by bar itself: checked
+    finally:
+        mesh.close()
+
+
+def test_authorization_policies_are_refused_before_anything_is_written(
+    world: World, started: KubeMesh
+) -> None:
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny", "namespace": "foo"},
+        "spec": {"action": "DENY", "rules": [{}]},
+    }
+    with pytest.raises(MeshError) as refused:
+        started.apply(policy)
+    assert str(refused.value) == (
+        f"cannot apply AuthorizationPolicy {FOO}/deny: the kube backend waits for a policy by"
+        " checking each sidecar's Envoy config against what PeerAuthentication and"
+        " DestinationRule imply, and cannot tell when a AuthorizationPolicy has arrived"
+    )
+    assert not [c for c in world.cluster.calls if "AuthorizationPolicy" in c]
 
 
 def test_policies_come_back_as_the_suite_wrote_them(started: KubeMesh) -> None:

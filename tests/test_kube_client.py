@@ -178,9 +178,9 @@ def test_typed_reads_come_back_as_api_json(server: FakeApiServer, api: KubeApi) 
     assert listed["spec"]["containers"][1]["name"] == "istio-proxy"
     assert listed["status"]["hostIP"] == "172.18.0.2"
     [deployment] = api.list_deployments("istio-system", "app=istiod")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["env"][1] == {
-        "name": "PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING",
-        "value": "true",
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["env"][0] == {
+        "name": "REVISION",
+        "value": "default",
     }
     assert "GET /api/v1/namespaces/mc-1a2b3c-foo/pods?labelSelector=app%3Dsleep" in server.requests
 

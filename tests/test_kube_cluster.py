@@ -163,8 +163,6 @@ def test_install_istio_runs_istioctl_with_the_run_settings(tmp_path: Path) -> No
         "--set",
         "profile=minimal",
         "--set",
-        "values.pilot.env.PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true",
-        "--set",
         "meshConfig.defaultConfig.proxyMetadata.SECRET_TTL=30s",
         "--readiness-timeout",
         "300s",

@@ -351,7 +351,7 @@ def test_read_frame_unmasks() -> None:
 
 SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
 HOST_IP = "172.18.0.2"  # the kind node's address in docker's kind network
-ISTIO_IMAGE_TAG = "1.22.8"  # the last minor with config distribution tracking
+ISTIO_IMAGE_TAG = "1.25.1"
 PROXY_IMAGE = f"docker.io/istio/proxyv2:{ISTIO_IMAGE_TAG}"
 
 
@@ -364,7 +364,6 @@ def model_json(model: Any) -> Any:
 def istiod_deployment(
     *,
     revision: str | None = None,
-    tracking: str | None = "true",
     max_cert_ttl: str | None = None,
     image: str = f"docker.io/istio/pilot:{ISTIO_IMAGE_TAG}",
     namespace: str = "istio-system",
@@ -375,8 +374,6 @@ def istiod_deployment(
     rev = revision or "default"
     labels = {"app": "istiod", "istio.io/rev": rev, "istio": "pilot"}
     env = [k8s.V1EnvVar(name="REVISION", value=rev)]
-    if tracking is not None:
-        env.append(k8s.V1EnvVar(name="PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING", value=tracking))
     if max_cert_ttl is not None:
         env.append(k8s.V1EnvVar(name="MAX_WORKLOAD_CERT_TTL", value=max_cert_ttl))
     deployment = k8s.V1Deployment(
@@ -743,31 +740,42 @@ class FakeCluster:
         return self.exec_api.open_exec(namespace, pod, container, argv, stdin=stdin)
 
 
+def _load_dump(name: str) -> dict[str, Any]:
+    return dict(json.loads((DATA_DIR / name).read_text()))
+
+
 @dataclass
 class FakeIstio:
-    """Plays istiod, the sidecars, curl and the capture container behind a FakeApiServer.
+    """Plays the sidecars' Envoys, curl and the capture container behind a FakeApiServer.
 
-    ``tracked_version`` is the API version istiod keys configs by (``v1`` since Istio 1.22);
-    ``stuck`` proxies never ack anything new.
+    ``config_dump`` is rendered per pod from the policies in the cluster, with a deliberately
+    small model of istiod (enough for the backend's tests; the real rules are in
+    ``pytest_meshconform.policy``): httpbin's port 8080 takes the mode of its namespace's
+    selector-less PeerAuthentication, else the root namespace's, else PERMISSIVE; each
+    ``outbound|8000||httpbin.<ns>`` cluster follows the DestinationRule for that host in the
+    client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS.
+    The pieces are the hand-made dumps in ``tests/data/kube/config_dump-*.json``.
+    Pods are named ``<pod>.<namespace>`` (istiod's proxy IDs). ``stuck`` pods keep the config
+    they started with (no policy at all); every pod answers ``lag_reads`` reads with its old
+    config after a change. ``envoy_admin`` overrides a path's answer for every pod.
     """
 
     cluster: FakeCluster
-    tracked_version: str = "v1"
     stuck: set[str] = field(default_factory=set)
+    lag_reads: int = 0
     envoy_admin: dict[str, bytes] = field(default_factory=dict)
     envoy_admin_errors: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     curl_stdout: bytes = b"200"
     capture_pcap: bytes = b""
     capture_stderr: bytes = b""
-    distribution_disabled: bool = False
-    distribution_missing: bool = False  # an istiod without the handler (Istio >= 1.23)
     curl_hang: bool = False
+    config_dump_reads: list[str] = field(default_factory=list)  # <pod>.<namespace>, in order
+    _served: dict[str, bytes] = field(default_factory=dict)
+    _unseen: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
         if self.curl_hang and call.command[:1] == ["curl"]:
             channel.stdin_closed.wait(10)  # a request that never ends, until the client hangs up
-        elif call.container == "discovery":
-            self._istiod(call, channel)
         elif call.container == "istio-proxy":
             self._pilot_agent(call, channel)
         elif call.container == "mc-capture":
@@ -785,46 +793,104 @@ class FakeIstio:
                 }
             )
 
-    def _istiod(self, call: ExecCall, channel: ExecChannel) -> None:
-        assert call.command[:3] == ["pilot-discovery", "request", "GET"], call.command
-        query = parse_qs(urlsplit(call.command[3]).query)
-        if self.distribution_disabled:
-            channel.send(
-                2,
-                b"Error: received unsuccessful status code 409: Pilot Version tracking"
-                b" is disabled. It may be enabled by setting the PILOT_ENABLE_CONFIG"
-                b"_DISTRIBUTION_TRACKING environment variable to true.\n",
-            )
-            channel.send_status(status_exit(1))
-            return
-        if self.distribution_missing:  # Go's NotFound body, printed with Println, exit 0
-            channel.send(1, b"404 page not found\n\n")
-            channel.send_status({"metadata": {}, "status": "Success"})
-            return
-        group, version, kind, namespace, name = query["resource"][0].split("/")
-        proxy_namespace = query["proxy_namespace"][0]
-        obj = self.cluster.objects.get((group, kind, namespace, name))
-        value = ""
-        if obj is not None and version == self.tracked_version:
-            value = str(obj["metadata"]["generation"])
-        entries = []
-        for pod in self.cluster.pods.get(proxy_namespace, []):
-            names = [c["name"] for c in pod["spec"]["containers"]]
-            if "istio-proxy" not in names:
-                continue
-            proxy = f"{pod['metadata']['name']}.{proxy_namespace}"
-            acked = "" if proxy in self.stuck else value
-            entries.append(
-                {
-                    "proxy": proxy,
-                    "cluster_acked": acked,
-                    "listener_acked": acked,
-                    "route_acked": acked,
-                    "endpoint_acked": acked,
-                }
-            )
-        channel.send(1, (json.dumps(entries or None) + "\n").encode())
-        channel.send_status({"metadata": {}, "status": "Success"})
+    # -- a tiny istiod ------------------------------------------------------------------------
+
+    def _policies(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        return [
+            obj
+            for (_, k, ns, _), obj in sorted(self.cluster.objects.items())
+            if k == kind and ns == namespace
+        ]
+
+    def _inbound_mode(self, namespace: str) -> str:
+        for scope in (namespace, "istio-system"):
+            for policy in self._policies("PeerAuthentication", scope):
+                spec = policy.get("spec") or {}
+                mode = (spec.get("mtls") or {}).get("mode")
+                if not spec.get("selector") and mode not in (None, "UNSET"):
+                    return str(mode)
+        return "PERMISSIVE"
+
+    def _cluster(self, client_namespace: str, namespace: str) -> dict[str, Any]:
+        host = f"httpbin.{namespace}.svc.cluster.local"
+        rule = next(
+            (
+                r
+                for scope in (client_namespace, namespace)
+                for r in self._policies("DestinationRule", scope)
+                if r["spec"].get("host") == host
+            ),
+            None,
+        )
+        policy = (rule or {}).get("spec", {}).get("trafficPolicy") or {}
+        mode = (policy.get("tls") or {}).get("mode")
+        template_namespace = {"ISTIO_MUTUAL": "foo", "DISABLE": "bar"}.get(mode or "", "legacy")
+        clusters = _load_dump("config_dump-sleep-clusters.json")["configs"][1]
+        entry = next(
+            c
+            for c in clusters["dynamic_active_clusters"]
+            if c["cluster"]["name"]
+            == f"outbound|8000||httpbin.{template_namespace}.svc.cluster.local"
+        )
+        text = json.dumps(entry)
+        for old, new in (
+            (f"httpbin.{template_namespace}.", f"httpbin.{namespace}."),
+            (f"/ns/{template_namespace}/", f"/ns/{namespace}/"),
+        ):
+            text = text.replace(old, new)
+        rendered: dict[str, Any] = json.loads(text)
+        options = rendered["cluster"]["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]["common_http_protocol_options"]
+        options.pop("max_requests_per_connection", None)
+        limit = ((policy.get("connectionPool") or {}).get("http") or {}).get(
+            "maxRequestsPerConnection"
+        )
+        if limit is not None:
+            options["max_requests_per_connection"] = limit
+        return rendered
+
+    def render_config_dump(self, namespace: str, pod: str) -> bytes:
+        """The config_dump istiod's config would give this pod's Envoy now."""
+        app = pod.split("-", 1)[0]
+        stuck = f"{pod}.{namespace}" in self.stuck
+        mode = "PERMISSIVE" if stuck else self._inbound_mode(namespace)
+        base = _load_dump(f"config_dump-httpbin-{mode.lower()}.json")
+        listeners = base["configs"][2]["dynamic_listeners"]
+        if app != "httpbin":
+            listeners[:] = [entry for entry in listeners if entry["name"] != "virtualInbound"]
+        namespaces = sorted(ns for ns in self.cluster.pods if ns.startswith("mc-"))
+        base["configs"][1]["dynamic_active_clusters"] = [
+            self._stuck_cluster(ns) if stuck else self._cluster(namespace, ns) for ns in namespaces
+        ]
+        return json.dumps(base).encode()
+
+    def _stuck_cluster(self, namespace: str) -> dict[str, Any]:
+        """A cluster as it is with no policy at all (auto mTLS), for pods that never update."""
+        saved = self.cluster.objects
+        self.cluster.objects = {}
+        try:
+            return self._cluster("", namespace)
+        finally:
+            self.cluster.objects = saved
+
+    def _config_dump(self, namespace: str, pod: str) -> bytes:
+        proxy = f"{pod}.{namespace}"
+        self.config_dump_reads.append(proxy)
+        fresh = self.render_config_dump(namespace, pod)
+        if proxy not in self._served:  # what it had at start: no policy at all
+            stuck, self.stuck = self.stuck, {proxy}
+            try:
+                self._served[proxy] = self.render_config_dump(namespace, pod)
+            finally:
+                self.stuck = stuck
+        if fresh != self._served[proxy]:
+            self._unseen[proxy] = self._unseen.get(proxy, 0) + 1
+            if self._unseen[proxy] <= self.lag_reads:
+                return self._served[proxy]
+        self._unseen[proxy] = 0
+        self._served[proxy] = fresh
+        return fresh
 
     def _pilot_agent(self, call: ExecCall, channel: ExecChannel) -> None:
         """``pilot-agent request`` (pilot/pkg/request/command.go): the body with fmt.Println,
@@ -838,7 +904,12 @@ class FakeIstio:
             channel.send(2, body + b"\n")
             channel.send_status(status_exit(1))
             return
-        body = self.envoy_admin.get(path, ENVOY_ADMIN_404_BODY)
+        if path in self.envoy_admin:
+            body = self.envoy_admin[path]
+        elif path == "config_dump":
+            body = self._config_dump(call.namespace, call.pod)
+        else:
+            body = ENVOY_ADMIN_404_BODY
         channel.send(1, body + b"\n")  # fmt.Println
         channel.send_status({"metadata": {}, "status": "Success"})
 

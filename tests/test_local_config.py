@@ -572,6 +572,17 @@ def test_max_requests_per_connection_limits_the_upstream_pool() -> None:
     )
 
 
+def test_port_level_connection_pool_replaces_the_rules_pool() -> None:
+    """Istio's MergeTrafficPolicy: a port's connectionPool replaces the rule's, it does not
+    inherit the rule's maxRequestsPerConnection."""
+    rule = pool_rule("bar", FOO, 1, None)
+    rule["spec"]["trafficPolicy"]["portLevelSettings"] = [
+        {"port": {"number": 8000}, "connectionPool": {"tcp": {"maxConnections": 10}}}
+    ]
+    found = plans(rule)
+    assert found["sleep.bar"].outbound[(FOO, 8000)].max_requests_per_connection is None
+
+
 def test_bootstrap_points_envoy_at_its_files_and_admin_socket() -> None:
     boot = xds.bootstrap(TOPOLOGY.pod("httpbin", "bar"), PATHS)
     root = "/run/meshconform/abc123/pods/x/envoy"

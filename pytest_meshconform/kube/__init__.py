@@ -50,10 +50,9 @@ def preflight(config: pytest.Config, settings: MeshSettings) -> None:
     """Fail fast, with one message naming the fix, when the kube backend cannot run here.
 
     kind: the kind binary, a container engine that answers and istioctl. existing: the named
-    kube context, a reachable API server, istiod (of ``--mesh-revision``) with config
-    distribution tracking. Both refuse an Istio that no longer has that tracking (1.23 and
-    later), which is how meshconform waits for policies. Invalid kube options raise
-    ``pytest.UsageError``.
+    kube context, a reachable API server, istiod (of ``--mesh-revision``). Any Istio version
+    works: policies are waited for in the sidecars' own Envoy config. Invalid kube options
+    raise ``pytest.UsageError``.
     """
     options = resolve_options(config)
     if settings.cluster == "kind":
@@ -67,15 +66,9 @@ def preflight(config: pytest.Config, settings: MeshSettings) -> None:
 
 
 def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
-    from .backend import tracking_disabled_message
     from .client import KubeApi, KubeApiError
     from .cluster import resolve_context
-    from .istio import (
-        IstioDataError,
-        distribution_tracking_removed,
-        select_istiod,
-        tracking_removed_message,
-    )
+    from .istio import IstioDataError, select_istiod
 
     context = resolve_context(kube_context)
     try:
@@ -90,7 +83,7 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
     namespace = options.istio_namespace
     try:
         deployments = api.list_deployments(namespace, "app=istiod", PREFLIGHT_API_TIMEOUT_S)
-        istiod = select_istiod(deployments, options.revision)
+        select_istiod(deployments, options.revision)
     except KubeApiError as error:
         raise MeshUnavailable(f"cannot look for istiod in {where}: {error}") from None
     except IstioDataError as error:
@@ -99,12 +92,6 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
             " (istioctl install), pass --mesh-istio-namespace if istiod lives elsewhere, or"
             " use --mesh-cluster=kind"
         ) from None
-    if distribution_tracking_removed(istiod.version):
-        raise MeshUnavailable(
-            tracking_removed_message(istiod.version, f"istiod {namespace}/{istiod.name} in {where}")
-        )
-    if not istiod.distribution_tracking:
-        raise MeshUnavailable(tracking_disabled_message(istiod))
 
 
 def _owner() -> str:
@@ -124,8 +111,8 @@ def open_mesh(
 ) -> Mesh:
     """Bring up the kube mesh for this session and return it started.
 
-    kind: create (or reuse) the project's kind cluster, ``istioctl install`` Istio with
-    distribution tracking and the run's SECRET_TTL. existing: the named context, Istio as it
+    kind: create (or reuse) the project's kind cluster, ``istioctl install`` Istio with the
+    run's SECRET_TTL. existing: the named context, Istio as it
     is. Then the run's namespaces and workloads, ready. On failure or Ctrl-C, whatever this call
     created is removed again (unless ``--mesh-keep``).
     """

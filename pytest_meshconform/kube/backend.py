@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -28,31 +27,29 @@ from typing import Any, Final, Literal, Protocol
 from ..mesh import (
     ExecResult,
     MeshError,
-    MeshUnavailable,
     PcapRecording,
     PropagationTimeout,
     Service,
     Workload,
 )
+from ..policy import DestinationRule, PeerAuthentication, PolicyError, parse_policy
 from ..settings import format_duration
 from . import MeshWideNotAllowed
 from .client import ExecSession, KubeApiError
+from .envoystate import (
+    EnvoyStateError,
+    SidecarExpectation,
+    expected_sidecar,
+    mismatches,
+    parse_config_dump,
+)
 from .execproto import capture_argv, capture_filter, is_pcap, strip_request_newline
 from .istio import (
-    DistributionEndpointMissing,
-    DistributionTrackingDisabled,
     IstioDataError,
     IstiodInfo,
     MeshConfigInfo,
-    ProxyVersions,
-    config_distribution_path,
-    distribution_key,
-    distribution_tracking_removed,
-    lagging_proxies,
-    parse_config_distribution,
     parse_mesh_config,
     select_istiod,
-    tracking_removed_message,
 )
 from .options import KubeOptions
 from .topology import (
@@ -81,7 +78,6 @@ __all__ = ["KUBE_FEATURES", "ClusterApi", "KubeMesh", "MeshWideNotAllowed"]
 
 Progress = Callable[[str], None]
 PROXY_CONTAINER: Final = "istio-proxy"
-ISTIOD_CONTAINER: Final = "discovery"
 ROOT_CERT_CONFIG_MAP: Final = "istio-ca-root-cert"
 # The start of Envoy's admin 404 body (checked against Envoy 1.40's admin on an unknown path).
 ENVOY_ADMIN_NOT_FOUND: Final = b"invalid path. admin commands are:"
@@ -90,6 +86,8 @@ POLICY_KINDS: Final = (
     ("networking.istio.io", "DestinationRule"),
     ("security.istio.io", "AuthorizationPolicy"),
 )
+# The kinds whose effect on the sidecars' Envoy config meshconform predicts (and so waits for).
+PROPAGATION_KINDS: Final = frozenset({"PeerAuthentication", "DestinationRule"})
 _BAD_WAITING_REASONS: Final = frozenset(
     {
         "ErrImagePull",
@@ -117,6 +115,8 @@ KUBE_FEATURES: Final = frozenset(
 )
 _LOG_LIMIT_BYTES: Final = 1 << 20
 _POLL_S: Final = 0.25
+# A propagation wait says what it waits for once it has taken this long (then on each change).
+_PROGRESS_AFTER_S: Final = 5.0
 
 
 class ClusterApi(Protocol):
@@ -236,13 +236,6 @@ def ephemeral_state(pod: Mapping[str, Any], name: str) -> tuple[str, str]:
     return "absent", ""
 
 
-@dataclass
-class _Distribution:
-    """Which version of a kind's config key istiod tracks (found once, then reused)."""
-
-    version: str | None = None
-
-
 class KubeMesh:
     """The ``kind`` / ``existing`` backend of the Mesh protocol."""
 
@@ -280,7 +273,6 @@ class KubeMesh:
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._capture_ready: set[tuple[str, str]] = set()
         self._originals: dict[tuple[str, str, str, str], dict[str, Any] | None] = {}
-        self._distribution: dict[tuple[str, str], _Distribution] = {}
         self._created_namespaces: list[str] = []
         self._lock = threading.RLock()
         self._closed = False
@@ -409,11 +401,6 @@ class KubeMesh:
             raise MeshError(
                 f"no usable Istio in {namespace} ({self.api.context}): {error}"
             ) from None
-        if distribution_tracking_removed(istiod.version):
-            where = f"istiod {istiod.namespace}/{istiod.name} ({self.api.context})"
-            raise MeshUnavailable(tracking_removed_message(istiod.version, where))
-        if not istiod.distribution_tracking:
-            raise MeshError(tracking_disabled_message(istiod))
         config_map = self.api.read_config_map(namespace, istiod.mesh_config_map)
         text = str(((config_map or {}).get("data") or {}).get("mesh") or "")
         try:
@@ -791,6 +778,12 @@ class KubeMesh:
             localized = localize_manifest(manifest, self.names, self.root_namespace)
         except TopologyError as error:
             raise MeshError(f"cannot {action} policy: {error}") from None
+        if localized.kind not in PROPAGATION_KINDS:
+            raise MeshError(
+                f"cannot {action} {localized.describe}: the kube backend waits for a policy by"
+                " checking each sidecar's Envoy config against what PeerAuthentication and"
+                f" DestinationRule imply, and cannot tell when a {localized.kind} has arrived"
+            )
         if localized.scope == "mesh-wide" and not self.allow_mesh_wide:
             raise MeshWideNotAllowed(
                 f"{localized.describe} is mesh-wide (Istio root namespace {self.root_namespace}):"
@@ -810,13 +803,13 @@ class KubeMesh:
         )
 
     def apply(self, manifest: Mapping[str, Any]) -> None:
+        """Server-side apply, then wait until every sidecar of the run implements the
+        policies now in force (see ``_wait_propagated``)."""
         localized = self._localize(manifest, "apply")
         with self._lock:
             self._remember_original(localized)
-        result = self.api.apply(localized.manifest)
-        meta = _meta(result)
-        wanted = {str(meta.get("generation")), str(meta.get("resourceVersion"))}
-        self._wait_distributed(localized, wanted, "applied")
+        self.api.apply(localized.manifest)
+        self._wait_propagated(localized, "applied")
 
     def delete(self, manifest: Mapping[str, Any]) -> None:
         localized = self._localize(manifest, "delete")
@@ -826,10 +819,8 @@ class KubeMesh:
         current = self.api.get(api_version, localized.kind, localized.namespace, localized.name)
         if current is None:
             return
-        tracked = self._tracked_version(localized, current)
-        deleted = self.api.delete(api_version, localized.kind, localized.namespace, localized.name)
-        if deleted and tracked is not None:
-            self._wait_distributed(localized, {""}, "deleted", versions=[tracked])
+        if self.api.delete(api_version, localized.kind, localized.namespace, localized.name):
+            self._wait_propagated(localized, "deleted")
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
         """Istio policies in force for this run: its namespaces' (and the root namespace's when
@@ -856,120 +847,110 @@ class KubeMesh:
 
     # -- propagation -----------------------------------------------------------------------------
 
-    def _expected_proxies(self) -> set[str]:
-        """``<pod>.<namespace>`` of every sidecar in this run (istiod's proxy IDs)."""
-        return {f"{self.pod_name(w)}.{w.namespace}" for w in self._workloads if w.has_sidecar}
-
-    def _istiod_pods(self) -> list[str]:
-        istiod = self.istiod
-        pods = self.api.list_pods(istiod.namespace, istiod.label_selector)
-        names = [str(_meta(p).get("name")) for p in pods if pod_is_ready(p)]
-        if not names:
-            raise MeshError(f"no ready istiod pod ({istiod.label_selector}) in {istiod.namespace}")
-        return names
-
-    def _proxy_versions(self, key: str) -> list[ProxyVersions]:
-        """Ask every istiod for the acked version of ``key`` in the run's sidecar namespaces
-        (each proxy is connected to exactly one istiod)."""
-        collected: list[ProxyVersions] = []
-        namespace = self.istiod.namespace
-        for pod in self._istiod_pods():
-            for proxy_namespace in self.names.injected_real:
-                argv = [
-                    "pilot-discovery",
-                    "request",
-                    "GET",
-                    config_distribution_path(key, proxy_namespace),
-                ]
-                session = self.api.open_exec(namespace, pod, ISTIOD_CONTAINER, argv)
+    def _policies_in_force(self) -> tuple[list[PeerAuthentication | DestinationRule], bool]:
+        """PeerAuthentications and DestinationRules that can affect this run's sidecars (its
+        namespaces' and the root namespace's), as istiod sees them, with real namespaces; and
+        whether the root namespace could be read (a user on a shared cluster may not)."""
+        found: list[PeerAuthentication | DestinationRule] = []
+        root_known = True
+        for group, kind in POLICY_KINDS:
+            if kind not in PROPAGATION_KINDS:
+                continue
+            versions = self._served(group, kind)
+            if not versions:
+                continue
+            for namespace in (*self.names.all_real, self.root_namespace):
                 try:
-                    if not session.wait_finished(30.0):
-                        raise MeshError(f"{session.description} did not finish within 30s")
-                    status = session.status()
-                    output = bytes(session.stdout) + bytes(session.stderr)
-                finally:
-                    session.close()
-                if status.returncode is None:
-                    raise MeshError(f"istiod {pod}: {session.description}: {status.message}")
-                if status.returncode != 0:
+                    objects = self.api.list_objects(f"{group}/{versions[0]}", kind, namespace)
+                except KubeApiError:
+                    if namespace != self.root_namespace:
+                        raise
+                    root_known = False
+                    continue
+                for obj in objects:
                     try:
-                        parse_config_distribution(output)
-                    except DistributionTrackingDisabled:
-                        raise MeshError(tracking_disabled_message(self.istiod)) from None
-                    except IstioDataError:
-                        pass
-                    raise MeshError(
-                        f"istiod {pod}: config_distribution failed"
-                        f" ({status.returncode}): {output.decode(errors='replace')[:300]}"
-                    )
-                try:
-                    collected += parse_config_distribution(bytes(session.stdout))
-                except DistributionEndpointMissing:
-                    where = f"istiod {namespace}/{pod}"
-                    raise MeshError(tracking_removed_message(self.istiod.version, where)) from None
-                except IstioDataError as error:
-                    raise MeshError(f"istiod {pod}: {error}") from None
-        return collected
+                        policy = parse_policy(obj)
+                    except PolicyError as error:
+                        raise MeshError(
+                            f"cannot predict what the sidecars must do: {error}"
+                        ) from None
+                    found.append(policy)
+        return found, root_known
 
-    def _candidate_versions(self, localized: LocalizedManifest) -> list[str]:
-        known = self._distribution.setdefault((localized.group, localized.kind), _Distribution())
-        if known.version is not None:
-            return [known.version]
-        return list(
-            dict.fromkeys([localized.version, *self._served(localized.group, localized.kind)])
-        )
+    def _expectations(self) -> dict[str, tuple[Workload, SidecarExpectation]]:
+        """Per sidecar of the run, what its Envoy must implement under the policies in force."""
+        policies, root_known = self._policies_in_force()
+        expected: dict[str, tuple[Workload, SidecarExpectation]] = {}
+        for workload in self._workloads:
+            if not workload.has_sidecar:
+                continue
+            labels = _meta(self._pod(workload)).get("labels") or workload.labels
+            try:
+                expected[workload.key] = (
+                    workload,
+                    expected_sidecar(
+                        policies,
+                        namespace=workload.namespace,
+                        labels={str(k): str(v) for k, v in labels.items()},
+                        container_ports=workload.container_ports,
+                        services=self._services,
+                        root_namespace=self.root_namespace,
+                        root_known=root_known,
+                    ),
+                )
+            except (PolicyError, EnvoyStateError) as error:
+                raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
+        return expected
 
-    def _tracked_version(
-        self, localized: LocalizedManifest, current: Mapping[str, Any]
-    ) -> str | None:
-        """The key version under which the proxies have ``current`` (before deleting it)."""
-        wanted = {str(_meta(current).get("generation")), str(_meta(current).get("resourceVersion"))}
-        expected = self._expected_proxies()
-        for version in self._candidate_versions(localized):
-            key = distribution_key(
-                localized.group, version, localized.kind, localized.namespace, localized.name
-            )
-            versions = self._proxy_versions(key)
-            if any(v.proxy in expected and v.listener in wanted for v in versions):
-                return version
-        return None
+    def _sidecar_lag(self, workload: Workload, expectation: SidecarExpectation) -> str | None:
+        """None when the sidecar's own Envoy config implements ``expectation``, else what it
+        has instead (or why it could not be read)."""
+        try:
+            state = parse_config_dump(self.envoy_admin(workload, "/config_dump"))
+        except MeshError as error:
+            return f"config_dump not readable: {error}"
+        except EnvoyStateError as error:
+            return f"config_dump not understood: {error}"
+        found = mismatches(state, expectation)
+        if not found:
+            return None
+        return "; ".join(found) + f" [{state.version}]"
 
-    def _wait_distributed(
-        self,
-        localized: LocalizedManifest,
-        wanted: set[str],
-        verb: str,
-        versions: list[str] | None = None,
-    ) -> None:
-        """Wait until every sidecar of the run acked listeners and clusters built from this
-        version of the object (istiod's config distribution status), or raise
-        PropagationTimeout naming the proxies that lag and what they have."""
+    def _wait_propagated(self, localized: LocalizedManifest, verb: str) -> None:
+        """Wait until every sidecar of the run implements, in its own Envoy config
+        (``/config_dump``), the inbound mTLS modes and outbound cluster TLS that
+        ``pytest_meshconform.policy`` predicts for the policies now in force. Works on every
+        Istio version; raises PropagationTimeout naming each lagging sidecar, what it has and
+        what was expected."""
         timeout = self.options.propagation_timeout
         deadline = self._deadline(timeout)
-        candidates = versions or self._candidate_versions(localized)
-        expected = self._expected_proxies()
         started = time.monotonic()
+        pending = self._expectations()
+        lagging: dict[str, str] = {}
+        shown = ""
         while True:
-            last: dict[str, str] = {}
-            for version in candidates:
-                key = distribution_key(
-                    localized.group, version, localized.kind, localized.namespace, localized.name
-                )
-                lagging = lagging_proxies(self._proxy_versions(key), expected, wanted)
-                if not lagging:
-                    self._distribution.setdefault(
-                        (localized.group, localized.kind), _Distribution()
-                    ).version = version
-                    return
-                last = lagging
+            lagging = {}
+            for key, (workload, expectation) in list(pending.items()):
+                lag = self._sidecar_lag(workload, expectation)
+                if lag is None:
+                    del pending[key]  # it has the change; later pushes cannot undo it
+                else:
+                    lagging[key] = lag
+            if not pending:
+                return
+            waited = time.monotonic() - started
             if time.monotonic() > deadline:
-                shown = sorted(wanted - {""}) or ["deleted"]
                 raise PropagationTimeout(
-                    f"{localized.describe} {verb} (version {'/'.join(shown)}) but not every"
-                    f" sidecar has it after {time.monotonic() - started:.0f}s"
-                    f" (--mesh-propagation-timeout {timeout}): "
-                    + "; ".join(f"{proxy}: {state}" for proxy, state in last.items())
+                    f"{localized.describe} {verb} but not every sidecar implements it after"
+                    f" {waited:.0f}s (--mesh-propagation-timeout {timeout}): "
+                    + "; ".join(f"{key}: {state}" for key, state in sorted(lagging.items()))
                 )
+            summary = ", ".join(sorted(lagging))
+            if waited >= _PROGRESS_AFTER_S and summary != shown:
+                self._progress(
+                    f"waiting {waited:.0f}s for {localized.describe} ({verb}) to reach {summary}"
+                )
+                shown = summary
             time.sleep(_POLL_S)
 
     # -- capture -------------------------------------------------------------------------------
@@ -1101,16 +1082,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
-
-
-def tracking_disabled_message(istiod: IstiodInfo) -> str:
-    return (
-        f"istiod {istiod.namespace}/{istiod.name} ({istiod.version}) runs without config"
-        " distribution tracking, so meshconform cannot tell when a policy has reached the"
-        " sidecars (and will not guess with sleeps). Enable it: istioctl install --set"
-        " values.pilot.env.PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true (Helm: --set"
-        " pilot.env.PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true)"
-    )
 
 
 def image_hint(problem: str) -> str:

@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from ..mesh import MeshError, MeshUnavailable
-from .istio import (
-    IstioDataError,
-    distribution_tracking_removed,
-    istioctl_client_version,
-    istioctl_download_url,
-    istioctl_install_argv,
-    tracking_removed_message,
-)
+from .istio import istioctl_download_url, istioctl_install_argv
 from .options import KubeOptions
 
 __all__ = [
@@ -42,7 +35,6 @@ __all__ = [
     "find_executable",
     "install_istio",
     "istioctl_path",
-    "istioctl_version",
     "kind_context",
     "resolve_context",
 ]
@@ -117,8 +109,6 @@ def kind_problems(options: KubeOptions) -> list[str]:
     if engine is not None:
         problems.append(engine)
     if options.istio_version is not None:
-        if distribution_tracking_removed(options.istio_version):
-            problems.append(tracking_removed_message(options.istio_version, "--mesh-istio-version"))
         return problems
     istioctl = istioctl_path(options)
     if istioctl is None:
@@ -130,32 +120,7 @@ def kind_problems(options: KubeOptions) -> list[str]:
                 f"{ISTIOCTL_INSTALL}, pass --mesh-istioctl=PATH, or --mesh-istio-version=X.Y.Z"
                 " to download it)"
             )
-        return problems
-    version = istioctl_version(istioctl)
-    if version is not None and distribution_tracking_removed(version):
-        problems.append(tracking_removed_message(version, f"istioctl {istioctl}"))
     return problems
-
-
-def istioctl_version(istioctl: Path, timeout: float = ENGINE_TIMEOUT_S) -> str | None:
-    """The Istio release ``istioctl`` installs (``istioctl version --remote=false -o json``),
-    so an unusable one is refused before a kind cluster is made; None when it cannot say."""
-    try:
-        probe = subprocess.run(
-            [str(istioctl), "version", "--remote=false", "-o", "json"],
-            capture_output=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if probe.returncode != 0:
-        return None
-    try:
-        return istioctl_client_version(probe.stdout)
-    except IstioDataError:
-        return None
 
 
 def kind_context(cluster_name: str) -> str:

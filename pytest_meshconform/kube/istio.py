@@ -1,29 +1,24 @@
 """What meshconform needs to know about an Istio control plane, read from API objects. Pure.
 
 Inputs are Kubernetes objects in their API JSON shape (camelCase, as ``kubectl get -o json``
-prints them and as ``ApiClient.sanitize_for_serialization`` turns the client's models into),
-istiod's debug endpoint output, and the mesh config YAML. Outputs are frozen dataclasses. The
-facts used here come from Istio's source: istiod's environment variables
-(``PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING``, ``MAX_WORKLOAD_CERT_TTL``), the
-``/debug/config_distribution`` handler (``pilot/pkg/xds/debug.go``, ``SyncedVersions``) and the
-config key format ``group/version/Kind/namespace/name`` (``pkg/config/model.go`` ``Key``).
+prints them and as ``ApiClient.sanitize_for_serialization`` turns the client's models into)
+and the mesh config YAML. Outputs are frozen dataclasses. The facts used here come from
+Istio's source: istiod's environment (``MAX_WORKLOAD_CERT_TTL``, Go duration syntax) and the
+mesh config defaults (``trustDomain`` cluster.local, ``rootNamespace`` istiod's namespace).
 
-That tracking exists only up to Istio 1.22: 1.23 removed the
-``PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING`` flag, the ``/debug/config_distribution`` handler
-and ``istioctl experimental wait`` (istio/istio#51866; Istio 1.23.0 change notes);
-``distribution_tracking_removed`` tells which istiods are affected.
+Nothing here depends on istiod's config distribution tracking (removed in Istio 1.23,
+istio/istio#51866): policies are waited for in the sidecars' own Envoy config
+(``envoystate.py``).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlencode
 
 import yaml
 
@@ -31,39 +26,18 @@ from ..settings import format_duration
 
 __all__ = [
     "DEFAULT_MAX_WORKLOAD_CERT_TTL",
-    "DISTRIBUTION_DISABLED_MESSAGE",
-    "DISTRIBUTION_TRACKING_LAST_MINOR",
-    "DistributionEndpointMissing",
-    "DistributionTrackingDisabled",
     "IstioDataError",
     "IstiodInfo",
     "MeshConfigInfo",
-    "ProxyVersions",
-    "config_distribution_path",
-    "distribution_key",
-    "distribution_tracking_removed",
-    "istio_minor_version",
-    "istioctl_client_version",
     "istioctl_download_url",
     "istioctl_install_argv",
-    "lagging_proxies",
-    "parse_config_distribution",
     "parse_go_duration",
     "parse_mesh_config",
     "select_istiod",
-    "tracking_removed_message",
 ]
 
 DEFAULT_MAX_WORKLOAD_CERT_TTL: Final = timedelta(days=90)
-DISTRIBUTION_DISABLED_MESSAGE: Final = "Pilot Version tracking is disabled"
-# The last Istio minor release with config distribution tracking (removed in 1.23.0).
-DISTRIBUTION_TRACKING_LAST_MINOR: Final = (1, 22)
-# What a Go http.ServeMux answers for an unregistered path (net/http NotFound), which
-# ``pilot-discovery request`` prints with exit code 0 (pilot/pkg/request/command.go lets 404 pass).
-_GO_NOT_FOUND_BODY: Final = "404 page not found"
-_MINOR_VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)(?:[.-]|$)")
 ISTIOD_CONTAINER: Final = "discovery"
-_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # strconv.ParseBool
 _GO_DURATION_UNITS: Final = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -80,43 +54,6 @@ _VERSION_SUFFIXES: Final = ("-distroless", "-debug")
 
 class IstioDataError(ValueError):
     """An Istio object or response does not have the shape Istio gives it; names the field."""
-
-
-class DistributionTrackingDisabled(IstioDataError):
-    """istiod runs without PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING."""
-
-
-class DistributionEndpointMissing(IstioDataError):
-    """istiod does not serve ``/debug/config_distribution`` at all (Istio 1.23 and later)."""
-
-
-def istio_minor_version(version: str) -> tuple[int, int] | None:
-    """``(major, minor)`` of an Istio version (``1.22.8``, ``1.24-dev``, ``1.25.0-beta.1``);
-    None when the text does not start with one (a custom build tag): no guessing."""
-    match = _MINOR_VERSION_RE.match(version.strip().removeprefix("v"))
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def distribution_tracking_removed(version: str) -> bool:
-    """True for an Istio without config distribution tracking (1.23 and later).
-
-    An unrecognisable version is not judged here (False): the tracking check itself then
-    answers with what istiod said.
-    """
-    minor = istio_minor_version(version)
-    return minor is not None and minor > DISTRIBUTION_TRACKING_LAST_MINOR
-
-
-def tracking_removed_message(version: str, where: str) -> str:
-    """Why meshconform's kube backend cannot work with this Istio, and what works instead."""
-    last = ".".join(str(n) for n in DISTRIBUTION_TRACKING_LAST_MINOR)
-    return (
-        f"{where} runs Istio {version}, which has no config distribution tracking (Istio 1.23"
-        " removed PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING, /debug/config_distribution and"
-        " `istioctl x wait`, istio/istio#51866): meshconform could not tell when a policy has"
-        f" reached the sidecars, and does not guess with sleeps. Use Istio {last}.x (kind:"
-        f" --mesh-istio-version={last}.8 or an istioctl {last}.x) or --mesh-cluster=local"
-    )
 
 
 def parse_go_duration(text: str) -> timedelta:
@@ -170,7 +107,6 @@ class IstiodInfo:
     revision: str  # "default" when unlabelled
     version: str
     image: str
-    distribution_tracking: bool
     max_workload_cert_ttl: timedelta
     pod_selector: Mapping[str, str]
 
@@ -230,7 +166,6 @@ def _istiod_info(deployment: Mapping[str, Any]) -> IstiodInfo:
         revision=str(labels.get("istio.io/rev") or "default"),
         version=str(version),
         image=image,
-        distribution_tracking=env.get("PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING") in _GO_TRUE,
         max_workload_cert_ttl=max_ttl,
         pod_selector={str(k): str(v) for k, v in selector.items()},
     )
@@ -292,120 +227,6 @@ def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
     )
 
 
-# --- config distribution ---------------------------------------------------------------------
-
-
-def distribution_key(group: str, version: str, kind: str, namespace: str, name: str) -> str:
-    """istiod's config key (``config.Key``): ``group/version/Kind/namespace/name``."""
-    return f"{group}/{version}/{kind}/{namespace}/{name}"
-
-
-def config_distribution_path(key: str, proxy_namespace: str) -> str:
-    """The istiod debug path giving every connected proxy's acked version of ``key``."""
-    query = urlencode({"resource": key, "proxy_namespace": proxy_namespace})
-    return f"/debug/config_distribution?{query}"
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyVersions:
-    """``SyncedVersions``: the version of one config object each xDS type a proxy acked."""
-
-    proxy: str  # "<pod>.<namespace>"
-    cluster: str
-    listener: str
-    route: str
-    endpoint: str
-
-
-def parse_config_distribution(data: bytes | str) -> tuple[ProxyVersions, ...]:
-    """Parse istiod's ``/debug/config_distribution`` answer (a JSON list, or null)."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    if text.strip() == _GO_NOT_FOUND_BODY:
-        raise DistributionEndpointMissing(
-            "istiod does not serve /debug/config_distribution (404 page not found): Istio 1.23"
-            " and later removed config distribution tracking"
-        )
-    if DISTRIBUTION_DISABLED_MESSAGE in text:
-        raise DistributionTrackingDisabled(
-            "istiod runs without config distribution tracking"
-            " (PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING is not true)"
-        )
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise IstioDataError(
-            f"config_distribution: not JSON ({error.msg}) in {text[:120]!r}"
-        ) from error
-    if document is None:
-        return ()
-    if not isinstance(document, list):
-        raise IstioDataError(f"config_distribution: expected a list, got {type(document).__name__}")
-    result = []
-    for index, item in enumerate(document):
-        entry = _mapping(item, f"config_distribution[{index}]")
-        proxy = entry.get("proxy")
-        if not isinstance(proxy, str) or not proxy:
-            raise IstioDataError(f"config_distribution[{index}].proxy: {proxy!r}")
-
-        def version(field: str, entry: Mapping[str, Any] = entry, index: int = index) -> str:
-            value = entry.get(field, "")
-            if not isinstance(value, str):
-                raise IstioDataError(f"config_distribution[{index}].{field}: {value!r}")
-            return value
-
-        result.append(
-            ProxyVersions(
-                proxy,
-                version("cluster_acked"),
-                version("listener_acked"),
-                version("route_acked"),
-                version("endpoint_acked"),
-            )
-        )
-    return tuple(result)
-
-
-def lagging_proxies(
-    versions: Sequence[ProxyVersions], expected: Collection[str], wanted: Collection[str]
-) -> dict[str, str]:
-    """Proxies of ``expected`` whose acked listeners and clusters are not at a wanted version.
-
-    Listeners carry a server's mTLS mode (PeerAuthentication), clusters a client's TLS origination
-    (DestinationRule), so those two are what a policy change must have reached. ``wanted`` is
-    the object's generation (and resourceVersion) after an apply, ``{""}`` after a delete.
-    The result maps each lagging proxy to what it has, for the timeout message.
-    """
-    by_proxy = {v.proxy: v for v in versions}
-    lagging: dict[str, str] = {}
-    for proxy in sorted(expected):
-        seen = by_proxy.get(proxy)
-        if seen is None:
-            lagging[proxy] = "not connected to istiod"
-        elif seen.listener not in wanted or seen.cluster not in wanted:
-            lagging[proxy] = f"listeners at {seen.listener!r}, clusters at {seen.cluster!r}"
-    return lagging
-
-
-# --- istioctl --------------------------------------------------------------------------------
-
-
-def istioctl_client_version(output: bytes | str) -> str:
-    """The client version from ``istioctl version --remote=false -o json``
-    (``{"clientVersion": {"version": "1.22.8", ...}}``, pkg/version/cobra.go)."""
-    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise IstioDataError(
-            f"istioctl version: not JSON ({error.msg}) in {text[:120]!r}"
-        ) from None
-    client = _mapping(document, "istioctl version").get("clientVersion")
-    version = _mapping(client, "istioctl version: clientVersion").get("version")
-    if not isinstance(version, str) or not version:
-        raise IstioDataError(f"istioctl version: clientVersion.version {version!r}")
-    return version
-
-
 def istioctl_download_url(version: str, system: str, machine: str) -> str:
     """The GitHub release asset of istioctl for this platform (``platform.system/machine``)."""
     system = system.lower()
@@ -432,8 +253,7 @@ def istioctl_install_argv(
     cert_ttl: timedelta,
     ready_timeout: timedelta,
 ) -> list[str]:
-    """``istioctl install`` for a kind cluster: minimal profile (istiod only), distribution
-    tracking on (how meshconform knows a policy reached the proxies), and the agents'
+    """``istioctl install`` for a kind cluster: minimal profile (istiod only) and the agents'
     SECRET_TTL from ``--mesh-cert-ttl`` so rotation suites finish quickly."""
     argv = [
         str(istioctl),
@@ -445,8 +265,6 @@ def istioctl_install_argv(
         context,
         "--set",
         "profile=minimal",
-        "--set",
-        "values.pilot.env.PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true",
         "--set",
         f"meshConfig.defaultConfig.proxyMetadata.SECRET_TTL={format_duration(cert_ttl)}",
         "--readiness-timeout",

@@ -269,7 +269,7 @@ def _build(
 
     dns_label = "a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric"
     istioctl = path("istioctl")
-    istio_version = matching("istio_version", _ISTIO_VERSION_RE, "an Istio release like 1.22.8")
+    istio_version = matching("istio_version", _ISTIO_VERSION_RE, "an Istio release like 1.25.1")
     chosen_istioctl, chosen_version = raw.get("istioctl"), raw.get("istio_version")
     if chosen_istioctl is not None and chosen_version is not None:
         raise SettingsError(

@@ -75,17 +75,16 @@ def _upstream(
 
 
 def _max_requests_per_connection(rule: DestinationRule | None, port: int) -> int | None:
-    """connectionPool.http.maxRequestsPerConnection, a port-level setting winning."""
+    """connectionPool.http.maxRequestsPerConnection. A portLevelSettings entry that has a
+    connectionPool replaces the rule's whole pool (Istio's MergeTrafficPolicy)."""
     if rule is None or rule.traffic_policy is None:
         return None
-    layers = [rule.traffic_policy.other]
-    layers += [p.other for p in rule.traffic_policy.port_level_settings if p.port == port]
-    found = None
-    for other in layers:
-        value = (other.get("connectionPool") or {}).get("http", {}).get("maxRequestsPerConnection")
-        if value is not None:
-            found = int(value)
-    return found
+    pool = rule.traffic_policy.other.get("connectionPool")
+    for entry in rule.traffic_policy.port_level_settings:
+        if entry.port == port and "connectionPool" in entry.other:
+            pool = entry.other["connectionPool"]
+    value = ((pool or {}).get("http") or {}).get("maxRequestsPerConnection")
+    return None if value is None else int(value)
 
 
 def _upstream_tls(

@@ -1,0 +1,615 @@
+"""What a sidecar's own Envoy config implements, and whether that is what the policies say. Pure.
+
+The kube backend waits for a policy change by reading each sidecar's ``/config_dump`` (through
+``pilot-agent request``) until it implements the state :mod:`pytest_meshconform.policy`
+predicts: that works on every Istio version, unlike istiod's config distribution tracking
+(removed in Istio 1.23, istio/istio#51866), and it checks the proxy itself rather than
+istiod's bookkeeping.
+
+Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON, snake_case):
+
+- Inbound: the ``virtualInbound`` listener holds, per container port, filter chains whose
+  ``filter_chain_match`` has ``destination_port`` (pilot/pkg/networking/core/listener_inbound.go,
+  ``inboundChainConfig.ToFilterChainMatch``). Which chains exist follows the port's mTLS mode
+  (pilot/pkg/networking/core/filterchain_options.go, ``getFilterChainMatchOptions``): STRICT
+  gives only ``transport_protocol: tls`` chains that terminate mTLS; PERMISSIVE adds a
+  ``raw_buffer`` (plaintext) chain next to the mTLS one; DISABLE gives only ``raw_buffer``
+  chains. A chain terminates mTLS with a ``DownstreamTlsContext`` whose
+  ``require_client_certificate`` is true (pilot/pkg/security/authn/utils/utils.go,
+  ``BuildInboundTLS``; none for DISABLE).
+- Outbound: the cluster ``outbound|<port>||<fqdn>`` (pilot/pkg/networking/core/cluster_tls.go,
+  ``applyUpstreamTLSSettings``): a DestinationRule ``ISTIO_MUTUAL`` gives a ``transport_socket``
+  with an ``UpstreamTlsContext`` using the SDS secrets ``default`` (the workload certificate)
+  and ``ROOTCA`` (the mesh root); ``DISABLE`` gives none; auto mTLS (no TLS in any rule) gives
+  ``transport_socket_matches`` ``tlsMode-istio`` (TLS) then ``tlsMode-disabled`` (raw
+  buffer). ``connectionPool.http.maxRequestsPerConnection`` becomes
+  ``common_http_protocol_options.max_requests_per_connection`` of the cluster's
+  ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
+  (pilot/pkg/networking/core/cluster_traffic_policy.go).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+from ..mesh import Service
+from ..policy import (
+    DestinationRule,
+    MtlsMode,
+    PeerAuthentication,
+    TlsMode,
+    client_tls_settings,
+    destination_rule_for,
+    effective_mtls_mode,
+)
+
+__all__ = [
+    "ISTIO_ROOT_SECRET",
+    "ISTIO_WORKLOAD_SECRET",
+    "EnvoyState",
+    "EnvoyStateError",
+    "ExpectedInbound",
+    "ExpectedOutbound",
+    "InboundChain",
+    "InboundPort",
+    "OutboundCluster",
+    "SidecarExpectation",
+    "UpstreamTransport",
+    "expected_sidecar",
+    "max_requests_per_connection",
+    "mismatches",
+    "outbound_cluster_name",
+    "parse_config_dump",
+]
+
+VIRTUAL_INBOUND: Final = "virtualInbound"
+# Istio's SDS resource names (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName)
+ISTIO_WORKLOAD_SECRET: Final = "default"
+ISTIO_ROOT_SECRET: Final = "ROOTCA"
+HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_LISTENERS_DUMP: Final = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
+_CLUSTERS_DUMP: Final = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+_SHOWN: Final = 80
+
+Policy = PeerAuthentication | DestinationRule
+
+
+class EnvoyStateError(ValueError):
+    """A config dump without the shape Envoy gives it; the message names the field."""
+
+
+class UpstreamTransport(StrEnum):
+    """How a cluster talks to its endpoints."""
+
+    PLAINTEXT = "plaintext"  # no transport socket, or raw_buffer only
+    TLS = "TLS"  # an UpstreamTlsContext for every endpoint
+    AUTO = "auto mTLS"  # per endpoint: TLS for tlsMode=istio, plaintext otherwise
+    OTHER = "other"  # a transport socket this module does not classify (named in ``detail``)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundChain:
+    """One ``virtualInbound`` filter chain for a destination port."""
+
+    name: str
+    transport_protocol: str  # "tls", "raw_buffer" or "" (any)
+    application_protocols: tuple[str, ...]
+    terminates_tls: bool  # has a DownstreamTlsContext
+    requires_client_cert: bool  # ... with require_client_certificate: true (mTLS)
+
+    @property
+    def is_plaintext(self) -> bool:
+        return not self.terminates_tls and self.transport_protocol in ("raw_buffer", "")
+
+    def describe(self) -> str:
+        kind = "mTLS" if self.requires_client_cert else "TLS" if self.terminates_tls else "plain"
+        match = self.transport_protocol or "any"
+        alpn = f" alpn={','.join(self.application_protocols)}" if self.application_protocols else ""
+        return f"{match}/{kind}{alpn}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPort:
+    """The ``virtualInbound`` chains for one destination port and the mode they implement."""
+
+    port: int
+    chains: tuple[InboundChain, ...]
+
+    @property
+    def mode(self) -> MtlsMode | None:
+        """STRICT, PERMISSIVE or DISABLE as Istio renders them; None for any other shape."""
+        mtls = [c for c in self.chains if c.requires_client_cert]
+        plain = [c for c in self.chains if c.is_plaintext]
+        if mtls and not plain and all(c.transport_protocol == "tls" for c in self.chains):
+            return MtlsMode.STRICT
+        if mtls and plain:
+            return MtlsMode.PERMISSIVE
+        if plain and not mtls:
+            return MtlsMode.DISABLE
+        return None
+
+    def describe(self) -> str:
+        shape = ", ".join(c.describe() for c in self.chains)
+        mode = self.mode
+        return f"{mode.value if mode else 'unrecognised'} (chains: {shape})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundCluster:
+    """One dynamic cluster: its transport and the connection settings meshconform relies on."""
+
+    name: str
+    transport: UpstreamTransport
+    certificate_secrets: tuple[str, ...] = ()
+    validation_secret: str | None = None
+    sni: str | None = None
+    max_requests_per_connection: int | None = None
+    detail: str = ""  # the unclassified transport socket, for OTHER
+
+    def describe(self) -> str:
+        text = self.transport.value
+        if self.transport is UpstreamTransport.TLS:
+            secrets = "/".join(self.certificate_secrets) or "none"
+            text += f" (SDS {secrets}, root {self.validation_secret or 'none'})"
+        elif self.detail:
+            text += f" ({self.detail})"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyState:
+    """What one Envoy's config dump implements for mTLS."""
+
+    listeners_version: str | None
+    clusters_version: str | None
+    has_virtual_inbound: bool
+    inbound: Mapping[int, InboundPort]
+    clusters: Mapping[str, OutboundCluster]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
+        object.__setattr__(self, "clusters", MappingProxyType(dict(self.clusters)))
+
+    @property
+    def version(self) -> str:
+        return f"listeners {self.listeners_version or '-'}, clusters {self.clusters_version or '-'}"
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise EnvoyStateError(f"{where}: expected an object, got {_show(value)}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EnvoyStateError(f"{where}: expected a list, got {_show(value)}")
+    return value
+
+
+def _string(value: object, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise EnvoyStateError(f"{where}: expected a string, got {_show(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool)) else "?"
+    text = text if value is not None else "null"
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _uint32(value: object, where: str) -> int:
+    """A protobuf UInt32Value in JSON: a number (Envoy never quotes 32-bit integers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise EnvoyStateError(f"{where}: expected an unsigned 32-bit integer, got {_show(value)}")
+    return value
+
+
+def _typed_type(socket: Mapping[str, Any], where: str) -> str:
+    """The ``@type`` of a transport socket's ``typed_config`` (Envoy always prints both)."""
+    typed = _mapping(socket.get("typed_config"), f"{where}.typed_config")
+    kind = _string(typed.get("@type"), f"{where}.typed_config.@type")
+    if not kind:
+        raise EnvoyStateError(f"{where}.typed_config: no @type")
+    return kind
+
+
+def _inbound_chain(chain: Mapping[str, Any], where: str) -> tuple[int | None, InboundChain]:
+    match = _mapping(chain.get("filter_chain_match") or {}, f"{where}.filter_chain_match")
+    port = match.get("destination_port")
+    destination = None if port is None else _uint32(port, f"{where}.destination_port")
+    alpns = _list(match.get("application_protocols"), f"{where}.application_protocols")
+    for index, alpn in enumerate(alpns):
+        _string(alpn, f"{where}.application_protocols[{index}]")
+    terminates = requires = False
+    socket = chain.get("transport_socket")
+    if socket is not None:
+        socket = _mapping(socket, f"{where}.transport_socket")
+        kind = _typed_type(socket, f"{where}.transport_socket")
+        if kind.endswith(".DownstreamTlsContext"):
+            terminates = True
+            required = socket["typed_config"].get("require_client_certificate", False)
+            if not isinstance(required, bool):
+                raise EnvoyStateError(
+                    f"{where}.transport_socket.typed_config.require_client_certificate:"
+                    f" expected a boolean, got {_show(required)}"
+                )
+            requires = required
+        elif not kind.endswith(".RawBuffer"):
+            raise EnvoyStateError(f"{where}.transport_socket: unknown downstream socket {kind!r}")
+    return destination, InboundChain(
+        name=_string(chain.get("name"), f"{where}.name"),
+        transport_protocol=_string(match.get("transport_protocol"), f"{where}.transport_protocol"),
+        application_protocols=tuple(alpns),
+        terminates_tls=terminates,
+        requires_client_cert=requires,
+    )
+
+
+def _inbound_ports(listener: Mapping[str, Any], where: str) -> dict[int, InboundPort]:
+    by_port: dict[int, list[InboundChain]] = {}
+    chains = _list(listener.get("filter_chains"), f"{where}.filter_chains")
+    for index, raw in enumerate(chains):
+        chain_where = f"{where}.filter_chains[{index}]"
+        port, chain = _inbound_chain(_mapping(raw, chain_where), chain_where)
+        if port is not None:
+            by_port.setdefault(port, []).append(chain)
+    return {port: InboundPort(port, tuple(found)) for port, found in by_port.items()}
+
+
+def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
+    """The transport of one (cluster-level or matched) socket; ``name`` is filled in later."""
+    kind = _typed_type(socket, where)
+    typed = socket["typed_config"]
+    if kind.endswith(".RawBuffer"):
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+    if kind.endswith(".InternalUpstreamTransport"):  # HBONE / waypoint wrapping
+        inner = typed.get("transport_socket")
+        if inner is None:
+            return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+        return _upstream_socket(_mapping(inner, f"{where}.transport_socket"), where)
+    if kind.endswith(".UpstreamTlsContext"):
+        common = _mapping(typed.get("common_tls_context") or {}, f"{where}.common_tls_context")
+        configs = _list(
+            common.get("tls_certificate_sds_secret_configs"),
+            f"{where}.common_tls_context.tls_certificate_sds_secret_configs",
+        )
+        secrets = tuple(
+            _string(_mapping(c, f"{where}.sds[{i}]").get("name"), f"{where}.sds[{i}].name")
+            for i, c in enumerate(configs)
+        )
+        combined = _mapping(
+            common.get("combined_validation_context") or {},
+            f"{where}.common_tls_context.combined_validation_context",
+        )
+        validation = combined.get("validation_context_sds_secret_config") or common.get(
+            "validation_context_sds_secret_config"
+        )
+        root = None
+        if validation is not None:
+            root = _string(
+                _mapping(validation, f"{where}.validation_context_sds_secret_config").get("name"),
+                f"{where}.validation_context_sds_secret_config.name",
+            )
+        sni = _string(typed.get("sni"), f"{where}.sni") or None
+        return OutboundCluster("", UpstreamTransport.TLS, secrets, root, sni)
+    return OutboundCluster("", UpstreamTransport.OTHER, detail=kind)
+
+
+def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluster:
+    socket = cluster.get("transport_socket")
+    matches = _list(cluster.get("transport_socket_matches"), f"{where}.transport_socket_matches")
+    if socket is not None and not matches:
+        return _upstream_socket(_mapping(socket, f"{where}.transport_socket"), where)
+    if not matches:
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+    found = []
+    for index, raw in enumerate(matches):
+        match_where = f"{where}.transport_socket_matches[{index}]"
+        entry = _mapping(raw, match_where)
+        inner = entry.get("transport_socket")
+        if inner is None:
+            found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
+        else:
+            found.append(_upstream_socket(_mapping(inner, match_where), match_where))
+    if socket is not None:  # the fallback when no match applies
+        found.append(_upstream_socket(_mapping(socket, f"{where}.transport_socket"), where))
+    kinds = {f.transport for f in found}
+    if UpstreamTransport.OTHER in kinds:
+        return next(f for f in found if f.transport is UpstreamTransport.OTHER)
+    if kinds == {UpstreamTransport.PLAINTEXT}:
+        return found[0]
+    tls = next(f for f in found if f.transport is UpstreamTransport.TLS)
+    if kinds == {UpstreamTransport.TLS}:
+        return tls
+    return OutboundCluster(
+        "", UpstreamTransport.AUTO, tls.certificate_secrets, tls.validation_secret, tls.sni
+    )
+
+
+def max_requests_per_connection(cluster: Mapping[str, Any], where: str = "cluster") -> int | None:
+    """``max_requests_per_connection`` from the HttpProtocolOptions extension (or the
+    deprecated cluster field older Envoys print); None when unset."""
+    options = _mapping(
+        cluster.get("typed_extension_protocol_options") or {},
+        f"{where}.typed_extension_protocol_options",
+    )
+    http = options.get(HTTP_PROTOCOL_OPTIONS)
+    if http is not None:
+        common = _mapping(
+            _mapping(http, f"{where}.{HTTP_PROTOCOL_OPTIONS}").get("common_http_protocol_options")
+            or {},
+            f"{where}.common_http_protocol_options",
+        )
+        value = common.get("max_requests_per_connection")
+        if value is not None:
+            return _uint32(value, f"{where}.max_requests_per_connection")
+    legacy = cluster.get("max_requests_per_connection")
+    return None if legacy is None else _uint32(legacy, f"{where}.max_requests_per_connection")
+
+
+def _clusters(section: Mapping[str, Any]) -> dict[str, OutboundCluster]:
+    found: dict[str, OutboundCluster] = {}
+    entries = _list(section.get("dynamic_active_clusters"), "dynamic_active_clusters")
+    for index, raw in enumerate(entries):
+        where = f"dynamic_active_clusters[{index}]"
+        cluster = _mapping(_mapping(raw, where).get("cluster"), f"{where}.cluster")
+        name = _string(cluster.get("name"), f"{where}.cluster.name")
+        where = f"cluster {name}"
+        transport = _cluster_transport(cluster, where)
+        found[name] = OutboundCluster(
+            name,
+            transport.transport,
+            transport.certificate_secrets,
+            transport.validation_secret,
+            transport.sni,
+            max_requests_per_connection(cluster, where),
+            transport.detail,
+        )
+    return found
+
+
+def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
+    """Envoy's ``/config_dump`` (JSON text or the loaded object) -> what it implements.
+
+    Only the active listeners and clusters count: a warming resource is not serving yet.
+    """
+    if isinstance(data, Mapping):
+        document: object = data
+    else:
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            document = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EnvoyStateError(f"config_dump is not JSON: {error}") from None
+    configs = _list(_mapping(document, "config_dump").get("configs"), "config_dump.configs")
+    listeners_version = clusters_version = None
+    inbound: dict[int, InboundPort] = {}
+    has_virtual_inbound = False
+    clusters: dict[str, OutboundCluster] = {}
+    for index, raw in enumerate(configs):
+        section = _mapping(raw, f"configs[{index}]")
+        kind = _string(section.get("@type"), f"configs[{index}].@type")
+        if kind == _LISTENERS_DUMP:
+            listeners_version = _string(section.get("version_info"), "listeners.version_info")
+            listeners = _list(section.get("dynamic_listeners"), "dynamic_listeners")
+            for position, entry in enumerate(listeners):
+                where = f"dynamic_listeners[{position}]"
+                entry = _mapping(entry, where)
+                if _string(entry.get("name"), f"{where}.name") != VIRTUAL_INBOUND:
+                    continue
+                active = entry.get("active_state")
+                if active is None:
+                    continue
+                listener = _mapping(
+                    _mapping(active, f"{where}.active_state").get("listener"),
+                    f"{where}.active_state.listener",
+                )
+                has_virtual_inbound = True
+                inbound = _inbound_ports(listener, VIRTUAL_INBOUND)
+        elif kind == _CLUSTERS_DUMP:
+            clusters_version = _string(section.get("version_info"), "clusters.version_info")
+            clusters = _clusters(section)
+    return EnvoyState(
+        listeners_version or None,
+        clusters_version or None,
+        has_virtual_inbound,
+        inbound,
+        clusters,
+    )
+
+
+# --- expectations -----------------------------------------------------------------------------
+
+
+def outbound_cluster_name(fqdn: str, port: int) -> str:
+    """Istio's outbound cluster name (pilot/pkg/model: ``BuildSubsetKey``, no subset)."""
+    return f"outbound|{port}||{fqdn}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedInbound:
+    port: int
+    mode: MtlsMode  # never UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedOutbound:
+    """``tls_mode`` None: auto mTLS (or not knowable here), so only the cluster's presence and
+    its connection settings are checked; ``connection_pool_known`` False: those neither."""
+
+    cluster: str
+    tls_mode: TlsMode | None
+    max_requests_per_connection: int | None
+    connection_pool_known: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarExpectation:
+    inbound: tuple[ExpectedInbound, ...]
+    outbound: tuple[ExpectedOutbound, ...]
+
+
+def _connection_pool_max_requests(rule: DestinationRule | None, port: int) -> int | None:
+    """``MergeTrafficPolicy`` (pilot/pkg/networking/core/cluster_builder.go): the first
+    ``portLevelSettings`` entry for the port replaces the rule's connectionPool (port-level
+    policies do not inherit), then ``connectionPool.http.maxRequestsPerConnection``."""
+    if rule is None or rule.traffic_policy is None:
+        return None
+    other = rule.traffic_policy.other
+    for entry in rule.traffic_policy.port_level_settings:
+        if entry.port == port:
+            other = entry.other
+            break
+    pool = other.get("connectionPool")
+    http = pool.get("http") if isinstance(pool, Mapping) else None
+    value = http.get("maxRequestsPerConnection") if isinstance(http, Mapping) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EnvoyStateError(
+            f"DestinationRule {rule.namespace}/{rule.name}: connectionPool.http"
+            f".maxRequestsPerConnection {_show(value)} is not an integer"
+        )
+    return value if value > 0 else None
+
+
+def _mesh_level(mode: MtlsMode, root_namespace: str) -> PeerAuthentication:
+    return PeerAuthentication(name="meshconform-hypothetical", namespace=root_namespace, mode=mode)
+
+
+def expected_sidecar(
+    policies: Sequence[Policy],
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    container_ports: Sequence[int],
+    services: Sequence[Service],
+    root_namespace: str,
+    root_known: bool = True,
+) -> SidecarExpectation:
+    """What a sidecar's Envoy must implement under ``policies``.
+
+    ``root_known`` False: the root namespace could not be read, so a mode that a mesh-wide
+    PeerAuthentication could decide is not expected (it is when the workload's own namespace
+    decides it whatever the mesh says), and a service without a DestinationRule in the client's
+    or the service's namespace gets no TLS expectation.
+    """
+    peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
+    rules = [p for p in policies if isinstance(p, DestinationRule)]
+    inbound = []
+    for port in container_ports:
+        mode = effective_mtls_mode(peer_auths, namespace, labels, port, root_namespace)
+        if not root_known:
+            if any(p.namespace == root_namespace for p in peer_auths):
+                raise EnvoyStateError("root_known=False with root namespace policies given")
+            under = {
+                effective_mtls_mode(
+                    [*peer_auths, _mesh_level(hypothetical, root_namespace)],
+                    namespace,
+                    labels,
+                    port,
+                    root_namespace,
+                )
+                for hypothetical in (MtlsMode.STRICT, MtlsMode.DISABLE)
+            }
+            if under != {mode}:
+                continue
+        inbound.append(ExpectedInbound(port, mode))
+    outbound = []
+    for service in services:
+        rule = destination_rule_for(
+            rules,
+            namespace,
+            service.fqdn,
+            root_namespace,
+            service_namespace=service.namespace,
+            client_labels=labels,
+        )
+        settings = client_tls_settings(rule, service.port)
+        outbound.append(
+            ExpectedOutbound(
+                outbound_cluster_name(service.fqdn, service.port),
+                None if settings is None else settings.mode,
+                _connection_pool_max_requests(rule, service.port),
+                connection_pool_known=root_known or rule is not None,
+            )
+        )
+    return SidecarExpectation(tuple(inbound), tuple(outbound))
+
+
+def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
+    if mode is TlsMode.DISABLE:
+        return cluster.transport is not UpstreamTransport.PLAINTEXT
+    if mode is TlsMode.ISTIO_MUTUAL:
+        return (
+            cluster.transport is not UpstreamTransport.TLS
+            or ISTIO_WORKLOAD_SECRET not in cluster.certificate_secrets
+            or cluster.validation_secret != ISTIO_ROOT_SECRET
+        )
+    return cluster.transport is not UpstreamTransport.TLS  # SIMPLE, MUTUAL
+
+
+def _expected_tls_text(mode: TlsMode) -> str:
+    if mode is TlsMode.DISABLE:
+        return "plaintext (DestinationRule DISABLE)"
+    if mode is TlsMode.ISTIO_MUTUAL:
+        return (
+            f"TLS with SDS {ISTIO_WORKLOAD_SECRET}, root {ISTIO_ROOT_SECRET}"
+            " (DestinationRule ISTIO_MUTUAL)"
+        )
+    return f"TLS (DestinationRule {mode.value})"
+
+
+def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ...]:
+    """Each way ``state`` differs from ``expected``, as 'what it has, expected what'; empty
+    when the Envoy implements the expectation."""
+    found: list[str] = []
+    for want in expected.inbound:
+        if not state.has_virtual_inbound:
+            found.append(
+                f"no active {VIRTUAL_INBOUND} listener, expected port {want.port} {want.mode}"
+            )
+            continue
+        port = state.inbound.get(want.port)
+        if port is None:
+            found.append(
+                f"inbound port {want.port}: no {VIRTUAL_INBOUND} filter chain, expected {want.mode}"
+            )
+        elif port.mode is not want.mode:
+            found.append(f"inbound port {want.port}: {port.describe()}, expected {want.mode}")
+    for out in expected.outbound:
+        cluster = state.clusters.get(out.cluster)
+        if cluster is None:
+            found.append(f"cluster {out.cluster}: missing")
+            continue
+        if out.tls_mode is not None and _tls_mismatch(cluster, out.tls_mode):
+            found.append(
+                f"cluster {out.cluster}: {cluster.describe()},"
+                f" expected {_expected_tls_text(out.tls_mode)}"
+            )
+        if (
+            out.connection_pool_known
+            and cluster.max_requests_per_connection != out.max_requests_per_connection
+        ):
+            have = cluster.max_requests_per_connection
+            want_text = out.max_requests_per_connection
+            found.append(
+                f"cluster {out.cluster}: max_requests_per_connection"
+                f" {'unset' if have is None else have},"
+                f" expected {'unset' if want_text is None else want_text}"
+            )
+    return tuple(found)
