@@ -10,21 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_kube_fakes import FakeApiServer, istiod_deployment, kubeconfig_text, pod_json
+from test_kube_fakes import (
+    KUBE_VERSION,
+    FakeApiServer,
+    istiod_deployment,
+    kubeconfig_text,
+    pod_json,
+)
 
 from pytest_meshconform.kube.client import KubeApi, KubeApiError
 
-VERSION = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.2",
-    "gitCommit": "67a30c0adcf52bd3f56ff0893ce19966be12991f",
-    "gitTreeState": "clean",
-    "buildDate": "2025-02-12T21:19:47Z",
-    "goVersion": "go1.23.6",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
 VERBS = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
 
 
@@ -49,7 +44,7 @@ def resource_list(group_version: str, *resources: tuple[str, str]) -> dict[str, 
 # Discovery as an API server with Istio's CRDs answers it (security.istio.io served in v1 and
 # v1beta1, v1 preferred; networking.istio.io in v1, v1beta1, v1alpha3).
 DISCOVERY = {
-    "GET /version": VERSION,
+    "GET /version": KUBE_VERSION,
     "GET /api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
     "GET /apis": {
         "kind": "APIGroupList",

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from kubernetes.client.exceptions import ApiException
 from test_kube_fakes import (
+    KUBE_VERSION,
     ExecCall,
     ExecChannel,
     FakeApiServer,
@@ -312,17 +313,7 @@ def test_close_ends_a_running_stream_quickly(fake_server: FakeApiServer, api: Ku
 
 
 def test_rest_calls_deserialize_real_models(fake_server: FakeApiServer, api: KubeApi) -> None:
-    fake_server.routes["GET /version"] = {
-        "major": "1",
-        "minor": "32",
-        "gitVersion": "v1.32.2",
-        "gitCommit": "67a30c0adcf52bd3f56ff0893ce19966be12991f",
-        "gitTreeState": "clean",
-        "buildDate": "2025-02-12T21:19:47Z",
-        "goVersion": "go1.23.6",
-        "compiler": "gc",
-        "platform": "linux/amd64",
-    }
+    fake_server.routes["GET /version"] = KUBE_VERSION
     fake_server.routes["GET /api/v1/namespaces/istio-system/configmaps/istio"] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

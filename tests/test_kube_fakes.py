@@ -349,6 +349,19 @@ def test_read_frame_unmasks() -> None:
 # (``sanitize_for_serialization``, exactly what ``KubeApi`` hands the backend); exec goes over
 # the real client to a FakeApiServer whose handler plays istiod, the sidecars, curl and tcpdump.
 
+# What `GET /version` answers on a kind v0.27 node (Kubernetes 1.32.2).
+KUBE_VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.2",
+    "gitCommit": "67a30c0adcf52bd3f56ff0893ce19966be12991f",
+    "gitTreeState": "clean",
+    "buildDate": "2025-02-12T21:19:47Z",
+    "goVersion": "go1.23.6",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
 SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
 HOST_IP = "172.18.0.2"  # the kind node's address in docker's kind network
 ISTIO_IMAGE_TAG = "1.25.1"

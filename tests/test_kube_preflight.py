@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
-from test_kube_fakes import FakeApiServer, istiod_deployment, kubeconfig_text
+from test_kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 
 from pytest_meshconform.kube import preflight
 from pytest_meshconform.kube.options import KubeOptions, kind_cluster_name_for, resolve_options
@@ -304,17 +304,6 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-VERSION = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.2",
-    "gitCommit": "67a30c0adcf52bd3f56ff0893ce19966be12991f",
-    "gitTreeState": "clean",
-    "buildDate": "2025-02-12T21:19:47Z",
-    "goVersion": "go1.23.6",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
 DEPLOYMENTS = "GET /apis/apps/v1/namespaces/istio-system/deployments"
 
 
@@ -365,7 +354,9 @@ def test_existing_unreachable_cluster_fails_fast(
 
 
 def test_existing_without_istio(pytester: pytest.Pytester, kubeconfig: Path) -> None:
-    with FakeApiServer(routes={"GET /version": VERSION, DEPLOYMENTS: deployment_list()}) as server:
+    with FakeApiServer(
+        routes={"GET /version": KUBE_VERSION, DEPLOYMENTS: deployment_list()}
+    ) as server:
         kubeconfig.write_text(kubeconfig_text(server.url))
         config = configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=fake")
         with pytest.raises(MeshUnavailable) as unavailable:
@@ -382,14 +373,17 @@ def test_existing_without_istio(pytester: pytest.Pytester, kubeconfig: Path) -> 
 def test_existing_takes_any_istio_version(
     pytester: pytest.Pytester, kubeconfig: Path, image: str
 ) -> None:
-    routes = {"GET /version": VERSION, DEPLOYMENTS: deployment_list(istiod_deployment(image=image))}
+    routes = {
+        "GET /version": KUBE_VERSION,
+        DEPLOYMENTS: deployment_list(istiod_deployment(image=image)),
+    }
     with FakeApiServer(routes=routes) as server:
         kubeconfig.write_text(kubeconfig_text(server.url))
         run_preflight(configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=fake"))
 
 
 def test_existing_with_istio_passes(pytester: pytest.Pytester, kubeconfig: Path) -> None:
-    routes = {"GET /version": VERSION, DEPLOYMENTS: deployment_list(istiod_deployment())}
+    routes = {"GET /version": KUBE_VERSION, DEPLOYMENTS: deployment_list(istiod_deployment())}
     with FakeApiServer(routes=routes) as server:
         kubeconfig.write_text(kubeconfig_text(server.url))
         run_preflight(configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=fake"))
@@ -397,7 +391,7 @@ def test_existing_with_istio_passes(pytester: pytest.Pytester, kubeconfig: Path)
 
 
 def test_existing_wrong_revision(pytester: pytest.Pytester, kubeconfig: Path) -> None:
-    routes = {"GET /version": VERSION, DEPLOYMENTS: deployment_list(istiod_deployment())}
+    routes = {"GET /version": KUBE_VERSION, DEPLOYMENTS: deployment_list(istiod_deployment())}
     with FakeApiServer(routes=routes) as server:
         kubeconfig.write_text(kubeconfig_text(server.url))
         config = configured(

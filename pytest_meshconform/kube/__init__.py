@@ -24,7 +24,7 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -33,6 +33,8 @@ from ..settings import MeshSettings
 from .options import KubeOptions, kind_cluster_name_for, resolve_options
 
 if TYPE_CHECKING:
+    from .backend import KubeMesh
+    from .client import KubeApi
     from .topology import RunNamespaces
 
 __all__ = [
@@ -116,7 +118,6 @@ def open_mesh(
     is. Then the run's namespaces and workloads, ready. On failure or Ctrl-C, whatever this call
     created is removed again (unless ``--mesh-keep``).
     """
-    from .backend import KubeMesh
     from .client import KubeApi
     from .cluster import (
         KindCluster,
@@ -141,17 +142,7 @@ def open_mesh(
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        existing = KubeMesh(
-            api,
-            backend="existing",
-            options=options,
-            cert_ttl=settings.cert_ttl,
-            keep=settings.keep,
-            names=names,
-            progress=progress,
-            owner=_owner(),
-            run_dir=run_dir,
-        )
+        existing = _kube_mesh(api, "existing", options, settings, names, progress, run_dir)
         return existing.start()  # start() cleans up after itself when it fails
 
     problems = kind_problems(options)
@@ -187,9 +178,36 @@ def open_mesh(
         for message in kind.release(settings.keep):
             progress(message)
         raise
-    mesh = KubeMesh(
+    mesh = _kube_mesh(
         api,
-        backend="kind",
+        "kind",
+        options,
+        settings,
+        names,
+        progress,
+        run_dir,
+        on_close=kind.release,
+        cluster_name=name,
+    )
+    return mesh.start()  # start() closes, and so releases the cluster, when it fails
+
+
+def _kube_mesh(
+    api: KubeApi,
+    backend: Literal["kind", "existing"],
+    options: KubeOptions,
+    settings: MeshSettings,
+    names: RunNamespaces,
+    progress: Callable[[str], None],
+    run_dir: Path,
+    **extra: Any,
+) -> KubeMesh:
+    """A KubeMesh for this run (not started): what both cluster kinds share."""
+    from .backend import KubeMesh
+
+    return KubeMesh(
+        api,
+        backend=backend,
         options=options,
         cert_ttl=settings.cert_ttl,
         keep=settings.keep,
@@ -197,10 +215,8 @@ def open_mesh(
         progress=progress,
         owner=_owner(),
         run_dir=run_dir,
-        on_close=kind.release,
-        cluster_name=name,
+        **extra,
     )
-    return mesh.start()  # start() closes, and so releases the cluster, when it fails
 
 
 def _run_dir(names: RunNamespaces) -> Path:
