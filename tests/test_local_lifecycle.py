@@ -311,6 +311,7 @@ def test_a_closed_mesh_says_so_and_closes_twice() -> None:
 # ============================================================================ rotation
 
 ROTATION_TTL = dt.timedelta(seconds=8)
+CALLS = (("foo", "http://httpbin.bar:8000/get"), ("bar", "http://httpbin.foo:8000/get"))
 
 
 def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
@@ -334,10 +335,7 @@ def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            for src, url in (
-                ("foo", "http://httpbin.bar:8000/get"),
-                ("bar", "http://httpbin.foo:8000/get"),
-            )
+            for src, url in CALLS
         ]
         rotated: dict[str, tuple[Any, dt.datetime]] = {}
         try:
@@ -350,11 +348,19 @@ def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
                         if cert.serial != first[x.key].serial:  # seen by now, at the latest
                             rotated[x.key] = (cert, dt.datetime.now(dt.UTC))
                 time.sleep(0.05)
-            time.sleep(0.3)  # requests after the last rotation, too
+            # Requests after the last rotation, too: each loop's pod calls once more, now.
+            after = [
+                mesh.exec(
+                    mesh.workload("sleep", src),
+                    ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url],
+                ).stdout
+                for src, url in CALLS
+            ]
         finally:
             for client in clients:
                 client.kill()
             outputs = [client.communicate()[0].decode().splitlines() for client in clients]
+        assert after == [b"200", b"200"], after
         for lines in outputs:
             complete = lines[:-1]  # the last may have been cut by kill
             assert len(complete) > 50
