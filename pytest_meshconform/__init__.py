@@ -1,7 +1,9 @@
 """meshconform: prove what a service mesh promises about mutual TLS, from evidence.
 
-The parsers are exported lazily (PEP 562) so that pytest auto-loading the plugin through its
-entry point costs nothing for test runs that never ask for a mesh.
+`_EXPORTS` is the one list of public names (`__all__` is made from it; the README documents
+each, and a test checks that the `TYPE_CHECKING` imports below name the same). They are
+exported lazily (PEP 562) so that pytest auto-loading the plugin through its entry point costs
+nothing for test runs that never ask for a mesh.
 """
 
 from __future__ import annotations
@@ -9,9 +11,40 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)
 
 _EXPORTS: dict[str, str] = {
+    # fixtures.py: what the fixtures return, and their errors
+    "WorkloadHandle": "fixtures",
+    "WorkloadLookup": "fixtures",
+    "PolicyApplier": "fixtures",
+    "UnmatchedPolicyError": "fixtures",
+    "XfccReader": "fixtures",
+    "CertReader": "fixtures",
+    "Capturer": "fixtures",
+    "CaptureResult": "fixtures",
+    "EmptyCaptureError": "fixtures",
+    "RotationWatcher": "fixtures",
+    "RotationResult": "fixtures",
+    # http.py
+    "HttpResult": "http",
+    "HttpError": "http",
+    # mesh.py: the protocol every backend implements
+    "Mesh": "mesh",
+    "Workload": "mesh",
+    "Service": "mesh",
+    "ExecResult": "mesh",
+    "Feature": "mesh",
+    "MeshError": "mesh",
+    "MeshUnavailable": "mesh",
+    "MeshWideNotAllowed": "mesh",
+    "PropagationTimeout": "mesh",
+    # plugin.py / settings.py: the run's settings, for a suite's conftest
+    "mesh_settings_key": "plugin",
+    "MeshSettings": "settings",
+    # waiting.py
+    "poll": "waiting",
+    "WaitTimeout": "waiting",
     # xfcc.py
     "parse_xfcc": "xfcc",
     "XfccElement": "xfcc",
@@ -25,6 +58,9 @@ _EXPORTS: dict[str, str] = {
     "WorkloadCert": "certs",
     "SpiffeId": "certs",
     "CertError": "certs",
+    "load_pem_chain": "certs",
+    "rotation_time": "certs",
+    "lifetime_elapsed": "certs",
     # wire.py
     "analyze_pcap": "wire",
     "Capture": "wire",
@@ -48,10 +84,6 @@ _EXPORTS: dict[str, str] = {
     "TlsMode": "policy",
     "client_tls_mode": "policy",
     "destination_rule_for": "policy",
-    # certs.py (rotation math and chains)
-    "load_pem_chain": "certs",
-    "rotation_time": "certs",
-    "lifetime_elapsed": "certs",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -66,7 +98,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
     from .certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
@@ -80,6 +112,32 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         parse_spiffe_id as parse_spiffe_id,
         rotation_time as rotation_time,
     )
+    from .fixtures import (
+        Capturer as Capturer,
+        CaptureResult as CaptureResult,
+        CertReader as CertReader,
+        EmptyCaptureError as EmptyCaptureError,
+        PolicyApplier as PolicyApplier,
+        RotationResult as RotationResult,
+        RotationWatcher as RotationWatcher,
+        UnmatchedPolicyError as UnmatchedPolicyError,
+        WorkloadHandle as WorkloadHandle,
+        WorkloadLookup as WorkloadLookup,
+        XfccReader as XfccReader,
+    )
+    from .http import HttpError as HttpError, HttpResult as HttpResult
+    from .mesh import (
+        ExecResult as ExecResult,
+        Feature as Feature,
+        Mesh as Mesh,
+        MeshError as MeshError,
+        MeshUnavailable as MeshUnavailable,
+        MeshWideNotAllowed as MeshWideNotAllowed,
+        PropagationTimeout as PropagationTimeout,
+        Service as Service,
+        Workload as Workload,
+    )
+    from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (
         DestinationRule as DestinationRule,
         MtlsMode as MtlsMode,
@@ -94,6 +152,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
+    from .settings import MeshSettings as MeshSettings
+    from .waiting import WaitTimeout as WaitTimeout, poll as poll
     from .wire import (
         Capture as Capture,
         CaptureError as CaptureError,

@@ -2,15 +2,19 @@
 
 Registered by the plugin in `pytest_configure`. Importing this module is cheap: the backends,
 the kubernetes client, cryptography and dpkt are imported inside the fixtures that need them.
+Each fixture returns a named, exported type (annotate your tests with them):
 
-- `mesh` (session): the backend chosen by --mesh-cluster, brought up once, closed at the end.
-- `sleep`, `httpbin`, `naked_sleep`, `workload(name, namespace)`: `WorkloadHandle`s with
-  `.curl(url) -> HttpResult`.
-- `apply_policy(manifest | yaml_text | path)`: apply, wait for the proxies, restore after the test.
-- `xfcc(client, server)`: the X-Forwarded-Client-Cert the server saw (None when absent).
-- `cert_of(workload)`: the certificate the sidecar serves now (`certs.WorkloadCert`).
-- `capture(workload, port=None)`: `with capture(httpbin) as cap:` -> `cap.flows`, `cap.pcap_path`.
-- `rotation`: `rotation.watch(workload)` -> old/new cert, when, lifetime fraction, failed requests.
+- `mesh` (session) -> `Mesh`: the backend chosen by --mesh-cluster, brought up once.
+- `sleep`, `httpbin`, `naked_sleep` -> `WorkloadHandle`; `workload` -> `WorkloadLookup`
+  (`workload("sleep", "bar")`). A handle's `.curl(target)` returns an `HttpResult`.
+- `apply_policy` -> `PolicyApplier`: apply, wait for the proxies, restore after the test.
+- `xfcc` -> `XfccReader`: the X-Forwarded-Client-Cert the server saw (None when absent).
+- `cert_of` -> `CertReader`: the certificate the sidecar serves now (`WorkloadCert`).
+- `capture` -> `Capturer`: `with capture(httpbin) as cap:` -> `CaptureResult`.
+- `rotation` -> `RotationWatcher`: `.watch(workload)` -> `RotationResult`.
+
+The helpers hide their own frames from tracebacks (`__tracebackhide__`): a failure points at
+the test's line.
 """
 
 from __future__ import annotations
@@ -21,37 +25,51 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from .backends import Progress, backend_for
 from .evidence import Evidence, evidence_of
 from .http import HttpError, HttpResult, curl_argv, header_from_httpbin, parse_curl_output
-from .mesh import Mesh, MeshError, MeshInfo, MeshUnavailable, MeshWideNotAllowed, Workload
+from .mesh import (
+    ExecResult,
+    Feature,
+    Mesh,
+    MeshError,
+    MeshInfo,
+    MeshUnavailable,
+    MeshWideNotAllowed,
+    Workload,
+)
 from .plugin import mesh_settings_key
+from .settings import format_duration
+from .waiting import WaitTimeout, poll
 
 if TYPE_CHECKING:
     from .certs import WorkloadCert
+    from .policy import Policy
     from .wire import Capture, Flow
     from .xfcc import XfccElement
 
-ALL_FEATURES: Final = frozenset(
-    {
-        "mtls",
-        "peer-authentication",
-        "port-level-mtls",
-        "destination-rule",
-        "xfcc",
-        "capture",
-        "certificates",
-        "rotation",
-        "mesh-wide",
-    }
-)
-"""Feature names the built-in suites use with @pytest.mark.mesh_features(...)."""
+__all__ = [
+    "LONGEST_ROTATION_WATCH",
+    "CaptureResult",
+    "Capturer",
+    "CertReader",
+    "EmptyCaptureError",
+    "PolicyApplier",
+    "PolicySource",
+    "RotationResult",
+    "RotationWatcher",
+    "UnmatchedPolicyError",
+    "WorkloadHandle",
+    "WorkloadLookup",
+    "XfccReader",
+]
 
 _preflight_done_key: Final = pytest.StashKey[bool]()
 
@@ -59,7 +77,7 @@ _preflight_done_key: Final = pytest.StashKey[bool]()
 # -- session: the mesh ---------------------------------------------------------------------------
 
 
-def _progress(config: pytest.Config) -> Callable[[str], None]:
+def _progress(config: pytest.Config) -> Progress:
     """Write progress lines to the terminal even while output is captured."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -76,76 +94,60 @@ def _progress(config: pytest.Config) -> Callable[[str], None]:
     return write
 
 
-def _preflight(config: pytest.Config) -> None:
-    settings = config.stash[mesh_settings_key]
-    if settings.cluster == "local":
-        from .local.host import preflight
-
-        preflight()
-    else:
-        from . import kube
-
-        check = getattr(kube, "preflight", None)
-        if check is None:
-            raise MeshUnavailable(f"--mesh-cluster={settings.cluster} is not available yet")
-        check(config, settings)
+def _check_markers(items: Sequence[pytest.Item]) -> None:
+    """Unknown `mesh_features` names and versionless `mesh_min_version`s are usage errors:
+    a typo must not skip a suite quietly."""
+    known = {f.value for f in Feature}
+    for item in items:
+        for marker in item.iter_markers("mesh_features"):
+            unknown = [name for name in marker.args if name not in known]
+            if unknown:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown mesh feature(s) {', '.join(map(repr, unknown))} in"
+                    f" @pytest.mark.mesh_features; known features: {', '.join(Feature)}"
+                )
+        for marker in item.iter_markers("mesh_min_version"):
+            try:
+                _version_tuple(str(marker.args[0]) if marker.args else "")
+            except ValueError:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.mesh_min_version needs a version such as"
+                    f" '1.24', got {marker.args!r}"
+                ) from None
 
 
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Check, once and before any test runs, that the chosen mesh can run here at all."""
+    """Check the markers, then, once and before any test runs, that the chosen mesh can run
+    here at all."""
+    _check_markers(items)
     if config.stash.get(_preflight_done_key, False) or config.option.collectonly:
         return
     if not any("mesh" in getattr(item, "fixturenames", ()) for item in items):
         return
     config.stash[_preflight_done_key] = True
+    settings = config.stash[mesh_settings_key]
     try:
-        _preflight(config)
+        backend_for(settings.cluster).preflight(config, settings)
     except MeshUnavailable as exc:
         raise pytest.UsageError(f"meshconform: {exc}") from None
-
-
-def _open_mesh(config: pytest.Config) -> Mesh:
-    settings = config.stash[mesh_settings_key]
-    progress = _progress(config)
-    if settings.cluster == "local":
-        from .local.backend import LocalMesh
-        from .local.control import Faults
-
-        return LocalMesh(
-            settings.cert_ttl,
-            faults=Faults.parse(settings.faults),
-            keep=settings.keep,
-            progress=progress,
-        ).start()
-    if settings.faults:
-        raise pytest.UsageError("--mesh-fault exists only for --mesh-cluster=local")
-    from . import kube
-
-    opener = getattr(kube, "open_mesh", None)
-    if opener is None:
-        raise MeshUnavailable(f"--mesh-cluster={settings.cluster} is not available yet")
-    mesh: Mesh = opener(config, settings, progress)
-    return mesh
 
 
 @pytest.fixture(scope="session")
 def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run."""
     started = time.monotonic()
+    settings = request.config.stash[mesh_settings_key]
     try:
-        opened = _open_mesh(request.config)
+        opened = backend_for(settings.cluster).open(
+            request.config, settings, _progress(request.config)
+        )
     except MeshUnavailable as exc:
         pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     from .report import mesh_info_key
 
-    settings = request.config.stash[mesh_settings_key]
-    request.config.stash[mesh_info_key] = MeshInfo.of(
-        opened,
-        name=getattr(opened, "name", settings.cluster),
-        revision=getattr(opened, "revision", None),
-    )
+    request.config.stash[mesh_info_key] = MeshInfo.of(opened)
     request.config.stash[_mesh_key] = opened
     _progress(request.config)(f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s")
     restore = _teardown_on_sigterm()
@@ -192,26 +194,24 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 @pytest.fixture(autouse=True)
 def _mesh_markers(request: pytest.FixtureRequest) -> None:
-    """Skip a test whose `mesh_features` / `mesh_min_version` the mesh does not meet."""
+    """Skip a test whose `mesh_features` / `mesh_min_version` the mesh does not meet (names
+    and versions were checked at collection)."""
     node = request.node
     features = [name for m in node.iter_markers("mesh_features") for name in m.args]
     min_version = next((m.args[0] for m in node.iter_markers("mesh_min_version") if m.args), None)
     if not features and min_version is None:
         return
     the_mesh: Mesh = request.getfixturevalue("mesh")
-    available = frozenset(getattr(the_mesh, "features", ALL_FEATURES))
-    missing = sorted(set(features) - available)
+    missing = sorted(set(features) - set(the_mesh.features))
     if missing:
-        hint = " (pass --mesh-allow-mesh-wide to allow it)" if "mesh-wide" in missing else ""
+        hint = " (pass --mesh-allow-mesh-wide to allow it)" if Feature.MESH_WIDE in missing else ""
         pytest.skip(f"the mesh lacks feature(s): {', '.join(missing)}{hint}")
     if min_version is not None:
-        compat = getattr(the_mesh, "istio_version", None) or the_mesh.version
-        try:
-            have, need = _version_tuple(str(compat)), _version_tuple(str(min_version))
-        except ValueError as exc:
-            pytest.skip(f"cannot compare mesh version: {exc}")
+        have, need = _version_tuple(the_mesh.istio_version), _version_tuple(str(min_version))
         if have < need:
-            pytest.skip(f"needs mesh version >= {min_version}, the mesh is {compat}")
+            pytest.skip(
+                f"needs mesh version >= {min_version}, the mesh is {the_mesh.istio_version}"
+            )
 
 
 # -- workloads -----------------------------------------------------------------------------------
@@ -219,7 +219,10 @@ def _mesh_markers(request: pytest.FixtureRequest) -> None:
 
 @dataclass
 class WorkloadHandle:
-    """A workload of the mesh, with the actions a suite needs (curl, exec) and its identity."""
+    """A workload of the mesh, with the actions a suite needs (curl, exec) and its identity.
+
+    What `sleep`, `httpbin`, `naked_sleep` and `workload(name, namespace)` return.
+    """
 
     mesh: Mesh
     workload: Workload
@@ -249,7 +252,9 @@ class WorkloadHandle:
         """The Service URL of this workload (`http://<name>.<namespace>:<port><path>`)."""
         return f"http://{self.name}.{self.namespace}:{port}{path}"
 
-    def exec(self, argv: Sequence[str], timeout: float = 30.0) -> Any:
+    def exec(self, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
+        """Run argv in the workload's pod as the app's user (in the app container on kube)."""
+        __tracebackhide__ = True
         return self.mesh.exec(self.workload, argv, timeout)
 
     def curl(
@@ -263,6 +268,7 @@ class WorkloadHandle:
         path: str = "/headers",
     ) -> HttpResult:
         """Request `target` (a URL, or a workload's Service) from inside this workload's pod."""
+        __tracebackhide__ = True
         url = target.url(path) if isinstance(target, WorkloadHandle) else target
         argv = curl_argv(url, method=method, headers=headers, data=data, timeout=timeout)
         result = self.mesh.exec(self.workload, argv, timeout + 5)
@@ -286,31 +292,39 @@ def _describe_http(http: HttpResult) -> str:
     return "\n".join(lines)
 
 
+class WorkloadLookup:
+    """What the `workload` fixture returns: `workload("sleep", "bar")` -> `WorkloadHandle`."""
+
+    def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
+        self._mesh = mesh
+        self._evidence = evidence
+
+    def __call__(self, name: str, namespace: str) -> WorkloadHandle:
+        """Any workload of the topology; the namespace as the suites spell it (`foo`)."""
+        __tracebackhide__ = True
+        return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
+
+
 @pytest.fixture
-def workload(mesh: Mesh, request: pytest.FixtureRequest) -> Callable[[str, str], WorkloadHandle]:
+def workload(mesh: Mesh, request: pytest.FixtureRequest) -> WorkloadLookup:
     """`workload("sleep", "bar")`: any workload of the topology."""
-    evidence = evidence_of(request.node)
-
-    def get(name: str, namespace: str) -> WorkloadHandle:
-        return WorkloadHandle(mesh, mesh.workload(name, namespace), evidence)
-
-    return get
+    return WorkloadLookup(mesh, evidence_of(request.node))
 
 
 @pytest.fixture
-def sleep(workload: Callable[[str, str], WorkloadHandle]) -> WorkloadHandle:
+def sleep(workload: WorkloadLookup) -> WorkloadHandle:
     """The curl client with a sidecar (namespace foo)."""
     return workload("sleep", "foo")
 
 
 @pytest.fixture
-def httpbin(workload: Callable[[str, str], WorkloadHandle]) -> WorkloadHandle:
+def httpbin(workload: WorkloadLookup) -> WorkloadHandle:
     """The httpbin server with a sidecar (namespace foo)."""
     return workload("httpbin", "foo")
 
 
 @pytest.fixture
-def naked_sleep(workload: Callable[[str, str], WorkloadHandle]) -> WorkloadHandle:
+def naked_sleep(workload: WorkloadLookup) -> WorkloadHandle:
     """The curl client without a sidecar (namespace legacy)."""
     return workload("sleep", "legacy")
 
@@ -319,9 +333,16 @@ def naked_sleep(workload: Callable[[str, str], WorkloadHandle]) -> WorkloadHandl
 
 
 PolicySource = Mapping[str, Any] | str | Path
+"""What `apply_policy` takes: a manifest dict, YAML text (one or more documents) or a path."""
 
 
-def _manifests_from(source: PolicySource) -> list[dict[str, Any]]:
+class UnmatchedPolicyError(AssertionError):
+    """A policy that applies to nothing: its namespace is not in the mesh, or its selector
+    matches no workload. A test passing under it would have tested nothing, so it is an error
+    unless the test says `apply_policy(..., allow_unmatched=True)`."""
+
+
+def _policies_from(source: PolicySource) -> list[Policy]:
     from .policy import parse_policies
 
     if isinstance(source, Path) or (
@@ -332,76 +353,142 @@ def _manifests_from(source: PolicySource) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"policy file not found: {path}")
         source = path.read_text()
     if isinstance(source, Mapping):
-        return [parse_policies([source])[0].to_manifest()]
-    return [p.to_manifest() for p in parse_policies(source)]
+        return [parse_policies([source])[0]]
+    return list(parse_policies(source))
 
 
 def _policy_key(mesh: Mesh, manifest: Mapping[str, Any]) -> tuple[str, str, str]:
     """kind, namespace, name; the namespace as the suite spells it (a kube run maps `foo` to a
     per-run namespace, and suites use both spellings)."""
     meta = manifest.get("metadata", {})
-    namespace = str(meta.get("namespace") or "default")
-    logical = getattr(mesh, "logical_namespace", None)
-    if logical is not None:
-        namespace = str(logical(namespace))
     return (
         str(manifest.get("kind")),
-        namespace,
+        mesh.logical_namespace(str(meta.get("namespace") or "default")),
         str(meta.get("name")),
     )
 
 
-@pytest.fixture
-def apply_policy(
-    mesh: Mesh, request: pytest.FixtureRequest
-) -> Iterator[Callable[[PolicySource], list[dict[str, Any]]]]:
-    """Apply Istio policies for this test; afterwards restore exactly what was there before."""
-    before = {_policy_key(mesh, m): dict(m) for m in mesh.policies()}
-    applied: dict[tuple[str, str, str], dict[str, Any]] = {}
-    evidence = evidence_of(request.node)
+def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
+    """Why `policy` would apply to no workload of the mesh, or None when it applies to some.
 
-    def apply(source: PolicySource) -> list[dict[str, Any]]:
-        manifests = _manifests_from(source)
+    A selector selects workloads of the policy's own namespace only, and istiod ignores a
+    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md).
+    """
+    from .policy import PeerAuthentication
+
+    namespace = mesh.logical_namespace(policy.namespace or "default")
+    root = mesh.root_namespace
+    workloads = mesh.workloads()
+    present = sorted({mesh.logical_namespace(w.namespace) for w in workloads})
+    if namespace != root and namespace not in present:
+        return (
+            f"namespace {namespace!r} does not exist in the mesh (namespaces: {', '.join(present)};"
+            f" root namespace {root})"
+        )
+    is_peer_auth = isinstance(policy, PeerAuthentication)
+    selector = (
+        policy.selector if isinstance(policy, PeerAuthentication) else policy.workload_selector
+    )
+    if not selector:
+        return None
+    if namespace == root and is_peer_auth:
+        return (
+            f"istiod ignores a PeerAuthentication with a selector in the root namespace {root}:"
+            " it applies to no workload (drop the selector for a mesh-wide policy, or move it"
+            " to the workloads' namespace)"
+        )
+    local = [w for w in workloads if mesh.logical_namespace(w.namespace) == namespace]
+    if any(all(w.labels.get(k) == v for k, v in selector.items()) for w in local):
+        return None
+    labels = "; ".join(f"{w.name}: {dict(w.labels)}" for w in local) or "none"
+    return f"selector {dict(selector)} matches no workload in {namespace} (workloads: {labels})"
+
+
+class PolicyApplier:
+    """What `apply_policy` returns: `apply_policy(manifest | yaml_text | path)`.
+
+    Validates every policy (Istio's rules, see `parse_policy`), refuses policies that apply to
+    nothing (`UnmatchedPolicyError`), applies them, and returns once every affected proxy has
+    them. After the test, `restore()` puts back exactly what was in force before, even when
+    the test failed.
+    """
+
+    def __init__(self, mesh: Mesh, node: pytest.Item, evidence: Evidence) -> None:
+        self._mesh = mesh
+        self._node = node
+        self._evidence = evidence
+        self._before = {_policy_key(mesh, m): dict(m) for m in mesh.policies()}
+        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def __call__(
+        self, source: PolicySource, *, allow_unmatched: bool = False
+    ) -> list[dict[str, Any]]:
+        """Apply the policies in `source`; returns their manifests as applied.
+
+        `allow_unmatched=True` applies a policy whose namespace is missing or whose selector
+        matches no workload (for tests about exactly that).
+        """
+        __tracebackhide__ = True
+        policies = _policies_from(source)
+        if not allow_unmatched:
+            for policy in policies:
+                problem = _unmatched(self._mesh, policy)
+                if problem is not None:
+                    raise UnmatchedPolicyError(
+                        f"{policy.kind} {policy.namespace or 'default'}/{policy.name} would"
+                        f" apply to nothing: {problem}. Fix the policy, or pass"
+                        " allow_unmatched=True if the test means it"
+                    )
+        manifests = [policy.to_manifest() for policy in policies]
         for manifest in manifests:
-            key = _policy_key(mesh, manifest)
-            _check_mesh_wide(request, mesh, manifest)
+            key = _policy_key(self._mesh, manifest)
+            _check_mesh_wide(self._node, self._mesh, manifest)
             try:
-                mesh.apply(manifest)
+                self._mesh.apply(manifest)
             except MeshWideNotAllowed as exc:
                 pytest.skip(str(exc))
-            applied[key] = manifest
-            evidence.add_text(f"policy {'/'.join(key)}", _yaml(manifest))
+            self._applied[key] = manifest
+            self._evidence.add_text(f"policy {'/'.join(key)}", _yaml(manifest))
         return manifests
 
-    yield apply
-    errors = []
-    for key, manifest in reversed(list(applied.items())):
-        try:
-            if key in before:
-                mesh.apply(before[key])
-            else:
-                mesh.delete(manifest)
-        except MeshError as exc:
-            errors.append(f"{'/'.join(key)}: {exc}")
-    if errors:
-        raise MeshError(
-            "could not restore the policies in force before the test: " + "; ".join(errors)
-        )
+    def restore(self) -> None:
+        """Put back the policies in force before the test (delete the ones it added)."""
+        errors = []
+        for key, manifest in reversed(list(self._applied.items())):
+            try:
+                if key in self._before:
+                    self._mesh.apply(self._before[key])
+                else:
+                    self._mesh.delete(manifest)
+            except MeshError as exc:
+                errors.append(f"{'/'.join(key)}: {exc}")
+        self._applied.clear()
+        if errors:
+            raise MeshError(
+                "could not restore the policies in force before the test: " + "; ".join(errors)
+            )
 
 
-def _check_mesh_wide(
-    request: pytest.FixtureRequest, mesh: Mesh, manifest: Mapping[str, Any]
-) -> None:
+@pytest.fixture
+def apply_policy(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[PolicyApplier]:
+    """Apply Istio policies for this test; afterwards restore exactly what was there before."""
+    applier = PolicyApplier(mesh, request.node, evidence_of(request.node))
+    yield applier
+    applier.restore()
+
+
+def _check_mesh_wide(node: pytest.Item, mesh: Mesh, manifest: Mapping[str, Any]) -> None:
+    __tracebackhide__ = True
     meta = manifest.get("metadata", {})
     spec = manifest.get("spec") or {}
     if (
         meta.get("namespace") == mesh.root_namespace
         and manifest.get("kind") == "PeerAuthentication"
         and not spec.get("selector")
-        and request.node.get_closest_marker("mesh_wide") is None
+        and node.get_closest_marker("mesh_wide") is None
     ):
         raise pytest.UsageError(
-            f"{request.node.nodeid} applies a mesh-wide PeerAuthentication in"
+            f"{node.nodeid} applies a mesh-wide PeerAuthentication in"
             f" {mesh.root_namespace} but is not marked @pytest.mark.mesh_wide (shared-cluster runs"
             " deselect mesh-wide tests by that marker)"
         )
@@ -416,11 +503,14 @@ def _yaml(manifest: Mapping[str, Any]) -> str:
 # -- evidence helpers: XFCC, certificates, captures -------------------------------------------
 
 
-@pytest.fixture
-def xfcc() -> Callable[..., tuple[XfccElement, ...] | None]:
-    """`xfcc(client, server)`: request server's /headers from client; the XFCC the server saw."""
+class XfccReader:
+    """What `xfcc` returns: `xfcc(client, server)` requests the server's /headers from the
+    client and returns the parsed X-Forwarded-Client-Cert the server saw, or None without one."""
 
-    def get(client: WorkloadHandle, server: WorkloadHandle) -> tuple[XfccElement, ...] | None:
+    def __call__(
+        self, client: WorkloadHandle, server: WorkloadHandle
+    ) -> tuple[XfccElement, ...] | None:
+        __tracebackhide__ = True
         from .xfcc import parse_xfcc
 
         result = client.curl(server, path="/headers")
@@ -432,25 +522,36 @@ def xfcc() -> Callable[..., tuple[XfccElement, ...] | None]:
         client.evidence.add_text(f"xfcc seen by {server.key}", header)
         return parse_xfcc(header)
 
-    return get
+
+@pytest.fixture
+def xfcc() -> XfccReader:
+    """`xfcc(client, server)`: request server's /headers from client; the XFCC the server saw."""
+    return XfccReader()
+
+
+class CertReader:
+    """What `cert_of` returns: `cert_of(workload)` -> the `WorkloadCert` its sidecar serves now
+    (read from the sidecar's Envoy admin `/config_dump`)."""
+
+    def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
+        self._mesh = mesh
+        self._evidence = evidence
+
+    def __call__(self, target: WorkloadHandle | Workload) -> WorkloadCert:
+        __tracebackhide__ = True
+        return _current_cert(self._mesh, target, self._evidence)
 
 
 @pytest.fixture
-def cert_of(
-    mesh: Mesh, request: pytest.FixtureRequest
-) -> Callable[[WorkloadHandle | Workload], WorkloadCert]:
+def cert_of(mesh: Mesh, request: pytest.FixtureRequest) -> CertReader:
     """`cert_of(workload)`: the workload certificate its sidecar serves right now."""
-    evidence = evidence_of(request.node)
-
-    def get(target: WorkloadHandle | Workload) -> WorkloadCert:
-        return _current_cert(mesh, target, evidence)
-
-    return get
+    return CertReader(mesh, evidence_of(request.node))
 
 
 def _current_cert(
     mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
 ) -> WorkloadCert:
+    __tracebackhide__ = True
     from .certs import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
@@ -477,7 +578,8 @@ class EmptyCaptureError(AssertionError):
 
 @dataclass
 class CaptureResult:
-    """Filled when the `capture` block ends: the parsed capture and where the pcap is."""
+    """What `with capture(workload) as cap:` binds; filled when the block ends: the parsed
+    capture (`flows`, `tls_flows`, `plaintext_flows`, `flows_from(client)`) and the pcap."""
 
     workload: Workload
     port: int | None
@@ -511,10 +613,7 @@ class CaptureResult:
 
 
 def _pod_ip(handle: WorkloadHandle) -> str:
-    pod_ip = getattr(handle.mesh, "pod_ip", None)
-    if pod_ip is None:
-        raise MeshError(f"the {handle.mesh.backend} backend cannot tell pod IPs")
-    return str(pod_ip(handle.workload))
+    return handle.mesh.pod_ip(handle.workload)
 
 
 def _dropped_packets(tcpdump_stderr: str) -> int:
@@ -523,27 +622,58 @@ def _dropped_packets(tcpdump_stderr: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-@pytest.fixture
-def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """`with capture(workload, port=None) as cap:` records the pod's wire traffic (not loopback).
+def _service_port_hint(mesh: Mesh, workload: Workload, port: int) -> str:
+    """When `port` is a Service port of `workload`'s Service, the container port to use."""
+    if port in workload.container_ports:
+        return ""
+    namespace = mesh.logical_namespace(workload.namespace)
+    for service in mesh.services():
+        if (
+            service.port == port
+            and mesh.logical_namespace(service.namespace) == namespace
+            and service.target_port in workload.container_ports
+        ):
+            return (
+                f". Port {port} is the port of Service {service.name}.{namespace}; the pod"
+                f" listens on {service.target_port}: capture(..., port={service.target_port})"
+            )
+    return ""
 
-    After the block, `cap.flows` etc. hold the parsed capture. A capture with no TCP flow (to
-    `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw the
-    traffic at all. Pass `allow_empty=True` to opt out.
+
+class Capturer:
+    """What `capture` returns: `with capture(workload, port=None) as cap:` records the pod's
+    wire traffic (not loopback) for the duration of the block -> `CaptureResult`.
+
+    `port` defaults to the workload's first container port. A capture with no TCP flow (to
+    `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw
+    the traffic at all. `allow_empty=True` opts out (for tests that expect silence).
     """
-    evidence = evidence_of(request.node)
+
+    def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
+        self._mesh = mesh
+        self._evidence = evidence
+
+    def __call__(
+        self,
+        target: WorkloadHandle | Workload,
+        port: int | None = None,
+        *,
+        allow_empty: bool = False,
+    ) -> AbstractContextManager[CaptureResult]:
+        return self._run(target, port, allow_empty)
 
     @contextmanager
-    def run(
-        target: WorkloadHandle | Workload, port: int | None = None, *, allow_empty: bool = False
+    def _run(
+        self, target: WorkloadHandle | Workload, port: int | None, allow_empty: bool
     ) -> Iterator[CaptureResult]:
+        __tracebackhide__ = True
         from .wire import analyze_pcap
 
         w = target.workload if isinstance(target, WorkloadHandle) else target
         if port is None and w.container_ports:
             port = w.container_ports[0]
         result = CaptureResult(workload=w, port=port)
-        with mesh.capture(w, port) as recording:
+        with self._mesh.capture(w, port) as recording:
             yield result
         result.pcap_path = recording.path
         dropped = _dropped_packets(recording.tool_stderr)
@@ -554,22 +684,43 @@ def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Callable[..., Any]:
             )
         result.capture = analyze_pcap(recording.pcap)
         if recording.path is not None:
-            evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)
+            self._evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)
         wanted = result.capture.flows if port is None else result.capture.flows_to(port)
         if not wanted and not allow_empty:
+            hint = "" if port is None else _service_port_hint(self._mesh, w, port)
             raise EmptyCaptureError(
                 f"{result} saw no TCP flow{'' if port is None else f' to port {port}'}; an empty"
-                " capture proves nothing (is the traffic going where the test thinks?)"
+                f" capture proves nothing (is the traffic going where the test thinks?){hint}"
             )
 
-    return run
+
+@pytest.fixture
+def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Capturer:
+    """`with capture(workload, port=None) as cap:` records the pod's wire traffic (not loopback).
+
+    After the block, `cap.flows` etc. hold the parsed capture. A capture with no TCP flow (to
+    `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw the
+    traffic at all. Pass `allow_empty=True` to opt out.
+    """
+    return Capturer(mesh, evidence_of(request.node))
 
 
 # -- rotation --------------------------------------------------------------------------------------
 
 
+LONGEST_ROTATION_WATCH: Final = dt.timedelta(minutes=5)
+"""`RotationWatcher.watch` skips at once when Istio would rotate later than this from now."""
+
+
+def _utc(moment: dt.datetime) -> str:
+    """A time as users read it: with its date, in UTC (`2026-12-02 16:45:00 UTC`)."""
+    return f"{moment.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
 @dataclass
 class RotationResult:
+    """What `rotation.watch` returns: the old and new certificate and the requests around it."""
+
     workload: str
     old: WorkloadCert
     new: WorkloadCert
@@ -596,12 +747,20 @@ class RotationResult:
 
 
 class RotationWatcher:
+    """What `rotation` returns: `rotation.watch(httpbin, client=sleep)` -> `RotationResult`."""
+
     def __init__(
-        self, mesh: Mesh, evidence: Evidence, progress: Callable[[str], None] | None = None
+        self,
+        mesh: Mesh,
+        evidence: Evidence,
+        progress: Progress | None = None,
+        *,
+        cert_ttl: dt.timedelta | None = None,
     ) -> None:
         self.mesh = mesh
         self.evidence = evidence
         self.progress = progress or (lambda message: None)
+        self.cert_ttl = cert_ttl  # the --mesh-cert-ttl in force, for the skip message
 
     def watch(
         self,
@@ -611,22 +770,36 @@ class RotationWatcher:
         slack: float = 5.0,
         poll_interval: float = 0.05,
         requests_after: int = 3,
+        longest: dt.timedelta = LONGEST_ROTATION_WATCH,
     ) -> RotationResult:
         """Wait for `target`'s certificate to change while `client` keeps calling it.
 
-        Gives up `slack` seconds after the old certificate's NotAfter: a cert that was not
-        rotated before it expired is exactly the failure this helper exists to show. With a
-        client, the request loop goes on until `requests_after` requests used the new cert.
+        Skips at once when Istio would rotate the certificate more than `longest` from now
+        (the message names the TTL in force and `--mesh-cert-ttl`). Gives up `slack` seconds
+        after the old certificate's NotAfter: a cert that was not rotated before it expired is
+        exactly the failure this helper exists to show. With a client, the request loop goes on
+        until `requests_after` requests used the new cert.
         """
-        old = _current_cert(self.mesh, target, self.evidence)
-        deadline_at = old.not_after + dt.timedelta(seconds=slack)
+        __tracebackhide__ = True
         from .certs import rotation_window
 
+        old = _current_cert(self.mesh, target, self.evidence)
         _, latest = rotation_window(old.not_before, old.not_after)
-        wait = (latest - dt.datetime.now(dt.UTC)).total_seconds()
+        wait = latest - dt.datetime.now(dt.UTC)
+        if wait > longest:
+            ttl = (
+                "" if self.cert_ttl is None else f"--mesh-cert-ttl={format_duration(self.cert_ttl)}"
+            )
+            pytest.skip(
+                f"{target.key}'s certificate lives {format_duration(old.lifetime)} ({ttl or 'the TTL in force'});"
+                f" Istio would rotate it by {_utc(latest)}, {format_duration(wait)} from now,"
+                f" longer than this watch waits ({format_duration(longest)}): run with"
+                " --mesh-cert-ttl=30s (or set mesh_cert_ttl) to observe rotation"
+            )
         self.progress(
             f"watching {target.key}'s certificate {old.serial[:12]}: Istio would rotate it within"
-            f" {max(wait, 0.0):.0f}s (expires {old.not_after:%H:%M:%S} UTC)"
+            f" {max(wait.total_seconds(), 0.0):.0f}s (by {_utc(latest)}; expires"
+            f" {_utc(old.not_after)})"
         )
         stop = threading.Event()
         calls: list[tuple[dt.datetime, HttpResult]] = []
@@ -636,25 +809,40 @@ class RotationWatcher:
                 sent = dt.datetime.now(dt.UTC)
                 calls.append((sent, client.curl(target, path="/get", timeout=5)))
 
+        def rotated() -> tuple[dt.datetime, WorkloadCert] | None:
+            now = dt.datetime.now(dt.UTC)
+            current = _current_cert(self.mesh, target, None)
+            return (now, current) if current.serial != old.serial else None
+
+        def served_after(moment: dt.datetime) -> bool | None:
+            made = sum(1 for sent, _ in list(calls) if sent > moment)
+            return True if made >= requests_after or not worker.is_alive() else None
+
         worker = threading.Thread(target=loop, name="meshconform-rotation-load", daemon=True)
         worker.start()
         try:
-            while True:
-                now = dt.datetime.now(dt.UTC)
-                current = _current_cert(self.mesh, target, None)
-                if current.serial != old.serial:
-                    break
-                if now > deadline_at:
-                    raise AssertionError(
-                        f"{target.key}: certificate {old.serial} was not rotated before it expired"
-                        f" (NotAfter {old.not_after.isoformat()}, waited until {now.isoformat()})"
+            deadline_at = old.not_after + dt.timedelta(seconds=slack)
+            try:
+                now, current = poll(
+                    rotated,
+                    timeout=(deadline_at - dt.datetime.now(dt.UTC)).total_seconds(),
+                    interval=poll_interval,
+                    what=f"certificate {old.serial} of {target.key} rotated",
+                )
+            except WaitTimeout:
+                raise AssertionError(
+                    f"{target.key}: certificate {old.serial} was not rotated before it expired"
+                    f" (NotAfter {_utc(old.not_after)}, waited until"
+                    f" {_utc(dt.datetime.now(dt.UTC))})"
+                ) from None
+            if client is not None:
+                with suppress(WaitTimeout):
+                    poll(
+                        lambda: served_after(now),
+                        timeout=15,
+                        interval=poll_interval,
+                        what=f"{requests_after} requests with the new certificate",
                     )
-                time.sleep(poll_interval)
-            give_up = time.monotonic() + 15
-            while client is not None and time.monotonic() < give_up and worker.is_alive():
-                if sum(1 for sent, _ in list(calls) if sent > now) >= requests_after:
-                    break
-                time.sleep(poll_interval)
         finally:
             stop.set()
             worker.join(timeout=15)
@@ -677,7 +865,10 @@ class RotationWatcher:
 @pytest.fixture
 def rotation(mesh: Mesh, request: pytest.FixtureRequest) -> RotationWatcher:
     """`rotation.watch(httpbin, client=sleep)`: see a certificate rotate under load."""
-    return RotationWatcher(mesh, evidence_of(request.node), _progress(request.config))
+    settings = request.config.stash[mesh_settings_key]
+    return RotationWatcher(
+        mesh, evidence_of(request.node), _progress(request.config), cert_ttl=settings.cert_ttl
+    )
 
 
 # -- evidence on failure -----------------------------------------------------------------------

@@ -6,11 +6,32 @@ Backends produce raw evidence (pcap bytes, Envoy admin JSON, process output); th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
+
+
+class Feature(StrEnum):
+    """What a test may need of a mesh: `@pytest.mark.mesh_features("mtls", "capture")`.
+
+    A marker naming anything else is a usage error at collection, so a typo cannot skip a suite.
+    """
+
+    MTLS = "mtls"  # sidecars speak Istio mTLS to each other
+    PEER_AUTHENTICATION = "peer-authentication"  # PeerAuthentication is applied and enforced
+    PORT_LEVEL_MTLS = "port-level-mtls"  # PeerAuthentication portLevelMtls
+    DESTINATION_RULE = "destination-rule"  # DestinationRule trafficPolicy.tls on the client
+    XFCC = "xfcc"  # the server sidecar forwards X-Forwarded-Client-Cert
+    CAPTURE = "capture"  # pcap of a pod's traffic (`capture` fixture)
+    CERTIFICATES = "certificates"  # the sidecar's served certificate (`cert_of`)
+    ROTATION = "rotation"  # certificates rotate while the run watches (`rotation`)
+    MESH_WIDE = "mesh-wide"  # policies in the root namespace may be applied
+
+
+ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)
 
 
 class MeshError(RuntimeError):
@@ -53,7 +74,6 @@ class Service:
     namespace: str
     port: int
     target_port: int
-    selector_app: str
 
     @property
     def fqdn(self) -> str:
@@ -80,10 +100,29 @@ class PcapRecording:
 
 @runtime_checkable
 class Mesh(Protocol):
-    """What a backend implements. All methods are synchronous and raise `MeshError`."""
+    """What a backend implements. All methods are synchronous and raise `MeshError`.
+
+    The fixtures use nothing else: every member they need is declared here.
+    """
 
     @property
     def backend(self) -> str: ...  # "local", "kind" or "existing"
+
+    @property
+    def name(self) -> str: ...  # the mesh's name in reports ("meshconform-local", "kind"...)
+
+    @property
+    def istio_version(self) -> str:
+        """The Istio release the mesh is (or reproduces): what `mesh_min_version` compares."""
+        ...
+
+    @property
+    def revision(self) -> str | None: ...  # the Istio revision under test, None for default
+
+    @property
+    def features(self) -> Set[str]:
+        """The `Feature` values this mesh can serve in this run."""
+        ...
 
     @property
     def trust_domain(self) -> str: ...
@@ -102,6 +141,13 @@ class Mesh(Protocol):
     def workload(self, name: str, namespace: str) -> Workload: ...
 
     def services(self) -> Sequence[Service]: ...
+
+    def logical_namespace(self, namespace: str) -> str:
+        """The namespace as suites spell it (`foo`) for a backend's real name of it (a kube run
+        uses `mc-<run>-foo`); any other namespace unchanged."""
+        ...
+
+    def pod_ip(self, workload: Workload) -> str: ...
 
     def exec(self, workload: Workload, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run argv inside the workload's pod (network namespace), as the app's user."""
@@ -136,10 +182,6 @@ class Mesh(Protocol):
     def close(self) -> None: ...
 
 
-def iter_sidecar_workloads(mesh: Mesh) -> Iterator[Workload]:
-    return (w for w in mesh.workloads() if w.has_sidecar)
-
-
 class MeshWideNotAllowed(MeshError):
     """A policy targets Istio's root namespace while mesh-wide changes are not allowed.
 
@@ -162,5 +204,5 @@ class MeshInfo:
     revision: str | None = None
 
     @classmethod
-    def of(cls, mesh: Mesh, name: str, revision: str | None = None) -> MeshInfo:
-        return cls(mesh.backend, name, mesh.version, mesh.trust_domain, revision)
+    def of(cls, mesh: Mesh) -> MeshInfo:
+        return cls(mesh.backend, mesh.name, mesh.version, mesh.trust_domain, mesh.revision)

@@ -93,8 +93,50 @@ def test_capture_sees_plaintext(capture, naked_sleep, httpbin):
     [flow] = cap.flows_from(naked_sleep)
     assert flow.http_requests[0].target == "/headers"
 
-@pytest.mark.mesh_features("teleportation")
-def test_missing_feature_skips():
+def test_policy_in_a_missing_namespace_is_an_error(apply_policy, mesh):
+    from pytest_meshconform import UnmatchedPolicyError
+    with pytest.raises(UnmatchedPolicyError, match=(
+        r"PeerAuthentication fo/default would apply to nothing: namespace 'fo' does not exist"
+        r" in the mesh \(namespaces: bar, foo, legacy; root namespace istio-system\)"
+    )):
+        apply_policy({**STRICT_FOO, "metadata": {"name": "default", "namespace": "fo"}})
+    assert mesh.policies() == []
+
+def test_selector_matching_nothing_is_an_error(apply_policy, mesh):
+    with pytest.raises(AssertionError, match=(
+        r"selector \{'app': 'htpbin'\} matches no workload in foo \(workloads:"
+        r" sleep: \{'app': 'sleep'\}; httpbin: \{'app': 'httpbin'\}\)\. Fix the policy,"
+        r" or pass allow_unmatched=True"
+    )):
+        apply_policy({**STRICT_FOO, "spec": {"selector": {"matchLabels": {"app": "htpbin"}}}})
+    assert mesh.policies() == []
+
+def test_root_namespace_selector_policy_is_an_error(apply_policy):
+    with pytest.raises(AssertionError, match="istiod ignores a PeerAuthentication with a"
+                       " selector in the root namespace istio-system"):
+        apply_policy({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "httpbin", "namespace": "istio-system"},
+            "spec": {"selector": {"matchLabels": {"app": "httpbin"}},
+                     "mtls": {"mode": "STRICT"}},
+        })
+
+def test_unmatched_policy_on_purpose(apply_policy, mesh):
+    apply_policy({**STRICT_FOO, "spec": {"selector": {"matchLabels": {"app": "nobody"}}}},
+                 allow_unmatched=True)
+    assert [m["metadata"]["name"] for m in mesh.policies()] == ["default"]
+
+def test_capture_on_the_service_port_names_the_container_port(capture, naked_sleep, httpbin):
+    from pytest_meshconform import EmptyCaptureError
+    with pytest.raises(EmptyCaptureError, match=(
+        "saw no TCP flow to port 8000;.*Port 8000 is the port of Service httpbin.foo; the pod"
+        r" listens on 8080: capture\(\.\.\., port=8080\)"
+    )):
+        with capture(httpbin, port=8000):
+            assert naked_sleep.curl(httpbin).ok
+
+def test_long_rotation_skips_at_once(rotation, httpbin):
+    rotation.watch(httpbin)
     raise AssertionError("must not run")
 
 @pytest.mark.mesh_min_version("99.0")
@@ -111,17 +153,111 @@ def test_old_enough_runs():
 def test_fixtures_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-rs")
-    result.assert_outcomes(passed=8, failed=2, skipped=2)
+    result.assert_outcomes(passed=13, failed=2, skipped=2)
     result.stdout.fnmatch_lines(
         [
             "*deliberate failure after applying STRICT*",
             "*applies a mesh-wide PeerAuthentication in istio-system but is not marked*",
-            "*the mesh lacks feature(s): teleportation*",
             "*needs mesh version >= 99.0*",
+        ]
+    )
+    # A watch that would take hours skips at once, naming the TTL in force and the fix; the
+    # time it names carries its date.
+    result.stdout.re_match_lines(
+        [
+            r".*httpbin\.foo's certificate lives 1 day, 0:00:00 \(--mesh-cert-ttl=24h\); Istio"
+            r" would rotate it by \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, 1[12]h\d*m?\d*s? from"
+            r" now, longer than this watch waits \(5m\): run with --mesh-cert-ttl=30s.*"
         ]
     )
     result.stdout.fnmatch_lines(["*local mesh * up in *s*"])  # progress is shown
     assert_runs_left_nothing(result.stdout.str())
+
+
+def test_misspelled_feature_fails_collection(pytester: pytest.Pytester) -> None:
+    """A typo in mesh_features must not skip a suite quietly: the run stops at collection."""
+    pytester.makepyfile(
+        test_typo="""
+        import pytest
+
+        @pytest.mark.mesh_features("mtsl")
+        def test_strict(mesh):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: test_typo.py::test_strict: unknown mesh feature(s) 'mtsl' in"
+            " @pytest.mark.mesh_features; known features: mtls, peer-authentication,"
+            " port-level-mtls, destination-rule, xfcc, capture, certificates, rotation, mesh-wide"
+        ]
+    )
+    result.assert_outcomes()  # nothing ran, nothing skipped
+
+
+def test_versionless_min_version_fails_collection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_typo="""
+        import pytest
+
+        @pytest.mark.mesh_min_version("latest")
+        def test_new():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: test_typo.py::test_new: @pytest.mark.mesh_min_version needs a version such"
+            " as '1.24', got ('latest',)"
+        ]
+    )
+
+
+FAKE_MESH_CONFTEST = """
+import pytest
+
+class OnlyMtls:
+    features = frozenset({"mtls"})
+    istio_version = "1.24.0"
+
+@pytest.fixture(scope="session")
+def mesh():
+    return OnlyMtls()
+"""
+
+
+def test_missing_feature_skips(pytester: pytest.Pytester) -> None:
+    """A known feature the mesh lacks skips the test, naming it (and the flag for mesh-wide)."""
+    pytester.makeconftest(FAKE_MESH_CONFTEST)
+    pytester.makepyfile(
+        test_features="""
+        import pytest
+
+        @pytest.mark.mesh_features("mtls", "capture")
+        def test_capture():
+            raise AssertionError("must not run")
+
+        @pytest.mark.mesh_features("mesh-wide")
+        def test_mesh_wide():
+            raise AssertionError("must not run")
+
+        @pytest.mark.mesh_features("mtls")
+        def test_mtls():
+            pass
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*the mesh lacks feature(s): capture",
+            "*the mesh lacks feature(s): mesh-wide (pass --mesh-allow-mesh-wide to allow it)",
+        ]
+    )
 
 
 def test_unavailable_local_mesh_is_one_usage_error(pytester: pytest.Pytester) -> None:

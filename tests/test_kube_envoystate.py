@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parent / "data" / "kube"
 SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
 VERSION = "2025-03-14T09:26:41Z/12"
 MTLS_ALPNS = "istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2"
-SERVICES = tuple(Service("httpbin", ns, 8000, 8080, "httpbin") for ns in ("foo", "bar", "legacy"))
+SERVICES = tuple(Service("httpbin", ns, 8000, 8080) for ns in ("foo", "bar", "legacy"))
 
 
 def dump(name: str) -> bytes:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+from ..backends import Backend
 from ..mesh import Mesh, MeshError, MeshUnavailable, MeshWideNotAllowed
 from ..settings import MeshSettings
 from .options import KubeOptions, kind_cluster_name_for, resolve_options
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .topology import RunNamespaces
 
 __all__ = [
+    "BACKEND",
     "KubeOptions",
     "MeshWideNotAllowed",
     "open_mesh",
@@ -132,6 +134,8 @@ def open_mesh(
 
     if settings.cluster not in ("kind", "existing"):
         raise MeshError(f"the kube backend does not run --mesh-cluster={settings.cluster}")
+    if settings.faults:
+        raise pytest.UsageError("--mesh-fault exists only for --mesh-cluster=local")
     options = resolve_options(config)
     names = RunNamespaces(secrets.token_hex(3))
     if settings.cluster == "existing":
@@ -217,6 +221,9 @@ def _kube_mesh(
         run_dir=run_dir,
         **extra,
     )
+
+
+BACKEND = Backend(preflight=preflight, open=open_mesh)
 
 
 def _run_dir(names: RunNamespaces) -> Path:

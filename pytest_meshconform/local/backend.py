@@ -42,7 +42,15 @@ from typing import Any
 
 from .. import __version__
 from ..certs import rotation_time
-from ..mesh import ExecResult, MeshError, PcapRecording, PropagationTimeout, Service, Workload
+from ..mesh import (
+    ALL_FEATURES,
+    ExecResult,
+    MeshError,
+    PcapRecording,
+    PropagationTimeout,
+    Service,
+    Workload,
+)
 from ..policy import PolicyError, parse_policy
 from . import host, xds
 from .ca import IssuedCert, MeshCA
@@ -234,7 +242,6 @@ class _PodRuntime:
     cds_doc: str = ""
     rejected_seen: int = 0  # LDS+CDS rejections and listener create failures already reported
     cert: IssuedCert | None = None
-    cert_version: int = 0
     next_rotation: dt.datetime | None = None
 
     @property
@@ -266,6 +273,8 @@ class LocalMesh:
     # The Istio release whose documented behaviour this mesh reproduces; `mesh_min_version`
     # markers compare against it (reports show `version`, which names the local mesh itself).
     istio_version = "1.24.0"
+    revision: str | None = None  # one control plane, no Istio revisions
+    features: frozenset[str] = ALL_FEATURES
 
     def __init__(
         self,
@@ -334,6 +343,10 @@ class LocalMesh:
 
     def pod_ip(self, workload: Workload) -> str:
         return self._pod(workload).ip
+
+    def logical_namespace(self, namespace: str) -> str:
+        """Namespaces are named as the suites spell them (`foo`)."""
+        return namespace
 
     def netns(self, workload: Workload) -> str:
         """The network namespace of the workload's pod (`ip netns exec <it> ...`)."""
@@ -612,7 +625,6 @@ class LocalMesh:
         )
         cert = self._require_ca().issue_workload(w.namespace, service_account, self.cert_ttl)
         runtime.cert = cert
-        runtime.cert_version += 1
         _write_json(
             runtime.paths.sds(xds.WORKLOAD_SECRET),
             xds.secret_resources(

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..mesh import MeshError, MeshUnavailable
+from ..waiting import WaitTimeout, poll
 
 STATE_ROOT = Path("/run/meshconform")
 NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 NETNS_PREFIX = "mc-"
-RUN_ID_PATTERN = re.compile(r"[0-9a-f]{6}")
 # `mc-<run id>-...`: the only namespace names a sweep may delete without a state file.
 OUR_NETNS_PATTERN = re.compile(rf"{NETNS_PREFIX}(?P<run_id>[0-9a-f]{{6}})-[a-z0-9-]+")
 ABANDONED_AFTER_S = 60.0  # a run dir without state.json is someone's start in progress until then
@@ -280,19 +280,19 @@ def kill_recorded(pids: Iterable[tuple[int, int]], *, grace: float = 2.0) -> Non
     for pid, _ in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive:
+
+    def ended() -> bool | None:
+        nonlocal alive
         alive = [(pid, start) for pid, start in alive if proc_start_ticks(pid) == start]
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
+        return True if not alive else None
+
+    with contextlib.suppress(WaitTimeout):
+        poll(ended, timeout=grace, interval=0.005, what="processes ending on SIGTERM")
     for pid, _ in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        alive = [(pid, start) for pid, start in alive if proc_start_ticks(pid) == start]
-        time.sleep(0.005)
+    with contextlib.suppress(WaitTimeout):
+        poll(ended, timeout=grace, interval=0.005, what="processes ending on SIGKILL")
 
 
 def create_netns(names: Sequence[str]) -> None:

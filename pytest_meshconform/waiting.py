@@ -1,0 +1,53 @@
+"""One way to wait: poll a condition with a deadline (built on tenacity, the project's choice).
+
+Tests and fixtures never sleep a fixed time; they wait for a fact (a new certificate serial,
+processes gone, enough requests made) and give up at a deadline with a message saying what
+was awaited. `poll` is that loop; tenacity gives it the stop and wait policies.
+
+Loops in `local/backend.py` and `kube/backend.py` still have their own (they print progress
+while waiting and are being reworked); see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import tenacity
+
+__all__ = ["WaitTimeout", "poll"]
+
+_T = TypeVar("_T")
+
+
+class WaitTimeout(TimeoutError):
+    """A condition did not hold before the deadline; the message names what was awaited."""
+
+
+def poll(
+    probe: Callable[[], _T | None],
+    *,
+    timeout: float,
+    interval: float,
+    what: str,
+) -> _T:
+    """Call `probe` every `interval` seconds until it returns something other than None.
+
+    Returns that value; raises WaitTimeout (naming `what`) once `timeout` seconds have passed
+    without one. The probe is always called at least once, even with `timeout <= 0`.
+    Exceptions from `probe` propagate at once: a failing probe is not "not yet".
+    """
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(max(timeout, 0.0)),
+        wait=tenacity.wait_fixed(interval),
+        retry=tenacity.retry_if_result(lambda value: value is None),
+        retry_error_callback=lambda state: _timed_out(what, timeout, state),
+        reraise=True,
+    )
+    result = retrying(probe)
+    assert result is not None  # tenacity retries on None, and gives up by raising
+    return result
+
+
+def _timed_out(what: str, timeout: float, state: tenacity.RetryCallState) -> None:
+    raise WaitTimeout(f"{what}: not so after {timeout:.3g}s ({state.attempt_number} looks)")
