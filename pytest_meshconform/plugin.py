@@ -7,8 +7,12 @@ Hook layout, in the order pytest calls them:
 - ``pytest_configure``: declares the ``mesh_*`` markers, then resolves the options once
   (CLI, then ini, then default; see ``settings.MeshSettings``) and stores the result on
   ``config.stash[mesh_settings_key]``, so a bad value is a UsageError before collection.
-- ``pytest_report_header``: the effective settings, so a CI log says what was tested.
-- Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...): the section at the end.
+- ``pytest_report_collectionfinish``: the settings in force, so a CI log says what was tested.
+  Printed once collection is done, not in the session header: a suite's conftest may change a
+  default (the built-in suites' 30 s TTL) and, under ``--pyargs``, pytest loads that conftest
+  only while collecting.
+- Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...) live in ``fixtures.py``,
+  registered by ``pytest_configure``.
 
 Auto-loading this module must cost nothing for runs that never ask for a mesh: it imports only
 pytest and ``settings``. Backends, the kubernetes client, cryptography and dpkt are imported
@@ -34,8 +38,10 @@ mesh_settings_key: Final = pytest.StashKey[MeshSettings]()
 _MARKERS: Final = (
     "mesh_wide: the test applies mesh-wide policy in the root namespace (istio-system); on a"
     " shared cluster deselect it with -m 'not mesh_wide'.",
-    "mesh_features(*names): mesh features the test needs; the test is skipped, naming the"
-    " missing ones, when the mesh lacks them.",
+    "mesh_features(*names): mesh features the test needs (pytest_meshconform.Feature values:"
+    " mtls, peer-authentication, port-level-mtls, destination-rule, xfcc, capture,"
+    " certificates, rotation, mesh-wide); skipped, naming the missing ones, when the mesh lacks"
+    " them. An unknown name is a usage error.",
     "mesh_min_version(version): the minimum mesh version the test applies to; skipped on older"
     " meshes.",
     "mesh_fault(name): test-only fault switch for the local mesh, used by meshconform's own tests"
@@ -127,17 +133,13 @@ def pytest_configure(config: pytest.Config) -> None:
     report.configure(config)
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    """The settings in force for the tests about to run (after every conftest has spoken)."""
     settings = config.stash.get(mesh_settings_key, None)
-    if settings is None:
+    if settings is None or config.option.no_header or config.get_verbosity() < 0:
         return []
     lines = settings.header_lines()
     if settings.cluster != "local":
         lines.append(f"meshconform: {kube_options.resolve_options(config).header_line()}")
     return lines
 
-
-# --- Fixtures -------------------------------------------------------------------------------
-# The user-facing fixtures (mesh, sleep, httpbin, naked_sleep, apply_policy, xfcc, cert_of,
-# capture) go here. Read the run's settings with `request.config.stash[mesh_settings_key]`
-# and import backends and heavy libraries inside the fixture body, not at module level.

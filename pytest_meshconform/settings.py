@@ -266,7 +266,7 @@ class MeshSettings:
         )
 
     def header_lines(self) -> list[str]:
-        """The effective settings for ``pytest_report_header``, so a CI log says what ran."""
+        """The settings in force, printed after collection, so a CI log says what ran."""
         first = [f"meshconform: cluster={self.cluster}"]
         if self.kube_context is not None:
             unused = "" if self.cluster == "existing" else f" (unused with cluster={self.cluster})"
