@@ -8,14 +8,19 @@ X-Forwarded-Client-Cert (APPEND_FORWARD with Subject, URI, DNS).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from pytest_meshconform.certs import load_pem_chain
-from pytest_meshconform.fixtures import WorkloadHandle
-from pytest_meshconform.mesh import Mesh
+from pytest_meshconform import (
+    Capturer,
+    CertReader,
+    Mesh,
+    PolicyApplier,
+    WorkloadHandle,
+    WorkloadLookup,
+    XfccReader,
+    load_pem_chain,
+)
 
 from .wire import TLS_VERSIONS_ALLOWED, no_keepalive
 
@@ -29,8 +34,8 @@ SPIFFE = "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 )
 def test_xfcc_names_client_and_server(
     mesh: Mesh,
-    workload: Callable[[str, str], WorkloadHandle],
-    xfcc: Callable[..., Any],
+    workload: WorkloadLookup,
+    xfcc: XfccReader,
     client_ns: str,
     server_ns: str,
 ) -> None:
@@ -52,8 +57,8 @@ def test_xfcc_names_client_and_server(
 @pytest.mark.parametrize(("name", "namespace"), [("httpbin", "foo"), ("sleep", "bar")])
 def test_served_certificate(
     mesh: Mesh,
-    workload: Callable[[str, str], WorkloadHandle],
-    cert_of: Callable[..., Any],
+    workload: WorkloadLookup,
+    cert_of: CertReader,
     name: str,
     namespace: str,
 ) -> None:
@@ -72,10 +77,10 @@ def test_served_certificate(
 
 @pytest.mark.mesh_features("capture")
 def test_tls_version_on_the_wire(
-    apply_policy: Callable[[Any], Any],
+    apply_policy: PolicyApplier,
     sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Callable[..., Any],
+    capture: Capturer,
 ) -> None:
     apply_policy(no_keepalive(httpbin.namespace))
     with capture(httpbin) as cap:

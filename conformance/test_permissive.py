@@ -6,12 +6,9 @@ a plaintext chain for everything else. The server sees XFCC only over mTLS.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 
-from pytest_meshconform.fixtures import WorkloadHandle
+from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle, XfccReader
 
 from .wire import ISTIO_HTTP11_ALPN, namespace_mode, no_keepalive
 
@@ -19,11 +16,11 @@ pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture",
 
 
 def test_permissive_accepts_plaintext(
-    apply_policy: Callable[[Any], Any],
+    apply_policy: PolicyApplier,
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Callable[..., Any],
-    xfcc: Callable[..., Any],
+    capture: Capturer,
+    xfcc: XfccReader,
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
     with capture(httpbin) as cap:
@@ -40,11 +37,11 @@ def test_permissive_accepts_plaintext(
 
 
 def test_permissive_accepts_mtls(
-    apply_policy: Callable[[Any], Any],
+    apply_policy: PolicyApplier,
     sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Callable[..., Any],
-    xfcc: Callable[..., Any],
+    capture: Capturer,
+    xfcc: XfccReader,
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
     apply_policy(no_keepalive(httpbin.namespace))

@@ -16,13 +16,12 @@ bar have sidecars, legacy does not. Expectations are transcribed from Istio's do
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from pytest_meshconform.fixtures import WorkloadHandle
+from pytest_meshconform import PolicyApplier, WorkloadLookup
 
 from .expect import E503, MTLS, PLAIN, RESET, Outcome, observe
 
@@ -180,8 +179,8 @@ def _table(cells: dict[tuple[str, str], str]) -> str:
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
 def test_reachability(
     case: Case,
-    apply_policy: Callable[[Any], Any],
-    workload: Callable[[str, str], WorkloadHandle],
+    apply_policy: PolicyApplier,
+    workload: WorkloadLookup,
 ) -> None:
     for manifest in case.policies:
         apply_policy(manifest)

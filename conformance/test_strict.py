@@ -7,12 +7,9 @@ and SNI, and none of the request travels in plaintext.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 
-from pytest_meshconform.fixtures import WorkloadHandle
+from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle
 
 from .wire import ISTIO_HTTP11_ALPN, istio_sni, namespace_mode, no_keepalive
 
@@ -20,10 +17,10 @@ pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
 
 
 def test_strict_resets_plaintext(
-    apply_policy: Callable[[Any], Any],
+    apply_policy: PolicyApplier,
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Callable[..., Any],
+    capture: Capturer,
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     with capture(httpbin) as cap:
@@ -44,10 +41,10 @@ def test_strict_resets_plaintext(
 
 
 def test_strict_accepts_mtls(
-    apply_policy: Callable[[Any], Any],
+    apply_policy: PolicyApplier,
     sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Callable[..., Any],
+    capture: Capturer,
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     apply_policy(no_keepalive(httpbin.namespace))

@@ -1,3 +1,4 @@
+# Large on purpose: one parser (Envoy dumps, SPIFFE, chains, rotation), see docs/architecture.md.
 """Certificates as a sidecar holds them: Envoy secret dumps, SPIFFE IDs, chains, rotation math.
 
 Both backends fetch the same raw material from a proxy (Envoy's ``/config_dump``, Envoy's

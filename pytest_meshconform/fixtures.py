@@ -1,3 +1,4 @@
+# Still one module: split per fixture family planned, see docs/architecture.md.
 """meshconform's fixtures: the user's API for writing mTLS conformance suites.
 
 Registered by the plugin in `pytest_configure`. Importing this module is cheap: the backends,
@@ -787,11 +788,11 @@ class RotationWatcher:
         _, latest = rotation_window(old.not_before, old.not_after)
         wait = latest - dt.datetime.now(dt.UTC)
         if wait > longest:
-            ttl = (
-                "" if self.cert_ttl is None else f"--mesh-cert-ttl={format_duration(self.cert_ttl)}"
-            )
+            ttl = "the TTL in force"
+            if self.cert_ttl is not None:
+                ttl = f"--mesh-cert-ttl={format_duration(self.cert_ttl)}"
             pytest.skip(
-                f"{target.key}'s certificate lives {format_duration(old.lifetime)} ({ttl or 'the TTL in force'});"
+                f"{target.key}'s certificate lives {format_duration(old.lifetime)} ({ttl});"
                 f" Istio would rotate it by {_utc(latest)}, {format_duration(wait)} from now,"
                 f" longer than this watch waits ({format_duration(longest)}): run with"
                 " --mesh-cert-ttl=30s (or set mesh_cert_ttl) to observe rotation"

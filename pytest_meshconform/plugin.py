@@ -142,4 +142,3 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     if settings.cluster != "local":
         lines.append(f"meshconform: {kube_options.resolve_options(config).header_line()}")
     return lines
-

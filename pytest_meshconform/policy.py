@@ -1,3 +1,4 @@
+# Large: Istio's policy semantics move to an istio/ package (in progress), see docs/architecture.md.
 """Istio PeerAuthentication and DestinationRule: parse, validate, build, and resolve like istiod.
 
 The suites state what a mesh must do in terms of Istio policy objects; this module turns those

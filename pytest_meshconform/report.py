@@ -1,3 +1,5 @@
+# Still one large module: split by concern planned (model, formats, diff, archive, hooks),
+# see docs/architecture.md.
 """Conformance reports, failure evidence and upgrade regression checks.
 
 A run leaves a publishable record (``--mesh-report``), in the spirit of the Gateway API

@@ -1,3 +1,4 @@
+# Large on purpose: one decoder (pcap, TCP, TLS, HTTP) read top to bottom, see docs/architecture.md.
 """Evidence from the wire: a pcap/pcapng capture -> TCP flows -> TLS hellos and plaintext HTTP.
 
 The mesh promises are about what crosses the wire, so this module reads what tcpdump wrote and

@@ -25,10 +25,10 @@ import random
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TESTDATA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,7 +54,7 @@ from pytest_meshconform.certs import (
 )
 
 UTC = dt.UTC
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
+SECRETS = TESTDATA / "secrets"
 SECRETS_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 REDACTED_KEY = "W3JlZGFjdGVkXQ=="  # base64 of "[redacted]", as in Istio's testdata
@@ -72,7 +72,7 @@ def _istioctl_time(moment: dt.datetime) -> str:
 
 
 def _testdata(name: str) -> bytes:
-    path = TESTDATA / name
+    path = SECRETS / name
     if not path.is_file():
         pytest.skip(f"shared test data not present: {path}")
     return path.read_bytes()

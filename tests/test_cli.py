@@ -32,8 +32,6 @@ from pytest_meshconform.report import (
     write_report,
 )
 
-pytest_plugins = ["pytester"]
-
 
 @pytest.fixture
 def old_report(tmp_path: Path) -> Path:

@@ -8,7 +8,6 @@ import re
 import pytest
 from local_helpers import CONFORMANCE, assert_runs_left_nothing, needs_local_mesh
 
-pytest_plugins = ["pytester"]
 pytestmark = needs_local_mesh
 
 

@@ -18,8 +18,6 @@ from local_helpers import (
     wait_for,
 )
 
-pytest_plugins = ["pytester"]
-
 SUITE = r'''
 import pytest
 

@@ -57,7 +57,7 @@ def test_final_response_after_100_continue() -> None:
 
 
 def test_reset_has_no_status() -> None:
-    # What curl prints for plaintext into a STRICT sidecar (DESIGN.md: 000, exit 56).
+    # What curl prints for plaintext into a STRICT sidecar (docs/istio-facts.md: 000, exit 56).
     out = _stdout(b"", http_code=0)
     stderr = b"curl: (56) Recv failure: Connection reset by peer\n"
     result = parse_curl_output(URL, "sleep.legacy", 56, out, stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_kube_fakes import (
+from kube_fakes import (
     DATA_DIR,
     HOST_IP,
     PROXY_IMAGE,

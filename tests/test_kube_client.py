@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_kube_fakes import (
+from kube_fakes import (
     KUBE_VERSION,
     FakeApiServer,
     istiod_deployment,

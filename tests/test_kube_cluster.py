@@ -15,7 +15,7 @@ from pathlib import Path
 from threading import Thread
 
 import pytest
-from test_kube_fakes import kubeconfig_text
+from kube_fakes import kubeconfig_text
 
 from pytest_meshconform.kube import cluster
 from pytest_meshconform.kube.cluster import (

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TESTDATA
 from hypothesis import given, settings, strategies as st
 
 from pytest_meshconform.kube.envoystate import (
@@ -28,7 +29,7 @@ from pytest_meshconform.mesh import Service
 from pytest_meshconform.policy import MtlsMode, TlsMode, parse_policies
 
 DATA = Path(__file__).resolve().parent / "data" / "kube"
-SHARED_SECRETS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "secrets"
+SHARED_SECRETS = TESTDATA / "secrets"
 VERSION = "2025-03-14T09:26:41Z/12"
 MTLS_ALPNS = "istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2"
 SERVICES = tuple(Service("httpbin", ns, 8000, 8080) for ns in ("foo", "bar", "legacy"))

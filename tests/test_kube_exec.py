@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from kubernetes.client.exceptions import ApiException
-from test_kube_fakes import (
+from kube_fakes import (
     KUBE_VERSION,
     ExecCall,
     ExecChannel,
@@ -26,6 +25,7 @@ from test_kube_fakes import (
     replay,
     status_not_found,
 )
+from kubernetes.client.exceptions import ApiException
 
 from pytest_meshconform.kube.client import ExecSession, KubeApi, KubeApiError
 from pytest_meshconform.kube.execproto import (

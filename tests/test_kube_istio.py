@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from test_kube_fakes import DEFAULT_MESH_CONFIG, istiod_deployment
+from kube_fakes import DEFAULT_MESH_CONFIG, istiod_deployment
 
 from pytest_meshconform.kube.istio import (
     IstioDataError,

@@ -14,15 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 from kubernetes import client as k8s
-from test_kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 
 from pytest_meshconform.kube import preflight
 from pytest_meshconform.kube.options import KubeOptions, kind_cluster_name_for, resolve_options
 from pytest_meshconform.mesh import MeshUnavailable
 from pytest_meshconform.plugin import mesh_settings_key
-
-pytest_plugins = ["pytester"]
 
 # pytester restores sys.modules after each test: load the client's heavy generated API modules
 # (seconds of pydantic model building) once, here, instead of once per test.

@@ -7,7 +7,7 @@ Where the expected values come from:
   ``allIstioMtlsALPNs`` (``istio``, ``istio-peer-exchange``, ``istio-http/1.0``,
   ``istio-http/1.1``, ``istio-h2``, listener.go) plus a ``raw_buffer`` chain; DISABLE =
   plaintext only; the client ALPN list for HTTP/1.1 and the SNI ``outbound_.<port>_._.<fqdn>``
-  from DESIGN.md; XFCC as the sidecar inbound sets it (APPEND_FORWARD, Subject/URI/DNS).
+  from docs/istio-facts.md; XFCC as the sidecar inbound sets it (APPEND_FORWARD, Subject/URI/DNS).
 - Auto mTLS and DestinationRule decisions: Istio's reachability matrix and
   ``buildAutoMtlsSettings`` (cluster_builder.go), transcribed as literal rows.
 - iptables: the nat rules ``istio-iptables`` installs, as Istio's docs print them from

@@ -24,8 +24,6 @@ from pytest_meshconform.settings import (
     parse_cert_ttl,
 )
 
-pytest_plugins = ["pytester"]
-
 HEAVY_MODULES = ("kubernetes", "cryptography", "dpkt")
 
 

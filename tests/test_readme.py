@@ -7,8 +7,6 @@ import re
 import pytest
 from local_helpers import REPO, needs_local_mesh
 
-pytest_plugins = ["pytester"]
-
 
 @needs_local_mesh
 def test_readme_suite_example_passes(pytester: pytest.Pytester) -> None:

@@ -37,8 +37,6 @@ from pytest_meshconform.report import (
     safe_name,
 )
 
-pytest_plugins = ["pytester"]
-
 PLUGIN_VERSION = importlib.metadata.version("pytest-meshconform")
 
 REFERENCE_YAML = """\

@@ -27,6 +27,7 @@ from types import ModuleType
 import dpkt
 import pytest
 import tenacity
+from conftest import TESTDATA
 from hypothesis import HealthCheck, given, settings, strategies as st
 from wire_helpers import (
     ISTIO_ALPN,
@@ -66,7 +67,7 @@ from pytest_meshconform.wire import (
     analyze_pcap,
 )
 
-PCAPS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "pcaps"
+PCAPS = TESTDATA / "pcaps"
 
 
 @cache

@@ -73,7 +73,7 @@ ISTIO_MULTIPLE_HOPS = (
 ISTIO_SINGLE_HOP = 'Hash=meshclient;Subject="";URI=spiffe://mesh.example.com/ns/otherns/sa/othersa'
 # istio/istio.io content/en/docs/tasks/security/authorization/authz-custom/index.md: the header a
 # sidecar wrote for curl -> httpbin in namespace foo (the By=;Hash=;Subject="";URI= form of
-# DESIGN.md), as logged by the ext-authz server.
+# docs/istio-facts.md), as logged by the ext-authz server.
 ISTIO_DOCS_SIDECAR = (
     "By=spiffe://cluster.local/ns/foo/sa/httpbin;"
     "Hash=dd14782fa2f439724d271dbed846ef843ff40d3932b615da650d028db655fc8d;"

@@ -1,3 +1,4 @@
+# Still one large module: split planned (lifecycle, propagation, capture), see docs/architecture.md.
 """The kube backend of the Mesh protocol: Istio on kind or on a cluster the user names.
 
 Lifecycle: ``KubeMesh(...).start()`` reads the control plane (istiod revision and version, mesh

@@ -1,3 +1,5 @@
+# Still one large module: split planned (iptables, Envoy admin client, agent, lifecycle),
+# see docs/architecture.md.
 """The local mesh: pods as network namespaces, real Envoy sidecars, iptables interception, our CA.
 
 Lifecycle: `LocalMesh(...).start()` sweeps what dead runs left, records the run, creates one

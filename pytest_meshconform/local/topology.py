@@ -33,7 +33,7 @@ EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
 # The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as
 # in Istio where only the proxy runs as 1337. The httpbin app stays root: its Python may live
-# where no other uid can read it (e.g. a pyenv under /root), see DESIGN.md.
+# where no other uid can read it (e.g. a pyenv under /root), see docs/istio-facts.md.
 APP_UID = 1000
 APP_GID = 1000
 

@@ -47,7 +47,7 @@ UPSTREAM_TLS_TYPE = (
 FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 # ALPN values Istio's sidecars use. Client: the istio.alpn filter's list for HTTP/1.1 upstreams
-# (see DESIGN.md). Server, PERMISSIVE: `allIstioMtlsALPNs` of pilot/pkg/networking/core
+# (docs/istio-facts.md). Server, PERMISSIVE: `allIstioMtlsALPNs` of pilot/pkg/networking/core
 # (listener.go), the ALPNs whose TLS is taken for Istio mTLS; anything else falls to raw_buffer.
 ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
 ISTIO_INBOUND_MTLS_ALPN = (

@@ -1,0 +1,134 @@
+"""The public API is declared once, typed, documented, and used through the Mesh protocol."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+
+import pytest
+from local_helpers import REPO
+
+import pytest_meshconform
+from pytest_meshconform import Feature, fixtures
+from pytest_meshconform.backends import BACKENDS, Backend, backend_for
+from pytest_meshconform.mesh import Mesh
+from pytest_meshconform.settings import CLUSTER_KINDS
+
+PACKAGE = REPO / "pytest_meshconform"
+
+
+def test_all_is_the_one_export_list() -> None:
+    exports = pytest_meshconform._EXPORTS
+    assert pytest_meshconform.__all__ == ["__version__", *exports]
+    for name in exports:
+        assert getattr(pytest_meshconform, name) is not None, name
+
+
+def test_type_checking_imports_mirror_the_export_list() -> None:
+    """Type checkers read the TYPE_CHECKING imports; runtime reads _EXPORTS: the same names."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If))
+    imported = {
+        alias.asname: f"{node.module}"
+        for node in ast.walk(block)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == pytest_meshconform._EXPORTS
+
+
+def test_readme_documents_every_public_name() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [n for n in pytest_meshconform.__all__ if f"`{n}" not in readme]
+    assert missing == [], f"README.md does not mention: {missing}"
+
+
+def test_readme_names_every_feature() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert [f for f in Feature if f"`{f.value}`" not in readme] == []
+
+
+def test_fixtures_return_the_exported_types() -> None:
+    hints = {
+        "workload": "WorkloadLookup",
+        "sleep": "WorkloadHandle",
+        "httpbin": "WorkloadHandle",
+        "naked_sleep": "WorkloadHandle",
+        "apply_policy": "Iterator[PolicyApplier]",
+        "xfcc": "XfccReader",
+        "cert_of": "CertReader",
+        "capture": "Capturer",
+        "rotation": "RotationWatcher",
+        "mesh": "Iterator[Mesh]",
+    }
+    tree = ast.parse((PACKAGE / "fixtures.py").read_text())
+    returns = {
+        node.name: ast.unparse(node.returns)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.returns is not None
+    }
+    assert {name: returns[name] for name in hints} == hints
+    for name in hints.values():
+        bare = name.removeprefix("Iterator[").removesuffix("]")
+        assert bare in pytest_meshconform.__all__, bare
+
+
+def test_fixtures_use_only_the_mesh_protocol() -> None:
+    """No `getattr(mesh, ...)` and no backend names in the fixtures: the protocol declares all."""
+    source = (PACKAGE / "fixtures.py").read_text()
+    assert (
+        re.findall(r"getattr\((?:the_)?mesh\b|getattr\(opened|getattr\(handle\.mesh", source) == []
+    )
+    assert 'cluster == "local"' not in source
+
+
+def test_every_protocol_member_is_implemented_by_both_backends() -> None:
+    from pytest_meshconform.kube.backend import KubeMesh
+    from pytest_meshconform.local.backend import LocalMesh
+
+    members = [n for n in vars(Mesh) if not n.startswith("_")]
+    for backend in (LocalMesh, KubeMesh):
+        init = inspect.getsource(backend.__init__)  # type: ignore[misc]
+        missing = [m for m in members if not hasattr(backend, m) and f"self.{m} =" not in init]
+        assert missing == [], backend
+
+
+@pytest.mark.parametrize("cluster", CLUSTER_KINDS)
+def test_every_cluster_kind_has_a_backend(cluster: str) -> None:
+    assert cluster in BACKENDS
+    assert isinstance(backend_for(cluster), Backend)  # type: ignore[arg-type]
+
+
+def test_large_modules_say_why() -> None:
+    """A module over ~800 lines says at its top why it is still that large."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 800 and "docs/architecture.md" not in text[:1500]:
+            unexplained.append(str(path.relative_to(REPO)))
+    assert unexplained == []
+
+
+def test_code_cites_only_files_in_the_repository() -> None:
+    cited = []
+    for root in ("pytest_meshconform", "conformance", "tests", "examples", "benchmarks"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            if "DESIGN.md" in path.read_text() and path.name != "test_public_api.py":
+                cited.append(str(path.relative_to(REPO)))
+    assert cited == []
+    for doc in re.findall(r"docs/[\w./-]+\.md", (PACKAGE / "fixtures.py").read_text()):
+        assert (REPO / doc).is_file(), doc
+
+
+def test_fixture_helpers_hide_their_frames() -> None:
+    for helper in (
+        fixtures.WorkloadHandle.curl,
+        fixtures.WorkloadHandle.exec,
+        fixtures.WorkloadLookup.__call__,
+        fixtures.PolicyApplier.__call__,
+        fixtures.XfccReader.__call__,
+        fixtures.CertReader.__call__,
+        fixtures.RotationWatcher.watch,
+    ):
+        assert "__tracebackhide__" in helper.__code__.co_varnames, helper
