@@ -1,4 +1,4 @@
-"""Shared wire-level expectations (literal, from Istio's sidecar behaviour; see docs/istio-facts.md)."""
+"""Shared wire-level expectations (literal, from Istio sidecars; see docs/istio-facts.md)."""
 
 from __future__ import annotations
 
