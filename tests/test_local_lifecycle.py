@@ -167,7 +167,7 @@ def test_kept_mesh_outlives_its_owner_until_the_next_start_sweeps_it(owners: lis
     assert f"keep: left local mesh {run_id} running: 8 processes" in message
     assert f"mc-{run_id}-foo-httpbin" in message
     assert f"/run/meshconform/{run_id}" in message
-    assert "python -m pytest_meshconform.local sweep" in message
+    assert "`meshconform sweep`" in message
     # Its owner is gone, the mesh is not: it still answers.
     assert all(alive(p) for p in info["pids"])
     assert curl_in(kept.netns("sleep.legacy"), "http://httpbin.bar:8000/get") == (0, "200")

@@ -1,19 +1,18 @@
-"""`python -m pytest_meshconform.local sweep`: remove what dead or kept local meshes left."""
+"""`python -m pytest_meshconform.local sweep`: the same as `meshconform sweep` (kept for old
+scripts)."""
 
 from __future__ import annotations
 
 import sys
 
-from .host import sweep_stale_runs
+from ..cli import main as cli_main
 
 
 def main(argv: list[str]) -> int:
     if argv != ["sweep"]:
-        print("usage: python -m pytest_meshconform.local sweep", file=sys.stderr)
+        print("usage: meshconform sweep", file=sys.stderr)
         return 2
-    swept = sweep_stale_runs()
-    print("swept: " + "; ".join(swept) if swept else "nothing to sweep")
-    return 0
+    return cli_main(["sweep"])
 
 
 if __name__ == "__main__":

@@ -71,10 +71,19 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
         os._exit(0)
 
 
-def main() -> int:
+def import_httpbin() -> Any:
+    """httpbin's WSGI app, imported quietly: without the optional flasgger, httpbin warns on
+    import that it serves no Swagger UI, which the pods do not need."""
+    import logging
+
+    logging.getLogger("httpbin.core").setLevel(logging.ERROR)  # Flask's app.logger
     import httpbin  # type: ignore[import-untyped]  # the slow part, once for every pod
 
-    app = httpbin.app
+    return httpbin.app
+
+
+def main() -> int:
+    app = import_httpbin()
     launcher_pid = os.getpid()
     children: dict[int, str] = {}
 

@@ -491,7 +491,7 @@ class LocalMesh:
             f" /etc/netns entries of those, state and logs in {state.directory}. Try"
             f" `ip netns exec {sleeper.netns} curl -sS http://httpbin.foo:8000/headers`."
             " Once this process has exited, the next run sweeps it, and so does"
-            " `python -m pytest_meshconform.local sweep`."
+            " `meshconform sweep`."
         )
 
     # -- building ------------------------------------------------------------------------------
