@@ -597,7 +597,7 @@ def mesh(request):
         revision="canary",
     )
     return SimpleNamespace(
-        backend="local", version="1.24.2", trust_domain="cluster.local",
+        backend="local", version="1.24.2", istio_version="1.24.2", trust_domain="cluster.local",
         features=frozenset({"mtls", "xfcc", "capture", "rotation"}),
     )
 
