@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from pytest_meshconform.local import host
 from pytest_meshconform.mesh import MeshUnavailable
+from pytest_meshconform.waiting import WaitTimeout, poll
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / "conformance"
@@ -68,11 +68,10 @@ def alive(pid: int, start: int | None = None) -> bool:
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll a condition until it holds; fail naming what was awaited when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    try:
+        poll(lambda: True if condition() else None, timeout=timeout, interval=0.01, what=what)
+    except WaitTimeout:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def subprocess_env() -> dict[str, str]:
