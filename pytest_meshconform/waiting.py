@@ -50,4 +50,4 @@ def poll(
 
 
 def _timed_out(what: str, timeout: float, state: tenacity.RetryCallState) -> None:
-    raise WaitTimeout(f"{what}: not so after {timeout:.3g}s ({state.attempt_number} looks)")
+    raise WaitTimeout(f"{what}: not so after {timeout:.3g}s (looked {state.attempt_number} times)")
