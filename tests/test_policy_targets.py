@@ -1,0 +1,141 @@
+"""A policy that applies to nothing is refused, the same way on both backends' topologies.
+
+`fixtures._unmatched` sees only the Mesh protocol (workloads, logical_namespace,
+root_namespace); here it runs against the local topology and a kube run's topology (per-run
+namespaces `mc-<run>-foo`), without a mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pytest_meshconform import Workload, parse_policy
+from pytest_meshconform.fixtures import _service_port_hint, _unmatched
+from pytest_meshconform.kube.topology import RunNamespaces, topology_services, topology_workloads
+from pytest_meshconform.local.topology import default_topology
+from pytest_meshconform.mesh import Service
+
+
+@dataclass
+class TopologyOnly:
+    """The protocol members the checks read, from a backend's real topology."""
+
+    pods: Sequence[Workload]
+    svcs: Sequence[Service]
+    names: RunNamespaces | None = None
+    root_namespace: str = "istio-system"
+
+    def workloads(self) -> Sequence[Workload]:
+        return self.pods
+
+    def services(self) -> Sequence[Service]:
+        return self.svcs
+
+    def logical_namespace(self, namespace: str) -> str:
+        if self.names is None:
+            return namespace
+        return self.names.logical_of(namespace) or namespace
+
+
+def local() -> TopologyOnly:
+    topology = default_topology()
+    return TopologyOnly([p.workload for p in topology.pods], [e.service for e in topology.services])
+
+
+def kube() -> TopologyOnly:
+    names = RunNamespaces("a1b2c3")
+    return TopologyOnly(topology_workloads(names), topology_services(names), names)
+
+
+MESHES = [pytest.param(local, id="local"), pytest.param(kube, id="kube")]
+
+
+def peer_auth(namespace: str, selector: dict[str, str] | None = None) -> Any:
+    spec: dict[str, Any] = {"mtls": {"mode": "STRICT"}}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": selector}
+    return parse_policy(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "p", "namespace": namespace},
+            "spec": spec,
+        }
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_policies_that_apply_to_something_pass(mesh: Any) -> None:
+    the_mesh = mesh()
+    assert _unmatched(the_mesh, peer_auth("foo")) is None
+    assert _unmatched(the_mesh, peer_auth("bar", {"app": "httpbin"})) is None
+    assert _unmatched(the_mesh, peer_auth("istio-system")) is None  # mesh-wide
+
+
+def test_the_real_namespace_name_works_too() -> None:
+    assert _unmatched(kube(), peer_auth("mc-a1b2c3-foo", {"app": "sleep"})) is None
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_missing_namespace(mesh: Any) -> None:
+    assert _unmatched(mesh(), peer_auth("fooo")) == (
+        "namespace 'fooo' does not exist in the mesh (namespaces: bar, foo, legacy;"
+        " root namespace istio-system)"
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_selector_matching_nothing(mesh: Any) -> None:
+    assert _unmatched(mesh(), peer_auth("legacy", {"app": "httpbin", "version": "v2"})) == (
+        "selector {'app': 'httpbin', 'version': 'v2'} matches no workload in legacy"
+        " (workloads: sleep: {'app': 'sleep'}; httpbin: {'app': 'httpbin'})"
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_selector_in_the_root_namespace(mesh: Any) -> None:
+    problem = _unmatched(mesh(), peer_auth("istio-system", {"app": "httpbin"}))
+    assert problem is not None
+    assert problem.startswith(
+        "istiod ignores a PeerAuthentication with a selector in the root namespace istio-system"
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_destination_rule_workload_selector(mesh: Any) -> None:
+    rule = parse_policy(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "r", "namespace": "foo"},
+            "spec": {
+                "host": "httpbin.foo.svc.cluster.local",
+                "workloadSelector": {"matchLabels": {"app": "slep"}},
+                "exportTo": ["."],
+            },
+        }
+    )
+    assert _unmatched(mesh(), rule) == (
+        "selector {'app': 'slep'} matches no workload in foo"
+        " (workloads: sleep: {'app': 'sleep'}; httpbin: {'app': 'httpbin'})"
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_the_service_port_hint(mesh: Any) -> None:
+    the_mesh = mesh()
+    [httpbin] = [
+        w
+        for w in the_mesh.workloads()
+        if w.app == "httpbin" and the_mesh.logical_namespace(w.namespace) == "bar"
+    ]
+    assert _service_port_hint(the_mesh, httpbin, 8000) == (
+        ". Port 8000 is the port of Service httpbin.bar; the pod listens on 8080:"
+        " capture(..., port=8080)"
+    )
+    assert _service_port_hint(the_mesh, httpbin, 8080) == ""  # the container port itself
+    assert _service_port_hint(the_mesh, httpbin, 9999) == ""  # no Service has it
