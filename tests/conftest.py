@@ -9,18 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-import pytest
-
 pytest_plugins = ["pytester"]
 
 REPO: Final = Path(__file__).resolve().parents[1]
 TESTDATA: Final = REPO.parent / "shared" / "testdata"
-"""The shared test data (`secrets/`, `pcaps/`, ...); never copied into the repository."""
-
-
-@pytest.fixture
-def testdata() -> Path:
-    """The shared test data directory; skips the test when this machine does not have it."""
-    if not TESTDATA.is_dir():
-        pytest.skip(f"shared test data not present: {TESTDATA}")
-    return TESTDATA
+"""The shared test data (`secrets/`, `pcaps/`, ...); never copied into the repository. Tests
+that read it skip, naming the path, when it is absent."""
