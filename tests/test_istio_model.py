@@ -230,7 +230,7 @@ def _policies(items: list[dict[str, Any]]) -> list[Policy]:
 
 def _cluster_kind(sidecar: Sidecar, fqdn: str) -> tuple[str, bool, int | None]:
     upstream = sidecar.outbound[(fqdn, 8000)]
-    kind = "auto" if upstream.auto else "none" if upstream.mode is None else upstream.mode.value
+    kind = "none" if upstream.mode is None else "auto" if upstream.auto else upstream.mode.value
     endpoint = f"httpbin.{fqdn.split('.')[1]}"
     return kind, upstream.towards(endpoint).originates_tls, upstream.max_requests_per_connection
 

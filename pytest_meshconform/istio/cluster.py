@@ -57,10 +57,10 @@ class Upstream:
     """How a client sidecar talks to one Service port: the outbound cluster's settings.
 
     ``mode`` is the cluster's TLS (``buildUpstreamTLSSettings``): a DestinationRule's mode, or
-    ISTIO_MUTUAL chosen by auto mTLS, or None when there is no TLS at all (auto mTLS towards a
-    Service whose namespace DISABLEs mTLS). ``auto`` says auto mTLS chose it, so Envoy decides
-    per endpoint (``transport_socket_matches`` ``tlsMode-istio`` / ``tlsMode-disabled``);
-    ``plaintext_endpoints`` are the endpoints (workload keys) it then reaches in plaintext.
+    what auto mTLS chose (``auto``, no TLS in any rule for the port): ISTIO_MUTUAL, decided
+    per endpoint by Envoy (``transport_socket_matches`` ``tlsMode-istio`` / ``tlsMode-disabled``;
+    ``plaintext_endpoints`` are the endpoints, by workload key, it reaches in plaintext), or
+    None, no TLS at all (the Service's namespace DISABLEs mTLS).
     ``alpn`` is what the ClientHello carries for an HTTP/1.1 request. ``destination_rule`` is
     ``namespace/name`` of the rule applied, or None.
     """
@@ -85,7 +85,7 @@ class Upstream:
     def towards(self, endpoint: str) -> Upstream:
         """What the sidecar does towards one endpoint (workload key): with auto mTLS, plaintext
         for the ``plaintext_endpoints`` (the ``tlsMode-disabled`` match)."""
-        if self.auto and endpoint in self.plaintext_endpoints:
+        if self.mode is not None and self.auto and endpoint in self.plaintext_endpoints:
             return replace(
                 self,
                 mode=None,
@@ -147,7 +147,7 @@ def upstream(
     )
     if settings is None:
         if service_mtls_mode(policies, service.namespace, root_namespace) is MtlsMode.DISABLE:
-            return common
+            return replace(common, auto=True)
         plaintext = frozenset(
             e.key
             for e in endpoints

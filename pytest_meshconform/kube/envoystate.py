@@ -436,13 +436,16 @@ class ExpectedInbound:
 
 @dataclass(frozen=True, slots=True)
 class ExpectedOutbound:
-    """``tls_mode`` None: auto mTLS (or not knowable here), so only the cluster's presence and
-    its connection settings are checked; ``connection_pool_known`` False: those neither."""
+    """``tls_mode``: the DestinationRule's mode; None: auto mTLS (or not knowable here).
+    ``auto_transport``: with auto mTLS, the cluster's shape, AUTO (``tlsMode-istio`` TLS, else
+    plaintext) or PLAINTEXT (no TLS: the Service's namespace disables mTLS); None: not checked.
+    ``connection_pool_known`` False: the connection settings are not checked either."""
 
     cluster: str
     tls_mode: TlsMode | None
     max_requests_per_connection: int | None
     connection_pool_known: bool = True
+    auto_transport: UpstreamTransport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,16 +522,30 @@ def expected_sidecar(
     )
     outbound = []
     for service in services:
-        upstream = sidecar.outbound[(service.fqdn, service.port)]
+        key = (service.fqdn, service.port)
+        upstream = sidecar.outbound[key]
+        # A rule in the root namespace could apply where none was found elsewhere.
+        rule_known = root_known or upstream.destination_rule is not None
+        auto_transport = None
+        if rule_known and upstream.auto:
+            shapes = {_auto_shape(s.outbound[key].mode) for s in (sidecar, *hypotheses)}
+            auto_transport = shapes.pop() if len(shapes) == 1 else None
         outbound.append(
             ExpectedOutbound(
                 outbound_cluster_name(service.fqdn, service.port),
                 None if upstream.auto else upstream.mode,
                 upstream.max_requests_per_connection,
-                connection_pool_known=root_known or upstream.destination_rule is not None,
+                connection_pool_known=rule_known,
+                auto_transport=auto_transport,
             )
         )
     return SidecarExpectation(inbound, tuple(outbound))
+
+
+def _auto_shape(mode: TlsMode | None) -> UpstreamTransport:
+    """The cluster auto mTLS gives (``applyUpstreamTLSSettings``, cluster_tls.go): per-endpoint
+    ``transport_socket_matches`` for ISTIO_MUTUAL, no transport socket when it chose no TLS."""
+    return UpstreamTransport.PLAINTEXT if mode is None else UpstreamTransport.AUTO
 
 
 def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
@@ -552,6 +569,12 @@ def _expected_tls_text(mode: TlsMode) -> str:
             " (DestinationRule ISTIO_MUTUAL)"
         )
     return f"TLS (DestinationRule {mode.value})"
+
+
+def _expected_auto_text(transport: UpstreamTransport) -> str:
+    if transport is UpstreamTransport.AUTO:
+        return "auto mTLS (TLS to tlsMode-istio endpoints, else plaintext)"
+    return "plaintext (auto mTLS: the Service's namespace disables mTLS)"
 
 
 def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ...]:
@@ -580,6 +603,11 @@ def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ..
             found.append(
                 f"cluster {out.cluster}: {cluster.describe()},"
                 f" expected {_expected_tls_text(out.tls_mode)}"
+            )
+        if out.auto_transport is not None and cluster.transport is not out.auto_transport:
+            found.append(
+                f"cluster {out.cluster}: {cluster.describe()},"
+                f" expected {_expected_auto_text(out.auto_transport)}"
             )
         if (
             out.connection_pool_known
