@@ -17,6 +17,7 @@ the istiod function that decides it (istio/istio, see docs/istio-model.md):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +28,16 @@ from pytest_meshconform.istio import (
     plan_mesh,
     port_traffic_policy,
 )
-from pytest_meshconform.kube.envoystate import expected_sidecar
+from pytest_meshconform.kube.envoystate import (
+    ExpectedInbound,
+    UpstreamTransport,
+    expected_sidecar,
+    mismatches,
+    parse_config_dump,
+)
 from pytest_meshconform.local.control import plan_sidecars
 from pytest_meshconform.local.topology import default_topology
+from pytest_meshconform.mesh import Service
 from pytest_meshconform.policy import (
     DestinationRule,
     MtlsMode,
@@ -368,3 +376,52 @@ def test_istio_mutual_sni_sans_and_alpn() -> None:
     simple = destination_rule("simple", "foo", BAR, mode="SIMPLE", sni="y.example")
     model = plan_mesh(WORKLOADS, SERVICES, _policies([simple]), root_namespace=ROOT)
     assert model["sleep.foo"].outbound[(BAR, 8000)].alpn == ()  # alpn_override off
+
+
+# --- against real config dumps ------------------------------------------------------------------
+
+REAL_DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "istio-dumps"
+
+
+@pytest.mark.parametrize(
+    ("dump", "namespace", "app", "port", "services"),
+    [
+        # OpenShift Service Mesh 2.6.7 (ISTIO_VERSION 1.20.8), app hello-openshift
+        (
+            "ossm__hello-openshift-config-dump.json",
+            "vanilla-playground",
+            "hello-openshift",
+            8080,
+            [("grafana", 3000), ("kiali", 20001), ("istiod-basic", 15012)],
+        ),
+        # Istio 1.22.3 (ServiceLayerNetworking/multiparty-lb), app1 serving port 3333
+        (
+            "mplb__envoy_config_dump.json",
+            "default",
+            "app1",
+            3333,
+            [("jaeger-collector", 14268), ("istiod", 15012), ("istio-ingressgateway", 15021)],
+        ),
+    ],
+)
+def test_real_sidecars_implement_what_the_model_expects_without_policies(
+    dump: str, namespace: str, app: str, port: int, services: list[tuple[str, int]]
+) -> None:
+    """Real istiod output under Istio's defaults (no PeerAuthentication, no DestinationRule,
+    auto mTLS on): the model expects PERMISSIVE on the app port and auto mTLS clusters
+    (``tlsMode-istio`` TLS, else plaintext) towards in-mesh Services, and the dumps have them."""
+    path = REAL_DUMPS / dump
+    if not path.is_file():
+        pytest.skip(f"shared test data absent: {path}")
+    state = parse_config_dump(path.read_bytes())
+    expected = expected_sidecar(
+        [],
+        namespace=namespace,
+        labels={"app": app},
+        container_ports=(port,),
+        services=[Service(name, ROOT, p, p, name) for name, p in services],
+        root_namespace=ROOT,
+    )
+    assert [o.auto_transport for o in expected.outbound] == [UpstreamTransport.AUTO] * len(services)
+    assert expected.inbound == (ExpectedInbound(port, PERMISSIVE),)
+    assert mismatches(state, expected) == ()
