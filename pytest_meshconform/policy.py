@@ -56,9 +56,8 @@ Validation, transcribed from istio/istio ``pkg/config/validation/validation.go``
   ``subjectAltNames`` stay allowed: istiod does use them for ``ISTIO_MUTUAL``.
 - Not modelled: the content of the carried-through parts, ``configmap://`` credential names.
 
-Errors are :class:`PolicyError`,
-whose message names the document, the field path (``spec.portLevelMtls[8080].mode``) and the
-offending value.
+Errors are :class:`PolicyError`, whose message names the document, the field path
+(``spec.portLevelMtls[8080].mode``) and the offending value.
 """
 
 from __future__ import annotations
