@@ -425,3 +425,27 @@ def test_real_sidecars_implement_what_the_model_expects_without_policies(
     assert [o.auto_transport for o in expected.outbound] == [UpstreamTransport.AUTO] * len(services)
     assert expected.inbound == (ExpectedInbound(port, PERMISSIVE),)
     assert mismatches(state, expected) == ()
+
+
+def test_auto_mtls_turned_off_in_mesh_config_leaves_plaintext_without_a_rule() -> None:
+    """``buildUpstreamTLSSettings``: ``!autoMTLSEnabled`` returns no TLS settings when no rule
+    sets TLS; a rule's TLS still applies."""
+    rule = _policies([destination_rule("own", "foo", BAR, mode="ISTIO_MUTUAL")])
+    model = plan_mesh(WORKLOADS, SERVICES, rule, root_namespace=ROOT, auto_mtls=False)
+    to_foo = model["sleep.foo"].outbound[(FOO, 8000)]
+    assert (to_foo.mode, to_foo.auto, to_foo.originates_tls) == (None, False, False)
+    assert model["sleep.foo"].outbound[(BAR, 8000)].mode is TlsMode.ISTIO_MUTUAL
+    kube = expected_sidecar(
+        rule,
+        namespace="foo",
+        labels={"app": "sleep"},
+        container_ports=(),
+        services=SERVICES,
+        root_namespace=ROOT,
+        auto_mtls=False,
+    )
+    assert [(o.tls_mode, o.auto_transport) for o in kube.outbound] == [
+        (None, None),
+        (TlsMode.ISTIO_MUTUAL, None),
+        (None, None),
+    ]

@@ -120,6 +120,7 @@ def upstream(
     *,
     root_namespace: str,
     trust_domain: str,
+    auto_mtls: bool = True,
 ) -> Upstream:
     """The outbound cluster for ``service`` under ``rule`` (from
     :func:`..destination_rule.destination_rule_for`).
@@ -133,6 +134,7 @@ def upstream(
     (:func:`_auto_plaintext`). ALPN: ``buildUpstreamClusterTLSContext`` (cluster_tls.go) and
     the ``istio.alpn`` override for ISTIO_MUTUAL (:data:`ISTIO_MTLS_HTTP11_ALPN`); SIMPLE and
     MUTUAL carry none for HTTP/1.1 (``AddALPNOverrideToMetadata`` turns the override off).
+    ``auto_mtls`` False is MeshConfig ``enableAutoMtls: false``: no TLS without a rule's.
     """
     endpoints = tuple(endpoints)
     cluster = outbound_cluster_name(service.fqdn, service.port)
@@ -145,6 +147,8 @@ def upstream(
         max_requests_per_connection=max_requests_per_connection(rule, service.port),
         destination_rule=None if rule is None else f"{rule.namespace}/{rule.name}",
     )
+    if settings is None and not auto_mtls:
+        return common
     if settings is None:
         if service_mtls_mode(policies, service.namespace, root_namespace) is MtlsMode.DISABLE:
             return replace(common, auto=True)

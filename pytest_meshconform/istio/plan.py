@@ -52,6 +52,7 @@ def plan_sidecar(
     services: Sequence[Service],
     root_namespace: str = "istio-system",
     trust_domain: str = "cluster.local",
+    auto_mtls: bool = True,
 ) -> Sidecar:
     """What ``client``'s sidecar must do under ``policies``.
 
@@ -59,7 +60,8 @@ def plan_sidecar(
     ``ComposePeerAuthentication`` and ``GetMutualTLSModeForPort``). Outbound, per Service:
     :func:`..destination_rule.destination_rule_for` with the client's namespace AND labels
     (``SidecarScope.DestinationRule`` matches ``workloadSelector`` against the proxy's
-    labels), then :func:`..cluster.upstream`. ``workloads`` gives the Services' endpoints (for
+    labels), then :func:`..cluster.upstream` (``auto_mtls``: MeshConfig ``enableAutoMtls``,
+    on by default). ``workloads`` gives the Services' endpoints (for
     SANs and auto mTLS); a policy without a namespace lives in ``default``, as everywhere in
     this model.
     """
@@ -94,6 +96,7 @@ def plan_sidecar(
             endpoints_of(service, workloads),
             root_namespace=root_namespace,
             trust_domain=trust_domain,
+            auto_mtls=auto_mtls,
         )
     return Sidecar(
         workload=client,
@@ -110,6 +113,7 @@ def plan_mesh(
     *,
     root_namespace: str = "istio-system",
     trust_domain: str = "cluster.local",
+    auto_mtls: bool = True,
 ) -> Mapping[str, Sidecar]:
     """:func:`plan_sidecar` for every workload with a sidecar, by workload key."""
     policies = tuple(policies)
@@ -121,6 +125,7 @@ def plan_mesh(
             services=services,
             root_namespace=root_namespace,
             trust_domain=trust_domain,
+            auto_mtls=auto_mtls,
         )
         for w in workloads
         if w.has_sidecar

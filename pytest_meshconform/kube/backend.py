@@ -898,6 +898,7 @@ class KubeMesh:
                         root_known=root_known,
                         workloads=self._workloads,
                         name=workload.name,
+                        auto_mtls=self.mesh_config.enable_auto_mtls,
                     ),
                 )
             except (PolicyError, EnvoyStateError) as error:

@@ -469,6 +469,7 @@ def expected_sidecar(
     root_known: bool = True,
     workloads: Sequence[Workload] = (),
     name: str = "sidecar",
+    auto_mtls: bool = True,
 ) -> SidecarExpectation:
     """What a sidecar's Envoy must implement under ``policies``: the Istio model's
     :func:`pytest_meshconform.istio.plan_sidecar`, as far as a config dump shows it.
@@ -478,7 +479,7 @@ def expected_sidecar(
     decides it whatever the mesh says), and a service without a DestinationRule in the client's
     or the service's namespace gets no TLS expectation. ``workloads`` are the Services'
     endpoints (only the model's SANs and per-endpoint auto mTLS use them; neither is checked
-    here).
+    here). ``auto_mtls`` is MeshConfig ``enableAutoMtls``.
     """
     if not root_known and any(
         isinstance(p, PeerAuthentication) and p.namespace == root_namespace for p in policies
@@ -502,6 +503,7 @@ def expected_sidecar(
                 workloads=workloads,
                 services=services,
                 root_namespace=root_namespace,
+                auto_mtls=auto_mtls,
             )
         except PolicyError as error:
             raise EnvoyStateError(str(error)) from None
