@@ -76,14 +76,16 @@ _EXPORTS: dict[str, str] = {
     "parse_policies": "policy",
     "peer_authentication": "policy",
     "destination_rule": "policy",
-    "effective_mtls_mode": "policy",
     "PeerAuthentication": "policy",
     "DestinationRule": "policy",
     "PolicyError": "policy",
     "MtlsMode": "policy",
     "TlsMode": "policy",
-    "client_tls_mode": "policy",
-    "destination_rule_for": "policy",
+    # istio/ (the model of Istio's policy semantics)
+    "effective_mtls_mode": "istio",
+    "client_tls_mode": "istio",
+    "destination_rule_for": "istio",
+    "plan_sidecar": "istio",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -126,6 +128,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         XfccReader as XfccReader,
     )
     from .http import HttpError as HttpError, HttpResult as HttpResult
+    from .istio import (
+        client_tls_mode as client_tls_mode,
+        destination_rule_for as destination_rule_for,
+        effective_mtls_mode as effective_mtls_mode,
+        plan_sidecar as plan_sidecar,
+    )
     from .mesh import (
         ExecResult as ExecResult,
         Feature as Feature,
@@ -144,10 +152,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         PeerAuthentication as PeerAuthentication,
         PolicyError as PolicyError,
         TlsMode as TlsMode,
-        client_tls_mode as client_tls_mode,
         destination_rule as destination_rule,
-        destination_rule_for as destination_rule_for,
-        effective_mtls_mode as effective_mtls_mode,
         parse_policies as parse_policies,
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,

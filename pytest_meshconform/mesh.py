@@ -74,6 +74,7 @@ class Service:
     namespace: str
     port: int
     target_port: int
+    selector_app: str  # the Service's `app` selector: its endpoints (istio.plan.endpoints_of)
 
     @property
     def fqdn(self) -> str:

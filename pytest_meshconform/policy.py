@@ -1,11 +1,11 @@
-# Large: Istio's policy semantics move to an istio/ package (in progress), see docs/architecture.md.
-"""Istio PeerAuthentication and DestinationRule: parse, validate, build, and resolve like istiod.
+# Large on purpose: one parser and validator of both Istio policy kinds, see docs/architecture.md.
+"""Istio PeerAuthentication and DestinationRule: parse, validate and build.
 
 The suites state what a mesh must do in terms of Istio policy objects; this module turns those
-objects into frozen dataclasses, rejects what Istio would reject, and answers the two questions
-the evidence is checked against: which mTLS mode does a server sidecar enforce on a port
-(:func:`effective_mtls_mode`), and which TLS mode does a client sidecar originate towards a
-service port (:func:`destination_rule_for` then :func:`client_tls_mode`).
+objects into frozen dataclasses and rejects what Istio would reject. What they mean for each
+sidecar (precedence, DestinationRule lookup, auto mTLS) is :mod:`pytest_meshconform.istio`;
+``effective_mtls_mode``, ``destination_rule_for``, ``client_tls_settings`` and
+``client_tls_mode`` stay importable from here.
 
 Accepted objects (anything else is rejected with the accepted list):
 
@@ -57,18 +57,15 @@ Validation, transcribed from istio/istio ``pkg/config/validation/validation.go``
   ``subjectAltNames`` stay allowed: istiod does use them for ``ISTIO_MUTUAL``.
 - Not modelled: the content of the carried-through parts, ``configmap://`` credential names.
 
-Precedence follows istiod; the docstrings of :func:`effective_mtls_mode` and
-:func:`destination_rule_for` name the functions transcribed. Errors are :class:`PolicyError`,
-whose message names the document, the field path (``spec.portLevelMtls[8080].mode``) and the
-offending value.
+Errors are :class:`PolicyError`, whose message names the document, the field path
+(``spec.portLevelMtls[8080].mode``) and the offending value.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -86,11 +83,7 @@ __all__ = [
     "Subset",
     "TlsMode",
     "TrafficPolicy",
-    "client_tls_mode",
-    "client_tls_settings",
     "destination_rule",
-    "destination_rule_for",
-    "effective_mtls_mode",
     "parse_policies",
     "parse_policy",
     "peer_authentication",
@@ -122,8 +115,6 @@ _LABEL_VALUE = re.compile(r"(?:(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 _PORT_KEY = re.compile(r"[0-9]+")
 _ALL_DIGITS = re.compile(r"[+-]?[0-9]+")
-# A config without creationTimestamp has Go's zero time in istiod: older than all others.
-_GO_ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
 # Limits for the carried-through parts, so that YAML aliases cannot blow up a copy.
 _MAX_OPAQUE_NODES: Final = 100_000
 _MAX_OPAQUE_DEPTH: Final = 64
@@ -1211,102 +1202,13 @@ def _port_number(port: object) -> int:
     return port
 
 
-# ---------------------------------------------------------------- server side (mTLS)
+# ------------------------------------------------- resolution (moved to pytest_meshconform.istio)
 
-
-def effective_mtls_mode(
-    policies: Iterable[Policy],
-    namespace: str,
-    labels: Mapping[str, str],
-    port: int | None,
-    root_namespace: str = "istio-system",
-    *,
-    default_namespace: str = "default",
-) -> MtlsMode:
-    """The mTLS mode the sidecar of a workload enforces on a container port, as istiod decides.
-
-    Transcribed from istio/istio: ``getConfigsForWorkload`` (pilot/pkg/model/authentication.go)
-    picks the PeerAuthentications of the workload's namespace and of the root namespace whose
-    selector is empty or a subset of ``labels``; ``ComposePeerAuthentication``
-    (pilot/pkg/security/authn/policy_applier.go) then takes, at each level, the OLDEST policy
-    (istiod sorts by ``creationTimestamp``, then name, then namespace; a policy without a
-    timestamp counts as Go's zero time, so it is older than any with one, and policies without
-    timestamps fall back to name order):
-
-    - mesh level: no selector (or empty ``matchLabels``), in ``root_namespace``;
-    - namespace level: no selector, in the workload's namespace;
-    - workload level: a non-empty selector, NOT in the root namespace. A selector policy in the
-      root namespace is ignored, even for workloads in the root namespace.
-
-    Starting from PERMISSIVE, each level's mode replaces the result unless it is UNSET (or the
-    policy has no ``mtls``): mesh, then namespace, then workload. If the chosen workload policy
-    has ``portLevelMtls`` for ``port``, that mode wins, and an UNSET port mode takes the
-    workload-level result (``GetMutualTLSModeForPort``); ``port=None`` asks for the mode of
-    the ports that ``portLevelMtls`` does not name. The result is never UNSET.
-    ``DestinationRule`` objects in ``policies`` are ignored (they are client-side), and a policy
-    whose namespace is ``None`` is taken to live in ``default_namespace``.
-    """
-    _check_argument_namespace(namespace, "namespace")
-    _check_argument_namespace(root_namespace, "root_namespace")
-    _check_argument_namespace(default_namespace, "default_namespace")
-    _check_labels_argument(labels, "labels")
-    if port is not None and (
-        not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
-    ):
-        raise PolicyError(f"port must be in range 1..65535 or None, got {_show(port)}")
-    applicable: list[tuple[str, PeerAuthentication]] = []
-    seen: set[tuple[str, str]] = set()
-    for policy in policies:
-        if isinstance(policy, DestinationRule):
-            continue
-        if not isinstance(policy, PeerAuthentication):
-            raise PolicyError(f"not a policy: {_show(policy)}")
-        policy_namespace = policy.namespace if policy.namespace is not None else default_namespace
-        key = (policy_namespace, policy.name)
-        if key in seen:
-            raise PolicyError(f"PeerAuthentication {policy_namespace}/{policy.name} given twice")
-        seen.add(key)
-        if policy_namespace not in (namespace, root_namespace):
-            continue
-        if policy.selector and not _is_subset(policy.selector, labels):
-            continue
-        applicable.append((policy_namespace, policy))
-
-    def oldest(workload_level: bool, in_root: bool) -> PeerAuthentication | None:
-        """The policy ComposePeerAuthentication takes at one level: the oldest applicable."""
-        level = [
-            (policy_namespace, policy)
-            for policy_namespace, policy in applicable
-            if policy.is_workload_policy == workload_level
-            and (policy_namespace == root_namespace) == in_root
-        ]
-        if not level:
-            return None
-        return min(level, key=lambda item: _age_key(item[1], item[0]))[1]
-
-    mesh = oldest(workload_level=False, in_root=True)
-    namespace_wide = oldest(workload_level=False, in_root=False)
-    workload = oldest(workload_level=True, in_root=False)
-    mode = MtlsMode.PERMISSIVE
-    for chosen in (mesh, namespace_wide, workload):
-        if chosen is not None and chosen.mode is not None and chosen.mode is not MtlsMode.UNSET:
-            mode = chosen.mode
-    if workload is not None and port is not None and port in workload.port_level:
-        port_mode = workload.port_level[port]
-        if port_mode is not MtlsMode.UNSET:
-            mode = port_mode
-    return mode
-
-
-def _age_key(policy: Policy, namespace: str) -> tuple[datetime, str, str]:
-    """istiod's sortConfigByCreationTime order: creation time, then name, then namespace."""
-    stamp = policy.creation_timestamp or _GO_ZERO_TIME
-    return (stamp, policy.name, namespace)
-
-
-def _is_subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """labels.Instance.SubsetOf: every selector label is present with the same value."""
-    return all(labels.get(key) == value for key, value in selector.items())
+# The istiod resolution functions live in pytest_meshconform.istio; these names stay importable
+# from here for existing code (PEP 562, lazily, since that package imports this module).
+_MOVED_TO_ISTIO: Final = frozenset(
+    {"client_tls_mode", "client_tls_settings", "destination_rule_for", "effective_mtls_mode"}
+)
 
 
 def _check_argument_namespace(value: object, what: str) -> None:
@@ -1317,240 +1219,9 @@ def _check_argument_namespace(value: object, what: str) -> None:
         raise PolicyError(f"{what}: {problem}")
 
 
-def _check_labels_argument(labels: object, what: str) -> None:
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in labels.items()
-    ):
-        raise PolicyError(f"{what} must map strings to strings, got {_show(labels)}")
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_ISTIO:
+        from . import istio
 
-
-# ---------------------------------------------------------------- client side (TLS)
-
-
-@dataclass
-class _Consolidated:
-    """istiod's ConsolidatedDestRule: a (possibly merged) rule and its exportTo set."""
-
-    rule: DestinationRule
-    export_to: frozenset[str]
-
-
-@dataclass
-class _RuleIndex:
-    """istiod's consolidatedDestRules: rules per resolved host, specific and wildcard."""
-
-    specific: dict[str, list[_Consolidated]] = field(default_factory=dict)
-    wildcard: dict[str, list[_Consolidated]] = field(default_factory=dict)
-
-    def merge(self, rule: DestinationRule, export_to: frozenset[str]) -> None:
-        """mergeDestinationRule (pilot/pkg/model/destination_rule.go), enhanced merge on."""
-        table = self.wildcard if rule.host.startswith("*") else self.specific
-        existing = table.get(rule.host)
-        if existing is None:
-            table[rule.host] = [_Consolidated(rule, export_to)]
-            return
-        append_separately = True
-        for consolidated in existing:
-            current = consolidated.rule
-            both_without = rule.workload_selector is None and current.workload_selector is None
-            both_with = rule.workload_selector is not None and current.workload_selector is not None
-            selectors_match = dict(current.workload_selector or {}) == dict(
-                rule.workload_selector or {}
-            )
-            # ENABLE_ENHANCED_DESTINATIONRULE_MERGE, on by default since Istio 1.24.
-            if export_to == consolidated.export_to:
-                append_separately = not (both_without or (both_with and selectors_match))
-            elif consolidated.export_to and export_to >= consolidated.export_to:
-                append_separately = True
-            else:
-                append_separately = True
-                continue
-            if both_with and not selectors_match:
-                append_separately = True
-                continue
-            if both_without or (both_with and selectors_match):
-                append_separately = False
-            names = {subset.name for subset in current.subsets}
-            added = tuple(subset for subset in rule.subsets if subset.name not in names)
-            traffic_policy = current.traffic_policy
-            if traffic_policy is None and rule.traffic_policy is not None:
-                traffic_policy = rule.traffic_policy
-            consolidated.rule = replace(
-                current, subsets=current.subsets + added, traffic_policy=traffic_policy
-            )
-        if append_separately:
-            existing.append(_Consolidated(rule, export_to))
-
-    def most_specific(self, host: str) -> list[_Consolidated] | None:
-        """MostSpecificHostMatch: the exact host, else the longest matching wildcard."""
-        if host in self.specific:
-            return self.specific[host]
-        best: str | None = None
-        for wildcard in self.wildcard:
-            if host.endswith(wildcard[1:]) and (best is None or len(wildcard) > len(best)):
-                best = wildcard
-        return None if best is None else self.wildcard[best]
-
-
-def destination_rule_for(
-    rules: Iterable[Policy],
-    client_namespace: str,
-    host_fqdn: str,
-    root_namespace: str = "istio-system",
-    *,
-    service_namespace: str | None = None,
-    client_labels: Mapping[str, str] | None = None,
-    default_namespace: str = "default",
-    domain_suffix: str = "cluster.local",
-) -> DestinationRule | None:
-    """The DestinationRule a client sidecar in ``client_namespace`` applies to ``host_fqdn``.
-
-    Transcribed from istio/istio pilot/pkg/model: ``setDestinationRules`` and
-    ``mergeDestinationRule`` index the rules (short hosts resolved against the rule's namespace
-    and ``domain_suffix``; rules for the same host in one namespace merged, oldest first: the
-    oldest rule's metadata, the first ``trafficPolicy`` found, subsets added by name; a
-    ``workloadSelector`` rule is private to its namespace); ``PushContext.destinationRule``
-    then looks, taking the most specific host (exact beats the longest wildcard) at each step:
-
-    1. in the client's namespace (its private and public rules), or, for a client in the root
-       namespace, in the root namespace's private rules;
-    2. in the service's namespace, among rules exported to the client (no ``exportTo``, ``*``,
-       or the client's namespace);
-    3. in the root namespace, among rules exported to the client.
-
-    A step whose most specific host matches but whose rules are not exported to the client
-    yields nothing and the next step is tried. Finally ``SidecarScope.DestinationRule``
-    (sidecar.go) prefers a rule of the client's namespace whose ``workloadSelector`` matches
-    ``client_labels`` and otherwise takes the rule without a selector; a step that found only
-    non-matching selector rules therefore means no rule at all. ``exportTo`` is honoured, with
-    the mesh default export of ``*``. ``service_namespace`` defaults to the namespace in a
-    Kubernetes service name ``<name>.<namespace>.svc.<domain_suffix>``; otherwise step 2 is
-    skipped. A rule whose namespace is ``None`` is taken to live in ``default_namespace``.
-    Destination rule inheritance (``PILOT_ENABLE_DESTINATION_RULE_INHERITANCE``, off by
-    default) and ``Sidecar`` egress scoping are not modelled. The returned rule carries the
-    resolved host.
-    """
-    _check_argument_namespace(client_namespace, "client_namespace")
-    _check_argument_namespace(root_namespace, "root_namespace")
-    _check_argument_namespace(default_namespace, "default_namespace")
-    if client_labels is not None:
-        _check_labels_argument(client_labels, "client_labels")
-    if not isinstance(host_fqdn, str) or "*" in host_fqdn:
-        raise PolicyError(
-            f"host_fqdn must be a host name without wildcards, got {_show(host_fqdn)}"
-        )
-    try:
-        _validate_wildcard_domain(host_fqdn, "host_fqdn")
-    except _FieldError as error:
-        raise PolicyError(error.problem, path=error.path) from None
-    if service_namespace is None:
-        service_namespace = _kubernetes_service_namespace(host_fqdn, domain_suffix)
-    else:
-        _check_argument_namespace(service_namespace, "service_namespace")
-
-    placed: list[tuple[str, DestinationRule]] = []
-    seen: set[tuple[str, str]] = set()
-    for rule in rules:
-        if isinstance(rule, PeerAuthentication):
-            continue
-        if not isinstance(rule, DestinationRule):
-            raise PolicyError(f"not a policy: {_show(rule)}")
-        rule_namespace = rule.namespace if rule.namespace is not None else default_namespace
-        if (rule_namespace, rule.name) in seen:
-            raise PolicyError(f"DestinationRule {rule_namespace}/{rule.name} given twice")
-        seen.add((rule_namespace, rule.name))
-        resolved = _resolve_short_name(rule.host, rule_namespace, domain_suffix)
-        placed.append((rule_namespace, replace(rule, host=resolved, namespace=rule_namespace)))
-    # sortConfigBySelectorAndCreationTime: selector rules first, then the oldest.
-    placed.sort(key=lambda item: (item[1].workload_selector is None, _age_key(item[1], item[0])))
-
-    namespace_local: dict[str, _RuleIndex] = {}
-    exported: dict[str, _RuleIndex] = {}
-    root_local = _RuleIndex()
-    for rule_namespace, rule in placed:
-        export_to = frozenset({"."} if rule.workload_selector is not None else rule.export_to)
-        if not export_to or {"*", ".", rule_namespace} & export_to:
-            namespace_local.setdefault(rule_namespace, _RuleIndex()).merge(rule, export_to)
-        private_only = len(export_to) == 1 and bool({".", rule_namespace} & export_to)
-        if not private_only:
-            exported.setdefault(rule_namespace, _RuleIndex()).merge(rule, export_to)
-        elif rule_namespace == root_namespace:
-            root_local.merge(rule, export_to)
-
-    def exported_from(owner: str) -> list[_Consolidated]:
-        """getExportedDestinationRuleFromNamespace."""
-        index = exported.get(owner)
-        found = index.most_specific(host_fqdn) if index is not None else None
-        return [
-            c
-            for c in found or []
-            if not c.export_to or "*" in c.export_to or client_namespace in c.export_to
-        ]
-
-    found: list[_Consolidated] | None
-    if client_namespace != root_namespace:
-        index = namespace_local.get(client_namespace)
-        found = index.most_specific(host_fqdn) if index is not None else None
-    else:
-        found = root_local.most_specific(host_fqdn)
-    if not found and service_namespace is not None:
-        found = exported_from(service_namespace)
-    if not found:
-        found = exported_from(root_namespace)
-    if not found:
-        return None
-    catch_all: DestinationRule | None = None
-    for consolidated in found:
-        candidate = consolidated.rule
-        if candidate.workload_selector is None:
-            catch_all = candidate
-        elif candidate.namespace == client_namespace and _is_subset(
-            candidate.workload_selector, client_labels or {}
-        ):
-            return candidate
-    return catch_all
-
-
-def _resolve_short_name(host: str, namespace: str, domain_suffix: str) -> str:
-    """ResolveShortnameToFQDN: a host without a dot is a service in the rule's namespace."""
-    if host == "*" or "." in host:
-        return host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return f"{host}.{namespace}.svc.{domain_suffix}"
-    return host
-
-
-def _kubernetes_service_namespace(host: str, domain_suffix: str) -> str | None:
-    suffix = f".svc.{domain_suffix}"
-    if not host.endswith(suffix):
-        return None
-    parts = host[: -len(suffix)].split(".")
-    if len(parts) == 2 and len(parts[1]) <= 63 and _K8S_LABEL.fullmatch(parts[1]):
-        return parts[1]
-    return None
-
-
-def client_tls_settings(rule: DestinationRule | None, port: int) -> ClientTls | None:
-    """The TLS settings a client sidecar uses towards a service port under ``rule``.
-
-    ``MergeTrafficPolicy`` (pilot/pkg/networking/core/cluster_builder.go): the first
-    ``portLevelSettings`` entry for ``port`` replaces the rule-level settings entirely, so an
-    entry without ``tls`` means no explicit TLS on that port. ``None`` means the rule sets no
-    TLS, and Istio's auto mTLS decides. The port is the service port, not the container port.
-    """
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise PolicyError(f"port must be in range 1..65535, got {_show(port)}")
-    if rule is None or rule.traffic_policy is None:
-        return None
-    for entry in rule.traffic_policy.port_level_settings:
-        if entry.port == port:
-            return entry.tls
-    return rule.traffic_policy.tls
-
-
-def client_tls_mode(rule: DestinationRule | None, port: int) -> TlsMode | None:
-    """The mode of :func:`client_tls_settings`; ``None`` when the rule leaves TLS to auto mTLS."""
-    settings = client_tls_settings(rule, port)
-    return None if settings is None else settings.mode
+        return getattr(istio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -744,7 +744,8 @@ class FakeIstio:
     ``pytest_meshconform.policy``): httpbin's port 8080 takes the mode of its namespace's
     selector-less PeerAuthentication, else the root namespace's, else PERMISSIVE; each
     ``outbound|8000||httpbin.<ns>`` cluster follows the DestinationRule for that host in the
-    client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS.
+    client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS
+    (no TLS when the service's namespace mode is DISABLE).
     The pieces are the hand-made dumps in ``tests/data/kube/config_dump-*.json``.
     Pods are named ``<pod>.<namespace>`` (istiod's proxy IDs). ``stuck`` pods keep the config
     they started with (no policy at all); every pod answers ``lag_reads`` reads with its old
@@ -815,6 +816,8 @@ class FakeIstio:
         )
         policy = (rule or {}).get("spec", {}).get("trafficPolicy") or {}
         mode = (policy.get("tls") or {}).get("mode")
+        if mode is None and self._inbound_mode(namespace) == "DISABLE":
+            mode = "DISABLE"  # auto mTLS towards a namespace without mTLS: no TLS at all
         template_namespace = {"ISTIO_MUTUAL": "foo", "DISABLE": "bar"}.get(mode or "", "legacy")
         clusters = _load_dump("config_dump-sleep-clusters.json")["configs"][1]
         entry = next(

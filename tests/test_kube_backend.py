@@ -363,6 +363,22 @@ def test_a_client_without_the_destination_rule_is_named_with_its_cluster(
     assert f"sleep.{BAR}" not in lagging and "httpbin." not in lagging.split(": ", 1)[0]
 
 
+def test_a_client_still_sending_mtls_to_a_disabled_namespace_is_waited_for(
+    world: World, started: KubeMesh
+) -> None:
+    """Auto mTLS towards a namespace whose PeerAuthentication is DISABLE builds a cluster
+    without TLS (buildUpstreamTLSSettings with BestEffortInferServiceMTLSMode): apply waits
+    for each client's cluster too, not only for the server's inbound chains."""
+    world.istio.stuck = {proxy_id(started, "sleep", "foo")}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(peer_auth("bar", "DISABLE"))
+    lagging = str(timeout.value).split("): ", 1)[1]
+    assert lagging.startswith(
+        f"sleep.{FOO}: cluster outbound|8000||httpbin.{BAR}.svc.cluster.local: auto mTLS,"
+        " expected plaintext (auto mTLS: the Service's namespace disables mTLS) [listeners"
+    )
+
+
 def test_connection_pool_settings_are_waited_for(world: World, started: KubeMesh) -> None:
     no_keepalive = {
         "apiVersion": "networking.istio.io/v1",

@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parent / "data" / "kube"
 SHARED_SECRETS = TESTDATA / "secrets"
 VERSION = "2025-03-14T09:26:41Z/12"
 MTLS_ALPNS = "istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2"
-SERVICES = tuple(Service("httpbin", ns, 8000, 8080) for ns in ("foo", "bar", "legacy"))
+SERVICES = tuple(Service("httpbin", ns, 8000, 8080, "httpbin") for ns in ("foo", "bar", "legacy"))
 
 
 def dump(name: str) -> bytes:
@@ -280,7 +280,12 @@ def expect(text: str, namespace: str = "foo", **options: Any) -> SidecarExpectat
 
 
 def auto(namespace: str) -> ExpectedOutbound:
-    return ExpectedOutbound(f"outbound|8000||httpbin.{namespace}.svc.cluster.local", None, None)
+    return ExpectedOutbound(
+        f"outbound|8000||httpbin.{namespace}.svc.cluster.local",
+        None,
+        None,
+        auto_transport=UpstreamTransport.AUTO,
+    )
 
 
 def test_no_policy_is_permissive_with_auto_mtls() -> None:
@@ -395,6 +400,75 @@ def test_outbound_mismatches_say_what_envoy_has() -> None:
 
 
 SERVICES_NS = ("foo", "bar", "legacy")
+
+
+PA_BAR_DISABLE = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bar}
+spec: {mtls: {mode: DISABLE}}
+"""
+DR_FOO_POOL_ONLY = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool, namespace: foo}
+spec:
+  host: httpbin.foo.svc.cluster.local
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 2}}}
+"""
+
+
+def test_auto_mtls_expects_no_tls_towards_a_namespace_that_disables_it() -> None:
+    """buildUpstreamTLSSettings (cluster_builder.go): without TLS in any rule, a Service whose
+    namespace-level mode (BestEffortInferServiceMTLSMode) is DISABLE gets a cluster without
+    TLS; any other gets auto mTLS's transport_socket_matches."""
+    outbound = expect(PA_BAR_DISABLE).outbound
+    assert outbound == (
+        auto("foo"),
+        ExpectedOutbound(
+            "outbound|8000||httpbin.bar.svc.cluster.local",
+            None,
+            None,
+            auto_transport=UpstreamTransport.PLAINTEXT,
+        ),
+        auto("legacy"),
+    )
+    # Without the root namespace only what the namespace decides whatever the mesh says.
+    unknown = expect(DR_FOO_POOL_ONLY + "---" + PA_BAR_DISABLE, root_known=False).outbound
+    assert unknown[0] == ExpectedOutbound(
+        "outbound|8000||httpbin.foo.svc.cluster.local", None, 2, auto_transport=None
+    )
+    assert unknown[1] == ExpectedOutbound(
+        "outbound|8000||httpbin.bar.svc.cluster.local", None, None, connection_pool_known=False
+    )
+    strict_foo = expect(DR_FOO_POOL_ONLY + "---" + PA_FOO_STRICT, root_known=False).outbound
+    assert strict_foo[0].auto_transport is UpstreamTransport.AUTO
+
+
+def test_auto_mtls_mismatches_say_what_envoy_has() -> None:
+    state = parse_config_dump(dump("sleep-clusters"))
+    bar, legacy = (f"outbound|8000||httpbin.{ns}.svc.cluster.local" for ns in ("bar", "legacy"))
+    expected = SidecarExpectation(
+        (),
+        (
+            ExpectedOutbound(bar, None, None, auto_transport=UpstreamTransport.AUTO),
+            ExpectedOutbound(legacy, None, 1, auto_transport=UpstreamTransport.PLAINTEXT),
+        ),
+    )
+    assert mismatches(state, expected) == (
+        f"cluster {bar}: plaintext, expected auto mTLS (TLS to tlsMode-istio endpoints,"
+        " else plaintext)",
+        f"cluster {legacy}: auto mTLS, expected plaintext (auto mTLS: the Service's namespace"
+        " disables mTLS)",
+    )
+    matching = SidecarExpectation(
+        (),
+        (
+            ExpectedOutbound(bar, None, None, auto_transport=UpstreamTransport.PLAINTEXT),
+            ExpectedOutbound(legacy, None, 1, auto_transport=UpstreamTransport.AUTO),
+        ),
+    )
+    assert mismatches(state, matching) == ()
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -139,6 +139,17 @@ def test_mesh_config_defaults_are_istios() -> None:
     )
 
 
+def test_mesh_config_auto_mtls_is_on_unless_turned_off() -> None:
+    """MeshConfig ``enableAutoMtls`` (istio/api mesh/v1alpha1/config.proto): a BoolValue whose
+    default is true."""
+    assert parse_mesh_config("", "istio-system").enable_auto_mtls is True
+    assert parse_mesh_config(DEFAULT_MESH_CONFIG, "istio-system").enable_auto_mtls is True
+    off = parse_mesh_config("enableAutoMtls: false\n", "istio-system")
+    assert off.enable_auto_mtls is False
+    with pytest.raises(IstioDataError, match="enableAutoMtls 'no': expected a boolean"):
+        parse_mesh_config("enableAutoMtls: 'no'\n", "istio-system")
+
+
 def test_mesh_config_errors_name_the_field() -> None:
     with pytest.raises(IstioDataError, match="mesh config is not YAML"):
         parse_mesh_config("trustDomain: [", "istio-system")

@@ -6,8 +6,9 @@ Where the expected values come from:
   istio/istio): inbound STRICT = TLS chains only; PERMISSIVE = a TLS chain matching
   ``allIstioMtlsALPNs`` (``istio``, ``istio-peer-exchange``, ``istio-http/1.0``,
   ``istio-http/1.1``, ``istio-h2``, listener.go) plus a ``raw_buffer`` chain; DISABLE =
-  plaintext only; the client ALPN list for HTTP/1.1 and the SNI ``outbound_.<port>_._.<fqdn>``
-  from docs/istio-facts.md; XFCC as the sidecar inbound sets it (APPEND_FORWARD, Subject/URI/DNS).
+  plaintext only; the client ALPN list for HTTP/1.1 (``mtlsHTTP11ALPN``,
+  pilot/pkg/xds/filters/filters.go) and the SNI ``outbound_.<port>_._.<fqdn>``
+  (``BuildDNSSrvSubsetKey``); XFCC as the sidecar inbound sets it (APPEND_FORWARD, Subject/URI/DNS).
 - Auto mTLS and DestinationRule decisions: Istio's reachability matrix and
   ``buildAutoMtlsSettings`` (cluster_builder.go), transcribed as literal rows.
 - iptables: the nat rules ``istio-iptables`` installs, as Istio's docs print them from
@@ -34,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from local_helpers import envoy_path
 
 from pytest_meshconform.certs import WorkloadCert, load_pem_chain
+from pytest_meshconform.istio import Upstream
 from pytest_meshconform.local import xds
 from pytest_meshconform.local.backend import istio_iptables_rules
 from pytest_meshconform.local.ca import MeshCA
@@ -292,14 +294,23 @@ def test_destination_rule_modes_override_auto_mtls() -> None:
         ),
     )
     bar = found["sleep.bar"].outbound
-    assert bar[(FOO, 8000)] == xds.UpstreamTls(TlsMode.DISABLE)
-    assert bar[(LEGACY, 8000)] == xds.UpstreamTls(
-        TlsMode.ISTIO_MUTUAL,
-        "outbound_.8000_._.httpbin.legacy.svc.cluster.local",
-        ("spiffe://cluster.local/ns/legacy/sa/httpbin",),
+    assert bar[(FOO, 8000)] == Upstream(
+        f"outbound|8000||{FOO}", TlsMode.DISABLE, destination_rule="bar/to-foo"
     )
-    assert bar[(BAR, 8000)] == xds.UpstreamTls(
-        TlsMode.SIMPLE, sni="bar.example", ca_certificates="/certs/ca.pem"
+    assert bar[(LEGACY, 8000)] == Upstream(
+        f"outbound|8000||{LEGACY}",
+        TlsMode.ISTIO_MUTUAL,
+        sni="outbound_.8000_._.httpbin.legacy.svc.cluster.local",
+        subject_alt_names=("spiffe://cluster.local/ns/legacy/sa/httpbin",),
+        alpn=("istio-http/1.1", "istio", "http/1.1"),
+        destination_rule="bar/to-legacy",
+    )
+    assert bar[(BAR, 8000)] == Upstream(
+        f"outbound|8000||{BAR}",
+        TlsMode.SIMPLE,
+        sni="bar.example",
+        ca_certificates="/certs/ca.pem",
+        destination_rule="bar/to-bar",
     )
     # Rules in namespace bar do not apply to clients in foo.
     assert outbound(found, "sleep.foo")[FOO][0] is TlsMode.ISTIO_MUTUAL
@@ -310,8 +321,12 @@ def test_port_level_settings_replace_the_rule_level_tls() -> None:
         destination_rule("to-bar", "foo", BAR, mode="ISTIO_MUTUAL", port_level={8000: "DISABLE"}),
         destination_rule("to-foo", "foo", FOO, mode="DISABLE", port_level={9000: "ISTIO_MUTUAL"}),
     )
-    assert found["sleep.foo"].outbound[(BAR, 8000)] == xds.UpstreamTls(TlsMode.DISABLE)
-    assert found["sleep.foo"].outbound[(FOO, 8000)] == xds.UpstreamTls(TlsMode.DISABLE)
+    assert found["sleep.foo"].outbound[(BAR, 8000)] == Upstream(
+        f"outbound|8000||{BAR}", TlsMode.DISABLE, destination_rule="foo/to-bar"
+    )
+    assert found["sleep.foo"].outbound[(FOO, 8000)] == Upstream(
+        f"outbound|8000||{FOO}", TlsMode.DISABLE, destination_rule="foo/to-foo"
+    )
 
 
 def test_mesh_wide_destination_rule_applies_to_every_client() -> None:

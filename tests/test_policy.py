@@ -21,6 +21,13 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
+import pytest_meshconform.policy
+from pytest_meshconform.istio import (
+    client_tls_mode,
+    client_tls_settings,
+    destination_rule_for,
+    effective_mtls_mode,
+)
 from pytest_meshconform.policy import (
     ClientTls,
     DestinationRule,
@@ -31,11 +38,7 @@ from pytest_meshconform.policy import (
     Subset,
     TlsMode,
     TrafficPolicy,
-    client_tls_mode,
-    client_tls_settings,
     destination_rule,
-    destination_rule_for,
-    effective_mtls_mode,
     parse_policies,
     parse_policy,
     peer_authentication,
@@ -76,6 +79,16 @@ def test_public_names_are_exported_from_the_package() -> None:
     assert pytest_meshconform.PeerAuthentication is PeerAuthentication
     assert pytest_meshconform.DestinationRule is DestinationRule
     assert issubclass(pytest_meshconform.PolicyError, ValueError)
+
+
+def test_resolution_moved_to_the_istio_model_stays_importable_from_policy() -> None:
+    module: Any = pytest_meshconform.policy
+    assert module.effective_mtls_mode is effective_mtls_mode
+    assert module.destination_rule_for is destination_rule_for
+    assert module.client_tls_settings is client_tls_settings
+    assert module.client_tls_mode is client_tls_mode
+    with pytest.raises(AttributeError, match="no attribute 'plan_mesh'"):
+        _ = module.plan_mesh
 
 
 # --- istio.io "Authentication Policy" task ---------------------------------------------------
@@ -1428,7 +1441,8 @@ def test_port_level_settings_override_the_rule_tls() -> None:
 
 
 def test_port_level_entry_without_tls_falls_back_to_auto_mtls() -> None:
-    # MergeTrafficPolicy: "per the docs, port level policies do not inherit"
+    # GetPortLevelTrafficPolicy (formerly in MergeTrafficPolicy): "per the docs, port level
+    # policies do not inherit and instead to defaults if not provided"
     (rule,) = drs(
         DR_HEAD
         + META

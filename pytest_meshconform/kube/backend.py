@@ -897,6 +897,9 @@ class KubeMesh:
                         services=self._services,
                         root_namespace=self.root_namespace,
                         root_known=root_known,
+                        workloads=self._workloads,
+                        name=workload.name,
+                        auto_mtls=self.mesh_config.enable_auto_mtls,
                     ),
                 )
             except (PolicyError, EnvoyStateError) as error:
@@ -919,9 +922,9 @@ class KubeMesh:
 
     def _wait_propagated(self, localized: LocalizedManifest, verb: str) -> None:
         """Wait until every sidecar of the run implements, in its own Envoy config
-        (``/config_dump``), the inbound mTLS modes and outbound cluster TLS that
-        ``pytest_meshconform.policy`` predicts for the policies now in force. Works on every
-        Istio version; raises PropagationTimeout naming each lagging sidecar, what it has and
+        (``/config_dump``), the inbound mTLS modes and outbound cluster TLS that the Istio
+        model (``pytest_meshconform.istio``) predicts for the policies now in force. Works on
+        every Istio version; raises PropagationTimeout naming each lagging sidecar, what it has and
         what was expected."""
         timeout = self.options.propagation_timeout
         deadline = self._deadline(timeout)

@@ -1,10 +1,10 @@
 """What a sidecar's own Envoy config implements, and whether that is what the policies say. Pure.
 
 The kube backend waits for a policy change by reading each sidecar's ``/config_dump`` (through
-``pilot-agent request``) until it implements the state :mod:`pytest_meshconform.policy`
-predicts: that works on every Istio version, unlike istiod's config distribution tracking
-(removed in Istio 1.23, istio/istio#51866), and it checks the proxy itself rather than
-istiod's bookkeeping.
+``pilot-agent request``) until it implements the state the Istio model
+(:mod:`pytest_meshconform.istio`, which the local mesh renders from too) predicts: that works
+on every Istio version, unlike istiod's config distribution tracking (removed in Istio 1.23,
+istio/istio#51866), and it checks the proxy itself rather than istiod's bookkeeping.
 
 Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON, snake_case):
 
@@ -37,16 +37,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-from ..mesh import Service
-from ..policy import (
-    DestinationRule,
-    MtlsMode,
-    PeerAuthentication,
-    TlsMode,
-    client_tls_settings,
-    destination_rule_for,
-    effective_mtls_mode,
-)
+from ..istio import Sidecar, outbound_cluster_name, plan_sidecar
+from ..mesh import Service, Workload
+from ..policy import DestinationRule, MtlsMode, PeerAuthentication, PolicyError, TlsMode
 
 __all__ = [
     "ISTIO_ROOT_SECRET",
@@ -435,11 +428,6 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
 # --- expectations -----------------------------------------------------------------------------
 
 
-def outbound_cluster_name(fqdn: str, port: int) -> str:
-    """Istio's outbound cluster name (pilot/pkg/model: ``BuildSubsetKey``, no subset)."""
-    return f"outbound|{port}||{fqdn}"
-
-
 @dataclass(frozen=True, slots=True)
 class ExpectedInbound:
     port: int
@@ -448,43 +436,22 @@ class ExpectedInbound:
 
 @dataclass(frozen=True, slots=True)
 class ExpectedOutbound:
-    """``tls_mode`` None: auto mTLS (or not knowable here), so only the cluster's presence and
-    its connection settings are checked; ``connection_pool_known`` False: those neither."""
+    """``tls_mode``: the DestinationRule's mode; None: auto mTLS (or not knowable here).
+    ``auto_transport``: with auto mTLS, the cluster's shape, AUTO (``tlsMode-istio`` TLS, else
+    plaintext) or PLAINTEXT (no TLS: the Service's namespace disables mTLS); None: not checked.
+    ``connection_pool_known`` False: the connection settings are not checked either."""
 
     cluster: str
     tls_mode: TlsMode | None
     max_requests_per_connection: int | None
     connection_pool_known: bool = True
+    auto_transport: UpstreamTransport | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SidecarExpectation:
     inbound: tuple[ExpectedInbound, ...]
     outbound: tuple[ExpectedOutbound, ...]
-
-
-def _connection_pool_max_requests(rule: DestinationRule | None, port: int) -> int | None:
-    """``MergeTrafficPolicy`` (pilot/pkg/networking/core/cluster_builder.go): the first
-    ``portLevelSettings`` entry for the port replaces the rule's connectionPool (port-level
-    policies do not inherit), then ``connectionPool.http.maxRequestsPerConnection``."""
-    if rule is None or rule.traffic_policy is None:
-        return None
-    other = rule.traffic_policy.other
-    for entry in rule.traffic_policy.port_level_settings:
-        if entry.port == port:
-            other = entry.other
-            break
-    pool = other.get("connectionPool")
-    http = pool.get("http") if isinstance(pool, Mapping) else None
-    value = http.get("maxRequestsPerConnection") if isinstance(http, Mapping) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EnvoyStateError(
-            f"DestinationRule {rule.namespace}/{rule.name}: connectionPool.http"
-            f".maxRequestsPerConnection {_show(value)} is not an integer"
-        )
-    return value if value > 0 else None
 
 
 def _mesh_level(mode: MtlsMode, root_namespace: str) -> PeerAuthentication:
@@ -500,55 +467,87 @@ def expected_sidecar(
     services: Sequence[Service],
     root_namespace: str,
     root_known: bool = True,
+    workloads: Sequence[Workload] = (),
+    name: str = "sidecar",
+    auto_mtls: bool = True,
 ) -> SidecarExpectation:
-    """What a sidecar's Envoy must implement under ``policies``.
+    """What a sidecar's Envoy must implement under ``policies``: the Istio model's
+    :func:`pytest_meshconform.istio.plan_sidecar`, as far as a config dump shows it.
 
     ``root_known`` False: the root namespace could not be read, so a mode that a mesh-wide
     PeerAuthentication could decide is not expected (it is when the workload's own namespace
     decides it whatever the mesh says), and a service without a DestinationRule in the client's
-    or the service's namespace gets no TLS expectation.
+    or the service's namespace gets no TLS expectation. ``workloads`` are the Services'
+    endpoints (only the model's SANs and per-endpoint auto mTLS use them; neither is checked
+    here). ``auto_mtls`` is MeshConfig ``enableAutoMtls``.
     """
-    peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
-    rules = [p for p in policies if isinstance(p, DestinationRule)]
-    inbound = []
-    for port in container_ports:
-        mode = effective_mtls_mode(peer_auths, namespace, labels, port, root_namespace)
-        if not root_known:
-            if any(p.namespace == root_namespace for p in peer_auths):
-                raise EnvoyStateError("root_known=False with root namespace policies given")
-            under = {
-                effective_mtls_mode(
-                    [*peer_auths, _mesh_level(hypothetical, root_namespace)],
-                    namespace,
-                    labels,
-                    port,
-                    root_namespace,
-                )
-                for hypothetical in (MtlsMode.STRICT, MtlsMode.DISABLE)
-            }
-            if under != {mode}:
-                continue
-        inbound.append(ExpectedInbound(port, mode))
+    if not root_known and any(
+        isinstance(p, PeerAuthentication) and p.namespace == root_namespace for p in policies
+    ):
+        raise EnvoyStateError("root_known=False with root namespace policies given")
+    client = Workload(
+        name=name,
+        namespace=namespace,
+        app=labels.get("app", name),
+        service_account=name,
+        has_sidecar=True,
+        labels=dict(labels),
+        container_ports=tuple(container_ports),
+    )
+
+    def model(extra: Sequence[Policy] = ()) -> Sidecar:
+        try:
+            return plan_sidecar(
+                client,
+                [*policies, *extra],
+                workloads=workloads,
+                services=services,
+                root_namespace=root_namespace,
+                auto_mtls=auto_mtls,
+            )
+        except PolicyError as error:
+            raise EnvoyStateError(str(error)) from None
+
+    sidecar = model()
+    # Without the root namespace, only what no mesh-wide PeerAuthentication could change.
+    hypotheses = (
+        ()
+        if root_known
+        else tuple(
+            model([_mesh_level(m, root_namespace)]) for m in (MtlsMode.STRICT, MtlsMode.DISABLE)
+        )
+    )
+    inbound = tuple(
+        ExpectedInbound(port, mode)
+        for port, mode in sidecar.inbound.items()
+        if all(h.inbound[port] is mode for h in hypotheses)
+    )
     outbound = []
     for service in services:
-        rule = destination_rule_for(
-            rules,
-            namespace,
-            service.fqdn,
-            root_namespace,
-            service_namespace=service.namespace,
-            client_labels=labels,
-        )
-        settings = client_tls_settings(rule, service.port)
+        key = (service.fqdn, service.port)
+        upstream = sidecar.outbound[key]
+        # A rule in the root namespace could apply where none was found elsewhere.
+        rule_known = root_known or upstream.destination_rule is not None
+        auto_transport = None
+        if rule_known and upstream.auto:
+            shapes = {_auto_shape(s.outbound[key].mode) for s in (sidecar, *hypotheses)}
+            auto_transport = shapes.pop() if len(shapes) == 1 else None
         outbound.append(
             ExpectedOutbound(
                 outbound_cluster_name(service.fqdn, service.port),
-                None if settings is None else settings.mode,
-                _connection_pool_max_requests(rule, service.port),
-                connection_pool_known=root_known or rule is not None,
+                None if upstream.auto else upstream.mode,
+                upstream.max_requests_per_connection,
+                connection_pool_known=rule_known,
+                auto_transport=auto_transport,
             )
         )
-    return SidecarExpectation(tuple(inbound), tuple(outbound))
+    return SidecarExpectation(inbound, tuple(outbound))
+
+
+def _auto_shape(mode: TlsMode | None) -> UpstreamTransport:
+    """The cluster auto mTLS gives (``applyUpstreamTLSSettings``, cluster_tls.go): per-endpoint
+    ``transport_socket_matches`` for ISTIO_MUTUAL, no transport socket when it chose no TLS."""
+    return UpstreamTransport.PLAINTEXT if mode is None else UpstreamTransport.AUTO
 
 
 def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
@@ -572,6 +571,12 @@ def _expected_tls_text(mode: TlsMode) -> str:
             " (DestinationRule ISTIO_MUTUAL)"
         )
     return f"TLS (DestinationRule {mode.value})"
+
+
+def _expected_auto_text(transport: UpstreamTransport) -> str:
+    if transport is UpstreamTransport.AUTO:
+        return "auto mTLS (TLS to tlsMode-istio endpoints, else plaintext)"
+    return "plaintext (auto mTLS: the Service's namespace disables mTLS)"
 
 
 def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ...]:
@@ -600,6 +605,11 @@ def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ..
             found.append(
                 f"cluster {out.cluster}: {cluster.describe()},"
                 f" expected {_expected_tls_text(out.tls_mode)}"
+            )
+        if out.auto_transport is not None and cluster.transport is not out.auto_transport:
+            found.append(
+                f"cluster {out.cluster}: {cluster.describe()},"
+                f" expected {_expected_auto_text(out.auto_transport)}"
             )
         if (
             out.connection_pool_known

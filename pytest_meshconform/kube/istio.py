@@ -201,6 +201,7 @@ class MeshConfigInfo:
     trust_domain: str
     root_namespace: str
     secret_ttl: str | None  # meshConfig.defaultConfig.proxyMetadata.SECRET_TTL, if set
+    enable_auto_mtls: bool = True  # meshConfig.enableAutoMtls (a BoolValue, true when absent)
 
 
 def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
@@ -222,8 +223,16 @@ def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
             " expected strings"
         )
     secret_ttl = metadata.get("SECRET_TTL")
+    auto_mtls = mesh.get("enableAutoMtls", True)
+    if auto_mtls is None:
+        auto_mtls = True
+    if not isinstance(auto_mtls, bool):
+        raise IstioDataError(f"mesh config: enableAutoMtls {auto_mtls!r}: expected a boolean")
     return MeshConfigInfo(
-        trust_domain, root_namespace, str(secret_ttl) if secret_ttl is not None else None
+        trust_domain,
+        root_namespace,
+        str(secret_ttl) if secret_ttl is not None else None,
+        enable_auto_mtls=auto_mtls,
     )
 
 

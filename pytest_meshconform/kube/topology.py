@@ -313,7 +313,7 @@ def topology_workloads(names: RunNamespaces) -> tuple[Workload, ...]:
 
 def topology_services(names: RunNamespaces) -> tuple[Service, ...]:
     return tuple(
-        Service("httpbin", names.real(logical), HTTPBIN_PORT, HTTPBIN_TARGET_PORT)
+        Service("httpbin", names.real(logical), HTTPBIN_PORT, HTTPBIN_TARGET_PORT, "httpbin")
         for logical in LOGICAL_NAMESPACES
     )
 

@@ -117,6 +117,7 @@ def default_topology() -> Topology:
                     namespace=namespace,
                     port=HTTPBIN_PORT,
                     target_port=HTTPBIN_TARGET_PORT,
+                    selector_app="httpbin",
                 ),
                 vip=f"{SERVICE_PREFIX}{10 + index}",
                 endpoints=(by_app["httpbin"],),

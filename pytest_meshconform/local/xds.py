@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..istio import Upstream
 from ..policy import MtlsMode, TlsMode
 from .topology import (
     INBOUND_CAPTURE_PORT,
@@ -46,10 +47,9 @@ UPSTREAM_TLS_TYPE = (
 )
 FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
-# ALPN values Istio's sidecars use. Client: the istio.alpn filter's list for HTTP/1.1 upstreams
-# (docs/istio-facts.md). Server, PERMISSIVE: `allIstioMtlsALPNs` of pilot/pkg/networking/core
-# (listener.go), the ALPNs whose TLS is taken for Istio mTLS; anything else falls to raw_buffer.
-ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
+# ALPN values Istio's sidecars use. Client: the model's (`Upstream.alpn`). Server, PERMISSIVE:
+# `allIstioMtlsALPNs` of pilot/pkg/networking/core (listener.go), the ALPNs whose TLS is taken
+# for Istio mTLS; anything else falls to raw_buffer.
 ISTIO_INBOUND_MTLS_ALPN = (
     "istio",
     "istio-peer-exchange",
@@ -65,27 +65,14 @@ ROOT_SECRET = "ROOTCA"
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamTls:
-    """How a client sidecar talks to one Service: plaintext (mode None/DISABLE) or TLS."""
-
-    mode: TlsMode | None  # None: plaintext (auto mTLS chose it)
-    sni: str | None = None
-    subject_alt_names: tuple[str, ...] = ()
-    client_certificate: str | None = None
-    private_key: str | None = None
-    ca_certificates: str | None = None
-    # DestinationRule connectionPool.http.maxRequestsPerConnection (1 disables keep-alive)
-    max_requests_per_connection: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class SidecarPlan:
     """Everything that decides one sidecar's config; equal plans render equal config."""
 
     pod: Pod
     inbound_modes: Mapping[int, MtlsMode]  # container port -> effective mode
     default_inbound_mode: MtlsMode  # for ports the pod has no explicit chain for
-    outbound: Mapping[tuple[str, int], UpstreamTls]  # (fqdn, service port) -> upstream TLS
+    # (fqdn, service port) -> the Istio model's cluster, towards the Service's endpoint
+    outbound: Mapping[tuple[str, int], Upstream]
     services: tuple[ServiceEntry, ...] = field(default=())
     set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
 
@@ -364,12 +351,13 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     return result
 
 
-def _upstream_tls(tls: UpstreamTls, paths: SidecarPaths) -> dict[str, Any] | None:
-    if tls.mode is None or tls.mode is TlsMode.DISABLE:
+def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
+    if not tls.originates_tls:
         return None
     common: dict[str, Any] = {"tls_params": dict(TLS_PARAMS)}
+    if tls.alpn:
+        common["alpn_protocols"] = list(tls.alpn)
     if tls.mode is TlsMode.ISTIO_MUTUAL:
-        common["alpn_protocols"] = list(ISTIO_HTTP11_ALPN)
         common["tls_certificate_sds_secret_configs"] = [_sds(paths, WORKLOAD_SECRET)]
         matchers = [{"san_type": "URI", "matcher": {"exact": san}} for san in tls.subject_alt_names]
         common["combined_validation_context"] = {

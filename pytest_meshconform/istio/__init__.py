@@ -1,0 +1,56 @@
+"""Istio's policy semantics, one pure model that both backends use.
+
+Workloads, Services and the PeerAuthentications / DestinationRules in force go in
+(:func:`plan_mesh`, :func:`plan_sidecar`); for every sidecar comes out the inbound mTLS mode per
+container port and, per (Service, port), the outbound cluster: TLS mode or auto mTLS, SNI, SANs,
+ALPN, ``maxRequestsPerConnection``. The local mesh renders Envoy config from it
+(``pytest_meshconform.local``); the kube backend checks each sidecar's ``/config_dump`` against
+it (``pytest_meshconform.kube.envoystate``). Every rule names the istiod function it
+reproduces; docs/istio-model.md lists them.
+"""
+
+from __future__ import annotations
+
+from .cluster import (
+    ALPN_IN_MESH_WITH_MXC,
+    ISTIO_MTLS_HTTP2_ALPN,
+    ISTIO_MTLS_HTTP10_ALPN,
+    ISTIO_MTLS_HTTP11_ALPN,
+    Upstream,
+    istio_sni,
+    outbound_cluster_name,
+    upstream,
+)
+from .destination_rule import (
+    PortPolicy,
+    client_tls_mode,
+    client_tls_settings,
+    destination_rule_for,
+    max_requests_per_connection,
+    port_traffic_policy,
+)
+from .peer_authentication import effective_mtls_mode, service_mtls_mode
+from .plan import Sidecar, endpoints_of, plan_mesh, plan_sidecar
+
+__all__ = [
+    "ALPN_IN_MESH_WITH_MXC",
+    "ISTIO_MTLS_HTTP2_ALPN",
+    "ISTIO_MTLS_HTTP10_ALPN",
+    "ISTIO_MTLS_HTTP11_ALPN",
+    "PortPolicy",
+    "Sidecar",
+    "Upstream",
+    "client_tls_mode",
+    "client_tls_settings",
+    "destination_rule_for",
+    "effective_mtls_mode",
+    "endpoints_of",
+    "istio_sni",
+    "max_requests_per_connection",
+    "outbound_cluster_name",
+    "plan_mesh",
+    "plan_sidecar",
+    "port_traffic_policy",
+    "service_mtls_mode",
+    "upstream",
+]

@@ -1,0 +1,132 @@
+"""The entry point: workloads, Services and the policies in force in, and for every sidecar
+what its Envoy must do out (pure). Both backends take their expectations from here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..mesh import Service, Workload
+from ..policy import DestinationRule, MtlsMode, PeerAuthentication, Policy, PolicyError
+from .cluster import Upstream, upstream
+from .destination_rule import destination_rule_for
+from .peer_authentication import effective_mtls_mode
+
+__all__ = ["Sidecar", "endpoints_of", "plan_mesh", "plan_sidecar"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """What one sidecar's Envoy must implement.
+
+    ``inbound`` maps each container port to the mTLS mode its inbound chains enforce;
+    ``default_inbound`` is the mode for any other port (the passthrough chains).
+    ``outbound`` maps (Service FQDN, Service port) to the cluster towards it.
+    """
+
+    workload: Workload
+    inbound: Mapping[int, MtlsMode] = field(hash=False)
+    default_inbound: MtlsMode
+    outbound: Mapping[tuple[str, int], Upstream] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
+        object.__setattr__(self, "outbound", MappingProxyType(dict(self.outbound)))
+
+
+def endpoints_of(service: Service, workloads: Iterable[Workload]) -> tuple[Workload, ...]:
+    """The Service's endpoints: the workloads of its namespace its ``app`` selector selects."""
+    return tuple(
+        w
+        for w in workloads
+        if w.namespace == service.namespace and w.labels.get("app") == service.selector_app
+    )
+
+
+def plan_sidecar(
+    client: Workload,
+    policies: Iterable[Policy],
+    *,
+    workloads: Sequence[Workload],
+    services: Sequence[Service],
+    root_namespace: str = "istio-system",
+    trust_domain: str = "cluster.local",
+    auto_mtls: bool = True,
+) -> Sidecar:
+    """What ``client``'s sidecar must do under ``policies``.
+
+    Inbound: :func:`..peer_authentication.effective_mtls_mode` per container port (istiod's
+    ``ComposePeerAuthentication`` and ``GetMutualTLSModeForPort``). Outbound, per Service:
+    :func:`..destination_rule.destination_rule_for` with the client's namespace AND labels
+    (``SidecarScope.DestinationRule`` matches ``workloadSelector`` against the proxy's
+    labels), then :func:`..cluster.upstream` (``auto_mtls``: MeshConfig ``enableAutoMtls``,
+    on by default). ``workloads`` gives the Services' endpoints (for
+    SANs and auto mTLS); a policy without a namespace lives in ``default``, as everywhere in
+    this model.
+    """
+    if not client.has_sidecar:
+        raise PolicyError(f"{client.key} has no sidecar: nothing to plan")
+    policies = tuple(policies)
+    for policy in policies:
+        if not isinstance(policy, PeerAuthentication | DestinationRule):
+            raise PolicyError(f"not a policy: {policy!r}")
+    peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
+    rules = [p for p in policies if isinstance(p, DestinationRule)]
+
+    def mode(port: int | None) -> MtlsMode:
+        return effective_mtls_mode(
+            peer_auths, client.namespace, client.labels, port, root_namespace
+        )
+
+    outbound: dict[tuple[str, int], Upstream] = {}
+    for service in services:
+        rule = destination_rule_for(
+            rules,
+            client.namespace,
+            service.fqdn,
+            root_namespace,
+            service_namespace=service.namespace,
+            client_labels=client.labels,
+        )
+        outbound[(service.fqdn, service.port)] = upstream(
+            peer_auths,
+            rule,
+            service,
+            endpoints_of(service, workloads),
+            root_namespace=root_namespace,
+            trust_domain=trust_domain,
+            auto_mtls=auto_mtls,
+        )
+    return Sidecar(
+        workload=client,
+        inbound={port: mode(port) for port in client.container_ports},
+        default_inbound=mode(None),
+        outbound=outbound,
+    )
+
+
+def plan_mesh(
+    workloads: Sequence[Workload],
+    services: Sequence[Service],
+    policies: Iterable[Policy],
+    *,
+    root_namespace: str = "istio-system",
+    trust_domain: str = "cluster.local",
+    auto_mtls: bool = True,
+) -> Mapping[str, Sidecar]:
+    """:func:`plan_sidecar` for every workload with a sidecar, by workload key."""
+    policies = tuple(policies)
+    return {
+        w.key: plan_sidecar(
+            w,
+            policies,
+            workloads=workloads,
+            services=services,
+            root_namespace=root_namespace,
+            trust_domain=trust_domain,
+            auto_mtls=auto_mtls,
+        )
+        for w in workloads
+        if w.has_sidecar
+    }
