@@ -279,7 +279,9 @@ def test_envoy_v2_dumps_are_refused_by_name(name: str) -> None:
 )
 def test_ztunnel_dumps_are_refused_by_name(name: str) -> None:
     data = path_of(f"istio-dumps/ztunnel/{name}").read_bytes()
-    with pytest.raises(EnvoyStateError, match="a ztunnel config_dump .ambient mode., not an Envoy"):
+    with pytest.raises(
+        EnvoyStateError, match=r"a ztunnel config_dump \(ambient mode\), not an Envoy"
+    ):
         parse_config_dump(data)
 
 
@@ -307,3 +309,175 @@ def test_istioctl_listener_list() -> None:
         ("raw_buffer", "plain", ()),
     )
     assert state.inbound[80].mode is MtlsMode.PERMISSIVE
+
+
+# --- derived from real dumps: the shapes no real dump here has -----------------------------------
+
+POD = "istio-dumps/ossm__pod_config_dump.json"  # OSSM 2.6.7 = Istio 1.20.8, httpbin-like :8080
+ISTIOD = "outbound|15010||istiod-basic.istio-system.svc.cluster.local"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def port_chains(document: dict[str, Any], port: int) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in virtual_inbound(document)["filter_chains"]
+        if c.get("filter_chain_match", {}).get("destination_port") == port
+    ]
+
+
+def keep_chains(document: dict[str, Any], port: int, keep: list[dict[str, Any]]) -> None:
+    listener = virtual_inbound(document)
+    others = [c for c in listener["filter_chains"] if c not in port_chains(document, port)]
+    listener["filter_chains"] = others + keep
+
+
+def test_derived_strict_port() -> None:
+    # DERIVED: the PERMISSIVE chains of port 8080 (inboundPermissiveFilterChainMatchWithMxcOptions)
+    # reduced to inboundStrictFilterChainMatchOptions: the mTLS HTTP chain as it is, and the
+    # mTLS TCP chain without its ALPN match ("could not detect traffic on the client side")
+    document = load(POD)
+    mtls_http, _, mtls_tcp, _, _ = port_chains(document, 8080)
+    tcp = copy.deepcopy(mtls_tcp)
+    del tcp["filter_chain_match"]["application_protocols"]
+    keep_chains(document, 8080, [mtls_http, tcp])
+    state = parse_config_dump(document)
+    assert chain_shape(state, 8080) == (("tls", "mTLS", MTLS_HTTP), ("tls", "mTLS", ()))
+    assert state.inbound[8080].mode is MtlsMode.STRICT
+    strict = SidecarExpectation((ExpectedInbound(8080, MtlsMode.STRICT),), ())
+    assert mismatches(state, strict) == ()
+    assert mismatches(parse_config_dump(load(POD)), strict) != ()
+
+
+def test_derived_disable_port() -> None:
+    # DERIVED: inboundPlainTextFilterChainMatchOptions = the two raw_buffer chains of PERMISSIVE
+    document = load(POD)
+    _, plain_http, _, plain_tcp, _ = port_chains(document, 8080)
+    keep_chains(document, 8080, [plain_http, plain_tcp])
+    state = parse_config_dump(document)
+    assert chain_shape(state, 8080) == (
+        ("raw_buffer", "plain", PLAIN_HTTP),
+        ("raw_buffer", "plain", ()),
+    )
+    assert state.inbound[8080].mode is MtlsMode.DISABLE
+
+
+def istio_mutual(cluster: dict[str, Any]) -> None:
+    """applyUpstreamTLSSettings, DestinationRule ISTIO_MUTUAL (userSupplied, not auto): the
+    tlsMode-istio socket becomes the cluster's transport_socket, no socket matches."""
+    cluster["transport_socket"] = cluster.pop("transport_socket_matches")[0]["transport_socket"]
+
+
+def test_derived_destination_rule_istio_mutual_and_max_requests() -> None:
+    # DERIVED: ISTIO_MUTUAL as above; connectionPool.http.maxRequestsPerConnection: 1 goes to
+    # common_http_protocol_options of the HttpProtocolOptions the cluster already has
+    # (cluster_traffic_policy.go applyConnectionPool)
+    document = load(POD)
+    cluster = raw_clusters(document)[ISTIOD]
+    istio_mutual(cluster)
+    options = cluster["typed_extension_protocol_options"][HTTP_OPTIONS]
+    options["common_http_protocol_options"] = {"max_requests_per_connection": 1}
+    found = parse_config_dump(document).clusters[ISTIOD]
+    assert (found.transport, found.certificate_secrets, found.validation_secret, found.sni) == (
+        TLS,
+        ("default",),
+        "ROOTCA",
+        sni_of(ISTIOD),
+    )
+    assert found.max_requests_per_connection == 1
+    assert (
+        mismatches(
+            parse_config_dump(document),
+            SidecarExpectation((), (ExpectedOutbound(ISTIOD, TlsMode.ISTIO_MUTUAL, 1),)),
+        )
+        == ()
+    )
+
+
+def hbone_match() -> dict[str, Any]:
+    """cluster_tls.go hboneTransportSocket: name hbone, match tunnel: http, and the internal
+    upstream socket (FullMetadataPassthroughInternalUpstreamTransportSocket around raw_buffer)
+    taken as written from the real 1.21-dev waypoint dump's cluster."""
+    waypoint = load("secrets/proxyconfig_full_config_dump.json")
+    [cluster] = raw_clusters(waypoint).values()
+    return {
+        "name": "hbone",
+        "match": {"tunnel": "http"},
+        "transport_socket": cluster["transport_socket"],
+    }
+
+
+def test_derived_hbone_auto_mtls() -> None:
+    # DERIVED: applyHBONETransportSocketMatches, auto mTLS: hbone first, then the same pair
+    document = load(POD)
+    cluster = raw_clusters(document)[ISTIOD]
+    cluster["transport_socket_matches"].insert(0, hbone_match())
+    found = parse_config_dump(document).clusters[ISTIOD]
+    assert (found.transport, found.hbone, found.certificate_secrets) == (AUTO, True, ("default",))
+    assert found.describe() == "auto mTLS, HBONE to tunnel-capable endpoints"
+
+
+def test_derived_hbone_destination_rule_istio_mutual() -> None:
+    # DERIVED: applyHBONETransportSocketMatches, ISTIO_MUTUAL: [hbone, tlsMode-istio (no match)].
+    # Read as auto mTLS before, so the wait for an ISTIO_MUTUAL policy never ended.
+    document = load(POD)
+    cluster = raw_clusters(document)[ISTIOD]
+    tls_match = cluster["transport_socket_matches"][0]
+    cluster["transport_socket_matches"] = [
+        hbone_match(),
+        {"name": "tlsMode-istio", "transport_socket": tls_match["transport_socket"]},
+    ]
+    state = parse_config_dump(document)
+    found = state.clusters[ISTIOD]
+    assert (found.transport, found.hbone, found.validation_secret) == (TLS, True, "ROOTCA")
+    expected = SidecarExpectation((), (ExpectedOutbound(ISTIOD, TlsMode.ISTIO_MUTUAL, None),))
+    assert mismatches(state, expected) == ()
+
+
+def test_derived_hbone_without_tls() -> None:
+    # DERIVED: applyHBONETransportSocketMatches, DestinationRule DISABLE (no transport socket):
+    # hboneOrPlaintextSocket = [hbone, tlsMode-disabled]
+    document = load(POD)
+    cluster = raw_clusters(document)[ISTIOD]
+    cluster["transport_socket_matches"] = [hbone_match(), cluster["transport_socket_matches"][1]]
+    state = parse_config_dump(document)
+    assert (state.clusters[ISTIOD].transport, state.clusters[ISTIOD].hbone) == (PLAIN, True)
+    expected = SidecarExpectation((), (ExpectedOutbound(ISTIOD, TlsMode.DISABLE, None),))
+    assert mismatches(state, expected) == ()
+
+
+# --- what cannot be read blocks only what it concerns -------------------------------------------
+
+
+def test_an_unreadable_cluster_blocks_only_itself() -> None:
+    document = load("istio-dumps/mplb__envoy_config_dump.json")
+    clusters = raw_clusters(document)
+    jaeger = "outbound|14250||jaeger-collector.istio-system.svc.cluster.local"
+    istiod = "outbound|15010||istiod.istio-system.svc.cluster.local"
+    clusters[jaeger]["transport_socket_matches"][0]["transport_socket"] = {"name": "x.alts"}
+    state = parse_config_dump(document)
+    assert state.clusters[jaeger].transport is UpstreamTransport.OTHER
+    assert "x.alts" in state.clusters[jaeger].describe()
+    inbound = (ExpectedInbound(3333, MtlsMode.PERMISSIVE),)
+    ok = SidecarExpectation(inbound, (ExpectedOutbound(istiod, None, None),))
+    assert mismatches(state, ok) == ()
+    concerned = SidecarExpectation(inbound, (ExpectedOutbound(jaeger, TlsMode.ISTIO_MUTUAL, None),))
+    [problem] = mismatches(state, concerned)
+    assert problem.startswith(f"cluster {jaeger}: other (") and "x.alts" in problem, problem
+
+
+def test_an_unreadable_chain_blocks_only_its_port() -> None:
+    document = load("istio-dumps/mplb__envoy_config_dump.json")
+    port_chains(document, 3333)[0]["transport_socket"] = {"typed_config": {"@type": "x.Alts"}}
+    state = parse_config_dump(document)
+    assert state.inbound[3333].mode is None
+    problem = state.inbound[3333].describe()
+    assert "unknown downstream socket 'x.Alts'" in problem, problem
+    outbound = (
+        ExpectedOutbound("outbound|15010||istiod.istio-system.svc.cluster.local", None, None),
+    )
+    assert mismatches(state, SidecarExpectation((), outbound)) == ()
+    [found] = mismatches(
+        state, SidecarExpectation((ExpectedInbound(3333, MtlsMode.PERMISSIVE),), ())
+    )
+    assert "inbound port 3333: unrecognised" in found and "x.Alts" in found, found
