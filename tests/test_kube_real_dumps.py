@@ -73,8 +73,11 @@ def load(name: str) -> dict[str, Any]:
 
 
 def section(document: dict[str, Any], kind: str) -> dict[str, Any]:
-    [found] = [c for c in document["configs"] if c["@type"].endswith(f".{kind}")]
-    return found
+    found: list[dict[str, Any]] = [
+        c for c in document["configs"] if c["@type"].endswith(f".{kind}")
+    ]
+    [one] = found
+    return one
 
 
 def raw_clusters(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
