@@ -197,8 +197,9 @@ def pod_proxy_image(pod: Mapping[str, Any]) -> str | None:
 def image_is_distroless(image: str) -> bool:
     """Istio's distroless proxy (``global.variant=distroless``, the tag suffix
     ``-distroless``; what the ambient profile installs): no shell, no tcpdump."""
-    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    repository, _, tag = last.partition(":")
+    head, _, last = image.split("@", 1)[0].rpartition("/")
+    name, _, tag = last.partition(":")
+    repository = f"{head}/{name}"
     return tag == "distroless" or tag.endswith("-distroless") or "distroless" in repository
 
 
