@@ -941,3 +941,61 @@ def test_destination_rules_propagate_under_hbone(world: World, mode: str) -> Non
         mesh.apply(dest_rule("foo", mode))
     finally:
         mesh.close()
+
+
+# --- what older or stranger Envoys print does not block the wait --------------------------------
+
+
+def istio_1_13_sockets(dump: dict[str, Any]) -> None:
+    """Istio <= 1.13 writes tlsMode-disabled's socket by name only (as in the real Istio 1.9.1
+    dump ../shared/testdata/istio-dumps/scout__config_dump.json)."""
+    for entry in dump["configs"][1]["dynamic_active_clusters"]:
+        for match in entry["cluster"].get("transport_socket_matches", []):
+            if match["name"] == "tlsMode-disabled":
+                match["transport_socket"] = {"name": "envoy.transport_sockets.raw_buffer"}
+
+
+def with_an_unknown_cluster(dump: dict[str, Any]) -> None:
+    dump["configs"][1]["dynamic_active_clusters"].append(
+        {
+            "cluster": {
+                "name": "outbound|9999||other.example.svc.cluster.local",
+                "transport_socket": {"name": "envoy.transport_sockets.alts"},
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize("rewrite", [istio_1_13_sockets, with_an_unknown_cluster])
+def test_policies_propagate_whatever_else_the_dump_holds(world: World, rewrite: Any) -> None:
+    world.istio.rewrite_dump = rewrite
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        mesh.apply(peer_auth("foo", "STRICT"))
+        mesh.apply(dest_rule("bar", "DISABLE"))
+    finally:
+        mesh.close()
+
+
+def test_an_unknown_cluster_under_test_is_named_in_the_timeout(world: World) -> None:
+    def unknown_bar(dump: dict[str, Any]) -> None:
+        for entry in dump["configs"][1]["dynamic_active_clusters"]:
+            if entry["cluster"]["name"].endswith(f"httpbin.{BAR}.svc.cluster.local"):
+                entry["cluster"].pop("transport_socket_matches", None)
+                entry["cluster"]["transport_socket"] = {"name": "envoy.transport_sockets.alts"}
+
+    world.istio.rewrite_dump = unknown_bar
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        with pytest.raises(PropagationTimeout) as timeout:
+            mesh.apply(dest_rule("bar", "ISTIO_MUTUAL"))
+    finally:
+        mesh.close()
+    assert (
+        f"cluster outbound|8000||httpbin.{BAR}.svc.cluster.local: other (cluster"
+        f" outbound|8000||httpbin.{BAR}.svc.cluster.local.transport_socket.typed_config:"
+        " expected an object, got null (socket 'envoy.transport_sockets.alts' without a"
+        " config))"
+    ) in str(timeout.value)

@@ -826,6 +826,8 @@ class FakeIstio:
     capture_stderr: bytes = b""
     curl_hang: bool = False
     send_hbone: bool = False
+    # edits every rendered config_dump (e.g. to write it as an older Istio would)
+    rewrite_dump: Callable[[dict[str, Any]], None] | None = None
     config_dump_reads: list[str] = field(default_factory=list)  # <pod>.<namespace>, in order
     _served: dict[str, bytes] = field(default_factory=dict)
     _unseen: dict[str, int] = field(default_factory=dict)
@@ -929,6 +931,8 @@ class FakeIstio:
         base["configs"][1]["dynamic_active_clusters"] = [
             self._stuck_cluster(ns) if stuck else self._cluster(namespace, ns) for ns in namespaces
         ]
+        if self.rewrite_dump is not None:
+            self.rewrite_dump(base)
         return json.dumps(base).encode()
 
     def _stuck_cluster(self, namespace: str) -> dict[str, Any]:

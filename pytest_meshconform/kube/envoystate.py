@@ -348,24 +348,30 @@ def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
     if kind.endswith(".RawBuffer"):
         return OutboundCluster("", UpstreamTransport.PLAINTEXT)
     typed = socket["typed_config"]
+    typed_where = f"{where}.typed_config"
     if kind.endswith(".InternalUpstreamTransport"):  # HBONE / waypoint wrapping
         inner = typed.get("transport_socket")
         if inner is None:
             return OutboundCluster("", UpstreamTransport.PLAINTEXT)
-        return _upstream_socket(_mapping(inner, f"{where}.transport_socket"), where)
+        inner_where = f"{typed_where}.transport_socket"
+        return _upstream_socket(_mapping(inner, inner_where), inner_where)
     if kind.endswith(".UpstreamTlsContext"):
-        common = _mapping(typed.get("common_tls_context") or {}, f"{where}.common_tls_context")
+        common = _mapping(
+            typed.get("common_tls_context") or {}, f"{typed_where}.common_tls_context"
+        )
         configs = _list(
             common.get("tls_certificate_sds_secret_configs"),
-            f"{where}.common_tls_context.tls_certificate_sds_secret_configs",
+            f"{typed_where}.common_tls_context.tls_certificate_sds_secret_configs",
         )
         secrets = tuple(
-            _string(_mapping(c, f"{where}.sds[{i}]").get("name"), f"{where}.sds[{i}].name")
+            _string(
+                _mapping(c, f"{typed_where}.sds[{i}]").get("name"), f"{typed_where}.sds[{i}].name"
+            )
             for i, c in enumerate(configs)
         )
         combined = _mapping(
             common.get("combined_validation_context") or {},
-            f"{where}.common_tls_context.combined_validation_context",
+            f"{typed_where}.common_tls_context.combined_validation_context",
         )
         validation = combined.get("validation_context_sds_secret_config") or common.get(
             "validation_context_sds_secret_config"
@@ -373,10 +379,12 @@ def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
         root = None
         if validation is not None:
             root = _string(
-                _mapping(validation, f"{where}.validation_context_sds_secret_config").get("name"),
-                f"{where}.validation_context_sds_secret_config.name",
+                _mapping(validation, f"{typed_where}.validation_context_sds_secret_config").get(
+                    "name"
+                ),
+                f"{typed_where}.validation_context_sds_secret_config.name",
             )
-        sni = _string(typed.get("sni"), f"{where}.sni") or None
+        sni = _string(typed.get("sni"), f"{typed_where}.sni") or None
         return OutboundCluster("", UpstreamTransport.TLS, secrets, root, sni)
     return OutboundCluster("", UpstreamTransport.OTHER, detail=kind)
 
@@ -394,7 +402,8 @@ def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluste
     socket = cluster.get("transport_socket")
     matches = _list(cluster.get("transport_socket_matches"), f"{where}.transport_socket_matches")
     if socket is not None and not matches:
-        return _upstream_socket(_mapping(socket, f"{where}.transport_socket"), where)
+        socket_where = f"{where}.transport_socket"
+        return _upstream_socket(_mapping(socket, socket_where), socket_where)
     if not matches:
         return OutboundCluster("", UpstreamTransport.PLAINTEXT)
     found = []
@@ -409,9 +418,11 @@ def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluste
         if inner is None:
             found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
         else:
-            found.append(_upstream_socket(_mapping(inner, match_where), match_where))
+            inner_where = f"{match_where}.transport_socket"
+            found.append(_upstream_socket(_mapping(inner, inner_where), inner_where))
     if socket is not None:  # the fallback when no match applies
-        found.append(_upstream_socket(_mapping(socket, f"{where}.transport_socket"), where))
+        socket_where = f"{where}.transport_socket"
+        found.append(_upstream_socket(_mapping(socket, socket_where), socket_where))
     if not found:  # only the hbone match: every other endpoint gets no socket at all
         found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
     kinds = {f.transport for f in found}
