@@ -207,6 +207,9 @@ def test_real_dump_parses_with_its_facts(
     state = parse_config_dump(path_of(name).read_bytes())
     assert (state.listeners_version, state.clusters_version) == (lversion, cversion)
     assert state.listener_problems == () and state.cluster_problems == ()
+    # only the 1.19-dev sidecar listens for HBONE: it has the connect_terminate listener
+    # (listener_inbound.go buildInboundHBONEListeners, for ISTIO_META_ENABLE_HBONE proxies)
+    assert state.hbone_inbound is (name == "istio-dumps/istio__authz-configdump.json")
     if ports is None:
         assert state.has_virtual_inbound is False and dict(state.inbound) == {}
     else:
@@ -304,7 +307,7 @@ def test_istioctl_listener_list() -> None:
     }
     assert ports == {80, 15006}
     state = parse_listeners(data)
-    assert state.has_virtual_inbound is True
+    assert state.has_virtual_inbound is True and state.hbone_inbound is False
     assert state.blackhole_ports == (15006,)
     assert sorted(state.inbound) == [80]
     assert chain_shape(state, 80) == (

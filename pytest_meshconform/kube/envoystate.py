@@ -75,6 +75,10 @@ VIRTUAL_INBOUND: Final = "virtualInbound"
 VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
 # cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
 HBONE_MATCH: Final = "hbone"
+# listener_inbound.go ``buildInboundHBONEListeners`` (only when model.Proxy
+# ``EnableHBONEListen``: proxy metadata ENABLE_HBONE and PILOT_ENABLE_SIDECAR_LISTENING_HBONE):
+# the HBONE terminating listener on port 15008
+CONNECT_TERMINATE: Final = "connect_terminate"
 # Istio's SDS resource names (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName)
 ISTIO_WORKLOAD_SECRET: Final = "default"
 ISTIO_ROOT_SECRET: Final = "ROOTCA"
@@ -201,6 +205,7 @@ class EnvoyState:
     blackhole_ports: tuple[int, ...] = ()  # virtualInbound-blackhole chains (15006): no mode
     listener_problems: tuple[str, ...] = ()  # virtualInbound chains whose port is unreadable
     cluster_problems: tuple[str, ...] = ()  # clusters whose name is unreadable
+    hbone_inbound: bool = False  # an active connect_terminate listener: accepts HBONE on 15008
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
@@ -549,7 +554,7 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     inbound: dict[int, InboundPort] = {}
     blackhole: tuple[int, ...] = ()
     listener_problems: tuple[str, ...] = ()
-    has_virtual_inbound = False
+    has_virtual_inbound = hbone_inbound = False
     clusters: dict[str, OutboundCluster] = {}
     cluster_problems: tuple[str, ...] = ()
     for index, raw in enumerate(configs):
@@ -561,10 +566,13 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
             for position, entry in enumerate(listeners):
                 where = f"dynamic_listeners[{position}]"
                 entry = _mapping(entry, where)
-                if _string(entry.get("name"), f"{where}.name") != VIRTUAL_INBOUND:
-                    continue
+                name = _string(entry.get("name"), f"{where}.name")
                 active = entry.get("active_state")
                 if active is None:
+                    continue
+                if name == CONNECT_TERMINATE:
+                    hbone_inbound = True
+                if name != VIRTUAL_INBOUND:
                     continue
                 listener = _mapping(
                     _mapping(active, f"{where}.active_state").get("listener"),
@@ -584,6 +592,7 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
         blackhole_ports=blackhole,
         listener_problems=listener_problems,
         cluster_problems=cluster_problems,
+        hbone_inbound=hbone_inbound,
     )
 
 
@@ -617,10 +626,12 @@ def parse_listeners(data: bytes | str | Sequence[Any]) -> EnvoyState:
     inbound: dict[int, InboundPort] = {}
     blackhole: tuple[int, ...] = ()
     problems: tuple[str, ...] = ()
-    has_virtual_inbound = False
+    has_virtual_inbound = hbone_inbound = False
     for index, raw in enumerate(listeners):
         listener = _mapping(raw, f"listeners[{index}]")
-        if _string(listener.get("name"), f"listeners[{index}].name") == VIRTUAL_INBOUND:
+        name = _string(listener.get("name"), f"listeners[{index}].name")
+        hbone_inbound = hbone_inbound or name == CONNECT_TERMINATE
+        if name == VIRTUAL_INBOUND:
             has_virtual_inbound = True
             inbound, blackhole, problems = _inbound_ports(listener, VIRTUAL_INBOUND)
     return EnvoyState(
@@ -631,6 +642,7 @@ def parse_listeners(data: bytes | str | Sequence[Any]) -> EnvoyState:
         {},
         blackhole_ports=blackhole,
         listener_problems=problems,
+        hbone_inbound=hbone_inbound,
     )
 
 
