@@ -36,6 +36,7 @@ from pytest_meshconform.kube.envoystate import (
     ExpectedOutbound,
     SidecarExpectation,
     UpstreamTransport,
+    max_requests_per_connection,
     mismatches,
     parse_config_dump,
     parse_listeners,
@@ -487,3 +488,47 @@ def test_an_unreadable_chain_blocks_only_its_port() -> None:
         state, SidecarExpectation((ExpectedInbound(3333, MtlsMode.PERMISSIVE),), ())
     )
     assert "inbound port 3333: unrecognised" in found and "x.Alts" in found, found
+
+
+# --- the Envoy v2 dumps as evidence of the shapes derived above ----------------------------------
+
+
+def v2_section(name: str, kind: str) -> dict[str, Any]:
+    return section(load(f"istio-dumps/envoy-v2/{name}"), kind)
+
+
+def test_v2_strict_port_has_only_client_certificate_chains() -> None:
+    # Istio 1.4-alpha, STRICT (istioctl describe testdata): every chain of port 9080 requires a
+    # client certificate, no plaintext chain: the STRICT shape test_derived_strict_port builds
+    listeners = v2_section(
+        "istio__describe-productpage-strict-1.4alpha.json", "ListenersConfigDump"
+    )
+    [inbound] = [
+        e["listener"]
+        for e in listeners["dynamic_active_listeners"]
+        if e["listener"]["name"] == "virtualInbound"
+    ]
+    chains = [
+        c
+        for c in inbound["filter_chains"]
+        if c.get("filter_chain_match", {}).get("destination_port") == 9080
+    ]
+    assert len(chains) == 2  # one per pod address (IPv4, IPv6)
+    assert all(c["tls_context"]["require_client_certificate"] is True for c in chains)
+
+
+def test_v2_istio_mutual_and_max_requests_are_cluster_level() -> None:
+    # Istio 1.1.1: ISTIO_MUTUAL clusters carry their TLS at cluster level (no socket matches:
+    # auto mTLS came in 1.5) with Istio's SNI; max_requests_per_connection is the cluster
+    # field the reader still accepts
+    clusters = {
+        e["cluster"]["name"]: e["cluster"]
+        for e in v2_section("istio__auth-productpage_config_dump-1.1.1.json", "ClustersConfigDump")[
+            "dynamic_active_clusters"
+        ]
+    }
+    httpbin = clusters["outbound|8000||httpbin.default.svc.cluster.local"]
+    assert "transport_socket_matches" not in httpbin
+    assert httpbin["tls_context"]["sni"] == "outbound_.8000_._.httpbin.default.svc.cluster.local"
+    telemetry = clusters["outbound|9091||istio-telemetry.istio-system.svc.cluster.local"]
+    assert max_requests_per_connection(telemetry) == 10000
