@@ -999,3 +999,18 @@ def test_an_unknown_cluster_under_test_is_named_in_the_timeout(world: World) -> 
         " expected an object, got null (socket 'envoy.transport_sockets.alts' without a"
         " config))"
     ) in str(timeout.value)
+
+
+def test_hbone_question_without_the_client_cluster_is_an_error(world: World) -> None:
+    world.cluster.hbone_pods = True
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        world.istio.rewrite_dump = lambda dump: dump["configs"][1].update(
+            dynamic_active_clusters=[]
+        )
+        sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+        with pytest.raises(MeshError, match=r"has no cluster outbound\|8000\|\|httpbin\."):
+            mesh.hbone_tunnel(sleep, httpbin)
+    finally:
+        mesh.close()
