@@ -26,6 +26,10 @@ Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON,
   ``common_http_protocol_options.max_requests_per_connection`` of the cluster's
   ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
   (pilot/pkg/networking/core/cluster_traffic_policy.go).
+- Real Envoys print more than that: sockets by name only (Istio <= 1.13), HBONE socket matches
+  (ambient-profile istiod), the ``virtualInbound-blackhole`` chain. docs/kube-reader.md lists
+  every shape read and the real dumps (tests/test_kube_real_dumps.py) that prove it; a part
+  that cannot be read is kept, named, where it is, and blocks only what concerns it.
 """
 
 from __future__ import annotations
@@ -258,7 +262,7 @@ def _socket_type(socket: Mapping[str, Any], where: str) -> str:
     """The ``@type`` of a transport socket's ``typed_config``, or, for a socket Envoy knows
     by name only (Istio <= 1.13 writes ``tlsMode-disabled`` as ``{"name":
     "envoy.transport_sockets.raw_buffer"}``: ``defaultTransportSocketMatch`` in
-    pilot/pkg/networking/core/v1alpha3/cluster_builder.go), the type that name stands for."""
+    pilot/pkg/networking/core/v1alpha3/cluster.go), the type that name stands for."""
     typed = socket.get("typed_config")
     if typed is None:
         name = _string(socket.get("name"), f"{where}.name")
