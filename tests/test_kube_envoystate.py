@@ -539,3 +539,19 @@ def test_arbitrary_dumps_parse_or_raise_the_typed_error(
         port.describe()
     for found in state.clusters.values():
         found.describe()
+
+
+def test_an_unreadable_listener_blocks_inbound_expectations_only() -> None:
+    document = json.loads(dump("httpbin-permissive"))
+    listeners = document["configs"][2]["dynamic_listeners"]
+    listeners.append({"name": 5, "active_state": {"listener": {}}})
+    state = parse_config_dump(document)
+    assert state.inbound[8080].mode is MtlsMode.PERMISSIVE  # the rest is still read
+    inbound = SidecarExpectation((ExpectedInbound(8080, MtlsMode.PERMISSIVE),), ())
+    assert mismatches(state, inbound) == (
+        f"virtualInbound not understood: dynamic_listeners[{len(listeners) - 1}].name:"
+        " expected a string, got 5",
+    )
+    assert mismatches(state, SidecarExpectation((), ())) == ()
+    clusters_only = SidecarExpectation((), expect("").outbound[:1])
+    assert mismatches(state, clusters_only) == ()

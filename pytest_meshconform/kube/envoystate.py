@@ -542,6 +542,21 @@ def _admin_type(kind: str) -> str | None:
     return None
 
 
+def _active_listener(raw: object, where: str) -> tuple[str, Mapping[str, Any] | None]:
+    """A ``dynamic_listeners`` entry's name and its active listener (None while warming or
+    draining: not serving)."""
+    entry = _mapping(raw, where)
+    name = _string(entry.get("name"), f"{where}.name")
+    active = entry.get("active_state")
+    if active is None:
+        return name, None
+    listener = _mapping(
+        _mapping(active, f"{where}.active_state").get("listener"),
+        f"{where}.active_state.listener",
+    )
+    return name, listener
+
+
 def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     """Envoy's ``/config_dump`` (JSON text or the loaded object) -> what it implements.
 
@@ -567,23 +582,21 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
         if kind == "ListenersConfigDump":
             listeners_version = _string(section.get("version_info"), "listeners.version_info")
             listeners = _list(section.get("dynamic_listeners"), "dynamic_listeners")
-            for position, entry in enumerate(listeners):
+            problems: list[str] = []
+            for position, raw in enumerate(listeners):
                 where = f"dynamic_listeners[{position}]"
-                entry = _mapping(entry, where)
-                name = _string(entry.get("name"), f"{where}.name")
-                active = entry.get("active_state")
-                if active is None:
-                    continue
-                if name == CONNECT_TERMINATE:
-                    hbone_inbound = True
-                if name != VIRTUAL_INBOUND:
-                    continue
-                listener = _mapping(
-                    _mapping(active, f"{where}.active_state").get("listener"),
-                    f"{where}.active_state.listener",
-                )
-                has_virtual_inbound = True
-                inbound, blackhole, listener_problems = _inbound_ports(listener, VIRTUAL_INBOUND)
+                try:
+                    name, listener = _active_listener(raw, where)
+                    if name == CONNECT_TERMINATE and listener is not None:
+                        hbone_inbound = True
+                    if name != VIRTUAL_INBOUND or listener is None:
+                        continue
+                    has_virtual_inbound = True
+                    inbound, blackhole, found = _inbound_ports(listener, VIRTUAL_INBOUND)
+                    problems.extend(found)
+                except EnvoyStateError as error:  # maybe virtualInbound: blocks inbound checks
+                    problems.append(str(error))
+            listener_problems = tuple(problems)
         elif kind == "ClustersConfigDump":
             clusters_version = _string(section.get("version_info"), "clusters.version_info")
             clusters, cluster_problems = _clusters(section)
