@@ -2,16 +2,17 @@
 
 Istio: plaintext into a STRICT sidecar matches no filter chain and is reset (curl exit 56, no
 HTTP response); a sidecar client's mTLS goes through, its ClientHello offering Istio's ALPN
-and SNI, and none of the request travels in plaintext.
+and SNI, and none of the request travels in plaintext. A sidecar that tunnels over HBONE (ambient
+profile) sends that mTLS to port 15008 with ALPN h2 instead: asserted as such.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle
+from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle, tunnels_over_hbone
 
-from .wire import ISTIO_HTTP11_ALPN, istio_sni, namespace_mode, no_keepalive
+from .wire import HBONE_ALPN, HBONE_PORT, ISTIO_HTTP11_ALPN, istio_sni, namespace_mode, no_keepalive
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
 
@@ -48,6 +49,7 @@ def test_strict_accepts_mtls(
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     apply_policy(no_keepalive(httpbin.namespace))
+    hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)
     with capture(httpbin) as cap:
         result = sleep.curl(httpbin)
     assert result.ok, f"mTLS into STRICT failed: {result}"
@@ -56,10 +58,16 @@ def test_strict_accepts_mtls(
     hellos = [f.tls.client_hello for f in flows if f.tls and f.tls.client_hello]
     assert hellos, f"no TLS ClientHello from {sleep}'s sidecar on the wire ({cap})"
     hello = hellos[-1]
-    assert hello.alpn == ISTIO_HTTP11_ALPN, f"ALPN {hello.alpn} ({cap})"
-    assert hello.sni == istio_sni(f"httpbin.{httpbin.namespace}.svc.cluster.local"), (
-        f"SNI {hello.sni} ({cap})"
-    )
+    if hbone:
+        ports = sorted({f.server_port for f in flows})
+        assert ports == [HBONE_PORT], f"HBONE went to ports {ports} ({cap})"
+        assert hello.alpn == HBONE_ALPN, f"HBONE ALPN {hello.alpn} ({cap})"
+        assert "TLS1.3" in hello.supported_versions, f"HBONE without TLS 1.3: {hello} ({cap})"
+    else:
+        assert hello.alpn == ISTIO_HTTP11_ALPN, f"ALPN {hello.alpn} ({cap})"
+        assert hello.sni == istio_sni(f"httpbin.{httpbin.namespace}.svc.cluster.local"), (
+            f"SNI {hello.sni} ({cap})"
+        )
     leaked = [r for flow in cap.flows for r in flow.http_requests]
     assert leaked == [], f"plaintext HTTP on the wire under STRICT: {leaked} ({cap})"
     assert cap.plaintext_flows == (), f"non-TLS payload on the wire: {cap}"

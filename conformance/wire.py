@@ -7,6 +7,13 @@ from typing import Any
 # ALPN an Istio sidecar client offers for HTTP/1.1 over ISTIO_MUTUAL (istio.alpn filter).
 ISTIO_HTTP11_ALPN = ("istio-http/1.1", "istio", "http/1.1")
 TLS_VERSIONS_ALLOWED = ("TLS1.2", "TLS1.3")  # Istio: TLS 1.2 minimum, 1.3 maximum
+# HBONE (a sidecar of an ambient-profile istiod sending to a pod labelled
+# networking.istio.io/tunnel=http): HTTP/2 CONNECT over mTLS to port 15008
+# (pkg/model HBoneInboundListenPort), ALPN h2 and TLS 1.3 only (istiod
+# buildCommonConnectTLSContext); Istio's docs: "HBONE ... tunneling TCP connections over
+# HTTP/2 CONNECT, over mTLS", port 15008 (ambient architecture, HBONE).
+HBONE_PORT = 15008
+HBONE_ALPN = ("h2",)
 
 
 def istio_sni(service_fqdn: str, port: int = 8000) -> str:

@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "MeshUnavailable": "mesh",
     "MeshWideNotAllowed": "mesh",
     "PropagationTimeout": "mesh",
+    "tunnels_over_hbone": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
     "mesh_settings_key": "plugin",
     "MeshSettings": "settings",
@@ -144,6 +145,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         PropagationTimeout as PropagationTimeout,
         Service as Service,
         Workload as Workload,
+        tunnels_over_hbone as tunnels_over_hbone,
     )
     from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (

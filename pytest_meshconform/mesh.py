@@ -183,6 +183,23 @@ class Mesh(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class HboneAware(Protocol):
+    """A backend whose sidecars may tunnel mesh traffic over HBONE (Istio's ambient-profile
+    istiod sends it to pods labelled ``networking.istio.io/tunnel: http``). Kept apart from
+    `Mesh` so backends that never tunnel (the local mesh) need nothing."""
+
+    def hbone_tunnel(self, client: Workload, server: Workload) -> bool:
+        """Whether ``client``'s sidecar reaches ``server`` over HBONE (mTLS to 15008)."""
+        ...
+
+
+def tunnels_over_hbone(mesh: Mesh, client: Workload, server: Workload) -> bool:
+    """What the wire suites ask before asserting ALPN/SNI/port: HBONE traffic has Istio's
+    HBONE shape (TLS to port 15008, ALPN h2), not the sidecar-to-sidecar mTLS one."""
+    return isinstance(mesh, HboneAware) and mesh.hbone_tunnel(client, server)
+
+
 class MeshWideNotAllowed(MeshError):
     """A policy targets Istio's root namespace while mesh-wide changes are not allowed.
 

@@ -405,14 +405,22 @@ def pod_json(
     waiting_reason: str | None = None,
     labels: Mapping[str, str] | None = None,
     ephemeral: list[tuple[str, str]] | None = None,
+    proxy_image: str = PROXY_IMAGE,
+    hbone: bool = False,
 ) -> dict[str, Any]:
     """A pod as the API returns it once scheduled: the app container, istio-proxy when
-    injected, status Running/Ready (or waiting with ``waiting_reason``)."""
+    injected, status Running/Ready (or waiting with ``waiting_reason``). ``hbone``: injected
+    with ISTIO_META_ENABLE_HBONE=true, which Istio's injection template turns into the label
+    ``networking.istio.io/tunnel: http`` and the proxy's env."""
     from kubernetes import client as k8s
 
     containers = [k8s.V1Container(name=app, image=f"example/{app}:1")]
+    labels = dict(labels or {})
     if sidecar:
-        containers.append(k8s.V1Container(name="istio-proxy", image=PROXY_IMAGE))
+        env = [k8s.V1EnvVar(name="ISTIO_META_ENABLE_HBONE", value="true")] if hbone else None
+        containers.append(k8s.V1Container(name="istio-proxy", image=proxy_image, env=env))
+        if hbone:
+            labels.setdefault("networking.istio.io/tunnel", "http")
     statuses = []
     for container in containers:
         state = (
@@ -451,9 +459,7 @@ def pod_json(
     pod = k8s.V1Pod(
         api_version="v1",
         kind="Pod",
-        metadata=k8s.V1ObjectMeta(
-            name=name, namespace=namespace, labels={"app": app, **(labels or {})}
-        ),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app": app, **labels}),
         spec=k8s.V1PodSpec(containers=containers),
         status=k8s.V1PodStatus(
             phase="Running" if not waiting_reason else "Pending",
@@ -524,6 +530,8 @@ class FakeCluster:
     root_pem: str = "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"
     pod_waiting: dict[str, str] = field(default_factory=dict)  # app -> waiting reason
     inject: bool = True
+    proxy_image: str = PROXY_IMAGE  # what the injector puts in istio-proxy
+    hbone_pods: bool = False  # injected with ISTIO_META_ENABLE_HBONE=true (see pod_json)
     calls: list[str] = field(default_factory=list)
     forbidden: set[str] = field(default_factory=set)  # operations answering 403 (RBAC)
     _version: int = 100
@@ -633,6 +641,8 @@ class FakeCluster:
                 app,
                 sidecar=injected,
                 waiting_reason=self.pod_waiting.get(app),
+                proxy_image=self.proxy_image,
+                hbone=self.hbone_pods,
             )
         )
         self.pods[namespace] = pods
@@ -731,6 +741,37 @@ class FakeCluster:
         return self.exec_api.open_exec(namespace, pod, container, argv, stdin=stdin)
 
 
+RAW = {
+    "name": "envoy.transport_sockets.raw_buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    },
+}
+# cluster_tls.go hboneTransportSocket around raw_buffer; the socket as istiod's 1.21 waypoint
+# dump (istioctl testdata) prints util.FullMetadataPassthroughInternalUpstreamTransportSocket
+HBONE_MATCH = {
+    "name": "hbone",
+    "match": {"tunnel": "http"},
+    "transport_socket": {
+        "name": "internal_upstream",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream"
+            ".v3.InternalUpstreamTransport",
+            "passthrough_metadata": [
+                {"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"}
+            ],
+            "transport_socket": {
+                "name": "raw_buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer"
+                    ".v3.RawBuffer"
+                },
+            },
+        },
+    },
+}
+
+
 def _load_dump(name: str) -> dict[str, Any]:
     return dict(json.loads((DATA_DIR / name).read_text()))
 
@@ -745,7 +786,9 @@ class FakeIstio:
     selector-less PeerAuthentication, else the root namespace's, else PERMISSIVE; each
     ``outbound|8000||httpbin.<ns>`` cluster follows the DestinationRule for that host in the
     client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS
-    (no TLS when the service's namespace mode is DISABLE).
+    (no TLS when the service's namespace mode is DISABLE); with ``send_hbone`` (istiod's
+    PILOT_ENABLE_SENDING_HBONE) the socket matches of cluster_tls.go
+    ``applyHBONETransportSocketMatches`` (``hbone`` first).
     The pieces are the hand-made dumps in ``tests/data/kube/config_dump-*.json``.
     Pods are named ``<pod>.<namespace>`` (istiod's proxy IDs). ``stuck`` pods keep the config
     they started with (no policy at all); every pod answers ``lag_reads`` reads with its old
@@ -761,6 +804,9 @@ class FakeIstio:
     capture_pcap: bytes = b""
     capture_stderr: bytes = b""
     curl_hang: bool = False
+    send_hbone: bool = False
+    # edits every rendered config_dump (e.g. to write it as an older Istio would)
+    rewrite_dump: Callable[[dict[str, Any]], None] | None = None
     config_dump_reads: list[str] = field(default_factory=list)  # <pod>.<namespace>, in order
     _served: dict[str, bytes] = field(default_factory=dict)
     _unseen: dict[str, int] = field(default_factory=dict)
@@ -842,6 +888,15 @@ class FakeIstio:
         )
         if limit is not None:
             options["max_requests_per_connection"] = limit
+        if self.send_hbone:
+            cluster = rendered["cluster"]
+            socket = cluster.pop("transport_socket", None)
+            matches = cluster.pop("transport_socket_matches", None)
+            if matches is None and socket is not None:  # ISTIO_MUTUAL: HBONE or mTLS
+                matches = [{"name": "tlsMode-istio", "transport_socket": socket}]
+            elif matches is None:  # no TLS: HBONE or plaintext (hboneOrPlaintextSocket)
+                matches = [{"name": "tlsMode-disabled", "match": {}, "transport_socket": RAW}]
+            cluster["transport_socket_matches"] = [HBONE_MATCH, *matches]
         return rendered
 
     def render_config_dump(self, namespace: str, pod: str) -> bytes:
@@ -857,6 +912,8 @@ class FakeIstio:
         base["configs"][1]["dynamic_active_clusters"] = [
             self._stuck_cluster(ns) if stuck else self._cluster(namespace, ns) for ns in namespaces
         ]
+        if self.rewrite_dump is not None:
+            self.rewrite_dump(base)
         return json.dumps(base).encode()
 
     def _stuck_cluster(self, namespace: str) -> dict[str, Any]:

@@ -32,11 +32,17 @@ from kube_fakes import (
 )
 
 from pytest_meshconform.certs import parse_envoy_secrets
-from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed
+from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed, image_is_distroless
 from pytest_meshconform.kube.client import KubeApi
 from pytest_meshconform.kube.options import KubeOptions
 from pytest_meshconform.kube.topology import RunNamespaces
-from pytest_meshconform.mesh import Mesh, MeshError, PropagationTimeout
+from pytest_meshconform.mesh import (
+    Mesh,
+    MeshError,
+    PropagationTimeout,
+    Workload,
+    tunnels_over_hbone,
+)
 from pytest_meshconform.wire import analyze_pcap
 
 RUN = "1a2b3c"
@@ -855,3 +861,172 @@ def test_existing_clusters_only_report_other_runs(world: World) -> None:
         m.startswith("namespaces of other meshconform runs exist (mc-0ther0-foo)")
         for m in world.messages
     )
+
+
+# --- distroless proxies and HBONE (the ambient profile) ----------------------------------------
+
+DISTROLESS = "docker.io/istio/proxyv2:1.22.3-distroless"
+
+
+@pytest.mark.parametrize(
+    ("image", "distroless"),
+    [
+        (DISTROLESS, True),
+        ("gcr.io/istio-release/proxyv2:1.24.0-distroless", True),
+        ("registry.example:5000/istio/proxyv2:distroless", True),
+        ("registry.example/distroless/proxyv2:1.22.3", True),
+        (PROXY_IMAGE, False),
+        ("registry.example:5000/istio/proxyv2:1.22.3-debug", False),
+        ("docker.io/istio/proxyv2@sha256:" + "0" * 64, False),
+    ],
+)
+def test_distroless_images_are_told_by_their_tag(image: str, distroless: bool) -> None:
+    assert image_is_distroless(image) is distroless
+
+
+def test_a_distroless_proxy_is_refused_before_any_test_with_the_fix(world: World) -> None:
+    world.cluster.proxy_image = DISTROLESS
+    mesh = world.mesh()
+    with pytest.raises(MeshError) as failure:
+        mesh.start()
+    message = str(failure.value)
+    assert f"is {DISTROLESS}, a distroless image" in message
+    assert "--mesh-capture-image=IMAGE" in message and "nicolaka/netshoot:v0.13" in message
+    assert world.cluster.namespaces == {}  # nothing left behind
+    assert [c for c in world.cluster.calls if c.startswith("ephemeral ")] == []
+
+
+def test_a_distroless_proxy_with_a_capture_image_runs(world: World) -> None:
+    world.cluster.proxy_image = DISTROLESS
+    world.istio.capture_pcap = (DATA_DIR / "httpbin-eth0.pcap").read_bytes()
+    world.istio.capture_stderr = (DATA_DIR / "httpbin-eth0.tcpdump-stderr.txt").read_bytes()
+    mesh = world.mesh(capture_image="registry.example/netshoot:v0.13")
+    mesh.start()
+    try:
+        with mesh.capture(mesh.workload("httpbin", "foo"), 8080):
+            pass
+    finally:
+        mesh.close()
+    [added] = [c for c in world.cluster.calls if c.startswith("ephemeral ")]
+    assert json.loads(added.split(" ", 2)[2])["image"] == "registry.example/netshoot:v0.13"
+
+
+def test_hbone_needs_the_tunnel_label_and_a_sending_istiod(world: World) -> None:
+    world.cluster.hbone_pods = True
+    world.istio.send_hbone = True
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+        assert mesh.hbone_tunnel(sleep, httpbin) is True
+        assert tunnels_over_hbone(mesh, sleep, httpbin) is True
+        # a client without a sidecar sends what its app sends
+        assert mesh.hbone_tunnel(mesh.workload("sleep", "legacy"), httpbin) is False
+        # the pods are tunnel-capable, but this istiod does not send HBONE
+        world.istio.send_hbone = False
+        assert mesh.hbone_tunnel(sleep, httpbin) is False
+    finally:
+        mesh.close()
+
+
+def test_no_tunnel_label_no_hbone_and_no_config_read(world: World, started: KubeMesh) -> None:
+    world.istio.send_hbone = True
+    reads = len(world.istio.config_dump_reads)
+    sleep, httpbin = started.workload("sleep", "foo"), started.workload("httpbin", "foo")
+    assert started.hbone_tunnel(sleep, httpbin) is False
+    assert len(world.istio.config_dump_reads) == reads
+
+
+def test_the_local_shape_of_mesh_never_tunnels() -> None:
+    class Plain:
+        pass
+
+    workload = Workload("httpbin", "foo", "httpbin", "httpbin", True)
+    assert tunnels_over_hbone(Plain(), workload, workload) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["ISTIO_MUTUAL", "DISABLE"])
+def test_destination_rules_propagate_under_hbone(world: World, mode: str) -> None:
+    # With HBONE sending, ISTIO_MUTUAL is [hbone, tlsMode-istio]: once read as auto mTLS, so
+    # this wait never ended
+    world.cluster.hbone_pods = True
+    world.istio.send_hbone = True
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        mesh.apply(dest_rule("foo", mode))
+    finally:
+        mesh.close()
+
+
+# --- what older or stranger Envoys print does not block the wait --------------------------------
+
+
+def istio_1_13_sockets(dump: dict[str, Any]) -> None:
+    """Istio <= 1.13 writes tlsMode-disabled's socket by name only (as in the real Istio 1.9.1
+    dump ../shared/testdata/istio-dumps/scout__config_dump.json)."""
+    for entry in dump["configs"][1]["dynamic_active_clusters"]:
+        for match in entry["cluster"].get("transport_socket_matches", []):
+            if match["name"] == "tlsMode-disabled":
+                match["transport_socket"] = {"name": "envoy.transport_sockets.raw_buffer"}
+
+
+def with_an_unknown_cluster(dump: dict[str, Any]) -> None:
+    dump["configs"][1]["dynamic_active_clusters"].append(
+        {
+            "cluster": {
+                "name": "outbound|9999||other.example.svc.cluster.local",
+                "transport_socket": {"name": "envoy.transport_sockets.alts"},
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize("rewrite", [istio_1_13_sockets, with_an_unknown_cluster])
+def test_policies_propagate_whatever_else_the_dump_holds(world: World, rewrite: Any) -> None:
+    world.istio.rewrite_dump = rewrite
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        mesh.apply(peer_auth("foo", "STRICT"))
+        mesh.apply(dest_rule("bar", "DISABLE"))
+    finally:
+        mesh.close()
+
+
+def test_an_unknown_cluster_under_test_is_named_in_the_timeout(world: World) -> None:
+    def unknown_bar(dump: dict[str, Any]) -> None:
+        for entry in dump["configs"][1]["dynamic_active_clusters"]:
+            if entry["cluster"]["name"].endswith(f"httpbin.{BAR}.svc.cluster.local"):
+                entry["cluster"].pop("transport_socket_matches", None)
+                entry["cluster"]["transport_socket"] = {"name": "envoy.transport_sockets.alts"}
+
+    world.istio.rewrite_dump = unknown_bar
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        with pytest.raises(PropagationTimeout) as timeout:
+            mesh.apply(dest_rule("bar", "ISTIO_MUTUAL"))
+    finally:
+        mesh.close()
+    assert (
+        f"cluster outbound|8000||httpbin.{BAR}.svc.cluster.local: other (cluster"
+        f" outbound|8000||httpbin.{BAR}.svc.cluster.local.transport_socket.typed_config:"
+        " expected an object, got null (socket 'envoy.transport_sockets.alts' without a"
+        " config))"
+    ) in str(timeout.value)
+
+
+def test_hbone_question_without_the_client_cluster_is_an_error(world: World) -> None:
+    world.cluster.hbone_pods = True
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        world.istio.rewrite_dump = lambda dump: dump["configs"][1].update(
+            dynamic_active_clusters=[]
+        )
+        sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+        with pytest.raises(MeshError, match=r"has no cluster outbound\|8000\|\|httpbin\."):
+            mesh.hbone_tunnel(sleep, httpbin)
+    finally:
+        mesh.close()

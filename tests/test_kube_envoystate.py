@@ -5,6 +5,7 @@ tests/data/kube (README there). Expected values come from the files' text, read 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def test_inbound_mode_of_port_8080(name: str, mode: MtlsMode, chains: str) -> No
     assert port.mode is mode
     assert port.describe() == f"{mode.value} (chains: {chains})"
     # the passthrough chains (no destination_port) never count; the blackhole one is 15006's
-    assert sorted(state.inbound) == [8080, 15006]
+    # and has no mode (listener_inbound.go buildInboundBlackhole: traffic sent to 15006 itself)
+    assert sorted(state.inbound) == [8080]
+    assert state.blackhole_ports == (15006,)
 
 
 def test_strict_chain_fields() -> None:
@@ -481,6 +484,16 @@ def test_auto_mtls_mismatches_say_what_envoy_has() -> None:
         (b"[]", "config_dump: expected an object, got \\[\\]"),
         (b'{"configs": {}}', "config_dump.configs: expected a list"),
         (b'{"configs": [{"@type": 5}]}', r"configs\[0\]\.@type: expected a string, got 5"),
+    ],
+)
+def test_bad_dumps_name_the_field(document: bytes | str, fragment: str) -> None:
+    with pytest.raises(EnvoyStateError, match=fragment):
+        parse_config_dump(document)
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
         (
             json.dumps(chains_listener({"filter_chain_match": {"destination_port": "80"}})),
             r"virtualInbound.filter_chains\[0\].destination_port: expected an unsigned 32-bit"
@@ -513,9 +526,17 @@ def test_auto_mtls_mismatches_say_what_envoy_has() -> None:
         ),
     ],
 )
-def test_bad_dumps_name_the_field(document: bytes | str, fragment: str) -> None:
-    with pytest.raises(EnvoyStateError, match=fragment):
-        parse_config_dump(document)
+def test_unreadable_chains_are_named_where_they_block(document: bytes | str, fragment: str) -> None:
+    # a chain the reader cannot read no longer makes the whole dump unreadable: it is kept,
+    # with the field named, in its port (or, without a readable port, for the listener), and
+    # shows up in the mismatches of an inbound expectation
+    state = parse_config_dump(document)
+    expected = SidecarExpectation((ExpectedInbound(9000, MtlsMode.STRICT),), ())
+    found = mismatches(state, expected)
+    assert [p for p in found if re.search(fragment, p)], found
+    if 9000 in state.inbound:
+        assert state.inbound[9000].mode is None
+    assert mismatches(state, SidecarExpectation((), ())) == ()
 
 
 def test_an_unknown_upstream_socket_is_reported_not_guessed() -> None:
@@ -593,3 +614,19 @@ def test_arbitrary_dumps_parse_or_raise_the_typed_error(
         port.describe()
     for found in state.clusters.values():
         found.describe()
+
+
+def test_an_unreadable_listener_blocks_inbound_expectations_only() -> None:
+    document = json.loads(dump("httpbin-permissive"))
+    listeners = document["configs"][2]["dynamic_listeners"]
+    listeners.append({"name": 5, "active_state": {"listener": {}}})
+    state = parse_config_dump(document)
+    assert state.inbound[8080].mode is MtlsMode.PERMISSIVE  # the rest is still read
+    inbound = SidecarExpectation((ExpectedInbound(8080, MtlsMode.PERMISSIVE),), ())
+    assert mismatches(state, inbound) == (
+        f"virtualInbound not understood: dynamic_listeners[{len(listeners) - 1}].name:"
+        " expected a string, got 5",
+    )
+    assert mismatches(state, SidecarExpectation((), ())) == ()
+    clusters_only = SidecarExpectation((), expect("").outbound[:1])
+    assert mismatches(state, clusters_only) == ()

@@ -42,6 +42,7 @@ from .envoystate import (
     SidecarExpectation,
     expected_sidecar,
     mismatches,
+    outbound_cluster_name,
     parse_config_dump,
 )
 from .execproto import capture_argv, capture_filter, is_pcap, strip_request_newline
@@ -79,6 +80,13 @@ __all__ = ["KUBE_FEATURES", "ClusterApi", "KubeMesh", "MeshWideNotAllowed"]
 
 Progress = Callable[[str], None]
 PROXY_CONTAINER: Final = "istio-proxy"
+# pkg/model TunnelLabel / TunnelHTTP: Istio's injection template sets it on a sidecar pod when
+# the proxy metadata has ISTIO_META_ENABLE_HBONE=true; endpoints of such pods carry
+# ``tunnel: http``, which a cluster's ``hbone`` transport socket match sends over HBONE
+TUNNEL_LABEL: Final = "networking.istio.io/tunnel"
+TUNNEL_HTTP: Final = "http"
+# an example image with bash and tcpdump, named in the fix when the proxy image has neither
+CAPTURE_IMAGE_EXAMPLE: Final = "docker.io/nicolaka/netshoot:v0.13"
 ROOT_CERT_CONFIG_MAP: Final = "istio-ca-root-cert"
 # The start of Envoy's admin 404 body (checked against Envoy 1.40's admin on an unknown path).
 ENVOY_ADMIN_NOT_FOUND: Final = b"invalid path. admin commands are:"
@@ -185,6 +193,22 @@ def pod_proxy_image(pod: Mapping[str, Any]) -> str | None:
             image = container.get("image")
             return str(image) if image else None
     return None
+
+
+def image_is_distroless(image: str) -> bool:
+    """Istio's distroless proxy (``global.variant=distroless``, the tag suffix
+    ``-distroless``; what the ambient profile installs): no shell, no tcpdump."""
+    head, _, last = image.split("@", 1)[0].rpartition("/")
+    name, _, tag = last.partition(":")
+    repository = f"{head}/{name}"
+    return tag == "distroless" or tag.endswith("-distroless") or "distroless" in repository
+
+
+def pod_accepts_hbone(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's endpoints carry ``tunnel: http`` (its ``networking.istio.io/tunnel``
+    label lists ``http``: a comma-separated list, pkg/model ``TunnelLabel``)."""
+    value = (_meta(pod).get("labels") or {}).get(TUNNEL_LABEL)
+    return isinstance(value, str) and TUNNEL_HTTP in [v.strip() for v in value.split(",")]
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -371,6 +395,7 @@ class KubeMesh:
             self._sweep_leftovers()
             self._create_topology()
             self._wait_pods_ready()
+            self._check_capture_image()
             self._root_pem = self._read_root_cert()
             self._wait_reachable()
         except BaseException:
@@ -958,6 +983,49 @@ class KubeMesh:
             time.sleep(_POLL_S)
 
     # -- capture -------------------------------------------------------------------------------
+
+    def _check_capture_image(self) -> None:
+        """Refuse, before any test runs, a capture image that cannot start: without
+        --mesh-capture-image the capture container borrows the proxy image, and Istio's
+        distroless proxy has neither bash nor tcpdump."""
+        if self.options.capture_image:
+            return
+        for workload in self._workloads:
+            image = pod_proxy_image(self._pod(workload)) if workload.has_sidecar else None
+            if image and image_is_distroless(image):
+                raise MeshError(
+                    f"the proxy image of {workload.key} is {image}, a distroless image (Istio's"
+                    " global.variant=distroless, the ambient profile's default) without bash"
+                    " and tcpdump, so captures cannot borrow it: pass"
+                    f" --mesh-capture-image=IMAGE with both (e.g. {CAPTURE_IMAGE_EXAMPLE},"
+                    " or a copy in your registry)"
+                )
+
+    def hbone_tunnel(self, client: Workload, server: Workload) -> bool:
+        """Whether ``client``'s sidecar sends mesh traffic for ``server`` over HBONE (mTLS to
+        port 15008, HTTP/2 CONNECT) rather than to the server port: the server's pod carries
+        ``networking.istio.io/tunnel: http`` and the client's Envoy cluster for the server's
+        Service has the ``hbone`` transport socket match (istiod's PILOT_ENABLE_SENDING_HBONE,
+        on by default in the ambient profile; cluster_tls.go ``applyHBONETransportSocketMatches``).
+        Read from the pod and from the client's own config_dump."""
+        if not client.has_sidecar or not pod_accepts_hbone(self._pod(server)):
+            return False
+        services = [
+            s
+            for s in self._services
+            if s.namespace == server.namespace and s.selector_app == server.app
+        ]
+        if not services:
+            raise MeshError(f"no Service of the run selects {server.key}")
+        try:
+            state = parse_config_dump(self.envoy_admin(client, "/config_dump"))
+        except EnvoyStateError as error:
+            raise MeshError(f"config_dump of {client.key} not understood: {error}") from None
+        name = outbound_cluster_name(services[0].fqdn, services[0].port)
+        cluster = state.clusters.get(name)
+        if cluster is None:
+            raise MeshError(f"{client.key} has no cluster {name}: is it ready?")
+        return cluster.hbone
 
     def _capture_image(self, pod: Mapping[str, Any]) -> str:
         if self.options.capture_image:

@@ -26,11 +26,16 @@ Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON,
   ``common_http_protocol_options.max_requests_per_connection`` of the cluster's
   ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
   (pilot/pkg/networking/core/cluster_traffic_policy.go).
+- Real Envoys print more than that: sockets by name only (Istio <= 1.13), HBONE socket matches
+  (ambient-profile istiod), the ``virtualInbound-blackhole`` chain. docs/kube-reader.md lists
+  every shape read and the real dumps (tests/test_kube_real_dumps.py) that prove it; a part
+  that cannot be read is kept, named, where it is, and blocks only what concerns it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,15 +63,33 @@ __all__ = [
     "mismatches",
     "outbound_cluster_name",
     "parse_config_dump",
+    "parse_listeners",
 ]
 
 VIRTUAL_INBOUND: Final = "virtualInbound"
+# pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
+# itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
+VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
+# cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
+HBONE_MATCH: Final = "hbone"
+# listener_inbound.go ``buildInboundHBONEListeners`` (only when model.Proxy
+# ``EnableHBONEListen``: proxy metadata ENABLE_HBONE and PILOT_ENABLE_SIDECAR_LISTENING_HBONE):
+# the HBONE terminating listener on port 15008
+CONNECT_TERMINATE: Final = "connect_terminate"
 # Istio's SDS resource names (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName)
 ISTIO_WORKLOAD_SECRET: Final = "default"
 ISTIO_ROOT_SECRET: Final = "ROOTCA"
 HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-_LISTENERS_DUMP: Final = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
-_CLUSTERS_DUMP: Final = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+_ADMIN_V3: Final = "type.googleapis.com/envoy.admin.v3."
+_ADMIN_V2: Final = "type.googleapis.com/envoy.admin.v2alpha."
+_RAW_BUFFER: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+)
+# Envoy's well-known name (and its deprecated short form) of the raw buffer socket
+_RAW_BUFFER_NAMES: Final = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
+# top-level keys of ztunnel's /config_dump (ztunnel src/admin.rs ``ConfigDump``)
+ZTUNNEL_KEYS: Final = frozenset({"workloadState", "workloads", "certificates", "staticConfig"})
+_CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 _SHOWN: Final = 80
 
 Policy = PeerAuthentication | DestinationRule
@@ -94,12 +117,19 @@ class InboundChain:
     application_protocols: tuple[str, ...]
     terminates_tls: bool  # has a DownstreamTlsContext
     requires_client_cert: bool  # ... with require_client_certificate: true (mTLS)
+    problem: str = ""  # why this chain could not be read (then it is unclassified)
 
     @property
     def is_plaintext(self) -> bool:
-        return not self.terminates_tls and self.transport_protocol in ("raw_buffer", "")
+        return (
+            not self.problem
+            and not self.terminates_tls
+            and self.transport_protocol in ("raw_buffer", "")
+        )
 
     def describe(self) -> str:
+        if self.problem:
+            return f"unreadable {self.name or 'chain'} ({self.problem})"
         kind = "mTLS" if self.requires_client_cert else "TLS" if self.terminates_tls else "plain"
         match = self.transport_protocol or "any"
         alpn = f" alpn={','.join(self.application_protocols)}" if self.application_protocols else ""
@@ -115,7 +145,10 @@ class InboundPort:
 
     @property
     def mode(self) -> MtlsMode | None:
-        """STRICT, PERMISSIVE or DISABLE as Istio renders them; None for any other shape."""
+        """STRICT, PERMISSIVE or DISABLE as Istio renders them; None for any other shape
+        (and when a chain of the port could not be read)."""
+        if any(c.problem for c in self.chains):
+            return None
         mtls = [c for c in self.chains if c.requires_client_cert]
         plain = [c for c in self.chains if c.is_plaintext]
         if mtls and not plain and all(c.transport_protocol == "tls" for c in self.chains):
@@ -142,7 +175,8 @@ class OutboundCluster:
     validation_secret: str | None = None
     sni: str | None = None
     max_requests_per_connection: int | None = None
-    detail: str = ""  # the unclassified transport socket, for OTHER
+    detail: str = ""  # the unclassified transport socket, or why it could not be read, for OTHER
+    hbone: bool = False  # endpoints labelled tunnel: http are reached over HBONE instead
 
     def describe(self) -> str:
         text = self.transport.value
@@ -151,6 +185,8 @@ class OutboundCluster:
             text += f" (SDS {secrets}, root {self.validation_secret or 'none'})"
         elif self.detail:
             text += f" ({self.detail})"
+        if self.hbone:
+            text += ", HBONE to tunnel-capable endpoints"
         return text
 
 
@@ -163,6 +199,10 @@ class EnvoyState:
     has_virtual_inbound: bool
     inbound: Mapping[int, InboundPort]
     clusters: Mapping[str, OutboundCluster]
+    blackhole_ports: tuple[int, ...] = ()  # virtualInbound-blackhole chains (15006): no mode
+    listener_problems: tuple[str, ...] = ()  # virtualInbound chains whose port is unreadable
+    cluster_problems: tuple[str, ...] = ()  # clusters whose name is unreadable
+    hbone_inbound: bool = False  # an active connect_terminate listener: accepts HBONE on 15008
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
@@ -211,19 +251,30 @@ def _uint32(value: object, where: str) -> int:
     return value
 
 
-def _typed_type(socket: Mapping[str, Any], where: str) -> str:
-    """The ``@type`` of a transport socket's ``typed_config`` (Envoy always prints both)."""
-    typed = _mapping(socket.get("typed_config"), f"{where}.typed_config")
-    kind = _string(typed.get("@type"), f"{where}.typed_config.@type")
+def _socket_type(socket: Mapping[str, Any], where: str) -> str:
+    """The ``@type`` of a transport socket's ``typed_config``, or, for a socket Envoy knows
+    by name only (Istio <= 1.13 writes ``tlsMode-disabled`` as ``{"name":
+    "envoy.transport_sockets.raw_buffer"}``: ``defaultTransportSocketMatch`` in
+    pilot/pkg/networking/core/v1alpha3/cluster.go), the type that name stands for."""
+    typed = socket.get("typed_config")
+    if typed is None:
+        name = _string(socket.get("name"), f"{where}.name")
+        if name in _RAW_BUFFER_NAMES:
+            return _RAW_BUFFER
+        raise EnvoyStateError(
+            f"{where}.typed_config: expected an object, got null"
+            + (f" (socket {name!r} without a config)" if name else "")
+        )
+    kind = _string(
+        _mapping(typed, f"{where}.typed_config").get("@type"), f"{where}.typed_config.@type"
+    )
     if not kind:
         raise EnvoyStateError(f"{where}.typed_config: no @type")
     return kind
 
 
-def _inbound_chain(chain: Mapping[str, Any], where: str) -> tuple[int | None, InboundChain]:
+def _inbound_chain(chain: Mapping[str, Any], where: str) -> InboundChain:
     match = _mapping(chain.get("filter_chain_match") or {}, f"{where}.filter_chain_match")
-    port = match.get("destination_port")
-    destination = None if port is None else _uint32(port, f"{where}.destination_port")
     alpns = _list(match.get("application_protocols"), f"{where}.application_protocols")
     for index, alpn in enumerate(alpns):
         _string(alpn, f"{where}.application_protocols[{index}]")
@@ -231,7 +282,7 @@ def _inbound_chain(chain: Mapping[str, Any], where: str) -> tuple[int | None, In
     socket = chain.get("transport_socket")
     if socket is not None:
         socket = _mapping(socket, f"{where}.transport_socket")
-        kind = _typed_type(socket, f"{where}.transport_socket")
+        kind = _socket_type(socket, f"{where}.transport_socket")
         if kind.endswith(".DownstreamTlsContext"):
             terminates = True
             required = socket["typed_config"].get("require_client_certificate", False)
@@ -243,7 +294,7 @@ def _inbound_chain(chain: Mapping[str, Any], where: str) -> tuple[int | None, In
             requires = required
         elif not kind.endswith(".RawBuffer"):
             raise EnvoyStateError(f"{where}.transport_socket: unknown downstream socket {kind!r}")
-    return destination, InboundChain(
+    return InboundChain(
         name=_string(chain.get("name"), f"{where}.name"),
         transport_protocol=_string(match.get("transport_protocol"), f"{where}.transport_protocol"),
         application_protocols=tuple(alpns),
@@ -252,41 +303,77 @@ def _inbound_chain(chain: Mapping[str, Any], where: str) -> tuple[int | None, In
     )
 
 
-def _inbound_ports(listener: Mapping[str, Any], where: str) -> dict[int, InboundPort]:
+def _chain_port(chain: object, where: str) -> int | None:
+    match = _mapping(
+        _mapping(chain, where).get("filter_chain_match") or {}, f"{where}.filter_chain_match"
+    )
+    port = match.get("destination_port")
+    return None if port is None else _uint32(port, f"{where}.destination_port")
+
+
+def _inbound_ports(
+    listener: Mapping[str, Any], where: str
+) -> tuple[dict[int, InboundPort], tuple[int, ...], tuple[str, ...]]:
+    """Per destination port, its chains; the blackhole chain's port; what could not be read.
+
+    A chain that cannot be read is kept, unclassified, in its port (so only that port's
+    expectation is blocked); one whose port cannot be read is reported for the listener."""
     by_port: dict[int, list[InboundChain]] = {}
+    blackhole: list[int] = []
+    problems: list[str] = []
     chains = _list(listener.get("filter_chains"), f"{where}.filter_chains")
     for index, raw in enumerate(chains):
         chain_where = f"{where}.filter_chains[{index}]"
-        port, chain = _inbound_chain(_mapping(raw, chain_where), chain_where)
-        if port is not None:
-            by_port.setdefault(port, []).append(chain)
-    return {port: InboundPort(port, tuple(found)) for port, found in by_port.items()}
+        try:
+            port = _chain_port(raw, chain_where)
+        except EnvoyStateError as error:
+            problems.append(str(error))
+            continue
+        if port is None:
+            continue  # passthrough / catch-all chains: no port of the workload
+        try:
+            chain = _inbound_chain(raw, chain_where)
+        except EnvoyStateError as error:
+            name = raw.get("name") if isinstance(raw.get("name"), str) else ""
+            chain = InboundChain(name, "", (), False, False, problem=str(error))
+        if chain.name == VIRTUAL_INBOUND_BLACKHOLE:
+            blackhole.append(port)
+            continue
+        by_port.setdefault(port, []).append(chain)
+    ports = {port: InboundPort(port, tuple(found)) for port, found in by_port.items()}
+    return ports, tuple(blackhole), tuple(problems)
 
 
 def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
     """The transport of one (cluster-level or matched) socket; ``name`` is filled in later."""
-    kind = _typed_type(socket, where)
-    typed = socket["typed_config"]
+    kind = _socket_type(socket, where)
     if kind.endswith(".RawBuffer"):
         return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+    typed = socket["typed_config"]
+    typed_where = f"{where}.typed_config"
     if kind.endswith(".InternalUpstreamTransport"):  # HBONE / waypoint wrapping
         inner = typed.get("transport_socket")
         if inner is None:
             return OutboundCluster("", UpstreamTransport.PLAINTEXT)
-        return _upstream_socket(_mapping(inner, f"{where}.transport_socket"), where)
+        inner_where = f"{typed_where}.transport_socket"
+        return _upstream_socket(_mapping(inner, inner_where), inner_where)
     if kind.endswith(".UpstreamTlsContext"):
-        common = _mapping(typed.get("common_tls_context") or {}, f"{where}.common_tls_context")
+        common = _mapping(
+            typed.get("common_tls_context") or {}, f"{typed_where}.common_tls_context"
+        )
         configs = _list(
             common.get("tls_certificate_sds_secret_configs"),
-            f"{where}.common_tls_context.tls_certificate_sds_secret_configs",
+            f"{typed_where}.common_tls_context.tls_certificate_sds_secret_configs",
         )
         secrets = tuple(
-            _string(_mapping(c, f"{where}.sds[{i}]").get("name"), f"{where}.sds[{i}].name")
+            _string(
+                _mapping(c, f"{typed_where}.sds[{i}]").get("name"), f"{typed_where}.sds[{i}].name"
+            )
             for i, c in enumerate(configs)
         )
         combined = _mapping(
             common.get("combined_validation_context") or {},
-            f"{where}.common_tls_context.combined_validation_context",
+            f"{typed_where}.common_tls_context.combined_validation_context",
         )
         validation = combined.get("validation_context_sds_secret_config") or common.get(
             "validation_context_sds_secret_config"
@@ -294,42 +381,62 @@ def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
         root = None
         if validation is not None:
             root = _string(
-                _mapping(validation, f"{where}.validation_context_sds_secret_config").get("name"),
-                f"{where}.validation_context_sds_secret_config.name",
+                _mapping(validation, f"{typed_where}.validation_context_sds_secret_config").get(
+                    "name"
+                ),
+                f"{typed_where}.validation_context_sds_secret_config.name",
             )
-        sni = _string(typed.get("sni"), f"{where}.sni") or None
+        sni = _string(typed.get("sni"), f"{typed_where}.sni") or None
         return OutboundCluster("", UpstreamTransport.TLS, secrets, root, sni)
     return OutboundCluster("", UpstreamTransport.OTHER, detail=kind)
 
 
 def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluster:
+    """The cluster's transport for endpoints reached directly; ``hbone`` when endpoints that
+    can tunnel (``tunnel: http``) are reached over HBONE instead.
+
+    pilot/pkg/networking/core/cluster_tls.go, ``applyHBONETransportSocketMatches``: with HBONE
+    sending on, istiod puts ``hboneTransportSocket`` (name ``hbone``, an internal upstream
+    socket to the ``connect_originate`` listener) first and then what it would have used
+    without HBONE: ``tlsMode-istio`` + ``tlsMode-disabled`` (auto mTLS), ``tlsMode-istio``
+    alone (DestinationRule ISTIO_MUTUAL), ``tlsMode-disabled`` (no TLS), ``user`` (SIMPLE,
+    MUTUAL)."""
     socket = cluster.get("transport_socket")
     matches = _list(cluster.get("transport_socket_matches"), f"{where}.transport_socket_matches")
     if socket is not None and not matches:
-        return _upstream_socket(_mapping(socket, f"{where}.transport_socket"), where)
+        socket_where = f"{where}.transport_socket"
+        return _upstream_socket(_mapping(socket, socket_where), socket_where)
     if not matches:
         return OutboundCluster("", UpstreamTransport.PLAINTEXT)
     found = []
+    hbone = False
     for index, raw in enumerate(matches):
         match_where = f"{where}.transport_socket_matches[{index}]"
         entry = _mapping(raw, match_where)
+        if _string(entry.get("name"), f"{match_where}.name") == HBONE_MATCH:
+            hbone = True
+            continue
         inner = entry.get("transport_socket")
         if inner is None:
             found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
         else:
-            found.append(_upstream_socket(_mapping(inner, match_where), match_where))
+            inner_where = f"{match_where}.transport_socket"
+            found.append(_upstream_socket(_mapping(inner, inner_where), inner_where))
     if socket is not None:  # the fallback when no match applies
-        found.append(_upstream_socket(_mapping(socket, f"{where}.transport_socket"), where))
+        socket_where = f"{where}.transport_socket"
+        found.append(_upstream_socket(_mapping(socket, socket_where), socket_where))
+    if not found:  # only the hbone match: every other endpoint gets no socket at all
+        found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
     kinds = {f.transport for f in found}
     if UpstreamTransport.OTHER in kinds:
-        return next(f for f in found if f.transport is UpstreamTransport.OTHER)
+        other = next(f for f in found if f.transport is UpstreamTransport.OTHER)
+        return OutboundCluster("", UpstreamTransport.OTHER, detail=other.detail, hbone=hbone)
     if kinds == {UpstreamTransport.PLAINTEXT}:
-        return found[0]
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT, hbone=hbone)
     tls = next(f for f in found if f.transport is UpstreamTransport.TLS)
-    if kinds == {UpstreamTransport.TLS}:
-        return tls
+    kind = UpstreamTransport.TLS if kinds == {UpstreamTransport.TLS} else UpstreamTransport.AUTO
     return OutboundCluster(
-        "", UpstreamTransport.AUTO, tls.certificate_secrets, tls.validation_secret, tls.sni
+        "", kind, tls.certificate_secrets, tls.validation_secret, tls.sni, hbone=hbone
     )
 
 
@@ -354,74 +461,198 @@ def max_requests_per_connection(cluster: Mapping[str, Any], where: str = "cluste
     return None if legacy is None else _uint32(legacy, f"{where}.max_requests_per_connection")
 
 
-def _clusters(section: Mapping[str, Any]) -> dict[str, OutboundCluster]:
+def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
+    where = f"cluster {name}"
+    transport = _cluster_transport(cluster, where)
+    return OutboundCluster(
+        name,
+        transport.transport,
+        transport.certificate_secrets,
+        transport.validation_secret,
+        transport.sni,
+        max_requests_per_connection(cluster, where),
+        transport.detail,
+        transport.hbone,
+    )
+
+
+def _clusters(section: Mapping[str, Any]) -> tuple[dict[str, OutboundCluster], tuple[str, ...]]:
+    """Every active cluster; one that cannot be read is kept as ``OTHER`` with the reason (it
+    blocks only an expectation about that cluster); one without a readable name is reported."""
     found: dict[str, OutboundCluster] = {}
+    problems: list[str] = []
     entries = _list(section.get("dynamic_active_clusters"), "dynamic_active_clusters")
     for index, raw in enumerate(entries):
         where = f"dynamic_active_clusters[{index}]"
-        cluster = _mapping(_mapping(raw, where).get("cluster"), f"{where}.cluster")
-        name = _string(cluster.get("name"), f"{where}.cluster.name")
-        where = f"cluster {name}"
-        transport = _cluster_transport(cluster, where)
-        found[name] = OutboundCluster(
-            name,
-            transport.transport,
-            transport.certificate_secrets,
-            transport.validation_secret,
-            transport.sni,
-            max_requests_per_connection(cluster, where),
-            transport.detail,
+        try:
+            cluster = _mapping(_mapping(raw, where).get("cluster"), f"{where}.cluster")
+            name = _string(cluster.get("name"), f"{where}.cluster.name")
+        except EnvoyStateError as error:
+            problems.append(str(error))
+            continue
+        try:
+            found[name] = _cluster(cluster, name)
+        except EnvoyStateError as error:
+            found[name] = OutboundCluster(name, UpstreamTransport.OTHER, detail=str(error))
+    return found, tuple(problems)
+
+
+def _load(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> object:
+    if not isinstance(data, (bytes, str)):
+        return data
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EnvoyStateError(f"config_dump is not JSON: {error}") from None
+
+
+def _not_envoy(document: object) -> str | None:
+    """Why a document is not an Envoy v3 config dump, for the documents people confuse with
+    one; None when it may be one."""
+    if isinstance(document, list):
+        return (
+            f"config_dump: expected an object, got {_show(document)}: a list is what `istioctl"
+            " proxy-config listeners -o json` prints (read it with parse_listeners);"
+            " meshconform reads Envoy's /config_dump (`pilot-agent request GET config_dump`)"
         )
-    return found
+    if isinstance(document, Mapping) and "configs" not in document and ZTUNNEL_KEYS & set(document):
+        return (
+            "a ztunnel config_dump (ambient mode), not an Envoy one: ztunnel has no"
+            " listeners or clusters to read"
+        )
+    return None
+
+
+def _admin_type(kind: str) -> str | None:
+    """``ListenersConfigDump``/``ClustersConfigDump`` for a v3 admin type; raises for v2."""
+    if kind.startswith(_ADMIN_V2):
+        raise EnvoyStateError(
+            f"Envoy v2 config (Istio < 1.5) is not supported: configs[].@type {kind!r}"
+        )
+    if kind.startswith(_ADMIN_V3):
+        return kind[len(_ADMIN_V3) :]
+    return None
+
+
+def _active_listener(raw: object, where: str) -> tuple[str, Mapping[str, Any] | None]:
+    """A ``dynamic_listeners`` entry's name and its active listener (None while warming or
+    draining: not serving)."""
+    entry = _mapping(raw, where)
+    name = _string(entry.get("name"), f"{where}.name")
+    active = entry.get("active_state")
+    if active is None:
+        return name, None
+    listener = _mapping(
+        _mapping(active, f"{where}.active_state").get("listener"),
+        f"{where}.active_state.listener",
+    )
+    return name, listener
 
 
 def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     """Envoy's ``/config_dump`` (JSON text or the loaded object) -> what it implements.
 
-    Only the active listeners and clusters count: a warming resource is not serving yet.
+    Only the active listeners and clusters count: a warming resource is not serving yet. A
+    chain or cluster that cannot be read is kept, named, where it is (see ``mismatches``);
+    only a document that is not an Envoy v3 config dump at all raises ``EnvoyStateError``.
     """
-    if isinstance(data, Mapping):
-        document: object = data
-    else:
-        try:
-            text = data.decode("utf-8") if isinstance(data, bytes) else data
-            document = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise EnvoyStateError(f"config_dump is not JSON: {error}") from None
+    document = _load(data)
+    reason = _not_envoy(document)
+    if reason is not None:
+        raise EnvoyStateError(reason)
     configs = _list(_mapping(document, "config_dump").get("configs"), "config_dump.configs")
     listeners_version = clusters_version = None
     inbound: dict[int, InboundPort] = {}
-    has_virtual_inbound = False
+    blackhole: tuple[int, ...] = ()
+    listener_problems: tuple[str, ...] = ()
+    has_virtual_inbound = hbone_inbound = False
     clusters: dict[str, OutboundCluster] = {}
+    cluster_problems: tuple[str, ...] = ()
     for index, raw in enumerate(configs):
         section = _mapping(raw, f"configs[{index}]")
-        kind = _string(section.get("@type"), f"configs[{index}].@type")
-        if kind == _LISTENERS_DUMP:
+        kind = _admin_type(_string(section.get("@type"), f"configs[{index}].@type"))
+        if kind == "ListenersConfigDump":
             listeners_version = _string(section.get("version_info"), "listeners.version_info")
             listeners = _list(section.get("dynamic_listeners"), "dynamic_listeners")
-            for position, entry in enumerate(listeners):
+            problems: list[str] = []
+            for position, raw in enumerate(listeners):
                 where = f"dynamic_listeners[{position}]"
-                entry = _mapping(entry, where)
-                if _string(entry.get("name"), f"{where}.name") != VIRTUAL_INBOUND:
-                    continue
-                active = entry.get("active_state")
-                if active is None:
-                    continue
-                listener = _mapping(
-                    _mapping(active, f"{where}.active_state").get("listener"),
-                    f"{where}.active_state.listener",
-                )
-                has_virtual_inbound = True
-                inbound = _inbound_ports(listener, VIRTUAL_INBOUND)
-        elif kind == _CLUSTERS_DUMP:
+                try:
+                    name, listener = _active_listener(raw, where)
+                    if name == CONNECT_TERMINATE and listener is not None:
+                        hbone_inbound = True
+                    if name != VIRTUAL_INBOUND or listener is None:
+                        continue
+                    has_virtual_inbound = True
+                    inbound, blackhole, found = _inbound_ports(listener, VIRTUAL_INBOUND)
+                    problems.extend(found)
+                except EnvoyStateError as error:  # maybe virtualInbound: blocks inbound checks
+                    problems.append(str(error))
+            listener_problems = tuple(problems)
+        elif kind == "ClustersConfigDump":
             clusters_version = _string(section.get("version_info"), "clusters.version_info")
-            clusters = _clusters(section)
+            clusters, cluster_problems = _clusters(section)
     return EnvoyState(
         listeners_version or None,
         clusters_version or None,
         has_virtual_inbound,
         inbound,
         clusters,
+        blackhole_ports=blackhole,
+        listener_problems=listener_problems,
+        cluster_problems=cluster_problems,
+        hbone_inbound=hbone_inbound,
+    )
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def _snake_keys(value: object) -> object:
+    """protojson's camelCase field names (what istioctl prints) -> Envoy admin's snake_case.
+    Only identifier-like keys change: type URLs and metadata keys (with dots or dashes, or
+    already lower case) are left alone."""
+    if isinstance(value, Mapping):
+        return {
+            (_snake(k) if isinstance(k, str) and _CAMEL.fullmatch(k) else k): _snake_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_snake_keys(v) for v in value]
+    return value
+
+
+def parse_listeners(data: bytes | str | Sequence[Any]) -> EnvoyState:
+    """``istioctl proxy-config listeners <pod> -o json`` (a list of Listener objects, camelCase
+    or snake_case) -> the inbound part of what the proxy implements (no clusters, no versions:
+    that output has neither)."""
+    document = _load(data)
+    if not isinstance(document, list):
+        raise EnvoyStateError(f"listeners: expected a list, got {_show(document)}")
+    listeners = _snake_keys(document)
+    assert isinstance(listeners, list)
+    inbound: dict[int, InboundPort] = {}
+    blackhole: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+    has_virtual_inbound = hbone_inbound = False
+    for index, raw in enumerate(listeners):
+        listener = _mapping(raw, f"listeners[{index}]")
+        name = _string(listener.get("name"), f"listeners[{index}].name")
+        hbone_inbound = hbone_inbound or name == CONNECT_TERMINATE
+        if name == VIRTUAL_INBOUND:
+            has_virtual_inbound = True
+            inbound, blackhole, problems = _inbound_ports(listener, VIRTUAL_INBOUND)
+    return EnvoyState(
+        None,
+        None,
+        has_virtual_inbound,
+        inbound,
+        {},
+        blackhole_ports=blackhole,
+        listener_problems=problems,
+        hbone_inbound=hbone_inbound,
     )
 
 
@@ -581,8 +812,17 @@ def _expected_auto_text(transport: UpstreamTransport) -> str:
 
 def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ...]:
     """Each way ``state`` differs from ``expected``, as 'what it has, expected what'; empty
-    when the Envoy implements the expectation."""
+    when the Envoy implements the expectation.
+
+    Only what the expectation concerns can block: a chain or cluster that could not be read
+    shows up (named, with the reason) when it is the port or cluster expected, and not
+    otherwise; virtualInbound chains whose port could not be read block every inbound
+    expectation, clusters without a readable name every outbound one."""
     found: list[str] = []
+    if expected.inbound:
+        found.extend(f"{VIRTUAL_INBOUND} not understood: {p}" for p in state.listener_problems)
+    if expected.outbound:
+        found.extend(f"cluster not understood: {p}" for p in state.cluster_problems)
     for want in expected.inbound:
         if not state.has_virtual_inbound:
             found.append(

@@ -113,7 +113,9 @@ _TEXT_OPTIONS: Final = (
         "--mesh-capture-image",
         "IMAGE",
         "Image of the ephemeral capture container; needs bash and tcpdump (default: the"
-        " mesh's own proxyv2 image, already on the node).",
+        " mesh's own proxyv2 image, already on the node; a distroless proxy image has"
+        " neither, so the run then stops at start until one is named here, e.g."
+        " docker.io/nicolaka/netshoot:v0.13).",
     ),
     (
         "ready_timeout",
