@@ -1,3 +1,5 @@
+# Large on purpose: one reader of Envoy config dumps (listeners, clusters, secrets), see
+# docs/architecture.md.
 """What a sidecar's own Envoy config implements, and whether that is what the policies say. Pure.
 
 The kube backend waits for a policy change by reading each sidecar's ``/config_dump`` (through
