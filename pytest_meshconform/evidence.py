@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
+
+from .observations import Observations
+
+if TYPE_CHECKING:
+    from .mesh import LogPositions
 
 
 @dataclass
@@ -20,6 +25,10 @@ class Evidence:
 
     files: dict[str, Path] = field(default_factory=dict)  # label -> path
     texts: dict[str, str] = field(default_factory=dict)  # label -> text
+    # What the test did and saw, pass or fail (the report keeps it; a failure shows it first).
+    observed: Observations = field(default_factory=Observations)
+    # Where the mesh's logs stood when the test's fixtures were set up: its time window.
+    log_positions: LogPositions | None = None
 
     def add_file(self, label: str, path: Path) -> None:
         self.files[_unique(label, self.files)] = path

@@ -308,6 +308,7 @@ class LocalMesh:
         self._launcher_output = b""
         self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
+        self._logs_settled_at = float("-inf")  # see _settle_logs
         self.rotations: list[Rotation] = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
@@ -874,9 +875,19 @@ class LocalMesh:
                     sizes[label] = path.stat().st_size
         return LogPositions(at=time.time(), offsets=offsets)
 
+    def _settle_logs(self) -> None:
+        """Envoy writes an access log line when a stream ends and flushes every
+        ENVOY_FILE_FLUSH_MS: give the lines of a request that just ended time to land (once per
+        burst of reads, so a failure report waits half a second at most)."""
+        settle = 2.5 * ENVOY_FILE_FLUSH_MS / 1000
+        if time.monotonic() - self._logs_settled_at > settle:
+            time.sleep(settle)
+            self._logs_settled_at = time.monotonic()
+
     def logs_since(self, workload: Workload, positions: LogPositions) -> dict[str, str]:
         """What each log file of the pod gained after `positions` (whole lines only)."""
         runtime = self._runtime(workload)
+        self._settle_logs()
         start = positions.offsets.get(workload.key, {})
         found = {}
         for label, path in self._log_files(runtime):
