@@ -95,7 +95,7 @@ class RotationRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ObservedTable:
     """A table a test asserts: expected and observed cell by cell (row, column)."""
 
@@ -147,6 +147,10 @@ class ObservedTable:
         return "\n".join(
             [f"{self.title}", "expected:", *grid(self.expected), "observed:", *grid(marked)]
         )
+
+    def __repr__(self) -> str:  # short: pytest prints it under a failed `assert table.ok`
+        verdict = "as expected" if self.ok else f"{len(self.mismatches)} cells differ"
+        return f"<ObservedTable {self.title!r}: {verdict}>"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"title": self.title}
