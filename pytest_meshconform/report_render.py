@@ -507,7 +507,7 @@ class RenderPlugin:
         self.written: list[str] = []
         self.errors: list[str] = []
 
-    @pytest.hookimpl(wrapper=True, trylast=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # outer: the fixtures' evidence is complete
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
