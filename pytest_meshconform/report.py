@@ -1290,6 +1290,9 @@ class MeshReportPlugin:
                 mesh_wide=item.get_closest_marker("mesh_wide") is not None,
                 description=description_of(item),
             )
+            description = self.records[item.nodeid].description
+            if description is not None:  # JUnit too: a <property name="description"> per test
+                item.user_properties.append(("description", description))
 
     def _record(self, nodeid: str) -> _Record:
         record = self.records.get(nodeid)

@@ -337,7 +337,7 @@ def _md_entry(entry: Entry, brief: bool) -> list[str]:
         return [f"- {head}" + (f": {_md(entry.description)}" if entry.description else "")]
     lines = [f"#### {head}", ""]
     if entry.description:
-        lines += [f"> {line}" for line in entry.description.splitlines()] + [""]
+        lines += [f"> {line}".rstrip() for line in entry.description.splitlines()] + [""]
     if entry.message:
         lines += _fence(entry.message)
     for table in entry.tables:
