@@ -280,8 +280,7 @@ class WorkloadHandle:
         argv = curl_argv(url, method=method, headers=headers, data=data, timeout=timeout)
         result = self.mesh.exec(self.workload, argv, timeout + 5)
         http = parse_curl_output(url, self.key, result.returncode, result.stdout, result.stderr)
-        self.evidence.add_text(f"curl {self.key} -> {url}", _describe_http(http))
-        self.evidence.observed.requests.append(
+        new = self.evidence.observed.add_request(
             RequestRecord(
                 client=self.key,
                 url=url,
@@ -291,6 +290,8 @@ class WorkloadHandle:
                 outcome=_outcome_of(http),
             )
         )
+        if new:  # a request loop (rotation) keeps one text per change of outcome
+            self.evidence.add_text(f"curl {self.key} -> {url}", _describe_http(http))
         return http
 
     def _workload_of(self, url: str) -> str | None:

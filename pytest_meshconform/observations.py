@@ -12,7 +12,7 @@ Standard library only: the report module imports it when the plugin loads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 __all__ = [
@@ -37,10 +37,12 @@ class RequestRecord:
     status: int | None  # HTTP status, None without a response
     exit_code: int  # curl's exit code
     outcome: str  # "HTTP 200", "reset (curl exit 56)", ...
+    count: int = 1  # the same request with the same outcome, made this many times in a row
 
     def line(self) -> str:
         target = self.server or self.url
-        return f"{self.client} -> {target} ({self.url}): {self.outcome}"
+        times = f" (x{self.count})" if self.count > 1 else ""
+        return f"{self.client} -> {target} ({self.url}): {self.outcome}{times}"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"client": self.client, "url": self.url}
@@ -50,6 +52,8 @@ class RequestRecord:
             data["status"] = self.status
         data["curlExit"] = self.exit_code
         data["outcome"] = self.outcome
+        if self.count > 1:
+            data["count"] = self.count
         return data
 
 
@@ -220,6 +224,17 @@ class Observations:
     rotations: list[RotationRecord] = field(default_factory=list)
     tables: list[ObservedTable] = field(default_factory=list)
 
+    def add_request(self, request: RequestRecord) -> bool:
+        """Record a request; one that repeats the last one (same call, same outcome) only
+        counts it again, so a request loop stays one line. True when it was new."""
+        if self.requests:
+            last = self.requests[-1]
+            if replace(last, count=1) == replace(request, count=1):
+                self.requests[-1] = replace(last, count=last.count + request.count)
+                return False
+        self.requests.append(request)
+        return True
+
     def touch(self, *keys: str | None) -> None:
         for key in keys:
             if key and key not in self.workloads:
@@ -316,7 +331,7 @@ _TOP_KEYS: Final = (
     "rotations",
     "tables",
 )
-_REQUEST_KEYS: Final = ("client", "url", "server", "status", "curlExit", "outcome")
+_REQUEST_KEYS: Final = ("client", "url", "server", "status", "curlExit", "outcome", "count")
 _ROTATION_KEYS: Final = (
     "workload",
     "oldSerial",
@@ -370,6 +385,7 @@ def observations_from_dict(data: object, where: str = "observations") -> Observa
                 status=status,
                 exit_code=_need(item, "curlExit", int, at),
                 outcome=_need(item, "outcome", str, at),
+                count=_need(item, "count", int, at) if "count" in item else 1,
             )
         )
     for index, item in enumerate(_list(data, "rotations", where)):

@@ -5,7 +5,8 @@ HTML opened in a real headless Chromium, Markdown read as text).
 One real run on the local mesh serves every test here: a passing test that leaves access-log
 lines before the failing one starts, a test that fails because the mesh is broken on purpose
 (`--mesh-fault=strict-as-permissive`: STRICT lets plaintext through), and the built-in
-reachability suite's 'namespace foo STRICT' case, whose matrix that fault breaks in one cell.
+reachability suite's 'namespace foo STRICT' case, whose matrix that fault breaks in one cell,
+and the rotation suite (30 s certificates), whose rotation the HTML draws.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
             "--mesh-report=r.md",
             "test_demo.py",
             "conformance/test_reachability.py::test_reachability[namespace foo STRICT]",
+            "conformance/test_rotation.py",
         ],
         cwd=directory,
         capture_output=True,
@@ -216,6 +218,7 @@ class Dom(HTMLParser):
         self.stack: list[tuple[str, dict[str, str]]] = []
         self.cells: list[tuple[str, str]] = []  # (class of a matrix <td>, its text)
         self.captions: list[str] = []
+        self.titles: list[str] = []  # <title> texts: the page's and each SVG chart's
         self.entries: dict[str, str] = {}  # data-status of each entry section -> its text
         self.resources: list[str] = []  # any src/href: a self-contained page has none
         self._text: list[tuple[int, list[str]]] = []
@@ -236,6 +239,8 @@ class Dom(HTMLParser):
             self.cells.append((attrs["class"], text))
         if name == "caption":
             self.captions.append(text)
+        if name == "title":
+            self.titles.append(text)
         if name == "section" and "data-status" in attrs:
             self.entries[text.split(" ", 2)[1] if text.count(" ") >= 2 else text] = text
 
@@ -316,6 +321,13 @@ def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidenc
     assert 'PeerAuthentication foo/default {"mtls": {"mode": "STRICT"}}' in failure
     assert "log httpbin.foo envoy-access.log (this test)" in failure
     assert "GET /status/418" in failure and "/status/299" not in failure
+    # The rotation the suite watched, as a chart: old and new certificate, when it was seen.
+    (chart,) = [t for t in dom.titles if t.startswith("httpbin.foo: serial ")]
+    assert " of the old lifetime); requests " in chart and " 0 failed" in chart
+    assert (
+        'class="timeline"' in dumped
+        and "old certificate" in dom.entries["test_rotation_before_expiry"]
+    )
     passed = dom.entries["test_before"]
     assert "sleep.foo -> httpbin.foo (http://httpbin.foo:8000/status/299): HTTP 299" in passed
     # And drawn: the green and the red of the matrix are on the screen.

@@ -167,3 +167,24 @@ def test_the_loader_and_the_schema_refuse_broken_observations(change: Any, messa
     with pytest.raises(ReportError, match=message):
         parse_report(copy.deepcopy(document))
     assert not VALIDATOR.is_valid(document)
+
+
+def test_a_request_loop_stays_one_line_per_change_of_outcome() -> None:
+    seen = Observations()
+    url = "http://httpbin.foo:8000/get"
+    ok = RequestRecord("sleep.foo", url, "httpbin.foo", 200, 0, "HTTP 200")
+    failed = RequestRecord("sleep.foo", url, "httpbin.foo", 503, 0, "HTTP 503")
+    assert [seen.add_request(r) for r in (ok, ok, ok, failed, ok)] == [
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert [r.count for r in seen.requests] == [3, 1, 1]
+    assert seen.requests[0].line().endswith("HTTP 200 (x3)")
+    document = with_observations(seen.to_dict())
+    VALIDATOR.validate(document)
+    assert seen.to_dict()["requests"][0]["count"] == 3
+    test = parse_report(document).suites[0].tests[0]
+    assert test.observations is not None and test.observations.requests == seen.requests
