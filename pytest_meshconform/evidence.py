@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Evidence:
-    """Files (pcaps, dumps) and texts (curl output, XFCC, certs, logs) seen by one test."""
+    """Files (pcaps), texts (curl output, XFCC, certs, logs), data kept only as files (Envoy
+    config dumps) and the observations of one test."""
 
     files: dict[str, Path] = field(default_factory=dict)  # label -> path
     texts: dict[str, str] = field(default_factory=dict)  # label -> text
@@ -29,12 +30,17 @@ class Evidence:
     observed: Observations = field(default_factory=Observations)
     # Where the mesh's logs stood when the test's fixtures were set up: its time window.
     log_positions: LogPositions | None = None
+    # label -> (bytes, file suffix): evidence only kept as files, under --mesh-artifacts
+    blobs: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     def add_file(self, label: str, path: Path) -> None:
         self.files[_unique(label, self.files)] = path
 
     def add_text(self, label: str, text: str) -> None:
         self.texts[_unique(label, self.texts)] = text
+
+    def add_blob(self, label: str, data: bytes, suffix: str) -> None:
+        self.blobs[_unique(label, self.blobs)] = (data, suffix)
 
 
 def _unique(label: str, taken: Mapping[str, object]) -> str:

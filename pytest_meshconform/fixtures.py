@@ -1032,6 +1032,8 @@ def pytest_runtest_makereport(
         evidence = evidence_of(item)
         if mesh is not None and evidence.log_positions is not None:
             _add_window_logs(mesh, evidence, evidence.log_positions)
+        if mesh is not None and item.config.stash[mesh_settings_key].artifacts is not None:
+            _add_config_dumps(mesh, evidence)
         if evidence.observed:
             # The summary first: what the test did and saw, then the details and the logs.
             evidence.texts = {
@@ -1055,6 +1057,18 @@ def _add_window_logs(mesh: Mesh, evidence: Evidence, positions: LogPositions) ->
         for name, text in logs.items():
             if text.strip():
                 evidence.add_text(f"log {w.key} {name} (this test)", text[-20000:])
+
+
+def _add_config_dumps(mesh: Mesh, evidence: Evidence) -> None:
+    """The Envoy config each touched sidecar had when the test failed (files only)."""
+    touched = set(evidence.observed.workloads)
+    for w in mesh.workloads():
+        if w.key not in touched or not w.has_sidecar:
+            continue
+        try:
+            evidence.add_blob(f"config_dump {w.key}", mesh.envoy_admin(w, "/config_dump"), ".json")
+        except MeshError as error:
+            evidence.add_text(f"config_dump {w.key}", f"<could not read it: {error}>")
 
 
 @pytest.fixture

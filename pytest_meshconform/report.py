@@ -1137,6 +1137,14 @@ def _archive_new_evidence(
             continue
         archive.files[label] = target
         listing.append(f"{label}: {target}")
+    for label, (data, suffix) in evidence.blobs.items():
+        # Data too large for the terminal (config dumps): files under --mesh-artifacts only.
+        if archive.directory is None or label in archive.files:
+            continue
+        target = archive.directory / _file_name_for(label, Path(f"data{suffix}"), archive.names)
+        target.write_bytes(data)
+        archive.files[label] = target
+        listing.append(f"{label}: {target}")
     new_texts: dict[str, str] = {}
     for text_label, text in evidence.texts.items():
         if text_label in archive.texts:
@@ -1326,7 +1334,7 @@ class MeshReportPlugin:
         from .evidence import evidence_key
 
         evidence = item.stash.get(evidence_key, None)
-        if evidence is None or not (evidence.files or evidence.texts):
+        if evidence is None or not (evidence.files or evidence.texts or evidence.blobs):
             return
         archive = item.stash.get(_archive_key, None)
         try:

@@ -11,6 +11,7 @@ and the rotation suite (30 s certificates), whose rotation the HTML draws.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,6 +84,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
             "--mesh-report=r.yaml",
             "--mesh-report=r.html",
             "--mesh-report=r.md",
+            "--mesh-artifacts=evidence",
             "test_demo.py",
             "conformance/test_reachability.py::test_reachability[namespace foo STRICT]",
             "conformance/test_rotation.py",
@@ -153,6 +155,18 @@ def test_a_failure_shows_only_its_workloads_and_its_own_log_lines(run: Run) -> N
     assert "/status/418" in failure  # httpbin.foo's access log line of this test
     assert "/status/299" not in failure  # written by the test before: not this test's window
     assert "no configured limit" not in run.output  # Envoy's start-up warning is gone
+
+
+def test_artifacts_keep_the_touched_sidecars_config_dumps(run: Run) -> None:
+    failed = run.test("test_strict_refuses_plaintext")
+    files = failed["evidence"]["files"]
+    assert sorted(label for label in files if label.startswith("config_dump")) == [
+        "config_dump httpbin.foo"  # the touched workload with a sidecar; sleep.legacy has none
+    ]
+    dump = json.loads((run.directory / files["config_dump httpbin.foo"]).read_text())
+    kinds = {config["@type"].rsplit(".", 1)[-1] for config in dump["configs"]}
+    assert {"ListenersConfigDump", "ClustersConfigDump"} <= kinds
+    assert files["pcap httpbin.foo port 8080"].startswith("evidence/")
 
 
 def test_the_report_keeps_every_tests_observations_and_description(run: Run) -> None:
