@@ -151,10 +151,10 @@ ISTIO_STATS_CONFIG: dict[str, Any] = {
 # `overload.global_downstream_max_connections` = "2147483647"; with ProxyConfig
 # connectionSettings it renders the overload manager's
 # `envoy.resource_monitors.global_downstream_max_connections` monitor instead, as in
-# pkg/bootstrap/testdata/global_downstream_connection_settings_golden.json). The monitor is
-# Envoy's current form of that limit (the runtime key is deprecated); with a limit configured,
-# Envoy no longer warns at start-up that "there is no configured limit to the number of allowed
-# active downstream connections".
+# pkg/bootstrap/testdata/global_downstream_connection_settings_golden.json). The monitor is the
+# form Istio renders when it sets a limit itself; with a limit configured, Envoy no longer warns
+# at start-up that "there is no configured limit to the number of allowed active downstream
+# connections" (docs/istio-facts.md, "Sidecar bootstrap").
 ISTIO_MAX_DOWNSTREAM_CONNECTIONS: Final = 2147483647
 DOWNSTREAM_CONNECTIONS_TYPE: Final = (
     "type.googleapis.com/"
