@@ -218,6 +218,13 @@ def _mesh_markers(request: pytest.FixtureRequest) -> None:
             )
 
 
+@pytest.fixture(autouse=True)
+def _mesh_window(request: pytest.FixtureRequest) -> None:
+    """A test that uses the mesh starts its time window before any other fixture acts."""
+    if "mesh" in getattr(request, "fixturenames", ()):
+        _evidence_window(request.getfixturevalue("mesh"), request)
+
+
 # -- workloads -----------------------------------------------------------------------------------
 
 
@@ -301,7 +308,10 @@ class WorkloadHandle:
         host = (urlsplit(url).hostname or "").removesuffix(".svc.cluster.local")
         name, _, namespace = host.partition(".")
         for w in self.mesh.workloads():
-            if w.name == name and self.mesh.logical_namespace(w.namespace) == namespace:
+            if w.name == name and namespace in (
+                w.namespace,
+                self.mesh.logical_namespace(w.namespace),
+            ):
                 return w.key
         return None
 
@@ -347,9 +357,10 @@ def _evidence_window(mesh: Mesh, request: pytest.FixtureRequest) -> Evidence:
     """The test's Evidence; the first mesh fixture of a test marks where its time window
     starts (the mesh's log positions), so a failure shows only the log lines it caused."""
     evidence = evidence_of(request.node)
-    if evidence.log_positions is None:
+    positions = getattr(mesh, "log_positions", None)  # a stand-in mesh may lack it
+    if evidence.log_positions is None and positions is not None:
         with suppress(MeshError):
-            evidence.log_positions = mesh.log_positions()
+            evidence.log_positions = positions()
     return evidence
 
 
@@ -1044,10 +1055,11 @@ def pytest_runtest_makereport(
 
 
 def _add_window_logs(mesh: Mesh, evidence: Evidence, positions: LogPositions) -> None:
-    """The log lines the test's own time window wrote, of the workloads it touched only."""
+    """The log lines the test's own time window wrote, of the workloads it touched only (of
+    every workload when it touched none through the fixtures, e.g. used `mesh` directly)."""
     touched = set(evidence.observed.workloads)
     for w in mesh.workloads():
-        if w.key not in touched:
+        if touched and w.key not in touched:
             continue
         try:
             logs = mesh.logs_since(w, positions)

@@ -1299,8 +1299,14 @@ class MeshReportPlugin:
                 description=description_of(item),
             )
             description = self.records[item.nodeid].description
-            if description is not None:  # JUnit too: a <property name="description"> per test
+            if description is not None and self._junit_testcase_properties:
+                # JUnit too: a <property name="description"> per test case (xunit1 and legacy
+                # only: the xunit2 schema, pytest's default, has no test case properties).
                 item.user_properties.append(("description", description))
+
+    @property
+    def _junit_testcase_properties(self) -> bool:
+        return bool(self.config.option.xmlpath) and self.config.getini("junit_family") != "xunit2"
 
     def _record(self, nodeid: str) -> _Record:
         record = self.records.get(nodeid)

@@ -45,6 +45,13 @@ def test_strict_refuses_plaintext(apply_policy, naked_sleep, httpbin, capture):
     with capture(httpbin) as cap:
         refused = naked_sleep.curl(httpbin, path="/status/418")
     assert refused.status is None, cap
+
+
+def test_mesh_directly(mesh):
+    """Uses the mesh without the fixtures' helpers, then fails."""
+    sleep = mesh.workload("sleep", "bar")
+    done = mesh.exec(sleep, ["curl", "-sS", "-o", "/dev/null", "http://httpbin.bar:8000/status/417"])
+    assert done.returncode == 1, done
 '''
 
 
@@ -167,6 +174,16 @@ def test_artifacts_keep_the_touched_sidecars_config_dumps(run: Run) -> None:
     kinds = {config["@type"].rsplit(".", 1)[-1] for config in dump["configs"]}
     assert {"ListenersConfigDump", "ClustersConfigDump"} <= kinds
     assert files["pcap httpbin.foo port 8080"].startswith("evidence/")
+
+
+def test_a_test_that_touched_nothing_through_the_fixtures_gets_every_log_of_its_window(
+    run: Run,
+) -> None:
+    failure = failure_of(run.output, "test_mesh_directly")
+    logs = [t for t in sections(failure) if t.startswith("meshconform evidence: log ")]
+    assert "meshconform evidence: log httpbin.bar envoy-access.log (this test)" in logs
+    assert "/status/417" in failure
+    assert "/status/299" not in failure and "/status/418" not in failure  # other tests' lines
 
 
 def test_the_report_keeps_every_tests_observations_and_description(run: Run) -> None:

@@ -1,6 +1,7 @@
 """The human-readable reports without a mesh: the document model rendered as HTML and
 Markdown (escaping, colour coding, the rotation chart, brief mode), --mesh-report repeated,
-and a test's docstring as its description in every format (YAML, HTML, Markdown, JUnit)."""
+and a test's docstring as its description in every format (YAML, HTML, Markdown, and JUnit
+when its family allows test case properties)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,8 @@ def test_bare():
         "--mesh-report=r.html",
         "--mesh-report=r.md",
         "--junitxml=junit.xml",
+        "-o",
+        "junit_family=xunit1",  # xunit2 (the default) has no test case properties
     )
     result.assert_outcomes(passed=2)
     want = "Says what it checks.\n\nOn two paragraphs."
