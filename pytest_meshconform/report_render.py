@@ -413,14 +413,22 @@ def document_of(
     failure evidence the YAML does not keep (the logs of the test's window, ...)."""
     evidence = evidence or {}
     mesh = report.mesh
-    header: list[tuple[str, str]] = [
-        ("Mesh", mesh.describe()),
+    header: list[tuple[str, str]] = []
+    if mesh.used:
+        revision = f", revision {mesh.revision}" if mesh.revision else ""
+        header += [
+            ("Mesh", str(mesh.name)),
+            ("Version", str(mesh.version)),
+            ("Backend", f"{mesh.backend}{revision}"),
+            ("Trust domain", str(mesh.trust_domain)),
+        ]
+    else:
+        header.append(("Mesh", mesh.describe()))
+    header += [
         ("Result", f"{report.result}: {report.summary}"),
         ("Date", report.date),
         ("Duration", f"{report.duration:.1f}s"),
     ]
-    if mesh.used:
-        header.append(("Trust domain", str(mesh.trust_domain)))
     header += [("Settings", line) for line in settings]
     header.append(
         (

@@ -373,6 +373,7 @@ def test_the_markdown_report_reads_the_same(run: Run) -> None:
     text = (run.directory / "r.md").read_text()
     assert text.startswith("# meshconform conformance report: ❌ failure\n")
     assert "| Settings | cluster=local cert-ttl=30s keep=no |" in text
+    assert "| Backend | local |" in text and "| Trust domain | cluster.local |" in text
     assert "> **Warning:** test-only faults were injected (strict-as-permissive)" in text
     assert (
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
