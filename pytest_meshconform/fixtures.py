@@ -511,6 +511,10 @@ class PolicyApplier:
             self._evidence.observed.policies.append(_policy_line(key, manifest))
         return manifests
 
+    def __repr__(self) -> str:  # pytest prints fixture values with a failure: what was applied
+        applied = ", ".join("/".join(key) for key in self._applied) or "nothing yet"
+        return f"<PolicyApplier on the {self._mesh.backend} mesh: applied {applied}>"
+
     def restore(self) -> None:
         """Put back the policies in force before the test (delete the ones it added)."""
         errors = []
@@ -778,6 +782,9 @@ class Capturer:
     def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
         self._mesh = mesh
         self._evidence = evidence
+
+    def __repr__(self) -> str:
+        return f"<Capturer on the {self._mesh.backend} mesh>"
 
     def _names(self) -> dict[str, str]:
         names = {}

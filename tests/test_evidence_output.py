@@ -147,6 +147,10 @@ def test_a_failure_shows_its_summary_first(run: Run) -> None:
         "  sleep.legacy -> httpbin.foo (http://httpbin.foo:8000/status/418): HTTP 418",
         "captured flows:",
     ], failure[:4000]
+    assert (
+        "apply_policy = <PolicyApplier on the local mesh: applied PeerAuthentication/foo/default>"
+        in failure
+    )
     # `assert ..., cap` prints the capture as its flows, not as a dataclass dump
     assert "E       AssertionError: capture at httpbin.foo port 8080: 1 flow" in failure
     assert "sleep.legacy:" in failure and "-> httpbin.foo:8080 plaintext" in failure
