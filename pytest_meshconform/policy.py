@@ -135,6 +135,14 @@ _ALIAS_RATIO_RANGE_LOW: Final = 400_000
 _ALIAS_RATIO_RANGE_HIGH: Final = 4_000_000
 _MAX_INT_SCALAR: Final = 4300  # sys.int_info.default_max_str_digits
 _YAML_INT_TAG: Final = "tag:yaml.org,2002:int"
+# What a scalar tagged !!bool, !!int, !!float or !!timestamp must look like: the resolver's own
+# patterns (PyYAML's constructors fail with KeyError, IndexError or AttributeError otherwise).
+_YAML_SCALAR_FORMS: Final = {
+    tag: pattern
+    for resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.values()
+    for tag, pattern in resolvers
+    if tag.rpartition(":")[2] in ("bool", "int", "float", "timestamp")
+}
 # reprlib with small limits: a message quotes a few items of a value, never walks all of it.
 _SHORT_REPR: Final = reprlib.Repr()  # keyword arguments need Python 3.12
 _SHORT_REPR.maxlevel = 3
@@ -480,8 +488,11 @@ def _load_yaml(text: str) -> list[object]:
         ) from None
     except RecursionError:
         raise PolicyError("not valid YAML: nested too deeply") from None
-    except (ValueError, OverflowError) as error:  # PyYAML's own int(), datetime() calls
-        raise PolicyError(f"not valid YAML: {_shorten(str(error), 300)}") from None
+    except (ValueError, OverflowError, LookupError, TypeError) as error:
+        # PyYAML's constructors call int(), datetime() and dict lookups on the scalars
+        raise PolicyError(
+            f"not valid YAML: {type(error).__name__}: {_shorten(str(error), 300)}"
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -532,6 +543,12 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
                 raise PolicyError(
                     f"document {number}: an integer of more than {_MAX_INT_SCALAR} characters "
                     f"at line {node.start_mark.line + 1} (the limit of Python's int())"
+                )
+            form = _YAML_SCALAR_FORMS.get(node.tag)
+            if form is not None and not form.match(node.value):  # an explicit !!int x
+                raise PolicyError(
+                    f"document {number}: {_show(node.value)} at line {node.start_mark.line + 1} "
+                    f"is not a valid !!{node.tag.rpartition(':')[2]}"
                 )
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, through_alias) for item in reversed(node.value))

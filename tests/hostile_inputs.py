@@ -288,7 +288,7 @@ def http_pipelined(size: int) -> bytes:
     return capture(request * count, response * count, segment=1448)
 
 
-def _client_hello(length: int) -> bytes:
+def client_hello_message(length: int) -> bytes:
     """A ClientHello handshake message of ``length`` body bytes: a real hello (SNI
     ``httpbin``, one suite) followed by padding the parser must step over."""
     sni = b"httpbin"
@@ -316,12 +316,12 @@ def _records(message: bytes, size: int) -> bytes:
 
 def tls_one_byte_records(size: int) -> bytes:
     """A ClientHello split into 1-byte TLS records (legal: RFC 8446 5.1), 6 bytes each."""
-    return capture(_records(_client_hello(max(64, size // 6)), 1))
+    return capture(_records(client_hello_message(max(64, size // 6)), 1))
 
 
 def tls_full_records(size: int) -> bytes:
     """A ClientHello of the same size in 16 KiB records (the benign twin of the above)."""
-    return capture(_records(_client_hello(max(64, size - size // 3000 * 5)), 16_384))
+    return capture(_records(client_hello_message(max(64, size - size // 3000 * 5)), 16_384))
 
 
 # --------------------------------------------------------------------------- the table
