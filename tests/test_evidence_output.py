@@ -190,6 +190,13 @@ def test_a_test_that_touched_nothing_through_the_fixtures_gets_every_log_of_its_
     assert "/status/299" not in failure and "/status/418" not in failure  # other tests' lines
 
 
+def test_artifacts_keep_a_passing_tests_evidence_too(run: Run) -> None:
+    passed = run.test("test_before")
+    kept = run.directory / passed["evidence"]["directory"]
+    summary = (kept / "summary.txt").read_text()
+    assert "sleep.foo -> httpbin.foo (http://httpbin.foo:8000/status/299): HTTP 299" in summary
+
+
 def test_the_report_keeps_every_tests_observations_and_description(run: Run) -> None:
     before = run.test("test_before")
     assert before["outcome"] == "passed"

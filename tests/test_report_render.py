@@ -195,3 +195,38 @@ def test_bare():
     assert suite.find("testcase[@name='test_bare']/properties") is None
     # no mesh was used: nothing goes to a CI step summary
     assert "meshconform report: " in result.stdout.str()
+
+
+def test_under_artifacts_a_passing_test_keeps_its_evidence_too(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_pass="""
+from pytest_meshconform.evidence import evidence_of
+
+
+def test_proved(request):
+    evidence = evidence_of(request.node)
+    evidence.add_text("curl sleep.foo -> httpbin.foo", "HTTP 200")
+    evidence.observed.touch("sleep.foo", "httpbin.foo")
+
+
+def test_nothing_to_keep():
+    pass
+"""
+    )
+    result = pytester.runpytest(
+        "-p", "no:randomly", "--mesh-report=r.yaml", "--mesh-artifacts=evidence"
+    )
+    result.assert_outcomes(passed=2)
+    kept = pytester.path / "evidence" / "test_pass.py__test_proved"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        ".meshconform-evidence",
+        "curl_sleep.foo_-_httpbin.foo.txt",
+        "summary.txt",
+    ]
+    assert (kept / "summary.txt").read_text() == ("workloads touched:\n  sleep.foo, httpbin.foo")
+    tests = yaml.safe_load((pytester.path / "r.yaml").read_text())["suites"][0]["tests"]
+    assert tests[0]["evidence"]["directory"] == "evidence/test_pass.py__test_proved"
+    assert "evidence" not in tests[1]
+    from pytest_meshconform.report import load_report
+
+    assert load_report(pytester.path / "r.yaml").tests[0].outcome == "passed"  # it loads back
