@@ -329,13 +329,19 @@ def _fence(text: str) -> list[str]:
 
 
 def _md_entry(entry: Entry, brief: bool) -> list[str]:
+    """An entry in Markdown. `brief` (the CI step summary): a passing entry is one line, or its
+    heading and tables when it asserted tables; a failing one is shown in full."""
     icon = _ICONS[_tone(entry.status)]
     duration = f" ({entry.duration:.2f}s)" if entry.duration is not None else ""
     head = f"{icon} **{_md(entry.title)}**: {entry.status}{duration}"
     full = not brief or _tone(entry.status) == "bad" or any(not t.ok for t in entry.tables)
-    if not full:
+    if not full and not entry.tables:
         return [f"- {head}" + (f": {_md(entry.description)}" if entry.description else "")]
     lines = [f"#### {head}", ""]
+    if not full:
+        for table in entry.tables:
+            lines += _md_table(table)
+        return lines
     if entry.description:
         lines += [f"> {line}".rstrip() for line in entry.description.splitlines()] + [""]
     if entry.message:
@@ -346,9 +352,8 @@ def _md_entry(entry: Entry, brief: bool) -> list[str]:
         lines += [f"Rotation: {_md(timeline.caption)}", ""]
     for heading, items in entry.facts:
         lines += [f"*{_md(heading)}*", ""] + [f"- `{_md(item)}`" for item in items] + [""]
-    if not brief or _tone(entry.status) == "bad":
-        for block in entry.evidence:
-            lines += [f"*{_md(block.label)}*", "", *_fence(block.text)]
+    for block in entry.evidence:
+        lines += [f"*{_md(block.label)}*", "", *_fence(block.text)]
     return lines
 
 

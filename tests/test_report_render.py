@@ -96,10 +96,17 @@ def test_markdown_escapes_cells_and_fences_evidence() -> None:
 
 
 def test_brief_markdown_keeps_passing_entries_to_one_line() -> None:
-    text = render_markdown(document(FAILED, PASSED), brief=True)
-    assert "- ✅ **test_ok**: passed (0.10s): Fine." in text.splitlines()
+    matrix = ObservedTable("m", ("a",), ("b",), (("mTLS",),), (("mTLS",),))
+    with_table = Entry("test_matrix_ok", "passed", description="Has a matrix.", tables=(matrix,))
+    text = render_markdown(document(FAILED, PASSED, with_table), brief=True)
+    lines = text.splitlines()
+    assert "- ✅ **test_ok**: passed (0.10s): Fine." in lines
     assert "| sleep.legacy | ❌ **plaintext** (expected reset) |" in text  # failures in full
     assert "GET /x <y> ```" in text
+    # a passing test's tables are kept, without the rest of its details
+    at = lines.index("#### ✅ **test_matrix_ok**: passed")
+    assert lines[at + 2 : at + 6] == ["**m**: as expected", "", "|   | b |", "|---|---|"]
+    assert "> Has a matrix." not in lines
 
 
 def test_the_rotation_timeline_is_an_inline_svg() -> None:
