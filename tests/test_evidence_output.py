@@ -238,13 +238,15 @@ CHROMIUM_FLAGS = (
 
 
 def chromium(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Debian's chromium, headless, with a fresh profile and nothing that phones home."""
+    """Debian's chromium, headless, with a fresh profile and nothing that phones home, in a
+    network namespace of its own with no interface up: the page must open with no network."""
     binary = shutil.which("chromium")
     if binary is None:
         pytest.skip("no chromium: scripts/test.sh installs it (apt-get install chromium)")
+    offline = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
     profile = directory / f"profile-{len(list(directory.glob('profile-*')))}"
     return subprocess.run(
-        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        [*offline, binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
         capture_output=True,
         text=True,
         timeout=120,
