@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import __version__
 from ..certs import rotation_time
@@ -534,7 +534,7 @@ class LocalMesh:
 
     def _start_app_launcher(self) -> None:
         state = self._require_state()
-        log = open(state.directory / "apps.log", "wb")  # noqa: SIM115 - owned by the child
+        log = _private_log(state.directory / "apps.log")
         try:
             self._launcher = self._popen(
                 [
@@ -567,6 +567,8 @@ class LocalMesh:
             (etc / "resolv.conf").write_text(self.topology.resolv_conf(pod))
             directory = self.run_dir / "pods" / pod.workload.key
             directory.mkdir(parents=True)
+            for made in (directory.parent, directory):  # Envoy (group 1337) reaches envoy/
+                host.private_directory(made, group=PROXY_GID)
             runtime = _PodRuntime(pod, netns, directory, xds.SidecarPaths(directory / "envoy"))
             self._pods[pod.workload.key] = runtime
 
@@ -609,6 +611,8 @@ class LocalMesh:
             paths = runtime.paths
             for sub in (paths.lds.parent, paths.cds.parent, paths.sds_dir):
                 sub.mkdir(parents=True, exist_ok=True)
+            # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
+            _write_text(paths.access_log, "")
             _write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths))
             _write_json(
                 paths.sds(xds.ROOT_SECRET),
@@ -618,7 +622,10 @@ class LocalMesh:
             self._render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, PROXY_UID, PROXY_GID)
+                if path.is_dir():
+                    os.chmod(path, host.PRIVATE_DIR_MODE)
             os.chown(paths.root, PROXY_UID, PROXY_GID)
+            os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
     def _issue_cert(self, runtime: _PodRuntime) -> None:
         w = runtime.pod.workload
@@ -632,8 +639,6 @@ class LocalMesh:
             xds.secret_resources(
                 xds.WORKLOAD_SECRET, cert_pem=cert.cert_pem + self.root_cert, key_pem=cert.key_pem
             ),
-            owner=(PROXY_UID, PROXY_GID),
-            mode=0o600,
         )
         runtime.next_rotation = (
             None if self.faults.no_rotation else rotation_time(cert.not_before, cert.not_after)
@@ -659,7 +664,7 @@ class LocalMesh:
     def _spawn(
         self, runtime: _PodRuntime, argv: list[str], log_name: str
     ) -> subprocess.Popen[bytes]:
-        log = open(runtime.directory / log_name, "wb")  # noqa: SIM115 - owned by the child
+        log = _private_log(runtime.directory / log_name)
         try:
             proc = self._popen(
                 host.in_netns(runtime.netns, argv),
@@ -1043,8 +1048,12 @@ class LocalMesh:
             raise MeshError(f"capture port must be in 1..65535, got {port!r}")
         recording = PcapRecording(workload=workload, port=port)
         pcap_dir = self.run_dir / "captures"
-        pcap_dir.mkdir(exist_ok=True)
+        pcap_dir.mkdir(mode=host.PRIVATE_DIR_MODE, exist_ok=True)
+        host.private_directory(pcap_dir)
         path = pcap_dir / f"{workload.key}-{int(time.time() * 1000)}-{secrets.token_hex(2)}.pcap"
+        # Made 0600 before tcpdump opens it (tcpdump keeps an existing file's mode): a live
+        # capture's plaintext payloads are root's alone.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, host.PRIVATE_FILE_MODE))
         marker = secrets.token_hex(8)
         peer = next(p.ip for p in self.topology.pods if p.ip != runtime.pod.ip)
         marker_filter = f"(udp and dst host {peer} and dst port 9)"
@@ -1125,16 +1134,22 @@ class LocalMesh:
             self._stop.wait(max(0.005, min(wait, 60.0)))
 
 
+_PROXY_OWNER = (PROXY_UID, PROXY_GID)
+
+
 def _write_json(
-    path: Path, data: Any, *, owner: tuple[int, int] | None = None, mode: int = 0o644
+    path: Path, data: Any, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
 ) -> None:
     _write_text(path, json.dumps(data), owner=owner, mode=mode)
 
 
 def _write_text(
-    path: Path, text: str, *, owner: tuple[int, int] | None = None, mode: int = 0o644
+    path: Path, text: str, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
 ) -> None:
-    """Write then rename into place: Envoy's watched_directory sees one atomic move."""
+    """Write then rename into place: Envoy's watched_directory sees one atomic move.
+
+    Every file is Envoy's (uid 1337) and 0600: config, keys and logs are no other user's.
+    """
     tmp = path.parent / f".{path.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -1145,6 +1160,11 @@ def _write_text(
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """A log file (0600, root's) opened for a child process to write; the caller closes it."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _discovery_text(version: int, resources_json: str) -> str:
