@@ -7,12 +7,22 @@ test runs, benchmarks) are neither counted nor touched.
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import select
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from local_helpers import needs_local_mesh
+import pytest
+from local_helpers import needs_local_mesh, subprocess_env, traces_of, wait_for
 
+from pytest_meshconform.local import host
 from pytest_meshconform.local.backend import LocalMesh
 
 pytestmark = needs_local_mesh
@@ -88,3 +98,159 @@ def test_evidence_is_readable_by_root_only() -> None:
 
 def httpbin_url() -> str:
     return "http://httpbin.foo:8000/get"
+
+
+# ============================================================================ signals (#1, #2)
+
+# A mesh owner that says where it is (JSON lines) and lingers 1.5 s in the window under test,
+# so a signal sent when it says so lands there.
+WINDOW_OWNER = """
+import json, sys, threading, time
+from pytest_meshconform.local import host
+from pytest_meshconform.local.backend import LocalMesh
+
+window = sys.argv[1]
+
+def say(event, **info):
+    print(json.dumps({"event": event, **info}), flush=True)
+
+real_make, real_teardown = host.make_run_directory, host.teardown_state
+
+def make_run_directory(run_id):
+    say("run-id", run_id=run_id)
+    if window == "before":
+        time.sleep(1.5)  # the run owns nothing yet: its directory is about to be made
+    return real_make(run_id)
+
+def teardown_state(state):
+    say("teardown")
+    time.sleep(1.5)  # the teardown is under way: processes, namespaces and files all there
+    real_teardown(state)
+
+host.make_run_directory = make_run_directory
+host.teardown_state = teardown_state
+
+def progress(message):
+    for step in ("creating", "waiting"):
+        if window == step and message.split(": ")[-1].startswith(step):
+            say(step)
+            time.sleep(1.5)  # bring-up: namespaces made (creating), processes started (waiting)
+
+mesh = LocalMesh(progress=progress).start()
+say("up", pids=mesh.pids())
+if window == "teardown":
+    mesh.close()
+    say("closed")
+else:
+    threading.Event().wait(120)
+"""
+
+TOKEN_VARIABLE = "MC_SIGNAL_WINDOW_TEST"
+
+
+def _processes_with(token: str) -> list[int]:
+    """Live processes whose environment carries this test's token: the owner and everything
+    its mesh started (Envoys, the app launcher, the apps inherit the owner's environment)."""
+    needle = f"{TOKEN_VARIABLE}={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and host.proc_start_ticks(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return found
+
+
+class WindowOwner:
+    def __init__(self, window: str, token: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WINDOW_OWNER, window],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env() | {TOKEN_VARIABLE: token},
+        )
+        self.events: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self._buffer = b""
+
+    def wait_event(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while not any(e["event"] == name for e in self.events):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                pytest.fail(f"no {name!r} from the mesh owner after {timeout}s: {self.lines}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                pytest.fail(f"the mesh owner exited before {name!r}: {self.lines}")
+            self._buffer += chunk
+            *done, self._buffer = self._buffer.split(b"\n")
+            for line in done:
+                text = line.decode(errors="replace")
+                self.lines.append(text)
+                if text.startswith('{"event"'):
+                    self.events.append(json.loads(text))
+        return next(e for e in self.events if e["event"] == name)
+
+    def finish(self, timeout: float = 60) -> str:
+        out, _ = self.proc.communicate(timeout=timeout)
+        for text in (self._buffer + out).decode(errors="replace").splitlines():
+            self.lines.append(text)
+            if text.startswith('{"event"'):
+                self.events.append(json.loads(text))
+        return "\n".join(self.lines)
+
+
+# window -> (the event that says the owner is in it, the signal, signals during its teardown)
+WINDOWS = {
+    "before": ("run-id", signal.SIGTERM, ()),
+    "creating": ("creating", signal.SIGTERM, ()),
+    "waiting": ("waiting", signal.SIGHUP, ()),
+    "up": ("up", signal.SIGTERM, ()),
+    "teardown": ("teardown", signal.SIGTERM, ()),
+    "second": ("up", signal.SIGTERM, (signal.SIGTERM, signal.SIGINT)),
+}
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_a_signal_in_any_window_leaves_nothing(window: str) -> None:
+    """Issue 14, #1 and #2: SIGTERM/SIGHUP before the run dir exists, while namespaces and
+    processes are being made, once up, during teardown, and a second signal during teardown:
+    no namespace, /etc/netns entry, run dir or process of that run remains, with no sweep."""
+    trigger, first, during_teardown = WINDOWS[window]
+    token = secrets.token_hex(8)
+    owner = WindowOwner(window, token)
+    run_id = ""
+    try:
+        run_id = owner.wait_event("run-id")["run_id"]
+        owner.wait_event(trigger)
+        owner.proc.send_signal(first)
+        if during_teardown:
+            owner.wait_event("teardown")
+            for signum in during_teardown:
+                owner.proc.send_signal(signum)
+        output = owner.finish()
+    finally:
+        if owner.proc.poll() is None:
+            owner.proc.kill()
+            owner.proc.communicate()
+    assert owner.proc.returncode != 0, output
+    events = [e["event"] for e in owner.events]
+    assert "teardown" in events, output  # the mesh tore itself down
+    if window in ("before", "creating", "waiting"):
+        assert "up" not in events, output  # the signal did land in the bring-up
+    if window in ("teardown", "second"):
+        # Held until the teardown ended, then delivered to the process's own handlers (SIG_DFL
+        # or Python's SIGINT handler: the kernel delivers a pending SIGINT before a SIGTERM).
+        delivered = {-first, *(-s for s in during_teardown)}
+        assert owner.proc.returncode in delivered, output
+        assert "closed" not in events, output
+    else:
+        assert f"KeyboardInterrupt: {first.name}" in output, output
+    assert traces_of(run_id) == [], output
+    wait_for(lambda: not _processes_with(token), 10, f"the processes of run {run_id} to end")

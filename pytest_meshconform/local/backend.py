@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .. import __version__
+from .. import __version__, signals
 from ..certs import rotation_time
 from ..mesh import (
     ALL_FEATURES,
@@ -307,6 +307,7 @@ class LocalMesh:
         self._launcher_output = b""
         self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
+        self._signals_owned = False
         self.rotations: list[Rotation] = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
@@ -392,10 +393,15 @@ class LocalMesh:
         if swept:
             self._progress(f"swept leftovers of dead runs: {'; '.join(swept)}")
         self._stop.clear()
-        self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
-        atexit.register(self.close)  # a script that forgets close() still leaves nothing
         try:
+            # From before the run dir exists until its last file is gone, SIGTERM and SIGHUP
+            # interrupt like Ctrl-C; one arriving while the run is being recorded is delivered
+            # once it is, inside this try, so the except below removes it all.
+            with signals.held():
+                self._signals_owned = signals.acquire()
+                self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
+                atexit.register(self.close)  # a script that forgets close() leaves nothing
             self._ca = MeshCA(TRUST_DOMAIN)
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
@@ -423,7 +429,20 @@ class LocalMesh:
         self.close()
 
     def close(self, *, force: bool = False) -> None:
-        """Stop everything and remove every trace; with `keep`, leave it running and say what."""
+        """Stop everything and remove every trace; with `keep`, leave it running and say what.
+
+        SIGINT, SIGTERM and SIGHUP wait until the end (a second one must not leave half a
+        mesh behind); the first of them is delivered then.
+        """
+        with signals.held():
+            try:
+                self._close(force=force)
+            finally:
+                if self._state is None:  # gone (or kept on purpose): nothing of ours is left
+                    owned, self._signals_owned = self._signals_owned, False
+                    signals.release(owned)
+
+    def _close(self, *, force: bool) -> None:
         self._stop.set()
         if self._agent is not None:
             self._agent.join(timeout=5)
@@ -437,31 +456,30 @@ class LocalMesh:
             self._state = None
             self._stop_spawner()
             return
-        with host.sigint_deferred():  # a second Ctrl-C must not leave half a mesh behind
-            if self._launcher is not None and self._launcher.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self._launcher.stdin.close()
-            host.teardown_state(state)
-            for runtime in self._pods.values():
-                if runtime.envoy is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        runtime.envoy.wait(timeout=1)
-            if self._launcher is not None:
+        if self._launcher is not None and self._launcher.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._launcher.stdin.close()
+        host.teardown_state(state)
+        for runtime in self._pods.values():
+            if runtime.envoy is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._launcher.wait(timeout=1)
-                if self._launcher.stdout is not None:
-                    self._launcher.stdout.close()
-            self._stop_spawner()
-            self._state = None
-            self._ca = None
-            self._pods = {}
-            self._launcher = None
-            left = host.leftovers(state)
-            if left:
-                self._progress(
-                    f"local mesh {state.run_id}: could not remove {', '.join(left)};"
-                    " the next run retries"
-                )
+                    runtime.envoy.wait(timeout=1)
+        if self._launcher is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._launcher.wait(timeout=1)
+            if self._launcher.stdout is not None:
+                self._launcher.stdout.close()
+        self._stop_spawner()
+        self._state = None
+        self._ca = None
+        self._pods = {}
+        self._launcher = None
+        left = host.leftovers(state)
+        if left:
+            self._progress(
+                f"local mesh {state.run_id}: could not remove {', '.join(left)};"
+                " the next run retries"
+            )
 
     def _stop_spawner(self) -> None:
         if self._spawner is not None:
@@ -469,12 +487,19 @@ class LocalMesh:
             self._spawner = None
 
     def _popen(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
-        """Popen from the mesh's own thread: PR_SET_PDEATHSIG fires when the forking thread ends."""
+        """Popen from the mesh's own thread: PR_SET_PDEATHSIG fires when the forking thread ends.
+
+        The process is recorded by that thread too, as soon as it exists: a KeyboardInterrupt
+        (SIGTERM) in the caller while it waits cannot leave a process the teardown misses.
+        """
         if self._spawner is None:
             raise MeshError("the local mesh is not running (call start() first)")
+        state = self._require_state()
 
         def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(argv, **options)
+            proc = subprocess.Popen(argv, **options)
+            state.add_pid(proc.pid)
+            return proc
 
         try:
             return self._spawner.submit(spawn).result()
@@ -552,7 +577,6 @@ class LocalMesh:
             )
         finally:
             log.close()
-        state.add_pid(self._launcher.pid)
 
     def _create_namespaces(self) -> None:
         state = self._require_state()
@@ -676,7 +700,6 @@ class LocalMesh:
             )
         finally:
             log.close()
-        self._require_state().add_pid(proc.pid)
         return proc
 
     def _start_envoys(self) -> None:
@@ -1069,7 +1092,6 @@ class LocalMesh:
             start_new_session=True,
             env=self._env,
         )
-        self._require_state().add_pid(proc.pid)
         try:
             recording.tool_stderr = _wait_for_line(proc, b"listening on", 10.0)
             yield recording
