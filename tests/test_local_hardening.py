@@ -20,10 +20,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from local_helpers import needs_local_mesh, subprocess_env, traces_of, wait_for
+from local_helpers import (
+    CONFORMANCE,
+    assert_runs_left_nothing,
+    needs_local_mesh,
+    subprocess_env,
+    traces_of,
+    wait_for,
+)
 
-from pytest_meshconform.local import host
+from pytest_meshconform.cli import main as cli_main
+from pytest_meshconform.local import backend, host
 from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.mesh import SidecarDied
+from pytest_meshconform.report import load_report, write_report
 
 pytestmark = needs_local_mesh
 
@@ -254,3 +264,132 @@ def test_a_signal_in_any_window_leaves_nothing(window: str) -> None:
         assert f"KeyboardInterrupt: {first.name}" in output, output
     assert traces_of(run_id) == [], output
     wait_for(lambda: not _processes_with(token), 10, f"the processes of run {run_id} to end")
+
+
+# ============================================================================ sidecar health (#3)
+
+
+def _detected(mesh: LocalMesh, within: float) -> tuple[SidecarDied, float]:
+    started = time.monotonic()
+    wait_for(lambda: bool(mesh.health_problems()), within, "the mesh to notice its sidecar")
+    return mesh.health_problems()[0], time.monotonic() - started
+
+
+def test_a_stopped_sidecar_is_detected_within_seconds() -> None:
+    """A SIGSTOPped Envoy: seen at once, and every later request fails fast naming it, instead
+    of each waiting out its timeout (the issue's run took 86 s instead of 18)."""
+    with LocalMesh() as mesh:
+        sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+        assert mesh.health_problems() == ()
+        pid = mesh.envoy_pid(httpbin)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            problem, _ = _detected(mesh, 3.0)
+            assert (problem.workload, problem.process, problem.pid) == ("httpbin.foo", "Envoy", pid)
+            assert str(problem).startswith(f"Envoy of httpbin.foo is stopped (SIGSTOP): pid {pid}")
+            started = time.monotonic()
+            with pytest.raises(SidecarDied, match=r"Envoy of httpbin\.foo is stopped"):
+                mesh.exec(sleep, ["curl", "-sS", "--max-time", "10", "http://httpbin.foo:8000/get"])
+            assert time.monotonic() - started < 1.0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_an_envoy_that_stops_answering_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second watch: an Envoy alive to the kernel whose admin socket answers nothing (here
+    stopped, with the /proc check blinded) is called broken after ADMIN_SILENT_AFTER_S."""
+    monkeypatch.setattr(backend, "_stopped", lambda pid: False)
+    with LocalMesh() as mesh:
+        pid = mesh.envoy_pid(mesh.workload("sleep", "bar"))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            problem, took = _detected(mesh, backend.ADMIN_SILENT_AFTER_S + 5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert problem.pid == pid
+        assert "Envoy of sleep.bar stopped answering its admin socket" in str(problem)
+        assert took >= backend.ADMIN_SILENT_AFTER_S - 1.5
+
+
+KILLER_PLUGIN = """
+import os, signal
+import pytest
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    if item.name == "test_strict_resets_plaintext":  # mid-run: its policy is applied
+        mesh = item.funcargs["mesh"]
+        os.kill(mesh.envoy_pid(mesh.workload("httpbin", "foo")), signal.SIGKILL)
+    return (yield)
+"""
+
+
+def test_a_killed_sidecar_is_an_infrastructure_error_not_a_conformance_failure(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, #3: httpbin.foo's Envoy killed (by the PID the mesh knows) during the STRICT
+    test made it fail with "plaintext was not refused by STRICT". Now it errors naming the
+    process and its exit status, every later test errors at setup, the report marks them
+    `infrastructure: true`, and `meshconform diff` against a green baseline exits 3, not 1."""
+    pytester.makepyfile(envoy_killer=KILLER_PLUGIN)
+    monkeypatch.setenv("COLUMNS", "1000")  # short summary lines carry the whole message
+    report_path = pytester.path / "report.yaml"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "envoy_killer",
+        "-ra",
+        f"--mesh-report={report_path}",
+        str(CONFORMANCE / "test_strict.py"),
+    )
+    output = result.stdout.str()
+    assert_runs_left_nothing(output)
+    outcomes = result.parseoutcomes()
+    assert "failed" not in outcomes and "passed" not in outcomes, output
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "plaintext was not refused" not in "\n".join(
+        line for line in output.splitlines() if line.startswith("ERROR ")
+    )
+    killed = "Envoy of httpbin.foo was killed by SIGKILL (exit status -9)"
+    errors = [line for line in output.splitlines() if line.startswith("ERROR ")]
+    (strict_line,) = [line for line in errors if "::test_strict_resets_plaintext - " in line]
+    assert f"::test_strict_resets_plaintext - SidecarDied: {killed}: pid " in strict_line, output
+
+    report = load_report(report_path)
+    tests = {t.name: t for t in report.tests}
+    strict = tests["test_strict_resets_plaintext"]
+    assert (strict.outcome, strict.phase, strict.infrastructure) == ("error", "call", True)
+    assert strict.message is not None and strict.message.startswith(f"SidecarDied: {killed}")
+    later = [t for name, t in tests.items() if name != "test_strict_resets_plaintext"]
+    assert later and all(
+        (t.outcome, t.phase, t.infrastructure) == ("error", "setup", True) for t in later
+    ), later
+    assert report_path.read_text().count("infrastructure: true") == len(tests)
+
+    # Against a baseline where all of them passed: no regression, but no verdict either.
+    import dataclasses
+
+    green = dataclasses.replace(
+        report,
+        suites=tuple(
+            dataclasses.replace(
+                suite,
+                tests=tuple(
+                    dataclasses.replace(
+                        t,
+                        outcome="passed",
+                        phase=None,
+                        infrastructure=False,
+                        message=None,
+                        evidence=None,
+                    )
+                    for t in suite.tests
+                ),
+            )
+            for suite in report.suites
+        ),
+    )
+    baseline = pytester.path / "baseline.yaml"
+    write_report(green, baseline)
+    assert cli_main(["diff", str(baseline), str(report_path)]) == 3

@@ -51,6 +51,7 @@ from ..mesh import (
     PcapRecording,
     PropagationTimeout,
     Service,
+    SidecarDied,
     Workload,
 )
 from ..policy import PolicyError, parse_policy
@@ -83,6 +84,13 @@ READY_DEADLINE_S = 20.0
 PROPAGATION_DEADLINE_S = 10.0
 PROGRESS_EVERY_S = 2.0
 SLOW_PROPAGATION_S = 1.0
+# Sidecar health: the watcher looks at its processes this often (exit, SIGSTOP), asks every
+# Envoy's admin socket for /ready every ADMIN_PROBE_EVERY_S, and calls an Envoy broken once it
+# has answered nothing for ADMIN_SILENT_AFTER_S (well above a loaded machine's pauses).
+HEALTH_INTERVAL_S = 0.2
+ADMIN_PROBE_EVERY_S = 1.0
+ADMIN_PROBE_TIMEOUT_S = 1.0
+ADMIN_SILENT_AFTER_S = 5.0
 
 # The Envoy stats that tell whether a config version is in force, in one admin request.
 _VERSION_STATS = (
@@ -308,6 +316,10 @@ class LocalMesh:
         self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
         self._signals_owned = False
+        self._health_lock = threading.Lock()
+        self._problems: dict[str, SidecarDied] = {}  # "Envoy of httpbin.foo" -> first seen
+        self._watching = False
+        self._watcher: threading.Thread | None = None
         self.rotations: list[Rotation] = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
@@ -416,6 +428,12 @@ class LocalMesh:
                 target=self._rotation_agent, name="meshconform-agent", daemon=True
             )
             self._agent.start()
+            self._problems = {}
+            self._watching = True
+            self._watcher = threading.Thread(
+                target=self._health_watch, name="meshconform-health", daemon=True
+            )
+            self._watcher.start()
         except BaseException:
             self.close(force=True)
             raise
@@ -443,10 +461,12 @@ class LocalMesh:
                     signals.release(owned)
 
     def _close(self, *, force: bool) -> None:
+        self._watching = False  # what close() ends is no sidecar death
         self._stop.set()
-        if self._agent is not None:
-            self._agent.join(timeout=5)
-            self._agent = None
+        for thread in (self._agent, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._agent = self._watcher = None
         state = self._state
         if state is None:
             return
@@ -846,6 +866,7 @@ class LocalMesh:
             return False
 
     def _check_alive(self, runtime: _PodRuntime) -> None:
+        self._raise_if_broken()  # once up: SidecarDied, an infrastructure error
         envoy = runtime.envoy
         if envoy is not None and envoy.poll() is not None:
             raise MeshError(
@@ -899,8 +920,13 @@ class LocalMesh:
     # -- Mesh protocol: actions ------------------------------------------------------------------
 
     def exec(self, workload: Workload, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
-        """Run argv in the workload's pod as the app's uid (APP_UID; root in httpbin pods)."""
+        """Run argv in the workload's pod as the app's uid (APP_UID; root in httpbin pods).
+
+        Raises SidecarDied when a process of the mesh has died or stopped: nothing run now
+        would be evidence, and a stopped sidecar would make every request wait its timeout.
+        """
         command = self.exec_argv(workload, list(argv))
+        self._raise_if_broken()
         try:
             proc = subprocess.run(
                 command,
@@ -1049,6 +1075,7 @@ class LocalMesh:
                     waiting.append((runtime, problems))
             if not waiting:
                 return
+            self._raise_if_broken()  # a dead or stopped Envoy never catches up: say so now
             now = time.monotonic()
             if now > deadline:
                 raise PropagationTimeout(
@@ -1132,6 +1159,102 @@ class LocalMesh:
             )
         return body
 
+    # -- sidecar health ------------------------------------------------------------------------
+
+    def envoy_pid(self, workload: Workload) -> int:
+        """The PID of the workload's Envoy (the process the mesh started and watches)."""
+        runtime = self._runtime(workload)
+        if runtime.envoy is None:
+            raise MeshError(f"{workload.key} has no sidecar")
+        return runtime.envoy.pid
+
+    def health_problems(self) -> tuple[SidecarDied, ...]:
+        """Every process of the mesh that died or was stopped (checked now), or stopped
+        answering its admin socket (seen by the watcher), first seen first; () while healthy,
+        starting or closed."""
+        if not self._watching:
+            return ()
+        with self._health_lock:
+            for problem in self._process_problems():
+                self._problems.setdefault(f"{problem.process} of {problem.workload}", problem)
+            return tuple(self._problems.values())
+
+    def _raise_if_broken(self) -> None:
+        problems = self.health_problems()
+        if problems:
+            raise problems[0].again()
+
+    def _process_problems(self) -> list[SidecarDied]:
+        """Exits and stops of the Envoys and apps, from the kernel (cheap: /proc and waitpid)."""
+        found = []
+        for runtime in list(self._pods.values()):
+            envoy = runtime.envoy
+            if envoy is not None:
+                code = envoy.poll()
+                if code is not None:
+                    found.append(
+                        SidecarDied(
+                            runtime.key,
+                            "Envoy",
+                            envoy.pid,
+                            _exit_text(code),
+                            exit_status=code,
+                            detail=f"log: {self._log_tail(runtime, 'envoy.log')}",
+                        )
+                    )
+                elif _stopped(envoy.pid):
+                    found.append(
+                        SidecarDied(runtime.key, "Envoy", envoy.pid, "is stopped (SIGSTOP)")
+                    )
+            pid = runtime.app_pid
+            if pid is not None:
+                if host.proc_start_ticks(pid) != runtime.app_start:
+                    found.append(
+                        SidecarDied(
+                            runtime.key,
+                            "app",
+                            pid,
+                            "exited",
+                            detail=f"launcher log: {self._launcher_log_tail()}",
+                        )
+                    )
+                elif _stopped(pid):
+                    found.append(SidecarDied(runtime.key, "app", pid, "is stopped (SIGSTOP)"))
+        return found
+
+    def _health_watch(self) -> None:
+        """Watch the mesh's own processes until close(): exits, stops, a silent admin socket."""
+        envoys = [r for r in self._pods.values() if r.envoy is not None]
+        last_answer = dict.fromkeys((r.key for r in envoys), time.monotonic())
+        next_probe = time.monotonic()
+        while not self._stop.wait(HEALTH_INTERVAL_S):
+            self.health_problems()
+            if time.monotonic() < next_probe:
+                continue
+            answers = _admin_get_all(
+                [r.paths.admin_socket for r in envoys], "/ready", timeout=ADMIN_PROBE_TIMEOUT_S
+            )
+            now = time.monotonic()
+            next_probe = now + ADMIN_PROBE_EVERY_S
+            for runtime, answer in zip(envoys, answers, strict=True):
+                if not isinstance(answer, OSError):
+                    last_answer[runtime.key] = now
+                    continue
+                silent = now - last_answer[runtime.key]
+                if silent >= ADMIN_SILENT_AFTER_S and self._watching:
+                    assert runtime.envoy is not None
+                    with self._health_lock:
+                        self._problems.setdefault(
+                            f"Envoy of {runtime.key}",
+                            SidecarDied(
+                                runtime.key,
+                                "Envoy",
+                                runtime.envoy.pid,
+                                f"stopped answering its admin socket ({silent:.0f}s silent)",
+                                detail=f"last error: {answer}",
+                            ),
+                        )
+
     # -- agent: certificate rotation ---------------------------------------------------------------
 
     def _rotation_agent(self) -> None:
@@ -1182,6 +1305,26 @@ def _write_text(
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _exit_text(code: int) -> str:
+    """How a process ended, as Popen's returncode tells it (-N: killed by signal N)."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name} (exit status {code})"
+
+
+def _stopped(pid: int) -> bool:
+    """Is this process stopped (SIGSTOP, SIGTSTP: state T in /proc/<pid>/stat)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def _private_log(path: Path) -> IO[bytes]:
