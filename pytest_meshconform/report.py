@@ -1104,6 +1104,7 @@ def _archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
         if candidate.exists():
             shutil.rmtree(candidate)
         candidate.mkdir(parents=True)
+        os.chmod(candidate, 0o700)  # evidence (plaintext payloads, keys' certs): the user's only
         marker.write_text(nodeid + "\n", encoding="utf-8")
         used[candidate] = nodeid
         return candidate

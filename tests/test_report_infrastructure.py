@@ -197,3 +197,27 @@ def test_infrastructure_round_trips_and_is_checked() -> None:
         broken["suites"][0]["tests"][0] = {k: v for k, v in case.items() if v is not None}
         with pytest.raises(ReportError, match=message):
             parse_report(broken)
+
+
+EVIDENCE_SUITE = """
+from pytest_meshconform.evidence import evidence_of
+
+
+def test_fails(request, tmp_path):
+    pcap = tmp_path / "capture.pcap"
+    pcap.write_bytes(b"payload")
+    pcap.chmod(0o600)  # as the local mesh makes its captures
+    evidence_of(request.node).add_file("pcap httpbin.foo", pcap)
+    evidence_of(request.node).add_text("curl sleep.legacy", "HTTP 200")
+    raise AssertionError("plaintext was not refused")
+"""
+
+
+def test_archived_evidence_is_private(pytester: pytest.Pytester) -> None:
+    """Issue 14, #7: each failed test's evidence directory is 0700 (its pcap stays 0600)."""
+    pytester.makepyfile(test_evidence=EVIDENCE_SUITE)
+    pytester.runpytest("-p", "no:randomly", "--mesh-artifacts=evidence").assert_outcomes(failed=1)
+    (directory,) = (pytester.path / "evidence").iterdir()
+    assert directory.stat().st_mode & 0o777 == 0o700
+    (pcap,) = directory.glob("*.pcap")
+    assert pcap.stat().st_mode & 0o777 == 0o600
