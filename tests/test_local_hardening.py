@@ -299,6 +299,7 @@ def test_an_envoy_that_stops_answering_is_detected(monkeypatch: pytest.MonkeyPat
     """The second watch: an Envoy alive to the kernel whose admin socket answers nothing (here
     stopped, with the /proc check blinded) is called broken after ADMIN_SILENT_AFTER_S."""
     monkeypatch.setattr(backend, "_stopped", lambda pid: False)
+    monkeypatch.setattr(backend, "ADMIN_SILENT_AFTER_S", 3.0)  # 10 s in earnest
     with LocalMesh() as mesh:
         pid = mesh.envoy_pid(mesh.workload("sleep", "bar"))
         os.kill(pid, signal.SIGSTOP)
