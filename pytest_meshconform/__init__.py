@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "MeshWideNotAllowed": "mesh",
     "PropagationTimeout": "mesh",
     "tunnels_over_hbone": "mesh",
+    "SidecarDied": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
     "mesh_settings_key": "plugin",
     "MeshSettings": "settings",
@@ -150,6 +151,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         MeshWideNotAllowed as MeshWideNotAllowed,
         PropagationTimeout as PropagationTimeout,
         Service as Service,
+        SidecarDied as SidecarDied,
         Workload as Workload,
         tunnels_over_hbone as tunnels_over_hbone,
     )

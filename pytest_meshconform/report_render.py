@@ -466,6 +466,15 @@ def document_of(
                 listing = "\n".join(f"{label}: {path}" for label, path in test.evidence.files)
                 if listing:
                     blocks.append(Block("Evidence files", listing))
+            facts = _facts_of(test)
+            if test.infrastructure:
+                facts = (
+                    (
+                        "Infrastructure error",
+                        ("the mesh's own process broke (a sidecar died): no evidence either way",),
+                    ),
+                    *facts,
+                )
             entries.append(
                 Entry(
                     title=test.name,
@@ -473,7 +482,7 @@ def document_of(
                     description=test.description,
                     message=test.message if test.outcome != "passed" else None,
                     duration=test.duration,
-                    facts=_facts_of(test),
+                    facts=facts,
                     tables=tuple(seen.tables) if seen else (),
                     timelines=tuple(Timeline.of(r) for r in seen.rotations) if seen else (),
                     evidence=tuple(blocks),
