@@ -346,7 +346,9 @@ def _evidence_window(mesh: Mesh, request: pytest.FixtureRequest) -> Evidence:
     starts (the mesh's log positions), so a failure shows only the log lines it caused."""
     evidence = evidence_of(request.node)
     if evidence.log_positions is None:
-        with suppress(MeshError):
+        # A suite's stand-in mesh (a test double of its own) may not implement the log members:
+        # its tests then have no window (and show no logs), they do not error.
+        with suppress(MeshError, AttributeError, NotImplementedError):
             evidence.log_positions = mesh.log_positions()
     return evidence
 
