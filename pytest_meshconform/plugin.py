@@ -106,6 +106,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " listed at the end and fail the run. ini: mesh_baseline.",
     )
     group.addoption(
+        "--mesh-min-tls-version",
+        default=None,
+        metavar="VERSION",
+        help="The local mesh's meshConfig.meshMTLS.minProtocolVersion: TLS_AUTO (the default:"
+        " TLS 1.2), TLSV1_2 or TLSV1_3. Kube backends read it from istiod's mesh config."
+        " ini: mesh_min_tls_version.",
+    )
+    group.addoption(
         "--mesh-fault",
         action="append",
         default=None,
@@ -119,6 +127,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mesh_report", "conformance report path (.yaml/.yml/.json), ini-relative")
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
     parser.addini("mesh_baseline", "previous conformance report to compare against")
+    parser.addini("mesh_min_tls_version", "local mesh meshMTLS.minProtocolVersion: TLSV1_3, ...")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from .. import __version__
 from ..certs import rotation_time
+from ..istio.tls import MinProtocolVersion, parse_min_protocol_version
 from ..mesh import (
     ALL_FEATURES,
     ExecResult,
@@ -286,10 +287,13 @@ class LocalMesh:
         keep: bool = False,
         progress: Progress | None = None,
         topology: Topology | None = None,
+        min_tls_version: MinProtocolVersion = "TLS_AUTO",
     ) -> None:
         if cert_ttl <= dt.timedelta(0):
             raise ValueError(f"cert_ttl must be positive, got {cert_ttl}")
         self.cert_ttl = cert_ttl
+        # meshConfig.meshMTLS.minProtocolVersion of this mesh (MeshMtlsAware)
+        self.min_tls_version: MinProtocolVersion = parse_min_protocol_version(min_tls_version)
         self.faults = faults or Faults()
         self.keep = keep
         self.topology = topology or default_topology()
@@ -396,7 +400,7 @@ class LocalMesh:
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
         atexit.register(self.close)  # a script that forgets close() still leaves nothing
         try:
-            self._ca = MeshCA(TRUST_DOMAIN)
+            self._ca = MeshCA(TRUST_DOMAIN, pool=True)  # RSA keys made while pods start
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
@@ -453,6 +457,8 @@ class LocalMesh:
                     self._launcher.stdout.close()
             self._stop_spawner()
             self._state = None
+            if self._ca is not None:
+                self._ca.close()
             self._ca = None
             self._pods = {}
             self._launcher = None
@@ -602,7 +608,9 @@ class LocalMesh:
         host.run_all(commands)
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(self.topology, [], self.root_namespace, self.faults)
+        plans = plan_sidecars(
+            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+        )
         ca = self._require_ca()
         for key, plan in plans.items():
             runtime = self._pods[key]
@@ -946,7 +954,11 @@ class LocalMesh:
 
     def _push(self) -> None:
         plans = plan_sidecars(
-            self.topology, list(self._policies.values()), self.root_namespace, self.faults
+            self.topology,
+            list(self._policies.values()),
+            self.root_namespace,
+            self.faults,
+            self.min_tls_version,
         )
         changed = [
             self._pods[key] for key, plan in plans.items() if self._render(self._pods[key], plan)
