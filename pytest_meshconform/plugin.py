@@ -9,7 +9,7 @@ Hook layout, in the order pytest calls them:
   ``config.stash[mesh_settings_key]``, so a bad value is a UsageError before collection.
 - ``pytest_report_collectionfinish``: the settings in force, so a CI log says what was tested.
   Printed once collection is done, not in the session header: a suite's conftest may change a
-  default (the built-in suites' 30 s TTL) and, under ``--pyargs``, pytest loads that conftest
+  default (the built-in suites' 10 s TTL) and, under ``--pyargs``, pytest loads that conftest
   only while collecting.
 - Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...) live in ``fixtures.py``,
   registered by ``pytest_configure``.

@@ -56,7 +56,7 @@ from ..mesh import (
 )
 from ..policy import PolicyError, parse_policy
 from . import host, xds
-from .ca import IssuedCert, MeshCA
+from .ca import IssuedCert, MeshCA, WorkloadPrivateKey
 from .control import Faults, Policy, plan_sidecars
 from .topology import (
     APP_GID,
@@ -612,6 +612,7 @@ class LocalMesh:
             self.topology, [], self.root_namespace, self.faults, self.min_tls_version
         )
         ca = self._require_ca()
+        keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
             runtime = self._pods[key]
             paths = runtime.paths
@@ -622,18 +623,20 @@ class LocalMesh:
                 paths.sds(xds.ROOT_SECRET),
                 xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem),
             )
-            self._issue_cert(runtime)
+            self._issue_cert(runtime, keys.pop())
             self._render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, PROXY_UID, PROXY_GID)
             os.chown(paths.root, PROXY_UID, PROXY_GID)
 
-    def _issue_cert(self, runtime: _PodRuntime) -> None:
+    def _issue_cert(self, runtime: _PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         w = runtime.pod.workload
         service_account = (
             f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
         )
-        cert = self._require_ca().issue_workload(w.namespace, service_account, self.cert_ttl)
+        cert = self._require_ca().issue_workload(
+            w.namespace, service_account, self.cert_ttl, key=key
+        )
         runtime.cert = cert
         _write_json(
             runtime.paths.sds(xds.WORKLOAD_SECRET),

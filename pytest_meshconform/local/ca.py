@@ -18,6 +18,7 @@ import datetime as dt
 import queue
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -80,6 +81,15 @@ class KeyPool:
             return self._keys.get_nowait()
         except queue.Empty:
             return generate_key(self.spec)
+
+    def take_many(self, count: int) -> list[WorkloadPrivateKey]:
+        """``count`` keys at once: the pool's, the rest generated in parallel threads (key
+        generation runs outside the GIL), so a mesh's first certificates wait for the slowest
+        key, not for all of them in turn."""
+        if count <= 0:
+            return []
+        with ThreadPoolExecutor(min(count, 8), thread_name_prefix="meshconform-key") as pool:
+            return list(pool.map(lambda _: self.take(), range(count)))
 
     def close(self) -> None:
         self._stop.set()
@@ -148,17 +158,25 @@ class MeshCA:
         if self._pool is not None:
             self._pool.close()
 
+    def workload_keys(self, count: int) -> list[WorkloadPrivateKey]:
+        """``count`` workload keys made in parallel, for issuing many certificates at once."""
+        if self._pool is not None:
+            return self._pool.take_many(count)
+        return [generate_key(self.workload_key) for _ in range(count)]
+
     def issue_workload(
         self,
         namespace: str,
         service_account: str,
         ttl: dt.timedelta,
         now: dt.datetime | None = None,
+        key: WorkloadPrivateKey | None = None,
     ) -> IssuedCert:
         """Issue a workload certificate for spiffe://<td>/ns/<namespace>/sa/<service_account>."""
         if ttl <= dt.timedelta(0):
             raise ValueError(f"certificate TTL must be positive, got {ttl}")
-        key = self._pool.take() if self._pool is not None else generate_key(self.workload_key)
+        if key is None:
+            key = self._pool.take() if self._pool is not None else generate_key(self.workload_key)
         not_before = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         not_after = not_before + ttl
         serial = secrets.randbits(128) or 1
