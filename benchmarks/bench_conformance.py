@@ -1,7 +1,8 @@
 """How long the whole built-in set takes: `pytest conformance/` on the local mesh, wall clock.
 
-Each run is a fresh `python -m pytest conformance/` (interpreter start, plugin, collection,
-mesh bring-up, every suite, teardown), timed from outside. Prints every run, the median and the
+Each run is a fresh `python -m pytest conformance/` with the options `scripts/conformance.sh`
+uses (interpreter start, plugins, collection, mesh bring-up, every suite, teardown), timed from
+outside. Prints every run, the median and the
 load average before and after: the machine is shared, and a loaded machine is slower, so a
 figure means little without it. Exit status 1 when a run fails or the median misses the goal.
 
@@ -38,7 +39,7 @@ class Run:
 
 def run_once(extra: Sequence[str]) -> Run:
     argv = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider"]
-    argv += ["-p", "no:randomly"]
+    argv += ["-p", "no:hypothesispytest", "-p", "no:benchmark"]  # as scripts/conformance.sh
     argv += [str(REPO / "conformance"), *extra]
     load_before = os.getloadavg()[0]
     started = time.monotonic()
