@@ -29,9 +29,8 @@ import json
 import re
 import secrets
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -53,6 +52,7 @@ from pytest_meshconform import (
     mesh_settings_key,
 )
 
+from .posture import inbound_tls_contexts
 from .wire import namespace_mode
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
@@ -103,9 +103,6 @@ ACCEPTED_VERSIONS = {
 }
 ENVOY_MIN_VERSION = {"TLS_AUTO": "TLSv1_2", "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
 CLOCK_SKEW_GRACE_PERIOD = dt.timedelta(minutes=2)  # genCertTemplateFromCSR, Istio >= 1.10
-DOWNSTREAM_TLS = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-)
 
 # curl's "the peer refused the TLS session" exits: 16 (HTTP/2 or send failure after the
 # alert), 35 (handshake failed), 56 (receive failed: TLS 1.3 reports a missing or rejected
@@ -271,30 +268,13 @@ def test_inbound_tls12_ciphers_are_istios(
     )
 
 
-def _listener(dump: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
-    for config in dump.get("configs", ()):
-        for entry in config.get("dynamic_listeners", ()):
-            listener = (entry.get("active_state") or {}).get("listener") or {}
-            if listener.get("name") == name:
-                return listener
-    return None
-
-
-def _downstream_contexts(listener: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    for chain in listener.get("filter_chains", ()):
-        config = (chain.get("transport_socket") or {}).get("typed_config") or {}
-        if config.get("@type") == DOWNSTREAM_TLS:
-            yield chain.get("name", "?"), config
-
-
 def test_inbound_tls_context_in_the_sidecar(
     mesh: Mesh, apply_policy: PolicyApplier, httpbin: WorkloadHandle
 ) -> None:
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     dump = json.loads(mesh.envoy_admin(httpbin.workload, "/config_dump"))
-    inbound = _listener(dump, "virtualInbound")
-    assert inbound is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
-    contexts = list(_downstream_contexts(inbound))
+    contexts = inbound_tls_contexts(dump)
+    assert contexts is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
     assert contexts, f"STRICT, yet {httpbin}'s virtualInbound has no TLS filter chain"
     want = {
         "tls_minimum_protocol_version": ENVOY_MIN_VERSION[mesh_min_tls_version(mesh)],

@@ -8,6 +8,7 @@ and outbound `tls_params` of real sidecar config dumps (shared test data, skippe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ SUPPORTED_CIPHERS = [
     "AES128-GCM-SHA256",
 ]
 DUMPS = TESTDATA / "istio-dumps"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_inbound_tls_is_build_inbound_tls() -> None:
@@ -144,3 +146,24 @@ def test_model_matches_real_sidecar_dumps(name: str) -> None:
         assert params == inbound_tls_params(), f"{name}: inbound {text}"
     upstream = [TlsParams.from_envoy(p) for k, p in found if k == "upstream"]
     assert all(p == upstream_tls_params() for p in upstream), f"{name}: upstream {upstream}"
+
+
+@pytest.mark.parametrize("name", REAL_SIDECARS)
+def test_posture_suite_reads_real_inbound_contexts(name: str) -> None:
+    """The posture suite's config check, on what real istiod wrote: every TLS chain of
+    virtualInbound carries SupportedCiphers, TLS 1.2..1.3 and requires a client certificate."""
+    spec = importlib.util.spec_from_file_location("posture", REPO / "conformance" / "posture.py")
+    assert spec is not None and spec.loader is not None
+    posture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(posture)
+    inbound_tls_contexts = posture.inbound_tls_contexts
+
+    path: Path = DUMPS / name
+    if not path.is_file():
+        pytest.skip(f"shared test data absent: {path}")
+    contexts = inbound_tls_contexts(json.loads(path.read_text()))
+    assert contexts, f"no TLS chain in {name}'s virtualInbound"
+    for chain, context in contexts:
+        params = TlsParams.from_envoy(context["common_tls_context"].get("tls_params"))
+        assert params == inbound_tls_params(), f"{name} {chain}: {params}"
+        assert context["require_client_certificate"] is True, f"{name} {chain}"
