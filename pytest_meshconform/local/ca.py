@@ -59,7 +59,7 @@ class KeyPool:
     wait for RSA key generation. `take` never blocks on the thread: an empty pool generates the
     key on the spot. `close` stops the thread."""
 
-    def __init__(self, spec: WorkloadKey, size: int = 8) -> None:
+    def __init__(self, spec: WorkloadKey, size: int = 6) -> None:
         self.spec = spec
         self._keys: queue.Queue[WorkloadPrivateKey] = queue.Queue(maxsize=size)
         self._stop = threading.Event()
@@ -116,6 +116,7 @@ class MeshCA:
     ) -> None:
         self.trust_domain = trust_domain
         self.workload_key = workload_key
+        # one round of the default topology's six pods: keys made ahead are not wasted at close
         self._pool = KeyPool(workload_key) if pool else None
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
