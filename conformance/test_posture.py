@@ -209,6 +209,8 @@ def test_inbound_accepts_only_tls12_and_tls13(
     httpbin: WorkloadHandle,
     capture: Capturer,
 ) -> None:
+    """The inbound mTLS port answers TLS 1.2 and 1.3 ClientHellos and refuses TLS 1.0 and 1.1
+    (only 1.3 under meshMTLS.minProtocolVersion TLSV1_3), as seen in the ServerHellos."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     legacy = "DEFAULT:@SECLEVEL=0"  # OpenSSL 3 offers TLS 1.0/1.1 only at security level 0
     probes = [
@@ -239,6 +241,8 @@ def test_inbound_tls12_ciphers_are_istios(
     capture: Capturer,
     cert_of: CertReader,
 ) -> None:
+    """For TLS 1.2 the inbound port accepts each of Istio's suites its key can use and no other
+    (CBC, ChaCha20, DHE refused); offered everything, it picks by Istio's order."""
     if mesh_min_tls_version(mesh) == "TLSV1_3":
         pytest.skip("meshMTLS.minProtocolVersion is TLSV1_3: the inbound port speaks no TLS 1.2")
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
@@ -271,6 +275,8 @@ def test_inbound_tls12_ciphers_are_istios(
 def test_inbound_tls_context_in_the_sidecar(
     mesh: Mesh, apply_policy: PolicyApplier, httpbin: WorkloadHandle
 ) -> None:
+    """The sidecar's own inbound TLS chains carry exactly Istio's cipher list (so no RC4 or 3DES),
+    its version bounds, and require a client certificate."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     dump = json.loads(mesh.envoy_admin(httpbin.workload, "/config_dump"))
     contexts = inbound_tls_contexts(dump)
@@ -331,6 +337,8 @@ def test_inbound_requires_a_mesh_client_certificate(
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
 ) -> None:
+    """A client without a certificate, and one presenting a mesh identity signed by another CA,
+    get no HTTP response from the inbound mTLS port."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     url = _url(mesh, httpbin)
     base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url]
@@ -365,6 +373,8 @@ def test_workload_certificate(
     name: str,
     namespace: str,
 ) -> None:
+    """The served workload certificate: RSA 2048, the SPIFFE ID as its only SAN, valid for the TTL
+    in force, chained to the mesh root."""
     target = workload(name, namespace)
     cert = cert_of(target)
     leaf = cert.leaf

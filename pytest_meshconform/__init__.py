@@ -89,6 +89,11 @@ _EXPORTS: dict[str, str] = {
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
+    # observations.py / report_render.py: evidence per test, human-readable reports
+    "TableRecorder": "observations",
+    "ObservedTable": "observations",
+    "Observations": "observations",
+    "LogPositions": "mesh",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -140,6 +145,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     from .mesh import (
         ExecResult as ExecResult,
         Feature as Feature,
+        LogPositions as LogPositions,
         Mesh as Mesh,
         MeshError as MeshError,
         MeshMtlsAware as MeshMtlsAware,
@@ -150,6 +156,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         Workload as Workload,
         mesh_min_tls_version as mesh_min_tls_version,
         tunnels_over_hbone as tunnels_over_hbone,
+    )
+    from .observations import (
+        Observations as Observations,
+        ObservedTable as ObservedTable,
+        TableRecorder as TableRecorder,
     )
     from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (
