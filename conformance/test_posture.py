@@ -45,6 +45,7 @@ from pytest_meshconform import (
     Flow,
     Mesh,
     PolicyApplier,
+    TableRecorder,
     WorkloadHandle,
     WorkloadLookup,
     load_pem_chain,
@@ -198,6 +199,34 @@ def _handshakes(
     return seen, cap
 
 
+def _answer(s: Seen, *, suite: bool) -> str:
+    """A probe's outcome as a table cell: what the server's pod put on the wire."""
+    if s.server_hello is None:
+        return "refused"
+    version, code = s.server_hello
+    return f"accepted ({version}, 0x{code:04X})" if suite else f"accepted ({version})"
+
+
+def _record(
+    record_table: TableRecorder,
+    title: str,
+    seen: Sequence[Seen],
+    expected: Sequence[str],
+    *,
+    suite: bool,
+) -> None:
+    """Put the probes in the report: expected and observed answer per probe."""
+    column = "server answer"
+    record_table(
+        title,
+        rows=[s.probe.label for s in seen],
+        columns=[column],
+        expected={(s.probe.label, column): want for s, want in zip(seen, expected, strict=True)},
+        observed={(s.probe.label, column): _answer(s, suite=suite) for s in seen},
+        corner="ClientHello offers",
+    )
+
+
 def _tls12(cipher: str) -> Probe:
     return Probe(cipher, ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", f"{cipher}:@SECLEVEL=0"))
 
@@ -208,6 +237,7 @@ def test_inbound_accepts_only_tls12_and_tls13(
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
     capture: Capturer,
+    record_table: TableRecorder,
 ) -> None:
     """The inbound mTLS port answers TLS 1.2 and 1.3 ClientHellos and refuses TLS 1.0 and 1.1
     (only 1.3 under meshMTLS.minProtocolVersion TLSV1_3), as seen in the ServerHellos."""
@@ -221,6 +251,16 @@ def test_inbound_accepts_only_tls12_and_tls13(
     ]
     seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
     minimum = mesh_min_tls_version(mesh)
+    _record(
+        record_table,
+        f"TLS versions at {httpbin}'s inbound mTLS port (meshMTLS.minProtocolVersion {minimum})",
+        seen,
+        [
+            f"accepted ({p.label})" if p.label in ACCEPTED_VERSIONS[minimum] else "refused"
+            for p in probes
+        ],
+        suite=False,
+    )
     accepted = tuple(s.probe.label for s in seen if s.server_hello is not None)
     report = "\n".join(str(s) for s in seen)
     assert accepted == ACCEPTED_VERSIONS[minimum], (
@@ -240,6 +280,7 @@ def test_inbound_tls12_ciphers_are_istios(
     httpbin: WorkloadHandle,
     capture: Capturer,
     cert_of: CertReader,
+    record_table: TableRecorder,
 ) -> None:
     """For TLS 1.2 the inbound port accepts each of Istio's suites its key can use and no other
     (CBC, ChaCha20, DHE refused); offered everything, it picks by Istio's order."""
@@ -257,6 +298,18 @@ def test_inbound_tls12_ciphers_are_istios(
     )
     probes = [*(_tls12(c) for c in (*ISTIO_TLS12_CIPHERS, *NOT_ISTIOS)), offer_all]
     seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
+    _record(
+        record_table,
+        f"TLS 1.2 cipher suites at {httpbin}'s inbound mTLS port (it serves an"
+        f" {'EC' if isinstance(key, ec.EllipticCurvePublicKey) else 'RSA'} key)",
+        seen,
+        [
+            f"accepted (TLS1.2, 0x{IANA[p.label]:04X})" if p.label in usable else "refused"
+            for p in probes[:-1]
+        ]
+        + [f"accepted (TLS1.2, 0x{IANA[usable[0]]:04X})"],
+        suite=True,
+    )
     report = "\n".join(str(s) for s in seen)
     accepted = tuple(s.probe.label for s in seen[:-1] if s.server_hello is not None)
     assert accepted == usable, (
