@@ -43,7 +43,8 @@ def run_once(extra: Sequence[str]) -> Run:
     argv += [str(REPO / "conformance"), *extra]
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    env = {**os.environ, "COLUMNS": "400"}  # failure lines in full, not cut at 80 columns
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, env=env)
     seconds = time.monotonic() - started
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else done.stderr.strip()[-200:]
