@@ -177,11 +177,11 @@ def _handshakes(
     ports = [next(_PORTS) for _ in probes]
     lines = []
     for number, (probe, port) in enumerate(zip(probes, ports, strict=True)):
-        argv = ["curl", "-sS", "-k", "-o", "/dev/null", "--connect-timeout", "3", "-m", "5"]
+        argv = ["curl", "-sS", "-k", "-o", "/dev/null", "--connect-timeout", "5", "-m", "10"]
         argv += ["--local-port", str(port), *probe.curl_tls, url]
         lines.append(f'{shlex.join(argv)} 2>&1; echo "@@ {number} $?"')
     with capture(server) as cap:
-        result = client.exec(["sh", "-c", "\n".join(lines)], timeout=10 + 6 * len(probes))
+        result = client.exec(["sh", "-c", "\n".join(lines)], timeout=10 + 11 * len(probes))
     outputs: dict[int, tuple[int, str]] = {}
     said: list[str] = []
     for line in result.stdout.decode(errors="replace").splitlines():
@@ -412,8 +412,8 @@ def test_inbound_requires_a_mesh_client_certificate(
     get no HTTP response from the inbound mTLS port."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     url = _url(mesh, httpbin)
-    base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url]
-    _assert_refused(naked_sleep.exec(base, timeout=10), "a client without a certificate")
+    base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url]
+    _assert_refused(naked_sleep.exec(base, timeout=15), "a client without a certificate")
     # The identity of a real workload, signed by a CA the mesh does not trust.
     chain, key = _foreign_identity(naked_sleep.workload.spiffe_id(mesh.trust_domain))
     stem = f"/tmp/mc-posture-{secrets.token_hex(4)}"
