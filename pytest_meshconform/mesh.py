@@ -278,6 +278,24 @@ def health_problems(mesh: Mesh) -> Sequence[SidecarDied]:
     return mesh.health_problems() if isinstance(mesh, HealthAware) else ()
 
 
+@runtime_checkable
+class MeshMtlsAware(Protocol):
+    """A backend that knows its mesh's ``meshConfig.meshMTLS`` (the local mesh: its
+    ``--mesh-min-tls-version``; Kubernetes: istiod's mesh ConfigMap). Kept apart from `Mesh`
+    so that a backend without it still satisfies the protocol."""
+
+    @property
+    def min_tls_version(self) -> str:
+        """``meshMTLS.minProtocolVersion``: ``TLS_AUTO``, ``TLSV1_2`` or ``TLSV1_3``."""
+        ...
+
+
+def mesh_min_tls_version(mesh: Mesh) -> str:
+    """The ``meshMTLS.minProtocolVersion`` in force: the backend's, or ``TLS_AUTO`` (Istio's
+    default, TLS 1.2) for a backend that does not say."""
+    return mesh.min_tls_version if isinstance(mesh, MeshMtlsAware) else "TLS_AUTO"
+
+
 class MeshWideNotAllowed(MeshError):
     """A policy targets Istio's root namespace while mesh-wide changes are not allowed.
 

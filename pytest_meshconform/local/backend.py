@@ -44,6 +44,7 @@ from typing import IO, Any
 
 from .. import __version__, signals
 from ..certs import rotation_time
+from ..istio.tls import MinProtocolVersion, parse_min_protocol_version
 from ..mesh import (
     ALL_FEATURES,
     ExecResult,
@@ -57,7 +58,7 @@ from ..mesh import (
 )
 from ..policy import PolicyError, parse_policy
 from . import host, xds
-from .ca import IssuedCert, MeshCA
+from .ca import IssuedCert, MeshCA, WorkloadPrivateKey
 from .control import Faults, Policy, plan_sidecars
 from .topology import (
     APP_GID,
@@ -296,10 +297,13 @@ class LocalMesh:
         keep: bool = False,
         progress: Progress | None = None,
         topology: Topology | None = None,
+        min_tls_version: MinProtocolVersion = "TLS_AUTO",
     ) -> None:
         if cert_ttl <= dt.timedelta(0):
             raise ValueError(f"cert_ttl must be positive, got {cert_ttl}")
         self.cert_ttl = cert_ttl
+        # meshConfig.meshMTLS.minProtocolVersion of this mesh (MeshMtlsAware)
+        self.min_tls_version: MinProtocolVersion = parse_min_protocol_version(min_tls_version)
         self.faults = faults or Faults()
         self.keep = keep
         self.topology = topology or default_topology()
@@ -417,7 +421,7 @@ class LocalMesh:
                 self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
                 self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
                 atexit.register(self.close)  # a script that forgets close() leaves nothing
-            self._ca = MeshCA(TRUST_DOMAIN)
+            self._ca = MeshCA(TRUST_DOMAIN, pool=True)  # RSA keys made while pods start
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
@@ -494,6 +498,8 @@ class LocalMesh:
                 self._launcher.stdout.close()
         self._stop_spawner()
         self._state = None
+        if self._ca is not None:
+            self._ca.close()
         self._ca = None
         self._pods = {}
         self._launcher = None
@@ -651,8 +657,11 @@ class LocalMesh:
         host.run_all(commands)
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(self.topology, [], self.root_namespace, self.faults)
+        plans = plan_sidecars(
+            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+        )
         ca = self._require_ca()
+        keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
             runtime = self._pods[key]
             paths = runtime.paths
@@ -665,7 +674,7 @@ class LocalMesh:
                 paths.sds(xds.ROOT_SECRET),
                 xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem),
             )
-            self._issue_cert(runtime)
+            self._issue_cert(runtime, keys.pop())
             self._render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, PROXY_UID, PROXY_GID)
@@ -674,12 +683,14 @@ class LocalMesh:
             os.chown(paths.root, PROXY_UID, PROXY_GID)
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
-    def _issue_cert(self, runtime: _PodRuntime) -> None:
+    def _issue_cert(self, runtime: _PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         w = runtime.pod.workload
         service_account = (
             f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
         )
-        cert = self._require_ca().issue_workload(w.namespace, service_account, self.cert_ttl)
+        cert = self._require_ca().issue_workload(
+            w.namespace, service_account, self.cert_ttl, key=key
+        )
         runtime.cert = cert
         _write_json(
             runtime.paths.sds(xds.WORKLOAD_SECRET),
@@ -1043,7 +1054,11 @@ class LocalMesh:
 
     def _push(self) -> None:
         plans = plan_sidecars(
-            self.topology, list(self._policies.values()), self.root_namespace, self.faults
+            self.topology,
+            list(self._policies.values()),
+            self.root_namespace,
+            self.faults,
+            self.min_tls_version,
         )
         changed = [
             self._pods[key] for key, plan in plans.items() if self._render(self._pods[key], plan)
