@@ -375,7 +375,7 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
     A selector selects workloads of the policy's own namespace only, and istiod ignores a
     PeerAuthentication with a selector in the root namespace (docs/istio-facts.md).
     """
-    from .policy import PeerAuthentication
+    from .policy import AuthorizationPolicy, PeerAuthentication
 
     namespace = mesh.logical_namespace(policy.namespace or "default")
     root = mesh.root_namespace
@@ -388,7 +388,9 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
         )
     is_peer_auth = isinstance(policy, PeerAuthentication)
     selector = (
-        policy.selector if isinstance(policy, PeerAuthentication) else policy.workload_selector
+        policy.selector
+        if isinstance(policy, PeerAuthentication | AuthorizationPolicy)
+        else policy.workload_selector
     )
     if not selector:
         return None

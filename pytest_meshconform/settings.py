@@ -55,7 +55,13 @@ _REPORT_FORMAT_BY_SUFFIX: Final[dict[str, ReportFormat]] = {
 }
 REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
 
-FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+FAULT_NAMES: Final = (
+    "strict-as-permissive",
+    "no-xfcc",
+    "no-rotation",
+    "wrong-spiffe-id",
+    "authz-ignores-principals",
+)
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 
 # Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.

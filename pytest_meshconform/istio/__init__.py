@@ -11,6 +11,13 @@ reproduces; docs/istio-model.md lists them.
 
 from __future__ import annotations
 
+from .authorization import (
+    Authorization,
+    RbacFilter,
+    authorization_for,
+    authorization_policies_for,
+    rbac_policy_name,
+)
 from .cluster import (
     ALPN_IN_MESH_WITH_MXC,
     ISTIO_MTLS_HTTP2_ALPN,
@@ -37,9 +44,13 @@ __all__ = [
     "ISTIO_MTLS_HTTP2_ALPN",
     "ISTIO_MTLS_HTTP10_ALPN",
     "ISTIO_MTLS_HTTP11_ALPN",
+    "Authorization",
     "PortPolicy",
+    "RbacFilter",
     "Sidecar",
     "Upstream",
+    "authorization_for",
+    "authorization_policies_for",
     "client_tls_mode",
     "client_tls_settings",
     "destination_rule_for",
@@ -51,6 +62,7 @@ __all__ = [
     "plan_mesh",
     "plan_sidecar",
     "port_traffic_policy",
+    "rbac_policy_name",
     "service_mtls_mode",
     "upstream",
 ]

@@ -33,7 +33,7 @@ from ..mesh import (
     Service,
     Workload,
 )
-from ..policy import DestinationRule, PeerAuthentication, PolicyError, parse_policy
+from ..policy import Policy, PolicyError, parse_policy
 from ..settings import format_duration
 from . import MeshWideNotAllowed
 from .client import ExecSession, KubeApiError
@@ -873,11 +873,11 @@ class KubeMesh:
 
     # -- propagation -----------------------------------------------------------------------------
 
-    def _policies_in_force(self) -> tuple[list[PeerAuthentication | DestinationRule], bool]:
+    def _policies_in_force(self) -> tuple[list[Policy], bool]:
         """PeerAuthentications and DestinationRules that can affect this run's sidecars (its
         namespaces' and the root namespace's), as istiod sees them, with real namespaces; and
         whether the root namespace could be read (a user on a shared cluster may not)."""
-        found: list[PeerAuthentication | DestinationRule] = []
+        found: list[Policy] = []
         root_known = True
         for group, kind in POLICY_KINDS:
             if kind not in PROPAGATION_KINDS:

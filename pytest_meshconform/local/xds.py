@@ -75,6 +75,10 @@ class SidecarPlan:
     outbound: Mapping[tuple[str, int], Upstream]
     services: tuple[ServiceEntry, ...] = field(default=())
     set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
+    # The Istio model's RBAC filters (AuthorizationPolicy): HTTP filters for the inbound HTTP
+    # connection managers, network filters for the inbound TCP (passthrough) chains.
+    http_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tcp_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +178,12 @@ def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
 
 
 def _hcm(
-    stat_prefix: str, route_cluster: str, paths: SidecarPaths, *, set_xfcc: bool
+    stat_prefix: str,
+    route_cluster: str,
+    paths: SidecarPaths,
+    *,
+    set_xfcc: bool,
+    http_filters: tuple[Mapping[str, Any], ...] = (),
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
@@ -197,7 +206,8 @@ def _hcm(
             ],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            *(copy.deepcopy(dict(f)) for f in http_filters),  # RBAC before the router, as istiod
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
     if set_xfcc:
@@ -273,10 +283,14 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                 inbound_cluster_name(port),
                 paths,
                 set_xfcc=plan.set_xfcc,
+                http_filters=plan.http_rbac,
             ),
         }
         chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [hcm])
-    passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
+    passthrough = [
+        *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
+        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+    ]
     chains += _inbound_chains("virtualInbound", None, plan.default_inbound_mode, paths, passthrough)
     result: list[dict[str, Any]] = [
         {
