@@ -27,11 +27,13 @@ Every rule names the istiod function it reproduces (all in istio/istio):
   [``model.New``, ``Generate``, ``generatePermission``, ``generatePrincipal``,
   pilot/pkg/security/authz/model/model.go].
 - Principals match the peer certificate's URI SAN with ``spiffe://`` prepended (``*`` = any
-  non-empty, ``x*`` prefix, ``*x`` suffix), namespaces the regex ``.*/ns/<ns>/.*`` (``*`` ->
-  ``.*``), both through ``authenticated.principal_name``: a plaintext peer has no principal,
-  so a principal or namespace rule never matches it, even under PERMISSIVE
+  non-empty, ``x*`` prefix, ``*x`` the regex ``spiffe://.*x``), namespaces the regex
+  ``.*/ns/<ns>/.*`` (``*`` -> ``.*``), both through ``authenticated.principal_name``: a
+  plaintext peer has no principal, so a principal or namespace rule never matches it, even
+  under PERMISSIVE
   [``srcPrincipalGenerator``, ``srcNamespaceGenerator``, generator.go;
-  ``StringMatcherWithPrefix``, matcher/string.go; ``principalAuthenticated``, principal.go].
+  ``StringMatcherWithPrefix``, pilot/pkg/security/authz/matcher/string.go;
+  ``principalAuthenticated``, principal.go].
   Istio >= 1.19 proxies carry the same matcher on the ``io.istio.peer_principal`` filter
   state (set by Istio's own ``istio_authn`` filter, which upstream Envoy lacks); the local
   mesh renders the ``authenticated`` form istiod generates without ``UseFilterState``.
@@ -388,11 +390,14 @@ def _migrate_trust_domain(principal: str, trust_domain: str) -> str:
 
 
 def _string_matcher(value: str, prefix: str = "") -> dict[str, Any]:
-    """``StringMatcherWithPrefix``: ``*`` any non-empty, ``x*`` prefix, ``*x`` suffix."""
+    """``StringMatcherWithPrefix``: ``*`` any non-empty, ``x*`` prefix, ``*x`` suffix (with a
+    prefix, ``*x`` is the regex ``<prefix>.*x``, unescaped as istiod writes it)."""
     if value == "*":
         return {"safe_regex": {"regex": ".+"}}
     if value.startswith("*"):
-        return {"suffix": prefix + value[1:]}
+        if prefix:
+            return {"safe_regex": {"regex": prefix + ".*" + value[1:]}}
+        return {"suffix": value[1:]}
     if value.endswith("*"):
         return {"prefix": prefix + value[:-1]}
     return {"exact": prefix + value}
