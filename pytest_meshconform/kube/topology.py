@@ -411,13 +411,13 @@ def _map_spec(kind: str, spec: dict[str, Any], mapping: Mapping[str, str]) -> No
             if not isinstance(condition, dict):
                 continue
             mapper = {"source.namespace": _map_namespace_word, "source.principal": _map_principal}
-            key = condition.get("key")
-            if key not in mapper:
+            attribute = condition.get("key")
+            if not isinstance(attribute, str) or attribute not in mapper:
                 continue
             for field in ("values", "notValues"):
                 if isinstance(condition.get(field), list):
                     condition[field] = [
-                        mapper[key](v, mapping) if isinstance(v, str) else v
+                        mapper[attribute](v, mapping) if isinstance(v, str) else v
                         for v in condition[field]
                     ]
 
