@@ -1,5 +1,5 @@
-# Large on purpose: one parser and validator of both Istio policy kinds, see docs/architecture.md.
-"""Istio PeerAuthentication and DestinationRule: parse, validate and build.
+# Large on purpose: one parser and validator of the Istio policy kinds, see docs/architecture.md.
+"""Istio PeerAuthentication, DestinationRule and AuthorizationPolicy: parse, validate, build.
 
 The suites state what a mesh must do in terms of Istio policy objects; this module turns those
 objects into frozen dataclasses and rejects what Istio would reject. What they mean for each
@@ -11,6 +11,9 @@ Accepted objects (anything else is rejected with the accepted list):
 
 - ``PeerAuthentication`` in ``security.istio.io/v1`` and ``security.istio.io/v1beta1``;
 - ``DestinationRule`` in ``networking.istio.io/v1``, ``v1beta1`` and ``v1alpha3``;
+- ``AuthorizationPolicy`` in ``security.istio.io/v1`` and ``v1beta1`` (ALLOW and DENY; AUDIT,
+  CUSTOM, ``provider``, ``targetRef(s)``, JWT and service-account fields, ``remoteIpBlocks``
+  and path templates are refused by name: meshconform does not model them);
 - in :func:`parse_policies` also ``v1/List`` (what ``kubectl get -o yaml`` prints), flattened.
 
 Sources are YAML or JSON text (``str`` or UTF-8 ``bytes``, possibly several ``---`` documents;
@@ -55,6 +58,12 @@ Validation, transcribed from istio/istio ``pkg/config/validation/validation.go``
   empty if mode is ISTIO_MUTUAL" (istio/api ``ClientTLSSettings``) and istiod ignores them, so
   a suite that sets them would be testing something Istio does not do. ``sni`` and
   ``subjectAltNames`` stay allowed: istiod does use them for ``ISTIO_MUTUAL``.
+- AuthorizationPolicy [``ValidateAuthorizationPolicy``]: ``from``/``to`` not empty when
+  present, each ``source``/``operation`` set and not empty, no empty values, IPs and CIDRs
+  valid [``security.ValidateIPs``], ports decimal 0..65535 [``security.ValidatePorts``],
+  ``when`` keys known with ``values`` or ``notValues``, a DENY policy needs ``rules``; the
+  ``istio.io/dry-run`` annotation must parse as Go's ``strconv.ParseBool`` (istiod logs and
+  ignores a bad one; refused here).
 - Not modelled: the content of the carried-through parts, ``configmap://`` credential names.
 
 Errors are :class:`PolicyError`, whose message names the document, the field path
