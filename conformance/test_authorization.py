@@ -8,7 +8,8 @@ from istio.io:
 - Authorization Policy reference (docs/reference/config/security/authorization-policy): the
   evaluation order (CUSTOM, DENY, ALLOW; "If there are no ALLOW policies for the workload,
   allow the request"; otherwise "Deny the request" unless an ALLOW policy matches), the
-  ``allow-nothing`` policy (``spec: {}``: "allow nothing"), ``rules: [{}]`` (allow all);
+  ``allow-nothing`` policy (``spec: {}``: "allow nothing"), ``rules: [{}]`` (allow all); a
+  policy in the root namespace applies mesh-wide;
   ``source.principals`` and ``namespaces`` "require mutual TLS";
 - the "HTTP Traffic" task (docs/tasks/security/authorization/authz-http): a denied request is
   answered ``403`` with the body ``RBAC: access denied``;
@@ -41,8 +42,10 @@ CLIENTS = ("foo", "bar", "legacy")  # sleep.<namespace> -> httpbin.foo
 RBAC_DENIED_BODY = "RBAC: access denied"
 
 
-def authz(name: str, spec: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": "foo"}
+def authz(
+    name: str, spec: dict[str, Any], *, dry_run: bool = False, namespace: str = "foo"
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if dry_run:
         metadata["annotations"] = {"istio.io/dry-run": "true"}
     return {
@@ -85,6 +88,7 @@ class Case:
     name: str
     policies: tuple[dict[str, Any], ...]
     expect: dict[Call, str]
+    marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
 def by_client(foo: str, bar: str, legacy: str) -> dict[Call, str]:
@@ -167,6 +171,23 @@ CASES = [
         by_client(OK, DENIED, OK),
     ),
     Case(
+        # A policy in the root namespace applies to the workloads of every namespace.
+        "root namespace DENY applies mesh-wide",
+        (
+            authz(
+                "deny-bar",
+                {
+                    "selector": HTTPBIN,
+                    "action": "DENY",
+                    "rules": [from_source(namespaces=["bar"])],
+                },
+                namespace="istio-system",
+            ),
+        ),
+        by_client(OK, DENIED, OK),
+        (pytest.mark.mesh_wide, pytest.mark.mesh_features("mesh-wide")),
+    ),
+    Case(
         "ALLOW GET on /ip only",
         (
             authz(
@@ -206,7 +227,7 @@ def outcome(result: HttpResult) -> str:
     return f"no response (curl exit {result.exit_code})"
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
 def test_authorization(case: Case, apply_policy: PolicyApplier, workload: WorkloadLookup) -> None:
     for manifest in case.policies:
         apply_policy(manifest)
