@@ -97,6 +97,7 @@ _VERSION_STATS = (
     "listener_manager.listener_create_failure",
     "listener_manager.total_listeners_warming",
     "listener_manager.total_filter_chains_draining",
+    "listener_manager.total_listeners_draining",
     "cluster_manager.cds.version_text",
     "cluster_manager.cds.update_rejected",
     "cluster_manager.warming_clusters",
@@ -996,8 +997,9 @@ class LocalMesh:
         if warming:
             problems.append(f"{warming} listeners/clusters warming")
         draining = number("listener_manager.total_filter_chains_draining")
-        if draining:  # old chains still serve their kept-alive connections
-            problems.append(f"{draining} replaced filter chains draining")
+        draining += number("listener_manager.total_listeners_draining")
+        if draining:  # old chains or listeners still serve their kept-alive connections
+            problems.append(f"{draining} replaced filter chains/listeners draining")
         # Each added or modified listener is handed to every worker, which acknowledges it.
         wanted = ENVOY_CONCURRENCY * (
             number("listener_manager.listener_added") + number("listener_manager.listener_modified")
