@@ -5,8 +5,10 @@ Workloads, Services and the PeerAuthentications / DestinationRules in force go i
 container port and, per (Service, port), the outbound cluster: TLS mode or auto mTLS, SNI, SANs,
 ALPN, ``maxRequestsPerConnection``. The local mesh renders Envoy config from it
 (``pytest_meshconform.local``); the kube backend checks each sidecar's ``/config_dump`` against
-it (``pytest_meshconform.kube.envoystate``). Every rule names the istiod function it
-reproduces; docs/istio-model.md lists them.
+it (``pytest_meshconform.kube.envoystate``). AuthorizationPolicies go through
+:func:`authorization_for`: the policies that apply to a workload and the Envoy RBAC filters
+istiod's authz builder makes for its sidecar (``kube.authzstate`` checks real sidecars against
+them). Every rule names the istiod function it reproduces; docs/istio-model.md lists them.
 """
 
 from __future__ import annotations
