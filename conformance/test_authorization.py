@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import HttpResult, PolicyApplier, WorkloadLookup
+from pytest_meshconform import HttpResult, PolicyApplier, TableRecorder, WorkloadLookup
 
 pytestmark = pytest.mark.mesh_features("mtls", "authorization")
 
@@ -228,21 +228,34 @@ def outcome(result: HttpResult) -> str:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_authorization(case: Case, apply_policy: PolicyApplier, workload: WorkloadLookup) -> None:
+def test_authorization(
+    case: Case,
+    apply_policy: PolicyApplier,
+    workload: WorkloadLookup,
+    record_table: TableRecorder,
+) -> None:
+    """Each call of the case's table (a sleep pod calling httpbin.foo with a method and path)
+    under the case's AuthorizationPolicies must be answered as Istio documents: 200, or 403
+    with the body ``RBAC: access denied``."""
     for manifest in case.policies:
         apply_policy(manifest)
     server = workload("httpbin", "foo")
-    rows = []
-    wrong = []
+    column = "httpbin.foo"
+    expected: dict[tuple[str, str], str] = {}
+    observed: dict[tuple[str, str], str] = {}
+    evidence: list[str] = []
     for call, want in case.expect.items():
         result = workload("sleep", call.client).curl(server, method=call.method, path=call.path)
         got = outcome(result)
-        rows.append(f"  {call!s:32} expected {want:10} observed {got}")
+        expected[(str(call), column)], observed[(str(call), column)] = want, got
         if got != want:
-            wrong.append(f"  {call}: {result}")
-    assert not wrong, (
-        f"authorization of httpbin.foo under '{case.name}' differs from Istio's:\n"
-        + "\n".join(rows)
-        + "\n"
-        + "\n".join(wrong)
+            evidence.append(f"  {call}: expected {want}: {result}")
+    table = record_table(
+        f"authorization of httpbin.foo under '{case.name}'",
+        rows=[str(call) for call in case.expect],
+        columns=[column],
+        expected=expected,
+        observed=observed,
+        corner="call",
     )
+    assert table.ok, f"{table.text()}\ndiffers from Istio's:\n" + "\n".join(evidence)

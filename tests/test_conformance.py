@@ -72,10 +72,12 @@ FAULTS = [
         ["test_authorization.py"],
         {
             "test_authorization[allow only sleep.foo's principal]": (
-                "sleep.legacy GET /headers        expected 403 RBAC   observed 200"
+                "sleep.legacy GET /headers: expected 403 RBAC: sleep.legacy ->"
+                " http://httpbin.foo:8000/headers: HTTP 200"
             ),
             "test_authorization[principal ALLOW under PERMISSIVE refuses plaintext]": (
-                "under 'principal ALLOW under PERMISSIVE refuses plaintext' differs from Istio's"
+                "authorization of httpbin.foo under 'principal ALLOW under PERMISSIVE refuses"
+                " plaintext'"
             ),
             "test_authorization[namespace isolation: only foo]": "differs from Istio's",
         },

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 from ..istio import Authorization, authorization_for
 from ..mesh import (
     ExecResult,
+    LogPositions,
     MeshError,
     PcapRecording,
     PropagationTimeout,
@@ -168,7 +170,14 @@ class ClusterApi(Protocol):
     def add_ephemeral_container(
         self, namespace: str, pod: str, container: Mapping[str, Any]
     ) -> None: ...
-    def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str: ...
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        since_seconds: int | None = None,
+    ) -> str: ...
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_deployments(
         self, namespace: str, label_selector: str | None = None, timeout: float | None = None
@@ -807,6 +816,29 @@ class KubeMesh:
             try:
                 found[container] = self.api.pod_log(
                     workload.namespace, pod, container, _LOG_LIMIT_BYTES
+                )
+            except MeshError as error:
+                found[container] = f"<could not read logs: {error}>"
+        return found
+
+    def log_positions(self) -> LogPositions:
+        """Now: `logs_since` asks the API server for the lines written since then."""
+        return LogPositions(at=time.time())
+
+    def logs_since(self, workload: Workload, positions: LogPositions) -> dict[str, str]:
+        """App and sidecar log lines of the test's window (Kubernetes' `sinceSeconds`, rounded
+        up, plus a second for the clock: a line may be early, none is missed); never raises."""
+        since = max(1, math.ceil(time.time() - positions.at) + 1)
+        found: dict[str, str] = {}
+        containers = [workload.app] + ([PROXY_CONTAINER] if workload.has_sidecar else [])
+        try:
+            pod = self.pod_name(workload)
+        except MeshError as error:
+            return {"error": str(error)}
+        for container in containers:
+            try:
+                found[container] = self.api.pod_log(
+                    workload.namespace, pod, container, _LOG_LIMIT_BYTES, since_seconds=since
                 )
             except MeshError as error:
                 found[container] = f"<could not read logs: {error}>"
