@@ -90,6 +90,13 @@ _EXPORTS: dict[str, str] = {
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
+    # AuthorizationPolicy: parsed by policy.py, its effect decided by istio/authorization.py
+    "AuthorizationPolicy": "policy",
+    "AuthzAction": "policy",
+    "authorization_policy": "policy",
+    "Authorization": "istio",
+    "RbacFilter": "istio",
+    "authorization_for": "istio",
     # observations.py / report_render.py: evidence per test, human-readable reports
     "TableRecorder": "observations",
     "ObservedTable": "observations",
@@ -138,6 +145,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     )
     from .http import HttpError as HttpError, HttpResult as HttpResult
     from .istio import (
+        Authorization as Authorization,
+        RbacFilter as RbacFilter,
+        authorization_for as authorization_for,
         client_tls_mode as client_tls_mode,
         destination_rule_for as destination_rule_for,
         effective_mtls_mode as effective_mtls_mode,
@@ -166,11 +176,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     )
     from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (
+        AuthorizationPolicy as AuthorizationPolicy,
+        AuthzAction as AuthzAction,
         DestinationRule as DestinationRule,
         MtlsMode as MtlsMode,
         PeerAuthentication as PeerAuthentication,
         PolicyError as PolicyError,
         TlsMode as TlsMode,
+        authorization_policy as authorization_policy,
         destination_rule as destination_rule,
         parse_policies as parse_policies,
         parse_policy as parse_policy,

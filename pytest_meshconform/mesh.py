@@ -30,6 +30,7 @@ class Feature(StrEnum):
     CERTIFICATES = "certificates"  # the sidecar's served certificate (`cert_of`)
     ROTATION = "rotation"  # certificates rotate while the run watches (`rotation`)
     MESH_WIDE = "mesh-wide"  # policies in the root namespace may be applied
+    AUTHORIZATION = "authorization"  # AuthorizationPolicy ALLOW/DENY is applied and enforced
 
 
 ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)

@@ -66,6 +66,7 @@ FAULT_NAMES: Final = (
     "wrong-spiffe-id",
     "tls10-allowed",
     "client-cert-optional",
+    "authz-ignores-principals",
 )
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 

@@ -78,6 +78,10 @@ class SidecarPlan:
     # the server side of sidecar mTLS (the model's `inbound_tls_params`, or a fault's)
     inbound_tls: TlsParams = field(default_factory=inbound_tls_params)
     require_client_certificate: bool = True  # False only under `client-cert-optional`
+    # The Istio model's RBAC filters (AuthorizationPolicy): HTTP filters for the inbound HTTP
+    # connection managers, network filters for the inbound TCP (passthrough) chains.
+    http_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tcp_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +213,12 @@ def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
 
 
 def _hcm(
-    stat_prefix: str, route_cluster: str, paths: SidecarPaths, *, set_xfcc: bool
+    stat_prefix: str,
+    route_cluster: str,
+    paths: SidecarPaths,
+    *,
+    set_xfcc: bool,
+    http_filters: tuple[Mapping[str, Any], ...] = (),
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
@@ -232,7 +241,8 @@ def _hcm(
             ],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            *(copy.deepcopy(dict(f)) for f in http_filters),  # RBAC before the router, as istiod
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
     if set_xfcc:
@@ -314,12 +324,16 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                 inbound_cluster_name(port),
                 paths,
                 set_xfcc=plan.set_xfcc,
+                http_filters=plan.http_rbac,
             ),
         }
         chains += _inbound_chains(
             f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, [hcm]
         )
-    passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
+    passthrough = [
+        *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
+        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+    ]
     chains += _inbound_chains(
         "virtualInbound", None, plan.default_inbound_mode, plan, paths, passthrough
     )
