@@ -182,15 +182,17 @@ def test_reachability(
     apply_policy: PolicyApplier,
     workload: WorkloadLookup,
 ) -> None:
+    clients = {ns: workload("sleep", ns, skip_if_missing=True) for ns in NAMESPACES}
+    servers = {ns: workload("httpbin", ns, skip_if_missing=True) for ns in NAMESPACES}
     for manifest in case.policies:
         apply_policy(manifest)
     expected: dict[tuple[str, str], str] = {}
     observed: dict[tuple[str, str], str] = {}
     evidence: list[str] = []
     for client_ns in NAMESPACES:
-        client = workload("sleep", client_ns)
+        client = clients[client_ns]
         for server_ns, want in zip(NAMESPACES, case.expect[client_ns], strict=True):
-            got, result = observe(client, workload("httpbin", server_ns))
+            got, result = observe(client, servers[server_ns])
             expected[(client_ns, server_ns)] = str(want)
             observed[(client_ns, server_ns)] = str(got) if got == want else f"{got} (!)"
             if got != want:

@@ -106,6 +106,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " listed at the end and fail the run. ini: mesh_baseline.",
     )
     group.addoption(
+        "--mesh-topology",
+        default=None,
+        metavar="PATH",
+        help="The local mesh's topology: a YAML file of namespaces, workloads and Services"
+        " (docs/topology.md); default the built-in foo/bar/legacy one. ini: mesh_topology.",
+    )
+    group.addoption(
         "--mesh-fault",
         action="append",
         default=None,
@@ -119,6 +126,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mesh_report", "conformance report path (.yaml/.yml/.json), ini-relative")
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
     parser.addini("mesh_baseline", "previous conformance report to compare against")
+    parser.addini("mesh_topology", "the local mesh's topology file (YAML), ini-relative")
 
 
 def pytest_configure(config: pytest.Config) -> None:

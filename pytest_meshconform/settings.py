@@ -75,6 +75,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "report": "--mesh-report",
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
+    "topology": "--mesh-topology",
 }
 
 
@@ -161,6 +162,7 @@ class OptionLayer:
     artifacts: str | None = None
     baseline: str | None = None
     faults: tuple[str, ...] = ()
+    topology: str | None = None
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -181,6 +183,7 @@ class MeshSettings:
     artifacts: Path | None = None
     baseline: Path | None = None  # a previous report to compare this run against
     faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
+    topology: Path | None = None  # the local mesh's topology file; None = the built-in one
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -216,6 +219,7 @@ class MeshSettings:
             artifacts=config.getoption("mesh_artifacts"),
             baseline=config.getoption("mesh_baseline"),
             faults=tuple(config.getoption("mesh_fault") or ()),
+            topology=config.getoption("mesh_topology"),
         )
         ini = OptionLayer(
             origin="ini",
@@ -227,6 +231,7 @@ class MeshSettings:
             report=ini_text("mesh_report"),
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
+            topology=ini_text("mesh_topology"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -253,6 +258,13 @@ class MeshSettings:
                 " 'current' for the kubeconfig's current context"
             )
         cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
+        topology_pick = _pick(cli, ini, "topology", _parse_topology)
+        cluster = cluster_pick[1] if cluster_pick is not None else "local"
+        if topology_pick is not None and cluster != "local":
+            raise SettingsError(
+                f"{topology_pick[0].describe('topology')}: a topology file describes the local"
+                f" mesh only; --mesh-cluster={cluster} tests the workloads the run deploys"
+            )
         keep = cli.keep if cli.keep is not None else ini.keep
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
@@ -263,6 +275,7 @@ class MeshSettings:
             artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
             baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
             faults=_parse_faults(cli.faults),
+            topology=_value(topology_pick),
         )
 
     def header_lines(self) -> list[str]:
@@ -273,6 +286,8 @@ class MeshSettings:
             first.append(f"kube-context={self.kube_context}{unused}")
         first.append(f"cert-ttl={format_duration(self.cert_ttl)}")
         first.append(f"keep={'yes' if self.keep else 'no'}")
+        if self.topology is not None:
+            first.append(f"topology={self.topology}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -345,6 +360,13 @@ def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     path = _parse_report(value, layer)
     if not path.is_file():
         raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
+    return path
+
+
+def _parse_topology(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if not path.is_file():
+        raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
     return path
 
 

@@ -49,7 +49,7 @@ def plan_sidecars(
     faults: Faults | None = None,
 ) -> Mapping[str, SidecarPlan]:
     """Each sidecar's plan: the Istio model's expectations for the topology, towards each
-    Service's (single) endpoint, with the test-only faults applied on top."""
+    Service port's (single) endpoint, with the test-only faults applied on top."""
     faults = faults or Faults()
     models = plan_mesh(
         [pod.workload for pod in topology.pods],
@@ -81,5 +81,8 @@ def plan_sidecars(
             },
             services=topology.services,
             set_xfcc=not faults.no_xfcc,
+            tcp_ports=frozenset(
+                port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
+            ),
         )
     return plans

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..istio import Upstream
+from ..istio import Upstream, protocol_of
 from ..policy import MtlsMode, TlsMode
 from .topology import (
     INBOUND_CAPTURE_PORT,
@@ -75,6 +75,9 @@ class SidecarPlan:
     outbound: Mapping[tuple[str, int], Upstream]
     services: tuple[ServiceEntry, ...] = field(default=())
     set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
+    # container ports whose Service port is TCP (the model's inbound_protocols): a TCP proxy
+    # instead of the HTTP connection manager on their inbound chains
+    tcp_ports: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,16 +269,19 @@ def outbound_cluster_name(fqdn: str, port: int) -> str:
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     chains: list[dict[str, Any]] = []
     for port in sorted(plan.inbound_modes):
-        hcm = {
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": _hcm(
-                f"inbound_0.0.0.0_{port}",
-                inbound_cluster_name(port),
-                paths,
-                set_xfcc=plan.set_xfcc,
-            ),
-        }
-        chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [hcm])
+        if port in plan.tcp_ports:
+            app = _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port))
+        else:
+            app = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(
+                    f"inbound_0.0.0.0_{port}",
+                    inbound_cluster_name(port),
+                    paths,
+                    set_xfcc=plan.set_xfcc,
+                ),
+            }
+        chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [app])
     passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
     chains += _inbound_chains("virtualInbound", None, plan.default_inbound_mode, paths, passthrough)
     result: list[dict[str, Any]] = [
@@ -327,25 +333,20 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         svc = entry.service
         name = f"{entry.vip}_{svc.port}"
         cluster = outbound_cluster_name(svc.fqdn, svc.port)
+        if protocol_of(svc).is_http:
+            outbound_filter = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
+            }
+        else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
+            outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
         result.append(
             {
                 "@type": LISTENER_TYPE,
                 "name": name,
                 "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
                 "bind_to_port": False,
-                "filter_chains": [
-                    {
-                        "name": name,
-                        "filters": [
-                            {
-                                "name": "envoy.filters.network.http_connection_manager",
-                                "typed_config": _hcm(
-                                    f"outbound_{name}", cluster, paths, set_xfcc=False
-                                ),
-                            }
-                        ],
-                    }
-                ],
+                "filter_chains": [{"name": name, "filters": [outbound_filter]}],
             }
         )
     return result
@@ -449,7 +450,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
-        if upstream.max_requests_per_connection is not None:
+        if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
             cluster["typed_extension_protocol_options"] = {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
