@@ -16,6 +16,7 @@ from typing import Final
 
 import yaml
 
+from ..audit import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from ..istio.protocol import PortProtocol, service_port_protocol
 from ..mesh import Service, Workload
 from .topology import (
@@ -29,12 +30,12 @@ from .topology import (
 
 __all__ = [
     "APP_KINDS",
-    "AUDIT_NAMESPACE",
     "BUILTIN_TOPOLOGY",
     "DEFAULT_PORTS",
     "TopologyError",
     "load_topology",
     "parse_topology",
+    "with_audit_probes",
 ]
 
 BUILTIN_TOPOLOGY: Final = Path(__file__).with_name("builtin_topology.yaml")
@@ -48,8 +49,6 @@ DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "sleep": (),
     "tcp-echo": (9000,),
 }
-# The namespace `meshconform audit` adds for its probes; a topology may not use it.
-AUDIT_NAMESPACE: Final = "meshconform-audit"
 _RESERVED_NAMESPACES: Final = (ROOT_NAMESPACE, AUDIT_NAMESPACE)
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
@@ -399,3 +398,20 @@ def load_topology(path: Path) -> Topology:
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read the topology file: {exc.strerror}") from None
     return parse_topology(text, str(path))
+
+
+def with_audit_probes(topology: Topology) -> Topology:
+    """The topology plus `meshconform audit`'s probes in AUDIT_NAMESPACE: ``probe`` (a sleep
+    with a sidecar) and ``probe-naked`` (one without), addressed after the last pod."""
+    pods = list(topology.pods)
+    for name, sidecar in ((PROBE, True), (NAKED_PROBE, False)):
+        workload = Workload(
+            name=name,
+            namespace=AUDIT_NAMESPACE,
+            app=name,
+            service_account=name,
+            has_sidecar=sidecar,
+            labels={"app": name},
+        )
+        pods.append(Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{10 + len(pods)}", kind="sleep"))
+    return Topology(pods=tuple(pods), services=topology.services)
