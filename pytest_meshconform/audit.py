@@ -304,11 +304,11 @@ def _attempt(
             ),
             answered,
         )
-    # TCP: open, send a line, read the first byte back. Exit 124 of `timeout`: the connection
+    # TCP: open, send a line, read what comes back (one read). Exit 124 of `timeout`: the connection
     # stayed open without an answer (inconclusive); an empty read: the server closed it.
     script = (
         f"exec 3<>/dev/tcp/{host}/{svc.port} || exit 7; printf '%s\\n' {TCP_PROBE_LINE} >&3"
-        f" || exit 55; timeout {PROBE_TIMEOUT_S:g} head -c 64 <&3; code=$?; exit $code"
+        f" || exit 55; timeout {PROBE_TIMEOUT_S:g} dd bs=512 count=1 status=none <&3"
     )
     result = mesh.exec(client, ["bash", "-c", script], PROBE_TIMEOUT_S + 10)
     reply = result.stdout
