@@ -88,6 +88,10 @@ class ServicePort:
         """The Service's name as a client in another namespace resolves it."""
         return f"{self.service.name}.{self.namespace}"
 
+    def url(self, path: str = "/") -> str:
+        """The port's URL for an HTTP request from another namespace."""
+        return f"http://{self.host}:{self.service.port}{path}"
+
     @property
     def in_mesh(self) -> bool:
         return self.endpoint.has_sidecar

@@ -138,6 +138,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import fixtures  # cheap: fixture bodies import the backends they need
 
     config.pluginmanager.register(fixtures, "meshconform-fixtures")
+    from . import service_ports
+
+    config.pluginmanager.register(service_ports, "meshconform-service-ports")
     report.configure(config)
 
 

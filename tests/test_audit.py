@@ -280,3 +280,18 @@ def test_a_two_port_tcp_service_is_audited_port_by_port(
     )
     assert code == 1
     assert [p["port"] for p in data["ports"] if p["verdict"] == "fail"] == [9100]
+
+
+@needs_local_mesh
+def test_a_policy_that_selects_nothing_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "typo.yaml"
+    policy.write_text(
+        FOO_STRICT.replace("spec: {", "spec: {selector: {matchLabels: {app: httpbinn}}, ")
+    )
+    netns_before = our_netns()
+    assert main(["audit", "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert "applies to no workload" in err and "httpbinn" in err, err
+    assert not {n for n in our_netns() - netns_before if "-meshconform-audit-" in n}
