@@ -483,6 +483,7 @@ class AuditResult:
     policies: tuple[str, ...]
     started: dt.datetime
     duration: float
+    not_audited: tuple[str, ...] = ()  # Service ports the audit cannot probe, and why
 
     @property
     def passed(self) -> bool:
@@ -517,6 +518,7 @@ class AuditResult:
                 "errors": counts["error"],
             },
             "ports": [r.to_dict() for r in self.ports],
+            "notAudited": list(self.not_audited),
         }
 
 
@@ -574,6 +576,7 @@ def run_audit(
         policies=tuple(policy_files),
         started=started,
         duration=time.monotonic() - clock,
+        not_audited=tuple(getattr(mesh, "not_audited", ())),
     )
 
 
@@ -600,6 +603,7 @@ def format_table(result: AuditResult) -> list[str]:
         lines.append(f"{line}  {r.reason}")
     summary = result.to_dict()["summary"]
     require = f", required {result.require}" if result.require else ""
+    lines += [f"not audited: {note}" for note in result.not_audited]
     lines.append(
         f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
         f" {summary['errors']} errors{require}"

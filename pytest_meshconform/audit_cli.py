@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .settings import CLUSTER_KINDS, REPORT_SUFFIXES, report_format_of
 
@@ -48,6 +48,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     audit.add_argument(
         "--mesh-kube-context", metavar="NAME", help="kube context with --mesh-cluster=existing"
+    )
+    audit.add_argument(
+        "--mesh-istio-namespace",
+        default="istio-system",
+        metavar="NS",
+        help="where istiod runs, with --mesh-cluster=existing (default istio-system)",
+    )
+    audit.add_argument(
+        "--mesh-revision", metavar="REV", help="the Istio revision the probes are injected by"
+    )
+    audit.add_argument(
+        "--mesh-sleep-image",
+        metavar="IMAGE",
+        help="the probes' image (curl and a shell) with --mesh-cluster=existing",
+    )
+    audit.add_argument(
+        "--mesh-capture-image",
+        metavar="IMAGE",
+        help="an image with bash and tcpdump for the capture (default: the proxy image)",
     )
     audit.add_argument(
         "--mesh-topology",
@@ -115,11 +134,104 @@ def _run(args: argparse.Namespace) -> int:
                 "--policy applies policies to the local mesh only: on a cluster the audit never"
                 " changes your resources"
             )
-        raise _Usage(
-            f"--mesh-cluster={args.mesh_cluster}: auditing a Kubernetes cluster is not yet"
-            " supported; audit the local mesh (--mesh-cluster=local, --mesh-topology=PATH)"
-        )
+        if args.mesh_cluster == "kind":
+            raise _Usage(
+                "--mesh-cluster=kind: the audit reads a cluster you run; use"
+                " --mesh-cluster=existing --mesh-kube-context=NAME (or the local mesh)"
+            )
+        if not args.mesh_kube_context:
+            raise _Usage(
+                "--mesh-cluster=existing needs --mesh-kube-context=NAME ('current' for the"
+                " kubeconfig's current context)"
+            )
+        return _run_existing(args)
     return _run_local(args)
+
+
+def _run_existing(args: argparse.Namespace) -> int:
+    import dataclasses
+    import secrets
+    import shutil
+    import tempfile
+
+    from .audit import format_table, run_audit, write_report
+    from .kube.audit import KubeAuditMesh
+    from .kube.client import KubeApi
+    from .kube.cluster import resolve_context
+    from .kube.options import KubeOptions
+    from .mesh import MeshError, MeshUnavailable
+
+    def progress(line: str) -> None:
+        print(f"meshconform audit: {line}", file=sys.stderr, flush=True)
+
+    options = KubeOptions(istio_namespace=args.mesh_istio_namespace, revision=args.mesh_revision)
+    if args.mesh_sleep_image:
+        options = dataclasses.replace(options, sleep_image=args.mesh_sleep_image)
+    if args.mesh_capture_image:
+        options = dataclasses.replace(options, capture_image=args.mesh_capture_image)
+    try:
+        context = resolve_context(args.mesh_kube_context)
+    except MeshUnavailable as exc:
+        raise _Usage(str(exc)) from None
+    run_id = secrets.token_hex(3)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"meshconform-audit-{run_id}-"))
+    try:
+        api = KubeApi.connect(None, context.name, discovery_cache=run_dir / "discovery.json")
+        mesh = KubeAuditMesh(
+            api, options=options, progress=progress, run_dir=run_dir, run_id=run_id
+        )
+        progress(
+            f"context {context.name}: the audit only reads your resources; it creates namespace"
+            f" {mesh.audit_namespace} (two probe pods) and deletes it at the end"
+        )
+        return _audit_existing(args, mesh, progress, format_table, run_audit, write_report)
+    except MeshError as exc:
+        print(f"meshconform audit: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONFORMING
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _audit_existing(
+    args: argparse.Namespace,
+    mesh: Any,
+    progress: Callable[[str], None],
+    format_table: Callable[..., list[str]],
+    run_audit: Callable[..., Any],
+    write_report: Callable[..., None],
+) -> int:
+    try:
+        mesh.start()
+        present = set(mesh._audited_namespaces)
+        for option, names in (
+            ("--namespace", args.namespace),
+            ("--exclude-namespace", args.exclude_namespace),
+        ):
+            for name in names:
+                if name not in present:
+                    raise _Usage(
+                        f"{option} {name}: no such namespace in the cluster (audited:"
+                        f" {', '.join(sorted(present)) or 'none'})"
+                    )
+        result = run_audit(
+            mesh,
+            require=args.require,
+            namespaces=args.namespace,
+            exclude_namespaces=args.exclude_namespace,
+            progress=progress,
+            evidence_dir=None if args.report is None else evidence_dir_of(args.report),
+        )
+    finally:
+        mesh.close()
+    for line in format_table(result):
+        print(line)
+    if args.report is not None:
+        write_report(result, args.report)
+        print(f"report: {args.report}")
+    if not result.ports:
+        print("meshconform audit: no Service port to audit", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if result.passed else EXIT_NOT_CONFORMING
 
 
 def _run_local(args: argparse.Namespace) -> int:

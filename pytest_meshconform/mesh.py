@@ -83,6 +83,9 @@ class Service:
     selector_app: str  # the Service's `app` selector: its endpoints (istio.plan.endpoints_of)
     port_name: str = "http"
     app_protocol: str | None = None
+    # the Service's full selector as (label, value) pairs, when it selects by more than `app`
+    # (a cluster's own Services); empty: the `app` selector alone
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def fqdn(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from kube_fakes import kubeconfig_text
 from local_helpers import needs_local_mesh, our_netns
 
 from pytest_meshconform.audit import AUDIT_SCHEMA, discover_service_ports
@@ -115,9 +116,11 @@ def test_namespace_selection() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--mesh-cluster=existing"], "--mesh-cluster=existing needs --mesh-kube-context=NAME"),
+        (["--mesh-cluster=kind"], "--mesh-cluster=kind: the audit reads a cluster you run"),
         (
-            ["--mesh-cluster=existing", "--mesh-kube-context=current"],
-            "auditing a Kubernetes cluster is not yet supported",
+            ["--mesh-cluster=existing", "--mesh-kube-context=nope"],
+            "kube context 'nope' is not in the kubeconfig",
         ),
         (
             ["--mesh-cluster=existing", "--policy", "x.yaml"],
@@ -140,6 +143,8 @@ def test_usage_errors_exit_2_naming_the_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "kubeconfig").write_text(kubeconfig_text("https://127.0.0.1:9"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     assert main(["audit", *argv]) == 2
     assert message in capsys.readouterr().err
 

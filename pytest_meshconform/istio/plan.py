@@ -43,11 +43,13 @@ class Sidecar:
 
 
 def endpoints_of(service: Service, workloads: Iterable[Workload]) -> tuple[Workload, ...]:
-    """The Service's endpoints: the workloads of its namespace its ``app`` selector selects."""
+    """The Service's endpoints: the workloads of its namespace its selector selects (every
+    label of ``selector`` when given, as Kubernetes matches it, else the ``app`` label)."""
+    wanted = dict(service.selector) or {"app": service.selector_app}
     return tuple(
         w
         for w in workloads
-        if w.namespace == service.namespace and w.labels.get("app") == service.selector_app
+        if w.namespace == service.namespace and all(w.labels.get(k) == v for k, v in wanted.items())
     )
 
 
