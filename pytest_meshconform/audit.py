@@ -59,6 +59,8 @@ Verdict = Literal["pass", "fail", "error"]
 
 PROBE_TIMEOUT_S: Final = 5.0
 TCP_PROBE_LINE: Final = "meshconform-audit"
+TCP_PROBE_WAIT_S: Final = 2.0  # how long a TCP probe waits for an answer
+CURL_TIMED_OUT: Final = 28  # curl's exit code for --max-time
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,18 +310,20 @@ def _attempt(
             ),
             answered,
         )
-    # TCP: open, send a line, read what comes back (one read). Exit 124 of `timeout`: the connection
-    # stayed open without an answer (inconclusive); an empty read: the server closed it.
+    # TCP: curl's telnet:// sends the line and prints what comes back, with nothing but curl
+    # and sh in the probe (as in the kube probes' curl image). Bytes back: answered. Time-out
+    # (28) without bytes: the connection stayed open in silence (inconclusive). Anything else
+    # (reset 56, closed 0, refused 7): not accepted.
     script = (
-        f"exec 3<>/dev/tcp/{host}/{svc.port} || exit 7; printf '%s\\n' {TCP_PROBE_LINE} >&3"
-        f" || exit 55; timeout {PROBE_TIMEOUT_S:g} dd bs=512 count=1 status=none <&3"
+        f"printf '%s\\n' {TCP_PROBE_LINE} | curl -sS --max-time {TCP_PROBE_WAIT_S:g}"
+        f" telnet://{host}:{svc.port}"
     )
-    result = mesh.exec(client, ["bash", "-c", script], PROBE_TIMEOUT_S + 10)
+    result = mesh.exec(client, ["sh", "-c", script], TCP_PROBE_WAIT_S + 10)
     reply = result.stdout
     answered_tcp: bool | None
     if reply:
         answered_tcp = True
-    elif result.returncode == 124:
+    elif result.returncode == CURL_TIMED_OUT:
         answered_tcp = None
     else:
         answered_tcp = False

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from .settings import CLUSTER_KINDS, REPORT_SUFFIXES, report_format_of
 
 if TYPE_CHECKING:
-    from .audit import Requirement
+    from .audit import AuditResult
 
 __all__ = ["EXIT_NOT_CONFORMING", "EXIT_OK", "EXIT_USAGE", "add_parser", "evidence_dir_of", "run"]
 
@@ -113,11 +113,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit the parsed arguments describe; returns the exit status."""
+    from .fixtures import _teardown_on_sigterm
+
+    restore = _teardown_on_sigterm()  # SIGTERM tears the mesh / namespace down like Ctrl-C
     try:
         return _run(args)
     except _Usage as exc:
         print(f"meshconform audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        restore()
+
+
+def _progress(line: str) -> None:
+    print(f"meshconform audit: {line}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,26 +135,60 @@ def _run(args: argparse.Namespace) -> int:
     overlap = sorted(set(args.namespace) & set(args.exclude_namespace))
     if overlap:
         raise _Usage(f"--namespace and --exclude-namespace both name {', '.join(overlap)}")
-    if args.mesh_cluster != "local":
-        if args.mesh_topology is not None:
-            raise _Usage("--mesh-topology describes the local mesh; drop it with a cluster")
-        if args.policy:
-            raise _Usage(
-                "--policy applies policies to the local mesh only: on a cluster the audit never"
-                " changes your resources"
-            )
-        if args.mesh_cluster == "kind":
-            raise _Usage(
-                "--mesh-cluster=kind: the audit reads a cluster you run; use"
-                " --mesh-cluster=existing --mesh-kube-context=NAME (or the local mesh)"
-            )
-        if not args.mesh_kube_context:
-            raise _Usage(
-                "--mesh-cluster=existing needs --mesh-kube-context=NAME ('current' for the"
-                " kubeconfig's current context)"
-            )
-        return _run_existing(args)
-    return _run_local(args)
+    if args.mesh_cluster == "local":
+        if args.mesh_kube_context:
+            raise _Usage("--mesh-kube-context names a cluster: add --mesh-cluster=existing")
+        return _run_local(args)
+    if args.mesh_topology is not None:
+        raise _Usage("--mesh-topology describes the local mesh; drop it with a cluster")
+    if args.policy:
+        raise _Usage(
+            "--policy applies policies to the local mesh only: on a cluster the audit never"
+            " changes your resources"
+        )
+    if args.mesh_cluster == "kind":
+        raise _Usage(
+            "--mesh-cluster=kind: the audit reads a cluster you run; use"
+            " --mesh-cluster=existing --mesh-kube-context=NAME (or the local mesh)"
+        )
+    if not args.mesh_kube_context:
+        raise _Usage(
+            "--mesh-cluster=existing needs --mesh-kube-context=NAME ('current' for the"
+            " kubeconfig's current context)"
+        )
+    return _run_existing(args)
+
+
+def _finish(args: argparse.Namespace, result: AuditResult) -> int:
+    """Print the table, write the report, and the exit status."""
+    from .audit import format_table, write_report
+
+    for line in format_table(result):
+        print(line)
+    if args.report is not None:
+        write_report(result, args.report)
+        print(f"report: {args.report}")
+    if not result.ports:
+        print("meshconform audit: no Service port to audit", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if result.passed else EXIT_NOT_CONFORMING
+
+
+def _check_namespaces(args: argparse.Namespace, present: Sequence[str], where: str) -> None:
+    for option, names in (
+        ("--namespace", args.namespace),
+        ("--exclude-namespace", args.exclude_namespace),
+    ):
+        for name in names:
+            if name not in present:
+                raise _Usage(
+                    f"{option} {name}: no such namespace in the {where} (namespaces:"
+                    f" {', '.join(sorted(present)) or 'none'})"
+                )
+
+
+def _evidence_dir(args: argparse.Namespace) -> Path | None:
+    return None if args.report is None else evidence_dir_of(args.report)
 
 
 def _run_existing(args: argparse.Namespace) -> int:
@@ -154,15 +197,12 @@ def _run_existing(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from .audit import format_table, run_audit, write_report
+    from .audit import run_audit
     from .kube.audit import KubeAuditMesh
     from .kube.client import KubeApi
     from .kube.cluster import resolve_context
     from .kube.options import KubeOptions
     from .mesh import MeshError, MeshUnavailable
-
-    def progress(line: str) -> None:
-        print(f"meshconform audit: {line}", file=sys.stderr, flush=True)
 
     options = KubeOptions(istio_namespace=args.mesh_istio_namespace, revision=args.mesh_revision)
     if args.mesh_sleep_image:
@@ -178,89 +218,53 @@ def _run_existing(args: argparse.Namespace) -> int:
     try:
         api = KubeApi.connect(None, context.name, discovery_cache=run_dir / "discovery.json")
         mesh = KubeAuditMesh(
-            api, options=options, progress=progress, run_dir=run_dir, run_id=run_id
+            api, options=options, progress=_progress, run_dir=run_dir, run_id=run_id
         )
-        progress(
+        _progress(
             f"context {context.name}: the audit only reads your resources; it creates namespace"
             f" {mesh.audit_namespace} (two probe pods) and deletes it at the end"
         )
-        return _audit_existing(args, mesh, progress, format_table, run_audit, write_report)
+        try:
+            mesh.start()
+            _check_namespaces(args, mesh.audited_namespaces, "cluster")
+            result = run_audit(
+                mesh,
+                require=args.require,
+                namespaces=args.namespace,
+                exclude_namespaces=args.exclude_namespace,
+                progress=_progress,
+                evidence_dir=_evidence_dir(args),
+            )
+        finally:
+            mesh.close()
+    except MeshUnavailable as exc:
+        raise _Usage(str(exc)) from None
     except MeshError as exc:
         print(f"meshconform audit: {exc}", file=sys.stderr)
         return EXIT_NOT_CONFORMING
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _audit_existing(
-    args: argparse.Namespace,
-    mesh: Any,
-    progress: Callable[[str], None],
-    format_table: Callable[..., list[str]],
-    run_audit: Callable[..., Any],
-    write_report: Callable[..., None],
-) -> int:
-    try:
-        mesh.start()
-        present = set(mesh._audited_namespaces)
-        for option, names in (
-            ("--namespace", args.namespace),
-            ("--exclude-namespace", args.exclude_namespace),
-        ):
-            for name in names:
-                if name not in present:
-                    raise _Usage(
-                        f"{option} {name}: no such namespace in the cluster (audited:"
-                        f" {', '.join(sorted(present)) or 'none'})"
-                    )
-        result = run_audit(
-            mesh,
-            require=args.require,
-            namespaces=args.namespace,
-            exclude_namespaces=args.exclude_namespace,
-            progress=progress,
-            evidence_dir=None if args.report is None else evidence_dir_of(args.report),
-        )
-    finally:
-        mesh.close()
-    for line in format_table(result):
-        print(line)
-    if args.report is not None:
-        write_report(result, args.report)
-        print(f"report: {args.report}")
-    if not result.ports:
-        print("meshconform audit: no Service port to audit", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK if result.passed else EXIT_NOT_CONFORMING
+    return _finish(args, result)
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from .audit import AUDIT_NAMESPACE, format_table, load_policy_files, run_audit, write_report
+    from .audit import AUDIT_NAMESPACE, load_policy_files, run_audit
     from .fixtures import _unmatched
+    from .local.backend import LocalMesh
     from .local.topology_file import (
         BUILTIN_TOPOLOGY,
         TopologyError,
         load_topology,
         with_audit_probes,
     )
-    from .mesh import MeshError
+    from .mesh import MeshError, MeshUnavailable
     from .policy import PolicyError
 
     try:
         topology = load_topology(args.mesh_topology or BUILTIN_TOPOLOGY)
     except TopologyError as exc:
         raise _Usage(f"--mesh-topology: {exc}") from None
-    present = sorted({p.workload.namespace for p in topology.pods})
-    for option, names in (
-        ("--namespace", args.namespace),
-        ("--exclude-namespace", args.exclude_namespace),
-    ):
-        for name in names:
-            if name not in present:
-                raise _Usage(
-                    f"{option} {name}: no such namespace in the mesh (namespaces:"
-                    f" {', '.join(present)})"
-                )
+    _check_namespaces(args, sorted({p.workload.namespace for p in topology.pods}), "mesh")
     try:
         policies = load_policy_files(args.policy)
     except PolicyError as exc:
@@ -271,47 +275,37 @@ def _run_local(args: argparse.Namespace) -> int:
         for e in topology.services
     ):
         raise _Usage("no Service port to audit in the chosen namespaces")
-
-    from .local.backend import LocalMesh
-
-    def progress(line: str) -> None:
-        print(f"meshconform audit: {line}", file=sys.stderr, flush=True)
-
-    require: Requirement | None = args.require
-    mesh = LocalMesh(topology=with_audit_probes(topology), progress=progress)
+    mesh = LocalMesh(topology=with_audit_probes(topology), progress=_progress)
     try:
         mesh.start()
         for policy in policies:
+            if policy.namespace == AUDIT_NAMESPACE:
+                raise _Usage(f"--policy {policy.name}: {AUDIT_NAMESPACE} is the audit's own")
             reason = _unmatched(mesh, policy)
             if reason is not None:
                 raise _Usage(
                     f"--policy {policy.kind} {policy.namespace}/{policy.name} applies to no"
                     f" workload: {reason}"
                 )
-            if policy.namespace == AUDIT_NAMESPACE:
-                raise _Usage(f"--policy {policy.name}: {AUDIT_NAMESPACE} is the audit's own")
-            progress(f"applying {policy.kind} {policy.namespace}/{policy.name}")
+            _progress(f"applying {policy.kind} {policy.namespace}/{policy.name}")
             mesh.apply(policy.to_manifest())
         result = run_audit(
             mesh,
-            require=require,
+            require=args.require,
             namespaces=args.namespace,
             exclude_namespaces=args.exclude_namespace,
             policy_files=[str(p) for p in args.policy],
-            progress=progress,
-            evidence_dir=None if args.report is None else evidence_dir_of(args.report),
+            progress=_progress,
+            evidence_dir=_evidence_dir(args),
         )
+    except MeshUnavailable as exc:  # cannot run here (not root, no Envoy...): names the fix
+        raise _Usage(str(exc)) from None
     except MeshError as exc:
         print(f"meshconform audit: the mesh failed: {exc}", file=sys.stderr)
         return EXIT_NOT_CONFORMING
     finally:
         mesh.close()
-    for line in format_table(result):
-        print(line)
-    if args.report is not None:
-        write_report(result, args.report)
-        print(f"report: {args.report}")
-    return EXIT_OK if result.passed else EXIT_NOT_CONFORMING
+    return _finish(args, result)
 
 
 def evidence_dir_of(report: Path) -> Path:

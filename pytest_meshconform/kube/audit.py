@@ -194,6 +194,11 @@ class KubeAuditMesh(KubeMesh):
 
     # -- what the audit reads ------------------------------------------------------------------
 
+    @property
+    def audited_namespaces(self) -> tuple[str, ...]:
+        """The cluster's namespaces the audit read (after `start`)."""
+        return self._audited_namespaces
+
     def logical_namespace(self, target: Workload | str) -> str:
         namespace = target.namespace if isinstance(target, Workload) else target
         return AUDIT_NAMESPACE if namespace == self.audit_namespace else namespace
