@@ -327,3 +327,12 @@ def test_a_tcp_echo_service_on_two_ports_through_sidecars(echo_mesh: Any) -> Non
     assert flow.tls.client_hello.sni == "outbound_.9100_._.echo.shop.svc.cluster.local"
     assert flow.tls.client_hello.alpn == ("istio-peer-exchange", "istio")
     assert echo.container_ports == (9000, 9001)
+
+
+def test_the_ini_twin_names_the_file_too(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", topo="namespaces:\n  - name: foo\n    injected: true\n    x: 1\n")
+    pytester.makeini("[pytest]\nmesh_topology = topo.yaml\n")
+    pytester.makepyfile("def test_x(mesh):\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*topo.yaml:4: namespaces[[]0[]].x: unknown field*"])
