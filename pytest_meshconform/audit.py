@@ -543,9 +543,12 @@ def run_audit(
     clock = time.monotonic()
     probe = mesh.workload(PROBE, AUDIT_NAMESPACE)
     naked = mesh.workload(NAKED_PROBE, AUDIT_NAMESPACE)
-    ports = discover_service_ports(
-        mesh, namespaces=namespaces, exclude_namespaces=exclude_namespaces, client=probe
-    )
+    try:
+        ports = discover_service_ports(
+            mesh, namespaces=namespaces, exclude_namespaces=exclude_namespaces, client=probe
+        )
+    except PolicyError as exc:  # a policy in force the model cannot read: nothing to predict
+        raise MeshError(f"cannot predict the modes from the policies in force: {exc}") from None
     results: list[PortResult] = []
     for index, port in enumerate(ports, 1):
         say(f"[{index}/{len(ports)}] {port.key} ({port.protocol.value}, {port.endpoint.key})")
