@@ -87,8 +87,9 @@ class ServicePort:
 
     @property
     def host(self) -> str:
-        """The Service's name as a client in another namespace resolves it."""
-        return f"{self.service.name}.{self.namespace}"
+        """The Service's name as a client in another namespace resolves it (its real
+        namespace: a kube run's ``mc-<run>-foo``)."""
+        return f"{self.service.name}.{self.service.namespace}"
 
     def url(self, path: str = "/") -> str:
         """The port's URL for an HTTP request from another namespace."""
