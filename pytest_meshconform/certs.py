@@ -25,7 +25,11 @@ Choices where the sources leave room:
   percent-encoding, no empty/``.``/``..`` segments, no trailing ``/``, at most 2048 bytes and a
   trust domain of at most 255. An X.509-SVID carries exactly one URI SAN (X509-SVID.md).
 - Times are aware UTC datetimes. Protobuf timestamps carry up to nanoseconds; digits past the
-  microsecond are dropped.
+  microsecond are dropped. A timestamp whose UTC instant falls outside years 1..9999
+  (``0001-01-01T00:00:00+01:00``) is an error: protobuf's Timestamp is defined on
+  0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z only (google/protobuf/timestamp.proto).
+- Work is linear in the input: PEM blocks are found in one pass (a BEGIN line is paired with
+  the next END line), and messages quote at most a few items of the offending value.
 
 Errors are :class:`CertError`, whose message names the field or certificate at fault.
 """
@@ -37,6 +41,7 @@ import binascii
 import json
 import random
 import re
+import reprlib
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,10 +95,15 @@ _TIMESTAMP = re.compile(
     r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _HEX = re.compile(r"[0-9A-Fa-f]+")
-_PEM_BLOCK = re.compile(r"-----BEGIN ([^\r\n-]*)-----(.*?)-----END ([^\r\n-]*)-----", re.S)
-_PEM_BEGIN = re.compile(r"-----BEGIN ")
+_PEM_BEGIN_LINE = re.compile(r"-----BEGIN ([^\r\n-]*)-----")
+_PEM_END_LINE = re.compile(r"-----END ([^\r\n-]*)-----")
 
 _DEFAULT_RANDOM = random.Random()
+# reprlib with small limits: a message quotes a few items of a list, never walks all of it.
+_SHORT_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxtuple = _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _FRAGMENT_LIMIT
 
 SecretState = Literal["static", "active", "warming"]
 SecretKind = Literal[
@@ -113,16 +123,18 @@ class CertError(ValueError):
 
 def _fragment(value: object) -> str:
     """The offending input, quoted and cut short enough for an error message."""
-    text = repr(value)
+    if isinstance(value, str | bytes):  # the repr of all of it would cost as much as the input
+        text = repr(value[:_FRAGMENT_LIMIT])
+    else:
+        text = _SHORT_REPR.repr(value)
     return text if len(text) <= _FRAGMENT_LIMIT else text[: _FRAGMENT_LIMIT - 3] + "..."
 
 
 def _rfc3339(moment: datetime) -> str:
     """A UTC instant as istioctl prints it (``2023-05-16T01:32:52Z``), microseconds if any."""
-    moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = moment.astimezone(UTC).replace(tzinfo=None)
+    # isoformat, not strftime: glibc's %Y prints year 1 as "1", not "0001"
+    return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds") + "Z"
 
 
 def _aware_utc(moment: object, name: str) -> datetime:
@@ -268,6 +280,28 @@ def _describe(cert: x509.Certificate, role: str) -> str:
     return f"{role} serial {serial_hex(cert)} ({_subject_text(cert)})"
 
 
+def _pem_blocks(text: str) -> list[tuple[str, str, str]]:
+    """(BEGIN label, body, END label) of every block, in one pass over ``text``.
+
+    Each BEGIN line is matched with the first END line after it; a BEGIN line without one, or
+    another BEGIN line before it, is an error. Every character is looked at a bounded number of
+    times (a lazy ``BEGIN(.*?)END`` regex rescans the rest of the text from every BEGIN line).
+    """
+    blocks: list[tuple[str, str, str]] = []
+    position = 0
+    while (begin := text.find("-----BEGIN ", position)) >= 0:
+        begin_line = _PEM_BEGIN_LINE.match(text, begin)
+        end = -1 if begin_line is None else text.find("-----END ", begin_line.end())
+        end_line = None if end < 0 else _PEM_END_LINE.match(text, end)
+        if begin_line is None or end_line is None:
+            raise CertError("PEM has a BEGIN line without its matching END line")
+        if text.find("-----BEGIN ", begin_line.end(), end) >= 0:
+            raise CertError("PEM has a BEGIN line without its matching END line")
+        blocks.append((begin_line.group(1), text[begin_line.end() : end], end_line.group(1)))
+        position = end_line.end()
+    return blocks
+
+
 def load_pem_chain(pem: bytes | str) -> tuple[x509.Certificate, ...]:
     """Every ``CERTIFICATE`` block of ``pem``, in order (leaf first for a chain).
 
@@ -285,14 +319,11 @@ def load_pem_chain(pem: bytes | str) -> tuple[x509.Certificate, ...]:
         text = pem
     else:
         raise CertError(f"PEM must be bytes or str, got {type(pem).__name__}")
-    blocks = list(_PEM_BLOCK.finditer(text))
-    if len(blocks) != len(_PEM_BEGIN.findall(text)):
-        raise CertError("PEM has a BEGIN line without its matching END line")
+    blocks = _pem_blocks(text)
     if not blocks:
         raise CertError(f"no PEM CERTIFICATE block in {_fragment(text)}")
     chain: list[x509.Certificate] = []
-    for index, block in enumerate(blocks):
-        label, body, end_label = block.group(1), block.group(2), block.group(3)
+    for index, (label, body, end_label) in enumerate(blocks):
         if label != end_label:
             raise CertError(f"PEM block {index}: BEGIN {label!r} ends with END {end_label!r}")
         if label != "CERTIFICATE":
@@ -541,7 +572,13 @@ def _parse_timestamp(value: Any, where: str) -> datetime:
         hours, minutes = int(offset[1:3]), int(offset[4:6])
         if hours > 23 or minutes > 59:
             raise CertError(f"{where}: bad UTC offset in {_fragment(value)}")
-        moment -= sign * timedelta(hours=hours, minutes=minutes)
+        try:
+            moment -= sign * timedelta(hours=hours, minutes=minutes)
+        except OverflowError as exc:
+            raise CertError(
+                f"{where}: {_fragment(value)} is in UTC outside the range of years 1..9999 "
+                "(protobuf Timestamp's range)"
+            ) from exc
     return moment
 
 

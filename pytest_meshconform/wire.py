@@ -862,7 +862,10 @@ class _HandshakeMessages:
     def __init__(self, stream: bytes, offset: int, side: str) -> None:
         self.stream = stream
         self.record_offset = offset
-        self.buffer = b""
+        # Record payloads are appended to a bytearray (amortised constant work per byte) and
+        # consumed messages dropped only once they are half of it: a message split into
+        # 1-byte records must not copy everything buffered so far once per record.
+        self.buffer = bytearray()
         self.consumed = 0
         self.side = side
         self.problem: str | None = None
@@ -877,33 +880,48 @@ class _HandshakeMessages:
                 if available - 4 >= length:
                     start = self.consumed + 4
                     self.consumed = start + length
-                    return header[0], self.buffer[start : self.consumed]
-            if not self._read_record():
+                    return header[0], bytes(self.buffer[start : self.consumed])
+                missing = 4 + length - available
+            else:
+                missing = 4 - available
+            if not self._read_records(missing):
                 return None
 
-    def _read_record(self) -> bool:
-        stream, offset = self.stream, self.record_offset
-        if offset >= len(stream):
-            self.problem = f"{self.side} stream ends inside the handshake"
-            return False
-        if not _starts_with_tls_record(stream, offset):
-            self.problem = (
-                f"{self.side} bytes at stream offset {offset} are not a TLS record: "
-                f"{stream[offset : offset + 8]!r}"
-            )
-            return False
-        content_type = stream[offset]
-        length = int.from_bytes(stream[offset + 3 : offset + 5], "big")
-        self.record_offset = offset + 5 + length
-        if content_type == 20:  # change_cipher_spec (TLS 1.3 middlebox compatibility)
-            return True
-        if content_type != 22:
-            kind = "alert" if content_type == 21 else "application data"
-            self.problem = f"{self.side} sent {kind} at stream offset {offset} before the hello"
-            return False
-        self.buffer = self.buffer[self.consumed :] + stream[offset + 5 : offset + 5 + length]
-        self.consumed = 0
-        return True
+    def _read_records(self, missing: int) -> bool:
+        """Append the payloads of handshake records until ``missing`` more bytes are buffered
+        (at least one record is read); False with ``problem`` set when the records stop."""
+        if self.consumed > len(self.buffer) // 2:
+            del self.buffer[: self.consumed]
+            self.consumed = 0
+        stream, offset, buffer = self.stream, self.record_offset, self.buffer
+        size = len(stream)
+        wanted = len(buffer) + missing
+        try:
+            while True:
+                if offset >= size:
+                    self.problem = f"{self.side} stream ends inside the handshake"
+                    return False
+                if not _starts_with_tls_record(stream, offset):
+                    self.problem = (
+                        f"{self.side} bytes at stream offset {offset} are not a TLS record: "
+                        f"{stream[offset : offset + 8]!r}"
+                    )
+                    return False
+                content_type = stream[offset]
+                end = offset + 5 + ((stream[offset + 3] << 8) | stream[offset + 4])
+                if content_type == 22:
+                    buffer += stream[offset + 5 : end]
+                elif content_type != 20:  # 20: change_cipher_spec (TLS 1.3 compatibility)
+                    kind = "alert" if content_type == 21 else "application data"
+                    self.problem = (
+                        f"{self.side} sent {kind} at stream offset {offset} before the hello"
+                    )
+                    return False
+                offset = end
+                if len(buffer) >= wanted:
+                    return True
+        finally:
+            self.record_offset = offset
 
 
 def _analyze_tls(
@@ -990,18 +1008,21 @@ def _parse_head(stream: bytes, position: int, start_line: re.Pattern[bytes]) -> 
     head_end = stream.find(b"\r\n\r\n", line_end)
     if head_end < 0:
         return None
-    headers: list[tuple[str, str]] = []
+    # Each field as its name and value pieces: an obsolete folded line appends a piece, joined
+    # once at the end (re-building the value per line costs the square of the field's length).
+    fields: list[tuple[bytes, list[bytes]]] = []
     if head_end > line_end:
         for line in stream[line_end + 2 : head_end].split(b"\r\n"):
-            if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
-                folded_name, folded_value = headers[-1]
-                continued = line.strip(b" \t").decode("latin-1")
-                headers[-1] = (folded_name, f"{folded_value} {continued}")
+            if line[:1] in (b" ", b"\t") and fields:  # obsolete line folding
+                fields[-1][1].append(line.strip(b" \t"))
                 continue
             name, colon, value = line.partition(b":")
             if not colon or not _FIELD_NAME.fullmatch(name):
                 return None
-            headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+            fields.append((name, [value.strip(b" \t")]))
+    headers = [
+        (name.decode("latin-1"), b" ".join(value).decode("latin-1")) for name, value in fields
+    ]
     return _Head(matched, headers, head_end + 4)
 
 

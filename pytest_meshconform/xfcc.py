@@ -26,7 +26,8 @@ documentation is silent:
 - ``Subject`` is opaque: Envoy emits RFC 2253 (``CN=a,O=b``) and older builds the OpenSSL
   one-line form (``/C=US/CN=b``).
 - ``Cert`` and ``Chain`` are percent-decoded to PEM text. Every ``%`` must start a ``%XX``
-  escape and the result must be UTF-8; ``+`` is a plus sign, not a space.
+  escape and the result must be UTF-8; ``+`` is a plus sign, not a space. A value holding a
+  lone surrogate (``"\\udcff"`` from a JSON escape) is not UTF-8 either.
 - Whitespace (space, tab, CR, LF) around ``,`` and ``;`` and at either end of the header is
   tolerated: Envoy never writes it, proxies in between may. Whitespace around ``=`` is not: a
   key is a token, and a value does not start with whitespace.
@@ -95,8 +96,17 @@ class XfccElement:
 def parse_xfcc(header: str) -> tuple[XfccElement, ...]:
     """Parse an XFCC header value into its elements, first hop first.
 
-    Raises :class:`XfccError` for anything outside the grammar in the module docstring.
+    Raises :class:`XfccError` for anything outside the grammar in the module docstring, and
+    for a ``header`` that is not a ``str``.
     """
+    if not isinstance(header, str):
+        raise XfccError(
+            f"an XFCC header must be a str, got {type(header).__name__} (decode the field "
+            "value first)",
+            fragment="",
+            position=0,
+            element=0,
+        )
     if not header.strip(_WHITESPACE):
         return ()
     return tuple(_build_element(pairs) for pairs in _split_elements(header))
@@ -228,7 +238,12 @@ def _percent_decode(value: str, key: str, pair: _Fragment) -> str:
         escape = value[bad.start() : bad.start() + 3]
         raise _error(f"{key}: {escape!r} is not a percent-escape", pair)
     try:
-        return unquote_to_bytes(value).decode("utf-8")
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, as a JSON escape can deliver one
+        problem = f"{key}: not UTF-8 text (lone surrogate at character {exc.start})"
+        raise _error(problem, pair) from exc
+    try:
+        return unquote_to_bytes(encoded).decode("utf-8")
     except UnicodeDecodeError as exc:
         problem = f"{key}: percent-decoded bytes are not UTF-8 ({exc.reason} at byte {exc.start})"
         raise _error(problem, pair) from exc

@@ -1,13 +1,26 @@
-"""What every test module shares: the pytester plugin and where the real test data lives.
+"""What every test module shares: the pytester plugin, where the real test data lives, and
+hypothesis' profiles.
 
 Real captures, Envoy dumps and Istio's own testdata live outside the repository, at
 `../shared/testdata/` from its root; tests read them in place and skip when they are absent.
+
+Hypothesis profiles, chosen with the environment variable HYPOTHESIS_PROFILE:
+
+- `ci` (the default): hypothesis' usual 100 examples per test without a deadline, so that the
+  parser fuzz tests (tests/test_fuzz_parsers.py) fit the CI budget;
+- `fuzz`: 100,000 examples per test (or MESHCONFORM_FUZZ_EXAMPLES), for a long run of the
+  fuzz tests (`HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest tests/test_fuzz_parsers.py`).
+
+Tests that set their own `max_examples` keep it under either profile.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Final
+
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]
 
@@ -15,3 +28,11 @@ REPO: Final = Path(__file__).resolve().parents[1]
 TESTDATA: Final = REPO.parent / "shared" / "testdata"
 """The shared test data (`secrets/`, `pcaps/`, ...); never copied into the repository. Tests
 that read it skip, naming the path, when it is absent."""
+
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK)
+_FUZZ_EXAMPLES = int(os.environ.get("MESHCONFORM_FUZZ_EXAMPLES", "100000"))
+settings.register_profile(
+    "fuzz", max_examples=_FUZZ_EXAMPLES, deadline=None, suppress_health_check=_SLOW_OK
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
