@@ -9,7 +9,8 @@ model that any report can fill (the conformance run here; an audit the same way)
 - `render_markdown(document)`: the same content as GitHub-flavoured Markdown;
   `render_markdown(document, brief=True)` is the summary CI appends to `GITHUB_STEP_SUMMARY`
   (tables and failures in full, passing tests as one line each).
-- `document_of(report, ...)`: a `ConformanceReport` as a Document.
+- `document_of(report, ...)`: a `ConformanceReport` as a Document; `audit_document(result)`:
+  a `meshconform audit` result as one (`meshconform audit --report=audit.html`).
 
 The model and both renderers are pure (text in, text out); `RenderPlugin` at the end writes
 them for a pytest run (`--mesh-report=r.html`, `--mesh-report=r.md`, `GITHUB_STEP_SUMMARY`).
@@ -29,6 +30,7 @@ import pytest
 from .observations import ObservedTable, RotationRecord
 
 if TYPE_CHECKING:
+    from .audit import AuditResult
     from .report import ConformanceReport, TestResult
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Entry",
     "Section",
     "Timeline",
+    "audit_document",
     "document_of",
     "render_html",
     "render_markdown",
@@ -504,6 +507,119 @@ def document_of(
         sections=tuple(sections),
         notes=tuple(notes),
         generated=report.date,
+    )
+
+
+# --- An audit as a document -----------------------------------------------------------------
+
+_AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}
+
+
+def audit_document(result: AuditResult) -> Document:
+    """`meshconform audit`'s result as a Document: the audit's header, one table of every
+    Service port (the mode Istio's policies predict against the one the probes observed,
+    colour-coded), then an entry per port with its verdict, reason and wire evidence."""
+    data = result.to_dict()
+    mesh = result.mesh
+    revision = f", revision {mesh.revision}" if mesh.revision else ""
+    header: list[tuple[str, str]] = [
+        ("Mesh", mesh.name),
+        ("Version", mesh.version),
+        ("Backend", f"{mesh.backend}{revision}"),
+        ("Trust domain", mesh.trust_domain),
+        ("Requirement", result.require or "none (the policies' own prediction)"),
+        ("Namespaces", ", ".join(result.namespaces) or "none"),
+        ("Date", data["date"]),
+        ("Duration", f"{result.duration:.1f}s"),
+    ]
+    if result.excluded:
+        header.append(("Excluded", ", ".join(result.excluded)))
+    if result.policies:
+        header.append(("Policies applied", ", ".join(result.policies)))
+    summary = data["summary"]
+    ports = [r.port.key for r in result.ports]
+    matrix = ObservedTable(
+        title="every Service port: the mode the probes must observe vs what they observed",
+        rows=tuple(ports),
+        columns=("mode",),
+        expected=tuple((r.port.expected,) for r in result.ports),
+        observed=tuple((r.observed,) for r in result.ports),
+        corner="Service port",
+    )
+    overview = Entry(
+        title="Service ports",
+        status=data["result"],
+        tables=(matrix,) if ports else (),
+    )
+    entries = [overview]
+    for r in result.ports:
+        evidence = data["ports"][result.ports.index(r)]["evidence"]
+        facts: list[tuple[str, tuple[str, ...]]] = [
+            (
+                "Mode",
+                (
+                    f"predicted {r.port.predicted}, expected {r.port.expected},"
+                    f" observed {r.observed}",
+                ),
+            )
+        ]
+        if r.meets_requirement is not None:
+            facts.append(
+                (
+                    "Requirement",
+                    (f"{result.require}: {'met' if r.meets_requirement else 'not met'}",),
+                )
+            )
+        for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
+            if key in evidence:
+                attempt = evidence[key]
+                facts.append(
+                    (
+                        label,
+                        (
+                            f"{attempt['client']} -> {attempt['target']}: exit"
+                            f" {attempt['exitCode']}, status {attempt.get('status', '-')},"
+                            f" answered {attempt['answered']} {attempt.get('detail', '')}".rstrip(),
+                        ),
+                    )
+                )
+        if "wire" in evidence:
+            wire = evidence["wire"]
+            facts.append(
+                (
+                    "Wire",
+                    (
+                        f"{wire['flows']} flow(s), TLS {wire['tls']}, SNI {wire.get('sni', '-')},"
+                        f" ALPN {','.join(wire['alpn']) or '-'}, plaintext payload"
+                        f" {wire['plaintextPayload']}",
+                        *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ()),
+                    ),
+                )
+            )
+        entries.append(
+            Entry(
+                title=r.port.key,
+                status=_AUDIT_STATUS[r.verdict],
+                description=(
+                    f"{r.port.protocol.value} port of {r.port.endpoint.key}"
+                    f" ({'sidecar' if r.port.in_mesh else 'no sidecar'})"
+                ),
+                message=r.reason if r.verdict != "pass" else None,
+                facts=tuple(facts),
+                evidence=tuple(Block("problem", p) for p in r.problems),
+            )
+        )
+    return Document(
+        title="meshconform audit",
+        status=data["result"],
+        summary=(
+            f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
+            f" {summary['errors']} errors"
+        ),
+        header=tuple(header),
+        sections=(Section("Service ports", data["result"], tuple(entries)),),
+        notes=tuple(f"not audited: {note}" for note in result.not_audited),
+        generated=data["date"],
     )
 
 

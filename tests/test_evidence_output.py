@@ -407,3 +407,41 @@ def test_the_step_summary_is_appended_in_brief(run: Run) -> None:
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
     )
     assert "GET /status/418" in text
+
+
+FOO_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
+    """`meshconform audit --report=audit.html` on a real local mesh: the page holds every
+    Service port's expected vs observed mode and the verdict of the port that fails the
+    requirement, with its reason; opened in the same browser, with no network."""
+    from pytest_meshconform.cli import main
+
+    policy = tmp_path / "foo-strict.yaml"
+    policy.write_text(FOO_STRICT)
+    page = tmp_path / "audit.html"
+    code = main(
+        [
+            *("audit", "--mesh-cluster=local", "--policy", str(policy), "--require=STRICT"),
+            *("--exclude-namespace", "legacy", "--report", str(page)),
+        ]
+    )
+    assert code == 1
+    dom = Dom()
+    dom.feed(chromium(tmp_path, "--dump-dom", page.as_uri()).stdout)
+    assert dom.resources == []
+    assert dom.captions == [
+        "every Service port: the mode the probes must observe vs what they observed: as expected"
+    ]
+    assert dom.cells == [("ok", "STRICT"), ("ok", "PERMISSIVE")]  # httpbin.foo, httpbin.bar
+    failed = dom.entries["httpbin.bar:8000"]
+    assert failed.startswith("failed httpbin.bar:8000 HTTP port of httpbin.bar (sidecar)")
+    assert "accepts plaintext; required STRICT" in failed
+    passed = dom.entries["httpbin.foo:8000"]
+    assert "SNI outbound_.8000_._.httpbin.foo.svc.cluster.local" in passed
