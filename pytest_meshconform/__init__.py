@@ -40,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "MeshWideNotAllowed": "mesh",
     "PropagationTimeout": "mesh",
     "tunnels_over_hbone": "mesh",
+    "SidecarDied": "mesh",
+    "MeshMtlsAware": "mesh",
+    "mesh_min_tls_version": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
     "mesh_settings_key": "plugin",
     "MeshSettings": "settings",
@@ -156,11 +159,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         LogPositions as LogPositions,
         Mesh as Mesh,
         MeshError as MeshError,
+        MeshMtlsAware as MeshMtlsAware,
         MeshUnavailable as MeshUnavailable,
         MeshWideNotAllowed as MeshWideNotAllowed,
         PropagationTimeout as PropagationTimeout,
         Service as Service,
+        SidecarDied as SidecarDied,
         Workload as Workload,
+        mesh_min_tls_version as mesh_min_tls_version,
         tunnels_over_hbone as tunnels_over_hbone,
     )
     from .observations import (

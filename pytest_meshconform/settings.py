@@ -26,6 +26,7 @@ __all__ = [
     "FAULT_NAMES",
     "HUMAN_REPORT_SUFFIXES",
     "MAX_CERT_TTL",
+    "MIN_TLS_VERSIONS",
     "REPORT_SUFFIXES",
     "ClusterKind",
     "MeshSettings",
@@ -63,9 +64,16 @@ FAULT_NAMES: Final = (
     "no-xfcc",
     "no-rotation",
     "wrong-spiffe-id",
+    "tls10-allowed",
+    "client-cert-optional",
     "authz-ignores-principals",
 )
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
+
+# meshConfig.meshMTLS.minProtocolVersion values (MeshConfig.TLSConfig.TLSProtocol); the same
+# tuple as `istio.tls.MIN_PROTOCOL_VERSIONS` (a test checks), kept here so that resolving the
+# settings imports nothing of the model.
+MIN_TLS_VERSIONS: Final[tuple[str, ...]] = ("TLS_AUTO", "TLSV1_2", "TLSV1_3")
 
 # Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.
 _DURATION_UNIT_SECONDS: Final[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
@@ -84,6 +92,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "report": "--mesh-report",
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
+    "min_tls_version": "--mesh-min-tls-version",
 }
 
 
@@ -171,6 +180,7 @@ class OptionLayer:
     baseline: str | None = None
     faults: tuple[str, ...] = ()
     more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
+    min_tls_version: str | None = None
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -193,6 +203,9 @@ class MeshSettings:
     faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
     # Every other --mesh-report: HTML and Markdown renderings, further YAML/JSON copies.
     extra_reports: tuple[Path, ...] = ()
+    # the local mesh's meshConfig.meshMTLS.minProtocolVersion; None: TLS_AUTO (kube backends
+    # read it from istiod's mesh config instead)
+    min_tls_version: str | None = None
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -230,6 +243,7 @@ class MeshSettings:
             baseline=config.getoption("mesh_baseline"),
             faults=tuple(config.getoption("mesh_fault") or ()),
             more_reports=reports[1:],
+            min_tls_version=config.getoption("mesh_min_tls_version"),
         )
         ini = OptionLayer(
             origin="ini",
@@ -241,6 +255,7 @@ class MeshSettings:
             report=ini_text("mesh_report"),
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
+            min_tls_version=ini_text("mesh_min_tls_version"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -269,6 +284,15 @@ class MeshSettings:
         cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
         keep = cli.keep if cli.keep is not None else ini.keep
         report, extra_reports = _pick_reports(cli, ini)
+        min_tls = _pick(cli, ini, "min_tls_version", _parse_min_tls_version)
+        cluster = cluster_pick[1] if cluster_pick is not None else "local"
+        if min_tls is not None and cluster != "local":
+            raise SettingsError(
+                f"{min_tls[0].describe('min_tls_version')} applies to the local mesh only; on"
+                f" --mesh-cluster={cluster} meshconform reads meshMTLS.minProtocolVersion from"
+                " istiod's mesh config (set it there, e.g. istioctl install --set"
+                " meshConfig.meshMTLS.minProtocolVersion=TLSV1_3)"
+            )
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,
@@ -279,6 +303,7 @@ class MeshSettings:
             baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
             faults=_parse_faults(cli.faults),
             extra_reports=extra_reports,
+            min_tls_version=_value(min_tls),
         )
 
     def header_lines(self) -> list[str]:
@@ -289,6 +314,8 @@ class MeshSettings:
             first.append(f"kube-context={self.kube_context}{unused}")
         first.append(f"cert-ttl={format_duration(self.cert_ttl)}")
         first.append(f"keep={'yes' if self.keep else 'no'}")
+        if self.min_tls_version is not None:
+            first.append(f"min-tls-version={self.min_tls_version}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -386,6 +413,15 @@ def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     if not path.is_file():
         raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
     return path
+
+
+def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
+    if value not in MIN_TLS_VERSIONS:
+        raise ValueError(
+            f"invalid value {value!r}; accepted values: {', '.join(MIN_TLS_VERSIONS)}"
+            " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
+        )
+    return value
 
 
 def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:

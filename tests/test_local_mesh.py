@@ -25,7 +25,7 @@ from local_helpers import needs_local_mesh, traces_of
 
 from pytest_meshconform.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
 from pytest_meshconform.local.backend import ENVOY_DRAIN_TIME_S, LocalMesh
-from pytest_meshconform.mesh import MeshError, Workload
+from pytest_meshconform.mesh import LogPositions, MeshError, Workload
 from pytest_meshconform.policy import destination_rule, peer_authentication
 from pytest_meshconform.wire import analyze_pcap
 from pytest_meshconform.xfcc import parse_xfcc
@@ -579,6 +579,9 @@ def test_logs_since_hold_only_the_window(mesh: LocalMesh) -> None:
     were taken, and none of the lines before."""
     sleep, httpbin = w(mesh, "sleep", "foo"), w(mesh, "httpbin", "foo")
     assert curl(mesh, sleep, "http://httpbin.foo:8000/status/201") == (0, "201")
+    # The 201 line must be in the file before the positions are taken (Envoy flushes its access
+    # log asynchronously; under load the line can land after the request returned).
+    poll_access_log(mesh, httpbin, LogPositions(at=0.0), "/status/201")  # whole file
     positions = mesh.log_positions()
     assert curl(mesh, sleep, "http://httpbin.foo:8000/status/202") == (0, "202")
     window = poll_access_log(mesh, httpbin, positions, "/status/202")

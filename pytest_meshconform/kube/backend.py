@@ -353,6 +353,11 @@ class KubeMesh:
         return self.mesh_config.trust_domain
 
     @property
+    def min_tls_version(self) -> str:
+        """meshConfig.meshMTLS.minProtocolVersion of istiod's mesh config (MeshMtlsAware)."""
+        return self.mesh_config.min_tls_version
+
+    @property
     def root_namespace(self) -> str:
         return self.mesh_config.root_namespace
 

@@ -26,6 +26,7 @@ def _preflight(config: pytest.Config, settings: MeshSettings) -> None:
 
 
 def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> Mesh:
+    from ..istio.tls import parse_min_protocol_version
     from .backend import LocalMesh
     from .control import Faults
 
@@ -34,6 +35,7 @@ def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> 
         faults=Faults.parse(settings.faults),
         keep=settings.keep,
         progress=progress,
+        min_tls_version=parse_min_protocol_version(settings.min_tls_version),
     ).start()
 
 

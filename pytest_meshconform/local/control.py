@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..istio import authorization_for, plan_mesh
+from ..istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
 from ..policy import MtlsMode, Policy
 from ..settings import FAULT_NAMES
 from .topology import TRUST_DOMAIN, Topology
@@ -28,6 +29,8 @@ class Faults:
     no_xfcc: bool = False  # inbound HCM does not set X-Forwarded-Client-Cert
     no_rotation: bool = False  # the agent never rotates certificates
     wrong_spiffe_id: bool = False  # workload certs name another service account
+    tls10_allowed: bool = False  # inbound mTLS accepts TLS 1.0 (and a CBC suite it needs)
+    client_cert_optional: bool = False  # inbound mTLS does not require a client certificate
     authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
 
     NAMES = FAULT_NAMES
@@ -49,11 +52,19 @@ def plan_sidecars(
     policies: Iterable[Policy],
     root_namespace: str,
     faults: Faults | None = None,
+    min_tls_version: MinProtocolVersion = "TLS_AUTO",
 ) -> Mapping[str, SidecarPlan]:
     """Each sidecar's plan: the Istio model's expectations for the topology, towards each
-    Service's (single) endpoint, with the test-only faults applied on top."""
+    Service's (single) endpoint, with the test-only faults applied on top.
+
+    ``min_tls_version`` is the mesh's ``meshConfig.meshMTLS.minProtocolVersion``."""
     faults = faults or Faults()
     policies = tuple(policies)
+    inbound_tls = inbound_tls_params(min_tls_version)
+    if faults.tls10_allowed:  # a TLS 1.0 handshake also needs a suite TLS 1.0 has (CBC)
+        inbound_tls = TlsParams(
+            "TLSv1_0", inbound_tls.maximum, (*inbound_tls.cipher_suites, "ECDHE-RSA-AES128-SHA")
+        )
     models = plan_mesh(
         [pod.workload for pod in topology.pods],
         [entry.service for entry in topology.services],
@@ -90,6 +101,8 @@ def plan_sidecars(
             },
             services=topology.services,
             set_xfcc=not faults.no_xfcc,
+            inbound_tls=inbound_tls,
+            require_client_certificate=not faults.client_cert_optional,
             http_rbac=tuple(http_rbac),
             tcp_rbac=tuple(tcp_rbac),
         )
