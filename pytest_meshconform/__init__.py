@@ -102,6 +102,10 @@ _EXPORTS: dict[str, str] = {
     "ObservedTable": "observations",
     "Observations": "observations",
     "LogPositions": "mesh",
+    # audit.py / service_ports.py: every Service port, its predicted mode (meshconform audit)
+    "ServicePort": "audit",
+    "discover_service_ports": "audit",
+    "ServicePortLister": "service_ports",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -117,6 +121,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
+    from .audit import (
+        ServicePort as ServicePort,
+        discover_service_ports as discover_service_ports,
+    )
     from .certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
@@ -189,6 +197,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
+    from .service_ports import ServicePortLister as ServicePortLister
     from .settings import MeshSettings as MeshSettings
     from .waiting import WaitTimeout as WaitTimeout, poll as poll
     from .wire import (

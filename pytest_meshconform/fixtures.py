@@ -325,9 +325,22 @@ class WorkloadLookup:
         self._mesh = mesh
         self._evidence = evidence
 
-    def __call__(self, name: str, namespace: str) -> WorkloadHandle:
-        """Any workload of the topology; the namespace as the suites spell it (`foo`)."""
+    def __call__(
+        self, name: str, namespace: str, *, skip_if_missing: bool = False
+    ) -> WorkloadHandle:
+        """Any workload of the topology; the namespace as the suites spell it (`foo`).
+
+        With ``skip_if_missing=True`` a workload the mesh's topology lacks (a
+        ``--mesh-topology`` without it) skips the test, naming it, instead of failing.
+        """
         __tracebackhide__ = True
+        if skip_if_missing and not any(
+            w.name == name and self._mesh.logical_namespace(w.namespace) == namespace
+            for w in self._mesh.workloads()
+        ):
+            pytest.skip(
+                f"the mesh's topology has no workload {name}.{namespace}, which this test needs"
+            )
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
 
 
@@ -349,20 +362,21 @@ def workload(mesh: Mesh, request: pytest.FixtureRequest) -> WorkloadLookup:
 
 @pytest.fixture
 def sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client with a sidecar (namespace foo)."""
-    return workload("sleep", "foo")
+    """The curl client with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("sleep", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def httpbin(workload: WorkloadLookup) -> WorkloadHandle:
-    """The httpbin server with a sidecar (namespace foo)."""
-    return workload("httpbin", "foo")
+    """The httpbin server with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("httpbin", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def naked_sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client without a sidecar (namespace legacy)."""
-    return workload("sleep", "legacy")
+    """The curl client without a sidecar (namespace legacy); skips when the topology lacks
+    it."""
+    return workload("sleep", "legacy", skip_if_missing=True)
 
 
 # -- policies --------------------------------------------------------------------------------------

@@ -70,17 +70,33 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A Kubernetes Service in front of one workload (port -> targetPort)."""
+    """One port of a Kubernetes Service (port -> targetPort); a Service with several ports is
+    one `Service` per port, same name and namespace.
+
+    ``port_name`` and ``app_protocol`` are the port's ``name`` and ``appProtocol``, from which
+    Istio selects the protocol (`pytest_meshconform.istio.protocol_of`); the default is a
+    port named ``http``, as the built-in `httpbin` Service's.
+    """
 
     name: str
     namespace: str
     port: int
     target_port: int
     selector_app: str  # the Service's `app` selector: its endpoints (istio.plan.endpoints_of)
+    port_name: str = "http"
+    app_protocol: str | None = None
+    # the Service's full selector as (label, value) pairs, when it selects by more than `app`
+    # (a cluster's own Services); empty: the `app` selector alone
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def fqdn(self) -> str:
         return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+    @property
+    def key(self) -> str:
+        """`name.namespace:port`, how the audit names a Service port."""
+        return f"{self.name}.{self.namespace}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,22 +68,6 @@ FAULTS = [
         id="wrong-spiffe-id",
     ),
     pytest.param(
-        "authz-ignores-principals",
-        ["test_authorization.py"],
-        {
-            "test_authorization[allow only sleep.foo's principal]": (
-                "sleep.legacy GET /headers: expected 403 RBAC: sleep.legacy ->"
-                " http://httpbin.foo:8000/headers: HTTP 200"
-            ),
-            "test_authorization[principal ALLOW under PERMISSIVE refuses plaintext]": (
-                "authorization of httpbin.foo under 'principal ALLOW under PERMISSIVE refuses"
-                " plaintext'"
-            ),
-            "test_authorization[namespace isolation: only foo]": "differs from Istio's",
-        },
-        id="authz-ignores-principals",
-    ),
-    pytest.param(
         "tls10-allowed",
         ["test_posture.py"],
         {
@@ -105,6 +89,22 @@ FAULTS = [
             ),
         },
         id="client-cert-optional",
+    ),
+    pytest.param(
+        "authz-ignores-principals",
+        ["test_authorization.py"],
+        {
+            "test_authorization[allow only sleep.foo's principal]": (
+                "sleep.legacy GET /headers: expected 403 RBAC: sleep.legacy ->"
+                " http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_authorization[principal ALLOW under PERMISSIVE refuses plaintext]": (
+                "authorization of httpbin.foo under 'principal ALLOW under PERMISSIVE refuses"
+                " plaintext'"
+            ),
+            "test_authorization[namespace isolation: only foo]": "differs from Istio's",
+        },
+        id="authz-ignores-principals",
     ),
     pytest.param(
         "no-rotation",

@@ -26,6 +26,7 @@ from .cluster import (
     ISTIO_MTLS_HTTP10_ALPN,
     ISTIO_MTLS_HTTP11_ALPN,
     Upstream,
+    istio_mutual_alpn,
     istio_sni,
     outbound_cluster_name,
     upstream,
@@ -39,15 +40,24 @@ from .destination_rule import (
     port_traffic_policy,
 )
 from .peer_authentication import effective_mtls_mode, service_mtls_mode
-from .plan import Sidecar, endpoints_of, plan_mesh, plan_sidecar
+from .plan import Sidecar, endpoints_of, inbound_protocols, plan_mesh, plan_sidecar
+from .protocol import (
+    WELL_KNOWN_TCP_PORTS,
+    PortProtocol,
+    parse_protocol,
+    protocol_of,
+    service_port_protocol,
+)
 
 __all__ = [
     "ALPN_IN_MESH_WITH_MXC",
     "ISTIO_MTLS_HTTP2_ALPN",
     "ISTIO_MTLS_HTTP10_ALPN",
     "ISTIO_MTLS_HTTP11_ALPN",
+    "WELL_KNOWN_TCP_PORTS",
     "Authorization",
     "PortPolicy",
+    "PortProtocol",
     "RbacFilter",
     "Sidecar",
     "Upstream",
@@ -58,13 +68,18 @@ __all__ = [
     "destination_rule_for",
     "effective_mtls_mode",
     "endpoints_of",
+    "inbound_protocols",
+    "istio_mutual_alpn",
     "istio_sni",
     "max_requests_per_connection",
     "outbound_cluster_name",
+    "parse_protocol",
     "plan_mesh",
     "plan_sidecar",
     "port_traffic_policy",
+    "protocol_of",
     "rbac_policy_name",
     "service_mtls_mode",
+    "service_port_protocol",
     "upstream",
 ]

@@ -773,18 +773,20 @@ class LocalMesh:
             )
 
     def _start_apps(self) -> None:
-        """Hand every httpbin pod to the launcher; it forks one app per pod once imported."""
+        """Hand every serving pod (httpbin, tcp-echo) to the launcher; it forks one app per pod
+        once httpbin is imported, listening on each container port."""
         launcher = self._launcher
         assert launcher is not None and launcher.stdin is not None
         specs = []
         for runtime in self._pods.values():
             if runtime.serves_app:
-                port = runtime.pod.workload.container_ports[0]
+                ports = runtime.pod.workload.container_ports
                 specs.append(
                     {
                         "key": runtime.key,
+                        "kind": runtime.pod.app_kind,
                         "netns": runtime.netns,
-                        "listen": f"0.0.0.0:{port}",
+                        "listen": " ".join(f"0.0.0.0:{port}" for port in ports),
                         "log": str(runtime.directory / "app.log"),
                         "pdeathsig": not self.keep,
                     }

@@ -55,7 +55,7 @@ def plan_sidecars(
     min_tls_version: MinProtocolVersion = "TLS_AUTO",
 ) -> Mapping[str, SidecarPlan]:
     """Each sidecar's plan: the Istio model's expectations for the topology, towards each
-    Service's (single) endpoint, with the test-only faults applied on top.
+    Service port's (single) endpoint, with the test-only faults applied on top.
 
     ``min_tls_version`` is the mesh's ``meshConfig.meshMTLS.minProtocolVersion``."""
     faults = faults or Faults()
@@ -105,6 +105,9 @@ def plan_sidecars(
             require_client_certificate=not faults.client_cert_optional,
             http_rbac=tuple(http_rbac),
             tcp_rbac=tuple(tcp_rbac),
+            tcp_ports=frozenset(
+                port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
+            ),
         )
     return plans
 
