@@ -30,7 +30,7 @@ from .istio.peer_authentication import effective_mtls_mode
 from .istio.plan import endpoints_of, plan_sidecar
 from .istio.protocol import PortProtocol, protocol_of
 from .mesh import Mesh, MeshError, MeshInfo, Service, Workload
-from .policy import DestinationRule, PeerAuthentication, Policy, PolicyError, parse_policies
+from .policy import PeerAuthentication, Policy, PolicyError, parse_policies
 from .wire import CaptureError, analyze_pcap
 
 __all__ = [
@@ -121,10 +121,10 @@ class ServicePort:
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
     parsed: list[Policy] = []
     for item in policies:
-        if isinstance(item, PeerAuthentication | DestinationRule):
-            parsed.append(item)
-        else:
+        if isinstance(item, Mapping):
             parsed.extend(parse_policies(item))
+        else:
+            parsed.append(item)
     return parsed
 
 

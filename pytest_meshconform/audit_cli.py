@@ -113,16 +113,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit the parsed arguments describe; returns the exit status."""
-    from .fixtures import _teardown_on_sigterm
+    from . import signals
 
-    restore = _teardown_on_sigterm()  # SIGTERM tears the mesh / namespace down like Ctrl-C
+    owner = signals.acquire()  # SIGTERM/SIGHUP tear the mesh / namespace down like Ctrl-C
     try:
         return _run(args)
     except _Usage as exc:
         print(f"meshconform audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        restore()
+        signals.release(owner)
 
 
 def _progress(line: str) -> None:

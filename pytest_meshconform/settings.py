@@ -26,6 +26,7 @@ __all__ = [
     "FAULT_NAMES",
     "HUMAN_REPORT_SUFFIXES",
     "MAX_CERT_TTL",
+    "MIN_TLS_VERSIONS",
     "REPORT_SUFFIXES",
     "ClusterKind",
     "MeshSettings",
@@ -58,8 +59,21 @@ REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
 # Human-readable reports (report_render.py): a self-contained HTML page, Markdown.
 HUMAN_REPORT_SUFFIXES: Final[tuple[str, ...]] = (".html", ".htm", ".md")
 
-FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+FAULT_NAMES: Final = (
+    "strict-as-permissive",
+    "no-xfcc",
+    "no-rotation",
+    "wrong-spiffe-id",
+    "tls10-allowed",
+    "client-cert-optional",
+    "authz-ignores-principals",
+)
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
+
+# meshConfig.meshMTLS.minProtocolVersion values (MeshConfig.TLSConfig.TLSProtocol); the same
+# tuple as `istio.tls.MIN_PROTOCOL_VERSIONS` (a test checks), kept here so that resolving the
+# settings imports nothing of the model.
+MIN_TLS_VERSIONS: Final[tuple[str, ...]] = ("TLS_AUTO", "TLSV1_2", "TLSV1_3")
 
 # Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.
 _DURATION_UNIT_SECONDS: Final[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
@@ -79,6 +93,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
     "topology": "--mesh-topology",
+    "min_tls_version": "--mesh-min-tls-version",
 }
 
 
@@ -167,6 +182,7 @@ class OptionLayer:
     faults: tuple[str, ...] = ()
     topology: str | None = None
     more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
+    min_tls_version: str | None = None
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -190,6 +206,9 @@ class MeshSettings:
     topology: Path | None = None  # the local mesh's topology file; None = the built-in one
     # Every other --mesh-report: HTML and Markdown renderings, further YAML/JSON copies.
     extra_reports: tuple[Path, ...] = ()
+    # the local mesh's meshConfig.meshMTLS.minProtocolVersion; None: TLS_AUTO (kube backends
+    # read it from istiod's mesh config instead)
+    min_tls_version: str | None = None
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -228,6 +247,7 @@ class MeshSettings:
             faults=tuple(config.getoption("mesh_fault") or ()),
             topology=config.getoption("mesh_topology"),
             more_reports=reports[1:],
+            min_tls_version=config.getoption("mesh_min_tls_version"),
         )
         ini = OptionLayer(
             origin="ini",
@@ -240,6 +260,7 @@ class MeshSettings:
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
             topology=ini_text("mesh_topology"),
+            min_tls_version=ini_text("mesh_min_tls_version"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -275,6 +296,15 @@ class MeshSettings:
             )
         keep = cli.keep if cli.keep is not None else ini.keep
         report, extra_reports = _pick_reports(cli, ini)
+        min_tls = _pick(cli, ini, "min_tls_version", _parse_min_tls_version)
+        cluster = cluster_pick[1] if cluster_pick is not None else "local"
+        if min_tls is not None and cluster != "local":
+            raise SettingsError(
+                f"{min_tls[0].describe('min_tls_version')} applies to the local mesh only; on"
+                f" --mesh-cluster={cluster} meshconform reads meshMTLS.minProtocolVersion from"
+                " istiod's mesh config (set it there, e.g. istioctl install --set"
+                " meshConfig.meshMTLS.minProtocolVersion=TLSV1_3)"
+            )
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,
@@ -286,6 +316,7 @@ class MeshSettings:
             faults=_parse_faults(cli.faults),
             topology=_value(topology_pick),
             extra_reports=extra_reports,
+            min_tls_version=_value(min_tls),
         )
 
     def header_lines(self) -> list[str]:
@@ -298,6 +329,8 @@ class MeshSettings:
         first.append(f"keep={'yes' if self.keep else 'no'}")
         if self.topology is not None:
             first.append(f"topology={self.topology}")
+        if self.min_tls_version is not None:
+            first.append(f"min-tls-version={self.min_tls_version}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -402,6 +435,15 @@ def _parse_topology(value: str, layer: OptionLayer) -> Path:
     if not path.is_file():
         raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
     return path
+
+
+def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
+    if value not in MIN_TLS_VERSIONS:
+        raise ValueError(
+            f"invalid value {value!r}; accepted values: {', '.join(MIN_TLS_VERSIONS)}"
+            " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
+        )
+    return value
 
 
 def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -5,12 +5,21 @@ Workloads, Services and the PeerAuthentications / DestinationRules in force go i
 container port and, per (Service, port), the outbound cluster: TLS mode or auto mTLS, SNI, SANs,
 ALPN, ``maxRequestsPerConnection``. The local mesh renders Envoy config from it
 (``pytest_meshconform.local``); the kube backend checks each sidecar's ``/config_dump`` against
-it (``pytest_meshconform.kube.envoystate``). Every rule names the istiod function it
-reproduces; docs/istio-model.md lists them.
+it (``pytest_meshconform.kube.envoystate``). AuthorizationPolicies go through
+:func:`authorization_for`: the policies that apply to a workload and the Envoy RBAC filters
+istiod's authz builder makes for its sidecar (``kube.authzstate`` checks real sidecars against
+them). Every rule names the istiod function it reproduces; docs/istio-model.md lists them.
 """
 
 from __future__ import annotations
 
+from .authorization import (
+    Authorization,
+    RbacFilter,
+    authorization_for,
+    authorization_policies_for,
+    rbac_policy_name,
+)
 from .cluster import (
     ALPN_IN_MESH_WITH_MXC,
     ISTIO_MTLS_HTTP2_ALPN,
@@ -46,10 +55,14 @@ __all__ = [
     "ISTIO_MTLS_HTTP10_ALPN",
     "ISTIO_MTLS_HTTP11_ALPN",
     "WELL_KNOWN_TCP_PORTS",
+    "Authorization",
     "PortPolicy",
     "PortProtocol",
+    "RbacFilter",
     "Sidecar",
     "Upstream",
+    "authorization_for",
+    "authorization_policies_for",
     "client_tls_mode",
     "client_tls_settings",
     "destination_rule_for",
@@ -65,6 +78,7 @@ __all__ = [
     "plan_sidecar",
     "port_traffic_policy",
     "protocol_of",
+    "rbac_policy_name",
     "service_mtls_mode",
     "service_port_protocol",
     "upstream",

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..mesh import Service, Workload
-from ..policy import DestinationRule, MtlsMode, PeerAuthentication, Policy, PolicyError
+from ..policy import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MtlsMode,
+    PeerAuthentication,
+    Policy,
+    PolicyError,
+)
 from .cluster import Upstream, upstream
 from .destination_rule import destination_rule_for
 from .peer_authentication import effective_mtls_mode
@@ -78,7 +85,7 @@ def plan_sidecar(
         raise PolicyError(f"{client.key} has no sidecar: nothing to plan")
     policies = tuple(policies)
     for policy in policies:
-        if not isinstance(policy, PeerAuthentication | DestinationRule):
+        if not isinstance(policy, PeerAuthentication | DestinationRule | AuthorizationPolicy):
             raise PolicyError(f"not a policy: {policy!r}")
     peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
     rules = [p for p in policies if isinstance(p, DestinationRule)]

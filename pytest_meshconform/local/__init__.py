@@ -43,6 +43,7 @@ def _preflight(config: pytest.Config, settings: MeshSettings) -> None:
 
 
 def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> Mesh:
+    from ..istio.tls import parse_min_protocol_version
     from .backend import LocalMesh
     from .control import Faults
 
@@ -52,6 +53,7 @@ def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> 
         keep=settings.keep,
         progress=progress,
         topology=_topology(settings),
+        min_tls_version=parse_min_protocol_version(settings.min_tls_version),
     ).start()
 
 
