@@ -92,8 +92,8 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "report": "--mesh-report",
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
-    "topology": "--mesh-topology",
     "min_tls_version": "--mesh-min-tls-version",
+    "topology": "--mesh-topology",
 }
 
 
@@ -259,8 +259,8 @@ class MeshSettings:
             report=ini_text("mesh_report"),
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
-            topology=ini_text("mesh_topology"),
             min_tls_version=ini_text("mesh_min_tls_version"),
+            topology=ini_text("mesh_topology"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -297,7 +297,6 @@ class MeshSettings:
         keep = cli.keep if cli.keep is not None else ini.keep
         report, extra_reports = _pick_reports(cli, ini)
         min_tls = _pick(cli, ini, "min_tls_version", _parse_min_tls_version)
-        cluster = cluster_pick[1] if cluster_pick is not None else "local"
         if min_tls is not None and cluster != "local":
             raise SettingsError(
                 f"{min_tls[0].describe('min_tls_version')} applies to the local mesh only; on"
@@ -327,10 +326,10 @@ class MeshSettings:
             first.append(f"kube-context={self.kube_context}{unused}")
         first.append(f"cert-ttl={format_duration(self.cert_ttl)}")
         first.append(f"keep={'yes' if self.keep else 'no'}")
-        if self.topology is not None:
-            first.append(f"topology={self.topology}")
         if self.min_tls_version is not None:
             first.append(f"min-tls-version={self.min_tls_version}")
+        if self.topology is not None:
+            first.append(f"topology={self.topology}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -430,13 +429,6 @@ def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     return path
 
 
-def _parse_topology(value: str, layer: OptionLayer) -> Path:
-    path = _parse_path(value, layer)
-    if not path.is_file():
-        raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
-    return path
-
-
 def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
     if value not in MIN_TLS_VERSIONS:
         raise ValueError(
@@ -444,6 +436,13 @@ def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
             " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
         )
     return value
+
+
+def _parse_topology(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if not path.is_file():
+        raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
+    return path
 
 
 def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -52,8 +52,8 @@ def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> 
         faults=Faults.parse(settings.faults),
         keep=settings.keep,
         progress=progress,
-        topology=_topology(settings),
         min_tls_version=parse_min_protocol_version(settings.min_tls_version),
+        topology=_topology(settings),
     ).start()
 
 

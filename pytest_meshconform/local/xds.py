@@ -320,14 +320,13 @@ def outbound_cluster_name(fqdn: str, port: int) -> str:
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     chains: list[dict[str, Any]] = []
     for port in sorted(plan.inbound_modes):
-        filters: list[dict[str, Any]]
-        if port in plan.tcp_ports:  # a TCP Service port: network RBAC, then a TCP proxy
-            filters = [
-                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),
+        if port in plan.tcp_ports:
+            app = [
+                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
                 _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
             ]
         else:
-            filters = [
+            app = [
                 {
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": _hcm(
@@ -340,7 +339,7 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                 }
             ]
         chains += _inbound_chains(
-            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, filters
+            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, app
         )
     passthrough = [
         *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
