@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "tunnels_over_hbone": "mesh",
     "MeshMtlsAware": "mesh",
     "mesh_min_tls_version": "mesh",
+    "SidecarDied": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
     "mesh_settings_key": "plugin",
     "MeshSettings": "settings",
@@ -153,6 +154,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         MeshWideNotAllowed as MeshWideNotAllowed,
         PropagationTimeout as PropagationTimeout,
         Service as Service,
+        SidecarDied as SidecarDied,
         Workload as Workload,
         mesh_min_tls_version as mesh_min_tls_version,
         tunnels_over_hbone as tunnels_over_hbone,

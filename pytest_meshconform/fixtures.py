@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from . import signals
 from .backends import Progress, backend_for
 from .evidence import Evidence, evidence_of
 from .http import HttpError, HttpResult, curl_argv, header_from_httpbin, parse_curl_output
@@ -140,47 +140,35 @@ def pytest_collection_modifyitems(
 
 @pytest.fixture(scope="session")
 def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
-    """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run."""
+    """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run.
+
+    From before the backend creates anything until it is closed, SIGTERM and SIGHUP (a CI
+    job's timeout, a closed terminal) end the run like Ctrl-C does, so the mesh is torn down
+    instead of left for the next run to sweep (`signals`).
+    """
     started = time.monotonic()
     settings = request.config.stash[mesh_settings_key]
+    owner = signals.acquire()
     try:
-        opened = backend_for(settings.cluster).open(
-            request.config, settings, _progress(request.config)
-        )
-    except MeshUnavailable as exc:
-        pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    from .report import mesh_info_key
-
-    request.config.stash[mesh_info_key] = MeshInfo.of(opened)
-    request.config.stash[_mesh_key] = opened
-    _progress(request.config)(f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s")
-    restore = _teardown_on_sigterm()
-    try:
-        yield opened
-    finally:
         try:
-            opened.close()
+            opened = backend_for(settings.cluster).open(
+                request.config, settings, _progress(request.config)
+            )
+        except MeshUnavailable as exc:
+            pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        from .report import mesh_info_key
+
+        request.config.stash[mesh_info_key] = MeshInfo.of(opened)
+        request.config.stash[_mesh_key] = opened
+        _progress(request.config)(
+            f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s"
+        )
+        try:
+            yield opened
         finally:
-            restore()
-
-
-def _teardown_on_sigterm() -> Callable[[], None]:
-    """Make SIGTERM (a CI job's timeout, `kill`) end the run like Ctrl-C does, so the mesh is
-    torn down instead of left for the next run to sweep. Only when nobody else handles it."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return lambda: None
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM: tearing the mesh down")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return restore
+            opened.close()
+    finally:
+        signals.release(owner)
 
 
 _mesh_key: Final = pytest.StashKey[Mesh]()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -234,6 +235,65 @@ def mesh_min_tls_version(mesh: Mesh) -> str:
     """The ``meshMTLS.minProtocolVersion`` in force: the backend's, or ``TLS_AUTO`` (Istio's
     default, TLS 1.2) for a backend that does not say."""
     return mesh.min_tls_version if isinstance(mesh, MeshMtlsAware) else "TLS_AUTO"
+
+
+class SidecarDied(MeshError):
+    """A process of the mesh itself (a sidecar's Envoy, an app) exited, was stopped or stopped
+    answering: the run's infrastructure broke, so what a test saw since is no evidence about the
+    mesh's behaviour. Such a test ends as an error (not a failure) naming the process and its
+    exit status, marked `infrastructure` in reports; `meshconform diff` keeps it apart from
+    conformance regressions."""
+
+    def __init__(
+        self,
+        workload: str,
+        process: str,
+        pid: int | None,
+        what: str,
+        *,
+        exit_status: int | None = None,
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> None:
+        self.workload = workload  # "httpbin.foo"
+        self.process = process  # "Envoy", "app"
+        self.pid = pid
+        self.what = what  # "was killed by SIGKILL (exit status -9)", "is stopped (SIGSTOP)"...
+        self.exit_status = exit_status  # as Popen reports it (-N: killed by signal N)
+        self.detail = detail  # the end of its log
+        self.at = at or datetime.now(UTC)
+        when = self.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        pid_text = f"pid {pid}, " if pid is not None else ""
+        super().__init__(
+            f"{process} of {workload} {what}: {pid_text}at {when}; {detail or 'no log'}"
+        )
+
+    def again(self) -> SidecarDied:
+        """The same failure as a fresh exception (each test raises its own)."""
+        return SidecarDied(
+            self.workload,
+            self.process,
+            self.pid,
+            self.what,
+            exit_status=self.exit_status,
+            detail=self.detail,
+            at=self.at,
+        )
+
+
+@runtime_checkable
+class HealthAware(Protocol):
+    """A backend that watches its own processes (the local mesh); kept apart from `Mesh`."""
+
+    def health_problems(self) -> Sequence[SidecarDied]:
+        """Each process of the mesh that died, was stopped or stopped answering (first seen
+        first); empty while the mesh is healthy or not running."""
+        ...
+
+
+def health_problems(mesh: Mesh) -> Sequence[SidecarDied]:
+    """What broke in the mesh's own processes so far (nothing for a backend that cannot tell)."""
+    return mesh.health_problems() if isinstance(mesh, HealthAware) else ()
 
 
 class MeshWideNotAllowed(MeshError):

@@ -141,6 +141,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import fixtures  # cheap: fixture bodies import the backends they need
 
     config.pluginmanager.register(fixtures, "meshconform-fixtures")
+    from . import health  # a broken mesh's tests end as infrastructure errors
+
+    config.pluginmanager.register(health, "meshconform-health")
     report.configure(config)
     from . import report_render
 

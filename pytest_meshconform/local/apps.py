@@ -52,7 +52,7 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
             os._exit(1)
-    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # evidence: root only
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
