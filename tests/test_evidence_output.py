@@ -6,7 +6,7 @@ One real run on the local mesh serves every test here: a passing test that leave
 lines before the failing one starts, a test that fails because the mesh is broken on purpose
 (`--mesh-fault=strict-as-permissive`: STRICT lets plaintext through), and the built-in
 reachability suite's 'namespace foo STRICT' case, whose matrix that fault breaks in one cell,
-and the rotation suite (30 s certificates), whose rotation the HTML draws.
+and the rotation suite (10 s certificates), whose rotation the HTML draws.
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidenc
 def test_the_markdown_report_reads_the_same(run: Run) -> None:
     text = (run.directory / "r.md").read_text()
     assert text.startswith("# meshconform conformance report: ❌ failure\n")
-    assert "| Settings | cluster=local cert-ttl=30s keep=no |" in text
+    assert "| Settings | cluster=local cert-ttl=10s keep=no |" in text
     assert "> **Warning:** test-only faults were injected (strict-as-permissive)" in text
     assert (
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
