@@ -116,6 +116,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " ini: mesh_min_tls_version.",
     )
     group.addoption(
+        "--mesh-topology",
+        default=None,
+        metavar="PATH",
+        help="The local mesh's topology: a YAML file of namespaces, workloads and Services"
+        " (docs/topology.md); default the built-in foo/bar/legacy one. ini: mesh_topology.",
+    )
+    group.addoption(
         "--mesh-fault",
         action="append",
         default=None,
@@ -130,6 +137,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
     parser.addini("mesh_baseline", "previous conformance report to compare against")
     parser.addini("mesh_min_tls_version", "local mesh meshMTLS.minProtocolVersion: TLSV1_3, ...")
+    parser.addini("mesh_topology", "the local mesh's topology file (YAML), ini-relative")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -144,6 +152,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import health  # a broken mesh's tests end as infrastructure errors
 
     config.pluginmanager.register(health, "meshconform-health")
+    from . import service_ports
+
+    config.pluginmanager.register(service_ports, "meshconform-service-ports")
     report.configure(config)
     from . import report_render
 

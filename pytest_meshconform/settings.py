@@ -66,6 +66,7 @@ FAULT_NAMES: Final = (
     "wrong-spiffe-id",
     "tls10-allowed",
     "client-cert-optional",
+    "authz-ignores-principals",
 )
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 
@@ -92,6 +93,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
     "min_tls_version": "--mesh-min-tls-version",
+    "topology": "--mesh-topology",
 }
 
 
@@ -178,6 +180,7 @@ class OptionLayer:
     artifacts: str | None = None
     baseline: str | None = None
     faults: tuple[str, ...] = ()
+    topology: str | None = None
     more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
     min_tls_version: str | None = None
 
@@ -200,6 +203,7 @@ class MeshSettings:
     artifacts: Path | None = None
     baseline: Path | None = None  # a previous report to compare this run against
     faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
+    topology: Path | None = None  # the local mesh's topology file; None = the built-in one
     # Every other --mesh-report: HTML and Markdown renderings, further YAML/JSON copies.
     extra_reports: tuple[Path, ...] = ()
     # the local mesh's meshConfig.meshMTLS.minProtocolVersion; None: TLS_AUTO (kube backends
@@ -241,6 +245,7 @@ class MeshSettings:
             artifacts=config.getoption("mesh_artifacts"),
             baseline=config.getoption("mesh_baseline"),
             faults=tuple(config.getoption("mesh_fault") or ()),
+            topology=config.getoption("mesh_topology"),
             more_reports=reports[1:],
             min_tls_version=config.getoption("mesh_min_tls_version"),
         )
@@ -255,6 +260,7 @@ class MeshSettings:
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
             min_tls_version=ini_text("mesh_min_tls_version"),
+            topology=ini_text("mesh_topology"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -281,10 +287,16 @@ class MeshSettings:
                 " 'current' for the kubeconfig's current context"
             )
         cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
+        topology_pick = _pick(cli, ini, "topology", _parse_topology)
+        cluster = cluster_pick[1] if cluster_pick is not None else "local"
+        if topology_pick is not None and cluster != "local":
+            raise SettingsError(
+                f"{topology_pick[0].describe('topology')}: a topology file describes the local"
+                f" mesh only; --mesh-cluster={cluster} tests the workloads the run deploys"
+            )
         keep = cli.keep if cli.keep is not None else ini.keep
         report, extra_reports = _pick_reports(cli, ini)
         min_tls = _pick(cli, ini, "min_tls_version", _parse_min_tls_version)
-        cluster = cluster_pick[1] if cluster_pick is not None else "local"
         if min_tls is not None and cluster != "local":
             raise SettingsError(
                 f"{min_tls[0].describe('min_tls_version')} applies to the local mesh only; on"
@@ -301,6 +313,7 @@ class MeshSettings:
             artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
             baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
             faults=_parse_faults(cli.faults),
+            topology=_value(topology_pick),
             extra_reports=extra_reports,
             min_tls_version=_value(min_tls),
         )
@@ -315,6 +328,8 @@ class MeshSettings:
         first.append(f"keep={'yes' if self.keep else 'no'}")
         if self.min_tls_version is not None:
             first.append(f"min-tls-version={self.min_tls_version}")
+        if self.topology is not None:
+            first.append(f"topology={self.topology}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -421,6 +436,13 @@ def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
             " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
         )
     return value
+
+
+def _parse_topology(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if not path.is_file():
+        raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
+    return path
 
 
 def _parse_faults(names: tuple[str, ...]) -> tuple[str, ...]:

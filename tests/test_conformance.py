@@ -19,7 +19,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "-v", str(CONFORMANCE))
-    result.assert_outcomes(passed=27)
+    result.assert_outcomes(passed=40)
     # The full 3x3 reachability matrix ran under every policy the local-mesh issue names.
     ran = result.stdout.str()
     for case in (
@@ -89,6 +89,22 @@ FAULTS = [
             ),
         },
         id="client-cert-optional",
+    ),
+    pytest.param(
+        "authz-ignores-principals",
+        ["test_authorization.py"],
+        {
+            "test_authorization[allow only sleep.foo's principal]": (
+                "sleep.legacy GET /headers: expected 403 RBAC: sleep.legacy ->"
+                " http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_authorization[principal ALLOW under PERMISSIVE refuses plaintext]": (
+                "authorization of httpbin.foo under 'principal ALLOW under PERMISSIVE refuses"
+                " plaintext'"
+            ),
+            "test_authorization[namespace isolation: only foo]": "differs from Istio's",
+        },
+        id="authz-ignores-principals",
     ),
     pytest.param(
         "no-rotation",

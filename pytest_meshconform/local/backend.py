@@ -79,7 +79,10 @@ from .topology import (
 )
 
 Progress = Callable[[str], None]
-ENVOY_DRAIN_TIME_S = 1  # a mode switch reaches kept-alive connections within a second
+# Filter chains replaced by a policy change drain at once: kept-alive connections (the client
+# sidecars' pooled mTLS connections) must not go on being served by the old chain's RBAC or
+# mode; `apply` also waits until no replaced chain is draining (see _version_problems).
+ENVOY_DRAIN_TIME_S = 0
 ENVOY_CONCURRENCY = 1  # one worker: each listener (re)build is acknowledged once
 ENVOY_FILE_FLUSH_MS = 200  # access logs reach the disk (and failure reports) quickly
 READY_DEADLINE_S = 20.0
@@ -104,6 +107,8 @@ _VERSION_STATS = (
     "listener_manager.listener_create_success",
     "listener_manager.listener_create_failure",
     "listener_manager.total_listeners_warming",
+    "listener_manager.total_filter_chains_draining",
+    "listener_manager.total_listeners_draining",
     "cluster_manager.cds.version_text",
     "cluster_manager.cds.update_rejected",
     "cluster_manager.warming_clusters",
@@ -768,18 +773,20 @@ class LocalMesh:
             )
 
     def _start_apps(self) -> None:
-        """Hand every httpbin pod to the launcher; it forks one app per pod once imported."""
+        """Hand every serving pod (httpbin, tcp-echo) to the launcher; it forks one app per pod
+        once httpbin is imported, listening on each container port."""
         launcher = self._launcher
         assert launcher is not None and launcher.stdin is not None
         specs = []
         for runtime in self._pods.values():
             if runtime.serves_app:
-                port = runtime.pod.workload.container_ports[0]
+                ports = runtime.pod.workload.container_ports
                 specs.append(
                     {
                         "key": runtime.key,
+                        "kind": runtime.pod.app_kind,
                         "netns": runtime.netns,
-                        "listen": f"0.0.0.0:{port}",
+                        "listen": " ".join(f"0.0.0.0:{port}" for port in ports),
                         "log": str(runtime.directory / "app.log"),
                         "pdeathsig": not self.keep,
                     }
@@ -1103,6 +1110,10 @@ class LocalMesh:
         warming += number("cluster_manager.warming_clusters")
         if warming:
             problems.append(f"{warming} listeners/clusters warming")
+        draining = number("listener_manager.total_filter_chains_draining")
+        draining += number("listener_manager.total_listeners_draining")
+        if draining:  # old chains or listeners still serve their kept-alive connections
+            problems.append(f"{draining} replaced filter chains/listeners draining")
         # Each added or modified listener is handed to every worker, which acknowledges it.
         wanted = ENVOY_CONCURRENCY * (
             number("listener_manager.listener_added") + number("listener_manager.listener_modified")

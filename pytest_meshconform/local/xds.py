@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..istio import Upstream
+from ..istio import Upstream, protocol_of
 from ..istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
 from ..policy import MtlsMode, TlsMode
 from .topology import (
@@ -78,6 +78,13 @@ class SidecarPlan:
     # the server side of sidecar mTLS (the model's `inbound_tls_params`, or a fault's)
     inbound_tls: TlsParams = field(default_factory=inbound_tls_params)
     require_client_certificate: bool = True  # False only under `client-cert-optional`
+    # The Istio model's RBAC filters (AuthorizationPolicy): HTTP filters for the inbound HTTP
+    # connection managers, network filters for the inbound TCP (passthrough) chains.
+    http_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tcp_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    # container ports whose Service port is TCP (the model's inbound_protocols): a TCP proxy
+    # instead of the HTTP connection manager on their inbound chains
+    tcp_ports: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +216,12 @@ def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
 
 
 def _hcm(
-    stat_prefix: str, route_cluster: str, paths: SidecarPaths, *, set_xfcc: bool
+    stat_prefix: str,
+    route_cluster: str,
+    paths: SidecarPaths,
+    *,
+    set_xfcc: bool,
+    http_filters: tuple[Mapping[str, Any], ...] = (),
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
@@ -232,7 +244,8 @@ def _hcm(
             ],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            *(copy.deepcopy(dict(f)) for f in http_filters),  # RBAC before the router, as istiod
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
     if set_xfcc:
@@ -307,19 +320,31 @@ def outbound_cluster_name(fqdn: str, port: int) -> str:
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     chains: list[dict[str, Any]] = []
     for port in sorted(plan.inbound_modes):
-        hcm = {
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": _hcm(
-                f"inbound_0.0.0.0_{port}",
-                inbound_cluster_name(port),
-                paths,
-                set_xfcc=plan.set_xfcc,
-            ),
-        }
+        if port in plan.tcp_ports:
+            app = [
+                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
+                _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
+            ]
+        else:
+            app = [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _hcm(
+                        f"inbound_0.0.0.0_{port}",
+                        inbound_cluster_name(port),
+                        paths,
+                        set_xfcc=plan.set_xfcc,
+                        http_filters=plan.http_rbac,
+                    ),
+                }
+            ]
         chains += _inbound_chains(
-            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, [hcm]
+            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, app
         )
-    passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
+    passthrough = [
+        *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
+        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+    ]
     chains += _inbound_chains(
         "virtualInbound", None, plan.default_inbound_mode, plan, paths, passthrough
     )
@@ -372,25 +397,20 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         svc = entry.service
         name = f"{entry.vip}_{svc.port}"
         cluster = outbound_cluster_name(svc.fqdn, svc.port)
+        if protocol_of(svc).is_http:
+            outbound_filter = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
+            }
+        else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
+            outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
         result.append(
             {
                 "@type": LISTENER_TYPE,
                 "name": name,
                 "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
                 "bind_to_port": False,
-                "filter_chains": [
-                    {
-                        "name": name,
-                        "filters": [
-                            {
-                                "name": "envoy.filters.network.http_connection_manager",
-                                "typed_config": _hcm(
-                                    f"outbound_{name}", cluster, paths, set_xfcc=False
-                                ),
-                            }
-                        ],
-                    }
-                ],
+                "filter_chains": [{"name": name, "filters": [outbound_filter]}],
             }
         )
     return result
@@ -494,7 +514,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
-        if upstream.max_requests_per_connection is not None:
+        if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
             cluster["typed_extension_protocol_options"] = {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
