@@ -6,7 +6,7 @@ One real run on the local mesh serves every test here: a passing test that leave
 lines before the failing one starts, a test that fails because the mesh is broken on purpose
 (`--mesh-fault=strict-as-permissive`: STRICT lets plaintext through), and the built-in
 reachability suite's 'namespace foo STRICT' case, whose matrix that fault breaks in one cell,
-and the rotation suite (30 s certificates), whose rotation the HTML draws.
+and the rotation suite (10 s certificates), whose rotation the HTML draws.
 """
 
 from __future__ import annotations
