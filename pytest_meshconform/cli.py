@@ -7,6 +7,9 @@ file that no longer collects), 2 bad input (usage, unreadable or malformed repor
 names the file and the field), 3 no regression but infrastructure errors changed (a sidecar
 died in one run: those tests are no evidence either way; run again).
 
+``meshconform audit`` proves every Service port's mTLS from the wire (`audit_cli`): exit 0
+every port conforms, 1 one does not, 2 bad usage.
+
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network
 namespaces, processes, files), as the next run would; exit 0.
 """
@@ -32,8 +35,8 @@ EXIT_INFRASTRUCTURE: Final = 3  # only infrastructure errors differ: no verdict,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshconform",
-        description="Work with meshconform conformance reports (pytest --mesh-report=PATH) and"
-        " clean up after local meshes.",
+        description="Work with meshconform conformance reports (pytest --mesh-report=PATH),"
+        " audit a mesh's Service ports, and clean up after local meshes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("old", metavar="OLD", type=Path, help="the earlier report (.yaml/.yml/.json)")
     diff.add_argument("new", metavar="NEW", type=Path, help="the later report (.yaml/.yml/.json)")
+    from .audit_cli import add_parser as add_audit_parser
+
+    add_audit_parser(commands)
     commands.add_parser(
         "sweep",
         help="remove what killed or kept local meshes left behind",
@@ -61,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep()
+    if args.command == "audit":
+        from .audit_cli import run as run_audit
+
+        return run_audit(args)
     from .report import ReportError, diff_reports, format_diff, load_report
 
     try:

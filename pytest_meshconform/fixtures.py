@@ -335,9 +335,22 @@ class WorkloadLookup:
         self._mesh = mesh
         self._evidence = evidence
 
-    def __call__(self, name: str, namespace: str) -> WorkloadHandle:
-        """Any workload of the topology; the namespace as the suites spell it (`foo`)."""
+    def __call__(
+        self, name: str, namespace: str, *, skip_if_missing: bool = False
+    ) -> WorkloadHandle:
+        """Any workload of the topology; the namespace as the suites spell it (`foo`).
+
+        With ``skip_if_missing=True`` a workload the mesh's topology lacks (a
+        ``--mesh-topology`` without it) skips the test, naming it, instead of failing.
+        """
         __tracebackhide__ = True
+        if skip_if_missing and not any(
+            w.name == name and self._mesh.logical_namespace(w.namespace) == namespace
+            for w in self._mesh.workloads()
+        ):
+            pytest.skip(
+                f"the mesh's topology has no workload {name}.{namespace}, which this test needs"
+            )
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
 
 
@@ -359,20 +372,21 @@ def workload(mesh: Mesh, request: pytest.FixtureRequest) -> WorkloadLookup:
 
 @pytest.fixture
 def sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client with a sidecar (namespace foo)."""
-    return workload("sleep", "foo")
+    """The curl client with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("sleep", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def httpbin(workload: WorkloadLookup) -> WorkloadHandle:
-    """The httpbin server with a sidecar (namespace foo)."""
-    return workload("httpbin", "foo")
+    """The httpbin server with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("httpbin", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def naked_sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client without a sidecar (namespace legacy)."""
-    return workload("sleep", "legacy")
+    """The curl client without a sidecar (namespace legacy); skips when the topology lacks
+    it."""
+    return workload("sleep", "legacy", skip_if_missing=True)
 
 
 # -- policies --------------------------------------------------------------------------------------
@@ -418,9 +432,11 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
     """Why `policy` would apply to no workload of the mesh, or None when it applies to some.
 
     A selector selects workloads of the policy's own namespace only, and istiod ignores a
-    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md).
+    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md); an
+    AuthorizationPolicy in the root namespace selects in every namespace
+    (``ListAuthorizationPolicies``).
     """
-    from .policy import PeerAuthentication
+    from .policy import AuthorizationPolicy, PeerAuthentication
 
     namespace = mesh.logical_namespace(policy.namespace or "default")
     root = mesh.root_namespace
@@ -433,7 +449,9 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
         )
     is_peer_auth = isinstance(policy, PeerAuthentication)
     selector = (
-        policy.selector if isinstance(policy, PeerAuthentication) else policy.workload_selector
+        policy.selector
+        if isinstance(policy, PeerAuthentication | AuthorizationPolicy)
+        else policy.workload_selector
     )
     if not selector:
         return None
@@ -443,7 +461,12 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
             " it applies to no workload (drop the selector for a mesh-wide policy, or move it"
             " to the workloads' namespace)"
         )
-    local = [w for w in workloads if mesh.logical_namespace(w.namespace) == namespace]
+    local = [
+        w
+        for w in workloads
+        if mesh.logical_namespace(w.namespace) == namespace
+        or (namespace == root and isinstance(policy, AuthorizationPolicy))
+    ]
     if any(all(w.labels.get(k) == v for k, v in selector.items()) for w in local):
         return None
     labels = "; ".join(f"{w.name}: {dict(w.labels)}" for w in local) or "none"
@@ -528,14 +551,18 @@ def _check_mesh_wide(node: pytest.Item, mesh: Mesh, manifest: Mapping[str, Any])
     __tracebackhide__ = True
     meta = manifest.get("metadata", {})
     spec = manifest.get("spec") or {}
+    kind = manifest.get("kind")
+    # A root-namespace AuthorizationPolicy reaches every namespace, selector or not.
+    wide = kind == "AuthorizationPolicy" or (
+        kind == "PeerAuthentication" and not spec.get("selector")
+    )
     if (
         meta.get("namespace") == mesh.root_namespace
-        and manifest.get("kind") == "PeerAuthentication"
-        and not spec.get("selector")
+        and wide
         and node.get_closest_marker("mesh_wide") is None
     ):
         raise pytest.UsageError(
-            f"{node.nodeid} applies a mesh-wide PeerAuthentication in"
+            f"{node.nodeid} applies a mesh-wide {kind} in"
             f" {mesh.root_namespace} but is not marked @pytest.mark.mesh_wide (shared-cluster runs"
             " deselect mesh-wide tests by that marker)"
         )

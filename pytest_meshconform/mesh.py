@@ -30,6 +30,7 @@ class Feature(StrEnum):
     CERTIFICATES = "certificates"  # the sidecar's served certificate (`cert_of`)
     ROTATION = "rotation"  # certificates rotate while the run watches (`rotation`)
     MESH_WIDE = "mesh-wide"  # policies in the root namespace may be applied
+    AUTHORIZATION = "authorization"  # AuthorizationPolicy ALLOW/DENY is applied and enforced
 
 
 ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)
@@ -69,17 +70,33 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A Kubernetes Service in front of one workload (port -> targetPort)."""
+    """One port of a Kubernetes Service (port -> targetPort); a Service with several ports is
+    one `Service` per port, same name and namespace.
+
+    ``port_name`` and ``app_protocol`` are the port's ``name`` and ``appProtocol``, from which
+    Istio selects the protocol (`pytest_meshconform.istio.protocol_of`); the default is a
+    port named ``http``, as the built-in `httpbin` Service's.
+    """
 
     name: str
     namespace: str
     port: int
     target_port: int
     selector_app: str  # the Service's `app` selector: its endpoints (istio.plan.endpoints_of)
+    port_name: str = "http"
+    app_protocol: str | None = None
+    # the Service's full selector as (label, value) pairs, when it selects by more than `app`
+    # (a cluster's own Services); empty: the `app` selector alone
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def fqdn(self) -> str:
         return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+    @property
+    def key(self) -> str:
+        """`name.namespace:port`, how the audit names a Service port."""
+        return f"{self.name}.{self.namespace}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +293,24 @@ class HealthAware(Protocol):
 def health_problems(mesh: Mesh) -> Sequence[SidecarDied]:
     """What broke in the mesh's own processes so far (nothing for a backend that cannot tell)."""
     return mesh.health_problems() if isinstance(mesh, HealthAware) else ()
+
+
+@runtime_checkable
+class MeshMtlsAware(Protocol):
+    """A backend that knows its mesh's ``meshConfig.meshMTLS`` (the local mesh: its
+    ``--mesh-min-tls-version``; Kubernetes: istiod's mesh ConfigMap). Kept apart from `Mesh`
+    so that a backend without it still satisfies the protocol."""
+
+    @property
+    def min_tls_version(self) -> str:
+        """``meshMTLS.minProtocolVersion``: ``TLS_AUTO``, ``TLSV1_2`` or ``TLSV1_3``."""
+        ...
+
+
+def mesh_min_tls_version(mesh: Mesh) -> str:
+    """The ``meshMTLS.minProtocolVersion`` in force: the backend's, or ``TLS_AUTO`` (Istio's
+    default, TLS 1.2) for a backend that does not say."""
+    return mesh.min_tls_version if isinstance(mesh, MeshMtlsAware) else "TLS_AUTO"
 
 
 class MeshWideNotAllowed(MeshError):

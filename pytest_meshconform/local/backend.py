@@ -44,6 +44,7 @@ from typing import IO, Any
 
 from .. import __version__, signals
 from ..certs import rotation_time
+from ..istio.tls import MinProtocolVersion, parse_min_protocol_version
 from ..mesh import (
     ALL_FEATURES,
     ExecResult,
@@ -57,7 +58,7 @@ from ..mesh import (
 )
 from ..policy import PolicyError, parse_policy
 from . import host, xds
-from .ca import IssuedCert, MeshCA
+from .ca import IssuedCert, MeshCA, WorkloadPrivateKey
 from .control import Faults, Policy, plan_sidecars
 from .topology import (
     APP_GID,
@@ -78,7 +79,10 @@ from .topology import (
 )
 
 Progress = Callable[[str], None]
-ENVOY_DRAIN_TIME_S = 1  # a mode switch reaches kept-alive connections within a second
+# Filter chains replaced by a policy change drain at once: kept-alive connections (the client
+# sidecars' pooled mTLS connections) must not go on being served by the old chain's RBAC or
+# mode; `apply` also waits until no replaced chain is draining (see _version_problems).
+ENVOY_DRAIN_TIME_S = 0
 ENVOY_CONCURRENCY = 1  # one worker: each listener (re)build is acknowledged once
 ENVOY_FILE_FLUSH_MS = 200  # access logs reach the disk (and failure reports) quickly
 READY_DEADLINE_S = 20.0
@@ -103,6 +107,8 @@ _VERSION_STATS = (
     "listener_manager.listener_create_success",
     "listener_manager.listener_create_failure",
     "listener_manager.total_listeners_warming",
+    "listener_manager.total_filter_chains_draining",
+    "listener_manager.total_listeners_draining",
     "cluster_manager.cds.version_text",
     "cluster_manager.cds.update_rejected",
     "cluster_manager.warming_clusters",
@@ -296,10 +302,13 @@ class LocalMesh:
         keep: bool = False,
         progress: Progress | None = None,
         topology: Topology | None = None,
+        min_tls_version: MinProtocolVersion = "TLS_AUTO",
     ) -> None:
         if cert_ttl <= dt.timedelta(0):
             raise ValueError(f"cert_ttl must be positive, got {cert_ttl}")
         self.cert_ttl = cert_ttl
+        # meshConfig.meshMTLS.minProtocolVersion of this mesh (MeshMtlsAware)
+        self.min_tls_version: MinProtocolVersion = parse_min_protocol_version(min_tls_version)
         self.faults = faults or Faults()
         self.keep = keep
         self.topology = topology or default_topology()
@@ -417,7 +426,7 @@ class LocalMesh:
                 self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
                 self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
                 atexit.register(self.close)  # a script that forgets close() leaves nothing
-            self._ca = MeshCA(TRUST_DOMAIN)
+            self._ca = MeshCA(TRUST_DOMAIN, pool=True)  # RSA keys made while pods start
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
@@ -494,6 +503,8 @@ class LocalMesh:
                 self._launcher.stdout.close()
         self._stop_spawner()
         self._state = None
+        if self._ca is not None:
+            self._ca.close()
         self._ca = None
         self._pods = {}
         self._launcher = None
@@ -651,8 +662,11 @@ class LocalMesh:
         host.run_all(commands)
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(self.topology, [], self.root_namespace, self.faults)
+        plans = plan_sidecars(
+            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+        )
         ca = self._require_ca()
+        keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
             runtime = self._pods[key]
             paths = runtime.paths
@@ -665,7 +679,7 @@ class LocalMesh:
                 paths.sds(xds.ROOT_SECRET),
                 xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem),
             )
-            self._issue_cert(runtime)
+            self._issue_cert(runtime, keys.pop())
             self._render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, PROXY_UID, PROXY_GID)
@@ -674,12 +688,14 @@ class LocalMesh:
             os.chown(paths.root, PROXY_UID, PROXY_GID)
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
-    def _issue_cert(self, runtime: _PodRuntime) -> None:
+    def _issue_cert(self, runtime: _PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         w = runtime.pod.workload
         service_account = (
             f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
         )
-        cert = self._require_ca().issue_workload(w.namespace, service_account, self.cert_ttl)
+        cert = self._require_ca().issue_workload(
+            w.namespace, service_account, self.cert_ttl, key=key
+        )
         runtime.cert = cert
         _write_json(
             runtime.paths.sds(xds.WORKLOAD_SECRET),
@@ -757,18 +773,20 @@ class LocalMesh:
             )
 
     def _start_apps(self) -> None:
-        """Hand every httpbin pod to the launcher; it forks one app per pod once imported."""
+        """Hand every serving pod (httpbin, tcp-echo) to the launcher; it forks one app per pod
+        once httpbin is imported, listening on each container port."""
         launcher = self._launcher
         assert launcher is not None and launcher.stdin is not None
         specs = []
         for runtime in self._pods.values():
             if runtime.serves_app:
-                port = runtime.pod.workload.container_ports[0]
+                ports = runtime.pod.workload.container_ports
                 specs.append(
                     {
                         "key": runtime.key,
+                        "kind": runtime.pod.app_kind,
                         "netns": runtime.netns,
-                        "listen": f"0.0.0.0:{port}",
+                        "listen": " ".join(f"0.0.0.0:{port}" for port in ports),
                         "log": str(runtime.directory / "app.log"),
                         "pdeathsig": not self.keep,
                     }
@@ -1043,7 +1061,11 @@ class LocalMesh:
 
     def _push(self) -> None:
         plans = plan_sidecars(
-            self.topology, list(self._policies.values()), self.root_namespace, self.faults
+            self.topology,
+            list(self._policies.values()),
+            self.root_namespace,
+            self.faults,
+            self.min_tls_version,
         )
         changed = [
             self._pods[key] for key, plan in plans.items() if self._render(self._pods[key], plan)
@@ -1088,6 +1110,10 @@ class LocalMesh:
         warming += number("cluster_manager.warming_clusters")
         if warming:
             problems.append(f"{warming} listeners/clusters warming")
+        draining = number("listener_manager.total_filter_chains_draining")
+        draining += number("listener_manager.total_listeners_draining")
+        if draining:  # old chains or listeners still serve their kept-alive connections
+            problems.append(f"{draining} replaced filter chains/listeners draining")
         # Each added or modified listener is handed to every worker, which acknowledges it.
         wanted = ENVOY_CONCURRENCY * (
             number("listener_manager.listener_added") + number("listener_manager.listener_modified")
