@@ -355,7 +355,7 @@ def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidenc
 def test_the_markdown_report_reads_the_same(run: Run) -> None:
     text = (run.directory / "r.md").read_text()
     assert text.startswith("# meshconform conformance report: ❌ failure\n")
-    assert "| Settings | cluster=local cert-ttl=30s keep=no |" in text
+    assert "| Settings | cluster=local cert-ttl=10s keep=no |" in text
     assert "> **Warning:** test-only faults were injected (strict-as-permissive)" in text
     assert (
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
