@@ -49,6 +49,7 @@ from .mesh import (
 from .observations import RequestRecord, RotationRecord, TableRecorder
 from .plugin import mesh_settings_key
 from .settings import format_duration
+from .signals import signal_name
 from .waiting import WaitTimeout, poll
 
 if TYPE_CHECKING:
@@ -166,7 +167,16 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         try:
             yield opened
         finally:
-            opened.close()
+            # Any backend's teardown runs to its end, whatever signals arrive meanwhile; one
+            # that did ends the run as interrupted (pytest is past taking a KeyboardInterrupt).
+            with signals.held(deliver=False) as held:
+                opened.close()
+            if held.signum is not None:
+                request.session.exitstatus = pytest.ExitCode.INTERRUPTED
+                _progress(request.config)(
+                    f"{signal_name(held.signum)} during the mesh's teardown: held until it was"
+                    " done; the run ends as interrupted"
+                )
     finally:
         signals.release(owner)
 

@@ -8,9 +8,7 @@ import sys
 from types import ModuleType
 
 import pytest
-from local_helpers import REPO, needs_local_mesh, traces_of
-
-from pytest_meshconform.local import host
+from local_helpers import REPO, needs_local_mesh, runs_made, traces_of
 
 
 def load_benchmark() -> ModuleType:
@@ -31,19 +29,9 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 @needs_local_mesh
-def test_benchmark_smoke(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The runs the benchmark makes, by id: other meshes on the machine may come and go meanwhile.
-    run_ids: list[str] = []
-    create = host.RunState.create
-
-    def recording_create(run_id: str, *, keep: bool = False) -> host.RunState:
-        run_ids.append(run_id)
-        return create(run_id, keep=keep)
-
-    monkeypatch.setattr(host.RunState, "create", recording_create)
-    assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
+def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    with runs_made() as run_ids:
+        assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^  up: +median \d+\.\d{3} s", out, re.M), out
     assert re.search(r"^  down: +median \d+\.\d{3} s", out, re.M), out
