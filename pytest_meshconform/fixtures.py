@@ -658,6 +658,15 @@ def _current_cert(
     mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
 ) -> WorkloadCert:
     __tracebackhide__ = True
+    return _served_cert(mesh, target, evidence)[0]
+
+
+def _served_cert(
+    mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
+) -> tuple[WorkloadCert, dt.datetime | None]:
+    """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
+    `last_updated` of its `default` secret; None when the dump does not say)."""
+    __tracebackhide__ = True
     from .certs import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
@@ -680,7 +689,8 @@ def _current_cert(
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
             f" not_after={cert.not_after.isoformat()}",
         )
-    return secrets.workload
+    served = secrets.secret("default")
+    return secrets.workload, (served.last_updated if served is not None else None)
 
 
 class EmptyCaptureError(AssertionError):
@@ -897,19 +907,42 @@ class RotationResult:
     requests_before: int  # requests made while the old certificate was served
     requests_after: int  # requests made after the new one was seen
     failures: list[HttpResult] = field(default_factory=list)
+    # when the sidecar got the old certificate (Envoy's `last_updated`), if the dump says
+    old_received_at: dt.datetime | None = None
+
+    @property
+    def lifetime_start(self) -> dt.datetime:
+        """Where Istio's agent counts the old certificate's lifetime from: `rotateTime` in
+        security/pkg/nodeagent/cache/secretcache.go uses `ExpireTime - CreatedTime`, the
+        agent's clock when the CA answered, which is when the sidecar got the certificate
+        (`old_received_at`) to within milliseconds. Not NotBefore: istiod backdates it by
+        `ClockSkewGracePeriod` (2 minutes, security/pkg/pki/util/generate_cert.go
+        `genCertTemplateFromCSR`), which for a 30 s certificate would put the rotation at 0.9
+        of NotBefore..NotAfter. NotBefore only when the dump has no time (or an odd one)."""
+        at = self.old_received_at
+        if at is None or not self.old.not_before <= at < self.old.not_after:
+            return self.old.not_before
+        return at
+
+    @property
+    def lifetime(self) -> dt.timedelta:
+        """The old certificate's lifetime as Istio's agent counts it (`lifetime_start`..)."""
+        return self.old.not_after - self.lifetime_start
 
     @property
     def fraction_elapsed(self) -> float:
-        """How much of the old cert's lifetime had passed when the new one was first seen."""
+        """How much of the old cert's lifetime (`lifetime`, as Istio's agent counts it) had
+        passed when the new one was first seen."""
         from .certs import lifetime_elapsed
 
-        return lifetime_elapsed(self.old.not_before, self.old.not_after, self.observed_at)
+        return lifetime_elapsed(self.lifetime_start, self.old.not_after, self.observed_at)
 
     def __str__(self) -> str:
         return (
             f"{self.workload}: serial {self.old.serial} -> {self.new.serial} at"
             f" {self.observed_at.isoformat()} ({self.fraction_elapsed:.3f} of the old lifetime"
-            f" {self.old.lifetime}); requests: {self.requests_before} before,"
+            f" {self.lifetime} from {self.lifetime_start.isoformat()});"
+            f" requests: {self.requests_before} before,"
             f" {self.requests_after} after, {len(self.failures)} failed"
         )
 
@@ -951,8 +984,11 @@ class RotationWatcher:
         __tracebackhide__ = True
         from .certs import rotation_window
 
-        old = _current_cert(self.mesh, target, self.evidence)
-        _, latest = rotation_window(old.not_before, old.not_after)
+        old, received = _served_cert(self.mesh, target, self.evidence)
+        start = old.not_before
+        if received is not None and old.not_before <= received < old.not_after:
+            start = received  # see RotationResult.lifetime_start
+        _, latest = rotation_window(start, old.not_after)
         wait = latest - dt.datetime.now(dt.UTC)
         if wait > longest:
             ttl = "the TTL in force"
@@ -1027,6 +1063,7 @@ class RotationWatcher:
             requests_before=sum(1 for sent, _ in calls if sent <= now),
             requests_after=sum(1 for sent, _ in calls if sent > now),
             failures=[r for _, r in calls if not r.ok],
+            old_received_at=received,
         )
         self.evidence.observed.rotations.append(
             RotationRecord(
