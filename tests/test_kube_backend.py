@@ -229,6 +229,18 @@ def test_logs_since_ask_for_the_test_window_only(
     assert window["istio-proxy"].endswith("since 43s\n")
 
 
+def test_requests_name_their_server_in_either_namespace_spelling(started: KubeMesh) -> None:
+    """A handle's URL carries the run's real namespace; suites may write `foo`: the
+    observations name the server workload either way."""
+    from pytest_meshconform.evidence import Evidence
+    from pytest_meshconform.fixtures import WorkloadHandle
+
+    sleep = WorkloadHandle(started, started.workload("sleep", "foo"), Evidence())
+    assert sleep._workload_of(f"http://httpbin.{BAR}:8000/headers") == f"httpbin.{BAR}"
+    assert sleep._workload_of("http://httpbin.bar.svc.cluster.local:8000/") == f"httpbin.{BAR}"
+    assert sleep._workload_of("http://example.com/") is None
+
+
 def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
     world.cluster.deployments["istio-system"] = [
         istiod_deployment(image="docker.io/istio/pilot:1.21.2"),
