@@ -813,20 +813,7 @@ class KubeMesh:
 
     def logs(self, workload: Workload) -> dict[str, str]:
         """App and sidecar logs (first MiB each), for failure reports; never raises."""
-        found: dict[str, str] = {}
-        containers = [workload.app] + ([PROXY_CONTAINER] if workload.has_sidecar else [])
-        try:
-            pod = self.pod_name(workload)
-        except MeshError as error:
-            return {"error": str(error)}
-        for container in containers:
-            try:
-                found[container] = self.api.pod_log(
-                    workload.namespace, pod, container, _LOG_LIMIT_BYTES
-                )
-            except MeshError as error:
-                found[container] = f"<could not read logs: {error}>"
-        return found
+        return self._logs(workload, None)
 
     def log_positions(self) -> LogPositions:
         """Now: `logs_since` asks the API server for the lines written since then."""
@@ -835,7 +822,9 @@ class KubeMesh:
     def logs_since(self, workload: Workload, positions: LogPositions) -> dict[str, str]:
         """App and sidecar log lines of the test's window (Kubernetes' `sinceSeconds`, rounded
         up, plus a second for the clock: a line may be early, none is missed); never raises."""
-        since = max(1, math.ceil(time.time() - positions.at) + 1)
+        return self._logs(workload, max(1, math.ceil(time.time() - positions.at) + 1))
+
+    def _logs(self, workload: Workload, since_seconds: int | None) -> dict[str, str]:
         found: dict[str, str] = {}
         containers = [workload.app] + ([PROXY_CONTAINER] if workload.has_sidecar else [])
         try:
@@ -845,7 +834,11 @@ class KubeMesh:
         for container in containers:
             try:
                 found[container] = self.api.pod_log(
-                    workload.namespace, pod, container, _LOG_LIMIT_BYTES, since_seconds=since
+                    workload.namespace,
+                    pod,
+                    container,
+                    _LOG_LIMIT_BYTES,
+                    since_seconds=since_seconds,
                 )
             except MeshError as error:
                 found[container] = f"<could not read logs: {error}>"
