@@ -334,6 +334,7 @@ class Case:
     parser: str
     name: str
     hostile: Callable[[int], bytes | str]
+    benign_name: str
     benign: Callable[[int], bytes | str]
     parse: Callable[[bytes | str], object]
 
@@ -365,23 +366,47 @@ CASES = (
         "parse_envoy_secrets",
         "PEM BEGIN lines without END",
         secrets_begin_without_end,
+        "ROOTCA trust bundle of certificates",
         secrets_big_bundle,
         _secrets,
     ),
-    Case("parse_envoy_certs", "one huge hex serial", certs_huge_serial, certs_many, _certs),
-    Case("analyze_pcap", "obsolete header folding", http_folded_header, http_pipelined, _pcap),
+    Case(
+        "parse_envoy_certs",
+        "one huge hex serial",
+        certs_huge_serial,
+        "many /certs contexts",
+        certs_many,
+        _certs,
+    ),
+    Case(
+        "analyze_pcap",
+        "obsolete header folding",
+        http_folded_header,
+        "keep-alive HTTP with bodies",
+        http_pipelined,
+        _pcap,
+    ),
     Case(
         "analyze_pcap",
         "ClientHello in 1-byte records",
         tls_one_byte_records,
+        "the same ClientHello, 16 KiB records",
         tls_full_records,
         _pcap,
     ),
-    Case("parse_xfcc", "quoted escapes, percent-encoding", xfcc_escapes, xfcc_many_hops, _xfcc),
+    Case(
+        "parse_xfcc",
+        "quoted escapes, percent-encoding",
+        xfcc_escapes,
+        "many hops",
+        xfcc_many_hops,
+        _xfcc,
+    ),
     Case(
         "parse_policies",
         "aliased items x aliased SANs",
         alias_items_times_sans,
+        "many PeerAuthentications",
         policies_many,
         _policies,
     ),
@@ -389,6 +414,7 @@ CASES = (
         "parse_policies",
         "base-60 integer",
         sexagesimal_int,
+        "a long plain scalar",
         plain_scalar_policy,
         _policies,
     ),
