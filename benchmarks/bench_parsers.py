@@ -46,12 +46,9 @@ def _best(
 
 
 def _row(parser: str, kind: str, what: str, size: int, seconds: float, outcome: str) -> None:
-    rate = size / 1e6 / seconds if seconds > 0 else float("inf")
-    print(
-        f"{parser:20} {kind:8} {what:34} {size / 1e6:8.2f} MB {seconds:8.3f} s "
-        f"{rate:9.1f} MB/s  {outcome}",
-        flush=True,
-    )
+    rate = f"{size / 1e6 / seconds:9.1f} MB/s" if size >= 100_000 and seconds > 0 else " " * 14
+    shown = f"{size / 1e6:8.2f} MB" if size >= 100_000 else f"{size:8d} B "
+    print(f"{parser:20} {kind:8} {what:36} {shown} {seconds:8.3f} s {rate}  {outcome}", flush=True)
 
 
 def main() -> int:
@@ -61,7 +58,7 @@ def main() -> int:
     parser.add_argument("--only", help="only the parsers whose name contains this")
     args = parser.parse_args()
     size = int(args.mb * 1e6)
-    print(f"{'parser':20} {'input':8} {'shape':34} {'size':>11} {'time':>10} {'rate':>14}  outcome")
+    print(f"{'parser':20} {'input':8} {'shape':36} {'size':>11} {'time':>10} {'rate':>14}  outcome")
     for case in hi.CASES:
         if args.only and args.only not in case.parser:
             continue
@@ -71,7 +68,7 @@ def main() -> int:
         ):
             data = make(size)
             seconds, outcome = _best(case.parse, data, args.repeat)
-            _row(case.parser, kind, what[:34], len(data), seconds, outcome)
+            _row(case.parser, kind, what[:36], len(data), seconds, outcome)
     if not args.only or args.only in "parse_policies":
         for what, text in (
             ("alias bomb in metadata.name", hi.alias_bomb_name()),

@@ -152,7 +152,7 @@ def xfcc_escapes(size: int) -> str:
     """One hop whose quoted Subject is nothing but backslash escapes, then a percent-encoded
     Chain: the character-by-character paths of the parser."""
     half = max(2, size // 2)
-    return f'By=a;Subject="{chr(92) * 2 * (half // 4)}";Chain={"%41" * (half // 3)}'
+    return f'By=a;Subject="{chr(92) * 2 * (half // 2)}";Chain={"%41" * (half // 3)}'
 
 
 # --------------------------------------------------------------------------- policies
@@ -204,7 +204,7 @@ def alias_bomb_name(levels: int = 12, width: int = 9) -> str:
 def alias_items_times_sans(size: int) -> str:
     """A ``kind: List`` whose items are N aliases of one DestinationRule with N aliased
     subjectAltNames: O(size) text, O(size**2) validation once the aliases are followed."""
-    count = max(2, size // 8)
+    count = max(2, size // 6)
     sans = ",".join(["*s"] * (count - 1))
     items = ",".join(["*d"] * (count - 1))
     rule = (

@@ -132,7 +132,7 @@ def test_yaml_merge_keys_cannot_double_a_mapping_per_line() -> None:
 
 def test_aliased_items_and_sans_are_not_validated_quadratically() -> None:
     """Small ones are accepted, as by Kubernetes' decoder; big ones refused before validation."""
-    policies = parse_policies(hi.alias_items_times_sans(200))
+    policies = parse_policies(hi.alias_items_times_sans(150))
     assert len(policies) == 25
     assert all(len(p.traffic_policy.tls.subject_alt_names) == 25 for p in policies)  # type: ignore[union-attr]
     with pytest.raises(PolicyError, match="excessive aliasing"):
