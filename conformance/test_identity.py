@@ -39,6 +39,8 @@ def test_xfcc_names_client_and_server(
     client_ns: str,
     server_ns: str,
 ) -> None:
+    """The server's sidecar forwards X-Forwarded-Client-Cert with one element: the client's
+    SPIFFE ID as URI, the server's as By, and the client certificate's SHA-256 hash."""
     client, server = workload("sleep", client_ns), workload("httpbin", server_ns)
     seen = xfcc(client, server)
     assert seen is not None and len(seen) == 1, f"expected one XFCC element, got {seen}"
@@ -62,6 +64,9 @@ def test_served_certificate(
     name: str,
     namespace: str,
 ) -> None:
+    """The certificate a sidecar serves names its workload's SPIFFE ID
+    (spiffe://<trust domain>/ns/<namespace>/sa/<service account>), is valid now and chains to
+    the mesh's root."""
     target = workload(name, namespace)
     cert = cert_of(target)
     want = SPIFFE.format(
@@ -82,6 +87,8 @@ def test_tls_version_on_the_wire(
     httpbin: WorkloadHandle,
     capture: Capturer,
 ) -> None:
+    """The TLS version the sidecars negotiate, read off the ServerHello on the wire, is one
+    Istio allows."""
     apply_policy(no_keepalive(httpbin.namespace))
     with capture(httpbin) as cap:
         result = sleep.curl(httpbin)

@@ -31,6 +31,8 @@ def test_permissive_accepts_plaintext(
     capture: Capturer,
     xfcc: XfccReader,
 ) -> None:
+    """Under PERMISSIVE, a pod without a sidecar is answered in plaintext (request and 200 on
+    the wire) and the server sees no X-Forwarded-Client-Cert."""
     apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
     with capture(httpbin) as cap:
         seen = xfcc(naked_sleep, httpbin)
@@ -52,6 +54,8 @@ def test_permissive_accepts_mtls(
     capture: Capturer,
     xfcc: XfccReader,
 ) -> None:
+    """Under PERMISSIVE, a sidecar client still speaks mTLS: Istio's ClientHello on the wire,
+    no plaintext request, and the server sees the client's SPIFFE ID in X-Forwarded-Client-Cert."""
     apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
     apply_policy(no_keepalive(httpbin.namespace))
     hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import PolicyApplier, WorkloadLookup
+from pytest_meshconform import PolicyApplier, TableRecorder, WorkloadLookup
 
 from .expect import E503, MTLS, PLAIN, RESET, Outcome, observe
 
@@ -164,24 +164,17 @@ CASES = [
 ]
 
 
-def _table(cells: dict[tuple[str, str], str]) -> str:
-    width = max(len("httpbin.legacy"), *(len(text) for text in cells.values())) + 2
-    lines = [
-        "client \\ server".ljust(18) + "".join(f"httpbin.{ns}".ljust(width) for ns in NAMESPACES)
-    ]
-    for client in NAMESPACES:
-        row = "".join(cells[(client, server)].ljust(width) for server in NAMESPACES)
-        lines.append(f"sleep.{client}".ljust(18) + row)
-    return "\n".join(lines)
-
-
 @pytest.mark.mesh_features("mtls", "peer-authentication", "xfcc")
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
 def test_reachability(
     case: Case,
     apply_policy: PolicyApplier,
     workload: WorkloadLookup,
+    record_table: TableRecorder,
 ) -> None:
+    """Each sleep (foo, bar, legacy) calls each httpbin under the case's policies: whether the
+    call succeeds and whether it is mTLS (the server saw an X-Forwarded-Client-Cert) must match
+    Istio's reachability table for those policies."""
     for manifest in case.policies:
         apply_policy(manifest)
     expected: dict[tuple[str, str], str] = {}
@@ -191,11 +184,16 @@ def test_reachability(
         client = workload("sleep", client_ns)
         for server_ns, want in zip(NAMESPACES, case.expect[client_ns], strict=True):
             got, result = observe(client, workload("httpbin", server_ns))
-            expected[(client_ns, server_ns)] = str(want)
-            observed[(client_ns, server_ns)] = str(got) if got == want else f"{got} (!)"
+            cell = (f"sleep.{client_ns}", f"httpbin.{server_ns}")
+            expected[cell], observed[cell] = str(want), str(got)
             if got != want:
                 evidence.append(f"  expected {want}: {result}")
-    assert observed == expected, (
-        f"reachability under '{case.name}' differs from Istio's:\n"
-        f"expected:\n{_table(expected)}\nobserved:\n{_table(observed)}\n" + "\n".join(evidence)
+    table = record_table(
+        f"reachability under '{case.name}'",
+        rows=[f"sleep.{ns}" for ns in NAMESPACES],
+        columns=[f"httpbin.{ns}" for ns in NAMESPACES],
+        expected=expected,
+        observed=observed,
+        corner="client \\ server",
     )
+    assert table.ok, f"{table.text()}\ndiffers from Istio's:\n" + "\n".join(evidence)

@@ -26,6 +26,8 @@ def test_rotation_before_expiry(
     sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
 ) -> None:
+    """A workload certificate is rotated before it expires, at Istio's grace period (half the
+    lifetime, 1 % jitter), and requests keep succeeding across the switch."""
     # Skips at once, naming the TTL in force, when a rotation would take longer than
     # LONGEST_ROTATION_WATCH (the built-in suites default to 30 s certificates, see conftest.py).
     seen = rotation.watch(httpbin, client=sleep)

@@ -23,6 +23,8 @@ def test_strict_resets_plaintext(
     httpbin: WorkloadHandle,
     capture: Capturer,
 ) -> None:
+    """Under a STRICT namespace policy, a plaintext request from a pod without a sidecar is
+    reset: no HTTP answer, the request line on the wire, a reset from the server."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     with capture(httpbin) as cap:
         result = naked_sleep.curl(httpbin)
@@ -47,6 +49,8 @@ def test_strict_accepts_mtls(
     httpbin: WorkloadHandle,
     capture: Capturer,
 ) -> None:
+    """Under STRICT, a sidecar client still gets through, and only over Istio mTLS: its
+    ClientHello carries Istio's ALPN and SNI (or HBONE's shape), and no plaintext is on the wire."""
     apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
     apply_policy(no_keepalive(httpbin.namespace))
     hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)

@@ -87,6 +87,11 @@ _EXPORTS: dict[str, str] = {
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
+    # observations.py / report_render.py: evidence per test, human-readable reports
+    "TableRecorder": "observations",
+    "ObservedTable": "observations",
+    "Observations": "observations",
+    "LogPositions": "mesh",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -138,6 +143,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     from .mesh import (
         ExecResult as ExecResult,
         Feature as Feature,
+        LogPositions as LogPositions,
         Mesh as Mesh,
         MeshError as MeshError,
         MeshUnavailable as MeshUnavailable,
@@ -146,6 +152,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         Service as Service,
         Workload as Workload,
         tunnels_over_hbone as tunnels_over_hbone,
+    )
+    from .observations import (
+        Observations as Observations,
+        ObservedTable as ObservedTable,
+        TableRecorder as TableRecorder,
     )
     from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (

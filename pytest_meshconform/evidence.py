@@ -9,23 +9,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
+
+from .observations import Observations
+
+if TYPE_CHECKING:
+    from .mesh import LogPositions
 
 
 @dataclass
 class Evidence:
-    """Files (pcaps, dumps) and texts (curl output, XFCC, certs, logs) seen by one test."""
+    """Files (pcaps), texts (curl output, XFCC, certs, logs), data kept only as files (Envoy
+    config dumps) and the observations of one test."""
 
     files: dict[str, Path] = field(default_factory=dict)  # label -> path
     texts: dict[str, str] = field(default_factory=dict)  # label -> text
+    # What the test did and saw, pass or fail (the report keeps it; a failure shows it first).
+    observed: Observations = field(default_factory=Observations)
+    # Where the mesh's logs stood when the test's fixtures were set up: its time window.
+    log_positions: LogPositions | None = None
+    # label -> (bytes, file suffix): evidence only kept as files, under --mesh-artifacts
+    blobs: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     def add_file(self, label: str, path: Path) -> None:
         self.files[_unique(label, self.files)] = path
 
     def add_text(self, label: str, text: str) -> None:
         self.texts[_unique(label, self.texts)] = text
+
+    def add_blob(self, label: str, data: bytes, suffix: str) -> None:
+        self.blobs[_unique(label, self.blobs)] = (data, suffix)
 
 
 def _unique(label: str, taken: Mapping[str, object]) -> str:

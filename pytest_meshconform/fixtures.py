@@ -46,12 +46,14 @@ from .mesh import (
     MeshWideNotAllowed,
     Workload,
 )
+from .observations import RequestRecord, RotationRecord, TableRecorder
 from .plugin import mesh_settings_key
 from .settings import format_duration
 from .waiting import WaitTimeout, poll
 
 if TYPE_CHECKING:
     from .certs import WorkloadCert
+    from .mesh import LogPositions
     from .policy import Policy
     from .wire import Capture, Flow
     from .xfcc import XfccElement
@@ -66,6 +68,7 @@ __all__ = [
     "PolicySource",
     "RotationResult",
     "RotationWatcher",
+    "TableRecorder",
     "UnmatchedPolicyError",
     "WorkloadHandle",
     "WorkloadLookup",
@@ -256,6 +259,7 @@ class WorkloadHandle:
     def exec(self, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run argv in the workload's pod as the app's user (in the app container on kube)."""
         __tracebackhide__ = True
+        self.evidence.observed.touch(self.key)
         return self.mesh.exec(self.workload, argv, timeout)
 
     def curl(
@@ -271,11 +275,35 @@ class WorkloadHandle:
         """Request `target` (a URL, or a workload's Service) from inside this workload's pod."""
         __tracebackhide__ = True
         url = target.url(path) if isinstance(target, WorkloadHandle) else target
+        server = target.key if isinstance(target, WorkloadHandle) else self._workload_of(url)
+        self.evidence.observed.touch(self.key, server)
         argv = curl_argv(url, method=method, headers=headers, data=data, timeout=timeout)
         result = self.mesh.exec(self.workload, argv, timeout + 5)
         http = parse_curl_output(url, self.key, result.returncode, result.stdout, result.stderr)
-        self.evidence.add_text(f"curl {self.key} -> {url}", _describe_http(http))
+        new = self.evidence.observed.add_request(
+            RequestRecord(
+                client=self.key,
+                url=url,
+                server=server,
+                status=http.status,
+                exit_code=http.exit_code,
+                outcome=_outcome_of(http),
+            )
+        )
+        if new:  # a request loop (rotation) keeps one text per change of outcome
+            self.evidence.add_text(f"curl {self.key} -> {url}", _describe_http(http))
         return http
+
+    def _workload_of(self, url: str) -> str | None:
+        """The workload behind a Service URL (`http://httpbin.foo:8000/...`), if it is one."""
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(url).hostname or "").removesuffix(".svc.cluster.local")
+        name, _, namespace = host.partition(".")
+        for w in self.mesh.workloads():
+            if w.name == name and self.mesh.logical_namespace(w.namespace) == namespace:
+                return w.key
+        return None
 
     def __str__(self) -> str:
         return self.key
@@ -283,6 +311,15 @@ class WorkloadHandle:
     def __repr__(self) -> str:  # pytest prints fixtures' reprs with a failure: keep it short
         sidecar = "sidecar" if self.has_sidecar else "no sidecar"
         return f"<WorkloadHandle {self.key} ({sidecar}) on the {self.mesh.backend} mesh>"
+
+
+def _outcome_of(http: HttpResult) -> str:
+    from .http import CURL_EXIT_REASONS
+
+    if http.status is not None:
+        return f"HTTP {http.status}" + (f", curl exit {http.exit_code}" if http.exit_code else "")
+    reason = CURL_EXIT_REASONS.get(http.exit_code, "see curl's manual")
+    return f"no HTTP response, curl exit {http.exit_code} ({reason})"
 
 
 def _describe_http(http: HttpResult) -> str:
@@ -306,10 +343,20 @@ class WorkloadLookup:
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
 
 
+def _evidence_window(mesh: Mesh, request: pytest.FixtureRequest) -> Evidence:
+    """The test's Evidence; the first mesh fixture of a test marks where its time window
+    starts (the mesh's log positions), so a failure shows only the log lines it caused."""
+    evidence = evidence_of(request.node)
+    if evidence.log_positions is None:
+        with suppress(MeshError):
+            evidence.log_positions = mesh.log_positions()
+    return evidence
+
+
 @pytest.fixture
 def workload(mesh: Mesh, request: pytest.FixtureRequest) -> WorkloadLookup:
     """`workload("sleep", "bar")`: any workload of the topology."""
-    return WorkloadLookup(mesh, evidence_of(request.node))
+    return WorkloadLookup(mesh, _evidence_window(mesh, request))
 
 
 @pytest.fixture
@@ -450,6 +497,7 @@ class PolicyApplier:
                 pytest.skip(str(exc))
             self._applied[key] = manifest
             self._evidence.add_text(f"policy {'/'.join(key)}", _yaml(manifest))
+            self._evidence.observed.policies.append(_policy_line(key, manifest))
         return manifests
 
     def restore(self) -> None:
@@ -473,7 +521,7 @@ class PolicyApplier:
 @pytest.fixture
 def apply_policy(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[PolicyApplier]:
     """Apply Istio policies for this test; afterwards restore exactly what was there before."""
-    applier = PolicyApplier(mesh, request.node, evidence_of(request.node))
+    applier = PolicyApplier(mesh, request.node, _evidence_window(mesh, request))
     yield applier
     applier.restore()
 
@@ -493,6 +541,15 @@ def _check_mesh_wide(node: pytest.Item, mesh: Mesh, manifest: Mapping[str, Any])
             f" {mesh.root_namespace} but is not marked @pytest.mark.mesh_wide (shared-cluster runs"
             " deselect mesh-wide tests by that marker)"
         )
+
+
+def _policy_line(key: tuple[str, str, str], manifest: Mapping[str, Any]) -> str:
+    """`PeerAuthentication foo/default {"mtls": {"mode": "STRICT"}}`: one line per policy."""
+    import json
+
+    kind, namespace, name = key
+    spec = json.dumps(manifest.get("spec") or {}, separators=(", ", ": "), sort_keys=False)
+    return f"{kind} {namespace}/{name} {spec}"
 
 
 def _yaml(manifest: Mapping[str, Any]) -> str:
@@ -521,7 +578,14 @@ class XfccReader:
         if header is None:
             return None
         client.evidence.add_text(f"xfcc seen by {server.key}", header)
-        return parse_xfcc(header)
+        elements = parse_xfcc(header)
+        for element in elements:
+            uris = ", ".join(element.uri) or "no URI"
+            client.evidence.observed.identities.append(
+                f"XFCC at {server.key} from {client.key}: URI={uris}"
+                + (f" By={', '.join(element.by)}" if element.by else "")
+            )
+        return elements
 
 
 @pytest.fixture
@@ -546,7 +610,7 @@ class CertReader:
 @pytest.fixture
 def cert_of(mesh: Mesh, request: pytest.FixtureRequest) -> CertReader:
     """`cert_of(workload)`: the workload certificate its sidecar serves right now."""
-    return CertReader(mesh, evidence_of(request.node))
+    return CertReader(mesh, _evidence_window(mesh, request))
 
 
 def _current_cert(
@@ -565,6 +629,11 @@ def _current_cert(
         )
     if evidence is not None:
         cert = secrets.workload
+        evidence.observed.touch(w.key)
+        evidence.observed.identities.append(
+            f"certificate of {w.key}: {cert.spiffe_id} serial {cert.serial[:16]} valid"
+            f" {_utc(cert.not_before)} to {_utc(cert.not_after)}"
+        )
         evidence.add_text(
             f"cert of {w.key}",
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
@@ -586,6 +655,7 @@ class CaptureResult:
     port: int | None
     capture: Capture | None = None
     pcap_path: Path | None = None
+    names: Mapping[str, str] = field(default_factory=dict)  # pod IP -> workload key
 
     def _parsed(self) -> Capture:
         if self.capture is None:
@@ -609,8 +679,52 @@ class CaptureResult:
         ip = client if isinstance(client, str) else _pod_ip(client)
         return tuple(f for f in self.flows if f.client[0] == ip)
 
+    def flow_lines(self) -> list[str]:
+        """One line per flow: client -> server:port, TLS version, SNI, ALPN, plaintext bytes."""
+        if self.capture is None:
+            return []
+        return [flow_line(flow, self.names) for flow in self.capture.flows]
+
     def __str__(self) -> str:
-        return f"capture at {self.workload.key} port {self.port or 'any'}: {self.pcap_path}"
+        where = f"capture at {self.workload.key} port {self.port or 'any'}"
+        if self.capture is None:
+            return f"{where} (still recording)"
+        flows = self.capture.flows
+        head = f"{where}: {len(flows)} flow{'' if len(flows) == 1 else 's'} ({self.pcap_path})"
+        return "\n".join([head, *(f"  {line}" for line in self.flow_lines())])
+
+    __repr__ = __str__  # `assert ..., cap` prints the repr: the flows, not a dataclass dump
+
+
+def flow_line(flow: Flow, names: Mapping[str, str] | None = None) -> str:
+    """`sleep.foo:41234 -> httpbin.foo:8080 TLSv1.3 SNI=outbound_.8000_._.httpbin... ALPN=
+    istio-http/1.1 plaintext 0 B`: what one TCP flow of a capture was, for a person."""
+    names = names or {}
+
+    def end(address: tuple[str, int]) -> str:
+        return f"{names.get(address[0], address[0])}:{address[1]}"
+
+    parts = [f"{end(flow.client)} -> {end(flow.server)}"]
+    tls = flow.tls
+    if tls is not None:
+        hello = tls.client_hello
+        server_hello = tls.server_hello
+        alpn = server_hello.alpn if server_hello and server_hello.alpn else None
+        offered = ",".join(hello.alpn) if hello and hello.alpn else "-"
+        parts.append(tls.version or "TLS (no ServerHello)")
+        parts.append(f"SNI={hello.sni if hello and hello.sni else '-'}")
+        parts.append(f"ALPN={alpn}" if alpn else f"ALPN offered={offered}")
+        parts.append("plaintext 0 B")
+    else:
+        parts.append(f"plaintext {flow.client_bytes + flow.server_bytes} B")
+        if flow.http_requests:
+            first = flow.http_requests[0]
+            parts.append(f"{first.method} {first.target}")
+        if flow.http_responses:
+            parts.append(f"-> {flow.http_responses[0].status}")
+    if flow.rst_seen:
+        parts.append("RST")
+    return " ".join(parts)
 
 
 def _pod_ip(handle: WorkloadHandle) -> str:
@@ -654,6 +768,13 @@ class Capturer:
         self._mesh = mesh
         self._evidence = evidence
 
+    def _names(self) -> dict[str, str]:
+        names = {}
+        for w in self._mesh.workloads():
+            with suppress(MeshError):
+                names[self._mesh.pod_ip(w)] = w.key
+        return names
+
     def __call__(
         self,
         target: WorkloadHandle | Workload,
@@ -673,7 +794,8 @@ class Capturer:
         w = target.workload if isinstance(target, WorkloadHandle) else target
         if port is None and w.container_ports:
             port = w.container_ports[0]
-        result = CaptureResult(workload=w, port=port)
+        result = CaptureResult(workload=w, port=port, names=self._names())
+        self._evidence.observed.touch(w.key)
         with self._mesh.capture(w, port) as recording:
             yield result
         result.pcap_path = recording.path
@@ -686,6 +808,7 @@ class Capturer:
         result.capture = analyze_pcap(recording.pcap)
         if recording.path is not None:
             self._evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)
+        self._evidence.observed.flows.extend(f"at {w.key}: {line}" for line in result.flow_lines())
         wanted = result.capture.flows if port is None else result.capture.flows_to(port)
         if not wanted and not allow_empty:
             hint = "" if port is None else _service_port_hint(self._mesh, w, port)
@@ -703,7 +826,7 @@ def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Capturer:
     `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw the
     traffic at all. Pass `allow_empty=True` to opt out.
     """
-    return Capturer(mesh, evidence_of(request.node))
+    return Capturer(mesh, _evidence_window(mesh, request))
 
 
 # -- rotation --------------------------------------------------------------------------------------
@@ -851,7 +974,7 @@ class RotationWatcher:
             f"rotation of {target.key}",
             f"old {old.serial} -> new {current.serial} seen at {now.isoformat()}",
         )
-        return RotationResult(
+        result = RotationResult(
             workload=target.key,
             old=old,
             new=current,
@@ -861,6 +984,27 @@ class RotationWatcher:
             requests_after=sum(1 for sent, _ in calls if sent > now),
             failures=[r for _, r in calls if not r.ok],
         )
+        self.evidence.observed.rotations.append(
+            RotationRecord(
+                workload=target.key,
+                old_serial=old.serial,
+                new_serial=current.serial,
+                old_not_before=_rfc3339(old.not_before),
+                old_not_after=_rfc3339(old.not_after),
+                new_not_before=_rfc3339(current.not_before),
+                new_not_after=_rfc3339(current.not_after),
+                observed_at=_rfc3339(now),
+                fraction=round(result.fraction_elapsed, 4),
+                requests_before=result.requests_before,
+                requests_after=result.requests_after,
+                failed_requests=len(result.failures),
+            )
+        )
+        return result
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -868,7 +1012,10 @@ def rotation(mesh: Mesh, request: pytest.FixtureRequest) -> RotationWatcher:
     """`rotation.watch(httpbin, client=sleep)`: see a certificate rotate under load."""
     settings = request.config.stash[mesh_settings_key]
     return RotationWatcher(
-        mesh, evidence_of(request.node), _progress(request.config), cert_ttl=settings.cert_ttl
+        mesh,
+        _evidence_window(mesh, request),
+        _progress(request.config),
+        cert_ttl=settings.cert_ttl,
     )
 
 
@@ -883,11 +1030,49 @@ def pytest_runtest_makereport(
     if report.failed and call.when == "call":
         mesh = item.config.stash.get(_mesh_key, None)
         evidence = evidence_of(item)
-        if mesh is not None and "mesh" in getattr(item, "fixturenames", ()):
-            for w in mesh.workloads():
-                try:
-                    for name, text in mesh.logs(w).items():
-                        evidence.add_text(f"log {w.key} {name}", text[-20000:])
-                except MeshError:
-                    continue
+        if mesh is not None and evidence.log_positions is not None:
+            _add_window_logs(mesh, evidence, evidence.log_positions)
+        if mesh is not None and item.config.stash[mesh_settings_key].artifacts is not None:
+            _add_config_dumps(mesh, evidence)
+        if evidence.observed:
+            # The summary first: what the test did and saw, then the details and the logs.
+            evidence.texts = {
+                "summary": evidence.observed.summary(),
+                **{k: v for k, v in evidence.texts.items() if k != "summary"},
+            }
     return report
+
+
+def _add_window_logs(mesh: Mesh, evidence: Evidence, positions: LogPositions) -> None:
+    """The log lines the test's own time window wrote, of the workloads it touched only."""
+    touched = set(evidence.observed.workloads)
+    for w in mesh.workloads():
+        if w.key not in touched:
+            continue
+        try:
+            logs = mesh.logs_since(w, positions)
+        except MeshError as error:
+            evidence.add_text(f"log {w.key}", f"<could not read logs: {error}>")
+            continue
+        for name, text in logs.items():
+            if text.strip():
+                evidence.add_text(f"log {w.key} {name} (this test)", text[-20000:])
+
+
+def _add_config_dumps(mesh: Mesh, evidence: Evidence) -> None:
+    """The Envoy config each touched sidecar had when the test failed (files only)."""
+    touched = set(evidence.observed.workloads)
+    for w in mesh.workloads():
+        if w.key not in touched or not w.has_sidecar:
+            continue
+        try:
+            evidence.add_blob(f"config_dump {w.key}", mesh.envoy_admin(w, "/config_dump"), ".json")
+        except MeshError as error:
+            evidence.add_text(f"config_dump {w.key}", f"<could not read it: {error}>")
+
+
+@pytest.fixture
+def record_table(request: pytest.FixtureRequest) -> TableRecorder:
+    """`record_table(title, rows=, columns=, expected=, observed=)`: a table the test asserts,
+    kept in the reports (expected vs observed, colour-coded in HTML), pass or fail."""
+    return TableRecorder(evidence_of(request.node).observed)

@@ -99,6 +99,15 @@ class PcapRecording:
     tool_stderr: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class LogPositions:
+    """Where the logs stood at one moment: `offsets` per workload key and log name (backends
+    with log files), and the wall-clock time (backends that ask for logs since a time)."""
+
+    at: float  # time.time() when taken
+    offsets: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Mesh(Protocol):
     """What a backend implements. All methods are synchronous and raise `MeshError`.
@@ -178,6 +187,15 @@ class Mesh(Protocol):
 
     def logs(self, workload: Workload) -> Mapping[str, str]:
         """The workload's logs so far (sidecar, app), by name, for failure reports."""
+        ...
+
+    def log_positions(self) -> LogPositions:
+        """Where every workload's logs end now (cheap: called as each test starts), so that
+        `logs_since` can return only what a test's own time window wrote."""
+        ...
+
+    def logs_since(self, workload: Workload, positions: LogPositions) -> Mapping[str, str]:
+        """The workload's log lines written after `positions` (from `log_positions`), by name."""
         ...
 
     def close(self) -> None: ...

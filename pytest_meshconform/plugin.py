@@ -87,9 +87,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mesh-report",
+        action="append",
         default=None,
         metavar="PATH",
-        help="Write a conformance report to PATH (.yaml, .yml or .json). ini: mesh_report.",
+        help="Write a conformance report to PATH: .yaml, .yml or .json (the record), .html (a"
+        " self-contained page) or .md (Markdown); repeat for several. ini: mesh_report.",
     )
     group.addoption(
         "--mesh-artifacts",
@@ -116,7 +118,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mesh_kube_context", "kube context for mesh_cluster = existing, or 'current'")
     parser.addini("mesh_keep", "keep the mesh after the run (default false)", type="bool")
     parser.addini("mesh_cert_ttl", "workload certificate TTL, e.g. 24h (the default), 1h30m")
-    parser.addini("mesh_report", "conformance report path (.yaml/.yml/.json), ini-relative")
+    parser.addini("mesh_report", "report path (.yaml/.yml/.json, .html, .md), ini-relative")
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
     parser.addini("mesh_baseline", "previous conformance report to compare against")
 
@@ -131,6 +133,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.pluginmanager.register(fixtures, "meshconform-fixtures")
     report.configure(config)
+    from . import report_render
+
+    report_render.configure(config)
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 import pytest
 
 from .mesh import MeshInfo
+from .observations import Observations, observations_from_dict
 
 if TYPE_CHECKING:
     from .evidence import Evidence
@@ -65,6 +66,7 @@ __all__ = [
     "TestResult",
     "assign_test_ids",
     "configure",
+    "description_of",
     "diff_reports",
     "dump_report",
     "format_diff",
@@ -148,6 +150,8 @@ class TestResult:
     min_mesh_version: str | None = None  # from @pytest.mark.mesh_min_version
     mesh_wide: bool = False  # @pytest.mark.mesh_wide
     evidence: EvidenceRecord | None = None
+    description: str | None = None  # the test's docstring
+    observations: Observations | None = None  # what it did and saw, pass or fail
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +367,10 @@ def _test_dict(test: TestResult) -> dict[str, Any]:
             evidence["directory"] = test.evidence.directory
         evidence["files"] = dict(test.evidence.files)
         data["evidence"] = evidence
+    if test.description is not None:
+        data["description"] = test.description
+    if test.observations:
+        data["observations"] = test.observations.to_dict()
     return data
 
 
@@ -627,6 +635,17 @@ def _parse_test(data: object, where: str) -> TestResult:
             )
         evidence = _parse_evidence(fields.data["evidence"], fields.at("evidence"))
     fields.used.add("evidence")
+    observations = None
+    if "observations" in fields.data:
+        try:
+            observations = observations_from_dict(
+                fields.data["observations"], fields.at("observations")
+            )
+        except ValueError as error:
+            raise ReportError(str(error)) from None
+        if not observations:
+            raise ReportError(f"{fields.at('observations')}: omit the field instead of empty")
+    fields.used.add("observations")
     test = TestResult(
         id=fields.need_text("id"),
         name=fields.need_text("name"),
@@ -639,6 +658,8 @@ def _parse_test(data: object, where: str) -> TestResult:
         min_mesh_version=fields.text("minMeshVersion", required=False),
         mesh_wide=bool(mesh_wide),
         evidence=evidence,
+        description=fields.text("description", required=False),
+        observations=observations,
     )
     fields.done()
     return test
@@ -1116,6 +1137,14 @@ def _archive_new_evidence(
             continue
         archive.files[label] = target
         listing.append(f"{label}: {target}")
+    for label, (data, suffix) in evidence.blobs.items():
+        # Data too large for the terminal (config dumps): files under --mesh-artifacts only.
+        if archive.directory is None or label in archive.files:
+            continue
+        target = archive.directory / _file_name_for(label, Path(f"data{suffix}"), archive.names)
+        target.write_bytes(data)
+        archive.files[label] = target
+        listing.append(f"{label}: {target}")
     new_texts: dict[str, str] = {}
     for text_label, text in evidence.texts.items():
         if text_label in archive.texts:
@@ -1152,6 +1181,8 @@ class _Record:
     message: str | None = None
     duration: float = 0.0
     archive: _Archive | None = None
+    description: str | None = None
+    observations: Observations | None = None
 
     def fold(self, report: pytest.TestReport) -> None:
         """Take one phase's report into account (pytest's own rules for xfail and errors)."""
@@ -1173,6 +1204,15 @@ class _Record:
         elif report.when == "call":
             self.outcome = "xpassed" if xfail else "passed"
             self.message = _message_of(report) if xfail else None
+
+
+def description_of(item: pytest.Item) -> str | None:
+    """A test's description in every report format: its docstring (cleaned), else None."""
+    import inspect
+
+    obj = getattr(item, "obj", None)
+    doc = inspect.getdoc(obj) if obj is not None else None
+    return doc.strip() or None if doc else None
 
 
 def _message_of(report: pytest.TestReport) -> str | None:
@@ -1256,7 +1296,11 @@ class MeshReportPlugin:
                     str(min_version.args[0]) or None if min_version and min_version.args else None
                 ),
                 mesh_wide=item.get_closest_marker("mesh_wide") is not None,
+                description=description_of(item),
             )
+            description = self.records[item.nodeid].description
+            if description is not None:  # JUnit too: a <property name="description"> per test
+                item.user_properties.append(("description", description))
 
     def _record(self, nodeid: str) -> _Record:
         record = self.records.get(nodeid)
@@ -1275,6 +1319,12 @@ class MeshReportPlugin:
         report = yield
         if report.failed:
             self._attach_evidence(item, report)
+        if report.when == "teardown":
+            from .evidence import evidence_key
+
+            evidence = item.stash.get(evidence_key, None)
+            if evidence is not None and evidence.observed:
+                self._record(item.nodeid).observations = evidence.observed
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -1284,7 +1334,7 @@ class MeshReportPlugin:
         from .evidence import evidence_key
 
         evidence = item.stash.get(evidence_key, None)
-        if evidence is None or not (evidence.files or evidence.texts):
+        if evidence is None or not (evidence.files or evidence.texts or evidence.blobs):
             return
         archive = item.stash.get(_archive_key, None)
         try:
@@ -1302,6 +1352,9 @@ class MeshReportPlugin:
             return
         if listing and archive.directory is None and evidence.files:
             listing.append("(files may be temporary: keep them with --mesh-artifacts=DIR)")
+        summary = new_texts.pop("summary", None)
+        if summary is not None:  # what the test did and saw comes first
+            _attach(report, "meshconform evidence: summary", summary)
         if listing:
             _attach(report, "meshconform evidence", "\n".join(listing))
         for label, text in new_texts.items():
@@ -1346,6 +1399,8 @@ class MeshReportPlugin:
                 min_mesh_version=record.min_mesh_version,
                 mesh_wide=record.mesh_wide,
                 evidence=evidence,
+                description=record.description,
+                observations=record.observations,
             )
             suites.setdefault(record.suite, (record.file, []))[1].append(test)
         from . import __version__

@@ -24,6 +24,7 @@ __all__ = [
     "CLUSTER_KINDS",
     "DEFAULT_CERT_TTL",
     "FAULT_NAMES",
+    "HUMAN_REPORT_SUFFIXES",
     "MAX_CERT_TTL",
     "REPORT_SUFFIXES",
     "ClusterKind",
@@ -54,6 +55,8 @@ _REPORT_FORMAT_BY_SUFFIX: Final[dict[str, ReportFormat]] = {
     ".json": "json",
 }
 REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
+# Human-readable reports (report_render.py): a self-contained HTML page, Markdown.
+HUMAN_REPORT_SUFFIXES: Final[tuple[str, ...]] = (".html", ".htm", ".md")
 
 FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
@@ -161,6 +164,7 @@ class OptionLayer:
     artifacts: str | None = None
     baseline: str | None = None
     faults: tuple[str, ...] = ()
+    more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -181,6 +185,8 @@ class MeshSettings:
     artifacts: Path | None = None
     baseline: Path | None = None  # a previous report to compare this run against
     faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
+    # Every other --mesh-report: HTML and Markdown renderings, further YAML/JSON copies.
+    extra_reports: tuple[Path, ...] = ()
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -205,6 +211,7 @@ class MeshSettings:
             return str(value) if value else None  # an empty ini value counts as not given
 
         inipath = config.inipath
+        reports = tuple(config.getoption("mesh_report") or ())
         cli = OptionLayer(
             origin="cli",
             base_dir=config.invocation_params.dir,
@@ -212,10 +219,11 @@ class MeshSettings:
             kube_context=config.getoption("mesh_kube_context"),
             keep=config.getoption("mesh_keep"),
             cert_ttl=config.getoption("mesh_cert_ttl"),
-            report=config.getoption("mesh_report"),
+            report=reports[0] if reports else None,
             artifacts=config.getoption("mesh_artifacts"),
             baseline=config.getoption("mesh_baseline"),
             faults=tuple(config.getoption("mesh_fault") or ()),
+            more_reports=reports[1:],
         )
         ini = OptionLayer(
             origin="ini",
@@ -254,15 +262,17 @@ class MeshSettings:
             )
         cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
         keep = cli.keep if cli.keep is not None else ini.keep
+        report, extra_reports = _pick_reports(cli, ini)
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,
             keep=bool(keep),
             cert_ttl=cert_ttl if cert_ttl is not None else DEFAULT_CERT_TTL,
-            report=_value(_pick(cli, ini, "report", _parse_report)),
+            report=report,
             artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
             baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
             faults=_parse_faults(cli.faults),
+            extra_reports=extra_reports,
         )
 
     def header_lines(self) -> list[str]:
@@ -278,6 +288,7 @@ class MeshSettings:
             f"{name}={path}"
             for name, path in (
                 ("report", self.report),
+                *(("report", extra) for extra in self.extra_reports),
                 ("artifacts", self.artifacts),
                 ("baseline", self.baseline),
             )
@@ -339,6 +350,29 @@ def _parse_report(value: str, layer: OptionLayer) -> Path:
             f"invalid report path {value!r}; accepted suffixes: {', '.join(REPORT_SUFFIXES)}"
         )
     return path
+
+
+def _parse_any_report(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if report_format_of(path) is None and path.suffix.lower() not in HUMAN_REPORT_SUFFIXES:
+        accepted = ", ".join((*REPORT_SUFFIXES, *HUMAN_REPORT_SUFFIXES))
+        raise ValueError(f"invalid report path {value!r}; accepted suffixes: {accepted}")
+    return path
+
+
+def _pick_reports(cli: OptionLayer, ini: OptionLayer) -> tuple[Path | None, tuple[Path, ...]]:
+    """Every --mesh-report (or the ini's one): the first YAML/JSON one is the report the
+    baseline and the evidence paths refer to; the others (HTML, Markdown, copies) follow it."""
+    layer = cli if cli.report is not None else ini
+    values = [v for v in (layer.report, *layer.more_reports) if v is not None]
+    paths = []
+    for value in values:
+        try:
+            paths.append(_parse_any_report(value, layer))
+        except ValueError as error:
+            raise SettingsError(f"{layer.describe('report')}: {error}") from error
+    structured = next((p for p in paths if report_format_of(p) is not None), None)
+    return structured, tuple(p for p in paths if p is not structured)
 
 
 def _parse_baseline(value: str, layer: OptionLayer) -> Path:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up for a fresh Debian/Ubuntu machine: the system tools the local mesh
 # drives (tcpdump, iptables, iproute2, curl, util-linux's setpriv) and a virtualenv at .venv with
-# the project installed with all extras. Sourced by scripts/conformance.sh and scripts/test.sh.
+# the project installed with all extras (plus chromium when scripts/test.sh asks for it).
+# Sourced by scripts/conformance.sh and scripts/test.sh.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -21,6 +22,19 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+# The tests open the HTML report in a real headless browser: scripts/test.sh asks for Debian's
+# chromium (MESHCONFORM_SETUP_BROWSER=1); the conformance run itself never needs it.
+if [ "${MESHCONFORM_SETUP_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "meshconform setup: missing chromium (the HTML report test); run: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+  echo "meshconform setup: installing chromium (apt-get, for the HTML report test)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends chromium >/dev/null
 fi
 
 python=${PYTHON:-python3}

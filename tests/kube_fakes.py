@@ -533,6 +533,7 @@ class FakeCluster:
     proxy_image: str = PROXY_IMAGE  # what the injector puts in istio-proxy
     hbone_pods: bool = False  # injected with ISTIO_META_ENABLE_HBONE=true (see pod_json)
     calls: list[str] = field(default_factory=list)
+    log_requests: list[tuple[str, str, str, int | None]] = field(default_factory=list)
     forbidden: set[str] = field(default_factory=set)  # operations answering 403 (RBAC)
     _version: int = 100
 
@@ -721,7 +722,17 @@ class FakeCluster:
             }
         )
 
-    def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str:
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        since_seconds: int | None = None,
+    ) -> str:
+        self.log_requests.append((namespace, pod, container, since_seconds))
+        if since_seconds is not None:
+            return f"log of {namespace}/{pod} [{container}] since {since_seconds}s\n"
         return f"log of {namespace}/{pod} [{container}]\n"
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:

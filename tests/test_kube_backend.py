@@ -212,6 +212,23 @@ def test_pod_ip_and_logs(world: World, started: KubeMesh) -> None:
     assert sorted(started.logs(started.workload("sleep", "legacy"))) == ["sleep"]
 
 
+def test_logs_since_ask_for_the_test_window_only(
+    world: World, started: KubeMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytest_meshconform.kube.backend as kube_backend
+
+    httpbin = started.workload("httpbin", "foo")
+    positions = started.log_positions()
+    later = positions.at + 41.2
+    monkeypatch.setattr(kube_backend.time, "time", lambda: later)
+    world.cluster.log_requests.clear()
+    window = started.logs_since(httpbin, positions)
+    assert sorted(window) == ["httpbin", "istio-proxy"]
+    # 41.2 s ago, rounded up, plus a second so that no line of the window is missed
+    assert {since for *_, since in world.cluster.log_requests} == {43}
+    assert window["istio-proxy"].endswith("since 43s\n")
+
+
 def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
     world.cluster.deployments["istio-system"] = [
         istiod_deployment(image="docker.io/istio/pilot:1.21.2"),

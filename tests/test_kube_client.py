@@ -237,3 +237,15 @@ def test_deleting_a_terminating_namespace_is_not_an_error(
         "DELETE /api/v1/namespaces/mc-0ld0ld-foo?propagationPolicy=Background",
         "DELETE /api/v1/namespaces/mc-never-was?propagationPolicy=Background",
     ]
+
+
+def test_pod_log_since_asks_the_api_server_for_the_window(
+    server: FakeApiServer, api: KubeApi
+) -> None:
+    log_path = "/api/v1/namespaces/mc-1a2b3c-foo/pods/httpbin-0/log"
+    server.routes[f"GET {log_path}"] = "line\n"
+    api.pod_log("mc-1a2b3c-foo", "httpbin-0", "istio-proxy", 1024, since_seconds=7)
+    api.pod_log("mc-1a2b3c-foo", "httpbin-0", "istio-proxy", 1024)
+    since, whole = [r for r in server.requests if r.startswith(f"GET {log_path}")]
+    assert "sinceSeconds=7" in since and "container=istio-proxy" in since
+    assert "sinceSeconds" not in whole

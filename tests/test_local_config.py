@@ -629,6 +629,20 @@ def test_bootstrap_points_envoy_at_its_files_and_admin_socket() -> None:
                 }
             },
         },
+        # Istio's limit (pkg/bootstrap/config.go: overload.global_downstream_max_connections
+        # "2147483647"), as the overload manager monitor of its connectionSettings golden file.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
+                        ".downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 2147483647,
+                    },
+                }
+            ]
+        },
         "dynamic_resources": {
             "lds_config": {
                 "path_config_source": {
@@ -855,3 +869,49 @@ def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "NOT_A_POLICY" in proc.stdout + proc.stderr
+
+
+def _envoy_start_log(envoy: Path, bootstrap: dict[str, Any], directory: Path) -> str:
+    """Run a real Envoy (admin on a Unix socket, no listener: no network) until its main loop
+    starts, then stop it by its PID; its info-level log."""
+    config = directory / "bootstrap.json"
+    config.write_text(json.dumps(bootstrap))
+    proc = subprocess.Popen(
+        [
+            *(str(envoy), "-c", str(config), "--disable-hot-restart", "--concurrency", "1"),
+            *("--log-level", "info", "--base-id-path", str(directory / "base-id")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "starting main dispatch loop" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    log = "".join(lines)
+    assert "starting main dispatch loop" in log, log[-2000:]
+    return log
+
+
+def test_istios_connection_limit_silences_envoys_start_up_warning(tmp_path: Path) -> None:
+    """Envoy warns at start-up when no global downstream connection limit is configured; the
+    rendered bootstrap carries Istio's limit, and the warning is gone. Both runs are real."""
+    envoy = envoy_path()
+    boot = xds.bootstrap(TOPOLOGY.pod("httpbin", "bar"), PATHS)
+    boot["admin"] = {"address": {"pipe": {"path": str(tmp_path / "admin.sock")}}}
+    del boot["dynamic_resources"]  # no files to watch: only the server's own start-up
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    with_limit = _envoy_start_log(envoy, boot, tmp_path / "with")
+    del boot["overload_manager"]
+    without = _envoy_start_log(envoy, boot, tmp_path / "without")
+    warning = "no configured limit to the number of allowed active downstream connections"
+    assert warning in without
+    assert warning not in with_limit

@@ -561,3 +561,42 @@ def test_idle_kept_alive_plaintext_is_closed_within_the_drain_time(
         switched = time.monotonic()
         assert read_to_eof(conn, ENVOY_DRAIN_TIME_S + 2.0) == b""
         assert time.monotonic() - switched < ENVOY_DRAIN_TIME_S + 1.0
+
+
+# ======================================================================= logs of a test's window
+
+
+def test_envoy_starts_without_the_connection_limit_warning(mesh: LocalMesh) -> None:
+    """Istio sets a global downstream connection limit, so its sidecars do not warn at start-up
+    (Envoy's server.cc warns "there is no configured limit to the number of allowed active
+    downstream connections" otherwise); the local sidecars carry the same limit."""
+    for workload in mesh.workloads():
+        if not workload.has_sidecar:
+            continue
+        log = mesh.logs(workload)["envoy.log"]  # warning level: this warning would be in it
+        assert "no configured limit" not in log, log[-2000:]
+
+
+def test_logs_since_hold_only_the_window(mesh: LocalMesh) -> None:
+    """log_positions / logs_since: the access log lines of a request made after the positions
+    were taken, and none of the lines before."""
+    sleep, httpbin = w(mesh, "sleep", "foo"), w(mesh, "httpbin", "foo")
+    assert curl(mesh, sleep, "http://httpbin.foo:8000/status/201") == (0, "201")
+    positions = mesh.log_positions()
+    assert curl(mesh, sleep, "http://httpbin.foo:8000/status/202") == (0, "202")
+    window = poll_access_log(mesh, httpbin, positions, "/status/202")
+    assert "/status/201" not in window
+    assert "/status/201" in mesh.logs(httpbin)["envoy-access.log"]
+    untouched = mesh.logs_since(w(mesh, "httpbin", "bar"), positions)
+    assert untouched["envoy-access.log"] == ""
+
+
+def poll_access_log(mesh: LocalMesh, workload: Workload, positions: Any, needle: str) -> str:
+    """Envoy flushes its access log asynchronously: wait (bounded) for the line."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = mesh.logs_since(workload, positions)["envoy-access.log"]
+        if needle in text or time.monotonic() > deadline:
+            assert needle in text, text
+            return text
+        time.sleep(0.05)

@@ -343,7 +343,8 @@ def test_mesh_cluster_swallowing_a_test_path_is_a_usage_error(
         (
             [],
             ["--mesh-report=out.txt"],
-            "--mesh-report: invalid report path 'out.txt'; accepted suffixes: .yaml, .yml, .json",
+            "--mesh-report: invalid report path 'out.txt'; accepted suffixes: .yaml, .yml, .json,"
+            " .html, .htm, .md",
         ),
         (
             ["mesh_report = report"],

@@ -14,6 +14,7 @@ module is plain logic over dicts.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -27,6 +28,7 @@ from typing import Any, Final, Literal, Protocol
 
 from ..mesh import (
     ExecResult,
+    LogPositions,
     MeshError,
     PcapRecording,
     PropagationTimeout,
@@ -153,7 +155,14 @@ class ClusterApi(Protocol):
     def add_ephemeral_container(
         self, namespace: str, pod: str, container: Mapping[str, Any]
     ) -> None: ...
-    def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str: ...
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        since_seconds: int | None = None,
+    ) -> str: ...
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_deployments(
         self, namespace: str, label_selector: str | None = None, timeout: float | None = None
@@ -792,6 +801,29 @@ class KubeMesh:
             try:
                 found[container] = self.api.pod_log(
                     workload.namespace, pod, container, _LOG_LIMIT_BYTES
+                )
+            except MeshError as error:
+                found[container] = f"<could not read logs: {error}>"
+        return found
+
+    def log_positions(self) -> LogPositions:
+        """Now: `logs_since` asks the API server for the lines written since then."""
+        return LogPositions(at=time.time())
+
+    def logs_since(self, workload: Workload, positions: LogPositions) -> dict[str, str]:
+        """App and sidecar log lines of the test's window (Kubernetes' `sinceSeconds`, rounded
+        up, plus a second for the clock: a line may be early, none is missed); never raises."""
+        since = max(1, math.ceil(time.time() - positions.at) + 1)
+        found: dict[str, str] = {}
+        containers = [workload.app] + ([PROXY_CONTAINER] if workload.has_sidecar else [])
+        try:
+            pod = self.pod_name(workload)
+        except MeshError as error:
+            return {"error": str(error)}
+        for container in containers:
+            try:
+                found[container] = self.api.pod_log(
+                    workload.namespace, pod, container, _LOG_LIMIT_BYTES, since_seconds=since
                 )
             except MeshError as error:
                 found[container] = f"<could not read logs: {error}>"

@@ -402,11 +402,21 @@ class KubeApi:
                 f"add ephemeral container {container.get('name')} to {namespace}/{pod}", error
             ) from error
 
-    def pod_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str:
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        since_seconds: int | None = None,
+    ) -> str:
+        """A container's log (the first `limit_bytes`); only the last `since_seconds` when given
+        (PodLogOptions.sinceSeconds)."""
+        options: dict[str, Any] = {"container": container, "limit_bytes": limit_bytes}
+        if since_seconds is not None:
+            options["since_seconds"] = since_seconds
         try:
-            text = self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, limit_bytes=limit_bytes
-            )
+            text = self.core.read_namespaced_pod_log(pod, namespace, **options)
         except Exception as error:
             raise _api_error(f"logs of {namespace}/{pod} {container}", error) from error
         return str(text)

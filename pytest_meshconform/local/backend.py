@@ -47,6 +47,7 @@ from ..certs import rotation_time
 from ..mesh import (
     ALL_FEATURES,
     ExecResult,
+    LogPositions,
     MeshError,
     PcapRecording,
     PropagationTimeout,
@@ -307,6 +308,7 @@ class LocalMesh:
         self._launcher_output = b""
         self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
+        self._logs_settled_at = float("-inf")  # see _settle_logs
         self.rotations: list[Rotation] = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
@@ -845,17 +847,57 @@ class LocalMesh:
             return "no log"
         return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
 
+    @staticmethod
+    def _log_files(runtime: _PodRuntime) -> tuple[tuple[str, Path], ...]:
+        return (
+            ("envoy.log", runtime.directory / "envoy.log"),
+            ("envoy-access.log", runtime.paths.access_log),
+            ("app.log", runtime.directory / "app.log"),
+        )
+
     def logs(self, workload: Workload) -> dict[str, str]:
         """The sidecar's log and access log and the app's log so far, for failure reports."""
         runtime = self._runtime(workload)
         found = {}
-        for label, path in (
-            ("envoy.log", runtime.directory / "envoy.log"),
-            ("envoy-access.log", runtime.paths.access_log),
-            ("app.log", runtime.directory / "app.log"),
-        ):
+        for label, path in self._log_files(runtime):
             with contextlib.suppress(OSError):
                 found[label] = path.read_text(errors="replace")
+        return found
+
+    def log_positions(self) -> LogPositions:
+        """The size of every pod's log files now: `logs_since` reads from there on."""
+        self._require_state()
+        offsets: dict[str, dict[str, int]] = {}
+        for key, runtime in self._pods.items():
+            sizes = offsets[key] = {}
+            for label, path in self._log_files(runtime):
+                with contextlib.suppress(OSError):
+                    sizes[label] = path.stat().st_size
+        return LogPositions(at=time.time(), offsets=offsets)
+
+    def _settle_logs(self) -> None:
+        """Envoy writes an access log line when a stream ends and flushes every
+        ENVOY_FILE_FLUSH_MS: give the lines of a request that just ended time to land (once per
+        burst of reads, so a failure report waits half a second at most)."""
+        settle = 2.5 * ENVOY_FILE_FLUSH_MS / 1000
+        if time.monotonic() - self._logs_settled_at > settle:
+            time.sleep(settle)
+            self._logs_settled_at = time.monotonic()
+
+    def logs_since(self, workload: Workload, positions: LogPositions) -> dict[str, str]:
+        """What each log file of the pod gained after `positions` (whole lines only)."""
+        runtime = self._runtime(workload)
+        self._settle_logs()
+        start = positions.offsets.get(workload.key, {})
+        found = {}
+        for label, path in self._log_files(runtime):
+            try:
+                with path.open("rb") as log:
+                    log.seek(start.get(label, 0))
+                    data = log.read()
+            except OSError:
+                continue
+            found[label] = data.decode(errors="replace")
         return found
 
     def _runtime(self, workload: Workload) -> _PodRuntime:

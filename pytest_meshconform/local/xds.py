@@ -15,7 +15,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ..istio import Upstream
 from ..policy import MtlsMode, TlsMode
@@ -146,6 +146,37 @@ ISTIO_STATS_CONFIG: dict[str, Any] = {
 }
 
 
+# Istio lifts Envoy's unset global downstream connection limit to the int32 maximum for every
+# proxy (pkg/bootstrap/config.go, extractRuntimeFlags: runtime key
+# `overload.global_downstream_max_connections` = "2147483647"; with ProxyConfig
+# connectionSettings it renders the overload manager's
+# `envoy.resource_monitors.global_downstream_max_connections` monitor instead, as in
+# pkg/bootstrap/testdata/global_downstream_connection_settings_golden.json). The monitor is the
+# form Istio renders when it sets a limit itself; with a limit configured, Envoy no longer warns
+# at start-up that "there is no configured limit to the number of allowed active downstream
+# connections" (docs/istio-facts.md, "Sidecar bootstrap").
+ISTIO_MAX_DOWNSTREAM_CONNECTIONS: Final = 2147483647
+DOWNSTREAM_CONNECTIONS_TYPE: Final = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+def overload_manager() -> dict[str, Any]:
+    """Istio's global downstream connection limit, as Envoy's overload manager spells it."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": DOWNSTREAM_CONNECTIONS_TYPE,
+                    "max_active_downstream_connections": ISTIO_MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }
+        ]
+    }
+
+
 def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
     w = pod.workload
     return {
@@ -156,6 +187,7 @@ def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
         },
         "admin": {"address": {"pipe": {"path": str(paths.admin_socket), "mode": 0o600}}},
         "stats_config": copy.deepcopy(ISTIO_STATS_CONFIG),
+        "overload_manager": overload_manager(),
         "dynamic_resources": {
             "lds_config": _file_source(paths.lds),
             "cds_config": _file_source(paths.cds),

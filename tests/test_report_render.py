@@ -1,0 +1,194 @@
+"""The human-readable reports without a mesh: the document model rendered as HTML and
+Markdown (escaping, colour coding, the rotation chart, brief mode), --mesh-report repeated,
+and a test's docstring as its description in every format (YAML, HTML, Markdown, JUnit)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from test_observations import sample
+
+from pytest_meshconform.observations import ObservedTable
+from pytest_meshconform.report_render import (
+    Block,
+    Document,
+    Entry,
+    Section,
+    Timeline,
+    render_html,
+    render_markdown,
+)
+from pytest_meshconform.settings import MeshSettings, OptionLayer, SettingsError
+
+TABLE = ObservedTable(
+    title="a <b>matrix</b> | of outcomes",
+    rows=("sleep.foo", "sleep.legacy"),
+    columns=("httpbin.foo",),
+    expected=(("mTLS",), ("reset",)),
+    observed=(("mTLS",), ("plaintext",)),
+    corner="client \\ server",
+)
+
+
+def document(*entries: Entry) -> Document:
+    return Document(
+        title="audit <of> things",
+        status="failure",
+        summary="1 passed, 1 failed",
+        header=(("Mesh", "istio 1.25 <kind>"), ("Settings", "cluster=kind")),
+        sections=(Section("checks", "failure", entries, subtitle="checks.py"),),
+        notes=("faults <injected>",),
+        generated="2026-12-03T06:00:00Z",
+    )
+
+
+FAILED = Entry(
+    title="test_matrix",
+    status="failed",
+    description="Each client calls each server.",
+    message="AssertionError: <differs>",
+    duration=1.5,
+    facts=(("Requests", ("sleep.foo -> httpbin.foo: HTTP 200",)),),
+    tables=(TABLE,),
+    evidence=(Block("log httpbin.foo envoy-access.log (this test)", "GET /x <y> ```"),),
+)
+PASSED = Entry(title="test_ok", status="passed", description="Fine.", duration=0.1)
+
+
+def test_html_is_self_contained_escaped_and_colour_coded() -> None:
+    page = render_html(document(FAILED, PASSED))
+    assert page.startswith("<!DOCTYPE html>")
+    for needle in ("<script", " src=", " href=", "@import", "url("):
+        assert needle not in page  # nothing to run, nothing to fetch
+    assert "default-src 'none'" in page  # and the page forbids it anyway
+    assert "audit &lt;of&gt; things" in page and "<of>" not in page
+    assert "AssertionError: &lt;differs&gt;" in page
+    assert "<caption>a &lt;b&gt;matrix&lt;/b&gt; | of outcomes: 1 cells differ</caption>" in page
+    assert '<td class="ok" title="as expected">mTLS</td>' in page
+    assert (
+        '<td class="mismatch" title="expected reset, observed plaintext">plaintext'
+        '<span class="want">expected reset</span></td>'
+    ) in page
+    assert '<section class="entry bad" data-status="failed">' in page
+    assert '<section class="entry good" data-status="passed">' in page
+    assert "<pre>GET /x &lt;y&gt; ```</pre>" in page
+    assert '<p class="note">faults &lt;injected&gt;</p>' in page
+
+
+def test_markdown_escapes_cells_and_fences_evidence() -> None:
+    text = render_markdown(document(FAILED, PASSED))
+    lines = text.splitlines()
+    assert lines[0] == "# audit <of> things: ❌ failure"
+    assert "| Mesh | istio 1.25 <kind> |" in lines
+    assert "> **Warning:** faults <injected>" in lines
+    assert "**a <b>matrix</b> \\| of outcomes**: 1 cells differ" in lines
+    assert "| client \\\\ server | httpbin.foo |" in lines
+    assert "| sleep.legacy | ❌ **plaintext** (expected reset) |" in lines
+    assert "| sleep.foo | ✅ mTLS |" in lines
+    evidence = lines.index("*log httpbin.foo envoy-access.log (this test)*")
+    assert lines[evidence + 2 : evidence + 5] == ["````", "GET /x <y> ```", "````"]
+    assert "#### ✅ **test_ok**: passed (0.10s)" in lines
+
+
+def test_brief_markdown_keeps_passing_entries_to_one_line() -> None:
+    text = render_markdown(document(FAILED, PASSED), brief=True)
+    assert "- ✅ **test_ok**: passed (0.10s): Fine." in text.splitlines()
+    assert "| sleep.legacy | ❌ **plaintext** (expected reset) |" in text  # failures in full
+    assert "GET /x <y> ```" in text
+
+
+def test_the_rotation_timeline_is_an_inline_svg() -> None:
+    (rotation,) = sample().rotations
+    timeline = Timeline.of(rotation)
+    assert timeline.old_start == datetime(2026, 12, 3, 6, 0, 0, tzinfo=UTC)
+    assert timeline.observed_at == datetime(2026, 12, 3, 6, 0, 15, 100000, tzinfo=UTC)
+    page = render_html(document(Entry("test_rotation", "passed", timelines=(timeline,))))
+    svg = page[page.index("<svg") : page.index("</svg>") + 6]
+    root = ET.fromstring(svg)  # well-formed SVG
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert texts == [
+        "old certificate",
+        "new certificate",
+        "06:00:00",
+        "06:00:45",
+        "rotation seen 06:00:15",
+        "half-life",
+    ]
+    rects = [r.attrib for r in root.iter("{http://www.w3.org/2000/svg}rect")]
+    # 45 s drawn over 620 px: the old certificate is 30 s wide, the new one starts at 15 s
+    assert [float(r["width"]) for r in rects] == pytest.approx([413.3, 413.3], abs=0.1)
+    assert float(rects[1]["x"]) == pytest.approx(10 + 620 * 15 / 45, abs=0.1)
+
+
+def layers(*reports: str) -> tuple[OptionLayer, OptionLayer]:
+    cli = OptionLayer(
+        origin="cli",
+        base_dir=Path("/run"),
+        report=reports[0] if reports else None,
+        more_reports=reports[1:],
+    )
+    return cli, OptionLayer(origin="ini", base_dir=Path("/proj"), report="ini.yaml")
+
+
+def test_mesh_report_may_be_given_for_each_format() -> None:
+    settings = MeshSettings.resolve(*layers("r.html", "r.yaml", "r.md", "copy.json"))
+    assert settings.report == Path("/run/r.yaml")  # the record: baseline, evidence paths
+    assert settings.extra_reports == (
+        Path("/run/r.html"),
+        Path("/run/r.md"),
+        Path("/run/copy.json"),
+    )
+    assert settings.header_lines()[1] == (
+        "meshconform: report=/run/r.yaml report=/run/r.html report=/run/r.md report=/run/copy.json"
+    )
+    only_html = MeshSettings.resolve(*layers("r.html"))
+    assert only_html.report is None and only_html.extra_reports == (Path("/run/r.html"),)
+    from_ini = MeshSettings.resolve(*layers())
+    assert from_ini.report == Path("/proj/ini.yaml") and from_ini.extra_reports == ()
+    with pytest.raises(SettingsError, match=r"^--mesh-report: invalid report path 'r\.pdf'"):
+        MeshSettings.resolve(*layers("r.html", "r.pdf"))
+
+
+def test_a_docstring_is_the_description_in_every_format(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain='''
+def test_documented():
+    """Says what it checks.
+
+    On two paragraphs."""
+
+
+def test_bare():
+    pass
+'''
+    )
+    result = pytester.runpytest(
+        "-p",
+        "no:randomly",
+        "--mesh-report=r.yaml",
+        "--mesh-report=r.html",
+        "--mesh-report=r.md",
+        "--junitxml=junit.xml",
+    )
+    result.assert_outcomes(passed=2)
+    want = "Says what it checks.\n\nOn two paragraphs."
+    tests = yaml.safe_load((pytester.path / "r.yaml").read_text())["suites"][0]["tests"]
+    assert [t.get("description") for t in tests] == [want, None]
+    assert '<p class="desc">Says what it checks.\n\nOn two paragraphs.</p>' in (
+        (pytester.path / "r.html").read_text()
+    )
+    assert "> Says what it checks.\n>\n> On two paragraphs." in (
+        (pytester.path / "r.md").read_text()
+    )
+    suite = ET.parse(pytester.path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    documented = suite.find("testcase[@name='test_documented']/properties/property")
+    assert documented is not None and documented.attrib == {"name": "description", "value": want}
+    assert suite.find("testcase[@name='test_bare']/properties") is None
+    # no mesh was used: nothing goes to a CI step summary
+    assert "meshconform report: " in result.stdout.str()
