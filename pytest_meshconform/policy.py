@@ -73,6 +73,7 @@ Errors are :class:`PolicyError`, whose message names the document, the field pat
 
 from __future__ import annotations
 
+import itertools
 import re
 import reprlib
 from collections.abc import Hashable, Iterable, Iterator, Mapping
@@ -529,13 +530,20 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
     Walks the document as go-yaml's decoder does, following every alias (and YAML merge key,
     which PyYAML copies), and stops as go-yaml stops: once more than 100 of more than 1,000
     decoded nodes came through aliases and their share exceeds :func:`_aliasing_allowed`.
-    The walk therefore visits at most the document's own nodes plus about 400,000.
+    The walk therefore takes at most about 100 steps per node of the document, and no more
+    than its own nodes plus about 400,000 for a big one.
     """
     decodes = aliased = 0
     seen: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    # One iterator of children per open node (keys and values in document order): a long
+    # list reached again through an alias costs one step per child visited, not its length.
+    stack: list[tuple[Iterator[yaml.Node], bool]] = [(iter((root,)), False)]
     while stack:
-        node, through_alias = stack.pop()
+        children, through_alias = stack[-1]
+        node = next(children, None)
+        if node is None:
+            stack.pop()
+            continue
         decodes += 1
         if id(node) in seen:
             through_alias = True  # the anchor was decoded before: this is an alias
@@ -562,11 +570,9 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
                     f"is not a valid !!{node.tag.rpartition(':')[2]}"
                 )
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, through_alias) for item in reversed(node.value))
+            stack.append((iter(node.value), through_alias))
         elif isinstance(node, yaml.MappingNode):
-            for key, value in reversed(node.value):
-                stack.append((value, through_alias))
-                stack.append((key, through_alias))
+            stack.append((itertools.chain.from_iterable(node.value), through_alias))
 
 
 def _describe(label: str, document: object) -> str:

@@ -215,6 +215,13 @@ def alias_items_times_sans(size: int) -> str:
     return f"apiVersion: v1\nkind: List\nitems: [&d {rule},{items}]\n"
 
 
+def self_alias_list(size: int) -> str:
+    """A list holding ``size // 3`` aliases of itself (``&a [*a, *a, ...]``): every alias that
+    is followed reaches the whole list again."""
+    aliases = ",".join(["*a"] * max(1, size // 3))
+    return f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nx: &a [{aliases}]\n"
+
+
 def merge_key_bomb(levels: int = 24) -> str:
     """YAML merge keys, each mapping merging the previous one twice: PyYAML's constructor
     copies the merged pairs before dropping duplicates, ``2 ** levels`` pairs."""
@@ -406,6 +413,14 @@ CASES = (
         "parse_policies",
         "aliased items x aliased SANs",
         alias_items_times_sans,
+        "many PeerAuthentications",
+        policies_many,
+        _policies,
+    ),
+    Case(
+        "parse_policies",
+        "a list of aliases to itself",
+        self_alias_list,
         "many PeerAuthentications",
         policies_many,
         _policies,

@@ -131,6 +131,17 @@ def test_yaml_merge_keys_cannot_double_a_mapping_per_line() -> None:
     assert ratio < 3, f"merge keys cost {ratio:.1f}x a benign text 10x their size"
 
 
+def test_a_list_of_aliases_to_itself_is_walked_lazily() -> None:
+    """Following an alias to a long list must not queue the whole list each time."""
+    hostile = hi.self_alias_list(30_000)
+    with pytest.raises(PolicyError, match="excessive aliasing") as info:
+        parse_policies(hostile)
+    assert _nodes_walked(info.value) <= 1100
+    benign = hi.policies_many(30_000)
+    ratio = _ratio(lambda: parse_policies(hostile), lambda: parse_policies(benign))
+    assert ratio < BENIGN_RATIO, f"a list of aliases to itself costs {ratio:.0f}x policies"
+
+
 def test_aliased_items_and_sans_are_not_validated_quadratically() -> None:
     """Small ones are accepted, as by Kubernetes' decoder; big ones refused before validation."""
     policies = parse_policies(hi.alias_items_times_sans(150))
