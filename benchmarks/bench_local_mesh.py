@@ -7,6 +7,10 @@
   one long-lived prober in that pod (bash: a fresh TCP connection per probe), so the figure is
   the mesh's, not the cost of starting curl. `stale` counts probes answered the old way after
   apply() had returned: it must be 0, since apply() waits until the Envoys run the change;
+- authz switches: the same, alternating an allow-nothing AuthorizationPolicy in foo and its
+  deletion, probed from sleep.foo, whose sidecar keeps its upstream connection to httpbin.foo
+  alive across probes: `stale` counts requests the previous authorization still answered (a
+  kept-alive connection served by a replaced filter chain), and must be 0 too;
 - memory: RSS of the mesh's processes (Envoys, app launcher, apps), summed, and PSS (which
   shares the pages the forked apps have in common fairly).
 
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from pytest_meshconform.local.backend import LocalMesh
 from pytest_meshconform.mesh import MeshUnavailable
-from pytest_meshconform.policy import peer_authentication
+from pytest_meshconform.policy import authorization_policy, peer_authentication
 
 UP_GOAL_S = 1.5
 EFFECT_P95_GOAL_S = 0.050
@@ -60,11 +64,12 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 class Prober:
-    """A bash in the naked sleep pod that answers each newline with one fresh request's result."""
+    """A bash in a sleep pod (the naked one by default) that answers each newline with one
+    fresh request's result."""
 
-    def __init__(self, mesh: LocalMesh) -> None:
+    def __init__(self, mesh: LocalMesh, namespace: str = "legacy") -> None:
         self.proc = subprocess.Popen(
-            mesh.exec_argv(mesh.workload("sleep", "legacy"), ["bash", "-c", PROBER]),
+            mesh.exec_argv(mesh.workload("sleep", namespace), ["bash", "-c", PROBER]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -128,6 +133,37 @@ def measure_switches(mesh: LocalMesh, switches: int) -> SwitchFigures:
     return SwitchFigures(tuple(applied), tuple(effects), stale)
 
 
+def measure_authz_switches(mesh: LocalMesh, switches: int) -> SwitchFigures:
+    """Alternate an allow-nothing AuthorizationPolicy on foo and its deletion, probing from
+    sleep.foo (its sidecar pools the upstream connection): time apply and its effect."""
+    prober = Prober(mesh, "foo")
+    nothing = authorization_policy("allow-nothing", "foo")
+    applied, effects, stale = [], [], 0
+    try:
+        if prober.probe() != "200":
+            raise RuntimeError("sleep.foo cannot reach httpbin.foo before any policy")
+        for index in range(switches):
+            deny = index % 2 == 0
+            started = time.perf_counter()
+            if deny:
+                mesh.apply(nothing)
+            else:
+                mesh.delete(nothing)
+            applied.append(time.perf_counter() - started)
+            expected = "403" if deny else "200"
+            while (answer := prober.probe()) != expected:
+                if answer not in ("200", "403"):
+                    raise RuntimeError(f"unexpected probe answer {answer!r}")
+                stale += 1
+                if time.perf_counter() - started > 10:
+                    raise RuntimeError(f"authorization switch {index} not in effect after 10s")
+            effects.append(time.perf_counter() - started)
+        mesh.delete(nothing)
+    finally:
+        prober.close()
+    return SwitchFigures(tuple(applied), tuple(effects), stale)
+
+
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -163,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ups, downs = [], []
     switches: SwitchFigures | None = None
+    authz: SwitchFigures | None = None
     memory: dict[str, tuple[int, int, int]] = {}
     for run in range(args.runs):
         started = time.perf_counter()
@@ -175,12 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if run == args.runs - 1:
                 switches = measure_switches(mesh, args.switches)
+                authz = measure_authz_switches(mesh, args.switches)
                 memory = measure_memory(mesh)
         finally:
             started = time.perf_counter()
             mesh.close()
             downs.append(time.perf_counter() - started)
-    assert switches is not None
+    assert switches is not None and authz is not None
 
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:.1f} ms"
@@ -206,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {'ok' if effect_p95 <= EFFECT_P95_GOAL_S else 'MISSED'})"
     )
     print(f"  stale:     {switches.stale_probes} probes saw the old mode after apply() returned")
+    print(
+        f"  authz:     apply() median {ms(statistics.median(authz.apply_s))},"
+        f" effect median {ms(statistics.median(authz.effect_s))},"
+        f" p95 {ms(percentile(authz.effect_s, 0.95))}, max {ms(max(authz.effect_s))};"
+        f" {authz.stale_probes} stale answers from sleep.foo"
+    )
     total_rss = sum(rss for _, rss, _ in memory.values())
     total_pss = sum(pss for _, _, pss in memory.values())
     print(f"  memory:    RSS {total_rss / 1024:.0f} MiB, PSS {total_pss / 1024:.0f} MiB in total")

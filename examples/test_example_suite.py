@@ -17,6 +17,7 @@ from pytest_meshconform import (
     Mesh,
     MtlsMode,
     PolicyApplier,
+    ServicePortLister,
     WorkloadHandle,
     WorkloadLookup,
     XfccReader,
@@ -71,6 +72,22 @@ spec:
     assert predicted is MtlsMode.DISABLE
     plain = workload("sleep", "legacy").curl(workload("httpbin", "bar"))
     assert plain.ok, f"DISABLE on the workload should accept plaintext: {plain}"
+
+
+@pytest.mark.mesh_features("mtls", "peer-authentication")
+def test_every_service_port_of_a_strict_namespace_refuses_plaintext(
+    apply_policy: PolicyApplier,
+    mesh_service_ports: ServicePortLister,
+    naked_sleep: WorkloadHandle,
+) -> None:
+    """Per-service assertions over every Service port the mesh has (`mesh_service_ports`),
+    each with the mode Istio's policies in force predict."""
+    apply_policy(peer_authentication("default", "foo", mode="STRICT"))
+    for port in mesh_service_ports(namespaces=["foo"]):
+        assert port.predicted == "STRICT", port
+        if port.protocol.is_http:
+            refused = naked_sleep.curl(port.url("/headers"))
+            assert refused.status is None, f"{port.key} accepts plaintext: {refused}"
 
 
 @pytest.mark.mesh_features("certificates")

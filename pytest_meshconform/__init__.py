@@ -40,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "MeshWideNotAllowed": "mesh",
     "PropagationTimeout": "mesh",
     "tunnels_over_hbone": "mesh",
+    "SidecarDied": "mesh",
+    "MeshMtlsAware": "mesh",
+    "mesh_min_tls_version": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
     "mesh_settings_key": "plugin",
     "MeshSettings": "settings",
@@ -87,11 +90,22 @@ _EXPORTS: dict[str, str] = {
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
+    # AuthorizationPolicy: parsed by policy.py, its effect decided by istio/authorization.py
+    "AuthorizationPolicy": "policy",
+    "AuthzAction": "policy",
+    "authorization_policy": "policy",
+    "Authorization": "istio",
+    "RbacFilter": "istio",
+    "authorization_for": "istio",
     # observations.py / report_render.py: evidence per test, human-readable reports
     "TableRecorder": "observations",
     "ObservedTable": "observations",
     "Observations": "observations",
     "LogPositions": "mesh",
+    # audit.py / service_ports.py: every Service port, its predicted mode (meshconform audit)
+    "ServicePort": "audit",
+    "discover_service_ports": "audit",
+    "ServicePortLister": "service_ports",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -107,6 +121,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
+    from .audit import (
+        ServicePort as ServicePort,
+        discover_service_ports as discover_service_ports,
+    )
     from .certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
@@ -135,6 +153,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     )
     from .http import HttpError as HttpError, HttpResult as HttpResult
     from .istio import (
+        Authorization as Authorization,
+        RbacFilter as RbacFilter,
+        authorization_for as authorization_for,
         client_tls_mode as client_tls_mode,
         destination_rule_for as destination_rule_for,
         effective_mtls_mode as effective_mtls_mode,
@@ -146,11 +167,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         LogPositions as LogPositions,
         Mesh as Mesh,
         MeshError as MeshError,
+        MeshMtlsAware as MeshMtlsAware,
         MeshUnavailable as MeshUnavailable,
         MeshWideNotAllowed as MeshWideNotAllowed,
         PropagationTimeout as PropagationTimeout,
         Service as Service,
+        SidecarDied as SidecarDied,
         Workload as Workload,
+        mesh_min_tls_version as mesh_min_tls_version,
         tunnels_over_hbone as tunnels_over_hbone,
     )
     from .observations import (
@@ -160,16 +184,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     )
     from .plugin import mesh_settings_key as mesh_settings_key
     from .policy import (
+        AuthorizationPolicy as AuthorizationPolicy,
+        AuthzAction as AuthzAction,
         DestinationRule as DestinationRule,
         MtlsMode as MtlsMode,
         PeerAuthentication as PeerAuthentication,
         PolicyError as PolicyError,
         TlsMode as TlsMode,
+        authorization_policy as authorization_policy,
         destination_rule as destination_rule,
         parse_policies as parse_policies,
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
+    from .service_ports import ServicePortLister as ServicePortLister
     from .settings import MeshSettings as MeshSettings
     from .waiting import WaitTimeout as WaitTimeout, poll as poll
     from .wire import (

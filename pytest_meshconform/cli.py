@@ -1,10 +1,14 @@
 """The ``meshconform`` console script.
 
 ``meshconform diff OLD NEW`` prints what changed between two runs (regressions, fixes, newly
-skipped, new and removed tests) and exits 1 on any regression, so that an upgrade check is one
-command in CI. Exit status: 0 no regression, 1 regression (or a test file that no longer
-collects), 2 bad input (usage, unreadable or malformed report: the message names the file and
-the field).
+skipped, infrastructure errors, new and removed tests) and exits 1 on any regression, so that
+an upgrade check is one command in CI. Exit status: 0 no regression, 1 regression (or a test
+file that no longer collects), 2 bad input (usage, unreadable or malformed report: the message
+names the file and the field), 3 no regression but infrastructure errors changed (a sidecar
+died in one run: those tests are no evidence either way; run again).
+
+``meshconform audit`` proves every Service port's mTLS from the wire (`audit_cli`): exit 0
+every port conforms, 1 one does not, 2 bad usage.
 
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network
 namespaces, processes, files), as the next run would; exit 0.
@@ -20,18 +24,19 @@ from typing import Final
 
 from . import __version__
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_REGRESSION", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INFRASTRUCTURE", "EXIT_OK", "EXIT_REGRESSION", "main"]
 
 EXIT_OK: Final = 0
 EXIT_REGRESSION: Final = 1
 EXIT_BAD_INPUT: Final = 2  # argparse uses 2 for usage errors too
+EXIT_INFRASTRUCTURE: Final = 3  # only infrastructure errors differ: no verdict, run again
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshconform",
-        description="Work with meshconform conformance reports (pytest --mesh-report=PATH) and"
-        " clean up after local meshes.",
+        description="Work with meshconform conformance reports (pytest --mesh-report=PATH),"
+        " audit a mesh's Service ports, and clean up after local meshes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,10 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Compare two conformance reports test by test. Prints regressions (passed"
         " before, failing now), fixes, newly skipped, other changes, new and removed tests."
         " Exit status: 0 no regression, 1 regression (or a test file that no longer collects),"
-        " 2 bad input.",
+        " 2 bad input, 3 no regression but infrastructure errors (a sidecar died) changed.",
     )
     diff.add_argument("old", metavar="OLD", type=Path, help="the earlier report (.yaml/.yml/.json)")
     diff.add_argument("new", metavar="NEW", type=Path, help="the later report (.yaml/.yml/.json)")
+    from .audit_cli import add_parser as add_audit_parser
+
+    add_audit_parser(commands)
     commands.add_parser(
         "sweep",
         help="remove what killed or kept local meshes left behind",
@@ -59,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep()
+    if args.command == "audit":
+        from .audit_cli import run as run_audit
+
+        return run_audit(args)
     from .report import ReportError, diff_reports, format_diff, load_report
 
     try:
@@ -70,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     diff = diff_reports(old, new)
     for line in format_diff(diff, str(args.old), str(args.new)):
         print(line)
-    return EXIT_REGRESSION if diff.failed else EXIT_OK
+    if diff.failed:
+        return EXIT_REGRESSION
+    return EXIT_INFRASTRUCTURE if diff.infrastructure else EXIT_OK
 
 
 def _sweep() -> int:

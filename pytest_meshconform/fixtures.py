@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from . import signals
 from .backends import Progress, backend_for
 from .evidence import Evidence, evidence_of
 from .http import HttpError, HttpResult, curl_argv, header_from_httpbin, parse_curl_output
@@ -140,47 +140,35 @@ def pytest_collection_modifyitems(
 
 @pytest.fixture(scope="session")
 def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
-    """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run."""
+    """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run.
+
+    From before the backend creates anything until it is closed, SIGTERM and SIGHUP (a CI
+    job's timeout, a closed terminal) end the run like Ctrl-C does, so the mesh is torn down
+    instead of left for the next run to sweep (`signals`).
+    """
     started = time.monotonic()
     settings = request.config.stash[mesh_settings_key]
+    owner = signals.acquire()
     try:
-        opened = backend_for(settings.cluster).open(
-            request.config, settings, _progress(request.config)
-        )
-    except MeshUnavailable as exc:
-        pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    from .report import mesh_info_key
-
-    request.config.stash[mesh_info_key] = MeshInfo.of(opened)
-    request.config.stash[_mesh_key] = opened
-    _progress(request.config)(f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s")
-    restore = _teardown_on_sigterm()
-    try:
-        yield opened
-    finally:
         try:
-            opened.close()
+            opened = backend_for(settings.cluster).open(
+                request.config, settings, _progress(request.config)
+            )
+        except MeshUnavailable as exc:
+            pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        from .report import mesh_info_key
+
+        request.config.stash[mesh_info_key] = MeshInfo.of(opened)
+        request.config.stash[_mesh_key] = opened
+        _progress(request.config)(
+            f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s"
+        )
+        try:
+            yield opened
         finally:
-            restore()
-
-
-def _teardown_on_sigterm() -> Callable[[], None]:
-    """Make SIGTERM (a CI job's timeout, `kill`) end the run like Ctrl-C does, so the mesh is
-    torn down instead of left for the next run to sweep. Only when nobody else handles it."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return lambda: None
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM: tearing the mesh down")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return restore
+            opened.close()
+    finally:
+        signals.release(owner)
 
 
 _mesh_key: Final = pytest.StashKey[Mesh]()
@@ -337,9 +325,22 @@ class WorkloadLookup:
         self._mesh = mesh
         self._evidence = evidence
 
-    def __call__(self, name: str, namespace: str) -> WorkloadHandle:
-        """Any workload of the topology; the namespace as the suites spell it (`foo`)."""
+    def __call__(
+        self, name: str, namespace: str, *, skip_if_missing: bool = False
+    ) -> WorkloadHandle:
+        """Any workload of the topology; the namespace as the suites spell it (`foo`).
+
+        With ``skip_if_missing=True`` a workload the mesh's topology lacks (a
+        ``--mesh-topology`` without it) skips the test, naming it, instead of failing.
+        """
         __tracebackhide__ = True
+        if skip_if_missing and not any(
+            w.name == name and self._mesh.logical_namespace(w.namespace) == namespace
+            for w in self._mesh.workloads()
+        ):
+            pytest.skip(
+                f"the mesh's topology has no workload {name}.{namespace}, which this test needs"
+            )
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
 
 
@@ -361,20 +362,21 @@ def workload(mesh: Mesh, request: pytest.FixtureRequest) -> WorkloadLookup:
 
 @pytest.fixture
 def sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client with a sidecar (namespace foo)."""
-    return workload("sleep", "foo")
+    """The curl client with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("sleep", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def httpbin(workload: WorkloadLookup) -> WorkloadHandle:
-    """The httpbin server with a sidecar (namespace foo)."""
-    return workload("httpbin", "foo")
+    """The httpbin server with a sidecar (namespace foo); skips when the topology lacks it."""
+    return workload("httpbin", "foo", skip_if_missing=True)
 
 
 @pytest.fixture
 def naked_sleep(workload: WorkloadLookup) -> WorkloadHandle:
-    """The curl client without a sidecar (namespace legacy)."""
-    return workload("sleep", "legacy")
+    """The curl client without a sidecar (namespace legacy); skips when the topology lacks
+    it."""
+    return workload("sleep", "legacy", skip_if_missing=True)
 
 
 # -- policies --------------------------------------------------------------------------------------
@@ -420,9 +422,11 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
     """Why `policy` would apply to no workload of the mesh, or None when it applies to some.
 
     A selector selects workloads of the policy's own namespace only, and istiod ignores a
-    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md).
+    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md); an
+    AuthorizationPolicy in the root namespace selects in every namespace
+    (``ListAuthorizationPolicies``).
     """
-    from .policy import PeerAuthentication
+    from .policy import AuthorizationPolicy, PeerAuthentication
 
     namespace = mesh.logical_namespace(policy.namespace or "default")
     root = mesh.root_namespace
@@ -435,7 +439,9 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
         )
     is_peer_auth = isinstance(policy, PeerAuthentication)
     selector = (
-        policy.selector if isinstance(policy, PeerAuthentication) else policy.workload_selector
+        policy.selector
+        if isinstance(policy, PeerAuthentication | AuthorizationPolicy)
+        else policy.workload_selector
     )
     if not selector:
         return None
@@ -445,7 +451,12 @@ def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
             " it applies to no workload (drop the selector for a mesh-wide policy, or move it"
             " to the workloads' namespace)"
         )
-    local = [w for w in workloads if mesh.logical_namespace(w.namespace) == namespace]
+    local = [
+        w
+        for w in workloads
+        if mesh.logical_namespace(w.namespace) == namespace
+        or (namespace == root and isinstance(policy, AuthorizationPolicy))
+    ]
     if any(all(w.labels.get(k) == v for k, v in selector.items()) for w in local):
         return None
     labels = "; ".join(f"{w.name}: {dict(w.labels)}" for w in local) or "none"
@@ -530,14 +541,18 @@ def _check_mesh_wide(node: pytest.Item, mesh: Mesh, manifest: Mapping[str, Any])
     __tracebackhide__ = True
     meta = manifest.get("metadata", {})
     spec = manifest.get("spec") or {}
+    kind = manifest.get("kind")
+    # A root-namespace AuthorizationPolicy reaches every namespace, selector or not.
+    wide = kind == "AuthorizationPolicy" or (
+        kind == "PeerAuthentication" and not spec.get("selector")
+    )
     if (
         meta.get("namespace") == mesh.root_namespace
-        and manifest.get("kind") == "PeerAuthentication"
-        and not spec.get("selector")
+        and wide
         and node.get_closest_marker("mesh_wide") is None
     ):
         raise pytest.UsageError(
-            f"{node.nodeid} applies a mesh-wide PeerAuthentication in"
+            f"{node.nodeid} applies a mesh-wide {kind} in"
             f" {mesh.root_namespace} but is not marked @pytest.mark.mesh_wide (shared-cluster runs"
             " deselect mesh-wide tests by that marker)"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -29,6 +30,7 @@ class Feature(StrEnum):
     CERTIFICATES = "certificates"  # the sidecar's served certificate (`cert_of`)
     ROTATION = "rotation"  # certificates rotate while the run watches (`rotation`)
     MESH_WIDE = "mesh-wide"  # policies in the root namespace may be applied
+    AUTHORIZATION = "authorization"  # AuthorizationPolicy ALLOW/DENY is applied and enforced
 
 
 ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)
@@ -68,17 +70,33 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A Kubernetes Service in front of one workload (port -> targetPort)."""
+    """One port of a Kubernetes Service (port -> targetPort); a Service with several ports is
+    one `Service` per port, same name and namespace.
+
+    ``port_name`` and ``app_protocol`` are the port's ``name`` and ``appProtocol``, from which
+    Istio selects the protocol (`pytest_meshconform.istio.protocol_of`); the default is a
+    port named ``http``, as the built-in `httpbin` Service's.
+    """
 
     name: str
     namespace: str
     port: int
     target_port: int
     selector_app: str  # the Service's `app` selector: its endpoints (istio.plan.endpoints_of)
+    port_name: str = "http"
+    app_protocol: str | None = None
+    # the Service's full selector as (label, value) pairs, when it selects by more than `app`
+    # (a cluster's own Services); empty: the `app` selector alone
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def fqdn(self) -> str:
         return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+    @property
+    def key(self) -> str:
+        """`name.namespace:port`, how the audit names a Service port."""
+        return f"{self.name}.{self.namespace}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +234,83 @@ def tunnels_over_hbone(mesh: Mesh, client: Workload, server: Workload) -> bool:
     """What the wire suites ask before asserting ALPN/SNI/port: HBONE traffic has Istio's
     HBONE shape (TLS to port 15008, ALPN h2), not the sidecar-to-sidecar mTLS one."""
     return isinstance(mesh, HboneAware) and mesh.hbone_tunnel(client, server)
+
+
+class SidecarDied(MeshError):
+    """A process of the mesh itself (a sidecar's Envoy, an app) exited, was stopped or stopped
+    answering: the run's infrastructure broke, so what a test saw since is no evidence about the
+    mesh's behaviour. Such a test ends as an error (not a failure) naming the process and its
+    exit status, marked `infrastructure` in reports; `meshconform diff` keeps it apart from
+    conformance regressions."""
+
+    def __init__(
+        self,
+        workload: str,
+        process: str,
+        pid: int | None,
+        what: str,
+        *,
+        exit_status: int | None = None,
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> None:
+        self.workload = workload  # "httpbin.foo"
+        self.process = process  # "Envoy", "app"
+        self.pid = pid
+        self.what = what  # "was killed by SIGKILL (exit status -9)", "is stopped (SIGSTOP)"...
+        self.exit_status = exit_status  # as Popen reports it (-N: killed by signal N)
+        self.detail = detail  # the end of its log
+        self.at = at or datetime.now(UTC)
+        when = self.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        pid_text = f"pid {pid}, " if pid is not None else ""
+        super().__init__(
+            f"{process} of {workload} {what}: {pid_text}at {when}; {detail or 'no log'}"
+        )
+
+    def again(self) -> SidecarDied:
+        """The same failure as a fresh exception (each test raises its own)."""
+        return SidecarDied(
+            self.workload,
+            self.process,
+            self.pid,
+            self.what,
+            exit_status=self.exit_status,
+            detail=self.detail,
+            at=self.at,
+        )
+
+
+@runtime_checkable
+class HealthAware(Protocol):
+    """A backend that watches its own processes (the local mesh); kept apart from `Mesh`."""
+
+    def health_problems(self) -> Sequence[SidecarDied]:
+        """Each process of the mesh that died, was stopped or stopped answering (first seen
+        first); empty while the mesh is healthy or not running."""
+        ...
+
+
+def health_problems(mesh: Mesh) -> Sequence[SidecarDied]:
+    """What broke in the mesh's own processes so far (nothing for a backend that cannot tell)."""
+    return mesh.health_problems() if isinstance(mesh, HealthAware) else ()
+
+
+@runtime_checkable
+class MeshMtlsAware(Protocol):
+    """A backend that knows its mesh's ``meshConfig.meshMTLS`` (the local mesh: its
+    ``--mesh-min-tls-version``; Kubernetes: istiod's mesh ConfigMap). Kept apart from `Mesh`
+    so that a backend without it still satisfies the protocol."""
+
+    @property
+    def min_tls_version(self) -> str:
+        """``meshMTLS.minProtocolVersion``: ``TLS_AUTO``, ``TLSV1_2`` or ``TLSV1_3``."""
+        ...
+
+
+def mesh_min_tls_version(mesh: Mesh) -> str:
+    """The ``meshMTLS.minProtocolVersion`` in force: the backend's, or ``TLS_AUTO`` (Istio's
+    default, TLS 1.2) for a backend that does not say."""
+    return mesh.min_tls_version if isinstance(mesh, MeshMtlsAware) else "TLS_AUTO"
 
 
 class MeshWideNotAllowed(MeshError):

@@ -9,7 +9,7 @@ Hook layout, in the order pytest calls them:
   ``config.stash[mesh_settings_key]``, so a bad value is a UsageError before collection.
 - ``pytest_report_collectionfinish``: the settings in force, so a CI log says what was tested.
   Printed once collection is done, not in the session header: a suite's conftest may change a
-  default (the built-in suites' 30 s TTL) and, under ``--pyargs``, pytest loads that conftest
+  default (the built-in suites' 10 s TTL) and, under ``--pyargs``, pytest loads that conftest
   only while collecting.
 - Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...) live in ``fixtures.py``,
   registered by ``pytest_configure``.
@@ -108,6 +108,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " listed at the end and fail the run. ini: mesh_baseline.",
     )
     group.addoption(
+        "--mesh-min-tls-version",
+        default=None,
+        metavar="VERSION",
+        help="The local mesh's meshConfig.meshMTLS.minProtocolVersion: TLS_AUTO (the default:"
+        " TLS 1.2), TLSV1_2 or TLSV1_3. Kube backends read it from istiod's mesh config."
+        " ini: mesh_min_tls_version.",
+    )
+    group.addoption(
+        "--mesh-topology",
+        default=None,
+        metavar="PATH",
+        help="The local mesh's topology: a YAML file of namespaces, workloads and Services"
+        " (docs/topology.md); default the built-in foo/bar/legacy one. ini: mesh_topology.",
+    )
+    group.addoption(
         "--mesh-fault",
         action="append",
         default=None,
@@ -121,6 +136,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mesh_report", "report path (.yaml/.yml/.json, .html, .md), ini-relative")
     parser.addini("mesh_artifacts", "directory for failed tests' evidence, ini-relative")
     parser.addini("mesh_baseline", "previous conformance report to compare against")
+    parser.addini("mesh_min_tls_version", "local mesh meshMTLS.minProtocolVersion: TLSV1_3, ...")
+    parser.addini("mesh_topology", "the local mesh's topology file (YAML), ini-relative")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,6 +149,12 @@ def pytest_configure(config: pytest.Config) -> None:
     from . import fixtures  # cheap: fixture bodies import the backends they need
 
     config.pluginmanager.register(fixtures, "meshconform-fixtures")
+    from . import health  # a broken mesh's tests end as infrastructure errors
+
+    config.pluginmanager.register(health, "meshconform-health")
+    from . import service_ports
+
+    config.pluginmanager.register(service_ports, "meshconform-service-ports")
     report.configure(config)
     from . import report_render
 

@@ -1,5 +1,5 @@
-# Large on purpose: one parser and validator of both Istio policy kinds, see docs/architecture.md.
-"""Istio PeerAuthentication and DestinationRule: parse, validate and build.
+# Large on purpose: one parser and validator of the Istio policy kinds, see docs/architecture.md.
+"""Istio PeerAuthentication, DestinationRule and AuthorizationPolicy: parse, validate, build.
 
 The suites state what a mesh must do in terms of Istio policy objects; this module turns those
 objects into frozen dataclasses and rejects what Istio would reject. What they mean for each
@@ -11,6 +11,9 @@ Accepted objects (anything else is rejected with the accepted list):
 
 - ``PeerAuthentication`` in ``security.istio.io/v1`` and ``security.istio.io/v1beta1``;
 - ``DestinationRule`` in ``networking.istio.io/v1``, ``v1beta1`` and ``v1alpha3``;
+- ``AuthorizationPolicy`` in ``security.istio.io/v1`` and ``v1beta1`` (ALLOW and DENY; AUDIT,
+  CUSTOM, ``provider``, ``targetRef(s)``, JWT and service-account fields, ``remoteIpBlocks``
+  and path templates are refused by name: meshconform does not model them);
 - in :func:`parse_policies` also ``v1/List`` (what ``kubectl get -o yaml`` prints), flattened.
 
 Sources are YAML or JSON text (``str`` or UTF-8 ``bytes``, possibly several ``---`` documents;
@@ -55,6 +58,12 @@ Validation, transcribed from istio/istio ``pkg/config/validation/validation.go``
   empty if mode is ISTIO_MUTUAL" (istio/api ``ClientTLSSettings``) and istiod ignores them, so
   a suite that sets them would be testing something Istio does not do. ``sni`` and
   ``subjectAltNames`` stay allowed: istiod does use them for ``ISTIO_MUTUAL``.
+- AuthorizationPolicy [``ValidateAuthorizationPolicy``]: ``from``/``to`` not empty when
+  present, each ``source``/``operation`` set and not empty, no empty values, IPs and CIDRs
+  valid [``security.ValidateIPs``], ports decimal 0..65535 [``security.ValidatePorts``],
+  ``when`` keys known with ``values`` or ``notValues``, a DENY policy needs ``rules``; the
+  ``istio.io/dry-run`` annotation must parse as Go's ``strconv.ParseBool`` (istiod logs and
+  ignores a bad one; refused here).
 - Not modelled: the content of the carried-through parts, ``configmap://`` credential names.
 
 Work is linear in the input, and YAML, which has no limits of its own, gets Kubernetes' and
@@ -86,6 +95,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 import yaml
 
 __all__ = [
+    "AuthorizationPolicy",
+    "AuthzAction",
+    "AuthzCondition",
+    "AuthzOperation",
+    "AuthzRule",
+    "AuthzSource",
     "ClientTls",
     "DestinationRule",
     "MtlsMode",
@@ -95,6 +110,7 @@ __all__ = [
     "Subset",
     "TlsMode",
     "TrafficPolicy",
+    "authorization_policy",
     "destination_rule",
     "parse_policies",
     "parse_policy",
@@ -107,9 +123,11 @@ DESTINATION_RULE_API_VERSIONS: Final = (
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 )
+AUTHORIZATION_POLICY_API_VERSIONS: Final = ("security.istio.io/v1", "security.istio.io/v1beta1")
 _ACCEPTED_KINDS: Final = {
     "PeerAuthentication": PEER_AUTHENTICATION_API_VERSIONS,
     "DestinationRule": DESTINATION_RULE_API_VERSIONS,
+    "AuthorizationPolicy": AUTHORIZATION_POLICY_API_VERSIONS,
 }
 
 # Kubernetes object names and namespaces (apimachinery, lower case only).
@@ -367,7 +385,165 @@ class DestinationRule:
         return _object_manifest(self, spec)
 
 
-Policy: TypeAlias = PeerAuthentication | DestinationRule
+class AuthzAction(StrEnum):
+    """AuthorizationPolicy ``action``; AUDIT and CUSTOM are refused when parsing."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+# The ``when`` keys accepted (istio/istio pilot/pkg/security/authz/model/model.go ``New``,
+# without the JWT ``request.auth.*`` keys, ``remote.ip``, ``destination.ip`` and the
+# experimental ones); ``request.headers[<name>]`` is matched by prefix.
+AUTHZ_WHEN_KEYS: Final = (
+    "request.headers[<name>]",
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.port",
+    "connection.sni",
+)
+DRY_RUN_ANNOTATION: Final = "istio.io/dry-run"
+# strconv.ParseBool, which istiod's isDryRun (pilot/pkg/security/authz/builder) uses.
+_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSource:
+    """``rules[].from[].source``: who the caller is (all lists are ORed, fields ANDed)."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        return _authz_fields(self, _SOURCE_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzOperation:
+    """``rules[].to[].operation``: what is called (ports are strings, as in the API)."""
+
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        return _authz_fields(self, _OPERATION_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzCondition:
+    """``rules[].when[]``: ``key`` with ``values`` and/or ``notValues``."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key}
+        if self.values:
+            out["values"] = list(self.values)
+        if self.not_values:
+            out["notValues"] = list(self.not_values)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One rule: any ``from`` AND any ``to`` AND every ``when``; empty parts match anything."""
+
+    sources: tuple[AuthzSource, ...] = ()
+    operations: tuple[AuthzOperation, ...] = ()
+    conditions: tuple[AuthzCondition, ...] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.sources:
+            out["from"] = [{"source": source.to_manifest()} for source in self.sources]
+        if self.operations:
+            out["to"] = [{"operation": op.to_manifest()} for op in self.operations]
+        if self.conditions:
+            out["when"] = [condition.to_manifest() for condition in self.conditions]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    """An AuthorizationPolicy (``security.istio.io``): ALLOW or DENY on a server's sidecar.
+
+    ``selector`` is ``selector.matchLabels`` (``None`` without one: namespace-wide, or
+    mesh-wide in the root namespace). ``rules`` empty means the policy matches nothing (an
+    ALLOW policy without rules allows nothing); ``rules: [{}]`` matches everything.
+    ``dry_run`` comes from the ``istio.io/dry-run`` annotation. Build one with
+    :func:`authorization_policy` or :func:`parse_policy`.
+    """
+
+    kind: ClassVar[str] = "AuthorizationPolicy"
+
+    name: str
+    namespace: str | None
+    action: AuthzAction = AuthzAction.ALLOW
+    rules: tuple[AuthzRule, ...] = ()
+    selector: Mapping[str, str] | None = field(default=None, hash=False)
+    api_version: str = AUTHORIZATION_POLICY_API_VERSIONS[0]
+    creation_timestamp: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+    annotations: Mapping[str, str] = field(default_factory=_empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        _freeze_maps(self, "selector", "labels", "annotations")
+
+    @property
+    def dry_run(self) -> bool:
+        """``istio.io/dry-run: "true"``: the rules are shadow rules, never enforced."""
+        return self.annotations.get(DRY_RUN_ANNOTATION, "false") in _GO_TRUE
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as a plain dict, ready for ``yaml.safe_dump`` or ``kubectl apply``."""
+        spec: dict[str, Any] = {}
+        if self.selector is not None:
+            spec["selector"] = {"matchLabels": dict(self.selector)}
+        spec["action"] = self.action.value
+        if self.rules:
+            spec["rules"] = [rule.to_manifest() for rule in self.rules]
+        return _object_manifest(self, spec)
+
+
+_SOURCE_KEYS: Final = {
+    "principals": "principals",
+    "notPrincipals": "not_principals",
+    "namespaces": "namespaces",
+    "notNamespaces": "not_namespaces",
+    "ipBlocks": "ip_blocks",
+    "notIpBlocks": "not_ip_blocks",
+}
+_OPERATION_KEYS: Final = {
+    "hosts": "hosts",
+    "notHosts": "not_hosts",
+    "ports": "ports",
+    "notPorts": "not_ports",
+    "methods": "methods",
+    "notMethods": "not_methods",
+    "paths": "paths",
+    "notPaths": "not_paths",
+}
+
+
+def _authz_fields(obj: object, keys: Mapping[str, str]) -> dict[str, Any]:
+    return {key: list(getattr(obj, attr)) for key, attr in keys.items() if getattr(obj, attr)}
+
+
+Policy: TypeAlias = PeerAuthentication | DestinationRule | AuthorizationPolicy
 PolicySource: TypeAlias = str | bytes | Mapping[str, Any]
 
 
@@ -614,6 +790,8 @@ def _parse_document(document: object, namespace: str | None) -> Policy:
     spec = _optional_object(document, "spec", "")
     if kind == "PeerAuthentication":
         return _parse_peer_authentication(spec or {}, api_version, meta)
+    if kind == "AuthorizationPolicy":
+        return _parse_authorization_policy(spec or {}, api_version, meta)
     if spec is None:
         raise _FieldError("spec", "is required (spec.host is required)")
     return _parse_destination_rule(spec, api_version, meta)
@@ -1062,6 +1240,223 @@ def _validate_export_to(export_to: tuple[str, ...], namespace: str | None, selec
         )
 
 
+# ------------------------------------------------------------- AuthorizationPolicy
+
+# Fields Istio accepts that this project does not model (JWT, remote IPs, service accounts,
+# CUSTOM providers, targetRefs): refused by name rather than silently ignored.
+_AUTHZ_UNSUPPORTED_SPEC: Final = ("provider", "targetRef", "targetRefs")
+_AUTHZ_UNSUPPORTED_SOURCE: Final = (
+    "requestPrincipals",
+    "notRequestPrincipals",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+    "serviceAccounts",
+    "notServiceAccounts",
+)
+_AUTHZ_UNSUPPORTED_WHEN: Final = (
+    "request.auth.",
+    "remote.ip",
+    "destination.ip",
+    "experimental.envoy.filters.",
+    "source.serviceAccount",
+)
+_AUTHZ_HEADER_KEY = re.compile(r"request\.headers\[([^\[\]]+)\]")
+
+
+def _parse_authorization_policy(
+    spec: Mapping[str, Any], api_version: str, meta: _Meta
+) -> AuthorizationPolicy:
+    """ValidateAuthorizationPolicy (pkg/config/validation/validation.go) for the fields
+    modelled here; the rest of the API is refused by name."""
+    for key in _AUTHZ_UNSUPPORTED_SPEC:
+        if spec.get(key) is not None:
+            raise _FieldError(
+                f"spec.{key}", "is not supported by meshconform (CUSTOM providers and targetRefs)"
+            )
+    _check_keys(spec, {"selector", "action", "rules"}, "spec")
+    selector = _parse_selector(spec, "selector", "spec")
+    raw_action = spec.get("action")
+    if raw_action is None:
+        action = AuthzAction.ALLOW
+    elif raw_action in ("AUDIT", "CUSTOM"):
+        raise _FieldError(
+            "spec.action",
+            f"{raw_action} is not supported by meshconform (supported: ALLOW, DENY); AUDIT needs"
+            " a telemetry provider and CUSTOM an external authorizer",
+        )
+    else:
+        action = _enum(AuthzAction, raw_action, "spec.action")
+    raw_rules = spec.get("rules")
+    if raw_rules is None and action is AuthzAction.DENY:
+        raise _FieldError(
+            "spec.rules",
+            "DENY action without `rules` is meaningless as it will never be triggered, add an"
+            " empty rule `{}` if you want it be triggered for every request",
+        )
+    rules = tuple(
+        _parse_authz_rule(item, f"spec.rules[{index}]")
+        for index, item in enumerate(_optional_list(spec, "rules", "spec"))
+    )
+    dry_run = meta.annotations.get(DRY_RUN_ANNOTATION)
+    if dry_run is not None and dry_run not in _GO_TRUE | _GO_FALSE:
+        raise _FieldError(
+            f"metadata.annotations[{DRY_RUN_ANNOTATION!r}]",
+            f"{_show(dry_run)} is not a boolean (istiod parses it with Go's strconv.ParseBool:"
+            ' "true" or "false")',
+        )
+    return AuthorizationPolicy(
+        name=meta.name,
+        namespace=meta.namespace,
+        action=action,
+        rules=rules,
+        selector=selector,
+        api_version=api_version,
+        creation_timestamp=meta.creation_timestamp,
+        labels=meta.labels,
+        annotations=meta.annotations,
+    )
+
+
+def _parse_authz_rule(value: object, path: str) -> AuthzRule:
+    if value is None:
+        raise _FieldError(path, "`rule` must not be nil")
+    rule = _object(value, path)
+    _check_keys(rule, {"from", "to", "when"}, path)
+    sources: list[AuthzSource] = []
+    if rule.get("from") is not None:
+        items = _optional_list(rule, "from", path)
+        if not items:
+            raise _FieldError(f"{path}.from", "`from` must not be empty")
+        for index, item in enumerate(items):
+            where = f"{path}.from[{index}]"
+            entry = _object(item, where) if item is not None else {}
+            _check_keys(entry, {"source"}, where)
+            if entry.get("source") is None:
+                raise _FieldError(f"{where}.source", "`from.source` must not be nil")
+            sources.append(_parse_authz_source(_object(entry["source"], f"{where}.source"), where))
+    operations: list[AuthzOperation] = []
+    if rule.get("to") is not None:
+        items = _optional_list(rule, "to", path)
+        if not items:
+            raise _FieldError(f"{path}.to", "`to` must not be empty")
+        for index, item in enumerate(items):
+            where = f"{path}.to[{index}]"
+            entry = _object(item, where) if item is not None else {}
+            _check_keys(entry, {"operation"}, where)
+            if entry.get("operation") is None:
+                raise _FieldError(f"{where}.operation", "`to.operation` must not be nil")
+            operations.append(
+                _parse_authz_operation(_object(entry["operation"], f"{where}.operation"), where)
+            )
+    conditions = tuple(
+        _parse_authz_condition(item, f"{path}.when[{index}]")
+        for index, item in enumerate(_optional_list(rule, "when", path))
+    )
+    return AuthzRule(tuple(sources), tuple(operations), conditions)
+
+
+def _authz_values(obj: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+    """A list of non-empty strings (security.CheckEmptyValues)."""
+    where = f"{path}.{key}"
+    values = _string_list(obj.get(key), where)
+    for index, item in enumerate(values):
+        if not item:
+            raise _FieldError(f"{where}[{index}]", f"empty value not allowed, found in {key}")
+    return tuple(values)
+
+
+def _parse_authz_source(source: Mapping[str, Any], parent: str) -> AuthzSource:
+    path = f"{parent}.source"
+    for key in _AUTHZ_UNSUPPORTED_SOURCE:
+        if source.get(key) is not None:
+            raise _FieldError(
+                f"{path}.{key}",
+                "is not supported by meshconform (JWT, remote IPs and service accounts are not"
+                f" modelled); supported: {', '.join(_SOURCE_KEYS)}",
+            )
+    _check_keys(source, set(_SOURCE_KEYS), path)
+    values = {attr: _authz_values(source, key, path) for key, attr in _SOURCE_KEYS.items()}
+    if not any(values.values()):
+        raise _FieldError(path, "`from.source` must not be empty")
+    for key in ("ipBlocks", "notIpBlocks"):
+        for index, block in enumerate(values[_SOURCE_KEYS[key]]):
+            _check_ip_block(block, f"{path}.{key}[{index}]")
+    return AuthzSource(**values)
+
+
+def _parse_authz_operation(operation: Mapping[str, Any], parent: str) -> AuthzOperation:
+    path = f"{parent}.operation"
+    _check_keys(operation, set(_OPERATION_KEYS), path)
+    values = {attr: _authz_values(operation, key, path) for key, attr in _OPERATION_KEYS.items()}
+    if not any(values.values()):
+        raise _FieldError(path, "`to.operation` must not be empty")
+    for key in ("ports", "notPorts"):
+        for index, port in enumerate(values[_OPERATION_KEYS[key]]):
+            _check_authz_port(port, f"{path}.{key}[{index}]")
+    for key in ("paths", "notPaths"):
+        for index, item in enumerate(values[_OPERATION_KEYS[key]]):
+            if "{" in item or "}" in item:
+                raise _FieldError(
+                    f"{path}.{key}[{index}]",
+                    "path templates ({*}, {**}) are not supported by meshconform",
+                )
+    return AuthzOperation(**values)
+
+
+def _parse_authz_condition(value: object, path: str) -> AuthzCondition:
+    if value is None:
+        raise _FieldError(path, "when field cannot be nil")
+    condition = _object(value, path)
+    _check_keys(condition, {"key", "values", "notValues"}, path)
+    key = _string(condition.get("key", ""), f"{path}.key")
+    if not key:
+        raise _FieldError(f"{path}.key", "`key` must not be empty")
+    supported = ", ".join(AUTHZ_WHEN_KEYS)
+    if key.startswith(_AUTHZ_UNSUPPORTED_WHEN):
+        raise _FieldError(
+            f"{path}.key", f"{_show(key)} is not supported by meshconform; supported: {supported}"
+        )
+    header = _AUTHZ_HEADER_KEY.fullmatch(key)
+    if key not in AUTHZ_WHEN_KEYS and header is None:
+        hint = " (write request.headers[<name>])" if key.startswith("request.headers") else ""
+        raise _FieldError(
+            f"{path}.key", f"unknown attribute {_show(key)}{hint}; known: {supported}"
+        )
+    values = _authz_values(condition, "values", path)
+    not_values = _authz_values(condition, "notValues", path)
+    if not values and not not_values:
+        raise _FieldError(
+            path, f"at least one of `values` or `notValues` must be set for key {key}"
+        )
+    for field_name, items in (("values", values), ("notValues", not_values)):
+        for index, item in enumerate(items):
+            where = f"{path}.{field_name}[{index}]"
+            if key == "source.ip":
+                _check_ip_block(item, where)
+            elif key == "destination.port":
+                _check_authz_port(item, where)
+    return AuthzCondition(key, values, not_values)
+
+
+def _check_ip_block(value: str, path: str) -> None:
+    """security.ValidateIPs: an IP address or a CIDR block."""
+    import ipaddress
+
+    try:
+        if "/" in value:
+            ipaddress.ip_network(value, strict=False)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        raise _FieldError(path, f"{_show(value)} is not a valid IP address or CIDR") from None
+
+
+def _check_authz_port(value: str, path: str) -> None:
+    """security.ValidatePorts: a decimal port 0..65535."""
+    if not _PORT_KEY.fullmatch(value) or len(value) > 5 or int(value) > 65535:
+        raise _FieldError(path, f"{_show(value)} is not a port number (0..65535, as a string)")
+
+
 # ----------------------------------------------------------------- small type checks
 
 
@@ -1143,7 +1538,9 @@ def _string_map(value: object, path: str) -> dict[str, str] | None:
     return {key: _string(item, f"{path}[{_show(key)}]") for key, item in mapping.items()}
 
 
-def _enum(enum: type[MtlsMode] | type[TlsMode], value: object, path: str) -> Any:
+def _enum(
+    enum: type[MtlsMode] | type[TlsMode] | type[AuthzAction], value: object, path: str
+) -> Any:
     if isinstance(value, str) and value in enum.__members__:
         return enum[value]
     accepted = ", ".join(enum.__members__)
@@ -1319,9 +1716,45 @@ def destination_rule(
     return _checked_manifest("DestinationRule", api_version, name, namespace, spec)
 
 
+def authorization_policy(
+    name: str,
+    namespace: str | None,
+    action: AuthzAction | str = AuthzAction.ALLOW,
+    rules: Iterable[Mapping[str, Any]] | None = None,
+    selector: Mapping[str, str] | None = None,
+    *,
+    dry_run: bool = False,
+    api_version: str = AUTHORIZATION_POLICY_API_VERSIONS[0],
+) -> dict[str, Any]:
+    """An AuthorizationPolicy manifest (plain dict); raises PolicyError if Istio would reject it.
+
+    ``rules`` are written as the API has them (``[{"from": [{"source": {"principals":
+    [...]}}]}]``; ``[{}]`` matches everything, ``None`` writes no rules: an ALLOW policy that
+    allows nothing). ``selector`` becomes ``selector.matchLabels``; ``dry_run`` sets the
+    ``istio.io/dry-run`` annotation.
+    """
+    spec: dict[str, Any] = {"action": _mode_text(action)}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": dict(selector)}
+    if rules is not None:
+        spec["rules"] = [dict(rule) for rule in rules]
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    if dry_run:
+        metadata["annotations"] = {DRY_RUN_ANNOTATION: "true"}
+    manifest = {
+        "apiVersion": api_version,
+        "kind": "AuthorizationPolicy",
+        "metadata": metadata,
+        "spec": spec,
+    }
+    return parse_policy(manifest).to_manifest()
+
+
 def _mode_text(mode: object) -> object:
     """An enum member as its plain string; anything else as given, for the parser to judge."""
-    return mode.value if isinstance(mode, MtlsMode | TlsMode) else mode
+    return mode.value if isinstance(mode, MtlsMode | TlsMode | AuthzAction) else mode
 
 
 def _port_text(port: object) -> object:

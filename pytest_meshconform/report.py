@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import pytest
 
+from .health import infrastructure_problem_of
 from .mesh import MeshInfo
 from .observations import Observations, observations_from_dict
 
@@ -145,6 +146,9 @@ class TestResult:
     outcome: Outcome
     duration: float  # seconds, setup + call + teardown
     phase: Phase | None = None  # where an "error" happened (setup or teardown); else None
+    # The mesh's own process broke (a sidecar died): an error about the run, not the mesh's
+    # behaviour (its phase may then be "call"). `meshconform diff` keeps these apart.
+    infrastructure: bool = False
     message: str | None = None  # failure message, skip or xfail reason
     features: tuple[str, ...] = ()  # from @pytest.mark.mesh_features, sorted
     min_mesh_version: str | None = None  # from @pytest.mark.mesh_min_version
@@ -353,6 +357,8 @@ def _test_dict(test: TestResult) -> dict[str, Any]:
     }
     if test.phase is not None:
         data["phase"] = test.phase
+    if test.infrastructure:
+        data["infrastructure"] = True
     if test.message is not None:
         data["message"] = test.message
     if test.features:
@@ -617,8 +623,16 @@ def _parse_test(data: object, where: str) -> TestResult:
     phase = cast(Phase | None, fields.choice("phase", PHASES, required=outcome == "error"))
     if phase is not None and outcome != "error":
         raise ReportError(f"{fields.at('phase')}: only an 'error' outcome has a phase")
-    if phase == "call":
-        raise ReportError(f"{fields.at('phase')}: an error happens in setup or teardown, not call")
+    infrastructure = fields.get("infrastructure", bool, required=False)
+    if infrastructure is False:
+        raise ReportError(f"{fields.at('infrastructure')}: omit the field instead of false")
+    if infrastructure and outcome != "error":
+        raise ReportError(f"{fields.at('infrastructure')}: only an 'error' outcome has it")
+    if phase == "call" and not infrastructure:
+        raise ReportError(
+            f"{fields.at('phase')}: an error happens in setup or teardown, not call (unless"
+            " it is an infrastructure error)"
+        )
     features = fields.texts("features", required=False)
     if list(features) != sorted(set(features)):
         raise ReportError(f"{fields.at('features')}: expected sorted, distinct feature names")
@@ -653,6 +667,7 @@ def _parse_test(data: object, where: str) -> TestResult:
         outcome=outcome,
         duration=fields.number("duration"),
         phase=phase,
+        infrastructure=bool(infrastructure),
         message=fields.text("message", required=False),
         features=features,
         min_mesh_version=fields.text("minMeshVersion", required=False),
@@ -854,6 +869,9 @@ class ReportDiff:
     removed_tests: tuple[TestChange, ...]
     new_collection_errors: tuple[CollectionError, ...]
     fixed_collection_errors: tuple[CollectionError, ...]
+    # An infrastructure error (a sidecar died) in either run where the outcome changed: no
+    # evidence either way about the mesh, so never a regression nor a fix.
+    infrastructure: tuple[TestChange, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -874,12 +892,18 @@ def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
     fixes: list[TestChange] = []
     newly_skipped: list[TestChange] = []
     other: list[TestChange] = []
+    infrastructure: list[TestChange] = []
     for test_id, now in new_tests.items():
         before = old_tests.get(test_id)
-        if before is None or before.outcome == now.outcome:
+        if before is None or (before.outcome, before.infrastructure) == (
+            now.outcome,
+            now.infrastructure,
+        ):
             continue
         change = TestChange(test_id, before, now)
-        if before.outcome in PASSING and now.outcome in BROKEN:
+        if before.infrastructure or now.infrastructure:
+            infrastructure.append(change)
+        elif before.outcome in PASSING and now.outcome in BROKEN:
             regressions.append(change)
         elif before.outcome in BROKEN and now.outcome in PASSING:
             fixes.append(change)
@@ -904,6 +928,7 @@ def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
         fixed_collection_errors=tuple(
             e for e in old.collection_errors if e.nodeid not in new_errors
         ),
+        infrastructure=tuple(infrastructure),
     )
 
 
@@ -915,7 +940,8 @@ def _first_line(text: str | None) -> str:
 
 
 def _outcome_text(test: TestResult) -> str:
-    return f"{test.outcome} in {test.phase}" if test.phase else test.outcome
+    text = f"{test.outcome} in {test.phase}" if test.phase else test.outcome
+    return f"infrastructure {text}" if test.infrastructure else text
 
 
 def _change_line(change: TestChange) -> str:
@@ -950,6 +976,10 @@ def format_diff(diff: ReportDiff, old_label: str = "OLD", new_label: str = "NEW"
             )
     sections: list[tuple[str, Sequence[TestChange]]] = [
         ("Regressions (passed before, failing now)", diff.regressions),
+        (
+            "Infrastructure errors (the mesh's own process broke: no evidence either way)",
+            diff.infrastructure,
+        ),
         ("Fixes (failing before, passing now)", diff.fixes),
         ("Newly skipped", diff.newly_skipped),
         ("Other changes", diff.other_changes),
@@ -977,7 +1007,9 @@ def format_diff(diff: ReportDiff, old_label: str = "OLD", new_label: str = "NEW"
     ]
     if diff.new_collection_errors:
         counts.append(_plural(len(diff.new_collection_errors), "new collection error"))
-    verdict = "FAIL" if diff.failed else "OK"
+    if diff.infrastructure:
+        counts.append(_plural(len(diff.infrastructure), "infrastructure error"))
+    verdict = "FAIL" if diff.failed else "INFRASTRUCTURE" if diff.infrastructure else "OK"
     lines.append(f"{verdict}: {', '.join(counts)}")
     return lines
 
@@ -1093,6 +1125,7 @@ def _archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
         if candidate.exists():
             shutil.rmtree(candidate)
         candidate.mkdir(parents=True)
+        os.chmod(candidate, 0o700)  # evidence (plaintext payloads, keys' certs): the user's only
         marker.write_text(nodeid + "\n", encoding="utf-8")
         used[candidate] = nodeid
         return candidate
@@ -1181,6 +1214,7 @@ class _Record:
     message: str | None = None
     duration: float = 0.0
     archive: _Archive | None = None
+    infrastructure: bool = False
     description: str | None = None
     observations: Observations | None = None
 
@@ -1188,6 +1222,11 @@ class _Record:
         """Take one phase's report into account (pytest's own rules for xfail and errors)."""
         self.duration += report.duration
         xfail = hasattr(report, "wasxfail")
+        if infrastructure_problem_of(report) is not None:  # health.py: a sidecar died
+            if not self.infrastructure:
+                self.outcome, self.phase, self.message = "error", report.when, _message_of(report)
+                self.infrastructure = True
+            return
         if report.when == "teardown":
             if report.failed and self.outcome not in FAILING:
                 self.outcome, self.phase, self.message = "error", "teardown", _message_of(report)
@@ -1394,6 +1433,7 @@ class MeshReportPlugin:
                 outcome=record.outcome or "notrun",
                 duration=round(record.duration, 3),
                 phase=record.phase,
+                infrastructure=record.infrastructure,
                 message=record.message,
                 features=record.features,
                 min_mesh_version=record.min_mesh_version,

@@ -26,6 +26,7 @@ __all__ = [
     "FAULT_NAMES",
     "HUMAN_REPORT_SUFFIXES",
     "MAX_CERT_TTL",
+    "MIN_TLS_VERSIONS",
     "REPORT_SUFFIXES",
     "ClusterKind",
     "MeshSettings",
@@ -58,8 +59,21 @@ REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
 # Human-readable reports (report_render.py): a self-contained HTML page, Markdown.
 HUMAN_REPORT_SUFFIXES: Final[tuple[str, ...]] = (".html", ".htm", ".md")
 
-FAULT_NAMES: Final = ("strict-as-permissive", "no-xfcc", "no-rotation", "wrong-spiffe-id")
+FAULT_NAMES: Final = (
+    "strict-as-permissive",
+    "no-xfcc",
+    "no-rotation",
+    "wrong-spiffe-id",
+    "tls10-allowed",
+    "client-cert-optional",
+    "authz-ignores-principals",
+)
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
+
+# meshConfig.meshMTLS.minProtocolVersion values (MeshConfig.TLSConfig.TLSProtocol); the same
+# tuple as `istio.tls.MIN_PROTOCOL_VERSIONS` (a test checks), kept here so that resolving the
+# settings imports nothing of the model.
+MIN_TLS_VERSIONS: Final[tuple[str, ...]] = ("TLS_AUTO", "TLSV1_2", "TLSV1_3")
 
 # Units in the order they must appear ("1h30m", never "30m1h"); whole numbers only.
 _DURATION_UNIT_SECONDS: Final[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
@@ -78,6 +92,8 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "report": "--mesh-report",
     "artifacts": "--mesh-artifacts",
     "baseline": "--mesh-baseline",
+    "min_tls_version": "--mesh-min-tls-version",
+    "topology": "--mesh-topology",
 }
 
 
@@ -164,7 +180,9 @@ class OptionLayer:
     artifacts: str | None = None
     baseline: str | None = None
     faults: tuple[str, ...] = ()
+    topology: str | None = None
     more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
+    min_tls_version: str | None = None
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -185,8 +203,12 @@ class MeshSettings:
     artifacts: Path | None = None
     baseline: Path | None = None  # a previous report to compare this run against
     faults: tuple[str, ...] = ()  # test-only faults of the local mesh (hidden --mesh-fault)
+    topology: Path | None = None  # the local mesh's topology file; None = the built-in one
     # Every other --mesh-report: HTML and Markdown renderings, further YAML/JSON copies.
     extra_reports: tuple[Path, ...] = ()
+    # the local mesh's meshConfig.meshMTLS.minProtocolVersion; None: TLS_AUTO (kube backends
+    # read it from istiod's mesh config instead)
+    min_tls_version: str | None = None
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -223,7 +245,9 @@ class MeshSettings:
             artifacts=config.getoption("mesh_artifacts"),
             baseline=config.getoption("mesh_baseline"),
             faults=tuple(config.getoption("mesh_fault") or ()),
+            topology=config.getoption("mesh_topology"),
             more_reports=reports[1:],
+            min_tls_version=config.getoption("mesh_min_tls_version"),
         )
         ini = OptionLayer(
             origin="ini",
@@ -235,6 +259,8 @@ class MeshSettings:
             report=ini_text("mesh_report"),
             artifacts=ini_text("mesh_artifacts"),
             baseline=ini_text("mesh_baseline"),
+            min_tls_version=ini_text("mesh_min_tls_version"),
+            topology=ini_text("mesh_topology"),
         )
         try:
             return cls.resolve(cli, ini)
@@ -261,8 +287,23 @@ class MeshSettings:
                 " 'current' for the kubeconfig's current context"
             )
         cert_ttl = _value(_pick(cli, ini, "cert_ttl", _parse_cert_ttl_in_layer))
+        topology_pick = _pick(cli, ini, "topology", _parse_topology)
+        cluster = cluster_pick[1] if cluster_pick is not None else "local"
+        if topology_pick is not None and cluster != "local":
+            raise SettingsError(
+                f"{topology_pick[0].describe('topology')}: a topology file describes the local"
+                f" mesh only; --mesh-cluster={cluster} tests the workloads the run deploys"
+            )
         keep = cli.keep if cli.keep is not None else ini.keep
         report, extra_reports = _pick_reports(cli, ini)
+        min_tls = _pick(cli, ini, "min_tls_version", _parse_min_tls_version)
+        if min_tls is not None and cluster != "local":
+            raise SettingsError(
+                f"{min_tls[0].describe('min_tls_version')} applies to the local mesh only; on"
+                f" --mesh-cluster={cluster} meshconform reads meshMTLS.minProtocolVersion from"
+                " istiod's mesh config (set it there, e.g. istioctl install --set"
+                " meshConfig.meshMTLS.minProtocolVersion=TLSV1_3)"
+            )
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,
@@ -272,7 +313,9 @@ class MeshSettings:
             artifacts=_value(_pick(cli, ini, "artifacts", _parse_path)),
             baseline=_value(_pick(cli, ini, "baseline", _parse_baseline)),
             faults=_parse_faults(cli.faults),
+            topology=_value(topology_pick),
             extra_reports=extra_reports,
+            min_tls_version=_value(min_tls),
         )
 
     def header_lines(self) -> list[str]:
@@ -283,6 +326,10 @@ class MeshSettings:
             first.append(f"kube-context={self.kube_context}{unused}")
         first.append(f"cert-ttl={format_duration(self.cert_ttl)}")
         first.append(f"keep={'yes' if self.keep else 'no'}")
+        if self.min_tls_version is not None:
+            first.append(f"min-tls-version={self.min_tls_version}")
+        if self.topology is not None:
+            first.append(f"topology={self.topology}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -379,6 +426,22 @@ def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     path = _parse_report(value, layer)
     if not path.is_file():
         raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
+    return path
+
+
+def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
+    if value not in MIN_TLS_VERSIONS:
+        raise ValueError(
+            f"invalid value {value!r}; accepted values: {', '.join(MIN_TLS_VERSIONS)}"
+            " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
+        )
+    return value
+
+
+def _parse_topology(value: str, layer: OptionLayer) -> Path:
+    path = _parse_path(value, layer)
+    if not path.is_file():
+        raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
     return path
 
 

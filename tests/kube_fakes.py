@@ -919,6 +919,8 @@ class FakeIstio:
         listeners = base["configs"][2]["dynamic_listeners"]
         if app != "httpbin":
             listeners[:] = [entry for entry in listeners if entry["name"] != "virtualInbound"]
+        elif not stuck:
+            self._add_rbac(namespace, app, listeners)
         namespaces = sorted(ns for ns in self.cluster.pods if ns.startswith("mc-"))
         base["configs"][1]["dynamic_active_clusters"] = [
             self._stuck_cluster(ns) if stuck else self._cluster(namespace, ns) for ns in namespaces
@@ -926,6 +928,89 @@ class FakeIstio:
         if self.rewrite_dump is not None:
             self.rewrite_dump(base)
         return json.dumps(base).encode()
+
+    # AuthorizationPolicy, as istiod's authz builder names its RBAC policies (a tiny istiod:
+    # names and actions only; pilot/pkg/security/authz/builder/builder.go).
+    HTTP_ONLY = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+
+    def _rbac_filters(self, namespace: str, app: str, tcp: bool) -> list[dict[str, Any]]:
+        chosen = [
+            policy
+            for scope in ("istio-system", namespace)
+            for policy in self._policies("AuthorizationPolicy", scope)
+            if all(
+                {"app": app}.get(k) == v
+                for k, v in (
+                    (policy["spec"].get("selector") or {}).get("matchLabels") or {}
+                ).items()
+            )
+        ]
+        filters = []
+        for action in ("DENY", "ALLOW"):
+            rules: dict[str, Any] | None = None
+            shadow: dict[str, Any] | None = None
+            for policy in chosen:
+                if (policy["spec"].get("action") or "ALLOW") != action:
+                    continue
+                dry = (policy["metadata"].get("annotations") or {}).get("istio.io/dry-run")
+                target: dict[str, Any] = {}
+                if dry == "true":
+                    shadow = target = shadow if shadow is not None else {}
+                else:
+                    rules = target = rules if rules is not None else {}
+                meta = policy["metadata"]
+                prefix = f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule"
+                policy_rules = policy["spec"].get("rules") or []
+                for index, rule in enumerate(policy_rules):
+                    http_only = any(
+                        key in (to.get("operation") or {})
+                        for to in rule.get("to") or []
+                        for key in self.HTTP_ONLY
+                    ) or any(
+                        str(w.get("key", "")).startswith("request.headers")
+                        for w in rule.get("when") or []
+                    )
+                    if not (tcp and action == "ALLOW" and http_only):
+                        target[f"{prefix}[{index}]"] = {}
+                if not policy_rules:
+                    target[f"{prefix}[0]"] = {}
+            if rules is None and shadow is None:
+                continue
+            config: dict[str, Any] = {}
+            for key, block in (("rules", rules), ("shadow_rules", shadow)):
+                if block is not None:
+                    config[key] = {"policies": block} if block else {}
+                    if action == "DENY":
+                        config[key]["action"] = "DENY"
+            kind = "network" if tcp else "http"
+            filters.append(
+                {
+                    "name": f"envoy.filters.{kind}.rbac",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters"
+                        f".{kind}.rbac.v3.RBAC",
+                        **config,
+                    },
+                }
+            )
+        return filters
+
+    def _add_rbac(self, namespace: str, app: str, listeners: list[dict[str, Any]]) -> None:
+        for entry in listeners:
+            if entry["name"] != "virtualInbound":
+                continue
+            for chain in entry["active_state"]["listener"]["filter_chains"]:
+                if (chain.get("filter_chain_match") or {}).get("destination_port") == 15006:
+                    continue
+                filters = chain["filters"]
+                if filters[-1]["name"] == "envoy.filters.network.http_connection_manager":
+                    hcm = filters[-1]["typed_config"]
+                    hcm["http_filters"] = [
+                        *self._rbac_filters(namespace, app, tcp=False),
+                        *hcm.get("http_filters", []),
+                    ]
+                else:
+                    filters[:0] = self._rbac_filters(namespace, app, tcp=True)
 
     def _stuck_cluster(self, namespace: str) -> dict[str, Any]:
         """A cluster as it is with no policy at all (auto mTLS), for pods that never update."""

@@ -19,7 +19,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "-v", str(CONFORMANCE))
-    result.assert_outcomes(passed=21)
+    result.assert_outcomes(passed=40)
     # The full 3x3 reachability matrix ran under every policy the local-mesh issue names.
     ran = result.stdout.str()
     for case in (
@@ -66,6 +66,45 @@ FAULTS = [
             ),
         },
         id="wrong-spiffe-id",
+    ),
+    pytest.param(
+        "tls10-allowed",
+        ["test_posture.py"],
+        {
+            "test_inbound_accepts_only_tls12_and_tls13": (
+                "the inbound mTLS port accepted ('TLS1.0', 'TLS1.1', 'TLS1.2', 'TLS1.3'),"
+                " Istio accepts ('TLS1.2', 'TLS1.3')"
+            ),
+            "test_inbound_tls12_ciphers_are_istios": "'AES128-GCM-SHA256', 'ECDHE-RSA-AES128-SHA')",
+            "test_inbound_tls_context_in_the_sidecar": "chain 0.0.0.0_8080-mtls",
+        },
+        id="tls10-allowed",
+    ),
+    pytest.param(
+        "client-cert-optional",
+        ["test_posture.py"],
+        {
+            "test_inbound_requires_a_mesh_client_certificate": (
+                "a client without a certificate got through: curl exit 0, HTTP '200'"
+            ),
+        },
+        id="client-cert-optional",
+    ),
+    pytest.param(
+        "authz-ignores-principals",
+        ["test_authorization.py"],
+        {
+            "test_authorization[allow only sleep.foo's principal]": (
+                "sleep.legacy GET /headers: expected 403 RBAC: sleep.legacy ->"
+                " http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_authorization[principal ALLOW under PERMISSIVE refuses plaintext]": (
+                "authorization of httpbin.foo under 'principal ALLOW under PERMISSIVE refuses"
+                " plaintext'"
+            ),
+            "test_authorization[namespace isolation: only foo]": "differs from Istio's",
+        },
+        id="authz-ignores-principals",
     ),
     pytest.param(
         "no-rotation",

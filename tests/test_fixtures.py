@@ -119,6 +119,23 @@ def test_root_namespace_selector_policy_is_an_error(apply_policy):
                      "mtls": {"mode": "STRICT"}},
         })
 
+@pytest.mark.mesh_wide
+def test_root_namespace_authorization_policy_selects_everywhere(apply_policy, workload):
+    apply_policy({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-httpbin", "namespace": "istio-system"},
+        "spec": {"selector": {"matchLabels": {"app": "httpbin"}}, "action": "DENY",
+                 "rules": [{}]},
+    })
+    assert workload("sleep", "foo").curl(workload("httpbin", "bar")).status == 403
+
+def test_root_namespace_authorization_policy_needs_marker(apply_policy):
+    apply_policy({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-nothing", "namespace": "istio-system"},
+        "spec": {"selector": {"matchLabels": {"app": "httpbin"}}},
+    })
+
 def test_unmatched_policy_on_purpose(apply_policy, mesh):
     apply_policy({**STRICT_FOO, "spec": {"selector": {"matchLabels": {"app": "nobody"}}}},
                  allow_unmatched=True)
@@ -151,11 +168,12 @@ def test_old_enough_runs():
 def test_fixtures_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-rs")
-    result.assert_outcomes(passed=13, failed=2, skipped=2)
+    result.assert_outcomes(passed=14, failed=3, skipped=2)
     result.stdout.fnmatch_lines(
         [
             "*deliberate failure after applying STRICT*",
             "*applies a mesh-wide PeerAuthentication in istio-system but is not marked*",
+            "*applies a mesh-wide AuthorizationPolicy in istio-system but is not marked*",
             "*needs mesh version >= 99.0*",
         ]
     )
@@ -189,7 +207,8 @@ def test_misspelled_feature_fails_collection(pytester: pytest.Pytester) -> None:
         [
             "ERROR: test_typo.py::test_strict: unknown mesh feature(s) 'mtsl' in"
             " @pytest.mark.mesh_features; known features: mtls, peer-authentication,"
-            " port-level-mtls, destination-rule, xfcc, capture, certificates, rotation, mesh-wide"
+            " port-level-mtls, destination-rule, xfcc, capture, certificates, rotation, mesh-wide,"
+            " authorization"
         ]
     )
     result.assert_outcomes()  # nothing ran, nothing skipped

@@ -477,23 +477,89 @@ def test_an_unreadable_root_namespace_leaves_mesh_decided_modes_unchecked(
         mesh.close()
 
 
-def test_authorization_policies_are_refused_before_anything_is_written(
+def authz(name: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "foo", **meta},
+        "spec": spec,
+    }
+
+
+SLEEP_FOO_ONLY = authz(
+    "sleep-only",
+    {
+        "selector": {"matchLabels": {"app": "httpbin"}},
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/sleep"]}}]}],
+    },
+)
+
+
+def test_authorization_policies_are_waited_for_on_every_inbound_chain(
+    world: World, started: KubeMesh
+) -> None:
+    world.istio.lag_reads = 2  # a changed Envoy shows its old config twice more
+    started.apply(SLEEP_FOO_ONLY)
+    stored = world.cluster.objects[("security.istio.io", "AuthorizationPolicy", FOO, "sleep-only")]
+    assert stored["spec"]["rules"] == [
+        {"from": [{"source": {"principals": [f"cluster.local/ns/{FOO}/sa/sleep"]}}]}
+    ]
+    reads = world.istio.config_dump_reads
+    pods = sidecar_pods(started)
+    assert reads.count(pods[f"httpbin.{FOO}"]) == 3  # read until its chains carry the rule
+    for key in (f"sleep.{FOO}", f"sleep.{BAR}", f"httpbin.{BAR}"):
+        assert reads.count(pods[key]) == 1
+
+
+def test_a_sidecar_without_the_rbac_rules_is_a_propagation_timeout_naming_them(
+    world: World, started: KubeMesh
+) -> None:
+    world.istio.stuck = {proxy_id(started, "httpbin", "foo")}
+    deny = authz(
+        "no-post",
+        {"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["POST"]}}]}]},
+        annotations={"istio.io/dry-run": "true"},
+    )
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(deny)
+    message = str(timeout.value)
+    assert message.startswith(
+        f"AuthorizationPolicy {FOO}/no-post applied but not every sidecar implements it"
+    )
+    assert (
+        f"virtualInbound chain 0.0.0.0_8080 (port 8080, HTTP): RBAC no RBAC filter (want DENY"
+        f" (no rules) shadow['ns[{FOO}]-policy[no-post]-rule[0]'])"
+    ) in message
+    # istiod's rule on TCP chains: a DENY with HTTP-only fields still denies (rule kept)
+    assert (
+        f"virtualInbound chain virtualInbound (passthrough, TCP): RBAC no RBAC filter (want DENY"
+        f" (no rules) shadow['ns[{FOO}]-policy[no-post]-rule[0]'])"
+    ) in message
+
+
+def test_deleting_an_authorization_policy_waits_until_the_rules_are_gone(
+    world: World, started: KubeMesh
+) -> None:
+    started.apply(SLEEP_FOO_ONLY)
+    world.istio.lag_reads = 1
+    world.istio.config_dump_reads.clear()
+    started.delete(SLEEP_FOO_ONLY)
+    assert world.istio.config_dump_reads.count(proxy_id(started, "httpbin", "foo")) == 2
+
+
+def test_unknown_kinds_are_refused_before_anything_is_written(
     world: World, started: KubeMesh
 ) -> None:
     policy = {
         "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
-        "metadata": {"name": "deny", "namespace": "foo"},
-        "spec": {"action": "DENY", "rules": [{}]},
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt", "namespace": "foo"},
+        "spec": {},
     }
     with pytest.raises(MeshError) as refused:
         started.apply(policy)
-    assert str(refused.value) == (
-        f"cannot apply AuthorizationPolicy {FOO}/deny: the kube backend waits for a policy by"
-        " checking each sidecar's Envoy config against what PeerAuthentication and"
-        " DestinationRule imply, and cannot tell when a AuthorizationPolicy has arrived"
-    )
-    assert not [c for c in world.cluster.calls if "AuthorizationPolicy" in c]
+    assert "cannot tell when a RequestAuthentication has arrived" in str(refused.value)
+    assert not [c for c in world.cluster.calls if "RequestAuthentication" in c]
 
 
 def test_policies_come_back_as_the_suite_wrote_them(started: KubeMesh) -> None:

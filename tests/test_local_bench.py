@@ -38,5 +38,7 @@ def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^  apply\(\): +median \d+\.\d ms, p95 \d+\.\d ms", out, re.M), out
     assert re.search(r"^  effect: +median \d+\.\d ms, p95 \d+\.\d ms", out, re.M), out
     assert "stale:     0 probes" in out
+    assert re.search(r"^  authz: +apply\(\) median \d+\.\d ms, effect median", out, re.M), out
+    assert "; 0 stale answers from sleep.foo" in out
     assert re.search(r"4 x envoy: RSS \d+ MiB", out), out
     assert our_netns() <= before  # it cleaned up after itself

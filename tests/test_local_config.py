@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from local_helpers import envoy_path
 
@@ -60,6 +61,19 @@ ISTIO_ALL_MTLS_ALPNS = [
 ]
 CLIENT_ALPN = ["istio-http/1.1", "istio", "http/1.1"]
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
+# istiod's BuildInboundTLS (pilot/pkg/security/authn/utils/utils.go): SupportedCiphers, TLS
+# 1.2..1.3; as in the inbound chains of the real Istio dumps (shared test data).
+INBOUND_TLS_PARAMS = {
+    **TLS_PARAMS,
+    "cipher_suites": [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "AES128-GCM-SHA256",
+    ],
+}
 
 
 def plans(*manifests: dict[str, Any], faults: Faults | None = None) -> dict[str, xds.SidecarPlan]:
@@ -393,7 +407,7 @@ def test_inbound_tls_requires_a_client_cert_from_sds() -> None:
             ".DownstreamTlsContext",
             "require_client_certificate": True,
             "common_tls_context": {
-                "tls_params": TLS_PARAMS,
+                "tls_params": INBOUND_TLS_PARAMS,
                 "alpn_protocols": ["h2", "http/1.1"],
                 "tls_certificate_sds_secret_configs": [
                     {
@@ -725,6 +739,26 @@ def test_workload_cert_is_istio_shaped(ca: MeshCA) -> None:
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     cert.verify([ca.root_cert], at=now + dt.timedelta(hours=1))
+    # What Istio's agent generates for its CSR: RSA, WORKLOAD_RSA_KEY_SIZE=2048
+    # (pilot/cmd/pilot-agent/options/options.go; GenCSR, security/pkg/pki/util/generate_csr.go).
+    key = leaf.public_key()
+    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048
+    private = serialization.load_pem_private_key(issued.key_pem.encode(), password=None)
+    assert private.public_key().public_numbers() == key.public_numbers()
+
+
+def test_key_pool_hands_out_fresh_keys_and_stops() -> None:
+    from pytest_meshconform.istio.tls import WorkloadKey
+    from pytest_meshconform.local.ca import KeyPool
+
+    pool = KeyPool(WorkloadKey("EC", 256), size=2)
+    try:
+        keys = [pool.take() for _ in range(5)]  # more than the pool holds: made on the spot
+    finally:
+        pool.close()
+    assert all(isinstance(k, ec.EllipticCurvePrivateKey) for k in keys)
+    assert len({k.private_numbers().private_value for k in keys}) == 5  # type: ignore[union-attr]
+    assert not pool._thread.is_alive()
 
 
 def test_certs_of_another_mesh_do_not_verify(ca: MeshCA) -> None:

@@ -311,12 +311,36 @@ def test_a_closed_mesh_says_so_and_closes_twice() -> None:
 # ============================================================================ rotation
 
 ROTATION_TTL = dt.timedelta(seconds=8)
+# Each loop's pod calls the other namespace's httpbin: its sidecar and the server's take part.
 CALLS = (("foo", "http://httpbin.bar:8000/get"), ("bar", "http://httpbin.foo:8000/get"))
+CALLERS = {"sleep.foo": 0, "httpbin.bar": 0, "sleep.bar": 1, "httpbin.foo": 1}  # -> loop
+# A request line: when it started, when it ended (bash's clock, no fork), the HTTP status.
+LOOP = (
+    "while :; do s=$EPOCHREALTIME;"
+    " c=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 URL); echo \"$s $EPOCHREALTIME $c\";"
+    " done"
+)
 
 
-def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
+def _requests(path: Path) -> list[tuple[float, float, str]]:
+    """The loop's complete lines so far (the last one may be cut by kill)."""
+    made = []
+    for line in path.read_text().splitlines()[:-1]:
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            made.append((float(parts[0]), float(parts[1]), parts[2]))
+        else:  # curl's own message on stderr: a failure too
+            made.append((0.0, 0.0, line))
+    return made
+
+
+def test_every_sidecar_rotates_at_half_life_without_a_failed_request(tmp_path: Path) -> None:
+    """Load-insensitive: not a number of requests, but for each sidecar a successful request
+    that ended before its rotation and one that started once Envoy served the new certificate,
+    and not a single failed request in between."""
     with LocalMesh(cert_ttl=ROTATION_TTL) as mesh:
         sidecars = [x for x in mesh.workloads() if x.has_sidecar]
+        assert {x.key for x in sidecars} == set(CALLERS)
         (root,) = load_pem_chain(mesh.root_cert)
 
         def served(workload: Any) -> Any:
@@ -326,18 +350,20 @@ def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
 
         first = {x.key: served(x) for x in sidecars}
         # Requests over mTLS, both directions, all the while (a new curl, a pooled upstream).
-        loop = "while :; do curl -sS -o /dev/null -w '%{http_code}\\n' --max-time 3 URL; done"
-        clients = [
-            subprocess.Popen(
-                mesh.exec_argv(
-                    mesh.workload("sleep", src), ["bash", "-c", loop.replace("URL", url)]
-                ),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for src, url in CALLS
-        ]
-        rotated: dict[str, tuple[Any, dt.datetime]] = {}
+        logs = [tmp_path / f"loop{n}.log" for n in range(len(CALLS))]
+        clients = []
+        for (src, url), log in zip(CALLS, logs, strict=True):
+            with log.open("wb") as out:
+                clients.append(
+                    subprocess.Popen(
+                        mesh.exec_argv(
+                            mesh.workload("sleep", src), ["bash", "-c", LOOP.replace("URL", url)]
+                        ),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        rotated: dict[str, tuple[Any, float]] = {}  # key -> (new cert, epoch seen served)
         try:
             deadline = time.monotonic() + ROTATION_TTL.total_seconds()
             while len(rotated) < len(sidecars):
@@ -346,33 +372,46 @@ def test_every_sidecar_rotates_at_half_life_without_a_failed_request() -> None:
                     if x.key not in rotated:
                         cert = served(x)
                         if cert.serial != first[x.key].serial:  # seen by now, at the latest
-                            rotated[x.key] = (cert, dt.datetime.now(dt.UTC))
+                            rotated[x.key] = (cert, time.time())
                 time.sleep(0.05)
-            # Requests after the last rotation, too: each loop's pod calls once more, now.
-            after = [
-                mesh.exec(
-                    mesh.workload("sleep", src),
-                    ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url],
-                ).stdout
-                for src, url in CALLS
-            ]
+            # Each loop goes on until it has a request that started after its sidecars rotated.
+            for n, log in enumerate(logs):
+                since = max(seen for key, (_, seen) in rotated.items() if CALLERS[key] == n)
+                wait_for(
+                    lambda log=log, since=since: any(s > since for s, _, _ in _requests(log)),
+                    20,
+                    f"a request of loop {n} after its sidecars rotated",
+                )
         finally:
             for client in clients:
                 client.kill()
-            outputs = [client.communicate()[0].decode().splitlines() for client in clients]
-        assert after == [b"200", b"200"], after
-        for lines in outputs:
-            complete = lines[:-1]  # the last may have been cut by kill
-            assert len(complete) > 50
-            assert set(complete) == {"200"}, lines
+                client.wait()
+        requests = [_requests(log) for log in logs]
+        for n, made in enumerate(requests):
+            assert {code for _, _, code in made} == {"200"}, (CALLS[n], made)
+        by_key = {r.workload: r for r in reversed(mesh.rotations)}  # the first of each
         for key, (cert, seen) in rotated.items():
             old = first[key]
+            made = requests[CALLERS[key]]
+            rotation = by_key[key]
+            # Envoy's /certs gives serials in hex, the agent's record as integers.
+            assert (rotation.old_serial, rotation.new_serial) == (
+                int(old.serial, 16),
+                int(cert.serial, 16),
+            )
+            at = rotation.at.timestamp()
+            assert any(end < at for _, end, _ in made), (key, "no request before the rotation")
+            assert any(start > seen for start, _, _ in made), (key, "none after it")
             lifetime = old.expiration_time - old.valid_from
             assert lifetime == ROTATION_TTL
-            fraction = (seen - old.valid_from) / lifetime
-            # Istio: expire - 0.5 * lifetime, 1% jitter; seen within 0.02 * 8 s = 160 ms of it
-            # (50 ms polls of four sidecars, SDS file to Envoy).
+            # Istio: expire - 0.5 * lifetime, 1 % jitter: 0.49..0.51 of 8 s when the agent
+            # rotates, plus up to 160 ms for its thread to wake on a loaded machine. The test's
+            # own polls (four admin calls every 50 ms) lag more under load: the served
+            # certificate is only required to be seen within 1.6 s (0.2 of the lifetime).
+            fraction = (rotation.at - old.valid_from) / lifetime
             assert 0.49 <= fraction <= 0.53, (key, fraction)
+            served_fraction = (seen - old.valid_from.timestamp()) / lifetime.total_seconds()
+            assert fraction <= served_fraction <= fraction + 0.2, (key, served_fraction)
             assert cert.uris == old.uris
             assert cert.valid_from >= old.valid_from
         assert {r.workload for r in mesh.rotations} >= {x.key for x in sidecars}

@@ -25,7 +25,7 @@ from local_helpers import needs_local_mesh, traces_of
 
 from pytest_meshconform.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
 from pytest_meshconform.local.backend import ENVOY_DRAIN_TIME_S, LocalMesh
-from pytest_meshconform.mesh import MeshError, Workload
+from pytest_meshconform.mesh import LogPositions, MeshError, Workload
 from pytest_meshconform.policy import destination_rule, peer_authentication
 from pytest_meshconform.wire import analyze_pcap
 from pytest_meshconform.xfcc import parse_xfcc
@@ -522,11 +522,11 @@ def read_to_eof(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 
 def test_kept_alive_plaintext_is_cut_after_a_switch_to_strict(mesh: LocalMesh, policy: Any) -> None:
-    """What Envoy really does: the old chain drains (drain time 1 s, strategy immediate).
-
-    A request on the kept-alive connection during the drain is still served, in plaintext, but
-    with `connection: close`; the connection is closed by the end of the drain time; a new
-    plaintext connection is reset at once.
+    """What Envoy really does: the old chain drains at once (drain time 0, strategy
+    immediate) and `apply` returns only when no replaced chain is draining, so no request on
+    the kept-alive connection is served by the old chain after `apply`: it gets no response
+    (a stale allow under AuthorizationPolicy was observable with a 1 s drain). A new plaintext
+    connection is reset at once.
     """
     request = b"GET /get HTTP/1.1\r\nHost: httpbin.foo:8000\r\n\r\n"
     with raw_connection(mesh, w(mesh, "sleep", "legacy"), "httpbin.foo") as conn:
@@ -537,15 +537,12 @@ def test_kept_alive_plaintext_is_cut_after_a_switch_to_strict(mesh: LocalMesh, p
         assert first.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"connection: close" not in first.lower()
         policy(FOO_STRICT)
-        switched = time.monotonic()
         assert curl(mesh, w(mesh, "sleep", "legacy"), "http://httpbin.foo:8000/get") == (56, "000")
-        conn.stdin.write(request)
-        conn.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            conn.stdin.write(request)
+            conn.stdin.flush()
         rest = read_to_eof(conn, ENVOY_DRAIN_TIME_S + 2.0)
-        closed_after = time.monotonic() - switched
-    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"\r\nconnection: close\r\n" in rest.lower()
-    assert closed_after < ENVOY_DRAIN_TIME_S + 1.0
+    assert rest == b"", rest[:300]
 
 
 def test_idle_kept_alive_plaintext_is_closed_within_the_drain_time(
@@ -582,6 +579,9 @@ def test_logs_since_hold_only_the_window(mesh: LocalMesh) -> None:
     were taken, and none of the lines before."""
     sleep, httpbin = w(mesh, "sleep", "foo"), w(mesh, "httpbin", "foo")
     assert curl(mesh, sleep, "http://httpbin.foo:8000/status/201") == (0, "201")
+    # The 201 line must be in the file before the positions are taken (Envoy flushes its access
+    # log asynchronously; under load the line can land after the request returned).
+    poll_access_log(mesh, httpbin, LogPositions(at=0.0), "/status/201")  # whole file
     positions = mesh.log_positions()
     assert curl(mesh, sleep, "http://httpbin.foo:8000/status/202") == (0, "202")
     window = poll_access_log(mesh, httpbin, positions, "/status/202")

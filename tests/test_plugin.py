@@ -565,10 +565,10 @@ def test_a_run_without_mesh_tests_imports_nothing_heavy(
 
 def test_header_shows_the_suites_ttl_under_pyargs(pytester: pytest.Pytester) -> None:
     """Under --pyargs pytest loads the built-in suites' conftest while collecting; the settings
-    line comes after that, so it shows the 30 s TTL in force, not the 24 h default."""
+    line comes after that, so it shows the 10 s TTL in force, not the 24 h default."""
     result = pytester.runpytest("--pyargs", "pytest_meshconform.conformance", "--co")
     assert result.ret == pytest.ExitCode.OK
-    assert "meshconform: cluster=local cert-ttl=30s keep=no" in result.outlines
+    assert "meshconform: cluster=local cert-ttl=10s keep=no" in result.outlines
     chosen = pytester.runpytest(
         "--pyargs", "pytest_meshconform.conformance", "--co", "--mesh-cert-ttl=1h"
     )

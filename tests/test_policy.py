@@ -743,9 +743,9 @@ INVALID = [
     ),
     (
         "another Istio kind",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n" + META,
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META,
         "kind",
-        "'AuthorizationPolicy' is not an accepted kind; accepted: security.istio.io/v1 "
+        "'RequestAuthentication' is not an accepted kind; accepted: security.istio.io/v1 "
         "PeerAuthentication",
     ),
     (

@@ -7,11 +7,19 @@ import re
 import pytest
 from local_helpers import REPO, needs_local_mesh
 
+EXAMPLES = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    if "def test_" in block
+]
+
 
 @needs_local_mesh
-def test_readme_suite_example_passes(pytester: pytest.Pytester) -> None:
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    example = next(b for b in blocks if "def test_" in b)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+def test_readme_suite_example_passes(pytester: pytest.Pytester, example: str) -> None:
     pytester.makepyfile(test_readme_example=example)
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_readme_has_the_suite_examples() -> None:
+    assert len(EXAMPLES) == 2  # the mTLS suite and the AuthorizationPolicy suite

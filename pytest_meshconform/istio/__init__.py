@@ -5,18 +5,28 @@ Workloads, Services and the PeerAuthentications / DestinationRules in force go i
 container port and, per (Service, port), the outbound cluster: TLS mode or auto mTLS, SNI, SANs,
 ALPN, ``maxRequestsPerConnection``. The local mesh renders Envoy config from it
 (``pytest_meshconform.local``); the kube backend checks each sidecar's ``/config_dump`` against
-it (``pytest_meshconform.kube.envoystate``). Every rule names the istiod function it
-reproduces; docs/istio-model.md lists them.
+it (``pytest_meshconform.kube.envoystate``). AuthorizationPolicies go through
+:func:`authorization_for`: the policies that apply to a workload and the Envoy RBAC filters
+istiod's authz builder makes for its sidecar (``kube.authzstate`` checks real sidecars against
+them). Every rule names the istiod function it reproduces; docs/istio-model.md lists them.
 """
 
 from __future__ import annotations
 
+from .authorization import (
+    Authorization,
+    RbacFilter,
+    authorization_for,
+    authorization_policies_for,
+    rbac_policy_name,
+)
 from .cluster import (
     ALPN_IN_MESH_WITH_MXC,
     ISTIO_MTLS_HTTP2_ALPN,
     ISTIO_MTLS_HTTP10_ALPN,
     ISTIO_MTLS_HTTP11_ALPN,
     Upstream,
+    istio_mutual_alpn,
     istio_sni,
     outbound_cluster_name,
     upstream,
@@ -30,27 +40,46 @@ from .destination_rule import (
     port_traffic_policy,
 )
 from .peer_authentication import effective_mtls_mode, service_mtls_mode
-from .plan import Sidecar, endpoints_of, plan_mesh, plan_sidecar
+from .plan import Sidecar, endpoints_of, inbound_protocols, plan_mesh, plan_sidecar
+from .protocol import (
+    WELL_KNOWN_TCP_PORTS,
+    PortProtocol,
+    parse_protocol,
+    protocol_of,
+    service_port_protocol,
+)
 
 __all__ = [
     "ALPN_IN_MESH_WITH_MXC",
     "ISTIO_MTLS_HTTP2_ALPN",
     "ISTIO_MTLS_HTTP10_ALPN",
     "ISTIO_MTLS_HTTP11_ALPN",
+    "WELL_KNOWN_TCP_PORTS",
+    "Authorization",
     "PortPolicy",
+    "PortProtocol",
+    "RbacFilter",
     "Sidecar",
     "Upstream",
+    "authorization_for",
+    "authorization_policies_for",
     "client_tls_mode",
     "client_tls_settings",
     "destination_rule_for",
     "effective_mtls_mode",
     "endpoints_of",
+    "inbound_protocols",
+    "istio_mutual_alpn",
     "istio_sni",
     "max_requests_per_connection",
     "outbound_cluster_name",
+    "parse_protocol",
     "plan_mesh",
     "plan_sidecar",
     "port_traffic_policy",
+    "protocol_of",
+    "rbac_policy_name",
     "service_mtls_mode",
+    "service_port_protocol",
     "upstream",
 ]

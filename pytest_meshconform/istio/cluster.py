@@ -14,6 +14,7 @@ from ..mesh import Service, Workload
 from ..policy import ClientTls, DestinationRule, MtlsMode, Policy, TlsMode
 from .destination_rule import client_tls_settings, max_requests_per_connection
 from .peer_authentication import effective_mtls_mode, service_mtls_mode
+from .protocol import PortProtocol, protocol_of
 
 __all__ = [
     "ALPN_IN_MESH_WITH_MXC",
@@ -21,6 +22,7 @@ __all__ = [
     "ISTIO_MTLS_HTTP10_ALPN",
     "ISTIO_MTLS_HTTP11_ALPN",
     "Upstream",
+    "istio_mutual_alpn",
     "istio_sni",
     "outbound_cluster_name",
     "upstream",
@@ -97,6 +99,20 @@ class Upstream:
         return self
 
 
+def istio_mutual_alpn(protocol: PortProtocol) -> tuple[str, ...]:
+    """The ALPN an ISTIO_MUTUAL ClientHello carries on a port of ``protocol``: for HTTP ports
+    the ``istio.alpn`` filter of the outbound HTTP connection manager overrides the cluster's
+    list (:data:`ISTIO_MTLS_HTTP11_ALPN`; :data:`ISTIO_MTLS_HTTP2_ALPN` for HTTP/2 and gRPC
+    ports, ``mtlsHTTP2ALPN``); a TCP proxy has no HTTP filter, so the cluster's own
+    :data:`ALPN_IN_MESH_WITH_MXC` goes on the wire (``buildUpstreamClusterTLSContext``,
+    pilot/pkg/networking/core/cluster_tls.go)."""
+    if protocol in (PortProtocol.HTTP2, PortProtocol.GRPC, PortProtocol.GRPC_WEB):
+        return ISTIO_MTLS_HTTP2_ALPN
+    if protocol.is_http:
+        return ISTIO_MTLS_HTTP11_ALPN
+    return ALPN_IN_MESH_WITH_MXC
+
+
 def _auto_plaintext(
     policies: Sequence[Policy], endpoint: Workload, target_port: int, root_namespace: str
 ) -> bool:
@@ -132,8 +148,9 @@ def upstream(
     nothing when ``BestEffortInferServiceMTLSMode`` (:func:`..peer_authentication.
     service_mtls_mode`) is DISABLE, else ISTIO_MUTUAL marked auto, with per-endpoint plaintext
     (:func:`_auto_plaintext`). ALPN: ``buildUpstreamClusterTLSContext`` (cluster_tls.go) and
-    the ``istio.alpn`` override for ISTIO_MUTUAL (:data:`ISTIO_MTLS_HTTP11_ALPN`); SIMPLE and
-    MUTUAL carry none for HTTP/1.1 (``AddALPNOverrideToMetadata`` turns the override off).
+    the ``istio.alpn`` override for ISTIO_MUTUAL on HTTP ports (:func:`istio_mutual_alpn`);
+    SIMPLE and MUTUAL carry none for HTTP/1.1 (``AddALPNOverrideToMetadata`` turns the
+    override off).
     ``auto_mtls`` False is MeshConfig ``enableAutoMtls: false``: no TLS without a rule's.
     """
     endpoints = tuple(endpoints)
@@ -141,6 +158,7 @@ def upstream(
     sans = tuple(sorted({e.spiffe_id(trust_domain) for e in endpoints}))
     sni = istio_sni(service.fqdn, service.port)
     settings: ClientTls | None = client_tls_settings(rule, service.port)
+    alpn = istio_mutual_alpn(protocol_of(service))
     common = Upstream(
         cluster=cluster,
         mode=None,
@@ -163,7 +181,7 @@ def upstream(
             auto=True,
             sni=sni,
             subject_alt_names=sans,
-            alpn=ISTIO_MTLS_HTTP11_ALPN,
+            alpn=alpn,
             plaintext_endpoints=plaintext,
         )
     if settings.mode is TlsMode.DISABLE:
@@ -174,7 +192,7 @@ def upstream(
             mode=TlsMode.ISTIO_MUTUAL,
             sni=settings.sni or sni,
             subject_alt_names=tuple(settings.subject_alt_names) or sans,
-            alpn=ISTIO_MTLS_HTTP11_ALPN,
+            alpn=alpn,
         )
     return replace(
         common,

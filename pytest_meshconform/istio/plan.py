@@ -8,12 +8,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..mesh import Service, Workload
-from ..policy import DestinationRule, MtlsMode, PeerAuthentication, Policy, PolicyError
+from ..policy import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MtlsMode,
+    PeerAuthentication,
+    Policy,
+    PolicyError,
+)
 from .cluster import Upstream, upstream
 from .destination_rule import destination_rule_for
 from .peer_authentication import effective_mtls_mode
+from .protocol import PortProtocol, protocol_of
 
-__all__ = ["Sidecar", "endpoints_of", "plan_mesh", "plan_sidecar"]
+__all__ = ["Sidecar", "endpoints_of", "inbound_protocols", "plan_mesh", "plan_sidecar"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,24 +31,32 @@ class Sidecar:
     ``inbound`` maps each container port to the mTLS mode its inbound chains enforce;
     ``default_inbound`` is the mode for any other port (the passthrough chains).
     ``outbound`` maps (Service FQDN, Service port) to the cluster towards it.
+    ``inbound_protocols`` maps each container port a Service port targets to that port's
+    protocol (the inbound listener's filters: HTTP connection manager or TCP proxy).
     """
 
     workload: Workload
     inbound: Mapping[int, MtlsMode] = field(hash=False)
     default_inbound: MtlsMode
     outbound: Mapping[tuple[str, int], Upstream] = field(hash=False)
+    inbound_protocols: Mapping[int, PortProtocol] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
         object.__setattr__(self, "outbound", MappingProxyType(dict(self.outbound)))
+        object.__setattr__(
+            self, "inbound_protocols", MappingProxyType(dict(self.inbound_protocols))
+        )
 
 
 def endpoints_of(service: Service, workloads: Iterable[Workload]) -> tuple[Workload, ...]:
-    """The Service's endpoints: the workloads of its namespace its ``app`` selector selects."""
+    """The Service's endpoints: the workloads of its namespace its selector selects (every
+    label of ``selector`` when given, as Kubernetes matches it, else the ``app`` label)."""
+    wanted = dict(service.selector) or {"app": service.selector_app}
     return tuple(
         w
         for w in workloads
-        if w.namespace == service.namespace and w.labels.get("app") == service.selector_app
+        if w.namespace == service.namespace and all(w.labels.get(k) == v for k, v in wanted.items())
     )
 
 
@@ -69,7 +85,7 @@ def plan_sidecar(
         raise PolicyError(f"{client.key} has no sidecar: nothing to plan")
     policies = tuple(policies)
     for policy in policies:
-        if not isinstance(policy, PeerAuthentication | DestinationRule):
+        if not isinstance(policy, PeerAuthentication | DestinationRule | AuthorizationPolicy):
             raise PolicyError(f"not a policy: {policy!r}")
     peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
     rules = [p for p in policies if isinstance(p, DestinationRule)]
@@ -103,7 +119,23 @@ def plan_sidecar(
         inbound={port: mode(port) for port in client.container_ports},
         default_inbound=mode(None),
         outbound=outbound,
+        inbound_protocols=inbound_protocols(client, services, workloads),
     )
+
+
+def inbound_protocols(
+    server: Workload, services: Sequence[Service], workloads: Sequence[Workload]
+) -> Mapping[int, PortProtocol]:
+    """The protocol of each of ``server``'s container ports that a Service port targets: the
+    inbound listener istiod builds per service instance takes the Service port's protocol
+    (``buildInboundListeners`` / ``getFilterChainsByServiceInstance``,
+    pilot/pkg/networking/core/listener_inbound.go). Two Service ports targeting one container
+    port with different protocols: the first Service port, as the list is ordered."""
+    result: dict[int, PortProtocol] = {}
+    for service in services:
+        if server in endpoints_of(service, workloads):
+            result.setdefault(service.target_port, protocol_of(service))
+    return result
 
 
 def plan_mesh(

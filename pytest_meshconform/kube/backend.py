@@ -14,6 +14,7 @@ module is plain logic over dicts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import secrets
@@ -24,8 +25,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
+from ..istio import Authorization, authorization_for
 from ..mesh import (
     ExecResult,
     LogPositions,
@@ -35,9 +37,10 @@ from ..mesh import (
     Service,
     Workload,
 )
-from ..policy import DestinationRule, PeerAuthentication, PolicyError, parse_policy
+from ..policy import Policy, PolicyError, parse_policy
 from ..settings import format_duration
 from . import MeshWideNotAllowed
+from .authzstate import authz_mismatches, parse_inbound_authz
 from .client import ExecSession, KubeApiError
 from .envoystate import (
     EnvoyStateError,
@@ -98,7 +101,9 @@ POLICY_KINDS: Final = (
     ("security.istio.io", "AuthorizationPolicy"),
 )
 # The kinds whose effect on the sidecars' Envoy config meshconform predicts (and so waits for).
-PROPAGATION_KINDS: Final = frozenset({"PeerAuthentication", "DestinationRule"})
+PROPAGATION_KINDS: Final = frozenset(
+    {"PeerAuthentication", "DestinationRule", "AuthorizationPolicy"}
+)
 _BAD_WAITING_REASONS: Final = frozenset(
     {
         "ErrImagePull",
@@ -122,12 +127,22 @@ KUBE_FEATURES: Final = frozenset(
         "capture",
         "certificates",
         "rotation",
+        "authorization",
     }
 )
 _LOG_LIMIT_BYTES: Final = 1 << 20
 _POLL_S: Final = 0.25
 # A propagation wait says what it waits for once it has taken this long (then on each change).
 _PROGRESS_AFTER_S: Final = 5.0
+
+
+class _Expected(NamedTuple):
+    """What one sidecar must implement under the policies in force (the Istio model's)."""
+
+    workload: Workload
+    sidecar: SidecarExpectation
+    authorization: Authorization
+    root_known: bool  # False: root-namespace policies could not be read
 
 
 class ClusterApi(Protocol):
@@ -334,6 +349,11 @@ class KubeMesh:
     @property
     def trust_domain(self) -> str:
         return self.mesh_config.trust_domain
+
+    @property
+    def min_tls_version(self) -> str:
+        """meshConfig.meshMTLS.minProtocolVersion of istiod's mesh config (MeshMtlsAware)."""
+        return self.mesh_config.min_tls_version
 
     @property
     def root_namespace(self) -> str:
@@ -839,8 +859,9 @@ class KubeMesh:
         if localized.kind not in PROPAGATION_KINDS:
             raise MeshError(
                 f"cannot {action} {localized.describe}: the kube backend waits for a policy by"
-                " checking each sidecar's Envoy config against what PeerAuthentication and"
-                f" DestinationRule imply, and cannot tell when a {localized.kind} has arrived"
+                " checking each sidecar's Envoy config against what PeerAuthentication,"
+                " DestinationRule and AuthorizationPolicy imply, and cannot tell when a"
+                f" {localized.kind} has arrived"
             )
         if localized.scope == "mesh-wide" and not self.allow_mesh_wide:
             raise MeshWideNotAllowed(
@@ -905,11 +926,11 @@ class KubeMesh:
 
     # -- propagation -----------------------------------------------------------------------------
 
-    def _policies_in_force(self) -> tuple[list[PeerAuthentication | DestinationRule], bool]:
+    def _policies_in_force(self) -> tuple[list[Policy], bool]:
         """PeerAuthentications and DestinationRules that can affect this run's sidecars (its
         namespaces' and the root namespace's), as istiod sees them, with real namespaces; and
         whether the root namespace could be read (a user on a shared cluster may not)."""
-        found: list[PeerAuthentication | DestinationRule] = []
+        found: list[Policy] = []
         root_known = True
         for group, kind in POLICY_KINDS:
             if kind not in PROPAGATION_KINDS:
@@ -935,16 +956,21 @@ class KubeMesh:
                     found.append(policy)
         return found, root_known
 
-    def _expectations(self) -> dict[str, tuple[Workload, SidecarExpectation]]:
-        """Per sidecar of the run, what its Envoy must implement under the policies in force."""
+    def _expectations(self) -> dict[str, _Expected]:
+        """Per sidecar of the run, what its Envoy must implement under the policies in force:
+        mTLS and clusters (``envoystate``) and the AuthorizationPolicy RBAC filters
+        (``authzstate``), both from the Istio model."""
         policies, root_known = self._policies_in_force()
-        expected: dict[str, tuple[Workload, SidecarExpectation]] = {}
+        expected: dict[str, _Expected] = {}
         for workload in self._workloads:
             if not workload.has_sidecar:
                 continue
             labels = _meta(self._pod(workload)).get("labels") or workload.labels
             try:
-                expected[workload.key] = (
+                labelled = dataclasses.replace(
+                    workload, labels={str(k): str(v) for k, v in labels.items()}
+                )
+                expected[workload.key] = _Expected(
                     workload,
                     expected_sidecar(
                         policies,
@@ -958,21 +984,28 @@ class KubeMesh:
                         name=workload.name,
                         auto_mtls=self.mesh_config.enable_auto_mtls,
                     ),
+                    authorization_for(labelled, policies, root_namespace=self.root_namespace),
+                    root_known,
                 )
             except (PolicyError, EnvoyStateError) as error:
                 raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
         return expected
 
-    def _sidecar_lag(self, workload: Workload, expectation: SidecarExpectation) -> str | None:
-        """None when the sidecar's own Envoy config implements ``expectation``, else what it
+    def _sidecar_lag(self, expected: _Expected) -> str | None:
+        """None when the sidecar's own Envoy config implements ``expected``, else what it
         has instead (or why it could not be read)."""
         try:
-            state = parse_config_dump(self.envoy_admin(workload, "/config_dump"))
+            dump = self.envoy_admin(expected.workload, "/config_dump")
+            state = parse_config_dump(dump)
         except MeshError as error:
             return f"config_dump not readable: {error}"
         except EnvoyStateError as error:
             return f"config_dump not understood: {error}"
-        found = mismatches(state, expectation)
+        found = mismatches(state, expected.sidecar) + authz_mismatches(
+            parse_inbound_authz(dump),
+            expected.authorization,
+            root_known=expected.root_known,
+        )
         if not found:
             return None
         return "; ".join(found) + f" [{state.version}]"
@@ -991,8 +1024,8 @@ class KubeMesh:
         shown = ""
         while True:
             lagging = {}
-            for key, (workload, expectation) in list(pending.items()):
-                lag = self._sidecar_lag(workload, expectation)
+            for key, expectation in list(pending.items()):
+                lag = self._sidecar_lag(expectation)
                 if lag is None:
                     del pending[key]  # it has the change; later pushes cannot undo it
                 else:

@@ -46,7 +46,14 @@ from typing import Any, Final
 
 from ..istio import Sidecar, outbound_cluster_name, plan_sidecar
 from ..mesh import Service, Workload
-from ..policy import DestinationRule, MtlsMode, PeerAuthentication, PolicyError, TlsMode
+from ..policy import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MtlsMode,
+    PeerAuthentication,
+    PolicyError,
+    TlsMode,
+)
 
 __all__ = [
     "ISTIO_ROOT_SECRET",
@@ -94,7 +101,7 @@ ZTUNNEL_KEYS: Final = frozenset({"workloadState", "workloads", "certificates", "
 _CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 _SHOWN: Final = 80
 
-Policy = PeerAuthentication | DestinationRule
+Policy = PeerAuthentication | DestinationRule | AuthorizationPolicy
 
 
 class EnvoyStateError(ValueError):

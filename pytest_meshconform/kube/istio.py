@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import yaml
 
+from ..istio.tls import parse_min_protocol_version
 from ..settings import format_duration
 
 __all__ = [
@@ -202,6 +203,7 @@ class MeshConfigInfo:
     root_namespace: str
     secret_ttl: str | None  # meshConfig.defaultConfig.proxyMetadata.SECRET_TTL, if set
     enable_auto_mtls: bool = True  # meshConfig.enableAutoMtls (a BoolValue, true when absent)
+    min_tls_version: str = "TLS_AUTO"  # meshConfig.meshMTLS.minProtocolVersion
 
 
 def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
@@ -228,11 +230,17 @@ def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
         auto_mtls = True
     if not isinstance(auto_mtls, bool):
         raise IstioDataError(f"mesh config: enableAutoMtls {auto_mtls!r}: expected a boolean")
+    mesh_mtls = _mapping(mesh.get("meshMTLS") or {}, "mesh config meshMTLS")
+    try:
+        min_tls_version = parse_min_protocol_version(mesh_mtls.get("minProtocolVersion"))
+    except ValueError as error:
+        raise IstioDataError(f"mesh config: {error}") from None
     return MeshConfigInfo(
         trust_domain,
         root_namespace,
         str(secret_ttl) if secret_ttl is not None else None,
         enable_auto_mtls=auto_mtls,
+        min_tls_version=min_tls_version,
     )
 
 

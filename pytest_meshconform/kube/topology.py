@@ -407,6 +407,19 @@ def _map_spec(kind: str, spec: dict[str, Any], mapping: Mapping[str, str]) -> No
                     source[key] = [
                         _map_principal(v, mapping) if isinstance(v, str) else v for v in source[key]
                     ]
+        for condition in rule.get("when") or []:
+            if not isinstance(condition, dict):
+                continue
+            mapper = {"source.namespace": _map_namespace_word, "source.principal": _map_principal}
+            attribute = condition.get("key")
+            if not isinstance(attribute, str) or attribute not in mapper:
+                continue
+            for field in ("values", "notValues"):
+                if isinstance(condition.get(field), list):
+                    condition[field] = [
+                        mapper[attribute](v, mapping) if isinstance(v, str) else v
+                        for v in condition[field]
+                    ]
 
 
 def localize_manifest(

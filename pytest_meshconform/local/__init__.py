@@ -10,22 +10,40 @@ backend when called.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from ..backends import Backend, Progress
 from ..mesh import Mesh
 from ..settings import MeshSettings
 
+if TYPE_CHECKING:
+    from .topology import Topology
+
 __all__ = ["BACKEND"]
+
+
+def _topology(settings: MeshSettings) -> Topology:
+    """The run's topology: `--mesh-topology`'s file, else the built-in one. A bad file is a
+    usage error naming the line and field."""
+    from .topology_file import BUILTIN_TOPOLOGY, TopologyError, load_topology
+
+    try:
+        return load_topology(settings.topology or BUILTIN_TOPOLOGY)
+    except TopologyError as exc:
+        raise pytest.UsageError(f"--mesh-topology: {exc}") from None
 
 
 def _preflight(config: pytest.Config, settings: MeshSettings) -> None:
     from .host import preflight
 
+    _topology(settings)
     preflight()
 
 
 def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> Mesh:
+    from ..istio.tls import parse_min_protocol_version
     from .backend import LocalMesh
     from .control import Faults
 
@@ -34,6 +52,8 @@ def _open(config: pytest.Config, settings: MeshSettings, progress: Progress) -> 
         faults=Faults.parse(settings.faults),
         keep=settings.keep,
         progress=progress,
+        min_tls_version=parse_min_protocol_version(settings.min_tls_version),
+        topology=_topology(settings),
     ).start()
 
 

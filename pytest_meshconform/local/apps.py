@@ -11,7 +11,8 @@ Each child is a process of its own, in its pod's namespace only, whose PID the l
 The children die with the launcher (PR_SET_PDEATHSIG), which dies with the mesh's process
 unless the mesh is kept; on SIGTERM the launcher ends its children and exits. Run with
 `python -m pytest_meshconform.local.apps`; the protocol is one JSON object per stdin line:
-`{"key", "netns", "listen", "log", "pdeathsig"}`.
+`{"key", "netns", "listen", "log", "pdeathsig", "kind"}` (``listen``: ``host:port`` items,
+space-separated; ``kind``: ``httpbin`` (the default) or ``tcp-echo``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
             os._exit(1)
-    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # evidence: root only
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -66,9 +67,43 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
     os.close(netns)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     try:
-        waitress.serve(app, listen=spec["listen"], threads=WAITRESS_THREADS)
+        if spec.get("kind") == "tcp-echo":
+            serve_tcp_echo(spec["listen"])
+        else:
+            waitress.serve(app, listen=spec["listen"], threads=WAITRESS_THREADS)
     finally:
         os._exit(0)
+
+
+TCP_ECHO_PREFIX = "hello"
+
+
+def serve_tcp_echo(listen: str) -> None:
+    """Istio's samples/tcp-echo server: every line received is answered with
+    ``hello <line>``, on each ``host:port`` of ``listen`` (space-separated, as waitress's)."""
+    import socketserver
+    import threading
+
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(TCP_ECHO_PREFIX.encode() + b" " + line)
+                self.wfile.flush()
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    servers = []
+    for address in listen.split():
+        host, _, port = address.rpartition(":")
+        servers.append(Server((host, int(port)), Echo))
+        print(f"Serving on tcp-echo {address}", flush=True)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def import_httpbin() -> Any:

@@ -40,10 +40,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .. import __version__
+from .. import __version__, signals
 from ..certs import rotation_time
+from ..istio.tls import MinProtocolVersion, parse_min_protocol_version
 from ..mesh import (
     ALL_FEATURES,
     ExecResult,
@@ -52,11 +53,12 @@ from ..mesh import (
     PcapRecording,
     PropagationTimeout,
     Service,
+    SidecarDied,
     Workload,
 )
 from ..policy import PolicyError, parse_policy
 from . import host, xds
-from .ca import IssuedCert, MeshCA
+from .ca import IssuedCert, MeshCA, WorkloadPrivateKey
 from .control import Faults, Policy, plan_sidecars
 from .topology import (
     APP_GID,
@@ -77,13 +79,24 @@ from .topology import (
 )
 
 Progress = Callable[[str], None]
-ENVOY_DRAIN_TIME_S = 1  # a mode switch reaches kept-alive connections within a second
+# Filter chains replaced by a policy change drain at once: kept-alive connections (the client
+# sidecars' pooled mTLS connections) must not go on being served by the old chain's RBAC or
+# mode; `apply` also waits until no replaced chain is draining (see _version_problems).
+ENVOY_DRAIN_TIME_S = 0
 ENVOY_CONCURRENCY = 1  # one worker: each listener (re)build is acknowledged once
 ENVOY_FILE_FLUSH_MS = 200  # access logs reach the disk (and failure reports) quickly
 READY_DEADLINE_S = 20.0
 PROPAGATION_DEADLINE_S = 10.0
 PROGRESS_EVERY_S = 2.0
 SLOW_PROPAGATION_S = 1.0
+# Sidecar health: the watcher looks at its processes this often (exit, SIGSTOP: at once), asks
+# every Envoy's admin socket for /ready every ADMIN_PROBE_EVERY_S, and calls an Envoy broken
+# once it has answered nothing for ADMIN_SILENT_AFTER_S: a hung Envoy, not a stopped one (seen
+# by its process state), so the bar is well above a loaded machine's longest pauses.
+HEALTH_INTERVAL_S = 0.2
+ADMIN_PROBE_EVERY_S = 1.0
+ADMIN_PROBE_TIMEOUT_S = 1.0
+ADMIN_SILENT_AFTER_S = 10.0
 
 # The Envoy stats that tell whether a config version is in force, in one admin request.
 _VERSION_STATS = (
@@ -94,6 +107,8 @@ _VERSION_STATS = (
     "listener_manager.listener_create_success",
     "listener_manager.listener_create_failure",
     "listener_manager.total_listeners_warming",
+    "listener_manager.total_filter_chains_draining",
+    "listener_manager.total_listeners_draining",
     "cluster_manager.cds.version_text",
     "cluster_manager.cds.update_rejected",
     "cluster_manager.warming_clusters",
@@ -287,10 +302,13 @@ class LocalMesh:
         keep: bool = False,
         progress: Progress | None = None,
         topology: Topology | None = None,
+        min_tls_version: MinProtocolVersion = "TLS_AUTO",
     ) -> None:
         if cert_ttl <= dt.timedelta(0):
             raise ValueError(f"cert_ttl must be positive, got {cert_ttl}")
         self.cert_ttl = cert_ttl
+        # meshConfig.meshMTLS.minProtocolVersion of this mesh (MeshMtlsAware)
+        self.min_tls_version: MinProtocolVersion = parse_min_protocol_version(min_tls_version)
         self.faults = faults or Faults()
         self.keep = keep
         self.topology = topology or default_topology()
@@ -308,6 +326,11 @@ class LocalMesh:
         self._launcher_output = b""
         self._spawner: ThreadPoolExecutor | None = None
         self._env = host.pod_environment()
+        self._signals_owned = False
+        self._health_lock = threading.Lock()
+        self._problems: dict[str, SidecarDied] = {}  # "Envoy of httpbin.foo" -> first seen
+        self._watching = False
+        self._watcher: threading.Thread | None = None
         self._logs_settled_at = float("-inf")  # see _settle_logs
         self.rotations: list[Rotation] = []
 
@@ -394,11 +417,16 @@ class LocalMesh:
         if swept:
             self._progress(f"swept leftovers of dead runs: {'; '.join(swept)}")
         self._stop.clear()
-        self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
-        atexit.register(self.close)  # a script that forgets close() still leaves nothing
         try:
-            self._ca = MeshCA(TRUST_DOMAIN)
+            # From before the run dir exists until its last file is gone, SIGTERM and SIGHUP
+            # interrupt like Ctrl-C; one arriving while the run is being recorded is delivered
+            # once it is, inside this try, so the except below removes it all.
+            with signals.held():
+                self._signals_owned = signals.acquire()
+                self._state = host.RunState.create(secrets.token_hex(3), keep=self.keep)
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="meshconform-spawner")
+                atexit.register(self.close)  # a script that forgets close() leaves nothing
+            self._ca = MeshCA(TRUST_DOMAIN, pool=True)  # RSA keys made while pods start
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
@@ -412,6 +440,12 @@ class LocalMesh:
                 target=self._rotation_agent, name="meshconform-agent", daemon=True
             )
             self._agent.start()
+            self._problems = {}
+            self._watching = True
+            self._watcher = threading.Thread(
+                target=self._health_watch, name="meshconform-health", daemon=True
+            )
+            self._watcher.start()
         except BaseException:
             self.close(force=True)
             raise
@@ -425,11 +459,26 @@ class LocalMesh:
         self.close()
 
     def close(self, *, force: bool = False) -> None:
-        """Stop everything and remove every trace; with `keep`, leave it running and say what."""
+        """Stop everything and remove every trace; with `keep`, leave it running and say what.
+
+        SIGINT, SIGTERM and SIGHUP wait until the end (a second one must not leave half a
+        mesh behind); the first of them is delivered then.
+        """
+        with signals.held():
+            try:
+                self._close(force=force)
+            finally:
+                if self._state is None:  # gone (or kept on purpose): nothing of ours is left
+                    owned, self._signals_owned = self._signals_owned, False
+                    signals.release(owned)
+
+    def _close(self, *, force: bool) -> None:
+        self._watching = False  # what close() ends is no sidecar death
         self._stop.set()
-        if self._agent is not None:
-            self._agent.join(timeout=5)
-            self._agent = None
+        for thread in (self._agent, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._agent = self._watcher = None
         state = self._state
         if state is None:
             return
@@ -439,31 +488,32 @@ class LocalMesh:
             self._state = None
             self._stop_spawner()
             return
-        with host.sigint_deferred():  # a second Ctrl-C must not leave half a mesh behind
-            if self._launcher is not None and self._launcher.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self._launcher.stdin.close()
-            host.teardown_state(state)
-            for runtime in self._pods.values():
-                if runtime.envoy is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        runtime.envoy.wait(timeout=1)
-            if self._launcher is not None:
+        if self._launcher is not None and self._launcher.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._launcher.stdin.close()
+        host.teardown_state(state)
+        for runtime in self._pods.values():
+            if runtime.envoy is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._launcher.wait(timeout=1)
-                if self._launcher.stdout is not None:
-                    self._launcher.stdout.close()
-            self._stop_spawner()
-            self._state = None
-            self._ca = None
-            self._pods = {}
-            self._launcher = None
-            left = host.leftovers(state)
-            if left:
-                self._progress(
-                    f"local mesh {state.run_id}: could not remove {', '.join(left)};"
-                    " the next run retries"
-                )
+                    runtime.envoy.wait(timeout=1)
+        if self._launcher is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._launcher.wait(timeout=1)
+            if self._launcher.stdout is not None:
+                self._launcher.stdout.close()
+        self._stop_spawner()
+        self._state = None
+        if self._ca is not None:
+            self._ca.close()
+        self._ca = None
+        self._pods = {}
+        self._launcher = None
+        left = host.leftovers(state)
+        if left:
+            self._progress(
+                f"local mesh {state.run_id}: could not remove {', '.join(left)};"
+                " the next run retries"
+            )
 
     def _stop_spawner(self) -> None:
         if self._spawner is not None:
@@ -471,12 +521,19 @@ class LocalMesh:
             self._spawner = None
 
     def _popen(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
-        """Popen from the mesh's own thread: PR_SET_PDEATHSIG fires when the forking thread ends."""
+        """Popen from the mesh's own thread: PR_SET_PDEATHSIG fires when the forking thread ends.
+
+        The process is recorded by that thread too, as soon as it exists: a KeyboardInterrupt
+        (SIGTERM) in the caller while it waits cannot leave a process the teardown misses.
+        """
         if self._spawner is None:
             raise MeshError("the local mesh is not running (call start() first)")
+        state = self._require_state()
 
         def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(argv, **options)
+            proc = subprocess.Popen(argv, **options)
+            state.add_pid(proc.pid)
+            return proc
 
         try:
             return self._spawner.submit(spawn).result()
@@ -536,7 +593,7 @@ class LocalMesh:
 
     def _start_app_launcher(self) -> None:
         state = self._require_state()
-        log = open(state.directory / "apps.log", "wb")  # noqa: SIM115 - owned by the child
+        log = _private_log(state.directory / "apps.log")
         try:
             self._launcher = self._popen(
                 [
@@ -554,7 +611,6 @@ class LocalMesh:
             )
         finally:
             log.close()
-        state.add_pid(self._launcher.pid)
 
     def _create_namespaces(self) -> None:
         state = self._require_state()
@@ -569,6 +625,8 @@ class LocalMesh:
             (etc / "resolv.conf").write_text(self.topology.resolv_conf(pod))
             directory = self.run_dir / "pods" / pod.workload.key
             directory.mkdir(parents=True)
+            for made in (directory.parent, directory):  # Envoy (group 1337) reaches envoy/
+                host.private_directory(made, group=PROXY_GID)
             runtime = _PodRuntime(pod, netns, directory, xds.SidecarPaths(directory / "envoy"))
             self._pods[pod.workload.key] = runtime
 
@@ -604,38 +662,46 @@ class LocalMesh:
         host.run_all(commands)
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(self.topology, [], self.root_namespace, self.faults)
+        plans = plan_sidecars(
+            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+        )
         ca = self._require_ca()
+        keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
             runtime = self._pods[key]
             paths = runtime.paths
             for sub in (paths.lds.parent, paths.cds.parent, paths.sds_dir):
                 sub.mkdir(parents=True, exist_ok=True)
+            # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
+            _write_text(paths.access_log, "")
             _write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths))
             _write_json(
                 paths.sds(xds.ROOT_SECRET),
                 xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem),
             )
-            self._issue_cert(runtime)
+            self._issue_cert(runtime, keys.pop())
             self._render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, PROXY_UID, PROXY_GID)
+                if path.is_dir():
+                    os.chmod(path, host.PRIVATE_DIR_MODE)
             os.chown(paths.root, PROXY_UID, PROXY_GID)
+            os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
-    def _issue_cert(self, runtime: _PodRuntime) -> None:
+    def _issue_cert(self, runtime: _PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         w = runtime.pod.workload
         service_account = (
             f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
         )
-        cert = self._require_ca().issue_workload(w.namespace, service_account, self.cert_ttl)
+        cert = self._require_ca().issue_workload(
+            w.namespace, service_account, self.cert_ttl, key=key
+        )
         runtime.cert = cert
         _write_json(
             runtime.paths.sds(xds.WORKLOAD_SECRET),
             xds.secret_resources(
                 xds.WORKLOAD_SECRET, cert_pem=cert.cert_pem + self.root_cert, key_pem=cert.key_pem
             ),
-            owner=(PROXY_UID, PROXY_GID),
-            mode=0o600,
         )
         runtime.next_rotation = (
             None if self.faults.no_rotation else rotation_time(cert.not_before, cert.not_after)
@@ -661,7 +727,7 @@ class LocalMesh:
     def _spawn(
         self, runtime: _PodRuntime, argv: list[str], log_name: str
     ) -> subprocess.Popen[bytes]:
-        log = open(runtime.directory / log_name, "wb")  # noqa: SIM115 - owned by the child
+        log = _private_log(runtime.directory / log_name)
         try:
             proc = self._popen(
                 host.in_netns(runtime.netns, argv),
@@ -673,7 +739,6 @@ class LocalMesh:
             )
         finally:
             log.close()
-        self._require_state().add_pid(proc.pid)
         return proc
 
     def _start_envoys(self) -> None:
@@ -708,18 +773,20 @@ class LocalMesh:
             )
 
     def _start_apps(self) -> None:
-        """Hand every httpbin pod to the launcher; it forks one app per pod once imported."""
+        """Hand every serving pod (httpbin, tcp-echo) to the launcher; it forks one app per pod
+        once httpbin is imported, listening on each container port."""
         launcher = self._launcher
         assert launcher is not None and launcher.stdin is not None
         specs = []
         for runtime in self._pods.values():
             if runtime.serves_app:
-                port = runtime.pod.workload.container_ports[0]
+                ports = runtime.pod.workload.container_ports
                 specs.append(
                     {
                         "key": runtime.key,
+                        "kind": runtime.pod.app_kind,
                         "netns": runtime.netns,
-                        "listen": f"0.0.0.0:{port}",
+                        "listen": " ".join(f"0.0.0.0:{port}" for port in ports),
                         "log": str(runtime.directory / "app.log"),
                         "pdeathsig": not self.keep,
                     }
@@ -820,6 +887,7 @@ class LocalMesh:
             return False
 
     def _check_alive(self, runtime: _PodRuntime) -> None:
+        self._raise_if_broken()  # once up: SidecarDied, an infrastructure error
         envoy = runtime.envoy
         if envoy is not None and envoy.poll() is not None:
             raise MeshError(
@@ -913,8 +981,13 @@ class LocalMesh:
     # -- Mesh protocol: actions ------------------------------------------------------------------
 
     def exec(self, workload: Workload, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
-        """Run argv in the workload's pod as the app's uid (APP_UID; root in httpbin pods)."""
+        """Run argv in the workload's pod as the app's uid (APP_UID; root in httpbin pods).
+
+        Raises SidecarDied when a process of the mesh has died or stopped: nothing run now
+        would be evidence, and a stopped sidecar would make every request wait its timeout.
+        """
         command = self.exec_argv(workload, list(argv))
+        self._raise_if_broken()
         try:
             proc = subprocess.run(
                 command,
@@ -988,7 +1061,11 @@ class LocalMesh:
 
     def _push(self) -> None:
         plans = plan_sidecars(
-            self.topology, list(self._policies.values()), self.root_namespace, self.faults
+            self.topology,
+            list(self._policies.values()),
+            self.root_namespace,
+            self.faults,
+            self.min_tls_version,
         )
         changed = [
             self._pods[key] for key, plan in plans.items() if self._render(self._pods[key], plan)
@@ -1033,6 +1110,10 @@ class LocalMesh:
         warming += number("cluster_manager.warming_clusters")
         if warming:
             problems.append(f"{warming} listeners/clusters warming")
+        draining = number("listener_manager.total_filter_chains_draining")
+        draining += number("listener_manager.total_listeners_draining")
+        if draining:  # old chains or listeners still serve their kept-alive connections
+            problems.append(f"{draining} replaced filter chains/listeners draining")
         # Each added or modified listener is handed to every worker, which acknowledges it.
         wanted = ENVOY_CONCURRENCY * (
             number("listener_manager.listener_added") + number("listener_manager.listener_modified")
@@ -1063,6 +1144,7 @@ class LocalMesh:
                     waiting.append((runtime, problems))
             if not waiting:
                 return
+            self._raise_if_broken()  # a dead or stopped Envoy never catches up: say so now
             now = time.monotonic()
             if now > deadline:
                 raise PropagationTimeout(
@@ -1085,8 +1167,12 @@ class LocalMesh:
             raise MeshError(f"capture port must be in 1..65535, got {port!r}")
         recording = PcapRecording(workload=workload, port=port)
         pcap_dir = self.run_dir / "captures"
-        pcap_dir.mkdir(exist_ok=True)
+        pcap_dir.mkdir(mode=host.PRIVATE_DIR_MODE, exist_ok=True)
+        host.private_directory(pcap_dir)
         path = pcap_dir / f"{workload.key}-{int(time.time() * 1000)}-{secrets.token_hex(2)}.pcap"
+        # Made 0600 before tcpdump opens it (tcpdump keeps an existing file's mode): a live
+        # capture's plaintext payloads are root's alone.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, host.PRIVATE_FILE_MODE))
         marker = secrets.token_hex(8)
         peer = next(p.ip for p in self.topology.pods if p.ip != runtime.pod.ip)
         marker_filter = f"(udp and dst host {peer} and dst port 9)"
@@ -1102,7 +1188,6 @@ class LocalMesh:
             start_new_session=True,
             env=self._env,
         )
-        self._require_state().add_pid(proc.pid)
         try:
             recording.tool_stderr = _wait_for_line(proc, b"listening on", 10.0)
             yield recording
@@ -1143,6 +1228,102 @@ class LocalMesh:
             )
         return body
 
+    # -- sidecar health ------------------------------------------------------------------------
+
+    def envoy_pid(self, workload: Workload) -> int:
+        """The PID of the workload's Envoy (the process the mesh started and watches)."""
+        runtime = self._runtime(workload)
+        if runtime.envoy is None:
+            raise MeshError(f"{workload.key} has no sidecar")
+        return runtime.envoy.pid
+
+    def health_problems(self) -> tuple[SidecarDied, ...]:
+        """Every process of the mesh that died or was stopped (checked now), or stopped
+        answering its admin socket (seen by the watcher), first seen first; () while healthy,
+        starting or closed."""
+        if not self._watching:
+            return ()
+        with self._health_lock:
+            for problem in self._process_problems():
+                self._problems.setdefault(f"{problem.process} of {problem.workload}", problem)
+            return tuple(self._problems.values())
+
+    def _raise_if_broken(self) -> None:
+        problems = self.health_problems()
+        if problems:
+            raise problems[0].again()
+
+    def _process_problems(self) -> list[SidecarDied]:
+        """Exits and stops of the Envoys and apps, from the kernel (cheap: /proc and waitpid)."""
+        found = []
+        for runtime in list(self._pods.values()):
+            envoy = runtime.envoy
+            if envoy is not None:
+                code = envoy.poll()
+                if code is not None:
+                    found.append(
+                        SidecarDied(
+                            runtime.key,
+                            "Envoy",
+                            envoy.pid,
+                            _exit_text(code),
+                            exit_status=code,
+                            detail=f"log: {self._log_tail(runtime, 'envoy.log')}",
+                        )
+                    )
+                elif _stopped(envoy.pid):
+                    found.append(
+                        SidecarDied(runtime.key, "Envoy", envoy.pid, "is stopped (SIGSTOP)")
+                    )
+            pid = runtime.app_pid
+            if pid is not None:
+                if host.proc_start_ticks(pid) != runtime.app_start:
+                    found.append(
+                        SidecarDied(
+                            runtime.key,
+                            "app",
+                            pid,
+                            "exited",
+                            detail=f"launcher log: {self._launcher_log_tail()}",
+                        )
+                    )
+                elif _stopped(pid):
+                    found.append(SidecarDied(runtime.key, "app", pid, "is stopped (SIGSTOP)"))
+        return found
+
+    def _health_watch(self) -> None:
+        """Watch the mesh's own processes until close(): exits, stops, a silent admin socket."""
+        envoys = [r for r in self._pods.values() if r.envoy is not None]
+        last_answer = dict.fromkeys((r.key for r in envoys), time.monotonic())
+        next_probe = time.monotonic()
+        while not self._stop.wait(HEALTH_INTERVAL_S):
+            self.health_problems()
+            if time.monotonic() < next_probe:
+                continue
+            answers = _admin_get_all(
+                [r.paths.admin_socket for r in envoys], "/ready", timeout=ADMIN_PROBE_TIMEOUT_S
+            )
+            now = time.monotonic()
+            next_probe = now + ADMIN_PROBE_EVERY_S
+            for runtime, answer in zip(envoys, answers, strict=True):
+                if not isinstance(answer, OSError):
+                    last_answer[runtime.key] = now
+                    continue
+                silent = now - last_answer[runtime.key]
+                if silent >= ADMIN_SILENT_AFTER_S and self._watching:
+                    assert runtime.envoy is not None
+                    with self._health_lock:
+                        self._problems.setdefault(
+                            f"Envoy of {runtime.key}",
+                            SidecarDied(
+                                runtime.key,
+                                "Envoy",
+                                runtime.envoy.pid,
+                                f"stopped answering its admin socket ({silent:.0f}s silent)",
+                                detail=f"last error: {answer}",
+                            ),
+                        )
+
     # -- agent: certificate rotation ---------------------------------------------------------------
 
     def _rotation_agent(self) -> None:
@@ -1167,16 +1348,22 @@ class LocalMesh:
             self._stop.wait(max(0.005, min(wait, 60.0)))
 
 
+_PROXY_OWNER = (PROXY_UID, PROXY_GID)
+
+
 def _write_json(
-    path: Path, data: Any, *, owner: tuple[int, int] | None = None, mode: int = 0o644
+    path: Path, data: Any, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
 ) -> None:
     _write_text(path, json.dumps(data), owner=owner, mode=mode)
 
 
 def _write_text(
-    path: Path, text: str, *, owner: tuple[int, int] | None = None, mode: int = 0o644
+    path: Path, text: str, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
 ) -> None:
-    """Write then rename into place: Envoy's watched_directory sees one atomic move."""
+    """Write then rename into place: Envoy's watched_directory sees one atomic move.
+
+    Every file is Envoy's (uid 1337) and 0600: config, keys and logs are no other user's.
+    """
     tmp = path.parent / f".{path.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -1187,6 +1374,31 @@ def _write_text(
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _exit_text(code: int) -> str:
+    """How a process ended, as Popen's returncode tells it (-N: killed by signal N)."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name} (exit status {code})"
+
+
+def _stopped(pid: int) -> bool:
+    """Is this process stopped (SIGSTOP, SIGTSTP: state T in /proc/<pid>/stat)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """A log file (0600, root's) opened for a child process to write; the caller closes it."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _discovery_text(version: int, resources_json: str) -> str:

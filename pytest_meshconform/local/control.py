@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from ..istio import plan_mesh
-from ..policy import DestinationRule, MtlsMode, PeerAuthentication
+from ..istio import authorization_for, plan_mesh
+from ..istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
+from ..policy import MtlsMode, Policy
 from ..settings import FAULT_NAMES
 from .topology import TRUST_DOMAIN, Topology
 from .xds import SidecarPlan
 
-Policy = PeerAuthentication | DestinationRule
+__all__ = ["Faults", "Policy", "plan_sidecars"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,9 @@ class Faults:
     no_xfcc: bool = False  # inbound HCM does not set X-Forwarded-Client-Cert
     no_rotation: bool = False  # the agent never rotates certificates
     wrong_spiffe_id: bool = False  # workload certs name another service account
+    tls10_allowed: bool = False  # inbound mTLS accepts TLS 1.0 (and a CBC suite it needs)
+    client_cert_optional: bool = False  # inbound mTLS does not require a client certificate
+    authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
 
     NAMES = FAULT_NAMES
 
@@ -47,10 +52,19 @@ def plan_sidecars(
     policies: Iterable[Policy],
     root_namespace: str,
     faults: Faults | None = None,
+    min_tls_version: MinProtocolVersion = "TLS_AUTO",
 ) -> Mapping[str, SidecarPlan]:
     """Each sidecar's plan: the Istio model's expectations for the topology, towards each
-    Service's (single) endpoint, with the test-only faults applied on top."""
+    Service port's (single) endpoint, with the test-only faults applied on top.
+
+    ``min_tls_version`` is the mesh's ``meshConfig.meshMTLS.minProtocolVersion``."""
     faults = faults or Faults()
+    policies = tuple(policies)
+    inbound_tls = inbound_tls_params(min_tls_version)
+    if faults.tls10_allowed:  # a TLS 1.0 handshake also needs a suite TLS 1.0 has (CBC)
+        inbound_tls = TlsParams(
+            "TLSv1_0", inbound_tls.maximum, (*inbound_tls.cipher_suites, "ECDHE-RSA-AES128-SHA")
+        )
     models = plan_mesh(
         [pod.workload for pod in topology.pods],
         [entry.service for entry in topology.services],
@@ -69,6 +83,12 @@ def plan_sidecars(
         model = models.get(pod.workload.key)
         if model is None:
             continue
+        authz = authorization_for(
+            pod.workload, policies, root_namespace=root_namespace, trust_domain=TRUST_DOMAIN
+        )
+        http_rbac, tcp_rbac = authz.http_filters(), authz.network_filters()
+        if faults.authz_ignores_principals:
+            http_rbac, tcp_rbac = _any_peer(http_rbac), _any_peer(tcp_rbac)
         plans[pod.workload.key] = SidecarPlan(
             pod=pod,
             inbound_modes={port: broken(mode) for port, mode in model.inbound.items()},
@@ -81,5 +101,23 @@ def plan_sidecars(
             },
             services=topology.services,
             set_xfcc=not faults.no_xfcc,
+            inbound_tls=inbound_tls,
+            require_client_certificate=not faults.client_cert_optional,
+            http_rbac=tuple(http_rbac),
+            tcp_rbac=tuple(tcp_rbac),
+            tcp_ports=frozenset(
+                port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
+            ),
         )
     return plans
+
+
+def _any_peer(config: Any) -> Any:
+    """The `authz-ignores-principals` fault: every peer-identity matcher matches anyone."""
+    if isinstance(config, dict):
+        if "authenticated" in config:
+            return {"any": True}
+        return {key: _any_peer(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_any_peer(item) for item in config]
+    return config

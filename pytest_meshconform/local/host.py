@@ -19,12 +19,13 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..mesh import MeshError, MeshUnavailable
 from ..waiting import WaitTimeout, poll
+from .topology import PROXY_GID
 
 STATE_ROOT = Path("/run/meshconform")
 NETNS_RUN = Path("/run/netns")
@@ -33,6 +34,10 @@ NETNS_PREFIX = "mc-"
 # `mc-<run id>-...`: the only namespace names a sweep may delete without a state file.
 OUR_NETNS_PATTERN = re.compile(rf"{NETNS_PREFIX}(?P<run_id>[0-9a-f]{{6}})-[a-z0-9-]+")
 ABANDONED_AFTER_S = 60.0  # a run dir without state.json is someone's start in progress until then
+RUN_DIR_ATTEMPTS = 100  # make_run_directory: retries when an older run removes the parent
+PRIVATE_DIR_MODE = 0o700  # run files are evidence: captures, logs, keys (README "File modes")
+TRAVERSE_DIR_MODE = 0o710  # ... and where Envoy (group PROXY_GID) must reach its own files
+PRIVATE_FILE_MODE = 0o600
 
 REQUIRED_COMMANDS = {
     "ip": "iproute2",
@@ -195,6 +200,41 @@ def proc_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def make_run_directory(run_id: str) -> Path:
+    """Create `/run/meshconform/<run_id>`, mode 0710, group PROXY_GID (Envoy, uid 1337, may
+    traverse it to its own files; no other user may even list it).
+
+    The shared parent is never removed by meshconform; a run of an older version may still
+    remove it while empty, so a parent that vanishes between the two mkdirs is made again.
+    """
+    directory = STATE_ROOT / run_id
+    for _ in range(RUN_DIR_ATTEMPTS):
+        try:
+            STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if directory.is_dir():
+                raise  # a run id taken: the caller's bug, never retried
+            continue  # pathlib saw the parent exist, then vanish: make it again
+        except FileNotFoundError:
+            continue  # the parent went away in between: make it again
+        break
+    else:
+        raise MeshError(f"cannot create {directory}: {STATE_ROOT} keeps disappearing")
+    private_directory(directory, group=PROXY_GID)
+    return directory
+
+
+def private_directory(path: Path, *, group: int | None = None) -> None:
+    """Make a directory root's alone (0700), or traversable by one group too (0710), whatever
+    the umask: evidence (captures, access logs, keys) must not be readable by other users."""
+    if group is None:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    else:
+        os.chown(path, -1, group)
+        os.chmod(path, TRAVERSE_DIR_MODE)
+
+
 @dataclass
 class RunState:
     """What one mesh run created, persisted before each creation."""
@@ -206,13 +246,13 @@ class RunState:
     netns: list[str] = field(default_factory=list)
     pids: list[tuple[int, int]] = field(default_factory=list)  # (pid, start ticks)
     keep: bool = False
+    _saving: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def create(cls, run_id: str, *, keep: bool = False) -> RunState:
-        STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-        directory = STATE_ROOT / run_id
-        directory.mkdir(mode=0o755)
-        os.chmod(directory, 0o755)  # uid 1337 (Envoy) must traverse it whatever the umask
+        directory = make_run_directory(run_id)
         state = cls(
             run_id=run_id,
             directory=directory,
@@ -235,9 +275,12 @@ class RunState:
             "pids": self.pids,
             "keep": self.keep,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.path)
+        with self._saving:  # the mesh records PIDs from its spawner thread too
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(data))
+            tmp.replace(self.path)
 
     def add_netns(self, *names: str) -> None:
         self.netns.extend(names)
@@ -334,8 +377,7 @@ def teardown_state(state: RunState) -> None:
     if any((NETNS_RUN / n).exists() for n in state.netns):
         return  # keep the state: the next sweep retries what could not be deleted now
     shutil.rmtree(state.directory, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        STATE_ROOT.rmdir()  # only when no other run is using it
+    # The shared STATE_ROOT stays: removing it while empty raced with another run's start.
 
 
 def sweep_stale_runs() -> list[str]:
@@ -380,25 +422,4 @@ def sweep_stale_runs() -> list[str]:
     if orphans:
         delete_netns(sorted(orphans))
         swept.append(f"orphan namespaces {', '.join(sorted(orphans))}")
-    with contextlib.suppress(OSError):
-        STATE_ROOT.rmdir()
     return swept
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, so a teardown is not cut in half by a second one.
-
-    Only the main thread can set signal handlers; elsewhere the block runs unprotected.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            signal.raise_signal(signal.SIGINT)

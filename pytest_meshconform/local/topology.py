@@ -1,9 +1,11 @@
-"""The conformance topology of Istio's authn-policy and mtls-migration tasks, as pure data.
+"""The local mesh's topology as pure data: pods, Services and their addresses.
 
-Namespaces `foo` and `bar` are sidecar-injected, `legacy` is not; each holds a `sleep` pod (a
-curl client) and an `httpbin` pod (container port 8080 behind Service `httpbin` port 8000).
-Addresses live only inside the mesh's network namespaces (pods 10.244.0.0/24, Services
-10.96.0.0/16, as in kind).
+The built-in topology (`default_topology`, from builtin_topology.yaml) is the one of Istio's
+authn-policy and mtls-migration tasks: namespaces `foo` and `bar` are sidecar-injected,
+`legacy` is not; each holds a `sleep` pod (a curl client) and an `httpbin` pod (container port
+8080 behind Service `httpbin` port 8000). Other topologies come from a file
+(`topology_file.load_topology`, `--mesh-topology`). Addresses live only inside the mesh's
+network namespaces (pods 10.244.0.0/24, Services 10.96.0.0/16, as in kind).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ APP_GID = 1000
 class Pod:
     workload: Workload
     ip: str
+    kind: str = ""  # the app it runs (topology_file.APP_KINDS); "" = the workload's app label
+
+    @property
+    def app_kind(self) -> str:
+        return self.kind or self.workload.app
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +80,12 @@ class Topology:
             "::1\tlocalhost ip6-localhost ip6-loopback",
             f"{pod.ip}\t{pod.workload.name}",
         ]
-        for entry in self.services:
+        seen: set[str] = set()
+        for entry in self.services:  # a Service with several ports has one entry per port
             svc = entry.service
+            if entry.vip in seen:
+                continue
+            seen.add(entry.vip)
             names = [svc.fqdn, f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
             if svc.namespace == pod.workload.namespace:
                 names.append(svc.name)
@@ -90,37 +101,7 @@ class Topology:
 
 
 def default_topology() -> Topology:
-    pods: list[Pod] = []
-    services: list[ServiceEntry] = []
-    next_ip = 10
-    for index, namespace in enumerate((*INJECTED_NAMESPACES, *PLAIN_NAMESPACES)):
-        injected = namespace in INJECTED_NAMESPACES
-        by_app: dict[str, Pod] = {}
-        for app, ports in (("sleep", ()), ("httpbin", (HTTPBIN_TARGET_PORT,))):
-            workload = Workload(
-                name=app,
-                namespace=namespace,
-                app=app,
-                service_account=app,
-                has_sidecar=injected,
-                labels={"app": app},
-                container_ports=ports,
-            )
-            pod = Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{next_ip}")
-            next_ip += 1
-            pods.append(pod)
-            by_app[app] = pod
-        services.append(
-            ServiceEntry(
-                service=Service(
-                    name="httpbin",
-                    namespace=namespace,
-                    port=HTTPBIN_PORT,
-                    target_port=HTTPBIN_TARGET_PORT,
-                    selector_app="httpbin",
-                ),
-                vip=f"{SERVICE_PREFIX}{10 + index}",
-                endpoints=(by_app["httpbin"],),
-            )
-        )
-    return Topology(pods=tuple(pods), services=tuple(services))
+    """The built-in topology (builtin_topology.yaml beside this module)."""
+    from .topology_file import BUILTIN_TOPOLOGY, load_topology
+
+    return load_topology(BUILTIN_TOPOLOGY)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..istio import Upstream
+from ..istio import Upstream, protocol_of
+from ..istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
 from ..policy import MtlsMode, TlsMode
 from .topology import (
     INBOUND_CAPTURE_PORT,
@@ -58,7 +59,6 @@ ISTIO_INBOUND_MTLS_ALPN = (
     "istio-h2",
 )
 INBOUND_SERVER_ALPN = ("h2", "http/1.1")
-TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
 
 WORKLOAD_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
@@ -75,6 +75,16 @@ class SidecarPlan:
     outbound: Mapping[tuple[str, int], Upstream]
     services: tuple[ServiceEntry, ...] = field(default=())
     set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
+    # the server side of sidecar mTLS (the model's `inbound_tls_params`, or a fault's)
+    inbound_tls: TlsParams = field(default_factory=inbound_tls_params)
+    require_client_certificate: bool = True  # False only under `client-cert-optional`
+    # The Istio model's RBAC filters (AuthorizationPolicy): HTTP filters for the inbound HTTP
+    # connection managers, network filters for the inbound TCP (passthrough) chains.
+    http_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tcp_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    # container ports whose Service port is TCP (the model's inbound_protocols): a TCP proxy
+    # instead of the HTTP connection manager on their inbound chains
+    tcp_ports: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +216,12 @@ def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
 
 
 def _hcm(
-    stat_prefix: str, route_cluster: str, paths: SidecarPaths, *, set_xfcc: bool
+    stat_prefix: str,
+    route_cluster: str,
+    paths: SidecarPaths,
+    *,
+    set_xfcc: bool,
+    http_filters: tuple[Mapping[str, Any], ...] = (),
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
@@ -229,7 +244,8 @@ def _hcm(
             ],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+            *(copy.deepcopy(dict(f)) for f in http_filters),  # RBAC before the router, as istiod
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
     if set_xfcc:
@@ -239,14 +255,15 @@ def _hcm(
     return config
 
 
-def _downstream_mtls(paths: SidecarPaths) -> dict[str, Any]:
+def _downstream_mtls(plan: SidecarPlan, paths: SidecarPaths) -> dict[str, Any]:
+    """istiod's `BuildInboundTLS`: the model's tls_params, a client certificate required."""
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": DOWNSTREAM_TLS_TYPE,
-            "require_client_certificate": True,
+            "require_client_certificate": plan.require_client_certificate,
             "common_tls_context": {
-                "tls_params": dict(TLS_PARAMS),
+                "tls_params": plan.inbound_tls.envoy(),
                 "alpn_protocols": list(INBOUND_SERVER_ALPN),
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
                 "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
@@ -256,7 +273,12 @@ def _downstream_mtls(paths: SidecarPaths) -> dict[str, Any]:
 
 
 def _inbound_chains(
-    name: str, port: int | None, mode: MtlsMode, paths: SidecarPaths, filters: list[dict[str, Any]]
+    name: str,
+    port: int | None,
+    mode: MtlsMode,
+    plan: SidecarPlan,
+    paths: SidecarPaths,
+    filters: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     base: dict[str, Any] = {} if port is None else {"destination_port": port}
     tls_match: dict[str, Any] = {**base, "transport_protocol": "tls"}
@@ -264,7 +286,7 @@ def _inbound_chains(
         "name": f"{name}-mtls",
         "filter_chain_match": tls_match,
         "filters": filters,
-        "transport_socket": _downstream_mtls(paths),
+        "transport_socket": _downstream_mtls(plan, paths),
     }
     if mode is MtlsMode.STRICT:
         return [tls_chain]
@@ -298,18 +320,34 @@ def outbound_cluster_name(fqdn: str, port: int) -> str:
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     chains: list[dict[str, Any]] = []
     for port in sorted(plan.inbound_modes):
-        hcm = {
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": _hcm(
-                f"inbound_0.0.0.0_{port}",
-                inbound_cluster_name(port),
-                paths,
-                set_xfcc=plan.set_xfcc,
-            ),
-        }
-        chains += _inbound_chains(f"0.0.0.0_{port}", port, plan.inbound_modes[port], paths, [hcm])
-    passthrough = [_tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster")]
-    chains += _inbound_chains("virtualInbound", None, plan.default_inbound_mode, paths, passthrough)
+        if port in plan.tcp_ports:
+            app = [
+                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
+                _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
+            ]
+        else:
+            app = [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _hcm(
+                        f"inbound_0.0.0.0_{port}",
+                        inbound_cluster_name(port),
+                        paths,
+                        set_xfcc=plan.set_xfcc,
+                        http_filters=plan.http_rbac,
+                    ),
+                }
+            ]
+        chains += _inbound_chains(
+            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, app
+        )
+    passthrough = [
+        *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
+        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+    ]
+    chains += _inbound_chains(
+        "virtualInbound", None, plan.default_inbound_mode, plan, paths, passthrough
+    )
     result: list[dict[str, Any]] = [
         {
             "@type": LISTENER_TYPE,
@@ -359,25 +397,20 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         svc = entry.service
         name = f"{entry.vip}_{svc.port}"
         cluster = outbound_cluster_name(svc.fqdn, svc.port)
+        if protocol_of(svc).is_http:
+            outbound_filter = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
+            }
+        else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
+            outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
         result.append(
             {
                 "@type": LISTENER_TYPE,
                 "name": name,
                 "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
                 "bind_to_port": False,
-                "filter_chains": [
-                    {
-                        "name": name,
-                        "filters": [
-                            {
-                                "name": "envoy.filters.network.http_connection_manager",
-                                "typed_config": _hcm(
-                                    f"outbound_{name}", cluster, paths, set_xfcc=False
-                                ),
-                            }
-                        ],
-                    }
-                ],
+                "filter_chains": [{"name": name, "filters": [outbound_filter]}],
             }
         )
     return result
@@ -386,7 +419,7 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
 def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
     if not tls.originates_tls:
         return None
-    common: dict[str, Any] = {"tls_params": dict(TLS_PARAMS)}
+    common: dict[str, Any] = {"tls_params": upstream_tls_params().envoy()}
     if tls.alpn:
         common["alpn_protocols"] = list(tls.alpn)
     if tls.mode is TlsMode.ISTIO_MUTUAL:
@@ -481,7 +514,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
-        if upstream.max_requests_per_connection is not None:
+        if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
             cluster["typed_extension_protocol_options"] = {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": HTTP_PROTOCOL_OPTIONS_TYPE,

@@ -1,0 +1,461 @@
+"""TLS posture: what a sidecar's inbound mTLS port accepts, and the certificates Istio issues.
+
+Proven from inside a pod without a sidecar (sleep.legacy) with curl against httpbin.foo's pod
+port under STRICT, each handshake read off the wire at the server's pod (the ServerHello says
+what the server accepted, even when it then refuses the connection for want of a mesh
+certificate). Expectations, literal from istio/istio:
+
+- ``BuildInboundTLS`` (pilot/pkg/security/authn/utils/utils.go): TLS 1.2 minimum (TLS 1.3 when
+  ``meshConfig.meshMTLS.minProtocolVersion`` is TLSV1_3, ``GetMinTLSVersion``), TLS 1.3
+  maximum, the cipher list ``SupportedCiphers`` for TLS 1.2 (ECDHE GCM suites plus
+  AES256-GCM-SHA384 and AES128-GCM-SHA256: no CBC, RC4 or 3DES), a client certificate required
+  and validated against the mesh root.
+- The agent's CSR key (pilot/cmd/pilot-agent/options/options.go, ``GenCSR``): RSA 2048
+  (WORKLOAD_RSA_KEY_SIZE) unless ECC_SIGNATURE_ALGORITHM is set (default empty).
+- The CA (``genCertTemplateFromCSR``, security/pkg/pki/util/generate_cert.go): the SPIFFE ID as
+  the only SAN, ``NotAfter = now + TTL`` and, from Istio 1.10 (istio/istio#32176), ``NotBefore
+  = now - 2m`` (ClockSkewGracePeriod).
+
+Which of Istio's suites a server can choose depends on its certificate's key (an RSA key cannot
+sign ECDHE-ECDSA; RFC 5246 7.4.2, RFC 8422 5.3), so the accepted set is checked against the key
+the sidecar serves. RC4 and 3DES cannot be offered by an OpenSSL 3 curl; their absence is
+checked in the sidecar's own config (the inbound chains' cipher list is exactly Istio's).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from pytest_meshconform import (
+    Capturer,
+    CaptureResult,
+    CertReader,
+    ExecResult,
+    Flow,
+    Mesh,
+    PolicyApplier,
+    TableRecorder,
+    WorkloadHandle,
+    WorkloadLookup,
+    load_pem_chain,
+    mesh_min_tls_version,
+    mesh_settings_key,
+)
+
+from .posture import inbound_tls_contexts
+from .wire import namespace_mode
+
+pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
+
+# SupportedCiphers (pilot/pkg/security/authn/utils/utils.go), in istiod's order.
+ISTIO_TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-GCM-SHA256",
+)
+# Suites outside Istio's list that an OpenSSL 3 curl can offer: CBC (SHA-1 and SHA-2 MACs),
+# ChaCha20 (in Envoy's own default list) and finite-field DHE.
+NOT_ISTIOS = (
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "ECDHE-RSA-AES128-SHA256",
+    "AES128-SHA",
+    "AES256-SHA",
+    "AES128-SHA256",
+    "DHE-RSA-AES128-GCM-SHA256",
+)
+# IANA code points (RFC 5288, 5289, 5246, 7905) of the suites above, as the ServerHello names them.
+IANA = {
+    "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+    "ECDHE-RSA-AES256-GCM-SHA384": 0xC030,
+    "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+    "ECDHE-RSA-AES128-GCM-SHA256": 0xC02F,
+    "AES256-GCM-SHA384": 0x009D,
+    "AES128-GCM-SHA256": 0x009C,
+    "ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8,
+    "ECDHE-RSA-AES128-SHA": 0xC013,
+    "ECDHE-RSA-AES256-SHA": 0xC014,
+    "ECDHE-RSA-AES128-SHA256": 0xC027,
+    "AES128-SHA": 0x002F,
+    "AES256-SHA": 0x0035,
+    "AES128-SHA256": 0x003C,
+    "DHE-RSA-AES128-GCM-SHA256": 0x009E,
+}
+# GetMinTLSVersion: meshMTLS.minProtocolVersion -> the versions a sidecar's inbound accepts.
+ACCEPTED_VERSIONS = {
+    "TLS_AUTO": ("TLS1.2", "TLS1.3"),
+    "TLSV1_2": ("TLS1.2", "TLS1.3"),
+    "TLSV1_3": ("TLS1.3",),
+}
+ENVOY_MIN_VERSION = {"TLS_AUTO": "TLSv1_2", "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
+CLOCK_SKEW_GRACE_PERIOD = dt.timedelta(minutes=2)  # genCertTemplateFromCSR, Istio >= 1.10
+
+# curl exits that mean the attempt never reached the server's TLS, so prove nothing.
+UNREACHED = {
+    6: "could not resolve",
+    7: "could not connect",
+    28: "timed out",
+    45: "could not bind its source port",
+    58: "could not use its client certificate",
+}
+# Client source ports: one per probe, so each flow on the wire is known by its port.
+_PORTS = iter(range(20000 + secrets.randbelow(9000), 65000))
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    label: str
+    curl_tls: tuple[str, ...]  # curl's TLS options for this attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One attempt: curl's exit, and the handshake as the server's pod saw it."""
+
+    probe: Probe
+    port: int
+    exit_code: int
+    stderr: str
+    flow: Flow | None
+
+    @property
+    def offered(self) -> bool:
+        return (
+            self.flow is not None
+            and self.flow.tls is not None
+            and (self.flow.tls.client_hello is not None)
+        )
+
+    @property
+    def server_hello(self) -> tuple[str, int] | None:
+        """(version, cipher suite code) of the server's answer; None when it sent none."""
+        tls = self.flow.tls if self.flow is not None else None
+        if tls is None or tls.server_hello is None:
+            return None
+        return tls.server_hello.version, tls.server_hello.cipher_suite
+
+    def __str__(self) -> str:
+        answer = self.server_hello
+        said = "no ServerHello" if answer is None else f"ServerHello {answer[0]} 0x{answer[1]:04X}"
+        return f"{self.probe.label}: curl exit {self.exit_code} ({self.stderr.strip()}); {said}"
+
+
+def _url(mesh: Mesh, server: WorkloadHandle) -> str:
+    port = server.workload.container_ports[0]
+    return f"https://{mesh.pod_ip(server.workload)}:{port}/headers"
+
+
+def _handshakes(
+    mesh: Mesh,
+    client: WorkloadHandle,
+    server: WorkloadHandle,
+    capture: Capturer,
+    probes: Sequence[Probe],
+) -> tuple[list[Seen], CaptureResult]:
+    """Run each probe from ``client`` (no sidecar) to ``server``'s pod port, under a capture.
+
+    One shell in the client's pod runs the curls in turn (one exec, not one per probe: on
+    Kubernetes each exec is an API round trip), each from its own source port."""
+    __tracebackhide__ = True
+    url = _url(mesh, server)
+    ports = [next(_PORTS) for _ in probes]
+    lines = []
+    for number, (probe, port) in enumerate(zip(probes, ports, strict=True)):
+        argv = ["curl", "-sS", "-k", "-o", "/dev/null", "--connect-timeout", "5", "-m", "10"]
+        argv += ["--local-port", str(port), *probe.curl_tls, url]
+        lines.append(f'{shlex.join(argv)} 2>&1; echo "@@ {number} $?"')
+    with capture(server) as cap:
+        result = client.exec(["sh", "-c", "\n".join(lines)], timeout=10 + 11 * len(probes))
+    outputs: dict[int, tuple[int, str]] = {}
+    said: list[str] = []
+    for line in result.stdout.decode(errors="replace").splitlines():
+        if (marker := re.fullmatch(r"@@ (\d+) (\d+)", line)) is not None:
+            outputs[int(marker[1])] = (int(marker[2]), "\n".join(said))
+            said = []
+        else:
+            said.append(line)
+    assert len(outputs) == len(probes), f"the probes did not all run in {client}: {result}"
+    client_ip = mesh.pod_ip(client.workload)
+    by_port = {f.client[1]: f for f in cap.flows if f.client[0] == client_ip}
+    seen = [
+        Seen(probe, port, *outputs[number], by_port.get(port))
+        for number, (probe, port) in enumerate(zip(probes, ports, strict=True))
+    ]
+    for s in seen:
+        # No false greens: an attempt the client could not even offer proves nothing.
+        assert s.exit_code not in (45, 59), f"curl could not make this attempt: {s}"
+        assert s.offered, f"no ClientHello from {client} on the wire for {s} ({cap})"
+    return seen, cap
+
+
+def _answer(s: Seen, *, suite: bool) -> str:
+    """A probe's outcome as a table cell: what the server's pod put on the wire."""
+    if s.server_hello is None:
+        return "refused"
+    version, code = s.server_hello
+    return f"accepted ({version}, 0x{code:04X})" if suite else f"accepted ({version})"
+
+
+def _record(
+    record_table: TableRecorder,
+    title: str,
+    seen: Sequence[Seen],
+    expected: Sequence[str],
+    *,
+    suite: bool,
+) -> None:
+    """Put the probes in the report: expected and observed answer per probe."""
+    column = "server answer"
+    record_table(
+        title,
+        rows=[s.probe.label for s in seen],
+        columns=[column],
+        expected={(s.probe.label, column): want for s, want in zip(seen, expected, strict=True)},
+        observed={(s.probe.label, column): _answer(s, suite=suite) for s in seen},
+        corner="ClientHello offers",
+    )
+
+
+def _tls12(cipher: str) -> Probe:
+    return Probe(cipher, ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", f"{cipher}:@SECLEVEL=0"))
+
+
+def test_inbound_accepts_only_tls12_and_tls13(
+    mesh: Mesh,
+    apply_policy: PolicyApplier,
+    naked_sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    capture: Capturer,
+    record_table: TableRecorder,
+) -> None:
+    """The inbound mTLS port answers TLS 1.2 and 1.3 ClientHellos and refuses TLS 1.0 and 1.1
+    (only 1.3 under meshMTLS.minProtocolVersion TLSV1_3), as seen in the ServerHellos."""
+    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    legacy = "DEFAULT:@SECLEVEL=0"  # OpenSSL 3 offers TLS 1.0/1.1 only at security level 0
+    probes = [
+        Probe("TLS1.0", ("--tlsv1.0", "--tls-max", "1.0", "--ciphers", legacy)),
+        Probe("TLS1.1", ("--tlsv1.1", "--tls-max", "1.1", "--ciphers", legacy)),
+        Probe("TLS1.2", ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", legacy)),
+        Probe("TLS1.3", ("--tlsv1.3", "--tls-max", "1.3")),
+    ]
+    seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
+    minimum = mesh_min_tls_version(mesh)
+    _record(
+        record_table,
+        f"TLS versions at {httpbin}'s inbound mTLS port (meshMTLS.minProtocolVersion {minimum})",
+        seen,
+        [
+            f"accepted ({p.label})" if p.label in ACCEPTED_VERSIONS[minimum] else "refused"
+            for p in probes
+        ],
+        suite=False,
+    )
+    accepted = tuple(s.probe.label for s in seen if s.server_hello is not None)
+    report = "\n".join(str(s) for s in seen)
+    assert accepted == ACCEPTED_VERSIONS[minimum], (
+        f"the inbound mTLS port accepted {accepted}, Istio accepts {ACCEPTED_VERSIONS[minimum]}"
+        f" (meshMTLS.minProtocolVersion {minimum}):\n{report}\n({cap})"
+    )
+    for s in seen:
+        if s.server_hello is not None:
+            assert s.server_hello[0] == s.probe.label, f"negotiated another version: {s}"
+
+
+@pytest.mark.mesh_features("certificates")
+def test_inbound_tls12_ciphers_are_istios(
+    mesh: Mesh,
+    apply_policy: PolicyApplier,
+    naked_sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+    capture: Capturer,
+    cert_of: CertReader,
+    record_table: TableRecorder,
+) -> None:
+    """For TLS 1.2 the inbound port accepts each of Istio's suites its key can use and no other
+    (CBC, ChaCha20, DHE refused); offered everything, it picks by Istio's order."""
+    if mesh_min_tls_version(mesh) == "TLSV1_3":
+        pytest.skip("meshMTLS.minProtocolVersion is TLSV1_3: the inbound port speaks no TLS 1.2")
+    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    key = cert_of(httpbin).leaf.public_key()
+    usable = tuple(
+        c
+        for c in ISTIO_TLS12_CIPHERS
+        if c.startswith("ECDHE-ECDSA-") == isinstance(key, ec.EllipticCurvePublicKey)
+    )
+    offer_all = Probe(
+        "everything", ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ALL:@SECLEVEL=0")
+    )
+    probes = [*(_tls12(c) for c in (*ISTIO_TLS12_CIPHERS, *NOT_ISTIOS)), offer_all]
+    seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
+    _record(
+        record_table,
+        f"TLS 1.2 cipher suites at {httpbin}'s inbound mTLS port (it serves an"
+        f" {'EC' if isinstance(key, ec.EllipticCurvePublicKey) else 'RSA'} key)",
+        seen,
+        [
+            f"accepted (TLS1.2, 0x{IANA[p.label]:04X})" if p.label in usable else "refused"
+            for p in probes[:-1]
+        ]
+        + [f"accepted (TLS1.2, 0x{IANA[usable[0]]:04X})"],
+        suite=True,
+    )
+    report = "\n".join(str(s) for s in seen)
+    accepted = tuple(s.probe.label for s in seen[:-1] if s.server_hello is not None)
+    assert accepted == usable, (
+        f"TLS 1.2 suites accepted: {accepted}; Istio's list usable with the served"
+        f" {type(key).__name__}: {usable}\n{report}\n({cap})"
+    )
+    for s in seen[:-1]:
+        if s.server_hello is not None:
+            assert s.server_hello == ("TLS1.2", IANA[s.probe.label]), f"other suite chosen: {s}"
+    # Offered everything, the server picks by Istio's order: its first suite the key allows.
+    assert seen[-1].server_hello == ("TLS1.2", IANA[usable[0]]), (
+        f"offered every suite, the server chose {seen[-1]}; Istio's order picks {usable[0]}"
+    )
+
+
+def test_inbound_tls_context_in_the_sidecar(
+    mesh: Mesh, apply_policy: PolicyApplier, httpbin: WorkloadHandle
+) -> None:
+    """The sidecar's own inbound TLS chains carry exactly Istio's cipher list (so no RC4 or 3DES),
+    its version bounds, and require a client certificate."""
+    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    dump = json.loads(mesh.envoy_admin(httpbin.workload, "/config_dump"))
+    contexts = inbound_tls_contexts(dump)
+    assert contexts is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
+    assert contexts, f"STRICT, yet {httpbin}'s virtualInbound has no TLS filter chain"
+    want = {
+        "tls_minimum_protocol_version": ENVOY_MIN_VERSION[mesh_min_tls_version(mesh)],
+        "tls_maximum_protocol_version": "TLSv1_3",
+        "cipher_suites": list(ISTIO_TLS12_CIPHERS),
+    }
+    for chain, context in contexts:
+        common = context.get("common_tls_context") or {}
+        assert common.get("tls_params") == want, f"chain {chain}: {common.get('tls_params')}"
+        assert context.get("require_client_certificate") is True, f"chain {chain}: {context}"
+
+
+def _assert_refused(result: ExecResult, who: str) -> None:
+    """The server refused the TLS session: no HTTP response at all. curl says so with exit 35
+    (handshake failed), 56 (receive failed: TLS 1.3 reports a missing or rejected client
+    certificate after the client's Finished), 16 (HTTP/2 framing) or another TLS/transfer
+    error; an attempt that never reached the server is an error, not a refusal."""
+    __tracebackhide__ = True
+    code, said = result.returncode, result.stderr.decode(errors="replace").strip()
+    assert code not in UNREACHED, f"{who}: curl {UNREACHED[code]} (exit {code}): {said}"
+    assert code != 0 and result.stdout == b"000", (
+        f"{who} got through: curl exit {code}, HTTP {result.stdout.decode()!r} ({said})"
+    )
+
+
+def _foreign_identity(spiffe_id: str) -> tuple[str, str]:
+    """A CA of our own and a leaf naming ``spiffe_id``, made now: (cert chain PEM, key PEM)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "not-the-mesh")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())  # any key will do: the CA is what is wrong
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    chain = (leaf.public_bytes(pem) + ca.public_bytes(pem)).decode()
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return chain, key_pem
+
+
+def test_inbound_requires_a_mesh_client_certificate(
+    mesh: Mesh,
+    apply_policy: PolicyApplier,
+    naked_sleep: WorkloadHandle,
+    httpbin: WorkloadHandle,
+) -> None:
+    """A client without a certificate, and one presenting a mesh identity signed by another CA,
+    get no HTTP response from the inbound mTLS port."""
+    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    url = _url(mesh, httpbin)
+    base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url]
+    _assert_refused(naked_sleep.exec(base, timeout=15), "a client without a certificate")
+    # The identity of a real workload, signed by a CA the mesh does not trust.
+    chain, key = _foreign_identity(naked_sleep.workload.spiffe_id(mesh.trust_domain))
+    stem = f"/tmp/mc-posture-{secrets.token_hex(4)}"
+    write = 'umask 077; printf "%s" "$1" > "$3"; printf "%s" "$2" > "$4"'
+    made = naked_sleep.exec(["sh", "-c", write, "sh", chain, key, f"{stem}.crt", f"{stem}.key"])
+    assert made.returncode == 0, f"could not write the client certificate: {made}"
+    try:
+        foreign = naked_sleep.exec([*base, "--cert", f"{stem}.crt", "--key", f"{stem}.key"])
+    finally:
+        naked_sleep.exec(["rm", "-f", f"{stem}.crt", f"{stem}.key"])
+    _assert_refused(foreign, "a certificate from another CA")
+
+
+@pytest.mark.mesh_features("certificates")
+@pytest.mark.parametrize(("name", "namespace"), [("httpbin", "foo"), ("sleep", "bar")])
+def test_workload_certificate(
+    mesh: Mesh,
+    pytestconfig: pytest.Config,
+    workload: WorkloadLookup,
+    cert_of: CertReader,
+    name: str,
+    namespace: str,
+) -> None:
+    """The served workload certificate: RSA 2048, the SPIFFE ID as its only SAN, valid for the TTL
+    in force, chained to the mesh root."""
+    target = workload(name, namespace)
+    cert = cert_of(target)
+    leaf = cert.leaf
+    key = leaf.public_key()
+    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048, (
+        f"{target} serves a {type(key).__name__} key"
+        f" ({getattr(key, 'key_size', '?')} bits); Istio's agent makes RSA 2048"
+    )
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [(type(n).__name__, n.value) for n in san]
+    assert names == [("UniformResourceIdentifier", target.spiffe_id)], (
+        f"{target}'s SANs {names}: Istio puts the SPIFFE ID {target.spiffe_id} and nothing else"
+    )
+    ttl = pytestconfig.stash[mesh_settings_key].cert_ttl
+    lifetime = cert.not_after - cert.not_before
+    assert lifetime in (ttl, ttl + CLOCK_SKEW_GRACE_PERIOD), (
+        f"{target}'s certificate lives {lifetime}; the TTL in force is {ttl} (istiod signs"
+        f" now..now+TTL, backdated by {CLOCK_SKEW_GRACE_PERIOD} since Istio 1.10)"
+    )
+    cert.verify(load_pem_chain(mesh.root_cert), dt.datetime.now(dt.UTC))

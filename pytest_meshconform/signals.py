@@ -1,0 +1,144 @@
+"""Signals while a run owns something on the machine (namespaces, processes, files).
+
+From the moment a run is about to own anything (before its run directory exists) until its
+last file is gone, SIGTERM (a CI job cancelled, `kill`) and SIGHUP (a closed terminal) end the
+run the way Ctrl-C does: a `KeyboardInterrupt` in the main thread, so the code that owns things
+unwinds and removes them. Outside that time the process's own handlers apply (by default these
+signals end it at once, which is right when it owns nothing).
+
+`held()` defers SIGINT, SIGTERM and SIGHUP until the block ends, so a teardown is never cut in
+half by a second Ctrl-C or a CI runner's repeated SIGTERM; the first deferred signal is
+delivered when the outermost held block ends (a `KeyboardInterrupt` while something is still
+owned, else the handler the process had before).
+
+Owners nest: `acquire()` / `release()` count them (the `mesh` fixture and the local mesh both
+own). Handlers are changed only where nobody else has set one: SIGINT while it is Python's
+default, SIGTERM and SIGHUP while they are SIG_DFL (a SIGHUP ignored by `nohup` stays ignored).
+Only the main thread may set signal handlers: elsewhere `acquire` returns False and `held` does
+nothing (the main thread's handlers still apply).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Final
+
+__all__ = ["HELD", "INTERRUPTING", "acquire", "held", "owned", "release"]
+
+INTERRUPTING: Final = (signal.SIGTERM, signal.SIGHUP)
+"""Turned into KeyboardInterrupt while a run owns something (SIGINT already is)."""
+HELD: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Deferred inside `held()`."""
+
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
+_owners = 0
+_holding = 0
+_pending: list[int] = []
+_saved: dict[int, _Handler] = {}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _holding:
+        _pending.append(signum)
+        return
+    name = signal.Signals(signum).name
+    raise KeyboardInterrupt(f"{name}: ending the run, removing what it made")
+
+
+def _is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _install() -> None:
+    for signum in HELD:
+        current = signal.getsignal(signum)
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        if current is default or current == default:
+            _saved[signum] = current
+            signal.signal(signum, _on_signal)
+
+
+def _restore() -> None:
+    for signum, previous in _saved.items():
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous)
+    _saved.clear()
+
+
+def acquire() -> bool:
+    """A run is about to own something: from now on SIGTERM and SIGHUP interrupt it.
+
+    Returns whether this call counts as an owner (False off the main thread); pass that to
+    `release()`.
+    """
+    global _owners
+    if not _is_main_thread():
+        return False
+    if _owners == 0 and _holding == 0:
+        _install()
+    _owners += 1
+    return True
+
+
+def release(acquired: bool = True) -> None:
+    """The run owns nothing any more (its last file is gone).
+
+    When the last owner releases, the handlers the process had before are back, and a signal
+    deferred by `held()` is delivered to them. Off the main thread only the count changes; the
+    handlers are put back by the main thread's next `acquire`/`release`/`held`.
+    """
+    global _owners
+    if not acquired or _owners == 0:
+        return
+    _owners -= 1
+    if _is_main_thread():
+        _settle()
+
+
+def _settle() -> None:
+    """With no owner and nothing held: the old handlers back, a deferred signal delivered."""
+    if _owners or _holding:
+        return
+    _restore()
+    if _pending:
+        signum = _pending[0]
+        _pending.clear()
+        signal.raise_signal(signum)  # to the handler the process had (SIG_DFL ends it)
+
+
+def owned() -> bool:
+    """Whether some run owns something now (SIGTERM and SIGHUP interrupt)."""
+    return _owners > 0
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Defer SIGINT, SIGTERM and SIGHUP until the block ends (a teardown runs to its end).
+
+    The first signal received meanwhile is delivered when the outermost block ends: as a
+    KeyboardInterrupt while a run still owns something, else to the process's old handler.
+    """
+    global _holding
+    if not _is_main_thread():
+        yield
+        return
+    _holding += 1  # before the handlers: a signal in between is deferred, not raised
+    if len(_saved) == 0:
+        _install()
+    try:
+        yield
+    finally:
+        _holding -= 1
+        if _holding == 0 and _pending and _owners:
+            signum = _pending[0]
+            _pending.clear()
+            raise KeyboardInterrupt(
+                f"{signal.Signals(signum).name} (held until now): ending the run,"
+                " removing what it made"
+            )
+        _settle()

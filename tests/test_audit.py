@@ -1,0 +1,302 @@
+"""`meshconform audit`: predictions, usage errors, and the audit of real local meshes.
+
+Where the expected values come from:
+
+- Modes: Istio's authn-policy task (a namespace-wide STRICT PeerAuthentication refuses
+  plaintext from clients without sidecar; PERMISSIVE, the default, accepts both; a workload
+  without sidecar is outside the mesh and serves plaintext) and the PeerAuthentication
+  reference (``portLevelMtls`` overrides the workload's mode for that container port).
+- The ClientHello: ALPN ``istio-http/1.1, istio, http/1.1`` for HTTP (``mtlsHTTP11ALPN``) and
+  ``istio-peer-exchange, istio`` for TCP (``ALPNInMeshWithMxc``), SNI
+  ``outbound_.<port>_._.<fqdn>`` (``BuildDNSSrvSubsetKey``), from istio/istio's source.
+- Istio's tcp-echo sample answers ``hello <line>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from kube_fakes import kubeconfig_text
+from local_helpers import needs_local_mesh, our_netns
+
+from pytest_meshconform.audit import AUDIT_SCHEMA, discover_service_ports
+from pytest_meshconform.cli import main
+from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.local.topology_file import parse_topology, with_audit_probes
+from pytest_meshconform.policy import peer_authentication
+
+FOO_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+"""
+MESH_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+ECHO_TOPOLOGY = """\
+namespaces:
+  - name: shop
+    injected: true
+    workloads:
+      - name: echo
+        kind: tcp-echo
+        ports: [9000, 9001]
+    services:
+      - name: echo
+        selector: {app: echo}
+        ports:
+          - {name: tcp-main, port: 9000}
+          - {name: tcp-side, port: 9100, targetPort: 9001}
+"""
+ECHO_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    9001: {mode: DISABLE}
+"""
+
+
+def _validate(report: dict[str, Any]) -> None:
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+
+
+def test_predictions_come_from_the_policies_in_force() -> None:
+    mesh = LocalMesh(topology=with_audit_probes(parse_topology(ECHO_TOPOLOGY, "echo.yaml")))
+    probe = mesh.workload("probe", "meshconform-audit")
+    ports = discover_service_ports(mesh, [yaml.safe_load(ECHO_POLICY)], client=probe)
+    by_key = {p.key: p for p in ports}
+    assert sorted(by_key) == ["echo.shop:9000", "echo.shop:9100"]  # never the probes' namespace
+    main_port, side = by_key["echo.shop:9000"], by_key["echo.shop:9100"]
+    assert (main_port.predicted, main_port.expected, main_port.client_sends_mtls) == (
+        "STRICT",
+        "STRICT",
+        True,
+    )
+    # port level DISABLE: auto mTLS sends plaintext to it, and it serves plaintext
+    assert (side.predicted, side.expected, side.client_sends_mtls) == (
+        "DISABLE",
+        "PLAINTEXT",
+        False,
+    )
+    assert main_port.upstream is not None
+    assert main_port.upstream.sni == "outbound_.9000_._.echo.shop.svc.cluster.local"
+    assert main_port.upstream.alpn == ("istio-peer-exchange", "istio")
+
+
+def test_namespace_selection() -> None:
+    mesh = LocalMesh()
+    everything = [p.key for p in discover_service_ports(mesh, [])]
+    assert everything == ["httpbin.foo:8000", "httpbin.bar:8000", "httpbin.legacy:8000"]
+    legacy = discover_service_ports(mesh, [], namespaces=["legacy"])
+    assert [(p.key, p.predicted, p.expected) for p in legacy] == [
+        ("httpbin.legacy:8000", "NO_SIDECAR", "PLAINTEXT")
+    ]
+    rest = discover_service_ports(
+        mesh, [peer_authentication("default", "foo", "STRICT")], exclude_namespaces=["legacy"]
+    )
+    assert [(p.key, p.predicted) for p in rest] == [
+        ("httpbin.foo:8000", "STRICT"),
+        ("httpbin.bar:8000", "PERMISSIVE"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mesh-cluster=existing"], "--mesh-cluster=existing needs --mesh-kube-context=NAME"),
+        (["--mesh-cluster=kind"], "--mesh-cluster=kind: the audit reads a cluster you run"),
+        (
+            ["--mesh-cluster=existing", "--mesh-kube-context=nope"],
+            "kube context 'nope' is not in the kubeconfig",
+        ),
+        (
+            ["--mesh-cluster=existing", "--policy", "x.yaml"],
+            "--policy applies policies to the local mesh only",
+        ),
+        (["--report", "out.txt"], "--report out.txt: accepted suffixes: .yaml, .yml, .json"),
+        (["--namespace", "nope"], "--namespace nope: no such namespace in the mesh"),
+        (
+            ["--namespace", "foo", "--exclude-namespace", "foo"],
+            "--namespace and --exclude-namespace both name foo",
+        ),
+        (["--policy", "missing.yaml"], "missing.yaml: cannot read the policy file"),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_fix(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kubeconfig").write_text(kubeconfig_text("https://127.0.0.1:9"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    assert main(["audit", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_topology_or_policy_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topology = tmp_path / "t.yaml"
+    topology.write_text("namespaces:\n  - name: a\n    injected: sure\n")
+    assert main(["audit", f"--mesh-topology={topology}"]) == 2
+    assert (
+        f"{topology}:3: namespaces[0].injected: expected true or false" in capsys.readouterr().err
+    )
+    policy = tmp_path / "p.yaml"
+    policy.write_text(FOO_STRICT.replace("STRICT", "STRICTEST"))
+    assert main(["audit", "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert str(policy) in err and "STRICTEST" in err
+
+
+def test_the_report_schema_refuses_a_wrong_report() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"apiVersion": "meshconform/v1alpha1", "kind": "AuditReport"})
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
+    report = tmp_path / "audit.yaml"
+    netns_before = our_netns()
+    code = main(["audit", "--mesh-cluster=local", *args, "--report", str(report)])
+    data = yaml.safe_load(report.read_text())
+    _validate(data)
+    # other engineers' meshes may come and go meanwhile: only an audit's probes say it is ours
+    left = {n for n in our_netns() - netns_before if "-meshconform-audit-" in n}
+    assert not left, f"the audit left network namespaces behind: {left}"
+    return code, report.read_text(), data
+
+
+@needs_local_mesh
+def test_strict_on_foo_only_fails_naming_the_plaintext_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "foo-strict.yaml"
+    policy.write_text(FOO_STRICT)
+    code, _, data = _run(
+        tmp_path, "--policy", str(policy), "--require=STRICT", "--exclude-namespace", "legacy"
+    )
+    out = capsys.readouterr().out
+    assert code == 1, out
+    line = next(x for x in out.splitlines() if x.startswith("httpbin.bar:8000"))
+    assert "accepts plaintext; required STRICT" in line and "FAIL" in line
+    ports = {f"{p['service']}.{p['namespace']}:{p['port']}": p for p in data["ports"]}
+    assert sorted(ports) == ["httpbin.bar:8000", "httpbin.foo:8000"]
+    foo, bar = ports["httpbin.foo:8000"], ports["httpbin.bar:8000"]
+    assert (foo["predicted"], foo["observed"], foo["verdict"]) == ("STRICT", "STRICT", "pass")
+    assert (bar["predicted"], bar["observed"], bar["verdict"]) == (
+        "PERMISSIVE",
+        "PERMISSIVE",
+        "fail",
+    )
+    assert bar["meetsRequirement"] is False and bar["conforms"] is True
+    assert bar["evidence"]["plaintext"]["status"] == 200  # the naked probe got an answer
+    assert foo["evidence"]["plaintext"]["answered"] is False  # STRICT reset it
+    wire = foo["evidence"]["wire"]
+    assert wire["tls"] is True and wire["plaintextPayload"] is False
+    assert wire["alpn"] == ["istio-http/1.1", "istio", "http/1.1"]
+    assert wire["sni"] == "outbound_.8000_._.httpbin.foo.svc.cluster.local"
+    assert Path(wire["pcap"]).is_file()
+    assert data["result"] == "failure" and data["require"] == "STRICT"
+    assert data["excludedNamespaces"] == ["legacy"]
+
+
+@needs_local_mesh
+def test_mesh_wide_strict_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "mesh-strict.yaml"
+    policy.write_text(MESH_STRICT)
+    code, _, data = _run(
+        tmp_path, "--policy", str(policy), "--require=STRICT", "--exclude-namespace", "legacy"
+    )
+    assert code == 0, capsys.readouterr().out
+    assert [(p["namespace"], p["observed"]) for p in data["ports"]] == [
+        ("foo", "STRICT"),
+        ("bar", "STRICT"),
+    ]
+    assert data["summary"] == {"ports": 2, "passed": 2, "failed": 0, "errors": 0}
+
+
+@needs_local_mesh
+def test_a_workload_without_sidecar_fails_the_requirement_unless_excluded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "mesh-strict.yaml"
+    policy.write_text(MESH_STRICT)
+    code, _, data = _run(tmp_path, "--policy", str(policy), "--require=STRICT")
+    out = capsys.readouterr().out
+    assert code == 1
+    legacy = next(p for p in data["ports"] if p["namespace"] == "legacy")
+    assert (legacy["predicted"], legacy["observed"], legacy["verdict"]) == (
+        "NO_SIDECAR",
+        "PLAINTEXT",
+        "fail",
+    )
+    assert "outside the mesh (no sidecar)" in out
+
+
+@needs_local_mesh
+def test_a_two_port_tcp_service_is_audited_port_by_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topology = tmp_path / "echo.yaml"
+    topology.write_text(ECHO_TOPOLOGY)
+    policy = tmp_path / "echo-policy.yaml"
+    policy.write_text(ECHO_POLICY)
+    code, _, data = _run(tmp_path, f"--mesh-topology={topology}", "--policy", str(policy))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    ports = {p["port"]: p for p in data["ports"]}
+    strict, disabled = ports[9000], ports[9100]
+    assert (strict["protocol"], strict["predicted"], strict["observed"]) == (
+        "TCP",
+        "STRICT",
+        "STRICT",
+    )
+    assert strict["evidence"]["plaintext"]["answered"] is False
+    assert strict["evidence"]["mesh"]["detail"] == "hello meshconform-audit"
+    assert strict["evidence"]["wire"]["alpn"] == ["istio-peer-exchange", "istio"]
+    assert strict["evidence"]["wire"]["sni"] == "outbound_.9000_._.echo.shop.svc.cluster.local"
+    assert (disabled["targetPort"], disabled["predicted"], disabled["observed"]) == (
+        9001,
+        "DISABLE",
+        "PLAINTEXT",
+    )
+    assert disabled["evidence"]["plaintext"]["detail"] == "hello meshconform-audit"
+    assert disabled["evidence"]["wire"]["tls"] is False
+    assert disabled["evidence"]["wire"]["plaintextPayload"] is True
+    # and with --require=STRICT the DISABLEd port is named as accepting plaintext
+    code, _, data = _run(
+        tmp_path, f"--mesh-topology={topology}", "--policy", str(policy), "--require=STRICT"
+    )
+    assert code == 1
+    assert [p["port"] for p in data["ports"] if p["verdict"] == "fail"] == [9100]
+
+
+@needs_local_mesh
+def test_a_policy_that_selects_nothing_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "typo.yaml"
+    policy.write_text(
+        FOO_STRICT.replace("spec: {", "spec: {selector: {matchLabels: {app: httpbinn}}, ")
+    )
+    netns_before = our_netns()
+    assert main(["audit", "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert "applies to no workload" in err and "httpbinn" in err, err
+    assert not {n for n in our_netns() - netns_before if "-meshconform-audit-" in n}

@@ -1,0 +1,246 @@
+"""`meshconform audit --mesh-cluster=existing` against the fake API server and recorded data.
+
+The official kubernetes client talks to `tests/kube_fakes.py`'s FakeApiServer (real WebSocket
+exec); the cluster holds namespaces `foo` (a STRICT PeerAuthentication) and `bar`, each with
+Service `httpbin` (port `http` 8000 -> 8080) in front of an injected httpbin pod. The probes'
+captures are the pcaps recorded at the real audit probe of the local mesh
+(`tests/data/kube/audit-probe-httpbin.*-8000.pcap`, see that README); curl answers as curl
+8.x prints (`-i` head and body, then the `-w %{json}` write-out), a STRICT server's reset as
+curl's exit 56. Expected: Istio's authn-policy task (STRICT refuses plaintext, PERMISSIVE
+accepts it) and that the audit writes nothing but its own namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from kube_fakes import (
+    DATA_DIR,
+    ExecCall,
+    ExecChannel,
+    FakeApiServer,
+    FakeCluster,
+    FakeIstio,
+    kubeconfig_text,
+    pod_json,
+    status_exit,
+)
+
+from pytest_meshconform.audit import AUDIT_SCHEMA, run_audit
+from pytest_meshconform.http import WRITE_OUT_MARKER
+from pytest_meshconform.kube.audit import KubeAuditMesh, cluster_topology
+from pytest_meshconform.kube.client import KubeApi
+from pytest_meshconform.kube.options import KubeOptions
+
+FOO_STRICT = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "foo"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+
+def _service(namespace: str, ports: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "httpbin", "namespace": namespace},
+        "spec": {"selector": {"app": "httpbin"}, "ports": ports, **spec},
+    }
+
+
+HTTP_8000 = [{"name": "http", "port": 8000, "targetPort": 8080, "protocol": "TCP"}]
+
+
+class AuditCluster(FakeCluster):
+    """FakeCluster with the user's Services and namespaces, honouring the probes' inject
+    annotation as Istio's injector does."""
+
+    services: dict[str, list[dict[str, Any]]]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.services = {}
+        for namespace in ("foo", "bar"):
+            self.namespaces[namespace] = {
+                "metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}
+            }
+            self.services[namespace] = [_service(namespace, HTTP_8000)]
+            self.pods[namespace] = [
+                pod_json(f"httpbin-7d8f-{namespace}", namespace, "httpbin", sidecar=True),
+                pod_json(f"sleep-5c6d-{namespace}", namespace, "sleep", sidecar=True),
+            ]
+        self.namespaces["kube-system"] = {"metadata": {"name": "kube-system"}}
+
+    def list_namespaces(self, label_selector: str) -> list[dict[str, Any]]:
+        if not label_selector:
+            self.calls.append("list namespaces")
+            return json.loads(json.dumps(list(self.namespaces.values())))
+        return super().list_namespaces(label_selector)
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        if (api_version, kind) == ("v1", "Service"):
+            return json.loads(json.dumps(self.services.get(namespace, [])))
+        return super().list_objects(api_version, kind, namespace, label_selector)
+
+    def _schedule(self, deployment: Mapping[str, Any]) -> None:
+        super()._schedule(deployment)
+        template = deployment["spec"]["template"]["metadata"]
+        if (template.get("annotations") or {}).get("sidecar.istio.io/inject") == "false":
+            namespace = deployment["metadata"]["namespace"]
+            app = deployment["metadata"]["name"]
+            self.pods[namespace] = [
+                p for p in self.pods[namespace] if p["metadata"]["labels"]["app"] != app
+            ] + [pod_json(f"{app}-6c8f9d7b5-0q2w", namespace, app, sidecar=False)]
+
+
+def _curl_ok(body: bytes = b'{"headers": {}}') -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n"
+    return head + body + WRITE_OUT_MARKER.encode() + b'{"http_code":200,"time_total":0.004}'
+
+
+class AuditIstio(FakeIstio):
+    """Plays curl in the probes (plaintext refused by the STRICT namespace) and the capture
+    (the recorded pcap of the Service the probe asks next)."""
+
+    def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
+        if call.container == "mc-capture":
+            self.capture_pcap = (
+                DATA_DIR / f"audit-probe-{self.next_target}-8000.pcap"
+            ).read_bytes()
+            self.capture_stderr = (
+                b"tcpdump: listening on eth0, link-type EN10MB (Ethernet), snapshot length"
+                b" 262144 bytes\n2 packets captured\n"
+            )
+        elif call.command[:1] == ["curl"]:
+            url = call.command[-1]
+            naked = call.container == "probe-naked"
+            if naked and "httpbin.foo:" in url:
+                channel.send(2, b"curl: (56) Recv failure: Connection reset by peer\n")
+                channel.send(1, WRITE_OUT_MARKER.encode() + b'{"http_code":0}')
+                channel.send_status(status_exit(56))
+                return
+            channel.send(1, _curl_ok())
+            channel.send_status({"metadata": {}, "status": "Success"})
+            return
+        super().__call__(call, channel)
+
+    next_target = ""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[AuditCluster, AuditIstio]]:
+    cluster = AuditCluster()
+    cluster.apply(FOO_STRICT)  # the user's policy, there before the audit
+    istio = AuditIstio(cluster)
+    with FakeApiServer(exec_handler=istio) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
+        cluster.calls.clear()
+        yield cluster, istio
+
+
+def test_cluster_topology_reads_services_and_pods() -> None:
+    pods = {
+        "shop": [
+            pod_json("web-1", "shop", "web", sidecar=True, labels={"tier": "front"}),
+            pod_json("web-2", "shop", "web", sidecar=True, labels={"tier": "front"}),
+            pod_json("old-1", "shop", "old", sidecar=False),
+        ]
+    }
+    services = {
+        "shop": [
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "selector": {"app": "web", "tier": "front"},
+                    "ports": [
+                        {"name": "http-web", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                        {"name": "dns", "port": 53, "protocol": "UDP"},
+                    ],
+                },
+            },
+            {"metadata": {"name": "ext"}, "spec": {"type": "ExternalName"}},
+            {"metadata": {"name": "hl"}, "spec": {"clusterIP": "None", "selector": {"app": "web"}}},
+            {
+                "metadata": {"name": "gone"},
+                "spec": {"selector": {"app": "nope"}, "ports": [{"port": 9000, "protocol": "TCP"}]},
+            },
+        ]
+    }
+    found = cluster_topology(["shop"], services, pods)
+    assert [(w.name, w.has_sidecar, w.labels.get("tier")) for w in found.workloads] == [
+        ("web", True, "front"),  # two replicas, one workload
+        ("old", False, None),
+    ]
+    ((svc),) = found.services
+    assert (svc.key, svc.target_port, svc.port_name, dict(svc.selector)) == (
+        "web.shop:80",
+        8080,
+        "http-web",
+        {"app": "web", "tier": "front"},
+    )
+    assert found.not_audited == (
+        "web.shop:53: UDP (only TCP is audited)",
+        "ext.shop: no selector (ExternalName or manual endpoints)",
+        "hl.shop: headless (not modelled)",
+        "gone.shop:9000: no ready endpoint",
+    )
+
+
+def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
+    cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
+) -> None:
+    fake, istio = cluster
+    mesh = KubeAuditMesh(
+        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
+    )
+    targets = iter(["httpbin.bar", "httpbin.foo"])  # namespaces in sorted order
+
+    original = fake.open_exec
+
+    def open_exec(
+        namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
+    ) -> Any:
+        if container == "mc-capture":
+            istio.next_target = next(targets)
+        return original(namespace, pod, container, argv, stdin=stdin)
+
+    fake.open_exec = open_exec  # type: ignore[method-assign]
+    mesh.start()
+    try:
+        result = run_audit(mesh, require="STRICT", evidence_dir=tmp_path / "evidence")
+    finally:
+        mesh.close()
+    by_key = {r.port.key: r for r in result.ports}
+    assert sorted(by_key) == ["httpbin.bar:8000", "httpbin.foo:8000"]
+    foo, bar = by_key["httpbin.foo:8000"], by_key["httpbin.bar:8000"]
+    assert (foo.port.predicted, foo.observed, foo.verdict) == ("STRICT", "STRICT", "pass"), foo
+    assert (bar.port.predicted, bar.observed, bar.verdict) == ("PERMISSIVE", "PERMISSIVE", "fail")
+    assert bar.reason == "accepts plaintext; required STRICT"
+    assert (
+        foo.wire is not None and foo.wire.sni == "outbound_.8000_._.httpbin.foo.svc.cluster.local"
+    )
+    assert foo.plaintext is not None and foo.plaintext.exit_code == 56
+    writes = [c for c in fake.calls if not c.startswith("list")]
+    ns = "meshconform-audit-a1b2c3"
+    assert writes[:3] == [
+        f"create namespace {ns}",
+        f"apply Deployment {ns}/probe",
+        f"apply Deployment {ns}/probe-naked",
+    ]
+    assert writes[-1] == f"delete namespace {ns}"
+    assert all(ns in c for c in writes), writes  # nothing of the user's was written
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    assert report["mesh"]["backend"] == "existing"
+    assert yaml.safe_load(yaml.safe_dump(report))["result"] == "failure"
