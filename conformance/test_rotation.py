@@ -2,7 +2,9 @@
 
 Istio's agent rotates at `expire - SECRET_GRACE_PERIOD_RATIO * lifetime`, ratio 0.5 with a jitter
 of 0.01 (security/pkg/nodeagent/cache/secretcache.go, rotateTime): between 0.49 and 0.51 of the
-lifetime. What we measure adds two bounded errors: X.509 times have one-second resolution, and
+lifetime, counted from when the agent got the certificate (rotateTime's CreatedTime; istiod
+backdates NotBefore by 2 minutes, so NotBefore is not where the lifetime starts). What we measure
+adds two bounded errors: X.509 times have one-second resolution, and
 the new serial is seen at most one poll (plus SDS propagation, tens of ms) after it is served.
 """
 
@@ -32,7 +34,9 @@ def test_rotation_before_expiry(
     # LONGEST_ROTATION_WATCH (the built-in suites default to 30 s certificates, see conftest.py).
     seen = rotation.watch(httpbin, client=sleep)
     assert seen.observed_at < seen.old.not_after, f"rotated only after expiry: {seen}"
-    seconds = seen.old.lifetime.total_seconds()
+    # The lifetime as Istio's agent counts it: from when it got the certificate, not from
+    # NotBefore, which istiod backdates by 2 minutes (RotationResult.lifetime_start).
+    seconds = seen.lifetime.total_seconds()
     measurement = (1.0 + seen.poll_interval + 0.1) / seconds  # X.509 second, poll, SDS
     low, high = GRACE_RATIO - JITTER - measurement, GRACE_RATIO + JITTER + measurement
     assert low <= seen.fraction_elapsed <= high, (

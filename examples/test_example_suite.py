@@ -37,6 +37,8 @@ def test_strict_namespace_refuses_plaintext(
     capture: Capturer,
     xfcc: XfccReader,
 ) -> None:
+    """A STRICT namespace refuses plaintext from a pod without a sidecar, and a sidecar client's
+    mTLS arrives with its SPIFFE ID (the docstring is the test's description in the reports)."""
     apply_policy(peer_authentication("default", "foo", mode="STRICT"))
     with capture(httpbin) as cap:
         refused = naked_sleep.curl(httpbin)
@@ -94,12 +96,14 @@ def test_every_service_port_of_a_strict_namespace_refuses_plaintext(
 def test_served_certificate_chains_to_the_mesh_root(
     mesh: Mesh, httpbin: WorkloadHandle, cert_of: CertReader
 ) -> None:
+    """httpbin's sidecar serves its own SPIFFE ID, in a certificate that chains to the mesh root."""
     cert = cert_of(httpbin)
     assert str(cert.spiffe_id) == httpbin.spiffe_id
     cert.verify(load_pem_chain(mesh.root_cert), dt.datetime.now(dt.UTC))
 
 
 def test_exec_in_a_pod(sleep: WorkloadHandle) -> None:
+    """Commands run inside the workload's pod, as the app's user."""
     result = sleep.exec(["curl", "--version"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"curl "), result.stdout

@@ -620,9 +620,17 @@ def format_table(result: AuditResult) -> list[str]:
 
 
 def write_report(result: AuditResult, path: Path) -> None:
-    """The report as YAML (.yaml/.yml) or JSON (.json), per AUDIT_SCHEMA."""
+    """The report as YAML (.yaml/.yml) or JSON (.json), per AUDIT_SCHEMA; or, for a person,
+    as a self-contained HTML page (.html/.htm) or Markdown (.md) (report_render.py)."""
     data = result.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".html", ".htm", ".md"):
+        from .report_render import audit_document, render_html, render_markdown
+
+        document = audit_document(result)
+        markdown = path.suffix.lower() == ".md"
+        path.write_text(render_markdown(document) if markdown else render_html(document))
+        return
     if path.suffix == ".json":
         path.write_text(json.dumps(data, indent=2) + "\n")
     else:

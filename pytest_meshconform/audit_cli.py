@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .settings import CLUSTER_KINDS, REPORT_SUFFIXES, report_format_of
+from .settings import CLUSTER_KINDS, HUMAN_REPORT_SUFFIXES, REPORT_SUFFIXES, report_format_of
 
 if TYPE_CHECKING:
     from .audit import AuditResult
@@ -107,7 +107,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--report",
         type=Path,
         metavar="PATH",
-        help=f"write the audit report ({', '.join(REPORT_SUFFIXES)}; schema audit_schema.json)",
+        help=f"write the audit report ({', '.join(REPORT_SUFFIXES)}: schema audit_schema.json;"
+        f" {', '.join(HUMAN_REPORT_SUFFIXES)}: a page or Markdown for people)",
     )
 
 
@@ -130,8 +131,13 @@ def _progress(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.report is not None and report_format_of(args.report) is None:
-        raise _Usage(f"--report {args.report}: accepted suffixes: {', '.join(REPORT_SUFFIXES)}")
+    if (
+        args.report is not None
+        and report_format_of(args.report) is None
+        and args.report.suffix.lower() not in HUMAN_REPORT_SUFFIXES
+    ):
+        accepted = ", ".join((*REPORT_SUFFIXES, *HUMAN_REPORT_SUFFIXES))
+        raise _Usage(f"--report {args.report}: accepted suffixes: {accepted}")
     overlap = sorted(set(args.namespace) & set(args.exclude_namespace))
     if overlap:
         raise _Usage(f"--namespace and --exclude-namespace both name {', '.join(overlap)}")

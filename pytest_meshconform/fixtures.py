@@ -49,6 +49,7 @@ from .mesh import (
 from .observations import RequestRecord, RotationRecord, TableRecorder
 from .plugin import mesh_settings_key
 from .settings import format_duration
+from .signals import signal_name
 from .waiting import WaitTimeout, poll
 
 if TYPE_CHECKING:
@@ -166,7 +167,16 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         try:
             yield opened
         finally:
-            opened.close()
+            # Any backend's teardown runs to its end, whatever signals arrive meanwhile; one
+            # that did ends the run as interrupted (pytest is past taking a KeyboardInterrupt).
+            with signals.held(deliver=False) as held:
+                opened.close()
+            if held.signum is not None:
+                request.session.exitstatus = pytest.ExitCode.INTERRUPTED
+                _progress(request.config)(
+                    f"{signal_name(held.signum)} during the mesh's teardown: held until it was"
+                    " done; the run ends as interrupted"
+                )
     finally:
         signals.release(owner)
 
@@ -204,6 +214,13 @@ def _mesh_markers(request: pytest.FixtureRequest) -> None:
             pytest.skip(
                 f"needs mesh version >= {min_version}, the mesh is {the_mesh.istio_version}"
             )
+
+
+@pytest.fixture(autouse=True)
+def _mesh_window(request: pytest.FixtureRequest) -> None:
+    """A test that uses the mesh starts its time window before any other fixture acts."""
+    if "mesh" in getattr(request, "fixturenames", ()):
+        _evidence_window(request.getfixturevalue("mesh"), request)
 
 
 # -- workloads -----------------------------------------------------------------------------------
@@ -289,7 +306,10 @@ class WorkloadHandle:
         host = (urlsplit(url).hostname or "").removesuffix(".svc.cluster.local")
         name, _, namespace = host.partition(".")
         for w in self.mesh.workloads():
-            if w.name == name and self.mesh.logical_namespace(w.namespace) == namespace:
+            if w.name == name and namespace in (
+                w.namespace,
+                self.mesh.logical_namespace(w.namespace),
+            ):
                 return w.key
         return None
 
@@ -349,7 +369,9 @@ def _evidence_window(mesh: Mesh, request: pytest.FixtureRequest) -> Evidence:
     starts (the mesh's log positions), so a failure shows only the log lines it caused."""
     evidence = evidence_of(request.node)
     if evidence.log_positions is None:
-        with suppress(MeshError):
+        # A suite's stand-in mesh (a test double of its own) may not implement the log members:
+        # its tests then have no window (and show no logs), they do not error.
+        with suppress(MeshError, AttributeError, NotImplementedError):
             evidence.log_positions = mesh.log_positions()
     return evidence
 
@@ -511,6 +533,10 @@ class PolicyApplier:
             self._evidence.observed.policies.append(_policy_line(key, manifest))
         return manifests
 
+    def __repr__(self) -> str:  # pytest prints fixture values with a failure: what was applied
+        applied = ", ".join("/".join(key) for key in self._applied) or "nothing yet"
+        return f"<PolicyApplier on the {self._mesh.backend} mesh: applied {applied}>"
+
     def restore(self) -> None:
         """Put back the policies in force before the test (delete the ones it added)."""
         errors = []
@@ -632,6 +658,15 @@ def _current_cert(
     mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
 ) -> WorkloadCert:
     __tracebackhide__ = True
+    return _served_cert(mesh, target, evidence)[0]
+
+
+def _served_cert(
+    mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
+) -> tuple[WorkloadCert, dt.datetime | None]:
+    """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
+    `last_updated` of its `default` secret; None when the dump does not say)."""
+    __tracebackhide__ = True
     from .certs import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
@@ -654,7 +689,8 @@ def _current_cert(
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
             f" not_after={cert.not_after.isoformat()}",
         )
-    return secrets.workload
+    served = secrets.secret("default")
+    return secrets.workload, (served.last_updated if served is not None else None)
 
 
 class EmptyCaptureError(AssertionError):
@@ -783,6 +819,9 @@ class Capturer:
         self._mesh = mesh
         self._evidence = evidence
 
+    def __repr__(self) -> str:
+        return f"<Capturer on the {self._mesh.backend} mesh>"
+
     def _names(self) -> dict[str, str]:
         names = {}
         for w in self._mesh.workloads():
@@ -868,19 +907,42 @@ class RotationResult:
     requests_before: int  # requests made while the old certificate was served
     requests_after: int  # requests made after the new one was seen
     failures: list[HttpResult] = field(default_factory=list)
+    # when the sidecar got the old certificate (Envoy's `last_updated`), if the dump says
+    old_received_at: dt.datetime | None = None
+
+    @property
+    def lifetime_start(self) -> dt.datetime:
+        """Where Istio's agent counts the old certificate's lifetime from: `rotateTime` in
+        security/pkg/nodeagent/cache/secretcache.go uses `ExpireTime - CreatedTime`, the
+        agent's clock when the CA answered, which is when the sidecar got the certificate
+        (`old_received_at`) to within milliseconds. Not NotBefore: istiod backdates it by
+        `ClockSkewGracePeriod` (2 minutes, security/pkg/pki/util/generate_cert.go
+        `genCertTemplateFromCSR`), which for a 30 s certificate would put the rotation at 0.9
+        of NotBefore..NotAfter. NotBefore only when the dump has no time (or an odd one)."""
+        at = self.old_received_at
+        if at is None or not self.old.not_before <= at < self.old.not_after:
+            return self.old.not_before
+        return at
+
+    @property
+    def lifetime(self) -> dt.timedelta:
+        """The old certificate's lifetime as Istio's agent counts it (`lifetime_start`..)."""
+        return self.old.not_after - self.lifetime_start
 
     @property
     def fraction_elapsed(self) -> float:
-        """How much of the old cert's lifetime had passed when the new one was first seen."""
+        """How much of the old cert's lifetime (`lifetime`, as Istio's agent counts it) had
+        passed when the new one was first seen."""
         from .certs import lifetime_elapsed
 
-        return lifetime_elapsed(self.old.not_before, self.old.not_after, self.observed_at)
+        return lifetime_elapsed(self.lifetime_start, self.old.not_after, self.observed_at)
 
     def __str__(self) -> str:
         return (
             f"{self.workload}: serial {self.old.serial} -> {self.new.serial} at"
             f" {self.observed_at.isoformat()} ({self.fraction_elapsed:.3f} of the old lifetime"
-            f" {self.old.lifetime}); requests: {self.requests_before} before,"
+            f" {self.lifetime} from {self.lifetime_start.isoformat()});"
+            f" requests: {self.requests_before} before,"
             f" {self.requests_after} after, {len(self.failures)} failed"
         )
 
@@ -922,8 +984,11 @@ class RotationWatcher:
         __tracebackhide__ = True
         from .certs import rotation_window
 
-        old = _current_cert(self.mesh, target, self.evidence)
-        _, latest = rotation_window(old.not_before, old.not_after)
+        old, received = _served_cert(self.mesh, target, self.evidence)
+        start = old.not_before
+        if received is not None and old.not_before <= received < old.not_after:
+            start = received  # see RotationResult.lifetime_start
+        _, latest = rotation_window(start, old.not_after)
         wait = latest - dt.datetime.now(dt.UTC)
         if wait > longest:
             ttl = "the TTL in force"
@@ -998,6 +1063,7 @@ class RotationWatcher:
             requests_before=sum(1 for sent, _ in calls if sent <= now),
             requests_after=sum(1 for sent, _ in calls if sent > now),
             failures=[r for _, r in calls if not r.ok],
+            old_received_at=received,
         )
         self.evidence.observed.rotations.append(
             RotationRecord(
@@ -1059,10 +1125,11 @@ def pytest_runtest_makereport(
 
 
 def _add_window_logs(mesh: Mesh, evidence: Evidence, positions: LogPositions) -> None:
-    """The log lines the test's own time window wrote, of the workloads it touched only."""
+    """The log lines the test's own time window wrote, of the workloads it touched only (of
+    every workload when it touched none through the fixtures, e.g. used `mesh` directly)."""
     touched = set(evidence.observed.workloads)
     for w in mesh.workloads():
-        if w.key not in touched:
+        if touched and w.key not in touched:
             continue
         try:
             logs = mesh.logs_since(w, positions)

@@ -180,6 +180,9 @@ class TableRecorder:
     def __init__(self, observations: Observations) -> None:
         self._observations = observations
 
+    def __repr__(self) -> str:
+        return f"<TableRecorder: {len(self._observations.tables)} table(s) recorded>"
+
     def __call__(
         self,
         title: str,

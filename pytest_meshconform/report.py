@@ -123,11 +123,12 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EvidenceRecord:
-    """Where the evidence of one failed test is: the archive directory and each file by label.
+    """Where the evidence of one test is: the archive directory and each file by label.
 
     Paths are relative to the report's directory when they lie under it, else absolute.
     ``directory`` is None when the run had no ``--mesh-artifacts`` (files stay where the
-    fixtures left them).
+    fixtures left them); only a failed test has evidence then. Under ``--mesh-artifacts``
+    every test with evidence (pcaps, texts) has a directory.
     """
 
     directory: str | None
@@ -643,11 +644,12 @@ def _parse_test(data: object, where: str) -> TestResult:
         raise ReportError(f"{fields.at('meshWide')}: omit the field instead of false")
     evidence = None
     if "evidence" in fields.data:
-        if outcome not in FAILING:
-            raise ReportError(
-                f"{fields.at('evidence')}: only a failed or errored test has evidence"
-            )
         evidence = _parse_evidence(fields.data["evidence"], fields.at("evidence"))
+        if outcome not in FAILING and evidence.directory is None:
+            raise ReportError(
+                f"{fields.at('evidence')}: only a failed or errored test has evidence without"
+                " a directory (a test that did not fail keeps evidence under --mesh-artifacts)"
+            )
     fields.used.add("evidence")
     observations = None
     if "observations" in fields.data:
@@ -1306,6 +1308,7 @@ class MeshReportPlugin:
         self.report: ConformanceReport | None = None
         self.diff: ReportDiff | None = None
         self.write_error: str | None = None
+        self.archive_errors: list[str] = []
         self._directories: dict[Path, str] = {}
 
     # -- collection ------------------------------------------------------------------------
@@ -1338,8 +1341,14 @@ class MeshReportPlugin:
                 description=description_of(item),
             )
             description = self.records[item.nodeid].description
-            if description is not None:  # JUnit too: a <property name="description"> per test
+            if description is not None and self._junit_testcase_properties:
+                # JUnit too: a <property name="description"> per test case (xunit1 and legacy
+                # only: the xunit2 schema, pytest's default, has no test case properties).
                 item.user_properties.append(("description", description))
+
+    @property
+    def _junit_testcase_properties(self) -> bool:
+        return bool(self.config.option.xmlpath) and self.config.getini("junit_family") != "xunit2"
 
     def _record(self, nodeid: str) -> _Record:
         record = self.records.get(nodeid)
@@ -1364,7 +1373,30 @@ class MeshReportPlugin:
             evidence = item.stash.get(evidence_key, None)
             if evidence is not None and evidence.observed:
                 self._record(item.nodeid).observations = evidence.observed
+            if (
+                evidence is not None
+                and self.settings.artifacts is not None
+                and not report.failed
+                and self._record(item.nodeid).outcome not in FAILING
+            ):
+                self._archive_passing(item, evidence)
         return report
+
+    def _archive_passing(self, item: pytest.Item, evidence: Evidence) -> None:
+        """Under --mesh-artifacts a test that did not fail keeps its evidence too (pcaps,
+        texts, a summary of what it saw): proof of a pass, not only of a failure."""
+        if not (evidence.files or evidence.texts) or self.settings.artifacts is None:
+            return
+        if evidence.observed and "summary" not in evidence.texts:
+            evidence.texts = {"summary": evidence.observed.summary(), **evidence.texts}
+        try:
+            directory = _archive_directory(self.settings.artifacts, item.nodeid, self._directories)
+            archive = item.stash[_archive_key] = _Archive(directory)
+            self._record(item.nodeid).archive = archive
+            _archive_new_evidence(evidence, archive)
+        except OSError as error:  # a full disk must not turn a pass into INTERNALERROR
+            self._record(item.nodeid).archive = None
+            self.archive_errors.append(f"{item.nodeid}: could not archive the evidence: {error}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._record(report.nodeid).fold(report)
@@ -1417,7 +1449,9 @@ class MeshReportPlugin:
         suites: dict[str, tuple[str, list[TestResult]]] = {}
         for record in self.records.values():
             evidence = None
-            if record.archive is not None and record.outcome in FAILING:
+            if record.archive is not None and (
+                record.outcome in FAILING or record.archive.directory is not None
+            ):
                 evidence = EvidenceRecord(
                     directory=(
                         None
@@ -1511,6 +1545,8 @@ class MeshReportPlugin:
                 terminalreporter.write_line(
                     "meshconform: the run fails: regressions against the baseline", red=True
                 )
+        for error in self.archive_errors:
+            terminalreporter.write_line(f"meshconform: evidence: {error}", red=True)
         if self.write_error is not None:
             terminalreporter.write_line(f"meshconform: report: {self.write_error}", red=True)
         elif self.report is not None and self.settings.report is not None:

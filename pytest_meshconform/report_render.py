@@ -9,7 +9,8 @@ model that any report can fill (the conformance run here; an audit the same way)
 - `render_markdown(document)`: the same content as GitHub-flavoured Markdown;
   `render_markdown(document, brief=True)` is the summary CI appends to `GITHUB_STEP_SUMMARY`
   (tables and failures in full, passing tests as one line each).
-- `document_of(report, ...)`: a `ConformanceReport` as a Document.
+- `document_of(report, ...)`: a `ConformanceReport` as a Document; `audit_document(result)`:
+  a `meshconform audit` result as one (`meshconform audit --report=audit.html`).
 
 The model and both renderers are pure (text in, text out); `RenderPlugin` at the end writes
 them for a pytest run (`--mesh-report=r.html`, `--mesh-report=r.md`, `GITHUB_STEP_SUMMARY`).
@@ -29,6 +30,7 @@ import pytest
 from .observations import ObservedTable, RotationRecord
 
 if TYPE_CHECKING:
+    from .audit import AuditResult
     from .report import ConformanceReport, TestResult
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Entry",
     "Section",
     "Timeline",
+    "audit_document",
     "document_of",
     "render_html",
     "render_markdown",
@@ -329,13 +332,19 @@ def _fence(text: str) -> list[str]:
 
 
 def _md_entry(entry: Entry, brief: bool) -> list[str]:
+    """An entry in Markdown. `brief` (the CI step summary): a passing entry is one line, or its
+    heading and tables when it asserted tables; a failing one is shown in full."""
     icon = _ICONS[_tone(entry.status)]
     duration = f" ({entry.duration:.2f}s)" if entry.duration is not None else ""
     head = f"{icon} **{_md(entry.title)}**: {entry.status}{duration}"
     full = not brief or _tone(entry.status) == "bad" or any(not t.ok for t in entry.tables)
-    if not full:
+    if not full and not entry.tables:
         return [f"- {head}" + (f": {_md(entry.description)}" if entry.description else "")]
     lines = [f"#### {head}", ""]
+    if not full:
+        for table in entry.tables:
+            lines += _md_table(table)
+        return lines
     if entry.description:
         lines += [f"> {line}".rstrip() for line in entry.description.splitlines()] + [""]
     if entry.message:
@@ -346,9 +355,8 @@ def _md_entry(entry: Entry, brief: bool) -> list[str]:
         lines += [f"Rotation: {_md(timeline.caption)}", ""]
     for heading, items in entry.facts:
         lines += [f"*{_md(heading)}*", ""] + [f"- `{_md(item)}`" for item in items] + [""]
-    if not brief or _tone(entry.status) == "bad":
-        for block in entry.evidence:
-            lines += [f"*{_md(block.label)}*", "", *_fence(block.text)]
+    for block in entry.evidence:
+        lines += [f"*{_md(block.label)}*", "", *_fence(block.text)]
     return lines
 
 
@@ -413,14 +421,22 @@ def document_of(
     failure evidence the YAML does not keep (the logs of the test's window, ...)."""
     evidence = evidence or {}
     mesh = report.mesh
-    header: list[tuple[str, str]] = [
-        ("Mesh", mesh.describe()),
+    header: list[tuple[str, str]] = []
+    if mesh.used:
+        revision = f", revision {mesh.revision}" if mesh.revision else ""
+        header += [
+            ("Mesh", str(mesh.name)),
+            ("Version", str(mesh.version)),
+            ("Backend", f"{mesh.backend}{revision}"),
+            ("Trust domain", str(mesh.trust_domain)),
+        ]
+    else:
+        header.append(("Mesh", mesh.describe()))
+    header += [
         ("Result", f"{report.result}: {report.summary}"),
         ("Date", report.date),
         ("Duration", f"{report.duration:.1f}s"),
     ]
-    if mesh.used:
-        header.append(("Trust domain", str(mesh.trust_domain)))
     header += [("Settings", line) for line in settings]
     header.append(
         (
@@ -453,6 +469,15 @@ def document_of(
                 listing = "\n".join(f"{label}: {path}" for label, path in test.evidence.files)
                 if listing:
                     blocks.append(Block("Evidence files", listing))
+            facts = _facts_of(test)
+            if test.infrastructure:
+                facts = (
+                    (
+                        "Infrastructure error",
+                        ("the mesh's own process broke (a sidecar died): no evidence either way",),
+                    ),
+                    *facts,
+                )
             entries.append(
                 Entry(
                     title=test.name,
@@ -460,7 +485,7 @@ def document_of(
                     description=test.description,
                     message=test.message if test.outcome != "passed" else None,
                     duration=test.duration,
-                    facts=_facts_of(test),
+                    facts=facts,
                     tables=tuple(seen.tables) if seen else (),
                     timelines=tuple(Timeline.of(r) for r in seen.rotations) if seen else (),
                     evidence=tuple(blocks),
@@ -482,6 +507,119 @@ def document_of(
         sections=tuple(sections),
         notes=tuple(notes),
         generated=report.date,
+    )
+
+
+# --- An audit as a document -----------------------------------------------------------------
+
+_AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}
+
+
+def audit_document(result: AuditResult) -> Document:
+    """`meshconform audit`'s result as a Document: the audit's header, one table of every
+    Service port (the mode Istio's policies predict against the one the probes observed,
+    colour-coded), then an entry per port with its verdict, reason and wire evidence."""
+    data = result.to_dict()
+    mesh = result.mesh
+    revision = f", revision {mesh.revision}" if mesh.revision else ""
+    header: list[tuple[str, str]] = [
+        ("Mesh", mesh.name),
+        ("Version", mesh.version),
+        ("Backend", f"{mesh.backend}{revision}"),
+        ("Trust domain", mesh.trust_domain),
+        ("Requirement", result.require or "none (the policies' own prediction)"),
+        ("Namespaces", ", ".join(result.namespaces) or "none"),
+        ("Date", data["date"]),
+        ("Duration", f"{result.duration:.1f}s"),
+    ]
+    if result.excluded:
+        header.append(("Excluded", ", ".join(result.excluded)))
+    if result.policies:
+        header.append(("Policies applied", ", ".join(result.policies)))
+    summary = data["summary"]
+    ports = [r.port.key for r in result.ports]
+    matrix = ObservedTable(
+        title="every Service port: the mode the probes must observe vs what they observed",
+        rows=tuple(ports),
+        columns=("mode",),
+        expected=tuple((r.port.expected,) for r in result.ports),
+        observed=tuple((r.observed,) for r in result.ports),
+        corner="Service port",
+    )
+    overview = Entry(
+        title="Service ports",
+        status=data["result"],
+        tables=(matrix,) if ports else (),
+    )
+    entries = [overview]
+    for r in result.ports:
+        evidence = data["ports"][result.ports.index(r)]["evidence"]
+        facts: list[tuple[str, tuple[str, ...]]] = [
+            (
+                "Mode",
+                (
+                    f"predicted {r.port.predicted}, expected {r.port.expected},"
+                    f" observed {r.observed}",
+                ),
+            )
+        ]
+        if r.meets_requirement is not None:
+            facts.append(
+                (
+                    "Requirement",
+                    (f"{result.require}: {'met' if r.meets_requirement else 'not met'}",),
+                )
+            )
+        for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
+            if key in evidence:
+                attempt = evidence[key]
+                facts.append(
+                    (
+                        label,
+                        (
+                            f"{attempt['client']} -> {attempt['target']}: exit"
+                            f" {attempt['exitCode']}, status {attempt.get('status', '-')},"
+                            f" answered {attempt['answered']} {attempt.get('detail', '')}".rstrip(),
+                        ),
+                    )
+                )
+        if "wire" in evidence:
+            wire = evidence["wire"]
+            facts.append(
+                (
+                    "Wire",
+                    (
+                        f"{wire['flows']} flow(s), TLS {wire['tls']}, SNI {wire.get('sni', '-')},"
+                        f" ALPN {','.join(wire['alpn']) or '-'}, plaintext payload"
+                        f" {wire['plaintextPayload']}",
+                        *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ()),
+                    ),
+                )
+            )
+        entries.append(
+            Entry(
+                title=r.port.key,
+                status=_AUDIT_STATUS[r.verdict],
+                description=(
+                    f"{r.port.protocol.value} port of {r.port.endpoint.key}"
+                    f" ({'sidecar' if r.port.in_mesh else 'no sidecar'})"
+                ),
+                message=r.reason if r.verdict != "pass" else None,
+                facts=tuple(facts),
+                evidence=tuple(Block("problem", p) for p in r.problems),
+            )
+        )
+    return Document(
+        title="meshconform audit",
+        status=data["result"],
+        summary=(
+            f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
+            f" {summary['errors']} errors"
+        ),
+        header=tuple(header),
+        sections=(Section("Service ports", data["result"], tuple(entries)),),
+        notes=tuple(f"not audited: {note}" for note in result.not_audited),
+        generated=data["date"],
     )
 
 

@@ -24,10 +24,11 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-__all__ = ["HELD", "INTERRUPTING", "acquire", "held", "owned", "release"]
+__all__ = ["HELD", "INTERRUPTING", "Held", "acquire", "held", "owned", "release", "signal_name"]
 
 INTERRUPTING: Final = (signal.SIGTERM, signal.SIGHUP)
 """Turned into KeyboardInterrupt while a run owns something (SIGINT already is)."""
@@ -40,6 +41,14 @@ _owners = 0
 _holding = 0
 _pending: list[int] = []
 _saved: dict[int, _Handler] = {}
+
+
+def signal_name(signum: int) -> str:
+    """`SIGTERM` for 15."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -116,24 +125,37 @@ def owned() -> bool:
     return _owners > 0
 
 
+@dataclass
+class Held:
+    """What `held(deliver=False)` caught: the first signal received in the block, or None."""
+
+    signum: int | None = None
+
+
 @contextmanager
-def held() -> Iterator[None]:
+def held(*, deliver: bool = True) -> Iterator[Held]:
     """Defer SIGINT, SIGTERM and SIGHUP until the block ends (a teardown runs to its end).
 
     The first signal received meanwhile is delivered when the outermost block ends: as a
     KeyboardInterrupt while a run still owns something, else to the process's old handler.
+    With `deliver=False` the outermost block hands it to the caller instead (`Held.signum`),
+    for code that ends the run its own way (pytest's session teardown cannot take an exception).
     """
     global _holding
+    caught = Held()
     if not _is_main_thread():
-        yield
+        yield caught
         return
     _holding += 1  # before the handlers: a signal in between is deferred, not raised
     if len(_saved) == 0:
         _install()
     try:
-        yield
+        yield caught
     finally:
         _holding -= 1
+        if _holding == 0 and _pending and not deliver:
+            caught.signum = _pending[0]
+            _pending.clear()
         if _holding == 0 and _pending and _owners:
             signum = _pending[0]
             _pending.clear()

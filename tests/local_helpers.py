@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,26 @@ def our_netns() -> set[str]:
         return {p.name for p in host.NETNS_RUN.iterdir() if p.name.startswith(host.NETNS_PREFIX)}
     except OSError:
         return set()
+
+
+@contextmanager
+def runs_made() -> Iterator[list[str]]:
+    """The ids of the local meshes this process brings up inside the block, for `traces_of`
+    (other meshes on the machine may come and go meanwhile: counting every `mc-` namespace
+    would blame them on the test)."""
+    ids: list[str] = []
+    create = host.RunState.__dict__["create"]
+
+    def recording(cls: type[host.RunState], run_id: str, *, keep: bool = False) -> host.RunState:
+        ids.append(run_id)
+        state: host.RunState = create.__func__(cls, run_id, keep=keep)
+        return state
+
+    host.RunState.create = classmethod(recording)  # type: ignore[method-assign, assignment]
+    try:
+        yield ids
+    finally:
+        host.RunState.create = create  # type: ignore[method-assign]
 
 
 def traces_of(run_id: str) -> list[str]:

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 from kube_fakes import kubeconfig_text
-from local_helpers import needs_local_mesh, our_netns
+from local_helpers import needs_local_mesh, runs_made, traces_of
 
 from pytest_meshconform.audit import AUDIT_SCHEMA, discover_service_ports
 from pytest_meshconform.cli import main
@@ -172,13 +172,12 @@ def test_the_report_schema_refuses_a_wrong_report() -> None:
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
     report = tmp_path / "audit.yaml"
-    netns_before = our_netns()
-    code = main(["audit", "--mesh-cluster=local", *args, "--report", str(report)])
+    with runs_made() as run_ids:
+        code = main(["audit", "--mesh-cluster=local", *args, "--report", str(report)])
     data = yaml.safe_load(report.read_text())
     _validate(data)
-    # other engineers' meshes may come and go meanwhile: only an audit's probes say it is ours
-    left = {n for n in our_netns() - netns_before if "-meshconform-audit-" in n}
-    assert not left, f"the audit left network namespaces behind: {left}"
+    left = {run_id: traces_of(run_id) for run_id in run_ids}
+    assert not any(left.values()), f"the audit left these behind: {left}"
     return code, report.read_text(), data
 
 
@@ -295,8 +294,8 @@ def test_a_policy_that_selects_nothing_exits_2(
     policy.write_text(
         FOO_STRICT.replace("spec: {", "spec: {selector: {matchLabels: {app: httpbinn}}, ")
     )
-    netns_before = our_netns()
-    assert main(["audit", "--policy", str(policy)]) == 2
+    with runs_made() as run_ids:
+        assert main(["audit", "--policy", str(policy)]) == 2
     err = capsys.readouterr().err
     assert "applies to no workload" in err and "httpbinn" in err, err
-    assert not {n for n in our_netns() - netns_before if "-meshconform-audit-" in n}
+    assert not any(traces_of(run_id) for run_id in run_ids)

@@ -6,7 +6,7 @@ One real run on the local mesh serves every test here: a passing test that leave
 lines before the failing one starts, a test that fails because the mesh is broken on purpose
 (`--mesh-fault=strict-as-permissive`: STRICT lets plaintext through), and the built-in
 reachability suite's 'namespace foo STRICT' case, whose matrix that fault breaks in one cell,
-and the rotation suite (30 s certificates), whose rotation the HTML draws.
+and the rotation suite (the suites' short certificate TTL), whose rotation the HTML draws.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from typing import Any
 import pytest
 import yaml
 from local_helpers import CONFORMANCE, REPO, assert_runs_left_nothing, needs_local_mesh
+from pytest_meshconform.conformance.conftest import SUITE_CERT_TTL
+
+from pytest_meshconform.settings import format_duration
 
 pytestmark = needs_local_mesh
 
@@ -45,6 +48,13 @@ def test_strict_refuses_plaintext(apply_policy, naked_sleep, httpbin, capture):
     with capture(httpbin) as cap:
         refused = naked_sleep.curl(httpbin, path="/status/418")
     assert refused.status is None, cap
+
+
+def test_mesh_directly(mesh):
+    """Uses the mesh without the fixtures' helpers, then fails."""
+    sleep = mesh.workload("sleep", "bar")
+    done = mesh.exec(sleep, ["curl", "-sS", "-o", "/dev/null", "http://httpbin.bar:8000/status/417"])
+    assert done.returncode == 1, done
 '''
 
 
@@ -140,6 +150,10 @@ def test_a_failure_shows_its_summary_first(run: Run) -> None:
         "  sleep.legacy -> httpbin.foo (http://httpbin.foo:8000/status/418): HTTP 418",
         "captured flows:",
     ], failure[:4000]
+    assert (
+        "apply_policy = <PolicyApplier on the local mesh: applied PeerAuthentication/foo/default>"
+        in failure
+    )
     # `assert ..., cap` prints the capture as its flows, not as a dataclass dump
     assert "E       AssertionError: capture at httpbin.foo port 8080: 1 flow" in failure
     assert "sleep.legacy:" in failure and "-> httpbin.foo:8080 plaintext" in failure
@@ -167,6 +181,23 @@ def test_artifacts_keep_the_touched_sidecars_config_dumps(run: Run) -> None:
     kinds = {config["@type"].rsplit(".", 1)[-1] for config in dump["configs"]}
     assert {"ListenersConfigDump", "ClustersConfigDump"} <= kinds
     assert files["pcap httpbin.foo port 8080"].startswith("evidence/")
+
+
+def test_a_test_that_touched_nothing_through_the_fixtures_gets_every_log_of_its_window(
+    run: Run,
+) -> None:
+    failure = failure_of(run.output, "test_mesh_directly")
+    logs = [t for t in sections(failure) if t.startswith("meshconform evidence: log ")]
+    assert "meshconform evidence: log httpbin.bar envoy-access.log (this test)" in logs
+    assert "/status/417" in failure
+    assert "/status/299" not in failure and "/status/418" not in failure  # other tests' lines
+
+
+def test_artifacts_keep_a_passing_tests_evidence_too(run: Run) -> None:
+    passed = run.test("test_before")
+    kept = run.directory / passed["evidence"]["directory"]
+    summary = (kept / "summary.txt").read_text()
+    assert "sleep.foo -> httpbin.foo (http://httpbin.foo:8000/status/299): HTTP 299" in summary
 
 
 def test_the_report_keeps_every_tests_observations_and_description(run: Run) -> None:
@@ -210,13 +241,15 @@ CHROMIUM_FLAGS = (
 
 
 def chromium(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Debian's chromium, headless, with a fresh profile and nothing that phones home."""
+    """Debian's chromium, headless, with a fresh profile and nothing that phones home, in a
+    network namespace of its own with no interface up: the page must open with no network."""
     binary = shutil.which("chromium")
     if binary is None:
         pytest.skip("no chromium: scripts/test.sh installs it (apt-get install chromium)")
+    offline = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
     profile = directory / f"profile-{len(list(directory.glob('profile-*')))}"
     return subprocess.run(
-        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        [*offline, binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -355,7 +388,9 @@ def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidenc
 def test_the_markdown_report_reads_the_same(run: Run) -> None:
     text = (run.directory / "r.md").read_text()
     assert text.startswith("# meshconform conformance report: ❌ failure\n")
-    assert "| Settings | cluster=local cert-ttl=30s keep=no |" in text
+    ttl = format_duration(SUITE_CERT_TTL)  # the built-in suites' default (their conftest)
+    assert f"| Settings | cluster=local cert-ttl={ttl} keep=no |" in text
+    assert "| Backend | local |" in text and "| Trust domain | cluster.local |" in text
     assert "> **Warning:** test-only faults were injected (strict-as-permissive)" in text
     assert (
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
@@ -376,3 +411,41 @@ def test_the_step_summary_is_appended_in_brief(run: Run) -> None:
         "| sleep.legacy | ❌ **plaintext** (expected reset) | ✅ plaintext | ✅ plaintext |" in text
     )
     assert "GET /status/418" in text
+
+
+FOO_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
+    """`meshconform audit --report=audit.html` on a real local mesh: the page holds every
+    Service port's expected vs observed mode and the verdict of the port that fails the
+    requirement, with its reason; opened in the same browser, with no network."""
+    from pytest_meshconform.cli import main
+
+    policy = tmp_path / "foo-strict.yaml"
+    policy.write_text(FOO_STRICT)
+    page = tmp_path / "audit.html"
+    code = main(
+        [
+            *("audit", "--mesh-cluster=local", "--policy", str(policy), "--require=STRICT"),
+            *("--exclude-namespace", "legacy", "--report", str(page)),
+        ]
+    )
+    assert code == 1
+    dom = Dom()
+    dom.feed(chromium(tmp_path, "--dump-dom", page.as_uri()).stdout)
+    assert dom.resources == []
+    assert dom.captions == [
+        "every Service port: the mode the probes must observe vs what they observed: as expected"
+    ]
+    assert dom.cells == [("ok", "STRICT"), ("ok", "PERMISSIVE")]  # httpbin.foo, httpbin.bar
+    failed = dom.entries["httpbin.bar:8000"]
+    assert failed.startswith("failed httpbin.bar:8000 HTTP port of httpbin.bar (sidecar)")
+    assert "accepts plaintext; required STRICT" in failed
+    passed = dom.entries["httpbin.foo:8000"]
+    assert "SNI outbound_.8000_._.httpbin.foo.svc.cluster.local" in passed

@@ -37,6 +37,7 @@ from pytest_meshconform.certs import (
 from pytest_meshconform.kube.envoystate import EnvoyStateError, parse_config_dump
 from pytest_meshconform.policy import (
     PolicyError,
+    authorization_policy,
     destination_rule,
     parse_policies,
     peer_authentication,
@@ -129,6 +130,21 @@ _FIELD_NAMES = (
     "exportTo",
     "workloadSelector",
     "items",
+    # AuthorizationPolicy
+    "action",
+    "rules",
+    "from",
+    "source",
+    "principals",
+    "ipBlocks",
+    "to",
+    "operation",
+    "ports",
+    "methods",
+    "when",
+    "key",
+    "values",
+    "notValues",
 )
 
 
@@ -500,6 +516,20 @@ def _policy_seeds() -> tuple[dict[str, Any], ...]:
             "kind": "List",
             "items": [peer_authentication("a", "foo", mode="DISABLE")],
         },
+        authorization_policy(
+            "authz",
+            "foo",
+            "DENY",
+            rules=[
+                {
+                    "from": [{"source": {"principals": ["*"], "ipBlocks": ["10.0.0.0/8"]}}],
+                    "to": [{"operation": {"ports": ["8080"], "methods": ["GET"]}}],
+                    "when": [{"key": "source.ip", "values": ["10.1.2.3"], "notValues": ["::1"]}],
+                }
+            ],
+            selector={"app": "httpbin"},
+            dry_run=True,
+        ),
     )
 
 

@@ -204,18 +204,7 @@ def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
     mesh = KubeAuditMesh(
         fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
     )
-    targets = iter(["httpbin.bar", "httpbin.foo"])  # namespaces in sorted order
-
-    original = fake.open_exec
-
-    def open_exec(
-        namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
-    ) -> Any:
-        if container == "mc-capture":
-            istio.next_target = next(targets)
-        return original(namespace, pod, container, argv, stdin=stdin)
-
-    fake.open_exec = open_exec  # type: ignore[method-assign]
+    _route_captures(fake, istio)
     mesh.start()
     try:
         result = run_audit(mesh, require="STRICT", evidence_dir=tmp_path / "evidence")
@@ -244,3 +233,60 @@ def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
     jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
     assert report["mesh"]["backend"] == "existing"
     assert yaml.safe_load(yaml.safe_dump(report))["result"] == "failure"
+
+
+def _route_captures(fake: AuditCluster, istio: AuditIstio) -> None:
+    """Hand each capture the recorded pcap of the Service probed next (sorted namespaces)."""
+    targets = iter(["httpbin.bar", "httpbin.foo"])
+    original = fake.open_exec
+
+    def open_exec(
+        namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
+    ) -> Any:
+        if container == "mc-capture":
+            istio.next_target = next(targets)
+        return original(namespace, pod, container, argv, stdin=stdin)
+
+    fake.open_exec = open_exec  # type: ignore[method-assign]
+
+
+def test_the_command_audits_a_cluster_and_says_what_it_creates(
+    cluster: tuple[AuditCluster, AuditIstio],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pytest_meshconform.cli import main
+    from pytest_meshconform.kube import client as kube_client, cluster as kube_cluster
+
+    fake, istio = cluster
+    _route_captures(fake, istio)
+    monkeypatch.setattr(
+        kube_cluster, "resolve_context", lambda name: kube_cluster.ResolvedContext(name, None)
+    )
+    monkeypatch.setattr(kube_client.KubeApi, "connect", lambda *a, **k: fake)
+    report = tmp_path / "audit.json"
+    code = main(
+        [
+            "audit",
+            "--mesh-cluster=existing",
+            "--mesh-kube-context=fake",
+            "--require=STRICT",
+            "--report",
+            str(report),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "the audit only reads your resources; it creates namespace meshconform-audit-" in err
+    assert any(
+        line.startswith("httpbin.bar:8000") and "accepts plaintext; required STRICT" in line
+        for line in out.splitlines()
+    ), out
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
+    assert [p["verdict"] for p in data["ports"]] == ["fail", "pass"]
+    assert all(Path(p["evidence"]["wire"]["pcap"]).is_file() for p in data["ports"])
+    writes = [c for c in fake.calls if not c.startswith("list")]
+    assert all("meshconform-audit-" in c for c in writes), writes
+    assert writes[-1].startswith("delete namespace meshconform-audit-")

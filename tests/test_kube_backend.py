@@ -229,6 +229,18 @@ def test_logs_since_ask_for_the_test_window_only(
     assert window["istio-proxy"].endswith("since 43s\n")
 
 
+def test_requests_name_their_server_in_either_namespace_spelling(started: KubeMesh) -> None:
+    """A handle's URL carries the run's real namespace; suites may write `foo`: the
+    observations name the server workload either way."""
+    from pytest_meshconform.evidence import Evidence
+    from pytest_meshconform.fixtures import WorkloadHandle
+
+    sleep = WorkloadHandle(started, started.workload("sleep", "foo"), Evidence())
+    assert sleep._workload_of(f"http://httpbin.{BAR}:8000/headers") == f"httpbin.{BAR}"
+    assert sleep._workload_of("http://httpbin.bar.svc.cluster.local:8000/") == f"httpbin.{BAR}"
+    assert sleep._workload_of("http://example.com/") is None
+
+
 def test_revision_picks_its_istiod_and_labels_namespaces(world: World) -> None:
     world.cluster.deployments["istio-system"] = [
         istiod_deployment(image="docker.io/istio/pilot:1.21.2"),
@@ -477,11 +489,11 @@ def test_an_unreadable_root_namespace_leaves_mesh_decided_modes_unchecked(
         mesh.close()
 
 
-def authz(name: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
+def authz(name: str, spec: dict[str, Any], namespace: str = "foo", **meta: Any) -> dict[str, Any]:
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": {"name": name, "namespace": "foo", **meta},
+        "metadata": {"name": name, "namespace": namespace, **meta},
         "spec": spec,
     }
 
@@ -545,6 +557,27 @@ def test_deleting_an_authorization_policy_waits_until_the_rules_are_gone(
     world.istio.config_dump_reads.clear()
     started.delete(SLEEP_FOO_ONLY)
     assert world.istio.config_dump_reads.count(proxy_id(started, "httpbin", "foo")) == 2
+
+
+def test_a_platform_custom_policy_in_the_root_namespace_does_not_block_applies(
+    world: World,
+) -> None:
+    """meshconform does not model CUSTOM (ext_authz): such a mesh-wide policy of the platform
+    team only makes the RBAC check tolerant (the chains must carry at least our rules)."""
+    world.cluster.apply(
+        authz(
+            "ext-authz",
+            {"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]},
+            namespace="istio-system",
+        )
+    )
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        mesh.apply(SLEEP_FOO_ONLY)
+        mesh.delete(SLEEP_FOO_ONLY)
+    finally:
+        mesh.close()
 
 
 def test_unknown_kinds_are_refused_before_anything_is_written(

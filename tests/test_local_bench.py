@@ -8,7 +8,7 @@ import sys
 from types import ModuleType
 
 import pytest
-from local_helpers import REPO, needs_local_mesh, our_netns
+from local_helpers import REPO, needs_local_mesh, runs_made, traces_of
 
 
 def load_benchmark() -> ModuleType:
@@ -30,8 +30,8 @@ def test_percentile_is_nearest_rank() -> None:
 
 @needs_local_mesh
 def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    before = our_netns()
-    assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
+    with runs_made() as run_ids:
+        assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^  up: +median \d+\.\d{3} s", out, re.M), out
     assert re.search(r"^  down: +median \d+\.\d{3} s", out, re.M), out
@@ -41,4 +41,6 @@ def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^  authz: +apply\(\) median \d+\.\d ms, effect median", out, re.M), out
     assert "; 0 stale answers from sleep.foo" in out
     assert re.search(r"4 x envoy: RSS \d+ MiB", out), out
-    assert our_netns() <= before  # it cleaned up after itself
+    assert run_ids, "the benchmark brought no local mesh up"
+    left = {run_id: traces_of(run_id) for run_id in run_ids}
+    assert not any(left.values()), left  # it cleaned up after itself

@@ -949,3 +949,30 @@ def test_istios_connection_limit_silences_envoys_start_up_warning(tmp_path: Path
     warning = "no configured limit to the number of allowed active downstream connections"
     assert warning in without
     assert warning not in with_limit
+
+
+def test_a_log_window_drops_lines_stamped_before_it() -> None:
+    """Envoy flushes logs late: the lines of a request that started before a test's window may
+    land after its file offsets were taken; their time stamps keep them out."""
+    from pytest_meshconform.local.backend import _lines_since
+
+    at = dt.datetime(2026, 12, 3, 6, 29, 51, 250000, tzinfo=dt.UTC).timestamp()
+    access = (
+        '[2026-12-03T06:29:51.240Z] "GET /status/201 HTTP/1.1" 201 - 0 0 1 1\n'
+        '[2026-12-03T06:29:51.275Z] "GET /status/202 HTTP/1.1" 202 - 0 0 1 0\n'
+    )
+    assert (
+        _lines_since(access, at)
+        == '[2026-12-03T06:29:51.275Z] "GET /status/202 HTTP/1.1" 202 - 0 0 1 0\n'
+    )
+    local = dt.datetime(2026, 12, 3, 6, 29, 51, 300000).timestamp()  # Envoy's own log: local time
+    envoy = (
+        "[2026-12-03 06:29:51.100][7][warning][config] before\n"
+        "  a continuation of it\n"
+        "[2026-12-03 06:29:51.300][7][warning][config] in the window\n"
+        "  and its continuation\n"
+    )
+    assert _lines_since(envoy, local) == (
+        "[2026-12-03 06:29:51.300][7][warning][config] in the window\n  and its continuation\n"
+    )
+    assert _lines_since("an unstamped app line\n", at) == "an unstamped app line\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import select
 import signal
@@ -394,3 +395,57 @@ def test_a_killed_sidecar_is_an_infrastructure_error_not_a_conformance_failure(
     baseline = pytester.path / "baseline.yaml"
     write_report(green, baseline)
     assert cli_main(["diff", str(baseline), str(report_path)]) == 3
+
+
+PYTEST_SUITE = """
+import json, os, threading, time
+from pytest_meshconform.local import host
+
+real_teardown = host.teardown_state
+
+def teardown_state(state):
+    with open(os.environ["MC_EVENTS"], "a") as events:
+        events.write("teardown\\n")
+    time.sleep(1.5)  # signals arrive while the teardown is under way
+    real_teardown(state)
+
+host.teardown_state = teardown_state
+
+
+def test_waits_for_sigterm(mesh):
+    with open(os.environ["MC_EVENTS"], "a") as events:
+        events.write(json.dumps({"run_id": mesh.run_id}) + "\\n")
+    threading.Event().wait(120)
+"""
+
+
+def test_a_pytest_run_signalled_during_its_teardown_leaves_nothing(tmp_path: Path) -> None:
+    """The `mesh` fixture's teardown holds signals too: SIGTERM ends the test, two more
+    during the mesh's teardown (SIGTERM, SIGHUP) wait until it is gone."""
+    (tmp_path / "test_waiting.py").write_text(PYTEST_SUITE)
+    events = tmp_path / "events"
+    events.touch()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path,
+        env=subprocess_env() | {"MC_EVENTS": str(events)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: "run_id" in events.read_text(), 60, "the suite's mesh to come up")
+        run_id = json.loads(events.read_text().splitlines()[0])["run_id"]
+        run.send_signal(signal.SIGTERM)
+        wait_for(lambda: "teardown" in events.read_text(), 30, "the mesh's teardown")
+        run.send_signal(signal.SIGTERM)
+        run.send_signal(signal.SIGHUP)
+        output = run.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    # Whichever Python handled first (pending ones go lowest number first: SIGHUP).
+    assert re.search(r"SIG(TERM|HUP) during the mesh's teardown: held until it was done", output)
+    assert "Traceback" not in output, output
+    assert traces_of(run_id) == [], output

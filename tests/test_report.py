@@ -585,7 +585,7 @@ def test_format_diff_names_both_runs_and_warns_about_faults() -> None:
 STAND_IN_MESH = """
 import pytest
 from types import SimpleNamespace
-from pytest_meshconform.mesh import MeshInfo
+from pytest_meshconform.mesh import LogPositions, MeshInfo
 from pytest_meshconform.report import mesh_info_key
 
 
@@ -599,6 +599,8 @@ def mesh(request):
     return SimpleNamespace(
         backend="local", version="1.24.2", istio_version="1.24.2", trust_domain="cluster.local",
         features=frozenset({"mtls", "xfcc", "capture", "rotation"}),
+        # a test's log window (fixtures.py): no workload, no log line
+        log_positions=lambda: LogPositions(at=0.0), workloads=lambda: [],
     )
 
 

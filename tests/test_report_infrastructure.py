@@ -42,6 +42,14 @@ class StandIn:
     def health_problems(self):
         return self.problems
 
+    def log_positions(self):  # a test's log window (fixtures.py): no workload, no log line
+        from pytest_meshconform.mesh import LogPositions
+
+        return LogPositions(at=0.0)
+
+    def workloads(self):
+        return []
+
     def kill(self):
         self.problems = (
             SidecarDied("httpbin.foo", "Envoy", 4242, "was killed by SIGKILL (exit status -9)",

@@ -1,6 +1,7 @@
 """The human-readable reports without a mesh: the document model rendered as HTML and
 Markdown (escaping, colour coding, the rotation chart, brief mode), --mesh-report repeated,
-and a test's docstring as its description in every format (YAML, HTML, Markdown, JUnit)."""
+and a test's docstring as its description in every format (YAML, HTML, Markdown, and JUnit
+when its family allows test case properties)."""
 
 from __future__ import annotations
 
@@ -95,10 +96,17 @@ def test_markdown_escapes_cells_and_fences_evidence() -> None:
 
 
 def test_brief_markdown_keeps_passing_entries_to_one_line() -> None:
-    text = render_markdown(document(FAILED, PASSED), brief=True)
-    assert "- ✅ **test_ok**: passed (0.10s): Fine." in text.splitlines()
+    matrix = ObservedTable("m", ("a",), ("b",), (("mTLS",),), (("mTLS",),))
+    with_table = Entry("test_matrix_ok", "passed", description="Has a matrix.", tables=(matrix,))
+    text = render_markdown(document(FAILED, PASSED, with_table), brief=True)
+    lines = text.splitlines()
+    assert "- ✅ **test_ok**: passed (0.10s): Fine." in lines
     assert "| sleep.legacy | ❌ **plaintext** (expected reset) |" in text  # failures in full
     assert "GET /x <y> ```" in text
+    # a passing test's tables are kept, without the rest of its details
+    at = lines.index("#### ✅ **test_matrix_ok**: passed")
+    assert lines[at + 2 : at + 6] == ["**m**: as expected", "", "|   | b |", "|---|---|"]
+    assert "> Has a matrix." not in lines
 
 
 def test_the_rotation_timeline_is_an_inline_svg() -> None:
@@ -174,6 +182,8 @@ def test_bare():
         "--mesh-report=r.html",
         "--mesh-report=r.md",
         "--junitxml=junit.xml",
+        "-o",
+        "junit_family=xunit1",  # xunit2 (the default) has no test case properties
     )
     result.assert_outcomes(passed=2)
     want = "Says what it checks.\n\nOn two paragraphs."
@@ -192,3 +202,38 @@ def test_bare():
     assert suite.find("testcase[@name='test_bare']/properties") is None
     # no mesh was used: nothing goes to a CI step summary
     assert "meshconform report: " in result.stdout.str()
+
+
+def test_under_artifacts_a_passing_test_keeps_its_evidence_too(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_pass="""
+from pytest_meshconform.evidence import evidence_of
+
+
+def test_proved(request):
+    evidence = evidence_of(request.node)
+    evidence.add_text("curl sleep.foo -> httpbin.foo", "HTTP 200")
+    evidence.observed.touch("sleep.foo", "httpbin.foo")
+
+
+def test_nothing_to_keep():
+    pass
+"""
+    )
+    result = pytester.runpytest(
+        "-p", "no:randomly", "--mesh-report=r.yaml", "--mesh-artifacts=evidence"
+    )
+    result.assert_outcomes(passed=2)
+    kept = pytester.path / "evidence" / "test_pass.py__test_proved"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        ".meshconform-evidence",
+        "curl_sleep.foo_-_httpbin.foo.txt",
+        "summary.txt",
+    ]
+    assert (kept / "summary.txt").read_text() == ("workloads touched:\n  sleep.foo, httpbin.foo")
+    tests = yaml.safe_load((pytester.path / "r.yaml").read_text())["suites"][0]["tests"]
+    assert tests[0]["evidence"]["directory"] == "evidence/test_pass.py__test_proved"
+    assert "evidence" not in tests[1]
+    from pytest_meshconform.report import load_report
+
+    assert load_report(pytester.path / "r.yaml").tests[0].outcome == "passed"  # it loads back

@@ -103,3 +103,21 @@ def test_handlers_set_by_someone_else_are_left_alone() -> None:
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_held_can_hand_the_signal_to_the_caller() -> None:
+    """pytest's session teardown cannot take a KeyboardInterrupt: the `mesh` fixture takes the
+    held signal and ends the run as interrupted instead."""
+    owner = signals.acquire()
+    try:
+        with signals.held(deliver=False) as held:
+            os.kill(os.getpid(), signal.SIGHUP)
+            _spin()
+            with signals.held():  # an inner block (the mesh's own close) does not deliver
+                os.kill(os.getpid(), signal.SIGTERM)
+                _spin()
+        assert held.signum == signal.SIGHUP
+        assert signals.signal_name(held.signum) == "SIGHUP"
+    finally:
+        signals.release(owner)
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL

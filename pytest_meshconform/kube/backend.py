@@ -142,7 +142,9 @@ class _Expected(NamedTuple):
     workload: Workload
     sidecar: SidecarExpectation
     authorization: Authorization
-    root_known: bool  # False: root-namespace policies could not be read
+    # False: some policies could not be read (root namespace) or modelled (CUSTOM, AUDIT): the
+    # RBAC filters must carry at least the modelled rules
+    authz_exact: bool
 
 
 class ClusterApi(Protocol):
@@ -926,12 +928,16 @@ class KubeMesh:
 
     # -- propagation -----------------------------------------------------------------------------
 
-    def _policies_in_force(self) -> tuple[list[Policy], bool]:
-        """PeerAuthentications and DestinationRules that can affect this run's sidecars (its
-        namespaces' and the root namespace's), as istiod sees them, with real namespaces; and
-        whether the root namespace could be read (a user on a shared cluster may not)."""
+    def _policies_in_force(self) -> tuple[list[Policy], bool, bool]:
+        """PeerAuthentications, DestinationRules and AuthorizationPolicies that can affect this
+        run's sidecars (its namespaces' and the root namespace's), as istiod sees them, with
+        real namespaces; whether the root namespace could be read (a user on a shared cluster
+        may not); and whether every AuthorizationPolicy could be modelled (a platform's own
+        CUSTOM or AUDIT policy in the root namespace cannot: the sidecars' RBAC filters are
+        then only checked to carry the modelled ones)."""
         found: list[Policy] = []
         root_known = True
+        authz_modelled = True
         for group, kind in POLICY_KINDS:
             if kind not in PROPAGATION_KINDS:
                 continue
@@ -950,17 +956,20 @@ class KubeMesh:
                     try:
                         policy = parse_policy(obj)
                     except PolicyError as error:
+                        if kind == "AuthorizationPolicy":
+                            authz_modelled = False
+                            continue
                         raise MeshError(
                             f"cannot predict what the sidecars must do: {error}"
                         ) from None
                     found.append(policy)
-        return found, root_known
+        return found, root_known, authz_modelled
 
     def _expectations(self) -> dict[str, _Expected]:
         """Per sidecar of the run, what its Envoy must implement under the policies in force:
         mTLS and clusters (``envoystate``) and the AuthorizationPolicy RBAC filters
         (``authzstate``), both from the Istio model."""
-        policies, root_known = self._policies_in_force()
+        policies, root_known, authz_modelled = self._policies_in_force()
         expected: dict[str, _Expected] = {}
         for workload in self._workloads:
             if not workload.has_sidecar:
@@ -985,7 +994,7 @@ class KubeMesh:
                         auto_mtls=self.mesh_config.enable_auto_mtls,
                     ),
                     authorization_for(labelled, policies, root_namespace=self.root_namespace),
-                    root_known,
+                    root_known and authz_modelled,
                 )
             except (PolicyError, EnvoyStateError) as error:
                 raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
@@ -1004,7 +1013,7 @@ class KubeMesh:
         found = mismatches(state, expected.sidecar) + authz_mismatches(
             parse_inbound_authz(dump),
             expected.authorization,
-            root_known=expected.root_known,
+            root_known=expected.authz_exact,
         )
         if not found:
             return None

@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import select
 import shutil
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from .. import __version__, signals
 from ..certs import rotation_time
@@ -965,7 +966,7 @@ class LocalMesh:
                     data = log.read()
             except OSError:
                 continue
-            found[label] = data.decode(errors="replace")
+            found[label] = _lines_since(data.decode(errors="replace"), positions.at)
         return found
 
     def _runtime(self, workload: Workload) -> _PodRuntime:
@@ -1432,3 +1433,26 @@ def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise MeshError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+
+
+# Envoy's access log lines start with the request's start time (`[%START_TIME%]`, UTC), its own
+# log lines with a local time stamp (`[%Y-%m-%d %T.%e]`).
+_ACCESS_STAMP: Final = re.compile(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z\]")
+_ENVOY_STAMP: Final = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]")
+
+
+def _lines_since(text: str, at: float) -> str:
+    """The lines of `text` not stamped before `at` (Unix time). Envoy flushes its logs every
+    ENVOY_FILE_FLUSH_MS, so a file offset taken at `at` may precede lines of earlier requests;
+    their time stamps tell them apart. Unstamped lines follow the line before them."""
+    kept: list[str] = []
+    keep = True
+    for line in text.splitlines(keepends=True):
+        if match := _ACCESS_STAMP.match(line):
+            moment = dt.datetime.fromisoformat(match.group(1)).replace(tzinfo=dt.UTC)
+            keep = moment.timestamp() >= at - 0.001
+        elif match := _ENVOY_STAMP.match(line):
+            keep = dt.datetime.fromisoformat(match.group(1)).timestamp() >= at - 0.001
+        if keep:
+            kept.append(line)
+    return "".join(kept)
