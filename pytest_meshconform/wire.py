@@ -442,11 +442,15 @@ def _closed(side: _Side, peer: _Side) -> bool:
 
 def analyze_pcap(source: bytes | str | os.PathLike[str]) -> Capture:
     """Read a pcap/pcapng capture (bytes, or a path to one) into TCP flows with their TLS
-    hellos and plaintext HTTP. Raises CaptureError when the input is not a readable capture."""
+    hellos and plaintext HTTP. Raises CaptureError when the input is not a readable capture
+    (a file that cannot be opened raises the OS's error). Work is linear in the input."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        data = Path(source).read_bytes()
+        try:
+            data = Path(source).read_bytes()
+        except ValueError as error:  # a NUL in the path
+            raise CaptureError(f"not a capture path: {error}") from error
     state = _ReadState()
     magic = data[:4]
     records: Iterator[tuple[int, bytes, bool]]

@@ -152,7 +152,7 @@ def xfcc_escapes(size: int) -> str:
     """One hop whose quoted Subject is nothing but backslash escapes, then a percent-encoded
     Chain: the character-by-character paths of the parser."""
     half = max(2, size // 2)
-    return f'By=a;Subject="{chr(92) * 2 * (half // 4)}";Chain={"%41" * (half // 3)}'
+    return f'By=a;Subject="{chr(92) * 2 * (half // 2)}";Chain={"%41" * (half // 3)}'
 
 
 # --------------------------------------------------------------------------- policies
@@ -204,7 +204,7 @@ def alias_bomb_name(levels: int = 12, width: int = 9) -> str:
 def alias_items_times_sans(size: int) -> str:
     """A ``kind: List`` whose items are N aliases of one DestinationRule with N aliased
     subjectAltNames: O(size) text, O(size**2) validation once the aliases are followed."""
-    count = max(2, size // 8)
+    count = max(2, size // 6)
     sans = ",".join(["*s"] * (count - 1))
     items = ",".join(["*d"] * (count - 1))
     rule = (
@@ -213,6 +213,13 @@ def alias_items_times_sans(size: int) -> str:
         f"subjectAltNames: [&s a,{sans}]}}}}}}}}"
     )
     return f"apiVersion: v1\nkind: List\nitems: [&d {rule},{items}]\n"
+
+
+def self_alias_list(size: int) -> str:
+    """A list holding ``size // 3`` aliases of itself (``&a [*a, *a, ...]``): every alias that
+    is followed reaches the whole list again."""
+    aliases = ",".join(["*a"] * max(1, size // 3))
+    return f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nx: &a [{aliases}]\n"
 
 
 def merge_key_bomb(levels: int = 24) -> str:
@@ -334,6 +341,7 @@ class Case:
     parser: str
     name: str
     hostile: Callable[[int], bytes | str]
+    benign_name: str
     benign: Callable[[int], bytes | str]
     parse: Callable[[bytes | str], object]
 
@@ -365,23 +373,55 @@ CASES = (
         "parse_envoy_secrets",
         "PEM BEGIN lines without END",
         secrets_begin_without_end,
+        "ROOTCA trust bundle of certificates",
         secrets_big_bundle,
         _secrets,
     ),
-    Case("parse_envoy_certs", "one huge hex serial", certs_huge_serial, certs_many, _certs),
-    Case("analyze_pcap", "obsolete header folding", http_folded_header, http_pipelined, _pcap),
+    Case(
+        "parse_envoy_certs",
+        "one huge hex serial",
+        certs_huge_serial,
+        "many /certs contexts",
+        certs_many,
+        _certs,
+    ),
+    Case(
+        "analyze_pcap",
+        "obsolete header folding",
+        http_folded_header,
+        "keep-alive HTTP with bodies",
+        http_pipelined,
+        _pcap,
+    ),
     Case(
         "analyze_pcap",
         "ClientHello in 1-byte records",
         tls_one_byte_records,
+        "the same ClientHello, 16 KiB records",
         tls_full_records,
         _pcap,
     ),
-    Case("parse_xfcc", "quoted escapes, percent-encoding", xfcc_escapes, xfcc_many_hops, _xfcc),
+    Case(
+        "parse_xfcc",
+        "quoted escapes, percent-encoding",
+        xfcc_escapes,
+        "many hops",
+        xfcc_many_hops,
+        _xfcc,
+    ),
     Case(
         "parse_policies",
         "aliased items x aliased SANs",
         alias_items_times_sans,
+        "many PeerAuthentications",
+        policies_many,
+        _policies,
+    ),
+    Case(
+        "parse_policies",
+        "a list of aliases to itself",
+        self_alias_list,
+        "many PeerAuthentications",
         policies_many,
         _policies,
     ),
@@ -389,6 +429,7 @@ CASES = (
         "parse_policies",
         "base-60 integer",
         sexagesimal_int,
+        "a long plain scalar",
         plain_scalar_policy,
         _policies,
     ),
