@@ -31,7 +31,7 @@ def test_rotation_before_expiry(
     """A workload certificate is rotated before it expires, at Istio's grace period (half the
     lifetime, 1 % jitter), and requests keep succeeding across the switch."""
     # Skips at once, naming the TTL in force, when a rotation would take longer than
-    # LONGEST_ROTATION_WATCH (the built-in suites default to 30 s certificates, see conftest.py).
+    # LONGEST_ROTATION_WATCH (the built-in suites default to 10 s certificates, see conftest.py).
     seen = rotation.watch(httpbin, client=sleep)
     assert seen.observed_at < seen.old.not_after, f"rotated only after expiry: {seen}"
     # The lifetime as Istio's agent counts it: from when it got the certificate, not from
