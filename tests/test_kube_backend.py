@@ -303,6 +303,21 @@ def test_image_pull_failure_fails_fast_and_cleans_up(world: World) -> None:
     ]
 
 
+def test_pods_never_ready_time_out_naming_them_and_clean_up(world: World) -> None:
+    """A pod that waits (ContainerCreating: it may yet start) is waited for until
+    --mesh-ready-timeout; the failure names each pending workload and its state, and the
+    progress said so once (the summary did not change)."""
+    world.cluster.pod_waiting["httpbin"] = "ContainerCreating"
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    pending = ", ".join(f"httpbin.{ns} (ContainerCreating)" for ns in (FOO, BAR, LEGACY))
+    assert str(failure.value) == f"pods not ready after 0:00:05: {pending}; recent warnings: none"
+    assert [m for m in world.messages if m.startswith("waiting for pods")] == [
+        f"waiting for pods: {pending}"
+    ]
+    assert world.cluster.namespaces == {}
+
+
 def test_pods_without_sidecar_in_an_injected_namespace(world: World) -> None:
     world.cluster.inject = False
     with pytest.raises(MeshError, match=f"in {FOO} has no istio-proxy"):

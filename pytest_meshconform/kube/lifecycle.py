@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from ..mesh import MeshError, Workload
+from ..waiting import WaitTimeout, poll
 from .client import ExecSession, KubeApiError
 from .istio import MeshConfigInfo
 from .options import KubeOptions
@@ -309,9 +310,10 @@ class KubeLifecycle:
         return time.monotonic() + seconds
 
     def _wait_pods_ready(self) -> None:
-        deadline = self._deadline(self.options.ready_timeout)
         last_summary = ""
-        while True:
+
+        def all_ready() -> Literal[True] | None:
+            nonlocal last_summary
             pending: list[str] = []
             for workload in self._workloads:
                 pods = self.api.list_pods(workload.namespace, f"app={workload.app}")
@@ -340,17 +342,25 @@ class KubeLifecycle:
                     )
                 self._pods[(workload.namespace, workload.app)] = pod
             if not pending:
-                return
+                return True
             summary = ", ".join(pending)
             if summary != last_summary:
                 self._progress(f"waiting for pods: {summary}")
                 last_summary = summary
-            if time.monotonic() > deadline:
-                raise MeshError(
-                    f"pods not ready after {self.options.ready_timeout}: {summary};"
-                    f" recent warnings: {self._recent_warnings()}"
-                )
-            time.sleep(1.0)
+            return None
+
+        try:
+            poll(
+                all_ready,
+                timeout=self.options.ready_timeout.total_seconds(),
+                interval=1.0,
+                what="every pod of the run ready",
+            )
+        except WaitTimeout:
+            raise MeshError(
+                f"pods not ready after {self.options.ready_timeout}: {last_summary};"
+                f" recent warnings: {self._recent_warnings()}"
+            ) from None
 
     def _recent_warnings(self) -> str:
         notes: list[str] = []

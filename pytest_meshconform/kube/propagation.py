@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from ..istio import Authorization, authorization_for
 from ..mesh import MeshError, PropagationTimeout, Service, Workload
 from ..policy import Policy, PolicyError, parse_policy
+from ..waiting import WaitTimeout, poll
 from .authzstate import authz_mismatches, parse_inbound_authz
 from .client import KubeApiError
 from .envoystate import (
@@ -156,8 +157,10 @@ class KubePropagation(KubeLifecycle):
         pending = self._expectations()
         lagging: dict[str, str] = {}
         shown = ""
-        while True:
-            lagging = {}
+
+        def propagated() -> Literal[True] | None:
+            nonlocal shown
+            lagging.clear()
             for key, expectation in list(pending.items()):
                 lag = self._sidecar_lag(expectation)
                 if lag is None:
@@ -165,18 +168,27 @@ class KubePropagation(KubeLifecycle):
                 else:
                     lagging[key] = lag
             if not pending:
-                return
+                return True
             waited = time.monotonic() - started
-            if time.monotonic() > deadline:
-                raise PropagationTimeout(
-                    f"{localized.describe} {verb} but not every sidecar implements it after"
-                    f" {waited:.0f}s (--mesh-propagation-timeout {timeout}): "
-                    + "; ".join(f"{key}: {state}" for key, state in sorted(lagging.items()))
-                )
             summary = ", ".join(sorted(lagging))
-            if waited >= _PROGRESS_AFTER_S and summary != shown:
+            if waited >= _PROGRESS_AFTER_S and summary != shown and time.monotonic() <= deadline:
                 self._progress(
                     f"waiting {waited:.0f}s for {localized.describe} ({verb}) to reach {summary}"
                 )
                 shown = summary
-            time.sleep(_POLL_S)
+            return None
+
+        try:
+            poll(
+                propagated,
+                timeout=deadline - time.monotonic(),
+                interval=_POLL_S,
+                what=f"{localized.describe} {verb} reaching every sidecar",
+            )
+        except WaitTimeout:
+            waited = time.monotonic() - started
+            raise PropagationTimeout(
+                f"{localized.describe} {verb} but not every sidecar implements it after"
+                f" {waited:.0f}s (--mesh-propagation-timeout {timeout}): "
+                + "; ".join(f"{key}: {state}" for key, state in sorted(lagging.items()))
+            ) from None
