@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 
 from ..mesh import ExecResult, LogPositions, MeshError, Service, Workload
 from ..settings import format_duration
+from ..waiting import WaitTimeout, poll
 from . import MeshWideNotAllowed
 from .capture import (
     CAPTURE_IMAGE_EXAMPLE as CAPTURE_IMAGE_EXAMPLE,
@@ -303,20 +304,31 @@ class KubeMesh(KubeCapture, KubePropagation):
         """Every sleep reaches its own namespace's httpbin: the data path works end to end."""
         deadline = self._deadline(self.options.ready_timeout)
         for logical in LOGICAL_NAMESPACES:
-            sleep = self.workload("sleep", logical)
-            url = f"http://httpbin.{sleep.namespace}.svc.cluster.local:{HTTPBIN_PORT}/status/200"
-            argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url]
-            while True:
-                result = self.exec(sleep, argv, timeout=15)
-                if result.stdout.strip() == b"200":
-                    break
-                if time.monotonic() > deadline:
-                    raise MeshError(
-                        f"{sleep.key} cannot reach {url}: curl exit {result.returncode},"
-                        f" status {result.stdout.decode(errors='replace')!r},"
-                        f" {result.stderr.decode(errors='replace').strip()}"
-                    )
-                time.sleep(1.0)
+            self._wait_reaches(self.workload("sleep", logical), deadline)
+
+    def _wait_reaches(self, sleep: Workload, deadline: float) -> None:
+        url = f"http://httpbin.{sleep.namespace}.svc.cluster.local:{HTTPBIN_PORT}/status/200"
+        argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url]
+        tried: list[ExecResult] = []
+
+        def reached() -> Literal[True] | None:
+            tried.append(self.exec(sleep, argv, timeout=15))
+            return True if tried[-1].stdout.strip() == b"200" else None
+
+        try:
+            poll(
+                reached,
+                timeout=deadline - time.monotonic(),
+                interval=1.0,
+                what=f"{sleep.key} reaching {url}",
+            )
+        except WaitTimeout:
+            result = tried[-1]
+            raise MeshError(
+                f"{sleep.key} cannot reach {url}: curl exit {result.returncode},"
+                f" status {result.stdout.decode(errors='replace')!r},"
+                f" {result.stderr.decode(errors='replace').strip()}"
+            ) from None
 
     def close(self, *, force: bool = False) -> None:
         """Restore mesh-wide policies, delete the run's namespaces (unless kept), then the

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..mesh import MeshError, PcapRecording, Service, Workload
+from ..waiting import WaitTimeout, poll
 from .envoystate import EnvoyStateError, outbound_cluster_name, parse_config_dump
 from .execproto import capture_argv, capture_filter, is_pcap
 from .lifecycle import _POLL_S, PROXY_CONTAINER, KubeLifecycle, _meta, pod_problem
@@ -171,12 +172,11 @@ class KubeCapture(KubeLifecycle):
             self.api.add_ephemeral_container(
                 workload.namespace, name, capture_container_spec(image)
             )
-        deadline = self._deadline(120.0)
-        while True:
+
+        def running() -> dict[str, Any] | None:
             current = self.api.read_pod(workload.namespace, name)
             state, detail = ephemeral_state(current, CAPTURE_CONTAINER)
             if state == "running":
-                self._capture_ready.add(key)
                 return current
             problem = pod_problem(current)
             if state == "terminated" or problem:
@@ -185,9 +185,19 @@ class KubeCapture(KubeLifecycle):
                     " it needs an image with bash and tcpdump (--mesh-capture-image) and"
                     " NET_RAW/NET_ADMIN allowed in the namespace"
                 )
-            if time.monotonic() > deadline:
-                raise MeshError(f"capture container in {workload.key} not running after 120s")
-            time.sleep(_POLL_S)
+            return None
+
+        try:
+            current = poll(
+                running,
+                timeout=120.0,
+                interval=_POLL_S,
+                what=f"capture container in {workload.key} running",
+            )
+        except WaitTimeout:
+            raise MeshError(f"capture container in {workload.key} not running after 120s") from None
+        self._capture_ready.add(key)
+        return current
 
     @contextlib.contextmanager
     def capture(self, workload: Workload, port: int | None = None) -> Iterator[PcapRecording]:
