@@ -28,11 +28,14 @@ class Backend:
     """What the `mesh` fixture needs of a backend package.
 
     `preflight` runs at collection and raises `MeshUnavailable` (naming the fix) within
-    seconds when the backend cannot run here; `open` brings the mesh up, started.
+    seconds when the backend cannot run here; `open` brings the mesh up, started;
+    `header_lines` adds the backend's own settings to the run header and the reports (the kube
+    options in force), nothing by default.
     """
 
     preflight: Callable[[pytest.Config, MeshSettings], None]
     open: Callable[[pytest.Config, MeshSettings, Progress], Mesh]
+    header_lines: Callable[[pytest.Config], list[str]] = lambda config: []
 
 
 BACKENDS: Final[Mapping[ClusterKind, str]] = {

@@ -166,7 +166,7 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     settings = config.stash.get(mesh_settings_key, None)
     if settings is None or config.option.no_header or config.get_verbosity() < 0:
         return []
-    lines = settings.header_lines()
-    if settings.cluster != "local":
-        lines.append(f"meshconform: {kube_options.resolve_options(config).header_line()}")
-    return lines
+    from .backends import backend_for
+
+    backend_lines = backend_for(settings.cluster).header_lines(config)
+    return [*settings.header_lines(), *(f"meshconform: {line}" for line in backend_lines)]

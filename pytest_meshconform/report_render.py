@@ -670,12 +670,10 @@ class RenderPlugin:
         settings = self.config.stash.get(mesh_settings_key, None)
         if settings is None:
             return []
-        lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
-        if settings.cluster != "local":
-            from .kube import options as kube_options
+        from .backends import backend_for
 
-            lines.append(kube_options.resolve_options(self.config).header_line())
-        return lines
+        lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
+        return [*lines, *backend_for(settings.cluster).header_lines(self.config)]
 
     @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

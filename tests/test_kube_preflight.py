@@ -87,6 +87,18 @@ def test_defaults(pytester: pytest.Pytester) -> None:
     assert options.propagation_timeout == timedelta(seconds=60)
 
 
+def test_each_backend_adds_its_own_header_lines(pytester: pytest.Pytester) -> None:
+    from pytest_meshconform.backends import backend_for
+
+    config = configured(pytester, "--mesh-revision=canary")
+    expected = [
+        "meshconform kube: istio-namespace=istio-system revision=canary mesh-wide=existing: skipped"
+    ]
+    assert backend_for("kind").header_lines(config) == expected
+    assert backend_for("existing").header_lines(config) == expected
+    assert backend_for("local").header_lines(config) == []
+
+
 def test_cli_wins_over_ini_and_paths_resolve_where_written(pytester: pytest.Pytester) -> None:
     pytester.makeini(
         """

@@ -223,7 +223,11 @@ def _kube_mesh(
     )
 
 
-BACKEND = Backend(preflight=preflight, open=open_mesh)
+def _header_lines(config: pytest.Config) -> list[str]:
+    return [resolve_options(config).header_line()]
+
+
+BACKEND = Backend(preflight=preflight, open=open_mesh, header_lines=_header_lines)
 
 
 def _run_dir(names: RunNamespaces) -> Path:
