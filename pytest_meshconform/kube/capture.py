@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ..capture import pcap_file_name
 from ..mesh import MeshError, PcapRecording, Service, Workload
 from ..waiting import WaitTimeout, poll
 from .envoystate import EnvoyStateError, outbound_cluster_name, parse_config_dump
@@ -245,6 +245,6 @@ class KubeCapture(KubeLifecycle):
             return None
         directory = self.run_dir / "captures"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{workload.key}-{int(time.time() * 1000)}-{secrets.token_hex(2)}.pcap"
+        path = directory / pcap_file_name(workload.key)
         path.write_bytes(pcap)
         return path

@@ -16,6 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..capture import (  # shared with the local mesh; re-exported for the kube modules
+    CAPTURE_INFRA_PORTS as CAPTURE_INFRA_PORTS,
+    MARKER_PORT as MARKER_PORT,
+    PCAP_MAGICS as PCAP_MAGICS,
+    capture_filter as capture_filter,
+    is_pcap as is_pcap,
+)
+
 __all__ = [
     "CAPTURE_INFRA_PORTS",
     "CAPTURE_SCRIPT",
@@ -92,18 +100,6 @@ def strip_request_newline(output: bytes) -> bytes:
 
 # --- capture ---------------------------------------------------------------------------------
 
-PCAP_MAGICS: Final = (
-    b"\xd4\xc3\xb2\xa1",  # little-endian, microseconds (what tcpdump -w writes on x86/arm)
-    b"\xa1\xb2\xc3\xd4",
-    b"\x4d\x3c\xb2\xa1",  # nanoseconds
-    b"\xa1\xb2\x3c\x4d",
-)
-
-# Ports of the mesh's own plumbing, left out of a capture of "all TCP": xDS and CA (15010,
-# 15012), istiod monitoring and webhook (15014, 15017), and the agent's health and stats ports
-# that kubelet probes in plaintext (15020, 15021, 15090). Their flows are not the workload's.
-CAPTURE_INFRA_PORTS: Final = (15010, 15012, 15014, 15017, 15020, 15021, 15090)
-MARKER_PORT: Final = 9  # discard
 
 # Runs in the capture container (sharing the pod's network namespace) with bash:
 #   $1 = tcpdump filter, $2 = address the end-of-capture marker datagram goes to.
@@ -111,11 +107,11 @@ MARKER_PORT: Final = 9  # discard
 # matches, so once the token shows up in the pcap stream, everything the pod put on the wire
 # before it has been written too. The second line (or stdin EOF, when the client vanished)
 # stops tcpdump; its exit code is the script's.
-CAPTURE_SCRIPT: Final = """\
+CAPTURE_SCRIPT: Final = f"""\
 tcpdump -i eth0 -U --immediate-mode -n -s 0 -w - "$1" &
 pid=$!
 if IFS= read -r token; then
-  printf '%s' "$token" > "/dev/udp/$2/9" || echo "marker to $2 failed" >&2
+  printf '%s' "$token" > "/dev/udp/$2/{MARKER_PORT}" || echo "marker to $2 failed" >&2
   IFS= read -r _ || true
 fi
 kill -INT "$pid" 2>/dev/null
@@ -123,22 +119,5 @@ wait "$pid"
 """
 
 
-def capture_filter(port: int | None, marker_host: str) -> str:
-    """The tcpdump filter: the workload's TCP (one port, or all but the mesh plumbing),
-    plus the marker datagram."""
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"port {port!r}: expected 1-65535")
-    if port is None:
-        infra = " or ".join(f"port {p}" for p in CAPTURE_INFRA_PORTS)
-        tcp = f"(tcp and not ({infra}))"
-    else:
-        tcp = f"(tcp port {port})"
-    return f"{tcp} or (udp and dst host {marker_host} and dst port {MARKER_PORT})"
-
-
 def capture_argv(filter_expression: str, marker_host: str) -> list[str]:
     return ["bash", "-c", CAPTURE_SCRIPT, "meshconform-capture", filter_expression, marker_host]
-
-
-def is_pcap(data: bytes) -> bool:
-    return data[:4] in PCAP_MAGICS
