@@ -303,6 +303,35 @@ def test_image_pull_failure_fails_fast_and_cleans_up(world: World) -> None:
     ]
 
 
+def test_pods_never_ready_time_out_naming_them_and_clean_up(world: World) -> None:
+    """A pod that waits (ContainerCreating: it may yet start) is waited for until
+    --mesh-ready-timeout; the failure names each pending workload and its state, and the
+    progress said so once (the summary did not change)."""
+    world.cluster.pod_waiting["httpbin"] = "ContainerCreating"
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    pending = ", ".join(f"httpbin.{ns} (ContainerCreating)" for ns in (FOO, BAR, LEGACY))
+    assert str(failure.value) == f"pods not ready after 0:00:05: {pending}; recent warnings: none"
+    assert [m for m in world.messages if m.startswith("waiting for pods")] == [
+        f"waiting for pods: {pending}"
+    ]
+    assert world.cluster.namespaces == {}
+
+
+def test_a_sleep_that_cannot_reach_its_httpbin_fails_the_start_naming_the_answer(
+    world: World,
+) -> None:
+    """Ready pods are not enough: each sleep must get a 200 from its httpbin before
+    --mesh-ready-timeout; otherwise the failure says what curl answered, and the run's
+    namespaces are deleted."""
+    world.istio.curl_stdout = b"503"
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    url = f"http://httpbin.{FOO}.svc.cluster.local:8000/status/200"
+    assert str(failure.value) == f"sleep.{FOO} cannot reach {url}: curl exit 0, status '503', "
+    assert world.cluster.namespaces == {}
+
+
 def test_pods_without_sidecar_in_an_injected_namespace(world: World) -> None:
     world.cluster.inject = False
     with pytest.raises(MeshError, match=f"in {FOO} has no istio-proxy"):

@@ -1,0 +1,82 @@
+"""Conformance reports, failure evidence and upgrade regression checks.
+
+A run leaves a publishable record (``--mesh-report``), in the spirit of the Gateway API
+``ConformanceReport``: which mesh was tested, with which plugin, when, and per suite and per test
+what happened, plus where the evidence of each failure is. Two records are comparable
+(``meshconform diff OLD NEW``, ``--mesh-baseline=OLD``) so that an upgrade shows, in one glance,
+what it broke.
+
+One module per concern; this package re-exports their public names:
+
+- ``model``: the report model (frozen dataclasses) and what is derived from the tests;
+- ``formats``: its serialisation (``report_to_dict``, YAML/JSON) and a strict loader
+  (``parse_report``, ``load_report``) that checks a document, derived fields included, and
+  names the offending field;
+- ``diff``: ``diff_reports`` / ``format_diff``, pure comparison of two reports by test id;
+- ``archive``: stable test ids and each test's evidence archive (``--mesh-artifacts``);
+- ``plugin``: the pytest side (``configure`` registers ``MeshReportPlugin``): folds test
+  reports into results, archives and attaches evidence of failed tests, writes the report, adds
+  JUnit testsuite properties, and compares with a baseline.
+
+It is imported when the plugin loads, so it imports only the standard library, pytest and the
+(standard-library-only) ``mesh`` protocol; YAML and JSON are imported when a report is written
+or read.
+"""
+
+from __future__ import annotations
+
+from .archive import assign_test_ids, safe_name
+from .diff import ReportDiff, TestChange, diff_reports, format_diff
+from .formats import (
+    dump_report,
+    load_report,
+    load_schema,
+    parse_report,
+    report_to_dict,
+    write_report,
+)
+from .model import (
+    API_VERSION,
+    KIND,
+    OUTCOMES,
+    CollectionError,
+    ConformanceReport,
+    EvidenceRecord,
+    MeshRecord,
+    ReportError,
+    Statistics,
+    SuiteResult,
+    TestResult,
+)
+from .plugin import PLUGIN_NAME, MeshReportPlugin, configure, description_of, mesh_info_key
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "OUTCOMES",
+    "PLUGIN_NAME",
+    "CollectionError",
+    "ConformanceReport",
+    "EvidenceRecord",
+    "MeshRecord",
+    "MeshReportPlugin",
+    "ReportDiff",
+    "ReportError",
+    "Statistics",
+    "SuiteResult",
+    "TestChange",
+    "TestResult",
+    "assign_test_ids",
+    "configure",
+    "description_of",
+    "diff_reports",
+    "dump_report",
+    "format_diff",
+    "load_report",
+    "load_schema",
+    "mesh_info_key",
+    "parse_report",
+    "report_to_dict",
+    "safe_name",
+    "write_report",
+]

@@ -1,0 +1,258 @@
+"""The conformance report's model: frozen dataclasses and what is derived from them.
+
+A ``ConformanceReport`` holds the mesh under test, the plugin and its versions, and per suite
+and per test what happened; statistics, results (Gateway API's success/partial/failure),
+summary and feature lists are derived from the tests. No I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ..mesh import MeshInfo
+from ..observations import Observations
+
+API_VERSION: Final = "meshconform/v1alpha1"
+KIND: Final = "ConformanceReport"
+
+Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "notrun"]
+OUTCOMES: Final[tuple[Outcome, ...]] = (
+    "passed",
+    "failed",
+    "error",
+    "skipped",
+    "xfailed",
+    "xpassed",
+    "notrun",
+)
+Phase = Literal["setup", "call", "teardown"]
+PHASES: Final[tuple[Phase, ...]] = ("setup", "call", "teardown")
+Result = Literal["success", "partial", "failure"]
+
+# "Failing" in pytest's own sense: these outcomes make the exit status 1.
+FAILING: Final = frozenset({"failed", "error"})
+# For comparing runs: did the behaviour a test checks hold? An expected failure (xfailed) is
+# still a failure of that behaviour: a test that passed before and xfails now is a regression.
+PASSING: Final = frozenset({"passed", "xpassed"})
+BROKEN: Final = FAILING | {"xfailed"}
+
+
+class ReportError(ValueError):
+    """A conformance report cannot be read; the message names the file and the field."""
+
+
+# --- The model ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """Where the evidence of one test is: the archive directory and each file by label.
+
+    Paths are relative to the report's directory when they lie under it, else absolute.
+    ``directory`` is None when the run had no ``--mesh-artifacts`` (files stay where the
+    fixtures left them); only a failed test has evidence then. Under ``--mesh-artifacts``
+    every test with evidence (pcaps, texts) has a directory.
+    """
+
+    directory: str | None
+    files: tuple[tuple[str, str], ...]  # (label, path), in the order the fixtures added them
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """One collected test and what happened to it."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    id: str  # "<suite>::<name>": stable across checkouts and install locations
+    name: str  # the test's own name, parameters included
+    nodeid: str  # pytest's node id in the run that wrote the report
+    outcome: Outcome
+    duration: float  # seconds, setup + call + teardown
+    phase: Phase | None = None  # where an "error" happened (setup or teardown); else None
+    # The mesh's own process broke (a sidecar died): an error about the run, not the mesh's
+    # behaviour (its phase may then be "call"). `meshconform diff` keeps these apart.
+    infrastructure: bool = False
+    message: str | None = None  # failure message, skip or xfail reason
+    features: tuple[str, ...] = ()  # from @pytest.mark.mesh_features, sorted
+    min_mesh_version: str | None = None  # from @pytest.mark.mesh_min_version
+    mesh_wide: bool = False  # @pytest.mark.mesh_wide
+    evidence: EvidenceRecord | None = None
+    description: str | None = None  # the test's docstring
+    observations: Observations | None = None  # what it did and saw, pass or fail
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """How many tests ended in each outcome."""
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    not_run: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, field.name) for field in dataclasses.fields(self))
+
+    @classmethod
+    def of(cls, tests: Iterable[TestResult]) -> Statistics:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for test in tests:
+            counts[test.outcome] += 1
+        return cls(
+            passed=counts["passed"],
+            failed=counts["failed"],
+            errors=counts["error"],
+            skipped=counts["skipped"],
+            xfailed=counts["xfailed"],
+            xpassed=counts["xpassed"],
+            not_run=counts["notrun"],
+        )
+
+
+def _result_of(statistics: Statistics, collection_errors: int = 0) -> Result:
+    """Gateway API's three results: failure if anything failed, partial if anything did not run."""
+    if statistics.failed or statistics.errors or collection_errors:
+        return "failure"
+    if (
+        statistics.skipped
+        or statistics.xfailed
+        or statistics.not_run
+        or statistics.passed + statistics.xpassed == 0
+    ):
+        return "partial"
+    return "success"
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteResult:
+    """The tests of one module (and class): a suite in the report."""
+
+    name: str
+    path: str  # the test file, relative to the rootdir of the run
+    tests: tuple[TestResult, ...]
+
+    @property
+    def statistics(self) -> Statistics:
+        return Statistics.of(self.tests)
+
+    @property
+    def result(self) -> Result:
+        return _result_of(self.statistics)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(sorted({f for test in self.tests for f in test.features}))
+
+
+@dataclass(frozen=True, slots=True)
+class MeshRecord:
+    """The mesh under test; ``used`` is False when no test asked for a mesh."""
+
+    used: bool
+    backend: str
+    name: str | None = None
+    version: str | None = None
+    trust_domain: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def of(cls, info: MeshInfo | None, backend: str) -> MeshRecord:
+        if info is None:
+            return cls(used=False, backend=backend)
+        return cls(True, info.backend, info.name, info.version, info.trust_domain, info.revision)
+
+    def describe(self) -> str:
+        if not self.used:
+            return f"no mesh used ({self.backend})"
+        revision = f", revision {self.revision}" if self.revision else ""
+        return f"{self.name} {self.version} ({self.backend}{revision})"
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionError:
+    """A test file or class that could not be collected: its tests are missing from the run."""
+
+    nodeid: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConformanceReport:
+    """The record of one run. Statistics, results and feature lists are derived from the tests."""
+
+    date: str  # RFC 3339, UTC, seconds: 2025-01-31T12:00:00Z
+    plugin_version: str
+    pytest_version: str
+    python_version: str
+    mesh: MeshRecord
+    duration: float  # seconds, the whole session
+    exit_status: int
+    suites: tuple[SuiteResult, ...]
+    collection_errors: tuple[CollectionError, ...] = ()
+    faults: tuple[str, ...] = ()  # test-only local-mesh faults: such a report proves nothing
+
+    @property
+    def tests(self) -> tuple[TestResult, ...]:
+        return tuple(test for suite in self.suites for test in suite.tests)
+
+    @property
+    def statistics(self) -> Statistics:
+        return Statistics.of(self.tests)
+
+    @property
+    def result(self) -> Result:
+        return _result_of(self.statistics, len(self.collection_errors))
+
+    @property
+    def summary(self) -> str:
+        return _summary_of(self.statistics, len(self.collection_errors))
+
+    @property
+    def features_tested(self) -> tuple[str, ...]:
+        """Features of the tests that ran (not skipped, not left unrun)."""
+        ran = (t for t in self.tests if t.outcome not in ("skipped", "notrun"))
+        return tuple(sorted({f for test in ran for f in test.features}))
+
+    @property
+    def features_untested(self) -> tuple[str, ...]:
+        """Features that only skipped or unrun tests needed."""
+        tested = set(self.features_tested)
+        return tuple(sorted({f for t in self.tests for f in t.features} - tested))
+
+    @property
+    def failed_tests(self) -> tuple[str, ...]:
+        return tuple(t.id for t in self.tests if t.outcome in FAILING)
+
+    @property
+    def skipped_tests(self) -> tuple[str, ...]:
+        return tuple(t.id for t in self.tests if t.outcome == "skipped")
+
+
+def _summary_of(statistics: Statistics, collection_errors: int) -> str:
+    """A pytest-like one-liner: ``12 passed, 1 failed, 2 skipped``."""
+    parts = [
+        f"{count} {label}"
+        for count, label in (
+            (statistics.passed, "passed"),
+            (statistics.failed, "failed"),
+            (statistics.errors, "errors" if statistics.errors != 1 else "error"),
+            (statistics.skipped, "skipped"),
+            (statistics.xfailed, "xfailed"),
+            (statistics.xpassed, "xpassed"),
+            (statistics.not_run, "not run"),
+            (
+                collection_errors,
+                "collection errors" if collection_errors != 1 else "collection error",
+            ),
+        )
+        if count
+    ]
+    return ", ".join(parts) or "no tests"
