@@ -38,9 +38,9 @@ from local_helpers import envoy_path
 from pytest_meshconform.certs import WorkloadCert, load_pem_chain
 from pytest_meshconform.istio import Upstream
 from pytest_meshconform.local import xds
-from pytest_meshconform.local.backend import istio_iptables_rules
 from pytest_meshconform.local.ca import MeshCA
 from pytest_meshconform.local.control import Faults, plan_sidecars
+from pytest_meshconform.local.iptables import istio_iptables_rules
 from pytest_meshconform.local.topology import default_topology
 from pytest_meshconform.policy import (
     MtlsMode,

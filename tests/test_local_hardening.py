@@ -31,7 +31,7 @@ from local_helpers import (
 )
 
 from pytest_meshconform.cli import main as cli_main
-from pytest_meshconform.local import backend, host
+from pytest_meshconform.local import agent, host
 from pytest_meshconform.local.backend import LocalMesh
 from pytest_meshconform.mesh import SidecarDied
 from pytest_meshconform.report import load_report, write_report
@@ -299,18 +299,18 @@ def test_a_stopped_sidecar_is_detected_within_seconds() -> None:
 def test_an_envoy_that_stops_answering_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """The second watch: an Envoy alive to the kernel whose admin socket answers nothing (here
     stopped, with the /proc check blinded) is called broken after ADMIN_SILENT_AFTER_S."""
-    monkeypatch.setattr(backend, "_stopped", lambda pid: False)
-    monkeypatch.setattr(backend, "ADMIN_SILENT_AFTER_S", 3.0)  # 10 s in earnest
+    monkeypatch.setattr(agent, "_stopped", lambda pid: False)
+    monkeypatch.setattr(agent, "ADMIN_SILENT_AFTER_S", 3.0)  # 10 s in earnest
     with LocalMesh() as mesh:
         pid = mesh.envoy_pid(mesh.workload("sleep", "bar"))
         os.kill(pid, signal.SIGSTOP)
         try:
-            problem, took = _detected(mesh, backend.ADMIN_SILENT_AFTER_S + 5)
+            problem, took = _detected(mesh, agent.ADMIN_SILENT_AFTER_S + 5)
         finally:
             os.kill(pid, signal.SIGCONT)
         assert problem.pid == pid
         assert "Envoy of sleep.bar stopped answering its admin socket" in str(problem)
-        assert took >= backend.ADMIN_SILENT_AFTER_S - 1.5
+        assert took >= agent.ADMIN_SILENT_AFTER_S - 1.5
 
 
 KILLER_PLUGIN = """

@@ -28,9 +28,9 @@ from local_helpers import envoy_path
 
 from pytest_meshconform import authorization_for, authorization_policy, parse_policy
 from pytest_meshconform.local import xds
-from pytest_meshconform.local.backend import _admin_get
 from pytest_meshconform.local.ca import MeshCA
 from pytest_meshconform.local.control import plan_sidecars
+from pytest_meshconform.local.envoyadmin import admin_get
 from pytest_meshconform.local.topology import default_topology
 from pytest_meshconform.mesh import Workload
 from pytest_meshconform.waiting import poll
@@ -426,7 +426,7 @@ def test_a_real_envoy_enforces_the_rendered_filters(tmp_path: Path) -> None:
 
 def _bound_ports(admin: Path, count: int) -> dict[str, int] | None:
     try:
-        status, body = _admin_get(admin, "/listeners?format=json")
+        status, body = admin_get(admin, "/listeners?format=json")
     except OSError:
         return None
     if status != 200:

@@ -1,5 +1,6 @@
-# Still one large module: split planned (iptables, Envoy admin client, agent, lifecycle),
-# see docs/architecture.md.
+# Over 800 lines on purpose: the lifecycle (start, wiring, readiness, close) and the Mesh
+# protocol are one class whose steps share the run's state; its neighbours hold the rest
+# (iptables.py, envoyadmin.py, agent.py, runtime.py), see docs/architecture.md.
 """The local mesh: pods as network namespaces, real Envoy sidecars, iptables interception, our CA.
 
 Lifecycle: `LocalMesh(...).start()` sweeps what dead runs left, records the run, creates one
@@ -31,7 +32,6 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +39,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -59,15 +58,15 @@ from ..mesh import (
 )
 from ..policy import PolicyError, parse_policy
 from . import host, xds
-from .ca import IssuedCert, MeshCA, WorkloadPrivateKey
+from .agent import Rotation, SidecarAgent
+from .ca import MeshCA, WorkloadPrivateKey
 from .control import Faults, Policy, plan_sidecars
+from .envoyadmin import admin_get, admin_get_all, parse_stats
+from .iptables import istio_iptables_rules
+from .runtime import PodRuntime, log_tail
 from .topology import (
     APP_GID,
     APP_UID,
-    EXCLUDED_INBOUND_PORTS,
-    INBOUND_CAPTURE_PORT,
-    INBOUND_PASSTHROUGH_BIND,
-    OUTBOUND_CAPTURE_PORT,
     POD_PREFIX_LEN,
     PROXY_GID,
     PROXY_UID,
@@ -90,15 +89,6 @@ READY_DEADLINE_S = 20.0
 PROPAGATION_DEADLINE_S = 10.0
 PROGRESS_EVERY_S = 2.0
 SLOW_PROPAGATION_S = 1.0
-# Sidecar health: the watcher looks at its processes this often (exit, SIGSTOP: at once), asks
-# every Envoy's admin socket for /ready every ADMIN_PROBE_EVERY_S, and calls an Envoy broken
-# once it has answered nothing for ADMIN_SILENT_AFTER_S: a hung Envoy, not a stopped one (seen
-# by its process state), so the bar is well above a loaded machine's longest pauses.
-HEALTH_INTERVAL_S = 0.2
-ADMIN_PROBE_EVERY_S = 1.0
-ADMIN_PROBE_TIMEOUT_S = 1.0
-ADMIN_SILENT_AFTER_S = 10.0
-
 # The Envoy stats that tell whether a config version is in force, in one admin request.
 _VERSION_STATS = (
     "listener_manager.lds.version_text",
@@ -119,170 +109,7 @@ _VERSION_STATS_PATH = "/stats?filter=" + urllib.parse.quote(
 )
 
 
-def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
-    """nat rules for one pod, in iptables-restore format.
-
-    Sidecar pods get istio-iptables' interception (tools/istio-iptables/pkg/capture/run.go):
-    inbound TCP to 15006, outbound TCP to 15001, the proxy's uid/gid 1337 and traffic from
-    127.0.0.6 excluded. Every pod gets kube-proxy-style DNAT of Service VIPs, jumped from OUTPUT
-    after ISTIO_OUTPUT, so Envoy (uid 1337) and naked apps reach the endpoint's target port.
-    """
-    services = [
-        f"-A MC_SERVICES -d {e.vip}/32 -p tcp --dport {e.service.port} -j DNAT"
-        f" --to-destination {e.endpoints[0].ip}:{e.service.target_port}"
-        for e in topology.services
-    ]
-    lines = ["*nat", ":MC_SERVICES - [0:0]"]
-    if pod.workload.has_sidecar:
-        lines += [
-            ":ISTIO_INBOUND - [0:0]",
-            ":ISTIO_IN_REDIRECT - [0:0]",
-            ":ISTIO_OUTPUT - [0:0]",
-            ":ISTIO_REDIRECT - [0:0]",
-            "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-            *(
-                f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN"
-                for port in EXCLUDED_INBOUND_PORTS
-            ),
-            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
-            f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}",
-            "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
-            f"-A ISTIO_OUTPUT -s {INBOUND_PASSTHROUGH_BIND}/32 -o lo -j RETURN",
-            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {PROXY_UID}"
-            " -j ISTIO_IN_REDIRECT",
-            f"-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {PROXY_UID} -j RETURN",
-            f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN",
-            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {PROXY_GID}"
-            " -j ISTIO_IN_REDIRECT",
-            f"-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {PROXY_GID} -j RETURN",
-            f"-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_GID} -j RETURN",
-            "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
-            "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
-            f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}",
-        ]
-    lines += ["-A OUTPUT -p tcp -j MC_SERVICES", *services, "COMMIT", ""]
-    return "\n".join(lines)
-
-
-def _admin_request(sock_path: Path, path: str, timeout: float) -> socket.socket:
-    """Connect to Envoy's admin unix socket and send a GET (HTTP/1.1: 1.0 gets a 426)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n".encode())
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _admin_response(sock: socket.socket, sock_path: Path) -> tuple[int, bytes]:
-    with sock:
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.split(b"\r\n")
-    try:
-        status = int(status_line.split()[1])
-    except (IndexError, ValueError):
-        raise OSError(f"not an HTTP response from {sock_path}: {raw[:80]!r}") from None
-    headers = {
-        k.strip().lower(): v.strip() for k, _, v in (h.partition(b":") for h in header_lines)
-    }
-    if headers.get(b"transfer-encoding") == b"chunked":
-        body = _dechunk(body)
-    return status, body
-
-
-def _admin_get(sock_path: Path, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET an Envoy admin path over its unix socket."""
-    return _admin_response(_admin_request(sock_path, path, timeout), sock_path)
-
-
-def _admin_get_all(
-    sock_paths: Sequence[Path], path: str, timeout: float = 5.0
-) -> list[tuple[int, bytes] | OSError]:
-    """The same GET to several Envoys at once: they answer in parallel, not one after another."""
-    sent: list[socket.socket | OSError] = []
-    for sock_path in sock_paths:
-        try:
-            sent.append(_admin_request(sock_path, path, timeout))
-        except OSError as exc:
-            sent.append(exc)
-    results: list[tuple[int, bytes] | OSError] = []
-    for sock_path, sock in zip(sock_paths, sent, strict=True):
-        if isinstance(sock, OSError):
-            results.append(sock)
-            continue
-        try:
-            results.append(_admin_response(sock, sock_path))
-        except OSError as exc:
-            results.append(exc)
-    return results
-
-
-def _dechunk(body: bytes) -> bytes:
-    out = bytearray()
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return bytes(out)
-
-
-def _parse_stats(body: bytes) -> dict[str, str]:
-    """`name: value` lines of /stats; text readouts keep their quotes stripped."""
-    found = {}
-    for line in body.decode(errors="replace").splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            found[name.strip()] = value.strip().strip('"')
-    return found
-
-
-@dataclass
-class _PodRuntime:
-    pod: Pod
-    netns: str
-    directory: Path
-    paths: xds.SidecarPaths
-    envoy: subprocess.Popen[bytes] | None = None
-    app_pid: int | None = None
-    app_start: int | None = None
-    lds_version: int = 0
-    cds_version: int = 0
-    lds_doc: str = ""
-    cds_doc: str = ""
-    rejected_seen: int = 0  # LDS+CDS rejections and listener create failures already reported
-    cert: IssuedCert | None = None
-    next_rotation: dt.datetime | None = None
-
-    @property
-    def key(self) -> str:
-        return self.pod.workload.key
-
-    @property
-    def serves_app(self) -> bool:
-        return bool(self.pod.workload.container_ports)
-
-
-@dataclass(frozen=True, slots=True)
-class Rotation:
-    """One certificate the agent replaced: which pod, old and new serials, when."""
-
-    workload: str
-    old_serial: int
-    new_serial: int
-    at: dt.datetime
-
-
-class LocalMesh:
+class LocalMesh(SidecarAgent):
     """The `local` backend of the Mesh protocol."""
 
     backend = "local"
@@ -316,7 +143,7 @@ class LocalMesh:
         self._progress = progress or (lambda message: None)
         self._policies: dict[tuple[str, str, str], Policy] = {}
         self._manifests: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._pods: dict[str, _PodRuntime] = {}
+        self._pods: dict[str, PodRuntime] = {}
         self._state: host.RunState | None = None
         self._ca: MeshCA | None = None
         self._lock = threading.RLock()
@@ -628,7 +455,7 @@ class LocalMesh:
             directory.mkdir(parents=True)
             for made in (directory.parent, directory):  # Envoy (group 1337) reaches envoy/
                 host.private_directory(made, group=PROXY_GID)
-            runtime = _PodRuntime(pod, netns, directory, xds.SidecarPaths(directory / "envoy"))
+            runtime = PodRuntime(pod, netns, directory, xds.SidecarPaths(directory / "envoy"))
             self._pods[pod.workload.key] = runtime
 
     def _wire_network(self) -> None:
@@ -689,7 +516,7 @@ class LocalMesh:
             os.chown(paths.root, PROXY_UID, PROXY_GID)
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
-    def _issue_cert(self, runtime: _PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
+    def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         w = runtime.pod.workload
         service_account = (
             f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
@@ -708,7 +535,7 @@ class LocalMesh:
             None if self.faults.no_rotation else rotation_time(cert.not_before, cert.not_after)
         )
 
-    def _render(self, runtime: _PodRuntime, plan: xds.SidecarPlan) -> bool:
+    def _render(self, runtime: PodRuntime, plan: xds.SidecarPlan) -> bool:
         """Write the sidecar's CDS then LDS when they changed; True when anything was written."""
         changed = False
         cds_doc = json.dumps(xds.clusters(plan, runtime.paths), sort_keys=True)
@@ -726,7 +553,7 @@ class LocalMesh:
         return changed
 
     def _spawn(
-        self, runtime: _PodRuntime, argv: list[str], log_name: str
+        self, runtime: PodRuntime, argv: list[str], log_name: str
     ) -> subprocess.Popen[bytes]:
         log = _private_log(runtime.directory / log_name)
         try:
@@ -857,19 +684,19 @@ class LocalMesh:
                 next_note = now + PROGRESS_EVERY_S
             time.sleep(0.005)
 
-    def _describe_pending(self, runtime: _PodRuntime) -> str:
+    def _describe_pending(self, runtime: PodRuntime) -> str:
         parts = []
         if runtime.envoy is not None and not self._envoy_ready(runtime):
-            parts.append(f"Envoy of {runtime.key} ({self._log_tail(runtime, 'envoy.log')})")
+            parts.append(f"Envoy of {runtime.key} ({log_tail(runtime, 'envoy.log')})")
         if runtime.serves_app and not self._app_ready(runtime):
-            parts.append(f"app of {runtime.key} ({self._log_tail(runtime, 'app.log')})")
+            parts.append(f"app of {runtime.key} ({log_tail(runtime, 'app.log')})")
         return ", ".join(parts) or runtime.key
 
-    def _envoy_ready(self, runtime: _PodRuntime) -> bool:
+    def _envoy_ready(self, runtime: PodRuntime) -> bool:
         if runtime.envoy is None:
             return True
         try:
-            status, body = _admin_get(runtime.paths.admin_socket, "/ready", timeout=1)
+            status, body = admin_get(runtime.paths.admin_socket, "/ready", timeout=1)
             if status != 200 or body.strip() != b"LIVE":
                 return False
             return not self._version_problems(runtime)
@@ -877,7 +704,7 @@ class LocalMesh:
             return False
 
     @staticmethod
-    def _app_ready(runtime: _PodRuntime) -> bool:
+    def _app_ready(runtime: PodRuntime) -> bool:
         if not runtime.serves_app:
             return True
         if runtime.app_pid is None:
@@ -887,20 +714,20 @@ class LocalMesh:
         except OSError:
             return False
 
-    def _check_alive(self, runtime: _PodRuntime) -> None:
+    def _check_alive(self, runtime: PodRuntime) -> None:
         self._raise_if_broken()  # once up: SidecarDied, an infrastructure error
         envoy = runtime.envoy
         if envoy is not None and envoy.poll() is not None:
             raise MeshError(
                 f"Envoy of {runtime.key} exited with {envoy.returncode}:"
-                f" {self._log_tail(runtime, 'envoy.log')}"
+                f" {log_tail(runtime, 'envoy.log')}"
             )
         if runtime.serves_app:
             if runtime.app_pid is not None:
                 if host.proc_start_ticks(runtime.app_pid) != runtime.app_start:
                     raise MeshError(
                         f"the app of {runtime.key} (pid {runtime.app_pid}) exited:"
-                        f" {self._log_tail(runtime, 'app.log')}"
+                        f" {log_tail(runtime, 'app.log')}"
                     )
             elif self._launcher is not None and self._launcher.poll() is not None:
                 raise MeshError(
@@ -909,15 +736,7 @@ class LocalMesh:
                 )
 
     @staticmethod
-    def _log_tail(runtime: _PodRuntime, name: str = "envoy.log", lines: int = 5) -> str:
-        try:
-            text = (runtime.directory / name).read_text(errors="replace")
-        except OSError:
-            return "no log"
-        return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
-
-    @staticmethod
-    def _log_files(runtime: _PodRuntime) -> tuple[tuple[str, Path], ...]:
+    def _log_files(runtime: PodRuntime) -> tuple[tuple[str, Path], ...]:
         return (
             ("envoy.log", runtime.directory / "envoy.log"),
             ("envoy-access.log", runtime.paths.access_log),
@@ -969,7 +788,7 @@ class LocalMesh:
             found[label] = _lines_since(data.decode(errors="replace"), positions.at)
         return found
 
-    def _runtime(self, workload: Workload) -> _PodRuntime:
+    def _runtime(self, workload: Workload) -> PodRuntime:
         self._require_state()
         try:
             return self._pods[workload.key]
@@ -1073,15 +892,15 @@ class LocalMesh:
         ]
         self._wait_versions(changed)
 
-    def _version_problems(self, runtime: _PodRuntime, body: bytes | None = None) -> list[str]:
+    def _version_problems(self, runtime: PodRuntime, body: bytes | None = None) -> list[str]:
         """Why this Envoy does not run its latest config yet (empty: it does, on its worker).
 
         `body` is its answer to _VERSION_STATS_PATH (fetched here when not given). Raises
         MeshError when Envoy rejected a config or failed to build a listener.
         """
         if body is None:
-            _, body = _admin_get(runtime.paths.admin_socket, _VERSION_STATS_PATH)
-        stats = _parse_stats(body)
+            _, body = admin_get(runtime.paths.admin_socket, _VERSION_STATS_PATH)
+        stats = parse_stats(body)
 
         def number(name: str) -> int:
             try:
@@ -1097,8 +916,7 @@ class LocalMesh:
         if refused > runtime.rejected_seen:
             runtime.rejected_seen = refused
             raise MeshError(
-                f"Envoy of {runtime.key} rejected its new config:"
-                f" {self._log_tail(runtime, 'envoy.log')}"
+                f"Envoy of {runtime.key} rejected its new config: {log_tail(runtime, 'envoy.log')}"
             )
         problems = []
         lds = stats.get("listener_manager.lds.version_text")
@@ -1126,15 +944,15 @@ class LocalMesh:
             problems.append(f"workers took {acked} of {wanted} listener builds")
         return problems
 
-    def _wait_versions(self, runtimes: list[_PodRuntime]) -> None:
+    def _wait_versions(self, runtimes: list[PodRuntime]) -> None:
         """Wait until every changed Envoy runs the config just written (LDS, CDS, workers)."""
         started = time.monotonic()
         deadline = started + PROPAGATION_DEADLINE_S
         noted = False
         pending = list(runtimes)
         while pending:
-            waiting: list[tuple[_PodRuntime, list[str]]] = []
-            answers = _admin_get_all([r.paths.admin_socket for r in pending], _VERSION_STATS_PATH)
+            waiting: list[tuple[PodRuntime, list[str]]] = []
+            answers = admin_get_all([r.paths.admin_socket for r in pending], _VERSION_STATS_PATH)
             for runtime, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, OSError):
                     self._check_alive(runtime)
@@ -1219,7 +1037,7 @@ class LocalMesh:
         if not path.startswith("/"):
             raise MeshError(f"Envoy admin path must start with '/', got {path!r}")
         try:
-            status, body = _admin_get(runtime.paths.admin_socket, path)
+            status, body = admin_get(runtime.paths.admin_socket, path)
         except OSError as exc:
             self._check_alive(runtime)
             raise MeshError(f"Envoy admin {path} on {workload.key}: {exc}") from exc
@@ -1229,7 +1047,7 @@ class LocalMesh:
             )
         return body
 
-    # -- sidecar health ------------------------------------------------------------------------
+    # -- sidecar health (the watcher is in agent.py) -------------------------------------------
 
     def envoy_pid(self, workload: Workload) -> int:
         """The PID of the workload's Envoy (the process the mesh started and watches)."""
@@ -1237,116 +1055,6 @@ class LocalMesh:
         if runtime.envoy is None:
             raise MeshError(f"{workload.key} has no sidecar")
         return runtime.envoy.pid
-
-    def health_problems(self) -> tuple[SidecarDied, ...]:
-        """Every process of the mesh that died or was stopped (checked now), or stopped
-        answering its admin socket (seen by the watcher), first seen first; () while healthy,
-        starting or closed."""
-        if not self._watching:
-            return ()
-        with self._health_lock:
-            for problem in self._process_problems():
-                self._problems.setdefault(f"{problem.process} of {problem.workload}", problem)
-            return tuple(self._problems.values())
-
-    def _raise_if_broken(self) -> None:
-        problems = self.health_problems()
-        if problems:
-            raise problems[0].again()
-
-    def _process_problems(self) -> list[SidecarDied]:
-        """Exits and stops of the Envoys and apps, from the kernel (cheap: /proc and waitpid)."""
-        found = []
-        for runtime in list(self._pods.values()):
-            envoy = runtime.envoy
-            if envoy is not None:
-                code = envoy.poll()
-                if code is not None:
-                    found.append(
-                        SidecarDied(
-                            runtime.key,
-                            "Envoy",
-                            envoy.pid,
-                            _exit_text(code),
-                            exit_status=code,
-                            detail=f"log: {self._log_tail(runtime, 'envoy.log')}",
-                        )
-                    )
-                elif _stopped(envoy.pid):
-                    found.append(
-                        SidecarDied(runtime.key, "Envoy", envoy.pid, "is stopped (SIGSTOP)")
-                    )
-            pid = runtime.app_pid
-            if pid is not None:
-                if host.proc_start_ticks(pid) != runtime.app_start:
-                    found.append(
-                        SidecarDied(
-                            runtime.key,
-                            "app",
-                            pid,
-                            "exited",
-                            detail=f"launcher log: {self._launcher_log_tail()}",
-                        )
-                    )
-                elif _stopped(pid):
-                    found.append(SidecarDied(runtime.key, "app", pid, "is stopped (SIGSTOP)"))
-        return found
-
-    def _health_watch(self) -> None:
-        """Watch the mesh's own processes until close(): exits, stops, a silent admin socket."""
-        envoys = [r for r in self._pods.values() if r.envoy is not None]
-        last_answer = dict.fromkeys((r.key for r in envoys), time.monotonic())
-        next_probe = time.monotonic()
-        while not self._stop.wait(HEALTH_INTERVAL_S):
-            self.health_problems()
-            if time.monotonic() < next_probe:
-                continue
-            answers = _admin_get_all(
-                [r.paths.admin_socket for r in envoys], "/ready", timeout=ADMIN_PROBE_TIMEOUT_S
-            )
-            now = time.monotonic()
-            next_probe = now + ADMIN_PROBE_EVERY_S
-            for runtime, answer in zip(envoys, answers, strict=True):
-                if not isinstance(answer, OSError):
-                    last_answer[runtime.key] = now
-                    continue
-                silent = now - last_answer[runtime.key]
-                if silent >= ADMIN_SILENT_AFTER_S and self._watching:
-                    assert runtime.envoy is not None
-                    with self._health_lock:
-                        self._problems.setdefault(
-                            f"Envoy of {runtime.key}",
-                            SidecarDied(
-                                runtime.key,
-                                "Envoy",
-                                runtime.envoy.pid,
-                                f"stopped answering its admin socket ({silent:.0f}s silent)",
-                                detail=f"last error: {answer}",
-                            ),
-                        )
-
-    # -- agent: certificate rotation ---------------------------------------------------------------
-
-    def _rotation_agent(self) -> None:
-        """Istio's agent in miniature: re-issue each cert at its rotation time, through SDS."""
-        while not self._stop.is_set():
-            now = dt.datetime.now(dt.UTC)
-            for runtime in list(self._pods.values()):
-                if runtime.next_rotation is None or runtime.next_rotation > now:
-                    continue
-                assert runtime.cert is not None
-                old = runtime.cert.serial
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    self._issue_cert(runtime)
-                assert runtime.cert is not None
-                self.rotations.append(Rotation(runtime.key, old, runtime.cert.serial, now))
-            upcoming = [r.next_rotation for r in self._pods.values() if r.next_rotation is not None]
-            wait = min(
-                ((t - dt.datetime.now(dt.UTC)).total_seconds() for t in upcoming), default=60.0
-            )
-            self._stop.wait(max(0.005, min(wait, 60.0)))
 
 
 _PROXY_OWNER = (PROXY_UID, PROXY_GID)
@@ -1375,26 +1083,6 @@ def _write_text(
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def _exit_text(code: int) -> str:
-    """How a process ended, as Popen's returncode tells it (-N: killed by signal N)."""
-    if code >= 0:
-        return f"exited with {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"was killed by {name} (exit status {code})"
-
-
-def _stopped(pid: int) -> bool:
-    """Is this process stopped (SIGSTOP, SIGTSTP: state T in /proc/<pid>/stat)?"""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def _private_log(path: Path) -> IO[bytes]:
