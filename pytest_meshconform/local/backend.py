@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .. import __version__, signals
+from ..capture import MARKER_PORT, capture_filter, pcap_file_name
 from ..certs import rotation_time
 from ..istio.tls import MinProtocolVersion, parse_min_protocol_version
 from ..mesh import (
@@ -988,15 +989,13 @@ class LocalMesh(SidecarAgent):
         pcap_dir = self.run_dir / "captures"
         pcap_dir.mkdir(mode=host.PRIVATE_DIR_MODE, exist_ok=True)
         host.private_directory(pcap_dir)
-        path = pcap_dir / f"{workload.key}-{int(time.time() * 1000)}-{secrets.token_hex(2)}.pcap"
+        path = pcap_dir / pcap_file_name(workload.key)
         # Made 0600 before tcpdump opens it (tcpdump keeps an existing file's mode): a live
         # capture's plaintext payloads are root's alone.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, host.PRIVATE_FILE_MODE))
         marker = secrets.token_hex(8)
         peer = next(p.ip for p in self.topology.pods if p.ip != runtime.pod.ip)
-        marker_filter = f"(udp and dst host {peer} and dst port 9)"
-        tcp_filter = "tcp" if port is None else f"(tcp port {port})"
-        flt = f"{tcp_filter} or {marker_filter}"
+        flt = capture_filter(port, peer)
         argv = ["setpriv", "--pdeathsig=KILL", "tcpdump", "-i", "eth0", "-U", "--immediate-mode"]
         argv += ["-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
         proc = self._popen(
@@ -1011,7 +1010,7 @@ class LocalMesh(SidecarAgent):
             recording.tool_stderr = _wait_for_line(proc, b"listening on", 10.0)
             yield recording
             # A marker datagram to another pod proves tcpdump has written everything before it.
-            self.exec(workload, ["bash", "-c", f"echo {marker} > /dev/udp/{peer}/9"])
+            self.exec(workload, ["bash", "-c", f"echo {marker} > /dev/udp/{peer}/{MARKER_PORT}"])
             _wait_until(
                 lambda: path.exists() and marker.encode() in path.read_bytes(),
                 5.0,
