@@ -863,13 +863,29 @@ class Capturer:
         if recording.path is not None:
             self._evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)
         self._evidence.observed.flows.extend(f"at {w.key}: {line}" for line in result.flow_lines())
-        wanted = result.capture.flows if port is None else result.capture.flows_to(port)
-        if not wanted and not allow_empty:
+        seen = result.capture.flows if port is None else result.capture.flows_to(port)
+        if not any(is_block_traffic(flow) for flow in seen) and not allow_empty:
             hint = "" if port is None else _service_port_hint(self._mesh, w, port)
+            tails = len(seen)
+            if tails:
+                hint += (
+                    f" (only the closing packets of {tails} connection(s) opened before the"
+                    " block, which carry nothing)"
+                )
             raise EmptyCaptureError(
                 f"{result} saw no TCP flow{'' if port is None else f' to port {port}'}; an empty"
                 f" capture proves nothing (is the traffic going where the test thinks?){hint}"
             )
+
+
+def is_block_traffic(flow: Flow) -> bool:
+    """Whether a captured flow is traffic of the capture's block: it opened there (SYN seen)
+    or carried bytes. The bare FIN/RST of a connection opened before the block (a pooled
+    connection an earlier test left, closed by a listener drain) is not: a capture that saw
+    only that is empty."""
+    return (
+        flow.direction_from in ("syn", "syn-ack") or flow.client_bytes > 0 or flow.server_bytes > 0
+    )
 
 
 @pytest.fixture

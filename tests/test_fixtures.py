@@ -340,3 +340,25 @@ def test_sigterm_tears_the_mesh_down(tmp_path: Path) -> None:
     assert run.returncode == pytest.ExitCode.INTERRUPTED, output.decode()
     assert traces_of(info["run_id"]) == []
     assert not any(alive(pid) for pid in info["pids"])
+
+
+def test_the_closing_packets_of_an_earlier_connection_are_not_traffic_of_the_block() -> None:
+    """A pooled connection an earlier test left can close (a listener drain) while a capture
+    runs: its bare FIN/ACK carry nothing and must not make an empty capture look non-empty."""
+    from wire_helpers import ethernet, pcap_file, tcp_packet
+
+    from pytest_meshconform.fixtures import is_block_traffic
+    from pytest_meshconform.wire import analyze_pcap
+
+    client, server = ("10.244.0.12", 51086), ("10.244.0.11", 8080)
+    fin, ack, syn = 0x01, 0x10, 0x02
+    tail = [
+        tcp_packet(client, server, 1000, fin | ack, ack=2000),
+        tcp_packet(server, client, 2000, fin | ack, ack=1001),
+        tcp_packet(client, server, 1001, ack, ack=2001),
+    ]
+    (closing,) = analyze_pcap(pcap_file(ethernet(p) for p in tail)).flows_to(8080)
+    assert not is_block_traffic(closing)
+    opened = [tcp_packet(("10.244.0.12", 51087), server, 5000, syn)]
+    (new,) = analyze_pcap(pcap_file(ethernet(p) for p in opened)).flows_to(8080)
+    assert is_block_traffic(new)

@@ -58,6 +58,7 @@ from ..mesh import (
     Workload,
 )
 from ..policy import PolicyError, parse_policy
+from ..waiting import WaitTimeout, poll
 from . import host, xds
 from .agent import Rotation, SidecarAgent
 from .ca import MeshCA, WorkloadPrivateKey
@@ -1115,11 +1116,11 @@ def _wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float)
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise MeshError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+    """`waiting.poll` every 5 ms; a timeout is a MeshError naming `what`."""
+    try:
+        poll(lambda: True if condition() else None, timeout=timeout, interval=0.005, what=what)
+    except WaitTimeout as timed_out:
+        raise MeshError(f"timed out waiting for {timed_out}") from None
 
 
 # Envoy's access log lines start with the request's start time (`[%START_TIME%]`, UTC), its own
