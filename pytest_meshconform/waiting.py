@@ -4,8 +4,8 @@ Tests and fixtures never sleep a fixed time; they wait for a fact (a new certifi
 processes gone, enough requests made) and give up at a deadline with a message saying what
 was awaited. `poll` is that loop; tenacity gives it the stop and wait policies.
 
-Loops in `local/backend.py` still have their own (they print progress while waiting and are
-being reworked); see docs/architecture.md. A wait that prints progress does so from its probe.
+Every wait of both backends goes through it (docs/architecture.md, "Waiting"); a wait that
+prints progress does so from its probe.
 """
 
 from __future__ import annotations

@@ -658,33 +658,37 @@ class LocalMesh(SidecarAgent):
 
     def _wait_ready(self) -> None:
         started = time.monotonic()
-        deadline = started + READY_DEADLINE_S
         next_note = started + PROGRESS_EVERY_S
         pending = {k: r for k, r in self._pods.items() if r.envoy or r.serves_app}
         self._progress(
             f"waiting for {sum(bool(r.envoy) + r.serves_app for r in pending.values())} processes"
         )
-        while pending:
+
+        def ready() -> bool | None:
+            nonlocal next_note
             self._collect_app_pids()
             for key, runtime in list(pending.items()):
                 self._check_alive(runtime)
                 if self._envoy_ready(runtime) and self._app_ready(runtime):
                     del pending[key]
             if not pending:
-                break
+                return True
             now = time.monotonic()
-            if now > deadline:
-                raise MeshError(
-                    f"local mesh not ready after {READY_DEADLINE_S:.0f}s: waiting for "
-                    + ", ".join(self._describe_pending(r) for r in pending.values())
-                )
             if now > next_note:
                 self._progress(
                     f"still waiting ({now - started:.0f}s) for "
                     + ", ".join(self._describe_pending(r) for r in pending.values())
                 )
                 next_note = now + PROGRESS_EVERY_S
-            time.sleep(0.005)
+            return None
+
+        try:
+            poll(ready, timeout=READY_DEADLINE_S, interval=0.005, what="the local mesh ready")
+        except WaitTimeout:
+            raise MeshError(
+                f"local mesh not ready after {READY_DEADLINE_S:.0f}s: waiting for "
+                + ", ".join(self._describe_pending(r) for r in pending.values())
+            ) from None
 
     def _describe_pending(self, runtime: PodRuntime) -> str:
         parts = []
@@ -949,11 +953,15 @@ class LocalMesh(SidecarAgent):
     def _wait_versions(self, runtimes: list[PodRuntime]) -> None:
         """Wait until every changed Envoy runs the config just written (LDS, CDS, workers)."""
         started = time.monotonic()
-        deadline = started + PROPAGATION_DEADLINE_S
         noted = False
         pending = list(runtimes)
-        while pending:
-            waiting: list[tuple[PodRuntime, list[str]]] = []
+        waiting: list[tuple[PodRuntime, list[str]]] = []
+
+        def applied() -> bool | None:
+            nonlocal pending, waiting, noted
+            if not pending:
+                return True
+            waiting = []
             answers = admin_get_all([r.paths.admin_socket for r in pending], _VERSION_STATS_PATH)
             for runtime, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, OSError):
@@ -964,21 +972,23 @@ class LocalMesh(SidecarAgent):
                 if problems:
                     waiting.append((runtime, problems))
             if not waiting:
-                return
+                return True
             self._raise_if_broken()  # a dead or stopped Envoy never catches up: say so now
-            now = time.monotonic()
-            if now > deadline:
-                raise PropagationTimeout(
-                    f"policy change not in force within {PROPAGATION_DEADLINE_S:.0f}s at: "
-                    + "; ".join(f"{r.key} ({', '.join(p)})" for r, p in waiting)
-                )
-            if not noted and now - started > SLOW_PROPAGATION_S:
+            if not noted and time.monotonic() - started > SLOW_PROPAGATION_S:
                 self._progress(
                     "waiting for Envoy of " + ", ".join(r.key for r, _ in waiting) + " to apply"
                 )
                 noted = True
             pending = [r for r, _ in waiting]
-            time.sleep(0.001)
+            return None
+
+        try:
+            poll(applied, timeout=PROPAGATION_DEADLINE_S, interval=0.001, what="config in force")
+        except WaitTimeout:
+            raise PropagationTimeout(
+                f"policy change not in force within {PROPAGATION_DEADLINE_S:.0f}s at: "
+                + "; ".join(f"{r.key} ({', '.join(p)})" for r, p in waiting)
+            ) from None
 
     @contextlib.contextmanager
     def capture(self, workload: Workload, port: int | None = None) -> Iterator[PcapRecording]:
