@@ -16,8 +16,11 @@ Tests that set their own `max_examples` keep it under either profile.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Final
 
 from hypothesis import HealthCheck, settings
@@ -28,6 +31,18 @@ REPO: Final = Path(__file__).resolve().parents[1]
 TESTDATA: Final = REPO.parent / "shared" / "testdata"
 """The shared test data (`secrets/`, `pcaps/`, ...); never copied into the repository. Tests
 that read it skip, naming the path, when it is absent."""
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of `benchmarks/` (not a package) as a module, for its smoke tests."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK)

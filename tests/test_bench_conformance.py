@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from types import ModuleType
 
 import pytest
-from local_helpers import REPO, needs_local_mesh
-
-
-def load_benchmark() -> ModuleType:
-    path = REPO / "benchmarks" / "bench_conformance.py"
-    spec = importlib.util.spec_from_file_location("bench_conformance", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
+from local_helpers import needs_local_mesh
 
 
 def test_runs_must_be_positive() -> None:
     with pytest.raises(SystemExit):
-        load_benchmark().main(["--runs", "0"])
+        load_benchmark("bench_conformance").main(["--runs", "0"])
 
 
 @needs_local_mesh
 def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("bench_conformance")
     assert bench.main(["--runs", "1", "--", "-k", "test_workload_certificate"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^  run 1: +\d+\.\d\d s  load \d+\.\d\d -> \d+\.\d\d  exit 0", out, re.M), out

@@ -8,7 +8,6 @@ and outbound `tls_params` of real sidecar config dumps (shared test data, skippe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,11 +151,7 @@ def test_model_matches_real_sidecar_dumps(name: str) -> None:
 def test_posture_suite_reads_real_inbound_contexts(name: str) -> None:
     """The posture suite's config check, on what real istiod wrote: every TLS chain of
     virtualInbound carries SupportedCiphers, TLS 1.2..1.3 and requires a client certificate."""
-    spec = importlib.util.spec_from_file_location("posture", REPO / "conformance" / "posture.py")
-    assert spec is not None and spec.loader is not None
-    posture = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(posture)
-    inbound_tls_contexts = posture.inbound_tls_contexts
+    from pytest_meshconform.conformance.posture import inbound_tls_contexts
 
     path: Path = DUMPS / name
     if not path.is_file():

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from types import ModuleType
 
 import pytest
-from local_helpers import REPO, needs_local_mesh, runs_made, traces_of
-
-
-def load_benchmark() -> ModuleType:
-    path = REPO / "benchmarks" / "bench_local_mesh.py"
-    spec = importlib.util.spec_from_file_location("bench_local_mesh", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
+from local_helpers import needs_local_mesh, runs_made, traces_of
 
 
 def test_percentile_is_nearest_rank() -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("bench_local_mesh")
     assert bench.percentile([float(n) for n in range(1, 51)], 0.95) == 48.0
     assert bench.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert bench.percentile([7.0], 0.95) == 7.0
@@ -31,7 +19,7 @@ def test_percentile_is_nearest_rank() -> None:
 @needs_local_mesh
 def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     with runs_made() as run_ids:
-        assert load_benchmark().main(["--runs", "1", "--switches", "4"]) == 0
+        assert load_benchmark("bench_local_mesh").main(["--runs", "1", "--switches", "4"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^  up: +median \d+\.\d{3} s", out, re.M), out
     assert re.search(r"^  down: +median \d+\.\d{3} s", out, re.M), out

@@ -5,7 +5,6 @@ never from the code under test."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import random
@@ -22,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 
 import dpkt
 import pytest
 import tenacity
-from conftest import TESTDATA
+from conftest import TESTDATA, load_benchmark
 from hypothesis import HealthCheck, given, settings, strategies as st
 from wire_helpers import (
     ISTIO_ALPN,
@@ -1503,17 +1501,8 @@ def test_reassembly_recovers_any_reordering_and_duplication(
 # =========================================================================== 5. benchmark smoke
 
 
-def load_benchmark() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_wire.py"
-    spec = importlib.util.spec_from_file_location("bench_wire", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_builder_writes_a_capture_wire_can_read(tmp_path: Path) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("bench_wire")
     path = tmp_path / "bench.pcap"
     written = bench.build_capture(path, packets=300)
     assert written >= 300
