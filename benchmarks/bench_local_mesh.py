@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.backends.local.backend import LocalMesh
+from pytest_meshconform.istio.api.policy import authorization_policy, peer_authentication
 from pytest_meshconform.mesh import MeshUnavailable
-from pytest_meshconform.policy import authorization_policy, peer_authentication
 
 UP_GOAL_S = 1.5
 EFFECT_P95_GOAL_S = 0.050

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import dpkt
 
-from pytest_meshconform.wire import Capture, analyze_pcap
+from pytest_meshconform.evidence.wire import Capture, analyze_pcap
 
 # Real hellos are made the way the tests make them (tests/wire_helpers.py), not a second way.
 _TESTS = str(Path(__file__).resolve().parents[1] / "tests")

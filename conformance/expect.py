@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_meshconform.fixtures import WorkloadHandle
-from pytest_meshconform.http import HttpResult, header_from_httpbin
+from pytest_meshconform.evidence.curl import HttpResult, header_from_httpbin
+from pytest_meshconform.plugin.fixtures import WorkloadHandle
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,13 @@ from pytest_meshconform import (
     tunnels_over_hbone,
 )
 
-from .wire import HBONE_ALPN, HBONE_PORT, ISTIO_HTTP11_ALPN, namespace_mode, no_keepalive
+from .wire import (
+    HBONE_ALPN,
+    HBONE_PORT,
+    ISTIO_HTTP11_ALPN,
+    namespace_mode,
+    no_keepalive,
+)
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture", "xfcc")
 

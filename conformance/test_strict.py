@@ -12,7 +12,14 @@ import pytest
 
 from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle, tunnels_over_hbone
 
-from .wire import HBONE_ALPN, HBONE_PORT, ISTIO_HTTP11_ALPN, istio_sni, namespace_mode, no_keepalive
+from .wire import (
+    HBONE_ALPN,
+    HBONE_PORT,
+    ISTIO_HTTP11_ALPN,
+    istio_sni,
+    namespace_mode,
+    no_keepalive,
+)
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
 

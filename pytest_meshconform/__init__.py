@@ -15,20 +15,20 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynami
 
 _EXPORTS: dict[str, str] = {
     # fixtures.py: what the fixtures return, and their errors
-    "WorkloadHandle": "fixtures",
-    "WorkloadLookup": "fixtures",
-    "PolicyApplier": "fixtures",
-    "UnmatchedPolicyError": "fixtures",
-    "XfccReader": "fixtures",
-    "CertReader": "fixtures",
-    "Capturer": "fixtures",
-    "CaptureResult": "fixtures",
-    "EmptyCaptureError": "fixtures",
-    "RotationWatcher": "fixtures",
-    "RotationResult": "fixtures",
+    "WorkloadHandle": "plugin.fixtures",
+    "WorkloadLookup": "plugin.fixtures",
+    "PolicyApplier": "plugin.fixtures",
+    "UnmatchedPolicyError": "plugin.fixtures",
+    "XfccReader": "plugin.fixtures",
+    "CertReader": "plugin.fixtures",
+    "Capturer": "plugin.fixtures",
+    "CaptureResult": "plugin.fixtures",
+    "EmptyCaptureError": "plugin.fixtures",
+    "RotationWatcher": "plugin.fixtures",
+    "RotationResult": "plugin.fixtures",
     # http.py
-    "HttpResult": "http",
-    "HttpError": "http",
+    "HttpResult": "evidence.curl",
+    "HttpError": "evidence.curl",
     # mesh.py: the protocol every backend implements
     "Mesh": "mesh",
     "Workload": "mesh",
@@ -44,68 +44,68 @@ _EXPORTS: dict[str, str] = {
     "MeshMtlsAware": "mesh",
     "mesh_min_tls_version": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
-    "mesh_settings_key": "plugin",
+    "mesh_settings_key": "plugin.hooks",
     "MeshSettings": "settings",
     # waiting.py
     "poll": "waiting",
     "WaitTimeout": "waiting",
     # xfcc.py
-    "parse_xfcc": "xfcc",
-    "XfccElement": "xfcc",
-    "XfccError": "xfcc",
+    "parse_xfcc": "evidence.xfcc",
+    "XfccElement": "evidence.xfcc",
+    "XfccError": "evidence.xfcc",
     # certs.py
-    "parse_envoy_secrets": "certs",
-    "parse_envoy_certs": "certs",
-    "parse_spiffe_id": "certs",
-    "EnvoySecrets": "certs",
-    "EnvoyCert": "certs",
-    "WorkloadCert": "certs",
-    "SpiffeId": "certs",
-    "CertError": "certs",
-    "load_pem_chain": "certs",
-    "rotation_time": "certs",
-    "lifetime_elapsed": "certs",
+    "parse_envoy_secrets": "evidence.certs",
+    "parse_envoy_certs": "evidence.certs",
+    "parse_spiffe_id": "evidence.certs",
+    "EnvoySecrets": "evidence.certs",
+    "EnvoyCert": "evidence.certs",
+    "WorkloadCert": "evidence.certs",
+    "SpiffeId": "evidence.certs",
+    "CertError": "evidence.certs",
+    "load_pem_chain": "evidence.certs",
+    "rotation_time": "evidence.certs",
+    "lifetime_elapsed": "evidence.certs",
     # wire.py
-    "analyze_pcap": "wire",
-    "Capture": "wire",
-    "Flow": "wire",
-    "ClientHello": "wire",
-    "ServerHello": "wire",
-    "TlsInfo": "wire",
-    "HttpRequest": "wire",
-    "HttpResponse": "wire",
-    "CaptureError": "wire",
+    "analyze_pcap": "evidence.wire",
+    "Capture": "evidence.wire",
+    "Flow": "evidence.wire",
+    "ClientHello": "evidence.wire",
+    "ServerHello": "evidence.wire",
+    "TlsInfo": "evidence.wire",
+    "HttpRequest": "evidence.wire",
+    "HttpResponse": "evidence.wire",
+    "CaptureError": "evidence.wire",
     # policy.py
-    "parse_policy": "policy",
-    "parse_policies": "policy",
-    "peer_authentication": "policy",
-    "destination_rule": "policy",
-    "PeerAuthentication": "policy",
-    "DestinationRule": "policy",
-    "PolicyError": "policy",
-    "MtlsMode": "policy",
-    "TlsMode": "policy",
+    "parse_policy": "istio.api.policy",
+    "parse_policies": "istio.api.policy",
+    "peer_authentication": "istio.api.policy",
+    "destination_rule": "istio.api.policy",
+    "PeerAuthentication": "istio.api.policy",
+    "DestinationRule": "istio.api.policy",
+    "PolicyError": "istio.api.policy",
+    "MtlsMode": "istio.api.policy",
+    "TlsMode": "istio.api.policy",
     # istio/ (the model of Istio's policy semantics)
     "effective_mtls_mode": "istio",
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
     # AuthorizationPolicy: parsed by policy.py, its effect decided by istio/authorization.py
-    "AuthorizationPolicy": "policy",
-    "AuthzAction": "policy",
-    "authorization_policy": "policy",
+    "AuthorizationPolicy": "istio.api.policy",
+    "AuthzAction": "istio.api.policy",
+    "authorization_policy": "istio.api.policy",
     "Authorization": "istio",
     "RbacFilter": "istio",
     "authorization_for": "istio",
     # observations.py / report_render.py: evidence per test, human-readable reports
-    "TableRecorder": "observations",
-    "ObservedTable": "observations",
-    "Observations": "observations",
+    "TableRecorder": "report.observations",
+    "ObservedTable": "report.observations",
+    "Observations": "report.observations",
     "LogPositions": "mesh",
     # audit.py / service_ports.py: every Service port, its predicted mode (meshconform audit)
-    "ServicePort": "audit",
-    "discover_service_ports": "audit",
-    "ServicePortLister": "service_ports",
+    "ServicePort": "audit.engine",
+    "discover_service_ports": "audit.engine",
+    "ServicePortLister": "plugin.service_ports",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -121,11 +121,11 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
-    from .audit import (
+    from pytest_meshconform.audit.engine import (
         ServicePort as ServicePort,
         discover_service_ports as discover_service_ports,
     )
-    from .certs import (
+    from pytest_meshconform.evidence.certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
         EnvoySecrets as EnvoySecrets,
@@ -138,21 +138,24 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_spiffe_id as parse_spiffe_id,
         rotation_time as rotation_time,
     )
-    from .fixtures import (
-        Capturer as Capturer,
-        CaptureResult as CaptureResult,
-        CertReader as CertReader,
-        EmptyCaptureError as EmptyCaptureError,
-        PolicyApplier as PolicyApplier,
-        RotationResult as RotationResult,
-        RotationWatcher as RotationWatcher,
-        UnmatchedPolicyError as UnmatchedPolicyError,
-        WorkloadHandle as WorkloadHandle,
-        WorkloadLookup as WorkloadLookup,
-        XfccReader as XfccReader,
+    from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
+    from pytest_meshconform.evidence.wire import (
+        Capture as Capture,
+        CaptureError as CaptureError,
+        ClientHello as ClientHello,
+        Flow as Flow,
+        HttpRequest as HttpRequest,
+        HttpResponse as HttpResponse,
+        ServerHello as ServerHello,
+        TlsInfo as TlsInfo,
+        analyze_pcap as analyze_pcap,
     )
-    from .http import HttpError as HttpError, HttpResult as HttpResult
-    from .istio import (
+    from pytest_meshconform.evidence.xfcc import (
+        XfccElement as XfccElement,
+        XfccError as XfccError,
+        parse_xfcc as parse_xfcc,
+    )
+    from pytest_meshconform.istio import (
         Authorization as Authorization,
         RbacFilter as RbacFilter,
         authorization_for as authorization_for,
@@ -161,7 +164,21 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         effective_mtls_mode as effective_mtls_mode,
         plan_sidecar as plan_sidecar,
     )
-    from .mesh import (
+    from pytest_meshconform.istio.api.policy import (
+        AuthorizationPolicy as AuthorizationPolicy,
+        AuthzAction as AuthzAction,
+        DestinationRule as DestinationRule,
+        MtlsMode as MtlsMode,
+        PeerAuthentication as PeerAuthentication,
+        PolicyError as PolicyError,
+        TlsMode as TlsMode,
+        authorization_policy as authorization_policy,
+        destination_rule as destination_rule,
+        parse_policies as parse_policies,
+        parse_policy as parse_policy,
+        peer_authentication as peer_authentication,
+    )
+    from pytest_meshconform.mesh import (
         ExecResult as ExecResult,
         Feature as Feature,
         LogPositions as LogPositions,
@@ -177,42 +194,25 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         mesh_min_tls_version as mesh_min_tls_version,
         tunnels_over_hbone as tunnels_over_hbone,
     )
-    from .observations import (
+    from pytest_meshconform.plugin.fixtures import (
+        Capturer as Capturer,
+        CaptureResult as CaptureResult,
+        CertReader as CertReader,
+        EmptyCaptureError as EmptyCaptureError,
+        PolicyApplier as PolicyApplier,
+        RotationResult as RotationResult,
+        RotationWatcher as RotationWatcher,
+        UnmatchedPolicyError as UnmatchedPolicyError,
+        WorkloadHandle as WorkloadHandle,
+        WorkloadLookup as WorkloadLookup,
+        XfccReader as XfccReader,
+    )
+    from pytest_meshconform.plugin.hooks import mesh_settings_key as mesh_settings_key
+    from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
+    from pytest_meshconform.report.observations import (
         Observations as Observations,
         ObservedTable as ObservedTable,
         TableRecorder as TableRecorder,
     )
-    from .plugin import mesh_settings_key as mesh_settings_key
-    from .policy import (
-        AuthorizationPolicy as AuthorizationPolicy,
-        AuthzAction as AuthzAction,
-        DestinationRule as DestinationRule,
-        MtlsMode as MtlsMode,
-        PeerAuthentication as PeerAuthentication,
-        PolicyError as PolicyError,
-        TlsMode as TlsMode,
-        authorization_policy as authorization_policy,
-        destination_rule as destination_rule,
-        parse_policies as parse_policies,
-        parse_policy as parse_policy,
-        peer_authentication as peer_authentication,
-    )
-    from .service_ports import ServicePortLister as ServicePortLister
-    from .settings import MeshSettings as MeshSettings
-    from .waiting import WaitTimeout as WaitTimeout, poll as poll
-    from .wire import (
-        Capture as Capture,
-        CaptureError as CaptureError,
-        ClientHello as ClientHello,
-        Flow as Flow,
-        HttpRequest as HttpRequest,
-        HttpResponse as HttpResponse,
-        ServerHello as ServerHello,
-        TlsInfo as TlsInfo,
-        analyze_pcap as analyze_pcap,
-    )
-    from .xfcc import (
-        XfccElement as XfccElement,
-        XfccError as XfccError,
-        parse_xfcc as parse_xfcc,
-    )
+    from pytest_meshconform.settings import MeshSettings as MeshSettings
+    from pytest_meshconform.waiting import WaitTimeout as WaitTimeout, poll as poll

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from . import __version__
+from pytest_meshconform import __version__
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INFRASTRUCTURE", "EXIT_OK", "EXIT_REGRESSION", "main"]
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("old", metavar="OLD", type=Path, help="the earlier report (.yaml/.yml/.json)")
     diff.add_argument("new", metavar="NEW", type=Path, help="the later report (.yaml/.yml/.json)")
-    from .audit_cli import add_parser as add_audit_parser
+    from pytest_meshconform.audit.cli import add_parser as add_audit_parser
 
     add_audit_parser(commands)
     commands.add_parser(
@@ -68,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sweep":
         return _sweep()
     if args.command == "audit":
-        from .audit_cli import run as run_audit
+        from pytest_meshconform.audit.cli import run as run_audit
 
         return run_audit(args)
-    from .report import ReportError, diff_reports, format_diff, load_report
+    from pytest_meshconform.report import ReportError, diff_reports, format_diff, load_report
 
     try:
         old = load_report(args.old)
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sweep() -> int:
-    from .local.host import sweep_stale_runs
+    from pytest_meshconform.backends.local.host import sweep_stale_runs
 
     swept = sweep_stale_runs()
     print("swept: " + "; ".join(swept) if swept else "nothing to sweep")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_meshconform.local import host
+from pytest_meshconform.backends.local import host
 from pytest_meshconform.mesh import MeshUnavailable
 from pytest_meshconform.waiting import WaitTimeout, poll
 

@@ -1,4 +1,4 @@
-"""Tests for pytest_meshconform.certs.
+"""Tests for pytest_meshconform.evidence.certs.
 
 Where the expected values come from:
 
@@ -36,8 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
-from pytest_meshconform import certs
-from pytest_meshconform.certs import (
+from pytest_meshconform.evidence import certs
+from pytest_meshconform.evidence.certs import (
     CertError,
     EnvoyCert,
     SpiffeId,

@@ -79,7 +79,7 @@ def test_cert_of(cert_of, httpbin, naked_sleep):
         cert_of(naked_sleep)
 
 def test_empty_capture_is_an_error(capture, httpbin):
-    from pytest_meshconform.fixtures import EmptyCaptureError
+    from pytest_meshconform.plugin.fixtures import EmptyCaptureError
     with pytest.raises(EmptyCaptureError, match="saw no TCP flow to port 8080"):
         with capture(httpbin):
             pass
@@ -295,7 +295,7 @@ def test_no_mesh_no_cost(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_plain="import sys\n"
         "def test_x():\n"
-        "    assert 'pytest_meshconform.local.backend' not in sys.modules\n"
+        "    assert 'pytest_meshconform.backends.local.backend' not in sys.modules\n"
     )
     pytester._monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
@@ -347,8 +347,8 @@ def test_the_closing_packets_of_an_earlier_connection_are_not_traffic_of_the_blo
     runs: its bare FIN/ACK carry nothing and must not make an empty capture look non-empty."""
     from wire_helpers import ethernet, pcap_file, tcp_packet
 
-    from pytest_meshconform.fixtures import is_block_traffic
-    from pytest_meshconform.wire import analyze_pcap
+    from pytest_meshconform.evidence.wire import analyze_pcap
+    from pytest_meshconform.plugin.fixtures import is_block_traffic
 
     client, server = ("10.244.0.12", 51086), ("10.244.0.11", 8080)
     fin, ack, syn = 0x01, 0x10, 0x02

@@ -26,7 +26,8 @@ import yaml
 from conftest import TESTDATA
 from hypothesis import given, strategies as st
 
-from pytest_meshconform.certs import (
+from pytest_meshconform.backends.kube.envoystate import EnvoyStateError, parse_config_dump
+from pytest_meshconform.evidence.certs import (
     CertError,
     WorkloadCert,
     load_pem_chain,
@@ -34,16 +35,15 @@ from pytest_meshconform.certs import (
     parse_envoy_secrets,
     parse_spiffe_id,
 )
-from pytest_meshconform.kube.envoystate import EnvoyStateError, parse_config_dump
-from pytest_meshconform.policy import (
+from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
+from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
+from pytest_meshconform.istio.api.policy import (
     PolicyError,
     authorization_policy,
     destination_rule,
     parse_policies,
     peer_authentication,
 )
-from pytest_meshconform.wire import CaptureError, analyze_pcap
-from pytest_meshconform.xfcc import XfccError, parse_xfcc
 
 # --------------------------------------------------------------------------- shared pieces
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pytest_meshconform.http import (
+from pytest_meshconform.evidence.curl import (
     WRITE_OUT_MARKER,
     HttpError,
     curl_argv,

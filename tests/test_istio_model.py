@@ -22,23 +22,22 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.istio import (
-    ISTIO_MTLS_HTTP11_ALPN,
-    Sidecar,
-    plan_mesh,
-    port_traffic_policy,
-)
-from pytest_meshconform.kube.envoystate import (
+from pytest_meshconform.backends.kube.envoystate import (
     ExpectedInbound,
     UpstreamTransport,
     expected_sidecar,
     mismatches,
     parse_config_dump,
 )
-from pytest_meshconform.local.control import plan_sidecars
-from pytest_meshconform.local.topology import default_topology
-from pytest_meshconform.mesh import Service
-from pytest_meshconform.policy import (
+from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.istio import (
+    ISTIO_MTLS_HTTP11_ALPN,
+    Sidecar,
+    plan_mesh,
+    port_traffic_policy,
+)
+from pytest_meshconform.istio.api.policy import (
     DestinationRule,
     MtlsMode,
     Policy,
@@ -47,6 +46,7 @@ from pytest_meshconform.policy import (
     parse_policies,
     peer_authentication,
 )
+from pytest_meshconform.mesh import Service
 
 TOPOLOGY = default_topology()
 WORKLOADS = tuple(pod.workload for pod in TOPOLOGY.pods)

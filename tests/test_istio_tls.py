@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
+from pytest_meshconform.backends.kube.control_plane import IstioDataError, parse_mesh_config
 from pytest_meshconform.istio.tls import (
     ISTIO_INBOUND_CIPHER_SUITES,
     ISTIO_WORKLOAD_KEY,
@@ -29,7 +30,6 @@ from pytest_meshconform.istio.tls import (
     server_choice,
     upstream_tls_params,
 )
-from pytest_meshconform.kube.istio import IstioDataError, parse_mesh_config
 from pytest_meshconform.settings import MIN_TLS_VERSIONS
 
 SUPPORTED_CIPHERS = [

@@ -32,11 +32,11 @@ from kube_fakes import (
     status_exit,
 )
 
-from pytest_meshconform.audit import AUDIT_SCHEMA, run_audit
-from pytest_meshconform.http import WRITE_OUT_MARKER
-from pytest_meshconform.kube.audit import KubeAuditMesh, cluster_topology
-from pytest_meshconform.kube.client import KubeApi
-from pytest_meshconform.kube.options import KubeOptions
+from pytest_meshconform.audit.engine import AUDIT_SCHEMA, run_audit
+from pytest_meshconform.audit.kube import KubeAuditMesh, cluster_topology
+from pytest_meshconform.backends.kube.client import KubeApi
+from pytest_meshconform.backends.kube.options import KubeOptions
+from pytest_meshconform.evidence.curl import WRITE_OUT_MARKER
 
 FOO_STRICT = {
     "apiVersion": "security.istio.io/v1",
@@ -256,13 +256,13 @@ def test_the_command_audits_a_cluster_and_says_what_it_creates(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from pytest_meshconform.backends.kube import client as kube_client, kind as kube_kind
     from pytest_meshconform.cli import main
-    from pytest_meshconform.kube import client as kube_client, cluster as kube_cluster
 
     fake, istio = cluster
     _route_captures(fake, istio)
     monkeypatch.setattr(
-        kube_cluster, "resolve_context", lambda name: kube_cluster.ResolvedContext(name, None)
+        kube_kind, "resolve_context", lambda name: kube_kind.ResolvedContext(name, None)
     )
     monkeypatch.setattr(kube_client.KubeApi, "connect", lambda *a, **k: fake)
     report = tmp_path / "audit.json"

@@ -16,13 +16,13 @@ import pytest
 from conftest import TESTDATA
 
 from pytest_meshconform import authorization_for, parse_policy
-from pytest_meshconform.kube.authzstate import (
+from pytest_meshconform.backends.kube.authzstate import (
     ChainAuthz,
     SeenRbac,
     authz_mismatches,
     parse_inbound_authz,
 )
-from pytest_meshconform.kube.topology import RunNamespaces, localize_manifest
+from pytest_meshconform.backends.kube.topology import RunNamespaces, localize_manifest
 from pytest_meshconform.mesh import Workload
 
 AUTHZ_DUMP = TESTDATA / "istio-dumps" / "istio__authz-configdump.json"

@@ -31,11 +31,16 @@ from kube_fakes import (
     status_not_found,
 )
 
-from pytest_meshconform.certs import parse_envoy_secrets
-from pytest_meshconform.kube.backend import KubeMesh, MeshWideNotAllowed, image_is_distroless
-from pytest_meshconform.kube.client import KubeApi
-from pytest_meshconform.kube.options import KubeOptions
-from pytest_meshconform.kube.topology import RunNamespaces
+from pytest_meshconform.backends.kube.backend import (
+    KubeMesh,
+    MeshWideNotAllowed,
+    image_is_distroless,
+)
+from pytest_meshconform.backends.kube.client import KubeApi
+from pytest_meshconform.backends.kube.options import KubeOptions
+from pytest_meshconform.backends.kube.topology import RunNamespaces
+from pytest_meshconform.evidence.certs import parse_envoy_secrets
+from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.mesh import (
     Mesh,
     MeshError,
@@ -43,7 +48,6 @@ from pytest_meshconform.mesh import (
     Workload,
     tunnels_over_hbone,
 )
-from pytest_meshconform.wire import analyze_pcap
 
 RUN = "1a2b3c"
 FOO, BAR, LEGACY = (f"mc-{RUN}-{ns}" for ns in ("foo", "bar", "legacy"))
@@ -215,7 +219,7 @@ def test_pod_ip_and_logs(world: World, started: KubeMesh) -> None:
 def test_logs_since_ask_for_the_test_window_only(
     world: World, started: KubeMesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pytest_meshconform.kube.backend as kube_backend
+    import pytest_meshconform.backends.kube.backend as kube_backend
 
     httpbin = started.workload("httpbin", "foo")
     positions = started.log_positions()
@@ -232,8 +236,8 @@ def test_logs_since_ask_for_the_test_window_only(
 def test_requests_name_their_server_in_either_namespace_spelling(started: KubeMesh) -> None:
     """A handle's URL carries the run's real namespace; suites may write `foo`: the
     observations name the server workload either way."""
-    from pytest_meshconform.evidence import Evidence
-    from pytest_meshconform.fixtures import WorkloadHandle
+    from pytest_meshconform.plugin.fixtures import WorkloadHandle
+    from pytest_meshconform.report.exhibits import Evidence
 
     sleep = WorkloadHandle(started, started.workload("sleep", "foo"), Evidence())
     assert sleep._workload_of(f"http://httpbin.{BAR}:8000/headers") == f"httpbin.{BAR}"

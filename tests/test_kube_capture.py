@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_meshconform.kube.execproto import capture_argv, capture_filter, is_pcap
-from pytest_meshconform.wire import analyze_pcap
+from pytest_meshconform.backends.kube.execproto import capture_argv, capture_filter, is_pcap
+from pytest_meshconform.evidence.wire import analyze_pcap
 
 TOOLS = ("ip", "bash", "tcpdump", "curl")
 pytestmark = pytest.mark.skipif(

@@ -18,7 +18,7 @@ from kube_fakes import (
     pod_json,
 )
 
-from pytest_meshconform.kube.client import KubeApi, KubeApiError
+from pytest_meshconform.backends.kube.client import KubeApi, KubeApiError
 
 VERBS = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
 

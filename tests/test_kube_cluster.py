@@ -17,8 +17,8 @@ from threading import Thread
 import pytest
 from kube_fakes import kubeconfig_text
 
-from pytest_meshconform.kube import cluster
-from pytest_meshconform.kube.cluster import (
+from pytest_meshconform.backends.kube import kind as kube_kind
+from pytest_meshconform.backends.kube.kind import (
     KindCluster,
     download_istioctl,
     install_istio,
@@ -237,7 +237,7 @@ def test_download_checks_the_published_sha256(
         f"{hashlib.sha256(archive).hexdigest()}  istioctl-1.25.1-linux-amd64.tar.gz\n".encode()
     )
     monkeypatch.setattr(
-        cluster,
+        kube_kind,
         "istioctl_download_url",
         lambda version, system, machine: f"{base}/istioctl-{version}-linux-amd64.tar.gz",
     )
@@ -260,7 +260,7 @@ def test_download_refuses_a_tampered_archive(
     base, files = release_server
     files["/a.tar.gz"] = istioctl_archive()
     files["/a.tar.gz.sha256"] = b"0" * 64 + b"  a.tar.gz\n"
-    monkeypatch.setattr(cluster, "istioctl_download_url", lambda *args: f"{base}/a.tar.gz")
+    monkeypatch.setattr(kube_kind, "istioctl_download_url", lambda *args: f"{base}/a.tar.gz")
     target = tmp_path / "istioctl"
     with pytest.raises(MeshError, match=f"does not match {'0' * 64}"):
         download_istioctl("1.25.1", target, print)
@@ -271,7 +271,7 @@ def test_download_without_network_is_unavailable(
     release_server: tuple[str, dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base, _ = release_server
-    monkeypatch.setattr(cluster, "istioctl_download_url", lambda *args: f"{base}/missing.tar.gz")
+    monkeypatch.setattr(kube_kind, "istioctl_download_url", lambda *args: f"{base}/missing.tar.gz")
     with pytest.raises(
         MeshUnavailable, match=r"cannot download istioctl 1\.25\.1 .*--mesh-istioctl"
     ):

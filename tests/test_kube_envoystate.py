@@ -13,7 +13,7 @@ import pytest
 from conftest import TESTDATA
 from hypothesis import given, settings, strategies as st
 
-from pytest_meshconform.kube.envoystate import (
+from pytest_meshconform.backends.kube.envoystate import (
     EnvoyStateError,
     ExpectedInbound,
     ExpectedOutbound,
@@ -26,8 +26,8 @@ from pytest_meshconform.kube.envoystate import (
     outbound_cluster_name,
     parse_config_dump,
 )
+from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode, parse_policies
 from pytest_meshconform.mesh import Service
-from pytest_meshconform.policy import MtlsMode, TlsMode, parse_policies
 
 DATA = Path(__file__).resolve().parent / "data" / "kube"
 SHARED_SECRETS = TESTDATA / "secrets"

@@ -27,8 +27,8 @@ from kube_fakes import (
 )
 from kubernetes.client.exceptions import ApiException
 
-from pytest_meshconform.kube.client import ExecSession, KubeApi, KubeApiError
-from pytest_meshconform.kube.execproto import (
+from pytest_meshconform.backends.kube.client import ExecSession, KubeApi, KubeApiError
+from pytest_meshconform.backends.kube.execproto import (
     CAPTURE_SCRIPT,
     ExecStatus,
     ExecStatusError,
@@ -392,6 +392,6 @@ def test_ctrl_c_during_an_exec_handshake_stays_an_interrupt(
         except KeyboardInterrupt as error:
             raise ApiException(status=0, reason=str(error)) from None
 
-    monkeypatch.setattr("pytest_meshconform.kube.client.stream", interrupted_handshake)
+    monkeypatch.setattr("pytest_meshconform.backends.kube.client.stream", interrupted_handshake)
     with pytest.raises(KeyboardInterrupt):
         api.open_exec("ns", "pod", "c", ["true"])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from kube_fakes import DEFAULT_MESH_CONFIG, istiod_deployment
 
-from pytest_meshconform.kube.istio import (
+from pytest_meshconform.backends.kube.control_plane import (
     IstioDataError,
     istioctl_download_url,
     istioctl_install_argv,

@@ -17,10 +17,14 @@ import pytest
 from kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 from kubernetes import client as k8s
 
-from pytest_meshconform.kube import preflight
-from pytest_meshconform.kube.options import KubeOptions, kind_cluster_name_for, resolve_options
+from pytest_meshconform.backends.kube import preflight
+from pytest_meshconform.backends.kube.options import (
+    KubeOptions,
+    kind_cluster_name_for,
+    resolve_options,
+)
 from pytest_meshconform.mesh import MeshUnavailable
-from pytest_meshconform.plugin import mesh_settings_key
+from pytest_meshconform.plugin.hooks import mesh_settings_key
 
 # pytester restores sys.modules after each test: load the client's heavy generated API modules
 # (seconds of pydantic model building) once, here, instead of once per test.
@@ -88,7 +92,7 @@ def test_defaults(pytester: pytest.Pytester) -> None:
 
 
 def test_each_backend_adds_its_own_header_lines(pytester: pytest.Pytester) -> None:
-    from pytest_meshconform.backends import backend_for
+    from pytest_meshconform.backends.registry import backend_for
 
     config = configured(pytester, "--mesh-revision=canary")
     expected = [
@@ -172,7 +176,7 @@ def test_bad_values_are_usage_errors_naming_the_option(
 ) -> None:
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makeconftest(
-        "from pytest_meshconform.kube.options import resolve_options\n"
+        "from pytest_meshconform.backends.kube.options import resolve_options\n"
         "def pytest_configure(config):\n"
         "    resolve_options(config)\n"
     )
@@ -429,7 +433,7 @@ def run_dirs() -> set[Path]:
 
 
 def test_open_mesh_on_kind_without_prerequisites(pytester: pytest.Pytester, bin_dir: Path) -> None:
-    from pytest_meshconform.kube import open_mesh
+    from pytest_meshconform.backends.kube import open_mesh
 
     fake_binary(bin_dir, "docker", f'echo "{DOCKER_DOWN}" >&2; exit 1')
     config = configured(pytester, "--mesh-cluster=kind")
@@ -442,7 +446,7 @@ def test_open_mesh_on_kind_without_prerequisites(pytester: pytest.Pytester, bin_
 
 
 def test_open_mesh_on_an_unknown_context(pytester: pytest.Pytester, kubeconfig: Path) -> None:
-    from pytest_meshconform.kube import open_mesh
+    from pytest_meshconform.backends.kube import open_mesh
 
     kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:1", context="staging"))
     config = configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=prod")

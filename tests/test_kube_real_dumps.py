@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.kube.envoystate import (
+from pytest_meshconform.backends.kube.envoystate import (
     EnvoyState,
     EnvoyStateError,
     ExpectedInbound,
@@ -42,7 +42,7 @@ from pytest_meshconform.kube.envoystate import (
     parse_config_dump,
     parse_listeners,
 )
-from pytest_meshconform.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
 
 DUMPS = TESTDATA / "istio-dumps"
 

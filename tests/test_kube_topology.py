@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pytest_meshconform.kube.topology import (
+from pytest_meshconform.backends.kube.topology import (
     LocalizedManifest,
     RunNamespaces,
     RunOwner,

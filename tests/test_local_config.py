@@ -35,14 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from local_helpers import envoy_path
 
-from pytest_meshconform.certs import WorkloadCert, load_pem_chain
+from pytest_meshconform.backends.local import xds
+from pytest_meshconform.backends.local.ca import MeshCA
+from pytest_meshconform.backends.local.control import Faults, plan_sidecars
+from pytest_meshconform.backends.local.iptables import istio_iptables_rules
+from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.evidence.certs import WorkloadCert, load_pem_chain
 from pytest_meshconform.istio import Upstream
-from pytest_meshconform.local import xds
-from pytest_meshconform.local.ca import MeshCA
-from pytest_meshconform.local.control import Faults, plan_sidecars
-from pytest_meshconform.local.iptables import istio_iptables_rules
-from pytest_meshconform.local.topology import default_topology
-from pytest_meshconform.policy import (
+from pytest_meshconform.istio.api.policy import (
     MtlsMode,
     TlsMode,
     destination_rule,
@@ -748,8 +748,8 @@ def test_workload_cert_is_istio_shaped(ca: MeshCA) -> None:
 
 
 def test_key_pool_hands_out_fresh_keys_and_stops() -> None:
+    from pytest_meshconform.backends.local.ca import KeyPool
     from pytest_meshconform.istio.tls import WorkloadKey
-    from pytest_meshconform.local.ca import KeyPool
 
     pool = KeyPool(WorkloadKey("EC", 256), size=2)
     try:
@@ -762,7 +762,7 @@ def test_key_pool_hands_out_fresh_keys_and_stops() -> None:
 
 
 def test_certs_of_another_mesh_do_not_verify(ca: MeshCA) -> None:
-    from pytest_meshconform.certs import CertError
+    from pytest_meshconform.evidence.certs import CertError
 
     other = MeshCA("cluster.local")
     issued = other.issue_workload("foo", "httpbin", dt.timedelta(hours=1))
@@ -954,7 +954,7 @@ def test_istios_connection_limit_silences_envoys_start_up_warning(tmp_path: Path
 def test_a_log_window_drops_lines_stamped_before_it() -> None:
     """Envoy flushes logs late: the lines of a request that started before a test's window may
     land after its file offsets were taken; their time stamps keep them out."""
-    from pytest_meshconform.local.backend import _lines_since
+    from pytest_meshconform.backends.local.backend import _lines_since
 
     at = dt.datetime(2026, 12, 3, 6, 29, 51, 250000, tzinfo=dt.UTC).timestamp()
     access = (

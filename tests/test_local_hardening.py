@@ -30,9 +30,9 @@ from local_helpers import (
     wait_for,
 )
 
+from pytest_meshconform.backends.local import agent, host
+from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.cli import main as cli_main
-from pytest_meshconform.local import agent, host
-from pytest_meshconform.local.backend import LocalMesh
 from pytest_meshconform.mesh import SidecarDied
 from pytest_meshconform.report import load_report, write_report
 
@@ -117,8 +117,8 @@ def httpbin_url() -> str:
 # so a signal sent when it says so lands there.
 WINDOW_OWNER = """
 import json, sys, threading, time
-from pytest_meshconform.local import host
-from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.backends.local import host
+from pytest_meshconform.backends.local.backend import LocalMesh
 
 window = sys.argv[1]
 
@@ -399,7 +399,7 @@ def test_a_killed_sidecar_is_an_infrastructure_error_not_a_conformance_failure(
 
 PYTEST_SUITE = """
 import json, os, threading, time
-from pytest_meshconform.local import host
+from pytest_meshconform.backends.local import host
 
 real_teardown = host.teardown_state
 

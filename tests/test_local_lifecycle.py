@@ -26,17 +26,17 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from local_helpers import alive, needs_local_mesh, subprocess_env, traces_of, wait_for
 
-from pytest_meshconform.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
-from pytest_meshconform.local import host, xds
-from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.backends.local import host, xds
+from pytest_meshconform.backends.local.backend import LocalMesh
+from pytest_meshconform.evidence.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
+from pytest_meshconform.istio.api.policy import destination_rule, peer_authentication
 from pytest_meshconform.mesh import MeshError, MeshUnavailable
-from pytest_meshconform.policy import destination_rule, peer_authentication
 
 pytestmark = needs_local_mesh
 
 OWNER_SCRIPT = """
 import json, sys, threading
-from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.backends.local.backend import LocalMesh
 keep = sys.argv[1] == "keep"
 mesh = LocalMesh(keep=keep, progress=lambda m: print("progress:", m, flush=True)).start()
 netns = {w.key: mesh.netns(w) for w in mesh.workloads()}
@@ -185,7 +185,7 @@ def test_kept_mesh_outlives_its_owner_until_the_next_start_sweeps_it(owners: lis
 INTERRUPTED_SUITE = """
 import json, os, threading
 import pytest
-from pytest_meshconform.local.backend import LocalMesh
+from pytest_meshconform.backends.local.backend import LocalMesh
 
 @pytest.fixture(scope="module")
 def local_mesh():

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from local_helpers import needs_local_mesh, traces_of
 
-from pytest_meshconform.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
-from pytest_meshconform.fixtures import is_block_traffic
-from pytest_meshconform.local.backend import ENVOY_DRAIN_TIME_S, LocalMesh
+from pytest_meshconform.backends.local.backend import ENVOY_DRAIN_TIME_S, LocalMesh
+from pytest_meshconform.evidence.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
+from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.evidence.xfcc import parse_xfcc
+from pytest_meshconform.istio.api.policy import destination_rule, peer_authentication
 from pytest_meshconform.mesh import LogPositions, MeshError, Workload
-from pytest_meshconform.policy import destination_rule, peer_authentication
-from pytest_meshconform.wire import analyze_pcap
-from pytest_meshconform.xfcc import parse_xfcc
+from pytest_meshconform.plugin.fixtures import is_block_traffic
 
 pytestmark = needs_local_mesh
 

@@ -27,11 +27,11 @@ from typing import Any
 from local_helpers import envoy_path
 
 from pytest_meshconform import authorization_for, authorization_policy, parse_policy
-from pytest_meshconform.local import xds
-from pytest_meshconform.local.ca import MeshCA
-from pytest_meshconform.local.control import plan_sidecars
-from pytest_meshconform.local.envoyadmin import admin_get
-from pytest_meshconform.local.topology import default_topology
+from pytest_meshconform.backends.local import xds
+from pytest_meshconform.backends.local.ca import MeshCA
+from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.envoyadmin import admin_get
+from pytest_meshconform.backends.local.topology import default_topology
 from pytest_meshconform.mesh import Workload
 from pytest_meshconform.waiting import poll
 

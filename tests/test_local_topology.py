@@ -23,6 +23,16 @@ from typing import Any
 import pytest
 from local_helpers import envoy_path, needs_local_mesh, traces_of
 
+from pytest_meshconform.backends.local import xds
+from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import (
+    BUILTIN_TOPOLOGY,
+    TopologyError,
+    load_topology,
+    parse_topology,
+)
+from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.istio import (
     ALPN_IN_MESH_WITH_MXC,
     ISTIO_MTLS_HTTP11_ALPN,
@@ -30,17 +40,7 @@ from pytest_meshconform.istio import (
     plan_sidecar,
     service_port_protocol,
 )
-from pytest_meshconform.local import xds
-from pytest_meshconform.local.control import plan_sidecars
-from pytest_meshconform.local.topology import default_topology
-from pytest_meshconform.local.topology_file import (
-    BUILTIN_TOPOLOGY,
-    TopologyError,
-    load_topology,
-    parse_topology,
-)
-from pytest_meshconform.policy import MtlsMode, parse_policy, peer_authentication
-from pytest_meshconform.wire import analyze_pcap
+from pytest_meshconform.istio.api.policy import MtlsMode, parse_policy, peer_authentication
 
 # (port, name, appProtocol, udp) -> Istio's protocol, from TestConvertProtocol.
 CONVERT_PROTOCOL_CASES = [
@@ -297,7 +297,7 @@ def test_the_option_is_for_the_local_mesh_only(pytester: pytest.Pytester) -> Non
 
 @pytest.fixture(scope="module")
 def echo_mesh() -> Iterator[Any]:
-    from pytest_meshconform.local.backend import LocalMesh
+    from pytest_meshconform.backends.local.backend import LocalMesh
 
     mesh = LocalMesh(topology=parse_topology(ECHO_TOPOLOGY, "echo.yaml")).start()
     run_id = mesh.run_id

@@ -10,14 +10,14 @@ import jsonschema
 import pytest
 from test_report import reference_document
 
-from pytest_meshconform.observations import (
+from pytest_meshconform.report import ReportError, load_schema, parse_report, report_to_dict
+from pytest_meshconform.report.observations import (
     Observations,
     RequestRecord,
     RotationRecord,
     TableRecorder,
     observations_from_dict,
 )
-from pytest_meshconform.report import ReportError, load_schema, parse_report, report_to_dict
 
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import pytest_meshconform.plugin
-from pytest_meshconform.plugin import mesh_settings_key
+import pytest_meshconform.plugin.hooks
+from pytest_meshconform.plugin.hooks import mesh_settings_key
 from pytest_meshconform.settings import (
     MeshSettings,
     OptionLayer,
@@ -508,11 +508,13 @@ def test_help_works_while_settings_are_wrong(pytester: pytest.Pytester) -> None:
 
 def test_loaded_through_the_entry_point(pytester: pytest.Pytester) -> None:
     (entry_point,) = entry_points(group="pytest11", name="meshconform")
-    assert entry_point.value == "pytest_meshconform.plugin"
+    assert entry_point.value == "pytest_meshconform.plugin.hooks"
     result = pytester.runpytest("--trace-config", "--co")
-    result.stdout.re_match_lines([r"^\s+meshconform\s+: .*pytest_meshconform[/\\]plugin\.py$"])
+    result.stdout.re_match_lines(
+        [r"^\s+meshconform\s+: .*pytest_meshconform[/\\]plugin[/\\]hooks\.py$"]
+    )
     config = pytester.parseconfig()
-    assert config.pluginmanager.get_plugin("meshconform") is pytest_meshconform.plugin
+    assert config.pluginmanager.get_plugin("meshconform") is pytest_meshconform.plugin.hooks
 
 
 def test_disabled_with_p_no(pytester: pytest.Pytester) -> None:
@@ -531,7 +533,7 @@ def test_importing_the_plugin_imports_nothing_heavy() -> None:
     code = textwrap.dedent(
         f"""
         import sys, threading
-        import pytest_meshconform.plugin
+        import pytest_meshconform.plugin.hooks
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY_MODULES!r})
         assert heavy == [], heavy
         assert threading.active_count() == 1, threading.enumerate()
@@ -553,12 +555,12 @@ def test_a_run_without_mesh_tests_imports_nothing_heavy(
         import sys
 
         def test_nothing_heavy_loaded(pytestconfig):
-            assert pytestconfig.pluginmanager.get_plugin("pytest_meshconform.plugin")
+            assert pytestconfig.pluginmanager.get_plugin("pytest_meshconform.plugin.hooks")
             heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY_MODULES!r})
             assert heavy == []
         """
     )
-    result = pytester.runpytest_subprocess("-p", "pytest_meshconform.plugin")
+    result = pytester.runpytest_subprocess("-p", "pytest_meshconform.plugin.hooks")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["meshconform: cluster=local cert-ttl=24h keep=no"])
 

@@ -1,4 +1,4 @@
-"""Tests for pytest_meshconform.policy.
+"""Tests for pytest_meshconform.istio.api.policy.
 
 Manifests are transcribed from Istio's documentation and from Istio's own unit tests, cited
 next to each table. Expected modes are read off those sources: the curl results the docs print
@@ -21,14 +21,14 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
-import pytest_meshconform.policy
+import pytest_meshconform.istio.api.policy
 from pytest_meshconform.istio import (
     client_tls_mode,
     client_tls_settings,
     destination_rule_for,
     effective_mtls_mode,
 )
-from pytest_meshconform.policy import (
+from pytest_meshconform.istio.api.policy import (
     ClientTls,
     DestinationRule,
     MtlsMode,
@@ -82,7 +82,7 @@ def test_public_names_are_exported_from_the_package() -> None:
 
 
 def test_resolution_moved_to_the_istio_model_stays_importable_from_policy() -> None:
-    module: Any = pytest_meshconform.policy
+    module: Any = pytest_meshconform.istio.api.policy
     assert module.effective_mtls_mode is effective_mtls_mode
     assert module.destination_rule_for is destination_rule_for
     assert module.client_tls_settings is client_tls_settings

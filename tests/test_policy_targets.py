@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 
 from pytest_meshconform import Workload, parse_policy
-from pytest_meshconform.fixtures import _service_port_hint, _unmatched
-from pytest_meshconform.kube.topology import RunNamespaces, topology_services, topology_workloads
-from pytest_meshconform.local.topology import default_topology
+from pytest_meshconform.backends.kube.topology import (
+    RunNamespaces,
+    topology_services,
+    topology_workloads,
+)
+from pytest_meshconform.backends.local.topology import default_topology
 from pytest_meshconform.mesh import Service
+from pytest_meshconform.plugin.fixtures import _service_port_hint, _unmatched
 
 
 @dataclass

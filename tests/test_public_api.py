@@ -10,9 +10,10 @@ import pytest
 from local_helpers import REPO
 
 import pytest_meshconform
-from pytest_meshconform import Feature, fixtures
-from pytest_meshconform.backends import BACKENDS, Backend, backend_for
+from pytest_meshconform import Feature
+from pytest_meshconform.backends.registry import BACKENDS, Backend, backend_for
 from pytest_meshconform.mesh import Mesh
+from pytest_meshconform.plugin import fixtures
 from pytest_meshconform.settings import CLUSTER_KINDS
 
 PACKAGE = REPO / "pytest_meshconform"
@@ -30,7 +31,7 @@ def test_type_checking_imports_mirror_the_export_list() -> None:
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
     block = next(n for n in tree.body if isinstance(n, ast.If))
     imported = {
-        alias.asname: f"{node.module}"
+        alias.asname: f"{node.module}".removeprefix("pytest_meshconform.")
         for node in ast.walk(block)
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
@@ -62,7 +63,7 @@ def test_fixtures_return_the_exported_types() -> None:
         "rotation": "RotationWatcher",
         "mesh": "Iterator[Mesh]",
     }
-    tree = ast.parse((PACKAGE / "fixtures.py").read_text())
+    tree = ast.parse((PACKAGE / "plugin" / "fixtures.py").read_text())
     returns = {
         node.name: ast.unparse(node.returns)
         for node in tree.body
@@ -76,7 +77,7 @@ def test_fixtures_return_the_exported_types() -> None:
 
 def test_fixtures_use_only_the_mesh_protocol() -> None:
     """No `getattr(mesh, ...)` and no backend names in the fixtures: the protocol declares all."""
-    source = (PACKAGE / "fixtures.py").read_text()
+    source = (PACKAGE / "plugin" / "fixtures.py").read_text()
     assert (
         re.findall(r"getattr\((?:the_)?mesh\b|getattr\(opened|getattr\(handle\.mesh", source) == []
     )
@@ -84,8 +85,8 @@ def test_fixtures_use_only_the_mesh_protocol() -> None:
 
 
 def test_every_protocol_member_is_implemented_by_both_backends() -> None:
-    from pytest_meshconform.kube.backend import KubeMesh
-    from pytest_meshconform.local.backend import LocalMesh
+    from pytest_meshconform.backends.kube.backend import KubeMesh
+    from pytest_meshconform.backends.local.backend import LocalMesh
 
     members = [n for n in vars(Mesh) if not n.startswith("_")]
     for backend in (LocalMesh, KubeMesh):
@@ -117,7 +118,7 @@ def test_code_cites_only_files_in_the_repository() -> None:
             if "DESIGN.md" in path.read_text() and path.name != "test_public_api.py":
                 cited.append(str(path.relative_to(REPO)))
     assert cited == []
-    for doc in re.findall(r"docs/[\w./-]+\.md", (PACKAGE / "fixtures.py").read_text()):
+    for doc in re.findall(r"docs/[\w./-]+\.md", (PACKAGE / "plugin" / "fixtures.py").read_text()):
         assert (REPO / doc).is_file(), doc
 
 

@@ -586,7 +586,7 @@ STAND_IN_MESH = """
 import pytest
 from types import SimpleNamespace
 from pytest_meshconform.mesh import LogPositions, MeshInfo
-from pytest_meshconform.report import mesh_info_key
+from pytest_meshconform.plugin.report import mesh_info_key
 
 
 @pytest.fixture(scope="session")
@@ -611,7 +611,7 @@ def _uses_mesh(request):
 
 OUTCOMES_MODULE = """
 import pytest
-from pytest_meshconform.evidence import evidence_of
+from pytest_meshconform.report.exhibits import evidence_of
 
 pytestmark = pytest.mark.mesh_features("mtls")
 

@@ -208,7 +208,7 @@ def test_infrastructure_round_trips_and_is_checked() -> None:
 
 
 EVIDENCE_SUITE = """
-from pytest_meshconform.evidence import evidence_of
+from pytest_meshconform.report.exhibits import evidence_of
 
 
 def test_fails(request, tmp_path):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from test_observations import sample
 
-from pytest_meshconform.observations import ObservedTable
-from pytest_meshconform.report_render import (
+from pytest_meshconform.report.observations import ObservedTable
+from pytest_meshconform.report.render import (
     Block,
     Document,
     Entry,
@@ -207,7 +207,7 @@ def test_bare():
 def test_under_artifacts_a_passing_test_keeps_its_evidence_too(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_pass="""
-from pytest_meshconform.evidence import evidence_of
+from pytest_meshconform.report.exhibits import evidence_of
 
 
 def test_proved(request):

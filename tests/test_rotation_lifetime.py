@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.certs import parse_envoy_secrets
-from pytest_meshconform.fixtures import RotationResult
+from pytest_meshconform.evidence.certs import parse_envoy_secrets
+from pytest_meshconform.plugin.fixtures import RotationResult
 
 SECRETS = TESTDATA / "secrets"
 

@@ -1,7 +1,7 @@
-"""Tests for pytest_meshconform.wire: real third-party captures (expected values transcribed from
-tshark 4.0.17), live captures made here with tcpdump, synthetic captures for the odd cases, and
-property tests. Literal values below come from tshark output or from what the test configured,
-never from the code under test."""
+"""Tests for pytest_meshconform.evidence.wire: real third-party captures (expected values
+transcribed from tshark 4.0.17), live captures made here with tcpdump, synthetic captures for
+the odd cases, and property tests. Literal values below come from tshark output or from what the
+test configured, never from the code under test."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from wire_helpers import (
     tls_records,
 )
 
-from pytest_meshconform.wire import (
+from pytest_meshconform.evidence.wire import (
     Capture,
     CaptureError,
     ClientHello,

@@ -1,4 +1,4 @@
-"""Tests for pytest_meshconform.xfcc.
+"""Tests for pytest_meshconform.evidence.xfcc.
 
 Literal headers are transcribed from the sources cited next to each one; the expected values
 were read off those sources (their own assertions, or the documented meaning of each key), not
@@ -18,7 +18,7 @@ from cryptography import x509
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
-from pytest_meshconform.xfcc import XfccElement, XfccError, parse_xfcc
+from pytest_meshconform.evidence.xfcc import XfccElement, XfccError, parse_xfcc
 
 # --- literal examples from Envoy and Istio -------------------------------------------------
 

@@ -4,23 +4,45 @@ Workloads, Services and the PeerAuthentications / DestinationRules in force go i
 (:func:`plan_mesh`, :func:`plan_sidecar`); for every sidecar comes out the inbound mTLS mode per
 container port and, per (Service, port), the outbound cluster: TLS mode or auto mTLS, SNI, SANs,
 ALPN, ``maxRequestsPerConnection``. The local mesh renders Envoy config from it
-(``pytest_meshconform.local``); the kube backend checks each sidecar's ``/config_dump`` against
-it (``pytest_meshconform.kube.envoystate``). AuthorizationPolicies go through
+(``pytest_meshconform.backends.local``); the kube backend checks each sidecar's ``/config_dump``
+against it (``pytest_meshconform.backends.kube.envoystate``). AuthorizationPolicies go through
 :func:`authorization_for`: the policies that apply to a workload and the Envoy RBAC filters
 istiod's authz builder makes for its sidecar (``kube.authzstate`` checks real sidecars against
-them). Every rule names the istiod function it reproduces; docs/istio-model.md lists them.
-"""
+them). Every rule names the istiod function it reproduces; docs/istio-model.md lists them."""
 
 from __future__ import annotations
 
-from .authorization import (
+from pytest_meshconform.istio.authorization import (
     Authorization,
     RbacFilter,
     authorization_for,
     authorization_policies_for,
     rbac_policy_name,
 )
-from .cluster import (
+from pytest_meshconform.istio.destination_rule import (
+    PortPolicy,
+    client_tls_mode,
+    client_tls_settings,
+    destination_rule_for,
+    max_requests_per_connection,
+    port_traffic_policy,
+)
+from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, service_mtls_mode
+from pytest_meshconform.istio.plan import (
+    Sidecar,
+    endpoints_of,
+    inbound_protocols,
+    plan_mesh,
+    plan_sidecar,
+)
+from pytest_meshconform.istio.protocol import (
+    WELL_KNOWN_TCP_PORTS,
+    PortProtocol,
+    parse_protocol,
+    protocol_of,
+    service_port_protocol,
+)
+from pytest_meshconform.istio.upstream import (
     ALPN_IN_MESH_WITH_MXC,
     ISTIO_MTLS_HTTP2_ALPN,
     ISTIO_MTLS_HTTP10_ALPN,
@@ -30,23 +52,6 @@ from .cluster import (
     istio_sni,
     outbound_cluster_name,
     upstream,
-)
-from .destination_rule import (
-    PortPolicy,
-    client_tls_mode,
-    client_tls_settings,
-    destination_rule_for,
-    max_requests_per_connection,
-    port_traffic_policy,
-)
-from .peer_authentication import effective_mtls_mode, service_mtls_mode
-from .plan import Sidecar, endpoints_of, inbound_protocols, plan_mesh, plan_sidecar
-from .protocol import (
-    WELL_KNOWN_TCP_PORTS,
-    PortProtocol,
-    parse_protocol,
-    protocol_of,
-    service_port_protocol,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..policy import (
+from pytest_meshconform.istio.api.policy import (
     _K8S_LABEL,
     ClientTls,
     DestinationRule,
@@ -24,7 +24,11 @@ from ..policy import (
     _show,
     _validate_wildcard_domain,
 )
-from .peer_authentication import _age_key, _check_labels_argument, _is_subset
+from pytest_meshconform.istio.peer_authentication import (
+    _age_key,
+    _check_labels_argument,
+    _is_subset,
+)
 
 __all__ = [
     "PortPolicy",

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Final
 
-from ..policy import (
+from pytest_meshconform.istio.api.policy import (
     DestinationRule,
     MtlsMode,
     PeerAuthentication,

@@ -7,8 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..mesh import Service, Workload
-from ..policy import (
+from pytest_meshconform.istio.api.policy import (
     AuthorizationPolicy,
     DestinationRule,
     MtlsMode,
@@ -16,10 +15,11 @@ from ..policy import (
     Policy,
     PolicyError,
 )
-from .cluster import Upstream, upstream
-from .destination_rule import destination_rule_for
-from .peer_authentication import effective_mtls_mode
-from .protocol import PortProtocol, protocol_of
+from pytest_meshconform.istio.destination_rule import destination_rule_for
+from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
+from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
+from pytest_meshconform.istio.upstream import Upstream, upstream
+from pytest_meshconform.mesh import Service, Workload
 
 __all__ = ["Sidecar", "endpoints_of", "inbound_protocols", "plan_mesh", "plan_sidecar"]
 

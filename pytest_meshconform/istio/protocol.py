@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from ..mesh import Service
+from pytest_meshconform.mesh import Service
 
 __all__ = [
     "WELL_KNOWN_TCP_PORTS",

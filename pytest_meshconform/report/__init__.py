@@ -14,9 +14,9 @@ One module per concern; this package re-exports their public names:
   names the offending field;
 - ``diff``: ``diff_reports`` / ``format_diff``, pure comparison of two reports by test id;
 - ``archive``: stable test ids and each test's evidence archive (``--mesh-artifacts``);
-- ``plugin``: the pytest side (``configure`` registers ``MeshReportPlugin``): folds test
-  reports into results, archives and attaches evidence of failed tests, writes the report, adds
-  JUnit testsuite properties, and compares with a baseline.
+
+The pytest side (folding test reports into results, writing the report, the baseline) is
+``pytest_meshconform.plugin.report``.
 
 It is imported when the plugin loads, so it imports only the standard library, pytest and the
 (standard-library-only) ``mesh`` protocol; YAML and JSON are imported when a report is written
@@ -25,9 +25,9 @@ or read.
 
 from __future__ import annotations
 
-from .archive import assign_test_ids, safe_name
-from .diff import ReportDiff, TestChange, diff_reports, format_diff
-from .formats import (
+from pytest_meshconform.report.archive import assign_test_ids, safe_name
+from pytest_meshconform.report.diff import ReportDiff, TestChange, diff_reports, format_diff
+from pytest_meshconform.report.formats import (
     dump_report,
     load_report,
     load_schema,
@@ -35,7 +35,7 @@ from .formats import (
     report_to_dict,
     write_report,
 )
-from .model import (
+from pytest_meshconform.report.model import (
     API_VERSION,
     KIND,
     OUTCOMES,
@@ -48,18 +48,15 @@ from .model import (
     SuiteResult,
     TestResult,
 )
-from .plugin import PLUGIN_NAME, MeshReportPlugin, configure, description_of, mesh_info_key
 
 __all__ = [
     "API_VERSION",
     "KIND",
     "OUTCOMES",
-    "PLUGIN_NAME",
     "CollectionError",
     "ConformanceReport",
     "EvidenceRecord",
     "MeshRecord",
-    "MeshReportPlugin",
     "ReportDiff",
     "ReportError",
     "Statistics",
@@ -67,14 +64,11 @@ __all__ = [
     "TestChange",
     "TestResult",
     "assign_test_ids",
-    "configure",
-    "description_of",
     "diff_reports",
     "dump_report",
     "format_diff",
     "load_report",
     "load_schema",
-    "mesh_info_key",
     "parse_report",
     "report_to_dict",
     "safe_name",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 if TYPE_CHECKING:
-    from ..evidence import Evidence
+    from pytest_meshconform.report.exhibits import Evidence
 
 _MAX_SECTION_LINES: Final = 80
 _EVIDENCE_MARKER: Final = ".meshconform-evidence"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from .model import (
+from pytest_meshconform.report.model import (
     BROKEN,
     PASSING,
     CollectionError,

@@ -15,8 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from ..observations import observations_from_dict
-from .model import (
+from pytest_meshconform.report.model import (
     API_VERSION,
     FAILING,
     KIND,
@@ -33,9 +32,10 @@ from .model import (
     SuiteResult,
     TestResult,
 )
+from pytest_meshconform.report.observations import observations_from_dict
 
 if TYPE_CHECKING:
-    from ..settings import ReportFormat
+    from pytest_meshconform.settings import ReportFormat
 
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
@@ -159,7 +159,7 @@ def dump_report(report: ConformanceReport, report_format: ReportFormat) -> str:
 
 
 def _format_of(path: Path) -> ReportFormat:
-    from ..settings import REPORT_SUFFIXES, report_format_of
+    from pytest_meshconform.settings import REPORT_SUFFIXES, report_format_of
 
     report_format = report_format_of(path)
     if report_format is None:
@@ -187,7 +187,7 @@ def load_schema() -> dict[str, Any]:
     import json
     from importlib.resources import files
 
-    text = files("pytest_meshconform").joinpath("report_schema.json").read_text()
+    text = files("pytest_meshconform.report").joinpath("schema.json").read_text()
     return cast(dict[str, Any], json.loads(text))
 
 

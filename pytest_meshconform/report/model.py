@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ..mesh import MeshInfo
-from ..observations import Observations
+from pytest_meshconform.mesh import MeshInfo
+from pytest_meshconform.report.observations import Observations
 
 API_VERSION: Final = "meshconform/v1alpha1"
 KIND: Final = "ConformanceReport"

@@ -25,8 +25,8 @@ RUN_TIMEOUT_S = 60 * 60
 
 def missing_prerequisites() -> str | None:
     """What this machine lacks for kind, in one line (None: nothing)."""
-    from pytest_meshconform.kube.cluster import kind_problems
-    from pytest_meshconform.kube.options import KubeOptions
+    from pytest_meshconform.backends.kube.kind import kind_problems
+    from pytest_meshconform.backends.kube.options import KubeOptions
 
     problems = kind_problems(KubeOptions(istio_version=ISTIO_VERSION))
     return "; ".join(problem.split(" (")[0] for problem in problems) or None

@@ -1,0 +1,329 @@
+"""`meshconform audit` on a Kubernetes cluster: the cluster's own Services, read-only.
+
+`KubeAuditMesh` is a `KubeMesh` whose workloads are the cluster's pods (grouped by labels) and
+whose Services are the cluster's, read from the API (namespaces, Services, pods, Istio
+policies; nothing of the user's is ever written). It creates one namespace of its own,
+``meshconform-audit-<run>`` (injected), with the two probes of `audit.py` (`probe` with a
+sidecar, `probe-naked` with ``sidecar.istio.io/inject: "false"``), execs curl / bash in them,
+captures at the probe with the kube backend's ephemeral tcpdump container, and deletes the
+namespace at the end. `cluster_topology` (pure) turns the API's JSON into workloads and
+Services, naming what it cannot audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
+from pytest_meshconform.backends.kube.backend import KubeMesh, _meta, pod_has_sidecar, pod_is_ready
+from pytest_meshconform.backends.kube.client import KubeApiError
+from pytest_meshconform.backends.kube.options import KubeOptions
+from pytest_meshconform.backends.kube.topology import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    RunNamespaces,
+    _labels,
+)
+from pytest_meshconform.mesh import MeshError, Service, Workload
+
+__all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_topology"]
+
+# Never audited: Kubernetes' own namespaces (the Istio namespace is added at run time).
+SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
+POLICY_KINDS: Final = (
+    ("security.istio.io", "PeerAuthentication"),
+    ("networking.istio.io", "DestinationRule"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTopology:
+    """What the cluster runs, as the Istio model reads it, and what cannot be audited."""
+
+    workloads: tuple[Workload, ...]
+    services: tuple[Service, ...]
+    not_audited: tuple[str, ...]
+
+
+def _workload_name(pod: Mapping[str, Any]) -> str:
+    labels = _meta(pod).get("labels") or {}
+    for key in ("app", "app.kubernetes.io/name"):
+        if labels.get(key):
+            return str(labels[key])
+    generate = str(_meta(pod).get("generateName") or "").rstrip("-")
+    return generate or str(_meta(pod).get("name"))
+
+
+def _container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
+    named: dict[str, int] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            number = port.get("containerPort")
+            if isinstance(number, int):
+                named[str(port.get("name") or number)] = number
+    return named
+
+
+def cluster_topology(
+    namespaces: Sequence[str],
+    services: Mapping[str, Sequence[Mapping[str, Any]]],
+    pods: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> ClusterTopology:
+    """Workloads (ready pods grouped by namespace, labels, service account and sidecar: the
+    replicas of one Deployment are one workload) and one `Service` per Service port, from the
+    API's JSON of each namespace. Services without selector, headless or ExternalName ones,
+    UDP ports and ports without ready endpoints are listed in ``not_audited`` with why."""
+    workloads: dict[tuple[Any, ...], Workload] = {}
+    ports_of: dict[tuple[Any, ...], dict[str, int]] = {}
+    found_services: list[Service] = []
+    notes: list[str] = []
+    for namespace in namespaces:
+        for pod in pods.get(namespace, ()):
+            if not pod_is_ready(pod):
+                continue
+            labels = {str(k): str(v) for k, v in (_meta(pod).get("labels") or {}).items()}
+            account = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
+            sidecar = pod_has_sidecar(pod)
+            key = (namespace, tuple(sorted(labels.items())), account, sidecar)
+            if key not in workloads:
+                named = _container_ports(pod)
+                workloads[key] = Workload(
+                    name=_workload_name(pod),
+                    namespace=namespace,
+                    app=labels.get("app", _workload_name(pod)),
+                    service_account=account,
+                    has_sidecar=sidecar,
+                    labels=labels,
+                    container_ports=tuple(sorted(set(named.values()))),
+                )
+                ports_of[key] = named
+        for svc in services.get(namespace, ()):
+            name = str(_meta(svc).get("name"))
+            spec = svc.get("spec") or {}
+            where = f"{name}.{namespace}"
+            selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
+            if spec.get("type") == "ExternalName" or not selector:
+                notes.append(f"{where}: no selector (ExternalName or manual endpoints)")
+                continue
+            if spec.get("clusterIP") == "None":
+                notes.append(f"{where}: headless (not modelled)")
+                continue
+            selected = [
+                (key, w)
+                for key, w in workloads.items()
+                if w.namespace == namespace
+                and all(w.labels.get(k) == v for k, v in selector.items())
+            ]
+            for port in spec.get("ports") or []:
+                number = port.get("port")
+                label = f"{where}:{number}"
+                if port.get("protocol", "TCP") != "TCP":
+                    notes.append(f"{label}: {port.get('protocol')} (only TCP is audited)")
+                    continue
+                target = port.get("targetPort", number)
+                resolved = [
+                    ports_of[key].get(str(target)) if isinstance(target, str) else target
+                    for key, _ in selected
+                ]
+                numbers = {r for r in resolved if isinstance(r, int)}
+                if not selected:
+                    notes.append(f"{label}: no ready endpoint")
+                    continue
+                if len(numbers) != 1:
+                    notes.append(
+                        f"{label}: targetPort {target!r} resolves to {sorted(numbers) or 'nothing'}"
+                        " across its endpoints"
+                    )
+                    continue
+                found_services.append(
+                    Service(
+                        name=name,
+                        namespace=namespace,
+                        port=int(number),
+                        target_port=numbers.pop(),
+                        selector_app=selector.get("app", ""),
+                        port_name=str(port.get("name") or ""),
+                        app_protocol=port.get("appProtocol"),
+                        selector=tuple(sorted(selector.items())),
+                    )
+                )
+    return ClusterTopology(tuple(workloads.values()), tuple(found_services), tuple(notes))
+
+
+class KubeAuditMesh(KubeMesh):
+    """The cluster as the audit sees it: its Services and pods read-only, plus the audit's
+    own namespace with the two probes (the only thing created, and deleted at the end)."""
+
+    def __init__(
+        self,
+        api: Any,
+        *,
+        options: KubeOptions,
+        progress: Any = None,
+        owner: str = "meshconform",
+        run_dir: Path | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        names = RunNamespaces(run_id) if run_id else None
+        super().__init__(
+            api,
+            backend="existing",
+            options=options,
+            cert_ttl=timedelta(hours=24),
+            keep=False,
+            names=names,
+            progress=progress,
+            owner=owner,
+            run_dir=run_dir,
+        )
+        self.audit_namespace = f"{AUDIT_NAMESPACE}-{self.names.run_id}"
+        self._probes = tuple(
+            Workload(
+                name=name,
+                namespace=self.audit_namespace,
+                app=name,
+                service_account="default",
+                has_sidecar=sidecar,
+                labels={"app": name},
+            )
+            for name, sidecar in ((PROBE, True), (NAKED_PROBE, False))
+        )
+        self._workloads = self._probes
+        self._services = ()
+        self.not_audited: tuple[str, ...] = ()
+        self._audited_namespaces: tuple[str, ...] = ()
+
+    # -- what the audit reads ------------------------------------------------------------------
+
+    @property
+    def audited_namespaces(self) -> tuple[str, ...]:
+        """The cluster's namespaces the audit read (after `start`)."""
+        return self._audited_namespaces
+
+    def logical_namespace(self, target: Workload | str) -> str:
+        namespace = target.namespace if isinstance(target, Workload) else target
+        return AUDIT_NAMESPACE if namespace == self.audit_namespace else namespace
+
+    def workload(self, name: str, namespace: str) -> Workload:
+        real = self.audit_namespace if namespace == AUDIT_NAMESPACE else namespace
+        for workload in self._workloads:
+            if workload.name == name and workload.namespace == real:
+                return workload
+        raise MeshError(f"no workload {name!r} in {namespace}")
+
+    def policies(self) -> Sequence[Mapping[str, Any]]:
+        """Every PeerAuthentication and DestinationRule of the audited namespaces and the
+        root namespace (read-only)."""
+        found: list[dict[str, Any]] = []
+        for group, kind in POLICY_KINDS:
+            versions = self._served(group, kind)
+            if not versions:
+                continue
+            for namespace in (*self._audited_namespaces, self.root_namespace):
+                try:
+                    found += self.api.list_objects(f"{group}/{versions[0]}", kind, namespace)
+                except KubeApiError as error:
+                    raise MeshError(
+                        f"cannot read {kind}s in {namespace} to predict the modes: {error}"
+                    ) from None
+        return found
+
+    def apply(self, manifest: Mapping[str, Any]) -> None:
+        raise MeshError("the audit never changes the cluster's resources (no --policy there)")
+
+    def delete(self, manifest: Mapping[str, Any]) -> None:
+        raise MeshError("the audit never changes the cluster's resources")
+
+    # -- lifecycle: only the audit's own namespace is created ---------------------------------
+
+    def _sweep_leftovers(self) -> None:
+        """Nothing: the audit touches no namespace but its own."""
+
+    def _create_topology(self) -> None:
+        labels = _labels(self.names)
+        labels["pod-security.kubernetes.io/enforce"] = "privileged"  # the capture container
+        if self.options.revision:
+            labels["istio.io/rev"] = self.options.revision
+        else:
+            labels["istio-injection"] = "enabled"
+        self._progress(f"creating the audit's namespace {self.audit_namespace} with its probes")
+        self.api.create_namespace(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": self.audit_namespace, "labels": labels},
+            }
+        )
+        self._created_namespaces.append(self.audit_namespace)
+        for probe in self._probes:
+            template: dict[str, Any] = {"labels": {"app": probe.app, **_labels(self.names)}}
+            if not probe.has_sidecar:
+                template["annotations"] = {"sidecar.istio.io/inject": "false"}
+            self.api.apply(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {
+                        "name": probe.name,
+                        "namespace": self.audit_namespace,
+                        "labels": {MANAGED_BY_LABEL: MANAGED_BY, "app": probe.app},
+                    },
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"app": probe.app}},
+                        "template": {
+                            "metadata": template,
+                            "spec": {
+                                "terminationGracePeriodSeconds": 0,
+                                "containers": [
+                                    {
+                                        "name": probe.app,
+                                        "image": self.options.sleep_image,
+                                        "imagePullPolicy": "IfNotPresent",
+                                        "command": ["/bin/sleep", "infinity"],
+                                    }
+                                ],
+                            },
+                        },
+                    },
+                }
+            )
+
+    def _read_root_cert(self) -> str:
+        config_map = self.api.read_config_map(self.audit_namespace, "istio-ca-root-cert")
+        pem = ((config_map or {}).get("data") or {}).get("root-cert.pem")
+        if not pem:
+            raise MeshError(
+                f"configmap {self.audit_namespace}/istio-ca-root-cert has no root-cert.pem"
+            )
+        return str(pem)
+
+    def _wait_reachable(self) -> None:
+        """Instead of the test topology's reachability: read the cluster (read-only)."""
+        self.discover()
+
+    def discover(self) -> ClusterTopology:
+        """List namespaces, Services and pods; the probes stay first among the workloads."""
+        skip = {*SYSTEM_NAMESPACES, self.options.istio_namespace, self.audit_namespace}
+        namespaces = sorted(
+            str(_meta(ns).get("name"))
+            for ns in self.api.list_namespaces("")
+            if str(_meta(ns).get("name")) not in skip
+            and (_meta(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
+        )
+        services = {ns: self.api.list_objects("v1", "Service", ns) for ns in namespaces}
+        pods = {ns: self.api.list_pods(ns) for ns in namespaces}
+        found = cluster_topology(namespaces, services, pods)
+        self._audited_namespaces = tuple(namespaces)
+        self._workloads = (*self._probes, *found.workloads)
+        self._services = found.services
+        self.not_audited = found.not_audited
+        self._progress(
+            f"read {len(namespaces)} namespaces: {len(found.services)} Service ports,"
+            f" {len(found.workloads)} workloads; not audited: {len(found.not_audited)}"
+        )
+        return found

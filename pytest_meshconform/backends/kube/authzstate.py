@@ -1,0 +1,187 @@
+"""A sidecar's AuthorizationPolicy state, read from its Envoy ``/config_dump`` (pure).
+
+istiod puts its RBAC filters on every chain of the ``virtualInbound`` listener: an
+``envoy.filters.http.rbac`` HTTP filter in each HTTP connection manager, an
+``envoy.filters.network.rbac`` network filter on each TCP chain, DENY before ALLOW, each
+naming its policies ``ns[<ns>]-policy[<name>]-rule[<i>]`` in ``rules`` (enforced) or
+``shadow_rules`` (dry-run). :func:`authz_mismatches` compares what each chain carries with the
+Istio model's :class:`pytest_meshconform.istio.Authorization`: the kube backend waits until it
+finds nothing, i.e. until the policies just applied are in force on every chain.
+
+The blackhole chain (15006) carries no RBAC and is skipped; CUSTOM's ext_authz RBAC filters
+(shadow prefix ``istio_ext_authz_``) are not AuthorizationPolicy ALLOW/DENY and are ignored.
+Principals are not compared (1.19+ proxies match them on Istio's filter state, the local mesh
+on ``authenticated``): the policy names say which rules are in force.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pytest_meshconform.istio import Authorization, RbacFilter
+from pytest_meshconform.istio.authorization import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
+
+__all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
+
+VIRTUAL_INBOUND: Final = "virtualInbound"
+HCM_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
+BLACKHOLE_PORT: Final = 15006
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRbac:
+    """One RBAC filter as a chain carries it: its action and policy names."""
+
+    action: str  # "ALLOW" or "DENY"
+    policies: frozenset[str]
+    shadow_policies: frozenset[str]
+    enforcing: bool  # has a ``rules`` block
+
+    def describe(self) -> str:
+        parts = [f"{self.action}{sorted(self.policies)}" if self.enforcing else self.action]
+        if not self.enforcing:
+            parts.append("(no rules)")
+        if self.shadow_policies:
+            parts.append(f"shadow{sorted(self.shadow_policies)}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAuthz:
+    """The RBAC filters of one ``virtualInbound`` filter chain (``problem``: unreadable)."""
+
+    name: str
+    port: int | None
+    http: bool
+    filters: tuple[SeenRbac, ...]
+    problem: str | None = None
+
+    def describe(self) -> str:
+        where = f"port {self.port}" if self.port is not None else "passthrough"
+        kind = "HTTP" if self.http else "TCP"
+        return f"virtualInbound chain {self.name or '?'} ({where}, {kind})"
+
+
+def _rbac(config: Mapping[str, Any]) -> SeenRbac | None:
+    if config.get("shadow_rules_stat_prefix") == EXT_AUTHZ_SHADOW_PREFIX:
+        return None
+    rules = config.get("rules")
+    shadow = config.get("shadow_rules")
+    block = rules if isinstance(rules, Mapping) else shadow
+    action = str(block.get("action", "ALLOW")) if isinstance(block, Mapping) else "ALLOW"
+
+    def names(value: object) -> frozenset[str]:
+        if not isinstance(value, Mapping):
+            return frozenset()
+        policies = value.get("policies")
+        return frozenset(str(k) for k in policies) if isinstance(policies, Mapping) else frozenset()
+
+    return SeenRbac(action, names(rules), names(shadow), isinstance(rules, Mapping))
+
+
+def _chain(chain: Mapping[str, Any]) -> ChainAuthz:
+    name = str(chain.get("name", ""))
+    match = chain.get("filter_chain_match")
+    port = match.get("destination_port") if isinstance(match, Mapping) else None
+    port = port if isinstance(port, int) else None
+    filters: list[SeenRbac] = []
+    http = False
+    raw_filters = chain.get("filters")
+    if not isinstance(raw_filters, list):
+        return ChainAuthz(name, port, False, (), problem="no filters list")
+    for raw in raw_filters:
+        config = raw.get("typed_config") if isinstance(raw, Mapping) else None
+        if not isinstance(config, Mapping):
+            continue
+        kind = config.get("@type")
+        if kind == NETWORK_RBAC_TYPE:
+            seen = _rbac(config)
+            if seen is not None:
+                filters.append(seen)
+        elif kind == HCM_TYPE:
+            http = True
+            for http_filter in config.get("http_filters") or []:
+                typed = (
+                    http_filter.get("typed_config") if isinstance(http_filter, Mapping) else None
+                )
+                if isinstance(typed, Mapping) and typed.get("@type") == HTTP_RBAC_TYPE:
+                    seen = _rbac(typed)
+                    if seen is not None:
+                        filters.append(seen)
+    return ChainAuthz(name, port, http, tuple(filters))
+
+
+def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAuthz, ...]:
+    """The RBAC filters on each chain of the active ``virtualInbound`` listener (empty when
+    the dump has none: a sidecar without inbound listener, or no dump section)."""
+    document = json.loads(data) if isinstance(data, bytes | str) else data
+    configs = document.get("configs") if isinstance(document, Mapping) else None
+    for section in configs if isinstance(configs, list) else []:
+        listeners = section.get("dynamic_listeners") if isinstance(section, Mapping) else None
+        for entry in listeners if isinstance(listeners, list) else []:
+            if not isinstance(entry, Mapping) or entry.get("name") != VIRTUAL_INBOUND:
+                continue
+            active = entry.get("active_state")
+            listener = active.get("listener") if isinstance(active, Mapping) else None
+            chains = listener.get("filter_chains") if isinstance(listener, Mapping) else None
+            return tuple(
+                _chain(chain)
+                for chain in (chains if isinstance(chains, list) else [])
+                if isinstance(chain, Mapping)
+                and _chain_port(chain) != BLACKHOLE_PORT
+                and not str(chain.get("name", "")).endswith("-blackhole")
+            )
+    return ()
+
+
+def _chain_port(chain: Mapping[str, Any]) -> object:
+    match = chain.get("filter_chain_match")
+    return match.get("destination_port") if isinstance(match, Mapping) else None
+
+
+def _wanted(rbac: RbacFilter) -> SeenRbac:
+    return SeenRbac(
+        rbac.action.value, rbac.policy_names, rbac.shadow_policy_names, rbac.rules is not None
+    )
+
+
+def authz_mismatches(
+    chains: Sequence[ChainAuthz], expected: Authorization, *, root_known: bool = True
+) -> tuple[str, ...]:
+    """How each inbound chain's RBAC filters differ from what the model expects (empty: in
+    force everywhere; also for a dump without ``virtualInbound``, which enforces nothing
+    inbound to wait for). HTTP chains must carry ``expected.http``, TCP chains
+    ``expected.tcp``, in order. ``root_known`` False (the root namespace could not be read):
+    a chain may carry more policies than expected, from mesh-wide policies unseen here."""
+    found: list[str] = []
+    for chain in chains:
+        if chain.problem is not None:
+            found.append(f"{chain.describe()}: {chain.problem}")
+            continue
+        want = tuple(_wanted(f) for f in (expected.http if chain.http else expected.tcp))
+        if _agrees(chain.filters, want, root_known):
+            continue
+        have = "; ".join(f.describe() for f in chain.filters) or "no RBAC filter"
+        wanted = "; ".join(f.describe() for f in want) or "no RBAC filter"
+        found.append(f"{chain.describe()}: RBAC {have} (want {wanted})")
+    return tuple(found)
+
+
+def _agrees(have: tuple[SeenRbac, ...], want: tuple[SeenRbac, ...], root_known: bool) -> bool:
+    if root_known:
+        return have == want
+    by_action = {f.action: f for f in have}
+    for wanted in want:
+        seen = by_action.get(wanted.action)
+        if seen is None or not (
+            wanted.policies <= seen.policies and wanted.shadow_policies <= seen.shadow_policies
+        ):
+            return False
+    return True

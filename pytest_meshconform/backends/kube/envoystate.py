@@ -1,0 +1,874 @@
+# Large on purpose: one reader of Envoy config dumps (listeners, clusters, secrets), see
+# docs/architecture.md.
+"""What a sidecar's own Envoy config implements, and whether that is what the policies say. Pure.
+
+The kube backend waits for a policy change by reading each sidecar's ``/config_dump`` (through
+``pilot-agent request``) until it implements the state the Istio model
+(:mod:`pytest_meshconform.istio`, which the local mesh renders from too) predicts: that works
+on every Istio version, unlike istiod's config distribution tracking (removed in Istio 1.23,
+istio/istio#51866), and it checks the proxy itself rather than istiod's bookkeeping.
+
+Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON, snake_case):
+
+- Inbound: the ``virtualInbound`` listener holds, per container port, filter chains whose
+  ``filter_chain_match`` has ``destination_port`` (pilot/pkg/networking/core/listener_inbound.go,
+  ``inboundChainConfig.ToFilterChainMatch``). Which chains exist follows the port's mTLS mode
+  (pilot/pkg/networking/core/filterchain_options.go, ``getFilterChainMatchOptions``): STRICT
+  gives only ``transport_protocol: tls`` chains that terminate mTLS; PERMISSIVE adds a
+  ``raw_buffer`` (plaintext) chain next to the mTLS one; DISABLE gives only ``raw_buffer``
+  chains. A chain terminates mTLS with a ``DownstreamTlsContext`` whose
+  ``require_client_certificate`` is true (pilot/pkg/security/authn/utils/utils.go,
+  ``BuildInboundTLS``; none for DISABLE).
+- Outbound: the cluster ``outbound|<port>||<fqdn>`` (pilot/pkg/networking/core/cluster_tls.go,
+  ``applyUpstreamTLSSettings``): a DestinationRule ``ISTIO_MUTUAL`` gives a ``transport_socket``
+  with an ``UpstreamTlsContext`` using the SDS secrets ``default`` (the workload certificate)
+  and ``ROOTCA`` (the mesh root); ``DISABLE`` gives none; auto mTLS (no TLS in any rule) gives
+  ``transport_socket_matches`` ``tlsMode-istio`` (TLS) then ``tlsMode-disabled`` (raw
+  buffer). ``connectionPool.http.maxRequestsPerConnection`` becomes
+  ``common_http_protocol_options.max_requests_per_connection`` of the cluster's
+  ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
+  (pilot/pkg/networking/core/cluster_traffic_policy.go).
+- Real Envoys print more than that: sockets by name only (Istio <= 1.13), HBONE socket matches
+  (ambient-profile istiod), the ``virtualInbound-blackhole`` chain. docs/kube-reader.md lists
+  every shape read and the real dumps (tests/test_kube_real_dumps.py) that prove it; a part
+  that cannot be read is kept, named, where it is, and blocks only what concerns it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+from pytest_meshconform.istio import Sidecar, outbound_cluster_name, plan_sidecar
+from pytest_meshconform.istio.api.policy import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MtlsMode,
+    PeerAuthentication,
+    PolicyError,
+    TlsMode,
+)
+from pytest_meshconform.mesh import Service, Workload
+
+__all__ = [
+    "ISTIO_ROOT_SECRET",
+    "ISTIO_WORKLOAD_SECRET",
+    "EnvoyState",
+    "EnvoyStateError",
+    "ExpectedInbound",
+    "ExpectedOutbound",
+    "InboundChain",
+    "InboundPort",
+    "OutboundCluster",
+    "SidecarExpectation",
+    "UpstreamTransport",
+    "expected_sidecar",
+    "max_requests_per_connection",
+    "mismatches",
+    "outbound_cluster_name",
+    "parse_config_dump",
+    "parse_listeners",
+]
+
+VIRTUAL_INBOUND: Final = "virtualInbound"
+# pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
+# itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
+VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
+# cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
+HBONE_MATCH: Final = "hbone"
+# listener_inbound.go ``buildInboundHBONEListeners`` (only when model.Proxy
+# ``EnableHBONEListen``: proxy metadata ENABLE_HBONE and PILOT_ENABLE_SIDECAR_LISTENING_HBONE):
+# the HBONE terminating listener on port 15008
+CONNECT_TERMINATE: Final = "connect_terminate"
+# Istio's SDS resource names (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName)
+ISTIO_WORKLOAD_SECRET: Final = "default"
+ISTIO_ROOT_SECRET: Final = "ROOTCA"
+HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_ADMIN_V3: Final = "type.googleapis.com/envoy.admin.v3."
+_ADMIN_V2: Final = "type.googleapis.com/envoy.admin.v2alpha."
+_RAW_BUFFER: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+)
+# Envoy's well-known name (and its deprecated short form) of the raw buffer socket
+_RAW_BUFFER_NAMES: Final = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
+# top-level keys of ztunnel's /config_dump (ztunnel src/admin.rs ``ConfigDump``)
+ZTUNNEL_KEYS: Final = frozenset({"workloadState", "workloads", "certificates", "staticConfig"})
+_CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
+_SHOWN: Final = 80
+
+Policy = PeerAuthentication | DestinationRule | AuthorizationPolicy
+
+
+class EnvoyStateError(ValueError):
+    """A config dump without the shape Envoy gives it; the message names the field."""
+
+
+class UpstreamTransport(StrEnum):
+    """How a cluster talks to its endpoints."""
+
+    PLAINTEXT = "plaintext"  # no transport socket, or raw_buffer only
+    TLS = "TLS"  # an UpstreamTlsContext for every endpoint
+    AUTO = "auto mTLS"  # per endpoint: TLS for tlsMode=istio, plaintext otherwise
+    OTHER = "other"  # a transport socket this module does not classify (named in ``detail``)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundChain:
+    """One ``virtualInbound`` filter chain for a destination port."""
+
+    name: str
+    transport_protocol: str  # "tls", "raw_buffer" or "" (any)
+    application_protocols: tuple[str, ...]
+    terminates_tls: bool  # has a DownstreamTlsContext
+    requires_client_cert: bool  # ... with require_client_certificate: true (mTLS)
+    problem: str = ""  # why this chain could not be read (then it is unclassified)
+
+    @property
+    def is_plaintext(self) -> bool:
+        return (
+            not self.problem
+            and not self.terminates_tls
+            and self.transport_protocol in ("raw_buffer", "")
+        )
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"unreadable {self.name or 'chain'} ({self.problem})"
+        kind = "mTLS" if self.requires_client_cert else "TLS" if self.terminates_tls else "plain"
+        match = self.transport_protocol or "any"
+        alpn = f" alpn={','.join(self.application_protocols)}" if self.application_protocols else ""
+        return f"{match}/{kind}{alpn}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPort:
+    """The ``virtualInbound`` chains for one destination port and the mode they implement."""
+
+    port: int
+    chains: tuple[InboundChain, ...]
+
+    @property
+    def mode(self) -> MtlsMode | None:
+        """STRICT, PERMISSIVE or DISABLE as Istio renders them; None for any other shape
+        (and when a chain of the port could not be read)."""
+        if any(c.problem for c in self.chains):
+            return None
+        mtls = [c for c in self.chains if c.requires_client_cert]
+        plain = [c for c in self.chains if c.is_plaintext]
+        if mtls and not plain and all(c.transport_protocol == "tls" for c in self.chains):
+            return MtlsMode.STRICT
+        if mtls and plain:
+            return MtlsMode.PERMISSIVE
+        if plain and not mtls:
+            return MtlsMode.DISABLE
+        return None
+
+    def describe(self) -> str:
+        shape = ", ".join(c.describe() for c in self.chains)
+        mode = self.mode
+        return f"{mode.value if mode else 'unrecognised'} (chains: {shape})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundCluster:
+    """One dynamic cluster: its transport and the connection settings meshconform relies on."""
+
+    name: str
+    transport: UpstreamTransport
+    certificate_secrets: tuple[str, ...] = ()
+    validation_secret: str | None = None
+    sni: str | None = None
+    max_requests_per_connection: int | None = None
+    detail: str = ""  # the unclassified transport socket, or why it could not be read, for OTHER
+    hbone: bool = False  # endpoints labelled tunnel: http are reached over HBONE instead
+
+    def describe(self) -> str:
+        text = self.transport.value
+        if self.transport is UpstreamTransport.TLS:
+            secrets = "/".join(self.certificate_secrets) or "none"
+            text += f" (SDS {secrets}, root {self.validation_secret or 'none'})"
+        elif self.detail:
+            text += f" ({self.detail})"
+        if self.hbone:
+            text += ", HBONE to tunnel-capable endpoints"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyState:
+    """What one Envoy's config dump implements for mTLS."""
+
+    listeners_version: str | None
+    clusters_version: str | None
+    has_virtual_inbound: bool
+    inbound: Mapping[int, InboundPort]
+    clusters: Mapping[str, OutboundCluster]
+    blackhole_ports: tuple[int, ...] = ()  # virtualInbound-blackhole chains (15006): no mode
+    listener_problems: tuple[str, ...] = ()  # virtualInbound chains whose port is unreadable
+    cluster_problems: tuple[str, ...] = ()  # clusters whose name is unreadable
+    hbone_inbound: bool = False  # an active connect_terminate listener: accepts HBONE on 15008
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
+        object.__setattr__(self, "clusters", MappingProxyType(dict(self.clusters)))
+
+    @property
+    def version(self) -> str:
+        return f"listeners {self.listeners_version or '-'}, clusters {self.clusters_version or '-'}"
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise EnvoyStateError(f"{where}: expected an object, got {_show(value)}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EnvoyStateError(f"{where}: expected a list, got {_show(value)}")
+    return value
+
+
+def _string(value: object, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise EnvoyStateError(f"{where}: expected a string, got {_show(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool)) else "?"
+    text = text if value is not None else "null"
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _uint32(value: object, where: str) -> int:
+    """A protobuf UInt32Value in JSON: a number (Envoy never quotes 32-bit integers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise EnvoyStateError(f"{where}: expected an unsigned 32-bit integer, got {_show(value)}")
+    return value
+
+
+def _socket_type(socket: Mapping[str, Any], where: str) -> str:
+    """The ``@type`` of a transport socket's ``typed_config``, or, for a socket Envoy knows
+    by name only (Istio <= 1.13 writes ``tlsMode-disabled`` as ``{"name":
+    "envoy.transport_sockets.raw_buffer"}``: ``defaultTransportSocketMatch`` in
+    pilot/pkg/networking/core/v1alpha3/cluster.go), the type that name stands for."""
+    typed = socket.get("typed_config")
+    if typed is None:
+        name = _string(socket.get("name"), f"{where}.name")
+        if name in _RAW_BUFFER_NAMES:
+            return _RAW_BUFFER
+        raise EnvoyStateError(
+            f"{where}.typed_config: expected an object, got null"
+            + (f" (socket {name!r} without a config)" if name else "")
+        )
+    kind = _string(
+        _mapping(typed, f"{where}.typed_config").get("@type"), f"{where}.typed_config.@type"
+    )
+    if not kind:
+        raise EnvoyStateError(f"{where}.typed_config: no @type")
+    return kind
+
+
+def _inbound_chain(chain: Mapping[str, Any], where: str) -> InboundChain:
+    match = _mapping(chain.get("filter_chain_match") or {}, f"{where}.filter_chain_match")
+    alpns = _list(match.get("application_protocols"), f"{where}.application_protocols")
+    for index, alpn in enumerate(alpns):
+        _string(alpn, f"{where}.application_protocols[{index}]")
+    terminates = requires = False
+    socket = chain.get("transport_socket")
+    if socket is not None:
+        socket = _mapping(socket, f"{where}.transport_socket")
+        kind = _socket_type(socket, f"{where}.transport_socket")
+        if kind.endswith(".DownstreamTlsContext"):
+            terminates = True
+            required = socket["typed_config"].get("require_client_certificate", False)
+            if not isinstance(required, bool):
+                raise EnvoyStateError(
+                    f"{where}.transport_socket.typed_config.require_client_certificate:"
+                    f" expected a boolean, got {_show(required)}"
+                )
+            requires = required
+        elif not kind.endswith(".RawBuffer"):
+            raise EnvoyStateError(f"{where}.transport_socket: unknown downstream socket {kind!r}")
+    return InboundChain(
+        name=_string(chain.get("name"), f"{where}.name"),
+        transport_protocol=_string(match.get("transport_protocol"), f"{where}.transport_protocol"),
+        application_protocols=tuple(alpns),
+        terminates_tls=terminates,
+        requires_client_cert=requires,
+    )
+
+
+def _chain_port(chain: object, where: str) -> int | None:
+    match = _mapping(
+        _mapping(chain, where).get("filter_chain_match") or {}, f"{where}.filter_chain_match"
+    )
+    port = match.get("destination_port")
+    return None if port is None else _uint32(port, f"{where}.destination_port")
+
+
+def _inbound_ports(
+    listener: Mapping[str, Any], where: str
+) -> tuple[dict[int, InboundPort], tuple[int, ...], tuple[str, ...]]:
+    """Per destination port, its chains; the blackhole chain's port; what could not be read.
+
+    A chain that cannot be read is kept, unclassified, in its port (so only that port's
+    expectation is blocked); one whose port cannot be read is reported for the listener."""
+    by_port: dict[int, list[InboundChain]] = {}
+    blackhole: list[int] = []
+    problems: list[str] = []
+    chains = _list(listener.get("filter_chains"), f"{where}.filter_chains")
+    for index, raw in enumerate(chains):
+        chain_where = f"{where}.filter_chains[{index}]"
+        try:
+            port = _chain_port(raw, chain_where)
+        except EnvoyStateError as error:
+            problems.append(str(error))
+            continue
+        if port is None:
+            continue  # passthrough / catch-all chains: no port of the workload
+        try:
+            chain = _inbound_chain(raw, chain_where)
+        except EnvoyStateError as error:
+            name = raw.get("name") if isinstance(raw.get("name"), str) else ""
+            chain = InboundChain(name, "", (), False, False, problem=str(error))
+        if chain.name == VIRTUAL_INBOUND_BLACKHOLE:
+            blackhole.append(port)
+            continue
+        by_port.setdefault(port, []).append(chain)
+    ports = {port: InboundPort(port, tuple(found)) for port, found in by_port.items()}
+    return ports, tuple(blackhole), tuple(problems)
+
+
+def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
+    """The transport of one (cluster-level or matched) socket; ``name`` is filled in later."""
+    kind = _socket_type(socket, where)
+    if kind.endswith(".RawBuffer"):
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+    typed = socket["typed_config"]
+    typed_where = f"{where}.typed_config"
+    if kind.endswith(".InternalUpstreamTransport"):  # HBONE / waypoint wrapping
+        inner = typed.get("transport_socket")
+        if inner is None:
+            return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+        inner_where = f"{typed_where}.transport_socket"
+        return _upstream_socket(_mapping(inner, inner_where), inner_where)
+    if kind.endswith(".UpstreamTlsContext"):
+        common = _mapping(
+            typed.get("common_tls_context") or {}, f"{typed_where}.common_tls_context"
+        )
+        configs = _list(
+            common.get("tls_certificate_sds_secret_configs"),
+            f"{typed_where}.common_tls_context.tls_certificate_sds_secret_configs",
+        )
+        secrets = tuple(
+            _string(
+                _mapping(c, f"{typed_where}.sds[{i}]").get("name"), f"{typed_where}.sds[{i}].name"
+            )
+            for i, c in enumerate(configs)
+        )
+        combined = _mapping(
+            common.get("combined_validation_context") or {},
+            f"{typed_where}.common_tls_context.combined_validation_context",
+        )
+        validation = combined.get("validation_context_sds_secret_config") or common.get(
+            "validation_context_sds_secret_config"
+        )
+        root = None
+        if validation is not None:
+            root = _string(
+                _mapping(validation, f"{typed_where}.validation_context_sds_secret_config").get(
+                    "name"
+                ),
+                f"{typed_where}.validation_context_sds_secret_config.name",
+            )
+        sni = _string(typed.get("sni"), f"{typed_where}.sni") or None
+        return OutboundCluster("", UpstreamTransport.TLS, secrets, root, sni)
+    return OutboundCluster("", UpstreamTransport.OTHER, detail=kind)
+
+
+def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluster:
+    """The cluster's transport for endpoints reached directly; ``hbone`` when endpoints that
+    can tunnel (``tunnel: http``) are reached over HBONE instead.
+
+    pilot/pkg/networking/core/cluster_tls.go, ``applyHBONETransportSocketMatches``: with HBONE
+    sending on, istiod puts ``hboneTransportSocket`` (name ``hbone``, an internal upstream
+    socket to the ``connect_originate`` listener) first and then what it would have used
+    without HBONE: ``tlsMode-istio`` + ``tlsMode-disabled`` (auto mTLS), ``tlsMode-istio``
+    alone (DestinationRule ISTIO_MUTUAL), ``tlsMode-disabled`` (no TLS), ``user`` (SIMPLE,
+    MUTUAL)."""
+    socket = cluster.get("transport_socket")
+    matches = _list(cluster.get("transport_socket_matches"), f"{where}.transport_socket_matches")
+    if socket is not None and not matches:
+        socket_where = f"{where}.transport_socket"
+        return _upstream_socket(_mapping(socket, socket_where), socket_where)
+    if not matches:
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+    found = []
+    hbone = False
+    for index, raw in enumerate(matches):
+        match_where = f"{where}.transport_socket_matches[{index}]"
+        entry = _mapping(raw, match_where)
+        if _string(entry.get("name"), f"{match_where}.name") == HBONE_MATCH:
+            hbone = True
+            continue
+        inner = entry.get("transport_socket")
+        if inner is None:
+            found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
+        else:
+            inner_where = f"{match_where}.transport_socket"
+            found.append(_upstream_socket(_mapping(inner, inner_where), inner_where))
+    if socket is not None:  # the fallback when no match applies
+        socket_where = f"{where}.transport_socket"
+        found.append(_upstream_socket(_mapping(socket, socket_where), socket_where))
+    if not found:  # only the hbone match: every other endpoint gets no socket at all
+        found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
+    kinds = {f.transport for f in found}
+    if UpstreamTransport.OTHER in kinds:
+        other = next(f for f in found if f.transport is UpstreamTransport.OTHER)
+        return OutboundCluster("", UpstreamTransport.OTHER, detail=other.detail, hbone=hbone)
+    if kinds == {UpstreamTransport.PLAINTEXT}:
+        return OutboundCluster("", UpstreamTransport.PLAINTEXT, hbone=hbone)
+    tls = next(f for f in found if f.transport is UpstreamTransport.TLS)
+    kind = UpstreamTransport.TLS if kinds == {UpstreamTransport.TLS} else UpstreamTransport.AUTO
+    return OutboundCluster(
+        "", kind, tls.certificate_secrets, tls.validation_secret, tls.sni, hbone=hbone
+    )
+
+
+def max_requests_per_connection(cluster: Mapping[str, Any], where: str = "cluster") -> int | None:
+    """``max_requests_per_connection`` from the HttpProtocolOptions extension (or the
+    deprecated cluster field older Envoys print); None when unset."""
+    options = _mapping(
+        cluster.get("typed_extension_protocol_options") or {},
+        f"{where}.typed_extension_protocol_options",
+    )
+    http = options.get(HTTP_PROTOCOL_OPTIONS)
+    if http is not None:
+        common = _mapping(
+            _mapping(http, f"{where}.{HTTP_PROTOCOL_OPTIONS}").get("common_http_protocol_options")
+            or {},
+            f"{where}.common_http_protocol_options",
+        )
+        value = common.get("max_requests_per_connection")
+        if value is not None:
+            return _uint32(value, f"{where}.max_requests_per_connection")
+    legacy = cluster.get("max_requests_per_connection")
+    return None if legacy is None else _uint32(legacy, f"{where}.max_requests_per_connection")
+
+
+def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
+    where = f"cluster {name}"
+    transport = _cluster_transport(cluster, where)
+    return OutboundCluster(
+        name,
+        transport.transport,
+        transport.certificate_secrets,
+        transport.validation_secret,
+        transport.sni,
+        max_requests_per_connection(cluster, where),
+        transport.detail,
+        transport.hbone,
+    )
+
+
+def _clusters(section: Mapping[str, Any]) -> tuple[dict[str, OutboundCluster], tuple[str, ...]]:
+    """Every active cluster; one that cannot be read is kept as ``OTHER`` with the reason (it
+    blocks only an expectation about that cluster); one without a readable name is reported."""
+    found: dict[str, OutboundCluster] = {}
+    problems: list[str] = []
+    entries = _list(section.get("dynamic_active_clusters"), "dynamic_active_clusters")
+    for index, raw in enumerate(entries):
+        where = f"dynamic_active_clusters[{index}]"
+        try:
+            cluster = _mapping(_mapping(raw, where).get("cluster"), f"{where}.cluster")
+            name = _string(cluster.get("name"), f"{where}.cluster.name")
+        except EnvoyStateError as error:
+            problems.append(str(error))
+            continue
+        try:
+            found[name] = _cluster(cluster, name)
+        except EnvoyStateError as error:
+            found[name] = OutboundCluster(name, UpstreamTransport.OTHER, detail=str(error))
+    return found, tuple(problems)
+
+
+def _load(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> object:
+    if not isinstance(data, (bytes, str)):
+        return data
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EnvoyStateError(f"config_dump is not JSON: {error}") from None
+
+
+def _not_envoy(document: object) -> str | None:
+    """Why a document is not an Envoy v3 config dump, for the documents people confuse with
+    one; None when it may be one."""
+    if isinstance(document, list):
+        return (
+            f"config_dump: expected an object, got {_show(document)}: a list is what `istioctl"
+            " proxy-config listeners -o json` prints (read it with parse_listeners);"
+            " meshconform reads Envoy's /config_dump (`pilot-agent request GET config_dump`)"
+        )
+    if isinstance(document, Mapping) and "configs" not in document and ZTUNNEL_KEYS & set(document):
+        return (
+            "a ztunnel config_dump (ambient mode), not an Envoy one: ztunnel has no"
+            " listeners or clusters to read"
+        )
+    return None
+
+
+def _admin_type(kind: str) -> str | None:
+    """``ListenersConfigDump``/``ClustersConfigDump`` for a v3 admin type; raises for v2."""
+    if kind.startswith(_ADMIN_V2):
+        raise EnvoyStateError(
+            f"Envoy v2 config (Istio < 1.5) is not supported: configs[].@type {kind!r}"
+        )
+    if kind.startswith(_ADMIN_V3):
+        return kind[len(_ADMIN_V3) :]
+    return None
+
+
+def _active_listener(raw: object, where: str) -> tuple[str, Mapping[str, Any] | None]:
+    """A ``dynamic_listeners`` entry's name and its active listener (None while warming or
+    draining: not serving)."""
+    entry = _mapping(raw, where)
+    name = _string(entry.get("name"), f"{where}.name")
+    active = entry.get("active_state")
+    if active is None:
+        return name, None
+    listener = _mapping(
+        _mapping(active, f"{where}.active_state").get("listener"),
+        f"{where}.active_state.listener",
+    )
+    return name, listener
+
+
+def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
+    """Envoy's ``/config_dump`` (JSON text or the loaded object) -> what it implements.
+
+    Only the active listeners and clusters count: a warming resource is not serving yet. A
+    chain or cluster that cannot be read is kept, named, where it is (see ``mismatches``);
+    only a document that is not an Envoy v3 config dump at all raises ``EnvoyStateError``.
+    """
+    document = _load(data)
+    reason = _not_envoy(document)
+    if reason is not None:
+        raise EnvoyStateError(reason)
+    configs = _list(_mapping(document, "config_dump").get("configs"), "config_dump.configs")
+    listeners_version = clusters_version = None
+    inbound: dict[int, InboundPort] = {}
+    blackhole: tuple[int, ...] = ()
+    listener_problems: tuple[str, ...] = ()
+    has_virtual_inbound = hbone_inbound = False
+    clusters: dict[str, OutboundCluster] = {}
+    cluster_problems: tuple[str, ...] = ()
+    for index, raw in enumerate(configs):
+        section = _mapping(raw, f"configs[{index}]")
+        kind = _admin_type(_string(section.get("@type"), f"configs[{index}].@type"))
+        if kind == "ListenersConfigDump":
+            listeners_version = _string(section.get("version_info"), "listeners.version_info")
+            listeners = _list(section.get("dynamic_listeners"), "dynamic_listeners")
+            problems: list[str] = []
+            for position, raw in enumerate(listeners):
+                where = f"dynamic_listeners[{position}]"
+                try:
+                    name, listener = _active_listener(raw, where)
+                    if name == CONNECT_TERMINATE and listener is not None:
+                        hbone_inbound = True
+                    if name != VIRTUAL_INBOUND or listener is None:
+                        continue
+                    has_virtual_inbound = True
+                    inbound, blackhole, found = _inbound_ports(listener, VIRTUAL_INBOUND)
+                    problems.extend(found)
+                except EnvoyStateError as error:  # maybe virtualInbound: blocks inbound checks
+                    problems.append(str(error))
+            listener_problems = tuple(problems)
+        elif kind == "ClustersConfigDump":
+            clusters_version = _string(section.get("version_info"), "clusters.version_info")
+            clusters, cluster_problems = _clusters(section)
+    return EnvoyState(
+        listeners_version or None,
+        clusters_version or None,
+        has_virtual_inbound,
+        inbound,
+        clusters,
+        blackhole_ports=blackhole,
+        listener_problems=listener_problems,
+        cluster_problems=cluster_problems,
+        hbone_inbound=hbone_inbound,
+    )
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def _snake_keys(value: object) -> object:
+    """protojson's camelCase field names (what istioctl prints) -> Envoy admin's snake_case.
+    Only identifier-like keys change: type URLs and metadata keys (with dots or dashes, or
+    already lower case) are left alone."""
+    if isinstance(value, Mapping):
+        return {
+            (_snake(k) if isinstance(k, str) and _CAMEL.fullmatch(k) else k): _snake_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_snake_keys(v) for v in value]
+    return value
+
+
+def parse_listeners(data: bytes | str | Sequence[Any]) -> EnvoyState:
+    """``istioctl proxy-config listeners <pod> -o json`` (a list of Listener objects, camelCase
+    or snake_case) -> the inbound part of what the proxy implements (no clusters, no versions:
+    that output has neither)."""
+    document = _load(data)
+    if not isinstance(document, list):
+        raise EnvoyStateError(f"listeners: expected a list, got {_show(document)}")
+    listeners = _snake_keys(document)
+    assert isinstance(listeners, list)
+    inbound: dict[int, InboundPort] = {}
+    blackhole: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+    has_virtual_inbound = hbone_inbound = False
+    for index, raw in enumerate(listeners):
+        listener = _mapping(raw, f"listeners[{index}]")
+        name = _string(listener.get("name"), f"listeners[{index}].name")
+        hbone_inbound = hbone_inbound or name == CONNECT_TERMINATE
+        if name == VIRTUAL_INBOUND:
+            has_virtual_inbound = True
+            inbound, blackhole, problems = _inbound_ports(listener, VIRTUAL_INBOUND)
+    return EnvoyState(
+        None,
+        None,
+        has_virtual_inbound,
+        inbound,
+        {},
+        blackhole_ports=blackhole,
+        listener_problems=problems,
+        hbone_inbound=hbone_inbound,
+    )
+
+
+# --- expectations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedInbound:
+    port: int
+    mode: MtlsMode  # never UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedOutbound:
+    """``tls_mode``: the DestinationRule's mode; None: auto mTLS (or not knowable here).
+    ``auto_transport``: with auto mTLS, the cluster's shape, AUTO (``tlsMode-istio`` TLS, else
+    plaintext) or PLAINTEXT (no TLS: the Service's namespace disables mTLS); None: not checked.
+    ``connection_pool_known`` False: the connection settings are not checked either."""
+
+    cluster: str
+    tls_mode: TlsMode | None
+    max_requests_per_connection: int | None
+    connection_pool_known: bool = True
+    auto_transport: UpstreamTransport | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarExpectation:
+    inbound: tuple[ExpectedInbound, ...]
+    outbound: tuple[ExpectedOutbound, ...]
+
+
+def _mesh_level(mode: MtlsMode, root_namespace: str) -> PeerAuthentication:
+    return PeerAuthentication(name="meshconform-hypothetical", namespace=root_namespace, mode=mode)
+
+
+def expected_sidecar(
+    policies: Sequence[Policy],
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    container_ports: Sequence[int],
+    services: Sequence[Service],
+    root_namespace: str,
+    root_known: bool = True,
+    workloads: Sequence[Workload] = (),
+    name: str = "sidecar",
+    auto_mtls: bool = True,
+) -> SidecarExpectation:
+    """What a sidecar's Envoy must implement under ``policies``: the Istio model's
+    :func:`pytest_meshconform.istio.plan_sidecar`, as far as a config dump shows it.
+
+    ``root_known`` False: the root namespace could not be read, so a mode that a mesh-wide
+    PeerAuthentication could decide is not expected (it is when the workload's own namespace
+    decides it whatever the mesh says), and a service without a DestinationRule in the client's
+    or the service's namespace gets no TLS expectation. ``workloads`` are the Services'
+    endpoints (only the model's SANs and per-endpoint auto mTLS use them; neither is checked
+    here). ``auto_mtls`` is MeshConfig ``enableAutoMtls``.
+    """
+    if not root_known and any(
+        isinstance(p, PeerAuthentication) and p.namespace == root_namespace for p in policies
+    ):
+        raise EnvoyStateError("root_known=False with root namespace policies given")
+    client = Workload(
+        name=name,
+        namespace=namespace,
+        app=labels.get("app", name),
+        service_account=name,
+        has_sidecar=True,
+        labels=dict(labels),
+        container_ports=tuple(container_ports),
+    )
+
+    def model(extra: Sequence[Policy] = ()) -> Sidecar:
+        try:
+            return plan_sidecar(
+                client,
+                [*policies, *extra],
+                workloads=workloads,
+                services=services,
+                root_namespace=root_namespace,
+                auto_mtls=auto_mtls,
+            )
+        except PolicyError as error:
+            raise EnvoyStateError(str(error)) from None
+
+    sidecar = model()
+    # Without the root namespace, only what no mesh-wide PeerAuthentication could change.
+    hypotheses = (
+        ()
+        if root_known
+        else tuple(
+            model([_mesh_level(m, root_namespace)]) for m in (MtlsMode.STRICT, MtlsMode.DISABLE)
+        )
+    )
+    inbound = tuple(
+        ExpectedInbound(port, mode)
+        for port, mode in sidecar.inbound.items()
+        if all(h.inbound[port] is mode for h in hypotheses)
+    )
+    outbound = []
+    for service in services:
+        key = (service.fqdn, service.port)
+        upstream = sidecar.outbound[key]
+        # A rule in the root namespace could apply where none was found elsewhere.
+        rule_known = root_known or upstream.destination_rule is not None
+        auto_transport = None
+        if rule_known and upstream.auto:
+            shapes = {_auto_shape(s.outbound[key].mode) for s in (sidecar, *hypotheses)}
+            auto_transport = shapes.pop() if len(shapes) == 1 else None
+        outbound.append(
+            ExpectedOutbound(
+                outbound_cluster_name(service.fqdn, service.port),
+                None if upstream.auto else upstream.mode,
+                upstream.max_requests_per_connection,
+                connection_pool_known=rule_known,
+                auto_transport=auto_transport,
+            )
+        )
+    return SidecarExpectation(inbound, tuple(outbound))
+
+
+def _auto_shape(mode: TlsMode | None) -> UpstreamTransport:
+    """The cluster auto mTLS gives (``applyUpstreamTLSSettings``, cluster_tls.go): per-endpoint
+    ``transport_socket_matches`` for ISTIO_MUTUAL, no transport socket when it chose no TLS."""
+    return UpstreamTransport.PLAINTEXT if mode is None else UpstreamTransport.AUTO
+
+
+def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
+    if mode is TlsMode.DISABLE:
+        return cluster.transport is not UpstreamTransport.PLAINTEXT
+    if mode is TlsMode.ISTIO_MUTUAL:
+        return (
+            cluster.transport is not UpstreamTransport.TLS
+            or ISTIO_WORKLOAD_SECRET not in cluster.certificate_secrets
+            or cluster.validation_secret != ISTIO_ROOT_SECRET
+        )
+    return cluster.transport is not UpstreamTransport.TLS  # SIMPLE, MUTUAL
+
+
+def _expected_tls_text(mode: TlsMode) -> str:
+    if mode is TlsMode.DISABLE:
+        return "plaintext (DestinationRule DISABLE)"
+    if mode is TlsMode.ISTIO_MUTUAL:
+        return (
+            f"TLS with SDS {ISTIO_WORKLOAD_SECRET}, root {ISTIO_ROOT_SECRET}"
+            " (DestinationRule ISTIO_MUTUAL)"
+        )
+    return f"TLS (DestinationRule {mode.value})"
+
+
+def _expected_auto_text(transport: UpstreamTransport) -> str:
+    if transport is UpstreamTransport.AUTO:
+        return "auto mTLS (TLS to tlsMode-istio endpoints, else plaintext)"
+    return "plaintext (auto mTLS: the Service's namespace disables mTLS)"
+
+
+def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ...]:
+    """Each way ``state`` differs from ``expected``, as 'what it has, expected what'; empty
+    when the Envoy implements the expectation.
+
+    Only what the expectation concerns can block: a chain or cluster that could not be read
+    shows up (named, with the reason) when it is the port or cluster expected, and not
+    otherwise; virtualInbound chains whose port could not be read block every inbound
+    expectation, clusters without a readable name every outbound one."""
+    found: list[str] = []
+    if expected.inbound:
+        found.extend(f"{VIRTUAL_INBOUND} not understood: {p}" for p in state.listener_problems)
+    if expected.outbound:
+        found.extend(f"cluster not understood: {p}" for p in state.cluster_problems)
+    for want in expected.inbound:
+        if not state.has_virtual_inbound:
+            found.append(
+                f"no active {VIRTUAL_INBOUND} listener, expected port {want.port} {want.mode}"
+            )
+            continue
+        port = state.inbound.get(want.port)
+        if port is None:
+            found.append(
+                f"inbound port {want.port}: no {VIRTUAL_INBOUND} filter chain, expected {want.mode}"
+            )
+        elif port.mode is not want.mode:
+            found.append(f"inbound port {want.port}: {port.describe()}, expected {want.mode}")
+    for out in expected.outbound:
+        cluster = state.clusters.get(out.cluster)
+        if cluster is None:
+            found.append(f"cluster {out.cluster}: missing")
+            continue
+        if out.tls_mode is not None and _tls_mismatch(cluster, out.tls_mode):
+            found.append(
+                f"cluster {out.cluster}: {cluster.describe()},"
+                f" expected {_expected_tls_text(out.tls_mode)}"
+            )
+        if out.auto_transport is not None and cluster.transport is not out.auto_transport:
+            found.append(
+                f"cluster {out.cluster}: {cluster.describe()},"
+                f" expected {_expected_auto_text(out.auto_transport)}"
+            )
+        if (
+            out.connection_pool_known
+            and cluster.max_requests_per_connection != out.max_requests_per_connection
+        ):
+            have = cluster.max_requests_per_connection
+            want_text = out.max_requests_per_connection
+            found.append(
+                f"cluster {out.cluster}: max_requests_per_connection"
+                f" {'unset' if have is None else have},"
+                f" expected {'unset' if want_text is None else want_text}"
+            )
+    return tuple(found)

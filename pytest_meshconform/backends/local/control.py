@@ -1,0 +1,123 @@
+"""The local control plane (pure): policies in force -> a plan for every sidecar.
+
+Every Istio decision comes from :mod:`pytest_meshconform.istio` (the model the kube backend
+checks real sidecars against too); this module only adds the local mesh's pods and the
+test-only :class:`Faults`, applied after the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
+from pytest_meshconform.backends.local.xds import SidecarPlan
+from pytest_meshconform.istio import authorization_for, plan_mesh
+from pytest_meshconform.istio.api.policy import MtlsMode, Policy
+from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
+from pytest_meshconform.settings import FAULT_NAMES
+
+__all__ = ["Faults", "Policy", "plan_sidecars"]
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Test-only ways to break the local mesh, to prove the suites can fail (never for users)."""
+
+    strict_as_permissive: bool = False  # render STRICT inbound chains as PERMISSIVE
+    no_xfcc: bool = False  # inbound HCM does not set X-Forwarded-Client-Cert
+    no_rotation: bool = False  # the agent never rotates certificates
+    wrong_spiffe_id: bool = False  # workload certs name another service account
+    tls10_allowed: bool = False  # inbound mTLS accepts TLS 1.0 (and a CBC suite it needs)
+    client_cert_optional: bool = False  # inbound mTLS does not require a client certificate
+    authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
+
+    NAMES = FAULT_NAMES
+
+    @classmethod
+    def parse(cls, names: Iterable[str]) -> Faults:
+        flags = {}
+        for name in names:
+            if name not in cls.NAMES:
+                raise ValueError(
+                    f"unknown mesh fault {name!r}; known faults: {', '.join(cls.NAMES)}"
+                )
+            flags[name.replace("-", "_")] = True
+        return cls(**flags)
+
+
+def plan_sidecars(
+    topology: Topology,
+    policies: Iterable[Policy],
+    root_namespace: str,
+    faults: Faults | None = None,
+    min_tls_version: MinProtocolVersion = "TLS_AUTO",
+) -> Mapping[str, SidecarPlan]:
+    """Each sidecar's plan: the Istio model's expectations for the topology, towards each
+    Service port's (single) endpoint, with the test-only faults applied on top.
+
+    ``min_tls_version`` is the mesh's ``meshConfig.meshMTLS.minProtocolVersion``."""
+    faults = faults or Faults()
+    policies = tuple(policies)
+    inbound_tls = inbound_tls_params(min_tls_version)
+    if faults.tls10_allowed:  # a TLS 1.0 handshake also needs a suite TLS 1.0 has (CBC)
+        inbound_tls = TlsParams(
+            "TLSv1_0", inbound_tls.maximum, (*inbound_tls.cipher_suites, "ECDHE-RSA-AES128-SHA")
+        )
+    models = plan_mesh(
+        [pod.workload for pod in topology.pods],
+        [entry.service for entry in topology.services],
+        policies,
+        root_namespace=root_namespace,
+        trust_domain=TRUST_DOMAIN,
+    )
+
+    def broken(mode: MtlsMode) -> MtlsMode:
+        if faults.strict_as_permissive and mode is MtlsMode.STRICT:
+            return MtlsMode.PERMISSIVE
+        return mode
+
+    plans: dict[str, SidecarPlan] = {}
+    for pod in topology.pods:
+        model = models.get(pod.workload.key)
+        if model is None:
+            continue
+        authz = authorization_for(
+            pod.workload, policies, root_namespace=root_namespace, trust_domain=TRUST_DOMAIN
+        )
+        http_rbac, tcp_rbac = authz.http_filters(), authz.network_filters()
+        if faults.authz_ignores_principals:
+            http_rbac, tcp_rbac = _any_peer(http_rbac), _any_peer(tcp_rbac)
+        plans[pod.workload.key] = SidecarPlan(
+            pod=pod,
+            inbound_modes={port: broken(mode) for port, mode in model.inbound.items()},
+            default_inbound_mode=broken(model.default_inbound),
+            outbound={
+                (e.service.fqdn, e.service.port): model.outbound[
+                    (e.service.fqdn, e.service.port)
+                ].towards(e.endpoints[0].workload.key)
+                for e in topology.services
+            },
+            services=topology.services,
+            set_xfcc=not faults.no_xfcc,
+            inbound_tls=inbound_tls,
+            require_client_certificate=not faults.client_cert_optional,
+            http_rbac=tuple(http_rbac),
+            tcp_rbac=tuple(tcp_rbac),
+            tcp_ports=frozenset(
+                port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
+            ),
+        )
+    return plans
+
+
+def _any_peer(config: Any) -> Any:
+    """The `authz-ignores-principals` fault: every peer-identity matcher matches anyone."""
+    if isinstance(config, dict):
+        if "authenticated" in config:
+            return {"any": True}
+        return {key: _any_peer(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_any_peer(item) for item in config]
+    return config

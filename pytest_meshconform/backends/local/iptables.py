@@ -1,0 +1,62 @@
+"""Interception rules: the nat table istio-iptables would give one pod, plus Service VIP DNAT.
+
+Pure: rendered from the topology, applied by `backend.LocalMesh` inside the pod's namespace.
+"""
+
+from __future__ import annotations
+
+from pytest_meshconform.backends.local.topology import (
+    EXCLUDED_INBOUND_PORTS,
+    INBOUND_CAPTURE_PORT,
+    INBOUND_PASSTHROUGH_BIND,
+    OUTBOUND_CAPTURE_PORT,
+    PROXY_GID,
+    PROXY_UID,
+    Pod,
+    Topology,
+)
+
+
+def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
+    """nat rules for one pod, in iptables-restore format.
+
+    Sidecar pods get istio-iptables' interception (tools/istio-iptables/pkg/capture/run.go):
+    inbound TCP to 15006, outbound TCP to 15001, the proxy's uid/gid 1337 and traffic from
+    127.0.0.6 excluded. Every pod gets kube-proxy-style DNAT of Service VIPs, jumped from OUTPUT
+    after ISTIO_OUTPUT, so Envoy (uid 1337) and naked apps reach the endpoint's target port.
+    """
+    services = [
+        f"-A MC_SERVICES -d {e.vip}/32 -p tcp --dport {e.service.port} -j DNAT"
+        f" --to-destination {e.endpoints[0].ip}:{e.service.target_port}"
+        for e in topology.services
+    ]
+    lines = ["*nat", ":MC_SERVICES - [0:0]"]
+    if pod.workload.has_sidecar:
+        lines += [
+            ":ISTIO_INBOUND - [0:0]",
+            ":ISTIO_IN_REDIRECT - [0:0]",
+            ":ISTIO_OUTPUT - [0:0]",
+            ":ISTIO_REDIRECT - [0:0]",
+            "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+            *(
+                f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN"
+                for port in EXCLUDED_INBOUND_PORTS
+            ),
+            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
+            f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}",
+            "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
+            f"-A ISTIO_OUTPUT -s {INBOUND_PASSTHROUGH_BIND}/32 -o lo -j RETURN",
+            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {PROXY_UID}"
+            " -j ISTIO_IN_REDIRECT",
+            f"-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {PROXY_UID} -j RETURN",
+            f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN",
+            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {PROXY_GID}"
+            " -j ISTIO_IN_REDIRECT",
+            f"-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {PROXY_GID} -j RETURN",
+            f"-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_GID} -j RETURN",
+            "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+            "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+            f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}",
+        ]
+    lines += ["-A OUTPUT -p tcp -j MC_SERVICES", *services, "COMMIT", ""]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""The local mesh's topology as pure data: pods, Services and their addresses.
+
+The built-in topology (`default_topology`, from builtin_topology.yaml) is the one of Istio's
+authn-policy and mtls-migration tasks: namespaces `foo` and `bar` are sidecar-injected,
+`legacy` is not; each holds a `sleep` pod (a curl client) and an `httpbin` pod (container port
+8080 behind Service `httpbin` port 8000). Other topologies come from a file
+(`topology_file.load_topology`, `--mesh-topology`). Addresses live only inside the mesh's
+network namespaces (pods 10.244.0.0/24, Services 10.96.0.0/16, as in kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pytest_meshconform.mesh import Service, Workload
+
+TRUST_DOMAIN = "cluster.local"
+ROOT_NAMESPACE = "istio-system"
+INJECTED_NAMESPACES = ("foo", "bar")
+PLAIN_NAMESPACES = ("legacy",)
+POD_CIDR_PREFIX = "10.244.0."
+POD_PREFIX_LEN = 24
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_PREFIX = "10.96.0."
+HTTPBIN_PORT = 8000
+HTTPBIN_TARGET_PORT = 8080
+
+# Envoy and interception ports, as istio-iptables uses them.
+PROXY_UID = 1337
+PROXY_GID = 1337
+OUTBOUND_CAPTURE_PORT = 15001
+INBOUND_CAPTURE_PORT = 15006
+INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
+EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
+
+# The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as
+# in Istio where only the proxy runs as 1337. The httpbin app stays root: its Python may live
+# where no other uid can read it (e.g. a pyenv under /root), see docs/istio-facts.md.
+APP_UID = 1000
+APP_GID = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    workload: Workload
+    ip: str
+    kind: str = ""  # the app it runs (topology_file.APP_KINDS); "" = the workload's app label
+
+    @property
+    def app_kind(self) -> str:
+        return self.kind or self.workload.app
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    service: Service
+    vip: str
+    endpoints: tuple[Pod, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    pods: tuple[Pod, ...]
+    services: tuple[ServiceEntry, ...]
+
+    def pod(self, name: str, namespace: str) -> Pod:
+        for pod in self.pods:
+            if pod.workload.name == name and pod.workload.namespace == namespace:
+                return pod
+        known = ", ".join(p.workload.key for p in self.pods)
+        raise KeyError(f"no workload {name}.{namespace} in the local mesh (have: {known})")
+
+    def pod_of(self, workload: Workload) -> Pod:
+        return self.pod(workload.name, workload.namespace)
+
+    def hosts_file(self, pod: Pod) -> str:
+        """/etc/hosts for a pod: names resolve as cluster DNS with the pod's search path would."""
+        lines = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            f"{pod.ip}\t{pod.workload.name}",
+        ]
+        seen: set[str] = set()
+        for entry in self.services:  # a Service with several ports has one entry per port
+            svc = entry.service
+            if entry.vip in seen:
+                continue
+            seen.add(entry.vip)
+            names = [svc.fqdn, f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
+            if svc.namespace == pod.workload.namespace:
+                names.append(svc.name)
+            lines.append(f"{entry.vip}\t{' '.join(names)}")
+        return "\n".join(lines) + "\n"
+
+    def resolv_conf(self, pod: Pod) -> str:
+        # No resolver is reachable from a pod: a name missing from /etc/hosts fails locally.
+        ns = pod.workload.namespace
+        return (
+            f"nameserver 127.0.0.1\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+        )
+
+
+def default_topology() -> Topology:
+    """The built-in topology (builtin_topology.yaml beside this module)."""
+    from pytest_meshconform.backends.local.topology_file import BUILTIN_TOPOLOGY, load_topology
+
+    return load_topology(BUILTIN_TOPOLOGY)

@@ -1,0 +1,417 @@
+"""The local mesh's topology as data: a YAML file of namespaces, workloads and Services (pure).
+
+`load_topology(path)` (or `parse_topology(text, source)`) returns a `Topology` with addresses
+assigned in file order (pods 10.244.0.10 on, Service VIPs 10.96.0.10 on). The built-in one is
+`builtin_topology.yaml` beside this module; `--mesh-topology=PATH` names another. The format is
+described in docs/topology.md. A file the local mesh cannot run is refused with one
+`TopologyError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import yaml
+
+from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
+from pytest_meshconform.backends.local.topology import (
+    POD_CIDR_PREFIX,
+    ROOT_NAMESPACE,
+    SERVICE_PREFIX,
+    Pod,
+    ServiceEntry,
+    Topology,
+)
+from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
+from pytest_meshconform.mesh import Service, Workload
+
+__all__ = [
+    "APP_KINDS",
+    "BUILTIN_TOPOLOGY",
+    "DEFAULT_PORTS",
+    "TopologyError",
+    "load_topology",
+    "parse_topology",
+    "with_audit_probes",
+]
+
+BUILTIN_TOPOLOGY: Final = Path(__file__).with_name("builtin_topology.yaml")
+
+# The app kinds a workload may run, and the container ports each serves when `ports` is not
+# given: httpbin (HTTP, as Istio's samples/httpbin), sleep (a curl client, serves nothing) and
+# tcp-echo (answers each line with "hello <line>", as Istio's samples/tcp-echo).
+APP_KINDS: Final = ("httpbin", "sleep", "tcp-echo")
+DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
+    "httpbin": (8080,),
+    "sleep": (),
+    "tcp-echo": (9000,),
+}
+_RESERVED_NAMESPACES: Final = (ROOT_NAMESPACE, AUDIT_NAMESPACE)
+_MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
+_MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+# Protocols the local mesh renders: HTTP/1.1 (an HTTP connection manager) and the TCP family
+# (a TCP proxy). HTTP/2, gRPC, UDP and sniffed ports are not rendered locally.
+_RENDERED: Final = (PortProtocol.HTTP, *sorted(p for p in PortProtocol if p.is_tcp))
+
+
+class TopologyError(ValueError):
+    """A topology file the local mesh cannot run; the message names file, line and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    source: str
+
+    def error(self, node: yaml.Node, field: str, problem: str) -> TopologyError:
+        return TopologyError(f"{self.source}:{node.start_mark.line + 1}: {field}: {problem}")
+
+    def mapping(
+        self, node: yaml.Node, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, field, f"expected a mapping, got {_describe(node)}")
+        result: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or key not in allowed:
+                raise self.error(
+                    key_node,
+                    f"{field}.{key}",
+                    f"unknown field; known fields: {', '.join(allowed)}",
+                )
+            if key in result:
+                raise self.error(key_node, f"{field}.{key}", "given twice")
+            result[key] = value_node
+        for key in required:
+            if key not in result:
+                raise self.error(node, f"{field}.{key}", "required field missing")
+        return result
+
+    def sequence(self, node: yaml.Node, field: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, field, f"expected a list, got {_describe(node)}")
+        return list(node.value)
+
+    def string(self, node: yaml.Node, field: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+            raise self.error(node, field, f"expected a string, got {_describe(node)}")
+        return str(node.value)
+
+    def name(self, node: yaml.Node, field: str) -> str:
+        value = self.string(node, field)
+        if not _DNS_LABEL.fullmatch(value):
+            raise self.error(
+                node,
+                field,
+                f"{value!r} is not a DNS label (lower-case letters, digits and '-', at most 63)",
+            )
+        return value
+
+    def boolean(self, node: yaml.Node, field: str) -> bool:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+            raise self.error(node, field, f"expected true or false, got {_describe(node)}")
+        return bool(yaml.safe_load(yaml.serialize(node)))
+
+    def port(self, node: yaml.Node, field: str) -> int:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+            raise self.error(node, field, f"expected a port number, got {_describe(node)}")
+        value = int(node.value)
+        if not 1 <= value <= 65535:
+            raise self.error(node, field, f"port {value} is not in 1..65535")
+        return value
+
+    def labels(self, node: yaml.Node, field: str) -> dict[str, str]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, field, f"expected a mapping, got {_describe(node)}")
+        result: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            key = self.string(key_node, f"{field} key")
+            value = self.string(value_node, f"{field}.{key}")
+            if not _LABEL_VALUE.fullmatch(value):
+                raise self.error(value_node, f"{field}.{key}", f"{value!r} is not a label value")
+            result[key] = value
+        return result
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node.tag == "tag:yaml.org,2002:null":
+        return "nothing"
+    return f"{node.value!r}"
+
+
+@dataclass(slots=True)
+class _ServicePortSpec:
+    node: yaml.Node
+    name: str
+    port: int
+    target_port: int
+    app_protocol: str | None
+
+
+def parse_topology(text: str, source: str = "<topology>") -> Topology:
+    """The topology a YAML text describes; `TopologyError` (file:line: field: problem)."""
+    ctx = _Ctx(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise TopologyError(f"{source}{line}: not valid YAML: {exc}") from None
+    if root is None:
+        raise TopologyError(f"{source}:1: namespaces: the file is empty; list namespaces")
+    top = ctx.mapping(root, "topology", ("namespaces",), ("namespaces",))
+    namespace_nodes = ctx.sequence(top["namespaces"], "namespaces")
+    if not namespace_nodes:
+        raise ctx.error(top["namespaces"], "namespaces", "no namespace: list at least one")
+
+    pods: list[Pod] = []
+    entries: list[ServiceEntry] = []
+    seen_namespaces: set[str] = set()
+    for ns_index, ns_node in enumerate(namespace_nodes):
+        where = f"namespaces[{ns_index}]"
+        fields = ctx.mapping(
+            ns_node, where, ("name", "injected", "workloads", "services"), ("name", "injected")
+        )
+        namespace = ctx.name(fields["name"], f"{where}.name")
+        if namespace in _RESERVED_NAMESPACES:
+            raise ctx.error(
+                fields["name"],
+                f"{where}.name",
+                f"{namespace!r} is reserved (Istio's root"
+                " namespace or the audit's probes); choose another name",
+            )
+        if namespace in seen_namespaces:
+            raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
+        seen_namespaces.add(namespace)
+        injected = ctx.boolean(fields["injected"], f"{where}.injected")
+        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, injected, len(pods))
+        pods += ns_pods
+        entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, len(entries))
+    if len(pods) > _MAX_PODS:
+        raise ctx.error(
+            root, "namespaces", f"{len(pods)} workloads; the local mesh runs at most {_MAX_PODS}"
+        )
+    return Topology(pods=tuple(pods), services=tuple(entries))
+
+
+def _workloads(
+    ctx: _Ctx,
+    node: yaml.Node | None,
+    where: str,
+    namespace: str,
+    injected: bool,
+    first_index: int,
+) -> list[Pod]:
+    pods: list[Pod] = []
+    if node is None:
+        return pods
+    for index, w_node in enumerate(ctx.sequence(node, f"{where}.workloads")):
+        field = f"{where}.workloads[{index}]"
+        fields = ctx.mapping(
+            w_node,
+            field,
+            ("name", "kind", "serviceAccount", "labels", "ports"),
+            ("name", "kind"),
+        )
+        name = ctx.name(fields["name"], f"{field}.name")
+        if any(p.workload.name == name for p in pods):
+            raise ctx.error(fields["name"], f"{field}.name", f"workload {name!r} given twice")
+        kind = ctx.string(fields["kind"], f"{field}.kind")
+        if kind not in APP_KINDS:
+            raise ctx.error(
+                fields["kind"],
+                f"{field}.kind",
+                f"unknown app kind {kind!r}; known kinds: {', '.join(APP_KINDS)}",
+            )
+        account = (
+            ctx.name(fields["serviceAccount"], f"{field}.serviceAccount")
+            if "serviceAccount" in fields
+            else name
+        )
+        labels = (
+            ctx.labels(fields["labels"], f"{field}.labels") if "labels" in fields else {"app": name}
+        )
+        if "app" not in labels:
+            raise ctx.error(
+                fields["labels"],
+                f"{field}.labels.app",
+                "required: Services select their endpoints by the app label",
+            )
+        ports = DEFAULT_PORTS[kind]
+        if "ports" in fields:
+            port_nodes = ctx.sequence(fields["ports"], f"{field}.ports")
+            ports = tuple(ctx.port(p, f"{field}.ports[{i}]") for i, p in enumerate(port_nodes))
+            if len(set(ports)) != len(ports):
+                raise ctx.error(fields["ports"], f"{field}.ports", "a port is listed twice")
+            if kind == "sleep" and ports:
+                raise ctx.error(
+                    fields["ports"], f"{field}.ports", "a sleep workload serves no port"
+                )
+            if kind != "sleep" and not ports:
+                raise ctx.error(
+                    fields["ports"], f"{field}.ports", f"a {kind} serves at least one port"
+                )
+        workload = Workload(
+            name=name,
+            namespace=namespace,
+            app=labels["app"],
+            service_account=account,
+            has_sidecar=injected,
+            labels=labels,
+            container_ports=ports,
+        )
+        pods.append(
+            Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{10 + first_index + len(pods)}", kind=kind)
+        )
+    return pods
+
+
+def _services(
+    ctx: _Ctx,
+    node: yaml.Node | None,
+    where: str,
+    namespace: str,
+    pods: list[Pod],
+    first_index: int,
+) -> list[ServiceEntry]:
+    entries: list[ServiceEntry] = []
+    if node is None:
+        return entries
+    names: set[str] = set()
+    for index, s_node in enumerate(ctx.sequence(node, f"{where}.services")):
+        field = f"{where}.services[{index}]"
+        fields = ctx.mapping(
+            s_node, field, ("name", "selector", "ports"), ("name", "selector", "ports")
+        )
+        name = ctx.name(fields["name"], f"{field}.name")
+        if name in names:
+            raise ctx.error(fields["name"], f"{field}.name", f"Service {name!r} given twice")
+        names.add(name)
+        selector = ctx.labels(fields["selector"], f"{field}.selector")
+        if set(selector) != {"app"}:
+            raise ctx.error(
+                fields["selector"],
+                f"{field}.selector",
+                "the local mesh selects endpoints by the app label only: write {app: NAME}",
+            )
+        selected = [p for p in pods if p.workload.labels.get("app") == selector["app"]]
+        if len(selected) != 1:
+            problem = (
+                f"selects no workload of namespace {namespace}"
+                if not selected
+                else f"selects {len(selected)} workloads"
+                f" ({', '.join(p.workload.name for p in selected)}); the local mesh gives each"
+                " Service exactly one endpoint"
+            )
+            raise ctx.error(fields["selector"], f"{field}.selector", problem)
+        endpoint = selected[0]
+        specs = _service_ports(ctx, fields["ports"], f"{field}.ports", endpoint)
+        vip_index = first_index + len({e.service.name for e in entries})
+        if vip_index >= _MAX_SERVICES:
+            raise ctx.error(s_node, field, f"more than {_MAX_SERVICES} Services")
+        vip = f"{SERVICE_PREFIX}{10 + vip_index}"
+        for spec in specs:
+            entries.append(
+                ServiceEntry(
+                    service=Service(
+                        name=name,
+                        namespace=namespace,
+                        port=spec.port,
+                        target_port=spec.target_port,
+                        selector_app=selector["app"],
+                        port_name=spec.name,
+                        app_protocol=spec.app_protocol,
+                    ),
+                    vip=vip,
+                    endpoints=(endpoint,),
+                )
+            )
+    return entries
+
+
+def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> list[_ServicePortSpec]:
+    specs: list[_ServicePortSpec] = []
+    port_nodes = ctx.sequence(node, where)
+    if not port_nodes:
+        raise ctx.error(node, where, "a Service needs at least one port")
+    for index, p_node in enumerate(port_nodes):
+        field = f"{where}[{index}]"
+        fields = ctx.mapping(
+            p_node, field, ("name", "port", "targetPort", "appProtocol"), ("port",)
+        )
+        port = ctx.port(fields["port"], f"{field}.port")
+        target = (
+            ctx.port(fields["targetPort"], f"{field}.targetPort")
+            if "targetPort" in fields
+            else port
+        )
+        port_name = ctx.string(fields["name"], f"{field}.name") if "name" in fields else ""
+        if len(port_nodes) > 1 and not port_name:
+            raise ctx.error(p_node, f"{field}.name", "required when a Service has several ports")
+        app_protocol = (
+            ctx.string(fields["appProtocol"], f"{field}.appProtocol")
+            if "appProtocol" in fields
+            else None
+        )
+        for other in specs:
+            if other.port == port:
+                raise ctx.error(fields["port"], f"{field}.port", f"port {port} given twice")
+            if port_name and other.name == port_name:
+                raise ctx.error(
+                    fields["name"], f"{field}.name", f"port name {port_name!r} given twice"
+                )
+        if target not in endpoint.workload.container_ports:
+            served = ", ".join(map(str, endpoint.workload.container_ports)) or "none"
+            raise ctx.error(
+                fields.get("targetPort", fields["port"]),
+                f"{field}.targetPort",
+                f"{endpoint.workload.name} does not serve port {target} (its ports: {served})",
+            )
+        protocol = service_port_protocol(port, port_name, app_protocol)
+        if protocol not in _RENDERED:
+            spelled = "appProtocol" if app_protocol is not None else "name"
+            raise ctx.error(
+                fields.get(spelled, p_node),
+                f"{field}.{spelled}",
+                f"Istio selects protocol {protocol.value} for it (from the port's"
+                f" {'appProtocol' if app_protocol is not None else 'name prefix'}); the local"
+                " mesh renders HTTP and TCP ports: name it http-... or tcp-... (or set"
+                " appProtocol: http / tcp)",
+            )
+        specs.append(_ServicePortSpec(p_node, port_name, port, target, app_protocol))
+    return specs
+
+
+def load_topology(path: Path) -> Topology:
+    """The topology in the file at `path` (`TopologyError` naming line and field)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read the topology file: {exc.strerror}") from None
+    return parse_topology(text, str(path))
+
+
+def with_audit_probes(topology: Topology) -> Topology:
+    """The topology plus `meshconform audit`'s probes in AUDIT_NAMESPACE: ``probe`` (a sleep
+    with a sidecar) and ``probe-naked`` (one without), addressed after the last pod."""
+    pods = list(topology.pods)
+    for name, sidecar in ((PROBE, True), (NAKED_PROBE, False)):
+        workload = Workload(
+            name=name,
+            namespace=AUDIT_NAMESPACE,
+            app=name,
+            service_account=name,
+            has_sidecar=sidecar,
+            labels={"app": name},
+        )
+        pods.append(Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{10 + len(pods)}", kind="sleep"))
+    return Topology(pods=tuple(pods), services=topology.services)

@@ -1,0 +1,550 @@
+"""Render each sidecar's Envoy configuration the way istiod would, as plain dicts (pure).
+
+The shapes follow what istiod generates (pilot/pkg/networking/core): a `virtualOutbound`
+listener on 15001 that hands connections to per-Service listeners (`<vip>_<port>`, not bound),
+a `virtualInbound` listener on 15006 with one filter chain per (port, transport) chosen by the
+effective PeerAuthentication mode, `outbound|<port>||<fqdn>` clusters whose transport socket is
+chosen by auto mTLS or a DestinationRule, and `inbound|<port>||` clusters to the app, bound to
+127.0.0.6 so the interception rules let them through. Secrets (`default`, `ROOTCA`) come from SDS
+files, so a rotation reaches Envoy without touching listeners or clusters.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_meshconform.backends.local.topology import (
+    INBOUND_CAPTURE_PORT,
+    INBOUND_PASSTHROUGH_BIND,
+    OUTBOUND_CAPTURE_PORT,
+    Pod,
+    ServiceEntry,
+)
+from pytest_meshconform.istio import Upstream, protocol_of
+from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DOWNSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+HTTP_PROTOCOL_OPTIONS_TYPE = (
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
+UPSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
+FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+# ALPN values Istio's sidecars use. Client: the model's (`Upstream.alpn`). Server, PERMISSIVE:
+# `allIstioMtlsALPNs` of pilot/pkg/networking/core (listener.go), the ALPNs whose TLS is taken
+# for Istio mTLS; anything else falls to raw_buffer.
+ISTIO_INBOUND_MTLS_ALPN = (
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+)
+INBOUND_SERVER_ALPN = ("h2", "http/1.1")
+
+WORKLOAD_SECRET = "default"
+ROOT_SECRET = "ROOTCA"
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPlan:
+    """Everything that decides one sidecar's config; equal plans render equal config."""
+
+    pod: Pod
+    inbound_modes: Mapping[int, MtlsMode]  # container port -> effective mode
+    default_inbound_mode: MtlsMode  # for ports the pod has no explicit chain for
+    # (fqdn, service port) -> the Istio model's cluster, towards the Service's endpoint
+    outbound: Mapping[tuple[str, int], Upstream]
+    services: tuple[ServiceEntry, ...] = field(default=())
+    set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
+    # the server side of sidecar mTLS (the model's `inbound_tls_params`, or a fault's)
+    inbound_tls: TlsParams = field(default_factory=inbound_tls_params)
+    require_client_certificate: bool = True  # False only under `client-cert-optional`
+    # The Istio model's RBAC filters (AuthorizationPolicy): HTTP filters for the inbound HTTP
+    # connection managers, network filters for the inbound TCP (passthrough) chains.
+    http_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    tcp_rbac: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    # container ports whose Service port is TCP (the model's inbound_protocols): a TCP proxy
+    # instead of the HTTP connection manager on their inbound chains
+    tcp_ports: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPaths:
+    root: Path
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.root / "admin.sock"
+
+    @property
+    def lds(self) -> Path:
+        return self.root / "lds" / "lds.json"
+
+    @property
+    def cds(self) -> Path:
+        return self.root / "cds" / "cds.json"
+
+    @property
+    def sds_dir(self) -> Path:
+        return self.root / "sds"
+
+    def sds(self, name: str) -> Path:
+        return self.sds_dir / f"{name}.json"
+
+    @property
+    def bootstrap(self) -> Path:
+        return self.root / "bootstrap.json"
+
+    @property
+    def access_log(self) -> Path:
+        return self.root / "access.log"
+
+
+def _file_source(path: Path) -> dict[str, Any]:
+    return {
+        "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
+        "resource_api_version": "V3",
+    }
+
+
+def _sds(paths: SidecarPaths, name: str) -> dict[str, Any]:
+    return {"name": name, "sds_config": _file_source(paths.sds(name))}
+
+
+# Istio's sidecar bootstrap keeps only these stats and skips Envoy's default tag extraction
+# (tools/packaging/common/envoy_bootstrap.json, `stats_config`). Besides fidelity it matters for
+# speed: every listener rebuilt on a policy change creates its stats anew, and a mode switch
+# costs each Envoy ~40% less CPU without them (measured: 10.5 -> 6 ms for an httpbin sidecar).
+ISTIO_STATS_CONFIG: dict[str, Any] = {
+    "use_all_default_tags": False,
+    "stats_matcher": {
+        "inclusion_list": {
+            "patterns": [
+                {"prefix": "reporter="},
+                {"prefix": "cluster_manager"},
+                {"prefix": "listener_manager"},
+                {"prefix": "server"},
+                {"prefix": "cluster.xds-grpc"},
+                {"prefix": "wasm"},
+                {"suffix": "rbac.allowed"},
+                {"suffix": "rbac.denied"},
+                {"suffix": "shadow_allowed"},
+                {"suffix": "shadow_denied"},
+                {"prefix": "component"},
+            ]
+        }
+    },
+}
+
+
+# Istio lifts Envoy's unset global downstream connection limit to the int32 maximum for every
+# proxy (pkg/bootstrap/config.go, extractRuntimeFlags: runtime key
+# `overload.global_downstream_max_connections` = "2147483647"; with ProxyConfig
+# connectionSettings it renders the overload manager's
+# `envoy.resource_monitors.global_downstream_max_connections` monitor instead, as in
+# pkg/bootstrap/testdata/global_downstream_connection_settings_golden.json). The monitor is the
+# form Istio renders when it sets a limit itself; with a limit configured, Envoy no longer warns
+# at start-up that "there is no configured limit to the number of allowed active downstream
+# connections" (docs/istio-facts.md, "Sidecar bootstrap").
+ISTIO_MAX_DOWNSTREAM_CONNECTIONS: Final = 2147483647
+DOWNSTREAM_CONNECTIONS_TYPE: Final = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+def overload_manager() -> dict[str, Any]:
+    """Istio's global downstream connection limit, as Envoy's overload manager spells it."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": DOWNSTREAM_CONNECTIONS_TYPE,
+                    "max_active_downstream_connections": ISTIO_MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }
+        ]
+    }
+
+
+def bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
+    w = pod.workload
+    return {
+        "node": {
+            "id": f"sidecar~{pod.ip}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local",
+            "cluster": f"{w.app}.{w.namespace}",
+            "metadata": {"NAMESPACE": w.namespace, "SERVICE_ACCOUNT": w.service_account},
+        },
+        "admin": {"address": {"pipe": {"path": str(paths.admin_socket), "mode": 0o600}}},
+        "stats_config": copy.deepcopy(ISTIO_STATS_CONFIG),
+        "overload_manager": overload_manager(),
+        "dynamic_resources": {
+            "lds_config": _file_source(paths.lds),
+            "cds_config": _file_source(paths.cds),
+        },
+    }
+
+
+def _access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
+    """Envoy's default-format access log, kept for failure reports (response flags say why)."""
+    return [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": FILE_ACCESS_LOG_TYPE, "path": str(paths.access_log)},
+        }
+    ]
+
+
+def _hcm(
+    stat_prefix: str,
+    route_cluster: str,
+    paths: SidecarPaths,
+    *,
+    set_xfcc: bool,
+    http_filters: tuple[Mapping[str, Any], ...] = (),
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "access_log": _access_log(paths),
+        "route_config": {
+            "name": stat_prefix,
+            "virtual_hosts": [
+                {
+                    "name": route_cluster,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": route_cluster, "timeout": "0s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            *(copy.deepcopy(dict(f)) for f in http_filters),  # RBAC before the router, as istiod
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+        ],
+    }
+    if set_xfcc:
+        # What Istio's sidecar inbound sets (pilot/pkg/networking/core/listener_builder.go).
+        config["forward_client_cert_details"] = "APPEND_FORWARD"
+        config["set_current_client_cert_details"] = {"subject": True, "dns": True, "uri": True}
+    return config
+
+
+def _downstream_mtls(plan: SidecarPlan, paths: SidecarPaths) -> dict[str, Any]:
+    """istiod's `BuildInboundTLS`: the model's tls_params, a client certificate required."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS_TYPE,
+            "require_client_certificate": plan.require_client_certificate,
+            "common_tls_context": {
+                "tls_params": plan.inbound_tls.envoy(),
+                "alpn_protocols": list(INBOUND_SERVER_ALPN),
+                "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
+                "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+            },
+        },
+    }
+
+
+def _inbound_chains(
+    name: str,
+    port: int | None,
+    mode: MtlsMode,
+    plan: SidecarPlan,
+    paths: SidecarPaths,
+    filters: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {} if port is None else {"destination_port": port}
+    tls_match: dict[str, Any] = {**base, "transport_protocol": "tls"}
+    tls_chain = {
+        "name": f"{name}-mtls",
+        "filter_chain_match": tls_match,
+        "filters": filters,
+        "transport_socket": _downstream_mtls(plan, paths),
+    }
+    if mode is MtlsMode.STRICT:
+        return [tls_chain]
+    if mode is MtlsMode.DISABLE:
+        return [{"name": f"{name}-plaintext", "filter_chain_match": dict(base), "filters": filters}]
+    # PERMISSIVE: mTLS for Istio ALPNs, plaintext for raw bytes (Istio's inbound chain matcher).
+    tls_match["application_protocols"] = list(ISTIO_INBOUND_MTLS_ALPN)
+    plaintext = {
+        "name": f"{name}-plaintext",
+        "filter_chain_match": {**base, "transport_protocol": "raw_buffer"},
+        "filters": filters,
+    }
+    return [tls_chain, plaintext]
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster},
+    }
+
+
+def inbound_cluster_name(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+def outbound_cluster_name(fqdn: str, port: int) -> str:
+    return f"outbound|{port}||{fqdn}"
+
+
+def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
+    chains: list[dict[str, Any]] = []
+    for port in sorted(plan.inbound_modes):
+        if port in plan.tcp_ports:
+            app = [
+                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
+                _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
+            ]
+        else:
+            app = [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _hcm(
+                        f"inbound_0.0.0.0_{port}",
+                        inbound_cluster_name(port),
+                        paths,
+                        set_xfcc=plan.set_xfcc,
+                        http_filters=plan.http_rbac,
+                    ),
+                }
+            ]
+        chains += _inbound_chains(
+            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, app
+        )
+    passthrough = [
+        *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
+        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+    ]
+    chains += _inbound_chains(
+        "virtualInbound", None, plan.default_inbound_mode, plan, paths, passthrough
+    )
+    result: list[dict[str, Any]] = [
+        {
+            "@type": LISTENER_TYPE,
+            "name": "virtualInbound",
+            "address": {
+                "socket_address": {"address": "0.0.0.0", "port_value": INBOUND_CAPTURE_PORT}
+            },
+            "use_original_dst": True,
+            "listener_filters": [
+                {
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                        ".original_dst.v3.OriginalDst"
+                    },
+                },
+                {
+                    "name": "envoy.filters.listener.tls_inspector",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                        ".tls_inspector.v3.TlsInspector"
+                    },
+                },
+            ],
+            "listener_filters_timeout": "1s",
+            "continue_on_listener_filters_timeout": True,
+            # Connections no chain accepts (plaintext to STRICT) are logged here, flag NR.
+            "access_log": _access_log(paths),
+            "filter_chains": chains,
+        },
+        {
+            "@type": LISTENER_TYPE,
+            "name": "virtualOutbound",
+            "address": {
+                "socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_CAPTURE_PORT}
+            },
+            "use_original_dst": True,
+            "filter_chains": [
+                {
+                    "name": "PassthroughFilterChain",
+                    "filters": [_tcp_proxy("PassthroughCluster", "PassthroughCluster")],
+                }
+            ],
+        },
+    ]
+    for entry in plan.services:
+        svc = entry.service
+        name = f"{entry.vip}_{svc.port}"
+        cluster = outbound_cluster_name(svc.fqdn, svc.port)
+        if protocol_of(svc).is_http:
+            outbound_filter = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
+            }
+        else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
+            outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
+        result.append(
+            {
+                "@type": LISTENER_TYPE,
+                "name": name,
+                "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
+                "bind_to_port": False,
+                "filter_chains": [{"name": name, "filters": [outbound_filter]}],
+            }
+        )
+    return result
+
+
+def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
+    if not tls.originates_tls:
+        return None
+    common: dict[str, Any] = {"tls_params": upstream_tls_params().envoy()}
+    if tls.alpn:
+        common["alpn_protocols"] = list(tls.alpn)
+    if tls.mode is TlsMode.ISTIO_MUTUAL:
+        common["tls_certificate_sds_secret_configs"] = [_sds(paths, WORKLOAD_SECRET)]
+        matchers = [{"san_type": "URI", "matcher": {"exact": san}} for san in tls.subject_alt_names]
+        common["combined_validation_context"] = {
+            "default_validation_context": {"match_typed_subject_alt_names": matchers},
+            "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+        }
+    else:  # SIMPLE / MUTUAL with user-provided files, as a DestinationRule names them
+        if tls.mode is TlsMode.MUTUAL and tls.client_certificate and tls.private_key:
+            common["tls_certificates"] = [
+                {
+                    "certificate_chain": {"filename": tls.client_certificate},
+                    "private_key": {"filename": tls.private_key},
+                }
+            ]
+        validation: dict[str, Any] = {}
+        if tls.ca_certificates:
+            validation["trusted_ca"] = {"filename": tls.ca_certificates}
+        if tls.subject_alt_names:
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": "URI" if "://" in san else "DNS", "matcher": {"exact": san}}
+                for san in tls.subject_alt_names
+            ]
+        if validation:
+            common["validation_context"] = validation
+    context: dict[str, Any] = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": common}
+    if tls.sni:
+        context["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "@type": CLUSTER_TYPE,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": ip, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        **extra,
+    }
+
+
+_BIND_127_0_0_6 = {"source_address": {"address": INBOUND_PASSTHROUGH_BIND, "port_value": 0}}
+
+
+def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = [
+        {
+            "@type": CLUSTER_TYPE,
+            "name": "PassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "1s",
+        },
+        {
+            "@type": CLUSTER_TYPE,
+            "name": "InboundPassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "1s",
+            "upstream_bind_config": _BIND_127_0_0_6,
+        },
+    ]
+    for port in sorted(plan.inbound_modes):
+        result.append(
+            _static_cluster(
+                inbound_cluster_name(port), plan.pod.ip, port, upstream_bind_config=_BIND_127_0_0_6
+            )
+        )
+    for entry in plan.services:
+        svc = entry.service
+        endpoint = entry.endpoints[0]
+        cluster = _static_cluster(
+            outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
+        )
+        upstream = plan.outbound[(svc.fqdn, svc.port)]
+        socket = _upstream_tls(upstream, paths)
+        if socket is not None:
+            cluster["transport_socket"] = socket
+        if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
+            cluster["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                    "common_http_protocol_options": {
+                        "max_requests_per_connection": upstream.max_requests_per_connection
+                    },
+                    "explicit_http_config": {"http_protocol_options": {}},
+                }
+            }
+        result.append(cluster)
+    return result
+
+
+def secret_resources(
+    name: str,
+    *,
+    cert_pem: str | None = None,
+    key_pem: str | None = None,
+    root_pem: str | None = None,
+) -> dict[str, Any]:
+    secret: dict[str, Any] = {"@type": SECRET_TYPE, "name": name}
+    if root_pem is not None:
+        secret["validation_context"] = {"trusted_ca": {"inline_string": root_pem}}
+    else:
+        secret["tls_certificate"] = {
+            "certificate_chain": {"inline_string": cert_pem},
+            "private_key": {"inline_string": key_pem},
+        }
+    return {"resources": [secret]}
+
+
+def discovery_file(version: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version_info": version, "resources": resources}

@@ -1,0 +1,724 @@
+"""Human-readable reports: one self-contained HTML page and Markdown, from a table + evidence
+model that any report can fill (the conformance run here; an audit the same way).
+
+- The model: a `Document` (title, result, header facts, notes) of `Section`s of `Entry`s; an
+  entry has a status, a description, a message, facts (lists of lines), `ObservedTable`s
+  (expected vs observed, cell by cell), a rotation `Timeline` and evidence `Block`s.
+- `render_html(document)`: one page, no network: inline CSS, inline SVG charts, no script.
+  Tables are colour-coded (green: as expected, red: differs, with both values in the cell).
+- `render_markdown(document)`: the same content as GitHub-flavoured Markdown;
+  `render_markdown(document, brief=True)` is the summary CI appends to `GITHUB_STEP_SUMMARY`
+  (tables and failures in full, passing tests as one line each).
+- `document_of(report, ...)`: a `ConformanceReport` as a Document; `audit_document(result)`:
+  a `meshconform audit` result as one (`meshconform audit --report=audit.html`).
+
+The model and both renderers are pure (text in, text out); `RenderPlugin` at the end writes
+them for a pytest run (`--mesh-report=r.html`, `--mesh-report=r.md`, `GITHUB_STEP_SUMMARY`).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from pytest_meshconform.report.observations import ObservedTable, RotationRecord
+
+if TYPE_CHECKING:
+    from pytest_meshconform.audit.engine import AuditResult
+    from pytest_meshconform.report import ConformanceReport, TestResult
+
+__all__ = [
+    "Block",
+    "Document",
+    "Entry",
+    "Section",
+    "Timeline",
+    "audit_document",
+    "document_of",
+    "render_html",
+    "render_markdown",
+]
+
+# Statuses: a test outcome, or "ok" / "bad" for other kinds of entries (an audit's findings).
+GOOD: Final = frozenset({"passed", "xpassed", "ok", "success"})
+BAD: Final = frozenset({"failed", "error", "bad", "failure"})
+_ICONS: Final = {"good": "✅", "bad": "❌", "other": "⚪"}
+
+
+def _tone(status: str) -> str:
+    return "good" if status in GOOD else "bad" if status in BAD else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A piece of evidence: a label and its text (shown preformatted)."""
+
+    label: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A certificate's life and its rotation: drawn as a small inline SVG chart."""
+
+    label: str
+    old_start: datetime
+    old_end: datetime
+    new_start: datetime
+    new_end: datetime
+    observed_at: datetime
+    caption: str
+
+    @classmethod
+    def of(cls, rotation: RotationRecord) -> Timeline:
+        def at(text: str) -> datetime:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+        return cls(
+            label=rotation.workload,
+            old_start=at(rotation.old_not_before),
+            old_end=at(rotation.old_not_after),
+            new_start=at(rotation.new_not_before),
+            new_end=at(rotation.new_not_after),
+            observed_at=at(rotation.observed_at),
+            caption=rotation.line(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One checked thing (a test, an audit finding) with what proves its status."""
+
+    title: str
+    status: str
+    description: str | None = None
+    message: str | None = None
+    duration: float | None = None
+    facts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (heading, lines)
+    tables: tuple[ObservedTable, ...] = ()
+    timelines: tuple[Timeline, ...] = ()
+    evidence: tuple[Block, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    title: str
+    status: str
+    entries: tuple[Entry, ...]
+    subtitle: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    title: str
+    status: str
+    summary: str
+    header: tuple[tuple[str, str], ...]  # (name, value): what was tested, with what
+    sections: tuple[Section, ...]
+    notes: tuple[str, ...] = ()  # warnings shown under the header
+    generated: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+# --- HTML -------------------------------------------------------------------------------------
+
+_CSS: Final = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
+ color:#1f2328;background:#f6f8fa}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 8px}
+h3{font-size:15px;margin:0}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
+ color:#fff;vertical-align:middle}
+.good .badge,.badge.good{background:#1a7f37}.bad .badge,.badge.bad{background:#cf222e}
+.other .badge,.badge.other{background:#6e7781}
+table.header{border-collapse:collapse;margin:12px 0}
+table.header th{text-align:left;padding:2px 16px 2px 0;color:#57606a;font-weight:500}
+.note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px;
+ margin:6px 0}
+.entry{background:#fff;border:1px solid #d0d7de;border-left:5px solid #6e7781;
+ border-radius:6px;margin:10px 0;padding:10px 14px}
+.entry.good{border-left-color:#1a7f37}.entry.bad{border-left-color:#cf222e}
+.desc{color:#57606a;margin:4px 0}
+.message{background:#ffebe9;border:1px solid #ff8182;border-radius:6px;padding:8px;
+ white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;
+ overflow-x:auto}
+.facts h4{margin:8px 0 2px;font-size:13px}
+.facts ul{margin:0;padding-left:20px;font:12px/1.5 ui-monospace,SFMono-Regular,Menlo,monospace}
+table.matrix{border-collapse:collapse;margin:8px 0}
+table.matrix caption{text-align:left;font-weight:600;padding:4px 0}
+table.matrix th,table.matrix td{border:1px solid #d0d7de;padding:4px 10px;text-align:center}
+table.matrix th{background:#f6f8fa}
+td.ok{background:#dafbe1;color:#116329}
+td.mismatch{background:#ffcecb;color:#82071e;font-weight:600}
+td.mismatch .want{display:block;font-weight:400;font-size:11px}
+.legend{font-size:12px;color:#57606a}
+pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:8px;margin:4px 0;
+ white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;
+ overflow-x:auto}
+.evidence h4{margin:10px 0 2px;font-size:13px}
+svg text{font:11px system-ui,sans-serif}
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {_tone(status)}">{_e(status)}</span>'
+
+
+def _html_table(table: ObservedTable) -> str:
+    head = "".join(f"<th scope='col'>{_e(c)}</th>" for c in table.columns)
+    rows = []
+    for name, wants, gots in zip(table.rows, table.expected, table.observed, strict=True):
+        cells = []
+        for want, got in zip(wants, gots, strict=True):
+            if want == got:
+                cells.append(f'<td class="ok" title="as expected">{_e(got)}</td>')
+            else:
+                cells.append(
+                    f'<td class="mismatch" title="expected {_e(want)}, observed {_e(got)}">'
+                    f'{_e(got)}<span class="want">expected {_e(want)}</span></td>'
+                )
+        rows.append(f"<tr><th scope='row'>{_e(name)}</th>{''.join(cells)}</tr>")
+    verdict = "as expected" if table.ok else f"{len(table.mismatches)} cells differ"
+    return (
+        f'<table class="matrix {"good" if table.ok else "bad"}">'
+        f"<caption>{_e(table.title)}: {_e(verdict)}</caption>"
+        f"<thead><tr><th>{_e(table.corner)}</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _timeline_svg(timeline: Timeline) -> str:
+    """Old and new certificate lifetimes as bars, Istio's half-life and the rotation seen."""
+    width, left, right = 640, 10, 10
+    start = timeline.old_start
+    end = max(timeline.new_end, timeline.old_end)
+    total = max((end - start).total_seconds(), 1e-6)
+
+    def x(moment: datetime) -> float:
+        return left + (width - left - right) * (moment - start).total_seconds() / total
+
+    half = timeline.old_start + (timeline.old_end - timeline.old_start) / 2
+    old_w = x(timeline.old_end) - x(timeline.old_start)
+    new_w = x(timeline.new_end) - x(timeline.new_start)
+    seen = x(timeline.observed_at)
+    return (
+        f'<svg class="timeline" role="img" width="{width}" height="96" '
+        f'viewBox="0 0 {width} 96" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{_e(timeline.caption)}</title>"
+        f'<rect x="{x(timeline.old_start):.1f}" y="8" width="{old_w:.1f}" height="18" '
+        f'fill="#54aeff"/><text x="{x(timeline.old_start) + 4:.1f}" y="21" fill="#fff">'
+        f"old certificate</text>"
+        f'<rect x="{x(timeline.new_start):.1f}" y="34" width="{new_w:.1f}" height="18" '
+        f'fill="#4ac26b"/><text x="{x(timeline.new_start) + 4:.1f}" y="47" fill="#fff">'
+        f"new certificate</text>"
+        f'<line x1="{x(half):.1f}" y1="4" x2="{x(half):.1f}" y2="58" stroke="#6e7781" '
+        f'stroke-dasharray="3,3"/>'
+        f'<line x1="{seen:.1f}" y1="4" x2="{seen:.1f}" y2="58" stroke="#cf222e" '
+        f'stroke-width="2"/>'
+        f'<text x="{left}" y="74">{_e(_clock(timeline.old_start))}</text>'
+        f'<text x="{width - right}" y="74" text-anchor="end">{_e(_clock(end))}</text>'
+        f'<text x="{min(seen + 4, width - 200):.1f}" y="90" fill="#cf222e">'
+        f"rotation seen {_e(_clock(timeline.observed_at))}</text>"
+        f'<text x="{x(half) + 4:.1f}" y="74" fill="#57606a">half-life</text>'
+        f"</svg>"
+    )
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S")
+
+
+def _html_entry(entry: Entry) -> str:
+    tone = _tone(entry.status)
+    parts = [
+        f'<section class="entry {tone}" data-status="{_e(entry.status)}">',
+        f"<h3>{_badge(entry.status)} {_e(entry.title)}"
+        + (f" <small>({entry.duration:.2f}s)</small>" if entry.duration is not None else "")
+        + "</h3>",
+    ]
+    if entry.description:
+        parts.append(f'<p class="desc">{_e(entry.description)}</p>')
+    if entry.message:
+        parts.append(f'<div class="message">{_e(entry.message)}</div>')
+    parts.extend(_html_table(table) for table in entry.tables)
+    for timeline in entry.timelines:
+        parts.append(f"<figure>{_timeline_svg(timeline)}<figcaption class='legend'>")
+        parts.append(f"{_e(timeline.caption)}</figcaption></figure>")
+    if entry.facts:
+        parts.append('<div class="facts">')
+        for heading, lines in entry.facts:
+            items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+            parts.append(f"<h4>{_e(heading)}</h4><ul>{items}</ul>")
+        parts.append("</div>")
+    if entry.evidence:
+        parts.append('<div class="evidence">')
+        for block in entry.evidence:
+            parts.append(f"<h4>{_e(block.label)}</h4><pre>{_e(block.text)}</pre>")
+        parts.append("</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(document: Document) -> str:
+    """The document as one self-contained page: no script, no external resource."""
+    header = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in document.header)
+    notes = "".join(f'<p class="note">{_e(note)}</p>' for note in document.notes)
+    sections = []
+    for section in document.sections:
+        subtitle = f" <small>{_e(section.subtitle)}</small>" if section.subtitle else ""
+        sections.append(
+            f'<h2 class="{_tone(section.status)}">{_badge(section.status)} {_e(section.title)}'
+            f"{subtitle}</h2>"
+        )
+        sections.extend(_html_entry(entry) for entry in section.entries)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">"
+        f"<title>{_e(document.title)}</title><style>{_CSS}</style></head>\n"
+        f'<body><main class="{_tone(document.status)}">'
+        f"<h1>{_e(document.title)} {_badge(document.status)}</h1>"
+        f'<p class="summary">{_e(document.summary)}</p>'
+        f'<table class="header">{header}</table>{notes}\n'
+        + "\n".join(sections)
+        + f'\n<p class="legend">Generated {_e(document.generated)}.</p></main></body></html>\n'
+    )
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def _md(text: object) -> str:
+    """Text for a Markdown table cell or inline position."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(table: ObservedTable) -> list[str]:
+    verdict = "as expected" if table.ok else f"{len(table.mismatches)} cells differ"
+    lines = [
+        f"**{_md(table.title)}**: {verdict}",
+        "",
+        "| " + " | ".join([_md(table.corner) or " ", *map(_md, table.columns)]) + " |",
+        "|" + "---|" * (len(table.columns) + 1),
+    ]
+    for name, wants, gots in zip(table.rows, table.expected, table.observed, strict=True):
+        cells = [
+            f"{_ICONS['good']} {_md(got)}"
+            if want == got
+            else f"{_ICONS['bad']} **{_md(got)}** (expected {_md(want)})"
+            for want, got in zip(wants, gots, strict=True)
+        ]
+        lines.append("| " + " | ".join([_md(name), *cells]) + " |")
+    return [*lines, ""]
+
+
+def _fence(text: str) -> list[str]:
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return [fence, text.rstrip("\n"), fence, ""]
+
+
+def _md_entry(entry: Entry, brief: bool) -> list[str]:
+    """An entry in Markdown. `brief` (the CI step summary): a passing entry is one line, or its
+    heading and tables when it asserted tables; a failing one is shown in full."""
+    icon = _ICONS[_tone(entry.status)]
+    duration = f" ({entry.duration:.2f}s)" if entry.duration is not None else ""
+    head = f"{icon} **{_md(entry.title)}**: {entry.status}{duration}"
+    full = not brief or _tone(entry.status) == "bad" or any(not t.ok for t in entry.tables)
+    if not full and not entry.tables:
+        return [f"- {head}" + (f": {_md(entry.description)}" if entry.description else "")]
+    lines = [f"#### {head}", ""]
+    if not full:
+        for table in entry.tables:
+            lines += _md_table(table)
+        return lines
+    if entry.description:
+        lines += [f"> {line}".rstrip() for line in entry.description.splitlines()] + [""]
+    if entry.message:
+        lines += _fence(entry.message)
+    for table in entry.tables:
+        lines += _md_table(table)
+    for timeline in entry.timelines:
+        lines += [f"Rotation: {_md(timeline.caption)}", ""]
+    for heading, items in entry.facts:
+        lines += [f"*{_md(heading)}*", ""] + [f"- `{_md(item)}`" for item in items] + [""]
+    for block in entry.evidence:
+        lines += [f"*{_md(block.label)}*", "", *_fence(block.text)]
+    return lines
+
+
+def render_markdown(document: Document, *, brief: bool = False) -> str:
+    """The document as Markdown; `brief` keeps passing entries to one line each."""
+    lines = [
+        f"# {_md(document.title)}: {_ICONS[_tone(document.status)]} {document.status}",
+        "",
+        document.summary,
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {_md(k)} | {_md(v)} |" for k, v in document.header),
+        "",
+    ]
+    lines += [f"> **Warning:** {_md(note)}" for note in document.notes]
+    if document.notes:
+        lines.append("")
+    for section in document.sections:
+        subtitle = f" ({_md(section.subtitle)})" if section.subtitle else ""
+        lines += [f"## {_ICONS[_tone(section.status)]} {_md(section.title)}{subtitle}", ""]
+        brief_lines: list[str] = []
+        for entry in section.entries:
+            rendered = _md_entry(entry, brief)
+            if len(rendered) == 1:
+                brief_lines += rendered
+                continue
+            if brief_lines:
+                lines += [*brief_lines, ""]
+                brief_lines = []
+            lines += rendered
+        if brief_lines:
+            lines += [*brief_lines, ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --- A conformance report as a document -----------------------------------------------------
+
+
+def _facts_of(test: TestResult) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    seen = test.observations
+    if seen is None:
+        return ()
+    facts = [
+        ("Workloads touched", (", ".join(seen.workloads),) if seen.workloads else ()),
+        ("Policies applied", tuple(seen.policies)),
+        ("Requests", tuple(r.line() for r in seen.requests)),
+        ("Captured flows", tuple(seen.flows)),
+        ("Identities seen", tuple(seen.identities)),
+    ]
+    return tuple((heading, lines) for heading, lines in facts if lines)
+
+
+def document_of(
+    report: ConformanceReport,
+    *,
+    settings: Sequence[str] = (),
+    evidence: Mapping[str, Sequence[Block]] | None = None,
+) -> Document:
+    """A conformance report as a Document: the run header (mesh, version, settings), a section
+    per suite, an entry per test with its observations; `evidence` (by node id) adds the
+    failure evidence the YAML does not keep (the logs of the test's window, ...)."""
+    evidence = evidence or {}
+    mesh = report.mesh
+    header: list[tuple[str, str]] = []
+    if mesh.used:
+        revision = f", revision {mesh.revision}" if mesh.revision else ""
+        header += [
+            ("Mesh", str(mesh.name)),
+            ("Version", str(mesh.version)),
+            ("Backend", f"{mesh.backend}{revision}"),
+            ("Trust domain", str(mesh.trust_domain)),
+        ]
+    else:
+        header.append(("Mesh", mesh.describe()))
+    header += [
+        ("Result", f"{report.result}: {report.summary}"),
+        ("Date", report.date),
+        ("Duration", f"{report.duration:.1f}s"),
+    ]
+    header += [("Settings", line) for line in settings]
+    header.append(
+        (
+            "Tool",
+            f"meshconform {report.plugin_version}, pytest {report.pytest_version},"
+            f" Python {report.python_version}",
+        )
+    )
+    if report.features_tested:
+        header.append(("Features tested", ", ".join(report.features_tested)))
+    if report.features_untested:
+        header.append(("Features not tested", ", ".join(report.features_untested)))
+    notes = []
+    if report.faults:
+        notes.append(
+            f"test-only faults were injected ({', '.join(report.faults)}): this run proves"
+            " nothing about a mesh"
+        )
+    notes += [
+        f"{error.nodeid} did not collect: its tests are missing"
+        for error in report.collection_errors
+    ]
+    sections = []
+    for suite in report.suites:
+        entries = []
+        for test in suite.tests:
+            seen = test.observations
+            blocks = list(evidence.get(test.nodeid, ()))
+            if test.evidence is not None:
+                listing = "\n".join(f"{label}: {path}" for label, path in test.evidence.files)
+                if listing:
+                    blocks.append(Block("Evidence files", listing))
+            facts = _facts_of(test)
+            if test.infrastructure:
+                facts = (
+                    (
+                        "Infrastructure error",
+                        ("the mesh's own process broke (a sidecar died): no evidence either way",),
+                    ),
+                    *facts,
+                )
+            entries.append(
+                Entry(
+                    title=test.name,
+                    status=test.outcome,
+                    description=test.description,
+                    message=test.message if test.outcome != "passed" else None,
+                    duration=test.duration,
+                    facts=facts,
+                    tables=tuple(seen.tables) if seen else (),
+                    timelines=tuple(Timeline.of(r) for r in seen.rotations) if seen else (),
+                    evidence=tuple(blocks),
+                )
+            )
+        sections.append(
+            Section(
+                title=suite.name,
+                status=suite.result,
+                entries=tuple(entries),
+                subtitle=f"{suite.path}: {suite.statistics.passed}/{suite.statistics.total} passed",
+            )
+        )
+    return Document(
+        title="meshconform conformance report",
+        status=report.result,
+        summary=report.summary,
+        header=tuple(header),
+        sections=tuple(sections),
+        notes=tuple(notes),
+        generated=report.date,
+    )
+
+
+# --- An audit as a document -----------------------------------------------------------------
+
+_AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}
+
+
+def audit_document(result: AuditResult) -> Document:
+    """`meshconform audit`'s result as a Document: the audit's header, one table of every
+    Service port (the mode Istio's policies predict against the one the probes observed,
+    colour-coded), then an entry per port with its verdict, reason and wire evidence."""
+    data = result.to_dict()
+    mesh = result.mesh
+    revision = f", revision {mesh.revision}" if mesh.revision else ""
+    header: list[tuple[str, str]] = [
+        ("Mesh", mesh.name),
+        ("Version", mesh.version),
+        ("Backend", f"{mesh.backend}{revision}"),
+        ("Trust domain", mesh.trust_domain),
+        ("Requirement", result.require or "none (the policies' own prediction)"),
+        ("Namespaces", ", ".join(result.namespaces) or "none"),
+        ("Date", data["date"]),
+        ("Duration", f"{result.duration:.1f}s"),
+    ]
+    if result.excluded:
+        header.append(("Excluded", ", ".join(result.excluded)))
+    if result.policies:
+        header.append(("Policies applied", ", ".join(result.policies)))
+    summary = data["summary"]
+    ports = [r.port.key for r in result.ports]
+    matrix = ObservedTable(
+        title="every Service port: the mode the probes must observe vs what they observed",
+        rows=tuple(ports),
+        columns=("mode",),
+        expected=tuple((r.port.expected,) for r in result.ports),
+        observed=tuple((r.observed,) for r in result.ports),
+        corner="Service port",
+    )
+    overview = Entry(
+        title="Service ports",
+        status=data["result"],
+        tables=(matrix,) if ports else (),
+    )
+    entries = [overview]
+    for r in result.ports:
+        evidence = data["ports"][result.ports.index(r)]["evidence"]
+        facts: list[tuple[str, tuple[str, ...]]] = [
+            (
+                "Mode",
+                (
+                    f"predicted {r.port.predicted}, expected {r.port.expected},"
+                    f" observed {r.observed}",
+                ),
+            )
+        ]
+        if r.meets_requirement is not None:
+            facts.append(
+                (
+                    "Requirement",
+                    (f"{result.require}: {'met' if r.meets_requirement else 'not met'}",),
+                )
+            )
+        for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
+            if key in evidence:
+                attempt = evidence[key]
+                facts.append(
+                    (
+                        label,
+                        (
+                            f"{attempt['client']} -> {attempt['target']}: exit"
+                            f" {attempt['exitCode']}, status {attempt.get('status', '-')},"
+                            f" answered {attempt['answered']} {attempt.get('detail', '')}".rstrip(),
+                        ),
+                    )
+                )
+        if "wire" in evidence:
+            wire = evidence["wire"]
+            facts.append(
+                (
+                    "Wire",
+                    (
+                        f"{wire['flows']} flow(s), TLS {wire['tls']}, SNI {wire.get('sni', '-')},"
+                        f" ALPN {','.join(wire['alpn']) or '-'}, plaintext payload"
+                        f" {wire['plaintextPayload']}",
+                        *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ()),
+                    ),
+                )
+            )
+        entries.append(
+            Entry(
+                title=r.port.key,
+                status=_AUDIT_STATUS[r.verdict],
+                description=(
+                    f"{r.port.protocol.value} port of {r.port.endpoint.key}"
+                    f" ({'sidecar' if r.port.in_mesh else 'no sidecar'})"
+                ),
+                message=r.reason if r.verdict != "pass" else None,
+                facts=tuple(facts),
+                evidence=tuple(Block("problem", p) for p in r.problems),
+            )
+        )
+    return Document(
+        title="meshconform audit",
+        status=data["result"],
+        summary=(
+            f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
+            f" {summary['errors']} errors"
+        ),
+        header=tuple(header),
+        sections=(Section("Service ports", data["result"], tuple(entries)),),
+        notes=tuple(f"not audited: {note}" for note in result.not_audited),
+        generated=data["date"],
+    )
+
+
+# --- The pytest side: --mesh-report=PATH.html / .md, GITHUB_STEP_SUMMARY ----------------------
+
+PLUGIN_NAME: Final = "meshconform-report-render"
+_EVIDENCE_LINES: Final = 60
+
+
+def _tail_lines(text: str, limit: int = _EVIDENCE_LINES) -> str:
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) <= limit:
+        return "\n".join(lines)
+    return "\n".join([f"[{len(lines) - limit} earlier lines omitted]", *lines[-limit:]])
+
+
+class RenderPlugin:
+    """Writes the human-readable reports once the report plugin has built the run's report."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.evidence: dict[str, list[Block]] = {}
+        self.written: list[str] = []
+        self.errors: list[str] = []
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # outer: the fixtures' evidence is complete
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.failed:
+            from pytest_meshconform.report.exhibits import evidence_key
+
+            evidence = item.stash.get(evidence_key, None)
+            if evidence is not None:
+                blocks = self.evidence.setdefault(item.nodeid, [])
+                known = {block.label for block in blocks}
+                blocks.extend(
+                    Block(label, _tail_lines(text))
+                    for label, text in evidence.texts.items()
+                    if label != "summary" and label not in known
+                )
+        return report
+
+    def _settings_lines(self) -> list[str]:
+        from pytest_meshconform.plugin.hooks import mesh_settings_key
+
+        settings = self.config.stash.get(mesh_settings_key, None)
+        if settings is None:
+            return []
+        from pytest_meshconform.backends.registry import backend_for
+
+        lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
+        return [*lines, *backend_for(settings.cluster).header_lines(self.config)]
+
+    @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from pytest_meshconform.plugin.hooks import mesh_settings_key
+        from pytest_meshconform.plugin.report import PLUGIN_NAME as REPORT_PLUGIN
+        from pytest_meshconform.report import write_report
+        from pytest_meshconform.settings import report_format_of
+
+        built = getattr(self.config.pluginmanager.get_plugin(REPORT_PLUGIN), "report", None)
+        settings = self.config.stash.get(mesh_settings_key, None)
+        if built is None or settings is None:
+            return
+        document = document_of(built, settings=self._settings_lines(), evidence=self.evidence)
+        for path in settings.extra_reports:
+            try:
+                if report_format_of(path) is not None:
+                    write_report(built, path)
+                else:
+                    suffix = path.suffix.lower()
+                    text = render_markdown(document) if suffix == ".md" else render_html(document)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    partial = path.with_name(f".{path.name}.partial")
+                    partial.write_text(text, encoding="utf-8")
+                    partial.replace(path)
+                self.written.append(str(path))
+            except OSError as error:
+                self.errors.append(f"cannot write {path}: {error}")
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path and built.mesh.used:
+            try:
+                with open(summary_path, "a", encoding="utf-8") as summary:
+                    summary.write(render_markdown(document, brief=True) + "\n")
+            except OSError as error:
+                self.errors.append(f"cannot append to GITHUB_STEP_SUMMARY {summary_path}: {error}")
+        if self.errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for path in self.written:
+            terminalreporter.write_line(f"meshconform report: {path}")
+        for error in self.errors:
+            terminalreporter.write_line(f"meshconform: report: {error}", red=True)
+
+
+def configure(config: pytest.Config) -> None:
+    """Register the renderer for this run (after `report.configure`)."""
+    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        config.pluginmanager.register(RenderPlugin(config), PLUGIN_NAME)
