@@ -54,8 +54,8 @@ from pytest_meshconform.backends.kube.lifecycle import (
     PROXY_CONTAINER as PROXY_CONTAINER,
     ClusterApi as ClusterApi,
     Progress as Progress,
-    _meta as _meta,
     image_hint as image_hint,
+    metadata_of as metadata_of,
     pod_has_sidecar as pod_has_sidecar,
     pod_is_ready as pod_is_ready,
     pod_problem as pod_problem,
@@ -392,13 +392,15 @@ class KubeMesh(KubeCapture, KubePropagation):
                 if current is None:
                     self.api.apply(body)
                 else:
-                    body["metadata"]["resourceVersion"] = _meta(current).get("resourceVersion")
+                    body["metadata"]["resourceVersion"] = metadata_of(current).get(
+                        "resourceVersion"
+                    )
                     self.api.replace(body)
                 self._progress(f"restored mesh-wide {kind} {namespace}/{name}")
             del self._originals[key]
 
     def pod_name(self, workload: Workload) -> str:
-        return str(_meta(self._pod(workload)).get("name"))
+        return str(metadata_of(self._pod(workload)).get("name"))
 
     def pod_ip(self, workload: Workload) -> str:
         """The pod's IP (``status.podIP``): the client address a server's capture shows."""
@@ -431,7 +433,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             if error.status != 404:
                 raise
         # The pod was replaced (evicted, restarted): find the new one once.
-        pod = str(_meta(self._pod(workload, refresh=True)).get("name"))
+        pod = str(metadata_of(self._pod(workload, refresh=True)).get("name"))
         return self.api.open_exec(workload.namespace, pod, container, argv, stdin=stdin)
 
     # -- Mesh protocol: actions --------------------------------------------------------------

@@ -27,7 +27,7 @@ from pytest_meshconform.backends.kube.lifecycle import (
     _POLL_S,
     PROXY_CONTAINER,
     KubeLifecycle,
-    _meta,
+    metadata_of,
     pod_problem,
 )
 from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER
@@ -64,7 +64,7 @@ def image_is_distroless(image: str) -> bool:
 def pod_accepts_hbone(pod: Mapping[str, Any]) -> bool:
     """Whether the pod's endpoints carry ``tunnel: http`` (its ``networking.istio.io/tunnel``
     label lists ``http``: a comma-separated list, pkg/model ``TunnelLabel``)."""
-    value = (_meta(pod).get("labels") or {}).get(TUNNEL_LABEL)
+    value = (metadata_of(pod).get("labels") or {}).get(TUNNEL_LABEL)
     return isinstance(value, str) and TUNNEL_HTTP in [v.strip() for v in value.split(",")]
 
 
@@ -171,7 +171,7 @@ class KubeCapture(KubeLifecycle):
 
     def _ensure_capture_container(self, workload: Workload) -> dict[str, Any]:
         pod = self._pod(workload)
-        name = str(_meta(pod).get("name"))
+        name = str(metadata_of(pod).get("name"))
         key = (workload.namespace, name)
         if key in self._capture_ready:
             return pod
@@ -219,7 +219,11 @@ class KubeCapture(KubeLifecycle):
             raise MeshError(f"pod of {workload.key} has no status.hostIP for the capture marker")
         argv = capture_argv(capture_filter(port, marker_host), marker_host)
         session = self.api.open_exec(
-            workload.namespace, str(_meta(pod).get("name")), CAPTURE_CONTAINER, argv, stdin=True
+            workload.namespace,
+            str(metadata_of(pod).get("name")),
+            CAPTURE_CONTAINER,
+            argv,
+            stdin=True,
         )
         token = f"meshconform-end-{secrets.token_hex(8)}"
         try:

@@ -23,7 +23,12 @@ from pytest_meshconform.backends.kube.envoystate import (
     mismatches,
     parse_config_dump,
 )
-from pytest_meshconform.backends.kube.lifecycle import _POLL_S, POLICY_KINDS, KubeLifecycle, _meta
+from pytest_meshconform.backends.kube.lifecycle import (
+    _POLL_S,
+    POLICY_KINDS,
+    KubeLifecycle,
+    metadata_of,
+)
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
 from pytest_meshconform.istio import Authorization, authorization_for
 from pytest_meshconform.istio.api.policy import Policy, PolicyError, parse_policy
@@ -100,7 +105,7 @@ class KubePropagation(KubeLifecycle):
         for workload in self._workloads:
             if not workload.has_sidecar:
                 continue
-            labels = _meta(self._pod(workload)).get("labels") or workload.labels
+            labels = metadata_of(self._pod(workload)).get("labels") or workload.labels
             try:
                 labelled = dataclasses.replace(
                     workload, labels={str(k): str(v) for k, v in labels.items()}

@@ -45,6 +45,7 @@ __all__ = [
     "owner_text",
     "parse_owner",
     "run_id_of",
+    "run_labels",
     "topology_services",
     "topology_workloads",
     "workload_manifests",
@@ -169,7 +170,8 @@ class WorkloadImages:
     httpbin: str
 
 
-def _labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def run_labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The labels that mark an object as this run's (and meshconform's), plus ``extra``."""
     return {MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: names.run_id, **(extra or {})}
 
 
@@ -181,7 +183,7 @@ def namespace_manifest(
     ``pod-security.kubernetes.io/enforce: privileged`` because Istio's init container and the
     capture container need NET_ADMIN/NET_RAW, which the baseline Pod Security level rejects.
     """
-    labels = _labels(names, {LOGICAL_LABEL: logical})
+    labels = run_labels(names, {LOGICAL_LABEL: logical})
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     if logical in INJECTED_NAMESPACES:
         if revision:
@@ -230,7 +232,7 @@ def workload_manifests(
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": {"name": app, "namespace": namespace, "labels": _labels(names)},
+                "metadata": {"name": app, "namespace": namespace, "labels": run_labels(names)},
             }
         )
     manifests.append(
@@ -240,7 +242,7 @@ def workload_manifests(
             "metadata": {
                 "name": "httpbin",
                 "namespace": namespace,
-                "labels": _labels(names, {"app": "httpbin", "service": "httpbin"}),
+                "labels": run_labels(names, {"app": "httpbin", "service": "httpbin"}),
             },
             "spec": {
                 "ports": [
@@ -265,7 +267,7 @@ def workload_manifests(
         },
     }
     for app in APPS:
-        template_meta: dict[str, Any] = {"labels": {"app": app, **_labels(names)}}
+        template_meta: dict[str, Any] = {"labels": {"app": app, **run_labels(names)}}
         if injected:
             template_meta["annotations"] = {"proxy.istio.io/config": _proxy_config(cert_ttl)}
         manifests.append(
@@ -275,7 +277,7 @@ def workload_manifests(
                 "metadata": {
                     "name": app,
                     "namespace": namespace,
-                    "labels": _labels(names, {"app": app}),
+                    "labels": run_labels(names, {"app": app}),
                 },
                 "spec": {
                     "replicas": 1,
@@ -469,7 +471,7 @@ def localize_manifest(
     for field in _SERVER_FIELDS:
         meta.pop(field, None)
     labels = meta.get("labels")
-    meta["labels"] = {**(labels if isinstance(labels, Mapping) else {}), **_labels(names)}
+    meta["labels"] = {**(labels if isinstance(labels, Mapping) else {}), **run_labels(names)}
     localized["metadata"] = meta
     localized.pop("status", None)
     spec = localized.get("spec")
