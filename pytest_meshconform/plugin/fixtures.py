@@ -1005,7 +1005,7 @@ class RotationWatcher:
         until `requests_after` requests used the new cert.
         """
         __tracebackhide__ = True
-        from pytest_meshconform.evidence.certs import rotation_window
+        from pytest_meshconform.istio.rotation import rotation_window
 
         old, received = _served_cert(self.mesh, target, self.evidence)
         start = old.not_before
