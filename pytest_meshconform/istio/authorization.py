@@ -54,7 +54,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -66,6 +65,7 @@ from pytest_meshconform.istio.api.policy import (
     AuthzRule,
     AuthzSource,
 )
+from pytest_meshconform.istio.selection import age_key, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
@@ -96,7 +96,6 @@ _NEVER: Final[Mapping[str, Any]] = {
     "permissions": [{"not_rule": {"any": True}}],
     "principals": [{"not_id": {"any": True}}],
 }
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _HttpOnly(Exception):
@@ -201,10 +200,9 @@ def authorization_policies_for(
         namespace = policy.namespace or "default"
         if namespace not in (root_namespace, workload.namespace):
             continue
-        selector = policy.selector or {}
-        if all(workload.labels.get(key) == value for key, value in selector.items()):
+        if is_subset(policy.selector or {}, workload.labels):
             chosen.append(policy)
-    chosen.sort(key=lambda p: (p.creation_timestamp or _EPOCH, p.name, p.namespace or "default"))
+    chosen.sort(key=lambda p: age_key(p, p.namespace or "default"))
     return tuple(chosen)
 
 
