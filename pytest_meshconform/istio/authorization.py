@@ -54,7 +54,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -67,6 +66,7 @@ from pytest_meshconform.istio.api.policy import (
     AuthzSource,
 )
 from pytest_meshconform.istio.envoy import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
+from pytest_meshconform.istio.selection import age_key, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
@@ -93,7 +93,6 @@ _NEVER: Final[Mapping[str, Any]] = {
     "permissions": [{"not_rule": {"any": True}}],
     "principals": [{"not_id": {"any": True}}],
 }
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _HttpOnly(Exception):
@@ -198,10 +197,9 @@ def authorization_policies_for(
         namespace = policy.namespace or "default"
         if namespace not in (root_namespace, workload.namespace):
             continue
-        selector = policy.selector or {}
-        if all(workload.labels.get(key) == value for key, value in selector.items()):
+        if is_subset(policy.selector or {}, workload.labels):
             chosen.append(policy)
-    chosen.sort(key=lambda p: (p.creation_timestamp or _EPOCH, p.name, p.namespace or "default"))
+    chosen.sort(key=lambda p: age_key(p, p.namespace or "default"))
     return tuple(chosen)
 
 
