@@ -25,6 +25,7 @@ from kube_fakes import kubeconfig_text
 from local_helpers import needs_local_mesh, runs_made, traces_of
 
 from pytest_meshconform.audit.discovery import discover_service_ports
+from pytest_meshconform.audit.engine import WireEvidence, wire_problems
 from pytest_meshconform.audit.probes import with_audit_probes
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
@@ -142,6 +143,44 @@ def test_without_a_client_the_prediction_is_the_audit_probes() -> None:
         False,
         "CLOSED",
     )
+
+
+@pytest.mark.parametrize(
+    ("alpn", "problem"),
+    [
+        (("istio-http/1.1", "istio", "http/1.1"), None),  # mtlsHTTP11ALPN
+        (("istio-peer-exchange", "istio"), None),  # ALPNInMeshWithMxc
+        (("istio-h2",), None),  # one of allIstioMtlsALPNs is enough for the inbound chain
+        (("h2", "http/1.1"), "has none of Istio's mTLS ALPNs"),  # TLS, but not a sidecar's
+    ],
+)
+def test_the_wire_must_show_a_clienthello_istio_takes_as_mtls(
+    alpn: tuple[str, ...], problem: str | None
+) -> None:
+    """Istio's inbound chains take a connection as Istio mTLS when its ALPN holds one of
+    ``allIstioMtlsALPNs`` (pilot/pkg/networking/core); the SNI is ``outbound_.<port>_._.<fqdn>``
+    (``BuildDNSSrvSubsetKey``)."""
+    mesh = LocalMesh(topology=with_audit_probes(parse_topology(ECHO_TOPOLOGY, "echo.yaml")))
+    probe = mesh.workload("probe", "meshconform-audit")
+    port = next(p for p in discover_service_ports(mesh, []) if p.key == "echo.shop:9000")
+    sni = "outbound_.9000_._.echo.shop.svc.cluster.local"
+    problems = wire_problems(
+        port, WireEvidence(pcap=None, flows=1, tls=True, sni=sni, alpn=alpn), probe
+    )
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1
+        assert problem in problems[0] and str(list(alpn)) in problems[0]
+    wrong_sni = WireEvidence(pcap=None, flows=1, tls=True, sni="echo", alpn=alpn)
+    assert f"the ClientHello's SNI is 'echo', Istio's is {sni!r}" in wire_problems(
+        port, wrong_sni, probe
+    )
+    unseen = wire_problems(port, WireEvidence(pcap=None, flows=0, tls=False), probe)
+    assert unseen == [
+        "the capture at probe.meshconform-audit saw no connection to port 9000: the mesh"
+        " request never reached the endpoint"
+    ]
 
 
 def test_a_topology_cannot_take_the_audits_namespace() -> None:

@@ -27,6 +27,7 @@ from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.istio.api.policy import PolicyError
+from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "WireEvidence",
     "probe_port",
     "run_audit",
+    "wire_problems",
 ]
 
 Requirement = Literal["STRICT", "PERMISSIVE"]
@@ -220,6 +222,32 @@ def _wire(pcap: bytes, path: Path | None, target_port: int) -> WireEvidence:
     )
 
 
+def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> list[str]:
+    """What is wrong with the mesh request's wire: no connection to the endpoint seen; a
+    ClientHello an inbound sidecar would not take as Istio mTLS (none of
+    `ISTIO_MTLS_ALPNS`), or with another SNI than the probe's cluster sets; plaintext
+    payload beside the TLS."""
+    problems: list[str] = []
+    target_port = port.service.target_port
+    if wire.flows == 0:
+        problems.append(
+            f"the capture at {probe.key} saw no connection to port {target_port}: the mesh"
+            " request never reached the endpoint"
+        )
+    if wire.tls:
+        want_sni = None if port.upstream is None else port.upstream.towards(port.endpoint.key).sni
+        if not set(wire.alpn) & set(ISTIO_MTLS_ALPNS):
+            problems.append(
+                f"the ClientHello's ALPN {list(wire.alpn)} has none of Istio's mTLS ALPNs"
+                f" {list(ISTIO_MTLS_ALPNS)}"
+            )
+        if want_sni is not None and wire.sni != want_sni:
+            problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
+        if wire.plaintext_payload:
+            problems.append("a plaintext payload went on the wire next to the mTLS connection")
+    return problems
+
+
 def _observe(plaintext: bool | None, mesh_ok: bool | None, wire: WireEvidence) -> Observed:
     if plaintext is None or mesh_ok is None:
         return "INCONCLUSIVE"
@@ -275,20 +303,7 @@ def probe_port(
             conforms=False,
             meets_requirement=None,
         )
-    problems: list[str] = []
-    if wire.flows == 0:
-        problems.append(
-            f"the capture at {probe.key} saw no connection to port {svc.target_port}: the mesh"
-            " request never reached the endpoint"
-        )
-    if wire.tls:
-        want_sni = None if port.upstream is None else port.upstream.towards(port.endpoint.key).sni
-        if "istio" not in wire.alpn and "istio-peer-exchange" not in wire.alpn:
-            problems.append(f"the ClientHello's ALPN {list(wire.alpn)} lacks Istio's (istio)")
-        if want_sni is not None and wire.sni != want_sni:
-            problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
-        if wire.plaintext_payload:
-            problems.append("a plaintext payload went on the wire next to the mTLS connection")
+    problems = wire_problems(port, wire, probe)
     observed = _observe(plaintext_answered, mesh_answered, wire)
     conforms = observed == port.expected and not problems
     meets = _requirement(port, observed, require)
