@@ -21,7 +21,7 @@ from typing import Any, Final
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApiError
-from pytest_meshconform.backends.kube.lifecycle import metadata_of, pod_has_sidecar, pod_is_ready
+from pytest_meshconform.backends.kube.lifecycle import object_meta, pod_has_sidecar, pod_is_ready
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import (
     MANAGED_BY,
@@ -51,12 +51,12 @@ class ClusterTopology:
 
 
 def _workload_name(pod: Mapping[str, Any]) -> str:
-    labels = metadata_of(pod).get("labels") or {}
+    labels = object_meta(pod).get("labels") or {}
     for key in ("app", "app.kubernetes.io/name"):
         if labels.get(key):
             return str(labels[key])
-    generate = str(metadata_of(pod).get("generateName") or "").rstrip("-")
-    return generate or str(metadata_of(pod).get("name"))
+    generate = str(object_meta(pod).get("generateName") or "").rstrip("-")
+    return generate or str(object_meta(pod).get("name"))
 
 
 def _container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
@@ -86,7 +86,7 @@ def cluster_topology(
         for pod in pods.get(namespace, ()):
             if not pod_is_ready(pod):
                 continue
-            labels = {str(k): str(v) for k, v in (metadata_of(pod).get("labels") or {}).items()}
+            labels = {str(k): str(v) for k, v in (object_meta(pod).get("labels") or {}).items()}
             account = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
             sidecar = pod_has_sidecar(pod)
             key = (namespace, tuple(sorted(labels.items())), account, sidecar)
@@ -103,7 +103,7 @@ def cluster_topology(
                 )
                 ports_of[key] = named
         for svc in services.get(namespace, ()):
-            name = str(metadata_of(svc).get("name"))
+            name = str(object_meta(svc).get("name"))
             spec = svc.get("spec") or {}
             where = f"{name}.{namespace}"
             selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
@@ -301,10 +301,10 @@ class KubeAuditMesh(KubeMesh):
         """List namespaces, Services and pods; the probes stay first among the workloads."""
         skip = {*SYSTEM_NAMESPACES, self.options.istio_namespace, self.audit_namespace}
         namespaces = sorted(
-            str(metadata_of(ns).get("name"))
+            str(object_meta(ns).get("name"))
             for ns in self.api.list_namespaces("")
-            if str(metadata_of(ns).get("name")) not in skip
-            and (metadata_of(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
+            if str(object_meta(ns).get("name")) not in skip
+            and (object_meta(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
         )
         services = {ns: self.api.list_objects("v1", "Service", ns) for ns in namespaces}
         pods = {ns: self.api.list_pods(ns) for ns in namespaces}

@@ -39,13 +39,11 @@ __all__ = [
     "TopologyError",
     "WorkloadImages",
     "delocalize_manifest",
-    "is_ours",
     "localize_manifest",
     "namespace_manifest",
     "owner_text",
     "parse_owner",
     "run_id_of",
-    "run_labels",
     "topology_services",
     "topology_workloads",
     "workload_manifests",
@@ -171,7 +169,6 @@ class WorkloadImages:
 
 
 def run_labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The labels that mark an object as this run's (and meshconform's), plus ``extra``."""
     return {MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: names.run_id, **(extra or {})}
 
 
@@ -523,11 +520,6 @@ def delocalize_manifest(
         _map_spec(str(obj.get("kind")), spec_copy, reverse)
         result["spec"] = spec_copy
     return result
-
-
-def is_ours(obj: Mapping[str, Any]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return isinstance(labels, Mapping) and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
 def run_id_of(obj: Mapping[str, Any]) -> str | None:
