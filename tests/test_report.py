@@ -10,6 +10,7 @@ is started here; tests/test_cli.py diffs two reports of real local-mesh runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from pytest_meshconform.report import (
+    ConformanceReport,
     ReportError,
     load_report,
     load_schema,
@@ -118,6 +120,23 @@ _VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
 def validate(document: object) -> None:
     _VALIDATOR.validate(document)
+
+
+def with_outcomes(report: ConformanceReport, **outcomes: str) -> ConformanceReport:
+    """The report with some tests' outcomes changed (key: test name, value: outcome)."""
+    suites = tuple(
+        dataclasses.replace(
+            suite,
+            tests=tuple(
+                dataclasses.replace(t, outcome=outcomes[t.name], message=None, evidence=None)
+                if t.name in outcomes
+                else t
+                for t in suite.tests
+            ),
+        )
+        for suite in report.suites
+    )
+    return dataclasses.replace(report, suites=suites)
 
 
 # --- The document and its schema ------------------------------------------------------------

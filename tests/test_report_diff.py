@@ -6,37 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from test_report import reference_document
+from test_report import reference_document, with_outcomes
 
 from pytest_meshconform.report import (
     CollectionError,
-    ConformanceReport,
     diff_reports,
     format_diff,
     parse_report,
 )
 
 
-def _with(report: ConformanceReport, **outcomes: str) -> ConformanceReport:
-    """The report with some tests' outcomes changed (key: test name, value: outcome)."""
-    suites = tuple(
-        dataclasses.replace(
-            suite,
-            tests=tuple(
-                dataclasses.replace(t, outcome=outcomes[t.name], message=None, evidence=None)
-                if t.name in outcomes
-                else t
-                for t in suite.tests
-            ),
-        )
-        for suite in report.suites
-    )
-    return dataclasses.replace(report, suites=suites)
-
-
 def test_diff_classifies_every_change() -> None:
     old = parse_report(reference_document())
-    new = _with(old, test_a="failed", test_b="xfailed", test_c="passed", test_rotates="notrun")
+    new = with_outcomes(
+        old, test_a="failed", test_b="xfailed", test_c="passed", test_rotates="notrun"
+    )
     diff = diff_reports(old, new)
     assert [c.id for c in diff.regressions] == ["strict::test_a", "strict::test_b"]
     assert [c.id for c in diff.fixes] == ["strict::test_c"]
@@ -47,7 +31,7 @@ def test_diff_classifies_every_change() -> None:
 
 def test_diff_without_regression_does_not_fail() -> None:
     old = parse_report(reference_document())
-    new = _with(old, test_a="skipped", test_c="error", test_rotates="passed")
+    new = with_outcomes(old, test_a="skipped", test_c="error", test_rotates="passed")
     diff = diff_reports(old, new)
     assert diff.regressions == ()
     assert [c.id for c in diff.newly_skipped] == ["strict::test_a"]
@@ -91,7 +75,7 @@ def test_diff_lists_new_and_removed_tests_and_collection_errors() -> None:
 def test_format_diff_names_both_runs_and_warns_about_faults() -> None:
     old = parse_report(reference_document())
     new = dataclasses.replace(
-        _with(old, test_a="failed"),
+        with_outcomes(old, test_a="failed"),
         faults=("strict-as-permissive",),
         date="2025-06-02T09:30:00Z",
     )
