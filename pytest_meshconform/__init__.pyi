@@ -38,7 +38,7 @@ from pytest_meshconform.plugin.fixtures import (
     WorkloadLookup as WorkloadLookup,
     XfccReader as XfccReader,
 )
-from pytest_meshconform.plugin.hooks import mesh_settings_key as mesh_settings_key
+from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
 from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
 from pytest_meshconform.plugin.tables import (
     Call as Call,
