@@ -13,7 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)
+from pytest_meshconform.version import __version__
 
 _FACE: dict[str, str] = {
     alias.asname or alias.name: node.module
