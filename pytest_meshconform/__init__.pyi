@@ -1,7 +1,7 @@
 # The public face of pytest_meshconform, listed once: type checkers and editors read this
 # stub, and `__init__.py` loads each name from here on first use. The README documents each.
 
-from pytest_meshconform.audit.engine import ServicePort as ServicePort
+from pytest_meshconform.audit.discovery import ServicePort as ServicePort
 from pytest_meshconform.evidence.certs import (
     CertError as CertError,
     WorkloadCert as WorkloadCert,

@@ -74,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.pluginmanager.register(tables, "meshconform-tables")
     report.configure(config)
-    from pytest_meshconform.report import render
+    from pytest_meshconform.plugin import render
 
     render.configure(config)
 
