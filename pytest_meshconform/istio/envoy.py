@@ -8,10 +8,17 @@ where istio/istio writes it; docs/istio-model.md lists them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from pytest_meshconform.evidence.config_dump import (
+    active_listener,
+    as_object,
+    load_json,
+    read_transport_socket,
+    sections,
+)
 from pytest_meshconform.istio.api.policy import MtlsMode
 
 __all__ = [
@@ -26,12 +33,12 @@ __all__ = [
     "HTTP_RBAC_TYPE",
     "INBOUND_PASSTHROUGH_CLUSTER",
     "INBOUND_SERVER_ALPNS",
+    "INTERNAL_UPSTREAM_TYPE",
     "ISTIO_MTLS_ALPNS",
     "LISTENER_TYPE",
     "NETWORK_RBAC_TYPE",
     "ORIGINAL_DST_TYPE",
     "PASSTHROUGH_CLUSTER",
-    "RAW_BUFFER_TYPE",
     "ROOT_SECRET",
     "ROUTER_TYPE",
     "SECRET_TYPE",
@@ -46,6 +53,7 @@ __all__ = [
     "inbound_chain_shapes",
     "inbound_cluster_name",
     "inbound_mode",
+    "inbound_tls_contexts",
     "outbound_cluster_name",
 ]
 
@@ -66,8 +74,10 @@ DOWNSTREAM_TLS_TYPE: Final = (
 UPSTREAM_TLS_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
-RAW_BUFFER_TYPE: Final = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+# cluster_tls.go ``hboneTransportSocket``: the socket that carries a connection over HBONE
+INTERNAL_UPSTREAM_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3"
+    ".InternalUpstreamTransport"
 )
 # the key of a cluster's typed_extension_protocol_options, and the message's type URL
 HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -190,4 +200,33 @@ def inbound_mode(chains: Sequence[ChainShape]) -> MtlsMode | None:
         return MtlsMode.PERMISSIVE
     if plain and not mtls:
         return MtlsMode.DISABLE
+    return None
+
+
+# --- reading back -------------------------------------------------------------------------------
+
+
+def inbound_tls_contexts(
+    dump: bytes | str | Mapping[str, Any],
+) -> list[tuple[str, Mapping[str, Any]]] | None:
+    """(filter chain name, DownstreamTlsContext) of every TLS chain of a sidecar's active
+    :data:`VIRTUAL_INBOUND` listener, read from its Envoy ``/config_dump``; None when the dump
+    has no such listener. Raises ``ConfigDumpError`` naming the field it cannot read."""
+    for section in sections(load_json(dump)):
+        if section.admin_type != "ListenersConfigDump":
+            continue
+        for where, raw in section.entries("dynamic_listeners"):
+            name, listener = active_listener(raw, where)
+            if name != VIRTUAL_INBOUND or listener is None:
+                continue
+            found = []
+            for chain_where, raw_chain in listener.chains():
+                chain = as_object(raw_chain, chain_where)
+                socket = chain.get("transport_socket")
+                if socket is None:
+                    continue
+                read = read_transport_socket(socket, f"{chain_where}.transport_socket")
+                if read.type_url == DOWNSTREAM_TLS_TYPE:
+                    found.append((str(chain.get("name", "?")), read.config))
+            return found
     return None
