@@ -54,10 +54,10 @@ _EXPORTS: dict[str, str] = {
     "XfccElement": "evidence.xfcc",
     "XfccError": "evidence.xfcc",
     # certs.py
-    "parse_envoy_secrets": "evidence.certs",
+    "parse_envoy_secrets": "istio.envoy",
     "parse_envoy_certs": "evidence.certs",
     "parse_spiffe_id": "evidence.certs",
-    "EnvoySecrets": "evidence.certs",
+    "EnvoySecrets": "evidence.config_dump",
     "EnvoyCert": "evidence.certs",
     "WorkloadCert": "evidence.certs",
     "SpiffeId": "evidence.certs",
@@ -128,15 +128,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     from pytest_meshconform.evidence.certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
-        EnvoySecrets as EnvoySecrets,
         SpiffeId as SpiffeId,
         WorkloadCert as WorkloadCert,
         lifetime_elapsed as lifetime_elapsed,
         load_pem_chain as load_pem_chain,
         parse_envoy_certs as parse_envoy_certs,
-        parse_envoy_secrets as parse_envoy_secrets,
         parse_spiffe_id as parse_spiffe_id,
     )
+    from pytest_meshconform.evidence.config_dump import EnvoySecrets as EnvoySecrets
     from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
     from pytest_meshconform.evidence.wire import (
         Capture as Capture,
@@ -177,6 +176,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
+    from pytest_meshconform.istio.envoy import parse_envoy_secrets as parse_envoy_secrets
     from pytest_meshconform.istio.rotation import rotation_time as rotation_time
     from pytest_meshconform.mesh import (
         ExecResult as ExecResult,

@@ -32,7 +32,6 @@ from pytest_meshconform.evidence.certs import (
     WorkloadCert,
     load_pem_chain,
     parse_envoy_certs,
-    parse_envoy_secrets,
     parse_spiffe_id,
 )
 from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
@@ -44,6 +43,7 @@ from pytest_meshconform.istio.api.policy import (
     parse_policies,
     peer_authentication,
 )
+from pytest_meshconform.istio.envoy import parse_envoy_secrets
 
 # --------------------------------------------------------------------------- shared pieces
 

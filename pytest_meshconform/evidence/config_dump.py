@@ -1,6 +1,6 @@
 """Envoy's ``/config_dump``, read (pure): its sections, the active listeners with their filter
-chains (match, transport socket, network and HTTP filters) and the active clusters with their
-transport sockets.
+chains (match, transport socket, network and HTTP filters), the active clusters with their
+transport sockets, and the secrets with the certificates they hold.
 
 Generic Envoy, in the admin API's snake_case JSON: no mesh's names. The readers that know what
 a mesh's control plane sends (the kube backend's, with the names of ``istio.envoy``) classify
@@ -14,13 +14,40 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from cryptography import x509
+
+from pytest_meshconform.evidence.certs import (
+    CertError,
+    WorkloadCert,
+    load_pem_chain,
+    trust_domain_problem,
+)
+from pytest_meshconform.evidence.protojson import (
+    ProtoJsonError,
+    decode_base64,
+    field,
+    fragment,
+    join,
+    json_list,
+    json_object,
+    load_json_object,
+    optional_string,
+    parse_timestamp,
+)
 
 __all__ = [
     "ADMIN_V2_PREFIX",
     "ADMIN_V3_PREFIX",
     "RAW_BUFFER_TYPE",
+    "SECRETS_CONFIG_DUMP_TYPE",
+    "SECRET_TYPE",
+    "SPIFFE_VALIDATOR_TYPE",
     "ConfigDumpError",
+    "EnvoySecret",
+    "EnvoySecrets",
     "FilterChain",
     "Listener",
     "NetworkFilter",
@@ -28,6 +55,7 @@ __all__ = [
     "SocketMatch",
     "TlsSecrets",
     "TransportSocket",
+    "TrustBundle",
     "active_cluster",
     "active_listener",
     "as_list",
@@ -40,6 +68,7 @@ __all__ = [
     "read_chain_port",
     "read_filter_chain",
     "read_network_filters",
+    "read_secrets",
     "read_socket_match",
     "read_transport_socket",
     "sections",
@@ -349,8 +378,6 @@ class NetworkFilter:
 
 
 def _filters(value: object, where: str) -> tuple[NetworkFilter, ...]:
-    if value is None:
-        raise ConfigDumpError(f"{where}: expected a list, got null")
     found = []
     for index, raw in enumerate(as_list(value, where)):
         at = f"{where}[{index}]"
@@ -417,3 +444,283 @@ def read_socket_match(raw: object, where: str) -> SocketMatch:
     return SocketMatch(
         where, as_string(entry.get("name"), f"{where}.name"), entry.get("transport_socket")
     )
+
+
+# --- secrets ----------------------------------------------------------------------------------
+#
+# Envoy's snake_case (``dynamic_active_secrets[].secret.tls_certificate.certificate_chain
+# .inline_bytes``) or istioctl's protojson camelCase (``dynamicActiveSecrets ...inlineBytes``),
+# read with :mod:`.protojson`; a full ``/config_dump`` must hold exactly one
+# ``SecretsConfigDump``. Which secret is the workload certificate and which the roots is the
+# mesh's choice: the caller names them.
+
+SECRETS_CONFIG_DUMP_TYPE: Final = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+SECRET_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+SPIFFE_VALIDATOR_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+)
+
+SecretState = Literal["static", "active", "warming"]
+SecretKind = Literal[
+    "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret"
+]
+_SECRET_KINDS: tuple[SecretKind, ...] = (
+    "tls_certificate",
+    "validation_context",
+    "session_ticket_keys",
+    "generic_secret",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    """The roots Envoy's SPIFFE validator trusts for one trust domain (SPIRE federation)."""
+
+    trust_domain: str
+    certificates: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySecret:
+    """One secret of the dump, as istioctl lists it, with the certificates it holds.
+
+    ``kind`` is None for a secret without payload (a warming secret still waiting for SDS).
+    ``file`` is set when the PEM lives in a file on the proxy, which the dump only names.
+    """
+
+    name: str
+    state: SecretState
+    version_info: str | None
+    last_updated: datetime | None
+    kind: SecretKind | None
+    certificates: tuple[x509.Certificate, ...]
+    trust_bundles: tuple[TrustBundle, ...] = ()
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySecrets:
+    """A proxy's secrets: the full list, and the workload certificate and roots in it.
+
+    ``workload`` is the certificate of the active secret the mesh names for it, kept rather
+    than derived because building it validates the chain; the roots are read off the active
+    secret named ``root_secret``.
+    """
+
+    secrets: tuple[EnvoySecret, ...]
+    workload: WorkloadCert | None
+    root_secret: str
+
+    def secret(self, name: str, state: SecretState = "active") -> EnvoySecret | None:
+        return next((s for s in self.secrets if s.name == name and s.state == state), None)
+
+    @property
+    def trust_bundles(self) -> tuple[TrustBundle, ...]:
+        """The per-trust-domain bundles of the root secret's SPIFFE validator (SPIRE
+        federation)."""
+        root_secret = self.secret(self.root_secret)
+        return () if root_secret is None else root_secret.trust_bundles
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """Every root the root secret holds: its ``trusted_ca``, then each trust bundle's."""
+        root_secret = self.secret(self.root_secret)
+        if root_secret is None:
+            return ()
+        bundled = tuple(c for bundle in root_secret.trust_bundles for c in bundle.certificates)
+        return root_secret.certificates + bundled
+
+    def roots_for(self, trust_domain: str) -> tuple[x509.Certificate, ...]:
+        """The roots Envoy would check a peer of ``trust_domain`` against.
+
+        With SPIFFE validator bundles that is the bundle of that trust domain (none if it has
+        no bundle, as Envoy then rejects the peer); otherwise every root certificate.
+        """
+        if not self.trust_bundles:
+            return self.roots
+        for bundle in self.trust_bundles:
+            if bundle.trust_domain == trust_domain:
+                return bundle.certificates
+        return ()
+
+
+def _data_source(value: Any, where: str) -> tuple[tuple[x509.Certificate, ...], str | None]:
+    """Certificates of an Envoy DataSource, or the proxy-side file it names."""
+    source = json_object(value, where)
+    present = [
+        key
+        for key in ("inline_bytes", "inline_string", "filename", "environment_variable")
+        if field(source, key, where) is not None
+    ]
+    if len(present) > 1:
+        raise CertError(f"{where}: more than one data source: {', '.join(present)}")
+    if not present:
+        return (), None
+    key = present[0]
+    at = join(where, key)
+    raw = field(source, key, where)
+    if key == "filename":
+        return (), optional_string(raw, at)
+    if key == "environment_variable":
+        raise CertError(f"{at}: PEM in environment variable {fragment(raw)} is not in the dump")
+    if key == "inline_bytes":
+        pem: bytes | str = decode_base64(raw, at)
+    else:
+        if not isinstance(raw, str):
+            raise CertError(f"{at}: expected a string, got {type(raw).__name__}")
+        pem = raw
+    try:
+        return load_pem_chain(pem), None
+    except CertError as exc:
+        raise CertError(f"{at}: {exc}") from exc
+
+
+def _spiffe_bundles(validation: Mapping[str, Any], where: str) -> tuple[TrustBundle, ...]:
+    custom = field(validation, "custom_validator_config", where)
+    if custom is None:
+        return ()
+    at = join(where, "custom_validator_config")
+    typed = field(json_object(custom, at), "typed_config", at)
+    if typed is None:
+        return ()
+    at = join(at, "typed_config")
+    typed = json_object(typed, at)
+    if typed.get("@type") != SPIFFE_VALIDATOR_TYPE:
+        return ()  # another validator: it holds no SPIFFE bundles
+    domains = field(typed, "trust_domains", at)
+    if domains is None:
+        return ()
+    bundles: list[TrustBundle] = []
+    for index, entry in enumerate(json_list(domains, join(at, "trust_domains"))):
+        entry_at = f"{at}.trust_domains[{index}]"
+        entry = json_object(entry, entry_at)
+        name = field(entry, "name", entry_at)
+        if not isinstance(name, str) or trust_domain_problem(name) is not None:
+            raise CertError(f"{entry_at}.name: not a SPIFFE trust domain: {fragment(name)}")
+        bundle = field(entry, "trust_bundle", entry_at)
+        certs = () if bundle is None else _data_source(bundle, f"{entry_at}.trust_bundle")[0]
+        bundles.append(TrustBundle(name, certs))
+    return tuple(bundles)
+
+
+def _parse_secret(item: Any, state: SecretState, where: str) -> EnvoySecret:
+    entry = json_object(item, where)
+    name = field(entry, "name", where)
+    if not isinstance(name, str):
+        raise CertError(f"{where}.name: expected a string, got {type(name).__name__}")
+    version_info = optional_string(field(entry, "version_info", where), f"{where}.version_info")
+    updated = field(entry, "last_updated", where)
+    last_updated = None if updated is None else parse_timestamp(updated, f"{where}.last_updated")
+    secret = field(entry, "secret", where)
+    if secret is None:
+        return EnvoySecret(name, state, version_info, last_updated, None, ())
+    at = f"{where}.secret"
+    secret = json_object(secret, at)
+    type_url = secret.get("@type")
+    if type_url is not None and type_url != SECRET_TYPE:
+        raise CertError(f"{at}.@type: {fragment(type_url)} is not {SECRET_TYPE}")
+    kinds = [kind for kind in _SECRET_KINDS if field(secret, kind, at) is not None]
+    if len(kinds) > 1:
+        raise CertError(f"{at}: a secret is one of its kinds, got {', '.join(kinds)}")
+    if not kinds:
+        return EnvoySecret(name, state, version_info, last_updated, None, ())
+    kind = kinds[0]
+    body = json_object(field(secret, kind, at), f"{at}.{kind}")
+    certs: tuple[x509.Certificate, ...] = ()
+    file = None
+    bundles: tuple[TrustBundle, ...] = ()
+    if kind == "tls_certificate":
+        chain = field(body, "certificate_chain", f"{at}.{kind}")
+        if chain is not None:
+            certs, file = _data_source(chain, f"{at}.{kind}.certificate_chain")
+    elif kind == "validation_context":
+        trusted = field(body, "trusted_ca", f"{at}.{kind}")
+        if trusted is not None:
+            certs, file = _data_source(trusted, f"{at}.{kind}.trusted_ca")
+        bundles = _spiffe_bundles(body, f"{at}.{kind}")
+    return EnvoySecret(name, state, version_info, last_updated, kind, certs, bundles, file)
+
+
+def _secrets_config_dump(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The SecretsConfigDump inside a full ``/config_dump``, or the document itself."""
+    if document.get("configs") is not None:
+        found = sections(document)
+        secrets = [s.body for s in found if s.type_url == SECRETS_CONFIG_DUMP_TYPE]
+        if len(secrets) != 1:
+            raise CertError(
+                f"configs: expected one {SECRETS_CONFIG_DUMP_TYPE}, found {len(secrets)} among "
+                f"{fragment([s.type_url for s in found])}"
+            )
+        return secrets[0]
+    type_url = document.get("@type")
+    if type_url is not None and type_url != SECRETS_CONFIG_DUMP_TYPE:
+        raise CertError(f"@type: {fragment(type_url)} is not {SECRETS_CONFIG_DUMP_TYPE}")
+    known = ("static_secrets", "dynamic_active_secrets", "dynamic_warming_secrets")
+    if type_url is None and document and all(field(document, k, "") is None for k in known):
+        raise CertError(
+            f"not an Envoy secrets dump: no 'configs', '@type' or secret lists among keys "
+            f"{fragment(sorted(map(str, document)))}"
+        )
+    return document
+
+
+def _single_secret(
+    secrets: Sequence[EnvoySecret], name: str, allowed_kind: SecretKind
+) -> EnvoySecret | None:
+    matches = [s for s in secrets if s.state == "active" and s.name == name]
+    if len(matches) > 1:
+        raise CertError(f"{len(matches)} active secrets are named {name!r}")
+    if not matches:
+        return None
+    secret = matches[0]
+    if secret.kind not in (None, allowed_kind):
+        raise CertError(f"secret {name!r} is a {secret.kind}, expected a {allowed_kind}")
+    return secret
+
+
+def read_secrets(
+    data: bytes | str | Mapping[str, Any], *, workload_secret: str, root_secret: str
+) -> EnvoySecrets:
+    """Envoy's secrets: a full ``/config_dump`` (its one SecretsConfigDump), that section
+    alone, or istioctl's JSON of it. ``workload_secret`` names the secret holding the workload
+    certificate (``workload`` is None until it is active), ``root_secret`` the one holding the
+    roots. Errors are ``CertError``, naming the field or certificate at fault."""
+    try:
+        return _read_secrets(data, workload_secret, root_secret)
+    except (ProtoJsonError, ConfigDumpError) as exc:
+        raise CertError(str(exc)) from exc
+
+
+def _read_secrets(
+    data: bytes | str | Mapping[str, Any], workload_secret: str, root_secret: str
+) -> EnvoySecrets:
+    document = load_json_object(data, "secrets dump")
+    dump = _secrets_config_dump(document)
+    secrets: list[EnvoySecret] = []
+    lists: tuple[tuple[SecretState, str], ...] = (
+        ("static", "static_secrets"),
+        ("active", "dynamic_active_secrets"),
+        ("warming", "dynamic_warming_secrets"),
+    )
+    for state, key in lists:
+        items = field(dump, key, "")
+        if items is None:
+            continue
+        for index, item in enumerate(json_list(items, key)):
+            secrets.append(_parse_secret(item, state, f"{key}[{index}]"))
+
+    workload = None
+    default = _single_secret(secrets, workload_secret, "tls_certificate")
+    if default is not None and default.certificates:
+        try:
+            workload = WorkloadCert.from_chain(default.certificates)
+        except CertError as exc:
+            raise CertError(f"secret {workload_secret!r}: {exc}") from exc
+    elif default is not None and default.file is not None:
+        raise CertError(
+            f"secret {workload_secret!r} names file {default.file!r} on the proxy "
+            "instead of holding the PEM"
+        )
+
+    _single_secret(secrets, root_secret, "validation_context")  # one, of the right kind
+    return EnvoySecrets(tuple(secrets), workload, root_secret)

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pytest_meshconform.evidence.config_dump import (
+    EnvoySecrets,
     active_listener,
     as_object,
     load_json,
+    read_secrets,
     read_transport_socket,
     sections,
 )
@@ -41,7 +43,6 @@ __all__ = [
     "PASSTHROUGH_CLUSTER",
     "ROOT_SECRET",
     "ROUTER_TYPE",
-    "SECRET_TYPE",
     "TCP_PROXY_TYPE",
     "TLS_INSPECTOR_TYPE",
     "UPSTREAM_TLS_TYPE",
@@ -55,13 +56,13 @@ __all__ = [
     "inbound_mode",
     "inbound_tls_contexts",
     "outbound_cluster_name",
+    "parse_envoy_secrets",
 ]
 
 # --- type URLs of the resources and extensions istiod sends (Envoy's v3 API names) -------------
 
 LISTENER_TYPE: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-SECRET_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 HCM_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
     ".HttpConnectionManager"
@@ -230,3 +231,12 @@ def inbound_tls_contexts(
                     found.append((str(chain.get("name", "?")), read.config))
             return found
     return None
+
+
+def parse_envoy_secrets(data: bytes | str | Mapping[str, Any]) -> EnvoySecrets:
+    """A sidecar's secrets from Envoy's ``/config_dump`` (full or its secrets section) or
+    ``istioctl proxy-config secret -o json``, by Istio's names: the workload certificate is
+    the active :data:`WORKLOAD_SECRET` (``workload`` is None until the agent has served it),
+    the roots :data:`ROOT_SECRET` (``validation_context.trusted_ca``, plus the per-trust-domain
+    bundles of Envoy's SPIFFE validator that SPIRE federation uses). Errors are ``CertError``."""
+    return read_secrets(data, workload_secret=WORKLOAD_SECRET, root_secret=ROOT_SECRET)
