@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "MeshMtlsAware": "mesh",
     "mesh_min_tls_version": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
-    "mesh_settings_key": "plugin.hooks",
+    "mesh_settings_key": "plugin.options",
     "MeshSettings": "settings",
     # waiting.py
     "poll": "waiting",
@@ -207,7 +207,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         WorkloadLookup as WorkloadLookup,
         XfccReader as XfccReader,
     )
-    from pytest_meshconform.plugin.hooks import mesh_settings_key as mesh_settings_key
+    from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
     from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
     from pytest_meshconform.report.observations import (
         Observations as Observations,
