@@ -53,7 +53,7 @@ from pytest_meshconform import (
     mesh_min_tls_version,
     mesh_settings_key,
 )
-from pytest_meshconform.istio.envoy import inbound_tls_contexts
+from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts
 
 from .wire import namespace_mode
 

@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "XfccElement": "evidence.xfcc",
     "XfccError": "evidence.xfcc",
     # certs.py
-    "parse_envoy_secrets": "istio.envoy",
+    "parse_envoy_secrets": "istio.sidecar_dump",
     "parse_envoy_certs": "evidence.certs",
     "parse_spiffe_id": "evidence.certs",
     "EnvoySecrets": "evidence.config_dump",
@@ -176,8 +176,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
-    from pytest_meshconform.istio.envoy import parse_envoy_secrets as parse_envoy_secrets
     from pytest_meshconform.istio.rotation import rotation_time as rotation_time
+    from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets as parse_envoy_secrets
     from pytest_meshconform.mesh import (
         ExecResult as ExecResult,
         Feature as Feature,

@@ -48,7 +48,8 @@ from pytest_meshconform.evidence.certs import (
     serial_hex,
 )
 from pytest_meshconform.evidence.config_dump import EnvoySecrets
-from pytest_meshconform.istio.envoy import ROOT_SECRET, parse_envoy_secrets
+from pytest_meshconform.istio.envoy import ROOT_SECRET
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 UTC = dt.UTC
 SECRETS = TESTDATA / "secrets"

@@ -43,7 +43,7 @@ from pytest_meshconform.istio.api.policy import (
     parse_policies,
     peer_authentication,
 )
-from pytest_meshconform.istio.envoy import parse_envoy_secrets
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # --------------------------------------------------------------------------- shared pieces
 

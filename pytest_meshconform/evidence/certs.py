@@ -1,20 +1,13 @@
-"""Certificates as a sidecar holds them: Envoy secret dumps, SPIFFE IDs, chains, rotation math.
+"""Certificates as a sidecar holds them: SPIFFE IDs, PEM chains, X.509-SVIDs and their
+verification, Envoy's ``/certs``, lifetimes.
 
-Both backends fetch the same raw material from a proxy (Envoy's ``/config_dump``, Envoy's
-``/certs``, or ``istioctl proxy-config secret -o json``) and hand it here, so the suites can
-say which identity a workload holds, whether its chain leads to the mesh root, and when Istio's
-agent will rotate it.
+Both backends fetch the same raw material from a proxy (the secrets of Envoy's
+``/config_dump``, read by :mod:`.config_dump`; Envoy's ``/certs``; ``istioctl proxy-config
+secret -o json``), so the suites can say which identity a workload holds and whether its chain
+leads to the mesh root.
 
 Choices where the sources leave room:
 
-- Secret dumps come in Envoy's snake_case (``dynamic_active_secrets[].secret.tls_certificate
-  .certificate_chain.inline_bytes``) or istioctl's protojson camelCase (``dynamicActiveSecrets
-  ...inlineBytes``); a key may be spelt either way, not both. A full ``/config_dump`` must hold
-  exactly one ``SecretsConfigDump``. ``inline_bytes`` is base64 as protobuf's JSON mapping
-  defines it (standard or URL-safe alphabet, padding optional).
-- Istio's names: the workload certificate is the active secret ``default``, the mesh roots the
-  active secret ``ROOTCA`` (``validation_context.trusted_ca``, plus the per-trust-domain
-  bundles of Envoy's SPIFFE validator that SPIRE federation uses).
 - Serial numbers are lowercase hex of the serial's big-endian bytes, as istioctl prints them
   and as Envoy 1.40's ``/certs`` shows them (BoringSSL ``BN_bn2hex``): ``0193a5...``, with
   the leading zero digit of the first byte kept. Older istioctl printed ``%x`` of the integer
@@ -23,10 +16,7 @@ Choices where the sources leave room:
   does: lowercase ``spiffe`` scheme and trust domain, no userinfo/port/query/fragment, no
   percent-encoding, no empty/``.``/``..`` segments, no trailing ``/``, at most 2048 bytes and a
   trust domain of at most 255. An X.509-SVID carries exactly one URI SAN (X509-SVID.md).
-- Times are aware UTC datetimes. Protobuf timestamps carry up to nanoseconds; digits past the
-  microsecond are dropped. A timestamp whose UTC instant falls outside years 1..9999
-  (``0001-01-01T00:00:00+01:00``) is an error: protobuf's Timestamp is defined on
-  0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z only (google/protobuf/timestamp.proto).
+- Times are aware UTC datetimes (JSON timestamps: :mod:`.protojson`).
 - Work is linear in the input: PEM blocks are found in one pass (a BEGIN line is paired with
   the next END line), and messages quote at most a few items of the offending value.
 

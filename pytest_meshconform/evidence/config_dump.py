@@ -3,8 +3,8 @@ chains (match, transport socket, network and HTTP filters), the active clusters 
 transport sockets, and the secrets with the certificates they hold.
 
 Generic Envoy, in the admin API's snake_case JSON: no mesh's names. The readers that know what
-a mesh's control plane sends (the kube backend's, with the names of ``istio.envoy``) classify
-what this module reads. Each part is read when asked for, and a part that cannot be read raises
+a mesh's control plane sends (the kube backend's) classify what this module reads. Each part
+is read when asked for, and a part that cannot be read raises
 :class:`ConfigDumpError` naming its field by path, so a caller can keep an unreadable chain or
 cluster where it is and still read the rest.
 """
@@ -263,7 +263,7 @@ class TransportSocket:
 
 def read_transport_socket(raw: object, where: str) -> TransportSocket:
     """A ``transport_socket``. A socket without ``typed_config`` is read by its name when
-    Envoy knows it by name alone (the raw buffer socket: Istio <= 1.13 writes it that way)."""
+    Envoy knows it by name alone (the raw buffer socket, as older control planes write it)."""
     socket = as_object(raw, where)
     typed = socket.get("typed_config")
     if typed is None:
@@ -449,10 +449,10 @@ def read_socket_match(raw: object, where: str) -> SocketMatch:
 # --- secrets ----------------------------------------------------------------------------------
 #
 # Envoy's snake_case (``dynamic_active_secrets[].secret.tls_certificate.certificate_chain
-# .inline_bytes``) or istioctl's protojson camelCase (``dynamicActiveSecrets ...inlineBytes``),
-# read with :mod:`.protojson`; a full ``/config_dump`` must hold exactly one
-# ``SecretsConfigDump``. Which secret is the workload certificate and which the roots is the
-# mesh's choice: the caller names them.
+# .inline_bytes``) or protojson's camelCase as istioctl prints it (``dynamicActiveSecrets
+# ...inlineBytes``), read with :mod:`.protojson`; a full ``/config_dump`` must hold exactly
+# one ``SecretsConfigDump``. Which secret is the workload certificate and which the roots is
+# the mesh's choice: the caller names them.
 
 SECRETS_CONFIG_DUMP_TYPE: Final = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 SECRET_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"

@@ -72,28 +72,34 @@ def field(obj: Mapping[str, Any], snake: str, where: str) -> Any:
 
 
 def join(where: str, key: str) -> str:
+    """The path of ``key`` inside ``where`` (``where`` empty: the top level)."""
     return f"{where}.{key}" if where else key
 
 
 def json_object(value: Any, where: str) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object; the error names ``where`` and the type found."""
     if not isinstance(value, Mapping):
         raise ProtoJsonError(f"{where}: expected an object, got {type(value).__name__}")
     return value
 
 
 def json_list(value: Any, where: str) -> list[Any]:
+    """``value`` when it is a JSON list (or a tuple, for an already loaded document)."""
     if not isinstance(value, list | tuple):
         raise ProtoJsonError(f"{where}: expected a list, got {type(value).__name__}")
     return list(value)
 
 
 def optional_string(value: Any, where: str) -> str | None:
+    """``value`` when it is a string or absent (None)."""
     if value is None or isinstance(value, str):
         return value
     raise ProtoJsonError(f"{where}: expected a string, got {type(value).__name__}")
 
 
 def load_json_object(data: Any, what: str) -> Mapping[str, Any]:
+    """A JSON object from bytes or text (or one already loaded); ``what`` names the document
+    in errors."""
     if isinstance(data, Mapping):
         return data
     if isinstance(data, bytes | bytearray | memoryview):

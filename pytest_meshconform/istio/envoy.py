@@ -8,19 +8,10 @@ where istio/istio writes it; docs/istio-model.md lists them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from pytest_meshconform.evidence.config_dump import (
-    EnvoySecrets,
-    active_listener,
-    as_object,
-    load_json,
-    read_secrets,
-    read_transport_socket,
-    sections,
-)
 from pytest_meshconform.istio.api.policy import MtlsMode
 
 __all__ = [
@@ -54,9 +45,7 @@ __all__ = [
     "inbound_chain_shapes",
     "inbound_cluster_name",
     "inbound_mode",
-    "inbound_tls_contexts",
     "outbound_cluster_name",
-    "parse_envoy_secrets",
 ]
 
 # --- type URLs of the resources and extensions istiod sends (Envoy's v3 API names) -------------
@@ -202,41 +191,3 @@ def inbound_mode(chains: Sequence[ChainShape]) -> MtlsMode | None:
     if plain and not mtls:
         return MtlsMode.DISABLE
     return None
-
-
-# --- reading back -------------------------------------------------------------------------------
-
-
-def inbound_tls_contexts(
-    dump: bytes | str | Mapping[str, Any],
-) -> list[tuple[str, Mapping[str, Any]]] | None:
-    """(filter chain name, DownstreamTlsContext) of every TLS chain of a sidecar's active
-    :data:`VIRTUAL_INBOUND` listener, read from its Envoy ``/config_dump``; None when the dump
-    has no such listener. Raises ``ConfigDumpError`` naming the field it cannot read."""
-    for section in sections(load_json(dump)):
-        if section.admin_type != "ListenersConfigDump":
-            continue
-        for where, raw in section.entries("dynamic_listeners"):
-            name, listener = active_listener(raw, where)
-            if name != VIRTUAL_INBOUND or listener is None:
-                continue
-            found = []
-            for chain_where, raw_chain in listener.chains():
-                chain = as_object(raw_chain, chain_where)
-                socket = chain.get("transport_socket")
-                if socket is None:
-                    continue
-                read = read_transport_socket(socket, f"{chain_where}.transport_socket")
-                if read.type_url == DOWNSTREAM_TLS_TYPE:
-                    found.append((str(chain.get("name", "?")), read.config))
-            return found
-    return None
-
-
-def parse_envoy_secrets(data: bytes | str | Mapping[str, Any]) -> EnvoySecrets:
-    """A sidecar's secrets from Envoy's ``/config_dump`` (full or its secrets section) or
-    ``istioctl proxy-config secret -o json``, by Istio's names: the workload certificate is
-    the active :data:`WORKLOAD_SECRET` (``workload`` is None until the agent has served it),
-    the roots :data:`ROOT_SECRET` (``validation_context.trusted_ca``, plus the per-trust-domain
-    bundles of Envoy's SPIFFE validator that SPIRE federation uses). Errors are ``CertError``."""
-    return read_secrets(data, workload_secret=WORKLOAD_SECRET, root_secret=ROOT_SECRET)

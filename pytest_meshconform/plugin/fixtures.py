@@ -636,7 +636,8 @@ def _served_cert(
     """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
     `last_updated` of its `default` secret; None when the dump does not say)."""
     __tracebackhide__ = True
-    from pytest_meshconform.istio.envoy import WORKLOAD_SECRET, parse_envoy_secrets
+    from pytest_meshconform.istio.envoy import WORKLOAD_SECRET
+    from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
     if not w.has_sidecar:
