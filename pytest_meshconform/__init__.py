@@ -69,12 +69,12 @@ _EXPORTS: dict[str, str] = {
     "analyze_pcap": "evidence.wire",
     "Capture": "evidence.wire",
     "Flow": "evidence.wire",
-    "ClientHello": "evidence.wire",
-    "ServerHello": "evidence.wire",
-    "TlsInfo": "evidence.wire",
-    "HttpRequest": "evidence.wire",
-    "HttpResponse": "evidence.wire",
-    "CaptureError": "evidence.wire",
+    "ClientHello": "evidence.tls",
+    "ServerHello": "evidence.tls",
+    "TlsInfo": "evidence.tls",
+    "HttpRequest": "evidence.http",
+    "HttpResponse": "evidence.http",
+    "CaptureError": "evidence.pcap",
     # policy.py
     "parse_policy": "istio.api.policy",
     "parse_policies": "istio.api.policy",
@@ -103,8 +103,8 @@ _EXPORTS: dict[str, str] = {
     "Observations": "report.observations",
     "LogPositions": "mesh",
     # audit.py / service_ports.py: every Service port, its predicted mode (meshconform audit)
-    "ServicePort": "audit.engine",
-    "discover_service_ports": "audit.engine",
+    "ServicePort": "audit.discovery",
+    "discover_service_ports": "audit.discovery",
     "ServicePortLister": "plugin.service_ports",
 }
 
@@ -121,7 +121,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
-    from pytest_meshconform.audit.engine import (
+    from pytest_meshconform.audit.discovery import (
         ServicePort as ServicePort,
         discover_service_ports as discover_service_ports,
     )
@@ -137,15 +137,19 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
     )
     from pytest_meshconform.evidence.config_dump import EnvoySecrets as EnvoySecrets
     from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
-    from pytest_meshconform.evidence.wire import (
-        Capture as Capture,
-        CaptureError as CaptureError,
-        ClientHello as ClientHello,
-        Flow as Flow,
+    from pytest_meshconform.evidence.http import (
         HttpRequest as HttpRequest,
         HttpResponse as HttpResponse,
+    )
+    from pytest_meshconform.evidence.pcap import CaptureError as CaptureError
+    from pytest_meshconform.evidence.tls import (
+        ClientHello as ClientHello,
         ServerHello as ServerHello,
         TlsInfo as TlsInfo,
+    )
+    from pytest_meshconform.evidence.wire import (
+        Capture as Capture,
+        Flow as Flow,
         analyze_pcap as analyze_pcap,
     )
     from pytest_meshconform.evidence.xfcc import (

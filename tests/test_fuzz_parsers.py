@@ -34,7 +34,8 @@ from pytest_meshconform.evidence.certs import (
     parse_envoy_certs,
     parse_spiffe_id,
 )
-from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
+from pytest_meshconform.evidence.pcap import CaptureError
+from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
 from pytest_meshconform.istio.api.policy import (
     PolicyError,
