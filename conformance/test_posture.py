@@ -25,7 +25,6 @@ checked in the sidecar's own config (the inbound chains' cipher list is exactly 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import secrets
 import shlex
@@ -49,13 +48,12 @@ from pytest_meshconform import (
     TableRecorder,
     WorkloadHandle,
     WorkloadLookup,
+    inbound_tls_contexts,
     load_pem_chain,
     mesh_min_tls_version,
     mesh_settings_key,
     peer_authentication,
 )
-
-from .posture import inbound_tls_contexts
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
 
@@ -336,8 +334,7 @@ def test_inbound_tls_context_in_the_sidecar(
     """The sidecar's own inbound TLS chains carry exactly Istio's cipher list (so no RC4 or 3DES),
     its version bounds, and require a client certificate."""
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
-    dump = json.loads(mesh.envoy_admin(httpbin.workload, "/config_dump"))
-    contexts = inbound_tls_contexts(dump)
+    contexts = inbound_tls_contexts(mesh.envoy_admin(httpbin.workload, "/config_dump"))
     assert contexts is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
     assert contexts, f"STRICT, yet {httpbin}'s virtualInbound has no TLS filter chain"
     want = {

@@ -16,6 +16,7 @@ from pytest_meshconform.istio.api.policy import (
     destination_rule as destination_rule,
     peer_authentication as peer_authentication,
 )
+from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts as inbound_tls_contexts
 from pytest_meshconform.mesh import (
     ExecResult as ExecResult,
     Feature as Feature,
