@@ -32,7 +32,6 @@ from pytest_meshconform.evidence.certs import (
     WorkloadCert,
     load_pem_chain,
     parse_envoy_certs,
-    parse_envoy_secrets,
     parse_spiffe_id,
 )
 from pytest_meshconform.evidence.pcap import CaptureError
@@ -45,6 +44,7 @@ from pytest_meshconform.istio.api.policy import (
     parse_policies,
     peer_authentication,
 )
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # --------------------------------------------------------------------------- shared pieces
 
