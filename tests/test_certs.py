@@ -1137,10 +1137,13 @@ def test_arbitrary_input_gives_envoy_certs_or_cert_error(document: Any) -> None:
 # --- package surface ------------------------------------------------------------------------
 
 
-def test_package_exports_the_certificate_api() -> None:
-    for name in ("parse_envoy_certs", "parse_spiffe_id", "EnvoyCert", "WorkloadCert", "SpiffeId"):
+def test_package_face_has_the_certificate_types_and_not_the_parsers() -> None:
+    """`cert_of` returns a WorkloadCert, `verify` raises CertError: on the face; the parsers
+    stay in evidence.certs."""
+    for name in ("WorkloadCert", "CertError", "load_pem_chain"):
         assert getattr(pytest_meshconform, name) is getattr(certs, name)
-    assert pytest_meshconform.CertError is certs.CertError
-    assert pytest_meshconform.EnvoySecrets is EnvoySecrets
-    assert pytest_meshconform.parse_envoy_secrets is parse_envoy_secrets
+    for name in ("parse_envoy_certs", "parse_spiffe_id", "EnvoyCert", "SpiffeId"):
+        assert name not in pytest_meshconform.__all__ and hasattr(certs, name), name
+    assert EnvoySecrets.__name__ not in pytest_meshconform.__all__
+    assert parse_envoy_secrets.__name__ not in pytest_meshconform.__all__
     assert issubclass(CertError, ValueError)

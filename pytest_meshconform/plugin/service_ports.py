@@ -11,6 +11,7 @@ probes. Registered by the plugin next to `fixtures.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 import pytest
 
@@ -20,6 +21,7 @@ from pytest_meshconform.mesh import Mesh, Workload
 __all__ = ["ServicePortLister", "mesh_service_ports"]
 
 
+@final
 class ServicePortLister:
     """What `mesh_service_ports` returns: call it for the Service ports (a tuple of
     `ServicePort`), optionally limited to ``namespaces`` or without ``exclude_namespaces``.
