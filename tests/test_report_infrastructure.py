@@ -42,7 +42,7 @@ class StandIn:
     def health_problems(self):
         return self.problems
 
-    def log_positions(self):  # a test's log window (fixtures.py): no workload, no log line
+    def log_positions(self):  # a test's log window (plugin/session.py): no workload, no log line
         from pytest_meshconform.mesh import LogPositions
 
         return LogPositions(at=0.0)

@@ -36,7 +36,7 @@ def mesh(request):
     return SimpleNamespace(
         backend="local", version="1.24.2", istio_version="1.24.2", trust_domain="cluster.local",
         features=frozenset({"mtls", "xfcc", "capture", "rotation"}),
-        # a test's log window (fixtures.py): no workload, no log line
+        # a test's log window (plugin/session.py): no workload, no log line
         log_positions=lambda: LogPositions(at=0.0), workloads=lambda: [],
     )
 
