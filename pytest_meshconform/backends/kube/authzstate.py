@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from pytest_meshconform.evidence.config_dump import (
     ConfigDumpError,
@@ -29,20 +29,17 @@ from pytest_meshconform.evidence.config_dump import (
     sections,
 )
 from pytest_meshconform.istio import Authorization, RbacFilter
+from pytest_meshconform.istio.authorization import EXT_AUTHZ_SHADOW_PREFIX
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     HTTP_RBAC_TYPE,
+    INBOUND_CAPTURE_PORT,
     NETWORK_RBAC_TYPE,
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
 )
 
 __all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
-
-EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
-# istiod's inbound listener port (pilot/pkg/model: ProxyInboundListenPort), which only the
-# blackhole chain names as a destination port
-BLACKHOLE_PORT: Final = 15006
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +137,7 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
                 for chain_where, chain in chains
                 if isinstance(chain, Mapping)
                 and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
-                and _port(chain, chain_where) != BLACKHOLE_PORT
+                and _port(chain, chain_where) != INBOUND_CAPTURE_PORT  # the blackhole's
             )
     return ()
 
