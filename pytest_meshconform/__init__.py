@@ -75,25 +75,25 @@ _EXPORTS: dict[str, str] = {
     "HttpRequest": "evidence.wire",
     "HttpResponse": "evidence.wire",
     "CaptureError": "evidence.wire",
-    # policy.py
-    "parse_policy": "istio.api.policy",
-    "parse_policies": "istio.api.policy",
-    "peer_authentication": "istio.api.policy",
-    "destination_rule": "istio.api.policy",
-    "PeerAuthentication": "istio.api.policy",
-    "DestinationRule": "istio.api.policy",
-    "PolicyError": "istio.api.policy",
-    "MtlsMode": "istio.api.policy",
-    "TlsMode": "istio.api.policy",
+    # istio/api: the policy kinds
+    "parse_policy": "istio.api",
+    "parse_policies": "istio.api",
+    "peer_authentication": "istio.api",
+    "destination_rule": "istio.api",
+    "PeerAuthentication": "istio.api",
+    "DestinationRule": "istio.api",
+    "PolicyError": "istio.api",
+    "MtlsMode": "istio.api",
+    "TlsMode": "istio.api",
     # istio/ (the model of Istio's policy semantics)
     "effective_mtls_mode": "istio",
     "client_tls_mode": "istio",
     "destination_rule_for": "istio",
     "plan_sidecar": "istio",
-    # AuthorizationPolicy: parsed by policy.py, its effect decided by istio/authorization.py
-    "AuthorizationPolicy": "istio.api.policy",
-    "AuthzAction": "istio.api.policy",
-    "authorization_policy": "istio.api.policy",
+    # AuthorizationPolicy: parsed by istio/api, its effect decided by istio/authorization.py
+    "AuthorizationPolicy": "istio.api",
+    "AuthzAction": "istio.api",
+    "authorization_policy": "istio.api",
     "Authorization": "istio",
     "RbacFilter": "istio",
     "authorization_for": "istio",
@@ -164,7 +164,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         effective_mtls_mode as effective_mtls_mode,
         plan_sidecar as plan_sidecar,
     )
-    from pytest_meshconform.istio.api.policy import (
+    from pytest_meshconform.istio.api import (
         AuthorizationPolicy as AuthorizationPolicy,
         AuthzAction as AuthzAction,
         DestinationRule as DestinationRule,

@@ -28,7 +28,7 @@ from pytest_meshconform.audit.engine import AUDIT_SCHEMA, discover_service_ports
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.topology_file import parse_topology, with_audit_probes
 from pytest_meshconform.cli import main
-from pytest_meshconform.istio.api.policy import peer_authentication
+from pytest_meshconform.istio.api import peer_authentication
 
 FOO_STRICT = """\
 apiVersion: security.istio.io/v1

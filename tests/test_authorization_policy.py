@@ -1,5 +1,6 @@
-"""AuthorizationPolicy: parsing and validation (policy.py) and the Istio model's RBAC filters
-(istio/authorization.py), checked against istiod's own builder test data and a real config dump.
+"""AuthorizationPolicy: parsing and validation (istio/api/authorization_policy.py) and the Istio
+model's RBAC filters (istio/authorization.py), checked against istiod's own builder test data
+and a real config dump.
 
 Expected Envoy shapes are transcribed from istio/istio
 ``pilot/pkg/security/authz/builder/testdata`` (``allow-none-out.yaml``,

@@ -26,7 +26,7 @@ from pytest_meshconform.backends.kube.envoystate import (
     outbound_cluster_name,
     parse_config_dump,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode, parse_policies
+from pytest_meshconform.istio.api import MtlsMode, TlsMode, parse_policies
 from pytest_meshconform.mesh import Service
 
 DATA = Path(__file__).resolve().parent / "data" / "kube"

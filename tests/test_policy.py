@@ -1,4 +1,5 @@
-"""Tests for pytest_meshconform.istio.api.policy.
+"""Tests for the policy kinds (pytest_meshconform.istio.api) and what they mean for a sidecar
+(pytest_meshconform.istio).
 
 Manifests are transcribed from Istio's documentation and from Istio's own unit tests, cited
 next to each table. Expected modes are read off those sources: the curl results the docs print
@@ -21,14 +22,14 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform
-import pytest_meshconform.istio.api.policy
+import pytest_meshconform.istio.api
 from pytest_meshconform.istio import (
     client_tls_mode,
     client_tls_settings,
     destination_rule_for,
     effective_mtls_mode,
 )
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     ClientTls,
     DestinationRule,
     MtlsMode,
@@ -81,14 +82,16 @@ def test_public_names_are_exported_from_the_package() -> None:
     assert issubclass(pytest_meshconform.PolicyError, ValueError)
 
 
-def test_resolution_moved_to_the_istio_model_stays_importable_from_policy() -> None:
-    module: Any = pytest_meshconform.istio.api.policy
-    assert module.effective_mtls_mode is effective_mtls_mode
-    assert module.destination_rule_for is destination_rule_for
-    assert module.client_tls_settings is client_tls_settings
-    assert module.client_tls_mode is client_tls_mode
-    with pytest.raises(AttributeError, match="no attribute 'plan_mesh'"):
-        _ = module.plan_mesh
+def test_resolution_lives_in_the_istio_model_only() -> None:
+    istio: Any = pytest_meshconform.istio
+    assert istio.effective_mtls_mode is effective_mtls_mode
+    assert istio.destination_rule_for is destination_rule_for
+    assert istio.client_tls_settings is client_tls_settings
+    assert istio.client_tls_mode is client_tls_mode
+    api: Any = pytest_meshconform.istio.api
+    for name in ("effective_mtls_mode", "destination_rule_for", "client_tls_settings", "plan_mesh"):
+        with pytest.raises(AttributeError, match=f"no attribute '{name}'"):
+            getattr(api, name)
 
 
 # --- istio.io "Authentication Policy" task ---------------------------------------------------

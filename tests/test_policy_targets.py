@@ -20,7 +20,7 @@ from pytest_meshconform.backends.kube.topology import (
     topology_workloads,
 )
 from pytest_meshconform.backends.local.topology import default_topology
-from pytest_meshconform.istio.api.policy import Policy
+from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
 from pytest_meshconform.plugin.fixtures import _service_port_hint

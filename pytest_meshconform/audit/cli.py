@@ -268,7 +268,7 @@ def _run_local(args: argparse.Namespace) -> int:
         load_topology,
         with_audit_probes,
     )
-    from pytest_meshconform.istio.api.policy import PolicyError
+    from pytest_meshconform.istio.api import PolicyError
     from pytest_meshconform.istio.selection import unmatched_reason
     from pytest_meshconform.mesh import MeshError, MeshUnavailable
 

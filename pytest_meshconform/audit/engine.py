@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     PeerAuthentication,
     Policy,
     PolicyError,

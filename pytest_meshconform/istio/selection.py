@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     AuthorizationPolicy,
     PeerAuthentication,
     Policy,
     PolicyError,
-    show,
 )
+from pytest_meshconform.istio.api.fields import show
 from pytest_meshconform.mesh import Workload
 
 __all__ = ["GO_ZERO_TIME", "age_key", "check_labels_argument", "is_subset", "unmatched_reason"]

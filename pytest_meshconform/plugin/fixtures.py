@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from pytest_meshconform.evidence.certs import WorkloadCert
     from pytest_meshconform.evidence.wire import Capture, Flow
     from pytest_meshconform.evidence.xfcc import XfccElement
-    from pytest_meshconform.istio.api.policy import Policy
+    from pytest_meshconform.istio.api import Policy
     from pytest_meshconform.mesh import LogPositions
 
 __all__ = [
@@ -422,7 +422,7 @@ class UnmatchedPolicyError(AssertionError):
 
 
 def _policies_from(source: PolicySource) -> list[Policy]:
-    from pytest_meshconform.istio.api.policy import parse_policies
+    from pytest_meshconform.istio.api import parse_policies
 
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))

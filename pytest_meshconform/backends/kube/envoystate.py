@@ -45,11 +45,10 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from pytest_meshconform.istio import Sidecar, outbound_cluster_name, plan_sidecar
-from pytest_meshconform.istio.api.policy import (
-    AuthorizationPolicy,
-    DestinationRule,
+from pytest_meshconform.istio.api import (
     MtlsMode,
     PeerAuthentication,
+    Policy,
     PolicyError,
     TlsMode,
 )
@@ -100,8 +99,6 @@ _RAW_BUFFER_NAMES: Final = frozenset({"envoy.transport_sockets.raw_buffer", "raw
 ZTUNNEL_KEYS: Final = frozenset({"workloadState", "workloads", "certificates", "staticConfig"})
 _CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 _SHOWN: Final = 80
-
-Policy = PeerAuthentication | DestinationRule | AuthorizationPolicy
 
 
 class EnvoyStateError(ValueError):

@@ -65,7 +65,7 @@ from pytest_meshconform.backends.local.topology import (
     default_topology,
 )
 from pytest_meshconform.evidence.certs import rotation_time
-from pytest_meshconform.istio.api.policy import PolicyError, parse_policy
+from pytest_meshconform.istio.api import PolicyError, parse_policy
 from pytest_meshconform.istio.tls import MinProtocolVersion, parse_min_protocol_version
 from pytest_meshconform.mesh import (
     ALL_FEATURES,

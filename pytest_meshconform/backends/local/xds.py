@@ -25,7 +25,7 @@ from pytest_meshconform.backends.local.topology import (
     ServiceEntry,
 )
 from pytest_meshconform.istio import Upstream, protocol_of
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
