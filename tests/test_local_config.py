@@ -49,6 +49,7 @@ from pytest_meshconform.istio.api import (
     parse_policy,
     peer_authentication,
 )
+from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 
 TOPOLOGY = default_topology()
 PATHS = xds.SidecarPaths(Path("/run/meshconform/abc123/pods/x/envoy"))
@@ -853,13 +854,13 @@ def test_envoy_accepts_every_rendered_mode_combination(tmp_path: Path, ca: MeshC
                 continue
             paths = xds.SidecarPaths(tmp_path / f"case{index}" / key)
             paths.sds_dir.mkdir(parents=True)
-            paths.sds(xds.ROOT_SECRET).write_text(
-                json.dumps(xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem))
+            paths.sds(ROOT_SECRET).write_text(
+                json.dumps(xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem))
             )
-            paths.sds(xds.WORKLOAD_SECRET).write_text(
+            paths.sds(WORKLOAD_SECRET).write_text(
                 json.dumps(
                     xds.secret_resources(
-                        xds.WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem
+                        WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem
                     )
                 )
             )
@@ -890,7 +891,7 @@ def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
     plan = plans()["sleep.foo"]
     paths = xds.SidecarPaths(tmp_path)
     paths.sds_dir.mkdir()
-    for name in (xds.ROOT_SECRET, xds.WORKLOAD_SECRET):
+    for name in (ROOT_SECRET, WORKLOAD_SECRET):
         paths.sds(name).write_text("{}")
     boot = _static_bootstrap(plan, paths)
     boot["static_resources"]["clusters"][0]["lb_policy"] = "NOT_A_POLICY"

@@ -65,14 +65,13 @@ from pytest_meshconform.istio.api import (
     AuthzRule,
     AuthzSource,
 )
+from pytest_meshconform.istio.envoy import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
 from pytest_meshconform.istio.selection import age_key, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
     "HTTP_RBAC_FILTER",
-    "HTTP_RBAC_TYPE",
     "NETWORK_RBAC_FILTER",
-    "NETWORK_RBAC_TYPE",
     "RBAC_DENIED_BODY",
     "Authorization",
     "RbacFilter",
@@ -83,8 +82,6 @@ __all__ = [
 
 HTTP_RBAC_FILTER: Final = "envoy.filters.http.rbac"
 NETWORK_RBAC_FILTER: Final = "envoy.filters.network.rbac"
-HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 RBAC_DENIED_BODY: Final = "RBAC: access denied"
 TCP_STAT_PREFIX: Final = "tcp."
 SHADOW_ALLOW_PREFIX: Final = "istio_dry_run_allow_"

@@ -52,7 +52,7 @@ from pytest_meshconform.mesh import (
     MeshWideNotAllowed,
     Workload,
 )
-from pytest_meshconform.plugin.hooks import mesh_settings_key
+from pytest_meshconform.plugin.options import backend_run, mesh_settings_key, usage_errors
 from pytest_meshconform.report.exhibits import Evidence, evidence_of
 from pytest_meshconform.report.observations import RequestRecord, RotationRecord, TableRecorder
 from pytest_meshconform.settings import format_duration
@@ -141,7 +141,8 @@ def pytest_collection_modifyitems(
     config.stash[_preflight_done_key] = True
     settings = config.stash[mesh_settings_key]
     try:
-        backend_for(settings.cluster).preflight(config, settings)
+        with usage_errors():
+            backend_for(settings.cluster).preflight(backend_run(config))
     except MeshUnavailable as exc:
         raise pytest.UsageError(f"meshconform: {exc}") from None
 
@@ -159,9 +160,10 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     owner = signals.acquire()
     try:
         try:
-            opened = backend_for(settings.cluster).open(
-                request.config, settings, _progress(request.config)
-            )
+            with usage_errors():
+                opened = backend_for(settings.cluster).open(
+                    backend_run(request.config), _progress(request.config)
+                )
         except MeshUnavailable as exc:
             pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         from pytest_meshconform.plugin.report import mesh_info_key
@@ -965,7 +967,7 @@ class RotationWatcher:
         until `requests_after` requests used the new cert.
         """
         __tracebackhide__ = True
-        from pytest_meshconform.evidence.certs import rotation_window
+        from pytest_meshconform.istio.rotation import rotation_window
 
         old, received = _served_cert(self.mesh, target, self.evidence)
         start = old.not_before

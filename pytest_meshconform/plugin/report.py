@@ -423,7 +423,7 @@ class MeshReportPlugin:
 
 def configure(config: pytest.Config) -> None:
     """Register the report plugin for this run; read the baseline now, so a bad one stops early."""
-    from pytest_meshconform.plugin.hooks import mesh_settings_key
+    from pytest_meshconform.plugin.options import mesh_settings_key
 
     settings = config.stash[mesh_settings_key]
     baseline = None

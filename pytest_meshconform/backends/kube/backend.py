@@ -28,7 +28,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pytest_meshconform.backends.kube import MeshWideNotAllowed
 from pytest_meshconform.backends.kube.capture import (
     CAPTURE_IMAGE_EXAMPLE as CAPTURE_IMAGE_EXAMPLE,
     TUNNEL_HTTP as TUNNEL_HTTP,
@@ -79,7 +78,14 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
-from pytest_meshconform.mesh import ExecResult, LogPositions, MeshError, Service, Workload
+from pytest_meshconform.mesh import (
+    ExecResult,
+    LogPositions,
+    MeshError,
+    MeshWideNotAllowed,
+    Service,
+    Workload,
+)
 from pytest_meshconform.settings import format_duration
 from pytest_meshconform.waiting import WaitTimeout, poll
 

@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.backends.capture import pcap_file_name
-from pytest_meshconform.backends.kube.envoystate import (
-    EnvoyStateError,
-    outbound_cluster_name,
-    parse_config_dump,
-)
+from pytest_meshconform.backends.kube.envoystate import EnvoyStateError, parse_config_dump
 from pytest_meshconform.backends.kube.execproto import capture_argv, capture_filter, is_pcap
 from pytest_meshconform.backends.kube.lifecycle import (
     _POLL_S,
@@ -31,6 +27,7 @@ from pytest_meshconform.backends.kube.lifecycle import (
     pod_problem,
 )
 from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER
+from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.mesh import MeshError, PcapRecording, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 

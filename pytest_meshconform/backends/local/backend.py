@@ -64,8 +64,9 @@ from pytest_meshconform.backends.local.topology import (
     Topology,
     default_topology,
 )
-from pytest_meshconform.evidence.certs import rotation_time
 from pytest_meshconform.istio.api import PolicyError, parse_policy
+from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
+from pytest_meshconform.istio.rotation import rotation_time
 from pytest_meshconform.istio.tls import MinProtocolVersion, parse_min_protocol_version
 from pytest_meshconform.mesh import (
     ALL_FEATURES,
@@ -506,8 +507,8 @@ class LocalMesh(SidecarAgent):
             _write_text(paths.access_log, "")
             _write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths))
             _write_json(
-                paths.sds(xds.ROOT_SECRET),
-                xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem),
+                paths.sds(ROOT_SECRET),
+                xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
             )
             self._issue_cert(runtime, keys.pop())
             self._render(runtime, plan)
@@ -528,9 +529,9 @@ class LocalMesh(SidecarAgent):
         )
         runtime.cert = cert
         _write_json(
-            runtime.paths.sds(xds.WORKLOAD_SECRET),
+            runtime.paths.sds(WORKLOAD_SECRET),
             xds.secret_resources(
-                xds.WORKLOAD_SECRET, cert_pem=cert.cert_pem + self.root_cert, key_pem=cert.key_pem
+                WORKLOAD_SECRET, cert_pem=cert.cert_pem + self.root_cert, key_pem=cert.key_pem
             ),
         )
         runtime.next_rotation = (
