@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)
+from pytest_meshconform.version import __version__
 
 _EXPORTS: dict[str, str] = {
     # fixtures.py: what the fixtures return, and their errors

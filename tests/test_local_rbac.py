@@ -31,7 +31,7 @@ from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.ca import MeshCA
 from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.envoyadmin import admin_get
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     ROOT_SECRET,

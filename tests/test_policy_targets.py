@@ -19,7 +19,7 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
