@@ -24,6 +24,8 @@ from pytest_meshconform.istio.authorization import authorization_policies_for
 from pytest_meshconform.istio.selection import (
     age_key,
     check_labels_argument,
+    ignored_in_root_namespace,
+    in_scope,
     is_subset,
     unmatched_reason,
 )
@@ -44,6 +46,25 @@ def test_a_selector_selects_the_workloads_that_carry_all_its_labels() -> None:
     assert not is_subset({"app": "httpbin", "v": "2"}, {"app": "httpbin", "v": "1"})
     assert not is_subset({"app": "httpbin"}, {})
     assert not is_subset({"app": ""}, {})  # an empty value must be present too
+
+
+def test_a_workload_sees_its_own_namespace_and_the_root_namespace() -> None:
+    assert in_scope("foo", "foo", "istio-system")
+    assert in_scope("istio-system", "foo", "istio-system")
+    assert in_scope("istio-system", "istio-system", "istio-system")
+    assert not in_scope("bar", "foo", "istio-system")
+    assert not in_scope("istio-system", "foo", "istio-config")  # another root
+
+
+def test_a_selector_peer_authentication_in_the_root_namespace_is_ignored() -> None:
+    # ComposePeerAuthentication takes workload-level policies outside the root namespace only.
+    selector = PeerAuthentication("p", "istio-system", MtlsMode.STRICT, {"app": "httpbin"})
+    assert ignored_in_root_namespace(selector, "istio-system", "istio-system")
+    assert not ignored_in_root_namespace(selector, "istio-system", "istio-config")
+    mesh_wide = PeerAuthentication("p", "istio-system", MtlsMode.STRICT, {})
+    assert not ignored_in_root_namespace(mesh_wide, "istio-system", "istio-system")
+    rule = AuthorizationPolicy("a", "istio-system", selector={"app": "httpbin"})
+    assert not ignored_in_root_namespace(rule, "istio-system", "istio-system")
 
 
 def test_istiod_age_order_without_timestamps_first_then_name_then_namespace() -> None:

@@ -66,7 +66,7 @@ from pytest_meshconform.istio.api import (
     AuthzSource,
 )
 from pytest_meshconform.istio.envoy import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
-from pytest_meshconform.istio.selection import age_key, is_subset
+from pytest_meshconform.istio.selection import age_key, in_scope, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
@@ -195,7 +195,7 @@ def authorization_policies_for(
         if not isinstance(policy, AuthorizationPolicy):
             continue
         namespace = policy.namespace or "default"
-        if namespace not in (root_namespace, workload.namespace):
+        if not in_scope(namespace, workload.namespace, root_namespace):
             continue
         if is_subset(policy.selector or {}, workload.labels):
             chosen.append(policy)

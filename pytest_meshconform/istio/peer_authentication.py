@@ -15,7 +15,13 @@ from pytest_meshconform.istio.api import (
     PolicyError,
 )
 from pytest_meshconform.istio.api.fields import check_argument_namespace, show
-from pytest_meshconform.istio.selection import age_key, check_labels_argument, is_subset
+from pytest_meshconform.istio.selection import (
+    age_key,
+    check_labels_argument,
+    ignored_in_root_namespace,
+    in_scope,
+    is_subset,
+)
 
 __all__ = ["effective_mtls_mode", "service_mtls_mode"]
 
@@ -72,7 +78,9 @@ def effective_mtls_mode(
         if key in seen:
             raise PolicyError(f"PeerAuthentication {policy_namespace}/{policy.name} given twice")
         seen.add(key)
-        if policy_namespace not in (namespace, root_namespace):
+        if not in_scope(policy_namespace, namespace, root_namespace):
+            continue
+        if ignored_in_root_namespace(policy, policy_namespace, root_namespace):
             continue
         if policy.selector and not is_subset(policy.selector, labels):
             continue
