@@ -53,8 +53,8 @@ from pytest_meshconform import (
     mesh_min_tls_version,
     mesh_settings_key,
 )
+from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts
 
-from .posture import inbound_tls_contexts
 from .wire import namespace_mode
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")

@@ -54,10 +54,10 @@ _EXPORTS: dict[str, str] = {
     "XfccElement": "evidence.xfcc",
     "XfccError": "evidence.xfcc",
     # certs.py
-    "parse_envoy_secrets": "evidence.certs",
+    "parse_envoy_secrets": "istio.sidecar_dump",
     "parse_envoy_certs": "evidence.certs",
     "parse_spiffe_id": "evidence.certs",
-    "EnvoySecrets": "evidence.certs",
+    "EnvoySecrets": "evidence.config_dump",
     "EnvoyCert": "evidence.certs",
     "WorkloadCert": "evidence.certs",
     "SpiffeId": "evidence.certs",
@@ -69,12 +69,12 @@ _EXPORTS: dict[str, str] = {
     "analyze_pcap": "evidence.wire",
     "Capture": "evidence.wire",
     "Flow": "evidence.wire",
-    "ClientHello": "evidence.wire",
-    "ServerHello": "evidence.wire",
-    "TlsInfo": "evidence.wire",
-    "HttpRequest": "evidence.wire",
-    "HttpResponse": "evidence.wire",
-    "CaptureError": "evidence.wire",
+    "ClientHello": "evidence.tls",
+    "ServerHello": "evidence.tls",
+    "TlsInfo": "evidence.tls",
+    "HttpRequest": "evidence.http",
+    "HttpResponse": "evidence.http",
+    "CaptureError": "evidence.pcap",
     # istio/api: the policy kinds
     "parse_policy": "istio.api",
     "parse_policies": "istio.api",
@@ -103,8 +103,8 @@ _EXPORTS: dict[str, str] = {
     "Observations": "report.observations",
     "LogPositions": "mesh",
     # audit.py / service_ports.py: every Service port, its predicted mode (meshconform audit)
-    "ServicePort": "audit.engine",
-    "discover_service_ports": "audit.engine",
+    "ServicePort": "audit.discovery",
+    "discover_service_ports": "audit.discovery",
     "ServicePortLister": "plugin.service_ports",
 }
 
@@ -121,32 +121,35 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors _EXPORTS)
-    from pytest_meshconform.audit.engine import (
+    from pytest_meshconform.audit.discovery import (
         ServicePort as ServicePort,
         discover_service_ports as discover_service_ports,
     )
     from pytest_meshconform.evidence.certs import (
         CertError as CertError,
         EnvoyCert as EnvoyCert,
-        EnvoySecrets as EnvoySecrets,
         SpiffeId as SpiffeId,
         WorkloadCert as WorkloadCert,
         lifetime_elapsed as lifetime_elapsed,
         load_pem_chain as load_pem_chain,
         parse_envoy_certs as parse_envoy_certs,
-        parse_envoy_secrets as parse_envoy_secrets,
         parse_spiffe_id as parse_spiffe_id,
     )
+    from pytest_meshconform.evidence.config_dump import EnvoySecrets as EnvoySecrets
     from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
-    from pytest_meshconform.evidence.wire import (
-        Capture as Capture,
-        CaptureError as CaptureError,
-        ClientHello as ClientHello,
-        Flow as Flow,
+    from pytest_meshconform.evidence.http import (
         HttpRequest as HttpRequest,
         HttpResponse as HttpResponse,
+    )
+    from pytest_meshconform.evidence.pcap import CaptureError as CaptureError
+    from pytest_meshconform.evidence.tls import (
+        ClientHello as ClientHello,
         ServerHello as ServerHello,
         TlsInfo as TlsInfo,
+    )
+    from pytest_meshconform.evidence.wire import (
+        Capture as Capture,
+        Flow as Flow,
         analyze_pcap as analyze_pcap,
     )
     from pytest_meshconform.evidence.xfcc import (
@@ -178,6 +181,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         peer_authentication as peer_authentication,
     )
     from pytest_meshconform.istio.rotation import rotation_time as rotation_time
+    from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets as parse_envoy_secrets
     from pytest_meshconform.mesh import (
         ExecResult as ExecResult,
         Feature as Feature,

@@ -636,7 +636,8 @@ def _served_cert(
     """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
     `last_updated` of its `default` secret; None when the dump does not say)."""
     __tracebackhide__ = True
-    from pytest_meshconform.evidence.certs import parse_envoy_secrets
+    from pytest_meshconform.istio.envoy import WORKLOAD_SECRET
+    from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
     if not w.has_sidecar:
@@ -658,7 +659,7 @@ def _served_cert(
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
             f" not_after={cert.not_after.isoformat()}",
         )
-    served = secrets.secret("default")
+    served = secrets.secret(WORKLOAD_SECRET)
     return secrets.workload, (served.last_updated if served is not None else None)
 
 

@@ -71,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.pluginmanager.register(service_ports, "meshconform-service-ports")
     report.configure(config)
-    from pytest_meshconform.report import render
+    from pytest_meshconform.plugin import render
 
     render.configure(config)
 

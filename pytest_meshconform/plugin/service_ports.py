@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from pytest_meshconform.audit.engine import ServicePort, discover_service_ports
+from pytest_meshconform.audit.discovery import ServicePort, discover_service_ports
 from pytest_meshconform.mesh import Mesh, Workload
 
 __all__ = ["ServicePortLister", "mesh_service_ports"]
