@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 
@@ -13,30 +14,61 @@ import pytest_meshconform
 from pytest_meshconform import Feature
 from pytest_meshconform.backends.registry import BACKENDS, Backend, backend_for
 from pytest_meshconform.mesh import Mesh
-from pytest_meshconform.plugin import fixtures
+from pytest_meshconform.plugin import identity, policies, probes, rotation, tables, workloads
 from pytest_meshconform.settings import CLUSTER_KINDS
 
 PACKAGE = REPO / "pytest_meshconform"
+FIXTURE_MODULES = sorted(
+    path for path in (PACKAGE / "plugin").glob("*.py") if "@pytest.fixture" in path.read_text()
+)
 
 
-def test_all_is_the_one_export_list() -> None:
-    exports = pytest_meshconform._EXPORTS
-    assert pytest_meshconform.__all__ == ["__version__", *exports]
-    for name in exports:
-        assert getattr(pytest_meshconform, name) is not None, name
-
-
-def test_type_checking_imports_mirror_the_export_list() -> None:
-    """Type checkers read the TYPE_CHECKING imports; runtime reads _EXPORTS: the same names."""
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    block = next(n for n in tree.body if isinstance(n, ast.If))
-    imported = {
-        alias.asname: f"{node.module}".removeprefix("pytest_meshconform.")
-        for node in ast.walk(block)
+def _face() -> dict[str, str]:
+    """The face as its stub lists it: name -> module."""
+    tree = ast.parse((PACKAGE / "__init__.pyi").read_text())
+    return {
+        alias.asname or alias.name: str(node.module)
+        for node in tree.body
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    assert imported == pytest_meshconform._EXPORTS
+
+
+def test_the_face_is_one_short_list() -> None:
+    """`__init__.pyi` is the one list: `__all__` is made from it, and it stays short."""
+    face = _face()
+    assert pytest_meshconform.__all__ == ["__version__", *face]
+    assert len(face) <= 41, sorted(face)
+    for name, module in face.items():
+        assert alias_target(name, module) is getattr(pytest_meshconform, name), name
+    assert pytest_meshconform.__version__ == "0.1.0"
+    with pytest.raises(AttributeError, match="no attribute 'parse_policy'"):
+        _ = pytest_meshconform.parse_policy
+
+
+def alias_target(name: str, module: str) -> object:
+    return getattr(importlib.import_module(module), name)
+
+
+def test_the_stub_imports_each_name_as_itself() -> None:
+    """`from m import X as X` only: the stub re-exports, it renames nothing."""
+    tree = ast.parse((PACKAGE / "__init__.pyi").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            assert [a.asname for a in node.names] == [a.name for a in node.names], node.module
+
+
+def test_fixture_classes_are_final() -> None:
+    """What the fixtures return is used, not subclassed: every fixture class is `@final`."""
+    classes = [
+        value
+        for name in pytest_meshconform.__all__
+        if isinstance(value := getattr(pytest_meshconform, name), type)
+        and value.__module__.startswith("pytest_meshconform.plugin.")
+        and not issubclass(value, BaseException)
+    ]
+    assert len(classes) >= 15, classes
+    assert [c for c in classes if not getattr(c, "__final__", False)] == []
 
 
 def test_readme_documents_every_public_name() -> None:
@@ -62,12 +94,18 @@ def test_fixtures_return_the_exported_types() -> None:
         "capture": "Capturer",
         "rotation": "RotationWatcher",
         "mesh": "Iterator[Mesh]",
+        "call_table": "CallTable",
+        "record_table": "TableRecorder",
+        "tls_probe": "TlsProber",
+        "mesh_service_ports": "ServicePortLister",
     }
-    tree = ast.parse((PACKAGE / "plugin" / "fixtures.py").read_text())
     returns = {
         node.name: ast.unparse(node.returns)
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.returns is not None
+        for path in FIXTURE_MODULES
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+        and node.returns is not None
+        and any(ast.unparse(d).startswith("pytest.fixture") for d in node.decorator_list)
     }
     assert {name: returns[name] for name in hints} == hints
     for name in hints.values():
@@ -77,7 +115,7 @@ def test_fixtures_return_the_exported_types() -> None:
 
 def test_fixtures_use_only_the_mesh_protocol() -> None:
     """No `getattr(mesh, ...)` and no backend names in the fixtures: the protocol declares all."""
-    source = (PACKAGE / "plugin" / "fixtures.py").read_text()
+    source = "".join(path.read_text() for path in FIXTURE_MODULES)
     assert (
         re.findall(r"getattr\((?:the_)?mesh\b|getattr\(opened|getattr\(handle\.mesh", source) == []
     )
@@ -118,18 +156,43 @@ def test_code_cites_only_files_in_the_repository() -> None:
             if "DESIGN.md" in path.read_text() and path.name != "test_public_api.py":
                 cited.append(str(path.relative_to(REPO)))
     assert cited == []
-    for doc in re.findall(r"docs/[\w./-]+\.md", (PACKAGE / "plugin" / "fixtures.py").read_text()):
-        assert (REPO / doc).is_file(), doc
+    for path in sorted((PACKAGE / "plugin").glob("*.py")):
+        for doc in re.findall(r"docs/[\w./-]+\.md", path.read_text()):
+            assert (REPO / doc).is_file(), f"{path.name}: {doc}"
 
 
 def test_fixture_helpers_hide_their_frames() -> None:
     for helper in (
-        fixtures.WorkloadHandle.curl,
-        fixtures.WorkloadHandle.exec,
-        fixtures.WorkloadLookup.__call__,
-        fixtures.PolicyApplier.__call__,
-        fixtures.XfccReader.__call__,
-        fixtures.CertReader.__call__,
-        fixtures.RotationWatcher.watch,
+        workloads.WorkloadHandle.curl,
+        workloads.WorkloadHandle.exec,
+        workloads.WorkloadLookup.__call__,
+        policies.PolicyApplier.__call__,
+        identity.XfccReader.__call__,
+        identity.CertReader.__call__,
+        rotation.RotationWatcher.watch,
+        tables.CallTable.__call__,
+        probes.TlsProber.__call__,
     ):
         assert "__tracebackhide__" in helper.__code__.co_varnames, helper
+
+
+def test_the_builtin_suites_and_examples_use_only_the_face() -> None:
+    """`conformance/` and `examples/` import `pytest_meshconform` and nothing below it: a
+    platform team's suite can do all that ours do."""
+    below = []
+    for root in ("conformance", "examples"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                below += [
+                    f"{path.relative_to(REPO)}: {m}"
+                    for m in modules
+                    if m.startswith("pytest_meshconform.")
+                ]
+    assert below == []

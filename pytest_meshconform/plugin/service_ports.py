@@ -5,12 +5,13 @@ and endpoint (namespace as the suites spell it, protocol, the endpoint, the mode
 force predict, what the probes must observe), computed when called, so after `apply_policy` it
 predicts under the new policies. Write your per-service assertions on top of it, with your own
 clients (`naked_sleep.curl(port.url())`, `capture`...), as `meshconform audit` does with its
-probes. Registered by the plugin next to `fixtures.py`.
+probes. Registered by the plugin next to the other fixtures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 import pytest
 
@@ -20,6 +21,7 @@ from pytest_meshconform.mesh import Mesh, Workload
 __all__ = ["ServicePortLister", "mesh_service_ports"]
 
 
+@final
 class ServicePortLister:
     """What `mesh_service_ports` returns: call it for the Service ports (a tuple of
     `ServicePort`), optionally limited to ``namespaces`` or without ``exclude_namespaces``.
