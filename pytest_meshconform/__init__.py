@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)
+from pytest_meshconform.version import __version__
 
 _EXPORTS: dict[str, str] = {
     # fixtures.py: what the fixtures return, and their errors
@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "MeshMtlsAware": "mesh",
     "mesh_min_tls_version": "mesh",
     # plugin.py / settings.py: the run's settings, for a suite's conftest
-    "mesh_settings_key": "plugin.hooks",
+    "mesh_settings_key": "plugin.options",
     "MeshSettings": "settings",
     # waiting.py
     "poll": "waiting",
@@ -63,7 +63,7 @@ _EXPORTS: dict[str, str] = {
     "SpiffeId": "evidence.certs",
     "CertError": "evidence.certs",
     "load_pem_chain": "evidence.certs",
-    "rotation_time": "evidence.certs",
+    "rotation_time": "istio.rotation",
     "lifetime_elapsed": "evidence.certs",
     # wire.py
     "analyze_pcap": "evidence.wire",
@@ -136,7 +136,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_envoy_certs as parse_envoy_certs,
         parse_envoy_secrets as parse_envoy_secrets,
         parse_spiffe_id as parse_spiffe_id,
-        rotation_time as rotation_time,
     )
     from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
     from pytest_meshconform.evidence.wire import (
@@ -178,6 +177,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         parse_policy as parse_policy,
         peer_authentication as peer_authentication,
     )
+    from pytest_meshconform.istio.rotation import rotation_time as rotation_time
     from pytest_meshconform.mesh import (
         ExecResult as ExecResult,
         Feature as Feature,
@@ -207,7 +207,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (mirrors
         WorkloadLookup as WorkloadLookup,
         XfccReader as XfccReader,
     )
-    from pytest_meshconform.plugin.hooks import mesh_settings_key as mesh_settings_key
+    from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
     from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
     from pytest_meshconform.report.observations import (
         Observations as Observations,

@@ -1,21 +1,18 @@
 """The plugin's effective configuration: --mesh-* options over mesh_* ini values over defaults.
 
-Everything here is pure (no I/O, nothing started) so that it can be resolved and validated once,
-in ``pytest_configure``, and a mistake surfaces as a ``pytest.UsageError`` before collection
-instead of as a failed fixture halfway through a run.
+Everything here is pure (no pytest, no I/O, nothing started) so that it can be resolved and
+validated once, in ``pytest_configure`` (``plugin/options.py`` reads the layers from pytest),
+and a mistake surfaces as a ``pytest.UsageError`` before collection instead of as a failed
+fixture halfway through a run.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TypeVar
-
-import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,7 +30,6 @@ __all__ = [
     "OptionLayer",
     "ReportFormat",
     "SettingsError",
-    "cluster_argument",
     "format_duration",
     "parse_cert_ttl",
     "report_format_of",
@@ -100,7 +96,8 @@ _CLI_FLAGS: Final[dict[str, str]] = {
 class SettingsError(ValueError):
     """A --mesh-* option or mesh_* ini value is invalid; the message names it as the user wrote it.
 
-    ``MeshSettings.from_config`` turns it into ``pytest.UsageError`` (exit code 4).
+    The plugin turns it into ``pytest.UsageError`` (exit code 4); backends raise it too, for
+    their own options.
     """
 
 
@@ -142,28 +139,6 @@ def format_duration(duration: timedelta) -> str:
     minutes, seconds = divmod(rest, 60)
     parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
     return "".join(parts) or "0s"
-
-
-def _looks_like_test_path(value: str) -> bool:
-    return any(mark in value for mark in ("/", os.sep, "::")) or value.endswith(".py")
-
-
-def cluster_argument(value: str) -> str:
-    """argparse ``type=`` for ``--mesh-cluster``, whose value is optional (bare means kind).
-
-    With ``nargs="?"`` argparse hands the next word to the option, so ``--mesh-cluster tests/``
-    would silently eat the test path; reject it and say how to write it instead.
-    """
-    if value in _CLUSTER_BY_NAME:
-        return value
-    accepted = ", ".join(CLUSTER_KINDS)
-    message = f"invalid value {value!r}; accepted values: {accepted}"
-    if _looks_like_test_path(value) or os.path.exists(value):
-        message += (
-            f". {value!r} looks like a test path: a bare --mesh-cluster takes the next argument"
-            f" as its value; write --mesh-cluster=kind {value} or put --mesh-cluster last"
-        )
-    raise argparse.ArgumentTypeError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,58 +189,6 @@ class MeshSettings:
     def report_format(self) -> ReportFormat | None:
         """``yaml`` or ``json``, from the report path's suffix; None without a report."""
         return None if self.report is None else report_format_of(self.report)
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> MeshSettings:
-        """Resolve the --mesh-* options and mesh_* ini values of a pytest config.
-
-        Raises pytest.UsageError naming the offending option and the accepted values.
-        """
-        try:
-            ini_keep = config.getini("mesh_keep")
-        except (ValueError, pytest.UsageError) as error:  # pytest < 9 raises ValueError
-            raise pytest.UsageError(
-                f"mesh_keep (ini option): {error}; accepted values: true, false"
-            ) from error
-
-        def ini_text(name: str) -> str | None:
-            value = config.getini(name)
-            return str(value) if value else None  # an empty ini value counts as not given
-
-        inipath = config.inipath
-        reports = tuple(config.getoption("mesh_report") or ())
-        cli = OptionLayer(
-            origin="cli",
-            base_dir=config.invocation_params.dir,
-            cluster=config.getoption("mesh_cluster"),
-            kube_context=config.getoption("mesh_kube_context"),
-            keep=config.getoption("mesh_keep"),
-            cert_ttl=config.getoption("mesh_cert_ttl"),
-            report=reports[0] if reports else None,
-            artifacts=config.getoption("mesh_artifacts"),
-            baseline=config.getoption("mesh_baseline"),
-            faults=tuple(config.getoption("mesh_fault") or ()),
-            topology=config.getoption("mesh_topology"),
-            more_reports=reports[1:],
-            min_tls_version=config.getoption("mesh_min_tls_version"),
-        )
-        ini = OptionLayer(
-            origin="ini",
-            base_dir=inipath.parent if inipath is not None else config.invocation_params.dir,
-            cluster=ini_text("mesh_cluster"),
-            kube_context=ini_text("mesh_kube_context"),
-            keep=bool(ini_keep),
-            cert_ttl=ini_text("mesh_cert_ttl"),
-            report=ini_text("mesh_report"),
-            artifacts=ini_text("mesh_artifacts"),
-            baseline=ini_text("mesh_baseline"),
-            min_tls_version=ini_text("mesh_min_tls_version"),
-            topology=ini_text("mesh_topology"),
-        )
-        try:
-            return cls.resolve(cli, ini)
-        except SettingsError as error:
-            raise pytest.UsageError(str(error)) from error
 
     @classmethod
     def resolve(cls, cli: OptionLayer, ini: OptionLayer) -> MeshSettings:

@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-__all__ = ["HELD", "INTERRUPTING", "Held", "acquire", "held", "owned", "release", "signal_name"]
+__all__ = ["HELD", "Held", "acquire", "held", "owned", "release", "signal_name"]
 
-INTERRUPTING: Final = (signal.SIGTERM, signal.SIGHUP)
-"""Turned into KeyboardInterrupt while a run owns something (SIGINT already is)."""
 HELD: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Deferred inside `held()`."""
 

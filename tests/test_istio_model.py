@@ -30,7 +30,7 @@ from pytest_meshconform.backends.kube.envoystate import (
     parse_config_dump,
 )
 from pytest_meshconform.backends.local.control import plan_sidecars
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio import (
     ISTIO_MTLS_HTTP11_ALPN,
     Sidecar,

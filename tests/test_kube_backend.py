@@ -31,11 +31,8 @@ from kube_fakes import (
     status_not_found,
 )
 
-from pytest_meshconform.backends.kube.backend import (
-    KubeMesh,
-    MeshWideNotAllowed,
-    image_is_distroless,
-)
+from pytest_meshconform.backends.kube.backend import KubeMesh
+from pytest_meshconform.backends.kube.capture import image_is_distroless
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import RunNamespaces
@@ -44,6 +41,7 @@ from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.mesh import (
     Mesh,
     MeshError,
+    MeshWideNotAllowed,
     PropagationTimeout,
     Workload,
     tunnels_over_hbone,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_meshconform.backends.kube.execproto import capture_argv, capture_filter, is_pcap
+from pytest_meshconform.backends.capture import capture_filter, is_pcap
+from pytest_meshconform.backends.kube.execproto import capture_argv
 from pytest_meshconform.evidence.wire import analyze_pcap
 
 TOOLS = ("ip", "bash", "tcpdump", "curl")

@@ -23,10 +23,10 @@ from pytest_meshconform.backends.kube.envoystate import (
     UpstreamTransport,
     expected_sidecar,
     mismatches,
-    outbound_cluster_name,
     parse_config_dump,
 )
 from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode, parse_policies
+from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.mesh import Service
 
 DATA = Path(__file__).resolve().parent / "data" / "kube"

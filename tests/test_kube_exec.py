@@ -27,14 +27,13 @@ from kube_fakes import (
 )
 from kubernetes.client.exceptions import ApiException
 
+from pytest_meshconform.backends.capture import capture_filter, is_pcap
 from pytest_meshconform.backends.kube.client import ExecSession, KubeApi, KubeApiError
 from pytest_meshconform.backends.kube.execproto import (
     CAPTURE_SCRIPT,
     ExecStatus,
     ExecStatusError,
     capture_argv,
-    capture_filter,
-    is_pcap,
     parse_exec_status,
     strip_request_newline,
 )

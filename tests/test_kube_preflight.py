@@ -17,14 +17,14 @@ import pytest
 from kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 from kubernetes import client as k8s
 
-from pytest_meshconform.backends.kube import preflight
+from pytest_meshconform.backends.kube.entry import open_mesh, preflight
 from pytest_meshconform.backends.kube.options import (
     KubeOptions,
     kind_cluster_name_for,
-    resolve_options,
+    resolve_options as resolve_kube_options,
 )
 from pytest_meshconform.mesh import MeshUnavailable
-from pytest_meshconform.plugin.hooks import mesh_settings_key
+from pytest_meshconform.plugin.options import backend_header_lines, backend_run, option_lookup
 
 # pytester restores sys.modules after each test: load the client's heavy generated API modules
 # (seconds of pydantic model building) once, here, instead of once per test.
@@ -58,7 +58,12 @@ def configured(pytester: pytest.Pytester, *args: str) -> pytest.Config:
 
 
 def run_preflight(config: pytest.Config) -> None:
-    preflight(config, config.stash[mesh_settings_key])
+    preflight(backend_run(config))
+
+
+def resolve_options(config: pytest.Config) -> KubeOptions:
+    """The kube options of a run, as the plugin hands them to the backend."""
+    return resolve_kube_options(option_lookup(config), config.rootpath)
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -98,9 +103,15 @@ def test_each_backend_adds_its_own_header_lines(pytester: pytest.Pytester) -> No
     expected = [
         "meshconform kube: istio-namespace=istio-system revision=canary mesh-wide=existing: skipped"
     ]
-    assert backend_for("kind").header_lines(config) == expected
-    assert backend_for("existing").header_lines(config) == expected
-    assert backend_for("local").header_lines(config) == []
+    run = backend_run(config)
+    assert backend_for("kind").header_lines(run) == expected
+    assert backend_for("existing").header_lines(run) == expected
+    assert backend_for("local").header_lines(run) == []
+    assert (
+        backend_header_lines(configured(pytester, "--mesh-cluster=kind", "--mesh-revision=canary"))
+        == expected
+    )
+    assert backend_header_lines(config) == []  # the run's cluster: local
 
 
 def test_cli_wins_over_ini_and_paths_resolve_where_written(pytester: pytest.Pytester) -> None:
@@ -177,8 +188,10 @@ def test_bad_values_are_usage_errors_naming_the_option(
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makeconftest(
         "from pytest_meshconform.backends.kube.options import resolve_options\n"
+        "from pytest_meshconform.plugin.options import option_lookup, usage_errors\n"
         "def pytest_configure(config):\n"
-        "    resolve_options(config)\n"
+        "    with usage_errors():\n"
+        "        resolve_options(option_lookup(config), config.rootpath)\n"
     )
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest(*args)
@@ -433,24 +446,20 @@ def run_dirs() -> set[Path]:
 
 
 def test_open_mesh_on_kind_without_prerequisites(pytester: pytest.Pytester, bin_dir: Path) -> None:
-    from pytest_meshconform.backends.kube import open_mesh
-
     fake_binary(bin_dir, "docker", f'echo "{DOCKER_DOWN}" >&2; exit 1')
     config = configured(pytester, "--mesh-cluster=kind")
     before = run_dirs()
     messages: list[str] = []
     with pytest.raises(MeshUnavailable, match=r"^--mesh-cluster=kind cannot run here: kind is not"):
-        open_mesh(config, config.stash[mesh_settings_key], messages.append)
+        open_mesh(backend_run(config), messages.append)
     assert run_dirs() - before == set()
     assert messages == []
 
 
 def test_open_mesh_on_an_unknown_context(pytester: pytest.Pytester, kubeconfig: Path) -> None:
-    from pytest_meshconform.backends.kube import open_mesh
-
     kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:1", context="staging"))
     config = configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=prod")
     before = run_dirs()
     with pytest.raises(MeshUnavailable, match="kube context 'prod' is not in the kubeconfig"):
-        open_mesh(config, config.stash[mesh_settings_key], print)
+        open_mesh(backend_run(config), print)
     assert run_dirs() - before == set()

@@ -39,7 +39,7 @@ from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.ca import MeshCA
 from pytest_meshconform.backends.local.control import Faults, plan_sidecars
 from pytest_meshconform.backends.local.iptables import istio_iptables_rules
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.evidence.certs import WorkloadCert, load_pem_chain
 from pytest_meshconform.istio import Upstream
 from pytest_meshconform.istio.api.policy import (
@@ -49,6 +49,7 @@ from pytest_meshconform.istio.api.policy import (
     parse_policy,
     peer_authentication,
 )
+from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 
 TOPOLOGY = default_topology()
 PATHS = xds.SidecarPaths(Path("/run/meshconform/abc123/pods/x/envoy"))
@@ -853,13 +854,13 @@ def test_envoy_accepts_every_rendered_mode_combination(tmp_path: Path, ca: MeshC
                 continue
             paths = xds.SidecarPaths(tmp_path / f"case{index}" / key)
             paths.sds_dir.mkdir(parents=True)
-            paths.sds(xds.ROOT_SECRET).write_text(
-                json.dumps(xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem))
+            paths.sds(ROOT_SECRET).write_text(
+                json.dumps(xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem))
             )
-            paths.sds(xds.WORKLOAD_SECRET).write_text(
+            paths.sds(WORKLOAD_SECRET).write_text(
                 json.dumps(
                     xds.secret_resources(
-                        xds.WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem
+                        WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem
                     )
                 )
             )
@@ -890,7 +891,7 @@ def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
     plan = plans()["sleep.foo"]
     paths = xds.SidecarPaths(tmp_path)
     paths.sds_dir.mkdir()
-    for name in (xds.ROOT_SECRET, xds.WORKLOAD_SECRET):
+    for name in (ROOT_SECRET, WORKLOAD_SECRET):
         paths.sds(name).write_text("{}")
     boot = _static_bootstrap(plan, paths)
     boot["static_resources"]["clusters"][0]["lb_policy"] = "NOT_A_POLICY"
@@ -954,7 +955,7 @@ def test_istios_connection_limit_silences_envoys_start_up_warning(tmp_path: Path
 def test_a_log_window_drops_lines_stamped_before_it() -> None:
     """Envoy flushes logs late: the lines of a request that started before a test's window may
     land after its file offsets were taken; their time stamps keep them out."""
-    from pytest_meshconform.backends.local.backend import _lines_since
+    from pytest_meshconform.backends.local.logs import lines_since
 
     at = dt.datetime(2026, 12, 3, 6, 29, 51, 250000, tzinfo=dt.UTC).timestamp()
     access = (
@@ -962,7 +963,7 @@ def test_a_log_window_drops_lines_stamped_before_it() -> None:
         '[2026-12-03T06:29:51.275Z] "GET /status/202 HTTP/1.1" 202 - 0 0 1 0\n'
     )
     assert (
-        _lines_since(access, at)
+        lines_since(access, at)
         == '[2026-12-03T06:29:51.275Z] "GET /status/202 HTTP/1.1" 202 - 0 0 1 0\n'
     )
     local = dt.datetime(2026, 12, 3, 6, 29, 51, 300000).timestamp()  # Envoy's own log: local time
@@ -972,7 +973,7 @@ def test_a_log_window_drops_lines_stamped_before_it() -> None:
         "[2026-12-03 06:29:51.300][7][warning][config] in the window\n"
         "  and its continuation\n"
     )
-    assert _lines_since(envoy, local) == (
+    assert lines_since(envoy, local) == (
         "[2026-12-03 06:29:51.300][7][warning][config] in the window\n  and its continuation\n"
     )
-    assert _lines_since("an unstamped app line\n", at) == "an unstamped app line\n"
+    assert lines_since("an unstamped app line\n", at) == "an unstamped app line\n"

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from local_helpers import needs_local_mesh, traces_of
 
-from pytest_meshconform.backends.local.backend import ENVOY_DRAIN_TIME_S, LocalMesh
+from pytest_meshconform.backends.local.backend import LocalMesh
+from pytest_meshconform.backends.local.lifecycle import ENVOY_DRAIN_TIME_S
 from pytest_meshconform.evidence.certs import load_pem_chain, parse_envoy_certs, parse_envoy_secrets
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import parse_xfcc

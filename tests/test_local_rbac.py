@@ -31,7 +31,14 @@ from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.ca import MeshCA
 from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.envoyadmin import admin_get
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
+from pytest_meshconform.istio.envoy import (
+    HCM_TYPE,
+    ROOT_SECRET,
+    ROUTER_TYPE,
+    TCP_PROXY_TYPE,
+    WORKLOAD_SECRET,
+)
 from pytest_meshconform.mesh import Workload
 from pytest_meshconform.waiting import poll
 
@@ -100,14 +107,12 @@ EVERY_FIELD = [
 def _write_secrets(paths: xds.SidecarPaths, ca: MeshCA) -> None:
     issued = ca.issue_workload("foo", "httpbin", dt.timedelta(hours=1))
     paths.sds_dir.mkdir(parents=True)
-    paths.sds(xds.ROOT_SECRET).write_text(
-        json.dumps(xds.secret_resources(xds.ROOT_SECRET, root_pem=ca.root_pem))
+    paths.sds(ROOT_SECRET).write_text(
+        json.dumps(xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem))
     )
-    paths.sds(xds.WORKLOAD_SECRET).write_text(
+    paths.sds(WORKLOAD_SECRET).write_text(
         json.dumps(
-            xds.secret_resources(
-                xds.WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem
-            )
+            xds.secret_resources(WORKLOAD_SECRET, cert_pem=issued.cert_pem, key_pem=issued.key_pem)
         )
     )
 
@@ -250,7 +255,7 @@ def _static_config(
                 }
             )
         hcm = {
-            "@type": xds.HCM_TYPE,
+            "@type": HCM_TYPE,
             "stat_prefix": f"http-{index}",
             "route_config": {
                 "virtual_hosts": [
@@ -265,13 +270,13 @@ def _static_config(
             },
             "http_filters": [
                 *http_filters,
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": xds.ROUTER_TYPE}},
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
             ],
         }
         tcp = {
             "name": "envoy.filters.network.tcp_proxy",
             "typed_config": {
-                "@type": xds.TCP_PROXY_TYPE,
+                "@type": TCP_PROXY_TYPE,
                 "stat_prefix": f"tcp-{index}",
                 "cluster": f"tcp-{index}",
             },

@@ -25,10 +25,10 @@ from local_helpers import envoy_path, needs_local_mesh, traces_of
 
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.control import plan_sidecars
-from pytest_meshconform.backends.local.topology import default_topology
 from pytest_meshconform.backends.local.topology_file import (
     BUILTIN_TOPOLOGY,
     TopologyError,
+    default_topology,
     load_topology,
     parse_topology,
 )

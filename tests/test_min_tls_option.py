@@ -8,6 +8,7 @@ import pytest
 from local_helpers import CONFORMANCE, assert_runs_left_nothing, needs_local_mesh
 
 from pytest_meshconform.mesh import mesh_min_tls_version
+from pytest_meshconform.plugin.options import resolve_settings
 from pytest_meshconform.settings import MeshSettings, OptionLayer, SettingsError
 
 
@@ -57,8 +58,8 @@ def test_refused_values(cli: dict[str, str], ini: dict[str, str], message: str) 
 def test_pytest_option_and_ini_twin(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmesh_min_tls_version = TLSV1_2\n")
     config = pytester.parseconfig("--mesh-min-tls-version=TLSV1_3")
-    assert MeshSettings.from_config(config).min_tls_version == "TLSV1_3"
-    assert MeshSettings.from_config(pytester.parseconfig()).min_tls_version == "TLSV1_2"
+    assert resolve_settings(config).min_tls_version == "TLSV1_3"
+    assert resolve_settings(pytester.parseconfig()).min_tls_version == "TLSV1_2"
 
 
 def test_a_mesh_that_does_not_say_is_tls_auto() -> None:

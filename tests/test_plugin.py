@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import pytest_meshconform.plugin.hooks
-from pytest_meshconform.plugin.hooks import mesh_settings_key
+from pytest_meshconform.plugin.options import cluster_argument, mesh_settings_key, resolve_settings
 from pytest_meshconform.settings import (
     MeshSettings,
     OptionLayer,
     SettingsError,
-    cluster_argument,
     format_duration,
     parse_cert_ttl,
 )
@@ -39,7 +38,7 @@ def settings_of(pytester: pytest.Pytester, *args: str) -> MeshSettings:
     Read from a parsed config, as ``pytest_configure`` does: a configured one would cost a
     garbage collection at teardown (test_defaults covers the configured path and the stash).
     """
-    return MeshSettings.from_config(pytester.parseconfig(*args))
+    return resolve_settings(pytester.parseconfig(*args))
 
 
 def ini(pytester: pytest.Pytester, *lines: str) -> None:

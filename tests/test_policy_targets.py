@@ -1,6 +1,6 @@
 """A policy that applies to nothing is refused, the same way on both backends' topologies.
 
-`fixtures._unmatched` sees only the Mesh protocol (workloads, logical_namespace,
+`selection.unmatched_reason` sees what the Mesh protocol gives (workloads, logical_namespace,
 root_namespace); here it runs against the local topology and a kube run's topology (per-run
 namespaces `mc-<run>-foo`), without a mesh.
 """
@@ -19,9 +19,11 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
-from pytest_meshconform.backends.local.topology import default_topology
+from pytest_meshconform.backends.local.topology_file import default_topology
+from pytest_meshconform.istio.api.policy import Policy
+from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
-from pytest_meshconform.plugin.fixtures import _service_port_hint, _unmatched
+from pytest_meshconform.plugin.fixtures import _service_port_hint
 
 
 @dataclass
@@ -56,6 +58,11 @@ def kube() -> TopologyOnly:
 
 
 MESHES = [pytest.param(local, id="local"), pytest.param(kube, id="kube")]
+
+
+def _unmatched(mesh: TopologyOnly, policy: Policy) -> str | None:
+    """What the `apply_policy` fixture and the audit ask."""
+    return unmatched_reason(policy, mesh.workloads(), mesh.root_namespace, mesh.logical_namespace)
 
 
 def peer_auth(namespace: str, selector: dict[str, str] | None = None) -> Any:
@@ -125,6 +132,33 @@ def test_a_destination_rule_workload_selector(mesh: Any) -> None:
     )
     assert _unmatched(mesh(), rule) == (
         "selector {'app': 'slep'} matches no workload in foo"
+        " (workloads: sleep: {'app': 'sleep'}; httpbin: {'app': 'httpbin'})"
+    )
+
+
+def authorization(namespace: str, selector: dict[str, str]) -> Any:
+    return parse_policy(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "a", "namespace": namespace},
+            "spec": {"selector": {"matchLabels": selector}},
+        }
+    )
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_an_authorization_policy_in_the_root_namespace_selects_everywhere(mesh: Any) -> None:
+    # ListAuthorizationPolicies: root namespace policies apply to workloads of every namespace.
+    assert _unmatched(mesh(), authorization("istio-system", {"app": "httpbin"})) is None
+    problem = _unmatched(mesh(), authorization("istio-system", {"app": "nginx"}))
+    assert problem is not None
+    assert problem.startswith("selector {'app': 'nginx'} matches no workload in istio-system")
+    assert "sleep: {'app': 'sleep'}" in problem
+    # outside the root namespace a selector looks at the policy's own namespace only
+    assert _unmatched(mesh(), authorization("legacy", {"app": "httpbin"})) is None
+    assert _unmatched(mesh(), authorization("legacy", {"app": "nginx"})) == (
+        "selector {'app': 'nginx'} matches no workload in legacy"
         " (workloads: sleep: {'app': 'sleep'}; httpbin: {'app': 'httpbin'})"
     )
 

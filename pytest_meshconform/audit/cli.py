@@ -269,8 +269,8 @@ def _run_local(args: argparse.Namespace) -> int:
         with_audit_probes,
     )
     from pytest_meshconform.istio.api.policy import PolicyError
+    from pytest_meshconform.istio.selection import unmatched_reason
     from pytest_meshconform.mesh import MeshError, MeshUnavailable
-    from pytest_meshconform.plugin.fixtures import _unmatched
 
     try:
         topology = load_topology(args.mesh_topology or BUILTIN_TOPOLOGY)
@@ -293,7 +293,9 @@ def _run_local(args: argparse.Namespace) -> int:
         for policy in policies:
             if policy.namespace == AUDIT_NAMESPACE:
                 raise _Usage(f"--policy {policy.name}: {AUDIT_NAMESPACE} is the audit's own")
-            reason = _unmatched(mesh, policy)
+            reason = unmatched_reason(
+                policy, mesh.workloads(), mesh.root_namespace, mesh.logical_namespace
+            )
             if reason is not None:
                 raise _Usage(
                     f"--policy {policy.kind} {policy.namespace}/{policy.name} applies to no"

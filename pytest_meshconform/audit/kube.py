@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
-from pytest_meshconform.backends.kube.backend import KubeMesh, _meta, pod_has_sidecar, pod_is_ready
+from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApiError
+from pytest_meshconform.backends.kube.lifecycle import object_meta, pod_has_sidecar, pod_is_ready
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     RunNamespaces,
-    _labels,
+    run_labels,
 )
 from pytest_meshconform.mesh import MeshError, Service, Workload
 
@@ -50,12 +51,12 @@ class ClusterTopology:
 
 
 def _workload_name(pod: Mapping[str, Any]) -> str:
-    labels = _meta(pod).get("labels") or {}
+    labels = object_meta(pod).get("labels") or {}
     for key in ("app", "app.kubernetes.io/name"):
         if labels.get(key):
             return str(labels[key])
-    generate = str(_meta(pod).get("generateName") or "").rstrip("-")
-    return generate or str(_meta(pod).get("name"))
+    generate = str(object_meta(pod).get("generateName") or "").rstrip("-")
+    return generate or str(object_meta(pod).get("name"))
 
 
 def _container_ports(pod: Mapping[str, Any]) -> dict[str, int]:
@@ -85,7 +86,7 @@ def cluster_topology(
         for pod in pods.get(namespace, ()):
             if not pod_is_ready(pod):
                 continue
-            labels = {str(k): str(v) for k, v in (_meta(pod).get("labels") or {}).items()}
+            labels = {str(k): str(v) for k, v in (object_meta(pod).get("labels") or {}).items()}
             account = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
             sidecar = pod_has_sidecar(pod)
             key = (namespace, tuple(sorted(labels.items())), account, sidecar)
@@ -102,7 +103,7 @@ def cluster_topology(
                 )
                 ports_of[key] = named
         for svc in services.get(namespace, ()):
-            name = str(_meta(svc).get("name"))
+            name = str(object_meta(svc).get("name"))
             spec = svc.get("spec") or {}
             where = f"{name}.{namespace}"
             selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
@@ -244,7 +245,7 @@ class KubeAuditMesh(KubeMesh):
         """Nothing: the audit touches no namespace but its own."""
 
     def _create_topology(self) -> None:
-        labels = _labels(self.names)
+        labels = run_labels(self.names)
         labels["pod-security.kubernetes.io/enforce"] = "privileged"  # the capture container
         if self.options.revision:
             labels["istio.io/rev"] = self.options.revision
@@ -260,7 +261,7 @@ class KubeAuditMesh(KubeMesh):
         )
         self._created_namespaces.append(self.audit_namespace)
         for probe in self._probes:
-            template: dict[str, Any] = {"labels": {"app": probe.app, **_labels(self.names)}}
+            template: dict[str, Any] = {"labels": {"app": probe.app, **run_labels(self.names)}}
             if not probe.has_sidecar:
                 template["annotations"] = {"sidecar.istio.io/inject": "false"}
             self.api.apply(
@@ -310,10 +311,10 @@ class KubeAuditMesh(KubeMesh):
         """List namespaces, Services and pods; the probes stay first among the workloads."""
         skip = {*SYSTEM_NAMESPACES, self.options.istio_namespace, self.audit_namespace}
         namespaces = sorted(
-            str(_meta(ns).get("name"))
+            str(object_meta(ns).get("name"))
             for ns in self.api.list_namespaces("")
-            if str(_meta(ns).get("name")) not in skip
-            and (_meta(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
+            if str(object_meta(ns).get("name")) not in skip
+            and (object_meta(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
         )
         services = {ns: self.api.list_objects("v1", "Service", ns) for ns in namespaces}
         pods = {ns: self.api.list_pods(ns) for ns in namespaces}

@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import random
 import re
 import reprlib
 import string
@@ -63,14 +62,13 @@ __all__ = [
     "SpiffeId",
     "TrustBundle",
     "WorkloadCert",
+    "aware_utc",
+    "checked_lifetime",
     "lifetime_elapsed",
     "load_pem_chain",
     "parse_envoy_certs",
     "parse_envoy_secrets",
     "parse_spiffe_id",
-    "rotation_delay",
-    "rotation_time",
-    "rotation_window",
     "serial_hex",
 ]
 
@@ -98,7 +96,6 @@ _HEX = re.compile(r"[0-9A-Fa-f]+")
 _PEM_BEGIN_LINE = re.compile(r"-----BEGIN ([^\r\n-]*)-----")
 _PEM_END_LINE = re.compile(r"-----END ([^\r\n-]*)-----")
 
-_DEFAULT_RANDOM = random.Random()
 # reprlib with small limits: a message quotes a few items of a list, never walks all of it.
 _SHORT_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
 _SHORT_REPR.maxlevel = 3
@@ -137,7 +134,7 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds") + "Z"
 
 
-def _aware_utc(moment: object, name: str) -> datetime:
+def aware_utc(moment: object, name: str) -> datetime:
     """``moment`` in UTC; a naive datetime is refused because its zone would be a guess."""
     if not isinstance(moment, datetime):
         raise CertError(f"{name} must be a datetime, got {type(moment).__name__}")
@@ -481,7 +478,7 @@ class WorkloadCert:
         URI SAN, which the server verifier rejects for want of a DNS name to match (checked
         with cryptography 50.0.2), while a client certificate needs no name.
         """
-        moment = _aware_utc(at, "at")
+        moment = aware_utc(at, "at")
         anchors = tuple(roots)
         if not anchors:
             raise CertError(f"no roots given to verify {self.spiffe_id} against")
@@ -929,89 +926,21 @@ def parse_envoy_certs(data: bytes | str | Mapping[str, Any]) -> tuple[EnvoyCert,
     return tuple(certs)
 
 
-# --- Rotation -------------------------------------------------------------------------------
+# --- Lifetime -------------------------------------------------------------------------------
 
 
-def _lifetime(
+def checked_lifetime(
     start: datetime, end: datetime, names: tuple[str, str] = ("created", "expires")
 ) -> tuple[datetime, datetime, timedelta]:
-    start, end = _aware_utc(start, names[0]), _aware_utc(end, names[1])
+    """``start`` and ``end`` in UTC and the time between; an error names the two times when
+    ``end`` is not after ``start``."""
+    start, end = aware_utc(start, names[0]), aware_utc(end, names[1])
     if end <= start:
         raise CertError(f"{names[1]} {_rfc3339(end)} is not after {names[0]} {_rfc3339(start)}")
     return start, end, end - start
 
 
-def _rotation_lifetime(
-    created: datetime, expires: datetime, grace_ratio: float, jitter: float
-) -> tuple[datetime, timedelta]:
-    """``expires`` in UTC and the lifetime, once the rotation inputs are checked."""
-    _, end, lifetime = _lifetime(created, expires)
-    for name, ratio in (("grace_ratio", grace_ratio), ("jitter", jitter)):
-        if not 0.0 <= ratio <= 1.0:
-            raise CertError(f"{name} must be within 0..1, got {ratio!r}")
-    return end, lifetime
-
-
-def rotation_time(
-    created: datetime,
-    expires: datetime,
-    grace_ratio: float = 0.5,
-    jitter: float = 0.01,
-    rand: random.Random | None = None,
-) -> datetime:
-    """When Istio's agent rotates a certificate it obtained at ``created``.
-
-    Mirrors ``rotateTime`` in istio/istio security/pkg/nodeagent/cache/secretcache.go (read at
-    commit 30bb74c779f98f67e74d0798c434228d36ce496e): it draws ``rand.Float64()`` (uniform in
-    [0, 1)) and then ``rand.IntN(2)*2-1`` (a fair sign, -1 or +1), sets
-    ``ratio = grace_ratio + float * jitter * sign`` clamped to [0, 1], and rotates at
-    ``expires - ratio * (expires - created)``. Here the same two draws are
-    ``rand.random()`` then ``rand.randrange(2) * 2 - 1``, in that order (``rand`` defaults to
-    a module-level ``random.Random``). Defaults are the agent's ``SECRET_GRACE_PERIOD_RATIO``
-    (0.5) and ``SECRET_GRACE_PERIOD_RATIO_JITTER`` (0.01, Istio's release notes for
-    istio/istio#52102: about +-15 minutes around the 12-hour mark of a 24-hour certificate).
-
-    ``created`` is the agent's clock when the CA answered, which Istio does not publish; the
-    secret's ``last_updated`` in Envoy's dump is a little later, and the certificate's
-    not_before a little earlier (istiod backdates it by its 2-minute ClockSkewGracePeriod).
-    Resolution is the microsecond (Go's is the nanosecond).
-    """
-    end, lifetime = _rotation_lifetime(created, expires, grace_ratio, jitter)
-    draw = _DEFAULT_RANDOM if rand is None else rand
-    magnitude = draw.random()
-    sign = draw.randrange(2) * 2 - 1
-    ratio = min(1.0, max(0.0, grace_ratio + magnitude * jitter * sign))
-    return end - lifetime * ratio
-
-
-def rotation_delay(
-    created: datetime,
-    expires: datetime,
-    now: datetime,
-    grace_ratio: float = 0.5,
-    jitter: float = 0.01,
-    rand: random.Random | None = None,
-) -> timedelta:
-    """How long after ``now`` the agent rotates: :func:`rotation_time` minus now, at least 0.
-
-    This is the value ``rotateTime`` itself returns (it floors a negative delay at zero).
-    """
-    moment = _aware_utc(now, "now")
-    delay = rotation_time(created, expires, grace_ratio, jitter, rand) - moment
-    return max(delay, timedelta(0))
-
-
-def rotation_window(
-    created: datetime, expires: datetime, grace_ratio: float = 0.5, jitter: float = 0.01
-) -> tuple[datetime, datetime]:
-    """Earliest and latest instant :func:`rotation_time` can return, whatever the draws."""
-    end, lifetime = _rotation_lifetime(created, expires, grace_ratio, jitter)
-    largest = min(1.0, grace_ratio + jitter)
-    smallest = max(0.0, grace_ratio - jitter)
-    return end - lifetime * largest, end - lifetime * smallest
-
-
 def lifetime_elapsed(not_before: datetime, not_after: datetime, at: datetime) -> float:
     """Fraction of ``not_before..not_after`` gone at ``at``: 0.5 is half-life, >1 expired."""
-    start, _, lifetime = _lifetime(not_before, not_after, ("not_before", "not_after"))
-    return (_aware_utc(at, "at") - start) / lifetime
+    start, _, lifetime = checked_lifetime(not_before, not_after, ("not_before", "not_after"))
+    return (aware_utc(at, "at") - start) / lifetime

@@ -27,6 +27,7 @@ from pytest_meshconform.istio.destination_rule import (
     max_requests_per_connection,
     port_traffic_policy,
 )
+from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, service_mtls_mode
 from pytest_meshconform.istio.plan import (
     Sidecar,
@@ -50,7 +51,6 @@ from pytest_meshconform.istio.upstream import (
     Upstream,
     istio_mutual_alpn,
     istio_sni,
-    outbound_cluster_name,
     upstream,
 )
 

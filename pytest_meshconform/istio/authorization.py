@@ -54,7 +54,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -66,13 +65,13 @@ from pytest_meshconform.istio.api.policy import (
     AuthzRule,
     AuthzSource,
 )
+from pytest_meshconform.istio.envoy import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
+from pytest_meshconform.istio.selection import age_key, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
     "HTTP_RBAC_FILTER",
-    "HTTP_RBAC_TYPE",
     "NETWORK_RBAC_FILTER",
-    "NETWORK_RBAC_TYPE",
     "RBAC_DENIED_BODY",
     "Authorization",
     "RbacFilter",
@@ -83,8 +82,6 @@ __all__ = [
 
 HTTP_RBAC_FILTER: Final = "envoy.filters.http.rbac"
 NETWORK_RBAC_FILTER: Final = "envoy.filters.network.rbac"
-HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 RBAC_DENIED_BODY: Final = "RBAC: access denied"
 TCP_STAT_PREFIX: Final = "tcp."
 SHADOW_ALLOW_PREFIX: Final = "istio_dry_run_allow_"
@@ -96,7 +93,6 @@ _NEVER: Final[Mapping[str, Any]] = {
     "permissions": [{"not_rule": {"any": True}}],
     "principals": [{"not_id": {"any": True}}],
 }
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _HttpOnly(Exception):
@@ -201,10 +197,9 @@ def authorization_policies_for(
         namespace = policy.namespace or "default"
         if namespace not in (root_namespace, workload.namespace):
             continue
-        selector = policy.selector or {}
-        if all(workload.labels.get(key) == value for key, value in selector.items()):
+        if is_subset(policy.selector or {}, workload.labels):
             chosen.append(policy)
-    chosen.sort(key=lambda p: (p.creation_timestamp or _EPOCH, p.name, p.namespace or "default"))
+    chosen.sort(key=lambda p: age_key(p, p.namespace or "default"))
     return tuple(chosen)
 
 

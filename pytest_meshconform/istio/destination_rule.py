@@ -21,14 +21,10 @@ from pytest_meshconform.istio.api.policy import (
     TlsMode,
     _check_argument_namespace,
     _FieldError,
-    _show,
     _validate_wildcard_domain,
+    show,
 )
-from pytest_meshconform.istio.peer_authentication import (
-    _age_key,
-    _check_labels_argument,
-    _is_subset,
-)
+from pytest_meshconform.istio.selection import age_key, check_labels_argument, is_subset
 
 __all__ = [
     "PortPolicy",
@@ -147,11 +143,9 @@ def destination_rule_for(
     _check_argument_namespace(root_namespace, "root_namespace")
     _check_argument_namespace(default_namespace, "default_namespace")
     if client_labels is not None:
-        _check_labels_argument(client_labels, "client_labels")
+        check_labels_argument(client_labels, "client_labels")
     if not isinstance(host_fqdn, str) or "*" in host_fqdn:
-        raise PolicyError(
-            f"host_fqdn must be a host name without wildcards, got {_show(host_fqdn)}"
-        )
+        raise PolicyError(f"host_fqdn must be a host name without wildcards, got {show(host_fqdn)}")
     try:
         _validate_wildcard_domain(host_fqdn, "host_fqdn")
     except _FieldError as error:
@@ -167,7 +161,7 @@ def destination_rule_for(
         if isinstance(rule, PeerAuthentication):
             continue
         if not isinstance(rule, DestinationRule):
-            raise PolicyError(f"not a policy: {_show(rule)}")
+            raise PolicyError(f"not a policy: {show(rule)}")
         rule_namespace = rule.namespace if rule.namespace is not None else default_namespace
         if (rule_namespace, rule.name) in seen:
             raise PolicyError(f"DestinationRule {rule_namespace}/{rule.name} given twice")
@@ -175,7 +169,7 @@ def destination_rule_for(
         resolved = _resolve_short_name(rule.host, rule_namespace, domain_suffix)
         placed.append((rule_namespace, replace(rule, host=resolved, namespace=rule_namespace)))
     # sortConfigBySelectorAndCreationTime: selector rules first, then the oldest.
-    placed.sort(key=lambda item: (item[1].workload_selector is None, _age_key(item[1], item[0])))
+    placed.sort(key=lambda item: (item[1].workload_selector is None, age_key(item[1], item[0])))
 
     namespace_local: dict[str, _RuleIndex] = {}
     exported: dict[str, _RuleIndex] = {}
@@ -217,7 +211,7 @@ def destination_rule_for(
         candidate = consolidated.rule
         if candidate.workload_selector is None:
             catch_all = candidate
-        elif candidate.namespace == client_namespace and _is_subset(
+        elif candidate.namespace == client_namespace and is_subset(
             candidate.workload_selector, client_labels or {}
         ):
             return candidate
@@ -260,7 +254,7 @@ class PortPolicy:
 
 def _check_port(port: object) -> int:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise PolicyError(f"port must be in range 1..65535, got {_show(port)}")
+        raise PolicyError(f"port must be in range 1..65535, got {show(port)}")
     return port
 
 
@@ -333,6 +327,6 @@ def max_requests_per_connection(rule: DestinationRule | None, port: int) -> int 
         assert rule is not None
         raise PolicyError(
             f"DestinationRule {rule.namespace}/{rule.name}: connectionPool.http"
-            f".maxRequestsPerConnection {_show(value)} is not an integer"
+            f".maxRequestsPerConnection {show(value)} is not an integer"
         )
     return value if value > 0 else None

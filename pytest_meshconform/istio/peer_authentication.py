@@ -6,8 +6,6 @@ Each function names the istiod function it reproduces; docs/istio-model.md lists
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from typing import Final
 
 from pytest_meshconform.istio.api.policy import (
     DestinationRule,
@@ -16,13 +14,11 @@ from pytest_meshconform.istio.api.policy import (
     Policy,
     PolicyError,
     _check_argument_namespace,
-    _show,
+    show,
 )
+from pytest_meshconform.istio.selection import age_key, check_labels_argument, is_subset
 
 __all__ = ["effective_mtls_mode", "service_mtls_mode"]
-
-# A config without creationTimestamp has Go's zero time in istiod: older than all others.
-_GO_ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def effective_mtls_mode(
@@ -60,18 +56,18 @@ def effective_mtls_mode(
     _check_argument_namespace(namespace, "namespace")
     _check_argument_namespace(root_namespace, "root_namespace")
     _check_argument_namespace(default_namespace, "default_namespace")
-    _check_labels_argument(labels, "labels")
+    check_labels_argument(labels, "labels")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
     ):
-        raise PolicyError(f"port must be in range 1..65535 or None, got {_show(port)}")
+        raise PolicyError(f"port must be in range 1..65535 or None, got {show(port)}")
     applicable: list[tuple[str, PeerAuthentication]] = []
     seen: set[tuple[str, str]] = set()
     for policy in policies:
         if isinstance(policy, DestinationRule):
             continue
         if not isinstance(policy, PeerAuthentication):
-            raise PolicyError(f"not a policy: {_show(policy)}")
+            raise PolicyError(f"not a policy: {show(policy)}")
         policy_namespace = policy.namespace if policy.namespace is not None else default_namespace
         key = (policy_namespace, policy.name)
         if key in seen:
@@ -79,7 +75,7 @@ def effective_mtls_mode(
         seen.add(key)
         if policy_namespace not in (namespace, root_namespace):
             continue
-        if policy.selector and not _is_subset(policy.selector, labels):
+        if policy.selector and not is_subset(policy.selector, labels):
             continue
         applicable.append((policy_namespace, policy))
 
@@ -93,7 +89,7 @@ def effective_mtls_mode(
         ]
         if not level:
             return None
-        return min(level, key=lambda item: _age_key(item[1], item[0]))[1]
+        return min(level, key=lambda item: age_key(item[1], item[0]))[1]
 
     mesh = oldest(workload_level=False, in_root=True)
     namespace_wide = oldest(workload_level=False, in_root=False)
@@ -107,24 +103,6 @@ def effective_mtls_mode(
         if port_mode is not MtlsMode.UNSET:
             mode = port_mode
     return mode
-
-
-def _age_key(policy: Policy, namespace: str) -> tuple[datetime, str, str]:
-    """istiod's sortConfigByCreationTime order: creation time, then name, then namespace."""
-    stamp = policy.creation_timestamp or _GO_ZERO_TIME
-    return (stamp, policy.name, namespace)
-
-
-def _is_subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """labels.Instance.SubsetOf: every selector label is present with the same value."""
-    return all(labels.get(key) == value for key, value in selector.items())
-
-
-def _check_labels_argument(labels: object, what: str) -> None:
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in labels.items()
-    ):
-        raise PolicyError(f"{what} must map strings to strings, got {_show(labels)}")
 
 
 def service_mtls_mode(

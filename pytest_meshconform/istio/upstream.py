@@ -21,6 +21,7 @@ from pytest_meshconform.istio.destination_rule import (
     client_tls_settings,
     max_requests_per_connection,
 )
+from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, service_mtls_mode
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.mesh import Service, Workload
@@ -33,7 +34,6 @@ __all__ = [
     "Upstream",
     "istio_mutual_alpn",
     "istio_sni",
-    "outbound_cluster_name",
     "upstream",
 ]
 
@@ -55,12 +55,6 @@ def istio_sni(fqdn: str, port: int) -> str:
     """The SNI of ISTIO_MUTUAL without ``tls.sni``: ``BuildDNSSrvSubsetKey`` (pilot/pkg/model/
     service.go) for the outbound direction and no subset, ``outbound_.<port>_._.<fqdn>``."""
     return f"outbound_.{port}_._.{fqdn}"
-
-
-def outbound_cluster_name(fqdn: str, port: int) -> str:
-    """Istio's outbound cluster name: ``BuildSubsetKey`` (pilot/pkg/model/service.go), no
-    subset."""
-    return f"outbound|{port}||{fqdn}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from pytest_meshconform.mesh import (
     MeshWideNotAllowed,
     Workload,
 )
-from pytest_meshconform.plugin.hooks import mesh_settings_key
+from pytest_meshconform.plugin.options import backend_run, mesh_settings_key, usage_errors
 from pytest_meshconform.report.exhibits import Evidence, evidence_of
 from pytest_meshconform.report.observations import RequestRecord, RotationRecord, TableRecorder
 from pytest_meshconform.settings import format_duration
@@ -141,7 +141,8 @@ def pytest_collection_modifyitems(
     config.stash[_preflight_done_key] = True
     settings = config.stash[mesh_settings_key]
     try:
-        backend_for(settings.cluster).preflight(config, settings)
+        with usage_errors():
+            backend_for(settings.cluster).preflight(backend_run(config))
     except MeshUnavailable as exc:
         raise pytest.UsageError(f"meshconform: {exc}") from None
 
@@ -159,9 +160,10 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     owner = signals.acquire()
     try:
         try:
-            opened = backend_for(settings.cluster).open(
-                request.config, settings, _progress(request.config)
-            )
+            with usage_errors():
+                opened = backend_for(settings.cluster).open(
+                    backend_run(request.config), _progress(request.config)
+                )
         except MeshUnavailable as exc:
             pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         from pytest_meshconform.plugin.report import mesh_info_key
@@ -447,51 +449,6 @@ def _policy_key(mesh: Mesh, manifest: Mapping[str, Any]) -> tuple[str, str, str]
     )
 
 
-def _unmatched(mesh: Mesh, policy: Policy) -> str | None:
-    """Why `policy` would apply to no workload of the mesh, or None when it applies to some.
-
-    A selector selects workloads of the policy's own namespace only, and istiod ignores a
-    PeerAuthentication with a selector in the root namespace (docs/istio-facts.md); an
-    AuthorizationPolicy in the root namespace selects in every namespace
-    (``ListAuthorizationPolicies``).
-    """
-    from pytest_meshconform.istio.api.policy import AuthorizationPolicy, PeerAuthentication
-
-    namespace = mesh.logical_namespace(policy.namespace or "default")
-    root = mesh.root_namespace
-    workloads = mesh.workloads()
-    present = sorted({mesh.logical_namespace(w.namespace) for w in workloads})
-    if namespace != root and namespace not in present:
-        return (
-            f"namespace {namespace!r} does not exist in the mesh (namespaces: {', '.join(present)};"
-            f" root namespace {root})"
-        )
-    is_peer_auth = isinstance(policy, PeerAuthentication)
-    selector = (
-        policy.selector
-        if isinstance(policy, PeerAuthentication | AuthorizationPolicy)
-        else policy.workload_selector
-    )
-    if not selector:
-        return None
-    if namespace == root and is_peer_auth:
-        return (
-            f"istiod ignores a PeerAuthentication with a selector in the root namespace {root}:"
-            " it applies to no workload (drop the selector for a mesh-wide policy, or move it"
-            " to the workloads' namespace)"
-        )
-    local = [
-        w
-        for w in workloads
-        if mesh.logical_namespace(w.namespace) == namespace
-        or (namespace == root and isinstance(policy, AuthorizationPolicy))
-    ]
-    if any(all(w.labels.get(k) == v for k, v in selector.items()) for w in local):
-        return None
-    labels = "; ".join(f"{w.name}: {dict(w.labels)}" for w in local) or "none"
-    return f"selector {dict(selector)} matches no workload in {namespace} (workloads: {labels})"
-
-
 class PolicyApplier:
     """What `apply_policy` returns: `apply_policy(manifest | yaml_text | path)`.
 
@@ -519,8 +476,13 @@ class PolicyApplier:
         __tracebackhide__ = True
         policies = _policies_from(source)
         if not allow_unmatched:
+            from pytest_meshconform.istio.selection import unmatched_reason
+
+            workloads = self._mesh.workloads()
             for policy in policies:
-                problem = _unmatched(self._mesh, policy)
+                problem = unmatched_reason(
+                    policy, workloads, self._mesh.root_namespace, self._mesh.logical_namespace
+                )
                 if problem is not None:
                     raise UnmatchedPolicyError(
                         f"{policy.kind} {policy.namespace or 'default'}/{policy.name} would"
@@ -1005,7 +967,7 @@ class RotationWatcher:
         until `requests_after` requests used the new cert.
         """
         __tracebackhide__ = True
-        from pytest_meshconform.evidence.certs import rotation_window
+        from pytest_meshconform.istio.rotation import rotation_window
 
         old, received = _served_cert(self.mesh, target, self.evidence)
         start = old.not_before

@@ -337,7 +337,7 @@ class MeshReportPlugin:
                 observations=record.observations,
             )
             suites.setdefault(record.suite, (record.file, []))[1].append(test)
-        from pytest_meshconform import __version__
+        from pytest_meshconform.version import __version__
 
         return ConformanceReport(
             date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -360,7 +360,7 @@ class MeshReportPlugin:
         xml = self.config.stash.get(xml_key, None)
         if xml is None:
             return
-        from pytest_meshconform import __version__
+        from pytest_meshconform.version import __version__
 
         info = self.config.stash.get(mesh_info_key, None)
         xml.add_global_property("meshconform.version", __version__)
@@ -423,7 +423,7 @@ class MeshReportPlugin:
 
 def configure(config: pytest.Config) -> None:
     """Register the report plugin for this run; read the baseline now, so a bad one stops early."""
-    from pytest_meshconform.plugin.hooks import mesh_settings_key
+    from pytest_meshconform.plugin.options import mesh_settings_key
 
     settings = config.stash[mesh_settings_key]
     baseline = None

@@ -665,19 +665,17 @@ class RenderPlugin:
         return report
 
     def _settings_lines(self) -> list[str]:
-        from pytest_meshconform.plugin.hooks import mesh_settings_key
+        from pytest_meshconform.plugin.options import backend_header_lines, mesh_settings_key
 
         settings = self.config.stash.get(mesh_settings_key, None)
         if settings is None:
             return []
-        from pytest_meshconform.backends.registry import backend_for
-
         lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
-        return [*lines, *backend_for(settings.cluster).header_lines(self.config)]
+        return [*lines, *backend_header_lines(self.config)]
 
     @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from pytest_meshconform.plugin.hooks import mesh_settings_key
+        from pytest_meshconform.plugin.options import mesh_settings_key
         from pytest_meshconform.plugin.report import PLUGIN_NAME as REPORT_PLUGIN
         from pytest_meshconform.report import write_report
         from pytest_meshconform.settings import report_format_of

@@ -22,16 +22,19 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pytest_meshconform.istio import Authorization, RbacFilter
-from pytest_meshconform.istio.authorization import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
+from pytest_meshconform.istio.envoy import (
+    HCM_TYPE,
+    HTTP_RBAC_TYPE,
+    NETWORK_RBAC_TYPE,
+    VIRTUAL_INBOUND,
+    VIRTUAL_INBOUND_BLACKHOLE,
+)
 
 __all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
 
-VIRTUAL_INBOUND: Final = "virtualInbound"
-HCM_TYPE: Final = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-    ".HttpConnectionManager"
-)
 EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
+# istiod's inbound listener port (pilot/pkg/model: ProxyInboundListenPort), which only the
+# blackhole chain names as a destination port
 BLACKHOLE_PORT: Final = 15006
 
 
@@ -136,7 +139,7 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
                 for chain in (chains if isinstance(chains, list) else [])
                 if isinstance(chain, Mapping)
                 and _chain_port(chain) != BLACKHOLE_PORT
-                and not str(chain.get("name", "")).endswith("-blackhole")
+                and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
             )
     return ()
 

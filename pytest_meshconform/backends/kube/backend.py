@@ -12,8 +12,7 @@ runs, pods readiness), ``propagation.py`` (policies in force, expectations, the 
 sidecars match) and ``capture.py`` (the ephemeral tcpdump container, its image, pcaps).
 
 Every cluster call goes through ``KubeApi`` (``client.py``), which speaks API JSON, so this
-module is plain logic over dicts. Names that lived here before the split are re-exported
-(``import X as X``) so that their importers keep working.
+module is plain logic over dicts.
 """
 
 from __future__ import annotations
@@ -28,18 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pytest_meshconform.backends.kube import MeshWideNotAllowed
-from pytest_meshconform.backends.kube.capture import (
-    CAPTURE_IMAGE_EXAMPLE as CAPTURE_IMAGE_EXAMPLE,
-    TUNNEL_HTTP as TUNNEL_HTTP,
-    TUNNEL_LABEL as TUNNEL_LABEL,
-    KubeCapture,
-    capture_container_spec as capture_container_spec,
-    ephemeral_state as ephemeral_state,
-    image_is_distroless as image_is_distroless,
-    pod_accepts_hbone as pod_accepts_hbone,
-    pod_proxy_image as pod_proxy_image,
-)
+from pytest_meshconform.backends.kube.capture import KubeCapture
 from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError
 from pytest_meshconform.backends.kube.control_plane import (
     IstioDataError,
@@ -50,23 +38,13 @@ from pytest_meshconform.backends.kube.control_plane import (
 )
 from pytest_meshconform.backends.kube.execproto import strip_request_newline
 from pytest_meshconform.backends.kube.lifecycle import (
-    POLICY_KINDS as POLICY_KINDS,
-    PROXY_CONTAINER as PROXY_CONTAINER,
-    ClusterApi as ClusterApi,
-    Progress as Progress,
-    _meta as _meta,
-    image_hint as image_hint,
-    pod_has_sidecar as pod_has_sidecar,
-    pod_is_ready as pod_is_ready,
-    pod_problem as pod_problem,
-    pod_waiting_summary as pod_waiting_summary,
-    process_alive as process_alive,
+    POLICY_KINDS,
+    PROXY_CONTAINER,
+    ClusterApi,
+    object_meta,
 )
 from pytest_meshconform.backends.kube.options import KubeOptions
-from pytest_meshconform.backends.kube.propagation import (
-    PROPAGATION_KINDS as PROPAGATION_KINDS,
-    KubePropagation,
-)
+from pytest_meshconform.backends.kube.propagation import PROPAGATION_KINDS, KubePropagation
 from pytest_meshconform.backends.kube.topology import (
     HTTPBIN_PORT,
     INJECTED_NAMESPACES,
@@ -79,11 +57,19 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
-from pytest_meshconform.mesh import ExecResult, LogPositions, MeshError, Service, Workload
+from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.mesh import (
+    ExecResult,
+    LogPositions,
+    MeshError,
+    MeshWideNotAllowed,
+    Service,
+    Workload,
+)
 from pytest_meshconform.settings import format_duration
 from pytest_meshconform.waiting import WaitTimeout, poll
 
-__all__ = ["KUBE_FEATURES", "ClusterApi", "KubeMesh", "MeshWideNotAllowed"]
+__all__ = ["KUBE_FEATURES", "KubeMesh"]
 
 ROOT_CERT_CONFIG_MAP: Final = "istio-ca-root-cert"
 # The start of Envoy's admin 404 body (checked against Envoy 1.40's admin on an unknown path).
@@ -392,13 +378,15 @@ class KubeMesh(KubeCapture, KubePropagation):
                 if current is None:
                     self.api.apply(body)
                 else:
-                    body["metadata"]["resourceVersion"] = _meta(current).get("resourceVersion")
+                    body["metadata"]["resourceVersion"] = object_meta(current).get(
+                        "resourceVersion"
+                    )
                     self.api.replace(body)
                 self._progress(f"restored mesh-wide {kind} {namespace}/{name}")
             del self._originals[key]
 
     def pod_name(self, workload: Workload) -> str:
-        return str(_meta(self._pod(workload)).get("name"))
+        return str(object_meta(self._pod(workload)).get("name"))
 
     def pod_ip(self, workload: Workload) -> str:
         """The pod's IP (``status.podIP``): the client address a server's capture shows."""
@@ -431,7 +419,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             if error.status != 404:
                 raise
         # The pod was replaced (evicted, restarted): find the new one once.
-        pod = str(_meta(self._pod(workload, refresh=True)).get("name"))
+        pod = str(object_meta(self._pod(workload, refresh=True)).get("name"))
         return self.api.open_exec(workload.namespace, pod, container, argv, stdin=stdin)
 
     # -- Mesh protocol: actions --------------------------------------------------------------

@@ -16,21 +16,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_meshconform.backends.capture import pcap_file_name
-from pytest_meshconform.backends.kube.envoystate import (
-    EnvoyStateError,
-    outbound_cluster_name,
-    parse_config_dump,
-)
-from pytest_meshconform.backends.kube.execproto import capture_argv, capture_filter, is_pcap
+from pytest_meshconform.backends.capture import capture_filter, is_pcap, pcap_file_name
+from pytest_meshconform.backends.kube.envoystate import EnvoyStateError, parse_config_dump
+from pytest_meshconform.backends.kube.execproto import capture_argv
 from pytest_meshconform.backends.kube.lifecycle import (
-    _POLL_S,
+    POLL_S,
     PROXY_CONTAINER,
     KubeLifecycle,
-    _meta,
+    object_meta,
     pod_problem,
 )
 from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER
+from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.mesh import MeshError, PcapRecording, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -64,7 +61,7 @@ def image_is_distroless(image: str) -> bool:
 def pod_accepts_hbone(pod: Mapping[str, Any]) -> bool:
     """Whether the pod's endpoints carry ``tunnel: http`` (its ``networking.istio.io/tunnel``
     label lists ``http``: a comma-separated list, pkg/model ``TunnelLabel``)."""
-    value = (_meta(pod).get("labels") or {}).get(TUNNEL_LABEL)
+    value = (object_meta(pod).get("labels") or {}).get(TUNNEL_LABEL)
     return isinstance(value, str) and TUNNEL_HTTP in [v.strip() for v in value.split(",")]
 
 
@@ -171,7 +168,7 @@ class KubeCapture(KubeLifecycle):
 
     def _ensure_capture_container(self, workload: Workload) -> dict[str, Any]:
         pod = self._pod(workload)
-        name = str(_meta(pod).get("name"))
+        name = str(object_meta(pod).get("name"))
         key = (workload.namespace, name)
         if key in self._capture_ready:
             return pod
@@ -201,7 +198,7 @@ class KubeCapture(KubeLifecycle):
             current = poll(
                 running,
                 timeout=120.0,
-                interval=_POLL_S,
+                interval=POLL_S,
                 what=f"capture container in {workload.key} running",
             )
         except WaitTimeout:
@@ -219,7 +216,11 @@ class KubeCapture(KubeLifecycle):
             raise MeshError(f"pod of {workload.key} has no status.hostIP for the capture marker")
         argv = capture_argv(capture_filter(port, marker_host), marker_host)
         session = self.api.open_exec(
-            workload.namespace, str(_meta(pod).get("name")), CAPTURE_CONTAINER, argv, stdin=True
+            workload.namespace,
+            str(object_meta(pod).get("name")),
+            CAPTURE_CONTAINER,
+            argv,
+            stdin=True,
         )
         token = f"meshconform-end-{secrets.token_hex(8)}"
         try:

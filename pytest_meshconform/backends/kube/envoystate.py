@@ -44,7 +44,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-from pytest_meshconform.istio import Sidecar, outbound_cluster_name, plan_sidecar
+from pytest_meshconform.istio import Sidecar, plan_sidecar
 from pytest_meshconform.istio.api.policy import (
     AuthorizationPolicy,
     DestinationRule,
@@ -53,11 +53,22 @@ from pytest_meshconform.istio.api.policy import (
     PolicyError,
     TlsMode,
 )
+from pytest_meshconform.istio.envoy import (
+    CONNECT_TERMINATE,
+    HBONE_MATCH,
+    HTTP_PROTOCOL_OPTIONS,
+    RAW_BUFFER_TYPE,
+    ROOT_SECRET,
+    VIRTUAL_INBOUND,
+    VIRTUAL_INBOUND_BLACKHOLE,
+    WORKLOAD_SECRET,
+    ChainShape,
+    inbound_mode,
+    outbound_cluster_name,
+)
 from pytest_meshconform.mesh import Service, Workload
 
 __all__ = [
-    "ISTIO_ROOT_SECRET",
-    "ISTIO_WORKLOAD_SECRET",
     "EnvoyState",
     "EnvoyStateError",
     "ExpectedInbound",
@@ -70,30 +81,12 @@ __all__ = [
     "expected_sidecar",
     "max_requests_per_connection",
     "mismatches",
-    "outbound_cluster_name",
     "parse_config_dump",
     "parse_listeners",
 ]
 
-VIRTUAL_INBOUND: Final = "virtualInbound"
-# pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
-# itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
-VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
-# cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
-HBONE_MATCH: Final = "hbone"
-# listener_inbound.go ``buildInboundHBONEListeners`` (only when model.Proxy
-# ``EnableHBONEListen``: proxy metadata ENABLE_HBONE and PILOT_ENABLE_SIDECAR_LISTENING_HBONE):
-# the HBONE terminating listener on port 15008
-CONNECT_TERMINATE: Final = "connect_terminate"
-# Istio's SDS resource names (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName)
-ISTIO_WORKLOAD_SECRET: Final = "default"
-ISTIO_ROOT_SECRET: Final = "ROOTCA"
-HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _ADMIN_V3: Final = "type.googleapis.com/envoy.admin.v3."
 _ADMIN_V2: Final = "type.googleapis.com/envoy.admin.v2alpha."
-_RAW_BUFFER: Final = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-)
 # Envoy's well-known name (and its deprecated short form) of the raw buffer socket
 _RAW_BUFFER_NAMES: Final = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
 # top-level keys of ztunnel's /config_dump (ztunnel src/admin.rs ``ConfigDump``)
@@ -129,11 +122,12 @@ class InboundChain:
     problem: str = ""  # why this chain could not be read (then it is unclassified)
 
     @property
-    def is_plaintext(self) -> bool:
-        return (
-            not self.problem
-            and not self.terminates_tls
-            and self.transport_protocol in ("raw_buffer", "")
+    def shape(self) -> ChainShape:
+        return ChainShape(
+            self.transport_protocol,
+            self.terminates_tls,
+            self.requires_client_cert,
+            self.application_protocols,
         )
 
     def describe(self) -> str:
@@ -154,19 +148,12 @@ class InboundPort:
 
     @property
     def mode(self) -> MtlsMode | None:
-        """STRICT, PERMISSIVE or DISABLE as Istio renders them; None for any other shape
-        (and when a chain of the port could not be read)."""
+        """STRICT, PERMISSIVE or DISABLE as Istio renders them (:func:`..istio.envoy.
+        inbound_mode`); None for any other shape, and when a chain of the port could not be
+        read."""
         if any(c.problem for c in self.chains):
             return None
-        mtls = [c for c in self.chains if c.requires_client_cert]
-        plain = [c for c in self.chains if c.is_plaintext]
-        if mtls and not plain and all(c.transport_protocol == "tls" for c in self.chains):
-            return MtlsMode.STRICT
-        if mtls and plain:
-            return MtlsMode.PERMISSIVE
-        if plain and not mtls:
-            return MtlsMode.DISABLE
-        return None
+        return inbound_mode([c.shape for c in self.chains])
 
     def describe(self) -> str:
         shape = ", ".join(c.describe() for c in self.chains)
@@ -269,7 +256,7 @@ def _socket_type(socket: Mapping[str, Any], where: str) -> str:
     if typed is None:
         name = _string(socket.get("name"), f"{where}.name")
         if name in _RAW_BUFFER_NAMES:
-            return _RAW_BUFFER
+            return RAW_BUFFER_TYPE
         raise EnvoyStateError(
             f"{where}.typed_config: expected an object, got null"
             + (f" (socket {name!r} without a config)" if name else "")
@@ -796,8 +783,8 @@ def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
     if mode is TlsMode.ISTIO_MUTUAL:
         return (
             cluster.transport is not UpstreamTransport.TLS
-            or ISTIO_WORKLOAD_SECRET not in cluster.certificate_secrets
-            or cluster.validation_secret != ISTIO_ROOT_SECRET
+            or WORKLOAD_SECRET not in cluster.certificate_secrets
+            or cluster.validation_secret != ROOT_SECRET
         )
     return cluster.transport is not UpstreamTransport.TLS  # SIMPLE, MUTUAL
 
@@ -806,10 +793,7 @@ def _expected_tls_text(mode: TlsMode) -> str:
     if mode is TlsMode.DISABLE:
         return "plaintext (DestinationRule DISABLE)"
     if mode is TlsMode.ISTIO_MUTUAL:
-        return (
-            f"TLS with SDS {ISTIO_WORKLOAD_SECRET}, root {ISTIO_ROOT_SECRET}"
-            " (DestinationRule ISTIO_MUTUAL)"
-        )
+        return f"TLS with SDS {WORKLOAD_SECRET}, root {ROOT_SECRET} (DestinationRule ISTIO_MUTUAL)"
     return f"TLS (DestinationRule {mode.value})"
 
 

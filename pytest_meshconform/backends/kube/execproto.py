@@ -16,25 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-# shared with the local mesh; re-exported for the kube modules
-from pytest_meshconform.backends.capture import (
-    CAPTURE_INFRA_PORTS as CAPTURE_INFRA_PORTS,
-    MARKER_PORT as MARKER_PORT,
-    PCAP_MAGICS as PCAP_MAGICS,
-    capture_filter as capture_filter,
-    is_pcap as is_pcap,
-)
+from pytest_meshconform.backends.capture import MARKER_PORT
 
 __all__ = [
-    "CAPTURE_INFRA_PORTS",
     "CAPTURE_SCRIPT",
-    "PCAP_MAGICS",
     "ExecStatus",
     "ExecStatusError",
     "capture_argv",
-    "capture_filter",
     "describe_argv",
-    "is_pcap",
     "parse_exec_status",
     "strip_request_newline",
 ]

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -33,10 +33,10 @@ from pytest_meshconform.backends.kube.topology import (
     run_id_of,
     workload_manifests,
 )
+from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.mesh import MeshError, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
-Progress = Callable[[str], None]
 PROXY_CONTAINER: Final = "istio-proxy"
 POLICY_KINDS: Final = (
     ("security.istio.io", "PeerAuthentication"),
@@ -55,7 +55,7 @@ _BAD_WAITING_REASONS: Final = frozenset(
     }
 )
 # How often the propagation and capture waits look again (pods readiness looks each second).
-_POLL_S: Final = 0.25
+POLL_S: Final = 0.25
 
 
 class ClusterApi(Protocol):
@@ -110,7 +110,8 @@ class ClusterApi(Protocol):
 # --- pod facts (pure helpers over API JSON) ----------------------------------------------------
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def object_meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An API object's ``metadata`` ({} when absent or not a mapping)."""
     meta = obj.get("metadata")
     return meta if isinstance(meta, Mapping) else {}
 
@@ -124,7 +125,7 @@ def pod_has_sidecar(pod: Mapping[str, Any]) -> bool:
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    if _meta(pod).get("deletionTimestamp"):
+    if object_meta(pod).get("deletionTimestamp"):
         return False
     status = pod.get("status") or {}
     return status.get("phase") == "Running" and any(
@@ -212,7 +213,7 @@ class KubeLifecycle:
             others = [  # terminating ones are already going: nothing to sweep or report
                 ns
                 for ns in self.api.list_namespaces(f"{MANAGED_BY_LABEL}={MANAGED_BY}")
-                if run_id_of(ns) != self.run_id and not _meta(ns).get("deletionTimestamp")
+                if run_id_of(ns) != self.run_id and not object_meta(ns).get("deletionTimestamp")
             ]
             wide = self._mesh_wide_leftovers()
         except KubeApiError as error:
@@ -225,25 +226,25 @@ class KubeLifecycle:
         stale = [ns for ns in others if self._run_is_dead(ns)]
         live = [ns for ns in others if not self._run_is_dead(ns)]
         live_runs = {run_id_of(ns) for ns in live}
-        ns_names = [str(_meta(ns).get("name")) for ns in others]
+        ns_names = [str(object_meta(ns).get("name")) for ns in others]
         if self._backend == "kind":
             stale_wide = [obj for obj in wide if run_id_of(obj) not in live_runs]
             for ns in stale:
-                self.api.delete_namespace(str(_meta(ns).get("name")))
+                self.api.delete_namespace(str(object_meta(ns).get("name")))
             for obj in stale_wide:
                 self.api.delete(
                     str(obj.get("apiVersion")),
                     str(obj.get("kind")),
                     self.root_namespace,
-                    str(_meta(obj).get("name")),
+                    str(object_meta(obj).get("name")),
                 )
-            swept = [str(_meta(ns).get("name")) for ns in stale]
-            swept += [f"{o.get('kind')} {_meta(o).get('name')}" for o in stale_wide]
+            swept = [str(object_meta(ns).get("name")) for ns in stale]
+            swept += [f"{o.get('kind')} {object_meta(o).get('name')}" for o in stale_wide]
             if swept:
                 self._progress(f"swept leftovers of earlier runs: {', '.join(swept)}")
             if live:
                 running = ", ".join(
-                    f"{_meta(ns).get('name')} ({self._owner_of(ns)})" for ns in live
+                    f"{object_meta(ns).get('name')} ({self._owner_of(ns)})" for ns in live
                 )
                 self._progress(f"left alone namespaces of meshconform runs in progress: {running}")
             return
@@ -254,7 +255,7 @@ class KubeLifecycle:
                 f" {MANAGED_BY_LABEL}={MANAGED_BY},meshconform.dev/run=<run id>"
             )
         if wide:
-            listed = ", ".join(f"{o.get('kind')} {_meta(o).get('name')}" for o in wide)
+            listed = ", ".join(f"{o.get('kind')} {object_meta(o).get('name')}" for o in wide)
             self._progress(
                 f"WARNING: mesh-wide policies left by a meshconform run in {self.root_namespace}:"
                 f" {listed}; they change mTLS for the whole mesh"
@@ -262,7 +263,7 @@ class KubeLifecycle:
 
     @staticmethod
     def _owner_of(namespace: Mapping[str, Any]) -> str:
-        annotations = _meta(namespace).get("annotations") or {}
+        annotations = object_meta(namespace).get("annotations") or {}
         return str(annotations.get(OWNER_ANNOTATION) or "no owner")
 
     def _run_is_dead(self, namespace: Mapping[str, Any]) -> bool:
@@ -271,7 +272,7 @@ class KubeLifecycle:
         Namespaces of other hosts count as alive (their process cannot be checked from here),
         namespaces without an owner annotation as dead (every run writes one).
         """
-        annotations = _meta(namespace).get("annotations") or {}
+        annotations = object_meta(namespace).get("annotations") or {}
         raw = annotations.get(OWNER_ANNOTATION)
         if raw is None:
             return True
@@ -317,12 +318,12 @@ class KubeLifecycle:
             pending: list[str] = []
             for workload in self._workloads:
                 pods = self.api.list_pods(workload.namespace, f"app={workload.app}")
-                live = [p for p in pods if not _meta(p).get("deletionTimestamp")]
+                live = [p for p in pods if not object_meta(p).get("deletionTimestamp")]
                 for pod in live:
                     problem = pod_problem(pod)
                     if problem:
                         raise MeshError(
-                            f"pod {_meta(pod).get('name')} of {workload.key}: {problem}"
+                            f"pod {object_meta(pod).get('name')} of {workload.key}: {problem}"
                             f"{image_hint(problem)}"
                         )
                 ready = [p for p in live if pod_is_ready(p)]
@@ -336,7 +337,7 @@ class KubeLifecycle:
                         f" of revision {self.options.revision}" if self.options.revision else ""
                     )
                     raise MeshError(
-                        f"pod {_meta(pod).get('name')} in {workload.namespace} has no"
+                        f"pod {object_meta(pod).get('name')} in {workload.namespace} has no"
                         f" istio-proxy: the injection webhook did not inject it (is istiod"
                         f"{revision} running and its webhook configured?)"
                     )

@@ -1,8 +1,9 @@
-"""Options of the kube backend (kind or an existing cluster), added to the meshconform group.
+"""Options of the kube backend (kind or an existing cluster): declared here, resolved here.
 
 Every flag is ``--mesh-*`` with a ``mesh_*`` ini fallback, resolved CLI first, then ini, then
-default, like the plugin's own options (``settings.py``). This module stays cheap to import: the
-plugin imports it from ``pytest_addoption`` on every run, so no kubernetes client here.
+default, like the plugin's own options (``settings.py``); the plugin registers ``KUBE_OPTIONS``
+with pytest and hands their given values to ``resolve_options``. This module stays cheap to
+import: the plugin imports it from ``pytest_addoption`` on every run, so no kubernetes client.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
-import pytest
-
+from pytest_meshconform.backends.registry import BackendOption, GivenOption, OptionLookup
 from pytest_meshconform.settings import SettingsError, parse_cert_ttl
 
 __all__ = [
@@ -24,8 +24,8 @@ __all__ = [
     "DEFAULT_PROPAGATION_TIMEOUT",
     "DEFAULT_READY_TIMEOUT",
     "DEFAULT_SLEEP_IMAGE",
+    "KUBE_OPTIONS",
     "KubeOptions",
-    "add_options",
     "kind_cluster_name_for",
     "resolve_options",
 ]
@@ -43,121 +43,89 @@ _ISTIO_VERSION_RE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?"
 _IMAGE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 _KIND_NAME_MAX: Final = 40  # kind names its node container "<name>-control-plane"
 
-# (option dest / ini name suffix, flag, metavar, help) for the plain text options.
+# The plain text options, then the one on/off flag (``ALLOW_MESH_WIDE``).
 _TEXT_OPTIONS: Final = (
-    (
+    BackendOption(
         "kind_bin",
-        "--mesh-kind-bin",
-        "PATH",
-        "kind binary for --mesh-cluster=kind (default: kind on PATH; never downloaded).",
+        metavar="PATH",
+        help="kind binary for --mesh-cluster=kind (default: kind on PATH; never downloaded).",
     ),
-    (
+    BackendOption(
         "kind_cluster_name",
-        "--mesh-kind-cluster-name",
-        "NAME",
-        "Name of the kind cluster (default: derived from the project's rootdir, so two"
+        metavar="NAME",
+        help="Name of the kind cluster (default: derived from the project's rootdir, so two"
         " projects never share one).",
     ),
-    (
+    BackendOption(
         "kind_image",
-        "--mesh-kind-image",
-        "IMAGE",
-        "kindest/node image for a new kind cluster (default: kind's own).",
+        metavar="IMAGE",
+        help="kindest/node image for a new kind cluster (default: kind's own).",
     ),
-    (
+    BackendOption(
         "kind_config",
-        "--mesh-kind-config",
-        "PATH",
-        "kind cluster config (default: clusters/kind.yaml under the rootdir if present).",
+        metavar="PATH",
+        help="kind cluster config (default: clusters/kind.yaml under the rootdir if present).",
     ),
-    (
+    BackendOption(
         "istioctl",
-        "--mesh-istioctl",
-        "PATH",
-        "istioctl used to install Istio on kind (default: istioctl on PATH).",
+        metavar="PATH",
+        help="istioctl used to install Istio on kind (default: istioctl on PATH).",
     ),
-    (
+    BackendOption(
         "istio_version",
-        "--mesh-istio-version",
-        "X.Y.Z",
-        "Download istioctl X.Y.Z from GitHub into the user cache (once) and install that"
+        metavar="X.Y.Z",
+        help="Download istioctl X.Y.Z from GitHub into the user cache (once) and install that"
         " Istio on kind; for CI with internet. Exclusive with --mesh-istioctl.",
     ),
-    (
+    BackendOption(
         "revision",
-        "--mesh-revision",
-        "REV",
-        "Istio revision: kind installs it with --revision, namespaces get istio.io/rev=REV"
+        metavar="REV",
+        help="Istio revision: kind installs it with --revision, namespaces get istio.io/rev=REV"
         " instead of istio-injection=enabled, and that revision's istiod is used.",
     ),
-    (
+    BackendOption(
         "istio_namespace",
-        "--mesh-istio-namespace",
-        "NS",
-        f"Namespace of istiod (default {DEFAULT_ISTIO_NAMESPACE}).",
+        metavar="NS",
+        help=f"Namespace of istiod (default {DEFAULT_ISTIO_NAMESPACE}).",
     ),
-    (
+    BackendOption(
         "sleep_image",
-        "--mesh-sleep-image",
-        "IMAGE",
-        f"Client image with curl (default {DEFAULT_SLEEP_IMAGE}); for air-gapped registries.",
+        metavar="IMAGE",
+        help=f"Client image with curl (default {DEFAULT_SLEEP_IMAGE}); for air-gapped registries.",
     ),
-    (
+    BackendOption(
         "httpbin_image",
-        "--mesh-httpbin-image",
-        "IMAGE",
-        f"httpbin image listening on 8080 (default {DEFAULT_HTTPBIN_IMAGE}).",
+        metavar="IMAGE",
+        help=f"httpbin image listening on 8080 (default {DEFAULT_HTTPBIN_IMAGE}).",
     ),
-    (
+    BackendOption(
         "capture_image",
-        "--mesh-capture-image",
-        "IMAGE",
-        "Image of the ephemeral capture container; needs bash and tcpdump (default: the"
+        metavar="IMAGE",
+        help="Image of the ephemeral capture container; needs bash and tcpdump (default: the"
         " mesh's own proxyv2 image, already on the node; a distroless proxy image has"
         " neither, so the run then stops at start until one is named here, e.g."
         " docker.io/nicolaka/netshoot:v0.13).",
     ),
-    (
+    BackendOption(
         "ready_timeout",
-        "--mesh-ready-timeout",
-        "DURATION",
-        "Deadline for cluster, Istio and workload rollouts (default 10m).",
+        metavar="DURATION",
+        help="Deadline for cluster, Istio and workload rollouts (default 10m).",
     ),
-    (
+    BackendOption(
         "propagation_timeout",
-        "--mesh-propagation-timeout",
-        "DURATION",
-        "Deadline for a policy change to reach every sidecar (default 60s).",
+        metavar="DURATION",
+        help="Deadline for a policy change to reach every sidecar (default 60s).",
     ),
 )
-
-
-def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
-    """Add the kube backend's ``--mesh-*`` flags and their ``mesh_*`` ini fallbacks."""
-    for dest, flag, metavar, help_text in _TEXT_OPTIONS:
-        group.addoption(
-            flag,
-            dest=f"mesh_{dest}",
-            default=None,
-            metavar=metavar,
-            help=f"{help_text} ini: mesh_{dest}.",
-        )
-        parser.addini(f"mesh_{dest}", help_text)
-    group.addoption(
-        "--mesh-allow-mesh-wide",
-        dest="mesh_allow_mesh_wide",
-        action="store_true",
-        default=None,
-        help="Allow policies in Istio's root namespace (mesh-wide) on an existing cluster;"
-        " without it those tests skip. Always allowed on kind, whose cluster meshconform"
-        " owns. ini: mesh_allow_mesh_wide.",
-    )
-    parser.addini(
-        "mesh_allow_mesh_wide",
-        "allow mesh-wide (root namespace) policies on an existing cluster",
-        type="bool",
-        default=False,
-    )
+ALLOW_MESH_WIDE: Final = BackendOption(
+    "allow_mesh_wide",
+    help="Allow policies in Istio's root namespace (mesh-wide) on an existing cluster;"
+    " without it those tests skip. Always allowed on kind, whose cluster meshconform"
+    " owns.",
+    ini_help="allow mesh-wide (root namespace) policies on an existing cluster",
+)
+KUBE_OPTIONS: Final[tuple[BackendOption, ...]] = (*_TEXT_OPTIONS, ALLOW_MESH_WIDE)
+"""The kube backend's options, in the order ``--help`` lists them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,45 +169,21 @@ def kind_cluster_name_for(rootdir: Path) -> str:
     return f"mc-{slug}-{digest}" if slug else f"mc-{digest}"
 
 
-def resolve_options(config: pytest.Config) -> KubeOptions:
-    """Resolve the kube options of a run; a bad value raises ``pytest.UsageError`` naming it."""
-    raw: dict[str, tuple[str, str, Path] | None] = {}
-    inipath = config.inipath
-    ini_dir = inipath.parent if inipath is not None else config.invocation_params.dir
-    for dest, flag, _, _ in _TEXT_OPTIONS:
-        cli_value = config.getoption(f"mesh_{dest}", default=None)
-        ini_value = config.getini(f"mesh_{dest}")
-        if cli_value is not None:
-            raw[dest] = (str(cli_value), flag, config.invocation_params.dir)
-        elif ini_value:
-            raw[dest] = (str(ini_value), f"mesh_{dest} (ini option)", ini_dir)
-        else:
-            raw[dest] = None
-    cli_wide = config.getoption("mesh_allow_mesh_wide", default=None)
-    allow_mesh_wide = bool(cli_wide) if cli_wide is not None else _ini_bool(config)
-    try:
-        return _build(raw, allow_mesh_wide, config.rootpath)
-    except SettingsError as error:
-        raise pytest.UsageError(str(error)) from error
+def resolve_options(option: OptionLookup, rootdir: Path) -> KubeOptions:
+    """Resolve the kube options of a run; a bad value raises ``SettingsError`` naming it."""
+    raw: dict[str, GivenOption | None] = {spec.name: option(spec.name) for spec in _TEXT_OPTIONS}
+    allow_mesh_wide = option(ALLOW_MESH_WIDE.name)
+    return _build(raw, allow_mesh_wide is not None and bool(allow_mesh_wide.value), rootdir)
 
 
-def _ini_bool(config: pytest.Config) -> bool:
-    try:
-        return bool(config.getini("mesh_allow_mesh_wide"))
-    except (ValueError, pytest.UsageError) as error:  # pytest < 9 raises ValueError
-        raise pytest.UsageError(
-            f"mesh_allow_mesh_wide (ini option): {error}; accepted values: true, false"
-        ) from error
-
-
-def _build(
-    raw: dict[str, tuple[str, str, Path] | None], allow_mesh_wide: bool, rootdir: Path
-) -> KubeOptions:
+def _build(raw: dict[str, GivenOption | None], allow_mesh_wide: bool, rootdir: Path) -> KubeOptions:
     def text(dest: str) -> tuple[str, str, Path] | None:
         given = raw.get(dest)
-        if given is not None and not given[0].strip():
-            raise SettingsError(f"{given[1]}: expected a value, got an empty one")
-        return given
+        if given is None:
+            return None
+        if not str(given.value).strip():
+            raise SettingsError(f"{given.spelled}: expected a value, got an empty one")
+        return str(given.value), given.spelled, given.base_dir
 
     def path(dest: str, *, must_exist: bool = False) -> Path | None:
         given = text(dest)
@@ -275,7 +219,8 @@ def _build(
     chosen_istioctl, chosen_version = raw.get("istioctl"), raw.get("istio_version")
     if chosen_istioctl is not None and chosen_version is not None:
         raise SettingsError(
-            f"{chosen_istioctl[1]} and {chosen_version[1]} both choose istioctl: pass only one"
+            f"{chosen_istioctl.spelled} and {chosen_version.spelled} both choose istioctl:"
+            " pass only one"
         )
     kind_config = path("kind_config", must_exist=True)
     if kind_config is None and (rootdir / DEFAULT_KIND_CONFIG).is_file():

@@ -23,7 +23,12 @@ from pytest_meshconform.backends.kube.envoystate import (
     mismatches,
     parse_config_dump,
 )
-from pytest_meshconform.backends.kube.lifecycle import _POLL_S, POLICY_KINDS, KubeLifecycle, _meta
+from pytest_meshconform.backends.kube.lifecycle import (
+    POLICY_KINDS,
+    POLL_S,
+    KubeLifecycle,
+    object_meta,
+)
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
 from pytest_meshconform.istio import Authorization, authorization_for
 from pytest_meshconform.istio.api.policy import Policy, PolicyError, parse_policy
@@ -100,7 +105,7 @@ class KubePropagation(KubeLifecycle):
         for workload in self._workloads:
             if not workload.has_sidecar:
                 continue
-            labels = _meta(self._pod(workload)).get("labels") or workload.labels
+            labels = object_meta(self._pod(workload)).get("labels") or workload.labels
             try:
                 labelled = dataclasses.replace(
                     workload, labels={str(k): str(v) for k, v in labels.items()}
@@ -182,7 +187,7 @@ class KubePropagation(KubeLifecycle):
             poll(
                 propagated,
                 timeout=deadline - time.monotonic(),
-                interval=_POLL_S,
+                interval=POLL_S,
                 what=f"{localized.describe} {verb} reaching every sidecar",
             )
         except WaitTimeout:

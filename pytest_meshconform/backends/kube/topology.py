@@ -39,7 +39,6 @@ __all__ = [
     "TopologyError",
     "WorkloadImages",
     "delocalize_manifest",
-    "is_ours",
     "localize_manifest",
     "namespace_manifest",
     "owner_text",
@@ -169,7 +168,7 @@ class WorkloadImages:
     httpbin: str
 
 
-def _labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def run_labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: names.run_id, **(extra or {})}
 
 
@@ -181,7 +180,7 @@ def namespace_manifest(
     ``pod-security.kubernetes.io/enforce: privileged`` because Istio's init container and the
     capture container need NET_ADMIN/NET_RAW, which the baseline Pod Security level rejects.
     """
-    labels = _labels(names, {LOGICAL_LABEL: logical})
+    labels = run_labels(names, {LOGICAL_LABEL: logical})
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     if logical in INJECTED_NAMESPACES:
         if revision:
@@ -230,7 +229,7 @@ def workload_manifests(
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": {"name": app, "namespace": namespace, "labels": _labels(names)},
+                "metadata": {"name": app, "namespace": namespace, "labels": run_labels(names)},
             }
         )
     manifests.append(
@@ -240,7 +239,7 @@ def workload_manifests(
             "metadata": {
                 "name": "httpbin",
                 "namespace": namespace,
-                "labels": _labels(names, {"app": "httpbin", "service": "httpbin"}),
+                "labels": run_labels(names, {"app": "httpbin", "service": "httpbin"}),
             },
             "spec": {
                 "ports": [
@@ -265,7 +264,7 @@ def workload_manifests(
         },
     }
     for app in APPS:
-        template_meta: dict[str, Any] = {"labels": {"app": app, **_labels(names)}}
+        template_meta: dict[str, Any] = {"labels": {"app": app, **run_labels(names)}}
         if injected:
             template_meta["annotations"] = {"proxy.istio.io/config": _proxy_config(cert_ttl)}
         manifests.append(
@@ -275,7 +274,7 @@ def workload_manifests(
                 "metadata": {
                     "name": app,
                     "namespace": namespace,
-                    "labels": _labels(names, {"app": app}),
+                    "labels": run_labels(names, {"app": app}),
                 },
                 "spec": {
                     "replicas": 1,
@@ -469,7 +468,7 @@ def localize_manifest(
     for field in _SERVER_FIELDS:
         meta.pop(field, None)
     labels = meta.get("labels")
-    meta["labels"] = {**(labels if isinstance(labels, Mapping) else {}), **_labels(names)}
+    meta["labels"] = {**(labels if isinstance(labels, Mapping) else {}), **run_labels(names)}
     localized["metadata"] = meta
     localized.pop("status", None)
     spec = localized.get("spec")
@@ -521,11 +520,6 @@ def delocalize_manifest(
         _map_spec(str(obj.get("kind")), spec_copy, reverse)
         result["spec"] = spec_copy
     return result
-
-
-def is_ours(obj: Mapping[str, Any]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return isinstance(labels, Mapping) and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
 def run_id_of(obj: Mapping[str, Any]) -> str | None:

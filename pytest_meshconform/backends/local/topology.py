@@ -1,7 +1,7 @@
 """The local mesh's topology as pure data: pods, Services and their addresses.
 
-The built-in topology (`default_topology`, from builtin_topology.yaml) is the one of Istio's
-authn-policy and mtls-migration tasks: namespaces `foo` and `bar` are sidecar-injected,
+The built-in topology (`topology_file.default_topology`, builtin_topology.yaml) is the one of
+Istio's authn-policy and mtls-migration tasks: namespaces `foo` and `bar` are sidecar-injected,
 `legacy` is not; each holds a `sleep` pod (a curl client) and an `httpbin` pod (container port
 8080 behind Service `httpbin` port 8000). Other topologies come from a file
 (`topology_file.load_topology`, `--mesh-topology`). Addresses live only inside the mesh's
@@ -98,10 +98,3 @@ class Topology:
         return (
             f"nameserver 127.0.0.1\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
         )
-
-
-def default_topology() -> Topology:
-    """The built-in topology (builtin_topology.yaml beside this module)."""
-    from pytest_meshconform.backends.local.topology_file import BUILTIN_TOPOLOGY, load_topology
-
-    return load_topology(BUILTIN_TOPOLOGY)

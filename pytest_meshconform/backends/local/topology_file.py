@@ -33,6 +33,7 @@ __all__ = [
     "BUILTIN_TOPOLOGY",
     "DEFAULT_PORTS",
     "TopologyError",
+    "default_topology",
     "load_topology",
     "parse_topology",
     "with_audit_probes",
@@ -398,6 +399,11 @@ def load_topology(path: Path) -> Topology:
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read the topology file: {exc.strerror}") from None
     return parse_topology(text, str(path))
+
+
+def default_topology() -> Topology:
+    """The built-in topology (builtin_topology.yaml beside this module)."""
+    return load_topology(BUILTIN_TOPOLOGY)
 
 
 def with_audit_probes(topology: Topology) -> Topology:

@@ -26,42 +26,32 @@ from pytest_meshconform.backends.local.topology import (
 )
 from pytest_meshconform.istio import Upstream, protocol_of
 from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.envoy import (
+    CLUSTER_TYPE,
+    DOWNSTREAM_TLS_TYPE,
+    FILE_ACCESS_LOG_TYPE,
+    HCM_TYPE,
+    HTTP_PROTOCOL_OPTIONS,
+    HTTP_PROTOCOL_OPTIONS_TYPE,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    INBOUND_SERVER_ALPNS,
+    LISTENER_TYPE,
+    ORIGINAL_DST_TYPE,
+    PASSTHROUGH_CLUSTER,
+    ROOT_SECRET,
+    ROUTER_TYPE,
+    SECRET_TYPE,
+    TCP_PROXY_TYPE,
+    TLS_INSPECTOR_TYPE,
+    UPSTREAM_TLS_TYPE,
+    VIRTUAL_INBOUND,
+    VIRTUAL_OUTBOUND,
+    WORKLOAD_SECRET,
+    inbound_chain_shapes,
+    inbound_cluster_name,
+    outbound_cluster_name,
+)
 from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
-
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-    ".HttpConnectionManager"
-)
-TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-DOWNSTREAM_TLS_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-)
-HTTP_PROTOCOL_OPTIONS_TYPE = (
-    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-)
-UPSTREAM_TLS_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-)
-FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-
-# ALPN values Istio's sidecars use. Client: the model's (`Upstream.alpn`). Server, PERMISSIVE:
-# `allIstioMtlsALPNs` of pilot/pkg/networking/core (listener.go), the ALPNs whose TLS is taken
-# for Istio mTLS; anything else falls to raw_buffer.
-ISTIO_INBOUND_MTLS_ALPN = (
-    "istio",
-    "istio-peer-exchange",
-    "istio-http/1.0",
-    "istio-http/1.1",
-    "istio-h2",
-)
-INBOUND_SERVER_ALPN = ("h2", "http/1.1")
-
-WORKLOAD_SECRET = "default"
-ROOT_SECRET = "ROOTCA"
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +254,7 @@ def _downstream_mtls(plan: SidecarPlan, paths: SidecarPaths) -> dict[str, Any]:
             "require_client_certificate": plan.require_client_certificate,
             "common_tls_context": {
                 "tls_params": plan.inbound_tls.envoy(),
-                "alpn_protocols": list(INBOUND_SERVER_ALPN),
+                "alpn_protocols": list(INBOUND_SERVER_ALPNS),
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
                 "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
             },
@@ -280,26 +270,25 @@ def _inbound_chains(
     paths: SidecarPaths,
     filters: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
+    """Istio's chains for ``mode`` (:func:`..istio.envoy.inbound_chain_shapes`), all ending in
+    ``filters``; mTLS ones with the plan's DownstreamTlsContext."""
     base: dict[str, Any] = {} if port is None else {"destination_port": port}
-    tls_match: dict[str, Any] = {**base, "transport_protocol": "tls"}
-    tls_chain = {
-        "name": f"{name}-mtls",
-        "filter_chain_match": tls_match,
-        "filters": filters,
-        "transport_socket": _downstream_mtls(plan, paths),
-    }
-    if mode is MtlsMode.STRICT:
-        return [tls_chain]
-    if mode is MtlsMode.DISABLE:
-        return [{"name": f"{name}-plaintext", "filter_chain_match": dict(base), "filters": filters}]
-    # PERMISSIVE: mTLS for Istio ALPNs, plaintext for raw bytes (Istio's inbound chain matcher).
-    tls_match["application_protocols"] = list(ISTIO_INBOUND_MTLS_ALPN)
-    plaintext = {
-        "name": f"{name}-plaintext",
-        "filter_chain_match": {**base, "transport_protocol": "raw_buffer"},
-        "filters": filters,
-    }
-    return [tls_chain, plaintext]
+    chains = []
+    for shape in inbound_chain_shapes(mode):
+        match = dict(base)
+        if shape.transport_protocol:
+            match["transport_protocol"] = shape.transport_protocol
+        if shape.application_protocols:
+            match["application_protocols"] = list(shape.application_protocols)
+        chain: dict[str, Any] = {
+            "name": f"{name}-mtls" if shape.terminates_tls else f"{name}-plaintext",
+            "filter_chain_match": match,
+            "filters": filters,
+        }
+        if shape.terminates_tls:
+            chain["transport_socket"] = _downstream_mtls(plan, paths)
+        chains.append(chain)
+    return chains
 
 
 def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
@@ -307,14 +296,6 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster},
     }
-
-
-def inbound_cluster_name(port: int) -> str:
-    return f"inbound|{port}||"
-
-
-def outbound_cluster_name(fqdn: str, port: int) -> str:
-    return f"outbound|{port}||{fqdn}"
 
 
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
@@ -343,15 +324,15 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         )
     passthrough = [
         *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
-        _tcp_proxy("InboundPassthroughCluster", "InboundPassthroughCluster"),
+        _tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
     ]
     chains += _inbound_chains(
-        "virtualInbound", None, plan.default_inbound_mode, plan, paths, passthrough
+        VIRTUAL_INBOUND, None, plan.default_inbound_mode, plan, paths, passthrough
     )
     result: list[dict[str, Any]] = [
         {
             "@type": LISTENER_TYPE,
-            "name": "virtualInbound",
+            "name": VIRTUAL_INBOUND,
             "address": {
                 "socket_address": {"address": "0.0.0.0", "port_value": INBOUND_CAPTURE_PORT}
             },
@@ -359,17 +340,11 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             "listener_filters": [
                 {
                     "name": "envoy.filters.listener.original_dst",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
-                        ".original_dst.v3.OriginalDst"
-                    },
+                    "typed_config": {"@type": ORIGINAL_DST_TYPE},
                 },
                 {
                     "name": "envoy.filters.listener.tls_inspector",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.listener"
-                        ".tls_inspector.v3.TlsInspector"
-                    },
+                    "typed_config": {"@type": TLS_INSPECTOR_TYPE},
                 },
             ],
             "listener_filters_timeout": "1s",
@@ -380,7 +355,7 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         },
         {
             "@type": LISTENER_TYPE,
-            "name": "virtualOutbound",
+            "name": VIRTUAL_OUTBOUND,
             "address": {
                 "socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_CAPTURE_PORT}
             },
@@ -388,7 +363,7 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             "filter_chains": [
                 {
                     "name": "PassthroughFilterChain",
-                    "filters": [_tcp_proxy("PassthroughCluster", "PassthroughCluster")],
+                    "filters": [_tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)],
                 }
             ],
         },
@@ -484,14 +459,14 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {
             "@type": CLUSTER_TYPE,
-            "name": "PassthroughCluster",
+            "name": PASSTHROUGH_CLUSTER,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
             "connect_timeout": "1s",
         },
         {
             "@type": CLUSTER_TYPE,
-            "name": "InboundPassthroughCluster",
+            "name": INBOUND_PASSTHROUGH_CLUSTER,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
             "connect_timeout": "1s",
@@ -516,7 +491,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             cluster["transport_socket"] = socket
         if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
             cluster["typed_extension_protocol_options"] = {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                HTTP_PROTOCOL_OPTIONS: {
                     "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
                     "common_http_protocol_options": {
                         "max_requests_per_connection": upstream.max_requests_per_connection

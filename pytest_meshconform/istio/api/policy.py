@@ -742,7 +742,7 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
             form = _YAML_SCALAR_FORMS.get(node.tag)
             if form is not None and not form.match(node.value):  # an explicit !!int x
                 raise PolicyError(
-                    f"document {number}: {_show(node.value)} at line {node.start_mark.line + 1} "
+                    f"document {number}: {show(node.value)} at line {node.start_mark.line + 1} "
                     f"is not a valid !!{node.tag.rpartition(':')[2]}"
                 )
         elif isinstance(node, yaml.SequenceNode):
@@ -774,14 +774,14 @@ def _parse_document(document: object, namespace: str | None) -> Policy:
             for name, versions in _ACCEPTED_KINDS.items()
             for version in versions
         )
-        problem = "is required" if kind is None else f"{_show(kind)} is not an accepted kind"
+        problem = "is required" if kind is None else f"{show(kind)} is not an accepted kind"
         raise _FieldError("kind", f"{problem}; accepted: {accepted}")
     versions = _ACCEPTED_KINDS[kind]
     if api_version not in versions:
         problem = (
             "is required"
             if api_version is None
-            else f"{_show(api_version)} is not an accepted apiVersion"
+            else f"{show(api_version)} is not an accepted apiVersion"
         )
         raise _FieldError("apiVersion", f"{problem} for {kind}; accepted: {', '.join(versions)}")
     assert isinstance(api_version, str)
@@ -817,7 +817,7 @@ def _parse_metadata(value: object, namespace_argument: str | None) -> _Meta:
     if len(name) > 253 or not _K8S_SUBDOMAIN.fullmatch(name):
         raise _FieldError(
             "metadata.name",
-            f"{_show(name)} is not a DNS-1123 subdomain (lower case letters, digits, '-' and "
+            f"{show(name)} is not a DNS-1123 subdomain (lower case letters, digits, '-' and "
             "'.', starting and ending with a letter or digit, at most 253 characters)",
         )
     namespace = metadata.get("namespace")
@@ -829,7 +829,7 @@ def _parse_metadata(value: object, namespace_argument: str | None) -> _Meta:
         if namespace_argument is not None and namespace != namespace_argument:
             raise _FieldError(
                 "metadata.namespace",
-                f"{_show(namespace)} does not match the namespace it is applied to "
+                f"{show(namespace)} does not match the namespace it is applied to "
                 f"({namespace_argument!r})",
             )
     else:
@@ -846,7 +846,7 @@ def _k8s_label_problem(value: str) -> str | None:
     if len(value) <= 63 and _K8S_LABEL.fullmatch(value):
         return None
     return (
-        f"{_show(value)} is not a DNS-1123 label (lower case letters, digits and '-', "
+        f"{show(value)} is not a DNS-1123 label (lower case letters, digits and '-', "
         "starting and ending with a letter or digit, at most 63 characters)"
     )
 
@@ -858,16 +858,16 @@ def _timestamp(value: object, path: str) -> datetime:
         try:
             parsed = datetime.fromisoformat(value.upper())
         except ValueError as error:
-            raise _FieldError(path, f"{_show(value)} is not a valid time: {error}") from None
+            raise _FieldError(path, f"{show(value)} is not a valid time: {error}") from None
     else:
-        raise _FieldError(path, f"{_show(value)} is not an RFC 3339 time with a time zone")
+        raise _FieldError(path, f"{show(value)} is not an RFC 3339 time with a time zone")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise _FieldError(path, f"{_show(value)} has no time zone")
+        raise _FieldError(path, f"{show(value)} has no time zone")
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise _FieldError(
-            path, f"{_show(value)} is in UTC outside the range of years 1..9999 (Python's datetime)"
+            path, f"{show(value)} is in UTC outside the range of years 1..9999 (Python's datetime)"
         ) from None
 
 
@@ -926,7 +926,7 @@ def _port_key(key: object, path: str) -> int:
     elif isinstance(key, str) and _PORT_KEY.fullmatch(key) and len(key) <= 10:
         port = int(key)
     else:
-        raise _FieldError(f"{path}[{_show(key)}]", "key is not a port number")
+        raise _FieldError(f"{path}[{show(key)}]", "key is not a port number")
     if not 1 <= port <= 65535:
         raise _FieldError(f"{path}[{port}]", "port must be in range 1..65535")
     return port
@@ -941,7 +941,7 @@ def _parse_selector(spec: Mapping[str, Any], key: str, parent: str) -> Mapping[s
     _check_keys(selector, {"matchLabels"}, path)
     labels = _string_map(selector.get("matchLabels"), f"{path}.matchLabels") or {}
     for label_key, label_value in labels.items():
-        where = f"{path}.matchLabels[{_show(label_key)}]"
+        where = f"{path}.matchLabels[{show(label_key)}]"
         if not label_key:
             raise _FieldError(where, "empty key is not supported in selector")
         if "*" in label_key or "*" in label_value:
@@ -994,12 +994,12 @@ def _parse_destination_rule(
 def _validate_wildcard_domain(host: str, path: str) -> None:
     """agent.ValidateWildcardDomain: a wildcard only in the first label."""
     if len(host) > 255:
-        raise _FieldError(path, f"domain name {_show(host)} too long (max 255)")
+        raise _FieldError(path, f"domain name {show(host)} too long (max 255)")
     if not host:
         raise _FieldError(path, "empty domain name not allowed")
     first, dot, rest = host.partition(".")
     if len(first) > 63 or not _ISTIO_WILDCARD_LABEL.fullmatch(first):
-        raise _FieldError(path, f"domain name {_show(host)} invalid (label {_show(first)} invalid)")
+        raise _FieldError(path, f"domain name {show(host)} invalid (label {show(first)} invalid)")
     if dot:
         _validate_dns1123_labels(rest, path, host)
 
@@ -1010,7 +1010,7 @@ def _validate_dns1123_labels(domain: str, path: str, shown: str) -> None:
     if _ALL_DIGITS.fullmatch(parts[-1]):
         raise _FieldError(
             path,
-            f"domain name {_show(shown)} invalid (top level domain {_show(parts[-1])} "
+            f"domain name {show(shown)} invalid (top level domain {show(parts[-1])} "
             "cannot be all-numeric)",
         )
     for index, label in enumerate(parts):
@@ -1018,7 +1018,7 @@ def _validate_dns1123_labels(domain: str, path: str, shown: str) -> None:
             return
         if len(label) > 63 or not _ISTIO_LABEL.fullmatch(label):
             raise _FieldError(
-                path, f"domain name {_show(shown)} invalid (label {_show(label)} invalid)"
+                path, f"domain name {show(shown)} invalid (label {show(label)} invalid)"
             )
 
 
@@ -1060,7 +1060,7 @@ def _parse_port_traffic_policy(entry: Mapping[str, Any], path: str) -> PortTraff
     if raw_number is None:
         raise _FieldError(f"{path}.port.number", "is required")
     if not isinstance(raw_number, int) or isinstance(raw_number, bool):
-        raise _FieldError(f"{path}.port.number", f"{_show(raw_number)} is not an integer")
+        raise _FieldError(f"{path}.port.number", f"{show(raw_number)} is not an integer")
     if not 1 <= raw_number <= 65535:
         raise _FieldError(
             f"{path}.port.number", f"port number {raw_number} must be in range 1..65535"
@@ -1108,7 +1108,7 @@ def _parse_tls(parent: Mapping[str, Any], parent_path: str) -> ClientTls | None:
 
     skip = tls.get("insecureSkipVerify")
     if skip is not None and not isinstance(skip, bool):
-        raise _FieldError(f"{path}.insecureSkipVerify", f"{_show(skip)} is not a boolean")
+        raise _FieldError(f"{path}.insecureSkipVerify", f"{show(skip)} is not a boolean")
     settings = ClientTls(
         mode=mode,
         client_certificate=text("clientCertificate"),
@@ -1181,7 +1181,7 @@ def _parse_subset(subset: Mapping[str, Any], path: str) -> Subset:
         raise _FieldError(f"{path}.name", f"subset name is invalid: {_shorten(name, 80)}")
     labels = _string_map(subset.get("labels"), f"{path}.labels") or {}
     for key, value in labels.items():
-        _validate_label(key, value, f"{path}.labels[{_show(key)}]")
+        _validate_label(key, value, f"{path}.labels[{show(key)}]")
     return Subset(
         name=name,
         labels=labels,
@@ -1196,9 +1196,9 @@ def _validate_label(key: str, value: str, path: str) -> None:
         0 < len(prefix) <= 253 and _K8S_SUBDOMAIN.fullmatch(prefix.lower()) is not None
     )
     if not valid_prefix or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
-        raise _FieldError(path, f"invalid tag key: {_show(key)}")
+        raise _FieldError(path, f"invalid tag key: {show(key)}")
     if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
-        raise _FieldError(path, f"invalid tag value: {_show(value)}")
+        raise _FieldError(path, f"invalid tag value: {show(value)}")
 
 
 def _validate_export_to(export_to: tuple[str, ...], namespace: str | None, selector: bool) -> None:
@@ -1213,7 +1213,7 @@ def _validate_export_to(export_to: tuple[str, ...], namespace: str | None, selec
                 raise _FieldError(
                     path, f"duplicate entries in exportTo: . and current namespace {own}"
                 )
-            raise _FieldError(path, f"duplicate entries in exportTo for entry {_show(entry)}")
+            raise _FieldError(path, f"duplicate entries in exportTo for entry {show(entry)}")
         if entry == "~":
             raise _FieldError(path, "exportTo ~ (none) is not allowed for Istio configuration")
         if entry not in (".", "*") and (len(entry) > 63 or not _ISTIO_LABEL.fullmatch(entry)):
@@ -1301,7 +1301,7 @@ def _parse_authorization_policy(
     if dry_run is not None and dry_run not in _GO_TRUE | _GO_FALSE:
         raise _FieldError(
             f"metadata.annotations[{DRY_RUN_ANNOTATION!r}]",
-            f"{_show(dry_run)} is not a boolean (istiod parses it with Go's strconv.ParseBool:"
+            f"{show(dry_run)} is not a boolean (istiod parses it with Go's strconv.ParseBool:"
             ' "true" or "false")',
         )
     return AuthorizationPolicy(
@@ -1414,14 +1414,12 @@ def _parse_authz_condition(value: object, path: str) -> AuthzCondition:
     supported = ", ".join(AUTHZ_WHEN_KEYS)
     if key.startswith(_AUTHZ_UNSUPPORTED_WHEN):
         raise _FieldError(
-            f"{path}.key", f"{_show(key)} is not supported by meshconform; supported: {supported}"
+            f"{path}.key", f"{show(key)} is not supported by meshconform; supported: {supported}"
         )
     header = _AUTHZ_HEADER_KEY.fullmatch(key)
     if key not in AUTHZ_WHEN_KEYS and header is None:
         hint = " (write request.headers[<name>])" if key.startswith("request.headers") else ""
-        raise _FieldError(
-            f"{path}.key", f"unknown attribute {_show(key)}{hint}; known: {supported}"
-        )
+        raise _FieldError(f"{path}.key", f"unknown attribute {show(key)}{hint}; known: {supported}")
     values = _authz_values(condition, "values", path)
     not_values = _authz_values(condition, "notValues", path)
     if not values and not not_values:
@@ -1448,13 +1446,13 @@ def _check_ip_block(value: str, path: str) -> None:
         else:
             ipaddress.ip_address(value)
     except ValueError:
-        raise _FieldError(path, f"{_show(value)} is not a valid IP address or CIDR") from None
+        raise _FieldError(path, f"{show(value)} is not a valid IP address or CIDR") from None
 
 
 def _check_authz_port(value: str, path: str) -> None:
     """security.ValidatePorts: a decimal port 0..65535."""
     if not _PORT_KEY.fullmatch(value) or len(value) > 5 or int(value) > 65535:
-        raise _FieldError(path, f"{_show(value)} is not a port number (0..65535, as a string)")
+        raise _FieldError(path, f"{show(value)} is not a port number (0..65535, as a string)")
 
 
 # ----------------------------------------------------------------- small type checks
@@ -1480,7 +1478,7 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A value for a message: quoted, cut short."""
     if isinstance(value, str):
         return repr(_shorten(value, _VALUE_LIMIT))
@@ -1493,7 +1491,7 @@ def _object(value: object, path: str) -> Mapping[str, Any]:
         raise _FieldError(path, f"expected an object, got {_type_name(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise _FieldError(f"{path}[{_show(key)}]", "keys must be strings")
+            raise _FieldError(f"{path}[{show(key)}]", "keys must be strings")
     return value
 
 
@@ -1519,7 +1517,7 @@ def _join(parent: str, key: str) -> str:
 
 def _string(value: object, path: str) -> str:
     if not isinstance(value, str):
-        raise _FieldError(path, f"expected a string, got {_type_name(value)} ({_show(value)})")
+        raise _FieldError(path, f"expected a string, got {_type_name(value)} ({show(value)})")
     return value
 
 
@@ -1535,7 +1533,7 @@ def _string_map(value: object, path: str) -> dict[str, str] | None:
     if value is None:
         return None
     mapping = _object(value, path)
-    return {key: _string(item, f"{path}[{_show(key)}]") for key, item in mapping.items()}
+    return {key: _string(item, f"{path}[{show(key)}]") for key, item in mapping.items()}
 
 
 def _enum(
@@ -1549,13 +1547,13 @@ def _enum(
         if isinstance(value, bool)
         else ""
     )
-    raise _FieldError(path, f"{_show(value)} is not one of {accepted}{hint}")
+    raise _FieldError(path, f"{show(value)} is not one of {accepted}{hint}")
 
 
 def _check_keys(obj: Mapping[Any, Any], allowed: set[str], path: str) -> None:
     for key in obj:
         if key not in allowed:
-            where = _join(path, key) if isinstance(key, str) else f"{path}[{_show(key)}]"
+            where = _join(path, key) if isinstance(key, str) else f"{path}[{show(key)}]"
             raise _FieldError(where, f"unknown field; accepted here: {', '.join(sorted(allowed))}")
 
 
@@ -1583,7 +1581,7 @@ def _freeze(value: object, path: str, budget: list[int], depth: int) -> object:
         frozen: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise _FieldError(f"{path}[{_show(key)}]", "keys must be strings")
+                raise _FieldError(f"{path}[{show(key)}]", "keys must be strings")
             frozen[key] = _freeze(item, f"{path}.{key}", budget, depth + 1)
         return MappingProxyType(frozen)
     if isinstance(value, list | tuple):
@@ -1763,7 +1761,7 @@ def _port_text(port: object) -> object:
 
 def _port_number(port: object) -> int:
     if not isinstance(port, int) or isinstance(port, bool):
-        raise PolicyError(f"port {_show(port)} is not an integer")
+        raise PolicyError(f"port {show(port)} is not an integer")
     return port
 
 

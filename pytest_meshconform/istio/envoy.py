@@ -1,0 +1,193 @@
+"""What istiod emits into a sidecar's Envoy: names, type URLs, ALPNs, inbound chain shapes (pure).
+
+One definition for both directions: the local mesh renders its sidecars' config from these
+(``backends/local/xds.py``) and the kube backend reads real sidecars' ``/config_dump`` back
+against them (``backends/kube/envoystate.py``, ``backends/kube/authzstate.py``). Each name cites
+where istio/istio writes it; docs/istio-model.md lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from pytest_meshconform.istio.api.policy import MtlsMode
+
+__all__ = [
+    "CLUSTER_TYPE",
+    "CONNECT_TERMINATE",
+    "DOWNSTREAM_TLS_TYPE",
+    "FILE_ACCESS_LOG_TYPE",
+    "HBONE_MATCH",
+    "HCM_TYPE",
+    "HTTP_PROTOCOL_OPTIONS",
+    "HTTP_PROTOCOL_OPTIONS_TYPE",
+    "HTTP_RBAC_TYPE",
+    "INBOUND_PASSTHROUGH_CLUSTER",
+    "INBOUND_SERVER_ALPNS",
+    "ISTIO_MTLS_ALPNS",
+    "LISTENER_TYPE",
+    "NETWORK_RBAC_TYPE",
+    "ORIGINAL_DST_TYPE",
+    "PASSTHROUGH_CLUSTER",
+    "RAW_BUFFER_TYPE",
+    "ROOT_SECRET",
+    "ROUTER_TYPE",
+    "SECRET_TYPE",
+    "TCP_PROXY_TYPE",
+    "TLS_INSPECTOR_TYPE",
+    "UPSTREAM_TLS_TYPE",
+    "VIRTUAL_INBOUND",
+    "VIRTUAL_INBOUND_BLACKHOLE",
+    "VIRTUAL_OUTBOUND",
+    "WORKLOAD_SECRET",
+    "ChainShape",
+    "inbound_chain_shapes",
+    "inbound_cluster_name",
+    "inbound_mode",
+    "outbound_cluster_name",
+]
+
+# --- type URLs of the resources and extensions istiod sends (Envoy's v3 API names) -------------
+
+LISTENER_TYPE: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+SECRET_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+HCM_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+TCP_PROXY_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DOWNSTREAM_TLS_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+UPSTREAM_TLS_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
+RAW_BUFFER_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+)
+# the key of a cluster's typed_extension_protocol_options, and the message's type URL
+HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE: Final = f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"
+FILE_ACCESS_LOG_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+)
+ORIGINAL_DST_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+)
+TLS_INSPECTOR_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+# the RBAC filters of istiod's authz builder (pilot/pkg/security/authz/builder/builder.go),
+# which istio/authorization.py reproduces
+HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+# --- names --------------------------------------------------------------------------------------
+
+# pilot/pkg/model: VirtualInboundListenerName, VirtualOutboundListenerName (listener_inbound.go,
+# listener.go): the listeners on 15006 and 15001 that iptables sends connections to
+VIRTUAL_INBOUND: Final = "virtualInbound"
+VIRTUAL_OUTBOUND: Final = "virtualOutbound"
+# pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
+# itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
+VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
+# pilot/pkg/util/protoconv and networking/util: PassthroughCluster, InboundPassthroughCluster
+# (the ORIGINAL_DST clusters of connections no Service or port claims)
+PASSTHROUGH_CLUSTER: Final = "PassthroughCluster"
+INBOUND_PASSTHROUGH_CLUSTER: Final = "InboundPassthroughCluster"
+# cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
+HBONE_MATCH: Final = "hbone"
+# listener_inbound.go ``buildInboundHBONEListeners`` (only when model.Proxy
+# ``EnableHBONEListen``: proxy metadata ENABLE_HBONE and PILOT_ENABLE_SIDECAR_LISTENING_HBONE):
+# the HBONE terminating listener on port 15008
+CONNECT_TERMINATE: Final = "connect_terminate"
+# The SDS resource names of the workload certificate and the mesh roots
+# (pilot/pkg/security/model: SDSDefaultResourceName, SDSRootResourceName).
+WORKLOAD_SECRET: Final = "default"
+ROOT_SECRET: Final = "ROOTCA"
+
+
+def outbound_cluster_name(fqdn: str, port: int) -> str:
+    """Istio's outbound cluster name: ``BuildSubsetKey`` (pilot/pkg/model/service.go), no
+    subset."""
+    return f"outbound|{port}||{fqdn}"
+
+
+def inbound_cluster_name(port: int) -> str:
+    """Istio's inbound cluster name for a container port: ``BuildInboundSubsetKey``
+    (pilot/pkg/model/service.go), ``inbound|<port>||``."""
+    return f"inbound|{port}||"
+
+
+# --- ALPNs --------------------------------------------------------------------------------------
+
+# `allIstioMtlsALPNs` (pilot/pkg/networking/core/filterchain_options.go; listener.go before
+# 1.10): the ALPNs an inbound chain takes as Istio mTLS under PERMISSIVE. A ClientHello with
+# none of them falls to the raw_buffer chain.
+ISTIO_MTLS_ALPNS: Final = (
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+)
+# What the server side of sidecar mTLS offers on an HTTP chain: ``BuildInboundTLS``
+# (pilot/pkg/security/authn/utils/utils.go) sets the DownstreamTlsContext's ALPN to
+# ``util.ALPNHttp`` (TCP chains: ``ALPNDownstreamWithMxc``, "istio-peer-exchange" first), as
+# the 1.22.3 dump in docs/kube-reader.md shows.
+INBOUND_SERVER_ALPNS: Final = ("h2", "http/1.1")
+
+
+# --- inbound chain shapes per PeerAuthentication mode -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChainShape:
+    """One inbound filter chain as far as its mTLS mode shows in it."""
+
+    transport_protocol: str  # filter_chain_match.transport_protocol: "tls", "raw_buffer", ""
+    terminates_tls: bool  # has a DownstreamTlsContext
+    requires_client_cert: bool  # ... with require_client_certificate: true (mTLS)
+    application_protocols: tuple[str, ...] = ()
+
+    @property
+    def is_plaintext(self) -> bool:
+        return not self.terminates_tls and self.transport_protocol in ("raw_buffer", "")
+
+
+def inbound_chain_shapes(mode: MtlsMode) -> tuple[ChainShape, ...]:
+    """The chains of one inbound port under ``mode`` (never UNSET), in the smallest form
+    istiod's ``getFilterChainMatchOptions`` (filterchain_options.go) takes: STRICT one ``tls``
+    chain terminating mTLS; PERMISSIVE that chain matching :data:`ISTIO_MTLS_ALPNS` and a
+    ``raw_buffer`` (plaintext) chain; DISABLE one plaintext chain. istiod splits them further
+    by protocol (five chains for an auto-detected port); :func:`inbound_mode` reads all
+    forms."""
+    mtls = ChainShape("tls", terminates_tls=True, requires_client_cert=True)
+    if mode is MtlsMode.STRICT:
+        return (mtls,)
+    if mode is MtlsMode.DISABLE:
+        return (ChainShape("", terminates_tls=False, requires_client_cert=False),)
+    return (
+        ChainShape("tls", True, True, ISTIO_MTLS_ALPNS),
+        ChainShape("raw_buffer", terminates_tls=False, requires_client_cert=False),
+    )
+
+
+def inbound_mode(chains: Sequence[ChainShape]) -> MtlsMode | None:
+    """The mode a port's chains implement, as ``getFilterChainMatchOptions`` renders each:
+    STRICT only ``tls`` chains, some terminating mTLS (a TLS passthrough chain without a TLS
+    context may sit beside them); PERMISSIVE mTLS and plaintext chains; DISABLE plaintext
+    chains only. None for any other shape."""
+    mtls = [c for c in chains if c.requires_client_cert]
+    plain = [c for c in chains if c.is_plaintext]
+    if mtls and not plain and all(c.transport_protocol == "tls" for c in chains):
+        return MtlsMode.STRICT
+    if mtls and plain:
+        return MtlsMode.PERMISSIVE
+    if plain and not mtls:
+        return MtlsMode.DISABLE
+    return None
