@@ -25,6 +25,7 @@ from pytest_meshconform.backends.kube.options import (
 )
 from pytest_meshconform.mesh import MeshUnavailable
 from pytest_meshconform.plugin.options import backend_header_lines, backend_run, option_lookup
+from pytest_meshconform.settings import SettingsError
 
 # pytester restores sys.modules after each test: load the client's heavy generated API modules
 # (seconds of pydantic model building) once, here, instead of once per test.
@@ -197,6 +198,26 @@ def test_bad_values_are_usage_errors_naming_the_option(
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_a_bad_kube_option_stops_a_kube_run_through_the_plugin(pytester: pytest.Pytester) -> None:
+    """The backend raises SettingsError; the plugin turns it into a usage error (exit code 4)."""
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--mesh-cluster=kind", "--mesh-istio-version=banana")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --mesh-istio-version: invalid value 'banana'; expected an Istio release"
+            " like 1.25.1"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_a_bad_kube_option_is_ignored_by_the_local_mesh(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--mesh-istio-version=banana")
+    result.assert_outcomes(passed=1)
 
 
 def test_kind_cluster_name_is_per_project() -> None:
@@ -454,6 +475,15 @@ def test_open_mesh_on_kind_without_prerequisites(pytester: pytest.Pytester, bin_
         open_mesh(backend_run(config), messages.append)
     assert run_dirs() - before == set()
     assert messages == []
+
+
+def test_open_mesh_refuses_local_faults(pytester: pytest.Pytester, bin_dir: Path) -> None:
+    config = configured(pytester, "--mesh-cluster=kind", "--mesh-fault=no-xfcc")
+    before = run_dirs()
+    with pytest.raises(SettingsError) as refused:
+        open_mesh(backend_run(config), print)
+    assert str(refused.value) == "--mesh-fault exists only for --mesh-cluster=local"
+    assert run_dirs() - before == set()
 
 
 def test_open_mesh_on_an_unknown_context(pytester: pytest.Pytester, kubeconfig: Path) -> None:

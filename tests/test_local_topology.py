@@ -283,7 +283,10 @@ def test_the_option_refuses_a_bad_file_before_any_test(pytester: pytest.Pytester
     result = pytester.runpytest("--mesh-topology=topo.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*topo.yaml:3: namespaces[[]0[]].injected: expected true or false*"]
+        [
+            "ERROR: --mesh-topology: *topo.yaml:3: namespaces[[]0[]].injected:"
+            " expected true or false*"
+        ]
     )
 
 

@@ -2,8 +2,8 @@
 workload certificate at its rotation time, delivered through SDS) and the sidecar health
 watcher (exits, stops and silent admin sockets of the processes the mesh started).
 
-`SidecarAgent` is a mixin of `backend.LocalMesh`: both threads read the pods the lifecycle
-started and write through its CA, so they share the mesh's state rather than copy it.
+`SidecarAgent` is the base of `lifecycle.LocalLifecycle`: both threads read the pods the
+lifecycle started and write through its CA, so they share the mesh's state rather than copy it.
 """
 
 from __future__ import annotations

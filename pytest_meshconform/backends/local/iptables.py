@@ -1,6 +1,6 @@
 """Interception rules: the nat table istio-iptables would give one pod, plus Service VIP DNAT.
 
-Pure: rendered from the topology, applied by `backend.LocalMesh` inside the pod's namespace.
+Pure: rendered from the topology, applied by `network.wire_network` inside the pod's namespace.
 """
 
 from __future__ import annotations

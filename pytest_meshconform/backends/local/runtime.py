@@ -1,4 +1,4 @@
-"""One pod's running state, shared by the lifecycle (`backend`) and the agent (`agent`): its
+"""One pod's running state, shared by the lifecycle (`lifecycle`) and the agent (`agent`): its
 namespace and files, the processes the mesh started, the config versions written, its cert."""
 
 from __future__ import annotations
