@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 
-from pytest_meshconform.plugin.options import mesh_settings_key
+from pytest_meshconform import mesh_settings_key
 
 SUITE_CERT_TTL = timedelta(seconds=10)
 

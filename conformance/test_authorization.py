@@ -8,7 +8,8 @@ from istio.io:
 - Authorization Policy reference (docs/reference/config/security/authorization-policy): the
   evaluation order (CUSTOM, DENY, ALLOW; "If there are no ALLOW policies for the workload,
   allow the request"; otherwise "Deny the request" unless an ALLOW policy matches), the
-  ``allow-nothing`` policy (``spec: {}``: "allow nothing"), ``rules: [{}]`` (allow all); a
+  ``allow-nothing`` policy (``spec: {}``, an ALLOW policy without rules: "allow nothing"),
+  ``rules: [{}]`` (allow all); a
   policy in the root namespace applies mesh-wide;
   ``source.principals`` and ``namespaces`` "require mutual TLS";
 - the "HTTP Traffic" task (docs/tasks/security/authorization/authz-http): a denied request is
@@ -34,82 +35,75 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import HttpResult, PolicyApplier, TableRecorder, WorkloadLookup
+from pytest_meshconform import (
+    Call,
+    CallTable,
+    Outcome,
+    authorization_policy,
+    peer_authentication,
+)
 
 pytestmark = pytest.mark.mesh_features("mtls", "authorization")
 
 CLIENTS = ("foo", "bar", "legacy")  # sleep.<namespace> -> httpbin.foo
-RBAC_DENIED_BODY = "RBAC: access denied"
+SERVER = "httpbin.foo"
+HTTPBIN = {"app": "httpbin"}
+PERMISSIVE_FOO = peer_authentication("default", "foo", mode="PERMISSIVE")
+
+# Outcomes, as curl sees them from the client's pod.
+OK = Outcome("200", status=200)
+DENIED = Outcome("403 RBAC", status=403, body="RBAC: access denied")
 
 
 def authz(
-    name: str, spec: dict[str, Any], *, dry_run: bool = False, namespace: str = "foo"
+    name: str,
+    action: str = "ALLOW",
+    rules: list[dict[str, Any]] | None = None,
+    *,
+    selector: dict[str, str] | None = None,
+    dry_run: bool = False,
+    namespace: str = "foo",
 ) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    if dry_run:
-        metadata["annotations"] = {"istio.io/dry-run": "true"}
-    return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
-        "metadata": metadata,
-        "spec": spec,
-    }
+    return authorization_policy(
+        name, namespace, action=action, rules=rules, selector=selector, dry_run=dry_run
+    )
 
 
 def from_source(**source: list[str]) -> dict[str, Any]:
     return {"from": [{"source": source}]}
 
 
-HTTPBIN = {"matchLabels": {"app": "httpbin"}}
-PERMISSIVE_FOO = {
-    "apiVersion": "security.istio.io/v1",
-    "kind": "PeerAuthentication",
-    "metadata": {"name": "default", "namespace": "foo"},
-    "spec": {"mtls": {"mode": "PERMISSIVE"}},
-}
-
-# Outcomes, as curl sees them from the client's pod.
-OK = "200"
-DENIED = "403 RBAC"  # 403 with the body "RBAC: access denied"
-
-
-@dataclass(frozen=True)
-class Call:
-    client: str  # namespace of the sleep pod
-    method: str = "GET"
-    path: str = "/headers"
-
-    def __str__(self) -> str:
-        return f"sleep.{self.client} {self.method} {self.path}"
-
-
 @dataclass(frozen=True)
 class Case:
     name: str
     policies: tuple[dict[str, Any], ...]
-    expect: dict[Call, str]
+    calls: tuple[Call, ...]
     marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
-def by_client(foo: str, bar: str, legacy: str) -> dict[Call, str]:
-    return {Call("foo"): foo, Call("bar"): bar, Call("legacy"): legacy}
+def by_client(foo: Outcome, bar: Outcome, legacy: Outcome) -> tuple[Call, ...]:
+    """GET /headers from sleep.foo, sleep.bar and sleep.legacy."""
+    return tuple(
+        Call(f"sleep.{client}", SERVER, want)
+        for client, want in zip(CLIENTS, (foo, bar, legacy), strict=True)
+    )
 
 
 CASES = [
     Case("no policy: everything allowed", (), by_client(OK, OK, OK)),
     Case(
-        "allow-nothing (spec: {})",
-        (authz("allow-nothing", {}),),
+        "allow-nothing (ALLOW without rules)",
+        (authz("allow-nothing"),),
         by_client(DENIED, DENIED, DENIED),
     ),
     Case(
         "allow all (rules: [{}])",
-        (authz("allow-all", {"selector": HTTPBIN, "action": "ALLOW", "rules": [{}]}),),
+        (authz("allow-all", rules=[{}], selector=HTTPBIN),),
         by_client(OK, OK, OK),
     ),
     Case(
         "namespace isolation: only foo",
-        (authz("same-namespace", {"action": "ALLOW", "rules": [from_source(namespaces=["foo"])]}),),
+        (authz("same-namespace", rules=[from_source(namespaces=["foo"])]),),
         by_client(OK, DENIED, DENIED),
     ),
     Case(
@@ -117,11 +111,8 @@ CASES = [
         (
             authz(
                 "sleep-foo",
-                {
-                    "selector": HTTPBIN,
-                    "action": "ALLOW",
-                    "rules": [from_source(principals=["cluster.local/ns/foo/sa/sleep"])],
-                },
+                rules=[from_source(principals=["cluster.local/ns/foo/sa/sleep"])],
+                selector=HTTPBIN,
             ),
         ),
         by_client(OK, DENIED, DENIED),
@@ -130,10 +121,7 @@ CASES = [
         # ALLOW-with-positive-matching: any principal means "any mTLS peer"; PERMISSIVE still
         # lets the plaintext connection in, the policy refuses the request.
         "principal ALLOW under PERMISSIVE refuses plaintext",
-        (
-            PERMISSIVE_FOO,
-            authz("mtls-only", {"action": "ALLOW", "rules": [from_source(principals=["*"])]}),
-        ),
+        (PERMISSIVE_FOO, authz("mtls-only", rules=[from_source(principals=["*"])])),
         by_client(OK, OK, DENIED),
     ),
     Case(
@@ -144,29 +132,22 @@ CASES = [
             PERMISSIVE_FOO,
             authz(
                 "deny-legacy",
-                {
-                    "action": "DENY",
-                    "rules": [from_source(principals=["cluster.local/ns/legacy/sa/sleep"])],
-                },
+                "DENY",
+                [from_source(principals=["cluster.local/ns/legacy/sa/sleep"])],
             ),
         ),
         by_client(OK, OK, OK),
     ),
     Case(
         "DENY with notPrincipals ['*'] refuses plaintext",
-        (
-            PERMISSIVE_FOO,
-            authz(
-                "deny-plaintext", {"action": "DENY", "rules": [from_source(notPrincipals=["*"])]}
-            ),
-        ),
+        (PERMISSIVE_FOO, authz("deny-plaintext", "DENY", [from_source(notPrincipals=["*"])])),
         by_client(OK, OK, DENIED),
     ),
     Case(
         "DENY beats ALLOW",
         (
-            authz("allow-all", {"action": "ALLOW", "rules": [{}]}),
-            authz("deny-bar", {"action": "DENY", "rules": [from_source(namespaces=["bar"])]}),
+            authz("allow-all", rules=[{}]),
+            authz("deny-bar", "DENY", [from_source(namespaces=["bar"])]),
         ),
         by_client(OK, DENIED, OK),
     ),
@@ -176,11 +157,9 @@ CASES = [
         (
             authz(
                 "deny-bar",
-                {
-                    "selector": HTTPBIN,
-                    "action": "DENY",
-                    "rules": [from_source(namespaces=["bar"])],
-                },
+                "DENY",
+                [from_source(namespaces=["bar"])],
+                selector=HTTPBIN,
                 namespace="istio-system",
             ),
         ),
@@ -192,70 +171,37 @@ CASES = [
         (
             authz(
                 "get-ip",
-                {
-                    "selector": HTTPBIN,
-                    "action": "ALLOW",
-                    "rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/ip"]}}]}],
-                },
+                rules=[{"to": [{"operation": {"methods": ["GET"], "paths": ["/ip"]}}]}],
+                selector=HTTPBIN,
             ),
         ),
-        {
-            Call("foo", "GET", "/ip"): OK,
-            Call("foo", "GET", "/headers"): DENIED,
-            Call("foo", "POST", "/ip"): DENIED,
-            Call("legacy", "GET", "/ip"): OK,
-        },
+        (
+            Call("sleep.foo", SERVER, OK, "GET", "/ip"),
+            Call("sleep.foo", SERVER, DENIED, "GET", "/headers"),
+            Call("sleep.foo", SERVER, DENIED, "POST", "/ip"),
+            Call("sleep.legacy", SERVER, OK, "GET", "/ip"),
+        ),
     ),
     Case(
         "dry-run allow-nothing does not enforce",
-        (authz("allow-nothing", {}, dry_run=True),),
+        (authz("allow-nothing", dry_run=True),),
         by_client(OK, OK, OK),
     ),
     Case(
         "dry-run DENY does not enforce",
-        (authz("deny-all", {"action": "DENY", "rules": [{}]}, dry_run=True),),
+        (authz("deny-all", "DENY", [{}], dry_run=True),),
         by_client(OK, OK, OK),
     ),
 ]
 
 
-def outcome(result: HttpResult) -> str:
-    if result.status == 403 and result.body.decode(errors="replace").strip() == RBAC_DENIED_BODY:
-        return DENIED
-    if result.status is not None:
-        return str(result.status)
-    return f"no response (curl exit {result.exit_code})"
-
-
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_authorization(
-    case: Case,
-    apply_policy: PolicyApplier,
-    workload: WorkloadLookup,
-    record_table: TableRecorder,
-) -> None:
+def test_authorization(case: Case, call_table: CallTable) -> None:
     """Each call of the case's table (a sleep pod calling httpbin.foo with a method and path)
     under the case's AuthorizationPolicies must be answered as Istio documents: 200, or 403
     with the body ``RBAC: access denied``."""
-    for manifest in case.policies:
-        apply_policy(manifest)
-    server = workload("httpbin", "foo")
-    column = "httpbin.foo"
-    expected: dict[tuple[str, str], str] = {}
-    observed: dict[tuple[str, str], str] = {}
-    evidence: list[str] = []
-    for call, want in case.expect.items():
-        result = workload("sleep", call.client).curl(server, method=call.method, path=call.path)
-        got = outcome(result)
-        expected[(str(call), column)], observed[(str(call), column)] = want, got
-        if got != want:
-            evidence.append(f"  {call}: expected {want}: {result}")
-    table = record_table(
-        f"authorization of httpbin.foo under '{case.name}'",
-        rows=[str(call) for call in case.expect],
-        columns=[column],
-        expected=expected,
-        observed=observed,
-        corner="call",
+    table = call_table(
+        f"authorization of httpbin.foo under '{case.name}'", case.calls, policies=case.policies
     )
-    assert table.ok, f"{table.text()}\ndiffers from Istio's:\n" + "\n".join(evidence)
+    assert table.columns == (SERVER,), table
+    assert len(table.rows) == len(case.calls), table

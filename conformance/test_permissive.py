@@ -16,6 +16,7 @@ from pytest_meshconform import (
     PolicyApplier,
     WorkloadHandle,
     XfccReader,
+    peer_authentication,
     tunnels_over_hbone,
 )
 
@@ -23,7 +24,6 @@ from .wire import (
     HBONE_ALPN,
     HBONE_PORT,
     ISTIO_HTTP11_ALPN,
-    namespace_mode,
     no_keepalive,
 )
 
@@ -39,7 +39,7 @@ def test_permissive_accepts_plaintext(
 ) -> None:
     """Under PERMISSIVE, a pod without a sidecar is answered in plaintext (request and 200 on
     the wire) and the server sees no X-Forwarded-Client-Cert."""
-    apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="PERMISSIVE"))
     with capture(httpbin) as cap:
         seen = xfcc(naked_sleep, httpbin)
     assert seen is None, f"a plaintext request arrived with X-Forwarded-Client-Cert: {seen}"
@@ -62,7 +62,7 @@ def test_permissive_accepts_mtls(
 ) -> None:
     """Under PERMISSIVE, a sidecar client still speaks mTLS: Istio's ClientHello on the wire,
     no plaintext request, and the server sees the client's SPIFFE ID in X-Forwarded-Client-Cert."""
-    apply_policy(namespace_mode(httpbin.namespace, "PERMISSIVE"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="PERMISSIVE"))
     apply_policy(no_keepalive(httpbin.namespace))
     hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)
     with capture(httpbin) as cap:

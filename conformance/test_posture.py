@@ -25,7 +25,6 @@ checked in the sidecar's own config (the inbound chains' cipher list is exactly 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import secrets
 import shlex
@@ -49,13 +48,12 @@ from pytest_meshconform import (
     TableRecorder,
     WorkloadHandle,
     WorkloadLookup,
+    inbound_tls_contexts,
     load_pem_chain,
     mesh_min_tls_version,
     mesh_settings_key,
+    peer_authentication,
 )
-
-from .posture import inbound_tls_contexts
-from .wire import namespace_mode
 
 pytestmark = pytest.mark.mesh_features("mtls", "peer-authentication", "capture")
 
@@ -246,7 +244,7 @@ def test_inbound_accepts_only_tls12_and_tls13(
 ) -> None:
     """The inbound mTLS port answers TLS 1.2 and 1.3 ClientHellos and refuses TLS 1.0 and 1.1
     (only 1.3 under meshMTLS.minProtocolVersion TLSV1_3), as seen in the ServerHellos."""
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     legacy = "DEFAULT:@SECLEVEL=0"  # OpenSSL 3 offers TLS 1.0/1.1 only at security level 0
     probes = [
         Probe("TLS1.0", ("--tlsv1.0", "--tls-max", "1.0", "--ciphers", legacy)),
@@ -291,7 +289,7 @@ def test_inbound_tls12_ciphers_are_istios(
     (CBC, ChaCha20, DHE refused); offered everything, it picks by Istio's order."""
     if mesh_min_tls_version(mesh) == "TLSV1_3":
         pytest.skip("meshMTLS.minProtocolVersion is TLSV1_3: the inbound port speaks no TLS 1.2")
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     key = cert_of(httpbin).leaf.public_key()
     usable = tuple(
         c
@@ -335,9 +333,8 @@ def test_inbound_tls_context_in_the_sidecar(
 ) -> None:
     """The sidecar's own inbound TLS chains carry exactly Istio's cipher list (so no RC4 or 3DES),
     its version bounds, and require a client certificate."""
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
-    dump = json.loads(mesh.envoy_admin(httpbin.workload, "/config_dump"))
-    contexts = inbound_tls_contexts(dump)
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
+    contexts = inbound_tls_contexts(mesh.envoy_admin(httpbin.workload, "/config_dump"))
     assert contexts is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
     assert contexts, f"STRICT, yet {httpbin}'s virtualInbound has no TLS filter chain"
     want = {
@@ -410,7 +407,7 @@ def test_inbound_requires_a_mesh_client_certificate(
 ) -> None:
     """A client without a certificate, and one presenting a mesh identity signed by another CA,
     get no HTTP response from the inbound mTLS port."""
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     url = _url(mesh, httpbin)
     base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url]
     _assert_refused(naked_sleep.exec(base, timeout=15), "a client without a certificate")

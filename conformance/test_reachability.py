@@ -21,38 +21,30 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import PolicyApplier, TableRecorder, WorkloadLookup
+from pytest_meshconform import Call, CallTable, Outcome, destination_rule, peer_authentication
 
-from .expect import E503, MTLS, PLAIN, RESET, Outcome, observe
+from .expect import E503, MTLS, PLAIN, RESET
 
 NAMESPACES = ("foo", "bar", "legacy")
+HTTPBIN = {"app": "httpbin"}
 
 
-def peer_auth(namespace: str, mode: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "PeerAuthentication",
-        "metadata": {
-            "name": "default" if "selector" not in spec else "httpbin",
-            "namespace": namespace,
-        },
-        "spec": {**spec, "mtls": {"mode": mode}},
-    }
+def namespace_mode(namespace: str, mode: str) -> dict[str, Any]:
+    return peer_authentication("default", namespace, mode=mode)
 
 
-def dest_rule(namespace: str, mode: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": {"name": "httpbin", "namespace": namespace},
-        "spec": {
-            "host": f"httpbin.{namespace}.svc.cluster.local",
-            "trafficPolicy": {"tls": {"mode": mode}},
-        },
-    }
+def httpbin_mode(
+    namespace: str, mode: str, port_level: dict[int, str] | None = None
+) -> dict[str, Any]:
+    return peer_authentication(
+        "httpbin", namespace, mode=mode, selector=HTTPBIN, port_level=port_level
+    )
 
 
-HTTPBIN = {"matchLabels": {"app": "httpbin"}}
+def tls_towards_httpbin(namespace: str, mode: str) -> dict[str, Any]:
+    return destination_rule(
+        "httpbin", namespace, f"httpbin.{namespace}.svc.cluster.local", mode=mode
+    )
 
 
 @dataclass(frozen=True)
@@ -62,6 +54,14 @@ class Case:
     # expect[client namespace] = outcomes towards httpbin in (foo, bar, legacy)
     expect: dict[str, tuple[Outcome, Outcome, Outcome]]
     marks: tuple[pytest.MarkDecorator, ...] = ()
+
+    def calls(self) -> list[Call]:
+        """The matrix as rows of the table: sleep.<client> -> httpbin.<server>."""
+        return [
+            Call(f"sleep.{client}", f"httpbin.{server}", want)
+            for client in NAMESPACES
+            for server, want in zip(NAMESPACES, self.expect[client], strict=True)
+        ]
 
 
 DEFAULT_MATRIX = {
@@ -76,13 +76,13 @@ CASES = [
     Case("no policy", (), DEFAULT_MATRIX),
     Case(
         "mesh-wide PERMISSIVE",
-        (peer_auth("istio-system", "PERMISSIVE"),),
+        (namespace_mode("istio-system", "PERMISSIVE"),),
         DEFAULT_MATRIX,
         MESH_WIDE,
     ),
     Case(
         "mesh-wide STRICT",
-        (peer_auth("istio-system", "STRICT"),),
+        (namespace_mode("istio-system", "STRICT"),),
         {
             "foo": (MTLS, MTLS, PLAIN),
             "bar": (MTLS, MTLS, PLAIN),
@@ -92,7 +92,7 @@ CASES = [
     ),
     Case(
         "mesh-wide DISABLE",
-        (peer_auth("istio-system", "DISABLE"),),
+        (namespace_mode("istio-system", "DISABLE"),),
         {
             "foo": (PLAIN, PLAIN, PLAIN),
             "bar": (PLAIN, PLAIN, PLAIN),
@@ -102,7 +102,7 @@ CASES = [
     ),
     Case(
         "namespace foo STRICT",
-        (peer_auth("foo", "STRICT"),),
+        (namespace_mode("foo", "STRICT"),),
         {
             "foo": (MTLS, MTLS, PLAIN),
             "bar": (MTLS, MTLS, PLAIN),
@@ -111,7 +111,7 @@ CASES = [
     ),
     Case(
         "workload httpbin.bar STRICT",
-        (peer_auth("bar", "STRICT", selector=HTTPBIN),),
+        (httpbin_mode("bar", "STRICT"),),
         {
             "foo": (MTLS, MTLS, PLAIN),
             "bar": (MTLS, MTLS, PLAIN),
@@ -121,10 +121,7 @@ CASES = [
     Case(
         # istio.io Authentication Policy task: namespace STRICT, port 8080 of httpbin DISABLE.
         "port-level DISABLE under namespace STRICT",
-        (
-            peer_auth("foo", "STRICT"),
-            peer_auth("foo", "STRICT", selector=HTTPBIN, portLevelMtls={8080: {"mode": "DISABLE"}}),
-        ),
+        (namespace_mode("foo", "STRICT"), httpbin_mode("foo", "STRICT", {8080: "DISABLE"})),
         {
             "foo": (PLAIN, MTLS, PLAIN),
             "bar": (PLAIN, MTLS, PLAIN),
@@ -134,7 +131,7 @@ CASES = [
     ),
     Case(
         "workload DISABLE over namespace STRICT",
-        (peer_auth("foo", "STRICT"), peer_auth("foo", "DISABLE", selector=HTTPBIN)),
+        (namespace_mode("foo", "STRICT"), httpbin_mode("foo", "DISABLE")),
         {
             "foo": (PLAIN, MTLS, PLAIN),
             "bar": (PLAIN, MTLS, PLAIN),
@@ -143,7 +140,7 @@ CASES = [
     ),
     Case(
         "DestinationRule DISABLE towards STRICT",
-        (peer_auth("foo", "STRICT"), dest_rule("foo", "DISABLE")),
+        (namespace_mode("foo", "STRICT"), tls_towards_httpbin("foo", "DISABLE")),
         {
             "foo": (E503, MTLS, PLAIN),
             "bar": (E503, MTLS, PLAIN),
@@ -153,7 +150,7 @@ CASES = [
     ),
     Case(
         "DestinationRule ISTIO_MUTUAL towards a server without sidecar",
-        (dest_rule("legacy", "ISTIO_MUTUAL"),),
+        (tls_towards_httpbin("legacy", "ISTIO_MUTUAL"),),
         {
             "foo": (MTLS, MTLS, E503),
             "bar": (MTLS, MTLS, E503),
@@ -166,36 +163,15 @@ CASES = [
 
 @pytest.mark.mesh_features("mtls", "peer-authentication", "xfcc")
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_reachability(
-    case: Case,
-    apply_policy: PolicyApplier,
-    workload: WorkloadLookup,
-    record_table: TableRecorder,
-) -> None:
+def test_reachability(case: Case, call_table: CallTable) -> None:
     """Each sleep (foo, bar, legacy) calls each httpbin under the case's policies: whether the
     call succeeds and whether it is mTLS (the server saw an X-Forwarded-Client-Cert) must match
     Istio's reachability table for those policies."""
-    clients = {ns: workload("sleep", ns, skip_if_missing=True) for ns in NAMESPACES}
-    servers = {ns: workload("httpbin", ns, skip_if_missing=True) for ns in NAMESPACES}
-    for manifest in case.policies:
-        apply_policy(manifest)
-    expected: dict[tuple[str, str], str] = {}
-    observed: dict[tuple[str, str], str] = {}
-    evidence: list[str] = []
-    for client_ns in NAMESPACES:
-        client = clients[client_ns]
-        for server_ns, want in zip(NAMESPACES, case.expect[client_ns], strict=True):
-            got, result = observe(client, servers[server_ns])
-            cell = (f"sleep.{client_ns}", f"httpbin.{server_ns}")
-            expected[cell], observed[cell] = str(want), str(got)
-            if got != want:
-                evidence.append(f"  expected {want}: {result}")
-    table = record_table(
+    table = call_table(
         f"reachability under '{case.name}'",
-        rows=[f"sleep.{ns}" for ns in NAMESPACES],
-        columns=[f"httpbin.{ns}" for ns in NAMESPACES],
-        expected=expected,
-        observed=observed,
-        corner="client \\ server",
+        case.calls(),
+        policies=case.policies,
+        skip_if_missing=True,
     )
-    assert table.ok, f"{table.text()}\ndiffers from Istio's:\n" + "\n".join(evidence)
+    assert table.rows == tuple(f"sleep.{ns}" for ns in NAMESPACES), table
+    assert table.columns == tuple(f"httpbin.{ns}" for ns in NAMESPACES), table

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_meshconform import Capturer, PolicyApplier, WorkloadHandle, tunnels_over_hbone
+from pytest_meshconform import (
+    Capturer,
+    PolicyApplier,
+    WorkloadHandle,
+    peer_authentication,
+    tunnels_over_hbone,
+)
 
 from .wire import (
     HBONE_ALPN,
     HBONE_PORT,
     ISTIO_HTTP11_ALPN,
     istio_sni,
-    namespace_mode,
     no_keepalive,
 )
 
@@ -32,7 +37,7 @@ def test_strict_resets_plaintext(
 ) -> None:
     """Under a STRICT namespace policy, a plaintext request from a pod without a sidecar is
     reset: no HTTP answer, the request line on the wire, a reset from the server."""
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     with capture(httpbin) as cap:
         result = naked_sleep.curl(httpbin)
     assert result.status is None and result.exit_code == 56, (
@@ -58,7 +63,7 @@ def test_strict_accepts_mtls(
 ) -> None:
     """Under STRICT, a sidecar client still gets through, and only over Istio mTLS: its
     ClientHello carries Istio's ALPN and SNI (or HBONE's shape), and no plaintext is on the wire."""
-    apply_policy(namespace_mode(httpbin.namespace, "STRICT"))
+    apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     apply_policy(no_keepalive(httpbin.namespace))
     hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)
     with capture(httpbin) as cap:

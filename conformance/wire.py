@@ -24,7 +24,8 @@ def istio_sni(service_fqdn: str, port: int = 8000) -> str:
 def no_keepalive(namespace: str) -> dict[str, Any]:
     """A DestinationRule that makes every request a new connection, so a capture sees the
     TLS handshake (a pooled connection opened before the capture would show only app data).
-    It sets no tls, so auto mTLS still decides the transport."""
+    It sets no tls, so auto mTLS still decides the transport. Written out: the
+    `destination_rule` builder writes TLS settings only (`apply_policy` validates it)."""
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -33,13 +34,4 @@ def no_keepalive(namespace: str) -> dict[str, Any]:
             "host": f"httpbin.{namespace}.svc.cluster.local",
             "trafficPolicy": {"connectionPool": {"http": {"maxRequestsPerConnection": 1}}},
         },
-    }
-
-
-def namespace_mode(namespace: str, mode: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "PeerAuthentication",
-        "metadata": {"name": "default", "namespace": namespace},
-        "spec": {"mtls": {"mode": mode}},
     }

@@ -15,15 +15,12 @@ from pytest_meshconform import (
     Capturer,
     CertReader,
     Mesh,
-    MtlsMode,
     PolicyApplier,
     ServicePortLister,
     WorkloadHandle,
     WorkloadLookup,
     XfccReader,
-    effective_mtls_mode,
     load_pem_chain,
-    parse_policies,
     peer_authentication,
 )
 
@@ -52,10 +49,10 @@ def test_strict_namespace_refuses_plaintext(
 
 @pytest.mark.mesh_features("mtls", "peer-authentication")
 def test_the_mesh_does_what_the_policy_model_predicts(
-    apply_policy: PolicyApplier, workload: WorkloadLookup
+    apply_policy: PolicyApplier, mesh_service_ports: ServicePortLister, workload: WorkloadLookup
 ) -> None:
-    """Predict with the pure model (`effective_mtls_mode`), then observe the real mesh."""
-    manifests = apply_policy(
+    """Predict with Istio's model (`mesh_service_ports`' `predicted`), then observe the mesh."""
+    apply_policy(
         """
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -70,8 +67,8 @@ spec:
   mtls: {mode: DISABLE}
 """
     )
-    predicted = effective_mtls_mode(parse_policies(manifests), "bar", {"app": "httpbin"}, 8080)
-    assert predicted is MtlsMode.DISABLE
+    (port,) = (p for p in mesh_service_ports(namespaces=["bar"]) if p.key == "httpbin.bar:8000")
+    assert port.predicted == "DISABLE", port
     plain = workload("sleep", "legacy").curl(workload("httpbin", "bar"))
     assert plain.ok, f"DISABLE on the workload should accept plaintext: {plain}"
 

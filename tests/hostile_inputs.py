@@ -25,10 +25,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pytest_meshconform.evidence.certs import CertError, parse_envoy_certs, parse_envoy_secrets
-from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
+from pytest_meshconform.evidence.certs import CertError, parse_envoy_certs
+from pytest_meshconform.evidence.pcap import CaptureError
+from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
 from pytest_meshconform.istio.api.policy import PolicyError, parse_policies
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # Timestamps at the edges of Python's datetime range: valid RFC 3339, but the UTC instant
 # falls outside years 1..9999 (issue 14, defect 6).

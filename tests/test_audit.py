@@ -24,9 +24,12 @@ import yaml
 from kube_fakes import kubeconfig_text
 from local_helpers import needs_local_mesh, runs_made, traces_of
 
-from pytest_meshconform.audit.engine import AUDIT_SCHEMA, discover_service_ports
+from pytest_meshconform.audit.discovery import discover_service_ports
+from pytest_meshconform.audit.engine import WireEvidence, wire_problems
+from pytest_meshconform.audit.probes import with_audit_probes
+from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
-from pytest_meshconform.backends.local.topology_file import parse_topology, with_audit_probes
+from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
 from pytest_meshconform.cli import main
 from pytest_meshconform.istio.api.policy import peer_authentication
 
@@ -94,6 +97,101 @@ def test_predictions_come_from_the_policies_in_force() -> None:
     assert main_port.upstream is not None
     assert main_port.upstream.sni == "outbound_.9000_._.echo.shop.svc.cluster.local"
     assert main_port.upstream.alpn == ("istio-peer-exchange", "istio")
+
+
+ECHO_PLAINTEXT_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: shop}
+spec:
+  host: echo.shop.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+"""
+
+
+def test_without_a_client_the_prediction_is_the_audit_probes() -> None:
+    """Istio's DestinationRule reference: ``tls.mode: DISABLE`` makes every client sidecar
+    send plaintext (no auto mTLS), which a STRICT endpoint refuses; a client without a sidecar
+    sends plaintext whatever the rules say."""
+    mesh = LocalMesh(topology=with_audit_probes(parse_topology(ECHO_TOPOLOGY, "echo.yaml")))
+    strict = yaml.safe_load(ECHO_POLICY)
+    default = {p.key: p for p in discover_service_ports(mesh, [strict])}
+    main_port = default["echo.shop:9000"]
+    assert main_port.upstream is not None
+    assert main_port.upstream.sni == "outbound_.9000_._.echo.shop.svc.cluster.local"
+    assert (main_port.predicted, main_port.client_sends_mtls, main_port.expected) == (
+        "STRICT",
+        True,
+        "STRICT",
+    )
+    ruled = {
+        p.key: p
+        for p in discover_service_ports(mesh, [strict, yaml.safe_load(ECHO_PLAINTEXT_RULE)])
+    }
+    assert (ruled["echo.shop:9000"].client_sends_mtls, ruled["echo.shop:9000"].expected) == (
+        False,
+        "CLOSED",
+    )
+    assert (ruled["echo.shop:9100"].client_sends_mtls, ruled["echo.shop:9100"].expected) == (
+        False,
+        "PLAINTEXT",
+    )
+    naked = mesh.workload("probe-naked", "meshconform-audit")
+    by_naked = {p.key: p for p in discover_service_ports(mesh, [strict], client=naked)}
+    assert by_naked["echo.shop:9000"].upstream is None
+    assert (by_naked["echo.shop:9000"].client_sends_mtls, by_naked["echo.shop:9000"].expected) == (
+        False,
+        "CLOSED",
+    )
+
+
+@pytest.mark.parametrize(
+    ("alpn", "problem"),
+    [
+        (("istio-http/1.1", "istio", "http/1.1"), None),  # mtlsHTTP11ALPN
+        (("istio-peer-exchange", "istio"), None),  # ALPNInMeshWithMxc
+        (("istio-h2",), None),  # one of allIstioMtlsALPNs is enough for the inbound chain
+        (("h2", "http/1.1"), "has none of Istio's mTLS ALPNs"),  # TLS, but not a sidecar's
+    ],
+)
+def test_the_wire_must_show_a_clienthello_istio_takes_as_mtls(
+    alpn: tuple[str, ...], problem: str | None
+) -> None:
+    """Istio's inbound chains take a connection as Istio mTLS when its ALPN holds one of
+    ``allIstioMtlsALPNs`` (pilot/pkg/networking/core); the SNI is ``outbound_.<port>_._.<fqdn>``
+    (``BuildDNSSrvSubsetKey``)."""
+    mesh = LocalMesh(topology=with_audit_probes(parse_topology(ECHO_TOPOLOGY, "echo.yaml")))
+    probe = mesh.workload("probe", "meshconform-audit")
+    port = next(p for p in discover_service_ports(mesh, []) if p.key == "echo.shop:9000")
+    sni = "outbound_.9000_._.echo.shop.svc.cluster.local"
+    problems = wire_problems(
+        port, WireEvidence(pcap=None, flows=1, tls=True, sni=sni, alpn=alpn), probe
+    )
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1
+        assert problem in problems[0] and str(list(alpn)) in problems[0]
+    wrong_sni = WireEvidence(pcap=None, flows=1, tls=True, sni="echo", alpn=alpn)
+    assert f"the ClientHello's SNI is 'echo', Istio's is {sni!r}" in wire_problems(
+        port, wrong_sni, probe
+    )
+    unseen = wire_problems(port, WireEvidence(pcap=None, flows=0, tls=False), probe)
+    assert unseen == [
+        "the capture at probe.meshconform-audit saw no connection to port 9000: the mesh"
+        " request never reached the endpoint"
+    ]
+
+
+def test_a_topology_cannot_take_the_audits_namespace() -> None:
+    taken = ECHO_TOPOLOGY.replace("name: shop", "name: meshconform-audit")
+    with pytest.raises(TopologyError, match="'meshconform-audit' is the audit's own"):
+        with_audit_probes(parse_topology(taken, "taken.yaml"))
+    probes = with_audit_probes(parse_topology(ECHO_TOPOLOGY, "echo.yaml")).pods[-2:]
+    assert [(p.workload.key, p.workload.has_sidecar, p.ip) for p in probes] == [
+        ("probe.meshconform-audit", True, "10.244.0.11"),
+        ("probe-naked.meshconform-audit", False, "10.244.0.12"),
+    ]
 
 
 def test_namespace_selection() -> None:

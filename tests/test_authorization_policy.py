@@ -17,14 +17,9 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform import (
-    AuthorizationPolicy,
-    AuthzAction,
-    PolicyError,
-    authorization_for,
-    authorization_policy,
-    parse_policy,
-)
+from pytest_meshconform import PolicyError, authorization_policy
+from pytest_meshconform.istio import authorization_for
+from pytest_meshconform.istio.api.policy import AuthorizationPolicy, AuthzAction, parse_policy
 from pytest_meshconform.istio.authorization import authorization_policies_for
 from pytest_meshconform.mesh import Workload
 

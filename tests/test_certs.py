@@ -44,10 +44,12 @@ from pytest_meshconform.evidence.certs import (
     lifetime_elapsed,
     load_pem_chain,
     parse_envoy_certs,
-    parse_envoy_secrets,
     parse_spiffe_id,
     serial_hex,
 )
+from pytest_meshconform.evidence.config_dump import EnvoySecrets
+from pytest_meshconform.istio.envoy import ROOT_SECRET
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 UTC = dt.UTC
 SECRETS = TESTDATA / "secrets"
@@ -528,7 +530,7 @@ def test_inline_string_static_and_unpadded_urlsafe_base64(pki: Pki) -> None:
 
 
 def test_no_default_secret_means_no_workload(pki: Pki) -> None:
-    assert parse_envoy_secrets({}) == certs.EnvoySecrets((), None)
+    assert parse_envoy_secrets({}) == EnvoySecrets((), None, ROOT_SECRET)
     assert parse_envoy_secrets({"@type": SECRETS_DUMP_TYPE}).workload is None
     warming_only = {"dynamic_warming_secrets": [{"name": "default", "secret": {"name": "default"}}]}
     parsed = parse_envoy_secrets(warming_only)
@@ -747,7 +749,7 @@ def test_malformed_dumps_are_refused(
             {"configs": [{"@type": SECRETS_DUMP_TYPE}, {"@type": SECRETS_DUMP_TYPE}]},
             "found 2",
         ),
-        ({"configs": ["x"]}, r"configs\[0\]: expected an object, got str"),
+        ({"configs": ["x"]}, r'configs\[0\]: expected an object, got "x"'),
     ],
 )
 def test_not_a_secrets_dump(data: Any, message: str) -> None:
@@ -1093,7 +1095,7 @@ def _secrets_or_cert_error(data: Any) -> None:
         result = parse_envoy_secrets(data)
     except CertError:
         return
-    assert isinstance(result, certs.EnvoySecrets)
+    assert isinstance(result, EnvoySecrets)
 
 
 @settings(max_examples=200, deadline=None)
@@ -1135,16 +1137,13 @@ def test_arbitrary_input_gives_envoy_certs_or_cert_error(document: Any) -> None:
 # --- package surface ------------------------------------------------------------------------
 
 
-def test_package_exports_the_certificate_api() -> None:
-    for name in (
-        "parse_envoy_secrets",
-        "parse_envoy_certs",
-        "parse_spiffe_id",
-        "EnvoySecrets",
-        "EnvoyCert",
-        "WorkloadCert",
-        "SpiffeId",
-        "CertError",
-    ):
+def test_package_face_has_the_certificate_types_and_not_the_parsers() -> None:
+    """`cert_of` returns a WorkloadCert, `verify` raises CertError: on the face; the parsers
+    stay in evidence.certs."""
+    for name in ("WorkloadCert", "CertError", "load_pem_chain"):
         assert getattr(pytest_meshconform, name) is getattr(certs, name)
+    for name in ("parse_envoy_certs", "parse_spiffe_id", "EnvoyCert", "SpiffeId"):
+        assert name not in pytest_meshconform.__all__ and hasattr(certs, name), name
+    assert EnvoySecrets.__name__ not in pytest_meshconform.__all__
+    assert parse_envoy_secrets.__name__ not in pytest_meshconform.__all__
     assert issubclass(CertError, ValueError)

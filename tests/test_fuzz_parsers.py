@@ -32,10 +32,10 @@ from pytest_meshconform.evidence.certs import (
     WorkloadCert,
     load_pem_chain,
     parse_envoy_certs,
-    parse_envoy_secrets,
     parse_spiffe_id,
 )
-from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
+from pytest_meshconform.evidence.pcap import CaptureError
+from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
 from pytest_meshconform.istio.api.policy import (
     PolicyError,
@@ -44,6 +44,7 @@ from pytest_meshconform.istio.api.policy import (
     parse_policies,
     peer_authentication,
 )
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # --------------------------------------------------------------------------- shared pieces
 

@@ -26,11 +26,11 @@ from pytest_meshconform.evidence.certs import (
     CertError,
     load_pem_chain,
     parse_envoy_certs,
-    parse_envoy_secrets,
 )
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
 from pytest_meshconform.istio.api.policy import PolicyError, parse_policies, parse_policy
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 BENIGN_RATIO = 10.0
 GROWTH_RATIO = 9.0

@@ -151,7 +151,7 @@ def test_model_matches_real_sidecar_dumps(name: str) -> None:
 def test_posture_suite_reads_real_inbound_contexts(name: str) -> None:
     """The posture suite's config check, on what real istiod wrote: every TLS chain of
     virtualInbound carries SupportedCiphers, TLS 1.2..1.3 and requires a client certificate."""
-    from pytest_meshconform.conformance.posture import inbound_tls_contexts
+    from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts
 
     path: Path = DUMPS / name
     if not path.is_file():

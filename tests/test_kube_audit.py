@@ -32,8 +32,9 @@ from kube_fakes import (
     status_exit,
 )
 
-from pytest_meshconform.audit.engine import AUDIT_SCHEMA, run_audit
+from pytest_meshconform.audit.engine import run_audit
 from pytest_meshconform.audit.kube import KubeAuditMesh, cluster_topology
+from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.evidence.curl import WRITE_OUT_MARKER

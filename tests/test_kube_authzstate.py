@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform import authorization_for, parse_policy
 from pytest_meshconform.backends.kube.authzstate import (
     ChainAuthz,
     SeenRbac,
@@ -23,6 +22,8 @@ from pytest_meshconform.backends.kube.authzstate import (
     parse_inbound_authz,
 )
 from pytest_meshconform.backends.kube.topology import RunNamespaces, localize_manifest
+from pytest_meshconform.istio import authorization_for
+from pytest_meshconform.istio.api.policy import parse_policy
 from pytest_meshconform.mesh import Workload
 
 AUTHZ_DUMP = TESTDATA / "istio-dumps" / "istio__authz-configdump.json"

@@ -36,8 +36,8 @@ from pytest_meshconform.backends.kube.capture import image_is_distroless
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import RunNamespaces
-from pytest_meshconform.evidence.certs import parse_envoy_secrets
 from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.mesh import (
     Mesh,
     MeshError,

@@ -26,12 +26,14 @@ from typing import Any
 
 from local_helpers import envoy_path
 
-from pytest_meshconform import authorization_for, authorization_policy, parse_policy
+from pytest_meshconform import authorization_policy
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.ca import MeshCA
 from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.envoyadmin import admin_get
 from pytest_meshconform.backends.local.topology_file import default_topology
+from pytest_meshconform.istio import authorization_for
+from pytest_meshconform.istio.api.policy import parse_policy
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     ROOT_SECRET,

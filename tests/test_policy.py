@@ -70,15 +70,17 @@ def drs(text: str, namespace: str | None = None) -> tuple[DestinationRule, ...]:
 # --- the package exports -------------------------------------------------------------------
 
 
-def test_public_names_are_exported_from_the_package() -> None:
-    assert pytest_meshconform.parse_policy is parse_policy
-    assert pytest_meshconform.parse_policies is parse_policies
+def test_the_builders_are_on_the_package_face_and_the_parsers_are_not() -> None:
+    """A suite writer builds manifests (validated); parsing and the model stay in their rooms."""
     assert pytest_meshconform.peer_authentication is peer_authentication
     assert pytest_meshconform.destination_rule is destination_rule
-    assert pytest_meshconform.effective_mtls_mode is effective_mtls_mode
-    assert pytest_meshconform.PeerAuthentication is PeerAuthentication
-    assert pytest_meshconform.DestinationRule is DestinationRule
     assert issubclass(pytest_meshconform.PolicyError, ValueError)
+    face = set(pytest_meshconform.__all__)
+    assert parse_policy.__name__ not in face
+    assert parse_policies.__name__ not in face
+    assert effective_mtls_mode.__name__ not in face
+    assert PeerAuthentication.__name__ not in face
+    assert DestinationRule.__name__ not in face
 
 
 def test_resolution_moved_to_the_istio_model_stays_importable_from_policy() -> None:

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import Workload, parse_policy
+from pytest_meshconform import Workload
 from pytest_meshconform.backends.kube.topology import (
     RunNamespaces,
     topology_services,
     topology_workloads,
 )
 from pytest_meshconform.backends.local.topology_file import default_topology
-from pytest_meshconform.istio.api.policy import Policy
+from pytest_meshconform.istio.api.policy import Policy, parse_policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
 from pytest_meshconform.plugin.fixtures import _service_port_hint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 
@@ -19,24 +20,52 @@ from pytest_meshconform.settings import CLUSTER_KINDS
 PACKAGE = REPO / "pytest_meshconform"
 
 
-def test_all_is_the_one_export_list() -> None:
-    exports = pytest_meshconform._EXPORTS
-    assert pytest_meshconform.__all__ == ["__version__", *exports]
-    for name in exports:
-        assert getattr(pytest_meshconform, name) is not None, name
-
-
-def test_type_checking_imports_mirror_the_export_list() -> None:
-    """Type checkers read the TYPE_CHECKING imports; runtime reads _EXPORTS: the same names."""
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    block = next(n for n in tree.body if isinstance(n, ast.If))
-    imported = {
-        alias.asname: f"{node.module}".removeprefix("pytest_meshconform.")
-        for node in ast.walk(block)
+def _face() -> dict[str, str]:
+    """The face as its stub lists it: name -> module."""
+    tree = ast.parse((PACKAGE / "__init__.pyi").read_text())
+    return {
+        alias.asname or alias.name: str(node.module)
+        for node in tree.body
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    assert imported == pytest_meshconform._EXPORTS
+
+
+def test_the_face_is_one_short_list() -> None:
+    """`__init__.pyi` is the one list: `__all__` is made from it, and it stays short."""
+    face = _face()
+    assert pytest_meshconform.__all__ == ["__version__", *face]
+    assert len(face) <= 42, sorted(face)
+    for name, module in face.items():
+        assert alias_target(name, module) is getattr(pytest_meshconform, name), name
+    assert pytest_meshconform.__version__ == "0.1.0"
+    with pytest.raises(AttributeError, match="no attribute 'parse_policy'"):
+        _ = pytest_meshconform.parse_policy
+
+
+def alias_target(name: str, module: str) -> object:
+    return getattr(importlib.import_module(module), name)
+
+
+def test_the_stub_imports_each_name_as_itself() -> None:
+    """`from m import X as X` only: the stub re-exports, it renames nothing."""
+    tree = ast.parse((PACKAGE / "__init__.pyi").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            assert [a.asname for a in node.names] == [a.name for a in node.names], node.module
+
+
+def test_fixture_classes_are_final() -> None:
+    """What the fixtures return is used, not subclassed: every fixture class is `@final`."""
+    classes = [
+        value
+        for name in pytest_meshconform.__all__
+        if isinstance(value := getattr(pytest_meshconform, name), type)
+        and value.__module__.startswith("pytest_meshconform.plugin.")
+        and not issubclass(value, BaseException)
+    ]
+    assert len(classes) >= 13, classes
+    assert [c for c in classes if not getattr(c, "__final__", False)] == []
 
 
 def test_readme_documents_every_public_name() -> None:
@@ -133,3 +162,25 @@ def test_fixture_helpers_hide_their_frames() -> None:
         fixtures.RotationWatcher.watch,
     ):
         assert "__tracebackhide__" in helper.__code__.co_varnames, helper
+
+
+def test_the_builtin_suites_and_examples_use_only_the_face() -> None:
+    """`conformance/` and `examples/` import `pytest_meshconform` and nothing below it: a
+    platform team's suite can do all that ours do."""
+    below = []
+    for root in ("conformance", "examples"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                below += [
+                    f"{path.relative_to(REPO)}: {m}"
+                    for m in modules
+                    if m.startswith("pytest_meshconform.")
+                ]
+    assert below == []

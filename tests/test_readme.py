@@ -22,4 +22,4 @@ def test_readme_suite_example_passes(pytester: pytest.Pytester, example: str) ->
 
 
 def test_readme_has_the_suite_examples() -> None:
-    assert len(EXAMPLES) == 2  # the mTLS suite and the AuthorizationPolicy suite
+    assert len(EXAMPLES) == 3  # the mTLS suite, a call table, the AuthorizationPolicy suite

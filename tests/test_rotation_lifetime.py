@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.evidence.certs import parse_envoy_secrets
+from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.plugin.fixtures import RotationResult
 
 SECRETS = TESTDATA / "secrets"

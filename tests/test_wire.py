@@ -54,16 +54,10 @@ from wire_helpers import (
     tls_records,
 )
 
-from pytest_meshconform.evidence.wire import (
-    Capture,
-    CaptureError,
-    ClientHello,
-    Flow,
-    HttpRequest,
-    HttpResponse,
-    ServerHello,
-    analyze_pcap,
-)
+from pytest_meshconform.evidence.http import HttpRequest, HttpResponse
+from pytest_meshconform.evidence.pcap import CaptureError
+from pytest_meshconform.evidence.tls import ClientHello, ServerHello
+from pytest_meshconform.evidence.wire import Capture, Flow, analyze_pcap
 
 PCAPS = TESTDATA / "pcaps"
 

@@ -241,10 +241,11 @@ def test_spiffe_conveniences_skip_other_schemes_and_allow_absence() -> None:
     assert XfccElement().spiffe_uri is None
 
 
-def test_parse_xfcc_is_exported_from_the_package() -> None:
-    assert pytest_meshconform.parse_xfcc is parse_xfcc
+def test_the_xfcc_reader_type_is_on_the_package_face_and_the_parser_is_not() -> None:
+    """`xfcc` returns XfccElements (on the face); the parser stays in evidence.xfcc."""
     assert pytest_meshconform.XfccElement is XfccElement
-    assert pytest_meshconform.XfccError is XfccError
+    assert parse_xfcc.__name__ not in pytest_meshconform.__all__
+    assert XfccError.__name__ not in pytest_meshconform.__all__
 
 
 # --- grammar decisions -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``meshconform audit``: the command line around `audit.run_audit`.
+"""``meshconform audit``: the command line around `audit.engine.run_audit`.
 
 Exit status: 0 every audited port conforms to Istio's prediction (and meets ``--require``),
 1 one does not (or could not be probed), 2 bad usage (the message names the option, file or
@@ -23,8 +23,17 @@ from pytest_meshconform.settings import (
 
 if TYPE_CHECKING:
     from pytest_meshconform.audit.engine import AuditResult
+    from pytest_meshconform.istio.api.policy import Policy
 
-__all__ = ["EXIT_NOT_CONFORMING", "EXIT_OK", "EXIT_USAGE", "add_parser", "evidence_dir_of", "run"]
+__all__ = [
+    "EXIT_NOT_CONFORMING",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_parser",
+    "evidence_dir_of",
+    "load_policy_files",
+    "run",
+]
 
 EXIT_OK: Final = 0
 EXIT_NOT_CONFORMING: Final = 1
@@ -173,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _finish(args: argparse.Namespace, result: AuditResult) -> int:
     """Print the table, write the report, and the exit status."""
-    from pytest_meshconform.audit.engine import format_table, write_report
+    from pytest_meshconform.audit.report import format_table, write_report
 
     for line in format_table(result):
         print(line)
@@ -260,23 +269,24 @@ def _run_existing(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, load_policy_files, run_audit
+    from pytest_meshconform.audit.engine import run_audit
+    from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, with_audit_probes
     from pytest_meshconform.backends.local.backend import LocalMesh
     from pytest_meshconform.backends.local.topology_file import (
         BUILTIN_TOPOLOGY,
         TopologyError,
         load_topology,
-        with_audit_probes,
     )
     from pytest_meshconform.istio.api.policy import PolicyError
     from pytest_meshconform.istio.selection import unmatched_reason
     from pytest_meshconform.mesh import MeshError, MeshUnavailable
 
     try:
-        topology = load_topology(args.mesh_topology or BUILTIN_TOPOLOGY)
+        topology = with_audit_probes(load_topology(args.mesh_topology or BUILTIN_TOPOLOGY))
     except TopologyError as exc:
         raise _Usage(f"--mesh-topology: {exc}") from None
-    _check_namespaces(args, sorted({p.workload.namespace for p in topology.pods}), "mesh")
+    present = {p.workload.namespace for p in topology.pods} - {AUDIT_NAMESPACE}
+    _check_namespaces(args, sorted(present), "mesh")
     try:
         policies = load_policy_files(args.policy)
     except PolicyError as exc:
@@ -287,7 +297,7 @@ def _run_local(args: argparse.Namespace) -> int:
         for e in topology.services
     ):
         raise _Usage("no Service port to audit in the chosen namespaces")
-    mesh = LocalMesh(topology=with_audit_probes(topology), progress=_progress)
+    mesh = LocalMesh(topology=topology, progress=_progress)
     try:
         mesh.start()
         for policy in policies:
@@ -327,7 +337,21 @@ def evidence_dir_of(report: Path) -> Path:
     return report.with_name(f"{report.stem}-evidence")
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - cli.main is the entry
-    from pytest_meshconform.cli import main as cli_main
+def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
+    """Every policy of the files (YAML, ``---`` separated); PolicyError names file and field."""
+    from pytest_meshconform.istio.api.policy import PolicyError, parse_policies
 
-    return cli_main(["audit", *(argv or sys.argv[1:])])
+    policies: list[Policy] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
+        try:
+            found = parse_policies(text)
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+        if not found:
+            raise PolicyError(f"{path}: no PeerAuthentication or DestinationRule in the file")
+        policies.extend(found)
+    return policies

@@ -1,64 +1,47 @@
-"""`meshconform audit`: every Service port of the mesh, its mTLS proven from the wire.
+"""`meshconform audit`'s engine: each Service port probed, its mTLS proven from the wire.
 
-For each Service port of the audited namespaces (`discover_service_ports`): the mode the
-policies in force predict for its endpoint (the Istio model: `effective_mtls_mode` of the
-endpoint's target port, or "no sidecar"), then two probes from the audit's own namespace
-(`AUDIT_NAMESPACE`): a plaintext attempt from a probe without sidecar (an HTTP request, or a
-line of bytes on a TCP port) and a mesh request from a probe with a sidecar whose wire is
-captured at the probe's side (a ClientHello with Istio's ALPN and SNI, no plaintext payload).
-What was observed (`STRICT`: mTLS only, `PERMISSIVE`: mTLS and plaintext, `PLAINTEXT`: plaintext
-only, `CLOSED`: neither) is compared with what the prediction implies, and with `--require`.
+For each Service port of the audited namespaces (`discovery.discover_service_ports`: the mode
+the policies in force predict for its endpoint), two probes from the audit's own namespace
+(`probes`): a plaintext attempt from the probe without sidecar (an HTTP request, or a line of
+bytes on a TCP port) and a mesh request from the probe with a sidecar whose wire is captured
+at the probe's side (a ClientHello with Istio's ALPN and SNI, no plaintext payload). What was
+observed (`STRICT`: mTLS only, `PERMISSIVE`: mTLS and plaintext, `PLAINTEXT`: plaintext only,
+`CLOSED`: neither) is compared with what the prediction implies, and with `--require`.
 
-The engine only uses the `Mesh` protocol; the probes are workloads of the mesh
-(`PROBE`, `NAKED_PROBE`). The command line is `run_audit_command` (cli.py hands it the
-arguments).
+The engine only uses the `Mesh` protocol; the probes are workloads of the mesh. The command
+line is `audit.cli`, the report `audit.report`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from pytest_meshconform.audit.discovery import Observed, ServicePort, discover_service_ports
+from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
-from pytest_meshconform.evidence.wire import CaptureError, analyze_pcap
-from pytest_meshconform.istio.api.policy import (
-    PeerAuthentication,
-    Policy,
-    PolicyError,
-    parse_policies,
-)
-from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
-from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
-from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
-from pytest_meshconform.istio.upstream import Upstream
-from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Service, Workload
+from pytest_meshconform.evidence.pcap import CaptureError
+from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.istio.api.policy import PolicyError
+from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
+from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 
 __all__ = [
-    "AUDIT_NAMESPACE",
-    "AUDIT_SCHEMA",
-    "NAKED_PROBE",
-    "PROBE",
     "AuditResult",
     "PortResult",
-    "ServicePort",
-    "discover_service_ports",
-    "format_table",
+    "ProbeAttempt",
+    "Requirement",
+    "Verdict",
+    "WireEvidence",
     "probe_port",
     "run_audit",
+    "wire_problems",
 ]
 
-AUDIT_NAMESPACE: Final = "meshconform-audit"
-PROBE: Final = "probe"  # a curl client with a sidecar, in AUDIT_NAMESPACE
-NAKED_PROBE: Final = "probe-naked"  # the same without a sidecar
-AUDIT_SCHEMA: Final = Path(__file__).with_name("schema.json")
-
-Predicted = Literal["STRICT", "PERMISSIVE", "DISABLE", "NO_SIDECAR"]
-Observed = Literal["STRICT", "PERMISSIVE", "PLAINTEXT", "CLOSED", "INCONCLUSIVE"]
 Requirement = Literal["STRICT", "PERMISSIVE"]
 Verdict = Literal["pass", "fail", "error"]
 
@@ -66,131 +49,6 @@ PROBE_TIMEOUT_S: Final = 5.0
 TCP_PROBE_LINE: Final = "meshconform-audit"
 TCP_PROBE_WAIT_S: Final = 2.0  # how long a TCP probe waits for an answer
 CURL_TIMED_OUT: Final = 28  # curl's exit code for --max-time
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePort:
-    """One Service port of the mesh and what Istio's policies in force predict for it.
-
-    ``predicted`` is the server side: the endpoint's effective PeerAuthentication mode for the
-    target port (``NO_SIDECAR`` for an endpoint outside the mesh). ``upstream`` is the cluster a
-    client sidecar in the audit's namespace uses towards it (TLS or not, SNI, ALPN), None when
-    no client plan was asked for.
-    """
-
-    service: Service
-    namespace: str  # the Service's namespace as the suites spell it (`foo`)
-    endpoint: Workload
-    protocol: PortProtocol
-    predicted: Predicted
-    upstream: Upstream | None = None
-
-    @property
-    def key(self) -> str:
-        """``name.namespace:port``, the namespace as the suites spell it."""
-        return f"{self.service.name}.{self.namespace}:{self.service.port}"
-
-    @property
-    def host(self) -> str:
-        """The Service's name as a client in another namespace resolves it (its real
-        namespace: a kube run's ``mc-<run>-foo``)."""
-        return f"{self.service.name}.{self.service.namespace}"
-
-    def url(self, path: str = "/") -> str:
-        """The port's URL for an HTTP request from another namespace."""
-        return f"http://{self.host}:{self.service.port}{path}"
-
-    @property
-    def in_mesh(self) -> bool:
-        return self.endpoint.has_sidecar
-
-    @property
-    def client_sends_mtls(self) -> bool:
-        """Whether a sidecar client (the probe) originates Istio mTLS towards the endpoint."""
-        if self.upstream is None:
-            return self.in_mesh and self.predicted != "DISABLE"
-        return self.upstream.towards(self.endpoint.key).originates_tls
-
-    @property
-    def expected(self) -> Observed:
-        """What the two probes must observe if Istio does what its policies say."""
-        accepts_plaintext = self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR")
-        if self.client_sends_mtls:
-            accepts_mtls = self.predicted in ("STRICT", "PERMISSIVE")
-            if accepts_mtls:
-                return "PERMISSIVE" if accepts_plaintext else "STRICT"
-            return "PLAINTEXT" if accepts_plaintext else "CLOSED"
-        return "PLAINTEXT" if accepts_plaintext else "CLOSED"
-
-
-def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
-    parsed: list[Policy] = []
-    for item in policies:
-        if isinstance(item, Mapping):
-            parsed.extend(parse_policies(item))
-        else:
-            parsed.append(item)
-    return parsed
-
-
-def discover_service_ports(
-    mesh: Mesh,
-    policies: Iterable[Policy | Mapping[str, Any]] | None = None,
-    *,
-    namespaces: Sequence[str] = (),
-    exclude_namespaces: Sequence[str] = (),
-    client: Workload | None = None,
-) -> tuple[ServicePort, ...]:
-    """Every Service port of the mesh (one per endpoint), with its predicted mode.
-
-    ``policies`` default to the mesh's own (``mesh.policies()``). ``namespaces`` (as the suites
-    spell them) limits the ports to those namespaces, ``exclude_namespaces`` drops some; the
-    audit's own namespace is never included. ``client``: a sidecar workload whose outbound
-    plan (``upstream``) is attached to each port.
-    """
-    parsed = _parse(mesh.policies() if policies is None else policies)
-    peer_auths = [p for p in parsed if isinstance(p, PeerAuthentication)]
-    workloads = tuple(mesh.workloads())
-    services = tuple(mesh.services())
-    plan = None
-    if client is not None and client.has_sidecar:
-        plan = plan_sidecar(
-            client,
-            parsed,
-            workloads=workloads,
-            services=services,
-            root_namespace=mesh.root_namespace,
-            trust_domain=mesh.trust_domain,
-        )
-    result: list[ServicePort] = []
-    for service in services:
-        logical = mesh.logical_namespace(service.namespace)
-        if logical == AUDIT_NAMESPACE or logical in exclude_namespaces:
-            continue
-        if namespaces and logical not in namespaces:
-            continue
-        for endpoint in endpoints_of(service, workloads):
-            predicted: Predicted = "NO_SIDECAR"
-            if endpoint.has_sidecar:
-                mode = effective_mtls_mode(
-                    peer_auths,
-                    endpoint.namespace,
-                    endpoint.labels,
-                    service.target_port,
-                    mesh.root_namespace,
-                )
-                predicted = mode.value  # type: ignore[assignment]  # STRICT/PERMISSIVE/DISABLE
-            result.append(
-                ServicePort(
-                    service=service,
-                    namespace=logical,
-                    endpoint=endpoint,
-                    protocol=protocol_of(service),
-                    predicted=predicted,
-                    upstream=None if plan is None else plan.outbound[(service.fqdn, service.port)],
-                )
-            )
-    return tuple(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +222,32 @@ def _wire(pcap: bytes, path: Path | None, target_port: int) -> WireEvidence:
     )
 
 
+def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> list[str]:
+    """What is wrong with the mesh request's wire: no connection to the endpoint seen; a
+    ClientHello an inbound sidecar would not take as Istio mTLS (none of
+    `ISTIO_MTLS_ALPNS`), or with another SNI than the probe's cluster sets; plaintext
+    payload beside the TLS."""
+    problems: list[str] = []
+    target_port = port.service.target_port
+    if wire.flows == 0:
+        problems.append(
+            f"the capture at {probe.key} saw no connection to port {target_port}: the mesh"
+            " request never reached the endpoint"
+        )
+    if wire.tls:
+        want_sni = None if port.upstream is None else port.upstream.towards(port.endpoint.key).sni
+        if not set(wire.alpn) & set(ISTIO_MTLS_ALPNS):
+            problems.append(
+                f"the ClientHello's ALPN {list(wire.alpn)} has none of Istio's mTLS ALPNs"
+                f" {list(ISTIO_MTLS_ALPNS)}"
+            )
+        if want_sni is not None and wire.sni != want_sni:
+            problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
+        if wire.plaintext_payload:
+            problems.append("a plaintext payload went on the wire next to the mTLS connection")
+    return problems
+
+
 def _observe(plaintext: bool | None, mesh_ok: bool | None, wire: WireEvidence) -> Observed:
     if plaintext is None or mesh_ok is None:
         return "INCONCLUSIVE"
@@ -419,20 +303,7 @@ def probe_port(
             conforms=False,
             meets_requirement=None,
         )
-    problems: list[str] = []
-    if wire.flows == 0:
-        problems.append(
-            f"the capture at {probe.key} saw no connection to port {svc.target_port}: the mesh"
-            " request never reached the endpoint"
-        )
-    if wire.tls:
-        want_sni = None if port.upstream is None else port.upstream.towards(port.endpoint.key).sni
-        if "istio" not in wire.alpn and "istio-peer-exchange" not in wire.alpn:
-            problems.append(f"the ClientHello's ALPN {list(wire.alpn)} lacks Istio's (istio)")
-        if want_sni is not None and wire.sni != want_sni:
-            problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
-        if wire.plaintext_payload:
-            problems.append("a plaintext payload went on the wire next to the mTLS connection")
+    problems = wire_problems(port, wire, probe)
     observed = _observe(plaintext_answered, mesh_answered, wire)
     conforms = observed == port.expected and not problems
     meets = _requirement(port, observed, require)
@@ -591,72 +462,3 @@ def run_audit(
         duration=time.monotonic() - clock,
         not_audited=tuple(getattr(mesh, "not_audited", ())),
     )
-
-
-_COLUMNS: Final = ("SERVICE PORT", "PROTOCOL", "SIDECAR", "PREDICTED", "OBSERVED", "VERDICT")
-
-
-def format_table(result: AuditResult) -> list[str]:
-    """The terminal table: one row per port, then a summary line."""
-    rows = [
-        (
-            r.port.key,
-            r.port.protocol.value,
-            "yes" if r.port.in_mesh else "no",
-            r.port.predicted,
-            r.observed,
-            r.verdict.upper(),
-        )
-        for r in result.ports
-    ]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)).rstrip()]
-    for row, r in zip(rows, result.ports, strict=True):
-        line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
-        lines.append(f"{line}  {r.reason}")
-    summary = result.to_dict()["summary"]
-    require = f", required {result.require}" if result.require else ""
-    lines += [f"not audited: {note}" for note in result.not_audited]
-    lines.append(
-        f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
-        f" {summary['errors']} errors{require}"
-    )
-    return lines
-
-
-def write_report(result: AuditResult, path: Path) -> None:
-    """The report as YAML (.yaml/.yml) or JSON (.json), per AUDIT_SCHEMA; or, for a person,
-    as a self-contained HTML page (.html/.htm) or Markdown (.md) (report_render.py)."""
-    data = result.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".html", ".htm", ".md"):
-        from pytest_meshconform.report.render import audit_document, render_html, render_markdown
-
-        document = audit_document(result)
-        markdown = path.suffix.lower() == ".md"
-        path.write_text(render_markdown(document) if markdown else render_html(document))
-        return
-    if path.suffix == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    else:
-        import yaml
-
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
-    """Every policy of the files (YAML, ``---`` separated); PolicyError names file and field."""
-    policies: list[Policy] = []
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
-        try:
-            found = parse_policies(text)
-        except PolicyError as exc:
-            raise PolicyError(f"{path}: {exc}") from None
-        if not found:
-            raise PolicyError(f"{path}: no PeerAuthentication or DestinationRule in the file")
-        policies.extend(found)
-    return policies

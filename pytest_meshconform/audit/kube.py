@@ -3,7 +3,7 @@
 `KubeAuditMesh` is a `KubeMesh` whose workloads are the cluster's pods (grouped by labels) and
 whose Services are the cluster's, read from the API (namespaces, Services, pods, Istio
 policies; nothing of the user's is ever written). It creates one namespace of its own,
-``meshconform-audit-<run>`` (injected), with the two probes of `audit.py` (`probe` with a
+``meshconform-audit-<run>`` (injected), with the two probes of `audit.probes` (`probe` with a
 sidecar, `probe-naked` with ``sidecar.istio.io/inject: "false"``), execs curl / bash in them,
 captures at the probe with the kube backend's ephemeral tcpdump container, and deletes the
 namespace at the end. `cluster_topology` (pure) turns the API's JSON into workloads and
@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
+from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApiError
 from pytest_meshconform.backends.kube.lifecycle import object_meta, pod_has_sidecar, pod_is_ready
@@ -182,17 +182,7 @@ class KubeAuditMesh(KubeMesh):
             run_dir=run_dir,
         )
         self.audit_namespace = f"{AUDIT_NAMESPACE}-{self.names.run_id}"
-        self._probes = tuple(
-            Workload(
-                name=name,
-                namespace=self.audit_namespace,
-                app=name,
-                service_account="default",
-                has_sidecar=sidecar,
-                labels={"app": name},
-            )
-            for name, sidecar in ((PROBE, True), (NAKED_PROBE, False))
-        )
+        self._probes = probe_workloads(self.audit_namespace, service_account="default")
         self._workloads = self._probes
         self._services = ()
         self.not_audited: tuple[str, ...] = ()

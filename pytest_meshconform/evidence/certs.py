@@ -1,21 +1,13 @@
-# Large on purpose: one parser (Envoy dumps, SPIFFE, chains, rotation), see docs/architecture.md.
-"""Certificates as a sidecar holds them: Envoy secret dumps, SPIFFE IDs, chains, rotation math.
+"""Certificates as a sidecar holds them: SPIFFE IDs, PEM chains, X.509-SVIDs and their
+verification, Envoy's ``/certs``, lifetimes.
 
-Both backends fetch the same raw material from a proxy (Envoy's ``/config_dump``, Envoy's
-``/certs``, or ``istioctl proxy-config secret -o json``) and hand it here, so the suites can
-say which identity a workload holds, whether its chain leads to the mesh root, and when Istio's
-agent will rotate it.
+Both backends fetch the same raw material from a proxy (the secrets of Envoy's
+``/config_dump``, read by :mod:`.config_dump`; Envoy's ``/certs``; ``istioctl proxy-config
+secret -o json``), so the suites can say which identity a workload holds and whether its chain
+leads to the mesh root.
 
 Choices where the sources leave room:
 
-- Secret dumps come in Envoy's snake_case (``dynamic_active_secrets[].secret.tls_certificate
-  .certificate_chain.inline_bytes``) or istioctl's protojson camelCase (``dynamicActiveSecrets
-  ...inlineBytes``); a key may be spelt either way, not both. A full ``/config_dump`` must hold
-  exactly one ``SecretsConfigDump``. ``inline_bytes`` is base64 as protobuf's JSON mapping
-  defines it (standard or URL-safe alphabet, padding optional).
-- Istio's names: the workload certificate is the active secret ``default``, the mesh roots the
-  active secret ``ROOTCA`` (``validation_context.trusted_ca``, plus the per-trust-domain
-  bundles of Envoy's SPIFFE validator that SPIRE federation uses).
 - Serial numbers are lowercase hex of the serial's big-endian bytes, as istioctl prints them
   and as Envoy 1.40's ``/certs`` shows them (BoringSSL ``BN_bn2hex``): ``0193a5...``, with
   the leading zero digit of the first byte kept. Older istioctl printed ``%x`` of the integer
@@ -24,10 +16,7 @@ Choices where the sources leave room:
   does: lowercase ``spiffe`` scheme and trust domain, no userinfo/port/query/fragment, no
   percent-encoding, no empty/``.``/``..`` segments, no trailing ``/``, at most 2048 bytes and a
   trust domain of at most 255. An X.509-SVID carries exactly one URI SAN (X509-SVID.md).
-- Times are aware UTC datetimes. Protobuf timestamps carry up to nanoseconds; digits past the
-  microsecond are dropped. A timestamp whose UTC instant falls outside years 1..9999
-  (``0001-01-01T00:00:00+01:00``) is an error: protobuf's Timestamp is defined on
-  0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z only (google/protobuf/timestamp.proto).
+- Times are aware UTC datetimes (JSON timestamps: :mod:`.protojson`).
 - Work is linear in the input: PEM blocks are found in one pass (a BEGIN line is paired with
   the next END line), and messages quote at most a few items of the offending value.
 
@@ -38,9 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-import reprlib
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,80 +38,46 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from pytest_meshconform.evidence.protojson import (
+    ProtoJsonError,
+    field,
+    fragment,
+    json_list,
+    json_object,
+    load_json_object,
+    optional_string,
+    parse_timestamp,
+)
+
 __all__ = [
-    "ISTIO_ROOT_SECRET",
-    "ISTIO_WORKLOAD_SECRET",
-    "SECRETS_CONFIG_DUMP_TYPE",
     "CertError",
     "EnvoyCert",
-    "EnvoySecret",
-    "EnvoySecrets",
     "SpiffeId",
-    "TrustBundle",
     "WorkloadCert",
     "aware_utc",
     "checked_lifetime",
     "lifetime_elapsed",
     "load_pem_chain",
     "parse_envoy_certs",
-    "parse_envoy_secrets",
     "parse_spiffe_id",
+    "serial_from_int",
     "serial_hex",
+    "trust_domain_problem",
 ]
-
-# Istio's SDS resource names (security.WorkloadKeyCertResourceName / RootCertReqResourceName).
-ISTIO_WORKLOAD_SECRET = "default"
-ISTIO_ROOT_SECRET = "ROOTCA"
-SECRETS_CONFIG_DUMP_TYPE = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
-_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-_SPIFFE_VALIDATOR_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
-)
 
 _SPIFFE_SCHEME = "spiffe://"
 _MAX_SPIFFE_ID_BYTES = 2048
 _MAX_TRUST_DOMAIN_BYTES = 255
 _TRUST_DOMAIN_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_")
 _PATH_SEGMENT_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
-_FRAGMENT_LIMIT = 80
 
-_TIMESTAMP = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _PEM_BEGIN_LINE = re.compile(r"-----BEGIN ([^\r\n-]*)-----")
 _PEM_END_LINE = re.compile(r"-----END ([^\r\n-]*)-----")
 
-# reprlib with small limits: a message quotes a few items of a list, never walks all of it.
-_SHORT_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
-_SHORT_REPR.maxlevel = 3
-_SHORT_REPR.maxtuple = _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
-_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _FRAGMENT_LIMIT
-
-SecretState = Literal["static", "active", "warming"]
-SecretKind = Literal[
-    "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret"
-]
-_SECRET_KINDS: tuple[SecretKind, ...] = (
-    "tls_certificate",
-    "validation_context",
-    "session_ticket_keys",
-    "generic_secret",
-)
-
 
 class CertError(ValueError):
     """Input that is not what it claims to be: a bad dump, PEM, SPIFFE ID or chain."""
-
-
-def _fragment(value: object) -> str:
-    """The offending input, quoted and cut short enough for an error message."""
-    if isinstance(value, str | bytes):  # the repr of all of it would cost as much as the input
-        text = repr(value[:_FRAGMENT_LIMIT])
-    else:
-        text = _SHORT_REPR.repr(value)
-    return text if len(text) <= _FRAGMENT_LIMIT else text[: _FRAGMENT_LIMIT - 3] + "..."
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -146,7 +99,7 @@ def aware_utc(moment: object, name: str) -> datetime:
 # --- SPIFFE IDs -----------------------------------------------------------------------------
 
 
-def _trust_domain_problem(trust_domain: str) -> str | None:
+def trust_domain_problem(trust_domain: str) -> str | None:
     if not trust_domain:
         return "trust domain is empty"
     if "@" in trust_domain:
@@ -159,7 +112,7 @@ def _trust_domain_problem(trust_domain: str) -> str | None:
         return "trust domain must be lowercase"
     bad = sorted(set(trust_domain) - _TRUST_DOMAIN_CHARS)
     if bad:
-        return f"trust domain has characters outside [a-z0-9.-_]: {_fragment(''.join(bad))}"
+        return f"trust domain has characters outside [a-z0-9.-_]: {fragment(''.join(bad))}"
     if len(trust_domain) > _MAX_TRUST_DOMAIN_BYTES:
         return f"trust domain is {len(trust_domain)} bytes, more than {_MAX_TRUST_DOMAIN_BYTES}"
     return None
@@ -178,12 +131,12 @@ def _path_problem(path: str) -> str | None:
         if segment in (".", ".."):
             return f"path segment {segment!r} is a relative path modifier"
         if "%" in segment:
-            return f"percent-encoded characters are not allowed in the path: {_fragment(segment)}"
+            return f"percent-encoded characters are not allowed in the path: {fragment(segment)}"
         bad = sorted(set(segment) - _PATH_SEGMENT_CHARS)
         if bad:
             return (
-                f"path segment {_fragment(segment)} has characters outside [A-Za-z0-9.-_]: "
-                f"{_fragment(''.join(bad))}"
+                f"path segment {fragment(segment)} has characters outside [A-Za-z0-9.-_]: "
+                f"{fragment(''.join(bad))}"
             )
     return None
 
@@ -196,11 +149,11 @@ class SpiffeId:
     path: str = ""
 
     def __post_init__(self) -> None:
-        problem = _trust_domain_problem(self.trust_domain) or _path_problem(self.path)
+        problem = trust_domain_problem(self.trust_domain) or _path_problem(self.path)
         if problem is None and len(str(self)) > _MAX_SPIFFE_ID_BYTES:
             problem = f"SPIFFE ID is longer than {_MAX_SPIFFE_ID_BYTES} bytes"
         if problem is not None:
-            raise CertError(f"invalid SPIFFE ID {_fragment(str(self))}: {problem}")
+            raise CertError(f"invalid SPIFFE ID {fragment(str(self))}: {problem}")
 
     def __str__(self) -> str:
         return f"{_SPIFFE_SCHEME}{self.trust_domain}{self.path}"
@@ -229,21 +182,20 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
     if not isinstance(uri, str):
         raise CertError(f"a SPIFFE ID must be a str, got {type(uri).__name__}")
     if not uri.isascii():
-        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: not ASCII")
+        raise CertError(f"invalid SPIFFE ID {fragment(uri)}: not ASCII")
     if len(uri) > _MAX_SPIFFE_ID_BYTES:
         raise CertError(
-            f"invalid SPIFFE ID {_fragment(uri)}: {len(uri)} bytes, "
-            f"more than {_MAX_SPIFFE_ID_BYTES}"
+            f"invalid SPIFFE ID {fragment(uri)}: {len(uri)} bytes, more than {_MAX_SPIFFE_ID_BYTES}"
         )
     if not uri.startswith(_SPIFFE_SCHEME):
         if uri[: len(_SPIFFE_SCHEME)].lower() == _SPIFFE_SCHEME:
             problem = "scheme must be lowercase 'spiffe'"
         else:
             problem = "scheme must be 'spiffe://'"
-        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: {problem}")
+        raise CertError(f"invalid SPIFFE ID {fragment(uri)}: {problem}")
     rest = uri[len(_SPIFFE_SCHEME) :]
     if "?" in rest or "#" in rest:
-        raise CertError(f"invalid SPIFFE ID {_fragment(uri)}: query and fragment are not allowed")
+        raise CertError(f"invalid SPIFFE ID {fragment(uri)}: query and fragment are not allowed")
     slash = rest.find("/")
     trust_domain, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
     return SpiffeId(trust_domain, path)
@@ -252,7 +204,7 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
 # --- PEM and certificates -------------------------------------------------------------------
 
 
-def _serial_from_int(serial: int) -> str:
+def serial_from_int(serial: int) -> str:
     """Lowercase hex of the serial's big-endian bytes (Go ``SerialNumber.Bytes()``)."""
     magnitude = abs(serial)
     if magnitude == 0:
@@ -262,7 +214,7 @@ def _serial_from_int(serial: int) -> str:
 
 def serial_hex(cert: x509.Certificate) -> str:
     """The serial as istioctl and Envoy's ``/certs`` print it: ``0193a543fe...``."""
-    return _serial_from_int(cert.serial_number)
+    return serial_from_int(cert.serial_number)
 
 
 def _subject_text(cert: x509.Certificate) -> str:
@@ -318,7 +270,7 @@ def load_pem_chain(pem: bytes | str) -> tuple[x509.Certificate, ...]:
         raise CertError(f"PEM must be bytes or str, got {type(pem).__name__}")
     blocks = _pem_blocks(text)
     if not blocks:
-        raise CertError(f"no PEM CERTIFICATE block in {_fragment(text)}")
+        raise CertError(f"no PEM CERTIFICATE block in {fragment(text)}")
     chain: list[x509.Certificate] = []
     for index, (label, body, end_label) in enumerate(blocks):
         if label != end_label:
@@ -350,7 +302,7 @@ def _leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise CertError(
-            f"{_describe(leaf, 'leaf')} has {len(uris)} URI SANs {_fragment(uris)}; "
+            f"{_describe(leaf, 'leaf')} has {len(uris)} URI SANs {fragment(uris)}; "
             "an X.509-SVID has exactly one"
         )
     try:
@@ -495,350 +447,6 @@ class WorkloadCert:
             ) from exc
 
 
-# --- JSON plumbing --------------------------------------------------------------------------
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(word.capitalize() for word in rest)
-
-
-def _field(obj: Mapping[str, Any], snake: str, where: str) -> Any:
-    """``obj[snake]`` or its protojson camelCase twin; both at once is refused."""
-    camel = _camel(snake)
-    if camel != snake and snake in obj and camel in obj:
-        raise CertError(f"{where}: both {snake!r} and {camel!r} are present")
-    return obj.get(snake, obj.get(camel))
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise CertError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list | tuple):
-        raise CertError(f"{where}: expected a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _optional_str(value: Any, where: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise CertError(f"{where}: expected a string, got {type(value).__name__}")
-
-
-def _load_json_object(data: Any, what: str) -> Mapping[str, Any]:
-    if isinstance(data, Mapping):
-        return data
-    if isinstance(data, bytes | bytearray | memoryview):
-        data = bytes(data)
-    elif not isinstance(data, str):
-        raise CertError(f"{what} must be bytes, str or a dict, got {type(data).__name__}")
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise CertError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise CertError(f"{what} must be a JSON object, got {type(document).__name__}")
-    return document
-
-
-def _parse_timestamp(value: Any, where: str) -> datetime:
-    """A protobuf JSON Timestamp (RFC 3339), as an aware UTC datetime."""
-    if not isinstance(value, str):
-        raise CertError(f"{where}: expected an RFC 3339 timestamp, got {type(value).__name__}")
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
-        raise CertError(f"{where}: not an RFC 3339 timestamp: {_fragment(value)}")
-    year, month, day, hour, minute, second, fraction, offset = match.groups()
-    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
-    try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, UTC
-        )
-    except ValueError as exc:
-        raise CertError(f"{where}: impossible date {_fragment(value)} ({exc})") from exc
-    if offset not in ("Z", "z"):
-        sign = 1 if offset[0] == "+" else -1
-        hours, minutes = int(offset[1:3]), int(offset[4:6])
-        if hours > 23 or minutes > 59:
-            raise CertError(f"{where}: bad UTC offset in {_fragment(value)}")
-        try:
-            moment -= sign * timedelta(hours=hours, minutes=minutes)
-        except OverflowError as exc:
-            raise CertError(
-                f"{where}: {_fragment(value)} is in UTC outside the range of years 1..9999 "
-                "(protobuf Timestamp's range)"
-            ) from exc
-    return moment
-
-
-def _decode_base64(value: Any, where: str) -> bytes:
-    """Protobuf JSON ``bytes``: standard or URL-safe base64, padded or not."""
-    if not isinstance(value, str):
-        raise CertError(f"{where}: expected a base64 string, got {type(value).__name__}")
-    text = value.replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise CertError(f"{where}: not valid base64 ({exc})") from exc
-
-
-# --- Envoy secrets --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TrustBundle:
-    """The roots Envoy's SPIFFE validator trusts for one trust domain (SPIRE federation)."""
-
-    trust_domain: str
-    certificates: tuple[x509.Certificate, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EnvoySecret:
-    """One secret of the dump, as istioctl lists it, with the certificates it holds.
-
-    ``kind`` is None for a secret without payload (a warming secret still waiting for SDS).
-    ``file`` is set when the PEM lives in a file on the proxy, which the dump only names.
-    """
-
-    name: str
-    state: SecretState
-    version_info: str | None
-    last_updated: datetime | None
-    kind: SecretKind | None
-    certificates: tuple[x509.Certificate, ...]
-    trust_bundles: tuple[TrustBundle, ...] = ()
-    file: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EnvoySecrets:
-    """A proxy's secrets: the full list, and Istio's workload certificate and roots in it.
-
-    ``workload`` is kept, not derived, because building it validates the ``default`` chain;
-    the roots are read off the active ``ROOTCA`` secret.
-    """
-
-    secrets: tuple[EnvoySecret, ...]
-    workload: WorkloadCert | None
-
-    def secret(self, name: str, state: SecretState = "active") -> EnvoySecret | None:
-        return next((s for s in self.secrets if s.name == name and s.state == state), None)
-
-    @property
-    def trust_bundles(self) -> tuple[TrustBundle, ...]:
-        """The per-trust-domain bundles of ``ROOTCA``'s SPIFFE validator (SPIRE federation)."""
-        root_secret = self.secret(ISTIO_ROOT_SECRET)
-        return () if root_secret is None else root_secret.trust_bundles
-
-    @property
-    def roots(self) -> tuple[x509.Certificate, ...]:
-        """Every root ``ROOTCA`` holds: its ``trusted_ca``, then each trust bundle's."""
-        root_secret = self.secret(ISTIO_ROOT_SECRET)
-        if root_secret is None:
-            return ()
-        bundled = tuple(c for bundle in root_secret.trust_bundles for c in bundle.certificates)
-        return root_secret.certificates + bundled
-
-    def roots_for(self, trust_domain: str) -> tuple[x509.Certificate, ...]:
-        """The roots Envoy would check a peer of ``trust_domain`` against.
-
-        With SPIFFE validator bundles that is the bundle of that trust domain (none if it has
-        no bundle, as Envoy then rejects the peer); otherwise every ``ROOTCA`` certificate.
-        """
-        if not self.trust_bundles:
-            return self.roots
-        for bundle in self.trust_bundles:
-            if bundle.trust_domain == trust_domain:
-                return bundle.certificates
-        return ()
-
-
-def _data_source(value: Any, where: str) -> tuple[tuple[x509.Certificate, ...], str | None]:
-    """Certificates of an Envoy DataSource, or the proxy-side file it names."""
-    source = _mapping(value, where)
-    present = [
-        key
-        for key in ("inline_bytes", "inline_string", "filename", "environment_variable")
-        if _field(source, key, where) is not None
-    ]
-    if len(present) > 1:
-        raise CertError(f"{where}: more than one data source: {', '.join(present)}")
-    if not present:
-        return (), None
-    key = present[0]
-    at = _join(where, key)
-    raw = _field(source, key, where)
-    if key == "filename":
-        return (), _optional_str(raw, at)
-    if key == "environment_variable":
-        raise CertError(f"{at}: PEM in environment variable {_fragment(raw)} is not in the dump")
-    if key == "inline_bytes":
-        pem: bytes | str = _decode_base64(raw, at)
-    else:
-        if not isinstance(raw, str):
-            raise CertError(f"{at}: expected a string, got {type(raw).__name__}")
-        pem = raw
-    try:
-        return load_pem_chain(pem), None
-    except CertError as exc:
-        raise CertError(f"{at}: {exc}") from exc
-
-
-def _spiffe_bundles(validation: Mapping[str, Any], where: str) -> tuple[TrustBundle, ...]:
-    custom = _field(validation, "custom_validator_config", where)
-    if custom is None:
-        return ()
-    at = _join(where, "custom_validator_config")
-    typed = _field(_mapping(custom, at), "typed_config", at)
-    if typed is None:
-        return ()
-    at = _join(at, "typed_config")
-    typed = _mapping(typed, at)
-    if typed.get("@type") != _SPIFFE_VALIDATOR_TYPE:
-        return ()  # another validator: it holds no SPIFFE bundles
-    domains = _field(typed, "trust_domains", at)
-    if domains is None:
-        return ()
-    bundles: list[TrustBundle] = []
-    for index, entry in enumerate(_list(domains, _join(at, "trust_domains"))):
-        entry_at = f"{at}.trust_domains[{index}]"
-        entry = _mapping(entry, entry_at)
-        name = _field(entry, "name", entry_at)
-        if not isinstance(name, str) or _trust_domain_problem(name) is not None:
-            raise CertError(f"{entry_at}.name: not a SPIFFE trust domain: {_fragment(name)}")
-        bundle = _field(entry, "trust_bundle", entry_at)
-        certs = () if bundle is None else _data_source(bundle, f"{entry_at}.trust_bundle")[0]
-        bundles.append(TrustBundle(name, certs))
-    return tuple(bundles)
-
-
-def _parse_secret(item: Any, state: SecretState, where: str) -> EnvoySecret:
-    entry = _mapping(item, where)
-    name = _field(entry, "name", where)
-    if not isinstance(name, str):
-        raise CertError(f"{where}.name: expected a string, got {type(name).__name__}")
-    version_info = _optional_str(_field(entry, "version_info", where), f"{where}.version_info")
-    updated = _field(entry, "last_updated", where)
-    last_updated = None if updated is None else _parse_timestamp(updated, f"{where}.last_updated")
-    secret = _field(entry, "secret", where)
-    if secret is None:
-        return EnvoySecret(name, state, version_info, last_updated, None, ())
-    at = f"{where}.secret"
-    secret = _mapping(secret, at)
-    type_url = secret.get("@type")
-    if type_url is not None and type_url != _SECRET_TYPE:
-        raise CertError(f"{at}.@type: {_fragment(type_url)} is not {_SECRET_TYPE}")
-    kinds = [kind for kind in _SECRET_KINDS if _field(secret, kind, at) is not None]
-    if len(kinds) > 1:
-        raise CertError(f"{at}: a secret is one of its kinds, got {', '.join(kinds)}")
-    if not kinds:
-        return EnvoySecret(name, state, version_info, last_updated, None, ())
-    kind = kinds[0]
-    body = _mapping(_field(secret, kind, at), f"{at}.{kind}")
-    certs: tuple[x509.Certificate, ...] = ()
-    file = None
-    bundles: tuple[TrustBundle, ...] = ()
-    if kind == "tls_certificate":
-        chain = _field(body, "certificate_chain", f"{at}.{kind}")
-        if chain is not None:
-            certs, file = _data_source(chain, f"{at}.{kind}.certificate_chain")
-    elif kind == "validation_context":
-        trusted = _field(body, "trusted_ca", f"{at}.{kind}")
-        if trusted is not None:
-            certs, file = _data_source(trusted, f"{at}.{kind}.trusted_ca")
-        bundles = _spiffe_bundles(body, f"{at}.{kind}")
-    return EnvoySecret(name, state, version_info, last_updated, kind, certs, bundles, file)
-
-
-def _secrets_config_dump(document: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The SecretsConfigDump inside a full ``/config_dump``, or the document itself."""
-    configs = document.get("configs")
-    if configs is not None:
-        found = []
-        for index, config in enumerate(_list(configs, "configs")):
-            config = _mapping(config, f"configs[{index}]")
-            if config.get("@type") == SECRETS_CONFIG_DUMP_TYPE:
-                found.append(config)
-        if len(found) != 1:
-            types = [c.get("@type") for c in configs if isinstance(c, Mapping)]
-            raise CertError(
-                f"configs: expected one {SECRETS_CONFIG_DUMP_TYPE}, found {len(found)} among "
-                f"{_fragment(types)}"
-            )
-        return found[0]
-    type_url = document.get("@type")
-    if type_url is not None and type_url != SECRETS_CONFIG_DUMP_TYPE:
-        raise CertError(f"@type: {_fragment(type_url)} is not {SECRETS_CONFIG_DUMP_TYPE}")
-    known = ("static_secrets", "dynamic_active_secrets", "dynamic_warming_secrets")
-    if type_url is None and document and all(_field(document, k, "") is None for k in known):
-        raise CertError(
-            f"not an Envoy secrets dump: no 'configs', '@type' or secret lists among keys "
-            f"{_fragment(sorted(map(str, document)))}"
-        )
-    return document
-
-
-def _single_secret(
-    secrets: Sequence[EnvoySecret], name: str, allowed_kind: SecretKind
-) -> EnvoySecret | None:
-    matches = [s for s in secrets if s.state == "active" and s.name == name]
-    if len(matches) > 1:
-        raise CertError(f"{len(matches)} active secrets are named {name!r}")
-    if not matches:
-        return None
-    secret = matches[0]
-    if secret.kind not in (None, allowed_kind):
-        raise CertError(f"secret {name!r} is a {secret.kind}, expected a {allowed_kind}")
-    return secret
-
-
-def parse_envoy_secrets(data: bytes | str | Mapping[str, Any]) -> EnvoySecrets:
-    """Parse Envoy's secrets ``/config_dump`` (full or secrets only) or istioctl's JSON.
-
-    ``workload`` is None when the proxy has no active ``default`` certificate yet.
-    """
-    document = _load_json_object(data, "secrets dump")
-    dump = _secrets_config_dump(document)
-    secrets: list[EnvoySecret] = []
-    lists: tuple[tuple[SecretState, str], ...] = (
-        ("static", "static_secrets"),
-        ("active", "dynamic_active_secrets"),
-        ("warming", "dynamic_warming_secrets"),
-    )
-    for state, key in lists:
-        items = _field(dump, key, "")
-        if items is None:
-            continue
-        for index, item in enumerate(_list(items, key)):
-            secrets.append(_parse_secret(item, state, f"{key}[{index}]"))
-
-    workload = None
-    default = _single_secret(secrets, ISTIO_WORKLOAD_SECRET, "tls_certificate")
-    if default is not None and default.certificates:
-        try:
-            workload = WorkloadCert.from_chain(default.certificates)
-        except CertError as exc:
-            raise CertError(f"secret {ISTIO_WORKLOAD_SECRET!r}: {exc}") from exc
-    elif default is not None and default.file is not None:
-        raise CertError(
-            f"secret {ISTIO_WORKLOAD_SECRET!r} names file {default.file!r} on the proxy "
-            "instead of holding the PEM"
-        )
-
-    _single_secret(secrets, ISTIO_ROOT_SECRET, "validation_context")  # one, of the right kind
-    return EnvoySecrets(tuple(secrets), workload)
-
-
 # --- Envoy /certs ---------------------------------------------------------------------------
 
 
@@ -865,61 +473,70 @@ class EnvoyCert:
 def _parse_cert_details(
     item: Any, context_index: int, kind: Literal["ca_cert", "cert_chain"], where: str
 ) -> EnvoyCert:
-    details = _mapping(item, where)
-    path = _optional_str(_field(details, "path", where), f"{where}.path")
-    serial = _field(details, "serial_number", where)
+    details = json_object(item, where)
+    path = optional_string(field(details, "path", where), f"{where}.path")
+    serial = field(details, "serial_number", where)
     if not isinstance(serial, str) or _HEX.fullmatch(serial) is None:
-        raise CertError(f"{where}.serial_number: not a hex serial: {_fragment(serial)}")
+        raise CertError(f"{where}.serial_number: not a hex serial: {fragment(serial)}")
     names: dict[str, list[str]] = {"uri": [], "dns": [], "ip_address": []}
-    sans = _field(details, "subject_alt_names", where)
-    for index, san in enumerate(_list([] if sans is None else sans, f"{where}.subject_alt_names")):
+    sans = field(details, "subject_alt_names", where)
+    for index, san in enumerate(
+        json_list([] if sans is None else sans, f"{where}.subject_alt_names")
+    ):
         san_at = f"{where}.subject_alt_names[{index}]"
-        san = _mapping(san, san_at)
-        present = [key for key in names if _field(san, key, san_at) is not None]
+        san = json_object(san, san_at)
+        present = [key for key in names if field(san, key, san_at) is not None]
         if len(present) != 1:
-            raise CertError(f"{san_at}: expected one of uri, dns, ip_address, got {_fragment(san)}")
-        value = _field(san, present[0], san_at)
+            raise CertError(f"{san_at}: expected one of uri, dns, ip_address, got {fragment(san)}")
+        value = field(san, present[0], san_at)
         if not isinstance(value, str):
-            raise CertError(f"{san_at}.{present[0]}: expected a string, got {_fragment(value)}")
+            raise CertError(f"{san_at}.{present[0]}: expected a string, got {fragment(value)}")
         names[present[0]].append(value)
-    valid_from = _field(details, "valid_from", where)
-    expiration = _field(details, "expiration_time", where)
+    valid_from = field(details, "valid_from", where)
+    expiration = field(details, "expiration_time", where)
     if valid_from is None or expiration is None:
         raise CertError(f"{where}: valid_from and expiration_time are required")
     return EnvoyCert(
         context_index=context_index,
         kind=kind,
         path=path,
-        serial=_serial_from_int(int(serial, 16)),
+        serial=serial_from_int(int(serial, 16)),
         uris=tuple(names["uri"]),
         dns_names=tuple(names["dns"]),
         ip_addresses=tuple(names["ip_address"]),
-        valid_from=_parse_timestamp(valid_from, f"{where}.valid_from"),
-        expiration_time=_parse_timestamp(expiration, f"{where}.expiration_time"),
+        valid_from=parse_timestamp(valid_from, f"{where}.valid_from"),
+        expiration_time=parse_timestamp(expiration, f"{where}.expiration_time"),
     )
 
 
 def parse_envoy_certs(data: bytes | str | Mapping[str, Any]) -> tuple[EnvoyCert, ...]:
     """Parse Envoy's ``/certs``: every ``ca_cert`` and ``cert_chain`` entry, in order."""
-    document = _load_json_object(data, "/certs output")
+    try:
+        return _envoy_certs(data)
+    except ProtoJsonError as exc:
+        raise CertError(str(exc)) from exc
+
+
+def _envoy_certs(data: bytes | str | Mapping[str, Any]) -> tuple[EnvoyCert, ...]:
+    document = load_json_object(data, "/certs output")
     contexts = document.get("certificates")
     if contexts is None:
         if document:
             raise CertError(
                 "/certs output has no 'certificates' list; keys "
-                f"{_fragment(sorted(map(str, document)))}"
+                f"{fragment(sorted(map(str, document)))}"
             )
         return ()
     certs: list[EnvoyCert] = []
-    for context_index, context in enumerate(_list(contexts, "certificates")):
+    for context_index, context in enumerate(json_list(contexts, "certificates")):
         where = f"certificates[{context_index}]"
-        context = _mapping(context, where)
+        context = json_object(context, where)
         kinds: tuple[Literal["ca_cert", "cert_chain"], ...] = ("ca_cert", "cert_chain")
         for kind in kinds:
-            entries = _field(context, kind, where)
+            entries = field(context, kind, where)
             if entries is None:
                 continue
-            for index, entry in enumerate(_list(entries, f"{where}.{kind}")):
+            for index, entry in enumerate(json_list(entries, f"{where}.{kind}")):
                 certs.append(
                     _parse_cert_details(entry, context_index, kind, f"{where}.{kind}[{index}]")
                 )

@@ -26,15 +26,14 @@ __all__ = [
     "HTTP_RBAC_TYPE",
     "INBOUND_PASSTHROUGH_CLUSTER",
     "INBOUND_SERVER_ALPNS",
+    "INTERNAL_UPSTREAM_TYPE",
     "ISTIO_MTLS_ALPNS",
     "LISTENER_TYPE",
     "NETWORK_RBAC_TYPE",
     "ORIGINAL_DST_TYPE",
     "PASSTHROUGH_CLUSTER",
-    "RAW_BUFFER_TYPE",
     "ROOT_SECRET",
     "ROUTER_TYPE",
-    "SECRET_TYPE",
     "TCP_PROXY_TYPE",
     "TLS_INSPECTOR_TYPE",
     "UPSTREAM_TLS_TYPE",
@@ -53,7 +52,6 @@ __all__ = [
 
 LISTENER_TYPE: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-SECRET_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 HCM_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
     ".HttpConnectionManager"
@@ -66,8 +64,10 @@ DOWNSTREAM_TLS_TYPE: Final = (
 UPSTREAM_TLS_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
-RAW_BUFFER_TYPE: Final = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+# cluster_tls.go ``hboneTransportSocket``: the socket that carries a connection over HBONE
+INTERNAL_UPSTREAM_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3"
+    ".InternalUpstreamTransport"
 )
 # the key of a cluster's typed_extension_protocol_options, and the message's type URL
 HTTP_PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import pytest
 
@@ -54,7 +54,7 @@ from pytest_meshconform.mesh import (
 )
 from pytest_meshconform.plugin.options import backend_run, mesh_settings_key, usage_errors
 from pytest_meshconform.report.exhibits import Evidence, evidence_of
-from pytest_meshconform.report.observations import RequestRecord, RotationRecord, TableRecorder
+from pytest_meshconform.report.observations import RequestRecord, RotationRecord
 from pytest_meshconform.settings import format_duration
 from pytest_meshconform.signals import signal_name
 from pytest_meshconform.waiting import WaitTimeout, poll
@@ -76,7 +76,6 @@ __all__ = [
     "PolicySource",
     "RotationResult",
     "RotationWatcher",
-    "TableRecorder",
     "UnmatchedPolicyError",
     "WorkloadHandle",
     "WorkloadLookup",
@@ -235,6 +234,7 @@ def _mesh_window(request: pytest.FixtureRequest) -> None:
 # -- workloads -----------------------------------------------------------------------------------
 
 
+@final
 @dataclass
 class WorkloadHandle:
     """A workload of the mesh, with the actions a suite needs (curl, exec) and its identity.
@@ -347,6 +347,7 @@ def _describe_http(http: HttpResult) -> str:
     return "\n".join(lines)
 
 
+@final
 class WorkloadLookup:
     """What the `workload` fixture returns: `workload("sleep", "bar")` -> `WorkloadHandle`."""
 
@@ -449,6 +450,7 @@ def _policy_key(mesh: Mesh, manifest: Mapping[str, Any]) -> tuple[str, str, str]
     )
 
 
+@final
 class PolicyApplier:
     """What `apply_policy` returns: `apply_policy(manifest | yaml_text | path)`.
 
@@ -571,6 +573,7 @@ def _yaml(manifest: Mapping[str, Any]) -> str:
 # -- evidence helpers: XFCC, certificates, captures -------------------------------------------
 
 
+@final
 class XfccReader:
     """What `xfcc` returns: `xfcc(client, server)` requests the server's /headers from the
     client and returns the parsed X-Forwarded-Client-Cert the server saw, or None without one."""
@@ -604,6 +607,7 @@ def xfcc() -> XfccReader:
     return XfccReader()
 
 
+@final
 class CertReader:
     """What `cert_of` returns: `cert_of(workload)` -> the `WorkloadCert` its sidecar serves now
     (read from the sidecar's Envoy admin `/config_dump`)."""
@@ -636,7 +640,8 @@ def _served_cert(
     """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
     `last_updated` of its `default` secret; None when the dump does not say)."""
     __tracebackhide__ = True
-    from pytest_meshconform.evidence.certs import parse_envoy_secrets
+    from pytest_meshconform.istio.envoy import WORKLOAD_SECRET
+    from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
     if not w.has_sidecar:
@@ -658,7 +663,7 @@ def _served_cert(
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
             f" not_after={cert.not_after.isoformat()}",
         )
-    served = secrets.secret("default")
+    served = secrets.secret(WORKLOAD_SECRET)
     return secrets.workload, (served.last_updated if served is not None else None)
 
 
@@ -666,6 +671,7 @@ class EmptyCaptureError(AssertionError):
     """A capture saw no packet of the flow it was meant to observe: never a pass."""
 
 
+@final
 @dataclass
 class CaptureResult:
     """What `with capture(workload) as cap:` binds; filled when the block ends: the parsed
@@ -775,6 +781,7 @@ def _service_port_hint(mesh: Mesh, workload: Workload, port: int) -> str:
     return ""
 
 
+@final
 class Capturer:
     """What `capture` returns: `with capture(workload, port=None) as cap:` records the pod's
     wire traffic (not loopback) for the duration of the block -> `CaptureResult`.
@@ -880,6 +887,7 @@ def _utc(moment: dt.datetime) -> str:
     return f"{moment.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
+@final
 @dataclass
 class RotationResult:
     """What `rotation.watch` returns: the old and new certificate and the requests around it."""
@@ -932,6 +940,7 @@ class RotationResult:
         )
 
 
+@final
 class RotationWatcher:
     """What `rotation` returns: `rotation.watch(httpbin, client=sleep)` -> `RotationResult`."""
 
@@ -1136,10 +1145,3 @@ def _add_config_dumps(mesh: Mesh, evidence: Evidence) -> None:
             evidence.add_blob(f"config_dump {w.key}", mesh.envoy_admin(w, "/config_dump"), ".json")
         except MeshError as error:
             evidence.add_text(f"config_dump {w.key}", f"<could not read it: {error}>")
-
-
-@pytest.fixture
-def record_table(request: pytest.FixtureRequest) -> TableRecorder:
-    """`record_table(title, rows=, columns=, expected=, observed=)`: a table the test asserts,
-    kept in the reports (expected vs observed, colour-coded in HTML), pass or fail."""
-    return TableRecorder(evidence_of(request.node).observed)

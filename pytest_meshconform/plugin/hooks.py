@@ -70,8 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_meshconform.plugin import service_ports
 
     config.pluginmanager.register(service_ports, "meshconform-service-ports")
+    from pytest_meshconform.plugin import tables
+
+    config.pluginmanager.register(tables, "meshconform-tables")
     report.configure(config)
-    from pytest_meshconform.report import render
+    from pytest_meshconform.plugin import render
 
     render.configure(config)
 

@@ -11,15 +11,17 @@ probes. Registered by the plugin next to `fixtures.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 import pytest
 
-from pytest_meshconform.audit.engine import ServicePort, discover_service_ports
+from pytest_meshconform.audit.discovery import ServicePort, discover_service_ports
 from pytest_meshconform.mesh import Mesh, Workload
 
 __all__ = ["ServicePortLister", "mesh_service_ports"]
 
 
+@final
 class ServicePortLister:
     """What `mesh_service_ports` returns: call it for the Service ports (a tuple of
     `ServicePort`), optionally limited to ``namespaces`` or without ``exclude_namespaces``.

@@ -1,5 +1,5 @@
 """Human-readable reports: one self-contained HTML page and Markdown, from a table + evidence
-model that any report can fill (the conformance run here; an audit the same way).
+model that any report can fill (a conformance run here; `meshconform audit` in `audit.report`).
 
 - The model: a `Document` (title, result, header facts, notes) of `Section`s of `Entry`s; an
   entry has a status, a description, a message, facts (lists of lines), `ObservedTable`s
@@ -9,28 +9,23 @@ model that any report can fill (the conformance run here; an audit the same way)
 - `render_markdown(document)`: the same content as GitHub-flavoured Markdown;
   `render_markdown(document, brief=True)` is the summary CI appends to `GITHUB_STEP_SUMMARY`
   (tables and failures in full, passing tests as one line each).
-- `document_of(report, ...)`: a `ConformanceReport` as a Document; `audit_document(result)`:
-  a `meshconform audit` result as one (`meshconform audit --report=audit.html`).
+- `document_of(report, ...)`: a `ConformanceReport` as a Document.
 
-The model and both renderers are pure (text in, text out); `RenderPlugin` at the end writes
-them for a pytest run (`--mesh-report=r.html`, `--mesh-report=r.md`, `GITHUB_STEP_SUMMARY`).
+The model and both renderers are pure (text in, text out); `plugin.render` writes them for a
+pytest run (`--mesh-report=r.html`, `--mesh-report=r.md`, `GITHUB_STEP_SUMMARY`).
 """
 
 from __future__ import annotations
 
 import html
-import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-import pytest
-
 from pytest_meshconform.report.observations import ObservedTable, RotationRecord
 
 if TYPE_CHECKING:
-    from pytest_meshconform.audit.engine import AuditResult
     from pytest_meshconform.report import ConformanceReport, TestResult
 
 __all__ = [
@@ -39,7 +34,6 @@ __all__ = [
     "Entry",
     "Section",
     "Timeline",
-    "audit_document",
     "document_of",
     "render_html",
     "render_markdown",
@@ -508,215 +502,3 @@ def document_of(
         notes=tuple(notes),
         generated=report.date,
     )
-
-
-# --- An audit as a document -----------------------------------------------------------------
-
-_AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}
-
-
-def audit_document(result: AuditResult) -> Document:
-    """`meshconform audit`'s result as a Document: the audit's header, one table of every
-    Service port (the mode Istio's policies predict against the one the probes observed,
-    colour-coded), then an entry per port with its verdict, reason and wire evidence."""
-    data = result.to_dict()
-    mesh = result.mesh
-    revision = f", revision {mesh.revision}" if mesh.revision else ""
-    header: list[tuple[str, str]] = [
-        ("Mesh", mesh.name),
-        ("Version", mesh.version),
-        ("Backend", f"{mesh.backend}{revision}"),
-        ("Trust domain", mesh.trust_domain),
-        ("Requirement", result.require or "none (the policies' own prediction)"),
-        ("Namespaces", ", ".join(result.namespaces) or "none"),
-        ("Date", data["date"]),
-        ("Duration", f"{result.duration:.1f}s"),
-    ]
-    if result.excluded:
-        header.append(("Excluded", ", ".join(result.excluded)))
-    if result.policies:
-        header.append(("Policies applied", ", ".join(result.policies)))
-    summary = data["summary"]
-    ports = [r.port.key for r in result.ports]
-    matrix = ObservedTable(
-        title="every Service port: the mode the probes must observe vs what they observed",
-        rows=tuple(ports),
-        columns=("mode",),
-        expected=tuple((r.port.expected,) for r in result.ports),
-        observed=tuple((r.observed,) for r in result.ports),
-        corner="Service port",
-    )
-    overview = Entry(
-        title="Service ports",
-        status=data["result"],
-        tables=(matrix,) if ports else (),
-    )
-    entries = [overview]
-    for r in result.ports:
-        evidence = data["ports"][result.ports.index(r)]["evidence"]
-        facts: list[tuple[str, tuple[str, ...]]] = [
-            (
-                "Mode",
-                (
-                    f"predicted {r.port.predicted}, expected {r.port.expected},"
-                    f" observed {r.observed}",
-                ),
-            )
-        ]
-        if r.meets_requirement is not None:
-            facts.append(
-                (
-                    "Requirement",
-                    (f"{result.require}: {'met' if r.meets_requirement else 'not met'}",),
-                )
-            )
-        for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
-            if key in evidence:
-                attempt = evidence[key]
-                facts.append(
-                    (
-                        label,
-                        (
-                            f"{attempt['client']} -> {attempt['target']}: exit"
-                            f" {attempt['exitCode']}, status {attempt.get('status', '-')},"
-                            f" answered {attempt['answered']} {attempt.get('detail', '')}".rstrip(),
-                        ),
-                    )
-                )
-        if "wire" in evidence:
-            wire = evidence["wire"]
-            facts.append(
-                (
-                    "Wire",
-                    (
-                        f"{wire['flows']} flow(s), TLS {wire['tls']}, SNI {wire.get('sni', '-')},"
-                        f" ALPN {','.join(wire['alpn']) or '-'}, plaintext payload"
-                        f" {wire['plaintextPayload']}",
-                        *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ()),
-                    ),
-                )
-            )
-        entries.append(
-            Entry(
-                title=r.port.key,
-                status=_AUDIT_STATUS[r.verdict],
-                description=(
-                    f"{r.port.protocol.value} port of {r.port.endpoint.key}"
-                    f" ({'sidecar' if r.port.in_mesh else 'no sidecar'})"
-                ),
-                message=r.reason if r.verdict != "pass" else None,
-                facts=tuple(facts),
-                evidence=tuple(Block("problem", p) for p in r.problems),
-            )
-        )
-    return Document(
-        title="meshconform audit",
-        status=data["result"],
-        summary=(
-            f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
-            f" {summary['errors']} errors"
-        ),
-        header=tuple(header),
-        sections=(Section("Service ports", data["result"], tuple(entries)),),
-        notes=tuple(f"not audited: {note}" for note in result.not_audited),
-        generated=data["date"],
-    )
-
-
-# --- The pytest side: --mesh-report=PATH.html / .md, GITHUB_STEP_SUMMARY ----------------------
-
-PLUGIN_NAME: Final = "meshconform-report-render"
-_EVIDENCE_LINES: Final = 60
-
-
-def _tail_lines(text: str, limit: int = _EVIDENCE_LINES) -> str:
-    lines = text.rstrip("\n").splitlines()
-    if len(lines) <= limit:
-        return "\n".join(lines)
-    return "\n".join([f"[{len(lines) - limit} earlier lines omitted]", *lines[-limit:]])
-
-
-class RenderPlugin:
-    """Writes the human-readable reports once the report plugin has built the run's report."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.evidence: dict[str, list[Block]] = {}
-        self.written: list[str] = []
-        self.errors: list[str] = []
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)  # outer: the fixtures' evidence is complete
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if report.failed:
-            from pytest_meshconform.report.exhibits import evidence_key
-
-            evidence = item.stash.get(evidence_key, None)
-            if evidence is not None:
-                blocks = self.evidence.setdefault(item.nodeid, [])
-                known = {block.label for block in blocks}
-                blocks.extend(
-                    Block(label, _tail_lines(text))
-                    for label, text in evidence.texts.items()
-                    if label != "summary" and label not in known
-                )
-        return report
-
-    def _settings_lines(self) -> list[str]:
-        from pytest_meshconform.plugin.options import backend_header_lines, mesh_settings_key
-
-        settings = self.config.stash.get(mesh_settings_key, None)
-        if settings is None:
-            return []
-        lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
-        return [*lines, *backend_header_lines(self.config)]
-
-    @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from pytest_meshconform.plugin.options import mesh_settings_key
-        from pytest_meshconform.plugin.report import PLUGIN_NAME as REPORT_PLUGIN
-        from pytest_meshconform.report import write_report
-        from pytest_meshconform.settings import report_format_of
-
-        built = getattr(self.config.pluginmanager.get_plugin(REPORT_PLUGIN), "report", None)
-        settings = self.config.stash.get(mesh_settings_key, None)
-        if built is None or settings is None:
-            return
-        document = document_of(built, settings=self._settings_lines(), evidence=self.evidence)
-        for path in settings.extra_reports:
-            try:
-                if report_format_of(path) is not None:
-                    write_report(built, path)
-                else:
-                    suffix = path.suffix.lower()
-                    text = render_markdown(document) if suffix == ".md" else render_html(document)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    partial = path.with_name(f".{path.name}.partial")
-                    partial.write_text(text, encoding="utf-8")
-                    partial.replace(path)
-                self.written.append(str(path))
-            except OSError as error:
-                self.errors.append(f"cannot write {path}: {error}")
-        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary_path and built.mesh.used:
-            try:
-                with open(summary_path, "a", encoding="utf-8") as summary:
-                    summary.write(render_markdown(document, brief=True) + "\n")
-            except OSError as error:
-                self.errors.append(f"cannot append to GITHUB_STEP_SUMMARY {summary_path}: {error}")
-        if self.errors and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        for path in self.written:
-            terminalreporter.write_line(f"meshconform report: {path}")
-        for error in self.errors:
-            terminalreporter.write_line(f"meshconform: report: {error}", red=True)
-
-
-def configure(config: pytest.Config) -> None:
-    """Register the renderer for this run (after `report.configure`)."""
-    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
-        config.pluginmanager.register(RenderPlugin(config), PLUGIN_NAME)

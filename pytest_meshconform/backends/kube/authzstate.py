@@ -16,11 +16,18 @@ on ``authenticated``): the policy names say which rules are in force.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pytest_meshconform.evidence.config_dump import (
+    ConfigDumpError,
+    active_listener,
+    load_json,
+    read_chain_port,
+    read_network_filters,
+    sections,
+)
 from pytest_meshconform.istio import Authorization, RbacFilter
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
@@ -89,64 +96,60 @@ def _rbac(config: Mapping[str, Any]) -> SeenRbac | None:
     return SeenRbac(action, names(rules), names(shadow), isinstance(rules, Mapping))
 
 
-def _chain(chain: Mapping[str, Any]) -> ChainAuthz:
-    name = str(chain.get("name", ""))
-    match = chain.get("filter_chain_match")
-    port = match.get("destination_port") if isinstance(match, Mapping) else None
-    port = port if isinstance(port, int) else None
-    filters: list[SeenRbac] = []
-    http = False
-    raw_filters = chain.get("filters")
-    if not isinstance(raw_filters, list):
-        return ChainAuthz(name, port, False, (), problem="no filters list")
-    for raw in raw_filters:
-        config = raw.get("typed_config") if isinstance(raw, Mapping) else None
-        if not isinstance(config, Mapping):
-            continue
-        kind = config.get("@type")
-        if kind == NETWORK_RBAC_TYPE:
-            seen = _rbac(config)
-            if seen is not None:
-                filters.append(seen)
-        elif kind == HCM_TYPE:
-            http = True
-            for http_filter in config.get("http_filters") or []:
-                typed = (
-                    http_filter.get("typed_config") if isinstance(http_filter, Mapping) else None
-                )
-                if isinstance(typed, Mapping) and typed.get("@type") == HTTP_RBAC_TYPE:
-                    seen = _rbac(typed)
-                    if seen is not None:
-                        filters.append(seen)
+def _chain(raw: Mapping[str, Any], where: str) -> ChainAuthz:
+    name = raw.get("name")
+    name = name if isinstance(name, str) else ""
+    try:
+        port = read_chain_port(raw, where)
+        filters: list[SeenRbac] = []
+        http = False
+        for network in read_network_filters(raw, where):
+            if network.type_url == NETWORK_RBAC_TYPE:
+                seen = _rbac(network.config)
+                if seen is not None:
+                    filters.append(seen)
+            elif network.type_url == HCM_TYPE:
+                http = True
+                for http_filter in network.http_filters():
+                    if http_filter.type_url == HTTP_RBAC_TYPE:
+                        seen = _rbac(http_filter.config)
+                        if seen is not None:
+                            filters.append(seen)
+    except ConfigDumpError as error:
+        return ChainAuthz(name, None, False, (), problem=str(error))
     return ChainAuthz(name, port, http, tuple(filters))
 
 
 def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAuthz, ...]:
     """The RBAC filters on each chain of the active ``virtualInbound`` listener (empty when
-    the dump has none: a sidecar without inbound listener, or no dump section)."""
-    document = json.loads(data) if isinstance(data, bytes | str) else data
-    configs = document.get("configs") if isinstance(document, Mapping) else None
-    for section in configs if isinstance(configs, list) else []:
-        listeners = section.get("dynamic_listeners") if isinstance(section, Mapping) else None
-        for entry in listeners if isinstance(listeners, list) else []:
-            if not isinstance(entry, Mapping) or entry.get("name") != VIRTUAL_INBOUND:
+    the dump has none: a sidecar without inbound listener, or no dump section). A chain that
+    cannot be read is kept with the reason, so that it blocks the wait rather than pass."""
+    for section in sections(load_json(data)):
+        if section.admin_type != "ListenersConfigDump":
+            continue
+        for where, raw in section.entries("dynamic_listeners"):
+            try:
+                name, listener = active_listener(raw, where)
+                chains = [] if listener is None else listener.chains()
+            except ConfigDumpError:
+                continue  # unreadable: the mTLS reader (envoystate) reports it
+            if name != VIRTUAL_INBOUND or listener is None:
                 continue
-            active = entry.get("active_state")
-            listener = active.get("listener") if isinstance(active, Mapping) else None
-            chains = listener.get("filter_chains") if isinstance(listener, Mapping) else None
             return tuple(
-                _chain(chain)
-                for chain in (chains if isinstance(chains, list) else [])
+                _chain(chain, chain_where)
+                for chain_where, chain in chains
                 if isinstance(chain, Mapping)
-                and _chain_port(chain) != BLACKHOLE_PORT
                 and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
+                and _port(chain, chain_where) != BLACKHOLE_PORT
             )
     return ()
 
 
-def _chain_port(chain: Mapping[str, Any]) -> object:
-    match = chain.get("filter_chain_match")
-    return match.get("destination_port") if isinstance(match, Mapping) else None
+def _port(chain: Mapping[str, Any], where: str) -> int | None:
+    try:
+        return read_chain_port(chain, where)
+    except ConfigDumpError:
+        return None  # _chain reports it
 
 
 def _wanted(rbac: RbacFilter) -> SeenRbac:

@@ -1,5 +1,3 @@
-# Large on purpose: one reader of Envoy config dumps (listeners, clusters, secrets), see
-# docs/architecture.md.
 """What a sidecar's own Envoy config implements, and whether that is what the policies say. Pure.
 
 The kube backend waits for a policy change by reading each sidecar's ``/config_dump`` (through
@@ -32,11 +30,14 @@ Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON,
   (ambient-profile istiod), the ``virtualInbound-blackhole`` chain. docs/kube-reader.md lists
   every shape read and the real dumps (tests/test_kube_real_dumps.py) that prove it; a part
   that cannot be read is kept, named, where it is, and blocks only what concerns it.
+
+The JSON is read by :mod:`pytest_meshconform.evidence.config_dump` (generic Envoy); the names
+istiod gives things come from :mod:`pytest_meshconform.istio.envoy`, which the local mesh
+renders with, so this module only classifies and compares.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,21 +45,43 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+from pytest_meshconform.evidence.config_dump import (
+    RAW_BUFFER_TYPE,
+    ConfigDumpError,
+    Listener,
+    Section,
+    TransportSocket,
+    active_cluster,
+    active_listener,
+    as_object,
+    as_string,
+    as_uint32,
+    cluster_socket,
+    load_json,
+    message_name,
+    read_chain_port,
+    read_filter_chain,
+    read_socket_match,
+    sections,
+    show,
+    socket_matches,
+)
 from pytest_meshconform.istio import Sidecar, plan_sidecar
 from pytest_meshconform.istio.api.policy import (
-    AuthorizationPolicy,
-    DestinationRule,
     MtlsMode,
     PeerAuthentication,
+    Policy,
     PolicyError,
     TlsMode,
 )
 from pytest_meshconform.istio.envoy import (
     CONNECT_TERMINATE,
+    DOWNSTREAM_TLS_TYPE,
     HBONE_MATCH,
     HTTP_PROTOCOL_OPTIONS,
-    RAW_BUFFER_TYPE,
+    INTERNAL_UPSTREAM_TYPE,
     ROOT_SECRET,
+    UPSTREAM_TLS_TYPE,
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
     WORKLOAD_SECRET,
@@ -85,16 +108,9 @@ __all__ = [
     "parse_listeners",
 ]
 
-_ADMIN_V3: Final = "type.googleapis.com/envoy.admin.v3."
-_ADMIN_V2: Final = "type.googleapis.com/envoy.admin.v2alpha."
-# Envoy's well-known name (and its deprecated short form) of the raw buffer socket
-_RAW_BUFFER_NAMES: Final = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
 # top-level keys of ztunnel's /config_dump (ztunnel src/admin.rs ``ConfigDump``)
 ZTUNNEL_KEYS: Final = frozenset({"workloadState", "workloads", "certificates", "staticConfig"})
 _CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
-_SHOWN: Final = 80
-
-Policy = PeerAuthentication | DestinationRule | AuthorizationPolicy
 
 
 class EnvoyStateError(ValueError):
@@ -209,106 +225,35 @@ class EnvoyState:
         return f"listeners {self.listeners_version or '-'}, clusters {self.clusters_version or '-'}"
 
 
-# --- parsing ----------------------------------------------------------------------------------
+# --- reading ----------------------------------------------------------------------------------
+
+_DOWNSTREAM_TLS: Final = message_name(DOWNSTREAM_TLS_TYPE)
+_UPSTREAM_TLS: Final = message_name(UPSTREAM_TLS_TYPE)
+_RAW_BUFFER: Final = message_name(RAW_BUFFER_TYPE)
+_INTERNAL_UPSTREAM: Final = message_name(INTERNAL_UPSTREAM_TYPE)
 
 
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise EnvoyStateError(f"{where}: expected an object, got {_show(value)}")
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise EnvoyStateError(f"{where}: expected a list, got {_show(value)}")
-    return value
-
-
-def _string(value: object, where: str, default: str = "") -> str:
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise EnvoyStateError(f"{where}: expected a string, got {_show(value)}")
-    return value
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool)) else "?"
-    text = text if value is not None else "null"
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
-def _uint32(value: object, where: str) -> int:
-    """A protobuf UInt32Value in JSON: a number (Envoy never quotes 32-bit integers)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
-        raise EnvoyStateError(f"{where}: expected an unsigned 32-bit integer, got {_show(value)}")
-    return value
-
-
-def _socket_type(socket: Mapping[str, Any], where: str) -> str:
-    """The ``@type`` of a transport socket's ``typed_config``, or, for a socket Envoy knows
-    by name only (Istio <= 1.13 writes ``tlsMode-disabled`` as ``{"name":
-    "envoy.transport_sockets.raw_buffer"}``: ``defaultTransportSocketMatch`` in
-    pilot/pkg/networking/core/v1alpha3/cluster.go), the type that name stands for."""
-    typed = socket.get("typed_config")
-    if typed is None:
-        name = _string(socket.get("name"), f"{where}.name")
-        if name in _RAW_BUFFER_NAMES:
-            return RAW_BUFFER_TYPE
-        raise EnvoyStateError(
-            f"{where}.typed_config: expected an object, got null"
-            + (f" (socket {name!r} without a config)" if name else "")
-        )
-    kind = _string(
-        _mapping(typed, f"{where}.typed_config").get("@type"), f"{where}.typed_config.@type"
-    )
-    if not kind:
-        raise EnvoyStateError(f"{where}.typed_config: no @type")
-    return kind
-
-
-def _inbound_chain(chain: Mapping[str, Any], where: str) -> InboundChain:
-    match = _mapping(chain.get("filter_chain_match") or {}, f"{where}.filter_chain_match")
-    alpns = _list(match.get("application_protocols"), f"{where}.application_protocols")
-    for index, alpn in enumerate(alpns):
-        _string(alpn, f"{where}.application_protocols[{index}]")
+def _inbound_chain(raw: object, where: str) -> InboundChain:
+    chain = read_filter_chain(raw, where)
     terminates = requires = False
-    socket = chain.get("transport_socket")
+    socket = chain.transport_socket
     if socket is not None:
-        socket = _mapping(socket, f"{where}.transport_socket")
-        kind = _socket_type(socket, f"{where}.transport_socket")
-        if kind.endswith(".DownstreamTlsContext"):
+        if socket.message == _DOWNSTREAM_TLS:
             terminates = True
-            required = socket["typed_config"].get("require_client_certificate", False)
-            if not isinstance(required, bool):
-                raise EnvoyStateError(
-                    f"{where}.transport_socket.typed_config.require_client_certificate:"
-                    f" expected a boolean, got {_show(required)}"
-                )
-            requires = required
-        elif not kind.endswith(".RawBuffer"):
-            raise EnvoyStateError(f"{where}.transport_socket: unknown downstream socket {kind!r}")
+            requires = socket.require_client_certificate()
+        elif socket.message != _RAW_BUFFER:
+            raise ConfigDumpError(f"{socket.where}: unknown downstream socket {socket.type_url!r}")
     return InboundChain(
-        name=_string(chain.get("name"), f"{where}.name"),
-        transport_protocol=_string(match.get("transport_protocol"), f"{where}.transport_protocol"),
-        application_protocols=tuple(alpns),
+        name=chain.name,
+        transport_protocol=chain.transport_protocol,
+        application_protocols=chain.application_protocols,
         terminates_tls=terminates,
         requires_client_cert=requires,
     )
 
 
-def _chain_port(chain: object, where: str) -> int | None:
-    match = _mapping(
-        _mapping(chain, where).get("filter_chain_match") or {}, f"{where}.filter_chain_match"
-    )
-    port = match.get("destination_port")
-    return None if port is None else _uint32(port, f"{where}.destination_port")
-
-
 def _inbound_ports(
-    listener: Mapping[str, Any], where: str
+    listener: Listener,
 ) -> tuple[dict[int, InboundPort], tuple[int, ...], tuple[str, ...]]:
     """Per destination port, its chains; the blackhole chain's port; what could not be read.
 
@@ -317,21 +262,21 @@ def _inbound_ports(
     by_port: dict[int, list[InboundChain]] = {}
     blackhole: list[int] = []
     problems: list[str] = []
-    chains = _list(listener.get("filter_chains"), f"{where}.filter_chains")
-    for index, raw in enumerate(chains):
-        chain_where = f"{where}.filter_chains[{index}]"
+    for where, raw in listener.chains():
         try:
-            port = _chain_port(raw, chain_where)
-        except EnvoyStateError as error:
+            port = read_chain_port(raw, where)
+        except ConfigDumpError as error:
             problems.append(str(error))
             continue
         if port is None:
             continue  # passthrough / catch-all chains: no port of the workload
         try:
-            chain = _inbound_chain(raw, chain_where)
-        except EnvoyStateError as error:
-            name = raw.get("name") if isinstance(raw.get("name"), str) else ""
-            chain = InboundChain(name, "", (), False, False, problem=str(error))
+            chain = _inbound_chain(raw, where)
+        except ConfigDumpError as error:
+            name = raw.get("name") if isinstance(raw, Mapping) else None
+            chain = InboundChain(
+                name if isinstance(name, str) else "", "", (), False, False, problem=str(error)
+            )
         if chain.name == VIRTUAL_INBOUND_BLACKHOLE:
             blackhole.append(port)
             continue
@@ -340,51 +285,21 @@ def _inbound_ports(
     return ports, tuple(blackhole), tuple(problems)
 
 
-def _upstream_socket(socket: Mapping[str, Any], where: str) -> OutboundCluster:
+def _upstream_socket(socket: TransportSocket) -> OutboundCluster:
     """The transport of one (cluster-level or matched) socket; ``name`` is filled in later."""
-    kind = _socket_type(socket, where)
-    if kind.endswith(".RawBuffer"):
+    if socket.message == _RAW_BUFFER:
         return OutboundCluster("", UpstreamTransport.PLAINTEXT)
-    typed = socket["typed_config"]
-    typed_where = f"{where}.typed_config"
-    if kind.endswith(".InternalUpstreamTransport"):  # HBONE / waypoint wrapping
-        inner = typed.get("transport_socket")
+    if socket.message == _INTERNAL_UPSTREAM:  # HBONE / waypoint wrapping
+        inner = socket.inner()
         if inner is None:
             return OutboundCluster("", UpstreamTransport.PLAINTEXT)
-        inner_where = f"{typed_where}.transport_socket"
-        return _upstream_socket(_mapping(inner, inner_where), inner_where)
-    if kind.endswith(".UpstreamTlsContext"):
-        common = _mapping(
-            typed.get("common_tls_context") or {}, f"{typed_where}.common_tls_context"
+        return _upstream_socket(inner)
+    if socket.message == _UPSTREAM_TLS:
+        secrets = socket.tls_secrets()
+        return OutboundCluster(
+            "", UpstreamTransport.TLS, secrets.certificates, secrets.validation, secrets.sni
         )
-        configs = _list(
-            common.get("tls_certificate_sds_secret_configs"),
-            f"{typed_where}.common_tls_context.tls_certificate_sds_secret_configs",
-        )
-        secrets = tuple(
-            _string(
-                _mapping(c, f"{typed_where}.sds[{i}]").get("name"), f"{typed_where}.sds[{i}].name"
-            )
-            for i, c in enumerate(configs)
-        )
-        combined = _mapping(
-            common.get("combined_validation_context") or {},
-            f"{typed_where}.common_tls_context.combined_validation_context",
-        )
-        validation = combined.get("validation_context_sds_secret_config") or common.get(
-            "validation_context_sds_secret_config"
-        )
-        root = None
-        if validation is not None:
-            root = _string(
-                _mapping(validation, f"{typed_where}.validation_context_sds_secret_config").get(
-                    "name"
-                ),
-                f"{typed_where}.validation_context_sds_secret_config.name",
-            )
-        sni = _string(typed.get("sni"), f"{typed_where}.sni") or None
-        return OutboundCluster("", UpstreamTransport.TLS, secrets, root, sni)
-    return OutboundCluster("", UpstreamTransport.OTHER, detail=kind)
+    return OutboundCluster("", UpstreamTransport.OTHER, detail=socket.type_url)
 
 
 def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluster:
@@ -397,30 +312,28 @@ def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluste
     without HBONE: ``tlsMode-istio`` + ``tlsMode-disabled`` (auto mTLS), ``tlsMode-istio``
     alone (DestinationRule ISTIO_MUTUAL), ``tlsMode-disabled`` (no TLS), ``user`` (SIMPLE,
     MUTUAL)."""
-    socket = cluster.get("transport_socket")
-    matches = _list(cluster.get("transport_socket_matches"), f"{where}.transport_socket_matches")
-    if socket is not None and not matches:
-        socket_where = f"{where}.transport_socket"
-        return _upstream_socket(_mapping(socket, socket_where), socket_where)
+    matches = socket_matches(cluster, where)
     if not matches:
-        return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+        socket = cluster_socket(cluster, where)
+        if socket is None:
+            return OutboundCluster("", UpstreamTransport.PLAINTEXT)
+        return _upstream_socket(socket)
     found = []
     hbone = False
-    for index, raw in enumerate(matches):
-        match_where = f"{where}.transport_socket_matches[{index}]"
-        entry = _mapping(raw, match_where)
-        if _string(entry.get("name"), f"{match_where}.name") == HBONE_MATCH:
+    for match_where, raw in matches:
+        match = read_socket_match(raw, match_where)
+        if match.name == HBONE_MATCH:
             hbone = True
             continue
-        inner = entry.get("transport_socket")
-        if inner is None:
-            found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
-        else:
-            inner_where = f"{match_where}.transport_socket"
-            found.append(_upstream_socket(_mapping(inner, inner_where), inner_where))
-    if socket is not None:  # the fallback when no match applies
-        socket_where = f"{where}.transport_socket"
-        found.append(_upstream_socket(_mapping(socket, socket_where), socket_where))
+        socket = match.socket()
+        found.append(
+            OutboundCluster("", UpstreamTransport.PLAINTEXT)
+            if socket is None
+            else _upstream_socket(socket)
+        )
+    fallback = cluster_socket(cluster, where)  # when no match applies
+    if fallback is not None:
+        found.append(_upstream_socket(fallback))
     if not found:  # only the hbone match: every other endpoint gets no socket at all
         found.append(OutboundCluster("", UpstreamTransport.PLAINTEXT))
     kinds = {f.transport for f in found}
@@ -437,24 +350,30 @@ def _cluster_transport(cluster: Mapping[str, Any], where: str) -> OutboundCluste
 
 
 def max_requests_per_connection(cluster: Mapping[str, Any], where: str = "cluster") -> int | None:
-    """``max_requests_per_connection`` from the HttpProtocolOptions extension (or the
-    deprecated cluster field older Envoys print); None when unset."""
-    options = _mapping(
-        cluster.get("typed_extension_protocol_options") or {},
-        f"{where}.typed_extension_protocol_options",
-    )
-    http = options.get(HTTP_PROTOCOL_OPTIONS)
-    if http is not None:
-        common = _mapping(
-            _mapping(http, f"{where}.{HTTP_PROTOCOL_OPTIONS}").get("common_http_protocol_options")
-            or {},
-            f"{where}.common_http_protocol_options",
+    """``max_requests_per_connection`` from the HttpProtocolOptions extension, where istiod
+    puts ``connectionPool.http.maxRequestsPerConnection`` (cluster_traffic_policy.go), or the
+    deprecated cluster field older Envoys print; None when unset."""
+    try:
+        options = as_object(
+            cluster.get("typed_extension_protocol_options") or {},
+            f"{where}.typed_extension_protocol_options",
         )
-        value = common.get("max_requests_per_connection")
-        if value is not None:
-            return _uint32(value, f"{where}.max_requests_per_connection")
-    legacy = cluster.get("max_requests_per_connection")
-    return None if legacy is None else _uint32(legacy, f"{where}.max_requests_per_connection")
+        http = options.get(HTTP_PROTOCOL_OPTIONS)
+        if http is not None:
+            common = as_object(
+                as_object(http, f"{where}.{HTTP_PROTOCOL_OPTIONS}").get(
+                    "common_http_protocol_options"
+                )
+                or {},
+                f"{where}.common_http_protocol_options",
+            )
+            value = common.get("max_requests_per_connection")
+            if value is not None:
+                return as_uint32(value, f"{where}.max_requests_per_connection")
+        legacy = cluster.get("max_requests_per_connection")
+        return None if legacy is None else as_uint32(legacy, f"{where}.max_requests_per_connection")
+    except ConfigDumpError as error:
+        raise EnvoyStateError(str(error)) from None
 
 
 def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
@@ -472,35 +391,22 @@ def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
     )
 
 
-def _clusters(section: Mapping[str, Any]) -> tuple[dict[str, OutboundCluster], tuple[str, ...]]:
+def _clusters(section: Section) -> tuple[dict[str, OutboundCluster], tuple[str, ...]]:
     """Every active cluster; one that cannot be read is kept as ``OTHER`` with the reason (it
     blocks only an expectation about that cluster); one without a readable name is reported."""
     found: dict[str, OutboundCluster] = {}
     problems: list[str] = []
-    entries = _list(section.get("dynamic_active_clusters"), "dynamic_active_clusters")
-    for index, raw in enumerate(entries):
-        where = f"dynamic_active_clusters[{index}]"
+    for where, raw in section.entries("dynamic_active_clusters"):
         try:
-            cluster = _mapping(_mapping(raw, where).get("cluster"), f"{where}.cluster")
-            name = _string(cluster.get("name"), f"{where}.cluster.name")
-        except EnvoyStateError as error:
+            name, cluster = active_cluster(raw, where)
+        except ConfigDumpError as error:
             problems.append(str(error))
             continue
         try:
             found[name] = _cluster(cluster, name)
-        except EnvoyStateError as error:
+        except (ConfigDumpError, EnvoyStateError) as error:
             found[name] = OutboundCluster(name, UpstreamTransport.OTHER, detail=str(error))
     return found, tuple(problems)
-
-
-def _load(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> object:
-    if not isinstance(data, (bytes, str)):
-        return data
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EnvoyStateError(f"config_dump is not JSON: {error}") from None
 
 
 def _not_envoy(document: object) -> str | None:
@@ -508,7 +414,7 @@ def _not_envoy(document: object) -> str | None:
     one; None when it may be one."""
     if isinstance(document, list):
         return (
-            f"config_dump: expected an object, got {_show(document)}: a list is what `istioctl"
+            f"config_dump: expected an object, got {show(document)}: a list is what `istioctl"
             " proxy-config listeners -o json` prints (read it with parse_listeners);"
             " meshconform reads Envoy's /config_dump (`pilot-agent request GET config_dump`)"
         )
@@ -520,32 +426,6 @@ def _not_envoy(document: object) -> str | None:
     return None
 
 
-def _admin_type(kind: str) -> str | None:
-    """``ListenersConfigDump``/``ClustersConfigDump`` for a v3 admin type; raises for v2."""
-    if kind.startswith(_ADMIN_V2):
-        raise EnvoyStateError(
-            f"Envoy v2 config (Istio < 1.5) is not supported: configs[].@type {kind!r}"
-        )
-    if kind.startswith(_ADMIN_V3):
-        return kind[len(_ADMIN_V3) :]
-    return None
-
-
-def _active_listener(raw: object, where: str) -> tuple[str, Mapping[str, Any] | None]:
-    """A ``dynamic_listeners`` entry's name and its active listener (None while warming or
-    draining: not serving)."""
-    entry = _mapping(raw, where)
-    name = _string(entry.get("name"), f"{where}.name")
-    active = entry.get("active_state")
-    if active is None:
-        return name, None
-    listener = _mapping(
-        _mapping(active, f"{where}.active_state").get("listener"),
-        f"{where}.active_state.listener",
-    )
-    return name, listener
-
-
 def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     """Envoy's ``/config_dump`` (JSON text or the loaded object) -> what it implements.
 
@@ -553,11 +433,14 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     chain or cluster that cannot be read is kept, named, where it is (see ``mismatches``);
     only a document that is not an Envoy v3 config dump at all raises ``EnvoyStateError``.
     """
-    document = _load(data)
-    reason = _not_envoy(document)
-    if reason is not None:
-        raise EnvoyStateError(reason)
-    configs = _list(_mapping(document, "config_dump").get("configs"), "config_dump.configs")
+    try:
+        document = load_json(data)
+        reason = _not_envoy(document)
+        if reason is not None:
+            raise EnvoyStateError(reason)
+        found = sections(document)
+    except ConfigDumpError as error:
+        raise EnvoyStateError(str(error)) from None
     listeners_version = clusters_version = None
     inbound: dict[int, InboundPort] = {}
     blackhole: tuple[int, ...] = ()
@@ -565,30 +448,38 @@ def parse_config_dump(data: bytes | str | Mapping[str, Any]) -> EnvoyState:
     has_virtual_inbound = hbone_inbound = False
     clusters: dict[str, OutboundCluster] = {}
     cluster_problems: tuple[str, ...] = ()
-    for index, raw in enumerate(configs):
-        section = _mapping(raw, f"configs[{index}]")
-        kind = _admin_type(_string(section.get("@type"), f"configs[{index}].@type"))
-        if kind == "ListenersConfigDump":
-            listeners_version = _string(section.get("version_info"), "listeners.version_info")
-            listeners = _list(section.get("dynamic_listeners"), "dynamic_listeners")
-            problems: list[str] = []
-            for position, raw in enumerate(listeners):
-                where = f"dynamic_listeners[{position}]"
-                try:
-                    name, listener = _active_listener(raw, where)
-                    if name == CONNECT_TERMINATE and listener is not None:
-                        hbone_inbound = True
-                    if name != VIRTUAL_INBOUND or listener is None:
-                        continue
-                    has_virtual_inbound = True
-                    inbound, blackhole, found = _inbound_ports(listener, VIRTUAL_INBOUND)
-                    problems.extend(found)
-                except EnvoyStateError as error:  # maybe virtualInbound: blocks inbound checks
-                    problems.append(str(error))
-            listener_problems = tuple(problems)
-        elif kind == "ClustersConfigDump":
-            clusters_version = _string(section.get("version_info"), "clusters.version_info")
-            clusters, cluster_problems = _clusters(section)
+    for section in found:
+        if section.is_v2:
+            raise EnvoyStateError(
+                "Envoy v2 config (Istio < 1.5) is not supported:"
+                f" configs[].@type {section.type_url!r}"
+            )
+        try:
+            if section.admin_type == "ListenersConfigDump":
+                listeners_version = section.version_info("listeners")
+                entries = section.entries("dynamic_listeners")
+            elif section.admin_type == "ClustersConfigDump":
+                clusters_version = section.version_info("clusters")
+                clusters, cluster_problems = _clusters(section)
+                continue
+            else:
+                continue
+        except ConfigDumpError as error:
+            raise EnvoyStateError(str(error)) from None
+        problems: list[str] = []
+        for where, raw in entries:
+            try:
+                name, listener = active_listener(raw, where)
+                if name == CONNECT_TERMINATE and listener is not None:
+                    hbone_inbound = True
+                if name != VIRTUAL_INBOUND or listener is None:
+                    continue
+                has_virtual_inbound = True
+                inbound, blackhole, chain_problems = _inbound_ports(listener)
+                problems.extend(chain_problems)
+            except ConfigDumpError as error:  # maybe virtualInbound: blocks inbound checks
+                problems.append(str(error))
+        listener_problems = tuple(problems)
     return EnvoyState(
         listeners_version or None,
         clusters_version or None,
@@ -624,22 +515,25 @@ def parse_listeners(data: bytes | str | Sequence[Any]) -> EnvoyState:
     """``istioctl proxy-config listeners <pod> -o json`` (a list of Listener objects, camelCase
     or snake_case) -> the inbound part of what the proxy implements (no clusters, no versions:
     that output has neither)."""
-    document = _load(data)
-    if not isinstance(document, list):
-        raise EnvoyStateError(f"listeners: expected a list, got {_show(document)}")
-    listeners = _snake_keys(document)
-    assert isinstance(listeners, list)
-    inbound: dict[int, InboundPort] = {}
-    blackhole: tuple[int, ...] = ()
-    problems: tuple[str, ...] = ()
-    has_virtual_inbound = hbone_inbound = False
-    for index, raw in enumerate(listeners):
-        listener = _mapping(raw, f"listeners[{index}]")
-        name = _string(listener.get("name"), f"listeners[{index}].name")
-        hbone_inbound = hbone_inbound or name == CONNECT_TERMINATE
-        if name == VIRTUAL_INBOUND:
-            has_virtual_inbound = True
-            inbound, blackhole, problems = _inbound_ports(listener, VIRTUAL_INBOUND)
+    try:
+        document = load_json(data)
+        if not isinstance(document, list):
+            raise EnvoyStateError(f"listeners: expected a list, got {show(document)}")
+        listeners = _snake_keys(document)
+        assert isinstance(listeners, list)
+        inbound: dict[int, InboundPort] = {}
+        blackhole: tuple[int, ...] = ()
+        problems: tuple[str, ...] = ()
+        has_virtual_inbound = hbone_inbound = False
+        for index, raw in enumerate(listeners):
+            listener = as_object(raw, f"listeners[{index}]")
+            name = as_string(listener.get("name"), f"listeners[{index}].name")
+            hbone_inbound = hbone_inbound or name == CONNECT_TERMINATE
+            if name == VIRTUAL_INBOUND:
+                has_virtual_inbound = True
+                inbound, blackhole, problems = _inbound_ports(Listener(name, listener))
+    except ConfigDumpError as error:
+        raise EnvoyStateError(str(error)) from None
     return EnvoyState(
         None,
         None,

@@ -16,7 +16,6 @@ from typing import Final
 
 import yaml
 
-from pytest_meshconform.audit.engine import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from pytest_meshconform.backends.local.topology import (
     POD_CIDR_PREFIX,
     ROOT_NAMESPACE,
@@ -36,7 +35,6 @@ __all__ = [
     "default_topology",
     "load_topology",
     "parse_topology",
-    "with_audit_probes",
 ]
 
 BUILTIN_TOPOLOGY: Final = Path(__file__).with_name("builtin_topology.yaml")
@@ -50,7 +48,6 @@ DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "sleep": (),
     "tcp-echo": (9000,),
 }
-_RESERVED_NAMESPACES: Final = (ROOT_NAMESPACE, AUDIT_NAMESPACE)
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -183,12 +180,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             ns_node, where, ("name", "injected", "workloads", "services"), ("name", "injected")
         )
         namespace = ctx.name(fields["name"], f"{where}.name")
-        if namespace in _RESERVED_NAMESPACES:
+        if namespace == ROOT_NAMESPACE:
             raise ctx.error(
                 fields["name"],
                 f"{where}.name",
-                f"{namespace!r} is reserved (Istio's root"
-                " namespace or the audit's probes); choose another name",
+                f"{namespace!r} is reserved (Istio's root namespace); choose another name",
             )
         if namespace in seen_namespaces:
             raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
@@ -404,20 +400,3 @@ def load_topology(path: Path) -> Topology:
 def default_topology() -> Topology:
     """The built-in topology (builtin_topology.yaml beside this module)."""
     return load_topology(BUILTIN_TOPOLOGY)
-
-
-def with_audit_probes(topology: Topology) -> Topology:
-    """The topology plus `meshconform audit`'s probes in AUDIT_NAMESPACE: ``probe`` (a sleep
-    with a sidecar) and ``probe-naked`` (one without), addressed after the last pod."""
-    pods = list(topology.pods)
-    for name, sidecar in ((PROBE, True), (NAKED_PROBE, False)):
-        workload = Workload(
-            name=name,
-            namespace=AUDIT_NAMESPACE,
-            app=name,
-            service_account=name,
-            has_sidecar=sidecar,
-            labels={"app": name},
-        )
-        pods.append(Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{10 + len(pods)}", kind="sleep"))
-    return Topology(pods=tuple(pods), services=topology.services)

@@ -24,6 +24,7 @@ from pytest_meshconform.backends.local.topology import (
     Pod,
     ServiceEntry,
 )
+from pytest_meshconform.evidence.config_dump import SECRET_TYPE
 from pytest_meshconform.istio import Upstream, protocol_of
 from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
 from pytest_meshconform.istio.envoy import (
@@ -40,7 +41,6 @@ from pytest_meshconform.istio.envoy import (
     PASSTHROUGH_CLUSTER,
     ROOT_SECRET,
     ROUTER_TYPE,
-    SECRET_TYPE,
     TCP_PROXY_TYPE,
     TLS_INSPECTOR_TYPE,
     UPSTREAM_TLS_TYPE,

@@ -1,0 +1,56 @@
+# The public face of pytest_meshconform, listed once: type checkers and editors read this
+# stub, and `__init__.py` loads each name from here on first use. The README documents each.
+
+from pytest_meshconform.audit.discovery import ServicePort as ServicePort
+from pytest_meshconform.evidence.certs import (
+    CertError as CertError,
+    WorkloadCert as WorkloadCert,
+    load_pem_chain as load_pem_chain,
+)
+from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
+from pytest_meshconform.evidence.wire import Flow as Flow
+from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
+from pytest_meshconform.istio.api.policy import (
+    PolicyError as PolicyError,
+    authorization_policy as authorization_policy,
+    destination_rule as destination_rule,
+    peer_authentication as peer_authentication,
+)
+from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts as inbound_tls_contexts
+from pytest_meshconform.mesh import (
+    ExecResult as ExecResult,
+    Feature as Feature,
+    Mesh as Mesh,
+    MeshError as MeshError,
+    Workload as Workload,
+    mesh_min_tls_version as mesh_min_tls_version,
+    tunnels_over_hbone as tunnels_over_hbone,
+)
+from pytest_meshconform.plugin.fixtures import (
+    Capturer as Capturer,
+    CaptureResult as CaptureResult,
+    CertReader as CertReader,
+    EmptyCaptureError as EmptyCaptureError,
+    PolicyApplier as PolicyApplier,
+    RotationResult as RotationResult,
+    RotationWatcher as RotationWatcher,
+    UnmatchedPolicyError as UnmatchedPolicyError,
+    WorkloadHandle as WorkloadHandle,
+    WorkloadLookup as WorkloadLookup,
+    XfccReader as XfccReader,
+)
+from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
+from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
+from pytest_meshconform.plugin.tables import (
+    Call as Call,
+    CallTable as CallTable,
+    Outcome as Outcome,
+)
+from pytest_meshconform.report.observations import (
+    ObservedTable as ObservedTable,
+    TableRecorder as TableRecorder,
+)
+from pytest_meshconform.waiting import WaitTimeout as WaitTimeout, poll as poll
+
+__version__: str
+__all__: list[str]
