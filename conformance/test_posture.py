@@ -1,9 +1,9 @@
 """TLS posture: what a sidecar's inbound mTLS port accepts, and the certificates Istio issues.
 
 Proven from inside a pod without a sidecar (sleep.legacy) with curl against httpbin.foo's pod
-port under STRICT, each handshake read off the wire at the server's pod (the ServerHello says
-what the server accepted, even when it then refuses the connection for want of a mesh
-certificate). Expectations, literal from istio/istio:
+port under STRICT, each handshake read off the wire at the server's pod by the `tls_probe`
+fixture (the ServerHello says what the server accepted, even when it then refuses the
+connection for want of a mesh certificate). Expectations, literal from istio/istio:
 
 - ``BuildInboundTLS`` (pilot/pkg/security/authn/utils/utils.go): TLS 1.2 minimum (TLS 1.3 when
   ``meshConfig.meshMTLS.minProtocolVersion`` is TLSV1_3, ``GetMinTLSVersion``), TLS 1.3
@@ -25,11 +25,8 @@ checked in the sidecar's own config (the inbound chains' cipher list is exactly 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
-import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 from cryptography import x509
@@ -38,14 +35,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pytest_meshconform import (
-    Capturer,
-    CaptureResult,
     CertReader,
     ExecResult,
-    Flow,
+    Handshake,
     Mesh,
     PolicyApplier,
     TableRecorder,
+    TlsProber,
     WorkloadHandle,
     WorkloadLookup,
     inbound_tls_contexts,
@@ -112,97 +108,9 @@ UNREACHED = {
     45: "could not bind its source port",
     58: "could not use its client certificate",
 }
-# Client source ports: one per probe, so each flow on the wire is known by its port.
-_PORTS = iter(range(20000 + secrets.randbelow(9000), 65000))
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
-    label: str
-    curl_tls: tuple[str, ...]  # curl's TLS options for this attempt
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """One attempt: curl's exit, and the handshake as the server's pod saw it."""
-
-    probe: Probe
-    port: int
-    exit_code: int
-    stderr: str
-    flow: Flow | None
-
-    @property
-    def offered(self) -> bool:
-        return (
-            self.flow is not None
-            and self.flow.tls is not None
-            and (self.flow.tls.client_hello is not None)
-        )
-
-    @property
-    def server_hello(self) -> tuple[str, int] | None:
-        """(version, cipher suite code) of the server's answer; None when it sent none."""
-        tls = self.flow.tls if self.flow is not None else None
-        if tls is None or tls.server_hello is None:
-            return None
-        return tls.server_hello.version, tls.server_hello.cipher_suite
-
-    def __str__(self) -> str:
-        answer = self.server_hello
-        said = "no ServerHello" if answer is None else f"ServerHello {answer[0]} 0x{answer[1]:04X}"
-        return f"{self.probe.label}: curl exit {self.exit_code} ({self.stderr.strip()}); {said}"
-
-
-def _url(mesh: Mesh, server: WorkloadHandle) -> str:
-    port = server.workload.container_ports[0]
-    return f"https://{mesh.pod_ip(server.workload)}:{port}/headers"
-
-
-def _handshakes(
-    mesh: Mesh,
-    client: WorkloadHandle,
-    server: WorkloadHandle,
-    capture: Capturer,
-    probes: Sequence[Probe],
-) -> tuple[list[Seen], CaptureResult]:
-    """Run each probe from ``client`` (no sidecar) to ``server``'s pod port, under a capture.
-
-    One shell in the client's pod runs the curls in turn (one exec, not one per probe: on
-    Kubernetes each exec is an API round trip), each from its own source port."""
-    __tracebackhide__ = True
-    url = _url(mesh, server)
-    ports = [next(_PORTS) for _ in probes]
-    lines = []
-    for number, (probe, port) in enumerate(zip(probes, ports, strict=True)):
-        argv = ["curl", "-sS", "-k", "-o", "/dev/null", "--connect-timeout", "5", "-m", "10"]
-        argv += ["--local-port", str(port), *probe.curl_tls, url]
-        lines.append(f'{shlex.join(argv)} 2>&1; echo "@@ {number} $?"')
-    with capture(server) as cap:
-        result = client.exec(["sh", "-c", "\n".join(lines)], timeout=10 + 11 * len(probes))
-    outputs: dict[int, tuple[int, str]] = {}
-    said: list[str] = []
-    for line in result.stdout.decode(errors="replace").splitlines():
-        if (marker := re.fullmatch(r"@@ (\d+) (\d+)", line)) is not None:
-            outputs[int(marker[1])] = (int(marker[2]), "\n".join(said))
-            said = []
-        else:
-            said.append(line)
-    assert len(outputs) == len(probes), f"the probes did not all run in {client}: {result}"
-    client_ip = mesh.pod_ip(client.workload)
-    by_port = {f.client[1]: f for f in cap.flows if f.client[0] == client_ip}
-    seen = [
-        Seen(probe, port, *outputs[number], by_port.get(port))
-        for number, (probe, port) in enumerate(zip(probes, ports, strict=True))
-    ]
-    for s in seen:
-        # No false greens: an attempt the client could not even offer proves nothing.
-        assert s.exit_code not in (45, 59), f"curl could not make this attempt: {s}"
-        assert s.offered, f"no ClientHello from {client} on the wire for {s} ({cap})"
-    return seen, cap
-
-
-def _answer(s: Seen, *, suite: bool) -> str:
+def _answer(s: Handshake, *, suite: bool) -> str:
     """A probe's outcome as a table cell: what the server's pod put on the wire."""
     if s.server_hello is None:
         return "refused"
@@ -213,7 +121,7 @@ def _answer(s: Seen, *, suite: bool) -> str:
 def _record(
     record_table: TableRecorder,
     title: str,
-    seen: Sequence[Seen],
+    seen: Sequence[Handshake],
     expected: Sequence[str],
     *,
     suite: bool,
@@ -222,16 +130,16 @@ def _record(
     column = "server answer"
     record_table(
         title,
-        rows=[s.probe.label for s in seen],
+        rows=[s.label for s in seen],
         columns=[column],
-        expected={(s.probe.label, column): want for s, want in zip(seen, expected, strict=True)},
-        observed={(s.probe.label, column): _answer(s, suite=suite) for s in seen},
+        expected={(s.label, column): want for s, want in zip(seen, expected, strict=True)},
+        observed={(s.label, column): _answer(s, suite=suite) for s in seen},
         corner="ClientHello offers",
     )
 
 
-def _tls12(cipher: str) -> Probe:
-    return Probe(cipher, ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", f"{cipher}:@SECLEVEL=0"))
+def _tls12(cipher: str) -> tuple[str, tuple[str, ...]]:
+    return cipher, ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", f"{cipher}:@SECLEVEL=0")
 
 
 def test_inbound_accepts_only_tls12_and_tls13(
@@ -239,32 +147,33 @@ def test_inbound_accepts_only_tls12_and_tls13(
     apply_policy: PolicyApplier,
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Capturer,
+    tls_probe: TlsProber,
     record_table: TableRecorder,
 ) -> None:
     """The inbound mTLS port answers TLS 1.2 and 1.3 ClientHellos and refuses TLS 1.0 and 1.1
     (only 1.3 under meshMTLS.minProtocolVersion TLSV1_3), as seen in the ServerHellos."""
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     legacy = "DEFAULT:@SECLEVEL=0"  # OpenSSL 3 offers TLS 1.0/1.1 only at security level 0
-    probes = [
-        Probe("TLS1.0", ("--tlsv1.0", "--tls-max", "1.0", "--ciphers", legacy)),
-        Probe("TLS1.1", ("--tlsv1.1", "--tls-max", "1.1", "--ciphers", legacy)),
-        Probe("TLS1.2", ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", legacy)),
-        Probe("TLS1.3", ("--tlsv1.3", "--tls-max", "1.3")),
-    ]
-    seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
+    probes = {
+        "TLS1.0": ("--tlsv1.0", "--tls-max", "1.0", "--ciphers", legacy),
+        "TLS1.1": ("--tlsv1.1", "--tls-max", "1.1", "--ciphers", legacy),
+        "TLS1.2": ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", legacy),
+        "TLS1.3": ("--tlsv1.3", "--tls-max", "1.3"),
+    }
+    seen = tls_probe(naked_sleep, httpbin, probes)
+    cap = seen[0].capture
     minimum = mesh_min_tls_version(mesh)
     _record(
         record_table,
         f"TLS versions at {httpbin}'s inbound mTLS port (meshMTLS.minProtocolVersion {minimum})",
         seen,
         [
-            f"accepted ({p.label})" if p.label in ACCEPTED_VERSIONS[minimum] else "refused"
-            for p in probes
+            f"accepted ({label})" if label in ACCEPTED_VERSIONS[minimum] else "refused"
+            for label in probes
         ],
         suite=False,
     )
-    accepted = tuple(s.probe.label for s in seen if s.server_hello is not None)
+    accepted = tuple(s.label for s in seen if s.server_hello is not None)
     report = "\n".join(str(s) for s in seen)
     assert accepted == ACCEPTED_VERSIONS[minimum], (
         f"the inbound mTLS port accepted {accepted}, Istio accepts {ACCEPTED_VERSIONS[minimum]}"
@@ -272,7 +181,7 @@ def test_inbound_accepts_only_tls12_and_tls13(
     )
     for s in seen:
         if s.server_hello is not None:
-            assert s.server_hello[0] == s.probe.label, f"negotiated another version: {s}"
+            assert s.server_hello[0] == s.label, f"negotiated another version: {s}"
 
 
 @pytest.mark.mesh_features("certificates")
@@ -281,7 +190,7 @@ def test_inbound_tls12_ciphers_are_istios(
     apply_policy: PolicyApplier,
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
-    capture: Capturer,
+    tls_probe: TlsProber,
     cert_of: CertReader,
     record_table: TableRecorder,
 ) -> None:
@@ -296,32 +205,34 @@ def test_inbound_tls12_ciphers_are_istios(
         for c in ISTIO_TLS12_CIPHERS
         if c.startswith("ECDHE-ECDSA-") == isinstance(key, ec.EllipticCurvePublicKey)
     )
-    offer_all = Probe(
-        "everything", ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ALL:@SECLEVEL=0")
-    )
-    probes = [*(_tls12(c) for c in (*ISTIO_TLS12_CIPHERS, *NOT_ISTIOS)), offer_all]
-    seen, cap = _handshakes(mesh, naked_sleep, httpbin, capture, probes)
+    offer_all = ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ALL:@SECLEVEL=0")
+    probes = {
+        **dict(_tls12(c) for c in (*ISTIO_TLS12_CIPHERS, *NOT_ISTIOS)),
+        "everything": offer_all,
+    }
+    seen = tls_probe(naked_sleep, httpbin, probes)
+    cap = seen[0].capture
     _record(
         record_table,
         f"TLS 1.2 cipher suites at {httpbin}'s inbound mTLS port (it serves an"
         f" {'EC' if isinstance(key, ec.EllipticCurvePublicKey) else 'RSA'} key)",
         seen,
         [
-            f"accepted (TLS1.2, 0x{IANA[p.label]:04X})" if p.label in usable else "refused"
-            for p in probes[:-1]
+            f"accepted (TLS1.2, 0x{IANA[label]:04X})" if label in usable else "refused"
+            for label in list(probes)[:-1]
         ]
         + [f"accepted (TLS1.2, 0x{IANA[usable[0]]:04X})"],
         suite=True,
     )
     report = "\n".join(str(s) for s in seen)
-    accepted = tuple(s.probe.label for s in seen[:-1] if s.server_hello is not None)
+    accepted = tuple(s.label for s in seen[:-1] if s.server_hello is not None)
     assert accepted == usable, (
         f"TLS 1.2 suites accepted: {accepted}; Istio's list usable with the served"
         f" {type(key).__name__}: {usable}\n{report}\n({cap})"
     )
     for s in seen[:-1]:
         if s.server_hello is not None:
-            assert s.server_hello == ("TLS1.2", IANA[s.probe.label]), f"other suite chosen: {s}"
+            assert s.server_hello == ("TLS1.2", IANA[s.label]), f"other suite chosen: {s}"
     # Offered everything, the server picks by Istio's order: its first suite the key allows.
     assert seen[-1].server_hello == ("TLS1.2", IANA[usable[0]]), (
         f"offered every suite, the server chose {seen[-1]}; Istio's order picks {usable[0]}"
@@ -404,11 +315,12 @@ def test_inbound_requires_a_mesh_client_certificate(
     apply_policy: PolicyApplier,
     naked_sleep: WorkloadHandle,
     httpbin: WorkloadHandle,
+    tls_probe: TlsProber,
 ) -> None:
     """A client without a certificate, and one presenting a mesh identity signed by another CA,
     get no HTTP response from the inbound mTLS port."""
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
-    url = _url(mesh, httpbin)
+    url = tls_probe.url(httpbin)
     base = ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url]
     _assert_refused(naked_sleep.exec(base, timeout=15), "a client without a certificate")
     # The identity of a real workload, signed by a CA the mesh does not trust.

@@ -7,7 +7,7 @@ from pytest_meshconform.evidence.certs import (
     WorkloadCert as WorkloadCert,
     load_pem_chain as load_pem_chain,
 )
-from pytest_meshconform.evidence.curl import HttpError as HttpError, HttpResult as HttpResult
+from pytest_meshconform.evidence.curl import HttpResult as HttpResult
 from pytest_meshconform.evidence.wire import Flow as Flow
 from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
 from pytest_meshconform.istio.api.policy import (
@@ -26,25 +26,31 @@ from pytest_meshconform.mesh import (
     mesh_min_tls_version as mesh_min_tls_version,
     tunnels_over_hbone as tunnels_over_hbone,
 )
-from pytest_meshconform.plugin.fixtures import (
+from pytest_meshconform.plugin.capture import (
     Capturer as Capturer,
     CaptureResult as CaptureResult,
-    CertReader as CertReader,
     EmptyCaptureError as EmptyCaptureError,
+)
+from pytest_meshconform.plugin.identity import CertReader as CertReader, XfccReader as XfccReader
+from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
+from pytest_meshconform.plugin.policies import (
     PolicyApplier as PolicyApplier,
+    UnmatchedPolicyError as UnmatchedPolicyError,
+)
+from pytest_meshconform.plugin.probes import Handshake as Handshake, TlsProber as TlsProber
+from pytest_meshconform.plugin.rotation import (
     RotationResult as RotationResult,
     RotationWatcher as RotationWatcher,
-    UnmatchedPolicyError as UnmatchedPolicyError,
-    WorkloadHandle as WorkloadHandle,
-    WorkloadLookup as WorkloadLookup,
-    XfccReader as XfccReader,
 )
-from pytest_meshconform.plugin.options import mesh_settings_key as mesh_settings_key
 from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
 from pytest_meshconform.plugin.tables import (
     Call as Call,
     CallTable as CallTable,
     Outcome as Outcome,
+)
+from pytest_meshconform.plugin.workloads import (
+    WorkloadHandle as WorkloadHandle,
+    WorkloadLookup as WorkloadLookup,
 )
 from pytest_meshconform.report.observations import (
     ObservedTable as ObservedTable,

@@ -7,7 +7,7 @@ file that no longer collects), 2 bad input (usage, unreadable or malformed repor
 names the file and the field), 3 no regression but infrastructure errors changed (a sidecar
 died in one run: those tests are no evidence either way; run again).
 
-``meshconform audit`` proves every Service port's mTLS from the wire (`audit_cli`): exit 0
+``meshconform audit`` proves every Service port's mTLS from the wire (`audit.cli`): exit 0
 every port conforms, 1 one does not, 2 bad usage.
 
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network

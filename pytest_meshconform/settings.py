@@ -52,7 +52,7 @@ _REPORT_FORMAT_BY_SUFFIX: Final[dict[str, ReportFormat]] = {
     ".json": "json",
 }
 REPORT_SUFFIXES: Final[tuple[str, ...]] = tuple(_REPORT_FORMAT_BY_SUFFIX)
-# Human-readable reports (report_render.py): a self-contained HTML page, Markdown.
+# Human-readable reports (report.render): a self-contained HTML page, Markdown.
 HUMAN_REPORT_SUFFIXES: Final[tuple[str, ...]] = (".html", ".htm", ".md")
 
 FAULT_NAMES: Final = (

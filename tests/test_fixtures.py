@@ -79,7 +79,7 @@ def test_cert_of(cert_of, httpbin, naked_sleep):
         cert_of(naked_sleep)
 
 def test_empty_capture_is_an_error(capture, httpbin):
-    from pytest_meshconform.plugin.fixtures import EmptyCaptureError
+    from pytest_meshconform.plugin.capture import EmptyCaptureError
     with pytest.raises(EmptyCaptureError, match="saw no TCP flow to port 8080"):
         with capture(httpbin):
             pass
@@ -348,7 +348,7 @@ def test_the_closing_packets_of_an_earlier_connection_are_not_traffic_of_the_blo
     from wire_helpers import ethernet, pcap_file, tcp_packet
 
     from pytest_meshconform.evidence.wire import analyze_pcap
-    from pytest_meshconform.plugin.fixtures import is_block_traffic
+    from pytest_meshconform.plugin.capture import is_block_traffic
 
     client, server = ("10.244.0.12", 51086), ("10.244.0.11", 8080)
     fin, ack, syn = 0x01, 0x10, 0x02

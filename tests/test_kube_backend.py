@@ -234,7 +234,7 @@ def test_logs_since_ask_for_the_test_window_only(
 def test_requests_name_their_server_in_either_namespace_spelling(started: KubeMesh) -> None:
     """A handle's URL carries the run's real namespace; suites may write `foo`: the
     observations name the server workload either way."""
-    from pytest_meshconform.plugin.fixtures import WorkloadHandle
+    from pytest_meshconform.plugin.workloads import WorkloadHandle
     from pytest_meshconform.report.exhibits import Evidence
 
     sleep = WorkloadHandle(started, started.workload("sleep", "foo"), Evidence())

@@ -31,7 +31,7 @@ from pytest_meshconform.evidence.xfcc import parse_xfcc
 from pytest_meshconform.istio.api.policy import destination_rule, peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.mesh import LogPositions, MeshError, Workload
-from pytest_meshconform.plugin.fixtures import is_block_traffic
+from pytest_meshconform.plugin.capture import is_block_traffic
 
 pytestmark = needs_local_mesh
 

@@ -23,7 +23,7 @@ from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio.api.policy import Policy, parse_policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
-from pytest_meshconform.plugin.fixtures import _service_port_hint
+from pytest_meshconform.plugin.capture import service_port_hint
 
 
 @dataclass
@@ -171,9 +171,9 @@ def test_the_service_port_hint(mesh: Any) -> None:
         for w in the_mesh.workloads()
         if w.app == "httpbin" and the_mesh.logical_namespace(w.namespace) == "bar"
     ]
-    assert _service_port_hint(the_mesh, httpbin, 8000) == (
+    assert service_port_hint(the_mesh, httpbin, 8000) == (
         ". Port 8000 is the port of Service httpbin.bar; the pod listens on 8080:"
         " capture(..., port=8080)"
     )
-    assert _service_port_hint(the_mesh, httpbin, 8080) == ""  # the container port itself
-    assert _service_port_hint(the_mesh, httpbin, 9999) == ""  # no Service has it
+    assert service_port_hint(the_mesh, httpbin, 8080) == ""  # the container port itself
+    assert service_port_hint(the_mesh, httpbin, 9999) == ""  # no Service has it

@@ -14,10 +14,13 @@ import pytest_meshconform
 from pytest_meshconform import Feature
 from pytest_meshconform.backends.registry import BACKENDS, Backend, backend_for
 from pytest_meshconform.mesh import Mesh
-from pytest_meshconform.plugin import fixtures
+from pytest_meshconform.plugin import identity, policies, probes, rotation, tables, workloads
 from pytest_meshconform.settings import CLUSTER_KINDS
 
 PACKAGE = REPO / "pytest_meshconform"
+FIXTURE_MODULES = sorted(
+    path for path in (PACKAGE / "plugin").glob("*.py") if "@pytest.fixture" in path.read_text()
+)
 
 
 def _face() -> dict[str, str]:
@@ -35,7 +38,7 @@ def test_the_face_is_one_short_list() -> None:
     """`__init__.pyi` is the one list: `__all__` is made from it, and it stays short."""
     face = _face()
     assert pytest_meshconform.__all__ == ["__version__", *face]
-    assert len(face) <= 42, sorted(face)
+    assert len(face) <= 41, sorted(face)
     for name, module in face.items():
         assert alias_target(name, module) is getattr(pytest_meshconform, name), name
     assert pytest_meshconform.__version__ == "0.1.0"
@@ -64,7 +67,7 @@ def test_fixture_classes_are_final() -> None:
         and value.__module__.startswith("pytest_meshconform.plugin.")
         and not issubclass(value, BaseException)
     ]
-    assert len(classes) >= 13, classes
+    assert len(classes) >= 15, classes
     assert [c for c in classes if not getattr(c, "__final__", False)] == []
 
 
@@ -91,12 +94,18 @@ def test_fixtures_return_the_exported_types() -> None:
         "capture": "Capturer",
         "rotation": "RotationWatcher",
         "mesh": "Iterator[Mesh]",
+        "call_table": "CallTable",
+        "record_table": "TableRecorder",
+        "tls_probe": "TlsProber",
+        "mesh_service_ports": "ServicePortLister",
     }
-    tree = ast.parse((PACKAGE / "plugin" / "fixtures.py").read_text())
     returns = {
         node.name: ast.unparse(node.returns)
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.returns is not None
+        for path in FIXTURE_MODULES
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+        and node.returns is not None
+        and any(ast.unparse(d).startswith("pytest.fixture") for d in node.decorator_list)
     }
     assert {name: returns[name] for name in hints} == hints
     for name in hints.values():
@@ -106,7 +115,7 @@ def test_fixtures_return_the_exported_types() -> None:
 
 def test_fixtures_use_only_the_mesh_protocol() -> None:
     """No `getattr(mesh, ...)` and no backend names in the fixtures: the protocol declares all."""
-    source = (PACKAGE / "plugin" / "fixtures.py").read_text()
+    source = "".join(path.read_text() for path in FIXTURE_MODULES)
     assert (
         re.findall(r"getattr\((?:the_)?mesh\b|getattr\(opened|getattr\(handle\.mesh", source) == []
     )
@@ -147,19 +156,22 @@ def test_code_cites_only_files_in_the_repository() -> None:
             if "DESIGN.md" in path.read_text() and path.name != "test_public_api.py":
                 cited.append(str(path.relative_to(REPO)))
     assert cited == []
-    for doc in re.findall(r"docs/[\w./-]+\.md", (PACKAGE / "plugin" / "fixtures.py").read_text()):
-        assert (REPO / doc).is_file(), doc
+    for path in sorted((PACKAGE / "plugin").glob("*.py")):
+        for doc in re.findall(r"docs/[\w./-]+\.md", path.read_text()):
+            assert (REPO / doc).is_file(), f"{path.name}: {doc}"
 
 
 def test_fixture_helpers_hide_their_frames() -> None:
     for helper in (
-        fixtures.WorkloadHandle.curl,
-        fixtures.WorkloadHandle.exec,
-        fixtures.WorkloadLookup.__call__,
-        fixtures.PolicyApplier.__call__,
-        fixtures.XfccReader.__call__,
-        fixtures.CertReader.__call__,
-        fixtures.RotationWatcher.watch,
+        workloads.WorkloadHandle.curl,
+        workloads.WorkloadHandle.exec,
+        workloads.WorkloadLookup.__call__,
+        policies.PolicyApplier.__call__,
+        identity.XfccReader.__call__,
+        identity.CertReader.__call__,
+        rotation.RotationWatcher.watch,
+        tables.CallTable.__call__,
+        probes.TlsProber.__call__,
     ):
         assert "__tracebackhide__" in helper.__code__.co_varnames, helper
 

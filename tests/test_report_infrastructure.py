@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_report import _with, reference_document, validate
+from test_report import reference_document, validate, with_outcomes
 
 from pytest_meshconform.cli import EXIT_INFRASTRUCTURE, EXIT_OK, EXIT_REGRESSION, main as cli_main
 from pytest_meshconform.report import (
@@ -42,7 +42,7 @@ class StandIn:
     def health_problems(self):
         return self.problems
 
-    def log_positions(self):  # a test's log window (fixtures.py): no workload, no log line
+    def log_positions(self):  # a test's log window (plugin/session.py): no workload, no log line
         from pytest_meshconform.mesh import LogPositions
 
         return LogPositions(at=0.0)
@@ -179,7 +179,7 @@ def test_diff_keeps_infrastructure_errors_apart(tmp_path: Path) -> None:
     paths = {name: tmp_path / f"{name}.yaml" for name in ("old", "infra", "regressed")}
     write_report(old, paths["old"])
     write_report(new, paths["infra"])
-    write_report(_with(new, test_b="failed"), paths["regressed"])
+    write_report(with_outcomes(new, test_b="failed"), paths["regressed"])
     assert cli_main(["diff", str(paths["old"]), str(paths["old"])]) == EXIT_OK
     assert cli_main(["diff", str(paths["old"]), str(paths["infra"])]) == EXIT_INFRASTRUCTURE == 3
     assert cli_main(["diff", str(paths["old"]), str(paths["regressed"])]) == EXIT_REGRESSION

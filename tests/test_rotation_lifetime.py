@@ -17,7 +17,7 @@ import pytest
 from conftest import TESTDATA
 
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
-from pytest_meshconform.plugin.fixtures import RotationResult
+from pytest_meshconform.plugin.rotation import RotationResult
 
 SECRETS = TESTDATA / "secrets"
 

@@ -1,6 +1,6 @@
-"""Builders for the synthetic captures in test_wire.py: real TCP/IP bytes from dpkt, written with
-dpkt's pcap Writer or as hand-made pcapng blocks, and real TLS hellos from OpenSSL (Python's
-``ssl`` over memory BIOs, no sockets)."""
+"""Builders for the synthetic captures of the test_wire*.py tests: real TCP/IP bytes from
+dpkt, written with dpkt's pcap Writer or as hand-made pcapng blocks, and real TLS hellos from
+OpenSSL (Python's ``ssl`` over memory BIOs, no sockets)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import io
 import ipaddress
 import ssl
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dpkt
@@ -18,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from pytest_meshconform.evidence.tls import ClientHello
+from pytest_meshconform.evidence.wire import Capture, Flow, analyze_pcap
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -303,3 +307,52 @@ def server_hello_body(
         + struct.pack("!H", len(encoded))
         + encoded
     )
+
+
+# --------------------------------------------------------------------------- for the tests
+
+V4 = (("192.0.2.10", 40123), ("192.0.2.20", 8443))
+
+
+V6 = (("2001:db8::10", 40123), ("2001:db8::20", 8443))
+
+
+@dataclass(frozen=True)
+class Flights:
+    tls13: tuple[bytes, bytes]  # (ClientHello flight, server's first flight)
+    tls12: tuple[bytes, bytes]
+
+
+def make_flights(directory: Path) -> Flights:
+    """Real hellos from OpenSSL (memory BIOs), with Istio's SNI and ALPN; the certificate is
+    written under ``directory``."""
+    cert, key = make_certificate(directory)
+    server = server_context(cert, key, ["istio-http/1.1", "http/1.1"])
+    server12 = server_context(
+        cert, key, ["istio-http/1.1"], tls12_cipher="ECDHE-ECDSA-AES128-GCM-SHA256"
+    )
+    client13 = client_context(ISTIO_ALPN, ssl.TLSVersion.TLSv1_3)
+    client13.minimum_version = ssl.TLSVersion.TLSv1_2
+    return Flights(
+        tls13=tls_first_flights(client13, server, ISTIO_SNI),
+        tls12=tls_first_flights(
+            client_context(ISTIO_ALPN, ssl.TLSVersion.TLSv1_2), server12, ISTIO_SNI
+        ),
+    )
+
+
+ISTIO_HELLO_13 = ClientHello(
+    legacy_version="TLS1.2",
+    sni=ISTIO_SNI,
+    alpn=ISTIO_ALPN,
+    supported_versions=("TLS1.3", "TLS1.2"),
+)
+
+
+def analyze_frames(frames: list[bytes], link: Callable[[bytes], bytes] = ethernet) -> Capture:
+    return analyze_pcap(pcap_file([link(frame) for frame in frames]))
+
+
+def only_flow(capture: Capture) -> Flow:
+    assert len(capture.flows) == 1, capture.flows
+    return capture.flows[0]

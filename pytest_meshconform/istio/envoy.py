@@ -24,6 +24,8 @@ __all__ = [
     "HTTP_PROTOCOL_OPTIONS",
     "HTTP_PROTOCOL_OPTIONS_TYPE",
     "HTTP_RBAC_TYPE",
+    "INBOUND_CAPTURE_PORT",
+    "INBOUND_PASSTHROUGH_BIND",
     "INBOUND_PASSTHROUGH_CLUSTER",
     "INBOUND_SERVER_ALPNS",
     "INTERNAL_UPSTREAM_TYPE",
@@ -31,6 +33,7 @@ __all__ = [
     "LISTENER_TYPE",
     "NETWORK_RBAC_TYPE",
     "ORIGINAL_DST_TYPE",
+    "OUTBOUND_CAPTURE_PORT",
     "PASSTHROUGH_CLUSTER",
     "ROOT_SECRET",
     "ROUTER_TYPE",
@@ -85,6 +88,17 @@ TLS_INSPECTOR_TYPE: Final = (
 # which istio/authorization.py reproduces
 HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+# --- ports and addresses ----------------------------------------------------------------------
+
+# Where istio-iptables redirects a sidecar pod's TCP (tools/istio-iptables/pkg/capture/run.go:
+# ``--envoy-port`` 15001 outbound, ``--inbound-capture-port`` 15006 inbound) and where istiod
+# puts virtualOutbound and virtualInbound (pilot/pkg/networking/core/listener.go)
+OUTBOUND_CAPTURE_PORT: Final = 15001
+INBOUND_CAPTURE_PORT: Final = 15006
+# ``InboundPassthroughBindIpv4`` (pilot/pkg/networking/util/util.go): the source address of the
+# inbound clusters' connections to the app, which istio-iptables lets through unredirected
+INBOUND_PASSTHROUGH_BIND: Final = "127.0.0.6"
 
 # --- names --------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Hook layout, in the order pytest calls them:
   Printed once collection is done, not in the session header: a suite's conftest may change a
   default (the built-in suites' 10 s TTL) and, under ``--pyargs``, pytest loads that conftest
   only while collecting.
-- Fixtures (``mesh``, workloads, ``apply_policy``, ``capture``, ...) live in ``fixtures.py``,
+- Fixtures live in one module per family (``session``, ``workloads``, ``policies``,
+  ``identity``, ``capture``, ``rotation``, ``probes``, ``tables``),
   registered by ``pytest_configure``.
 
 Auto-loading this module must cost nothing for runs that never ask for a mesh: it imports only
@@ -57,22 +58,24 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "help", False):
         return  # --help must work even while the mesh settings are wrong
     config.stash[mesh_settings_key] = resolve_settings(config)
-    from pytest_meshconform.plugin import (
-        fixtures,  # cheap: fixture bodies import the backends they need
+    from pytest_meshconform.plugin import (  # cheap: fixture bodies import what they need
+        capture,
+        health,
+        identity,
+        policies,
+        probes,
+        rotation,
+        service_ports,
+        session,
+        tables,
+        workloads,
     )
 
-    config.pluginmanager.register(fixtures, "meshconform-fixtures")
-    from pytest_meshconform.plugin import (
-        health,  # a broken mesh's tests end as infrastructure errors
-    )
-
+    for family in (session, workloads, policies, identity, capture, rotation, probes, tables):
+        config.pluginmanager.register(family, f"meshconform-{family.__name__.rsplit('.', 1)[1]}")
+    # a broken mesh's tests end as infrastructure errors
     config.pluginmanager.register(health, "meshconform-health")
-    from pytest_meshconform.plugin import service_ports
-
     config.pluginmanager.register(service_ports, "meshconform-service-ports")
-    from pytest_meshconform.plugin import tables
-
-    config.pluginmanager.register(tables, "meshconform-tables")
     report.configure(config)
     from pytest_meshconform.plugin import render
 

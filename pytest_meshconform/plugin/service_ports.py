@@ -5,7 +5,7 @@ and endpoint (namespace as the suites spell it, protocol, the endpoint, the mode
 force predict, what the probes must observe), computed when called, so after `apply_policy` it
 predicts under the new policies. Write your per-service assertions on top of it, with your own
 clients (`naked_sleep.curl(port.url())`, `capture`...), as `meshconform audit` does with its
-probes. Registered by the plugin next to `fixtures.py`.
+probes. Registered by the plugin next to the other fixtures.
 """
 
 from __future__ import annotations

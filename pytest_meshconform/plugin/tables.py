@@ -21,12 +21,8 @@ from typing import final
 import pytest
 
 from pytest_meshconform.evidence.curl import HttpError, HttpResult, header_from_httpbin
-from pytest_meshconform.plugin.fixtures import (
-    PolicyApplier,
-    PolicySource,
-    WorkloadHandle,
-    WorkloadLookup,
-)
+from pytest_meshconform.plugin.policies import PolicyApplier, PolicySource
+from pytest_meshconform.plugin.workloads import WorkloadHandle, WorkloadLookup
 from pytest_meshconform.report.exhibits import evidence_of
 from pytest_meshconform.report.observations import ObservedTable, TableRecorder
 

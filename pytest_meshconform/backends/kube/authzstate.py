@@ -32,6 +32,7 @@ from pytest_meshconform.istio import Authorization, RbacFilter
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     HTTP_RBAC_TYPE,
+    INBOUND_CAPTURE_PORT,
     NETWORK_RBAC_TYPE,
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
@@ -40,9 +41,6 @@ from pytest_meshconform.istio.envoy import (
 __all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
 
 EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
-# istiod's inbound listener port (pilot/pkg/model: ProxyInboundListenPort), which only the
-# blackhole chain names as a destination port
-BLACKHOLE_PORT: Final = 15006
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +138,7 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
                 for chain_where, chain in chains
                 if isinstance(chain, Mapping)
                 and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
-                and _port(chain, chain_where) != BLACKHOLE_PORT
+                and _port(chain, chain_where) != INBOUND_CAPTURE_PORT  # the blackhole's
             )
     return ()
 

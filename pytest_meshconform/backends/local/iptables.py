@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pytest_meshconform.backends.local.topology import (
     EXCLUDED_INBOUND_PORTS,
-    INBOUND_CAPTURE_PORT,
-    INBOUND_PASSTHROUGH_BIND,
-    OUTBOUND_CAPTURE_PORT,
     PROXY_GID,
     PROXY_UID,
     Pod,
     Topology,
+)
+from pytest_meshconform.istio.envoy import (
+    INBOUND_CAPTURE_PORT,
+    INBOUND_PASSTHROUGH_BIND,
+    OUTBOUND_CAPTURE_PORT,
 )
 
 

@@ -25,12 +25,10 @@ SERVICE_PREFIX = "10.96.0."
 HTTPBIN_PORT = 8000
 HTTPBIN_TARGET_PORT = 8080
 
-# Envoy and interception ports, as istio-iptables uses them.
+# The proxy's identity and the ports it keeps, as istio-iptables uses them (its redirection
+# ports: istio/envoy.py).
 PROXY_UID = 1337
 PROXY_GID = 1337
-OUTBOUND_CAPTURE_PORT = 15001
-INBOUND_CAPTURE_PORT = 15006
-INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
 EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
 # The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as

@@ -17,13 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_meshconform.backends.local.topology import (
-    INBOUND_CAPTURE_PORT,
-    INBOUND_PASSTHROUGH_BIND,
-    OUTBOUND_CAPTURE_PORT,
-    Pod,
-    ServiceEntry,
-)
+from pytest_meshconform.backends.local.topology import Pod, ServiceEntry
 from pytest_meshconform.evidence.config_dump import SECRET_TYPE
 from pytest_meshconform.istio import Upstream, protocol_of
 from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
@@ -34,10 +28,13 @@ from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     HTTP_PROTOCOL_OPTIONS,
     HTTP_PROTOCOL_OPTIONS_TYPE,
+    INBOUND_CAPTURE_PORT,
+    INBOUND_PASSTHROUGH_BIND,
     INBOUND_PASSTHROUGH_CLUSTER,
     INBOUND_SERVER_ALPNS,
     LISTENER_TYPE,
     ORIGINAL_DST_TYPE,
+    OUTBOUND_CAPTURE_PORT,
     PASSTHROUGH_CLUSTER,
     ROOT_SECRET,
     ROUTER_TYPE,
