@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import yaml
 from conftest import TESTDATA
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -577,10 +578,51 @@ class FakeCluster:
         name = manifest["metadata"]["name"]
         self.calls.append(f"create namespace {name}")
         self.namespaces[name] = json.loads(json.dumps(manifest))
-        # istiod publishes the mesh root into every namespace
-        self.config_maps[(name, "istio-ca-root-cert")] = config_map_json(
-            name, "istio-ca-root-cert", {"root-cert.pem": self.root_pem}
+        # istiod publishes the mesh root into every namespace it discovers
+        if self.discovered(name):
+            self.config_maps[(name, "istio-ca-root-cert")] = config_map_json(
+                name, "istio-ca-root-cert", {"root-cert.pem": self.root_pem}
+            )
+
+    def discovered(self, name: str) -> bool:
+        """Whether istiod discovers a namespace: any of the mesh config's discoverySelectors
+        matches its labels (and the API server's kubernetes.io/metadata.name), as istio.io's
+        discovery-selectors guide describes them; all namespaces without selectors."""
+        mesh_map = self.config_maps[(self.istio_namespace, "istio")]
+        selectors = (yaml.safe_load(mesh_map["data"]["mesh"]) or {}).get("discoverySelectors")
+        if not selectors:
+            return True
+        labels = (self.namespaces.get(name) or {}).get("metadata", {}).get("labels") or {}
+        labels = {**labels, "kubernetes.io/metadata.name": name}
+
+        def holds(expression: Mapping[str, Any]) -> bool:
+            key, values = expression["key"], expression.get("values") or []
+            return {
+                "In": key in labels and labels[key] in values,
+                "NotIn": labels.get(key) not in values,
+                "Exists": key in labels,
+                "DoesNotExist": key not in labels,
+            }[expression["operator"]]
+
+        return any(
+            selector is not None
+            and all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+            and all(holds(e) for e in selector.get("matchExpressions") or [])
+            for selector in selectors
         )
+
+    def injected(self, namespace: str) -> bool:
+        """Whether Istio's injector webhooks select a namespace (mutatingwebhook.yaml): the
+        default revision's for istio-injection=enabled, revision R's for istio.io/rev=R when
+        istio-injection is absent; only revisions whose istiod is installed answer."""
+        labels = (self.namespaces.get(namespace) or {}).get("metadata", {}).get("labels", {})
+        revisions = {
+            (d["metadata"].get("labels") or {}).get("istio.io/rev") or "default"
+            for d in self.deployments.get(self.istio_namespace, [])
+        }
+        if "istio-injection" in labels:
+            return labels["istio-injection"] == "enabled" and "default" in revisions
+        return labels.get("istio.io/rev") in revisions
 
     def delete_namespace(self, name: str) -> bool:
         self.calls.append(f"delete namespace {name}")
@@ -630,10 +672,7 @@ class FakeCluster:
     def _schedule(self, deployment: Mapping[str, Any]) -> None:
         namespace = deployment["metadata"]["namespace"]
         app = deployment["metadata"]["name"]
-        labels = (self.namespaces.get(namespace) or {}).get("metadata", {}).get("labels", {})
-        injected = self.inject and (
-            labels.get("istio-injection") == "enabled" or "istio.io/rev" in labels
-        )
+        injected = self.inject and self.injected(namespace)
         pods = [p for p in self.pods.get(namespace, []) if p["metadata"]["labels"]["app"] != app]
         pods.append(
             pod_json(
@@ -641,6 +680,8 @@ class FakeCluster:
                 namespace,
                 app,
                 sidecar=injected,
+                # a sidecar without the mesh root (an undiscovered namespace) never gets ready
+                ready=not injected or self.discovered(namespace),
                 waiting_reason=self.pod_waiting.get(app),
                 proxy_image=self.proxy_image,
                 hbone=self.hbone_pods,
@@ -793,7 +834,7 @@ class FakeIstio:
 
     ``config_dump`` is rendered per pod from the policies in the cluster, with a deliberately
     small model of istiod (enough for the backend's tests; the real rules are in
-    ``pytest_meshconform.istio.api.policy``): httpbin's port 8080 takes the mode of its namespace's
+    ``pytest_meshconform.istio.api``): httpbin's port 8080 takes the mode of its namespace's
     selector-less PeerAuthentication, else the root namespace's, else PERMISSIVE; each
     ``outbound|8000||httpbin.<ns>`` cluster follows the DestinationRule for that host in the
     client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS

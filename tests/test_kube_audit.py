@@ -22,11 +22,14 @@ import pytest
 import yaml
 from kube_fakes import (
     DATA_DIR,
+    DEFAULT_MESH_CONFIG,
     ExecCall,
     ExecChannel,
     FakeApiServer,
     FakeCluster,
     FakeIstio,
+    config_map_json,
+    istiod_deployment,
     kubeconfig_text,
     pod_json,
     status_exit,
@@ -291,3 +294,31 @@ def test_the_command_audits_a_cluster_and_says_what_it_creates(
     writes = [c for c in fake.calls if not c.startswith("list")]
     assert all("meshconform-audit-" in c for c in writes), writes
     assert writes[-1].startswith("delete namespace meshconform-audit-")
+
+
+def test_the_audits_namespace_is_labelled_for_the_revision_and_the_discovery_selectors(
+    cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
+) -> None:
+    """A revision-only Istio (its injector selects istio.io/rev=<rev>, mutatingwebhook.yaml)
+    whose mesh config discovers only labelled namespaces: the probes' namespace carries both,
+    or its probe would get no sidecar and no mesh root."""
+    fake, _ = cluster
+    fake.deployments["istio-system"] = [istiod_deployment(revision="1-25-1")]
+    mesh_config = DEFAULT_MESH_CONFIG + (
+        "discoverySelectors:\n- matchLabels:\n    istio-discovery: enabled\n"
+    )
+    for name in ("istio", "istio-1-25-1"):
+        fake.config_maps[("istio-system", name)] = config_map_json(
+            "istio-system", name, {"mesh": mesh_config}
+        )
+    mesh = KubeAuditMesh(
+        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
+    )
+    mesh.start()
+    try:
+        labels = fake.namespaces["meshconform-audit-a1b2c3"]["metadata"]["labels"]
+        assert labels["istio.io/rev"] == "1-25-1" and "istio-injection" not in labels
+        assert labels["istio-discovery"] == "enabled"
+        assert mesh.workload("probe", "meshconform-audit").has_sidecar
+    finally:
+        mesh.close()

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from kube_fakes import (
     DATA_DIR,
+    DEFAULT_MESH_CONFIG,
     HOST_IP,
     PROXY_IMAGE,
     SHARED_SECRETS,
@@ -282,15 +284,111 @@ def test_any_istio_version_can_be_driven(world: World, image: str) -> None:
         mesh.close()
 
 
-def test_cert_ttl_above_istiods_cap_is_reported(world: World) -> None:
+def test_a_revision_only_istio_labels_namespaces_with_the_revision_it_picked(
+    world: World,
+) -> None:
+    """No --mesh-revision and one istiod of revision 1-25-1 (no default revision, no tag):
+    its injector selects only istio.io/rev=1-25-1 (mutatingwebhook.yaml), so that is the
+    label of the injected namespaces; legacy stays out with istio-injection=disabled."""
+    world.cluster.deployments["istio-system"] = [istiod_deployment(revision="1-25-1")]
+    world.cluster.config_maps[("istio-system", "istio-1-25-1")] = config_map_json(
+        "istio-system", "istio-1-25-1", {"mesh": "trustDomain: rev.example\n"}
+    )
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        for namespace in (FOO, BAR):
+            labels = world.cluster.namespaces[namespace]["metadata"]["labels"]
+            assert labels["istio.io/rev"] == "1-25-1" and "istio-injection" not in labels
+        legacy = world.cluster.namespaces[LEGACY]["metadata"]["labels"]
+        assert legacy["istio-injection"] == "disabled" and "istio.io/rev" not in legacy
+        assert mesh.revision == "1-25-1" and mesh.trust_domain == "rev.example"
+    finally:
+        mesh.close()
+
+
+def test_a_pod_without_sidecar_says_which_revisions_exist_and_the_flag(world: World) -> None:
+    world.cluster.deployments["istio-system"] = [
+        istiod_deployment(),
+        istiod_deployment(revision="canary"),
+    ]
+    world.cluster.inject = False
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    assert str(failure.value).startswith(f"pod sleep-6c8f9d7b5-0q2w in {FOO} has no istio-proxy:")
+    assert (
+        "the injection webhook of istiod revision default did not inject it (namespace labelled"
+        " istio-injection=enabled; is that istiod running and its webhook configured?);"
+        " istiod revisions in istio-system: canary, default: pass --mesh-revision=REV"
+    ) in str(failure.value)
+
+
+DISCOVERY_BY_LABEL = DEFAULT_MESH_CONFIG + (
+    "discoverySelectors:\n- matchLabels:\n    istio-discovery: enabled\n"
+)
+DISCOVERY_BY_NAME = DEFAULT_MESH_CONFIG + (
+    "discoverySelectors:\n- matchExpressions:\n  - key: kubernetes.io/metadata.name\n"
+    "    operator: In\n    values: [shop, payments]\n"
+)
+
+
+def test_discovery_selectors_with_match_labels_label_the_run_namespaces(world: World) -> None:
+    """istiod publishes the mesh root only into namespaces its discoverySelectors select
+    (namespacecontroller.go): each run namespace gets the selector's matchLabels."""
+    world.cluster.config_maps[("istio-system", "istio")] = config_map_json(
+        "istio-system", "istio", {"mesh": DISCOVERY_BY_LABEL}
+    )
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        for namespace in (FOO, BAR, LEGACY):
+            labels = world.cluster.namespaces[namespace]["metadata"]["labels"]
+            assert labels["istio-discovery"] == "enabled", namespace
+        assert mesh.root_cert == world.cluster.root_pem
+    finally:
+        mesh.close()
+
+
+def test_discovery_selectors_no_label_can_meet_refuse_the_run_at_once(world: World) -> None:
+    world.cluster.config_maps[("istio-system", "istio")] = config_map_json(
+        "istio-system", "istio", {"mesh": DISCOVERY_BY_NAME}
+    )
+    started = time.monotonic()
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    assert time.monotonic() - started < 2  # not --mesh-ready-timeout (5s here)
+    message = str(failure.value)
+    assert message.startswith(
+        f"istiod would not discover namespace {FOO}: the mesh config (configmap"
+        " istio-system/istio) has discoverySelectors {matchExpressions: [{key:"
+        " kubernetes.io/metadata.name, operator: In, values: [shop, payments]}]}"
+    )
+    assert "add a selector with matchLabels" in message
+    assert not [c for c in world.cluster.calls if c.startswith("create namespace")]
+
+
+def test_cert_ttl_above_istiods_maximum_is_refused_before_anything_is_created(
+    world: World,
+) -> None:
+    """istiod's CA refuses a CSR asking more than MAX_WORKLOAD_CERT_TTL (TTLError,
+    security/pkg/pki/ca/ca.go): the run stops at once, naming the maximum and the flag."""
     world.cluster.deployments["istio-system"] = [istiod_deployment(max_cert_ttl="1h0m0s")]
-    mesh = world.mesh(cert_ttl=timedelta(hours=2))
+    with pytest.raises(MeshError) as failure:
+        world.mesh(cert_ttl=timedelta(hours=2)).start()
+    assert str(failure.value) == (
+        "--mesh-cert-ttl 2h is above the longest workload certificate istiod signs"
+        " (MAX_WORKLOAD_CERT_TTL=1h of deployment istio-system/istiod): istiod would refuse"
+        " every sidecar's certificate request and no pod would become ready; pass"
+        " --mesh-cert-ttl=1h or less"
+    )
+    assert world.cluster.namespaces == {} and world.cluster.calls == []
+
+
+def test_cert_ttl_at_istiods_maximum_runs(world: World) -> None:
+    world.cluster.deployments["istio-system"] = [istiod_deployment(max_cert_ttl="1h0m0s")]
+    mesh = world.mesh(cert_ttl=timedelta(hours=1))
     mesh.start()
     mesh.close()
-    assert (
-        "istiod caps workload certificates at MAX_WORKLOAD_CERT_TTL=1h; --mesh-cert-ttl 2h will"
-        " be cut to that" in world.messages
-    )
 
 
 def test_image_pull_failure_fails_fast_and_cleans_up(world: World) -> None:

@@ -452,6 +452,32 @@ def test_existing_wrong_revision(pytester: pytest.Pytester, kubeconfig: Path) ->
             run_preflight(config)
 
 
+def test_existing_refuses_a_cert_ttl_istiod_would_not_sign(
+    pytester: pytest.Pytester, kubeconfig: Path
+) -> None:
+    """istiod's CA refuses CSRs above MAX_WORKLOAD_CERT_TTL (security/pkg/pki/ca/ca.go)."""
+    routes = {
+        "GET /version": KUBE_VERSION,
+        DEPLOYMENTS: deployment_list(istiod_deployment(max_cert_ttl="12h0m0s")),
+    }
+    with FakeApiServer(routes=routes) as server:
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        config = configured(
+            pytester,
+            "--mesh-cluster=existing",
+            "--mesh-kube-context=fake",
+            "--mesh-cert-ttl=24h",
+        )
+        with pytest.raises(MeshUnavailable) as unavailable:
+            run_preflight(config)
+        assert str(unavailable.value) == (
+            f"context 'fake' ({server.url}): --mesh-cert-ttl 24h is above the longest workload"
+            " certificate istiod signs (MAX_WORKLOAD_CERT_TTL=12h of deployment"
+            " istio-system/istiod): istiod would refuse every sidecar's certificate request and"
+            " no pod would become ready; pass --mesh-cert-ttl=12h or less"
+        )
+
+
 def test_local_needs_no_kube_preflight(pytester: pytest.Pytester, bin_dir: Path) -> None:
     run_preflight(configured(pytester))  # nothing on PATH, nothing checked
     assert os.environ["PATH"] == str(bin_dir)

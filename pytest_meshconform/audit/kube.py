@@ -29,6 +29,7 @@ from pytest_meshconform.backends.kube.topology import (
     RunNamespaces,
     run_labels,
 )
+from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import MeshError, Service, Workload
 
 __all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_topology"]
@@ -237,10 +238,8 @@ class KubeAuditMesh(KubeMesh):
     def _create_topology(self) -> None:
         labels = run_labels(self.names)
         labels["pod-security.kubernetes.io/enforce"] = "privileged"  # the capture container
-        if self.options.revision:
-            labels["istio.io/rev"] = self.options.revision
-        else:
-            labels["istio-injection"] = "enabled"
+        labels.update(injection_labels(self.revision, injected=True))
+        labels.update(self.discovery_labels(self.audit_namespace, labels))
         self._progress(f"creating the audit's namespace {self.audit_namespace} with its probes")
         self.api.create_namespace(
             {

@@ -33,6 +33,8 @@ from pytest_meshconform.backends.kube.control_plane import (
     IstioDataError,
     IstiodInfo,
     MeshConfigInfo,
+    cert_ttl_problem,
+    istiod_revisions,
     parse_mesh_config,
     select_istiod,
 )
@@ -66,7 +68,6 @@ from pytest_meshconform.mesh import (
     Service,
     Workload,
 )
-from pytest_meshconform.settings import format_duration
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 __all__ = ["KUBE_FEATURES", "KubeMesh"]
@@ -124,6 +125,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         # kind: the cluster is meshconform's own; existing: only with --mesh-allow-mesh-wide.
         self.allow_mesh_wide = backend == "kind" or options.allow_mesh_wide
         self._istiod: IstiodInfo | None = None
+        self._istiod_revisions: tuple[str, ...] = ()
         self._mesh_config: MeshConfigInfo | None = None
         self._root_pem: str | None = None
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -146,6 +148,11 @@ class KubeMesh(KubeCapture, KubePropagation):
         if self._istiod is None:
             raise MeshError("the kube mesh is not started (call start() first)")
         return self._istiod
+
+    @property
+    def istiod_revisions(self) -> tuple[str, ...]:
+        """Every istiod revision installed beside the one under test (after start)."""
+        return self._istiod_revisions
 
     @property
     def mesh_config(self) -> MeshConfigInfo:
@@ -254,7 +261,8 @@ class KubeMesh(KubeCapture, KubePropagation):
         self.close()
 
     def detect_istio(self) -> IstiodInfo:
-        """Read istiod and its mesh config; refuse what meshconform cannot work with."""
+        """Read istiod and its mesh config; refuse what meshconform cannot work with (a
+        certificate TTL istiod would not sign)."""
         namespace = self.options.istio_namespace
         deployments = self.api.list_deployments(namespace, "app=istiod")
         try:
@@ -269,13 +277,11 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._mesh_config = parse_mesh_config(text, namespace)
         except IstioDataError as error:
             raise MeshError(f"configmap {namespace}/{istiod.mesh_config_map}: {error}") from None
+        problem = cert_ttl_problem(istiod, self.cert_ttl)
+        if problem is not None:
+            raise MeshError(problem)
         self._istiod = istiod
-        if self.cert_ttl > istiod.max_workload_cert_ttl:
-            self._progress(
-                "istiod caps workload certificates at MAX_WORKLOAD_CERT_TTL="
-                f"{format_duration(istiod.max_workload_cert_ttl)}; --mesh-cert-ttl"
-                f" {format_duration(self.cert_ttl)} will be cut to that"
-            )
+        self._istiod_revisions = istiod_revisions(deployments)
         return istiod
 
     def _read_root_cert(self) -> str:

@@ -22,6 +22,12 @@ from typing import Any, Final
 
 import yaml
 
+from pytest_meshconform.istio.discovery import (
+    NamespaceSelector,
+    SelectorError,
+    parse_discovery_selectors,
+)
+from pytest_meshconform.istio.injection import DEFAULT_REVISION, REVISION_LABEL
 from pytest_meshconform.istio.tls import parse_min_protocol_version
 from pytest_meshconform.settings import format_duration
 
@@ -30,8 +36,10 @@ __all__ = [
     "IstioDataError",
     "IstiodInfo",
     "MeshConfigInfo",
+    "cert_ttl_problem",
     "istioctl_download_url",
     "istioctl_install_argv",
+    "istiod_revisions",
     "parse_go_duration",
     "parse_mesh_config",
     "select_istiod",
@@ -164,11 +172,41 @@ def _istiod_info(deployment: Mapping[str, Any]) -> IstiodInfo:
     return IstiodInfo(
         name=name,
         namespace=str(metadata.get("namespace", "")),
-        revision=str(labels.get("istio.io/rev") or "default"),
+        revision=str(labels.get(REVISION_LABEL) or DEFAULT_REVISION),
         version=str(version),
         image=image,
         max_workload_cert_ttl=max_ttl,
         pod_selector={str(k): str(v) for k, v in selector.items()},
+    )
+
+
+def cert_ttl_problem(istiod: IstiodInfo, cert_ttl: timedelta) -> str | None:
+    """Why istiod will not sign certificates of ``cert_ttl``, with the fix; None if it will.
+
+    istiod's CA refuses a CSR whose requested TTL is above ``MAX_WORKLOAD_CERT_TTL`` with a
+    TTLError (``IstioCA.sign``, security/pkg/pki/ca/ca.go): the sidecars get no certificate.
+    """
+    if cert_ttl <= istiod.max_workload_cert_ttl:
+        return None
+    longest = format_duration(istiod.max_workload_cert_ttl)
+    return (
+        f"--mesh-cert-ttl {format_duration(cert_ttl)} is above the longest workload certificate"
+        f" istiod signs (MAX_WORKLOAD_CERT_TTL={longest} of deployment"
+        f" {istiod.namespace}/{istiod.name}): istiod would refuse every sidecar's certificate"
+        f" request and no pod would become ready; pass --mesh-cert-ttl={longest} or less"
+    )
+
+
+def istiod_revisions(deployments: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The revisions of the istiod Deployments among ``deployments``, sorted."""
+    return tuple(
+        sorted(
+            {
+                str(_labels(d).get(REVISION_LABEL) or DEFAULT_REVISION)
+                for d in deployments
+                if _labels(d).get("app") == "istiod"
+            }
+        )
     )
 
 
@@ -204,6 +242,8 @@ class MeshConfigInfo:
     secret_ttl: str | None  # meshConfig.defaultConfig.proxyMetadata.SECRET_TTL, if set
     enable_auto_mtls: bool = True  # meshConfig.enableAutoMtls (a BoolValue, true when absent)
     min_tls_version: str = "TLS_AUTO"  # meshConfig.meshMTLS.minProtocolVersion
+    # meshConfig.discoverySelectors: () when absent (istiod discovers every namespace)
+    discovery_selectors: tuple[NamespaceSelector, ...] = ()
 
 
 def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
@@ -235,12 +275,17 @@ def parse_mesh_config(text: str, istiod_namespace: str) -> MeshConfigInfo:
         min_tls_version = parse_min_protocol_version(mesh_mtls.get("minProtocolVersion"))
     except ValueError as error:
         raise IstioDataError(f"mesh config: {error}") from None
+    try:
+        selectors = parse_discovery_selectors(mesh.get("discoverySelectors"))
+    except SelectorError as error:
+        raise IstioDataError(f"mesh config: {error}") from None
     return MeshConfigInfo(
         trust_domain,
         root_namespace,
         str(secret_ttl) if secret_ttl is not None else None,
         enable_auto_mtls=auto_mtls,
         min_tls_version=min_tls_version,
+        discovery_selectors=selectors,
     )
 
 

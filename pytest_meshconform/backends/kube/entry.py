@@ -39,9 +39,9 @@ def preflight(run: BackendRun) -> None:
     """Fail fast, with one message naming the fix, when the kube backend cannot run here.
 
     kind: the kind binary, a container engine that answers and istioctl. existing: the named
-    kube context, a reachable API server, istiod (of ``--mesh-revision``). Any Istio version
-    works: policies are waited for in the sidecars' own Envoy config. Invalid kube options
-    raise ``SettingsError``.
+    kube context, a reachable API server, istiod (of ``--mesh-revision``) that signs
+    certificates of ``--mesh-cert-ttl``. Any Istio version works: policies are waited for in
+    the sidecars' own Envoy config. Invalid kube options raise ``SettingsError``.
     """
     settings = run.settings
     options = resolve_options(run.option, run.rootdir)
@@ -52,12 +52,16 @@ def preflight(run: BackendRun) -> None:
         if problems:
             raise MeshUnavailable("--mesh-cluster=kind cannot run here: " + "; ".join(problems))
     elif settings.cluster == "existing":
-        _preflight_existing(settings.kube_context or "current", options)
+        _preflight_existing(settings.kube_context or "current", options, settings)
 
 
-def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
+def _preflight_existing(kube_context: str, options: KubeOptions, settings: MeshSettings) -> None:
     from pytest_meshconform.backends.kube.client import KubeApi, KubeApiError
-    from pytest_meshconform.backends.kube.control_plane import IstioDataError, select_istiod
+    from pytest_meshconform.backends.kube.control_plane import (
+        IstioDataError,
+        cert_ttl_problem,
+        select_istiod,
+    )
     from pytest_meshconform.backends.kube.kind import resolve_context
 
     context = resolve_context(kube_context)
@@ -73,7 +77,7 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
     namespace = options.istio_namespace
     try:
         deployments = api.list_deployments(namespace, "app=istiod", PREFLIGHT_API_TIMEOUT_S)
-        select_istiod(deployments, options.revision)
+        istiod = select_istiod(deployments, options.revision)
     except KubeApiError as error:
         raise MeshUnavailable(f"cannot look for istiod in {where}: {error}") from None
     except IstioDataError as error:
@@ -82,6 +86,9 @@ def _preflight_existing(kube_context: str, options: KubeOptions) -> None:
             " (istioctl install), pass --mesh-istio-namespace if istiod lives elsewhere, or"
             " use --mesh-cluster=kind"
         ) from None
+    problem = cert_ttl_problem(istiod, settings.cert_ttl)
+    if problem is not None:
+        raise MeshUnavailable(f"{where}: {problem}")
 
 
 def _owner() -> str:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError
-from pytest_meshconform.backends.kube.control_plane import MeshConfigInfo
+from pytest_meshconform.backends.kube.control_plane import IstiodInfo, MeshConfigInfo
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import (
     LOGICAL_NAMESPACES,
@@ -34,6 +34,8 @@ from pytest_meshconform.backends.kube.topology import (
     workload_manifests,
 )
 from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.istio.discovery import discovery_labels
+from pytest_meshconform.istio.injection import DEFAULT_REVISION, injection_labels
 from pytest_meshconform.mesh import MeshError, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -199,6 +201,12 @@ class KubeLifecycle:
         def run_id(self) -> str: ...
         @property
         def mesh_config(self) -> MeshConfigInfo: ...
+        @property
+        def istiod(self) -> IstiodInfo: ...
+        @property
+        def istiod_revisions(self) -> tuple[str, ...]: ...
+        @property
+        def revision(self) -> str | None: ...
         def envoy_admin(self, workload: Workload, path: str) -> bytes: ...
 
     def _sweep_leftovers(self) -> None:
@@ -295,11 +303,36 @@ class KubeLifecycle:
             )
         return [obj for obj in found if run_id_of(obj) != self.run_id]
 
+    def discovery_labels(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
+        """The labels that make istiod discover namespace ``name`` under the mesh config's
+        ``discoverySelectors`` ({} without them); MeshError naming the selectors and the fix
+        when none can be met by adding labels (istiod would never publish the mesh root
+        there, and every sidecar would wait for it until --mesh-ready-timeout)."""
+        selectors = self.mesh_config.discovery_selectors
+        extra = discovery_labels(selectors, name, labels)
+        if extra is not None:
+            return extra
+        listed = "; ".join(selector.describe() for selector in selectors)
+        config_map = f"{self.options.istio_namespace}/{self.istiod.mesh_config_map}"
+        raise MeshError(
+            f"istiod would not discover namespace {name}: the mesh config (configmap"
+            f" {config_map}) has discoverySelectors {listed}, and no matchLabels of theirs can"
+            f" be added to its labels {dict(sorted(labels.items()))}; add a selector with"
+            " matchLabels (e.g. {matchLabels: {istio-discovery: enabled}}) to discoverySelectors"
+            " so meshconform can label its namespaces into the mesh"
+        )
+
     def _create_topology(self) -> None:
         images = WorkloadImages(self.options.sleep_image, self.options.httpbin_image)
+        manifests = [
+            namespace_manifest(self.names, logical, self.revision, self.owner)
+            for logical in LOGICAL_NAMESPACES
+        ]
+        for manifest in manifests:  # every refusal before anything is created
+            meta = manifest["metadata"]
+            meta["labels"].update(self.discovery_labels(meta["name"], meta["labels"]))
         self._progress(f"creating namespaces {', '.join(self.names.all_real)} and workloads")
-        for logical in LOGICAL_NAMESPACES:
-            manifest = namespace_manifest(self.names, logical, self.options.revision, self.owner)
+        for manifest in manifests:
             self.api.create_namespace(manifest)
             self._created_namespaces.append(manifest["metadata"]["name"])
         for logical in LOGICAL_NAMESPACES:
@@ -333,14 +366,7 @@ class KubeLifecycle:
                     continue
                 pod = ready[0]
                 if workload.has_sidecar and not pod_has_sidecar(pod):
-                    revision = (
-                        f" of revision {self.options.revision}" if self.options.revision else ""
-                    )
-                    raise MeshError(
-                        f"pod {object_meta(pod).get('name')} in {workload.namespace} has no"
-                        f" istio-proxy: the injection webhook did not inject it (is istiod"
-                        f"{revision} running and its webhook configured?)"
-                    )
+                    raise MeshError(self._not_injected(pod, workload.namespace))
                 self._pods[(workload.namespace, workload.app)] = pod
             if not pending:
                 return True
@@ -362,6 +388,24 @@ class KubeLifecycle:
                 f"pods not ready after {self.options.ready_timeout}: {last_summary};"
                 f" recent warnings: {self._recent_warnings()}"
             ) from None
+
+    def _not_injected(self, pod: Mapping[str, Any], namespace: str) -> str:
+        """Why a pod of an injected namespace came up without istio-proxy, and the fix."""
+        revision = self.revision or DEFAULT_REVISION
+        wanted = injection_labels(self.revision, injected=True)
+        label = ", ".join(f"{k}={v}" for k, v in wanted.items())
+        message = (
+            f"pod {object_meta(pod).get('name')} in {namespace} has no istio-proxy: the"
+            f" injection webhook of istiod revision {revision} did not inject it (namespace"
+            f" labelled {label}; is that istiod running and its webhook configured?)"
+        )
+        revisions = self.istiod_revisions
+        if revisions != (DEFAULT_REVISION,):
+            message += (
+                f"; istiod revisions in {self.options.istio_namespace}: {', '.join(revisions)}:"
+                " pass --mesh-revision=REV to use the one whose injector serves your pods"
+            )
+        return message
 
     def _recent_warnings(self) -> str:
         notes: list[str] = []

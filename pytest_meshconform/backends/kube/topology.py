@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
 
+from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.settings import format_duration
 
@@ -175,20 +176,15 @@ def run_labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> 
 def namespace_manifest(
     names: RunNamespaces, logical: str, revision: str | None, owner: str
 ) -> dict[str, Any]:
-    """A run namespace: injected by label (or revision label), privileged for captures.
+    """A run namespace: injected by the injector of ``revision`` (None: the default one),
+    privileged for captures.
 
     ``pod-security.kubernetes.io/enforce: privileged`` because Istio's init container and the
     capture container need NET_ADMIN/NET_RAW, which the baseline Pod Security level rejects.
     """
     labels = run_labels(names, {LOGICAL_LABEL: logical})
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
-    if logical in INJECTED_NAMESPACES:
-        if revision:
-            labels["istio.io/rev"] = revision
-        else:
-            labels["istio-injection"] = "enabled"
-    else:
-        labels["istio-injection"] = "disabled"
+    labels.update(injection_labels(revision, injected=logical in INJECTED_NAMESPACES))
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
