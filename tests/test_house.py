@@ -83,3 +83,21 @@ def test_package_inits_only_hand_names_on() -> None:
             if not isinstance(node, allowed) and not is_all:
                 holding.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert holding == []
+
+
+def test_no_package_name_shadows_one_of_its_modules() -> None:
+    """`pkg.name` is the module `pkg/name.py`: a package re-exporting a function of the same
+    name as a module makes `monkeypatch.setattr("pkg.name.x", ...)` and `import pkg.name as m`
+    reach the function instead (the policy builders and their kinds' modules share names)."""
+    import importlib
+    import pkgutil
+    import types
+
+    shadowed = []
+    for info in pkgutil.walk_packages([str(PACKAGE)], prefix="pytest_meshconform."):
+        module = importlib.import_module(info.name)
+        package = importlib.import_module(info.name.rpartition(".")[0])
+        attribute = getattr(package, info.name.rpartition(".")[2])
+        if not isinstance(attribute, types.ModuleType) or attribute is not module:
+            shadowed.append(info.name)
+    assert shadowed == []
