@@ -10,7 +10,7 @@ from pytest_meshconform.evidence.certs import (
 from pytest_meshconform.evidence.curl import HttpResult as HttpResult
 from pytest_meshconform.evidence.wire import Flow as Flow
 from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     PolicyError as PolicyError,
     authorization_policy as authorization_policy,
     destination_rule as destination_rule,

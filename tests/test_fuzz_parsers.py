@@ -37,7 +37,7 @@ from pytest_meshconform.evidence.certs import (
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     PolicyError,
     authorization_policy,
     destination_rule,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.istio.api.policy import MtlsMode
+from pytest_meshconform.istio.api import MtlsMode
 from pytest_meshconform.istio.envoy import (
     DOWNSTREAM_TLS_TYPE,
     HCM_TYPE,

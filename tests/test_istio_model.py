@@ -37,7 +37,7 @@ from pytest_meshconform.istio import (
     plan_mesh,
     port_traffic_policy,
 )
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     DestinationRule,
     MtlsMode,
     Policy,

@@ -25,7 +25,7 @@ from pytest_meshconform.backends.kube.envoystate import (
     mismatches,
     parse_config_dump,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode, parse_policies
+from pytest_meshconform.istio.api import MtlsMode, TlsMode, parse_policies
 from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.mesh import Service
 

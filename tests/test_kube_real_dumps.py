@@ -42,7 +42,7 @@ from pytest_meshconform.backends.kube.envoystate import (
     parse_config_dump,
     parse_listeners,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 
 DUMPS = TESTDATA / "istio-dumps"
 

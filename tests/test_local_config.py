@@ -42,7 +42,7 @@ from pytest_meshconform.backends.local.iptables import istio_iptables_rules
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.evidence.certs import WorkloadCert, load_pem_chain
 from pytest_meshconform.istio import Upstream
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     MtlsMode,
     TlsMode,
     destination_rule,

@@ -23,7 +23,7 @@ from pytest_meshconform.settings import (
 
 if TYPE_CHECKING:
     from pytest_meshconform.audit.engine import AuditResult
-    from pytest_meshconform.istio.api.policy import Policy
+    from pytest_meshconform.istio.api import Policy
 
 __all__ = [
     "EXIT_NOT_CONFORMING",
@@ -277,7 +277,7 @@ def _run_local(args: argparse.Namespace) -> int:
         TopologyError,
         load_topology,
     )
-    from pytest_meshconform.istio.api.policy import PolicyError
+    from pytest_meshconform.istio.api import PolicyError
     from pytest_meshconform.istio.selection import unmatched_reason
     from pytest_meshconform.mesh import MeshError, MeshUnavailable
 
@@ -339,7 +339,7 @@ def evidence_dir_of(report: Path) -> Path:
 
 def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
     """Every policy of the files (YAML, ``---`` separated); PolicyError names file and field."""
-    from pytest_meshconform.istio.api.policy import PolicyError, parse_policies
+    from pytest_meshconform.istio.api import PolicyError, parse_policies
 
     policies: list[Policy] = []
     for path in paths:

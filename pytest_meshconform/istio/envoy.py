@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from pytest_meshconform.istio.api.policy import MtlsMode
+from pytest_meshconform.istio.api import MtlsMode
 
 __all__ = [
     "CLUSTER_TYPE",

@@ -67,7 +67,7 @@ from pytest_meshconform.evidence.config_dump import (
     socket_matches,
 )
 from pytest_meshconform.istio import Sidecar, plan_sidecar
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     MtlsMode,
     PeerAuthentication,
     Policy,

@@ -20,7 +20,7 @@ from typing import Any, Final
 from pytest_meshconform.backends.local.topology import Pod, ServiceEntry
 from pytest_meshconform.evidence.config_dump import SECRET_TYPE
 from pytest_meshconform.istio import Upstream, protocol_of
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 from pytest_meshconform.istio.envoy import (
     CLUSTER_TYPE,
     DOWNSTREAM_TLS_TYPE,
