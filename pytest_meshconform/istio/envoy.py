@@ -2,7 +2,8 @@
 
 One definition for both directions: the local mesh renders its sidecars' config from these
 (``backends/local/xds.py``) and the kube backend reads real sidecars' ``/config_dump`` back
-against them (``backends/kube/envoystate.py``, ``backends/kube/authzstate.py``). Each name cites
+against them (``backends/kube/envoystate.py``, ``backends/kube/authzstate.py``,
+``istio/sidecar_dump.py``). Each name cites
 where istio/istio writes it; docs/istio-model.md lists them.
 """
 
@@ -109,8 +110,8 @@ VIRTUAL_OUTBOUND: Final = "virtualOutbound"
 # pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
 # itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
 VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
-# pilot/pkg/util/protoconv and networking/util: PassthroughCluster, InboundPassthroughCluster
-# (the ORIGINAL_DST clusters of connections no Service or port claims)
+# pilot/pkg/networking/util/util.go: PassthroughCluster, InboundPassthroughCluster (the
+# ORIGINAL_DST clusters of connections no Service or port claims)
 PASSTHROUGH_CLUSTER: Final = "PassthroughCluster"
 INBOUND_PASSTHROUGH_CLUSTER: Final = "InboundPassthroughCluster"
 # cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
