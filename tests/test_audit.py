@@ -31,7 +31,7 @@ from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
 from pytest_meshconform.cli import main
-from pytest_meshconform.istio.api import peer_authentication
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 
 FOO_STRICT = """\
 apiVersion: security.istio.io/v1

@@ -31,9 +31,9 @@ from pytest_meshconform.istio.api import (
     Subset,
     TlsMode,
     TrafficPolicy,
-    destination_rule,
     parse_policy,
 )
+from pytest_meshconform.istio.api.destination_rule import destination_rule
 
 # --- client side: which DestinationRule, which TLS mode -------------------------------------
 # istio/istio pilot/pkg/model/push_context_test.go TestSetDestinationRuleWithExportTo: the

@@ -34,13 +34,8 @@ from istio_samples import (
 from pytest_meshconform.istio import (
     effective_mtls_mode,
 )
-from pytest_meshconform.istio.api import (
-    MtlsMode,
-    PeerAuthentication,
-    PolicyError,
-    destination_rule,
-    parse_policies,
-)
+from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, PolicyError, parse_policies
+from pytest_meshconform.istio.api.destination_rule import destination_rule
 
 # --- istio.io "Authentication Policy" task ---------------------------------------------------
 # The manifests are in istio_samples.py.

@@ -39,11 +39,11 @@ from pytest_meshconform.istio.api import (
     Subset,
     TlsMode,
     TrafficPolicy,
-    destination_rule,
     parse_policies,
     parse_policy,
-    peer_authentication,
 )
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 
 # --- the package exports -------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ One module per kind (``peer_authentication``, ``destination_rule``, ``authorizat
 the dataclass, its validation, its builder), the shared field checks (``fields``), the hardened
 YAML loader (``loader``) and the document reader (``parse``). What the policies mean for each
 sidecar is :mod:`pytest_meshconform.istio`.
+
+The builders (``peer_authentication()``, ...) are imported from their kind's module: re-exported
+here they would shadow the module of the same name as an attribute of this package.
 """
 
 from pytest_meshconform.istio.api.authorization_policy import (
@@ -13,7 +16,6 @@ from pytest_meshconform.istio.api.authorization_policy import (
     AuthzOperation,
     AuthzRule,
     AuthzSource,
-    authorization_policy,
 )
 from pytest_meshconform.istio.api.destination_rule import (
     ClientTls,
@@ -22,14 +24,12 @@ from pytest_meshconform.istio.api.destination_rule import (
     Subset,
     TlsMode,
     TrafficPolicy,
-    destination_rule,
 )
 from pytest_meshconform.istio.api.fields import PolicyError
 from pytest_meshconform.istio.api.parse import Policy, PolicyText, parse_policies, parse_policy
 from pytest_meshconform.istio.api.peer_authentication import (
     MtlsMode,
     PeerAuthentication,
-    peer_authentication,
 )
 
 __all__ = [
@@ -50,9 +50,6 @@ __all__ = [
     "Subset",
     "TlsMode",
     "TrafficPolicy",
-    "authorization_policy",
-    "destination_rule",
     "parse_policies",
     "parse_policy",
-    "peer_authentication",
 ]
