@@ -270,7 +270,8 @@ def _run_existing(args: argparse.Namespace) -> int:
 
 def _run_local(args: argparse.Namespace) -> int:
     from pytest_meshconform.audit.engine import run_audit
-    from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, with_audit_probes
+    from pytest_meshconform.audit.local import with_audit_probes
+    from pytest_meshconform.audit.probes import AUDIT_NAMESPACE
     from pytest_meshconform.backends.local.backend import LocalMesh
     from pytest_meshconform.backends.local.topology_file import (
         BUILTIN_TOPOLOGY,
