@@ -78,10 +78,10 @@ def preflight(run: BackendRun) -> None:
     """Fail fast, with one message naming the fix, when the kube backend cannot run here.
 
     Both: a kubernetes client that reads exec streams to their end. kind: the kind binary, a
-    container engine that answers and istioctl. existing: the named
-    kube context, a reachable API server, istiod (of ``--mesh-revision``) that signs
-    certificates of ``--mesh-cert-ttl``. Any Istio version works: policies are waited for in
-    the sidecars' own Envoy config. Invalid kube options raise ``SettingsError``.
+    container engine that answers and istioctl. existing: the named kube context, a reachable
+    API server, istiod (of ``--mesh-revision``) that signs certificates of ``--mesh-cert-ttl``.
+    Any Istio version works: policies are waited for in the sidecars' own Envoy config.
+    Invalid kube options raise ``SettingsError``.
     """
     settings = run.settings
     options = resolve_options(run.option, run.rootdir)
