@@ -12,9 +12,12 @@ import datetime as dt
 import pytest
 
 from pytest_meshconform import (
+    Call,
+    CallTable,
     Capturer,
     CertReader,
     Mesh,
+    Outcome,
     PolicyApplier,
     ServicePortLister,
     WorkloadHandle,
@@ -45,6 +48,28 @@ def test_strict_namespace_refuses_plaintext(
     seen = xfcc(sleep, httpbin)
     assert seen is not None, "mTLS from a sidecar carries X-Forwarded-Client-Cert"
     assert seen[0].uri == (sleep.spiffe_id,)
+
+
+# Outcomes as Istio's docs name them, spelled out: the table's cells.
+MTLS = Outcome("mTLS", status=200, mtls=True)  # the server saw XFCC naming the client
+PLAINTEXT = Outcome("plaintext", status=200, mtls=False)
+RESET = Outcome("reset", status=None, curl_exit=56)  # no filter chain matched: no response
+
+
+@pytest.mark.mesh_features("mtls", "peer-authentication", "xfcc")
+def test_a_table_of_calls_under_a_strict_namespace(call_table: CallTable) -> None:
+    """Rows of calls with their literal outcomes, run by the same runner as the built-in
+    reachability suite: applied, called, compared, kept in the reports."""
+    call_table(
+        "foo STRICT, seen from each namespace",
+        [
+            Call("sleep.foo", "httpbin.foo", MTLS),
+            Call("sleep.bar", "httpbin.foo", MTLS),
+            Call("sleep.legacy", "httpbin.foo", RESET),
+            Call("sleep.legacy", "httpbin.bar", PLAINTEXT),
+        ],
+        policies=[peer_authentication("default", "foo", mode="STRICT")],
+    )
 
 
 @pytest.mark.mesh_features("mtls", "peer-authentication")

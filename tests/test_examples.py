@@ -11,5 +11,5 @@ def test_example_suite_passes(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-rfEs", str(REPO / "examples")
     )
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     assert_runs_left_nothing(result.stdout.str())

@@ -166,7 +166,9 @@ def test_a_table_refuses_two_calls_for_one_cell_and_bad_names() -> None:
     s = stage()
     twice = [Call("sleep.foo", "httpbin.foo", MTLS), Call("sleep.foo", "httpbin.foo", MTLS)]
     with pytest.raises(ValueError, match="two calls fill the cell"):
-        s.runner()("t", twice)
+        s.runner()("t", twice, policies=["a policy"])
+    assert s.log == []  # refused before it looked anything up, applied or called
+    assert s.handles["sleep.foo"].made == []
     with pytest.raises(ValueError, match=r"<name>\.<namespace>"):
         s.runner()("t", [Call("sleep", "httpbin.foo", MTLS)])
     with pytest.raises(ValueError, match="no calls"):

@@ -70,6 +70,7 @@ from pytest_meshconform.istio.selection import age_key, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
+    "EXT_AUTHZ_SHADOW_PREFIX",
     "HTTP_RBAC_FILTER",
     "NETWORK_RBAC_FILTER",
     "RBAC_DENIED_BODY",
@@ -86,6 +87,9 @@ RBAC_DENIED_BODY: Final = "RBAC: access denied"
 TCP_STAT_PREFIX: Final = "tcp."
 SHADOW_ALLOW_PREFIX: Final = "istio_dry_run_allow_"
 SHADOW_DENY_PREFIX: Final = "istio_dry_run_deny_"
+# CUSTOM's RBAC filters (shadow only, for ext_authz), pilot/pkg/security/authz/model/model.go
+# ``RBACExtAuthzShadowRulesStatPrefix``: not AuthorizationPolicy ALLOW/DENY
+EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
 DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
 SPIFFE_PREFIX: Final = "spiffe://"
 

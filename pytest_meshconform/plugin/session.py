@@ -29,7 +29,7 @@ from pytest_meshconform.signals import signal_name
 if TYPE_CHECKING:
     from pytest_meshconform.mesh import LogPositions
 
-__all__ = ["evidence_window", "mesh", "mesh_key", "progress_writer"]
+__all__ = ["evidence_window", "mesh", "progress_writer"]
 
 _preflight_done_key: Final = pytest.StashKey[bool]()
 
@@ -114,7 +114,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         from pytest_meshconform.plugin.report import mesh_info_key
 
         request.config.stash[mesh_info_key] = MeshInfo.of(opened)
-        request.config.stash[mesh_key] = opened
+        request.config.stash[_mesh_key] = opened
         progress_writer(request.config)(
             f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s"
         )
@@ -135,8 +135,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         signals.release(owner)
 
 
-mesh_key: Final = pytest.StashKey[Mesh]()
-"""`config.stash[mesh_key]`: the session's mesh, once the `mesh` fixture opened it."""
+_mesh_key: Final = pytest.StashKey[Mesh]()  # the session's mesh, once the fixture opened it
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -193,7 +192,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed and call.when == "call":
-        mesh = item.config.stash.get(mesh_key, None)
+        mesh = item.config.stash.get(_mesh_key, None)
         evidence = evidence_of(item)
         if mesh is not None and evidence.log_positions is not None:
             _add_window_logs(mesh, evidence, evidence.log_positions)

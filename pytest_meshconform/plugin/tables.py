@@ -153,21 +153,25 @@ class CallTable:
         __tracebackhide__ = True
         if not calls:
             raise ValueError(f"table {title!r} has no calls")
+        varied = len({call.request for call in calls}) > 1
+        cells = [
+            (f"{call.client} {call.request}" if varied else call.client, call.server)
+            for call in calls
+        ]
+        twice = sorted({cell for cell in cells if cells.count(cell) > 1})
+        if twice:
+            raise ValueError(f"table {title!r}: two calls fill the cell(s) {twice}")
         handles = {
             key: _workload(self._lookup, key, skip_if_missing)
             for key in dict.fromkeys(k for call in calls for k in (call.client, call.server))
         }
         for source in policies:
             self._apply_policy(source)
-        varied = len({call.request for call in calls}) > 1
         outcomes = list(dict.fromkeys(call.expect for call in calls))
         expected: dict[tuple[str, str], str] = {}
         observed: dict[tuple[str, str], str] = {}
         differ: list[str] = []
-        for call in calls:
-            cell = (f"{call.client} {call.request}" if varied else call.client, call.server)
-            if cell in expected:
-                raise ValueError(f"table {title!r}: two calls fill the cell {cell}")
+        for call, cell in zip(calls, cells, strict=True):
             client = handles[call.client]
             result = client.curl(handles[call.server], method=call.method, path=call.path)
             got = next((o for o in (call.expect, *outcomes) if o.matches(result, client)), None)

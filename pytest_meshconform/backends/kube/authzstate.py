@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from pytest_meshconform.evidence.config_dump import (
     ConfigDumpError,
@@ -29,6 +29,7 @@ from pytest_meshconform.evidence.config_dump import (
     sections,
 )
 from pytest_meshconform.istio import Authorization, RbacFilter
+from pytest_meshconform.istio.authorization import EXT_AUTHZ_SHADOW_PREFIX
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     HTTP_RBAC_TYPE,
@@ -39,8 +40,6 @@ from pytest_meshconform.istio.envoy import (
 )
 
 __all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
-
-EXT_AUTHZ_SHADOW_PREFIX: Final = "istio_ext_authz_"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pytest_meshconform.istio.api.policy import MtlsMode, Policy
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
 from pytest_meshconform.settings import FAULT_NAMES
 
-__all__ = ["Faults", "Policy", "plan_sidecars"]
+__all__ = ["Faults", "plan_sidecars"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from pytest_meshconform import signals
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.agent import SidecarAgent
 from pytest_meshconform.backends.local.ca import MeshCA, WorkloadPrivateKey
-from pytest_meshconform.backends.local.control import Faults, Policy, plan_sidecars
+from pytest_meshconform.backends.local.control import Faults, plan_sidecars
 from pytest_meshconform.backends.local.delivery import (
     ENVOY_CONCURRENCY,
     render,
@@ -64,6 +64,7 @@ from pytest_meshconform.backends.local.topology import (
     Topology,
 )
 from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.istio.api.policy import Policy
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 from pytest_meshconform.istio.rotation import rotation_time
 from pytest_meshconform.istio.tls import MinProtocolVersion
