@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_meshconform.backends.local.backend import LocalMesh
-from pytest_meshconform.istio.api.policy import authorization_policy, peer_authentication
+from pytest_meshconform.istio.api.authorization_policy import authorization_policy
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.mesh import MeshUnavailable
 
 UP_GOAL_S = 1.5

@@ -25,7 +25,7 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 import hostile_inputs as hi  # noqa: E402
 
-from pytest_meshconform.istio.api.policy import parse_policies  # noqa: E402
+from pytest_meshconform.istio.api import parse_policies  # noqa: E402
 
 
 def _best(

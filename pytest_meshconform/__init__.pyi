@@ -10,10 +10,12 @@ from pytest_meshconform.evidence.certs import (
 from pytest_meshconform.evidence.curl import HttpResult as HttpResult
 from pytest_meshconform.evidence.wire import Flow as Flow
 from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
-from pytest_meshconform.istio.api.policy import (
-    PolicyError as PolicyError,
+from pytest_meshconform.istio.api import PolicyError as PolicyError
+from pytest_meshconform.istio.api.authorization_policy import (
     authorization_policy as authorization_policy,
-    destination_rule as destination_rule,
+)
+from pytest_meshconform.istio.api.destination_rule import destination_rule as destination_rule
+from pytest_meshconform.istio.api.peer_authentication import (
     peer_authentication as peer_authentication,
 )
 from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts as inbound_tls_contexts

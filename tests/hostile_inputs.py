@@ -29,7 +29,7 @@ from pytest_meshconform.evidence.certs import CertError, parse_envoy_certs
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
-from pytest_meshconform.istio.api.policy import PolicyError, parse_policies
+from pytest_meshconform.istio.api import PolicyError, parse_policies
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # Timestamps at the edges of Python's datetime range: valid RFC 3339, but the UTC instant

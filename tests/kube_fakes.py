@@ -842,7 +842,7 @@ class FakeIstio:
 
     ``config_dump`` is rendered per pod from the policies in the cluster, with a deliberately
     small model of istiod (enough for the backend's tests; the real rules are in
-    ``pytest_meshconform.istio.api.policy``): httpbin's port 8080 takes the mode of its namespace's
+    ``pytest_meshconform.istio.api``): httpbin's port 8080 takes the mode of its namespace's
     selector-less PeerAuthentication, else the root namespace's, else PERMISSIVE; each
     ``outbound|8000||httpbin.<ns>`` cluster follows the DestinationRule for that host in the
     client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS

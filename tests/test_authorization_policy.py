@@ -1,5 +1,6 @@
-"""AuthorizationPolicy: parsing and validation (policy.py) and the Istio model's RBAC filters
-(istio/authorization.py), checked against istiod's own builder test data and a real config dump.
+"""AuthorizationPolicy: parsing and validation (istio/api/authorization_policy.py) and the Istio
+model's RBAC filters (istio/authorization.py), checked against istiod's own builder test data
+and a real config dump.
 
 Expected Envoy shapes are transcribed from istio/istio
 ``pilot/pkg/security/authz/builder/testdata`` (``allow-none-out.yaml``,
@@ -19,7 +20,7 @@ from conftest import TESTDATA
 
 from pytest_meshconform import PolicyError, authorization_policy
 from pytest_meshconform.istio import authorization_for
-from pytest_meshconform.istio.api.policy import AuthorizationPolicy, AuthzAction, parse_policy
+from pytest_meshconform.istio.api import AuthorizationPolicy, AuthzAction, parse_policy
 from pytest_meshconform.istio.authorization import authorization_policies_for
 from pytest_meshconform.mesh import Workload
 

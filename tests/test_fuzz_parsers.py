@@ -37,13 +37,10 @@ from pytest_meshconform.evidence.certs import (
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
-from pytest_meshconform.istio.api.policy import (
-    PolicyError,
-    authorization_policy,
-    destination_rule,
-    parse_policies,
-    peer_authentication,
-)
+from pytest_meshconform.istio.api import PolicyError, parse_policies
+from pytest_meshconform.istio.api.authorization_policy import authorization_policy
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 # --------------------------------------------------------------------------- shared pieces

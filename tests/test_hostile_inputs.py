@@ -29,7 +29,7 @@ from pytest_meshconform.evidence.certs import (
 )
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
-from pytest_meshconform.istio.api.policy import PolicyError, parse_policies, parse_policy
+from pytest_meshconform.istio.api import PolicyError, parse_policies, parse_policy
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
 BENIGN_RATIO = 10.0

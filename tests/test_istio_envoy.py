@@ -2,7 +2,10 @@
 
 The names and ALPN lists are read off ``../shared/testdata/istio-dumps`` (provenance in its
 README) with a plain JSON walk, never with the code under test; the chain shapes come from
-pilot/pkg/networking/core/filterchain_options.go (``getFilterChainMatchOptions``).
+pilot/pkg/networking/core/filterchain_options.go (``getFilterChainMatchOptions``), the
+outbound TLS shapes from pilot/pkg/networking/core/cluster_tls.go
+(``buildUpstreamClusterTLSContext``, ``applyUpstreamTLSSettings``) and the SAN types from
+security/pkg/pki/util/san.go (``BuildSubjectAltNameExtension``).
 """
 
 from __future__ import annotations
@@ -13,21 +16,25 @@ from typing import Any
 import pytest
 from conftest import TESTDATA
 
-from pytest_meshconform.istio.api.policy import MtlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 from pytest_meshconform.istio.envoy import (
     DOWNSTREAM_TLS_TYPE,
     HCM_TYPE,
     INBOUND_SERVER_ALPNS,
     ISTIO_MTLS_ALPNS,
     ROOT_SECRET,
+    UPSTREAM_TLS_TYPE,
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
     WORKLOAD_SECRET,
     ChainShape,
+    UpstreamTransport,
+    auto_mtls_transport,
     inbound_chain_shapes,
     inbound_cluster_name,
     inbound_mode,
     outbound_cluster_name,
+    upstream_tls_shape,
 )
 
 DUMPS = TESTDATA / "istio-dumps"
@@ -108,3 +115,72 @@ def test_cluster_names_are_istios() -> None:
     names = {e["cluster"]["name"] for e in section["dynamic_active_clusters"]}
     assert outbound_cluster_name("istiod.istio-system.svc.cluster.local", 15010) in names
     assert inbound_cluster_name(3333) in names
+
+
+def clusters(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [section] = [c for c in document["configs"] if c["@type"].endswith(".ClustersConfigDump")]
+    return {e["cluster"]["name"]: e["cluster"] for e in section["dynamic_active_clusters"]}
+
+
+def test_istio_1_22_istio_mutual_cluster_has_the_istio_mutual_shape() -> None:
+    # Istio 1.22.3 sidecar, auto mTLS to istiod: the tlsMode-istio match carries the context
+    # buildUpstreamClusterTLSContext builds for ISTIO_MUTUAL, the tlsMode-disabled one none
+    cluster = clusters(load("mplb__envoy_config_dump.json"))[
+        "outbound|15010||istiod.istio-system.svc.cluster.local"
+    ]
+    matches = {m["name"]: m["transport_socket"] for m in cluster["transport_socket_matches"]}
+    assert set(matches) == {"tlsMode-istio", "tlsMode-disabled"}
+    assert "transport_socket" not in cluster
+    context = matches["tlsMode-istio"]["typed_config"]
+    assert context["@type"] == UPSTREAM_TLS_TYPE
+    common = context["common_tls_context"]
+    certificates = [c["name"] for c in common["tls_certificate_sds_secret_configs"]]
+    combined = common["combined_validation_context"]
+    root = combined["validation_context_sds_secret_config"]["name"]
+    sans = [m["exact"] for m in combined["default_validation_context"]["match_subject_alt_names"]]
+    assert (certificates, root) == (["default"], "ROOTCA")
+    assert sans == ["spiffe://cluster.local/ns/istio-system/sa/istiod"]
+
+    shape = upstream_tls_shape(TlsMode.ISTIO_MUTUAL)
+    assert (shape.transport, shape.certificate_secrets, shape.validation_secret) == (
+        UpstreamTransport.TLS,
+        tuple(certificates),
+        root,
+    )
+    assert not shape.rule_files
+    assert [shape.san_type(san) for san in sans] == ["URI"]
+    assert shape.implemented_by(UpstreamTransport.TLS, certificates, root)
+    assert auto_mtls_transport(TlsMode.ISTIO_MUTUAL) is UpstreamTransport.AUTO
+
+
+def test_upstream_tls_shapes_per_destination_rule_mode() -> None:
+    # cluster_tls.go: DISABLE builds no context; SIMPLE and MUTUAL (constructUpstreamTLS) use
+    # the rule's files, not the workload's SDS secrets; auto mTLS that chose no TLS: no socket
+    for mode in (TlsMode.DISABLE, None):
+        plain = upstream_tls_shape(mode)
+        assert (plain.transport, plain.certificate_secrets, plain.validation_secret) == (
+            UpstreamTransport.PLAINTEXT,
+            (),
+            None,
+        )
+        assert plain.implemented_by(UpstreamTransport.PLAINTEXT)
+        assert not plain.implemented_by(UpstreamTransport.TLS, [WORKLOAD_SECRET], ROOT_SECRET)
+    for mode in (TlsMode.SIMPLE, TlsMode.MUTUAL):
+        files = upstream_tls_shape(mode)
+        assert (files.transport, files.certificate_secrets, files.validation_secret) == (
+            UpstreamTransport.TLS,
+            (),
+            None,
+        )
+        assert files.rule_files
+        assert files.implemented_by(UpstreamTransport.TLS, ["file-cert:/c.pem~/k.pem"], "x")
+        assert not files.implemented_by(UpstreamTransport.AUTO)
+        assert not files.implemented_by(UpstreamTransport.PLAINTEXT)
+        # BuildSubjectAltNameExtension: a spiffe:// identity is a URI SAN, a host a DNS SAN
+        assert files.san_type("spiffe://cluster.local/ns/bar/sa/httpbin") == "URI"
+        assert files.san_type("bar.example") == "DNS"
+    mutual = upstream_tls_shape(TlsMode.ISTIO_MUTUAL)
+    assert not mutual.implemented_by(UpstreamTransport.AUTO, [WORKLOAD_SECRET], ROOT_SECRET)
+    assert not mutual.implemented_by(UpstreamTransport.TLS, ["file-cert:/c.pem"], ROOT_SECRET)
+    assert not mutual.implemented_by(UpstreamTransport.TLS, [WORKLOAD_SECRET], "file-root:/ca")
+    assert auto_mtls_transport(None) is UpstreamTransport.PLAINTEXT

@@ -37,15 +37,9 @@ from pytest_meshconform.istio import (
     plan_mesh,
     port_traffic_policy,
 )
-from pytest_meshconform.istio.api.policy import (
-    DestinationRule,
-    MtlsMode,
-    Policy,
-    TlsMode,
-    destination_rule,
-    parse_policies,
-    peer_authentication,
-)
+from pytest_meshconform.istio.api import DestinationRule, MtlsMode, Policy, TlsMode, parse_policies
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.mesh import Service
 
 TOPOLOGY = default_topology()

@@ -23,7 +23,7 @@ from pytest_meshconform.backends.kube.authzstate import (
 )
 from pytest_meshconform.backends.kube.topology import RunNamespaces, localize_manifest
 from pytest_meshconform.istio import authorization_for
-from pytest_meshconform.istio.api.policy import parse_policy
+from pytest_meshconform.istio.api import parse_policy
 from pytest_meshconform.mesh import Workload
 
 AUTHZ_DUMP = TESTDATA / "istio-dumps" / "istio__authz-configdump.json"

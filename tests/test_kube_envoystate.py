@@ -20,13 +20,12 @@ from pytest_meshconform.backends.kube.envoystate import (
     InboundChain,
     OutboundCluster,
     SidecarExpectation,
-    UpstreamTransport,
     expected_sidecar,
     mismatches,
     parse_config_dump,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode, parse_policies
-from pytest_meshconform.istio.envoy import outbound_cluster_name
+from pytest_meshconform.istio.api import MtlsMode, TlsMode, parse_policies
+from pytest_meshconform.istio.envoy import UpstreamTransport, outbound_cluster_name
 from pytest_meshconform.mesh import Service
 
 DATA = Path(__file__).resolve().parent / "data" / "kube"

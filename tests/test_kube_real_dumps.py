@@ -36,13 +36,13 @@ from pytest_meshconform.backends.kube.envoystate import (
     ExpectedInbound,
     ExpectedOutbound,
     SidecarExpectation,
-    UpstreamTransport,
     max_requests_per_connection,
     mismatches,
     parse_config_dump,
     parse_listeners,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
+from pytest_meshconform.istio.envoy import UpstreamTransport
 
 DUMPS = TESTDATA / "istio-dumps"
 

@@ -42,13 +42,9 @@ from pytest_meshconform.backends.local.iptables import istio_iptables_rules
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.evidence.certs import WorkloadCert, load_pem_chain
 from pytest_meshconform.istio import Upstream
-from pytest_meshconform.istio.api.policy import (
-    MtlsMode,
-    TlsMode,
-    destination_rule,
-    parse_policy,
-    peer_authentication,
-)
+from pytest_meshconform.istio.api import MtlsMode, TlsMode, parse_policy
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 
 TOPOLOGY = default_topology()

@@ -29,7 +29,8 @@ from local_helpers import alive, needs_local_mesh, subprocess_env, traces_of, wa
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.evidence.certs import load_pem_chain, parse_envoy_certs
-from pytest_meshconform.istio.api.policy import destination_rule, peer_authentication
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.mesh import MeshError, MeshUnavailable
 

@@ -28,7 +28,8 @@ from pytest_meshconform.backends.local.lifecycle import ENVOY_DRAIN_TIME_S
 from pytest_meshconform.evidence.certs import load_pem_chain, parse_envoy_certs
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import parse_xfcc
-from pytest_meshconform.istio.api.policy import destination_rule, peer_authentication
+from pytest_meshconform.istio.api.destination_rule import destination_rule
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.mesh import LogPositions, MeshError, Workload
 from pytest_meshconform.plugin.capture import is_block_traffic

@@ -33,7 +33,7 @@ from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.envoyadmin import admin_get
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio import authorization_for
-from pytest_meshconform.istio.api.policy import parse_policy
+from pytest_meshconform.istio.api import parse_policy
 from pytest_meshconform.istio.envoy import (
     HCM_TYPE,
     ROOT_SECRET,

@@ -40,7 +40,8 @@ from pytest_meshconform.istio import (
     plan_sidecar,
     service_port_protocol,
 )
-from pytest_meshconform.istio.api.policy import MtlsMode, parse_policy, peer_authentication
+from pytest_meshconform.istio.api import MtlsMode, parse_policy
+from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 
 # (port, name, appProtocol, udp) -> Istio's protocol, from TestConvertProtocol.
 CONVERT_PROTOCOL_CASES = [

@@ -20,7 +20,7 @@ from pytest_meshconform.backends.kube.topology import (
     topology_workloads,
 )
 from pytest_meshconform.backends.local.topology_file import default_topology
-from pytest_meshconform.istio.api.policy import Policy, parse_policy
+from pytest_meshconform.istio.api import Policy, parse_policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
 from pytest_meshconform.plugin.capture import service_port_hint

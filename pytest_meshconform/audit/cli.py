@@ -23,7 +23,7 @@ from pytest_meshconform.settings import (
 
 if TYPE_CHECKING:
     from pytest_meshconform.audit.engine import AuditResult
-    from pytest_meshconform.istio.api.policy import Policy
+    from pytest_meshconform.istio.api import Policy
 
 __all__ = [
     "EXIT_NOT_CONFORMING",
@@ -270,14 +270,15 @@ def _run_existing(args: argparse.Namespace) -> int:
 
 def _run_local(args: argparse.Namespace) -> int:
     from pytest_meshconform.audit.engine import run_audit
-    from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, with_audit_probes
+    from pytest_meshconform.audit.local import with_audit_probes
+    from pytest_meshconform.audit.probes import AUDIT_NAMESPACE
     from pytest_meshconform.backends.local.backend import LocalMesh
     from pytest_meshconform.backends.local.topology_file import (
         BUILTIN_TOPOLOGY,
         TopologyError,
         load_topology,
     )
-    from pytest_meshconform.istio.api.policy import PolicyError
+    from pytest_meshconform.istio.api import PolicyError
     from pytest_meshconform.istio.selection import unmatched_reason
     from pytest_meshconform.mesh import MeshError, MeshUnavailable
 
@@ -339,7 +340,7 @@ def evidence_dir_of(report: Path) -> Path:
 
 def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
     """Every policy of the files (YAML, ``---`` separated); PolicyError names file and field."""
-    from pytest_meshconform.istio.api.policy import PolicyError, parse_policies
+    from pytest_meshconform.istio.api import PolicyError, parse_policies
 
     policies: list[Policy] = []
     for path in paths:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
-from pytest_meshconform.istio.api.policy import PeerAuthentication, Policy, parse_policies
+from pytest_meshconform.istio.api import PeerAuthentication, Policy, parse_policies
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
 from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of

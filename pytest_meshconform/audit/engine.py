@@ -26,7 +26,7 @@ from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.wire import analyze_pcap
-from pytest_meshconform.istio.api.policy import PolicyError
+from pytest_meshconform.istio.api import PolicyError
 from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 

@@ -51,7 +51,6 @@ from pytest_meshconform.istio.upstream import (
     Upstream,
     istio_mutual_alpn,
     istio_sni,
-    upstream,
 )
 
 __all__ = [
@@ -86,5 +85,4 @@ __all__ = [
     "rbac_policy_name",
     "service_mtls_mode",
     "service_port_protocol",
-    "upstream",
 ]

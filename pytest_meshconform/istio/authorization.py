@@ -8,7 +8,7 @@ Every rule names the istiod function it reproduces (all in istio/istio):
   name, then namespace [``AuthorizationPolicies.ListAuthorizationPolicies``,
   ``GetAuthorizationPolicies`` + ``sortConfigByCreationTime``, pilot/pkg/model/authorization.go].
 - One RBAC filter per action, DENY before ALLOW (CUSTOM would come first, AUDIT is logging
-  only; neither is accepted by :mod:`pytest_meshconform.istio.api.policy`); a workload without ALLOW
+  only; neither is accepted by :mod:`pytest_meshconform.istio.api`); a workload without ALLOW
   policies has no ALLOW filter, so everything not denied is allowed [``build`` in
   pilot/pkg/security/authz/builder/builder.go].
 - One Envoy policy per rule, named ``ns[<namespace>]-policy[<name>]-rule[<index>]``
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     AuthorizationPolicy,
     AuthzAction,
     AuthzCondition,
@@ -66,7 +66,7 @@ from pytest_meshconform.istio.api.policy import (
     AuthzSource,
 )
 from pytest_meshconform.istio.envoy import HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
-from pytest_meshconform.istio.selection import age_key, is_subset
+from pytest_meshconform.istio.selection import age_key, in_scope, is_subset
 from pytest_meshconform.mesh import Workload
 
 __all__ = [
@@ -199,7 +199,7 @@ def authorization_policies_for(
         if not isinstance(policy, AuthorizationPolicy):
             continue
         namespace = policy.namespace or "default"
-        if namespace not in (root_namespace, workload.namespace):
+        if not in_scope(namespace, workload.namespace, root_namespace):
             continue
         if is_subset(policy.selector or {}, workload.labels):
             chosen.append(policy)

@@ -11,17 +11,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pytest_meshconform.istio.api.policy import (
-    _K8S_LABEL,
+from pytest_meshconform.istio.api import (
     ClientTls,
     DestinationRule,
     PeerAuthentication,
     Policy,
     PolicyError,
     TlsMode,
-    _check_argument_namespace,
-    _FieldError,
-    _validate_wildcard_domain,
+)
+from pytest_meshconform.istio.api.destination_rule import validate_wildcard_domain
+from pytest_meshconform.istio.api.fields import (
+    K8S_LABEL,
+    FieldError,
+    check_argument_namespace,
     show,
 )
 from pytest_meshconform.istio.selection import age_key, check_labels_argument, is_subset
@@ -139,21 +141,21 @@ def destination_rule_for(
     default) and ``Sidecar`` egress scoping are not modelled. The returned rule carries the
     resolved host.
     """
-    _check_argument_namespace(client_namespace, "client_namespace")
-    _check_argument_namespace(root_namespace, "root_namespace")
-    _check_argument_namespace(default_namespace, "default_namespace")
+    check_argument_namespace(client_namespace, "client_namespace")
+    check_argument_namespace(root_namespace, "root_namespace")
+    check_argument_namespace(default_namespace, "default_namespace")
     if client_labels is not None:
         check_labels_argument(client_labels, "client_labels")
     if not isinstance(host_fqdn, str) or "*" in host_fqdn:
         raise PolicyError(f"host_fqdn must be a host name without wildcards, got {show(host_fqdn)}")
     try:
-        _validate_wildcard_domain(host_fqdn, "host_fqdn")
-    except _FieldError as error:
+        validate_wildcard_domain(host_fqdn, "host_fqdn")
+    except FieldError as error:
         raise PolicyError(error.problem, path=error.path) from None
     if service_namespace is None:
         service_namespace = _kubernetes_service_namespace(host_fqdn, domain_suffix)
     else:
-        _check_argument_namespace(service_namespace, "service_namespace")
+        check_argument_namespace(service_namespace, "service_namespace")
 
     placed: list[tuple[str, DestinationRule]] = []
     seen: set[tuple[str, str]] = set()
@@ -234,7 +236,7 @@ def _kubernetes_service_namespace(host: str, domain_suffix: str) -> str | None:
     if not host.endswith(suffix):
         return None
     parts = host[: -len(suffix)].split(".")
-    if len(parts) == 2 and len(parts[1]) <= 63 and _K8S_LABEL.fullmatch(parts[1]):
+    if len(parts) == 2 and len(parts[1]) <= 63 and K8S_LABEL.fullmatch(parts[1]):
         return parts[1]
     return None
 

@@ -1,8 +1,9 @@
-"""What istiod emits into a sidecar's Envoy: names, type URLs, ALPNs, inbound chain shapes (pure).
+"""What istiod emits into a sidecar's Envoy: names, type URLs, ALPNs, chain and TLS shapes (pure).
 
 One definition for both directions: the local mesh renders its sidecars' config from these
 (``backends/local/xds.py``) and the kube backend reads real sidecars' ``/config_dump`` back
-against them (``backends/kube/envoystate.py``, ``backends/kube/authzstate.py``). Each name cites
+against them (``backends/kube/envoystate.py``, ``backends/kube/authzstate.py``,
+``istio/sidecar_dump.py``). Each name cites
 where istio/istio writes it; docs/istio-model.md lists them.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
-from pytest_meshconform.istio.api.policy import MtlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -45,10 +47,14 @@ __all__ = [
     "VIRTUAL_OUTBOUND",
     "WORKLOAD_SECRET",
     "ChainShape",
+    "UpstreamTlsShape",
+    "UpstreamTransport",
+    "auto_mtls_transport",
     "inbound_chain_shapes",
     "inbound_cluster_name",
     "inbound_mode",
     "outbound_cluster_name",
+    "upstream_tls_shape",
 ]
 
 # --- type URLs of the resources and extensions istiod sends (Envoy's v3 API names) -------------
@@ -109,8 +115,8 @@ VIRTUAL_OUTBOUND: Final = "virtualOutbound"
 # pilot/pkg/model: VirtualInboundBlackholeFilterChainName; the chain for traffic sent to 15006
 # itself (listener_inbound.go, ``buildInboundBlackhole``): no port of the workload
 VIRTUAL_INBOUND_BLACKHOLE: Final = "virtualInbound-blackhole"
-# pilot/pkg/util/protoconv and networking/util: PassthroughCluster, InboundPassthroughCluster
-# (the ORIGINAL_DST clusters of connections no Service or port claims)
+# pilot/pkg/networking/util/util.go: PassthroughCluster, InboundPassthroughCluster (the
+# ORIGINAL_DST clusters of connections no Service or port claims)
 PASSTHROUGH_CLUSTER: Final = "PassthroughCluster"
 INBOUND_PASSTHROUGH_CLUSTER: Final = "InboundPassthroughCluster"
 # cluster_tls.go ``hboneTransportSocket``: the transport socket match for tunnel: http endpoints
@@ -205,3 +211,78 @@ def inbound_mode(chains: Sequence[ChainShape]) -> MtlsMode | None:
     if plain and not mtls:
         return MtlsMode.DISABLE
     return None
+
+
+# --- outbound TLS per DestinationRule mode ------------------------------------------------------
+
+
+class UpstreamTransport(StrEnum):
+    """How an outbound cluster talks to its endpoints."""
+
+    PLAINTEXT = "plaintext"  # no transport socket, or raw_buffer only
+    TLS = "TLS"  # an UpstreamTlsContext for every endpoint
+    AUTO = "auto mTLS"  # per endpoint: TLS for tlsMode=istio, plaintext otherwise
+    OTHER = "other"  # a transport socket no shape here describes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsShape:
+    """One outbound cluster's transport as far as its DestinationRule TLS mode shows in it:
+    the SDS secrets istiod names for the client certificate and the roots, or the rule's own
+    files (``client_certificate``, ``private_key``, ``ca_certificates``)."""
+
+    transport: UpstreamTransport
+    certificate_secrets: tuple[str, ...] = ()  # tls_certificate_sds_secret_configs names
+    validation_secret: str | None = None  # combined_validation_context's SDS secret
+    rule_files: bool = False  # certificate, key and CA come from the DestinationRule
+    identities_are_uris: bool = False  # the expected SANs are SPIFFE identities
+
+    def san_type(self, san: str) -> str:
+        """Envoy's ``SubjectAltNameMatcher.san_type`` for one expected SAN. istiod writes
+        untyped exact matchers (``util.StringToExactMatch``); the type follows how Istio
+        puts names in a certificate (security/pkg/pki/util/san.go,
+        ``BuildSubjectAltNameExtension``): a URI for an identity, a DNS name otherwise."""
+        return "URI" if self.identities_are_uris or "://" in san else "DNS"
+
+    def implemented_by(
+        self,
+        transport: UpstreamTransport,
+        certificate_secrets: Sequence[str] = (),
+        validation_secret: str | None = None,
+    ) -> bool:
+        """Whether a cluster read from a config dump has this shape: the same transport and,
+        where istiod names SDS secrets, those secrets."""
+        return (
+            transport is self.transport
+            and set(self.certificate_secrets) <= set(certificate_secrets)
+            and (self.validation_secret is None or validation_secret == self.validation_secret)
+        )
+
+    def describe(self) -> str:
+        if self.validation_secret is not None:
+            secrets = "/".join(self.certificate_secrets)
+            return f"{self.transport.value} with SDS {secrets}, root {self.validation_secret}"
+        return self.transport.value
+
+
+def upstream_tls_shape(mode: TlsMode | None) -> UpstreamTlsShape:
+    """The cluster transport for a DestinationRule TLS mode (None: no TLS chosen), as
+    ``buildUpstreamClusterTLSContext`` (pilot/pkg/networking/core/cluster_tls.go) builds it:
+    DISABLE no transport socket; ISTIO_MUTUAL an UpstreamTlsContext with the SDS secrets
+    :data:`WORKLOAD_SECRET` and :data:`ROOT_SECRET` and the rule's SANs as identities;
+    SIMPLE/MUTUAL (``constructUpstreamTLS``) the rule's CA (and, MUTUAL, client certificate
+    and key) files with its SANs."""
+    if mode is None or mode is TlsMode.DISABLE:
+        return UpstreamTlsShape(UpstreamTransport.PLAINTEXT)
+    if mode is TlsMode.ISTIO_MUTUAL:
+        return UpstreamTlsShape(
+            UpstreamTransport.TLS, (WORKLOAD_SECRET,), ROOT_SECRET, identities_are_uris=True
+        )
+    return UpstreamTlsShape(UpstreamTransport.TLS, rule_files=True)
+
+
+def auto_mtls_transport(mode: TlsMode | None) -> UpstreamTransport:
+    """The cluster auto mTLS gives (``applyUpstreamTLSSettings``, cluster_tls.go): per-endpoint
+    ``transport_socket_matches`` (``tlsMode-istio``, ``tlsMode-disabled``) when it chose
+    ISTIO_MUTUAL, no transport socket when it chose no TLS."""
+    return UpstreamTransport.PLAINTEXT if mode is None else UpstreamTransport.AUTO

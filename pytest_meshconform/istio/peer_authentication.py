@@ -7,16 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     DestinationRule,
     MtlsMode,
     PeerAuthentication,
     Policy,
     PolicyError,
-    _check_argument_namespace,
-    show,
 )
-from pytest_meshconform.istio.selection import age_key, check_labels_argument, is_subset
+from pytest_meshconform.istio.api.fields import check_argument_namespace, show
+from pytest_meshconform.istio.selection import (
+    age_key,
+    check_labels_argument,
+    ignored_in_root_namespace,
+    in_scope,
+    is_subset,
+)
 
 __all__ = ["effective_mtls_mode", "service_mtls_mode"]
 
@@ -53,9 +58,9 @@ def effective_mtls_mode(
     ``DestinationRule`` objects in ``policies`` are ignored (they are client-side), and a policy
     whose namespace is ``None`` is taken to live in ``default_namespace``.
     """
-    _check_argument_namespace(namespace, "namespace")
-    _check_argument_namespace(root_namespace, "root_namespace")
-    _check_argument_namespace(default_namespace, "default_namespace")
+    check_argument_namespace(namespace, "namespace")
+    check_argument_namespace(root_namespace, "root_namespace")
+    check_argument_namespace(default_namespace, "default_namespace")
     check_labels_argument(labels, "labels")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
@@ -73,7 +78,9 @@ def effective_mtls_mode(
         if key in seen:
             raise PolicyError(f"PeerAuthentication {policy_namespace}/{policy.name} given twice")
         seen.add(key)
-        if policy_namespace not in (namespace, root_namespace):
+        if not in_scope(policy_namespace, namespace, root_namespace):
+            continue
+        if ignored_in_root_namespace(policy, policy_namespace, root_namespace):
             continue
         if policy.selector and not is_subset(policy.selector, labels):
             continue

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     AuthorizationPolicy,
     DestinationRule,
     MtlsMode,

@@ -12,16 +12,24 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     AuthorizationPolicy,
     PeerAuthentication,
     Policy,
     PolicyError,
-    show,
 )
+from pytest_meshconform.istio.api.fields import show
 from pytest_meshconform.mesh import Workload
 
-__all__ = ["GO_ZERO_TIME", "age_key", "check_labels_argument", "is_subset", "unmatched_reason"]
+__all__ = [
+    "GO_ZERO_TIME",
+    "age_key",
+    "check_labels_argument",
+    "ignored_in_root_namespace",
+    "in_scope",
+    "is_subset",
+    "unmatched_reason",
+]
 
 GO_ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
 """A config without creationTimestamp has Go's zero time in istiod: older than all others."""
@@ -38,6 +46,25 @@ def is_subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """``labels.Instance.SubsetOf`` (pkg/config/labels): every selector label is present with
     the same value; an empty selector selects every workload."""
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def in_scope(policy_namespace: str, workload_namespace: str, root_namespace: str) -> bool:
+    """A workload sees the policies of its own namespace and of the root namespace
+    (``getConfigsForWorkload``, pilot/pkg/model/authentication.go; ``ListAuthorizationPolicies``,
+    pilot/pkg/model/authorization.go); their selectors then decide."""
+    return policy_namespace in (workload_namespace, root_namespace)
+
+
+def ignored_in_root_namespace(policy: Policy, policy_namespace: str, root_namespace: str) -> bool:
+    """A PeerAuthentication with a selector in the root namespace applies to no workload, not
+    even one of the root namespace: ``ComposePeerAuthentication``
+    (pilot/pkg/security/authn/policy_applier.go) takes selector policies only from the
+    workload's own namespace."""
+    return (
+        isinstance(policy, PeerAuthentication)
+        and policy.is_workload_policy
+        and policy_namespace == root_namespace
+    )
 
 
 def check_labels_argument(labels: object, what: str) -> None:
@@ -84,18 +111,16 @@ def unmatched_reason(
     )
     if not selector:
         return None
-    if namespace == root and isinstance(policy, PeerAuthentication):
+    if ignored_in_root_namespace(policy, namespace, root):
         return (
             f"istiod ignores a PeerAuthentication with a selector in the root namespace {root}:"
             " it applies to no workload (drop the selector for a mesh-wide policy, or move it"
             " to the workloads' namespace)"
         )
-    local = [
-        w
-        for w in workloads
-        if logical_namespace(w.namespace) == namespace
-        or (namespace == root and isinstance(policy, AuthorizationPolicy))
-    ]
+    if isinstance(policy, AuthorizationPolicy):
+        local = [w for w in workloads if in_scope(namespace, logical_namespace(w.namespace), root)]
+    else:  # a workload selector picks workloads of its own namespace only
+        local = [w for w in workloads if logical_namespace(w.namespace) == namespace]
     if any(is_subset(selector, w.labels) for w in local):
         return None
     labels = "; ".join(f"{w.name}: {dict(w.labels)}" for w in local) or "none"

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     ClientTls,
     DestinationRule,
     MtlsMode,

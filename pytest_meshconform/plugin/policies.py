@@ -19,7 +19,7 @@ from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
 
 if TYPE_CHECKING:
-    from pytest_meshconform.istio.api.policy import Policy
+    from pytest_meshconform.istio.api import Policy
 
 __all__ = ["PolicyApplier", "PolicySource", "UnmatchedPolicyError", "apply_policy"]
 
@@ -35,7 +35,7 @@ class UnmatchedPolicyError(AssertionError):
 
 
 def _policies_from(source: PolicySource) -> list[Policy]:
-    from pytest_meshconform.istio.api.policy import parse_policies
+    from pytest_meshconform.istio.api import parse_policies
 
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))

@@ -22,12 +22,11 @@ import pytest
 from pytest_meshconform.mesh import MeshInfo
 from pytest_meshconform.plugin.health import infrastructure_problem_of
 from pytest_meshconform.report.archive import (
-    _Archive,
-    _archive_directory,
-    _archive_key,
-    _archive_new_evidence,
-    _tail,
+    EvidenceArchive,
+    archive_directory,
+    archive_new_evidence,
     assign_test_ids,
+    section_tail,
 )
 from pytest_meshconform.report.diff import ReportDiff, diff_reports, format_diff
 from pytest_meshconform.report.formats import load_report, write_report
@@ -55,6 +54,9 @@ _MAX_MESSAGE_CHARS: Final = 4000
 mesh_info_key: Final = pytest.StashKey[MeshInfo]()
 """``config.stash[mesh_info_key]``: set by the ``mesh`` fixture once the mesh is up."""
 
+archive_key: Final = pytest.StashKey[EvidenceArchive]()
+"""``item.stash[archive_key]``: what of a test's evidence is archived (``--mesh-artifacts``)."""
+
 
 # --- The pytest plugin ----------------------------------------------------------------------
 
@@ -75,7 +77,7 @@ class _Record:
     phase: Phase | None = None
     message: str | None = None
     duration: float = 0.0
-    archive: _Archive | None = None
+    archive: EvidenceArchive | None = None
     infrastructure: bool = False
     description: str | None = None
     observations: Observations | None = None
@@ -250,10 +252,10 @@ class MeshReportPlugin:
         if evidence.observed and "summary" not in evidence.texts:
             evidence.texts = {"summary": evidence.observed.summary(), **evidence.texts}
         try:
-            directory = _archive_directory(self.settings.artifacts, item.nodeid, self._directories)
-            archive = item.stash[_archive_key] = _Archive(directory)
+            directory = archive_directory(self.settings.artifacts, item.nodeid, self._directories)
+            archive = item.stash[archive_key] = EvidenceArchive(directory)
             self._record(item.nodeid).archive = archive
-            _archive_new_evidence(evidence, archive)
+            archive_new_evidence(evidence, archive)
         except OSError as error:  # a full disk must not turn a pass into INTERNALERROR
             self._record(item.nodeid).archive = None
             self.archive_errors.append(f"{item.nodeid}: could not archive the evidence: {error}")
@@ -267,17 +269,17 @@ class MeshReportPlugin:
         evidence = item.stash.get(evidence_key, None)
         if evidence is None or not (evidence.files or evidence.texts or evidence.blobs):
             return
-        archive = item.stash.get(_archive_key, None)
+        archive = item.stash.get(archive_key, None)
         try:
             if archive is None:
                 directory = None
                 if self.settings.artifacts is not None:
-                    directory = _archive_directory(
+                    directory = archive_directory(
                         self.settings.artifacts, item.nodeid, self._directories
                     )
-                archive = item.stash[_archive_key] = _Archive(directory)
+                archive = item.stash[archive_key] = EvidenceArchive(directory)
                 self._record(item.nodeid).archive = archive
-            listing, new_texts = _archive_new_evidence(evidence, archive)
+            listing, new_texts = archive_new_evidence(evidence, archive)
         except OSError as error:  # a full disk must not turn a test failure into INTERNALERROR
             _attach(report, "meshconform evidence", f"could not archive the evidence: {error}")
             return
@@ -289,7 +291,11 @@ class MeshReportPlugin:
         if listing:
             _attach(report, "meshconform evidence", "\n".join(listing))
         for label, text in new_texts.items():
-            _attach(report, f"meshconform evidence: {label}", _tail(text, archive.files.get(label)))
+            _attach(
+                report,
+                f"meshconform evidence: {label}",
+                section_tail(text, archive.files.get(label)),
+            )
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Final
 
-import pytest
-
 if TYPE_CHECKING:
     from pytest_meshconform.report.exhibits import Evidence
 
@@ -103,7 +101,7 @@ def _file_name_for(label: str, source: Path | None, taken: set[str]) -> str:
 
 
 @dataclass
-class _Archive:
+class EvidenceArchive:
     """Evidence already handled for one test item: files by label, and what could not be kept."""
 
     directory: Path | None
@@ -113,10 +111,7 @@ class _Archive:
     names: set[str] = dataclasses.field(default_factory=set)
 
 
-_archive_key: Final = pytest.StashKey[_Archive]()
-
-
-def _archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
+def archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
     """``<artifacts>/<safe nodeid>/``: fresh, never shared with another test of the run.
 
     A directory left by an earlier run (it holds our marker file) is cleared, since stale
@@ -145,7 +140,8 @@ def _archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
     raise AssertionError("unreachable: itertools.count never ends")  # pragma: no cover
 
 
-def _tail(text: str, where: Path | None) -> str:
+def section_tail(text: str, where: Path | None) -> str:
+    """The last lines of a text shown with a failure, saying where the whole text is."""
     lines = text.splitlines()
     if len(lines) <= _MAX_SECTION_LINES:
         return text.rstrip("\n")
@@ -155,8 +151,8 @@ def _tail(text: str, where: Path | None) -> str:
     return "\n".join([note, *lines[-_MAX_SECTION_LINES:]])
 
 
-def _archive_new_evidence(
-    evidence: Evidence, archive: _Archive
+def archive_new_evidence(
+    evidence: Evidence, archive: EvidenceArchive
 ) -> tuple[list[str], dict[str, str]]:
     """Copy the files and write the texts not yet archived for this test.
 

@@ -17,12 +17,11 @@ Shapes, from istio/istio (the generated config) and Envoy's admin API (the JSON,
   chains. A chain terminates mTLS with a ``DownstreamTlsContext`` whose
   ``require_client_certificate`` is true (pilot/pkg/security/authn/utils/utils.go,
   ``BuildInboundTLS``; none for DISABLE).
-- Outbound: the cluster ``outbound|<port>||<fqdn>`` (pilot/pkg/networking/core/cluster_tls.go,
-  ``applyUpstreamTLSSettings``): a DestinationRule ``ISTIO_MUTUAL`` gives a ``transport_socket``
-  with an ``UpstreamTlsContext`` using the SDS secrets ``default`` (the workload certificate)
-  and ``ROOTCA`` (the mesh root); ``DISABLE`` gives none; auto mTLS (no TLS in any rule) gives
-  ``transport_socket_matches`` ``tlsMode-istio`` (TLS) then ``tlsMode-disabled`` (raw
-  buffer). ``connectionPool.http.maxRequestsPerConnection`` becomes
+- Outbound: the cluster ``outbound|<port>||<fqdn>`` carries the transport
+  :func:`pytest_meshconform.istio.envoy.upstream_tls_shape` gives its DestinationRule's TLS
+  mode, or with auto mTLS (no TLS in any rule) ``transport_socket_matches`` ``tlsMode-istio``
+  (TLS) then ``tlsMode-disabled`` (raw buffer).
+  ``connectionPool.http.maxRequestsPerConnection`` becomes
   ``common_http_protocol_options.max_requests_per_connection`` of the cluster's
   ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
   (pilot/pkg/networking/core/cluster_traffic_policy.go).
@@ -41,7 +40,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -67,7 +65,7 @@ from pytest_meshconform.evidence.config_dump import (
     socket_matches,
 )
 from pytest_meshconform.istio import Sidecar, plan_sidecar
-from pytest_meshconform.istio.api.policy import (
+from pytest_meshconform.istio.api import (
     MtlsMode,
     PeerAuthentication,
     Policy,
@@ -80,14 +78,15 @@ from pytest_meshconform.istio.envoy import (
     HBONE_MATCH,
     HTTP_PROTOCOL_OPTIONS,
     INTERNAL_UPSTREAM_TYPE,
-    ROOT_SECRET,
     UPSTREAM_TLS_TYPE,
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
-    WORKLOAD_SECRET,
     ChainShape,
+    UpstreamTransport,
+    auto_mtls_transport,
     inbound_mode,
     outbound_cluster_name,
+    upstream_tls_shape,
 )
 from pytest_meshconform.mesh import Service, Workload
 
@@ -100,7 +99,6 @@ __all__ = [
     "InboundPort",
     "OutboundCluster",
     "SidecarExpectation",
-    "UpstreamTransport",
     "expected_sidecar",
     "max_requests_per_connection",
     "mismatches",
@@ -115,15 +113,6 @@ _CAMEL: Final = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 
 class EnvoyStateError(ValueError):
     """A config dump without the shape Envoy gives it; the message names the field."""
-
-
-class UpstreamTransport(StrEnum):
-    """How a cluster talks to its endpoints."""
-
-    PLAINTEXT = "plaintext"  # no transport socket, or raw_buffer only
-    TLS = "TLS"  # an UpstreamTlsContext for every endpoint
-    AUTO = "auto mTLS"  # per endpoint: TLS for tlsMode=istio, plaintext otherwise
-    OTHER = "other"  # a transport socket this module does not classify (named in ``detail``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,7 +640,7 @@ def expected_sidecar(
         rule_known = root_known or upstream.destination_rule is not None
         auto_transport = None
         if rule_known and upstream.auto:
-            shapes = {_auto_shape(s.outbound[key].mode) for s in (sidecar, *hypotheses)}
+            shapes = {auto_mtls_transport(s.outbound[key].mode) for s in (sidecar, *hypotheses)}
             auto_transport = shapes.pop() if len(shapes) == 1 else None
         outbound.append(
             ExpectedOutbound(
@@ -663,32 +652,6 @@ def expected_sidecar(
             )
         )
     return SidecarExpectation(inbound, tuple(outbound))
-
-
-def _auto_shape(mode: TlsMode | None) -> UpstreamTransport:
-    """The cluster auto mTLS gives (``applyUpstreamTLSSettings``, cluster_tls.go): per-endpoint
-    ``transport_socket_matches`` for ISTIO_MUTUAL, no transport socket when it chose no TLS."""
-    return UpstreamTransport.PLAINTEXT if mode is None else UpstreamTransport.AUTO
-
-
-def _tls_mismatch(cluster: OutboundCluster, mode: TlsMode) -> bool:
-    if mode is TlsMode.DISABLE:
-        return cluster.transport is not UpstreamTransport.PLAINTEXT
-    if mode is TlsMode.ISTIO_MUTUAL:
-        return (
-            cluster.transport is not UpstreamTransport.TLS
-            or WORKLOAD_SECRET not in cluster.certificate_secrets
-            or cluster.validation_secret != ROOT_SECRET
-        )
-    return cluster.transport is not UpstreamTransport.TLS  # SIMPLE, MUTUAL
-
-
-def _expected_tls_text(mode: TlsMode) -> str:
-    if mode is TlsMode.DISABLE:
-        return "plaintext (DestinationRule DISABLE)"
-    if mode is TlsMode.ISTIO_MUTUAL:
-        return f"TLS with SDS {WORKLOAD_SECRET}, root {ROOT_SECRET} (DestinationRule ISTIO_MUTUAL)"
-    return f"TLS (DestinationRule {mode.value})"
 
 
 def _expected_auto_text(transport: UpstreamTransport) -> str:
@@ -728,11 +691,15 @@ def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ..
         if cluster is None:
             found.append(f"cluster {out.cluster}: missing")
             continue
-        if out.tls_mode is not None and _tls_mismatch(cluster, out.tls_mode):
-            found.append(
-                f"cluster {out.cluster}: {cluster.describe()},"
-                f" expected {_expected_tls_text(out.tls_mode)}"
-            )
+        if out.tls_mode is not None:
+            shape = upstream_tls_shape(out.tls_mode)
+            if not shape.implemented_by(
+                cluster.transport, cluster.certificate_secrets, cluster.validation_secret
+            ):
+                found.append(
+                    f"cluster {out.cluster}: {cluster.describe()},"
+                    f" expected {shape.describe()} (DestinationRule {out.tls_mode.value})"
+                )
         if out.auto_transport is not None and cluster.transport is not out.auto_transport:
             found.append(
                 f"cluster {out.cluster}: {cluster.describe()},"

@@ -31,7 +31,7 @@ from pytest_meshconform.backends.kube.lifecycle import (
 )
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
 from pytest_meshconform.istio import Authorization, authorization_for
-from pytest_meshconform.istio.api.policy import Policy, PolicyError, parse_policy
+from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 

@@ -14,7 +14,7 @@ from typing import Any
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
-from pytest_meshconform.istio.api.policy import MtlsMode, Policy
+from pytest_meshconform.istio.api import MtlsMode, Policy
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
 from pytest_meshconform.settings import FAULT_NAMES
 

@@ -64,7 +64,7 @@ from pytest_meshconform.backends.local.topology import (
     Topology,
 )
 from pytest_meshconform.backends.registry import Progress
-from pytest_meshconform.istio.api.policy import Policy
+from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 from pytest_meshconform.istio.rotation import rotation_time
 from pytest_meshconform.istio.tls import MinProtocolVersion

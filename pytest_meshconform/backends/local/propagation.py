@@ -23,7 +23,7 @@ from pytest_meshconform.backends.local.delivery import (
 from pytest_meshconform.backends.local.envoyadmin import admin_get_all
 from pytest_meshconform.backends.local.lifecycle import LocalLifecycle
 from pytest_meshconform.backends.local.runtime import PodRuntime
-from pytest_meshconform.istio.api.policy import Policy, PolicyError, parse_policy
+from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.mesh import MeshError, PropagationTimeout
 from pytest_meshconform.waiting import WaitTimeout, poll
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 from pytest_meshconform.backends.local.topology import Pod, ServiceEntry
 from pytest_meshconform.evidence.config_dump import SECRET_TYPE
 from pytest_meshconform.istio import Upstream, protocol_of
-from pytest_meshconform.istio.api.policy import MtlsMode, TlsMode
+from pytest_meshconform.istio.api import MtlsMode, TlsMode
 from pytest_meshconform.istio.envoy import (
     CLUSTER_TYPE,
     DOWNSTREAM_TLS_TYPE,
@@ -44,9 +44,11 @@ from pytest_meshconform.istio.envoy import (
     VIRTUAL_INBOUND,
     VIRTUAL_OUTBOUND,
     WORKLOAD_SECRET,
+    UpstreamTransport,
     inbound_chain_shapes,
     inbound_cluster_name,
     outbound_cluster_name,
+    upstream_tls_shape,
 )
 from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
 
@@ -389,19 +391,25 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
 
 
 def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
-    if not tls.originates_tls:
+    shape = upstream_tls_shape(tls.mode)
+    if shape.transport is not UpstreamTransport.TLS:
         return None
     common: dict[str, Any] = {"tls_params": upstream_tls_params().envoy()}
     if tls.alpn:
         common["alpn_protocols"] = list(tls.alpn)
-    if tls.mode is TlsMode.ISTIO_MUTUAL:
-        common["tls_certificate_sds_secret_configs"] = [_sds(paths, WORKLOAD_SECRET)]
-        matchers = [{"san_type": "URI", "matcher": {"exact": san}} for san in tls.subject_alt_names]
+    matchers = [
+        {"san_type": shape.san_type(san), "matcher": {"exact": san}}
+        for san in tls.subject_alt_names
+    ]
+    if shape.validation_secret is not None:
+        common["tls_certificate_sds_secret_configs"] = [
+            _sds(paths, name) for name in shape.certificate_secrets
+        ]
         common["combined_validation_context"] = {
             "default_validation_context": {"match_typed_subject_alt_names": matchers},
-            "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+            "validation_context_sds_secret_config": _sds(paths, shape.validation_secret),
         }
-    else:  # SIMPLE / MUTUAL with user-provided files, as a DestinationRule names them
+    else:  # the DestinationRule's own files
         if tls.mode is TlsMode.MUTUAL and tls.client_certificate and tls.private_key:
             common["tls_certificates"] = [
                 {
@@ -412,11 +420,8 @@ def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
         validation: dict[str, Any] = {}
         if tls.ca_certificates:
             validation["trusted_ca"] = {"filename": tls.ca_certificates}
-        if tls.subject_alt_names:
-            validation["match_typed_subject_alt_names"] = [
-                {"san_type": "URI" if "://" in san else "DNS", "matcher": {"exact": san}}
-                for san in tls.subject_alt_names
-            ]
+        if matchers:
+            validation["match_typed_subject_alt_names"] = matchers
         if validation:
             common["validation_context"] = validation
     context: dict[str, Any] = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": common}
