@@ -35,9 +35,9 @@ _PCAPNG_BYTE_ORDER = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 
 
 class CaptureFile:
-    """The frames of one pcap or pcapng capture: iterating yields (link type, frame bytes, cut
-    short?) in file order. ``link_type`` (libpcap's name of the first interface's) and
-    ``truncated`` (the file ends early or is damaged) are known once iterated. Raises
+    """The frames of one pcap or pcapng capture: iterating (once) yields (link type, frame
+    bytes, cut short?) in file order. ``link_type`` (libpcap's name of the first interface's)
+    and ``truncated`` (the file ends early or is damaged) are known once iterated. Raises
     CaptureError when the bytes are no capture at all."""
 
     __slots__ = ("_records", "link_type", "truncated")

@@ -28,7 +28,8 @@ class ServicePortLister:
 
     ``client``: a workload with a sidecar (or its `WorkloadHandle`) whose outbound plan is
     attached to each port (``upstream``: TLS or not, SNI, ALPN), so ``expected`` says what that
-    client's requests must observe.
+    client's requests must observe; by default the audit's probe, a sidecar client in a
+    namespace of its own.
     """
 
     def __init__(self, mesh: Mesh) -> None:
