@@ -68,6 +68,9 @@ class Workload:
         return self.key
 
 
+DEFAULT_DNS_DOMAIN: Final = "cluster.local"  # the kubelet's --cluster-domain default
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """One port of a Kubernetes Service (port -> targetPort); a Service with several ports is
@@ -88,10 +91,13 @@ class Service:
     # the Service's full selector as (label, value) pairs, when it selects by more than `app`
     # (a cluster's own Services); empty: the `app` selector alone
     selector: tuple[tuple[str, str], ...] = ()
+    # the cluster's DNS domain (the kubelet's clusterDomain): Kubernetes' default unless the
+    # backend read another one
+    domain: str = DEFAULT_DNS_DOMAIN
 
     @property
     def fqdn(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return f"{self.name}.{self.namespace}.svc.{self.domain}"
 
     @property
     def key(self) -> str:

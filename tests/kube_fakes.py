@@ -536,13 +536,19 @@ class FakeCluster:
     calls: list[str] = field(default_factory=list)
     log_requests: list[tuple[str, str, str, int | None]] = field(default_factory=list)
     forbidden: set[str] = field(default_factory=set)  # operations answering 403 (RBAC)
+    # operation ("list pods", "exec") -> how many more calls answer 503 (an API server restarting)
+    flaky: dict[str, int] = field(default_factory=dict)
+    dns_domain: str = "cluster.local"  # the kubelet's clusterDomain
     _version: int = 100
 
     def _check(self, operation: str) -> None:
-        if operation in self.forbidden:
-            from pytest_meshconform.backends.kube.client import KubeApiError
+        from pytest_meshconform.backends.kube.client import KubeApiError
 
+        if operation in self.forbidden:
             raise KubeApiError(f"{operation}: HTTP 403 Forbidden", 403)
+        if self.flaky.get(operation, 0) > 0:
+            self.flaky[operation] -= 1
+            raise KubeApiError(f"{operation}: HTTP 503 Service Unavailable", 503)
 
     def __post_init__(self) -> None:
         self.deployments.setdefault(self.istio_namespace, [istiod_deployment()])
@@ -727,6 +733,7 @@ class FakeCluster:
 
     # pods and friends
     def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self._check("list pods")
         pods = self.pods.get(namespace, [])
         if not label_selector:
             return json.loads(json.dumps(pods))
@@ -790,6 +797,7 @@ class FakeCluster:
     def open_exec(
         self, namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
     ) -> Any:
+        self._check("exec")
         return self.exec_api.open_exec(namespace, pod, container, argv, stdin=stdin)
 
 
@@ -870,7 +878,21 @@ class FakeIstio:
             self._pilot_agent(call, channel)
         elif call.container == "mc-capture":
             self._tcpdump(call, channel)
+        elif call.command == ["cat", "/etc/resolv.conf"]:
+            # what the kubelet writes for a ClusterFirst pod (kind's kube-dns Service address)
+            domain = self.cluster.dns_domain
+            channel.send(
+                1,
+                f"search {call.namespace}.svc.{domain} svc.{domain} {domain}\n"
+                "nameserver 10.96.0.10\noptions ndots:5\n".encode(),
+            )
+            channel.send_status({"metadata": {}, "status": "Success"})
         elif call.command[:1] == ["curl"]:
+            host = urlsplit(call.command[-1]).hostname or ""
+            if ".svc." in host and not host.endswith(f".svc.{self.cluster.dns_domain}"):
+                channel.send(2, f"curl: (6) Could not resolve host: {host}\n".encode())
+                channel.send_status(status_exit(6))
+                return
             channel.send(1, self.curl_stdout)
             channel.send_status({"metadata": {}, "status": "Success"})
         else:
@@ -902,7 +924,7 @@ class FakeIstio:
         return "PERMISSIVE"
 
     def _cluster(self, client_namespace: str, namespace: str) -> dict[str, Any]:
-        host = f"httpbin.{namespace}.svc.cluster.local"
+        host = f"httpbin.{namespace}.svc.{self.cluster.dns_domain}"
         rule = next(
             (
                 r
@@ -968,7 +990,10 @@ class FakeIstio:
         ]
         if self.rewrite_dump is not None:
             self.rewrite_dump(base)
-        return json.dumps(base).encode()
+        text = json.dumps(base)
+        if self.cluster.dns_domain != "cluster.local":  # Service names in the cluster's domain
+            text = text.replace(".svc.cluster.local", f".svc.{self.cluster.dns_domain}")
+        return text.encode()
 
     # AuthorizationPolicy, as istiod's authz builder names its RBAC policies (a tiny istiod:
     # names and actions only; pilot/pkg/security/authz/builder/builder.go).

@@ -322,3 +322,23 @@ def test_the_audits_namespace_is_labelled_for_the_revision_and_the_discovery_sel
         assert mesh.workload("probe", "meshconform-audit").has_sidecar
     finally:
         mesh.close()
+
+
+def test_the_audit_names_services_in_the_clusters_dns_domain(
+    cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
+) -> None:
+    """Its expectations (SNI, Envoy cluster names) come from Service FQDNs: in a cluster of
+    --cluster-domain=corp.example they end in .svc.corp.example (the probe's resolv.conf)."""
+    fake, _ = cluster
+    fake.dns_domain = "corp.example"
+    mesh = KubeAuditMesh(
+        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
+    )
+    mesh.start()
+    try:
+        assert sorted(s.fqdn for s in mesh.services()) == [
+            "httpbin.bar.svc.corp.example",
+            "httpbin.foo.svc.corp.example",
+        ]
+    finally:
+        mesh.close()

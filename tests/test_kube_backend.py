@@ -157,7 +157,9 @@ def test_start_creates_the_run_topology(world: World, started: KubeMesh) -> None
     service = world.cluster.objects[("", "Service", BAR, "httpbin")]
     assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": 8080}]
     # every sleep reached its own httpbin before start() returned
-    curls = world.exec_commands("sleep")
+    # the DNS domain was read from a pod, then every sleep reached its own httpbin
+    resolv, *curls = world.exec_commands("sleep")
+    assert resolv == ["cat", "/etc/resolv.conf"]
     assert [c[-1] for c in curls] == [
         f"http://httpbin.{ns}.svc.cluster.local:8000/status/200" for ns in (FOO, BAR, LEGACY)
     ]
@@ -382,6 +384,52 @@ def test_cert_ttl_above_istiods_maximum_is_refused_before_anything_is_created(
         " --mesh-cert-ttl=1h or less"
     )
     assert world.cluster.namespaces == {} and world.cluster.calls == []
+
+
+def test_the_clusters_dns_domain_is_read_not_assumed(world: World) -> None:
+    """A cluster whose kubelets run with --cluster-domain=corp.example: Services are
+    httpbin.<ns>.svc.corp.example (the pods' resolv.conf search path says so), the reachability
+    check asks for that name and the propagation wait finds Envoy's clusters under it."""
+    world.cluster.dns_domain = "corp.example"
+    mesh = world.mesh()
+    mesh.start()
+    try:
+        assert mesh.dns_domain == "corp.example"
+        assert {s.fqdn for s in mesh.services()} == {
+            f"httpbin.{ns}.svc.corp.example" for ns in (FOO, BAR, LEGACY)
+        }
+        curls = [c for c in world.exec_commands("sleep") if c[0] == "curl"]
+        assert curls[0][-1] == f"http://httpbin.{FOO}.svc.corp.example:8000/status/200"
+        rule = dest_rule("foo", "DISABLE")
+        rule["spec"]["host"] = "httpbin.foo.svc.corp.example"
+        mesh.apply(rule)  # the clients' cluster towards httpbin.foo lost its TLS
+    finally:
+        mesh.close()
+
+
+def test_transient_api_and_exec_errors_are_retried_within_the_deadline(world: World) -> None:
+    world.cluster.flaky = {"list pods": 2, "exec": 1}
+    mesh = world.mesh()
+    mesh.start()
+    mesh.close()
+    assert world.cluster.flaky == {"list pods": 0, "exec": 0}
+
+
+def test_transient_errors_past_the_deadline_are_named(world: World) -> None:
+    world.cluster.flaky = {"list pods": 10_000}
+    with pytest.raises(MeshError) as failure:
+        world.mesh().start()
+    message = str(failure.value)
+    assert message.startswith("pods not ready after 0:00:05: ?; recent warnings: none; ")
+    assert message.endswith("transient errors, the last: list pods: HTTP 503 Service Unavailable")
+
+
+def test_a_permanent_api_error_is_not_retried(world: World) -> None:
+    world.cluster.forbidden = {"list pods"}
+    started = time.monotonic()
+    with pytest.raises(MeshError, match="list pods: HTTP 403 Forbidden"):
+        world.mesh().start()
+    assert time.monotonic() - started < 2
 
 
 def test_cert_ttl_at_istiods_maximum_runs(world: World) -> None:

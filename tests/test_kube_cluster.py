@@ -188,6 +188,30 @@ def test_install_failure_shows_istioctl_stderr(tmp_path: Path) -> None:
         )
 
 
+def test_install_failure_keeps_istioctl_stdout_too(tmp_path: Path) -> None:
+    """istioctl prints its readiness wait on stdout, the final error on stderr."""
+    istioctl = executable(
+        tmp_path / "istioctl",
+        "#!/bin/sh\necho 'Processing resources for Istiod. Waiting for Deployment/istio-system/"
+        "istiod'\necho 'Error: failed to install manifests: context deadline exceeded' >&2\n"
+        "exit 1\n",
+    )
+    with pytest.raises(MeshError) as failure:
+        install_istio(
+            istioctl,
+            tmp_path / "kubeconfig",
+            "kind-x",
+            revision=None,
+            cert_ttl=timedelta(hours=1),
+            ready_timeout=timedelta(seconds=1),
+            progress=print,
+        )
+    assert str(failure.value) == (
+        "istioctl install failed: Error: failed to install manifests: context deadline exceeded;"
+        " stdout: Processing resources for Istiod. Waiting for Deployment/istio-system/istiod"
+    )
+
+
 # --- istioctl download (from a loopback server standing in for GitHub releases) ---------------
 
 

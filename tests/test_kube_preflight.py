@@ -5,10 +5,12 @@ Fake binaries and a loopback API server stand in for the real ones."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import socket
 import stat
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +19,12 @@ import pytest
 from kube_fakes import KUBE_VERSION, FakeApiServer, istiod_deployment, kubeconfig_text
 from kubernetes import client as k8s
 
-from pytest_meshconform.backends.kube.entry import open_mesh, preflight
+from pytest_meshconform.backends.kube.entry import (
+    MIN_KUBERNETES_CLIENT,
+    kubernetes_client_problem,
+    open_mesh,
+    preflight,
+)
 from pytest_meshconform.backends.kube.options import (
     KubeOptions,
     kind_cluster_name_for,
@@ -476,6 +483,56 @@ def test_existing_refuses_a_cert_ttl_istiod_would_not_sign(
             " istio-system/istiod): istiod would refuse every sidecar's certificate request and"
             " no pod would become ready; pass --mesh-cert-ttl=12h or less"
         )
+
+
+@pytest.mark.parametrize(
+    ("version", "fine"),
+    [
+        ("30.1.0", False),
+        ("36.0.3", False),  # the last release whose WSClient.update ignores pending()
+        ("37.0.0", True),  # the first with kubernetes-client/python#2414's fix
+        ("37.0.3", True),
+        ("38.0.0a1", True),
+    ],
+)
+def test_the_kubernetes_client_must_read_exec_streams_to_their_end(
+    version: str, fine: bool
+) -> None:
+    problem = kubernetes_client_problem(version)
+    assert (problem is None) is fine
+    if problem is not None:
+        assert problem == (
+            f"kubernetes client {version} can leave the last frames of an exec stream unread"
+            " (WSClient.update ignores SSLSocket.pending(), kubernetes-client/python#2414),"
+            " which stalls captures and config_dump reads; pip install 'kubernetes>=37.0.0'"
+        )
+    assert kubernetes_client_problem(None) == (
+        "the kubernetes client is not installed: pip install 'kubernetes>=37.0.0'"
+    )
+
+
+def test_the_package_requires_that_client() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (requirement,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("kubernetes")]
+    assert requirement == "kubernetes>=" + ".".join(map(str, MIN_KUBERNETES_CLIENT[:2]))
+
+
+@pytest.mark.parametrize("cluster", ["kind", "existing"])
+def test_an_older_kubernetes_client_stops_the_preflight(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, cluster: str
+) -> None:
+    installed = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "36.0.3" if name == "kubernetes" else installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    config = configured(pytester, f"--mesh-cluster={cluster}", "--mesh-kube-context=fake")
+    with pytest.raises(MeshUnavailable) as unavailable:
+        run_preflight(config)
+    assert str(unavailable.value).startswith(
+        f"--mesh-cluster={cluster}: kubernetes client 36.0.3 can leave the last frames"
+    )
 
 
 def test_local_needs_no_kube_preflight(pytester: pytest.Pytester, bin_dir: Path) -> None:

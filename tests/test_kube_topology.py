@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from pytest_meshconform.backends.kube.topology import (
     TopologyError,
     WorkloadImages,
     delocalize_manifest,
+    dns_domain_from_resolv_conf,
     localize_manifest,
     namespace_manifest,
     owner_text,
@@ -351,3 +353,17 @@ def test_arbitrary_manifests_are_placed_or_refused(manifest: dict[str, Any]) -> 
     assert localized.namespace in (*NAMES.all_real, ROOT)
     back = delocalize_manifest(localized.manifest, NAMES, ROOT)
     assert back["metadata"]["name"] == manifest["metadata"]["name"]
+
+
+def test_the_dns_domain_comes_from_the_kubelets_search_path() -> None:
+    """kubelet, ClusterFirst: ``search <ns>.svc.<domain> svc.<domain> <domain>``."""
+    resolv = (
+        "search mc-1a2b3c-foo.svc.corp.example svc.corp.example corp.example\n"
+        "nameserver 10.96.0.10\noptions ndots:5\n"
+    )
+    assert dns_domain_from_resolv_conf(resolv, "mc-1a2b3c-foo") == "corp.example"
+    with pytest.raises(TopologyError, match=r"no search entry mc-1a2b3c-foo\.svc\.<domain>"):
+        dns_domain_from_resolv_conf("nameserver 10.96.0.10\n", "mc-1a2b3c-foo")
+    service = topology_services(NAMES)[0]
+    assert service.fqdn == "httpbin.mc-1a2b3c-foo.svc.cluster.local"
+    assert replace(service, domain="corp.example").fqdn == "httpbin.mc-1a2b3c-foo.svc.corp.example"

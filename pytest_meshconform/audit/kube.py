@@ -13,7 +13,7 @@ Services, naming what it cannot audit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -310,7 +310,7 @@ class KubeAuditMesh(KubeMesh):
         found = cluster_topology(namespaces, services, pods)
         self._audited_namespaces = tuple(namespaces)
         self._workloads = (*self._probes, *found.workloads)
-        self._services = found.services
+        self._services = tuple(replace(s, domain=self.dns_domain) for s in found.services)
         self.not_audited = found.not_audited
         self._progress(
             f"read {len(namespaces)} namespaces: {len(found.services)} Service ports,"

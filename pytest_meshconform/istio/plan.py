@@ -104,6 +104,7 @@ def plan_sidecar(
             root_namespace,
             service_namespace=service.namespace,
             client_labels=client.labels,
+            domain_suffix=service.domain,
         )
         outbound[(service.fqdn, service.port)] = upstream(
             peer_auths,

@@ -23,12 +23,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from pytest_meshconform.backends.kube.capture import KubeCapture
-from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError
+from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError, is_transient
 from pytest_meshconform.backends.kube.control_plane import (
     IstioDataError,
     IstiodInfo,
@@ -55,12 +56,14 @@ from pytest_meshconform.backends.kube.topology import (
     RunNamespaces,
     TopologyError,
     delocalize_manifest,
+    dns_domain_from_resolv_conf,
     localize_manifest,
     topology_services,
     topology_workloads,
 )
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.mesh import (
+    DEFAULT_DNS_DOMAIN,
     ExecResult,
     LogPositions,
     MeshError,
@@ -91,6 +94,7 @@ KUBE_FEATURES: Final = frozenset(
     }
 )
 _LOG_LIMIT_BYTES: Final = 1 << 20
+_READ_RETRY_S: Final = 30.0  # how long a one-off read at start retries transient API errors
 
 
 class KubeMesh(KubeCapture, KubePropagation):
@@ -134,6 +138,8 @@ class KubeMesh(KubeCapture, KubePropagation):
         self._created_namespaces: list[str] = []
         self._lock = threading.RLock()
         self._closed = False
+        # the cluster's DNS domain, read from a pod at start (Kubernetes' default until then)
+        self.dns_domain = DEFAULT_DNS_DOMAIN
         self._workloads = topology_workloads(self.names)
         self._services = topology_services(self.names)
 
@@ -238,6 +244,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._sweep_leftovers()
             self._create_topology()
             self._wait_pods_ready()
+            self._read_dns_domain()
             self._check_capture_image()
             self._root_pem = self._read_root_cert()
             self._wait_reachable()
@@ -295,6 +302,34 @@ class KubeMesh(KubeCapture, KubePropagation):
             )
         return str(pem)
 
+    def _read_dns_domain(self) -> None:
+        """The cluster's DNS domain, from the first workload's resolv.conf (a curl image):
+        Services are named in it (``httpbin.<ns>.svc.<domain>``, Envoy's cluster names and
+        SNIs carry it)."""
+        sleep = self._workloads[0]
+        try:
+            result = poll(
+                lambda: self.exec(sleep, ["cat", "/etc/resolv.conf"], timeout=15),
+                timeout=_READ_RETRY_S,
+                interval=1.0,
+                what=f"{sleep.key}'s /etc/resolv.conf",
+                transient=is_transient,
+            )
+        except WaitTimeout as timeout:
+            raise MeshError(f"cannot read the cluster's DNS domain: {timeout}") from None
+        text = result.stdout.decode(errors="replace")
+        try:
+            if result.returncode != 0:
+                raise TopologyError(
+                    f"cat exited {result.returncode}: {result.stderr.decode(errors='replace')}"
+                )
+            self.dns_domain = dns_domain_from_resolv_conf(text, sleep.namespace)
+        except TopologyError as error:
+            raise MeshError(
+                f"cannot tell the cluster's DNS domain from {sleep.key}'s /etc/resolv.conf: {error}"
+            ) from None
+        self._services = tuple(replace(s, domain=self.dns_domain) for s in self._services)
+
     def _wait_reachable(self) -> None:
         """Every sleep reaches its own namespace's httpbin: the data path works end to end."""
         deadline = self._deadline(self.options.ready_timeout)
@@ -302,7 +337,8 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._wait_reaches(self.workload("sleep", logical), deadline)
 
     def _wait_reaches(self, sleep: Workload, deadline: float) -> None:
-        url = f"http://httpbin.{sleep.namespace}.svc.cluster.local:{HTTPBIN_PORT}/status/200"
+        fqdn = f"httpbin.{sleep.namespace}.svc.{self.dns_domain}"
+        url = f"http://{fqdn}:{HTTPBIN_PORT}/status/200"
         argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", url]
         tried: list[ExecResult] = []
 
@@ -316,13 +352,18 @@ class KubeMesh(KubeCapture, KubePropagation):
                 timeout=deadline - time.monotonic(),
                 interval=1.0,
                 what=f"{sleep.key} reaching {url}",
+                transient=is_transient,
             )
-        except WaitTimeout:
+        except WaitTimeout as timeout:
+            if not tried:
+                raise MeshError(
+                    f"{sleep.key} cannot reach {url}: no exec answered{timeout.transient_note}"
+                ) from None
             result = tried[-1]
             raise MeshError(
                 f"{sleep.key} cannot reach {url}: curl exit {result.returncode},"
                 f" status {result.stdout.decode(errors='replace')!r},"
-                f" {result.stderr.decode(errors='replace').strip()}"
+                f" {result.stderr.decode(errors='replace').strip()}{timeout.transient_note}"
             ) from None
 
     def close(self, *, force: bool = False) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.backends.capture import capture_filter, is_pcap, pcap_file_name
+from pytest_meshconform.backends.kube.client import is_transient
 from pytest_meshconform.backends.kube.envoystate import EnvoyStateError, parse_config_dump
 from pytest_meshconform.backends.kube.execproto import capture_argv
 from pytest_meshconform.backends.kube.lifecycle import (
@@ -200,9 +201,13 @@ class KubeCapture(KubeLifecycle):
                 timeout=120.0,
                 interval=POLL_S,
                 what=f"capture container in {workload.key} running",
+                transient=is_transient,
             )
-        except WaitTimeout:
-            raise MeshError(f"capture container in {workload.key} not running after 120s") from None
+        except WaitTimeout as timeout:
+            raise MeshError(
+                f"capture container in {workload.key} not running after 120s"
+                f"{timeout.transient_note}"
+            ) from None
         self._capture_ready.add(key)
         return current
 

@@ -23,7 +23,15 @@ from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CH
 from pytest_meshconform.backends.kube.execproto import ExecStatus, describe_argv, parse_exec_status
 from pytest_meshconform.mesh import MeshError
 
-__all__ = ["FIELD_MANAGER", "ExecSession", "KubeApi", "KubeApiError", "kubeconfig_location"]
+__all__ = [
+    "FIELD_MANAGER",
+    "TRANSIENT_STATUSES",
+    "ExecSession",
+    "KubeApi",
+    "KubeApiError",
+    "is_transient",
+    "kubeconfig_location",
+]
 
 k8s_config: Any = _k8s_config  # kubernetes.config and the dynamic client are not annotated
 
@@ -37,12 +45,22 @@ def kubeconfig_location() -> str:
     return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
+# Answers that say "try again": no response at all (0), Too Many Requests (API priority and
+# fairness), and the 5xx an API server or its load balancer gives while restarting.
+TRANSIENT_STATUSES: Final = frozenset({0, 429, 500, 502, 503, 504})
+
+
 class KubeApiError(MeshError):
     """A Kubernetes API call failed; ``status`` is the HTTP status (0: no response)."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+def is_transient(error: Exception) -> bool:
+    """An API or exec call that may well succeed if tried again (a wait retries it)."""
+    return isinstance(error, KubeApiError) and error.status in TRANSIENT_STATUSES
 
 
 def _chained_interrupt(error: BaseException) -> BaseException | None:

@@ -7,14 +7,16 @@ imported inside these functions.
 from __future__ import annotations
 
 import getpass
+import importlib.metadata
 import os
+import re
 import secrets
 import shutil
 import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pytest_meshconform.backends.kube.options import (
     KubeOptions,
@@ -30,21 +32,62 @@ if TYPE_CHECKING:
     from pytest_meshconform.backends.kube.client import KubeApi
     from pytest_meshconform.backends.kube.topology import RunNamespaces
 
-__all__ = ["BACKEND", "open_mesh", "preflight"]
+__all__ = [
+    "BACKEND",
+    "MIN_KUBERNETES_CLIENT",
+    "kubernetes_client_problem",
+    "open_mesh",
+    "preflight",
+]
 
 PREFLIGHT_API_TIMEOUT_S = 5.0
+# kubernetes 37.0.0 is the first release whose WSClient.update reads the frames an SSLSocket
+# already holds decrypted (``pending()``, kubernetes-client/python#2414): before it an exec
+# stream can stall with its last frames unread (capture markers, config_dump reads). Clients
+# before 30.1 also decoded binary exec output as UTF-8.
+MIN_KUBERNETES_CLIENT: Final = (37, 0, 0)
+_RELEASE_RE: Final = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?")
+
+
+def kubernetes_client_problem(version: str | None) -> str | None:
+    """Why the installed kubernetes client (``version``; None: not installed) cannot drive a
+    cluster, with the fix; None when it can."""
+    wanted = ".".join(str(part) for part in MIN_KUBERNETES_CLIENT)
+    fix = f"pip install 'kubernetes>={wanted}'"
+    if version is None:
+        return f"the kubernetes client is not installed: {fix}"
+    match = _RELEASE_RE.match(version)
+    release = tuple(int(part or 0) for part in match.groups()) if match else (0, 0, 0)
+    if release >= MIN_KUBERNETES_CLIENT:
+        return None
+    return (
+        f"kubernetes client {version} can leave the last frames of an exec stream unread"
+        " (WSClient.update ignores SSLSocket.pending(), kubernetes-client/python#2414), which"
+        f" stalls captures and config_dump reads; {fix}"
+    )
+
+
+def _installed_kubernetes_client() -> str | None:
+    try:
+        return importlib.metadata.version("kubernetes")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def preflight(run: BackendRun) -> None:
     """Fail fast, with one message naming the fix, when the kube backend cannot run here.
 
-    kind: the kind binary, a container engine that answers and istioctl. existing: the named
-    kube context, a reachable API server, istiod (of ``--mesh-revision``) that signs
-    certificates of ``--mesh-cert-ttl``. Any Istio version works: policies are waited for in
-    the sidecars' own Envoy config. Invalid kube options raise ``SettingsError``.
+    Both: a kubernetes client that reads exec streams to their end. kind: the kind binary, a
+    container engine that answers and istioctl. existing: the named kube context, a reachable
+    API server, istiod (of ``--mesh-revision``) that signs certificates of ``--mesh-cert-ttl``.
+    Any Istio version works: policies are waited for in the sidecars' own Envoy config.
+    Invalid kube options raise ``SettingsError``.
     """
     settings = run.settings
     options = resolve_options(run.option, run.rootdir)
+    client_problem = kubernetes_client_problem(_installed_kubernetes_client())
+    if client_problem is not None:
+        raise MeshUnavailable(f"--mesh-cluster={settings.cluster}: {client_problem}")
     if settings.cluster == "kind":
         from pytest_meshconform.backends.kube.kind import kind_problems
 

@@ -231,9 +231,15 @@ class KindCluster:
 
 
 def _process_detail(error: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
-    stderr = error.stderr or b""
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
-    return text.strip()[-500:] or str(error)
+    """The tail of what the process said: stderr, then stdout (istioctl prints its readiness
+    details there: which resources it still waits for)."""
+    said = []
+    for label, stream in (("", error.stderr), ("stdout: ", error.stdout)):
+        raw = stream or b""
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if text.strip():
+            said.append(label + text.strip()[-500:])
+    return "; ".join(said) or str(error)
 
 
 def _run_checked(argv: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[bytes]:

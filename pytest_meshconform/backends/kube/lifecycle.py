@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError
+from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError, is_transient
 from pytest_meshconform.backends.kube.control_plane import IstiodInfo, MeshConfigInfo
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import (
@@ -382,11 +382,12 @@ class KubeLifecycle:
                 timeout=self.options.ready_timeout.total_seconds(),
                 interval=1.0,
                 what="every pod of the run ready",
+                transient=is_transient,
             )
-        except WaitTimeout:
+        except WaitTimeout as timeout:
             raise MeshError(
-                f"pods not ready after {self.options.ready_timeout}: {last_summary};"
-                f" recent warnings: {self._recent_warnings()}"
+                f"pods not ready after {self.options.ready_timeout}: {last_summary or '?'};"
+                f" recent warnings: {self._recent_warnings()}{timeout.transient_note}"
             ) from None
 
     def _not_injected(self, pod: Mapping[str, Any], namespace: str) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "TopologyError",
     "WorkloadImages",
     "delocalize_manifest",
+    "dns_domain_from_resolv_conf",
     "localize_manifest",
     "namespace_manifest",
     "owner_text",
@@ -310,6 +311,27 @@ def topology_services(names: RunNamespaces) -> tuple[Service, ...]:
     return tuple(
         Service("httpbin", names.real(logical), HTTPBIN_PORT, HTTPBIN_TARGET_PORT, "httpbin")
         for logical in LOGICAL_NAMESPACES
+    )
+
+
+def dns_domain_from_resolv_conf(text: str, namespace: str) -> str:
+    """The cluster's DNS domain, from the ``/etc/resolv.conf`` of a pod in ``namespace``.
+
+    For a pod of DNS policy ClusterFirst the kubelet writes the search path
+    ``<namespace>.svc.<clusterDomain> svc.<clusterDomain> <clusterDomain>`` (Kubernetes'
+    "DNS for Services and Pods"); the first entry names the domain without guessing.
+    """
+    prefix = f"{namespace}.svc."
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] != ["search"]:
+            continue
+        for word in words[1:]:
+            if word.startswith(prefix) and len(word) > len(prefix):
+                return word[len(prefix) :].rstrip(".")
+    raise TopologyError(
+        f"resolv.conf has no search entry {prefix}<domain> (a pod of DNS policy ClusterFirst"
+        f" has one): {text.strip()[:300]!r}"
     )
 
 
