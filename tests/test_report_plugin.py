@@ -319,7 +319,9 @@ def test_failed_tests_evidence_is_archived_and_shown(suite_dir: pytest.Pytester)
         "log line 120\n" in output
     )
     assert "log line 119\n" not in output
-    result.stdout.fnmatch_lines([f"*meshconform evidence of failed tests: {artifacts}*"])
+    result.stdout.fnmatch_lines(
+        [f"*meshconform evidence of failed tests: {artifacts} (2 tests, 2 failed) -*"]
+    )
 
     # In JUnit: the evidence with the failure, the mesh as testsuite properties.
     suite = ET.parse(suite_dir.path / "junit.xml").getroot().find("testsuite")
@@ -417,7 +419,11 @@ def test_d():
 def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytester) -> None:
     (pytester.path / "baseline.yaml").write_text(REFERENCE_YAML)
     pytester.makepyfile(test_strict=UPGRADED_MODULE)
-    result = _run(pytester, "--mesh-baseline=baseline.yaml", "--mesh-report=now.json")
+    result = _run(
+        pytester,
+        "--mesh-baseline=baseline.yaml",
+        *("--mesh-report=now.json", "--mesh-report=now.html", "--mesh-report=now.md"),
+    )
     result.assert_outcomes(passed=3, xfailed=1)  # pytest alone would exit 0
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -439,7 +445,44 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
             "meshconform: the run fails: regressions against the baseline",
         ]
     )
-    assert json.loads((pytester.path / "now.json").read_text())["run"]["exitStatus"] == 1
+    document = json.loads((pytester.path / "now.json").read_text())
+    assert document["run"]["exitStatus"] == 1
+    # The comparison is in the report, not only on the terminal: the record...
+    validate(document)
+    baseline = str(pytester.path / "baseline.yaml")
+    assert document["comparison"] == {
+        "baseline": {
+            "report": baseline,
+            "date": "2025-06-01T10:00:00Z",
+            "mesh": "istio 1.24.2 (local)",
+            "summary": "2 passed, 1 failed, 1 skipped",
+        },
+        "result": "fail",
+        "regressions": [{"id": "strict::test_b", "was": "passed", "now": "xfailed"}],
+        "infrastructure": [],
+        "fixes": [{"id": "strict::test_c", "was": "failed", "now": "passed"}],
+        "newlySkipped": [],
+        "otherChanges": [],
+        "newTests": [{"id": "strict::test_d", "now": "passed"}],
+        "removedTests": [{"id": "rotation::test_rotates", "was": "skipped"}],
+        "newCollectionErrors": [],
+        "fixedCollectionErrors": [],
+    }
+    comparison = load_report(pytester.path / "now.json").comparison
+    assert comparison is not None and comparison.failed
+    # ... and the pages for people, with the terminal's lines
+    markdown = (pytester.path / "now.md").read_text()
+    assert f"| Baseline | {baseline}: istio 1.24.2 (local), 2025-06-01T10:00:00Z, 2 passed," in (
+        markdown
+    )
+    assert "> **Warning:** regressions against the baseline: the run fails" in markdown
+    assert "## ❌ Comparison with the baseline (FAIL: 1 regression, 1 fix," in markdown
+    assert "#### ❌ **Regressions (passed before, failing now)**: regression" in markdown
+    assert "- `strict::test_b: passed -> xfailed: broken since 1.25`" in markdown
+    assert "- `strict::test_c: failed -> passed`" in markdown
+    page = (pytester.path / "now.html").read_text()
+    assert '<section class="entry bad" data-status="regression">' in page
+    assert "<li>strict::test_b: passed -&gt; xfailed: broken since 1.25</li>" in page
 
 
 def test_baseline_without_regression_keeps_the_run_green(pytester: pytest.Pytester) -> None:

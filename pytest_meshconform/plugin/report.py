@@ -28,7 +28,7 @@ from pytest_meshconform.report.archive import (
     assign_test_ids,
     section_tail,
 )
-from pytest_meshconform.report.diff import ReportDiff, diff_reports, format_diff
+from pytest_meshconform.report.diff import ReportDiff, comparison_lines, comparison_of, diff_reports
 from pytest_meshconform.report.formats import load_report, write_report
 from pytest_meshconform.report.model import (
     FAILING,
@@ -384,11 +384,16 @@ class MeshReportPlugin:
         if self.config.option.collectonly:
             return
         report = self.build_report(int(session.exitstatus))
-        if self.baseline is not None:
+        if self.baseline is not None and self.settings.baseline is not None:
             self.diff = diff_reports(self.baseline, report)
             if self.diff.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-                report = dataclasses.replace(report, exit_status=int(session.exitstatus))
+            # Kept in the report, so its every format shows what changed, not only the terminal.
+            report = dataclasses.replace(
+                report,
+                exit_status=int(session.exitstatus),
+                comparison=comparison_of(self.diff, str(self.settings.baseline)),
+            )
         self.report = report
         if self.settings.report is not None:
             try:
@@ -399,15 +404,16 @@ class MeshReportPlugin:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.diff is not None and self.settings.baseline is not None:
-            terminalreporter.write_sep(
-                "=", "meshconform: comparison with baseline", red=self.diff.failed
-            )
-            lines = format_diff(self.diff, str(self.settings.baseline), "this run")
+        comparison = None if self.report is None else self.report.comparison
+        if self.report is not None and comparison is not None:
+            failed = comparison.failed
+            terminalreporter.write_sep("=", "meshconform: comparison with baseline", red=failed)
+            base = None if self.settings.report is None else self.settings.report.parent
+            lines = comparison_lines(comparison, self.report, "this run", evidence_base=base)
             for line in lines[:-1]:
                 terminalreporter.write_line(line)
-            terminalreporter.write_line(lines[-1], red=self.diff.failed, green=not self.diff.failed)
-            if self.diff.failed:
+            terminalreporter.write_line(lines[-1], red=failed, green=not failed)
+            if failed:
                 terminalreporter.write_line(
                     "meshconform: the run fails: regressions against the baseline", red=True
                 )
@@ -422,9 +428,16 @@ class MeshReportPlugin:
                 f" ({self.report.result}: {self.report.summary})",
             )
         if self.settings.artifacts is not None and self._directories:
-            terminalreporter.write_sep(
-                "-", f"meshconform evidence of failed tests: {self.settings.artifacts}"
-            )
+            terminalreporter.write_sep("-", self._artifacts_line(self.settings.artifacts))
+
+    def _artifacts_line(self, artifacts: Path) -> str:
+        """Where the evidence is: "of failed tests" only when a test with evidence failed."""
+        kept = [r for r in self.records.values() if r.archive and r.archive.directory]
+        failed = sum(1 for record in kept if record.outcome in FAILING)
+        tests = f"{len(kept)} test{'' if len(kept) == 1 else 's'}"
+        if failed:
+            return f"meshconform evidence of failed tests: {artifacts} ({tests}, {failed} failed)"
+        return f"meshconform evidence: {artifacts} ({tests}, none failed)"
 
 
 def configure(config: pytest.Config) -> None:

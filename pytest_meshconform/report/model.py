@@ -185,6 +185,58 @@ class CollectionError:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One test whose outcome differs from the baseline's, matched by test id.
+
+    ``was`` is None for a test new in this run, ``now`` None for one the baseline had and this
+    run has not. The baseline's phase and infrastructure flag are kept (this run's are in its
+    test); this run's message and evidence are its test's.
+    """
+
+    id: str
+    was: Outcome | None
+    now: Outcome | None
+    was_phase: Phase | None = None
+    was_infrastructure: bool = False
+
+
+ComparisonResult = Literal["fail", "infrastructure", "ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineComparison:
+    """A run against ``--mesh-baseline``: what changed, kept in the report for every reader.
+
+    The categories are ``diff_reports``'s (``report.diff``): regressions fail the run, a
+    change in which either run had an infrastructure error is no evidence either way.
+    """
+
+    baseline: str  # the baseline report, as --mesh-baseline named it
+    date: str  # the baseline's date
+    mesh: str  # the baseline's mesh, described ("istio 1.24.2 (local)")
+    summary: str  # the baseline's summary
+    faults: tuple[str, ...] = ()  # test-only faults of the baseline run
+    regressions: tuple[ChangeRecord, ...] = ()
+    infrastructure: tuple[ChangeRecord, ...] = ()
+    fixes: tuple[ChangeRecord, ...] = ()
+    newly_skipped: tuple[ChangeRecord, ...] = ()
+    other_changes: tuple[ChangeRecord, ...] = ()
+    new_tests: tuple[ChangeRecord, ...] = ()
+    removed_tests: tuple[ChangeRecord, ...] = ()
+    new_collection_errors: tuple[CollectionError, ...] = ()
+    fixed_collection_errors: tuple[CollectionError, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """A regression, or a file that no longer collects (its tests vanished)."""
+        return bool(self.regressions or self.new_collection_errors)
+
+    @property
+    def result(self) -> ComparisonResult:
+        return "fail" if self.failed else "infrastructure" if self.infrastructure else "ok"
+
+
+@dataclass(frozen=True, slots=True)
 class ConformanceReport:
     """The record of one run. Statistics, results and feature lists are derived from the tests."""
 
@@ -198,6 +250,7 @@ class ConformanceReport:
     suites: tuple[SuiteResult, ...]
     collection_errors: tuple[CollectionError, ...] = ()
     faults: tuple[str, ...] = ()  # test-only local-mesh faults: such a report proves nothing
+    comparison: BaselineComparison | None = None  # against --mesh-baseline, when given
 
     @property
     def tests(self) -> tuple[TestResult, ...]:
