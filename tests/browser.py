@@ -9,6 +9,7 @@ interface up (as root): the page must open with no network.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -84,7 +85,7 @@ class _Pipe:
         self.process = subprocess.Popen(
             [*argv, "--remote-debugging-pipe", "about:blank"],
             pass_fds=(3, 4),
-            preexec_fn=child,  # noqa: PLW1509: a single-threaded test process
+            preexec_fn=child,  # the test process runs no other thread
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -124,10 +125,8 @@ class _Pipe:
             self._events.append(self._message())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the browser may be gone already
             self.send("Browser.close")
-        except RuntimeError:
-            pass
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
