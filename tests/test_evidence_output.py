@@ -183,6 +183,11 @@ def test_artifacts_keep_the_touched_sidecars_config_dumps(run: Run) -> None:
     kinds = {config["@type"].rsplit(".", 1)[-1] for config in dump["configs"]}
     assert {"ListenersConfigDump", "ClustersConfigDump"} <= kinds
     assert files["pcap httpbin.foo port 8080"].startswith("evidence/")
+    # `assert ..., cap` quoted the capture's pcap under the mesh's run directory, which the
+    # mesh removed when it stopped: the report's message names the copy instead
+    assert "/run/meshconform/" not in failed["message"]
+    assert f"({files['pcap httpbin.foo port 8080']})" in failed["message"]
+    assert (run.directory / files["pcap httpbin.foo port 8080"]).is_file()
 
 
 def test_a_test_that_touched_nothing_through_the_fixtures_gets_every_log_of_its_window(

@@ -222,14 +222,14 @@ def set_field(document: dict[str, Any], path: str, value: object) -> dict[str, A
     node: Any = changed
     for part in parents:
         node = node[int(part)] if isinstance(node, list) else node[part]
-    if value is _DELETE:
+    if value is DELETE:
         del node[last]
     else:
         node[int(last) if isinstance(node, list) else last] = value
     return changed
 
 
-_DELETE = object()
+DELETE = object()
 
 
 @pytest.mark.parametrize(
@@ -241,12 +241,12 @@ _DELETE = object()
             "apiVersion: unsupported 'meshconform/v1'; expected 'meshconform/v1alpha1'",
         ),
         ("kind", "GatewayConformanceReport", "kind: expected 'ConformanceReport', got"),
-        ("date", _DELETE, "date: missing"),
+        ("date", DELETE, "date: missing"),
         ("date", "2025-02-30T10:00:00Z", "date: not a real date: '2025-02-30T10:00:00Z'"),
         ("date", "2025-06-01 10:00:00", "date: expected UTC RFC 3339"),
         ("color", "blue", "color: unknown field"),
         ("mesh.used", "yes", "mesh.used: expected a boolean, got a string"),
-        ("mesh.trustDomain", _DELETE, "mesh.trustDomain: missing"),
+        ("mesh.trustDomain", DELETE, "mesh.trustDomain: missing"),
         ("run.exitStatus", True, "run.exitStatus: expected an integer, got a boolean"),
         (
             "suites.0.tests.1.outcome",

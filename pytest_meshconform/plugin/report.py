@@ -26,15 +26,17 @@ from pytest_meshconform.report.archive import (
     archive_directory,
     archive_new_evidence,
     assign_test_ids,
+    evidence_record,
+    replace_paths,
     section_tail,
 )
 from pytest_meshconform.report.diff import ReportDiff, comparison_lines, comparison_of, diff_reports
 from pytest_meshconform.report.formats import load_report, write_report
 from pytest_meshconform.report.model import (
     FAILING,
+    KEEP_EVIDENCE,
     CollectionError,
     ConformanceReport,
-    EvidenceRecord,
     MeshRecord,
     Outcome,
     Phase,
@@ -152,6 +154,25 @@ def _attach(report: pytest.TestReport, title: str, content: str) -> None:
         report.sections.append((title, content))
 
 
+_TEMPORARY: Final = "(files may be temporary: keep them with --mesh-artifacts=DIR)"
+
+
+def _replace_section(report: pytest.TestReport, title: str, text: str, new_text: str) -> None:
+    """Replace the content of a section `_attach` added (wherever it went)."""
+    sections = getattr(report.longrepr, "sections", None)
+    if isinstance(sections, list):
+        sections[:] = [
+            (name, new_text, *rest) if name == title and content == text else (name, content, *rest)
+            for name, content, *rest in sections
+        ]
+    elif isinstance(report.longrepr, str):
+        report.longrepr = report.longrepr.replace(text, new_text)
+    report.sections = [
+        (name, new_text if name == title and content == text else content)
+        for name, content in report.sections
+    ]
+
+
 class MeshReportPlugin:
     """Collects per-test results and evidence; writes the report and the baseline comparison."""
 
@@ -172,6 +193,8 @@ class MeshReportPlugin:
         self.write_error: str | None = None
         self.archive_errors: list[str] = []
         self._directories: dict[Path, str] = {}
+        # failures' evidence listings without --mesh-artifacts: (report, text, label -> path)
+        self._temporary: list[tuple[pytest.TestReport, str, dict[str, Path]]] = []
 
     # -- collection ------------------------------------------------------------------------
 
@@ -284,12 +307,14 @@ class MeshReportPlugin:
             _attach(report, "meshconform evidence", f"could not archive the evidence: {error}")
             return
         if listing and archive.directory is None and evidence.files:
-            listing.append("(files may be temporary: keep them with --mesh-artifacts=DIR)")
+            listing.append(_TEMPORARY)
         summary = new_texts.pop("summary", None)
         if summary is not None:  # what the test did and saw comes first
             _attach(report, "meshconform evidence: summary", summary)
         if listing:
             _attach(report, "meshconform evidence", "\n".join(listing))
+            if archive.directory is None:  # checked again once the mesh is gone
+                self._temporary.append((report, "\n".join(listing), dict(archive.sources)))
         for label, text in new_texts.items():
             _attach(
                 report,
@@ -314,18 +339,12 @@ class MeshReportPlugin:
 
         suites: dict[str, tuple[str, list[TestResult]]] = {}
         for record in self.records.values():
-            evidence = None
+            evidence, message = None, record.message
             if record.archive is not None and (
                 record.outcome in FAILING or record.archive.directory is not None
             ):
-                evidence = EvidenceRecord(
-                    directory=(
-                        None
-                        if record.archive.directory is None
-                        else shown(record.archive.directory)
-                    ),
-                    files=tuple((label, shown(p)) for label, p in record.archive.files.items()),
-                )
+                evidence, instead = evidence_record(record.archive, shown)
+                message = replace_paths(message, instead)  # no path that is gone, copies' own
             test = TestResult(
                 id=record.test_id,
                 name=record.name,
@@ -334,7 +353,7 @@ class MeshReportPlugin:
                 duration=round(record.duration, 3),
                 phase=record.phase,
                 infrastructure=record.infrastructure,
-                message=record.message,
+                message=message,
                 features=record.features,
                 min_mesh_version=record.min_mesh_version,
                 mesh_wide=record.mesh_wide,
@@ -378,8 +397,24 @@ class MeshReportPlugin:
             if info.revision:
                 xml.add_global_property("mesh.revision", info.revision)
 
+    def _say_what_is_gone(self) -> None:
+        """The terminal prints failures after the session, once the mesh removed its files:
+        a listed file that no longer exists says so instead of showing a dead path."""
+        for report, text, sources in self._temporary:
+            lines, gone = [], False
+            for line in text.splitlines():
+                label, _, path = line.partition(": ")
+                source = sources.get(label)
+                if source is not None and str(source) == path and not source.exists():
+                    line, gone = f"{label}: not kept: removed at the end of the run", True
+                lines.append(line)
+            if gone:
+                lines = [line for line in lines if line != _TEMPORARY] + [f"({KEEP_EVIDENCE})"]
+                _replace_section(report, "meshconform evidence", text, "\n".join(lines))
+
     @pytest.hookimpl(tryfirst=True)  # before the JUnit writer's own sessionfinish writes the file
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._say_what_is_gone()
         self._add_junit_properties()
         if self.config.option.collectonly:
             return

@@ -189,11 +189,14 @@ def change_line(
         text = f"{change.id}: was {was}"
     if now is not None and now.outcome != "passed" and (reason := _first_line(now.message)):
         text += f": {reason}"
-    if now is not None and now.evidence is not None and now.evidence.directory is not None:
-        directory = Path(now.evidence.directory)
+    evidence = None if now is None else now.evidence
+    if evidence is not None and evidence.directory is not None:
+        directory = Path(evidence.directory)
         if evidence_base is not None and not directory.is_absolute():
             directory = evidence_base / directory
         text += f" (evidence: {directory})"
+    elif evidence is not None and evidence.not_kept:  # never a path that no longer exists
+        text += f" (evidence not kept: {evidence.not_kept_reason})"
     return text
 
 

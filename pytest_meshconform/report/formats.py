@@ -83,6 +83,8 @@ def _test_dict(test: TestResult) -> dict[str, Any]:
         if test.evidence.directory is not None:
             evidence["directory"] = test.evidence.directory
         evidence["files"] = dict(test.evidence.files)
+        if test.evidence.not_kept:
+            evidence["notKept"] = list(test.evidence.not_kept)
         data["evidence"] = evidence
     if test.description is not None:
         data["description"] = test.description
@@ -408,8 +410,11 @@ def _parse_evidence(data: object, where: str) -> EvidenceRecord:
         if not isinstance(path, str) or not path:
             raise ReportError(f"{fields.at('files')}.{label}: expected a path, got {_kind(path)}")
         pairs.append((label, path))
+    not_kept = fields.texts("notKept", required=False)
+    if "notKept" in fields.data and not not_kept:
+        raise ReportError(f"{fields.at('notKept')}: omit the field instead of an empty list")
     fields.done()
-    return EvidenceRecord(directory, tuple(pairs))
+    return EvidenceRecord(directory, tuple(pairs), not_kept)
 
 
 def _parse_mesh(data: object) -> MeshRecord:

@@ -53,12 +53,26 @@ class EvidenceRecord:
 
     Paths are relative to the report's directory when they lie under it, else absolute.
     ``directory`` is None when the run had no ``--mesh-artifacts`` (files stay where the
-    fixtures left them); only a failed test has evidence then. Under ``--mesh-artifacts``
-    every test with evidence (pcaps, texts) has a directory.
+    fixtures left them, and are listed only if they still exist when the report is written);
+    only a failed test has evidence then. Under ``--mesh-artifacts`` every test with evidence
+    (pcaps, texts) has a directory.
     """
 
     directory: str | None
     files: tuple[tuple[str, str], ...]  # (label, path), in the order the fixtures added them
+    # Labels of evidence files the report cannot point at: without --mesh-artifacts, files the
+    # mesh removed at the end of the run; with it, files that could not be copied.
+    not_kept: tuple[str, ...] = ()
+
+    @property
+    def not_kept_reason(self) -> str:
+        """Why the files of ``not_kept`` are not listed, for a person."""
+        if self.directory is None:
+            return f"removed at the end of the run; {KEEP_EVIDENCE}"
+        return "could not be copied into the evidence directory (the run's output says why)"
+
+
+KEEP_EVIDENCE: Final = "keep evidence with --mesh-artifacts=DIR"
 
 
 @dataclass(frozen=True, slots=True)

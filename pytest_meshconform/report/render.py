@@ -482,7 +482,11 @@ def document_of(
             seen = test.observations
             blocks = list(evidence.get(test.nodeid, ()))
             if test.evidence is not None:
-                listing = "\n".join(f"{label}: {path}" for label, path in test.evidence.files)
+                reason = test.evidence.not_kept_reason
+                listing = "\n".join(
+                    [f"{label}: {path}" for label, path in test.evidence.files]
+                    + [f"{label}: not kept: {reason}" for label in test.evidence.not_kept]
+                )
                 if listing:
                     blocks.append(Block("Evidence files", listing))
             facts = _facts_of(test)
