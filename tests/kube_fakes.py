@@ -514,7 +514,8 @@ def injected_pod_json(
     running: istio-init terminated (Completed), istio-proxy running, started and (when
     ``ready``) ready, in ``initContainerStatuses`` for a native sidecar."""
     text = (INJECT_DATA / INJECTOR_OUTPUT[form]).read_text()
-    pod: dict[str, Any] = yaml.safe_load(text.replace(INJECTOR_IMAGE, proxy_image))
+    # the golden files end with the YAML document separator: one pod, then nothing
+    [pod] = [d for d in yaml.safe_load_all(text.replace(INJECTOR_IMAGE, proxy_image)) if d]
     meta = pod["metadata"]
     meta.update(name=name, namespace=namespace)
     meta["labels"] = {**(meta.get("labels") or {}), "app": app, **(labels or {})}
@@ -987,9 +988,10 @@ HBONE_MATCH = {
 # (filterchain_options.go) gives protocol Auto under the workload's mode, HTTP first
 # (virtualInbound-catchall-http), then TCP (virtualInbound), each with the RBAC filters of the
 # policies that apply (as the real 1.19-dev authz dump shows). The ALPNs are istiod's
-# mtlsHTTPALPNs, plaintextHTTPALPNs and mtlsTCPWithMxcALPNs.
+# mtlsHTTPALPNs, plaintextHTTPALPNs (without "http/1.0" unless PILOT_HTTP10, as the real
+# 1.20.8 and 1.22.3 dumps show) and mtlsTCPWithMxcALPNs.
 MTLS_HTTP_ALPNS = ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
-PLAINTEXT_HTTP_ALPNS = ["http/1.0", "http/1.1", "h2c"]
+PLAINTEXT_HTTP_ALPNS = ["http/1.1", "h2c"]
 MTLS_TCP_ALPNS = ["istio-peer-exchange", "istio"]
 
 

@@ -225,13 +225,15 @@ class KubePropagation(KubeLifecycle):
             return _Lag((problem,), "", dump)
         now = {"listeners": state.listeners_version, "clusters": state.clusters_version}
         was = {"listeners": before[0], "clusters": before[1]}
-        stale = tuple(
-            f"{kind} still at version {now[kind] or '-'} (as before the change), expected a"
-            " newer push from istiod"
+        stale = [
+            f"{kind} still at version {now[kind] or '-'}"
             for kind in types
             if now[kind] == was[kind]
-        )
-        return _Lag(stale, state.version, dump) if stale else None
+        ]
+        if not stale:
+            return None
+        text = f"no newer xDS push accepted: {', '.join(stale)}, as before the change"
+        return _Lag((text,), "", dump)
 
     def _propagation_baseline(self) -> PropagationBaseline | None:
         """``--mesh-propagation=version``: before a change, each sidecar's expectation and
