@@ -48,7 +48,14 @@ from pytest_meshconform.istio.envoy import VIRTUAL_INBOUND
 from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
-__all__ = ["PROPAGATION_KINDS", "PUSHED_TYPES", "KubePropagation", "PropagationBaseline"]
+__all__ = [
+    "PROPAGATION_KINDS",
+    "PUSHED_TYPES",
+    "KubePropagation",
+    "PropagationBaseline",
+    "grouped_chains",
+    "propagation_timeout_message",
+]
 
 # The kinds whose effect on the sidecars' Envoy config meshconform predicts (and so waits for).
 PROPAGATION_KINDS: Final = frozenset(
