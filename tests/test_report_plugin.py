@@ -647,3 +647,21 @@ def test_with_artifacts_reports_and_regression_lines_point_at_the_copies(
     )
     for name in ("r.yaml", "r.html", "r.md"):
         assert pcap not in (pytester.path / name).read_text()
+
+
+def test_a_page_elsewhere_says_where_its_evidence_paths_start(suite_dir: pytest.Pytester) -> None:
+    result = _run(
+        suite_dir,
+        *("--mesh-report=out/r.yaml", "--mesh-report=out/r.html", "--mesh-report=pages/r.md"),
+        *("--mesh-artifacts=out/evidence", "-k", "test_fails"),
+    )
+    result.assert_outcomes(failed=1)
+    evidence = "evidence/test_strict.py__test_fails"
+    assert (suite_dir.path / "out" / evidence / "pcap_httpbin.foo.pcap").is_file()
+    markdown = (suite_dir.path / "pages" / "r.md").read_text()
+    assert f"pcap httpbin.foo: {evidence}/pcap_httpbin.foo.pcap" in markdown  # the record's path
+    assert (
+        f"| Evidence paths | relative to {suite_dir.path / 'out'} (the directory of r.yaml) |"
+    ) in markdown.splitlines()
+    # beside the record, the paths open as they are: no such row
+    assert "Evidence paths" not in (suite_dir.path / "out" / "r.html").read_text()

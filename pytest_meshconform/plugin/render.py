@@ -8,13 +8,22 @@ it all with the pure renderer `report.render`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Generator
+from pathlib import Path
 from typing import Final
 
 import pytest
 
-from pytest_meshconform.report.render import Block, document_of, render_html, render_markdown
+from pytest_meshconform.report.model import ConformanceReport
+from pytest_meshconform.report.render import (
+    Block,
+    Document,
+    document_of,
+    render_html,
+    render_markdown,
+)
 
 __all__ = ["PLUGIN_NAME", "RenderPlugin", "configure"]
 
@@ -27,6 +36,25 @@ def _tail_lines(text: str, limit: int = _EVIDENCE_LINES) -> str:
     if len(lines) <= limit:
         return "\n".join(lines)
     return "\n".join([f"[{len(lines) - limit} earlier lines omitted]", *lines[-limit:]])
+
+
+def _page_of(
+    document: Document, report: ConformanceReport, page: Path, record: Path | None
+) -> Document:
+    """A page written elsewhere than the YAML/JSON record says where its evidence paths start:
+    they are the record's, relative to the record's directory."""
+    if record is None or os.path.abspath(page.parent) == os.path.abspath(record.parent):
+        return document
+    relative = any(
+        not os.path.isabs(path)
+        for test in report.tests
+        if test.evidence is not None
+        for path in (test.evidence.directory or "/", *(p for _, p in test.evidence.files))
+    )
+    if not relative:
+        return document
+    where = f"relative to {os.path.abspath(record.parent)} (the directory of {record.name})"
+    return dataclasses.replace(document, header=(*document.header, ("Evidence paths", where)))
 
 
 class RenderPlugin:
@@ -83,12 +111,13 @@ class RenderPlugin:
             return
         document = document_of(built, settings=self._settings_lines(), evidence=self.evidence)
         for path in settings.extra_reports:
+            page = _page_of(document, built, path, settings.report)
             try:
                 if report_format_of(path) is not None:
                     write_report(built, path)
                 else:
                     suffix = path.suffix.lower()
-                    text = render_markdown(document) if suffix == ".md" else render_html(document)
+                    text = render_markdown(page) if suffix == ".md" else render_html(page)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     partial = path.with_name(f".{path.name}.partial")
                     partial.write_text(text, encoding="utf-8")
