@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from pytest_meshconform.istio.api.fields import PolicyError, shorten, show
+from pytest_meshconform.userfiles import MAX_DEPTH
 
 __all__ = ["load_yaml"]
 
-# YAML has no limits of its own; these are Kubernetes' and Python's (see _check_yaml_work).
 # YAML has no limits of its own; these are Kubernetes' and Python's (see _check_yaml_work).
 _ALIAS_RATIO_RANGE_LOW: Final = 400_000
 _ALIAS_RATIO_RANGE_HIGH: Final = 4_000_000
@@ -161,6 +161,11 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
                     f"document {number}: {show(node.value)} at line {node.start_mark.line + 1} "
                     f"is not a valid !!{node.tag.rpartition(':')[2]}"
                 )
+        elif isinstance(node, yaml.CollectionNode) and len(stack) > MAX_DEPTH:
+            raise PolicyError(  # before the constructors recurse into it
+                f"document {number}: nested deeper than {MAX_DEPTH} levels at line"
+                f" {node.start_mark.line + 1}"
+            )
         elif isinstance(node, yaml.SequenceNode):
             stack.append((iter(node.value), through_alias))
         elif isinstance(node, yaml.MappingNode):
