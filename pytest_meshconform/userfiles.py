@@ -372,8 +372,8 @@ def load_yaml(text: str, source: str) -> object:
 # --- JSON ------------------------------------------------------------------------------------
 
 # A JSON string, or one left open at the end of the text (so an unclosed one is not rescanned
-# from every later quote).
-_JSON_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+# from every later quote); possessive, so the engine keeps no backtracking state per escape.
+_JSON_STRING: Final = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _DEPTH_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
 

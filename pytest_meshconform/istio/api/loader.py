@@ -139,6 +139,11 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
         decodes += 1
         if id(node) in seen:
             through_alias = True  # the anchor was decoded before: this is an alias
+        elif isinstance(node, yaml.CollectionNode) and len(stack) > MAX_DEPTH:
+            raise PolicyError(  # first seen here: the stack is its own nesting
+                f"document {number}: nested deeper than {MAX_DEPTH} levels at line"
+                f" {node.start_mark.line + 1}"
+            )
         seen.add(id(node))
         if through_alias:
             aliased += 1
@@ -161,11 +166,6 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
                     f"document {number}: {show(node.value)} at line {node.start_mark.line + 1} "
                     f"is not a valid !!{node.tag.rpartition(':')[2]}"
                 )
-        elif isinstance(node, yaml.CollectionNode) and len(stack) > MAX_DEPTH:
-            raise PolicyError(  # before the constructors recurse into it
-                f"document {number}: nested deeper than {MAX_DEPTH} levels at line"
-                f" {node.start_mark.line + 1}"
-            )
         elif isinstance(node, yaml.SequenceNode):
             stack.append((iter(node.value), through_alias))
         elif isinstance(node, yaml.MappingNode):
