@@ -17,6 +17,7 @@ import pytest
 from pytest_meshconform.evidence.curl import HttpResult, curl_argv, parse_curl_output
 from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output, tcp_argv
 from pytest_meshconform.mesh import ExecResult, Mesh, Service, Workload
+from pytest_meshconform.plugin.empties import skip_missing_workload
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
 from pytest_meshconform.report.observations import RequestRecord
@@ -209,7 +210,7 @@ class WorkloadLookup:
             w.name == name and self._mesh.logical_namespace(w.namespace) == namespace
             for w in self._mesh.workloads()
         ):
-            pytest.skip(
+            skip_missing_workload(
                 f"the mesh's topology has no workload {name}.{namespace}, which this test needs"
             )
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)
