@@ -242,6 +242,7 @@ def _kube_mesh(
         progress=progress,
         owner=_owner(),
         run_dir=run_dir,
+        artifacts=settings.artifacts,
         **extra,
     )
 
