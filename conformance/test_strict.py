@@ -40,7 +40,9 @@ def test_strict_resets_plaintext(
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     with capture(httpbin) as cap:
         result = naked_sleep.curl(httpbin)
-    assert result.reset, f"plaintext was not reset by STRICT ({result.outcome}): {result}"
+    assert result.reset, (
+        f"plaintext was not refused by STRICT (a reset expected, got {result.outcome}): {result}"
+    )
     attempts = cap.flows_from(naked_sleep)
     # Sanity first: the capture must have seen the attempt, or "no response" proves nothing.
     assert attempts, f"the capture saw no connection from {naked_sleep}: {cap}"
