@@ -8,6 +8,7 @@ from pytest_meshconform.evidence.certs import (
     load_pem_chain as load_pem_chain,
 )
 from pytest_meshconform.evidence.curl import HttpResult as HttpResult
+from pytest_meshconform.evidence.tcp_connect import TcpResult as TcpResult
 from pytest_meshconform.evidence.wire import Flow as Flow
 from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
 from pytest_meshconform.istio.api import PolicyError as PolicyError

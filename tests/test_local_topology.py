@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_helpers import envoy_path, needs_local_mesh, traces_of
+from local_helpers import REPO, envoy_path, needs_local_mesh, traces_of
 
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.control import plan_sidecars
@@ -205,15 +205,61 @@ def test_a_port_level_disable_reaches_the_model() -> None:
 
 BAD_FILES = [
     ("namespaces: []\n", ":1: namespaces: no namespace"),
-    ("namespaces:\n  - name: foo\n", ":2: namespaces[0].injected: required field missing"),
+    (
+        "namespaces:\n  - name: foo\n",
+        ":2: namespaces[0].dataplane: required field missing: write dataplane: sidecar | none"
+        " (or injected: true | false)",
+    ),
+    (
+        "namespaces:\n  - name: foo\n    dataplane: ambient\n",
+        ":3: namespaces[0].dataplane: unknown data plane 'ambient'; the local mesh runs:"
+        " sidecar | none",
+    ),
+    (
+        "namespaces:\n  - name: foo\n    dataplane: none\n    injected: true\n",
+        ":4: namespaces[0].injected: injected: true contradicts dataplane: none; give only"
+        " dataplane",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: x, kind: httpbin, ports: [8080, {port: 5432, serves: postgres}]}\n",
+        ":5: namespaces[0].workloads[0].ports[1].serves: 'postgres' serves no port; a port is"
+        " served by httpbin or tcp-echo",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: x, kind: httpbin, ports: [8080, {port: 8080, serves: tcp-echo}]}\n",
+        ":5: namespaces[0].workloads[0].ports[1]: port 8080 is listed twice",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: x, ports: [{port: 5432, serves: tcp-echo}, 8080]}\n",
+        ":5: namespaces[0].workloads[0].ports[1]: a plain port is served by the workload's kind,"
+        " and it names none: give kind, or write {port: 8080, serves: httpbin | tcp-echo}",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n      - {name: x}\n",
+        ":5: namespaces[0].workloads[0].kind: required field missing (one of httpbin, sleep,"
+        " tcp-echo), unless every port says what serves it",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: x, kind: httpbin, ports: [{port: 5432, serves: tcp-echo, tls: true}]}\n",
+        ":5: namespaces[0].workloads[0].ports[0].tls: unknown field; known fields: port, serves",
+    ),
+    (
+        "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: x, kind: sleep, ports: [{port: 5432, serves: tcp-echo}]}\n",
+        ":5: namespaces[0].workloads[0].ports: a sleep workload serves no port",
+    ),
     (
         "namespaces:\n  - name: foo\n    injected: yes please\n",
         ":3: namespaces[0].injected: expected true or false",
     ),
     (
         "namespaces:\n  - name: foo\n    injected: true\n    workload: []\n",
-        ":4: namespaces[0].workload: unknown field; known fields: name, injected, workloads,"
-        " services",
+        ":4: namespaces[0].workload: unknown field; known fields: name, dataplane, injected,"
+        " workloads, services",
     ),
     (
         "namespaces:\n  - name: Foo\n    injected: true\n",
@@ -271,6 +317,34 @@ def test_a_bad_file_gets_one_error_naming_line_and_field(text: str, message: str
     with pytest.raises(TopologyError) as caught:
         parse_topology(text, "t.yaml")
     assert str(caught.value).startswith("t.yaml" + message), caught.value
+
+
+def test_ports_served_by_different_apps_and_the_dataplane_field() -> None:
+    topology = load_topology(REPO / "examples" / "payments" / "topology.yaml")
+    ledger = topology.pod("ledger", "payments")
+    assert ledger.workload.container_ports == (8080, 5432)
+    assert ledger.apps() == {"httpbin": (8080,), "tcp-echo": (5432,)}
+    assert (ledger.app_on(8080), ledger.app_on(5432)) == ("httpbin", "tcp-echo")
+    assert [(p.workload.key, p.workload.has_sidecar) for p in topology.pods] == [
+        ("ledger.payments", True),
+        ("web.checkout", True),
+        ("refunds.checkout", True),
+        ("nightly.batch", False),
+    ]
+    assert [
+        (e.service.key, e.service.port_name, e.service.target_port) for e in topology.services
+    ] == [
+        ("ledger.payments:80", "http", 8080),
+        ("ledger.payments:5432", "tcp-postgres", 5432),
+    ]
+    # without kind, each port says what serves it; the first names the pod's kind
+    only_ports = parse_topology(
+        "namespaces:\n  - name: a\n    dataplane: none\n    injected: false\n    workloads:\n"
+        "      - {name: x, ports: [{port: 9000, serves: tcp-echo}, {port: 80, serves: httpbin}]}\n",
+        "t.yaml",
+    ).pod("x", "a")
+    assert only_ports.kind == "tcp-echo" and not only_ports.workload.has_sidecar
+    assert only_ports.apps() == {"tcp-echo": (9000,), "httpbin": (80,)}
 
 
 def test_a_missing_file_says_so(tmp_path: Path) -> None:

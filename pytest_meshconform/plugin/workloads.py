@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pytest_meshconform.evidence.curl import HttpResult, curl_argv, parse_curl_output
+from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output, tcp_argv
 from pytest_meshconform.istio.plan import endpoints_of
 from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import ExecResult, Mesh, Service, Workload
@@ -246,6 +247,57 @@ class WorkloadHandle:
         sidecar = "sidecar" if self.has_sidecar else "no sidecar"
         return f"<WorkloadHandle {self.key} ({sidecar}) on the {self.mesh.backend} mesh>"
 
+    def tcp(
+        self,
+        server: WorkloadHandle,
+        port: int | str | None = None,
+        *,
+        send: bytes = b"meshconform\n",
+        timeout: float = 2.0,
+    ) -> TcpResult:
+        """Open a TCP connection from this workload's pod to `server`'s Service at `port` (a
+        Service port number or name; by default the Service's only TCP port), send `send` and
+        keep what comes back until the server closes the connection or `timeout` seconds pass
+        (a connection the server keeps open, as an echo server does, takes the whole timeout).
+
+        Returns a `TcpResult`: `reset` (a STRICT server sidecar refusing plaintext), `refused`
+        (nothing listening), `connected` with the bytes `received`, `outcome` in a word. A port
+        the Service does not expose raises `ServicePortError` before anything is sent. Each
+        connection goes into the test's observations and evidence, like `curl`'s requests."""
+        __tracebackhide__ = True
+        if not isinstance(server, WorkloadHandle):
+            raise TypeError(f"tcp() connects to a WorkloadHandle's Service, got {server!r}")
+        if not isinstance(send, bytes):
+            raise TypeError(f"send= takes bytes (b'...'), got {type(send).__name__}")
+        service = service_port(self.mesh, server.workload, port, default="tcp")
+        host = f"{service.name}.{service.namespace}"
+        self.evidence.observed.touch(self.key, server.key)
+        argv = tcp_argv(host, service.port, send=send, timeout=timeout)
+        result = self.mesh.exec(self.workload, argv, timeout + 5)
+        tcp = parse_tcp_output(
+            f"{host}:{service.port}",
+            self.key,
+            result.returncode,
+            result.stdout,
+            result.stderr,
+            sent=send,
+            port_name=service.port_name,
+        )
+        new = self.evidence.observed.add_request(
+            RequestRecord(
+                client=self.key,
+                url=f"tcp://{host}:{service.port}",
+                server=server.key,
+                status=None,
+                exit_code=tcp.exit_code,
+                outcome=_tcp_outcome(tcp),
+                received=len(tcp.received) if tcp.connected else None,
+            )
+        )
+        if new:
+            self.evidence.add_text(f"tcp {self.key} -> tcp://{tcp.target}", tcp.describe())
+        return tcp
+
 
 def _outcome_of(http: HttpResult) -> str:
     """How the observations name a request's outcome: `HTTP 200`, `no HTTP response: reset
@@ -315,3 +367,11 @@ def naked_sleep(workload: WorkloadLookup) -> WorkloadHandle:
     """The curl client without a sidecar (namespace legacy); skips when the topology lacks
     it."""
     return workload("sleep", "legacy", skip_if_missing=True)
+
+
+def _tcp_outcome(tcp: TcpResult) -> str:
+    """How the observations name a TCP connection's outcome: `answered, 18 bytes received`,
+    `reset (curl exit 56)`."""
+    if tcp.connected and not tcp.reset:
+        return f"{tcp.outcome}, {len(tcp.received)} bytes received"
+    return f"{tcp.outcome} (curl exit {tcp.exit_code})"

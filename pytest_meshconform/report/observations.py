@@ -29,7 +29,9 @@ MISMATCH_MARK: Final = "(!)"
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request a test made: who called what, and what came back."""
+    """One request a test made: who called what, and what came back. A TCP connection
+    (`WorkloadHandle.tcp`) is one too: its url is ``tcp://host:port`` and `received` counts the
+    bytes that came back."""
 
     client: str  # workload key, "sleep.foo"
     url: str
@@ -38,6 +40,7 @@ class RequestRecord:
     exit_code: int  # curl's exit code
     outcome: str  # "HTTP 200", "reset (curl exit 56)", ...
     count: int = 1  # the same request with the same outcome, made this many times in a row
+    received: int | None = None  # TCP connections: the bytes received; None for HTTP
 
     def line(self) -> str:
         target = self.server or self.url
@@ -52,6 +55,8 @@ class RequestRecord:
             data["status"] = self.status
         data["curlExit"] = self.exit_code
         data["outcome"] = self.outcome
+        if self.received is not None:
+            data["received"] = self.received
         if self.count > 1:
             data["count"] = self.count
         return data
@@ -334,7 +339,16 @@ _TOP_KEYS: Final = (
     "rotations",
     "tables",
 )
-_REQUEST_KEYS: Final = ("client", "url", "server", "status", "curlExit", "outcome", "count")
+_REQUEST_KEYS: Final = (
+    "client",
+    "url",
+    "server",
+    "status",
+    "curlExit",
+    "outcome",
+    "count",
+    "received",
+)
 _ROTATION_KEYS: Final = (
     "workload",
     "oldSerial",
@@ -389,6 +403,7 @@ def observations_from_dict(data: object, where: str = "observations") -> Observa
                 exit_code=_need(item, "curlExit", int, at),
                 outcome=_need(item, "outcome", str, at),
                 count=_need(item, "count", int, at) if "count" in item else 1,
+                received=_need(item, "received", int, at) if "received" in item else None,
             )
         )
     for index, item in enumerate(_list(data, "rotations", where)):

@@ -11,8 +11,10 @@ Each child is a process of its own, in its pod's namespace only, whose PID the l
 The children die with the launcher (PR_SET_PDEATHSIG), which dies with the mesh's process
 unless the mesh is kept; on SIGTERM the launcher ends its children and exits. Run with
 `python -m pytest_meshconform.backends.local.apps`; the protocol is one JSON object per stdin line:
-`{"key", "netns", "listen", "log", "pdeathsig", "kind"}` (``listen``: ``host:port`` items,
-space-separated; ``kind``: ``httpbin`` (the default) or ``tcp-echo``).
+`{"key", "netns", "serves", "log", "pdeathsig"}` (``serves``: app kind -> ``host:port`` items,
+space-separated, e.g. ``{"httpbin": "0.0.0.0:8080", "tcp-echo": "0.0.0.0:5432"}``: a pod whose
+ports are served by several apps (a topology file's ``{port: 5432, serves: tcp-echo}``) runs
+them in its one app process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -66,11 +69,16 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
     _check(libc.setns(netns, CLONE_NEWNET), f"setns({spec['netns']})")
     os.close(netns)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    serves: dict[str, str] = spec["serves"]
+    unknown = set(serves) - {"httpbin", "tcp-echo"}
+    if unknown:
+        raise ValueError(f"unknown app kinds {sorted(unknown)}")
     try:
-        if spec.get("kind") == "tcp-echo":
-            serve_tcp_echo(spec["listen"])
-        else:
-            waitress.serve(app, listen=spec["listen"], threads=WAITRESS_THREADS)
+        echo = start_tcp_echo(serves["tcp-echo"]) if "tcp-echo" in serves else []
+        if "httpbin" in serves:
+            waitress.serve(app, listen=serves["httpbin"], threads=WAITRESS_THREADS)
+        for thread in echo:
+            thread.join()
     finally:
         os._exit(0)
 
@@ -78,11 +86,11 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
 TCP_ECHO_PREFIX = "hello"
 
 
-def serve_tcp_echo(listen: str) -> None:
+def start_tcp_echo(listen: str) -> list[threading.Thread]:
     """Istio's samples/tcp-echo server: every line received is answered with
-    ``hello <line>``, on each ``host:port`` of ``listen`` (space-separated, as waitress's)."""
+    ``hello <line>``, on each ``host:port`` of ``listen`` (space-separated, as waitress's).
+    Returns the serving threads (daemons), already started."""
     import socketserver
-    import threading
 
     class Echo(socketserver.StreamRequestHandler):
         def handle(self) -> None:
@@ -102,8 +110,7 @@ def serve_tcp_echo(listen: str) -> None:
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    return threads
 
 
 def import_httpbin() -> Any:

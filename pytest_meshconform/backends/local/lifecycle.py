@@ -499,13 +499,14 @@ class LocalLifecycle(SidecarAgent):
         specs = []
         for runtime in self._pods.values():
             if runtime.serves_app:
-                ports = runtime.pod.workload.container_ports
                 specs.append(
                     {
                         "key": runtime.key,
-                        "kind": runtime.pod.app_kind,
                         "netns": runtime.netns,
-                        "listen": " ".join(f"0.0.0.0:{port}" for port in ports),
+                        "serves": {
+                            kind: " ".join(f"0.0.0.0:{port}" for port in ports)
+                            for kind, ports in runtime.pod.apps().items()
+                        },
                         "log": str(runtime.directory / "app.log"),
                         "pdeathsig": not self.keep,
                     }

@@ -43,10 +43,25 @@ class Pod:
     workload: Workload
     ip: str
     kind: str = ""  # the app it runs (topology_file.APP_KINDS); "" = the workload's app label
+    # (container port, app kind) for each port served by another app than `kind` (a topology
+    # file's `ports: [{port: 5432, serves: tcp-echo}]`); every other port serves `kind`
+    serves: tuple[tuple[int, str], ...] = ()
 
     @property
     def app_kind(self) -> str:
         return self.kind or self.workload.app
+
+    def app_on(self, port: int) -> str:
+        """The app kind serving container port `port` (`httpbin`, `tcp-echo`)."""
+        return dict(self.serves).get(port, self.app_kind)
+
+    def apps(self) -> dict[str, tuple[int, ...]]:
+        """The container ports each app kind of the pod serves, in port order."""
+        result: dict[str, tuple[int, ...]] = {}
+        for port in self.workload.container_ports:
+            kind = self.app_on(port)
+            result[kind] = (*result.get(kind, ()), port)
+        return result
 
 
 @dataclass(frozen=True, slots=True)

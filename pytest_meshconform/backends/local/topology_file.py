@@ -30,7 +30,9 @@ from pytest_meshconform.mesh import Service, Workload
 __all__ = [
     "APP_KINDS",
     "BUILTIN_TOPOLOGY",
+    "DATAPLANES",
     "DEFAULT_PORTS",
+    "SERVING_KINDS",
     "TopologyError",
     "default_topology",
     "load_topology",
@@ -48,6 +50,11 @@ DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "sleep": (),
     "tcp-echo": (9000,),
 }
+# The app kinds that serve ports: what a port's `serves` may name.
+SERVING_KINDS: Final = ("httpbin", "tcp-echo")
+# A namespace's data plane: Envoy sidecars (istio-injection=enabled) or none. Istio's ambient
+# mode would be a third value; the local mesh does not run it.
+DATAPLANES: Final = ("sidecar", "none")
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -177,7 +184,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     for ns_index, ns_node in enumerate(namespace_nodes):
         where = f"namespaces[{ns_index}]"
         fields = ctx.mapping(
-            ns_node, where, ("name", "injected", "workloads", "services"), ("name", "injected")
+            ns_node, where, ("name", "dataplane", "injected", "workloads", "services"), ("name",)
         )
         namespace = ctx.name(fields["name"], f"{where}.name")
         if namespace == ROOT_NAMESPACE:
@@ -189,7 +196,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         if namespace in seen_namespaces:
             raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
         seen_namespaces.add(namespace)
-        injected = ctx.boolean(fields["injected"], f"{where}.injected")
+        injected = _dataplane(ctx, ns_node, fields, where) == "sidecar"
         ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, injected, len(pods))
         pods += ns_pods
         entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, len(entries))
@@ -198,6 +205,74 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             root, "namespaces", f"{len(pods)} workloads; the local mesh runs at most {_MAX_PODS}"
         )
     return Topology(pods=tuple(pods), services=tuple(entries))
+
+
+def _dataplane(ctx: _Ctx, node: yaml.Node, fields: dict[str, yaml.Node], where: str) -> str:
+    """The namespace's `dataplane` (one of DATAPLANES), from `dataplane:` or `injected:`."""
+    dataplane: str | None = None
+    if "dataplane" in fields:
+        dataplane = ctx.string(fields["dataplane"], f"{where}.dataplane")
+        if dataplane not in DATAPLANES:
+            raise ctx.error(
+                fields["dataplane"],
+                f"{where}.dataplane",
+                f"unknown data plane {dataplane!r}; the local mesh runs: {' | '.join(DATAPLANES)}",
+            )
+    if "injected" in fields:
+        injected = ctx.boolean(fields["injected"], f"{where}.injected")
+        implied = "sidecar" if injected else "none"
+        if dataplane is not None and dataplane != implied:
+            raise ctx.error(
+                fields["injected"],
+                f"{where}.injected",
+                f"injected: {'true' if injected else 'false'} contradicts dataplane: {dataplane};"
+                " give only dataplane",
+            )
+        dataplane = implied
+    if dataplane is None:
+        raise ctx.error(
+            node,
+            f"{where}.dataplane",
+            f"required field missing: write dataplane: {' | '.join(DATAPLANES)}"
+            " (or injected: true | false)",
+        )
+    return dataplane
+
+
+def _workload_ports(
+    ctx: _Ctx, node: yaml.Node, field: str, kind: str | None
+) -> tuple[tuple[int, ...], tuple[tuple[int, str], ...]]:
+    """A workload's `ports`: plain numbers (served by its `kind`) or `{port, serves}`; returns
+    the container ports and (port, app kind) for each."""
+    ports: list[int] = []
+    served: list[tuple[int, str]] = []
+    for index, p_node in enumerate(ctx.sequence(node, field)):
+        at = f"{field}[{index}]"
+        if isinstance(p_node, yaml.MappingNode):
+            p_fields = ctx.mapping(p_node, at, ("port", "serves"), ("port", "serves"))
+            port = ctx.port(p_fields["port"], f"{at}.port")
+            app = ctx.string(p_fields["serves"], f"{at}.serves")
+            if app not in SERVING_KINDS:
+                raise ctx.error(
+                    p_fields["serves"],
+                    f"{at}.serves",
+                    f"{app!r} serves no port; a port is served by {' or '.join(SERVING_KINDS)}",
+                )
+        else:
+            port = ctx.port(p_node, at)
+            if kind is None:
+                raise ctx.error(
+                    p_node,
+                    at,
+                    "a plain port is served by the workload's kind, and it names none: give"
+                    f" kind, or write {{port: {port}, serves: {' | '.join(SERVING_KINDS)}}}",
+                )
+            app = kind
+        if port in ports:
+            raise ctx.error(p_node, at, f"port {port} is listed twice")
+        ports.append(port)
+        served.append((port, app))
+    return tuple(ports), tuple(served)
 
 
 def _workloads(
@@ -217,17 +292,26 @@ def _workloads(
             w_node,
             field,
             ("name", "kind", "serviceAccount", "labels", "ports"),
-            ("name", "kind"),
+            ("name",),
         )
         name = ctx.name(fields["name"], f"{field}.name")
         if any(p.workload.name == name for p in pods):
             raise ctx.error(fields["name"], f"{field}.name", f"workload {name!r} given twice")
-        kind = ctx.string(fields["kind"], f"{field}.kind")
-        if kind not in APP_KINDS:
+        kind: str | None = None
+        if "kind" in fields:
+            kind = ctx.string(fields["kind"], f"{field}.kind")
+            if kind not in APP_KINDS:
+                raise ctx.error(
+                    fields["kind"],
+                    f"{field}.kind",
+                    f"unknown app kind {kind!r}; known kinds: {', '.join(APP_KINDS)}",
+                )
+        elif "ports" not in fields:
             raise ctx.error(
-                fields["kind"],
+                w_node,
                 f"{field}.kind",
-                f"unknown app kind {kind!r}; known kinds: {', '.join(APP_KINDS)}",
+                f"required field missing (one of {', '.join(APP_KINDS)}), unless every port"
+                " says what serves it: ports: [{port: N, serves: APP}]",
             )
         account = (
             ctx.name(fields["serviceAccount"], f"{field}.serviceAccount")
@@ -243,20 +327,22 @@ def _workloads(
                 f"{field}.labels.app",
                 "required: Services select their endpoints by the app label",
             )
-        ports = DEFAULT_PORTS[kind]
+        ports = DEFAULT_PORTS[kind] if kind is not None else ()
+        served: tuple[tuple[int, str], ...] = ()
         if "ports" in fields:
-            port_nodes = ctx.sequence(fields["ports"], f"{field}.ports")
-            ports = tuple(ctx.port(p, f"{field}.ports[{i}]") for i, p in enumerate(port_nodes))
-            if len(set(ports)) != len(ports):
-                raise ctx.error(fields["ports"], f"{field}.ports", "a port is listed twice")
+            ports, served = _workload_ports(ctx, fields["ports"], f"{field}.ports", kind)
             if kind == "sleep" and ports:
                 raise ctx.error(
                     fields["ports"], f"{field}.ports", "a sleep workload serves no port"
                 )
             if kind != "sleep" and not ports:
                 raise ctx.error(
-                    fields["ports"], f"{field}.ports", f"a {kind} serves at least one port"
+                    fields["ports"],
+                    f"{field}.ports",
+                    f"a {kind or 'workload without kind'} serves at least one port",
                 )
+        if kind is None:  # every port said what serves it: the first one names the pod's kind
+            kind = served[0][1]
         workload = Workload(
             name=name,
             namespace=namespace,
@@ -267,7 +353,12 @@ def _workloads(
             container_ports=ports,
         )
         pods.append(
-            Pod(workload=workload, ip=f"{POD_CIDR_PREFIX}{10 + first_index + len(pods)}", kind=kind)
+            Pod(
+                workload=workload,
+                ip=f"{POD_CIDR_PREFIX}{10 + first_index + len(pods)}",
+                kind=kind,
+                serves=tuple((port, app) for port, app in served if app != kind),
+            )
         )
     return pods
 
