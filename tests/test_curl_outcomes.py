@@ -8,12 +8,15 @@ exit 7) are different outcomes: a suite asserting `result.reset` must fail on th
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -149,11 +152,18 @@ def test_a_tls13_alert_after_the_handshake_is_a_tls_failure_not_a_reset(tmp_path
     context.verify_mode = ssl.CERT_REQUIRED
 
     def require_client_cert(conn: socket.socket) -> None:
-        try:
-            with context.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(4096)
-        except (ssl.SSLError, OSError):
-            pass
+        tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with suppress(ssl.SSLError, OSError):
+            tls.do_handshake()  # sends the alert: no client certificate
+        # keep the connection until curl closes it: closing with its request unread would
+        # answer with a RST, which may reach curl before it reads the alert
+        deadline = time.monotonic() + 10
+        with suppress(OSError):
+            while time.monotonic() < deadline:
+                readable, _, _ = select.select([tls.fileno()], [], [], 0.2)
+                if readable and not os.read(tls.fileno(), 4096):
+                    break
+        tls.close()
 
     with loopback(require_client_cert) as port:
         argv = curl_argv(f"https://127.0.0.1:{port}/", timeout=5)
