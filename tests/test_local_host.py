@@ -353,3 +353,35 @@ def test_runnable_by_others_checks_the_file_and_every_parent(tmp_path: Path) -> 
     tool.chmod(0o750)
     assert not host.runnable_by_others(tool)
     assert not host.runnable_by_others(tmp_path / "missing")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a network namespace needs root")
+def test_sweep_spares_an_orphan_looking_namespace_a_process_lives_in(
+    fake_host: dict[str, Any],
+) -> None:
+    """A run recorded under another state root (a test's) looks like an orphan to this sweep;
+    while a process lives in its namespace, the sweep leaves it alone (a concurrent test that
+    swept with its own root once took a live run's pods away)."""
+    name = f"mc-{os.getpid() % 0xFFFFFF:06x}-node"
+    real = Path("/run/netns") / name
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        os.symlink(real, fake_host["run"] / name)  # stat follows it to the nsfs inode
+        inside = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "30"])
+        try:
+            host.poll(
+                lambda: host.netns_in_use([name]) or None,
+                timeout=10,
+                interval=0.01,
+                what="sleep in the netns",
+            )
+            assert host.sweep_stale_runs() == []
+            assert (fake_host["run"] / name).exists()
+        finally:
+            inside.kill()
+            inside.wait()
+        assert host.netns_in_use([name]) == set()
+        assert host.sweep_stale_runs() == [f"orphan namespaces {name}"]
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        assert not real.exists()

@@ -60,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[mesh_settings_key] = resolve_settings(config)
     from pytest_meshconform.plugin import (  # cheap: fixture bodies import what they need
         capture,
+        empties,
         health,
         identity,
         policies,
@@ -76,6 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # a broken mesh's tests end as infrastructure errors
     config.pluginmanager.register(health, "meshconform-health")
     config.pluginmanager.register(service_ports, "meshconform-service-ports")
+    # a run whose every mesh test skipped for a missing workload tested nothing: it fails
+    config.pluginmanager.register(empties, "meshconform-empties")
     report.configure(config)
     from pytest_meshconform.plugin import render
 

@@ -35,6 +35,7 @@ class UnmatchedPolicyError(AssertionError):
 
 
 def _policies_from(source: PolicySource) -> list[Policy]:
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     from pytest_meshconform.istio.api import parse_policies
 
     if isinstance(source, Path) or (

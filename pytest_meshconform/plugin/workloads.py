@@ -26,6 +26,7 @@ from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output,
 from pytest_meshconform.istio.plan import endpoints_of
 from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import ExecResult, Mesh, Service, Workload
+from pytest_meshconform.plugin.empties import skip_missing_workload
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
 from pytest_meshconform.report.observations import RequestRecord
@@ -338,7 +339,7 @@ class WorkloadLookup:
             w.name == name and self._mesh.logical_namespace(w.namespace) == namespace
             for w in self._mesh.workloads()
         ):
-            pytest.skip(
+            skip_missing_workload(
                 f"the mesh's topology has no workload {name}.{namespace}, which this test needs"
             )
         return WorkloadHandle(self._mesh, self._mesh.workload(name, namespace), self._evidence)

@@ -380,6 +380,29 @@ def teardown_state(state: RunState) -> None:
     # The shared STATE_ROOT stays: removing it while empty raced with another run's start.
 
 
+def netns_in_use(names: Iterable[str]) -> set[str]:
+    """The named namespaces (under /run/netns) some process is in, as `ip netns identify` tells
+    them: the same nsfs device and inode as a process's /proc/<pid>/ns/net."""
+    wanted: dict[tuple[int, int], str] = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(NETNS_RUN / name)
+            wanted[(st.st_dev, st.st_ino)] = name
+    found: set[str] = set()
+    if not wanted:
+        return found
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry.name}/ns/net")
+                owner = wanted.get((st.st_dev, st.st_ino))
+                if owner is not None:
+                    found.add(owner)
+    return found
+
+
 def sweep_stale_runs() -> list[str]:
     """Clean up after runs whose owner process is gone; returns what was swept.
 
@@ -419,6 +442,9 @@ def sweep_stale_runs() -> list[str]:
                     and not (STATE_ROOT / match["run_id"]).exists()
                 ):
                     orphans.add(entry.name)
+    # A namespace a process lives in belongs to a live run, whatever the state says: a run with
+    # another state root (a test's) must not take a live run's pods away from under it.
+    orphans -= netns_in_use(orphans)
     if orphans:
         delete_netns(sorted(orphans))
         swept.append(f"orphan namespaces {', '.join(sorted(orphans))}")

@@ -455,6 +455,7 @@ def authorization_policy(
     allows nothing). ``selector`` becomes ``selector.matchLabels``; ``dry_run`` sets the
     ``istio.io/dry-run`` annotation.
     """
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     spec: dict[str, Any] = {"action": enum_text(action)}
     if selector is not None:
         spec["selector"] = {"matchLabels": dict(selector)}

@@ -224,6 +224,7 @@ def _k8s_label_problem(value: str) -> str | None:
 
 def check_argument_namespace(value: object, what: str) -> None:
     """A namespace passed to a function (not read from a document) is a DNS-1123 label."""
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     if not isinstance(value, str):
         raise PolicyError(f"{what} must be a string, got {type_name(value)}")
     problem = _k8s_label_problem(value)
@@ -455,6 +456,7 @@ def checked_manifest(
 ) -> dict[str, Any]:
     """A manifest a builder wrote, put through its kind's parser (Istio's rules) and written
     back out; an error names it as :func:`.parse.parse_policy` would."""
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     try:
         return parse(manifest, None).to_manifest()
     except FieldError as error:

@@ -70,6 +70,7 @@ def parse_policy(source: PolicyText, *, namespace: str | None = None) -> Policy:
     ``namespace`` works like ``kubectl apply -n``: it fills in a missing
     ``metadata.namespace`` and must agree with one that is present.
     """
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     policies = parse_policies(source, namespace=namespace)
     if len(policies) != 1:
         raise PolicyError(f"expected exactly one policy, found {len(policies)}")
@@ -80,6 +81,7 @@ def parse_policies(
     source: PolicyText | Iterable[Mapping[str, Any]], *, namespace: str | None = None
 ) -> tuple[Policy, ...]:
     """Parse every policy in YAML/JSON text (``---`` separated), a mapping, or mappings."""
+    __tracebackhide__ = True  # a bad policy points at the suite's line
     if namespace is not None:
         check_argument_namespace(namespace, "namespace argument")
     policies: list[Policy] = []
