@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshconform {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     diff = diff_reports(old, new)
-    for line in format_diff(diff, str(args.old), str(args.new)):
+    for line in format_diff(diff, str(args.old), str(args.new), evidence_base=args.new.parent):
         print(line)
     if diff.failed:
         return EXIT_REGRESSION

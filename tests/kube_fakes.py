@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import json
 import socket
@@ -474,6 +475,114 @@ def pod_json(
     return dict(model_json(pod))
 
 
+# Istio's own injector output (../shared/testdata/istio-inject/, README there): the two forms a
+# sidecar takes in a pod. "native": istio-proxy is an init container with restartPolicy Always
+# (Kubernetes native sidecars; Istio's default since 1.28); "classic": an ordinary container.
+INJECT_DATA = TESTDATA / "istio-inject"
+INJECTOR_OUTPUT = {
+    "native": "pod-native-default-1.28.0.yaml",
+    "classic": "native-sidecar-opt-out-1.28.0.yaml",
+}
+INJECTOR_IMAGE = "gcr.io/istio-testing/proxyv2:latest"  # what the golden files were made with
+
+
+def _running(name: str, image: str, *, ready: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "imageID": "",
+        "ready": ready,
+        "restartCount": 0,
+        "started": True,
+        "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+    }
+
+
+def injected_pod_json(
+    form: str,
+    name: str,
+    namespace: str,
+    app: str,
+    *,
+    ready: bool = True,
+    labels: Mapping[str, str] | None = None,
+    proxy_image: str = PROXY_IMAGE,
+    hbone: bool = False,
+) -> dict[str, Any]:
+    """A pod as Istio's injector writes it (``form`` "native" or "classic", its golden file
+    in INJECT_DATA) with our app container in place of its ``hello``, once scheduled and
+    running: istio-init terminated (Completed), istio-proxy running, started and (when
+    ``ready``) ready, in ``initContainerStatuses`` for a native sidecar."""
+    text = (INJECT_DATA / INJECTOR_OUTPUT[form]).read_text()
+    # the golden files end with the YAML document separator: one pod, then nothing
+    [pod] = [d for d in yaml.safe_load_all(text.replace(INJECTOR_IMAGE, proxy_image)) if d]
+    meta = pod["metadata"]
+    meta.update(name=name, namespace=namespace)
+    meta["labels"] = {**(meta.get("labels") or {}), "app": app, **(labels or {})}
+    spec = pod["spec"]
+    hello = next(c for c in spec["containers"] if c["name"] == "hello")
+    hello.update(name=app, image=f"example/{app}:1")
+    hello["ports"] = [{"containerPort": 8080, "name": "http"}] if app == "httpbin" else []
+    proxy = next(
+        c
+        for c in [*spec["containers"], *spec.get("initContainers", [])]
+        if c["name"] == "istio-proxy"
+    )
+    if hbone:
+        proxy["env"].append({"name": "ISTIO_META_ENABLE_HBONE", "value": "true"})
+        meta["labels"].setdefault("networking.istio.io/tunnel", "http")
+    init_statuses = []
+    for container in spec.get("initContainers", []):
+        if container.get("restartPolicy") == "Always":
+            init_statuses.append(_running(container["name"], container["image"], ready=ready))
+        else:
+            init_statuses.append(
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                }
+            )
+    pod["status"] = {
+        "phase": "Running",
+        "hostIP": HOST_IP,
+        "podIP": "10.244.0.17",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "initContainerStatuses": init_statuses,
+        "containerStatuses": [
+            _running(c["name"], c["image"], ready=ready) for c in spec["containers"]
+        ],
+    }
+    return pod
+
+
+def container_state(pod: Mapping[str, Any], name: str) -> str | None:
+    """ "running", "terminated" or "waiting" for a container of the pod (app, init or
+    ephemeral), as its status says; None when the pod has no such container."""
+    spec = pod.get("spec") or {}
+    names = [
+        c.get("name")
+        for key in ("containers", "initContainers", "ephemeralContainers")
+        for c in spec.get(key) or []
+    ]
+    if name not in names:
+        return None
+    status = pod.get("status") or {}
+    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+        for found in status.get(key) or []:
+            if found.get("name") == name:
+                state = found.get("state") or {}
+                return next(
+                    (k for k in ("running", "terminated", "waiting") if state.get(k) is not None),
+                    "waiting",
+                )
+    return "waiting"
+
+
 def config_map_json(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, Any]:
     from kubernetes import client as k8s
 
@@ -539,6 +648,9 @@ class FakeCluster:
     # operation ("list pods", "exec") -> how many more calls answer 503 (an API server restarting)
     flaky: dict[str, int] = field(default_factory=dict)
     dns_domain: str = "cluster.local"  # the kubelet's clusterDomain
+    # "native" / "classic": injected pods as Istio's injector writes them (injected_pod_json;
+    # needs ../shared/testdata/istio-inject); None: pod_json's classic pods
+    injector_form: str | None = None
     _version: int = 100
 
     def _check(self, operation: str) -> None:
@@ -680,19 +792,34 @@ class FakeCluster:
         app = deployment["metadata"]["name"]
         injected = self.inject and self.injected(namespace)
         pods = [p for p in self.pods.get(namespace, []) if p["metadata"]["labels"]["app"] != app]
-        pods.append(
-            pod_json(
-                f"{app}-6c8f9d7b5-{len(pods)}q2w",
-                namespace,
-                app,
-                sidecar=injected,
-                # a sidecar without the mesh root (an undiscovered namespace) never gets ready
-                ready=not injected or self.discovered(namespace),
-                waiting_reason=self.pod_waiting.get(app),
-                proxy_image=self.proxy_image,
-                hbone=self.hbone_pods,
+        name = f"{app}-6c8f9d7b5-{len(pods)}q2w"
+        # a sidecar without the mesh root (an undiscovered namespace) never gets ready
+        ready = not injected or self.discovered(namespace)
+        if injected and self.injector_form is not None and app not in self.pod_waiting:
+            pods.append(
+                injected_pod_json(
+                    self.injector_form,
+                    name,
+                    namespace,
+                    app,
+                    ready=ready,
+                    proxy_image=self.proxy_image,
+                    hbone=self.hbone_pods,
+                )
             )
-        )
+        else:
+            pods.append(
+                pod_json(
+                    name,
+                    namespace,
+                    app,
+                    sidecar=injected,
+                    ready=ready,
+                    waiting_reason=self.pod_waiting.get(app),
+                    proxy_image=self.proxy_image,
+                    hbone=self.hbone_pods,
+                )
+            )
         self.pods[namespace] = pods
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -779,6 +906,7 @@ class FakeCluster:
         since_seconds: int | None = None,
     ) -> str:
         self.log_requests.append((namespace, pod, container, since_seconds))
+        self._check_container("pod logs", namespace, pod, container)
         if since_seconds is not None:
             return f"log of {namespace}/{pod} [{container}] since {since_seconds}s\n"
         return f"log of {namespace}/{pod} [{container}]\n"
@@ -798,7 +926,30 @@ class FakeCluster:
         self, namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
     ) -> Any:
         self._check("exec")
+        self._check_container("exec", namespace, pod, container, running=True)
         return self.exec_api.open_exec(namespace, pod, container, argv, stdin=stdin)
+
+    def _check_container(
+        self, operation: str, namespace: str, pod: str, container: str, *, running: bool = False
+    ) -> None:
+        """What the API server answers for a container the pod does not have (or, for exec,
+        one that is not running): HTTP 400, as the kubelet's container lookup refuses it."""
+        from pytest_meshconform.backends.kube.client import KubeApiError
+
+        found = next(
+            (p for p in self.pods.get(namespace, []) if p["metadata"]["name"] == pod), None
+        )
+        if found is None:
+            return  # a pod the test replaced: the API server's own 404 comes from exec_api
+        state = container_state(found, container)
+        if state is None:
+            raise KubeApiError(
+                f"{operation}: HTTP 400 container {container} is not valid for pod {pod}", 400
+            )
+        if running and state != "running":
+            raise KubeApiError(
+                f"{operation}: HTTP 400 container {container} is {state}, not running", 400
+            )
 
 
 RAW = {
@@ -832,6 +983,58 @@ HBONE_MATCH = {
 }
 
 
+# buildInboundPassthroughChains (pilot/pkg/networking/core/listener_inbound.go): every sidecar's
+# virtualInbound takes unmatched traffic through the chains getFilterChainMatchOptions
+# (filterchain_options.go) gives protocol Auto under the workload's mode, HTTP first
+# (virtualInbound-catchall-http), then TCP (virtualInbound), each with the RBAC filters of the
+# policies that apply (as the real 1.19-dev authz dump shows). The ALPNs are istiod's
+# mtlsHTTPALPNs, plaintextHTTPALPNs (without "http/1.0" unless PILOT_HTTP10, as the real
+# 1.20.8 and 1.22.3 dumps show) and mtlsTCPWithMxcALPNs.
+MTLS_HTTP_ALPNS = ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
+PLAINTEXT_HTTP_ALPNS = ["http/1.1", "h2c"]
+MTLS_TCP_ALPNS = ["istio-peer-exchange", "istio"]
+
+
+def passthrough_chains(mode: str) -> list[dict[str, Any]]:
+    """The passthrough chains of a sidecar under ``mode``: STRICT 2 (mTLS HTTP, mTLS TCP),
+    PERMISSIVE 5 (those, plaintext HTTP and TCP, and one-way TLS passed through), DISABLE 2
+    (plaintext HTTP and TCP); built from the hand-made PERMISSIVE dump's chains."""
+    dump = _load_dump("config_dump-httpbin-permissive.json")
+    listener = next(
+        entry["active_state"]["listener"]
+        for entry in dump["configs"][2]["dynamic_listeners"]
+        if entry["name"] == "virtualInbound"
+    )
+    found = {
+        (c["name"], c["filter_chain_match"].get("transport_protocol")): c
+        for c in listener["filter_chains"]
+    }
+    http_mtls = copy.deepcopy(found[("0.0.0.0_8080", "tls")])
+    del http_mtls["filter_chain_match"]["destination_port"]
+    http_mtls["name"] = "virtualInbound-catchall-http"
+    http_mtls["filters"][-1]["typed_config"]["stat_prefix"] = "InboundPassthroughCluster"
+    http_mtls["filter_chain_match"]["application_protocols"] = MTLS_HTTP_ALPNS
+    http_plain = found[("virtualInbound-catchall-http", "raw_buffer")]
+    http_plain["filter_chain_match"]["application_protocols"] = PLAINTEXT_HTTP_ALPNS
+    tcp_mtls = found[("virtualInbound", "tls")]
+    tcp_plain = found[("virtualInbound", "raw_buffer")]
+    tcp_tls = {
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": copy.deepcopy(tcp_plain["filters"]),
+        "name": "virtualInbound",
+    }
+    if mode == "STRICT":
+        tcp_mtls["filter_chain_match"].pop("application_protocols", None)
+        return [http_mtls, tcp_mtls]
+    if mode == "DISABLE":
+        return [http_plain, tcp_plain]
+    tcp_mtls["filter_chain_match"]["application_protocols"] = MTLS_TCP_ALPNS
+    return [http_mtls, http_plain, tcp_mtls, tcp_plain, tcp_tls]
+
+
+BASE_VERSION = "2025-03-14T09:26:41Z/12"  # the version_info of every hand-made dump
+
+
 def _load_dump(name: str) -> dict[str, Any]:
     return dict(json.loads((DATA_DIR / name).read_text()))
 
@@ -848,11 +1051,14 @@ class FakeIstio:
     client's or the service's namespace (tls.mode, maxRequestsPerConnection), else auto mTLS
     (no TLS when the service's namespace mode is DISABLE); with ``send_hbone`` (istiod's
     PILOT_ENABLE_SENDING_HBONE) the socket matches of cluster_tls.go
-    ``applyHBONETransportSocketMatches`` (``hbone`` first).
-    The pieces are the hand-made dumps in ``tests/data/kube/config_dump-*.json``.
+    ``applyHBONETransportSocketMatches`` (``hbone`` first). Every sidecar, sleep included, has
+    a ``virtualInbound`` with istiod's passthrough chains for the mode (``passthrough_chains``)
+    and, on every chain but the blackhole, the RBAC filters of the AuthorizationPolicies that
+    select it. The pieces are the hand-made dumps in ``tests/data/kube/config_dump-*.json``.
     Pods are named ``<pod>.<namespace>`` (istiod's proxy IDs). ``stuck`` pods keep the config
-    they started with (no policy at all); every pod answers ``lag_reads`` reads with its old
-    config after a change. ``envoy_admin`` overrides a path's answer for every pod.
+    they started with (no policy at all, no push); every other pod takes a push (a new xDS
+    version) on each policy change, after answering ``lag_reads`` reads with its old config.
+    ``envoy_admin`` overrides a path's answer for every pod.
     """
 
     cluster: FakeCluster
@@ -868,8 +1074,10 @@ class FakeIstio:
     # edits every rendered config_dump (e.g. to write it as an older Istio would)
     rewrite_dump: Callable[[dict[str, Any]], None] | None = None
     config_dump_reads: list[str] = field(default_factory=list)  # <pod>.<namespace>, in order
+    pushes: dict[str, int] = field(default_factory=dict)  # <pod>.<namespace> -> pushes taken
     _served: dict[str, bytes] = field(default_factory=dict)
     _unseen: dict[str, int] = field(default_factory=dict)
+    _pushed_state: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
         if self.curl_hang and call.command[:1] == ["curl"]:
@@ -980,9 +1188,16 @@ class FakeIstio:
         mode = "PERMISSIVE" if stuck else self._inbound_mode(namespace)
         base = _load_dump(f"config_dump-httpbin-{mode.lower()}.json")
         listeners = base["configs"][2]["dynamic_listeners"]
-        if app != "httpbin":
-            listeners[:] = [entry for entry in listeners if entry["name"] != "virtualInbound"]
-        elif not stuck:
+        for entry in listeners:
+            if entry["name"] != "virtualInbound":
+                continue
+            chains = entry["active_state"]["listener"]["filter_chains"]
+            blackhole = [c for c in chains if c["name"] == "virtualInbound-blackhole"]
+            # a sleep pod has no port any Service targets: only the passthrough chains
+            ports = [c for c in chains if "destination_port" in c["filter_chain_match"]]
+            ports = [c for c in ports if c not in blackhole and app == "httpbin"]
+            chains[:] = [*blackhole, *passthrough_chains(mode), *ports]
+        if not stuck:
             self._add_rbac(namespace, app, listeners)
         namespaces = sorted(ns for ns in self.cluster.pods if ns.startswith("mc-"))
         base["configs"][1]["dynamic_active_clusters"] = [
@@ -1087,23 +1302,51 @@ class FakeIstio:
         finally:
             self.cluster.objects = saved
 
+    def _policy_state(self) -> str:
+        """The Istio policies in the cluster: istiod pushes on every change of them."""
+        kinds = {"PeerAuthentication", "DestinationRule", "AuthorizationPolicy"}
+        return json.dumps(
+            [
+                [list(key), obj.get("spec"), obj["metadata"].get("annotations")]
+                for key, obj in sorted(self.cluster.objects.items())
+                if key[1] in kinds
+            ],
+            sort_keys=True,
+        )
+
     def _config_dump(self, namespace: str, pod: str) -> bytes:
+        """The pod's dump as its Envoy holds it. istiod pushes it a new version (xDS
+        ``version_info``, ``<time>/<push>``) on every policy change, unless it is ``stuck``;
+        the push arrives after ``lag_reads`` more reads of the old one."""
         proxy = f"{pod}.{namespace}"
         self.config_dump_reads.append(proxy)
         fresh = self.render_config_dump(namespace, pod)
+        state = self._policy_state()
         if proxy not in self._served:  # what it had at start: no policy at all
             stuck, self.stuck = self.stuck, {proxy}
             try:
                 self._served[proxy] = self.render_config_dump(namespace, pod)
             finally:
                 self.stuck = stuck
-        if fresh != self._served[proxy]:
+            self._pushed_state[proxy] = state
+        pushed = proxy not in self.stuck and state != self._pushed_state[proxy]
+        if fresh != self._served[proxy] or pushed:
             self._unseen[proxy] = self._unseen.get(proxy, 0) + 1
             if self._unseen[proxy] <= self.lag_reads:
-                return self._served[proxy]
+                return self._versioned(proxy, self._served[proxy])
+            self.pushes[proxy] = self.pushes.get(proxy, 0) + 1
         self._unseen[proxy] = 0
         self._served[proxy] = fresh
-        return fresh
+        self._pushed_state[proxy] = state
+        return self._versioned(proxy, fresh)
+
+    def _versioned(self, proxy: str, dump: bytes) -> bytes:
+        """``dump`` with the xDS version of the proxy's last push (the hand-made dumps are at
+        push 12 of 2025-03-14T09:26:41Z, as istiod's ``<time>/<count>`` versions read)."""
+        count = self.pushes.get(proxy, 0)
+        if not count:
+            return dump
+        return dump.replace(BASE_VERSION.encode(), f"{BASE_VERSION[:-2]}{12 + count}".encode())
 
     def _pilot_agent(self, call: ExecCall, channel: ExecChannel) -> None:
         """``pilot-agent request`` (pilot/pkg/request/command.go): the body with fmt.Println,

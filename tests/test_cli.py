@@ -95,7 +95,7 @@ def test_diff_prints_every_change_and_exits_1_on_regression(
         " 1 failed, 1 skipped",
         "Regressions (passed before, failing now): 1",
         "  strict::test_a: passed -> failed: AssertionError: naked client got HTTP 200"
-        " (evidence: artifacts/strict_test_a)",
+        f" (evidence: {upgraded_report.parent / 'artifacts/strict_test_a'})",  # opens from here
         "Fixes (failing before, passing now): 1",
         "  strict::test_c: failed -> passed",
         "Newly skipped: 1",

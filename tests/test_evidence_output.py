@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from browser import Styled, chromium, computed_styles
 from local_helpers import CONFORMANCE, REPO, assert_runs_left_nothing, needs_local_mesh
 from pytest_meshconform.conformance.conftest import SUITE_CERT_TTL
 
@@ -181,6 +183,11 @@ def test_artifacts_keep_the_touched_sidecars_config_dumps(run: Run) -> None:
     kinds = {config["@type"].rsplit(".", 1)[-1] for config in dump["configs"]}
     assert {"ListenersConfigDump", "ClustersConfigDump"} <= kinds
     assert files["pcap httpbin.foo port 8080"].startswith("evidence/")
+    # `assert ..., cap` quoted the capture's pcap under the mesh's run directory, which the
+    # mesh removed when it stopped: the report's message names the copy instead
+    assert "/run/meshconform/" not in failed["message"]
+    assert f"({files['pcap httpbin.foo port 8080']})" in failed["message"]
+    assert (run.directory / files["pcap httpbin.foo port 8080"]).is_file()
 
 
 def test_a_test_that_touched_nothing_through_the_fixtures_gets_every_log_of_its_window(
@@ -226,35 +233,6 @@ def test_the_report_keeps_every_tests_observations_and_description(run: Run) -> 
 
 
 # --- the human-readable reports ----------------------------------------------------------------
-
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-
-
-def chromium(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Debian's chromium, headless, with a fresh profile and nothing that phones home, in a
-    network namespace of its own with no interface up: the page must open with no network."""
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.skip("no chromium: scripts/test.sh installs it (apt-get install chromium)")
-    offline = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
-    profile = directory / f"profile-{len(list(directory.glob('profile-*')))}"
-    return subprocess.run(
-        [*offline, binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
 
 
 class Dom(HTMLParser):
@@ -338,6 +316,17 @@ def png_colours(png: bytes) -> set[tuple[int, int, int]]:
     return colours
 
 
+GREEN, RED = "rgb(26, 127, 55)", "rgb(207, 34, 46)"
+
+
+def badge_colours(badges: list[Styled]) -> dict[str, set[str]]:
+    """Each badge's text (a status) -> the background colours the browser drew it in."""
+    colours: dict[str, set[str]] = {}
+    for badge in badges:
+        colours.setdefault(badge.text, set()).add(badge.style["background-color"])
+    return colours
+
+
 def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidence(
     run: Run,
 ) -> None:
@@ -377,6 +366,10 @@ def test_the_html_report_opens_in_a_real_browser_with_the_matrix_and_the_evidenc
     )
     passed = dom.entries["test_before"]
     assert "sleep.foo -> httpbin.foo (http://httpbin.foo:8000/status/299): HTTP 299" in passed
+    # Each badge in its own test's colour, as the browser computed it: in this failed report
+    # the passed tests' badges are green, the failed ones red.
+    badges = computed_styles(run.directory, page, ".entry .badge", ["background-color"])
+    assert badge_colours(badges) == {"passed": {GREEN}, "failed": {RED}}
     # And drawn: the green and the red of the matrix are on the screen.
     shot = run.directory / "r.png"
     chromium(run.directory, "--window-size=1200,6000", f"--screenshot={shot}", page.as_uri())
@@ -389,7 +382,15 @@ def test_the_markdown_report_reads_the_same(run: Run) -> None:
     text = (run.directory / "r.md").read_text()
     assert text.startswith("# meshconform conformance report: ❌ failure\n")
     ttl = format_duration(SUITE_CERT_TTL)  # the built-in suites' default (their conftest)
-    assert f"| Settings | cluster=local cert-ttl={ttl} keep=no |" in text
+    (settings,) = [line for line in text.splitlines() if line.startswith("| Settings |")]
+    assert settings.startswith(f"| Settings | cluster=local cert-ttl={ttl} keep=no; report=")
+    # Words, not Python values, in what the report says (failure messages and evidence, in
+    # fenced blocks, are quoted as the test and the mesh wrote them)
+    said = re.sub(r"^(`{3,})\n.*?^\1$", "", text, flags=re.MULTILINE | re.DOTALL)
+    python_values = [
+        line for line in said.splitlines() if re.search(r"\b(None|True|False)\b", line)
+    ]
+    assert python_values == []
     assert "| Backend | local |" in text and "| Trust domain | cluster.local |" in text
     assert "> **Warning:** test-only faults were injected (strict-as-permissive)" in text
     assert (
@@ -449,3 +450,6 @@ def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
     assert "accepts plaintext; required STRICT" in failed
     passed = dom.entries["httpbin.foo:8000"]
     assert "SNI outbound_.8000_._.httpbin.foo.svc.cluster.local" in passed
+    # the shared renderer's badges: the passing port green in this failed audit
+    badges = computed_styles(tmp_path, page, ".entry .badge", ["background-color"])
+    assert badge_colours(badges)["passed"] == {GREEN}

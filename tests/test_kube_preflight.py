@@ -90,6 +90,7 @@ def test_options_are_listed_in_help(pytester: pytest.Pytester) -> None:
         "--mesh-httpbin-image=IMAGE",
         "--mesh-capture-image=IMAGE",
         "--mesh-propagation-timeout=DURATION",
+        "--mesh-propagation=model|version",
     ):
         result.stdout.fnmatch_lines([f"*{flag}*"])
     result.stdout.fnmatch_lines(["*mesh_allow_mesh_wide (bool):*"])
@@ -110,6 +111,7 @@ def test_each_backend_adds_its_own_header_lines(pytester: pytest.Pytester) -> No
     config = configured(pytester, "--mesh-revision=canary")
     expected = [
         "meshconform kube: istio-namespace=istio-system revision=canary mesh-wide=existing: skipped"
+        " propagation=model"
     ]
     run = backend_run(config)
     assert backend_for("kind").header_lines(run) == expected
@@ -130,6 +132,7 @@ def test_cli_wins_over_ini_and_paths_resolve_where_written(pytester: pytest.Pyte
         mesh_revision = stable
         mesh_allow_mesh_wide = true
         mesh_propagation_timeout = 90s
+        mesh_propagation = version
         """
     )
     pytester.mkdir("clusters").joinpath("kind.yaml").write_text("kind: Cluster\n")
@@ -139,6 +142,9 @@ def test_cli_wins_over_ini_and_paths_resolve_where_written(pytester: pytest.Pyte
     assert options.revision == "canary"
     assert options.allow_mesh_wide is True
     assert options.propagation_timeout == timedelta(seconds=90)
+    assert options.propagation == "version"
+    assert "propagation=version" in options.header_line()
+    assert resolve_options(configured(pytester, "--mesh-propagation=model")).propagation == "model"
     assert options.kind_config == root / "clusters" / "kind.yaml"  # found under the rootdir
 
 
@@ -167,6 +173,11 @@ def test_cli_wins_over_ini_and_paths_resolve_where_written(pytester: pytest.Pyte
             "",
             "ERROR: --mesh-propagation-timeout: invalid duration 'soon': expected a duration"
             " like 30s*",
+        ),
+        (
+            ["--mesh-propagation=istioctl"],
+            "",
+            "ERROR: --mesh-propagation: invalid value 'istioctl'; accepted values: model, version",
         ),
         (
             ["--mesh-kind-cluster-name=My_Cluster"],

@@ -115,6 +115,41 @@ def reference_document() -> dict[str, Any]:
     return copy.deepcopy(_REFERENCE)
 
 
+# The reference run made against a baseline (--mesh-baseline) in which test_c passed and a
+# test since removed errored in setup: the comparison as the report keeps it, by hand.
+COMPARISON_YAML = """\
+baseline:
+  report: out/baseline.yaml
+  date: '2025-05-01T08:00:00Z'
+  mesh: istio 1.23.4 (local)
+  summary: 3 passed, 1 skipped, 1 error
+  faults: [strict-as-permissive]
+result: fail
+regressions:
+- {id: strict::test_c, was: passed, now: failed}
+infrastructure: []
+fixes: []
+newlySkipped: []
+otherChanges: []
+newTests: []
+removedTests:
+- {id: strict::test_gone, was: error, wasPhase: setup}
+newCollectionErrors: []
+fixedCollectionErrors:
+- {nodeid: conformance/test_old.py, message: 'ImportError: no module named old'}
+"""
+
+
+def compared_document() -> dict[str, Any]:
+    """The reference document with a comparison against its baseline, placed as the writer
+    places it (before the suites)."""
+    document = reference_document()
+    suites = document.pop("suites")
+    document["comparison"] = yaml.safe_load(COMPARISON_YAML)
+    document["suites"] = suites
+    return document
+
+
 _VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
 
@@ -187,14 +222,14 @@ def set_field(document: dict[str, Any], path: str, value: object) -> dict[str, A
     node: Any = changed
     for part in parents:
         node = node[int(part)] if isinstance(node, list) else node[part]
-    if value is _DELETE:
+    if value is DELETE:
         del node[last]
     else:
         node[int(last) if isinstance(node, list) else last] = value
     return changed
 
 
-_DELETE = object()
+DELETE = object()
 
 
 @pytest.mark.parametrize(
@@ -206,12 +241,12 @@ _DELETE = object()
             "apiVersion: unsupported 'meshconform/v1'; expected 'meshconform/v1alpha1'",
         ),
         ("kind", "GatewayConformanceReport", "kind: expected 'ConformanceReport', got"),
-        ("date", _DELETE, "date: missing"),
+        ("date", DELETE, "date: missing"),
         ("date", "2025-02-30T10:00:00Z", "date: not a real date: '2025-02-30T10:00:00Z'"),
         ("date", "2025-06-01 10:00:00", "date: expected UTC RFC 3339"),
         ("color", "blue", "color: unknown field"),
         ("mesh.used", "yes", "mesh.used: expected a boolean, got a string"),
-        ("mesh.trustDomain", _DELETE, "mesh.trustDomain: missing"),
+        ("mesh.trustDomain", DELETE, "mesh.trustDomain: missing"),
         ("run.exitStatus", True, "run.exitStatus: expected an integer, got a boolean"),
         (
             "suites.0.tests.1.outcome",
@@ -345,7 +380,7 @@ def _same_kind(value: object) -> st.SearchStrategy[object]:
 def test_mutated_documents_load_or_raise_report_error_and_the_loader_is_stricter_than_the_schema(
     data: st.DataObject,
 ) -> None:
-    document = reference_document()
+    document = data.draw(st.sampled_from([reference_document, compared_document]))()
     paths = _paths(document)
     for _ in range(data.draw(st.integers(1, 2))):
         path = data.draw(st.sampled_from(paths))

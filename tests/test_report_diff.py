@@ -1,19 +1,35 @@
 """report.diff: two conformance reports compared test by test (regressions, fixes, newly
 skipped, new and removed tests, collection errors), on the hand-written reference report of
-test_report.py."""
+test_report.py; and the comparison a run with --mesh-baseline keeps in its report (written by
+hand too: its schema, the strict loader's checks, `meshconform diff` reading it)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+from pathlib import Path
 
-from test_report import reference_document, with_outcomes
+import pytest
+import yaml
+from test_report import (
+    compared_document,
+    reference_document,
+    set_field,
+    validate,
+    with_outcomes,
+)
 
 from pytest_meshconform.report import (
     CollectionError,
+    ReportError,
     diff_reports,
     format_diff,
     parse_report,
+    report_to_dict,
 )
+from pytest_meshconform.report.diff import comparison_lines, comparison_of
+from pytest_meshconform.report.model import ChangeRecord
 
 
 def test_diff_classifies_every_change() -> None:
@@ -88,3 +104,95 @@ def test_format_diff_names_both_runs_and_warns_about_faults() -> None:
         "FAIL: 1 regression, 0 fixes, 0 newly skipped, 0 other changes, 0 new tests,"
         " 0 removed tests",
     ]
+
+
+# --- The comparison kept in the report (--mesh-baseline) ----------------------------------------
+
+
+def test_a_comparison_is_schema_valid_round_trips_and_reads_back() -> None:
+    document = compared_document()
+    validate(document)
+    report = parse_report(document)
+    assert report_to_dict(report) == document  # the writer's own order and form
+    comparison = report.comparison
+    assert comparison is not None and comparison.failed and comparison.result == "fail"
+    assert comparison.regressions == (ChangeRecord("strict::test_c", "passed", "failed"),)
+    assert comparison.removed_tests == (
+        ChangeRecord("strict::test_gone", "error", None, was_phase="setup"),
+    )
+    # The same lines as the terminal's, this run's message and evidence with them.
+    assert comparison_lines(comparison, report, "this run", evidence_base=Path("out"))[3:] == [
+        "Regressions (passed before, failing now): 1",
+        "  strict::test_c: passed -> failed: AssertionError: plaintext was not refused"
+        " (evidence: out/artifacts/conformance_test_strict.py__test_c)",
+        "Removed tests: 1",
+        "  strict::test_gone: was error in setup",
+        "Fixed collection errors: 1",
+        "  conformance/test_old.py: ImportError: no module named old",
+        "FAIL: 1 regression, 0 fixes, 0 newly skipped, 0 other changes, 0 new tests,"
+        " 1 removed test",
+    ]
+
+
+def test_the_comparison_is_what_diff_reports_found() -> None:
+    old = parse_report(reference_document())
+    new = with_outcomes(old, test_a="failed", test_c="passed")
+    comparison = comparison_of(diff_reports(old, new), "old.yaml")
+    assert comparison.baseline == "old.yaml" and comparison.date == old.date
+    assert comparison.mesh == "istio 1.24.2 (local)"
+    assert comparison.summary == "2 passed, 1 failed, 1 skipped"
+    assert comparison.regressions == (ChangeRecord("strict::test_a", "passed", "failed"),)
+    assert comparison.fixes == (ChangeRecord("strict::test_c", "failed", "passed"),)
+    report = dataclasses.replace(new, comparison=comparison)
+    assert parse_report(report_to_dict(report)) == report
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "comparison.regressions.0.now",
+            "xpassed",
+            "comparison.regressions[0]: a change in regressions has passed or xpassed before,"
+            " broken now",
+        ),
+        (
+            "comparison.regressions.0.id",
+            "strict::test_a",
+            "comparison.regressions[0].now: 'failed' does not agree with the tests"
+            " ('strict::test_a' is passed here)",
+        ),
+        (
+            "comparison.removedTests.0.id",
+            "strict::test_b",
+            "comparison.removedTests[0].id: 'strict::test_b' is a test of this report",
+        ),
+        (
+            "comparison.result",
+            "ok",
+            "comparison.result: 'ok' does not agree with the changes (expected 'fail')",
+        ),
+        ("comparison.fixes", None, "comparison.fixes: expected a list"),
+        ("comparison.baseline.mesh", "", "comparison.baseline.mesh: expected a non-empty string"),
+        ("comparison.verdict", "ok", "comparison.verdict: unknown field"),
+        ("run.exitStatus", 0, "comparison.result: a failed comparison fails the run"),
+    ],
+)
+def test_the_loader_checks_a_comparison_against_the_tests(
+    path: str, value: object, message: str
+) -> None:
+    with pytest.raises(ReportError, match=f"^{re.escape(message)}"):
+        parse_report(set_field(compared_document(), path, value))
+
+
+def test_meshconform_diff_reads_reports_with_and_without_a_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_meshconform.cli import main
+
+    compared, plain = tmp_path / "compared.yaml", tmp_path / "plain.json"
+    compared.write_text(yaml.safe_dump(compared_document(), sort_keys=False))
+    plain.write_text(json.dumps(reference_document()))
+    for old, new in ((plain, compared), (compared, plain), (compared, compared)):
+        assert main(["diff", str(old), str(new)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1].startswith("OK: 0 regressions")

@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
-from test_report import PLUGIN_VERSION, REFERENCE_YAML, reference_document, set_field, validate
+from test_report import (
+    DELETE,
+    PLUGIN_VERSION,
+    REFERENCE_YAML,
+    reference_document,
+    set_field,
+    validate,
+)
 
 from pytest_meshconform.report import load_report
 
@@ -319,7 +327,9 @@ def test_failed_tests_evidence_is_archived_and_shown(suite_dir: pytest.Pytester)
         "log line 120\n" in output
     )
     assert "log line 119\n" not in output
-    result.stdout.fnmatch_lines([f"*meshconform evidence of failed tests: {artifacts}*"])
+    result.stdout.fnmatch_lines(
+        [f"*meshconform evidence of failed tests: {artifacts} (2 tests, 2 failed) -*"]
+    )
 
     # In JUnit: the evidence with the failure, the mesh as testsuite properties.
     suite = ET.parse(suite_dir.path / "junit.xml").getroot().find("testsuite")
@@ -417,7 +427,11 @@ def test_d():
 def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytester) -> None:
     (pytester.path / "baseline.yaml").write_text(REFERENCE_YAML)
     pytester.makepyfile(test_strict=UPGRADED_MODULE)
-    result = _run(pytester, "--mesh-baseline=baseline.yaml", "--mesh-report=now.json")
+    result = _run(
+        pytester,
+        "--mesh-baseline=baseline.yaml",
+        *("--mesh-report=now.json", "--mesh-report=now.html", "--mesh-report=now.md"),
+    )
     result.assert_outcomes(passed=3, xfailed=1)  # pytest alone would exit 0
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -439,7 +453,44 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
             "meshconform: the run fails: regressions against the baseline",
         ]
     )
-    assert json.loads((pytester.path / "now.json").read_text())["run"]["exitStatus"] == 1
+    document = json.loads((pytester.path / "now.json").read_text())
+    assert document["run"]["exitStatus"] == 1
+    # The comparison is in the report, not only on the terminal: the record...
+    validate(document)
+    baseline = str(pytester.path / "baseline.yaml")
+    assert document["comparison"] == {
+        "baseline": {
+            "report": baseline,
+            "date": "2025-06-01T10:00:00Z",
+            "mesh": "istio 1.24.2 (local)",
+            "summary": "2 passed, 1 failed, 1 skipped",
+        },
+        "result": "fail",
+        "regressions": [{"id": "strict::test_b", "was": "passed", "now": "xfailed"}],
+        "infrastructure": [],
+        "fixes": [{"id": "strict::test_c", "was": "failed", "now": "passed"}],
+        "newlySkipped": [],
+        "otherChanges": [],
+        "newTests": [{"id": "strict::test_d", "now": "passed"}],
+        "removedTests": [{"id": "rotation::test_rotates", "was": "skipped"}],
+        "newCollectionErrors": [],
+        "fixedCollectionErrors": [],
+    }
+    comparison = load_report(pytester.path / "now.json").comparison
+    assert comparison is not None and comparison.failed
+    # ... and the pages for people, with the terminal's lines
+    markdown = (pytester.path / "now.md").read_text()
+    assert f"| Baseline | {baseline}: istio 1.24.2 (local), 2025-06-01T10:00:00Z, 2 passed," in (
+        markdown
+    )
+    assert "> **Warning:** regressions against the baseline: the run fails" in markdown
+    assert "## ❌ Comparison with the baseline (FAIL: 1 regression, 1 fix," in markdown
+    assert "#### ❌ **Regressions (passed before, failing now)**: regression" in markdown
+    assert "- `strict::test_b: passed -> xfailed: broken since 1.25`" in markdown
+    assert "- `strict::test_c: failed -> passed`" in markdown
+    page = (pytester.path / "now.html").read_text()
+    assert '<section class="entry bad" data-status="regression">' in page
+    assert "<li>strict::test_b: passed -&gt; xfailed: broken since 1.25</li>" in page
 
 
 def test_baseline_without_regression_keeps_the_run_green(pytester: pytest.Pytester) -> None:
@@ -481,3 +532,118 @@ def test_report_classes_named_test_are_not_collected(pytester: pytest.Pytester) 
         "def test_one():\n    assert TestChange and TestResult\n"
     )
     _run(pytester, "-W", "error::pytest.PytestCollectionWarning").assert_outcomes(passed=1)
+
+
+# --- Evidence paths that exist after the run --------------------------------------------------
+
+# A stand-in for the mesh's own run directory: created for the session, removed at its end,
+# as the local mesh removes /run/meshconform/<run>/ (captures included) when it stops.
+RUN_DIR_CONFTEST = """
+import shutil
+import pytest
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("run")
+    yield directory
+    shutil.rmtree(directory)
+"""
+
+CAPTURE_MODULE = """
+from pytest_meshconform.report.exhibits import evidence_of
+
+
+def test_strict(request, run_dir):
+    pcap = run_dir / "captures" / "httpbin.foo-8080.pcap"
+    pcap.parent.mkdir()
+    pcap.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    evidence_of(request.node).add_file("pcap httpbin.foo port 8080", pcap)
+    raise AssertionError(f"capture at httpbin.foo port 8080: 1 flow ({pcap})")
+"""
+
+
+def _capture_run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, str]:
+    pytester.makeconftest(RUN_DIR_CONFTEST)
+    pytester.makepyfile(test_strict=CAPTURE_MODULE)
+    result = _run(
+        pytester,
+        *("--mesh-report=r.yaml", "--mesh-report=r.html", "--mesh-report=r.md"),
+        f"--basetemp={pytester.path / 'tmp'}",
+        *args,
+    )
+    result.assert_outcomes(failed=1)
+    return result, str(pytester.path / "tmp" / "run0" / "captures" / "httpbin.foo-8080.pcap")
+
+
+def test_without_artifacts_the_reports_say_a_removed_file_is_gone(
+    pytester: pytest.Pytester,
+) -> None:
+    result, pcap = _capture_run(pytester)
+    assert not Path(pcap).exists()  # the session's end removed it, as the mesh does
+    test = yaml.safe_load((pytester.path / "r.yaml").read_text())["suites"][0]["tests"][0]
+    reason = "removed at the end of the run; keep evidence with --mesh-artifacts=DIR"
+    assert test["evidence"] == {"files": {}, "notKept": ["pcap httpbin.foo port 8080"]}
+    assert test["message"] == (
+        "AssertionError: capture at httpbin.foo port 8080: 1 flow"
+        f" (<pcap httpbin.foo port 8080: not kept: {reason}>)"
+    )
+    page, markdown = ((pytester.path / name).read_text() for name in ("r.html", "r.md"))
+    assert f"pcap httpbin.foo port 8080: not kept: {reason}" in page
+    assert f"pcap httpbin.foo port 8080: not kept: {reason}" in markdown
+    for text in (page, markdown, (pytester.path / "r.yaml").read_text()):
+        assert pcap not in text  # no dead path in any report
+    # The terminal prints the failure once the session is over: it says so too.
+    result.stdout.fnmatch_lines(
+        [
+            "*- meshconform evidence -*",
+            "pcap httpbin.foo port 8080: not kept: removed at the end of the run",
+            "(keep evidence with --mesh-artifacts=DIR)",
+        ]
+    )
+    assert f"pcap httpbin.foo port 8080: {pcap}" not in result.stdout.str()
+    assert load_report(pytester.path / "r.yaml").tests[0].evidence is not None  # loads back
+
+
+def test_with_artifacts_reports_and_regression_lines_point_at_the_copies(
+    pytester: pytest.Pytester,
+) -> None:
+    baseline = set_field(reference_document(), "suites.0.tests.2.id", "strict::test_strict")
+    baseline = set_field(baseline, "suites.0.tests.2.outcome", "passed")
+    baseline = set_field(baseline, "suites.0.tests.2.message", DELETE)
+    baseline = set_field(baseline, "suites.0.tests.2.evidence", DELETE)
+    baseline = set_field(baseline, "failedTests", [])
+    baseline = set_field(baseline, "result", "partial")
+    baseline = set_field(baseline, "statistics.passed", 3)
+    baseline = set_field(baseline, "statistics.failed", 0)
+    baseline = set_field(baseline, "suites.0.result", "success")
+    baseline = set_field(baseline, "suites.0.statistics.passed", 3)
+    baseline = set_field(baseline, "suites.0.statistics.failed", 0)
+    (pytester.path / "baseline.yaml").write_text(yaml.safe_dump(baseline))
+    result, pcap = _capture_run(
+        pytester, "--mesh-artifacts=out/evidence", "--mesh-baseline=baseline.yaml"
+    )
+    copy = "out/evidence/test_strict.py__test_strict/pcap_httpbin.foo_port_8080.pcap"
+    assert (pytester.path / copy).is_file()  # the copy outlives the run
+    report = yaml.safe_load((pytester.path / "r.yaml").read_text())
+    test = report["suites"][0]["tests"][0]
+    assert test["evidence"]["files"] == {"pcap httpbin.foo port 8080": copy}
+    assert test["message"] == f"AssertionError: capture at httpbin.foo port 8080: 1 flow ({copy})"
+    assert report["comparison"]["regressions"] == [
+        {"id": "strict::test_strict", "was": "passed", "now": "failed"}
+    ]
+    line = (
+        f"strict::test_strict: passed -> failed: AssertionError: capture at httpbin.foo port"
+        f" 8080: 1 flow ({copy}) (evidence: out/evidence/test_strict.py__test_strict)"
+    )
+    assert f"<li>{line.replace('>', '&gt;')}</li>" in (pytester.path / "r.html").read_text()
+    # the terminal's regression line opens from where the run started (the report's directory)
+    result.stdout.fnmatch_lines(
+        [
+            "Regressions (passed before, failing now): 1",
+            f"  strict::test_strict: passed -> failed: *(evidence: {pytester.path}/out/evidence/"
+            "test_strict.py__test_strict)",
+        ]
+    )
+    for name in ("r.yaml", "r.html", "r.md"):
+        assert pcap not in (pytester.path / name).read_text()

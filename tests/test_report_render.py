@@ -5,12 +5,14 @@ when its family allows test case properties)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from browser import computed_styles
 from test_observations import sample
 
 from pytest_meshconform.report.observations import ObservedTable
@@ -78,6 +80,26 @@ def test_html_is_self_contained_escaped_and_colour_coded() -> None:
     assert '<section class="entry good" data-status="passed">' in page
     assert "<pre>GET /x &lt;y&gt; ```</pre>" in page
     assert '<p class="note">faults &lt;injected&gt;</p>' in page
+
+
+GREEN, RED, GREY = "rgb(26, 127, 55)", "rgb(207, 34, 46)", "rgb(110, 119, 129)"
+
+
+def test_a_real_browser_draws_each_badge_in_its_own_colour(tmp_path: Path) -> None:
+    """In a failed report (red page, red section), a passed test's badge is still green: the
+    colour Chromium computed for each badge is its own status's, not its section's."""
+    skipped = Entry(title="test_skipped", status="skipped", message="no ambient")
+    page = tmp_path / "r.html"
+    page.write_text(render_html(document(FAILED, PASSED, skipped)))
+    badges = computed_styles(tmp_path, page, ".badge", ["background-color", "color"])
+    assert [(b.text, b.style["background-color"]) for b in badges] == [
+        ("failure", RED),  # the page
+        ("failure", RED),  # the section
+        ("failed", RED),
+        ("passed", GREEN),
+        ("skipped", GREY),
+    ]
+    assert {b.style["color"] for b in badges} == {"rgb(255, 255, 255)"}
 
 
 def test_markdown_escapes_cells_and_fences_evidence() -> None:
@@ -237,3 +259,47 @@ def test_nothing_to_keep():
     from pytest_meshconform.report import load_report
 
     assert load_report(pytester.path / "r.yaml").tests[0].outcome == "passed"  # it loads back
+    # the terminal says where the evidence is, and that no test failed
+    result.stdout.fnmatch_lines(
+        [f"*- meshconform evidence: {kept.parent} (1 test, none failed) -*"]
+    )
+    assert "evidence of failed tests" not in result.stdout.str()
+
+
+PYTHON_VALUES = re.compile(r"\b(None|True|False)\b")
+
+
+def test_every_report_says_words_not_python_values(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every outcome, evidence, settings and a mesh, in each format: no `None`, `True` or
+    `False` reaches a reader, and the settings are one row."""
+    from test_report_plugin import IDENTITY_MODULE, OUTCOMES_MODULE, STAND_IN_MESH
+
+    pytester.makeconftest(STAND_IN_MESH)
+    pytester.makepyfile(test_strict=OUTCOMES_MODULE, test_identity=IDENTITY_MODULE)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary.md"))
+    result = pytester.runpytest(
+        *("-p", "no:randomly", "--mesh-report=r.yaml", "--mesh-report=r.html"),
+        *("--mesh-report=r.md", "--mesh-artifacts=evidence", "--mesh-cert-ttl=1h"),
+    )
+    result.assert_outcomes(passed=4, failed=2, skipped=1, errors=2, xfailed=1, xpassed=1)
+    page = (pytester.path / "r.html").read_text()
+    texts = {
+        "html": re.sub(r"<[^>]+>", " ", page),
+        "markdown": (pytester.path / "r.md").read_text(),
+        "step summary": (pytester.path / "summary.md").read_text(),
+        "yaml": (pytester.path / "r.yaml").read_text(),
+        "terminal": "\n".join(
+            line for line in result.outlines if "meshconform" in line and "def " not in line
+        ),
+    }
+    for name, text in texts.items():
+        assert PYTHON_VALUES.findall(text) == [], (name, text)
+    assert page.count("<th>Settings</th>") == 1
+    (settings,) = [line for line in texts["markdown"].splitlines() if line.startswith("| Settings")]
+    assert settings == (
+        "| Settings | cluster=local cert-ttl=1h keep=no;"
+        f" report={pytester.path / 'r.yaml'} report={pytester.path / 'r.html'}"
+        f" report={pytester.path / 'r.md'} artifacts={pytester.path / 'evidence'} |"
+    )

@@ -64,7 +64,11 @@ class RenderPlugin:
         if settings is None:
             return []
         lines = [line.removeprefix("meshconform: ") for line in settings.header_lines()]
-        return [*lines, *backend_header_lines(self.config)]
+        # the backend's own ("meshconform kube: istio-namespace=..."): "kube: ..." in the row
+        return [
+            *lines,
+            *(line.removeprefix("meshconform ") for line in backend_header_lines(self.config)),
+        ]
 
     @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -26,15 +26,17 @@ from pytest_meshconform.report.archive import (
     archive_directory,
     archive_new_evidence,
     assign_test_ids,
+    evidence_record,
+    replace_paths,
     section_tail,
 )
-from pytest_meshconform.report.diff import ReportDiff, diff_reports, format_diff
+from pytest_meshconform.report.diff import ReportDiff, comparison_lines, comparison_of, diff_reports
 from pytest_meshconform.report.formats import load_report, write_report
 from pytest_meshconform.report.model import (
     FAILING,
+    KEEP_EVIDENCE,
     CollectionError,
     ConformanceReport,
-    EvidenceRecord,
     MeshRecord,
     Outcome,
     Phase,
@@ -152,6 +154,25 @@ def _attach(report: pytest.TestReport, title: str, content: str) -> None:
         report.sections.append((title, content))
 
 
+_TEMPORARY: Final = "(files may be temporary: keep them with --mesh-artifacts=DIR)"
+
+
+def _replace_section(report: pytest.TestReport, title: str, text: str, new_text: str) -> None:
+    """Replace the content of a section `_attach` added (wherever it went)."""
+    sections = getattr(report.longrepr, "sections", None)
+    if isinstance(sections, list):
+        sections[:] = [
+            (name, new_text, *rest) if name == title and content == text else (name, content, *rest)
+            for name, content, *rest in sections
+        ]
+    elif isinstance(report.longrepr, str):
+        report.longrepr = report.longrepr.replace(text, new_text)
+    report.sections = [
+        (name, new_text if name == title and content == text else content)
+        for name, content in report.sections
+    ]
+
+
 class MeshReportPlugin:
     """Collects per-test results and evidence; writes the report and the baseline comparison."""
 
@@ -172,6 +193,8 @@ class MeshReportPlugin:
         self.write_error: str | None = None
         self.archive_errors: list[str] = []
         self._directories: dict[Path, str] = {}
+        # failures' evidence listings without --mesh-artifacts: (report, text, label -> path)
+        self._temporary: list[tuple[pytest.TestReport, str, dict[str, Path]]] = []
 
     # -- collection ------------------------------------------------------------------------
 
@@ -284,12 +307,14 @@ class MeshReportPlugin:
             _attach(report, "meshconform evidence", f"could not archive the evidence: {error}")
             return
         if listing and archive.directory is None and evidence.files:
-            listing.append("(files may be temporary: keep them with --mesh-artifacts=DIR)")
+            listing.append(_TEMPORARY)
         summary = new_texts.pop("summary", None)
         if summary is not None:  # what the test did and saw comes first
             _attach(report, "meshconform evidence: summary", summary)
         if listing:
             _attach(report, "meshconform evidence", "\n".join(listing))
+            if archive.directory is None:  # checked again once the mesh is gone
+                self._temporary.append((report, "\n".join(listing), dict(archive.sources)))
         for label, text in new_texts.items():
             _attach(
                 report,
@@ -314,18 +339,12 @@ class MeshReportPlugin:
 
         suites: dict[str, tuple[str, list[TestResult]]] = {}
         for record in self.records.values():
-            evidence = None
+            evidence, message = None, record.message
             if record.archive is not None and (
                 record.outcome in FAILING or record.archive.directory is not None
             ):
-                evidence = EvidenceRecord(
-                    directory=(
-                        None
-                        if record.archive.directory is None
-                        else shown(record.archive.directory)
-                    ),
-                    files=tuple((label, shown(p)) for label, p in record.archive.files.items()),
-                )
+                evidence, instead = evidence_record(record.archive, shown)
+                message = replace_paths(message, instead)  # no path that is gone, copies' own
             test = TestResult(
                 id=record.test_id,
                 name=record.name,
@@ -334,7 +353,7 @@ class MeshReportPlugin:
                 duration=round(record.duration, 3),
                 phase=record.phase,
                 infrastructure=record.infrastructure,
-                message=record.message,
+                message=message,
                 features=record.features,
                 min_mesh_version=record.min_mesh_version,
                 mesh_wide=record.mesh_wide,
@@ -378,17 +397,38 @@ class MeshReportPlugin:
             if info.revision:
                 xml.add_global_property("mesh.revision", info.revision)
 
+    def _say_what_is_gone(self) -> None:
+        """The terminal prints failures after the session, once the mesh removed its files:
+        a listed file that no longer exists says so instead of showing a dead path."""
+        for report, text, sources in self._temporary:
+            lines, gone = [], False
+            for line in text.splitlines():
+                label, _, path = line.partition(": ")
+                source = sources.get(label)
+                if source is not None and str(source) == path and not source.exists():
+                    line, gone = f"{label}: not kept: removed at the end of the run", True
+                lines.append(line)
+            if gone:
+                lines = [line for line in lines if line != _TEMPORARY] + [f"({KEEP_EVIDENCE})"]
+                _replace_section(report, "meshconform evidence", text, "\n".join(lines))
+
     @pytest.hookimpl(tryfirst=True)  # before the JUnit writer's own sessionfinish writes the file
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._say_what_is_gone()
         self._add_junit_properties()
         if self.config.option.collectonly:
             return
         report = self.build_report(int(session.exitstatus))
-        if self.baseline is not None:
+        if self.baseline is not None and self.settings.baseline is not None:
             self.diff = diff_reports(self.baseline, report)
             if self.diff.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-                report = dataclasses.replace(report, exit_status=int(session.exitstatus))
+            # Kept in the report, so its every format shows what changed, not only the terminal.
+            report = dataclasses.replace(
+                report,
+                exit_status=int(session.exitstatus),
+                comparison=comparison_of(self.diff, str(self.settings.baseline)),
+            )
         self.report = report
         if self.settings.report is not None:
             try:
@@ -399,15 +439,16 @@ class MeshReportPlugin:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.diff is not None and self.settings.baseline is not None:
-            terminalreporter.write_sep(
-                "=", "meshconform: comparison with baseline", red=self.diff.failed
-            )
-            lines = format_diff(self.diff, str(self.settings.baseline), "this run")
+        comparison = None if self.report is None else self.report.comparison
+        if self.report is not None and comparison is not None:
+            failed = comparison.failed
+            terminalreporter.write_sep("=", "meshconform: comparison with baseline", red=failed)
+            base = None if self.settings.report is None else self.settings.report.parent
+            lines = comparison_lines(comparison, self.report, "this run", evidence_base=base)
             for line in lines[:-1]:
                 terminalreporter.write_line(line)
-            terminalreporter.write_line(lines[-1], red=self.diff.failed, green=not self.diff.failed)
-            if self.diff.failed:
+            terminalreporter.write_line(lines[-1], red=failed, green=not failed)
+            if failed:
                 terminalreporter.write_line(
                     "meshconform: the run fails: regressions against the baseline", red=True
                 )
@@ -422,9 +463,16 @@ class MeshReportPlugin:
                 f" ({self.report.result}: {self.report.summary})",
             )
         if self.settings.artifacts is not None and self._directories:
-            terminalreporter.write_sep(
-                "-", f"meshconform evidence of failed tests: {self.settings.artifacts}"
-            )
+            terminalreporter.write_sep("-", self._artifacts_line(self.settings.artifacts))
+
+    def _artifacts_line(self, artifacts: Path) -> str:
+        """Where the evidence is: "of failed tests" only when a test with evidence failed."""
+        kept = [r for r in self.records.values() if r.archive and r.archive.directory]
+        failed = sum(1 for record in kept if record.outcome in FAILING)
+        tests = f"{len(kept)} test{'' if len(kept) == 1 else 's'}"
+        if failed:
+            return f"meshconform evidence of failed tests: {artifacts} ({tests}, {failed} failed)"
+        return f"meshconform evidence: {artifacts} ({tests}, none failed)"
 
 
 def configure(config: pytest.Config) -> None:

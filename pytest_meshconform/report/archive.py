@@ -2,7 +2,8 @@
 
 ``assign_test_ids`` maps pytest node ids to ids that survive a change of checkout;
 ``safe_name`` makes portable file names; the archive helpers copy each test's evidence (files,
-data, texts) into a fresh directory of its own.
+data, texts) into a fresh directory of its own; ``evidence_record`` says, once the run is over,
+which of them the report can point at.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Final
+
+from pytest_meshconform.report.model import EvidenceRecord
 
 if TYPE_CHECKING:
     from pytest_meshconform.report.exhibits import Evidence
@@ -106,6 +109,8 @@ class EvidenceArchive:
 
     directory: Path | None
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    # label -> where the fixture left a file (the original of a copy, under --mesh-artifacts)
+    sources: dict[str, Path] = dataclasses.field(default_factory=dict)
     texts: set[str] = dataclasses.field(default_factory=set)
     unavailable: set[str] = dataclasses.field(default_factory=set)
     names: set[str] = dataclasses.field(default_factory=set)
@@ -163,6 +168,7 @@ def archive_new_evidence(
     for label, source in evidence.files.items():
         if label in archive.files or label in archive.unavailable:
             continue
+        archive.sources[label] = source
         target = source
         try:
             if archive.directory is not None:
@@ -201,3 +207,40 @@ def archive_new_evidence(
             archive.files[label] = target
             listing.append(f"{label}: {target}")
     return listing, new_texts
+
+
+def evidence_record(
+    archive: EvidenceArchive, shown: Callable[[Path], str]
+) -> tuple[EvidenceRecord, dict[str, str]]:
+    """What the report says of a test's evidence, once the run is over (the mesh has removed
+    its own files then, unless kept): each file that exists, by the path ``shown`` gives; the
+    labels of those that do not (never a path that no longer exists); and, for each path the
+    fixtures gave (a failure message may quote it: ``assert ..., cap``), what to say instead:
+    its copy, or that it was not kept.
+    """
+    record = EvidenceRecord(
+        directory=None if archive.directory is None else shown(archive.directory),
+        files=tuple((label, shown(path)) for label, path in archive.files.items() if path.exists()),
+    )
+    not_kept = [label for label, path in archive.files.items() if not path.exists()]
+    not_kept += sorted(archive.unavailable - set(not_kept))
+    record = dataclasses.replace(record, not_kept=tuple(not_kept))
+    instead: dict[str, str] = {}
+    for label, source in archive.sources.items():
+        copy = archive.files.get(label)
+        if copy is not None and copy.exists():
+            if copy != source:
+                instead[str(source)] = shown(copy)
+        elif not source.exists():
+            instead[str(source)] = f"<{label}: not kept: {record.not_kept_reason}>"
+    return record, instead
+
+
+def replace_paths(text: str | None, instead: Mapping[str, str]) -> str | None:
+    """``text`` with each path of ``instead`` replaced (longest first: a path is never
+    replaced inside a longer one)."""
+    if text is None:
+        return None
+    for path in sorted(instead, key=len, reverse=True):
+        text = text.replace(path, instead[path])
+    return text

@@ -1,18 +1,21 @@
 """Comparing two reports (``meshconform diff OLD NEW``, ``--mesh-baseline``), matched by test id.
 
 Pure: ``diff_reports`` sorts each change into regressions, fixes, newly skipped, infrastructure
-errors and the rest; ``format_diff`` turns the result into terminal lines.
+errors and the rest; ``comparison_of`` is what a report keeps of it (``--mesh-baseline``), and
+``format_diff`` / ``comparison_lines`` turn either into terminal lines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
 
 from pytest_meshconform.report.model import (
     BROKEN,
     PASSING,
+    BaselineComparison,
+    ChangeRecord,
     CollectionError,
     ConformanceReport,
     TestResult,
@@ -109,6 +112,42 @@ def diff_reports(old: ConformanceReport, new: ConformanceReport) -> ReportDiff:
     )
 
 
+def _record(change: TestChange) -> ChangeRecord:
+    before = change.old
+    return ChangeRecord(
+        id=change.id,
+        was=None if before is None else before.outcome,
+        now=None if change.new is None else change.new.outcome,
+        was_phase=None if before is None else before.phase,
+        was_infrastructure=before is not None and before.infrastructure,
+    )
+
+
+def comparison_of(diff: ReportDiff, baseline: str) -> BaselineComparison:
+    """What a report keeps of a diff against its baseline (``baseline``: its path as given)."""
+    old = diff.old
+
+    def records(changes: Sequence[TestChange]) -> tuple[ChangeRecord, ...]:
+        return tuple(_record(change) for change in changes)
+
+    return BaselineComparison(
+        baseline=baseline,
+        date=old.date,
+        mesh=old.mesh.describe(),
+        summary=old.summary,
+        faults=old.faults,
+        regressions=records(diff.regressions),
+        infrastructure=records(diff.infrastructure),
+        fixes=records(diff.fixes),
+        newly_skipped=records(diff.newly_skipped),
+        other_changes=records(diff.other_changes),
+        new_tests=records(diff.new_tests),
+        removed_tests=records(diff.removed_tests),
+        new_collection_errors=diff.new_collection_errors,
+        fixed_collection_errors=diff.fixed_collection_errors,
+    )
+
+
 def _first_line(text: str | None) -> str:
     if not text:
         return ""
@@ -116,76 +155,130 @@ def _first_line(text: str | None) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def _outcome_text(test: TestResult) -> str:
-    text = f"{test.outcome} in {test.phase}" if test.phase else test.outcome
-    return f"infrastructure {text}" if test.infrastructure else text
+def collection_error_line(error: CollectionError) -> str:
+    """A file that did not collect, for a person: ``nodeid: first line of the error``."""
+    return f"{error.nodeid}: {_first_line(error.message)}"
 
 
-def _change_line(change: TestChange) -> str:
-    before, now = change.old, change.new
-    if before is not None and now is not None:
-        text = f"{change.id}: {_outcome_text(before)} -> {_outcome_text(now)}"
-    elif now is not None:
-        text = f"{change.id}: {_outcome_text(now)}"
+def _outcome_text(outcome: str, phase: str | None, infrastructure: bool) -> str:
+    text = f"{outcome} in {phase}" if phase else outcome
+    return f"infrastructure {text}" if infrastructure else text
+
+
+def change_line(
+    change: ChangeRecord, now: TestResult | None, evidence_base: Path | None = None
+) -> str:
+    """One change for a person: ``id: before -> now: reason (evidence: where)``.
+
+    ``now`` is the test in this run (its message and evidence); evidence paths relative to the
+    report are shown under ``evidence_base`` (the report's directory), so they can be opened.
+    """
+    was = None
+    if change.was is not None:
+        was = _outcome_text(change.was, change.was_phase, change.was_infrastructure)
+    shown = None
+    if now is not None:
+        shown = _outcome_text(now.outcome, now.phase, now.infrastructure)
+    elif change.now is not None:
+        shown = change.now
+    if was is not None and shown is not None:
+        text = f"{change.id}: {was} -> {shown}"
+    elif shown is not None:
+        text = f"{change.id}: {shown}"
     else:
-        text = f"{change.id}: was {_outcome_text(cast(TestResult, before))}"
+        text = f"{change.id}: was {was}"
     if now is not None and now.outcome != "passed" and (reason := _first_line(now.message)):
         text += f": {reason}"
-    if now is not None and now.evidence is not None and now.evidence.directory is not None:
-        text += f" (evidence: {now.evidence.directory})"
-    return f"  {text}"
+    evidence = None if now is None else now.evidence
+    if evidence is not None and evidence.directory is not None:
+        directory = Path(evidence.directory)
+        if evidence_base is not None and not directory.is_absolute():
+            directory = evidence_base / directory
+        text += f" (evidence: {directory})"
+    elif evidence is not None and evidence.not_kept:  # never a path that no longer exists
+        text += f" (evidence not kept: {evidence.not_kept_reason})"
+    return text
 
 
 def _plural(count: int, word: str, plural: str | None = None) -> str:
     return f"{count} {word if count == 1 else (plural or word + 's')}"
 
 
-def format_diff(diff: ReportDiff, old_label: str = "OLD", new_label: str = "NEW") -> list[str]:
-    """The diff as terminal lines: what was compared, then each non-empty category."""
-    lines = [
-        f"old: {old_label}: {diff.old.mesh.describe()}, {diff.old.date}, {diff.old.summary}",
-        f"new: {new_label}: {diff.new.mesh.describe()}, {diff.new.date}, {diff.new.summary}",
-    ]
-    for label, report in (("old", diff.old), ("new", diff.new)):
-        if report.faults:
-            lines.append(
-                f"warning: the {label} run used test-only faults ({', '.join(report.faults)})"
-            )
-    sections: list[tuple[str, Sequence[TestChange]]] = [
-        ("Regressions (passed before, failing now)", diff.regressions),
+def comparison_sections(
+    comparison: BaselineComparison,
+) -> list[tuple[str, tuple[ChangeRecord, ...]]]:
+    """The categories of changes, titled, in the order a person reads them (empty ones too)."""
+    return [
+        ("Regressions (passed before, failing now)", comparison.regressions),
         (
             "Infrastructure errors (the mesh's own process broke: no evidence either way)",
-            diff.infrastructure,
+            comparison.infrastructure,
         ),
-        ("Fixes (failing before, passing now)", diff.fixes),
-        ("Newly skipped", diff.newly_skipped),
-        ("Other changes", diff.other_changes),
-        ("New tests", diff.new_tests),
-        ("Removed tests", diff.removed_tests),
+        ("Fixes (failing before, passing now)", comparison.fixes),
+        ("Newly skipped", comparison.newly_skipped),
+        ("Other changes", comparison.other_changes),
+        ("New tests", comparison.new_tests),
+        ("Removed tests", comparison.removed_tests),
     ]
-    for title, changes in sections:
+
+
+def comparison_verdict(comparison: BaselineComparison) -> str:
+    """``FAIL: 1 regression, 1 fix, ...``: the comparison's last line."""
+    counts = [
+        _plural(len(comparison.regressions), "regression"),
+        _plural(len(comparison.fixes), "fix", "fixes"),
+        f"{len(comparison.newly_skipped)} newly skipped",
+        _plural(len(comparison.other_changes), "other change"),
+        _plural(len(comparison.new_tests), "new test"),
+        _plural(len(comparison.removed_tests), "removed test"),
+    ]
+    if comparison.new_collection_errors:
+        counts.append(_plural(len(comparison.new_collection_errors), "new collection error"))
+    if comparison.infrastructure:
+        counts.append(_plural(len(comparison.infrastructure), "infrastructure error"))
+    return f"{comparison.result.upper()}: {', '.join(counts)}"
+
+
+def comparison_lines(
+    comparison: BaselineComparison,
+    new: ConformanceReport,
+    new_label: str = "NEW",
+    evidence_base: Path | None = None,
+) -> list[str]:
+    """A comparison as terminal lines: what was compared, then each non-empty category."""
+    lines = [
+        f"old: {comparison.baseline}: {comparison.mesh}, {comparison.date}, {comparison.summary}",
+        f"new: {new_label}: {new.mesh.describe()}, {new.date}, {new.summary}",
+    ]
+    for label, faults in (("old", comparison.faults), ("new", new.faults)):
+        if faults:
+            lines.append(f"warning: the {label} run used test-only faults ({', '.join(faults)})")
+    tests = {test.id: test for test in new.tests}
+    for title, changes in comparison_sections(comparison):
         if changes:
             lines.append(f"{title}: {len(changes)}")
-            lines.extend(_change_line(change) for change in changes)
+            for change in changes:
+                now = tests.get(change.id) if change.now is not None else None
+                lines.append(f"  {change_line(change, now, evidence_base)}")
     for title, errors in (
-        ("New collection errors (their tests are missing)", diff.new_collection_errors),
-        ("Fixed collection errors", diff.fixed_collection_errors),
+        ("New collection errors (their tests are missing)", comparison.new_collection_errors),
+        ("Fixed collection errors", comparison.fixed_collection_errors),
     ):
         if errors:
             lines.append(f"{title}: {len(errors)}")
-            lines.extend(f"  {e.nodeid}: {_first_line(e.message)}" for e in errors)
-    counts = [
-        _plural(len(diff.regressions), "regression"),
-        _plural(len(diff.fixes), "fix", "fixes"),
-        f"{len(diff.newly_skipped)} newly skipped",
-        _plural(len(diff.other_changes), "other change"),
-        _plural(len(diff.new_tests), "new test"),
-        _plural(len(diff.removed_tests), "removed test"),
-    ]
-    if diff.new_collection_errors:
-        counts.append(_plural(len(diff.new_collection_errors), "new collection error"))
-    if diff.infrastructure:
-        counts.append(_plural(len(diff.infrastructure), "infrastructure error"))
-    verdict = "FAIL" if diff.failed else "INFRASTRUCTURE" if diff.infrastructure else "OK"
-    lines.append(f"{verdict}: {', '.join(counts)}")
+            lines.extend(f"  {collection_error_line(error)}" for error in errors)
+    lines.append(comparison_verdict(comparison))
     return lines
+
+
+def format_diff(
+    diff: ReportDiff,
+    old_label: str = "OLD",
+    new_label: str = "NEW",
+    evidence_base: Path | None = None,
+) -> list[str]:
+    """The diff as terminal lines: what was compared, then each non-empty category.
+
+    ``evidence_base``: the new report's directory, to which its evidence paths are relative.
+    """
+    return comparison_lines(comparison_of(diff, old_label), diff.new, new_label, evidence_base)

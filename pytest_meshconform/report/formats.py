@@ -8,6 +8,7 @@ JSON are imported only when a report is written or read.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
+from pytest_meshconform.report.comparison import comparison_from_dict, comparison_to_dict
 from pytest_meshconform.report.model import (
     API_VERSION,
     FAILING,
@@ -81,6 +83,8 @@ def _test_dict(test: TestResult) -> dict[str, Any]:
         if test.evidence.directory is not None:
             evidence["directory"] = test.evidence.directory
         evidence["files"] = dict(test.evidence.files)
+        if test.evidence.not_kept:
+            evidence["notKept"] = list(test.evidence.not_kept)
         data["evidence"] = evidence
     if test.description is not None:
         data["description"] = test.description
@@ -130,6 +134,11 @@ def report_to_dict(report: ConformanceReport) -> dict[str, Any]:
         "collectionErrors": [
             {"nodeid": error.nodeid, "message": error.message} for error in report.collection_errors
         ],
+        **(
+            {}
+            if report.comparison is None
+            else {"comparison": comparison_to_dict(report.comparison)}
+        ),
         "suites": [
             {
                 "name": suite.name,
@@ -401,8 +410,11 @@ def _parse_evidence(data: object, where: str) -> EvidenceRecord:
         if not isinstance(path, str) or not path:
             raise ReportError(f"{fields.at('files')}.{label}: expected a path, got {_kind(path)}")
         pairs.append((label, path))
+    not_kept = fields.texts("notKept", required=False)
+    if "notKept" in fields.data and not not_kept:
+        raise ReportError(f"{fields.at('notKept')}: omit the field instead of an empty list")
     fields.done()
-    return EvidenceRecord(directory, tuple(pairs))
+    return EvidenceRecord(directory, tuple(pairs), not_kept)
 
 
 def _parse_mesh(data: object) -> MeshRecord:
@@ -493,6 +505,7 @@ def parse_report(data: object) -> ConformanceReport:
 
     for key in ("result", "summary", "statistics", "features", "failedTests", "skippedTests"):
         fields.used.add(key)
+    fields.used.add("comparison")
     fields.done()
     report = ConformanceReport(
         date=date,
@@ -507,6 +520,9 @@ def parse_report(data: object) -> ConformanceReport:
         faults=faults,
     )
     _check_derived(fields.data, report_to_dict(report))
+    if "comparison" in fields.data:  # checked against the report's own tests
+        comparison = comparison_from_dict(fields.data["comparison"], report)
+        report = dataclasses.replace(report, comparison=comparison)
     return report
 
 

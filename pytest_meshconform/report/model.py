@@ -53,12 +53,26 @@ class EvidenceRecord:
 
     Paths are relative to the report's directory when they lie under it, else absolute.
     ``directory`` is None when the run had no ``--mesh-artifacts`` (files stay where the
-    fixtures left them); only a failed test has evidence then. Under ``--mesh-artifacts``
-    every test with evidence (pcaps, texts) has a directory.
+    fixtures left them, and are listed only if they still exist when the report is written);
+    only a failed test has evidence then. Under ``--mesh-artifacts`` every test with evidence
+    (pcaps, texts) has a directory.
     """
 
     directory: str | None
     files: tuple[tuple[str, str], ...]  # (label, path), in the order the fixtures added them
+    # Labels of evidence files the report cannot point at: without --mesh-artifacts, files the
+    # mesh removed at the end of the run; with it, files that could not be copied.
+    not_kept: tuple[str, ...] = ()
+
+    @property
+    def not_kept_reason(self) -> str:
+        """Why the files of ``not_kept`` are not listed, for a person."""
+        if self.directory is None:
+            return f"removed at the end of the run; {KEEP_EVIDENCE}"
+        return "could not be copied into the evidence directory (the run's output says why)"
+
+
+KEEP_EVIDENCE: Final = "keep evidence with --mesh-artifacts=DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +199,58 @@ class CollectionError:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One test whose outcome differs from the baseline's, matched by test id.
+
+    ``was`` is None for a test new in this run, ``now`` None for one the baseline had and this
+    run has not. The baseline's phase and infrastructure flag are kept (this run's are in its
+    test); this run's message and evidence are its test's.
+    """
+
+    id: str
+    was: Outcome | None
+    now: Outcome | None
+    was_phase: Phase | None = None
+    was_infrastructure: bool = False
+
+
+ComparisonResult = Literal["fail", "infrastructure", "ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineComparison:
+    """A run against ``--mesh-baseline``: what changed, kept in the report for every reader.
+
+    The categories are ``diff_reports``'s (``report.diff``): regressions fail the run, a
+    change in which either run had an infrastructure error is no evidence either way.
+    """
+
+    baseline: str  # the baseline report, as --mesh-baseline named it
+    date: str  # the baseline's date
+    mesh: str  # the baseline's mesh, described ("istio 1.24.2 (local)")
+    summary: str  # the baseline's summary
+    faults: tuple[str, ...] = ()  # test-only faults of the baseline run
+    regressions: tuple[ChangeRecord, ...] = ()
+    infrastructure: tuple[ChangeRecord, ...] = ()
+    fixes: tuple[ChangeRecord, ...] = ()
+    newly_skipped: tuple[ChangeRecord, ...] = ()
+    other_changes: tuple[ChangeRecord, ...] = ()
+    new_tests: tuple[ChangeRecord, ...] = ()
+    removed_tests: tuple[ChangeRecord, ...] = ()
+    new_collection_errors: tuple[CollectionError, ...] = ()
+    fixed_collection_errors: tuple[CollectionError, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """A regression, or a file that no longer collects (its tests vanished)."""
+        return bool(self.regressions or self.new_collection_errors)
+
+    @property
+    def result(self) -> ComparisonResult:
+        return "fail" if self.failed else "infrastructure" if self.infrastructure else "ok"
+
+
+@dataclass(frozen=True, slots=True)
 class ConformanceReport:
     """The record of one run. Statistics, results and feature lists are derived from the tests."""
 
@@ -198,6 +264,7 @@ class ConformanceReport:
     suites: tuple[SuiteResult, ...]
     collection_errors: tuple[CollectionError, ...] = ()
     faults: tuple[str, ...] = ()  # test-only local-mesh faults: such a report proves nothing
+    comparison: BaselineComparison | None = None  # against --mesh-baseline, when given
 
     @property
     def tests(self) -> tuple[TestResult, ...]:

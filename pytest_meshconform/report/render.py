@@ -23,10 +23,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from pytest_meshconform.report.diff import (
+    change_line,
+    collection_error_line,
+    comparison_sections,
+    comparison_verdict,
+)
 from pytest_meshconform.report.observations import ObservedTable, RotationRecord
 
 if TYPE_CHECKING:
     from pytest_meshconform.report import ConformanceReport, TestResult
+    from pytest_meshconform.report.model import BaselineComparison
 
 __all__ = [
     "Block",
@@ -40,8 +47,8 @@ __all__ = [
 ]
 
 # Statuses: a test outcome, or "ok" / "bad" for other kinds of entries (an audit's findings).
-GOOD: Final = frozenset({"passed", "xpassed", "ok", "success"})
-BAD: Final = frozenset({"failed", "error", "bad", "failure"})
+GOOD: Final = frozenset({"passed", "xpassed", "ok", "success", "fixed"})
+BAD: Final = frozenset({"failed", "error", "bad", "failure", "fail", "regression"})
 _ICONS: Final = {"good": "✅", "bad": "❌", "other": "⚪"}
 
 
@@ -129,8 +136,8 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 8px}
 h3{font-size:15px;margin:0}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
  color:#fff;vertical-align:middle}
-.good .badge,.badge.good{background:#1a7f37}.bad .badge,.badge.bad{background:#cf222e}
-.other .badge,.badge.other{background:#6e7781}
+/* A badge carries its own status's tone: never its section's or its page's. */
+.badge.good{background:#1a7f37}.badge.bad{background:#cf222e}.badge.other{background:#6e7781}
 table.header{border-collapse:collapse;margin:12px 0}
 table.header th{text-align:left;padding:2px 16px 2px 0;color:#57606a;font-weight:500}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px;
@@ -366,9 +373,8 @@ def render_markdown(document: Document, *, brief: bool = False) -> str:
         *(f"| {_md(k)} | {_md(v)} |" for k, v in document.header),
         "",
     ]
-    lines += [f"> **Warning:** {_md(note)}" for note in document.notes]
-    if document.notes:
-        lines.append("")
+    for note in document.notes:  # a blank line apart: one quote each, not one paragraph
+        lines += [f"> **Warning:** {_md(note)}", ""]
     for section in document.sections:
         subtitle = f" ({_md(section.subtitle)})" if section.subtitle else ""
         lines += [f"## {_ICONS[_tone(section.status)]} {_md(section.title)}{subtitle}", ""]
@@ -419,10 +425,10 @@ def document_of(
     if mesh.used:
         revision = f", revision {mesh.revision}" if mesh.revision else ""
         header += [
-            ("Mesh", str(mesh.name)),
-            ("Version", str(mesh.version)),
+            ("Mesh", mesh.name or "unknown"),
+            ("Version", mesh.version or "unknown"),
             ("Backend", f"{mesh.backend}{revision}"),
-            ("Trust domain", str(mesh.trust_domain)),
+            ("Trust domain", mesh.trust_domain or "unknown"),
         ]
     else:
         header.append(("Mesh", mesh.describe()))
@@ -431,7 +437,8 @@ def document_of(
         ("Date", report.date),
         ("Duration", f"{report.duration:.1f}s"),
     ]
-    header += [("Settings", line) for line in settings]
+    if settings:  # one row: the lines the run printed at start, in that order
+        header.append(("Settings", "; ".join(settings)))
     header.append(
         (
             "Tool",
@@ -454,13 +461,32 @@ def document_of(
         for error in report.collection_errors
     ]
     sections = []
+    if report.comparison is not None:
+        comparison = report.comparison
+        header.append(
+            (
+                "Baseline",
+                f"{comparison.baseline}: {comparison.mesh}, {comparison.date},"
+                f" {comparison.summary}",
+            )
+        )
+        header.append(("Comparison", comparison_verdict(comparison)))
+        if comparison.failed:
+            notes.append("regressions against the baseline: the run fails")
+        if comparison.faults:
+            notes.append(f"the baseline run used test-only faults ({', '.join(comparison.faults)})")
+        sections.append(_comparison_section(report, comparison))
     for suite in report.suites:
         entries = []
         for test in suite.tests:
             seen = test.observations
             blocks = list(evidence.get(test.nodeid, ()))
             if test.evidence is not None:
-                listing = "\n".join(f"{label}: {path}" for label, path in test.evidence.files)
+                reason = test.evidence.not_kept_reason
+                listing = "\n".join(
+                    [f"{label}: {path}" for label, path in test.evidence.files]
+                    + [f"{label}: not kept: {reason}" for label in test.evidence.not_kept]
+                )
                 if listing:
                     blocks.append(Block("Evidence files", listing))
             facts = _facts_of(test)
@@ -502,3 +528,55 @@ def document_of(
         notes=tuple(notes),
         generated=report.date,
     )
+
+
+# (category title's status) for each category of a comparison, in `comparison_sections` order
+_CHANGE_STATUS: Final = (
+    "regression",
+    "infrastructure",
+    "fixed",
+    "skipped",
+    "changed",
+    "new",
+    "removed",
+)
+
+
+def _comparison_section(report: ConformanceReport, comparison: BaselineComparison) -> Section:
+    """The comparison with --mesh-baseline: one entry per category of changes, each change
+    as the terminal prints it (this run's message and evidence directory)."""
+    tests = {test.id: test for test in report.tests}
+    entries = []
+    for (title, changes), status in zip(
+        comparison_sections(comparison), _CHANGE_STATUS, strict=True
+    ):
+        if changes:
+            lines = tuple(
+                change_line(change, tests.get(change.id) if change.now else None)
+                for change in changes
+            )
+            entries.append(Entry(title=title, status=status, facts=((_tests(changes), lines),)))
+    for title, status, errors in (
+        (
+            "New collection errors (their tests are missing)",
+            "regression",
+            comparison.new_collection_errors,
+        ),
+        ("Fixed collection errors", "fixed", comparison.fixed_collection_errors),
+    ):
+        if errors:
+            lines = tuple(collection_error_line(error) for error in errors)
+            files = f"{len(errors)} file{'' if len(errors) == 1 else 's'}"
+            entries.append(Entry(title=title, status=status, facts=((files, lines),)))
+    if not entries:
+        entries.append(Entry(title="No test changed its outcome", status="ok"))
+    return Section(
+        title="Comparison with the baseline",
+        status=comparison.result,
+        entries=tuple(entries),
+        subtitle=comparison_verdict(comparison),
+    )
+
+
+def _tests(changes: Sequence[object]) -> str:
+    return f"{len(changes)} test{'' if len(changes) == 1 else 's'}"

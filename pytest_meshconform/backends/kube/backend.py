@@ -114,6 +114,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         run_dir: Path | None = None,
         on_close: Callable[[bool], list[str]] | None = None,
         cluster_name: str | None = None,
+        artifacts: Path | None = None,
     ) -> None:
         self.api = api
         self.name = cluster_name or api.context  # for reports: kind cluster or kube context
@@ -125,6 +126,8 @@ class KubeMesh(KubeCapture, KubePropagation):
         self._progress = progress or (lambda message: None)
         self.owner = owner
         self.run_dir = run_dir
+        self.artifacts = artifacts  # --mesh-artifacts: a propagation timeout's dumps go here
+        self._propagation_timeouts = 0
         self._on_close = on_close
         # kind: the cluster is meshconform's own; existing: only with --mesh-allow-mesh-wide.
         self.allow_mesh_wide = backend == "kind" or options.allow_mesh_wide
@@ -565,8 +568,9 @@ class KubeMesh(KubeCapture, KubePropagation):
         localized = self._localize(manifest, "apply")
         with self._lock:
             self._remember_original(localized)
+        baseline = self._propagation_baseline()  # --mesh-propagation=version only
         self.api.apply(localized.manifest)
-        self._wait_propagated(localized, "applied")
+        self._wait_propagated(localized, "applied", baseline)
 
     def delete(self, manifest: Mapping[str, Any]) -> None:
         localized = self._localize(manifest, "delete")
@@ -576,8 +580,9 @@ class KubeMesh(KubeCapture, KubePropagation):
         current = self.api.get(api_version, localized.kind, localized.namespace, localized.name)
         if current is None:
             return
+        baseline = self._propagation_baseline()  # --mesh-propagation=version only
         if self.api.delete(api_version, localized.kind, localized.namespace, localized.name):
-            self._wait_propagated(localized, "deleted")
+            self._wait_propagated(localized, "deleted", baseline)
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
         """Istio policies in force for this run: its namespaces' (and the root namespace's when

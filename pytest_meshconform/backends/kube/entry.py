@@ -254,6 +254,7 @@ def _kube_mesh(
         progress=progress,
         owner=_owner(),
         run_dir=run_dir,
+        artifacts=settings.artifacts,
         **extra,
     )
 

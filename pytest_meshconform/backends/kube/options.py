@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from pytest_meshconform.backends.registry import BackendOption, GivenOption, OptionLookup
 from pytest_meshconform.settings import SettingsError, parse_cert_ttl
@@ -25,7 +25,9 @@ __all__ = [
     "DEFAULT_READY_TIMEOUT",
     "DEFAULT_SLEEP_IMAGE",
     "KUBE_OPTIONS",
+    "PROPAGATION_MODES",
     "KubeOptions",
+    "PropagationMode",
     "kind_cluster_name_for",
     "resolve_options",
 ]
@@ -36,6 +38,9 @@ DEFAULT_HTTPBIN_IMAGE: Final = "docker.io/mccutchen/go-httpbin:v2.15.0"
 DEFAULT_ISTIO_NAMESPACE: Final = "istio-system"
 DEFAULT_READY_TIMEOUT: Final = timedelta(minutes=10)  # image pulls on a fresh kind node
 DEFAULT_PROPAGATION_TIMEOUT: Final = timedelta(seconds=60)
+PropagationMode = Literal["model", "version"]
+"""What a policy change waits for: the model's facts in each dump, or a newer xDS push."""
+PROPAGATION_MODES: Final[tuple[PropagationMode, ...]] = ("model", "version")
 DEFAULT_KIND_CONFIG: Final = Path("clusters") / "kind.yaml"  # relative to the rootdir
 
 _DNS_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -116,6 +121,14 @@ _TEXT_OPTIONS: Final = (
         metavar="DURATION",
         help="Deadline for a policy change to reach every sidecar (default 60s).",
     ),
+    BackendOption(
+        "propagation",
+        metavar="model|version",
+        help="What apply_policy waits for on a cluster: 'model' (the default), every sidecar's"
+        " Envoy config implementing what the Istio model predicts; 'version', the weaker"
+        " check for an Istio that renders differently, each affected sidecar accepting a"
+        " newer xDS push from istiod. The local mesh checks both at once and ignores it.",
+    ),
 )
 ALLOW_MESH_WIDE: Final = BackendOption(
     "allow_mesh_wide",
@@ -146,6 +159,7 @@ class KubeOptions:
     capture_image: str | None = None
     ready_timeout: timedelta = DEFAULT_READY_TIMEOUT
     propagation_timeout: timedelta = DEFAULT_PROPAGATION_TIMEOUT
+    propagation: PropagationMode = "model"
 
     def header_line(self) -> str:
         """One line for ``pytest_report_header``: what a kube run will use."""
@@ -155,6 +169,7 @@ class KubeOptions:
         if self.istio_version:
             parts.append(f"istio-version={self.istio_version}")
         parts.append(f"mesh-wide={'allowed' if self.allow_mesh_wide else 'existing: skipped'}")
+        parts.append(f"propagation={self.propagation}")
         return "meshconform kube: " + " ".join(parts)
 
 
@@ -226,6 +241,16 @@ def _build(raw: dict[str, GivenOption | None], allow_mesh_wide: bool, rootdir: P
     if kind_config is None and (rootdir / DEFAULT_KIND_CONFIG).is_file():
         kind_config = rootdir / DEFAULT_KIND_CONFIG
     image = "an image reference like registry.example/curl:8.11.1"
+    propagation: PropagationMode = "model"
+    given = text("propagation")
+    if given is not None:
+        value, spelled, _ = given
+        if value not in PROPAGATION_MODES:
+            raise SettingsError(
+                f"{spelled}: invalid value {value!r};"
+                f" accepted values: {', '.join(PROPAGATION_MODES)}"
+            )
+        propagation = "version" if value == "version" else "model"
     return KubeOptions(
         kind_bin=path("kind_bin"),
         kind_cluster_name=matching(
@@ -244,4 +269,5 @@ def _build(raw: dict[str, GivenOption | None], allow_mesh_wide: bool, rootdir: P
         capture_image=matching("capture_image", _IMAGE_RE, image),
         ready_timeout=duration("ready_timeout", DEFAULT_READY_TIMEOUT),
         propagation_timeout=duration("propagation_timeout", DEFAULT_PROPAGATION_TIMEOUT),
+        propagation=propagation,
     )

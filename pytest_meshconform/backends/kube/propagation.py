@@ -1,22 +1,34 @@
 """Propagation of a policy change: the policies in force, what each sidecar must then do, and
-the wait until every sidecar's own Envoy config (``/config_dump``) implements it.
+the wait until every sidecar's own Envoy config (``/config_dump``) has it.
 
 ``KubePropagation`` (a mixin of ``KubeMesh``) reads the PeerAuthentications, DestinationRules
 and AuthorizationPolicies that can affect the run's sidecars, asks the Istio model
 (``pytest_meshconform.istio``) what each sidecar must implement, and waits, printing what it
-waits for, until each does or the propagation timeout names the laggards.
+waits for, until each does (``--mesh-propagation=model``, the default) or until each sidecar
+the change affects has accepted a new xDS push from istiod (``--mesh-propagation=version``, the
+weaker check, for an Istio whose rendering differs from the model). When the deadline passes,
+the ``PropagationTimeout`` names each lagging sidecar on its own line with its first
+differences (what the model expected, what the dump holds) and the file under
+``--mesh-artifacts`` where the last dump read from it was written.
+
+API and exec answers that say "try again" (``client.is_transient``) are retried within the
+deadline and named in the timeout; any other API error ends the wait at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
 from pytest_meshconform.backends.kube.authzstate import authz_mismatches, parse_inbound_authz
-from pytest_meshconform.backends.kube.client import KubeApiError
+from pytest_meshconform.backends.kube.client import KubeApiError, is_transient
 from pytest_meshconform.backends.kube.envoystate import (
+    EnvoyState,
     EnvoyStateError,
     SidecarExpectation,
     expected_sidecar,
@@ -32,15 +44,35 @@ from pytest_meshconform.backends.kube.lifecycle import (
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
 from pytest_meshconform.istio import Authorization, authorization_for
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
+from pytest_meshconform.istio.envoy import VIRTUAL_INBOUND
 from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
+
+__all__ = [
+    "PROPAGATION_KINDS",
+    "PUSHED_TYPES",
+    "KubePropagation",
+    "PropagationBaseline",
+    "grouped_chains",
+    "propagation_timeout_message",
+]
 
 # The kinds whose effect on the sidecars' Envoy config meshconform predicts (and so waits for).
 PROPAGATION_KINDS: Final = frozenset(
     {"PeerAuthentication", "DestinationRule", "AuthorizationPolicy"}
 )
+# The xDS types istiod pushes to an affected sidecar for a change of each kind: every full push
+# carries LDS and CDS unless the kind is in ``skippedLdsConfigs`` (pilot/pkg/xds/lds.go) or
+# ``skippedCdsConfigs`` (pilot/pkg/xds/cds.go); AuthorizationPolicy is in the latter only.
+PUSHED_TYPES: Final[Mapping[str, tuple[str, ...]]] = {
+    "PeerAuthentication": ("listeners", "clusters"),
+    "DestinationRule": ("listeners", "clusters"),
+    "AuthorizationPolicy": ("listeners",),
+}
 # A propagation wait says what it waits for once it has taken this long (then on each change).
 _PROGRESS_AFTER_S: Final = 5.0
+# A timeout shows this many differences per sidecar (the rest are counted).
+_FIRST_DIFFERENCES: Final = 3
 
 
 class _Expected(NamedTuple):
@@ -54,16 +86,37 @@ class _Expected(NamedTuple):
     authz_exact: bool
 
 
+class _Lag(NamedTuple):
+    """Why one sidecar does not have the change yet: each difference, its xDS versions, and
+    the last config dump read from it (None when none could be read)."""
+
+    differences: tuple[str, ...]
+    versions: str
+    dump: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PropagationBaseline:
+    """``--mesh-propagation=version``: what each sidecar was expected to implement, and the
+    listener and cluster versions it had accepted, before a change."""
+
+    expected: Mapping[str, _Expected]
+    versions: Mapping[str, tuple[str | None, str | None]]
+
+
 class KubePropagation(KubeLifecycle):
     """Waiting for policy changes to reach the sidecars of a ``KubeMesh``."""
 
     _services: Sequence[Service]
+    artifacts: Path | None
+    _propagation_timeouts: int
 
     def _policies_in_force(self) -> tuple[list[Policy], bool, bool]:
         """PeerAuthentications, DestinationRules and AuthorizationPolicies that can affect this
         run's sidecars (its namespaces' and the root namespace's), as istiod sees them, with
         real namespaces; whether the root namespace could be read (a user on a shared cluster
-        may not); and whether every AuthorizationPolicy could be modelled (a platform's own
+        may not: a transient error there is raised, for the wait to retry, not taken for a
+        refusal); and whether every AuthorizationPolicy could be modelled (a platform's own
         CUSTOM or AUDIT policy in the root namespace cannot: the sidecars' RBAC filters are
         then only checked to carry the modelled ones)."""
         found: list[Policy] = []
@@ -78,8 +131,8 @@ class KubePropagation(KubeLifecycle):
             for namespace in (*self.names.all_real, self.root_namespace):
                 try:
                     objects = self.api.list_objects(f"{group}/{versions[0]}", kind, namespace)
-                except KubeApiError:
-                    if namespace != self.root_namespace:
+                except KubeApiError as error:
+                    if namespace != self.root_namespace or is_transient(error):
                         raise
                     root_known = False
                     continue
@@ -131,43 +184,138 @@ class KubePropagation(KubeLifecycle):
                 raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
         return expected
 
-    def _sidecar_lag(self, expected: _Expected) -> str | None:
-        """None when the sidecar's own Envoy config implements ``expected``, else what it
-        has instead (or why it could not be read)."""
+    def _read_dump(self, workload: Workload) -> tuple[bytes | None, EnvoyState | None, str]:
+        """The sidecar's config dump, what it implements, and why either is missing ("" when
+        neither is). A ``KubeApiError`` is raised: the wait retries a transient one and ends
+        at any other (no right to exec, ...); pilot-agent failing (Envoy restarting) is a lag."""
         try:
-            dump = self.envoy_admin(expected.workload, "/config_dump")
-            state = parse_config_dump(dump)
+            dump = self.envoy_admin(workload, "/config_dump")
+        except KubeApiError:
+            raise
         except MeshError as error:
-            return f"config_dump not readable: {error}"
+            return None, None, f"config_dump not readable: {error}"
+        try:
+            return dump, parse_config_dump(dump), ""
         except EnvoyStateError as error:
-            return f"config_dump not understood: {error}"
-        found = mismatches(state, expected.sidecar) + authz_mismatches(
-            parse_inbound_authz(dump),
-            expected.authorization,
-            root_known=expected.authz_exact,
+            return dump, None, f"config_dump not understood: {error}"
+
+    def _model_lag(self, expected: _Expected) -> _Lag | None:
+        """None when the sidecar's own Envoy config implements ``expected``, else each way it
+        differs (or why it could not be read)."""
+        dump, state, problem = self._read_dump(expected.workload)
+        if state is None or dump is None:
+            return _Lag((problem,), "", dump)
+        found = mismatches(state, expected.sidecar) + grouped_chains(
+            authz_mismatches(
+                parse_inbound_authz(dump),
+                expected.authorization,
+                root_known=expected.authz_exact,
+            )
         )
+        authz = expected.authorization
+        if not state.has_virtual_inbound and (authz.http or authz.tcp):
+            # no inbound listener enforces nothing: the RBAC filters the model expects on its
+            # chains are not in force either (authz_mismatches finds no chain to compare)
+            wanted = ", ".join(sorted({f.action.value for f in (*authz.http, *authz.tcp)}))
+            found += (f"no active {VIRTUAL_INBOUND} listener, expected RBAC filters ({wanted})",)
         if not found:
             return None
-        return "; ".join(found) + f" [{state.version}]"
+        return _Lag(found, state.version, dump)
 
-    def _wait_propagated(self, localized: LocalizedManifest, verb: str) -> None:
-        """Wait until every sidecar of the run implements, in its own Envoy config
-        (``/config_dump``), the inbound mTLS modes and outbound cluster TLS that the Istio
-        model (``pytest_meshconform.istio``) predicts for the policies now in force. Works on
-        every Istio version; raises PropagationTimeout naming each lagging sidecar, what it has and
-        what was expected."""
+    def _version_lag(
+        self, workload: Workload, before: tuple[str | None, str | None], types: Sequence[str]
+    ) -> _Lag | None:
+        """None once the sidecar has accepted a newer listener (and cluster) push than the
+        one it had before the change, else which of them did not move."""
+        dump, state, problem = self._read_dump(workload)
+        if state is None:
+            return _Lag((problem,), "", dump)
+        now = {"listeners": state.listeners_version, "clusters": state.clusters_version}
+        was = {"listeners": before[0], "clusters": before[1]}
+        stale = [
+            f"{kind} still at version {now[kind] or '-'}"
+            for kind in types
+            if now[kind] == was[kind]
+        ]
+        if not stale:
+            return None
+        text = f"no newer xDS push accepted: {', '.join(stale)}, as before the change"
+        return _Lag((text,), "", dump)
+
+    def _propagation_baseline(self) -> PropagationBaseline | None:
+        """``--mesh-propagation=version``: before a change, each sidecar's expectation and
+        accepted versions (None in model mode: nothing to remember)."""
+        if self.options.propagation != "version":
+            return None
+        timeout = self.options.propagation_timeout.total_seconds()
+        found: dict[str, tuple[str | None, str | None]] = {}
+        problems: dict[str, str] = {}
+
+        def read() -> PropagationBaseline | None:
+            expected = self._expectations()
+            for key, expectation in expected.items():
+                if key in found:
+                    continue
+                _, state, problem = self._read_dump(expectation.workload)
+                if state is None:
+                    problems[key] = problem
+                    continue
+                problems.pop(key, None)
+                found[key] = (state.listeners_version, state.clusters_version)
+            return None if problems else PropagationBaseline(expected, dict(found))
+
+        try:
+            return poll(
+                read,
+                timeout=timeout,
+                interval=POLL_S,
+                what="every sidecar's xDS versions before the change",
+                transient=is_transient,
+            )
+        except WaitTimeout as error:
+            raise MeshError(
+                "--mesh-propagation=version: cannot read the xDS versions the sidecars have"
+                " before the change: "
+                + "; ".join(f"{key}: {text}" for key, text in sorted(problems.items()))
+                + error.transient_note
+            ) from None
+
+    def _wait_propagated(
+        self,
+        localized: LocalizedManifest,
+        verb: str,
+        baseline: PropagationBaseline | None = None,
+    ) -> None:
+        """Wait until every sidecar of the run has the change: with
+        ``--mesh-propagation=model``, until its own Envoy config (``/config_dump``) implements
+        the inbound mTLS modes, outbound cluster TLS and RBAC filters that the Istio model
+        (``pytest_meshconform.istio``) predicts for the policies now in force (works on every
+        Istio version); with ``version`` (``baseline`` given), until each sidecar whose
+        expectation the change altered has accepted a newer listener push (and cluster push,
+        for kinds istiod pushes CDS for) than it had before. Raises PropagationTimeout naming
+        each lagging sidecar, its first differences and where its last dump was written."""
         timeout = self.options.propagation_timeout
         deadline = self._deadline(timeout)
         started = time.monotonic()
-        pending = self._expectations()
-        lagging: dict[str, str] = {}
+        pending: dict[str, _Expected] | None = None
+        lagging: dict[str, _Lag] = {}
+        retried: list[Exception] = []
         shown = ""
 
         def propagated() -> Literal[True] | None:
-            nonlocal shown
+            nonlocal shown, pending
+            if pending is None:
+                expected = self._expectations()
+                pending = expected if baseline is None else _affected(baseline, expected)
             lagging.clear()
             for key, expectation in list(pending.items()):
-                lag = self._sidecar_lag(expectation)
+                try:
+                    lag = self._sidecar_lag(key, expectation, localized.kind, baseline)
+                except KubeApiError as error:
+                    if not is_transient(error):
+                        raise
+                    retried.append(error)
+                    lag = _Lag((f"config_dump not read: {error}",), "", None)
                 if lag is None:
                     del pending[key]  # it has the change; later pushes cannot undo it
                 else:
@@ -189,11 +337,141 @@ class KubePropagation(KubeLifecycle):
                 timeout=deadline - time.monotonic(),
                 interval=POLL_S,
                 what=f"{localized.describe} {verb} reaching every sidecar",
+                transient=is_transient,
             )
-        except WaitTimeout:
+        except WaitTimeout as error:
             waited = time.monotonic() - started
+            written = self._keep_dumps(lagging)
             raise PropagationTimeout(
-                f"{localized.describe} {verb} but not every sidecar implements it after"
-                f" {waited:.0f}s (--mesh-propagation-timeout {timeout}): "
-                + "; ".join(f"{key}: {state}" for key, state in sorted(lagging.items()))
+                propagation_timeout_message(
+                    f"{localized.describe} {verb}",
+                    waited=waited,
+                    timeout=f"--mesh-propagation-timeout {timeout}",
+                    mode=self.options.propagation,
+                    lagging={key: (lag.differences, lag.versions) for key, lag in lagging.items()},
+                    dumps=written,
+                    artifacts=self.artifacts,
+                    transient=[*retried, *error.transient_errors],
+                    unknown=pending is None,
+                )
             ) from None
+
+    def _sidecar_lag(
+        self,
+        key: str,
+        expectation: _Expected,
+        kind: str,
+        baseline: PropagationBaseline | None,
+    ) -> _Lag | None:
+        if baseline is None:
+            return self._model_lag(expectation)
+        before = baseline.versions.get(key, (None, None))
+        return self._version_lag(expectation.workload, before, PUSHED_TYPES[kind])
+
+    def _keep_dumps(self, lagging: Mapping[str, _Lag]) -> dict[str, Path]:
+        """Write the last dump read from each lagging sidecar under ``--mesh-artifacts``
+        (``propagation/<run>-<n>/<sidecar>.config_dump.json``, private to the user); nothing
+        without it."""
+        if self.artifacts is None:
+            return {}
+        self._propagation_timeouts += 1
+        directory = self.artifacts / "propagation" / f"{self.run_id}-{self._propagation_timeouts}"
+        written: dict[str, Path] = {}
+        for key, lag in sorted(lagging.items()):
+            if lag.dump is None:
+                continue
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = directory / f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.config_dump.json"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(lag.dump)
+            written[key] = path
+        return written
+
+
+def _affected(
+    baseline: PropagationBaseline, expected: Mapping[str, _Expected]
+) -> dict[str, _Expected]:
+    """The sidecars whose expectation the change altered (version mode waits for those)."""
+    return {
+        key: now
+        for key, now in expected.items()
+        if (before := baseline.expected.get(key)) is None
+        or (before.sidecar, before.authorization, before.authz_exact)
+        != (now.sidecar, now.authorization, now.authz_exact)
+    }
+
+
+_CHAIN_DIFFERENCE: Final = re.compile(rf"{VIRTUAL_INBOUND} chain (.+?): (RBAC .*)")
+
+
+def grouped_chains(differences: Sequence[str]) -> tuple[str, ...]:
+    """The RBAC differences of several ``virtualInbound`` chains that differ the same way, as
+    one (``virtualInbound chains A (...), B (...): RBAC ...``), in the order first seen; every
+    other text as it is."""
+    groups: dict[str, list[str]] = {}
+    order: list[str] = []
+    for text in differences:
+        match = _CHAIN_DIFFERENCE.fullmatch(text)
+        if match is None:
+            order.append(text)
+            continue
+        chain, difference = match.groups()
+        if difference not in groups:
+            groups[difference] = []
+            order.append(difference)
+        if chain not in groups[difference]:
+            groups[difference].append(chain)
+    return tuple(
+        text
+        if text not in groups
+        else f"{VIRTUAL_INBOUND} chain{'s' if len(groups[text]) > 1 else ''}"
+        f" {', '.join(groups[text])}: {text}"
+        for text in order
+    )
+
+
+def propagation_timeout_message(
+    change: str,
+    *,
+    waited: float,
+    timeout: str,
+    mode: str,
+    lagging: Mapping[str, tuple[Sequence[str], str]],
+    dumps: Mapping[str, Path],
+    artifacts: Path | None,
+    transient: Sequence[Exception] = (),
+    unknown: bool = False,
+) -> str:
+    """The PropagationTimeout's text: the change, then one line per lagging sidecar with its
+    first differences (each says what the model expected and what the dump holds), its xDS
+    versions and where its last dump was written; the transient errors retried last."""
+    check = (
+        "implements it"
+        if mode == "model"
+        else "accepted a newer xDS push (--mesh-propagation=version)"
+    )
+    lines = [
+        f"{change} but not every sidecar {check} after {waited:.0f}s ({timeout}):"
+        if not unknown
+        else f"{change} but what the sidecars must do could not be read within {waited:.0f}s"
+        f" ({timeout})"
+    ]
+    for key, (differences, versions) in sorted(lagging.items()):
+        shown = "; ".join(differences[:_FIRST_DIFFERENCES])
+        more = len(differences) - _FIRST_DIFFERENCES
+        line = f"  {key}: {shown}"
+        if more > 0:
+            line += f" (and {more} more)"
+        if versions:
+            line += f" [{versions}]"
+        if key in dumps:
+            line += f"; last config_dump: {dumps[key]}"
+        lines.append(line)
+    if lagging and artifacts is None:
+        lines.append("  (pass --mesh-artifacts=DIR to keep each sidecar's last config_dump)")
+    if transient:
+        lines.append(
+            f"  {len(transient)} transient API/exec errors were retried, the last: {transient[-1]}"
+        )
+    return "\n".join(lines)
