@@ -347,7 +347,7 @@ def _pick_reports(cli: OptionLayer, ini: OptionLayer) -> tuple[Path | None, tupl
 
 def _parse_baseline(value: str, layer: OptionLayer) -> Path:
     path = _parse_report(value, layer)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a directory: userfiles.read_text says what it is
         raise ValueError(f"baseline report {value!r} does not exist (resolved to {path})")
     return path
 
@@ -363,7 +363,7 @@ def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
 
 def _parse_topology(value: str, layer: OptionLayer) -> Path:
     path = _parse_path(value, layer)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a directory: userfiles.read_text says what it is
         raise ValueError(f"topology file {value!r} does not exist (resolved to {path})")
     return path
 

@@ -230,7 +230,7 @@ def test_namespace_selection() -> None:
             ["--namespace", "foo", "--exclude-namespace", "foo"],
             "--namespace and --exclude-namespace both name foo",
         ),
-        (["--policy", "missing.yaml"], "missing.yaml: cannot read the policy file"),
+        (["--policy", "missing.yaml"], "missing.yaml: no such file"),
     ],
 )
 def test_usage_errors_exit_2_naming_the_fix(

@@ -15,13 +15,29 @@ The inputs come from tests/hostile_inputs.py, which benchmarks/bench_parsers.py 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import hostile_inputs as hi
 import pytest
+import yaml
+from conftest import load_benchmark
 
+from pytest_meshconform import userfiles
+from pytest_meshconform.audit.cli import EXIT_USAGE
+from pytest_meshconform.backends.local.topology_file import (
+    TopologyError,
+    load_topology,
+    parse_topology,
+)
+from pytest_meshconform.cli import EXIT_BAD_INPUT
 from pytest_meshconform.evidence.certs import (
     CertError,
     load_pem_chain,
@@ -31,6 +47,7 @@ from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.evidence.xfcc import XfccError, parse_xfcc
 from pytest_meshconform.istio.api import PolicyError, parse_policies, parse_policy
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
+from pytest_meshconform.report import ReportError, load_report
 
 BENIGN_RATIO = 10.0
 GROWTH_RATIO = 9.0
@@ -223,3 +240,253 @@ def test_xfcc_lone_surrogate_is_an_xfcc_error(header: str) -> None:
 def test_xfcc_that_is_not_a_str_is_an_xfcc_error() -> None:
     with pytest.raises(XfccError, match="must be a str, got bytes"):
         parse_xfcc(b"By=a")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- users' files
+# Issue 23, finding 3: every file a user names is read by `userfiles` (a regular file, capped,
+# strict UTF-8, nesting bounded, linear), and every entry point turns its error into one line
+# naming the file, with the entry point's usage status. Real files, real processes.
+
+NESTED = "[" * 100_000
+
+
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def _read_in_thread(path: Path, kind: str) -> str:
+    """The error `read_text` raises, read in a thread so a read that blocks fails the test."""
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            userfiles.read_text(path, kind)
+            outcome.append("read")
+        except userfiles.InputFileError as error:
+            outcome.append(str(error))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert outcome, f"reading {path} blocked"
+    return outcome[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "described"),
+    [
+        (_fifo, "a FIFO (named pipe)"),
+        (lambda d: _symlink(d / "zero.yaml", "/dev/zero"), "a character device"),
+        (lambda d: _symlink(d / "self.yaml", "/proc/self/mem"), "not a regular file"),
+        (lambda d: d, "a directory"),
+    ],
+    ids=["fifo", "dev-zero", "proc-self-mem", "directory"],
+)
+def test_only_a_regular_file_is_read_and_nothing_blocks(
+    tmp_path: Path, make: Callable[[Path], Path], described: str
+) -> None:
+    path = make(tmp_path)
+    message = _read_in_thread(path, "report")
+    if described == "not a regular file":  # /proc/self/mem is a regular file of size 0...
+        assert message != "read" or path.resolve().is_file()
+        return
+    assert message == f"{path}: cannot read the report: it is {described}, not a regular file"
+
+
+def _symlink(link: Path, target: str) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def test_a_file_over_the_cap_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(userfiles.SIZE_LIMIT_VARIABLE, raising=False)
+    cap = userfiles.SIZE_LIMITS["topology file"]
+    path = tmp_path / "big.yaml"
+    path.write_text("#" * cap + "\n")
+    with pytest.raises(userfiles.InputFileError) as refused:
+        userfiles.read_text(path, "topology file")
+    assert str(refused.value) == (
+        f"{path}: the topology file is {cap + 1} bytes, more than the limit of {cap} bytes for a"
+        f" topology file (set MESHCONFORM_MAX_INPUT_BYTES, e.g. MESHCONFORM_MAX_INPUT_BYTES=256M,"
+        " to raise it)"
+    )
+    monkeypatch.setenv(userfiles.SIZE_LIMIT_VARIABLE, "2M")
+    assert len(userfiles.read_text(path, "topology file")) == cap + 1
+    monkeypatch.setenv(userfiles.SIZE_LIMIT_VARIABLE, "lots")
+    with pytest.raises(userfiles.InputFileError, match="MESHCONFORM_MAX_INPUT_BYTES='lots'"):
+        userfiles.read_text(path, "topology file")
+
+
+def test_non_utf8_names_the_file_and_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"namespaces:\n  - name: f\xe9o\n")
+    with pytest.raises(userfiles.InputFileError) as refused:
+        userfiles.read_text(path, "topology file")
+    assert str(refused.value) == (
+        f"{path}: the topology file is not UTF-8: byte 23 (line 2) is 0xe9 (invalid"
+        " continuation byte)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [NESTED, "- " * 100_000 + "x", "a: " + "[" * 101 + "]" * 101, "{a: " * 200 + "1" + "}" * 200],
+    ids=["flow", "block", "just-over", "mappings"],
+)
+def test_topology_nesting_is_bounded(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(TopologyError) as refused:
+        load_topology(path)
+    assert str(refused.value) == (
+        f"{path}:1: nested deeper than 100 levels (lists and mappings inside each other)"
+    )
+
+
+def test_nesting_up_to_the_bound_is_composed_as_pyyaml_composes_it() -> None:
+    text = "a: " + "[" * 99 + "]" * 99 + "\nb: &x {c: [1, 2.5, ~, yes, 2020-01-01]}\nd: *x\n"
+    (mine,) = userfiles.compose_yaml(text, "t.yaml")
+    theirs = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert yaml.serialize(mine) == yaml.serialize(theirs)
+    assert userfiles.load_yaml(text, "t.yaml") == yaml.safe_load(text)
+
+
+def test_report_nesting_is_bounded_in_json_and_yaml(tmp_path: Path) -> None:
+    for name in ("deep.json", "deep.yaml"):
+        path = tmp_path / name
+        path.write_text(NESTED)
+        with pytest.raises(ReportError, match=r"^\S+deep\.(json|yaml): nested deeper than 100"):
+            load_report(path)
+    assert userfiles.load_json('{"a": "[[[[", "b": [[1]]}', "x.json") == {"a": "[[[[", "b": [[1]]}
+    with pytest.raises(userfiles.InputFileError, match="nested deeper than 100 levels"):
+        userfiles.load_json("[" * 101 + "]" * 101, "x.json")
+
+
+def test_an_unclosed_json_string_is_scanned_once() -> None:
+    def unclosed(n: int) -> str:
+        return '"' + '\\"' * n
+
+    ratio = _ratio(
+        lambda: userfiles.json_depth(unclosed(1_000_000)),
+        lambda: userfiles.json_depth(unclosed(250_000)),
+    )
+    assert ratio < GROWTH_RATIO, f"4x an unclosed string costs {ratio:.0f}x"
+
+
+def test_topology_alias_bomb_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_BOMB)
+    with pytest.raises(TopologyError, match="excessive aliasing"):
+        load_topology(path)
+
+
+_BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def _namespaces(count: int) -> str:
+    return "namespaces:\n" + "".join(
+        f"  - {{name: ns-{i}, injected: {'true' if i % 2 else 'false'}}}\n" for i in range(count)
+    )
+
+
+def _workloads(count: int) -> str:
+    head = "namespaces:\n  - name: foo\n    injected: true\n    workloads:\n"
+    return head + "".join(f"      - {{name: w{i}, kind: sleep}}\n" for i in range(count))
+
+
+def _load_quietly(text: str) -> None:
+    with contextlib.suppress(TopologyError):
+        parse_topology(text, "t.yaml")
+
+
+def test_the_topology_loader_is_linear() -> None:
+    # Before: a YAML round trip per boolean, PyYAML's pure-Python scanner, a workload name
+    # compared with every earlier one (1 MB: 10 s of namespaces, 62 s of workloads).
+    small, large = _namespaces(1_000), _namespaces(4_000)
+    ratio = _ratio(lambda: _load_quietly(large), lambda: _load_quietly(small))
+    assert ratio < GROWTH_RATIO, f"4x the namespaces cost {ratio:.0f}x"
+    hostile = _workloads(4_000)  # stops at the 201st workload, whatever follows
+    benign = _namespaces(len(hostile) // 40)
+    assert abs(len(benign) - len(hostile)) < len(hostile) // 2
+    ratio = _ratio(lambda: _load_quietly(hostile), lambda: _load_quietly(benign))
+    assert ratio < BENIGN_RATIO, f"too many workloads cost {ratio:.0f}x as many namespaces"
+
+
+# --- the entry points, as a user runs them
+
+
+def _meshconform(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_meshconform.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _one_line_naming(result: subprocess.CompletedProcess[str], path: Path) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert str(path) in line, line
+    return line
+
+
+def test_meshconform_diff_on_hostile_reports_is_a_usage_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text(NESTED)
+    zero = _symlink(tmp_path / "zero.yaml", "/dev/zero")
+    fifo = _fifo(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"apiVersion: \xff\n")
+    for path in (deep, zero, fifo, latin):
+        result = _meshconform("diff", str(path), str(path))
+        assert result.returncode == EXIT_BAD_INPUT, result
+        _one_line_naming(result, path)
+
+
+def test_meshconform_audit_on_hostile_topology_and_policy_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"namespaces:\n  - name: f\xe9o\n")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(NESTED)
+    for option in ("--mesh-topology", "--policy"):
+        for path in (latin, deep, _symlink(tmp_path / f"zero{option}.yaml", "/dev/zero")):
+            result = _meshconform("audit", f"{option}={path}")
+            assert result.returncode == EXIT_USAGE, result
+            _one_line_naming(result, path)
+
+
+def test_pytest_on_a_hostile_topology_or_baseline_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_x(mesh):\n    pass\n")
+    latin = pytester.path / "latin.yaml"
+    latin.write_bytes(b"namespaces:\n  - name: f\xe9o\n")
+    deep = pytester.path / "deep.json"
+    deep.write_text(NESTED)
+    for option, path in (("--mesh-topology", latin), ("--mesh-baseline", deep)):
+        result = pytester.runpytest_subprocess(f"{option}={path}", "-p", "no:randomly")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stderr.str()
+        errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+        assert len(errors) == 1 and str(path) in errors[0], result.stderr.str()
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_hostile_input_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_benchmark("bench_hostile_inputs")
+    assert bench.main(["--fuzz", "1", "--only", "meshconform diff"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^  meshconform diff +100k nested \[ +\d+\.\d\d s +\d+ MiB  exit 2", out, re.M
+    )
+    assert re.search(r"^  13 runs, 0 misbehaved; 1-min load average", out, re.M), out

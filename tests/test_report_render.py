@@ -89,8 +89,9 @@ def test_a_real_browser_draws_each_badge_in_its_own_colour(tmp_path: Path) -> No
     """In a failed report (red page, red section), a passed test's badge is still green: the
     colour Chromium computed for each badge is its own status's, not its section's."""
     skipped = Entry(title="test_skipped", status="skipped", message="no ambient")
+    unrun = Entry(title="test_unrun", status="notrun")
     page = tmp_path / "r.html"
-    page.write_text(render_html(document(FAILED, PASSED, skipped)))
+    page.write_text(render_html(document(FAILED, PASSED, skipped, unrun)))
     badges = computed_styles(tmp_path, page, ".badge", ["background-color", "color"])
     assert [(b.text, b.style["background-color"]) for b in badges] == [
         ("failure", RED),  # the page
@@ -98,8 +99,15 @@ def test_a_real_browser_draws_each_badge_in_its_own_colour(tmp_path: Path) -> No
         ("failed", RED),
         ("passed", GREEN),
         ("skipped", GREY),
+        ("not run", GREY),  # in words
     ]
     assert {b.style["color"] for b in badges} == {"rgb(255, 255, 255)"}
+    # a failure's message is red, a skip reason is not
+    messages = computed_styles(tmp_path, page, ".message", ["background-color"])
+    assert [(m.text, m.style["background-color"]) for m in messages] == [
+        ("AssertionError: <differs>", "rgb(255, 235, 233)"),
+        ("no ambient", "rgb(246, 248, 250)"),
+    ]
 
 
 def test_markdown_escapes_cells_and_fences_evidence() -> None:

@@ -341,13 +341,14 @@ def evidence_dir_of(report: Path) -> Path:
 def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
     """Every policy of the files (YAML, ``---`` separated); PolicyError names file and field."""
     from pytest_meshconform.istio.api import PolicyError, parse_policies
+    from pytest_meshconform.userfiles import InputFileError, read_text
 
     policies: list[Policy] = []
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
+        try:  # a regular file, UTF-8, at most 8 MiB (userfiles)
+            text = read_text(path, "policy file")
+        except InputFileError as exc:
+            raise PolicyError(str(exc)) from None
         try:
             found = parse_policies(text)
         except PolicyError as exc:

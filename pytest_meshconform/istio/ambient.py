@@ -17,32 +17,46 @@ accepts plaintext, it cannot turn mTLS off.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Final
 
 from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication
+from pytest_meshconform.istio.api.authorization_policy import (
+    DRY_RUN_ANNOTATION,
+    AuthorizationPolicy,
+    AuthzAction,
+    AuthzCondition,
+    AuthzRule,
+)
 from pytest_meshconform.istio.selection import GO_ZERO_TIME, is_subset
+from pytest_meshconform.istio.ztunnel import (
+    PRESENCE,
+    Action,
+    Address,
+    Connection,
+    Group,
+    Match,
+    Rules,
+    Scope,
+    ServiceAccountMatch,
+    StringKind,
+    StringMatch,
+    ZtunnelAuthorization,
+    ztunnel_admits,
+)
 
 __all__ = [
     "AMBIENT_REDIRECTION_ANNOTATION",
     "DATAPLANE_MODE_LABEL",
     "STATIC_STRICT_POLICY_NAME",
-    "Action",
-    "Connection",
-    "Match",
-    "Presence",
-    "Scope",
-    "ZtunnelAuthorization",
     "ambient_enrolled",
     "ambient_mtls_mode",
-    "authorization_matches",
+    "convert_authorization_policy",
     "convert_peer_authentication",
     "converted_peer_authentications",
     "converted_selector_peer_authentication_keys",
     "static_strict_policy",
-    "ztunnel_admits",
     "ztunnel_peer_policies",
     "ztunnel_policy_keys",
 ]
@@ -87,103 +101,7 @@ def ambient_enrolled(
     )
 
 
-class Scope(StrEnum):
-    """istio.security.Scope (pkg/workloadapi/security/authorization.proto)."""
-
-    GLOBAL = "GLOBAL"
-    NAMESPACE = "NAMESPACE"
-    WORKLOAD_SELECTOR = "WORKLOAD_SELECTOR"
-
-
-class Action(StrEnum):
-    """istio.security.Action."""
-
-    ALLOW = "ALLOW"
-    DENY = "DENY"
-
-
-@dataclass(frozen=True, slots=True)
-class Presence:
-    """``StringMatch{presence: {}}``: any non-empty value (ztunnel ``StringMatch::Presence``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One ``istio.security.Match`` as far as PeerAuthentication uses it: the peer's principal
-    and the destination port, each positive or negated (``not...``)."""
-
-    principals: tuple[Presence, ...] = ()
-    not_principals: tuple[Presence, ...] = ()
-    destination_ports: tuple[int, ...] = ()
-    not_destination_ports: tuple[int, ...] = ()
-
-    def is_empty(self) -> bool:
-        return not (
-            self.principals
-            or self.not_principals
-            or self.destination_ports
-            or self.not_destination_ports
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The protobuf JSON/YAML shape istiod's golden files show (camelCase, empty omitted)."""
-        out: dict[str, Any] = {}
-        if self.destination_ports:
-            out["destinationPorts"] = list(self.destination_ports)
-        if self.not_destination_ports:
-            out["notDestinationPorts"] = list(self.not_destination_ports)
-        if self.principals:
-            out["principals"] = [{"presence": {}} for _ in self.principals]
-        if self.not_principals:
-            out["notPrincipals"] = [{"presence": {}} for _ in self.not_principals]
-        return out
-
-
-# a Group's rules are AND'd, a Rules' matches are OR'd, a policy's groups are OR'd
-Rules = tuple[Match, ...]
-Group = tuple[Rules, ...]
-
-NO_PEER_IDENTITY: Final = Match(not_principals=(Presence(),))
-
-
-@dataclass(frozen=True, slots=True)
-class ZtunnelAuthorization:
-    """An ``istio.security.Authorization`` as istiod sends it to ztunnel."""
-
-    name: str
-    namespace: str
-    scope: Scope
-    action: Action
-    groups: tuple[Group, ...]
-
-    @property
-    def key(self) -> str:
-        """``namespace/name``, how a workload lists its policies (``Authorization::to_key``)."""
-        return f"{self.namespace}/{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The shape of istiod's golden files (``groups[].rules[].matches[]``)."""
-        out: dict[str, Any] = {
-            "action": self.action.value,
-            "groups": [
-                {"rules": [{"matches": [m.to_dict() for m in rules]} for rules in group]}
-                for group in self.groups
-            ],
-            "name": self.name,
-        }
-        if self.namespace:
-            out["namespace"] = self.namespace
-        out["scope"] = self.scope.value
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """What ztunnel's RBAC sees of a connection (``rbac::Connection``): the destination port
-    and the peer's SPIFFE identity (None: plaintext, or TLS without a mesh certificate)."""
-
-    port: int
-    peer: str | None = None  # spiffe://<trust domain>/ns/<ns>/sa/<sa>
+NO_PEER_IDENTITY: Final = Match(not_principals=(PRESENCE,))
 
 
 def static_strict_policy(root_namespace: str) -> ZtunnelAuthorization:
@@ -267,7 +185,7 @@ def convert_peer_authentication(
                 )
             ):
                 continue  # the parent policy enforces it
-            groups.append(((Match(not_principals=(Presence(),), destination_ports=(port,)),),))
+            groups.append(((Match(not_principals=(PRESENCE,), destination_ports=(port,)),),))
         elif _lax(port_mode):
             if _lax(mode):
                 continue
@@ -435,49 +353,6 @@ def ztunnel_peer_policies(
     return tuple(sent[key] for key in keys if key in sent)
 
 
-def _match_matches(match: Match, connection: Connection) -> bool:
-    """One ``RbacMatch`` (ztunnel ``Authorization::matches``): within a kind ANY positive value
-    and NO negative value must match; every kind must hold."""
-    principal = connection.peer or ""
-    # StringMatch::matches_principal: strip "spiffe://", fail without it; presence: non-empty
-    has_principal = principal.startswith("spiffe://") and bool(principal[len("spiffe://") :])
-
-    def kind(positive: Sequence[Any], negative: Sequence[Any], predicate: Any) -> bool:
-        pm = not positive or any(predicate(v) for v in positive)
-        nm = not negative or not any(predicate(v) for v in negative)
-        return pm and nm
-
-    return kind(
-        match.destination_ports, match.not_destination_ports, lambda p: p == connection.port
-    ) and kind(match.principals, match.not_principals, lambda _: has_principal)
-
-
-def authorization_matches(policy: ZtunnelAuthorization, connection: Connection) -> bool:
-    """Whether a policy matches a connection (``Authorization::matches``, ztunnel
-    src/rbac.rs): ANY group whose every rules-clause has ANY non-empty match that matches; an
-    empty clause matches, a policy without groups matches nothing."""
-    if not policy.groups:
-        return False
-    for group in policy.groups:
-        if all(
-            not clause or any(not m.is_empty() and _match_matches(m, connection) for m in clause)
-            for clause in group
-        ):
-            return True
-    return False
-
-
-def ztunnel_admits(policies: Iterable[ZtunnelAuthorization], connection: Connection) -> bool:
-    """ztunnel's verdict on a connection (``ProxyState::assert_rbac``, ztunnel src/state.rs):
-    denied when any DENY policy matches; else allowed when there is no ALLOW policy or one
-    matches."""
-    policies = list(policies)
-    if any(p.action is Action.DENY and authorization_matches(p, connection) for p in policies):
-        return False
-    allow = [p for p in policies if p.action is Action.ALLOW]
-    return not allow or any(authorization_matches(p, connection) for p in allow)
-
-
 def ambient_mtls_mode(
     policies: Iterable[PeerAuthentication],
     namespace: str,
@@ -492,3 +367,203 @@ def ambient_mtls_mode(
     if ztunnel_admits(enforced, Connection(port)):
         return MtlsMode.PERMISSIVE
     return MtlsMode.STRICT
+
+
+# handleRule's l4WhenAttributes: the `when` keys ztunnel can evaluate
+L4_WHEN_KEYS: Final = frozenset(
+    {"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
+)
+# convertAuthorizationPolicy's status messages (httpRuleFmt and its boilerplates)
+_HTTP_RULE = (
+    "ztunnel does not support HTTP attributes (found: {found}). In ambient mode you must use a"
+    " waypoint proxy to enforce HTTP rules. {boilerplate}"
+)
+_DENY_NO_EFFECT = (
+    "After omitting unsupported HTTP attributes, this DENY policy has no enforceable rules at"
+    " ztunnel and will have no effect. Deploy a waypoint proxy and use a targetRef to enforce"
+    " this policy."
+)
+_DENY_MIXED = (
+    "DENY policy with HTTP attributes is enforced without the HTTP rules. This will be more"
+    " restrictive than requested."
+)
+_ALLOW_RULE = (
+    "Within an ALLOW policy, rules matching HTTP attributes are omitted. This will be more"
+    " restrictive than requested."
+)
+_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+def string_matches(values: Iterable[str]) -> tuple[StringMatch, ...]:
+    """``stringToMatch``: ``*`` is presence, ``*x`` a suffix, ``x*`` a prefix, else exact."""
+    out = []
+    for v in values:
+        if v == "*":
+            out.append(StringMatch(StringKind.PRESENCE))
+        elif v.startswith("*"):
+            out.append(StringMatch(StringKind.SUFFIX, v[1:]))
+        elif v.endswith("*"):
+            out.append(StringMatch(StringKind.PREFIX, v[:-1]))
+        else:
+            out.append(StringMatch(StringKind.EXACT, v))
+    return tuple(out)
+
+
+def service_account_matches(
+    values: Iterable[str], namespace: str
+) -> tuple[ServiceAccountMatch, ...]:
+    """``stringToServiceAccountMatch``: ``ns/sa``, or ``sa`` in the policy's namespace."""
+    out = []
+    for v in values:
+        ns, slash, sa = v.partition("/")
+        out.append(ServiceAccountMatch(ns, sa) if slash else ServiceAccountMatch(namespace, v))
+    return tuple(out)
+
+
+def port_numbers(values: Iterable[str]) -> tuple[int, ...]:
+    """``stringToPort``: decimal ports up to 65535; anything else is skipped."""
+    out = []
+    for v in values:
+        if v.isdigit() and int(v) <= 65535:
+            out.append(int(v))
+    return tuple(out)
+
+
+def addresses(values: Iterable[str]) -> tuple[Address, ...]:
+    """``stringToIP``: an address (its full length) or a CIDR; anything else is skipped."""
+    out = []
+    for v in values:
+        text, slash, bits = v.partition("/")
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if not slash:
+            out.append(Address(ip, ip.max_prefixlen))
+        elif bits.isdigit() and int(bits) <= ip.max_prefixlen and bits == str(int(bits)):
+            out.append(Address(ip, int(bits)))
+    return tuple(out)
+
+
+def _when_match(condition: AuthzCondition) -> Match:
+    """One ``when`` condition as a match (``whenMatch`` per L4 key; other keys match nothing)."""
+
+    def pick(key: str, invert: bool) -> tuple[str, ...]:
+        if condition.key != key:
+            return ()
+        return condition.not_values if invert else condition.values
+
+    return Match(
+        namespaces=string_matches(pick("source.namespace", False)),
+        principals=string_matches(pick("source.principal", False)),
+        source_ips=addresses(pick("source.ip", False)),
+        destination_ports=port_numbers(pick("destination.port", False)),
+        destination_ips=addresses(pick("destination.ip", False)),
+        not_namespaces=string_matches(pick("source.namespace", True)),
+        not_principals=string_matches(pick("source.principal", True)),
+        not_source_ips=addresses(pick("source.ip", True)),
+        not_destination_ports=port_numbers(pick("destination.port", True)),
+        not_destination_ips=addresses(pick("destination.ip", True)),
+    )
+
+
+def _handle_rule(
+    action: Action, rule: AuthzRule, namespace: str
+) -> tuple[tuple[Rules, ...] | None, set[str]]:
+    """``handleRule``: a rule's ``to``, ``from`` and each ``when`` as AND'd clauses, and the
+    HTTP attributes found (an ALLOW rule with any is dropped: it could never match)."""
+    http: set[str] = set()
+    to: list[Match] = []
+    for op in rule.operations:
+        for name, values in (
+            ("hosts", op.hosts),
+            ("notHosts", op.not_hosts),
+            ("methods", op.methods),
+            ("notMethods", op.not_methods),
+            ("paths", op.paths),
+            ("notPaths", op.not_paths),
+        ):
+            if values:
+                http.add(name)
+        to.append(
+            Match(
+                destination_ports=port_numbers(op.ports),
+                not_destination_ports=port_numbers(op.not_ports),
+            )
+        )
+    sources: list[Match] = []
+    for src in rule.sources:
+        sources.append(
+            Match(
+                source_ips=addresses(src.ip_blocks),
+                not_source_ips=addresses(src.not_ip_blocks),
+                namespaces=string_matches(src.namespaces),
+                not_namespaces=string_matches(src.not_namespaces),
+                principals=string_matches(src.principals),
+                not_principals=string_matches(src.not_principals),
+            )
+        )
+    rules: list[Rules] = []
+    if to:
+        rules.append(tuple(to))
+    if sources:
+        rules.append(tuple(sources))
+    for condition in rule.conditions:
+        if condition.key not in L4_WHEN_KEYS:
+            http.add(condition.key)
+        rules.append((_when_match(condition),))
+    if action is Action.ALLOW and http:
+        return None, http
+    return tuple(rules), http
+
+
+def _has_effective_rules(groups: Sequence[Group]) -> bool:
+    """``hasEffectiveRules``: some group every clause of which has a non-empty match."""
+    return any(
+        not group or all(any(not m.is_empty() for m in clause) for clause in group)
+        for group in groups
+    )
+
+
+def convert_authorization_policy(
+    root_namespace: str, policy: AuthorizationPolicy, *, dry_run_enabled: bool = False
+) -> tuple[ZtunnelAuthorization | None, str | None]:
+    """The L4 policy istiod sends ztunnel for an AuthorizationPolicy, and the status message
+    it writes (``convertAuthorizationPolicy``, pilot/pkg/serviceregistry/ambient/
+    authorization.go): rules with HTTP attributes are dropped from ALLOW policies and enforced
+    without them in DENY ones. A dry-run policy is not sent unless
+    ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`` (``dry_run_enabled``, off by default).
+    (A policy with ``targetRefs`` binds to a waypoint, not ztunnel; meshconform's parser does
+    not accept ``targetRefs`` yet.)"""
+    namespace = policy.namespace or ""
+    dry_run = policy.annotations.get(DRY_RUN_ANNOTATION, "") in _GO_TRUE
+    if dry_run and not dry_run_enabled:
+        return None, (
+            f'found policy "{namespace}/{policy.name}" using dry-run annotation, but support for'
+            " ambient dry-run authorizationPolicies isn't enabled"
+        )
+    if policy.selector is None:
+        scope = Scope.GLOBAL if namespace == root_namespace else Scope.NAMESPACE
+    else:
+        scope = Scope.WORKLOAD_SELECTOR
+    action = Action.DENY if policy.action is AuthzAction.DENY else Action.ALLOW
+    groups: list[Group] = []
+    http: set[str] = set()
+    for rule in policy.rules:
+        rules, found = _handle_rule(action, rule, namespace)
+        if rules is not None:
+            groups.append(rules)
+        http |= found
+    converted = ZtunnelAuthorization(
+        policy.name, namespace, scope, action, tuple(groups), dry_run=dry_run
+    )
+    if not http:
+        return converted, None
+    if action is Action.DENY and not _has_effective_rules(groups):
+        boilerplate = _DENY_NO_EFFECT
+    elif action is Action.DENY:
+        boilerplate = _DENY_MIXED
+    else:
+        boilerplate = _ALLOW_RULE
+    found_text = ", ".join(sorted(http))
+    return converted, _HTTP_RULE.format(found=found_text, boilerplate=boilerplate)

@@ -37,14 +37,15 @@ class UnmatchedPolicyError(AssertionError):
 def _policies_from(source: PolicySource) -> list[Policy]:
     __tracebackhide__ = True  # a bad policy points at the suite's line
     from pytest_meshconform.istio.api import parse_policies
+    from pytest_meshconform.userfiles import read_text
 
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
     ):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"policy file not found: {path}")
-        source = path.read_text()
+        source = read_text(path, "policy file")  # regular, UTF-8, capped; else InputFileError
     if isinstance(source, Mapping):
         return [parse_policies([source])[0]]
     return list(parse_policies(source))

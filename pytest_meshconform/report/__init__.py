@@ -12,7 +12,9 @@ One module per concern; this package re-exports their public names:
 - ``formats``: its serialisation (``report_to_dict``, YAML/JSON) and a strict loader
   (``parse_report``, ``load_report``) that checks a document, derived fields included, and
   names the offending field;
-- ``diff``: ``diff_reports`` / ``format_diff``, pure comparison of two reports by test id;
+- ``diff``: ``diff_reports`` / ``format_diff``, pure comparison of two reports by test id, and
+  ``comparison_of``, what a run with ``--mesh-baseline`` keeps of it in its report;
+- ``comparison``: that comparison's part of the YAML/JSON document, checked against the report;
 - ``archive``: stable test ids and each test's evidence archive (``--mesh-artifacts``);
 
 The pytest side (folding test reports into results, writing the report, the baseline) is
@@ -26,7 +28,13 @@ or read.
 from __future__ import annotations
 
 from pytest_meshconform.report.archive import assign_test_ids, safe_name
-from pytest_meshconform.report.diff import ReportDiff, TestChange, diff_reports, format_diff
+from pytest_meshconform.report.diff import (
+    ReportDiff,
+    TestChange,
+    comparison_of,
+    diff_reports,
+    format_diff,
+)
 from pytest_meshconform.report.formats import (
     dump_report,
     load_report,
@@ -39,6 +47,8 @@ from pytest_meshconform.report.model import (
     API_VERSION,
     KIND,
     OUTCOMES,
+    BaselineComparison,
+    ChangeRecord,
     CollectionError,
     ConformanceReport,
     EvidenceRecord,
@@ -53,6 +63,8 @@ __all__ = [
     "API_VERSION",
     "KIND",
     "OUTCOMES",
+    "BaselineComparison",
+    "ChangeRecord",
     "CollectionError",
     "ConformanceReport",
     "EvidenceRecord",
@@ -64,6 +76,7 @@ __all__ = [
     "TestChange",
     "TestResult",
     "assign_test_ids",
+    "comparison_of",
     "diff_reports",
     "dump_report",
     "format_diff",

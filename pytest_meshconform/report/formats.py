@@ -205,28 +205,14 @@ def load_report(path: Path) -> ConformanceReport:
 
     Raises ReportError naming the file and, for a malformed document, the field.
     """
+    from pytest_meshconform.userfiles import InputFileError, load_json, load_yaml, read_text
+
     report_format = _format_of(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"{path}: cannot read: {error}") from None
-    data: object
-    if report_format == "json":
-        import json
-
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ReportError(f"{path}: not valid JSON: {error}") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ReportError(f"{path}: not valid YAML: {error}") from None
+    try:  # a regular file, UTF-8, capped; parsed linearly with bounded nesting (userfiles)
+        text = read_text(path, "report")
+        data = load_json(text, str(path)) if report_format == "json" else load_yaml(text, str(path))
+    except InputFileError as error:
+        raise ReportError(str(error)) from None
     try:
         return parse_report(data)
     except ReportError as error:

@@ -149,6 +149,8 @@ table.header th{text-align:left;padding:2px 16px 2px 0;color:#57606a;font-weight
 .message{background:#ffebe9;border:1px solid #ff8182;border-radius:6px;padding:8px;
  white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;
  overflow-x:auto}
+/* A skip or xfail reason is no failure: red only for an entry that failed. */
+.entry.good .message,.entry.other .message{background:#f6f8fa;border-color:#d0d7de}
 .facts h4{margin:8px 0 2px;font-size:13px}
 .facts ul{margin:0;padding-left:20px;font:12px/1.5 ui-monospace,SFMono-Regular,Menlo,monospace}
 table.matrix{border-collapse:collapse;margin:8px 0}
@@ -171,8 +173,16 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+_WORDS: Final = {"notrun": "not run"}
+
+
+def _word(status: str) -> str:
+    """A status as a person reads it (the report's `notrun` is "not run")."""
+    return _WORDS.get(status, status)
+
+
 def _badge(status: str) -> str:
-    return f'<span class="badge {_tone(status)}">{_e(status)}</span>'
+    return f'<span class="badge {_tone(status)}">{_e(_word(status))}</span>'
 
 
 def _html_table(table: ObservedTable) -> str:
@@ -337,7 +347,7 @@ def _md_entry(entry: Entry, brief: bool) -> list[str]:
     heading and tables when it asserted tables; a failing one is shown in full."""
     icon = _ICONS[_tone(entry.status)]
     duration = f" ({entry.duration:.2f}s)" if entry.duration is not None else ""
-    head = f"{icon} **{_md(entry.title)}**: {entry.status}{duration}"
+    head = f"{icon} **{_md(entry.title)}**: {_word(entry.status)}{duration}"
     full = not brief or _tone(entry.status) == "bad" or any(not t.ok for t in entry.tables)
     if not full and not entry.tables:
         return [f"- {head}" + (f": {_md(entry.description)}" if entry.description else "")]
@@ -364,7 +374,7 @@ def _md_entry(entry: Entry, brief: bool) -> list[str]:
 def render_markdown(document: Document, *, brief: bool = False) -> str:
     """The document as Markdown; `brief` keeps passing entries to one line each."""
     lines = [
-        f"# {_md(document.title)}: {_ICONS[_tone(document.status)]} {document.status}",
+        f"# {_md(document.title)}: {_ICONS[_tone(document.status)]} {_word(document.status)}",
         "",
         document.summary,
         "",

@@ -26,6 +26,7 @@ from pytest_meshconform.backends.local.topology import (
 )
 from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
 from pytest_meshconform.mesh import Service, Workload
+from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
 
 __all__ = [
     "APP_KINDS",
@@ -62,6 +63,7 @@ _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])
 # Protocols the local mesh renders: HTTP/1.1 (an HTTP connection manager) and the TCP family
 # (a TCP proxy). HTTP/2, gRPC, UDP and sniffed ports are not rendered locally.
 _RENDERED: Final = (PortProtocol.HTTP, *sorted(p for p in PortProtocol if p.is_tcp))
+_BOOLEANS: Final[dict[str, bool]] = yaml.constructor.SafeConstructor.bool_values
 
 
 class TopologyError(ValueError):
@@ -118,9 +120,12 @@ class _Ctx:
         return value
 
     def boolean(self, node: yaml.Node, field: str) -> bool:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+        value = (
+            _BOOLEANS.get(str(node.value).lower()) if isinstance(node, yaml.ScalarNode) else None
+        )
+        if node.tag != "tag:yaml.org,2002:bool" or value is None:
             raise self.error(node, field, f"expected true or false, got {_describe(node)}")
-        return bool(yaml.safe_load(yaml.serialize(node)))
+        return value  # PyYAML's own table (not a YAML round trip per value: that cost 0.1 ms)
 
     def port(self, node: yaml.Node, field: str) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
@@ -165,12 +170,13 @@ class _ServicePortSpec:
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     """The topology a YAML text describes; `TopologyError` (file:line: field: problem)."""
     ctx = _Ctx(source)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise TopologyError(f"{source}{line}: not valid YAML: {exc}") from None
+    try:  # linear, nesting and aliases bounded (userfiles); no document composes to None
+        documents = compose_yaml(text, source)
+    except InputFileError as exc:
+        raise TopologyError(str(exc)) from None
+    if len(documents) > 1:
+        raise ctx.error(documents[1], "topology", "a second YAML document: give one")
+    root = documents[0] if documents else None
     if root is None:
         raise TopologyError(f"{source}:1: namespaces: the file is empty; list namespaces")
     top = ctx.mapping(root, "topology", ("namespaces",), ("namespaces",))
@@ -284,6 +290,7 @@ def _workloads(
     first_index: int,
 ) -> list[Pod]:
     pods: list[Pod] = []
+    names: set[str] = set()
     if node is None:
         return pods
     for index, w_node in enumerate(ctx.sequence(node, f"{where}.workloads")):
@@ -294,9 +301,12 @@ def _workloads(
             ("name", "kind", "serviceAccount", "labels", "ports"),
             ("name",),
         )
+        if first_index + len(pods) >= _MAX_PODS:  # stop here: the rest is not even read
+            raise ctx.error(w_node, field, f"more than {_MAX_PODS} workloads")
         name = ctx.name(fields["name"], f"{field}.name")
-        if any(p.workload.name == name for p in pods):
+        if name in names:
             raise ctx.error(fields["name"], f"{field}.name", f"workload {name!r} given twice")
+        names.add(name)
         kind: str | None = None
         if "kind" in fields:
             kind = ctx.string(fields["kind"], f"{field}.kind")
@@ -480,11 +490,12 @@ def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> lis
 
 
 def load_topology(path: Path) -> Topology:
-    """The topology in the file at `path` (`TopologyError` naming line and field)."""
+    """The topology in the file at `path` (`TopologyError` naming line and field), read by
+    `userfiles.read_text`: a regular file, UTF-8, at most 1 MiB (MESHCONFORM_MAX_INPUT_BYTES)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read the topology file: {exc.strerror}") from None
+        text = read_text(path, "topology file")
+    except InputFileError as exc:
+        raise TopologyError(str(exc)) from None
     return parse_topology(text, str(path))
 
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from pytest_meshconform.istio.api.fields import PolicyError, shorten, show
+from pytest_meshconform.userfiles import MAX_DEPTH
 
 __all__ = ["load_yaml"]
 
-# YAML has no limits of its own; these are Kubernetes' and Python's (see _check_yaml_work).
 # YAML has no limits of its own; these are Kubernetes' and Python's (see _check_yaml_work).
 _ALIAS_RATIO_RANGE_LOW: Final = 400_000
 _ALIAS_RATIO_RANGE_HIGH: Final = 4_000_000
@@ -139,6 +139,11 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
         decodes += 1
         if id(node) in seen:
             through_alias = True  # the anchor was decoded before: this is an alias
+        elif isinstance(node, yaml.CollectionNode) and len(stack) > MAX_DEPTH:
+            raise PolicyError(  # first seen here: the stack is its own nesting
+                f"document {number}: nested deeper than {MAX_DEPTH} levels at line"
+                f" {node.start_mark.line + 1}"
+            )
         seen.add(id(node))
         if through_alias:
             aliased += 1

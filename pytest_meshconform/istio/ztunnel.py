@@ -1,0 +1,294 @@
+"""What ztunnel does with the L4 policies istiod sends it (pure): the ``istio.security``
+``Authorization`` resource and ztunnel's verdict on a connection.
+
+Reproduces istio/ztunnel ``src/rbac.rs`` (``Authorization::matches``, ``StringMatch``,
+``ServiceAccountMatch``) and ``src/state.rs`` (``ProxyState::assert_rbac``); the resource's
+shape is istio/istio ``pkg/workloadapi/security/authorization.proto``. Which policies istiod
+derives for ztunnel is :mod:`pytest_meshconform.istio.ambient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, TypeVar
+
+__all__ = [
+    "Action",
+    "Address",
+    "Connection",
+    "Match",
+    "Scope",
+    "ServiceAccountMatch",
+    "StringMatch",
+    "ZtunnelAuthorization",
+    "authorization_matches",
+    "ztunnel_admits",
+]
+
+SPIFFE_PREFIX: Final = "spiffe://"
+
+
+class Scope(StrEnum):
+    """``istio.security.Scope``: GLOBAL (0, a root-namespace policy without selector),
+    NAMESPACE, WORKLOAD_SELECTOR."""
+
+    GLOBAL = "GLOBAL"
+    NAMESPACE = "NAMESPACE"
+    WORKLOAD_SELECTOR = "WORKLOAD_SELECTOR"
+
+
+class Action(StrEnum):
+    """``istio.security.Action``: ALLOW (0) or DENY."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class StringKind(StrEnum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    PRESENCE = "presence"
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """``StringMatch``: exact, prefix, suffix, or presence (any non-empty value)."""
+
+    kind: StringKind
+    value: str = ""
+
+    def matches(self, check: str) -> bool:
+        if self.kind is StringKind.PREFIX:
+            return check.startswith(self.value)
+        if self.kind is StringKind.SUFFIX:
+            return check.endswith(self.value)
+        if self.kind is StringKind.EXACT:
+            return check == self.value
+        return bool(check)
+
+    def matches_principal(self, check: str) -> bool:
+        """Principals are matched without ``spiffe://``; one without it matches nothing."""
+        if not check.startswith(SPIFFE_PREFIX):
+            return False
+        return self.matches(check[len(SPIFFE_PREFIX) :])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.kind.value: {} if self.kind is StringKind.PRESENCE else self.value}
+
+
+PRESENCE: Final = StringMatch(StringKind.PRESENCE)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountMatch:
+    """``ServiceAccountMatch``: a peer identity's namespace and service account."""
+
+    namespace: str
+    service_account: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "serviceAccount": self.service_account}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """``Address``: an IP as written (not masked, as ``netip.ParsePrefix`` keeps it) and a
+    prefix length; it contains the addresses of that network."""
+
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    length: int
+
+    def contains(self, ip: str) -> bool:
+        try:
+            network = ipaddress.ip_network(f"{self.ip}/{self.length}", strict=False)
+            return ipaddress.ip_address(ip) in network
+        except ValueError:
+            return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Protobuf JSON: the address bytes in base64 and the prefix length."""
+        return {"address": base64.b64encode(self.ip.packed).decode(), "length": self.length}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """``istio.security.Match``: within one kind ANY positive value and NO negative value must
+    match; every kind present must hold. An empty match matches nothing (ztunnel skips it)."""
+
+    namespaces: tuple[StringMatch, ...] = ()
+    not_namespaces: tuple[StringMatch, ...] = ()
+    service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    principals: tuple[StringMatch, ...] = ()
+    not_principals: tuple[StringMatch, ...] = ()
+    source_ips: tuple[Address, ...] = ()
+    not_source_ips: tuple[Address, ...] = ()
+    destination_ips: tuple[Address, ...] = ()
+    not_destination_ips: tuple[Address, ...] = ()
+    destination_ports: tuple[int, ...] = ()
+    not_destination_ports: tuple[int, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, name) for name in _MATCH_FIELDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The protobuf JSON/YAML shape istiod's golden files show (camelCase, empty omitted)."""
+        out: dict[str, Any] = {}
+        for name, key in _MATCH_FIELDS.items():
+            values = getattr(self, name)
+            if values:
+                out[key] = [v if isinstance(v, int) else v.to_dict() for v in values]
+        return out
+
+
+_MATCH_FIELDS: Final = {
+    "namespaces": "namespaces",
+    "not_namespaces": "notNamespaces",
+    "service_accounts": "serviceAccounts",
+    "not_service_accounts": "notServiceAccounts",
+    "principals": "principals",
+    "not_principals": "notPrincipals",
+    "source_ips": "sourceIps",
+    "not_source_ips": "notSourceIps",
+    "destination_ips": "destinationIps",
+    "not_destination_ips": "notDestinationIps",
+    "destination_ports": "destinationPorts",
+    "not_destination_ports": "notDestinationPorts",
+}
+
+# a Group's rules are AND'd, a Rules' matches are OR'd, a policy's groups are OR'd
+Rules = tuple[Match, ...]
+Group = tuple[Rules, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ZtunnelAuthorization:
+    """An ``istio.security.Authorization`` as istiod sends it to ztunnel."""
+
+    name: str
+    namespace: str
+    scope: Scope
+    action: Action
+    groups: tuple[Group, ...]
+    dry_run: bool = False
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, how a workload lists its policies (``Authorization::to_key``)."""
+        return f"{self.namespace}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of istiod's golden files: protobuf defaults (ALLOW, GLOBAL, empty
+        namespace, no groups) omitted."""
+        out: dict[str, Any] = {}
+        if self.action is not Action.ALLOW:
+            out["action"] = self.action.value
+        if self.groups:
+            out["groups"] = [
+                {"rules": [{"matches": [m.to_dict() for m in rules]} for rules in group]}
+                for group in self.groups
+            ]
+        out["name"] = self.name
+        if self.namespace:
+            out["namespace"] = self.namespace
+        if self.scope is not Scope.GLOBAL:
+            out["scope"] = self.scope.value
+        if self.dry_run:
+            out["dryRun"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What ztunnel's RBAC sees of a connection (``rbac::Connection``): addresses, the
+    destination port and the peer's SPIFFE identity (None: plaintext)."""
+
+    port: int
+    peer: str | None = None  # spiffe://<trust domain>/ns/<namespace>/sa/<service account>
+    source_ip: str = ""
+    destination_ip: str = ""
+
+    @property
+    def peer_namespace(self) -> str:
+        return self._identity_part("ns")
+
+    @property
+    def peer_service_account(self) -> str:
+        return self._identity_part("sa")
+
+    def _identity_part(self, key: str) -> str:
+        if not self.peer or not self.peer.startswith(SPIFFE_PREFIX):
+            return ""
+        parts = self.peer[len(SPIFFE_PREFIX) :].split("/")
+        # <td>/ns/<ns>/sa/<sa> (Identity::Spiffe)
+        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+            return parts[2] if key == "ns" else parts[4]
+        return ""
+
+
+_T = TypeVar("_T")
+
+
+def _kind(positive: Sequence[_T], negative: Sequence[_T], predicate: Callable[[_T], bool]) -> bool:
+    """``matches_internal``: ANY positive (when there are some) and NO negative."""
+    pm = not positive or any(predicate(v) for v in positive)
+    nm = not negative or not any(predicate(v) for v in negative)
+    return pm and nm
+
+
+def match_matches(match: Match, connection: Connection) -> bool:
+    """One non-empty ``RbacMatch`` against a connection (the body of ``Authorization::matches``)."""
+    peer = connection.peer or ""
+    namespace = connection.peer_namespace
+    account = connection.peer_service_account
+
+    def sa_matches(m: ServiceAccountMatch) -> bool:
+        return bool(connection.peer) and (m.namespace, m.service_account) == (namespace, account)
+
+    return (
+        _kind(
+            match.destination_ips,
+            match.not_destination_ips,
+            lambda a: a.contains(connection.destination_ip),
+        )
+        and _kind(
+            match.source_ips, match.not_source_ips, lambda a: a.contains(connection.source_ip)
+        )
+        and _kind(
+            match.destination_ports,
+            match.not_destination_ports,
+            lambda p: p == connection.port,
+        )
+        and _kind(match.service_accounts, match.not_service_accounts, sa_matches)
+        and _kind(match.principals, match.not_principals, lambda s: s.matches_principal(peer))
+        and _kind(match.namespaces, match.not_namespaces, lambda s: s.matches(namespace))
+    )
+
+
+def authorization_matches(policy: ZtunnelAuthorization, connection: Connection) -> bool:
+    """Whether a policy matches a connection (``Authorization::matches``, ztunnel
+    src/rbac.rs): ANY group whose every clause (rules) has ANY non-empty match that matches; a
+    clause without matches matches, a policy without groups matches nothing."""
+    for group in policy.groups:
+        if all(
+            not clause or any(not m.is_empty() and match_matches(m, connection) for m in clause)
+            for clause in group
+        ):
+            return True
+    return False
+
+
+def ztunnel_admits(policies: Iterable[ZtunnelAuthorization], connection: Connection) -> bool:
+    """ztunnel's verdict on a connection (``ProxyState::assert_rbac``, ztunnel src/state.rs):
+    dry-run policies only log; denied when any DENY policy matches; else allowed when there is
+    no ALLOW policy or one matches."""
+    enforced = [p for p in policies if not p.dry_run]
+    if any(p.action is Action.DENY and authorization_matches(p, connection) for p in enforced):
+        return False
+    allow = [p for p in enforced if p.action is Action.ALLOW]
+    return not allow or any(authorization_matches(p, connection) for p in allow)
