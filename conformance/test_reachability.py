@@ -21,20 +21,26 @@ from typing import Any
 
 import pytest
 
-from pytest_meshconform import Call, CallTable, Outcome, destination_rule, peer_authentication
+from pytest_meshconform import (
+    MTLS,
+    PLAINTEXT,
+    RESET,
+    UNAVAILABLE,
+    Call,
+    CallTable,
+    Outcome,
+    destination_rule,
+    peer_authentication,
+)
 
 NAMESPACES = ("foo", "bar", "legacy")
 
-# Outcomes, as Istio's reachability test names them. 200 and the server saw the client's
-# certificate (X-Forwarded-Client-Cert naming its SPIFFE ID).
-MTLS = Outcome("mTLS", status=200, mtls=True)
-# 200 without XFCC: the request reached the app in plaintext.
-PLAIN = Outcome("plaintext", status=200, mtls=False)
-# Plaintext into a STRICT sidecar: no filter chain matches, the connection is reset (curl 56).
-RESET = Outcome("reset", status=None, curl_exit=56)
-# The client's own sidecar could not reach the upstream (e.g. plaintext to STRICT, TLS to a
-# server without a sidecar) and answered 503 itself.
-E503 = Outcome("503", status=503)
+# Outcomes, as Istio's reachability test names them (public, so a user's table reads the same):
+# MTLS: 200 and the server saw the client's certificate (X-Forwarded-Client-Cert naming its
+# SPIFFE ID); PLAINTEXT: 200 without XFCC, the request reached the app in plaintext; RESET:
+# plaintext into a STRICT sidecar matches no filter chain, the connection is reset (curl 56);
+# UNAVAILABLE: the client's own sidecar could not reach the upstream (plaintext to STRICT, TLS
+# to a server without a sidecar) and answered 503 itself.
 
 HTTPBIN = {"app": "httpbin"}
 
@@ -76,9 +82,9 @@ class Case:
 
 DEFAULT_MATRIX = {
     #            -> foo   bar    legacy
-    "foo": (MTLS, MTLS, PLAIN),
-    "bar": (MTLS, MTLS, PLAIN),
-    "legacy": (PLAIN, PLAIN, PLAIN),
+    "foo": (MTLS, MTLS, PLAINTEXT),
+    "bar": (MTLS, MTLS, PLAINTEXT),
+    "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
 }
 MESH_WIDE = (pytest.mark.mesh_wide, pytest.mark.mesh_features("mesh-wide"))
 
@@ -94,9 +100,9 @@ CASES = [
         "mesh-wide STRICT",
         (namespace_mode("istio-system", "STRICT"),),
         {
-            "foo": (MTLS, MTLS, PLAIN),
-            "bar": (MTLS, MTLS, PLAIN),
-            "legacy": (RESET, RESET, PLAIN),
+            "foo": (MTLS, MTLS, PLAINTEXT),
+            "bar": (MTLS, MTLS, PLAINTEXT),
+            "legacy": (RESET, RESET, PLAINTEXT),
         },
         MESH_WIDE,
     ),
@@ -104,9 +110,9 @@ CASES = [
         "mesh-wide DISABLE",
         (namespace_mode("istio-system", "DISABLE"),),
         {
-            "foo": (PLAIN, PLAIN, PLAIN),
-            "bar": (PLAIN, PLAIN, PLAIN),
-            "legacy": (PLAIN, PLAIN, PLAIN),
+            "foo": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
+            "bar": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
+            "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         MESH_WIDE,
     ),
@@ -114,18 +120,18 @@ CASES = [
         "namespace foo STRICT",
         (namespace_mode("foo", "STRICT"),),
         {
-            "foo": (MTLS, MTLS, PLAIN),
-            "bar": (MTLS, MTLS, PLAIN),
-            "legacy": (RESET, PLAIN, PLAIN),
+            "foo": (MTLS, MTLS, PLAINTEXT),
+            "bar": (MTLS, MTLS, PLAINTEXT),
+            "legacy": (RESET, PLAINTEXT, PLAINTEXT),
         },
     ),
     Case(
         "workload httpbin.bar STRICT",
         (httpbin_mode("bar", "STRICT"),),
         {
-            "foo": (MTLS, MTLS, PLAIN),
-            "bar": (MTLS, MTLS, PLAIN),
-            "legacy": (PLAIN, RESET, PLAIN),
+            "foo": (MTLS, MTLS, PLAINTEXT),
+            "bar": (MTLS, MTLS, PLAINTEXT),
+            "legacy": (PLAINTEXT, RESET, PLAINTEXT),
         },
     ),
     Case(
@@ -133,9 +139,9 @@ CASES = [
         "port-level DISABLE under namespace STRICT",
         (namespace_mode("foo", "STRICT"), httpbin_mode("foo", "STRICT", {8080: "DISABLE"})),
         {
-            "foo": (PLAIN, MTLS, PLAIN),
-            "bar": (PLAIN, MTLS, PLAIN),
-            "legacy": (PLAIN, PLAIN, PLAIN),
+            "foo": (PLAINTEXT, MTLS, PLAINTEXT),
+            "bar": (PLAINTEXT, MTLS, PLAINTEXT),
+            "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("port-level-mtls"),),
     ),
@@ -143,18 +149,18 @@ CASES = [
         "workload DISABLE over namespace STRICT",
         (namespace_mode("foo", "STRICT"), httpbin_mode("foo", "DISABLE")),
         {
-            "foo": (PLAIN, MTLS, PLAIN),
-            "bar": (PLAIN, MTLS, PLAIN),
-            "legacy": (PLAIN, PLAIN, PLAIN),
+            "foo": (PLAINTEXT, MTLS, PLAINTEXT),
+            "bar": (PLAINTEXT, MTLS, PLAINTEXT),
+            "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
     ),
     Case(
         "DestinationRule DISABLE towards STRICT",
         (namespace_mode("foo", "STRICT"), tls_towards_httpbin("foo", "DISABLE")),
         {
-            "foo": (E503, MTLS, PLAIN),
-            "bar": (E503, MTLS, PLAIN),
-            "legacy": (RESET, PLAIN, PLAIN),
+            "foo": (UNAVAILABLE, MTLS, PLAINTEXT),
+            "bar": (UNAVAILABLE, MTLS, PLAINTEXT),
+            "legacy": (RESET, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("destination-rule"),),
     ),
@@ -162,9 +168,9 @@ CASES = [
         "DestinationRule ISTIO_MUTUAL towards a server without sidecar",
         (tls_towards_httpbin("legacy", "ISTIO_MUTUAL"),),
         {
-            "foo": (MTLS, MTLS, E503),
-            "bar": (MTLS, MTLS, E503),
-            "legacy": (PLAIN, PLAIN, PLAIN),
+            "foo": (MTLS, MTLS, UNAVAILABLE),
+            "bar": (MTLS, MTLS, UNAVAILABLE),
+            "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("destination-rule"),),
     ),

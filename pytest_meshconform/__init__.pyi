@@ -47,11 +47,17 @@ from pytest_meshconform.plugin.rotation import (
 )
 from pytest_meshconform.plugin.service_ports import ServicePortLister as ServicePortLister
 from pytest_meshconform.plugin.tables import (
+    DENIED as DENIED,
+    MTLS as MTLS,
+    PLAINTEXT as PLAINTEXT,
+    RESET as RESET,
+    UNAVAILABLE as UNAVAILABLE,
     Call as Call,
     CallTable as CallTable,
     Outcome as Outcome,
 )
 from pytest_meshconform.plugin.workloads import (
+    ServicePortError as ServicePortError,
     WorkloadHandle as WorkloadHandle,
     WorkloadLookup as WorkloadLookup,
 )

@@ -10,6 +10,9 @@ died in one run: those tests are no evidence either way; run again).
 ``meshconform audit`` proves every Service port's mTLS from the wire (`audit.cli`): exit 0
 every port conforms, 1 one does not, 2 bad usage.
 
+``meshconform doctor`` checks that a cluster can run meshconform (`doctor.cli`): exit 0 a
+run can go, 1 a finding would break it, 2 bad usage or no cluster to check.
+
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network
 namespaces, processes, files), as the next run would; exit 0.
 """
@@ -36,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshconform",
         description="Work with meshconform conformance reports (pytest --mesh-report=PATH),"
-        " audit a mesh's Service ports, and clean up after local meshes.",
+        " audit a mesh's Service ports, check a cluster before a run, and clean up after local"
+        " meshes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     from pytest_meshconform.audit.cli import add_parser as add_audit_parser
 
     add_audit_parser(commands)
+    from pytest_meshconform.doctor.cli import add_parser as add_doctor_parser
+
+    add_doctor_parser(commands)
     commands.add_parser(
         "sweep",
         help="remove what killed or kept local meshes left behind",
@@ -71,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pytest_meshconform.audit.cli import run as run_audit
 
         return run_audit(args)
+    if args.command == "doctor":
+        from pytest_meshconform.doctor.cli import run as run_doctor
+
+        return run_doctor(args)
     from pytest_meshconform.report import ReportError, diff_reports, format_diff, load_report
 
     try:

@@ -152,7 +152,9 @@ ExecHandler = Callable[[ExecCall, ExecChannel], None]
 
 @dataclass
 class FakeApiServer:
-    """JSON routes by exact path (query ignored unless the route includes it) and exec."""
+    """JSON routes by exact path (query ignored unless the route includes it) and exec. A route
+    is a JSON body, a (status, body) pair, or a callable of the request's path and body
+    returning that pair (an answer that depends on what was asked)."""
 
     routes: dict[str, Any] = field(default_factory=dict)
     exec_handler: ExecHandler | None = None
@@ -170,6 +172,9 @@ class FakeApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in two writes: without TCP_NODELAY each answer waits out
+            # the client's delayed ACK (40 ms on Linux)
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -188,7 +193,7 @@ class FakeApiServer:
                 server.bodies.append(
                     (f"{method} {self.path}", self.headers.get("Content-Type", ""), body)
                 )
-                server._answer(self, method)
+                server._answer(self, method, body)
 
             def do_POST(self) -> None:
                 self._with_body("POST")
@@ -219,7 +224,7 @@ class FakeApiServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def _answer(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+    def _answer(self, handler: BaseHTTPRequestHandler, method: str, sent: bytes = b"") -> None:
         path = handler.path
         bare = urlsplit(path).path.rstrip("/") or "/"
         route = self.routes.get(f"{method} {path}", self.routes.get(f"{method} {bare}"))
@@ -236,6 +241,8 @@ class FakeApiServer:
                     "code": 404,
                 },
             )
+        elif callable(route):  # answers from the request: route(path, body) -> (status, JSON)
+            status, body = route(path, sent)
         else:
             status, body = route if isinstance(route, tuple) else (200, route)
         payload = json.dumps(body).encode()

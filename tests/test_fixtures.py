@@ -141,14 +141,17 @@ def test_unmatched_policy_on_purpose(apply_policy, mesh):
                  allow_unmatched=True)
     assert [m["metadata"]["name"] for m in mesh.policies()] == ["default"]
 
-def test_capture_on_the_service_port_names_the_container_port(capture, naked_sleep, httpbin):
-    from pytest_meshconform import EmptyCaptureError
-    with pytest.raises(EmptyCaptureError, match=(
-        "saw no TCP flow to port 8000;.*Port 8000 is the port of Service httpbin.foo; the pod"
-        r" listens on 8080: capture\(\.\.\., port=8080\)"
+def test_capture_on_the_service_port_records_its_target_port(capture, naked_sleep, httpbin):
+    from pytest_meshconform import ServicePortError
+    with capture(httpbin, port=8000) as cap:  # Service port 8000 -> the pod's 8080
+        assert naked_sleep.curl(httpbin).ok
+    assert cap.port == 8080 and cap.flows_from(naked_sleep), cap
+    with pytest.raises(ServicePortError, match=(
+        r"capture\(httpbin.foo, port=8001\): the pod listens on 8080; httpbin.foo exposes"
+        r" 8000 \(http\)"
     )):
-        with capture(httpbin, port=8000):
-            assert naked_sleep.curl(httpbin).ok
+        with capture(httpbin, port=8001):
+            raise AssertionError("must not start")
 
 def test_long_rotation_skips_at_once(rotation, httpbin):
     rotation.watch(httpbin)

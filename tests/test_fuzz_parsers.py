@@ -19,6 +19,8 @@ import base64
 import contextlib
 import functools
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import hostile_inputs as hi
@@ -27,6 +29,11 @@ from conftest import TESTDATA
 from hypothesis import given, strategies as st
 
 from pytest_meshconform.backends.kube.envoystate import EnvoyStateError, parse_config_dump
+from pytest_meshconform.backends.local.topology_file import (
+    BUILTIN_TOPOLOGY,
+    TopologyError,
+    load_topology,
+)
 from pytest_meshconform.evidence.certs import (
     CertError,
     WorkloadCert,
@@ -42,6 +49,7 @@ from pytest_meshconform.istio.api.authorization_policy import authorization_poli
 from pytest_meshconform.istio.api.destination_rule import destination_rule
 from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
+from pytest_meshconform.report import ReportError, load_report
 
 # --------------------------------------------------------------------------- shared pieces
 
@@ -601,3 +609,50 @@ def test_parse_config_dump_raises_only_envoy_state_errors(data: st.DataObject) -
     document = mutate_document(data, data.draw(st.sampled_from(_config_dump_seeds())))
     with contextlib.suppress(EnvoyStateError):
         parse_config_dump(serialised(data, document))
+
+
+# --------------------------------------------------------------------------- users' files
+# Issue 23, finding 3: the files a user names are read by `userfiles` and parsed by the
+# topology loader or the report loader; for any bytes, only their typed errors come out.
+
+_TOPOLOGY_TEXT = BUILTIN_TOPOLOGY.read_text()
+
+
+def _users_file(data: st.DataObject, seed: str) -> bytes:
+    text = seed
+    for _ in range(data.draw(st.integers(0, 3), label="snippets")):
+        position = data.draw(st.integers(0, len(text)), label="position")
+        text = text[:position] + data.draw(st.sampled_from(_YAML_SNIPPETS)) + text[position:]
+    return mutate_bytes(data, text.encode("utf-8", "surrogatepass"))
+
+
+@given(st.data())
+def test_a_topology_file_raises_only_topology_errors(data: st.DataObject) -> None:
+    raw = _users_file(data, _TOPOLOGY_TEXT)
+    with tempfile.TemporaryDirectory(prefix="mc-fuzz-") as tmp:
+        path = Path(tmp) / "topology.yaml"
+        path.write_bytes(raw)
+        with contextlib.suppress(TopologyError):
+            load_topology(path)
+
+
+@given(st.data())
+def test_a_report_file_raises_only_report_errors(data: st.DataObject) -> None:
+    suffix = data.draw(st.sampled_from((".yaml", ".json")), label="suffix")
+    seed = json.dumps(_REPORT_SEED) if suffix == ".json" else yaml.safe_dump(_REPORT_SEED)
+    raw = _users_file(data, seed)
+    with tempfile.TemporaryDirectory(prefix="mc-fuzz-") as tmp:
+        path = Path(tmp) / f"report{suffix}"
+        path.write_bytes(raw)
+        with contextlib.suppress(ReportError):
+            load_report(path)
+
+
+_REPORT_SEED = {
+    "apiVersion": "meshconform/v1alpha1",
+    "kind": "ConformanceReport",
+    "date": "2026-12-07T05:24:22Z",
+    "mesh": {"used": False, "backend": "local"},
+    "statistics": {"total": 1, "passed": 1, "failed": 0},
+    "suites": [{"name": "strict", "tests": [{"name": "test_a", "result": "passed"}]}],
+}

@@ -42,8 +42,8 @@ from kube_world import (
 )
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
-from pytest_meshconform.backends.kube.capture import image_is_distroless
 from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.istio.injection import is_distroless_image as image_is_distroless
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 from pytest_meshconform.mesh import (
     Mesh,

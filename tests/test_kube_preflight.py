@@ -427,11 +427,16 @@ def test_existing_without_istio(pytester: pytest.Pytester, kubeconfig: Path) -> 
         config = configured(pytester, "--mesh-cluster=existing", "--mesh-kube-context=fake")
         with pytest.raises(MeshUnavailable) as unavailable:
             run_preflight(config)
-        assert str(unavailable.value) == (
-            f"no Istio in context 'fake' ({server.url}): no istiod Deployment (label app=istiod)"
-            " in namespace istio-system; install Istio first (istioctl install), pass"
-            " --mesh-istio-namespace if istiod lives elsewhere, or use --mesh-cluster=kind"
+        message = str(unavailable.value)
+        assert message.startswith(
+            f"context 'fake' ({server.url}) cannot run meshconform: [istio] no istiod Deployment"
+            " (label app=istiod) in namespace istio-system (revisions: none;"
         )
+        assert (
+            "fix: install Istio (istioctl install), pass --mesh-istio-namespace if istiod lives"
+            " elsewhere, or use --mesh-cluster=kind"
+        ) in message
+        assert message.endswith("(meshconform doctor --mesh-kube-context=fake shows every check)")
         assert f"{DEPLOYMENTS}?labelSelector=app%3Distiod" in server.requests
 
 
@@ -489,10 +494,11 @@ def test_existing_refuses_a_cert_ttl_istiod_would_not_sign(
         with pytest.raises(MeshUnavailable) as unavailable:
             run_preflight(config)
         assert str(unavailable.value) == (
-            f"context 'fake' ({server.url}): --mesh-cert-ttl 24h is above the longest workload"
-            " certificate istiod signs (MAX_WORKLOAD_CERT_TTL=12h of deployment"
-            " istio-system/istiod): istiod would refuse every sidecar's certificate request and"
-            " no pod would become ready; pass --mesh-cert-ttl=12h or less"
+            f"context 'fake' ({server.url}) cannot run meshconform: [cert-ttl] --mesh-cert-ttl"
+            " 24h, istiod signs up to MAX_WORKLOAD_CERT_TTL=12h; istiod would refuse every"
+            " sidecar's certificate request (TTLError) and no pod would become ready; fix:"
+            " --mesh-cert-ttl=12h or less (meshconform doctor --mesh-kube-context=fake shows"
+            " every check)"
         )
 
 

@@ -192,6 +192,15 @@ def test_sidecar_pod_gets_istio_iptables_interception_then_service_dnat() -> Non
     assert [line for line in lines if line.startswith("-A")] == ISTIO_NAT_RULES + SERVICE_DNAT_RULES
 
 
+def test_sidecar_rules_exclude_the_proxy_id_they_are_given() -> None:
+    """The local mesh gives each sidecar its own uid and gid: its pod's rules exclude that one
+    where Istio's exclude 1337, and nothing else changes."""
+    text = istio_iptables_rules(TOPOLOGY.pod("sleep", "foo"), TOPOLOGY, proxy_id=1337000004)
+    rules = [line for line in text.splitlines() if line.startswith("-A")]
+    expected = [line.replace("1337", "1337000004") for line in ISTIO_NAT_RULES]
+    assert rules == expected + SERVICE_DNAT_RULES
+
+
 def test_naked_pod_gets_only_service_dnat() -> None:
     text = istio_iptables_rules(TOPOLOGY.pod("sleep", "legacy"), TOPOLOGY)
     assert text == "\n".join(["*nat", ":MC_SERVICES - [0:0]", *SERVICE_DNAT_RULES, "COMMIT", ""])

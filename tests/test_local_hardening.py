@@ -66,36 +66,47 @@ def _entries(run_dir: Path) -> dict[str, Entry]:
     return found
 
 
-def _check_private(entries: dict[str, Entry]) -> None:
+def _check_private(entries: dict[str, Entry], proxies: dict[str, int]) -> None:
+    """`proxies`: each sidecar pod's Envoy uid (and gid)."""
     for path, entry in entries.items():
         if path == "envoy" and entry.kind == "file":
-            continue  # Envoy's binary, linked in when the venv is not traversable by uid 1337
+            continue  # Envoy's binary, linked in when the venv is not traversable by others
+        pod = path.split("/")[1] if path.startswith("pods/") else None
         if entry.kind != "dir":
             assert entry.mode & 0o077 == 0, (path, oct(entry.mode))
-        elif path in {".", "pods"} or (path.startswith("pods/") and path.count("/") == 1):
+        elif path in {".", "pods"}:  # every Envoy (group 1337) traverses these
             assert (entry.mode, entry.uid, entry.gid) == (0o710, 0, 1337), (path, entry)
+        elif pod is not None and path.count("/") == 1 and pod in proxies:  # its Envoy only
+            assert (entry.mode, entry.uid, entry.gid) == (0o710, 0, proxies[pod]), (path, entry)
         else:
             assert entry.mode == 0o700, (path, entry)
+        if pod in proxies and (path.endswith("/envoy") or "/envoy/" in path):  # its own
+            assert (entry.uid, entry.gid) == (proxies[pod], proxies[pod]), (path, entry)
 
 
 def test_evidence_is_readable_by_root_only() -> None:
-    """Captures, access logs, logs, keys and config: 0600; directories 0700, or 0710 (group
-    1337) where Envoy must reach its own files. Checked while a capture is live and after."""
+    """Captures, access logs, logs, keys and config: 0600; directories 0700, or 0710 where an
+    Envoy must reach its own files (group 1337 for the run directory and pods/, the pod's own
+    proxy gid for its directory). Checked while a capture is live and after."""
     with LocalMesh() as mesh:
         sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+        proxies = {w.key: mesh.proxy_uid(w) for w in mesh.workloads() if w.has_sidecar}
         with mesh.capture(httpbin):
             answer = mesh.exec(sleep, ["curl", "-sS", "-o", "/dev/null", httpbin_url()])
             assert answer.returncode == 0, answer
             live = _entries(mesh.run_dir)
         after = _entries(mesh.run_dir)
+    assert len(set(proxies.values())) == 4, proxies
     for entries in (live, after):
-        _check_private(entries)
+        _check_private(entries, proxies)
         pcaps = [p for p in entries if p.startswith("captures/") and p.endswith(".pcap")]
         assert len(pcaps) == 1, sorted(entries)
         assert entries[pcaps[0]] == Entry(0o600, 0, 0, "file")
     access_logs = {p: e for p, e in after.items() if p.endswith("/envoy/access.log")}
     assert len(access_logs) == 4, sorted(after)  # one per sidecar
-    assert set(access_logs.values()) == {Entry(0o600, 1337, 1337, "file")}
+    for path, entry in access_logs.items():
+        pod = proxies[path.split("/")[1]]
+        assert entry == Entry(0o600, pod, pod, "file"), path
     for name in (
         "state.json",
         "apps.log",
@@ -104,7 +115,8 @@ def test_evidence_is_readable_by_root_only() -> None:
     ):
         assert after[name] == Entry(0o600, 0, 0, "file"), name
     key = after["pods/httpbin.foo/envoy/sds/default.json"]
-    assert key == Entry(0o600, 1337, 1337, "file")
+    owner = proxies["httpbin.foo"]
+    assert key == Entry(0o600, owner, owner, "file")
 
 
 def httpbin_url() -> str:

@@ -19,6 +19,7 @@ import pytest
 from local_helpers import alive, wait_for
 
 from pytest_meshconform.backends.local import host
+from pytest_meshconform.backends.local.topology import PROXY_ID_BASE, PROXY_ID_BLOCK
 from pytest_meshconform.cli import main as cli_main
 from pytest_meshconform.mesh import MeshError, MeshUnavailable
 
@@ -246,6 +247,18 @@ def test_run_state_round_trips_and_knows_its_owner(fake_host: dict[str, Any]) ->
     assert os.stat(fake_host["state"] / "abc123" / "state.json").st_mode & 0o777 == 0o600
 
 
+def test_proxy_id_blocks_are_disjoint_and_freed_with_their_run(fake_host: dict[str, Any]) -> None:
+    """Issue 23, #8: each run's sidecars get uids of their own, no other live run's."""
+    first, second = host.RunState.create("aaa111"), host.RunState.create("bbb222")
+    assert host.allocate_proxy_ids(first) == PROXY_ID_BASE
+    assert host.allocate_proxy_ids(second) == PROXY_ID_BASE + PROXY_ID_BLOCK
+    loaded = host.RunState.load(fake_host["state"] / "bbb222")
+    assert loaded is not None and loaded.proxy_id_base == PROXY_ID_BASE + PROXY_ID_BLOCK
+    host.teardown_state(first)  # its block is free again: the lowest one is taken
+    third = host.RunState.create("ccc333")
+    assert host.allocate_proxy_ids(third) == PROXY_ID_BASE
+
+
 def test_starts_and_teardowns_at_once_never_lose_the_run_root(fake_host: dict[str, Any]) -> None:
     """Issue 14, #4: a start's mkdir of its run dir raced with another run's teardown removing
     the empty shared parent (FileNotFoundError in 325 of 10,000 starts). Teardowns no longer
@@ -353,35 +366,3 @@ def test_runnable_by_others_checks_the_file_and_every_parent(tmp_path: Path) -> 
     tool.chmod(0o750)
     assert not host.runnable_by_others(tool)
     assert not host.runnable_by_others(tmp_path / "missing")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="creating a network namespace needs root")
-def test_sweep_spares_an_orphan_looking_namespace_a_process_lives_in(
-    fake_host: dict[str, Any],
-) -> None:
-    """A run recorded under another state root (a test's) looks like an orphan to this sweep;
-    while a process lives in its namespace, the sweep leaves it alone (a concurrent test that
-    swept with its own root once took a live run's pods away)."""
-    name = f"mc-{os.getpid() % 0xFFFFFF:06x}-node"
-    real = Path("/run/netns") / name
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        os.symlink(real, fake_host["run"] / name)  # stat follows it to the nsfs inode
-        inside = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "30"])
-        try:
-            host.poll(
-                lambda: host.netns_in_use([name]) or None,
-                timeout=10,
-                interval=0.01,
-                what="sleep in the netns",
-            )
-            assert host.sweep_stale_runs() == []
-            assert (fake_host["run"] / name).exists()
-        finally:
-            inside.kill()
-            inside.wait()
-        assert host.netns_in_use([name]) == set()
-        assert host.sweep_stale_runs() == [f"orphan namespaces {name}"]
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        assert not real.exists()

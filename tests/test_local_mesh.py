@@ -172,7 +172,9 @@ def test_sidecar_pod_has_istios_nat_rules(mesh: LocalMesh) -> None:
         check=True,
     ).stdout.splitlines()
     istio = [line for line in saved if "ISTIO" in line and line.startswith("-A")]
-    assert sorted(istio) == sorted(ISTIO_IPTABLES_SAVE)
+    # Istio's rules, with the pod's own proxy uid and gid where Istio has its fixed 1337.
+    own = str(mesh.proxy_uid(w(mesh, "httpbin", "foo")))
+    assert sorted(istio) == sorted(line.replace("1337", own) for line in ISTIO_IPTABLES_SAVE)
     assert (
         "-A MC_SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 8000 -j DNAT"
         " --to-destination 10.244.0.11:8080"
@@ -190,12 +192,15 @@ def test_processes_run_in_their_pods_as_their_uids(mesh: LocalMesh) -> None:
         name = re.search(r"^Name:\s+(\S+)", status, re.M)[1]  # type: ignore[index]
         name = "python" if name.startswith("python") else name
         by_netns.setdefault(netns.removeprefix(f"mc-{mesh.run_id}-"), []).append((name, uid))
+    uid = {key: mesh.proxy_uid(w(mesh, *key.split("."))) for key in ("sleep.foo", "httpbin.foo")}
+    uid |= {key: mesh.proxy_uid(w(mesh, *key.split("."))) for key in ("sleep.bar", "httpbin.bar")}
+    assert len(set(uid.values())) == 4, uid  # each sidecar's Envoy its own uid
     assert {k: sorted(v) for k, v in by_netns.items()} == {
         "": [("python", 0)],  # the app launcher stays in the root namespace
-        "foo-sleep": [("envoy", 1337)],
-        "foo-httpbin": [("envoy", 1337), ("python", 0)],
-        "bar-sleep": [("envoy", 1337)],
-        "bar-httpbin": [("envoy", 1337), ("python", 0)],
+        "foo-sleep": [("envoy", uid["sleep.foo"])],
+        "foo-httpbin": [("envoy", uid["httpbin.foo"]), ("python", 0)],
+        "bar-sleep": [("envoy", uid["sleep.bar"])],
+        "bar-httpbin": [("envoy", uid["httpbin.bar"]), ("python", 0)],
         "legacy-httpbin": [("python", 0)],
     }
 

@@ -23,7 +23,6 @@ from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.istio.api import Policy, parse_policy
 from pytest_meshconform.istio.selection import unmatched_reason
 from pytest_meshconform.mesh import Service
-from pytest_meshconform.plugin.capture import service_port_hint
 
 
 @dataclass
@@ -161,19 +160,3 @@ def test_an_authorization_policy_in_the_root_namespace_selects_everywhere(mesh: 
         "selector {'app': 'nginx'} matches no workload in legacy"
         " (workloads: sleep: {'app': 'sleep'}; httpbin: {'app': 'httpbin'})"
     )
-
-
-@pytest.mark.parametrize("mesh", MESHES)
-def test_the_service_port_hint(mesh: Any) -> None:
-    the_mesh = mesh()
-    [httpbin] = [
-        w
-        for w in the_mesh.workloads()
-        if w.app == "httpbin" and the_mesh.logical_namespace(w.namespace) == "bar"
-    ]
-    assert service_port_hint(the_mesh, httpbin, 8000) == (
-        ". Port 8000 is the port of Service httpbin.bar; the pod listens on 8080:"
-        " capture(..., port=8080)"
-    )
-    assert service_port_hint(the_mesh, httpbin, 8080) == ""  # the container port itself
-    assert service_port_hint(the_mesh, httpbin, 9999) == ""  # no Service has it

@@ -8,16 +8,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pytest_meshconform import Call, Outcome
+from pytest_meshconform import (
+    DENIED,
+    MTLS,
+    PLAINTEXT,
+    RESET,
+    UNAVAILABLE,
+    Call,
+    Outcome,
+    ServicePortError,
+)
 from pytest_meshconform.evidence.curl import HttpResult
 from pytest_meshconform.plugin.probes import read_probe_outputs
 from pytest_meshconform.plugin.tables import NOT_CALLED, CallTable
 from pytest_meshconform.report.observations import Observations, TableRecorder
 
-MTLS = Outcome("mTLS", status=200, mtls=True)
-PLAIN = Outcome("plaintext", status=200, mtls=False)
-RESET = Outcome("reset", status=None, curl_exit=56)
-DENIED = Outcome("403 RBAC", status=403, body="RBAC: access denied")
+PLAIN = PLAINTEXT
 SLEEP_FOO = "spiffe://cluster.local/ns/foo/sa/sleep"
 
 
@@ -36,6 +42,10 @@ def test_an_outcome_checks_status_exit_code_and_what_it_names() -> None:
     assert MTLS.matches(mtls, client) and not MTLS.matches(plain, client)
     assert PLAIN.matches(plain, client) and not PLAIN.matches(mtls, client)
     assert RESET.matches(reset, client) and not RESET.matches(plain, client)
+    empty = HttpResult("http://httpbin.foo:8000/headers", "sleep.foo", 52, None)
+    refused = HttpResult("http://httpbin.foo:8000/headers", "sleep.foo", 7, None)
+    assert RESET.matches(empty, client) and not RESET.matches(refused, client)
+    assert UNAVAILABLE.matches(HttpResult("u", "sleep.foo", 0, 503), client)
     someone_else = echo("sleep.foo", "URI=spiffe://cluster.local/ns/bar/sa/sleep")
     assert not MTLS.matches(someone_else, client) and not PLAIN.matches(someone_else, client)
     denied = HttpResult("u", "sleep.foo", 0, 403, body=b"RBAC: access denied\n")
@@ -54,9 +64,16 @@ class Handle:
     spiffe_id: str = ""
     answers: dict[tuple[str, str, str], HttpResult] = field(default_factory=dict)
     made: list[str] = field(default_factory=list)
+    ports: tuple[int | str, ...] = (8000, "http")
 
-    def curl(self, target: Handle, *, method: str, path: str) -> HttpResult:
-        self.made.append(f"{method} {path} -> {target.key}")
+    def url(self, path: str = "/headers", *, port: int | str | None = None) -> str:
+        if port is not None and port not in self.ports:
+            raise ServicePortError(f"{self.key} exposes 8000 (http), not {port!r}")
+        return f"http://{self.key}:8000{path}"
+
+    def curl(self, target: Handle, *, port: int | str | None, method: str, path: str) -> HttpResult:
+        target.url(path, port=port)
+        self.made.append(f"{method} {path} -> {target.key}" + (f":{port}" if port else ""))
         return self.answers[(target.key, method, path)]
 
 
@@ -173,6 +190,34 @@ def test_a_table_refuses_two_calls_for_one_cell_and_bad_names() -> None:
         s.runner()("t", [Call("sleep", "httpbin.foo", MTLS)])
     with pytest.raises(ValueError, match="no calls"):
         s.runner()("t", [])
+
+
+def test_a_call_to_a_port_the_service_lacks_fails_before_any_policy() -> None:
+    s = stage()
+    calls = [
+        Call("sleep.foo", "httpbin.foo", MTLS),
+        Call("sleep.legacy", "httpbin.foo", RESET, port=80),
+    ]
+    with pytest.raises(ServicePortError, match=r"httpbin.foo exposes 8000 \(http\), not 80"):
+        s.runner()("t", calls, policies=["a policy"])
+    assert "apply a policy" not in s.log
+    assert s.handles["sleep.foo"].made == [] and s.handles["sleep.legacy"].made == []
+
+
+def test_calls_naming_ports_get_a_column_each() -> None:
+    s = stage()
+    table = s.runner()(
+        "ports",
+        [
+            Call("sleep.foo", "httpbin.foo", MTLS, port="http"),
+            Call("sleep.foo", "httpbin.foo", MTLS, port=8000),
+        ],
+    )
+    assert table.columns == ("httpbin.foo:http", "httpbin.foo:8000") and table.ok
+    assert s.handles["sleep.foo"].made == [
+        "GET /headers -> httpbin.foo:http",
+        "GET /headers -> httpbin.foo:8000",
+    ]
 
 
 def test_the_prober_reads_each_probe_by_its_marker() -> None:

@@ -23,6 +23,7 @@ import pytest
 from local_helpers import needs_local_mesh
 
 from pytest_meshconform import (
+    ServicePortError,
     TcpResult,
     WorkloadHandle,
     authorization_policy,
@@ -260,6 +261,6 @@ def test_tcp_tells_reset_from_closed_from_answered_on_the_mesh(payments_mesh: An
 @needs_local_mesh
 def test_a_port_the_service_lacks_is_an_error_before_sending(payments_mesh: Any) -> None:
     evidence, w = _handles(payments_mesh)
-    with pytest.raises(ValueError, match=r"ledger\.payments:5432 \(tcp-postgres\)"):
+    with pytest.raises(ServicePortError, match=r"ledger\.payments exposes .*5432 \(tcp-postgres\)"):
         w["nightly"].tcp(w["ledger"], 5433)
     assert evidence.observed.requests == []

@@ -214,9 +214,20 @@ def _evidence_dir(args: argparse.Namespace) -> Path | None:
 
 def _run_existing(args: argparse.Namespace) -> int:
     import dataclasses
+    import importlib.metadata
     import secrets
     import shutil
     import tempfile
+
+    from pytest_meshconform.backends.kube.checkup import kubernetes_client_problem
+
+    try:
+        client_version: str | None = importlib.metadata.version("kubernetes")
+    except importlib.metadata.PackageNotFoundError:
+        client_version = None
+    problem = kubernetes_client_problem(client_version)
+    if problem is not None:  # captures and config_dump reads would stall (issue 22)
+        raise _Usage(problem)
 
     from pytest_meshconform.audit.engine import run_audit
     from pytest_meshconform.audit.kube import KubeAuditMesh

@@ -1,6 +1,13 @@
 """`capture` -> `Capturer`: `with capture(workload, port=None) as cap:` records the pod's wire
 traffic for the block and parses it (`CaptureResult`: flows, TLS hellos, plaintext).
 
+A capture is taken at the pod, so it sees the pod's ports: `port` names a port of the workload's
+Service (number or name), which the capture maps to the pod port it targets (Service `ledger`
+port 80 -> targetPort 8080: the capture records port 8080), or one of the pod's container ports
+as it is. Without one: the pod's only container port, else the targetPort of its Service's only
+HTTP port, else (no port at all, a client) every port. A port neither is a `ServicePortError`,
+before tcpdump starts.
+
 A capture that saw no traffic of its block raises `EmptyCaptureError`: an absence assertion
 ("no plaintext") needs a capture that saw the flow at all, and tcpdump's dropped packets make
 the evidence incomplete, an error too.
@@ -19,7 +26,13 @@ import pytest
 
 from pytest_meshconform.mesh import Mesh, MeshError, Workload
 from pytest_meshconform.plugin.session import evidence_window
-from pytest_meshconform.plugin.workloads import WorkloadHandle
+from pytest_meshconform.plugin.workloads import (
+    ServicePortError,
+    WorkloadHandle,
+    service_port,
+    service_ports_text,
+    services_of,
+)
 from pytest_meshconform.report.exhibits import Evidence
 
 if TYPE_CHECKING:
@@ -32,7 +45,7 @@ __all__ = [
     "capture",
     "flow_line",
     "is_block_traffic",
-    "service_port_hint",
+    "pod_port",
 ]
 
 
@@ -132,22 +145,41 @@ def _dropped_packets(tcpdump_stderr: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def service_port_hint(mesh: Mesh, workload: Workload, port: int) -> str:
-    """When `port` is a Service port of `workload`'s Service, the container port to use."""
+def pod_port(mesh: Mesh, workload: Workload, port: int | str | None) -> int | None:
+    """The pod port a capture of `workload` records for `port`: a Service port (number or name)
+    of the Services selecting it -> its targetPort; a container port -> itself; None -> the
+    only container port, else the targetPort of the Service's only HTTP port, else None (a pod
+    that serves nothing: every port). `ServicePortError` names the ports otherwise."""
+    __tracebackhide__ = True
+    listens = ", ".join(map(str, workload.container_ports)) or "no port"
+    if port is None:
+        if len(workload.container_ports) <= 1:
+            return workload.container_ports[0] if workload.container_ports else None
+        try:
+            return service_port(mesh, workload, None).target_port
+        except ServicePortError as error:
+            raise ServicePortError(
+                f"capture({workload.key}): the pod listens on {listens}: which one? {error}"
+            ) from None
+    if isinstance(port, str):
+        return service_port(mesh, workload, port).target_port
+    services = [s for s in services_of(mesh, workload) if s.port == port]
+    if len({s.target_port for s in services}) > 1:
+        service_port(mesh, workload, port)  # raises, naming the Services that expose it
+    if services and services[0].target_port != port and port in workload.container_ports:
+        raise ServicePortError(
+            f"capture({workload.key}, port={port}) is ambiguous: Service port {port} targets"
+            f" the pod's port {services[0].target_port}, and the pod listens on {port} too;"
+            f" pass port={services[0].target_port} or the Service port's name"
+        )
+    if services:
+        return services[0].target_port
     if port in workload.container_ports:
-        return ""
-    namespace = mesh.logical_namespace(workload.namespace)
-    for service in mesh.services():
-        if (
-            service.port == port
-            and mesh.logical_namespace(service.namespace) == namespace
-            and service.target_port in workload.container_ports
-        ):
-            return (
-                f". Port {port} is the port of Service {service.name}.{namespace}; the pod"
-                f" listens on {service.target_port}: capture(..., port={service.target_port})"
-            )
-    return ""
+        return port
+    raise ServicePortError(
+        f"capture({workload.key}, port={port}): the pod listens on {listens};"
+        f" {service_ports_text(mesh, workload)}; pass port=<one of them>"
+    )
 
 
 @final
@@ -155,9 +187,12 @@ class Capturer:
     """What `capture` returns: `with capture(workload, port=None) as cap:` records the pod's
     wire traffic (not loopback) for the duration of the block -> `CaptureResult`.
 
-    `port` defaults to the workload's first container port. A capture with no TCP flow (to
-    `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw
-    the traffic at all. `allow_empty=True` opts out (for tests that expect silence).
+    `port` is a port of the workload's Service, by number or name (mapped to the pod port it
+    targets), or a container port of the pod; by default the pod's only container port, else
+    the targetPort of the Service's only HTTP port (`pod_port`). Anything else raises
+    `ServicePortError` before the capture starts. A capture with no TCP flow (to that pod port)
+    raises EmptyCaptureError: absence assertions need a capture that saw the traffic at all.
+    `allow_empty=True` opts out (for tests that expect silence).
     """
 
     def __init__(self, mesh: Mesh, evidence: Evidence) -> None:
@@ -177,22 +212,19 @@ class Capturer:
     def __call__(
         self,
         target: WorkloadHandle | Workload,
-        port: int | None = None,
+        port: int | str | None = None,
         *,
         allow_empty: bool = False,
     ) -> AbstractContextManager[CaptureResult]:
-        return self._run(target, port, allow_empty)
+        __tracebackhide__ = True
+        w = target.workload if isinstance(target, WorkloadHandle) else target
+        return self._run(w, pod_port(self._mesh, w, port), allow_empty)
 
     @contextmanager
-    def _run(
-        self, target: WorkloadHandle | Workload, port: int | None, allow_empty: bool
-    ) -> Iterator[CaptureResult]:
+    def _run(self, w: Workload, port: int | None, allow_empty: bool) -> Iterator[CaptureResult]:
         __tracebackhide__ = True
         from pytest_meshconform.evidence.wire import analyze_pcap
 
-        w = target.workload if isinstance(target, WorkloadHandle) else target
-        if port is None and w.container_ports:
-            port = w.container_ports[0]
         result = CaptureResult(workload=w, port=port, names=self._names())
         self._evidence.observed.touch(w.key)
         with self._mesh.capture(w, port) as recording:
@@ -210,10 +242,10 @@ class Capturer:
         self._evidence.observed.flows.extend(f"at {w.key}: {line}" for line in result.flow_lines())
         seen = result.capture.flows if port is None else result.capture.flows_to(port)
         if not any(is_block_traffic(flow) for flow in seen) and not allow_empty:
-            hint = "" if port is None else service_port_hint(self._mesh, w, port)
+            hint = ""
             tails = len(seen)
             if tails:
-                hint += (
+                hint = (
                     f" (only the closing packets of {tails} connection(s) opened before the"
                     " block, which carry nothing)"
                 )
@@ -237,7 +269,9 @@ def is_block_traffic(flow: Flow) -> bool:
 def capture(mesh: Mesh, request: pytest.FixtureRequest) -> Capturer:
     """`with capture(workload, port=None) as cap:` records the pod's wire traffic (not loopback).
 
-    After the block, `cap.flows` etc. hold the parsed capture. A capture with no TCP flow (to
+    `port`: a Service port (number or name; the capture records the pod port it targets) or a
+    container port; by default the pod's only one. After the block, `cap.flows` etc. hold the
+    parsed capture. A capture with no TCP flow (to
     `port`, when given) raises EmptyCaptureError: absence assertions need a capture that saw the
     traffic at all. Pass `allow_empty=True` to opt out.
     """

@@ -25,16 +25,18 @@ __all__ = ["CertReader", "XfccReader", "cert_of", "current_cert", "served_cert",
 
 @final
 class XfccReader:
-    """What `xfcc` returns: `xfcc(client, server)` requests the server's /headers from the
-    client and returns the parsed X-Forwarded-Client-Cert the server saw, or None without one."""
+    """What `xfcc` returns: `xfcc(client, server, port=None)` requests the server's /headers
+    from the client and returns the parsed X-Forwarded-Client-Cert the server saw, or None
+    without one. `port` is a port of the server's Service, by number or name (by default its
+    only HTTP port); one it does not expose raises `ServicePortError` before any request."""
 
     def __call__(
-        self, client: WorkloadHandle, server: WorkloadHandle
+        self, client: WorkloadHandle, server: WorkloadHandle, *, port: int | str | None = None
     ) -> tuple[XfccElement, ...] | None:
         __tracebackhide__ = True
         from pytest_meshconform.evidence.xfcc import parse_xfcc
 
-        result = client.curl(server, path="/headers")
+        result = client.curl(server, port=port, path="/headers")
         if not result.ok:
             raise HttpError(f"cannot read X-Forwarded-Client-Cert: {result}")
         header = header_from_httpbin(result.json(), "X-Forwarded-Client-Cert")
@@ -53,7 +55,8 @@ class XfccReader:
 
 @pytest.fixture
 def xfcc() -> XfccReader:
-    """`xfcc(client, server)`: request server's /headers from client; the XFCC the server saw."""
+    """`xfcc(client, server, port=None)`: request server's /headers (at a port of its Service)
+    from client; the XFCC the server saw."""
     return XfccReader()
 
 

@@ -9,6 +9,9 @@ naming every cell that differs with curl's evidence. In the spirit of Istio's ec
 `ExpectedResponse`, one compare function): a platform team's table reads like the built-in
 suites', and runs through the same code.
 
+The outcomes the built-in suites share are public (`MTLS`, `PLAINTEXT`, `RESET`,
+`UNAVAILABLE`, `DENIED`), so a platform team's table uses the same words.
+
 `record_table` keeps a table whose cells a test observes itself (TLS probes, say).
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import final
+from typing import Final, final
 
 import pytest
 
@@ -26,7 +29,18 @@ from pytest_meshconform.plugin.workloads import WorkloadHandle, WorkloadLookup
 from pytest_meshconform.report.exhibits import evidence_of
 from pytest_meshconform.report.observations import ObservedTable, TableRecorder
 
-__all__ = ["Call", "CallTable", "Outcome", "call_table", "record_table"]
+__all__ = [
+    "DENIED",
+    "MTLS",
+    "PLAINTEXT",
+    "RESET",
+    "UNAVAILABLE",
+    "Call",
+    "CallTable",
+    "Outcome",
+    "call_table",
+    "record_table",
+]
 
 NOT_CALLED = "-"
 """The cell of a (row, column) pair that no call of the table fills."""
@@ -38,20 +52,22 @@ class Outcome:
     """What one call should give, named as its table cell shows it.
 
     Every check must hold: the HTTP status (None: no HTTP response at all) and curl's exit code
-    always; ``mtls`` when set (True: the server saw an X-Forwarded-Client-Cert naming the
+    always (``curl_exit``: one code, or a tuple of the codes that qualify, as `RESET`'s 56 and
+    52); ``mtls`` when set (True: the server saw an X-Forwarded-Client-Cert naming the
     client's SPIFFE ID, read from httpbin's /headers echo; False: it saw none); ``body`` when
     set (the response body, whitespace stripped).
     """
 
     label: str
     status: int | None
-    curl_exit: int = 0
+    curl_exit: int | tuple[int, ...] = 0
     mtls: bool | None = None
     body: str | None = None
 
     def matches(self, result: HttpResult, client: WorkloadHandle) -> bool:
         """Whether `result`, of a call `client` made, is this outcome."""
-        if (result.status, result.exit_code) != (self.status, self.curl_exit):
+        exits = (self.curl_exit,) if isinstance(self.curl_exit, int) else self.curl_exit
+        if result.status != self.status or result.exit_code not in exits:
             return False
         if self.body is not None and result.body.decode(errors="replace").strip() != self.body:
             return False
@@ -66,6 +82,22 @@ class Outcome:
         return self.label
 
 
+# The outcomes the built-in suites share, as Istio's reachability test and docs name them.
+MTLS: Final = Outcome("mTLS", status=200, mtls=True)
+"""200, and the server saw an X-Forwarded-Client-Cert naming the client's SPIFFE ID."""
+PLAINTEXT: Final = Outcome("plaintext", status=200, mtls=False)
+"""200 without X-Forwarded-Client-Cert: the request reached the app in plaintext."""
+RESET: Final = Outcome("reset", status=None, curl_exit=(56, 52))
+"""No HTTP response: the connection was reset or closed (curl exit 56 or 52, `HttpResult.reset`),
+what a STRICT sidecar does to plaintext (no filter chain matches). Not `refused` (exit 7: nothing
+listened), which no table should mistake for it."""
+UNAVAILABLE: Final = Outcome("503", status=503)
+"""503 from the client's own sidecar: it could not reach the upstream (plaintext towards STRICT,
+mTLS towards a server without a sidecar)."""
+DENIED: Final = Outcome("403 RBAC", status=403, body="RBAC: access denied")
+"""An AuthorizationPolicy denied the HTTP request: 403 with Envoy RBAC's body."""
+
+
 def _xfcc(result: HttpResult) -> str | None:
     """The X-Forwarded-Client-Cert httpbin echoed (None without one, or without an echo)."""
     try:
@@ -76,14 +108,11 @@ def _xfcc(result: HttpResult) -> str | None:
 
 def _describe(result: HttpResult, client: WorkloadHandle) -> str:
     """A cell for a call that gave none of the table's outcomes: what happened instead."""
-    if result.status is None:
-        return f"no response (curl exit {result.exit_code})"
     if result.ok:
         xfcc = _xfcc(result)
         if xfcc is not None and client.spiffe_id not in xfcc:
             return f"mTLS as someone else ({xfcc})"
-    exit_code = f", curl exit {result.exit_code}" if result.exit_code else ""
-    return f"HTTP {result.status}{exit_code}"
+    return result.outcome  # `HTTP 404`, `refused`, `timeout`, `no response (curl exit 18)`
 
 
 @final
@@ -92,7 +121,9 @@ class Call:
     """One row of a table: `client` requests `server`'s Service and should get `expect`.
 
     Workloads are named `<name>.<namespace>`, the namespace as the suites spell it
-    (`sleep.foo`).
+    (`sleep.foo`). `port` is a port of the server's Service, by number or name (as
+    `WorkloadHandle.curl` takes it; by default its only HTTP port); with one, the table's
+    column is `<server>:<port>`.
     """
 
     client: str
@@ -100,13 +131,19 @@ class Call:
     expect: Outcome
     method: str = "GET"
     path: str = "/headers"
+    port: int | str | None = None
 
     @property
     def request(self) -> str:
         return f"{self.method} {self.path}"
 
+    @property
+    def column(self) -> str:
+        """The table column of this call: the server, and the port when the call names one."""
+        return self.server if self.port is None else f"{self.server}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{self.client} {self.request} -> {self.server}"
+        return f"{self.client} {self.request} -> {self.column}"
 
 
 def _workload(lookup: WorkloadLookup, key: str, skip_if_missing: bool) -> WorkloadHandle:
@@ -125,9 +162,11 @@ class CallTable:
     Applies `policies` (through `apply_policy`: validated, awaited, restored after the test),
     makes each call from the client's pod, and names what it gave: the expected outcome when it
     matches, else the first of the table's other outcomes that does, else what happened
-    (`HTTP 404`, `no response (curl exit 7)`). Rows are the clients (with the request when the
-    table's calls vary it), columns the servers. The table goes into the reports, pass or fail;
-    a table that differs fails the test with every differing call and curl's evidence.
+    (`HTTP 404`, `refused`, `timeout`: `HttpResult.outcome`). Rows are the clients (with the
+    request when the table's calls vary it), columns the servers (`server:port` for a call
+    naming a port). Every call's port is checked against its server's Service
+    (`ServicePortError`) before any policy is applied. The table goes into the reports, pass
+    or fail; a table that differs fails the test with every differing call and curl's evidence.
     ``skip_if_missing=True`` skips the test, naming the workload, when the topology lacks one.
     """
 
@@ -155,7 +194,7 @@ class CallTable:
             raise ValueError(f"table {title!r} has no calls")
         varied = len({call.request for call in calls}) > 1
         cells = [
-            (f"{call.client} {call.request}" if varied else call.client, call.server)
+            (f"{call.client} {call.request}" if varied else call.client, call.column)
             for call in calls
         ]
         twice = sorted({cell for cell in cells if cells.count(cell) > 1})
@@ -165,6 +204,8 @@ class CallTable:
             key: _workload(self._lookup, key, skip_if_missing)
             for key in dict.fromkeys(k for call in calls for k in (call.client, call.server))
         }
+        for call in calls:  # a port the Service does not expose: before anything is applied
+            handles[call.server].url(call.path, port=call.port)
         for source in policies:
             self._apply_policy(source)
         outcomes = list(dict.fromkeys(call.expect for call in calls))
@@ -173,7 +214,9 @@ class CallTable:
         differ: list[str] = []
         for call, cell in zip(calls, cells, strict=True):
             client = handles[call.client]
-            result = client.curl(handles[call.server], method=call.method, path=call.path)
+            result = client.curl(
+                handles[call.server], port=call.port, method=call.method, path=call.path
+            )
             got = next((o for o in (call.expect, *outcomes) if o.matches(result, client)), None)
             expected[cell] = call.expect.label
             observed[cell] = got.label if got is not None else _describe(result, client)

@@ -1,28 +1,133 @@
 """The workloads a suite calls: `sleep`, `httpbin`, `naked_sleep` -> `WorkloadHandle`, and
 `workload("sleep", "bar")` (`WorkloadLookup`) for any workload of the topology.
 
-A handle's `.curl(target)` requests a URL or a workload's Service from inside the pod and
-returns an `HttpResult`; each request goes into the test's observations and, with a failure,
+A handle's `.curl(target, port=...)` requests a URL or a workload's Service from inside the pod
+and returns an `HttpResult`; each request goes into the test's observations and, with a failure,
 its evidence.
+
+Ports by the Service, never by guess: the Service a handle addresses is the one of the topology
+whose selector selects the workload (`mesh.services()`), not one named after the workload; a
+port is one that Service exposes, by number or name, and without one its only HTTP port (the
+protocol as Istio selects it, `pytest_meshconform.istio.protocol_of`). Anything else is a
+`ServicePortError` naming the Service's ports, raised before anything is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import final
+from typing import Literal, final
+from urllib.parse import urlsplit
 
 import pytest
 
 from pytest_meshconform.evidence.curl import HttpResult, curl_argv, parse_curl_output
 from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output, tcp_argv
+from pytest_meshconform.istio.plan import endpoints_of
+from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import ExecResult, Mesh, Service, Workload
 from pytest_meshconform.plugin.empties import skip_missing_workload
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
 from pytest_meshconform.report.observations import RequestRecord
 
-__all__ = ["WorkloadHandle", "WorkloadLookup", "httpbin", "naked_sleep", "sleep", "workload"]
+__all__ = [
+    "ServicePortError",
+    "WorkloadHandle",
+    "WorkloadLookup",
+    "httpbin",
+    "naked_sleep",
+    "service_port",
+    "service_ports_text",
+    "services_of",
+    "sleep",
+    "workload",
+]
+
+
+class ServicePortError(ValueError):
+    """A workload's Service port that cannot be told: one the Service does not expose, none
+    given when the Service has no single HTTP port, or a workload no Service selects. Raised
+    before anything is sent; the message names the Service and its ports, e.g. `ledger.payments
+    exposes 80 (http), 5432 (tcp-postgres); pass port=...`."""
+
+
+def services_of(mesh: Mesh, workload: Workload) -> tuple[Service, ...]:
+    """The Service ports (one `Service` per port) of the Services whose selector selects
+    `workload`, in the mesh's order."""
+    return tuple(s for s in mesh.services() if endpoints_of(s, (workload,)))
+
+
+def _port_text(service: Service) -> str:
+    return f"{service.port} ({service.port_name})" if service.port_name else str(service.port)
+
+
+def _exposes(ports: Sequence[Service]) -> str:
+    """`ledger.payments exposes 80 (http), 5432 (tcp-postgres)` (one clause per Service)."""
+    by_service: dict[str, list[str]] = {}
+    for s in ports:
+        by_service.setdefault(f"{s.name}.{s.namespace}", []).append(_port_text(s))
+    return "; ".join(f"{name} exposes {', '.join(texts)}" for name, texts in by_service.items())
+
+
+def service_ports_text(mesh: Mesh, workload: Workload) -> str:
+    """`ledger.payments exposes 80 (http), 5432 (tcp-postgres)`: the ports of the Services
+    selecting `workload`, or that none does."""
+    ports = services_of(mesh, workload)
+    return _exposes(ports) if ports else f"no Service selects {workload.key}"
+
+
+def service_port(
+    mesh: Mesh,
+    workload: Workload,
+    port: int | str | None = None,
+    *,
+    default: Literal["http", "tcp"] = "http",
+) -> Service:
+    """The Service port of `workload` that `port` names: a port number or a port name of a
+    Service selecting the workload; None: its only HTTP port (`default="tcp"`: its only
+    TCP-family port), the protocol as Istio selects it. Raises `ServicePortError`, naming the
+    Service's ports, when there is no such port, no single default, or no Service at all."""
+    __tracebackhide__ = True
+    ports = services_of(mesh, workload)
+    if not ports:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(workload.labels.items())) or "none"
+        raise ServicePortError(
+            f"no Service selects {workload.key} (its labels: {labels}), so it has no Service"
+            " port to call; add a Service for it to the topology, or call a URL"
+        )
+    if port is None:
+        kind = "HTTP" if default == "http" else "TCP"
+        found = [
+            s
+            for s in ports
+            if (protocol_of(s).is_http if default == "http" else protocol_of(s).is_tcp)
+        ]
+        if len(found) == 1:
+            return found[0]
+        which = "none of them" if not found else f"{len(found)} of them"
+        raise ServicePortError(
+            f"{_exposes(ports)}: {which} {kind} (the protocol as Istio selects it, from"
+            " appProtocol or the port name's prefix); pass port=<number or name>"
+        )
+    if isinstance(port, bool) or not isinstance(port, int | str):
+        raise TypeError(f"port= is a Service port number or name, got {port!r}")
+    key = "port_name" if isinstance(port, str) else "port"
+    found = [s for s in ports if getattr(s, key) == port]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ServicePortError(
+            f"{_exposes(found)}: port {port!r} of {workload.key} is ambiguous; call a URL"
+        )
+    hint = ""
+    behind = [s for s in ports if isinstance(port, int) and s.target_port == port]
+    if behind:
+        hint = (
+            f" ({port} is the pod's port behind Service port {behind[0].port}:"
+            f" pass port={behind[0].port})"
+        )
+    raise ServicePortError(f"{_exposes(ports)}, not {port!r}{hint}; pass port=<one of them>")
 
 
 @final
@@ -57,9 +162,14 @@ class WorkloadHandle:
     def spiffe_id(self) -> str:
         return self.workload.spiffe_id(self.mesh.trust_domain)
 
-    def url(self, path: str = "/headers", port: int = 8000) -> str:
-        """The Service URL of this workload (`http://<name>.<namespace>:<port><path>`)."""
-        return f"http://{self.name}.{self.namespace}:{port}{path}"
+    def url(self, path: str = "/headers", *, port: int | str | None = None) -> str:
+        """The URL of this workload's Service (`http://<service>.<namespace>:<port><path>`): the
+        Service of the topology that selects it, at `port` (a Service port number or name),
+        by default its only HTTP port; `ServicePortError` names the Service's ports when
+        there is no such port, no single HTTP port, or no Service."""
+        __tracebackhide__ = True
+        service = service_port(self.mesh, self.workload, port)
+        return f"http://{service.name}.{service.namespace}:{service.port}{path}"
 
     def exec(self, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run argv in the workload's pod as the app's user (in the app container on kube)."""
@@ -71,16 +181,29 @@ class WorkloadHandle:
         self,
         target: str | WorkloadHandle,
         *,
+        port: int | str | None = None,
         method: str = "GET",
         headers: Mapping[str, str] | None = None,
         data: str | None = None,
         timeout: float = 10.0,
         path: str = "/headers",
     ) -> HttpResult:
-        """Request `target` (a URL, or a workload's Service) from inside this workload's pod."""
+        """Request `target` from inside this workload's pod: a URL, or a workload's Service at
+        `port` (a Service port number or name; by default the Service's only HTTP port, see
+        `url`). A port the Service does not expose raises `ServicePortError` before anything
+        is sent; `port=` with a URL is a usage error (the URL carries its port)."""
         __tracebackhide__ = True
-        url = target.url(path) if isinstance(target, WorkloadHandle) else target
-        server = target.key if isinstance(target, WorkloadHandle) else self._workload_of(url)
+        if isinstance(target, WorkloadHandle):
+            url = target.url(path, port=port)
+            server: str | None = target.key
+        else:
+            if port is not None:
+                raise ValueError(
+                    f"port={port!r} is for a workload target; the URL {target!r} carries its"
+                    " own port"
+                )
+            url = target
+            server = self._workload_of(url)
         self.evidence.observed.touch(self.key, server)
         argv = curl_argv(url, method=method, headers=headers, data=data, timeout=timeout)
         result = self.mesh.exec(self.workload, argv, timeout + 5)
@@ -100,17 +223,22 @@ class WorkloadHandle:
         return http
 
     def _workload_of(self, url: str) -> str | None:
-        """The workload behind a Service URL (`http://httpbin.foo:8000/...`), if it is one."""
-        from urllib.parse import urlsplit
-
-        host = (urlsplit(url).hostname or "").removesuffix(".svc.cluster.local")
-        name, _, namespace = host.partition(".")
-        for w in self.mesh.workloads():
-            if w.name == name and namespace in (
-                w.namespace,
-                self.mesh.logical_namespace(w.namespace),
-            ):
-                return w.key
+        """The workload behind a Service URL (`http://httpbin.foo:8000/...`, the FQDN in the
+        cluster's DNS domain, or the bare name from the same namespace), if it is one; the
+        namespace as the backend or as the suites spell it."""
+        host = (urlsplit(url).hostname or "").lower().rstrip(".")
+        workloads = self.mesh.workloads()
+        for s in self.mesh.services():
+            names = set()
+            for namespace in {s.namespace, self.mesh.logical_namespace(s.namespace)}:
+                short = f"{s.name}.{namespace}"
+                names |= {short, f"{short}.svc", f"{short}.svc.{s.domain}"}
+            if s.namespace == self.namespace:
+                names.add(s.name)
+            if host in names:
+                endpoints = endpoints_of(s, workloads)
+                if endpoints:
+                    return endpoints[0].key
         return None
 
     def __str__(self) -> str:
@@ -142,7 +270,7 @@ class WorkloadHandle:
             raise TypeError(f"tcp() connects to a WorkloadHandle's Service, got {server!r}")
         if not isinstance(send, bytes):
             raise TypeError(f"send= takes bytes (b'...'), got {type(send).__name__}")
-        service = _tcp_service_port(self.mesh, server.workload, port)
+        service = service_port(self.mesh, server.workload, port, default="tcp")
         host = f"{service.name}.{service.namespace}"
         self.evidence.observed.touch(self.key, server.key)
         argv = tcp_argv(host, service.port, send=send, timeout=timeout)
@@ -173,12 +301,13 @@ class WorkloadHandle:
 
 
 def _outcome_of(http: HttpResult) -> str:
-    from pytest_meshconform.evidence.curl import CURL_EXIT_REASONS
-
+    """How the observations name a request's outcome: `HTTP 200`, `no HTTP response: reset
+    (curl exit 56)`."""
     if http.status is not None:
-        return f"HTTP {http.status}" + (f", curl exit {http.exit_code}" if http.exit_code else "")
-    reason = CURL_EXIT_REASONS.get(http.exit_code, "see curl's manual")
-    return f"no HTTP response, curl exit {http.exit_code} ({reason})"
+        return http.outcome
+    if "curl exit" in http.outcome:
+        return f"no HTTP response: {http.outcome}"
+    return f"no HTTP response: {http.outcome} (curl exit {http.exit_code})"
 
 
 def _describe_http(http: HttpResult) -> str:
@@ -247,24 +376,3 @@ def _tcp_outcome(tcp: TcpResult) -> str:
     if tcp.connected and not tcp.reset:
         return f"{tcp.outcome}, {len(tcp.received)} bytes received"
     return f"{tcp.outcome} (curl exit {tcp.exit_code})"
-
-
-def _tcp_service_port(mesh: Mesh, workload: Workload, port: int | str | None) -> Service:
-    """The Service port of `workload` that `port` names (number or name), by default its only
-    TCP port; ValueError naming the Service's ports otherwise."""
-    __tracebackhide__ = True
-    from pytest_meshconform.istio.plan import endpoints_of
-    from pytest_meshconform.istio.protocol import protocol_of
-
-    ports = [s for s in mesh.services() if endpoints_of(s, (workload,))]
-    exposes = ", ".join(f"{s.name}.{s.namespace}:{s.port} ({s.port_name})" for s in ports)
-    if port is None:
-        found = [s for s in ports if protocol_of(s).is_tcp]
-    else:
-        found = [s for s in ports if (s.port_name if isinstance(port, str) else s.port) == port]
-    if len(found) != 1:
-        raise ValueError(
-            f"{workload.key}: no single Service port {port if port is not None else 'of TCP'}"
-            f" (its Service ports: {exposes or 'none'}); pass port=<one of them>"
-        )
-    return found[0]

@@ -27,8 +27,9 @@ from pytest_meshconform.backends.kube.lifecycle import (
     object_meta,
     pod_problem,
 )
-from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER
+from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER, CAPTURE_IMAGE_EXAMPLE
 from pytest_meshconform.istio.envoy import outbound_cluster_name
+from pytest_meshconform.istio.injection import is_distroless_image
 from pytest_meshconform.mesh import MeshError, PcapRecording, Service, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -37,8 +38,6 @@ from pytest_meshconform.waiting import WaitTimeout, poll
 # ``tunnel: http``, which a cluster's ``hbone`` transport socket match sends over HBONE
 TUNNEL_LABEL: Final = "networking.istio.io/tunnel"
 TUNNEL_HTTP: Final = "http"
-# an example image with bash and tcpdump, named in the fix when the proxy image has neither
-CAPTURE_IMAGE_EXAMPLE: Final = "docker.io/nicolaka/netshoot:v0.13"
 
 
 def pod_proxy_image(pod: Mapping[str, Any]) -> str | None:
@@ -48,15 +47,6 @@ def pod_proxy_image(pod: Mapping[str, Any]) -> str | None:
             image = container.get("image")
             return str(image) if image else None
     return None
-
-
-def image_is_distroless(image: str) -> bool:
-    """Istio's distroless proxy (``global.variant=distroless``, the tag suffix
-    ``-distroless``; what the ambient profile installs): no shell, no tcpdump."""
-    head, _, last = image.split("@", 1)[0].rpartition("/")
-    name, _, tag = last.partition(":")
-    repository = f"{head}/{name}"
-    return tag == "distroless" or tag.endswith("-distroless") or "distroless" in repository
 
 
 def pod_accepts_hbone(pod: Mapping[str, Any]) -> bool:
@@ -118,7 +108,7 @@ class KubeCapture(KubeLifecycle):
             return
         for workload in self._workloads:
             image = pod_proxy_image(self._pod(workload)) if workload.has_sidecar else None
-            if image and image_is_distroless(image):
+            if image and is_distroless_image(image):
                 raise MeshError(
                     f"the proxy image of {workload.key} is {image}, a distroless image (Istio's"
                     " global.variant=distroless, the ambient profile's default) without bash"

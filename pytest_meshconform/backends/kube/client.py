@@ -263,9 +263,59 @@ class KubeApi:
             raise _api_error(f"GET /version on {self.server}", error) from error
         return str(info.git_version)
 
+    def can_i(self, verb: str, group: str, resource: str, namespace: str) -> tuple[bool, str]:
+        """Whether this user may ``verb`` ``resource`` (``pods/exec``: with its subresource) of
+        ``group`` in ``namespace`` ("": cluster-scoped), by a SelfSubjectAccessReview; with the
+        authorizer's reason (often empty)."""
+        name, _, subresource = resource.partition("/")
+        review = k8s.V1SelfSubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SelfSubjectAccessReview",
+            spec=k8s.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=k8s.V1ResourceAttributes(
+                    verb=verb,
+                    group=group,
+                    resource=name,
+                    subresource=subresource or None,
+                    namespace=namespace or None,
+                )
+            ),
+        )
+        where = f" in {namespace}" if namespace else ""
+        try:
+            answer = k8s.AuthorizationV1Api(self.api_client).create_self_subject_access_review(
+                review
+            )
+        except Exception as error:
+            raise _api_error(f"can-i {verb} {resource}{where}", error) from error
+        status = answer.status
+        reason = str(
+            (status.reason if status else "") or (status.evaluation_error if status else "") or ""
+        )
+        return bool(status and status.allowed), reason
+
+    def list_mutating_webhooks(self) -> list[dict[str, Any]]:
+        """Every MutatingWebhookConfiguration (Istio's injectors and revision tags among them)."""
+        try:
+            found = k8s.AdmissionregistrationV1Api(
+                self.api_client
+            ).list_mutating_webhook_configuration()
+        except Exception as error:
+            raise _api_error("list mutatingwebhookconfigurations", error) from error
+        return list(self.to_json(found.items))
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        try:
+            found = self.core.list_node()
+        except Exception as error:
+            raise _api_error("list nodes", error) from error
+        return list(self.to_json(found.items))
+
     # -- namespaces ------------------------------------------------------------------------
 
-    def create_namespace(self, manifest: Mapping[str, Any]) -> None:
+    def create_namespace(self, manifest: Mapping[str, Any], *, dry_run: bool = False) -> None:
+        """Create a namespace; ``dry_run``: only ask (``dryRun=All``: authorization and every
+        admission step, Pod Security's label checks included, nothing stored)."""
         body = k8s.V1Namespace(
             metadata=k8s.V1ObjectMeta(
                 name=manifest["metadata"]["name"],
@@ -274,7 +324,7 @@ class KubeApi:
             )
         )
         try:
-            self.core.create_namespace(body)
+            self.core.create_namespace(body, dry_run="All" if dry_run else None)
         except Exception as error:
             raise _api_error(f"create namespace {manifest['metadata']['name']}", error) from error
 

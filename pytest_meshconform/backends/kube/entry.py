@@ -9,15 +9,18 @@ from __future__ import annotations
 import getpass
 import importlib.metadata
 import os
-import re
 import secrets
 import shutil
 import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_meshconform.backends.kube.checkup import (
+    MIN_KUBERNETES_CLIENT,
+    kubernetes_client_problem,
+)
 from pytest_meshconform.backends.kube.options import (
     KubeOptions,
     kind_cluster_name_for,
@@ -29,6 +32,7 @@ from pytest_meshconform.settings import MeshSettings, SettingsError
 
 if TYPE_CHECKING:
     from pytest_meshconform.backends.kube.backend import KubeMesh
+    from pytest_meshconform.backends.kube.checkup import RunRequest
     from pytest_meshconform.backends.kube.client import KubeApi
     from pytest_meshconform.backends.kube.topology import RunNamespaces
 
@@ -38,33 +42,10 @@ __all__ = [
     "kubernetes_client_problem",
     "open_mesh",
     "preflight",
+    "run_request",
 ]
 
 PREFLIGHT_API_TIMEOUT_S = 5.0
-# kubernetes 37.0.0 is the first release whose WSClient.update reads the frames an SSLSocket
-# already holds decrypted (``pending()``, kubernetes-client/python#2414): before it an exec
-# stream can stall with its last frames unread (capture markers, config_dump reads). Clients
-# before 30.1 also decoded binary exec output as UTF-8.
-MIN_KUBERNETES_CLIENT: Final = (37, 0, 0)
-_RELEASE_RE: Final = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?")
-
-
-def kubernetes_client_problem(version: str | None) -> str | None:
-    """Why the installed kubernetes client (``version``; None: not installed) cannot drive a
-    cluster, with the fix; None when it can."""
-    wanted = ".".join(str(part) for part in MIN_KUBERNETES_CLIENT)
-    fix = f"pip install 'kubernetes>={wanted}'"
-    if version is None:
-        return f"the kubernetes client is not installed: {fix}"
-    match = _RELEASE_RE.match(version)
-    release = tuple(int(part or 0) for part in match.groups()) if match else (0, 0, 0)
-    if release >= MIN_KUBERNETES_CLIENT:
-        return None
-    return (
-        f"kubernetes client {version} can leave the last frames of an exec stream unread"
-        " (WSClient.update ignores SSLSocket.pending(), kubernetes-client/python#2414), which"
-        f" stalls captures and config_dump reads; {fix}"
-    )
 
 
 def _installed_kubernetes_client() -> str | None:
@@ -99,13 +80,12 @@ def preflight(run: BackendRun) -> None:
 
 
 def _preflight_existing(kube_context: str, options: KubeOptions, settings: MeshSettings) -> None:
+    """The checks of ``meshconform doctor`` (``checkup.py``): any that would break the run
+    refuses it here, before a test, each with its fix."""
+    from pytest_meshconform.backends.kube.checkup import blocking, check_survey
     from pytest_meshconform.backends.kube.client import KubeApi, KubeApiError
-    from pytest_meshconform.backends.kube.control_plane import (
-        IstioDataError,
-        cert_ttl_problem,
-        select_istiod,
-    )
     from pytest_meshconform.backends.kube.kind import resolve_context
+    from pytest_meshconform.backends.kube.survey import survey_cluster
 
     context = resolve_context(kube_context)
     try:
@@ -113,25 +93,33 @@ def _preflight_existing(kube_context: str, options: KubeOptions, settings: MeshS
     except KubeApiError as error:
         raise MeshUnavailable(f"kube context {context.name!r}: {error}") from None
     where = f"context {context.name!r} ({api.server})"
+    request = run_request(options, settings)
     try:
-        api.server_version(timeout=PREFLIGHT_API_TIMEOUT_S)
+        survey = survey_cluster(api, request)
     except KubeApiError as error:
         raise MeshUnavailable(f"the cluster of {where} is unreachable: {error}") from None
-    namespace = options.istio_namespace
-    try:
-        deployments = api.list_deployments(namespace, "app=istiod", PREFLIGHT_API_TIMEOUT_S)
-        istiod = select_istiod(deployments, options.revision)
-    except KubeApiError as error:
-        raise MeshUnavailable(f"cannot look for istiod in {where}: {error}") from None
-    except IstioDataError as error:
+    problems = blocking(check_survey(survey, request))
+    if problems:
         raise MeshUnavailable(
-            f"no Istio in {where}: {error} in namespace {namespace}; install Istio first"
-            " (istioctl install), pass --mesh-istio-namespace if istiod lives elsewhere, or"
-            " use --mesh-cluster=kind"
-        ) from None
-    problem = cert_ttl_problem(istiod, settings.cert_ttl)
-    if problem is not None:
-        raise MeshUnavailable(f"{where}: {problem}")
+            f"{where} cannot run meshconform: "
+            + "; ".join(f"[{p.check}] {p.text()}" for p in problems)
+            + f" (meshconform doctor --mesh-kube-context={context.name} shows every check)"
+        )
+
+
+def run_request(options: KubeOptions, settings: MeshSettings) -> RunRequest:
+    """What a run with these options asks of an existing cluster (``checkup.RunRequest``)."""
+    from pytest_meshconform.backends.kube.checkup import RunRequest
+
+    return RunRequest(
+        istio_namespace=options.istio_namespace,
+        revision=options.revision,
+        cert_ttl=settings.cert_ttl,
+        capture_image=options.capture_image,
+        allow_mesh_wide=options.allow_mesh_wide,
+        run_id=secrets.token_hex(3),
+        owner=_owner(),
+    )
 
 
 def _owner() -> str:

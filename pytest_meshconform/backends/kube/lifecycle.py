@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+from pytest_meshconform.backends.kube.checkup import undiscoverable_message
 from pytest_meshconform.backends.kube.client import ExecSession, KubeApiError, is_transient
 from pytest_meshconform.backends.kube.control_plane import IstiodInfo, MeshConfigInfo
 from pytest_meshconform.backends.kube.options import KubeOptions
@@ -312,15 +313,8 @@ class KubeLifecycle:
         extra = discovery_labels(selectors, name, labels)
         if extra is not None:
             return extra
-        listed = "; ".join(selector.describe() for selector in selectors)
         config_map = f"{self.options.istio_namespace}/{self.istiod.mesh_config_map}"
-        raise MeshError(
-            f"istiod would not discover namespace {name}: the mesh config (configmap"
-            f" {config_map}) has discoverySelectors {listed}, and no matchLabels of theirs can"
-            f" be added to its labels {dict(sorted(labels.items()))}; add a selector with"
-            " matchLabels (e.g. {matchLabels: {istio-discovery: enabled}}) to discoverySelectors"
-            " so meshconform can label its namespaces into the mesh"
-        )
+        raise MeshError(undiscoverable_message(selectors, name, labels, config_map))
 
     def _create_topology(self) -> None:
         images = WorkloadImages(self.options.sleep_image, self.options.httpbin_image)

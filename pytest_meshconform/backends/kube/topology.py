@@ -23,6 +23,7 @@ from pytest_meshconform.settings import format_duration
 
 __all__ = [
     "CAPTURE_CONTAINER",
+    "CAPTURE_IMAGE_EXAMPLE",
     "HTTPBIN_PORT",
     "HTTPBIN_TARGET_PORT",
     "INJECTED_NAMESPACES",
@@ -58,6 +59,8 @@ APPS: Final = ("sleep", "httpbin")
 HTTPBIN_PORT: Final = 8000
 HTTPBIN_TARGET_PORT: Final = 8080
 CAPTURE_CONTAINER: Final = "mc-capture"
+# an example image with bash and tcpdump, named in the fix when the proxy image has neither
+CAPTURE_IMAGE_EXAMPLE: Final = "docker.io/nicolaka/netshoot:v0.13"
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "meshconform"

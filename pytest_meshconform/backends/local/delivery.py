@@ -18,7 +18,6 @@ from typing import Any, Final
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.envoyadmin import admin_get, parse_stats
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
-from pytest_meshconform.backends.local.topology import PROXY_GID, PROXY_UID
 from pytest_meshconform.mesh import MeshError
 
 __all__ = [
@@ -50,21 +49,16 @@ VERSION_STATS_PATH: Final = "/stats?filter=" + urllib.parse.quote(
     "^(" + "|".join(name.replace(".", r"\.") for name in _VERSION_STATS) + ")$", safe=""
 )
 
-_PROXY_OWNER: Final = (PROXY_UID, PROXY_GID)
 
-
-def write_json(
-    path: Path, data: Any, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
-) -> None:
+def write_json(path: Path, data: Any, *, owner: tuple[int, int] | None, mode: int = 0o600) -> None:
     write_text(path, json.dumps(data), owner=owner, mode=mode)
 
 
-def write_text(
-    path: Path, text: str, *, owner: tuple[int, int] | None = _PROXY_OWNER, mode: int = 0o600
-) -> None:
+def write_text(path: Path, text: str, *, owner: tuple[int, int] | None, mode: int = 0o600) -> None:
     """Write then rename into place: Envoy's watched_directory sees one atomic move.
 
-    Every file is Envoy's (uid 1337) and 0600: config, keys and logs are no other user's.
+    Every file is its pod's Envoy's (`owner`: that Envoy's uid and gid, no other pod's) and
+    0600: config, keys and logs are no other user's.
     """
     tmp = path.parent / f".{path.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -90,13 +84,21 @@ def render(runtime: PodRuntime, plan: xds.SidecarPlan) -> bool:
     if cds_doc != runtime.cds_doc:
         runtime.cds_version += 1
         runtime.cds_doc = cds_doc
-        write_text(runtime.paths.cds, _discovery_text(runtime.cds_version, cds_doc))
+        write_text(
+            runtime.paths.cds,
+            _discovery_text(runtime.cds_version, cds_doc),
+            owner=runtime.proxy_owner,
+        )
         changed = True
     lds_doc = json.dumps(xds.listeners(plan, runtime.paths), sort_keys=True)
     if lds_doc != runtime.lds_doc:
         runtime.lds_version += 1
         runtime.lds_doc = lds_doc
-        write_text(runtime.paths.lds, _discovery_text(runtime.lds_version, lds_doc))
+        write_text(
+            runtime.paths.lds,
+            _discovery_text(runtime.lds_version, lds_doc),
+            owner=runtime.proxy_owner,
+        )
         changed = True
     return changed
 

@@ -9,7 +9,9 @@ in the root network namespace: interfaces, routes and iptables rules all live in
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_meshconform.backends.local.topology import PROXY_GID
+from pytest_meshconform.backends.local.topology import PROXY_GID, PROXY_ID_BASE, PROXY_ID_BLOCK
 from pytest_meshconform.mesh import MeshError, MeshUnavailable
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -36,8 +38,9 @@ OUR_NETNS_PATTERN = re.compile(rf"{NETNS_PREFIX}(?P<run_id>[0-9a-f]{{6}})-[a-z0-
 ABANDONED_AFTER_S = 60.0  # a run dir without state.json is someone's start in progress until then
 RUN_DIR_ATTEMPTS = 100  # make_run_directory: retries when an older run removes the parent
 PRIVATE_DIR_MODE = 0o700  # run files are evidence: captures, logs, keys (README "File modes")
-TRAVERSE_DIR_MODE = 0o710  # ... and where Envoy (group PROXY_GID) must reach its own files
+TRAVERSE_DIR_MODE = 0o710  # ... and where an Envoy (by group) must reach its own files
 PRIVATE_FILE_MODE = 0o600
+PROXY_IDS_LOCK = "proxy-ids.lock"  # a file in STATE_ROOT: sweeps only look at directories
 
 REQUIRED_COMMANDS = {
     "ip": "iproute2",
@@ -105,7 +108,7 @@ def envoy_binary() -> Path:
 
 
 def runnable_by_others(path: Path) -> bool:
-    """Can a uid with no special rights (Envoy's 1337) execute this file where it is?"""
+    """Can a uid with no special rights (an Envoy's) execute this file where it is?"""
     try:
         if not path.stat().st_mode & stat.S_IXOTH:
             return False
@@ -201,8 +204,8 @@ def proc_start_ticks(pid: int) -> int | None:
 
 
 def make_run_directory(run_id: str) -> Path:
-    """Create `/run/meshconform/<run_id>`, mode 0710, group PROXY_GID (Envoy, uid 1337, may
-    traverse it to its own files; no other user may even list it).
+    """Create `/run/meshconform/<run_id>`, mode 0710, group PROXY_GID (every sidecar's Envoy
+    may traverse it towards its own pod's files; no other user may even list it).
 
     The shared parent is never removed by meshconform; a run of an older version may still
     remove it while empty, so a parent that vanishes between the two mkdirs is made again.
@@ -246,6 +249,7 @@ class RunState:
     netns: list[str] = field(default_factory=list)
     pids: list[tuple[int, int]] = field(default_factory=list)  # (pid, start ticks)
     keep: bool = False
+    proxy_id_base: int | None = None  # the first uid/gid of its sidecars (allocate_proxy_ids)
     _saving: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -274,6 +278,7 @@ class RunState:
             "netns": self.netns,
             "pids": self.pids,
             "keep": self.keep,
+            "proxy_id_base": self.proxy_id_base,
         }
         with self._saving:  # the mesh records PIDs from its spawner thread too
             tmp = self.path.with_suffix(".tmp")
@@ -304,12 +309,46 @@ class RunState:
                 netns=[str(n) for n in data.get("netns", [])],
                 pids=[(int(p), int(s)) for p, s in data.get("pids", [])],
                 keep=bool(data.get("keep", False)),
+                proxy_id_base=(
+                    int(data["proxy_id_base"]) if data.get("proxy_id_base") is not None else None
+                ),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def owner_alive(self) -> bool:
         return self.owner_start is not None and proc_start_ticks(self.owner_pid) == self.owner_start
+
+
+def allocate_proxy_ids(state: RunState) -> int:
+    """The first of PROXY_ID_BLOCK uids (and gids of the same numbers) that no other run on
+    the machine holds, recorded in ``state`` before it is returned.
+
+    Runs hold their block while their state exists (a dead run's until it is swept), so two
+    runs at once never share a proxy uid. Allocation is serialized by a lock file in
+    STATE_ROOT; the lowest free block is taken, so ids are reused once runs are gone.
+    """
+    STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(
+        STATE_ROOT / PROXY_IDS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        taken = set()
+        for directory in STATE_ROOT.iterdir():
+            if directory.is_dir() and directory != state.directory:
+                other = RunState.load(directory)
+                if other is not None and other.proxy_id_base is not None:
+                    taken.add(other.proxy_id_base)
+        state.proxy_id_base = next(
+            base
+            for base in (PROXY_ID_BASE + n * PROXY_ID_BLOCK for n in itertools.count())
+            if base not in taken
+        )
+        state.save()
+        return state.proxy_id_base
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def kill_recorded(pids: Iterable[tuple[int, int]], *, grace: float = 2.0) -> None:
@@ -380,29 +419,6 @@ def teardown_state(state: RunState) -> None:
     # The shared STATE_ROOT stays: removing it while empty raced with another run's start.
 
 
-def netns_in_use(names: Iterable[str]) -> set[str]:
-    """The named namespaces (under /run/netns) some process is in, as `ip netns identify` tells
-    them: the same nsfs device and inode as a process's /proc/<pid>/ns/net."""
-    wanted: dict[tuple[int, int], str] = {}
-    for name in names:
-        with contextlib.suppress(OSError):
-            st = os.stat(NETNS_RUN / name)
-            wanted[(st.st_dev, st.st_ino)] = name
-    found: set[str] = set()
-    if not wanted:
-        return found
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                st = os.stat(f"/proc/{entry.name}/ns/net")
-                owner = wanted.get((st.st_dev, st.st_ino))
-                if owner is not None:
-                    found.add(owner)
-    return found
-
-
 def sweep_stale_runs() -> list[str]:
     """Clean up after runs whose owner process is gone; returns what was swept.
 
@@ -442,9 +458,6 @@ def sweep_stale_runs() -> list[str]:
                     and not (STATE_ROOT / match["run_id"]).exists()
                 ):
                     orphans.add(entry.name)
-    # A namespace a process lives in belongs to a live run, whatever the state says: a run with
-    # another state root (a test's) must not take a live run's pods away from under it.
-    orphans -= netns_in_use(orphans)
     if orphans:
         delete_netns(sorted(orphans))
         swept.append(f"orphan namespaces {', '.join(sorted(orphans))}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pytest_meshconform.backends.local.topology import (
     EXCLUDED_INBOUND_PORTS,
-    PROXY_GID,
     PROXY_UID,
     Pod,
     Topology,
@@ -19,13 +18,15 @@ from pytest_meshconform.istio.envoy import (
 )
 
 
-def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
+def istio_iptables_rules(pod: Pod, topology: Topology, *, proxy_id: int = PROXY_UID) -> str:
     """nat rules for one pod, in iptables-restore format.
 
     Sidecar pods get istio-iptables' interception (tools/istio-iptables/pkg/capture/run.go):
-    inbound TCP to 15006, outbound TCP to 15001, the proxy's uid/gid 1337 and traffic from
-    127.0.0.6 excluded. Every pod gets kube-proxy-style DNAT of Service VIPs, jumped from OUTPUT
-    after ISTIO_OUTPUT, so Envoy (uid 1337) and naked apps reach the endpoint's target port.
+    inbound TCP to 15006, outbound TCP to 15001, the proxy's uid and gid and traffic from
+    127.0.0.6 excluded. The proxy's uid and gid are `proxy_id` (Istio's 1337 by default; the
+    local mesh gives each sidecar its own, and each pod's namespace has its own rules). Every
+    pod gets kube-proxy-style DNAT of Service VIPs, jumped from OUTPUT after ISTIO_OUTPUT, so
+    Envoy and naked apps reach the endpoint's target port.
     """
     services = [
         f"-A MC_SERVICES -d {e.vip}/32 -p tcp --dport {e.service.port} -j DNAT"
@@ -48,14 +49,14 @@ def istio_iptables_rules(pod: Pod, topology: Topology) -> str:
             f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}",
             "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
             f"-A ISTIO_OUTPUT -s {INBOUND_PASSTHROUGH_BIND}/32 -o lo -j RETURN",
-            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {PROXY_UID}"
+            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {proxy_id}"
             " -j ISTIO_IN_REDIRECT",
-            f"-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {PROXY_UID} -j RETURN",
-            f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN",
-            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {PROXY_GID}"
+            f"-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {proxy_id} -j RETURN",
+            f"-A ISTIO_OUTPUT -m owner --uid-owner {proxy_id} -j RETURN",
+            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {proxy_id}"
             " -j ISTIO_IN_REDIRECT",
-            f"-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {PROXY_GID} -j RETURN",
-            f"-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_GID} -j RETURN",
+            f"-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {proxy_id} -j RETURN",
+            f"-A ISTIO_OUTPUT -m owner --gid-owner {proxy_id} -j RETURN",
             "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
             "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
             f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}",

@@ -2,13 +2,17 @@
 
 `LocalLifecycle.start()` sweeps what dead runs left, records the run, creates one network
 namespace per pod plus a "node" namespace holding a bridge (`network.py`), writes each
-sidecar's bootstrap, xDS and SDS files (`delivery.py`), starts every Envoy (uid 1337) and app
+sidecar's bootstrap, xDS and SDS files (`delivery.py`), starts every Envoy (its own uid) and app
 while it wires the pods to the bridge, and waits until every process is ready. `close()` ends
 every process by the PID it started and deletes every namespace, /etc/netns entry and file.
 Every request starts inside a pod namespace: nothing is ever sent to a pod address from the
 root namespace.
 
-Processes and uids: Envoy runs as 1337 (`setpriv`), `exec` in a `sleep` pod runs as APP_UID,
+Processes and uids: each sidecar's Envoy runs as a uid and gid of its own (`setpriv`; a block
+per run from PROXY_ID_BASE, `host.allocate_proxy_ids`, where Istio runs every proxy as 1337:
+here one Envoy must not read another pod's key or reach its admin socket), with the
+supplementary group PROXY_GID that traverses the run directory; its pod's interception rules
+exclude that uid and gid as istio-iptables excludes 1337. `exec` in a `sleep` pod runs as APP_UID,
 the httpbin apps run as root (forked by `apps.py` from one Python, which may live where other
 uids cannot read). Every process gets PR_SET_PDEATHSIG=SIGKILL, so a test process killed with
 SIGKILL takes its mesh's processes with it; the next start sweeps the namespaces and files.
@@ -52,13 +56,12 @@ from pytest_meshconform.backends.local.delivery import (
     write_text,
 )
 from pytest_meshconform.backends.local.envoyadmin import admin_get
-from pytest_meshconform.backends.local.network import create_namespaces, wire_network
+from pytest_meshconform.backends.local.network import create_namespaces, proxy_ids, wire_network
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
 from pytest_meshconform.backends.local.topology import (
     APP_GID,
     APP_UID,
     PROXY_GID,
-    PROXY_UID,
     TRUST_DOMAIN,
     Pod,
     Topology,
@@ -127,6 +130,13 @@ class LocalLifecycle(SidecarAgent):
     def netns(self, workload: Workload) -> str:
         """The network namespace of the workload's pod (`ip netns exec <it> ...`)."""
         return self._runtime(workload).netns
+
+    def proxy_uid(self, workload: Workload) -> int:
+        """The uid (and gid) this workload's Envoy runs as: its own, no other pod's."""
+        runtime = self._runtime(workload)
+        if runtime.proxy_id is None:
+            raise MeshError(f"{workload.key} has no sidecar, so no proxy uid")
+        return runtime.proxy_id
 
     def app_uid(self, workload: Workload) -> int:
         """The uid `exec` (and the app) runs as in this workload's pod."""
@@ -222,11 +232,13 @@ class LocalLifecycle(SidecarAgent):
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
             self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
-            self._pods = create_namespaces(self._require_state(), self.topology)
+            state = self._require_state()
+            ids = proxy_ids(host.allocate_proxy_ids(state), self.topology)
+            self._pods = create_namespaces(state, self.topology, ids)
             self._write_initial_config()
             self._start_envoys()
             self._start_apps()
-            wire_network(self.run_id, self.topology)
+            wire_network(self.run_id, self.topology, ids)
             self._wait_ready()
             self._agent = threading.Thread(
                 target=self._rotation_agent, name="meshconform-agent", daemon=True
@@ -358,7 +370,7 @@ class LocalLifecycle(SidecarAgent):
         return self._ca
 
     def _prepare_envoy_binary(self) -> None:
-        # uid 1337 may not traverse the venv (e.g. under /root or a mode-700 home): then give
+        # An Envoy's uid may not traverse the venv (e.g. under /root or a mode-700 home): give
         # Envoy a hard link (or, across filesystems, a copy: ~100 MB) in the run directory.
         source = host.envoy_binary()
         if host.runnable_by_others(source):
@@ -408,20 +420,22 @@ class LocalLifecycle(SidecarAgent):
             paths = runtime.paths
             for sub in (paths.lds.parent, paths.cds.parent, paths.sds_dir):
                 sub.mkdir(parents=True, exist_ok=True)
+            owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
             # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
-            write_text(paths.access_log, "")
-            write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths))
+            write_text(paths.access_log, "", owner=owner)
+            write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths), owner=owner)
             write_json(
                 paths.sds(ROOT_SECRET),
                 xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
+                owner=owner,
             )
             self._issue_cert(runtime, keys.pop())
             render(runtime, plan)
             for path in paths.root.rglob("*"):
-                os.chown(path, PROXY_UID, PROXY_GID)
+                os.chown(path, *owner)
                 if path.is_dir():
                     os.chmod(path, host.PRIVATE_DIR_MODE)
-            os.chown(paths.root, PROXY_UID, PROXY_GID)
+            os.chown(paths.root, *owner)
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
     def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
@@ -438,6 +452,7 @@ class LocalLifecycle(SidecarAgent):
             xds.secret_resources(
                 WORKLOAD_SECRET, cert_pem=cert.cert_pem + self.root_cert, key_pem=cert.key_pem
             ),
+            owner=runtime.proxy_owner,
         )
         runtime.next_rotation = (
             None if self.faults.no_rotation else rotation_time(cert.not_before, cert.not_after)
@@ -469,9 +484,9 @@ class LocalLifecycle(SidecarAgent):
                 runtime,
                 [
                     "setpriv",
-                    f"--reuid={PROXY_UID}",
-                    f"--regid={PROXY_GID}",
-                    "--clear-groups",
+                    f"--reuid={runtime.proxy_id}",
+                    f"--regid={runtime.proxy_id}",
+                    f"--groups={PROXY_GID}",  # to traverse the run directory only
                     *self._pdeathsig(),
                     envoy,
                     "-c",

@@ -7,7 +7,7 @@ istio-iptables-style interception rules. Nothing here is reachable from the root
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pytest_meshconform.backends.local import host, xds
@@ -16,12 +16,13 @@ from pytest_meshconform.backends.local.runtime import PodRuntime
 from pytest_meshconform.backends.local.topology import (
     POD_PREFIX_LEN,
     PROXY_GID,
+    PROXY_UID,
     SERVICE_CIDR,
     Pod,
     Topology,
 )
 
-__all__ = ["create_namespaces", "netns_name", "node_netns", "wire_network"]
+__all__ = ["create_namespaces", "netns_name", "node_netns", "proxy_ids", "wire_network"]
 
 
 def netns_name(run_id: str, pod: Pod) -> str:
@@ -33,9 +34,12 @@ def node_netns(run_id: str) -> str:
     return f"{host.NETNS_PREFIX}{run_id}-node"
 
 
-def create_namespaces(state: host.RunState, topology: Topology) -> dict[str, PodRuntime]:
+def create_namespaces(
+    state: host.RunState, topology: Topology, proxies: Mapping[str, int]
+) -> dict[str, PodRuntime]:
     """Every pod's namespace (and the node's), with its /etc/netns files and its directory
-    in the run directory; the pods' runtimes by workload key."""
+    in the run directory; the pods' runtimes by workload key (`proxies`: each sidecar
+    pod's Envoy uid)."""
     run_id = state.run_id
     names = [node_netns(run_id), *(netns_name(run_id, p) for p in topology.pods)]
     state.add_netns(*names)  # recorded before they exist: a crash now still gets swept
@@ -49,16 +53,29 @@ def create_namespaces(state: host.RunState, topology: Topology) -> dict[str, Pod
         (etc / "resolv.conf").write_text(topology.resolv_conf(pod))
         directory: Path = state.directory / "pods" / pod.workload.key
         directory.mkdir(parents=True)
-        for made in (directory.parent, directory):  # Envoy (group 1337) reaches envoy/
-            host.private_directory(made, group=PROXY_GID)
+        # Every Envoy (group PROXY_GID) traverses pods/, each only its own pod's directory
+        # (its own gid) to its envoy/; a pod without a sidecar keeps its directory root's.
+        host.private_directory(directory.parent, group=PROXY_GID)
+        proxy_id = proxies.get(pod.workload.key)
+        host.private_directory(directory, group=proxy_id)
         runtimes[pod.workload.key] = PodRuntime(
-            pod, netns, directory, xds.SidecarPaths(directory / "envoy")
+            pod, netns, directory, xds.SidecarPaths(directory / "envoy"), proxy_id=proxy_id
         )
     return runtimes
 
 
-def wire_network(run_id: str, topology: Topology) -> None:
-    """Bridge, veth pairs, addresses, routes and nat rules: one command per namespace."""
+def proxy_ids(base: int, topology: Topology) -> dict[str, int]:
+    """Each sidecar pod's Envoy uid (and gid) in a run's block: `base` + the pod's index."""
+    return {
+        pod.workload.key: base + index
+        for index, pod in enumerate(topology.pods)
+        if pod.workload.has_sidecar
+    }
+
+
+def wire_network(run_id: str, topology: Topology, proxies: Mapping[str, int]) -> None:
+    """Bridge, veth pairs, addresses, routes and nat rules: one command per namespace (each
+    sidecar pod's rules exclude its own Envoy's uid and gid, `proxies`)."""
     node = node_netns(run_id)
     node_batch = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
     for index, pod in enumerate(topology.pods):
@@ -82,7 +99,9 @@ def wire_network(run_id: str, topology: Topology) -> None:
         commands.append(
             (
                 host.in_netns(netns, ["iptables-restore"]),
-                istio_iptables_rules(pod, topology).encode(),
+                istio_iptables_rules(
+                    pod, topology, proxy_id=proxies.get(pod.workload.key, PROXY_UID)
+                ).encode(),
             )
         )
     host.run_all(commands)

@@ -29,6 +29,7 @@ class PodRuntime:
     rejected_seen: int = 0  # LDS+CDS rejections and listener create failures already reported
     cert: IssuedCert | None = None
     next_rotation: dt.datetime | None = None
+    proxy_id: int | None = None  # the uid and gid of its Envoy (sidecar pods only)
 
     @property
     def key(self) -> str:
@@ -37,6 +38,13 @@ class PodRuntime:
     @property
     def serves_app(self) -> bool:
         return bool(self.pod.workload.container_ports)
+
+    @property
+    def proxy_owner(self) -> tuple[int, int]:
+        """(uid, gid) of this pod's Envoy: its files are its own."""
+        if self.proxy_id is None:
+            raise ValueError(f"{self.key} has no sidecar")
+        return (self.proxy_id, self.proxy_id)
 
 
 def log_tail(runtime: PodRuntime, name: str = "envoy.log", lines: int = 5) -> str:

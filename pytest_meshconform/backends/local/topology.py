@@ -29,6 +29,13 @@ HTTPBIN_TARGET_PORT = 8080
 # ports: istio/envoy.py).
 PROXY_UID = 1337
 PROXY_GID = 1337
+# The local mesh gives each sidecar its own uid and gid instead (Istio runs every proxy as
+# 1337, one per pod, so nothing is shared there; here all pods share one machine): a block
+# of PROXY_ID_BLOCK ids per run from PROXY_ID_BASE (`host.allocate_proxy_ids`), one id per
+# pod. PROXY_GID stays a supplementary group of every proxy: it only traverses the run
+# directory to the proxy's own pod directory.
+PROXY_ID_BASE = 1_337_000_000
+PROXY_ID_BLOCK = 256  # more than the 200 pods a topology may have
 EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
 # The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as
