@@ -159,6 +159,12 @@ class WorkloadHandle:
         return self.workload.has_sidecar
 
     @property
+    def dataplane(self) -> Literal["sidecar", "ambient", "none"]:
+        """The pod's data plane: `sidecar` (an Envoy sidecar), `ambient` (ztunnel captures its
+        traffic, HBONE between ambient pods) or `none`."""
+        return self.workload.dataplane
+
+    @property
     def spiffe_id(self) -> str:
         return self.workload.spiffe_id(self.mesh.trust_domain)
 
@@ -245,8 +251,8 @@ class WorkloadHandle:
         return self.key
 
     def __repr__(self) -> str:  # pytest prints fixtures' reprs with a failure: keep it short
-        sidecar = "sidecar" if self.has_sidecar else "no sidecar"
-        return f"<WorkloadHandle {self.key} ({sidecar}) on the {self.mesh.backend} mesh>"
+        plane = {"sidecar": "sidecar", "ambient": "ambient", "none": "no sidecar"}[self.dataplane]
+        return f"<WorkloadHandle {self.key} ({plane}) on the {self.mesh.backend} mesh>"
 
     def tcp(
         self,
