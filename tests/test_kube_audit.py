@@ -386,7 +386,9 @@ class LedgerIstio(AuditIstio):
             channel.send(1, RBAC_403 + WRITE_OUT_MARKER.encode() + b'{"http_code":403}')
             channel.send_status({"metadata": {}, "status": "Success"})
             return
-        if call.command[:2] == ["sh", "-c"] and call.command[-1].startswith("telnet://"):
+        if call.command[:2] == ["sh", "-c"] and any(
+            arg.startswith("telnet://") for arg in call.command
+        ):
             channel.send(2, b"* Connected to ledger.payments (10.96.0.20) port 5432\n")
             channel.send(1, TCP_WRITE_OUT_MARKER.encode() + b'{"time_connect":0.001}')
             channel.send_status({"metadata": {}, "status": "Success"})

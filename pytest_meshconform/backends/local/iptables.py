@@ -16,6 +16,11 @@ from pytest_meshconform.istio.envoy import (
     INBOUND_PASSTHROUGH_BIND,
     OUTBOUND_CAPTURE_PORT,
 )
+from pytest_meshconform.istio.ztunnel import (
+    HBONE_PORT,
+    ZTUNNEL_INBOUND_PLAINTEXT_PORT,
+    ZTUNNEL_OUTBOUND_PORT,
+)
 
 
 def istio_iptables_rules(pod: Pod, topology: Topology, *, proxy_id: int = PROXY_UID) -> str:
@@ -26,7 +31,8 @@ def istio_iptables_rules(pod: Pod, topology: Topology, *, proxy_id: int = PROXY_
     127.0.0.6 excluded. The proxy's uid and gid are `proxy_id` (Istio's 1337 by default; the
     local mesh gives each sidecar its own, and each pod's namespace has its own rules). Every
     pod gets kube-proxy-style DNAT of Service VIPs, jumped from OUTPUT after ISTIO_OUTPUT, so
-    Envoy and naked apps reach the endpoint's target port.
+    Envoy and naked apps reach the endpoint's target port. Ambient pods get istio-cni's in-pod
+    rules instead (`_inpod_rules`).
     """
     services = [
         f"-A MC_SERVICES -d {e.vip}/32 -p tcp --dport {e.service.port} -j DNAT"
@@ -61,5 +67,29 @@ def istio_iptables_rules(pod: Pod, topology: Topology, *, proxy_id: int = PROXY_
             "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
             f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}",
         ]
+    elif pod.workload.ambient:
+        lines += _inpod_rules(proxy_id)
     lines += ["-A OUTPUT -p tcp -j MC_SERVICES", *services, "COMMIT", ""]
     return "\n".join(lines)
+
+
+def _inpod_rules(proxy_id: int) -> list[str]:
+    """istio-cni's in-pod redirection for an ambient pod (cni/pkg/iptables/iptables.go; golden
+    cni/pkg/iptables/testdata/default.golden), in the nat table only: inbound TCP to 15008 goes
+    to ztunnel's HBONE listener, other inbound TCP to 15006 (istio-cni uses TPROXY in mangle,
+    keeping the original destination; REDIRECT keeps it too, for SO_ORIGINAL_DST), outbound
+    TCP not to 127.0.0.1 to 15001. ztunnel's own connections are let through by their mark
+    0x539 there; here by the uid of the pod's ztunnel Envoy (`proxy_id`), which has no
+    CAP_NET_ADMIN to set a mark. RETURN instead of ACCEPT: the Service DNAT follows."""
+    return [
+        ":ISTIO_PRERT - [0:0]",
+        ":ISTIO_OUTPUT - [0:0]",
+        "-A PREROUTING -j ISTIO_PRERT",
+        f"-A ISTIO_PRERT -p tcp --dport {HBONE_PORT} -j RETURN",
+        f"-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports"
+        f" {ZTUNNEL_INBOUND_PLAINTEXT_PORT}",
+        "-A OUTPUT -j ISTIO_OUTPUT",
+        f"-A ISTIO_OUTPUT -m owner --uid-owner {proxy_id} -j RETURN",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j RETURN",
+        f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports {ZTUNNEL_OUTBOUND_PORT}",
+    ]

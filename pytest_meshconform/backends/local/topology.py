@@ -88,7 +88,10 @@ class Topology:
             if pod.workload.name == name and pod.workload.namespace == namespace:
                 return pod
         known = ", ".join(p.workload.key for p in self.pods)
-        raise KeyError(f"no workload {name}.{namespace} in the local mesh (have: {known})")
+        raise KeyError(
+            f"no workload {name}.{namespace} in the local mesh (have: {known}); a suite written"
+            " for its own topology runs with --mesh-topology=PATH"
+        )
 
     def pod_of(self, workload: Workload) -> Pod:
         return self.pod(workload.name, workload.namespace)

@@ -53,9 +53,9 @@ DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
 }
 # The app kinds that serve ports: what a port's `serves` may name.
 SERVING_KINDS: Final = ("httpbin", "tcp-echo")
-# A namespace's data plane: Envoy sidecars (istio-injection=enabled) or none. Istio's ambient
-# mode would be a third value; the local mesh does not run it.
-DATAPLANES: Final = ("sidecar", "none")
+# A namespace's data plane: Envoy sidecars (istio-injection=enabled), ambient (the namespace
+# labelled istio.io/dataplane-mode=ambient: ztunnel captures its pods) or none.
+DATAPLANES: Final = ("sidecar", "ambient", "none")
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -202,8 +202,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         if namespace in seen_namespaces:
             raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
         seen_namespaces.add(namespace)
-        injected = _dataplane(ctx, ns_node, fields, where) == "sidecar"
-        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, injected, len(pods))
+        dataplane = _dataplane(ctx, ns_node, fields, where)
+        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, dataplane, len(pods))
         pods += ns_pods
         entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, len(entries))
     if len(pods) > _MAX_PODS:
@@ -286,7 +286,7 @@ def _workloads(
     node: yaml.Node | None,
     where: str,
     namespace: str,
-    injected: bool,
+    dataplane: str,
     first_index: int,
 ) -> list[Pod]:
     pods: list[Pod] = []
@@ -358,9 +358,10 @@ def _workloads(
             namespace=namespace,
             app=labels["app"],
             service_account=account,
-            has_sidecar=injected,
+            has_sidecar=dataplane == "sidecar",
             labels=labels,
             container_ports=ports,
+            ambient=dataplane == "ambient",
         )
         pods.append(
             Pod(
