@@ -41,17 +41,8 @@ from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.mesh import Workload
 
 PAYMENTS = Path(__file__).parents[1] / "examples" / "payments" / "topology.yaml"
-LEDGER_WEB_ONLY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: ledger-web-only, namespace: payments}
-spec:
-  selector: {matchLabels: {app: ledger}}
-  action: ALLOW
-  rules:
-    - from:
-        - source: {principals: ["cluster.local/ns/checkout/sa/checkout-web"]}
-"""
+POLICIES = PAYMENTS.parent / "policies"
+LEDGER_WEB_ONLY = (POLICIES / "ledger-web-only.yaml").read_text()
 LEDGER_AUDIT_ONLY = """\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -63,12 +54,18 @@ spec:
     - from:
         - source: {namespaces: ["meshconform-audit"]}
 """
-PAYMENTS_STRICT = """\
+LEDGER_FROM_ELSEWHERE = """\
 apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: payments}
-spec: {mtls: {mode: STRICT}}
+kind: AuthorizationPolicy
+metadata: {name: ledger-elsewhere, namespace: payments}
+spec:
+  selector: {matchLabels: {app: ledger}}
+  action: ALLOW
+  rules:
+    - from:
+        - source: {ipBlocks: ["192.0.2.0/24"]}
 """
+PAYMENTS_STRICT = (POLICIES / "payments-strict.yaml").read_text()
 LEDGER = Workload(
     name="ledger",
     namespace="payments",
@@ -262,9 +259,27 @@ CASES = {
         },
         {
             80: "accepts plaintext; required STRICT; authorization denied the plaintext probe"
-            f" ({RBAC}; AuthorizationPolicy payments/ledger-audit)",
+            f" ({RBAC}; AuthorizationPolicy payments/ledger-audit), as the AuthorizationPolicies"
+            " predict",
             5432: "accepts plaintext; required STRICT; authorization denied the plaintext probe"
-            " (closed without a byte; AuthorizationPolicy payments/ledger-audit)",
+            " (closed without a byte; AuthorizationPolicy payments/ledger-audit), as the"
+            " AuthorizationPolicies predict",
+        },
+    ),
+    "an AuthorizationPolicy on addresses the audit cannot predict": (
+        [LEDGER_FROM_ELSEWHERE],
+        0,
+        {
+            80: ("PERMISSIVE", "PERMISSIVE", RBAC, "denied", RBAC, "denied", "pass"),
+            5432: ("PERMISSIVE", "PERMISSIVE", "closed", "denied", "closed", "denied", "pass"),
+        },
+        {
+            80: f"mTLS and plaintext, as predicted; authorization denied both probes ({RBAC};"
+            " AuthorizationPolicy payments/ledger-elsewhere), which the audit cannot predict (a"
+            " rule on the probe's address or headers)",
+            5432: "mTLS and plaintext, as predicted; authorization denied both probes (closed"
+            " without a byte; AuthorizationPolicy payments/ledger-elsewhere), which the audit"
+            " cannot predict (a rule on the probe's address or headers)",
         },
     ),
 }

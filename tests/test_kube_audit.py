@@ -396,13 +396,9 @@ class LedgerIstio(AuditIstio):
         super().__call__(call, channel)
 
 
-def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
-    tmp_path: Path,
-) -> None:
-    """The kube side builds the local audit's verdict (tests/test_audit_authorization.py):
-    both probes got through the PERMISSIVE mode (the mesh probe's mTLS answered by a
-    ServerHello on the recorded wire), and authorization denied both, as the cluster's own
-    AuthorizationPolicy predicts: a pass, never a CLOSED port."""
+def _ledger_audit(tmp_path: Path, *policies: dict[str, Any]) -> tuple[AuditCluster, Any]:
+    """The audit of a cluster running ledger (ports 80 and 5432) whose sidecar denies both
+    probes (`LedgerIstio`), with ``policies`` in the cluster before the audit."""
     fake = AuditCluster()
     for namespace in ("foo", "bar"):
         del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
@@ -418,7 +414,8 @@ def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
         }
     ]
     fake.pods["payments"] = [pod_json("ledger-5f6d-x1", "payments", "ledger", sidecar=True)]
-    fake.apply(LEDGER_WEB_ONLY)  # the user's policy, there before the audit
+    for policy in policies:
+        fake.apply(policy)  # the user's policies, there before the audit
     fake.calls.clear()
     istio = LedgerIstio(fake)
     with FakeApiServer(exec_handler=istio) as server:
@@ -448,6 +445,17 @@ def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
             result = run_audit(mesh)
         finally:
             mesh.close()
+    return fake, result
+
+
+def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
+    tmp_path: Path,
+) -> None:
+    """The kube side builds the local audit's verdict (tests/test_audit_authorization.py):
+    both probes got through the PERMISSIVE mode (the mesh probe's mTLS answered by a
+    ServerHello on the recorded wire), and authorization denied both, as the cluster's own
+    AuthorizationPolicy predicts: a pass, never a CLOSED port."""
+    fake, result = _ledger_audit(tmp_path, LEDGER_WEB_ONLY)
     report = result.to_dict()
     jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
     ports = {p["port"]: p for p in report["ports"]}
@@ -475,3 +483,38 @@ def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
     assert ports[5432]["evidence"]["plaintext"]["outcome"] == "closed"
     # the policy was read (the predictions above come from it), nothing of the user's written
     assert all("meshconform-audit-c0ffee" in c for c in fake.calls if not c.startswith("list"))
+
+
+def test_a_denial_no_policy_of_the_cluster_predicts_fails_the_port(tmp_path: Path) -> None:
+    """The same sidecar answers, but the cluster holds no AuthorizationPolicy: Istio's
+    policies predict both probes allowed, so each denial is named and the port fails, its mode
+    still PERMISSIVE."""
+    _, result = _ledger_audit(tmp_path)
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    ports = {p["port"]: p for p in report["ports"]}
+    for number in (80, 5432):
+        port = ports[number]
+        assert (port["observed"], port["verdict"], port["conforms"]) == (
+            "PERMISSIVE",
+            "fail",
+            False,
+        )
+        assert port["authorization"] == {
+            "policies": [],
+            "expected": {"mesh": "allowed", "plaintext": "allowed"},
+            "observed": {"mesh": "denied", "plaintext": "denied"},
+            "conforms": False,
+        }
+    assert ports[80]["reason"] == (
+        "mTLS and plaintext, as predicted; authorization denied the mesh probe (HTTP 403 RBAC:"
+        " access denied); Istio's policies predict allowed; authorization denied the plaintext"
+        " probe (HTTP 403 RBAC: access denied); Istio's policies predict allowed"
+    )
+    assert ports[5432]["reason"] == (
+        "mTLS and plaintext, as predicted; authorization denied the mesh probe (closed without"
+        " a byte: the RBAC filter's close, or the app's own); Istio's policies predict allowed;"
+        " authorization denied the plaintext probe (closed without a byte: the RBAC filter's"
+        " close, or the app's own); Istio's policies predict allowed"
+    )
+    assert result.passed is False

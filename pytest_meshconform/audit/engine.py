@@ -156,6 +156,10 @@ _MODE_WORDS = {
     "PLAINTEXT": "plaintext only",
     "CLOSED": "refuses both probes",
 }
+_WHY_UNCLEAR = {
+    "refused": ": nothing listens on the target port",
+    "timeout": ": no connection within the time",
+}
 _HOW_DENIED = {True: "HTTP 403 RBAC: access denied", False: "closed without a byte"}
 
 
@@ -193,7 +197,12 @@ def _authz_note(port: ServicePort, probes: dict[str, ProbeAttempt]) -> str:
         f"{p.namespace or 'default'}/{p.name}"
         for p in (() if port.authorization is None else port.authorization.policies)
     )
-    return f"; authorization denied {who} ({how}; AuthorizationPolicy {policies})"
+    expected = {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext}
+    if all(expected[name] == "denied" for name in denied):
+        why = ", as the AuthorizationPolicies predict"
+    else:  # predicted `unknown`: a rule on the probe's address or a header it may send
+        why = ", which the audit cannot predict (a rule on the probe's address or headers)"
+    return f"; authorization denied {who} ({how}; AuthorizationPolicy {policies}){why}"
 
 
 def _judge(
@@ -214,10 +223,10 @@ def _judge(
     note = _authz_note(port, probes)
     if observed == "INCONCLUSIVE" or (wire.flows == 0 and observed != "CLOSED"):
         unclear = [
-            f"the {name} probe's outcome ({p.outcome}) cannot tell whether the endpoint took"
-            " the connection"
+            f"the {name} probe's outcome ({p.outcome}{_WHY_UNCLEAR.get(p.outcome, '')}) cannot"
+            " tell whether the endpoint's mode let it through"
             for name, p in (("plaintext", plaintext), ("mesh", mesh_request))
-            if p.admitted is None
+            if p.admitted is None and not (name == "mesh" and wire.flows == 0)
         ]
         return observed, "error", "; ".join(problems + unclear), conforms, not authz_problems, meets
     if not mode_conforms:
@@ -240,8 +249,7 @@ def _judge(
         else:
             reason = f"observed {observed}; required {require}"
         return observed, "fail", reason + note, conforms, True, meets
-    predicted = ", as the AuthorizationPolicies predict" if note else ""
-    reason = f"{_MODE_WORDS[observed]}, as predicted{note}{predicted}"
+    reason = f"{_MODE_WORDS[observed]}, as predicted{note}"
     return observed, "pass", reason, conforms, True, meets
 
 

@@ -158,7 +158,8 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         elif http.reset:
             admitted, authz = False, "not reached"
         outcome = f"{http.outcome} {RBAC_DENIED_BODY}" if denied else http.outcome
-        detail = http.stderr.strip() or http.body.decode(errors="replace").strip()
+        # curl's error, or the body of a denial (an app's page would only be noise here)
+        detail = http.stderr.strip() or (RBAC_DENIED_BODY if denied else "")
         return ProbeAttempt(
             client=client.key,
             target=url,
