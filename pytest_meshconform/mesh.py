@@ -57,6 +57,8 @@ class Workload:
     container_ports: tuple[int, ...] = ()
     # enrolled in ambient mode (istio-cni captures its traffic to ztunnel); never with a sidecar
     ambient: bool = False
+    # the pod's annotations (those the local mesh reads: istio.interception's)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -24,6 +24,7 @@ from pytest_meshconform.backends.local.topology import (
     ServiceEntry,
     Topology,
 )
+from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
@@ -281,6 +282,22 @@ def _workload_ports(
     return tuple(ports), tuple(served)
 
 
+def _annotations(ctx: _Ctx, node: yaml.Node, field: str) -> dict[str, str]:
+    """A pod's annotations: string values; the interception ones checked as Istio's injector
+    checks them (it refuses the pod otherwise)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, field, f"expected a mapping, got {_describe(node)}")
+    result: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        key = ctx.string(key_node, f"{field} key")
+        result[key] = ctx.string(value_node, f"{field}.{key}")
+        try:
+            sidecar_interception({key: result[key]})
+        except InterceptionError as exc:
+            raise ctx.error(value_node, f"{field}.{key}", str(exc)) from None
+    return result
+
+
 def _workloads(
     ctx: _Ctx,
     node: yaml.Node | None,
@@ -298,7 +315,7 @@ def _workloads(
         fields = ctx.mapping(
             w_node,
             field,
-            ("name", "kind", "serviceAccount", "labels", "ports"),
+            ("name", "kind", "serviceAccount", "labels", "annotations", "ports"),
             ("name",),
         )
         if first_index + len(pods) >= _MAX_PODS:  # stop here: the rest is not even read
@@ -337,6 +354,11 @@ def _workloads(
                 f"{field}.labels.app",
                 "required: Services select their endpoints by the app label",
             )
+        annotations = (
+            _annotations(ctx, fields["annotations"], f"{field}.annotations")
+            if "annotations" in fields
+            else {}
+        )
         ports = DEFAULT_PORTS[kind] if kind is not None else ()
         served: tuple[tuple[int, str], ...] = ()
         if "ports" in fields:
@@ -362,6 +384,7 @@ def _workloads(
             labels=labels,
             container_ports=ports,
             ambient=dataplane == "ambient",
+            annotations=annotations,
         )
         pods.append(
             Pod(
