@@ -392,12 +392,14 @@ def test_evidence_without_artifacts_dir_points_at_the_files(suite_dir: pytest.Py
     )
 
 
-def test_unwritable_report_fails_the_run(pytester: pytest.Pytester) -> None:
+def test_unwritable_report_stops_the_run_before_it_starts(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
     (pytester.path / "blocker").write_text("a file, not a directory")
     result = _run(pytester, "--mesh-report=blocker/report.yaml")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["meshconform: report: cannot write */blocker/report.yaml: *"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # tests/test_outputs.py: every case
+    result.stderr.fnmatch_lines(
+        ["ERROR: --mesh-report */blocker/report.yaml: */blocker is a file, not a directory: *"]
+    )
 
 
 # --- --mesh-baseline --------------------------------------------------------------------------

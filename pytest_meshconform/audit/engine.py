@@ -29,6 +29,7 @@ from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.istio.api import PolicyError
 from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
+from pytest_meshconform.outputs import write_file
 
 __all__ = [
     "AuditResult",
@@ -290,9 +291,8 @@ def probe_port(
             mesh_request, mesh_answered = _attempt(mesh, probe, port, host)
         kept = None
         if evidence_dir is not None:  # the mesh's own copy goes with the mesh
-            evidence_dir.mkdir(parents=True, exist_ok=True)
             kept = evidence_dir / f"{port.key.replace(':', '-')}.pcap"
-            kept.write_bytes(recording.pcap)
+            write_file(kept, recording.pcap)  # 0600 in a 0700 directory, whatever the umask
         wire = _wire(recording.pcap, kept, svc.target_port)
     except (MeshError, CaptureError, OSError) as exc:
         return PortResult(

@@ -476,7 +476,8 @@ class MeshReportPlugin:
 
 
 def configure(config: pytest.Config) -> None:
-    """Register the report plugin for this run; read the baseline now, so a bad one stops early."""
+    """Register the report plugin for this run; read the baseline and check where the reports
+    and the evidence go now, so a bad path stops the run before any mesh is brought up."""
     from pytest_meshconform.plugin.options import mesh_settings_key
 
     settings = config.stash[mesh_settings_key]
@@ -486,5 +487,30 @@ def configure(config: pytest.Config) -> None:
             baseline = load_report(settings.baseline)
         except ReportError as error:
             raise pytest.UsageError(f"--mesh-baseline: {error}") from None
+    if not config.option.collectonly:  # --collect-only writes nothing
+        check_outputs(config, settings)
     if not config.pluginmanager.has_plugin(PLUGIN_NAME):
         config.pluginmanager.register(MeshReportPlugin(config, settings, baseline), PLUGIN_NAME)
+
+
+def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
+    """Every ``--mesh-report`` and ``--mesh-artifacts`` path can be written (`outputs`), or a
+    ``pytest.UsageError`` (exit 4): one line naming the path and the fix."""
+    from pytest_meshconform.outputs import (
+        OutputPathError,
+        check_output_directory,
+        check_output_file,
+    )
+
+    def spelled(name: str) -> str:
+        given = config.getoption(f"mesh_{name}")
+        return f"--mesh-{name}" if given else f"mesh_{name} (ini option)"
+
+    try:
+        for path in (settings.report, *settings.extra_reports):
+            if path is not None:
+                check_output_file(spelled("report"), path)
+        if settings.artifacts is not None:
+            check_output_directory(spelled("artifacts"), settings.artifacts)
+    except OutputPathError as error:
+        raise pytest.UsageError(str(error)) from None
