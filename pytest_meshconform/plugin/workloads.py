@@ -258,8 +258,9 @@ class WorkloadHandle:
     ) -> TcpResult:
         """Open a TCP connection from this workload's pod to `server`'s Service at `port` (a
         Service port number or name; by default the Service's only TCP port), send `send` and
-        keep what comes back until the server closes the connection or `timeout` seconds pass
-        (a connection the server keeps open, as an echo server does, takes the whole timeout).
+        keep what comes back until the server closes the connection, the bytes received end
+        with `send` (an echo came back: the probe closes the connection, `TcpResult.echoed`) or
+        `timeout` seconds pass.
 
         Returns a `TcpResult`: `reset` (a STRICT server sidecar refusing plaintext), `refused`
         (nothing listening), `connected` with the bytes `received`, `outcome` in a word. A port
