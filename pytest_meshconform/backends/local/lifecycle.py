@@ -47,7 +47,12 @@ from pytest_meshconform import signals
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.agent import SidecarAgent
 from pytest_meshconform.backends.local.ca import MeshCA, WorkloadPrivateKey
-from pytest_meshconform.backends.local.control import Faults, plan_sidecars
+from pytest_meshconform.backends.local.control import (
+    Faults,
+    issued_identity,
+    plan_sidecars,
+    plan_ztunnels,
+)
 from pytest_meshconform.backends.local.delivery import (
     ENVOY_CONCURRENCY,
     render,
@@ -66,6 +71,8 @@ from pytest_meshconform.backends.local.topology import (
     Pod,
     Topology,
 )
+from pytest_meshconform.backends.local.xds import SidecarPlan
+from pytest_meshconform.backends.local.ztunnel import ZtunnelPlan, ztunnel_bootstrap
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
@@ -142,15 +149,18 @@ class LocalLifecycle(SidecarAgent):
         """The uid `exec` (and the app) runs as in this workload's pod."""
         return 0 if self._pod(workload).workload.container_ports else APP_UID
 
-    def exec_argv(self, workload: Workload, argv: Sequence[str]) -> list[str]:
-        """The full command line `exec` runs, for callers that need a long-lived process.
+    def exec_argv(
+        self, workload: Workload, argv: Sequence[str], *, uid: int | None = None
+    ) -> list[str]:
+        """The full command line `exec` runs, for callers that need a long-lived process
+        (``uid``: another uid than the app's, 0 for the project's own Python, see `grpc_exec`).
 
         It carries PR_SET_PDEATHSIG: the process dies with the thread that starts it.
         """
         runtime = self._runtime(workload)
         if not argv:
             raise MeshError(f"exec in {workload.key}: empty command")
-        uid = self.app_uid(workload)
+        uid = self.app_uid(workload) if uid is None else uid
         drop = [] if uid == 0 else [f"--reuid={uid}", f"--regid={APP_GID}", "--clear-groups"]
         return host.in_netns(runtime.netns, ["setpriv", *drop, "--pdeathsig=KILL", *argv])
 
@@ -183,7 +193,21 @@ class LocalLifecycle(SidecarAgent):
         Raises SidecarDied when a process of the mesh has died or stopped: nothing run now
         would be evidence, and a stopped sidecar would make every request wait its timeout.
         """
-        command = self.exec_argv(workload, list(argv))
+        return self._run_in_pod(workload, self.exec_argv(workload, list(argv)), argv, timeout)
+
+    def grpc_exec(
+        self, workload: Workload, args: Sequence[str], timeout: float = 30.0
+    ) -> ExecResult:
+        """Run meshconform's gRPC client (`grpc_echo`, grpcio) with ``args`` in the workload's
+        pod. It runs as root, as the apps do: the project's Python may live where no other uid
+        can read it (docs/istio-facts.md); its traffic is intercepted as any app's (only the
+        proxy's uid is exempt)."""
+        argv = [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_echo", *args]
+        return self._run_in_pod(workload, self.exec_argv(workload, argv, uid=0), argv, timeout)
+
+    def _run_in_pod(
+        self, workload: Workload, command: list[str], argv: Sequence[str], timeout: float
+    ) -> ExecResult:
         self._raise_if_broken()
         try:
             proc = subprocess.run(
@@ -410,9 +434,12 @@ class LocalLifecycle(SidecarAgent):
             log.close()
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(
-            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
-        )
+        plans: dict[str, SidecarPlan | ZtunnelPlan] = {
+            **plan_sidecars(
+                self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+            ),
+            **plan_ztunnels(self.topology, [], self.root_namespace, self.faults),
+        }
         ca = self._require_ca()
         keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
@@ -423,7 +450,12 @@ class LocalLifecycle(SidecarAgent):
             owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
             # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
             write_text(paths.access_log, "", owner=owner)
-            write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths), owner=owner)
+            config = (
+                ztunnel_bootstrap(runtime.pod, paths)
+                if isinstance(plan, ZtunnelPlan)
+                else xds.bootstrap(runtime.pod, paths)
+            )
+            write_json(paths.bootstrap, config, owner=owner)
             write_json(
                 paths.sds(ROOT_SECRET),
                 xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
@@ -439,13 +471,8 @@ class LocalLifecycle(SidecarAgent):
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
     def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
-        w = runtime.pod.workload
-        service_account = (
-            f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
-        )
-        cert = self._require_ca().issue_workload(
-            w.namespace, service_account, self.cert_ttl, key=key
-        )
+        namespace, service_account = issued_identity(runtime.pod.workload, self.faults)
+        cert = self._require_ca().issue_workload(namespace, service_account, self.cert_ttl, key=key)
         runtime.cert = cert
         write_json(
             runtime.paths.sds(WORKLOAD_SECRET),
@@ -478,7 +505,7 @@ class LocalLifecycle(SidecarAgent):
     def _start_envoys(self) -> None:
         envoy = str(self._envoy_path)
         for runtime in self._pods.values():
-            if not runtime.pod.workload.has_sidecar:
+            if runtime.proxy_id is None:  # neither a sidecar nor ambient (ztunnel's Envoy)
                 continue
             runtime.envoy = self._spawn(
                 runtime,
