@@ -470,18 +470,16 @@ class MeshReportPlugin:
     def _unwritable_pages(self) -> list[str]:
         """The further reports (HTML, Markdown, copies of the record) `plugin.render` writes
         once the record is written: one that cannot be written fails the run, so the record
-        and every page must say so. Tried now, leaving nothing behind."""
+        and every page must say so. Checked again now (`check_outputs` did before the run: a
+        test may have taken the path since), creating nothing."""
+        from pytest_meshconform.outputs import OutputPathError, check_output_file
+
         problems = []
         for path in self.settings.extra_reports:
-            partial = path.with_name(f".{path.name}.partial")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if path.is_dir():
-                    raise IsADirectoryError(f"{path} is a directory")
-                partial.open("w", encoding="utf-8").close()
-                partial.unlink()
-            except OSError as error:
-                problems.append(f"cannot write {path}: {error}")
+                check_output_file("cannot write", path)  # "cannot write PATH: why: the fix"
+            except OutputPathError as error:
+                problems.append(str(error))
         return problems
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
