@@ -145,6 +145,27 @@ def test_an_artifacts_path_that_is_a_file_stops_the_run(tmp_path: Path) -> None:
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_step_summary_that_is_a_fifo_stops_the_run_instead_of_blocking_its_end(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_plain.py").write_text(PLAIN_SUITE)
+    os.mkfifo(tmp_path / "summary.md")
+    result = subprocess.run(
+        PYTEST,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")},
+    )
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert error_lines(result) == [
+        f"ERROR: GITHUB_STEP_SUMMARY {tmp_path}/summary.md: is a FIFO (named pipe), not a"
+        " regular file: meshconform writes only regular files; name a new path"
+    ]
+    assert not (tmp_path / "ran").exists()
+
+
 def test_an_ini_report_path_is_named_as_the_ini_option(tmp_path: Path) -> None:
     (tmp_path / "test_plain.py").write_text(PLAIN_SUITE)
     (tmp_path / "pytest.ini").write_text("[pytest]\nmesh_report = out.yaml\n")

@@ -539,8 +539,9 @@ def configure(config: pytest.Config) -> None:
 
 
 def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
-    """Every ``--mesh-report`` and ``--mesh-artifacts`` path can be written (`outputs`), or a
-    ``pytest.UsageError`` (exit 4): one line naming the path and the fix."""
+    """Every ``--mesh-report`` and ``--mesh-artifacts`` path (and ``GITHUB_STEP_SUMMARY``) can
+    be written (`outputs`), or a ``pytest.UsageError`` (exit 4): one line naming the path and
+    the fix."""
     from pytest_meshconform.outputs import (
         OutputPathError,
         check_output_directory,
@@ -557,5 +558,8 @@ def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
                 check_output_file(spelled("report"), path)
         if settings.artifacts is not None:
             check_output_directory(spelled("artifacts"), settings.artifacts)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")  # appended to (plugin/render.py)
+        if summary:
+            check_output_file("GITHUB_STEP_SUMMARY", Path(summary))
     except OutputPathError as error:
         raise pytest.UsageError(str(error)) from None
