@@ -203,3 +203,31 @@ def test_ambient_pods_speak_hbone_and_enforce_ztunnels_verdicts(
     assert pids, output[-2000:]
     alive = [pid for pid in map(int, pids.group(1).split()) if host.proc_start_ticks(pid)]
     assert not alive, f"mesh processes left running: {alive}"
+
+
+AMBIENT_FAULTS = [
+    # ztunnel ignores the policies istiod derives from STRICT: plaintext is answered
+    (
+        "strict-as-permissive",
+        "strict_resets",
+        "*AssertionError: nightly.batch -> http://ledger.shop:80/headers: HTTP 200*",
+    ),
+    # certificates name another service account: the identity test sees it
+    ("wrong-spiffe-id", "spiffe_identity", "*sa/shop-ledger-impostor*"),
+]
+
+
+@needs_local_mesh
+@pytest.mark.parametrize(("fault", "selected", "line"), AMBIENT_FAULTS)
+def test_the_ambient_tests_fail_on_a_broken_ztunnel(
+    pytester: pytest.Pytester, fault: str, selected: str, line: str
+) -> None:
+    """No false greens: each test above fails when the local ztunnel breaks what it proves."""
+    pytester.makefile(".yaml", shop=SHOP_TOPOLOGY)
+    pytester.makepyfile(test_shop=SUITE)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--mesh-topology=shop.yaml", f"--mesh-fault={fault}", "-k", selected
+    )
+    result.assert_outcomes(failed=1, deselected=5)
+    result.stdout.fnmatch_lines([line])
+    assert_runs_left_nothing(result.stdout.str())
