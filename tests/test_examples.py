@@ -33,3 +33,23 @@ def test_the_payments_suite_passes_on_its_own_topology(pytester: pytest.Pytester
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(["*topology=*examples/payments/topology.yaml*"])
     assert_runs_left_nothing(result.stdout.str())
+
+
+@needs_local_mesh
+def test_the_payments_suite_without_its_topology_fails_and_says_why(
+    pytester: pytest.Pytester,
+) -> None:
+    """Forgetting --mesh-topology is no green run: the tests that name a missing workload are
+    skipped, the table that calls them errors naming the fix, and the run exits 1."""
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rfEs", str(PAYMENTS))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=1, skipped=6)
+    result.stdout.fnmatch_lines(
+        [
+            "*MeshError: no workload web.checkout in the local mesh (have: sleep.foo, *);"
+            " a suite written for its own topology runs with --mesh-topology=PATH*",
+            "*SKIPPED*the mesh's topology has no workload*which this test needs*",
+        ],
+        consecutive=False,
+    )
+    assert_runs_left_nothing(result.stdout.str())

@@ -139,6 +139,11 @@ def _message_of(report: pytest.TestReport) -> str | None:
     return text or None
 
 
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip()[:_MAX_MESSAGE_CHARS] if lines else ""
+
+
 def _attach(report: pytest.TestReport, title: str, content: str) -> None:
     """Show content with the failure, in the terminal and in JUnit's <failure>/<error> text.
 
@@ -194,6 +199,7 @@ class MeshReportPlugin:
         self.diff: ReportDiff | None = None
         self.write_error: str | None = None
         self.archive_errors: list[str] = []
+        self.stopped: str | None = None  # why the run stopped early, when it said so
         self._directories: dict[Path, str] = {}
         # failures' evidence listings without --mesh-artifacts: (report, text, label -> path)
         self._temporary: list[tuple[pytest.TestReport, str, dict[str, Path]]] = []
@@ -326,6 +332,18 @@ class MeshReportPlugin:
 
     # -- the end -----------------------------------------------------------------------------
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, a signal (`signals`: "SIGTERM: ending the run, ...") or `pytest.exit(msg)`:
+        the report says why the run stopped, when the exception says it."""
+        value = excinfo.value
+        if isinstance(value, pytest.Session.Interrupted):
+            return  # pytest's own stop ("1 error during collection"): the report says it
+        said = getattr(value, "msg", None) if isinstance(value, pytest.exit.Exception) else value
+        self.stopped = _first_line(str(said or "")) or None
+
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.stopped = _first_line(f"{excinfo.typename}: {excinfo.value}")
+
     def build_report(self, exit_status: int) -> ConformanceReport:
         """The report of the run so far; collected tests without a result are ``notrun``."""
         report_dir = None if self.settings.report is None else self.settings.report.parent
@@ -433,11 +451,13 @@ class MeshReportPlugin:
             report = dataclasses.replace(
                 report, comparison=comparison_of(self.diff, str(self.settings.baseline))
             )
-        report = dataclasses.replace(
-            report,
-            exit_status=int(session.exitstatus),
-            reasons=() if nothing_tested is None else (nothing_tested,),
-        )
+        unwritable = self._unwritable_pages()
+        if unwritable and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        status = int(session.exitstatus)
+        said = (self.stopped, nothing_tested, *unwritable)
+        reasons = tuple(reason for reason in said if reason) if status else ()
+        report = dataclasses.replace(report, exit_status=status, reasons=reasons)
         self.report = report
         if self.settings.report is not None:
             try:
@@ -446,6 +466,23 @@ class MeshReportPlugin:
                 self.write_error = f"cannot write {self.settings.report}: {error}"
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _unwritable_pages(self) -> list[str]:
+        """The further reports (HTML, Markdown, copies of the record) `plugin.render` writes
+        once the record is written: one that cannot be written fails the run, so the record
+        and every page must say so. Tried now, leaving nothing behind."""
+        problems = []
+        for path in self.settings.extra_reports:
+            partial = path.with_name(f".{path.name}.partial")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_dir():
+                    raise IsADirectoryError(f"{path} is a directory")
+                partial.open("w", encoding="utf-8").close()
+                partial.unlink()
+            except OSError as error:
+                problems.append(f"cannot write {path}: {error}")
+        return problems
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         comparison = None if self.report is None else self.report.comparison

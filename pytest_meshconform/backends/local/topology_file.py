@@ -24,6 +24,7 @@ from pytest_meshconform.backends.local.topology import (
     ServiceEntry,
     Topology,
 )
+from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
@@ -44,15 +45,17 @@ BUILTIN_TOPOLOGY: Final = Path(__file__).with_name("builtin_topology.yaml")
 
 # The app kinds a workload may run, and the container ports each serves when `ports` is not
 # given: httpbin (HTTP, as Istio's samples/httpbin), sleep (a curl client, serves nothing) and
-# tcp-echo (answers each line with "hello <line>", as Istio's samples/tcp-echo).
-APP_KINDS: Final = ("httpbin", "sleep", "tcp-echo")
+# tcp-echo (answers each line with "hello <line>", as Istio's samples/tcp-echo) and grpc-echo (a
+# gRPC server answering with the request metadata it saw, and the gRPC health service).
+APP_KINDS: Final = ("httpbin", "sleep", "tcp-echo", "grpc-echo")
 DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "httpbin": (8080,),
     "sleep": (),
     "tcp-echo": (9000,),
+    "grpc-echo": (50051,),
 }
 # The app kinds that serve ports: what a port's `serves` may name.
-SERVING_KINDS: Final = ("httpbin", "tcp-echo")
+SERVING_KINDS: Final = ("httpbin", "tcp-echo", "grpc-echo")
 # A namespace's data plane: Envoy sidecars (istio-injection=enabled), ambient (the namespace
 # labelled istio.io/dataplane-mode=ambient: ztunnel captures its pods) or none.
 DATAPLANES: Final = ("sidecar", "ambient", "none")
@@ -60,9 +63,15 @@ _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-# Protocols the local mesh renders: HTTP/1.1 (an HTTP connection manager) and the TCP family
-# (a TCP proxy). HTTP/2, gRPC, UDP and sniffed ports are not rendered locally.
-_RENDERED: Final = (PortProtocol.HTTP, *sorted(p for p in PortProtocol if p.is_tcp))
+# Protocols the local mesh renders: HTTP/1.1, HTTP/2 and gRPC (an HTTP connection manager, with
+# the HTTP/2 codec for the last two) and the TCP family (a TCP proxy). gRPC-Web, UDP and sniffed
+# ports are not rendered locally.
+_RENDERED: Final = (
+    PortProtocol.HTTP,
+    PortProtocol.HTTP2,
+    PortProtocol.GRPC,
+    *sorted(p for p in PortProtocol if p.is_tcp),
+)
 _BOOLEANS: Final[dict[str, bool]] = yaml.constructor.SafeConstructor.bool_values
 
 
@@ -281,6 +290,22 @@ def _workload_ports(
     return tuple(ports), tuple(served)
 
 
+def _annotations(ctx: _Ctx, node: yaml.Node, field: str) -> dict[str, str]:
+    """A pod's annotations: string values; the interception ones checked as Istio's injector
+    checks them (it refuses the pod otherwise)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, field, f"expected a mapping, got {_describe(node)}")
+    result: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        key = ctx.string(key_node, f"{field} key")
+        result[key] = ctx.string(value_node, f"{field}.{key}")
+        try:
+            sidecar_interception({key: result[key]})
+        except InterceptionError as exc:
+            raise ctx.error(value_node, f"{field}.{key}", str(exc)) from None
+    return result
+
+
 def _workloads(
     ctx: _Ctx,
     node: yaml.Node | None,
@@ -298,7 +323,7 @@ def _workloads(
         fields = ctx.mapping(
             w_node,
             field,
-            ("name", "kind", "serviceAccount", "labels", "ports"),
+            ("name", "kind", "serviceAccount", "labels", "annotations", "ports"),
             ("name",),
         )
         if first_index + len(pods) >= _MAX_PODS:  # stop here: the rest is not even read
@@ -337,6 +362,11 @@ def _workloads(
                 f"{field}.labels.app",
                 "required: Services select their endpoints by the app label",
             )
+        annotations = (
+            _annotations(ctx, fields["annotations"], f"{field}.annotations")
+            if "annotations" in fields
+            else {}
+        )
         ports = DEFAULT_PORTS[kind] if kind is not None else ()
         served: tuple[tuple[int, str], ...] = ()
         if "ports" in fields:
@@ -362,6 +392,7 @@ def _workloads(
             labels=labels,
             container_ports=ports,
             ambient=dataplane == "ambient",
+            annotations=annotations,
         )
         pods.append(
             Pod(
@@ -483,8 +514,8 @@ def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> lis
                 f"{field}.{spelled}",
                 f"Istio selects protocol {protocol.value} for it (from the port's"
                 f" {'appProtocol' if app_protocol is not None else 'name prefix'}); the local"
-                " mesh renders HTTP and TCP ports: name it http-... or tcp-... (or set"
-                " appProtocol: http / tcp)",
+                " mesh renders HTTP, HTTP/2, gRPC and TCP ports: name it http-..., http2-...,"
+                " grpc-... or tcp-... (or set appProtocol: http / http2 / grpc / tcp)",
             )
         specs.append(_ServicePortSpec(p_node, port_name, port, target, app_protocol))
     return specs
