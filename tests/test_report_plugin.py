@@ -395,25 +395,30 @@ def test_evidence_without_artifacts_dir_points_at_the_files(suite_dir: pytest.Py
     )
 
 
-def test_unwritable_report_fails_the_run(pytester: pytest.Pytester) -> None:
+def test_unwritable_report_stops_the_run_before_it_starts(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
     (pytester.path / "blocker").write_text("a file, not a directory")
     result = _run(pytester, "--mesh-report=blocker/report.yaml")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["meshconform: report: cannot write */blocker/report.yaml: *"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # tests/test_outputs.py: every case
+    result.stderr.fnmatch_lines(
+        ["ERROR: --mesh-report */blocker/report.yaml: */blocker is a file, not a directory: *"]
+    )
 
 
 def test_a_page_that_cannot_be_written_is_in_the_record(pytester: pytest.Pytester) -> None:
     """The HTML page is written after the record: the record must not say the run passed
-    when the page's failure fails it."""
-    pytester.makepyfile(test_plain="def test_one():\n    pass\n")
-    (pytester.path / "blocker").write_text("a file, not a directory")
-    result = _run(pytester, "--mesh-report=r.yaml", "--mesh-report=blocker/r.html")
+    when the page's failure fails it. (A page path that cannot be written when the run
+    starts stops it at once: tests/test_outputs.py; here a test takes the path meanwhile.)"""
+    pytester.makepyfile(
+        test_plain="import pathlib\n\n\ndef test_one():\n"
+        "    pathlib.Path('pages/r.html').mkdir(parents=True)\n"
+    )
+    result = _run(pytester, "--mesh-report=r.yaml", "--mesh-report=pages/r.html")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["meshconform: report: cannot write */blocker/r.html: *"])
+    result.stdout.fnmatch_lines(["meshconform: report: cannot write */pages/r.html: *"])
     report = load_report(pytester.path / "r.yaml")
     (reason,) = report.reasons
-    assert reason.startswith(f"cannot write {pytester.path / 'blocker' / 'r.html'}: ")
+    assert reason.startswith(f"cannot write {pytester.path / 'pages' / 'r.html'}: is a directory")
     assert (report.exit_status, report.result) == (1, "failure")
     assert report.summary == f"1 passed; the run failed: {reason}"
     assert [p.name for p in pytester.path.iterdir() if p.name.endswith(".partial")] == []

@@ -470,18 +470,16 @@ class MeshReportPlugin:
     def _unwritable_pages(self) -> list[str]:
         """The further reports (HTML, Markdown, copies of the record) `plugin.render` writes
         once the record is written: one that cannot be written fails the run, so the record
-        and every page must say so. Tried now, leaving nothing behind."""
+        and every page must say so. Checked again now (`check_outputs` did before the run: a
+        test may have taken the path since), creating nothing."""
+        from pytest_meshconform.outputs import OutputPathError, check_output_file
+
         problems = []
         for path in self.settings.extra_reports:
-            partial = path.with_name(f".{path.name}.partial")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if path.is_dir():
-                    raise IsADirectoryError(f"{path} is a directory")
-                partial.open("w", encoding="utf-8").close()
-                partial.unlink()
-            except OSError as error:
-                problems.append(f"cannot write {path}: {error}")
+                check_output_file("cannot write", path)  # "cannot write PATH: why: the fix"
+            except OutputPathError as error:
+                problems.append(str(error))
         return problems
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
@@ -523,7 +521,8 @@ class MeshReportPlugin:
 
 
 def configure(config: pytest.Config) -> None:
-    """Register the report plugin for this run; read the baseline now, so a bad one stops early."""
+    """Register the report plugin for this run; read the baseline and check where the reports
+    and the evidence go now, so a bad path stops the run before any mesh is brought up."""
     from pytest_meshconform.plugin.options import mesh_settings_key
 
     settings = config.stash[mesh_settings_key]
@@ -533,5 +532,30 @@ def configure(config: pytest.Config) -> None:
             baseline = load_report(settings.baseline)
         except ReportError as error:
             raise pytest.UsageError(f"--mesh-baseline: {error}") from None
+    if not config.option.collectonly:  # --collect-only writes nothing
+        check_outputs(config, settings)
     if not config.pluginmanager.has_plugin(PLUGIN_NAME):
         config.pluginmanager.register(MeshReportPlugin(config, settings, baseline), PLUGIN_NAME)
+
+
+def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
+    """Every ``--mesh-report`` and ``--mesh-artifacts`` path can be written (`outputs`), or a
+    ``pytest.UsageError`` (exit 4): one line naming the path and the fix."""
+    from pytest_meshconform.outputs import (
+        OutputPathError,
+        check_output_directory,
+        check_output_file,
+    )
+
+    def spelled(name: str) -> str:
+        given = config.getoption(f"mesh_{name}")
+        return f"--mesh-{name}" if given else f"mesh_{name} (ini option)"
+
+    try:
+        for path in (settings.report, *settings.extra_reports):
+            if path is not None:
+                check_output_file(spelled("report"), path)
+        if settings.artifacts is not None:
+            check_output_directory(spelled("artifacts"), settings.artifacts)
+    except OutputPathError as error:
+        raise pytest.UsageError(str(error)) from None
