@@ -49,6 +49,7 @@ from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policies
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
+from pytest_meshconform.outputs import write_file
 
 __all__ = [
     "AuditResult",
@@ -291,9 +292,8 @@ def probe_port(
             mesh_request = attempt(mesh, probe, port)
         kept = None
         if evidence_dir is not None:  # the mesh's own copy goes with the mesh
-            evidence_dir.mkdir(parents=True, exist_ok=True)
             kept = evidence_dir / f"{port.key.replace(':', '-')}.pcap"
-            kept.write_bytes(recording.pcap)
+            write_file(kept, recording.pcap)  # 0600 in a 0700 directory, whatever the umask
         wire = read_wire(recording.pcap, kept, svc.target_port)
     except (MeshError, CaptureError, TcpError, OSError) as exc:
         return PortResult(
