@@ -104,6 +104,10 @@ class ZtunnelPlan:
     tunnels: tuple[Tunnel, ...]
     hbone_peers: Mapping[int, tuple[Peer, ...] | None] = field(default_factory=dict, hash=False)
     plaintext_peers: Mapping[int, tuple[str, ...] | None] = field(default_factory=dict, hash=False)
+    # HBONE's server side; other values only under the test-only faults `client-cert-optional`
+    # and `tls10-allowed`
+    require_client_certificate: bool = True
+    hbone_min_tls: str = HBONE_TLS_VERSION
 
 
 def ztunnel_bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
@@ -139,9 +143,9 @@ def _sds(paths: SidecarPaths, name: str) -> dict[str, Any]:
     }
 
 
-def _tls_params() -> dict[str, Any]:
+def _tls_params(minimum: str = HBONE_TLS_VERSION) -> dict[str, Any]:
     return {
-        "tls_minimum_protocol_version": HBONE_TLS_VERSION,
+        "tls_minimum_protocol_version": minimum,
         "tls_maximum_protocol_version": HBONE_TLS_VERSION,
     }
 
@@ -266,9 +270,9 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": DOWNSTREAM_TLS_TYPE,
-            "require_client_certificate": True,
+            "require_client_certificate": plan.require_client_certificate,
             "common_tls_context": {
-                "tls_params": _tls_params(),
+                "tls_params": _tls_params(plan.hbone_min_tls),
                 "alpn_protocols": [HBONE_ALPN],
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
                 "combined_validation_context": {
