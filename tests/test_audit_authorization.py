@@ -373,3 +373,20 @@ def test_the_topology_file_is_read_as_written() -> None:
     )
     assert services == [("ledger", "payments", 80, 8080), ("ledger", "payments", 5432, 5432)]
     assert yaml.safe_load(PAYMENTS.read_text())["namespaces"][0]["name"] == "payments"
+
+
+@needs_local_mesh
+def test_an_authorization_policy_that_selects_nothing_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the selector would predict and observe nothing of the policy: an error
+    naming the policy and why, before any probe."""
+    policy = tmp_path / "typo.yaml"
+    policy.write_text(LEDGER_WEB_ONLY.replace("app: ledger", "app: ledgr"))
+    with runs_made() as run_ids:
+        code = main(["audit", f"--mesh-topology={PAYMENTS}", "--policy", str(policy)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--policy AuthorizationPolicy payments/ledger-web-only applies to no workload" in err
+    assert "ledgr" in err
+    assert not any(traces_of(run_id) for run_id in run_ids)
