@@ -121,3 +121,22 @@ def test_held_can_hand_the_signal_to_the_caller() -> None:
     finally:
         signals.release(owner)
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+def test_a_nested_block_also_tells_what_it_held() -> None:
+    """The mesh's teardown inside the session's end: both say which signal came meanwhile; the
+    outermost block takes it."""
+    owner = signals.acquire()
+    try:
+        with signals.held(deliver=False) as outer:
+            with signals.held(deliver=False) as before:
+                _spin()
+            with signals.held(deliver=False) as inner:
+                os.kill(os.getpid(), signal.SIGTERM)
+                _spin()
+            assert (before.signum, inner.signum) == (None, signal.SIGTERM)
+            assert signals.pending() == signal.SIGTERM
+        assert outer.signum == signal.SIGTERM
+        assert signals.pending() is None
+    finally:
+        signals.release(owner)
