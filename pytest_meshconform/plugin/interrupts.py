@@ -3,7 +3,7 @@
 pytest turns a KeyboardInterrupt into exit status 2 only while its tests run. A signal the
 `mesh` fixture held while the mesh was torn down (after the last test) reached pytest too late
 to change the outcome ("40 passed", exit 0), and Ctrl-C once the tests were done (the report
-being built) ended in a traceback. So, for a session with mesh tests (README, "Exit statuses"):
+being built) ended in a traceback. So, for a session with mesh tests:
 
 - from the end of collection to the end of the session, the run owns the signals
   (`signals.acquire`): SIGTERM and SIGHUP interrupt like Ctrl-C, also between tests;
