@@ -16,6 +16,7 @@ from test_kube_doctor import Cluster, injector_values
 
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS
 from pytest_meshconform.cli import main
+from pytest_meshconform.doctor.cli import EXIT_USAGE
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_usage_errors_exit_2(
     kubeconfig: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     code, out, err, _ = doctor(kubeconfig, Cluster(), capsys, *args)
-    assert code == 2
+    assert code == EXIT_USAGE
     assert out == ""
     assert err.startswith("meshconform doctor: error: ") and message in err
 
@@ -96,7 +97,7 @@ def test_an_unreachable_cluster_exits_2(
     kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:9", context="prod"))
-    assert main(["doctor", "--mesh-kube-context=prod"]) == 2
+    assert main(["doctor", "--mesh-kube-context=prod"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("meshconform doctor: error: the cluster of context 'prod' is unreachable")
 
@@ -160,7 +161,7 @@ def test_an_old_kubernetes_client_is_refused_by_the_doctor_and_the_audit(
         code = main([command, "--mesh-cluster=existing", "--mesh-kube-context=prod"])
     out, err = capsys.readouterr()
     if command == "audit":  # refused before it creates its namespace
-        assert code == 2
+        assert code == EXIT_USAGE
         assert err.startswith(
             "meshconform audit: error: kubernetes client 36.0.3 can leave the last frames"
         )

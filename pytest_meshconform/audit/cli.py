@@ -1,7 +1,8 @@
 """``meshconform audit``: the command line around `audit.engine.run_audit`.
 
-Exit status: 0 every audited port conforms to Istio's prediction (and meets ``--require``),
-1 one does not (or could not be probed), 2 bad usage (the message names the option, file or
+Exit status (README, "Exit statuses"): 0 every audited port conforms to Istio's prediction (and
+meets ``--require``), 1 one does not (or could not be probed), 2 interrupted (the mesh or the
+namespace torn down first), 4 a usage or input error (the message names the option, file or
 field). On the local mesh the audit brings up the topology (``--mesh-topology``, default the
 built-in one) with its probes, applies ``--policy`` files, audits, and tears everything down.
 """
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from pytest_meshconform.exit_status import ExitStatus
 from pytest_meshconform.settings import (
     CLUSTER_KINDS,
     HUMAN_REPORT_SUFFIXES,
@@ -35,9 +37,9 @@ __all__ = [
     "run",
 ]
 
-EXIT_OK: Final = 0
-EXIT_NOT_CONFORMING: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_OK: Final = ExitStatus.OK
+EXIT_NOT_CONFORMING: Final = ExitStatus.FAILED
+EXIT_USAGE: Final = ExitStatus.USAGE
 
 
 class _Usage(Exception):
@@ -52,7 +54,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="For every Service port of the mesh's namespaces: the mode Istio's policies"
         " predict, a plaintext attempt from a probe without sidecar and a mesh request from a"
         " probe with one (its TLS checked on the wire), and a verdict. Exit status: 0 every port"
-        " conforms (and meets --require), 1 one does not, 2 bad usage.",
+        " conforms (and meets --require), 1 one does not, 2 interrupted, 4 a usage or input"
+        " error.",
     )
     audit.add_argument(
         "--mesh-cluster",

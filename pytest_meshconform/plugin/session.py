@@ -22,7 +22,7 @@ import pytest
 from pytest_meshconform import signals
 from pytest_meshconform.backends.registry import Progress, backend_for
 from pytest_meshconform.mesh import Feature, Mesh, MeshError, MeshInfo, MeshUnavailable
-from pytest_meshconform.plugin import interrupts
+from pytest_meshconform.plugin import health, interrupts
 from pytest_meshconform.plugin.options import backend_run, mesh_settings_key, usage_errors
 from pytest_meshconform.report.exhibits import Evidence, evidence_of
 from pytest_meshconform.signals import signal_name
@@ -118,6 +118,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
 
         request.config.stash[mesh_info_key] = MeshInfo.of(opened)
         request.config.stash[_mesh_key] = opened
+        health.mesh_opened(request.config, opened)
         progress_writer(request.config)(
             f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s"
         )
@@ -126,6 +127,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         finally:
             # Any backend's teardown runs to its end, whatever signals arrive meanwhile; one
             # that did ends the run as interrupted once every teardown is done (`interrupts`).
+            health.mesh_closing(request.config)  # the last test's teardown is judged after
             with signals.held(deliver=False) as held:
                 opened.close()
             if held.signum is not None:
