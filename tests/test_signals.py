@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,10 +21,20 @@ def _spin() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _defaults() -> None:
+def _defaults() -> Iterator[None]:
+    """Each test starts from the process's own handlers. A session with mesh tests owns the
+    signals until it ends (`plugin/interrupts.py`; this suite's test_local_mesh.py has its own
+    `mesh` fixture): its ownership is set aside during the test and taken back after."""
+    set_aside = 0
+    while signals.owned():
+        signals.release()
+        set_aside += 1
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    yield
     assert not signals.owned()
+    for _ in range(set_aside):
+        assert signals.acquire()
 
 
 def test_sigterm_and_sighup_interrupt_only_while_owned() -> None:
