@@ -2,7 +2,8 @@
 
 Each fixture's type is exported by `pytest_meshconform`; annotate with them and your editor
 and mypy know what `cap`, `seen` or `cert` are. Run it on the local mesh (as root):
-`pytest examples/`; on a cluster: `pytest --mesh-cluster=kind examples/`.
+`pytest examples/test_example_suite.py`; on a cluster: `pytest --mesh-cluster=kind
+examples/test_example_suite.py`. The payments suite (examples/payments/) has its own topology.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 
 class Feature(StrEnum):
@@ -55,11 +55,22 @@ class Workload:
     has_sidecar: bool
     labels: Mapping[str, str] = field(default_factory=dict)
     container_ports: tuple[int, ...] = ()
+    # enrolled in ambient mode (istio-cni captures its traffic to ztunnel); never with a sidecar
+    ambient: bool = False
+    # the pod's annotations (those the local mesh reads: istio.interception's)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """`name.namespace`, the way Istio names a workload in its tests."""
         return f"{self.name}.{self.namespace}"
+
+    @property
+    def dataplane(self) -> Literal["sidecar", "ambient", "none"]:
+        """The pod's data plane: an Envoy sidecar, ambient (ztunnel), or none."""
+        if self.has_sidecar:
+            return "sidecar"
+        return "ambient" if self.ambient else "none"
 
     def spiffe_id(self, trust_domain: str) -> str:
         return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"

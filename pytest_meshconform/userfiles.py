@@ -57,6 +57,7 @@ SIZE_LIMITS: Final[Mapping[str, int]] = {
     "topology file": 1 * MiB,
     "policy file": 8 * MiB,
     "report": 64 * MiB,
+    "exceptions file": 1 * MiB,  # meshconform audit --accept: accepted bypasses, a line each
 }
 SIZE_LIMIT_VARIABLE: Final = "MESHCONFORM_MAX_INPUT_BYTES"
 

@@ -151,6 +151,21 @@ ExecHandler = Callable[[ExecCall, ExecChannel], None]
 
 
 @dataclass
+class PortForwardCall:
+    """A port-forward as the API server saw it, and the bytes the client sent the port."""
+
+    namespace: str
+    pod: str
+    port: int
+    request: bytes = b""
+
+
+# (call) -> the bytes the pod's port answers, or a str: what the kubelet puts on the port's
+# error channel (e.g. nothing listens on that port)
+PortForwardHandler = Callable[[PortForwardCall], "bytes | str"]
+
+
+@dataclass
 class FakeApiServer:
     """JSON routes by exact path (query ignored unless the route includes it) and exec. A route
     is a JSON body, a (status, body) pair, or a callable of the request's path and body
@@ -166,6 +181,8 @@ class FakeApiServer:
     refused_pods: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     # when set, an exec handshake is held until the event is set (a slow API server)
     upgrade_gate: threading.Event | None = None
+    port_forward_handler: PortForwardHandler | None = None
+    port_forwards: list[PortForwardCall] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         server = self
@@ -252,30 +269,20 @@ class FakeApiServer:
         handler.end_headers()
         handler.wfile.write(payload)
 
-    def _upgrade(self, handler: BaseHTTPRequestHandler) -> None:
-        split = urlsplit(handler.path)
-        query = parse_qs(split.query)
-        parts = split.path.strip("/").split("/")  # api v1 namespaces NS pods POD exec
-        call = ExecCall(
-            namespace=parts[3],
-            pod=parts[5],
-            container=query.get("container", [""])[0],
-            command=query.get("command", []),
-            stdin=query.get("stdin", ["False"])[0].lower() == "true",
-            protocol=self.protocol,
-        )
-        self.exec_calls.append(call)
-        if call.pod in self.refused_pods:
-            status, body = self.refused_pods[call.pod]
-            payload = json.dumps(body).encode()
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-            return
-        if self.upgrade_gate is not None:
-            self.upgrade_gate.wait(10)
+    def _refused(self, handler: BaseHTTPRequestHandler, pod: str) -> bool:
+        """Answer the handshake with the refusal ``refused_pods`` holds for ``pod``, if any."""
+        if pod not in self.refused_pods:
+            return False
+        status, body = self.refused_pods[pod]
+        payload = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+        return True
+
+    def _switch(self, handler: BaseHTTPRequestHandler) -> None:
         offered = handler.headers.get("Sec-WebSocket-Protocol", "")
         handler.send_response(101, "Switching Protocols")
         handler.send_header("Upgrade", "websocket")
@@ -287,6 +294,59 @@ class FakeApiServer:
             handler.send_header("Sec-WebSocket-Protocol", self.protocol)
         handler.end_headers()
         handler.wfile.flush()
+
+    def _port_forward(self, handler: BaseHTTPRequestHandler, parts: list[str], query: Any) -> None:
+        """The kubelet's WebSocket port-forward (one port): each of the port's two channels (0
+        data, 1 error) first carries the port number, little-endian; then the data."""
+        call = PortForwardCall(parts[3], parts[5], int(query.get("ports", ["0"])[0]))
+        self.port_forwards.append(call)
+        if self._refused(handler, call.pod):
+            return
+        self._switch(handler)
+        sock = handler.connection
+        for channel in (0, 1):
+            sock.sendall(encode_frame(0x2, bytes([channel]) + struct.pack("<H", call.port)))
+        while b"\r\n\r\n" not in call.request:
+            frame = read_frame(sock)
+            if frame is None or frame[0] == 0x8:
+                break
+            if frame[1][:1] == b"\x00":
+                call.request += frame[1][1:]
+        answer = (
+            self.port_forward_handler(call)
+            if self.port_forward_handler is not None
+            else f"an error occurred forwarding {call.port}: no handler"
+        )
+        if isinstance(answer, str):
+            sock.sendall(encode_frame(0x2, b"\x01" + answer.encode()))
+        else:
+            for start in range(0, len(answer), 16384):  # as a kubelet does: many frames
+                sock.sendall(encode_frame(0x2, b"\x00" + answer[start : start + 16384]))
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(0x8, struct.pack("!H", 1000)))
+        handler.close_connection = True
+
+    def _upgrade(self, handler: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(handler.path)
+        query = parse_qs(split.query)
+        parts = split.path.strip("/").split("/")  # api v1 namespaces NS pods POD exec
+        if parts[-1] == "portforward":
+            self._port_forward(handler, parts, query)
+            return
+        call = ExecCall(
+            namespace=parts[3],
+            pod=parts[5],
+            container=query.get("container", [""])[0],
+            command=query.get("command", []),
+            stdin=query.get("stdin", ["False"])[0].lower() == "true",
+            protocol=self.protocol,
+        )
+        self.exec_calls.append(call)
+        if self._refused(handler, call.pod):
+            return
+        if self.upgrade_gate is not None:
+            self.upgrade_gate.wait(10)
+        self._switch(handler)
         channel = ExecChannel(handler.connection, self.protocol)
         reader = threading.Thread(target=channel.read_stdin, daemon=True)
         reader.start()

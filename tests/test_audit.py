@@ -26,8 +26,8 @@ from local_helpers import needs_local_mesh, runs_made, traces_of
 
 from pytest_meshconform.audit.cli import EXIT_USAGE
 from pytest_meshconform.audit.discovery import discover_service_ports
-from pytest_meshconform.audit.engine import WireEvidence, wire_problems
 from pytest_meshconform.audit.local import with_audit_probes
+from pytest_meshconform.audit.observe import WireEvidence, wire_problems
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology

@@ -37,7 +37,9 @@ def test_a_suite_run_without_its_topology_fails(pytester: pytest.Pytester) -> No
     """The issue's case: a custom suite run without --mesh-topology skipped every test and
     exited 0 ("2 skipped"); it now fails with one line naming the topology in force."""
     pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "-p", "no:cacheprovider", "--mesh-report=r.yaml"
+    )
     result.assert_outcomes(passed=1, skipped=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -45,6 +47,16 @@ def test_a_suite_run_without_its_topology_fails(pytester: pytest.Pytester) -> No
             "ERROR: meshconform: all 2 mesh test(s) were skipped because the built-in topology"
             " (*) lacks the workloads they need*--mesh-topology=PATH*"
         ]
+    )
+    # The report, written before the run's end, says how it ended and why.
+    from pytest_meshconform.report import load_report
+
+    report = load_report(pytester.path / "r.yaml")
+    assert (report.exit_status, report.result) == (1, "failure")
+    assert report.summary == (
+        "1 passed, 2 skipped; the run failed: all 2 mesh test(s) were skipped because the"
+        " built-in topology (sleep and httpbin in foo and bar, sleep in legacy) lacks the"
+        " workloads they need"
     )
 
 

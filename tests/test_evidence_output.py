@@ -424,8 +424,9 @@ spec: {mtls: {mode: STRICT}}
 
 def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
     """`meshconform audit --report=audit.html` on a real local mesh: the page holds every
-    Service port's expected vs observed mode and the verdict of the port that fails the
-    requirement, with its reason; opened in the same browser, with no network."""
+    Service port's expected vs observed mode and authorization, the requirement and the
+    verdict (a port that fails the requirement is red in the table, issue 19), with its
+    reason; opened in the same browser, with no network."""
     from pytest_meshconform.cli import main
 
     policy = tmp_path / "foo-strict.yaml"
@@ -441,10 +442,20 @@ def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
     dom = Dom()
     dom.feed(chromium(tmp_path, "--dump-dom", page.as_uri()).stdout)
     assert dom.resources == []
+    # the table agrees with the verdict: bar's mode is as predicted, its requirement is not met
     assert dom.captions == [
-        "every Service port: the mode the probes must observe vs what they observed: as expected"
+        "every Service port: what the probes must observe vs what they observed: 2 cells differ"
     ]
-    assert dom.cells == [("ok", "STRICT"), ("ok", "PERMISSIVE")]  # httpbin.foo, httpbin.bar
+    assert dom.cells == [  # httpbin.foo, then httpbin.bar
+        ("ok", "STRICT"),
+        ("ok", "mesh allowed, plaintext not reached"),
+        ("ok", "met"),
+        ("ok", "pass"),
+        ("ok", "PERMISSIVE"),
+        ("ok", "mesh allowed, plaintext allowed"),
+        ("mismatch", "not met: PERMISSIVE expected met"),
+        ("mismatch", "fail expected pass"),
+    ]
     failed = dom.entries["httpbin.bar:8000"]
     assert failed.startswith("failed httpbin.bar:8000 HTTP port of httpbin.bar (sidecar)")
     assert "accepts plaintext; required STRICT" in failed

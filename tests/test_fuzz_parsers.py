@@ -49,6 +49,7 @@ from pytest_meshconform.istio.api.authorization_policy import authorization_poli
 from pytest_meshconform.istio.api.destination_rule import destination_rule
 from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
+from pytest_meshconform.istio.ztunnel_dump import ZtunnelDumpError, parse_ztunnel_dump
 from pytest_meshconform.report import ReportError, load_report
 
 # --------------------------------------------------------------------------- shared pieces
@@ -609,6 +610,40 @@ def test_parse_config_dump_raises_only_envoy_state_errors(data: st.DataObject) -
     document = mutate_document(data, data.draw(st.sampled_from(_config_dump_seeds())))
     with contextlib.suppress(EnvoyStateError):
         parse_config_dump(serialised(data, document))
+
+
+@functools.cache
+def _ztunnel_dump_seeds() -> tuple[Any, ...]:
+    policy = {  # ztunnel's examples/localhost.yaml policy, with every match kind added
+        "action": "Allow",
+        "name": "p",
+        "namespace": "default",
+        "scope": "Namespace",
+        "dryRun": False,
+        "rules": [
+            [
+                [
+                    {
+                        "notDestinationPorts": [9999],
+                        "principals": [{"Exact": "cluster.local/ns/a/sa/b"}, {"Presence": []}],
+                        "serviceAccounts": [{"namespace": "a", "serviceAccount": "b"}],
+                        "sourceIps": ["10.0.0.0/8"],
+                    }
+                ]
+            ]
+        ],
+    }
+    real = _shared_json("istio-dumps/ztunnel/kiali__ztunnel-config.json")
+    return (*real, {"workloads": [], "policies": [policy]})
+
+
+@given(st.data())
+def test_parse_ztunnel_dump_raises_only_ztunnel_dump_errors(data: st.DataObject) -> None:
+    document = mutate_document(data, data.draw(st.sampled_from(_ztunnel_dump_seeds())))
+    with contextlib.suppress(ZtunnelDumpError):
+        dump = parse_ztunnel_dump(serialised(data, document))
+        for certificate in dump.certificates:
+            certificate.workload_cert()
 
 
 # --------------------------------------------------------------------------- users' files

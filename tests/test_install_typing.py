@@ -1,4 +1,5 @@
-"""The README's install from a checkout lets `mypy --strict` check a suite outside the checkout.
+"""The README's install from a checkout lets `mypy --strict` check a suite outside the checkout:
+the example suites themselves (examples/test_example_suite.py and examples/payments/).
 
 A suite writer's mypy must find `pytest_meshconform` (its `__init__.pyi` face and `py.typed`).
 setuptools' default editable mode serves this package through an import hook, because the
@@ -18,15 +19,12 @@ from pathlib import Path
 import pytest
 from local_helpers import REPO
 
+_NOT_SOURCE = shutil.ignore_patterns("__pycache__", ".mypy_cache")
 SHIPPED = ("pyproject.toml", "README.md", "LICENSE", "pytest_meshconform", "conformance")
 
 
 def _mode(mode: str) -> list[str]:
     return ["--config-settings", f"editable_mode={mode}"]
-
-
-def _python(python: Path) -> list[str]:
-    return ["--python-executable", str(python), "test_example_suite.py"]
 
 
 def _install(tmp_path: Path, mode: str) -> Path:
@@ -79,6 +77,7 @@ def _mypy_strict_on_a_suite_outside(
     suite = tmp_path / "suite"
     suite.mkdir()
     shutil.copy2(REPO / "examples" / "test_example_suite.py", suite / "test_example_suite.py")
+    shutil.copytree(REPO / "examples" / "payments", suite / "payments", ignore=_NOT_SOURCE)
     return subprocess.run(
         [
             sys.executable,
@@ -89,6 +88,7 @@ def _mypy_strict_on_a_suite_outside(
             "--python-executable",
             str(python),
             "test_example_suite.py",
+            "payments",
         ],
         cwd=suite,
         capture_output=True,
@@ -102,7 +102,8 @@ def test_the_readme_install_is_found_by_mypy(tmp_path: Path) -> None:
     python = _install(tmp_path, "strict")
     result = _mypy_strict_on_a_suite_outside(tmp_path, python)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Success: no issues found in 1 source file" in result.stdout
+    # the example suite, and the payments suite's conftest.py and test_payments.py
+    assert "Success: no issues found in 3 source files" in result.stdout
 
 
 @pytest.mark.parametrize("mode", ["lenient"])

@@ -17,10 +17,19 @@ from pytest_meshconform.istio.ambient import (
     convert_peer_authentication,
     static_strict_policy,
     ztunnel_peer_policies,
+    ztunnel_policies,
     ztunnel_policy_keys,
 )
-from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, parse_policies
-from pytest_meshconform.istio.api.authorization_policy import AuthorizationPolicy
+from pytest_meshconform.istio.api import (
+    MtlsMode,
+    PeerAuthentication,
+    parse_policies,
+    parse_policy,
+)
+from pytest_meshconform.istio.api.authorization_policy import (
+    AuthorizationPolicy,
+    authorization_policy,
+)
 from pytest_meshconform.istio.api.peer_authentication import peer_authentication
 from pytest_meshconform.istio.ztunnel import (
     PRESENCE,
@@ -484,3 +493,32 @@ def test_an_l4_allow_by_principal() -> None:
     assert ztunnel_admits([converted], sleep)
     assert not ztunnel_admits([converted], other)
     assert not ztunnel_admits([converted], Connection(8000))
+
+
+def test_ztunnel_policies_are_the_namespace_global_and_selecting_ones() -> None:
+    """ztunnel's ``assert_rbac`` takes the workload namespace's policies (scope NAMESPACE), the
+    global ones (the root namespace's without selector) and those its Workload lists
+    (``buildWorkloadPolicies``: selector policies in its namespace or the root namespace that
+    select it), with the PeerAuthentication-derived ones."""
+
+    def ap(name: str, namespace: str, selector: dict[str, str] | None = None) -> Any:
+        return parse_policy(authorization_policy(name, namespace, "ALLOW", [{}], selector=selector))
+
+    policies = [
+        ap("ns-wide", "shop"),
+        ap("other-ns", "batch"),
+        ap("mesh-wide", ROOT),
+        ap("mine", "shop", {"app": "ledger"}),
+        ap("not-mine", "shop", {"app": "cashier"}),
+        ap("root-selects-me", ROOT, {"app": "ledger"}),
+        ap("elsewhere-selects-app", "batch", {"app": "ledger"}),
+        parse_policy(peer_authentication("default", "shop", "STRICT")),
+    ]
+    keys = [p.key for p in ztunnel_policies(policies, "shop", {"app": "ledger"}, ROOT)]
+    assert keys == [
+        f"{ROOT}/{STATIC_STRICT_POLICY_NAME}",
+        "shop/ns-wide",
+        f"{ROOT}/mesh-wide",
+        "shop/mine",
+        f"{ROOT}/root-selects-me",
+    ]

@@ -41,6 +41,7 @@ from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.evidence.curl import WRITE_OUT_MARKER
+from pytest_meshconform.evidence.tcp_connect import TCP_WRITE_OUT_MARKER
 
 FOO_STRICT = {
     "apiVersion": "security.istio.io/v1",
@@ -342,3 +343,178 @@ def test_the_audit_names_services_in_the_clusters_dns_domain(
         ]
     finally:
         mesh.close()
+
+
+# ----------------------------------------- a multi-port Service under an AuthorizationPolicy
+
+LEDGER_PORTS = [
+    {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+    {"name": "tcp-postgres", "port": 5432, "protocol": "TCP"},
+]
+LEDGER_WEB_ONLY = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "ledger-web-only", "namespace": "payments"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "ledger"}},
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/checkout/sa/web"]}}]}],
+    },
+}
+# Envoy's RBAC filter's local reply (Istio's authorization docs: "RBAC: access denied")
+RBAC_403 = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-length: 19\r\ncontent-type: text/plain\r\n"
+    b"server: envoy\r\n\r\nRBAC: access denied"
+)
+
+
+class LedgerIstio(AuditIstio):
+    """curl as a sidecar whose AuthorizationPolicy denies both probes answers: HTTP 403
+    ``RBAC: access denied`` on port 80; on 5432 a connection closed without a byte (exit 0,
+    ``* Connected to`` in curl's trace). Captures: the pcaps recorded at the local audit's
+    probe under the same policy (tests/data/kube/README.md)."""
+
+    def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
+        if call.container == "mc-capture":
+            self.capture_pcap = (
+                DATA_DIR / f"audit-probe-ledger.payments-{self.next_target}.pcap"
+            ).read_bytes()
+            self.capture_stderr = b"tcpdump: listening on eth0\n16 packets captured\n"
+            FakeIstio.__call__(self, call, channel)  # the fake's capture, with this pcap
+            return
+        if call.command[:1] == ["curl"]:
+            channel.send(1, RBAC_403 + WRITE_OUT_MARKER.encode() + b'{"http_code":403}')
+            channel.send_status({"metadata": {}, "status": "Success"})
+            return
+        if call.command[:2] == ["sh", "-c"] and any(
+            arg.startswith("telnet://") for arg in call.command
+        ):
+            channel.send(2, b"* Connected to ledger.payments (10.96.0.20) port 5432\n")
+            channel.send(1, TCP_WRITE_OUT_MARKER.encode() + b'{"time_connect":0.001}')
+            channel.send_status({"metadata": {}, "status": "Success"})
+            return
+        super().__call__(call, channel)
+
+
+def _ledger_audit(tmp_path: Path, *policies: dict[str, Any]) -> tuple[AuditCluster, Any]:
+    """The audit of a cluster running ledger (ports 80 and 5432) whose sidecar denies both
+    probes (`LedgerIstio`), with ``policies`` in the cluster before the audit."""
+    fake = AuditCluster()
+    for namespace in ("foo", "bar"):
+        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
+    fake.namespaces["payments"] = {
+        "metadata": {"name": "payments", "labels": {"istio-injection": "enabled"}}
+    }
+    fake.services["payments"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ledger", "namespace": "payments"},
+            "spec": {"selector": {"app": "ledger"}, "ports": LEDGER_PORTS},
+        }
+    ]
+    fake.pods["payments"] = [pod_json("ledger-5f6d-x1", "payments", "ledger", sidecar=True)]
+    for policy in policies:
+        fake.apply(policy)  # the user's policies, there before the audit
+    fake.calls.clear()
+    istio = LedgerIstio(fake)
+    with FakeApiServer(exec_handler=istio) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
+        targets = iter(["80", "5432"])
+        original = fake.open_exec
+
+        def open_exec(
+            namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
+        ) -> Any:
+            if container == "mc-capture":
+                istio.next_target = next(targets)
+            return original(namespace, pod, container, argv, stdin=stdin)
+
+        fake.open_exec = open_exec  # type: ignore[method-assign]
+        mesh = KubeAuditMesh(
+            fake,
+            options=KubeOptions(),
+            progress=lambda line: None,
+            run_dir=tmp_path,
+            run_id="c0ffee",
+        )
+        mesh.start()
+        try:
+            result = run_audit(mesh)
+        finally:
+            mesh.close()
+    return fake, result
+
+
+def test_a_cluster_port_denied_by_authorization_is_judged_apart_from_its_mode(
+    tmp_path: Path,
+) -> None:
+    """The kube side builds the local audit's verdict (tests/test_audit_authorization.py):
+    both probes got through the PERMISSIVE mode (the mesh probe's mTLS answered by a
+    ServerHello on the recorded wire), and authorization denied both, as the cluster's own
+    AuthorizationPolicy predicts: a pass, never a CLOSED port."""
+    fake, result = _ledger_audit(tmp_path, LEDGER_WEB_ONLY)
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    ports = {p["port"]: p for p in report["ports"]}
+    assert sorted(ports) == [80, 5432]
+    for number, how in ((80, "HTTP 403 RBAC: access denied"), (5432, "closed without a byte")):
+        port = ports[number]
+        assert (port["predicted"], port["expected"], port["observed"], port["verdict"]) == (
+            "PERMISSIVE",
+            "PERMISSIVE",
+            "PERMISSIVE",
+            "pass",
+        ), port
+        assert port["authorization"] == {
+            "policies": ["payments/ledger-web-only"],
+            "expected": {"mesh": "denied", "plaintext": "denied"},
+            "observed": {"mesh": "denied", "plaintext": "denied"},
+            "conforms": True,
+        }
+        assert port["reason"] == (
+            f"mTLS and plaintext, as predicted; authorization denied both probes ({how};"
+            " AuthorizationPolicy payments/ledger-web-only), as the AuthorizationPolicies predict"
+        )
+        assert port["evidence"]["wire"]["serverHello"] is True
+    assert ports[80]["evidence"]["mesh"]["outcome"] == "HTTP 403 RBAC: access denied"
+    assert ports[5432]["evidence"]["plaintext"]["outcome"] == "closed"
+    # the policy was read (the predictions above come from it), nothing of the user's written
+    assert all("meshconform-audit-c0ffee" in c for c in fake.calls if not c.startswith("list"))
+
+
+def test_a_denial_no_policy_of_the_cluster_predicts_fails_the_port(tmp_path: Path) -> None:
+    """The same sidecar answers, but the cluster holds no AuthorizationPolicy: Istio's
+    policies predict both probes allowed, so each denial is named and the port fails, its mode
+    still PERMISSIVE."""
+    _, result = _ledger_audit(tmp_path)
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    ports = {p["port"]: p for p in report["ports"]}
+    for number in (80, 5432):
+        port = ports[number]
+        assert (port["observed"], port["verdict"], port["conforms"]) == (
+            "PERMISSIVE",
+            "fail",
+            False,
+        )
+        assert port["authorization"] == {
+            "policies": [],
+            "expected": {"mesh": "allowed", "plaintext": "allowed"},
+            "observed": {"mesh": "denied", "plaintext": "denied"},
+            "conforms": False,
+        }
+    assert ports[80]["reason"] == (
+        "mTLS and plaintext, as predicted; authorization denied the mesh probe (HTTP 403 RBAC:"
+        " access denied); Istio's policies predict allowed; authorization denied the plaintext"
+        " probe (HTTP 403 RBAC: access denied); Istio's policies predict allowed"
+    )
+    assert ports[5432]["reason"] == (
+        "mTLS and plaintext, as predicted; authorization denied the mesh probe (closed without"
+        " a byte: the RBAC filter's close, or the app's own); Istio's policies predict allowed;"
+        " authorization denied the plaintext probe (closed without a byte: the RBAC filter's"
+        " close, or the app's own); Istio's policies predict allowed"
+    )
+    assert result.passed is False

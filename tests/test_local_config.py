@@ -151,9 +151,10 @@ def test_unknown_workload_names_the_known_ones() -> None:
 ISTIO_NAT_RULES = [
     "-A PREROUTING -p tcp -j ISTIO_INBOUND",
     "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN",
-    "-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN",
-    "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
+    # the -d ports in the order the injector passes them (-d 15090,15021,15020)
     "-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN",
+    "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
+    "-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN",
     "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
     "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
     "-A OUTPUT -p tcp -j ISTIO_OUTPUT",

@@ -224,7 +224,7 @@ def test_ctrl_c_to_a_pytest_run_leaves_nothing(tmp_path: Path) -> None:
         assert run.poll() is None, run.communicate()[0].decode()
         info = json.loads(ready.read_text())
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        output, _ = run.communicate(timeout=30)
+        output, _ = run.communicate(timeout=120)  # a safety net: teardown under load
     finally:
         if run.poll() is None:
             run.kill()

@@ -203,17 +203,48 @@ def test_a_port_level_disable_reaches_the_model() -> None:
     assert client.outbound[("echo.shop.svc.cluster.local", 9000)].plaintext_endpoints == frozenset()
 
 
+def test_an_ambient_namespace_enrols_its_workloads_in_ambient_mode() -> None:
+    """`dataplane: ambient` is a namespace labelled istio.io/dataplane-mode=ambient: its pods
+    have no sidecar, ztunnel captures them; the handle's data plane says so."""
+    topology = parse_topology(
+        "namespaces:\n"
+        "  - name: shop\n    dataplane: ambient\n"
+        "    workloads: [{name: cashier, kind: sleep}, {name: ledger, kind: tcp-echo}]\n"
+        "  - name: batch\n    dataplane: none\n    workloads: [{name: nightly, kind: sleep}]\n"
+        "  - name: web\n    dataplane: sidecar\n    workloads: [{name: front, kind: sleep}]\n",
+        "t.yaml",
+    )
+    seen = {p.workload.key: (p.workload.has_sidecar, p.workload.ambient) for p in topology.pods}
+    assert seen == {
+        "cashier.shop": (False, True),
+        "ledger.shop": (False, True),
+        "nightly.batch": (False, False),
+        "front.web": (True, False),
+    }
+    assert [p.workload.dataplane for p in topology.pods] == [
+        "ambient",
+        "ambient",
+        "none",
+        "sidecar",
+    ]
+
+
 BAD_FILES = [
     ("namespaces: []\n", ":1: namespaces: no namespace"),
     (
         "namespaces:\n  - name: foo\n",
-        ":2: namespaces[0].dataplane: required field missing: write dataplane: sidecar | none"
-        " (or injected: true | false)",
+        ":2: namespaces[0].dataplane: required field missing: write dataplane: sidecar |"
+        " ambient | none (or injected: true | false)",
     ),
     (
-        "namespaces:\n  - name: foo\n    dataplane: ambient\n",
-        ":3: namespaces[0].dataplane: unknown data plane 'ambient'; the local mesh runs:"
-        " sidecar | none",
+        "namespaces:\n  - name: foo\n    dataplane: waypoint\n",
+        ":3: namespaces[0].dataplane: unknown data plane 'waypoint'; the local mesh runs:"
+        " sidecar | ambient | none",
+    ),
+    (
+        "namespaces:\n  - name: foo\n    dataplane: ambient\n    injected: false\n",
+        ":4: namespaces[0].injected: injected: false contradicts dataplane: ambient; give only"
+        " dataplane",
     ),
     (
         "namespaces:\n  - name: foo\n    dataplane: none\n    injected: true\n",

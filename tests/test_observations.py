@@ -94,6 +94,32 @@ def test_a_table_knows_its_mismatches_and_prints_both_grids() -> None:
     ]
 
 
+def test_a_table_cell_is_words_not_a_python_value() -> None:
+    """A suite may hand `record_table` what it computed (`result.reset`, `result.status`): its
+    cells say yes, no and none, never True, False and None."""
+    table = TableRecorder(Observations())(
+        "probes",
+        rows=["plaintext"],
+        columns=["reset", "status", "port"],
+        expected={
+            ("plaintext", "reset"): True,
+            ("plaintext", "status"): None,
+            ("plaintext", "port"): 8080,
+        },
+        observed={
+            ("plaintext", "reset"): False,
+            ("plaintext", "status"): 200,
+            ("plaintext", "port"): 8080,
+        },
+    )
+    assert table.expected == (("yes", "none", "8080"),)
+    assert table.observed == (("no", "200", "8080"),)
+    assert table.mismatches == (
+        ("plaintext", "reset", "yes", "no"),
+        ("plaintext", "status", "none", "200"),
+    )
+
+
 def test_a_table_missing_a_cell_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"no value for observed\['b', 'y'\]"):
         TableRecorder(Observations())(

@@ -147,6 +147,7 @@ def compared_document() -> dict[str, Any]:
     suites = document.pop("suites")
     document["comparison"] = yaml.safe_load(COMPARISON_YAML)
     document["suites"] = suites
+    document["summary"] += "; the run failed: regressions against the baseline"
     return document
 
 
@@ -318,6 +319,65 @@ def test_loader_rejects_details_of_an_unused_mesh() -> None:
         parse_report(document)
     with pytest.raises(jsonschema.ValidationError):
         validate(document)
+
+
+def test_the_result_agrees_with_the_exit_status() -> None:
+    """A run that failed reads as failed, whatever its tests say: every test passed, yet the
+    run exited 1 (every mesh test skipped, regressions against a baseline) or 2 (Ctrl-C)."""
+    document = set_field(reference_document(), "suites.0.tests.2.outcome", "passed")
+    del document["suites"][0]["tests"][2]["message"], document["suites"][0]["tests"][2]["evidence"]
+    document.update(failedTests=[], summary="3 passed, 1 skipped")
+    document["statistics"].update(passed=3, failed=0)
+    document["suites"][0].update(result="success")
+    document["suites"][0]["statistics"].update(passed=3, failed=0)
+    document["run"]["exitStatus"] = 0
+    document["result"] = "partial"
+    assert parse_report(document).summary == "3 passed, 1 skipped"
+    for status, ending in (
+        (1, "the run failed (exit status 1) although no test failed"),
+        (2, "the run was interrupted"),
+        (3, "the run stopped on an internal"),
+    ):
+        document["run"]["exitStatus"] = status
+        with pytest.raises(
+            ReportError,
+            match=r"^result: 'partial' does not agree with the tests and run.exitStatus"
+            r" \(expected 'failure'\)$",
+        ):
+            parse_report(document)
+        document["result"] = "failure"
+        validate(document)
+        report = parse_report(document)
+        assert report.result == "failure"
+        assert report.summary.startswith(f"3 passed, 1 skipped; {ending}")
+        document["result"] = "partial"
+    # why, when the plugin knows it: in the record (run.reasons) and the summary
+    document["run"].update(exitStatus=1, reasons=["all 4 mesh test(s) were skipped"])
+    document["result"] = "failure"
+    validate(document)
+    report = parse_report(document)
+    assert report.reasons == ("all 4 mesh test(s) were skipped",)
+    assert report.summary == (
+        "3 passed, 1 skipped; the run failed: all 4 mesh test(s) were skipped"
+    )
+    assert report_to_dict(report)["run"]["reasons"] == ["all 4 mesh test(s) were skipped"]
+    document["run"]["reasons"] = []
+    with pytest.raises(ReportError, match=r"^run.reasons: omit the field instead of an empty"):
+        parse_report(document)
+    document["run"].update(exitStatus=0, reasons=["made up"])
+    document["result"] = "partial"
+    with pytest.raises(ReportError, match=r"^run.reasons: a run that exited 0 did not fail"):
+        parse_report(document)
+
+
+def test_a_run_that_tested_nothing_says_so() -> None:
+    document = reference_document()
+    document["suites"] = document["suites"][1:]
+    document.update(failedTests=[], summary="1 skipped", result="partial")
+    document["statistics"].update(total=1, passed=0, failed=0)
+    document["features"] = {"tested": [], "untested": ["rotation"]}
+    document["run"]["exitStatus"] = 0
+    assert parse_report(document).summary == "1 skipped: nothing was tested"
 
 
 def test_an_error_needs_its_phase() -> None:

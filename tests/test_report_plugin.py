@@ -265,7 +265,10 @@ def test_collection_errors_are_reported(pytester: pytest.Pytester) -> None:
         "ModuleNotFoundError: No module named 'no_such_module_for_meshconform'" in error["message"]
     )
     assert document["result"] == "failure"
-    assert document["summary"] == "1 not run, 1 collection error"
+    assert document["summary"] == (
+        "1 not run, 1 collection error: nothing was tested; the run stopped at its collection"
+        " errors"
+    )
     assert document["run"]["exitStatus"] == 2
 
 
@@ -328,7 +331,7 @@ def test_failed_tests_evidence_is_archived_and_shown(suite_dir: pytest.Pytester)
     )
     assert "log line 119\n" not in output
     result.stdout.fnmatch_lines(
-        [f"*meshconform evidence of failed tests: {artifacts} (2 tests, 2 failed) -*"]
+        [f"*- meshconform evidence: {artifacts} (2 tests: 1 failed, 1 error) -*"]
     )
 
     # In JUnit: the evidence with the failure, the mesh as testsuite properties.
@@ -439,7 +442,8 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
             "*= meshconform: comparison with baseline =*",
             "old: */baseline.yaml: istio 1.24.2 (local), 2025-06-01T10:00:00Z, 2 passed,"
             " 1 failed, 1 skipped",
-            "new: this run: no mesh used (local), *, 3 passed, 1 xfailed",
+            "new: this run: no mesh used (local), *, 3 passed, 1 xfailed; the run failed:"
+            " regressions against the baseline",
             "Regressions (passed before, failing now): 1",
             "  strict::test_b: passed -> xfailed: broken since 1.25",
             "Fixes (failing before, passing now): 1",
@@ -455,6 +459,10 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
     )
     document = json.loads((pytester.path / "now.json").read_text())
     assert document["run"]["exitStatus"] == 1
+    # The run failed, and its report says so in every format: not "partial" for 3 passed.
+    verdict = "3 passed, 1 xfailed; the run failed: regressions against the baseline"
+    assert (document["result"], document["summary"]) == ("failure", verdict)
+    result.stdout.fnmatch_lines([f"*- meshconform report: */now.json (failure: {verdict}) -*"])
     # The comparison is in the report, not only on the terminal: the record...
     validate(document)
     baseline = str(pytester.path / "baseline.yaml")
@@ -483,14 +491,114 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
     assert f"| Baseline | {baseline}: istio 1.24.2 (local), 2025-06-01T10:00:00Z, 2 passed," in (
         markdown
     )
+    assert markdown.startswith(f"# meshconform conformance report: ❌ failure\n\n{verdict}\n")
     assert "> **Warning:** regressions against the baseline: the run fails" in markdown
     assert "## ❌ Comparison with the baseline (FAIL: 1 regression, 1 fix," in markdown
     assert "#### ❌ **Regressions (passed before, failing now)**: regression" in markdown
     assert "- `strict::test_b: passed -> xfailed: broken since 1.25`" in markdown
     assert "- `strict::test_c: failed -> passed`" in markdown
     page = (pytester.path / "now.html").read_text()
+    assert f'<span class="badge bad">failure</span></h1><p class="summary">{verdict}</p>' in page
     assert '<section class="entry bad" data-status="regression">' in page
     assert "<li>strict::test_b: passed -&gt; xfailed: broken since 1.25</li>" in page
+
+
+def test_an_interrupted_run_reads_as_interrupted(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="""
+def test_one():
+    pass
+
+
+def test_two():
+    raise KeyboardInterrupt
+
+
+def test_three():
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess(  # Ctrl-C in-process would stop this run too
+        "-p", "no:cacheprovider", "-p", "no:randomly", "--mesh-report=r.yaml", "--mesh-report=r.md"
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    document = yaml.safe_load((pytester.path / "r.yaml").read_text())
+    verdict = "1 passed, 2 not run; the run was interrupted"
+    assert (document["result"], document["summary"]) == ("failure", verdict)
+    assert document["run"]["exitStatus"] == 2
+    validate(document)
+    assert load_report(pytester.path / "r.yaml").summary == verdict
+    markdown = (pytester.path / "r.md").read_text()
+    assert markdown.startswith(f"# meshconform conformance report: ❌ failure\n\n{verdict}\n")
+
+
+def test_an_all_skipped_run_says_nothing_was_tested(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="""
+import pytest
+
+
+def test_one():
+    pytest.skip("needs ambient")
+
+
+@pytest.mark.skip(reason="needs a kind cluster")
+def test_two():
+    pass
+"""
+    )
+    result = _run(pytester, "--mesh-report=r.yaml")
+    assert result.ret == pytest.ExitCode.OK  # pytest's own verdict: skips are no failure
+    document = yaml.safe_load((pytester.path / "r.yaml").read_text())
+    summary = "2 skipped: nothing was tested"
+    assert (document["result"], document["summary"]) == ("partial", summary)
+    result.stdout.fnmatch_lines([f"*- meshconform report: */r.yaml (partial: {summary}) -*"])
+
+
+MISSING_WORKLOADS_MODULE = """
+from pytest_meshconform.plugin.empties import skip_missing_workload
+
+
+def test_ledger_refuses_plaintext(mesh):
+    skip_missing_workload("the mesh's topology has no workload ledger.payments")
+
+
+def test_checkout_reaches_ledger(mesh):
+    skip_missing_workload("the mesh's topology has no workload checkout.payments")
+"""
+
+
+def test_a_run_whose_every_mesh_test_lacked_its_workloads_reads_as_failed(
+    pytester: pytest.Pytester,
+) -> None:
+    """The run fails (plugin/empties.py) and its report, written before, says so and why: it
+    said exit status 0, "partial: 2 skipped" while the run exited 1."""
+    pytester.makeconftest(STAND_IN_MESH)
+    pytester.makepyfile(test_ledger=MISSING_WORKLOADS_MODULE)
+    result = _run(pytester, "--mesh-report=r.yaml", "--mesh-report=r.html")
+    result.assert_outcomes(skipped=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    document = yaml.safe_load((pytester.path / "r.yaml").read_text())
+    validate(document)
+    reason = (
+        "all 2 mesh test(s) were skipped because the built-in topology (sleep and httpbin in"
+        " foo and bar, sleep in legacy) lacks the workloads they need"
+    )
+    assert document["run"] == {
+        "duration": document["run"]["duration"],
+        "exitStatus": 1,
+        "reasons": [reason],
+    }
+    summary = f"2 skipped: nothing was tested; the run failed: {reason}"
+    assert (document["result"], document["summary"]) == ("failure", summary)
+    assert load_report(pytester.path / "r.yaml").reasons == (reason,)
+    assert f'<p class="summary">{summary}</p>' in (pytester.path / "r.html").read_text()
+    result.stdout.fnmatch_lines(
+        [
+            f"*- meshconform report: */r.yaml (failure: {summary}) -*",
+            f"ERROR: meshconform: {reason}*",
+        ]
+    )
 
 
 def test_baseline_without_regression_keeps_the_run_green(pytester: pytest.Pytester) -> None:
@@ -614,6 +722,7 @@ def test_with_artifacts_reports_and_regression_lines_point_at_the_copies(
     baseline = set_field(baseline, "suites.0.tests.2.evidence", DELETE)
     baseline = set_field(baseline, "failedTests", [])
     baseline = set_field(baseline, "result", "partial")
+    baseline = set_field(baseline, "run.exitStatus", 0)  # nothing failed that run
     baseline = set_field(baseline, "statistics.passed", 3)
     baseline = set_field(baseline, "statistics.failed", 0)
     baseline = set_field(baseline, "suites.0.result", "success")

@@ -110,6 +110,64 @@ def test_a_real_browser_draws_each_badge_in_its_own_colour(tmp_path: Path) -> No
     ]
 
 
+AGAINST_THE_BASELINE = """
+import pytest
+
+
+def test_a():
+    pass
+
+
+@pytest.mark.xfail(reason="broken since 1.25", strict=False)
+def test_b():
+    raise AssertionError("XFCC missing")
+
+
+def test_c():
+    pass
+
+
+def test_e():
+    raise AssertionError("plaintext was not refused")
+"""
+
+
+def test_a_real_browser_shows_a_failed_run_as_failed_with_its_passes_green(
+    pytester: pytest.Pytester,
+) -> None:
+    """A run of a real plugin against a baseline: it fails (a new failure, a regression), and
+    Chromium shows the page as failed in words, the passed tests green and the failed one red."""
+    from test_report import REFERENCE_YAML
+
+    (pytester.path / "baseline.yaml").write_text(REFERENCE_YAML)
+    pytester.makepyfile(test_strict=AGAINST_THE_BASELINE)
+    result = pytester.runpytest(
+        *("-p", "no:randomly", "-p", "no:cacheprovider", "--mesh-baseline=baseline.yaml"),
+        *("--mesh-report=r.yaml", "--mesh-report=r.html"),
+    )
+    result.assert_outcomes(passed=2, failed=1, xfailed=1)
+    page = pytester.path / "r.html"
+    verdict = "2 passed, 1 failed, 1 xfailed; the run failed: regressions against the baseline"
+    (summary,) = computed_styles(pytester.path, page, "p.summary", ["display"])
+    assert summary.text == verdict
+    (title,) = computed_styles(pytester.path, page, "h1 .badge", ["background-color"])
+    assert (title.text, title.style["background-color"]) == ("failure", RED)
+    badges = computed_styles(pytester.path, page, ".entry .badge", ["background-color"])
+    # the comparison's entries first (regressions, fixes, new tests), then the tests
+    assert [(b.text, b.style["background-color"]) for b in badges] == [
+        ("regression", RED),
+        ("fixed", GREEN),
+        ("new", GREY),
+        ("removed", GREY),
+        ("passed", GREEN),
+        ("xfailed", GREY),
+        ("passed", GREEN),
+        ("failed", RED),
+    ]
+    cells = computed_styles(pytester.path, page, "table.header td", ["color"])
+    assert f"failure: {verdict}" in [cell.text for cell in cells]  # the Result row
+
+
 def test_markdown_escapes_cells_and_fences_evidence() -> None:
     text = render_markdown(document(FAILED, PASSED))
     lines = text.splitlines()
@@ -267,11 +325,9 @@ def test_nothing_to_keep():
     from pytest_meshconform.report import load_report
 
     assert load_report(pytester.path / "r.yaml").tests[0].outcome == "passed"  # it loads back
-    # the terminal says where the evidence is, and that no test failed
-    result.stdout.fnmatch_lines(
-        [f"*- meshconform evidence: {kept.parent} (1 test, none failed) -*"]
-    )
-    assert "evidence of failed tests" not in result.stdout.str()
+    # the terminal says where the evidence is, and of which tests
+    result.stdout.fnmatch_lines([f"*- meshconform evidence: {kept.parent} (1 test: 1 passed) -*"])
+    assert "failed" not in result.stdout.str()
 
 
 PYTHON_VALUES = re.compile(r"\b(None|True|False)\b")

@@ -98,8 +98,16 @@ def _silent(conn: socket.socket) -> None:
         conn.recv(4096)
 
 
-def _run(port: int, send: bytes = b"meshconform\n", timeout: float = 1.0) -> TcpResult:
+def _run(
+    port: int,
+    send: bytes = b"meshconform\n",
+    timeout: float = 1.0,
+    shell: list[str] | None = None,
+) -> TcpResult:
     argv = tcp_argv("127.0.0.1", port, send=send, timeout=timeout)
+    if shell is not None:
+        assert argv[0] == "sh"
+        argv = [*shell, *argv[1:]]
     done = subprocess.run(argv, capture_output=True, timeout=timeout + 10, check=False)
     return parse_tcp_output(
         f"127.0.0.1:{port}", "client.test", done.returncode, done.stdout, done.stderr, sent=send
@@ -111,14 +119,59 @@ def echo_port() -> Iterator[int]:
     yield from _serve(_echo)
 
 
-def test_an_echo_answers_and_the_connection_stays_open(echo_port: int) -> None:
-    result = _run(echo_port)
+# The shells the probe meets: the local mesh's pods run the host's sh (dash here), the kube
+# backend's curl image busybox's ash.
+SHELLS = [
+    pytest.param(["sh"], id="sh"),
+    pytest.param(
+        ["busybox", "sh"],
+        id="busybox-sh",
+        marks=pytest.mark.skipif(shutil.which("busybox") is None, reason="no busybox"),
+    ),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_an_echo_answers_and_the_probe_closes_once_it_came_back(
+    echo_port: int, shell: list[str]
+) -> None:
+    """The server keeps the connection open (as tcp-echo does); the probe stops curl once what
+    came back ends with what was sent, instead of waiting for curl's time to be up."""
+    result = _run(echo_port, timeout=30.0, shell=shell)
     assert result.received == b"hello meshconform\n", result
     assert result.connected and not result.reset and not result.timed_out, result
     assert result.outcome == "answered"
-    assert not result.closed  # the server kept it open until curl's time was up
+    assert result.echoed and result.exit_code == 143, result  # SIGTERM from the probe, not 28
+    assert not result.closed  # the server had not closed it
+    assert result.stderr == "", result  # the probe's own line is trace, not an error
     assert "18 bytes received b'hello meshconform\\n'" in result.describe()
-    assert "still open when the time was up" in result.describe()
+    assert "still open when the echo came back (the probe closed it)" in result.describe()
+    assert "curl exit 143 (stopped by the probe once the echo came back)" in result.describe()
+
+
+def _answer_other_bytes(conn: socket.socket) -> None:
+    conn.settimeout(3)
+    conn.recv(4096)
+    conn.sendall(b"+OK ready\n")  # not an echo of what was sent
+    with contextlib.suppress(OSError):
+        conn.recv(1)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_bytes_that_are_not_the_echo_wait_for_the_peer_or_the_time(shell: list[str]) -> None:
+    for port in _serve(_answer_other_bytes):
+        result = _run(port, timeout=0.5, shell=shell)
+        assert result.received == b"+OK ready\n" and result.outcome == "answered", result
+        assert not result.echoed and result.exit_code == 28, result
+        assert "still open when the time was up" in result.describe()
+
+
+def test_nothing_sent_waits_for_the_peer_or_the_time() -> None:
+    """Without bytes to send there is no echo to wait for (every reply would end with the
+    empty bytes): curl alone, as before."""
+    for port in _serve(_answer_other_bytes):
+        result = _run(port, send=b"", timeout=0.5)
+        assert not result.echoed and result.exit_code == 28 and result.sent == b"", result
 
 
 def test_a_reset_is_reset() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from pytest_meshconform.exit_status import ExitStatus
+from pytest_meshconform.istio.api import POLICY_KINDS
 from pytest_meshconform.settings import (
     CLUSTER_KINDS,
     HUMAN_REPORT_SUFFIXES,
@@ -53,9 +54,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="prove every Service port's mTLS from the wire; exit 1 if one does not conform",
         description="For every Service port of the mesh's namespaces: the mode Istio's policies"
         " predict, a plaintext attempt from a probe without sidecar and a mesh request from a"
-        " probe with one (its TLS checked on the wire), and a verdict. Exit status: 0 every port"
-        " conforms (and meets --require), 1 one does not, 2 interrupted, 4 a usage or input"
-        " error.",
+        " probe with one (its TLS checked on the wire), and a verdict that keeps apart the mode"
+        " observed (what got through) and what authorization did to each probe (an"
+        " AuthorizationPolicy's 403 or close is a denial, never a closed port). Exit status: 0"
+        " every port conforms (and meets --require), 1 one does not, 2 interrupted, 4 a usage"
+        " or input error.",
     )
     audit.add_argument(
         "--mesh-cluster",
@@ -97,8 +100,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         default=[],
         metavar="FILE",
-        help="PeerAuthentication/DestinationRule YAML applied before the audit (local mesh"
-        " only; repeatable)",
+        help=f"{', '.join(POLICY_KINDS)} YAML applied before the audit (local mesh only;"
+        " repeatable): the modes and what authorization does to the probes are predicted"
+        " from them",
     )
     audit.add_argument(
         "--require",
@@ -368,6 +372,7 @@ def load_policy_files(paths: Sequence[Path]) -> list[Policy]:
         except PolicyError as exc:
             raise PolicyError(f"{path}: {exc}") from None
         if not found:
-            raise PolicyError(f"{path}: no PeerAuthentication or DestinationRule in the file")
+            kinds = ", ".join(POLICY_KINDS)
+            raise PolicyError(f"{path}: no policy in the file (accepted kinds: {kinds})")
         policies.extend(found)
     return policies

@@ -4,26 +4,42 @@
 endpoint's sidecar enforces on the target port (the Istio model's `effective_mtls_mode`, or
 "no sidecar"), and the outbound cluster a client sidecar uses towards it (`plan_sidecar`: TLS
 or not, SNI, ALPN). Together they say what the audit's two probes must observe (`expected`).
+Apart from the mode, the endpoint sidecar's authorization (`authorization_for`, evaluated as
+Envoy does by `rbac_verdict`) says whether each probe that gets through is allowed or denied
+(`authz_plaintext`, `authz_mesh`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.istio.api import PeerAuthentication, Policy, parse_policies
+from pytest_meshconform.istio.authorization import Authorization, authorization_for
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
 from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
+from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.upstream import Upstream
 from pytest_meshconform.mesh import Mesh, Service, Workload
 
-__all__ = ["Observed", "Predicted", "ServicePort", "discover_service_ports"]
+__all__ = [
+    "Authz",
+    "Observed",
+    "Predicted",
+    "ServicePort",
+    "discover_service_ports",
+    "probe_request",
+]
 
 Predicted = Literal["STRICT", "PERMISSIVE", "DISABLE", "NO_SIDECAR"]
 Observed = Literal["STRICT", "PERMISSIVE", "PLAINTEXT", "CLOSED", "INCONCLUSIVE"]
+# What authorization does to one probe: `allowed`, `denied` (HTTP 403 "RBAC: access denied",
+# or on TCP the connection closed without a byte), `not reached` (the mode refused the
+# connection before authorization), `unknown` (a rule on an attribute the audit cannot know)
+Authz = Literal["allowed", "denied", "not reached", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +58,9 @@ class ServicePort:
     protocol: PortProtocol
     predicted: Predicted
     upstream: Upstream | None = None
+    authorization: Authorization | None = None  # the endpoint sidecar's; None: no sidecar
+    authz_plaintext: Authz = "allowed"  # what authorization does to the plaintext probe
+    authz_mesh: Authz = "allowed"  # ... and to the mesh probe
 
     @property
     def key(self) -> str:
@@ -69,15 +88,55 @@ class ServicePort:
         return self.upstream is not None and self.upstream.towards(self.endpoint.key).originates_tls
 
     @property
+    def accepts_plaintext(self) -> bool:
+        """The endpoint takes plaintext (PERMISSIVE, DISABLE, or no sidecar)."""
+        return self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR")
+
+    @property
+    def mesh_mtls(self) -> bool:
+        """The mesh probe's request arrives as mTLS the endpoint's sidecar terminates."""
+        return self.client_sends_mtls and self.predicted in ("STRICT", "PERMISSIVE")
+
+    @property
+    def mesh_admitted(self) -> bool:
+        """The mesh probe's connection gets past the endpoint's mode (mTLS taken, or
+        plaintext sent to an endpoint that takes it)."""
+        return self.mesh_mtls or (not self.client_sends_mtls and self.accepts_plaintext)
+
+    @property
     def expected(self) -> Observed:
-        """What the two probes must observe if Istio does what its policies say."""
-        accepts_plaintext = self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR")
-        if self.client_sends_mtls:
-            accepts_mtls = self.predicted in ("STRICT", "PERMISSIVE")
-            if accepts_mtls:
-                return "PERMISSIVE" if accepts_plaintext else "STRICT"
-            return "PLAINTEXT" if accepts_plaintext else "CLOSED"
-        return "PLAINTEXT" if accepts_plaintext else "CLOSED"
+        """What the two probes must observe of the mode if Istio does what its policies say
+        (whatever authorization then does with a request that got through)."""
+        if self.mesh_mtls:
+            return "PERMISSIVE" if self.accepts_plaintext else "STRICT"
+        return "PLAINTEXT" if self.accepts_plaintext else "CLOSED"
+
+    @property
+    def expected_authz(self) -> str:
+        """Both probes' expected authorization in a table cell: ``mesh allowed, plaintext
+        denied``."""
+        return f"mesh {self.authz_mesh}, plaintext {self.authz_plaintext}"
+
+
+def probe_request(
+    service: Service, host: str, protocol: PortProtocol, principal: str | None, sni: str = ""
+) -> RbacRequest:
+    """What the endpoint sidecar's RBAC filter sees of a probe: on an HTTP port curl's ``GET
+    /`` with ``Host: <host>:<port>`` (other headers unknown), on a TCP port the connection;
+    ``principal`` the probe's SPIFFE ID over mTLS, None for plaintext. The probe's address is
+    not known (a rule on ``ipBlocks`` gives ``unknown``)."""
+    headers = None
+    if protocol.is_http:
+        headers = {":authority": f"{host}:{service.port}", ":method": "GET", ":path": "/"}
+    return RbacRequest(port=service.target_port, principal=principal, sni=sni, headers=headers)
+
+
+def _authz(authorization: Authorization | None, admitted: bool, request: RbacRequest) -> Authz:
+    if not admitted:
+        return "not reached"
+    if authorization is None:
+        return "allowed"  # no sidecar: nothing enforces an AuthorizationPolicy
+    return rbac_verdict(authorization, request)
 
 
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
@@ -131,7 +190,14 @@ def discover_service_ports(
             continue
         for endpoint in endpoints_of(service, workloads):
             predicted: Predicted = "NO_SIDECAR"
+            authorization = None
             if endpoint.has_sidecar:
+                authorization = authorization_for(
+                    endpoint,
+                    parsed,
+                    root_namespace=mesh.root_namespace,
+                    trust_domain=mesh.trust_domain,
+                )
                 mode = effective_mtls_mode(
                     peer_auths,
                     endpoint.namespace,
@@ -140,14 +206,31 @@ def discover_service_ports(
                     mesh.root_namespace,
                 )
                 predicted = mode.value  # type: ignore[assignment]  # STRICT/PERMISSIVE/DISABLE
+            port = ServicePort(
+                service=service,
+                namespace=logical,
+                endpoint=endpoint,
+                protocol=protocol_of(service),
+                predicted=predicted,
+                upstream=None if plan is None else plan.outbound[(service.fqdn, service.port)],
+                authorization=authorization,
+            )
+            host = port.host
+            plaintext = probe_request(service, host, port.protocol, None)
+            mesh_request = plaintext
+            if port.mesh_mtls and port.upstream is not None:
+                mesh_request = probe_request(
+                    service,
+                    host,
+                    port.protocol,
+                    client.spiffe_id(mesh.trust_domain),
+                    port.upstream.towards(endpoint.key).sni or "",
+                )
             result.append(
-                ServicePort(
-                    service=service,
-                    namespace=logical,
-                    endpoint=endpoint,
-                    protocol=protocol_of(service),
-                    predicted=predicted,
-                    upstream=None if plan is None else plan.outbound[(service.fqdn, service.port)],
+                replace(
+                    port,
+                    authz_plaintext=_authz(authorization, port.accepts_plaintext, plaintext),
+                    authz_mesh=_authz(authorization, port.mesh_admitted, mesh_request),
                 )
             )
     return tuple(result)

@@ -1,12 +1,18 @@
-"""`meshconform audit`'s engine: each Service port probed, its mTLS proven from the wire.
+"""`meshconform audit`'s engine: each Service port probed, its mTLS proven from the wire, and
+what authorization did to the probes judged apart.
 
 For each Service port of the audited namespaces (`discovery.discover_service_ports`: the mode
-the policies in force predict for its endpoint), two probes from the audit's own namespace
-(`probes`): a plaintext attempt from the probe without sidecar (an HTTP request, or a line of
-bytes on a TCP port) and a mesh request from the probe with a sidecar whose wire is captured
-at the probe's side (a ClientHello with Istio's ALPN and SNI, no plaintext payload). What was
-observed (`STRICT`: mTLS only, `PERMISSIVE`: mTLS and plaintext, `PLAINTEXT`: plaintext only,
-`CLOSED`: neither) is compared with what the prediction implies, and with `--require`.
+the policies in force predict for its endpoint, and what its AuthorizationPolicies do to each
+probe), two probes from the audit's own namespace (`probes`, read by `observe`): a plaintext
+attempt from the probe without sidecar (an HTTP request, or a line of bytes on a TCP port) and
+a mesh request from the probe with a sidecar whose wire is captured at the probe's side (a
+ClientHello with Istio's ALPN and SNI, answered by the endpoint, no plaintext payload).
+
+The mode observed (`STRICT`: mTLS only, `PERMISSIVE`: mTLS and plaintext, `PLAINTEXT`:
+plaintext only, `CLOSED`: neither) counts what got through the endpoint's mode, whatever
+authorization then did with it: a probe denied by an AuthorizationPolicy (403 ``RBAC: access
+denied``, or the RBAC network filter's close) got through. Mode and authorization are each
+compared with the prediction; the mode with `--require`.
 
 The engine only uses the `Mesh` protocol; the probes are workloads of the mesh. The command
 line is `audit.cli`, the report `audit.report`.
@@ -19,86 +25,40 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
-from pytest_meshconform.audit.discovery import Observed, ServicePort, discover_service_ports
+from pytest_meshconform.audit.discovery import (
+    Authz,
+    Observed,
+    ServicePort,
+    discover_service_ports,
+)
+from pytest_meshconform.audit.observe import (
+    ProbeAttempt,
+    WireEvidence,
+    attempt,
+    judge_mesh_attempt,
+    read_wire,
+    wire_problems,
+)
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
-from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.pcap import CaptureError
-from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.evidence.tcp_connect import TcpError
 from pytest_meshconform.istio.api import PolicyError
-from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 
 __all__ = [
     "AuditResult",
     "PortResult",
-    "ProbeAttempt",
     "Requirement",
     "Verdict",
-    "WireEvidence",
+    "observe_mode",
     "probe_port",
     "run_audit",
-    "wire_problems",
 ]
 
 Requirement = Literal["STRICT", "PERMISSIVE"]
 Verdict = Literal["pass", "fail", "error"]
-
-PROBE_TIMEOUT_S: Final = 5.0
-TCP_PROBE_LINE: Final = "meshconform-audit"
-TCP_PROBE_WAIT_S: Final = 2.0  # how long a TCP probe waits for an answer
-CURL_TIMED_OUT: Final = 28  # curl's exit code for --max-time
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeAttempt:
-    """One request of a probe: what ran and what came back."""
-
-    client: str
-    target: str
-    exit_code: int
-    status: int | None = None  # HTTP status, when an HTTP answer came back
-    answered: bool = False  # the server answered (an HTTP status, or bytes on a TCP port)
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "client": self.client,
-            "target": self.target,
-            "exitCode": self.exit_code,
-            "answered": self.answered,
-        }
-        if self.status is not None:
-            out["status"] = self.status
-        if self.detail:
-            out["detail"] = self.detail
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class WireEvidence:
-    """What the capture at the sidecar probe showed of its connection to the endpoint."""
-
-    pcap: str | None
-    flows: int
-    tls: bool
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    plaintext_payload: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "flows": self.flows,
-            "tls": self.tls,
-            "plaintextPayload": self.plaintext_payload,
-            "alpn": list(self.alpn),
-        }
-        if self.pcap is not None:
-            out["pcap"] = self.pcap
-        if self.sni is not None:
-            out["sni"] = self.sni
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +69,21 @@ class PortResult:
     observed: Observed
     verdict: Verdict
     reason: str
-    conforms: bool
+    conforms: bool  # the mode and authorization both as predicted, the wire without problems
     meets_requirement: bool | None
+    authorization_conforms: bool = True
     plaintext: ProbeAttempt | None = None
     mesh_request: ProbeAttempt | None = None
     wire: WireEvidence | None = None
     problems: tuple[str, ...] = field(default=())
+
+    @property
+    def observed_authz(self) -> str:
+        """Both probes' authorization as observed, in a table cell (`expected_authz`'s
+        form); ``unknown`` for a probe that did not run."""
+        mesh = "unknown" if self.mesh_request is None else self.mesh_request.authorization
+        plain = "unknown" if self.plaintext is None else self.plaintext.authorization
+        return f"mesh {mesh}, plaintext {plain}"
 
     def to_dict(self) -> dict[str, Any]:
         svc = self.port.service
@@ -131,6 +100,7 @@ class PortResult:
             "expected": self.port.expected,
             "observed": self.observed,
             "conforms": self.conforms,
+            "authorization": self._authorization(),
             "verdict": self.verdict,
             "reason": self.reason,
             "evidence": {},
@@ -149,115 +119,138 @@ class PortResult:
             out["problems"] = list(self.problems)
         return out
 
-
-def _attempt(
-    mesh: Mesh, client: Workload, port: ServicePort, host: str
-) -> tuple[ProbeAttempt, bool | None]:
-    """One request from ``client`` to the Service port: (the attempt, answered or not; None
-    when the outcome cannot be told: a TCP server that kept the connection open in silence)."""
-    svc = port.service
-    target = f"{host}:{svc.port}"
-    if port.protocol.is_http:
-        url = f"http://{target}/"
-        argv = curl_argv(url, timeout=PROBE_TIMEOUT_S)
-        result = mesh.exec(client, argv, PROBE_TIMEOUT_S + 10)
-        http = parse_curl_output(url, client.key, result.returncode, result.stdout, result.stderr)
-        answered = http.status is not None
-        return (
-            ProbeAttempt(
-                client=client.key,
-                target=url,
-                exit_code=http.exit_code,
-                status=http.status,
-                answered=answered,
-                detail=http.stderr.strip()[:300],
-            ),
-            answered,
-        )
-    # TCP: curl's telnet:// sends the line and prints what comes back, with nothing but curl
-    # and sh in the probe (as in the kube probes' curl image). Bytes back: answered. Time-out
-    # (28) without bytes: the connection stayed open in silence (inconclusive). Anything else
-    # (reset 56, closed 0, refused 7): not accepted.
-    script = (
-        f"printf '%s\\n' {TCP_PROBE_LINE} | curl -sS --max-time {TCP_PROBE_WAIT_S:g}"
-        f" telnet://{host}:{svc.port}"
-    )
-    result = mesh.exec(client, ["sh", "-c", script], TCP_PROBE_WAIT_S + 10)
-    reply = result.stdout
-    answered_tcp: bool | None
-    if reply:
-        answered_tcp = True
-    elif result.returncode == CURL_TIMED_OUT:
-        answered_tcp = None
-    else:
-        answered_tcp = False
-    return (
-        ProbeAttempt(
-            client=client.key,
-            target=f"tcp://{target}",
-            exit_code=result.returncode,
-            answered=bool(reply),
-            detail=(
-                reply.decode(errors="replace").strip()
-                or result.stderr.decode(errors="replace").strip()
-            )[:300],
-        ),
-        answered_tcp,
-    )
+    def _authorization(self) -> dict[str, Any]:
+        port = self.port
+        policies = () if port.authorization is None else port.authorization.policies
+        observed: dict[str, Authz] = {}
+        for probe, attempt_ in (("mesh", self.mesh_request), ("plaintext", self.plaintext)):
+            if attempt_ is not None:
+                observed[probe] = attempt_.authorization
+        return {
+            "policies": [f"{p.namespace or 'default'}/{p.name}" for p in policies],
+            "expected": {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext},
+            "observed": observed,
+            "conforms": self.authorization_conforms,
+        }
 
 
-def _wire(pcap: bytes, path: Path | None, target_port: int) -> WireEvidence:
-    capture = analyze_pcap(pcap)
-    flows = [f for f in capture.flows_to(target_port) if f.has_payload]
-    hello = next(
-        (f.tls.client_hello for f in flows if f.tls is not None and f.tls.client_hello), None
-    )
-    return WireEvidence(
-        pcap=None if path is None else str(path),
-        flows=len(flows),
-        tls=any(f.tls is not None for f in flows),
-        sni=None if hello is None else hello.sni,
-        alpn=() if hello is None else tuple(hello.alpn),
-        plaintext_payload=any(f.tls is None for f in flows),
-    )
-
-
-def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> list[str]:
-    """What is wrong with the mesh request's wire: no connection to the endpoint seen; a
-    ClientHello an inbound sidecar would not take as Istio mTLS (none of
-    `ISTIO_MTLS_ALPNS`), or with another SNI than the probe's cluster sets; plaintext
-    payload beside the TLS."""
-    problems: list[str] = []
-    target_port = port.service.target_port
-    if wire.flows == 0:
-        problems.append(
-            f"the capture at {probe.key} saw no connection to port {target_port}: the mesh"
-            " request never reached the endpoint"
-        )
-    if wire.tls:
-        want_sni = None if port.upstream is None else port.upstream.towards(port.endpoint.key).sni
-        if not set(wire.alpn) & set(ISTIO_MTLS_ALPNS):
-            problems.append(
-                f"the ClientHello's ALPN {list(wire.alpn)} has none of Istio's mTLS ALPNs"
-                f" {list(ISTIO_MTLS_ALPNS)}"
-            )
-        if want_sni is not None and wire.sni != want_sni:
-            problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
-        if wire.plaintext_payload:
-            problems.append("a plaintext payload went on the wire next to the mTLS connection")
-    return problems
-
-
-def _observe(plaintext: bool | None, mesh_ok: bool | None, wire: WireEvidence) -> Observed:
-    if plaintext is None or mesh_ok is None:
+def observe_mode(
+    plaintext: ProbeAttempt, mesh_request: ProbeAttempt, wire: WireEvidence
+) -> Observed:
+    """The mode both probes observed: what got through the endpoint's mode, whatever
+    authorization then did (a denied probe got through)."""
+    if plaintext.admitted is None or mesh_request.admitted is None:
         return "INCONCLUSIVE"
-    mtls = mesh_ok and wire.tls and not wire.plaintext_payload
-    mesh_plaintext = mesh_ok and not wire.tls
+    mtls = mesh_request.admitted and wire.tls and not wire.plaintext_payload
+    mesh_plaintext = mesh_request.admitted and not wire.tls
     if mtls:
-        return "PERMISSIVE" if plaintext else "STRICT"
-    if plaintext or mesh_plaintext:
+        return "PERMISSIVE" if plaintext.admitted else "STRICT"
+    if plaintext.admitted or mesh_plaintext:
         return "PLAINTEXT"
     return "CLOSED"
+
+
+_MODE_WORDS = {
+    "STRICT": "mTLS only",
+    "PERMISSIVE": "mTLS and plaintext",
+    "PLAINTEXT": "plaintext only",
+    "CLOSED": "refuses both probes",
+}
+_WHY_UNCLEAR = {
+    "refused": ": nothing listens on the target port",
+    "timeout": ": no connection within the time",
+}
+_HOW_DENIED = {True: "HTTP 403 RBAC: access denied", False: "closed without a byte"}
+
+
+def _authz_mismatches(port: ServicePort, probes: dict[str, ProbeAttempt]) -> list[str]:
+    """Each probe whose authorization differs from the prediction (both known)."""
+    expected: dict[str, Authz] = {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext}
+    out = []
+    for name, probe in probes.items():
+        want, got = expected[name], probe.authorization
+        if "unknown" in (want, got) or want == got or "not reached" in (want, got):
+            continue  # the mode's own mismatch says why a probe was (not) reached
+        if got == "denied":
+            how = _HOW_DENIED[port.protocol.is_http]
+            note = "" if port.protocol.is_http else ": the RBAC filter's close, or the app's own"
+            out.append(
+                f"authorization denied the {name} probe ({how}{note}); Istio's policies"
+                " predict allowed"
+            )
+        else:
+            out.append(
+                f"authorization allowed the {name} probe ({probe.outcome}); Istio's policies"
+                " predict denied"
+            )
+    return out
+
+
+def _authz_note(port: ServicePort, probes: dict[str, ProbeAttempt]) -> str:
+    """``; authorization denied the mesh probe (...)`` when a probe was denied."""
+    denied = [name for name, p in probes.items() if p.authorization == "denied"]
+    if not denied:
+        return ""
+    how = _HOW_DENIED[port.protocol.is_http]
+    who = "both probes" if len(denied) == 2 else f"the {denied[0]} probe"
+    policies = ", ".join(
+        f"{p.namespace or 'default'}/{p.name}"
+        for p in (() if port.authorization is None else port.authorization.policies)
+    )
+    expected = {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext}
+    if all(expected[name] == "denied" for name in denied):
+        why = ", as the AuthorizationPolicies predict"
+    else:  # predicted `unknown`: a rule on the probe's address or a header it may send
+        why = ", which the audit cannot predict (a rule on the probe's address or headers)"
+    return f"; authorization denied {who} ({how}; AuthorizationPolicy {policies}){why}"
+
+
+def _judge(
+    port: ServicePort,
+    plaintext: ProbeAttempt,
+    mesh_request: ProbeAttempt,
+    wire: WireEvidence,
+    problems: list[str],
+    require: Requirement | None,
+) -> tuple[Observed, Verdict, str, bool, bool, bool | None]:
+    """(observed mode, verdict, reason, conforms, authorization conforms, meets)."""
+    observed = observe_mode(plaintext, mesh_request, wire)
+    probes = {"mesh": mesh_request, "plaintext": plaintext}
+    authz_problems = _authz_mismatches(port, probes)
+    mode_conforms = observed == port.expected and not problems
+    conforms = mode_conforms and not authz_problems
+    meets = _requirement(port, observed, require)
+    note = _authz_note(port, probes)
+    if observed == "INCONCLUSIVE" or (wire.flows == 0 and observed != "CLOSED"):
+        unclear = [
+            f"the {name} probe's outcome ({p.outcome}{_WHY_UNCLEAR.get(p.outcome, '')}) cannot"
+            " tell whether the endpoint's mode let it through"
+            for name, p in (("plaintext", plaintext), ("mesh", mesh_request))
+            if p.admitted is None and not (name == "mesh" and wire.flows == 0)
+        ]
+        return observed, "error", "; ".join(problems + unclear), conforms, not authz_problems, meets
+    if not mode_conforms:
+        reason = "; ".join(
+            problems
+            or [
+                f"observed {observed}, Istio's policies predict {port.predicted}"
+                f" (which means {port.expected} from the probes)"
+            ]
+        )
+        return observed, "fail", reason + note, conforms, not authz_problems, meets
+    if authz_problems:
+        reason = f"{_MODE_WORDS[observed]}, as predicted; " + "; ".join(authz_problems)
+        return observed, "fail", reason, conforms, False, meets
+    if meets is False:
+        if not port.in_mesh:
+            reason = f"outside the mesh (no sidecar): accepts plaintext; required {require}"
+        elif observed in ("PERMISSIVE", "PLAINTEXT"):
+            reason = f"accepts plaintext; required {require}"
+        else:
+            reason = f"observed {observed}; required {require}"
+        return observed, "fail", reason + note, conforms, True, meets
+    reason = f"{_MODE_WORDS[observed]}, as predicted{note}"
+    return observed, "pass", reason, conforms, True, meets
 
 
 def _requirement(port: ServicePort, observed: Observed, require: Requirement | None) -> bool | None:
@@ -283,18 +276,17 @@ def probe_port(
     port's own failures (a probe that cannot run is an ``error`` verdict naming why). The
     capture is kept under ``evidence_dir`` (and named in the report) when given."""
     svc = port.service
-    host = port.host
     try:
-        plaintext, plaintext_answered = _attempt(mesh, naked_probe, port, host)
+        plaintext = attempt(mesh, naked_probe, port)
         with mesh.capture(probe, svc.target_port) as recording:
-            mesh_request, mesh_answered = _attempt(mesh, probe, port, host)
+            mesh_request = attempt(mesh, probe, port)
         kept = None
         if evidence_dir is not None:  # the mesh's own copy goes with the mesh
             evidence_dir.mkdir(parents=True, exist_ok=True)
             kept = evidence_dir / f"{port.key.replace(':', '-')}.pcap"
             kept.write_bytes(recording.pcap)
-        wire = _wire(recording.pcap, kept, svc.target_port)
-    except (MeshError, CaptureError, OSError) as exc:
+        wire = read_wire(recording.pcap, kept, svc.target_port)
+    except (MeshError, CaptureError, TcpError, OSError) as exc:
         return PortResult(
             port=port,
             observed="INCONCLUSIVE",
@@ -303,41 +295,11 @@ def probe_port(
             conforms=False,
             meets_requirement=None,
         )
+    mesh_request = judge_mesh_attempt(mesh_request, wire, port)
     problems = wire_problems(port, wire, probe)
-    observed = _observe(plaintext_answered, mesh_answered, wire)
-    conforms = observed == port.expected and not problems
-    meets = _requirement(port, observed, require)
-    if observed == "INCONCLUSIVE" or (wire.flows == 0 and observed != "CLOSED"):
-        verdict: Verdict = "error"
-        reason = "; ".join(problems) or (
-            "a TCP probe's connection stayed open without an answer: cannot tell whether"
-            " the server accepted it"
-        )
-    elif not conforms:
-        verdict = "fail"
-        reason = "; ".join(
-            problems
-            or [
-                f"observed {observed}, Istio's policies predict {port.predicted}"
-                f" (which means {port.expected} from the probes)"
-            ]
-        )
-    elif meets is False:
-        verdict = "fail"
-        if not port.in_mesh:
-            reason = f"outside the mesh (no sidecar): accepts plaintext; required {require}"
-        elif observed in ("PERMISSIVE", "PLAINTEXT"):
-            reason = f"accepts plaintext; required {require}"
-        else:
-            reason = f"observed {observed}; required {require}"
-    else:
-        verdict = "pass"
-        reason = {
-            "STRICT": "mTLS only, as predicted",
-            "PERMISSIVE": "mTLS and plaintext, as predicted",
-            "PLAINTEXT": "plaintext only, as predicted",
-            "CLOSED": "refuses both probes, as predicted",
-        }.get(observed, "as predicted")
+    observed, verdict, reason, conforms, authz_ok, meets = _judge(
+        port, plaintext, mesh_request, wire, problems, require
+    )
     return PortResult(
         port=port,
         observed=observed,
@@ -345,6 +307,7 @@ def probe_port(
         reason=reason,
         conforms=conforms,
         meets_requirement=meets,
+        authorization_conforms=authz_ok,
         plaintext=plaintext,
         mesh_request=mesh_request,
         wire=wire,

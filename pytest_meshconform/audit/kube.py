@@ -2,7 +2,8 @@
 
 `KubeAuditMesh` is a `KubeMesh` whose workloads are the cluster's pods (grouped by labels) and
 whose Services are the cluster's, read from the API (namespaces, Services, pods, Istio
-policies; nothing of the user's is ever written). It creates one namespace of its own,
+policies: PeerAuthentication, DestinationRule, AuthorizationPolicy; nothing of the user's is
+ever written). It creates one namespace of its own,
 ``meshconform-audit-<run>`` (injected), with the two probes of `audit.probes` (`probe` with a
 sidecar, `probe-naked` with ``sidecar.istio.io/inject: "false"``), execs curl / bash in them,
 captures at the probe with the kube backend's ephemeral tcpdump container, and deletes the
@@ -36,9 +37,12 @@ __all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_top
 
 # Never audited: Kubernetes' own namespaces (the Istio namespace is added at run time).
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
+# The policies the audit's predictions read: the modes (PeerAuthentication, DestinationRule)
+# and what authorization does to its probes (AuthorizationPolicy)
 POLICY_KINDS: Final = (
     ("security.istio.io", "PeerAuthentication"),
     ("networking.istio.io", "DestinationRule"),
+    ("security.istio.io", "AuthorizationPolicy"),
 )
 
 
@@ -208,8 +212,8 @@ class KubeAuditMesh(KubeMesh):
         raise MeshError(f"no workload {name!r} in {namespace}")
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
-        """Every PeerAuthentication and DestinationRule of the audited namespaces and the
-        root namespace (read-only)."""
+        """Every PeerAuthentication, DestinationRule and AuthorizationPolicy of the audited
+        namespaces and the root namespace (read-only)."""
         found: list[dict[str, Any]] = []
         for group, kind in POLICY_KINDS:
             versions = self._served(group, kind)
@@ -220,7 +224,7 @@ class KubeAuditMesh(KubeMesh):
                     found += self.api.list_objects(f"{group}/{versions[0]}", kind, namespace)
                 except KubeApiError as error:
                     raise MeshError(
-                        f"cannot read {kind}s in {namespace} to predict the modes: {error}"
+                        f"cannot read {kind}s in {namespace} to predict the audit: {error}"
                     ) from None
         return found
 

@@ -5,8 +5,9 @@ page or Markdown for people (`audit_document`, drawn by the shared renderer `rep
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pytest_meshconform.audit.engine import AuditResult
 from pytest_meshconform.report.observations import ObservedTable
@@ -23,22 +24,42 @@ __all__ = ["AUDIT_SCHEMA", "audit_document", "format_table", "write_report"]
 
 AUDIT_SCHEMA: Final = Path(__file__).with_name("schema.json")
 
-_COLUMNS: Final = ("SERVICE PORT", "PROTOCOL", "SIDECAR", "PREDICTED", "OBSERVED", "VERDICT")
+_COLUMNS: Final = (
+    "SERVICE PORT",
+    "PROTOCOL",
+    "SIDECAR",
+    "PREDICTED",
+    "OBSERVED",
+    "AUTHZ (MESH/PLAINTEXT)",
+    "VERDICT",
+)
+
+
+def _authz_cell(mesh: str, plaintext: str) -> str:
+    """Both probes' authorization in a short cell: ``allowed/denied``, ``-`` for a probe the
+    mode refused before authorization."""
+    short = {"not reached": "-"}
+    return f"{short.get(mesh, mesh)}/{short.get(plaintext, plaintext)}"
 
 
 def format_table(result: AuditResult) -> list[str]:
-    """The terminal table: one row per port, then a summary line."""
-    rows = [
-        (
-            r.port.key,
-            r.port.protocol.value,
-            "yes" if r.port.in_mesh else "no",
-            r.port.predicted,
-            r.observed,
-            r.verdict.upper(),
+    """The terminal table: one row per port (the mode predicted and observed, what
+    authorization did to the mesh and plaintext probes), then a summary line."""
+    rows = []
+    for r in result.ports:
+        mesh = "unknown" if r.mesh_request is None else r.mesh_request.authorization
+        plain = "unknown" if r.plaintext is None else r.plaintext.authorization
+        rows.append(
+            (
+                r.port.key,
+                r.port.protocol.value,
+                "yes" if r.port.in_mesh else "no",
+                r.port.predicted,
+                r.observed,
+                _authz_cell(mesh, plain),
+                r.verdict.upper(),
+            )
         )
-        for r in result.ports
-    ]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)).rstrip()]
     for row, r in zip(rows, result.ports, strict=True):
@@ -77,8 +98,9 @@ _AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}
 
 def audit_document(result: AuditResult) -> Document:
     """`meshconform audit`'s result as a Document: the audit's header, one table of every
-    Service port (the mode Istio's policies predict against the one the probes observed,
-    colour-coded), then an entry per port with its verdict, reason and wire evidence."""
+    Service port (the mode and authorization Istio's policies predict against what the probes
+    observed, the requirement and the verdict, colour-coded: a failed port is never all
+    green), then an entry per port with its verdict, reason, probes and wire evidence."""
     data = result.to_dict()
     mesh = result.mesh
     revision = f", revision {mesh.revision}" if mesh.revision else ""
@@ -98,12 +120,24 @@ def audit_document(result: AuditResult) -> Document:
         header.append(("Policies applied", ", ".join(result.policies)))
     summary = data["summary"]
     ports = [r.port.key for r in result.ports]
+    columns = ["mode", "authorization"]
+    expected: list[list[str]] = [[r.port.expected, r.port.expected_authz] for r in result.ports]
+    observed: list[list[str]] = [[r.observed, r.observed_authz] for r in result.ports]
+    if result.require is not None:  # the requirement, met or not, next to the prediction
+        columns.append(f"required {result.require}")
+        for want, got, r in zip(expected, observed, result.ports, strict=True):
+            want.append("met")
+            got.append("met" if r.meets_requirement else f"not met: {r.observed}")
+    columns.append("verdict")  # so the table never reads "as expected" for a failed port
+    for want, got, r in zip(expected, observed, result.ports, strict=True):
+        want.append("pass")
+        got.append(r.verdict)
     matrix = ObservedTable(
-        title="every Service port: the mode the probes must observe vs what they observed",
+        title="every Service port: what the probes must observe vs what they observed",
         rows=tuple(ports),
-        columns=("mode",),
-        expected=tuple((r.port.expected,) for r in result.ports),
-        observed=tuple((r.observed,) for r in result.ports),
+        columns=tuple(columns),
+        expected=tuple(tuple(row) for row in expected),
+        observed=tuple(tuple(row) for row in observed),
         corner="Service port",
     )
     overview = Entry(
@@ -113,7 +147,8 @@ def audit_document(result: AuditResult) -> Document:
     )
     entries = [overview]
     for r in result.ports:
-        evidence = data["ports"][result.ports.index(r)]["evidence"]
+        data_port = data["ports"][result.ports.index(r)]
+        evidence = data_port["evidence"]
         facts: list[tuple[str, tuple[str, ...]]] = [
             (
                 "Mode",
@@ -130,30 +165,25 @@ def audit_document(result: AuditResult) -> Document:
                     (f"{result.require}: {'met' if r.meets_requirement else 'not met'}",),
                 )
             )
+        policies = ", ".join(data_port["authorization"]["policies"])
+        facts.append(
+            (
+                "Authorization",
+                (
+                    f"expected {r.port.expected_authz}, observed {r.observed_authz}",
+                    f"AuthorizationPolicy: {policies}" if policies else "no AuthorizationPolicy",
+                ),
+            )
+        )
         for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
             if key in evidence:
-                attempt = evidence[key]
-                facts.append(
-                    (
-                        label,
-                        (
-                            f"{attempt['client']} -> {attempt['target']}: exit"
-                            f" {attempt['exitCode']}, status {attempt.get('status', '-')},"
-                            f" answered {attempt['answered']} {attempt.get('detail', '')}".rstrip(),
-                        ),
-                    )
-                )
+                facts.append((label, (_attempt_line(evidence[key]),)))
         if "wire" in evidence:
             wire = evidence["wire"]
             facts.append(
                 (
                     "Wire",
-                    (
-                        f"{wire['flows']} flow(s), TLS {wire['tls']}, SNI {wire.get('sni', '-')},"
-                        f" ALPN {','.join(wire['alpn']) or '-'}, plaintext payload"
-                        f" {wire['plaintextPayload']}",
-                        *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ()),
-                    ),
+                    (_wire_line(wire), *((f"pcap: {wire['pcap']}",) if "pcap" in wire else ())),
                 )
             )
         entries.append(
@@ -181,3 +211,32 @@ def audit_document(result: AuditResult) -> Document:
         notes=tuple(f"not audited: {note}" for note in result.not_audited),
         generated=data["date"],
     )
+
+
+_GOT_THROUGH: Final = {True: "got through", False: "refused by the mode"}
+
+
+def _attempt_line(attempt: Mapping[str, Any]) -> str:
+    """One probe in words: ``probe-naked.x -> http://...: HTTP 403 RBAC: access denied (curl
+    exit 0); got through; authorization denied``."""
+    admitted = attempt.get("admitted")
+    through = "cannot tell whether it got through" if admitted is None else _GOT_THROUGH[admitted]
+    detail = f": {attempt['detail']}" if attempt.get("detail") else ""
+    return (
+        f"{attempt['client']} -> {attempt['target']}: {attempt['outcome']} (curl exit"
+        f" {attempt['exitCode']}); {through}; authorization {attempt['authorization']}{detail}"
+    )
+
+
+def _wire_line(wire: Mapping[str, Any]) -> str:
+    """The mesh probe's wire in words."""
+    flows = f"{wire['flows']} connection{'s' if wire['flows'] != 1 else ''} to the endpoint"
+    if not wire["tls"]:
+        shape = "plaintext"
+    else:
+        alpn = ", ".join(wire["alpn"]) or "none"
+        answered = "answered by a ServerHello" if wire["serverHello"] else "no ServerHello"
+        shape = f"TLS (SNI {wire.get('sni', 'none')}, ALPN {alpn}), {answered}"
+    extra = "; plaintext payload beside it" if wire["tls"] and wire["plaintextPayload"] else ""
+    reset = "; the endpoint reset it" if wire["serverReset"] else ""
+    return f"{flows}: {shape}, {wire['serverBytes']} bytes from the endpoint{extra}{reset}"

@@ -38,14 +38,17 @@ CAPTURE_INFRA_PORTS: Final = (15010, 15012, 15014, 15017, 15020, 15021, 15090)
 MARKER_PORT: Final = 9  # discard
 
 
-def capture_filter(port: int | None, marker_host: str) -> str:
+def capture_filter(port: int | None, marker_host: str, *, tunnel_port: int | None = None) -> str:
     """The tcpdump filter: the workload's TCP (one port, or all but the mesh plumbing),
-    plus the marker datagram to `marker_host`."""
+    plus the marker datagram to `marker_host`. `tunnel_port`: where the port's traffic arrives
+    tunnelled (an ambient pod's HBONE port), recorded with the port."""
     if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
         raise ValueError(f"port {port!r}: expected 1-65535")
     if port is None:
         infra = " or ".join(f"port {p}" for p in CAPTURE_INFRA_PORTS)
         tcp = f"(tcp and not ({infra}))"
+    elif tunnel_port is not None:
+        tcp = f"(tcp port {port} or tcp port {tunnel_port})"
     else:
         tcp = f"(tcp port {port})"
     return f"{tcp} or (udp and dst host {marker_host} and dst port {MARKER_PORT})"

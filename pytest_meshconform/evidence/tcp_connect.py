@@ -19,8 +19,10 @@ _EXITCODES.md; the same words as `HttpResult`):
 - ``timeout``: exit 28 (CURLE_OPERATION_TIMEDOUT) before the connection was established.
 - ``closed``: connected, and the peer closed the connection without a byte: what an
   AuthorizationPolicy's network RBAC filter does to a denied TCP connection.
-- ``answered``: connected and bytes came back (the peer may keep the connection open: curl
-  waits for ``timeout`` seconds unless the peer closes first, so an echo costs the timeout).
+- ``answered``: connected and bytes came back. A peer may keep the connection open, as an echo
+  server does: once the bytes received end with the bytes sent (the echo came back), the probe
+  closes the connection itself rather than wait out ``timeout`` (`TcpResult.echoed`; curl,
+  stopped with SIGTERM, exits 143); otherwise curl waits until the peer closes or the time is up.
 - ``silent``: connected, no byte, the connection still open when the time was up.
 
 curl's telnet client answers telnet negotiation (bytes 0xFF...) if a server starts one:
@@ -30,11 +32,14 @@ curl's telnet client answers telnet negotiation (bytes 0xFF...) if a server star
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
+    "ECHO_POLL_S",
+    "ECHO_STOP_LINE",
     "TCP_WRITE_OUT_MARKER",
     "TcpError",
     "TcpResult",
@@ -69,7 +74,44 @@ _CONNECT_FAILURE: Final = re.compile(
 _CONNECTED: Final = re.compile(r"^\* Connected to ", re.MULTILINE)
 _VERBOSE_PREFIXES: Final = ("* ", "> ", "< ", "{ ", "} ", "*\t")
 _PRINTABLE: Final = frozenset(range(0x20, 0x7F)) - {ord("\\"), ord("%")}
-_SCRIPT: Final = 'printf "$1" | curl -sS -v --max-time "$2" -w "$3" "$4"'
+# How often the probe looks for the echo, in seconds (`sleep` takes fractions in coreutils and
+# busybox alike).
+ECHO_POLL_S: Final = 0.02
+# The probe's own line on stderr when it closed a connection the peer kept open, once the bytes
+# received ended with the bytes sent (curl then exits 143: SIGTERM, 128 + 15).
+ECHO_STOP_LINE: Final = "* meshconform: the echo of what was sent came back; connection closed"
+_ECHO_STOP_EXIT: Final = 143
+# $1 the bytes to send (printf escapes), $2 curl's --max-time, $3 its write-out, $4 the URL,
+# $5 how many bytes were sent, $6 the most polls for the echo. With bytes to send and a
+# temporary directory, curl writes what it receives to a file and the loop stops curl (its own
+# PID, `$!`) once the file ends with the bytes sent: an echo server keeps the connection open,
+# and waiting for curl's --max-time would cost the whole timeout. Without either, curl alone.
+_SCRIPT: Final = """\
+if [ "$5" -gt 0 ] && d=$(mktemp -d 2>/dev/null); then
+  trap 'rm -rf "$d"' EXIT
+  printf "$1" >"$d/sent"
+  printf "$1" | curl -sS -v -N --max-time "$2" -w "$3" -o "$d/got" "$4" >"$d/w" &
+  pid=$!
+  polls=0
+  killed=
+  while [ "$polls" -lt "$6" ] && kill -0 "$pid" 2>/dev/null; do
+    if tail -c "$5" "$d/got" 2>/dev/null | cmp -s - "$d/sent" 2>/dev/null; then
+      kill "$pid" 2>/dev/null && killed=1
+      break
+    fi
+    polls=$((polls + 1))
+    sleep {poll}
+  done
+  wait "$pid" 2>/dev/null
+  rc=$?
+  cat "$d/got" "$d/w" 2>/dev/null
+  if [ -n "$killed" ] && [ "$rc" -eq {stopped} ]; then
+    echo "{line}" >&2
+  fi
+  exit "$rc"
+fi
+printf "$1" | curl -sS -v --max-time "$2" -w "$3" "$4"
+""".format(poll=f"{ECHO_POLL_S:g}", stopped=_ECHO_STOP_EXIT, line=ECHO_STOP_LINE)
 
 
 class TcpError(AssertionError):
@@ -85,8 +127,9 @@ def printf_escaped(data: bytes) -> str:
 
 def tcp_argv(host: str, port: int, *, send: bytes, timeout: float) -> list[str]:
     """``sh -c 'printf ... | curl telnet://host:port'``: connect, send `send`, print what
-    comes back until the peer closes or `timeout` seconds pass, then curl's write-out JSON
-    (after `TCP_WRITE_OUT_MARKER`) on stdout; its verbose trace and errors on stderr."""
+    comes back until the peer closes, the echo of `send` came back or `timeout` seconds pass,
+    then curl's write-out JSON (after `TCP_WRITE_OUT_MARKER`; none when the probe stopped curl)
+    on stdout; its verbose trace and errors on stderr."""
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is not in 1..65535")
     if timeout <= 0:
@@ -100,6 +143,8 @@ def tcp_argv(host: str, port: int, *, send: bytes, timeout: float) -> list[str]:
         f"{timeout:g}",
         TCP_WRITE_OUT_MARKER + "%{json}",
         f"telnet://{host}:{port}",
+        str(len(send)),
+        str(math.ceil(timeout / ECHO_POLL_S) + 1),
     ]
 
 
@@ -121,6 +166,9 @@ class TcpResult:
     connect_error: str = ""
     time_total: float | None = None
     port_name: str = ""  # the Service port's name, when the target is a Service port
+    # the probe closed the connection, still open, once the bytes received ended with the bytes
+    # sent (an echo came back); curl's exit_code is then 143 (stopped with SIGTERM)
+    echoed: bool = False
 
     @property
     def reset(self) -> bool:
@@ -181,7 +229,11 @@ class TcpResult:
                 text += ", then the peer closed the connection"
             elif self.exit_code == _TIMEOUT_EXIT:
                 text += ", the connection still open when the time was up"
+            elif self.echoed:
+                text += ", the connection still open when the echo came back (the probe closed it)"
         reason = _EXIT_REASONS.get(self.exit_code, "see curl's manual")
+        if self.echoed:
+            reason = "stopped by the probe once the echo came back"
         if self.connect_error:
             reason = f"{reason}: {self.connect_error}"
         text += f"; sent {len(self.sent)} bytes; curl exit {self.exit_code} ({reason})"
@@ -208,7 +260,8 @@ def parse_tcp_output(
     errors = "".join(
         line for line in text.splitlines(keepends=True) if not line.startswith(_VERBOSE_PREFIXES)
     )
-    if exit_code not in _EXIT_REASONS:
+    echoed = exit_code == _ECHO_STOP_EXIT and ECHO_STOP_LINE in text
+    if exit_code not in _EXIT_REASONS and not echoed:
         raise TcpError(
             f"{client} -> tcp://{target}: curl could not run the probe (exit {exit_code}):"
             f" {errors.strip() or text.strip()[-500:] or 'no error output'}"
@@ -240,4 +293,5 @@ def parse_tcp_output(
         connect_error=failure[-1] if failure else "",
         time_total=float(time_total) if isinstance(time_total, int | float) else None,
         port_name=port_name,
+        echoed=echoed,
     )

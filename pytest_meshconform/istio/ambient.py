@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication
+from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, Policy
 from pytest_meshconform.istio.api.authorization_policy import (
     DRY_RUN_ANNOTATION,
     AuthorizationPolicy,
@@ -58,6 +58,7 @@ __all__ = [
     "converted_selector_peer_authentication_keys",
     "static_strict_policy",
     "ztunnel_peer_policies",
+    "ztunnel_policies",
     "ztunnel_policy_keys",
 ]
 
@@ -567,3 +568,41 @@ def convert_authorization_policy(
         boilerplate = _ALLOW_RULE
     found_text = ", ".join(sorted(http))
     return converted, _HTTP_RULE.format(found=found_text, boilerplate=boilerplate)
+
+
+def ztunnel_policies(
+    policies: Iterable[Policy],
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str = "istio-system",
+) -> tuple[ZtunnelAuthorization, ...]:
+    """Every L4 policy ztunnel enforces on a connection to one ambient workload, from the
+    policies in force (other kinds are ignored: ztunnel gets no DestinationRule).
+
+    ztunnel's ``ProxyState::assert_rbac`` (src/state.rs) takes the policies of the workload's
+    namespace (scope NAMESPACE), the global ones (GLOBAL: the root namespace's without a
+    selector) and those its ``Workload`` lists: the PeerAuthentication-derived ones
+    (`ztunnel_peer_policies`) and the AuthorizationPolicies with a selector, in its namespace
+    or the root namespace, that select it (``buildWorkloadPolicies``,
+    pilot/pkg/serviceregistry/ambient/workloads.go)."""
+    policies = list(policies)
+    peer = [p for p in policies if isinstance(p, PeerAuthentication)]
+    out = list(ztunnel_peer_policies(peer, namespace, labels, root_namespace))
+    for policy in policies:
+        if not isinstance(policy, AuthorizationPolicy):
+            continue
+        converted, _ = convert_authorization_policy(root_namespace, policy)
+        if converted is None:
+            continue
+        if converted.scope is Scope.GLOBAL:
+            out.append(converted)
+        elif converted.scope is Scope.NAMESPACE:
+            if converted.namespace == namespace:
+                out.append(converted)
+        elif (
+            converted.namespace in (namespace, root_namespace)
+            and policy.selector is not None
+            and is_subset(policy.selector, labels)
+        ):
+            out.append(converted)
+    return tuple(out)

@@ -17,6 +17,12 @@ from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 __all__ = [
+    "HBONE_ALPN",
+    "HBONE_PORT",
+    "HBONE_TLS_VERSION",
+    "ZTUNNEL_DENIED_STATUS",
+    "ZTUNNEL_INBOUND_PLAINTEXT_PORT",
+    "ZTUNNEL_OUTBOUND_PORT",
     "Action",
     "Address",
     "Connection",
@@ -26,10 +32,27 @@ __all__ = [
     "StringMatch",
     "ZtunnelAuthorization",
     "authorization_matches",
+    "hbone_authority",
     "ztunnel_admits",
 ]
 
 SPIFFE_PREFIX: Final = "spiffe://"
+
+# --- the wire (docs/istio-model.md, "Ambient on the wire") ----------------------------------
+# ztunnel's listeners in an enrolled pod's network namespace (src/config.rs, ``construct_config``:
+# ``inbound_addr`` 15008, ``inbound_plaintext_addr`` 15006, ``outbound_addr`` 15001), where
+# istio-cni's in-pod rules send the pod's traffic (cni/pkg/iptables/iptables.go; golden
+# cni/pkg/iptables/testdata/default.golden)
+HBONE_PORT: Final = 15008
+ZTUNNEL_INBOUND_PLAINTEXT_PORT: Final = 15006
+ZTUNNEL_OUTBOUND_PORT: Final = 15001
+# HBONE's TLS: rustls with TLS 1.3 only unless TLS12_ENABLED (src/tls/lib.rs, ``tls_versions``)
+# and ALPN h2 on both ends (src/tls/certificate.rs, ``server_config`` and ``client_config``)
+HBONE_TLS_VERSION: Final = "TLSv1_3"
+HBONE_ALPN: Final = "h2"
+# What ztunnel answers a CONNECT its RBAC denies (src/proxy/inbound.rs, ``serve_connect``:
+# ``StatusCode::UNAUTHORIZED``)
+ZTUNNEL_DENIED_STATUS: Final = 401
 
 
 class Scope(StrEnum):
@@ -292,3 +315,9 @@ def ztunnel_admits(policies: Iterable[ZtunnelAuthorization], connection: Connect
         return False
     allow = [p for p in enforced if p.action is Action.ALLOW]
     return not allow or any(authorization_matches(p, connection) for p in allow)
+
+
+def hbone_authority(ip: str, port: int) -> str:
+    """The CONNECT authority ztunnel sends: the destination workload's address and target port
+    (src/proxy/outbound.rs, ``create_hbone_request``: the URI is ``hbone_target_destination``)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

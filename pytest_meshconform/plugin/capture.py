@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, final
 
 import pytest
 
+from pytest_meshconform.istio.ztunnel import HBONE_PORT
 from pytest_meshconform.mesh import Mesh, MeshError, Workload
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.plugin.workloads import (
@@ -241,6 +242,8 @@ class Capturer:
             self._evidence.add_file(f"pcap {w.key} port {port or 'any'}", recording.path)
         self._evidence.observed.flows.extend(f"at {w.key}: {line}" for line in result.flow_lines())
         seen = result.capture.flows if port is None else result.capture.flows_to(port)
+        if port is not None and w.ambient:  # the port's traffic arrives over HBONE too
+            seen += result.capture.flows_to(HBONE_PORT)
         if not any(is_block_traffic(flow) for flow in seen) and not allow_empty:
             hint = ""
             tails = len(seen)

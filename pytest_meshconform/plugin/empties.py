@@ -19,7 +19,7 @@ from _pytest.outcomes import Skipped
 
 from pytest_meshconform.plugin.options import mesh_settings_key
 
-__all__ = ["MissingWorkload", "skip_missing_workload"]
+__all__ = ["MissingWorkload", "fail_if_nothing_tested", "skip_missing_workload"]
 
 
 class MissingWorkload(Skipped):
@@ -72,6 +72,28 @@ def _all_missing(config: pytest.Config) -> int:
     return len(seen)
 
 
+def _nothing_tested(config: pytest.Config) -> str | None:
+    """Why the run tested nothing, when every mesh test skipped for a missing workload."""
+    count = _all_missing(config)
+    if not count:
+        return None
+    return (
+        f"all {count} mesh test(s) were skipped because {_topology_in_force(config)} lacks the"
+        " workloads they need"
+    )
+
+
+def fail_if_nothing_tested(session: pytest.Session) -> str | None:
+    """Fail a run that would exit 0 although every mesh test skipped for a missing workload;
+    the reason when the run fails so (the report plugin writes it into the report, which it
+    writes before this module's own `pytest_sessionfinish` runs)."""
+    reason = _nothing_tested(session.config)
+    if reason is None or session.exitstatus not in (pytest.ExitCode.OK, 1):
+        return None
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return reason
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.OK and _all_missing(session.config):
@@ -81,11 +103,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
-    count = _all_missing(config)
-    if count and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+    reason = _nothing_tested(config)
+    if reason and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         terminalreporter.write_line(
-            f"ERROR: meshconform: all {count} mesh test(s) were skipped because"
-            f" {_topology_in_force(config)} lacks the workloads they need (see the skip reasons"
+            f"ERROR: meshconform: {reason} (see the skip reasons"
             " with -rs): nothing was tested. Pass the topology your suite is written for with"
             " --mesh-topology=PATH (the local mesh), or run the tests on a topology that has"
             " their workloads.",

@@ -90,15 +90,16 @@ def current_cert(
 def served_cert(
     mesh: Mesh, target: WorkloadHandle | Workload, evidence: Evidence | None
 ) -> tuple[WorkloadCert, dt.datetime | None]:
-    """The workload certificate the sidecar serves, and when the sidecar got it (Envoy's
-    `last_updated` of its `default` secret; None when the dump does not say)."""
+    """The workload certificate the sidecar serves (an ambient workload's: the one its
+    ztunnel holds for it), and when the proxy got it (Envoy's `last_updated` of its `default`
+    secret; None when the dump does not say)."""
     __tracebackhide__ = True
     from pytest_meshconform.istio.envoy import WORKLOAD_SECRET
     from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
-    if not w.has_sidecar:
-        raise MeshError(f"{w.key} has no sidecar, so no workload certificate")
+    if w.dataplane == "none":
+        raise MeshError(f"{w.key} has no sidecar and is not ambient, so no workload certificate")
     secrets = parse_envoy_secrets(mesh.envoy_admin(w, "/config_dump"))
     if secrets.workload is None:
         raise MeshError(

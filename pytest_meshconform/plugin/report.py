@@ -42,8 +42,10 @@ from pytest_meshconform.report.model import (
     Outcome,
     Phase,
     ReportError,
+    Statistics,
     SuiteResult,
     TestResult,
+    summary_of,
 )
 from pytest_meshconform.report.observations import Observations
 
@@ -421,6 +423,10 @@ class MeshReportPlugin:
             return
         if interrupted(self.config):  # a signal came before the report: it says so
             session.exitstatus = pytest.ExitCode.INTERRUPTED
+        from pytest_meshconform.plugin.empties import fail_if_nothing_tested
+
+        # The report says how the run ends: what fails it beyond its tests is decided first.
+        nothing_tested = fail_if_nothing_tested(session)
         report = self.build_report(int(session.exitstatus))
         if self.baseline is not None and self.settings.baseline is not None:
             self.diff = diff_reports(self.baseline, report)
@@ -428,10 +434,13 @@ class MeshReportPlugin:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             # Kept in the report, so its every format shows what changed, not only the terminal.
             report = dataclasses.replace(
-                report,
-                exit_status=int(session.exitstatus),
-                comparison=comparison_of(self.diff, str(self.settings.baseline)),
+                report, comparison=comparison_of(self.diff, str(self.settings.baseline))
             )
+        report = dataclasses.replace(
+            report,
+            exit_status=int(session.exitstatus),
+            reasons=() if nothing_tested is None else (nothing_tested,),
+        )
         self.report = report
         if self.settings.report is not None:
             try:
@@ -481,13 +490,14 @@ class MeshReportPlugin:
             terminalreporter.write_sep("-", self._artifacts_line(self.settings.artifacts))
 
     def _artifacts_line(self, artifacts: Path) -> str:
-        """Where the evidence is: "of failed tests" only when a test with evidence failed."""
+        """Where the evidence is, and of which tests: ``(3 tests: 2 passed, 1 failed)``, the
+        outcomes of the tests that kept evidence (not the run's: a failure may have kept none)."""
         kept = [r for r in self.records.values() if r.archive and r.archive.directory]
-        failed = sum(1 for record in kept if record.outcome in FAILING)
         tests = f"{len(kept)} test{'' if len(kept) == 1 else 's'}"
-        if failed:
-            return f"meshconform evidence of failed tests: {artifacts} ({tests}, {failed} failed)"
-        return f"meshconform evidence: {artifacts} ({tests}, none failed)"
+        outcomes = Statistics.of(
+            TestResult(r.test_id, r.name, r.nodeid, r.outcome or "notrun", 0.0) for r in kept
+        )
+        return f"meshconform evidence: {artifacts} ({tests}: {summary_of(outcomes)})"
 
 
 def configure(config: pytest.Config) -> None:

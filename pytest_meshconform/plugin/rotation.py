@@ -82,7 +82,8 @@ class RotationResult:
         return (
             f"{self.workload}: serial {self.old.serial} -> {self.new.serial} at"
             f" {self.observed_at.isoformat()} ({self.fraction_elapsed:.3f} of the old lifetime"
-            f" {self.lifetime} from {self.lifetime_start.isoformat()});"
+            f" {format_duration(dt.timedelta(seconds=round(self.lifetime.total_seconds())))}"
+            f" from {self.lifetime_start.isoformat()});"
             f" requests: {self.requests_before} before,"
             f" {self.requests_after} after, {len(self.failures)} failed"
         )

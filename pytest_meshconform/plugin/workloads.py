@@ -159,6 +159,12 @@ class WorkloadHandle:
         return self.workload.has_sidecar
 
     @property
+    def dataplane(self) -> Literal["sidecar", "ambient", "none"]:
+        """The pod's data plane: `sidecar` (an Envoy sidecar), `ambient` (ztunnel captures its
+        traffic, HBONE between ambient pods) or `none`."""
+        return self.workload.dataplane
+
+    @property
     def spiffe_id(self) -> str:
         return self.workload.spiffe_id(self.mesh.trust_domain)
 
@@ -245,8 +251,8 @@ class WorkloadHandle:
         return self.key
 
     def __repr__(self) -> str:  # pytest prints fixtures' reprs with a failure: keep it short
-        sidecar = "sidecar" if self.has_sidecar else "no sidecar"
-        return f"<WorkloadHandle {self.key} ({sidecar}) on the {self.mesh.backend} mesh>"
+        plane = {"sidecar": "sidecar", "ambient": "ambient", "none": "no sidecar"}[self.dataplane]
+        return f"<WorkloadHandle {self.key} ({plane}) on the {self.mesh.backend} mesh>"
 
     def tcp(
         self,
@@ -258,8 +264,9 @@ class WorkloadHandle:
     ) -> TcpResult:
         """Open a TCP connection from this workload's pod to `server`'s Service at `port` (a
         Service port number or name; by default the Service's only TCP port), send `send` and
-        keep what comes back until the server closes the connection or `timeout` seconds pass
-        (a connection the server keeps open, as an echo server does, takes the whole timeout).
+        keep what comes back until the server closes the connection, the bytes received end
+        with `send` (an echo came back: the probe closes the connection, `TcpResult.echoed`) or
+        `timeout` seconds pass.
 
         Returns a `TcpResult`: `reset` (a STRICT server sidecar refusing plaintext), `refused`
         (nothing listening), `connected` with the bytes `received`, `outcome` in a word. A port

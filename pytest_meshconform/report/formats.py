@@ -111,6 +111,8 @@ def report_to_dict(report: ConformanceReport) -> dict[str, Any]:
     run: dict[str, Any] = {"duration": report.duration, "exitStatus": report.exit_status}
     if report.faults:
         run["faults"] = list(report.faults)
+    if report.reasons:
+        run["reasons"] = list(report.reasons)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -455,6 +457,11 @@ def parse_report(data: object) -> ConformanceReport:
     faults = run.texts("faults", required=False)
     if "faults" in run.data and not faults:
         raise ReportError("run.faults: omit the field instead of an empty list")
+    reasons = run.texts("reasons", required=False)
+    if "reasons" in run.data and not reasons:
+        raise ReportError("run.reasons: omit the field instead of an empty list")
+    if reasons and exit_status == 0:
+        raise ReportError("run.reasons: a run that exited 0 did not fail (run.exitStatus 0)")
     run.done()
 
     collection_errors = []
@@ -504,6 +511,7 @@ def parse_report(data: object) -> ConformanceReport:
         suites=tuple(suites),
         collection_errors=tuple(collection_errors),
         faults=faults,
+        reasons=reasons,
     )
     _check_derived(fields.data, report_to_dict(report))
     if "comparison" in fields.data:  # checked against the report's own tests
@@ -513,7 +521,8 @@ def parse_report(data: object) -> ConformanceReport:
 
 
 def _check_derived(document: Mapping[object, object], rebuilt: Mapping[str, Any]) -> None:
-    """The derived fields of a document must be what its tests say (``summary`` is free text)."""
+    """The derived fields of a document must be what its tests (and for ``result`` its exit
+    status) say; ``summary`` is free text."""
     checks: list[tuple[str, object, object]] = [
         (key, document.get(key), rebuilt[key])
         for key in ("result", "statistics", "features", "failedTests", "skippedTests")
@@ -549,5 +558,8 @@ def _first_mismatch(found: object, expected: object, where: str) -> str | None:
                 return mismatch
         return None
     if type(found) is not type(expected) or found != expected:
-        return f"{where}: {found!r} does not agree with the tests (expected {expected!r})"
+        with_status = " and run.exitStatus" if where == "result" else ""
+        return (
+            f"{where}: {found!r} does not agree with the tests{with_status} (expected {expected!r})"
+        )
     return None

@@ -34,6 +34,9 @@ Result = Literal["success", "partial", "failure"]
 
 # "Failing" in pytest's own sense: these outcomes make the exit status 1.
 FAILING: Final = frozenset({"failed", "error"})
+# Exit statuses under which a run's result is its tests' (pytest's OK and NO_TESTS_COLLECTED);
+# any other fails the run, whatever its tests say.
+RESULT_FROM_TESTS: Final = frozenset({0, 5})
 # For comparing runs: did the behaviour a test checks hold? An expected failure (xfailed) is
 # still a failure of that behaviour: a test that passed before and xfails now is a regression.
 PASSING: Final = frozenset({"passed", "xpassed"})
@@ -131,9 +134,16 @@ class Statistics:
         )
 
 
-def _result_of(statistics: Statistics, collection_errors: int = 0) -> Result:
-    """Gateway API's three results: failure if anything failed, partial if anything did not run."""
+def _result_of(statistics: Statistics, collection_errors: int = 0, exit_status: int = 0) -> Result:
+    """Gateway API's three results: failure if anything failed, partial if anything did not run.
+
+    A run's result agrees with its exit status too: a run that failed, was interrupted or
+    stopped (any status but 0 and pytest's 5, "no tests collected") is a failure whatever its
+    tests say (regressions against a baseline, every mesh test skipped, Ctrl-C).
+    """
     if statistics.failed or statistics.errors or collection_errors:
+        return "failure"
+    if exit_status not in RESULT_FROM_TESTS:
         return "failure"
     if (
         statistics.skipped
@@ -265,6 +275,9 @@ class ConformanceReport:
     collection_errors: tuple[CollectionError, ...] = ()
     faults: tuple[str, ...] = ()  # test-only local-mesh faults: such a report proves nothing
     comparison: BaselineComparison | None = None  # against --mesh-baseline, when given
+    # Why the run failed beyond what its tests say ("all 2 mesh test(s) were skipped because
+    # ..."): only with a non-zero exit status.
+    reasons: tuple[str, ...] = ()
 
     @property
     def tests(self) -> tuple[TestResult, ...]:
@@ -276,11 +289,48 @@ class ConformanceReport:
 
     @property
     def result(self) -> Result:
-        return _result_of(self.statistics, len(self.collection_errors))
+        """The tests' result, a failure whenever the run's exit status says it failed."""
+        return _result_of(self.statistics, len(self.collection_errors), self.exit_status)
 
     @property
     def summary(self) -> str:
-        return _summary_of(self.statistics, len(self.collection_errors))
+        """The tests' counts, then how the run ended when they do not say it all:
+        ``3 passed, 1 xfailed; the run failed: regressions against the baseline``."""
+        counts = summary_of(self.statistics, len(self.collection_errors))
+        statistics = self.statistics
+        ran = (
+            statistics.passed
+            + statistics.failed
+            + statistics.errors
+            + statistics.xfailed
+            + statistics.xpassed
+        )
+        if statistics.total and not ran:
+            counts += ": nothing was tested"
+        verdict = self.verdict
+        return f"{counts}; {verdict}" if verdict else counts
+
+    @property
+    def verdict(self) -> str | None:
+        """How the run ended, in words, when its tests' counts do not say it: None for a run
+        whose exit status is its tests' own."""
+        status = self.exit_status
+        reasons = list(self.reasons)
+        if self.comparison is not None and self.comparison.failed:
+            reasons.insert(0, "regressions against the baseline")
+        if status == 1:
+            if reasons:
+                return f"the run failed: {'; '.join(reasons)}"
+            if self.statistics.failed or self.statistics.errors or self.collection_errors:
+                return None
+            return "the run failed (exit status 1) although no test failed: see its output"
+        if status in RESULT_FROM_TESTS:
+            return None
+        said = "; ".join(reasons)
+        ended = _ENDINGS.get(status, f"the run ended with exit status {status}")
+        if status == 2 and self.collection_errors:  # pytest stops before a test runs
+            ended = "the run stopped at its collection errors"
+        return f"{ended}: {said}" if said else ended
 
     @property
     def features_tested(self) -> tuple[str, ...]:
@@ -303,7 +353,15 @@ class ConformanceReport:
         return tuple(t.id for t in self.tests if t.outcome == "skipped")
 
 
-def _summary_of(statistics: Statistics, collection_errors: int) -> str:
+# How a run that did not end on its own ended, by pytest's exit status.
+_ENDINGS: Final = {
+    2: "the run was interrupted",
+    3: "the run stopped on an internal error",
+    4: "the run stopped on a usage error",
+}
+
+
+def summary_of(statistics: Statistics, collection_errors: int = 0) -> str:
     """A pytest-like one-liner: ``12 passed, 1 failed, 2 skipped``."""
     parts = [
         f"{count} {label}"

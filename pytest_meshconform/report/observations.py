@@ -173,13 +173,24 @@ class ObservedTable:
         return data
 
 
+def cell_text(value: object) -> str:
+    """A table cell in words: True and False are "yes" and "no", None is "none" (a report
+    never shows a Python value); anything else as `str` gives it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 class TableRecorder:
     """What the `record_table` fixture returns: record a table the test asserts, so that the
     reports show it (colour-coded in HTML) whether the test passes or fails.
 
-    ``record_table(title, rows=..., columns=..., expected={(row, col): text},
-    observed={(row, col): text})`` -> `ObservedTable` (its ``.ok``, ``.mismatches`` and
-    ``.text()`` serve the assertion).
+    ``record_table(title, rows=..., columns=..., expected={(row, col): value},
+    observed={(row, col): value})`` -> `ObservedTable` (its ``.ok``, ``.mismatches`` and
+    ``.text()`` serve the assertion). Each value becomes its cell's text: a string as it is,
+    True / False / None as "yes" / "no" / "none", anything else as `str` gives it.
     """
 
     def __init__(self, observations: Observations) -> None:
@@ -212,8 +223,8 @@ class TableRecorder:
             title=title,
             rows=tuple(rows),
             columns=tuple(columns),
-            expected=tuple(tuple(str(expected[(r, c)]) for c in columns) for r in rows),
-            observed=tuple(tuple(str(observed[(r, c)]) for c in columns) for r in rows),
+            expected=tuple(tuple(cell_text(expected[(r, c)]) for c in columns) for r in rows),
+            observed=tuple(tuple(cell_text(observed[(r, c)]) for c in columns) for r in rows),
             corner=corner,
         )
         self._observations.tables.append(table)

@@ -8,6 +8,7 @@ become ``KubeApiError`` (a ``MeshError``) carrying the HTTP status.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -17,7 +18,7 @@ from typing import Any, Final
 
 from kubernetes import client as k8s, config as _k8s_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
 
 from pytest_meshconform.backends.kube.execproto import ExecStatus, describe_argv, parse_exec_status
@@ -556,3 +557,51 @@ class KubeApi:
                 raise interrupt from None
             raise _exec_error(f"exec {description}", error) from error
         return ExecSession(ws, description)
+
+    # -- port-forward ------------------------------------------------------------------------
+
+    def port_forward_get(
+        self,
+        namespace: str,
+        pod: str,
+        port: int,
+        path: str,
+        *,
+        timeout: float = 30.0,
+        limit: int = 64 << 20,
+    ) -> bytes:
+        """``GET path`` from ``port`` inside a pod, through the API server's port-forward (the
+        way ``istioctl ztunnel-config`` reaches an admin port bound to the pod's localhost in a
+        distroless image, where exec has nothing to run). The body of a 200 answer, at most
+        ``limit`` bytes; anything else is a :class:`KubeApiError` naming the pod and port."""
+        what = f"GET {path} on port {port} of {namespace}/{pod} (port-forward)"
+        core = k8s.CoreV1Api(k8s.ApiClient(self.api_client.configuration))  # see open_exec
+        try:
+            forward = portforward(
+                core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
+            )
+        except Exception as error:
+            interrupt = _chained_interrupt(error)
+            if interrupt is not None:
+                raise interrupt from None
+            raise _exec_error(what, error) from error
+        try:
+            sock = forward.socket(port)
+            sock.settimeout(timeout)
+            request = f"GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n"
+            sock.sendall(request.encode("ascii") + b"\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            body = response.read(limit + 1)
+        except (OSError, http.client.HTTPException) as error:
+            problem = forward.error(port)
+            reason = problem.strip() if problem else f"{type(error).__name__}: {error}"
+            raise KubeApiError(f"{what}: {reason}") from error
+        finally:
+            forward.close()
+        if len(body) > limit:
+            raise KubeApiError(f"{what}: the answer is larger than {limit} bytes")
+        if response.status != 200:
+            text = body[:200].decode("utf-8", "replace").strip()
+            raise KubeApiError(f"{what}: HTTP {response.status} {response.reason}: {text}")
+        return body

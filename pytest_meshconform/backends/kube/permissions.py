@@ -176,6 +176,7 @@ _METHOD_VERBS: Final[Mapping[str, tuple[tuple[str, str | None], ...]]] = {
     "list_deployments": (("list", "deployments"),),
     "list_events": (("list", "events"),),
     "open_exec": (("get", "pods/exec"), ("create", "pods/exec")),
+    "port_forward_get": (("get", "pods/portforward"), ("create", "pods/portforward")),
     "served_versions": (),  # API discovery: every authenticated user may read it
 }
 

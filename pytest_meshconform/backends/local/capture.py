@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pytest_meshconform.backends.capture import MARKER_PORT, capture_filter, pcap_file_name
 from pytest_meshconform.backends.local import host
 from pytest_meshconform.backends.local.lifecycle import LocalLifecycle
+from pytest_meshconform.istio.ztunnel import HBONE_PORT
 from pytest_meshconform.mesh import MeshError, PcapRecording, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -29,7 +30,8 @@ class LocalCapture(LocalLifecycle):
 
     @contextlib.contextmanager
     def capture(self, workload: Workload, port: int | None = None) -> Iterator[PcapRecording]:
-        """tcpdump on the pod's eth0 (never loopback) for the duration of the block."""
+        """tcpdump on the pod's eth0 (never loopback) for the duration of the block; at an
+        ambient pod, `port`'s flows and its HBONE flows (port 15008)."""
         runtime = self._runtime(workload)
         if port is not None and (isinstance(port, bool) or not 1 <= int(port) <= 65535):
             raise MeshError(f"capture port must be in 1..65535, got {port!r}")
@@ -43,7 +45,8 @@ class LocalCapture(LocalLifecycle):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, host.PRIVATE_FILE_MODE))
         marker = secrets.token_hex(8)
         peer = next(p.ip for p in self.topology.pods if p.ip != runtime.pod.ip)
-        flt = capture_filter(port, peer)
+        # an ambient pod's port is reached over HBONE too: its tunnels are recorded with it
+        flt = capture_filter(port, peer, tunnel_port=HBONE_PORT if workload.ambient else None)
         argv = ["setpriv", "--pdeathsig=KILL", "tcpdump", "-i", "eth0", "-U", "--immediate-mode"]
         argv += ["-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
         proc = self._popen(

@@ -13,12 +13,16 @@ from typing import Any
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
 from pytest_meshconform.backends.local.xds import SidecarPlan
+from pytest_meshconform.backends.local.ztunnel import Tunnel, ZtunnelPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
+from pytest_meshconform.istio.ambient import ztunnel_policies
 from pytest_meshconform.istio.api import MtlsMode, Policy
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
+from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
+from pytest_meshconform.mesh import Workload
 from pytest_meshconform.settings import FAULT_NAMES
 
-__all__ = ["Faults", "plan_sidecars"]
+__all__ = ["Faults", "issued_identity", "plan_sidecars", "plan_ztunnels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +125,72 @@ def _any_peer(config: Any) -> Any:
     if isinstance(config, list):
         return [_any_peer(item) for item in config]
     return config
+
+
+def issued_identity(workload: Workload, faults: Faults) -> tuple[str, str]:
+    """(namespace, service account) the run's CA names in the workload's certificate."""
+    account = workload.service_account
+    if faults.wrong_spiffe_id:
+        account = f"{account}-impostor"
+    return workload.namespace, account
+
+
+def _spiffe_id(workload: Workload, faults: Faults) -> str:
+    namespace, account = issued_identity(workload, faults)
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{account}"
+
+
+def plan_ztunnels(
+    topology: Topology,
+    policies: Iterable[Policy],
+    root_namespace: str,
+    faults: Faults | None = None,
+) -> Mapping[str, ZtunnelPlan]:
+    """Each ambient pod's ztunnel plan: where its outbound connections tunnel (every Service
+    port and pod port whose endpoint is ambient) and ztunnel's verdict on each of its ports
+    (the model's `ztunnel_admits` over `ztunnel_policies`) for every peer the local mesh has:
+    each ambient pod over HBONE with the identity its certificate names, each pod in
+    plaintext."""
+    faults = faults or Faults()
+    policies = tuple(policies)
+    ambient = [pod for pod in topology.pods if pod.workload.ambient]
+    tunnels: list[Tunnel] = []
+    for entry in topology.services:
+        endpoint = entry.endpoints[0]
+        if endpoint.workload.ambient:
+            tunnels.append(
+                Tunnel(
+                    entry.vip,
+                    entry.service.port,
+                    endpoint.ip,
+                    entry.service.target_port,
+                    _spiffe_id(endpoint.workload, faults),
+                )
+            )
+    for pod in ambient:
+        for port in pod.workload.container_ports:
+            identity = _spiffe_id(pod.workload, faults)
+            tunnels.append(Tunnel(pod.ip, port, pod.ip, port, identity))
+    hbone_sources = [(pod.ip, _spiffe_id(pod.workload, faults)) for pod in ambient]
+    plans: dict[str, ZtunnelPlan] = {}
+    for pod in ambient:
+        w = pod.workload
+        enforced = ztunnel_policies(policies, w.namespace, w.labels, root_namespace)
+        hbone: dict[int, tuple[tuple[str, str], ...] | None] = {}
+        plaintext: dict[int, tuple[str, ...] | None] = {}
+        for port in w.container_ports:
+            if not enforced:
+                hbone[port] = plaintext[port] = None
+                continue
+            hbone[port] = tuple(
+                (ip, peer)
+                for ip, peer in hbone_sources
+                if ztunnel_admits(enforced, Connection(port, peer, ip, pod.ip))
+            )
+            plaintext[port] = tuple(
+                other.ip
+                for other in topology.pods
+                if ztunnel_admits(enforced, Connection(port, None, other.ip, pod.ip))
+            )
+        plans[w.key] = ZtunnelPlan(pod, tuple(tunnels), hbone, plaintext)
+    return plans

@@ -18,6 +18,11 @@ from typing import Any, Final
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.envoyadmin import admin_get, parse_stats
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
+from pytest_meshconform.backends.local.ztunnel import (
+    ZtunnelPlan,
+    ztunnel_clusters,
+    ztunnel_listeners,
+)
 from pytest_meshconform.mesh import MeshError
 
 __all__ = [
@@ -77,10 +82,18 @@ def _discovery_text(version: int, resources_json: str) -> str:
     return f'{{"version_info": "{version}", "resources": {resources_json}}}'
 
 
-def render(runtime: PodRuntime, plan: xds.SidecarPlan) -> bool:
-    """Write the sidecar's CDS then LDS when they changed; True when anything was written."""
+def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan) -> bool:
+    """Write the Envoy's CDS then LDS when they changed (a sidecar's, or an ambient pod's
+    ztunnel's); True when anything was written."""
     changed = False
-    cds_doc = json.dumps(xds.clusters(plan, runtime.paths), sort_keys=True)
+    if isinstance(plan, ZtunnelPlan):
+        clusters, listeners = (
+            ztunnel_clusters(plan, runtime.paths),
+            ztunnel_listeners(plan, runtime.paths),
+        )
+    else:
+        clusters, listeners = xds.clusters(plan, runtime.paths), xds.listeners(plan, runtime.paths)
+    cds_doc = json.dumps(clusters, sort_keys=True)
     if cds_doc != runtime.cds_doc:
         runtime.cds_version += 1
         runtime.cds_doc = cds_doc
@@ -90,7 +103,7 @@ def render(runtime: PodRuntime, plan: xds.SidecarPlan) -> bool:
             owner=runtime.proxy_owner,
         )
         changed = True
-    lds_doc = json.dumps(xds.listeners(plan, runtime.paths), sort_keys=True)
+    lds_doc = json.dumps(listeners, sort_keys=True)
     if lds_doc != runtime.lds_doc:
         runtime.lds_version += 1
         runtime.lds_doc = lds_doc

@@ -47,7 +47,12 @@ from pytest_meshconform import signals
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.agent import SidecarAgent
 from pytest_meshconform.backends.local.ca import MeshCA, WorkloadPrivateKey
-from pytest_meshconform.backends.local.control import Faults, plan_sidecars
+from pytest_meshconform.backends.local.control import (
+    Faults,
+    issued_identity,
+    plan_sidecars,
+    plan_ztunnels,
+)
 from pytest_meshconform.backends.local.delivery import (
     ENVOY_CONCURRENCY,
     render,
@@ -66,6 +71,8 @@ from pytest_meshconform.backends.local.topology import (
     Pod,
     Topology,
 )
+from pytest_meshconform.backends.local.xds import SidecarPlan
+from pytest_meshconform.backends.local.ztunnel import ZtunnelPlan, ztunnel_bootstrap
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
@@ -410,9 +417,12 @@ class LocalLifecycle(SidecarAgent):
             log.close()
 
     def _write_initial_config(self) -> None:
-        plans = plan_sidecars(
-            self.topology, [], self.root_namespace, self.faults, self.min_tls_version
-        )
+        plans: dict[str, SidecarPlan | ZtunnelPlan] = {
+            **plan_sidecars(
+                self.topology, [], self.root_namespace, self.faults, self.min_tls_version
+            ),
+            **plan_ztunnels(self.topology, [], self.root_namespace, self.faults),
+        }
         ca = self._require_ca()
         keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
         for key, plan in plans.items():
@@ -423,7 +433,12 @@ class LocalLifecycle(SidecarAgent):
             owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
             # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
             write_text(paths.access_log, "", owner=owner)
-            write_json(paths.bootstrap, xds.bootstrap(runtime.pod, paths), owner=owner)
+            config = (
+                ztunnel_bootstrap(runtime.pod, paths)
+                if isinstance(plan, ZtunnelPlan)
+                else xds.bootstrap(runtime.pod, paths)
+            )
+            write_json(paths.bootstrap, config, owner=owner)
             write_json(
                 paths.sds(ROOT_SECRET),
                 xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
@@ -439,13 +454,8 @@ class LocalLifecycle(SidecarAgent):
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
     def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
-        w = runtime.pod.workload
-        service_account = (
-            f"{w.service_account}-impostor" if self.faults.wrong_spiffe_id else w.service_account
-        )
-        cert = self._require_ca().issue_workload(
-            w.namespace, service_account, self.cert_ttl, key=key
-        )
+        namespace, service_account = issued_identity(runtime.pod.workload, self.faults)
+        cert = self._require_ca().issue_workload(namespace, service_account, self.cert_ttl, key=key)
         runtime.cert = cert
         write_json(
             runtime.paths.sds(WORKLOAD_SECRET),
@@ -478,7 +488,7 @@ class LocalLifecycle(SidecarAgent):
     def _start_envoys(self) -> None:
         envoy = str(self._envoy_path)
         for runtime in self._pods.values():
-            if not runtime.pod.workload.has_sidecar:
+            if runtime.proxy_id is None:  # neither a sidecar nor ambient (ztunnel's Envoy)
                 continue
             runtime.envoy = self._spawn(
                 runtime,

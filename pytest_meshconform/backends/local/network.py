@@ -65,11 +65,12 @@ def create_namespaces(
 
 
 def proxy_ids(base: int, topology: Topology) -> dict[str, int]:
-    """Each sidecar pod's Envoy uid (and gid) in a run's block: `base` + the pod's index."""
+    """Each sidecar or ambient pod's Envoy uid (and gid) in a run's block: `base` + the pod's
+    index (an ambient pod's Envoy plays its ztunnel)."""
     return {
         pod.workload.key: base + index
         for index, pod in enumerate(topology.pods)
-        if pod.workload.has_sidecar
+        if pod.workload.has_sidecar or pod.workload.ambient
     }
 
 

@@ -1,7 +1,8 @@
 """Policies on the local mesh: the set in force, pushed to the sidecars, awaited in Envoy.
 
 `apply` and `delete` edit the policy set, ask the model for every sidecar's plan
-(`control.plan_sidecars`), write the sidecars whose config changed (`delivery.render`) and
+(`control.plan_sidecars`, and `control.plan_ztunnels` for ambient pods' ztunnels), write
+those whose config changed (`delivery.render`) and
 return once each of those Envoys runs the new version on its worker; a set the proxies refuse
 is put back.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.control import plan_sidecars, plan_ztunnels
 from pytest_meshconform.backends.local.delivery import (
     VERSION_STATS_PATH,
     render,
@@ -23,6 +24,8 @@ from pytest_meshconform.backends.local.delivery import (
 from pytest_meshconform.backends.local.envoyadmin import admin_get_all
 from pytest_meshconform.backends.local.lifecycle import LocalLifecycle
 from pytest_meshconform.backends.local.runtime import PodRuntime
+from pytest_meshconform.backends.local.xds import SidecarPlan
+from pytest_meshconform.backends.local.ztunnel import ZtunnelPlan
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.mesh import MeshError, PropagationTimeout
 from pytest_meshconform.waiting import WaitTimeout, poll
@@ -85,13 +88,13 @@ class LocalPropagation(LocalLifecycle):
             raise
 
     def _push(self) -> None:
-        plans = plan_sidecars(
-            self.topology,
-            list(self._policies.values()),
-            self.root_namespace,
-            self.faults,
-            self.min_tls_version,
-        )
+        policies = list(self._policies.values())
+        plans: dict[str, SidecarPlan | ZtunnelPlan] = {
+            **plan_sidecars(
+                self.topology, policies, self.root_namespace, self.faults, self.min_tls_version
+            ),
+            **plan_ztunnels(self.topology, policies, self.root_namespace, self.faults),
+        }
         changed = [self._pods[key] for key, plan in plans.items() if render(self._pods[key], plan)]
         self._wait_versions(changed)
 

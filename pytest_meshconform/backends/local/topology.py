@@ -36,7 +36,6 @@ PROXY_GID = 1337
 # directory to the proxy's own pod directory.
 PROXY_ID_BASE = 1_337_000_000
 PROXY_ID_BLOCK = 256  # more than the 200 pods a topology may have
-EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
 # The uid/gid the `sleep` app (and `exec` in its pod) runs as: not root and not the proxy's, as
 # in Istio where only the proxy runs as 1337. The httpbin app stays root: its Python may live
@@ -88,7 +87,10 @@ class Topology:
             if pod.workload.name == name and pod.workload.namespace == namespace:
                 return pod
         known = ", ".join(p.workload.key for p in self.pods)
-        raise KeyError(f"no workload {name}.{namespace} in the local mesh (have: {known})")
+        raise KeyError(
+            f"no workload {name}.{namespace} in the local mesh (have: {known}); a suite written"
+            " for its own topology runs with --mesh-topology=PATH"
+        )
 
     def pod_of(self, workload: Workload) -> Pod:
         return self.pod(workload.name, workload.namespace)

@@ -24,6 +24,7 @@ from pytest_meshconform.backends.local.topology import (
     ServiceEntry,
     Topology,
 )
+from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
@@ -53,9 +54,9 @@ DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
 }
 # The app kinds that serve ports: what a port's `serves` may name.
 SERVING_KINDS: Final = ("httpbin", "tcp-echo")
-# A namespace's data plane: Envoy sidecars (istio-injection=enabled) or none. Istio's ambient
-# mode would be a third value; the local mesh does not run it.
-DATAPLANES: Final = ("sidecar", "none")
+# A namespace's data plane: Envoy sidecars (istio-injection=enabled), ambient (the namespace
+# labelled istio.io/dataplane-mode=ambient: ztunnel captures its pods) or none.
+DATAPLANES: Final = ("sidecar", "ambient", "none")
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -202,8 +203,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         if namespace in seen_namespaces:
             raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
         seen_namespaces.add(namespace)
-        injected = _dataplane(ctx, ns_node, fields, where) == "sidecar"
-        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, injected, len(pods))
+        dataplane = _dataplane(ctx, ns_node, fields, where)
+        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, dataplane, len(pods))
         pods += ns_pods
         entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, len(entries))
     if len(pods) > _MAX_PODS:
@@ -281,12 +282,28 @@ def _workload_ports(
     return tuple(ports), tuple(served)
 
 
+def _annotations(ctx: _Ctx, node: yaml.Node, field: str) -> dict[str, str]:
+    """A pod's annotations: string values; the interception ones checked as Istio's injector
+    checks them (it refuses the pod otherwise)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, field, f"expected a mapping, got {_describe(node)}")
+    result: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        key = ctx.string(key_node, f"{field} key")
+        result[key] = ctx.string(value_node, f"{field}.{key}")
+        try:
+            sidecar_interception({key: result[key]})
+        except InterceptionError as exc:
+            raise ctx.error(value_node, f"{field}.{key}", str(exc)) from None
+    return result
+
+
 def _workloads(
     ctx: _Ctx,
     node: yaml.Node | None,
     where: str,
     namespace: str,
-    injected: bool,
+    dataplane: str,
     first_index: int,
 ) -> list[Pod]:
     pods: list[Pod] = []
@@ -298,7 +315,7 @@ def _workloads(
         fields = ctx.mapping(
             w_node,
             field,
-            ("name", "kind", "serviceAccount", "labels", "ports"),
+            ("name", "kind", "serviceAccount", "labels", "annotations", "ports"),
             ("name",),
         )
         if first_index + len(pods) >= _MAX_PODS:  # stop here: the rest is not even read
@@ -337,6 +354,11 @@ def _workloads(
                 f"{field}.labels.app",
                 "required: Services select their endpoints by the app label",
             )
+        annotations = (
+            _annotations(ctx, fields["annotations"], f"{field}.annotations")
+            if "annotations" in fields
+            else {}
+        )
         ports = DEFAULT_PORTS[kind] if kind is not None else ()
         served: tuple[tuple[int, str], ...] = ()
         if "ports" in fields:
@@ -358,9 +380,11 @@ def _workloads(
             namespace=namespace,
             app=labels["app"],
             service_account=account,
-            has_sidecar=injected,
+            has_sidecar=dataplane == "sidecar",
             labels=labels,
             container_ports=ports,
+            ambient=dataplane == "ambient",
+            annotations=annotations,
         )
         pods.append(
             Pod(

@@ -26,13 +26,20 @@ from pytest_meshconform.istio.api.destination_rule import (
     TrafficPolicy,
 )
 from pytest_meshconform.istio.api.fields import PolicyError
-from pytest_meshconform.istio.api.parse import Policy, PolicyText, parse_policies, parse_policy
+from pytest_meshconform.istio.api.parse import (
+    POLICY_KINDS,
+    Policy,
+    PolicyText,
+    parse_policies,
+    parse_policy,
+)
 from pytest_meshconform.istio.api.peer_authentication import (
     MtlsMode,
     PeerAuthentication,
 )
 
 __all__ = [
+    "POLICY_KINDS",
     "AuthorizationPolicy",
     "AuthzAction",
     "AuthzCondition",

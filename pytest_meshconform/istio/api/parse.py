@@ -57,6 +57,8 @@ _ACCEPTED_KINDS: Final = {
     DestinationRule.kind: DESTINATION_RULE_API_VERSIONS,
     AuthorizationPolicy.kind: AUTHORIZATION_POLICY_API_VERSIONS,
 }
+POLICY_KINDS: Final = tuple(_ACCEPTED_KINDS)
+"""The policy kinds meshconform parses and applies, in the order the docs list them."""
 _PARSERS: Final[dict[str, Callable[[Mapping[str, Any], str | None], Policy]]] = {
     PeerAuthentication.kind: parse_peer_authentication,
     DestinationRule.kind: parse_destination_rule,
