@@ -8,6 +8,7 @@ from pytest_meshconform.evidence.certs import (
     load_pem_chain as load_pem_chain,
 )
 from pytest_meshconform.evidence.curl import HttpResult as HttpResult
+from pytest_meshconform.evidence.grpc_call import GrpcResult as GrpcResult
 from pytest_meshconform.evidence.tcp_connect import TcpResult as TcpResult
 from pytest_meshconform.evidence.wire import Flow as Flow
 from pytest_meshconform.evidence.xfcc import XfccElement as XfccElement
@@ -23,6 +24,7 @@ from pytest_meshconform.istio.sidecar_dump import inbound_tls_contexts as inboun
 from pytest_meshconform.mesh import (
     ExecResult as ExecResult,
     Feature as Feature,
+    GrpcClientUnavailable as GrpcClientUnavailable,
     Mesh as Mesh,
     MeshError as MeshError,
     Workload as Workload,

@@ -19,7 +19,8 @@ every port conforms, 1 one does not, 4 bad usage.
 run can go, 1 a finding would break it, 4 bad usage or no cluster to check.
 
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network
-namespaces, processes, files), as the next run would; exit 0.
+namespaces, processes, files), as the next run would; exit 0, or 2 when not run as root (it
+could remove nothing).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="remove what killed or kept local meshes left behind",
         description="Remove the network namespaces, processes and files of local meshes whose"
-        " run has ended (killed, or kept with --mesh-keep and its owner gone). Needs root.",
+        " run has ended (killed, or kept with --mesh-keep and its owner gone). Needs root:"
+        " exit 2 without it.",
     )
     return parser
 
@@ -158,8 +160,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep() -> int:
-    from pytest_meshconform.backends.local.host import sweep_stale_runs
+    import os
 
+    from pytest_meshconform.backends.local.host import NETNS_RUN, STATE_ROOT, sweep_stale_runs
+
+    if os.geteuid() != 0:  # it could remove nothing, and would say there was nothing
+        print(
+            f"meshconform sweep: error: sweeping needs root: local meshes' network namespaces"
+            f" ({NETNS_RUN}/mc-*), processes and files ({STATE_ROOT}) are root's; run it as"
+            " root, e.g. `sudo meshconform sweep`",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     swept = sweep_stale_runs()
     print("swept: " + "; ".join(swept) if swept else "nothing to sweep")
     return EXIT_OK

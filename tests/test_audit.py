@@ -366,7 +366,9 @@ def test_a_two_port_tcp_service_is_audited_port_by_port(
         "STRICT",
     )
     assert strict["evidence"]["plaintext"]["answered"] is False
-    assert strict["evidence"]["mesh"]["detail"] == "hello meshconform-audit"
+    assert strict["evidence"]["mesh"]["detail"] == (
+        "hello meshconform-audit; the probe closed the connection once the echo came back"
+    )
     assert strict["evidence"]["wire"]["alpn"] == ["istio-peer-exchange", "istio"]
     assert strict["evidence"]["wire"]["sni"] == "outbound_.9000_._.echo.shop.svc.cluster.local"
     assert (disabled["targetPort"], disabled["predicted"], disabled["observed"]) == (
@@ -374,7 +376,9 @@ def test_a_two_port_tcp_service_is_audited_port_by_port(
         "DISABLE",
         "PLAINTEXT",
     )
-    assert disabled["evidence"]["plaintext"]["detail"] == "hello meshconform-audit"
+    assert disabled["evidence"]["plaintext"]["detail"] == (
+        "hello meshconform-audit; the probe closed the connection once the echo came back"
+    )
     assert disabled["evidence"]["wire"]["tls"] is False
     assert disabled["evidence"]["wire"]["plaintextPayload"] is True
     # and with --require=STRICT the DISABLEd port is named as accepting plaintext

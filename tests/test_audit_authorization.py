@@ -98,12 +98,20 @@ def test_an_allow_policy_on_principals(request_: RbacRequest, verdict: str) -> N
     assert rbac_verdict(_authorization(LEDGER_WEB_ONLY), request_) == verdict
 
 
-def test_deny_rules_methods_ports_and_what_cannot_be_known() -> None:
-    deny_post = LEDGER_WEB_ONLY.replace("action: ALLOW", "action: DENY").replace(
-        '- from:\n        - source: {principals: ["cluster.local/ns/checkout/sa/checkout-web"]}',
-        "- to:\n        - operation: {methods: [GET], ports: ['8080']}",
+def _ledger_policy(spec: str, name: str = "p", annotations: str = "{}") -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: payments, annotations: {annotations}}}\n"
+        f"spec: {{selector: {{matchLabels: {{app: ledger}}}}, {spec}}}\n"
     )
-    deny = _authorization(deny_post)
+
+
+def test_deny_rules_methods_ports_and_what_cannot_be_known() -> None:
+    deny = _authorization(
+        _ledger_policy(
+            "action: DENY, rules: [{to: [{operation: {methods: [GET], ports: ['8080']}}]}]"
+        )
+    )
     assert rbac_verdict(deny, RbacRequest(port=8080, principal=WEB, headers=HTTP_GET)) == "denied"
     post = {**HTTP_GET, ":method": "POST"}
     assert rbac_verdict(deny, RbacRequest(port=8080, principal=WEB, headers=post)) == "allowed"
@@ -111,25 +119,22 @@ def test_deny_rules_methods_ports_and_what_cannot_be_known() -> None:
     assert rbac_verdict(deny, RbacRequest(port=8080, principal=WEB)) == "denied"
     assert rbac_verdict(deny, RbacRequest(port=5432, principal=WEB)) == "allowed"
     # an ALLOW policy without rules allows nothing
-    nothing = _authorization(LEDGER_WEB_ONLY.split("  rules:")[0])
+    nothing = _authorization(_ledger_policy("action: ALLOW"))
     assert rbac_verdict(nothing, RbacRequest(port=8080, principal=WEB, headers=HTTP_GET)) == (
         "denied"
     )
     # a dry-run policy enforces nothing
-    dry = _authorization(
-        LEDGER_WEB_ONLY.replace(
-            "namespace: payments}",
-            'namespace: payments, annotations: {"istio.io/dry-run": "true"}}',
-        )
+    web_only = (
+        "action: ALLOW, rules: [{from: [{source:"
+        " {principals: [cluster.local/ns/checkout/sa/checkout-web]}}]}]"
     )
+    dry = _authorization(_ledger_policy(web_only, annotations='{"istio.io/dry-run": "true"}'))
     assert rbac_verdict(dry, RbacRequest(port=8080, principal=REFUNDS, headers=HTTP_GET)) == (
         "allowed"
     )
     # ipBlocks: the probe's address is not known to the prediction
     blocks = _authorization(
-        LEDGER_WEB_ONLY.replace("principals: [", "ipBlocks: [").replace(
-            '"cluster.local/ns/checkout/sa/checkout-web"', '"10.0.0.0/8"'
-        )
+        _ledger_policy("action: ALLOW, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]")
     )
     assert rbac_verdict(blocks, RbacRequest(port=8080, principal=WEB, headers=HTTP_GET)) == (
         "unknown"
@@ -310,7 +315,9 @@ def test_the_payments_audit_judges_mode_and_authorization_apart(
         assert port["authorization"]["conforms"] is True
         assert port["evidence"]["wire"]["serverHello"] is True  # the mesh probe's mTLS taken
     if case == "no policy":
-        assert ports[5432]["evidence"]["plaintext"]["detail"] == "hello meshconform-audit"
+        assert ports[5432]["evidence"]["plaintext"]["detail"] == (
+            "hello meshconform-audit; the probe closed the connection once the echo came back"
+        )
     # the terminal table: the mode, then what authorization did to the mesh/plaintext probes
     row = next(line for line in out.splitlines() if line.startswith("ledger.payments:5432"))
     authz = "{}/{}".format(*(rows[5432][i].replace("not reached", "-") for i in (3, 5)))
@@ -366,3 +373,20 @@ def test_the_topology_file_is_read_as_written() -> None:
     )
     assert services == [("ledger", "payments", 80, 8080), ("ledger", "payments", 5432, 5432)]
     assert yaml.safe_load(PAYMENTS.read_text())["namespaces"][0]["name"] == "payments"
+
+
+@needs_local_mesh
+def test_an_authorization_policy_that_selects_nothing_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the selector would predict and observe nothing of the policy: an error
+    naming the policy and why, before any probe."""
+    policy = tmp_path / "typo.yaml"
+    policy.write_text(LEDGER_WEB_ONLY.replace("app: ledger", "app: ledgr"))
+    with runs_made() as run_ids:
+        code = main(["audit", f"--mesh-topology={PAYMENTS}", "--policy", str(policy)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--policy AuthorizationPolicy payments/ledger-web-only applies to no workload" in err
+    assert "ledgr" in err
+    assert not any(traces_of(run_id) for run_id in run_ids)

@@ -5,6 +5,7 @@ YAML/JSON)."""
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +171,38 @@ def test_an_old_kubernetes_client_is_refused_by_the_doctor_and_the_audit(
         assert code == 1
         assert "FAIL  kubernetes-client  kubernetes client 36.0.3" in out
         assert "fix: pip install 'kubernetes>=37.0.0'" in out
+
+
+def test_a_report_path_that_cannot_be_written_stops_the_doctor_before_it_asks(
+    kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Run as a user runs it (a subprocess): the path is checked before any request."""
+    import subprocess
+    import sys
+
+    (tmp_path / "doctor.html").mkdir()
+    with FakeApiServer(routes=Cluster().routes()) as server:
+        kubeconfig.write_text(kubeconfig_text(server.url, context="prod"))
+        argv = [sys.executable, "-m", "pytest_meshconform.cli", "doctor", "--mesh-cluster=prod"]
+        refused = subprocess.run(
+            [*argv, "--report=doctor.html"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert server.requests == []
+        written = subprocess.run(
+            [*argv, "--report=out/doctor.yaml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            umask=0,
+        )
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.splitlines() == [
+        "meshconform doctor: error: --report doctor.html: is a directory: name a file, e.g."
+        " doctor.html/report.html"
+    ]
+    assert written.returncode == 0, written.stdout + written.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert (modes, stat.S_IMODE((tmp_path / "out").stat().st_mode)) == (
+        {"doctor.yaml": 0o600},
+        0o700,
+    )

@@ -288,7 +288,7 @@ def test_unavailable_local_mesh_is_one_usage_error(pytester: pytest.Pytester) ->
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*the local mesh cannot start on this machine*", "*apt-get install -y*"]
+        ["*the local mesh cannot start on this machine: *apt-get install -y*"]
     )
     assert "Traceback" not in result.stderr.str()
 

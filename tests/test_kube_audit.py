@@ -13,6 +13,8 @@ accepts it) and that the audit writes nothing but its own namespace.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -210,11 +212,28 @@ def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
         fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
     )
     _route_captures(fake, istio)
-    mesh.start()
+    umask = os.umask(0)  # the captures and the evidence are private whatever the umask
     try:
-        result = run_audit(mesh, require="STRICT", evidence_dir=tmp_path / "evidence")
+        mesh.start()
+        try:
+            result = run_audit(mesh, require="STRICT", evidence_dir=tmp_path / "evidence")
+            modes = {
+                str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode)
+                for kept in ("captures", "evidence")
+                for p in (tmp_path / kept, *(tmp_path / kept).iterdir())
+            }
+        finally:
+            mesh.close()  # removes its run directory
     finally:
-        mesh.close()
+        os.umask(umask)
+    captures = [name for name in modes if name.startswith("captures/probe.meshconform-audit-")]
+    assert len(captures) == 2, modes  # a capture per port, in the probe's pod
+    assert modes == {
+        "captures": 0o700,
+        **dict.fromkeys(captures, 0o600),
+        "evidence": 0o700,
+        **{f"evidence/{port}.pcap": 0o600 for port in ("httpbin.bar-8000", "httpbin.foo-8000")},
+    }
     by_key = {r.port.key: r for r in result.ports}
     assert sorted(by_key) == ["httpbin.bar:8000", "httpbin.foo:8000"]
     foo, bar = by_key["httpbin.foo:8000"], by_key["httpbin.bar:8000"]

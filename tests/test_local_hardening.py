@@ -84,18 +84,31 @@ def _check_private(entries: dict[str, Entry], proxies: dict[str, int]) -> None:
             assert (entry.uid, entry.gid) == (proxies[pod], proxies[pod]), (path, entry)
 
 
-def test_evidence_is_readable_by_root_only() -> None:
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_evidence_is_readable_by_root_only(umask: int) -> None:
     """Captures, access logs, logs, keys and config: 0600; directories 0700, or 0710 where an
     Envoy must reach its own files (group 1337 for the run directory and pods/, the pod's own
-    proxy gid for its directory). Checked while a capture is live and after."""
-    with LocalMesh() as mesh:
-        sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
-        proxies = {w.key: mesh.proxy_uid(w) for w in mesh.workloads() if w.has_sidecar}
-        with mesh.capture(httpbin):
-            answer = mesh.exec(sleep, ["curl", "-sS", "-o", "/dev/null", httpbin_url()])
-            assert answer.returncode == 0, answer
-            live = _entries(mesh.run_dir)
-        after = _entries(mesh.run_dir)
+    proxy gid for its directory). Checked while a capture is live and after, under the usual
+    umask and under 000 (issue 23 #8a); each pod's /etc/netns files are root's to write."""
+    previous = os.umask(umask)
+    try:
+        with LocalMesh() as mesh:
+            sleep, httpbin = mesh.workload("sleep", "foo"), mesh.workload("httpbin", "foo")
+            proxies = {w.key: mesh.proxy_uid(w) for w in mesh.workloads() if w.has_sidecar}
+            with mesh.capture(httpbin):
+                answer = mesh.exec(sleep, ["curl", "-sS", "-o", "/dev/null", httpbin_url()])
+                assert answer.returncode == 0, answer
+                live = _entries(mesh.run_dir)
+            after = _entries(mesh.run_dir)
+            etc = {w.key: _entries(Path("/etc/netns") / mesh.netns(w)) for w in mesh.workloads()}
+    finally:
+        os.umask(previous)
+    written_by_root = {
+        ".": Entry(0o755, 0, 0, "dir"),
+        "hosts": Entry(0o644, 0, 0, "file"),
+        "resolv.conf": Entry(0o644, 0, 0, "file"),
+    }
+    assert len(etc) == 6 and all(entries == written_by_root for entries in etc.values()), etc
     assert len(set(proxies.values())) == 4, proxies
     for entries in (live, after):
         _check_private(entries, proxies)

@@ -71,9 +71,9 @@ def test_preflight_names_only_what_is_missing(
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(host.LocalMeshUnavailable) as caught:
         host.preflight()
-    assert str(caught.value) == (
-        "the local mesh cannot start on this machine:\n"
-        "  - missing commands tcpdump: install them with `apt-get install -y tcpdump`"
+    assert str(caught.value) == (  # one problem, one line
+        "the local mesh cannot start on this machine: missing commands tcpdump: install them"
+        " with `apt-get install -y tcpdump`"
     )
 
 

@@ -255,7 +255,7 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
         "      - {name: x, kind: httpbin, ports: [8080, {port: 5432, serves: postgres}]}\n",
         ":5: namespaces[0].workloads[0].ports[1].serves: 'postgres' serves no port; a port is"
-        " served by httpbin or tcp-echo",
+        " served by httpbin or tcp-echo or grpc-echo",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
@@ -266,12 +266,13 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
         "      - {name: x, ports: [{port: 5432, serves: tcp-echo}, 8080]}\n",
         ":5: namespaces[0].workloads[0].ports[1]: a plain port is served by the workload's kind,"
-        " and it names none: give kind, or write {port: 8080, serves: httpbin | tcp-echo}",
+        " and it names none: give kind, or write {port: 8080, serves: httpbin | tcp-echo |"
+        " grpc-echo}",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n      - {name: x}\n",
         ":5: namespaces[0].workloads[0].kind: required field missing (one of httpbin, sleep,"
-        " tcp-echo), unless every port says what serves it",
+        " tcp-echo, grpc-echo), unless every port says what serves it",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
@@ -329,8 +330,8 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    injected: true\n    workloads:\n"
         "      - {name: x, kind: httpbin}\n    services:\n      - name: s\n"
         "        selector: {app: x}\n        ports:\n"
-        "          - {name: grpc, port: 80, targetPort: 8080}\n",
-        ":10: namespaces[0].services[0].ports[0].name: Istio selects protocol GRPC",
+        "          - {name: grpc-web, port: 80, targetPort: 8080}\n",
+        ":10: namespaces[0].services[0].ports[0].name: Istio selects protocol GRPC-Web",
     ),
     (
         "namespaces:\n  - name: a\n    injected: true\n    workloads:\n"

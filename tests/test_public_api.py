@@ -40,7 +40,8 @@ def test_the_face_is_one_short_list() -> None:
     assert pytest_meshconform.__all__ == ["__version__", *face]
     # the outcome vocabulary (MTLS, RESET...) is words, not API surface: counted apart
     words = [n for n in face if isinstance(getattr(pytest_meshconform, n), tables.Outcome)]
-    assert len(face) - len(words) <= 43, sorted(face)
+    # 45: GrpcResult and GrpcClientUnavailable (issue 25, gRPC calls) raised it from 43
+    assert len(face) - len(words) <= 45, sorted(face)
     for name, module in face.items():
         assert alias_target(name, module) is getattr(pytest_meshconform, name), name
     assert pytest_meshconform.__version__ == "0.1.0"

@@ -395,12 +395,33 @@ def test_evidence_without_artifacts_dir_points_at_the_files(suite_dir: pytest.Py
     )
 
 
-def test_unwritable_report_fails_the_run(pytester: pytest.Pytester) -> None:
+def test_unwritable_report_stops_the_run_before_it_starts(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
     (pytester.path / "blocker").write_text("a file, not a directory")
     result = _run(pytester, "--mesh-report=blocker/report.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # tests/test_outputs.py: every case
+    result.stderr.fnmatch_lines(
+        ["ERROR: --mesh-report */blocker/report.yaml: */blocker is a file, not a directory: *"]
+    )
+
+
+def test_a_page_that_cannot_be_written_is_in_the_record(pytester: pytest.Pytester) -> None:
+    """The HTML page is written after the record: the record must not say the run passed
+    when the page's failure fails it. (A page path that cannot be written when the run
+    starts stops it at once: tests/test_outputs.py; here a test takes the path meanwhile.)"""
+    pytester.makepyfile(
+        test_plain="import pathlib\n\n\ndef test_one():\n"
+        "    pathlib.Path('pages/r.html').mkdir(parents=True)\n"
+    )
+    result = _run(pytester, "--mesh-report=r.yaml", "--mesh-report=pages/r.html")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["meshconform: report: cannot write */blocker/report.yaml: *"])
+    result.stdout.fnmatch_lines(["meshconform: report: cannot write */pages/r.html: *"])
+    report = load_report(pytester.path / "r.yaml")
+    (reason,) = report.reasons
+    assert reason.startswith(f"cannot write {pytester.path / 'pages' / 'r.html'}: is a directory")
+    assert (report.exit_status, report.result) == (1, "failure")
+    assert report.summary == f"1 passed; the run failed: {reason}"
+    assert [p.name for p in pytester.path.iterdir() if p.name.endswith(".partial")] == []
 
 
 # --- --mesh-baseline --------------------------------------------------------------------------
@@ -504,14 +525,25 @@ def test_baseline_regression_fails_an_otherwise_green_run(pytester: pytest.Pytes
 
 
 def test_an_interrupted_run_reads_as_interrupted(pytester: pytest.Pytester) -> None:
+    """A SIGTERM (a CI job's timeout) while the run owns the handlers, as the mesh fixture
+    does: the report says the run was interrupted, and by what."""
     pytester.makepyfile(
         test_plain="""
+import os
+import signal
+
+from pytest_meshconform import signals
+
+
 def test_one():
     pass
 
 
 def test_two():
-    raise KeyboardInterrupt
+    signals.acquire()
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the handler runs between bytecodes
+        pass
 
 
 def test_three():
@@ -523,13 +555,28 @@ def test_three():
     )
     assert result.ret == pytest.ExitCode.INTERRUPTED
     document = yaml.safe_load((pytester.path / "r.yaml").read_text())
-    verdict = "1 passed, 2 not run; the run was interrupted"
+    why = "SIGTERM: ending the run, removing what it made"
+    verdict = f"1 passed, 2 not run; the run was interrupted: {why}"
     assert (document["result"], document["summary"]) == ("failure", verdict)
-    assert document["run"]["exitStatus"] == 2
+    assert (document["run"]["exitStatus"], document["run"]["reasons"]) == (2, [why])
     validate(document)
     assert load_report(pytester.path / "r.yaml").summary == verdict
     markdown = (pytester.path / "r.md").read_text()
     assert markdown.startswith(f"# meshconform conformance report: ❌ failure\n\n{verdict}\n")
+
+
+def test_a_run_that_broke_reads_as_broken(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        "def pytest_runtest_logfinish(nodeid):\n    raise RuntimeError('a plugin broke')\n"
+    )
+    pytester.makepyfile(test_plain="def test_one():\n    pass\n")
+    result = _run(pytester, "--mesh-report=r.yaml")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load_report(pytester.path / "r.yaml")
+    assert (report.result, report.summary) == (
+        "failure",
+        "1 passed; the run stopped on an internal error: RuntimeError: a plugin broke",
+    )
 
 
 def test_an_all_skipped_run_says_nothing_was_tested(pytester: pytest.Pytester) -> None:

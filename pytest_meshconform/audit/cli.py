@@ -160,6 +160,18 @@ def _run(args: argparse.Namespace) -> int:
     ):
         accepted = ", ".join((*REPORT_SUFFIXES, *HUMAN_REPORT_SUFFIXES))
         raise _Usage(f"--report {args.report}: accepted suffixes: {accepted}")
+    if args.report is not None:  # before any mesh or namespace is brought up
+        from pytest_meshconform.outputs import (
+            OutputPathError,
+            check_output_directory,
+            check_output_file,
+        )
+
+        try:
+            check_output_file("--report", args.report)
+            check_output_directory("--report's evidence", evidence_dir_of(args.report))
+        except OutputPathError as exc:
+            raise _Usage(str(exc)) from None
     overlap = sorted(set(args.namespace) & set(args.exclude_namespace))
     if overlap:
         raise _Usage(f"--namespace and --exclude-namespace both name {', '.join(overlap)}")

@@ -46,6 +46,7 @@ from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError
 from pytest_meshconform.istio.api import PolicyError
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
+from pytest_meshconform.outputs import write_file
 
 __all__ = [
     "AuditResult",
@@ -187,17 +188,22 @@ def _authz_mismatches(port: ServicePort, probes: dict[str, ProbeAttempt]) -> lis
 
 
 def _authz_note(port: ServicePort, probes: dict[str, ProbeAttempt]) -> str:
-    """``; authorization denied the mesh probe (...)`` when a probe was denied."""
-    denied = [name for name, p in probes.items() if p.authorization == "denied"]
-    if not denied:
+    """``; authorization denied the mesh probe (...), as the AuthorizationPolicies predict``
+    for the probes denied as predicted (or where the prediction is unknown); a denial the
+    policies do not predict is `_authz_mismatches`' business."""
+    expected = {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext}
+    denied = [
+        name
+        for name, p in probes.items()
+        if p.authorization == "denied" and expected[name] in ("denied", "unknown")
+    ]
+    if not denied or port.authorization is None:
         return ""
     how = _HOW_DENIED[port.protocol.is_http]
     who = "both probes" if len(denied) == 2 else f"the {denied[0]} probe"
     policies = ", ".join(
-        f"{p.namespace or 'default'}/{p.name}"
-        for p in (() if port.authorization is None else port.authorization.policies)
+        f"{p.namespace or 'default'}/{p.name}" for p in port.authorization.policies
     )
-    expected = {"mesh": port.authz_mesh, "plaintext": port.authz_plaintext}
     if all(expected[name] == "denied" for name in denied):
         why = ", as the AuthorizationPolicies predict"
     else:  # predicted `unknown`: a rule on the probe's address or a header it may send
@@ -237,10 +243,11 @@ def _judge(
                 f" (which means {port.expected} from the probes)"
             ]
         )
-        return observed, "fail", reason + note, conforms, not authz_problems, meets
+        mismatches = "".join(f"; {m}" for m in authz_problems)
+        return observed, "fail", reason + mismatches + note, conforms, not authz_problems, meets
     if authz_problems:
         reason = f"{_MODE_WORDS[observed]}, as predicted; " + "; ".join(authz_problems)
-        return observed, "fail", reason, conforms, False, meets
+        return observed, "fail", reason + note, conforms, False, meets
     if meets is False:
         if not port.in_mesh:
             reason = f"outside the mesh (no sidecar): accepts plaintext; required {require}"
@@ -282,9 +289,8 @@ def probe_port(
             mesh_request = attempt(mesh, probe, port)
         kept = None
         if evidence_dir is not None:  # the mesh's own copy goes with the mesh
-            evidence_dir.mkdir(parents=True, exist_ok=True)
             kept = evidence_dir / f"{port.key.replace(':', '-')}.pcap"
-            kept.write_bytes(recording.pcap)
+            write_file(kept, recording.pcap)  # 0600 in a 0700 directory, whatever the umask
         wire = read_wire(recording.pcap, kept, svc.target_port)
     except (MeshError, CaptureError, TcpError, OSError) as exc:
         return PortResult(

@@ -192,7 +192,8 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         admitted=admitted,
         authorization=authz,
         answered=bool(tcp.received),
-        detail=(tcp.received.decode(errors="replace").strip() or tcp.stderr.strip())[:300],
+        detail=(tcp.received.decode(errors="replace").strip() or tcp.stderr.strip())[:300]
+        + ("; the probe closed the connection once the echo came back" if tcp.echoed else ""),
     )
 
 

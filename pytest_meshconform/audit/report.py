@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.audit.engine import AuditResult
+from pytest_meshconform.outputs import write_file
 from pytest_meshconform.report.observations import ObservedTable
 from pytest_meshconform.report.render import (
     Block,
@@ -79,18 +80,17 @@ def write_report(result: AuditResult, path: Path) -> None:
     """The report as YAML (.yaml/.yml) or JSON (.json), per AUDIT_SCHEMA; or, for a person,
     as a self-contained HTML page (.html/.htm) or Markdown (.md) (`audit_document`)."""
     data = result.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".html", ".htm", ".md"):
         document = audit_document(result)
         markdown = path.suffix.lower() == ".md"
-        path.write_text(render_markdown(document) if markdown else render_html(document))
+        write_file(path, render_markdown(document) if markdown else render_html(document))
         return
     if path.suffix == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_file(path, json.dumps(data, indent=2) + "\n")
     else:
         import yaml
 
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        write_file(path, yaml.safe_dump(data, sort_keys=False))
 
 
 _AUDIT_STATUS: Final = {"pass": "passed", "fail": "failed", "error": "error"}

@@ -124,6 +124,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.report is not None and args.report.suffix.lower() not in REPORT_SUFFIXES:
         raise _Usage(f"--report {args.report}: accepted suffixes: {', '.join(REPORT_SUFFIXES)}")
+    if args.report is not None:  # before the cluster is asked anything
+        from pytest_meshconform.outputs import OutputPathError, check_output_file
+
+        try:
+            check_output_file("--report", args.report)
+        except OutputPathError as exc:
+            raise _Usage(str(exc)) from None
     try:
         cert_ttl = parse_cert_ttl(args.mesh_cert_ttl)
     except SettingsError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.backends.kube.checkup import Finding, RunRequest, blocking
+from pytest_meshconform.outputs import write_file
 from pytest_meshconform.report.render import Document, Entry, Section, render_html, render_markdown
 from pytest_meshconform.settings import format_duration
 
@@ -152,14 +153,13 @@ def doctor_document(result: DoctorResult) -> Document:
 
 def write_report(result: DoctorResult, path: Path) -> None:
     """``.html``/``.htm`` (a page), ``.md`` (Markdown), ``.yaml``/``.yml`` or ``.json``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix in (".html", ".htm", ".md"):
         document = doctor_document(result)
-        path.write_text(render_markdown(document) if suffix == ".md" else render_html(document))
+        write_file(path, render_markdown(document) if suffix == ".md" else render_html(document))
     elif suffix == ".json":
-        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_file(path, json.dumps(result.to_dict(), indent=2) + "\n")
     else:
         import yaml
 
-        path.write_text(yaml.safe_dump(result.to_dict(), sort_keys=False))
+        write_file(path, yaml.safe_dump(result.to_dict(), sort_keys=False))

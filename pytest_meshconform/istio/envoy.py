@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from pytest_meshconform.istio.api import MtlsMode, TlsMode
+from pytest_meshconform.istio.protocol import PortProtocol
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -50,8 +51,10 @@ __all__ = [
     "UpstreamTlsShape",
     "UpstreamTransport",
     "auto_mtls_transport",
+    "cluster_http_protocol_options",
     "inbound_chain_shapes",
     "inbound_cluster_name",
+    "inbound_hcm_http2_options",
     "inbound_mode",
     "outbound_cluster_name",
     "upstream_tls_shape",
@@ -94,6 +97,41 @@ TLS_INSPECTOR_TYPE: Final = (
 # which istio/authorization.py reproduces
 HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+
+# --- HTTP/2: the codec istiod asks for on HTTP2, GRPC and GRPC-Web ports -----------------------
+
+
+def inbound_hcm_http2_options(protocol: PortProtocol) -> dict[str, Any] | None:
+    """The inbound HTTP connection manager's ``http2_protocol_options`` for a port of
+    ``protocol``: ``buildSidecarInboundHTTPOpts`` (pilot/pkg/networking/core/
+    listener_inbound.go) sets an empty ``Http2ProtocolOptions`` when ``Protocol.IsHTTP2()``;
+    None (nothing set) otherwise. The codec stays ``AUTO`` (``buildHTTPConnectionManager``,
+    listener_builder.go) either way; the outbound manager gets no such options."""
+    return {} if protocol.is_http2 else None
+
+
+def cluster_http_protocol_options(
+    protocol: PortProtocol, max_requests_per_connection: int | None = None
+) -> dict[str, Any] | None:
+    """A cluster's ``typed_extension_protocol_options`` for a port of ``protocol`` (inbound
+    and outbound alike): ``setUpstreamProtocol`` (pilot/pkg/networking/core/cluster_builder.go)
+    calls ``setH2Options`` when ``Protocol.IsHTTP2()``, an ``HttpProtocolOptions`` whose
+    ``explicit_http_config`` is the empty ``http2ProtocolOptions()``, so the cluster speaks
+    HTTP/2 upstream; a DestinationRule's ``maxRequestsPerConnection`` goes in
+    ``common_http_protocol_options`` (``applyConnectionPool``) on an HTTP port. None: Envoy's
+    default, HTTP/1.1 upstream."""
+    if not protocol.is_http or (max_requests_per_connection is None and not protocol.is_http2):
+        return None
+    options: dict[str, Any] = {"@type": HTTP_PROTOCOL_OPTIONS_TYPE}
+    if max_requests_per_connection is not None:
+        options["common_http_protocol_options"] = {
+            "max_requests_per_connection": max_requests_per_connection
+        }
+    codec = "http2_protocol_options" if protocol.is_http2 else "http_protocol_options"
+    options["explicit_http_config"] = {codec: {}}
+    return {HTTP_PROTOCOL_OPTIONS: options}
+
 
 # --- ports and addresses ----------------------------------------------------------------------
 

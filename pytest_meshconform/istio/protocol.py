@@ -51,6 +51,13 @@ class PortProtocol(StrEnum):
         return self in _TCP
 
     @property
+    def is_http2(self) -> bool:
+        """``Instance.IsHTTP2``: HTTP2, GRPC, GRPC-Web, which istiod proxies with HTTP/2
+        (the inbound HTTP connection manager's ``http2_protocol_options``, ``setH2Options``
+        on the clusters) and the ``istio-h2`` ALPN."""
+        return self in (PortProtocol.HTTP2, PortProtocol.GRPC, PortProtocol.GRPC_WEB)
+
+    @property
     def sniffed(self) -> bool:
         """``Instance.IsUnsupported``: the sidecar detects the protocol per connection."""
         return self is PortProtocol.UNSUPPORTED

@@ -100,6 +100,7 @@ class RenderPlugin:
 
     @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from pytest_meshconform.outputs import write_file
         from pytest_meshconform.plugin.options import mesh_settings_key
         from pytest_meshconform.plugin.report import PLUGIN_NAME as REPORT_PLUGIN
         from pytest_meshconform.report import write_report
@@ -118,10 +119,7 @@ class RenderPlugin:
                 else:
                     suffix = path.suffix.lower()
                     text = render_markdown(page) if suffix == ".md" else render_html(page)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    partial = path.with_name(f".{path.name}.partial")
-                    partial.write_text(text, encoding="utf-8")
-                    partial.replace(path)
+                    write_file(path, text)
                 self.written.append(str(path))
             except OSError as error:
                 self.errors.append(f"cannot write {path}: {error}")

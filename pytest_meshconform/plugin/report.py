@@ -140,6 +140,11 @@ def _message_of(report: pytest.TestReport) -> str | None:
     return text or None
 
 
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip()[:_MAX_MESSAGE_CHARS] if lines else ""
+
+
 def _attach(report: pytest.TestReport, title: str, content: str) -> None:
     """Show content with the failure, in the terminal and in JUnit's <failure>/<error> text.
 
@@ -195,6 +200,7 @@ class MeshReportPlugin:
         self.diff: ReportDiff | None = None
         self.write_error: str | None = None
         self.archive_errors: list[str] = []
+        self.stopped: str | None = None  # why the run stopped early, when it said so
         self._directories: dict[Path, str] = {}
         # failures' evidence listings without --mesh-artifacts: (report, text, label -> path)
         self._temporary: list[tuple[pytest.TestReport, str, dict[str, Path]]] = []
@@ -327,6 +333,18 @@ class MeshReportPlugin:
 
     # -- the end -----------------------------------------------------------------------------
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, a signal (`signals`: "SIGTERM: ending the run, ...") or `pytest.exit(msg)`:
+        the report says why the run stopped, when the exception says it."""
+        value = excinfo.value
+        if isinstance(value, pytest.Session.Interrupted):
+            return  # pytest's own stop ("1 error during collection"): the report says it
+        said = getattr(value, "msg", None) if isinstance(value, pytest.exit.Exception) else value
+        self.stopped = _first_line(str(said or "")) or None
+
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.stopped = _first_line(f"{excinfo.typename}: {excinfo.value}")
+
     def build_report(self, exit_status: int) -> ConformanceReport:
         """The report of the run so far; collected tests without a result are ``notrun``."""
         report_dir = None if self.settings.report is None else self.settings.report.parent
@@ -436,11 +454,13 @@ class MeshReportPlugin:
             report = dataclasses.replace(
                 report, comparison=comparison_of(self.diff, str(self.settings.baseline))
             )
-        report = dataclasses.replace(
-            report,
-            exit_status=int(session.exitstatus),
-            reasons=() if nothing_tested is None else (nothing_tested,),
-        )
+        unwritable = self._unwritable_pages()
+        if unwritable and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        status = int(session.exitstatus)
+        said = (self.stopped, nothing_tested, *unwritable)
+        reasons = tuple(reason for reason in said if reason) if status else ()
+        report = dataclasses.replace(report, exit_status=status, reasons=reasons)
         self.report = report
         if self.settings.report is not None:
             try:
@@ -461,6 +481,21 @@ class MeshReportPlugin:
                 write_report(self.report, self.settings.report)
             except OSError as error:
                 self.write_error = f"cannot write {self.settings.report}: {error}"
+
+    def _unwritable_pages(self) -> list[str]:
+        """The further reports (HTML, Markdown, copies of the record) `plugin.render` writes
+        once the record is written: one that cannot be written fails the run, so the record
+        and every page must say so. Checked again now (`check_outputs` did before the run: a
+        test may have taken the path since), creating nothing."""
+        from pytest_meshconform.outputs import OutputPathError, check_output_file
+
+        problems = []
+        for path in self.settings.extra_reports:
+            try:
+                check_output_file("cannot write", path)  # "cannot write PATH: why: the fix"
+            except OutputPathError as error:
+                problems.append(str(error))
+        return problems
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         comparison = None if self.report is None else self.report.comparison
@@ -501,7 +536,8 @@ class MeshReportPlugin:
 
 
 def configure(config: pytest.Config) -> None:
-    """Register the report plugin for this run; read the baseline now, so a bad one stops early."""
+    """Register the report plugin for this run; read the baseline and check where the reports
+    and the evidence go now, so a bad path stops the run before any mesh is brought up."""
     from pytest_meshconform.plugin.options import mesh_settings_key
 
     settings = config.stash[mesh_settings_key]
@@ -511,5 +547,30 @@ def configure(config: pytest.Config) -> None:
             baseline = load_report(settings.baseline)
         except ReportError as error:
             raise pytest.UsageError(f"--mesh-baseline: {error}") from None
+    if not config.option.collectonly:  # --collect-only writes nothing
+        check_outputs(config, settings)
     if not config.pluginmanager.has_plugin(PLUGIN_NAME):
         config.pluginmanager.register(MeshReportPlugin(config, settings, baseline), PLUGIN_NAME)
+
+
+def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
+    """Every ``--mesh-report`` and ``--mesh-artifacts`` path can be written (`outputs`), or a
+    ``pytest.UsageError`` (exit 4): one line naming the path and the fix."""
+    from pytest_meshconform.outputs import (
+        OutputPathError,
+        check_output_directory,
+        check_output_file,
+    )
+
+    def spelled(name: str) -> str:
+        given = config.getoption(f"mesh_{name}")
+        return f"--mesh-{name}" if given else f"mesh_{name} (ini option)"
+
+    try:
+        for path in (settings.report, *settings.extra_reports):
+            if path is not None:
+                check_output_file(spelled("report"), path)
+        if settings.artifacts is not None:
+            check_output_directory(spelled("artifacts"), settings.artifacts)
+    except OutputPathError as error:
+        raise pytest.UsageError(str(error)) from None

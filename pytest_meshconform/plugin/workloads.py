@@ -22,10 +22,22 @@ from urllib.parse import urlsplit
 import pytest
 
 from pytest_meshconform.evidence.curl import HttpResult, curl_argv, parse_curl_output
+from pytest_meshconform.evidence.grpc_call import (
+    GrpcResult,
+    grpc_client_args,
+    parse_grpc_output,
+)
 from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output, tcp_argv
 from pytest_meshconform.istio.plan import endpoints_of
-from pytest_meshconform.istio.protocol import protocol_of
-from pytest_meshconform.mesh import ExecResult, Mesh, Service, Workload
+from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
+from pytest_meshconform.mesh import (
+    ExecResult,
+    GrpcCapable,
+    GrpcClientUnavailable,
+    Mesh,
+    Service,
+    Workload,
+)
 from pytest_meshconform.plugin.empties import skip_missing_workload
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
@@ -82,12 +94,13 @@ def service_port(
     workload: Workload,
     port: int | str | None = None,
     *,
-    default: Literal["http", "tcp"] = "http",
+    default: Literal["http", "tcp", "grpc"] = "http",
 ) -> Service:
     """The Service port of `workload` that `port` names: a port number or a port name of a
     Service selecting the workload; None: its only HTTP port (`default="tcp"`: its only
-    TCP-family port), the protocol as Istio selects it. Raises `ServicePortError`, naming the
-    Service's ports, when there is no such port, no single default, or no Service at all."""
+    TCP-family port; `"grpc"`: its only gRPC port), the protocol as Istio selects it. Raises
+    `ServicePortError`, naming the Service's ports, when there is no such port, no single
+    default, or no Service at all."""
     __tracebackhide__ = True
     ports = services_of(mesh, workload)
     if not ports:
@@ -97,12 +110,8 @@ def service_port(
             " port to call; add a Service for it to the topology, or call a URL"
         )
     if port is None:
-        kind = "HTTP" if default == "http" else "TCP"
-        found = [
-            s
-            for s in ports
-            if (protocol_of(s).is_http if default == "http" else protocol_of(s).is_tcp)
-        ]
+        kind = {"http": "HTTP", "tcp": "TCP", "grpc": "gRPC"}[default]
+        found = [s for s in ports if _is_default(protocol_of(s), default)]
         if len(found) == 1:
             return found[0]
         which = "none of them" if not found else f"{len(found)} of them"
@@ -128,6 +137,12 @@ def service_port(
             f" pass port={behind[0].port})"
         )
     raise ServicePortError(f"{_exposes(ports)}, not {port!r}{hint}; pass port=<one of them>")
+
+
+def _is_default(protocol: PortProtocol, default: str) -> bool:
+    if default == "grpc":
+        return protocol is PortProtocol.GRPC
+    return protocol.is_http if default == "http" else protocol.is_tcp
 
 
 @final
@@ -305,6 +320,63 @@ class WorkloadHandle:
         if new:
             self.evidence.add_text(f"tcp {self.key} -> tcp://{tcp.target}", tcp.describe())
         return tcp
+
+    def grpc(
+        self,
+        server: WorkloadHandle,
+        port: int | str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> GrpcResult:
+        """Call `server`'s gRPC echo service (a workload that serves ``grpc-echo``) at its
+        Service's `port` (a Service port number or name; by default the Service's only gRPC
+        port) from inside this workload's pod, sending `metadata`, with grpcio.
+
+        Returns a `GrpcResult`: the gRPC `status` name (``OK``, ``UNAVAILABLE``,
+        ``PERMISSION_DENIED``...), with ``OK`` the request metadata the server saw
+        (``x-forwarded-client-cert`` when a sidecar added it), `reset` (a STRICT server
+        sidecar refusing plaintext). A port the Service does not expose raises
+        `ServicePortError` before anything is sent; a backend that cannot run a gRPC client
+        in the pod (the kube backends) raises `GrpcClientUnavailable`. Each call goes into
+        the test's observations and evidence, like `curl`'s requests."""
+        __tracebackhide__ = True
+        if not isinstance(server, WorkloadHandle):
+            raise TypeError(f"grpc() calls a WorkloadHandle's Service, got {server!r}")
+        service = service_port(self.mesh, server.workload, port, default="grpc")
+        host = f"{service.name}.{service.namespace}"
+        args = grpc_client_args(host, service.port, metadata=metadata, timeout=timeout)
+        if not isinstance(self.mesh, GrpcCapable):
+            raise GrpcClientUnavailable(
+                f"the {self.mesh.backend} backend cannot run a gRPC client in {self.key}'s pod"
+                " (its client container is curlimages/curl, which has none), so"
+                f" grpc() cannot call {host}:{service.port}; gRPC calls run on the local mesh"
+                " (README, gRPC calls)"
+            )
+        self.evidence.observed.touch(self.key, server.key)
+        result = self.mesh.grpc_exec(self.workload, args, timeout + 10)
+        grpc = parse_grpc_output(
+            f"{host}:{service.port}",
+            self.key,
+            result.returncode,
+            result.stdout,
+            result.stderr,
+            port_name=service.port_name,
+        )
+        new = self.evidence.observed.add_request(
+            RequestRecord(
+                client=self.key,
+                url=f"grpc://{host}:{service.port}",
+                server=server.key,
+                status=None,
+                exit_code=grpc.exit_code,
+                outcome=grpc.outcome,
+            )
+        )
+        if new:
+            lines = [grpc.describe(), *(f"{k}: {v}" for k, v in grpc.server_metadata)]
+            self.evidence.add_text(f"grpc {self.key} -> grpc://{grpc.target}", "\n".join(lines))
+        return grpc
 
 
 def _outcome_of(http: HttpResult) -> str:

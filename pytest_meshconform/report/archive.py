@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Final
 
+from pytest_meshconform.outputs import DIRECTORY_MODE, copy_into, make_directory, write_file
 from pytest_meshconform.report.model import EvidenceRecord
 
 if TYPE_CHECKING:
@@ -137,9 +138,10 @@ def archive_directory(root: Path, nodeid: str, used: dict[Path, str]) -> Path:
             continue
         if candidate.exists():
             shutil.rmtree(candidate)
-        candidate.mkdir(parents=True)
-        os.chmod(candidate, 0o700)  # evidence (plaintext payloads, keys' certs): the user's only
-        marker.write_text(nodeid + "\n", encoding="utf-8")
+        make_directory(root)  # 0700 where made: evidence (payloads, certs) is the user's only
+        os.mkdir(candidate, DIRECTORY_MODE)
+        os.chmod(candidate, DIRECTORY_MODE)  # whatever the umask
+        write_file(marker, nodeid + "\n")
         used[candidate] = nodeid
         return candidate
     raise AssertionError("unreachable: itertools.count never ends")  # pragma: no cover
@@ -173,10 +175,7 @@ def archive_new_evidence(
         try:
             if archive.directory is not None:
                 target = archive.directory / _file_name_for(label, source, archive.names)
-                if source.is_dir():
-                    shutil.copytree(source, target)
-                else:
-                    shutil.copy2(source, target)
+                copy_into(source, target)  # 0600 files, 0700 directories
             elif not source.exists():
                 raise FileNotFoundError(f"no such file: {source}")
         except OSError as error:
@@ -190,7 +189,7 @@ def archive_new_evidence(
         if archive.directory is None or label in archive.files:
             continue
         target = archive.directory / _file_name_for(label, Path(f"data{suffix}"), archive.names)
-        target.write_bytes(data)
+        write_file(target, data)
         archive.files[label] = target
         listing.append(f"{label}: {target}")
     new_texts: dict[str, str] = {}
@@ -203,7 +202,7 @@ def archive_new_evidence(
         new_texts[label] = text
         if archive.directory is not None:
             target = archive.directory / _file_name_for(label, None, archive.names)
-            target.write_text(text, encoding="utf-8")
+            write_file(target, text)
             archive.files[label] = target
             listing.append(f"{label}: {target}")
     return listing, new_texts

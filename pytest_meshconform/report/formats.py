@@ -184,13 +184,12 @@ def _format_of(path: Path) -> ReportFormat:
 def write_report(report: ConformanceReport, path: Path) -> None:
     """Write the report to path (format from the suffix), creating parent directories.
 
-    Written to a temporary file and renamed, so a reader never sees half a report.
+    Written to a temporary file and renamed (`outputs.write_file`, mode 0600), so a reader
+    never sees half a report and a failed write leaves nothing behind.
     """
-    text = dump_report(report, _format_of(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    from pytest_meshconform.outputs import write_file
+
+    write_file(path, dump_report(report, _format_of(path)))
 
 
 def load_schema() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER, CAPTURE
 from pytest_meshconform.istio.envoy import outbound_cluster_name
 from pytest_meshconform.istio.injection import is_distroless_image
 from pytest_meshconform.mesh import MeshError, PcapRecording, Service, Workload
+from pytest_meshconform.outputs import write_file
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 # pkg/model TunnelLabel / TunnelHTTP: Istio's injection template sets it on a sidecar pod when
@@ -249,8 +250,6 @@ class KubeCapture(KubeLifecycle):
     def _keep_pcap(self, workload: Workload, pcap: bytes) -> Path | None:
         if self.run_dir is None:
             return None
-        directory = self.run_dir / "captures"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / pcap_file_name(workload.key)
-        path.write_bytes(pcap)
+        path = self.run_dir / "captures" / pcap_file_name(workload.key)
+        write_file(path, pcap)  # 0600 in a 0700 directory, whatever the umask
         return path

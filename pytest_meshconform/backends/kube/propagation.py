@@ -18,7 +18,6 @@ deadline and named in the timeout; any other API error ends the wait at once.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,7 @@ from pytest_meshconform.istio import Authorization, authorization_for
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.istio.envoy import VIRTUAL_INBOUND
 from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
+from pytest_meshconform.outputs import write_file
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 __all__ = [
@@ -380,11 +380,8 @@ class KubePropagation(KubeLifecycle):
         for key, lag in sorted(lagging.items()):
             if lag.dump is None:
                 continue
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = directory / f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.config_dump.json"
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(lag.dump)
+            write_file(path, lag.dump)  # 0600, its directories 0700, whatever the umask
             written[key] = path
         return written
 

@@ -12,7 +12,8 @@ The children die with the launcher (PR_SET_PDEATHSIG), which dies with the mesh'
 unless the mesh is kept; on SIGTERM the launcher ends its children and exits. Run with
 `python -m pytest_meshconform.backends.local.apps`; the protocol is one JSON object per stdin line:
 `{"key", "netns", "serves", "log", "pdeathsig"}` (``serves``: app kind -> ``host:port`` items,
-space-separated, e.g. ``{"httpbin": "0.0.0.0:8080", "tcp-echo": "0.0.0.0:5432"}``: a pod whose
+space-separated, e.g. ``{"httpbin": "0.0.0.0:8080", "tcp-echo": "0.0.0.0:5432"}``; ``grpc-echo``
+is `grpc_echo.start_grpc_echo`, grpcio imported after the fork by its pods only): a pod whose
 ports are served by several apps (a topology file's ``{port: 5432, serves: tcp-echo}``) runs
 them in its one app process).
 """
@@ -70,11 +71,15 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
     os.close(netns)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     serves: dict[str, str] = spec["serves"]
-    unknown = set(serves) - {"httpbin", "tcp-echo"}
+    unknown = set(serves) - {"httpbin", "tcp-echo", "grpc-echo"}
     if unknown:
         raise ValueError(f"unknown app kinds {sorted(unknown)}")
     try:
         echo = start_tcp_echo(serves["tcp-echo"]) if "tcp-echo" in serves else []
+        if "grpc-echo" in serves:  # grpcio is imported by the pods that serve gRPC only
+            from pytest_meshconform.backends.local.grpc_echo import start_grpc_echo
+
+            echo += start_grpc_echo(serves["grpc-echo"])
         if "httpbin" in serves:
             waitress.serve(app, listen=serves["httpbin"], threads=WAITRESS_THREADS)
         for thread in echo:

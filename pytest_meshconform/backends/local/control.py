@@ -112,6 +112,7 @@ def plan_sidecars(
             tcp_ports=frozenset(
                 port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
             ),
+            inbound_protocols=model.inbound_protocols,
         )
     return plans
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,10 +86,39 @@ def preflight() -> None:
             problems.append(
                 f"Python package {module!r} is missing: `pip install 'pytest-meshconform[local]'`"
             )
+    if os.geteuid() == 0:  # without root the fix is root, said above
+        problem = state_root_problem()
+        if problem is not None:
+            problems.append(problem)
+    if len(problems) == 1:
+        raise LocalMeshUnavailable(f"the local mesh cannot start on this machine: {problems[0]}")
     if problems:
         raise LocalMeshUnavailable(
             "the local mesh cannot start on this machine:\n  - " + "\n  - ".join(problems)
         )
+
+
+def state_root_problem() -> str | None:
+    """Why no run can be recorded under STATE_ROOT (a run's state is written there before it
+    creates anything, so that a killed run can be swept), or None: it is made when missing
+    and a file is created and removed in it."""
+    try:
+        STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".preflight-", dir=STATE_ROOT)  # sweeps skip files
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return _state_root_message(exc)
+    return None
+
+
+def _state_root_message(exc: OSError) -> str:
+    reason = exc.strerror.lower() if exc.strerror else str(exc)
+    return (
+        f"cannot record the run under {STATE_ROOT} ({reason}): every local run writes there"
+        f" what it creates, so a killed run can be swept; make {STATE_ROOT} a directory root"
+        f" can write (e.g. `rm -f {STATE_ROOT} && mkdir -p {STATE_ROOT}`, on a writable /run)"
+    )
 
 
 def envoy_binary() -> Path:
@@ -221,6 +251,10 @@ def make_run_directory(run_id: str) -> Path:
             continue  # pathlib saw the parent exist, then vanish: make it again
         except FileNotFoundError:
             continue  # the parent went away in between: make it again
+        except OSError as exc:  # read-only, not a directory, full: the preflight's one line
+            raise LocalMeshUnavailable(
+                f"the local mesh cannot start on this machine: {_state_root_message(exc)}"
+            ) from None
         break
     else:
         raise MeshError(f"cannot create {directory}: {STATE_ROOT} keeps disappearing")

@@ -149,15 +149,18 @@ class LocalLifecycle(SidecarAgent):
         """The uid `exec` (and the app) runs as in this workload's pod."""
         return 0 if self._pod(workload).workload.container_ports else APP_UID
 
-    def exec_argv(self, workload: Workload, argv: Sequence[str]) -> list[str]:
-        """The full command line `exec` runs, for callers that need a long-lived process.
+    def exec_argv(
+        self, workload: Workload, argv: Sequence[str], *, uid: int | None = None
+    ) -> list[str]:
+        """The full command line `exec` runs, for callers that need a long-lived process
+        (``uid``: another uid than the app's, 0 for the project's own Python, see `grpc_exec`).
 
         It carries PR_SET_PDEATHSIG: the process dies with the thread that starts it.
         """
         runtime = self._runtime(workload)
         if not argv:
             raise MeshError(f"exec in {workload.key}: empty command")
-        uid = self.app_uid(workload)
+        uid = self.app_uid(workload) if uid is None else uid
         drop = [] if uid == 0 else [f"--reuid={uid}", f"--regid={APP_GID}", "--clear-groups"]
         return host.in_netns(runtime.netns, ["setpriv", *drop, "--pdeathsig=KILL", *argv])
 
@@ -190,7 +193,21 @@ class LocalLifecycle(SidecarAgent):
         Raises SidecarDied when a process of the mesh has died or stopped: nothing run now
         would be evidence, and a stopped sidecar would make every request wait its timeout.
         """
-        command = self.exec_argv(workload, list(argv))
+        return self._run_in_pod(workload, self.exec_argv(workload, list(argv)), argv, timeout)
+
+    def grpc_exec(
+        self, workload: Workload, args: Sequence[str], timeout: float = 30.0
+    ) -> ExecResult:
+        """Run meshconform's gRPC client (`grpc_echo`, grpcio) with ``args`` in the workload's
+        pod. It runs as root, as the apps do: the project's Python may live where no other uid
+        can read it (docs/istio-facts.md); its traffic is intercepted as any app's (only the
+        proxy's uid is exempt)."""
+        argv = [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_echo", *args]
+        return self._run_in_pod(workload, self.exec_argv(workload, argv, uid=0), argv, timeout)
+
+    def _run_in_pod(
+        self, workload: Workload, command: list[str], argv: Sequence[str], timeout: float
+    ) -> ExecResult:
         self._raise_if_broken()
         try:
             proc = subprocess.run(

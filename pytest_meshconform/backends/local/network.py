@@ -7,6 +7,7 @@ istio-iptables-style interception rules. Nothing here is reachable from the root
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,17 @@ from pytest_meshconform.backends.local.topology import (
 )
 
 __all__ = ["create_namespaces", "netns_name", "node_netns", "proxy_ids", "wire_network"]
+
+
+_ETC_DIR_MODE = 0o755
+_ETC_FILE_MODE = 0o644
+
+
+def _write_etc_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, _ETC_FILE_MODE)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), _ETC_FILE_MODE)
+        out.write(text)
 
 
 def netns_name(run_id: str, pod: Pod) -> str:
@@ -48,9 +60,12 @@ def create_namespaces(
     for pod in topology.pods:
         netns = netns_name(run_id, pod)
         etc = host.NETNS_ETC / netns
+        # Bound over the pod's /etc by `ip netns exec`: read by every process in the pod (its
+        # app's and Envoy's uids), written by root only, whatever the umask.
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "hosts").write_text(topology.hosts_file(pod))
-        (etc / "resolv.conf").write_text(topology.resolv_conf(pod))
+        etc.chmod(_ETC_DIR_MODE)
+        _write_etc_file(etc / "hosts", topology.hosts_file(pod))
+        _write_etc_file(etc / "resolv.conf", topology.resolv_conf(pod))
         directory: Path = state.directory / "pods" / pod.workload.key
         directory.mkdir(parents=True)
         # Every Envoy (group PROXY_GID) traverses pods/, each only its own pod's directory

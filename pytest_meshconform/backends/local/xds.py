@@ -26,8 +26,6 @@ from pytest_meshconform.istio.envoy import (
     DOWNSTREAM_TLS_TYPE,
     FILE_ACCESS_LOG_TYPE,
     HCM_TYPE,
-    HTTP_PROTOCOL_OPTIONS,
-    HTTP_PROTOCOL_OPTIONS_TYPE,
     INBOUND_CAPTURE_PORT,
     INBOUND_PASSTHROUGH_BIND,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -45,11 +43,14 @@ from pytest_meshconform.istio.envoy import (
     VIRTUAL_OUTBOUND,
     WORKLOAD_SECRET,
     UpstreamTransport,
+    cluster_http_protocol_options,
     inbound_chain_shapes,
     inbound_cluster_name,
+    inbound_hcm_http2_options,
     outbound_cluster_name,
     upstream_tls_shape,
 )
+from pytest_meshconform.istio.protocol import PortProtocol
 from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
 
 
@@ -74,6 +75,9 @@ class SidecarPlan:
     # container ports whose Service port is TCP (the model's inbound_protocols): a TCP proxy
     # instead of the HTTP connection manager on their inbound chains
     tcp_ports: frozenset[int] = frozenset()
+    # each container port's protocol, as the model's inbound_protocols (HTTP when absent):
+    # HTTP/2 and gRPC ports get the HTTP/2 codec options on their inbound HCM and cluster
+    inbound_protocols: Mapping[int, PortProtocol] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,7 @@ def _hcm(
     *,
     set_xfcc: bool,
     http_filters: tuple[Mapping[str, Any], ...] = (),
+    http2_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
@@ -237,6 +242,8 @@ def _hcm(
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
+    if http2_options is not None:
+        config["http2_protocol_options"] = dict(http2_options)
     if set_xfcc:
         # What Istio's sidecar inbound sets (pilot/pkg/networking/core/listener_builder.go).
         config["forward_client_cert_details"] = "APPEND_FORWARD"
@@ -315,6 +322,9 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                         paths,
                         set_xfcc=plan.set_xfcc,
                         http_filters=plan.http_rbac,
+                        http2_options=inbound_hcm_http2_options(
+                            plan.inbound_protocols.get(port, PortProtocol.HTTP)
+                        ),
                     ),
                 }
             ]
@@ -476,11 +486,13 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         },
     ]
     for port in sorted(plan.inbound_modes):
-        result.append(
-            _static_cluster(
-                inbound_cluster_name(port), plan.pod.ip, port, upstream_bind_config=_BIND_127_0_0_6
-            )
+        inbound = _static_cluster(
+            inbound_cluster_name(port), plan.pod.ip, port, upstream_bind_config=_BIND_127_0_0_6
         )
+        options = cluster_http_protocol_options(plan.inbound_protocols.get(port, PortProtocol.HTTP))
+        if options is not None:
+            inbound["typed_extension_protocol_options"] = options
+        result.append(inbound)
     for entry in plan.services:
         svc = entry.service
         endpoint = entry.endpoints[0]
@@ -491,16 +503,11 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
-        if upstream.max_requests_per_connection is not None and protocol_of(svc).is_http:
-            cluster["typed_extension_protocol_options"] = {
-                HTTP_PROTOCOL_OPTIONS: {
-                    "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
-                    "common_http_protocol_options": {
-                        "max_requests_per_connection": upstream.max_requests_per_connection
-                    },
-                    "explicit_http_config": {"http_protocol_options": {}},
-                }
-            }
+        options = cluster_http_protocol_options(
+            protocol_of(svc), upstream.max_requests_per_connection
+        )
+        if options is not None:
+            cluster["typed_extension_protocol_options"] = options
         result.append(cluster)
     return result
 
