@@ -195,7 +195,7 @@ def test_a_report_path_that_cannot_be_written_stops_the_doctor_before_it_asks(
             text=True,
             umask=0,
         )
-    assert (refused.returncode, refused.stdout) == (2, "")
+    assert (refused.returncode, refused.stdout) == (EXIT_USAGE, "")
     assert refused.stderr.splitlines() == [
         "meshconform doctor: error: --report doctor.html: is a directory: name a file, e.g."
         " doctor.html/report.html"
