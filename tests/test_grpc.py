@@ -8,12 +8,13 @@ Where the expected values come from:
   UNAVAILABLE 14); grpcio's ``StatusCode`` spells them so.
 - The health service: grpc/grpc doc/health-checking.md (``grpc.health.v1.Health/Check``,
   SERVING for the empty service name).
-- Envoy config: istiod's ``buildSidecarInboundHTTPOpts`` (pilot/pkg/networking/core/
-  listener_inbound.go) sets an empty ``Http2ProtocolOptions`` on the inbound HTTP connection
-  manager of a port whose ``Protocol.IsHTTP2()``; ``setUpstreamProtocol`` -> ``setH2Options``
-  (cluster_builder.go) makes every cluster of such a port HTTP/2 (``explicit_http_config:
-  {http2_protocol_options: {}}``); the outbound manager has no HTTP/2 options; the client's
-  ALPN is ``mtlsHTTP2ALPN`` (pilot/pkg/xds/filters/filters.go): istio-h2, istio, h2.
+- Envoy config (checked against a real istiod's clusters at the end): istiod's
+  ``buildSidecarInboundHTTPOpts`` (pilot/pkg/networking/core/listener_inbound.go) sets an
+  empty ``Http2ProtocolOptions`` on the inbound HTTP connection manager of a port whose
+  ``Protocol.IsHTTP2()``; ``setUpstreamProtocol`` -> ``setH2Options`` (cluster_builder.go)
+  makes every cluster of such a port HTTP/2 (``explicit_http_config: {http2_protocol_options:
+  {}}``); the outbound manager has no HTTP/2 options; the client's ALPN is ``mtlsHTTP2ALPN``
+  (pilot/pkg/xds/filters/filters.go): istio-h2, istio, h2.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, cast
 
 import pytest
 from local_helpers import REPO, wait_for
+from test_kube_real_dumps import load, raw_clusters
 from test_ports_by_service import kube_mesh
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
@@ -41,6 +43,8 @@ from pytest_meshconform.evidence.grpc_call import (
     grpc_client_args,
     parse_grpc_output,
 )
+from pytest_meshconform.istio.envoy import cluster_http_protocol_options
+from pytest_meshconform.istio.protocol import service_port_protocol
 from pytest_meshconform.mesh import GrpcCapable, GrpcClientUnavailable
 
 CATALOG = load_topology(REPO / "examples" / "catalog" / "topology.yaml")
@@ -214,3 +218,32 @@ def test_http_ports_keep_http1_upstream() -> None:
     plan = plans()["httpbin.foo"]
     assert "typed_extension_protocol_options" not in _cluster(plan, "inbound|8080||")
     assert "http2_protocol_options" not in _inbound_hcm(plan, 8080)
+
+
+# ============================================================================ real istiod
+
+
+# Service ports of Istio's own manifests, and the outbound clusters istiod sent for them in a
+# real sidecar's dump (shared test data, mplb__envoy_config_dump.json): istiod's `grpc-xds`
+# 15010 and `http-monitoring` 15014 (manifests/charts/istio-control/istio-discovery/templates/
+# service.yaml), the ingress gateway's `http2` 80 (manifests/charts/gateways/istio-ingress/
+# values.yaml), the jaeger addon's `grpc-query` 16685 and `http-query` 80 (Service `tracing`)
+# and `grpc-otel` 4317 (samples/addons/jaeger.yaml).
+REAL_PORTS = {
+    "outbound|15010||istiod.istio-system.svc.cluster.local": (15010, "grpc-xds"),
+    "outbound|80||istio-ingressgateway.istio-system.svc.cluster.local": (80, "http2"),
+    "outbound|16685||tracing.istio-system.svc.cluster.local": (16685, "grpc-query"),
+    "outbound|4317||jaeger-collector.istio-system.svc.cluster.local": (4317, "grpc-otel"),
+    "outbound|15014||istiod.istio-system.svc.cluster.local": (15014, "http-monitoring"),
+    "outbound|80||tracing.istio-system.svc.cluster.local": (80, "http-query"),
+}
+
+
+def test_the_http2_cluster_options_are_what_real_istiod_sent() -> None:
+    clusters = raw_clusters(load("istio-dumps/mplb__envoy_config_dump.json"))
+    for name, (port, port_name) in REAL_PORTS.items():
+        protocol = service_port_protocol(port, port_name, None)
+        assert clusters[name].get("typed_extension_protocol_options") == (
+            cluster_http_protocol_options(protocol)
+        ), name
+    assert sum(service_port_protocol(p, n, None).is_http2 for p, n in REAL_PORTS.values()) == 4

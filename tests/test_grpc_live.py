@@ -101,6 +101,8 @@ def test_grpc_mtls_on_the_wire(capture: Capturer, workload: WorkloadLookup) -> N
         assert reindex.grpc(catalog).ok
     (plain,) = sanity.flows_from(reindex)
     assert plain.tls is None and plain.client_stream.startswith(PREFACE), sanity
+    assert plain.http2 and plain.http2_streams == (1,) and not plain.http_requests, sanity
+    assert "HTTP/2 (1 stream)" in str(sanity)
 """
 
 

@@ -3,13 +3,16 @@
 The mesh promises are about what crosses the wire, so `analyze_pcap` reads what tcpdump wrote
 and reports, per TCP connection, whether it began with a TLS ClientHello (and what the hellos
 say: SNI, ALPN, versions, cipher) or carried plaintext HTTP (request and status lines,
-headers). One concept per module, in reading order: `pcap` (files and link layers -> frames),
-`tcp` (IP/TCP -> connections -> reassembled streams), `tls` (the hellos), `http` (HTTP/1.x).
+headers) or plaintext HTTP/2 (the client's connection preface, then frames). One concept per
+module, in reading order: `pcap` (files and link layers -> frames), `tcp` (IP/TCP ->
+connections -> reassembled streams), `tls` (the hellos), `http` (HTTP/1.x), `http2` (the
+preface and frame headers).
 
 Everything is decoded with ``struct`` rather than dpkt's object decoders: a capture of a busy
 pod holds hundreds of thousands of packets, and dpkt decodes neither TLS extension bodies nor
 TCP streams anyway. A flow is TLS when the client's first bytes are a TLS record header (or,
-after an HTTP CONNECT answered 2xx, the tunnel's first bytes are); otherwise its HTTP/1.x
+after an HTTP CONNECT answered 2xx, the tunnel's first bytes are); a flow whose client began
+with the HTTP/2 preface is HTTP/2 (gRPC without TLS), read as frames; otherwise its HTTP/1.x
 messages are read.
 """
 
@@ -25,6 +28,7 @@ from pytest_meshconform.evidence.http import (
     parse_requests,
     parse_responses,
 )
+from pytest_meshconform.evidence.http2 import HTTP2_PREFACE, Http2Frame, parse_frames
 from pytest_meshconform.evidence.pcap import CaptureError, CaptureFile
 from pytest_meshconform.evidence.tcp import (
     Connection,
@@ -61,6 +65,19 @@ class Flow:
     server_gap: bool = False
     client_stream: bytes = field(default=b"", repr=False)
     server_stream: bytes = field(default=b"", repr=False)
+    # plaintext HTTP/2: the client began with the connection preface (RFC 9113, section 3.4),
+    # and the complete frames each side sent (`http2.parse_frames`)
+    http2: bool = False
+    http2_client_frames: tuple[Http2Frame, ...] = field(default=(), repr=False)
+    http2_server_frames: tuple[Http2Frame, ...] = field(default=(), repr=False)
+
+    @property
+    def http2_streams(self) -> tuple[int, ...]:
+        """The streams a plaintext HTTP/2 client opened (its HEADERS frames), in order: one
+        per request (a gRPC call is one)."""
+        return tuple(
+            dict.fromkeys(f.stream for f in self.http2_client_frames if f.type == "HEADERS")
+        )
 
     @property
     def rst_seen(self) -> bool:
@@ -127,6 +144,7 @@ def _finish_flow(connection: Connection) -> Flow:
     client_stream, client_gap = reassemble(client)
     server_stream, server_gap = reassemble(server)
     tls, requests, responses = _analyze_streams(client_stream, server_stream)
+    http2 = tls is None and client_stream.startswith(HTTP2_PREFACE)
     return Flow(
         client=(address_text(client.address), client.port),
         server=(address_text(server.address), server.port),
@@ -147,6 +165,9 @@ def _finish_flow(connection: Connection) -> Flow:
         server_gap=server_gap,
         client_stream=client_stream,
         server_stream=server_stream,
+        http2=http2,
+        http2_client_frames=parse_frames(client_stream, len(HTTP2_PREFACE)) if http2 else (),
+        http2_server_frames=parse_frames(server_stream) if http2 else (),
     )
 
 
@@ -158,7 +179,7 @@ def _analyze_streams(
     tls = analyze_tls(client_stream, 0, server_stream, 0)
     requests: list[HttpRequest] = []
     tunnel_client = None
-    if tls is None:
+    if tls is None and not client_stream.startswith(HTTP2_PREFACE):  # `PRI *` is no request
         requests, tunnel_client = parse_requests(client_stream)
     responses: list[HttpResponse] = []
     if server_stream.startswith(b"HTTP/"):

@@ -126,6 +126,9 @@ def flow_line(flow: Flow, names: Mapping[str, str] | None = None) -> str:
         parts.append("plaintext 0 B")
     else:
         parts.append(f"plaintext {flow.client_bytes + flow.server_bytes} B")
+        if flow.http2:
+            streams = len(flow.http2_streams)
+            parts.append(f"HTTP/2 ({streams} stream{'' if streams == 1 else 's'})")
         if flow.http_requests:
             first = flow.http_requests[0]
             parts.append(f"{first.method} {first.target}")
