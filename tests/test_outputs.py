@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_meshconform.exit_status import ExitStatus
+
 PLAIN_SUITE = """
 import pathlib
 
@@ -180,14 +182,14 @@ def test_an_ini_report_path_is_named_as_the_ini_option(tmp_path: Path) -> None:
 def test_the_audit_checks_its_report_and_evidence_paths_before_the_mesh(tmp_path: Path) -> None:
     (tmp_path / "audit.yaml").mkdir()
     result = run([*MESHCONFORM, "audit", "--report", "audit.yaml"], tmp_path, timeout=60)
-    assert (result.returncode, result.stdout) == (2, "")
+    assert (result.returncode, result.stdout) == (ExitStatus.USAGE, "")
     assert result.stderr.splitlines() == [
         "meshconform audit: error: --report audit.yaml: is a directory: name a file, e.g."
         " audit.yaml/report.yaml"
     ]
     (tmp_path / "run-evidence").write_text("a file where the captures go")
     result = run([*MESHCONFORM, "audit", "--report", "run.html"], tmp_path, timeout=60)
-    assert (result.returncode, result.stdout) == (2, "")
+    assert (result.returncode, result.stdout) == (ExitStatus.USAGE, "")
     assert result.stderr.splitlines() == [
         "meshconform audit: error: --report's evidence run-evidence: is a file, not a"
         " directory: name a directory (it is made when missing)"
@@ -264,6 +266,7 @@ EVIDENCE_SUITE = """
 import pathlib
 
 from pytest_meshconform.report.exhibits import evidence_of
+from pytest_meshconform.exit_status import ExitStatus
 
 
 def _evidence(request, tmp_path):
