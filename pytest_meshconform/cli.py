@@ -19,7 +19,7 @@ every port conforms, 1 one does not, 4 bad usage.
 run can go, 1 a finding would break it, 4 bad usage or no cluster to check.
 
 ``meshconform sweep`` removes what killed or kept local meshes left behind (network
-namespaces, processes, files), as the next run would; exit 0, or 2 when not run as root (it
+namespaces, processes, files), as the next run would; exit 0, or 4 (usage) when not run as root (it
 could remove nothing).
 """
 
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help="remove what killed or kept local meshes left behind",
         description="Remove the network namespaces, processes and files of local meshes whose"
         " run has ended (killed, or kept with --mesh-keep and its owner gone). Needs root:"
-        " exit 2 without it.",
+        " exit 4 without it.",
     )
     return parser
 
