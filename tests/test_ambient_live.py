@@ -64,6 +64,7 @@ from pytest_meshconform import (
     Capturer,
     CertReader,
     PolicyApplier,
+    TlsProber,
     WorkloadLookup,
     authorization_policy,
     peer_authentication,
@@ -135,6 +136,20 @@ def test_server_presents_its_spiffe_identity_on_15008(
     assert held.chain[0].serial_number == cert.serial_number, held
 
 
+def test_hbone_port_speaks_tls13_only(workload: WorkloadLookup, tls_probe: TlsProber) -> None:
+    """ztunnel's rustls offers TLS 1.3 only (src/tls/lib.rs, tls_versions): a TLS 1.2
+    ClientHello to 15008 gets no ServerHello, a TLS 1.3 one gets a TLS 1.3 answer."""
+    nightly, ledger = workload("nightly", "batch"), workload("ledger", "shop")
+    tls12, tls13 = tls_probe(
+        nightly,
+        ledger,
+        {"TLS1.2": ["--tlsv1.2", "--tls-max", "1.2"], "TLS1.3": ["--tlsv1.3"]},
+    )
+    assert tls12.server_hello is None, str(tls12)
+    assert tls13.server_hello is not None and tls13.server_hello[0] == "TLS1.3", str(tls13)
+    assert tls13.flow is not None and tls13.flow.server_port == 15008, tls13
+
+
 def test_permissive_accepts_plaintext_from_a_pod_without_data_plane(
     apply_policy: PolicyApplier, workload: WorkloadLookup, capture: Capturer
 ) -> None:
@@ -196,10 +211,40 @@ def test_ambient_pods_speak_hbone_and_enforce_ztunnels_verdicts(
     pytester.makefile(".yaml", shop=SHOP_TOPOLOGY)
     pytester.makepyfile(test_shop=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-s", "--mesh-topology=shop.yaml")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     output = result.stdout.str()
     assert_runs_left_nothing(output)
     pids = re.search(r"MESH PIDS: ([\d ]+)", output)
     assert pids, output[-2000:]
     alive = [pid for pid in map(int, pids.group(1).split()) if host.proc_start_ticks(pid)]
     assert not alive, f"mesh processes left running: {alive}"
+
+
+AMBIENT_FAULTS = [
+    # ztunnel ignores the policies istiod derives from STRICT: plaintext is answered
+    (
+        "strict-as-permissive",
+        "strict_resets",
+        "*AssertionError: nightly.batch -> http://ledger.shop:80/headers: HTTP 200*",
+    ),
+    # certificates name another service account: the identity test sees it
+    ("wrong-spiffe-id", "spiffe_identity", "*sa/shop-ledger-impostor*"),
+    # HBONE's server accepts TLS 1.2: the TLS 1.3-only test gets a ServerHello
+    ("tls10-allowed", "tls13_only", "*AssertionError: TLS1.2: curl exit*ServerHello TLS1.2*"),
+]
+
+
+@needs_local_mesh
+@pytest.mark.parametrize(("fault", "selected", "line"), AMBIENT_FAULTS)
+def test_the_ambient_tests_fail_on_a_broken_ztunnel(
+    pytester: pytest.Pytester, fault: str, selected: str, line: str
+) -> None:
+    """No false greens: each test above fails when the local ztunnel breaks what it proves."""
+    pytester.makefile(".yaml", shop=SHOP_TOPOLOGY)
+    pytester.makepyfile(test_shop=SUITE)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--mesh-topology=shop.yaml", f"--mesh-fault={fault}", "-k", selected
+    )
+    result.assert_outcomes(failed=1, deselected=6)
+    result.stdout.fnmatch_lines([line])
+    assert_runs_left_nothing(result.stdout.str())

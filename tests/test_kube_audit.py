@@ -184,7 +184,16 @@ def test_cluster_topology_reads_services_and_pods() -> None:
             },
         ]
     }
+    excluded = "traffic.sidecar.istio.io/excludeInboundPorts"
+    pods["shop"][0]["metadata"]["annotations"] = {excluded: "5432"}
+    pods["shop"][0]["spec"]["containers"][0]["ports"] = [
+        {"containerPort": 8080},
+        {"containerPort": 5432},
+    ]
     found = cluster_topology(["shop"], services, pods)
+    # the pod spec's ports and interception annotations: what the audit's pod ports read there
+    web = found.workloads[0]
+    assert (web.container_ports, web.annotations[excluded]) == ((5432, 8080), "5432")
     assert [(w.name, w.has_sidecar, w.labels.get("tier")) for w in found.workloads] == [
         ("web", True, "front"),  # two replicas, one workload
         ("old", False, None),

@@ -193,3 +193,16 @@ def test_hbone_is_h2_connect_over_tls13_with_the_pod_address_as_authority(tmp_pa
     # plaintext under STRICT: no chain takes the app's ports (the blackhole chain is 15006's)
     plaintext = _listener(server, 15006)["filter_chains"]
     assert [c["filter_chain_match"]["destination_port"] for c in plaintext] == [15006]
+
+
+def test_faults_break_hbone_where_the_suites_look(tmp_path: Any) -> None:
+    """The test-only faults: STRICT ignored by ztunnel, HBONE without a client certificate or
+    with TLS 1.0 (never for users: `--mesh-fault`)."""
+    strict = peer_authentication("default", "shop", "STRICT")
+    ignored = _plans(strict, faults=Faults(strict_as_permissive=True))["ledger.shop"]
+    assert ignored.plaintext_peers == {8080: None, 5432: None}
+    broken = _plans(faults=Faults(client_cert_optional=True, tls10_allowed=True))["ledger.shop"]
+    (chain,) = _listener(ztunnel_listeners(broken, SidecarPaths(tmp_path)), 15008)["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is False
+    assert tls["common_tls_context"]["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_0"

@@ -1,9 +1,12 @@
 """``meshconform audit``: the command line around `audit.engine.run_audit`.
 
-Exit status: 0 every audited port conforms to Istio's prediction (and meets ``--require``),
-1 one does not (or could not be probed), 2 bad usage (the message names the option, file or
-field). On the local mesh the audit brings up the topology (``--mesh-topology``, default the
-built-in one) with its probes, applies ``--policy`` files, audits, and tears everything down.
+Exit status (README, "Exit statuses"): 0 every audited port conforms to Istio's prediction (and
+meets ``--require``), every bypass around the mesh is accepted by an unexpired entry of
+``--accept FILE`` and no policy in force is one that cannot apply; 1 otherwise (or a port could
+not be probed); 2 interrupted (the mesh or the namespace torn down first); 4 a usage or input
+error (the message names the option, file or field). On the local mesh the audit brings up the
+topology (``--mesh-topology``, default the built-in one) with its probes, applies ``--policy``
+files, audits, and tears everything down.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from pytest_meshconform.exit_status import ExitStatus
 from pytest_meshconform.istio.api import POLICY_KINDS
 from pytest_meshconform.settings import (
     CLUSTER_KINDS,
@@ -24,6 +28,7 @@ from pytest_meshconform.settings import (
 
 if TYPE_CHECKING:
     from pytest_meshconform.audit.engine import AuditResult
+    from pytest_meshconform.audit.exceptions import AcceptedExceptions
     from pytest_meshconform.istio.api import Policy
 
 __all__ = [
@@ -36,9 +41,9 @@ __all__ = [
     "run",
 ]
 
-EXIT_OK: Final = 0
-EXIT_NOT_CONFORMING: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_OK: Final = ExitStatus.OK
+EXIT_NOT_CONFORMING: Final = ExitStatus.FAILED
+EXIT_USAGE: Final = ExitStatus.USAGE
 
 
 class _Usage(Exception):
@@ -55,7 +60,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " probe with one (its TLS checked on the wire), and a verdict that keeps apart the mode"
         " observed (what got through) and what authorization did to each probe (an"
         " AuthorizationPolicy's 403 or close is a denial, never a closed port). Exit status: 0"
-        " every port conforms (and meets --require), 1 one does not, 2 bad usage.",
+        " every port conforms (and meets --require), 1 one does not, 2 interrupted, 4 a usage"
+        " or input error.",
     )
     audit.add_argument(
         "--mesh-cluster",
@@ -122,6 +128,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="leave this namespace out (repeatable)",
     )
     audit.add_argument(
+        "--accept",
+        type=Path,
+        metavar="FILE",
+        help="the accepted exceptions (YAML: namespace, workload, port, reason, optional"
+        " expires): a bypass (a port excluded from interception, or one no Service exposes"
+        " that takes plaintext by pod IP) passes only when an unexpired entry accepts it",
+    )
+    audit.add_argument(
         "--report",
         type=Path,
         metavar="PATH",
@@ -157,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     ):
         accepted = ", ".join((*REPORT_SUFFIXES, *HUMAN_REPORT_SUFFIXES))
         raise _Usage(f"--report {args.report}: accepted suffixes: {accepted}")
+    args.exceptions = _load_exceptions(args.accept)
     if args.report is not None:  # before any mesh or namespace is brought up
         from pytest_meshconform.outputs import (
             OutputPathError,
@@ -194,6 +209,17 @@ def _run(args: argparse.Namespace) -> int:
             " kubeconfig's current context)"
         )
     return _run_existing(args)
+
+
+def _load_exceptions(path: Path | None) -> AcceptedExceptions | None:
+    from pytest_meshconform.audit.exceptions import ExceptionsFileError, load_exceptions
+
+    if path is None:
+        return None
+    try:
+        return load_exceptions(path)
+    except ExceptionsFileError as exc:
+        raise _Usage(f"--accept {exc}") from None
 
 
 def _finish(args: argparse.Namespace, result: AuditResult) -> int:
@@ -282,6 +308,7 @@ def _run_existing(args: argparse.Namespace) -> int:
                 exclude_namespaces=args.exclude_namespace,
                 progress=_progress,
                 evidence_dir=_evidence_dir(args),
+                exceptions=args.exceptions,
             )
         finally:
             mesh.close()
@@ -349,6 +376,8 @@ def _run_local(args: argparse.Namespace) -> int:
             policy_files=[str(p) for p in args.policy],
             progress=_progress,
             evidence_dir=_evidence_dir(args),
+            read_sockets=True,  # our own pods: their sockets, read in their namespaces
+            exceptions=args.exceptions,
         )
     except MeshUnavailable as exc:  # cannot run here (not root, no Envoy...): names the fix
         raise _Usage(str(exc)) from None

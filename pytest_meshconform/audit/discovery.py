@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.istio.api import PeerAuthentication, Policy, parse_policies
 from pytest_meshconform.istio.authorization import Authorization, authorization_for
+from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
 from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
@@ -34,7 +35,10 @@ __all__ = [
     "probe_request",
 ]
 
-Predicted = Literal["STRICT", "PERMISSIVE", "DISABLE", "NO_SIDECAR"]
+# EXCLUDED: the endpoint has a sidecar, but istio-iptables leaves the target port out of
+# capture (`istio.interception`): plaintext reaches the app, and a client sidecar's auto mTLS
+# reaches an app that cannot read it
+Predicted = Literal["STRICT", "PERMISSIVE", "DISABLE", "NO_SIDECAR", "EXCLUDED"]
 Observed = Literal["STRICT", "PERMISSIVE", "PLAINTEXT", "CLOSED", "INCONCLUSIVE"]
 # What authorization does to one probe: `allowed`, `denied` (HTTP 403 "RBAC: access denied",
 # or on TCP the connection closed without a byte), `not reached` (the mode refused the
@@ -61,6 +65,7 @@ class ServicePort:
     authorization: Authorization | None = None  # the endpoint sidecar's; None: no sidecar
     authz_plaintext: Authz = "allowed"  # what authorization does to the plaintext probe
     authz_mesh: Authz = "allowed"  # ... and to the mesh probe
+    bypass: str | None = None  # why the target port is not intercepted (predicted EXCLUDED)
 
     @property
     def key(self) -> str:
@@ -90,7 +95,7 @@ class ServicePort:
     @property
     def accepts_plaintext(self) -> bool:
         """The endpoint takes plaintext (PERMISSIVE, DISABLE, or no sidecar)."""
-        return self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR")
+        return self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR", "EXCLUDED")
 
     @property
     def mesh_mtls(self) -> bool:
@@ -137,6 +142,17 @@ def _authz(authorization: Authorization | None, admitted: bool, request: RbacReq
     if authorization is None:
         return "allowed"  # no sidecar: nothing enforces an AuthorizationPolicy
     return rbac_verdict(authorization, request)
+
+
+def _bypass(endpoint: Workload, target_port: int) -> str | None:
+    """Why istio-iptables leaves the endpoint's target port out of capture (None: captured,
+    or no sidecar; annotations Istio's injector would refuse leave the default capture)."""
+    if not endpoint.has_sidecar:
+        return None
+    try:
+        return sidecar_interception(endpoint.annotations).inbound_bypass(target_port)
+    except InterceptionError:
+        return None
 
 
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
@@ -191,7 +207,10 @@ def discover_service_ports(
         for endpoint in endpoints_of(service, workloads):
             predicted: Predicted = "NO_SIDECAR"
             authorization = None
-            if endpoint.has_sidecar:
+            bypass = _bypass(endpoint, service.target_port)
+            if bypass is not None:
+                predicted = "EXCLUDED"  # no sidecar sees it: neither mode nor authorization
+            elif endpoint.has_sidecar:
                 authorization = authorization_for(
                     endpoint,
                     parsed,
@@ -214,6 +233,7 @@ def discover_service_ports(
                 predicted=predicted,
                 upstream=None if plan is None else plan.outbound[(service.fqdn, service.port)],
                 authorization=authorization,
+                bypass=bypass,
             )
             host = port.host
             plaintext = probe_request(service, host, port.protocol, None)

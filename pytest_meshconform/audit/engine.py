@@ -33,6 +33,8 @@ from pytest_meshconform.audit.discovery import (
     ServicePort,
     discover_service_ports,
 )
+from pytest_meshconform.audit.exceptions import AcceptedException, AcceptedExceptions
+from pytest_meshconform.audit.inapplicable import inapplicable_policies
 from pytest_meshconform.audit.observe import (
     ProbeAttempt,
     WireEvidence,
@@ -41,10 +43,11 @@ from pytest_meshconform.audit.observe import (
     read_wire,
     wire_problems,
 )
+from pytest_meshconform.audit.pod_ports import PodPortResult, discover_pod_ports, probe_pod_port
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError
-from pytest_meshconform.istio.api import PolicyError
+from pytest_meshconform.istio.api import Policy, PolicyError, parse_policies
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 from pytest_meshconform.outputs import write_file
 
@@ -98,6 +101,7 @@ class PortResult:
             "endpoint": self.port.endpoint.name,
             "sidecar": self.port.endpoint.has_sidecar,
             "predicted": self.port.predicted,
+            **({"bypass": self.port.bypass} if self.port.bypass is not None else {}),
             "expected": self.port.expected,
             "observed": self.observed,
             "conforms": self.conforms,
@@ -257,6 +261,11 @@ def _judge(
             reason = f"observed {observed}; required {require}"
         return observed, "fail", reason + note, conforms, True, meets
     reason = f"{_MODE_WORDS[observed]}, as predicted{note}"
+    if port.bypass is not None:
+        reason = (
+            f"excluded from interception ({port.bypass}): {_MODE_WORDS[observed]}, as"
+            " predicted (a client sidecar's auto mTLS reaches an app that cannot read it)"
+        )
     return observed, "pass", reason, conforms, True, meets
 
 
@@ -334,10 +343,24 @@ class AuditResult:
     started: dt.datetime
     duration: float
     not_audited: tuple[str, ...] = ()  # Service ports the audit cannot probe, and why
+    pod_ports: tuple[PodPortResult, ...] = ()  # every listening port of the audited pods
+    inapplicable: tuple[str, ...] = ()  # policies in force that cannot apply, and why
+    exceptions: str | None = None  # the accepted-exceptions file (--accept)
+    stale: tuple[AcceptedException, ...] = ()  # its entries that match no bypass
+
+    @property
+    def accepted(self) -> tuple[PodPortResult, ...]:
+        """The bypasses the exceptions file accepts (listed apart in every report)."""
+        return tuple(r for r in self.pod_ports if r.accepted)
 
     @property
     def passed(self) -> bool:
-        return bool(self.ports) and all(r.verdict == "pass" for r in self.ports)
+        return (
+            bool(self.ports)
+            and all(r.verdict == "pass" for r in self.ports)
+            and all(r.verdict == "pass" for r in self.pod_ports)
+            and not self.inapplicable
+        )
 
     def to_dict(self) -> dict[str, Any]:
         counts = {v: sum(r.verdict == v for r in self.ports) for v in ("pass", "fail", "error")}
@@ -369,6 +392,34 @@ class AuditResult:
             },
             "ports": [r.to_dict() for r in self.ports],
             "notAudited": list(self.not_audited),
+            "podPorts": [r.to_dict() for r in self.pod_ports],
+            "podPortSummary": {
+                "ports": len(self.pod_ports),
+                "bypasses": sum(r.is_bypass for r in self.pod_ports),
+                "accepted": len(self.accepted),
+                "failed": sum(r.verdict != "pass" for r in self.pod_ports),
+            },
+            "inapplicablePolicies": list(self.inapplicable),
+            "acceptedExceptions": [
+                {
+                    "namespace": r.port.namespace,
+                    "workload": r.port.workload.name,
+                    "port": r.port.port,
+                    "class": r.port_class,
+                    "reason": r.accepted_by.reason if r.accepted_by else "",
+                    **(
+                        {"expires": r.accepted_by.expires.isoformat()}
+                        if r.accepted_by and r.accepted_by.expires
+                        else {}
+                    ),
+                }
+                for r in self.accepted
+            ],
+            "staleExceptions": [
+                {"namespace": e.namespace, "workload": e.workload, "port": e.port, "line": e.line}
+                for e in self.stale
+            ],
+            **({"exceptionsFile": self.exceptions} if self.exceptions is not None else {}),
         }
 
 
@@ -381,9 +432,14 @@ def run_audit(
     policy_files: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
     evidence_dir: Path | None = None,
+    read_sockets: bool = False,
+    exceptions: AcceptedExceptions | None = None,
+    today: dt.date | None = None,
 ) -> AuditResult:
     """Audit every Service port of ``mesh`` (the probes must be workloads of the mesh, in
-    AUDIT_NAMESPACE). One port's failure never stops the others."""
+    AUDIT_NAMESPACE), then every port its audited pods listen on (`audit.pod_ports`: from
+    their sockets when ``read_sockets``, else their spec), bypasses judged against
+    ``exceptions``. One port's failure never stops the others."""
     say = progress or (lambda line: None)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = time.monotonic()
@@ -409,6 +465,26 @@ def run_audit(
             )
         )
         say(f"[{index}/{len(ports)}] {port.key}: {results[-1].observed} -> {results[-1].verdict}")
+    policies: list[Policy] = [p for m in mesh.policies() for p in parse_policies(m)]
+    pod_ports, notes = discover_pod_ports(
+        mesh,
+        policies,
+        namespaces=namespaces,
+        exclude_namespaces=exclude_namespaces,
+        read_sockets=read_sockets,
+    )
+    pod_results: list[PodPortResult] = []
+    for index, pod_port in enumerate(pod_ports, 1):
+        pod_results.append(
+            probe_pod_port(mesh, naked, pod_port, exceptions=exceptions, today=today)
+        )
+        say(
+            f"[pod {index}/{len(pod_ports)}] {pod_port.key}: {pod_results[-1].port_class}"
+            f" -> {pod_results[-1].verdict}"
+        )
+    bypasses = [
+        (r.port.namespace, r.port.workload.name, r.port.port) for r in pod_results if r.is_bypass
+    ]
     present = sorted(
         {
             mesh.logical_namespace(w.namespace)
@@ -429,5 +505,15 @@ def run_audit(
         policies=tuple(policy_files),
         started=started,
         duration=time.monotonic() - clock,
-        not_audited=tuple(getattr(mesh, "not_audited", ())),
+        not_audited=(*getattr(mesh, "not_audited", ()), *notes),
+        pod_ports=tuple(pod_results),
+        inapplicable=inapplicable_policies(
+            policies,
+            mesh.workloads(),
+            mesh.services(),
+            mesh.root_namespace,
+            mesh.logical_namespace,
+        ),
+        exceptions=None if exceptions is None else exceptions.source,
+        stale=() if exceptions is None else exceptions.stale(bypasses),
     )

@@ -105,6 +105,10 @@ def cluster_topology(
                     has_sidecar=sidecar,
                     labels=labels,
                     container_ports=tuple(sorted(set(named.values()))),
+                    annotations={  # the interception ones say which ports bypass the sidecar
+                        str(k): str(v)
+                        for k, v in (object_meta(pod).get("annotations") or {}).items()
+                    },
                 )
                 ports_of[key] = named
         for svc in services.get(namespace, ()):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_meshconform.audit.engine import AuditResult
+from pytest_meshconform.audit.pod_ports import PodPortResult
 from pytest_meshconform.outputs import write_file
 from pytest_meshconform.report.observations import ObservedTable
 from pytest_meshconform.report.render import (
@@ -68,11 +69,52 @@ def format_table(result: AuditResult) -> list[str]:
         lines.append(f"{line}  {r.reason}")
     summary = result.to_dict()["summary"]
     require = f", required {result.require}" if result.require else ""
+    lines += _pod_port_lines(result)
     lines += [f"not audited: {note}" for note in result.not_audited]
     lines.append(
         f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
         f" {summary['errors']} errors{require}"
     )
+    return lines
+
+
+_POD_COLUMNS: Final = ("POD PORT", "SIDECAR", "SOURCE", "CLASS", "PLAINTEXT BY POD IP", "VERDICT")
+
+
+def _pod_port_lines(result: AuditResult) -> list[str]:
+    """Every listening port of the audited pods (class, the plaintext probe by pod IP,
+    verdict, reason); then the accepted exceptions apart, stale entries, and the policies
+    that cannot apply."""
+    lines: list[str] = []
+    if result.pod_ports:
+        rows = [
+            (
+                r.port.key,
+                "yes" if r.port.workload.has_sidecar else "no",
+                r.port.source,
+                r.port_class,
+                r.outcome or "-",
+                "ACCEPTED" if r.accepted else r.verdict.upper(),
+            )
+            for r in result.pod_ports
+        ]
+        widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(_POD_COLUMNS)]
+        lines.append("")
+        lines.append("  ".join(c.ljust(w) for c, w in zip(_POD_COLUMNS, widths, strict=True)))
+        for row, r in zip(rows, result.pod_ports, strict=True):
+            cells = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
+            lines.append(f"{cells}  {r.reason}")
+    for r in result.accepted:
+        entry = r.accepted_by
+        until = f", until {entry.expires.isoformat()}" if entry and entry.expires else ""
+        why = entry.reason if entry else ""
+        lines.append(f"accepted exception: {r.port.key} ({r.port_class}): {why}{until}")
+    for e in result.stale:
+        lines.append(
+            f"stale exception: {e.namespace}/{e.workload} port {e.port} ({result.exceptions}:"
+            f"{e.line}) matches no bypass: the entry can go"
+        )
+    lines += [f"policy that cannot apply: {line}" for line in result.inapplicable]
     return lines
 
 
@@ -207,8 +249,19 @@ def audit_document(result: AuditResult) -> Document:
             f" {summary['errors']} errors"
         ),
         header=tuple(header),
-        sections=(Section("Service ports", data["result"], tuple(entries)),),
-        notes=tuple(f"not audited: {note}" for note in result.not_audited),
+        sections=(
+            Section("Service ports", data["result"], tuple(entries)),
+            *_pod_port_sections(result),
+        ),
+        notes=(
+            *(f"policy that cannot apply: {line}" for line in result.inapplicable),
+            *(
+                f"stale exception: {e.namespace}/{e.workload} port {e.port}"
+                f" ({result.exceptions}:{e.line}) matches no bypass: the entry can go"
+                for e in result.stale
+            ),
+            *(f"not audited: {note}" for note in result.not_audited),
+        ),
         generated=data["date"],
     )
 
@@ -240,3 +293,55 @@ def _wire_line(wire: Mapping[str, Any]) -> str:
     extra = "; plaintext payload beside it" if wire["tls"] and wire["plaintextPayload"] else ""
     reset = "; the endpoint reset it" if wire["serverReset"] else ""
     return f"{flows}: {shape}, {wire['serverBytes']} bytes from the endpoint{extra}{reset}"
+
+
+def _pod_port_entry(r: PodPortResult) -> Entry:
+    facts: list[tuple[str, tuple[str, ...]]] = [
+        ("Class", (r.port_class,)),
+        ("Listening, read from", (r.port.source,)),
+        ("Services", (", ".join(r.port.services) or "none",)),
+        ("Predicted mode", (r.port.predicted,)),
+    ]
+    if r.port.bypass is not None:
+        facts.append(("Interception", (f"not captured: {r.port.bypass}",)))
+    if r.target:
+        facts.append(("Plaintext probe", (f"{r.target}: {r.outcome}",)))
+    if r.accepted_by is not None:
+        entry = r.accepted_by
+        until = f", until {entry.expires.isoformat()}" if entry.expires else ""
+        facts.append(("Accepted exception", (f"{entry.reason}{until} (line {entry.line})",)))
+    status = "passed" if r.verdict == "pass" else _AUDIT_STATUS[r.verdict]
+    return Entry(
+        title=r.port.key,
+        status=status,
+        description=f"{r.port_class}, {'sidecar' if r.port.workload.has_sidecar else 'no sidecar'}",
+        message=r.reason if r.verdict != "pass" else None,
+        facts=tuple(facts),
+    )
+
+
+def _pod_port_sections(result: AuditResult) -> tuple[Section, ...]:
+    """The pods' ports (every one but the accepted bypasses), then the accepted exceptions
+    apart."""
+    if not result.pod_ports:
+        return ()
+    others = [r for r in result.pod_ports if not r.accepted]
+    status = "success" if all(r.verdict == "pass" for r in others) else "failure"
+    sections = [
+        Section(
+            "Pod ports",
+            status,
+            tuple(_pod_port_entry(r) for r in others),
+            subtitle="every port the audited pods listen on, probed in plaintext by pod IP",
+        )
+    ]
+    if result.accepted:
+        sections.append(
+            Section(
+                "Accepted exceptions",
+                "success",
+                tuple(_pod_port_entry(r) for r in result.accepted),
+                subtitle=f"bypasses accepted by {result.exceptions}",
+            )
+        )
+    return tuple(sections)

@@ -37,6 +37,7 @@ __all__ = [
     "EXCLUDE_INBOUND_PORTS",
     "EXCLUDE_OUTBOUND_PORTS",
     "INCLUDE_INBOUND_PORTS",
+    "ISTIO_SIDECAR_PORTS",
     "STATUS_PORT",
     "InterceptionError",
     "SidecarInterception",
@@ -53,6 +54,22 @@ AGENT_HEALTH_PORT: Final = 15021  # the agent's /healthz/ready
 AGENT_STATUS_PORT: Final = 15020  # the agent's status server (default of STATUS_PORT)
 HBONE_PORT: Final = 15008
 _ISTIO_OWN: Final = (ENVOY_PROMETHEUS_PORT, AGENT_HEALTH_PORT)  # the template's literal prefix
+
+# The ports a sidecar pod's Envoy and agent listen on, as Istio's "Application requirements"
+# page lists them ("Ports used by Istio", istio.io docs/ops/deployment/application-requirements;
+# 15000, 15004 and 15053 listen on localhost only). An app must not use them.
+ISTIO_SIDECAR_PORTS: Final[Mapping[int, str]] = {
+    15000: "Envoy's admin port",
+    15001: "Envoy's outbound port (istio-iptables' redirect target)",
+    15004: "the agent's debug port",
+    15006: "Envoy's inbound port (istio-iptables' redirect target)",
+    HBONE_PORT: "the HBONE mTLS tunnel port",
+    15009: "the HBONE port for secure networks",
+    AGENT_STATUS_PORT: "the agent's merged Prometheus telemetry port",
+    AGENT_HEALTH_PORT: "the agent's health check port",
+    15053: "the agent's DNS proxy port",
+    ENVOY_PROMETHEUS_PORT: "Envoy's Prometheus telemetry port",
+}
 
 _ANNOTATION_PARAMETER: Final = {  # what validate.go names each list in its message
     INCLUDE_INBOUND_PORTS: "includeInboundPorts",

@@ -3,7 +3,8 @@ answer off the wire.
 
 From a client pod without a sidecar (so the ClientHello is curl's own), each probe is one curl
 with the probe's TLS options, from a source port of its own, to the server's pod IP and first
-container port, all under one capture at the server's pod: the ServerHello says what the server
+container port (an ambient server's HBONE port, 15008), all under one capture at the server's
+pod: the ServerHello says what the server
 accepted even when it then drops the connection for want of a mesh certificate. One shell runs
 every probe (one exec: on Kubernetes each exec is an API round trip). An attempt curl could not
 make, or whose ClientHello is not on the wire, proves nothing: the test fails naming it.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import pytest
 
+from pytest_meshconform.istio.ztunnel import HBONE_PORT
 from pytest_meshconform.mesh import Mesh
 from pytest_meshconform.plugin.capture import Capturer, CaptureResult
 from pytest_meshconform.plugin.workloads import WorkloadHandle
@@ -89,8 +91,9 @@ class TlsProber:
         return f"<TlsProber on the {self._mesh.backend} mesh>"
 
     def url(self, server: WorkloadHandle) -> str:
-        """The server's pod port as the probes reach it: ``https://<pod IP>:<port>/headers``."""
-        port = server.workload.container_ports[0]
+        """The server's pod port as the probes reach it: ``https://<pod IP>:<port>/headers``;
+        at an ambient workload its ztunnel's HBONE port (15008), where it speaks mTLS."""
+        port = HBONE_PORT if server.workload.ambient else server.workload.container_ports[0]
         return f"https://{self._mesh.pod_ip(server.workload)}:{port}/headers"
 
     def __call__(

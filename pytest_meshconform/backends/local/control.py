@@ -15,10 +15,10 @@ from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.backends.local.ztunnel import Tunnel, ZtunnelPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
-from pytest_meshconform.istio.ambient import ztunnel_policies
-from pytest_meshconform.istio.api import MtlsMode, Policy
+from pytest_meshconform.istio.ambient import ztunnel_peer_policies, ztunnel_policies
+from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, Policy
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
-from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
+from pytest_meshconform.istio.ztunnel import HBONE_TLS_VERSION, Connection, ztunnel_admits
 from pytest_meshconform.mesh import Workload
 from pytest_meshconform.settings import FAULT_NAMES
 
@@ -29,12 +29,14 @@ __all__ = ["Faults", "issued_identity", "plan_sidecars", "plan_ztunnels"]
 class Faults:
     """Test-only ways to break the local mesh, to prove the suites can fail (never for users)."""
 
-    strict_as_permissive: bool = False  # render STRICT inbound chains as PERMISSIVE
+    # render STRICT inbound chains as PERMISSIVE; ztunnel: ignore the STRICT-derived policies
+    strict_as_permissive: bool = False
     no_xfcc: bool = False  # inbound HCM does not set X-Forwarded-Client-Cert
     no_rotation: bool = False  # the agent never rotates certificates
     wrong_spiffe_id: bool = False  # workload certs name another service account
-    tls10_allowed: bool = False  # inbound mTLS accepts TLS 1.0 (and a CBC suite it needs)
-    client_cert_optional: bool = False  # inbound mTLS does not require a client certificate
+    # inbound mTLS (and HBONE's) accepts TLS 1.0 (and a CBC suite it needs, sidecars)
+    tls10_allowed: bool = False
+    client_cert_optional: bool = False  # inbound mTLS and HBONE require no client certificate
     authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
 
     NAMES = FAULT_NAMES
@@ -177,6 +179,17 @@ def plan_ztunnels(
     for pod in ambient:
         w = pod.workload
         enforced = ztunnel_policies(policies, w.namespace, w.labels, root_namespace)
+        if faults.strict_as_permissive:  # ztunnel ignores what istiod derived from STRICT
+            derived = {
+                p.key
+                for p in ztunnel_peer_policies(
+                    [p for p in policies if isinstance(p, PeerAuthentication)],
+                    w.namespace,
+                    w.labels,
+                    root_namespace,
+                )
+            }
+            enforced = tuple(p for p in enforced if p.key not in derived)
         hbone: dict[int, tuple[tuple[str, str], ...] | None] = {}
         plaintext: dict[int, tuple[str, ...] | None] = {}
         for port in w.container_ports:
@@ -193,5 +206,12 @@ def plan_ztunnels(
                 for other in topology.pods
                 if ztunnel_admits(enforced, Connection(port, None, other.ip, pod.ip))
             )
-        plans[w.key] = ZtunnelPlan(pod, tuple(tunnels), hbone, plaintext)
+        plans[w.key] = ZtunnelPlan(
+            pod,
+            tuple(tunnels),
+            hbone,
+            plaintext,
+            require_client_certificate=not faults.client_cert_optional,
+            hbone_min_tls="TLSv1_0" if faults.tls10_allowed else HBONE_TLS_VERSION,
+        )
     return plans

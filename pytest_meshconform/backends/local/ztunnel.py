@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Pod
-from pytest_meshconform.backends.local.xds import SidecarPaths, bootstrap
+from pytest_meshconform.backends.local.xds import SidecarPaths, bootstrap, static_cluster
 from pytest_meshconform.istio.envoy import (
     CLUSTER_TYPE,
     DOWNSTREAM_TLS_TYPE,
@@ -104,6 +104,10 @@ class ZtunnelPlan:
     tunnels: tuple[Tunnel, ...]
     hbone_peers: Mapping[int, tuple[Peer, ...] | None] = field(default_factory=dict, hash=False)
     plaintext_peers: Mapping[int, tuple[str, ...] | None] = field(default_factory=dict, hash=False)
+    # HBONE's server side; other values only under the test-only faults `client-cert-optional`
+    # and `tls10-allowed`
+    require_client_certificate: bool = True
+    hbone_min_tls: str = HBONE_TLS_VERSION
 
 
 def ztunnel_bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
@@ -139,9 +143,9 @@ def _sds(paths: SidecarPaths, name: str) -> dict[str, Any]:
     }
 
 
-def _tls_params() -> dict[str, Any]:
+def _tls_params(minimum: str = HBONE_TLS_VERSION) -> dict[str, Any]:
     return {
-        "tls_minimum_protocol_version": HBONE_TLS_VERSION,
+        "tls_minimum_protocol_version": minimum,
         "tls_maximum_protocol_version": HBONE_TLS_VERSION,
     }
 
@@ -266,9 +270,9 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": DOWNSTREAM_TLS_TYPE,
-            "require_client_certificate": True,
+            "require_client_certificate": plan.require_client_certificate,
             "common_tls_context": {
-                "tls_params": _tls_params(),
+                "tls_params": _tls_params(plan.hbone_min_tls),
                 "alpn_protocols": [HBONE_ALPN],
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
                 "combined_validation_context": {
@@ -387,30 +391,6 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
     return result
 
 
-def _static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "@type": CLUSTER_TYPE,
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": ip, "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-        **extra,
-    }
-
-
 def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {
@@ -424,7 +404,7 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
         {"@type": CLUSTER_TYPE, "name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
     ]
     for port in plan.pod.workload.container_ports:
-        result.append(_static_cluster(_inbound_cluster(port), plan.pod.ip, port))
+        result.append(static_cluster(_inbound_cluster(port), plan.pod.ip, port))
     identities = {t.endpoint_ip: t.identity for t in plan.tunnels}
     for ip, identity in sorted(identities.items()):
         tls = {
@@ -446,7 +426,7 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
             },
         }
         result.append(
-            _static_cluster(
+            static_cluster(
                 _hbone_cluster(ip),
                 ip,
                 HBONE_PORT,

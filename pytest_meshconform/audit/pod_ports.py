@@ -1,0 +1,380 @@
+"""Every port an audited pod listens on, what Istio does with it, and what a plaintext
+connection to the pod's own address shows (issue 24: the paths around the mesh).
+
+A pod's listening ports come from its sockets when the audit may read them (the local mesh:
+``ss -ltnH`` run in the pod's network namespace, loopback-only listeners left out since no
+other pod can reach them), else from the pod spec's container ports (a cluster: the audit never
+execs into your pods). Each port is classified (`PortClass`):
+
+- ``istio``: Envoy's or the agent's own port on a sidecar pod (`ISTIO_SIDECAR_PORTS`); listed,
+  not probed.
+- ``excluded``: left out of istio-iptables' capture by the pod's annotations, or one of the
+  ports Istio's injection template excludes (`SidecarInterception.inbound_bypass` names which):
+  plaintext reaches the app as sent, no PeerAuthentication or AuthorizationPolicy applies.
+- ``around the mesh``: a captured port no Service exposes that takes plaintext by pod IP (the
+  sidecar's passthrough filter chain under a mode that takes plaintext).
+- ``in the mesh``: a captured port; the plaintext probe by pod IP must see the mode Istio's
+  policies predict for the container port (reset under STRICT, taken otherwise).
+- ``no sidecar``: a pod outside the mesh; plaintext reaches every port.
+
+``excluded`` and ``around the mesh`` ports that took plaintext are the bypasses: each needs an
+unexpired entry of the accepted-exceptions file (`audit.exceptions`) to pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final, Literal
+
+from pytest_meshconform.audit.discovery import Predicted
+from pytest_meshconform.audit.exceptions import (
+    AcceptedException,
+    AcceptedExceptions,
+    ExceptionStatus,
+)
+from pytest_meshconform.audit.probes import AUDIT_NAMESPACE
+from pytest_meshconform.evidence.tcp_connect import TcpError, parse_tcp_output, tcp_argv
+from pytest_meshconform.istio.api import PeerAuthentication, Policy
+from pytest_meshconform.istio.interception import (
+    ISTIO_SIDECAR_PORTS,
+    InterceptionError,
+    sidecar_interception,
+)
+from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
+from pytest_meshconform.istio.plan import endpoints_of
+from pytest_meshconform.mesh import Mesh, MeshError, Workload
+
+__all__ = [
+    "PodPort",
+    "PodPortResult",
+    "PortClass",
+    "discover_pod_ports",
+    "listening_ports",
+    "parse_listening_ports",
+    "probe_pod_port",
+]
+
+PortClass = Literal["in the mesh", "excluded", "istio", "around the mesh", "no sidecar"]
+BYPASS_CLASSES: Final = ("excluded", "around the mesh")
+POD_PROBE_LINE: Final = b"meshconform-audit\n"
+POD_PROBE_WAIT_S: Final = 2.0
+_TAKES_PLAINTEXT: Final = ("PERMISSIVE", "DISABLE", "NO_SIDECAR")
+
+
+@dataclass(frozen=True, slots=True)
+class PodPort:
+    """One port an audited pod listens on, and what Istio's configuration says of it."""
+
+    workload: Workload
+    namespace: str  # the pod's namespace as the suites spell it
+    port: int
+    source: Literal["sockets", "pod spec"]
+    services: tuple[str, ...]  # the Service ports (``name.ns:port``) whose targetPort it is
+    predicted: Predicted  # the sidecar's mode for the container port (NO_SIDECAR: none)
+    bypass: str | None = None  # why istio-iptables leaves it out of capture (None: captured)
+    istio_port: str | None = None  # what it is when it is Envoy's or the agent's own
+
+    @property
+    def key(self) -> str:
+        """``workload.namespace port N``."""
+        return f"{self.workload.name}.{self.namespace} port {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PodPortResult:
+    """A pod port's class, the plaintext probe by pod IP, and the verdict."""
+
+    port: PodPort
+    port_class: PortClass
+    verdict: Literal["pass", "fail", "error"]
+    reason: str
+    target: str = ""  # ``tcp://<pod IP>:<port>`` (empty: not probed)
+    outcome: str = ""  # the probe's outcome (``answered``, ``reset``, ...; empty: not probed)
+    exception: ExceptionStatus | None = None  # for a bypass: what the exceptions file says
+    accepted_by: AcceptedException | None = None
+
+    @property
+    def is_bypass(self) -> bool:
+        """Plaintext reached the app around the sidecar's mode (it must be accepted)."""
+        return self.port_class in BYPASS_CLASSES
+
+    @property
+    def accepted(self) -> bool:
+        return self.exception is ExceptionStatus.ACCEPTED
+
+    def to_dict(self) -> dict[str, Any]:
+        port = self.port
+        out: dict[str, Any] = {
+            "workload": port.workload.name,
+            "namespace": port.namespace,
+            "port": port.port,
+            "source": port.source,
+            "sidecar": port.workload.has_sidecar,
+            "class": self.port_class,
+            "services": list(port.services),
+            "predicted": port.predicted,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
+        if port.bypass is not None:
+            out["bypass"] = port.bypass
+        if self.target:
+            out["probe"] = {"target": self.target, "outcome": self.outcome}
+        if self.exception is not None:
+            out["exception"] = self.exception.value
+        if self.accepted_by is not None:
+            entry = self.accepted_by
+            out["acceptedBy"] = {"reason": entry.reason, "line": entry.line}
+            if entry.expires is not None:
+                out["acceptedBy"]["expires"] = entry.expires.isoformat()
+        return out
+
+
+def parse_listening_ports(text: str, pod_ip: str) -> tuple[int, ...]:
+    """The TCP ports ``ss -ltnH`` lists as listening on every address or on ``pod_ip`` (not
+    loopback only), sorted."""
+    ports: set[int] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0] != "LISTEN":
+            continue
+        address, _, port = fields[3].rpartition(":")
+        address = address.strip("[]").split("%", 1)[0]
+        if not port.isdigit():
+            continue
+        if address.removeprefix("::ffff:") in ("*", "0.0.0.0", "::", pod_ip):
+            ports.add(int(port))
+    return tuple(sorted(ports))
+
+
+def listening_ports(
+    mesh: Mesh, workload: Workload, read_sockets: bool
+) -> tuple[tuple[int, ...], Literal["sockets", "pod spec"]]:
+    """The pod's listening ports, from its sockets when ``read_sockets`` (``ss`` in its
+    network namespace), else from its spec's container ports."""
+    if not read_sockets:
+        return tuple(sorted(set(workload.container_ports))), "pod spec"
+    result = mesh.exec(workload, ["ss", "-ltnH"], 15)
+    if result.returncode != 0:
+        raise MeshError(
+            f"cannot read {workload.key}'s listening sockets: ss -ltnH exited"
+            f" {result.returncode}: {result.stderr.decode(errors='replace').strip()}"
+        )
+    text = result.stdout.decode(errors="replace")
+    return parse_listening_ports(text, mesh.pod_ip(workload)), "sockets"
+
+
+def discover_pod_ports(
+    mesh: Mesh,
+    policies: Sequence[Policy],
+    *,
+    namespaces: Sequence[str] = (),
+    exclude_namespaces: Sequence[str] = (),
+    read_sockets: bool = False,
+) -> tuple[tuple[PodPort, ...], tuple[str, ...]]:
+    """Every listening port of every audited pod (sidecar or none), and notes on the pods the
+    audit leaves out (ambient pods, a pod whose annotations Istio's injector would refuse)."""
+    peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
+    workloads = tuple(mesh.workloads())
+    services = tuple(mesh.services())
+    found: list[PodPort] = []
+    notes: list[str] = []
+    for workload in workloads:
+        logical = mesh.logical_namespace(workload.namespace)
+        if logical == AUDIT_NAMESPACE or logical in exclude_namespaces:
+            continue
+        if namespaces and logical not in namespaces:
+            continue
+        if workload.ambient:
+            notes.append(f"{workload.key}: ambient (ztunnel captures every port; not listed)")
+            continue
+        interception = None
+        if workload.has_sidecar:
+            try:
+                interception = sidecar_interception(workload.annotations)
+            except InterceptionError as exc:
+                notes.append(f"{workload.key}: Istio's injector would refuse the pod: {exc}")
+                continue
+        ports, source = listening_ports(mesh, workload, read_sockets)
+        for port in ports:
+            exposing = tuple(
+                s.key
+                for s in services
+                if s.target_port == port and workload in endpoints_of(s, workloads)
+            )
+            predicted: Predicted = "NO_SIDECAR"
+            if workload.has_sidecar:
+                mode = effective_mtls_mode(
+                    peer_auths, workload.namespace, workload.labels, port, mesh.root_namespace
+                )
+                predicted = mode.value  # type: ignore[assignment]  # STRICT/PERMISSIVE/DISABLE
+            found.append(
+                PodPort(
+                    workload=workload,
+                    namespace=logical,
+                    port=port,
+                    source=source,
+                    services=exposing,
+                    predicted=predicted,
+                    bypass=None if interception is None else interception.inbound_bypass(port),
+                    istio_port=ISTIO_SIDECAR_PORTS.get(port) if workload.has_sidecar else None,
+                )
+            )
+    return tuple(found), tuple(notes)
+
+
+def _took_plaintext(outcome: str) -> bool | None:
+    """Whether the app (or a sidecar's chain) took the plaintext connection: ``reset`` is a
+    STRICT sidecar refusing it; ``answered``, ``silent`` and ``closed`` got through; ``refused``
+    and ``timeout`` say nothing (nothing listening, or no route)."""
+    if outcome == "reset":
+        return False
+    if outcome in ("answered", "silent", "closed"):
+        return True
+    return None
+
+
+def _accept(
+    result: PodPortResult, exceptions: AcceptedExceptions | None, today: date, fix: str
+) -> PodPortResult:
+    port = result.port
+    accepted = exceptions or AcceptedExceptions()
+    status, entry = accepted.judge(port.namespace, port.workload.name, port.port, today)
+    where = f" ({accepted.source}:{entry.line})" if entry is not None and accepted.source else ""
+    if status is ExceptionStatus.ACCEPTED and entry is not None:
+        return _with(
+            result, "pass", f"{result.reason}; accepted: {entry.reason}{where}", status, entry
+        )
+    if status is ExceptionStatus.EXPIRED and entry is not None:
+        expires = "" if entry.expires is None else entry.expires.isoformat()
+        reason = f"{result.reason}; the accepted exception expired on {expires}{where}: {fix}"
+        return _with(result, "fail", reason, status, entry)
+    reason = f"{result.reason}; not accepted: {fix}, or list it in the exceptions file (--accept)"
+    return _with(result, "fail", reason, status, None)
+
+
+def _with(
+    result: PodPortResult,
+    verdict: Literal["pass", "fail", "error"],
+    reason: str,
+    status: ExceptionStatus,
+    entry: AcceptedException | None,
+) -> PodPortResult:
+    return PodPortResult(
+        port=result.port,
+        port_class=result.port_class,
+        verdict=verdict,
+        reason=reason,
+        target=result.target,
+        outcome=result.outcome,
+        exception=status,
+        accepted_by=entry,
+    )
+
+
+def probe_pod_port(
+    mesh: Mesh,
+    naked_probe: Workload,
+    port: PodPort,
+    *,
+    exceptions: AcceptedExceptions | None = None,
+    today: date | None = None,
+) -> PodPortResult:
+    """Classify one pod port and judge it: a plaintext connection from the probe without
+    sidecar to the pod's own address (a line of bytes, what comes back kept). Never raises for
+    the port's own failures (an ``error`` verdict says why)."""
+    day = today or date.today()
+    if port.istio_port is not None and not port.services:
+        return PodPortResult(port, "istio", "pass", f"{port.istio_port} (Istio's own; not probed)")
+    try:
+        ip = mesh.pod_ip(port.workload)
+        argv = tcp_argv(ip, port.port, send=POD_PROBE_LINE, timeout=POD_PROBE_WAIT_S)
+        ran = mesh.exec(naked_probe, argv, POD_PROBE_WAIT_S + 10)
+    except (MeshError, OSError) as exc:
+        return PodPortResult(port, "in the mesh", "error", f"could not probe: {exc}")
+    target = f"{ip}:{port.port}"
+    try:
+        tcp = parse_tcp_output(
+            target, naked_probe.key, ran.returncode, ran.stdout, ran.stderr, sent=POD_PROBE_LINE
+        )
+    except TcpError as exc:
+        return PodPortResult(port, "in the mesh", "error", f"could not probe {target}: {exc}")
+    took = _took_plaintext(tcp.outcome)
+    seen = f"plaintext by pod IP ({target}): {tcp.outcome}"
+    if took is None:
+        why = "nothing listens there" if tcp.outcome == "refused" else "no answer in time"
+        return PodPortResult(
+            port,
+            "no sidecar" if not port.workload.has_sidecar else "in the mesh",
+            "error",
+            f"{seen}: {why}; the {port.source} said it listens",
+            f"tcp://{target}",
+            tcp.outcome,
+        )
+    if not port.workload.has_sidecar:
+        verdict: Literal["pass", "fail"] = "pass" if took else "fail"
+        shown = "takes plaintext" if took else "refused plaintext, though no sidecar runs there"
+        return PodPortResult(
+            port,
+            "no sidecar",
+            verdict,
+            f"no sidecar: {shown} ({seen})",
+            f"tcp://{target}",
+            tcp.outcome,
+        )
+    if port.bypass is not None:
+        if not took:
+            return PodPortResult(
+                port,
+                "excluded",
+                "fail",
+                f"{seen}; Istio's interception leaves it out of capture ({port.bypass}), so"
+                " plaintext should reach the app",
+                f"tcp://{target}",
+                tcp.outcome,
+            )
+        result = PodPortResult(
+            port,
+            "excluded",
+            "fail",
+            f"excluded from interception ({port.bypass}): plaintext reaches the app around the"
+            f" sidecar, no PeerAuthentication or AuthorizationPolicy applies ({seen})",
+            f"tcp://{target}",
+            tcp.outcome,
+        )
+        return _accept(result, exceptions, day, "remove the port from the annotation")
+    expected = port.predicted in _TAKES_PLAINTEXT
+    if took != expected:
+        return PodPortResult(
+            port,
+            "in the mesh",
+            "fail",
+            f"{seen}; Istio's policies predict {port.predicted} for container port"
+            f" {port.port}, which {'takes' if expected else 'refuses'} plaintext",
+            f"tcp://{target}",
+            tcp.outcome,
+        )
+    if took and not port.services:
+        result = PodPortResult(
+            port,
+            "around the mesh",
+            "fail",
+            f"no Service exposes it and it takes plaintext by pod IP under {port.predicted}"
+            f" ({seen})",
+            f"tcp://{target}",
+            tcp.outcome,
+        )
+        fix = "make the workload STRICT on the port, or stop listening on it"
+        return _accept(result, exceptions, day, fix)
+    exposed = ", ".join(port.services) or "no Service"
+    taken = "takes plaintext" if took else "refuses plaintext"
+    return PodPortResult(
+        port,
+        "in the mesh",
+        "pass",
+        f"{port.predicted}: {taken} by pod IP, as predicted ({exposed})",
+        f"tcp://{target}",
+        tcp.outcome,
+    )
