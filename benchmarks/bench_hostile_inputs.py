@@ -58,7 +58,7 @@ spec:
 """
 MESH_TEST = "def test_uses_the_mesh(mesh):\n    pass\n"
 PLAIN_TEST = "def test_plain():\n    pass\n"
-USAGE_MESHCONFORM = 2  # cli.EXIT_BAD_INPUT, audit.cli.EXIT_USAGE
+USAGE_MESHCONFORM = 4  # exit_status.ExitStatus.USAGE: cli.EXIT_BAD_INPUT, audit.cli.EXIT_USAGE
 USAGE_PYTEST = 4  # pytest.ExitCode.USAGE_ERROR
 BOMB = "".join(
     f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"

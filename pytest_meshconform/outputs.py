@@ -38,6 +38,7 @@ __all__ = [
     "DIRECTORY_MODE",
     "FILE_MODE",
     "OutputPathError",
+    "append_file",
     "check_output_directory",
     "check_output_file",
     "copy_into",
@@ -202,6 +203,26 @@ def write_file(path: Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def append_file(path: Path, text: str) -> None:
+    """Append ``text`` to a file someone else keeps (``GITHUB_STEP_SUMMARY``): made 0600 when
+    missing; opened without blocking and written only when it is a regular file (a FIFO swapped
+    in since the check raises ``IsADirectoryError`` instead of blocking the run's end)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise IsADirectoryError(
+                errno.EISDIR, f"is {_kind(found.st_mode)}, not a regular file", str(path)
+            )
+        os.set_blocking(fd, True)
+        payload = text.encode("utf-8")
+        while payload:
+            payload = payload[os.write(fd, payload) :]
+    finally:
+        os.close(fd)
 
 
 def copy_into(source: Path, target: Path) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-__all__ = ["HELD", "Held", "acquire", "held", "owned", "release", "signal_name"]
+__all__ = ["HELD", "Held", "acquire", "held", "owned", "pending", "release", "signal_name"]
 
 HELD: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Deferred inside `held()`."""
@@ -123,6 +123,11 @@ def owned() -> bool:
     return _owners > 0
 
 
+def pending() -> int | None:
+    """The first signal a `held()` block has deferred so far (None: none yet, or none held)."""
+    return _pending[0] if _pending else None
+
+
 @dataclass
 class Held:
     """What `held(deliver=False)` caught: the first signal received in the block, or None."""
@@ -136,8 +141,9 @@ def held(*, deliver: bool = True) -> Iterator[Held]:
 
     The first signal received meanwhile is delivered when the outermost block ends: as a
     KeyboardInterrupt while a run still owns something, else to the process's old handler.
-    With `deliver=False` the outermost block hands it to the caller instead (`Held.signum`),
-    for code that ends the run its own way (pytest's session teardown cannot take an exception).
+    With `deliver=False` the block tells the caller the first signal received while it ran
+    (`Held.signum`), for code that ends the run its own way (pytest's session teardown cannot
+    take an exception); the outermost such block takes it from the pending ones.
     """
     global _holding
     caught = Held()
@@ -145,12 +151,15 @@ def held(*, deliver: bool = True) -> Iterator[Held]:
         yield caught
         return
     _holding += 1  # before the handlers: a signal in between is deferred, not raised
+    before = len(_pending)
     if len(_saved) == 0:
         _install()
     try:
         yield caught
     finally:
         _holding -= 1
+        if not deliver and len(_pending) > before:
+            caught.signum = _pending[before]
         if _holding == 0 and _pending and not deliver:
             caught.signum = _pending[0]
             _pending.clear()

@@ -24,6 +24,7 @@ import yaml
 from kube_fakes import kubeconfig_text
 from local_helpers import needs_local_mesh, runs_made, traces_of
 
+from pytest_meshconform.audit.cli import EXIT_USAGE
 from pytest_meshconform.audit.discovery import discover_service_ports
 from pytest_meshconform.audit.local import with_audit_probes
 from pytest_meshconform.audit.observe import WireEvidence, wire_problems
@@ -243,7 +244,7 @@ def test_usage_errors_exit_2_naming_the_fix(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kubeconfig").write_text(kubeconfig_text("https://127.0.0.1:9"))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    assert main(["audit", *argv]) == 2
+    assert main(["audit", *argv]) == EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
@@ -252,13 +253,13 @@ def test_a_bad_topology_or_policy_file_exits_2(
 ) -> None:
     topology = tmp_path / "t.yaml"
     topology.write_text("namespaces:\n  - name: a\n    injected: sure\n")
-    assert main(["audit", f"--mesh-topology={topology}"]) == 2
+    assert main(["audit", f"--mesh-topology={topology}"]) == EXIT_USAGE
     assert (
         f"{topology}:3: namespaces[0].injected: expected true or false" in capsys.readouterr().err
     )
     policy = tmp_path / "p.yaml"
     policy.write_text(FOO_STRICT.replace("STRICT", "STRICTEST"))
-    assert main(["audit", "--policy", str(policy)]) == 2
+    assert main(["audit", "--policy", str(policy)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert str(policy) in err and "STRICTEST" in err
 
@@ -397,7 +398,7 @@ def test_a_policy_that_selects_nothing_exits_2(
         FOO_STRICT.replace("spec: {", "spec: {selector: {matchLabels: {app: httpbinn}}, ")
     )
     with runs_made() as run_ids:
-        assert main(["audit", "--policy", str(policy)]) == 2
+        assert main(["audit", "--policy", str(policy)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "applies to no workload" in err and "httpbinn" in err, err
     assert not any(traces_of(run_id) for run_id in run_ids)

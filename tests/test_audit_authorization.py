@@ -35,6 +35,7 @@ from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.topology_file import load_topology, parse_topology
 from pytest_meshconform.cli import main
+from pytest_meshconform.exit_status import ExitStatus
 from pytest_meshconform.istio.api import parse_policies
 from pytest_meshconform.istio.authorization import authorization_for
 from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
@@ -386,7 +387,7 @@ def test_an_authorization_policy_that_selects_nothing_exits_2(
     with runs_made() as run_ids:
         code = main(["audit", f"--mesh-topology={PAYMENTS}", "--policy", str(policy)])
     err = capsys.readouterr().err
-    assert code == 2, err
+    assert code == ExitStatus.USAGE, err
     assert "--policy AuthorizationPolicy payments/ledger-web-only applies to no workload" in err
     assert "ledgr" in err
     assert not any(traces_of(run_id) for run_id in run_ids)

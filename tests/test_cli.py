@@ -21,7 +21,7 @@ import yaml
 from local_helpers import CONFORMANCE, assert_runs_left_nothing, needs_local_mesh
 from test_report import REFERENCE_YAML
 
-from pytest_meshconform.cli import main
+from pytest_meshconform.cli import EXIT_BAD_INPUT, main
 from pytest_meshconform.report import (
     EvidenceRecord,
     SuiteResult,
@@ -144,7 +144,7 @@ def test_bad_input_exits_2_with_a_message_naming_file_and_field(
     bad = tmp_path / name
     if text is not None:
         bad.write_text(text)
-    assert main(["diff", str(old_report), str(bad)]) == 2
+    assert main(["diff", str(old_report), str(bad)]) == EXIT_BAD_INPUT
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"meshconform diff: error: {tmp_path}/{error}")
@@ -157,7 +157,7 @@ def test_a_report_whose_statistics_disagree_with_its_tests_is_bad_input(
     document["suites"][0]["tests"][0]["outcome"] = "failed"  # statistics left as they were
     bad = tmp_path / "edited.yaml"
     bad.write_text(yaml.safe_dump(document))
-    assert main(["diff", str(bad), str(old_report)]) == 2
+    assert main(["diff", str(bad), str(old_report)]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err == (
         f"meshconform diff: error: {bad}: statistics.passed: 2 does not agree with the tests"
         " (expected 1)\n"
@@ -165,10 +165,11 @@ def test_a_report_whose_statistics_disagree_with_its_tests_is_bad_input(
 
 
 @pytest.mark.parametrize("argv", [[], ["diff"], ["diff", "a.yaml"], ["merge", "a", "b"]])
-def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_4(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """4, never 2 (argparse's own), which means interrupted (README, "Exit statuses")."""
     with pytest.raises(SystemExit) as raised:
         main(argv)
-    assert raised.value.code == 2
+    assert raised.value.code == EXIT_BAD_INPUT == 4
     assert capsys.readouterr().err.startswith("usage: meshconform")
 
 
@@ -201,7 +202,7 @@ def test_console_script(old_report: Path, upgraded_report: Path) -> None:
     assert regression.returncode == 1, regression.stderr
     assert "  strict::test_c: failed -> passed\n" in regression.stdout
     missing = _run_script("diff", str(old_report), str(old_report.with_name("nope.yaml")))
-    assert missing.returncode == 2
+    assert missing.returncode == EXIT_BAD_INPUT
     assert missing.stderr == (
         f"meshconform diff: error: {old_report.with_name('nope.yaml')}: no such file\n"
     )

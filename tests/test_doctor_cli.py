@@ -17,6 +17,7 @@ from test_kube_doctor import Cluster, injector_values
 
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS
 from pytest_meshconform.cli import main
+from pytest_meshconform.doctor.cli import EXIT_USAGE
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_usage_errors_exit_2(
     kubeconfig: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     code, out, err, _ = doctor(kubeconfig, Cluster(), capsys, *args)
-    assert code == 2
+    assert code == EXIT_USAGE
     assert out == ""
     assert err.startswith("meshconform doctor: error: ") and message in err
 
@@ -97,7 +98,7 @@ def test_an_unreachable_cluster_exits_2(
     kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:9", context="prod"))
-    assert main(["doctor", "--mesh-kube-context=prod"]) == 2
+    assert main(["doctor", "--mesh-kube-context=prod"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("meshconform doctor: error: the cluster of context 'prod' is unreachable")
 
@@ -161,7 +162,7 @@ def test_an_old_kubernetes_client_is_refused_by_the_doctor_and_the_audit(
         code = main([command, "--mesh-cluster=existing", "--mesh-kube-context=prod"])
     out, err = capsys.readouterr()
     if command == "audit":  # refused before it creates its namespace
-        assert code == 2
+        assert code == EXIT_USAGE
         assert err.startswith(
             "meshconform audit: error: kubernetes client 36.0.3 can leave the last frames"
         )
@@ -194,7 +195,7 @@ def test_a_report_path_that_cannot_be_written_stops_the_doctor_before_it_asks(
             text=True,
             umask=0,
         )
-    assert (refused.returncode, refused.stdout) == (2, "")
+    assert (refused.returncode, refused.stdout) == (EXIT_USAGE, "")
     assert refused.stderr.splitlines() == [
         "meshconform doctor: error: --report doctor.html: is a directory: name a file, e.g."
         " doctor.html/report.html"

@@ -487,6 +487,6 @@ def test_the_hostile_input_benchmark_runs(capsys: pytest.CaptureFixture[str]) ->
     assert bench.main(["--fuzz", "1", "--only", "meshconform diff"]) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"^  meshconform diff +100k nested \[ +\d+\.\d\d s +\d+ MiB  exit 2", out, re.M
+        r"^  meshconform diff +100k nested \[ +\d+\.\d\d s +\d+ MiB  exit 4", out, re.M
     )
     assert re.search(r"^  13 runs, 0 misbehaved; 1-min load average", out, re.M), out

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pytest_meshconform.backends.local import host
+from pytest_meshconform.exit_status import ExitStatus
 
 MESH_SUITE = """
 import pathlib
@@ -87,7 +88,7 @@ def test_an_unwritable_state_root_stops_the_run_in_one_line(tmp_path: Path, case
 def test_the_audit_says_it_in_one_line_too(tmp_path: Path) -> None:
     needs_root()
     result = with_state_root("read-only", [*MESHCONFORM, "audit"], tmp_path)
-    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert (result.returncode, result.stdout) == (ExitStatus.USAGE, ""), result.stderr
     assert result.stderr.splitlines() == [
         f"meshconform audit: error: {state_root_line('read-only')}"
     ]
@@ -118,7 +119,7 @@ def test_a_sweep_without_root_says_it_needs_root_and_removes_nothing() -> None:
             text=True,
             timeout=60,
         )
-        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert (result.returncode, result.stdout) == (ExitStatus.USAGE, ""), result.stderr
         assert result.stderr.splitlines() == [
             "meshconform sweep: error: sweeping needs root: local meshes' network namespaces"
             f" ({host.NETNS_RUN}/mc-*), processes and files ({host.STATE_ROOT}) are root's;"

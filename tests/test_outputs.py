@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_meshconform.exit_status import ExitStatus
+
 PLAIN_SUITE = """
 import pathlib
 
@@ -145,6 +147,27 @@ def test_an_artifacts_path_that_is_a_file_stops_the_run(tmp_path: Path) -> None:
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_step_summary_that_is_a_fifo_stops_the_run_instead_of_blocking_its_end(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_plain.py").write_text(PLAIN_SUITE)
+    os.mkfifo(tmp_path / "summary.md")
+    result = subprocess.run(
+        PYTEST,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")},
+    )
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert error_lines(result) == [
+        f"ERROR: GITHUB_STEP_SUMMARY {tmp_path}/summary.md: is a FIFO (named pipe), not a"
+        " regular file: meshconform writes only regular files; name a new path"
+    ]
+    assert not (tmp_path / "ran").exists()
+
+
 def test_an_ini_report_path_is_named_as_the_ini_option(tmp_path: Path) -> None:
     (tmp_path / "test_plain.py").write_text(PLAIN_SUITE)
     (tmp_path / "pytest.ini").write_text("[pytest]\nmesh_report = out.yaml\n")
@@ -159,14 +182,14 @@ def test_an_ini_report_path_is_named_as_the_ini_option(tmp_path: Path) -> None:
 def test_the_audit_checks_its_report_and_evidence_paths_before_the_mesh(tmp_path: Path) -> None:
     (tmp_path / "audit.yaml").mkdir()
     result = run([*MESHCONFORM, "audit", "--report", "audit.yaml"], tmp_path, timeout=60)
-    assert (result.returncode, result.stdout) == (2, "")
+    assert (result.returncode, result.stdout) == (ExitStatus.USAGE, "")
     assert result.stderr.splitlines() == [
         "meshconform audit: error: --report audit.yaml: is a directory: name a file, e.g."
         " audit.yaml/report.yaml"
     ]
     (tmp_path / "run-evidence").write_text("a file where the captures go")
     result = run([*MESHCONFORM, "audit", "--report", "run.html"], tmp_path, timeout=60)
-    assert (result.returncode, result.stdout) == (2, "")
+    assert (result.returncode, result.stdout) == (ExitStatus.USAGE, "")
     assert result.stderr.splitlines() == [
         "meshconform audit: error: --report's evidence run-evidence: is a file, not a"
         " directory: name a directory (it is made when missing)"
@@ -243,6 +266,7 @@ EVIDENCE_SUITE = """
 import pathlib
 
 from pytest_meshconform.report.exhibits import evidence_of
+from pytest_meshconform.exit_status import ExitStatus
 
 
 def _evidence(request, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,10 +21,20 @@ def _spin() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _defaults() -> None:
+def _defaults() -> Iterator[None]:
+    """Each test starts from the process's own handlers. A session with mesh tests owns the
+    signals until it ends (`plugin/interrupts.py`; this suite's test_local_mesh.py has its own
+    `mesh` fixture): its ownership is set aside during the test and taken back after."""
+    set_aside = 0
+    while signals.owned():
+        signals.release()
+        set_aside += 1
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    yield
     assert not signals.owned()
+    for _ in range(set_aside):
+        assert signals.acquire()
 
 
 def test_sigterm_and_sighup_interrupt_only_while_owned() -> None:
@@ -121,3 +132,22 @@ def test_held_can_hand_the_signal_to_the_caller() -> None:
     finally:
         signals.release(owner)
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+def test_a_nested_block_also_tells_what_it_held() -> None:
+    """The mesh's teardown inside the session's end: both say which signal came meanwhile; the
+    outermost block takes it."""
+    owner = signals.acquire()
+    try:
+        with signals.held(deliver=False) as outer:
+            with signals.held(deliver=False) as before:
+                _spin()
+            with signals.held(deliver=False) as inner:
+                os.kill(os.getpid(), signal.SIGTERM)
+                _spin()
+            assert (before.signum, inner.signum) == (None, signal.SIGTERM)
+            assert signals.pending() == signal.SIGTERM
+        assert outer.signum == signal.SIGTERM
+        assert signals.pending() is None
+    finally:
+        signals.release(owner)

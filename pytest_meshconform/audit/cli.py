@@ -1,11 +1,12 @@
 """``meshconform audit``: the command line around `audit.engine.run_audit`.
 
-Exit status: 0 every audited port conforms to Istio's prediction (and meets ``--require``),
-every bypass around the mesh is accepted by an unexpired entry of ``--accept FILE`` and no
-policy in force is one that cannot apply; 1 otherwise (or a port could not be probed); 2 bad
-usage (the message names the option, file or field). On the local mesh the audit brings up
-the topology (``--mesh-topology``, default the built-in one) with its probes, applies
-``--policy`` files, audits, and tears everything down.
+Exit status (README, "Exit statuses"): 0 every audited port conforms to Istio's prediction (and
+meets ``--require``), every bypass around the mesh is accepted by an unexpired entry of
+``--accept FILE`` and no policy in force is one that cannot apply; 1 otherwise (or a port could
+not be probed); 2 interrupted (the mesh or the namespace torn down first); 4 a usage or input
+error (the message names the option, file or field). On the local mesh the audit brings up the
+topology (``--mesh-topology``, default the built-in one) with its probes, applies ``--policy``
+files, audits, and tears everything down.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from pytest_meshconform.exit_status import ExitStatus
 from pytest_meshconform.istio.api import POLICY_KINDS
 from pytest_meshconform.settings import (
     CLUSTER_KINDS,
@@ -39,9 +41,9 @@ __all__ = [
     "run",
 ]
 
-EXIT_OK: Final = 0
-EXIT_NOT_CONFORMING: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_OK: Final = ExitStatus.OK
+EXIT_NOT_CONFORMING: Final = ExitStatus.FAILED
+EXIT_USAGE: Final = ExitStatus.USAGE
 
 
 class _Usage(Exception):
@@ -58,7 +60,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " probe with one (its TLS checked on the wire), and a verdict that keeps apart the mode"
         " observed (what got through) and what authorization did to each probe (an"
         " AuthorizationPolicy's 403 or close is a denial, never a closed port). Exit status: 0"
-        " every port conforms (and meets --require), 1 one does not, 2 bad usage.",
+        " every port conforms (and meets --require), 1 one does not, 2 interrupted, 4 a usage"
+        " or input error.",
     )
     audit.add_argument(
         "--mesh-cluster",

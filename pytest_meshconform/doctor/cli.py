@@ -5,9 +5,9 @@ reads, ``backends/kube/checkup.py`` judges) and prints every finding: what was f
 breaks, the fix. It only reads, but for a SelfSubjectAccessReview per permission and one
 namespace created with ``dryRun=All`` (nothing is stored).
 
-Exit status: 0 a run can go (warnings and notes aside), 1 a finding would break the run,
-2 bad usage or no cluster to check (no kubeconfig, unknown context, API server unreachable,
-no kubernetes client).
+Exit status (README, "Exit statuses"): 0 a run can go (warnings and notes aside), 1 a finding
+would break the run, 2 interrupted, 4 bad usage or no cluster to check (no kubeconfig, unknown
+context, API server unreachable, no kubernetes client).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Final
 
 from pytest_meshconform.backends.kube.options import DEFAULT_ISTIO_NAMESPACE
+from pytest_meshconform.exit_status import ExitStatus
 from pytest_meshconform.settings import SettingsError, parse_cert_ttl
 
 __all__ = ["EXIT_NOT_READY", "EXIT_READY", "EXIT_USAGE", "REPORT_SUFFIXES", "add_parser", "run"]
 
-EXIT_READY: Final = 0
-EXIT_NOT_READY: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_READY: Final = ExitStatus.OK
+EXIT_NOT_READY: Final = ExitStatus.FAILED
+EXIT_USAGE: Final = ExitStatus.USAGE
 REPORT_SUFFIXES: Final = (".html", ".htm", ".md", ".yaml", ".yml", ".json")
 _CLUSTER_KINDS: Final = ("local", "kind")
 
@@ -43,7 +44,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " revisions and tags, the injection label, discoverySelectors, the certificate TTL,"
         " native sidecars, the proxy image, trust and DNS domains, Pod Security, and every"
         " permission the run needs. Exit status: 0 a run can go, 1 a finding would break it,"
-        " 2 bad usage or no cluster to check.",
+        " 2 interrupted, 4 bad usage or no cluster to check.",
     )
     doctor.add_argument(
         "--mesh-cluster",

@@ -8,27 +8,64 @@ that use the mesh (registered by the plugin next to `fixtures`):
 - before each test, a mesh that is already broken raises `SidecarDied` in setup (an error naming
   the process, its PID and exit status, and the end of its log);
 - after each test's call, a process that broke meanwhile turns the call's result into an error:
-  a failure keeps its traceback, a pass is no evidence either (a dead server also "refuses").
-  Such reports carry `meshconform_infrastructure`, show as ERROR, and are marked
-  `infrastructure: true` in conformance reports, which `meshconform diff` keeps apart from
-  regressions.
+  a failure keeps its traceback, a pass is no evidence either (a dead server also "refuses");
+- a setup or teardown that failed while a process was broken (a fixture's wait that saw a dead
+  server, the policies not restored because the sidecar died) is an infrastructure error too,
+  as is any phase whose exception was caused by a `SidecarDied` (wrapped or re-raised).
+
+Such reports carry `meshconform_infrastructure`, show as ERROR, and are marked
+`infrastructure: true` in conformance reports, which `meshconform diff` keeps apart from
+regressions.
 
 Backends that cannot watch their processes (`mesh.HealthAware`) report nothing here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Final
 
 import pytest
 
 from pytest_meshconform.mesh import Mesh, SidecarDied, health_problems
 
-__all__ = ["INFRASTRUCTURE_ATTRIBUTE", "infrastructure_problem_of"]
+__all__ = [
+    "INFRASTRUCTURE_ATTRIBUTE",
+    "infrastructure_problem_of",
+    "mesh_closing",
+    "mesh_health_problems",
+    "mesh_opened",
+]
 
 INFRASTRUCTURE_ATTRIBUTE: Final = "meshconform_infrastructure"
 """The `TestReport` attribute (the problem's text) of a test ended by broken infrastructure."""
+
+
+_mesh_key: Final = pytest.StashKey[Mesh]()
+_problems_at_close_key: Final = pytest.StashKey[tuple[SidecarDied, ...]]()
+
+
+def mesh_opened(config: pytest.Config, mesh: Mesh) -> None:
+    """The session's mesh is up (the `mesh` fixture): its health judges every test phase."""
+    config.stash[_mesh_key] = mesh
+
+
+def mesh_closing(config: pytest.Config) -> None:
+    """The session's mesh is about to be torn down: what had broken by then still counts for
+    the last test's teardown, reported once the mesh is gone."""
+    mesh = config.stash.get(_mesh_key, None)
+    if mesh is not None:
+        config.stash[_problems_at_close_key] = tuple(health_problems(mesh))
+
+
+def mesh_health_problems(config: pytest.Config) -> Sequence[SidecarDied]:
+    """What broke in the session's mesh so far (first seen first); once it is torn down, what
+    had broken before its teardown. Empty before the mesh is up."""
+    closed = config.stash.get(_problems_at_close_key, None)
+    if closed is not None:
+        return closed
+    mesh = config.stash.get(_mesh_key, None)
+    return () if mesh is None else health_problems(mesh)
 
 
 def infrastructure_problem_of(report: pytest.TestReport) -> str | None:
@@ -49,15 +86,37 @@ def _mesh_health(request: pytest.FixtureRequest) -> None:
         raise problems[0].again()
 
 
+def _sidecar_died_in(error: BaseException) -> SidecarDied | None:
+    """The `SidecarDied` behind an exception: itself, its cause or context, a group's member."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SidecarDied):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
 def _problem(item: pytest.Item, call: pytest.CallInfo[None]) -> SidecarDied | None:
-    if call.excinfo is not None and isinstance(call.excinfo.value, SidecarDied):
-        return call.excinfo.value
-    if call.when != "call" or "mesh" not in getattr(item, "fixturenames", ()):
+    if call.excinfo is not None:
+        died = _sidecar_died_in(call.excinfo.value)
+        if died is not None:
+            return died
+    if "mesh" not in getattr(item, "fixturenames", ()):
         return None
-    mesh: Mesh | None = getattr(item, "funcargs", {}).get("mesh")
-    if mesh is None:
-        return None
-    problems = health_problems(mesh)
+    if call.when != "call" and call.excinfo is None:
+        return None  # a setup or teardown that went well: the test's result stands
+    # The test's own mesh (a suite may stand one in), else the session's, which also knows
+    # what had broken before it was torn down in this very teardown.
+    mesh: Mesh | None = (getattr(item, "funcargs", None) or {}).get("mesh")
+    problems = health_problems(mesh) if mesh is not None else ()
+    problems = problems or mesh_health_problems(item.config)
     return problems[0] if problems else None
 
 

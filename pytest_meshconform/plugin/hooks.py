@@ -63,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
         empties,
         health,
         identity,
+        interrupts,
         policies,
         probes,
         rotation,
@@ -74,6 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for family in (session, workloads, policies, identity, capture, rotation, probes, tables):
         config.pluginmanager.register(family, f"meshconform-{family.__name__.rsplit('.', 1)[1]}")
+    # a signal ends a mesh run as interrupted (exit status 2), whatever the window
+    config.pluginmanager.register(interrupts, "meshconform-interrupts")
     # a broken mesh's tests end as infrastructure errors
     config.pluginmanager.register(health, "meshconform-health")
     config.pluginmanager.register(service_ports, "meshconform-service-ports")

@@ -122,7 +122,8 @@ class PolicyApplier:
 
     def restore(self) -> None:
         """Put back the policies in force before the test (delete the ones it added)."""
-        errors = []
+        errors: list[str] = []
+        first: MeshError | None = None
         for key, manifest in reversed(list(self._applied.items())):
             try:
                 if key in self._before:
@@ -131,11 +132,12 @@ class PolicyApplier:
                     self._mesh.delete(manifest)
             except MeshError as exc:
                 errors.append(f"{'/'.join(key)}: {exc}")
+                first = first or exc
         self._applied.clear()
         if errors:
-            raise MeshError(
+            raise MeshError(  # its cause: a dead sidecar makes this an infrastructure error
                 "could not restore the policies in force before the test: " + "; ".join(errors)
-            )
+            ) from first
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ class RenderPlugin:
 
     @pytest.hookimpl(trylast=True)  # after the report plugin built (and wrote) the report
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from pytest_meshconform.outputs import write_file
+        from pytest_meshconform.outputs import append_file, write_file
         from pytest_meshconform.plugin.options import mesh_settings_key
         from pytest_meshconform.plugin.report import PLUGIN_NAME as REPORT_PLUGIN
         from pytest_meshconform.report import write_report
@@ -126,8 +126,7 @@ class RenderPlugin:
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path and built.mesh.used:
             try:
-                with open(summary_path, "a", encoding="utf-8") as summary:
-                    summary.write(render_markdown(document, brief=True) + "\n")
+                append_file(Path(summary_path), render_markdown(document, brief=True) + "\n")
             except OSError as error:
                 self.errors.append(f"cannot append to GITHUB_STEP_SUMMARY {summary_path}: {error}")
         if self.errors and session.exitstatus == pytest.ExitCode.OK:

@@ -21,6 +21,7 @@ import pytest
 
 from pytest_meshconform.mesh import MeshInfo
 from pytest_meshconform.plugin.health import infrastructure_problem_of
+from pytest_meshconform.plugin.interrupts import interrupted
 from pytest_meshconform.report.archive import (
     EvidenceArchive,
     archive_directory,
@@ -438,6 +439,8 @@ class MeshReportPlugin:
         self._add_junit_properties()
         if self.config.option.collectonly:
             return
+        if interrupted(self.config):  # a signal came before the report: it says so
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
         from pytest_meshconform.plugin.empties import fail_if_nothing_tested
 
         # The report says how the run ends: what fails it beyond its tests is decided first.
@@ -466,6 +469,18 @@ class MeshReportPlugin:
                 self.write_error = f"cannot write {self.settings.report}: {error}"
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def end_as(self, exit_status: int) -> None:
+        """A signal held while the run ended (`interrupts`): the report, already written,
+        records the exit status the run ends with."""
+        if self.report is None or self.report.exit_status == exit_status:
+            return
+        self.report = dataclasses.replace(self.report, exit_status=int(exit_status))
+        if self.settings.report is not None and self.write_error is None:
+            try:
+                write_report(self.report, self.settings.report)
+            except OSError as error:
+                self.write_error = f"cannot write {self.settings.report}: {error}"
 
     def _unwritable_pages(self) -> list[str]:
         """The further reports (HTML, Markdown, copies of the record) `plugin.render` writes
@@ -539,8 +554,9 @@ def configure(config: pytest.Config) -> None:
 
 
 def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
-    """Every ``--mesh-report`` and ``--mesh-artifacts`` path can be written (`outputs`), or a
-    ``pytest.UsageError`` (exit 4): one line naming the path and the fix."""
+    """Every ``--mesh-report`` and ``--mesh-artifacts`` path (and ``GITHUB_STEP_SUMMARY``) can
+    be written (`outputs`), or a ``pytest.UsageError`` (exit 4): one line naming the path and
+    the fix."""
     from pytest_meshconform.outputs import (
         OutputPathError,
         check_output_directory,
@@ -557,5 +573,8 @@ def check_outputs(config: pytest.Config, settings: MeshSettings) -> None:
                 check_output_file(spelled("report"), path)
         if settings.artifacts is not None:
             check_output_directory(spelled("artifacts"), settings.artifacts)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")  # appended to (plugin/render.py)
+        if summary:
+            check_output_file("GITHUB_STEP_SUMMARY", Path(summary))
     except OutputPathError as error:
         raise pytest.UsageError(str(error)) from None

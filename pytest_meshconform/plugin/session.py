@@ -22,6 +22,7 @@ import pytest
 from pytest_meshconform import signals
 from pytest_meshconform.backends.registry import Progress, backend_for
 from pytest_meshconform.mesh import Feature, Mesh, MeshError, MeshInfo, MeshUnavailable
+from pytest_meshconform.plugin import health, interrupts
 from pytest_meshconform.plugin.options import backend_run, mesh_settings_key, usage_errors
 from pytest_meshconform.report.exhibits import Evidence, evidence_of
 from pytest_meshconform.signals import signal_name
@@ -84,6 +85,7 @@ def pytest_collection_modifyitems(
     if not any("mesh" in getattr(item, "fixturenames", ()) for item in items):
         return
     config.stash[_preflight_done_key] = True
+    interrupts.own_signals(config)  # from now on a signal ends the run as interrupted (2)
     settings = config.stash[mesh_settings_key]
     try:
         with usage_errors():
@@ -102,6 +104,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """
     started = time.monotonic()
     settings = request.config.stash[mesh_settings_key]
+    interrupts.own_signals(request.config)  # until the session ends (a mesh used unannounced)
     owner = signals.acquire()
     try:
         try:
@@ -115,6 +118,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
 
         request.config.stash[mesh_info_key] = MeshInfo.of(opened)
         request.config.stash[_mesh_key] = opened
+        health.mesh_opened(request.config, opened)
         progress_writer(request.config)(
             f"mesh ready ({opened.backend}) in {time.monotonic() - started:.1f}s"
         )
@@ -122,11 +126,12 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
             yield opened
         finally:
             # Any backend's teardown runs to its end, whatever signals arrive meanwhile; one
-            # that did ends the run as interrupted (pytest is past taking a KeyboardInterrupt).
+            # that did ends the run as interrupted once every teardown is done (`interrupts`).
+            health.mesh_closing(request.config)  # the last test's teardown is judged after
             with signals.held(deliver=False) as held:
                 opened.close()
             if held.signum is not None:
-                request.session.exitstatus = pytest.ExitCode.INTERRUPTED
+                interrupts.note(request.config, held.signum, "the mesh's teardown")
                 progress_writer(request.config)(
                     f"{signal_name(held.signum)} during the mesh's teardown: held until it was"
                     " done; the run ends as interrupted"

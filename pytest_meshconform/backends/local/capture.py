@@ -25,6 +25,9 @@ from pytest_meshconform.waiting import WaitTimeout, poll
 __all__ = ["LocalCapture"]
 
 
+CAPTURE_BUFFER_KIB = 16384  # tcpdump -B: the capture's kernel buffer, in KiB
+
+
 class LocalCapture(LocalLifecycle):
     """The Mesh protocol's `capture` on the local mesh."""
 
@@ -48,7 +51,10 @@ class LocalCapture(LocalLifecycle):
         # an ambient pod's port is reached over HBONE too: its tunnels are recorded with it
         flt = capture_filter(port, peer, tunnel_port=HBONE_PORT if workload.ambient else None)
         argv = ["setpriv", "--pdeathsig=KILL", "tcpdump", "-i", "eth0", "-U", "--immediate-mode"]
-        argv += ["-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
+        # -B: a 16 MiB kernel buffer (libpcap's default is 2 MiB): on a starved CPU a burst
+        # (a TLS probe's dozen handshakes) filled the default one and the kernel dropped packets,
+        # which makes the capture incomplete (an error), not evidence
+        argv += ["-B", str(CAPTURE_BUFFER_KIB), "-n", "-Z", "root", "-s", "0", "-w", str(path), flt]
         proc = self._popen(
             host.in_netns(runtime.netns, argv),
             stdin=subprocess.DEVNULL,

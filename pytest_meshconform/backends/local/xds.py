@@ -440,7 +440,9 @@ def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def _static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
+def static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
+    """A STATIC cluster of one endpoint ``ip:port`` (``extra``: more cluster fields); the
+    sidecars' and the ztunnels' clusters alike."""
     return {
         "@type": CLUSTER_TYPE,
         "name": name,
@@ -486,7 +488,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         },
     ]
     for port in sorted(plan.inbound_modes):
-        inbound = _static_cluster(
+        inbound = static_cluster(
             inbound_cluster_name(port), plan.pod.ip, port, upstream_bind_config=_BIND_127_0_0_6
         )
         options = cluster_http_protocol_options(plan.inbound_protocols.get(port, PortProtocol.HTTP))
@@ -496,7 +498,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     for entry in plan.services:
         svc = entry.service
         endpoint = entry.endpoints[0]
-        cluster = _static_cluster(
+        cluster = static_cluster(
             outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
         )
         upstream = plan.outbound[(svc.fqdn, svc.port)]

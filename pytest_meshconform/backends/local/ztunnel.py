@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Pod
-from pytest_meshconform.backends.local.xds import SidecarPaths, bootstrap
+from pytest_meshconform.backends.local.xds import SidecarPaths, bootstrap, static_cluster
 from pytest_meshconform.istio.envoy import (
     CLUSTER_TYPE,
     DOWNSTREAM_TLS_TYPE,
@@ -391,30 +391,6 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
     return result
 
 
-def _static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "@type": CLUSTER_TYPE,
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": ip, "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-        **extra,
-    }
-
-
 def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {
@@ -428,7 +404,7 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
         {"@type": CLUSTER_TYPE, "name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
     ]
     for port in plan.pod.workload.container_ports:
-        result.append(_static_cluster(_inbound_cluster(port), plan.pod.ip, port))
+        result.append(static_cluster(_inbound_cluster(port), plan.pod.ip, port))
     identities = {t.endpoint_ip: t.identity for t in plan.tunnels}
     for ip, identity in sorted(identities.items()):
         tls = {
@@ -450,7 +426,7 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
             },
         }
         result.append(
-            _static_cluster(
+            static_cluster(
                 _hbone_cluster(ip),
                 ip,
                 HBONE_PORT,
