@@ -38,6 +38,7 @@ from kube_fakes import (
 )
 
 from pytest_meshconform.audit.engine import run_audit
+from pytest_meshconform.audit.exceptions import load_exceptions
 from pytest_meshconform.audit.kube import KubeAuditMesh, cluster_topology
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.kube.client import KubeApi
@@ -138,9 +139,24 @@ class AuditIstio(FakeIstio):
             channel.send(1, _curl_ok())
             channel.send_status({"metadata": {}, "status": "Success"})
             return
+        elif call.command[:2] == ["sh", "-c"] and self.pod_answers:
+            # the plaintext probe by pod IP: a STRICT sidecar resets it, an app answers
+            target = next(a for a in call.command if a.startswith("telnet://"))
+            answer = self.pod_answers[target.removeprefix("telnet://")]
+            connected = f"* Connected to {target} port\n".encode()
+            if answer == "reset":
+                channel.send(2, connected + b"curl: (56) Recv failure: Connection reset by peer\n")
+                channel.send(1, TCP_WRITE_OUT_MARKER.encode() + b'{"time_connect":0.001}')
+                channel.send_status(status_exit(56))
+            else:
+                channel.send(2, connected)
+                channel.send(1, answer.encode() + TCP_WRITE_OUT_MARKER.encode() + b"{}")
+                channel.send_status({"metadata": {}, "status": "Success"})
+            return
         super().__call__(call, channel)
 
     next_target = ""
+    pod_answers: Mapping[str, str] = {}  # pod IP:port -> "reset" or the app's answer
 
 
 @pytest.fixture
@@ -266,6 +282,66 @@ def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
     jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
     assert report["mesh"]["backend"] == "existing"
     assert yaml.safe_load(yaml.safe_dump(report))["result"] == "failure"
+
+
+def test_the_pods_ports_of_a_cluster_come_from_the_pod_spec(
+    cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
+) -> None:
+    """On a cluster the audit lists each pod's ports from its spec (it never execs into your
+    pods) and probes each by pod IP from its naked probe: foo is STRICT (the sidecar resets
+    plaintext), bar PERMISSIVE with port 9090 excluded from interception by annotation."""
+    fake, istio = cluster
+    for namespace, ip in (("foo", "10.244.1.5"), ("bar", "10.244.2.5")):
+        httpbin = fake.pods[namespace][0]
+        httpbin["status"]["podIP"] = ip
+        httpbin["spec"]["containers"][0]["ports"] = [
+            {"containerPort": 8080, "name": "http"},
+            {"containerPort": 9090, "name": "metrics"},
+        ]
+    excluded = "traffic.sidecar.istio.io/excludeInboundPorts"
+    fake.pods["bar"][0]["metadata"].setdefault("annotations", {})[excluded] = "9090"
+    istio.pod_answers = {
+        "10.244.1.5:8080": "reset",
+        "10.244.1.5:9090": "reset",
+        "10.244.2.5:8080": "HTTP/1.1 400 Bad Request\r\n\r\n",
+        "10.244.2.5:9090": "# metrics\n",
+    }
+    accept = tmp_path / "exceptions.yaml"
+    accept.write_text(
+        "exceptions:\n  - {namespace: bar, workload: httpbin, port: 9090, reason: scraping}\n"
+    )
+    mesh = KubeAuditMesh(
+        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="d4e5f6"
+    )
+    _route_captures(fake, istio)
+    mesh.start()
+    try:
+        result = run_audit(mesh, exceptions=load_exceptions(accept))
+    finally:
+        mesh.close()
+    found = {
+        r.port.key: (r.port.source, r.port_class, r.verdict, r.outcome) for r in result.pod_ports
+    }
+    assert found == {
+        "httpbin.bar port 8080": ("pod spec", "in the mesh", "pass", "answered"),
+        "httpbin.bar port 9090": ("pod spec", "excluded", "pass", "answered"),
+        "httpbin.foo port 8080": ("pod spec", "in the mesh", "pass", "reset"),
+        "httpbin.foo port 9090": ("pod spec", "in the mesh", "pass", "reset"),
+    }
+    (accepted,) = result.accepted
+    assert accepted.port.bypass == f"in {excluded}"
+    assert accepted.reason.endswith(f"accepted: scraping ({accept}:2)")
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    assert report["acceptedExceptions"] == [
+        {
+            "namespace": "bar",
+            "workload": "httpbin",
+            "port": 9090,
+            "class": "excluded",
+            "reason": "scraping",
+        }
+    ]
 
 
 def _route_captures(fake: AuditCluster, istio: AuditIstio) -> None:
