@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 from pytest_meshconform.backends.local import host
 from pytest_meshconform.mesh import MeshUnavailable
+from pytest_meshconform.report import ConformanceReport
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,3 +122,27 @@ def assert_runs_left_nothing(output: str) -> None:
     assert runs, f"the run announced no local mesh:\n{output[-2000:]}"
     left = {run: traces_of(run) for run in runs}
     assert not any(left.values()), f"left behind: {left}"
+
+
+def all_passed(report: ConformanceReport) -> ConformanceReport:
+    """The same run with every test passed: a green baseline to compare a run against."""
+    return dataclasses.replace(
+        report,
+        suites=tuple(
+            dataclasses.replace(
+                suite,
+                tests=tuple(
+                    dataclasses.replace(
+                        t,
+                        outcome="passed",
+                        phase=None,
+                        infrastructure=False,
+                        message=None,
+                        evidence=None,
+                    )
+                    for t in suite.tests
+                ),
+            )
+            for suite in report.suites
+        ),
+    )

@@ -9,13 +9,11 @@ it a regression (exit 1); the call phase is test_local_hardening's.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh
+from local_helpers import all_passed, assert_runs_left_nothing, needs_local_mesh
 
 from pytest_meshconform.cli import EXIT_INFRASTRUCTURE, main as cli_main
-from pytest_meshconform.report import ConformanceReport, load_report, write_report
+from pytest_meshconform.report import load_report, write_report
 
 pytestmark = needs_local_mesh
 
@@ -72,30 +70,6 @@ def test_dies(apply_policy, dies_at_teardown, naked_sleep, httpbin):
 }
 
 
-def _all_passed(report: ConformanceReport) -> ConformanceReport:
-    """The same run as a green baseline."""
-    return dataclasses.replace(
-        report,
-        suites=tuple(
-            dataclasses.replace(
-                suite,
-                tests=tuple(
-                    dataclasses.replace(
-                        t,
-                        outcome="passed",
-                        phase=None,
-                        infrastructure=False,
-                        message=None,
-                        evidence=None,
-                    )
-                    for t in suite.tests
-                ),
-            )
-            for suite in report.suites
-        ),
-    )
-
-
 @pytest.mark.parametrize("phase", SUITES)
 def test_a_sidecar_that_dies_in_setup_or_teardown_is_an_infrastructure_error(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, phase: str
@@ -126,5 +100,5 @@ def test_a_sidecar_that_dies_in_setup_or_teardown_is_an_infrastructure_error(
         assert "could not restore the policies" in output, output  # the issue's error, kept
 
     baseline = pytester.path / "baseline.yaml"
-    write_report(_all_passed(report), baseline)
+    write_report(all_passed(report), baseline)
     assert cli_main(["diff", str(baseline), str(report_path)]) == EXIT_INFRASTRUCTURE

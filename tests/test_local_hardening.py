@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import pytest
 from local_helpers import (
     CONFORMANCE,
+    all_passed,
     assert_runs_left_nothing,
     needs_local_mesh,
     subprocess_env,
@@ -395,28 +396,7 @@ def test_a_killed_sidecar_is_an_infrastructure_error_not_a_conformance_failure(
     assert report_path.read_text().count("infrastructure: true") == len(tests)
 
     # Against a baseline where all of them passed: no regression, but no verdict either.
-    import dataclasses
-
-    green = dataclasses.replace(
-        report,
-        suites=tuple(
-            dataclasses.replace(
-                suite,
-                tests=tuple(
-                    dataclasses.replace(
-                        t,
-                        outcome="passed",
-                        phase=None,
-                        infrastructure=False,
-                        message=None,
-                        evidence=None,
-                    )
-                    for t in suite.tests
-                ),
-            )
-            for suite in report.suites
-        ),
-    )
+    green = all_passed(report)
     baseline = pytester.path / "baseline.yaml"
     write_report(green, baseline)
     assert cli_main(["diff", str(baseline), str(report_path)]) == 3
