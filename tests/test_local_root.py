@@ -36,7 +36,21 @@ def test_b(mesh):
 
 PYTEST = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly")
 MESHCONFORM = (sys.executable, "-m", "pytest_meshconform.cli")
-AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")  # a real user
+# `meshconform sweep` run by the real user nobody: the modules are imported first, as root,
+# because a fresh clone may sit in a directory only root can read (mktemp -d is 0700); then the
+# process drops to nobody for good and the sweep runs as nobody.
+SWEEP_AS_NOBODY = """
+import os, pwd, sys
+import pytest_meshconform.audit.cli, pytest_meshconform.doctor.cli  # what the parser loads
+import pytest_meshconform.backends.local.host
+import pytest_meshconform.cli as cli
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+assert os.getresuid() == (nobody.pw_uid,) * 3
+sys.exit(cli.main(["sweep"]))
+"""
 
 # The state root as each case leaves it, inside the subprocess's own mount namespace only.
 STATE_ROOTS = {
@@ -113,7 +127,7 @@ def test_a_sweep_without_root_says_it_needs_root_and_removes_nothing() -> None:
         state.add_netns(netns)
         host.create_netns([netns])
         result = subprocess.run(
-            [*AS_NOBODY, *MESHCONFORM, "sweep"],
+            [sys.executable, "-c", SWEEP_AS_NOBODY],
             cwd="/",
             capture_output=True,
             text=True,
