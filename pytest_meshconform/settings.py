@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLUSTER_KINDS",
+    "DATAPLANE_CHOICES",
     "DEFAULT_CERT_TTL",
     "FAULT_NAMES",
     "HUMAN_REPORT_SUFFIXES",
@@ -26,6 +27,8 @@ __all__ = [
     "MIN_TLS_VERSIONS",
     "REPORT_SUFFIXES",
     "ClusterKind",
+    "Dataplane",
+    "DataplaneChoice",
     "MeshSettings",
     "OptionLayer",
     "ReportFormat",
@@ -40,6 +43,15 @@ _T = TypeVar("_T")
 ClusterKind = Literal["local", "kind", "existing"]
 CLUSTER_KINDS: Final[tuple[ClusterKind, ...]] = ("local", "kind", "existing")
 _CLUSTER_BY_NAME: Final[dict[str, ClusterKind]] = {name: name for name in CLUSTER_KINDS}
+
+# --mesh-dataplane: the data plane of the built-in topology's mesh namespaces (foo, bar): Envoy
+# sidecars, ambient (ztunnel, HBONE), or both, one after the other (the tests that use the mesh
+# are parametrized over the data plane, their ids naming it). A backend only ever sees one
+# `Dataplane`; "both" is the plugin's parametrization.
+Dataplane = Literal["sidecar", "ambient"]
+DataplaneChoice = Literal["sidecar", "ambient", "both"]
+DATAPLANE_CHOICES: Final[tuple[DataplaneChoice, ...]] = ("sidecar", "ambient", "both")
+_DATAPLANE_BY_NAME: Final[dict[str, DataplaneChoice]] = {name: name for name in DATAPLANE_CHOICES}
 
 # Istio's agent SECRET_TTL default and istiod's MAX_WORKLOAD_CERT_TTL.
 DEFAULT_CERT_TTL: Final = timedelta(hours=24)
@@ -90,6 +102,7 @@ _CLI_FLAGS: Final[dict[str, str]] = {
     "baseline": "--mesh-baseline",
     "min_tls_version": "--mesh-min-tls-version",
     "topology": "--mesh-topology",
+    "dataplane": "--mesh-dataplane",
 }
 
 
@@ -158,6 +171,7 @@ class OptionLayer:
     topology: str | None = None
     more_reports: tuple[str, ...] = ()  # --mesh-report given again: the 2nd, 3rd... values
     min_tls_version: str | None = None
+    dataplane: str | None = None
 
     def describe(self, field: str) -> str:
         """How the user spelled this field in this layer, for error messages."""
@@ -184,6 +198,16 @@ class MeshSettings:
     # the local mesh's meshConfig.meshMTLS.minProtocolVersion; None: TLS_AUTO (kube backends
     # read it from istiod's mesh config instead)
     min_tls_version: str | None = None
+    # --mesh-dataplane: the built-in topology's data plane; "both" runs every test that uses the
+    # mesh once per data plane (`dataplanes`)
+    dataplane: DataplaneChoice = "sidecar"
+
+    @property
+    def dataplanes(self) -> tuple[Dataplane, ...]:
+        """The data planes the run tests, in order: ``("sidecar", "ambient")`` for ``both``."""
+        if self.dataplane == "both":
+            return ("sidecar", "ambient")
+        return (self.dataplane,)
 
     @property
     def report_format(self) -> ReportFormat | None:
@@ -227,6 +251,25 @@ class MeshSettings:
                 " istiod's mesh config (set it there, e.g. istioctl install --set"
                 " meshConfig.meshMTLS.minProtocolVersion=TLSV1_3)"
             )
+        dataplane = _pick(cli, ini, "dataplane", _parse_dataplane)
+        if dataplane is not None and topology_pick is not None:
+            raise SettingsError(
+                f"{dataplane[0].describe('dataplane')} chooses the data plane of the built-in"
+                f" topology; the topology file {topology_pick[1]} sets each namespace's own"
+                " (dataplane: sidecar | ambient | none, docs/topology.md): drop one of them"
+            )
+        if dataplane is not None and dataplane[1] != "sidecar" and cluster != "local":
+            # Until the kube backends deploy ambient namespaces (issue 21).
+            spelled = (
+                f"--mesh-dataplane={dataplane[1]}"
+                if dataplane[0].origin == "cli"
+                else f"mesh_dataplane = {dataplane[1]} (ini option)"
+            )
+            raise SettingsError(
+                f"{spelled} is not supported on"
+                f" --mesh-cluster={cluster} yet (its workloads run with sidecars only): use"
+                " --mesh-cluster=local for ambient, or --mesh-dataplane=sidecar"
+            )
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,
@@ -239,6 +282,7 @@ class MeshSettings:
             topology=_value(topology_pick),
             extra_reports=extra_reports,
             min_tls_version=_value(min_tls),
+            dataplane=dataplane[1] if dataplane is not None else "sidecar",
         )
 
     def header_lines(self) -> list[str]:
@@ -253,6 +297,8 @@ class MeshSettings:
             first.append(f"min-tls-version={self.min_tls_version}")
         if self.topology is not None:
             first.append(f"topology={self.topology}")
+        if self.dataplane != "sidecar":
+            first.append(f"dataplane={self.dataplane}")
         lines = [" ".join(first)]
         outputs = [
             f"{name}={path}"
@@ -359,6 +405,17 @@ def _parse_min_tls_version(value: str, layer: OptionLayer) -> str:
             " (meshMTLS.minProtocolVersion: Istio has no TLS 1.0 or 1.1 setting)"
         )
     return value
+
+
+def _parse_dataplane(value: str, layer: OptionLayer) -> DataplaneChoice:
+    choice = _DATAPLANE_BY_NAME.get(value)
+    if choice is None:
+        raise ValueError(
+            f"invalid value {value!r}; accepted values: {', '.join(DATAPLANE_CHOICES)}"
+            f" (e.g. {layer.describe('dataplane')}{'=' if layer.origin == 'cli' else ' = '}both"
+            " tests sidecars and ambient, one after the other)"
+        )
+    return choice
 
 
 def _parse_topology(value: str, layer: OptionLayer) -> Path:

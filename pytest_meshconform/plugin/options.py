@@ -10,6 +10,7 @@ and validates the plugin's own (``MeshSettings``), each backend its own (the kub
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,14 @@ import pytest
 
 from pytest_meshconform.backends.kube.options import KUBE_OPTIONS
 from pytest_meshconform.backends.registry import BackendRun, GivenOption, OptionLookup, backend_for
-from pytest_meshconform.settings import CLUSTER_KINDS, MeshSettings, OptionLayer, SettingsError
+from pytest_meshconform.settings import (
+    CLUSTER_KINDS,
+    DATAPLANE_CHOICES,
+    Dataplane,
+    MeshSettings,
+    OptionLayer,
+    SettingsError,
+)
 
 __all__ = [
     "add_options",
@@ -133,6 +141,15 @@ def add_options(parser: pytest.Parser) -> None:
         " (docs/topology.md); default the built-in foo/bar/legacy one. ini: mesh_topology.",
     )
     group.addoption(
+        "--mesh-dataplane",
+        default=None,
+        metavar="|".join(DATAPLANE_CHOICES),
+        help="The data plane of the local mesh's built-in topology (foo and bar; legacy keeps"
+        " none): sidecar (Envoy sidecars, the default), ambient (ztunnel, HBONE) or both (every"
+        " test that uses the mesh runs once per data plane, its id naming it)."
+        " ini: mesh_dataplane.",
+    )
+    group.addoption(
         "--mesh-fault",
         action="append",
         default=None,
@@ -169,6 +186,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("mesh_baseline", "previous conformance report to compare against")
     parser.addini("mesh_min_tls_version", "local mesh meshMTLS.minProtocolVersion: TLSV1_3, ...")
     parser.addini("mesh_topology", "the local mesh's topology file (YAML), ini-relative")
+    parser.addini("mesh_dataplane", "built-in topology's data plane: sidecar, ambient, both")
 
 
 @contextmanager
@@ -217,6 +235,7 @@ def resolve_settings(config: pytest.Config) -> MeshSettings:
         topology=config.getoption("mesh_topology"),
         more_reports=reports[1:],
         min_tls_version=config.getoption("mesh_min_tls_version"),
+        dataplane=config.getoption("mesh_dataplane"),
     )
     ini = OptionLayer(
         origin="ini",
@@ -230,6 +249,7 @@ def resolve_settings(config: pytest.Config) -> MeshSettings:
         baseline=_ini_text(config, "mesh_baseline"),
         min_tls_version=_ini_text(config, "mesh_min_tls_version"),
         topology=_ini_text(config, "mesh_topology"),
+        dataplane=_ini_text(config, "mesh_dataplane"),
     )
     with usage_errors():
         return MeshSettings.resolve(cli, ini)
@@ -260,9 +280,16 @@ def option_lookup(config: pytest.Config) -> OptionLookup:
     return given
 
 
-def backend_run(config: pytest.Config) -> BackendRun:
-    """What the run's backend gets: the resolved settings, the rootdir, its own options."""
-    return BackendRun(config.stash[mesh_settings_key], config.rootpath, option_lookup(config))
+def backend_run(config: pytest.Config, dataplane: Dataplane | None = None) -> BackendRun:
+    """What the run's backend gets: the resolved settings, the rootdir, its own options.
+
+    ``dataplane``: the one data plane this mesh runs, when the run tests several
+    (``--mesh-dataplane=both``: the `mesh` fixture opens one mesh per data plane).
+    """
+    settings = config.stash[mesh_settings_key]
+    if dataplane is not None:
+        settings = dataclasses.replace(settings, dataplane=dataplane)
+    return BackendRun(settings, config.rootpath, option_lookup(config))
 
 
 def backend_header_lines(config: pytest.Config) -> list[str]:

@@ -94,9 +94,26 @@ def pytest_collection_modifyitems(
         raise pytest.UsageError(f"meshconform: {exc}") from None
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """With ``--mesh-dataplane=ambient`` or ``both``, every test that uses the mesh runs once per
+    data plane, its id naming it (``test_strict_resets_plaintext[ambient]``): the session's
+    `mesh` is parametrized, so pytest runs the tests of one data plane, closes that mesh, then
+    opens the next. The default (sidecar) adds nothing: ids stay as they were."""
+    if "mesh" not in metafunc.fixturenames:
+        return
+    settings = metafunc.config.stash.get(mesh_settings_key, None)
+    if settings is None or settings.dataplane == "sidecar":
+        return
+    planes = settings.dataplanes
+    metafunc.parametrize("mesh", planes, indirect=True, scope="session", ids=list(planes))
+
+
 @pytest.fixture(scope="session")
 def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh under test, chosen by --mesh-cluster; closed (or kept) at the end of the run.
+
+    With ``--mesh-dataplane=both`` there is one per data plane (``request.param``), one at a
+    time: pytest closes the sidecar mesh before it opens the ambient one.
 
     From before the backend creates anything until it is closed, SIGTERM and SIGHUP (a CI
     job's timeout, a closed terminal) end the run like Ctrl-C does, so the mesh is torn down
@@ -110,7 +127,8 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         try:
             with usage_errors():
                 opened = backend_for(settings.cluster).open(
-                    backend_run(request.config), progress_writer(request.config)
+                    backend_run(request.config, getattr(request, "param", None)),
+                    progress_writer(request.config),
                 )
         except MeshUnavailable as exc:
             pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)

@@ -5,29 +5,51 @@ Importing this module is cheap: its functions import the backend when called.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from pytest_meshconform.backends.registry import Backend, BackendRun, Progress
 from pytest_meshconform.mesh import Mesh
-from pytest_meshconform.settings import MeshSettings, SettingsError
+from pytest_meshconform.settings import Dataplane, MeshSettings, SettingsError
 
 if TYPE_CHECKING:
     from pytest_meshconform.backends.local.topology import Topology
 
-__all__ = ["BACKEND"]
+__all__ = ["BACKEND", "builtin_topology"]
+
+
+def builtin_topology(dataplane: Dataplane) -> Topology:
+    """The built-in topology with its sidecar namespaces (foo, bar) on `dataplane`: as written
+    (sidecar), or labelled ``istio.io/dataplane-mode=ambient`` (``dataplane: ambient``);
+    legacy keeps no data plane either way (`--mesh-dataplane`)."""
+    import yaml
+
+    from pytest_meshconform.backends.local.topology_file import (
+        BUILTIN_TOPOLOGY,
+        load_topology,
+        parse_topology,
+    )
+
+    if dataplane == "sidecar":
+        return load_topology(BUILTIN_TOPOLOGY)
+    document = yaml.safe_load(BUILTIN_TOPOLOGY.read_text(encoding="utf-8"))
+    for namespace in document["namespaces"]:
+        if namespace["dataplane"] == "sidecar":
+            namespace["dataplane"] = dataplane
+    text = yaml.safe_dump(document, sort_keys=False)
+    return parse_topology(text, f"{BUILTIN_TOPOLOGY} (--mesh-dataplane={dataplane})")
 
 
 def _topology(settings: MeshSettings) -> Topology:
-    """The run's topology: `--mesh-topology`'s file, else the built-in one. A bad file is a
-    settings error naming the line and field."""
-    from pytest_meshconform.backends.local.topology_file import (
-        BUILTIN_TOPOLOGY,
-        TopologyError,
-        load_topology,
-    )
+    """The run's topology: `--mesh-topology`'s file, else the built-in one on the run's data
+    plane. A bad file is a settings error naming the line and field."""
+    from pytest_meshconform.backends.local.topology_file import TopologyError, load_topology
 
     try:
-        return load_topology(settings.topology or BUILTIN_TOPOLOGY)
+        if settings.topology is not None:
+            return load_topology(settings.topology)
+        # The plugin opens one mesh per data plane (settings of "both" never reach `_open`).
+        return builtin_topology("ambient" if settings.dataplane == "ambient" else "sidecar")
     except TopologyError as exc:
         raise SettingsError(f"--mesh-topology: {exc}") from None
 
@@ -35,7 +57,8 @@ def _topology(settings: MeshSettings) -> Topology:
 def _preflight(run: BackendRun) -> None:
     from pytest_meshconform.backends.local.host import preflight
 
-    _topology(run.settings)
+    for plane in run.settings.dataplanes:
+        _topology(dataclasses.replace(run.settings, dataplane=plane))
     preflight()
 
 
