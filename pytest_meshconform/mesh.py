@@ -105,6 +105,10 @@ class Service:
     # the cluster's DNS domain (the kubelet's clusterDomain): Kubernetes' default unless the
     # backend read another one
     domain: str = DEFAULT_DNS_DOMAIN
+    # `clusterIP: None`: no VIP, the name resolves to the endpoints' pod IPs, and a client
+    # sidecar reaches them through an ORIGINAL_DST cluster (docs/istio-model.md, "Headless
+    # Services"); its port is the container port
+    headless: bool = False
 
     @property
     def fqdn(self) -> str:

@@ -193,7 +193,17 @@ def test_cluster_topology_reads_services_and_pods() -> None:
                 },
             },
             {"metadata": {"name": "ext"}, "spec": {"type": "ExternalName"}},
-            {"metadata": {"name": "hl"}, "spec": {"clusterIP": "None", "selector": {"app": "web"}}},
+            {
+                "metadata": {"name": "hl"},
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": {"app": "web"},
+                    "ports": [
+                        {"name": "tcp-peer", "port": 8080, "protocol": "TCP"},
+                        {"name": "tcp-admin", "port": 9000, "targetPort": 8080},
+                    ],
+                },
+            },
             {
                 "metadata": {"name": "gone"},
                 "spec": {"selector": {"app": "nope"}, "ports": [{"port": 9000, "protocol": "TCP"}]},
@@ -214,17 +224,21 @@ def test_cluster_topology_reads_services_and_pods() -> None:
         ("web", True, "front"),  # two replicas, one workload
         ("old", False, None),
     ]
-    ((svc),) = found.services
-    assert (svc.key, svc.target_port, svc.port_name, dict(svc.selector)) == (
+    svc, headless = found.services
+    assert (svc.key, svc.target_port, svc.port_name, dict(svc.selector), svc.headless) == (
         "web.shop:80",
         8080,
         "http-web",
         {"app": "web", "tier": "front"},
+        False,
     )
+    # a headless Service's port is the container port its name leads to
+    assert (headless.key, headless.target_port, headless.headless) == ("hl.shop:8080", 8080, True)
     assert found.not_audited == (
         "web.shop:53: UDP (only TCP is audited)",
         "ext.shop: no selector (ExternalName or manual endpoints)",
-        "hl.shop: headless (not modelled)",
+        "hl.shop:9000: headless, targetPort 8080 (clients of a headless Service connect to the"
+        " pod at the port itself)",
         "gone.shop:9000: no ready endpoint",
     )
 
@@ -622,3 +636,124 @@ def test_a_denial_no_policy_of_the_cluster_predicts_fails_the_port(tmp_path: Pat
         " close, or the app's own); Istio's policies predict allowed"
     )
     assert result.passed is False
+
+
+# ------------------------------------------------------------------- a headless Service
+
+KV_PEERS_PORTS = [
+    {"name": "http", "port": 8080, "protocol": "TCP"},
+    {"name": "tcp-gossip", "port": 7000, "protocol": "TCP"},
+]
+STOCK_STRICT = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "stock"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+
+class KvIstio(AuditIstio):
+    """curl as a STRICT sidecar behind a headless Service answers: the naked probe's plaintext
+    reset (exit 56) on both ports, the mesh probe's request answered (HTTP 200 on 8080,
+    tcp-echo's ``hello <line>`` on 7000). Captures: the pcaps recorded at the local audit's
+    probe with the same Service and policy (tests/data/kube/README.md)."""
+
+    def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
+        if call.container == "mc-capture":
+            self.capture_pcap = (
+                DATA_DIR / f"audit-probe-kv-peers.stock-{self.next_target}.pcap"
+            ).read_bytes()
+            self.capture_stderr = b"tcpdump: listening on eth0\n12 packets captured\n"
+            FakeIstio.__call__(self, call, channel)
+            return
+        naked = call.container == "probe-naked"
+        tcp = call.command[:2] == ["sh", "-c"]
+        if naked and (tcp or call.command[:1] == ["curl"]):
+            channel.send(2, b"curl: (56) Recv failure: Connection reset by peer\n")
+            marker = TCP_WRITE_OUT_MARKER if tcp else WRITE_OUT_MARKER
+            channel.send(1, marker.encode() + b'{"http_code":0}')
+            channel.send_status(status_exit(56))
+            return
+        if tcp:
+            channel.send(2, b"* Connected to kv-peers.stock (10.244.3.7) port 7000\n")
+            channel.send(1, b"hello meshconform-audit\n" + TCP_WRITE_OUT_MARKER.encode() + b"{}")
+            channel.send_status({"metadata": {}, "status": "Success"})
+            return
+        super().__call__(call, channel)
+
+
+def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) -> None:
+    """A StatefulSet's headless Service (clusterIP None, the ports are the container ports) is
+    probed by its name, as the local audit does (tests/test_audit_headless.py): under STRICT
+    both ports refuse plaintext and take the mesh probe's mTLS, with Istio's SNI for the
+    headless host on the recorded wire."""
+    fake = AuditCluster()
+    for namespace in ("foo", "bar"):
+        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
+    fake.namespaces["stock"] = {
+        "metadata": {"name": "stock", "labels": {"istio-injection": "enabled"}}
+    }
+    fake.services["stock"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kv-peers", "namespace": "stock"},
+            "spec": {"clusterIP": "None", "selector": {"app": "kv"}, "ports": KV_PEERS_PORTS},
+        }
+    ]
+    kv = pod_json("kv-0", "stock", "kv", sidecar=True)
+    kv["status"]["podIP"] = "10.244.3.7"
+    kv["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}, {"containerPort": 7000}]
+    fake.pods["stock"] = [kv]
+    fake.apply(STOCK_STRICT)
+    fake.calls.clear()
+    istio = KvIstio(fake)
+    with FakeApiServer(exec_handler=istio) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
+        targets = iter(["8080", "7000"])
+        original = fake.open_exec
+
+        def open_exec(
+            namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
+        ) -> Any:
+            if container == "mc-capture":
+                istio.next_target = next(targets)
+            return original(namespace, pod, container, argv, stdin=stdin)
+
+        fake.open_exec = open_exec  # type: ignore[method-assign]
+        mesh = KubeAuditMesh(
+            fake,
+            options=KubeOptions(),
+            progress=lambda line: None,
+            run_dir=tmp_path,
+            run_id="5e7a11",
+        )
+        mesh.start()
+        try:
+            result = run_audit(mesh, require="STRICT")
+        finally:
+            mesh.close()
+    assert mesh.not_audited == ()
+    found = {
+        r.port.key: (r.port.service.headless, (r.port.predicted, r.observed), r.verdict)
+        for r in result.ports
+    }
+    assert found == {
+        "kv-peers.stock:8080": (True, ("STRICT", "STRICT"), "pass"),
+        "kv-peers.stock:7000": (True, ("STRICT", "STRICT"), "pass"),
+    }
+    assert {r.wire.sni for r in result.ports if r.wire is not None} == {
+        "outbound_.8080_._.kv-peers.stock.svc.cluster.local",
+        "outbound_.7000_._.kv-peers.stock.svc.cluster.local",
+    }
+    report = result.to_dict()
+    jsonschema.validate(report, json.loads(AUDIT_SCHEMA.read_text()))
+    # the pod's ports, from its spec, probed by pod IP: the sidecar resets plaintext on both
+    assert {r.port.key: (r.port_class, r.verdict, r.outcome) for r in result.pod_ports} == {
+        "kv.stock port 7000": ("in the mesh", "pass", "reset"),
+        "kv.stock port 8080": ("in the mesh", "pass", "reset"),
+    }
+    assert [p["headless"] for p in report["ports"]] == [True, True]
+    assert report["result"] == "success"

@@ -66,6 +66,8 @@ class ServicePort:
     authz_plaintext: Authz = "allowed"  # what authorization does to the plaintext probe
     authz_mesh: Authz = "allowed"  # ... and to the mesh probe
     bypass: str | None = None  # why the target port is not intercepted (predicted EXCLUDED)
+    # a headless Service's endpoint that mesh clients cannot reach under auto mTLS, and why
+    headless_break: str | None = None
 
     @property
     def key(self) -> str:
@@ -155,6 +157,36 @@ def _bypass(endpoint: Workload, target_port: int) -> str | None:
         return None
 
 
+def _headless_break(port: ServicePort, endpoints: Sequence[Workload]) -> str | None:
+    """Why mesh clients of a headless Service cannot reach ``port``'s endpoint under auto mTLS
+    (None: they can, or it is not headless, or a DestinationRule chose the TLS): auto mTLS
+    towards a headless Service makes one choice for all its endpoints
+    (`istio.upstream`'s ``_headless_auto_mtls``), whatever each endpoint's own mode."""
+    up = port.upstream
+    if not port.service.headless or up is None or not up.auto or not port.in_mesh:
+        return None
+    if port.mesh_admitted:
+        return None
+    if port.client_sends_mtls:
+        return (
+            "a client sidecar sends mTLS to every endpoint of a headless Service (its"
+            " ORIGINAL_DST cluster has no per-endpoint auto mTLS), and this endpoint's port"
+            f" {port.service.target_port} is {port.predicted}: mesh clients cannot reach it"
+            " (istio/istio#39439); fix: a DestinationRule with tls.mode DISABLE for"
+            f" {port.service.fqdn}, or no DISABLE on the port"
+        )
+    naked = sorted(e.key for e in endpoints if not e.has_sidecar)
+    if naked:
+        return (
+            f"the headless Service has endpoints without sidecar ({', '.join(naked)}), so a"
+            " client sidecar sends plaintext to all of them (BestEffortInferServiceMTLSMode),"
+            f" and this endpoint is {port.predicted}: mesh clients are reset"
+            " (istio/istio#29873); fix: inject every endpoint, or a PERMISSIVE"
+            " PeerAuthentication for the port"
+        )
+    return None
+
+
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
     parsed: list[Policy] = []
     for item in policies:
@@ -204,7 +236,8 @@ def discover_service_ports(
             continue
         if namespaces and logical not in namespaces:
             continue
-        for endpoint in endpoints_of(service, workloads):
+        endpoints = endpoints_of(service, workloads)
+        for endpoint in endpoints:
             predicted: Predicted = "NO_SIDECAR"
             authorization = None
             bypass = _bypass(endpoint, service.target_port)
@@ -251,6 +284,7 @@ def discover_service_ports(
                     port,
                     authz_plaintext=_authz(authorization, port.accepts_plaintext, plaintext),
                     authz_mesh=_authz(authorization, port.mesh_admitted, mesh_request),
+                    headless_break=_headless_break(port, endpoints),
                 )
             )
     return tuple(result)

@@ -97,6 +97,7 @@ class PortResult:
             "port": svc.port,
             "targetPort": svc.target_port,
             "portName": svc.port_name,
+            **({"headless": True} if svc.headless else {}),
             "protocol": self.port.protocol.value,
             "endpoint": self.port.endpoint.name,
             "sidecar": self.port.endpoint.has_sidecar,
@@ -261,6 +262,9 @@ def _judge(
             reason = f"observed {observed}; required {require}"
         return observed, "fail", reason + note, conforms, True, meets
     reason = f"{_MODE_WORDS[observed]}, as predicted{note}"
+    if port.headless_break is not None:  # as Istio does it, and its mesh clients fail
+        reason = f"{_MODE_WORDS[observed]}, as predicted, but {port.headless_break}"
+        return observed, "fail", reason, conforms, True, meets
     if port.bypass is not None:
         reason = (
             f"excluded from interception ({port.bypass}): {_MODE_WORDS[observed]}, as"

@@ -81,8 +81,9 @@ def cluster_topology(
 ) -> ClusterTopology:
     """Workloads (ready pods grouped by namespace, labels, service account and sidecar: the
     replicas of one Deployment are one workload) and one `Service` per Service port, from the
-    API's JSON of each namespace. Services without selector, headless or ExternalName ones,
-    UDP ports and ports without ready endpoints are listed in ``not_audited`` with why."""
+    API's JSON of each namespace. Services without selector or ExternalName ones, UDP ports,
+    ports without ready endpoints and a headless Service's port whose targetPort is another
+    number are listed in ``not_audited`` with why."""
     workloads: dict[tuple[Any, ...], Workload] = {}
     ports_of: dict[tuple[Any, ...], dict[str, int]] = {}
     found_services: list[Service] = []
@@ -119,9 +120,7 @@ def cluster_topology(
             if spec.get("type") == "ExternalName" or not selector:
                 notes.append(f"{where}: no selector (ExternalName or manual endpoints)")
                 continue
-            if spec.get("clusterIP") == "None":
-                notes.append(f"{where}: headless (not modelled)")
-                continue
+            headless = spec.get("clusterIP") == "None"
             selected = [
                 (key, w)
                 for key, w in workloads.items()
@@ -149,16 +148,24 @@ def cluster_topology(
                         " across its endpoints"
                     )
                     continue
+                resolved_port = numbers.pop()
+                if headless and resolved_port != number:
+                    notes.append(
+                        f"{label}: headless, targetPort {resolved_port} (clients of a headless"
+                        " Service connect to the pod at the port itself)"
+                    )
+                    continue
                 found_services.append(
                     Service(
                         name=name,
                         namespace=namespace,
                         port=int(number),
-                        target_port=numbers.pop(),
+                        target_port=resolved_port,
                         selector_app=selector.get("app", ""),
                         port_name=str(port.get("name") or ""),
                         app_protocol=port.get("appProtocol"),
                         selector=tuple(sorted(selector.items())),
+                        headless=headless,
                     )
                 )
     return ClusterTopology(tuple(workloads.values()), tuple(found_services), tuple(notes))

@@ -131,6 +131,34 @@ def _auto_plaintext(
     return mode is MtlsMode.DISABLE
 
 
+def _headless_auto_mtls(
+    common: Upstream,
+    endpoints: tuple[Workload, ...],
+    sni: str,
+    sans: tuple[str, ...],
+    alpn: tuple[str, ...],
+) -> Upstream:
+    """Auto mTLS towards a headless Service (``Resolution: Passthrough``): an ORIGINAL_DST
+    cluster (``convertResolution``, pilot/pkg/networking/core/cluster.go) has no endpoint
+    metadata to match, so ``applyUpstreamTLSSettings`` (cluster_tls.go) sets the mTLS
+    transport socket on the whole cluster instead of the ``tlsMode-istio`` /
+    ``tlsMode-disabled`` matches; ``BestEffortInferServiceMTLSMode`` (pilot/pkg/model/
+    push_context.go) infers DISABLE, no TLS at all, when the Service has no endpoint or any
+    endpoint without ``tlsMode: istio`` (no sidecar). Either way one choice for every endpoint:
+    no endpoint's own PeerAuthentication (a port-level DISABLE) is looked at
+    (istio/istio#39439)."""
+    if not endpoints or any(not e.has_sidecar for e in endpoints):
+        return replace(common, auto=True)
+    return replace(
+        common,
+        mode=TlsMode.ISTIO_MUTUAL,
+        auto=True,
+        sni=sni,
+        subject_alt_names=sans,
+        alpn=alpn,
+    )
+
+
 def upstream(
     policies: Sequence[Policy],
     rule: DestinationRule | None,
@@ -155,6 +183,8 @@ def upstream(
     SIMPLE and MUTUAL carry none for HTTP/1.1 (``AddALPNOverrideToMetadata`` turns the
     override off).
     ``auto_mtls`` False is MeshConfig ``enableAutoMtls: false``: no TLS without a rule's.
+    A headless Service's auto mTLS is one choice for all its endpoints
+    (:func:`_headless_auto_mtls`).
     """
     endpoints = tuple(endpoints)
     cluster = outbound_cluster_name(service.fqdn, service.port)
@@ -173,6 +203,8 @@ def upstream(
     if settings is None:
         if service_mtls_mode(policies, service.namespace, root_namespace) is MtlsMode.DISABLE:
             return replace(common, auto=True)
+        if service.headless:
+            return _headless_auto_mtls(common, endpoints, sni, sans, alpn)
         plaintext = frozenset(
             e.key
             for e in endpoints

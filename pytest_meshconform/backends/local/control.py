@@ -160,7 +160,7 @@ def plan_ztunnels(
     tunnels: list[Tunnel] = []
     for entry in topology.services:
         endpoint = entry.endpoints[0]
-        if endpoint.workload.ambient:
+        if endpoint.workload.ambient and not entry.service.headless:  # headless: the pod's own
             tunnels.append(
                 Tunnel(
                     entry.vip,

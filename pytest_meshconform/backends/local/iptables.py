@@ -39,6 +39,7 @@ def istio_iptables_rules(pod: Pod, topology: Topology, *, proxy_id: int = PROXY_
         f"-A MC_SERVICES -d {e.vip}/32 -p tcp --dport {e.service.port} -j DNAT"
         f" --to-destination {e.endpoints[0].ip}:{e.service.target_port}"
         for e in topology.services
+        if not e.service.headless  # no VIP: clients connect to the pod itself
     ]
     lines = ["*nat", ":MC_SERVICES - [0:0]"]
     if pod.workload.has_sidecar:

@@ -73,8 +73,16 @@ class Pod:
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
     service: Service
-    vip: str
+    vip: str  # "" for a headless Service (``clusterIP: None``)
     endpoints: tuple[Pod, ...]
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """What the Service's name resolves to: its VIP, or a headless Service's endpoints'
+        pod IPs (cluster DNS' A records for a headless Service)."""
+        if self.service.headless:
+            return tuple(pod.ip for pod in self.endpoints)
+        return (self.vip,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +113,13 @@ class Topology:
         seen: set[str] = set()
         for entry in self.services:  # a Service with several ports has one entry per port
             svc = entry.service
-            if entry.vip in seen:
+            if svc.fqdn in seen:
                 continue
-            seen.add(entry.vip)
+            seen.add(svc.fqdn)
             names = [svc.fqdn, f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
             if svc.namespace == pod.workload.namespace:
                 names.append(svc.name)
-            lines.append(f"{entry.vip}\t{' '.join(names)}")
+            lines += [f"{address}\t{' '.join(names)}" for address in entry.addresses]
         return "\n".join(lines) + "\n"
 
     def resolv_conf(self, pod: Pod) -> str:

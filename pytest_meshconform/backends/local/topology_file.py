@@ -25,7 +25,7 @@ from pytest_meshconform.backends.local.topology import (
     Topology,
 )
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
-from pytest_meshconform.istio.protocol import PortProtocol, service_port_protocol
+from pytest_meshconform.istio.protocol import PortProtocol, protocol_of, service_port_protocol
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
 
@@ -214,7 +214,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         dataplane = _dataplane(ctx, ns_node, fields, where)
         ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, dataplane, len(pods))
         pods += ns_pods
-        entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, len(entries))
+        entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, entries)
     if len(pods) > _MAX_PODS:
         raise ctx.error(
             root, "namespaces", f"{len(pods)} workloads; the local mesh runs at most {_MAX_PODS}"
@@ -411,8 +411,9 @@ def _services(
     where: str,
     namespace: str,
     pods: list[Pod],
-    first_index: int,
+    earlier: list[ServiceEntry],
 ) -> list[ServiceEntry]:
+    first_index = len(earlier)
     entries: list[ServiceEntry] = []
     if node is None:
         return entries
@@ -420,7 +421,10 @@ def _services(
     for index, s_node in enumerate(ctx.sequence(node, f"{where}.services")):
         field = f"{where}.services[{index}]"
         fields = ctx.mapping(
-            s_node, field, ("name", "selector", "ports"), ("name", "selector", "ports")
+            s_node,
+            field,
+            ("name", "selector", "ports", "clusterIP"),
+            ("name", "selector", "ports"),
         )
         name = ctx.name(fields["name"], f"{field}.name")
         if name in names:
@@ -444,11 +448,36 @@ def _services(
             )
             raise ctx.error(fields["selector"], f"{field}.selector", problem)
         endpoint = selected[0]
+        headless = _headless(ctx, fields.get("clusterIP"), f"{field}.clusterIP")
         specs = _service_ports(ctx, fields["ports"], f"{field}.ports", endpoint)
         vip_index = first_index + len({e.service.name for e in entries})
         if vip_index >= _MAX_SERVICES:
             raise ctx.error(s_node, field, f"more than {_MAX_SERVICES} Services")
-        vip = f"{SERVICE_PREFIX}{10 + vip_index}"
+        vip = "" if headless else f"{SERVICE_PREFIX}{10 + vip_index}"
+        for port_index, spec in enumerate(specs):
+            if not headless:
+                continue
+            if spec.target_port != spec.port:
+                raise ctx.error(
+                    spec.node,
+                    f"{field}.ports[{port_index}].targetPort",
+                    f"targetPort {spec.target_port} differs from port {spec.port}: a headless"
+                    " Service's name resolves to the pod, so clients connect to the port itself;"
+                    " give the container port as port",
+                )
+            http = service_port_protocol(spec.port, spec.name, spec.app_protocol).is_http
+            for other in (*earlier, *entries):
+                o = other.service
+                if not o.headless or o.port != spec.port:
+                    continue
+                if http == protocol_of(o).is_http and (http or other.endpoints == (endpoint,)):
+                    raise ctx.error(
+                        spec.node,
+                        f"{field}.ports[{port_index}].port",
+                        f"headless Service {o.name}.{o.namespace} has port {spec.port} too: a"
+                        " sidecar has one outbound listener for both (a wildcard one on an HTTP"
+                        " port, one per pod on a TCP port), which the local mesh does not merge",
+                    )
         for spec in specs:
             entries.append(
                 ServiceEntry(
@@ -460,12 +489,25 @@ def _services(
                         selector_app=selector["app"],
                         port_name=spec.name,
                         app_protocol=spec.app_protocol,
+                        headless=headless,
                     ),
                     vip=vip,
                     endpoints=(endpoint,),
                 )
             )
     return entries
+
+
+def _headless(ctx: _Ctx, node: yaml.Node | None, field: str) -> bool:
+    """``clusterIP: None`` makes a headless Service (no VIP); no other value is taken (the local
+    mesh assigns the VIPs)."""
+    if node is None:
+        return False
+    if ctx.string(node, field) != "None":
+        raise ctx.error(
+            node, field, "only None (a headless Service) is taken; leave it out for a VIP"
+        )
+    return True
 
 
 def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> list[_ServicePortSpec]:

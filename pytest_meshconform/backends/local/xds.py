@@ -345,7 +345,9 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             "address": {
                 "socket_address": {"address": "0.0.0.0", "port_value": INBOUND_CAPTURE_PORT}
             },
-            "use_original_dst": True,
+            # no use_original_dst, as istiod's (and real dumps'): the original_dst filter
+            # restores the address for the chains, but the connection is never handed to
+            # another listener (a headless Service's wildcard outbound one would take it)
             "listener_filters": [
                 {
                     "name": "envoy.filters.listener.original_dst",
@@ -379,25 +381,40 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     ]
     for entry in plan.services:
         svc = entry.service
-        name = f"{entry.vip}_{svc.port}"
         cluster = outbound_cluster_name(svc.fqdn, svc.port)
-        if protocol_of(svc).is_http:
-            outbound_filter = {
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
-            }
-        else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
-            outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
-        result.append(
-            {
-                "@type": LISTENER_TYPE,
-                "name": name,
-                "address": {"socket_address": {"address": entry.vip, "port_value": svc.port}},
-                "bind_to_port": False,
-                "filter_chains": [{"name": name, "filters": [outbound_filter]}],
-            }
-        )
+        for address in _outbound_addresses(entry, plan.pod):
+            name = f"{address}_{svc.port}"
+            if protocol_of(svc).is_http:
+                outbound_filter = {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
+                }
+            else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
+                outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
+            result.append(
+                {
+                    "@type": LISTENER_TYPE,
+                    "name": name,
+                    "address": {"socket_address": {"address": address, "port_value": svc.port}},
+                    "bind_to_port": False,
+                    "filter_chains": [{"name": name, "filters": [outbound_filter]}],
+                }
+            )
     return result
+
+
+def _outbound_addresses(entry: ServiceEntry, pod: Pod) -> tuple[str, ...]:
+    """Where the sidecar's outbound listeners for one Service port sit: its VIP; for a headless
+    Service (``buildSidecarOutboundListeners``, pilot/pkg/networking/core/listener.go) a
+    wildcard ``0.0.0.0_<port>`` listener on an HTTP port (the route reaches the pod the client
+    dialled through the ORIGINAL_DST cluster), and on a TCP port one listener per endpoint pod
+    IP, but the sidecar's own pod ("traffic to self does not flow through an outbound
+    listener")."""
+    if not entry.service.headless:
+        return (entry.vip,)
+    if protocol_of(entry.service).is_http:
+        return ("0.0.0.0",)
+    return tuple(p.ip for p in entry.endpoints if p.ip != pod.ip)
 
 
 def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
@@ -498,9 +515,19 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     for entry in plan.services:
         svc = entry.service
         endpoint = entry.endpoints[0]
-        cluster = static_cluster(
-            outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
-        )
+        cluster: dict[str, Any]
+        if svc.headless:  # istiod's convertResolution: Passthrough -> ORIGINAL_DST
+            cluster = {
+                "@type": CLUSTER_TYPE,
+                "name": outbound_cluster_name(svc.fqdn, svc.port),
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "1s",
+            }
+        else:
+            cluster = static_cluster(
+                outbound_cluster_name(svc.fqdn, svc.port), endpoint.ip, svc.target_port
+            )
         upstream = plan.outbound[(svc.fqdn, svc.port)]
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
