@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,16 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         poll(lambda: True if condition() else None, timeout=timeout, interval=0.01, what=what)
     except WaitTimeout:
         pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def default_signals() -> None:
+    """In a child (`preexec_fn`): SIGINT, SIGTERM and SIGHUP back to their defaults.
+
+    A run started in a background job ignores SIGINT, one under `nohup` ignores SIGHUP; the
+    children the signal tests start must receive them as a terminal's process would.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def subprocess_env() -> dict[str, str]:

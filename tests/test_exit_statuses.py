@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from local_helpers import REPO, needs_local_mesh, subprocess_env, traces_of
+from local_helpers import REPO, default_signals, needs_local_mesh, subprocess_env, traces_of
 
 from pytest_meshconform.backends.local import host
 from pytest_meshconform.cli import main
@@ -119,8 +119,9 @@ class Child:
             env=subprocess_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            # Ctrl-C reaches it even where this run was started with SIGINT ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            # the signals reach it even where this run was started with them ignored
+            # (SIGINT in a background job, SIGHUP under nohup)
+            preexec_fn=default_signals,
         )
 
     def window(self) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_helpers import needs_local_mesh, subprocess_env, traces_of, wait_for
+from local_helpers import default_signals, needs_local_mesh, subprocess_env, traces_of, wait_for
 
 from pytest_meshconform.report import load_report
 
@@ -109,8 +109,8 @@ class SignalledRun:
             env=subprocess_env() | {"MC_WINDOW": window, "MC_EVENTS": str(self.events_path)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            # Ctrl-C reaches it even where this run was started with SIGINT ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            # the signals reach it even where this run was started with them ignored
+            preexec_fn=default_signals,
         )
 
     def events(self) -> list[dict[str, Any]]:
