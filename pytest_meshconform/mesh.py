@@ -121,6 +121,52 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class Waypoint:
+    """A waypoint proxy: a Gateway of class ``istio-waypoint`` (as ``istioctl waypoint apply``
+    writes it) and the pods that run it, under the service account of the Gateway's name.
+    ``traffic_type`` is its ``istio.io/waypoint-for`` (``service`` unless labelled). What it
+    means for traffic and policies is `pytest_meshconform.istio.waypoint`."""
+
+    name: str
+    namespace: str
+    traffic_type: str = "service"
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, as istiod names a waypoint (``ResourceName``)."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def service_account(self) -> str:
+        """The waypoint deployment's service account: the Gateway's name (the waypoint
+        GatewayClass sets ``DisableNameSuffix``)."""
+        return self.name
+
+    def spiffe_id(self, trust_domain: str) -> str:
+        return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@runtime_checkable
+class WaypointAware(Protocol):
+    """A backend that knows its waypoints (the local mesh); kept apart from `Mesh`: a backend
+    without it has none, and a policy bound by ``targetRefs`` binds to nothing there."""
+
+    def waypoints(self) -> Sequence[Waypoint]:
+        """Every waypoint of the mesh."""
+        ...
+
+    def service_waypoint(self, service: Service) -> Waypoint | None:
+        """The waypoint the Service's traffic goes through (`istio.waypoint.service_waypoint`
+        with the Service's and its namespace's labels), or None."""
+        ...
+
+
+def waypoints_of(mesh: Mesh) -> Sequence[Waypoint]:
+    """The mesh's waypoints (none for a backend that does not say)."""
+    return mesh.waypoints() if isinstance(mesh, WaypointAware) else ()
+
+
+@dataclass(frozen=True, slots=True)
 class ExecResult:
     returncode: int
     stdout: bytes

@@ -75,6 +75,7 @@ FAULT_NAMES: Final = (
     "tls10-allowed",
     "client-cert-optional",
     "authz-ignores-principals",
+    "waypoint-ignores-l7",
 )
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 

@@ -534,8 +534,8 @@ def convert_authorization_policy(
     authorization.go): rules with HTTP attributes are dropped from ALLOW policies and enforced
     without them in DENY ones. A dry-run policy is not sent unless
     ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`` (``dry_run_enabled``, off by default).
-    (A policy with ``targetRefs`` binds to a waypoint, not ztunnel; meshconform's parser does
-    not accept ``targetRefs`` yet.)"""
+    A policy with ``targetRefs`` binds to waypoints and is not sent to ztunnel ("TargetRef is
+    not intended for ztunnel"): (None, None)."""
     namespace = policy.namespace or ""
     dry_run = policy.annotations.get(DRY_RUN_ANNOTATION, "") in _GO_TRUE
     if dry_run and not dry_run_enabled:
@@ -543,6 +543,8 @@ def convert_authorization_policy(
             f'found policy "{namespace}/{policy.name}" using dry-run annotation, but support for'
             " ambient dry-run authorizationPolicies isn't enabled"
         )
+    if policy.target_refs:
+        return None, None
     if policy.selector is None:
         scope = Scope.GLOBAL if namespace == root_namespace else Scope.NAMESPACE
     else:

@@ -7,6 +7,10 @@ Every rule names the istiod function it reproduces (all in istio/istio):
   ``selector`` is empty or a subset of the workload's labels; ordered by creation time, then
   name, then namespace [``AuthorizationPolicies.ListAuthorizationPolicies``,
   ``GetAuthorizationPolicies`` + ``sortConfigByCreationTime``, pilot/pkg/model/authorization.go].
+  A policy with ``targetRefs`` never applies to a sidecar ("if targetRef is specified, ignore
+  the policy altogether", ``WorkloadPolicyMatcher.ShouldAttachPolicy``,
+  pilot/pkg/model/policyattachment.go): it binds to waypoints
+  (:mod:`pytest_meshconform.istio.waypoint`).
 - One RBAC filter per action, DENY before ALLOW (CUSTOM would come first, AUDIT is logging
   only; neither is accepted by :mod:`pytest_meshconform.istio.api`); a workload without ALLOW
   policies has no ALLOW filter, so everything not denied is allowed [``build`` in
@@ -37,6 +41,10 @@ Every rule names the istiod function it reproduces (all in istio/istio):
   Istio >= 1.19 proxies carry the same matcher on the ``io.istio.peer_principal`` filter
   state (set by Istio's own ``istio_authn`` filter, which upstream Envoy lacks); the local
   mesh renders the ``authenticated`` form istiod generates without ``UseFilterState``.
+  Waypoints always use the filter state (``use_filter_state=True``: ``NewBuilderForService(...,
+  true, svc)`` in ``buildWaypointHTTPFilters``, pilot/pkg/networking/core/
+  listener_waypoint.go), which their HBONE termination sets from the tunnel's client
+  certificate (``%DOWNSTREAM_PEER_URI_SAN%``, pilot/pkg/xds/filters/filters.go).
 - A principal in the ``cluster.local`` trust domain names the mesh's trust domain
   [``Bundle.ReplaceTrustDomainAliases``, pilot/pkg/security/trustdomain/bundle.go, with no
   aliases].
@@ -78,6 +86,7 @@ __all__ = [
     "RbacFilter",
     "authorization_for",
     "authorization_policies_for",
+    "build_authorization",
     "rbac_policy_name",
 ]
 
@@ -196,7 +205,7 @@ def authorization_policies_for(
     """
     chosen = []
     for policy in policies:
-        if not isinstance(policy, AuthorizationPolicy):
+        if not isinstance(policy, AuthorizationPolicy) or policy.target_refs:
             continue
         namespace = policy.namespace or "default"
         if not in_scope(namespace, workload.namespace, root_namespace):
@@ -216,19 +225,45 @@ def authorization_for(
 ) -> Authorization:
     """What ``workload``'s sidecar enforces under ``policies`` (istiod's authz builder)."""
     applying = authorization_policies_for(workload, policies, root_namespace)
+    return build_authorization(workload, applying, trust_domain=trust_domain)
+
+
+def build_authorization(
+    workload: Workload,
+    applying: tuple[AuthorizationPolicy, ...],
+    *,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    use_filter_state: bool = False,
+) -> Authorization:
+    """The RBAC filters istiod's authz builder makes from the policies that apply, in order
+    (``builder.New`` + ``BuildHTTP``/``BuildTCP``); ``use_filter_state``: peer identities
+    matched on the ``io.istio.peer_principal`` filter state, as on waypoints."""
     http: list[RbacFilter] = []
     tcp: list[RbacFilter] = []
     for action in (AuthzAction.DENY, AuthzAction.ALLOW):
         chosen = [p for p in applying if p.action is action]
         if not chosen:
             continue
-        http.append(_build(chosen, action, for_tcp=False, trust_domain=trust_domain))
-        tcp.append(_build(chosen, action, for_tcp=True, trust_domain=trust_domain))
+        for for_tcp, out in ((False, http), (True, tcp)):
+            out.append(
+                _build(
+                    chosen,
+                    action,
+                    for_tcp=for_tcp,
+                    trust_domain=trust_domain,
+                    use_filter_state=use_filter_state,
+                )
+            )
     return Authorization(workload, applying, tuple(http), tuple(tcp))
 
 
 def _build(
-    policies: list[AuthorizationPolicy], action: AuthzAction, *, for_tcp: bool, trust_domain: str
+    policies: list[AuthorizationPolicy],
+    action: AuthzAction,
+    *,
+    for_tcp: bool,
+    trust_domain: str,
+    use_filter_state: bool = False,
 ) -> RbacFilter:
     """builder ``build``: enforced and shadow (dry-run) policies of one action."""
     enforced: dict[str, Mapping[str, Any]] = {}
@@ -241,7 +276,7 @@ def _build(
             target, has_enforced = enforced, True
         namespace = policy.namespace or "default"
         for index, rule in enumerate(policy.rules):
-            generated = _generate(rule, action, for_tcp=for_tcp, trust_domain=trust_domain)
+            generated = _generate(rule, action, _Target(for_tcp, trust_domain, use_filter_state))
             if generated is not None:
                 target[rbac_policy_name(namespace, policy.name, index)] = generated
         if not policy.rules:
@@ -284,11 +319,21 @@ def _principal_fields(source: AuthzSource | None, when: list[_Field]) -> list[_F
 
 
 _DESTINATION_KEYS: Final = frozenset({"destination.port", "connection.sni"})
+# the filter state key waypoints match peer identities on (principal.go principalAuthenticated)
+PEER_PRINCIPAL_FILTER_STATE: Final = "io.istio.peer_principal"
 
 
-def _generate(
-    rule: AuthzRule, action: AuthzAction, *, for_tcp: bool, trust_domain: str
-) -> Mapping[str, Any] | None:
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the filter goes: a TCP chain or not, the trust domain, and whether peer identities
+    are read from the filter state (waypoints) or the connection's certificate."""
+
+    for_tcp: bool
+    trust_domain: str
+    use_filter_state: bool = False
+
+
+def _generate(rule: AuthzRule, action: AuthzAction, target: _Target) -> Mapping[str, Any] | None:
     """``Model.Generate``: the Envoy policy of one rule, or None when istiod skips it."""
     conditions: tuple[AuthzCondition, ...] = rule.conditions
     when_permissions = [
@@ -304,7 +349,7 @@ def _generate(
             _and(
                 "and_rules",
                 "rules",
-                _matchers(_permission_fields(op, when_permissions), action, for_tcp, trust_domain),
+                _matchers(_permission_fields(op, when_permissions), action, target),
             )
             for op in operations
         ]
@@ -312,7 +357,7 @@ def _generate(
             _and(
                 "and_ids",
                 "ids",
-                _matchers(_principal_fields(src, when_principals), action, for_tcp, trust_domain),
+                _matchers(_principal_fields(src, when_principals), action, target),
             )
             for src in sources
         ]
@@ -325,9 +370,7 @@ def _and(kind: str, items: str, matchers: list[dict[str, Any]]) -> dict[str, Any
     return {kind: {items: matchers or [{"any": True}]}}
 
 
-def _matchers(
-    fields: list[_Field], action: AuthzAction, for_tcp: bool, trust_domain: str
-) -> list[dict[str, Any]]:
+def _matchers(fields: list[_Field], action: AuthzAction, target: _Target) -> list[dict[str, Any]]:
     """``rule.permission`` / ``rule.principal``: OR of values, then NOT(OR(notValues))."""
     out: list[dict[str, Any]] = []
     for key, values, not_values in fields:
@@ -338,7 +381,7 @@ def _matchers(
             matched = []
             for value in group:
                 try:
-                    matched.append(_matcher(key, value, for_tcp, trust_domain))
+                    matched.append(_matcher(key, value, target))
                 except _HttpOnly:
                     if action is AuthzAction.ALLOW:
                         raise
@@ -352,8 +395,9 @@ def _matchers(
 _HTTP_ONLY: Final = frozenset({"hosts", "methods", "paths"})
 
 
-def _matcher(key: str, value: str, for_tcp: bool, trust_domain: str) -> dict[str, Any]:
+def _matcher(key: str, value: str, target: _Target) -> dict[str, Any]:
     """One value of one field as an Envoy permission or principal (generator.go)."""
+    for_tcp, trust_domain = target.for_tcp, target.trust_domain
     if for_tcp and (key in _HTTP_ONLY or key.startswith("request.headers")):
         raise _HttpOnly(key)
     if key == "hosts":  # hostGenerator: :authority, case-insensitive
@@ -368,16 +412,23 @@ def _matcher(key: str, value: str, for_tcp: bool, trust_domain: str) -> dict[str
         return {"requested_server_name": _string_matcher(value)}
     if key in ("principals", "source.principal"):  # srcPrincipalGenerator
         principal = _migrate_trust_domain(value, trust_domain)
-        return {"authenticated": {"principal_name": _string_matcher(principal, SPIFFE_PREFIX)}}
+        return _peer(_string_matcher(principal, SPIFFE_PREFIX), target)
     if key in ("namespaces", "source.namespace"):  # srcNamespaceGenerator
         regex = f".*/ns/{value.replace('*', '.*')}/.*"
-        return {"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}}
+        return _peer({"safe_regex": {"regex": regex}}, target)
     if key in ("ipBlocks", "source.ip"):  # srcIPGenerator: direct_remote_ip
         return {"direct_remote_ip": _cidr(value)}
     header = re.fullmatch(r"request\.headers\[(.+)\]", key)
     if header is not None:  # requestHeaderGenerator
         return {"header": _header_matcher(header.group(1), value)}
     raise ValueError(f"unknown authorization attribute {key!r}")  # the parser refuses these
+
+
+def _peer(name: dict[str, Any], target: _Target) -> dict[str, Any]:
+    """``principalAuthenticated``: the certificate's URI SAN, or the filter state."""
+    if target.use_filter_state:
+        return {"filter_state": {"key": PEER_PRINCIPAL_FILTER_STATE, "string_match": name}}
+    return {"authenticated": {"principal_name": name}}
 
 
 def _migrate_trust_domain(principal: str, trust_domain: str) -> str:

@@ -8,13 +8,14 @@ tested nothing; a mesh-wide one needs the `mesh_wide` marker.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 import pytest
 
-from pytest_meshconform.mesh import Mesh, MeshError, MeshWideNotAllowed
+from pytest_meshconform.mesh import Mesh, MeshError, MeshWideNotAllowed, Service, Waypoint
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.report.exhibits import Evidence
 
@@ -96,7 +97,7 @@ class PolicyApplier:
             for policy in policies:
                 problem = unmatched_reason(
                     policy, workloads, self._mesh.root_namespace, self._mesh.logical_namespace
-                )
+                ) or _target_ref_problem(self._mesh, policy)
                 if problem is not None:
                     raise UnmatchedPolicyError(
                         f"{policy.kind} {policy.namespace or 'default'}/{policy.name} would"
@@ -146,6 +147,34 @@ def apply_policy(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[PolicyA
     applier = PolicyApplier(mesh, request.node, evidence_window(mesh, request))
     yield applier
     applier.restore()
+
+
+def _target_ref_problem(mesh: Mesh, policy: Policy) -> str | None:
+    """Why a ``targetRefs`` AuthorizationPolicy binds to no waypoint of the mesh (istiod's
+    waypoint policy status), or None."""
+    from pytest_meshconform.istio.api import AuthorizationPolicy
+    from pytest_meshconform.istio.waypoint import target_ref_problem
+    from pytest_meshconform.mesh import WaypointAware, waypoints_of
+
+    if not isinstance(policy, AuthorizationPolicy) or not policy.target_refs:
+        return None
+    # the Services as the suite spells their namespaces, each with the waypoint it uses
+    by_logical = {
+        dataclasses.replace(s, namespace=mesh.logical_namespace(s.namespace)): s
+        for s in mesh.services()
+    }
+
+    def waypoint_of(service: Service) -> Waypoint | None:
+        if not isinstance(mesh, WaypointAware):
+            return None
+        return mesh.service_waypoint(by_logical[service])
+
+    problem = target_ref_problem(
+        policy, waypoints_of(mesh), list(by_logical), waypoint_of, mesh.root_namespace
+    )
+    if problem is not None and not isinstance(mesh, WaypointAware):
+        problem += f" (the {mesh.backend} backend runs no waypoints)"
+    return problem
 
 
 def _check_mesh_wide(node: pytest.Item, mesh: Mesh, manifest: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from pytest_meshconform.backends.local.topology import ROOT_NAMESPACE, TRUST_DOM
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.tls import MinProtocolVersion, parse_min_protocol_version
-from pytest_meshconform.mesh import ALL_FEATURES, MeshError, Service, Workload
+from pytest_meshconform.mesh import ALL_FEATURES, MeshError, Service, Waypoint, Workload
 from pytest_meshconform.version import __version__
 
 __all__ = ["LocalMesh"]
@@ -98,6 +98,15 @@ class LocalMesh(LocalCapture, LocalLogs, LocalPropagation):
 
     def services(self) -> Sequence[Service]:
         return tuple(e.service for e in self.topology.services)
+
+    # -- WaypointAware -------------------------------------------------------------------------
+
+    def waypoints(self) -> Sequence[Waypoint]:
+        return tuple(w.waypoint for w in self.topology.waypoints)
+
+    def service_waypoint(self, service: Service) -> Waypoint | None:
+        found = self.topology.service_waypoint(service)
+        return found.waypoint if found is not None else None
 
     def pod_ip(self, workload: Workload) -> str:
         return self._pod(workload).ip

@@ -12,17 +12,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
+from pytest_meshconform.backends.local.waypoint import WaypointPlan, WaypointRoute
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.backends.local.ztunnel import Tunnel, ZtunnelPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
 from pytest_meshconform.istio.ambient import ztunnel_peer_policies, ztunnel_policies
 from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, Policy
+from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
-from pytest_meshconform.istio.ztunnel import HBONE_TLS_VERSION, Connection, ztunnel_admits
+from pytest_meshconform.istio.waypoint import waypoint_authorization
+from pytest_meshconform.istio.ztunnel import (
+    HBONE_TLS_VERSION,
+    Connection,
+    hbone_authority,
+    ztunnel_admits,
+)
 from pytest_meshconform.mesh import Workload
 from pytest_meshconform.settings import FAULT_NAMES
 
-__all__ = ["Faults", "issued_identity", "plan_sidecars", "plan_ztunnels"]
+__all__ = ["Faults", "issued_identity", "plan_sidecars", "plan_waypoints", "plan_ztunnels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,7 @@ class Faults:
     tls10_allowed: bool = False
     client_cert_optional: bool = False  # inbound mTLS and HBONE require no client certificate
     authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
+    waypoint_ignores_l7: bool = False  # waypoints enforce no AuthorizationPolicy at all
 
     NAMES = FAULT_NAMES
 
@@ -160,21 +169,39 @@ def plan_ztunnels(
     tunnels: list[Tunnel] = []
     for entry in topology.services:
         endpoint = entry.endpoints[0]
-        if endpoint.workload.ambient and not entry.service.headless:  # headless: the pod's own
+        if not endpoint.workload.ambient or entry.service.headless:  # headless: the pod's own
+            continue
+        waypoint = topology.service_waypoint(entry.service)
+        if waypoint is not None:  # build_request: to the Service's waypoint, authority = VIP
             tunnels.append(
                 Tunnel(
                     entry.vip,
                     entry.service.port,
-                    endpoint.ip,
-                    entry.service.target_port,
-                    _spiffe_id(endpoint.workload, faults),
+                    waypoint.pod.ip,
+                    entry.service.port,
+                    _spiffe_id(waypoint.pod.workload, faults),
+                    authority=hbone_authority(entry.vip, entry.service.port),
                 )
             )
+            continue
+        tunnels.append(
+            Tunnel(
+                entry.vip,
+                entry.service.port,
+                endpoint.ip,
+                entry.service.target_port,
+                _spiffe_id(endpoint.workload, faults),
+            )
+        )
     for pod in ambient:
         for port in pod.workload.container_ports:
             identity = _spiffe_id(pod.workload, faults)
             tunnels.append(Tunnel(pod.ip, port, pod.ip, port, identity))
-    hbone_sources = [(pod.ip, _spiffe_id(pod.workload, faults)) for pod in ambient]
+    # every peer that opens HBONE to a ztunnel: ambient pods' ztunnels and waypoints
+    hbone_sources = [
+        (pod.ip, _spiffe_id(pod.workload, faults))
+        for pod in (*ambient, *(w.pod for w in topology.waypoints))
+    ]
     plans: dict[str, ZtunnelPlan] = {}
     for pod in ambient:
         w = pod.workload
@@ -203,7 +230,7 @@ def plan_ztunnels(
             )
             plaintext[port] = tuple(
                 other.ip
-                for other in topology.pods
+                for other in topology.all_pods
                 if ztunnel_admits(enforced, Connection(port, None, other.ip, pod.ip))
             )
         plans[w.key] = ZtunnelPlan(
@@ -214,4 +241,50 @@ def plan_ztunnels(
             require_client_certificate=not faults.client_cert_optional,
             hbone_min_tls="TLSv1_0" if faults.tls10_allowed else HBONE_TLS_VERSION,
         )
+    return plans
+
+
+def plan_waypoints(
+    topology: Topology,
+    policies: Iterable[Policy],
+    root_namespace: str,
+    faults: Faults | None = None,
+) -> Mapping[str, WaypointPlan]:
+    """Each waypoint's plan: every Service port whose traffic goes through it (the model's
+    `service_waypoint`), with the RBAC filters of the policies bound to it for that Service
+    (`waypoint_authorization`); the test-only `waypoint-ignores-l7` fault drops them all."""
+    faults = faults or Faults()
+    policies = tuple(policies)
+    plans: dict[str, WaypointPlan] = {}
+    for entry in topology.waypoints:
+        routes = []
+        for service_entry in topology.services:
+            service = service_entry.service
+            if service.headless or topology.service_waypoint(service) != entry:
+                continue  # headless: clients dial the pod's address, no waypoint (type service)
+            endpoint = service_entry.endpoints[0]
+            tcp = protocol_of(service).is_tcp
+            authz = waypoint_authorization(
+                entry.waypoint,
+                service,
+                policies,
+                root_namespace=root_namespace,
+                trust_domain=TRUST_DOMAIN,
+            )
+            rbac = authz.network_filters() if tcp else authz.http_filters()
+            if faults.authz_ignores_principals:
+                rbac = _any_peer(rbac)
+            routes.append(
+                WaypointRoute(
+                    address=service_entry.vip,
+                    port=service.port,
+                    fqdn=service.fqdn,
+                    endpoint_ip=endpoint.ip,
+                    target_port=service.target_port,
+                    endpoint_identity=_spiffe_id(endpoint.workload, faults),
+                    tcp=tcp,
+                    rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
+                )
+            )
+        plans[entry.pod.workload.key] = WaypointPlan(entry.pod, entry.waypoint, tuple(routes))
     return plans

@@ -18,6 +18,11 @@ from typing import Any, Final
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.envoyadmin import admin_get, parse_stats
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
+from pytest_meshconform.backends.local.waypoint import (
+    WaypointPlan,
+    waypoint_clusters,
+    waypoint_listeners,
+)
 from pytest_meshconform.backends.local.ztunnel import (
     ZtunnelPlan,
     ztunnel_clusters,
@@ -82,11 +87,16 @@ def _discovery_text(version: int, resources_json: str) -> str:
     return f'{{"version_info": "{version}", "resources": {resources_json}}}'
 
 
-def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan) -> bool:
-    """Write the Envoy's CDS then LDS when they changed (a sidecar's, or an ambient pod's
-    ztunnel's); True when anything was written."""
+def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan | WaypointPlan) -> bool:
+    """Write the Envoy's CDS then LDS when they changed (a sidecar's, an ambient pod's
+    ztunnel's or a waypoint's); True when anything was written."""
     changed = False
-    if isinstance(plan, ZtunnelPlan):
+    if isinstance(plan, WaypointPlan):
+        clusters, listeners = (
+            waypoint_clusters(plan, runtime.paths),
+            waypoint_listeners(plan, runtime.paths),
+        )
+    elif isinstance(plan, ZtunnelPlan):
         clusters, listeners = (
             ztunnel_clusters(plan, runtime.paths),
             ztunnel_listeners(plan, runtime.paths),

@@ -51,6 +51,7 @@ from pytest_meshconform.backends.local.control import (
     Faults,
     issued_identity,
     plan_sidecars,
+    plan_waypoints,
     plan_ztunnels,
 )
 from pytest_meshconform.backends.local.delivery import (
@@ -71,6 +72,7 @@ from pytest_meshconform.backends.local.topology import (
     Pod,
     Topology,
 )
+from pytest_meshconform.backends.local.waypoint import WaypointPlan, waypoint_bootstrap
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.backends.local.ztunnel import ZtunnelPlan, ztunnel_bootstrap
 from pytest_meshconform.backends.registry import Progress
@@ -255,7 +257,7 @@ class LocalLifecycle(SidecarAgent):
             self._ca = MeshCA(TRUST_DOMAIN, pool=True)  # RSA keys made while pods start
             self._prepare_envoy_binary()
             self._start_app_launcher()  # imports httpbin while the namespaces are built
-            self._progress(f"local mesh {self.run_id}: creating {len(self.topology.pods)} pods")
+            self._progress(f"local mesh {self.run_id}: creating {len(self.topology.all_pods)} pods")
             state = self._require_state()
             ids = proxy_ids(host.allocate_proxy_ids(state), self.topology)
             self._pods = create_namespaces(state, self.topology, ids)
@@ -434,11 +436,12 @@ class LocalLifecycle(SidecarAgent):
             log.close()
 
     def _write_initial_config(self) -> None:
-        plans: dict[str, SidecarPlan | ZtunnelPlan] = {
+        plans: dict[str, SidecarPlan | ZtunnelPlan | WaypointPlan] = {
             **plan_sidecars(
                 self.topology, [], self.root_namespace, self.faults, self.min_tls_version
             ),
             **plan_ztunnels(self.topology, [], self.root_namespace, self.faults),
+            **plan_waypoints(self.topology, [], self.root_namespace, self.faults),
         }
         ca = self._require_ca()
         keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
@@ -450,11 +453,12 @@ class LocalLifecycle(SidecarAgent):
             owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
             # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
             write_text(paths.access_log, "", owner=owner)
-            config = (
-                ztunnel_bootstrap(runtime.pod, paths)
-                if isinstance(plan, ZtunnelPlan)
-                else xds.bootstrap(runtime.pod, paths)
-            )
+            if isinstance(plan, ZtunnelPlan):
+                config = ztunnel_bootstrap(runtime.pod, paths)
+            elif isinstance(plan, WaypointPlan):
+                config = waypoint_bootstrap(runtime.pod, paths)
+            else:
+                config = xds.bootstrap(runtime.pod, paths)
             write_json(paths.bootstrap, config, owner=owner)
             write_json(
                 paths.sds(ROOT_SECRET),

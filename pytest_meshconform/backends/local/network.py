@@ -53,11 +53,11 @@ def create_namespaces(
     in the run directory; the pods' runtimes by workload key (`proxies`: each sidecar
     pod's Envoy uid)."""
     run_id = state.run_id
-    names = [node_netns(run_id), *(netns_name(run_id, p) for p in topology.pods)]
+    names = [node_netns(run_id), *(netns_name(run_id, p) for p in topology.all_pods)]
     state.add_netns(*names)  # recorded before they exist: a crash now still gets swept
     host.create_netns(names)
     runtimes: dict[str, PodRuntime] = {}
-    for pod in topology.pods:
+    for pod in topology.all_pods:
         netns = netns_name(run_id, pod)
         etc = host.NETNS_ETC / netns
         # Bound over the pod's /etc by `ip netns exec`: read by every process in the pod (its
@@ -80,12 +80,13 @@ def create_namespaces(
 
 
 def proxy_ids(base: int, topology: Topology) -> dict[str, int]:
-    """Each sidecar or ambient pod's Envoy uid (and gid) in a run's block: `base` + the pod's
-    index (an ambient pod's Envoy plays its ztunnel)."""
+    """Each sidecar, ambient or waypoint pod's Envoy uid (and gid) in a run's block: `base` +
+    the pod's index (an ambient pod's Envoy plays its ztunnel)."""
+    waypoints = {w.pod.workload.key for w in topology.waypoints}
     return {
         pod.workload.key: base + index
-        for index, pod in enumerate(topology.pods)
-        if pod.workload.has_sidecar or pod.workload.ambient
+        for index, pod in enumerate(topology.all_pods)
+        if pod.workload.has_sidecar or pod.workload.ambient or pod.workload.key in waypoints
     }
 
 
@@ -94,7 +95,7 @@ def wire_network(run_id: str, topology: Topology, proxies: Mapping[str, int]) ->
     sidecar pod's rules exclude its own Envoy's uid and gid, `proxies`)."""
     node = node_netns(run_id)
     node_batch = ["link add br0 type bridge", "link set br0 up", "link set lo up"]
-    for index, pod in enumerate(topology.pods):
+    for index, pod in enumerate(topology.all_pods):
         veth = f"veth{index}"
         node_batch += [
             f"link add {veth} type veth peer name eth0 netns {netns_name(run_id, pod)}",
@@ -103,7 +104,7 @@ def wire_network(run_id: str, topology: Topology, proxies: Mapping[str, int]) ->
         ]
     host.run(["ip", "-n", node, "-batch", "-"], input="\n".join(node_batch).encode())
     commands: list[tuple[Sequence[str], bytes | None]] = []
-    for pod in topology.pods:
+    for pod in topology.all_pods:
         netns = netns_name(run_id, pod)
         pod_batch = (
             "link set lo up\n"

@@ -1,7 +1,8 @@
 """Policies on the local mesh: the set in force, pushed to the sidecars, awaited in Envoy.
 
 `apply` and `delete` edit the policy set, ask the model for every sidecar's plan
-(`control.plan_sidecars`, and `control.plan_ztunnels` for ambient pods' ztunnels), write
+(`control.plan_sidecars`, `control.plan_ztunnels` for ambient pods' ztunnels and
+`control.plan_waypoints` for waypoints), write
 those whose config changed (`delivery.render`) and
 return once each of those Envoys runs the new version on its worker; a set the proxies refuse
 is put back.
@@ -15,7 +16,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_meshconform.backends.local.control import plan_sidecars, plan_ztunnels
+from pytest_meshconform.backends.local.control import (
+    plan_sidecars,
+    plan_waypoints,
+    plan_ztunnels,
+)
 from pytest_meshconform.backends.local.delivery import (
     VERSION_STATS_PATH,
     render,
@@ -24,6 +29,7 @@ from pytest_meshconform.backends.local.delivery import (
 from pytest_meshconform.backends.local.envoyadmin import admin_get_all
 from pytest_meshconform.backends.local.lifecycle import LocalLifecycle
 from pytest_meshconform.backends.local.runtime import PodRuntime
+from pytest_meshconform.backends.local.waypoint import WaypointPlan
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.backends.local.ztunnel import ZtunnelPlan
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
@@ -89,11 +95,12 @@ class LocalPropagation(LocalLifecycle):
 
     def _push(self) -> None:
         policies = list(self._policies.values())
-        plans: dict[str, SidecarPlan | ZtunnelPlan] = {
+        plans: dict[str, SidecarPlan | ZtunnelPlan | WaypointPlan] = {
             **plan_sidecars(
                 self.topology, policies, self.root_namespace, self.faults, self.min_tls_version
             ),
             **plan_ztunnels(self.topology, policies, self.root_namespace, self.faults),
+            **plan_waypoints(self.topology, policies, self.root_namespace, self.faults),
         }
         changed = [self._pods[key] for key, plan in plans.items() if render(self._pods[key], plan)]
         self._wait_versions(changed)

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_meshconform.mesh import Service, Workload
+from pytest_meshconform.istio.waypoint import (
+    USE_WAYPOINT_LABEL,
+    service_waypoint,
+    waypoint_workload,
+)
+from pytest_meshconform.mesh import Service, Waypoint, Workload
 
 TRUST_DOMAIN = "cluster.local"
 ROOT_NAMESPACE = "istio-system"
@@ -85,13 +90,54 @@ class ServiceEntry:
         return (self.vip,)
 
 
+WAYPOINT_KIND = "waypoint"  # a waypoint's pod: its Envoy only, no app
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointPod:
+    """A namespace's waypoint (`waypoint: <name>` in the topology file) and the pod running it
+    (named after the Gateway, under its service account; not enrolled in ambient: istiod's
+    waypoint template labels it ``istio.io/dataplane-mode: none``)."""
+
+    waypoint: Waypoint
+    pod: Pod
+
+
+def waypoint_pod(waypoint: Waypoint, ip: str) -> WaypointPod:
+    return WaypointPod(waypoint, Pod(waypoint_workload(waypoint), ip, kind=WAYPOINT_KIND))
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
-    pods: tuple[Pod, ...]
+    pods: tuple[Pod, ...]  # the workloads' pods (waypoints' pods are `waypoints`)
     services: tuple[ServiceEntry, ...]
+    waypoints: tuple[WaypointPod, ...] = ()
+
+    @property
+    def all_pods(self) -> tuple[Pod, ...]:
+        """Every pod the mesh runs: the workloads' and the waypoints'."""
+        return (*self.pods, *(w.pod for w in self.waypoints))
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        """The labels of a namespace that matter to waypoints: ``istio.io/use-waypoint`` for a
+        namespace with a waypoint (as ``istioctl waypoint apply --enroll-namespace`` sets it)."""
+        for entry in self.waypoints:
+            if entry.waypoint.namespace == namespace:
+                return {USE_WAYPOINT_LABEL: entry.waypoint.name}
+        return {}
+
+    def service_waypoint(self, service: Service) -> WaypointPod | None:
+        """The waypoint a Service's traffic goes through (the model's `service_waypoint`)."""
+        found = service_waypoint(
+            {},
+            service.namespace,
+            self.namespace_labels(service.namespace),
+            [w.waypoint for w in self.waypoints],
+        )
+        return next((w for w in self.waypoints if w.waypoint == found), None)
 
     def pod(self, name: str, namespace: str) -> Pod:
-        for pod in self.pods:
+        for pod in self.all_pods:
             if pod.workload.name == name and pod.workload.namespace == namespace:
                 return pod
         known = ", ".join(p.workload.key for p in self.pods)

@@ -23,10 +23,12 @@ from pytest_meshconform.backends.local.topology import (
     Pod,
     ServiceEntry,
     Topology,
+    WaypointPod,
+    waypoint_pod,
 )
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of, service_port_protocol
-from pytest_meshconform.mesh import Service, Workload
+from pytest_meshconform.mesh import Service, Waypoint, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
 
 __all__ = [
@@ -195,11 +197,15 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
     pods: list[Pod] = []
     entries: list[ServiceEntry] = []
+    waypoints: list[tuple[yaml.Node, Waypoint]] = []
     seen_namespaces: set[str] = set()
     for ns_index, ns_node in enumerate(namespace_nodes):
         where = f"namespaces[{ns_index}]"
         fields = ctx.mapping(
-            ns_node, where, ("name", "dataplane", "injected", "workloads", "services"), ("name",)
+            ns_node,
+            where,
+            ("name", "dataplane", "injected", "waypoint", "workloads", "services"),
+            ("name",),
         )
         namespace = ctx.name(fields["name"], f"{where}.name")
         if namespace == ROOT_NAMESPACE:
@@ -214,12 +220,75 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         dataplane = _dataplane(ctx, ns_node, fields, where)
         ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, dataplane, len(pods))
         pods += ns_pods
-        entries += _services(ctx, fields.get("services"), where, namespace, ns_pods, entries)
-    if len(pods) > _MAX_PODS:
+        ns_entries = _services(ctx, fields.get("services"), where, namespace, ns_pods, entries)
+        entries += ns_entries
+        if "waypoint" in fields:
+            waypoint = _waypoint(ctx, fields["waypoint"], where, namespace, dataplane)
+            _check_waypoint_name(ctx, fields["waypoint"], where, waypoint, ns_pods, ns_entries)
+            waypoints.append((fields["waypoint"], waypoint))
+    if len(pods) + len(waypoints) > _MAX_PODS:
         raise ctx.error(
-            root, "namespaces", f"{len(pods)} workloads; the local mesh runs at most {_MAX_PODS}"
+            root,
+            "namespaces",
+            f"{len(pods)} workloads and {len(waypoints)} waypoints; the local mesh runs at most"
+            f" {_MAX_PODS} pods",
         )
-    return Topology(pods=tuple(pods), services=tuple(entries))
+    waypoint_pods: tuple[WaypointPod, ...] = tuple(
+        waypoint_pod(waypoint, f"{POD_CIDR_PREFIX}{10 + len(pods) + index}")
+        for index, (_, waypoint) in enumerate(waypoints)
+    )
+    return Topology(pods=tuple(pods), services=tuple(entries), waypoints=waypoint_pods)
+
+
+def _waypoint(ctx: _Ctx, node: yaml.Node, where: str, namespace: str, dataplane: str) -> Waypoint:
+    """A namespace's `waypoint: <name>`: the Gateway ``istioctl waypoint apply
+    --enroll-namespace`` writes (class istio-waypoint, traffic type service) and the
+    namespace's ``istio.io/use-waypoint`` label."""
+    name = ctx.name(node, f"{where}.waypoint")
+    if name == "none":  # istioctl: "'none' is a reserved value"
+        raise ctx.error(
+            node,
+            f"{where}.waypoint",
+            "invalid name provided for waypoint, 'none' is a reserved value"
+            " (istio.io/use-waypoint: none opts out of waypoints)",
+        )
+    if dataplane != "ambient":
+        raise ctx.error(
+            node,
+            f"{where}.waypoint",
+            f"namespace {namespace} has dataplane: {dataplane}; a waypoint serves ambient"
+            " workloads only (ztunnel sends their traffic to it): write dataplane: ambient,"
+            " or drop the waypoint",
+        )
+    return Waypoint(name=name, namespace=namespace)
+
+
+def _check_waypoint_name(
+    ctx: _Ctx,
+    node: yaml.Node,
+    where: str,
+    waypoint: Waypoint,
+    pods: list[Pod],
+    entries: list[ServiceEntry],
+) -> None:
+    """The waypoint's Deployment and Service are named after it: no workload or Service of
+    its namespace may have that name."""
+    for pod in pods:
+        if pod.workload.name == waypoint.name:
+            raise ctx.error(
+                node,
+                f"{where}.waypoint",
+                f"workload {waypoint.name!r} has the waypoint's name (its pod and Service are"
+                " named after the waypoint): rename one",
+            )
+    for entry in entries:
+        if entry.service.name == waypoint.name:
+            raise ctx.error(
+                node,
+                f"{where}.waypoint",
+                f"Service {waypoint.name!r} has the waypoint's name (the waypoint's own Service"
+                " is named so): rename one",
+            )
 
 
 def _dataplane(ctx: _Ctx, node: yaml.Node, fields: dict[str, yaml.Node], where: str) -> str:

@@ -65,6 +65,10 @@ __all__ = [
     "HBONE_LISTENER",
     "Tunnel",
     "ZtunnelPlan",
+    "access_log",
+    "hbone_client_tls",
+    "hbone_cluster",
+    "hbone_server_tls",
     "ztunnel_bootstrap",
     "ztunnel_clusters",
     "ztunnel_listeners",
@@ -92,6 +96,13 @@ class Tunnel:
     endpoint_ip: str
     target_port: int
     identity: str  # the server's SPIFFE ID, verified in its certificate
+    # the CONNECT authority when it is not the endpoint's address and target port: through a
+    # waypoint, the original destination (``hbone_target_destination``: what the app dialled)
+    authority: str | None = None
+
+    @property
+    def connect_authority(self) -> str:
+        return self.authority or hbone_authority(self.endpoint_ip, self.target_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,31 +277,7 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
-    hbone_tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": DOWNSTREAM_TLS_TYPE,
-            "require_client_certificate": plan.require_client_certificate,
-            "common_tls_context": {
-                "tls_params": _tls_params(plan.hbone_min_tls),
-                "alpn_protocols": [HBONE_ALPN],
-                "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
-                "combined_validation_context": {
-                    # ztunnel's TrustDomainVerifier (src/tls/workload.rs): the client's
-                    # identity must be of the mesh's trust domain
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [
-                            {
-                                "san_type": "URI",
-                                "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"},
-                            }
-                        ]
-                    },
-                    "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
-                },
-            },
-        },
-    }
+    hbone_tls = hbone_server_tls(paths, plan.require_client_certificate, plan.hbone_min_tls)
     # A peer ztunnel refuses in plaintext matches no chain: Envoy closes the connection with
     # the request unread, which the kernel turns into a reset (what ztunnel's refusal looks
     # like: istio.io's "Use Layer 4 security policy" shows curl's "Connection reset by peer").
@@ -333,9 +320,7 @@ def ztunnel_listeners(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, 
                         f"hbone_{tunnel.address}_{tunnel.port}",
                         _hbone_cluster(tunnel.endpoint_ip),
                         paths,
-                        tunneling_config={
-                            "hostname": hbone_authority(tunnel.endpoint_ip, tunnel.target_port)
-                        },
+                        tunneling_config={"hostname": tunnel.connect_authority},
                     )
                 ],
             }
@@ -407,15 +392,56 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
         result.append(static_cluster(_inbound_cluster(port), plan.pod.ip, port))
     identities = {t.endpoint_ip: t.identity for t in plan.tunnels}
     for ip, identity in sorted(identities.items()):
-        tls = {
+        result.append(hbone_cluster(_hbone_cluster(ip), ip, identity, paths))
+    return copy.deepcopy(result)
+
+
+def hbone_server_tls(
+    paths: SidecarPaths,
+    require_client_certificate: bool = True,
+    min_tls: str = HBONE_TLS_VERSION,
+) -> dict[str, Any]:
+    """HBONE's server side (15008): the workload certificate, TLS 1.3, ALPN ``h2``, a client
+    certificate of the mesh's trust domain (ztunnel's ``TrustDomainVerifier``, src/tls/
+    workload.rs; a waypoint's ``connect_terminate`` listener the same, ``RequireClientCertificate``,
+    pilot/pkg/networking/core/listener_waypoint.go)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS_TYPE,
+            "require_client_certificate": require_client_certificate,
+            "common_tls_context": {
+                "tls_params": _tls_params(min_tls),
+                "alpn_protocols": [HBONE_ALPN],
+                "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [
+                            {
+                                "san_type": "URI",
+                                "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"},
+                            }
+                        ]
+                    },
+                    "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+                },
+            },
+        },
+    }
+
+
+def hbone_client_tls(paths: SidecarPaths, identity: str) -> dict[str, Any]:
+    """HBONE's client side: TLS 1.3, ALPN ``h2``, no SNI, the workload certificate, the
+    server's SPIFFE ID verified exactly (ztunnel's ``IdentityVerifier``, src/tls/workload.rs)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
             "@type": UPSTREAM_TLS_TYPE,
             "common_tls_context": {
                 "tls_params": _tls_params(),
                 "alpn_protocols": [HBONE_ALPN],
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
                 "combined_validation_context": {
-                    # ztunnel's IdentityVerifier (src/tls/workload.rs): the server's SPIFFE
-                    # ID must be the destination workload's
                     "default_validation_context": {
                         "match_typed_subject_alt_names": [
                             {"san_type": "URI", "matcher": {"exact": identity}}
@@ -424,19 +450,26 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
                     "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
                 },
             },
-        }
-        result.append(
-            static_cluster(
-                _hbone_cluster(ip),
-                ip,
-                HBONE_PORT,
-                transport_socket={"name": "envoy.transport_sockets.tls", "typed_config": tls},
-                typed_extension_protocol_options={
-                    HTTP_PROTOCOL_OPTIONS: {
-                        "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    }
-                },
-            )
-        )
-    return copy.deepcopy(result)
+        },
+    }
+
+
+def hbone_cluster(name: str, ip: str, identity: str, paths: SidecarPaths) -> dict[str, Any]:
+    """An HTTP/2 cluster to ``ip``:15008 over HBONE's client TLS, for CONNECT tunnels."""
+    return static_cluster(
+        name,
+        ip,
+        HBONE_PORT,
+        transport_socket=hbone_client_tls(paths, identity),
+        typed_extension_protocol_options={
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    )
+
+
+def access_log(paths: SidecarPaths) -> list[dict[str, Any]]:
+    """The pod's access log, as every listener and TCP proxy of the local mesh writes it."""
+    return _access_log(paths)

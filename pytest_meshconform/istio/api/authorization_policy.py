@@ -10,8 +10,13 @@ empty values, IPs and CIDRs valid [``security.ValidateIPs``], ports decimal 0..6
 policy needs ``rules``; the ``istio.io/dry-run`` annotation must parse as Go's
 ``strconv.ParseBool`` (istiod logs and ignores a bad one; refused here).
 
-Refused by name, since meshconform does not model them: AUDIT, CUSTOM, ``provider``,
-``targetRef(s)``, JWT and service-account fields, ``remoteIpBlocks`` and path templates.
+``targetRefs`` (and the older single ``targetRef``) bind a policy to a waypoint: the kinds
+istiod accepts (``validatePolicyTargetReference``: Service, ServiceEntry, Gateway,
+GatewayClass, no ``namespace``), never together with a ``selector``
+(``validateOneOfSelectorType``). What they bind to is :mod:`pytest_meshconform.istio.waypoint`.
+
+Refused by name, since meshconform does not model them: AUDIT, CUSTOM, ``provider``, JWT and
+service-account fields, ``remoteIpBlocks`` and path templates.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ __all__ = [
     "AuthzOperation",
     "AuthzRule",
     "AuthzSource",
+    "PolicyTargetRef",
     "authorization_policy",
     "parse_authorization_policy",
 ]
@@ -83,6 +89,38 @@ DRY_RUN_ANNOTATION: Final = "istio.io/dry-run"
 # strconv.ParseBool, which istiod's isDryRun (pilot/pkg/security/authz/builder) uses.
 _GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTargetRef:
+    """``targetRefs[]`` (``istio.type.v1beta1.PolicyTargetReference``): what a policy binds to
+    instead of selecting workloads. ``group`` is as written (``""`` is the core group)."""
+
+    kind: str
+    name: str
+    group: str = ""
+
+    @property
+    def canonical_group(self) -> str:
+        """``config.CanonicalGroup``: the core group is ``core``."""
+        return self.group or "core"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"group": self.group, "kind": self.kind, "name": self.name}
+
+
+# validation.go ``allowedTargetRefs``: (canonical group, kind), and how istiod prints the list
+# (``%v`` of its GroupVersionKinds: CanonicalGroup/Version/Kind)
+_TARGET_REF_KINDS: Final = (
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+)
+_TARGET_REF_KINDS_TEXT: Final = (
+    "[core/v1/Service networking.istio.io/v1/ServiceEntry gateway.networking.k8s.io/v1/Gateway"
+    " gateway.networking.k8s.io/v1/GatewayClass]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +213,10 @@ class AuthorizationPolicy:
     creation_timestamp: datetime | None = None
     labels: Mapping[str, str] = field(default_factory=empty_map, hash=False)
     annotations: Mapping[str, str] = field(default_factory=empty_map, hash=False)
+    # ``targetRefs`` (or the older ``targetRef``, kept apart to write it back as given): a
+    # policy with either binds to waypoints only (``model.GetTargetRefs``)
+    target_refs: tuple[PolicyTargetRef, ...] = ()
+    legacy_target_ref: bool = False
 
     def __post_init__(self) -> None:
         freeze_maps(self, "selector", "labels", "annotations")
@@ -189,6 +231,10 @@ class AuthorizationPolicy:
         spec: dict[str, Any] = {}
         if self.selector is not None:
             spec["selector"] = {"matchLabels": dict(self.selector)}
+        if self.legacy_target_ref and self.target_refs:
+            spec["targetRef"] = self.target_refs[0].to_manifest()
+        elif self.target_refs:
+            spec["targetRefs"] = [ref.to_manifest() for ref in self.target_refs]
         spec["action"] = self.action.value
         if self.rules:
             spec["rules"] = [rule.to_manifest() for rule in self.rules]
@@ -220,8 +266,8 @@ def _authz_fields(obj: object, keys: Mapping[str, str]) -> dict[str, Any]:
 
 
 # Fields Istio accepts that this project does not model (JWT, remote IPs, service accounts,
-# CUSTOM providers, targetRefs): refused by name rather than silently ignored.
-_AUTHZ_UNSUPPORTED_SPEC: Final = ("provider", "targetRef", "targetRefs")
+# CUSTOM providers): refused by name rather than silently ignored.
+_AUTHZ_UNSUPPORTED_SPEC: Final = ("provider",)
 _AUTHZ_UNSUPPORTED_SOURCE: Final = (
     "requestPrincipals",
     "notRequestPrincipals",
@@ -257,11 +303,13 @@ def _parse_spec(spec: Mapping[str, Any], api_version: str, meta: Meta) -> Author
     modelled here; the rest of the API is refused by name."""
     for key in _AUTHZ_UNSUPPORTED_SPEC:
         if spec.get(key) is not None:
-            raise FieldError(
-                f"spec.{key}", "is not supported by meshconform (CUSTOM providers and targetRefs)"
-            )
-    check_keys(spec, {"selector", "action", "rules"}, "spec")
+            raise FieldError(f"spec.{key}", "is not supported by meshconform (CUSTOM providers)")
+    check_keys(spec, {"selector", "targetRef", "targetRefs", "action", "rules"}, "spec")
     selector = parse_selector(spec, "selector", "spec")
+    target_refs, legacy = _parse_target_refs(spec)
+    given = (selector, spec.get("targetRef"), spec.get("targetRefs") or None)
+    if sum(part is not None for part in given) > 1:  # validateOneOfSelectorType
+        raise FieldError("spec", "only one of targetRefs or workloadSelector can be set")
     raw_action = spec.get("action")
     if raw_action is None:
         action = AuthzAction.ALLOW
@@ -301,7 +349,45 @@ def _parse_spec(spec: Mapping[str, Any], api_version: str, meta: Meta) -> Author
         creation_timestamp=meta.creation_timestamp,
         labels=meta.labels,
         annotations=meta.annotations,
+        target_refs=target_refs,
+        legacy_target_ref=legacy,
     )
+
+
+def _parse_target_refs(spec: Mapping[str, Any]) -> tuple[tuple[PolicyTargetRef, ...], bool]:
+    """``targetRefs``, else ``targetRef`` (``model.GetTargetRefs``), each checked as
+    ``validatePolicyTargetReference`` checks it; True when the older ``targetRef`` was used."""
+    refs = [
+        _parse_target_ref(item, f"spec.targetRefs[{index}]")
+        for index, item in enumerate(optional_list(spec, "targetRefs", "spec"))
+    ]
+    single = spec.get("targetRef")
+    if single is not None:
+        ref = _parse_target_ref(single, "spec.targetRef")
+        if not refs:
+            return (ref,), True
+    return tuple(refs), False
+
+
+def _parse_target_ref(value: object, path: str) -> PolicyTargetRef:
+    ref = mapping(value, path)
+    check_keys(ref, {"group", "kind", "name", "namespace"}, path)
+    group = string(ref.get("group", ""), f"{path}.group")
+    kind = string(ref.get("kind", ""), f"{path}.kind")
+    name = string(ref.get("name", ""), f"{path}.name")
+    if not name:
+        raise FieldError(path, "targetRef name must be set")
+    if ref.get("namespace"):
+        raise FieldError(
+            f"{path}.namespace",
+            "targetRef namespace must not be set; cross namespace referencing is not supported",
+        )
+    target = PolicyTargetRef(kind, name, group)
+    if (target.canonical_group, kind) not in _TARGET_REF_KINDS:
+        raise FieldError(
+            path, f"targetRef must be to one of {_TARGET_REF_KINDS_TEXT} but was {group}/{kind}"
+        )
+    return target
 
 
 def _parse_authz_rule(value: object, path: str) -> AuthzRule:
@@ -445,6 +531,7 @@ def authorization_policy(
     rules: Iterable[Mapping[str, Any]] | None = None,
     selector: Mapping[str, str] | None = None,
     *,
+    target_refs: Iterable[Mapping[str, str]] | None = None,
     dry_run: bool = False,
     api_version: str = AUTHORIZATION_POLICY_API_VERSIONS[0],
 ) -> dict[str, Any]:
@@ -452,13 +539,17 @@ def authorization_policy(
 
     ``rules`` are written as the API has them (``[{"from": [{"source": {"principals":
     [...]}}]}]``; ``[{}]`` matches everything, ``None`` writes no rules: an ALLOW policy that
-    allows nothing). ``selector`` becomes ``selector.matchLabels``; ``dry_run`` sets the
-    ``istio.io/dry-run`` annotation.
+    allows nothing). ``selector`` becomes ``selector.matchLabels``; ``target_refs`` the
+    ``targetRefs`` that bind the policy to a waypoint (``[{"kind": "Service", "group": "",
+    "name": "httpbin"}]``, or ``kind: Gateway``, ``group: gateway.networking.k8s.io``);
+    ``dry_run`` sets the ``istio.io/dry-run`` annotation.
     """
     __tracebackhide__ = True  # a bad policy points at the suite's line
     spec: dict[str, Any] = {"action": enum_text(action)}
     if selector is not None:
         spec["selector"] = {"matchLabels": dict(selector)}
+    if target_refs is not None:
+        spec["targetRefs"] = [dict(ref) for ref in target_refs]
     if rules is not None:
         spec["rules"] = [dict(rule) for rule in rules]
     metadata: dict[str, Any] = {"name": name}

@@ -1,0 +1,296 @@
+"""Waypoints, as istiod and ztunnel decide them (pure): which Services and workloads use one,
+which AuthorizationPolicies bind to it, and the RBAC filters istiod builds for it.
+
+Each function names the istiod or ztunnel function it reproduces (istio/istio and
+istio/ztunnel at the commits docs/istio-model.md names):
+
+- A waypoint is a Gateway of class ``istio-waypoint``; its traffic type is its
+  ``istio.io/waypoint-for`` label, else ``service`` (``gatewayToWaypointTransform``,
+  pilot/pkg/serviceregistry/ambient/waypoints.go).
+- An object uses the waypoint its own ``istio.io/use-waypoint`` label names (``none`` opts
+  out), else its namespace's; ``istio.io/use-waypoint-namespace`` names another namespace
+  (``GetUseWaypoint``, ``fetchWaypointForTarget``). A Service uses it when the waypoint takes
+  ``service`` or ``all`` traffic (``fetchWaypointForService``), a workload when it takes
+  ``workload`` or ``all`` (``fetchWaypointForWorkload``).
+- ztunnel sends a connection to a Service address through the Service's waypoint, and one to
+  a pod address through the workload's waypoint only (``build_request``,
+  src/proxy/outbound.rs): with the default ``service`` type, traffic to a pod address goes
+  straight to the pod. The HBONE CONNECT to the waypoint carries the original destination as
+  authority and verifies the waypoint's identity.
+- Which AuthorizationPolicies bind to a waypoint: never a selector policy; a ``targetRefs``
+  entry to the waypoint's Gateway (same namespace), to the Service being served (the policy in
+  the Service's namespace), or to the GatewayClass ``istio-waypoint`` from the root namespace
+  (``WorkloadPolicyMatcher.ShouldAttachPolicy`` with ``IsWaypoint``,
+  pilot/pkg/model/policyattachment.go), looked up in the root namespace, the waypoint's and the
+  Service's (``ListAuthorizationPolicies``, pilot/pkg/model/authorization.go). Sidecars and
+  ztunnel ignore ``targetRefs`` policies.
+- What the destination's ztunnel sees: the waypoint's identity (the waypoint originates a new
+  HBONE connection with its own certificate), judged by the destination's ordinary L4 policies;
+  istiod adds no "allow the waypoint" policy unless ``PILOT_AUTO_ALLOW_WAYPOINT_POLICY``
+  (default false: ``implicitWaypointPolicy``, pilot/pkg/serviceregistry/ambient/policies.go).
+- What the app sees: no ``x-forwarded-client-cert``: the waypoint's per-Service HTTP connection
+  manager leaves ``forward_client_cert_details`` unset (Envoy's SANITIZE) unless the Gateway
+  carries ``ambient.istio.io/xfcc-include-client-identity: "true"``
+  (``buildWaypointInboundHTTPFilters``, pilot/pkg/networking/core/listener_waypoint.go).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
+
+from pytest_meshconform.istio.api.authorization_policy import (
+    AuthorizationPolicy,
+    PolicyTargetRef,
+)
+from pytest_meshconform.istio.authorization import (
+    DEFAULT_TRUST_DOMAIN,
+    Authorization,
+    build_authorization,
+)
+from pytest_meshconform.istio.selection import age_key
+from pytest_meshconform.mesh import Service, Waypoint, Workload
+
+__all__ = [
+    "GATEWAY_NAME_LABEL",
+    "TRAFFIC_TYPES",
+    "USE_WAYPOINT_LABEL",
+    "USE_WAYPOINT_NAMESPACE_LABEL",
+    "WAYPOINT_FOR_LABEL",
+    "WAYPOINT_GATEWAY_CLASS",
+    "service_waypoint",
+    "target_ref_problem",
+    "use_waypoint",
+    "waypoint_authorization",
+    "waypoint_for_target",
+    "waypoint_gateway",
+    "waypoint_policies",
+    "waypoint_workload",
+    "workload_waypoint",
+]
+
+# constants.WaypointGatewayClassName; label.IoIstioUseWaypoint, IoIstioUseWaypointNamespace,
+# IoIstioWaypointFor, IoK8sNetworkingGatewayGatewayName (istio.io/api)
+WAYPOINT_GATEWAY_CLASS: Final = "istio-waypoint"
+USE_WAYPOINT_LABEL: Final = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE_LABEL: Final = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR_LABEL: Final = "istio.io/waypoint-for"
+GATEWAY_NAME_LABEL: Final = "gateway.networking.k8s.io/gateway-name"
+# constants.ServiceTraffic, WorkloadTraffic, AllTraffic, NoTraffic
+TRAFFIC_TYPES: Final = ("service", "workload", "all", "none")
+_GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
+# the Gateway's HBONE listener as istioctl waypoint apply writes it (istioctl/pkg/waypoint)
+WAYPOINT_LISTENER: Final = {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+
+
+def waypoint_gateway(waypoint: Waypoint) -> dict[str, object]:
+    """The Gateway ``istioctl waypoint apply`` writes (``makeGateway``, istioctl/pkg/waypoint/
+    waypoint.go): class ``istio-waypoint``, listener ``mesh`` on 15008 speaking HBONE, and the
+    ``istio.io/waypoint-for`` label only when a traffic type was asked for."""
+    metadata: dict[str, object] = {"name": waypoint.name, "namespace": waypoint.namespace}
+    if waypoint.traffic_type != "service":
+        metadata["labels"] = {WAYPOINT_FOR_LABEL: waypoint.traffic_type}
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": metadata,
+        "spec": {"gatewayClassName": WAYPOINT_GATEWAY_CLASS, "listeners": [WAYPOINT_LISTENER]},
+    }
+
+
+def use_waypoint(
+    labels: Mapping[str, str], default_namespace: str
+) -> tuple[tuple[str, str] | None, bool]:
+    """``GetUseWaypoint``: the (namespace, name) an object's ``istio.io/use-waypoint`` label
+    names, and whether it opts out (``none``)."""
+    name = labels.get(USE_WAYPOINT_LABEL)
+    if name is None:
+        return None, False
+    if name == "none":
+        return None, True
+    return (labels.get(USE_WAYPOINT_NAMESPACE_LABEL, default_namespace), name), False
+
+
+def waypoint_for_target(
+    labels: Mapping[str, str],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    waypoints: Iterable[Waypoint],
+) -> Waypoint | None:
+    """``fetchWaypointForTarget``: the waypoint an object's own label names, else its
+    namespace's; None when neither names one, the object opts out, or the named waypoint does
+    not exist (istiod reports it "not ready")."""
+    known = {(w.namespace, w.name): w for w in waypoints}
+    named, opted_out = use_waypoint(labels, namespace)
+    if opted_out:
+        return None
+    if named is None:
+        named, _ = use_waypoint(namespace_labels, namespace)
+    return known.get(named) if named is not None else None
+
+
+def service_waypoint(
+    service_labels: Mapping[str, str],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    waypoints: Iterable[Waypoint],
+) -> Waypoint | None:
+    """``fetchWaypointForService``: the target's waypoint when it takes Service traffic
+    (``service`` or ``all``); a waypoint's own Service never has one."""
+    if service_labels.get("gateway.istio.io/managed") == "istio.io-mesh-controller":
+        return None
+    found = waypoint_for_target(service_labels, namespace, namespace_labels, waypoints)
+    if found is None or found.traffic_type not in ("service", "all"):
+        return None
+    return found
+
+
+def workload_waypoint(
+    pod_labels: Mapping[str, str],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    waypoints: Iterable[Waypoint],
+) -> Waypoint | None:
+    """``fetchWaypointForWorkload``: the target's waypoint when it takes workload traffic
+    (``workload`` or ``all``)."""
+    found = waypoint_for_target(pod_labels, namespace, namespace_labels, waypoints)
+    if found is None or found.traffic_type not in ("workload", "all"):
+        return None
+    return found
+
+
+def waypoint_workload(waypoint: Waypoint) -> Workload:
+    """The waypoint's pod as a workload: labelled with its Gateway's name (the label
+    ``ShouldAttachPolicy`` reads), under the Gateway's service account."""
+    return Workload(
+        name=waypoint.name,
+        namespace=waypoint.namespace,
+        app=waypoint.name,
+        service_account=waypoint.service_account,
+        has_sidecar=False,
+        labels={GATEWAY_NAME_LABEL: waypoint.name},
+    )
+
+
+def _matches(ref: PolicyTargetRef, group: str, kind: str) -> bool:
+    """``matchesGroupKind``: canonical group and kind."""
+    return ref.canonical_group == (group or "core") and ref.kind == kind
+
+
+def _attaches(
+    policy: AuthorizationPolicy,
+    waypoint: Waypoint,
+    service: Service | None,
+    root_namespace: str,
+) -> bool:
+    """``ShouldAttachPolicy`` for a waypoint (``IsWaypoint``; its pods carry the
+    ``gateway-name`` label), serving ``service`` (None: the waypoint as a whole)."""
+    if not policy.target_refs:
+        return False  # waypoints never use selector
+    namespace = policy.namespace or "default"
+    for ref in policy.target_refs:
+        if (
+            _matches(ref, "", "Service")
+            and service is not None
+            and ref.name == service.name
+            and namespace == service.namespace
+        ):
+            return True
+        if (
+            namespace == root_namespace
+            and _matches(ref, _GATEWAY_GROUP, "GatewayClass")
+            and ref.name == WAYPOINT_GATEWAY_CLASS
+        ):
+            return True
+        if namespace != waypoint.namespace:
+            continue
+        if _matches(ref, _GATEWAY_GROUP, "Gateway") and ref.name == waypoint.name:
+            return True
+    return False
+
+
+def waypoint_policies(
+    waypoint: Waypoint,
+    service: Service | None,
+    policies: Iterable[object],
+    root_namespace: str = "istio-system",
+) -> tuple[AuthorizationPolicy, ...]:
+    """The AuthorizationPolicies a waypoint enforces on ``service``'s traffic, in istiod's
+    order (``ListAuthorizationPolicies`` over the root namespace, the waypoint's and the
+    Service's, ``sortConfigByCreationTime``)."""
+    namespaces = {root_namespace, waypoint.namespace}
+    if service is not None:
+        namespaces.add(service.namespace)
+    chosen = [
+        p
+        for p in policies
+        if isinstance(p, AuthorizationPolicy)
+        and (p.namespace or "default") in namespaces
+        and _attaches(p, waypoint, service, root_namespace)
+    ]
+    chosen.sort(key=lambda p: age_key(p, p.namespace or "default"))
+    return tuple(chosen)
+
+
+def waypoint_authorization(
+    waypoint: Waypoint,
+    service: Service,
+    policies: Iterable[object],
+    *,
+    root_namespace: str = "istio-system",
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> Authorization:
+    """The RBAC filters of the waypoint's chain for ``service`` (``buildWaypointHTTPFilters``:
+    ``NewBuilderForService(authz.Local, ..., true, svc)``, peer identities from the filter
+    state)."""
+    applying = waypoint_policies(waypoint, service, policies, root_namespace)
+    return build_authorization(
+        waypoint_workload(waypoint), applying, trust_domain=trust_domain, use_filter_state=True
+    )
+
+
+def target_ref_problem(
+    policy: AuthorizationPolicy,
+    waypoints: Sequence[Waypoint],
+    services: Sequence[Service],
+    service_waypoint_of: Callable[[Service], Waypoint | None],
+    root_namespace: str,
+) -> str | None:
+    """Why a ``targetRefs`` policy binds to no waypoint, or None when some entry is bound:
+    istiod's ``WaypointPolicyStatus`` reasons (``WaypointPolicyStatusCollection``,
+    pilot/pkg/serviceregistry/ambient/policies.go): a Gateway that is no waypoint, a Service
+    that does not exist ("Service <ns>/<name> was not found") or is not bound to a waypoint
+    ("Service <ns>/<name> is not bound to a waypoint"), a GatewayClass reference outside the
+    root namespace."""
+    namespace = policy.namespace or "default"
+    problems = []
+    for ref in policy.target_refs:
+        key = f"{namespace}/{ref.name}"
+        if _matches(ref, _GATEWAY_GROUP, "Gateway"):
+            if any(w.key == key for w in waypoints):
+                return None
+            known = ", ".join(w.key for w in waypoints) or "none"
+            problems.append(f"Gateway {key} is not a waypoint (waypoints: {known})")
+        elif _matches(ref, "", "Service"):
+            found = [s for s in services if s.namespace == namespace and s.name == ref.name]
+            if not found:
+                problems.append(f"Service {key} was not found")
+            elif any(service_waypoint_of(s) is not None for s in found):
+                return None
+            else:
+                problems.append(f"Service {key} is not bound to a waypoint")
+        elif _matches(ref, _GATEWAY_GROUP, "GatewayClass"):
+            if namespace != root_namespace:
+                problems.append(
+                    "AuthorizationPolicy must be in the root namespace"
+                    f" `{root_namespace}` when referencing a GatewayClass"
+                )
+            elif ref.name != WAYPOINT_GATEWAY_CLASS:
+                problems.append(f"GatewayClass {ref.name} is not {WAYPOINT_GATEWAY_CLASS}")
+            elif waypoints:
+                return None
+            else:
+                problems.append("the mesh has no waypoint")
+        else:
+            problems.append(f"{ref.kind} {key}: no such object in this mesh")
+    return "; ".join(problems) if problems else None

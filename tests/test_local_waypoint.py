@@ -1,0 +1,180 @@
+"""The local mesh's waypoints without running them (issue 20): the topology's `waypoint:` key
+and its errors, where each ambient pod's ztunnel sends Service traffic, and the plan and
+config of the waypoint's Envoy. The live tests are tests/test_waypoint_live.py.
+
+Expected values: ztunnel's ``build_request`` (src/proxy/outbound.rs: to the Service's
+waypoint, the original destination as CONNECT authority, the waypoint's identity verified),
+istioctl's reserved name ``none`` (istioctl/pkg/waypoint/waypoint.go), istiod's waypoint
+listener names (``connect_terminate``, ``main_internal``, pilot/pkg/networking/core) and its
+filter state key ``io.istio.peer_principal`` (pilot/pkg/xds/filters/filters.go).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_meshconform import authorization_policy
+from pytest_meshconform.backends.local.control import Faults, plan_waypoints, plan_ztunnels
+from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
+from pytest_meshconform.backends.local.waypoint import waypoint_clusters, waypoint_listeners
+from pytest_meshconform.backends.local.xds import SidecarPaths
+from pytest_meshconform.istio.api import parse_policy
+
+TOPOLOGY = """\
+namespaces:
+  - name: clinic
+    dataplane: ambient
+    waypoint: checkpoint
+    workloads:
+      - {name: reception, kind: sleep}
+      - {name: records, kind: httpbin, ports: [8080]}
+    services:
+      - {name: records, selector: {app: records}, ports: [{name: http, port: 80, targetPort: 8080}]}
+  - name: plain
+    dataplane: ambient
+    workloads:
+      - {name: api, kind: httpbin}
+    services:
+      - {name: api, selector: {app: api}, ports: [{name: http, port: 8000, targetPort: 8080}]}
+"""
+WAYPOINT_ID = "spiffe://cluster.local/ns/clinic/sa/checkpoint"
+
+
+def _topology() -> Any:
+    return parse_topology(TOPOLOGY)
+
+
+def test_a_namespace_waypoint_is_a_pod_after_the_workloads() -> None:
+    topology = _topology()
+    (entry,) = topology.waypoints
+    assert (entry.waypoint.name, entry.waypoint.namespace) == ("checkpoint", "clinic")
+    assert entry.pod.ip == "10.244.0.13"  # after the three workloads' pods
+    assert entry.pod.workload.service_account == "checkpoint"
+    assert not entry.pod.workload.ambient and not entry.pod.workload.has_sidecar
+    assert [p.workload.key for p in topology.pods] == [
+        "reception.clinic",
+        "records.clinic",
+        "api.plain",
+    ]
+    records, api = (e.service for e in topology.services)
+    assert topology.service_waypoint(records) == entry
+    assert topology.service_waypoint(api) is None
+    assert topology.namespace_labels("clinic") == {"istio.io/use-waypoint": "checkpoint"}
+
+
+@pytest.mark.parametrize(
+    ("namespace", "message"),
+    [
+        (
+            "{name: a, dataplane: sidecar, waypoint: wp}",
+            "t.yaml:2: namespaces[0].waypoint: namespace a has dataplane: sidecar; a waypoint"
+            " serves ambient workloads only",
+        ),
+        (
+            "{name: a, dataplane: ambient, waypoint: none}",
+            "namespaces[0].waypoint: invalid name provided for waypoint, 'none' is a reserved"
+            " value",
+        ),
+        (
+            "{name: a, dataplane: ambient, waypoint: wp, workloads: [{name: wp, kind: sleep}]}",
+            "namespaces[0].waypoint: workload 'wp' has the waypoint's name",
+        ),
+        ("{name: a, dataplane: ambient, waypoint: Bad_Name}", "is not a DNS label"),
+    ],
+)
+def test_waypoint_errors_name_the_field_and_the_fix(namespace: str, message: str) -> None:
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(f"namespaces:\n  - {namespace}\n", "t.yaml")
+    assert message in str(caught.value)
+
+
+def test_service_traffic_tunnels_to_the_waypoint_with_the_service_address_as_authority() -> None:
+    plans = plan_ztunnels(_topology(), [], "istio-system")
+    tunnels = {(t.address, t.port): t for t in plans["reception.clinic"].tunnels}
+    via = tunnels[("10.96.0.10", 80)]
+    assert (via.endpoint_ip, via.connect_authority, via.identity) == (
+        "10.244.0.13",
+        "10.96.0.10:80",
+        WAYPOINT_ID,
+    )
+    # pod-addressed traffic and Services without a waypoint go to the pod
+    direct = tunnels[("10.244.0.11", 8080)]
+    assert (direct.endpoint_ip, direct.connect_authority) == ("10.244.0.11", "10.244.0.11:8080")
+    api = tunnels[("10.96.0.11", 8000)]
+    assert (api.endpoint_ip, api.connect_authority) == ("10.244.0.12", "10.244.0.12:8080")
+
+
+def test_the_destination_ztunnel_judges_the_waypoints_identity() -> None:
+    only_waypoint = parse_policy(
+        authorization_policy(
+            "records-l4",
+            "clinic",
+            "ALLOW",
+            [{"from": [{"source": {"principals": ["cluster.local/ns/clinic/sa/checkpoint"]}}]}],
+            selector={"app": "records"},
+        )
+    )
+    plans = plan_ztunnels(_topology(), [only_waypoint], "istio-system")
+    assert plans["records.clinic"].hbone_peers[8080] == (("10.244.0.13", WAYPOINT_ID),)
+
+
+def test_the_waypoint_serves_its_services_with_the_bound_policies(tmp_path: Path) -> None:
+    viewer = parse_policy(
+        authorization_policy(
+            "viewer",
+            "clinic",
+            "ALLOW",
+            [{"from": [{"source": {"principals": ["cluster.local/ns/clinic/sa/reception"]}}]}],
+            target_refs=[{"kind": "Service", "group": "", "name": "records"}],
+        )
+    )
+    plan = plan_waypoints(_topology(), [viewer], "istio-system")["checkpoint.clinic"]
+    (route,) = plan.routes
+    assert (route.address, route.port, route.endpoint_ip, route.target_port) == (
+        "10.96.0.10",
+        80,
+        "10.244.0.11",
+        8080,
+    )
+    assert route.cluster == "inbound-vip|80|http|records.clinic.svc.cluster.local"
+    (rbac,) = route.rbac
+    rules = rbac["typed_config"]["rules"]["policies"]["ns[clinic]-policy[viewer]-rule[0]"]
+    assert rules["principals"][0]["and_ids"]["ids"][0]["or_ids"]["ids"] == [
+        {
+            "filter_state": {
+                "key": "io.istio.peer_principal",
+                "string_match": {"exact": "spiffe://cluster.local/ns/clinic/sa/reception"},
+            }
+        }
+    ]
+    paths = SidecarPaths(tmp_path)
+    listeners = {item["name"]: item for item in waypoint_listeners(plan, paths)}
+    assert set(listeners) == {
+        "connect_terminate",
+        "main_internal",
+        "connect_originate|10.244.0.11:8080",
+    }
+    terminate = listeners["connect_terminate"]
+    assert terminate["address"]["socket_address"]["port_value"] == 15008
+    states = terminate["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0][
+        "typed_config"
+    ]["on_request_headers"]
+    assert {
+        s["object_key"]: s["format_string"]["text_format_source"]["inline_string"] for s in states
+    }["io.istio.peer_principal"] == "%DOWNSTREAM_PEER_URI_SAN%"
+    originate = listeners["connect_originate|10.244.0.11:8080"]["filter_chains"][0]["filters"][0]
+    assert originate["typed_config"]["tunneling_config"] == {"hostname": "10.244.0.11:8080"}
+    clusters = {c["name"]: c for c in waypoint_clusters(plan, paths)}
+    san = clusters["hbone|10.244.0.11"]["transport_socket"]["typed_config"]["common_tls_context"][
+        "combined_validation_context"
+    ]["default_validation_context"]["match_typed_subject_alt_names"]
+    assert san == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/clinic/sa/records"}}
+    ]
+    broken = plan_waypoints(
+        _topology(), [viewer], "istio-system", Faults(waypoint_ignores_l7=True)
+    )["checkpoint.clinic"]
+    assert broken.routes[0].rbac == ()
