@@ -291,7 +291,7 @@ BAD_FILES = [
     (
         "namespaces:\n  - name: foo\n    injected: true\n    workload: []\n",
         ":4: namespaces[0].workload: unknown field; known fields: name, dataplane, injected,"
-        " workloads, services",
+        " waypoint, workloads, services",
     ),
     (
         "namespaces:\n  - name: Foo\n    injected: true\n",
