@@ -476,6 +476,10 @@ def pod_json(
     ephemeral: list[tuple[str, str]] | None = None,
     proxy_image: str = PROXY_IMAGE,
     hbone: bool = False,
+    pod_ip: str = "10.244.0.17",
+    node_name: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """A pod as the API returns it once scheduled: the app container, istio-proxy when
     injected, status Running/Ready (or waiting with ``waiting_reason``). ``hbone``: injected
@@ -528,12 +532,19 @@ def pod_json(
     pod = k8s.V1Pod(
         api_version="v1",
         kind="Pod",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app": app, **labels}),
-        spec=k8s.V1PodSpec(containers=containers),
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            namespace=namespace,
+            labels={"app": app, **labels},
+            annotations=dict(annotations) if annotations else None,
+        ),
+        spec=k8s.V1PodSpec(
+            containers=containers, node_name=node_name, service_account_name=service_account
+        ),
         status=k8s.V1PodStatus(
             phase="Running" if not waiting_reason else "Pending",
             host_ip=HOST_IP,
-            pod_ip="10.244.0.17",
+            pod_ip=pod_ip,
             conditions=[k8s.V1PodCondition(type="Ready", status="True" if is_ready else "False")],
             container_statuses=statuses,
             ephemeral_container_statuses=ephemeral_statuses or None,
@@ -718,7 +729,14 @@ class FakeCluster:
     # "native" / "classic": injected pods as Istio's injector writes them (injected_pod_json;
     # needs ../shared/testdata/istio-inject); None: pod_json's classic pods
     injector_form: str | None = None
+    # ambient: pods of namespaces labelled istio.io/dataplane-mode=ambient are enrolled by
+    # istio-cni (its ambient.istio.io/redirection mark) unless ``cni`` is False; they run on
+    # ``node`` with addresses of their own (10.244.7.N); ``ztunnel`` adds a ztunnel pod there
+    cni: bool = True
+    ztunnel: bool = False
+    node: str = "istio-testing-control-plane"  # the node of the real 1.23 ztunnel dump
     _version: int = 100
+    _ambient_ips: int = 0
 
     def _check(self, operation: str) -> None:
         from pytest_meshconform.backends.kube.client import KubeApiError
@@ -747,6 +765,17 @@ class FakeCluster:
                 )
             ],
         )
+        if self.ztunnel:  # Istio's ztunnel DaemonSet: one pod per node, labelled app=ztunnel
+            self.pods[self.istio_namespace].append(
+                pod_json(
+                    "ztunnel-x7k2p",
+                    self.istio_namespace,
+                    "ztunnel",
+                    sidecar=False,
+                    node_name=self.node,
+                    pod_ip="10.244.0.5",
+                )
+            )
         if not self.served:
             self.served = {
                 ("security.istio.io", "PeerAuthentication"): ["v1", "v1beta1"],
@@ -795,6 +824,11 @@ class FakeCluster:
             and all(holds(e) for e in selector.get("matchExpressions") or [])
             for selector in selectors
         )
+
+    def ambient(self, namespace: str) -> bool:
+        """Whether the namespace is labelled for ambient (istio-cni's enablement selector)."""
+        labels = (self.namespaces.get(namespace) or {}).get("metadata", {}).get("labels", {})
+        return labels.get("istio.io/dataplane-mode") == "ambient"
 
     def injected(self, namespace: str) -> bool:
         """Whether Istio's injector webhooks select a namespace (mutatingwebhook.yaml): the
@@ -872,6 +906,21 @@ class FakeCluster:
                     ready=ready,
                     proxy_image=self.proxy_image,
                     hbone=self.hbone_pods,
+                )
+            )
+        elif self.ambient(namespace) and not injected:
+            self._ambient_ips += 1
+            pods.append(
+                pod_json(
+                    name,
+                    namespace,
+                    app,
+                    sidecar=False,
+                    waiting_reason=self.pod_waiting.get(app),
+                    pod_ip=f"10.244.7.{self._ambient_ips}",
+                    node_name=self.node,
+                    annotations={"ambient.istio.io/redirection": "enabled"} if self.cni else None,
+                    service_account=app,
                 )
             )
         else:
@@ -988,6 +1037,12 @@ class FakeCluster:
 
     def list_events(self, namespace: str) -> list[dict[str, Any]]:
         return []
+
+    def port_forward_get(
+        self, namespace: str, pod: str, port: int, path: str, *, timeout: float = 30.0
+    ) -> bytes:
+        self._check("port-forward")
+        return bytes(self.exec_api.port_forward_get(namespace, pod, port, path, timeout=timeout))
 
     def open_exec(
         self, namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False

@@ -16,7 +16,7 @@ from kube_fakes import FakeApiServer, FakeCluster, FakeIstio, kubeconfig_text
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
-from pytest_meshconform.backends.kube.topology import RunNamespaces
+from pytest_meshconform.backends.kube.topology import Dataplane, RunNamespaces
 
 RUN = "1a2b3c"
 FOO, BAR, LEGACY = (f"mc-{RUN}-{ns}" for ns in ("foo", "bar", "legacy"))
@@ -38,6 +38,7 @@ class World:
         keep: bool = False,
         cert_ttl: timedelta = timedelta(seconds=40),
         artifacts: Path | None = None,
+        dataplane: Dataplane = "sidecar",
         **options: Any,
     ) -> KubeMesh:
         return KubeMesh(
@@ -55,6 +56,7 @@ class World:
             progress=self.messages.append,
             run_dir=self.tmp_path / "run",
             artifacts=artifacts,
+            dataplane=dataplane,
         )
 
     def exec_commands(self, container: str) -> list[list[str]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kube_fakes import DATA_DIR, FakeApiServer, FakeCluster, FakeIstio, kubeconfig_text
+from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApi
@@ -160,10 +161,48 @@ def test_a_whole_run_needs_exactly_the_listed_permissions(
     listed = {p.key for p in RUN_PERMISSIONS}
     # what a run does only when something goes wrong: events are read when pods are not ready
     unexercised = {("list", "", "events", "run")}
-    assert recorder.needed == listed - unexercised
+    ambient = {p.key for p in RUN_PERMISSIONS if p.ambient}  # the next test's
+    assert recorder.needed == listed - unexercised - ambient
     assert {p.key for p in RUN_PERMISSIONS if p.verb == "list" and p.resource == "events"} == (
         unexercised
     )
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+def test_an_ambient_run_needs_the_ambient_permissions_too(tmp_path: Path) -> None:
+    """With ambient namespaces a run also lists the ztunnel pods and reads each one's
+    config_dump by port-forward in istiod's namespace: the entries marked ``ambient``."""
+    cluster = FakeCluster(ztunnel=True)
+    with FakeApiServer(exec_handler=FakeIstio(cluster)) as server:
+        server.port_forward_handler = FakeZtunnel(cluster)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
+        recorder = Recorder(cluster, RunNamespaces(RUN))
+        mesh = KubeMesh(
+            recorder,
+            backend="existing",
+            options=KubeOptions(
+                ready_timeout=timedelta(seconds=5), propagation_timeout=timedelta(seconds=1)
+            ),
+            cert_ttl=timedelta(seconds=40),
+            keep=False,
+            names=recorder.names,
+            run_dir=tmp_path / "run",
+            dataplane="ambient",
+        )
+        mesh.start()
+        try:
+            mesh.apply(policy("PeerAuthentication", FOO, {"mtls": {"mode": "STRICT"}}))
+        finally:
+            mesh.close()
+    ambient = {p.key for p in RUN_PERMISSIONS if p.ambient}
+    assert ambient == {
+        ("list", "", "pods", "istio"),
+        ("get", "", "pods/portforward", "istio"),
+        ("create", "", "pods/portforward", "istio"),
+    }
+    assert ambient <= recorder.needed <= {p.key for p in RUN_PERMISSIONS}
 
 
 def test_every_cluster_call_has_its_permission() -> None:

@@ -52,6 +52,7 @@ from pytest_meshconform.backends.kube.topology import (
     HTTPBIN_PORT,
     INJECTED_NAMESPACES,
     LOGICAL_NAMESPACES,
+    Dataplane,
     LocalizedManifest,
     RunNamespaces,
     TopologyError,
@@ -115,6 +116,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         on_close: Callable[[bool], list[str]] | None = None,
         cluster_name: str | None = None,
         artifacts: Path | None = None,
+        dataplane: Dataplane = "sidecar",
     ) -> None:
         self.api = api
         self.name = cluster_name or api.context  # for reports: kind cluster or kube context
@@ -143,7 +145,8 @@ class KubeMesh(KubeCapture, KubePropagation):
         self._closed = False
         # the cluster's DNS domain, read from a pod at start (Kubernetes' default until then)
         self.dns_domain = DEFAULT_DNS_DOMAIN
-        self._workloads = topology_workloads(self.names)
+        self.dataplane: Dataplane = dataplane  # foo and bar: sidecars, ambient, or one each
+        self._workloads = topology_workloads(self.names, dataplane)
         self._services = topology_services(self.names)
 
     # -- Mesh protocol: identity -------------------------------------------------------------
@@ -250,6 +253,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._read_dns_domain()
             self._check_capture_image()
             self._root_pem = self._read_root_cert()
+            self._wait_ztunnels_hold_the_run()
             self._wait_reachable()
         except BaseException:
             try:

@@ -120,6 +120,7 @@ class RunRequest:
     cert_ttl: timedelta = timedelta(hours=24)
     capture_image: str | None = None
     allow_mesh_wide: bool = False
+    ambient: bool = False  # the run enrols namespaces in ambient (--mesh-dataplane)
     run_id: str = "d0c70r"  # the namespaces asked about (mc-<run id>-foo...)
     owner: str = "meshconform doctor"
 
@@ -726,6 +727,12 @@ def _permission(
     fix = f"grant {permission.rbac_rule()} ({scope}) through {role}"
     if permission.mesh_wide and not request.allow_mesh_wide:
         return Finding("permission", "info", f"{denied}; needed only with --mesh-allow-mesh-wide")
+    if permission.ambient and not request.ambient:
+        return Finding(
+            "permission",
+            "info",
+            f"{denied}; needed only with ambient namespaces (--mesh-dataplane=ambient or both)",
+        )
     if not permission.required:
         return Finding(
             "permission", "warn", denied, f"without it the run skips {permission.why}", fix

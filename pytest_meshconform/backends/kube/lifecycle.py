@@ -27,6 +27,7 @@ from pytest_meshconform.backends.kube.topology import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     OWNER_ANNOTATION,
+    Dataplane,
     RunNamespaces,
     WorkloadImages,
     namespace_manifest,
@@ -35,6 +36,7 @@ from pytest_meshconform.backends.kube.topology import (
     workload_manifests,
 )
 from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.istio.ambient import AMBIENT_REDIRECTION_ANNOTATION
 from pytest_meshconform.istio.discovery import discovery_labels
 from pytest_meshconform.istio.injection import DEFAULT_REVISION, injection_labels
 from pytest_meshconform.mesh import MeshError, Workload
@@ -99,6 +101,9 @@ class ClusterApi(Protocol):
         self, namespace: str, label_selector: str | None = None, timeout: float | None = None
     ) -> list[dict[str, Any]]: ...
     def list_events(self, namespace: str) -> list[dict[str, Any]]: ...
+    def port_forward_get(
+        self, namespace: str, pod: str, port: int, path: str, *, timeout: float = 30.0
+    ) -> bytes: ...
     def open_exec(
         self,
         namespace: str,
@@ -125,6 +130,13 @@ def pod_has_sidecar(pod: Mapping[str, Any]) -> bool:
     names = [c.get("name") for c in (spec.get("containers") or [])]
     names += [c.get("name") for c in (spec.get("initContainers") or [])]
     return PROXY_CONTAINER in names
+
+
+def pod_enrolled_in_ambient(pod: Mapping[str, Any]) -> bool:
+    """istio-cni has enrolled the pod: its ``ambient.istio.io/redirection: enabled`` mark
+    (``annotation.AmbientRedirection``, written once the pod's traffic goes to ztunnel)."""
+    annotations = object_meta(pod).get("annotations") or {}
+    return annotations.get(AMBIENT_REDIRECTION_ANNOTATION) == "enabled"
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -187,6 +199,7 @@ class KubeLifecycle:
     names: RunNamespaces
     owner: str
     cert_ttl: timedelta
+    dataplane: Dataplane
     _backend: Literal["kind", "existing"]
     _progress: Progress
     _workloads: Sequence[Workload]
@@ -208,6 +221,9 @@ class KubeLifecycle:
         def istiod_revisions(self) -> tuple[str, ...]: ...
         @property
         def revision(self) -> str | None: ...
+        @property
+        def trust_domain(self) -> str: ...
+        def pod_ip(self, workload: Workload) -> str: ...
         def envoy_admin(self, workload: Workload, path: str) -> bytes: ...
 
     def _sweep_leftovers(self) -> None:
@@ -319,7 +335,7 @@ class KubeLifecycle:
     def _create_topology(self) -> None:
         images = WorkloadImages(self.options.sleep_image, self.options.httpbin_image)
         manifests = [
-            namespace_manifest(self.names, logical, self.revision, self.owner)
+            namespace_manifest(self.names, logical, self.revision, self.owner, self.dataplane)
             for logical in LOGICAL_NAMESPACES
         ]
         for manifest in manifests:  # every refusal before anything is created
@@ -330,7 +346,9 @@ class KubeLifecycle:
             self.api.create_namespace(manifest)
             self._created_namespaces.append(manifest["metadata"]["name"])
         for logical in LOGICAL_NAMESPACES:
-            for manifest in workload_manifests(self.names, logical, images, self.cert_ttl):
+            for manifest in workload_manifests(
+                self.names, logical, images, self.cert_ttl, self.dataplane
+            ):
                 self.api.apply(manifest)
 
     def _deadline(self, timeout: timedelta | float) -> float:
@@ -361,6 +379,19 @@ class KubeLifecycle:
                 pod = ready[0]
                 if workload.has_sidecar and not pod_has_sidecar(pod):
                     raise MeshError(self._not_injected(pod, workload.namespace))
+                if workload.ambient and pod_has_sidecar(pod):
+                    raise MeshError(
+                        f"pod {object_meta(pod).get('name')} in {workload.namespace} has an"
+                        " istio-proxy sidecar: istio-cni never enrols such a pod in ambient;"
+                        " the namespace must not be selected by an injection webhook"
+                    )
+                if workload.ambient and not pod_enrolled_in_ambient(pod):
+                    pending.append(
+                        f"{workload.key} (not enrolled by istio-cni: no"
+                        f" {AMBIENT_REDIRECTION_ANNOTATION}=enabled; is istio-cni running on"
+                        f" node {(pod.get('spec') or {}).get('nodeName') or '?'}?)"
+                    )
+                    continue
                 self._pods[(workload.namespace, workload.app)] = pod
             if not pending:
                 return True

@@ -15,7 +15,8 @@ verbs ``get``/``list`` for reads, ``create`` for POST, ``patch`` for PATCH, ``up
   pkg/endpoints/handlers/patch.go);
 - exec over a WebSocket is a GET on ``pods/exec`` (verb ``get``); Kubernetes 1.35 also asks for
   ``create`` on it (feature gate ``AuthorizePodWebsocketUpgradeCreatePermission``), as exec
-  over SPDY always did.
+  over SPDY always did; the same holds for a port-forward (``pods/portforward``), how ztunnel's
+  ``/config_dump`` is read in ambient runs.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Permission:
     why: str
     required: bool = True  # False: the run goes on without it (and says what it skips)
     mesh_wide: bool = False  # only with --mesh-allow-mesh-wide
+    ambient: bool = False  # only with ambient namespaces (--mesh-dataplane=ambient or both)
 
     @property
     def resource_name(self) -> str:
@@ -153,6 +155,21 @@ RUN_PERMISSIONS: Final[tuple[Permission, ...]] = (
     ),
     _p("list", "Deployment", "istio", "istiod: its revision, version and MAX_WORKLOAD_CERT_TTL"),
     _p("get", "configmaps", "istio", "istiod's mesh config (istio or istio-<rev>)"),
+    _p("list", "pods", "istio", "the ztunnel of each ambient workload's node", ambient=True),
+    _p(
+        "get",
+        "pods/portforward",
+        "istio",
+        "ztunnel's /config_dump (admin port 15000; its image is distroless: no exec)",
+        ambient=True,
+    ),
+    _p(
+        "create",
+        "pods/portforward",
+        "istio",
+        "ztunnel's /config_dump (Kubernetes 1.35 and later)",
+        ambient=True,
+    ),
     *_policy("PeerAuthentication"),
     *_policy("DestinationRule"),
     *_policy("AuthorizationPolicy"),
@@ -213,6 +230,8 @@ def permission_table() -> list[str]:
             note = " (optional)"
         elif permission.mesh_wide:
             note = " (only with `--mesh-allow-mesh-wide`)"
+        elif permission.ambient:
+            note = " (only with ambient namespaces: `--mesh-dataplane=ambient` or `both`)"
         rows.append(
             f"| {permission.verb} | `{permission.resource_name}` | {permission.scope}"
             f" | {permission.why}{note} |"

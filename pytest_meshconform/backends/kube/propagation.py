@@ -1,5 +1,7 @@
 """Propagation of a policy change: the policies in force, what each sidecar must then do, and
-the wait until every sidecar's own Envoy config (``/config_dump``) has it.
+the wait until every sidecar's own Envoy config (``/config_dump``) has it; for an ambient
+workload, until the ztunnel of its node holds what the model predicts for it (its
+``/config_dump``, read through the API server's port-forward: ``ztunnelstate.py``).
 
 ``KubePropagation`` (a mixin of ``KubeMesh``) reads the PeerAuthentications, DestinationRules
 and AuthorizationPolicies that can affect the run's sidecars, asks the Istio model
@@ -21,6 +23,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
@@ -41,9 +44,22 @@ from pytest_meshconform.backends.kube.lifecycle import (
     object_meta,
 )
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
+from pytest_meshconform.backends.kube.ztunnel import (
+    ZTUNNEL_ADMIN_PORT,
+    ZtunnelPod,
+    ztunnel_on_node,
+    ztunnel_pods,
+)
+from pytest_meshconform.backends.kube.ztunnelstate import (
+    ZtunnelExpectation,
+    ZtunnelService,
+    ztunnel_differences,
+)
 from pytest_meshconform.istio import Authorization, authorization_for
+from pytest_meshconform.istio.ambient import ztunnel_policies
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.istio.envoy import VIRTUAL_INBOUND
+from pytest_meshconform.istio.ztunnel_dump import ZtunnelDumpError, parse_ztunnel_dump
 from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
 from pytest_meshconform.outputs import write_file
 from pytest_meshconform.waiting import WaitTimeout, poll
@@ -87,12 +103,19 @@ class _Expected(NamedTuple):
 
 
 class _Lag(NamedTuple):
-    """Why one sidecar does not have the change yet: each difference, its xDS versions, and
-    the last config dump read from it (None when none could be read)."""
+    """Why one sidecar (or ambient workload) does not have the change yet: each difference,
+    its xDS versions (or the ztunnel read), and the last config dump read from it (None when
+    none could be read), written under ``<key>.<dump_name>.json``."""
 
     differences: tuple[str, ...]
     versions: str
     dump: bytes | None
+    dump_name: str = "config_dump"
+
+
+# what the wait compares per workload: a sidecar's Envoy, or an ambient workload's ztunnel
+_Expectation = _Expected | ZtunnelExpectation
+_ZTUNNEL_DUMP: Final = "ztunnel_config_dump"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,26 +172,31 @@ class KubePropagation(KubeLifecycle):
                     found.append(policy)
         return found, root_known, authz_modelled
 
-    def _expectations(self) -> dict[str, _Expected]:
-        """Per sidecar of the run, what its Envoy must implement under the policies in force:
-        mTLS and clusters (``envoystate``) and the AuthorizationPolicy RBAC filters
-        (``authzstate``), both from the Istio model."""
+    def _expectations(self) -> dict[str, _Expectation]:
+        """Per workload of the run in the mesh, what its proxy must implement under the
+        policies in force: a sidecar's mTLS and clusters (``envoystate``) and RBAC filters
+        (``authzstate``); an ambient workload's ztunnel state (``ztunnelstate``); all from
+        the Istio model."""
         policies, root_known, authz_modelled = self._policies_in_force()
-        expected: dict[str, _Expected] = {}
+        expected: dict[str, _Expectation] = {}
         for workload in self._workloads:
-            if not workload.has_sidecar:
+            if not (workload.has_sidecar or workload.ambient):
                 continue
             labels = object_meta(self._pod(workload)).get("labels") or workload.labels
+            labels = {str(k): str(v) for k, v in labels.items()}
             try:
-                labelled = dataclasses.replace(
-                    workload, labels={str(k): str(v) for k, v in labels.items()}
-                )
+                if workload.ambient:
+                    expected[workload.key] = self._ztunnel_expectation(
+                        workload, labels, policies, root_known and authz_modelled
+                    )
+                    continue
+                labelled = dataclasses.replace(workload, labels=labels)
                 expected[workload.key] = _Expected(
                     workload,
                     expected_sidecar(
                         policies,
                         namespace=workload.namespace,
-                        labels={str(k): str(v) for k, v in labels.items()},
+                        labels=labels,
                         container_ports=workload.container_ports,
                         services=self._services,
                         root_namespace=self.root_namespace,
@@ -183,6 +211,33 @@ class KubePropagation(KubeLifecycle):
             except (PolicyError, EnvoyStateError) as error:
                 raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
         return expected
+
+    def _ztunnel_expectation(
+        self,
+        workload: Workload,
+        labels: Mapping[str, str],
+        policies: Sequence[Policy],
+        exact: bool,
+    ) -> ZtunnelExpectation:
+        """What the ztunnel of an ambient workload's node must hold for it: the workload,
+        the Services in front of it, the L4 policies istiod derives for it
+        (``istio.ambient.ztunnel_policies``) and a certificate for its identity."""
+        return ZtunnelExpectation(
+            workload=workload.key,
+            pod_ip=self.pod_ip(workload),
+            namespace=workload.namespace,
+            service_account=workload.service_account,
+            identity=workload.spiffe_id(self.trust_domain),
+            services=tuple(
+                ZtunnelService(f"{s.name}.{s.namespace}.svc.{s.domain}", s.port, s.target_port)
+                for s in self._services
+                if s.namespace == workload.namespace and s.selector_app == workload.app
+            ),
+            policies=ztunnel_policies(
+                policies, workload.namespace, labels, root_namespace=self.root_namespace
+            ),
+            policies_exact=exact,
+        )
 
     def _read_dump(self, workload: Workload) -> tuple[bytes | None, EnvoyState | None, str]:
         """The sidecar's config dump, what it implements, and why either is missing ("" when
@@ -222,6 +277,40 @@ class KubePropagation(KubeLifecycle):
             return None
         return _Lag(found, state.version, dump)
 
+    def _ztunnel_lag(
+        self,
+        expectation: ZtunnelExpectation,
+        read: dict[str, tuple[ZtunnelPod, bytes]],
+    ) -> _Lag | None:
+        """None when the ztunnel of the workload's node holds what ``expectation`` says, else
+        each way it differs (or why its dump could not be read). ``read`` keeps each node's
+        dump for one round of the wait (a node's ztunnel serves every workload there). A
+        ``KubeApiError`` is raised, as for a sidecar: the wait retries a transient one."""
+        workload = next(w for w in self._workloads if w.key == expectation.workload)
+        node = str((self._pod(workload).get("spec") or {}).get("nodeName") or "")
+        if node not in read:
+            try:
+                pods = ztunnel_pods(self.api, self.options.istio_namespace)
+                pod = ztunnel_on_node(pods, node, self.options.istio_namespace)
+            except MeshError as error:
+                return _Lag((str(error),), "", None, _ZTUNNEL_DUMP)
+            body = self.api.port_forward_get(
+                pod.namespace, pod.name, ZTUNNEL_ADMIN_PORT, "/config_dump"
+            )
+            read[node] = (pod, body)
+        pod, body = read[node]
+        where = f"ztunnel {pod.namespace}/{pod.name}"
+        try:
+            dump = parse_ztunnel_dump(body)
+        except ZtunnelDumpError as error:
+            return _Lag(
+                (f"{where} /config_dump not understood: {error}",), where, body, _ZTUNNEL_DUMP
+            )
+        found = ztunnel_differences(dump, expectation)
+        if not found:
+            return None
+        return _Lag(found, f"{where} {dump.version}".strip(), body, _ZTUNNEL_DUMP)
+
     def _version_lag(
         self, workload: Workload, before: tuple[str | None, str | None], types: Sequence[str]
     ) -> _Lag | None:
@@ -254,15 +343,18 @@ class KubePropagation(KubeLifecycle):
         def read() -> PropagationBaseline | None:
             expected = self._expectations()
             for key, expectation in expected.items():
-                if key in found:
-                    continue
+                if key in found or not isinstance(expectation, _Expected):
+                    continue  # ztunnel's dump has no xDS versions: ambient is checked by model
                 _, state, problem = self._read_dump(expectation.workload)
                 if state is None:
                     problems[key] = problem
                     continue
                 problems.pop(key, None)
                 found[key] = (state.listeners_version, state.clusters_version)
-            return None if problems else PropagationBaseline(expected, dict(found))
+            if problems:
+                return None
+            sidecars = {k: e for k, e in expected.items() if isinstance(e, _Expected)}
+            return PropagationBaseline(sidecars, dict(found))
 
         try:
             return poll(
@@ -292,12 +384,46 @@ class KubePropagation(KubeLifecycle):
         (``pytest_meshconform.istio``) predicts for the policies now in force (works on every
         Istio version); with ``version`` (``baseline`` given), until each sidecar whose
         expectation the change altered has accepted a newer listener push (and cluster push,
-        for kinds istiod pushes CDS for) than it had before. Raises PropagationTimeout naming
-        each lagging sidecar, its first differences and where its last dump was written."""
-        timeout = self.options.propagation_timeout
+        for kinds istiod pushes CDS for) than it had before; an ambient workload, until the
+        ztunnel of its node holds what the model predicts (``ztunnelstate``), in either mode.
+        Raises PropagationTimeout naming each lagging proxy, its first differences and where
+        its last dump was written."""
+        self._await_proxies(
+            f"{localized.describe} {verb}",
+            localized.kind,
+            baseline,
+            timeout=self.options.propagation_timeout,
+            option="--mesh-propagation-timeout",
+        )
+
+    def _wait_ztunnels_hold_the_run(self) -> None:
+        """At start, with ambient namespaces: until the ztunnel of each ambient workload's node
+        holds it, its Services, its certificate and the policies now in force (the same
+        comparison as after a policy change)."""
+        if any(w.ambient for w in self._workloads):
+            self._progress("waiting for ztunnel to hold the run's ambient workloads")
+            self._await_proxies(
+                "the run's ambient workloads started",
+                None,
+                None,
+                timeout=self.options.ready_timeout,
+                option="--mesh-ready-timeout",
+                ambient_only=True,
+            )
+
+    def _await_proxies(
+        self,
+        change: str,
+        kind: str | None,
+        baseline: PropagationBaseline | None,
+        *,
+        timeout: timedelta,
+        option: str,
+        ambient_only: bool = False,
+    ) -> None:
         deadline = self._deadline(timeout)
         started = time.monotonic()
-        pending: dict[str, _Expected] | None = None
+        pending: dict[str, _Expectation] | None = None
         lagging: dict[str, _Lag] = {}
         retried: list[Exception] = []
         shown = ""
@@ -306,11 +432,20 @@ class KubePropagation(KubeLifecycle):
             nonlocal shown, pending
             if pending is None:
                 expected = self._expectations()
+                if ambient_only:
+                    expected = {
+                        k: e for k, e in expected.items() if isinstance(e, ZtunnelExpectation)
+                    }
                 pending = expected if baseline is None else _affected(baseline, expected)
             lagging.clear()
+            ztunnels: dict[str, tuple[ZtunnelPod, bytes]] = {}  # this round's dumps
             for key, expectation in list(pending.items()):
                 try:
-                    lag = self._sidecar_lag(key, expectation, localized.kind, baseline)
+                    if isinstance(expectation, ZtunnelExpectation):
+                        lag = self._ztunnel_lag(expectation, ztunnels)
+                    else:
+                        assert kind is not None
+                        lag = self._sidecar_lag(key, expectation, kind, baseline)
                 except KubeApiError as error:
                     if not is_transient(error):
                         raise
@@ -325,9 +460,7 @@ class KubePropagation(KubeLifecycle):
             waited = time.monotonic() - started
             summary = ", ".join(sorted(lagging))
             if waited >= _PROGRESS_AFTER_S and summary != shown and time.monotonic() <= deadline:
-                self._progress(
-                    f"waiting {waited:.0f}s for {localized.describe} ({verb}) to reach {summary}"
-                )
+                self._progress(f"waiting {waited:.0f}s for {change} to reach {summary}")
                 shown = summary
             return None
 
@@ -336,7 +469,7 @@ class KubePropagation(KubeLifecycle):
                 propagated,
                 timeout=deadline - time.monotonic(),
                 interval=POLL_S,
-                what=f"{localized.describe} {verb} reaching every sidecar",
+                what=f"{change} reaching every {_subject(pending or {})}",
                 transient=is_transient,
             )
         except WaitTimeout as error:
@@ -344,15 +477,18 @@ class KubePropagation(KubeLifecycle):
             written = self._keep_dumps(lagging)
             raise PropagationTimeout(
                 propagation_timeout_message(
-                    f"{localized.describe} {verb}",
+                    change,
                     waited=waited,
-                    timeout=f"--mesh-propagation-timeout {timeout}",
+                    timeout=f"{option} {timeout}",
                     mode=self.options.propagation,
                     lagging={key: (lag.differences, lag.versions) for key, lag in lagging.items()},
                     dumps=written,
                     artifacts=self.artifacts,
                     transient=[*retried, *error.transient_errors],
                     unknown=pending is None,
+                    subject=_subject(
+                        {k: v for k, v in (pending or {}).items() if k in lagging} or pending or {}
+                    ),
                 )
             ) from None
 
@@ -380,23 +516,33 @@ class KubePropagation(KubeLifecycle):
         for key, lag in sorted(lagging.items()):
             if lag.dump is None:
                 continue
-            path = directory / f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.config_dump.json"
+            path = directory / f"{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.{lag.dump_name}.json"
             write_file(path, lag.dump)  # 0600, its directories 0700, whatever the umask
             written[key] = path
         return written
 
 
 def _affected(
-    baseline: PropagationBaseline, expected: Mapping[str, _Expected]
-) -> dict[str, _Expected]:
-    """The sidecars whose expectation the change altered (version mode waits for those)."""
+    baseline: PropagationBaseline, expected: Mapping[str, _Expectation]
+) -> dict[str, _Expectation]:
+    """The sidecars whose expectation the change altered (version mode waits for those), and
+    every ambient workload (ztunnel's dump carries no xDS version: checked by the model)."""
     return {
         key: now
         for key, now in expected.items()
-        if (before := baseline.expected.get(key)) is None
+        if not isinstance(now, _Expected)
+        or (before := baseline.expected.get(key)) is None
         or (before.sidecar, before.authorization, before.authz_exact)
         != (now.sidecar, now.authorization, now.authz_exact)
     }
+
+
+def _subject(expected: Mapping[str, _Expectation]) -> str:
+    """What the wait is about: ``sidecar``, ``ztunnel`` or ``sidecar and ztunnel``."""
+    kinds = {
+        "ztunnel" if isinstance(e, ZtunnelExpectation) else "sidecar" for e in expected.values()
+    }
+    return " and ".join(sorted(kinds)) if kinds else "sidecar"
 
 
 _CHAIN_DIFFERENCE: Final = re.compile(rf"{VIRTUAL_INBOUND} chain (.+?): (RBAC .*)")
@@ -439,6 +585,7 @@ def propagation_timeout_message(
     artifacts: Path | None,
     transient: Sequence[Exception] = (),
     unknown: bool = False,
+    subject: str = "sidecar",
 ) -> str:
     """The PropagationTimeout's text: the change, then one line per lagging sidecar with its
     first differences (each says what the model expected and what the dump holds), its xDS
@@ -449,7 +596,7 @@ def propagation_timeout_message(
         else "accepted a newer xDS push (--mesh-propagation=version)"
     )
     lines = [
-        f"{change} but not every sidecar {check} after {waited:.0f}s ({timeout}):"
+        f"{change} but not every {subject} {check} after {waited:.0f}s ({timeout}):"
         if not unknown
         else f"{change} but what the sidecars must do could not be read within {waited:.0f}s"
         f" ({timeout})"
@@ -466,7 +613,8 @@ def propagation_timeout_message(
             line += f"; last config_dump: {dumps[key]}"
         lines.append(line)
     if lagging and artifacts is None:
-        lines.append("  (pass --mesh-artifacts=DIR to keep each sidecar's last config_dump)")
+        owner = subject if " " not in subject else "proxy"
+        lines.append(f"  (pass --mesh-artifacts=DIR to keep each {owner}'s last config_dump)")
     if transient:
         lines.append(
             f"  {len(transient)} transient API/exec errors were retried, the last: {transient[-1]}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
 
+from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.settings import format_duration
@@ -24,6 +25,7 @@ from pytest_meshconform.settings import format_duration
 __all__ = [
     "CAPTURE_CONTAINER",
     "CAPTURE_IMAGE_EXAMPLE",
+    "DATAPLANES",
     "HTTPBIN_PORT",
     "HTTPBIN_TARGET_PORT",
     "INJECTED_NAMESPACES",
@@ -35,6 +37,7 @@ __all__ = [
     "PLAIN_NAMESPACES",
     "POLICY_GROUPS",
     "RUN_LABEL",
+    "Dataplane",
     "LocalizedManifest",
     "RunNamespaces",
     "RunOwner",
@@ -43,6 +46,7 @@ __all__ = [
     "delocalize_manifest",
     "dns_domain_from_resolv_conf",
     "localize_manifest",
+    "namespace_dataplane",
     "namespace_manifest",
     "owner_text",
     "parse_owner",
@@ -52,7 +56,7 @@ __all__ = [
     "workload_manifests",
 ]
 
-INJECTED_NAMESPACES: Final = ("foo", "bar")
+INJECTED_NAMESPACES: Final = ("foo", "bar")  # in the mesh: sidecars, or ambient (below)
 PLAIN_NAMESPACES: Final = ("legacy",)
 LOGICAL_NAMESPACES: Final = (*INJECTED_NAMESPACES, *PLAIN_NAMESPACES)
 APPS: Final = ("sleep", "httpbin")
@@ -85,6 +89,24 @@ _SERVER_FIELDS: Final = (
     "ownerReferences",
 )
 _LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+Dataplane = Literal["sidecar", "ambient", "both"]
+"""The data plane of the run's mesh namespaces (``--mesh-dataplane``): foo and bar get sidecars,
+or both are enrolled in ambient, or (``both``) foo keeps sidecars and bar is ambient, so the
+sidecar<->ambient pairs run too. ``legacy`` is outside the mesh either way."""
+DATAPLANES: Final[tuple[Dataplane, ...]] = ("sidecar", "ambient", "both")
+
+
+def namespace_dataplane(
+    logical: str, dataplane: Dataplane
+) -> Literal["sidecar", "ambient", "none"]:
+    """The data plane of one logical namespace under the run's ``dataplane``."""
+    if logical not in INJECTED_NAMESPACES:
+        return "none"
+    if dataplane == "ambient" or (dataplane == "both" and logical == "bar"):
+        return "ambient"
+    return "sidecar"
 
 
 class TopologyError(ValueError):
@@ -178,9 +200,15 @@ def run_labels(names: RunNamespaces, extra: Mapping[str, str] | None = None) -> 
 
 
 def namespace_manifest(
-    names: RunNamespaces, logical: str, revision: str | None, owner: str
+    names: RunNamespaces,
+    logical: str,
+    revision: str | None,
+    owner: str,
+    dataplane: Dataplane = "sidecar",
 ) -> dict[str, Any]:
-    """A run namespace: injected by the injector of ``revision`` (None: the default one),
+    """A run namespace: injected by the injector of ``revision`` (None: the default one), or
+    enrolled in ambient (``istio.io/dataplane-mode=ambient``, as Istio's ambient guides label a
+    namespace; injection then stays off: istio-cni never enrols a pod with a sidecar),
     privileged for captures.
 
     ``pod-security.kubernetes.io/enforce: privileged`` because Istio's init container and the
@@ -188,7 +216,10 @@ def namespace_manifest(
     """
     labels = run_labels(names, {LOGICAL_LABEL: logical})
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
-    labels.update(injection_labels(revision, injected=logical in INJECTED_NAMESPACES))
+    plane = namespace_dataplane(logical, dataplane)
+    labels.update(injection_labels(revision, injected=plane == "sidecar"))
+    if plane == "ambient":
+        labels[DATAPLANE_MODE_LABEL] = "ambient"
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -212,7 +243,11 @@ def _proxy_config(cert_ttl: timedelta) -> str:
 
 
 def workload_manifests(
-    names: RunNamespaces, logical: str, images: WorkloadImages, cert_ttl: timedelta
+    names: RunNamespaces,
+    logical: str,
+    images: WorkloadImages,
+    cert_ttl: timedelta,
+    dataplane: Dataplane = "sidecar",
 ) -> list[dict[str, Any]]:
     """ServiceAccounts, the httpbin Service and both Deployments of one logical namespace.
 
@@ -222,7 +257,8 @@ def workload_manifests(
     the port the suites capture.
     """
     namespace = names.real(logical)
-    injected = logical in INJECTED_NAMESPACES
+    # ambient pods carry no proxy: their certificates are ztunnel's (its own SECRET_TTL)
+    injected = namespace_dataplane(logical, dataplane) == "sidecar"
     manifests: list[dict[str, Any]] = []
     for app in APPS:
         manifests.append(
@@ -293,7 +329,9 @@ def workload_manifests(
     return manifests
 
 
-def topology_workloads(names: RunNamespaces) -> tuple[Workload, ...]:
+def topology_workloads(
+    names: RunNamespaces, dataplane: Dataplane = "sidecar"
+) -> tuple[Workload, ...]:
     """The six workloads; ``namespace`` is the REAL namespace (SPIFFE IDs carry it)."""
     return tuple(
         Workload(
@@ -301,7 +339,8 @@ def topology_workloads(names: RunNamespaces) -> tuple[Workload, ...]:
             namespace=names.real(logical),
             app=app,
             service_account=app,
-            has_sidecar=logical in INJECTED_NAMESPACES,
+            has_sidecar=namespace_dataplane(logical, dataplane) == "sidecar",
+            ambient=namespace_dataplane(logical, dataplane) == "ambient",
             labels={"app": app},
             container_ports=(HTTPBIN_TARGET_PORT,) if app == "httpbin" else (),
         )

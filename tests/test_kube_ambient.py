@@ -1,0 +1,224 @@
+"""The kube backend with ambient namespaces, against the fake API server: the run's namespaces
+labelled for ambient, its pods enrolled by istio-cni, and ``apply_policy`` waiting until the
+ztunnel of each ambient workload's node holds what the Istio model predicts for it (read from
+ztunnel's ``/config_dump`` through the API server's port-forward; ztunnel's image is distroless).
+
+The ztunnel behind the port-forward (``kube_ztunnel_fakes.FakeZtunnel``) serves the real
+ztunnel 1.23 dump of istio/istio's ambient integration test with the run's workloads, Services,
+policies and certificates added as istiod sends them (skipped when the shared test data is
+absent). Expected lines are written from ztunnel's and istiod's shapes, not from the reader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_fakes import FakeCluster
+from kube_world import BAR, FOO, LEGACY, RUN, World, authz, fake_world, peer_auth
+from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
+
+from pytest_meshconform.backends.kube.backend import KubeMesh
+from pytest_meshconform.mesh import MeshError, PropagationTimeout
+
+needs_dump = pytest.mark.skipif(
+    not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent"
+)
+pytestmark = needs_dump
+
+ZTUNNEL = "istio-system/ztunnel-x7k2p"
+VERSION = "1.23.0-alpha.0-31-g16885a2"  # jq -r .version.gitTag of the real dump
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with fake_world(tmp_path, FakeCluster(ztunnel=True)) as world:
+        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        yield world
+
+
+def ztunnel(world: World) -> FakeZtunnel:
+    handler = world.server.port_forward_handler
+    assert isinstance(handler, FakeZtunnel)
+    return handler
+
+
+@pytest.fixture
+def started(world: World) -> Iterator[KubeMesh]:
+    mesh = world.mesh(dataplane="ambient", artifacts=world.tmp_path / "artifacts")
+    mesh.start()
+    yield mesh
+    mesh.close()
+
+
+def test_ambient_namespaces_are_labelled_and_their_pods_have_no_sidecar(
+    world: World, started: KubeMesh
+) -> None:
+    for namespace in (FOO, BAR):
+        labels = world.cluster.namespaces[namespace]["metadata"]["labels"]
+        assert labels["istio.io/dataplane-mode"] == "ambient"
+        assert labels["istio-injection"] == "disabled"
+    legacy = world.cluster.namespaces[LEGACY]["metadata"]["labels"]
+    assert "istio.io/dataplane-mode" not in legacy
+    planes = {w.key: w.dataplane for w in started.workloads()}
+    assert planes == {
+        f"sleep.{FOO}": "ambient",
+        f"httpbin.{FOO}": "ambient",
+        f"sleep.{BAR}": "ambient",
+        f"httpbin.{BAR}": "ambient",
+        f"sleep.{LEGACY}": "none",
+        f"httpbin.{LEGACY}": "none",
+    }
+    # no proxy config annotation: ztunnel, not a sidecar agent, holds their certificates
+    deployment = world.cluster.get("apps/v1", "Deployment", FOO, "httpbin")
+    assert deployment is not None
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+
+
+def test_both_gives_foo_sidecars_and_bar_ambient(world: World) -> None:
+    mesh = world.mesh(dataplane="both")
+    planes = {w.key: w.dataplane for w in mesh.workloads()}
+    assert planes[f"httpbin.{FOO}"] == "sidecar"
+    assert planes[f"httpbin.{BAR}"] == "ambient"
+    assert planes[f"httpbin.{LEGACY}"] == "none"
+
+
+def test_a_pod_istio_cni_did_not_enrol_is_waited_for_and_named(tmp_path: Path) -> None:
+    with fake_world(tmp_path, FakeCluster(ztunnel=True, cni=False)) as world:
+        mesh = world.mesh(dataplane="ambient")
+        with pytest.raises(MeshError) as error:
+            mesh.start()
+    assert (
+        f"sleep.{FOO} (not enrolled by istio-cni: no ambient.istio.io/redirection=enabled;"
+        " is istio-cni running on node istio-testing-control-plane?)"
+    ) in str(error.value)
+
+
+def test_apply_waits_for_ztunnel_and_reads_it_by_port_forward(
+    world: World, started: KubeMesh
+) -> None:
+    started.apply(peer_auth("foo", "STRICT"))
+    reads = ztunnel(world).reads
+    assert reads and set(reads) == {"ztunnel-x7k2p"}
+    # one dump per round serves every ambient workload of the node
+    forwards = [(c.namespace, c.pod, c.port) for c in world.server.port_forwards]
+    assert set(forwards) == {("istio-system", "ztunnel-x7k2p", 15000)}
+    assert not world.exec_commands("istio-proxy")  # no sidecar is asked anything
+
+
+def test_a_late_ztunnel_is_waited_for(world: World, started: KubeMesh) -> None:
+    ztunnel(world).lag_reads = 3
+    before = len(ztunnel(world).reads)
+    started.apply(peer_auth("bar", "STRICT"))
+    assert len(ztunnel(world).reads) - before == 4  # three old answers, then the change
+
+
+def test_an_l4_policy_by_principal_is_awaited(world: World, started: KubeMesh) -> None:
+    started.apply(
+        authz(
+            "only-sleep",
+            {
+                "selector": {"matchLabels": {"app": "httpbin"}},
+                "action": "ALLOW",
+                "rules": [
+                    {"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/sleep"]}}]}
+                ],
+            },
+        )
+    )
+    started.delete(authz("only-sleep", {}))
+
+
+def test_a_stuck_ztunnel_times_out_naming_each_workload_and_what_it_lacks(
+    world: World, started: KubeMesh
+) -> None:
+    ztunnel(world).stuck = {"ztunnel-x7k2p"}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(peer_auth("foo", "STRICT"))
+    head, *lines = str(timeout.value).splitlines()
+    assert head == (
+        f"PeerAuthentication {FOO}/default applied but not every ztunnel implements it after"
+        " 1s (--mesh-propagation-timeout 0:00:01):"
+    )
+    directory = world.tmp_path / "artifacts" / "propagation" / f"{RUN}-1"
+    missing = (
+        "policy istio-system/istio_converted_static_strict: expected, ztunnel does not hold it"
+    )
+    assert lines == [
+        f"  {key}: {missing} [ztunnel {ZTUNNEL} {VERSION}]; last config_dump:"
+        f" {directory / f'{key}.ztunnel_config_dump.json'}"
+        for key in (f"httpbin.{FOO}", f"sleep.{FOO}")
+    ]
+    kept = json.loads((directory / f"httpbin.{FOO}.ztunnel_config_dump.json").read_text())
+    assert kept["version"]["gitTag"] == VERSION and kept["policies"] == []
+
+
+def test_a_policy_ztunnel_holds_but_should_not_is_named(world: World, started: KubeMesh) -> None:
+    started.apply(
+        authz(
+            "deny-bar",
+            {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["x/ns/y/sa/z"]}}]}]},
+        )
+    )
+    ztunnel(world).stuck = {"ztunnel-x7k2p"}
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.delete(authz("deny-bar", {}))
+    lines = str(timeout.value).splitlines()[1:]
+    assert lines[0].startswith(
+        f"  httpbin.{FOO}: policy {FOO}/deny-bar: ztunnel applies it, not expected ["
+    )
+
+
+def test_a_certificate_ztunnel_has_not_fetched_is_a_lag(world: World, started: KubeMesh) -> None:
+    identity = f"spiffe://cluster.local/ns/{BAR}/sa/httpbin"
+    ztunnel(world).certificate_state[identity] = "Initializing"
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(peer_auth("bar", "PERMISSIVE"))
+    (line,) = str(timeout.value).splitlines()[1:]
+    assert line.startswith(f"  httpbin.{BAR}: certificate {identity}: Initializing [")
+
+
+def test_no_ztunnel_on_the_node_is_named_with_the_fix(world: World, started: KubeMesh) -> None:
+    world.cluster.pods["istio-system"] = [
+        p for p in world.cluster.pods["istio-system"] if p["metadata"]["labels"]["app"] != "ztunnel"
+    ]
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(peer_auth("foo", "STRICT"))
+    assert (
+        f"  httpbin.{FOO}: no ztunnel pod (app=ztunnel) in namespace istio-system: ambient mode"
+        " needs Istio's ambient profile"
+    ) in str(timeout.value)
+
+
+def test_transient_port_forward_errors_are_retried(world: World, started: KubeMesh) -> None:
+    world.cluster.flaky = {"port-forward": 2}
+    started.apply(peer_auth("foo", "STRICT"))
+    assert world.cluster.flaky == {"port-forward": 0}
+
+
+def test_a_refused_port_forward_ends_the_wait_at_once(world: World, started: KubeMesh) -> None:
+    world.cluster.forbidden = {"port-forward"}
+    with pytest.raises(MeshError, match="port-forward: HTTP 403 Forbidden"):
+        started.apply(peer_auth("foo", "STRICT"))
+
+
+def test_start_waits_until_ztunnel_holds_the_run(tmp_path: Path) -> None:
+    """A workload whose certificate ztunnel never gets: the run does not start, and says so."""
+    with fake_world(tmp_path, FakeCluster(ztunnel=True)) as world:
+        fake = FakeZtunnel(world.cluster)
+        fake.certificate_state[f"spiffe://cluster.local/ns/{FOO}/sa/sleep"] = "Unavailable: boom"
+        world.server.port_forward_handler = fake
+        mesh = world.mesh(dataplane="ambient")
+        with pytest.raises(PropagationTimeout) as timeout:
+            mesh.start()
+    head, line, _ = str(timeout.value).splitlines()
+    assert head == (
+        "the run's ambient workloads started but not every ztunnel implements it after 5s"
+        " (--mesh-ready-timeout 0:00:05):"
+    )
+    assert line.startswith(
+        f"  sleep.{FOO}: certificate spiffe://cluster.local/ns/{FOO}/sa/sleep: Unavailable: boom"
+        f" [ztunnel {ZTUNNEL} {VERSION}]"
+    )
