@@ -16,7 +16,8 @@ from kube_fakes import FakeApiServer, FakeCluster, FakeIstio, kubeconfig_text
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
-from pytest_meshconform.backends.kube.topology import Dataplane, RunNamespaces
+from pytest_meshconform.backends.kube.topology import RunNamespaces
+from pytest_meshconform.settings import Dataplane
 
 RUN = "1a2b3c"
 FOO, BAR, LEGACY = (f"mc-{RUN}-{ns}" for ns in ("foo", "bar", "legacy"))

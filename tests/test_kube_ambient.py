@@ -77,14 +77,6 @@ def test_ambient_namespaces_are_labelled_and_their_pods_have_no_sidecar(
     assert "annotations" not in deployment["spec"]["template"]["metadata"]
 
 
-def test_both_gives_foo_sidecars_and_bar_ambient(world: World) -> None:
-    mesh = world.mesh(dataplane="both")
-    planes = {w.key: w.dataplane for w in mesh.workloads()}
-    assert planes[f"httpbin.{FOO}"] == "sidecar"
-    assert planes[f"httpbin.{BAR}"] == "ambient"
-    assert planes[f"httpbin.{LEGACY}"] == "none"
-
-
 def test_a_pod_istio_cni_did_not_enrol_is_waited_for_and_named(tmp_path: Path) -> None:
     with fake_world(tmp_path, FakeCluster(ztunnel=True, cni=False)) as world:
         mesh = world.mesh(dataplane="ambient")

@@ -52,7 +52,6 @@ from pytest_meshconform.backends.kube.topology import (
     HTTPBIN_PORT,
     INJECTED_NAMESPACES,
     LOGICAL_NAMESPACES,
-    Dataplane,
     LocalizedManifest,
     RunNamespaces,
     TopologyError,
@@ -72,6 +71,7 @@ from pytest_meshconform.mesh import (
     Service,
     Workload,
 )
+from pytest_meshconform.settings import Dataplane
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 __all__ = ["KUBE_FEATURES", "KubeMesh"]
@@ -145,7 +145,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         self._closed = False
         # the cluster's DNS domain, read from a pod at start (Kubernetes' default until then)
         self.dns_domain = DEFAULT_DNS_DOMAIN
-        self.dataplane: Dataplane = dataplane  # foo and bar: sidecars, ambient, or one each
+        self.dataplane: Dataplane = dataplane  # foo and bar: sidecars, or enrolled in ambient
         self._workloads = topology_workloads(self.names, dataplane)
         self._services = topology_services(self.names)
 

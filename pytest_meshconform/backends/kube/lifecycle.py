@@ -27,7 +27,6 @@ from pytest_meshconform.backends.kube.topology import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     OWNER_ANNOTATION,
-    Dataplane,
     RunNamespaces,
     WorkloadImages,
     namespace_manifest,
@@ -40,6 +39,7 @@ from pytest_meshconform.istio.ambient import AMBIENT_REDIRECTION_ANNOTATION
 from pytest_meshconform.istio.discovery import discovery_labels
 from pytest_meshconform.istio.injection import DEFAULT_REVISION, injection_labels
 from pytest_meshconform.mesh import MeshError, Workload
+from pytest_meshconform.settings import Dataplane
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 PROXY_CONTAINER: Final = "istio-proxy"

@@ -20,12 +20,11 @@ from typing import Any, Final, Literal
 from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import Service, Workload
-from pytest_meshconform.settings import format_duration
+from pytest_meshconform.settings import Dataplane, format_duration
 
 __all__ = [
     "CAPTURE_CONTAINER",
     "CAPTURE_IMAGE_EXAMPLE",
-    "DATAPLANES",
     "HTTPBIN_PORT",
     "HTTPBIN_TARGET_PORT",
     "INJECTED_NAMESPACES",
@@ -37,7 +36,6 @@ __all__ = [
     "PLAIN_NAMESPACES",
     "POLICY_GROUPS",
     "RUN_LABEL",
-    "Dataplane",
     "LocalizedManifest",
     "RunNamespaces",
     "RunOwner",
@@ -91,22 +89,15 @@ _SERVER_FIELDS: Final = (
 _LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-Dataplane = Literal["sidecar", "ambient", "both"]
-"""The data plane of the run's mesh namespaces (``--mesh-dataplane``): foo and bar get sidecars,
-or both are enrolled in ambient, or (``both``) foo keeps sidecars and bar is ambient, so the
-sidecar<->ambient pairs run too. ``legacy`` is outside the mesh either way."""
-DATAPLANES: Final[tuple[Dataplane, ...]] = ("sidecar", "ambient", "both")
-
-
 def namespace_dataplane(
     logical: str, dataplane: Dataplane
 ) -> Literal["sidecar", "ambient", "none"]:
-    """The data plane of one logical namespace under the run's ``dataplane``."""
+    """The data plane of one logical namespace under the run's ``--mesh-dataplane``: foo and
+    bar get sidecars or are enrolled in ambient; ``legacy`` stays outside the mesh. (``both``
+    is the plugin's: it opens one mesh per data plane.)"""
     if logical not in INJECTED_NAMESPACES:
         return "none"
-    if dataplane == "ambient" or (dataplane == "both" and logical == "bar"):
-        return "ambient"
-    return "sidecar"
+    return dataplane
 
 
 class TopologyError(ValueError):
