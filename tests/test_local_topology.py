@@ -255,7 +255,7 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
         "      - {name: x, kind: httpbin, ports: [8080, {port: 5432, serves: postgres}]}\n",
         ":5: namespaces[0].workloads[0].ports[1].serves: 'postgres' serves no port; a port is"
-        " served by httpbin or tcp-echo or grpc-echo",
+        " served by httpbin or tcp-echo or grpc-echo or tcp-banner",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
@@ -267,12 +267,12 @@ BAD_FILES = [
         "      - {name: x, ports: [{port: 5432, serves: tcp-echo}, 8080]}\n",
         ":5: namespaces[0].workloads[0].ports[1]: a plain port is served by the workload's kind,"
         " and it names none: give kind, or write {port: 8080, serves: httpbin | tcp-echo |"
-        " grpc-echo}",
+        " grpc-echo | tcp-banner}",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n      - {name: x}\n",
         ":5: namespaces[0].workloads[0].kind: required field missing (one of httpbin, sleep,"
-        " tcp-echo, grpc-echo), unless every port says what serves it",
+        " tcp-echo, grpc-echo, tcp-banner), unless every port says what serves it",
     ),
     (
         "namespaces:\n  - name: a\n    dataplane: sidecar\n    workloads:\n"
@@ -337,8 +337,8 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    injected: true\n    workloads:\n"
         "      - {name: x, kind: httpbin}\n    services:\n      - name: s\n"
         "        selector: {app: x}\n        ports:\n"
-        "          - {name: web, port: 80, targetPort: 8080}\n",
-        ":10: namespaces[0].services[0].ports[0].name: Istio selects protocol UnsupportedProtocol",
+        "          - {name: web, port: 80, targetPort: 8080, appProtocol: udp}\n",
+        ":10: namespaces[0].services[0].ports[0].appProtocol: Istio selects protocol UDP",
     ),
     ("namespaces: [\n", ":2: not valid YAML"),
 ]

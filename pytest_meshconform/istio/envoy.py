@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pytest_meshconform.istio.api import MtlsMode, TlsMode
-from pytest_meshconform.istio.protocol import PortProtocol
+from pytest_meshconform.istio.protocol import ListenerProtocol, PortProtocol
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -24,6 +24,7 @@ __all__ = [
     "FILE_ACCESS_LOG_TYPE",
     "HBONE_MATCH",
     "HCM_TYPE",
+    "HTTP_INSPECTOR_TYPE",
     "HTTP_PROTOCOL_OPTIONS",
     "HTTP_PROTOCOL_OPTIONS_TYPE",
     "HTTP_RBAC_TYPE",
@@ -34,13 +35,19 @@ __all__ = [
     "INTERNAL_UPSTREAM_TYPE",
     "ISTIO_MTLS_ALPNS",
     "LISTENER_TYPE",
+    "MTLS_HTTP_ALPNS",
+    "MTLS_TCP_WITH_MXC_ALPNS",
     "NETWORK_RBAC_TYPE",
     "ORIGINAL_DST_TYPE",
     "OUTBOUND_CAPTURE_PORT",
     "PASSTHROUGH_CLUSTER",
+    "PLAINTEXT_HTTP_ALPNS",
+    "PROTOCOL_DETECTION_TIMEOUT",
+    "RAW_BUFFER",
     "ROOT_SECRET",
     "ROUTER_TYPE",
     "TCP_PROXY_TYPE",
+    "TLS",
     "TLS_INSPECTOR_TYPE",
     "UPSTREAM_TLS_TYPE",
     "VIRTUAL_INBOUND",
@@ -48,14 +55,18 @@ __all__ = [
     "VIRTUAL_OUTBOUND",
     "WORKLOAD_SECRET",
     "ChainShape",
+    "FilterChainOption",
     "UpstreamTlsShape",
     "UpstreamTransport",
     "auto_mtls_transport",
     "cluster_http_protocol_options",
+    "filter_chain_match_options",
     "inbound_chain_shapes",
     "inbound_cluster_name",
     "inbound_hcm_http2_options",
     "inbound_mode",
+    "needs_http_inspector",
+    "outbound_chain_options",
     "outbound_cluster_name",
     "upstream_tls_shape",
 ]
@@ -93,6 +104,11 @@ ORIGINAL_DST_TYPE: Final = (
 TLS_INSPECTOR_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 )
+# xdsfilters.HTTPInspector (pilot/pkg/xds/filters/filters.go): sets the connection's
+# application protocol to ``http/1.1`` or ``h2c`` when its first bytes are plaintext HTTP
+HTTP_INSPECTOR_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+)
 # the RBAC filters of istiod's authz builder (pilot/pkg/security/authz/builder/builder.go),
 # which istio/authorization.py reproduces
 HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -118,12 +134,27 @@ def cluster_http_protocol_options(
     and outbound alike): ``setUpstreamProtocol`` (pilot/pkg/networking/core/cluster_builder.go)
     calls ``setH2Options`` when ``Protocol.IsHTTP2()``, an ``HttpProtocolOptions`` whose
     ``explicit_http_config`` is the empty ``http2ProtocolOptions()``, so the cluster speaks
-    HTTP/2 upstream; a DestinationRule's ``maxRequestsPerConnection`` goes in
-    ``common_http_protocol_options`` (``applyConnectionPool``) on an HTTP port. None: Envoy's
-    default, HTTP/1.1 upstream."""
+    HTTP/2 upstream; on a sniffed port (``IsUnsupported``) ``setUseDownstreamProtocol``, a
+    ``use_downstream_protocol_config`` with empty HTTP/1.1 and HTTP/2 options (the upstream
+    speaks what the client spoke); a DestinationRule's ``maxRequestsPerConnection`` goes in
+    ``common_http_protocol_options`` (``applyConnectionPool``) on an HTTP or sniffed port.
+    None: Envoy's default, HTTP/1.1 upstream."""
+    if protocol.sniffed:
+        # ``setUseDownstreamProtocol``: a sidecar's cluster of an auto-detected port speaks
+        # upstream whatever HTTP version the sniffed downstream spoke (HTTP/1.1 or HTTP/2)
+        options: dict[str, Any] = {"@type": HTTP_PROTOCOL_OPTIONS_TYPE}
+        if max_requests_per_connection is not None:
+            options["common_http_protocol_options"] = {
+                "max_requests_per_connection": max_requests_per_connection
+            }
+        options["use_downstream_protocol_config"] = {
+            "http_protocol_options": {},
+            "http2_protocol_options": {},
+        }
+        return {HTTP_PROTOCOL_OPTIONS: options}
     if not protocol.is_http or (max_requests_per_connection is None and not protocol.is_http2):
         return None
-    options: dict[str, Any] = {"@type": HTTP_PROTOCOL_OPTIONS_TYPE}
+    options = {"@type": HTTP_PROTOCOL_OPTIONS_TYPE}
     if max_requests_per_connection is not None:
         options["common_http_protocol_options"] = {
             "max_requests_per_connection": max_requests_per_connection
@@ -249,6 +280,121 @@ def inbound_mode(chains: Sequence[ChainShape]) -> MtlsMode | None:
     if plain and not mtls:
         return MtlsMode.DISABLE
     return None
+
+
+# --- protocol sniffing: the chains of every listener protocol, per mode ------------------------
+
+# ``xdsfilters.TLSTransportProtocol`` / ``RawBufferTransportProtocol`` (pilot/pkg/xds/filters):
+# the transport protocol a chain matches, as Envoy's tls_inspector sets it (``raw_buffer`` when
+# no listener filter saw TLS)
+TLS: Final = "tls"
+RAW_BUFFER: Final = "raw_buffer"
+# listener.go: ``plaintextHTTPALPNs`` (the application protocols the http_inspector sets for
+# plaintext HTTP/1.1 and HTTP/2 prior knowledge; ``http/1.0`` only with PILOT_HTTP10),
+# ``mtlsHTTPALPNs`` (what a client sidecar's ``istio.alpn`` filter offers once it detected HTTP)
+# and ``mtlsTCPWithMxcALPNs`` (its TCP proxy's cluster ALPN)
+PLAINTEXT_HTTP_ALPNS: Final = ("http/1.1", "h2c")
+MTLS_HTTP_ALPNS: Final = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
+MTLS_TCP_WITH_MXC_ALPNS: Final = ("istio-peer-exchange", "istio")
+# MeshConfig ``protocolDetectionTimeout``: ``DefaultMeshConfig`` (pkg/config/mesh/mesh.go) sets
+# 0s, which the inbound listener (``buildInboundListener``) and every outbound listener with an
+# http_inspector (``buildListenerFromEntry``) take as ``listener_filters_timeout``: Envoy waits
+# for the client's first bytes with no time limit ("0 disables the timeout").
+PROTOCOL_DETECTION_TIMEOUT: Final = "0s"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainOption:
+    """``FilterChainMatchOptions`` (pilot/pkg/networking/core/filterchain_options.go): one
+    inbound filter chain, its match, the filters it ends in (HTTP connection manager or TCP
+    proxy) and whether it terminates mTLS."""
+
+    protocol: ListenerProtocol  # HTTP or TCP: the chain's filters
+    transport_protocol: str
+    application_protocols: tuple[str, ...] = ()
+    tls: bool = False
+
+    @property
+    def shape(self) -> ChainShape:
+        return ChainShape(self.transport_protocol, self.tls, self.tls, self.application_protocols)
+
+    def match(self, port: int | None) -> dict[str, Any]:
+        """The chain's ``filter_chain_match`` (``inboundChainConfig.ToFilterChainMatch``)."""
+        match: dict[str, Any] = {} if port is None else {"destination_port": port}
+        if self.transport_protocol:
+            match["transport_protocol"] = self.transport_protocol
+        if self.application_protocols:
+            match["application_protocols"] = list(self.application_protocols)
+        return match
+
+
+_H, _T = ListenerProtocol.HTTP, ListenerProtocol.TCP
+_CHAIN_OPTIONS: Final[dict[tuple[ListenerProtocol, MtlsMode], tuple[FilterChainOption, ...]]] = {
+    # inboundStrictHTTPFilterChainMatchOptions, ...Permissive...WithMxcOptions, ...PlainText...
+    (_H, MtlsMode.STRICT): (FilterChainOption(_H, TLS, tls=True),),
+    (_H, MtlsMode.PERMISSIVE): (
+        FilterChainOption(_H, TLS, ISTIO_MTLS_ALPNS, tls=True),
+        FilterChainOption(_H, RAW_BUFFER),
+    ),
+    (_H, MtlsMode.DISABLE): (FilterChainOption(_H, RAW_BUFFER),),
+    (_T, MtlsMode.STRICT): (FilterChainOption(_T, TLS, tls=True),),
+    (_T, MtlsMode.PERMISSIVE): (
+        FilterChainOption(_T, TLS, ISTIO_MTLS_ALPNS, tls=True),
+        FilterChainOption(_T, TLS),  # plain TLS from the app itself, passed through
+        FilterChainOption(_T, RAW_BUFFER),
+    ),
+    (_T, MtlsMode.DISABLE): (FilterChainOption(_T, RAW_BUFFER),),
+    # inboundStrictFilterChainMatchOptions: HTTP a client sidecar detected, or TCP, over mTLS
+    (ListenerProtocol.AUTO, MtlsMode.STRICT): (
+        FilterChainOption(_H, TLS, MTLS_HTTP_ALPNS, tls=True),
+        FilterChainOption(_T, TLS, tls=True),
+    ),
+    # inboundPermissiveFilterChainMatchWithMxcOptions: the five chains of an auto port
+    (ListenerProtocol.AUTO, MtlsMode.PERMISSIVE): (
+        FilterChainOption(_H, TLS, MTLS_HTTP_ALPNS, tls=True),
+        FilterChainOption(_H, RAW_BUFFER, PLAINTEXT_HTTP_ALPNS),
+        FilterChainOption(_T, TLS, MTLS_TCP_WITH_MXC_ALPNS, tls=True),
+        FilterChainOption(_T, RAW_BUFFER),
+        FilterChainOption(_T, TLS),
+    ),
+    # inboundPlainTextFilterChainMatchOptions
+    (ListenerProtocol.AUTO, MtlsMode.DISABLE): (
+        FilterChainOption(_H, RAW_BUFFER, PLAINTEXT_HTTP_ALPNS),
+        FilterChainOption(_T, RAW_BUFFER),
+    ),
+}
+
+
+def filter_chain_match_options(
+    mode: MtlsMode, protocol: ListenerProtocol
+) -> tuple[FilterChainOption, ...]:
+    """``getFilterChainMatchOptions`` (filterchain_options.go): the inbound chains istiod
+    builds for one port of ``protocol`` under ``mode`` (never UNSET). An auto-detected port
+    gets HTTP and TCP chains side by side, told apart by the ALPN a client sidecar offered
+    (``istio-http/*``, ``istio-h2`` after it detected HTTP; ``istio-peer-exchange, istio``
+    from its TCP proxy) or, in plaintext, by what the http_inspector saw
+    (:data:`PLAINTEXT_HTTP_ALPNS`)."""
+    if mode is MtlsMode.UNSET:
+        raise ValueError("UNSET is resolved before chains are built")
+    return _CHAIN_OPTIONS[(protocol, mode)]
+
+
+def outbound_chain_options(protocol: ListenerProtocol) -> tuple[FilterChainOption, ...]:
+    """The chains of a sidecar's outbound listener for a Service port of ``protocol``
+    (``buildSidecarOutboundListener``, pilot/pkg/networking/core/listener.go): one HTTP or
+    one TCP chain without a match; for an auto-detected port the TCP chain (moved to the
+    listener's ``default_filter_chain`` by ``buildListenerFromEntry``) and an HTTP chain
+    matching ``raw_buffer`` and :data:`PLAINTEXT_HTTP_ALPNS`, which the http_inspector sets."""
+    if protocol is ListenerProtocol.AUTO:
+        return (FilterChainOption(_T, ""), FilterChainOption(_H, RAW_BUFFER, PLAINTEXT_HTTP_ALPNS))
+    return (FilterChainOption(protocol, ""),)
+
+
+def needs_http_inspector(application_protocols: Sequence[str]) -> bool:
+    """Whether a chain matching ``application_protocols`` needs Envoy's http_inspector
+    (``populateListenerFilters``, listener_inbound.go: an ``http/1.1`` or ``h2c`` match; the
+    outbound ``buildListenerFromEntry`` likewise for any chain with application protocols)."""
+    return any(alpn in PLAINTEXT_HTTP_ALPNS for alpn in application_protocols)
 
 
 # --- outbound TLS per DestinationRule mode ------------------------------------------------------

@@ -16,11 +16,22 @@ from pytest_meshconform.mesh import Service
 
 __all__ = [
     "WELL_KNOWN_TCP_PORTS",
+    "ListenerProtocol",
     "PortProtocol",
     "parse_protocol",
     "protocol_of",
     "service_port_protocol",
 ]
+
+
+class ListenerProtocol(StrEnum):
+    """``networking.ListenerProtocol`` (pilot/pkg/networking/networking.go): how istiod builds
+    a port's listener: an HTTP connection manager, a TCP proxy, or both behind protocol
+    detection (``AUTO``: the chains split by what Envoy's inspectors saw)."""
+
+    TCP = "TCP"
+    HTTP = "HTTP"
+    AUTO = "AUTO"
 
 
 class PortProtocol(StrEnum):
@@ -56,6 +67,19 @@ class PortProtocol(StrEnum):
         (the inbound HTTP connection manager's ``http2_protocol_options``, ``setH2Options``
         on the clusters) and the ``istio-h2`` ALPN."""
         return self in (PortProtocol.HTTP2, PortProtocol.GRPC, PortProtocol.GRPC_WEB)
+
+    @property
+    def listener_protocol(self) -> ListenerProtocol | None:
+        """``ModelProtocolToListenerProtocol`` (pilot/pkg/networking/networking.go): HTTP for
+        the HTTP family, TCP for the TCP family, AUTO (sniffing) for UnsupportedProtocol; None
+        for UDP (``ListenerProtocolUnknown``: the sidecar builds no listener for it)."""
+        if self.is_http:
+            return ListenerProtocol.HTTP
+        if self.is_tcp:
+            return ListenerProtocol.TCP
+        if self is PortProtocol.UDP:
+            return None
+        return ListenerProtocol.AUTO
 
     @property
     def sniffed(self) -> bool:

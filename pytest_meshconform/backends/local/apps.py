@@ -71,11 +71,13 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
     os.close(netns)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     serves: dict[str, str] = spec["serves"]
-    unknown = set(serves) - {"httpbin", "tcp-echo", "grpc-echo"}
+    unknown = set(serves) - {"httpbin", "tcp-echo", "tcp-banner", "grpc-echo"}
     if unknown:
         raise ValueError(f"unknown app kinds {sorted(unknown)}")
     try:
         echo = start_tcp_echo(serves["tcp-echo"]) if "tcp-echo" in serves else []
+        if "tcp-banner" in serves:
+            echo += start_tcp_echo(serves["tcp-banner"], banner=TCP_BANNER)
         if "grpc-echo" in serves:  # grpcio is imported by the pods that serve gRPC only
             from pytest_meshconform.backends.local.grpc_echo import start_grpc_echo
 
@@ -89,16 +91,23 @@ def _serve(spec: dict[str, Any], app: Any, launcher_pid: int) -> None:
 
 
 TCP_ECHO_PREFIX = "hello"
+# What the server-first `tcp-banner` app sends as soon as a connection is accepted, before
+# reading anything (as an SMTP server's greeting: "220 <domain> Service ready", RFC 5321 4.2)
+TCP_BANNER = b"220 tcp-banner ready\r\n"
 
 
-def start_tcp_echo(listen: str) -> list[threading.Thread]:
+def start_tcp_echo(listen: str, banner: bytes = b"") -> list[threading.Thread]:
     """Istio's samples/tcp-echo server: every line received is answered with
     ``hello <line>``, on each ``host:port`` of ``listen`` (space-separated, as waitress's).
+    With ``banner``, a server-first protocol: the banner is sent first, on every connection.
     Returns the serving threads (daemons), already started."""
     import socketserver
 
     class Echo(socketserver.StreamRequestHandler):
         def handle(self) -> None:
+            if banner:
+                self.wfile.write(banner)
+                self.wfile.flush()
             for line in self.rfile:
                 self.wfile.write(TCP_ECHO_PREFIX.encode() + b" " + line)
                 self.wfile.flush()
@@ -111,7 +120,7 @@ def start_tcp_echo(listen: str) -> list[threading.Thread]:
     for address in listen.split():
         host, _, port = address.rpartition(":")
         servers.append(Server((host, int(port)), Echo))
-        print(f"Serving on tcp-echo {address}", flush=True)
+        print(f"Serving on {'tcp-banner' if banner else 'tcp-echo'} {address}", flush=True)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()

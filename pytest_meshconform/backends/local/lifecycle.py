@@ -652,7 +652,10 @@ class LocalLifecycle(SidecarAgent):
         if runtime.app_pid is None:
             return False
         try:
-            return b"Serving on" in (runtime.directory / "app.log").read_bytes()
+            # every app prints one "Serving on" line per port it listens on (waitress, tcp-echo,
+            # grpc-echo): a pod serving several apps is ready once every port is
+            log = (runtime.directory / "app.log").read_bytes()
+            return log.count(b"Serving on") >= len(runtime.pod.workload.container_ports)
         except OSError:
             return False
 

@@ -47,17 +47,19 @@ BUILTIN_TOPOLOGY: Final = Path(__file__).with_name("builtin_topology.yaml")
 
 # The app kinds a workload may run, and the container ports each serves when `ports` is not
 # given: httpbin (HTTP, as Istio's samples/httpbin), sleep (a curl client, serves nothing) and
-# tcp-echo (answers each line with "hello <line>", as Istio's samples/tcp-echo) and grpc-echo (a
-# gRPC server answering with the request metadata it saw, and the gRPC health service).
-APP_KINDS: Final = ("httpbin", "sleep", "tcp-echo", "grpc-echo")
+# tcp-echo (answers each line with "hello <line>", as Istio's samples/tcp-echo), grpc-echo (a
+# gRPC server answering with the request metadata it saw, and the gRPC health service) and
+# tcp-banner (a server-first protocol: tcp-echo that greets every connection first).
+APP_KINDS: Final = ("httpbin", "sleep", "tcp-echo", "grpc-echo", "tcp-banner")
 DEFAULT_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "httpbin": (8080,),
     "sleep": (),
     "tcp-echo": (9000,),
+    "tcp-banner": (9000,),
     "grpc-echo": (50051,),
 }
 # The app kinds that serve ports: what a port's `serves` may name.
-SERVING_KINDS: Final = ("httpbin", "tcp-echo", "grpc-echo")
+SERVING_KINDS: Final = ("httpbin", "tcp-echo", "grpc-echo", "tcp-banner")
 # A namespace's data plane: Envoy sidecars (istio-injection=enabled), ambient (the namespace
 # labelled istio.io/dataplane-mode=ambient: ztunnel captures its pods) or none.
 DATAPLANES: Final = ("sidecar", "ambient", "none")
@@ -66,12 +68,13 @@ _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # Protocols the local mesh renders: HTTP/1.1, HTTP/2 and gRPC (an HTTP connection manager, with
-# the HTTP/2 codec for the last two) and the TCP family (a TCP proxy). gRPC-Web, UDP and sniffed
-# ports are not rendered locally.
+# the HTTP/2 codec for the last two), the TCP family (a TCP proxy) and ports Istio sniffs
+# (UnsupportedProtocol: both behind Envoy's http_inspector). gRPC-Web and UDP are not rendered.
 _RENDERED: Final = (
     PortProtocol.HTTP,
     PortProtocol.HTTP2,
     PortProtocol.GRPC,
+    PortProtocol.UNSUPPORTED,
     *sorted(p for p in PortProtocol if p.is_tcp),
 )
 _BOOLEANS: Final[dict[str, bool]] = yaml.constructor.SafeConstructor.bool_values
@@ -625,8 +628,9 @@ def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> lis
                 f"{field}.{spelled}",
                 f"Istio selects protocol {protocol.value} for it (from the port's"
                 f" {'appProtocol' if app_protocol is not None else 'name prefix'}); the local"
-                " mesh renders HTTP, HTTP/2, gRPC and TCP ports: name it http-..., http2-...,"
-                " grpc-... or tcp-... (or set appProtocol: http / http2 / grpc / tcp)",
+                " mesh renders HTTP, HTTP/2, gRPC, TCP and sniffed ports: name it http-...,"
+                " http2-..., grpc-... or tcp-... (or set appProtocol: http / http2 / grpc / tcp),"
+                " or give it a name Istio does not recognise to have it sniffed",
             )
         specs.append(_ServicePortSpec(p_node, port_name, port, target, app_protocol))
     return specs

@@ -26,6 +26,7 @@ from pytest_meshconform.istio.envoy import (
     DOWNSTREAM_TLS_TYPE,
     FILE_ACCESS_LOG_TYPE,
     HCM_TYPE,
+    HTTP_INSPECTOR_TYPE,
     INBOUND_CAPTURE_PORT,
     INBOUND_PASSTHROUGH_BIND,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -34,6 +35,7 @@ from pytest_meshconform.istio.envoy import (
     ORIGINAL_DST_TYPE,
     OUTBOUND_CAPTURE_PORT,
     PASSTHROUGH_CLUSTER,
+    PROTOCOL_DETECTION_TIMEOUT,
     ROOT_SECRET,
     ROUTER_TYPE,
     TCP_PROXY_TYPE,
@@ -42,16 +44,21 @@ from pytest_meshconform.istio.envoy import (
     VIRTUAL_INBOUND,
     VIRTUAL_OUTBOUND,
     WORKLOAD_SECRET,
+    FilterChainOption,
     UpstreamTransport,
     cluster_http_protocol_options,
+    filter_chain_match_options,
     inbound_chain_shapes,
     inbound_cluster_name,
     inbound_hcm_http2_options,
+    needs_http_inspector,
+    outbound_chain_options,
     outbound_cluster_name,
     upstream_tls_shape,
 )
-from pytest_meshconform.istio.protocol import PortProtocol
+from pytest_meshconform.istio.protocol import ListenerProtocol, PortProtocol
 from pytest_meshconform.istio.tls import TlsParams, inbound_tls_params, upstream_tls_params
+from pytest_meshconform.istio.upstream import ISTIO_MTLS_HTTP2_ALPN, ISTIO_MTLS_HTTP11_ALPN
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,33 +311,108 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
     }
 
 
+def _sniffed_chains(
+    port: int,
+    mode: MtlsMode,
+    plan: SidecarPlan,
+    paths: SidecarPaths,
+    http: list[dict[str, Any]],
+    tcp: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """An auto-detected port's chains, as istiod builds them (the model's
+    ``filter_chain_match_options`` for ``AUTO``): HTTP chains ending in the connection
+    manager, TCP chains in the TCP proxy, each matched on the transport and ALPN."""
+    chains = []
+    for option in filter_chain_match_options(mode, ListenerProtocol.AUTO):
+        how = "mtls" if option.tls else option.transport_protocol.replace("_", "-")
+        chain: dict[str, Any] = {
+            "name": f"0.0.0.0_{port}-{how}-{option.protocol.value.lower()}",
+            "filter_chain_match": option.match(port),
+            "filters": http if option.protocol is ListenerProtocol.HTTP else tcp,
+        }
+        if option.tls:
+            chain["transport_socket"] = _downstream_mtls(plan, paths)
+        chains.append(chain)
+    return chains
+
+
+def _port_range_rule(ports: list[int], *, only: bool) -> dict[str, Any]:
+    """``listenerPredicateExcludePorts`` (``only=False``: the listener filter is disabled on
+    ``ports``) and ``listenerPredicateIncludePorts`` (``only=True``: disabled on every port
+    but ``ports``), listener_inbound.go."""
+    rules = [{"destination_port_range": {"start": p, "end": p + 1}} for p in ports]
+    rule = rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}
+    return {"not_match": rule} if only else rule
+
+
+def _inbound_listener_filters(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``populateListenerFilters`` (listener_inbound.go): original_dst, then the tls_inspector
+    on the ports with a chain matching ``tls`` (``buildTLSInspector``: on by default when the
+    passthrough chains need it, off for the other ports), then the http_inspector on the
+    ports with a chain matching ``http/1.1`` or ``h2c`` (``buildHTTPInspector``)."""
+    tls: dict[int, bool] = {}
+    http: dict[int, bool] = {}
+    for chain in chains:
+        match = chain["filter_chain_match"]
+        port = match.get("destination_port", 0)
+        tls[port] = tls.get(port, False) or match.get("transport_protocol") == "tls"
+        alpns = match.get("application_protocols", ())
+        http[port] = http.get(port, False) or needs_http_inspector(alpns)
+    filters: list[dict[str, Any]] = [
+        {
+            "name": "envoy.filters.listener.original_dst",
+            "typed_config": {"@type": ORIGINAL_DST_TYPE},
+        }
+    ]
+    if any(tls.values()):
+        inspector: dict[str, Any] = {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+        }
+        default = tls.get(0, False)
+        ports = sorted(p for p, on in tls.items() if p and on != default)
+        if ports:
+            inspector["filter_disabled"] = _port_range_rule(ports, only=not default)
+        filters.append(inspector)
+    if any(http.values()):  # after the tls_inspector: it only looks at what is not TLS
+        inspector = {
+            "name": "envoy.filters.listener.http_inspector",
+            "typed_config": {"@type": HTTP_INSPECTOR_TYPE},
+        }
+        off = sorted(p for p, on in http.items() if p and not on)
+        if off:
+            inspector["filter_disabled"] = _port_range_rule(off, only=False)
+        filters.append(inspector)
+    return filters
+
+
 def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     chains: list[dict[str, Any]] = []
     for port in sorted(plan.inbound_modes):
-        if port in plan.tcp_ports:
-            app = [
-                *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
-                _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
-            ]
-        else:
-            app = [
-                {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _hcm(
-                        f"inbound_0.0.0.0_{port}",
-                        inbound_cluster_name(port),
-                        paths,
-                        set_xfcc=plan.set_xfcc,
-                        http_filters=plan.http_rbac,
-                        http2_options=inbound_hcm_http2_options(
-                            plan.inbound_protocols.get(port, PortProtocol.HTTP)
-                        ),
-                    ),
-                }
-            ]
-        chains += _inbound_chains(
-            f"0.0.0.0_{port}", port, plan.inbound_modes[port], plan, paths, app
-        )
+        protocol = plan.inbound_protocols.get(port, PortProtocol.HTTP)
+        tcp = [
+            *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC first
+            _tcp_proxy(f"inbound_0.0.0.0_{port}", inbound_cluster_name(port)),
+        ]
+        http = [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _hcm(
+                    f"inbound_0.0.0.0_{port}",
+                    inbound_cluster_name(port),
+                    paths,
+                    set_xfcc=plan.set_xfcc,
+                    http_filters=plan.http_rbac,
+                    http2_options=inbound_hcm_http2_options(protocol),
+                ),
+            }
+        ]
+        mode = plan.inbound_modes[port]
+        if protocol.sniffed:
+            chains += _sniffed_chains(port, mode, plan, paths, http, tcp)
+            continue
+        app = tcp if port in plan.tcp_ports else http
+        chains += _inbound_chains(f"0.0.0.0_{port}", port, mode, plan, paths, app)
     passthrough = [
         *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
         _tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
@@ -348,17 +430,9 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             # no use_original_dst, as istiod's (and real dumps'): the original_dst filter
             # restores the address for the chains, but the connection is never handed to
             # another listener (a headless Service's wildcard outbound one would take it)
-            "listener_filters": [
-                {
-                    "name": "envoy.filters.listener.original_dst",
-                    "typed_config": {"@type": ORIGINAL_DST_TYPE},
-                },
-                {
-                    "name": "envoy.filters.listener.tls_inspector",
-                    "typed_config": {"@type": TLS_INSPECTOR_TYPE},
-                },
-            ],
-            "listener_filters_timeout": "1s",
+            "listener_filters": _inbound_listener_filters(chains),
+            # buildInboundListener: the mesh's protocolDetectionTimeout (0s: no time limit)
+            "listener_filters_timeout": PROTOCOL_DETECTION_TIMEOUT,
             "continue_on_listener_filters_timeout": True,
             # Connections no chain accepts (plaintext to STRICT) are logged here, flag NR.
             "access_log": _access_log(paths),
@@ -380,26 +454,8 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         },
     ]
     for entry in plan.services:
-        svc = entry.service
-        cluster = outbound_cluster_name(svc.fqdn, svc.port)
         for address in _outbound_addresses(entry, plan.pod):
-            name = f"{address}_{svc.port}"
-            if protocol_of(svc).is_http:
-                outbound_filter = {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False),
-                }
-            else:  # istiod's outbound TCP listener: a TCP proxy to the Service's cluster
-                outbound_filter = _tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)
-            result.append(
-                {
-                    "@type": LISTENER_TYPE,
-                    "name": name,
-                    "address": {"socket_address": {"address": address, "port_value": svc.port}},
-                    "bind_to_port": False,
-                    "filter_chains": [{"name": name, "filters": [outbound_filter]}],
-                }
-            )
+            result.append(_outbound_listener(plan, paths, entry, address))
     return result
 
 
@@ -415,6 +471,92 @@ def _outbound_addresses(entry: ServiceEntry, pod: Pod) -> tuple[str, ...]:
     if protocol_of(entry.service).is_http:
         return ("0.0.0.0",)
     return tuple(p.ip for p in entry.endpoints if p.ip != pod.ip)
+
+
+# The ALPN Istio's ``istio.alpn`` filter (an Istio extension, not in stock Envoy) puts on the
+# upstream ClientHello once the outbound connection manager knows the upstream protocol; on a
+# sniffed port the upstream speaks what the client spoke (``use_downstream_protocol_config``),
+# so the local mesh sets the same list per sniffed protocol through Envoy's filter state.
+_SNIFFED_ALPN: Final = {"http/1.1": ISTIO_MTLS_HTTP11_ALPN, "h2c": ISTIO_MTLS_HTTP2_ALPN}
+SET_FILTER_STATE_TYPE: Final = (
+    "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+)
+
+
+def _alpn_override(alpn: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": SET_FILTER_STATE_TYPE,
+            "on_request_headers": [
+                {
+                    "object_key": "envoy.network.application_protocols",
+                    "format_string": {"text_format_source": {"inline_string": ",".join(alpn)}},
+                    "shared_with_upstream": "ONCE",
+                }
+            ],
+        },
+    }
+
+
+def _outbound_listener(
+    plan: SidecarPlan, paths: SidecarPaths, entry: ServiceEntry, address: str
+) -> dict[str, Any]:
+    """The Service port's outbound listener (reached from virtualOutbound by its original
+    destination): the model's ``outbound_chain_options`` for the port's listener protocol; an
+    auto-detected port's HTTP chain behind the http_inspector, its TCP chain the default."""
+    svc = entry.service
+    name = f"{address}_{svc.port}"
+    cluster = outbound_cluster_name(svc.fqdn, svc.port)
+    protocol = protocol_of(svc)
+    listener: dict[str, Any] = {
+        "@type": LISTENER_TYPE,
+        "name": name,
+        "address": {"socket_address": {"address": address, "port_value": svc.port}},
+        "bind_to_port": False,
+    }
+    tls = bool(plan.outbound[(svc.fqdn, svc.port)].alpn)
+
+    def filters(option: FilterChainOption, alpn: str | None = None) -> list[dict[str, Any]]:
+        if option.protocol is ListenerProtocol.TCP:  # istiod's outbound TCP proxy
+            return [_tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)]
+        extra = (_alpn_override(_SNIFFED_ALPN[alpn]),) if alpn and tls else ()
+        hcm = _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False, http_filters=extra)
+        return [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+
+    listener_protocol = protocol.listener_protocol or ListenerProtocol.TCP
+    chains: list[dict[str, Any]] = []
+    for option in outbound_chain_options(listener_protocol):
+        if not option.application_protocols:
+            chains.append({"name": name, "filters": filters(option)})
+            continue
+        for alpn in option.application_protocols:  # one chain per sniffed protocol (ALPN)
+            match = {
+                "transport_protocol": option.transport_protocol,
+                "application_protocols": [alpn],
+            }
+            chains.append(
+                {
+                    "name": f"{name}-{alpn}",
+                    "filter_chain_match": match,
+                    "filters": filters(option, alpn),
+                }
+            )
+    if listener_protocol is ListenerProtocol.AUTO:
+        default, *matched = chains
+        listener["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": {"@type": HTTP_INSPECTOR_TYPE},
+            }
+        ]
+        listener["listener_filters_timeout"] = PROTOCOL_DETECTION_TIMEOUT
+        listener["continue_on_listener_filters_timeout"] = True
+        listener["filter_chains"] = matched
+        listener["default_filter_chain"] = default
+    else:
+        listener["filter_chains"] = chains
+    return listener
 
 
 def _upstream_tls(tls: Upstream, paths: SidecarPaths) -> dict[str, Any] | None:
