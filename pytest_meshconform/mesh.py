@@ -31,6 +31,8 @@ class Feature(StrEnum):
     ROTATION = "rotation"  # certificates rotate while the run watches (`rotation`)
     MESH_WIDE = "mesh-wide"  # policies in the root namespace may be applied
     AUTHORIZATION = "authorization"  # AuthorizationPolicy ALLOW/DENY is applied and enforced
+    # a waypoint serves the Services of an ambient namespace (targetRefs policies, L7 rules)
+    WAYPOINT = "waypoint"
 
 
 ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)

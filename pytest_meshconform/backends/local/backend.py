@@ -22,7 +22,14 @@ from pytest_meshconform.backends.local.topology import ROOT_NAMESPACE, TRUST_DOM
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.tls import MinProtocolVersion, parse_min_protocol_version
-from pytest_meshconform.mesh import ALL_FEATURES, MeshError, Service, Waypoint, Workload
+from pytest_meshconform.mesh import (
+    ALL_FEATURES,
+    Feature,
+    MeshError,
+    Service,
+    Waypoint,
+    Workload,
+)
 from pytest_meshconform.version import __version__
 
 __all__ = ["LocalMesh"]
@@ -39,7 +46,6 @@ class LocalMesh(LocalCapture, LocalLogs, LocalPropagation):
     # markers compare against it (reports show `version`, which names the local mesh itself).
     istio_version = "1.24.0"
     revision: str | None = None  # one control plane, no Istio revisions
-    features: frozenset[str] = ALL_FEATURES
 
     def __init__(
         self,
@@ -82,6 +88,13 @@ class LocalMesh(LocalCapture, LocalLogs, LocalPropagation):
         self.rotations = []
 
     # -- Mesh protocol: identity -------------------------------------------------------------
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Every feature; `waypoint` only when the topology has a waypoint."""
+        if self.topology.waypoints:
+            return ALL_FEATURES
+        return ALL_FEATURES - {Feature.WAYPOINT}
 
     @property
     def version(self) -> str:

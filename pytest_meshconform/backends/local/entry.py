@@ -15,13 +15,18 @@ from pytest_meshconform.settings import Dataplane, MeshSettings, SettingsError
 if TYPE_CHECKING:
     from pytest_meshconform.backends.local.topology import Topology
 
-__all__ = ["BACKEND", "builtin_topology"]
+__all__ = ["AMBIENT_WAYPOINT", "AMBIENT_WAYPOINT_NAMESPACE", "BACKEND", "builtin_topology"]
+
+# The ambient built-in topology's namespace waypoint (the name istioctl waypoint apply gives)
+AMBIENT_WAYPOINT_NAMESPACE = "bar"
+AMBIENT_WAYPOINT = "waypoint"
 
 
 def builtin_topology(dataplane: Dataplane) -> Topology:
     """The built-in topology with its sidecar namespaces (foo, bar) on `dataplane`: as written
-    (sidecar), or labelled ``istio.io/dataplane-mode=ambient`` (``dataplane: ambient``);
-    legacy keeps no data plane either way (`--mesh-dataplane`)."""
+    (sidecar), or labelled ``istio.io/dataplane-mode=ambient`` (``dataplane: ambient``, and
+    `bar` gets the namespace waypoint `waypoint`); legacy keeps no data plane either way
+    (`--mesh-dataplane`)."""
     import yaml
 
     from pytest_meshconform.backends.local.topology_file import (
@@ -36,6 +41,9 @@ def builtin_topology(dataplane: Dataplane) -> Topology:
     for namespace in document["namespaces"]:
         if namespace["dataplane"] == "sidecar":
             namespace["dataplane"] = dataplane
+        if dataplane == "ambient" and namespace["name"] == AMBIENT_WAYPOINT_NAMESPACE:
+            # istio.io's ambient getting started: `istioctl waypoint apply --enroll-namespace`
+            namespace["waypoint"] = AMBIENT_WAYPOINT
     text = yaml.safe_dump(document, sort_keys=False)
     return parse_topology(text, f"{BUILTIN_TOPOLOGY} (--mesh-dataplane={dataplane})")
 
