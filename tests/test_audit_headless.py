@@ -17,6 +17,10 @@ Where the expected values come from:
   plaintext) leaves headless Services out, ``match.NotHeadless``, citing istio/istio#39439
   ("When sent to a headless service, the client gets 503s"). The fix istio/istio#29873's
   maintainer gives: a DestinationRule with ``tls.mode: DISABLE`` for the host.
+- A connection to a pod IP matches no listener but a headless Service's per-pod TCP one, and
+  leaves through the PassthroughCluster, ORIGINAL_DST without a transport socket
+  (``buildOutboundCatchAllNetworkFilterChains``, ``buildCatchAllVirtualHost``,
+  ``buildDefaultPassthroughCluster``): plaintext.
 - istiod's ``virtualInbound`` listener has no ``use_original_dst`` (``buildInboundListener``,
   pilot/pkg/networking/core/listener_inbound.go; the recorded dumps in tests/data/kube agree):
   an inbound connection is never handed to an outbound listener.
@@ -39,6 +43,7 @@ from pytest_meshconform.backends.local.topology_file import TopologyError, parse
 from pytest_meshconform.backends.local.xds import SidecarPaths, clusters, listeners
 from pytest_meshconform.cli import main
 from pytest_meshconform.istio.api import TlsMode, parse_policies
+from pytest_meshconform.istio.plan import plan_sidecar, pod_ip_upstream
 from pytest_meshconform.istio.upstream import upstream
 from pytest_meshconform.mesh import Service, Workload
 
@@ -149,6 +154,24 @@ def test_one_endpoint_without_sidecar_turns_a_headless_services_auto_mtls_off() 
     ).originates_tls
 
 
+def test_a_mesh_client_reaches_a_pod_ip_in_plaintext_but_a_headless_tcp_port() -> None:
+    topology = parse_topology(TOPOLOGY)
+    workloads = [pod.workload for pod in topology.pods]
+    services = [entry.service for entry in topology.services]
+    policies = parse_policies(yaml.safe_load(STOCK_STRICT))
+    picker, kv = topology.pod("picker", "shelf").workload, topology.pod("kv", "stock").workload
+    plan = plan_sidecar(picker, policies, workloads=workloads, services=services)
+    gossip = pod_ip_upstream(plan, services, workloads, kv, 7000)
+    assert gossip is not None and gossip.originates_tls
+    assert gossip.cluster == "outbound|7000||kv-peers.stock.svc.cluster.local"
+    # an HTTP port (the allow_any route) and a port no Service has: the PassthroughCluster
+    assert pod_ip_upstream(plan, services, workloads, kv, 8080) is None
+    assert pod_ip_upstream(plan, services, workloads, kv, 9999) is None
+    # the endpoint itself has no outbound listener to its own pod IP
+    own = plan_sidecar(kv, policies, workloads=workloads, services=services)
+    assert pod_ip_upstream(own, services, workloads, kv, 7000) is None
+
+
 def _rendered(topology_text: str, owner: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     topology = parse_topology(topology_text)
     plans = plan_sidecars(topology, (), "istio-system")
@@ -173,6 +196,19 @@ def test_a_headless_service_renders_as_istiod_builds_it() -> None:
     assert "load_assignment" not in peers and "transport_socket_matches" not in peers
     sni = peers["transport_socket"]["typed_config"]["sni"]
     assert sni == "outbound_.8080_._.kv-peers.stock.svc.cluster.local"
+    # the HTTP listener's routes: the Service's names to its cluster, anything else (a pod IP
+    # as Host) to the PassthroughCluster, in plaintext
+    manager = by_name["0.0.0.0_8080"]["filter_chains"][0]["filters"][0]["typed_config"]
+    hosts = manager["route_config"]["virtual_hosts"]
+    assert [(h["domains"][:2], h["routes"][0]["route"]["cluster"]) for h in hosts] == [
+        (
+            ["kv-peers.stock.svc.cluster.local", "kv-peers.stock.svc.cluster.local:8080"],
+            "outbound|8080||kv-peers.stock.svc.cluster.local",
+        ),
+        (["*"], "PassthroughCluster"),
+    ]
+    assert "kv-peers.stock:8080" in hosts[0]["domains"]
+    assert "*.kv-peers.stock.svc.cluster.local" in hosts[0]["domains"]  # the per-pod names
     # the endpoint's own sidecar has no outbound listener to itself on the TCP port
     own, _ = _rendered(TOPOLOGY, "kv.stock")
     assert f"{kv_ip}_7000" not in {item["name"] for item in own}
@@ -284,6 +320,20 @@ def test_the_audit_probes_a_headless_service_by_its_name(
     assert wire["alpn"] == ["istio-peer-exchange", "istio"] and wire["serverHello"]
     # the name resolved to the pod: the plaintext probe connected to it, not to a VIP
     assert peers["evidence"]["plaintext"]["outcome"] == "reset"
+    # the mesh probe by pod IP: plaintext through the PassthroughCluster (reset by STRICT),
+    # but mTLS on the headless Service's TCP port (its per-pod listener)
+    mesh_probes = {
+        p["port"]: p["meshProbe"]
+        for p in data["podPorts"]
+        if p["workload"] == "kv" and "meshProbe" in p
+    }
+    assert {n: (m["cluster"], m["tls"], m["admitted"]) for n, m in mesh_probes.items()} == {
+        7000: ("outbound|7000||kv-peers.stock.svc.cluster.local", True, True),
+        8080: ("PassthroughCluster", False, False),
+    }
+    assert mesh_probes[7000]["sni"] == "outbound_.7000_._.kv-peers.stock.svc.cluster.local"
+    assert mesh_probes[8080]["outcome"] == "HTTP 503"  # the probe's sidecar: upstream reset
+    assert all(p["verdict"] == "pass" for p in data["podPorts"])
 
     # workload STRICT, port 8080 DISABLE: the VIP Service reaches it in plaintext (auto mTLS
     # per endpoint), the headless one sends mTLS the app cannot read: a failure naming #39439

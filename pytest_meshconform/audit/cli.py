@@ -377,6 +377,7 @@ def _run_local(args: argparse.Namespace) -> int:
             progress=_progress,
             evidence_dir=_evidence_dir(args),
             read_sockets=True,  # our own pods: their sockets, read in their namespaces
+            mesh_by_pod_ip=True,
             exceptions=args.exceptions,
         )
     except MeshUnavailable as exc:  # cannot run here (not root, no Envoy...): names the fix

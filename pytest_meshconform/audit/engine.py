@@ -439,11 +439,13 @@ def run_audit(
     read_sockets: bool = False,
     exceptions: AcceptedExceptions | None = None,
     today: dt.date | None = None,
+    mesh_by_pod_ip: bool = False,
 ) -> AuditResult:
     """Audit every Service port of ``mesh`` (the probes must be workloads of the mesh, in
     AUDIT_NAMESPACE), then every port its audited pods listen on (`audit.pod_ports`: from
     their sockets when ``read_sockets``, else their spec), bypasses judged against
-    ``exceptions``. One port's failure never stops the others."""
+    ``exceptions``; with ``mesh_by_pod_ip`` each pod port gets the sidecar probe's request by
+    pod IP too, captured. One port's failure never stops the others."""
     say = progress or (lambda line: None)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = time.monotonic()
@@ -476,11 +478,20 @@ def run_audit(
         namespaces=namespaces,
         exclude_namespaces=exclude_namespaces,
         read_sockets=read_sockets,
+        client=probe,
     )
     pod_results: list[PodPortResult] = []
     for index, pod_port in enumerate(pod_ports, 1):
         pod_results.append(
-            probe_pod_port(mesh, naked, pod_port, exceptions=exceptions, today=today)
+            probe_pod_port(
+                mesh,
+                naked,
+                pod_port,
+                exceptions=exceptions,
+                today=today,
+                probe=probe if mesh_by_pod_ip else None,
+                evidence_dir=evidence_dir,
+            )
         )
         say(
             f"[pod {index}/{len(pod_ports)}] {pod_port.key}: {pod_results[-1].port_class}"

@@ -17,6 +17,11 @@ execs into your pods). Each port is classified (`PortClass`):
   policies predict for the container port (reset under STRICT, taken otherwise).
 - ``no sidecar``: a pod outside the mesh; plaintext reaches every port.
 
+With the sidecar probe (the local mesh), each probed port also gets the mesh probe's request
+to the pod's address, captured at the probe: Istio's sidecar sends it through the
+PassthroughCluster in plaintext, or through a headless Service's per-pod listener with its mTLS
+(`istio.plan.pod_ip_upstream`); the wire must show which.
+
 ``excluded`` and ``around the mesh`` ports that took plaintext are the bypasses: each needs an
 unexpired entry of the accepted-exceptions file (`audit.exceptions`) to pass.
 """
@@ -24,8 +29,9 @@ unexpired entry of the accepted-exceptions file (`audit.exceptions`) to pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from pytest_meshconform.audit.discovery import Predicted
@@ -34,19 +40,26 @@ from pytest_meshconform.audit.exceptions import (
     AcceptedExceptions,
     ExceptionStatus,
 )
+from pytest_meshconform.audit.observe import read_wire
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE
+from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
+from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError, parse_tcp_output, tcp_argv
 from pytest_meshconform.istio.api import PeerAuthentication, Policy
+from pytest_meshconform.istio.envoy import PASSTHROUGH_CLUSTER
 from pytest_meshconform.istio.interception import (
     ISTIO_SIDECAR_PORTS,
     InterceptionError,
     sidecar_interception,
 )
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
-from pytest_meshconform.istio.plan import endpoints_of
+from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar, pod_ip_upstream
+from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import Mesh, MeshError, Workload
+from pytest_meshconform.outputs import write_file
 
 __all__ = [
+    "MeshByPodIp",
     "PodPort",
     "PodPortResult",
     "PortClass",
@@ -75,11 +88,50 @@ class PodPort:
     predicted: Predicted  # the sidecar's mode for the container port (NO_SIDECAR: none)
     bypass: str | None = None  # why istio-iptables leaves it out of capture (None: captured)
     istio_port: str | None = None  # what it is when it is Envoy's or the agent's own
+    # the mesh probe by pod IP: the cluster its sidecar sends it through (`pod_ip_upstream`:
+    # a headless Service's, else the PassthroughCluster), whether that originates mTLS, and
+    # whether an HTTP Service port targets the port (the probe then sends an HTTP request)
+    mesh_cluster: str = PASSTHROUGH_CLUSTER
+    mesh_tls: bool = False
+    http: bool = False
 
     @property
     def key(self) -> str:
         """``workload.namespace port N``."""
         return f"{self.workload.name}.{self.namespace} port {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshByPodIp:
+    """The mesh probe's request to the pod's own address, as its capture shows it: did its
+    sidecar originate mTLS (``tls``, with ``sni``), and did the pod answer (``admitted``: a
+    ServerHello, or bytes back on a plaintext connection)."""
+
+    target: str
+    outcome: str
+    expected_tls: bool
+    cluster: str
+    flows: int
+    tls: bool
+    admitted: bool
+    sni: str | None = None
+    pcap: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": self.target,
+            "outcome": self.outcome,
+            "cluster": self.cluster,
+            "expectedTls": self.expected_tls,
+            "flows": self.flows,
+            "tls": self.tls,
+            "admitted": self.admitted,
+        }
+        if self.sni is not None:
+            out["sni"] = self.sni
+        if self.pcap is not None:
+            out["pcap"] = self.pcap
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +146,7 @@ class PodPortResult:
     outcome: str = ""  # the probe's outcome (``answered``, ``reset``, ...; empty: not probed)
     exception: ExceptionStatus | None = None  # for a bypass: what the exceptions file says
     accepted_by: AcceptedException | None = None
+    mesh: MeshByPodIp | None = None  # the mesh probe by pod IP (None: not probed)
 
     @property
     def is_bypass(self) -> bool:
@@ -122,6 +175,8 @@ class PodPortResult:
             out["bypass"] = port.bypass
         if self.target:
             out["probe"] = {"target": self.target, "outcome": self.outcome}
+        if self.mesh is not None:
+            out["meshProbe"] = self.mesh.to_dict()
         if self.exception is not None:
             out["exception"] = self.exception.value
         if self.accepted_by is not None:
@@ -173,12 +228,25 @@ def discover_pod_ports(
     namespaces: Sequence[str] = (),
     exclude_namespaces: Sequence[str] = (),
     read_sockets: bool = False,
+    client: Workload | None = None,
 ) -> tuple[tuple[PodPort, ...], tuple[str, ...]]:
     """Every listening port of every audited pod (sidecar or none), and notes on the pods the
-    audit leaves out (ambient pods, a pod whose annotations Istio's injector would refuse)."""
+    audit leaves out (ambient pods, a pod whose annotations Istio's injector would refuse).
+    ``client``: the sidecar probe whose request by pod IP each port predicts
+    (`pod_ip_upstream`)."""
     peer_auths = [p for p in policies if isinstance(p, PeerAuthentication)]
     workloads = tuple(mesh.workloads())
     services = tuple(mesh.services())
+    plan = None
+    if client is not None and client.has_sidecar:
+        plan = plan_sidecar(
+            client,
+            policies,
+            workloads=workloads,
+            services=services,
+            root_namespace=mesh.root_namespace,
+            trust_domain=mesh.trust_domain,
+        )
     found: list[PodPort] = []
     notes: list[str] = []
     for workload in workloads:
@@ -210,6 +278,9 @@ def discover_pod_ports(
                     peer_auths, workload.namespace, workload.labels, port, mesh.root_namespace
                 )
                 predicted = mode.value  # type: ignore[assignment]  # STRICT/PERMISSIVE/DISABLE
+            via = None
+            if plan is not None:
+                via = pod_ip_upstream(plan, services, workloads, workload, port)
             found.append(
                 PodPort(
                     workload=workload,
@@ -220,6 +291,13 @@ def discover_pod_ports(
                     predicted=predicted,
                     bypass=None if interception is None else interception.inbound_bypass(port),
                     istio_port=ISTIO_SIDECAR_PORTS.get(port) if workload.has_sidecar else None,
+                    mesh_cluster=PASSTHROUGH_CLUSTER if via is None else via.cluster,
+                    mesh_tls=via is not None and via.originates_tls,
+                    http=any(
+                        protocol_of(s).is_http
+                        for s in services
+                        if s.target_port == port and workload in endpoints_of(s, workloads)
+                    ),
                 )
             )
     return tuple(found), tuple(notes)
@@ -271,6 +349,7 @@ def _with(
         outcome=result.outcome,
         exception=status,
         accepted_by=entry,
+        mesh=result.mesh,
     )
 
 
@@ -281,11 +360,88 @@ def probe_pod_port(
     *,
     exceptions: AcceptedExceptions | None = None,
     today: date | None = None,
+    probe: Workload | None = None,
+    evidence_dir: Path | None = None,
 ) -> PodPortResult:
     """Classify one pod port and judge it: a plaintext connection from the probe without
-    sidecar to the pod's own address (a line of bytes, what comes back kept). Never raises for
-    the port's own failures (an ``error`` verdict says why)."""
-    day = today or date.today()
+    sidecar to the pod's own address (a line of bytes, what comes back kept), then, with
+    ``probe`` (the sidecar probe), the mesh probe's request to the same address, captured at
+    the probe: its sidecar must send mTLS or plaintext as Istio's config predicts
+    (`PodPort.mesh_tls`). Never raises for the port's own failures (an ``error`` verdict says
+    why). The capture is kept under ``evidence_dir`` when given."""
+    result = _plaintext_by_pod_ip(mesh, naked_probe, port, exceptions, today or date.today())
+    if probe is None or not result.target:
+        return result
+    try:
+        seen = _mesh_by_pod_ip(mesh, probe, port, evidence_dir)
+    except (MeshError, CaptureError, TcpError, OSError) as exc:
+        reason = f"{result.reason}; the mesh probe by pod IP could not run: {exc}"
+        return replace(result, verdict="error", reason=reason)
+    sent = "mTLS" if seen.tls else "plaintext"
+    if seen.flows == 0:
+        reason = (
+            f"{result.reason}; the capture at {probe.key} saw no connection to"
+            f" {seen.target}: the mesh probe by pod IP never reached the pod"
+        )
+        return replace(result, verdict="error", reason=reason, mesh=seen)
+    if seen.tls != seen.expected_tls:
+        want = "mTLS" if seen.expected_tls else "plaintext"
+        reason = (
+            f"{result.reason}; the mesh probe's sidecar sent {sent} to the pod IP, Istio's"
+            f" config predicts {want} ({seen.cluster})"
+        )
+        return replace(result, verdict="fail", reason=reason, mesh=seen)
+    answered = "answered" if seen.admitted else "not answered"
+    reason = f"{result.reason}; a mesh client by pod IP: {sent} ({seen.cluster}), {answered}"
+    return replace(result, reason=reason, mesh=seen)
+
+
+def _mesh_by_pod_ip(
+    mesh: Mesh, probe: Workload, port: PodPort, evidence_dir: Path | None
+) -> MeshByPodIp:
+    """The sidecar probe's request to the pod's own address (HTTP when an HTTP Service port
+    targets it, else a line of bytes), captured at the probe."""
+    ip = mesh.pod_ip(port.workload)
+    target = f"{ip}:{port.port}"
+    with mesh.capture(probe, port.port) as recording:
+        if port.http:
+            url = f"http://{target}/"
+            ran = mesh.exec(probe, curl_argv(url, timeout=POD_PROBE_WAIT_S), POD_PROBE_WAIT_S + 10)
+            outcome = parse_curl_output(
+                url, probe.key, ran.returncode, ran.stdout, ran.stderr
+            ).outcome
+        else:
+            argv = tcp_argv(ip, port.port, send=POD_PROBE_LINE, timeout=POD_PROBE_WAIT_S)
+            ran = mesh.exec(probe, argv, POD_PROBE_WAIT_S + 10)
+            outcome = parse_tcp_output(
+                target, probe.key, ran.returncode, ran.stdout, ran.stderr, sent=POD_PROBE_LINE
+            ).outcome
+    kept = None
+    if evidence_dir is not None:
+        kept = evidence_dir / f"pod-{port.workload.name}.{port.namespace}-{port.port}.pcap"
+        write_file(kept, recording.pcap)
+    wire = read_wire(recording.pcap, kept, port.port)
+    return MeshByPodIp(
+        target=f"{'http' if port.http else 'tcp'}://{target}",
+        outcome=outcome,
+        expected_tls=port.mesh_tls,
+        cluster=port.mesh_cluster,
+        flows=wire.flows,
+        tls=wire.tls,
+        admitted=wire.admitted,
+        sni=wire.sni,
+        pcap=wire.pcap,
+    )
+
+
+def _plaintext_by_pod_ip(
+    mesh: Mesh,
+    naked_probe: Workload,
+    port: PodPort,
+    exceptions: AcceptedExceptions | None,
+    day: date,
+) -> PodPortResult:
+    """The port's class and verdict from the plaintext probe by pod IP (`probe_pod_port`)."""
     if port.istio_port is not None and not port.services:
         return PodPortResult(port, "istio", "pass", f"{port.istio_port} (Istio's own; not probed)")
     try:

@@ -78,7 +78,15 @@ def format_table(result: AuditResult) -> list[str]:
     return lines
 
 
-_POD_COLUMNS: Final = ("POD PORT", "SIDECAR", "SOURCE", "CLASS", "PLAINTEXT BY POD IP", "VERDICT")
+_POD_COLUMNS: Final = (
+    "POD PORT",
+    "SIDECAR",
+    "SOURCE",
+    "CLASS",
+    "PLAINTEXT BY POD IP",
+    "MESH BY POD IP",
+    "VERDICT",
+)
 
 
 def _pod_port_lines(result: AuditResult) -> list[str]:
@@ -94,6 +102,7 @@ def _pod_port_lines(result: AuditResult) -> list[str]:
                 r.port.source,
                 r.port_class,
                 r.outcome or "-",
+                "-" if r.mesh is None else ("mTLS" if r.mesh.tls else "plaintext"),
                 "ACCEPTED" if r.accepted else r.verdict.upper(),
             )
             for r in result.pod_ports
@@ -306,6 +315,14 @@ def _pod_port_entry(r: PodPortResult) -> Entry:
         facts.append(("Interception", (f"not captured: {r.port.bypass}",)))
     if r.target:
         facts.append(("Plaintext probe", (f"{r.target}: {r.outcome}",)))
+    if r.mesh is not None:
+        m = r.mesh
+        sent = f"mTLS (SNI {m.sni or 'none'})" if m.tls else "plaintext"
+        want = "mTLS" if m.expected_tls else "plaintext"
+        line = f"{m.target} through {m.cluster}: {sent} on the wire, {want} predicted; {m.outcome}"
+        facts.append(("Mesh probe by pod IP", (line,)))
+        if m.pcap is not None:
+            facts.append(("Capture", (m.pcap,)))
     if r.accepted_by is not None:
         entry = r.accepted_by
         until = f", until {entry.expires.isoformat()}" if entry.expires else ""
@@ -332,7 +349,7 @@ def _pod_port_sections(result: AuditResult) -> tuple[Section, ...]:
             "Pod ports",
             status,
             tuple(_pod_port_entry(r) for r in others),
-            subtitle="every port the audited pods listen on, probed in plaintext by pod IP",
+            subtitle="every port the audited pods listen on, probed by pod IP",
         )
     ]
     if result.accepted:

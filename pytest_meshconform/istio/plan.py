@@ -21,7 +21,14 @@ from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.upstream import Upstream, upstream
 from pytest_meshconform.mesh import Service, Workload
 
-__all__ = ["Sidecar", "endpoints_of", "inbound_protocols", "plan_mesh", "plan_sidecar"]
+__all__ = [
+    "Sidecar",
+    "endpoints_of",
+    "inbound_protocols",
+    "plan_mesh",
+    "plan_sidecar",
+    "pod_ip_upstream",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +170,30 @@ def plan_mesh(
         for w in workloads
         if w.has_sidecar
     }
+
+
+def pod_ip_upstream(
+    sidecar: Sidecar,
+    services: Sequence[Service],
+    workloads: Sequence[Workload],
+    server: Workload,
+    port: int,
+) -> Upstream | None:
+    """What ``sidecar``'s Envoy does with a connection its app opens to ``server``'s pod IP at
+    ``port`` (not through a Service name): the cluster of a headless Service whose TCP port
+    that is (istiod's per-endpoint listener, ``buildSidecarOutboundListeners``), with its
+    TLS towards ``server``; else None: no listener names the pod, and the connection leaves
+    through the PassthroughCluster (``buildOutboundCatchAllNetworkFilterChains``, or an HTTP
+    listener's ``allow_any`` route), an ORIGINAL_DST cluster with no transport socket
+    (``buildDefaultPassthroughCluster``): plaintext, whatever the server's mode
+    (pilot/pkg/networking/core)."""
+    for service in services:
+        if (
+            service.headless
+            and service.port == port
+            and not protocol_of(service).is_http
+            and server in endpoints_of(service, workloads)
+            and server != sidecar.workload
+        ):
+            return sidecar.outbound[(service.fqdn, service.port)].towards(server.key)
+    return None

@@ -459,6 +459,38 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
     return result
 
 
+def _headless_virtual_hosts(entry: ServiceEntry, pod: Pod, cluster: str) -> list[dict[str, Any]]:
+    """The routes of a headless Service's wildcard HTTP listener, as istiod's: the Service's
+    names (``generateVirtualHostDomains``: the FQDN and the short names a client in ``pod``'s
+    namespace may use, each with and without the port, and each with a ``*.`` prefix for a
+    headless Kubernetes Service's per-pod names) to its ORIGINAL_DST cluster, and every other
+    Host, a pod IP's among them, to the PassthroughCluster (``buildCatchAllVirtualHost``,
+    ALLOW_ANY): plaintext (pilot/pkg/networking/core/httproute.go)."""
+    svc = entry.service
+    names = [svc.fqdn, f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
+    if svc.namespace == pod.workload.namespace:
+        names.append(svc.name)
+    domains = [d for n in names for d in (n, f"{n}:{svc.port}")]
+    domains += [f"*.{d}" for d in domains]
+    return [
+        {
+            "name": f"{svc.fqdn}:{svc.port}",
+            "domains": domains,
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+        },
+        {
+            "name": "allow_any",
+            "domains": ["*"],
+            "routes": [
+                {
+                    "match": {"prefix": "/"},
+                    "route": {"cluster": PASSTHROUGH_CLUSTER, "timeout": "0s"},
+                }
+            ],
+        },
+    ]
+
+
 def _outbound_addresses(entry: ServiceEntry, pod: Pod) -> tuple[str, ...]:
     """Where the sidecar's outbound listeners for one Service port sit: its VIP; for a headless
     Service (``buildSidecarOutboundListeners``, pilot/pkg/networking/core/listener.go) a
@@ -522,6 +554,8 @@ def _outbound_listener(
             return [_tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)]
         extra = (_alpn_override(_SNIFFED_ALPN[alpn]),) if alpn and tls else ()
         hcm = _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False, http_filters=extra)
+        if svc.headless:
+            hcm["route_config"]["virtual_hosts"] = _headless_virtual_hosts(entry, plan.pod, cluster)
         return [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
 
     listener_protocol = protocol.listener_protocol or ListenerProtocol.TCP
