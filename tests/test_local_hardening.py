@@ -25,6 +25,7 @@ from local_helpers import (
     CONFORMANCE,
     all_passed,
     assert_runs_left_nothing,
+    default_signals,
     needs_local_mesh,
     subprocess_env,
     traces_of,
@@ -209,6 +210,7 @@ class WindowOwner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=subprocess_env() | {TOKEN_VARIABLE: token},
+            preexec_fn=default_signals,  # the signals reach it even where they are ignored here
         )
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
@@ -436,6 +438,7 @@ def test_a_pytest_run_signalled_during_its_teardown_leaves_nothing(tmp_path: Pat
         env=subprocess_env() | {"MC_EVENTS": str(events)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_signals,  # the signals reach it even where they are ignored here
     )
     try:
         wait_for(lambda: "run_id" in events.read_text(), 60, "the suite's mesh to come up")

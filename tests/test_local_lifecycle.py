@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from local_helpers import alive, needs_local_mesh, subprocess_env, traces_of, wait_for
+from local_helpers import (
+    alive,
+    default_signals,
+    needs_local_mesh,
+    subprocess_env,
+    traces_of,
+    wait_for,
+)
 
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.backend import LocalMesh
@@ -214,6 +221,7 @@ def test_ctrl_c_to_a_pytest_run_leaves_nothing(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, like a terminal's foreground job
+        preexec_fn=default_signals,  # Ctrl-C reaches it even where SIGINT is ignored here
     )
     try:
         wait_for(
