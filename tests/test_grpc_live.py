@@ -1,6 +1,7 @@
 """gRPC on the local mesh, on the wire (issue 25): the example suite `examples/catalog/`
 (a user's typed suite for a gRPC service: `shop/catalog` serves the grpc-echo app on Service
-port 50051 named `grpc` and on 8081 with `appProtocol: http2`; `frontend/web` and
+port 50051 named `grpc`, on 8081 with `appProtocol: http2` and on 8083 named `grpc-web`, and
+httpbin on port 80 named `storefront`, which Istio sniffs; `frontend/web` and
 `frontend/cart` have sidecars and service accounts of their own; `jobs/reindex` has none), run
 by pytester against real Envoy sidecars, real grpcio on both ends and real tcpdump. Its module
 docstring says where each expected value comes from (and docs/istio-facts.md, "gRPC and HTTP/2

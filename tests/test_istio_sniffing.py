@@ -121,7 +121,8 @@ def load(name: str) -> dict[str, Any]:
 
 def section(document: dict[str, Any], kind: str) -> dict[str, Any]:
     [found] = [c for c in document["configs"] if c["@type"].endswith(kind)]
-    return found
+    result: dict[str, Any] = found
+    return result
 
 
 def listener(document: dict[str, Any], name: str) -> dict[str, Any]:
@@ -193,3 +194,48 @@ def test_a_real_sniffed_outbound_listener() -> None:
     name = "outbound|8080||hello-openshift.vanilla-playground.svc.cluster.local"
     options = cluster(document, name)["typed_extension_protocol_options"]
     assert options == cluster_http_protocol_options(PortProtocol.UNSUPPORTED)
+
+
+def test_grpc_web_ports_get_envoys_grpc_web_filter_after_rbac() -> None:
+    """``buildHTTPConnectionManager`` (listener_builder.go): ``xdsfilters.GrpcWeb`` after the
+    authz filters when the listener's protocol is GRPC-Web, inbound and outbound; the port is
+    HTTP/2 otherwise (``IsHTTP2``). Rendered by the local mesh in that order."""
+    from pytest_meshconform.backends.local.control import plan_sidecars
+    from pytest_meshconform.backends.local.topology_file import parse_topology
+    from pytest_meshconform.backends.local.xds import SidecarPaths, listeners
+    from pytest_meshconform.istio.api import parse_policy
+    from pytest_meshconform.istio.api.authorization_policy import authorization_policy
+    from pytest_meshconform.istio.envoy import GRPC_WEB_TYPE, grpc_web_filters
+
+    assert grpc_web_filters(PortProtocol.GRPC) == ()
+    [web] = grpc_web_filters(PortProtocol.GRPC_WEB)
+    assert web == {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}}
+    topology = parse_topology(
+        "namespaces:\n  - name: shop\n    dataplane: sidecar\n    workloads:\n"
+        "      - {name: catalog, kind: grpc-echo, ports: [8083]}\n"
+        "      - {name: web, kind: sleep}\n    services:\n      - name: catalog\n"
+        "        selector: {app: catalog}\n        ports: [{name: grpc-web, port: 8083}]\n",
+        "t.yaml",
+    )
+    policy = parse_policy(authorization_policy("allow-none", "shop", selector={"app": "catalog"}))
+    plans = plan_sidecars(topology, [policy], "istio-system")
+
+    def http_filters(listener: dict[str, Any]) -> list[list[str]]:
+        return [
+            [f["name"] for f in f0["typed_config"]["http_filters"]]
+            for chain in listener["filter_chains"]
+            for f0 in chain["filters"]
+            if f0["name"] == "envoy.filters.network.http_connection_manager"
+        ]
+
+    paths = SidecarPaths(TESTDATA)  # never read: rendering only
+    inbound = listeners(plans["catalog.shop"], paths)[0]
+    assert http_filters(inbound)[0] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.router",
+    ]
+    [outbound] = [
+        item for item in listeners(plans["web.shop"], paths) if item["name"].endswith("_8083")
+    ]
+    assert http_filters(outbound) == [["envoy.filters.http.grpc_web", "envoy.filters.http.router"]]

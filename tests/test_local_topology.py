@@ -330,8 +330,8 @@ BAD_FILES = [
         "namespaces:\n  - name: a\n    injected: true\n    workloads:\n"
         "      - {name: x, kind: httpbin}\n    services:\n      - name: s\n"
         "        selector: {app: x}\n        ports:\n"
-        "          - {name: grpc-web, port: 80, targetPort: 8080}\n",
-        ":10: namespaces[0].services[0].ports[0].name: Istio selects protocol GRPC-Web",
+        "          - {name: udp-dns, port: 80, targetPort: 8080}\n",
+        ":10: namespaces[0].services[0].ports[0].name: Istio selects protocol UDP",
     ),
     (
         "namespaces:\n  - name: a\n    injected: true\n    workloads:\n"

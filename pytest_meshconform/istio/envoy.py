@@ -22,6 +22,7 @@ __all__ = [
     "CONNECT_TERMINATE",
     "DOWNSTREAM_TLS_TYPE",
     "FILE_ACCESS_LOG_TYPE",
+    "GRPC_WEB_TYPE",
     "HBONE_MATCH",
     "HCM_TYPE",
     "HTTP_INSPECTOR_TYPE",
@@ -61,6 +62,7 @@ __all__ = [
     "auto_mtls_transport",
     "cluster_http_protocol_options",
     "filter_chain_match_options",
+    "grpc_web_filters",
     "inbound_chain_shapes",
     "inbound_cluster_name",
     "inbound_hcm_http2_options",
@@ -112,6 +114,8 @@ HTTP_INSPECTOR_TYPE: Final = (
 # the RBAC filters of istiod's authz builder (pilot/pkg/security/authz/builder/builder.go),
 # which istio/authorization.py reproduces
 HTTP_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+# xdsfilters.GrpcWeb (pilot/pkg/xds/filters/filters.go): translates gRPC-Web requests to gRPC
+GRPC_WEB_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 NETWORK_RBAC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 
 
@@ -162,6 +166,17 @@ def cluster_http_protocol_options(
     codec = "http2_protocol_options" if protocol.is_http2 else "http_protocol_options"
     options["explicit_http_config"] = {codec: {}}
     return {HTTP_PROTOCOL_OPTIONS: options}
+
+
+def grpc_web_filters(protocol: PortProtocol) -> tuple[dict[str, Any], ...]:
+    """The HTTP filters istiod adds for ``protocol`` after the RBAC filters, inbound and
+    outbound alike: ``buildHTTPConnectionManager`` (listener_builder.go) appends
+    ``xdsfilters.GrpcWeb`` when the listener's protocol is GRPC-Web, so a gRPC-Web request
+    (HTTP/1.1 or 2, ``application/grpc-web*``) is turned into gRPC there and its answer back;
+    nothing for other protocols."""
+    if protocol is not PortProtocol.GRPC_WEB:
+        return ()
+    return ({"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}},)
 
 
 # --- ports and addresses ----------------------------------------------------------------------

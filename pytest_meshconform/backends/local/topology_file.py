@@ -67,13 +67,15 @@ _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-# Protocols the local mesh renders: HTTP/1.1, HTTP/2 and gRPC (an HTTP connection manager, with
-# the HTTP/2 codec for the last two), the TCP family (a TCP proxy) and ports Istio sniffs
-# (UnsupportedProtocol: both behind Envoy's http_inspector). gRPC-Web and UDP are not rendered.
+# Protocols the local mesh renders: HTTP/1.1, HTTP/2, gRPC and gRPC-Web (an HTTP connection
+# manager, with the HTTP/2 codec for the last three, and the grpc_web filter for gRPC-Web), the
+# TCP family (a TCP proxy) and ports Istio sniffs (UnsupportedProtocol: both behind Envoy's
+# http_inspector). UDP is not proxied by Istio's sidecars, nor rendered here.
 _RENDERED: Final = (
     PortProtocol.HTTP,
     PortProtocol.HTTP2,
     PortProtocol.GRPC,
+    PortProtocol.GRPC_WEB,
     PortProtocol.UNSUPPORTED,
     *sorted(p for p in PortProtocol if p.is_tcp),
 )
@@ -628,8 +630,8 @@ def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> lis
                 f"{field}.{spelled}",
                 f"Istio selects protocol {protocol.value} for it (from the port's"
                 f" {'appProtocol' if app_protocol is not None else 'name prefix'}); the local"
-                " mesh renders HTTP, HTTP/2, gRPC, TCP and sniffed ports: name it http-...,"
-                " http2-..., grpc-... or tcp-... (or set appProtocol: http / http2 / grpc / tcp),"
+                " mesh renders HTTP, HTTP/2, gRPC, gRPC-Web, TCP and sniffed ports: name it"
+                " http-..., http2-..., grpc-..., grpc-web-... or tcp-... (or set appProtocol),"
                 " or give it a name Istio does not recognise to have it sniffed",
             )
         specs.append(_ServicePortSpec(p_node, port_name, port, target, app_protocol))

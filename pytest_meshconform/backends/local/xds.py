@@ -48,6 +48,7 @@ from pytest_meshconform.istio.envoy import (
     UpstreamTransport,
     cluster_http_protocol_options,
     filter_chain_match_options,
+    grpc_web_filters,
     inbound_chain_shapes,
     inbound_cluster_name,
     inbound_hcm_http2_options,
@@ -402,7 +403,7 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                     inbound_cluster_name(port),
                     paths,
                     set_xfcc=plan.set_xfcc,
-                    http_filters=plan.http_rbac,
+                    http_filters=(*plan.http_rbac, *grpc_web_filters(protocol)),
                     http2_options=inbound_hcm_http2_options(protocol),
                 ),
             }
@@ -552,7 +553,8 @@ def _outbound_listener(
     def filters(option: FilterChainOption, alpn: str | None = None) -> list[dict[str, Any]]:
         if option.protocol is ListenerProtocol.TCP:  # istiod's outbound TCP proxy
             return [_tcp_proxy(f"outbound|{svc.port}||{svc.fqdn}", cluster)]
-        extra = (_alpn_override(_SNIFFED_ALPN[alpn]),) if alpn and tls else ()
+        override = (_alpn_override(_SNIFFED_ALPN[alpn]),) if alpn and tls else ()
+        extra = (*override, *grpc_web_filters(protocol))
         hcm = _hcm(f"outbound_{name}", cluster, paths, set_xfcc=False, http_filters=extra)
         if svc.headless:
             hcm["route_config"]["virtual_hosts"] = _headless_virtual_hosts(entry, plan.pod, cluster)
