@@ -22,6 +22,17 @@ from istio.io:
   PERMISSIVE, a DENY on positive principals does not catch it, and a DENY with
   ``notPrincipals: ["*"]`` does.
 
+Ambient (``--mesh-dataplane=ambient``): the policies bind to the server's ztunnel, which
+judges connections, not requests (L4). istio.io "Use Layer 4 security policy": a denied
+connection is closed, curl sees "Connection reset by peer" (`ZTUNNEL_DENIED`: no HTTP response,
+curl exit 56, or 52 when the close comes first). istiod's ``convertAuthorizationPolicy``
+(pilot/pkg/serviceregistry/ambient/authorization.go) drops an ALLOW rule with HTTP attributes
+("Within an ALLOW policy, rules matching HTTP attributes are omitted. This will be more
+restrictive than requested"), so "ALLOW GET on /ip only" allows nothing at ztunnel; dry-run
+policies are not sent to ztunnel ("support for ambient dry-run authorizationPolicies isn't
+enabled", AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY off by default), so they enforce nothing
+there either. Every other row reads as for sidecars, with the denial as ztunnel's.
+
 TCP denial (the network RBAC filter closes the connection; "Authorization on TCP traffic"
 task, docs/tasks/security/authorization/authz-tcp) needs a TCP server port, which this
 topology does not have (httpbin serves HTTP only): it is covered with a real Envoy and a
@@ -30,6 +41,7 @@ TCP listener in the project's tests (tests/test_local_rbac.py), not here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +52,7 @@ from pytest_meshconform import (
     Call,
     CallTable,
     Outcome,
+    WorkloadLookup,
     authorization_policy,
     peer_authentication,
 )
@@ -52,8 +65,10 @@ HTTPBIN = {"app": "httpbin"}
 PERMISSIVE_FOO = peer_authentication("default", "foo", mode="PERMISSIVE")
 
 # Outcomes, as curl sees them from the client's pod: allowed (200, mTLS or not), and DENIED
-# (pytest_meshconform's: 403 with Envoy RBAC's body "RBAC: access denied").
+# (pytest_meshconform's: 403 with Envoy RBAC's body "RBAC: access denied"); in ambient a denial
+# is ztunnel closing the connection: no HTTP response, curl exit 56 (reset) or 52 (closed).
 OK = Outcome("200", status=200)
+ZTUNNEL_DENIED = Outcome("closed by ztunnel", status=None, curl_exit=(56, 52))
 
 
 def authz(
@@ -80,6 +95,20 @@ class Case:
     policies: tuple[dict[str, Any], ...]
     calls: tuple[Call, ...]
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    # the calls when httpbin.foo is ambient, where they differ from `calls` beyond the form of
+    # a denial (DENIED becomes ZTUNNEL_DENIED)
+    ambient_calls: tuple[Call, ...] | None = None
+
+    def calls_on(self, dataplane: str) -> tuple[Call, ...]:
+        """The table for a server on this data plane."""
+        if dataplane != "ambient":
+            return self.calls
+        if self.ambient_calls is not None:
+            return self.ambient_calls
+        return tuple(
+            dataclasses.replace(c, expect=ZTUNNEL_DENIED) if c.expect == DENIED else c
+            for c in self.calls
+        )
 
 
 def by_client(foo: Outcome, bar: Outcome, legacy: Outcome) -> tuple[Call, ...]:
@@ -182,6 +211,14 @@ CASES = [
             Call("sleep.foo", SERVER, DENIED, "POST", "/ip"),
             Call("sleep.legacy", SERVER, OK, "GET", "/ip"),
         ),
+        # ztunnel: the only rule names HTTP attributes, so istiod drops it: an ALLOW policy
+        # without rules, which allows nothing
+        ambient_calls=(
+            Call("sleep.foo", SERVER, ZTUNNEL_DENIED, "GET", "/ip"),
+            Call("sleep.foo", SERVER, ZTUNNEL_DENIED, "GET", "/headers"),
+            Call("sleep.foo", SERVER, ZTUNNEL_DENIED, "POST", "/ip"),
+            Call("sleep.legacy", SERVER, ZTUNNEL_DENIED, "GET", "/ip"),
+        ),
     ),
     Case(
         "dry-run allow-nothing does not enforce",
@@ -197,12 +234,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_authorization(case: Case, call_table: CallTable) -> None:
+def test_authorization(case: Case, call_table: CallTable, workload: WorkloadLookup) -> None:
     """Each call of the case's table (a sleep pod calling httpbin.foo with a method and path)
     under the case's AuthorizationPolicies must be answered as Istio documents: 200, or 403
-    with the body ``RBAC: access denied``."""
+    with the body ``RBAC: access denied`` (ambient: the connection closed by ztunnel)."""
+    calls = case.calls_on(workload("httpbin", "foo", skip_if_missing=True).dataplane)
     table = call_table(
-        f"authorization of httpbin.foo under '{case.name}'", case.calls, policies=case.policies
+        f"authorization of httpbin.foo under '{case.name}'", calls, policies=case.policies
     )
     assert table.columns == (SERVER,), table
-    assert len(table.rows) == len(case.calls), table
+    assert len(table.rows) == len(calls), table

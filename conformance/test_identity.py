@@ -3,6 +3,14 @@
 Istio issues each workload `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`; the
 server's sidecar writes `By=<its own ID>;...;URI=<the client's ID>` into
 X-Forwarded-Client-Cert (APPEND_FORWARD with Subject, URI, DNS).
+
+Ambient: XFCC exists only where an Envoy (a sidecar or a waypoint) adds it; ztunnel forwards
+TCP and writes none. What the server's ztunnel saw of the client is its peer identity, the
+SPIFFE ID of the client certificate on the HBONE connection (``identity_from_connection``,
+ztunnel src/tls/certificate.rs), which its L4 authorization judges (``assert_rbac``): an
+AuthorizationPolicy allowing exactly the client's principal lets it in, one naming another
+principal of its namespace does not. ztunnel's own certificate (what ``cert_of`` returns, what
+it presents on 15008) names the workload's SPIFFE ID as a sidecar's does.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ from pytest_meshconform import (
     WorkloadHandle,
     WorkloadLookup,
     XfccReader,
+    authorization_policy,
     load_pem_chain,
 )
 
-from .wire import TLS_VERSIONS_ALLOWED, no_keepalive
+from .wire import HBONE_TLS_VERSIONS, TLS_VERSIONS_ALLOWED, no_keepalive
 
 pytestmark = pytest.mark.mesh_features("mtls", "xfcc", "certificates")
 
@@ -36,14 +45,21 @@ def test_xfcc_names_client_and_server(
     mesh: Mesh,
     workload: WorkloadLookup,
     xfcc: XfccReader,
+    apply_policy: PolicyApplier,
     client_ns: str,
     server_ns: str,
 ) -> None:
     """The server's sidecar forwards X-Forwarded-Client-Cert with one element: the client's
-    SPIFFE ID as URI, the server's as By, and the client certificate's SHA-256 hash."""
+    SPIFFE ID as URI, the server's as By, and the client certificate's SHA-256 hash. Between
+    ambient pods: no XFCC, and the server's ztunnel authorizes the client by exactly its SPIFFE
+    ID."""
     client = workload("sleep", client_ns, skip_if_missing=True)
     server = workload("httpbin", server_ns, skip_if_missing=True)
     seen = xfcc(client, server)
+    if server.dataplane == "ambient" and client.dataplane == "ambient":
+        assert seen is None, f"ztunnel writes no X-Forwarded-Client-Cert, the app saw {seen}"
+        _assert_ztunnel_sees(apply_policy, client, server)
+        return
     assert seen is not None and len(seen) == 1, f"expected one XFCC element, got {seen}"
     element = seen[0]
     want_client = SPIFFE.format(
@@ -55,6 +71,34 @@ def test_xfcc_names_client_and_server(
     assert element.uri == (want_client,), f"XFCC URI {element.uri}, want {want_client}"
     assert element.by == (want_server,), f"XFCC By {element.by}, want {want_server}"
     assert element.hash is not None and len(element.hash) == 64, f"XFCC Hash {element.hash}"
+
+
+def _assert_ztunnel_sees(
+    apply_policy: PolicyApplier, client: WorkloadHandle, server: WorkloadHandle
+) -> None:
+    """The server's ztunnel admits the client under an ALLOW of exactly the client's principal
+    (`<trust domain>/ns/<namespace>/sa/<service account>`) and refuses it under one naming
+    another service account of the same namespace: it saw the client's own SPIFFE ID."""
+    __tracebackhide__ = True
+    principal = client.spiffe_id.removeprefix("spiffe://")
+    other = f"{principal}-someone-else"
+    for allowed, admitted in ((principal, True), (other, False)):
+        apply_policy(
+            authorization_policy(
+                "who-may-call",
+                server.namespace,
+                rules=[{"from": [{"source": {"principals": [allowed]}}]}],
+                selector={"app": server.workload.app},
+            )
+        )
+        result = client.curl(server)
+        if admitted:
+            assert result.ok, f"ztunnel refused {client} under ALLOW {allowed}: {result}"
+        else:
+            assert result.reset, (
+                f"ztunnel let {client} in under ALLOW {allowed}, so it did not judge the"
+                f" client's own identity {client.spiffe_id}: {result}"
+            )
 
 
 @pytest.mark.parametrize(("name", "namespace"), [("httpbin", "foo"), ("sleep", "bar")])
@@ -89,7 +133,8 @@ def test_tls_version_on_the_wire(
     capture: Capturer,
 ) -> None:
     """The TLS version the sidecars negotiate, read off the ServerHello on the wire, is one
-    Istio allows."""
+    Istio allows: TLS 1.2 or 1.3 between sidecars, TLS 1.3 over HBONE between ztunnels
+    (``tls_versions``, src/tls/lib.rs)."""
     apply_policy(no_keepalive(httpbin.namespace))
     with capture(httpbin) as cap:
         result = sleep.curl(httpbin)
@@ -97,4 +142,5 @@ def test_tls_version_on_the_wire(
     hellos = [f.tls for f in cap.flows_from(sleep) if f.tls and f.tls.server_hello]
     assert hellos, f"no TLS handshake from {sleep} on the wire ({cap})"
     versions = {t.server_hello.version for t in hellos if t.server_hello}
-    assert versions <= set(TLS_VERSIONS_ALLOWED), f"negotiated {versions} ({cap})"
+    allowed = HBONE_TLS_VERSIONS if sleep.dataplane == "ambient" else TLS_VERSIONS_ALLOWED
+    assert versions <= set(allowed), f"negotiated {versions} ({cap})"

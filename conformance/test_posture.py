@@ -20,6 +20,13 @@ Which of Istio's suites a server can choose depends on its certificate's key (an
 sign ECDHE-ECDSA; RFC 5246 7.4.2, RFC 8422 5.3), so the accepted set is checked against the key
 the sidecar serves. RC4 and 3DES cannot be offered by an OpenSSL 3 curl; their absence is
 checked in the sidecar's own config (the inbound chains' cipher list is exactly Istio's).
+
+Ambient: the inbound mTLS port is ztunnel's HBONE port 15008 (what ``tls_probe`` probes at an
+ambient server), literal from istio/ztunnel: TLS 1.3 only (src/tls/lib.rs ``tls_versions``:
+TLS 1.2 only with ``TLS12_ENABLED``, off by default), so no TLS 1.2 suite at all; a client
+certificate of the mesh required (``TrustDomainVerifier``, src/tls/workload.rs); ztunnel's
+certificates carry an ECDSA P-256 key (``CsrOptions::generate``, src/tls/csr.rs). ztunnel is no
+Envoy: there is no sidecar config to read.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ ACCEPTED_VERSIONS = {
     "TLSV1_3": ("TLS1.3",),
 }
 ENVOY_MIN_VERSION = {"TLS_AUTO": "TLSv1_2", "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
+ZTUNNEL_VERSIONS = ("TLS1.3",)  # tls_versions (ztunnel src/tls/lib.rs), whatever meshMTLS says
 CLOCK_SKEW_GRACE_PERIOD = dt.timedelta(minutes=2)  # genCertTemplateFromCSR, Istio >= 1.10
 
 # curl exits that mean the attempt never reached the server's TLS, so prove nothing.
@@ -163,20 +171,21 @@ def test_inbound_accepts_only_tls12_and_tls13(
     seen = tls_probe(naked_sleep, httpbin, probes)
     cap = seen[0].capture
     minimum = mesh_min_tls_version(mesh)
+    if httpbin.dataplane == "ambient":
+        port, want, who = "HBONE port 15008", ZTUNNEL_VERSIONS, "ztunnel accepts"
+    else:
+        port, want, who = "inbound mTLS port", ACCEPTED_VERSIONS[minimum], "Istio accepts"
     _record(
         record_table,
-        f"TLS versions at {httpbin}'s inbound mTLS port (meshMTLS.minProtocolVersion {minimum})",
+        f"TLS versions at {httpbin}'s {port} (meshMTLS.minProtocolVersion {minimum})",
         seen,
-        [
-            f"accepted ({label})" if label in ACCEPTED_VERSIONS[minimum] else "refused"
-            for label in probes
-        ],
+        [f"accepted ({label})" if label in want else "refused" for label in probes],
         suite=False,
     )
     accepted = tuple(s.label for s in seen if s.server_hello is not None)
     report = "\n".join(str(s) for s in seen)
-    assert accepted == ACCEPTED_VERSIONS[minimum], (
-        f"the inbound mTLS port accepted {accepted}, Istio accepts {ACCEPTED_VERSIONS[minimum]}"
+    assert accepted == want, (
+        f"the {port} accepted {accepted}, {who} {want}"
         f" (meshMTLS.minProtocolVersion {minimum}):\n{report}\n({cap})"
     )
     for s in seen:
@@ -205,6 +214,8 @@ def test_inbound_tls12_ciphers_are_istios(
         for c in ISTIO_TLS12_CIPHERS
         if c.startswith("ECDHE-ECDSA-") == isinstance(key, ec.EllipticCurvePublicKey)
     )
+    if httpbin.dataplane == "ambient":
+        usable = ()  # ztunnel speaks no TLS 1.2 (tls_versions): every TLS 1.2 offer refused
     offer_all = ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ALL:@SECLEVEL=0")
     probes = {
         **dict(_tls12(c) for c in (*ISTIO_TLS12_CIPHERS, *NOT_ISTIOS)),
@@ -221,7 +232,7 @@ def test_inbound_tls12_ciphers_are_istios(
             f"accepted (TLS1.2, 0x{IANA[label]:04X})" if label in usable else "refused"
             for label in list(probes)[:-1]
         ]
-        + [f"accepted (TLS1.2, 0x{IANA[usable[0]]:04X})"],
+        + [f"accepted (TLS1.2, 0x{IANA[usable[0]]:04X})" if usable else "refused"],
         suite=True,
     )
     report = "\n".join(str(s) for s in seen)
@@ -233,6 +244,9 @@ def test_inbound_tls12_ciphers_are_istios(
     for s in seen[:-1]:
         if s.server_hello is not None:
             assert s.server_hello == ("TLS1.2", IANA[s.label]), f"other suite chosen: {s}"
+    if not usable:
+        assert seen[-1].server_hello is None, f"ztunnel spoke TLS 1.2: {seen[-1]}\n({cap})"
+        return
     # Offered everything, the server picks by Istio's order: its first suite the key allows.
     assert seen[-1].server_hello == ("TLS1.2", IANA[usable[0]]), (
         f"offered every suite, the server chose {seen[-1]}; Istio's order picks {usable[0]}"
@@ -244,6 +258,11 @@ def test_inbound_tls_context_in_the_sidecar(
 ) -> None:
     """The sidecar's own inbound TLS chains carry exactly Istio's cipher list (so no RC4 or 3DES),
     its version bounds, and require a client certificate."""
+    if httpbin.dataplane == "ambient":
+        pytest.skip(
+            f"{httpbin} is ambient: no sidecar config to read (ztunnel is no Envoy); its HBONE"
+            " port's TLS is judged on the wire by the tests above"
+        )
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     contexts = inbound_tls_contexts(mesh.envoy_admin(httpbin.workload, "/config_dump"))
     assert contexts is not None, f"{httpbin}'s sidecar has no virtualInbound listener"
@@ -346,16 +365,22 @@ def test_workload_certificate(
     name: str,
     namespace: str,
 ) -> None:
-    """The served workload certificate: RSA 2048, the SPIFFE ID as its only SAN, valid for the TTL
-    in force, chained to the mesh root."""
+    """The served workload certificate: RSA 2048 (ztunnel's: ECDSA P-256), the SPIFFE ID as its
+    only SAN, valid for the TTL in force, chained to the mesh root."""
     target = workload(name, namespace)
     cert = cert_of(target)
     leaf = cert.leaf
     key = leaf.public_key()
-    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048, (
-        f"{target} serves a {type(key).__name__} key"
-        f" ({getattr(key, 'key_size', '?')} bits); Istio's agent makes RSA 2048"
-    )
+    if target.dataplane == "ambient":
+        assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1", (
+            f"{target}'s ztunnel serves a {type(key).__name__} key"
+            f" ({getattr(key, 'key_size', '?')} bits); ztunnel makes ECDSA P-256"
+        )
+    else:
+        assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048, (
+            f"{target} serves a {type(key).__name__} key"
+            f" ({getattr(key, 'key_size', '?')} bits); Istio's agent makes RSA 2048"
+        )
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = [(type(n).__name__, n.value) for n in san]
     assert names == [("UniformResourceIdentifier", target.spiffe_id)], (

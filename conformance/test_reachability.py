@@ -12,6 +12,23 @@ bar have sidecars, legacy does not. Expectations are transcribed from Istio's do
   plaintext, is refused, and answers 503;
 - a DestinationRule with ISTIO_MUTUAL towards a server without a sidecar: TLS into a plaintext
   app fails, 503 from the client's sidecar; the naked client does not use DestinationRules.
+
+Ambient (``--mesh-dataplane=ambient``: foo and bar ambient, legacy without a data plane), each
+case's `ambient` matrix, from istiod's conversion of PeerAuthentication for ztunnel
+(pilot/pkg/serviceregistry/ambient/authorization.go, ``convertedPeerAuthentication`` and the
+static ``istio_converted_static_strict``; istio.io "Ambient and Kubernetes NetworkPolicy" /
+"Use Layer 4 security policy"):
+
+- STRICT (mesh, namespace, workload) becomes a DENY for callers without a peer identity: the
+  server's ztunnel closes a plaintext connection (`RESET`); ambient callers come over HBONE with
+  their identity and pass;
+- ztunnel cannot disable mTLS: DISABLE reads as PERMISSIVE (ambient pods still talk HBONE), and a
+  port-level or workload DISABLE/PERMISSIVE exempts its port or workload from the DENY;
+- ztunnel reads no DestinationRule: a DestinationRule's ``tls.mode`` changes nothing;
+- the app behind ztunnel sees no X-Forwarded-Client-Cert (ztunnel writes none): a call that goes
+  through is `AMBIENT_OK` (200, no XFCC) between ambient pods, `PLAINTEXT` to or from legacy.
+  That those 200s came over HBONE is proven where it can be told apart: the STRICT rows (plaintext
+  is closed there, the ambient callers pass) and the wire suites (test_strict, test_permissive).
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from pytest_meshconform import (
     Call,
     CallTable,
     Outcome,
+    WorkloadLookup,
     destination_rule,
     peer_authentication,
 )
@@ -43,6 +61,8 @@ NAMESPACES = ("foo", "bar", "legacy")
 # to a server without a sidecar) and answered 503 itself.
 
 HTTPBIN = {"app": "httpbin"}
+# Between ambient pods: 200, and the app saw no X-Forwarded-Client-Cert (ztunnel writes none).
+AMBIENT_OK = Outcome("200 (HBONE, no XFCC)", status=200, mtls=False)
 
 
 def namespace_mode(namespace: str, mode: str) -> dict[str, Any]:
@@ -70,13 +90,21 @@ class Case:
     # expect[client namespace] = outcomes towards httpbin in (foo, bar, legacy)
     expect: dict[str, tuple[Outcome, Outcome, Outcome]]
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    # the matrix when foo and bar are ambient (--mesh-dataplane=ambient)
+    ambient: dict[str, tuple[Outcome, Outcome, Outcome]] | None = None
 
-    def calls(self) -> list[Call]:
-        """The matrix as rows of the table: sleep.<client> -> httpbin.<server>."""
+    def calls(self, dataplane: str = "sidecar") -> list[Call]:
+        """The matrix as rows of the table: sleep.<client> -> httpbin.<server>, for foo and bar
+        on this data plane."""
+        expect = self.expect
+        if dataplane == "ambient":
+            if self.ambient is None:
+                raise ValueError(f"case {self.name!r} has no ambient matrix")
+            expect = self.ambient
         return [
             Call(f"sleep.{client}", f"httpbin.{server}", want)
             for client in NAMESPACES
-            for server, want in zip(NAMESPACES, self.expect[client], strict=True)
+            for server, want in zip(NAMESPACES, expect[client], strict=True)
         ]
 
 
@@ -87,14 +115,21 @@ DEFAULT_MATRIX = {
     "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
 }
 MESH_WIDE = (pytest.mark.mesh_wide, pytest.mark.mesh_features("mesh-wide"))
+AMBIENT_DEFAULT = {
+    #            -> foo         bar         legacy
+    "foo": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+    "bar": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+    "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
+}
 
 CASES = [
-    Case("no policy", (), DEFAULT_MATRIX),
+    Case("no policy", (), DEFAULT_MATRIX, ambient=AMBIENT_DEFAULT),
     Case(
         "mesh-wide PERMISSIVE",
         (namespace_mode("istio-system", "PERMISSIVE"),),
         DEFAULT_MATRIX,
         MESH_WIDE,
+        ambient=AMBIENT_DEFAULT,
     ),
     Case(
         "mesh-wide STRICT",
@@ -105,6 +140,11 @@ CASES = [
             "legacy": (RESET, RESET, PLAINTEXT),
         },
         MESH_WIDE,
+        ambient={
+            "foo": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "bar": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "legacy": (RESET, RESET, PLAINTEXT),
+        },
     ),
     Case(
         "mesh-wide DISABLE",
@@ -115,6 +155,7 @@ CASES = [
             "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         MESH_WIDE,
+        ambient=AMBIENT_DEFAULT,
     ),
     Case(
         "namespace foo STRICT",
@@ -124,6 +165,11 @@ CASES = [
             "bar": (MTLS, MTLS, PLAINTEXT),
             "legacy": (RESET, PLAINTEXT, PLAINTEXT),
         },
+        ambient={
+            "foo": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "bar": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "legacy": (RESET, PLAINTEXT, PLAINTEXT),
+        },
     ),
     Case(
         "workload httpbin.bar STRICT",
@@ -131,6 +177,11 @@ CASES = [
         {
             "foo": (MTLS, MTLS, PLAINTEXT),
             "bar": (MTLS, MTLS, PLAINTEXT),
+            "legacy": (PLAINTEXT, RESET, PLAINTEXT),
+        },
+        ambient={
+            "foo": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "bar": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
             "legacy": (PLAINTEXT, RESET, PLAINTEXT),
         },
     ),
@@ -144,6 +195,7 @@ CASES = [
             "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("port-level-mtls"),),
+        ambient=AMBIENT_DEFAULT,
     ),
     Case(
         "workload DISABLE over namespace STRICT",
@@ -153,6 +205,7 @@ CASES = [
             "bar": (PLAINTEXT, MTLS, PLAINTEXT),
             "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
+        ambient=AMBIENT_DEFAULT,
     ),
     Case(
         "DestinationRule DISABLE towards STRICT",
@@ -163,6 +216,11 @@ CASES = [
             "legacy": (RESET, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("destination-rule"),),
+        ambient={
+            "foo": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "bar": (AMBIENT_OK, AMBIENT_OK, PLAINTEXT),
+            "legacy": (RESET, PLAINTEXT, PLAINTEXT),
+        },
     ),
     Case(
         "DestinationRule ISTIO_MUTUAL towards a server without sidecar",
@@ -173,19 +231,21 @@ CASES = [
             "legacy": (PLAINTEXT, PLAINTEXT, PLAINTEXT),
         },
         (pytest.mark.mesh_features("destination-rule"),),
+        ambient=AMBIENT_DEFAULT,
     ),
 ]
 
 
 @pytest.mark.mesh_features("mtls", "peer-authentication", "xfcc")
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_reachability(case: Case, call_table: CallTable) -> None:
+def test_reachability(case: Case, call_table: CallTable, workload: WorkloadLookup) -> None:
     """Each sleep (foo, bar, legacy) calls each httpbin under the case's policies: whether the
     call succeeds and whether it is mTLS (the server saw an X-Forwarded-Client-Cert) must match
-    Istio's reachability table for those policies."""
+    Istio's reachability table for those policies (ambient: its `ambient` matrix)."""
+    dataplane = workload("httpbin", "foo", skip_if_missing=True).dataplane
     table = call_table(
         f"reachability under '{case.name}'",
-        case.calls(),
+        case.calls(dataplane),
         policies=case.policies,
         skip_if_missing=True,
     )

@@ -4,6 +4,13 @@ Istio: plaintext into a STRICT sidecar matches no filter chain and is reset (`Ht
 curl exit 56, no HTTP response); a sidecar client's mTLS goes through, its ClientHello offering
 Istio's ALPN and SNI, and none of the request travels in plaintext. A sidecar that tunnels over
 HBONE (ambient profile) sends that mTLS to port 15008 with ALPN h2 instead: asserted as such.
+
+Ambient (``--mesh-dataplane=ambient``): istiod turns STRICT into a DENY for callers without a
+peer identity (``istio_converted_static_strict``, pilot/pkg/serviceregistry/ambient/
+authorization.go), so the server's ztunnel drops plaintext (istio.io "Use Layer 4 security
+policy": curl's "Connection reset by peer"); an ambient client's ztunnel sends HBONE: TLS 1.3
+only (ztunnel src/tls/lib.rs ``tls_versions``), ALPN h2, no SNI (``client_config`` sets
+``enable_sni = false``, src/tls/certificate.rs), to port 15008.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ def test_strict_resets_plaintext(
     capture: Capturer,
 ) -> None:
     """Under a STRICT namespace policy, a plaintext request from a pod without a sidecar is
-    reset: no HTTP answer, the request line on the wire, a reset from the server."""
+    reset: no HTTP answer, the request line on the wire, a reset from the server (its sidecar,
+    or its ztunnel in ambient)."""
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     with capture(httpbin) as cap:
         result = naked_sleep.curl(httpbin)
@@ -61,8 +69,9 @@ def test_strict_accepts_mtls(
     httpbin: WorkloadHandle,
     capture: Capturer,
 ) -> None:
-    """Under STRICT, a sidecar client still gets through, and only over Istio mTLS: its
-    ClientHello carries Istio's ALPN and SNI (or HBONE's shape), and no plaintext is on the wire."""
+    """Under STRICT, a mesh client (sidecar or ambient) still gets through, and only over Istio
+    mTLS: its ClientHello carries Istio's ALPN and SNI (or HBONE's shape), and no plaintext is
+    on the wire."""
     apply_policy(peer_authentication("default", httpbin.namespace, mode="STRICT"))
     apply_policy(no_keepalive(httpbin.namespace))
     hbone = tunnels_over_hbone(sleep.mesh, sleep.workload, httpbin.workload)
@@ -79,6 +88,9 @@ def test_strict_accepts_mtls(
         assert ports == [HBONE_PORT], f"HBONE went to ports {ports} ({cap})"
         assert hello.alpn == HBONE_ALPN, f"HBONE ALPN {hello.alpn} ({cap})"
         assert "TLS1.3" in hello.supported_versions, f"HBONE without TLS 1.3: {hello} ({cap})"
+        if sleep.dataplane == "ambient":  # ztunnel's own ClientHello
+            assert hello.supported_versions == ("TLS1.3",), f"ztunnel offers {hello} ({cap})"
+            assert hello.sni is None, f"ztunnel sent SNI {hello.sni!r} ({cap})"
     else:
         assert hello.alpn == ISTIO_HTTP11_ALPN, f"ALPN {hello.alpn} ({cap})"
         assert hello.sni == istio_sni(f"httpbin.{httpbin.namespace}.svc.cluster.local"), (

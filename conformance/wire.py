@@ -14,6 +14,8 @@ TLS_VERSIONS_ALLOWED = ("TLS1.2", "TLS1.3")  # Istio: TLS 1.2 minimum, 1.3 maxim
 # HTTP/2 CONNECT, over mTLS", port 15008 (ambient architecture, HBONE).
 HBONE_PORT = 15008
 HBONE_ALPN = ("h2",)
+# ztunnel speaks TLS 1.3 only (src/tls/lib.rs tls_versions; TLS 1.2 only with TLS12_ENABLED)
+HBONE_TLS_VERSIONS = ("TLS1.3",)
 
 
 def istio_sni(service_fqdn: str, port: int = 8000) -> str:

@@ -301,7 +301,10 @@ class HboneAware(Protocol):
 
 def tunnels_over_hbone(mesh: Mesh, client: Workload, server: Workload) -> bool:
     """What the wire suites ask before asserting ALPN/SNI/port: HBONE traffic has Istio's
-    HBONE shape (TLS to port 15008, ALPN h2), not the sidecar-to-sidecar mTLS one."""
+    HBONE shape (TLS to port 15008, ALPN h2), not the sidecar-to-sidecar mTLS one. Always
+    between two ambient pods (ztunnel to ztunnel); from a sidecar, as the backend says."""
+    if client.dataplane == "ambient" and server.dataplane == "ambient":
+        return True
     return isinstance(mesh, HboneAware) and mesh.hbone_tunnel(client, server)
 
 

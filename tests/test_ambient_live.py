@@ -15,7 +15,8 @@ Where the expected values come from (docs/istio-model.md, "Ambient on the wire")
 - an L4 AuthorizationPolicy selects callers by principal: istio.io's "Use Layer 4 security
   policy" (an ALLOW policy naming the `sleep` service account's principal);
 - the identity a workload's ztunnel presents: ``spiffe://<trust domain>/ns/<ns>/sa/<sa>``
-  (Istio's SPIFFE identity format).
+  (Istio's SPIFFE identity format), with an ECDSA P-256 key (src/tls/csr.rs
+  ``CsrOptions::generate``).
 
 The layout is not sleep/httpbin: `shop` is ambient (a `cashier` client with its own service
 account, a `ledger` serving HTTP on 8080 behind Service port 80 and a TCP line echo on 5432),
@@ -179,6 +180,12 @@ def test_strict_resets_plaintext_and_keeps_hbone(
     assert cashier.curl(ledger).status == 200
 
 
+def test_ztunnel_certificate_is_ecdsa_p256(workload: WorkloadLookup, cert_of: CertReader) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = cert_of(workload("ledger", "shop")).leaf.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1", key
+
+
 def test_l4_authorization_by_principal(
     apply_policy: PolicyApplier, workload: WorkloadLookup
 ) -> None:
@@ -211,7 +218,7 @@ def test_ambient_pods_speak_hbone_and_enforce_ztunnels_verdicts(
     pytester.makefile(".yaml", shop=SHOP_TOPOLOGY)
     pytester.makepyfile(test_shop=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-s", "--mesh-topology=shop.yaml")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     output = result.stdout.str()
     assert_runs_left_nothing(output)
     pids = re.search(r"MESH PIDS: ([\d ]+)", output)
@@ -231,6 +238,12 @@ AMBIENT_FAULTS = [
     ("wrong-spiffe-id", "spiffe_identity", "*sa/shop-ledger-impostor*"),
     # HBONE's server accepts TLS 1.2: the TLS 1.3-only test gets a ServerHello
     ("tls10-allowed", "tls13_only", "*AssertionError: TLS1.2: curl exit*ServerHello TLS1.2*"),
+    # ztunnel's policies match any peer where they name principals: the cashier gets in
+    (
+        "authz-ignores-principals",
+        "l4_authorization",
+        "*assert denied.status is None and denied.exit_code in (52, 56)*",
+    ),
 ]
 
 
@@ -245,6 +258,6 @@ def test_the_ambient_tests_fail_on_a_broken_ztunnel(
     result = pytester.runpytest_subprocess(
         "-p", "no:randomly", "--mesh-topology=shop.yaml", f"--mesh-fault={fault}", "-k", selected
     )
-    result.assert_outcomes(failed=1, deselected=6)
+    result.assert_outcomes(failed=1, deselected=7)
     result.stdout.fnmatch_lines([line])
     assert_runs_left_nothing(result.stdout.str())

@@ -40,6 +40,24 @@ def test_waypoint_suite_passes_on_the_ambient_builtin_topology(pytester: pytest.
     result.assert_outcomes(passed=4)
 
 
+def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
+    """--mesh-dataplane=ambient: every suite runs against ztunnel (ids name the data plane);
+    only the sidecar's own config check is skipped, naming why."""
+    result = _run(pytester, "-v", "--mesh-dataplane=ambient", str(CONFORMANCE))
+    result.assert_outcomes(passed=39, skipped=1)
+    ran = result.stdout.str()
+    assert "test_inbound_tls_context_in_the_sidecar[ambient] SKIPPED" in ran
+    assert "httpbin.foo is ambient: no sidecar config to read" in ran
+    for test in (
+        "test_strict.py::test_strict_resets_plaintext[ambient]",
+        "test_strict.py::test_strict_accepts_mtls[ambient]",
+        "test_reachability[ambient-namespace foo STRICT]",
+        "test_authorization[ambient-ALLOW GET on /ip only]",
+        "test_rotation_before_expiry[ambient]",
+    ):
+        assert f"{test} PASSED" in ran, test
+
+
 FAULTS = [
     pytest.param(
         "strict-as-permissive",
@@ -140,6 +158,99 @@ def test_suites_fail_against_a_broken_mesh(
 ) -> None:
     args = [str(CONFORMANCE / t) if t.endswith(".py") else t for t in targets]
     result = _run(pytester, f"--mesh-fault={fault}", *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = result.stdout.str()
+    failed = re.findall(r"^FAILED (\S+(?: [^-\n]+?)?)(?: - |$)", text, re.M)
+    for test, message in failures.items():
+        assert any(test in f for f in failed), f"{test} did not fail under {fault}: {failed}"
+        assert message in text, f"failure of {test} does not say {message!r}"
+
+
+# The same faults in the local ztunnel: each ambient suite fails on the one that breaks its
+# promise (no-xfcc has nothing to break there: ztunnel writes no XFCC).
+AMBIENT_FAULTS = [
+    pytest.param(
+        "strict-as-permissive",
+        ["test_strict.py", "test_reachability.py"],
+        {
+            "test_strict_resets_plaintext[ambient]": "plaintext was not refused by STRICT",
+            "test_reachability[ambient-namespace foo STRICT]": (
+                "expected reset: sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_reachability[ambient-mesh-wide STRICT]": "observed differs from expected",
+        },
+        id="strict-as-permissive",
+    ),
+    pytest.param(
+        "wrong-spiffe-id",
+        ["test_identity.py"],
+        {
+            "test_served_certificate[ambient-httpbin-foo]": (
+                "serves spiffe://cluster.local/ns/foo/sa/httpbin-impostor,"
+                " want spiffe://cluster.local/ns/foo/sa/httpbin"
+            ),
+            "test_xfcc_names_client_and_server[ambient-foo-foo]": (
+                "ztunnel refused sleep.foo under ALLOW cluster.local/ns/foo/sa/sleep"
+            ),
+        },
+        id="wrong-spiffe-id",
+    ),
+    pytest.param(
+        "tls10-allowed",
+        ["test_posture.py"],
+        {
+            "test_inbound_accepts_only_tls12_and_tls13[ambient]": (
+                "the HBONE port 15008 accepted ('TLS1.2', 'TLS1.3'), ztunnel accepts"
+                " ('TLS1.3',)"
+            ),
+            "test_inbound_tls12_ciphers_are_istios[ambient]": "TLS 1.2 suites accepted:",
+        },
+        id="tls10-allowed",
+    ),
+    pytest.param(
+        "client-cert-optional",
+        ["test_posture.py"],
+        {
+            "test_inbound_requires_a_mesh_client_certificate[ambient]": (
+                "a client without a certificate got through: curl exit 0"
+            ),
+        },
+        id="client-cert-optional",
+    ),
+    pytest.param(
+        "authz-ignores-principals",
+        ["test_authorization.py", "test_identity.py"],
+        {
+            "test_authorization[ambient-allow only sleep.foo's principal]": (
+                "sleep.legacy GET /headers -> httpbin.foo: expected closed by ztunnel:"
+                " sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"
+            ),
+            "test_authorization[ambient-namespace isolation: only foo]": (
+                "observed differs from expected"
+            ),
+            "test_xfcc_names_client_and_server[ambient-bar-foo]": (
+                "ztunnel let sleep.bar in under ALLOW"
+                " cluster.local/ns/bar/sa/sleep-someone-else, so it did not judge the client's"
+                " own identity spiffe://cluster.local/ns/bar/sa/sleep"
+            ),
+        },
+        id="authz-ignores-principals",
+    ),
+    pytest.param(
+        "no-rotation",
+        ["test_rotation.py", "--mesh-cert-ttl=6s"],
+        {"test_rotation_before_expiry[ambient]": "was not rotated before it expired"},
+        id="no-rotation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "targets", "failures"), AMBIENT_FAULTS)
+def test_ambient_suites_fail_against_a_broken_ztunnel(
+    pytester: pytest.Pytester, fault: str, targets: list[str], failures: dict[str, str]
+) -> None:
+    args = [str(CONFORMANCE / t) if t.endswith(".py") else t for t in targets]
+    result = _run(pytester, "--mesh-dataplane=ambient", f"--mesh-fault={fault}", *args)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
     failed = re.findall(r"^FAILED (\S+(?: [^-\n]+?)?)(?: - |$)", text, re.M)

@@ -10,11 +10,14 @@ derives for ztunnel is :mod:`pytest_meshconform.istio.ambient`.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeVar
+
+from pytest_meshconform.istio.tls import WorkloadKey
 
 __all__ = [
     "HBONE_ALPN",
@@ -23,6 +26,7 @@ __all__ = [
     "ZTUNNEL_DENIED_STATUS",
     "ZTUNNEL_INBOUND_PLAINTEXT_PORT",
     "ZTUNNEL_OUTBOUND_PORT",
+    "ZTUNNEL_WORKLOAD_KEY",
     "Action",
     "Address",
     "Connection",
@@ -34,6 +38,7 @@ __all__ = [
     "authorization_matches",
     "hbone_authority",
     "ztunnel_admits",
+    "ztunnel_refresh_at",
 ]
 
 SPIFFE_PREFIX: Final = "spiffe://"
@@ -321,3 +326,19 @@ def hbone_authority(ip: str, port: int) -> str:
     """The CONNECT authority ztunnel sends: the destination workload's address and target port
     (src/proxy/outbound.rs, ``create_hbone_request``: the URI is ``hbone_target_destination``)."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+# The key of every certificate ztunnel requests: ECDSA P-256 (``CsrOptions::generate``,
+# src/tls/csr.rs, with each TLS backend: ``EcGroup::from_curve_name(X9_62_PRIME256V1)`` or
+# ``rcgen::PKCS_ECDSA_P256_SHA256``), where a sidecar's agent makes RSA 2048.
+ZTUNNEL_WORKLOAD_KEY: Final = WorkloadKey("EC", 256)
+
+
+def ztunnel_refresh_at(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """When ztunnel renews a workload certificate: halfway through its validity, from NotBefore,
+    without jitter (``WorkloadCertificate::refresh_at``, src/tls/certificate.rs: ``not_before +
+    valid_for / 2``, scheduled by ``SecretManager``'s worker, src/identity/manager.rs); a
+    certificate whose NotAfter is not after its NotBefore is renewed at NotAfter."""
+    if not_after <= not_before:
+        return not_after
+    return not_before + (not_after - not_before) / 2

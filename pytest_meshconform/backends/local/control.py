@@ -7,9 +7,11 @@ test-only :class:`Faults`, applied after the model.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
 from pytest_meshconform.backends.local.waypoint import WaypointPlan, WaypointRoute
@@ -23,7 +25,10 @@ from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_
 from pytest_meshconform.istio.waypoint import waypoint_authorization
 from pytest_meshconform.istio.ztunnel import (
     HBONE_TLS_VERSION,
+    Address,
     Connection,
+    Match,
+    ZtunnelAuthorization,
     hbone_authority,
     ztunnel_admits,
 )
@@ -45,7 +50,8 @@ class Faults:
     # inbound mTLS (and HBONE's) accepts TLS 1.0 (and a CBC suite it needs, sidecars)
     tls10_allowed: bool = False
     client_cert_optional: bool = False  # inbound mTLS and HBONE require no client certificate
-    authz_ignores_principals: bool = False  # RBAC principal/namespace matchers match anyone
+    # RBAC principal/namespace matchers match anyone (sidecars' RBAC filters, ztunnel's policies)
+    authz_ignores_principals: bool = False
     waypoint_ignores_l7: bool = False  # waypoints enforce no AuthorizationPolicy at all
 
     NAMES = FAULT_NAMES
@@ -139,6 +145,26 @@ def _any_peer(config: Any) -> Any:
     return config
 
 
+# Any IPv4 source: what the `authz-ignores-principals` fault puts where a ztunnel policy names
+# peers by identity (principals, namespaces, service accounts), so that it matches anyone.
+_ANYONE: Final = Match(source_ips=(Address(ipaddress.ip_address("0.0.0.0"), 0),))
+
+
+def _any_identity(policy: ZtunnelAuthorization) -> ZtunnelAuthorization:
+    """The `authz-ignores-principals` fault in ztunnel: a match that names peers by identity
+    matches anyone (the negative ones, which istiod derives from STRICT, are kept)."""
+
+    def loosen(match: Match) -> Match:
+        if match.principals or match.namespaces or match.service_accounts:
+            return _ANYONE
+        return match
+
+    groups = tuple(
+        tuple(tuple(loosen(m) for m in clause) for clause in group) for group in policy.groups
+    )
+    return dataclasses.replace(policy, groups=groups)
+
+
 def issued_identity(workload: Workload, faults: Faults) -> tuple[str, str]:
     """(namespace, service account) the run's CA names in the workload's certificate."""
     account = workload.service_account
@@ -217,6 +243,8 @@ def plan_ztunnels(
                 )
             }
             enforced = tuple(p for p in enforced if p.key not in derived)
+        if faults.authz_ignores_principals:
+            enforced = tuple(_any_identity(p) for p in enforced)
         hbone: dict[int, tuple[tuple[str, str], ...] | None] = {}
         plaintext: dict[int, tuple[str, ...] | None] = {}
         for port in w.container_ports:

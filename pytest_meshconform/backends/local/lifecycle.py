@@ -46,7 +46,7 @@ from typing import IO, Any, Self
 from pytest_meshconform import signals
 from pytest_meshconform.backends.local import host, xds
 from pytest_meshconform.backends.local.agent import SidecarAgent
-from pytest_meshconform.backends.local.ca import MeshCA, WorkloadPrivateKey
+from pytest_meshconform.backends.local.ca import MeshCA, WorkloadPrivateKey, generate_key
 from pytest_meshconform.backends.local.control import (
     Faults,
     issued_identity,
@@ -80,6 +80,7 @@ from pytest_meshconform.istio.api import Policy
 from pytest_meshconform.istio.envoy import ROOT_SECRET, WORKLOAD_SECRET
 from pytest_meshconform.istio.rotation import rotation_time
 from pytest_meshconform.istio.tls import MinProtocolVersion
+from pytest_meshconform.istio.ztunnel import ZTUNNEL_WORKLOAD_KEY, ztunnel_refresh_at
 from pytest_meshconform.mesh import ExecResult, MeshError, Workload
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -444,7 +445,9 @@ class LocalLifecycle(SidecarAgent):
             **plan_waypoints(self.topology, [], self.root_namespace, self.faults),
         }
         ca = self._require_ca()
-        keys = ca.workload_keys(len(plans))  # RSA 2048: made in parallel, not one by one
+        # RSA 2048 for the sidecars, made in parallel, not one by one (ztunnel's are EC P-256,
+        # made on the spot in `_issue_cert`)
+        keys = ca.workload_keys(sum(isinstance(plan, SidecarPlan) for plan in plans.values()))
         for key, plan in plans.items():
             runtime = self._pods[key]
             paths = runtime.paths
@@ -465,7 +468,7 @@ class LocalLifecycle(SidecarAgent):
                 xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
                 owner=owner,
             )
-            self._issue_cert(runtime, keys.pop())
+            self._issue_cert(runtime, keys.pop() if isinstance(plan, SidecarPlan) else None)
             render(runtime, plan)
             for path in paths.root.rglob("*"):
                 os.chown(path, *owner)
@@ -475,7 +478,12 @@ class LocalLifecycle(SidecarAgent):
             os.chmod(paths.root, host.PRIVATE_DIR_MODE)
 
     def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
+        """A new certificate for the pod's proxy (its sidecar, or its ztunnel: an ECDSA P-256
+        key, renewed halfway through, as ztunnel does), written for SDS."""
         namespace, service_account = issued_identity(runtime.pod.workload, self.faults)
+        ambient = runtime.pod.workload.ambient
+        if ambient:
+            key = generate_key(ZTUNNEL_WORKLOAD_KEY)
         cert = self._require_ca().issue_workload(namespace, service_account, self.cert_ttl, key=key)
         runtime.cert = cert
         write_json(
@@ -486,7 +494,9 @@ class LocalLifecycle(SidecarAgent):
             owner=runtime.proxy_owner,
         )
         runtime.next_rotation = (
-            None if self.faults.no_rotation else rotation_time(cert.not_before, cert.not_after)
+            None
+            if self.faults.no_rotation
+            else (ztunnel_refresh_at if ambient else rotation_time)(cert.not_before, cert.not_after)
         )
 
     def _spawn(

@@ -405,6 +405,20 @@ def hbone_server_tls(
     certificate of the mesh's trust domain (ztunnel's ``TrustDomainVerifier``, src/tls/
     workload.rs; a waypoint's ``connect_terminate`` listener the same, ``RequireClientCertificate``,
     pilot/pkg/networking/core/listener_waypoint.go)."""
+    validation: dict[str, Any] = {
+        "combined_validation_context": {
+            "default_validation_context": {
+                "match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"}}
+                ]
+            },
+            "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
+        }
+    }
+    if not require_client_certificate:
+        # the `client-cert-optional` fault: Envoy asks for a client certificate whenever a SAN
+        # matcher is set, so the fault drops it too (a certificate sent is still verified)
+        validation = {"validation_context_sds_secret_config": _sds(paths, ROOT_SECRET)}
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -414,17 +428,7 @@ def hbone_server_tls(
                 "tls_params": _tls_params(min_tls),
                 "alpn_protocols": [HBONE_ALPN],
                 "tls_certificate_sds_secret_configs": [_sds(paths, WORKLOAD_SECRET)],
-                "combined_validation_context": {
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [
-                            {
-                                "san_type": "URI",
-                                "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"},
-                            }
-                        ]
-                    },
-                    "validation_context_sds_secret_config": _sds(paths, ROOT_SECRET),
-                },
+                **validation,
             },
         },
     }
@@ -464,6 +468,10 @@ def hbone_cluster(name: str, ip: str, identity: str, paths: SidecarPaths) -> dic
         typed_extension_protocol_options={
             HTTP_PROTOCOL_OPTIONS: {
                 "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                # one CONNECT per TLS connection, where ztunnel pools them for 5 min
+                # (POOL_UNUSED_RELEASE_TIMEOUT): each connection's handshake is then on the
+                # wire of the capture that sees its request (docs/istio-model.md)
+                "common_http_protocol_options": {"max_requests_per_connection": 1},
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
