@@ -105,7 +105,8 @@ ACCEPTED_VERSIONS = {
     "TLSV1_3": ("TLS1.3",),
 }
 ENVOY_MIN_VERSION = {"TLS_AUTO": "TLSv1_2", "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
-ZTUNNEL_VERSIONS = ("TLS1.3",)  # tls_versions (ztunnel src/tls/lib.rs), whatever meshMTLS says
+# tls_versions (ztunnel src/tls/lib.rs), whatever meshMTLS says
+ZTUNNEL_VERSIONS: tuple[str, ...] = ("TLS1.3",)
 CLOCK_SKEW_GRACE_PERIOD = dt.timedelta(minutes=2)  # genCertTemplateFromCSR, Istio >= 1.10
 
 # curl exits that mean the attempt never reached the server's TLS, so prove nothing.

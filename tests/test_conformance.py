@@ -200,8 +200,7 @@ AMBIENT_FAULTS = [
         ["test_posture.py"],
         {
             "test_inbound_accepts_only_tls12_and_tls13[ambient]": (
-                "the HBONE port 15008 accepted ('TLS1.2', 'TLS1.3'), ztunnel accepts"
-                " ('TLS1.3',)"
+                "the HBONE port 15008 accepted ('TLS1.2', 'TLS1.3'), ztunnel accepts ('TLS1.3',)"
             ),
             "test_inbound_tls12_ciphers_are_istios[ambient]": "TLS 1.2 suites accepted:",
         },
