@@ -58,7 +58,7 @@ def test_xfcc_names_client_and_server(
     seen = xfcc(client, server)
     if server.dataplane == "ambient" and client.dataplane == "ambient":
         assert seen is None, f"ztunnel writes no X-Forwarded-Client-Cert, the app saw {seen}"
-        _assert_ztunnel_sees(apply_policy, client, server)
+        _assert_ztunnel_sees(mesh, apply_policy, client, server)
         return
     assert seen is not None and len(seen) == 1, f"expected one XFCC element, got {seen}"
     element = seen[0]
@@ -74,14 +74,20 @@ def test_xfcc_names_client_and_server(
 
 
 def _assert_ztunnel_sees(
-    apply_policy: PolicyApplier, client: WorkloadHandle, server: WorkloadHandle
+    mesh: Mesh, apply_policy: PolicyApplier, client: WorkloadHandle, server: WorkloadHandle
 ) -> None:
     """The server's ztunnel admits the client under an ALLOW of exactly the client's principal
     (`<trust domain>/ns/<namespace>/sa/<service account>`) and refuses it under one naming
-    another service account of the same namespace: it saw the client's own SPIFFE ID."""
+    another service account of the same namespace: it saw the client's own SPIFFE ID. The
+    server is called by its pod address: a Service's waypoint (the ambient built-in `bar` has
+    one) would stand between them, and the server's ztunnel would see the waypoint's identity
+    (istio.io "Use Layer 4 security policy"); a waypoint for Service traffic is not on the path
+    to a pod address (ztunnel's ``build_request``)."""
     __tracebackhide__ = True
     principal = client.spiffe_id.removeprefix("spiffe://")
     other = f"{principal}-someone-else"
+    port = server.workload.container_ports[0]
+    url = f"http://{mesh.pod_ip(server.workload)}:{port}/headers"
     for allowed, admitted in ((principal, True), (other, False)):
         apply_policy(
             authorization_policy(
@@ -91,7 +97,7 @@ def _assert_ztunnel_sees(
                 selector={"app": server.workload.app},
             )
         )
-        result = client.curl(server)
+        result = client.curl(url)
         if admitted:
             assert result.ok, f"ztunnel refused {client} under ALLOW {allowed}: {result}"
         else:

@@ -44,7 +44,7 @@ def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
     """--mesh-dataplane=ambient: every suite runs against ztunnel (ids name the data plane);
     only the sidecar's own config check is skipped, naming why."""
     result = _run(pytester, "-v", "--mesh-dataplane=ambient", str(CONFORMANCE))
-    result.assert_outcomes(passed=39, skipped=1)
+    result.assert_outcomes(passed=43, skipped=1)
     ran = result.stdout.str()
     assert "test_inbound_tls_context_in_the_sidecar[ambient] SKIPPED" in ran
     assert "httpbin.foo is ambient: no sidecar config to read" in ran
