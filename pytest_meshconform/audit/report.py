@@ -191,9 +191,13 @@ def audit_document(result: AuditResult) -> Document:
         observed=tuple(tuple(row) for row in observed),
         corner="Service port",
     )
-    overview = Entry(
-        title="Service ports",
-        status=data["result"],
+    # the Service ports' own status: a failed pod port or policy is its own section's
+    service_status = (
+        "success" if result.ports and all(r.verdict == "pass" for r in result.ports) else "failure"
+    )
+    overview = Entry(  # the section is "Service ports": the entry must not repeat it
+        title="Expected vs observed",
+        status=service_status,
         tables=(matrix,) if ports else (),
     )
     entries = [overview]
@@ -259,11 +263,11 @@ def audit_document(result: AuditResult) -> Document:
         ),
         header=tuple(header),
         sections=(
-            Section("Service ports", data["result"], tuple(entries)),
+            Section("Service ports", service_status, tuple(entries)),
             *_pod_port_sections(result),
+            *_inapplicable_sections(result),
         ),
         notes=(
-            *(f"policy that cannot apply: {line}" for line in result.inapplicable),
             *(
                 f"stale exception: {e.namespace}/{e.workload} port {e.port}"
                 f" ({result.exceptions}:{e.line}) matches no bypass: the entry can go"
@@ -334,6 +338,25 @@ def _pod_port_entry(r: PodPortResult) -> Entry:
         description=f"{r.port_class}, {'sidecar' if r.port.workload.has_sidecar else 'no sidecar'}",
         message=r.reason if r.verdict != "pass" else None,
         facts=tuple(facts),
+    )
+
+
+def _inapplicable_sections(result: AuditResult) -> tuple[Section, ...]:
+    """The policies in force that cannot apply, one failed entry each: the policy, then
+    Istio's rule."""
+    if not result.inapplicable:
+        return ()
+    entries = []
+    for line in result.inapplicable:
+        policy, _, why = line.partition(": ")
+        entries.append(Entry(title=policy, status="failed", message=why or line))
+    return (
+        Section(
+            "Policies that cannot apply",
+            "failure",
+            tuple(entries),
+            subtitle="in force, but Istio applies them to nothing: the audit fails",
+        ),
     )
 
 
