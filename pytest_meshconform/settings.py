@@ -259,18 +259,6 @@ class MeshSettings:
                 f" topology; the topology file {topology_pick[1]} sets each namespace's own"
                 " (dataplane: sidecar | ambient | none, docs/topology.md): drop one of them"
             )
-        if dataplane is not None and dataplane[1] != "sidecar" and cluster != "local":
-            # Until the kube backends deploy ambient namespaces (issue 21).
-            spelled = (
-                f"--mesh-dataplane={dataplane[1]}"
-                if dataplane[0].origin == "cli"
-                else f"mesh_dataplane = {dataplane[1]} (ini option)"
-            )
-            raise SettingsError(
-                f"{spelled} is not supported on"
-                f" --mesh-cluster={cluster} yet (its workloads run with sidecars only): use"
-                " --mesh-cluster=local for ambient, or --mesh-dataplane=sidecar"
-            )
         return cls(
             cluster=cluster_pick[1] if cluster_pick is not None else "local",
             kube_context=kube_context,

@@ -765,17 +765,28 @@ class FakeCluster:
                 )
             ],
         )
-        if self.ztunnel:  # Istio's ztunnel DaemonSet: one pod per node, labelled app=ztunnel
-            self.pods[self.istio_namespace].append(
-                pod_json(
-                    "ztunnel-x7k2p",
-                    self.istio_namespace,
-                    "ztunnel",
-                    sidecar=False,
-                    node_name=self.node,
-                    pod_ip="10.244.0.5",
-                )
+        if self.ztunnel:  # Istio's ztunnel and istio-cni DaemonSets: one pod each per node
+            ztunnel = pod_json(
+                "ztunnel-x7k2p",
+                self.istio_namespace,
+                "ztunnel",
+                sidecar=False,
+                node_name=self.node,
+                pod_ip="10.244.0.5",
             )
+            # the ztunnel chart's container: istio-proxy, image <hub>/ztunnel:<tag>
+            ztunnel["spec"]["containers"][0].update(
+                name="istio-proxy", image=f"docker.io/istio/ztunnel:{ISTIO_IMAGE_TAG}-distroless"
+            )
+            cni = pod_json(
+                "istio-cni-node-q8v4d",
+                self.istio_namespace,
+                "istio-cni",
+                sidecar=False,
+                node_name=self.node,
+                labels={"k8s-app": "istio-cni-node"},
+            )
+            self.pods[self.istio_namespace] += [ztunnel, cni]
         if not self.served:
             self.served = {
                 ("security.istio.io", "PeerAuthentication"): ["v1", "v1beta1"],

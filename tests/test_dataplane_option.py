@@ -56,18 +56,6 @@ def test_dataplane_resolves_cli_over_ini_over_default(
             "mesh_dataplane (ini option): invalid value 'Ambient'; accepted values: sidecar,"
             " ambient, both (e.g. mesh_dataplane (ini option) = both",
         ),
-        (
-            {"dataplane": "ambient", "cluster": "kind"},
-            {},
-            "--mesh-dataplane=ambient is not supported on --mesh-cluster=kind yet (its workloads"
-            " run with sidecars only): use --mesh-cluster=local for ambient, or"
-            " --mesh-dataplane=sidecar",
-        ),
-        (
-            {"cluster": "existing", "kube_context": "prod"},
-            {"dataplane": "both"},
-            "mesh_dataplane = both (ini option) is not supported on --mesh-cluster=existing yet",
-        ),
     ],
 )
 def test_dataplane_errors_name_the_option_and_the_fix(
@@ -79,9 +67,23 @@ def test_dataplane_errors_name_the_option_and_the_fix(
     assert "\n" not in str(caught.value)  # one line
 
 
-def test_dataplane_sidecar_is_accepted_on_the_kube_backends() -> None:
-    settings = _resolve({"dataplane": "sidecar", "cluster": "kind"})
-    assert settings.dataplanes == ("sidecar",)
+@pytest.mark.parametrize(
+    ("cli", "ini", "planes"),
+    [
+        ({"dataplane": "sidecar", "cluster": "kind"}, {}, ("sidecar",)),
+        ({"dataplane": "ambient", "cluster": "kind"}, {}, ("ambient",)),
+        (
+            {"cluster": "existing", "kube_context": "prod"},
+            {"dataplane": "both"},
+            ("sidecar", "ambient"),
+        ),
+    ],
+)
+def test_every_dataplane_is_accepted_on_the_kube_backends(
+    cli: dict[str, str], ini: dict[str, str], planes: tuple[str, ...]
+) -> None:
+    """The kube backends run ambient namespaces too (issue 21)."""
+    assert _resolve(cli, ini).dataplanes == planes
 
 
 def test_dataplane_and_a_topology_file_are_exclusive(tmp_path: Path) -> None:
@@ -126,12 +128,6 @@ def test_builtin_topology_on_each_dataplane(plane: str) -> None:
             [],
             "ERROR: --mesh-dataplane: invalid value 'sidecars'; accepted values: sidecar,"
             " ambient, both",
-        ),
-        (
-            ["--mesh-cluster=kind"],
-            ["mesh_dataplane = ambient"],
-            "ERROR: mesh_dataplane = ambient (ini option) is not supported on"
-            " --mesh-cluster=kind yet",
         ),
     ],
 )

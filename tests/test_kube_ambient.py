@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,45 @@ def test_start_waits_until_ztunnel_holds_the_run(tmp_path: Path) -> None:
         f"  sleep.{FOO}: certificate spiffe://cluster.local/ns/{FOO}/sa/sleep: Unavailable: boom"
         f" [ztunnel {ZTUNNEL} {VERSION}]"
     )
+
+
+def test_the_report_header_says_what_of_ambient_the_cluster_runs(world: World) -> None:
+    """An existing cluster: ztunnel (its image tag), istio-cni and the namespaces labelled
+    for ambient before the run made its own, named in the mesh's version (the report
+    header's line), whatever the run's data plane."""
+    world.cluster.namespaces["bookinfo"] = {
+        "metadata": {"name": "bookinfo", "labels": {"istio.io/dataplane-mode": "ambient"}}
+    }
+    mesh = world.mesh()  # a sidecar run
+    mesh.start()
+    try:
+        assert mesh.version == (
+            "istio 1.25.1 (ambient: ztunnel 1.25.1-distroless on 1 node, istio-cni on 1 node,"
+            " 1 namespace labelled istio.io/dataplane-mode=ambient)"
+        )
+    finally:
+        mesh.close()
+
+
+def test_a_sidecar_run_on_a_cluster_without_ambient_says_nothing_of_it(tmp_path: Path) -> None:
+    with fake_world(tmp_path) as world:
+        mesh = world.mesh()
+        mesh.start()
+        try:
+            assert mesh.ambient_found is None and mesh.version == "istio 1.25.1"
+        finally:
+            mesh.close()
+
+
+def test_kind_refuses_a_ztunnel_whose_certificate_ttl_is_not_the_runs(world: World) -> None:
+    """The real dump's ztunnel asks for 300 s certificates (jq .config.secretTtl)."""
+    mesh = world.mesh(backend="kind", dataplane="ambient", cert_ttl=timedelta(seconds=40))
+    with pytest.raises(MeshError) as error:
+        mesh.start()
+    assert str(error.value) == (
+        f"ztunnel {ZTUNNEL} asks for certificates of 300s (its secretTtl), not --mesh-cert-ttl"
+        " 40s: the install did not reach ztunnel's SECRET_TTL"
+    )
+    kind = world.mesh(backend="kind", dataplane="ambient", cert_ttl=timedelta(seconds=300))
+    kind.start()
+    kind.close()

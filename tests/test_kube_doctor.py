@@ -29,6 +29,7 @@ from kube_fakes import (
     istiod_deployment,
     kubeconfig_text,
     model_json,
+    pod_json,
 )
 
 from pytest_meshconform.backends.kube.checkup import (
@@ -211,6 +212,8 @@ class Cluster:
     admission: tuple[int, dict[str, Any]] | None = None  # the dry run's refusal
     reviews: list[dict[str, Any]] = field(default_factory=list)
     version: dict[str, str] = field(default_factory=lambda: dict(KUBE_VERSION))
+    # label selector -> the pods of istiod's namespace it lists (ztunnel, istio-cni)
+    system_pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def review(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         asked = json.loads(body)
@@ -252,6 +255,10 @@ class Cluster:
             if self.nodes is not None
             else forbidden("nodes"),
         }
+        for selector, pods in self.system_pods.items():
+            query = selector.replace("=", "%3D")
+            path = f"GET /api/v1/namespaces/{ISTIO_NS}/pods?labelSelector={query}"
+            routes[path] = listing("Pod", pods)
         for revision in revisions:
             suffix = "" if revision == "default" else f"-{revision}"
             for name, key, text in (
@@ -610,6 +617,66 @@ def test_a_denied_permission_is_one_line_with_the_rbac_rule(checkup: Checkup) ->
         " (the run's namespaces (every namespace: they do not exist yet)) through a ClusterRole"
         " bound with a ClusterRoleBinding",
     )
+
+
+AMBIENT_PODS = {
+    "app=ztunnel": [
+        pod_json(
+            "ztunnel-x7k2p", ISTIO_NS, "ztunnel", sidecar=False, node_name="kind-control-plane"
+        )
+    ],
+    "k8s-app=istio-cni-node": [
+        pod_json(
+            "istio-cni-node-q8v4d",
+            ISTIO_NS,
+            "istio-cni",
+            sidecar=False,
+            node_name="kind-control-plane",
+            labels={"k8s-app": "istio-cni-node"},
+        )
+    ],
+}
+
+
+def test_an_ambient_run_checks_ztunnel_and_istio_cni(checkup: Checkup) -> None:
+    findings = checkup(Cluster(system_pods=AMBIENT_PODS), ambient=True)
+    assert blocking(findings) == ()
+    assert finding(findings, "ambient") == Finding(
+        "ambient", "ok", "ambient: ztunnel on 1 node, istio-cni on 1 node"
+    )
+    portforward = [f.found for f in findings if "pods/portforward" in f.found]
+    assert portforward == [
+        "get pods/portforward (istio) in istio-system: allowed",
+        "create pods/portforward (istio) in istio-system: allowed",
+    ]
+
+
+def test_an_ambient_run_without_the_ambient_profile_fails_with_the_install(
+    checkup: Checkup,
+) -> None:
+    findings = checkup(
+        Cluster(system_pods={"app=ztunnel": [], "k8s-app=istio-cni-node": []}), ambient=True
+    )
+    assert finding(findings, "ambient") == Finding(
+        "ambient",
+        "fail",
+        "no ztunnel (app=ztunnel), istio-cni (k8s-app=istio-cni-node) pod in istio-system",
+        "ambient namespaces need Istio's ambient data plane: their pods would not be enrolled"
+        " or would have no ztunnel",
+        "istioctl install --set profile=ambient (or pass --mesh-istio-namespace)",
+    )
+    assert [f.check for f in blocking(findings)] == ["ambient"]
+
+
+def test_a_sidecar_run_asks_nothing_of_ambient(checkup: Checkup) -> None:
+    cluster = Cluster(denied={("get", "pods/portforward", ISTIO_NS)})
+    findings = checkup(cluster)
+    assert [f for f in findings if f.check == "ambient"] == []
+    (denied,) = [f for f in findings if f.found.startswith("get pods/portforward")]
+    assert denied.status == "info" and denied.found.endswith(
+        "needed only with ambient namespaces (--mesh-dataplane=ambient or both)"
+    )
+    assert blocking(findings) == ()
 
 
 def test_optional_and_mesh_wide_permissions_do_not_block(checkup: Checkup) -> None:

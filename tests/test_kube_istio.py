@@ -3,8 +3,10 @@ classes), its mesh config, and istioctl plumbing. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -18,6 +20,8 @@ from pytest_meshconform.backends.kube.control_plane import (
     parse_mesh_config,
     select_istiod,
 )
+from pytest_meshconform.backends.kube.kind import install_gateway_api_crds
+from pytest_meshconform.mesh import MeshUnavailable
 
 # --- istiod -----------------------------------------------------------------------------------
 
@@ -210,3 +214,88 @@ def test_istioctl_install_argv() -> None:
         "--revision",
         "canary",
     ]
+
+
+def test_istioctl_install_argv_for_ambient() -> None:
+    """istio.io's ambient install: ``istioctl install --set profile=ambient``; the agents' and
+    ztunnel's SECRET_TTL as for sidecars."""
+    argv = istioctl_install_argv(
+        Path("istioctl"),
+        Path("kubeconfig"),
+        "kind-x",
+        revision=None,
+        cert_ttl=timedelta(minutes=5),
+        ready_timeout=timedelta(minutes=10),
+        dataplane="ambient",
+    )
+    assert argv[argv.index("profile=ambient") - 1] == "--set"
+    assert "profile=minimal" not in argv
+    assert "meshConfig.defaultConfig.proxyMetadata.SECRET_TTL=5m" in argv
+
+
+class _CrdCluster:
+    def __init__(self, present: bool) -> None:
+        self.present = present
+        self.applied: list[str] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        assert (api_version, kind, namespace) == (
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+        )
+        return {"metadata": {"name": name}} if self.present else None
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        self.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
+        return dict(manifest)
+
+
+# The shape of a Gateway API release's standard-install.yaml: a header comment, then one
+# CustomResourceDefinition per document (kubernetes-sigs/gateway-api config/crd/standard)
+RELEASE = b"""# Copyright 2025 The Kubernetes Authors.
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gatewayclasses.gateway.networking.k8s.io
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gateways.gateway.networking.k8s.io
+"""
+
+
+def test_the_gateway_api_crds_are_applied_once_from_the_pinned_release() -> None:
+    fetched: list[str] = []
+    messages: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return RELEASE
+
+    missing = _CrdCluster(present=False)
+    assert install_gateway_api_crds(missing, messages.append, fetch)
+    assert fetched == [
+        "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.4.0/"
+        "standard-install.yaml"
+    ]
+    assert missing.applied == [
+        "CustomResourceDefinition gatewayclasses.gateway.networking.k8s.io",
+        "CustomResourceDefinition gateways.gateway.networking.k8s.io",
+    ]
+    present = _CrdCluster(present=True)
+    assert not install_gateway_api_crds(present, messages.append, fetch)
+    assert present.applied == [] and len(fetched) == 1
+
+
+def test_no_internet_for_the_gateway_api_crds_names_the_fix() -> None:
+    def offline(url: str) -> bytes:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    with pytest.raises(MeshUnavailable) as error:
+        install_gateway_api_crds(_CrdCluster(present=False), lambda m: None, offline)
+    assert "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/" in (
+        str(error.value)
+    )

@@ -354,6 +354,35 @@ def test_a_run_using_the_mesh_stops_at_collection(pytester: pytest.Pytester, bin
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
+def test_kind_with_ambient_stops_with_the_same_line_as_sidecars(
+    pytester: pytest.Pytester, bin_dir: Path
+) -> None:
+    """`--mesh-cluster=kind --mesh-dataplane=ambient` where no Docker engine answers: the same
+    one line as the sidecar path, before anything is installed (issue 21)."""
+    fake_binary(bin_dir, "docker", f'echo "{DOCKER_DOWN}" >&2; exit 1')
+    fake_binary(bin_dir, "kind", "exit 0")
+    fake_binary(bin_dir, "istioctl", "exit 0")
+    pytester.makepyfile("def test_needs_mesh(mesh): pass")
+    errors = []
+    for extra in ([], ["--mesh-dataplane=ambient"]):
+        result = pytester.runpytest_subprocess(
+            "--mesh-cluster=kind", *extra, "-p", "no:cacheprovider"
+        )
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        lines = [line for line in result.stderr.str().splitlines() if line.startswith("ERROR")]
+        assert "Traceback" not in result.stderr.str() + result.stdout.str()
+        errors.append(lines)
+    sidecar, ambient = errors
+    assert (
+        ambient
+        == sidecar
+        == [
+            "ERROR: meshconform: --mesh-cluster=kind cannot run here: no Docker engine:"
+            f" `docker info` failed ({DOCKER_DOWN}); start it (or point DOCKER_HOST at one)"
+        ]
+    )
+
+
 # --- preflight: existing cluster ----------------------------------------------------------------
 
 

@@ -81,6 +81,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the run would apply mesh-wide policies (check those permissions too)",
     )
     doctor.add_argument(
+        "--mesh-dataplane",
+        default="sidecar",
+        choices=("sidecar", "ambient", "both"),
+        help="the data plane the run would put its namespaces on: with ambient or both, check"
+        " ztunnel, istio-cni and the port-forward permissions too (default sidecar)",
+    )
+    doctor.add_argument(
         "--report",
         type=Path,
         metavar="PATH",
@@ -158,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         cert_ttl=cert_ttl,
         capture_image=args.mesh_capture_image,
         allow_mesh_wide=args.mesh_allow_mesh_wide,
+        ambient=args.mesh_dataplane != "sidecar",
     )
     try:
         survey = survey_cluster(api, request)

@@ -61,7 +61,15 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
+from pytest_meshconform.backends.kube.ztunnel import (
+    ISTIO_CNI_LABEL,
+    ZTUNNEL_LABEL,
+    ambient_found,
+    read_ztunnel_dump,
+    ztunnel_pods,
+)
 from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.mesh import (
     DEFAULT_DNS_DOMAIN,
     ExecResult,
@@ -135,6 +143,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         self.allow_mesh_wide = backend == "kind" or options.allow_mesh_wide
         self._istiod: IstiodInfo | None = None
         self._istiod_revisions: tuple[str, ...] = ()
+        self.ambient_found: str | None = None  # what of ambient the cluster runs (header)
         self._mesh_config: MeshConfigInfo | None = None
         self._root_pem: str | None = None
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -195,7 +204,8 @@ class KubeMesh(KubeCapture, KubePropagation):
     def version(self) -> str:
         istiod = self.istiod
         revision = "" if istiod.revision == "default" else f" (revision {istiod.revision})"
-        return f"istio {istiod.version}{revision}"
+        ambient = f" ({self.ambient_found})" if self.ambient_found else ""
+        return f"istio {istiod.version}{revision}{ambient}"
 
     @property
     def istio_version(self) -> str:
@@ -254,6 +264,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._check_capture_image()
             self._root_pem = self._read_root_cert()
             self._wait_ztunnels_hold_the_run()
+            self._check_ztunnel_ttl()
             self._wait_reachable()
         except BaseException:
             try:
@@ -296,7 +307,47 @@ class KubeMesh(KubeCapture, KubePropagation):
             raise MeshError(problem)
         self._istiod = istiod
         self._istiod_revisions = istiod_revisions(deployments)
+        self.ambient_found = self._detect_ambient()
         return istiod
+
+    def _detect_ambient(self) -> str | None:
+        """ztunnel and istio-cni in Istio's namespace and the namespaces labelled for ambient,
+        for the report header (whatever this run's data plane); a user who may not list them
+        is told, and the run goes on (an ambient run then fails where it needs them)."""
+        namespace = self.options.istio_namespace
+        try:
+            ztunnels = self.api.list_pods(namespace, ZTUNNEL_LABEL)
+            cni = self.api.list_pods(namespace, ISTIO_CNI_LABEL)
+        except KubeApiError as error:
+            self._progress(f"could not look for ztunnel and istio-cni in {namespace}: {error}")
+            return None
+        labelled: list[str] | None = None
+        if ztunnels or cni:
+            try:
+                labelled = [
+                    str(object_meta(ns).get("name"))
+                    for ns in self.api.list_namespaces(f"{DATAPLANE_MODE_LABEL}=ambient")
+                ]
+            except KubeApiError:
+                labelled = None
+        return ambient_found(ztunnels, cni, labelled)
+
+    def _check_ztunnel_ttl(self) -> None:
+        """kind (the cluster is ours): ztunnel asks its CA for certificates of --mesh-cert-ttl
+        (its ``secretTtl``, from the SECRET_TTL the install sets), or the rotation suites
+        would wait for a lifetime the run did not choose."""
+        if self._backend != "kind" or not any(w.ambient for w in self._workloads):
+            return
+        namespace = self.options.istio_namespace
+        wanted = int(self.cert_ttl.total_seconds())
+        for pod in ztunnel_pods(self.api, namespace):
+            config = read_ztunnel_dump(self.api, pod).config
+            if config.secret_ttl_seconds not in (None, wanted):
+                raise MeshError(
+                    f"ztunnel {namespace}/{pod.name} asks for certificates of"
+                    f" {config.secret_ttl_seconds}s (its secretTtl), not --mesh-cert-ttl"
+                    f" {wanted}s: the install did not reach ztunnel's SECRET_TTL"
+                )
 
     def _read_root_cert(self) -> str:
         namespace = self.names.real(INJECTED_NAMESPACES[0])

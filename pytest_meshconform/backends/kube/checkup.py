@@ -38,6 +38,7 @@ from pytest_meshconform.backends.kube.topology import (
     namespace_manifest,
     workload_manifests,
 )
+from pytest_meshconform.backends.kube.ztunnel import ambient_check
 from pytest_meshconform.istio.discovery import (
     NAME_LABEL,
     NamespaceSelector,
@@ -147,6 +148,10 @@ class Survey:
     admission_checked: bool = False  # the dry-run create of a run namespace was made
     admission_error: str | None = None  # what the API server said when it refused it
     admission_status: int = 0
+    # ambient runs: the ztunnel and istio-cni pods of istiod's namespace (None: not read)
+    ztunnels: tuple[Mapping[str, Any], ...] | None = None
+    istio_cni: tuple[Mapping[str, Any], ...] | None = None
+    data_plane_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,6 +769,18 @@ def check_survey(
         _domains(survey, plan),
         _pod_security(survey, plan),
     ]
+    if request.ambient:
+        findings.append(
+            Finding(
+                "ambient",
+                *ambient_check(
+                    survey.ztunnels,
+                    survey.istio_cni,
+                    survey.data_plane_error,
+                    request.istio_namespace,
+                ),
+            )
+        )
     for permission in RUN_PERMISSIONS:
         namespace = plan.namespace_for(permission.scope, request.istio_namespace)
         findings.append(_permission(permission, survey, request, namespace))

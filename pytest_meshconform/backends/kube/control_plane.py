@@ -29,7 +29,7 @@ from pytest_meshconform.istio.discovery import (
 )
 from pytest_meshconform.istio.injection import DEFAULT_REVISION, REVISION_LABEL
 from pytest_meshconform.istio.tls import parse_min_protocol_version
-from pytest_meshconform.settings import format_duration
+from pytest_meshconform.settings import Dataplane, format_duration
 
 __all__ = [
     "DEFAULT_MAX_WORKLOAD_CERT_TTL",
@@ -314,9 +314,15 @@ def istioctl_install_argv(
     revision: str | None,
     cert_ttl: timedelta,
     ready_timeout: timedelta,
+    dataplane: Dataplane = "sidecar",
 ) -> list[str]:
-    """``istioctl install`` for a kind cluster: minimal profile (istiod only) and the agents'
-    SECRET_TTL from ``--mesh-cert-ttl`` so rotation suites finish quickly."""
+    """``istioctl install`` for a kind cluster: minimal profile (istiod only), or with ambient
+    namespaces the ambient profile (istiod, istio-cni, ztunnel: ``istioctl install --set
+    profile=ambient``, as istio.io's ambient install guide writes it), and the agents'
+    SECRET_TTL from ``--mesh-cert-ttl`` so rotation suites finish quickly (Istio's ztunnel
+    chart passes ``meshConfig.defaultConfig.proxyMetadata`` to ztunnel's environment too; the
+    run checks the ``secretTtl`` ztunnel reports)."""
+    profile = "ambient" if dataplane == "ambient" else "minimal"
     argv = [
         str(istioctl),
         "install",
@@ -326,7 +332,7 @@ def istioctl_install_argv(
         "--context",
         context,
         "--set",
-        "profile=minimal",
+        f"profile={profile}",
         "--set",
         f"meshConfig.defaultConfig.proxyMetadata.SECRET_TTL={format_duration(cert_ttl)}",
         "--readiness-timeout",

@@ -28,7 +28,7 @@ from pytest_meshconform.backends.kube.options import (
 )
 from pytest_meshconform.backends.registry import Backend, BackendRun
 from pytest_meshconform.mesh import Mesh, MeshError, MeshUnavailable
-from pytest_meshconform.settings import MeshSettings, SettingsError
+from pytest_meshconform.settings import Dataplane, MeshSettings, SettingsError
 
 if TYPE_CHECKING:
     from pytest_meshconform.backends.kube.backend import KubeMesh
@@ -117,6 +117,7 @@ def run_request(options: KubeOptions, settings: MeshSettings) -> RunRequest:
         cert_ttl=settings.cert_ttl,
         capture_image=options.capture_image,
         allow_mesh_wide=options.allow_mesh_wide,
+        ambient="ambient" in settings.dataplanes,
         run_id=secrets.token_hex(3),
         owner=_owner(),
     )
@@ -147,6 +148,7 @@ def open_mesh(run: BackendRun, progress: Callable[[str], None]) -> Mesh:
         KindCluster,
         download_istioctl,
         find_executable,
+        install_gateway_api_crds,
         install_istio,
         istioctl_path,
         kind_problems,
@@ -196,10 +198,13 @@ def open_mesh(run: BackendRun, progress: Callable[[str], None]) -> Mesh:
             cert_ttl=settings.cert_ttl,
             ready_timeout=options.ready_timeout,
             progress=progress,
+            dataplane=_dataplane(settings),
         )
         api = KubeApi.connect(
             kind.kubeconfig, kind.context, discovery_cache=run_dir / "discovery.json"
         )
+        if _dataplane(settings) == "ambient":
+            install_gateway_api_crds(api, progress)
     except BaseException:  # Ctrl-C included: a cluster this call created goes again
         shutil.rmtree(run_dir, ignore_errors=True)
         for message in kind.release(settings.keep):
@@ -243,8 +248,17 @@ def _kube_mesh(
         owner=_owner(),
         run_dir=run_dir,
         artifacts=settings.artifacts,
+        dataplane=_dataplane(settings),
         **extra,
     )
+
+
+def _dataplane(settings: MeshSettings) -> Dataplane:
+    """The one data plane this mesh runs (the plugin opens one mesh per data plane of
+    ``--mesh-dataplane=both``)."""
+    if settings.dataplane == "both":
+        raise MeshError("--mesh-dataplane=both reaches a backend as one mesh per data plane")
+    return settings.dataplane
 
 
 def _header_lines(run: BackendRun) -> list[str]:

@@ -16,11 +16,13 @@ import shutil
 import subprocess
 import tarfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
+
+import yaml
 
 from pytest_meshconform.backends.kube.control_plane import (
     istioctl_download_url,
@@ -28,6 +30,7 @@ from pytest_meshconform.backends.kube.control_plane import (
 )
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.mesh import MeshError, MeshUnavailable
+from pytest_meshconform.settings import Dataplane
 
 __all__ = [
     "KindCluster",
@@ -36,6 +39,9 @@ __all__ = [
     "container_engine_problem",
     "download_istioctl",
     "find_executable",
+    "gateway_api_crds",
+    "gateway_api_crds_url",
+    "install_gateway_api_crds",
     "install_istio",
     "istioctl_path",
     "kind_context",
@@ -46,6 +52,11 @@ Progress = Callable[[str], None]
 ENGINE_TIMEOUT_S: Final = 10.0
 KIND_INSTALL_URL: Final = "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 ISTIOCTL_INSTALL: Final = "curl -L https://istio.io/downloadIstio | sh -"
+# The Gateway API release istio.io's ambient install and getting-started guides apply (the
+# version its docs pin from istio/istio's go.mod; Istio 1.28's pages: v1.4.0, standard channel)
+GATEWAY_API_VERSION: Final = "v1.4.0"
+GATEWAY_CRD: Final = "gateways.gateway.networking.k8s.io"
+CRD_API_VERSION: Final = "apiextensions.k8s.io/v1"
 
 
 def find_executable(explicit: Path | None, name: str) -> Path | None:
@@ -294,6 +305,7 @@ def install_istio(
     cert_ttl: timedelta,
     ready_timeout: timedelta,
     progress: Progress,
+    dataplane: Dataplane = "sidecar",
 ) -> None:
     """``istioctl install`` (idempotent: on a reused cluster it reconciles to our settings)."""
     argv = istioctl_install_argv(
@@ -303,8 +315,10 @@ def install_istio(
         revision=revision,
         cert_ttl=cert_ttl,
         ready_timeout=ready_timeout,
+        dataplane=dataplane,
     )
-    progress(f"installing Istio with {istioctl} (waits for istiod)")
+    what = "istiod, istio-cni and ztunnel" if dataplane == "ambient" else "istiod"
+    progress(f"installing Istio with {istioctl} (waits for {what})")
     try:
         subprocess.run(
             argv,
@@ -315,6 +329,66 @@ def install_istio(
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         raise MeshError(f"istioctl install failed: {_process_detail(error)}") from error
+
+
+def gateway_api_crds_url(version: str = GATEWAY_API_VERSION) -> str:
+    """The Gateway API release's standard channel, as istio.io's ambient install guide
+    applies it (``kubectl apply -f .../releases/download/<version>/standard-install.yaml``)."""
+    return (
+        "https://github.com/kubernetes-sigs/gateway-api/releases/download/"
+        f"{version}/standard-install.yaml"
+    )
+
+
+def gateway_api_crds(text: str) -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions of a Gateway API release manifest (its other documents,
+    if any, are not applied: meshconform installs only the CRDs waypoints need)."""
+    found = []
+    for document in yaml.safe_load_all(text):
+        if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+            found.append(document)
+    if not found:
+        raise MeshError("the Gateway API manifest holds no CustomResourceDefinition")
+    return found
+
+
+class CrdApi(Protocol):
+    """What installing the Gateway API CRDs needs of a cluster (``client.KubeApi``)."""
+
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None: ...
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def install_gateway_api_crds(
+    api: CrdApi,
+    progress: Progress,
+    fetch: Callable[[str], bytes] | None = None,
+    version: str = GATEWAY_API_VERSION,
+) -> bool:
+    """The Gateway API CRDs waypoints need (a ``Gateway`` of class ``istio-waypoint``),
+    unless the cluster has them (``kubectl get crd gateways.gateway.networking.k8s.io ||
+    kubectl apply -f ...``, as Istio's docs do); True when they were applied."""
+    if api.get(CRD_API_VERSION, "CustomResourceDefinition", "", GATEWAY_CRD) is not None:
+        return False
+    url = gateway_api_crds_url(version)
+    progress(f"applying the Gateway API {version} CRDs from {url}")
+    try:
+        text = (fetch or _download)(url).decode("utf-8")
+    except OSError as error:
+        raise MeshUnavailable(
+            f"cannot download the Gateway API CRDs ({url}): {error}; ambient on kind needs them"
+            f" for waypoints: apply them to the cluster yourself (kubectl apply -f {url})"
+        ) from error
+    for crd in gateway_api_crds(text):
+        api.apply(crd)
+    return True
+
+
+def _download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=120) as response:
+        return bytes(response.read())
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,7 +155,14 @@ RUN_PERMISSIONS: Final[tuple[Permission, ...]] = (
     ),
     _p("list", "Deployment", "istio", "istiod: its revision, version and MAX_WORKLOAD_CERT_TTL"),
     _p("get", "configmaps", "istio", "istiod's mesh config (istio or istio-<rev>)"),
-    _p("list", "pods", "istio", "the ztunnel of each ambient workload's node", ambient=True),
+    _p(
+        "list",
+        "pods",
+        "istio",
+        "ztunnel and istio-cni found (the report header); with ambient namespaces, the ztunnel"
+        " of each ambient workload's node",
+        required=False,
+    ),
     _p(
         "get",
         "pods/portforward",

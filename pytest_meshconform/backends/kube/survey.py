@@ -2,7 +2,8 @@
 
 ``survey_cluster(api, request)`` reads the API server's version, istiod's Deployments, its mesh
 config and injector ConfigMaps, the MutatingWebhookConfigurations (Istio's injectors and
-revision tags), the nodes' kubelet versions, asks a SelfSubjectAccessReview for every
+revision tags), the nodes' kubelet versions, with ambient namespaces the ztunnel and
+istio-cni pods, asks a SelfSubjectAccessReview for every
 permission of ``RUN_PERMISSIONS``, and creates one of the run's namespaces with ``dryRun=All``
 (the API server authorizes and admits it, Pod Security included, and stores nothing). A read
 that fails is kept with its error: the judgement says what it could not check. Only an
@@ -24,6 +25,7 @@ from pytest_meshconform.backends.kube.checkup import (
 from pytest_meshconform.backends.kube.client import KubeApiError
 from pytest_meshconform.backends.kube.control_plane import istiod_revisions
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS
+from pytest_meshconform.backends.kube.ztunnel import ISTIO_CNI_LABEL, ZTUNNEL_LABEL
 
 __all__ = ["SURVEY_TIMEOUT_S", "SurveyApi", "installed_kubernetes_client", "survey_cluster"]
 
@@ -46,6 +48,9 @@ class SurveyApi(Protocol):
     def list_nodes(self) -> list[dict[str, Any]]: ...
     def can_i(self, verb: str, group: str, resource: str, namespace: str) -> tuple[bool, str]: ...
     def create_namespace(self, manifest: dict[str, Any], *, dry_run: bool = False) -> None: ...
+    def list_pods(
+        self, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 def installed_kubernetes_client() -> str | None:
@@ -93,6 +98,15 @@ def survey_cluster(api: SurveyApi, request: RunRequest) -> Survey:
         survey = dataclasses.replace(survey, nodes=tuple(api.list_nodes()))
     except KubeApiError as error:
         survey = dataclasses.replace(survey, nodes_error=str(error))
+    if request.ambient:  # the ambient data plane the run's ambient namespaces need
+        try:
+            survey = dataclasses.replace(
+                survey,
+                ztunnels=tuple(api.list_pods(namespace, ZTUNNEL_LABEL)),
+                istio_cni=tuple(api.list_pods(namespace, ISTIO_CNI_LABEL)),
+            )
+        except KubeApiError as error:
+            survey = dataclasses.replace(survey, data_plane_error=str(error))
     plan = run_plan(survey, request)
     access: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
     access_error: str | None = None
