@@ -5,7 +5,8 @@ cluster, istioctl installs Istio, the suites run and the cluster is deleted. Nee
 container engine and istioctl (or ``MESHCONFORM_ISTIO_VERSION`` with internet); without them the
 test is skipped with one line saying what is missing, or fails when ``MESHCONFORM_E2E=1`` (CI,
 where skipping would hide a broken set-up). ``MESHCONFORM_E2E_KEEP=1`` keeps the cluster for
-log collection. ``.github/workflows/kind.yml`` runs it.
+log collection. ``MESHCONFORM_E2E_DATAPLANE=ambient`` runs the suites with ambient namespaces
+(Istio's ambient profile). ``.github/workflows/kind.yml`` runs it, once per data plane.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SUITES = REPO / "conformance"
 ISTIO_VERSION = os.environ.get("MESHCONFORM_ISTIO_VERSION") or None
+# sidecar (default) or ambient: the data plane of the run's namespaces (--mesh-dataplane)
+DATAPLANE = os.environ.get("MESHCONFORM_E2E_DATAPLANE") or "sidecar"
 RUN_TIMEOUT_S = 60 * 60
 
 
@@ -60,6 +63,8 @@ def test_builtin_suites_pass_on_kind(kind_available: None, tmp_path: Path) -> No
     ]
     if ISTIO_VERSION is not None:
         argv.append(f"--mesh-istio-version={ISTIO_VERSION}")
+    if DATAPLANE != "sidecar":
+        argv.append(f"--mesh-dataplane={DATAPLANE}")
     if os.environ.get("MESHCONFORM_E2E_KEEP") == "1":
         argv.append("--mesh-keep")  # CI: leave the cluster for `kind export logs`
     result = subprocess.run(
