@@ -210,12 +210,16 @@ namespaces:
     waypoint: waypoint
     workloads:
       - {name: captured, kind: sleep}
-      - {name: service-addressed-waypoint, kind: httpbin}
+      - name: service-addressed-waypoint
+        kind: httpbin
+        ports: [8080, {port: 9000, serves: tcp-echo}]
       - {name: other, kind: httpbin}
     services:
       - name: service-addressed-waypoint
         selector: {app: service-addressed-waypoint}
-        ports: [{name: http, port: 80, targetPort: 8080}]
+        ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: tcp, port: 9000}
       - {name: other, selector: {app: other}, ports: [{name: http, port: 80, targetPort: 8080}]}
   - name: plain
     dataplane: none
@@ -414,6 +418,63 @@ spec:
     assert call(captured, authz_dst, "/get", headers={"x-foo": "wrong-value"}) == FORBIDDEN
 
 
+L4_POLICIES = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: policy-waypoint
+  namespace: echo
+spec:
+  targetRefs:
+  # affects Waypoints
+  - kind: Service
+    group: core
+    name: service-addressed-waypoint
+{spec}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: policy
+  namespace: echo
+spec:
+  # affects zTunnels and Sidecars
+  selector:
+    matchLabels:
+      app: service-addressed-waypoint
+{spec}
+"""
+ALLOW_SPEC = """
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/echo/sa/captured", "cluster.local/ns/echo/sa/waypoint"]
+"""
+NOT_ALLOW_SPEC = """
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/something/sa/else"]
+"""
+
+
+def test_authorization_l4(apply_policy: PolicyApplier, workload: WorkloadLookup) -> None:
+    """TestAuthorizationL4 on the TCP port: "allow" passes the waypoint and the workload,
+    "not allow" is denied (the waypoint closes the connection: Istio's "EOF", TCP envoy); an
+    uncaptured client is denied by the destination's ztunnel ("Expect deny if the dest is in
+    the mesh (enforcing policy) but src is not")."""
+    captured, uncaptured = workload("captured", "echo"), workload("uncaptured", "plain")
+    dst = workload("service-addressed-waypoint", "echo")
+    apply_policy(L4_POLICIES.format(spec=ALLOW_SPEC))
+    echoed = captured.tcp(dst, port="tcp", send=b"ping\n")
+    assert echoed.received == b"hello ping\n", echoed
+    refused = uncaptured.tcp(dst, port="tcp", send=b"ping\n")
+    assert refused.outcome in ("reset", "closed") and not refused.received, refused
+    apply_policy(L4_POLICIES.format(spec=NOT_ALLOW_SPEC))
+    denied = captured.tcp(dst, port="tcp", send=b"ping\n")
+    assert denied.outcome in ("reset", "closed") and not denied.received, denied
+
+
 @pytest.mark.mesh_wide
 def test_authorization_waypoint_default_deny(
     apply_policy: PolicyApplier, workload: WorkloadLookup
@@ -479,4 +540,4 @@ def test_istio_io_waypoint_outcomes(pytester: pytest.Pytester) -> None:
 
 
 def test_istio_ambient_integration_waypoint_authorization(pytester: pytest.Pytester) -> None:
-    _run(pytester, ECHO, INTEGRATION).assert_outcomes(passed=3)
+    _run(pytester, ECHO, INTEGRATION).assert_outcomes(passed=4)

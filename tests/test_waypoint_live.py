@@ -180,6 +180,21 @@ def test_tcp_through_the_waypoint(
     assert not refused.received, refused
 
 
+def test_ip_blocks_at_the_waypoint_are_the_client_pods(
+    apply_policy: PolicyApplier, workload: WorkloadLookup, mesh
+) -> None:
+    reception, billing = workload("reception", "clinic"), workload("billing", "clinic")
+    records = workload("records", "clinic")
+    apply_policy(authorization_policy(
+        "by-address", "clinic", "ALLOW",
+        [{"from": [{"source": {"ipBlocks": [mesh.pod_ip(reception.workload)]}}]}],
+        target_refs=RECORDS_SERVICE,
+    ))
+    assert reception.curl(records).status == 200
+    other = billing.curl(records)
+    assert other.status == 403 and other.body == b"RBAC: access denied", other
+
+
 def test_a_target_ref_naming_nothing_is_an_error(apply_policy: PolicyApplier) -> None:
     with pytest.raises(UnmatchedPolicyError, match="Service clinic/archive was not found"):
         apply_policy(authorization_policy(
@@ -199,7 +214,7 @@ def test_waypoints_route_and_authorize_on_the_wire(pytester: pytest.Pytester) ->
     pytester.makefile(".yaml", clinic=CLINIC_TOPOLOGY)
     pytester.makepyfile(test_clinic=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "--mesh-topology=clinic.yaml")
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
     assert_runs_left_nothing(result.stdout.str())
 
 
@@ -219,6 +234,6 @@ def test_the_l7_test_fails_when_the_waypoint_ignores_l7_rules(
         "-k",
         "l7_authorization",
     )
-    result.assert_outcomes(failed=1, deselected=7)
+    result.assert_outcomes(failed=1, deselected=8)
     result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
     assert_runs_left_nothing(result.stdout.str())

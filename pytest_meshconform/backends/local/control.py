@@ -145,6 +145,20 @@ def _any_peer(config: Any) -> Any:
     return config
 
 
+def _remote_ip(config: Any) -> Any:
+    """istiod matches ``ipBlocks`` on the direct remote address; on the waypoint's internal
+    listener upstream Envoy restores the tunnel's source (the client pod's address) as the
+    remote address only (``original_dst.remote_ip``), so the local waypoint matches that."""
+    if isinstance(config, dict):
+        return {
+            ("remote_ip" if key == "direct_remote_ip" else key): _remote_ip(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_remote_ip(item) for item in config]
+    return config
+
+
 # Any IPv4 source: what the `authz-ignores-principals` fault puts where a ztunnel policy names
 # peers by identity (principals, namespaces, service accounts), so that it matches anyone.
 _ANYONE: Final = Match(source_ips=(Address(ipaddress.ip_address("0.0.0.0"), 0),))
@@ -299,7 +313,7 @@ def plan_waypoints(
                 root_namespace=root_namespace,
                 trust_domain=TRUST_DOMAIN,
             )
-            rbac = authz.network_filters() if tcp else authz.http_filters()
+            rbac = _remote_ip(authz.network_filters() if tcp else authz.http_filters())
             if faults.authz_ignores_principals:
                 rbac = _any_peer(rbac)
             routes.append(
