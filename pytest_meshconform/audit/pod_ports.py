@@ -52,7 +52,7 @@ from pytest_meshconform.istio.interception import (
     InterceptionError,
     sidecar_interception,
 )
-from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
+from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, port_level_ports
 from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar, pod_ip_upstream
 from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import Mesh, MeshError, Workload
@@ -94,6 +94,9 @@ class PodPort:
     mesh_cluster: str = PASSTHROUGH_CLUSTER
     mesh_tls: bool = False
     http: bool = False
+    # no Service targets it and the workload's portLevelMtls names it: a passthrough chain of
+    # its own in that mode (release note peer-authn-port-level-pass-through-filter)
+    keyed_passthrough: bool = False
 
     @property
     def key(self) -> str:
@@ -297,6 +300,12 @@ def discover_pod_ports(
                         protocol_of(s).is_http
                         for s in services
                         if s.target_port == port and workload in endpoints_of(s, workloads)
+                    ),
+                    keyed_passthrough=workload.has_sidecar
+                    and not exposing
+                    and port
+                    in port_level_ports(
+                        peer_auths, workload.namespace, workload.labels, mesh.root_namespace
                     ),
                 )
             )
@@ -525,6 +534,8 @@ def _plaintext_by_pod_ip(
         fix = "make the workload STRICT on the port, or stop listening on it"
         return _accept(result, exceptions, day, fix)
     exposed = ", ".join(port.services) or "no Service"
+    if port.keyed_passthrough:
+        exposed += ": its own passthrough chain, as portLevelMtls names it"
     taken = "takes plaintext" if took else "refuses plaintext"
     return PodPortResult(
         port,

@@ -23,7 +23,7 @@ from pytest_meshconform.istio.selection import (
     is_subset,
 )
 
-__all__ = ["effective_mtls_mode", "service_mtls_mode"]
+__all__ = ["effective_mtls_mode", "port_level_ports", "service_mtls_mode"]
 
 
 def effective_mtls_mode(
@@ -58,14 +58,48 @@ def effective_mtls_mode(
     ``DestinationRule`` objects in ``policies`` are ignored (they are client-side), and a policy
     whose namespace is ``None`` is taken to live in ``default_namespace``.
     """
-    check_argument_namespace(namespace, "namespace")
-    check_argument_namespace(root_namespace, "root_namespace")
-    check_argument_namespace(default_namespace, "default_namespace")
-    check_labels_argument(labels, "labels")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
     ):
         raise PolicyError(f"port must be in range 1..65535 or None, got {show(port)}")
+    mode, workload = _compose(policies, namespace, labels, root_namespace, default_namespace)
+    if workload is not None and port is not None and port in workload.port_level:
+        port_mode = workload.port_level[port]
+        if port_mode is not MtlsMode.UNSET:
+            mode = port_mode
+    return mode
+
+
+def port_level_ports(
+    policies: Iterable[Policy],
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str = "istio-system",
+    *,
+    default_namespace: str = "default",
+) -> tuple[int, ...]:
+    """The ports the workload's effective PeerAuthentication names in ``portLevelMtls``: the
+    keys of the workload-level policy ``ComposePeerAuthentication`` chooses (its ``PerPort``,
+    UNSET ones included: they inherit), which ``PortLevelSetting`` hands to istiod's
+    passthrough chains (``Builder.ForPassthrough``, pilot/pkg/networking/plugin/authn/
+    authentication.go), sorted."""
+    _, workload = _compose(policies, namespace, labels, root_namespace, default_namespace)
+    return () if workload is None else tuple(sorted(workload.port_level))
+
+
+def _compose(
+    policies: Iterable[Policy],
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str,
+    default_namespace: str,
+) -> tuple[MtlsMode, PeerAuthentication | None]:
+    """``ComposePeerAuthentication``: the workload's mode for ports no ``portLevelMtls``
+    names, and the workload-level policy chosen (None: none applies)."""
+    check_argument_namespace(namespace, "namespace")
+    check_argument_namespace(root_namespace, "root_namespace")
+    check_argument_namespace(default_namespace, "default_namespace")
+    check_labels_argument(labels, "labels")
     applicable: list[tuple[str, PeerAuthentication]] = []
     seen: set[tuple[str, str]] = set()
     for policy in policies:
@@ -105,11 +139,7 @@ def effective_mtls_mode(
     for chosen in (mesh, namespace_wide, workload):
         if chosen is not None and chosen.mode is not None and chosen.mode is not MtlsMode.UNSET:
             mode = chosen.mode
-    if workload is not None and port is not None and port in workload.port_level:
-        port_mode = workload.port_level[port]
-        if port_mode is not MtlsMode.UNSET:
-            mode = port_mode
-    return mode
+    return mode, workload
 
 
 def service_mtls_mode(

@@ -16,7 +16,7 @@ from pytest_meshconform.istio.api import (
     PolicyError,
 )
 from pytest_meshconform.istio.destination_rule import destination_rule_for
-from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
+from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, port_level_ports
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.upstream import Upstream, upstream
 from pytest_meshconform.mesh import Service, Workload
@@ -40,6 +40,11 @@ class Sidecar:
     ``outbound`` maps (Service FQDN, Service port) to the cluster towards it.
     ``inbound_protocols`` maps each container port a Service port targets to that port's
     protocol (the inbound listener's filters: HTTP connection manager or TCP proxy).
+    ``passthrough`` maps each port the effective PeerAuthentication's ``portLevelMtls`` names
+    but no Service port targets to its mode: istiod gives each a passthrough filter chain of
+    its own (``Builder.ForPassthrough``; release note
+    ``peer-authn-port-level-pass-through-filter``), every other unmatched port takes the
+    ``default_inbound`` ones.
     """
 
     workload: Workload
@@ -47,6 +52,7 @@ class Sidecar:
     default_inbound: MtlsMode
     outbound: Mapping[tuple[str, int], Upstream] = field(hash=False)
     inbound_protocols: Mapping[int, PortProtocol] = field(default_factory=dict, hash=False)
+    passthrough: Mapping[int, MtlsMode] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inbound", MappingProxyType(dict(self.inbound)))
@@ -54,6 +60,7 @@ class Sidecar:
         object.__setattr__(
             self, "inbound_protocols", MappingProxyType(dict(self.inbound_protocols))
         )
+        object.__setattr__(self, "passthrough", MappingProxyType(dict(self.passthrough)))
 
 
 def endpoints_of(service: Service, workloads: Iterable[Workload]) -> tuple[Workload, ...]:
@@ -122,12 +129,16 @@ def plan_sidecar(
             trust_domain=trust_domain,
             auto_mtls=auto_mtls,
         )
+    protocols = inbound_protocols(client, services, workloads)
+    keyed = port_level_ports(peer_auths, client.namespace, client.labels, root_namespace)
     return Sidecar(
         workload=client,
         inbound={port: mode(port) for port in client.container_ports},
         default_inbound=mode(None),
         outbound=outbound,
-        inbound_protocols=inbound_protocols(client, services, workloads),
+        inbound_protocols=protocols,
+        # needPerPortPassthroughFilterChain: not a port a Service targets
+        passthrough={port: mode(port) for port in keyed if port not in protocols},
     )
 
 

@@ -112,7 +112,14 @@ def plan_sidecars(
             http_rbac, tcp_rbac = _any_peer(http_rbac), _any_peer(tcp_rbac)
         plans[pod.workload.key] = SidecarPlan(
             pod=pod,
-            inbound_modes={port: broken(mode) for port, mode in model.inbound.items()},
+            # istiod's per-port chains: the ports a Service targets (buildInboundChainConfigs);
+            # the others take the passthrough chains, per port where portLevelMtls names them
+            inbound_modes={
+                port: broken(mode)
+                for port, mode in model.inbound.items()
+                if port in model.inbound_protocols
+            },
+            passthrough_modes={port: broken(mode) for port, mode in model.passthrough.items()},
             default_inbound_mode=broken(model.default_inbound),
             outbound={
                 (e.service.fqdn, e.service.port): model.outbound[

@@ -72,6 +72,8 @@ class SidecarPlan:
     # (fqdn, service port) -> the Istio model's cluster, towards the Service's endpoint
     outbound: Mapping[tuple[str, int], Upstream]
     services: tuple[ServiceEntry, ...] = field(default=())
+    # ports no Service targets that portLevelMtls names: a passthrough chain each, in its mode
+    passthrough_modes: Mapping[int, MtlsMode] = field(default_factory=dict, hash=False)
     set_xfcc: bool = True  # False only under the test-only `no-xfcc` fault
     # the server side of sidecar mTLS (the model's `inbound_tls_params`, or a fault's)
     inbound_tls: TlsParams = field(default_factory=inbound_tls_params)
@@ -418,6 +420,15 @@ def listeners(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         *(copy.deepcopy(dict(f)) for f in plan.tcp_rbac),  # network RBAC before tcp_proxy
         _tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
     ]
+    for port in sorted(plan.passthrough_modes):  # istiod's ForPassthrough, per port
+        chains += _inbound_chains(
+            f"{VIRTUAL_INBOUND}_{port}",
+            port,
+            plan.passthrough_modes[port],
+            plan,
+            paths,
+            passthrough,
+        )
     chains += _inbound_chains(
         VIRTUAL_INBOUND, None, plan.default_inbound_mode, plan, paths, passthrough
     )
