@@ -308,6 +308,18 @@ def tunnels_over_hbone(mesh: Mesh, client: Workload, server: Workload) -> bool:
     return isinstance(mesh, HboneAware) and mesh.hbone_tunnel(client, server)
 
 
+@runtime_checkable
+class ZtunnelCertificates(Protocol):
+    """A backend that reads an ambient workload's certificate from ztunnel's own dump (the kube
+    backend: ztunnel is not Envoy, its ``/config_dump`` lists ``certificates``). Kept apart from
+    `Mesh`: the local mesh's ztunnel is an Envoy whose ``/config_dump`` carries the secret."""
+
+    def ztunnel_certificate_pem(self, workload: Workload) -> str:
+        """The chain (PEM, leaf first) the ztunnel of the workload's node holds for its
+        identity; a `MeshError` naming the state when it holds none available."""
+        ...
+
+
 class SidecarDied(MeshError):
     """A process of the mesh itself (a sidecar's Envoy, an app) exited, was stopped or stopped
     answering: the run's infrastructure broke, so what a test saw since is no evidence about the

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cert_fixtures import Issuer, b64_of, istio_leaf, pem_of
 from conftest import TESTDATA
 from kube_fakes import FakeCluster, PortForwardCall
 
@@ -60,6 +61,12 @@ class FakeZtunnel:
     certificate_state: dict[str, str] = field(default_factory=dict)  # identity -> state
     reads: list[str] = field(default_factory=list)  # ztunnel pod names, in order
     lag_reads: int = 0  # a change reaches a ztunnel after this many more reads of the old state
+    # with an issuer, the run's identities get certificates of their own SPIFFE ID from it
+    # (leaf then root, as ztunnel before 1.25 lists them), serial ``serials[identity]`` (a new
+    # serial: a rotation); without, a copy of the real dump's first certificate
+    issuer: Issuer | None = None
+    serials: dict[str, int] = field(default_factory=dict)
+    _minted: dict[tuple[str, int], list[dict[str, str]]] = field(default_factory=dict)
     _frozen: dict[str, bytes] = field(default_factory=dict)
     _unseen: dict[str, int] = field(default_factory=dict)
 
@@ -87,6 +94,25 @@ class FakeZtunnel:
             finally:
                 self.cluster.objects = saved
         return http_answer(self._frozen[call.pod])
+
+    def _chain(self, identity: str) -> list[dict[str, str]]:
+        """``CertDump`` entries (base64 PEM, decimal serial, RFC 3339 validity) of a leaf for
+        ``identity`` and the issuer's root."""
+        assert self.issuer is not None
+        serial = self.serials.get(identity, 0x1000)
+        key = (identity, serial)
+        if key not in self._minted:
+            leaf = istio_leaf(self.issuer, uris=(identity,), serial=serial)
+            self._minted[key] = [
+                {
+                    "pem": b64_of(pem_of(cert)),
+                    "serialNumber": str(cert.serial_number),
+                    "validFrom": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "expirationTime": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+                for cert in (leaf, self.issuer.cert)
+            ]
+        return self._minted[key]
 
     # -- a tiny istiod for ambient --------------------------------------------------------------
 
@@ -227,6 +253,8 @@ class FakeZtunnel:
                 if hbone and workload["node"] == node:
                     certificate = copy.deepcopy(template)
                     certificate["identity"] = identity
+                    if self.issuer is not None:
+                        certificate["certChain"] = self._chain(identity)
                     state = self.certificate_state.get(identity, "Available")
                     certificate["state"] = state
                     if state != "Available":

@@ -17,12 +17,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cert_fixtures import make_pki
 from kube_fakes import FakeCluster
 from kube_world import BAR, FOO, LEGACY, RUN, World, authz, fake_world, peer_auth
 from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.mesh import MeshError, PropagationTimeout
+from pytest_meshconform.plugin.identity import current_cert, served_cert
 
 needs_dump = pytest.mark.skipif(
     not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent"
@@ -257,3 +259,36 @@ def test_kind_refuses_a_ztunnel_whose_certificate_ttl_is_not_the_runs(world: Wor
     kind = world.mesh(backend="kind", dataplane="ambient", cert_ttl=timedelta(seconds=300))
     kind.start()
     kind.close()
+
+
+# --- evidence: the certificate ztunnel holds ------------------------------------------------------
+
+
+def test_cert_of_an_ambient_workload_is_the_one_its_ztunnel_holds(
+    world: World, started: KubeMesh
+) -> None:
+    """``cert_of`` (``served_cert``) on a cluster reads ztunnel's ``certificates`` (there is no
+    Envoy to ask); a new serial there (a rotation) is the new certificate."""
+    pki = make_pki()
+    fake = ztunnel(world)
+    fake.issuer = pki.root
+    httpbin = started.workload("httpbin", "foo")
+    identity = f"spiffe://cluster.local/ns/{FOO}/sa/httpbin"
+    fake.serials[identity] = 0xA1
+    cert, delivered = served_cert(started, httpbin, None)
+    assert (str(cert.spiffe_id), cert.serial, delivered) == (identity, "a1", None)
+    fake.serials[identity] = 0xA2  # ztunnel rotated it
+    assert current_cert(started, httpbin, None).serial == "a2"
+    assert not world.exec_commands("istio-proxy")
+
+
+def test_cert_of_names_a_certificate_ztunnel_does_not_have_yet(
+    world: World, started: KubeMesh
+) -> None:
+    identity = f"spiffe://cluster.local/ns/{BAR}/sa/sleep"
+    ztunnel(world).certificate_state[identity] = "Initializing"
+    with pytest.raises(MeshError) as error:
+        served_cert(started, started.workload("sleep", "bar"), None)
+    assert str(error.value).startswith(
+        f"ztunnel {ZTUNNEL} holds no available certificate for {identity} (Initializing; it holds "
+    )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, final
 import pytest
 
 from pytest_meshconform.evidence.curl import HttpError, header_from_httpbin
-from pytest_meshconform.mesh import Mesh, MeshError, Workload
+from pytest_meshconform.mesh import Mesh, MeshError, Workload, ZtunnelCertificates
 from pytest_meshconform.plugin.session import evidence_window
 from pytest_meshconform.plugin.workloads import WorkloadHandle
 from pytest_meshconform.report.exhibits import Evidence
@@ -94,19 +94,32 @@ def served_cert(
     ztunnel holds for it), and when the proxy got it (Envoy's `last_updated` of its `default`
     secret; None when the dump does not say)."""
     __tracebackhide__ = True
+    from pytest_meshconform.evidence.certs import CertError, WorkloadCert
     from pytest_meshconform.istio.envoy import WORKLOAD_SECRET
     from pytest_meshconform.istio.sidecar_dump import parse_envoy_secrets
 
     w = target.workload if isinstance(target, WorkloadHandle) else target
     if w.dataplane == "none":
         raise MeshError(f"{w.key} has no sidecar and is not ambient, so no workload certificate")
-    secrets = parse_envoy_secrets(mesh.envoy_admin(w, "/config_dump"))
-    if secrets.workload is None:
+    if w.dataplane == "ambient" and isinstance(mesh, ZtunnelCertificates):
+        # ztunnel's own dump: its `certificates` for the workload's identity (no Envoy there,
+        # so no time of delivery either)
+        try:
+            held: WorkloadCert | None = WorkloadCert.from_pem(mesh.ztunnel_certificate_pem(w))
+        except CertError as error:
+            raise MeshError(f"the certificate ztunnel holds for {w.key}: {error}") from None
+        got: dt.datetime | None = None
+    else:
+        secrets = parse_envoy_secrets(mesh.envoy_admin(w, "/config_dump"))
+        held = secrets.workload
+        served = secrets.secret(WORKLOAD_SECRET)
+        got = served.last_updated if served is not None else None
+    if held is None:
         raise MeshError(
             f"the sidecar of {w.key} serves no workload certificate (no 'default' secret)"
         )
     if evidence is not None:
-        cert = secrets.workload
+        cert = held
         evidence.observed.touch(w.key)
         evidence.observed.identities.append(
             f"certificate of {w.key}: {cert.spiffe_id} serial {cert.serial[:16]} valid"
@@ -117,8 +130,7 @@ def served_cert(
             f"{cert.spiffe_id} serial={cert.serial} not_before={cert.not_before.isoformat()}"
             f" not_after={cert.not_after.isoformat()}",
         )
-    served = secrets.secret(WORKLOAD_SECRET)
-    return secrets.workload, (served.last_updated if served is not None else None)
+    return held, got
 
 
 def utc_text(moment: dt.datetime) -> str:

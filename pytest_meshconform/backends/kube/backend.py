@@ -66,6 +66,7 @@ from pytest_meshconform.backends.kube.ztunnel import (
     ZTUNNEL_LABEL,
     ambient_found,
     read_ztunnel_dump,
+    ztunnel_on_node,
     ztunnel_pods,
 )
 from pytest_meshconform.backends.registry import Progress
@@ -551,6 +552,26 @@ class KubeMesh(KubeCapture, KubePropagation):
                 f" ({ENVOY_ADMIN_NOT_FOUND.decode()} ...): no such admin path"
             )
         return strip_request_newline(result.stdout)
+
+    def ztunnel_certificate_pem(self, workload: Workload) -> str:
+        """The chain ztunnel holds for an ambient workload's identity (``ZtunnelCertificates``),
+        from the ``certificates`` of the dump of the ztunnel on its node: what it presents
+        on the workload's behalf over HBONE."""
+        if not workload.ambient:
+            raise MeshError(f"{workload.key} is not ambient: its certificate is its sidecar's")
+        node = str((self._pod(workload).get("spec") or {}).get("nodeName") or "")
+        namespace = self.options.istio_namespace
+        pod = ztunnel_on_node(ztunnel_pods(self.api, namespace), node, namespace)
+        dump = read_ztunnel_dump(self.api, pod)
+        identity = workload.spiffe_id(self.trust_domain)
+        held = dump.certificate_for(identity)
+        if held is None or not held.available:
+            state = "none" if held is None else held.state or "no chain"
+            raise MeshError(
+                f"ztunnel {namespace}/{pod.name} holds no available certificate for {identity}"
+                f" ({state}; it holds {len(dump.certificates)} identities)"
+            )
+        return "".join(entry.pem for entry in held.chain)
 
     def logs(self, workload: Workload) -> dict[str, str]:
         """App and sidecar logs (first MiB each), for failure reports; never raises."""
