@@ -40,6 +40,7 @@ class World:
         cert_ttl: timedelta = timedelta(seconds=40),
         artifacts: Path | None = None,
         dataplane: Dataplane = "sidecar",
+        propagation_timeout: timedelta = timedelta(seconds=1),
         **options: Any,
     ) -> KubeMesh:
         return KubeMesh(
@@ -48,7 +49,7 @@ class World:
             options=KubeOptions(
                 allow_mesh_wide=allow_mesh_wide,
                 ready_timeout=timedelta(seconds=5),
-                propagation_timeout=timedelta(seconds=1),
+                propagation_timeout=propagation_timeout,
                 **options,
             ),
             cert_ttl=cert_ttl,

@@ -50,10 +50,20 @@ def ztunnel(world: World) -> FakeZtunnel:
 
 @pytest.fixture
 def started(world: World) -> Iterator[KubeMesh]:
-    mesh = world.mesh(dataplane="ambient", artifacts=world.tmp_path / "artifacts")
+    """An ambient run; a wait that should pass has 30 s (a loaded machine reads the 360 KB dump
+    slowly), one that should time out is given 1 s (`short_wait`)."""
+    mesh = world.mesh(
+        dataplane="ambient",
+        artifacts=world.tmp_path / "artifacts",
+        propagation_timeout=timedelta(seconds=30),
+    )
     mesh.start()
     yield mesh
     mesh.close()
+
+
+def short_wait(mesh: KubeMesh) -> None:
+    mesh.options = dataclasses.replace(mesh.options, propagation_timeout=timedelta(seconds=1))
 
 
 def test_ambient_namespaces_are_labelled_and_their_pods_have_no_sidecar(
@@ -130,6 +140,7 @@ def test_a_stuck_ztunnel_times_out_naming_each_workload_and_what_it_lacks(
     world: World, started: KubeMesh
 ) -> None:
     ztunnel(world).stuck = {"ztunnel-x7k2p"}
+    short_wait(started)
     with pytest.raises(PropagationTimeout) as timeout:
         started.apply(peer_auth("foo", "STRICT"))
     head, *lines = str(timeout.value).splitlines()
@@ -158,6 +169,7 @@ def test_a_policy_ztunnel_holds_but_should_not_is_named(world: World, started: K
         )
     )
     ztunnel(world).stuck = {"ztunnel-x7k2p"}
+    short_wait(started)
     with pytest.raises(PropagationTimeout) as timeout:
         started.delete(authz("deny-bar", {}))
     lines = str(timeout.value).splitlines()[1:]
@@ -169,6 +181,7 @@ def test_a_policy_ztunnel_holds_but_should_not_is_named(world: World, started: K
 def test_a_certificate_ztunnel_has_not_fetched_is_a_lag(world: World, started: KubeMesh) -> None:
     identity = f"spiffe://cluster.local/ns/{BAR}/sa/httpbin"
     ztunnel(world).certificate_state[identity] = "Initializing"
+    short_wait(started)
     with pytest.raises(PropagationTimeout) as timeout:
         started.apply(peer_auth("bar", "PERMISSIVE"))
     (line,) = str(timeout.value).splitlines()[1:]
@@ -179,6 +192,7 @@ def test_no_ztunnel_on_the_node_is_named_with_the_fix(world: World, started: Kub
     world.cluster.pods["istio-system"] = [
         p for p in world.cluster.pods["istio-system"] if p["metadata"]["labels"]["app"] != "ztunnel"
     ]
+    short_wait(started)
     with pytest.raises(PropagationTimeout) as timeout:
         started.apply(peer_auth("foo", "STRICT"))
     assert (
