@@ -11,6 +11,7 @@ absent). Expected lines are written from ztunnel's and istiod's shapes, not from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import timedelta
