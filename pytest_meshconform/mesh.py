@@ -33,6 +33,8 @@ class Feature(StrEnum):
     AUTHORIZATION = "authorization"  # AuthorizationPolicy ALLOW/DENY is applied and enforced
     # a waypoint serves the Services of an ambient namespace (targetRefs policies, L7 rules)
     WAYPOINT = "waypoint"
+    # gRPC calls (`WorkloadHandle.grpc`) to a gRPC Service port whose pod serves grpc-echo
+    GRPC = "grpc"
 
 
 ALL_FEATURES: Final[frozenset[Feature]] = frozenset(Feature)

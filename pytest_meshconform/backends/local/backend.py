@@ -21,6 +21,7 @@ from pytest_meshconform.backends.local.propagation import LocalPropagation
 from pytest_meshconform.backends.local.topology import ROOT_NAMESPACE, TRUST_DOMAIN, Topology
 from pytest_meshconform.backends.local.topology_file import default_topology
 from pytest_meshconform.backends.registry import Progress
+from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.tls import MinProtocolVersion, parse_min_protocol_version
 from pytest_meshconform.mesh import (
     ALL_FEATURES,
@@ -91,10 +92,19 @@ class LocalMesh(LocalCapture, LocalLogs, LocalPropagation):
 
     @property
     def features(self) -> frozenset[str]:
-        """Every feature; `waypoint` only when the topology has a waypoint."""
-        if self.topology.waypoints:
-            return ALL_FEATURES
-        return ALL_FEATURES - {Feature.WAYPOINT}
+        """Every feature; `waypoint` only when the topology has a waypoint, `grpc` only when
+        a gRPC Service port (Istio's protocol selection) reaches a pod serving grpc-echo."""
+        missing = set()
+        if not self.topology.waypoints:
+            missing.add(Feature.WAYPOINT)
+        if not any(
+            protocol_of(e.service) is PortProtocol.GRPC
+            and e.endpoints[0].app_on(e.service.target_port) == "grpc-echo"
+            for e in self.topology.services
+            if e.endpoints
+        ):
+            missing.add(Feature.GRPC)
+        return ALL_FEATURES - missing
 
     @property
     def version(self) -> str:

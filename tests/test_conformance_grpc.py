@@ -1,0 +1,68 @@
+"""The built-in suites' gRPC rows (conformance/test_grpc.py) on a mesh that serves gRPC: the
+example catalog topology (a gRPC Service port, an HTTP/2 one, a gRPC-Web one and a sniffed
+HTTP port, examples/catalog/topology.yaml). They pass there, and each fails, pointing at the
+broken promise, under the test-only fault that breaks it. On the built-in topology (no gRPC
+Service port) they are skipped naming the `grpc` feature (tests/test_conformance.py)."""
+
+from __future__ import annotations
+
+import pytest
+from local_helpers import CONFORMANCE, REPO, assert_runs_left_nothing, needs_local_mesh
+
+pytestmark = needs_local_mesh
+
+CATALOG = REPO / "examples" / "catalog" / "topology.yaml"
+SUITE = CONFORMANCE / "test_grpc.py"
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-rfs",
+        f"--mesh-topology={CATALOG}",
+        *args,
+        str(SUITE),
+    )
+    assert_runs_left_nothing(result.stdout.str())
+    return result
+
+
+def test_grpc_rows_pass_where_the_mesh_serves_grpc(pytester: pytest.Pytester) -> None:
+    _run(pytester).assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize(
+    ("fault", "failed", "message"),
+    [
+        (
+            "strict-as-permissive",
+            ["test_strict_resets_plaintext_grpc"],
+            "plaintext gRPC was not refused by STRICT: reindex.jobs -> grpc://catalog.shop:50051"
+            " (grpc): gRPC OK",
+        ),
+        (
+            "no-xfcc",
+            [
+                "test_permissive_accepts_plaintext_and_mtls_grpc",
+                "test_grpc_server_sees_the_callers_identity",
+            ],
+            "mTLS gRPC arrived without X-Forwarded-Client-Cert",
+        ),
+        (
+            "authz-ignores-principals",
+            ["test_grpc_authorization_by_principal"],
+            "cart.frontend was not denied: cart.frontend -> grpc://catalog.shop:50051 (grpc):"
+            " gRPC OK",
+        ),
+    ],
+)
+def test_each_grpc_row_fails_on_the_fault_that_breaks_it(
+    pytester: pytest.Pytester, fault: str, failed: list[str], message: str
+) -> None:
+    result = _run(pytester, f"--mesh-fault={fault}")
+    result.assert_outcomes(passed=4 - len(failed), failed=len(failed))
+    result.stdout.fnmatch_lines_random([f"FAILED *test_grpc.py::{name}*" for name in failed])
+    assert message in result.stdout.str()
