@@ -16,10 +16,11 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cert_fixtures import make_pki
-from kube_fakes import FakeCluster
+from kube_fakes import DATA_DIR, FakeCluster, pod_json
 from kube_world import BAR, FOO, LEGACY, RUN, World, authz, fake_world, peer_auth
 from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
@@ -33,6 +34,10 @@ needs_dump = pytest.mark.skipif(
 pytestmark = needs_dump
 
 ZTUNNEL = "istio-system/ztunnel-x7k2p"
+# an ambient run; Istio's ambient profile is distroless (so is the fake's ztunnel image), so
+# captures need an image of their own
+NETSHOOT = "docker.io/nicolaka/netshoot:v0.13"
+AMBIENT: dict[str, Any] = {"dataplane": "ambient", "capture_image": NETSHOOT}
 VERSION = "1.23.0-alpha.0-31-g16885a2"  # jq -r .version.gitTag of the real dump
 
 
@@ -54,7 +59,7 @@ def started(world: World) -> Iterator[KubeMesh]:
     """An ambient run; a wait that should pass has 30 s (a loaded machine reads the 360 KB dump
     slowly), one that should time out is given 1 s (`short_wait`)."""
     mesh = world.mesh(
-        dataplane="ambient",
+        **AMBIENT,
         artifacts=world.tmp_path / "artifacts",
         propagation_timeout=timedelta(seconds=30),
     )
@@ -93,7 +98,7 @@ def test_ambient_namespaces_are_labelled_and_their_pods_have_no_sidecar(
 
 def test_a_pod_istio_cni_did_not_enrol_is_waited_for_and_named(tmp_path: Path) -> None:
     with fake_world(tmp_path, FakeCluster(ztunnel=True, cni=False)) as world:
-        mesh = world.mesh(dataplane="ambient")
+        mesh = world.mesh(**AMBIENT)
         with pytest.raises(MeshError) as error:
             mesh.start()
     assert (
@@ -220,7 +225,7 @@ def test_start_waits_until_ztunnel_holds_the_run(tmp_path: Path) -> None:
         fake = FakeZtunnel(world.cluster)
         fake.certificate_state[f"spiffe://cluster.local/ns/{FOO}/sa/sleep"] = "Unavailable: boom"
         world.server.port_forward_handler = fake
-        mesh = world.mesh(dataplane="ambient")
+        mesh = world.mesh(**AMBIENT)
         with pytest.raises(PropagationTimeout) as timeout:
             mesh.start()
     head, line, _ = str(timeout.value).splitlines()
@@ -264,14 +269,14 @@ def test_a_sidecar_run_on_a_cluster_without_ambient_says_nothing_of_it(tmp_path:
 
 def test_kind_refuses_a_ztunnel_whose_certificate_ttl_is_not_the_runs(world: World) -> None:
     """The real dump's ztunnel asks for 300 s certificates (jq .config.secretTtl)."""
-    mesh = world.mesh(backend="kind", dataplane="ambient", cert_ttl=timedelta(seconds=40))
+    mesh = world.mesh(backend="kind", **AMBIENT, cert_ttl=timedelta(seconds=40))
     with pytest.raises(MeshError) as error:
         mesh.start()
     assert str(error.value) == (
         f"ztunnel {ZTUNNEL} asks for certificates of 300s (its secretTtl), not --mesh-cert-ttl"
         " 40s: the install did not reach ztunnel's SECRET_TTL"
     )
-    kind = world.mesh(backend="kind", dataplane="ambient", cert_ttl=timedelta(seconds=300))
+    kind = world.mesh(backend="kind", **AMBIENT, cert_ttl=timedelta(seconds=300))
     kind.start()
     kind.close()
 
@@ -307,3 +312,56 @@ def test_cert_of_names_a_certificate_ztunnel_does_not_have_yet(
     assert str(error.value).startswith(
         f"ztunnel {ZTUNNEL} holds no available certificate for {identity} (Initializing; it holds "
     )
+
+
+# --- evidence: captures in ambient pods -----------------------------------------------------------
+
+
+def test_an_ambient_run_on_a_distroless_mesh_needs_a_capture_image(world: World) -> None:
+    """No sidecar to borrow from: the cluster's proxyv2, here ztunnel's hub and tag
+    (docker.io/istio/ztunnel:1.25.1-distroless), distroless: refused at start with the fix."""
+    mesh = world.mesh(dataplane="ambient", propagation_timeout=timedelta(seconds=30))
+    with pytest.raises(MeshError) as error:
+        mesh.start()
+    assert str(error.value) == (
+        "the ambient pods have no proxy; the mesh's (ztunnel's image"
+        " docker.io/istio/ztunnel:1.25.1-distroless) is docker.io/istio/proxyv2:1.25.1-distroless,"
+        " a distroless image (Istio's global.variant=distroless, the ambient profile's default)"
+        " without bash and tcpdump, so captures cannot borrow it: pass"
+        " --mesh-capture-image=IMAGE with both (e.g. docker.io/nicolaka/netshoot:v0.13, or a"
+        " copy in your registry)"
+    )
+
+
+def test_a_capture_in_an_ambient_pod_uses_the_clusters_proxyv2_by_digest(world: World) -> None:
+    """A proxyv2 container running in Istio's namespace (a gateway) gives the image by the
+    digest its node pulled; the ephemeral container shares the ambient pod's network."""
+    digest = "docker.io/istio/proxyv2@sha256:" + "ab" * 32
+    gateway = pod_json(
+        "istio-ingressgateway-5d9f7c-abcde",
+        "istio-system",
+        "istio-ingressgateway",
+        sidecar=False,
+        node_name=world.cluster.node,
+    )
+    gateway["spec"]["containers"][0].update(
+        name="istio-proxy", image="docker.io/istio/proxyv2:1.25.1"
+    )
+    gateway["status"]["containerStatuses"][0].update(
+        name="istio-proxy", image="docker.io/istio/proxyv2:1.25.1", imageID=digest
+    )
+    world.cluster.pods["istio-system"].append(gateway)
+    world.istio.capture_pcap = (DATA_DIR / "httpbin-eth0.pcap").read_bytes()
+    world.istio.capture_stderr = (DATA_DIR / "httpbin-eth0.tcpdump-stderr.txt").read_bytes()
+    mesh = world.mesh(dataplane="ambient", propagation_timeout=timedelta(seconds=30))
+    mesh.start()
+    try:
+        httpbin = mesh.workload("httpbin", "foo")
+        with mesh.capture(httpbin, 8080) as recording:
+            pass
+        assert recording.pcap
+        (added,) = [c for c in world.cluster.calls if c.startswith("ephemeral ")]
+        assert added.startswith(f"ephemeral {FOO}/{mesh.pod_name(httpbin)} ")
+        assert json.loads(added.split(" ", 2)[2])["image"] == digest
+    finally:
+        mesh.close()

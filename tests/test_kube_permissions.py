@@ -184,7 +184,9 @@ def test_an_ambient_run_needs_the_ambient_permissions_too(tmp_path: Path) -> Non
             recorder,
             backend="existing",
             options=KubeOptions(
-                ready_timeout=timedelta(seconds=5), propagation_timeout=timedelta(seconds=1)
+                ready_timeout=timedelta(seconds=5),
+                propagation_timeout=timedelta(seconds=30),
+                capture_image="docker.io/nicolaka/netshoot:v0.13",  # ambient: distroless
             ),
             cert_ttl=timedelta(seconds=40),
             keep=False,

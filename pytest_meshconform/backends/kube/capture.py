@@ -11,6 +11,7 @@ here too.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from pytest_meshconform.backends.kube.lifecycle import (
 )
 from pytest_meshconform.backends.kube.topology import CAPTURE_CONTAINER, CAPTURE_IMAGE_EXAMPLE
 from pytest_meshconform.istio.envoy import outbound_cluster_name
-from pytest_meshconform.istio.injection import is_distroless_image
+from pytest_meshconform.istio.injection import DEFAULT_REVISION, is_distroless_image, proxy_image
 from pytest_meshconform.mesh import MeshError, PcapRecording, Service, Workload
 from pytest_meshconform.outputs import write_file
 from pytest_meshconform.waiting import WaitTimeout, poll
@@ -74,6 +75,21 @@ def ephemeral_state(pod: Mapping[str, Any], name: str) -> tuple[str, str]:
     return "absent", ""
 
 
+def _image_name(image: str) -> str:
+    """``proxyv2`` of ``docker.io/istio/proxyv2:1.28.3-distroless`` (or ``...@sha256:...``)."""
+    last = image.split("@", 1)[0].rpartition("/")[2]
+    return last.partition(":")[0]
+
+
+def _distroless(whose: str, image: str) -> str:
+    return (
+        f"{whose} is {image}, a distroless image (Istio's global.variant=distroless, the"
+        " ambient profile's default) without bash and tcpdump, so captures cannot borrow it:"
+        f" pass --mesh-capture-image=IMAGE with both (e.g. {CAPTURE_IMAGE_EXAMPLE}, or a copy"
+        " in your registry)"
+    )
+
+
 def capture_container_spec(image: str) -> dict[str, Any]:
     """The ephemeral container that shares the pod's network namespace and runs tcpdump.
 
@@ -103,20 +119,60 @@ class KubeCapture(KubeLifecycle):
 
     def _check_capture_image(self) -> None:
         """Refuse, before any test runs, a capture image that cannot start: without
-        --mesh-capture-image the capture container borrows the proxy image, and Istio's
-        distroless proxy has neither bash nor tcpdump."""
+        --mesh-capture-image the capture container borrows the proxy image (an ambient pod has
+        none: the cluster's proxyv2, `_mesh_proxy_image`), and Istio's distroless proxy has
+        neither bash nor tcpdump."""
         if self.options.capture_image:
             return
         for workload in self._workloads:
             image = pod_proxy_image(self._pod(workload)) if workload.has_sidecar else None
             if image and is_distroless_image(image):
+                raise MeshError(_distroless(f"the proxy image of {workload.key}", image))
+        if any(w.ambient for w in self._workloads):
+            found = self._mesh_proxy_image()
+            if found is not None and is_distroless_image(found[0]):
                 raise MeshError(
-                    f"the proxy image of {workload.key} is {image}, a distroless image (Istio's"
-                    " global.variant=distroless, the ambient profile's default) without bash"
-                    " and tcpdump, so captures cannot borrow it: pass"
-                    f" --mesh-capture-image=IMAGE with both (e.g. {CAPTURE_IMAGE_EXAMPLE},"
-                    " or a copy in your registry)"
+                    _distroless(
+                        f"the ambient pods have no proxy; the mesh's ({found[1]})", found[0]
+                    )
                 )
+
+    def _mesh_proxy_image(self) -> tuple[str, str] | None:
+        """The cluster's proxyv2 image for capturing in a pod without a sidecar (an ambient
+        pod has no istio-proxy to borrow from), and where it was found: by digest from a
+        running proxyv2 container of Istio's namespace (a gateway's: the ``imageID`` its
+        node pulled), else as the injector writes it (its ConfigMap's ``values``), else
+        ztunnel's image with its name changed (Istio's charts take both from one hub and tag)."""
+        namespace = self.options.istio_namespace
+        pods = self.api.list_pods(namespace)
+        for pod in pods:
+            for status in (pod.get("status") or {}).get("containerStatuses") or ():
+                image = str(status.get("image") or "")
+                digest = str(status.get("imageID") or "").removeprefix("docker-pullable://")
+                if _image_name(image) == "proxyv2" and "@sha256:" in digest:
+                    where = f"pod {namespace}/{object_meta(pod).get('name')}, by digest"
+                    return digest, where
+        revision = self.revision or DEFAULT_REVISION
+        config_map = self.api.read_config_map(
+            namespace,
+            "istio-sidecar-injector" + ("" if revision == DEFAULT_REVISION else f"-{revision}"),
+        )
+        text = ((config_map or {}).get("data") or {}).get("values")
+        try:
+            values = json.loads(text) if isinstance(text, str) else None
+        except json.JSONDecodeError:
+            values = None
+        injected = proxy_image(values, None) if isinstance(values, Mapping) else None
+        if injected is not None:
+            return injected, "the injector's values"
+        for pod in pods:
+            if (object_meta(pod).get("labels") or {}).get("app") != "ztunnel":
+                continue
+            ztunnel = pod_proxy_image(pod) or ""
+            if _image_name(ztunnel) == "ztunnel":
+                head, _, tail = ztunnel.rpartition("/")
+                return f"{head}/proxyv2{tail[len('ztunnel') :]}", f"ztunnel's image {ztunnel}"
+        return None
 
     def hbone_tunnel(self, client: Workload, server: Workload) -> bool:
         """Whether ``client``'s sidecar sends mesh traffic for ``server`` over HBONE (mTLS to
@@ -154,6 +210,9 @@ class KubeCapture(KubeLifecycle):
                     image = pod_proxy_image(self._pod(workload))
                     if image:
                         break
+        if image is None:  # no sidecar in the run (ambient): the cluster's proxyv2
+            found = self._mesh_proxy_image()
+            image = found[0] if found is not None else None
         if image is None:
             raise MeshError("no proxy image to capture with: pass --mesh-capture-image=IMAGE")
         return image
