@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -304,8 +304,10 @@ class HboneAware(Protocol):
 def tunnels_over_hbone(mesh: Mesh, client: Workload, server: Workload) -> bool:
     """What the wire suites ask before asserting ALPN/SNI/port: HBONE traffic has Istio's
     HBONE shape (TLS to port 15008, ALPN h2), not the sidecar-to-sidecar mTLS one. Always
-    between two ambient pods (ztunnel to ztunnel); from a sidecar, as the backend says."""
-    if client.dataplane == "ambient" and server.dataplane == "ambient":
+    towards an ambient pod from a mesh client (ztunnel, or a sidecar: istiod sends sidecars
+    HBONE to ambient pods, `istio.interop.sidecar_sends_hbone`); otherwise, from a sidecar, as
+    the backend says (a sidecar server labelled for HBONE)."""
+    if server.dataplane == "ambient" and client.dataplane in ("ambient", "sidecar"):
         return True
     return isinstance(mesh, HboneAware) and mesh.hbone_tunnel(client, server)
 
@@ -438,7 +440,22 @@ class MeshInfo:
     version: str
     trust_domain: str
     revision: str | None = None
+    # each workload's data plane and container ports: (name, namespace as the suites spell
+    # it, "sidecar" | "ambient" | "none", ports); with --mesh-dataplane=both, the workloads of
+    # both meshes (`merged`)
+    workloads: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
 
     @classmethod
     def of(cls, mesh: Mesh) -> MeshInfo:
-        return cls(mesh.backend, mesh.name, mesh.version, mesh.trust_domain, mesh.revision)
+        workloads = tuple(
+            (w.name, mesh.logical_namespace(w.namespace), w.dataplane, tuple(w.container_ports))
+            for w in mesh.workloads()
+        )
+        return cls(
+            mesh.backend, mesh.name, mesh.version, mesh.trust_domain, mesh.revision, workloads
+        )
+
+    def merged(self, later: MeshInfo) -> MeshInfo:
+        """This mesh's record with the workloads of a later mesh of the same run (another data
+        plane) added; the later mesh's other facts win."""
+        return replace(later, workloads=tuple(dict.fromkeys((*self.workloads, *later.workloads))))

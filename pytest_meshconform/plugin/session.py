@@ -134,7 +134,9 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
             pytest.exit(f"meshconform: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         from pytest_meshconform.plugin.report import mesh_info_key
 
-        request.config.stash[mesh_info_key] = MeshInfo.of(opened)
+        info = MeshInfo.of(opened)
+        earlier = request.config.stash.get(mesh_info_key, None)  # another data plane's mesh
+        request.config.stash[mesh_info_key] = info if earlier is None else earlier.merged(info)
         request.config.stash[_mesh_key] = opened
         health.mesh_opened(request.config, opened)
         progress_writer(request.config)(

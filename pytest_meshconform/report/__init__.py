@@ -57,6 +57,7 @@ from pytest_meshconform.report.model import (
     Statistics,
     SuiteResult,
     TestResult,
+    WorkloadRecord,
 )
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "SuiteResult",
     "TestChange",
     "TestResult",
+    "WorkloadRecord",
     "assign_test_ids",
     "comparison_of",
     "diff_reports",

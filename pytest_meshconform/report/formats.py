@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from pytest_meshconform.report.comparison import comparison_from_dict, comparison_to_dict
 from pytest_meshconform.report.model import (
     API_VERSION,
+    DATAPLANES,
     FAILING,
     KIND,
     OUTCOMES,
     PHASES,
     CollectionError,
     ConformanceReport,
+    Dataplane,
     EvidenceRecord,
     MeshRecord,
     Outcome,
@@ -33,6 +35,7 @@ from pytest_meshconform.report.model import (
     Statistics,
     SuiteResult,
     TestResult,
+    WorkloadRecord,
 )
 from pytest_meshconform.report.observations import observations_from_dict
 
@@ -103,6 +106,16 @@ def _mesh_dict(mesh: MeshRecord) -> dict[str, Any]:
     ):
         if value is not None:
             data[key] = value
+    if mesh.workloads:
+        data["workloads"] = [
+            {
+                "name": w.name,
+                "namespace": w.namespace,
+                "dataplane": w.dataplane,
+                "ports": list(w.ports),
+            }
+            for w in mesh.workloads
+        ]
     return data
 
 
@@ -404,6 +417,39 @@ def _parse_evidence(data: object, where: str) -> EvidenceRecord:
     return EvidenceRecord(directory, tuple(pairs), not_kept)
 
 
+def _parse_workloads(data: list[Any] | None) -> tuple[WorkloadRecord, ...]:
+    if data is None:
+        return ()
+    if not data:
+        raise ReportError("mesh.workloads: omit the field instead of an empty list")
+    out = []
+    for index, item in enumerate(data):
+        fields = _Fields(item, f"mesh.workloads[{index}]")
+        plane = fields.need_text("dataplane")
+        if plane not in DATAPLANES:
+            raise ReportError(
+                f"{fields.at('dataplane')}: unknown data plane {plane!r};"
+                f" known: {', '.join(DATAPLANES)}"
+            )
+        ports = fields.need("ports", list)
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+            raise ReportError(f"{fields.at('ports')}: expected port numbers, got {ports!r}")
+        out.append(
+            WorkloadRecord(
+                fields.need_text("name"),
+                fields.need_text("namespace"),
+                _known_plane(plane),
+                tuple(ports),
+            )
+        )
+        fields.done()
+    return tuple(out)
+
+
+def _known_plane(value: str) -> Dataplane:
+    return next(p for p in DATAPLANES if p == value)
+
+
 def _parse_mesh(data: object) -> MeshRecord:
     fields = _Fields(data, "mesh")
     used = fields.need("used", bool)
@@ -414,9 +460,10 @@ def _parse_mesh(data: object) -> MeshRecord:
         version=fields.text("version", required=used),
         trust_domain=fields.text("trustDomain", required=used),
         revision=fields.text("revision", required=False),
+        workloads=_parse_workloads(fields.get("workloads", list, required=False)),
     )
     if not used:
-        for key in ("name", "version", "trustDomain", "revision"):
+        for key in ("name", "version", "trustDomain", "revision", "workloads"):
             if key in fields.data:
                 raise ReportError(f"mesh.{key}: a mesh that was not used has no {key}")
     fields.done()

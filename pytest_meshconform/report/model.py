@@ -176,6 +176,30 @@ class SuiteResult:
         return tuple(sorted({f for test in self.tests for f in test.features}))
 
 
+Dataplane = Literal["sidecar", "ambient", "none"]
+DATAPLANES: Final[tuple[Dataplane, ...]] = ("sidecar", "ambient", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadRecord:
+    """One workload of the mesh under test: its data plane and its container ports (each port
+    is served on that data plane: behind a sidecar, behind ztunnel, or bare)."""
+
+    name: str
+    namespace: str  # as the suites spell it (foo), not a backend's run namespace
+    dataplane: Dataplane
+    ports: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.{self.namespace}"
+
+    def describe(self) -> str:
+        """``httpbin.foo: ambient (8080)``."""
+        ports = f" ({', '.join(map(str, self.ports))})" if self.ports else ""
+        return f"{self.key}: {self.dataplane}{ports}"
+
+
 @dataclass(frozen=True, slots=True)
 class MeshRecord:
     """The mesh under test; ``used`` is False when no test asked for a mesh."""
@@ -186,18 +210,49 @@ class MeshRecord:
     version: str | None = None
     trust_domain: str | None = None
     revision: str | None = None
+    # each workload's data plane and ports (both meshes' with --mesh-dataplane=both)
+    workloads: tuple[WorkloadRecord, ...] = ()
 
     @classmethod
     def of(cls, info: MeshInfo | None, backend: str) -> MeshRecord:
         if info is None:
             return cls(used=False, backend=backend)
-        return cls(True, info.backend, info.name, info.version, info.trust_domain, info.revision)
+        workloads = tuple(
+            WorkloadRecord(name, namespace, _dataplane(plane), ports)
+            for name, namespace, plane, ports in info.workloads
+        )
+        return cls(
+            True,
+            info.backend,
+            info.name,
+            info.version,
+            info.trust_domain,
+            info.revision,
+            workloads,
+        )
+
+    @property
+    def dataplanes(self) -> tuple[Dataplane, ...]:
+        """The mesh data planes its workloads ran on (sidecar, ambient), in that order."""
+        planes = {w.dataplane for w in self.workloads}
+        return tuple(p for p in DATAPLANES if p in planes and p != "none")
 
     def describe(self) -> str:
         if not self.used:
             return f"no mesh used ({self.backend})"
         revision = f", revision {self.revision}" if self.revision else ""
-        return f"{self.name} {self.version} ({self.backend}{revision})"
+        # a run with ambient workloads says so (sidecar-only runs read as they always did)
+        planes = (
+            f", data planes: {' + '.join(self.dataplanes)}" if "ambient" in self.dataplanes else ""
+        )
+        return f"{self.name} {self.version} ({self.backend}{revision}{planes})"
+
+
+def _dataplane(value: str) -> Dataplane:
+    for plane in DATAPLANES:
+        if plane == value:
+            return plane
+    raise ReportError(f"unknown data plane {value!r}; known: {', '.join(DATAPLANES)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -440,6 +440,8 @@ def document_of(
             ("Backend", f"{mesh.backend}{revision}"),
             ("Trust domain", mesh.trust_domain or "unknown"),
         ]
+        if mesh.workloads:  # each workload's data plane and the ports it serves on it
+            header.append(("Workloads", "; ".join(w.describe() for w in mesh.workloads)))
     else:
         header.append(("Mesh", mesh.describe()))
     header += [

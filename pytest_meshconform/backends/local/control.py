@@ -20,6 +20,7 @@ from pytest_meshconform.backends.local.ztunnel import Tunnel, ZtunnelPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
 from pytest_meshconform.istio.ambient import ztunnel_peer_policies, ztunnel_policies
 from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, Policy
+from pytest_meshconform.istio.interop import sidecar_sends_hbone
 from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
 from pytest_meshconform.istio.waypoint import waypoint_authorization
@@ -99,6 +100,8 @@ def plan_sidecars(
             return MtlsMode.PERMISSIVE
         return mode
 
+    # istiod's PILOT_ENABLE_SENDING_HBONE: on wherever ambient is (pilot/pkg/features/ambient.go)
+    hbone_send = any(pod.workload.ambient for pod in topology.pods)
     plans: dict[str, SidecarPlan] = {}
     for pod in topology.pods:
         model = models.get(pod.workload.key)
@@ -137,6 +140,11 @@ def plan_sidecars(
                 port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
             ),
             inbound_protocols=model.inbound_protocols,
+            hbone_tunnels={
+                (e.service.fqdn, e.service.port): (e.endpoints[0].ip, e.service.target_port)
+                for e in topology.services
+                if sidecar_sends_hbone(e.endpoints[0].workload, hbone_send=hbone_send)
+            },
         )
     return plans
 
@@ -244,10 +252,12 @@ def plan_ztunnels(
         for port in pod.workload.container_ports:
             identity = _spiffe_id(pod.workload, faults)
             tunnels.append(Tunnel(pod.ip, port, pod.ip, port, identity))
-    # every peer that opens HBONE to a ztunnel: ambient pods' ztunnels and waypoints
+    # every peer that opens HBONE to a ztunnel: ambient pods' ztunnels, waypoints and sidecars
+    # (each sends HBONE to ambient pods: `istio.interop.sidecar_sends_hbone`)
+    sidecars = [pod for pod in topology.pods if pod.workload.has_sidecar]
     hbone_sources = [
         (pod.ip, _spiffe_id(pod.workload, faults))
-        for pod in (*ambient, *(w.pod for w in topology.waypoints))
+        for pod in (*ambient, *(w.pod for w in topology.waypoints), *sidecars)
     ]
     plans: dict[str, ZtunnelPlan] = {}
     for pod in ambient:

@@ -18,6 +18,7 @@ from typing import Any, Final
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.envoyadmin import admin_get, parse_stats
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
+from pytest_meshconform.backends.local.sidecar_hbone import hbone_clusters, hbone_listeners
 from pytest_meshconform.backends.local.waypoint import (
     WaypointPlan,
     waypoint_clusters,
@@ -103,6 +104,9 @@ def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan | WaypointPl
         )
     else:
         clusters, listeners = xds.clusters(plan, runtime.paths), xds.listeners(plan, runtime.paths)
+        if plan.hbone_tunnels:  # towards ambient pods: HBONE (istio.interop)
+            clusters = hbone_clusters(clusters, plan.hbone_tunnels, runtime.paths)
+            listeners = hbone_listeners(listeners, plan.hbone_tunnels, runtime.paths)
     cds_doc = json.dumps(clusters, sort_keys=True)
     if cds_doc != runtime.cds_doc:
         runtime.cds_version += 1

@@ -64,6 +64,7 @@ from pytest_meshconform.backends.local.delivery import (
 from pytest_meshconform.backends.local.envoyadmin import admin_get
 from pytest_meshconform.backends.local.network import create_namespaces, proxy_ids, wire_network
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
+from pytest_meshconform.backends.local.sidecar_hbone import with_internal_listeners
 from pytest_meshconform.backends.local.topology import (
     APP_GID,
     APP_UID,
@@ -462,6 +463,8 @@ class LocalLifecycle(SidecarAgent):
                 config = waypoint_bootstrap(runtime.pod, paths)
             else:
                 config = xds.bootstrap(runtime.pod, paths)
+                if plan.hbone_tunnels:  # its connect_originate listeners are internal
+                    config = with_internal_listeners(config)
             write_json(paths.bootstrap, config, owner=owner)
             write_json(
                 paths.sds(ROOT_SECRET),

@@ -88,6 +88,12 @@ class SidecarPlan:
     # each container port's protocol, as the model's inbound_protocols (HTTP when absent):
     # HTTP/2 and gRPC ports get the HTTP/2 codec options on their inbound HCM and cluster
     inbound_protocols: Mapping[int, PortProtocol] = field(default_factory=dict, hash=False)
+    # (fqdn, service port) -> (endpoint address, target port) of the outbound clusters whose
+    # endpoint speaks HBONE (an ambient pod: `istio.interop.sidecar_sends_hbone`), rendered by
+    # `sidecar_hbone` as a CONNECT tunnel to the endpoint's port 15008
+    hbone_tunnels: Mapping[tuple[str, int], tuple[str, int]] = field(
+        default_factory=dict, hash=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
