@@ -105,7 +105,13 @@ def test_no_policy_admits_everyone_and_renders_no_rbac() -> None:
 def test_strict_admits_no_plaintext_and_every_identity() -> None:
     plan = _plans(peer_authentication("default", "shop", "STRICT"))["ledger.shop"]
     assert plan.plaintext_peers == {8080: (), 5432: ()}
-    assert plan.hbone_peers[8080] == ((CASHIER, CASHIER_ID), (LEDGER, LEDGER_ID))
+    # every mesh identity: the ambient pods' and the sidecar's (a sidecar sends ambient pods
+    # HBONE with its own certificate: istio.interop)
+    assert plan.hbone_peers[8080] == (
+        (CASHIER, CASHIER_ID),
+        (LEDGER, LEDGER_ID),
+        (FRONT, "spiffe://cluster.local/ns/web/sa/front"),
+    )
 
 
 def test_permissive_admits_plaintext_from_anyone() -> None:
