@@ -145,7 +145,7 @@ def test_l4_allow_by_principal_admits_that_principal_only() -> None:
     )
     plan = _plans(by_port)["ledger.shop"]
     assert plan.hbone_peers[5432] == () and plan.plaintext_peers[5432] == ()
-    assert len(plan.hbone_peers[8080] or ()) == 2
+    assert len(plan.hbone_peers[8080] or ()) == 3  # cashier, ledger and the sidecar front
 
 
 def test_the_wrong_spiffe_id_fault_changes_the_identities_peers_present() -> None:
@@ -155,6 +155,7 @@ def test_the_wrong_spiffe_id_fault_changes_the_identities_peers_present() -> Non
     assert plan["ledger.shop"].hbone_peers[8080] == (
         (CASHIER, CASHIER_ID + "-impostor"),
         (LEDGER, LEDGER_ID + "-impostor"),
+        (FRONT, "spiffe://cluster.local/ns/web/sa/front-impostor"),
     )
 
 
