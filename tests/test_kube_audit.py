@@ -243,6 +243,25 @@ def test_cluster_topology_reads_services_and_pods() -> None:
     )
 
 
+def test_cluster_topology_knows_ambient_pods_by_istio_cnis_mark() -> None:
+    """A pod istio-cni enrolled carries ``ambient.istio.io/redirection: enabled``: it is an
+    ambient workload (ztunnel judges its ports); one of the same labels started before the
+    namespace was labelled has no mark and is a workload of its own, without a data plane."""
+    enrolled = pod_json(
+        "ledger-1",
+        "bank",
+        "ledger",
+        sidecar=False,
+        annotations={"ambient.istio.io/redirection": "enabled"},
+    )
+    late = pod_json("ledger-2", "bank", "ledger", sidecar=False)
+    found = cluster_topology(["bank"], {}, {"bank": [enrolled, late]})
+    assert [(w.name, w.dataplane) for w in found.workloads] == [
+        ("ledger", "ambient"),
+        ("ledger", "none"),
+    ]
+
+
 def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
     cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
 ) -> None:

@@ -22,7 +22,12 @@ from typing import Any, Final
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApiError
-from pytest_meshconform.backends.kube.lifecycle import object_meta, pod_has_sidecar, pod_is_ready
+from pytest_meshconform.backends.kube.lifecycle import (
+    object_meta,
+    pod_enrolled_in_ambient,
+    pod_has_sidecar,
+    pod_is_ready,
+)
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.backends.kube.topology import (
     MANAGED_BY,
@@ -79,8 +84,9 @@ def cluster_topology(
     services: Mapping[str, Sequence[Mapping[str, Any]]],
     pods: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> ClusterTopology:
-    """Workloads (ready pods grouped by namespace, labels, service account and sidecar: the
-    replicas of one Deployment are one workload) and one `Service` per Service port, from the
+    """Workloads (ready pods grouped by namespace, labels, service account, sidecar and ambient
+    enrolment, istio-cni's ``ambient.istio.io/redirection: enabled`` mark: the replicas of one
+    Deployment are one workload) and one `Service` per Service port, from the
     API's JSON of each namespace. Services without selector or ExternalName ones, UDP ports,
     ports without ready endpoints and a headless Service's port whose targetPort is another
     number are listed in ``not_audited`` with why."""
@@ -95,7 +101,10 @@ def cluster_topology(
             labels = {str(k): str(v) for k, v in (object_meta(pod).get("labels") or {}).items()}
             account = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
             sidecar = pod_has_sidecar(pod)
-            key = (namespace, tuple(sorted(labels.items())), account, sidecar)
+            # enrolled in ambient as istio-cni says it did (its mark on the pod), not as the
+            # labels say it should: a pod started before its namespace was labelled is not
+            ambient = not sidecar and pod_enrolled_in_ambient(pod)
+            key = (namespace, tuple(sorted(labels.items())), account, sidecar, ambient)
             if key not in workloads:
                 named = _container_ports(pod)
                 workloads[key] = Workload(
@@ -104,6 +113,7 @@ def cluster_topology(
                     app=labels.get("app", _workload_name(pod)),
                     service_account=account,
                     has_sidecar=sidecar,
+                    ambient=ambient,
                     labels=labels,
                     container_ports=tuple(sorted(set(named.values()))),
                     annotations={  # the interception ones say which ports bypass the sidecar
