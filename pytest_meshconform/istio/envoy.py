@@ -57,6 +57,7 @@ __all__ = [
     "WORKLOAD_SECRET",
     "ChainShape",
     "FilterChainOption",
+    "UpstreamHttp",
     "UpstreamTlsShape",
     "UpstreamTransport",
     "auto_mtls_transport",
@@ -70,6 +71,7 @@ __all__ = [
     "needs_http_inspector",
     "outbound_chain_options",
     "outbound_cluster_name",
+    "upstream_http",
     "upstream_tls_shape",
 ]
 
@@ -177,6 +179,25 @@ def grpc_web_filters(protocol: PortProtocol) -> tuple[dict[str, Any], ...]:
     if protocol is not PortProtocol.GRPC_WEB:
         return ()
     return ({"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}},)
+
+
+class UpstreamHttp(StrEnum):
+    """The HTTP version a cluster speaks upstream, as its ``HttpProtocolOptions`` say."""
+
+    HTTP2 = "HTTP/2"  # explicit_http_config.http2_protocol_options
+    DOWNSTREAM = "the client's HTTP version"  # use_downstream_protocol_config
+    HTTP1 = "HTTP/1.1"  # Envoy's default, or explicit http_protocol_options
+
+
+def upstream_http(protocol: PortProtocol) -> UpstreamHttp | None:
+    """What :func:`cluster_http_protocol_options` makes a cluster of a ``protocol`` port speak
+    (``setUpstreamProtocol``): HTTP/2 for ``IsHTTP2``, the client's version on a sniffed port,
+    HTTP/1.1 on other HTTP ports; None for the TCP family (no HTTP at all)."""
+    if protocol.is_http2:
+        return UpstreamHttp.HTTP2
+    if protocol.sniffed:
+        return UpstreamHttp.DOWNSTREAM
+    return UpstreamHttp.HTTP1 if protocol.is_http else None
 
 
 # --- ports and addresses ----------------------------------------------------------------------

@@ -82,12 +82,15 @@ from pytest_meshconform.istio.envoy import (
     VIRTUAL_INBOUND,
     VIRTUAL_INBOUND_BLACKHOLE,
     ChainShape,
+    UpstreamHttp,
     UpstreamTransport,
     auto_mtls_transport,
     inbound_mode,
     outbound_cluster_name,
+    upstream_http,
     upstream_tls_shape,
 )
+from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import Service, Workload
 
 __all__ = [
@@ -99,6 +102,7 @@ __all__ = [
     "InboundPort",
     "OutboundCluster",
     "SidecarExpectation",
+    "cluster_upstream_http",
     "expected_sidecar",
     "max_requests_per_connection",
     "mismatches",
@@ -178,6 +182,7 @@ class OutboundCluster:
     max_requests_per_connection: int | None = None
     detail: str = ""  # the unclassified transport socket, or why it could not be read, for OTHER
     hbone: bool = False  # endpoints labelled tunnel: http are reached over HBONE instead
+    upstream_http: UpstreamHttp = UpstreamHttp.HTTP1  # the HTTP version it speaks upstream
 
     def describe(self) -> str:
         text = self.transport.value
@@ -365,6 +370,33 @@ def max_requests_per_connection(cluster: Mapping[str, Any], where: str = "cluste
         raise EnvoyStateError(str(error)) from None
 
 
+def cluster_upstream_http(cluster: Mapping[str, Any], where: str = "cluster") -> UpstreamHttp:
+    """The HTTP version a cluster speaks upstream, from its HttpProtocolOptions extension
+    (``setUpstreamProtocol``, cluster_builder.go): ``explicit_http_config`` with
+    ``http2_protocol_options`` (``setH2Options``: HTTP2, gRPC, gRPC-Web ports), a
+    ``use_downstream_protocol_config`` (``setUseDownstreamProtocol``: sniffed ports), else
+    Envoy's default HTTP/1.1; the deprecated cluster field ``http2_protocol_options`` older
+    Envoys print counts as HTTP/2."""
+    try:
+        options = as_object(
+            cluster.get("typed_extension_protocol_options") or {},
+            f"{where}.typed_extension_protocol_options",
+        )
+        http = as_object(
+            options.get(HTTP_PROTOCOL_OPTIONS) or {}, f"{where}.{HTTP_PROTOCOL_OPTIONS}"
+        )
+        if "use_downstream_protocol_config" in http:
+            return UpstreamHttp.DOWNSTREAM
+        explicit = as_object(
+            http.get("explicit_http_config") or {}, f"{where}.explicit_http_config"
+        )
+    except ConfigDumpError as error:
+        raise EnvoyStateError(str(error)) from None
+    if "http2_protocol_options" in explicit or "http2_protocol_options" in cluster:
+        return UpstreamHttp.HTTP2
+    return UpstreamHttp.HTTP1
+
+
 def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
     where = f"cluster {name}"
     transport = _cluster_transport(cluster, where)
@@ -377,6 +409,7 @@ def _cluster(cluster: Mapping[str, Any], name: str) -> OutboundCluster:
         max_requests_per_connection(cluster, where),
         transport.detail,
         transport.hbone,
+        cluster_upstream_http(cluster, where),
     )
 
 
@@ -556,6 +589,7 @@ class ExpectedOutbound:
     max_requests_per_connection: int | None
     connection_pool_known: bool = True
     auto_transport: UpstreamTransport | None = None
+    upstream_http: UpstreamHttp | None = None  # the port's HTTP upstream; None: not HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,9 +683,28 @@ def expected_sidecar(
                 upstream.max_requests_per_connection,
                 connection_pool_known=rule_known,
                 auto_transport=auto_transport,
+                upstream_http=_checked_upstream_http(
+                    service, rule_known, upstream.destination_rule
+                ),
             )
         )
     return SidecarExpectation(inbound, tuple(outbound))
+
+
+def _checked_upstream_http(
+    service: Service, rule_known: bool, rule: str | None
+) -> UpstreamHttp | None:
+    """The HTTP version the wait checks on the port's cluster, where nothing but the protocol
+    decides it: HTTP/2 on an ``IsHTTP2`` port (``setH2Options``, which nothing undoes); the
+    client's version on a sniffed port without any DestinationRule (a rule's
+    ``h2UpgradePolicy: UPGRADE`` upgrades it, ``shouldH2Upgrade``); not an HTTP/1.1 port's,
+    which MeshConfig ``h2UpgradePolicy`` may upgrade (cluster_traffic_policy.go)."""
+    want = upstream_http(protocol_of(service))
+    if want is UpstreamHttp.HTTP2:
+        return want
+    if want is UpstreamHttp.DOWNSTREAM and rule_known and rule is None:
+        return want
+    return None
 
 
 def _expected_auto_text(transport: UpstreamTransport) -> str:
@@ -704,6 +757,11 @@ def mismatches(state: EnvoyState, expected: SidecarExpectation) -> tuple[str, ..
             found.append(
                 f"cluster {out.cluster}: {cluster.describe()},"
                 f" expected {_expected_auto_text(out.auto_transport)}"
+            )
+        if out.upstream_http is not None and cluster.upstream_http is not out.upstream_http:
+            found.append(
+                f"cluster {out.cluster}: upstream {cluster.upstream_http.value},"
+                f" expected {out.upstream_http.value} (the port's protocol, setUpstreamProtocol)"
             )
         if (
             out.connection_pool_known
