@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
+from pytest_meshconform.istio.ambient import ambient_mtls_mode, ztunnel_policies
 from pytest_meshconform.istio.api import PeerAuthentication, Policy, parse_policies
 from pytest_meshconform.istio.authorization import Authorization, authorization_for
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
@@ -24,6 +25,7 @@ from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.upstream import Upstream
+from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
 from pytest_meshconform.mesh import Mesh, Service, Workload
 
 __all__ = [
@@ -68,6 +70,14 @@ class ServicePort:
     bypass: str | None = None  # why the target port is not intercepted (predicted EXCLUDED)
     # a headless Service's endpoint that mesh clients cannot reach under auto mTLS, and why
     headless_break: str | None = None
+    # an ambient endpoint: ztunnel's verdicts (the model's `ztunnel_admits`) on the plaintext
+    # probe and on the ambient probe's HBONE tunnel; None: a sidecar or no data plane
+    ztunnel_admits: tuple[bool, bool] | None = None
+
+    @property
+    def hbone(self) -> bool:
+        """The mesh probe is the ambient probe's request, tunnelled by ztunnel over HBONE."""
+        return self.ztunnel_admits is not None
 
     @property
     def key(self) -> str:
@@ -86,22 +96,31 @@ class ServicePort:
 
     @property
     def in_mesh(self) -> bool:
-        return self.endpoint.has_sidecar
+        """The endpoint has a data plane: a sidecar, or ambient (ztunnel)."""
+        return self.endpoint.dataplane != "none"
 
     @property
     def client_sends_mtls(self) -> bool:
         """Whether the client (the probe) originates TLS towards the endpoint: what its
-        sidecar's cluster does for this endpoint (auto mTLS included)."""
+        sidecar's cluster does for this endpoint (auto mTLS included); an ambient probe's
+        ztunnel always does (HBONE)."""
+        if self.hbone:
+            return True
         return self.upstream is not None and self.upstream.towards(self.endpoint.key).originates_tls
 
     @property
     def accepts_plaintext(self) -> bool:
-        """The endpoint takes plaintext (PERMISSIVE, DISABLE, or no sidecar)."""
+        """The endpoint takes plaintext (PERMISSIVE, DISABLE, or no sidecar; on an ambient
+        endpoint, ztunnel's verdict)."""
+        if self.ztunnel_admits is not None:
+            return self.ztunnel_admits[0]
         return self.predicted in ("PERMISSIVE", "DISABLE", "NO_SIDECAR", "EXCLUDED")
 
     @property
     def mesh_mtls(self) -> bool:
-        """The mesh probe's request arrives as mTLS the endpoint's sidecar terminates."""
+        """The mesh probe's request arrives as mTLS the endpoint's data plane terminates."""
+        if self.ztunnel_admits is not None:
+            return self.ztunnel_admits[1]
         return self.client_sends_mtls and self.predicted in ("STRICT", "PERMISSIVE")
 
     @property
@@ -163,7 +182,7 @@ def _headless_break(port: ServicePort, endpoints: Sequence[Workload]) -> str | N
     towards a headless Service makes one choice for all its endpoints
     (`istio.upstream`'s ``_headless_auto_mtls``), whatever each endpoint's own mode."""
     up = port.upstream
-    if not port.service.headless or up is None or not up.auto or not port.in_mesh:
+    if not port.service.headless or up is None or not up.auto or not port.endpoint.has_sidecar:
         return None
     if port.mesh_admitted:
         return None
@@ -187,6 +206,29 @@ def _headless_break(port: ServicePort, endpoints: Sequence[Workload]) -> str | N
     return None
 
 
+def _ztunnel_verdicts(
+    mesh: Mesh,
+    policies: Sequence[Policy],
+    endpoint: Workload,
+    port: int,
+    naked: Workload | None,
+    ambient: Workload | None,
+) -> tuple[bool, bool]:
+    """(plaintext admitted, HBONE admitted): ztunnel's verdicts on the naked probe's
+    plaintext and on the ambient probe's HBONE tunnel to the endpoint's ``port``
+    (`ztunnel_admits` over `ztunnel_policies`: STRICT's derived deny and the L4
+    AuthorizationPolicies); no ambient probe: no HBONE."""
+    enforced = ztunnel_policies(policies, endpoint.namespace, endpoint.labels, mesh.root_namespace)
+    naked = naked or probe_workloads()[1]
+    server_ip = mesh.pod_ip(endpoint)
+    plaintext = ztunnel_admits(enforced, Connection(port, None, mesh.pod_ip(naked), server_ip))
+    hbone = False
+    if ambient is not None:
+        peer = ambient.spiffe_id(mesh.trust_domain)
+        hbone = ztunnel_admits(enforced, Connection(port, peer, mesh.pod_ip(ambient), server_ip))
+    return plaintext, hbone
+
+
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
     parsed: list[Policy] = []
     for item in policies:
@@ -204,6 +246,8 @@ def discover_service_ports(
     namespaces: Sequence[str] = (),
     exclude_namespaces: Sequence[str] = (),
     client: Workload | None = None,
+    ambient_client: Workload | None = None,
+    naked_client: Workload | None = None,
 ) -> tuple[ServicePort, ...]:
     """Every Service port of the mesh (one per endpoint), with its predicted mode.
 
@@ -211,7 +255,10 @@ def discover_service_ports(
     spell them) limits the ports to those namespaces, ``exclude_namespaces`` drops some; the
     audit's own namespace is never included. ``client``: the workload whose sidecar's
     outbound plan (``upstream``) is attached to each port; by default the audit's probe (a
-    sidecar client in AUDIT_NAMESPACE).
+    sidecar client in AUDIT_NAMESPACE). An ambient endpoint is predicted from ztunnel's
+    verdicts (`ztunnel_admits` over `ztunnel_policies`) on the plaintext of ``naked_client``
+    (default: the audit's naked probe) and on the HBONE of ``ambient_client`` (the audit's
+    ambient probe), by their pod addresses.
     """
     parsed = _parse(mesh.policies() if policies is None else policies)
     peer_auths = [p for p in parsed if isinstance(p, PeerAuthentication)]
@@ -240,9 +287,21 @@ def discover_service_ports(
         for endpoint in endpoints:
             predicted: Predicted = "NO_SIDECAR"
             authorization = None
+            admits: tuple[bool, bool] | None = None
             bypass = _bypass(endpoint, service.target_port)
             if bypass is not None:
                 predicted = "EXCLUDED"  # no sidecar sees it: neither mode nor authorization
+            elif endpoint.ambient:
+                predicted = ambient_mtls_mode(  # type: ignore[assignment]  # STRICT/PERMISSIVE
+                    peer_auths,
+                    endpoint.namespace,
+                    endpoint.labels,
+                    service.target_port,
+                    mesh.root_namespace,
+                ).value
+                admits = _ztunnel_verdicts(
+                    mesh, parsed, endpoint, service.target_port, naked_client, ambient_client
+                )
             elif endpoint.has_sidecar:
                 authorization = authorization_for(
                     endpoint,
@@ -267,6 +326,7 @@ def discover_service_ports(
                 upstream=None if plan is None else plan.outbound[(service.fqdn, service.port)],
                 authorization=authorization,
                 bypass=bypass,
+                ztunnel_admits=admits,
             )
             host = port.host
             plaintext = probe_request(service, host, port.protocol, None)

@@ -44,10 +44,11 @@ from pytest_meshconform.audit.observe import (
     wire_problems,
 )
 from pytest_meshconform.audit.pod_ports import PodPortResult, discover_pod_ports, probe_pod_port
-from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, NAKED_PROBE, PROBE
+from pytest_meshconform.audit.probes import AMBIENT_PROBE, AUDIT_NAMESPACE, NAKED_PROBE, PROBE
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policies
+from pytest_meshconform.istio.ztunnel import HBONE_PORT
 from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
 from pytest_meshconform.outputs import write_file
 
@@ -101,6 +102,7 @@ class PortResult:
             "protocol": self.port.protocol.value,
             "endpoint": self.port.endpoint.name,
             "sidecar": self.port.endpoint.has_sidecar,
+            "dataplane": self.port.endpoint.dataplane,
             "predicted": self.port.predicted,
             **({"bypass": self.port.bypass} if self.port.bypass is not None else {}),
             "expected": self.port.expected,
@@ -291,20 +293,34 @@ def probe_port(
     naked_probe: Workload,
     require: Requirement | None = None,
     evidence_dir: Path | None = None,
+    ambient_probe: Workload | None = None,
 ) -> PortResult:
     """Audit one Service port: both probes, the capture, the verdict. Never raises for the
     port's own failures (a probe that cannot run is an ``error`` verdict naming why). The
     capture is kept under ``evidence_dir`` (and named in the report) when given."""
     svc = port.service
+    # an ambient endpoint: the ambient probe's request, its HBONE tunnel captured on 15008
+    client, wire_port = probe, svc.target_port
+    if port.hbone:
+        if ambient_probe is None:
+            return PortResult(
+                port=port,
+                observed="INCONCLUSIVE",
+                verdict="error",
+                reason="an ambient endpoint, and this mesh has no ambient probe to tunnel to it",
+                conforms=False,
+                meets_requirement=None,
+            )
+        client, wire_port = ambient_probe, HBONE_PORT
     try:
         plaintext = attempt(mesh, naked_probe, port)
-        with mesh.capture(probe, svc.target_port) as recording:
-            mesh_request = attempt(mesh, probe, port)
+        with mesh.capture(client, wire_port) as recording:
+            mesh_request = attempt(mesh, client, port)
         kept = None
         if evidence_dir is not None:  # the mesh's own copy goes with the mesh
             kept = evidence_dir / f"{port.key.replace(':', '-')}.pcap"
             write_file(kept, recording.pcap)  # 0600 in a 0700 directory, whatever the umask
-        wire = read_wire(recording.pcap, kept, svc.target_port)
+        wire = read_wire(recording.pcap, kept, wire_port)
     except (MeshError, CaptureError, TcpError, OSError) as exc:
         return PortResult(
             port=port,
@@ -315,7 +331,7 @@ def probe_port(
             meets_requirement=None,
         )
     mesh_request = judge_mesh_attempt(mesh_request, wire, port)
-    problems = wire_problems(port, wire, probe)
+    problems = wire_problems(port, wire, client)
     observed, verdict, reason, conforms, authz_ok, meets = _judge(
         port, plaintext, mesh_request, wire, problems, require
     )
@@ -451,9 +467,22 @@ def run_audit(
     clock = time.monotonic()
     probe = mesh.workload(PROBE, AUDIT_NAMESPACE)
     naked = mesh.workload(NAKED_PROBE, AUDIT_NAMESPACE)
+    ambient = next(
+        (
+            w
+            for w in mesh.workloads()
+            if w.name == AMBIENT_PROBE and mesh.logical_namespace(w.namespace) == AUDIT_NAMESPACE
+        ),
+        None,
+    )
     try:
         ports = discover_service_ports(
-            mesh, namespaces=namespaces, exclude_namespaces=exclude_namespaces, client=probe
+            mesh,
+            namespaces=namespaces,
+            exclude_namespaces=exclude_namespaces,
+            client=probe,
+            ambient_client=ambient,
+            naked_client=naked,
         )
     except PolicyError as exc:  # a policy in force the model cannot read: nothing to predict
         raise MeshError(f"cannot predict the modes from the policies in force: {exc}") from None
@@ -468,6 +497,7 @@ def run_audit(
                 naked_probe=naked,
                 require=require,
                 evidence_dir=evidence_dir,
+                ambient_probe=ambient,
             )
         )
         say(f"[{index}/{len(ports)}] {port.key}: {results[-1].observed} -> {results[-1].verdict}")

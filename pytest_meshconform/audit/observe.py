@@ -34,6 +34,7 @@ from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output,
 from pytest_meshconform.evidence.wire import analyze_pcap
 from pytest_meshconform.istio.authorization import RBAC_DENIED_BODY
 from pytest_meshconform.istio.envoy import ISTIO_MTLS_ALPNS
+from pytest_meshconform.istio.ztunnel import HBONE_ALPN, HBONE_PORT
 from pytest_meshconform.mesh import Mesh, Workload
 
 __all__ = [
@@ -129,14 +130,18 @@ class WireEvidence:
         return out
 
 
-def _tcp_attempt(result: TcpResult, in_mesh: bool) -> tuple[bool | None, Authz]:
-    """(admitted, authorization) of a plaintext TCP attempt, as the module's doc says."""
+def _tcp_attempt(result: TcpResult, port: ServicePort) -> tuple[bool | None, Authz]:
+    """(admitted, authorization) of a plaintext TCP attempt, as the module's doc says; on an
+    ambient endpoint a close is ztunnel refusing the connection (its verdict covers STRICT and
+    the L4 AuthorizationPolicies alike, docs/istio-model.md "Ambient on the wire")."""
     if result.reset:
         return False, "not reached"
     if result.outcome in ("answered", "silent"):
         return True, "allowed"
     if result.outcome == "closed":
-        return True, "denied" if in_mesh else "allowed"
+        if port.hbone:
+            return False, "not reached"
+        return True, "denied" if port.endpoint.has_sidecar else "allowed"
     return None, "unknown"  # refused, timeout, unresolved: nothing was tried
 
 
@@ -155,7 +160,7 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         authz: Authz = "unknown"
         if http.status is not None:
             admitted, authz = True, "denied" if denied else "allowed"
-        elif http.reset:
+        elif http.reset or (port.hbone and http.exit_code == 52):  # ztunnel's close: no reply
             admitted, authz = False, "not reached"
         outcome = f"{http.outcome} {RBAC_DENIED_BODY}" if denied else http.outcome
         # curl's error, or the body of a denial (an app's page would only be noise here)
@@ -183,7 +188,7 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         sent=send,
         port_name=svc.port_name,
     )
-    admitted, authz = _tcp_attempt(tcp, port.in_mesh)
+    admitted, authz = _tcp_attempt(tcp, port)
     return ProbeAttempt(
         client=client.key,
         target=f"tcp://{port.host}:{svc.port}",
@@ -204,6 +209,11 @@ def judge_mesh_attempt(
     connection and answers for the endpoint) and ``authorization`` from what came back."""
     if wire.flows == 0:
         return replace(request, admitted=None, authorization="unknown")
+    if port.hbone:  # ztunnel finishes the handshake, then judges the CONNECT: the answer tells
+        through = request.status is not None or request.outcome in ("answered", "silent")
+        return replace(
+            request, admitted=through, authorization="allowed" if through else "not reached"
+        )
     if not wire.admitted:
         return replace(request, admitted=False, authorization="not reached")
     authz: Authz = "allowed"
@@ -212,7 +222,7 @@ def judge_mesh_attempt(
     elif port.protocol.is_http or request.outcome not in ("answered", "silent"):
         # the endpoint took the connection, then closed it without an answer: the RBAC
         # network filter's denial on TCP; a reset (or no HTTP response) cannot be told
-        closed = request.outcome == "closed" and port.in_mesh
+        closed = request.outcome == "closed" and port.endpoint.has_sidecar
         authz = "denied" if closed else "unknown"
     return replace(request, admitted=True, authorization=authz)
 
@@ -243,6 +253,8 @@ def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> lis
     `ISTIO_MTLS_ALPNS`), or with another SNI than the probe's cluster sets; plaintext
     payload beside the TLS."""
     problems: list[str] = []
+    if port.hbone:
+        return _hbone_problems(wire, probe)
     target_port = port.service.target_port
     if wire.flows == 0:
         problems.append(
@@ -260,4 +272,26 @@ def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> lis
             problems.append(f"the ClientHello's SNI is {wire.sni!r}, Istio's is {want_sni!r}")
         if wire.plaintext_payload:
             problems.append("a plaintext payload went on the wire next to the mTLS connection")
+    return problems
+
+
+def _hbone_problems(wire: WireEvidence, probe: Workload) -> list[str]:
+    """What is wrong with the ambient probe's HBONE on the wire: no connection to port 15008,
+    no TLS, a ClientHello without ztunnel's ALPN ``h2`` or with an SNI (ztunnel sends none),
+    or plaintext payload beside it (docs/istio-model.md, "Ambient on the wire")."""
+    if wire.flows == 0:
+        return [
+            f"the capture at {probe.key} saw no connection to port {HBONE_PORT}: the request"
+            " was not tunnelled over HBONE"
+        ]
+    problems = []
+    if not wire.tls:
+        problems.append(f"the connection to port {HBONE_PORT} is not TLS")
+    else:
+        if wire.alpn != (HBONE_ALPN,):
+            problems.append(f"the ClientHello's ALPN {list(wire.alpn)} is not ztunnel's ['h2']")
+        if wire.sni is not None:
+            problems.append(f"the ClientHello carries SNI {wire.sni!r}; ztunnel sends none")
+    if wire.plaintext_payload:
+        problems.append(f"a plaintext payload went to port {HBONE_PORT} next to the tunnel")
     return problems

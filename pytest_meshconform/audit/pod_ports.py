@@ -45,6 +45,8 @@ from pytest_meshconform.audit.probes import AUDIT_NAMESPACE
 from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError, parse_tcp_output, tcp_argv
+from pytest_meshconform.evidence.wire import analyze_pcap
+from pytest_meshconform.istio.ambient import ambient_mtls_mode
 from pytest_meshconform.istio.api import PeerAuthentication, Policy
 from pytest_meshconform.istio.envoy import PASSTHROUGH_CLUSTER
 from pytest_meshconform.istio.interception import (
@@ -55,6 +57,11 @@ from pytest_meshconform.istio.interception import (
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode, port_level_ports
 from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar, pod_ip_upstream
 from pytest_meshconform.istio.protocol import protocol_of
+from pytest_meshconform.istio.ztunnel import (
+    HBONE_PORT,
+    ZTUNNEL_INBOUND_PLAINTEXT_PORT,
+    ZTUNNEL_OUTBOUND_PORT,
+)
 from pytest_meshconform.mesh import Mesh, MeshError, Workload
 from pytest_meshconform.outputs import write_file
 
@@ -168,6 +175,7 @@ class PodPortResult:
             "port": port.port,
             "source": port.source,
             "sidecar": port.workload.has_sidecar,
+            "dataplane": port.workload.dataplane,
             "class": self.port_class,
             "services": list(port.services),
             "predicted": port.predicted,
@@ -258,9 +266,6 @@ def discover_pod_ports(
             continue
         if namespaces and logical not in namespaces:
             continue
-        if workload.ambient:
-            notes.append(f"{workload.key}: ambient (ztunnel captures every port; not listed)")
-            continue
         interception = None
         if workload.has_sidecar:
             try:
@@ -281,6 +286,11 @@ def discover_pod_ports(
                     peer_auths, workload.namespace, workload.labels, port, mesh.root_namespace
                 )
                 predicted = mode.value  # type: ignore[assignment]  # STRICT/PERMISSIVE/DISABLE
+            elif workload.ambient:  # ztunnel's verdict: STRICT or PERMISSIVE, never DISABLE
+                mode = ambient_mtls_mode(
+                    peer_auths, workload.namespace, workload.labels, port, mesh.root_namespace
+                )
+                predicted = mode.value  # type: ignore[assignment]
             via = None
             if plan is not None:
                 via = pod_ip_upstream(plan, services, workloads, workload, port)
@@ -293,7 +303,7 @@ def discover_pod_ports(
                     services=exposing,
                     predicted=predicted,
                     bypass=None if interception is None else interception.inbound_bypass(port),
-                    istio_port=ISTIO_SIDECAR_PORTS.get(port) if workload.has_sidecar else None,
+                    istio_port=_istio_port(workload, port),
                     mesh_cluster=PASSTHROUGH_CLUSTER if via is None else via.cluster,
                     mesh_tls=via is not None and via.originates_tls,
                     http=any(
@@ -310,6 +320,24 @@ def discover_pod_ports(
                 )
             )
     return tuple(found), tuple(notes)
+
+
+# ztunnel's own sockets in an ambient pod's namespace (in-pod mode: istio-cni hands ztunnel
+# the pod's namespace, where it listens; istio/ztunnel.py)
+ZTUNNEL_POD_PORTS: Final[dict[int, str]] = {
+    ZTUNNEL_OUTBOUND_PORT: "ztunnel's outbound port (istio-cni's redirect target)",
+    ZTUNNEL_INBOUND_PLAINTEXT_PORT: "ztunnel's inbound plaintext port (istio-cni's target)",
+    HBONE_PORT: "ztunnel's HBONE port",
+}
+
+
+def _istio_port(workload: Workload, port: int) -> str | None:
+    """What the port is when it is the data plane's own: the sidecar's or ztunnel's."""
+    if workload.has_sidecar:
+        return ISTIO_SIDECAR_PORTS.get(port)
+    if workload.ambient:
+        return ZTUNNEL_POD_PORTS.get(port)
+    return None
 
 
 def _took_plaintext(outcome: str) -> bool | None:
@@ -435,7 +463,8 @@ def _mesh_by_pod_ip(
         outcome=outcome,
         expected_tls=port.mesh_tls,
         cluster=port.mesh_cluster,
-        flows=wire.flows,
+        # every connection seen: one refused before a byte went (ztunnel's close) counts
+        flows=len(analyze_pcap(recording.pcap).flows_to(port.port)),
         tls=wire.tls,
         admitted=wire.admitted,
         sni=wire.sni,
@@ -467,18 +496,20 @@ def _plaintext_by_pod_ip(
     except TcpError as exc:
         return PodPortResult(port, "in the mesh", "error", f"could not probe {target}: {exc}")
     took = _took_plaintext(tcp.outcome)
+    if port.workload.ambient and tcp.outcome == "closed":
+        took = False  # ztunnel drops a denied connection: a close when no byte had arrived
     seen = f"plaintext by pod IP ({target}): {tcp.outcome}"
     if took is None:
         why = "nothing listens there" if tcp.outcome == "refused" else "no answer in time"
         return PodPortResult(
             port,
-            "no sidecar" if not port.workload.has_sidecar else "in the mesh",
+            "no sidecar" if port.workload.dataplane == "none" else "in the mesh",
             "error",
             f"{seen}: {why}; the {port.source} said it listens",
             f"tcp://{target}",
             tcp.outcome,
         )
-    if not port.workload.has_sidecar:
+    if port.workload.dataplane == "none":
         verdict: Literal["pass", "fail"] = "pass" if took else "fail"
         shown = "takes plaintext" if took else "refused plaintext, though no sidecar runs there"
         return PodPortResult(
@@ -511,12 +542,13 @@ def _plaintext_by_pod_ip(
         )
         return _accept(result, exceptions, day, "remove the port from the annotation")
     expected = port.predicted in _TAKES_PLAINTEXT
+    by = " (ztunnel)" if port.workload.ambient else ""
     if took != expected:
         return PodPortResult(
             port,
             "in the mesh",
             "fail",
-            f"{seen}; Istio's policies predict {port.predicted} for container port"
+            f"{seen}; Istio's policies predict {port.predicted}{by} for container port"
             f" {port.port}, which {'takes' if expected else 'refuses'} plaintext",
             f"tcp://{target}",
             tcp.outcome,
@@ -541,7 +573,7 @@ def _plaintext_by_pod_ip(
         port,
         "in the mesh",
         "pass",
-        f"{port.predicted}: {taken} by pod IP, as predicted ({exposed})",
+        f"{port.predicted}{by}: {taken} by pod IP, as predicted ({exposed})",
         f"tcp://{target}",
         tcp.outcome,
     )

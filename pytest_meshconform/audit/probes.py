@@ -1,9 +1,10 @@
 """The audit's own namespace and its two probes.
 
 ``probe`` is a curl client with a sidecar (its requests are the mesh's), ``probe-naked`` the
-same without one (its requests are plaintext). Both live in `AUDIT_NAMESPACE`, which the audit
-never audits; the local mesh gains them with `audit.local.with_audit_probes`, a cluster in
-``meshconform-audit-<run>`` (`audit.kube`).
+same without one (its requests are plaintext), and on a local mesh with ambient pods
+``probe-ambient``, enrolled in ambient mode (the mesh probe of ambient endpoints). They live
+in `AUDIT_NAMESPACE`, which the audit never audits; the local mesh gains them with
+`audit.local.with_audit_probes`, a cluster in ``meshconform-audit-<run>`` (`audit.kube`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,34 @@ from typing import Final
 
 from pytest_meshconform.mesh import Workload
 
-__all__ = ["AUDIT_NAMESPACE", "NAKED_PROBE", "PROBE", "probe_workloads"]
+__all__ = [
+    "AMBIENT_PROBE",
+    "AUDIT_NAMESPACE",
+    "NAKED_PROBE",
+    "PROBE",
+    "ambient_probe",
+    "probe_workloads",
+]
 
 AUDIT_NAMESPACE: Final = "meshconform-audit"
 PROBE: Final = "probe"  # a curl client with a sidecar, in AUDIT_NAMESPACE
 NAKED_PROBE: Final = "probe-naked"  # the same without a sidecar
+# an ambient curl client (ztunnel tunnels its requests over HBONE): the mesh probe of ambient
+# endpoints, added by the local mesh when the topology has ambient pods
+AMBIENT_PROBE: Final = "probe-ambient"
+
+
+def ambient_probe(namespace: str = AUDIT_NAMESPACE) -> Workload:
+    """The ambient probe: enrolled in ambient mode, no sidecar."""
+    return Workload(
+        name=AMBIENT_PROBE,
+        namespace=namespace,
+        app=AMBIENT_PROBE,
+        service_account=AMBIENT_PROBE,
+        has_sidecar=False,
+        labels={"app": AMBIENT_PROBE},
+        ambient=True,
+    )
 
 
 def probe_workloads(

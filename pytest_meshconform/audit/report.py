@@ -26,6 +26,13 @@ __all__ = ["AUDIT_SCHEMA", "audit_document", "format_table", "write_report"]
 
 AUDIT_SCHEMA: Final = Path(__file__).with_name("schema.json")
 
+_SIDECAR_CELL: Final = {"sidecar": "yes", "ambient": "ambient", "none": "no"}
+_DATAPLANE_WORDS: Final = {
+    "sidecar": "sidecar",
+    "ambient": "ambient (ztunnel)",
+    "none": "no sidecar",
+}
+
 _COLUMNS: Final = (
     "SERVICE PORT",
     "PROTOCOL",
@@ -55,7 +62,7 @@ def format_table(result: AuditResult) -> list[str]:
             (
                 r.port.key,
                 r.port.protocol.value,
-                "yes" if r.port.in_mesh else "no",
+                _SIDECAR_CELL[r.port.endpoint.dataplane],
                 r.port.predicted,
                 r.observed,
                 _authz_cell(mesh, plain),
@@ -98,7 +105,7 @@ def _pod_port_lines(result: AuditResult) -> list[str]:
         rows = [
             (
                 r.port.key,
-                "yes" if r.port.workload.has_sidecar else "no",
+                _SIDECAR_CELL[r.port.workload.dataplane],
                 r.port.source,
                 r.port_class,
                 r.outcome or "-",
@@ -247,7 +254,7 @@ def audit_document(result: AuditResult) -> Document:
                 status=_AUDIT_STATUS[r.verdict],
                 description=(
                     f"{r.port.protocol.value} port of {r.port.endpoint.key}"
-                    f" ({'sidecar' if r.port.in_mesh else 'no sidecar'})"
+                    f" ({_DATAPLANE_WORDS[r.port.endpoint.dataplane]})"
                 ),
                 message=r.reason if r.verdict != "pass" else None,
                 facts=tuple(facts),
@@ -335,7 +342,7 @@ def _pod_port_entry(r: PodPortResult) -> Entry:
     return Entry(
         title=r.port.key,
         status=status,
-        description=f"{r.port_class}, {'sidecar' if r.port.workload.has_sidecar else 'no sidecar'}",
+        description=f"{r.port_class}, {_DATAPLANE_WORDS[r.port.workload.dataplane]}",
         message=r.reason if r.verdict != "pass" else None,
         facts=tuple(facts),
     )
