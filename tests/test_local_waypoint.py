@@ -178,3 +178,55 @@ def test_the_waypoint_serves_its_services_with_the_bound_policies(tmp_path: Path
         _topology(), [viewer], "istio-system", Faults(waypoint_ignores_l7=True)
     )["checkpoint.clinic"]
     assert broken.routes[0].rbac == ()
+
+
+def test_a_waypoint_for_all_traffic_takes_pod_addressed_traffic_too() -> None:
+    """ztunnel's ``build_request``: a connection to a pod address goes through the workload's
+    waypoint (traffic type ``workload`` or ``all``) with the pod's address as authority; the
+    waypoint's chain for it carries only the policies bound to the waypoint itself."""
+    topology = parse_topology(
+        TOPOLOGY.replace("waypoint: checkpoint", "waypoint: {name: checkpoint, for: all}")
+    )
+    tunnels = {
+        (t.address, t.port): t
+        for t in plan_ztunnels(topology, [], "istio-system")["reception.clinic"].tunnels
+    }
+    pod = tunnels[("10.244.0.11", 8080)]
+    assert (pod.endpoint_ip, pod.connect_authority, pod.identity) == (
+        "10.244.0.13",
+        "10.244.0.11:8080",
+        WAYPOINT_ID,
+    )
+    service_bound = parse_policy(
+        authorization_policy(
+            "svc",
+            "clinic",
+            "ALLOW",
+            [{}],
+            target_refs=[{"kind": "Service", "group": "", "name": "records"}],
+        )
+    )
+    gateway_bound = parse_policy(
+        authorization_policy(
+            "gw",
+            "clinic",
+            "DENY",
+            [{"to": [{"operation": {"methods": ["POST"]}}]}],
+            target_refs=[
+                {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "checkpoint"}
+            ],
+        )
+    )
+    plan = plan_waypoints(topology, [service_bound, gateway_bound], "istio-system")[
+        "checkpoint.clinic"
+    ]
+    routes = {(r.address, r.port): r for r in plan.routes}
+    by_pod = routes[("10.244.0.11", 8080)]
+    assert (by_pod.cluster, by_pod.tcp) == ("inbound-pod|8080|http|10.244.0.11", False)
+    policies = [set(f["typed_config"]["rules"]["policies"]) for f in by_pod.rbac]
+    assert policies == [{"ns[clinic]-policy[gw]-rule[0]"}]
+    by_service = routes[("10.96.0.10", 80)]
+    assert [set(f["typed_config"]["rules"]["policies"]) for f in by_service.rbac] == [
+        {"ns[clinic]-policy[gw]-rule[0]"},
+        {"ns[clinic]-policy[svc]-rule[0]"},
+    ]

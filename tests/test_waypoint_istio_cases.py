@@ -221,6 +221,15 @@ namespaces:
           - {name: http, port: 80, targetPort: 8080}
           - {name: tcp, port: 9000}
       - {name: other, selector: {app: other}, ports: [{name: http, port: 80, targetPort: 8080}]}
+  - name: echo-wl
+    dataplane: ambient
+    waypoint: {name: workload-waypoint, for: workload}
+    workloads:
+      - {name: workload-addressed-waypoint, kind: httpbin}
+    services:
+      - name: workload-addressed-waypoint
+        selector: {app: workload-addressed-waypoint}
+        ports: [{name: http, port: 80, targetPort: 8080}]
   - name: plain
     dataplane: none
     workloads:
@@ -333,7 +342,10 @@ CLOSED = "closed by ztunnel"
 
 
 def call(client, server, path, method="GET", headers=None):
-    result = client.curl(server, path=path, method=method, headers=headers)
+    if isinstance(server, str):  # a pod address: http://<ip>:<port>
+        result = client.curl(server + path, method=method, headers=headers)
+    else:
+        result = client.curl(server, path=path, method=method, headers=headers)
     if result.status == 403:
         return (403, result.body)
     if result.status is None and result.exit_code in (52, 56):
@@ -370,6 +382,34 @@ def test_authorization_l7(apply_policy: PolicyApplier, workload: WorkloadLookup)
     # uncaptured client's plaintext goes to the workload, which admits only the waypoint
     for name, path, method, headers, _ in L7_ROWS:
         assert call(uncaptured, dst, path, method, headers) == CLOSED, name
+
+
+def test_authorization_l7_workload_addressed(
+    apply_policy: PolicyApplier, workload: WorkloadLookup, mesh
+) -> None:
+    """TestAuthorizationL7 towards a workload-addressed waypoint's workload: "send traffic to
+    the workload instead of the service so it will redirect to the WL waypoint"; the same
+    policies, in the waypoint's namespace, bound to its Gateway."""
+    policies = (
+        L7_POLICIES.replace("namespace: echo\n", "namespace: echo-wl\n")
+        .replace("app: service-addressed-waypoint", "app: workload-addressed-waypoint")
+        .replace("name: waypoint\n", "name: workload-waypoint\n")
+        .replace("ns/echo/sa/waypoint", "ns/echo-wl/sa/workload-waypoint")
+    )
+    apply_policy(policies)
+    captured, uncaptured = workload("captured", "echo"), workload("uncaptured", "plain")
+    dst = workload("workload-addressed-waypoint", "echo-wl")
+    address = f"http://{mesh.pod_ip(dst.workload)}:8080"
+    seen = {
+        name: call(captured, address, path, method, headers)
+        for name, path, method, headers, _ in L7_ROWS
+    }
+    assert seen == {name: want for name, *_, want in L7_ROWS}
+    for name, path, method, headers, _ in L7_ROWS:
+        assert call(uncaptured, address, path, method, headers) == CLOSED, name
+    # its Service's traffic skips a waypoint for workload traffic only (no Service waypoint):
+    # the workload admits the waypoint alone, so the direct tunnel is refused
+    assert call(captured, dst, "/anything/allowed") == CLOSED
 
 
 def test_authorization_service_attached(
@@ -540,4 +580,4 @@ def test_istio_io_waypoint_outcomes(pytester: pytest.Pytester) -> None:
 
 
 def test_istio_ambient_integration_waypoint_authorization(pytester: pytest.Pytester) -> None:
-    _run(pytester, ECHO, INTEGRATION).assert_outcomes(passed=4)
+    _run(pytester, ECHO, INTEGRATION).assert_outcomes(passed=5)

@@ -234,7 +234,7 @@ def waypoint_policies(
 
 def waypoint_authorization(
     waypoint: Waypoint,
-    service: Service,
+    service: Service | None,
     policies: Iterable[object],
     *,
     root_namespace: str = "istio-system",
@@ -242,7 +242,8 @@ def waypoint_authorization(
 ) -> Authorization:
     """The RBAC filters of the waypoint's chain for ``service`` (``buildWaypointHTTPFilters``:
     ``NewBuilderForService(authz.Local, ..., true, svc)``, peer identities from the filter
-    state)."""
+    state); ``service`` None: a workload-addressed chain (``buildWaypointInternal`` builds its
+    filters without a Service: only the policies bound to the waypoint itself)."""
     applying = waypoint_policies(waypoint, service, policies, root_namespace)
     return build_authorization(
         waypoint_workload(waypoint), applying, trust_domain=trust_domain, use_filter_state=True

@@ -249,7 +249,20 @@ def plan_ztunnels(
             )
         )
     for pod in ambient:
+        through = topology.workload_waypoint(pod)
         for port in pod.workload.container_ports:
+            if through is not None:  # build_request: the workload's waypoint, authority kept
+                tunnels.append(
+                    Tunnel(
+                        pod.ip,
+                        port,
+                        through.pod.ip,
+                        port,
+                        _spiffe_id(through.pod.workload, faults),
+                        authority=hbone_authority(pod.ip, port),
+                    )
+                )
+                continue
             identity = _spiffe_id(pod.workload, faults)
             tunnels.append(Tunnel(pod.ip, port, pod.ip, port, identity))
     # every peer that opens HBONE to a ztunnel: ambient pods' ztunnels, waypoints and sidecars
@@ -345,5 +358,40 @@ def plan_waypoints(
                     rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
                 )
             )
+        # workload-addressed traffic (waypoints for `workload` or `all`): one chain per pod port,
+        # with the policies bound to the waypoint itself (istiod's workload chains build their
+        # filters without a Service); HTTP when a Service's HTTP port targets it, else TCP
+        for pod in topology.pods:
+            if not pod.workload.ambient or topology.workload_waypoint(pod) != entry:
+                continue
+            authz = waypoint_authorization(
+                entry.waypoint,
+                None,
+                policies,
+                root_namespace=root_namespace,
+                trust_domain=TRUST_DOMAIN,
+            )
+            for port in pod.workload.container_ports:
+                tcp = not any(
+                    e.endpoints[0] == pod
+                    and e.service.target_port == port
+                    and not protocol_of(e.service).is_tcp
+                    for e in topology.services
+                )
+                rbac = _remote_ip(authz.network_filters() if tcp else authz.http_filters())
+                if faults.authz_ignores_principals:
+                    rbac = _any_peer(rbac)
+                routes.append(
+                    WaypointRoute(
+                        address=pod.ip,
+                        port=port,
+                        fqdn="",
+                        endpoint_ip=pod.ip,
+                        target_port=port,
+                        endpoint_identity=_spiffe_id(pod.workload, faults),
+                        tcp=tcp,
+                        rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
+                    )
+                )
         plans[entry.pod.workload.key] = WaypointPlan(entry.pod, entry.waypoint, tuple(routes))
     return plans

@@ -16,6 +16,7 @@ from pytest_meshconform.istio.waypoint import (
     USE_WAYPOINT_LABEL,
     service_waypoint,
     waypoint_workload,
+    workload_waypoint,
 )
 from pytest_meshconform.mesh import Service, Waypoint, Workload
 
@@ -135,6 +136,18 @@ class Topology:
             [w.waypoint for w in self.waypoints],
         )
         return next((w for w in self.waypoints if w.waypoint == found), None)
+
+    def workload_waypoint(self, pod: Pod) -> WaypointPod | None:
+        """The waypoint traffic to a pod's own address goes through (the model's
+        `workload_waypoint`: a waypoint for ``workload`` or ``all`` traffic)."""
+        w = pod.workload
+        found = workload_waypoint(
+            w.labels,
+            w.namespace,
+            self.namespace_labels(w.namespace),
+            [e.waypoint for e in self.waypoints],
+        )
+        return next((e for e in self.waypoints if e.waypoint == found), None)
 
     def pod(self, name: str, namespace: str) -> Pod:
         for pod in self.all_pods:

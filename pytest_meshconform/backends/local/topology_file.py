@@ -28,6 +28,7 @@ from pytest_meshconform.backends.local.topology import (
 )
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of, service_port_protocol
+from pytest_meshconform.istio.waypoint import TRAFFIC_TYPES
 from pytest_meshconform.mesh import Service, Waypoint, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
 
@@ -246,26 +247,45 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
 
 def _waypoint(ctx: _Ctx, node: yaml.Node, where: str, namespace: str, dataplane: str) -> Waypoint:
-    """A namespace's `waypoint: <name>`: the Gateway ``istioctl waypoint apply
-    --enroll-namespace`` writes (class istio-waypoint, traffic type service) and the
-    namespace's ``istio.io/use-waypoint`` label."""
-    name = ctx.name(node, f"{where}.waypoint")
+    """A namespace's `waypoint: <name>` (or `{name: <name>, for: <traffic type>}`): the Gateway
+    ``istioctl waypoint apply --enroll-namespace [--for <type>]`` writes (class
+    istio-waypoint; traffic type ``service`` unless given) and the namespace's
+    ``istio.io/use-waypoint`` label."""
+    field = f"{where}.waypoint"
+    traffic_type = "service"
+    name_node = node
+    if isinstance(node, yaml.MappingNode):
+        fields = ctx.mapping(node, field, ("name", "for"), ("name",))
+        name_node = fields["name"]
+        field_name = f"{field}.name"
+        if "for" in fields:
+            traffic_type = ctx.string(fields["for"], f"{field}.for")
+            if traffic_type not in TRAFFIC_TYPES:  # istioctl's validTrafficTypes
+                raise ctx.error(
+                    fields["for"],
+                    f"{field}.for",
+                    f"invalid traffic type: {traffic_type}. Valid options are:"
+                    f" {sorted(TRAFFIC_TYPES)}",
+                )
+    else:
+        field_name = field
+    name = ctx.name(name_node, field_name)
     if name == "none":  # istioctl: "'none' is a reserved value"
         raise ctx.error(
-            node,
-            f"{where}.waypoint",
+            name_node,
+            field_name,
             "invalid name provided for waypoint, 'none' is a reserved value"
             " (istio.io/use-waypoint: none opts out of waypoints)",
         )
     if dataplane != "ambient":
         raise ctx.error(
             node,
-            f"{where}.waypoint",
+            field,
             f"namespace {namespace} has dataplane: {dataplane}; a waypoint serves ambient"
             " workloads only (ztunnel sends their traffic to it): write dataplane: ambient,"
             " or drop the waypoint",
         )
-    return Waypoint(name=name, namespace=namespace)
+    return Waypoint(name=name, namespace=namespace, traffic_type=traffic_type)
 
 
 def _check_waypoint_name(

@@ -90,9 +90,9 @@ class WaypointRoute:
     """One destination the waypoint serves: a Service port (its address and port), its
     endpoint, and the RBAC filters of its chain (HTTP or TCP, as the port's protocol)."""
 
-    address: str
+    address: str  # the Service's address, or the pod's for workload-addressed traffic
     port: int
-    fqdn: str
+    fqdn: str  # the Service's; "" for a workload-addressed destination
     endpoint_ip: str
     target_port: int
     endpoint_identity: str  # verified in the endpoint's HBONE certificate
@@ -101,8 +101,13 @@ class WaypointRoute:
 
     @property
     def cluster(self) -> str:
-        """istiod's waypoint cluster for a Service port (``inbound-vip|port|proto|fqdn``)."""
-        return f"inbound-vip|{self.port}|{'tcp' if self.tcp else 'http'}|{self.fqdn}"
+        """istiod's waypoint cluster for a Service port (``inbound-vip|port|proto|fqdn``); a
+        workload-addressed destination (no ``fqdn``) gets the local name
+        ``inbound-pod|port|proto|ip``."""
+        proto = "tcp" if self.tcp else "http"
+        if not self.fqdn:
+            return f"inbound-pod|{self.port}|{proto}|{self.address}"
+        return f"inbound-vip|{self.port}|{proto}|{self.fqdn}"
 
     @property
     def authority(self) -> str:
