@@ -211,7 +211,7 @@ def test_misspelled_feature_fails_collection(pytester: pytest.Pytester) -> None:
             "ERROR: test_typo.py::test_strict: unknown mesh feature(s) 'mtsl' in"
             " @pytest.mark.mesh_features; known features: mtls, peer-authentication,"
             " port-level-mtls, destination-rule, xfcc, capture, certificates, rotation, mesh-wide,"
-            " authorization, waypoint"
+            " authorization, waypoint, grpc"
         ]
     )
     result.assert_outcomes()  # nothing ran, nothing skipped
