@@ -29,6 +29,7 @@ Where the expected values come from:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ import pytest
 import yaml
 from local_helpers import needs_local_mesh, runs_made, traces_of
 
+from pytest_meshconform.audit.discovery import discover_service_ports
+from pytest_meshconform.audit.local import with_audit_probes
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
+from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.topology import Pod, Topology
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
 from pytest_meshconform.backends.local.xds import SidecarPaths, clusters, listeners
 from pytest_meshconform.cli import main
@@ -364,3 +369,43 @@ def test_the_audit_probes_a_headless_service_by_its_name(
     assert _ports(data)["kv-peers:8080"] == (True, "DISABLE", "PLAINTEXT", "pass")
     assert _ports(data)["kv-peers:7000"] == (True, "STRICT", "CLOSED", "pass")
     assert code == 0, capsys.readouterr().out
+
+
+def test_a_headless_service_with_an_endpoint_outside_the_mesh_fails_its_strict_endpoints() -> None:
+    """istio/istio#29873's trap (a StatefulSet behind a headless Service, STRICT, one replica
+    without sidecar): auto mTLS towards the Service infers DISABLE, so every mesh client sends
+    plaintext, and the STRICT replica resets it. The local mesh gives a Service one endpoint,
+    so this is the prediction alone (the verdict's reason, from the same discovery)."""
+    stock = parse_topology(TOPOLOGY)
+    kv = stock.pod("kv", "stock")
+    naked_kv = Pod(
+        workload=replace(kv.workload, name="kv-legacy", has_sidecar=False),
+        ip="10.244.0.99",
+        kind="httpbin",
+    )
+    peers = tuple(
+        replace(e, endpoints=(kv, naked_kv)) for e in stock.services if e.service.name == "kv-peers"
+    )
+    topology = Topology(pods=(*stock.pods, naked_kv), services=peers)
+    mesh = LocalMesh(topology=with_audit_probes(topology))
+    probe = mesh.workload("probe", "meshconform-audit")
+    ports = discover_service_ports(mesh, [yaml.safe_load(STOCK_STRICT)], client=probe)
+    by_endpoint = {(p.key, p.endpoint.name): p for p in ports}
+    strict = by_endpoint[("kv-peers.stock:7000", "kv")]
+    assert (strict.predicted, strict.client_sends_mtls, strict.expected) == (
+        "STRICT",
+        False,
+        "CLOSED",
+    )
+    assert strict.headless_break == (
+        "the headless Service has endpoints without sidecar (kv-legacy.stock), so a client"
+        " sidecar sends plaintext to all of them (BestEffortInferServiceMTLSMode), and this"
+        " endpoint is STRICT: mesh clients are reset (istio/istio#29873); fix: inject every"
+        " endpoint, or a PERMISSIVE PeerAuthentication for the port"
+    )
+    legacy = by_endpoint[("kv-peers.stock:7000", "kv-legacy")]
+    assert (legacy.predicted, legacy.expected, legacy.headless_break) == (
+        "NO_SIDECAR",
+        "PLAINTEXT",
+        None,
+    )
