@@ -236,4 +236,7 @@ def test_the_l7_test_fails_when_the_waypoint_ignores_l7_rules(
     )
     result.assert_outcomes(failed=1, deselected=8)
     result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
+    # the evidence includes the access log of the waypoint in front of the server
+    result.stdout.fnmatch_lines(["*log records.clinic waypoint-access.log (this test)*"])
+    result.stdout.fnmatch_lines(['*"DELETE /delete HTTP/1.1" 200*'])
     assert_runs_left_nothing(result.stdout.str())

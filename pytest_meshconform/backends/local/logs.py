@@ -1,4 +1,5 @@
-"""The local pods' logs: the sidecar's log and access log and the app's log, for reports.
+"""The local pods' logs: the sidecar's log and access log and the app's log, for reports (and
+the access log of the waypoint in front of a workload).
 
 `logs_since` gives what a test's time window added: a file offset taken when the window
 opened, then the Envoy time stamps of the lines (Envoy flushes its logs every
@@ -67,12 +68,43 @@ class LocalLogs(LocalLifecycle):
         """What each log file of the pod gained after `positions` (whole lines only)."""
         runtime = self._runtime(workload)
         self._settle_logs()
-        start = positions.offsets.get(workload.key, {})
+        found = self._since(runtime, positions, self._log_files(runtime))
+        # the waypoint in front of the workload decides its L7 requests: its access log is
+        # the evidence of a 403 (`waypoint-access.log`)
+        for waypoint in self._waypoints_of(runtime):
+            access = (("waypoint-access.log", waypoint.paths.access_log),)
+            found.update(self._since(waypoint, positions, access, key="envoy-access.log"))
+        return found
+
+    def _waypoints_of(self, runtime: PodRuntime) -> list[PodRuntime]:
+        """The runtimes of the waypoints that take the pod's traffic (its Services' or its
+        own)."""
+        pod = runtime.pod
+        entries = [self.topology.workload_waypoint(pod)]
+        entries += [
+            self.topology.service_waypoint(e.service)
+            for e in self.topology.services
+            if e.endpoints and e.endpoints[0] == pod
+        ]
+        keys = {e.pod.workload.key for e in entries if e is not None}
+        return [self._pods[key] for key in sorted(keys) if key in self._pods]
+
+    @staticmethod
+    def _since(
+        runtime: PodRuntime,
+        positions: LogPositions,
+        files: tuple[tuple[str, Path], ...],
+        *,
+        key: str | None = None,
+    ) -> dict[str, str]:
+        """What each file gained after `positions` (`key`: the file's label in the offsets,
+        when it is reported under another)."""
+        start = positions.offsets.get(runtime.key, {})
         found = {}
-        for label, path in self._log_files(runtime):
+        for label, path in files:
             try:
                 with path.open("rb") as log:
-                    log.seek(start.get(label, 0))
+                    log.seek(start.get(key or label, 0))
                     data = log.read()
             except OSError:
                 continue
