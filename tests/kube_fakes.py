@@ -902,7 +902,12 @@ class FakeCluster:
     def _schedule(self, deployment: Mapping[str, Any]) -> None:
         namespace = deployment["metadata"]["namespace"]
         app = deployment["metadata"]["name"]
-        injected = self.inject and self.injected(namespace)
+        template = deployment["spec"]["template"].get("metadata") or {}
+        inject_off = (template.get("annotations") or {}).get("sidecar.istio.io/inject") == "false"
+        injected = self.inject and self.injected(namespace) and not inject_off
+        # istio-cni's enablement: the pod's own istio.io/dataplane-mode, else its namespace's
+        plane = (template.get("labels") or {}).get("istio.io/dataplane-mode")
+        ambient = plane == "ambient" or (plane != "none" and self.ambient(namespace))
         pods = [p for p in self.pods.get(namespace, []) if p["metadata"]["labels"]["app"] != app]
         name = f"{app}-6c8f9d7b5-{len(pods)}q2w"
         # a sidecar without the mesh root (an undiscovered namespace) never gets ready
@@ -919,7 +924,7 @@ class FakeCluster:
                     hbone=self.hbone_pods,
                 )
             )
-        elif self.ambient(namespace) and not injected:
+        elif ambient and not injected:
             self._ambient_ips += 1
             pods.append(
                 pod_json(
@@ -931,7 +936,11 @@ class FakeCluster:
                     pod_ip=f"10.244.7.{self._ambient_ips}",
                     node_name=self.node,
                     annotations={"ambient.istio.io/redirection": "enabled"} if self.cni else None,
-                    service_account=app,
+                    # Kubernetes' default service account when the template names none
+                    service_account=(deployment["spec"]["template"].get("spec") or {}).get(
+                        "serviceAccountName"
+                    )
+                    or "default",
                 )
             )
         else:

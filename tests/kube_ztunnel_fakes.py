@@ -197,11 +197,13 @@ class FakeZtunnel:
         dump["policies"] = copy.deepcopy(policies)
         template = dump["certificates"][0]
         for namespace, pods in sorted(self.cluster.pods.items()):
-            if not namespace.startswith("mc-"):
+            if namespace == self.cluster.istio_namespace:
                 continue
-            hbone = self.cluster.ambient(namespace)
             for pod in pods:
                 meta, spec = pod["metadata"], pod["spec"]
+                # enrolled: istio-cni's mark on the pod
+                marks = meta.get("annotations") or {}
+                hbone = marks.get("ambient.istio.io/redirection") == "enabled"
                 app = meta["labels"]["app"]
                 uid = f"Kubernetes//Pod/{namespace}/{meta['name']}"
                 keys = list(listed.get((namespace, app), []))

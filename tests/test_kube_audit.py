@@ -16,6 +16,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from kube_fakes import (
     pod_json,
     status_exit,
 )
+from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
 from pytest_meshconform.audit.engine import run_audit
 from pytest_meshconform.audit.exceptions import load_exceptions
@@ -102,7 +104,10 @@ class AuditCluster(FakeCluster):
     def _schedule(self, deployment: Mapping[str, Any]) -> None:
         super()._schedule(deployment)
         template = deployment["spec"]["template"]["metadata"]
-        if (template.get("annotations") or {}).get("sidecar.istio.io/inject") == "false":
+        ambient = (template.get("labels") or {}).get("istio.io/dataplane-mode") == "ambient"
+        if (template.get("annotations") or {}).get("sidecar.istio.io/inject") == "false" and (
+            not ambient  # FakeCluster enrols it as istio-cni would
+        ):
             namespace = deployment["metadata"]["namespace"]
             app = deployment["metadata"]["name"]
             self.pods[namespace] = [
@@ -776,3 +781,45 @@ def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) 
     }
     assert [p["headless"] for p in report["ports"]] == [True, True]
     assert report["result"] == "success"
+
+
+# --- ambient ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+def test_a_cluster_running_ztunnel_gets_the_ambient_probe(tmp_path: Path) -> None:
+    """Where ztunnel runs, the audit's namespace also gets ``probe-ambient``: no sidecar, the
+    pod labelled ``istio.io/dataplane-mode=ambient`` (the namespace is injected for the
+    sidecar probe), enrolled by istio-cni and held by its node's ztunnel before the audit
+    begins. Without ztunnel there is none (the test above: two probes)."""
+    cluster = AuditCluster(ztunnel=True)
+    with FakeApiServer(exec_handler=AuditIstio(cluster)) as server:
+        server.port_forward_handler = FakeZtunnel(cluster)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
+        mesh = KubeAuditMesh(
+            cluster,
+            options=KubeOptions(
+                ready_timeout=timedelta(seconds=20), propagation_timeout=timedelta(seconds=30)
+            ),
+            progress=lambda line: None,
+            run_dir=tmp_path,
+            run_id="a1b2c3",
+        )
+        mesh.start()
+        try:
+            probes = [w for w in mesh.workloads() if w.namespace == mesh.audit_namespace]
+            assert [(w.name, w.dataplane) for w in probes] == [
+                ("probe", "sidecar"),
+                ("probe-naked", "none"),
+                ("probe-ambient", "ambient"),
+            ]
+            deployment = cluster.get("apps/v1", "Deployment", mesh.audit_namespace, "probe-ambient")
+            assert deployment is not None
+            template = deployment["spec"]["template"]["metadata"]
+            assert template["labels"]["istio.io/dataplane-mode"] == "ambient"
+            assert template["annotations"] == {"sidecar.istio.io/inject": "false"}
+            assert server.port_forwards  # its ztunnel was read before the audit began
+        finally:
+            mesh.close()

@@ -5,7 +5,9 @@ whose Services are the cluster's, read from the API (namespaces, Services, pods,
 policies: PeerAuthentication, DestinationRule, AuthorizationPolicy; nothing of the user's is
 ever written). It creates one namespace of its own,
 ``meshconform-audit-<run>`` (injected), with the two probes of `audit.probes` (`probe` with a
-sidecar, `probe-naked` with ``sidecar.istio.io/inject: "false"``), execs curl / bash in them,
+sidecar, `probe-naked` with ``sidecar.istio.io/inject: "false"``) and, when the cluster runs
+ztunnel, ``probe-ambient`` (no sidecar, the pod labelled ``istio.io/dataplane-mode=ambient``:
+istio-cni enrols it, ztunnel tunnels its requests over HBONE), execs curl / bash in them,
 captures at the probe with the kube backend's ephemeral tcpdump container, and deletes the
 namespace at the end. `cluster_topology` (pure) turns the API's JSON into workloads and
 Services, naming what it cannot audit.
@@ -35,10 +37,15 @@ from pytest_meshconform.backends.kube.topology import (
     RunNamespaces,
     run_labels,
 )
+from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import MeshError, Service, Workload
 
 __all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_topology"]
+
+# the audit's ambient probe (`audit.probes`' name for it): enrolled by its own pod label, since
+# the audit's namespace is injected for the sidecar probe
+AMBIENT_PROBE_NAME: Final = "probe-ambient"
 
 # Never audited: Kubernetes' own namespaces (the Istio namespace is added at run time).
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
@@ -208,7 +215,9 @@ class KubeAuditMesh(KubeMesh):
             run_dir=run_dir,
         )
         self.audit_namespace = f"{AUDIT_NAMESPACE}-{self.names.run_id}"
-        self._probes = probe_workloads(self.audit_namespace, service_account="default")
+        self._probes: tuple[Workload, ...] = probe_workloads(
+            self.audit_namespace, service_account="default"
+        )
         self._workloads = self._probes
         self._services = ()
         self.not_audited: tuple[str, ...] = ()
@@ -274,10 +283,15 @@ class KubeAuditMesh(KubeMesh):
             }
         )
         self._created_namespaces.append(self.audit_namespace)
+        if self.runs_ztunnel:  # the mesh probe of ambient endpoints: HBONE through ztunnel
+            self._probes = (*self._probes, self._ambient_probe())
+            self._workloads = self._probes
         for probe in self._probes:
             template: dict[str, Any] = {"labels": {"app": probe.app, **run_labels(self.names)}}
             if not probe.has_sidecar:
                 template["annotations"] = {"sidecar.istio.io/inject": "false"}
+            if probe.ambient:
+                template["labels"][DATAPLANE_MODE_LABEL] = "ambient"
             self.api.apply(
                 {
                     "apiVersion": "apps/v1",
@@ -307,6 +321,19 @@ class KubeAuditMesh(KubeMesh):
                     },
                 }
             )
+
+    def _ambient_probe(self) -> Workload:
+        """A curl client enrolled in ambient (its pod label), under the namespace's default
+        service account as the other probes."""
+        return Workload(
+            name=AMBIENT_PROBE_NAME,
+            namespace=self.audit_namespace,
+            app=AMBIENT_PROBE_NAME,
+            service_account="default",
+            has_sidecar=False,
+            labels={"app": AMBIENT_PROBE_NAME, DATAPLANE_MODE_LABEL: "ambient"},
+            ambient=True,
+        )
 
     def _read_root_cert(self) -> str:
         config_map = self.api.read_config_map(self.audit_namespace, "istio-ca-root-cert")

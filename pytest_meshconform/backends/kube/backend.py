@@ -145,6 +145,7 @@ class KubeMesh(KubeCapture, KubePropagation):
         self._istiod: IstiodInfo | None = None
         self._istiod_revisions: tuple[str, ...] = ()
         self.ambient_found: str | None = None  # what of ambient the cluster runs (header)
+        self.runs_ztunnel = False  # ztunnel pods in Istio's namespace (after start)
         self._mesh_config: MeshConfigInfo | None = None
         self._root_pem: str | None = None
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -323,6 +324,7 @@ class KubeMesh(KubeCapture, KubePropagation):
             self._progress(f"could not look for ztunnel and istio-cni in {namespace}: {error}")
             return None
         labelled: list[str] | None = None
+        self.runs_ztunnel = bool(ztunnels)
         if ztunnels or cni:
             try:
                 labelled = [

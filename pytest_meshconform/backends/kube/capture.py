@@ -128,7 +128,7 @@ class KubeCapture(KubeLifecycle):
             image = pod_proxy_image(self._pod(workload)) if workload.has_sidecar else None
             if image and is_distroless_image(image):
                 raise MeshError(_distroless(f"the proxy image of {workload.key}", image))
-        if any(w.ambient for w in self._workloads):
+        if not any(w.has_sidecar for w in self._workloads):  # nothing to borrow from
             found = self._mesh_proxy_image()
             if found is not None and is_distroless_image(found[0]):
                 raise MeshError(
