@@ -42,8 +42,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check that a cluster can run meshconform; each finding names its fix",
         description="The checks an existing-cluster run makes before any test: Istio and its"
         " revisions and tags, the injection label, discoverySelectors, the certificate TTL,"
-        " native sidecars, the proxy image, trust and DNS domains, Pod Security, and every"
-        " permission the run needs. Exit status: 0 a run can go, 1 a finding would break it,"
+        " native sidecars, the proxy image, trust and DNS domains, Pod Security, ztunnel and"
+        " istio-cni for ambient runs, and every permission the run needs. Exit status: 0 a run can go, 1 a finding would break it,"
         " 2 interrupted, 4 bad usage or no cluster to check.",
     )
     doctor.add_argument(
