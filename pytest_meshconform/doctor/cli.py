@@ -43,8 +43,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="The checks an existing-cluster run makes before any test: Istio and its"
         " revisions and tags, the injection label, discoverySelectors, the certificate TTL,"
         " native sidecars, the proxy image, trust and DNS domains, Pod Security, ztunnel and"
-        " istio-cni for ambient runs, and every permission the run needs. Exit status: 0 a run can go, 1 a finding would break it,"
-        " 2 interrupted, 4 bad usage or no cluster to check.",
+        " istio-cni for ambient runs, and every permission the run needs. Exit status: 0 a run"
+        " can go, 1 a finding would break it, 2 interrupted, 4 bad usage or no cluster to"
+        " check.",
     )
     doctor.add_argument(
         "--mesh-cluster",
