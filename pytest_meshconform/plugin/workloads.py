@@ -15,8 +15,9 @@ protocol as Istio selects it, `pytest_meshconform.istio.protocol_of`). Anything 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Final, Literal, final
 from urllib.parse import urlsplit
 
 import pytest
@@ -214,6 +215,22 @@ class WorkloadHandle:
         `url`). A port the Service does not expose raises `ServicePortError` before anything
         is sent; `port=` with a URL is a usage error (the URL carries its port)."""
         __tracebackhide__ = True
+        request = self._curl_request(target, port, method, headers, data, timeout, path)
+        return self._curl_result(request, self.mesh.exec(self.workload, request.argv, timeout + 5))
+
+    def _curl_request(
+        self,
+        target: str | WorkloadHandle,
+        port: int | str | None,
+        method: str,
+        headers: Mapping[str, str] | None,
+        data: str | None,
+        timeout: float,
+        path: str,
+    ) -> _CurlRequest:
+        """What `curl` runs: the URL, the server behind it, curl's argv (touching both in the
+        test's observations); a port the Service lacks raises here, before anything is sent."""
+        __tracebackhide__ = True
         if isinstance(target, WorkloadHandle):
             url = target.url(path, port=port)
             server: str | None = target.key
@@ -227,13 +244,17 @@ class WorkloadHandle:
             server = self._workload_of(url)
         self.evidence.observed.touch(self.key, server)
         argv = curl_argv(url, method=method, headers=headers, data=data, timeout=timeout)
-        result = self.mesh.exec(self.workload, argv, timeout + 5)
+        return _CurlRequest(self, url, server, argv, timeout + 5)
+
+    def _curl_result(self, request: _CurlRequest, result: ExecResult) -> HttpResult:
+        """curl's answer read, and recorded in the test's observations (and evidence)."""
+        url = request.url
         http = parse_curl_output(url, self.key, result.returncode, result.stdout, result.stderr)
         new = self.evidence.observed.add_request(
             RequestRecord(
                 client=self.key,
                 url=url,
-                server=server,
+                server=request.server,
                 status=http.status,
                 exit_code=http.exit_code,
                 outcome=_outcome_of(http),
@@ -377,6 +398,61 @@ class WorkloadHandle:
             lines = [grpc.describe(), *(f"{k}: {v}" for k, v in grpc.server_metadata)]
             self.evidence.add_text(f"grpc {self.key} -> grpc://{grpc.target}", "\n".join(lines))
         return grpc
+
+
+CALLS_AT_ONCE: Final = 4
+"""How many of a table's calls `curl_concurrently` has in flight at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CurlRequest:
+    client: WorkloadHandle
+    url: str
+    server: str | None  # the workload behind the URL, when one is
+    argv: list[str]
+    exec_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CurlCall:
+    """One request of `curl_concurrently`: what `client.curl(target, port=, method=, path=)`
+    takes."""
+
+    client: WorkloadHandle
+    target: str | WorkloadHandle
+    port: int | str | None = None
+    method: str = "GET"
+    path: str = "/headers"
+    timeout: float = 10.0
+
+
+def curl_concurrently(calls: Sequence[CurlCall]) -> list[HttpResult]:
+    """`client.curl(...)` for every call, each from its client's pod as `curl` makes it, up to
+    CALLS_AT_ONCE in flight at once; results (and the test's observations) in the calls' order.
+
+    Every URL and port is resolved before anything is sent (a port a Service lacks raises
+    first); the requests are independent (each its own curl, from its own pod), so only the
+    wall time changes: the observations and evidence are recorded afterwards, in order, as
+    one call after the other would have recorded them.
+    """
+    __tracebackhide__ = True
+    requests = [
+        c.client._curl_request(c.target, c.port, c.method, None, None, c.timeout, c.path)
+        for c in calls
+    ]
+
+    def run(request: _CurlRequest) -> ExecResult:
+        client = request.client
+        return client.mesh.exec(client.workload, request.argv, request.exec_timeout)
+
+    if len(requests) < 2:
+        answers = [run(r) for r in requests]
+    else:
+        with ThreadPoolExecutor(
+            min(CALLS_AT_ONCE, len(requests)), thread_name_prefix="meshconform-calls"
+        ) as pool:
+            answers = list(pool.map(run, requests))
+    return [r.client._curl_result(r, a) for r, a in zip(requests, answers, strict=True)]
 
 
 def _outcome_of(http: HttpResult) -> str:

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -263,10 +263,17 @@ class LocalLifecycle(SidecarAgent):
             state = self._require_state()
             ids = proxy_ids(host.allocate_proxy_ids(state), self.topology)
             self._pods = create_namespaces(state, self.topology, ids)
-            self._write_initial_config()
-            self._start_envoys()
-            self._start_apps()
-            wire_network(self.run_id, self.topology, ids)
+            # The network is wired (ip, iptables-restore: other processes) while this thread
+            # writes the config and starts the Envoys and apps; nothing of them needs it
+            # before they are ready, and the mesh is ready only once both are done.
+            with ThreadPoolExecutor(1, thread_name_prefix="meshconform-wire") as wiring:
+                wired = wiring.submit(wire_network, self.run_id, self.topology, ids)
+                try:
+                    self._start_apps()  # forked once the launcher has imported httpbin
+                    self._write_initial_config()  # each Envoy started once its files are
+                finally:
+                    wired.exception()  # never torn down while it is still wiring
+                wired.result()
             self._wait_ready()
             self._agent = threading.Thread(
                 target=self._rotation_agent, name="meshconform-agent", daemon=True
@@ -358,6 +365,11 @@ class LocalLifecycle(SidecarAgent):
         The process is recorded by that thread too, as soon as it exists: a KeyboardInterrupt
         (SIGTERM) in the caller while it waits cannot leave a process the teardown misses.
         """
+        return _started(argv, self._popen_soon(argv, **options))
+
+    def _popen_soon(self, argv: list[str], **options: Any) -> Future[subprocess.Popen[bytes]]:
+        """`_popen` without waiting: the process, once the mesh's thread has started it
+        (`_started` reads the future)."""
         if self._spawner is None:
             raise MeshError("the local mesh is not running (call start() first)")
         state = self._require_state()
@@ -367,10 +379,7 @@ class LocalLifecycle(SidecarAgent):
             state.add_pid(proc.pid)
             return proc
 
-        try:
-            return self._spawner.submit(spawn).result()
-        except OSError as exc:
-            raise MeshError(f"cannot start `{' '.join(argv)}`: {exc}") from exc
+        return self._spawner.submit(spawn)
 
     def _kept_message(self, state: host.RunState) -> str:
         sleeper = next(
@@ -449,36 +458,56 @@ class LocalLifecycle(SidecarAgent):
         # RSA 2048 for the sidecars, made in parallel, not one by one (ztunnel's are EC P-256,
         # made on the spot in `_issue_cert`)
         keys = ca.workload_keys(sum(isinstance(plan, SidecarPlan) for plan in plans.values()))
-        for key, plan in plans.items():
-            runtime = self._pods[key]
-            paths = runtime.paths
-            for sub in (paths.lds.parent, paths.cds.parent, paths.sds_dir):
-                sub.mkdir(parents=True, exist_ok=True)
-            owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
-            # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
-            write_text(paths.access_log, "", owner=owner)
-            if isinstance(plan, ZtunnelPlan):
-                config = ztunnel_bootstrap(runtime.pod, paths)
-            elif isinstance(plan, WaypointPlan):
-                config = waypoint_bootstrap(runtime.pod, paths)
-            else:
-                config = xds.bootstrap(runtime.pod, paths)
-                if plan.hbone_tunnels:  # its connect_originate listeners are internal
-                    config = with_internal_listeners(config)
-            write_json(paths.bootstrap, config, owner=owner)
-            write_json(
-                paths.sds(ROOT_SECRET),
-                xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
-                owner=owner,
-            )
-            self._issue_cert(runtime, keys.pop() if isinstance(plan, SidecarPlan) else None)
-            render(runtime, plan)
-            for path in paths.root.rglob("*"):
-                os.chown(path, *owner)
-                if path.is_dir():
-                    os.chmod(path, host.PRIVATE_DIR_MODE)
-            os.chown(paths.root, *owner)
-            os.chmod(paths.root, host.PRIVATE_DIR_MODE)
+        starting: list[tuple[PodRuntime, list[str], IO[bytes], Future[subprocess.Popen[bytes]]]]
+        starting = []
+        try:
+            for key, plan in plans.items():
+                runtime = self._pods[key]
+                self._write_pod_config(runtime, plan, ca, keys)
+                # Its Envoy starts (from the mesh's thread) while the next pod's files are
+                # written.
+                starting.append((runtime, *self._start_envoy(runtime)))
+        finally:  # every process asked for is started (and recorded) before this returns
+            for runtime, argv, log, future in starting:
+                try:
+                    runtime.envoy = _started(argv, future)
+                finally:
+                    log.close()
+
+    def _write_pod_config(
+        self,
+        runtime: PodRuntime,
+        plan: SidecarPlan | ZtunnelPlan | WaypointPlan,
+        ca: MeshCA,
+        keys: list[WorkloadPrivateKey],
+    ) -> None:
+        """One Envoy's directories and files: bootstrap, SDS (root, its certificate), CDS, LDS."""
+        paths = runtime.paths
+        owner = runtime.proxy_owner  # this pod's Envoy, no other pod's
+        # Its directories are its Envoy's, 0700; every file in them is written as its
+        # Envoy's, 0600, by `write_text`.
+        for sub in (paths.root, paths.lds.parent, paths.cds.parent, paths.sds_dir):
+            sub.mkdir(mode=host.PRIVATE_DIR_MODE)
+            os.chown(sub, *owner)
+            os.chmod(sub, host.PRIVATE_DIR_MODE)  # whatever the umask
+        # Envoy appends to it: made first, so it is 0600 and not Envoy's default 0644.
+        write_text(paths.access_log, "", owner=owner)
+        if isinstance(plan, ZtunnelPlan):
+            config = ztunnel_bootstrap(runtime.pod, paths)
+        elif isinstance(plan, WaypointPlan):
+            config = waypoint_bootstrap(runtime.pod, paths)
+        else:
+            config = xds.bootstrap(runtime.pod, paths)
+            if plan.hbone_tunnels:  # its connect_originate listeners are internal
+                config = with_internal_listeners(config)
+        write_json(paths.bootstrap, config, owner=owner)
+        write_json(
+            paths.sds(ROOT_SECRET),
+            xds.secret_resources(ROOT_SECRET, root_pem=ca.root_pem),
+            owner=owner,
+        )
+        self._issue_cert(runtime, keys.pop() if isinstance(plan, SidecarPlan) else None)
+        render(runtime, plan)
 
     def _issue_cert(self, runtime: PodRuntime, key: WorkloadPrivateKey | None = None) -> None:
         """A new certificate for the pod's proxy (its sidecar, or its ztunnel: an ECDSA P-256
@@ -502,53 +531,49 @@ class LocalLifecycle(SidecarAgent):
             else (ztunnel_refresh_at if ambient else rotation_time)(cert.not_before, cert.not_after)
         )
 
-    def _spawn(
-        self, runtime: PodRuntime, argv: list[str], log_name: str
-    ) -> subprocess.Popen[bytes]:
-        log = _private_log(runtime.directory / log_name)
+    def _start_envoy(
+        self, runtime: PodRuntime
+    ) -> tuple[list[str], IO[bytes], Future[subprocess.Popen[bytes]]]:
+        """Start the pod's Envoy (its own uid) from the mesh's thread: its argv, its open log
+        (the caller closes it once the process exists) and the future process."""
+        argv = host.in_netns(
+            runtime.netns,
+            [
+                "setpriv",
+                f"--reuid={runtime.proxy_id}",
+                f"--regid={runtime.proxy_id}",
+                f"--groups={PROXY_GID}",  # to traverse the run directory only
+                *self._pdeathsig(),
+                str(self._envoy_path),
+                "-c",
+                str(runtime.paths.bootstrap),
+                "--disable-hot-restart",
+                "--concurrency",
+                str(ENVOY_CONCURRENCY),
+                "--drain-time-s",
+                str(ENVOY_DRAIN_TIME_S),
+                "--drain-strategy",
+                "immediate",
+                "--file-flush-interval-msec",
+                str(ENVOY_FILE_FLUSH_MS),
+                "--log-level",
+                "warning",
+            ],
+        )
+        log = _private_log(runtime.directory / "envoy.log")
         try:
-            proc = self._popen(
-                host.in_netns(runtime.netns, argv),
+            future = self._popen_soon(
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not theirs
                 env=self._env,
             )
-        finally:
+        except BaseException:
             log.close()
-        return proc
-
-    def _start_envoys(self) -> None:
-        envoy = str(self._envoy_path)
-        for runtime in self._pods.values():
-            if runtime.proxy_id is None:  # neither a sidecar nor ambient (ztunnel's Envoy)
-                continue
-            runtime.envoy = self._spawn(
-                runtime,
-                [
-                    "setpriv",
-                    f"--reuid={runtime.proxy_id}",
-                    f"--regid={runtime.proxy_id}",
-                    f"--groups={PROXY_GID}",  # to traverse the run directory only
-                    *self._pdeathsig(),
-                    envoy,
-                    "-c",
-                    str(runtime.paths.bootstrap),
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    str(ENVOY_CONCURRENCY),
-                    "--drain-time-s",
-                    str(ENVOY_DRAIN_TIME_S),
-                    "--drain-strategy",
-                    "immediate",
-                    "--file-flush-interval-msec",
-                    str(ENVOY_FILE_FLUSH_MS),
-                    "--log-level",
-                    "warning",
-                ],
-                "envoy.log",
-            )
+            raise
+        return argv, log, future
 
     def _start_apps(self) -> None:
         """Hand every serving pod (httpbin, tcp-echo) to the launcher; it forks one app per pod
@@ -692,6 +717,14 @@ class LocalLifecycle(SidecarAgent):
                     f"the app launcher exited with {self._launcher.returncode} before starting"
                     f" the app of {runtime.key}: {self._launcher_log_tail()}"
                 )
+
+
+def _started(argv: list[str], future: Future[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """The process `_popen_soon` started; a MeshError naming the command when it could not."""
+    try:
+        return future.result()
+    except OSError as exc:
+        raise MeshError(f"cannot start `{' '.join(argv)}`: {exc}") from exc
 
 
 def _private_log(path: Path) -> IO[bytes]:
