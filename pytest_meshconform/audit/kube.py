@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
+from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, ambient_probe, probe_workloads
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.kube.client import KubeApiError
 from pytest_meshconform.backends.kube.lifecycle import (
@@ -42,10 +42,6 @@ from pytest_meshconform.istio.injection import injection_labels
 from pytest_meshconform.mesh import MeshError, Service, Workload
 
 __all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_topology"]
-
-# the audit's ambient probe (`audit.probes`' name for it): enrolled by its own pod label, since
-# the audit's namespace is injected for the sidecar probe
-AMBIENT_PROBE_NAME: Final = "probe-ambient"
 
 # Never audited: Kubernetes' own namespaces (the Istio namespace is added at run time).
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
@@ -323,16 +319,14 @@ class KubeAuditMesh(KubeMesh):
             )
 
     def _ambient_probe(self) -> Workload:
-        """A curl client enrolled in ambient (its pod label), under the namespace's default
-        service account as the other probes."""
-        return Workload(
-            name=AMBIENT_PROBE_NAME,
-            namespace=self.audit_namespace,
-            app=AMBIENT_PROBE_NAME,
+        """`audit.probes`' ambient probe, under the namespace's default service account as the
+        other probes, its pod labelled ``istio.io/dataplane-mode=ambient`` (the namespace is
+        injected for the sidecar probe, so the pod enrols itself)."""
+        probe = ambient_probe(self.audit_namespace)
+        return replace(
+            probe,
             service_account="default",
-            has_sidecar=False,
-            labels={"app": AMBIENT_PROBE_NAME, DATAPLANE_MODE_LABEL: "ambient"},
-            ambient=True,
+            labels={**probe.labels, DATAPLANE_MODE_LABEL: "ambient"},
         )
 
     def _read_root_cert(self) -> str:
