@@ -16,8 +16,10 @@ Tests that set their own `max_examples` keep it under either profile.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,3 +57,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # meshconform's own tests run meshconform in subprocesses (many with test-only faults): their
 # reports must not land in a CI job's step summary. A test that checks that summary sets it.
 os.environ.pop("GITHUB_STEP_SUMMARY", None)
+
+
+def _import_every_module() -> None:
+    """Import every meshconform module once, before any test runs.
+
+    pytester's in-process runs restore `sys.modules` afterwards: a module first imported inside
+    one is dropped, and the next import makes a second copy of it. A monkeypatch on one copy and
+    a call through the other (or an identity check across them) then fail or pass depending on
+    the order the tests ran in. Imported here, every module is in the snapshot pytester keeps.
+    """
+    import pytest_meshconform
+
+    for info in pkgutil.walk_packages(pytest_meshconform.__path__, "pytest_meshconform."):
+        if not info.name.startswith("pytest_meshconform.conformance"):
+            importlib.import_module(info.name)
+
+
+_import_every_module()
