@@ -23,8 +23,7 @@ from typing import Any, Final
 
 from pytest_meshconform.backends.local.waypoint import (
     INTERNAL_LISTENER_TYPE,
-    INTERNAL_UPSTREAM_TYPE,
-    RAW_BUFFER_TYPE,
+    internal_cluster,
 )
 from pytest_meshconform.backends.local.xds import SidecarPaths
 from pytest_meshconform.backends.local.ztunnel import access_log, hbone_client_tls
@@ -79,37 +78,10 @@ def hbone_clusters(
     for cluster in copy.deepcopy(clusters):
         end = by_name.get(cluster["name"])
         if end is not None:
-            cluster.pop("transport_socket", None)
-            cluster["type"] = "STATIC"
+            internal = internal_cluster(cluster["name"], _originate(*end))
             cluster.pop("lb_policy", None)
-            cluster["load_assignment"] = {
-                "cluster_name": cluster["name"],
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "envoy_internal_address": {
-                                            "server_listener_name": _originate(*end)
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            }
-            cluster["transport_socket"] = {
-                "name": "envoy.transport_sockets.internal_upstream",
-                "typed_config": {
-                    "@type": INTERNAL_UPSTREAM_TYPE,
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.raw_buffer",
-                        "typed_config": {"@type": RAW_BUFFER_TYPE},
-                    },
-                },
-            }
+            for key in ("type", "load_assignment", "transport_socket"):
+                cluster[key] = internal[key]
         result.append(cluster)
     for ip in sorted({ip for ip, _ in tunnels.values()}):
         result.append(

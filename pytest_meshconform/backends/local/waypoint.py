@@ -307,7 +307,10 @@ def waypoint_listeners(plan: WaypointPlan, paths: SidecarPaths) -> list[dict[str
     return result
 
 
-def _internal_cluster(name: str, listener: str) -> dict[str, Any]:
+def internal_cluster(name: str, listener: str) -> dict[str, Any]:
+    """A cluster whose one endpoint is the internal listener ``listener`` of the same Envoy
+    (`envoy_internal_address`, raw bytes over the internal upstream socket): the waypoint's
+    way into `main_internal` and its `connect_originate` listeners, and the sidecars' HBONE."""
     return {
         "@type": CLUSTER_TYPE,
         "name": name,
@@ -343,10 +346,10 @@ def _internal_cluster(name: str, listener: str) -> dict[str, Any]:
 
 
 def waypoint_clusters(plan: WaypointPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
-    result = [_internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL)]
+    result = [internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL)]
     endpoints: dict[str, str] = {}
     for route in plan.routes:
-        result.append(_internal_cluster(route.cluster, route.originate))
+        result.append(internal_cluster(route.cluster, route.originate))
         endpoints[route.endpoint_ip] = route.endpoint_identity
     for ip, identity in sorted(endpoints.items()):
         result.append(hbone_cluster(f"hbone|{ip}", ip, identity, paths))
