@@ -90,7 +90,12 @@ def _discovery_text(version: int, resources_json: str) -> str:
 
 def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan | WaypointPlan) -> bool:
     """Write the Envoy's CDS then LDS when they changed (a sidecar's, an ambient pod's
-    ztunnel's or a waypoint's); True when anything was written."""
+    ztunnel's or a waypoint's); True when anything was written.
+
+    Equal plans render equal config (`xds.SidecarPlan`): the plan last rendered is not
+    rendered again (most pods' plans stay the same across a policy change)."""
+    if plan == runtime.plan:
+        return False
     changed = False
     if isinstance(plan, WaypointPlan):
         clusters, listeners = (
@@ -127,6 +132,7 @@ def render(runtime: PodRuntime, plan: xds.SidecarPlan | ZtunnelPlan | WaypointPl
             owner=runtime.proxy_owner,
         )
         changed = True
+    runtime.plan = plan
     return changed
 
 

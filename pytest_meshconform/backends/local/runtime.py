@@ -26,6 +26,7 @@ class PodRuntime:
     cds_version: int = 0
     lds_doc: str = ""
     cds_doc: str = ""
+    plan: object = None  # the plan lds_doc and cds_doc were rendered from (`delivery.render`)
     rejected_seen: int = 0  # LDS+CDS rejections and listener create failures already reported
     cert: IssuedCert | None = None
     next_rotation: dt.datetime | None = None
