@@ -7,7 +7,10 @@ captures are the pcaps recorded at the real audit probe of the local mesh
 (`tests/data/kube/audit-probe-httpbin.*-8000.pcap`, see that README); curl answers as curl
 8.x prints (`-i` head and body, then the `-w %{json}` write-out), a STRICT server's reset as
 curl's exit 56. Expected: Istio's authn-policy task (STRICT refuses plaintext, PERMISSIVE
-accepts it) and that the audit writes nothing but its own namespace.
+accepts it) and that the audit writes nothing but its own namespace. The mesh probe by pod
+IP replays what the local audit's probe captured and printed for the same headless Service
+(`tests/data/kube/audit-probe-pod-kv.stock-*`), and expects the local audit's verdicts
+(tests/test_audit_headless.py; docs/istio-model.md, "Traffic to a pod IP").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -676,17 +680,36 @@ STOCK_STRICT = {
 }
 
 
+# the local audit's probe (10.244.0.12) and kv (10.244.0.10), where the captures were recorded
+KV_IP = "10.244.0.10"
+# what curl printed in the local audit's sidecar probe when it asked kv by pod IP
+# (tests/data/kube/README.md): the URL or telnet:// target -> returncode, stdout, stderr
+KV_BY_POD_IP: dict[str, dict[str, Any]] = json.loads(
+    (DATA_DIR / "audit-probe-pod-kv.stock-exec.json").read_text()
+)
+# the order of the audit's captures at its probe: the Service ports, then the pod ports by pod IP
+KV_CAPTURES = (
+    "kv-peers.stock-8080",
+    "kv-peers.stock-7000",
+    "pod-kv.stock-7000",
+    "pod-kv.stock-8080",
+)
+
+
 class KvIstio(AuditIstio):
     """curl as a STRICT sidecar behind a headless Service answers: the naked probe's plaintext
-    reset (exit 56) on both ports, the mesh probe's request answered (HTTP 200 on 8080,
-    tcp-echo's ``hello <line>`` on 7000). Captures: the pcaps recorded at the local audit's
-    probe with the same Service and policy (tests/data/kube/README.md)."""
+    reset (exit 56) on both ports, the mesh probe's request by name answered (HTTP 200 on 8080,
+    tcp-echo's ``hello <line>`` on 7000), its request by pod IP as curl printed it in the local
+    audit's probe. Captures: the pcaps recorded at the local audit's probe with the same
+    Service and policy (tests/data/kube/README.md); ``empty``: captures that saw nothing."""
+
+    empty: frozenset[str] = frozenset()
 
     def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
         if call.container == "mc-capture":
-            self.capture_pcap = (
-                DATA_DIR / f"audit-probe-kv-peers.stock-{self.next_target}.pcap"
-            ).read_bytes()
+            recorded = (DATA_DIR / f"audit-probe-{self.next_target}.pcap").read_bytes()
+            # a pcap's global header is 24 bytes: the same file without a packet
+            self.capture_pcap = recorded[:24] if self.next_target in self.empty else recorded
             self.capture_stderr = b"tcpdump: listening on eth0\n12 packets captured\n"
             FakeIstio.__call__(self, call, channel)
             return
@@ -698,19 +721,29 @@ class KvIstio(AuditIstio):
             channel.send(1, marker.encode() + b'{"http_code":0}')
             channel.send_status(status_exit(56))
             return
+        target = next((a for a in call.command if a.startswith("telnet://")), call.command[-1])
+        by_pod_ip = KV_BY_POD_IP.get(target)
+        if by_pod_ip is not None:
+            channel.send(2, by_pod_ip["stderr"].encode())
+            channel.send(1, by_pod_ip["stdout"].encode())
+            code = by_pod_ip["returncode"]
+            channel.send_status(
+                status_exit(code) if code else {"metadata": {}, "status": "Success"}
+            )
+            return
         if tcp:
-            channel.send(2, b"* Connected to kv-peers.stock (10.244.3.7) port 7000\n")
+            channel.send(2, f"* Connected to kv-peers.stock ({KV_IP}) port 7000\n".encode())
             channel.send(1, b"hello meshconform-audit\n" + TCP_WRITE_OUT_MARKER.encode() + b"{}")
             channel.send_status({"metadata": {}, "status": "Success"})
             return
         super().__call__(call, channel)
 
 
-def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) -> None:
-    """A StatefulSet's headless Service (clusterIP None, the ports are the container ports) is
-    probed by its name, as the local audit does (tests/test_audit_headless.py): under STRICT
-    both ports refuse plaintext and take the mesh probe's mTLS, with Istio's SNI for the
-    headless host on the recorded wire."""
+@contextmanager
+def _kv_cluster(tmp_path: Path, empty: frozenset[str] = frozenset()) -> Iterator[AuditCluster]:
+    """A cluster running a StatefulSet-like kv (one pod, ports 8080 and 7000 in its spec)
+    behind the headless Service kv-peers, namespace stock STRICT; its API server runs for the
+    block, its probes answer as `KvIstio`."""
     fake = AuditCluster()
     for namespace in ("foo", "bar"):
         del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
@@ -725,18 +758,18 @@ def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) 
             "spec": {"clusterIP": "None", "selector": {"app": "kv"}, "ports": KV_PEERS_PORTS},
         }
     ]
-    kv = pod_json("kv-0", "stock", "kv", sidecar=True)
-    kv["status"]["podIP"] = "10.244.3.7"
+    kv = pod_json("kv-0", "stock", "kv", sidecar=True, pod_ip=KV_IP)
     kv["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}, {"containerPort": 7000}]
     fake.pods["stock"] = [kv]
     fake.apply(STOCK_STRICT)
     fake.calls.clear()
     istio = KvIstio(fake)
+    istio.empty = empty
     with FakeApiServer(exec_handler=istio) as server:
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(kubeconfig_text(server.url))
         fake.exec_api = KubeApi.connect(kubeconfig, "fake")
-        targets = iter(["8080", "7000"])
+        targets = iter(KV_CAPTURES)
         original = fake.open_exec
 
         def open_exec(
@@ -747,6 +780,15 @@ def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) 
             return original(namespace, pod, container, argv, stdin=stdin)
 
         fake.open_exec = open_exec  # type: ignore[method-assign]
+        yield fake
+
+
+def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) -> None:
+    """A StatefulSet's headless Service (clusterIP None, the ports are the container ports) is
+    probed by its name, as the local audit does (tests/test_audit_headless.py): under STRICT
+    both ports refuse plaintext and take the mesh probe's mTLS, with Istio's SNI for the
+    headless host on the recorded wire."""
+    with _kv_cluster(tmp_path) as fake:
         mesh = KubeAuditMesh(
             fake,
             options=KubeOptions(),
@@ -823,3 +865,103 @@ def test_a_cluster_running_ztunnel_gets_the_ambient_probe(tmp_path: Path) -> Non
             assert server.port_forwards  # its ztunnel was read before the audit began
         finally:
             mesh.close()
+
+
+def _audit_command(
+    fake: AuditCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
+    """``meshconform audit --mesh-cluster=existing --require=STRICT --report`` on ``fake``:
+    its exit status and JSON report."""
+    from pytest_meshconform.backends.kube import client as kube_client, kind as kube_kind
+    from pytest_meshconform.cli import main
+
+    monkeypatch.setattr(
+        kube_kind, "resolve_context", lambda name: kube_kind.ResolvedContext(name, None)
+    )
+    monkeypatch.setattr(kube_client.KubeApi, "connect", lambda *a, **k: fake)
+    report = tmp_path / "audit.json"
+    argv = ["audit", "--mesh-cluster=existing", "--mesh-kube-context=fake", "--require=STRICT"]
+    code = main([*argv, "--report", str(report)])
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
+    return code, data
+
+
+def test_the_mesh_probe_asks_each_pod_of_a_cluster_by_its_ip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a cluster, as on the local mesh (tests/test_audit_headless.py), the audit's sidecar
+    probe also asks every pod port by pod IP, captured at the probe, and the wire must show
+    what Istio's config predicts (docs/istio-model.md, "Traffic to a pod IP"): the headless
+    Service's TCP port 7000 has a per-pod listener, so mTLS with the Service's SNI, answered;
+    its HTTP port 8080 has none for the pod IP, so the PassthroughCluster in plaintext, which
+    the STRICT sidecar resets (the probe's Envoy answers 503). The same verdicts and fields as
+    the local audit's, from the wire recorded there."""
+    with _kv_cluster(tmp_path) as fake:
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    pods = {p["port"]: p for p in data["podPorts"]}
+    mesh_probes = {n: p["meshProbe"] for n, p in pods.items()}
+    assert {n: (m["cluster"], m["tls"], m["admitted"]) for n, m in mesh_probes.items()} == {
+        7000: ("outbound|7000||kv-peers.stock.svc.cluster.local", True, True),
+        8080: ("PassthroughCluster", False, False),
+    }
+    assert mesh_probes[7000]["sni"] == "outbound_.7000_._.kv-peers.stock.svc.cluster.local"
+    assert (mesh_probes[7000]["target"], mesh_probes[7000]["outcome"]) == (
+        "tcp://10.244.0.10:7000",
+        "answered",
+    )
+    assert (mesh_probes[8080]["target"], mesh_probes[8080]["outcome"]) == (
+        "http://10.244.0.10:8080",
+        "HTTP 503",  # the probe's sidecar: upstream reset
+    )
+    assert [m["expectedTls"] for m in mesh_probes.values()] == [True, False]
+    assert [m["flows"] for m in mesh_probes.values()] == [1, 1]
+    evidence = tmp_path / "audit-evidence"
+    for number, mesh_probe in mesh_probes.items():
+        kept = Path(mesh_probe["pcap"])
+        assert kept == evidence / f"pod-kv.stock-{number}.pcap"
+        recorded = (DATA_DIR / f"audit-probe-pod-kv.stock-{number}.pcap").read_bytes()
+        assert kept.read_bytes().startswith(recorded)  # then the capture's end marker
+    assert {n: (p["verdict"], p["reason"]) for n, p in pods.items()} == {
+        7000: (
+            "pass",
+            "STRICT: refuses plaintext by pod IP, as predicted (kv-peers.stock:7000); a mesh"
+            " client by pod IP: mTLS (outbound|7000||kv-peers.stock.svc.cluster.local), answered",
+        ),
+        8080: (
+            "pass",
+            "STRICT: refuses plaintext by pod IP, as predicted (kv-peers.stock:8080); a mesh"
+            " client by pod IP: plaintext (PassthroughCluster), not answered",
+        ),
+    }
+    header = next(line for line in out.splitlines() if line.startswith("POD PORT"))
+    column = header.index("MESH BY POD IP")
+    seen = {
+        line.split()[2]: line[column:].split()[0]
+        for line in out.splitlines()
+        if line.startswith("kv.stock port")
+    }
+    assert seen == {"7000": "mTLS", "8080": "plaintext"}
+
+
+def test_a_mesh_probe_by_pod_ip_the_capture_never_saw_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No false green on a cluster: when the capture at the probe holds no connection to the
+    pod's port (a capture on the wrong interface, a probe that never sent), the port is an
+    error saying so, never a pass, and the audit exits 1."""
+    with _kv_cluster(tmp_path, empty=frozenset({"pod-kv.stock-8080"})) as fake:
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    assert code == 1
+    pods = {p["port"]: p for p in data["podPorts"]}
+    assert pods[7000]["verdict"] == "pass"
+    broken = pods[8080]
+    assert (broken["verdict"], broken["meshProbe"]["flows"]) == ("error", 0)
+    probe_key = broken["reason"].split("the capture at ")[1].split(" saw")[0]
+    assert probe_key.startswith("probe.meshconform-audit")
+    assert broken["reason"].endswith(
+        f"saw no connection to http://{KV_IP}:8080: the mesh probe by pod IP never reached the pod"
+    )
+    assert data["result"] == "failure"

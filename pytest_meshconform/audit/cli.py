@@ -308,6 +308,7 @@ def _run_existing(args: argparse.Namespace) -> int:
                 exclude_namespaces=args.exclude_namespace,
                 progress=_progress,
                 evidence_dir=_evidence_dir(args),
+                mesh_by_pod_ip=True,  # its sidecar probe exists there too, and its capture
                 exceptions=args.exceptions,
             )
         finally:

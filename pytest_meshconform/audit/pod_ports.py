@@ -17,9 +17,9 @@ execs into your pods). Each port is classified (`PortClass`):
   policies predict for the container port (reset under STRICT, taken otherwise).
 - ``no sidecar``: a pod outside the mesh; plaintext reaches every port.
 
-With the sidecar probe (the local mesh), each probed port also gets the mesh probe's request
-to the pod's address, captured at the probe: Istio's sidecar sends it through the
-PassthroughCluster in plaintext, or through a headless Service's per-pod listener with its mTLS
+With the sidecar probe (the local mesh and clusters), each probed port also gets the mesh
+probe's request to the pod's address, captured at the probe: Istio's sidecar sends it through
+the PassthroughCluster in plaintext, or through a headless Service's per-pod listener with its mTLS
 (`istio.plan.pod_ip_upstream`); the wire must show which.
 
 ``excluded`` and ``around the mesh`` ports that took plaintext are the bypasses: each needs an
