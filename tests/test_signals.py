@@ -29,10 +29,16 @@ def _defaults() -> Iterator[None]:
     while signals.owned():
         signals.release()
         set_aside += 1
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a run started with some of them ignored (SIGINT in a background job, SIGHUP under
+    # nohup) keeps them ignored: the tests start from the defaults, and the run gets its own back
+    before = {signum: signal.getsignal(signum) for signum in signals.HELD}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     yield
     assert not signals.owned()
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
     for _ in range(set_aside):
         assert signals.acquire()
 
