@@ -947,7 +947,7 @@ def test_the_mesh_probe_asks_each_pod_of_a_cluster_by_its_ip(
 
 
 def test_a_mesh_probe_by_pod_ip_the_capture_never_saw_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No false green on a cluster: when the capture at the probe holds no connection to the
     pod's port (a capture on the wrong interface, a probe that never sent), the port is an
@@ -965,3 +965,8 @@ def test_a_mesh_probe_by_pod_ip_the_capture_never_saw_is_an_error(
         f"saw no connection to http://{KV_IP}:8080: the mesh probe by pod IP never reached the pod"
     )
     assert data["result"] == "failure"
+    # the table says nothing was seen, never "plaintext"
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("POD PORT"))
+    row = next(line for line in out.splitlines() if line.startswith("kv.stock port 8080"))
+    assert row[header.index("MESH BY POD IP") :].split()[:3] == ["none", "seen", "ERROR"]

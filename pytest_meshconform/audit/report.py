@@ -96,6 +96,16 @@ _POD_COLUMNS: Final = (
 )
 
 
+def _mesh_by_pod_ip(r: PodPortResult) -> str:
+    """The MESH BY POD IP cell: what the capture at the probe saw (``none seen``: no
+    connection, so neither mTLS nor plaintext)."""
+    if r.mesh is None:
+        return "-"
+    if r.mesh.flows == 0:
+        return "none seen"
+    return "mTLS" if r.mesh.tls else "plaintext"
+
+
 def _pod_port_lines(result: AuditResult) -> list[str]:
     """Every listening port of the audited pods (class, the plaintext probe by pod IP,
     verdict, reason); then the accepted exceptions apart, stale entries, and the policies
@@ -109,7 +119,7 @@ def _pod_port_lines(result: AuditResult) -> list[str]:
                 r.port.source,
                 r.port_class,
                 r.outcome or "-",
-                "-" if r.mesh is None else ("mTLS" if r.mesh.tls else "plaintext"),
+                _mesh_by_pod_ip(r),
                 "ACCEPTED" if r.accepted else r.verdict.upper(),
             )
             for r in result.pod_ports
@@ -329,6 +339,8 @@ def _pod_port_entry(r: PodPortResult) -> Entry:
     if r.mesh is not None:
         m = r.mesh
         sent = f"mTLS (SNI {m.sni or 'none'})" if m.tls else "plaintext"
+        if m.flows == 0:  # nothing on the wire: neither mTLS nor plaintext was seen
+            sent = "no connection"
         want = "mTLS" if m.expected_tls else "plaintext"
         line = f"{m.target} through {m.cluster}: {sent} on the wire, {want} predicted; {m.outcome}"
         facts.append(("Mesh probe by pod IP", (line,)))
