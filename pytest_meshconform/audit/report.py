@@ -80,9 +80,22 @@ def format_table(result: AuditResult) -> list[str]:
     lines += [f"not audited: {note}" for note in result.not_audited]
     lines.append(
         f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
-        f" {summary['errors']} errors{require}"
+        f" {summary['errors']} errors{_pod_port_summary(result)}{require}"
     )
     return lines
+
+
+def _pod_port_summary(result: AuditResult) -> str:
+    """The pod ports' part of the summary line (empty when none was audited): a pod port that
+    fails or errs fails the audit, so the line that ends the table counts it too."""
+    pods = result.to_dict()["podPortSummary"]
+    if not pods["ports"]:
+        return ""
+    accepted = f", {pods['accepted']} accepted" if pods["accepted"] else ""
+    return (
+        f"; {pods['ports']} pod ports: {pods['ports'] - pods['failed']} passed,"
+        f" {pods['failed']} failed or in error{accepted}"
+    )
 
 
 _POD_COLUMNS: Final = (
@@ -276,7 +289,7 @@ def audit_document(result: AuditResult) -> Document:
         status=data["result"],
         summary=(
             f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
-            f" {summary['errors']} errors"
+            f" {summary['errors']} errors{_pod_port_summary(result)}"
         ),
         header=tuple(header),
         sections=(
