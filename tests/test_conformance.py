@@ -20,7 +20,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "-v", str(CONFORMANCE))
     # the waypoint cases need a waypoint: the built-in topology has one on ambient only
-    result.assert_outcomes(passed=40, skipped=8)
+    result.assert_outcomes(passed=44, skipped=4)
     # The full 3x3 reachability matrix ran under every policy the local-mesh issue names.
     ran = result.stdout.str()
     for case in (
@@ -33,6 +33,14 @@ def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> Non
         "DestinationRule DISABLE towards STRICT",
     ):
         assert f"test_reachability[{case}] PASSED" in ran
+    # the gRPC rows, on httpbin.foo's grpc port (50051, grpc-echo)
+    for test in (
+        "test_strict_resets_plaintext_grpc",
+        "test_permissive_accepts_plaintext_and_mtls_grpc",
+        "test_grpc_server_sees_the_callers_identity",
+        "test_grpc_authorization_by_principal",
+    ):
+        assert f"test_grpc.py::{test} PASSED" in ran, test
 
 
 def test_waypoint_suite_passes_on_the_ambient_builtin_topology(pytester: pytest.Pytester) -> None:
@@ -42,11 +50,12 @@ def test_waypoint_suite_passes_on_the_ambient_builtin_topology(pytester: pytest.
 
 def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
     """--mesh-dataplane=ambient: every suite runs against ztunnel (ids name the data plane);
-    only the sidecar's own config check is skipped, naming why (and the gRPC rows, as on the
-    sidecar data plane: the built-in topology serves no gRPC)."""
+    only the sidecar's own config check is skipped, naming why, and the gRPC rows: they read
+    the caller's identity from the XFCC a server sidecar writes, which ztunnel does not."""
     result = _run(pytester, "-v", "--mesh-dataplane=ambient", str(CONFORMANCE))
     result.assert_outcomes(passed=43, skipped=5)
     ran = result.stdout.str()
+    assert "no gRPC Service port with a sidecar endpoint in this mesh" in ran
     assert "test_inbound_tls_context_in_the_sidecar[ambient] SKIPPED" in ran
     assert "httpbin.foo is ambient: no sidecar config to read" in ran
     for test in (
@@ -62,9 +71,13 @@ def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
 FAULTS = [
     pytest.param(
         "strict-as-permissive",
-        ["test_strict.py", "test_reachability.py"],
+        ["test_strict.py", "test_reachability.py", "test_grpc.py"],
         {
             "test_strict.py::test_strict_resets_plaintext": "plaintext was not refused by STRICT",
+            "test_strict_resets_plaintext_grpc": (
+                "plaintext gRPC was not refused by STRICT: sleep.legacy ->"
+                " grpc://httpbin.foo:50051 (grpc): gRPC OK"
+            ),
             "test_reachability[namespace foo STRICT]": (
                 "expected reset: sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"
             ),
@@ -74,10 +87,14 @@ FAULTS = [
     ),
     pytest.param(
         "no-xfcc",
-        ["test_identity.py", "test_permissive.py"],
+        ["test_identity.py", "test_permissive.py", "test_grpc.py"],
         {
             "test_xfcc_names_client_and_server[foo-foo]": "expected one XFCC element, got None",
             "test_permissive_accepts_mtls": "mTLS request arrived without X-Forwarded-Client-Cert",
+            "test_permissive_accepts_plaintext_and_mtls_grpc": (
+                "mTLS gRPC arrived without X-Forwarded-Client-Cert"
+            ),
+            "test_grpc_server_sees_the_callers_identity": "expected one XFCC element, got None",
         },
         id="no-xfcc",
     ),
@@ -117,8 +134,11 @@ FAULTS = [
     ),
     pytest.param(
         "authz-ignores-principals",
-        ["test_authorization.py"],
+        ["test_authorization.py", "test_grpc.py"],
         {
+            "test_grpc_authorization_by_principal": (
+                "sleep.bar was not denied: sleep.bar -> grpc://httpbin.foo:50051 (grpc): gRPC OK"
+            ),
             "test_authorization[allow only sleep.foo's principal]": (
                 "sleep.legacy GET /headers -> httpbin.foo: expected 403 RBAC: sleep.legacy ->"
                 " http://httpbin.foo:8000/headers: HTTP 200"

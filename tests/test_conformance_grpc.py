@@ -1,8 +1,8 @@
 """The built-in suites' gRPC rows (conformance/test_grpc.py) on a mesh that serves gRPC: the
 example catalog topology (a gRPC Service port, an HTTP/2 one, a gRPC-Web one and a sniffed
 HTTP port, examples/catalog/topology.yaml). They pass there, and each fails, pointing at the
-broken promise, under the test-only fault that breaks it. On the built-in topology (no gRPC
-Service port) they are skipped naming the `grpc` feature (tests/test_conformance.py)."""
+broken promise, under the test-only fault that breaks it. The built-in topology runs them on
+httpbin's grpc port in foo (tests/test_conformance.py)."""
 
 from __future__ import annotations
 

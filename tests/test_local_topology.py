@@ -78,11 +78,20 @@ def test_the_builtin_topology_is_the_authn_task() -> None:
         (e.service.key, e.service.target_port, e.service.port_name) for e in topology.services
     ] == [
         ("httpbin.foo:8000", 8080, "http"),
+        ("httpbin.foo:50051", 50051, "grpc"),
         ("httpbin.bar:8000", 8080, "http"),
+        ("httpbin.bar:50051", 50051, "grpc"),
         ("httpbin.legacy:8000", 8080, "http"),
     ]
     assert [p.ip for p in topology.pods] == [f"10.244.0.{n}" for n in range(10, 16)]
-    assert [e.vip for e in topology.services] == ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
+    # one VIP per Service, whatever its ports
+    assert [e.vip for e in topology.services] == [
+        "10.96.0.10",
+        "10.96.0.10",
+        "10.96.0.11",
+        "10.96.0.11",
+        "10.96.0.12",
+    ]
     assert BUILTIN_TOPOLOGY.is_file()
 
 

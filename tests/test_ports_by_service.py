@@ -166,6 +166,21 @@ def test_without_a_port_the_only_http_port_else_an_error_naming_the_ports() -> N
     assert mesh.sent == []
 
 
+def test_a_grpc_port_beside_an_http_port_is_not_curls_default() -> None:
+    """The built-in httpbin's Service has `http` (8000) and `grpc` (50051): curl, xfcc and a
+    capture default to the HTTP one, `grpc()` to the gRPC one."""
+    mesh = builtin_mesh()
+    httpbin = mesh.workload("httpbin", "foo")
+    assert [(s.port, s.port_name) for s in mesh.svcs if s.namespace == "foo"] == [
+        (8000, "http"),
+        (50051, "grpc"),
+    ]
+    assert mesh.handle("httpbin", "foo").url() == "http://httpbin.foo:8000/headers"
+    assert service_port(cast(Mesh, mesh), httpbin, None).port == 8000
+    assert service_port(cast(Mesh, mesh), httpbin, None, default="grpc").port == 50051
+    assert pod_port(cast(Mesh, mesh), httpbin, None) == 8080
+
+
 def test_a_service_without_an_http_port_needs_a_port() -> None:
     services = [s for s in ledger_mesh().svcs if s.port_name == "tcp-postgres"]
     mesh = TopologyMesh(ledger_mesh().pods, services)

@@ -257,13 +257,15 @@ def discover_service_ports(
     outbound plan (``upstream``) is attached to each port; by default the audit's probe (a
     sidecar client in AUDIT_NAMESPACE). An ambient endpoint is predicted from ztunnel's
     verdicts (`ztunnel_admits` over `ztunnel_policies`) on the plaintext of ``naked_client``
-    (default: the audit's naked probe) and on the HBONE of ``ambient_client`` (the audit's
-    ambient probe), by their pod addresses.
+    (default: the mesh's first workload without a data plane, else the audit's naked probe)
+    and on the HBONE of ``ambient_client`` (the audit's ambient probe), by their pod addresses.
     """
     parsed = _parse(mesh.policies() if policies is None else policies)
     peer_auths = [p for p in parsed if isinstance(p, PeerAuthentication)]
     workloads = tuple(mesh.workloads())
     services = tuple(mesh.services())
+    if naked_client is None:  # a suite's mesh runs no audit probe: one of its own plaintext pods
+        naked_client = next((w for w in workloads if not w.has_sidecar and not w.ambient), None)
     if client is None:
         client = probe_workloads()[0]
     plan = None

@@ -7,9 +7,10 @@ its evidence.
 
 Ports by the Service, never by guess: the Service a handle addresses is the one of the topology
 whose selector selects the workload (`mesh.services()`), not one named after the workload; a
-port is one that Service exposes, by number or name, and without one its only HTTP port (the
-protocol as Istio selects it, `pytest_meshconform.istio.protocol_of`). Anything else is a
-`ServicePortError` naming the Service's ports, raised before anything is sent.
+port is one that Service exposes, by number or name, and without one its only HTTP port, gRPC
+ports aside (the protocol as Istio selects it, `pytest_meshconform.istio.protocol_of`).
+Anything else is a `ServicePortError` naming the Service's ports, raised before anything is
+sent.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def service_port(
     default: Literal["http", "tcp", "grpc"] = "http",
 ) -> Service:
     """The Service port of `workload` that `port` names: a port number or a port name of a
-    Service selecting the workload; None: its only HTTP port (`default="tcp"`: its only
-    TCP-family port; `"grpc"`: its only gRPC port), the protocol as Istio selects it. Raises
+    Service selecting the workload; None: its only HTTP port, gRPC ports aside
+    (`default="tcp"`: its only TCP-family port; `"grpc"`: its only gRPC port), the protocol as
+    Istio selects it. Raises
     `ServicePortError`, naming the Service's ports, when there is no such port, no single
     default, or no Service at all."""
     __tracebackhide__ = True
@@ -143,7 +145,9 @@ def service_port(
 def _is_default(protocol: PortProtocol, default: str) -> bool:
     if default == "grpc":
         return protocol is PortProtocol.GRPC
-    return protocol.is_http if default == "http" else protocol.is_tcp
+    if default == "http":  # curl's: a gRPC port is `grpc()`'s, never curl's default
+        return protocol.is_http and protocol is not PortProtocol.GRPC
+    return protocol.is_tcp
 
 
 @final

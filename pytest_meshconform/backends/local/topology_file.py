@@ -507,7 +507,7 @@ def _services(
     pods: list[Pod],
     earlier: list[ServiceEntry],
 ) -> list[ServiceEntry]:
-    first_index = len(earlier)
+    first_index = len({(e.service.namespace, e.service.name) for e in earlier})  # one VIP each
     entries: list[ServiceEntry] = []
     if node is None:
         return entries
