@@ -198,7 +198,13 @@ def test_a_topology_cannot_take_the_audits_namespace() -> None:
 def test_namespace_selection() -> None:
     mesh = LocalMesh()
     everything = [p.key for p in discover_service_ports(mesh, [])]
-    assert everything == ["httpbin.foo:8000", "httpbin.bar:8000", "httpbin.legacy:8000"]
+    assert everything == [
+        "httpbin.foo:8000",
+        "httpbin.foo:50051",
+        "httpbin.bar:8000",
+        "httpbin.bar:50051",
+        "httpbin.legacy:8000",
+    ]
     legacy = discover_service_ports(mesh, [], namespaces=["legacy"])
     assert [(p.key, p.predicted, p.expected) for p in legacy] == [
         ("httpbin.legacy:8000", "NO_SIDECAR", "PLAINTEXT")
@@ -208,7 +214,9 @@ def test_namespace_selection() -> None:
     )
     assert [(p.key, p.predicted) for p in rest] == [
         ("httpbin.foo:8000", "STRICT"),
+        ("httpbin.foo:50051", "STRICT"),
         ("httpbin.bar:8000", "PERMISSIVE"),
+        ("httpbin.bar:50051", "PERMISSIVE"),
     ]
 
 
@@ -294,7 +302,16 @@ def test_strict_on_foo_only_fails_naming_the_plaintext_port(
     line = next(x for x in out.splitlines() if x.startswith("httpbin.bar:8000"))
     assert "accepts plaintext; required STRICT" in line and "FAIL" in line
     ports = {f"{p['service']}.{p['namespace']}:{p['port']}": p for p in data["ports"]}
-    assert sorted(ports) == ["httpbin.bar:8000", "httpbin.foo:8000"]
+    assert sorted(ports) == [
+        "httpbin.bar:50051",
+        "httpbin.bar:8000",
+        "httpbin.foo:50051",
+        "httpbin.foo:8000",
+    ]
+    # the grpc ports (grpc-echo) are judged as the http ones: the policy is per workload
+    verdicts = {k: (p["predicted"], p["observed"], p["verdict"]) for k, p in ports.items()}
+    assert verdicts["httpbin.foo:50051"] == ("STRICT", "STRICT", "pass")
+    assert verdicts["httpbin.bar:50051"] == ("PERMISSIVE", "PERMISSIVE", "fail")
     foo, bar = ports["httpbin.foo:8000"], ports["httpbin.bar:8000"]
     assert (foo["predicted"], foo["observed"], foo["verdict"]) == ("STRICT", "STRICT", "pass")
     assert (bar["predicted"], bar["observed"], bar["verdict"]) == (
@@ -322,11 +339,13 @@ def test_mesh_wide_strict_passes(tmp_path: Path, capsys: pytest.CaptureFixture[s
         tmp_path, "--policy", str(policy), "--require=STRICT", "--exclude-namespace", "legacy"
     )
     assert code == 0, capsys.readouterr().out
-    assert [(p["namespace"], p["observed"]) for p in data["ports"]] == [
-        ("foo", "STRICT"),
-        ("bar", "STRICT"),
+    assert [(p["namespace"], p["port"], p["observed"]) for p in data["ports"]] == [
+        ("foo", 8000, "STRICT"),
+        ("foo", 50051, "STRICT"),
+        ("bar", 8000, "STRICT"),
+        ("bar", 50051, "STRICT"),
     ]
-    assert data["summary"] == {"ports": 2, "passed": 2, "failed": 0, "errors": 0}
+    assert data["summary"] == {"ports": 4, "passed": 4, "failed": 0, "errors": 0}
 
 
 @needs_local_mesh

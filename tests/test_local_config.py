@@ -113,14 +113,16 @@ def test_topology_is_istios_authn_task_layout() -> None:
         (e.service.fqdn, e.vip, e.service.port, e.service.target_port) for e in TOPOLOGY.services
     ] == [
         ("httpbin.foo.svc.cluster.local", "10.96.0.10", 8000, 8080),
+        ("httpbin.foo.svc.cluster.local", "10.96.0.10", 50051, 50051),
         ("httpbin.bar.svc.cluster.local", "10.96.0.11", 8000, 8080),
+        ("httpbin.bar.svc.cluster.local", "10.96.0.11", 50051, 50051),
         ("httpbin.legacy.svc.cluster.local", "10.96.0.12", 8000, 8080),
     ]
     httpbin = TOPOLOGY.pod("httpbin", "bar").workload
     assert (httpbin.service_account, dict(httpbin.labels), httpbin.container_ports) == (
         "httpbin",
         {"app": "httpbin"},
-        (8080,),
+        (8080, 50051),
     )
 
 
@@ -172,7 +174,11 @@ ISTIO_NAT_RULES = [
 SERVICE_DNAT_RULES = [
     "-A OUTPUT -p tcp -j MC_SERVICES",
     "-A MC_SERVICES -d 10.96.0.10/32 -p tcp --dport 8000 -j DNAT --to-destination 10.244.0.11:8080",
+    "-A MC_SERVICES -d 10.96.0.10/32 -p tcp --dport 50051 -j DNAT --to-destination"
+    " 10.244.0.11:50051",
     "-A MC_SERVICES -d 10.96.0.11/32 -p tcp --dport 8000 -j DNAT --to-destination 10.244.0.13:8080",
+    "-A MC_SERVICES -d 10.96.0.11/32 -p tcp --dport 50051 -j DNAT --to-destination"
+    " 10.244.0.13:50051",
     "-A MC_SERVICES -d 10.96.0.12/32 -p tcp --dport 8000 -j DNAT --to-destination 10.244.0.15:8080",
 ]
 
@@ -212,7 +218,7 @@ def test_naked_pod_gets_only_service_dnat() -> None:
 
 def test_no_policy_is_permissive_everywhere() -> None:
     plan = plans()["httpbin.foo"]
-    assert dict(plan.inbound_modes) == {8080: MtlsMode.PERMISSIVE}
+    assert dict(plan.inbound_modes) == {8080: MtlsMode.PERMISSIVE, 50051: MtlsMode.PERMISSIVE}
     assert plan.default_inbound_mode is MtlsMode.PERMISSIVE
     assert sorted(plans()) == ["httpbin.bar", "httpbin.foo", "sleep.bar", "sleep.foo"]
 
@@ -222,10 +228,16 @@ def test_workload_disable_overrides_namespace_strict() -> None:
         peer_authentication("default", "foo", "STRICT"),
         peer_authentication("httpbin", "foo", "DISABLE", selector={"app": "httpbin"}),
     )
-    assert dict(found["httpbin.foo"].inbound_modes) == {8080: MtlsMode.DISABLE}
+    assert dict(found["httpbin.foo"].inbound_modes) == {
+        8080: MtlsMode.DISABLE,
+        50051: MtlsMode.DISABLE,
+    }
     assert dict(found["sleep.foo"].inbound_modes) == {}
     assert found["sleep.foo"].default_inbound_mode is MtlsMode.STRICT
-    assert dict(found["httpbin.bar"].inbound_modes) == {8080: MtlsMode.PERMISSIVE}
+    assert dict(found["httpbin.bar"].inbound_modes) == {
+        8080: MtlsMode.PERMISSIVE,
+        50051: MtlsMode.PERMISSIVE,
+    }
 
 
 def test_port_level_mtls_is_keyed_by_container_port() -> None:
@@ -235,9 +247,16 @@ def test_port_level_mtls_is_keyed_by_container_port() -> None:
             "httpbin", "bar", None, selector={"app": "httpbin"}, port_level={8080: "DISABLE"}
         ),
     )
-    assert dict(found["httpbin.bar"].inbound_modes) == {8080: MtlsMode.DISABLE}
+    # the port-level DISABLE is 8080's only; the grpc port keeps the mesh-wide STRICT
+    assert dict(found["httpbin.bar"].inbound_modes) == {
+        8080: MtlsMode.DISABLE,
+        50051: MtlsMode.STRICT,
+    }
     assert found["httpbin.bar"].default_inbound_mode is MtlsMode.STRICT
-    assert dict(found["httpbin.foo"].inbound_modes) == {8080: MtlsMode.STRICT}
+    assert dict(found["httpbin.foo"].inbound_modes) == {
+        8080: MtlsMode.STRICT,
+        50051: MtlsMode.STRICT,
+    }
 
 
 def test_fault_strict_as_permissive_only_touches_strict() -> None:
@@ -246,8 +265,14 @@ def test_fault_strict_as_permissive_only_touches_strict() -> None:
         peer_authentication("default", "bar", "DISABLE"),
         faults=Faults(strict_as_permissive=True),
     )
-    assert dict(found["httpbin.foo"].inbound_modes) == {8080: MtlsMode.PERMISSIVE}
-    assert dict(found["httpbin.bar"].inbound_modes) == {8080: MtlsMode.DISABLE}
+    assert dict(found["httpbin.foo"].inbound_modes) == {
+        8080: MtlsMode.PERMISSIVE,
+        50051: MtlsMode.PERMISSIVE,
+    }
+    assert dict(found["httpbin.bar"].inbound_modes) == {
+        8080: MtlsMode.DISABLE,
+        50051: MtlsMode.DISABLE,
+    }
 
 
 def test_faults_parse_names_the_known_ones() -> None:
@@ -365,6 +390,7 @@ def test_strict_port_has_only_a_tls_chain() -> None:
     plan = plans(peer_authentication("default", "istio-system", "STRICT"))["httpbin.foo"]
     assert chain_summary(plan) == [
         ("0.0.0.0_8080-mtls", {"destination_port": 8080, "transport_protocol": "tls"}, True),
+        ("0.0.0.0_50051-mtls", {"destination_port": 50051, "transport_protocol": "tls"}, True),
         ("virtualInbound-mtls", {"transport_protocol": "tls"}, True),
     ]
 
@@ -387,6 +413,20 @@ def test_permissive_port_takes_istio_alpn_tls_and_raw_buffer() -> None:
             False,
         ),
         (
+            "0.0.0.0_50051-mtls",
+            {
+                "destination_port": 50051,
+                "transport_protocol": "tls",
+                "application_protocols": ISTIO_ALL_MTLS_ALPNS,
+            },
+            True,
+        ),
+        (
+            "0.0.0.0_50051-plaintext",
+            {"destination_port": 50051, "transport_protocol": "raw_buffer"},
+            False,
+        ),
+        (
             "virtualInbound-mtls",
             {"transport_protocol": "tls", "application_protocols": ISTIO_ALL_MTLS_ALPNS},
             True,
@@ -399,6 +439,7 @@ def test_disable_port_is_plaintext_only() -> None:
     plan = plans(peer_authentication("default", "foo", "DISABLE"))["httpbin.foo"]
     assert chain_summary(plan) == [
         ("0.0.0.0_8080-plaintext", {"destination_port": 8080}, False),
+        ("0.0.0.0_50051-plaintext", {"destination_port": 50051}, False),
         ("virtualInbound-plaintext", {}, False),
     ]
 
@@ -481,7 +522,9 @@ def test_outbound_listeners_per_service_vip_are_not_bound() -> None:
         "virtualInbound",
         "virtualOutbound",
         "10.96.0.10_8000",
+        "10.96.0.10_50051",
         "10.96.0.11_8000",
+        "10.96.0.11_50051",
         "10.96.0.12_8000",
     ]
     assert found["virtualOutbound"]["address"]["socket_address"]["port_value"] == 15001

@@ -346,5 +346,7 @@ def test_the_local_audit_keeps_no_readable_file_or_directory_whatever_the_umask(
         "out/audit.yaml": 0o600,
         "out/audit-evidence": 0o700,
         "out/audit-evidence/httpbin.foo-8000.pcap": 0o600,
+        "out/audit-evidence/httpbin.foo-50051.pcap": 0o600,
         "out/audit-evidence/pod-httpbin.foo-8080.pcap": 0o600,
+        "out/audit-evidence/pod-httpbin.foo-50051.pcap": 0o600,
     }
