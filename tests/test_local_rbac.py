@@ -137,8 +137,9 @@ def test_envoy_accepts_every_rendered_rbac_filter(tmp_path: Path) -> None:
         ],
     }
     text = json.dumps(boot)
-    # DENY and ALLOW on each of the app port's chains (mTLS, plaintext) and the passthrough ones
-    assert text.count('"envoy.filters.http.rbac"') == 4
+    # DENY and ALLOW on each of the app ports' chains (8080 and 50051, grpc: mTLS, plaintext)
+    # and the passthrough ones
+    assert text.count('"envoy.filters.http.rbac"') == 8
     assert text.count('"envoy.filters.network.rbac"') == 4
     paths.bootstrap.write_text(text)
     proc = subprocess.run(
