@@ -444,18 +444,22 @@ def test_the_audit_report_uses_the_same_renderer(tmp_path: Path) -> None:
     assert dom.resources == []
     # the table agrees with the verdict: bar's mode is as predicted, its requirement is not met
     assert dom.captions == [
-        "every Service port: what the probes must observe vs what they observed: 2 cells differ"
+        "every Service port: what the probes must observe vs what they observed: 4 cells differ"
     ]
-    assert dom.cells == [  # httpbin.foo, then httpbin.bar
+    foo_port = [
         ("ok", "STRICT"),
         ("ok", "mesh allowed, plaintext not reached"),
         ("ok", "met"),
         ("ok", "pass"),
+    ]
+    bar_port = [
         ("ok", "PERMISSIVE"),
         ("ok", "mesh allowed, plaintext allowed"),
         ("mismatch", "not met: PERMISSIVE expected met"),
         ("mismatch", "fail expected pass"),
     ]
+    # httpbin.foo's ports (8000 http, 50051 grpc), then httpbin.bar's
+    assert dom.cells == foo_port + foo_port + bar_port + bar_port
     failed = dom.entries["httpbin.bar:8000"]
     assert failed.startswith("failed httpbin.bar:8000 HTTP port of httpbin.bar (sidecar)")
     assert "accepts plaintext; required STRICT" in failed

@@ -147,8 +147,8 @@ def test_capture_on_the_service_port_records_its_target_port(capture, naked_slee
         assert naked_sleep.curl(httpbin).ok
     assert cap.port == 8080 and cap.flows_from(naked_sleep), cap
     with pytest.raises(ServicePortError, match=(
-        r"capture\(httpbin.foo, port=8001\): the pod listens on 8080; httpbin.foo exposes"
-        r" 8000 \(http\)"
+        r"capture\(httpbin.foo, port=8001\): the pod listens on 8080, 50051; httpbin.foo"
+        r" exposes 8000 \(http\), 50051 \(grpc\); pass port=<one of them>"
     )):
         with capture(httpbin, port=8001):
             raise AssertionError("must not start")

@@ -438,8 +438,11 @@ def test_auto_mtls_turned_off_in_mesh_config_leaves_plaintext_without_a_rule() -
         root_namespace=ROOT,
         auto_mtls=False,
     )
+    # httpbin.foo's two ports (8000, 50051), httpbin.bar's two (the rule's TLS), httpbin.legacy
     assert [(o.tls_mode, o.auto_transport) for o in kube.outbound] == [
         (None, None),
+        (None, None),
+        (TlsMode.ISTIO_MUTUAL, None),
         (TlsMode.ISTIO_MUTUAL, None),
         (None, None),
     ]

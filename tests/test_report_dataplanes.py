@@ -112,9 +112,9 @@ def test_a_both_run_reports_each_meshs_workloads(pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=2)
     report = load_report(pytester.path / "report.yaml")
     seen = {(w.key, w.dataplane, w.ports) for w in report.mesh.workloads}
-    assert {
-        ("httpbin.foo", "sidecar", (8080,)),
-        ("httpbin.foo", "ambient", (8080,)),
+    assert {  # httpbin in foo and bar also serves grpc-echo on 50051
+        ("httpbin.foo", "sidecar", (8080, 50051)),
+        ("httpbin.foo", "ambient", (8080, 50051)),
         ("sleep.bar", "sidecar", ()),
         ("sleep.bar", "ambient", ()),
         ("httpbin.legacy", "none", (8080,)),
