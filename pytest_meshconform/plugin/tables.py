@@ -25,12 +25,7 @@ import pytest
 
 from pytest_meshconform.evidence.curl import HttpError, HttpResult, header_from_httpbin
 from pytest_meshconform.plugin.policies import PolicyApplier, PolicySource
-from pytest_meshconform.plugin.workloads import (
-    CurlCall,
-    WorkloadHandle,
-    WorkloadLookup,
-    curl_concurrently,
-)
+from pytest_meshconform.plugin.workloads import WorkloadHandle, WorkloadLookup
 from pytest_meshconform.report.exhibits import evidence_of
 from pytest_meshconform.report.observations import ObservedTable, TableRecorder
 
@@ -165,14 +160,13 @@ class CallTable:
     skip_if_missing=False)`` -> `ObservedTable`.
 
     Applies `policies` (through `apply_policy`: validated, awaited, restored after the test),
-    makes each call from the client's pod (up to four at once: they are independent; recorded in
-    the table's order), and names what it gave: the expected outcome when it matches, else the
-    first of the table's other outcomes that does, else what happened (`HTTP 404`, `refused`,
-    `timeout`: `HttpResult.outcome`). Rows are the clients (with the request when the table's
-    calls vary it), columns the servers (`server:port` for a call naming a port). Every call's
-    port is checked against its server's Service (`ServicePortError`) before any policy is
-    applied. The table goes into the reports, pass or fail; a table that differs fails the test
-    with every differing call and curl's evidence.
+    makes each call from the client's pod, and names what it gave: the expected outcome when it
+    matches, else the first of the table's other outcomes that does, else what happened
+    (`HTTP 404`, `refused`, `timeout`: `HttpResult.outcome`). Rows are the clients (with the
+    request when the table's calls vary it), columns the servers (`server:port` for a call
+    naming a port). Every call's port is checked against its server's Service
+    (`ServicePortError`) before any policy is applied. The table goes into the reports, pass
+    or fail; a table that differs fails the test with every differing call and curl's evidence.
     ``skip_if_missing=True`` skips the test, naming the workload, when the topology lacks one.
     """
 
@@ -218,20 +212,11 @@ class CallTable:
         expected: dict[tuple[str, str], str] = {}
         observed: dict[tuple[str, str], str] = {}
         differ: list[str] = []
-        results = curl_concurrently(
-            [
-                CurlCall(
-                    handles[call.client],
-                    handles[call.server],
-                    port=call.port,
-                    method=call.method,
-                    path=call.path,
-                )
-                for call in calls
-            ]
-        )
-        for call, cell, result in zip(calls, cells, results, strict=True):
+        for call, cell in zip(calls, cells, strict=True):
             client = handles[call.client]
+            result = client.curl(
+                handles[call.server], port=call.port, method=call.method, path=call.path
+            )
             got = next((o for o in (call.expect, *outcomes) if o.matches(result, client)), None)
             expected[cell] = call.expect.label
             observed[cell] = got.label if got is not None else _describe(result, client)

@@ -16,9 +16,8 @@ sent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final, Literal, final
+from typing import Literal, final
 from urllib.parse import urlsplit
 
 import pytest
@@ -404,10 +403,6 @@ class WorkloadHandle:
         return grpc
 
 
-CALLS_AT_ONCE: Final = 4
-"""How many of a table's calls `curl_concurrently` has in flight at once."""
-
-
 @dataclass(frozen=True, slots=True)
 class _CurlRequest:
     client: WorkloadHandle
@@ -415,48 +410,6 @@ class _CurlRequest:
     server: str | None  # the workload behind the URL, when one is
     argv: list[str]
     exec_timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class CurlCall:
-    """One request of `curl_concurrently`: what `client.curl(target, port=, method=, path=)`
-    takes."""
-
-    client: WorkloadHandle
-    target: str | WorkloadHandle
-    port: int | str | None = None
-    method: str = "GET"
-    path: str = "/headers"
-    timeout: float = 10.0
-
-
-def curl_concurrently(calls: Sequence[CurlCall]) -> list[HttpResult]:
-    """`client.curl(...)` for every call, each from its client's pod as `curl` makes it, up to
-    CALLS_AT_ONCE in flight at once; results (and the test's observations) in the calls' order.
-
-    Every URL and port is resolved before anything is sent (a port a Service lacks raises
-    first); the requests are independent (each its own curl, from its own pod), so only the
-    wall time changes: the observations and evidence are recorded afterwards, in order, as
-    one call after the other would have recorded them.
-    """
-    __tracebackhide__ = True
-    requests = [
-        c.client._curl_request(c.target, c.port, c.method, None, None, c.timeout, c.path)
-        for c in calls
-    ]
-
-    def run(request: _CurlRequest) -> ExecResult:
-        client = request.client
-        return client.mesh.exec(client.workload, request.argv, request.exec_timeout)
-
-    if len(requests) < 2:
-        answers = [run(r) for r in requests]
-    else:
-        with ThreadPoolExecutor(
-            min(CALLS_AT_ONCE, len(requests)), thread_name_prefix="meshconform-calls"
-        ) as pool:
-            answers = list(pool.map(run, requests))
-    return [r.client._curl_result(r, a) for r, a in zip(requests, answers, strict=True)]
 
 
 def _outcome_of(http: HttpResult) -> str:
