@@ -18,6 +18,7 @@ Where the expected values come from:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,13 @@ import jsonschema
 import pytest
 from local_helpers import needs_local_mesh, runs_made, traces_of
 
+from pytest_meshconform.audit.discovery import ServicePort
+from pytest_meshconform.audit.observe import WireEvidence, wire_problems
+from pytest_meshconform.audit.probes import ambient_probe
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.cli import main
+from pytest_meshconform.istio.protocol import protocol_of
+from pytest_meshconform.mesh import Service, Workload
 
 TOPOLOGY = """\
 namespaces:
@@ -126,3 +132,25 @@ def test_strict_in_an_ambient_namespace_is_judged_from_ztunnels_behaviour(
     }
     assert _pod_ports(data)[("keeper", 9300)] == ("ambient", "around the mesh", "fail")
     assert code == 1, out
+
+
+def test_an_hbone_handshake_that_is_not_tls_1_3_is_a_wire_problem() -> None:
+    """ztunnel's HBONE is TLS 1.3 only (src/tls/lib.rs ``tls_versions``): a ServerHello on
+    port 15008 that chose TLS 1.2 is named, whatever else the wire shows."""
+    service = Service("console", "vault", 80, 8080, "console")
+    endpoint = Workload(
+        "console", "vault", "console", "console", False, labels={"app": "console"}, ambient=True
+    )
+    port = ServicePort(
+        service=service,
+        namespace="vault",
+        endpoint=endpoint,
+        protocol=protocol_of(service),
+        predicted="STRICT",
+        ztunnel_admits=(False, True),
+    )
+    wire = WireEvidence(pcap=None, flows=1, tls=True, alpn=("h2",), server_hello=True)
+    assert wire_problems(port, replace(wire, tls_version="TLS1.3"), ambient_probe()) == []
+    assert wire_problems(port, replace(wire, tls_version="TLS1.2"), ambient_probe()) == [
+        "the handshake on port 15008 chose TLS1.2; ztunnel's HBONE is TLS1.3 only"
+    ]

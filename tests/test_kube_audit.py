@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -38,6 +39,7 @@ from kube_fakes import (
     config_map_json,
     istiod_deployment,
     kubeconfig_text,
+    marker_record,
     pod_json,
     status_exit,
 )
@@ -970,3 +972,281 @@ def test_a_mesh_probe_by_pod_ip_the_capture_never_saw_is_an_error(
     header = next(line for line in out.splitlines() if line.startswith("POD PORT"))
     row = next(line for line in out.splitlines() if line.startswith("kv.stock port 8080"))
     assert row[header.index("MESH BY POD IP") :].split()[:3] == ["none", "seen", "ERROR"]
+
+
+# --- a full ambient audit ---------------------------------------------------------------------
+
+# What the local audit's probes printed and captured in two ambient namespaces, `vault` under
+# STRICT and `till` without a policy (tests/data/kube/README.md, scripts/record_ambient_audit.py)
+AMBIENT_RECORDING: dict[str, Any] = json.loads(
+    (DATA_DIR / "audit-probe-ambient-exec.json").read_text()
+)
+AMBIENT_NAMESPACES = ("till", "vault")
+AMBIENT_SERVICES = (
+    ("console", {"app": "console"}, [{"name": "http", "port": 80, "targetPort": 8080}]),
+    ("keeper", {"app": "keeper"}, [{"name": "tcp-main", "port": 9000}]),
+)
+AMBIENT_CONTAINER_PORTS = {"console": 8080, "keeper": 9000}
+VAULT_STRICT = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "vault"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+
+class AmbientIstio(AuditIstio):
+    """The recorded probes of an ambient audit: each probe's exec answers as the same probe
+    printed it on the local mesh for the same target; each capture is the pcap recorded while
+    its probe asked the same target (``<svc>.<ns>-<port>`` at the ambient probe,
+    ``pod-<workload>.<ns>-<port>`` at the sidecar probe by pod IP), streamed once the probe's
+    request has run. ``empty``: captures that saw nothing (the global header alone);
+    ``instead``: a capture replaced by another recorded file; ``answers``: an exec's answer
+    replaced by another target's recorded one (``(probe, target)`` -> ``(probe, target)``)."""
+
+    empty: frozenset[str] = frozenset()
+    instead: Mapping[str, str] = {}
+    answers: Mapping[tuple[str, str], tuple[str, str]] = {}
+    last_target: str = ""
+
+    def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
+        if call.container == "mc-capture":
+            self._replay_capture(call, channel)
+            return
+        target = next((a for a in call.command if a.startswith("telnet://")), call.command[-1])
+        if call.command[:1] == ["curl"] or target.startswith("telnet://"):
+            probe, asked = self.answers.get((call.container, target), (call.container, target))
+            answer = AMBIENT_RECORDING["execs"][probe][asked]
+            if call.container != "probe-naked":
+                self.last_target = target  # the capture running now is this request's
+            channel.send(2, answer["stderr"].encode())
+            channel.send(1, answer["stdout"].encode())
+            code = answer["returncode"]
+            channel.send_status(
+                status_exit(code) if code else {"metadata": {}, "status": "Success"}
+            )
+            return
+        FakeIstio.__call__(self, call, channel)
+
+    def _pcap_name(self) -> str:
+        split = urlsplit(self.last_target)
+        host, port = split.hostname or "", split.port
+        by_ip = {ip: key for key, ip in AMBIENT_RECORDING["pods"].items()}
+        return f"pod-{by_ip[host]}-{port}" if host in by_ip else f"{host}-{port}"
+
+    def _replay_capture(self, call: ExecCall, channel: ExecChannel) -> None:
+        """The capture script's protocol (`FakeIstio._tcpdump`), the packets sent once the
+        marker line says the probe's request has run: the recording of that request."""
+        assert call.command[:2] == ["bash", "-c"] and call.stdin
+        channel.send(2, b"tcpdump: listening on eth0, link-type EN10MB (Ethernet)\n")
+        assert channel.wait_stdin(lambda data: data.endswith(b"\n")), "no marker line"
+        name = self._pcap_name()
+        self.captured.append(name)
+        file = self.instead.get(name, f"audit-probe-ambient-{name}.pcap")
+        pcap = (DATA_DIR / file).read_bytes()
+        channel.send(1, pcap[:24] if name in self.empty else pcap)
+        channel.send(1, marker_record(bytes(channel.stdin).strip(), call.command[5]))
+        assert channel.wait_stdin(lambda data: data.count(b"\n") >= 2), "no stop line"
+        channel.send(2, b"12 packets captured\n")
+        channel.send_status({"metadata": {}, "status": "Success"})
+
+    captured: list[str]
+
+
+@contextmanager
+def _ambient_cluster(tmp_path: Path, **replay: Any) -> Iterator[tuple[AuditCluster, AmbientIstio]]:
+    """A cluster running ztunnel and istio-cni with the recording's two ambient namespaces
+    (labelled ``istio.io/dataplane-mode=ambient``, their pods enrolled: istio-cni's mark, the
+    recorded pod addresses, their container ports in the spec), `vault` STRICT; its API
+    server and ztunnel run for the block, its probes answer as `AmbientIstio` (``replay``:
+    its overrides)."""
+    fake = AuditCluster(ztunnel=True)
+    for namespace in ("foo", "bar"):
+        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
+    for namespace in AMBIENT_NAMESPACES:
+        fake.namespaces[namespace] = {
+            "metadata": {"name": namespace, "labels": {"istio.io/dataplane-mode": "ambient"}}
+        }
+        fake.services[namespace] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"selector": selector, "ports": ports},
+            }
+            for name, selector, ports in AMBIENT_SERVICES
+        ]
+        fake.pods[namespace] = []
+        for app, port in AMBIENT_CONTAINER_PORTS.items():
+            pod = pod_json(
+                f"{app}-7f9c-{namespace}",
+                namespace,
+                app,
+                sidecar=False,
+                pod_ip=AMBIENT_RECORDING["pods"][f"{app}.{namespace}"],
+                node_name=fake.node,
+                annotations={"ambient.istio.io/redirection": "enabled"},
+            )
+            pod["spec"]["containers"][0]["ports"] = [{"containerPort": port}]
+            fake.pods[namespace].append(pod)
+    fake.apply(VAULT_STRICT)
+    fake.calls.clear()
+    istio = AmbientIstio(fake)
+    istio.captured = []
+    for key, value in replay.items():
+        setattr(istio, key, value)
+    with FakeApiServer(exec_handler=istio) as server:
+        server.port_forward_handler = FakeZtunnel(fake)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
+        yield fake, istio
+
+
+def _ambient_ports(data: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    return {
+        f"{p['service']}.{p['namespace']}:{p['port']}": (
+            p["dataplane"],
+            p["predicted"],
+            p["observed"],
+            p["verdict"],
+        )
+        for p in data["ports"]
+    }
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+def test_an_ambient_cluster_is_judged_from_ztunnels_behaviour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``meshconform audit --require=STRICT`` on a cluster whose namespaces run ambient, with
+    the probes' answers and captures recorded on the local mesh: under STRICT ztunnel refuses
+    the naked probe's plaintext and takes the ambient probe's HBONE (mutual TLS 1.3 to the
+    pod's port 15008, ALPN h2, no SNI, on the recorded wire): a pass; without a policy
+    (PERMISSIVE) it takes both: a failure against --require=STRICT (istio.io "Use Layer 4
+    security policy"; Istio's ambient PeerAuthentication cases). The pods' ports by pod IP:
+    refused under STRICT, taken under PERMISSIVE. The same verdicts as the local audit's."""
+    with _ambient_cluster(tmp_path) as (fake, istio):
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    # each Service port's HBONE at the ambient probe, then each pod port by pod IP
+    assert sorted(istio.captured) == sorted(
+        f"{prefix}{app}.{namespace}-{port}"
+        for namespace in AMBIENT_NAMESPACES
+        for app, port, prefix in (
+            ("console", 80, ""),
+            ("keeper", 9000, ""),
+            ("console", 8080, "pod-"),
+            ("keeper", 9000, "pod-"),
+        )
+    )
+    assert _ambient_ports(data) == {
+        "console.till:80": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),
+        "keeper.till:9000": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),
+        "console.vault:80": ("ambient", "STRICT", "STRICT", "pass"),
+        "keeper.vault:9000": ("ambient", "STRICT", "STRICT", "pass"),
+    }
+    evidence_dir = tmp_path / "audit-evidence"
+    for port in data["ports"]:
+        name = f"{port['service']}.{port['namespace']}-{port['port']}"
+        if port["namespace"] == "till":
+            assert port["reason"] == "accepts plaintext; required STRICT"
+            assert port["evidence"]["plaintext"]["admitted"] is True, port
+        else:
+            assert port["reason"] == "mTLS only, as predicted"
+            # ztunnel refused the plaintext: reset, or closed without a reply
+            assert port["evidence"]["plaintext"]["admitted"] is False, port
+        mesh = port["evidence"]["mesh"]
+        assert mesh["client"].startswith("probe-ambient.meshconform-audit-")
+        assert (mesh["admitted"], mesh["authorization"]) == (True, "allowed")
+        wire = port["evidence"]["wire"]
+        # the recorded HBONE: one TLS 1.3 flow to 15008, ALPN h2, no SNI, answered
+        assert (wire["flows"], wire["tls"], wire["alpn"], wire["serverHello"]) == (
+            1,
+            True,
+            ["h2"],
+            True,
+        ), wire
+        assert "sni" not in wire and wire["tlsVersion"] == "TLS1.3"
+        assert Path(wire["pcap"]) == evidence_dir / f"{name}.pcap"
+        recorded = (DATA_DIR / f"audit-probe-ambient-{name}.pcap").read_bytes()
+        assert Path(wire["pcap"]).read_bytes().startswith(recorded)
+    assert {
+        (p["workload"], p["namespace"], p["port"]): (p["class"], p["verdict"])
+        for p in data["podPorts"]
+    } == {
+        (app, namespace, port): ("in the mesh", "pass")
+        for app, port in AMBIENT_CONTAINER_PORTS.items()
+        for namespace in AMBIENT_NAMESPACES
+    }
+    assert data["summary"] == {"ports": 4, "passed": 2, "failed": 2, "errors": 0}
+    assert "console.vault:80" in out and "ambient" in out
+
+
+_NOT_TUNNELLED = "saw no connection to port 15008: the request was not tunnelled over HBONE"
+# each case: what the evidence says instead of the recording, the port it touches, and the
+# verdict and reason that port must then get (never a pass)
+AMBIENT_FALSE_GREENS = {
+    "an empty capture": (
+        {"empty": frozenset({"console.vault-80"})},
+        "console.vault:80",
+        "error",
+        _NOT_TUNNELLED,
+    ),
+    "an empty capture under PERMISSIVE": (
+        {"empty": frozenset({"keeper.till-9000"})},
+        "keeper.till:9000",
+        "error",
+        _NOT_TUNNELLED,
+    ),
+    # the capture of a client whose request went straight to the app's port in plaintext
+    # (httpbin-eth0.pcap: a GET to 8080), as from a probe istio-cni never enrolled
+    "a mesh probe never seen on 15008": (
+        {"instead": {"console.vault-80": "httpbin-eth0.pcap"}},
+        "console.vault:80",
+        "error",
+        _NOT_TUNNELLED,
+    ),
+    # the STRICT namespace's ztunnel answering the plaintext probe as the PERMISSIVE one did
+    "plaintext answered under STRICT": (
+        {
+            "answers": {
+                ("probe-naked", "http://console.vault:80/"): (
+                    "probe-naked",
+                    "http://console.till:80/",
+                )
+            }
+        },
+        "console.vault:80",
+        "fail",
+        "observed PERMISSIVE, Istio's policies predict STRICT (which means STRICT from the probes)",
+    ),
+}
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+@pytest.mark.parametrize("case", sorted(AMBIENT_FALSE_GREENS))
+def test_an_ambient_port_whose_evidence_says_otherwise_never_passes(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No false green in ambient: the same recording with one piece of evidence changed. A
+    capture at the ambient probe without a connection to port 15008 (empty, or the request
+    gone to the app's port in plaintext) is an error naming it; a STRICT namespace whose
+    ztunnel answers plaintext fails. Every other port keeps its verdict."""
+    replay, key, verdict, reason = AMBIENT_FALSE_GREENS[case]
+    with _ambient_cluster(tmp_path, **replay) as (fake, _):
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    assert (code, data["result"]) == (1, "failure")
+    ports = {f"{p['service']}.{p['namespace']}:{p['port']}": p for p in data["ports"]}
+    got = ports[key]
+    assert got["verdict"] == verdict, got
+    # the error names the probe whose capture it was (its pod in the audit's namespace)
+    probe, _, rest = got["reason"].removeprefix("the capture at ").partition(" ")
+    assert got["reason"] == reason or (
+        probe.startswith("probe-ambient.meshconform-audit-") and rest == reason
+    ), got
+    others = {k: p["verdict"] for k, p in ports.items() if k != key}
+    assert others == {
+        k: "pass" if k.split(".")[1].startswith("vault") else "fail" for k in ports if k != key
+    }

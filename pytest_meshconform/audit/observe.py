@@ -52,6 +52,8 @@ __all__ = [
 PROBE_TIMEOUT_S: Final = 5.0
 TCP_PROBE_LINE: Final = "meshconform-audit"
 TCP_PROBE_WAIT_S: Final = 2.0  # how long a TCP probe waits for an answer
+# `istio.ztunnel.HBONE_TLS_VERSION` (TLS 1.3 only) as `evidence.tls` names the wire's version
+_HBONE_WIRE_VERSION: Final = "TLS1.3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class WireEvidence:
     server_hello: bool = False  # the endpoint answered the ClientHello
     server_bytes: int = 0  # bytes the endpoint sent (handshake included)
     server_reset: bool = False  # the endpoint reset the connection
+    tls_version: str | None = None  # the version the ServerHello chose (``TLS1.3``)
 
     @property
     def admitted(self) -> bool:
@@ -127,6 +130,8 @@ class WireEvidence:
             out["pcap"] = self.pcap
         if self.sni is not None:
             out["sni"] = self.sni
+        if self.tls_version is not None:
+            out["tlsVersion"] = self.tls_version
         return out
 
 
@@ -244,6 +249,9 @@ def read_wire(pcap: bytes, path: Path | None, target_port: int) -> WireEvidence:
         server_hello=any(f.tls is not None and f.tls.server_hello is not None for f in flows),
         server_bytes=sum(f.server_bytes for f in flows),
         server_reset=any(f.server_rst for f in flows),
+        tls_version=next(
+            (f.tls.version for f in flows if f.tls is not None and f.tls.version), None
+        ),
     )
 
 
@@ -277,8 +285,9 @@ def wire_problems(port: ServicePort, wire: WireEvidence, probe: Workload) -> lis
 
 def _hbone_problems(wire: WireEvidence, probe: Workload) -> list[str]:
     """What is wrong with the ambient probe's HBONE on the wire: no connection to port 15008,
-    no TLS, a ClientHello without ztunnel's ALPN ``h2`` or with an SNI (ztunnel sends none),
-    or plaintext payload beside it (docs/istio-model.md, "Ambient on the wire")."""
+    no TLS, a ClientHello without ztunnel's ALPN ``h2`` or with an SNI (ztunnel sends none), a
+    handshake that chose another version than TLS 1.3 (ztunnel speaks nothing else), or
+    plaintext payload beside it (docs/istio-model.md, "Ambient on the wire")."""
     if wire.flows == 0:
         return [
             f"the capture at {probe.key} saw no connection to port {HBONE_PORT}: the request"
@@ -292,6 +301,11 @@ def _hbone_problems(wire: WireEvidence, probe: Workload) -> list[str]:
             problems.append(f"the ClientHello's ALPN {list(wire.alpn)} is not ztunnel's ['h2']")
         if wire.sni is not None:
             problems.append(f"the ClientHello carries SNI {wire.sni!r}; ztunnel sends none")
+        if wire.tls_version not in (None, _HBONE_WIRE_VERSION):
+            problems.append(
+                f"the handshake on port {HBONE_PORT} chose {wire.tls_version}; ztunnel's HBONE"
+                f" is {_HBONE_WIRE_VERSION} only"
+            )
     if wire.plaintext_payload:
         problems.append(f"a plaintext payload went to port {HBONE_PORT} next to the tunnel")
     return problems
