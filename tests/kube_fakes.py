@@ -908,7 +908,9 @@ class FakeCluster:
         # istio-cni's enablement: the pod's own istio.io/dataplane-mode, else its namespace's
         plane = (template.get("labels") or {}).get("istio.io/dataplane-mode")
         ambient = plane == "ambient" or (plane != "none" and self.ambient(namespace))
-        pods = [p for p in self.pods.get(namespace, []) if p["metadata"]["labels"]["app"] != app]
+        pods = [
+            p for p in self.pods.get(namespace, []) if p["metadata"]["labels"].get("app") != app
+        ]
         name = f"{app}-6c8f9d7b5-{len(pods)}q2w"
         # a sidecar without the mesh root (an undiscovered namespace) never gets ready
         ready = not injected or self.discovered(namespace)

@@ -204,7 +204,7 @@ class FakeZtunnel:
                 # enrolled: istio-cni's mark on the pod
                 marks = meta.get("annotations") or {}
                 hbone = marks.get("ambient.istio.io/redirection") == "enabled"
-                app = meta["labels"]["app"]
+                app = meta["labels"].get("app", "")
                 uid = f"Kubernetes//Pod/{namespace}/{meta['name']}"
                 keys = list(listed.get((namespace, app), []))
                 if hbone and self._strict(namespace) and policies:

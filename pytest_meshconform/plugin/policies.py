@@ -169,8 +169,13 @@ def _target_ref_problem(mesh: Mesh, policy: Policy) -> str | None:
             return None
         return mesh.service_waypoint(by_logical[service])
 
+    # the waypoints too (a cluster's are in the run's namespaces)
+    waypoints = [
+        dataclasses.replace(w, namespace=mesh.logical_namespace(w.namespace))
+        for w in waypoints_of(mesh)
+    ]
     problem = target_ref_problem(
-        policy, waypoints_of(mesh), list(by_logical), waypoint_of, mesh.root_namespace
+        policy, waypoints, list(by_logical), waypoint_of, mesh.root_namespace
     )
     if problem is not None and not isinstance(mesh, WaypointAware):
         problem += f" (the {mesh.backend} backend runs no waypoints)"

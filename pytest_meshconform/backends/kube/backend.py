@@ -61,6 +61,7 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
+from pytest_meshconform.backends.kube.waypoints import KubeWaypoints
 from pytest_meshconform.backends.kube.ztunnel import (
     ISTIO_CNI_LABEL,
     ZTUNNEL_LABEL,
@@ -71,6 +72,10 @@ from pytest_meshconform.backends.kube.ztunnel import (
 )
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
+from pytest_meshconform.istio.waypoint import (
+    USE_WAYPOINT_LABEL,
+    service_waypoint as model_service_waypoint,
+)
 from pytest_meshconform.mesh import (
     DEFAULT_DNS_DOMAIN,
     ExecResult,
@@ -78,6 +83,7 @@ from pytest_meshconform.mesh import (
     MeshError,
     MeshWideNotAllowed,
     Service,
+    Waypoint,
     Workload,
 )
 from pytest_meshconform.settings import Dataplane
@@ -107,7 +113,7 @@ _LOG_LIMIT_BYTES: Final = 1 << 20
 _READ_RETRY_S: Final = 30.0  # how long a one-off read at start retries transient API errors
 
 
-class KubeMesh(KubeCapture, KubePropagation):
+class KubeMesh(KubeCapture, KubePropagation, KubeWaypoints):
     """The ``kind`` / ``existing`` backend of the Mesh protocol."""
 
     def __init__(
@@ -159,6 +165,8 @@ class KubeMesh(KubeCapture, KubePropagation):
         self.dataplane: Dataplane = dataplane  # foo and bar: sidecars, or enrolled in ambient
         self._workloads = topology_workloads(self.names, dataplane)
         self._services = topology_services(self.names)
+        self._waypoints: tuple[Waypoint, ...] = ()  # planned at start (waypoints.py)
+        self.waypoint_absence: str | None = None
 
     # -- Mesh protocol: identity -------------------------------------------------------------
 
@@ -223,7 +231,26 @@ class KubeMesh(KubeCapture, KubePropagation):
 
     @property
     def features(self) -> frozenset[str]:
-        return KUBE_FEATURES | ({"mesh-wide"} if self.allow_mesh_wide else set())
+        """``mesh-wide`` when root-namespace policies are allowed; ``waypoint`` when the run
+        has a waypoint (an ambient run on a cluster serving the Gateway API)."""
+        extra = {"mesh-wide"} if self.allow_mesh_wide else set()
+        if self._waypoints:
+            extra.add("waypoint")
+        return KUBE_FEATURES | extra
+
+    def waypoints(self) -> Sequence[Waypoint]:
+        """The run's waypoints (``bar``'s namespace waypoint on an ambient run whose cluster
+        serves the Gateway API), with their real namespaces."""
+        return self._waypoints
+
+    def service_waypoint(self, service: Service) -> Waypoint | None:
+        """The waypoint the Service's traffic goes through (the model's ``service_waypoint``
+        with the labels this run gave the Service's namespace)."""
+        own = [w.name for w in self._waypoints if w.namespace == service.namespace]
+        labels = {USE_WAYPOINT_LABEL: own[0]} if own else {}
+        return model_service_waypoint(
+            {"app": service.selector_app}, service.namespace, labels, self._waypoints
+        )
 
     @property
     def run_id(self) -> str:
@@ -259,9 +286,12 @@ class KubeMesh(KubeCapture, KubePropagation):
         started = time.monotonic()
         try:
             self.detect_istio()
+            self._plan_waypoints()
             self._sweep_leftovers()
             self._create_topology()
+            self._apply_waypoints()
             self._wait_pods_ready()
+            self._wait_waypoints_ready()
             self._read_dns_domain()
             self._check_capture_image()
             self._root_pem = self._read_root_cert()

@@ -38,7 +38,7 @@ from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.ambient import AMBIENT_REDIRECTION_ANNOTATION
 from pytest_meshconform.istio.discovery import discovery_labels
 from pytest_meshconform.istio.injection import DEFAULT_REVISION, injection_labels
-from pytest_meshconform.mesh import MeshError, Workload
+from pytest_meshconform.mesh import MeshError, Waypoint, Workload
 from pytest_meshconform.settings import Dataplane
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -203,6 +203,7 @@ class KubeLifecycle:
     _backend: Literal["kind", "existing"]
     _progress: Progress
     _workloads: Sequence[Workload]
+    _waypoints: tuple[Waypoint, ...]  # the run's namespace waypoints (waypoints.py)
     _pods: dict[tuple[str, str], dict[str, Any]]
     _created_namespaces: list[str]
     _lock: threading.RLock
@@ -335,7 +336,17 @@ class KubeLifecycle:
     def _create_topology(self) -> None:
         images = WorkloadImages(self.options.sleep_image, self.options.httpbin_image)
         manifests = [
-            namespace_manifest(self.names, logical, self.revision, self.owner, self.dataplane)
+            namespace_manifest(
+                self.names,
+                logical,
+                self.revision,
+                self.owner,
+                self.dataplane,
+                waypoint=next(
+                    (w.name for w in self._waypoints if w.namespace == self.names.real(logical)),
+                    None,
+                ),
+            )
             for logical in LOGICAL_NAMESPACES
         ]
         for manifest in manifests:  # every refusal before anything is created

@@ -19,10 +19,13 @@ from typing import Any, Final, Literal
 
 from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.istio.injection import injection_labels
+from pytest_meshconform.istio.waypoint import USE_WAYPOINT_LABEL
 from pytest_meshconform.mesh import Service, Workload
 from pytest_meshconform.settings import Dataplane, format_duration
 
 __all__ = [
+    "AMBIENT_WAYPOINT",
+    "AMBIENT_WAYPOINT_NAMESPACE",
     "CAPTURE_CONTAINER",
     "CAPTURE_IMAGE_EXAMPLE",
     "HTTPBIN_PORT",
@@ -46,6 +49,7 @@ __all__ = [
     "localize_manifest",
     "namespace_dataplane",
     "namespace_manifest",
+    "namespace_waypoint",
     "owner_text",
     "parse_owner",
     "run_id_of",
@@ -58,6 +62,10 @@ INJECTED_NAMESPACES: Final = ("foo", "bar")  # in the mesh: sidecars, or ambient
 PLAIN_NAMESPACES: Final = ("legacy",)
 LOGICAL_NAMESPACES: Final = (*INJECTED_NAMESPACES, *PLAIN_NAMESPACES)
 APPS: Final = ("sleep", "httpbin")
+# An ambient run's namespace waypoint, as on the local mesh's built-in topology (istio.io's
+# ambient getting started: `istioctl waypoint apply -n bar --enroll-namespace`, name `waypoint`)
+AMBIENT_WAYPOINT_NAMESPACE: Final = "bar"
+AMBIENT_WAYPOINT: Final = "waypoint"
 HTTPBIN_PORT: Final = 8000
 HTTPBIN_TARGET_PORT: Final = 8080
 CAPTURE_CONTAINER: Final = "mc-capture"
@@ -98,6 +106,17 @@ def namespace_dataplane(
     if logical not in INJECTED_NAMESPACES:
         return "none"
     return dataplane
+
+
+def namespace_waypoint(logical: str, dataplane: Dataplane) -> str | None:
+    """The name of the namespace waypoint a logical namespace gets under the run's data plane:
+    ``bar`` gets ``waypoint`` when ambient; None elsewhere."""
+    if (
+        logical == AMBIENT_WAYPOINT_NAMESPACE
+        and namespace_dataplane(logical, dataplane) == "ambient"
+    ):
+        return AMBIENT_WAYPOINT
+    return None
 
 
 class TopologyError(ValueError):
@@ -196,11 +215,13 @@ def namespace_manifest(
     revision: str | None,
     owner: str,
     dataplane: Dataplane = "sidecar",
+    waypoint: str | None = None,
 ) -> dict[str, Any]:
     """A run namespace: injected by the injector of ``revision`` (None: the default one), or
     enrolled in ambient (``istio.io/dataplane-mode=ambient``, as Istio's ambient guides label a
     namespace; injection then stays off: istio-cni never enrols a pod with a sidecar),
-    privileged for captures.
+    privileged for captures. ``waypoint``: the namespace uses that waypoint
+    (``istio.io/use-waypoint``, as ``istioctl waypoint apply --enroll-namespace`` labels it).
 
     ``pod-security.kubernetes.io/enforce: privileged`` because Istio's init container and the
     capture container need NET_ADMIN/NET_RAW, which the baseline Pod Security level rejects.
@@ -211,6 +232,8 @@ def namespace_manifest(
     labels.update(injection_labels(revision, injected=plane == "sidecar"))
     if plane == "ambient":
         labels[DATAPLANE_MODE_LABEL] = "ambient"
+    if waypoint is not None:
+        labels[USE_WAYPOINT_LABEL] = waypoint
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
