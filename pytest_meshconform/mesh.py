@@ -134,6 +134,11 @@ class Waypoint:
     name: str
     namespace: str
     traffic_type: str = "service"
+    # its HBONE listener's ``allowedRoutes.namespaces``: ``from`` (``Same`` unless given:
+    # Gateway API's default, which istioctl's Gateway keeps) and, for ``Selector``, the
+    # ``matchLabels`` a namespace must carry to use the waypoint from another namespace
+    allowed_routes: str = "Same"
+    allowed_route_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:

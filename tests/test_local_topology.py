@@ -300,7 +300,7 @@ BAD_FILES = [
     (
         "namespaces:\n  - name: foo\n    injected: true\n    workload: []\n",
         ":4: namespaces[0].workload: unknown field; known fields: name, dataplane, injected,"
-        " waypoint, workloads, services",
+        " labels, waypoint, waypoints, workloads, services",
     ),
     (
         "namespaces:\n  - name: Foo\n    injected: true\n",

@@ -9,7 +9,9 @@ istio/ztunnel at the commits docs/istio-model.md names):
   pilot/pkg/serviceregistry/ambient/waypoints.go).
 - An object uses the waypoint its own ``istio.io/use-waypoint`` label names (``none`` opts
   out), else its namespace's; ``istio.io/use-waypoint-namespace`` names another namespace
-  (``GetUseWaypoint``, ``fetchWaypointForTarget``). A Service uses it when the waypoint takes
+  (``GetUseWaypoint``, ``fetchWaypointForTarget``), when the waypoint's listener allows
+  attachment from the object's namespace (``allowedRoutes``, ``Same`` by default:
+  ``AllowsAttachmentFromNamespace``). A Service uses it when the waypoint takes
   ``service`` or ``all`` traffic (``fetchWaypointForService``), a workload when it takes
   ``workload`` or ``all`` (``fetchWaypointForWorkload``).
 - ztunnel sends a connection to a Service address through the Service's waypoint, and one to
@@ -53,15 +55,18 @@ from pytest_meshconform.mesh import Service, Waypoint, Workload
 
 __all__ = [
     "GATEWAY_NAME_LABEL",
+    "NAMESPACE_NAME_LABEL",
     "TRAFFIC_TYPES",
     "USE_WAYPOINT_LABEL",
     "USE_WAYPOINT_NAMESPACE_LABEL",
     "WAYPOINT_FOR_LABEL",
     "WAYPOINT_GATEWAY_CLASS",
+    "allows_attachment",
     "service_waypoint",
     "target_ref_problem",
     "use_waypoint",
     "waypoint_authorization",
+    "waypoint_binding",
     "waypoint_for_target",
     "waypoint_gateway",
     "waypoint_policies",
@@ -76,6 +81,8 @@ USE_WAYPOINT_LABEL: Final = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE_LABEL: Final = "istio.io/use-waypoint-namespace"
 WAYPOINT_FOR_LABEL: Final = "istio.io/waypoint-for"
 GATEWAY_NAME_LABEL: Final = "gateway.networking.k8s.io/gateway-name"
+# every namespace carries its own name under this label (Kubernetes' NamespaceDefaultLabelName)
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 # constants.ServiceTraffic, WorkloadTraffic, AllTraffic, NoTraffic
 TRAFFIC_TYPES: Final = ("service", "workload", "all", "none")
 _GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
@@ -90,12 +97,72 @@ def waypoint_gateway(waypoint: Waypoint) -> dict[str, object]:
     metadata: dict[str, object] = {"name": waypoint.name, "namespace": waypoint.namespace}
     if waypoint.traffic_type != "service":
         metadata["labels"] = {WAYPOINT_FOR_LABEL: waypoint.traffic_type}
+    listener: dict[str, object] = dict(WAYPOINT_LISTENER)
+    if waypoint.allowed_routes != "Same":  # a waypoint shared with other namespaces
+        namespaces: dict[str, object] = {"from": waypoint.allowed_routes}
+        if waypoint.allowed_routes == "Selector":
+            namespaces["selector"] = {"matchLabels": dict(waypoint.allowed_route_labels)}
+        listener["allowedRoutes"] = {"namespaces": namespaces}
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
         "metadata": metadata,
-        "spec": {"gatewayClassName": WAYPOINT_GATEWAY_CLASS, "listeners": [WAYPOINT_LISTENER]},
+        "spec": {"gatewayClassName": WAYPOINT_GATEWAY_CLASS, "listeners": [listener]},
     }
+
+
+def allows_attachment(
+    waypoint: Waypoint, namespace: str, namespace_labels: Mapping[str, str]
+) -> bool:
+    """``AllowsAttachmentFromNamespace`` (pilot/pkg/serviceregistry/ambient/waypoints.go): may
+    objects of ``namespace`` use the waypoint? ``All``: yes; ``Selector``: when the namespace's
+    labels (with its ``kubernetes.io/metadata.name``) match; ``Same`` (the default, and any
+    other value): only its own namespace."""
+    if waypoint.allowed_routes == "All":
+        return True
+    if waypoint.allowed_routes == "Selector":
+        labels = {**namespace_labels, NAMESPACE_NAME_LABEL: namespace}
+        return all(labels.get(key) == value for key, value in waypoint.allowed_route_labels)
+    return waypoint.namespace == namespace
+
+
+def waypoint_binding(
+    labels: Mapping[str, str],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    waypoints: Iterable[Waypoint],
+    traffic: str,
+) -> tuple[Waypoint | None, str | None]:
+    """The waypoint an object uses for ``traffic`` (``service`` for a Service, ``workload`` for
+    a pod) and, when it uses none although a label names one, istiod's status message for it
+    (``fetchWaypointForTarget``, ``fetchWaypointForService``, ``fetchWaypointForWorkload``;
+    messages of pilot/pkg/serviceregistry/ambient/status.go): ``waypoint "ns/name" is not
+    ready`` (no such waypoint), ``we are not permitted to attach to waypoint "ns/name" (missing
+    allowedRoutes?)``, ``attempting to bind to traffic type "service" which the waypoint
+    "ns/name" does not support`` (for a workload: only when its own label names the waypoint)."""
+    known = {(w.namespace, w.name): w for w in waypoints}
+    named, opted_out = use_waypoint(labels, namespace)
+    own = named is not None
+    if opted_out:
+        return None, None
+    if named is None:
+        named, _ = use_waypoint(namespace_labels, namespace)
+        if named is None:
+            return None, None
+    key = f"{named[0]}/{named[1]}"
+    found = known.get(named)
+    if found is None:
+        return None, f'waypoint "{key}" is not ready'
+    if not allows_attachment(found, namespace, namespace_labels):
+        return None, f'we are not permitted to attach to waypoint "{key}" (missing allowedRoutes?)'
+    if found.traffic_type not in (traffic, "all"):
+        if traffic == "workload" and not own:
+            return None, None  # inherited from the namespace: the waypoint is for Services
+        return None, (
+            f'attempting to bind to traffic type "{traffic}" which the waypoint "{key}"'
+            " does not support"
+        )
+    return found, None
 
 
 def use_waypoint(
@@ -118,15 +185,19 @@ def waypoint_for_target(
     waypoints: Iterable[Waypoint],
 ) -> Waypoint | None:
     """``fetchWaypointForTarget``: the waypoint an object's own label names, else its
-    namespace's; None when neither names one, the object opts out, or the named waypoint does
-    not exist (istiod reports it "not ready")."""
+    namespace's; None when neither names one, the object opts out, the named waypoint does
+    not exist (istiod reports it "not ready") or does not allow attachment from the object's
+    namespace."""
     known = {(w.namespace, w.name): w for w in waypoints}
     named, opted_out = use_waypoint(labels, namespace)
     if opted_out:
         return None
     if named is None:
         named, _ = use_waypoint(namespace_labels, namespace)
-    return known.get(named) if named is not None else None
+    found = known.get(named) if named is not None else None
+    if found is None or not allows_attachment(found, namespace, namespace_labels):
+        return None
+    return found
 
 
 def service_waypoint(

@@ -81,6 +81,9 @@ class ServiceEntry:
     service: Service
     vip: str  # "" for a headless Service (``clusterIP: None``)
     endpoints: tuple[Pod, ...]
+    # the Service's own labels (a topology file's `labels:`): ``istio.io/use-waypoint`` and
+    # ``istio.io/use-waypoint-namespace`` choose its waypoint
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -96,16 +99,21 @@ WAYPOINT_KIND = "waypoint"  # a waypoint's pod: its Envoy only, no app
 
 @dataclass(frozen=True, slots=True)
 class WaypointPod:
-    """A namespace's waypoint (`waypoint: <name>` in the topology file) and the pod running it
-    (named after the Gateway, under its service account; not enrolled in ambient: istiod's
-    waypoint template labels it ``istio.io/dataplane-mode: none``)."""
+    """A waypoint (`waypoint: <name>` or `waypoints: [...]` in the topology file) and the pod
+    running it (named after the Gateway, under its service account; not enrolled in ambient:
+    istiod's waypoint template labels it ``istio.io/dataplane-mode: none``).
+    ``enrolls_namespace``: its namespace is labelled ``istio.io/use-waypoint=<name>``
+    (`waypoint:`, as ``istioctl waypoint apply --enroll-namespace``)."""
 
     waypoint: Waypoint
     pod: Pod
+    enrolls_namespace: bool = True
 
 
-def waypoint_pod(waypoint: Waypoint, ip: str) -> WaypointPod:
-    return WaypointPod(waypoint, Pod(waypoint_workload(waypoint), ip, kind=WAYPOINT_KIND))
+def waypoint_pod(waypoint: Waypoint, ip: str, *, enrolls_namespace: bool = True) -> WaypointPod:
+    return WaypointPod(
+        waypoint, Pod(waypoint_workload(waypoint), ip, kind=WAYPOINT_KIND), enrolls_namespace
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,8 @@ class Topology:
     pods: tuple[Pod, ...]  # the workloads' pods (waypoints' pods are `waypoints`)
     services: tuple[ServiceEntry, ...]
     waypoints: tuple[WaypointPod, ...] = ()
+    # each namespace's own labels (a topology file's namespace `labels:`), by namespace
+    namespace_label_sets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
     def all_pods(self) -> tuple[Pod, ...]:
@@ -120,17 +130,27 @@ class Topology:
         return (*self.pods, *(w.pod for w in self.waypoints))
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
-        """The labels of a namespace that matter to waypoints: ``istio.io/use-waypoint`` for a
+        """A namespace's labels: those the file gives it, and ``istio.io/use-waypoint`` for a
         namespace with a waypoint (as ``istioctl waypoint apply --enroll-namespace`` sets it)."""
+        labels = dict(dict(self.namespace_label_sets).get(namespace, ()))
         for entry in self.waypoints:
-            if entry.waypoint.namespace == namespace:
-                return {USE_WAYPOINT_LABEL: entry.waypoint.name}
+            if entry.enrolls_namespace and entry.waypoint.namespace == namespace:
+                labels[USE_WAYPOINT_LABEL] = entry.waypoint.name
+        return labels
+
+    def service_labels(self, service: Service) -> dict[str, str]:
+        """The labels of the Service a port belongs to."""
+        for entry in self.services:
+            s = entry.service
+            if (s.namespace, s.name) == (service.namespace, service.name):
+                return dict(entry.labels)
         return {}
 
     def service_waypoint(self, service: Service) -> WaypointPod | None:
-        """The waypoint a Service's traffic goes through (the model's `service_waypoint`)."""
+        """The waypoint a Service's traffic goes through (the model's `service_waypoint`, with
+        the Service's own labels and its namespace's)."""
         found = service_waypoint(
-            {},
+            self.service_labels(service),
             service.namespace,
             self.namespace_labels(service.namespace),
             [w.waypoint for w in self.waypoints],

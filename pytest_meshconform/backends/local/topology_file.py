@@ -9,7 +9,6 @@ described in docs/topology.md. A file the local mesh cannot run is refused with 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -26,9 +25,22 @@ from pytest_meshconform.backends.local.topology import (
     WaypointPod,
     waypoint_pod,
 )
+from pytest_meshconform.backends.local.topology_reader import (
+    TopologyError,
+    TopologyReader,
+    describe_node,
+)
+from pytest_meshconform.backends.local.topology_waypoints import (
+    WaypointBinding,
+    check_use_waypoint_labels,
+    check_waypoint_bindings,
+    check_waypoint_name,
+    namespace_labels_of,
+    parse_waypoint,
+)
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of, service_port_protocol
-from pytest_meshconform.istio.waypoint import TRAFFIC_TYPES
+from pytest_meshconform.istio.waypoint import USE_WAYPOINT_LABEL
 from pytest_meshconform.mesh import Service, Waypoint, Workload
 from pytest_meshconform.userfiles import InputFileError, compose_yaml, read_text
 
@@ -66,8 +78,6 @@ SERVING_KINDS: Final = ("httpbin", "tcp-echo", "grpc-echo", "tcp-banner")
 DATAPLANES: Final = ("sidecar", "ambient", "none")
 _MAX_PODS: Final = 200  # 10.244.0.10 .. 10.244.0.209
 _MAX_SERVICES: Final = 200  # VIPs 10.96.0.10 .. 10.96.0.209
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # Protocols the local mesh renders: HTTP/1.1, HTTP/2, gRPC and gRPC-Web (an HTTP connection
 # manager, with the HTTP/2 codec for the last three, and the grpc_web filter for gRPC-Web), the
 # TCP family (a TCP proxy) and ports Istio sniffs (UnsupportedProtocol: both behind Envoy's
@@ -80,99 +90,6 @@ _RENDERED: Final = (
     PortProtocol.UNSUPPORTED,
     *sorted(p for p in PortProtocol if p.is_tcp),
 )
-_BOOLEANS: Final[dict[str, bool]] = yaml.constructor.SafeConstructor.bool_values
-
-
-class TopologyError(ValueError):
-    """A topology file the local mesh cannot run; the message names file, line and field."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Ctx:
-    source: str
-
-    def error(self, node: yaml.Node, field: str, problem: str) -> TopologyError:
-        return TopologyError(f"{self.source}:{node.start_mark.line + 1}: {field}: {problem}")
-
-    def mapping(
-        self, node: yaml.Node, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
-    ) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, field, f"expected a mapping, got {_describe(node)}")
-        result: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str) or key not in allowed:
-                raise self.error(
-                    key_node,
-                    f"{field}.{key}",
-                    f"unknown field; known fields: {', '.join(allowed)}",
-                )
-            if key in result:
-                raise self.error(key_node, f"{field}.{key}", "given twice")
-            result[key] = value_node
-        for key in required:
-            if key not in result:
-                raise self.error(node, f"{field}.{key}", "required field missing")
-        return result
-
-    def sequence(self, node: yaml.Node, field: str) -> list[yaml.Node]:
-        if not isinstance(node, yaml.SequenceNode):
-            raise self.error(node, field, f"expected a list, got {_describe(node)}")
-        return list(node.value)
-
-    def string(self, node: yaml.Node, field: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
-            raise self.error(node, field, f"expected a string, got {_describe(node)}")
-        return str(node.value)
-
-    def name(self, node: yaml.Node, field: str) -> str:
-        value = self.string(node, field)
-        if not _DNS_LABEL.fullmatch(value):
-            raise self.error(
-                node,
-                field,
-                f"{value!r} is not a DNS label (lower-case letters, digits and '-', at most 63)",
-            )
-        return value
-
-    def boolean(self, node: yaml.Node, field: str) -> bool:
-        value = (
-            _BOOLEANS.get(str(node.value).lower()) if isinstance(node, yaml.ScalarNode) else None
-        )
-        if node.tag != "tag:yaml.org,2002:bool" or value is None:
-            raise self.error(node, field, f"expected true or false, got {_describe(node)}")
-        return value  # PyYAML's own table (not a YAML round trip per value: that cost 0.1 ms)
-
-    def port(self, node: yaml.Node, field: str) -> int:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
-            raise self.error(node, field, f"expected a port number, got {_describe(node)}")
-        value = int(node.value)
-        if not 1 <= value <= 65535:
-            raise self.error(node, field, f"port {value} is not in 1..65535")
-        return value
-
-    def labels(self, node: yaml.Node, field: str) -> dict[str, str]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, field, f"expected a mapping, got {_describe(node)}")
-        result: dict[str, str] = {}
-        for key_node, value_node in node.value:
-            key = self.string(key_node, f"{field} key")
-            value = self.string(value_node, f"{field}.{key}")
-            if not _LABEL_VALUE.fullmatch(value):
-                raise self.error(value_node, f"{field}.{key}", f"{value!r} is not a label value")
-            result[key] = value
-        return result
-
-
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node.tag == "tag:yaml.org,2002:null":
-        return "nothing"
-    return f"{node.value!r}"
 
 
 @dataclass(slots=True)
@@ -186,7 +103,7 @@ class _ServicePortSpec:
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     """The topology a YAML text describes; `TopologyError` (file:line: field: problem)."""
-    ctx = _Ctx(source)
+    ctx = TopologyReader(source)
     try:  # linear, nesting and aliases bounded (userfiles); no document composes to None
         documents = compose_yaml(text, source)
     except InputFileError as exc:
@@ -203,14 +120,25 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
     pods: list[Pod] = []
     entries: list[ServiceEntry] = []
-    waypoints: list[tuple[yaml.Node, Waypoint]] = []
+    waypoints: list[tuple[yaml.Node, Waypoint, bool]] = []
+    namespace_labels: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    bindings: list[WaypointBinding] = []
     seen_namespaces: set[str] = set()
     for ns_index, ns_node in enumerate(namespace_nodes):
         where = f"namespaces[{ns_index}]"
         fields = ctx.mapping(
             ns_node,
             where,
-            ("name", "dataplane", "injected", "waypoint", "workloads", "services"),
+            (
+                "name",
+                "dataplane",
+                "injected",
+                "labels",
+                "waypoint",
+                "waypoints",
+                "workloads",
+                "services",
+            ),
             ("name",),
         )
         namespace = ctx.name(fields["name"], f"{where}.name")
@@ -224,14 +152,42 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             raise ctx.error(fields["name"], f"{where}.name", f"namespace {namespace!r} given twice")
         seen_namespaces.add(namespace)
         dataplane = _dataplane(ctx, ns_node, fields, where)
-        ns_pods = _workloads(ctx, fields.get("workloads"), where, namespace, dataplane, len(pods))
+        ns_pods = _workloads(
+            ctx, fields.get("workloads"), where, namespace, dataplane, len(pods), bindings
+        )
         pods += ns_pods
-        ns_entries = _services(ctx, fields.get("services"), where, namespace, ns_pods, entries)
+        ns_entries = _services(
+            ctx, fields.get("services"), where, namespace, ns_pods, entries, bindings
+        )
         entries += ns_entries
+        labels = namespace_labels_of(ctx, fields, where, dataplane)
+        namespace_labels.append((namespace, tuple(sorted(labels.items()))))
+        if USE_WAYPOINT_LABEL in labels:
+            bindings.append(WaypointBinding(fields["labels"], f"{where}.labels", namespace, "", {}))
+        ns_waypoints: list[tuple[yaml.Node, str, Waypoint, bool]] = []
         if "waypoint" in fields:
-            waypoint = _waypoint(ctx, fields["waypoint"], where, namespace, dataplane)
-            _check_waypoint_name(ctx, fields["waypoint"], where, waypoint, ns_pods, ns_entries)
-            waypoints.append((fields["waypoint"], waypoint))
+            waypoint = parse_waypoint(ctx, fields["waypoint"], f"{where}.waypoint", namespace)
+            if dataplane != "ambient":
+                raise ctx.error(
+                    fields["waypoint"],
+                    f"{where}.waypoint",
+                    f"namespace {namespace} has dataplane: {dataplane}; a waypoint serves ambient"
+                    " workloads only (ztunnel sends their traffic to it): write dataplane:"
+                    " ambient, or drop the waypoint (or declare it under waypoints: to serve"
+                    " other namespaces)",
+                )
+            ns_waypoints.append((fields["waypoint"], f"{where}.waypoint", waypoint, True))
+        if "waypoints" in fields:
+            for index, w_node in enumerate(ctx.sequence(fields["waypoints"], f"{where}.waypoints")):
+                at = f"{where}.waypoints[{index}]"
+                waypoint = parse_waypoint(ctx, w_node, at, namespace)
+                if any(w.name == waypoint.name for _, _, w, _ in ns_waypoints):
+                    raise ctx.error(w_node, at, f"waypoint {waypoint.name!r} given twice")
+                ns_waypoints.append((w_node, at, waypoint, False))
+        for node, at, waypoint, _ in ns_waypoints:
+            check_waypoint_name(ctx, node, at, waypoint, ns_pods, ns_entries)
+        waypoints += [(node, waypoint, enrolls) for node, _, waypoint, enrolls in ns_waypoints]
+    check_waypoint_bindings(ctx, bindings, [w for _, w, _ in waypoints], dict(namespace_labels))
     if len(pods) + len(waypoints) > _MAX_PODS:
         raise ctx.error(
             root,
@@ -240,83 +196,22 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             f" {_MAX_PODS} pods",
         )
     waypoint_pods: tuple[WaypointPod, ...] = tuple(
-        waypoint_pod(waypoint, f"{POD_CIDR_PREFIX}{10 + len(pods) + index}")
-        for index, (_, waypoint) in enumerate(waypoints)
+        waypoint_pod(
+            waypoint, f"{POD_CIDR_PREFIX}{10 + len(pods) + index}", enrolls_namespace=enrolls
+        )
+        for index, (_, waypoint, enrolls) in enumerate(waypoints)
     )
-    return Topology(pods=tuple(pods), services=tuple(entries), waypoints=waypoint_pods)
+    return Topology(
+        pods=tuple(pods),
+        services=tuple(entries),
+        waypoints=waypoint_pods,
+        namespace_label_sets=tuple(namespace_labels),
+    )
 
 
-def _waypoint(ctx: _Ctx, node: yaml.Node, where: str, namespace: str, dataplane: str) -> Waypoint:
-    """A namespace's `waypoint: <name>` (or `{name: <name>, for: <traffic type>}`): the Gateway
-    ``istioctl waypoint apply --enroll-namespace [--for <type>]`` writes (class
-    istio-waypoint; traffic type ``service`` unless given) and the namespace's
-    ``istio.io/use-waypoint`` label."""
-    field = f"{where}.waypoint"
-    traffic_type = "service"
-    name_node = node
-    if isinstance(node, yaml.MappingNode):
-        fields = ctx.mapping(node, field, ("name", "for"), ("name",))
-        name_node = fields["name"]
-        field_name = f"{field}.name"
-        if "for" in fields:
-            traffic_type = ctx.string(fields["for"], f"{field}.for")
-            if traffic_type not in TRAFFIC_TYPES:  # istioctl's validTrafficTypes
-                raise ctx.error(
-                    fields["for"],
-                    f"{field}.for",
-                    f"invalid traffic type: {traffic_type}. Valid options are:"
-                    f" {sorted(TRAFFIC_TYPES)}",
-                )
-    else:
-        field_name = field
-    name = ctx.name(name_node, field_name)
-    if name == "none":  # istioctl: "'none' is a reserved value"
-        raise ctx.error(
-            name_node,
-            field_name,
-            "invalid name provided for waypoint, 'none' is a reserved value"
-            " (istio.io/use-waypoint: none opts out of waypoints)",
-        )
-    if dataplane != "ambient":
-        raise ctx.error(
-            node,
-            field,
-            f"namespace {namespace} has dataplane: {dataplane}; a waypoint serves ambient"
-            " workloads only (ztunnel sends their traffic to it): write dataplane: ambient,"
-            " or drop the waypoint",
-        )
-    return Waypoint(name=name, namespace=namespace, traffic_type=traffic_type)
-
-
-def _check_waypoint_name(
-    ctx: _Ctx,
-    node: yaml.Node,
-    where: str,
-    waypoint: Waypoint,
-    pods: list[Pod],
-    entries: list[ServiceEntry],
-) -> None:
-    """The waypoint's Deployment and Service are named after it: no workload or Service of
-    its namespace may have that name."""
-    for pod in pods:
-        if pod.workload.name == waypoint.name:
-            raise ctx.error(
-                node,
-                f"{where}.waypoint",
-                f"workload {waypoint.name!r} has the waypoint's name (its pod and Service are"
-                " named after the waypoint): rename one",
-            )
-    for entry in entries:
-        if entry.service.name == waypoint.name:
-            raise ctx.error(
-                node,
-                f"{where}.waypoint",
-                f"Service {waypoint.name!r} has the waypoint's name (the waypoint's own Service"
-                " is named so): rename one",
-            )
-
-
-def _dataplane(ctx: _Ctx, node: yaml.Node, fields: dict[str, yaml.Node], where: str) -> str:
+def _dataplane(
+    ctx: TopologyReader, node: yaml.Node, fields: dict[str, yaml.Node], where: str
+) -> str:
     """The namespace's `dataplane` (one of DATAPLANES), from `dataplane:` or `injected:`."""
     dataplane: str | None = None
     if "dataplane" in fields:
@@ -349,7 +244,7 @@ def _dataplane(ctx: _Ctx, node: yaml.Node, fields: dict[str, yaml.Node], where: 
 
 
 def _workload_ports(
-    ctx: _Ctx, node: yaml.Node, field: str, kind: str | None
+    ctx: TopologyReader, node: yaml.Node, field: str, kind: str | None
 ) -> tuple[tuple[int, ...], tuple[tuple[int, str], ...]]:
     """A workload's `ports`: plain numbers (served by its `kind`) or `{port, serves}`; returns
     the container ports and (port, app kind) for each."""
@@ -384,11 +279,11 @@ def _workload_ports(
     return tuple(ports), tuple(served)
 
 
-def _annotations(ctx: _Ctx, node: yaml.Node, field: str) -> dict[str, str]:
+def _annotations(ctx: TopologyReader, node: yaml.Node, field: str) -> dict[str, str]:
     """A pod's annotations: string values; the interception ones checked as Istio's injector
     checks them (it refuses the pod otherwise)."""
     if not isinstance(node, yaml.MappingNode):
-        raise ctx.error(node, field, f"expected a mapping, got {_describe(node)}")
+        raise ctx.error(node, field, f"expected a mapping, got {describe_node(node)}")
     result: dict[str, str] = {}
     for key_node, value_node in node.value:
         key = ctx.string(key_node, f"{field} key")
@@ -401,12 +296,13 @@ def _annotations(ctx: _Ctx, node: yaml.Node, field: str) -> dict[str, str]:
 
 
 def _workloads(
-    ctx: _Ctx,
+    ctx: TopologyReader,
     node: yaml.Node | None,
     where: str,
     namespace: str,
     dataplane: str,
     first_index: int,
+    bindings: list[WaypointBinding],
 ) -> list[Pod]:
     pods: list[Pod] = []
     names: set[str] = set()
@@ -456,6 +352,14 @@ def _workloads(
                 f"{field}.labels.app",
                 "required: Services select their endpoints by the app label",
             )
+        if "labels" in fields:
+            check_use_waypoint_labels(ctx, fields["labels"], f"{field}.labels", labels)
+            if labels.get(USE_WAYPOINT_LABEL, "none") != "none":
+                bindings.append(
+                    WaypointBinding(
+                        fields["labels"], f"{field}.labels", namespace, "workload", labels
+                    )
+                )
         annotations = (
             _annotations(ctx, fields["annotations"], f"{field}.annotations")
             if "annotations" in fields
@@ -500,12 +404,13 @@ def _workloads(
 
 
 def _services(
-    ctx: _Ctx,
+    ctx: TopologyReader,
     node: yaml.Node | None,
     where: str,
     namespace: str,
     pods: list[Pod],
     earlier: list[ServiceEntry],
+    bindings: list[WaypointBinding],
 ) -> list[ServiceEntry]:
     first_index = len({(e.service.namespace, e.service.name) for e in earlier})  # one VIP each
     entries: list[ServiceEntry] = []
@@ -517,7 +422,7 @@ def _services(
         fields = ctx.mapping(
             s_node,
             field,
-            ("name", "selector", "ports", "clusterIP"),
+            ("name", "selector", "ports", "clusterIP", "labels"),
             ("name", "selector", "ports"),
         )
         name = ctx.name(fields["name"], f"{field}.name")
@@ -543,6 +448,32 @@ def _services(
             raise ctx.error(fields["selector"], f"{field}.selector", problem)
         endpoint = selected[0]
         headless = _headless(ctx, fields.get("clusterIP"), f"{field}.clusterIP")
+        labels: dict[str, str] = {}
+        if "labels" in fields:
+            labels = ctx.labels(fields["labels"], f"{field}.labels")
+            check_use_waypoint_labels(ctx, fields["labels"], f"{field}.labels", labels)
+            if labels.get(USE_WAYPOINT_LABEL, "none") != "none":
+                refusal: str | None = None
+                if headless:
+                    refusal = (
+                        "a headless Service's clients dial the pod's address: its traffic takes"
+                        " no Service waypoint (label the workload, with a waypoint for"
+                        " workload traffic)"
+                    )
+                elif not endpoint.workload.ambient:
+                    refusal = (
+                        "a waypoint serves Services whose endpoints are ambient (ztunnel sends"
+                        f" their traffic to it), and {endpoint.workload.name} is not"
+                    )
+                if refusal is not None:
+                    raise ctx.error(
+                        fields["labels"], f"{field}.labels.{USE_WAYPOINT_LABEL}", refusal
+                    )
+                bindings.append(
+                    WaypointBinding(
+                        fields["labels"], f"{field}.labels", namespace, "service", labels
+                    )
+                )
         specs = _service_ports(ctx, fields["ports"], f"{field}.ports", endpoint)
         vip_index = first_index + len({e.service.name for e in entries})
         if vip_index >= _MAX_SERVICES:
@@ -587,12 +518,13 @@ def _services(
                     ),
                     vip=vip,
                     endpoints=(endpoint,),
+                    labels=tuple(sorted(labels.items())),
                 )
             )
     return entries
 
 
-def _headless(ctx: _Ctx, node: yaml.Node | None, field: str) -> bool:
+def _headless(ctx: TopologyReader, node: yaml.Node | None, field: str) -> bool:
     """``clusterIP: None`` makes a headless Service (no VIP); no other value is taken (the local
     mesh assigns the VIPs)."""
     if node is None:
@@ -604,7 +536,9 @@ def _headless(ctx: _Ctx, node: yaml.Node | None, field: str) -> bool:
     return True
 
 
-def _service_ports(ctx: _Ctx, node: yaml.Node, where: str, endpoint: Pod) -> list[_ServicePortSpec]:
+def _service_ports(
+    ctx: TopologyReader, node: yaml.Node, where: str, endpoint: Pod
+) -> list[_ServicePortSpec]:
     specs: list[_ServicePortSpec] = []
     port_nodes = ctx.sequence(node, where)
     if not port_nodes:
