@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_conformance import run_once
+from bench_conformance import print_messages, run_once
 
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.entry import builtin_topology
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in run.failures:
             print(f"    {line[:300]}")
+        print_messages(run)  # the whole message: a flake's evidence (which request, when)
     both = statistics.median(r.seconds for r in runs)
     print(
         f"  both data planes: median {both:.2f} s over {len(runs)} runs"

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_S = 20.0
@@ -35,17 +39,45 @@ class Run:
     failures: tuple[str, ...]  # pytest's short summary lines of failed tests
     load_before: float  # 1-minute load average
     load_after: float
+    # each failed or errored test's whole message (its JUnit <failure>/<error> message), as
+    # "node id: message": a flake's evidence, not only its first line
+    messages: tuple[str, ...] = ()
+
+
+_EXCEPTION_LINE = re.compile(r"^E {3}(.*)$", re.M)  # pytest's report: the exception's lines
+
+
+def failure_messages(junit_xml: Path) -> tuple[str, ...]:
+    """Every failed or errored test case of a JUnit file as "node id: message" (the whole
+    message, every line); () when the file is missing or unreadable (the run died first)."""
+    try:
+        root = ElementTree.parse(junit_xml).getroot()
+    except (OSError, ElementTree.ParseError):
+        return ()
+    found = []
+    for case in root.iter("testcase"):
+        for problem in (*case.findall("failure"), *case.findall("error")):
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            # pytest cuts the message attribute to a few lines; the report in the element's
+            # text has the exception whole, on its "E   " lines
+            lines = [m[1] for m in _EXCEPTION_LINE.finditer(problem.text or "")]
+            message = textwrap.dedent("\n".join(lines)) if lines else problem.get("message", "")
+            found.append(f"{name}: {message}")
+    return tuple(found)
 
 
 def run_once(extra: Sequence[str]) -> Run:
     argv = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider"]
     argv += ["-p", "no:hypothesispytest", "-p", "no:benchmark"]  # as scripts/conformance.sh
-    argv += [str(REPO / "conformance"), *extra]
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     env = {**os.environ, "COLUMNS": "400"}  # failure lines in full, not cut at 80 columns
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, env=env)
-    seconds = time.monotonic() - started
+    with tempfile.TemporaryDirectory(prefix="meshconform-bench-") as scratch:
+        junit = Path(scratch) / "junit.xml"
+        argv += [f"--junitxml={junit}", str(REPO / "conformance"), *extra]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, env=env)
+        seconds = time.monotonic() - started
+        messages = failure_messages(junit)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else done.stderr.strip()[-200:]
     failures = tuple(line for line in lines if line.startswith(("FAILED ", "ERROR ")))
@@ -56,7 +88,14 @@ def run_once(extra: Sequence[str]) -> Run:
         failures=failures,
         load_before=load_before,
         load_after=os.getloadavg()[0],
+        messages=messages,
     )
+
+
+def print_messages(run: Run) -> None:
+    """Each failed test's whole message, indented under the run's line."""
+    for message in run.messages:
+        print("    --- " + message.replace("\n", "\n        "))
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -78,6 +117,7 @@ def main(args: Sequence[str] | None = None) -> int:
         )
         for line in run.failures:
             print(f"    {line[:300]}")
+        print_messages(run)
     median = statistics.median(r.seconds for r in runs)
     loads = [r.load_before for r in runs] + [r.load_after for r in runs]
     print(

@@ -59,6 +59,4 @@ def test_rotation_before_expiry(
     assert seen.requests_before > 0 and seen.requests_after > 0, (
         f"the request loop did not span the switch: {seen}"
     )
-    assert seen.failures == [], "requests failed during rotation:\n" + "\n".join(
-        str(f) for f in seen.failures
-    )
+    assert seen.failures == [], "requests failed during rotation: " + seen.describe_failures()

@@ -50,12 +50,11 @@ def test_waypoint_suite_passes_on_the_ambient_builtin_topology(pytester: pytest.
 
 def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
     """--mesh-dataplane=ambient: every suite runs against ztunnel (ids name the data plane);
-    only the sidecar's own config check is skipped, naming why, and the gRPC rows: they read
-    the caller's identity from the XFCC a server sidecar writes, which ztunnel does not."""
+    only the sidecar's own config check is skipped, naming why. The gRPC rows run on
+    httpbin.foo's grpc port, an ambient endpoint without a waypoint."""
     result = _run(pytester, "-v", "--mesh-dataplane=ambient", str(CONFORMANCE))
-    result.assert_outcomes(passed=43, skipped=5)
+    result.assert_outcomes(passed=47, skipped=1)
     ran = result.stdout.str()
-    assert "no gRPC Service port with a sidecar endpoint in this mesh" in ran
     assert "test_inbound_tls_context_in_the_sidecar[ambient] SKIPPED" in ran
     assert "httpbin.foo is ambient: no sidecar config to read" in ran
     for test in (
@@ -64,6 +63,10 @@ def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
         "test_reachability[ambient-namespace foo STRICT]",
         "test_authorization[ambient-ALLOW GET on /ip only]",
         "test_rotation_before_expiry[ambient]",
+        "test_grpc.py::test_strict_resets_plaintext_grpc[ambient]",
+        "test_grpc.py::test_permissive_accepts_plaintext_and_mtls_grpc[ambient]",
+        "test_grpc.py::test_grpc_server_sees_the_callers_identity[ambient]",
+        "test_grpc.py::test_grpc_authorization_by_principal[ambient]",
     ):
         assert f"{test} PASSED" in ran, test
 
@@ -188,13 +191,19 @@ def test_suites_fail_against_a_broken_mesh(
 
 
 # The same faults in the local ztunnel: each ambient suite fails on the one that breaks its
-# promise (no-xfcc has nothing to break there: ztunnel writes no XFCC).
+# promise (no-xfcc has nothing to break there: ztunnel writes no XFCC). The gRPC rows: STRICT
+# on strict-as-permissive, the others on wrong-spiffe-id (the caller's identity) and
+# authz-ignores-principals (ztunnel's L4 authorization).
 AMBIENT_FAULTS = [
     pytest.param(
         "strict-as-permissive",
-        ["test_strict.py", "test_reachability.py"],
+        ["test_strict.py", "test_reachability.py", "test_grpc.py"],
         {
             "test_strict_resets_plaintext[ambient]": "plaintext was not refused by STRICT",
+            "test_strict_resets_plaintext_grpc[ambient]": (
+                "plaintext gRPC was not refused by STRICT: sleep.legacy ->"
+                " grpc://httpbin.foo:50051 (grpc): gRPC OK"
+            ),
             "test_reachability[ambient-namespace foo STRICT]": (
                 "expected reset: sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"
             ),
@@ -204,8 +213,16 @@ AMBIENT_FAULTS = [
     ),
     pytest.param(
         "wrong-spiffe-id",
-        ["test_identity.py"],
+        ["test_identity.py", "test_grpc.py"],
         {
+            "test_permissive_accepts_plaintext_and_mtls_grpc[ambient]": (
+                "mTLS gRPC under PERMISSIVE did not arrive with the caller's identity: ztunnel"
+                " refused sleep.foo under ALLOW cluster.local/ns/foo/sa/sleep"
+            ),
+            "test_grpc_server_sees_the_callers_identity[ambient]": (
+                "ztunnel refused sleep.foo under ALLOW cluster.local/ns/foo/sa/sleep: sleep.foo"
+                " -> grpc://httpbin.foo:50051 (grpc): reset"
+            ),
             "test_served_certificate[ambient-httpbin-foo]": (
                 "serves spiffe://cluster.local/ns/foo/sa/httpbin-impostor,"
                 " want spiffe://cluster.local/ns/foo/sa/httpbin"
@@ -239,8 +256,19 @@ AMBIENT_FAULTS = [
     ),
     pytest.param(
         "authz-ignores-principals",
-        ["test_authorization.py", "test_identity.py"],
+        ["test_authorization.py", "test_identity.py", "test_grpc.py"],
         {
+            "test_permissive_accepts_plaintext_and_mtls_grpc[ambient]": (
+                "plaintext gRPC under PERMISSIVE got past an ALLOW of principal"
+                " cluster.local/ns/foo/sa/sleep, which needs mTLS"
+            ),
+            "test_grpc_server_sees_the_callers_identity[ambient]": (
+                "ztunnel let sleep.foo in under ALLOW cluster.local/ns/foo/sa/sleep-someone-else,"
+                " so it did not judge the caller's own identity"
+            ),
+            "test_grpc_authorization_by_principal[ambient]": (
+                "sleep.bar was not denied: sleep.bar -> grpc://httpbin.foo:50051 (grpc): gRPC OK"
+            ),
             "test_authorization[ambient-allow only sleep.foo's principal]": (
                 "sleep.legacy GET /headers -> httpbin.foo: expected closed by ztunnel:"
                 " sleep.legacy -> http://httpbin.foo:8000/headers: HTTP 200"

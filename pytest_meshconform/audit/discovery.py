@@ -26,7 +26,7 @@ from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.upstream import Upstream
 from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
-from pytest_meshconform.mesh import Mesh, Service, Workload
+from pytest_meshconform.mesh import Mesh, Service, WaypointAware, Workload
 
 __all__ = [
     "Authz",
@@ -73,6 +73,10 @@ class ServicePort:
     # an ambient endpoint: ztunnel's verdicts (the model's `ztunnel_admits`) on the plaintext
     # probe and on the ambient probe's HBONE tunnel; None: a sidecar or no data plane
     ztunnel_admits: tuple[bool, bool] | None = None
+    # the waypoint (``namespace/name``) an ambient client's ztunnel sends this Service's
+    # traffic through (`istio.waypoint.service_waypoint`), None without one: behind it the
+    # endpoint's ztunnel sees the waypoint's identity, not the client's
+    waypoint: str | None = None
 
     @property
     def hbone(self) -> bool:
@@ -286,6 +290,7 @@ def discover_service_ports(
         if namespaces and logical not in namespaces:
             continue
         endpoints = endpoints_of(service, workloads)
+        waypoint = mesh.service_waypoint(service) if isinstance(mesh, WaypointAware) else None
         for endpoint in endpoints:
             predicted: Predicted = "NO_SIDECAR"
             authorization = None
@@ -329,6 +334,7 @@ def discover_service_ports(
                 authorization=authorization,
                 bypass=bypass,
                 ztunnel_admits=admits,
+                waypoint=None if waypoint is None else waypoint.key,
             )
             host = port.host
             plaintext = probe_request(service, host, port.protocol, None)

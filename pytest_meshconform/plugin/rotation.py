@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
@@ -50,6 +51,13 @@ class RotationResult:
     failures: list[HttpResult] = field(default_factory=list)
     # when the sidecar got the old certificate (Envoy's `last_updated`), if the dump says
     old_received_at: dt.datetime | None = None
+    # every request of the loop, in order: when it was sent, how long it took, what came back
+    calls: list[tuple[dt.datetime, float, HttpResult]] = field(default_factory=list)
+    # when the proxy got the new certificate (Envoy's `last_updated`), if the dump says
+    new_received_at: dt.datetime | None = None
+    # the client's own certificate before and after the loop, each with when its proxy got it
+    # (its proxy rotates too; empty for a client without a data plane)
+    client_certs: list[tuple[WorkloadCert, dt.datetime | None]] = field(default_factory=list)
 
     @property
     def lifetime_start(self) -> dt.datetime:
@@ -77,6 +85,47 @@ class RotationResult:
         from pytest_meshconform.evidence.certs import lifetime_elapsed
 
         return lifetime_elapsed(self.lifetime_start, self.old.not_after, self.observed_at)
+
+    def describe_failures(self) -> str:
+        """Every failed request of the loop, one per line: its number, when it was sent and how
+        long it took, relative to the switch (the new serial first seen; when each proxy got
+        its new certificate), and what came back (curl's exit and error, the status and the
+        body's start); "" without failures. What a flaky rotation needs to explain itself."""
+        failed = [(n, c) for n, c in enumerate(self.calls, 1) if not c[2].ok]
+        if not failed:
+            return ""
+        marks = [("new serial seen", self.observed_at)]
+        if self.new_received_at is not None:
+            marks.append((f"{self.workload}'s proxy got it", self.new_received_at))
+        if len(self.client_certs) == 2 and self.client_certs[0][0].serial != (
+            self.client_certs[1][0].serial
+        ):
+            got = self.client_certs[1][1]
+            client = self.calls[0][2].client
+            if got is not None:
+                marks.append((f"{client}'s proxy got its new certificate", got))
+            else:
+                marks.append(
+                    (f"{client}'s new certificate's NotBefore", self.client_certs[1][0].not_before)
+                )
+        lines = [
+            f"{len(failed)} of {len(self.calls)} requests failed around the rotation of"
+            f" {self.workload} ({self.old.serial} -> {self.new.serial}; "
+            + ", ".join(f"{what} at {_clock(at)}" for what, at in marks)
+            + "):"
+        ]
+        for number, (sent, seconds, result) in failed:
+            relative = ", ".join(
+                f"{(sent - at).total_seconds():+.3f} s from {what}" for what, at in marks
+            )
+            line = (
+                f"  request {number}/{len(self.calls)} sent {_clock(sent)} ({relative}),"
+                f" took {seconds:.3f} s: {result.describe()}"
+            )
+            if result.status is not None and result.body:
+                line += f"; body: {result.body[:300]!r}"
+            lines.append(line)
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         return (
@@ -148,13 +197,18 @@ class RotationWatcher:
             f" {max(wait.total_seconds(), 0.0):.0f}s (by {utc_text(latest)}; expires"
             f" {utc_text(old.not_after)})"
         )
+        client_certs: list[tuple[WorkloadCert, dt.datetime | None]] = []
+        if client is not None and client.dataplane != "none":
+            client_certs.append(served_cert(self.mesh, client, None))
         stop = threading.Event()
-        calls: list[tuple[dt.datetime, HttpResult]] = []
+        calls: list[tuple[dt.datetime, float, HttpResult]] = []
 
         def loop() -> None:
             while not stop.is_set() and client is not None:
                 sent = dt.datetime.now(dt.UTC)
-                calls.append((sent, client.curl(target, path="/get", timeout=5)))
+                started = time.monotonic()
+                result = client.curl(target, path="/get", timeout=5)
+                calls.append((sent, time.monotonic() - started, result))
 
         def rotated() -> tuple[dt.datetime, WorkloadCert] | None:
             now = dt.datetime.now(dt.UTC)
@@ -162,7 +216,7 @@ class RotationWatcher:
             return (now, current) if current.serial != old.serial else None
 
         def served_after(moment: dt.datetime) -> bool | None:
-            made = sum(1 for sent, _ in list(calls) if sent > moment)
+            made = sum(1 for sent, _, _ in list(calls) if sent > moment)
             return True if made >= requests_after or not worker.is_alive() else None
 
         worker = threading.Thread(target=loop, name="meshconform-rotation-load", daemon=True)
@@ -193,6 +247,9 @@ class RotationWatcher:
         finally:
             stop.set()
             worker.join(timeout=15)
+        new_received = served_cert(self.mesh, target, None)[1]
+        if client_certs and client is not None:
+            client_certs.append(served_cert(self.mesh, client, None))
         self.evidence.add_text(
             f"rotation of {target.key}",
             f"old {old.serial} -> new {current.serial} seen at {now.isoformat()}",
@@ -203,11 +260,18 @@ class RotationWatcher:
             new=current,
             observed_at=now,
             poll_interval=poll_interval,
-            requests_before=sum(1 for sent, _ in calls if sent <= now),
-            requests_after=sum(1 for sent, _ in calls if sent > now),
-            failures=[r for _, r in calls if not r.ok],
+            requests_before=sum(1 for sent, _, _ in calls if sent <= now),
+            requests_after=sum(1 for sent, _, _ in calls if sent > now),
+            failures=[r for _, _, r in calls if not r.ok],
             old_received_at=received,
+            calls=list(calls),
+            new_received_at=new_received,
+            client_certs=client_certs,
         )
+        if result.failures:
+            self.evidence.add_text(
+                f"failed requests during the rotation of {target.key}", result.describe_failures()
+            )
         self.evidence.observed.rotations.append(
             RotationRecord(
                 workload=target.key,
@@ -225,6 +289,11 @@ class RotationWatcher:
             )
         )
         return result
+
+
+def _clock(moment: dt.datetime) -> str:
+    """A moment as a UTC wall-clock time to the millisecond: ``18:19:05.812``."""
+    return moment.astimezone(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _rfc3339(moment: dt.datetime) -> str:
