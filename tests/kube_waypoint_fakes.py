@@ -23,9 +23,10 @@ the CRDs are gone (deleted after the client's discovery was read): applies are a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kube_fakes import FakeCluster, pod_json
@@ -139,3 +140,247 @@ class WaypointCluster(FakeCluster):
 
 def labels_key() -> str:
     return "gateway.networking.k8s.io/gateway-name"
+
+
+# --- the waypoint's Envoy behind the port-forward --------------------------------------------
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+CONNECT_AUTHORITY = {  # xdsfilters.ConnectAuthorityNetworkFilter
+    "name": "connect_authority",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
+    },
+}
+# what istiod's authz model cannot match on a TCP chain (an ALLOW rule with one is skipped there)
+HTTP_FIELDS = ("methods", "notMethods", "paths", "notPaths", "hosts", "notHosts")
+
+
+def _http_only(rule: Mapping[str, Any]) -> bool:
+    for entry in rule.get("to") or []:
+        if any(k in HTTP_FIELDS for k in (entry.get("operation") or {})):
+            return True
+    return any(str(c.get("key", "")).startswith("request.") for c in rule.get("when") or [])
+
+
+def _hcm(route_cluster: str, rbac: list[dict[str, Any]], stat_prefix: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": stat_prefix,
+            "route_config": {
+                "name": route_cluster,
+                "virtual_hosts": [
+                    {
+                        "name": "inbound|http|0",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": route_cluster}}],
+                    }
+                ],
+            },
+            "http_filters": [*rbac, ROUTER],
+        },
+    }
+
+
+@dataclass
+class FakeWaypointEnvoy:
+    """The waypoints' Envoys of a WaypointCluster, answering ``GET /config_dump`` on their
+    admin port (15000) with ``connect_terminate`` and ``main_internal`` as istiod's
+    ``buildWaypointInbound`` shapes them (listener_waypoint.go at 86c9f01fd735): per port of
+    each Service of the waypoint's namespace an HTTP chain named
+    ``inbound-vip|<port>|http|<fqdn>`` (Service ports here are all HTTP), then ``direct-tcp``
+    and ``direct-http``; on each the RBAC filters of a tiny istiod: policies with
+    ``targetRefs`` to the Service (in its namespace), to the Gateway (in the waypoint's), to the
+    GatewayClass ``istio-waypoint`` (in the root namespace), the ``direct-*`` chains only the
+    last two; DENY then ALLOW, one policy name ``ns[<ns>]-policy[<name>]-rule[<i>]`` per rule
+    (``rule[0]`` for a policy without rules), an ALLOW rule with HTTP fields skipped on the TCP
+    chain (builder.go ``build``).
+
+    ``stuck``: answers what it held at its first read (no push reaches it); ``lag_reads``: a
+    change reaches it after this many more reads of the old state."""
+
+    cluster: WaypointCluster
+    stuck: bool = False
+    lag_reads: int = 0
+    reads: list[str] = field(default_factory=list)
+    _held: bytes | None = None
+    _unseen: int = 0
+
+    def __call__(self, call: Any) -> bytes | str:
+        assert call.port == 15000 and call.request.startswith(b"GET /config_dump "), call
+        self.reads.append(call.pod)
+        pod = next(
+            p for p in self.cluster.pods[call.namespace] if p["metadata"]["name"] == call.pod
+        )
+        name = pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"]
+        now = self.render(call.namespace, name)
+        if self._held is None or (not self.stuck and now != self._held and self._advance()):
+            self._held = now
+        body = self._held
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        return head.encode() + b"\r\n\r\n" + body
+
+    def _advance(self) -> bool:
+        if self._unseen < self.lag_reads:
+            self._unseen += 1
+            return False
+        self._unseen = 0
+        return True
+
+    def _policies(self) -> list[dict[str, Any]]:
+        return [
+            obj
+            for (group, kind, _, _), obj in sorted(self.cluster.objects.items())
+            if (group, kind) == ("security.istio.io", "AuthorizationPolicy")
+        ]
+
+    def _bound(self, namespace: str, waypoint: str, service: str | None) -> list[dict[str, Any]]:
+        found = []
+        for policy in self._policies():
+            policy_ns = policy["metadata"]["namespace"]
+            for ref in policy["spec"].get("targetRefs") or []:
+                kind, group = ref.get("kind"), ref.get("group", "")
+                if (
+                    (
+                        (kind == "Service" and group == "" and ref["name"] == service)
+                        and policy_ns == namespace
+                    )
+                    or (kind == "Gateway" and ref["name"] == waypoint and policy_ns == namespace)
+                    or (
+                        kind == "GatewayClass"
+                        and ref["name"] == "istio-waypoint"
+                        and policy_ns == self.cluster.istio_namespace
+                    )
+                ):
+                    found.append(policy)
+                    break
+        return found
+
+    def _rbac(self, policies: list[dict[str, Any]], tcp: bool) -> list[dict[str, Any]]:
+        filters = []
+        for action in ("DENY", "ALLOW"):
+            chosen = [p for p in policies if p["spec"].get("action", "ALLOW") == action]
+            if not chosen:
+                continue
+            names: dict[str, Any] = {}
+            for policy in chosen:
+                meta = policy["metadata"]
+                rules = policy["spec"].get("rules") or []
+                prefix = f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule"
+                if not rules:
+                    names[f"{prefix}[0]"] = {"permissions": [{"any": True}], "principals": []}
+                for index, rule in enumerate(rules):
+                    if tcp and action == "ALLOW" and _http_only(rule):
+                        continue
+                    names[f"{prefix}[{index}]"] = {
+                        "permissions": [{"any": True}],
+                        "principals": [{"any": True}],
+                    }
+            rules_block: dict[str, Any] = {"policies": names}
+            if action == "DENY":
+                rules_block["action"] = "DENY"
+            typed = {"@type": NETWORK_RBAC if tcp else HTTP_RBAC, "rules": rules_block}
+            if tcp:
+                typed["stat_prefix"] = "tcp."
+            name = "envoy.filters.network.rbac" if tcp else "envoy.filters.http.rbac"
+            filters.append({"name": name, "typed_config": typed})
+        return filters
+
+    def render(self, namespace: str, waypoint: str) -> bytes:
+        domain = self.cluster.dns_domain
+        chains = []
+        for (group, kind, ns, name), _ in sorted(self.cluster.objects.items()):
+            if (group, kind, ns) != ("", "Service", namespace):
+                continue
+            service = self.cluster.objects[(group, kind, ns, name)]
+            policies = self._bound(namespace, waypoint, name)
+            for port in service["spec"]["ports"]:
+                cluster = f"inbound-vip|{port['port']}|http|{name}.{namespace}.svc.{domain}"
+                chains.append(
+                    {
+                        "name": cluster,
+                        "filters": [_hcm(cluster, self._rbac(policies, tcp=False), cluster)],
+                    }
+                )
+        own = self._bound(namespace, waypoint, None)
+        chains.append(
+            {
+                "name": "direct-tcp",
+                "filters": [
+                    CONNECT_AUTHORITY,
+                    *self._rbac(own, tcp=True),
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": TCP_PROXY,
+                            "stat_prefix": "encap",
+                            "cluster": "encap",
+                        },
+                    },
+                ],
+            }
+        )
+        chains.append(
+            {
+                "name": "direct-http",
+                "filters": [CONNECT_AUTHORITY, _hcm("encap", self._rbac(own, tcp=False), "encap")],
+            }
+        )
+        state = hashlib.sha256(json.dumps(chains, sort_keys=True).encode()).hexdigest()[:8]
+        version = f"2026-12-07T18:00:00Z/{state}"
+        terminate = {
+            "@type": LISTENER,
+            "name": "connect_terminate",
+            "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15008}},
+            "filter_chains": [
+                {"name": "default", "filters": [_hcm("main_internal", [], "connect_terminate")]}
+            ],
+        }
+        internal = {
+            "@type": LISTENER,
+            "name": "main_internal",
+            "filter_chains": chains,
+            "internal_listener": {},
+            "traffic_direction": "INBOUND",
+        }
+        dump = {
+            "configs": [
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                    "version_info": version,
+                    "dynamic_listeners": [
+                        {
+                            "name": listener["name"],
+                            "active_state": {"version_info": version, "listener": listener},
+                        }
+                        for listener in (terminate, internal)
+                    ],
+                }
+            ]
+        }
+        return json.dumps(dump, indent=1).encode()
+
+
+@dataclass
+class PortForwards:
+    """The fake API server's port-forward, by pod: ztunnel's or a waypoint's admin port."""
+
+    ztunnel: Any
+    waypoint: FakeWaypointEnvoy
+
+    def __call__(self, call: Any) -> bytes | str:
+        if call.pod.startswith("ztunnel-"):
+            return self.ztunnel(call)  # type: ignore[no-any-return]
+        return self.waypoint(call)

@@ -14,7 +14,8 @@ show it (``pilot/pkg/serviceregistry/ambient/testdata``), not from meshconform's
 - an AuthorizationPolicy without selector: scope ``Namespace`` (``Global`` in the root
   namespace); with a selector matching the pod's ``app``: ``WorkloadSelector``, listed by the
   workload; each rule one group of a ``from`` clause (principals as ``Exact``) and a ``to``
-  clause (ports); an ALLOW rule with HTTP fields (methods, paths, hosts) dropped.
+  clause (ports); an ALLOW rule with HTTP fields (methods, paths, hosts) dropped; a policy
+  with ``targetRefs`` (bound to waypoints) never sent.
 
 ``stuck`` ztunnels keep what they held when last read before (with no policy at all if never
 read); ``certificate_state`` overrides the state of an identity's certificate
@@ -168,6 +169,8 @@ class FakeZtunnel:
             policies.append(STATIC_STRICT)
         for obj in self._objects("AuthorizationPolicy"):
             meta, spec = obj["metadata"], obj.get("spec") or {}
+            if spec.get("targetRefs") or spec.get("targetRef"):
+                continue  # "TargetRef is not intended for ztunnel" (ambient/authorization.go)
             action = "Deny" if spec.get("action") == "DENY" else "Allow"
             selector = (spec.get("selector") or {}).get("matchLabels")
             if selector:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kube_fakes import DATA_DIR, FakeApiServer, FakeCluster, FakeIstio, kubeconfig_text
+from kube_waypoint_fakes import FakeWaypointEnvoy, PortForwards, WaypointCluster
 from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
@@ -171,11 +172,13 @@ def test_a_whole_run_needs_exactly_the_listed_permissions(
 @pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
 def test_an_ambient_run_needs_the_ambient_permissions_too(tmp_path: Path) -> None:
     """With ambient namespaces a run also reads each ztunnel's config_dump by port-forward in
-    istiod's namespace: the entries marked ``ambient`` (listing the ztunnel pods there is the
-    optional entry every run uses to say what of ambient the cluster runs)."""
-    cluster = FakeCluster(ztunnel=True)
+    istiod's namespace, and deploys bar's waypoint (its Gateway, the wait for istiod's
+    Deployment, its Envoy's config_dump by port-forward): the entries marked ``ambient``
+    (listing the ztunnel pods there is the optional entry every run uses to say what of ambient
+    the cluster runs)."""
+    cluster = WaypointCluster(ztunnel=True)  # serving the Gateway API: bar gets a waypoint
     with FakeApiServer(exec_handler=FakeIstio(cluster)) as server:
-        server.port_forward_handler = FakeZtunnel(cluster)
+        server.port_forward_handler = PortForwards(FakeZtunnel(cluster), FakeWaypointEnvoy(cluster))
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(kubeconfig_text(server.url))
         cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
@@ -203,6 +206,12 @@ def test_an_ambient_run_needs_the_ambient_permissions_too(tmp_path: Path) -> Non
     assert ambient == {
         ("get", "", "pods/portforward", "istio"),
         ("create", "", "pods/portforward", "istio"),
+        ("create", "gateway.networking.k8s.io", "gateways", "run"),
+        ("patch", "gateway.networking.k8s.io", "gateways", "run"),
+        ("get", "gateway.networking.k8s.io", "gateways", "run"),
+        ("list", "apps", "deployments", "run"),
+        ("get", "", "pods/portforward", "run"),
+        ("create", "", "pods/portforward", "run"),
     }
     assert ambient <= recorder.needed <= {p.key for p in RUN_PERMISSIONS}
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_waypoint_fakes import WaypointCluster
+from kube_waypoint_fakes import FakeWaypointEnvoy, PortForwards, WaypointCluster
 from kube_world import BAR, FOO, LEGACY, World, fake_world
 from kube_ztunnel_fakes import ISTIO_ZTUNNEL_DUMP, FakeZtunnel
 
 from pytest_meshconform.backends.kube.backend import KubeMesh
-from pytest_meshconform.mesh import MeshError, Waypoint
+from pytest_meshconform.mesh import MeshError, PropagationTimeout, Waypoint
 
 pytestmark = pytest.mark.skipif(
     not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent"
@@ -51,10 +51,17 @@ def waypoint_world(tmp_path: Path, **cluster: Any) -> Any:
     return world
 
 
+def serve(world: World) -> PortForwards:
+    """The port-forwards of the world's ztunnel and waypoint Envoy."""
+    forwards = PortForwards(FakeZtunnel(world.cluster), FakeWaypointEnvoy(world.cluster))
+    world.server.port_forward_handler = forwards
+    return forwards
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with waypoint_world(tmp_path) as world:
-        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        serve(world)
         yield world
 
 
@@ -94,7 +101,7 @@ def test_an_ambient_run_deploys_bars_waypoint_as_istioctl_writes_it(world: World
 
 def test_a_gateway_programmed_late_is_waited_for_with_progress(tmp_path: Path) -> None:
     with waypoint_world(tmp_path, programmed_after=3) as world:
-        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        serve(world)
         mesh = ambient_mesh(world)
         mesh.start()
         mesh.close()
@@ -110,7 +117,7 @@ def test_a_gateway_programmed_late_is_waited_for_with_progress(tmp_path: Path) -
 
 def test_a_gateway_never_programmed_times_out_naming_it(tmp_path: Path) -> None:
     with waypoint_world(tmp_path, programmed_after=None) as world:
-        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        serve(world)
         mesh = ambient_mesh(world, ready_timeout=2.0)
         with pytest.raises(MeshError) as error:
             mesh.start()
@@ -127,7 +134,7 @@ def test_an_existing_cluster_without_the_gateway_api_runs_without_waypoint(
     tmp_path: Path,
 ) -> None:
     with waypoint_world(tmp_path, gateway_api=False) as world:
-        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        serve(world)
         mesh = ambient_mesh(world)
         mesh.start()
         try:
@@ -150,7 +157,7 @@ def test_a_gateway_the_api_server_does_not_know_is_an_error_with_the_fix(
     tmp_path: Path, backend: str
 ) -> None:
     with waypoint_world(tmp_path, gateway_api="stale") as world:
-        world.server.port_forward_handler = FakeZtunnel(world.cluster)
+        serve(world)
         mesh = ambient_mesh(world, backend=backend)
         with pytest.raises(MeshError) as error:
             mesh.start()
@@ -171,3 +178,134 @@ def test_a_sidecar_run_has_no_waypoint(tmp_path: Path) -> None:
             assert not [c for c in world.cluster.calls if c.startswith("apply Gateway")]
         finally:
             mesh.close()
+
+
+# --- apply_policy waits for the waypoint's Envoy ------------------------------------------------
+
+SLEEP_FOO = "cluster.local/ns/foo/sa/sleep"
+SERVICE_CHAIN = f"inbound-vip|8000|http|httpbin.{BAR}.svc.cluster.local"
+POD = f"{BAR}/waypoint-5f7c9d8b6-w4x2z"
+
+
+def bound(
+    name: str, action: str, rules: list[dict[str, Any]], ref: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "bar"},
+        "spec": {"targetRefs": [ref], "action": action, "rules": rules},
+    }
+
+
+TO_SERVICE = {"kind": "Service", "group": "", "name": "httpbin"}
+TO_GATEWAY = {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}
+VIEWER = bound(
+    "httpbin-viewer",
+    "ALLOW",
+    [
+        {
+            "from": [{"source": {"principals": [SLEEP_FOO]}}],
+            "to": [{"operation": {"methods": ["GET"]}}],
+        }
+    ],
+    TO_SERVICE,
+)
+NO_POSTS = bound("no-posts", "DENY", [{"to": [{"operation": {"methods": ["POST"]}}]}], TO_GATEWAY)
+
+
+@pytest.fixture
+def started(world: World) -> Iterator[KubeMesh]:
+    mesh = ambient_mesh(world, artifacts=world.tmp_path / "artifacts")
+    mesh.options = dataclasses.replace(mesh.options, propagation_timeout=timedelta(seconds=30))
+    mesh.start()
+    yield mesh
+    mesh.close()
+
+
+def envoy(world: World) -> FakeWaypointEnvoy:
+    forwards = world.server.port_forward_handler
+    assert isinstance(forwards, PortForwards)
+    return forwards.waypoint
+
+
+def short_wait(mesh: KubeMesh) -> None:
+    mesh.options = dataclasses.replace(mesh.options, propagation_timeout=timedelta(seconds=1))
+
+
+def test_a_targetrefs_policy_is_waited_for_on_the_waypoints_envoy(
+    world: World, started: KubeMesh
+) -> None:
+    envoy(world).lag_reads = 3
+    before = len(envoy(world).reads)
+    started.apply(VIEWER)
+    assert len(envoy(world).reads) - before == 4  # three old answers, then the change
+    assert set(envoy(world).reads) == {"waypoint-5f7c9d8b6-w4x2z"}
+    forwards = {(c.namespace, c.pod, c.port) for c in world.server.port_forwards}
+    assert (BAR, "waypoint-5f7c9d8b6-w4x2z", 15000) in forwards  # its Envoy admin port
+    started.delete(VIEWER)
+
+
+def test_a_gateway_bound_policy_reaches_every_chain_of_the_waypoint(
+    world: World, started: KubeMesh
+) -> None:
+    # a DENY with HTTP fields: on direct-tcp too (istiod ignores what TCP cannot match there)
+    started.apply(NO_POSTS)
+    # an ALLOW with HTTP fields: its rule is skipped on direct-tcp, which then allows nothing
+    get_only = bound(
+        "get-only", "ALLOW", [{"to": [{"operation": {"methods": ["GET"]}}]}], TO_GATEWAY
+    )
+    started.apply(get_only)
+    started.delete(get_only)
+    started.delete(NO_POSTS)
+
+
+def test_a_stale_waypoint_times_out_naming_the_chain_and_the_policy(
+    world: World, started: KubeMesh
+) -> None:
+    envoy(world).stuck = True
+    short_wait(started)
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(VIEWER)
+    head, *lines = str(timeout.value).splitlines()
+    assert head == (
+        f"AuthorizationPolicy {BAR}/httpbin-viewer applied but not every waypoint implements it"
+        " after 1s (--mesh-propagation-timeout 0:00:01):"
+    )
+    kept = world.tmp_path / "artifacts" / "propagation" / "1a2b3c-1"
+    assert lines == [
+        f"  waypoint {BAR}/waypoint: main_internal chain {SERVICE_CHAIN} (HTTP): RBAC no RBAC"
+        f" filter (want ALLOW['ns[{BAR}]-policy[httpbin-viewer]-rule[0]']) [pod {POD}];"
+        f" last config_dump: {kept / f'waypoint_{BAR}_waypoint.config_dump.json'}"
+    ]
+    dump = (kept / f"waypoint_{BAR}_waypoint.config_dump.json").read_text()
+    assert '"main_internal"' in dump and "httpbin-viewer" not in dump
+
+
+def test_a_policy_the_waypoint_still_holds_is_named(world: World, started: KubeMesh) -> None:
+    started.apply(NO_POSTS)
+    envoy(world).stuck = True
+    short_wait(started)
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.delete(NO_POSTS)
+    lines = str(timeout.value).splitlines()[1:]
+    deny = f"DENY['ns[{BAR}]-policy[no-posts]-rule[0]']"
+    assert lines[0].startswith(
+        f"  waypoint {BAR}/waypoint: main_internal chain {SERVICE_CHAIN} (HTTP): RBAC {deny}"
+        " (want no RBAC filter); main_internal chain direct-tcp (TCP): RBAC"
+        f" {deny} (want no RBAC filter); main_internal chain direct-http (HTTP): RBAC {deny}"
+        " (want no RBAC filter) [pod"
+    )
+
+
+def test_a_waypoint_without_a_ready_pod_is_a_lag_naming_it(world: World, started: KubeMesh) -> None:
+    for pod in world.cluster.pods[BAR]:
+        if pod["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name"):
+            pod["status"]["conditions"][0]["status"] = "False"
+    short_wait(started)
+    with pytest.raises(PropagationTimeout) as timeout:
+        started.apply(VIEWER)
+    assert str(timeout.value).splitlines()[1] == (
+        f"  waypoint {BAR}/waypoint: no ready pod of waypoint {BAR}/waypoint (labelled"
+        " gateway.networking.k8s.io/gateway-name=waypoint; 1 found)"
+    )

@@ -39,7 +39,15 @@ from pytest_meshconform.istio.envoy import (
     VIRTUAL_INBOUND_BLACKHOLE,
 )
 
-__all__ = ["ChainAuthz", "SeenRbac", "authz_mismatches", "parse_inbound_authz"]
+__all__ = [
+    "ChainAuthz",
+    "SeenRbac",
+    "authz_mismatches",
+    "chain_authz",
+    "expected_rbac",
+    "parse_inbound_authz",
+    "rbac_agrees",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,9 @@ def _rbac(config: Mapping[str, Any]) -> SeenRbac | None:
     return SeenRbac(action, names(rules), names(shadow), isinstance(rules, Mapping))
 
 
-def _chain(raw: Mapping[str, Any], where: str) -> ChainAuthz:
+def chain_authz(raw: Mapping[str, Any], where: str) -> ChainAuthz:
+    """The RBAC filters one filter chain carries, in order (network filters and the HTTP
+    filters of its connection manager); ``problem`` when the chain cannot be read."""
     name = raw.get("name")
     name = name if isinstance(name, str) else ""
     try:
@@ -133,7 +143,7 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
             if name != VIRTUAL_INBOUND or listener is None:
                 continue
             return tuple(
-                _chain(chain, chain_where)
+                chain_authz(chain, chain_where)
                 for chain_where, chain in chains
                 if isinstance(chain, Mapping)
                 and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
@@ -149,7 +159,8 @@ def _port(chain: Mapping[str, Any], where: str) -> int | None:
         return None  # _chain reports it
 
 
-def _wanted(rbac: RbacFilter) -> SeenRbac:
+def expected_rbac(rbac: RbacFilter) -> SeenRbac:
+    """The model's RBAC filter as a chain would carry it (action and policy names)."""
     return SeenRbac(
         rbac.action.value, rbac.policy_names, rbac.shadow_policy_names, rbac.rules is not None
     )
@@ -168,8 +179,8 @@ def authz_mismatches(
         if chain.problem is not None:
             found.append(f"{chain.describe()}: {chain.problem}")
             continue
-        want = tuple(_wanted(f) for f in (expected.http if chain.http else expected.tcp))
-        if _agrees(chain.filters, want, root_known):
+        want = tuple(expected_rbac(f) for f in (expected.http if chain.http else expected.tcp))
+        if rbac_agrees(chain.filters, want, root_known):
             continue
         have = "; ".join(f.describe() for f in chain.filters) or "no RBAC filter"
         wanted = "; ".join(f.describe() for f in want) or "no RBAC filter"
@@ -177,7 +188,9 @@ def authz_mismatches(
     return tuple(found)
 
 
-def _agrees(have: tuple[SeenRbac, ...], want: tuple[SeenRbac, ...], root_known: bool) -> bool:
+def rbac_agrees(have: tuple[SeenRbac, ...], want: tuple[SeenRbac, ...], root_known: bool) -> bool:
+    """Whether a chain's RBAC filters are the expected ones (in order); ``root_known`` False:
+    each expected filter's policies are among the chain's (mesh-wide policies unseen)."""
     if root_known:
         return have == want
     by_action = {f.action: f for f in have}

@@ -61,7 +61,6 @@ from pytest_meshconform.backends.kube.topology import (
     topology_services,
     topology_workloads,
 )
-from pytest_meshconform.backends.kube.waypoints import KubeWaypoints
 from pytest_meshconform.backends.kube.ztunnel import (
     ISTIO_CNI_LABEL,
     ZTUNNEL_LABEL,
@@ -72,10 +71,6 @@ from pytest_meshconform.backends.kube.ztunnel import (
 )
 from pytest_meshconform.backends.registry import Progress
 from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
-from pytest_meshconform.istio.waypoint import (
-    USE_WAYPOINT_LABEL,
-    service_waypoint as model_service_waypoint,
-)
 from pytest_meshconform.mesh import (
     DEFAULT_DNS_DOMAIN,
     ExecResult,
@@ -113,7 +108,7 @@ _LOG_LIMIT_BYTES: Final = 1 << 20
 _READ_RETRY_S: Final = 30.0  # how long a one-off read at start retries transient API errors
 
 
-class KubeMesh(KubeCapture, KubePropagation, KubeWaypoints):
+class KubeMesh(KubeCapture, KubePropagation):
     """The ``kind`` / ``existing`` backend of the Mesh protocol."""
 
     def __init__(
@@ -237,20 +232,6 @@ class KubeMesh(KubeCapture, KubePropagation, KubeWaypoints):
         if self._waypoints:
             extra.add("waypoint")
         return KUBE_FEATURES | extra
-
-    def waypoints(self) -> Sequence[Waypoint]:
-        """The run's waypoints (``bar``'s namespace waypoint on an ambient run whose cluster
-        serves the Gateway API), with their real namespaces."""
-        return self._waypoints
-
-    def service_waypoint(self, service: Service) -> Waypoint | None:
-        """The waypoint the Service's traffic goes through (the model's ``service_waypoint``
-        with the labels this run gave the Service's namespace)."""
-        own = [w.name for w in self._waypoints if w.namespace == service.namespace]
-        labels = {USE_WAYPOINT_LABEL: own[0]} if own else {}
-        return model_service_waypoint(
-            {"app": service.selector_app}, service.namespace, labels, self._waypoints
-        )
 
     @property
     def run_id(self) -> str:

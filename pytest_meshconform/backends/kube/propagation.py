@@ -40,10 +40,15 @@ from pytest_meshconform.backends.kube.envoystate import (
 from pytest_meshconform.backends.kube.lifecycle import (
     POLICY_KINDS,
     POLL_S,
-    KubeLifecycle,
     object_meta,
 )
 from pytest_meshconform.backends.kube.topology import LocalizedManifest
+from pytest_meshconform.backends.kube.waypoints import KubeWaypoints
+from pytest_meshconform.backends.kube.waypointstate import (
+    WaypointExpectation,
+    parse_waypoint_authz,
+    waypoint_differences,
+)
 from pytest_meshconform.backends.kube.ztunnel import (
     ZTUNNEL_ADMIN_PORT,
     ZtunnelPod,
@@ -55,12 +60,13 @@ from pytest_meshconform.backends.kube.ztunnelstate import (
     ZtunnelService,
     ztunnel_differences,
 )
+from pytest_meshconform.evidence.config_dump import ConfigDumpError
 from pytest_meshconform.istio import Authorization, authorization_for
 from pytest_meshconform.istio.ambient import ztunnel_policies
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policy
 from pytest_meshconform.istio.envoy import VIRTUAL_INBOUND
 from pytest_meshconform.istio.ztunnel_dump import ZtunnelDumpError, parse_ztunnel_dump
-from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Workload
+from pytest_meshconform.mesh import MeshError, PropagationTimeout, Service, Waypoint, Workload
 from pytest_meshconform.outputs import write_file
 from pytest_meshconform.waiting import WaitTimeout, poll
 
@@ -113,9 +119,11 @@ class _Lag(NamedTuple):
     dump_name: str = "config_dump"
 
 
-# what the wait compares per workload: a sidecar's Envoy, or an ambient workload's ztunnel
-_Expectation = _Expected | ZtunnelExpectation
+# what the wait compares per workload: a sidecar's Envoy, or an ambient workload's ztunnel;
+# and per waypoint, its Envoy
+_Expectation = _Expected | ZtunnelExpectation | WaypointExpectation
 _ZTUNNEL_DUMP: Final = "ztunnel_config_dump"
+ENVOY_ADMIN_PORT: Final = 15000  # a waypoint's Envoy admin, on the pod's localhost
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,8 +135,9 @@ class PropagationBaseline:
     versions: Mapping[str, tuple[str | None, str | None]]
 
 
-class KubePropagation(KubeLifecycle):
-    """Waiting for policy changes to reach the sidecars of a ``KubeMesh``."""
+class KubePropagation(KubeWaypoints):
+    """Waiting for policy changes to reach the sidecars (ztunnels, waypoints) of a
+    ``KubeMesh``."""
 
     _services: Sequence[Service]
     artifacts: Path | None
@@ -210,6 +219,10 @@ class KubePropagation(KubeLifecycle):
                 )
             except (PolicyError, EnvoyStateError) as error:
                 raise MeshError(f"cannot predict what {workload.key} must do: {error}") from None
+        for waypoint in self._waypoints:
+            expected[f"waypoint {waypoint.key}"] = self._waypoint_expectation(
+                waypoint, policies, root_known and authz_modelled
+            )
         return expected
 
     def _ztunnel_expectation(
@@ -310,6 +323,26 @@ class KubePropagation(KubeLifecycle):
         if not found:
             return None
         return _Lag(found, f"{where} {dump.version}".strip(), body, _ZTUNNEL_DUMP)
+
+    def _waypoint_lag(self, expectation: WaypointExpectation) -> _Lag | None:
+        """None when the waypoint's Envoy (its ``/config_dump``, read through the API server's
+        port-forward to its admin port) carries the RBAC filters the model expects on every
+        ``main_internal`` chain (``waypointstate``), else each difference. A ``KubeApiError``
+        is raised, as for a sidecar: the wait retries a transient one."""
+        try:
+            pod = self._waypoint_pod(Waypoint(expectation.name, expectation.namespace))
+        except MeshError as error:
+            return _Lag((str(error),), "", None)
+        body = self.api.port_forward_get(
+            expectation.namespace, pod, ENVOY_ADMIN_PORT, "/config_dump"
+        )
+        where = f"pod {expectation.namespace}/{pod}"
+        try:
+            chains = parse_waypoint_authz(body)
+        except ConfigDumpError as error:
+            return _Lag((f"{where} /config_dump not understood: {error}",), where, body)
+        found = waypoint_differences(chains, expectation)
+        return _Lag(found, where, body) if found else None
 
     def _version_lag(
         self, workload: Workload, before: tuple[str | None, str | None], types: Sequence[str]
@@ -434,7 +467,9 @@ class KubePropagation(KubeLifecycle):
                 expected = self._expectations()
                 if ambient_only:
                     expected = {
-                        k: e for k, e in expected.items() if isinstance(e, ZtunnelExpectation)
+                        k: e
+                        for k, e in expected.items()
+                        if isinstance(e, (ZtunnelExpectation, WaypointExpectation))
                     }
                 pending = expected if baseline is None else _affected(baseline, expected)
             lagging.clear()
@@ -443,6 +478,8 @@ class KubePropagation(KubeLifecycle):
                 try:
                     if isinstance(expectation, ZtunnelExpectation):
                         lag = self._ztunnel_lag(expectation, ztunnels)
+                    elif isinstance(expectation, WaypointExpectation):
+                        lag = self._waypoint_lag(expectation)
                     else:
                         assert kind is not None
                         lag = self._sidecar_lag(key, expectation, kind, baseline)
@@ -538,9 +575,15 @@ def _affected(
 
 
 def _subject(expected: Mapping[str, _Expectation]) -> str:
-    """What the wait is about: ``sidecar``, ``ztunnel`` or ``sidecar and ztunnel``."""
+    """What the wait is about: ``sidecar``, ``ztunnel``, ``waypoint`` or several
+    (``sidecar and ztunnel``, ``waypoint and ztunnel``)."""
     kinds = {
-        "ztunnel" if isinstance(e, ZtunnelExpectation) else "sidecar" for e in expected.values()
+        "ztunnel"
+        if isinstance(e, ZtunnelExpectation)
+        else "waypoint"
+        if isinstance(e, WaypointExpectation)
+        else "sidecar"
+        for e in expected.values()
     }
     return " and ".join(sorted(kinds)) if kinds else "sidecar"
 

@@ -34,8 +34,16 @@ from pytest_meshconform.backends.kube.client import KubeApiError, is_transient
 from pytest_meshconform.backends.kube.kind import gateway_api_crds_url
 from pytest_meshconform.backends.kube.lifecycle import KubeLifecycle, object_meta, pod_is_ready
 from pytest_meshconform.backends.kube.topology import LOGICAL_NAMESPACES, namespace_waypoint
-from pytest_meshconform.istio.waypoint import GATEWAY_NAME_LABEL, waypoint_gateway
-from pytest_meshconform.mesh import MeshError, Waypoint
+from pytest_meshconform.backends.kube.waypointstate import WaypointExpectation
+from pytest_meshconform.istio import Authorization
+from pytest_meshconform.istio.waypoint import (
+    GATEWAY_NAME_LABEL,
+    USE_WAYPOINT_LABEL,
+    service_waypoint as model_service_waypoint,
+    waypoint_authorization,
+    waypoint_gateway,
+)
+from pytest_meshconform.mesh import MeshError, Service, Waypoint
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 __all__ = [
@@ -145,6 +153,7 @@ class KubeWaypoints(KubeLifecycle):
     _waypoints: tuple[Waypoint, ...]
     # why an ambient run has no waypoint (the cluster lacks the Gateway API); None: it has
     waypoint_absence: str | None
+    _services: Sequence[Service]
 
     def _plan_waypoints(self) -> None:
         """The waypoints this run will deploy: ``bar``'s namespace waypoint on an ambient run,
@@ -242,6 +251,49 @@ class KubeWaypoints(KubeLifecycle):
                 f" (--mesh-ready-timeout): {'; '.join(missing.values()) or '?'}"
                 f"{timeout.transient_note}"
             ) from None
+
+    def waypoints(self) -> Sequence[Waypoint]:
+        """The run's waypoints (``bar``'s namespace waypoint on an ambient run whose cluster
+        serves the Gateway API), with their real namespaces."""
+        return self._waypoints
+
+    def service_waypoint(self, service: Service) -> Waypoint | None:
+        """The waypoint the Service's traffic goes through (the model's ``service_waypoint``
+        with the labels this run gave the Service's namespace)."""
+        own = [w.name for w in self._waypoints if w.namespace == service.namespace]
+        labels = {USE_WAYPOINT_LABEL: own[0]} if own else {}
+        return model_service_waypoint(
+            {"app": service.selector_app}, service.namespace, labels, self._waypoints
+        )
+
+    def _waypoint_expectation(
+        self, waypoint: Waypoint, policies: Sequence[object], exact: bool
+    ) -> WaypointExpectation:
+        """What the waypoint's Envoy must carry under ``policies`` (the model's
+        ``waypoint_authorization``): per port of each run Service it serves, and for its
+        workload-addressed chains."""
+
+        def authorization(service: Service | None) -> Authorization:
+            return waypoint_authorization(
+                waypoint,
+                service,
+                policies,
+                root_namespace=self.root_namespace,
+                trust_domain=self.trust_domain,
+            )
+
+        return WaypointExpectation(
+            waypoint.key,
+            waypoint.namespace,
+            waypoint.name,
+            {
+                (s.fqdn, s.port): authorization(s)
+                for s in self._services
+                if not s.headless and self.service_waypoint(s) == waypoint
+            },
+            authorization(None),
+            exact,
+        )
 
     def _waypoint_pod(self, waypoint: Waypoint) -> str:
         """The name of a ready pod of the waypoint (istiod labels them with the Gateway's
