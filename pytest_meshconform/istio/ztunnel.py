@@ -23,6 +23,7 @@ __all__ = [
     "HBONE_ALPN",
     "HBONE_PORT",
     "HBONE_TLS_VERSION",
+    "ZTUNNEL_CONNECT_TIMEOUT_S",
     "ZTUNNEL_DENIED_STATUS",
     "ZTUNNEL_INBOUND_PLAINTEXT_PORT",
     "ZTUNNEL_OUTBOUND_PORT",
@@ -58,6 +59,11 @@ HBONE_ALPN: Final = "h2"
 # What ztunnel answers a CONNECT its RBAC denies (src/proxy/inbound.rs, ``serve_connect``:
 # ``StatusCode::UNAUTHORIZED``)
 ZTUNNEL_DENIED_STATUS: Final = 401
+# How long ztunnel waits for a TCP connection it opens (to a peer's 15008, or to the app):
+# ``CONNECTION_TIMEOUT`` of ``freebind_connect`` (src/proxy.rs), 10 s; the TLS handshake on an
+# HBONE connection that follows is not bounded by it (``ConnSpawner::new_pool_conn``,
+# src/proxy/pool.rs)
+ZTUNNEL_CONNECT_TIMEOUT_S: Final = 10
 
 
 class Scope(StrEnum):

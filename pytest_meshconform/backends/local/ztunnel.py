@@ -55,6 +55,7 @@ from pytest_meshconform.istio.ztunnel import (
     HBONE_ALPN,
     HBONE_PORT,
     HBONE_TLS_VERSION,
+    ZTUNNEL_CONNECT_TIMEOUT_S,
     ZTUNNEL_DENIED_STATUS,
     ZTUNNEL_INBOUND_PLAINTEXT_PORT,
     ZTUNNEL_OUTBOUND_PORT,
@@ -82,6 +83,8 @@ BLACKHOLE: Final = "blackhole"
 RBAC_PER_ROUTE_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 )
+# ztunnel's connect timeout (`istio.ztunnel.ZTUNNEL_CONNECT_TIMEOUT_S`), as Envoy spells it
+CONNECT_TIMEOUT: Final = f"{ZTUNNEL_CONNECT_TIMEOUT_S}s"
 # A peer ztunnel may be asked about: (source address, SPIFFE ID) over HBONE
 Peer = tuple[str, str]
 
@@ -389,7 +392,11 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
         {"@type": CLUSTER_TYPE, "name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
     ]
     for port in plan.pod.workload.container_ports:
-        result.append(static_cluster(_inbound_cluster(port), plan.pod.ip, port))
+        result.append(
+            static_cluster(
+                _inbound_cluster(port), plan.pod.ip, port, connect_timeout=CONNECT_TIMEOUT
+            )
+        )
     identities = {t.endpoint_ip: t.identity for t in plan.tunnels}
     for ip, identity in sorted(identities.items()):
         result.append(hbone_cluster(_hbone_cluster(ip), ip, identity, paths))
@@ -464,6 +471,10 @@ def hbone_cluster(name: str, ip: str, identity: str, paths: SidecarPaths) -> dic
         name,
         ip,
         HBONE_PORT,
+        # Envoy's connect timeout runs until the TLS handshake is done (`SslSocket::onSuccess`
+        # raises `Connected`), ztunnel's bounds the TCP connect only: 10 s for both here, so
+        # a handshake slowed by a loaded machine is not a failure ztunnel would not have
+        connect_timeout=CONNECT_TIMEOUT,
         transport_socket=hbone_client_tls(paths, identity),
         typed_extension_protocol_options={
             HTTP_PROTOCOL_OPTIONS: {
