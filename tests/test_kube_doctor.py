@@ -648,6 +648,9 @@ def test_an_ambient_run_checks_ztunnel_and_istio_cni(checkup: Checkup) -> None:
     assert portforward == [
         "get pods/portforward (istio) in istio-system: allowed",
         "create pods/portforward (istio) in istio-system: allowed",
+        # the waypoint Envoy's, in the run's namespaces
+        "get pods/portforward (run) in mc-d0c70r-foo: allowed",
+        "create pods/portforward (run) in mc-d0c70r-foo: allowed",
     ]
 
 
@@ -672,7 +675,7 @@ def test_a_sidecar_run_asks_nothing_of_ambient(checkup: Checkup) -> None:
     cluster = Cluster(denied={("get", "pods/portforward", ISTIO_NS)})
     findings = checkup(cluster)
     assert [f for f in findings if f.check == "ambient"] == []
-    (denied,) = [f for f in findings if f.found.startswith("get pods/portforward")]
+    (denied,) = [f for f in findings if f.found.startswith("get pods/portforward (istio)")]
     assert denied.status == "info" and denied.found.endswith(
         "needed only with ambient namespaces (--mesh-dataplane=ambient or both)"
     )
