@@ -152,6 +152,10 @@ class Survey:
     ztunnels: tuple[Mapping[str, Any], ...] | None = None
     istio_cni: tuple[Mapping[str, Any], ...] | None = None
     data_plane_error: str | None = None
+    # ambient runs: the versions Gateway of gateway.networking.k8s.io is served in (None: not
+    # read), for the run's waypoint
+    gateway_api: tuple[str, ...] | None = None
+    gateway_api_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -781,10 +785,36 @@ def check_survey(
                 ),
             )
         )
+        findings.append(_waypoint(survey))
     for permission in RUN_PERMISSIONS:
         namespace = plan.namespace_for(permission.scope, request.istio_namespace)
         findings.append(_permission(permission, survey, request, namespace))
     return tuple(findings)
+
+
+def _waypoint(survey: Survey) -> Finding:
+    """An ambient run gives ``bar`` a namespace waypoint when the cluster serves the Gateway
+    API; without it the run goes on without one (its tests are skipped)."""
+    from pytest_meshconform.backends.kube.waypoints import gateway_api_fix, gateway_api_problem
+
+    breaks = "the run has no waypoint: the tests that need the waypoint feature are skipped"
+    if survey.gateway_api is None:
+        return Finding(
+            "waypoint",
+            "warn",
+            "could not tell whether the cluster serves the Gateway API:"
+            f" {survey.gateway_api_error or 'not read'}",
+            f"without it {breaks}",
+        )
+    problem = gateway_api_problem(survey.gateway_api)
+    if problem is not None:
+        return Finding("waypoint", "warn", problem, breaks, gateway_api_fix())
+    return Finding(
+        "waypoint",
+        "ok",
+        f"Gateway API served (Gateway {', '.join(survey.gateway_api)}): the run gives bar the"
+        " namespace waypoint `waypoint`",
+    )
 
 
 def blocking(findings: Sequence[Finding]) -> tuple[Finding, ...]:

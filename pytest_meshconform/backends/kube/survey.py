@@ -3,11 +3,11 @@
 ``survey_cluster(api, request)`` reads the API server's version, istiod's Deployments, its mesh
 config and injector ConfigMaps, the MutatingWebhookConfigurations (Istio's injectors and
 revision tags), the nodes' kubelet versions, with ambient namespaces the ztunnel and
-istio-cni pods, asks a SelfSubjectAccessReview for every
-permission of ``RUN_PERMISSIONS``, and creates one of the run's namespaces with ``dryRun=All``
-(the API server authorizes and admits it, Pod Security included, and stores nothing). A read
-that fails is kept with its error: the judgement says what it could not check. Only an
-unreachable API server raises (``KubeApiError``).
+istio-cni pods and the versions the API server serves the Gateway API's Gateway in, asks a
+SelfSubjectAccessReview for every permission of ``RUN_PERMISSIONS``, and creates one of the
+run's namespaces with ``dryRun=All`` (the API server authorizes and admits it, Pod Security
+included, and stores nothing). A read that fails is kept with its error: the judgement says
+what it could not check. Only an unreachable API server raises (``KubeApiError``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pytest_meshconform.backends.kube.checkup import (
 from pytest_meshconform.backends.kube.client import KubeApiError
 from pytest_meshconform.backends.kube.control_plane import istiod_revisions
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS
+from pytest_meshconform.backends.kube.waypoints import GATEWAY_API_GROUP
 from pytest_meshconform.backends.kube.ztunnel import ISTIO_CNI_LABEL, ZTUNNEL_LABEL
 
 __all__ = ["SURVEY_TIMEOUT_S", "SurveyApi", "installed_kubernetes_client", "survey_cluster"]
@@ -51,6 +52,7 @@ class SurveyApi(Protocol):
     def list_pods(
         self, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]: ...
+    def served_versions(self, group: str, kind: str) -> list[str]: ...
 
 
 def installed_kubernetes_client() -> str | None:
@@ -107,6 +109,11 @@ def survey_cluster(api: SurveyApi, request: RunRequest) -> Survey:
             )
         except KubeApiError as error:
             survey = dataclasses.replace(survey, data_plane_error=str(error))
+        try:  # the waypoint's Gateway (API discovery: every authenticated user may read it)
+            served = tuple(api.served_versions(GATEWAY_API_GROUP, "Gateway"))
+            survey = dataclasses.replace(survey, gateway_api=served)
+        except KubeApiError as error:
+            survey = dataclasses.replace(survey, gateway_api_error=str(error))
     plan = run_plan(survey, request)
     access: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
     access_error: str | None = None
