@@ -30,6 +30,7 @@ from pytest_meshconform.audit.local import with_audit_probes
 from pytest_meshconform.audit.observe import WireEvidence, wire_problems
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
+from pytest_meshconform.backends.local.entry import builtin_topology
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
 from pytest_meshconform.cli import main
 from pytest_meshconform.istio.api.peer_authentication import peer_authentication
@@ -218,6 +219,22 @@ def test_namespace_selection() -> None:
         ("httpbin.bar:8000", "PERMISSIVE"),
         ("httpbin.bar:50051", "PERMISSIVE"),
     ]
+
+
+def test_a_service_port_names_the_waypoint_its_traffic_goes_through() -> None:
+    """`ServicePort.waypoint`: the ambient built-in topology's bar has the namespace waypoint
+    `waypoint` (istio.io's ambient getting started: `istioctl waypoint apply
+    --enroll-namespace`), so its Services' traffic from ambient clients goes through it; foo
+    has none, sidecars and plaintext pods never."""
+    ambient = LocalMesh(topology=builtin_topology("ambient"))
+    assert [(p.key, p.waypoint) for p in discover_service_ports(ambient, [])] == [
+        ("httpbin.foo:8000", None),
+        ("httpbin.foo:50051", None),
+        ("httpbin.bar:8000", "bar/waypoint"),
+        ("httpbin.bar:50051", "bar/waypoint"),
+        ("httpbin.legacy:8000", None),
+    ]
+    assert {p.waypoint for p in discover_service_ports(LocalMesh(), [])} == {None}
 
 
 @pytest.mark.parametrize(
