@@ -95,9 +95,15 @@ class PolicyApplier:
 
             workloads = self._mesh.workloads()
             for policy in policies:
-                problem = unmatched_reason(
-                    policy, workloads, self._mesh.root_namespace, self._mesh.logical_namespace
-                ) or _target_ref_problem(self._mesh, policy)
+                # a targetRefs policy binds to a waypoint, which may live in a namespace of no
+                # workload (a shared waypoint's): istiod's waypoint status alone says why not
+                problem = (
+                    _target_ref_problem(self._mesh, policy)
+                    if _binds_by_target_refs(policy)
+                    else unmatched_reason(
+                        policy, workloads, self._mesh.root_namespace, self._mesh.logical_namespace
+                    )
+                )
                 if problem is not None:
                     raise UnmatchedPolicyError(
                         f"{policy.kind} {policy.namespace or 'default'}/{policy.name} would"
@@ -147,6 +153,12 @@ def apply_policy(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[PolicyA
     applier = PolicyApplier(mesh, request.node, evidence_window(mesh, request))
     yield applier
     applier.restore()
+
+
+def _binds_by_target_refs(policy: Policy) -> bool:
+    from pytest_meshconform.istio.api import AuthorizationPolicy
+
+    return isinstance(policy, AuthorizationPolicy) and bool(policy.target_refs)
 
 
 def _target_ref_problem(mesh: Mesh, policy: Policy) -> str | None:
