@@ -22,11 +22,14 @@ from typing import Any
 import pytest
 
 from pytest_meshconform import authorization_policy
-from pytest_meshconform.backends.local.control import plan_waypoints, plan_ztunnels
+from pytest_meshconform.backends.local.control import plan_sidecars, plan_waypoints, plan_ztunnels
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
-from pytest_meshconform.istio.api import parse_policy
+from pytest_meshconform.istio.api import AuthorizationPolicy, parse_policy
 from pytest_meshconform.istio.waypoint import (
     allows_attachment,
+    envoy_calls_waypoint,
+    layered_waypoint_policies,
+    selector_policy_waypoint_problem,
     waypoint_binding,
     waypoint_gateway,
     waypoint_policies,
@@ -336,3 +339,49 @@ def test_a_namespace_label_naming_an_unknown_waypoint_is_refused() -> None:
     unmatched = SHARED.replace("labels: {team: fleet}", "labels: {team: boats}")
     with pytest.raises(TopologyError, match='attach to waypoint "mesh-infra/picky"'):
         parse_topology(unmatched)
+
+
+def test_only_a_gateway_is_sent_to_a_services_waypoint() -> None:
+    """``findServiceWaypoint`` (pilot/pkg/xds/endpoints/endpoint_builder.go): "Currently only
+    ingress and e/w gateway will call waypoints", and an ingress gateway only for a Service
+    labelled ``istio.io/ingress-use-waypoint``; a sidecar keeps the Service's endpoints
+    (istio/istio#51445)."""
+    assert not envoy_calls_waypoint("sidecar")
+    assert not envoy_calls_waypoint("sidecar", ingress_use_waypoint=True)
+    assert not envoy_calls_waypoint("router")
+    assert envoy_calls_waypoint("router", ingress_use_waypoint=True)
+
+
+def test_a_sidecar_tunnels_to_the_pod_of_a_service_with_a_waypoint() -> None:
+    topology = parse_topology(
+        DEPOT + "  - name: fleet\n    dataplane: sidecar\n"
+        "    workloads: [{name: tug, kind: sleep}]\n"
+    )
+    pods = {p.workload.name: p.ip for p in topology.all_pods}
+    plan = plan_sidecars(topology, [], "istio-system")["tug.fleet"]
+    assert plan.hbone_tunnels[("parcels.depot.svc.cluster.local", 80)] == (pods["parcels"], 8080)
+
+
+def test_layered_rules_and_selector_policies_on_a_waypoints_pod() -> None:
+    """``buildHCMConnectTerminateChain``: the terminating chain's L4 rules exist only with
+    ``ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES`` (default false); then the waypoint's
+    pod takes selector policies as a sidecar would (``NewWaypointTerminationBuilder``)."""
+    waypoint = Waypoint("foreman", "mill")
+    on_pod = parse_policy(
+        authorization_policy(
+            "foreman-l4",
+            "mill",
+            "DENY",
+            [{}],
+            selector={"gateway.networking.k8s.io/gateway-name": "foreman"},
+        )
+    )
+    elsewhere = parse_policy(
+        authorization_policy("silo-l4", "mill", "DENY", [{}], selector={"app": "silo"})
+    )
+    assert layered_waypoint_policies(waypoint, [on_pod, elsewhere]) == ()
+    assert layered_waypoint_policies(waypoint, [on_pod, elsewhere], layered=True) == (on_pod,)
+    assert isinstance(on_pod, AuthorizationPolicy) and isinstance(elsewhere, AuthorizationPolicy)
+    problem = selector_policy_waypoint_problem(on_pod, [waypoint], "istio-system")
+    assert problem is not None and "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES" in problem
+    assert selector_policy_waypoint_problem(elsewhere, [waypoint], "istio-system") is None

@@ -14,6 +14,10 @@ istio/ztunnel at the commits docs/istio-model.md names):
   ``AllowsAttachmentFromNamespace``). A Service uses it when the waypoint takes
   ``service`` or ``all`` traffic (``fetchWaypointForService``), a workload when it takes
   ``workload`` or ``all`` (``fetchWaypointForWorkload``).
+- An Envoy client is sent to a Service's waypoint only when it is a gateway (an ingress
+  gateway with ``istio.io/ingress-use-waypoint``, or an east-west gateway): a sidecar's
+  cluster keeps the Service's own endpoints (``findServiceWaypoint``,
+  pilot/pkg/xds/endpoints/endpoint_builder.go; istio/istio#51445).
 - ztunnel sends a connection to a Service address through the Service's waypoint, and one to
   a pod address through the workload's waypoint only (``build_request``,
   src/proxy/outbound.rs): with the default ``service`` type, traffic to a pod address goes
@@ -26,6 +30,11 @@ istio/ztunnel at the commits docs/istio-model.md names):
   pilot/pkg/model/policyattachment.go), looked up in the root namespace, the waypoint's and the
   Service's (``ListAuthorizationPolicies``, pilot/pkg/model/authorization.go). Sidecars and
   ztunnel ignore ``targetRefs`` policies.
+- Where its rules sit: every bound policy, L4-only ones included, in the per-Service chain
+  (the HTTP RBAC filter of an HTTP port, the network RBAC filter of a TCP one); the HBONE
+  terminating chain carries RBAC only with ``ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES``
+  (default false): then the selector policies of the waypoint's pod, as a sidecar's
+  (``buildHCMConnectTerminateChain``, ``NewWaypointTerminationBuilder``).
 - What the destination's ztunnel sees: the waypoint's identity (the waypoint originates a new
   HBONE connection with its own certificate), judged by the destination's ordinary L4 policies;
   istiod adds no "allow the waypoint" policy unless ``PILOT_AUTO_ALLOW_WAYPOINT_POLICY``
@@ -48,6 +57,7 @@ from pytest_meshconform.istio.api.authorization_policy import (
 from pytest_meshconform.istio.authorization import (
     DEFAULT_TRUST_DOMAIN,
     Authorization,
+    authorization_policies_for,
     build_authorization,
 )
 from pytest_meshconform.istio.selection import age_key
@@ -55,6 +65,8 @@ from pytest_meshconform.mesh import Service, Waypoint, Workload
 
 __all__ = [
     "GATEWAY_NAME_LABEL",
+    "INGRESS_USE_WAYPOINT_LABEL",
+    "LAYERED_POLICIES_FLAG",
     "NAMESPACE_NAME_LABEL",
     "TRAFFIC_TYPES",
     "USE_WAYPOINT_LABEL",
@@ -62,6 +74,9 @@ __all__ = [
     "WAYPOINT_FOR_LABEL",
     "WAYPOINT_GATEWAY_CLASS",
     "allows_attachment",
+    "envoy_calls_waypoint",
+    "layered_waypoint_policies",
+    "selector_policy_waypoint_problem",
     "service_waypoint",
     "target_ref_problem",
     "use_waypoint",
@@ -81,6 +96,10 @@ USE_WAYPOINT_LABEL: Final = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE_LABEL: Final = "istio.io/use-waypoint-namespace"
 WAYPOINT_FOR_LABEL: Final = "istio.io/waypoint-for"
 GATEWAY_NAME_LABEL: Final = "gateway.networking.k8s.io/gateway-name"
+# istiod's flag for L4 rules on the waypoint's HBONE terminating chain (pilot/pkg/features)
+LAYERED_POLICIES_FLAG: Final = "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES"
+# a Service's (or its namespace's) opt-in to ingress gateways calling its waypoint
+INGRESS_USE_WAYPOINT_LABEL: Final = "istio.io/ingress-use-waypoint"
 # every namespace carries its own name under this label (Kubernetes' NamespaceDefaultLabelName)
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 # constants.ServiceTraffic, WorkloadTraffic, AllTraffic, NoTraffic
@@ -124,6 +143,18 @@ def allows_attachment(
         labels = {**namespace_labels, NAMESPACE_NAME_LABEL: namespace}
         return all(labels.get(key) == value for key, value in waypoint.allowed_route_labels)
     return waypoint.namespace == namespace
+
+
+def envoy_calls_waypoint(proxy_type: str, ingress_use_waypoint: bool = False) -> bool:
+    """Does istiod give an Envoy client's cluster for a Service that has a waypoint the
+    waypoint's endpoints (``findServiceWaypoint``, pilot/pkg/xds/endpoints/endpoint_builder.go)?
+    Only a gateway (``proxy_type`` ``router``) whose Service or namespace says
+    ``istio.io/ingress-use-waypoint: "true"`` (``ENABLE_INGRESS_WAYPOINT_ROUTING``, on with
+    ambient); a ``sidecar`` never ("Currently only ingress and e/w gateway will call
+    waypoints"): it sends to the Service's own endpoints, HBONE to an ambient one, and the
+    waypoint's policies do not judge it (istio/istio#51445; the ambient integration tests skip
+    sidecar clients of waypoints: "sidecars do not currently respect waypoints")."""
+    return proxy_type == "router" and ingress_use_waypoint
 
 
 def waypoint_binding(
@@ -319,6 +350,45 @@ def waypoint_authorization(
     return build_authorization(
         waypoint_workload(waypoint), applying, trust_domain=trust_domain, use_filter_state=True
     )
+
+
+def layered_waypoint_policies(
+    waypoint: Waypoint,
+    policies: Iterable[object],
+    root_namespace: str = "istio-system",
+    *,
+    layered: bool = False,
+) -> tuple[AuthorizationPolicy, ...]:
+    """The policies istiod enforces as L4 rules on the waypoint's HBONE terminating chain, in
+    front of its per-Service chains (``buildHCMConnectTerminateChain``,
+    pilot/pkg/networking/core/listener_waypoint.go): none unless ``layered``
+    (``ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES``, default false); then the selector
+    and namespace policies that select the waypoint's pod as they would a sidecar's
+    (``NewWaypointTerminationBuilder``: ``IsWaypoint`` false, pilot/pkg/networking/plugin/authz/
+    authorization.go)."""
+    if not layered:
+        return ()
+    return authorization_policies_for(waypoint_workload(waypoint), policies, root_namespace)
+
+
+def selector_policy_waypoint_problem(
+    policy: AuthorizationPolicy, waypoints: Iterable[Waypoint], root_namespace: str
+) -> str | None:
+    """Why a selector AuthorizationPolicy that selects a waypoint's pod binds nothing there by
+    default, or None when it selects none: istiod's waypoint matching skips selector policies
+    (``ShouldAttachPolicy``), its layered L4 rules are off (`layered_waypoint_policies`), and
+    ztunnel does not capture a waypoint's pod (labelled ``istio.io/dataplane-mode: none``)."""
+    if policy.target_refs or not policy.selector:
+        return None
+    for waypoint in waypoints:
+        if authorization_policies_for(waypoint_workload(waypoint), [policy], root_namespace):
+            return (
+                f"its selector selects the pod of waypoint {waypoint.key}, where istiod"
+                f" enforces a selector policy only with {LAYERED_POLICIES_FLAG}=true (default"
+                " false) and ztunnel does not capture the waypoint's pod: bind it with"
+                " targetRefs (the Gateway or the Service)"
+            )
+    return None
 
 
 def target_ref_problem(

@@ -104,6 +104,8 @@ class PolicyApplier:
                         policy, workloads, self._mesh.root_namespace, self._mesh.logical_namespace
                     )
                 )
+                if problem is not None:  # a selector naming a waypoint's pod: istiod's reason
+                    problem = _waypoint_pod_problem(self._mesh, policy) or problem
                 if problem is not None:
                     raise UnmatchedPolicyError(
                         f"{policy.kind} {policy.namespace or 'default'}/{policy.name} would"
@@ -153,6 +155,20 @@ def apply_policy(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[PolicyA
     applier = PolicyApplier(mesh, request.node, evidence_window(mesh, request))
     yield applier
     applier.restore()
+
+
+def _waypoint_pod_problem(mesh: Mesh, policy: Policy) -> str | None:
+    from pytest_meshconform.istio.api import AuthorizationPolicy
+    from pytest_meshconform.istio.waypoint import selector_policy_waypoint_problem
+    from pytest_meshconform.mesh import waypoints_of
+
+    if not isinstance(policy, AuthorizationPolicy):
+        return None
+    waypoints = [
+        dataclasses.replace(w, namespace=mesh.logical_namespace(w.namespace))
+        for w in waypoints_of(mesh)
+    ]
+    return selector_policy_waypoint_problem(policy, waypoints, mesh.root_namespace)
 
 
 def _binds_by_target_refs(policy: Policy) -> bool:

@@ -140,6 +140,9 @@ def plan_sidecars(
                 port for port, protocol in model.inbound_protocols.items() if protocol.is_tcp
             ),
             inbound_protocols=model.inbound_protocols,
+            # to the Service's own endpoint, waypoint or not: istiod gives a sidecar no
+            # waypoint (`istio.waypoint.envoy_calls_waypoint("sidecar")` is False), so its
+            # tunnel goes to the pod and the waypoint's policies never see it
             hbone_tunnels={
                 (e.service.fqdn, e.service.port): (e.endpoints[0].ip, e.service.target_port)
                 for e in topology.services
