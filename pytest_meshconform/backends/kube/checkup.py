@@ -27,6 +27,7 @@ from pytest_meshconform.backends.kube.control_plane import (
     parse_mesh_config,
     select_istiod,
 )
+from pytest_meshconform.backends.kube.kind import gateway_api_fix, gateway_api_problem
 from pytest_meshconform.backends.kube.options import DEFAULT_ISTIO_NAMESPACE
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS, SCOPE_TEXT, Permission
 from pytest_meshconform.backends.kube.topology import (
@@ -795,8 +796,6 @@ def check_survey(
 def _waypoint(survey: Survey) -> Finding:
     """An ambient run gives ``bar`` a namespace waypoint when the cluster serves the Gateway
     API; without it the run goes on without one (its tests are skipped)."""
-    from pytest_meshconform.backends.kube.waypoints import gateway_api_fix, gateway_api_problem
-
     breaks = "the run has no waypoint: the tests that need the waypoint feature are skipped"
     if survey.gateway_api is None:
         return Finding(

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +33,8 @@ from pytest_meshconform.mesh import MeshError, MeshUnavailable
 from pytest_meshconform.settings import Dataplane
 
 __all__ = [
+    "GATEWAY_API_GROUP",
+    "GATEWAY_KIND_VERSION",
     "KindCluster",
     "ResolvedContext",
     "cache_dir",
@@ -41,6 +43,8 @@ __all__ = [
     "find_executable",
     "gateway_api_crds",
     "gateway_api_crds_url",
+    "gateway_api_fix",
+    "gateway_api_problem",
     "install_gateway_api_crds",
     "install_istio",
     "istioctl_path",
@@ -329,6 +333,29 @@ def install_istio(
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         raise MeshError(f"istioctl install failed: {_process_detail(error)}") from error
+
+
+GATEWAY_API_GROUP: Final = "gateway.networking.k8s.io"
+# the Gateway version istioctl waypoint apply writes (gvk.KubernetesGateway)
+GATEWAY_KIND_VERSION: Final = "v1"
+
+
+def gateway_api_problem(served: Sequence[str]) -> str | None:
+    """What keeps the cluster from taking a waypoint's Gateway (None: nothing): the versions
+    the API server serves ``Gateway`` of ``gateway.networking.k8s.io`` in."""
+    if not served:
+        return "the Gateway API CRDs are not installed (the API server serves no Gateway kind)"
+    if GATEWAY_KIND_VERSION not in served:
+        return (
+            f"the Gateway API CRDs serve Gateway {', '.join(served)} only, not"
+            f" {GATEWAY_API_GROUP}/{GATEWAY_KIND_VERSION} (a release before 1.0)"
+        )
+    return None
+
+
+def gateway_api_fix() -> str:
+    """The fix for ``gateway_api_problem``, as istio.io's ambient install guide gives it."""
+    return f"kubectl apply -f {gateway_api_crds_url()}"
 
 
 def gateway_api_crds_url(version: str = GATEWAY_API_VERSION) -> str:

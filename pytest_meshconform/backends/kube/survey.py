@@ -24,8 +24,8 @@ from pytest_meshconform.backends.kube.checkup import (
 )
 from pytest_meshconform.backends.kube.client import KubeApiError
 from pytest_meshconform.backends.kube.control_plane import istiod_revisions
+from pytest_meshconform.backends.kube.kind import GATEWAY_API_GROUP
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS
-from pytest_meshconform.backends.kube.waypoints import GATEWAY_API_GROUP
 from pytest_meshconform.backends.kube.ztunnel import ISTIO_CNI_LABEL, ZTUNNEL_LABEL
 
 __all__ = ["SURVEY_TIMEOUT_S", "SurveyApi", "installed_kubernetes_client", "survey_cluster"]

@@ -31,7 +31,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from pytest_meshconform.backends.kube.client import KubeApiError, is_transient
-from pytest_meshconform.backends.kube.kind import gateway_api_crds_url
+from pytest_meshconform.backends.kube.kind import (
+    GATEWAY_API_GROUP,
+    GATEWAY_KIND_VERSION,
+    gateway_api_fix,
+    gateway_api_problem,
+)
 from pytest_meshconform.backends.kube.lifecycle import KubeLifecycle, object_meta, pod_is_ready
 from pytest_meshconform.backends.kube.topology import LOGICAL_NAMESPACES, namespace_waypoint
 from pytest_meshconform.backends.kube.waypointstate import WaypointExpectation
@@ -47,37 +52,14 @@ from pytest_meshconform.mesh import MeshError, Service, Waypoint
 from pytest_meshconform.waiting import WaitTimeout, poll
 
 __all__ = [
-    "GATEWAY_API_GROUP",
-    "GATEWAY_API_VERSION",
     "KubeWaypoints",
-    "gateway_api_problem",
     "gateway_programmed",
     "waypoint_problem",
 ]
 
-GATEWAY_API_GROUP: Final = "gateway.networking.k8s.io"
-GATEWAY_API_VERSION: Final = "v1"  # what istioctl waypoint apply writes (gvk.KubernetesGateway)
 PROGRAMMED: Final = "Programmed"  # gateway.GatewayConditionProgrammed
 _REVISION_LABEL: Final = "istio.io/rev"  # label.IoIstioRev
 _POLL_S: Final = 1.0
-
-
-def gateway_api_problem(served: Sequence[str]) -> str | None:
-    """What keeps the cluster from taking a waypoint's Gateway (None: nothing): the versions
-    the API server serves ``Gateway`` of ``gateway.networking.k8s.io`` in."""
-    if not served:
-        return "the Gateway API CRDs are not installed (the API server serves no Gateway kind)"
-    if GATEWAY_API_VERSION not in served:
-        return (
-            f"the Gateway API CRDs serve Gateway {', '.join(served)} only, not"
-            f" {GATEWAY_API_GROUP}/{GATEWAY_API_VERSION} (a release before 1.0)"
-        )
-    return None
-
-
-def gateway_api_fix() -> str:
-    """The fix for ``gateway_api_problem``, as istio.io's ambient install guide gives it."""
-    return f"kubectl apply -f {gateway_api_crds_url()}"
 
 
 def gateway_programmed(gateway: Mapping[str, Any]) -> tuple[str, str, str] | None:
@@ -215,7 +197,7 @@ class KubeWaypoints(KubeLifecycle):
             missing.clear()
             for waypoint in self._waypoints:
                 gateway = self.api.get(
-                    f"{GATEWAY_API_GROUP}/{GATEWAY_API_VERSION}",
+                    f"{GATEWAY_API_GROUP}/{GATEWAY_KIND_VERSION}",
                     "Gateway",
                     waypoint.namespace,
                     waypoint.name,
