@@ -27,7 +27,7 @@ from pytest_meshconform.backends.kube.control_plane import (
     parse_mesh_config,
     select_istiod,
 )
-from pytest_meshconform.backends.kube.kind import gateway_api_fix, gateway_api_problem
+from pytest_meshconform.backends.kube.kind import waypoint_check
 from pytest_meshconform.backends.kube.options import DEFAULT_ISTIO_NAMESPACE
 from pytest_meshconform.backends.kube.permissions import RUN_PERMISSIONS, SCOPE_TEXT, Permission
 from pytest_meshconform.backends.kube.topology import (
@@ -786,34 +786,13 @@ def check_survey(
                 ),
             )
         )
-        findings.append(_waypoint(survey))
+        findings.append(
+            Finding("waypoint", *waypoint_check(survey.gateway_api, survey.gateway_api_error))
+        )
     for permission in RUN_PERMISSIONS:
         namespace = plan.namespace_for(permission.scope, request.istio_namespace)
         findings.append(_permission(permission, survey, request, namespace))
     return tuple(findings)
-
-
-def _waypoint(survey: Survey) -> Finding:
-    """An ambient run gives ``bar`` a namespace waypoint when the cluster serves the Gateway
-    API; without it the run goes on without one (its tests are skipped)."""
-    breaks = "the run has no waypoint: the tests that need the waypoint feature are skipped"
-    if survey.gateway_api is None:
-        return Finding(
-            "waypoint",
-            "warn",
-            "could not tell whether the cluster serves the Gateway API:"
-            f" {survey.gateway_api_error or 'not read'}",
-            f"without it {breaks}",
-        )
-    problem = gateway_api_problem(survey.gateway_api)
-    if problem is not None:
-        return Finding("waypoint", "warn", problem, breaks, gateway_api_fix())
-    return Finding(
-        "waypoint",
-        "ok",
-        f"Gateway API served (Gateway {', '.join(survey.gateway_api)}): the run gives bar the"
-        " namespace waypoint `waypoint`",
-    )
 
 
 def blocking(findings: Sequence[Finding]) -> tuple[Finding, ...]:

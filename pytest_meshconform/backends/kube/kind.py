@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import yaml
 
@@ -50,6 +50,7 @@ __all__ = [
     "istioctl_path",
     "kind_context",
     "resolve_context",
+    "waypoint_check",
 ]
 
 Progress = Callable[[str], None]
@@ -356,6 +357,32 @@ def gateway_api_problem(served: Sequence[str]) -> str | None:
 def gateway_api_fix() -> str:
     """The fix for ``gateway_api_problem``, as istio.io's ambient install guide gives it."""
     return f"kubectl apply -f {gateway_api_crds_url()}"
+
+
+def waypoint_check(
+    served: Sequence[str] | None, error: str | None
+) -> tuple[Literal["ok", "warn"], str, str, str]:
+    """The doctor's and the preflight's finding on an ambient run's waypoint: (status, found,
+    what it breaks, the fix) from the versions the API server serves ``Gateway`` in (None: not
+    read, ``error`` says why). Without the Gateway API the run goes on without a waypoint."""
+    breaks = "the run has no waypoint: the tests that need the waypoint feature are skipped"
+    if served is None:
+        return (
+            "warn",
+            f"could not tell whether the cluster serves the Gateway API: {error or 'not read'}",
+            f"without it {breaks}",
+            "",
+        )
+    problem = gateway_api_problem(served)
+    if problem is not None:
+        return "warn", problem, breaks, gateway_api_fix()
+    return (
+        "ok",
+        f"Gateway API served (Gateway {', '.join(served)}): the run gives bar the namespace"
+        " waypoint `waypoint`",
+        "",
+        "",
+    )
 
 
 def gateway_api_crds_url(version: str = GATEWAY_API_VERSION) -> str:
