@@ -309,3 +309,15 @@ def test_a_waypoint_without_a_ready_pod_is_a_lag_naming_it(world: World, started
         f"  waypoint {BAR}/waypoint: no ready pod of waypoint {BAR}/waypoint (labelled"
         " gateway.networking.k8s.io/gateway-name=waypoint; 1 found)"
     )
+
+
+def test_apply_policy_binds_targetrefs_to_the_clusters_waypoint(started: KubeMesh) -> None:
+    """The suite writes ``bar``; the cluster's waypoint and Services are in the run's
+    namespaces: istiod's waypoint status is judged with the logical names."""
+    from pytest_meshconform.istio.api import parse_policy
+    from pytest_meshconform.plugin.policies import _target_ref_problem
+
+    assert _target_ref_problem(started, parse_policy(VIEWER)) is None
+    assert _target_ref_problem(started, parse_policy(NO_POSTS)) is None
+    missing = bound("x", "ALLOW", [{}], {"kind": "Service", "group": "", "name": "nope"})
+    assert _target_ref_problem(started, parse_policy(missing)) == "Service bar/nope was not found"
