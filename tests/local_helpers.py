@@ -157,3 +157,14 @@ def all_passed(report: ConformanceReport) -> ConformanceReport:
             for suite in report.suites
         ),
     )
+
+
+def run_topology_suite(
+    pytester: pytest.Pytester, name: str, topology: str, suite: str, *args: str
+) -> pytest.RunResult:
+    """Runs ``suite`` (a test module's text, written as ``test_<name>.py``) in a pytest
+    subprocess on the local mesh built from ``topology`` (a topology file's text, written as
+    ``<name>.yaml``), in file order, with ``args`` after."""
+    pytester.makefile(".yaml", **{name: topology})
+    pytester.makepyfile(**{f"test_{name}": suite})
+    return pytester.runpytest_subprocess("-p", "no:randomly", f"--mesh-topology={name}.yaml", *args)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from waypoint_topologies import DEPOT_TOPOLOGY
 
 from pytest_meshconform import authorization_policy
 from pytest_meshconform.backends.local.control import plan_sidecars, plan_waypoints, plan_ztunnels
@@ -35,39 +36,6 @@ from pytest_meshconform.istio.waypoint import (
     waypoint_policies,
 )
 from pytest_meshconform.mesh import Service, Waypoint
-
-DEPOT = """\
-namespaces:
-  - name: depot
-    dataplane: ambient
-    waypoints: [inspector]
-    workloads:
-      - {name: courier, kind: sleep}
-      - {name: parcels, kind: httpbin}
-      - {name: ledger, kind: httpbin}
-    services:
-      - name: parcels
-        labels: {istio.io/use-waypoint: inspector}
-        selector: {app: parcels}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-      - name: ledger
-        selector: {app: ledger}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-  - name: yard
-    dataplane: ambient
-    waypoint: gatekeeper
-    workloads:
-      - {name: forklift, kind: httpbin}
-      - {name: crane, kind: httpbin}
-    services:
-      - name: forklift
-        selector: {app: forklift}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-      - name: crane
-        labels: {istio.io/use-waypoint: none}
-        selector: {app: crane}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-"""
 
 SHARED = """\
 namespaces:
@@ -107,7 +75,7 @@ def _tunnels(topology: Any, client: str) -> dict[tuple[str, int], Any]:
 
 
 def test_a_services_own_label_chooses_its_waypoint_and_none_opts_out() -> None:
-    topology = parse_topology(DEPOT)
+    topology = parse_topology(DEPOT_TOPOLOGY)
     inspector, gatekeeper = topology.waypoints
     assert not inspector.enrolls_namespace and gatekeeper.enrolls_namespace
     # waypoints: does not label the namespace; waypoint: does
@@ -121,7 +89,7 @@ def test_a_services_own_label_chooses_its_waypoint_and_none_opts_out() -> None:
 
 
 def test_the_clients_ztunnel_tunnels_to_the_services_waypoint_only() -> None:
-    topology = parse_topology(DEPOT)
+    topology = parse_topology(DEPOT_TOPOLOGY)
     vips = {e.service.name: e.vip for e in topology.services}
     pods = {p.workload.name: p.ip for p in topology.all_pods}
     tunnels = _tunnels(topology, "courier.depot")
@@ -307,14 +275,14 @@ def test_a_label_that_binds_no_waypoint_is_refused_with_istiods_reason(
     change: tuple[str, str], message: str
 ) -> None:
     old, new = change
-    assert old in DEPOT
+    assert old in DEPOT_TOPOLOGY
     with pytest.raises(TopologyError) as caught:
-        parse_topology(DEPOT.replace(old, new, 1), "depot.yaml")
+        parse_topology(DEPOT_TOPOLOGY.replace(old, new, 1), "depot.yaml")
     assert message in str(caught.value)
 
 
 def test_a_service_label_needs_an_ambient_endpoint() -> None:
-    text = DEPOT.replace(
+    text = DEPOT_TOPOLOGY.replace(
         "  - name: yard\n    dataplane: ambient", "  - name: yard\n    dataplane: none"
     )
     text = text.replace("    waypoint: gatekeeper\n", "").replace(
@@ -354,7 +322,7 @@ def test_only_a_gateway_is_sent_to_a_services_waypoint() -> None:
 
 def test_a_sidecar_tunnels_to_the_pod_of_a_service_with_a_waypoint() -> None:
     topology = parse_topology(
-        DEPOT + "  - name: fleet\n    dataplane: sidecar\n"
+        DEPOT_TOPOLOGY + "  - name: fleet\n    dataplane: sidecar\n"
         "    workloads: [{name: tug, kind: sleep}]\n"
     )
     pods = {p.workload.name: p.ip for p in topology.all_pods}

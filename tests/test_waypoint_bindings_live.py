@@ -26,40 +26,8 @@ Service `crane` opts out.
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh
-
-DEPOT_TOPOLOGY = """\
-namespaces:
-  - name: depot
-    dataplane: ambient
-    waypoints: [inspector]
-    workloads:
-      - {name: courier, kind: sleep}
-      - {name: parcels, kind: httpbin}
-      - {name: ledger, kind: httpbin}
-    services:
-      - name: parcels
-        labels: {istio.io/use-waypoint: inspector}
-        selector: {app: parcels}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-      - name: ledger
-        selector: {app: ledger}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-  - name: yard
-    dataplane: ambient
-    waypoint: gatekeeper
-    workloads:
-      - {name: forklift, kind: httpbin}
-      - {name: crane, kind: httpbin}
-    services:
-      - name: forklift
-        selector: {app: forklift}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-      - name: crane
-        labels: {istio.io/use-waypoint: none}
-        selector: {app: crane}
-        ports: [{name: http, port: 80, targetPort: 8080}]
-"""
+from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from waypoint_topologies import DEPOT_TOPOLOGY
 
 SUITE = r"""
 import pytest
@@ -157,9 +125,7 @@ def test_none_opts_a_service_out_of_its_namespaces_waypoint(
 
 @needs_local_mesh
 def test_a_services_own_waypoint_label_on_the_wire(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", depot=DEPOT_TOPOLOGY)
-    pytester.makepyfile(test_depot=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "--mesh-topology=depot.yaml")
+    result = run_topology_suite(pytester, "depot", DEPOT_TOPOLOGY, SUITE)
     result.assert_outcomes(passed=5)
     assert_runs_left_nothing(result.stdout.str())
 
@@ -170,12 +136,11 @@ def test_the_labelled_services_policy_test_fails_when_the_waypoint_ignores_l7(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the labelled Service's
     waypoint enforces nothing, and the DELETE is answered."""
-    pytester.makefile(".yaml", depot=DEPOT_TOPOLOGY)
-    pytester.makepyfile(test_depot=SUITE)
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "--mesh-topology=depot.yaml",
+    result = run_topology_suite(
+        pytester,
+        "depot",
+        DEPOT_TOPOLOGY,
+        SUITE,
         "--mesh-fault=waypoint-ignores-l7",
         "-k",
         "enforced_at_its_waypoint",

@@ -26,7 +26,7 @@ and a TCP echo on 7000); `lab` has no data plane (`scanner`).
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh
+from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
 
 CLINIC_TOPOLOGY = """\
 namespaces:
@@ -211,9 +211,7 @@ def test_a_target_ref_naming_nothing_is_an_error(apply_policy: PolicyApplier) ->
 
 @needs_local_mesh
 def test_waypoints_route_and_authorize_on_the_wire(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", clinic=CLINIC_TOPOLOGY)
-    pytester.makepyfile(test_clinic=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "--mesh-topology=clinic.yaml")
+    result = run_topology_suite(pytester, "clinic", CLINIC_TOPOLOGY, SUITE)
     result.assert_outcomes(passed=9)
     assert_runs_left_nothing(result.stdout.str())
 
@@ -224,12 +222,11 @@ def test_the_l7_test_fails_when_the_waypoint_ignores_l7_rules(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the waypoint enforces no
     policy, and the L7 test sees the DELETE answered."""
-    pytester.makefile(".yaml", clinic=CLINIC_TOPOLOGY)
-    pytester.makepyfile(test_clinic=SUITE)
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "--mesh-topology=clinic.yaml",
+    result = run_topology_suite(
+        pytester,
+        "clinic",
+        CLINIC_TOPOLOGY,
+        SUITE,
         "--mesh-fault=waypoint-ignores-l7",
         "-k",
         "l7_authorization",

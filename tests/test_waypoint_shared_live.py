@@ -28,7 +28,7 @@ The layout is not sleep/httpbin: `mesh-infra` (no data plane) holds the waypoint
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh
+from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
 
 SHARED_TOPOLOGY = """\
 namespaces:
@@ -147,9 +147,7 @@ def test_the_servers_ztunnel_sees_the_shared_waypoints_identity(
 
 @needs_local_mesh
 def test_a_shared_waypoint_on_the_wire(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", shared=SHARED_TOPOLOGY)
-    pytester.makepyfile(test_shared=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "--mesh-topology=shared.yaml")
+    result = run_topology_suite(pytester, "shared", SHARED_TOPOLOGY, SUITE)
     result.assert_outcomes(passed=4)
     assert_runs_left_nothing(result.stdout.str())
 
@@ -160,12 +158,11 @@ def test_the_shared_waypoints_policy_test_fails_when_it_ignores_l7(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the shared waypoint
     enforces nothing, and the refused caller is answered."""
-    pytester.makefile(".yaml", shared=SHARED_TOPOLOGY)
-    pytester.makepyfile(test_shared=SUITE)
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "--mesh-topology=shared.yaml",
+    result = run_topology_suite(
+        pytester,
+        "shared",
+        SHARED_TOPOLOGY,
+        SUITE,
         "--mesh-fault=waypoint-ignores-l7",
         "-k",
         "own_namespace",

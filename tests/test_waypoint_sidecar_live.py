@@ -21,7 +21,7 @@ the Service `ferry`, and an ambient client `skiff`; `fleet` has sidecars (`tug`)
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh
+from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
 
 HARBOR_TOPOLOGY = """\
 namespaces:
@@ -94,9 +94,7 @@ def test_admitting_only_the_waypoint_refuses_the_sidecar(
 
 @needs_local_mesh
 def test_a_sidecar_client_of_a_waypoint_service_on_the_wire(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", harbor=HARBOR_TOPOLOGY)
-    pytester.makepyfile(test_harbor=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "--mesh-topology=harbor.yaml")
+    result = run_topology_suite(pytester, "harbor", HARBOR_TOPOLOGY, SUITE)
     result.assert_outcomes(passed=3)
     assert_runs_left_nothing(result.stdout.str())
 
@@ -107,12 +105,11 @@ def test_the_bypass_test_fails_when_ztunnel_ignores_principals(
 ) -> None:
     """No false green: with `authz-ignores-principals` the server's ztunnel admits any peer,
     and the sidecar's bypass is answered."""
-    pytester.makefile(".yaml", harbor=HARBOR_TOPOLOGY)
-    pytester.makepyfile(test_harbor=SUITE)
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "--mesh-topology=harbor.yaml",
+    result = run_topology_suite(
+        pytester,
+        "harbor",
+        HARBOR_TOPOLOGY,
+        SUITE,
         "--mesh-fault=authz-ignores-principals",
         "-k",
         "refuses_the_sidecar",
