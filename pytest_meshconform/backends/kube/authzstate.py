@@ -45,6 +45,7 @@ __all__ = [
     "authz_mismatches",
     "chain_authz",
     "expected_rbac",
+    "listener_chains",
     "parse_inbound_authz",
     "rbac_agrees",
 ]
@@ -131,6 +132,22 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
     """The RBAC filters on each chain of the active ``virtualInbound`` listener (empty when
     the dump has none: a sidecar without inbound listener, or no dump section). A chain that
     cannot be read is kept with the reason, so that it blocks the wait rather than pass."""
+    chains = listener_chains(data, VIRTUAL_INBOUND)
+    return tuple(
+        chain_authz(chain, chain_where)
+        for chain_where, chain in chains or ()
+        if isinstance(chain, Mapping)
+        and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
+        and _port(chain, chain_where) != INBOUND_CAPTURE_PORT  # the blackhole's
+    )
+
+
+def listener_chains(
+    data: bytes | str | Mapping[str, Any], listener_name: str
+) -> list[tuple[str, object]] | None:
+    """The filter chains (with the path naming each) of the active dynamic listener
+    ``listener_name`` of a config dump; None when the dump has no such listener. A listener
+    that cannot be read is passed over: the mTLS reader (envoystate) reports it."""
     for section in sections(load_json(data)):
         if section.admin_type != "ListenersConfigDump":
             continue
@@ -139,17 +156,10 @@ def parse_inbound_authz(data: bytes | str | Mapping[str, Any]) -> tuple[ChainAut
                 name, listener = active_listener(raw, where)
                 chains = [] if listener is None else listener.chains()
             except ConfigDumpError:
-                continue  # unreadable: the mTLS reader (envoystate) reports it
-            if name != VIRTUAL_INBOUND or listener is None:
                 continue
-            return tuple(
-                chain_authz(chain, chain_where)
-                for chain_where, chain in chains
-                if isinstance(chain, Mapping)
-                and chain.get("name") != VIRTUAL_INBOUND_BLACKHOLE
-                and _port(chain, chain_where) != INBOUND_CAPTURE_PORT  # the blackhole's
-            )
-    return ()
+            if name == listener_name and listener is not None:
+                return chains
+    return None
 
 
 def _port(chain: Mapping[str, Any], where: str) -> int | None:

@@ -36,14 +36,12 @@ from pytest_meshconform.backends.kube.authzstate import (
     SeenRbac,
     chain_authz,
     expected_rbac,
+    listener_chains,
     rbac_agrees,
 )
 from pytest_meshconform.evidence.config_dump import (
     ConfigDumpError,
-    active_listener,
-    load_json,
     read_network_filters,
-    sections,
 )
 from pytest_meshconform.istio import Authorization
 from pytest_meshconform.istio.envoy import HCM_TYPE, TCP_PROXY_TYPE, VIRTUAL_INBOUND_BLACKHOLE
@@ -127,34 +125,25 @@ def _service_of(raw: Mapping[str, Any], name: str, where: str) -> tuple[str, int
 def parse_waypoint_authz(data: bytes | str | Mapping[str, Any]) -> tuple[WaypointChain, ...] | None:
     """The chains of the active ``main_internal`` listener with their RBAC filters; None when
     the dump has no such listener (not a waypoint, or istiod has not pushed it yet)."""
-    for section in sections(load_json(data)):
-        if section.admin_type != "ListenersConfigDump":
+    chains = listener_chains(data, MAIN_INTERNAL)
+    if chains is None:
+        return None
+    found = []
+    for chain_where, chain in chains:
+        if not isinstance(chain, Mapping):
             continue
-        for where, raw in section.entries("dynamic_listeners"):
-            try:
-                name, listener = active_listener(raw, where)
-                chains = [] if listener is None else listener.chains()
-            except ConfigDumpError:
-                continue
-            if name != MAIN_INTERNAL or listener is None:
-                continue
-            found = []
-            for chain_where, chain in chains:
-                if not isinstance(chain, Mapping):
-                    continue
-                chain_name = chain.get("name")
-                chain_name = chain_name if isinstance(chain_name, str) else ""
-                if chain_name == VIRTUAL_INBOUND_BLACKHOLE:  # no chain yet: matches nothing
-                    continue
-                found.append(
-                    WaypointChain(
-                        chain_authz(chain, chain_where),
-                        _service_of(chain, chain_name, chain_where),
-                        chain_name in _DIRECT,
-                    )
-                )
-            return tuple(found)
-    return None
+        chain_name = chain.get("name")
+        chain_name = chain_name if isinstance(chain_name, str) else ""
+        if chain_name == VIRTUAL_INBOUND_BLACKHOLE:  # no chain yet: matches nothing
+            continue
+        found.append(
+            WaypointChain(
+                chain_authz(chain, chain_where),
+                _service_of(chain, chain_name, chain_where),
+                chain_name in _DIRECT,
+            )
+        )
+    return tuple(found)
 
 
 def _compare(chain: WaypointChain, expected: Authorization, exact: bool) -> str | None:
