@@ -16,6 +16,7 @@ from pytest_meshconform.audit.engine import Verdict
 from pytest_meshconform.audit.exceptions import ExceptionStatus
 from pytest_meshconform.audit.pod_ports import PortClass
 from pytest_meshconform.audit.report import AUDIT_SCHEMA
+from pytest_meshconform.istio.api import AuthzAction
 
 DOC = REPO / "docs" / "audit-verdicts.md"
 
@@ -26,6 +27,7 @@ TYPES: dict[str, tuple[str, ...]] = {
     "audit.discovery.Authz": get_args(Authz),
     "audit.pod_ports.PortClass": get_args(PortClass),
     "audit.exceptions.ExceptionStatus": tuple(s.value for s in ExceptionStatus),
+    "istio.api.AuthzAction": tuple(a.value for a in AuthzAction),
 }
 
 
@@ -73,5 +75,6 @@ def test_the_report_schema_allows_the_same_values() -> None:
         "audit.discovery.Observed",
         "audit.pod_ports.PortClass",
         "audit.exceptions.ExceptionStatus",
+        "istio.api.AuthzAction",
     ):
         assert sorted(TYPES[name]) in enums, name

@@ -1250,3 +1250,121 @@ def test_an_ambient_port_whose_evidence_says_otherwise_never_passes(
     assert others == {
         k: "pass" if k.split(".")[1].startswith("vault") else "fail" for k in ports if k != key
     }
+
+
+# --- waypoints: read from the cluster, their policies listed ------------------------------------
+
+# the Gateway `istioctl waypoint apply -n vault --name checkpoint` writes (istioctl/pkg/waypoint:
+# class istio-waypoint, listener `mesh` on 15008, protocol HBONE), and another class's Gateway
+CHECKPOINT = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "Gateway",
+    "metadata": {"name": "checkpoint", "namespace": "vault"},
+    "spec": {
+        "gatewayClassName": "istio-waypoint",
+        "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+    },
+}
+INGRESS = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "Gateway",
+    "metadata": {"name": "front", "namespace": "till"},
+    "spec": {
+        "gatewayClassName": "istio",
+        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+    },
+}
+
+
+def _bound_policy(
+    namespace: str, name: str, kind: str, target: str, action: str = "ALLOW"
+) -> dict[str, Any]:
+    group = "" if kind == "Service" else "gateway.networking.k8s.io"
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetRefs": [{"group": group, "kind": kind, "name": target}],
+            "action": action,
+            "rules": [{}]
+            if action == "ALLOW"
+            else [{"to": [{"operation": {"methods": ["DELETE"]}}]}],
+        },
+    }
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster the audit reads the waypoints (Gateways of class ``istio-waypoint``, not
+    another class's) and which Services use them (``vault`` labelled ``istio.io/use-waypoint:
+    checkpoint``, as ``istioctl waypoint apply --enroll-namespace`` does), and lists per Service
+    port the AuthorizationPolicies bound to its waypoint: a targetRefs to the Gateway (both
+    Services), to the Service (console only), to the GatewayClass from the root namespace (both);
+    never a selector policy (``ShouldAttachPolicy``, pilot/pkg/model/policyattachment.go). A
+    targetRefs policy that binds nothing is a policy that cannot apply, with istiod's reason
+    (``WaypointPolicyStatusCollection``, pilot/pkg/serviceregistry/ambient/policies.go). The
+    probes replay the recording without a waypoint: this test is about what is listed."""
+    with _ambient_cluster(tmp_path) as (fake, _):
+        fake.served[("gateway.networking.k8s.io", "Gateway")] = ["v1"]
+        fake.namespaces["vault"]["metadata"]["labels"]["istio.io/use-waypoint"] = "checkpoint"
+        for manifest in (
+            CHECKPOINT,
+            INGRESS,
+            _bound_policy("vault", "through-checkpoint", "Gateway", "checkpoint"),
+            _bound_policy("vault", "console-no-delete", "Service", "console", "DENY"),
+            _bound_policy("istio-system", "every-waypoint", "GatewayClass", "istio-waypoint"),
+            _bound_policy("vault", "archive-reads", "Service", "archive"),
+            _bound_policy("vault", "class-outside-root", "GatewayClass", "istio-waypoint"),
+            _bound_policy("till", "through-front", "Gateway", "front"),
+            _bound_policy("till", "console-direct", "Service", "console"),
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "keeper-l4", "namespace": "vault"},
+                "spec": {"selector": {"matchLabels": {"app": "keeper"}}, "rules": [{}]},
+            },
+        ):
+            fake.apply(manifest)
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    assert code == 1  # policies that cannot apply fail the audit
+    waypoints = {
+        f"{p['service']}.{p['namespace']}:{p['port']}": p.get("waypoint") for p in data["ports"]
+    }
+    every = {
+        "name": "istio-system/every-waypoint",
+        "action": "ALLOW",
+        "targetRefs": ["GatewayClass istio-waypoint"],
+    }
+    through = {
+        "name": "vault/through-checkpoint",
+        "action": "ALLOW",
+        "targetRefs": ["Gateway vault/checkpoint"],
+    }
+    no_delete = {
+        "name": "vault/console-no-delete",
+        "action": "DENY",
+        "targetRefs": ["Service vault/console"],
+    }
+    assert waypoints["console.till:80"] is None and waypoints["keeper.till:9000"] is None
+    assert waypoints["console.vault:80"]["name"] == "vault/checkpoint"
+    assert sorted(map(str, waypoints["console.vault:80"]["policies"])) == sorted(
+        map(str, (every, through, no_delete))
+    )
+    assert waypoints["keeper.vault:9000"]["name"] == "vault/checkpoint"
+    assert sorted(map(str, waypoints["keeper.vault:9000"]["policies"])) == sorted(
+        map(str, (every, through))
+    )
+    rest = "(sidecars and ztunnel ignore targetRefs policies)"
+    assert sorted(data["inapplicablePolicies"]) == [
+        "AuthorizationPolicy till/console-direct binds to no waypoint: Service till/console is"
+        f" not bound to a waypoint {rest}",
+        "AuthorizationPolicy till/through-front binds to no waypoint: Gateway till/front is not"
+        f" a waypoint (waypoints: vault/checkpoint) {rest}",
+        "AuthorizationPolicy vault/archive-reads binds to no waypoint: Service vault/archive was"
+        f" not found {rest}",
+        "AuthorizationPolicy vault/class-outside-root binds to no waypoint: AuthorizationPolicy"
+        f" must be in the root namespace `istio-system` when referencing a GatewayClass {rest}",
+    ]

@@ -6,7 +6,8 @@ endpoint's sidecar enforces on the target port (the Istio model's `effective_mtl
 or not, SNI, ALPN). Together they say what the audit's two probes must observe (`expected`).
 Apart from the mode, the endpoint sidecar's authorization (`authorization_for`, evaluated as
 Envoy does by `rbac_verdict`) says whether each probe that gets through is allowed or denied
-(`authz_plaintext`, `authz_mesh`).
+(`authz_plaintext`, `authz_mesh`). An ambient Service that uses a waypoint carries it and the
+AuthorizationPolicies bound to it for that Service (`istio.waypoint.waypoint_policies`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Any, Literal
 
 from pytest_meshconform.audit.probes import AUDIT_NAMESPACE, probe_workloads
 from pytest_meshconform.istio.ambient import ambient_mtls_mode, ztunnel_policies
-from pytest_meshconform.istio.api import PeerAuthentication, Policy, parse_policies
+from pytest_meshconform.istio.api import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    Policy,
+    parse_policies,
+)
 from pytest_meshconform.istio.authorization import Authorization, authorization_for
 from pytest_meshconform.istio.interception import InterceptionError, sidecar_interception
 from pytest_meshconform.istio.peer_authentication import effective_mtls_mode
@@ -25,6 +31,7 @@ from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.upstream import Upstream
+from pytest_meshconform.istio.waypoint import waypoint_policies
 from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
 from pytest_meshconform.mesh import Mesh, Service, WaypointAware, Workload
 
@@ -77,6 +84,9 @@ class ServicePort:
     # traffic through (`istio.waypoint.service_waypoint`), None without one: behind it the
     # endpoint's ztunnel sees the waypoint's identity, not the client's
     waypoint: str | None = None
+    # the AuthorizationPolicies bound to that waypoint for this Service, in istiod's order
+    # (`istio.waypoint.waypoint_policies`)
+    waypoint_policies: tuple[AuthorizationPolicy, ...] = ()
 
     @property
     def hbone(self) -> bool:
@@ -291,6 +301,9 @@ def discover_service_ports(
             continue
         endpoints = endpoints_of(service, workloads)
         waypoint = mesh.service_waypoint(service) if isinstance(mesh, WaypointAware) else None
+        bound: tuple[AuthorizationPolicy, ...] = ()
+        if waypoint is not None:
+            bound = waypoint_policies(waypoint, service, parsed, mesh.root_namespace)
         for endpoint in endpoints:
             predicted: Predicted = "NO_SIDECAR"
             authorization = None
@@ -335,6 +348,7 @@ def discover_service_ports(
                 bypass=bypass,
                 ztunnel_admits=admits,
                 waypoint=None if waypoint is None else waypoint.key,
+                waypoint_policies=bound,
             )
             host = port.host
             plaintext = probe_request(service, host, port.protocol, None)

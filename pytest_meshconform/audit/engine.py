@@ -48,8 +48,19 @@ from pytest_meshconform.audit.probes import AMBIENT_PROBE, AUDIT_NAMESPACE, NAKE
 from pytest_meshconform.evidence.pcap import CaptureError
 from pytest_meshconform.evidence.tcp_connect import TcpError
 from pytest_meshconform.istio.api import Policy, PolicyError, parse_policies
+from pytest_meshconform.istio.api.authorization_policy import (
+    AuthorizationPolicy,
+    PolicyTargetRef,
+)
 from pytest_meshconform.istio.ztunnel import HBONE_PORT
-from pytest_meshconform.mesh import Mesh, MeshError, MeshInfo, Workload
+from pytest_meshconform.mesh import (
+    Mesh,
+    MeshError,
+    MeshInfo,
+    WaypointAware,
+    Workload,
+    waypoints_of,
+)
 from pytest_meshconform.outputs import write_file
 
 __all__ = [
@@ -125,6 +136,11 @@ class PortResult:
             out["evidence"]["wire"] = self.wire.to_dict()
         if self.problems:
             out["problems"] = list(self.problems)
+        if self.port.waypoint is not None:
+            out["waypoint"] = {
+                "name": self.port.waypoint,
+                "policies": [_bound_policy(p) for p in self.port.waypoint_policies],
+            }
         return out
 
     def _authorization(self) -> dict[str, Any]:
@@ -140,6 +156,23 @@ class PortResult:
             "observed": observed,
             "conforms": self.authorization_conforms,
         }
+
+
+def _target_ref_text(policy: AuthorizationPolicy, ref: PolicyTargetRef) -> str:
+    """``Gateway vault/waypoint``: a ``targetRefs`` entry, namespaced as istiod resolves it
+    (the policy's namespace; a GatewayClass has none)."""
+    if ref.kind == "GatewayClass":
+        return f"GatewayClass {ref.name}"
+    return f"{ref.kind} {policy.namespace or 'default'}/{ref.name}"
+
+
+def _bound_policy(policy: AuthorizationPolicy) -> dict[str, Any]:
+    """An AuthorizationPolicy bound to a waypoint, as the report lists it."""
+    return {
+        "name": f"{policy.namespace or 'default'}/{policy.name}",
+        "action": policy.action.value,
+        "targetRefs": [_target_ref_text(policy, ref) for ref in policy.target_refs],
+    }
 
 
 def observe_mode(
@@ -558,6 +591,8 @@ def run_audit(
             mesh.services(),
             mesh.root_namespace,
             mesh.logical_namespace,
+            waypoints=waypoints_of(mesh),
+            service_waypoint=mesh.service_waypoint if isinstance(mesh, WaypointAware) else None,
         ),
         exceptions=None if exceptions is None else exceptions.source,
         stale=() if exceptions is None else exceptions.stale(bypasses),

@@ -8,16 +8,20 @@
   service"; istiod's ``GetMutualTLSModeForPort`` looks the container port up). A key that is a
   Service port with another targetPort is the common mistake (istio/istio#49098): the user
   believes the port is STRICT and it is not.
+- An AuthorizationPolicy whose ``targetRefs`` bind to no waypoint
+  (`istio.waypoint.target_ref_problem`: istiod's waypoint policy status, its reason): sidecars
+  and ztunnel ignore such a policy, so it enforces nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pytest_meshconform.istio.api import PeerAuthentication, Policy
+from pytest_meshconform.istio.api import AuthorizationPolicy, PeerAuthentication, Policy
 from pytest_meshconform.istio.plan import endpoints_of
 from pytest_meshconform.istio.selection import is_subset, unmatched_reason
-from pytest_meshconform.mesh import Service, Workload
+from pytest_meshconform.istio.waypoint import target_ref_problem
+from pytest_meshconform.mesh import Service, Waypoint, Workload
 
 __all__ = ["inapplicable_policies"]
 
@@ -73,17 +77,36 @@ def _port_level(
     return out
 
 
+def _no_waypoint(service: Service) -> Waypoint | None:
+    return None
+
+
 def inapplicable_policies(
     policies: Sequence[Policy],
     workloads: Sequence[Workload],
     services: Sequence[Service],
     root_namespace: str,
     logical_namespace: Callable[[str], str],
+    *,
+    waypoints: Sequence[Waypoint] = (),
+    service_waypoint: Callable[[Service], Waypoint | None] | None = None,
 ) -> tuple[str, ...]:
-    """One line per policy (or portLevelMtls key) in force that cannot apply, with why."""
+    """One line per policy (or portLevelMtls key) in force that cannot apply, with why: a
+    ``targetRefs`` AuthorizationPolicy among them when it binds to none of ``waypoints``
+    (``service_waypoint``: the waypoint a Service uses; None: a mesh without waypoints)."""
     out: list[str] = []
     for policy in policies:
         namespace = logical_namespace(policy.namespace or "default")
+        if isinstance(policy, AuthorizationPolicy) and policy.target_refs:
+            problem = target_ref_problem(
+                policy, waypoints, services, service_waypoint or _no_waypoint, root_namespace
+            )
+            if problem is not None:
+                out.append(
+                    f"AuthorizationPolicy {namespace}/{policy.name} binds to no waypoint:"
+                    f" {problem} (sidecars and ztunnel ignore targetRefs policies)"
+                )
+            continue
         reason = unmatched_reason(policy, workloads, root_namespace, logical_namespace)
         if reason is not None:
             out.append(f"{policy.kind} {namespace}/{policy.name} applies to no workload: {reason}")

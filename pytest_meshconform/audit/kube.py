@@ -10,7 +10,9 @@ ztunnel, ``probe-ambient`` (no sidecar, the pod labelled ``istio.io/dataplane-mo
 istio-cni enrols it, ztunnel tunnels its requests over HBONE), execs curl / bash in them,
 captures at the probe with the kube backend's ephemeral tcpdump container, and deletes the
 namespace at the end. `cluster_topology` (pure) turns the API's JSON into workloads and
-Services, naming what it cannot audit.
+Services, naming what it cannot audit. Its waypoints are the cluster's Gateways of class
+``istio-waypoint`` (read-only), and a Service's is the one the model's `service_waypoint`
+picks from the Service's and its namespace's labels.
 """
 
 from __future__ import annotations
@@ -39,12 +41,25 @@ from pytest_meshconform.backends.kube.topology import (
 )
 from pytest_meshconform.istio.ambient import DATAPLANE_MODE_LABEL
 from pytest_meshconform.istio.injection import injection_labels
-from pytest_meshconform.mesh import MeshError, Service, Workload
+from pytest_meshconform.istio.waypoint import (
+    WAYPOINT_FOR_LABEL,
+    WAYPOINT_GATEWAY_CLASS,
+    service_waypoint,
+)
+from pytest_meshconform.mesh import MeshError, Service, Waypoint, Workload
 
-__all__ = ["SYSTEM_NAMESPACES", "ClusterTopology", "KubeAuditMesh", "cluster_topology"]
+__all__ = [
+    "SYSTEM_NAMESPACES",
+    "ClusterTopology",
+    "KubeAuditMesh",
+    "cluster_topology",
+    "cluster_waypoints",
+]
 
 # Never audited: Kubernetes' own namespaces (the Istio namespace is added at run time).
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
+# waypoints: Gateways of class istio-waypoint (the Gateway API's group)
+GATEWAY_KIND: Final = ("gateway.networking.k8s.io", "Gateway")
 # The policies the audit's predictions read: the modes (PeerAuthentication, DestinationRule)
 # and what authorization does to its probes (AuthorizationPolicy)
 POLICY_KINDS: Final = (
@@ -184,6 +199,27 @@ def cluster_topology(
     return ClusterTopology(tuple(workloads.values()), tuple(found_services), tuple(notes))
 
 
+def cluster_waypoints(gateways: Sequence[Mapping[str, Any]]) -> tuple[Waypoint, ...]:
+    """The waypoints among a cluster's Gateways: class ``istio-waypoint``, the traffic type
+    their ``istio.io/waypoint-for`` label names, else ``service`` (``gatewayToWaypointTransform``,
+    istio.waypoint); istiod takes the label's value as written, so one naming no traffic type
+    makes a waypoint nothing is sent through."""
+    found = []
+    for gateway in gateways:
+        if (gateway.get("spec") or {}).get("gatewayClassName") != WAYPOINT_GATEWAY_CLASS:
+            continue
+        meta = object_meta(gateway)
+        traffic = str((meta.get("labels") or {}).get(WAYPOINT_FOR_LABEL, "service"))
+        found.append(
+            Waypoint(
+                name=str(meta.get("name")),
+                namespace=str(meta.get("namespace")),
+                traffic_type=traffic,
+            )
+        )
+    return tuple(found)
+
+
 class KubeAuditMesh(KubeMesh):
     """The cluster as the audit sees it: its Services and pods read-only, plus the audit's
     own namespace with the two probes (the only thing created, and deleted at the end)."""
@@ -218,6 +254,9 @@ class KubeAuditMesh(KubeMesh):
         self._services = ()
         self.not_audited: tuple[str, ...] = ()
         self._audited_namespaces: tuple[str, ...] = ()
+        self._waypoints: tuple[Waypoint, ...] = ()
+        self._namespace_labels: dict[str, dict[str, str]] = {}
+        self._service_labels: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- what the audit reads ------------------------------------------------------------------
 
@@ -236,6 +275,21 @@ class KubeAuditMesh(KubeMesh):
             if workload.name == name and workload.namespace == real:
                 return workload
         raise MeshError(f"no workload {name!r} in {namespace}")
+
+    def waypoints(self) -> Sequence[Waypoint]:
+        """The cluster's waypoints (`cluster_waypoints`) in the audited namespaces and Istio's
+        (after `start`); none where the Gateway API is not installed."""
+        return self._waypoints
+
+    def service_waypoint(self, service: Service) -> Waypoint | None:
+        """The waypoint the Service's traffic goes through (`istio.waypoint.service_waypoint`
+        with the labels the API gave the Service and its namespace)."""
+        return service_waypoint(
+            self._service_labels.get((service.namespace, service.name), {}),
+            service.namespace,
+            self._namespace_labels.get(service.namespace, {}),
+            self._waypoints,
+        )
 
     def policies(self) -> Sequence[Mapping[str, Any]]:
         """Every PeerAuthentication, DestinationRule and AuthorizationPolicy of the audited
@@ -345,13 +399,28 @@ class KubeAuditMesh(KubeMesh):
     def discover(self) -> ClusterTopology:
         """List namespaces, Services and pods; the probes stay first among the workloads."""
         skip = {*SYSTEM_NAMESPACES, self.options.istio_namespace, self.audit_namespace}
+        listed = self.api.list_namespaces("")
+        self._namespace_labels = {
+            str(object_meta(ns).get("name")): {
+                str(k): str(v) for k, v in (object_meta(ns).get("labels") or {}).items()
+            }
+            for ns in listed
+        }
         namespaces = sorted(
             str(object_meta(ns).get("name"))
-            for ns in self.api.list_namespaces("")
+            for ns in listed
             if str(object_meta(ns).get("name")) not in skip
             and (object_meta(ns).get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY
         )
         services = {ns: self.api.list_objects("v1", "Service", ns) for ns in namespaces}
+        self._service_labels = {
+            (ns, str(object_meta(svc).get("name"))): {
+                str(k): str(v) for k, v in (object_meta(svc).get("labels") or {}).items()
+            }
+            for ns, found_services in services.items()
+            for svc in found_services
+        }
+        self._waypoints = self._read_waypoints((*namespaces, self.options.istio_namespace))
         pods = {ns: self.api.list_pods(ns) for ns in namespaces}
         found = cluster_topology(namespaces, services, pods)
         self._audited_namespaces = tuple(namespaces)
@@ -360,6 +429,25 @@ class KubeAuditMesh(KubeMesh):
         self.not_audited = found.not_audited
         self._progress(
             f"read {len(namespaces)} namespaces: {len(found.services)} Service ports,"
-            f" {len(found.workloads)} workloads; not audited: {len(found.not_audited)}"
+            f" {len(found.workloads)} workloads, {len(self._waypoints)} waypoints; not audited:"
+            f" {len(found.not_audited)}"
         )
         return found
+
+    def _read_waypoints(self, namespaces: Sequence[str]) -> tuple[Waypoint, ...]:
+        """The Gateways of class ``istio-waypoint`` of ``namespaces`` (none when the Gateway
+        API's CRDs are not installed: no waypoint can exist)."""
+        versions = self._served(*GATEWAY_KIND)
+        if not versions:
+            return ()
+        gateways: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            try:
+                gateways += self.api.list_objects(
+                    f"{GATEWAY_KIND[0]}/{versions[0]}", GATEWAY_KIND[1], namespace
+                )
+            except KubeApiError as error:
+                raise MeshError(
+                    f"cannot read Gateways in {namespace} to find the waypoints: {error}"
+                ) from None
+        return cluster_waypoints(gateways)

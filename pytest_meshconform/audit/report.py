@@ -76,12 +76,40 @@ def format_table(result: AuditResult) -> list[str]:
         lines.append(f"{line}  {r.reason}")
     summary = result.to_dict()["summary"]
     require = f", required {result.require}" if result.require else ""
+    lines += _waypoint_lines(result)
     lines += _pod_port_lines(result)
     lines += [f"not audited: {note}" for note in result.not_audited]
     lines.append(
         f"{summary['ports']} ports: {summary['passed']} passed, {summary['failed']} failed,"
         f" {summary['errors']} errors{_pod_port_summary(result)}{require}"
     )
+    return lines
+
+
+def _waypoint_policy_lines(waypoint: Mapping[str, Any]) -> tuple[str, ...]:
+    """The AuthorizationPolicies a Service's waypoint enforces, one line each (``ns/name:
+    ALLOW, targetRefs Gateway ns/waypoint``), or that none is bound."""
+    return tuple(
+        f"{p['name']}: {p['action']}, targetRefs {', '.join(p['targetRefs'])}"
+        for p in waypoint["policies"]
+    ) or ("no AuthorizationPolicy bound to it for this Service",)
+
+
+def _waypoint_lines(result: AuditResult) -> list[str]:
+    """Each Service port whose traffic goes through a waypoint, once: the waypoint and the
+    AuthorizationPolicies bound to it for that Service."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for r, port in zip(result.ports, result.to_dict()["ports"], strict=True):
+        if "waypoint" not in port or r.port.key in seen:
+            continue
+        seen.add(r.port.key)
+        waypoint = port["waypoint"]
+        policies = "; ".join(
+            f"AuthorizationPolicy {line}" if waypoint["policies"] else line
+            for line in _waypoint_policy_lines(waypoint)
+        )
+        lines.append(f"waypoint: {r.port.key} through {waypoint['name']}: {policies}")
     return lines
 
 
@@ -260,6 +288,12 @@ def audit_document(result: AuditResult) -> Document:
                 ),
             )
         )
+        if "waypoint" in data_port:
+            waypoint = data_port["waypoint"]
+            bound = _waypoint_policy_lines(waypoint)
+            if waypoint["policies"]:
+                bound = tuple(f"AuthorizationPolicy {line}" for line in bound)
+            facts.append(("Waypoint", (waypoint["name"], *bound)))
         for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
             if key in evidence:
                 facts.append((label, (_attempt_line(evidence[key]),)))
