@@ -319,6 +319,10 @@ class KubeAuditMesh(KubeMesh):
     def _sweep_leftovers(self) -> None:
         """Nothing: the audit touches no namespace but its own."""
 
+    def _plan_waypoints(self) -> None:
+        """None: the audit deploys no waypoint; it reads the cluster's (`discover`)."""
+        self._waypoints = ()
+
     def _create_topology(self) -> None:
         labels = run_labels(self.names)
         labels["pod-security.kubernetes.io/enforce"] = "privileged"  # the capture container
