@@ -1265,6 +1265,23 @@ CHECKPOINT = {
         "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
     },
 }
+# a waypoint other namespaces may use (its listener's allowedRoutes from All)
+SHARED = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "Gateway",
+    "metadata": {"name": "shared", "namespace": "vault"},
+    "spec": {
+        "gatewayClassName": "istio-waypoint",
+        "listeners": [
+            {
+                "name": "mesh",
+                "port": 15008,
+                "protocol": "HBONE",
+                "allowedRoutes": {"namespaces": {"from": "All"}},
+            }
+        ],
+    },
+}
 INGRESS = {
     "apiVersion": "gateway.networking.k8s.io/v1",
     "kind": "Gateway",
@@ -1300,7 +1317,9 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
 ) -> None:
     """On a cluster the audit reads the waypoints (Gateways of class ``istio-waypoint``, not
     another class's) and which Services use them (``vault`` labelled ``istio.io/use-waypoint:
-    checkpoint``, as ``istioctl waypoint apply --enroll-namespace`` does), and lists per Service
+    checkpoint``, as ``istioctl waypoint apply --enroll-namespace`` does; a Service of ``till``
+    labelled for a waypoint of ``vault`` whose listener allows ``All`` namespaces, another for
+    one that allows only its own: ``AllowsAttachmentFromNamespace``), and lists per Service
     port the AuthorizationPolicies bound to its waypoint: a targetRefs to the Gateway (both
     Services), to the Service (console only), to the GatewayClass from the root namespace (both);
     never a selector policy (``ShouldAttachPolicy``, pilot/pkg/model/policyattachment.go). A
@@ -1310,9 +1329,19 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
     with _ambient_cluster(tmp_path) as (fake, _):
         fake.served[("gateway.networking.k8s.io", "Gateway")] = ["v1"]
         fake.namespaces["vault"]["metadata"]["labels"]["istio.io/use-waypoint"] = "checkpoint"
+        # till's Services name vault's waypoints: keeper the shared one, console checkpoint,
+        # which allows no other namespace (allowedRoutes Same, istioctl's default)
+        for service, waypoint in (("keeper", "shared"), ("console", "checkpoint")):
+            (found,) = [s for s in fake.services["till"] if s["metadata"]["name"] == service]
+            found["metadata"]["labels"] = {
+                "istio.io/use-waypoint": waypoint,
+                "istio.io/use-waypoint-namespace": "vault",
+            }
         for manifest in (
             CHECKPOINT,
+            SHARED,
             INGRESS,
+            _bound_policy("till", "keeper-via-shared", "Service", "keeper"),
             _bound_policy("vault", "through-checkpoint", "Gateway", "checkpoint"),
             _bound_policy("vault", "console-no-delete", "Service", "console", "DENY"),
             _bound_policy("istio-system", "every-waypoint", "GatewayClass", "istio-waypoint"),
@@ -1348,7 +1377,18 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
         "action": "DENY",
         "targetRefs": ["Service vault/console"],
     }
-    assert waypoints["console.till:80"] is None and waypoints["keeper.till:9000"] is None
+    assert waypoints["console.till:80"] is None  # not permitted to attach
+    assert waypoints["keeper.till:9000"] == {
+        "name": "vault/shared",
+        "policies": [
+            every,
+            {
+                "name": "till/keeper-via-shared",
+                "action": "ALLOW",
+                "targetRefs": ["Service till/keeper"],
+            },
+        ],
+    }
     assert waypoints["console.vault:80"]["name"] == "vault/checkpoint"
     assert sorted(map(str, waypoints["console.vault:80"]["policies"])) == sorted(
         map(str, (every, through, no_delete))
@@ -1362,7 +1402,7 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
         "AuthorizationPolicy till/console-direct binds to no waypoint: Service till/console is"
         f" not bound to a waypoint {rest}",
         "AuthorizationPolicy till/through-front binds to no waypoint: Gateway till/front is not"
-        f" a waypoint (waypoints: vault/checkpoint) {rest}",
+        f" a waypoint (waypoints: vault/checkpoint, vault/shared) {rest}",
         "AuthorizationPolicy vault/archive-reads binds to no waypoint: Service vault/archive was"
         f" not found {rest}",
         "AuthorizationPolicy vault/class-outside-root binds to no waypoint: AuthorizationPolicy"

@@ -203,18 +203,25 @@ def cluster_waypoints(gateways: Sequence[Mapping[str, Any]]) -> tuple[Waypoint, 
     """The waypoints among a cluster's Gateways: class ``istio-waypoint``, the traffic type
     their ``istio.io/waypoint-for`` label names, else ``service`` (``gatewayToWaypointTransform``,
     istio.waypoint); istiod takes the label's value as written, so one naming no traffic type
-    makes a waypoint nothing is sent through."""
+    makes a waypoint nothing is sent through. Its HBONE listener's ``allowedRoutes.namespaces``
+    says which other namespaces may use it (``Same`` unless given)."""
     found = []
     for gateway in gateways:
         if (gateway.get("spec") or {}).get("gatewayClassName") != WAYPOINT_GATEWAY_CLASS:
             continue
         meta = object_meta(gateway)
         traffic = str((meta.get("labels") or {}).get(WAYPOINT_FOR_LABEL, "service"))
+        listeners = (gateway.get("spec") or {}).get("listeners") or []
+        hbone: Mapping[str, Any] = next((x for x in listeners if x.get("protocol") == "HBONE"), {})
+        allowed = (hbone.get("allowedRoutes") or {}).get("namespaces") or {}
+        labels = ((allowed.get("selector") or {}).get("matchLabels") or {}).items()
         found.append(
             Waypoint(
                 name=str(meta.get("name")),
                 namespace=str(meta.get("namespace")),
                 traffic_type=traffic,
+                allowed_routes=str(allowed.get("from") or "Same"),
+                allowed_route_labels=tuple(sorted((str(k), str(v)) for k, v in labels)),
             )
         )
     return tuple(found)
