@@ -230,3 +230,85 @@ def test_a_waypoint_for_all_traffic_takes_pod_addressed_traffic_too() -> None:
         {"ns[clinic]-policy[gw]-rule[0]"},
         {"ns[clinic]-policy[svc]-rule[0]"},
     ]
+
+
+GRPC_TOPOLOGY = """\
+namespaces:
+  - name: clinic
+    dataplane: ambient
+    waypoint: checkpoint
+    workloads:
+      - {name: reception, kind: sleep}
+      - name: records
+        ports:
+          - {port: 50051, serves: grpc-echo}
+          - {port: 8083, serves: grpc-echo}
+          - {port: 8080, serves: httpbin}
+    services:
+      - name: records
+        selector: {app: records}
+        ports:
+          - {name: grpc, port: 50051}
+          - {name: grpc-web, port: 8083}
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: web, port: 81, targetPort: 8080}
+"""
+
+
+def test_the_waypoint_speaks_http2_to_grpc_endpoints(tmp_path: Path) -> None:
+    """istiod's waypoint on an ``IsHTTP2`` port (HTTP2, gRPC, gRPC-Web): the Service chain's
+    connection manager gets ``http2_protocol_options`` (``buildWaypointInboundHTTPFilters``),
+    a gRPC-Web one the gRPC-Web filter after RBAC (``buildHTTPConnectionManager``), and the
+    ``inbound-vip`` cluster speaks HTTP/2 upstream (``setUpstreamProtocol`` -> ``setH2Options``);
+    an HTTP port keeps HTTP/1.1, a sniffed one speaks what the client spoke
+    (``setUseDownstreamProtocol``, for waypoints too)."""
+    deny = parse_policy(
+        authorization_policy(
+            "no-posts",
+            "clinic",
+            "DENY",
+            [{"to": [{"operation": {"methods": ["POST"]}}]}],
+            target_refs=[{"kind": "Service", "group": "", "name": "records"}],
+        )
+    )
+    plan = plan_waypoints(parse_topology(GRPC_TOPOLOGY), [deny], "istio-system")[
+        "checkpoint.clinic"
+    ]
+    paths = SidecarPaths(tmp_path)
+    (main,) = [item for item in waypoint_listeners(plan, paths) if item["name"] == "main_internal"]
+    managers = {
+        chain["filter_chain_match"]["destination_port"]: chain["filters"][0]["typed_config"]
+        for chain in main["filter_chains"]
+    }
+    assert {port: m.get("http2_protocol_options") for port, m in managers.items()} == {
+        50051: {},
+        8083: {},
+        80: None,
+        81: None,
+    }
+    assert [f["name"] for f in managers[8083]["http_filters"]] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.router",
+    ]
+    assert [f["name"] for f in managers[50051]["http_filters"]] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ]
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    upstream = {
+        c["name"]: c.get("typed_extension_protocol_options", {}).get(options, {})
+        for c in waypoint_clusters(plan, paths)
+        if c["name"].startswith("inbound-vip")
+    }
+    fqdn = "records.clinic.svc.cluster.local"
+    assert {name: u.get("explicit_http_config") for name, u in upstream.items()} == {
+        f"inbound-vip|50051|http|{fqdn}": {"http2_protocol_options": {}},
+        f"inbound-vip|8083|http|{fqdn}": {"http2_protocol_options": {}},
+        f"inbound-vip|80|http|{fqdn}": None,
+        f"inbound-vip|81|http|{fqdn}": None,
+    }
+    assert upstream[f"inbound-vip|81|http|{fqdn}"]["use_downstream_protocol_config"] == {
+        "http_protocol_options": {},
+        "http2_protocol_options": {},
+    }

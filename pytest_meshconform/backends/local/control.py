@@ -21,7 +21,7 @@ from pytest_meshconform.istio import authorization_for, plan_mesh
 from pytest_meshconform.istio.ambient import ztunnel_peer_policies, ztunnel_policies
 from pytest_meshconform.istio.api import MtlsMode, PeerAuthentication, Policy
 from pytest_meshconform.istio.interop import sidecar_sends_hbone
-from pytest_meshconform.istio.protocol import protocol_of
+from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.tls import MinProtocolVersion, TlsParams, inbound_tls_params
 from pytest_meshconform.istio.waypoint import waypoint_authorization
 from pytest_meshconform.istio.ztunnel import (
@@ -338,7 +338,8 @@ def plan_waypoints(
             if service.headless or topology.service_waypoint(service) != entry:
                 continue  # headless: clients dial the pod's address, no waypoint (type service)
             endpoint = service_entry.endpoints[0]
-            tcp = protocol_of(service).is_tcp
+            protocol = protocol_of(service)
+            tcp = protocol.is_tcp
             authz = waypoint_authorization(
                 entry.waypoint,
                 service,
@@ -357,13 +358,14 @@ def plan_waypoints(
                     endpoint_ip=endpoint.ip,
                     target_port=service.target_port,
                     endpoint_identity=_spiffe_id(endpoint.workload, faults),
-                    tcp=tcp,
+                    protocol=protocol,
                     rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
                 )
             )
         # workload-addressed traffic (waypoints for `workload` or `all`): one chain per pod port,
         # with the policies bound to the waypoint itself (istiod's workload chains build their
-        # filters without a Service); HTTP when a Service's HTTP port targets it, else TCP
+        # filters without a Service); HTTP (of that port's protocol) when a Service's HTTP port
+        # targets it, else TCP
         for pod in topology.pods:
             if not pod.workload.ambient or topology.workload_waypoint(pod) != entry:
                 continue
@@ -375,12 +377,17 @@ def plan_waypoints(
                 trust_domain=TRUST_DOMAIN,
             )
             for port in pod.workload.container_ports:
-                tcp = not any(
-                    e.endpoints[0] == pod
-                    and e.service.target_port == port
-                    and not protocol_of(e.service).is_tcp
-                    for e in topology.services
+                protocol = next(
+                    (
+                        protocol_of(e.service)
+                        for e in topology.services
+                        if e.endpoints[0] == pod
+                        and e.service.target_port == port
+                        and not protocol_of(e.service).is_tcp
+                    ),
+                    PortProtocol.TCP,
                 )
+                tcp = protocol.is_tcp
                 rbac = _remote_ip(authz.network_filters() if tcp else authz.http_filters())
                 if faults.authz_ignores_principals:
                     rbac = _any_peer(rbac)
@@ -392,7 +399,7 @@ def plan_waypoints(
                         endpoint_ip=pod.ip,
                         target_port=port,
                         endpoint_identity=_spiffe_id(pod.workload, faults),
-                        tcp=tcp,
+                        protocol=protocol,
                         rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
                     )
                 )

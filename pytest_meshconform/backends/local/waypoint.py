@@ -18,7 +18,11 @@ Istio's own:
   identities from the filter state), then the router to the Service's cluster
   (``inbound-vip|<port>|http|<fqdn>``); a TCP port gets the network RBAC filters and a TCP
   proxy. ``forward_client_cert_details`` is left unset (SANITIZE), as istiod leaves it: the app
-  sees no ``x-forwarded-client-cert``.
+  sees no ``x-forwarded-client-cert``. On an HTTP2, gRPC or gRPC-Web port the connection
+  manager gets ``http2_protocol_options`` (``buildWaypointInboundHTTPFilters``: ``IsHTTP2``),
+  a gRPC-Web port the gRPC-Web filter after RBAC (``buildHTTPConnectionManager``), and the
+  Service's cluster speaks HTTP/2 to the endpoint (``buildWaypointInboundVIPCluster`` ->
+  ``setUpstreamProtocol``; the client's version on a sniffed port), so gRPC passes through.
 - ``connect_originate|<ip>:<port>`` (internal listeners): a new HBONE tunnel to the endpoint's
   ztunnel (CONNECT ``<pod ip>:<target port>`` over mutual TLS 1.3 with the waypoint's
   certificate, the endpoint's SPIFFE ID verified), where istiod's ``connect_originate`` does the
@@ -44,7 +48,11 @@ from pytest_meshconform.istio.envoy import (
     LISTENER_TYPE,
     ROUTER_TYPE,
     TCP_PROXY_TYPE,
+    cluster_http_protocol_options,
+    grpc_web_filters,
+    inbound_hcm_http2_options,
 )
+from pytest_meshconform.istio.protocol import PortProtocol
 from pytest_meshconform.istio.ztunnel import HBONE_PORT, hbone_authority
 from pytest_meshconform.mesh import Waypoint
 
@@ -96,8 +104,14 @@ class WaypointRoute:
     endpoint_ip: str
     target_port: int
     endpoint_identity: str  # verified in the endpoint's HBONE certificate
-    tcp: bool = False
+    # the port's protocol: a TCP proxy for the TCP family, else an HTTP connection manager
+    # (HTTP/2 to the endpoint for HTTP2, gRPC and gRPC-Web)
+    protocol: PortProtocol = PortProtocol.HTTP
     rbac: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+
+    @property
+    def tcp(self) -> bool:
+        return self.protocol.is_tcp
 
     @property
     def cluster(self) -> str:
@@ -230,10 +244,14 @@ def _route_chain(route: WaypointRoute, paths: SidecarPaths) -> dict[str, Any]:
     if route.tcp:
         filters = [*route.rbac, _tcp_proxy(name, route.cluster, paths)]
     else:
+        options: dict[str, Any] = {"access_log": access_log(paths)}
+        http2 = inbound_hcm_http2_options(route.protocol)
+        if http2 is not None:
+            options["http2_protocol_options"] = http2
         filters = [
             _hcm(
                 f"inbound_{name}",
-                access_log=access_log(paths),
+                **options,
                 route_config={
                     "name": route.cluster,
                     "virtual_hosts": [
@@ -249,7 +267,7 @@ def _route_chain(route: WaypointRoute, paths: SidecarPaths) -> dict[str, Any]:
                         }
                     ],
                 },
-                http_filters=[*route.rbac, _router()],
+                http_filters=[*route.rbac, *grpc_web_filters(route.protocol), _router()],
             )
         ]
     return {
@@ -349,7 +367,11 @@ def waypoint_clusters(plan: WaypointPlan, paths: SidecarPaths) -> list[dict[str,
     result = [internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL)]
     endpoints: dict[str, str] = {}
     for route in plan.routes:
-        result.append(internal_cluster(route.cluster, route.originate))
+        cluster = internal_cluster(route.cluster, route.originate)
+        options = None if route.tcp else cluster_http_protocol_options(route.protocol)
+        if options is not None:
+            cluster["typed_extension_protocol_options"] = options
+        result.append(cluster)
         endpoints[route.endpoint_ip] = route.endpoint_identity
     for ip, identity in sorted(endpoints.items()):
         result.append(hbone_cluster(f"hbone|{ip}", ip, identity, paths))
