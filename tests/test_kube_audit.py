@@ -1388,8 +1388,12 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
                 "targetRefs": ["Service till/keeper"],
             },
         ],
+        # the ALLOW policies' empty rule matches every request: the mesh probe's too
+        "meshProbe": "allowed",
     }
     assert waypoints["console.vault:80"]["name"] == "vault/checkpoint"
+    # the DENY on DELETE does not match the mesh probe's GET
+    assert waypoints["console.vault:80"]["meshProbe"] == "allowed"
     assert sorted(map(str, waypoints["console.vault:80"]["policies"])) == sorted(
         map(str, (every, through, no_delete))
     )

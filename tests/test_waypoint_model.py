@@ -27,6 +27,7 @@ from pytest_meshconform import authorization_policy
 from pytest_meshconform.istio import authorization_for
 from pytest_meshconform.istio.ambient import convert_authorization_policy, ztunnel_policies
 from pytest_meshconform.istio.api import AuthorizationPolicy, PolicyError, parse_policy
+from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.waypoint import (
     service_waypoint,
     target_ref_problem,
@@ -242,6 +243,37 @@ def test_waypoint_rbac_matches_peers_on_the_filter_state() -> None:
             }
         },
     ]
+
+
+@pytest.mark.parametrize(
+    ("principal", "verdict"),
+    [
+        ("spiffe://cluster.local/ns/foo/sa/viewer", "allowed"),
+        ("spiffe://cluster.local/ns/bar/sa/viewer", "denied"),  # another namespace
+        (None, "denied"),  # no peer certificate: nothing in the filter state
+    ],
+)
+def test_envoys_verdict_at_a_waypoint_reads_the_peer_from_the_filter_state(
+    principal: str | None, verdict: str
+) -> None:
+    """Envoy's ``FilterStateMatcher`` (source/extensions/filters/common/rbac/matchers.cc)
+    matches the string the waypoint's HBONE termination put under ``io.istio.peer_principal``
+    (the tunnel's client URI SAN); a connection without one never matches. The audit predicts
+    a waypoint's verdict on its probe with it (`rbac_verdict`)."""
+    policy = parse_policy(
+        authorization_policy(
+            "viewer",
+            "default",
+            "ALLOW",
+            [{"from": [{"source": {"namespaces": ["foo"]}}]}],
+            target_refs=[SERVICE_REF],
+        )
+    )
+    authz = waypoint_authorization(SAMPLE_WAYPOINT, SAMPLE_SVC, [policy], root_namespace=ROOT)
+    get = {":authority": "httpbin:8000", ":method": "GET", ":path": "/"}
+    request = RbacRequest(port=8000, principal=principal, headers=get)
+    assert rbac_verdict(authz, request) == verdict
+    assert rbac_verdict(authz, RbacRequest(port=8000, principal=principal)) == verdict  # TCP
 
 
 def test_use_waypoint_labels_and_traffic_types() -> None:

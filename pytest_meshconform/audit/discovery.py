@@ -7,7 +7,10 @@ or not, SNI, ALPN). Together they say what the audit's two probes must observe (
 Apart from the mode, the endpoint sidecar's authorization (`authorization_for`, evaluated as
 Envoy does by `rbac_verdict`) says whether each probe that gets through is allowed or denied
 (`authz_plaintext`, `authz_mesh`). An ambient Service that uses a waypoint carries it and the
-AuthorizationPolicies bound to it for that Service (`istio.waypoint.waypoint_policies`).
+AuthorizationPolicies bound to it for that Service (`istio.waypoint.waypoint_policies`); the
+ambient probe's request goes through it, so the waypoint's verdict on that probe
+(`istio.waypoint.waypoint_verdict`: `WaypointProbe`) comes before the endpoint's mode, and
+the endpoint's ztunnel judges the waypoint's identity, not the probe's.
 """
 
 from __future__ import annotations
@@ -31,15 +34,16 @@ from pytest_meshconform.istio.plan import endpoints_of, plan_sidecar
 from pytest_meshconform.istio.protocol import PortProtocol, protocol_of
 from pytest_meshconform.istio.rbac import RbacRequest, rbac_verdict
 from pytest_meshconform.istio.upstream import Upstream
-from pytest_meshconform.istio.waypoint import waypoint_policies
+from pytest_meshconform.istio.waypoint import waypoint_policies, waypoint_verdict
 from pytest_meshconform.istio.ztunnel import Connection, ztunnel_admits
-from pytest_meshconform.mesh import Mesh, Service, WaypointAware, Workload
+from pytest_meshconform.mesh import Mesh, Service, Waypoint, WaypointAware, Workload
 
 __all__ = [
     "Authz",
     "Observed",
     "Predicted",
     "ServicePort",
+    "WaypointProbe",
     "discover_service_ports",
     "probe_request",
 ]
@@ -53,6 +57,20 @@ Observed = Literal["STRICT", "PERMISSIVE", "PLAINTEXT", "CLOSED", "INCONCLUSIVE"
 # or on TCP the connection closed without a byte), `not reached` (the mode refused the
 # connection before authorization), `unknown` (a rule on an attribute the audit cannot know)
 Authz = Literal["allowed", "denied", "not reached", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointProbe:
+    """What the waypoint in front of an ambient endpoint does to the audit's mesh probe (the
+    ambient probe's Service traffic goes through it; the plaintext probe's goes straight to
+    the pod): Envoy's verdict under the policies bound to it (`waypoint_verdict`) on the
+    probe's identity, and the policies (``namespace/name``) that deny it or leave it unknown."""
+
+    waypoint: str  # namespace/name
+    identity: str  # the waypoint's own SPIFFE ID (what the endpoint's ztunnel sees)
+    principal: str  # the ambient probe's SPIFFE ID, as the waypoint sees it
+    verdict: Authz  # allowed, denied or unknown
+    policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +105,8 @@ class ServicePort:
     # the AuthorizationPolicies bound to that waypoint for this Service, in istiod's order
     # (`istio.waypoint.waypoint_policies`)
     waypoint_policies: tuple[AuthorizationPolicy, ...] = ()
+    # the waypoint's verdict on the mesh probe (None: the mesh probe does not cross one)
+    waypoint_probe: WaypointProbe | None = None
 
     @property
     def hbone(self) -> bool:
@@ -227,20 +247,60 @@ def _ztunnel_verdicts(
     port: int,
     naked: Workload | None,
     ambient: Workload | None,
+    waypoint: Waypoint | None = None,
 ) -> tuple[bool, bool]:
     """(plaintext admitted, HBONE admitted): ztunnel's verdicts on the naked probe's
     plaintext and on the ambient probe's HBONE tunnel to the endpoint's ``port``
     (`ztunnel_admits` over `ztunnel_policies`: STRICT's derived deny and the L4
-    AuthorizationPolicies); no ambient probe: no HBONE."""
+    AuthorizationPolicies); no ambient probe: no HBONE. Behind a ``waypoint`` the tunnel that
+    reaches the endpoint is the waypoint's, with its identity (its address is not known: a rule
+    on source addresses matches nothing)."""
     enforced = ztunnel_policies(policies, endpoint.namespace, endpoint.labels, mesh.root_namespace)
     naked = naked or probe_workloads()[1]
     server_ip = mesh.pod_ip(endpoint)
     plaintext = ztunnel_admits(enforced, Connection(port, None, mesh.pod_ip(naked), server_ip))
     hbone = False
-    if ambient is not None:
+    if ambient is not None and waypoint is not None:
+        peer = waypoint.spiffe_id(mesh.trust_domain)
+        hbone = ztunnel_admits(enforced, Connection(port, peer, "", server_ip))
+    elif ambient is not None:
         peer = ambient.spiffe_id(mesh.trust_domain)
         hbone = ztunnel_admits(enforced, Connection(port, peer, mesh.pod_ip(ambient), server_ip))
     return plaintext, hbone
+
+
+def _waypoint_probe(
+    mesh: Mesh,
+    waypoint: Waypoint,
+    service: Service,
+    protocol: PortProtocol,
+    policies: Sequence[Policy],
+    ambient: Workload,
+) -> WaypointProbe:
+    """The waypoint's verdict on the ambient probe's request to the Service port: curl's ``GET
+    /`` (other headers unknown) or the TCP connection, its identity from the HBONE tunnel, on
+    the Service port (the CONNECT authority)."""
+    principal = ambient.spiffe_id(mesh.trust_domain)
+    headers = None
+    if protocol.is_http:
+        host = f"{service.name}.{service.namespace}:{service.port}"
+        headers = {":authority": host, ":method": "GET", ":path": "/"}
+    request = RbacRequest(port=service.port, principal=principal, headers=headers)
+    verdict, deciding = waypoint_verdict(
+        waypoint,
+        service,
+        policies,
+        request,
+        root_namespace=mesh.root_namespace,
+        trust_domain=mesh.trust_domain,
+    )
+    return WaypointProbe(
+        waypoint=waypoint.key,
+        identity=waypoint.spiffe_id(mesh.trust_domain),
+        principal=principal,
+        verdict=verdict,
+        policies=tuple(f"{p.namespace or 'default'}/{p.name}" for p in deciding),
+    )
 
 
 def _parse(policies: Iterable[Policy | Mapping[str, Any]]) -> list[Policy]:
@@ -320,7 +380,13 @@ def discover_service_ports(
                     mesh.root_namespace,
                 ).value
                 admits = _ztunnel_verdicts(
-                    mesh, parsed, endpoint, service.target_port, naked_client, ambient_client
+                    mesh,
+                    parsed,
+                    endpoint,
+                    service.target_port,
+                    naked_client,
+                    ambient_client,
+                    waypoint,
                 )
             elif endpoint.has_sidecar:
                 authorization = authorization_for(
@@ -350,6 +416,13 @@ def discover_service_ports(
                 waypoint=None if waypoint is None else waypoint.key,
                 waypoint_policies=bound,
             )
+            if waypoint is not None and port.hbone and ambient_client is not None:
+                port = replace(
+                    port,
+                    waypoint_probe=_waypoint_probe(
+                        mesh, waypoint, service, port.protocol, parsed, ambient_client
+                    ),
+                )
             host = port.host
             plaintext = probe_request(service, host, port.protocol, None)
             mesh_request = plaintext
@@ -361,11 +434,14 @@ def discover_service_ports(
                     client.spiffe_id(mesh.trust_domain),
                     port.upstream.towards(endpoint.key).sni or "",
                 )
+            authz_mesh = _authz(authorization, port.mesh_admitted, mesh_request)
+            if port.waypoint_probe is not None and port.waypoint_probe.verdict != "allowed":
+                authz_mesh = port.waypoint_probe.verdict  # the waypoint decides first
             result.append(
                 replace(
                     port,
                     authz_plaintext=_authz(authorization, port.accepts_plaintext, plaintext),
-                    authz_mesh=_authz(authorization, port.mesh_admitted, mesh_request),
+                    authz_mesh=authz_mesh,
                     headless_break=_headless_break(port, endpoints),
                 )
             )

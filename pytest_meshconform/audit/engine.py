@@ -12,7 +12,11 @@ The mode observed (`STRICT`: mTLS only, `PERMISSIVE`: mTLS and plaintext, `PLAIN
 plaintext only, `CLOSED`: neither) counts what got through the endpoint's mode, whatever
 authorization then did with it: a probe denied by an AuthorizationPolicy (403 ``RBAC: access
 denied``, or the RBAC network filter's close) got through. Mode and authorization are each
-compared with the prediction; the mode with `--require`.
+compared with the prediction; the mode with `--require`. A waypoint in front of an ambient
+endpoint answers the mesh probe before the endpoint's mode is met: its denial (or its failure
+to reach the endpoint) proves no mode, so the port is not judged from it (`_waypoint_verdict`:
+an error naming the waypoint, the policy and the fix; a failure when its policies predict
+otherwise).
 
 The engine only uses the `Mesh` protocol; the probes are workloads of the mesh. The command
 line is `audit.cli`, the report `audit.report`.
@@ -31,6 +35,7 @@ from pytest_meshconform.audit.discovery import (
     Authz,
     Observed,
     ServicePort,
+    WaypointProbe,
     discover_service_ports,
 )
 from pytest_meshconform.audit.exceptions import AcceptedException, AcceptedExceptions
@@ -141,6 +146,8 @@ class PortResult:
                 "name": self.port.waypoint,
                 "policies": [_bound_policy(p) for p in self.port.waypoint_policies],
             }
+            if self.port.waypoint_probe is not None:
+                out["waypoint"]["meshProbe"] = self.port.waypoint_probe.verdict
         return out
 
     def _authorization(self) -> dict[str, Any]:
@@ -212,7 +219,14 @@ def _authz_mismatches(port: ServicePort, probes: dict[str, ProbeAttempt]) -> lis
         want, got = expected[name], probe.authorization
         if "unknown" in (want, got) or want == got or "not reached" in (want, got):
             continue  # the mode's own mismatch says why a probe was (not) reached
-        if got == "denied":
+        waypoint = port.waypoint_probe if name == "mesh" else None
+        if waypoint is not None and got == "allowed":
+            out.append(
+                f"the waypoint {waypoint.waypoint} allowed the mesh probe ({probe.outcome});"
+                f" AuthorizationPolicy {', '.join(waypoint.policies)} predicts denied for its"
+                f" identity {waypoint.principal}"
+            )
+        elif got == "denied":
             how = _HOW_DENIED[port.protocol.is_http]
             note = "" if port.protocol.is_http else ": the RBAC filter's close, or the app's own"
             out.append(
@@ -251,6 +265,92 @@ def _authz_note(port: ServicePort, probes: dict[str, ProbeAttempt]) -> str:
     return f"; authorization denied {who} ({how}; AuthorizationPolicy {policies}){why}"
 
 
+_NEVER_REACHED = ": the request never reached the endpoint, so its mode cannot be judged"
+
+
+def _waypoint_fix(probe: WaypointProbe) -> str:
+    principal = probe.principal.removeprefix("spiffe://")
+    return (
+        f"; fix: allow the audit's probe (source principal {principal}) in an ALLOW"
+        " AuthorizationPolicy bound to the waypoint (targetRefs), or exempt it from the DENY"
+        " ones"
+    )
+
+
+def _waypoint_verdict(
+    port: ServicePort, plaintext: ProbeAttempt, mesh_request: ProbeAttempt
+) -> tuple[Verdict, str] | None:
+    """The verdict and reason when the mesh probe's answer came from the waypoint in front of
+    the endpoint, not through it (`observe.judge_through_waypoint`: ``admitted`` None): its
+    denial, a close its policies may explain, or its upstream failure. No mode is claimed:
+    an error (with the fix), a failure when the waypoint did what its policies do not predict
+    or the plaintext probe got through a mode that refuses it; None otherwise."""
+    probe = port.waypoint_probe
+    if probe is None or mesh_request.admitted is not None or plaintext.admitted is None:
+        return None
+    verdict: Verdict = "error"
+    policies = ", ".join(probe.policies)
+    if mesh_request.status == 503:
+        refused = port.ztunnel_admits is not None and not port.ztunnel_admits[1]
+        why = (
+            f"the endpoint's ztunnel refuses the waypoint's identity {probe.identity}, as its"
+            " L4 AuthorizationPolicies predict"
+            if refused
+            else "nothing listens on the target port, or the endpoint's ztunnel refused the"
+            f" waypoint's identity {probe.identity}"
+        )
+        fix = (
+            f"; fix: allow the waypoint's identity ({probe.identity.removeprefix('spiffe://')})"
+            " in the endpoint's L4 AuthorizationPolicies"
+            if refused
+            else f"; fix: check that the endpoint listens on port {port.service.target_port}"
+            f" and that its ztunnel admits {probe.identity}"
+        )
+        reason = (
+            f"the waypoint {probe.waypoint} answered the mesh probe HTTP 503 (its upstream"
+            f" connect error): it could not reach the endpoint ({why}), so the endpoint's mode"
+            f" cannot be judged from the mesh probe{fix}"
+        )
+    elif mesh_request.authorization == "denied":
+        how = (
+            "denied the mesh probe (HTTP 403 RBAC: access denied)"
+            if port.protocol.is_http
+            else "closed the mesh probe's connection without a byte (its RBAC network filter's"
+            " denial)"
+        )
+        if probe.verdict == "denied":
+            why = f", as AuthorizationPolicy {policies} predicts for its identity {probe.principal}"
+        elif probe.verdict == "unknown":
+            why = (
+                f" under AuthorizationPolicy {policies}, which the audit cannot predict (a rule"
+                " on the probe's address or headers)"
+            )
+        else:
+            verdict = "fail"
+            bound = ", ".join(
+                f"{p.namespace or 'default'}/{p.name}" for p in port.waypoint_policies
+            )
+            why = (
+                f", although the AuthorizationPolicies bound to it ({bound or 'none'}) predict"
+                f" allowed for its identity {probe.principal}"
+            )
+        reason = f"the waypoint {probe.waypoint} {how}{why}{_NEVER_REACHED}{_waypoint_fix(probe)}"
+    else:  # a TCP close the waypoint's policies may explain, or the endpoint's refusal
+        reason = (
+            "the mesh probe's connection was closed without a byte: the waypoint"
+            f" {probe.waypoint} may have denied it under AuthorizationPolicy {policies} (a rule"
+            " the audit cannot predict), or the endpoint refused it behind the waypoint, so its"
+            f" mode cannot be judged{_waypoint_fix(probe)}"
+        )
+    if plaintext.admitted and not port.accepts_plaintext:
+        verdict = "fail"  # a mode failure whatever the waypoint did
+        reason += (
+            f"; the plaintext probe got through ({plaintext.outcome}), Istio's policies predict"
+            f" {port.predicted}"
+        )
+    return verdict, reason
+
+
 def _judge(
     port: ServicePort,
     plaintext: ProbeAttempt,
@@ -267,6 +367,10 @@ def _judge(
     conforms = mode_conforms and not authz_problems
     meets = _requirement(port, observed, require)
     note = _authz_note(port, probes)
+    through_waypoint = _waypoint_verdict(port, plaintext, mesh_request)
+    if through_waypoint is not None:
+        verdict, reason = through_waypoint
+        return observed, verdict, reason, conforms, verdict != "fail", meets
     if observed == "INCONCLUSIVE" or (wire.flows == 0 and observed != "CLOSED"):
         unclear = [
             f"the {name} probe's outcome ({p.outcome}{_WHY_UNCLEAR.get(p.outcome, '')}) cannot"

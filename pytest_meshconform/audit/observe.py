@@ -20,6 +20,13 @@ the connection through (``admitted``) and what authorization did to it (``author
   reset, a close) did not get through, whatever the probe's own sidecar then answers (a 503).
   On HTTP the 403 ``RBAC: access denied`` is a denial; on TCP a connection that got through
   and then closed without a byte is.
+- Mesh probe to an ambient endpoint behind a waypoint: the ambient probe's tunnel ends at the
+  waypoint, which answers for the endpoint (`judge_through_waypoint`). Its denial (Envoy's
+  RBAC local reply: ``403``, body ``RBAC: access denied``; on TCP the RBAC network filter's
+  close) and its ``503`` when it cannot reach the endpoint (Envoy's router: body ``upstream
+  connect error or disconnect/reset before headers. ...``) come from the waypoint: they prove
+  nothing of the endpoint's mode (``admitted`` None, ``denied_by`` the waypoint). Any other
+  answer came through it from the endpoint's app (an app's own 403 included).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_meshconform.audit.discovery import Authz, ServicePort
+from pytest_meshconform.audit.discovery import Authz, ServicePort, WaypointProbe
 from pytest_meshconform.evidence.curl import curl_argv, parse_curl_output
 from pytest_meshconform.evidence.tcp_connect import TcpResult, parse_tcp_output, tcp_argv
 from pytest_meshconform.evidence.wire import analyze_pcap
@@ -41,10 +48,12 @@ __all__ = [
     "PROBE_TIMEOUT_S",
     "TCP_PROBE_LINE",
     "TCP_PROBE_WAIT_S",
+    "UPSTREAM_FAILURE_BODY",
     "ProbeAttempt",
     "WireEvidence",
     "attempt",
     "judge_mesh_attempt",
+    "judge_through_waypoint",
     "read_wire",
     "wire_problems",
 ]
@@ -54,6 +63,9 @@ TCP_PROBE_LINE: Final = "meshconform-audit"
 TCP_PROBE_WAIT_S: Final = 2.0  # how long a TCP probe waits for an answer
 # `istio.ztunnel.HBONE_TLS_VERSION` (TLS 1.3 only) as `evidence.tls` names the wire's version
 _HBONE_WIRE_VERSION: Final = "TLS1.3"
+# the start of the body of Envoy's router's local reply when the upstream failed before any
+# response headers (503; source/common/router/router.cc, ``Filter::onUpstreamReset``)
+UPSTREAM_FAILURE_BODY: Final = "upstream connect error or disconnect/reset before headers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,10 @@ class ProbeAttempt:
     status: int | None = None  # HTTP status, when an HTTP answer came back
     answered: bool = False  # the server answered (an HTTP status, or bytes on a TCP port)
     detail: str = ""
+    # the answer's body when it is one of Envoy's local replies the audit reads (the RBAC
+    # filter's denial, the router's upstream failure), else ""
+    envoy_reply: str = ""
+    denied_by: str = ""  # who denied it when not the endpoint's data plane (``waypoint ns/name``)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -90,6 +106,8 @@ class ProbeAttempt:
             out["status"] = self.status
         if self.detail:
             out["detail"] = self.detail
+        if self.denied_by:
+            out["deniedBy"] = self.denied_by
         return out
 
 
@@ -161,6 +179,12 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         result = mesh.exec(client, argv, PROBE_TIMEOUT_S + 10)
         http = parse_curl_output(url, client.key, result.returncode, result.stdout, result.stderr)
         denied = http.status == 403 and http.body.strip().startswith(RBAC_DENIED_BODY.encode())
+        body = http.body.strip().decode(errors="replace")
+        envoy_reply = ""
+        if (http.status, body) == (403, RBAC_DENIED_BODY) or (
+            http.status == 503 and body.startswith(UPSTREAM_FAILURE_BODY)
+        ):
+            envoy_reply = body.splitlines()[0][:200]
         admitted: bool | None = None
         authz: Authz = "unknown"
         if http.status is not None:
@@ -168,8 +192,8 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
         elif http.reset or (port.hbone and http.exit_code == 52):  # ztunnel's close: no reply
             admitted, authz = False, "not reached"
         outcome = f"{http.outcome} {RBAC_DENIED_BODY}" if denied else http.outcome
-        # curl's error, or the body of a denial (an app's page would only be noise here)
-        detail = http.stderr.strip() or (RBAC_DENIED_BODY if denied else "")
+        # curl's error, or the body of a denial or Envoy's reply (an app's page: noise here)
+        detail = http.stderr.strip() or (RBAC_DENIED_BODY if denied else envoy_reply)
         return ProbeAttempt(
             client=client.key,
             target=url,
@@ -180,6 +204,7 @@ def attempt(mesh: Mesh, client: Workload, port: ServicePort) -> ProbeAttempt:
             status=http.status,
             answered=http.status is not None,
             detail=detail[:300],
+            envoy_reply=envoy_reply,
         )
     send = f"{TCP_PROBE_LINE}\n".encode()
     argv = tcp_argv(port.host, svc.port, send=send, timeout=TCP_PROBE_WAIT_S)
@@ -214,6 +239,8 @@ def judge_mesh_attempt(
     connection and answers for the endpoint) and ``authorization`` from what came back."""
     if wire.flows == 0:
         return replace(request, admitted=None, authorization="unknown")
+    if port.hbone and port.waypoint_probe is not None:
+        return judge_through_waypoint(request, port.waypoint_probe, port.protocol.is_http)
     if port.hbone:  # ztunnel finishes the handshake, then judges the CONNECT: the answer tells
         through = request.status is not None or request.outcome in ("answered", "silent")
         return replace(
@@ -230,6 +257,26 @@ def judge_mesh_attempt(
         closed = request.outcome == "closed" and port.endpoint.has_sidecar
         authz = "denied" if closed else "unknown"
     return replace(request, admitted=True, authorization=authz)
+
+
+def judge_through_waypoint(request: ProbeAttempt, probe: WaypointProbe, http: bool) -> ProbeAttempt:
+    """The ambient probe's attempt when its tunnel ends at the waypoint in front of the
+    endpoint (the module's doc): the waypoint's RBAC denial and its upstream failure say
+    nothing of the endpoint's mode; a TCP close is the waypoint's denial when its policies
+    deny the probe (or cannot tell), else the endpoint's refusal behind it."""
+    waypoint = f"waypoint {probe.waypoint}"
+    if request.status == 403 and request.envoy_reply == RBAC_DENIED_BODY:
+        return replace(request, admitted=None, authorization="denied", denied_by=waypoint)
+    if request.status == 503 and request.envoy_reply.startswith(UPSTREAM_FAILURE_BODY):
+        return replace(request, admitted=None, authorization="unknown")
+    if request.status is not None or request.outcome in ("answered", "silent"):
+        return replace(request, admitted=True, authorization="allowed")
+    predicted = probe.verdict
+    if request.outcome == "closed" and not http and predicted != "allowed":
+        if predicted == "denied":
+            return replace(request, admitted=None, authorization="denied", denied_by=waypoint)
+        return replace(request, admitted=None, authorization="unknown")
+    return replace(request, admitted=False, authorization="not reached")
 
 
 def read_wire(pcap: bytes, path: Path | None, target_port: int) -> WireEvidence:

@@ -14,10 +14,14 @@ Envoy's semantics (envoyproxy/envoy ``source/extensions/filters/common/rbac/``,
   nothing (dry-run policies only fill ``shadow_rules``).
 - ``authenticated`` matches only a TLS connection with a peer certificate: its
   ``principal_name`` is matched against the certificate's URI SAN (``AuthenticatedMatcher``);
-  a plaintext peer never matches it. ``direct_remote_ip`` is the downstream peer's address,
-  ``destination_port`` the port the connection arrived on, ``requested_server_name`` the SNI
-  (empty without TLS), ``url_path`` the ``:path`` without its query, ``header`` a request
-  header (``HeaderMatcher``; on a TCP chain there are no headers).
+  a plaintext peer never matches it. ``filter_state`` (``FilterStateMatcher``) matches a
+  string the connection's filter state holds under a key: a waypoint matches peers on
+  ``io.istio.peer_principal``, which its HBONE termination sets to the tunnel's client
+  certificate's URI SAN (istiod's ``principalAuthenticated`` with ``UseFilterState``); without
+  it (no peer certificate) the matcher is false. ``direct_remote_ip`` is the downstream
+  peer's address, ``destination_port`` the port the connection arrived on,
+  ``requested_server_name`` the SNI (empty without TLS), ``url_path`` the ``:path`` without its
+  query, ``header`` a request header (``HeaderMatcher``; on a TCP chain there are no headers).
 
 An attribute the caller does not know (``None``: a client's address, a header the request may
 carry) makes a matcher's answer unknown, and the verdict is ``unknown`` unless the rest decides
@@ -33,7 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pytest_meshconform.istio.api import AuthzAction
-from pytest_meshconform.istio.authorization import Authorization, RbacFilter
+from pytest_meshconform.istio.authorization import (
+    PEER_PRINCIPAL_FILTER_STATE,
+    Authorization,
+    RbacFilter,
+)
 
 __all__ = ["RbacRequest", "RbacVerdict", "rbac_verdict"]
 
@@ -46,9 +54,10 @@ class RbacRequest:
     """What Envoy's RBAC filter sees of one request or connection.
 
     ``principal``: the peer certificate's URI SAN (``spiffe://...``) on an mTLS connection,
-    None for plaintext. ``headers``: the HTTP request's headers (lower-case names, ``:path``,
-    ``:method``, ``:authority`` included), None on a TCP chain; a header not listed is unknown
-    unless ``headers_complete``. ``source_ip`` None: unknown.
+    None for plaintext; at a waypoint, the HBONE tunnel's client identity (its
+    ``io.istio.peer_principal`` filter state). ``headers``: the HTTP request's headers
+    (lower-case names, ``:path``, ``:method``, ``:authority`` included), None on a TCP chain;
+    a header not listed is unknown unless ``headers_complete``. ``source_ip`` None: unknown.
     """
 
     port: int
@@ -151,6 +160,13 @@ def _principal(matcher: Mapping[str, Any], request: RbacRequest) -> _Truth:
             return False  # no peer certificate: never authenticated
         name = matcher["authenticated"].get("principal_name")
         return True if name is None else _string(name, request.principal)
+    if "filter_state" in matcher:
+        state = matcher["filter_state"]
+        if state.get("key") != PEER_PRINCIPAL_FILTER_STATE:
+            return None  # a filter state the model does not set: cannot tell
+        if request.principal is None:
+            return False  # no peer certificate: nothing under the key
+        return _string(state.get("string_match") or {}, request.principal)
     if "direct_remote_ip" in matcher:
         if request.source_ip is None:
             return None

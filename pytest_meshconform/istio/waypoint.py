@@ -35,6 +35,9 @@ istio/ztunnel at the commits docs/istio-model.md names):
   terminating chain carries RBAC only with ``ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES``
   (default false): then the selector policies of the waypoint's pod, as a sidecar's
   (``buildHCMConnectTerminateChain``, ``NewWaypointTerminationBuilder``).
+- Envoy's verdict there on one request (`waypoint_verdict`): the RBAC filters of the Service's
+  chain, the peer from the ``io.istio.peer_principal`` filter state (`istio.rbac`), the
+  destination port the Service port (the CONNECT authority ztunnel sends to the waypoint).
 - What the destination's ztunnel sees: the waypoint's identity (the waypoint originates a new
   HBONE connection with its own certificate), judged by the destination's ordinary L4 policies;
   istiod adds no "allow the waypoint" policy unless ``PILOT_AUTO_ALLOW_WAYPOINT_POLICY``
@@ -50,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
+from pytest_meshconform.istio.api import AuthzAction
 from pytest_meshconform.istio.api.authorization_policy import (
     AuthorizationPolicy,
     PolicyTargetRef,
@@ -60,6 +64,7 @@ from pytest_meshconform.istio.authorization import (
     authorization_policies_for,
     build_authorization,
 )
+from pytest_meshconform.istio.rbac import RbacRequest, RbacVerdict, rbac_verdict
 from pytest_meshconform.istio.selection import age_key
 from pytest_meshconform.mesh import Service, Waypoint, Workload
 
@@ -85,6 +90,7 @@ __all__ = [
     "waypoint_for_target",
     "waypoint_gateway",
     "waypoint_policies",
+    "waypoint_verdict",
     "waypoint_workload",
     "workload_waypoint",
 ]
@@ -350,6 +356,39 @@ def waypoint_authorization(
     return build_authorization(
         waypoint_workload(waypoint), applying, trust_domain=trust_domain, use_filter_state=True
     )
+
+
+def waypoint_verdict(
+    waypoint: Waypoint,
+    service: Service,
+    policies: Iterable[object],
+    request: RbacRequest,
+    *,
+    root_namespace: str = "istio-system",
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+) -> tuple[RbacVerdict, tuple[AuthorizationPolicy, ...]]:
+    """Envoy's verdict at the waypoint on a request to ``service`` (`rbac_verdict` over
+    `waypoint_authorization`: the peer is the HBONE tunnel's client identity, from the filter
+    state; ``request.port`` the Service port, the CONNECT authority the waypoint's inner
+    connection is addressed to), and the bound policies that decide it when it is not
+    ``allowed``: each DENY policy that denies it (or cannot tell), and the ALLOW policies when
+    none of them allows it (or cannot tell)."""
+    bound = waypoint_policies(waypoint, service, policies, root_namespace)
+
+    def verdict(chosen: Iterable[AuthorizationPolicy]) -> RbacVerdict:
+        authz = waypoint_authorization(
+            waypoint, service, chosen, root_namespace=root_namespace, trust_domain=trust_domain
+        )
+        return rbac_verdict(authz, request)
+
+    overall = verdict(bound)
+    if overall == "allowed":
+        return overall, ()
+    deciding = [p for p in bound if p.action is AuthzAction.DENY and verdict([p]) != "allowed"]
+    allows = [p for p in bound if p.action is AuthzAction.ALLOW]
+    if allows and verdict(allows) != "allowed":
+        deciding += allows
+    return overall, tuple(deciding)
 
 
 def layered_waypoint_policies(
