@@ -4,6 +4,7 @@ data for the kube audit's fake API server (tests/test_kube_audit.py, the ambient
 Run as root from the repository (the local mesh needs network namespaces):
 
     .venv/bin/python scripts/record_ambient_audit.py tests/data/kube
+    .venv/bin/python scripts/record_ambient_audit.py --waypoint tests/data/kube
 
 The topology has two ambient namespaces, each with httpbin behind Service ``console`` (port
 80 -> 8080) and tcp-echo behind Service ``keeper`` (port 9000): ``vault`` under a STRICT
@@ -19,6 +20,13 @@ the audit execs and every capture it takes recorded as they happened:
 - ``audit-probe-ambient-exec.json``: per probe (``probe``, ``probe-naked``,
   ``probe-ambient``) and target (the URL, or ``telnet://host:port`` for a TCP probe), the exit
   status, stdout and stderr the probe printed; ``pods``: the pod addresses of the recording.
+
+With ``--waypoint`` the same topology gives ``vault`` the namespace waypoint ``checkpoint``
+(``istioctl waypoint apply -n vault --name checkpoint --enroll-namespace``) and binds to it an
+AuthorizationPolicy allowing only ``vault``'s own accounts (`VAULT_ONLY`): the ambient probe's
+requests to ``vault``'s Services go through the waypoint, which denies them. Its files are
+prefixed ``audit-probe-waypoint-`` instead (the captures of vault's Service ports hold the
+probe's HBONE to the waypoint's pod).
 
 The local audit's verdicts are printed (not kept: the replay's expectations come from Istio's
 documented behaviour and the recorded facts, tests/data/kube/README.md).
@@ -46,6 +54,7 @@ from pytest_meshconform.evidence.curl import WRITE_OUT_MARKER
 from pytest_meshconform.mesh import ExecResult, Workload
 
 PREFIX = "audit-probe-ambient-"
+WAYPOINT_PREFIX = "audit-probe-waypoint-"
 BODY_KEPT = 256
 TOPOLOGY = """\
 namespaces:
@@ -68,6 +77,23 @@ for _namespace in ("vault", "till"):
         selector: {{app: keeper}}
         ports: [{{name: tcp-main, port: 9000}}]
 """
+WAYPOINT_TOPOLOGY = TOPOLOGY.replace(
+    "  - name: vault\n    dataplane: ambient\n",
+    "  - name: vault\n    dataplane: ambient\n    waypoint: checkpoint\n",
+)
+# bound to vault's waypoint: vault's own accounts only (the audit's probes are not)
+VAULT_ONLY = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "vault-only", "namespace": "vault"},
+    "spec": {
+        "targetRefs": [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "checkpoint"}
+        ],
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"namespaces": ["vault"]}}]}],
+    },
+}
 VAULT_STRICT = {
     "apiVersion": "security.istio.io/v1",
     "kind": "PeerAuthentication",
@@ -93,10 +119,13 @@ def _cut(stdout: str) -> str:
     return head + blank + body[:BODY_KEPT] + marker + write_out
 
 
-def record(out: Path) -> dict[str, Any]:
+def record(out: Path, *, waypoint: bool = False) -> dict[str, Any]:
     """Run the audit on the local mesh, write the recordings into ``out``; returns the local
-    audit's verdicts (observed or class, verdict, reason) per port."""
-    mesh = LocalMesh(topology=with_audit_probes(parse_topology(TOPOLOGY)))
+    audit's verdicts (observed or class, verdict, reason) per port. ``waypoint``: vault
+    behind its waypoint, which denies the audit's probes (the module's doc)."""
+    prefix = WAYPOINT_PREFIX if waypoint else PREFIX
+    topology = WAYPOINT_TOPOLOGY if waypoint else TOPOLOGY
+    mesh = LocalMesh(topology=with_audit_probes(parse_topology(topology)))
     execs: dict[str, dict[str, Any]] = {}
     run_exec = mesh.exec
 
@@ -116,6 +145,8 @@ def record(out: Path) -> dict[str, Any]:
     try:
         mesh.start()
         mesh.apply(VAULT_STRICT)
+        if waypoint:
+            mesh.apply(VAULT_ONLY)
         result = run_audit(
             mesh, require="STRICT", evidence_dir=evidence, mesh_by_pod_ip=True, read_sockets=False
         )
@@ -124,11 +155,11 @@ def record(out: Path) -> dict[str, Any]:
         mesh.close()
     try:
         for pcap in sorted(evidence.iterdir()):
-            shutil.copyfile(pcap, out / f"{PREFIX}{pcap.name}")
+            shutil.copyfile(pcap, out / f"{prefix}{pcap.name}")
     finally:
         shutil.rmtree(evidence)
     data = {"execs": execs, "pods": pods}
-    (out / f"{PREFIX}exec.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    (out / f"{prefix}exec.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return {
         **{r.port.key: [r.observed, r.verdict, r.reason] for r in result.ports},
         **{r.port.key: [r.port_class, r.verdict, r.reason] for r in result.pod_ports},
@@ -136,6 +167,9 @@ def record(out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit(f"usage: {sys.argv[0]} OUTPUT_DIRECTORY")
-    print(json.dumps(record(Path(sys.argv[1])), indent=1))
+    args = sys.argv[1:]
+    with_waypoint = args[:1] == ["--waypoint"]
+    args = args[1:] if with_waypoint else args
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        sys.exit(f"usage: {sys.argv[0]} [--waypoint] OUTPUT_DIRECTORY")
+    print(json.dumps(record(Path(args[0]), waypoint=with_waypoint), indent=1))

@@ -100,16 +100,17 @@ spec:
   rules:
     - from: [{source: {namespaces: [mint]}}]
 """
-# bound to the waypoint: the audit's probe may call too
-TELLER_AND_AUDIT = f"""\
+# bound to the waypoint: the audit's probe may call too, by the fix the audit suggests for
+# every run's probe (a namespace prefix: the AuthorizationPolicy reference's prefix match)
+TELLER_AND_AUDIT = """\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: mint-and-audit, namespace: mint}}
+metadata: {name: mint-and-audit, namespace: mint}
 spec:
-  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: teller}}]
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: teller}]
   action: ALLOW
   rules:
-    - from: [{{source: {{namespaces: [mint]}}}}, {{source: {{principals: ["{PROBE}"]}}}}]
+    - from: [{source: {namespaces: [mint, "meshconform-audit*"]}}]
 """
 # a rule on a header the audit's probe may or may not send: the audit cannot predict it
 TELLER_BY_HEADER = """\
@@ -182,9 +183,9 @@ def test_a_waypoint_that_denies_the_mesh_probe_never_proves_a_mode(
     ), reasons["tally:9000"]
     for reason in reasons.values():  # the fix: let the audit's probe through the waypoint
         assert reason.endswith(
-            f"; fix: allow the audit's probe (source principal {PROBE}) in an ALLOW"
-            " AuthorizationPolicy bound to the waypoint (targetRefs), or exempt it from the"
-            " DENY ones"
+            f"; fix: allow the audit's probe (source principal {PROBE}, or every run's:"
+            ' source namespace "meshconform-audit*") in an ALLOW AuthorizationPolicy bound to'
+            " the waypoint (targetRefs), or exempt it from the DENY ones"
         ), reason
     for port in data["ports"]:
         mesh = port["evidence"]["mesh"]

@@ -53,6 +53,7 @@ from pytest_meshconform.backends.kube.client import KubeApi
 from pytest_meshconform.backends.kube.options import KubeOptions
 from pytest_meshconform.evidence.curl import WRITE_OUT_MARKER
 from pytest_meshconform.evidence.tcp_connect import TCP_WRITE_OUT_MARKER
+from pytest_meshconform.evidence.wire import analyze_pcap
 
 FOO_STRICT = {
     "apiVersion": "security.istio.io/v1",
@@ -981,6 +982,11 @@ def test_a_mesh_probe_by_pod_ip_the_capture_never_saw_is_an_error(
 AMBIENT_RECORDING: dict[str, Any] = json.loads(
     (DATA_DIR / "audit-probe-ambient-exec.json").read_text()
 )
+# The same with vault behind its namespace waypoint `checkpoint`, which allows vault's own
+# accounts only (scripts/record_ambient_audit.py --waypoint)
+WAYPOINT_RECORDING: dict[str, Any] = json.loads(
+    (DATA_DIR / "audit-probe-waypoint-exec.json").read_text()
+)
 AMBIENT_NAMESPACES = ("till", "vault")
 AMBIENT_SERVICES = (
     ("console", {"app": "console"}, [{"name": "http", "port": 80, "targetPort": 8080}]),
@@ -1008,6 +1014,10 @@ class AmbientIstio(AuditIstio):
     instead: Mapping[str, str] = {}
     answers: Mapping[tuple[str, str], tuple[str, str]] = {}
     last_target: str = ""
+    # the recording replayed, and its files' prefix (`WAYPOINT_RECORDING`: vault behind a
+    # waypoint that denies the audit's probes)
+    recording: Mapping[str, Any] = AMBIENT_RECORDING
+    prefix: str = "audit-probe-ambient-"
 
     def __call__(self, call: ExecCall, channel: ExecChannel) -> None:
         if call.container == "mc-capture":
@@ -1016,7 +1026,7 @@ class AmbientIstio(AuditIstio):
         target = next((a for a in call.command if a.startswith("telnet://")), call.command[-1])
         if call.command[:1] == ["curl"] or target.startswith("telnet://"):
             probe, asked = self.answers.get((call.container, target), (call.container, target))
-            answer = AMBIENT_RECORDING["execs"][probe][asked]
+            answer = self.recording["execs"][probe][asked]
             if call.container != "probe-naked":
                 self.last_target = target  # the capture running now is this request's
             channel.send(2, answer["stderr"].encode())
@@ -1031,7 +1041,7 @@ class AmbientIstio(AuditIstio):
     def _pcap_name(self) -> str:
         split = urlsplit(self.last_target)
         host, port = split.hostname or "", split.port
-        by_ip = {ip: key for key, ip in AMBIENT_RECORDING["pods"].items()}
+        by_ip = {ip: key for key, ip in self.recording["pods"].items()}
         return f"pod-{by_ip[host]}-{port}" if host in by_ip else f"{host}-{port}"
 
     def _replay_capture(self, call: ExecCall, channel: ExecChannel) -> None:
@@ -1042,7 +1052,7 @@ class AmbientIstio(AuditIstio):
         assert channel.wait_stdin(lambda data: data.endswith(b"\n")), "no marker line"
         name = self._pcap_name()
         self.captured.append(name)
-        file = self.instead.get(name, f"audit-probe-ambient-{name}.pcap")
+        file = self.instead.get(name, f"{self.prefix}{name}.pcap")
         pcap = (DATA_DIR / file).read_bytes()
         channel.send(1, pcap[:24] if name in self.empty else pcap)
         channel.send(1, marker_record(bytes(channel.stdin).strip(), call.command[5]))
@@ -1083,7 +1093,7 @@ def _ambient_cluster(tmp_path: Path, **replay: Any) -> Iterator[tuple[AuditClust
                 namespace,
                 app,
                 sidecar=False,
-                pod_ip=AMBIENT_RECORDING["pods"][f"{app}.{namespace}"],
+                pod_ip=replay.get("recording", AMBIENT_RECORDING)["pods"][f"{app}.{namespace}"],
                 node_name=fake.node,
                 annotations={"ambient.istio.io/redirection": "enabled"},
             )
@@ -1412,3 +1422,93 @@ def test_a_clusters_waypoints_and_the_policies_bound_to_them_are_reported(
         "AuthorizationPolicy vault/class-outside-root binds to no waypoint: AuthorizationPolicy"
         f" must be in the root namespace `istio-system` when referencing a GatewayClass {rest}",
     ]
+
+
+# --- a waypoint that denies the audit's probe ----------------------------------------------------
+
+# bound to vault's waypoint: vault's own accounts only (scripts/record_ambient_audit.py)
+VAULT_ONLY = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "vault-only", "namespace": "vault"},
+    "spec": {
+        "targetRefs": [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "checkpoint"}
+        ],
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"namespaces": ["vault"]}}]}],
+    },
+}
+
+
+@pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
+def test_a_clusters_waypoint_that_denies_the_probe_proves_no_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vault behind its waypoint ``checkpoint`` (labelled ``istio.io/use-waypoint``), whose
+    bound policy allows vault's own accounts only, replaying the probes recorded on the local
+    mesh with the same waypoint and policy: the waypoint answered the ambient probe's request
+    to console ``403`` with Envoy's RBAC body (``RBAC: access denied``, server ``envoy``) and
+    closed its connection to keeper without a byte (the network RBAC filter's close). Neither
+    reached the endpoint, so neither port is judged STRICT (the audit without a waypoint
+    prediction passed console and failed keeper as CLOSED): each is an error naming the
+    waypoint, the policy and the fix. till, without a waypoint, is judged as before."""
+    with _ambient_cluster(
+        tmp_path, recording=WAYPOINT_RECORDING, prefix="audit-probe-waypoint-"
+    ) as (fake, _):
+        fake.served[("gateway.networking.k8s.io", "Gateway")] = ["v1"]
+        fake.namespaces["vault"]["metadata"]["labels"]["istio.io/use-waypoint"] = "checkpoint"
+        fake.apply(CHECKPOINT)
+        fake.apply(VAULT_ONLY)
+        code, data = _audit_command(fake, tmp_path, monkeypatch)
+    assert code == 1
+    assert _ambient_ports(data) == {
+        "console.till:80": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),
+        "keeper.till:9000": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),
+        "console.vault:80": ("ambient", "STRICT", "INCONCLUSIVE", "error"),
+        "keeper.vault:9000": ("ambient", "STRICT", "INCONCLUSIVE", "error"),
+    }
+    ports = {f"{p['service']}.{p['namespace']}:{p['port']}": p for p in data["ports"]}
+    # the ambient probe's identity: the audit's namespace of this run, its probes' account
+    audit_namespace = ports["console.vault:80"]["evidence"]["mesh"]["client"].split(".")[1]
+    probe = f"cluster.local/ns/{audit_namespace}/sa/default"  # the probes run as default
+    never = ": the request never reached the endpoint, so its mode cannot be judged"
+    fix = (
+        f"; fix: allow the audit's probe (source principal {probe}, or every run's: source"
+        ' namespace "meshconform-audit*") in an ALLOW AuthorizationPolicy bound to the waypoint'
+        " (targetRefs), or exempt it from the DENY ones"
+    )
+    why = f", as AuthorizationPolicy vault/vault-only predicts for its identity spiffe://{probe}"
+    assert ports["console.vault:80"]["reason"] == (
+        "the waypoint vault/checkpoint denied the mesh probe (HTTP 403 RBAC: access denied)"
+        f"{why}{never}{fix}"
+    )
+    assert ports["keeper.vault:9000"]["reason"] == (
+        "the waypoint vault/checkpoint closed the mesh probe's connection without a byte (its"
+        f" RBAC network filter's denial){why}{never}{fix}"
+    )
+    for key in ("console.vault:80", "keeper.vault:9000"):
+        port = ports[key]
+        assert port["waypoint"] == {
+            "name": "vault/checkpoint",
+            "policies": [
+                {
+                    "name": "vault/vault-only",
+                    "action": "ALLOW",
+                    "targetRefs": ["Gateway vault/checkpoint"],
+                }
+            ],
+            "meshProbe": "denied",
+        }
+        mesh = port["evidence"]["mesh"]
+        assert (mesh["authorization"], mesh["deniedBy"]) == ("denied", "waypoint vault/checkpoint")
+        assert "admitted" not in mesh  # the waypoint's answer says nothing of the mode
+        assert port["evidence"]["plaintext"]["admitted"] is False  # ztunnel's STRICT refusal
+        # the recorded HBONE went to the waypoint's pod on 15008, no endpoint's
+        wire = port["evidence"]["wire"]
+        assert (wire["flows"], wire["tls"], wire["alpn"]) == (1, True, ["h2"]), wire
+        (flow,) = analyze_pcap(Path(wire["pcap"]).read_bytes()).flows_to(15008)
+        assert flow.server[0] not in WAYPOINT_RECORDING["pods"].values(), flow
+    assert ports["console.vault:80"]["evidence"]["mesh"]["status"] == 403
+    assert ports["keeper.vault:9000"]["evidence"]["mesh"]["outcome"] == "closed"
+    assert "waypoint" not in ports["console.till:80"]

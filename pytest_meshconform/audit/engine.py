@@ -269,11 +269,13 @@ _NEVER_REACHED = ": the request never reached the endpoint, so its mode cannot b
 
 
 def _waypoint_fix(probe: WaypointProbe) -> str:
+    """Let the audit's probe through the waypoint: its principal, or every run's (a cluster's
+    audit namespace is new each run: ``meshconform-audit-<run>``)."""
     principal = probe.principal.removeprefix("spiffe://")
     return (
-        f"; fix: allow the audit's probe (source principal {principal}) in an ALLOW"
-        " AuthorizationPolicy bound to the waypoint (targetRefs), or exempt it from the DENY"
-        " ones"
+        f"; fix: allow the audit's probe (source principal {principal}, or every run's: source"
+        f' namespace "{AUDIT_NAMESPACE}*") in an ALLOW AuthorizationPolicy bound to the waypoint'
+        " (targetRefs), or exempt it from the DENY ones"
     )
 
 
