@@ -213,6 +213,8 @@ WAYPOINT_POLICIES = "---\n".join(
 EVERY = "istio-system/every-waypoint: ALLOW, targetRefs GatewayClass istio-waypoint"
 THROUGH = "vault/through-checkpoint: ALLOW, targetRefs Gateway vault/checkpoint"
 NO_DELETE = "vault/console-no-delete: DENY, targetRefs Service vault/console"
+# the ALLOW policies' empty rules match the audit's GET, the DENY on DELETE does not
+PROBE_OK = "the audit's mesh probe: allowed"
 IGNORED = "(sidecars and ztunnel ignore targetRefs policies)"
 CANNOT_APPLY = [
     "AuthorizationPolicy vault/archive-reads binds to no waypoint: Service vault/archive was not"
@@ -257,9 +259,9 @@ def test_a_waypoints_policies_are_listed_in_every_format(tmp_path: Path) -> None
     table = format_table(result)
     assert [line for line in table if line.startswith("waypoint: ")] == [
         "waypoint: console.vault:80 through vault/checkpoint: AuthorizationPolicy"
-        f" {NO_DELETE}; AuthorizationPolicy {EVERY}; AuthorizationPolicy {THROUGH}",
+        f" {NO_DELETE}; AuthorizationPolicy {EVERY}; AuthorizationPolicy {THROUGH}; {PROBE_OK}",
         f"waypoint: keeper.vault:9000 through vault/checkpoint: AuthorizationPolicy {EVERY};"
-        f" AuthorizationPolicy {THROUGH}",
+        f" AuthorizationPolicy {THROUGH}; {PROBE_OK}",
     ]
     assert [line for line in table if line.startswith("policy that cannot apply: ")] == [
         f"policy that cannot apply: {line}" for line in CANNOT_APPLY
@@ -306,7 +308,7 @@ def test_a_waypoints_policies_are_listed_in_every_format(tmp_path: Path) -> None
     assert dom.resources == []
     (console,) = [e for e in dom.entries if e.startswith("passed console.vault:80")]
     assert f"Waypoint vault/checkpoint AuthorizationPolicy {NO_DELETE}" in console, console
-    assert EVERY in console and THROUGH in console
+    assert EVERY in console and THROUGH in console and PROBE_OK in console
     (keeper,) = [e for e in dom.entries if e.startswith("passed keeper.vault:9000")]
     assert EVERY in keeper and THROUGH in keeper and NO_DELETE not in keeper
     assert "keeper-l4" not in console + keeper

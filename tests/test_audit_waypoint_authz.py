@@ -160,8 +160,12 @@ def test_a_waypoint_that_denies_the_mesh_probe_never_proves_a_mode(
     it: sealed above all (closed to every request through the waypoint) must not pass as
     STRICT on the waypoint's 403."""
     code, data, _ = _audit(tmp_path, "denied", MINT_STRICT, SEALED_PROBE_ONLY, TELLER_MINT_ONLY)
-    capsys.readouterr()
+    out = capsys.readouterr().out
     assert code == 1
+    assert (
+        "waypoint: coins.mint:80 through mint/teller: AuthorizationPolicy mint/mint-only: ALLOW,"
+        " targetRefs Gateway mint/teller; the audit's mesh probe: denied"
+    ) in out
     assert _ports(data) == {
         "coins:80": ("INCONCLUSIVE", "error"),
         "sealed:80": ("INCONCLUSIVE", "error"),

@@ -1443,7 +1443,7 @@ VAULT_ONLY = {
 
 @pytest.mark.skipif(not ISTIO_ZTUNNEL_DUMP.is_file(), reason=f"{ISTIO_ZTUNNEL_DUMP} is absent")
 def test_a_clusters_waypoint_that_denies_the_probe_proves_no_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """vault behind its waypoint ``checkpoint`` (labelled ``istio.io/use-waypoint``), whose
     bound policy allows vault's own accounts only, replaying the probes recorded on the local
@@ -1461,7 +1461,21 @@ def test_a_clusters_waypoint_that_denies_the_probe_proves_no_mode(
         fake.apply(CHECKPOINT)
         fake.apply(VAULT_ONLY)
         code, data = _audit_command(fake, tmp_path, monkeypatch)
+        table = capsys.readouterr().out
+        # the same audit again, its report in Markdown
+        from pytest_meshconform.cli import main
+
+        markdown = tmp_path / "audit.md"
+        argv = ["audit", "--mesh-cluster=existing", "--mesh-kube-context=fake", "--require=STRICT"]
+        assert main([*argv, "--report", str(markdown)]) == 1
     assert code == 1
+    policy = "vault/vault-only: ALLOW, targetRefs Gateway vault/checkpoint"
+    for key in ("console.vault:80", "keeper.vault:9000"):
+        line = f"waypoint: {key} through vault/checkpoint: AuthorizationPolicy {policy}"
+        assert f"{line}; the audit's mesh probe: denied" in table, table
+    text = markdown.read_text()
+    assert "the audit's mesh probe: denied" in text
+    assert "authorization denied by the waypoint vault/checkpoint" in text, text
     assert _ambient_ports(data) == {
         "console.till:80": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),
         "keeper.till:9000": ("ambient", "PERMISSIVE", "PERMISSIVE", "fail"),

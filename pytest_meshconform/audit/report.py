@@ -95,6 +95,14 @@ def _waypoint_policy_lines(waypoint: Mapping[str, Any]) -> tuple[str, ...]:
     ) or ("no AuthorizationPolicy bound to it for this Service",)
 
 
+def _mesh_probe_note(waypoint: Mapping[str, Any]) -> str:
+    """``; the audit's mesh probe: denied``: what the waypoint's policies predict for the
+    audit's own probe, which crosses it (nothing when it does not)."""
+    if "meshProbe" not in waypoint:
+        return ""
+    return f"; the audit's mesh probe: {waypoint['meshProbe']}"
+
+
 def _waypoint_lines(result: AuditResult) -> list[str]:
     """Each Service port whose traffic goes through a waypoint, once: the waypoint and the
     AuthorizationPolicies bound to it for that Service."""
@@ -109,7 +117,10 @@ def _waypoint_lines(result: AuditResult) -> list[str]:
             f"AuthorizationPolicy {line}" if waypoint["policies"] else line
             for line in _waypoint_policy_lines(waypoint)
         )
-        lines.append(f"waypoint: {r.port.key} through {waypoint['name']}: {policies}")
+        lines.append(
+            f"waypoint: {r.port.key} through {waypoint['name']}: {policies}"
+            f"{_mesh_probe_note(waypoint)}"
+        )
     return lines
 
 
@@ -293,7 +304,8 @@ def audit_document(result: AuditResult) -> Document:
             bound = _waypoint_policy_lines(waypoint)
             if waypoint["policies"]:
                 bound = tuple(f"AuthorizationPolicy {line}" for line in bound)
-            facts.append(("Waypoint", (waypoint["name"], *bound)))
+            probe = _mesh_probe_note(waypoint).removeprefix("; ")
+            facts.append(("Waypoint", (waypoint["name"], *bound, *((probe,) if probe else ()))))
         for label, key in (("Plaintext probe", "plaintext"), ("Mesh probe", "mesh")):
             if key in evidence:
                 facts.append((label, (_attempt_line(evidence[key]),)))
@@ -352,9 +364,11 @@ def _attempt_line(attempt: Mapping[str, Any]) -> str:
     admitted = attempt.get("admitted")
     through = "cannot tell whether it got through" if admitted is None else _GOT_THROUGH[admitted]
     detail = f": {attempt['detail']}" if attempt.get("detail") else ""
+    by = f" by the {attempt['deniedBy']}" if attempt.get("deniedBy") else ""
     return (
         f"{attempt['client']} -> {attempt['target']}: {attempt['outcome']} (curl exit"
-        f" {attempt['exitCode']}); {through}; authorization {attempt['authorization']}{detail}"
+        f" {attempt['exitCode']}); {through}; authorization {attempt['authorization']}{by}"
+        f"{detail}"
     )
 
 
