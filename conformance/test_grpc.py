@@ -5,10 +5,12 @@ Runs where the mesh serves gRPC (feature `grpc`: a Service port Istio selects as
 serves the grpc-echo app, which answers with the request metadata it saw; the local mesh with
 such a port in its topology, as the built-in one or examples/catalog/topology.yaml). The roles
 come from the mesh itself: the server is the endpoint of the first gRPC Service port with a
-sidecar, else of the first one with an ambient endpoint whose Service has no waypoint (behind
-a waypoint the server's ztunnel sees the waypoint's identity, not the caller's: istio.io "Use
-Layer 4 security policy"); the clients are two workloads of the server's data plane with other
-service accounts, and one workload without a data plane. Expectations, each from Istio's docs,
+sidecar, else of the first one with an ambient endpoint whose Service has no waypoint; the
+clients are two workloads of the server's data plane with other service accounts, and one
+workload without a data plane. A gRPC Service behind a waypoint has rows of its own,
+conformance/test_grpc_waypoint.py: there the waypoint, an Envoy, judges the caller and the
+server's ztunnel sees the waypoint's identity, not the caller's (istio.io "Use Layer 4
+security policy"), so the expectations differ. Expectations, each from Istio's docs,
 ztunnel's or Envoy's source:
 
 - STRICT: "Connection is an mTLS tunnel (TLS with client cert must be presented)" (istio.io,
@@ -101,7 +103,8 @@ def roles(mesh: Mesh, mesh_service_ports: ServicePortLister, workload: WorkloadL
         seen = [f"{p.key} ({p.endpoint.dataplane}, waypoint {p.waypoint})" for p in grpc]
         pytest.skip(
             "no gRPC Service port with a sidecar endpoint, or an ambient one whose Service has"
-            f" no waypoint, in this mesh (gRPC ports: {seen or 'none'})"
+            f" no waypoint, in this mesh (gRPC ports: {seen or 'none'}); a gRPC Service behind"
+            " a waypoint is covered by conformance/test_grpc_waypoint.py"
         )
     port = chosen[0]
     server = workload(port.endpoint.name, port.namespace)

@@ -19,8 +19,9 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_builtin_suites_pass_on_the_local_mesh(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "-v", str(CONFORMANCE))
-    # the waypoint cases need a waypoint: the built-in topology has one on ambient only
-    result.assert_outcomes(passed=44, skipped=4)
+    # the waypoint cases (and the gRPC rows behind a waypoint) need a waypoint: the built-in
+    # topology has one on ambient only
+    result.assert_outcomes(passed=44, skipped=8)
     # The full 3x3 reachability matrix ran under every policy the local-mesh issue names.
     ran = result.stdout.str()
     for case in (
@@ -51,9 +52,10 @@ def test_waypoint_suite_passes_on_the_ambient_builtin_topology(pytester: pytest.
 def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
     """--mesh-dataplane=ambient: every suite runs against ztunnel (ids name the data plane);
     only the sidecar's own config check is skipped, naming why. The gRPC rows run on
-    httpbin.foo's grpc port, an ambient endpoint without a waypoint."""
+    httpbin.foo's grpc port, an ambient endpoint without a waypoint, and behind a waypoint on
+    httpbin.bar's (bar's namespace waypoint)."""
     result = _run(pytester, "-v", "--mesh-dataplane=ambient", str(CONFORMANCE))
-    result.assert_outcomes(passed=47, skipped=1)
+    result.assert_outcomes(passed=51, skipped=1)
     ran = result.stdout.str()
     assert "test_inbound_tls_context_in_the_sidecar[ambient] SKIPPED" in ran
     assert "httpbin.foo is ambient: no sidecar config to read" in ran
@@ -67,6 +69,11 @@ def test_builtin_suites_pass_on_ambient(pytester: pytest.Pytester) -> None:
         "test_grpc.py::test_permissive_accepts_plaintext_and_mtls_grpc[ambient]",
         "test_grpc.py::test_grpc_server_sees_the_callers_identity[ambient]",
         "test_grpc.py::test_grpc_authorization_by_principal[ambient]",
+        "test_grpc_waypoint.py::test_strict_resets_plaintext_grpc_behind_a_waypoint[ambient]",
+        "test_grpc_waypoint.py::test_permissive_accepts_plaintext_and_mtls_grpc_behind_a"
+        "_waypoint[ambient]",
+        "test_grpc_waypoint.py::test_grpc_waypoint_judges_the_callers_identity[ambient]",
+        "test_grpc_waypoint.py::test_grpc_authorization_by_principal_at_the_waypoint[ambient]",
     ):
         assert f"{test} PASSED" in ran, test
 
@@ -156,8 +163,17 @@ FAULTS = [
     ),
     pytest.param(
         "waypoint-ignores-l7",
-        ["test_waypoint.py", "--mesh-dataplane=ambient"],
+        ["test_waypoint.py", "test_grpc_waypoint.py", "--mesh-dataplane=ambient"],
         {
+            "test_grpc_waypoint_judges_the_callers_identity[ambient]": (
+                "the waypoint let sleep.foo in under ALLOW"
+                " cluster.local/ns/foo/sa/sleep-someone-else, so it did not judge the caller's"
+                " own identity spiffe://cluster.local/ns/foo/sa/sleep"
+            ),
+            "test_grpc_authorization_by_principal_at_the_waypoint[ambient]": (
+                "httpbin.foo was not denied: httpbin.foo -> grpc://httpbin.bar:50051 (grpc):"
+                " gRPC OK"
+            ),
             "targetRefs Service: GET from sleep.foo only]": (
                 "sleep.foo DELETE /delete -> httpbin.bar: expected 403 RBAC, observed 200"
             ),
@@ -193,13 +209,18 @@ def test_suites_fail_against_a_broken_mesh(
 # The same faults in the local ztunnel: each ambient suite fails on the one that breaks its
 # promise (no-xfcc has nothing to break there: ztunnel writes no XFCC). The gRPC rows: STRICT
 # on strict-as-permissive, the others on wrong-spiffe-id (the caller's identity) and
-# authz-ignores-principals (ztunnel's L4 authorization).
+# authz-ignores-principals (ztunnel's L4 authorization; behind a waypoint, the waypoint's RBAC
+# too).
 AMBIENT_FAULTS = [
     pytest.param(
         "strict-as-permissive",
-        ["test_strict.py", "test_reachability.py", "test_grpc.py"],
+        ["test_strict.py", "test_reachability.py", "test_grpc.py", "test_grpc_waypoint.py"],
         {
             "test_strict_resets_plaintext[ambient]": "plaintext was not refused by STRICT",
+            "test_strict_resets_plaintext_grpc_behind_a_waypoint[ambient]": (
+                "plaintext gRPC was not refused by STRICT: sleep.legacy ->"
+                " grpc://httpbin.bar:50051 (grpc): gRPC OK"
+            ),
             "test_strict_resets_plaintext_grpc[ambient]": (
                 "plaintext gRPC was not refused by STRICT: sleep.legacy ->"
                 " grpc://httpbin.foo:50051 (grpc): gRPC OK"
@@ -213,8 +234,16 @@ AMBIENT_FAULTS = [
     ),
     pytest.param(
         "wrong-spiffe-id",
-        ["test_identity.py", "test_grpc.py"],
+        ["test_identity.py", "test_grpc.py", "test_grpc_waypoint.py"],
         {
+            "test_permissive_accepts_plaintext_and_mtls_grpc_behind_a_waypoint[ambient]": (
+                "mTLS gRPC under PERMISSIVE did not arrive with the waypoint's identity: the"
+                " server's ztunnel refused it under ALLOW cluster.local/ns/bar/sa/waypoint"
+            ),
+            "test_grpc_waypoint_judges_the_callers_identity[ambient]": (
+                "the waypoint refused sleep.foo under ALLOW cluster.local/ns/foo/sa/sleep:"
+                " sleep.foo -> grpc://httpbin.bar:50051 (grpc): gRPC PERMISSION_DENIED"
+            ),
             "test_permissive_accepts_plaintext_and_mtls_grpc[ambient]": (
                 "mTLS gRPC under PERMISSIVE did not arrive with the caller's identity: ztunnel"
                 " refused sleep.foo under ALLOW cluster.local/ns/foo/sa/sleep"
@@ -256,8 +285,16 @@ AMBIENT_FAULTS = [
     ),
     pytest.param(
         "authz-ignores-principals",
-        ["test_authorization.py", "test_identity.py", "test_grpc.py"],
+        ["test_authorization.py", "test_identity.py", "test_grpc.py", "test_grpc_waypoint.py"],
         {
+            "test_grpc_authorization_by_principal_at_the_waypoint[ambient]": (
+                "httpbin.foo was not denied: httpbin.foo -> grpc://httpbin.bar:50051 (grpc):"
+                " gRPC OK"
+            ),
+            "test_permissive_accepts_plaintext_and_mtls_grpc_behind_a_waypoint[ambient]": (
+                "plaintext gRPC under PERMISSIVE got past an ALLOW of principal"
+                " cluster.local/ns/bar/sa/waypoint, which needs mTLS"
+            ),
             "test_permissive_accepts_plaintext_and_mtls_grpc[ambient]": (
                 "plaintext gRPC under PERMISSIVE got past an ALLOW of principal"
                 " cluster.local/ns/foo/sa/sleep, which needs mTLS"

@@ -178,6 +178,14 @@ def test_the_waypoint_serves_its_services_with_the_bound_policies(tmp_path: Path
         _topology(), [viewer], "istio-system", Faults(waypoint_ignores_l7=True)
     )["checkpoint.clinic"]
     assert broken.routes[0].rbac == ()
+    # authz-ignores-principals: the filter-state principal matches anyone
+    loose = plan_waypoints(
+        _topology(), [viewer], "istio-system", Faults(authz_ignores_principals=True)
+    )["checkpoint.clinic"]
+    loose_rules = loose.routes[0].rbac[0]["typed_config"]["rules"]["policies"]
+    assert loose_rules["ns[clinic]-policy[viewer]-rule[0]"]["principals"][0]["and_ids"]["ids"][0][
+        "or_ids"
+    ]["ids"] == [{"any": True}]
 
 
 def test_a_waypoint_for_all_traffic_takes_pod_addressed_traffic_too() -> None:

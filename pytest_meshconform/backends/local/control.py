@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pytest_meshconform.backends.local.topology import TRUST_DOMAIN, Topology
-from pytest_meshconform.backends.local.waypoint import WaypointPlan, WaypointRoute
+from pytest_meshconform.backends.local.waypoint import (
+    PEER_PRINCIPAL_KEY,
+    WaypointPlan,
+    WaypointRoute,
+)
 from pytest_meshconform.backends.local.xds import SidecarPlan
 from pytest_meshconform.backends.local.ztunnel import Tunnel, ZtunnelPlan
 from pytest_meshconform.istio import authorization_for, plan_mesh
@@ -51,7 +55,8 @@ class Faults:
     # inbound mTLS (and HBONE's) accepts TLS 1.0 (and a CBC suite it needs, sidecars)
     tls10_allowed: bool = False
     client_cert_optional: bool = False  # inbound mTLS and HBONE require no client certificate
-    # RBAC principal/namespace matchers match anyone (sidecars' RBAC filters, ztunnel's policies)
+    # RBAC principal/namespace matchers match anyone (sidecars' and waypoints' RBAC filters,
+    # ztunnel's policies)
     authz_ignores_principals: bool = False
     waypoint_ignores_l7: bool = False  # waypoints enforce no AuthorizationPolicy at all
 
@@ -153,9 +158,13 @@ def plan_sidecars(
 
 
 def _any_peer(config: Any) -> Any:
-    """The `authz-ignores-principals` fault: every peer-identity matcher matches anyone."""
+    """The `authz-ignores-principals` fault: every peer-identity matcher matches anyone (a
+    sidecar's ``authenticated`` matchers, a waypoint's on the filter state the tunnel's client
+    identity is kept in)."""
     if isinstance(config, dict):
         if "authenticated" in config:
+            return {"any": True}
+        if config.get("filter_state", {}).get("key") == PEER_PRINCIPAL_KEY:
             return {"any": True}
         return {key: _any_peer(value) for key, value in config.items()}
     if isinstance(config, list):
