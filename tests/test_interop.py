@@ -141,6 +141,9 @@ def test_connect_originate_as_istiod_renders_it(tmp_path: Path) -> None:
         "envoy_internal_address": {"server_listener_name": f"connect_originate|{books.ip}:8080"}
     }
     tunnel = cds[f"connect_originate|{books.ip}"]
+    # MeshConfig connectTimeout, 10 s by DefaultMeshConfig, on the tunnel as on the Service's
+    # cluster (buildConnectOriginate, cluster_waypoint.go): its TLS is HBONE's, to a ztunnel
+    assert (outbound["connect_timeout"], tunnel["connect_timeout"]) == ("10s", "10s")
     addr = tunnel["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert addr["socket_address"] == {"address": books.ip, "port_value": 15008}
     tls = tunnel["transport_socket"]["typed_config"]

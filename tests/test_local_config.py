@@ -513,6 +513,23 @@ def test_inbound_cluster_reaches_the_app_from_127_0_0_6() -> None:
     }
 
 
+def test_clusters_wait_meshconfigs_connect_timeout_but_tls_to_a_pod() -> None:
+    """MeshConfig ``connectTimeout``: 10 s by ``DefaultMeshConfig`` (pkg/config/mesh/mesh.go),
+    which istiod puts on the passthrough, inbound and outbound clusters alike
+    (``applyDefaultConnectionPool``, cluster_traffic_policy.go; cluster_builder.go). The local
+    deviation (docs/istio-model.md): an outbound cluster speaking TLS to a pod keeps 1 s, the
+    time its handshake may take before a ClientHello a plaintext app leaves unanswered is a 503."""
+    tls_to_a_pod = set()
+    rule = destination_rule("to-legacy", "legacy", LEGACY, mode="ISTIO_MUTUAL")
+    for name, plan in plans(rule).items():
+        for found in xds.clusters(plan, PATHS):
+            tls = found["name"].startswith("outbound|") and "transport_socket" in found
+            if tls:
+                tls_to_a_pod.add(found["name"])
+            assert found["connect_timeout"] == ("1s" if tls else "10s"), (name, found["name"])
+    assert {FOO, LEGACY} <= {n.split("||")[1] for n in tls_to_a_pod}  # ISTIO_MUTUAL to legacy
+
+
 # ============================================================================ xds: outbound
 
 

@@ -168,6 +168,9 @@ def test_the_waypoint_serves_its_services_with_the_bound_policies(tmp_path: Path
     originate = listeners["connect_originate|10.244.0.11:8080"]["filter_chains"][0]["filters"][0]
     assert originate["typed_config"]["tunneling_config"] == {"hostname": "10.244.0.11:8080"}
     clusters = {c["name"]: c for c in waypoint_clusters(plan, paths)}
+    # MeshConfig connectTimeout, 10 s by DefaultMeshConfig, on the Service's inbound-vip cluster
+    # (buildWaypointInboundVIPCluster) and the HBONE one (buildConnectOriginate)
+    assert {c["connect_timeout"] for c in clusters.values()} == {"10s"}
     san = clusters["hbone|10.244.0.11"]["transport_socket"]["typed_config"]["common_tls_context"][
         "combined_validation_context"
     ]["default_validation_context"]["match_typed_subject_alt_names"]

@@ -192,9 +192,11 @@ def test_hbone_is_h2_connect_over_tls13_with_the_pod_address_as_authority(tmp_pa
     endpoint = hbone["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"] == {"address": LEDGER, "port_value": 15008}
     # ztunnel waits 10 s for a connection (src/proxy.rs, CONNECTION_TIMEOUT of
-    # freebind_connect), to a peer's 15008 as to the app
-    inbound = [c for c in ztunnel_clusters(plans["ledger.shop"], paths) if "inbound|" in c["name"]]
-    assert [c["connect_timeout"] for c in (hbone, *inbound)] == ["10s", "10s", "10s"]
+    # freebind_connect), to a peer's 15008, to the app, and to a destination outside the mesh
+    ledger = ztunnel_clusters(plans["ledger.shop"], paths)
+    inbound = [c for c in ledger if "inbound|" in c["name"]]
+    (passthrough,) = [c for c in ledger if c["name"] == "passthrough"]
+    assert [c["connect_timeout"] for c in (hbone, *inbound, passthrough)] == ["10s"] * 4
     upstream = hbone["transport_socket"]["typed_config"]
     assert "sni" not in upstream  # ztunnel sends no SNI
     validation = upstream["common_tls_context"]["combined_validation_context"]

@@ -36,6 +36,7 @@ __all__ = [
     "INTERNAL_UPSTREAM_TYPE",
     "ISTIO_MTLS_ALPNS",
     "LISTENER_TYPE",
+    "MESH_CONNECT_TIMEOUT",
     "MTLS_HTTP_ALPNS",
     "MTLS_TCP_WITH_MXC_ALPNS",
     "NETWORK_RBAC_TYPE",
@@ -337,6 +338,12 @@ MTLS_TCP_WITH_MXC_ALPNS: Final = ("istio-peer-exchange", "istio")
 # http_inspector (``buildListenerFromEntry``) take as ``listener_filters_timeout``: Envoy waits
 # for the client's first bytes with no time limit ("0 disables the timeout").
 PROTOCOL_DETECTION_TIMEOUT: Final = "0s"
+# MeshConfig ``connectTimeout``: ``DefaultMeshConfig`` (pkg/config/mesh/mesh.go) sets 10 s, which
+# istiod gives every cluster it builds: a Service's (``applyDefaultConnectionPool``,
+# cluster_traffic_policy.go; a DestinationRule's ``connectionPool.tcp.connectTimeout`` replaces
+# it), the passthrough and blackhole clusters (cluster_builder.go) and the HBONE ones
+# (``buildConnectOriginate``, cluster_waypoint.go).
+MESH_CONNECT_TIMEOUT: Final = "10s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from pytest_meshconform.istio.envoy import (
     HTTP_PROTOCOL_OPTIONS,
     HTTP_PROTOCOL_OPTIONS_TYPE,
     LISTENER_TYPE,
+    MESH_CONNECT_TIMEOUT,
     TCP_PROXY_TYPE,
     outbound_cluster_name,
 )
@@ -80,7 +81,7 @@ def hbone_clusters(
         if end is not None:
             internal = internal_cluster(cluster["name"], _originate(*end))
             cluster.pop("lb_policy", None)
-            for key in ("type", "load_assignment", "transport_socket"):
+            for key in ("type", "connect_timeout", "load_assignment", "transport_socket"):
                 cluster[key] = internal[key]
         result.append(cluster)
     for ip in sorted({ip for ip, _ in tunnels.values()}):
@@ -89,7 +90,7 @@ def hbone_clusters(
                 "@type": CLUSTER_TYPE,
                 "name": f"{CONNECT_ORIGINATE}|{ip}",
                 "type": "STATIC",
-                "connect_timeout": "1s",
+                "connect_timeout": MESH_CONNECT_TIMEOUT,
                 "load_assignment": {
                     "cluster_name": f"{CONNECT_ORIGINATE}|{ip}",
                     "endpoints": [

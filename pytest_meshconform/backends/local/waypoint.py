@@ -46,6 +46,7 @@ from pytest_meshconform.istio.envoy import (
     CLUSTER_TYPE,
     HCM_TYPE,
     LISTENER_TYPE,
+    MESH_CONNECT_TIMEOUT,
     ROUTER_TYPE,
     TCP_PROXY_TYPE,
     cluster_http_protocol_options,
@@ -333,7 +334,7 @@ def internal_cluster(name: str, listener: str) -> dict[str, Any]:
         "@type": CLUSTER_TYPE,
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": MESH_CONNECT_TIMEOUT,
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [

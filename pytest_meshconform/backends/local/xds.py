@@ -32,6 +32,7 @@ from pytest_meshconform.istio.envoy import (
     INBOUND_PASSTHROUGH_CLUSTER,
     INBOUND_SERVER_ALPNS,
     LISTENER_TYPE,
+    MESH_CONNECT_TIMEOUT,
     ORIGINAL_DST_TYPE,
     OUTBOUND_CAPTURE_PORT,
     PASSTHROUGH_CLUSTER,
@@ -659,7 +660,7 @@ def static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any
         "@type": CLUSTER_TYPE,
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": MESH_CONNECT_TIMEOUT,
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -678,6 +679,15 @@ def static_cluster(name: str, ip: str, port: int, **extra: Any) -> dict[str, Any
     }
 
 
+# A deviation from Istio's `MESH_CONNECT_TIMEOUT` (10 s) on the outbound clusters that speak
+# TLS to a pod: Envoy's connect timeout runs until the TLS handshake is done
+# (`SslSocket::onSuccess` raises `Connected`), and a ClientHello sent to a plaintext app (a
+# DestinationRule's ISTIO_MUTUAL towards a pod without sidecar) gets no answer from the local
+# httpbin (waitress waits for the end of a request's head), so the handshake waits out the
+# timeout: with 10 s the suites' curl (10 s) gives up first and the reachability table's 503
+# becomes a timeout (docs/istio-model.md).
+LOCAL_TLS_CONNECT_TIMEOUT: Final = "1s"
+
 _BIND_127_0_0_6 = {"source_address": {"address": INBOUND_PASSTHROUGH_BIND, "port_value": 0}}
 
 
@@ -688,14 +698,14 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
             "name": PASSTHROUGH_CLUSTER,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": "1s",
+            "connect_timeout": MESH_CONNECT_TIMEOUT,
         },
         {
             "@type": CLUSTER_TYPE,
             "name": INBOUND_PASSTHROUGH_CLUSTER,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": "1s",
+            "connect_timeout": MESH_CONNECT_TIMEOUT,
             "upstream_bind_config": _BIND_127_0_0_6,
         },
     ]
@@ -717,7 +727,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
                 "name": outbound_cluster_name(svc.fqdn, svc.port),
                 "type": "ORIGINAL_DST",
                 "lb_policy": "CLUSTER_PROVIDED",
-                "connect_timeout": "1s",
+                "connect_timeout": MESH_CONNECT_TIMEOUT,
             }
         else:
             cluster = static_cluster(
@@ -727,6 +737,7 @@ def clusters(plan: SidecarPlan, paths: SidecarPaths) -> list[dict[str, Any]]:
         socket = _upstream_tls(upstream, paths)
         if socket is not None:
             cluster["transport_socket"] = socket
+            cluster["connect_timeout"] = LOCAL_TLS_CONNECT_TIMEOUT
         options = cluster_http_protocol_options(
             protocol_of(svc), upstream.max_requests_per_connection
         )

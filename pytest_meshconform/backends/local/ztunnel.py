@@ -386,7 +386,7 @@ def ztunnel_clusters(plan: ZtunnelPlan, paths: SidecarPaths) -> list[dict[str, A
             "name": PASSTHROUGH,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": "1s",
+            "connect_timeout": CONNECT_TIMEOUT,
         },
         # no endpoint: a connection sent to it is closed
         {"@type": CLUSTER_TYPE, "name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
