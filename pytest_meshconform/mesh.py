@@ -175,6 +175,22 @@ def waypoints_of(mesh: Mesh) -> Sequence[Waypoint]:
     return mesh.waypoints() if isinstance(mesh, WaypointAware) else ()
 
 
+@runtime_checkable
+class WaypointAbsence(Protocol):
+    """A backend whose run may go without the waypoints it would have (a cluster without the
+    Gateway API), and says why."""
+
+    @property
+    def waypoint_absence(self) -> str | None:
+        """Why the run has none of its waypoints, with the fix; None when it has them."""
+        ...
+
+
+def waypoint_absence_of(mesh: Mesh) -> str | None:
+    """Why the mesh's run has no waypoint, with the fix (None: it has them, or cannot say)."""
+    return mesh.waypoint_absence if isinstance(mesh, WaypointAbsence) else None
+
+
 @dataclass(frozen=True, slots=True)
 class ExecResult:
     returncode: int

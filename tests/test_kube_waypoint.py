@@ -11,6 +11,7 @@ istio/istio 86c9f01fd735); istiod's side is ``kube_waypoint_fakes.WaypointCluste
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,15 @@ NETSHOOT = "docker.io/nicolaka/netshoot:v0.13"
 AMBIENT: dict[str, Any] = {"dataplane": "ambient", "capture_image": NETSHOOT}
 GATEWAY_API_FIX = (
     "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/"
+)
+# why a run on a cluster without the Gateway API has no waypoint, and the fix (a release's
+# standard channel, as istio.io's ambient install guide applies it)
+NO_GATEWAY_API = (
+    re.escape(
+        "the Gateway API CRDs are not installed (the API server serves no Gateway kind); fix: "
+        + GATEWAY_API_FIX
+    )
+    + r"v\d+\.\d+\.\d+/standard-install\.yaml"
 )
 # istioctl waypoint apply -n <bar>: makeGateway(true) with the default name and no --for
 ISTIOCTL_GATEWAY = {
@@ -140,9 +150,7 @@ def test_an_existing_cluster_without_the_gateway_api_runs_without_waypoint(
         try:
             assert "waypoint" not in mesh.features
             assert tuple(mesh.waypoints()) == ()
-            assert mesh.waypoint_absence == (
-                "the Gateway API CRDs are not installed (the API server serves no Gateway kind)"
-            )
+            assert re.fullmatch(NO_GATEWAY_API, mesh.waypoint_absence or "")
             labels = world.cluster.namespaces[BAR]["metadata"]["labels"]
             assert "istio.io/use-waypoint" not in labels  # no label naming a missing waypoint
             assert not [c for c in world.cluster.calls if c.startswith("apply Gateway")]
@@ -321,3 +329,47 @@ def test_apply_policy_binds_targetrefs_to_the_clusters_waypoint(started: KubeMes
     assert _target_ref_problem(started, parse_policy(NO_POSTS)) is None
     missing = bound("x", "ALLOW", [{}], {"kind": "Service", "group": "", "name": "nope"})
     assert _target_ref_problem(started, parse_policy(missing)) == "Service bar/nope was not found"
+
+
+def test_a_targetrefs_policy_without_the_gateway_api_is_refused_naming_why_and_the_fix(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A cluster without the Gateway API: the run has no waypoint, so ``apply_policy`` refuses a
+    ``targetRefs`` policy with istiod's reason, then why the run has none and the fix."""
+    from pytest_meshconform import UnmatchedPolicyError
+    from pytest_meshconform.plugin.policies import PolicyApplier
+    from pytest_meshconform.plugin.session import evidence_window
+
+    with waypoint_world(tmp_path, gateway_api=False) as world:
+        serve(world)
+        mesh = ambient_mesh(world)
+        mesh.start()
+        try:
+            applier = PolicyApplier(mesh, request.node, evidence_window(mesh, request))
+            refusals = []
+            for policy in (NO_POSTS, VIEWER):
+                with pytest.raises(UnmatchedPolicyError) as error:
+                    applier(policy)
+                refusals.append(str(error.value))
+            assert not [c for c in world.cluster.calls if "AuthorizationPolicy" in c]
+        finally:
+            mesh.close()
+    gateway, service = refusals
+    assert re.fullmatch(
+        re.escape(
+            "AuthorizationPolicy bar/no-posts would apply to nothing: Gateway bar/waypoint is not"
+            " a waypoint (waypoints: none); this run has no waypoint: "
+        )
+        + NO_GATEWAY_API
+        + re.escape(". Fix the policy, or pass allow_unmatched=True if the test means it"),
+        gateway,
+    )
+    assert re.fullmatch(
+        re.escape(
+            "AuthorizationPolicy bar/httpbin-viewer would apply to nothing: Service bar/httpbin"
+            " is not bound to a waypoint; this run has no waypoint: "
+        )
+        + NO_GATEWAY_API
+        + re.escape(". Fix the policy, or pass allow_unmatched=True if the test means it"),
+        service,
+    )

@@ -179,10 +179,10 @@ def _binds_by_target_refs(policy: Policy) -> bool:
 
 def _target_ref_problem(mesh: Mesh, policy: Policy) -> str | None:
     """Why a ``targetRefs`` AuthorizationPolicy binds to no waypoint of the mesh (istiod's
-    waypoint policy status), or None."""
+    waypoint policy status, and why the run has no waypoint where the backend says), or None."""
     from pytest_meshconform.istio.api import AuthorizationPolicy
     from pytest_meshconform.istio.waypoint import target_ref_problem
-    from pytest_meshconform.mesh import WaypointAware, waypoints_of
+    from pytest_meshconform.mesh import WaypointAware, waypoint_absence_of, waypoints_of
 
     if not isinstance(policy, AuthorizationPolicy) or not policy.target_refs:
         return None
@@ -207,6 +207,9 @@ def _target_ref_problem(mesh: Mesh, policy: Policy) -> str | None:
     )
     if problem is not None and not isinstance(mesh, WaypointAware):
         problem += f" (the {mesh.backend} backend runs no waypoints)"
+    absence = waypoint_absence_of(mesh)
+    if problem is not None and not waypoints and absence is not None:
+        problem += f"; this run has no waypoint: {absence}"
     return problem
 
 

@@ -133,13 +133,15 @@ class KubeWaypoints(KubeLifecycle):
 
     # the run's waypoints: planned before the namespaces are made, running after start
     _waypoints: tuple[Waypoint, ...]
-    # why an ambient run has no waypoint (the cluster lacks the Gateway API); None: it has
+    # why an ambient run has no waypoint (the cluster lacks the Gateway API), with the fix;
+    # None: it has (`mesh.WaypointAbsence`)
     waypoint_absence: str | None
     _services: Sequence[Service]
 
     def _plan_waypoints(self) -> None:
         """The waypoints this run will deploy: ``bar``'s namespace waypoint on an ambient run,
-        if the cluster serves the Gateway API (else none, and ``waypoint_absence`` says why)."""
+        if the cluster serves the Gateway API (else none, and ``waypoint_absence`` says why and
+        how to fix it)."""
         planned = tuple(
             Waypoint(name, self.names.real(logical))
             for logical in LOGICAL_NAMESPACES
@@ -153,7 +155,7 @@ class KubeWaypoints(KubeLifecycle):
         if problem is None:
             self._waypoints = planned
             return
-        self.waypoint_absence = problem
+        self.waypoint_absence = f"{problem}; fix: {gateway_api_fix()}"
         self._progress(
             f"no waypoint for this run: {problem}; the tests that need the waypoint feature"
             f" are skipped; fix: {gateway_api_fix()}"
