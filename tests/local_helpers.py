@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -168,3 +168,37 @@ def run_topology_suite(
     pytester.makefile(".yaml", **{name: topology})
     pytester.makepyfile(**{f"test_{name}": suite})
     return pytester.runpytest_subprocess("-p", "no:randomly", f"--mesh-topology={name}.yaml", *args)
+
+
+def assert_suite_passes(
+    pytester: pytest.Pytester, name: str, topology: str, suite: str, *, passed: int
+) -> None:
+    """``suite`` on the local mesh of ``topology`` (`run_topology_suite`): ``passed`` tests
+    pass, nothing else, and the run leaves nothing behind."""
+    result = run_topology_suite(pytester, name, topology, suite)
+    result.assert_outcomes(passed=passed)
+    assert_runs_left_nothing(result.stdout.str())
+
+
+def assert_fails_under_fault(
+    pytester: pytest.Pytester,
+    name: str,
+    topology: str,
+    suite: str,
+    *,
+    fault: str,
+    keyword: str,
+    deselected: int,
+    lines: Sequence[str],
+) -> None:
+    """No false green: ``suite`` on the local mesh of ``topology`` (`run_topology_suite`) with
+    the test-only ``fault``, only the tests ``keyword`` selects (``deselected`` others), fails
+    exactly one test; its output matches each of ``lines`` (each looked for on its own), and the
+    run leaves nothing behind."""
+    result = run_topology_suite(
+        pytester, name, topology, suite, f"--mesh-fault={fault}", "-k", keyword
+    )
+    result.assert_outcomes(failed=1, deselected=deselected)
+    for line in lines:
+        result.stdout.fnmatch_lines([line])
+    assert_runs_left_nothing(result.stdout.str())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -63,15 +63,23 @@ FOO_STRICT = {
 }
 
 
-def _service(namespace: str, ports: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+def _service(
+    namespace: str, ports: list[dict[str, Any]], name: str = "httpbin", **spec: Any
+) -> dict[str, Any]:
+    """A Service selecting ``app: <name>`` unless ``spec`` says otherwise."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "httpbin", "namespace": namespace},
-        "spec": {"selector": {"app": "httpbin"}, "ports": ports, **spec},
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"app": name}, "ports": ports, **spec},
     }
 
 
+def _namespace(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": dict(labels)}}
+
+
+INJECTED = {"istio-injection": "enabled"}
 HTTP_8000 = [{"name": "http", "port": 8000, "targetPort": 8080, "protocol": "TCP"}]
 
 
@@ -85,9 +93,7 @@ class AuditCluster(FakeCluster):
         super().__post_init__()
         self.services = {}
         for namespace in ("foo", "bar"):
-            self.namespaces[namespace] = {
-                "metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}
-            }
+            self.namespaces[namespace] = _namespace(namespace, INJECTED)
             self.services[namespace] = [_service(namespace, HTTP_8000)]
             self.pods[namespace] = [
                 pod_json(f"httpbin-7d8f-{namespace}", namespace, "httpbin", sidecar=True),
@@ -171,15 +177,44 @@ class AuditIstio(FakeIstio):
     pod_answers: Mapping[str, str] = {}  # pod IP:port -> "reset" or the app's answer
 
 
+@contextmanager
+def _serving(fake: AuditCluster, istio: AuditIstio, tmp_path: Path) -> Iterator[FakeApiServer]:
+    """The fake's API server for the block, its exec calls answered by ``istio``; the fake
+    execs through it (a kubeconfig in ``tmp_path``)."""
+    with FakeApiServer(exec_handler=istio) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(server.url))
+        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
+        yield server
+
+
+def _cluster_of_its_own(*, ztunnel: bool = False) -> AuditCluster:
+    """An AuditCluster without its foo and bar: the test puts its own namespaces in."""
+    fake = AuditCluster(ztunnel=ztunnel)
+    for namespace in ("foo", "bar"):
+        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
+    return fake
+
+
+def _audit_mesh(
+    fake: AuditCluster, tmp_path: Path, run_id: str, options: KubeOptions | None = None
+) -> KubeAuditMesh:
+    """The audit's mesh on the fake cluster: quiet, its run directory ``tmp_path``."""
+    return KubeAuditMesh(
+        fake,
+        options=options or KubeOptions(),
+        progress=lambda line: None,
+        run_dir=tmp_path,
+        run_id=run_id,
+    )
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[AuditCluster, AuditIstio]]:
     cluster = AuditCluster()
     cluster.apply(FOO_STRICT)  # the user's policy, there before the audit
     istio = AuditIstio(cluster)
-    with FakeApiServer(exec_handler=istio) as server:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(server.url))
-        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
+    with _serving(cluster, istio, tmp_path):
         cluster.calls.clear()
         yield cluster, istio
 
@@ -278,9 +313,7 @@ def test_the_audit_of_a_cluster_reads_and_only_writes_its_namespace(
     cluster: tuple[AuditCluster, AuditIstio], tmp_path: Path
 ) -> None:
     fake, istio = cluster
-    mesh = KubeAuditMesh(
-        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
-    )
+    mesh = _audit_mesh(fake, tmp_path, "a1b2c3")
     _route_captures(fake, istio)
     umask = os.umask(0)  # the captures and the evidence are private whatever the umask
     try:
@@ -355,9 +388,7 @@ def test_the_pods_ports_of_a_cluster_come_from_the_pod_spec(
     accept.write_text(
         "exceptions:\n  - {namespace: bar, workload: httpbin, port: 9090, reason: scraping}\n"
     )
-    mesh = KubeAuditMesh(
-        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="d4e5f6"
-    )
+    mesh = _audit_mesh(fake, tmp_path, "d4e5f6")
     _route_captures(fake, istio)
     mesh.start()
     try:
@@ -389,9 +420,12 @@ def test_the_pods_ports_of_a_cluster_come_from_the_pod_spec(
     ]
 
 
-def _route_captures(fake: AuditCluster, istio: AuditIstio) -> None:
-    """Hand each capture the recorded pcap of the Service probed next (sorted namespaces)."""
-    targets = iter(["httpbin.bar", "httpbin.foo"])
+def _route_captures(
+    fake: AuditCluster, istio: AuditIstio, order: Iterable[str] = ("httpbin.bar", "httpbin.foo")
+) -> None:
+    """Hand each capture the recorded pcap of the target probed next (``order``; by default
+    the Services of foo and bar, sorted namespaces)."""
+    targets = iter(order)
     original = fake.open_exec
 
     def open_exec(
@@ -461,9 +495,7 @@ def test_the_audits_namespace_is_labelled_for_the_revision_and_the_discovery_sel
         fake.config_maps[("istio-system", name)] = config_map_json(
             "istio-system", name, {"mesh": mesh_config}
         )
-    mesh = KubeAuditMesh(
-        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
-    )
+    mesh = _audit_mesh(fake, tmp_path, "a1b2c3")
     mesh.start()
     try:
         labels = fake.namespaces["meshconform-audit-a1b2c3"]["metadata"]["labels"]
@@ -481,9 +513,7 @@ def test_the_audit_names_services_in_the_clusters_dns_domain(
     --cluster-domain=corp.example they end in .svc.corp.example (the probe's resolv.conf)."""
     fake, _ = cluster
     fake.dns_domain = "corp.example"
-    mesh = KubeAuditMesh(
-        fake, options=KubeOptions(), progress=lambda line: None, run_dir=tmp_path, run_id="a1b2c3"
-    )
+    mesh = _audit_mesh(fake, tmp_path, "a1b2c3")
     mesh.start()
     try:
         assert sorted(s.fqdn for s in mesh.services()) == [
@@ -548,47 +578,17 @@ class LedgerIstio(AuditIstio):
 def _ledger_audit(tmp_path: Path, *policies: dict[str, Any]) -> tuple[AuditCluster, Any]:
     """The audit of a cluster running ledger (ports 80 and 5432) whose sidecar denies both
     probes (`LedgerIstio`), with ``policies`` in the cluster before the audit."""
-    fake = AuditCluster()
-    for namespace in ("foo", "bar"):
-        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
-    fake.namespaces["payments"] = {
-        "metadata": {"name": "payments", "labels": {"istio-injection": "enabled"}}
-    }
-    fake.services["payments"] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "ledger", "namespace": "payments"},
-            "spec": {"selector": {"app": "ledger"}, "ports": LEDGER_PORTS},
-        }
-    ]
+    fake = _cluster_of_its_own()
+    fake.namespaces["payments"] = _namespace("payments", INJECTED)
+    fake.services["payments"] = [_service("payments", LEDGER_PORTS, "ledger")]
     fake.pods["payments"] = [pod_json("ledger-5f6d-x1", "payments", "ledger", sidecar=True)]
     for policy in policies:
         fake.apply(policy)  # the user's policies, there before the audit
     fake.calls.clear()
     istio = LedgerIstio(fake)
-    with FakeApiServer(exec_handler=istio) as server:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(server.url))
-        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
-        targets = iter(["80", "5432"])
-        original = fake.open_exec
-
-        def open_exec(
-            namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
-        ) -> Any:
-            if container == "mc-capture":
-                istio.next_target = next(targets)
-            return original(namespace, pod, container, argv, stdin=stdin)
-
-        fake.open_exec = open_exec  # type: ignore[method-assign]
-        mesh = KubeAuditMesh(
-            fake,
-            options=KubeOptions(),
-            progress=lambda line: None,
-            run_dir=tmp_path,
-            run_id="c0ffee",
-        )
+    with _serving(fake, istio, tmp_path):
+        _route_captures(fake, istio, ["80", "5432"])
+        mesh = _audit_mesh(fake, tmp_path, "c0ffee")
         mesh.start()
         try:
             result = run_audit(mesh)
@@ -699,6 +699,15 @@ KV_CAPTURES = (
 )
 
 
+def _send_recorded(channel: ExecChannel, answer: Mapping[str, Any]) -> None:
+    """An exec answered as a probe printed it (a recording's ``stderr``, ``stdout`` and
+    ``returncode``): its output, then its status."""
+    channel.send(2, answer["stderr"].encode())
+    channel.send(1, answer["stdout"].encode())
+    code = answer["returncode"]
+    channel.send_status(status_exit(code) if code else {"metadata": {}, "status": "Success"})
+
+
 class KvIstio(AuditIstio):
     """curl as a STRICT sidecar behind a headless Service answers: the naked probe's plaintext
     reset (exit 56) on both ports, the mesh probe's request by name answered (HTTP 200 on 8080,
@@ -727,12 +736,7 @@ class KvIstio(AuditIstio):
         target = next((a for a in call.command if a.startswith("telnet://")), call.command[-1])
         by_pod_ip = KV_BY_POD_IP.get(target)
         if by_pod_ip is not None:
-            channel.send(2, by_pod_ip["stderr"].encode())
-            channel.send(1, by_pod_ip["stdout"].encode())
-            code = by_pod_ip["returncode"]
-            channel.send_status(
-                status_exit(code) if code else {"metadata": {}, "status": "Success"}
-            )
+            _send_recorded(channel, by_pod_ip)
             return
         if tcp:
             channel.send(2, f"* Connected to kv-peers.stock ({KV_IP}) port 7000\n".encode())
@@ -747,19 +751,10 @@ def _kv_cluster(tmp_path: Path, empty: frozenset[str] = frozenset()) -> Iterator
     """A cluster running a StatefulSet-like kv (one pod, ports 8080 and 7000 in its spec)
     behind the headless Service kv-peers, namespace stock STRICT; its API server runs for the
     block, its probes answer as `KvIstio`."""
-    fake = AuditCluster()
-    for namespace in ("foo", "bar"):
-        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
-    fake.namespaces["stock"] = {
-        "metadata": {"name": "stock", "labels": {"istio-injection": "enabled"}}
-    }
+    fake = _cluster_of_its_own()
+    fake.namespaces["stock"] = _namespace("stock", INJECTED)
     fake.services["stock"] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "kv-peers", "namespace": "stock"},
-            "spec": {"clusterIP": "None", "selector": {"app": "kv"}, "ports": KV_PEERS_PORTS},
-        }
+        _service("stock", KV_PEERS_PORTS, "kv-peers", clusterIP="None", selector={"app": "kv"})
     ]
     kv = pod_json("kv-0", "stock", "kv", sidecar=True, pod_ip=KV_IP)
     kv["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}, {"containerPort": 7000}]
@@ -768,21 +763,8 @@ def _kv_cluster(tmp_path: Path, empty: frozenset[str] = frozenset()) -> Iterator
     fake.calls.clear()
     istio = KvIstio(fake)
     istio.empty = empty
-    with FakeApiServer(exec_handler=istio) as server:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(server.url))
-        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
-        targets = iter(KV_CAPTURES)
-        original = fake.open_exec
-
-        def open_exec(
-            namespace: str, pod: str, container: str, argv: Any, *, stdin: bool = False
-        ) -> Any:
-            if container == "mc-capture":
-                istio.next_target = next(targets)
-            return original(namespace, pod, container, argv, stdin=stdin)
-
-        fake.open_exec = open_exec  # type: ignore[method-assign]
+    with _serving(fake, istio, tmp_path):
+        _route_captures(fake, istio, KV_CAPTURES)
         yield fake
 
 
@@ -792,13 +774,7 @@ def test_a_headless_service_of_a_cluster_is_audited_by_its_name(tmp_path: Path) 
     both ports refuse plaintext and take the mesh probe's mTLS, with Istio's SNI for the
     headless host on the recorded wire."""
     with _kv_cluster(tmp_path) as fake:
-        mesh = KubeAuditMesh(
-            fake,
-            options=KubeOptions(),
-            progress=lambda line: None,
-            run_dir=tmp_path,
-            run_id="5e7a11",
-        )
+        mesh = _audit_mesh(fake, tmp_path, "5e7a11")
         mesh.start()
         try:
             result = run_audit(mesh, require="STRICT")
@@ -838,19 +814,15 @@ def test_a_cluster_running_ztunnel_gets_the_ambient_probe(tmp_path: Path) -> Non
     sidecar probe), enrolled by istio-cni and held by its node's ztunnel before the audit
     begins. Without ztunnel there is none (the test above: two probes)."""
     cluster = AuditCluster(ztunnel=True)
-    with FakeApiServer(exec_handler=AuditIstio(cluster)) as server:
+    with _serving(cluster, AuditIstio(cluster), tmp_path) as server:
         server.port_forward_handler = FakeZtunnel(cluster)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(server.url))
-        cluster.exec_api = KubeApi.connect(kubeconfig, "fake")
-        mesh = KubeAuditMesh(
+        mesh = _audit_mesh(
             cluster,
-            options=KubeOptions(
+            tmp_path,
+            "a1b2c3",
+            KubeOptions(
                 ready_timeout=timedelta(seconds=20), propagation_timeout=timedelta(seconds=30)
             ),
-            progress=lambda line: None,
-            run_dir=tmp_path,
-            run_id="a1b2c3",
         )
         mesh.start()
         try:
@@ -1029,12 +1001,7 @@ class AmbientIstio(AuditIstio):
             answer = self.recording["execs"][probe][asked]
             if call.container != "probe-naked":
                 self.last_target = target  # the capture running now is this request's
-            channel.send(2, answer["stderr"].encode())
-            channel.send(1, answer["stdout"].encode())
-            code = answer["returncode"]
-            channel.send_status(
-                status_exit(code) if code else {"metadata": {}, "status": "Success"}
-            )
+            _send_recorded(channel, answer)
             return
         FakeIstio.__call__(self, call, channel)
 
@@ -1070,20 +1037,11 @@ def _ambient_cluster(tmp_path: Path, **replay: Any) -> Iterator[tuple[AuditClust
     recorded pod addresses, their container ports in the spec), `vault` STRICT; its API
     server and ztunnel run for the block, its probes answer as `AmbientIstio` (``replay``:
     its overrides)."""
-    fake = AuditCluster(ztunnel=True)
-    for namespace in ("foo", "bar"):
-        del fake.namespaces[namespace], fake.services[namespace], fake.pods[namespace]
+    fake = _cluster_of_its_own(ztunnel=True)
     for namespace in AMBIENT_NAMESPACES:
-        fake.namespaces[namespace] = {
-            "metadata": {"name": namespace, "labels": {"istio.io/dataplane-mode": "ambient"}}
-        }
+        fake.namespaces[namespace] = _namespace(namespace, {"istio.io/dataplane-mode": "ambient"})
         fake.services[namespace] = [
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"selector": selector, "ports": ports},
-            }
+            _service(namespace, ports, name, selector=selector)
             for name, selector, ports in AMBIENT_SERVICES
         ]
         fake.pods[namespace] = []
@@ -1105,11 +1063,8 @@ def _ambient_cluster(tmp_path: Path, **replay: Any) -> Iterator[tuple[AuditClust
     istio.captured = []
     for key, value in replay.items():
         setattr(istio, key, value)
-    with FakeApiServer(exec_handler=istio) as server:
+    with _serving(fake, istio, tmp_path) as server:
         server.port_forward_handler = FakeZtunnel(fake)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(server.url))
-        fake.exec_api = KubeApi.connect(kubeconfig, "fake")
         yield fake, istio
 
 

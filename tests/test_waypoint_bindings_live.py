@@ -26,7 +26,7 @@ Service `crane` opts out.
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from local_helpers import assert_fails_under_fault, assert_suite_passes, needs_local_mesh
 from waypoint_topologies import DEPOT_TOPOLOGY
 
 SUITE = r"""
@@ -125,9 +125,7 @@ def test_none_opts_a_service_out_of_its_namespaces_waypoint(
 
 @needs_local_mesh
 def test_a_services_own_waypoint_label_on_the_wire(pytester: pytest.Pytester) -> None:
-    result = run_topology_suite(pytester, "depot", DEPOT_TOPOLOGY, SUITE)
-    result.assert_outcomes(passed=5)
-    assert_runs_left_nothing(result.stdout.str())
+    assert_suite_passes(pytester, "depot", DEPOT_TOPOLOGY, SUITE, passed=5)
 
 
 @needs_local_mesh
@@ -136,18 +134,16 @@ def test_the_labelled_services_policy_test_fails_when_the_waypoint_ignores_l7(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the labelled Service's
     waypoint enforces nothing, and the DELETE is answered."""
-    result = run_topology_suite(
+    assert_fails_under_fault(
         pytester,
         "depot",
         DEPOT_TOPOLOGY,
         SUITE,
-        "--mesh-fault=waypoint-ignores-l7",
-        "-k",
-        "enforced_at_its_waypoint",
+        fault="waypoint-ignores-l7",
+        keyword="enforced_at_its_waypoint",
+        deselected=4,
+        lines=["*AssertionError*HTTP 200*"],
     )
-    result.assert_outcomes(failed=1, deselected=4)
-    result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
-    assert_runs_left_nothing(result.stdout.str())
 
 
 @needs_local_mesh

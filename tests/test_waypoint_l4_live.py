@@ -24,7 +24,7 @@ The layout is not sleep/httpbin: `mill` is ambient with the waypoint `foreman`; 
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from local_helpers import assert_fails_under_fault, assert_suite_passes, needs_local_mesh
 
 MILL_TOPOLOGY = """\
 namespaces:
@@ -128,9 +128,7 @@ def test_a_selector_policy_on_the_waypoints_pod_binds_nothing(
 
 @needs_local_mesh
 def test_l4_rules_at_the_waypoint_on_the_wire(pytester: pytest.Pytester) -> None:
-    result = run_topology_suite(pytester, "mill", MILL_TOPOLOGY, SUITE)
-    result.assert_outcomes(passed=4)
-    assert_runs_left_nothing(result.stdout.str())
+    assert_suite_passes(pytester, "mill", MILL_TOPOLOGY, SUITE, passed=4)
 
 
 @needs_local_mesh
@@ -139,15 +137,13 @@ def test_the_l4_rule_test_fails_when_the_waypoint_ignores_its_rules(
 ) -> None:
     """No false green: with `waypoint-ignores-l7` (the waypoint enforces no policy) the
     denied principal's request is answered and reaches the pod."""
-    result = run_topology_suite(
+    assert_fails_under_fault(
         pytester,
         "mill",
         MILL_TOPOLOGY,
         SUITE,
-        "--mesh-fault=waypoint-ignores-l7",
-        "-k",
-        "http_rbac",
+        fault="waypoint-ignores-l7",
+        keyword="http_rbac",
+        deselected=3,
+        lines=["*AssertionError*HTTP 200*"],
     )
-    result.assert_outcomes(failed=1, deselected=3)
-    result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
-    assert_runs_left_nothing(result.stdout.str())

@@ -26,7 +26,7 @@ and a TCP echo on 7000); `lab` has no data plane (`scanner`).
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from local_helpers import assert_fails_under_fault, assert_suite_passes, needs_local_mesh
 
 CLINIC_TOPOLOGY = """\
 namespaces:
@@ -211,9 +211,7 @@ def test_a_target_ref_naming_nothing_is_an_error(apply_policy: PolicyApplier) ->
 
 @needs_local_mesh
 def test_waypoints_route_and_authorize_on_the_wire(pytester: pytest.Pytester) -> None:
-    result = run_topology_suite(pytester, "clinic", CLINIC_TOPOLOGY, SUITE)
-    result.assert_outcomes(passed=9)
-    assert_runs_left_nothing(result.stdout.str())
+    assert_suite_passes(pytester, "clinic", CLINIC_TOPOLOGY, SUITE, passed=9)
 
 
 @needs_local_mesh
@@ -222,18 +220,18 @@ def test_the_l7_test_fails_when_the_waypoint_ignores_l7_rules(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the waypoint enforces no
     policy, and the L7 test sees the DELETE answered."""
-    result = run_topology_suite(
+    assert_fails_under_fault(
         pytester,
         "clinic",
         CLINIC_TOPOLOGY,
         SUITE,
-        "--mesh-fault=waypoint-ignores-l7",
-        "-k",
-        "l7_authorization",
+        fault="waypoint-ignores-l7",
+        keyword="l7_authorization",
+        deselected=8,
+        lines=[
+            "*AssertionError*HTTP 200*",
+            # the evidence includes the access log of the waypoint in front of the server
+            "*log records.clinic waypoint-access.log (this test)*",
+            '*"DELETE /delete HTTP/1.1" 200*',
+        ],
     )
-    result.assert_outcomes(failed=1, deselected=8)
-    result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
-    # the evidence includes the access log of the waypoint in front of the server
-    result.stdout.fnmatch_lines(["*log records.clinic waypoint-access.log (this test)*"])
-    result.stdout.fnmatch_lines(['*"DELETE /delete HTTP/1.1" 200*'])
-    assert_runs_left_nothing(result.stdout.str())

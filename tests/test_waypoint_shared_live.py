@@ -28,7 +28,7 @@ The layout is not sleep/httpbin: `mesh-infra` (no data plane) holds the waypoint
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from local_helpers import assert_fails_under_fault, assert_suite_passes, needs_local_mesh
 
 SHARED_TOPOLOGY = """\
 namespaces:
@@ -147,9 +147,7 @@ def test_the_servers_ztunnel_sees_the_shared_waypoints_identity(
 
 @needs_local_mesh
 def test_a_shared_waypoint_on_the_wire(pytester: pytest.Pytester) -> None:
-    result = run_topology_suite(pytester, "shared", SHARED_TOPOLOGY, SUITE)
-    result.assert_outcomes(passed=4)
-    assert_runs_left_nothing(result.stdout.str())
+    assert_suite_passes(pytester, "shared", SHARED_TOPOLOGY, SUITE, passed=4)
 
 
 @needs_local_mesh
@@ -158,15 +156,13 @@ def test_the_shared_waypoints_policy_test_fails_when_it_ignores_l7(
 ) -> None:
     """No false green: with the test-only `waypoint-ignores-l7` fault the shared waypoint
     enforces nothing, and the refused caller is answered."""
-    result = run_topology_suite(
+    assert_fails_under_fault(
         pytester,
         "shared",
         SHARED_TOPOLOGY,
         SUITE,
-        "--mesh-fault=waypoint-ignores-l7",
-        "-k",
-        "own_namespace",
+        fault="waypoint-ignores-l7",
+        keyword="own_namespace",
+        deselected=3,
+        lines=["*AssertionError*HTTP 200*"],
     )
-    result.assert_outcomes(failed=1, deselected=3)
-    result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
-    assert_runs_left_nothing(result.stdout.str())

@@ -21,7 +21,7 @@ the Service `ferry`, and an ambient client `skiff`; `fleet` has sidecars (`tug`)
 from __future__ import annotations
 
 import pytest
-from local_helpers import assert_runs_left_nothing, needs_local_mesh, run_topology_suite
+from local_helpers import assert_fails_under_fault, assert_suite_passes, needs_local_mesh
 
 HARBOR_TOPOLOGY = """\
 namespaces:
@@ -94,9 +94,7 @@ def test_admitting_only_the_waypoint_refuses_the_sidecar(
 
 @needs_local_mesh
 def test_a_sidecar_client_of_a_waypoint_service_on_the_wire(pytester: pytest.Pytester) -> None:
-    result = run_topology_suite(pytester, "harbor", HARBOR_TOPOLOGY, SUITE)
-    result.assert_outcomes(passed=3)
-    assert_runs_left_nothing(result.stdout.str())
+    assert_suite_passes(pytester, "harbor", HARBOR_TOPOLOGY, SUITE, passed=3)
 
 
 @needs_local_mesh
@@ -105,15 +103,13 @@ def test_the_bypass_test_fails_when_ztunnel_ignores_principals(
 ) -> None:
     """No false green: with `authz-ignores-principals` the server's ztunnel admits any peer,
     and the sidecar's bypass is answered."""
-    result = run_topology_suite(
+    assert_fails_under_fault(
         pytester,
         "harbor",
         HARBOR_TOPOLOGY,
         SUITE,
-        "--mesh-fault=authz-ignores-principals",
-        "-k",
-        "refuses_the_sidecar",
+        fault="authz-ignores-principals",
+        keyword="refuses_the_sidecar",
+        deselected=2,
+        lines=["*AssertionError*HTTP 200*"],
     )
-    result.assert_outcomes(failed=1, deselected=2)
-    result.stdout.fnmatch_lines(["*AssertionError*HTTP 200*"])
-    assert_runs_left_nothing(result.stdout.str())
