@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,9 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 
 from pytest_meshconform.backends.local import host
@@ -202,3 +205,32 @@ def assert_fails_under_fault(
     for line in lines:
         result.stdout.fnmatch_lines([line])
     assert_runs_left_nothing(result.stdout.str())
+
+
+def run_local_audit(
+    tmp_path: Path, topology: str, name: str, policies: Sequence[str], stem: str = "audit"
+) -> tuple[int, dict[str, Any], str]:
+    """`meshconform audit` on the local mesh over ``topology`` (a topology file's text) with
+    ``policies`` (one YAML text each, written as ``<name>-<i>.yaml``): its exit status, its JSON
+    report (validated against the audit's schema) and that report's text; asserts that none of
+    the runs it made left anything behind."""
+    from pytest_meshconform.audit.report import AUDIT_SCHEMA
+    from pytest_meshconform.cli import main
+
+    topology_file = tmp_path / f"{stem}.yaml"
+    topology_file.write_text(topology)
+    args: list[str] = []
+    for index, text in enumerate(policies):
+        path = tmp_path / f"{name}-{index}.yaml"
+        path.write_text(text)
+        args += ["--policy", str(path)]
+    report = tmp_path / f"{name}.json"
+    with runs_made() as run_ids:
+        code = main(
+            ["audit", "--mesh-topology", str(topology_file), *args, "--report", str(report)]
+        )
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
+    left = {run_id: traces_of(run_id) for run_id in run_ids}
+    assert not any(left.values()), f"the audit left these behind: {left}"
+    return code, data, report.read_text()

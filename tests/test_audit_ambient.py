@@ -17,20 +17,16 @@ Where the expected values come from:
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from local_helpers import needs_local_mesh, runs_made, traces_of
+from local_helpers import needs_local_mesh, run_local_audit
 
 from pytest_meshconform.audit.discovery import ServicePort
 from pytest_meshconform.audit.observe import WireEvidence, wire_problems
 from pytest_meshconform.audit.probes import ambient_probe
-from pytest_meshconform.audit.report import AUDIT_SCHEMA
-from pytest_meshconform.cli import main
 from pytest_meshconform.istio.protocol import protocol_of
 from pytest_meshconform.mesh import Service, Workload
 
@@ -63,20 +59,7 @@ spec:
 
 
 def _audit(tmp_path: Path, name: str, *policies: str) -> tuple[int, dict[str, Any]]:
-    topology = tmp_path / "vault.yaml"
-    topology.write_text(TOPOLOGY)
-    args = []
-    for index, text in enumerate(policies):
-        path = tmp_path / f"{name}-{index}.yaml"
-        path.write_text(text)
-        args += ["--policy", str(path)]
-    report = tmp_path / f"{name}.json"
-    with runs_made() as run_ids:
-        code = main(["audit", "--mesh-topology", str(topology), *args, "--report", str(report)])
-    data = json.loads(report.read_text())
-    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
-    left = {run_id: traces_of(run_id) for run_id in run_ids}
-    assert not any(left.values()), f"the audit left these behind: {left}"
+    code, data, _ = run_local_audit(tmp_path, TOPOLOGY, name, policies, stem="vault")
     return code, data
 
 

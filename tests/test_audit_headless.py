@@ -28,25 +28,21 @@ Where the expected values come from:
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
-from local_helpers import needs_local_mesh, runs_made, traces_of
+from local_helpers import needs_local_mesh, run_local_audit
 
 from pytest_meshconform.audit.discovery import discover_service_ports
 from pytest_meshconform.audit.local import with_audit_probes
-from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.backend import LocalMesh
 from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.topology import Pod, Topology
 from pytest_meshconform.backends.local.topology_file import TopologyError, parse_topology
 from pytest_meshconform.backends.local.xds import SidecarPaths, clusters, listeners
-from pytest_meshconform.cli import main
 from pytest_meshconform.istio.api import TlsMode, parse_policies
 from pytest_meshconform.istio.plan import plan_sidecar, pod_ip_upstream
 from pytest_meshconform.istio.upstream import upstream
@@ -277,20 +273,7 @@ def test_a_headless_service_the_local_mesh_cannot_run_is_refused(
 
 
 def _audit(tmp_path: Path, name: str, *policies: str) -> tuple[int, dict[str, Any]]:
-    topology = tmp_path / "stock.yaml"
-    topology.write_text(TOPOLOGY)
-    args = []
-    for index, policy in enumerate(policies):
-        path = tmp_path / f"{name}-{index}.yaml"
-        path.write_text(policy)
-        args += ["--policy", str(path)]
-    report = tmp_path / f"{name}.json"
-    with runs_made() as run_ids:
-        code = main(["audit", "--mesh-topology", str(topology), *args, "--report", str(report)])
-    data = json.loads(report.read_text())
-    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
-    left = {run_id: traces_of(run_id) for run_id in run_ids}
-    assert not any(left.values()), f"the audit left these behind: {left}"
+    code, data, _ = run_local_audit(tmp_path, TOPOLOGY, name, policies, stem="stock")
     return code, data
 
 

@@ -16,20 +16,16 @@ workload's. Istio's tcp-echo sample answers ``hello <line>``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
-from local_helpers import needs_local_mesh, runs_made, traces_of
+from local_helpers import needs_local_mesh, run_local_audit
 
-from pytest_meshconform.audit.report import AUDIT_SCHEMA
 from pytest_meshconform.backends.local.control import plan_sidecars
 from pytest_meshconform.backends.local.topology_file import parse_topology
 from pytest_meshconform.backends.local.xds import SidecarPaths, clusters, listeners
-from pytest_meshconform.cli import main
 from pytest_meshconform.istio.api import MtlsMode, parse_policies
 from pytest_meshconform.istio.plan import plan_sidecar
 
@@ -103,20 +99,7 @@ def test_the_local_mesh_renders_it_as_istiod_matches_it() -> None:
 
 
 def _audit(tmp_path: Path, *policies: str) -> tuple[int, dict[str, Any]]:
-    topology = tmp_path / "telemetry.yaml"
-    topology.write_text(TOPOLOGY)
-    args = []
-    for index, text in enumerate(policies):
-        path = tmp_path / f"policy-{index}.yaml"
-        path.write_text(text)
-        args += ["--policy", str(path)]
-    report = tmp_path / "audit.json"
-    with runs_made() as run_ids:
-        code = main(["audit", "--mesh-topology", str(topology), *args, "--report", str(report)])
-    data = json.loads(report.read_text())
-    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
-    left = {run_id: traces_of(run_id) for run_id in run_ids}
-    assert not any(left.values()), f"the audit left these behind: {left}"
+    code, data, _ = run_local_audit(tmp_path, TOPOLOGY, "policy", policies, stem="telemetry")
     return code, data
 
 

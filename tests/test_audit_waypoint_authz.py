@@ -27,13 +27,11 @@ Where the expected values come from:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from local_helpers import needs_local_mesh, runs_made, traces_of
+from local_helpers import needs_local_mesh, run_local_audit
 
 from pytest_meshconform.audit.discovery import Authz, WaypointProbe
 from pytest_meshconform.audit.observe import (
@@ -41,8 +39,6 @@ from pytest_meshconform.audit.observe import (
     ProbeAttempt,
     judge_through_waypoint,
 )
-from pytest_meshconform.audit.report import AUDIT_SCHEMA
-from pytest_meshconform.cli import main
 from pytest_meshconform.istio.authorization import RBAC_DENIED_BODY
 
 MINT_TOPOLOGY = """\
@@ -126,21 +122,7 @@ spec:
 
 
 def _audit(tmp_path: Path, name: str, *policies: str) -> tuple[int, dict[str, Any], str]:
-    topology = tmp_path / "mint.yaml"
-    topology.write_text(MINT_TOPOLOGY)
-    args = []
-    for index, text in enumerate(policies):
-        path = tmp_path / f"{name}-{index}.yaml"
-        path.write_text(text)
-        args += ["--policy", str(path)]
-    report = tmp_path / f"{name}.json"
-    with runs_made() as run_ids:
-        code = main(["audit", "--mesh-topology", str(topology), *args, "--report", str(report)])
-    data = json.loads(report.read_text())
-    jsonschema.validate(data, json.loads(AUDIT_SCHEMA.read_text()))
-    left = {run_id: traces_of(run_id) for run_id in run_ids}
-    assert not any(left.values()), f"the audit left these behind: {left}"
-    return code, data, report.read_text()
+    return run_local_audit(tmp_path, MINT_TOPOLOGY, name, policies, stem="mint")
 
 
 def _ports(data: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
