@@ -1,5 +1,6 @@
 """gRPC without a mesh: the grpc-echo app and the gRPC client as real processes on loopback
-(grpcio both sides), the argument builder, the Envoy config the local mesh renders for gRPC
+(grpcio both sides; the client as its one-shot command and as the long-lived client process the
+local mesh keeps per pod), the argument builder, the Envoy config the local mesh renders for gRPC
 and HTTP/2 ports, and the kube backends' typed refusal.
 
 Where the expected values come from:
@@ -19,6 +20,9 @@ Where the expected values come from:
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +38,7 @@ from test_ports_by_service import kube_mesh
 from pytest_meshconform.backends.kube.backend import KubeMesh
 from pytest_meshconform.backends.local import xds
 from pytest_meshconform.backends.local.control import plan_sidecars
+from pytest_meshconform.backends.local.grpc_client import GrpcClients
 from pytest_meshconform.backends.local.grpc_echo import HEALTH_CHECK_METHOD
 from pytest_meshconform.backends.local.topology_file import load_topology
 from pytest_meshconform.evidence.grpc_call import (
@@ -45,7 +50,7 @@ from pytest_meshconform.evidence.grpc_call import (
 )
 from pytest_meshconform.istio.envoy import cluster_http_protocol_options
 from pytest_meshconform.istio.protocol import service_port_protocol
-from pytest_meshconform.mesh import GrpcCapable, GrpcClientUnavailable
+from pytest_meshconform.mesh import ExecResult, GrpcCapable, GrpcClientUnavailable, MeshError
 
 CATALOG = load_topology(REPO / "examples" / "catalog" / "topology.yaml")
 PATHS = xds.SidecarPaths(Path("/run/meshconform/abc123/pods/x/envoy"))
@@ -84,18 +89,58 @@ def echo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         server.wait(10)
 
 
-def call(port: int, method: str = ECHO_METHOD, **metadata: str) -> GrpcResult:
-    args = grpc_client_args("localhost", port, metadata=metadata, timeout=5, method=method)
+def one_shot(args: list[str]) -> ExecResult:
+    """The client as its own process: ``python -m ...grpc_echo ARGS``."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_echo", *args],
         capture_output=True,
         timeout=30,
     )
-    return parse_grpc_output(f"localhost:{port}", "test", proc.returncode, proc.stdout, proc.stderr)
+    return ExecResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def test_the_echo_answers_with_the_metadata_it_saw(echo_port: int) -> None:
-    result = call(echo_port, **{"x-team": "payments", "x-request-id": "abc"})
+@pytest.fixture(scope="module")
+def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GrpcClients, Any]]:
+    """Long-lived client processes (`grpc_client`) on loopback, as the local mesh starts them
+    in a pod (there: in its namespace), and the ``start`` that makes one."""
+    log = tmp_path_factory.mktemp("grpc-client") / "grpc-client.log"
+
+    def start() -> tuple[subprocess.Popen[bytes], Path, int]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_client"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=out,
+            )
+            return proc, log, out.tell()
+
+    pool = GrpcClients()
+    try:
+        yield pool, start
+    finally:
+        pool.close()
+
+
+@pytest.fixture(params=["one-shot", "long-lived"])
+def run_client(request: pytest.FixtureRequest) -> Any:
+    """Runs the client with its arguments, each way the project runs it."""
+    if request.param == "one-shot":
+        return one_shot
+    pool, start = request.getfixturevalue("clients")
+    return lambda args: pool.call("test", args, 30, start)
+
+
+def call(run_client: Any, port: int, method: str = ECHO_METHOD, **metadata: str) -> GrpcResult:
+    args = grpc_client_args("localhost", port, metadata=metadata, timeout=5, method=method)
+    result = run_client(args)
+    return parse_grpc_output(
+        f"localhost:{port}", "test", result.returncode, result.stdout, result.stderr
+    )
+
+
+def test_the_echo_answers_with_the_metadata_it_saw(echo_port: int, run_client: Any) -> None:
+    result = call(run_client, echo_port, **{"x-team": "payments", "x-request-id": "abc"})
     assert result.ok and result.status == "OK" and result.code == 0, result
     assert result.metadata("x-request-id") == ("abc",), result.server_metadata
     assert result.metadata("X-Team") == ("payments",)  # keys are case-insensitive
@@ -103,31 +148,91 @@ def test_the_echo_answers_with_the_metadata_it_saw(echo_port: int) -> None:
     assert not result.reset and result.outcome == "gRPC OK"
 
 
-def test_the_health_service_reports_serving(echo_port: int) -> None:
-    assert call(echo_port, HEALTH_CHECK_METHOD).status == "OK"
+def test_the_health_service_reports_serving(echo_port: int, run_client: Any) -> None:
+    assert call(run_client, echo_port, HEALTH_CHECK_METHOD).status == "OK"
 
 
-def test_an_unknown_method_is_unimplemented(echo_port: int) -> None:
-    result = call(echo_port, "/meshconform.echo.v1.Echo/Nope")
+def test_an_unknown_method_is_unimplemented(echo_port: int, run_client: Any) -> None:
+    result = call(run_client, echo_port, "/meshconform.echo.v1.Echo/Nope")
     assert result.status == "UNIMPLEMENTED" and result.code == 12, result
     assert result.server_metadata == () and result.outcome == "gRPC UNIMPLEMENTED"
 
 
-def test_a_port_nothing_listens_on_is_refused_not_reset() -> None:
-    result = call(_free_port())
+def test_a_port_nothing_listens_on_is_refused_not_reset(run_client: Any) -> None:
+    result = call(run_client, _free_port())
     assert result.status == "UNAVAILABLE" and result.code == 14, result
     assert result.refused and not result.reset and result.outcome == "refused", result
     assert "Connection refused" in result.describe()
 
 
-def test_a_client_that_cannot_run_is_a_grpc_error_with_its_output() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_echo", "only-one-arg"],
-        capture_output=True,
-        timeout=30,
-    )
+def test_a_client_that_cannot_run_is_a_grpc_error_with_its_output(run_client: Any) -> None:
+    result = run_client(["only-one-arg"])
     with pytest.raises(GrpcError, match=r"could not make the call \(exit 2\): usage: grpc_echo"):
-        parse_grpc_output("x:1", "test", proc.returncode, proc.stdout, proc.stderr)
+        parse_grpc_output("x:1", "test", result.returncode, result.stdout, result.stderr)
+
+
+def test_the_long_lived_client_returns_what_the_one_shot_command_does(
+    clients: tuple[GrpcClients, Any],
+) -> None:
+    """Exit status, stdout and stderr as the command's own process: a usage error, an uncaught
+    exception's traceback (exit 1) and, after them, a call that works."""
+    pool, start = clients
+    for args in (["only-one-arg"], ["localhost:1", "/x/Y", "not-a-number"]):
+        mine, theirs = pool.call("test", args, 30, start), one_shot(args)
+        assert (mine.returncode, mine.stdout) == (theirs.returncode, theirs.stdout), args
+        assert mine.stderr.splitlines()[-1] == theirs.stderr.splitlines()[-1], (mine, theirs)
+    assert b"Traceback" in mine.stderr and mine.returncode == 1, mine
+
+
+def test_one_client_process_makes_each_call_on_a_new_connection(
+    echo_port: int, clients: tuple[GrpcClients, Any]
+) -> None:
+    """The same process answers every call (no grpcio import per call), and each call is a
+    new TCP connection, as a process per call made: the echo names a new client port."""
+    pool, start = clients
+    peers, pids = [], []
+    for _ in range(3):
+        result = pool.call("reuse", grpc_client_args("localhost", echo_port, timeout=5), 30, start)
+        answer = json.loads(result.stdout.split(b"@@meshconform-grpc@@")[1])
+        peers.append(answer["echo"]["peer"])
+        pids.append(pool.pids())
+    assert len(set(peers)) == 3, peers  # ipv4:127.0.0.1:<a new port each call>
+    assert pids[0] == pids[1] == pids[2] and len(pids[0]) >= 1, pids
+
+
+def test_a_hung_client_is_killed_at_the_timeout_and_a_dead_one_replaced(
+    echo_port: int, tmp_path: Path
+) -> None:
+    log = tmp_path / "grpc-client.log"
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> tuple[subprocess.Popen[bytes], Path, int]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_client"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=out,
+            )
+        started.append(proc)
+        return proc, log, 0
+
+    pool = GrpcClients()
+    args = grpc_client_args("localhost", echo_port, timeout=5)
+    try:
+        assert pool.call("hang", args, 30, start).returncode == 0
+        os.kill(started[0].pid, signal.SIGSTOP)  # hung: it never answers
+        with pytest.raises(MeshError, match=r"in hang did not finish within 0\.5s; its gRPC cl"):
+            pool.call("hang", args, 0.5, start)
+        assert started[0].returncode == -signal.SIGKILL and pool.pids() == []  # killed, reaped
+        assert pool.call("hang", args, 30, start).returncode == 0  # a new one
+        os.kill(started[1].pid, signal.SIGKILL)  # died between calls
+        started[1].wait()
+        assert pool.call("hang", args, 30, start).returncode == 0
+        assert len(started) == 3 and pool.pids() == [started[2].pid]
+    finally:
+        pool.close()
+    assert all(proc.returncode is not None for proc in started)  # none left running
 
 
 @pytest.mark.parametrize(

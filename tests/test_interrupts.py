@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_helpers import default_signals, needs_local_mesh, subprocess_env, traces_of, wait_for
+from local_helpers import (
+    alive,
+    default_signals,
+    needs_local_mesh,
+    subprocess_env,
+    traces_of,
+    wait_for,
+)
 
 from pytest_meshconform.report import load_report
 
@@ -61,6 +68,17 @@ def teardown_state(state):
 
 host.make_run_directory, host.teardown_state = make_run_directory, teardown_state
 
+from pytest_meshconform.backends.local import grpc_client
+
+real_ask = grpc_client._ask
+
+def ask(client, args, deadline):
+    say("grpc-client", pid=client.proc.pid)
+    in_window("grpc-call")  # its long-lived client runs, the call is being made
+    return real_ask(client, args, deadline)
+
+grpc_client._ask = ask
+
 real_build = MeshReportPlugin.build_report
 
 def build_report(self, exit_status):
@@ -76,13 +94,15 @@ def pytest_runtest_logfinish(nodeid, location):
 """
 
 SUITE = """
-from conftest import in_window
+from conftest import WINDOW, in_window
 
 def test_first(mesh):
     assert mesh.workloads()
 
 def test_last(mesh):
     in_window("test")
+    if WINDOW == "grpc-call":
+        mesh.grpc_exec(mesh.workload("sleep", "legacy"), ["httpbin.foo:50051", "/x/Y", "5"])
     assert mesh.workloads()
 """
 
@@ -140,6 +160,7 @@ class SignalledRun:
 WINDOWS = {
     "bring-up": signal.SIGHUP,
     "test": signal.SIGTERM,
+    "grpc-call": signal.SIGINT,
     "teardown-SIGTERM": signal.SIGTERM,
     "teardown-SIGINT": signal.SIGINT,
     "teardown-SIGHUP": signal.SIGHUP,
@@ -169,10 +190,13 @@ def test_a_signal_in_any_window_ends_the_run_as_interrupted(tmp_path: Path, case
     if window == "bring-up":
         assert f"local mesh {run_id} up in" not in output, output
         assert set(outcomes.values()) <= {"error", "notrun"}, outcomes
-    elif window == "test":
+    elif window in ("test", "grpc-call"):
         assert outcomes["test_first"] == "passed", outcomes
     else:  # every test had passed when the signal came
         assert outcomes == {"test_first": "passed", "test_last": "passed"}, output
+    if window == "grpc-call":  # the call's gRPC client is gone with the mesh
+        (client,) = [e["pid"] for e in run.events() if e["event"] == "grpc-client"]
+        assert not alive(client), output
     if window == "teardown":
         assert f"{signum.name} during the mesh's teardown: held until it was done" in output
         assert f"KeyboardInterrupt: {signum.name} during the mesh's teardown" in output, output

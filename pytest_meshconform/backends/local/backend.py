@@ -16,6 +16,7 @@ from pytest_meshconform.backends.local import host
 from pytest_meshconform.backends.local.capture import LocalCapture
 from pytest_meshconform.backends.local.control import Faults
 from pytest_meshconform.backends.local.envoyadmin import admin_get
+from pytest_meshconform.backends.local.grpc_client import GrpcClients
 from pytest_meshconform.backends.local.logs import LocalLogs
 from pytest_meshconform.backends.local.propagation import LocalPropagation
 from pytest_meshconform.backends.local.topology import ROOT_NAMESPACE, TRUST_DOMAIN, Topology
@@ -85,6 +86,7 @@ class LocalMesh(LocalCapture, LocalLogs, LocalPropagation):
         self._problems = {}  # "Envoy of httpbin.foo" -> first seen
         self._watching = False
         self._watcher = None
+        self._grpc_clients = GrpcClients()
         self._logs_settled_at = float("-inf")  # see _settle_logs
         self.rotations = []
 

@@ -9,8 +9,9 @@ SERVING for the server and the echo service. Requests and answers are raw bytes 
 JSON), so no generated protobuf code is needed.
 
 The client (``python -m pytest_meshconform.backends.local.grpc_echo HOST:PORT METHOD TIMEOUT
-[KEY=VALUE...]``, the arguments of `evidence.grpc_call.grpc_client_args`) makes one unary call
-on a plaintext channel (the pod's sidecar, when it has one, originates mTLS) and prints the
+[KEY=VALUE...]``, the arguments of `evidence.grpc_call.grpc_client_args`; the local mesh runs
+its `main` in a pod's long-lived `grpc_client` process) makes one unary call on a new
+plaintext channel (the pod's sidecar, when it has one, originates mTLS) and prints the
 status after `GRPC_OUTPUT_MARKER` as JSON. grpcio is imported only here, on first use: a
 topology without gRPC never loads it.
 """
@@ -41,6 +42,9 @@ _RESOLVER_ENV = {"GRPC_DNS_RESOLVER": "native"}
 _CHANNEL_OPTIONS = (
     ("grpc.enable_retries", 0),  # one call, one attempt: the evidence is that attempt
     ("grpc.enable_http_proxy", 0),  # never a proxy from the environment
+    # A channel of its own connections: a long-lived client (`grpc_client`) makes each call on
+    # a new TCP connection, as a process per call did, never on an earlier channel's.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 

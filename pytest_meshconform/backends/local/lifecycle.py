@@ -62,6 +62,7 @@ from pytest_meshconform.backends.local.delivery import (
     write_text,
 )
 from pytest_meshconform.backends.local.envoyadmin import admin_get
+from pytest_meshconform.backends.local.grpc_client import GrpcClients
 from pytest_meshconform.backends.local.network import create_namespaces, proxy_ids, wire_network
 from pytest_meshconform.backends.local.runtime import PodRuntime, log_tail
 from pytest_meshconform.backends.local.sidecar_hbone import with_internal_listeners
@@ -119,6 +120,7 @@ class LocalLifecycle(SidecarAgent):
     _env: dict[str, str]
     _signals_owned: bool
     _watcher: threading.Thread | None
+    _grpc_clients: GrpcClients
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -169,7 +171,8 @@ class LocalLifecycle(SidecarAgent):
         return host.in_netns(runtime.netns, ["setpriv", *drop, "--pdeathsig=KILL", *argv])
 
     def pids(self) -> list[int]:
-        """PIDs of the mesh's long-running processes (Envoys, app launcher, apps)."""
+        """PIDs of the mesh's long-running processes (Envoys, app launcher, apps, the gRPC
+        clients started so far)."""
         state = self._require_state()
         return [pid for pid, start in state.pids if host.proc_start_ticks(pid) == start]
 
@@ -203,11 +206,35 @@ class LocalLifecycle(SidecarAgent):
         self, workload: Workload, args: Sequence[str], timeout: float = 30.0
     ) -> ExecResult:
         """Run meshconform's gRPC client (`grpc_echo`, grpcio) with ``args`` in the workload's
-        pod. It runs as root, as the apps do: the project's Python may live where no other uid
-        can read it (docs/istio-facts.md); its traffic is intercepted as any app's (only the
-        proxy's uid is exempt)."""
-        argv = [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_echo", *args]
-        return self._run_in_pod(workload, self.exec_argv(workload, argv, uid=0), argv, timeout)
+        pod, in the pod's long-lived client process (`grpc_client`: started on its first call,
+        a new connection per call). It runs as root, as the apps do: the project's Python may
+        live where no other uid can read it (docs/istio-facts.md); its traffic is intercepted
+        as any app's (only the proxy's uid is exempt)."""
+        self._raise_if_broken()
+        runtime = self._runtime(workload)
+
+        def start() -> tuple[subprocess.Popen[bytes], Path, int]:
+            argv = [sys.executable, "-m", "pytest_meshconform.backends.local.grpc_client"]
+            path = runtime.directory / "grpc-client.log"
+            log = os.fdopen(
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+            )  # evidence: root only, every client of the pod appends
+            try:
+                size = log.tell()
+                proc = self._popen(
+                    self.exec_argv(workload, argv, uid=0),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,  # Ctrl-C in the terminal is ours to handle
+                    env=self._env,
+                )
+            finally:
+                log.close()
+            return proc, path, size
+
+        result = self._grpc_clients.call(workload.key, args, timeout, start)
+        return self._pod_result(workload, result)
 
     def _run_in_pod(
         self, workload: Workload, command: list[str], argv: Sequence[str], timeout: float
@@ -229,12 +256,16 @@ class LocalLifecycle(SidecarAgent):
             ) from exc
         except OSError as exc:
             raise MeshError(f"cannot run `{' '.join(argv)}` in {workload.key}: {exc}") from exc
-        if proc.returncode == 255 and proc.stderr.startswith(b"Cannot open network namespace"):
+        return self._pod_result(workload, ExecResult(proc.returncode, proc.stdout, proc.stderr))
+
+    def _pod_result(self, workload: Workload, result: ExecResult) -> ExecResult:
+        """What ran in the pod returned; a MeshError when the pod's namespace was gone."""
+        if result.returncode == 255 and result.stderr.startswith(b"Cannot open network namespace"):
             raise MeshError(
                 f"the pod {workload.key} is gone ({self.netns(workload)}):"
-                f" {proc.stderr.decode(errors='replace').strip()}"
+                f" {result.stderr.decode(errors='replace').strip()}"
             )
-        return ExecResult(proc.returncode, proc.stdout, proc.stderr)
+        return result
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -318,6 +349,7 @@ class LocalLifecycle(SidecarAgent):
             if thread is not None:
                 thread.join(timeout=5)
         self._agent = self._watcher = None
+        self._grpc_clients.close()  # a kept mesh keeps its pods, not the clients of its calls
         state = self._state
         if state is None:
             return
