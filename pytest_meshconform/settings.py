@@ -76,6 +76,7 @@ FAULT_NAMES: Final = (
     "client-cert-optional",
     "authz-ignores-principals",
     "waypoint-ignores-l7",
+    "waypoint-forwards-xfcc",
 )
 """Test-only ways to break the local mesh, to prove that a suite can fail (never for users)."""
 

@@ -183,6 +183,19 @@ FAULTS = [
         },
         id="waypoint-ignores-l7",
     ),
+    # only the gRPC identity row sends a forged XFCC through the waypoint; the HTTP waypoint
+    # rows assert nothing of XFCC and pass
+    pytest.param(
+        "waypoint-forwards-xfcc",
+        ["test_waypoint.py", "test_grpc_waypoint.py", "--mesh-dataplane=ambient"],
+        {
+            "test_grpc_waypoint_judges_the_callers_identity[ambient]": (
+                "the waypoint passed an X-Forwarded-Client-Cert on (it sanitizes XFCC):"
+                " sleep.foo -> grpc://httpbin.bar:50051 (grpc): gRPC OK"
+            ),
+        },
+        id="waypoint-forwards-xfcc",
+    ),
     pytest.param(
         "no-rotation",
         ["test_rotation.py", "--mesh-cert-ttl=6s"],

@@ -187,6 +187,12 @@ def test_grpc_rows_pass_behind_a_waypoint_on_a_catalog_topology(pytester: pytest
             "cart.frontend was not denied: cart.frontend -> grpc://catalog.shop:50051 (grpc):"
             " gRPC OK",
         ),
+        (
+            "waypoint-forwards-xfcc",
+            ["test_grpc_waypoint_judges_the_callers_identity"],
+            "the waypoint passed an X-Forwarded-Client-Cert on (it sanitizes XFCC):"
+            " web.frontend -> grpc://catalog.shop:50051 (grpc): gRPC OK",
+        ),
     ],
 )
 def test_each_grpc_row_behind_a_waypoint_fails_on_the_fault_that_breaks_it(

@@ -191,6 +191,26 @@ def test_the_waypoint_serves_its_services_with_the_bound_policies(tmp_path: Path
     ]["ids"] == [{"any": True}]
 
 
+def test_the_waypoint_sanitizes_xfcc_unless_the_fault_forwards_it(tmp_path: Path) -> None:
+    """istiod leaves ``forward_client_cert_details`` unset on the waypoint's per-Service HTTP
+    connection manager (``buildWaypointInboundHTTPFilters``), Envoy's SANITIZE; the test-only
+    `waypoint-forwards-xfcc` fault passes a client's own header on, on every HTTP chain."""
+    paths = SidecarPaths(tmp_path)
+
+    def managers(faults: Faults) -> list[dict[str, Any]]:
+        plan = plan_waypoints(_topology(), [], "istio-system", faults)["checkpoint.clinic"]
+        (internal,) = [
+            item for item in waypoint_listeners(plan, paths) if item["name"] == "main_internal"
+        ]
+        return [chain["filters"][-1]["typed_config"] for chain in internal["filter_chains"]]
+
+    (sanitizing,) = managers(Faults())
+    assert "forward_client_cert_details" not in sanitizing
+    (forwarding,) = managers(Faults(waypoint_forwards_xfcc=True))
+    assert forwarding["forward_client_cert_details"] == "ALWAYS_FORWARD_ONLY"
+    assert Faults.parse(["waypoint-forwards-xfcc"]) == Faults(waypoint_forwards_xfcc=True)
+
+
 def test_a_waypoint_for_all_traffic_takes_pod_addressed_traffic_too() -> None:
     """ztunnel's ``build_request``: a connection to a pod address goes through the workload's
     waypoint (traffic type ``workload`` or ``all``) with the pod's address as authority; the

@@ -59,6 +59,9 @@ class Faults:
     # ztunnel's policies)
     authz_ignores_principals: bool = False
     waypoint_ignores_l7: bool = False  # waypoints enforce no AuthorizationPolicy at all
+    # waypoints pass the client's own X-Forwarded-Client-Cert on (ALWAYS_FORWARD_ONLY), where
+    # istiod leaves Envoy's SANITIZE
+    waypoint_forwards_xfcc: bool = False
 
     NAMES = FAULT_NAMES
 
@@ -336,7 +339,8 @@ def plan_waypoints(
 ) -> Mapping[str, WaypointPlan]:
     """Each waypoint's plan: every Service port whose traffic goes through it (the model's
     `service_waypoint`), with the RBAC filters of the policies bound to it for that Service
-    (`waypoint_authorization`); the test-only `waypoint-ignores-l7` fault drops them all."""
+    (`waypoint_authorization`); the test-only `waypoint-ignores-l7` fault drops them all, and
+    `waypoint-forwards-xfcc` makes its HTTP connection managers pass a client's XFCC on."""
     faults = faults or Faults()
     policies = tuple(policies)
     plans: dict[str, WaypointPlan] = {}
@@ -412,5 +416,10 @@ def plan_waypoints(
                         rbac=() if faults.waypoint_ignores_l7 else tuple(rbac),
                     )
                 )
-        plans[entry.pod.workload.key] = WaypointPlan(entry.pod, entry.waypoint, tuple(routes))
+        plans[entry.pod.workload.key] = WaypointPlan(
+            entry.pod,
+            entry.waypoint,
+            tuple(routes),
+            forward_client_cert="ALWAYS_FORWARD_ONLY" if faults.waypoint_forwards_xfcc else None,
+        )
     return plans

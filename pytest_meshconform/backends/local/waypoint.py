@@ -18,7 +18,8 @@ Istio's own:
   identities from the filter state), then the router to the Service's cluster
   (``inbound-vip|<port>|http|<fqdn>``); a TCP port gets the network RBAC filters and a TCP
   proxy. ``forward_client_cert_details`` is left unset (SANITIZE), as istiod leaves it: the app
-  sees no ``x-forwarded-client-cert``. On an HTTP2, gRPC or gRPC-Web port the connection
+  sees no ``x-forwarded-client-cert`` (the test-only `waypoint-forwards-xfcc` fault alone sets
+  it, `WaypointPlan.forward_client_cert`). On an HTTP2, gRPC or gRPC-Web port the connection
   manager gets ``http2_protocol_options`` (``buildWaypointInboundHTTPFilters``: ``IsHTTP2``),
   a gRPC-Web port the gRPC-Web filter after RBAC (``buildHTTPConnectionManager``), and the
   Service's cluster speaks HTTP/2 to the endpoint (``buildWaypointInboundVIPCluster`` ->
@@ -141,6 +142,11 @@ class WaypointPlan:
     pod: Pod
     waypoint: Waypoint
     routes: tuple[WaypointRoute, ...]
+    # the HTTP chains' ``forward_client_cert_details``: None, as istiod leaves it (SANITIZE);
+    # only the test-only `waypoint-forwards-xfcc` fault sets one (ALWAYS_FORWARD_ONLY: the
+    # chains' downstream is the internal connection from connect_terminate, not mutual TLS, so
+    # FORWARD_ONLY would still remove the header)
+    forward_client_cert: str | None = None
 
 
 def waypoint_bootstrap(pod: Pod, paths: SidecarPaths) -> dict[str, Any]:
@@ -240,12 +246,16 @@ def _connect_terminate(paths: SidecarPaths) -> dict[str, Any]:
     }
 
 
-def _route_chain(route: WaypointRoute, paths: SidecarPaths) -> dict[str, Any]:
+def _route_chain(
+    route: WaypointRoute, paths: SidecarPaths, forward_client_cert: str | None
+) -> dict[str, Any]:
     name = f"{route.address}_{route.port}"
     if route.tcp:
         filters = [*route.rbac, _tcp_proxy(name, route.cluster, paths)]
     else:
         options: dict[str, Any] = {"access_log": access_log(paths)}
+        if forward_client_cert is not None:
+            options["forward_client_cert_details"] = forward_client_cert
         http2 = inbound_hcm_http2_options(route.protocol)
         if http2 is not None:
             options["http2_protocol_options"] = http2
@@ -296,7 +306,9 @@ def waypoint_listeners(plan: WaypointPlan, paths: SidecarPaths) -> list[dict[str
             ],
             # a CONNECT to a destination the waypoint does not serve matches no chain: closed
             "access_log": access_log(paths),
-            "filter_chains": [_route_chain(route, paths) for route in plan.routes],
+            "filter_chains": [
+                _route_chain(route, paths, plan.forward_client_cert) for route in plan.routes
+            ],
         },
     ]
     seen: set[str] = set()
