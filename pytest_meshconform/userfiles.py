@@ -40,6 +40,7 @@ __all__ = [
     "MAX_DEPTH",
     "SIZE_LIMITS",
     "SIZE_LIMIT_VARIABLE",
+    "YAML_SCALAR_FORMS",
     "InputFileError",
     "compose_yaml",
     "load_json",
@@ -64,6 +65,16 @@ SIZE_LIMIT_VARIABLE: Final = "MESHCONFORM_MAX_INPUT_BYTES"
 # Deeper than any topology, Istio resource or report (about 10 levels), far below what Python's
 # recursion (the constructors: a few frames per level, 1000 in all) and libyaml (1000) allow.
 MAX_DEPTH: Final = 100
+
+# The forms PyYAML's resolver gives !!bool, !!int, !!float and !!timestamp. Its constructors
+# trust them: an explicit `!!timestamp apiVersion` breaks construct_yaml_timestamp (AttributeError
+# on a failed match), so explicit tags are checked against them before anything is constructed.
+YAML_SCALAR_FORMS: Final = {
+    tag: pattern
+    for resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.values()
+    for tag, pattern in resolvers
+    if tag.rpartition(":")[2] in ("bool", "int", "float", "timestamp")
+}
 
 _CHUNK: Final = 1 << 20
 _UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -273,6 +284,12 @@ def _compose_into(loader: Any, at: _Located, documents: list[yaml.Node]) -> None
                     tag = loader.resolve(yaml.ScalarNode, value, event.implicit)
                     if len(value) < 64:
                         resolved[key] = tag
+            elif (form := YAML_SCALAR_FORMS.get(tag)) is not None and not form.match(event.value):
+                raise at(
+                    event.start_mark.line + 1,
+                    f"not valid YAML: {event.value[:60]!r} is not a valid"
+                    f" !!{tag.rpartition(':')[2]}",
+                )
             node = yaml.ScalarNode(
                 tag, event.value, event.start_mark, event.end_mark, style=event.style
             )

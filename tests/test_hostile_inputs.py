@@ -366,6 +366,22 @@ def test_report_nesting_is_bounded_in_json_and_yaml(tmp_path: Path) -> None:
         userfiles.load_json("[" * 101 + "]" * 101, "x.json")
 
 
+def test_an_explicit_scalar_tag_of_the_wrong_form_is_a_file_error(tmp_path: Path) -> None:
+    # PyYAML's constructors trust the form: `!!timestamp apiVersion` raised AttributeError out of
+    # construct_yaml_timestamp (found by test_a_report_file_raises_only_report_errors)
+    path = tmp_path / "report.yaml"
+    path.write_text("kind: ConformanceReport\n!!timestamp apiVersion: meshconform/v1alpha1\n")
+    with pytest.raises(
+        ReportError, match=r"report\.yaml: not valid YAML: 'apiVersion' is not a valid !!timestamp"
+    ):
+        load_report(path)
+    for text, tag in (("a: !!int zz", "int"), ("a: !!float x", "float"), ("a: !!bool 2", "bool")):
+        with pytest.raises(userfiles.InputFileError, match=rf"is not a valid !!{tag} \(line 1\)"):
+            userfiles.load_yaml(text, "t.yaml")
+    text = "a: !!timestamp 2026-12-07\nb: !!int 0x1F\nc: !!float .5\nd: !!bool yes\n"
+    assert userfiles.load_yaml(text, "t.yaml") == yaml.safe_load(text)
+
+
 def test_an_unclosed_json_string_is_scanned_once() -> None:
     def unclosed(n: int) -> str:
         return '"' + '\\"' * n

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from pytest_meshconform.istio.api.fields import PolicyError, shorten, show
-from pytest_meshconform.userfiles import MAX_DEPTH
+from pytest_meshconform.userfiles import MAX_DEPTH, YAML_SCALAR_FORMS
 
 __all__ = ["load_yaml"]
 
@@ -30,15 +30,6 @@ _ALIAS_RATIO_RANGE_LOW: Final = 400_000
 _ALIAS_RATIO_RANGE_HIGH: Final = 4_000_000
 _MAX_INT_SCALAR: Final = 4300  # sys.int_info.default_max_str_digits
 _YAML_INT_TAG: Final = "tag:yaml.org,2002:int"
-# What a scalar tagged !!bool, !!int, !!float or !!timestamp must look like: the resolver's own
-# patterns (PyYAML's constructors fail with KeyError, IndexError or AttributeError otherwise).
-_YAML_SCALAR_FORMS: Final = {
-    tag: pattern
-    for resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.values()
-    for tag, pattern in resolvers
-    if tag.rpartition(":")[2] in ("bool", "int", "float", "timestamp")
-}
-
 if TYPE_CHECKING:
     _SafeLoader = yaml.SafeLoader
 else:  # libyaml's parser when PyYAML has it (about 15 times faster), else PyYAML's own
@@ -160,7 +151,7 @@ def _check_yaml_work(root: yaml.Node, number: int) -> None:
                     f"document {number}: an integer of more than {_MAX_INT_SCALAR} characters "
                     f"at line {node.start_mark.line + 1} (the limit of Python's int())"
                 )
-            form = _YAML_SCALAR_FORMS.get(node.tag)
+            form = YAML_SCALAR_FORMS.get(node.tag)
             if form is not None and not form.match(node.value):  # an explicit !!int x
                 raise PolicyError(
                     f"document {number}: {show(node.value)} at line {node.start_mark.line + 1} "
