@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_meshconform.backends.local import host
 from pytest_meshconform.mesh import ExecResult, MeshError
 
 __all__ = ["GrpcClients", "main"]
@@ -98,7 +99,7 @@ class GrpcClients:
         """The PIDs of the running clients (idle or in a call)."""
         with self._lock:
             clients = [*self._busy, *(c for idle in self._idle.values() for c in idle)]
-        return [c.proc.pid for c in clients if c.proc.poll() is None]
+        return [c.proc.pid for c in clients if _running(c)]
 
     def close(self) -> None:
         """Kill every client by its PID and reap it."""
@@ -118,7 +119,7 @@ class GrpcClients:
                 if not idle:
                     return None
                 client = idle.pop()
-                if client.proc.poll() is None:
+                if _running(client):
                     self._busy.add(client)
                     return client
             _kill(client)
@@ -127,6 +128,13 @@ class GrpcClients:
         with self._lock:
             self._busy.discard(client)
         _kill(client)
+
+
+def _running(client: _Client) -> bool:
+    """Still running: not reaped, and not a zombie either. A killed client (grpcio runs threads)
+    shows as a zombie while its other threads are still exiting, and until they have, waitpid
+    cannot reap it and `poll` says None: handed a call then, it answered with its -9."""
+    return client.proc.poll() is None and host.proc_start_ticks(client.proc.pid) is not None
 
 
 def _ask(client: _Client, args: Sequence[str], deadline: float) -> ExecResult | None:
